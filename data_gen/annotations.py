@@ -1,0 +1,113 @@
+"""The one annotation format of dislotrack (written by ``generate``, read by
+``evaluate`` and ``finetune``; labs can write it for their own data).
+
+For an image or movie ``<stem>``, in one folder:
+
+* ``<stem>.tif`` -- float32 image or (t, y, x) stack, ImageJ-calibrated (nm, s);
+* ``<stem>_cores.csv`` -- one row per core per frame: frame, x, y [px, pixel-centre
+  origin], hx, hy (unit vector into the extra half-plane), particle; optional
+  bx_nm, by_nm, kind, partner;
+* ``<stem>_rs.tif`` -- uint8 rock-salt mask, same shape as the image (optional);
+* ``<stem>.json`` -- sidecar: format, version, pixel_size_nm, frame_interval_s,
+  shape, and free-form ``source`` (generator settings for synthetic data).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import tifffile
+
+FORMAT = "dislotrack-annotation"
+VERSION = 1
+REQUIRED_CORE_COLUMNS = ["frame", "x", "y", "hx", "hy", "particle"]
+
+
+@dataclass
+class Annotation:
+    """One annotated image or movie."""
+
+    image: np.ndarray  # (t, y, x) float32
+    cores: pd.DataFrame
+    rs_mask: np.ndarray | None  # (t, y, x) uint8 or None
+    pixel_size_nm: float
+    frame_interval_s: float | None
+    source: dict
+
+
+def write_imagej_tiff(path: str | Path, data: np.ndarray, *, pixel_size_nm: float,
+                      frame_interval_s: float | None = None) -> None:
+    """Write a (t, y, x) or (y, x) stack as an ImageJ TIFF calibrated in nm (and s)."""
+    data = np.asarray(data)
+    meta: dict = {"unit": "nm", "axes": "TYX" if data.ndim == 3 else "YX"}
+    if frame_interval_s is not None and data.ndim == 3:
+        meta["finterval"] = float(frame_interval_s)
+    tifffile.imwrite(path, data, imagej=True, resolution=(1 / pixel_size_nm, 1 / pixel_size_nm),
+                     metadata=meta)
+
+
+def write_annotation(folder: str | Path, stem: str, ann: Annotation) -> Path:
+    """Write an annotation; returns the sidecar path."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    missing = [c for c in REQUIRED_CORE_COLUMNS if c not in ann.cores.columns]
+    if missing:
+        raise ValueError(f"cores table lacks columns {missing}")
+    write_imagej_tiff(folder / f"{stem}.tif", ann.image.astype(np.float32),
+                      pixel_size_nm=ann.pixel_size_nm, frame_interval_s=ann.frame_interval_s)
+    ann.cores.to_csv(folder / f"{stem}_cores.csv", index=False)
+    if ann.rs_mask is not None:
+        write_imagej_tiff(folder / f"{stem}_rs.tif", ann.rs_mask.astype(np.uint8),
+                          pixel_size_nm=ann.pixel_size_nm, frame_interval_s=ann.frame_interval_s)
+    side = {"format": FORMAT, "version": VERSION, "pixel_size_nm": ann.pixel_size_nm,
+            "frame_interval_s": ann.frame_interval_s, "shape": list(ann.image.shape),
+            "source": ann.source}
+    path = folder / f"{stem}.json"
+    path.write_text(json.dumps(side, indent=2, default=_jsonable))
+    return path
+
+
+def read_annotation(sidecar: str | Path) -> Annotation:
+    """Read an annotation from its ``<stem>.json`` sidecar."""
+    sidecar = Path(sidecar)
+    side = json.loads(sidecar.read_text())
+    if side.get("format") != FORMAT:
+        raise ValueError(f"{sidecar} is not a {FORMAT} sidecar (format={side.get('format')!r})")
+    stem = sidecar.with_suffix("")
+    image = tifffile.imread(f"{stem}.tif").astype(np.float32)
+    if image.ndim == 2:
+        image = image[None]
+    cores = pd.read_csv(f"{stem}_cores.csv")
+    missing = [c for c in REQUIRED_CORE_COLUMNS if c not in cores.columns]
+    if missing:
+        raise ValueError(f"{stem}_cores.csv lacks columns {missing}")
+    rs_path = Path(f"{stem}_rs.tif")
+    rs = tifffile.imread(rs_path).astype(np.uint8) if rs_path.exists() else None
+    if rs is not None and rs.ndim == 2:
+        rs = rs[None]
+    return Annotation(image, cores, rs, float(side["pixel_size_nm"]),
+                      side.get("frame_interval_s"), side.get("source", {}))
+
+
+def find_annotations(folder: str | Path) -> list[Path]:
+    """All annotation sidecars in a folder (sorted)."""
+    out = []
+    for p in sorted(Path(folder).glob("*.json")):
+        try:
+            if json.loads(p.read_text()).get("format") == FORMAT:
+                out.append(p)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            continue
+    return out
+
+
+def _jsonable(o: object) -> object:
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, np.generic):
+        return o.item()
+    raise TypeError(f"not JSON serialisable: {type(o)}")

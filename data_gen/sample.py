@@ -1,0 +1,341 @@
+"""Labelled synthetic frames: the public entry point of the generator.
+
+>>> import numpy as np
+>>> from dislotrack.data_gen.sample import GeneratorConfig, make_sample
+>>> s = make_sample(np.random.default_rng(0), GeneratorConfig(size=64))
+>>> s.image.shape, s.image.dtype
+((64, 64), dtype('float32'))
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+
+import numpy as np
+import pandas as pd
+
+from dislotrack.data_gen.conventions import CANONICAL_PIXEL_SIZE_NM, unit
+from dislotrack.data_gen.crystal import ProjectedCrystal
+from dislotrack.data_gen.dislocations import Dislocation
+from dislotrack.data_gen.imaging import (
+    Detector,
+    Grid,
+    Optics,
+    PhaseGrating,
+    Probe,
+    column_peak,
+    detect,
+    draw_detector,
+    draw_optics,
+    draw_probe,
+    scan_jitter,
+    splat,
+    stem_image,
+)
+from dislotrack.data_gen.labels import dense_targets
+from dislotrack.data_gen.specimen import (
+    SpecimenParams,
+    add_rocksalt_near,
+    amorphous_atoms,
+    draw_specimen,
+    rocksalt_mask,
+    rotation_matrix,
+    specimen_columns,
+)
+
+CORE_COLUMNS = ["x", "y", "hx", "hy", "bx_nm", "by_nm", "particle", "kind", "partner"]
+
+
+@dataclass(frozen=True)
+class GeneratorConfig:
+    """What the generator draws. Ranges are sampled per image (or per movie).
+
+    Attributes
+    ----------
+    size : int
+        Image side [px].
+    pixel_size : float
+        [nm/px]; ``pixel_size_jitter`` draws it within +-that relative amount.
+    mode : {"hrtem", "stem", "mixed"}
+    dose : (float, float)
+        Log-uniform dose range [e/A^2].
+    density : float
+        Mean number of dislocation sites (single or dipole) per 100 nm^2.
+    dipole_fraction, basal_fraction : float
+        Fraction of sites that are dipoles; of dislocations with a basal Burgers vector.
+    perfect_fraction : float
+        Fraction of images with no dislocation at all.
+    rocksalt_probability : float
+        Probability of an RS domain around each core.
+    realism : float
+        Scales the probability of every non-ideality (0 = perfect crystal).
+    material : str or None
+        Fixed material, or None to draw one.
+    """
+
+    size: int = 256
+    pixel_size: float = CANONICAL_PIXEL_SIZE_NM
+    pixel_size_jitter: float = 0.0
+    mode: str = "mixed"
+    dose: tuple[float, float] = (20.0, 5000.0)
+    density: float = 1.0
+    dipole_fraction: float = 0.35
+    basal_fraction: float = 0.2
+    perfect_fraction: float = 0.1
+    rocksalt_probability: float = 0.3
+    realism: float = 1.0
+    material: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("hrtem", "stem", "mixed"):
+            raise ValueError(f"mode must be hrtem, stem or mixed, got {self.mode!r}")
+        if self.size < 16:
+            raise ValueError(f"size must be >= 16 px, got {self.size}")
+        if not 0.01 <= self.pixel_size <= 1.0:
+            raise ValueError(f"pixel_size {self.pixel_size} nm/px is outside 0.01-1 nm/px")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Sample:
+    """One labelled frame.
+
+    ``cores`` has columns x, y [px], hx, hy, bx_nm, by_nm, particle, kind
+    (single | dipole), partner (-1 if none).
+    """
+
+    image: np.ndarray
+    cores: pd.DataFrame
+    rs_mask: np.ndarray
+    meta: dict = field(default_factory=dict)
+
+    def targets(self) -> dict:
+        """Dense training targets (see `labels.dense_targets`)."""
+        return dense_targets(self.cores, self.rs_mask, pixel_size=self.meta["pixel_size"])
+
+
+# ----------------------------------------------------------------- dislocations
+def burgers_vector(rng: np.random.Generator, pc: ProjectedCrystal, rotation: float,
+                   basal_fraction: float) -> np.ndarray:
+    """A random projected Burgers vector [nm] in image axes (either sign)."""
+    kind = "basal" if rng.random() < basal_fraction else "misfit"
+    b = pc.burgers[kind] * rng.choice([-1.0, 1.0])
+    return rotation_matrix(rotation) @ b
+
+
+def draw_dislocations(rng: np.random.Generator, spec: SpecimenParams, cfg: GeneratorConfig,
+                      fov_nm: float) -> list[Dislocation]:
+    """Singles and dipoles placed over the field (plus a 1 nm margin)."""
+    if rng.random() < cfg.perfect_fraction:
+        return []
+    n_sites = rng.poisson(cfg.density * (fov_nm + 2) ** 2 / 100.0)
+    out: list[Dislocation] = []
+    sites: list[np.ndarray] = []
+    pid = 0
+    for _ in range(n_sites):
+        for _try in range(20):
+            c = rng.uniform(-1.0, fov_nm + 1.0, 2)
+            if all(np.linalg.norm(c - s) > 2.5 for s in sites):
+                break
+        else:
+            continue
+        sites.append(c)
+        b = burgers_vector(rng, spec.crystal, spec.rotation, cfg.basal_fraction)
+        if rng.random() < cfg.dipole_fraction:
+            a, bb = dipole_pair(rng, c, b, pid)
+            out += [a, bb]
+            pid += 2
+        else:
+            out.append(Dislocation(float(c[0]), float(c[1]), b, particle=pid))
+            pid += 1
+    return out
+
+
+def dipole_pair(rng: np.random.Generator, centre: np.ndarray, b: np.ndarray, pid: int,
+                separation: float | None = None) -> tuple[Dislocation, Dislocation]:
+    """Two cores of opposite b (and h), 0.5-3 nm apart, on the same or different planes."""
+    sep = separation if separation is not None else rng.uniform(0.5, 3.0)
+    bhat = unit(b)
+    h = np.array([-bhat[1], bhat[0]])
+    alpha = rng.choice([0.0, np.pi / 2]) if rng.random() < 0.6 else rng.uniform(0, np.pi)
+    e = np.cos(alpha) * bhat + np.sin(alpha) * h
+    p1, p2 = centre - sep / 2 * e, centre + sep / 2 * e
+    return (Dislocation(*map(float, p1), b, particle=pid, partner=pid + 1),
+            Dislocation(*map(float, p2), -b, particle=pid + 1, partner=pid))
+
+
+def empty_cores() -> pd.DataFrame:
+    """A cores table with no rows and the right dtypes."""
+    dtypes = {"particle": int, "partner": int, "kind": object}
+    return pd.DataFrame({c: pd.Series(dtype=dtypes.get(c, float)) for c in CORE_COLUMNS})
+
+
+# ----------------------------------------------------------------- rendering
+@dataclass
+class FrameGeometry:
+    """Maps specimen coordinates [nm] to image coordinates [nm] for one frame."""
+
+    drift_nm: np.ndarray = field(default_factory=lambda: np.zeros(2))
+    distortion: np.ndarray = field(default_factory=lambda: np.eye(2))  # STEM slow-scan
+    centre_nm: float = 0.0
+
+    def apply(self, xy: np.ndarray) -> np.ndarray:
+        c = np.array([self.centre_nm, self.centre_nm])
+        return c + (xy + self.drift_nm - c) @ self.distortion.T
+
+
+def _cores_table(disl: list[Dislocation], geo: FrameGeometry, grid: Grid,
+                 row_shift: np.ndarray | None) -> pd.DataFrame:
+    if not disl:
+        return empty_cores()
+    xy = geo.apply(np.array([[d.x, d.y] for d in disl])) / grid.pixel_size
+    b = np.array([d.b for d in disl]) @ geo.distortion.T
+    h = unit(np.stack([-b[:, 1], b[:, 0]], axis=1))  # h_from_b_hat
+    if row_shift is not None:
+        rows = np.clip(np.rint(xy[:, 1]).astype(int), 0, grid.size - 1)
+        xy[:, 0] += row_shift[rows]
+    df = pd.DataFrame({"x": xy[:, 0], "y": xy[:, 1], "hx": h[:, 0], "hy": h[:, 1],
+                       "bx_nm": b[:, 0], "by_nm": b[:, 1],
+                       "particle": [d.particle for d in disl],
+                       "kind": ["dipole" if d.partner >= 0 else "single" for d in disl],
+                       "partner": [d.partner for d in disl]})
+    lim = grid.size - 0.5
+    inside = (df.x >= -0.5) & (df.x < lim) & (df.y >= -0.5) & (df.y < lim)
+    return df[inside].reset_index(drop=True)
+
+
+def _rs_raster(spec: SpecimenParams, geo: FrameGeometry, grid: Grid, growth: float) -> np.ndarray:
+    if not spec.rocksalt:
+        return np.zeros((grid.size, grid.size), np.uint8)
+    yy, xx = np.mgrid[0:grid.size, 0:grid.size] * grid.pixel_size
+    pts = np.stack([xx.ravel(), yy.ravel()], axis=1)
+    # Invert the frame geometry to find the specimen point seen at each pixel.
+    c = np.array([geo.centre_nm, geo.centre_nm])
+    spec_xy = (pts - c) @ np.linalg.inv(geo.distortion).T + c - geo.drift_nm
+    return rocksalt_mask(spec, spec_xy, growth).reshape(grid.size, grid.size).astype(np.uint8)
+
+
+def _potential(spec: SpecimenParams, disl: list[Dislocation], geo: FrameGeometry, grid: Grid,
+               mode: str, rs_growth: float) -> tuple[np.ndarray, float]:
+    """Splatted column weights on the internal grid and the peak of a TM column."""
+    # Specimen region seen by the internal grid, with margin for drift and distortion.
+    margin = 1.0 + float(np.abs(geo.drift_nm).max()) + 0.05 * grid.fov_nm
+    bounds = grid.bounds(margin)
+    cols = specimen_columns(spec, disl, mode=mode, bounds=bounds, rs_growth=rs_growth)
+    amo = amorphous_atoms(spec, bounds, mode=mode)
+    xy = geo.apply(np.concatenate([cols.xy, amo.xy]))
+    w = np.concatenate([cols.weight * cols.thickness, amo.weight])
+    pot = splat(xy, w, grid)
+    return pot, float(np.max(cols.weight)) if len(cols.weight) else 1.0
+
+
+def render_frame(spec: SpecimenParams, disl: list[Dislocation], *, grid: Grid, mode: str,
+                 imaging: Optics | Probe, detector: Detector, rng: np.random.Generator,
+                 geo: FrameGeometry | None = None, rs_growth: float = 1.0,
+                 n_variants: int = 1) -> list[Sample]:
+    """Render one structure under ``n_variants`` imaging/detector draws.
+
+    The first variant uses ``imaging`` and ``detector``; further variants draw new
+    ones from ``rng`` (the cached phase grating makes them cheap for HRTEM).
+    """
+    geo = geo or FrameGeometry(centre_nm=grid.fov_nm / 2)
+    pot, wmax = _potential(spec, disl, geo, grid, mode, rs_growth)
+    rs = _rs_raster(spec, geo, grid, rs_growth)
+    out = []
+    grating = None
+    for v in range(n_variants):
+        im, det = (imaging, detector) if v == 0 else _draw_imaging(rng, imaging, detector)
+        row_shift = None
+        if mode == "hrtem":
+            if grating is None:
+                grating = PhaseGrating(pot, grid, im, column_peak(wmax, im.column_sigma_nm, grid))
+            expected = grating.image(im)
+        else:
+            expected = stem_image(pot, grid, im)
+            expected = im.collection * expected / max(float(column_peak(wmax, im.sigma_nm, grid)), 1e-12)
+            expected = expected + im.background * im.collection
+            row_shift = rng.normal(0, im.jitter_px, grid.size)
+            expected = np.clip(scan_jitter(expected, row_shift), 0, None)
+        expected = expected * _illumination(rng, grid.size)
+        image = detect(expected, det, grid.pixel_size, rng)
+        cores = _cores_table(disl, geo, grid, row_shift)
+        meta = {"mode": mode, "pixel_size": grid.pixel_size, "size": grid.size,
+                "material": spec.material, "zone": spec.zone,
+                "rotation_deg": float(np.degrees(spec.rotation)),
+                "imaging": im.as_dict(), "detector": det.as_dict(),
+                "drift_nm": [float(v) for v in geo.drift_nm]}
+        out.append(Sample(image, cores, rs, meta))
+    return out
+
+
+def _draw_imaging(rng: np.random.Generator, first: Optics | Probe, det: Detector) -> tuple:
+    """A new lens (or probe) and detector at the same dose; for HRTEM the specimen's
+    phase scale, absorption and column width stay (they belong to the cached grating)."""
+    if isinstance(first, Optics):
+        im = replace(draw_optics(rng), phase=first.phase, absorption=first.absorption,
+                     column_sigma_nm=first.column_sigma_nm)
+    else:
+        im = draw_probe(rng)
+    return im, replace(draw_detector(rng), dose=det.dose)
+
+
+def _illumination(rng: np.random.Generator, size: int) -> np.ndarray | float:
+    """Smooth non-uniform illumination (a gentle tilt and a bump)."""
+    if rng.random() < 0.5:
+        return 1.0
+    yy, xx = (np.mgrid[0:size, 0:size] / size) - 0.5
+    g = rng.normal(0, 0.15, 2)
+    c = rng.uniform(-0.5, 0.5, 2)
+    bump = rng.uniform(-0.2, 0.2) * np.exp(-((xx - c[0]) ** 2 + (yy - c[1]) ** 2) / 0.1)
+    return np.clip(1.0 + g[0] * xx + g[1] * yy + bump, 0.3, None)
+
+
+def draw_mode(rng: np.random.Generator, cfg: GeneratorConfig) -> str:
+    """The imaging mode of one image or movie."""
+    return cfg.mode if cfg.mode != "mixed" else str(rng.choice(["hrtem", "stem"]))
+
+
+def draw_scene(rng: np.random.Generator, cfg: GeneratorConfig) -> tuple:
+    """Draw mode, grid, specimen and dislocations of one image."""
+    mode = draw_mode(rng, cfg)
+    ps = cfg.pixel_size * (1 + rng.uniform(-cfg.pixel_size_jitter, cfg.pixel_size_jitter))
+    grid = Grid(cfg.size, float(ps))
+    spec = draw_specimen(rng, fov_nm=grid.fov_nm, realism=cfg.realism, material=cfg.material)
+    disl = draw_dislocations(rng, spec, cfg, grid.fov_nm)
+    if cfg.realism > 0:
+        add_rocksalt_near(rng, spec, disl, fov_nm=grid.fov_nm,
+                          probability=cfg.rocksalt_probability, n_free=0.2 * cfg.realism)
+    return mode, grid, spec, disl
+
+
+def draw_distortion(rng: np.random.Generator, mode: str) -> np.ndarray:
+    """Slow-scan drift distortion (STEM only): a small shear and scale."""
+    if mode != "stem":
+        return np.eye(2)
+    return np.eye(2) + np.array([[rng.normal(0, 0.01), rng.normal(0, 0.02)],
+                                 [0.0, rng.normal(0, 0.01)]])
+
+
+def make_samples(rng: np.random.Generator, cfg: GeneratorConfig, *, n_variants: int = 1) -> list[Sample]:
+    """One random structure rendered under ``n_variants`` microscope/detector draws."""
+    mode, grid, spec, disl = draw_scene(rng, cfg)
+    dose = float(np.exp(rng.uniform(*np.log(cfg.dose))))
+    imaging = draw_optics(rng) if mode == "hrtem" else draw_probe(rng)
+    geo = FrameGeometry(distortion=draw_distortion(rng, mode), centre_nm=grid.fov_nm / 2)
+    return render_frame(spec, disl, grid=grid, mode=mode, imaging=imaging,
+                        detector=draw_detector(rng, dose), rng=rng, geo=geo,
+                        n_variants=n_variants)
+
+
+def make_sample(rng: np.random.Generator, cfg: GeneratorConfig | None = None) -> Sample:
+    """One labelled frame.
+
+    Parameters
+    ----------
+    rng : numpy.random.Generator
+        The only source of randomness: the same state gives a bit-identical sample.
+    cfg : GeneratorConfig, optional
+    """
+    return make_samples(rng, cfg or GeneratorConfig(), n_variants=1)[0]

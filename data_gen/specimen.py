@@ -1,0 +1,254 @@
+"""A specimen: projected columns in the field of view, with everything that
+makes a real layered-oxide crystal look unlike a perfect one.
+
+`draw_specimen` draws the parameters once (per image or per movie);
+`specimen_columns` turns them plus the dislocations of one frame into column
+positions and weights in image axes [nm].
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.special import erf
+
+from dislotrack.data_gen.crystal import (
+    MATERIALS,
+    ZONE_AXES,
+    ProjectedCrystal,
+    cation_weight,
+    project,
+    scattering_weights,
+)
+from dislotrack.data_gen.dislocations import Dislocation, volterra_displacement
+
+#: Exponents of Z for the projected potential (HRTEM) and the HAADF cross-section.
+Z_EXPONENT = {"hrtem": 0.67, "stem": 1.7}
+
+
+@dataclass
+class RocksaltDomain:
+    """An irregular cation-mixed blob: centre [nm], radius [nm], shape harmonics."""
+
+    x: float
+    y: float
+    radius: float
+    harmonics: np.ndarray  # (k, 2) amplitude, phase of angular harmonics 2..k+1
+    mixing: float = 0.5  # fraction of TM on Li sites (0.5 = fully disordered)
+
+    def contains(self, xy: np.ndarray, growth: float = 1.0) -> np.ndarray:
+        """Boolean membership of points (n, 2) [nm] at a growth factor."""
+        rel = xy - (self.x, self.y)
+        r = np.hypot(rel[:, 0], rel[:, 1])
+        rmax = self.radius * growth * (1 + np.abs(self.harmonics[:, 0]).sum())
+        out = np.zeros(len(xy), dtype=bool)
+        near = np.flatnonzero(r < rmax)  # the angular shape only matters close by
+        ang = np.arctan2(rel[near, 1], rel[near, 0])
+        rr = np.ones_like(ang)
+        for k, (amp, ph) in enumerate(self.harmonics, start=2):
+            rr += amp * np.cos(k * ang + ph)
+        out[near] = r[near] < self.radius * growth * rr
+        return out
+
+
+@dataclass
+class SpecimenParams:
+    """Everything about a specimen that stays fixed over a movie."""
+
+    material: str = "LiNiO2"
+    zone: str = "[100]"
+    rotation: float = 0.0  # in-plane rotation of the crystal frame [rad]
+    origin: np.ndarray = field(default_factory=lambda: np.zeros(2))  # lattice origin [nm]
+    c_strain_domain: tuple | None = None  # (x, y, sigma_nm, strain) H2/H3-like blob
+    second_domain: tuple | None = None  # (x, y, angle of boundary normal, tilt rad)
+    thickness_gradient: np.ndarray = field(default_factory=lambda: np.zeros(2))  # [1/nm]
+    vacuum_edge: tuple | None = None  # (x, y, normal angle): vacuum where (r-p).n > 0
+    amorphous_density: float = 0.0  # projected atoms per nm^2 of the surface layer
+    amorphous_seed: int = 0
+    rocksalt: list[RocksaltDomain] = field(default_factory=list)
+
+    @property
+    def crystal(self) -> ProjectedCrystal:
+        return project(self.material, self.zone)
+
+
+def rotation_matrix(angle: float) -> np.ndarray:
+    """Matrix rotating crystal-frame vectors into image axes (angle [rad], y down)."""
+    c, s = np.cos(angle), np.sin(angle)
+    return np.array([[c, -s], [s, c]])
+
+
+def draw_specimen(rng: np.random.Generator, *, fov_nm: float, realism: float = 1.0,
+                  material: str | None = None) -> SpecimenParams:
+    """Draw random specimen parameters for a square field of view of side ``fov_nm``.
+
+    ``realism`` in [0, 1] scales the probability of each non-ideality.
+    """
+    mat = material or str(rng.choice(list(MATERIALS), p=[0.7, 0.1, 0.1, 0.1]))
+    p = SpecimenParams(material=mat, zone=str(rng.choice(list(ZONE_AXES), p=[0.7, 0.3])))
+    p.rotation = float(rng.uniform(0, 2 * np.pi))
+    p.origin = rng.uniform(0, 1, 2)
+    centre = lambda: rng.uniform(0.1, 0.9, 2) * fov_nm  # noqa: E731
+    if rng.random() < 0.3 * realism:
+        x, y = centre()
+        p.c_strain_domain = (x, y, float(rng.uniform(0.1, 0.3) * fov_nm),
+                             float(rng.uniform(-0.03, 0.03)))
+    if rng.random() < 0.1 * realism:
+        x, y = centre()
+        p.second_domain = (x, y, float(rng.uniform(0, 2 * np.pi)),
+                           float(rng.choice([-1, 1]) * rng.uniform(0.03, 0.1)))
+    if rng.random() < 0.5 * realism:
+        p.thickness_gradient = rng.normal(0, 0.5 / fov_nm, 2)
+    if rng.random() < 0.15 * realism:
+        ang = float(rng.uniform(0, 2 * np.pi))
+        n = np.array([np.cos(ang), np.sin(ang)])
+        p.vacuum_edge = (*(fov_nm / 2 + n * rng.uniform(0.3, 0.45) * fov_nm), ang)
+    if rng.random() < 0.6 * realism:
+        p.amorphous_density = float(rng.uniform(5, 60))
+    p.amorphous_seed = int(rng.integers(2**31))
+    return p
+
+
+def add_rocksalt_near(rng: np.random.Generator, p: SpecimenParams, cores: list[Dislocation], *,
+                      fov_nm: float, probability: float = 0.3, n_free: float = 0.2) -> None:
+    """Place RS domains, preferentially around dislocation cores (as observed)."""
+    sites = [(d.x, d.y) for d in cores if rng.random() < probability]
+    sites += [tuple(rng.uniform(0, fov_nm, 2)) for _ in range(rng.poisson(n_free))]
+    for x, y in sites:
+        x, y = x + rng.normal(0, 0.5), y + rng.normal(0, 0.5)
+        harm = np.stack([rng.uniform(0, 0.25, 3), rng.uniform(0, 2 * np.pi, 3)], axis=1)
+        p.rocksalt.append(RocksaltDomain(float(x), float(y), float(rng.uniform(0.8, 3.0)), harm,
+                                         float(rng.uniform(0.35, 0.5))))
+
+
+def lattice_columns(pc: ProjectedCrystal, *, rotation: float, origin: np.ndarray,
+                    bounds: tuple[float, float, float, float]) -> tuple[np.ndarray, np.ndarray]:
+    """Reference column positions (image axes, nm) covering ``bounds``.
+
+    Returns positions (n, 2) and the index (n,) of each column in ``pc.columns``.
+    """
+    x0, x1, y0, y1 = bounds
+    rot = rotation_matrix(rotation)
+    cell = pc.cell @ rot.T  # rows v1, v2 in image axes
+    corners = np.array([[x0, y0], [x1, y0], [x0, y1], [x1, y1]]) - origin
+    frac = np.linalg.solve(cell.T, corners.T).T
+    lo = np.floor(frac.min(axis=0)) - 1
+    hi = np.ceil(frac.max(axis=0)) + 1
+    i, j = np.meshgrid(np.arange(lo[0], hi[0]), np.arange(lo[1], hi[1]), indexing="ij")
+    pts = np.stack([i.ravel(), j.ravel()], axis=1) @ cell + origin
+    basis = pc.columns @ rot.T
+    pos = (pts[:, None, :] + basis[None, :, :]).reshape(-1, 2)
+    idx = np.tile(np.arange(len(basis)), len(pts))
+    keep = (pos[:, 0] >= x0) & (pos[:, 0] <= x1) & (pos[:, 1] >= y0) & (pos[:, 1] <= y1)
+    return pos[keep], idx[keep]
+
+
+def _c_strain_displacement(pos: np.ndarray, dom: tuple, normal: np.ndarray) -> np.ndarray:
+    """Displacement of a Gaussian blob whose lattice is dilated along the layer normal."""
+    x, y, s, strain = dom
+    rel = pos - (x, y)
+    sn = rel @ normal
+    st = rel @ np.array([-normal[1], normal[0]])
+    g = np.exp(-(st**2) / (2 * s * s)) * s * np.sqrt(np.pi / 2) * (1 + erf(sn / (s * np.sqrt(2))))
+    return strain * g[:, None] * normal
+
+
+@dataclass
+class Columns:
+    """Projected columns of one frame in image axes."""
+
+    xy: np.ndarray  # (n, 2) [nm]
+    weight: np.ndarray  # (n,) scattering weight per nm of thickness (mode-dependent)
+    thickness: np.ndarray  # (n,) relative thickness factor
+
+
+def specimen_columns(p: SpecimenParams, dislocations: list[Dislocation], *, mode: str,
+                     bounds: tuple[float, float, float, float], rs_growth: float = 1.0) -> Columns:
+    """Column positions and weights of one frame.
+
+    Parameters
+    ----------
+    p : SpecimenParams
+    dislocations : list of Dislocation
+        Cores of this frame (image axes, nm).
+    mode : {"hrtem", "stem"}
+    bounds : (x0, x1, y0, y1)
+        Region to fill [nm] (field of view plus a margin).
+    rs_growth : float
+        Scale factor of the rock-salt domain radii (movies grow them).
+    """
+    pc = p.crystal
+    expo = Z_EXPONENT[mode]
+    pos, idx = lattice_columns(pc, rotation=p.rotation, origin=p.origin, bounds=bounds)
+    w = scattering_weights(pc, expo)[idx]
+    if p.second_domain is not None:
+        x, y, ang, tilt = p.second_domain
+        n = np.array([np.cos(ang), np.sin(ang)])
+        pos2, idx2 = lattice_columns(pc, rotation=p.rotation + tilt, origin=np.array([x, y]),
+                                     bounds=bounds)
+        keep1 = (pos - (x, y)) @ n <= 0
+        keep2 = (pos2 - (x, y)) @ n > 0
+        pos = np.concatenate([pos[keep1], pos2[keep2]])
+        idx = np.concatenate([idx[keep1], idx2[keep2]])
+        w = scattering_weights(pc, expo)[idx]
+    if p.rocksalt:
+        w = _mix_cations(p, pc, pos, idx, w, expo, rs_growth)
+    if dislocations:
+        pos = pos + volterra_displacement(pos, dislocations)
+    if p.c_strain_domain is not None:
+        normal = rotation_matrix(p.rotation) @ np.array([0.0, 1.0])
+        pos = pos + _c_strain_displacement(pos, p.c_strain_domain, normal)
+    if p.vacuum_edge is not None:
+        x, y, ang = p.vacuum_edge
+        inside = (pos - (x, y)) @ np.array([np.cos(ang), np.sin(ang)]) <= 0
+        pos, w = pos[inside], w[inside]
+    centre = np.array([(bounds[0] + bounds[1]) / 2, (bounds[2] + bounds[3]) / 2])
+    thick = 1.0 + (pos - centre) @ p.thickness_gradient
+    return Columns(pos, w, np.clip(thick, 0.3, 3.0))
+
+
+def _mix_cations(p: SpecimenParams, pc: ProjectedCrystal, pos: np.ndarray, idx: np.ndarray,
+                 w: np.ndarray, expo: float, growth: float) -> np.ndarray:
+    """Cation mixing inside RS domains: Li and TM layers tend to the same content."""
+    tm = MATERIALS[p.material]["tm"]
+    w_li = pc.density["Li"].max() * 3.0**expo
+    dens = pc.density["Li"].max()
+    w_tm = dens * cation_weight(tm, expo)
+    w = w.copy()
+    li_col = pc.is_cation_li[idx]
+    tm_col = pc.is_cation_tm[idx]
+    for dom in p.rocksalt:
+        inside = dom.contains(pos, growth)
+        m = dom.mixing
+        w[inside & li_col] += m * (w_tm - w_li)
+        w[inside & tm_col] -= m * (w_tm - w_li)
+    return w
+
+
+def rocksalt_mask(p: SpecimenParams, xy: np.ndarray, rs_growth: float = 1.0) -> np.ndarray:
+    """Boolean RS membership of points (n, 2) [nm] (the label of the mask)."""
+    out = np.zeros(len(xy), dtype=bool)
+    for dom in p.rocksalt:
+        out |= dom.contains(xy, rs_growth)
+    if p.vacuum_edge is not None:
+        x, y, ang = p.vacuum_edge
+        out &= (xy - (x, y)) @ np.array([np.cos(ang), np.sin(ang)]) <= 0
+    return out
+
+
+def amorphous_atoms(p: SpecimenParams, bounds: tuple[float, float, float, float], *,
+                    mode: str) -> Columns:
+    """Random atoms of an amorphous surface layer (fixed per specimen)."""
+    x0, x1, y0, y1 = bounds
+    rng = np.random.default_rng(p.amorphous_seed)
+    n = rng.poisson(p.amorphous_density * (x1 - x0) * (y1 - y0))
+    xy = np.stack([rng.uniform(x0, x1, n), rng.uniform(y0, y1, n)], axis=1)
+    z = rng.choice([6, 8], n)  # carbon / oxygen-like
+    # One atom per column: weight per nm is meaningless, so scale to ~0.3 nm of column.
+    w = 3.0 * z.astype(float) ** Z_EXPONENT[mode]
+    if p.vacuum_edge is not None:  # the layer covers the specimen, not the vacuum
+        x, y, ang = p.vacuum_edge
+        keep = (xy - (x, y)) @ np.array([np.cos(ang), np.sin(ang)]) <= 0.5
+        xy, w = xy[keep], w[keep]
+    return Columns(xy, w, np.ones(len(w)))

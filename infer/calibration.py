@@ -1,0 +1,295 @@
+"""Pixel size and frame interval of a movie, where each came from, and unit conversion.
+
+Precedence is always *user > file > estimated*: a value the user gives wins, then
+what the file's metadata says, then (for the pixel size only) an estimate from
+the image itself. A missing frame interval is never guessed: velocities are then
+reported per frame, and the returned `Calibration` says so in its warnings.
+
+Examples
+--------
+>>> file_cal = Calibration.from_file(pixel_size_nm=0.05)
+>>> cal = resolve_calibration(file_cal, frame_interval_s=2.0)
+>>> cal.pixel_size_source, cal.frame_interval_source
+('file', 'user')
+>>> to_nm(1.5, "Å")
+0.15
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import cache
+
+import numpy as np
+import pint
+
+SOURCES = ("file", "estimated", "user")
+
+# Spellings that pint does not parse, or parses as something else ("A" is ampere).
+_UNIT_ALIASES = {
+    "a": "angstrom",
+    "å": "angstrom",
+    "ang": "angstrom",
+    "angstroms": "angstrom",
+    "ångström": "angstrom",
+    "um": "micrometer",
+    "micron": "micrometer",
+    "microns": "micrometer",
+    "secs": "s",
+    "msec": "ms",
+    "usec": "us",
+}
+# pint defines these as printing lengths (1 px = 1/96 inch); in a file they mean "uncalibrated".
+_NOT_PHYSICAL = {"px", "pix", "pixel", "pixels", "dot", "dots", "pt", "point"}
+
+
+@cache
+def _ureg() -> pint.UnitRegistry:
+    return pint.UnitRegistry()
+
+
+def _quantity(value: float, unit: str | None, kind: str) -> pint.Quantity:
+    if unit is None or not str(unit).strip():
+        raise ValueError(f"{value!r} has no unit; cannot convert it to a {kind}")
+    key = str(unit).strip().replace("µ", "u").replace("μ", "u").lower()
+    key = key.replace("_", "").replace(" ", "")  # Berkeley EMD writes "n_m"
+    key = _UNIT_ALIASES.get(key, key)
+    if key in _NOT_PHYSICAL:
+        raise ValueError(f"{value!r} {unit} is in pixels, not a physical {kind}")
+    try:
+        return _ureg().Quantity(float(value), key)
+    except (pint.UndefinedUnitError, pint.DefinitionSyntaxError, ValueError, TypeError) as err:
+        raise ValueError(f"unknown {kind} unit {unit!r} (value {value!r})") from err
+
+
+def _clean(x: float) -> float:
+    """Drop conversion round-off (1 Å -> 0.1 nm, not 0.09999999999999999)."""
+    return float(f"{float(x):.12g}")
+
+
+def to_nm(value: float, unit: str) -> float:
+    """Convert a length to nm.
+
+    Parameters
+    ----------
+    value : float
+        Length in ``unit``.
+    unit : str
+        Any length unit pint knows, plus the microscope spellings "A"/"Å"/
+        "angstrom", "um"/"µm"/"micron" and Berkeley EMD's "n_m".
+
+    Raises
+    ------
+    ValueError
+        If the unit is missing, unknown, reciprocal (a diffraction or FFT
+        calibration such as "1/nm") or not a length.
+    """
+    q = _quantity(value, unit, "length")
+    ureg = _ureg()
+    if q.dimensionality == (1 / ureg.meter).dimensionality:
+        raise ValueError(
+            f"{value!r} {unit} is a reciprocal length (a diffraction or FFT calibration), "
+            "not a real-space pixel size"
+        )
+    if q.dimensionality != ureg.meter.dimensionality:
+        raise ValueError(f"{value!r} {unit} is not a length")
+    return _clean(q.to("nm").magnitude)
+
+
+def to_seconds(value: float, unit: str) -> float:
+    """Convert a time to s ("s", "sec", "ms", "us"/"µs", "ns", "min", "h", ...).
+
+    Raises
+    ------
+    ValueError
+        If the unit is missing, unknown or not a time.
+    """
+    q = _quantity(value, unit, "time")
+    if q.dimensionality != _ureg().second.dimensionality:
+        raise ValueError(f"{value!r} {unit} is not a time")
+    return _clean(q.to("s").magnitude)
+
+
+def check_positive(value: float, name: str, unit: str) -> float:
+    """Return ``value`` as float if it is positive and finite, else raise ValueError."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ValueError(f"{name} must be a number, got {value!r} {unit}")
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a positive finite number, got {value!r} {unit}")
+    return float(value)
+
+
+def _check_pair(value: float | None, source: str | None, name: str, unit: str) -> None:
+    if value is None:
+        if source is not None:
+            raise ValueError(f"{name} source is {source!r} but there is no {name}")
+        return
+    check_positive(value, name, unit)
+    if source not in SOURCES:
+        raise ValueError(f"{name} source must be one of {SOURCES}, got {source!r}")
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Physical scale of a movie and the origin of each number.
+
+    Attributes
+    ----------
+    pixel_size_nm : float or None
+        [nm/px]; None when unknown (positions stay in pixels).
+    frame_interval_s : float or None
+        [s]; None when unknown (velocities are per frame).
+    pixel_size_source, frame_interval_source : {"file", "estimated", "user", None}
+        Where each value came from; None exactly when the value is None.
+    warnings : tuple of str
+        Human-readable notes for the report (estimates, overrides, missing values).
+    """
+
+    pixel_size_nm: float | None = None
+    frame_interval_s: float | None = None
+    pixel_size_source: str | None = None
+    frame_interval_source: str | None = None
+    warnings: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        _check_pair(self.pixel_size_nm, self.pixel_size_source, "pixel size", "nm/px")
+        _check_pair(self.frame_interval_s, self.frame_interval_source, "frame interval", "s")
+
+    @classmethod
+    def from_file(
+        cls,
+        *,
+        pixel_size_nm: float | None = None,
+        frame_interval_s: float | None = None,
+        warnings: Sequence[str] = (),
+    ) -> Calibration:
+        """Calibration read from a file's metadata (source "file" where known)."""
+        return cls(
+            pixel_size_nm=pixel_size_nm,
+            frame_interval_s=frame_interval_s,
+            pixel_size_source=None if pixel_size_nm is None else "file",
+            frame_interval_source=None if frame_interval_s is None else "file",
+            warnings=tuple(warnings),
+        )
+
+    @property
+    def length_unit(self) -> str:
+        """"nm" when the pixel size is known, else "px"."""
+        return "px" if self.pixel_size_nm is None else "nm"
+
+    @property
+    def time_unit(self) -> str:
+        """"s" when the frame interval is known, else "frame"."""
+        return "frame" if self.frame_interval_s is None else "s"
+
+    def to_dict(self) -> dict:
+        """Plain dict for summary.json."""
+        return {
+            "pixel_size_nm": self.pixel_size_nm,
+            "pixel_size_source": self.pixel_size_source,
+            "frame_interval_s": self.frame_interval_s,
+            "frame_interval_source": self.frame_interval_source,
+            "warnings": list(self.warnings),
+        }
+
+
+def _override_note(name: str, user: float, file: float | None, unit: str) -> list[str]:
+    if file is None or math.isclose(user, file, rel_tol=1e-3):
+        return []
+    return [f"{name} {user:g} {unit} given by the user overrides the file's {file:g} {unit}"]
+
+
+def resolve_calibration(
+    file_cal: Calibration | None,
+    *,
+    pixel_size_nm: float | None = None,
+    frame_interval_s: float | None = None,
+    estimate: Callable[[], float | None] | None = None,
+) -> Calibration:
+    """Combine file, user and estimated calibration: user > file > estimated.
+
+    Parameters
+    ----------
+    file_cal : Calibration or None
+        What the reader found in the file (its warnings are kept).
+    pixel_size_nm : float, optional
+        User override [nm/px].
+    frame_interval_s : float, optional
+        User override [s].
+    estimate : callable, optional
+        Zero-argument function returning an estimated pixel size [nm/px] or None
+        (e.g. from the (003) fringe spacing). Called only when neither the user
+        nor the file gives a pixel size.
+
+    Returns
+    -------
+    Calibration
+        With the source of each value and warnings listing estimates, overrides
+        and missing values.
+
+    Raises
+    ------
+    ValueError
+        If a user value or the estimate is not positive and finite.
+    """
+    file_cal = file_cal or Calibration()
+    notes = list(file_cal.warnings)
+
+    if pixel_size_nm is not None:
+        px = check_positive(pixel_size_nm, "pixel size", "nm/px")
+        px_src = "user"
+        notes += _override_note("pixel size", px, file_cal.pixel_size_nm, "nm/px")
+    elif file_cal.pixel_size_nm is not None:
+        px, px_src = file_cal.pixel_size_nm, "file"
+    else:
+        px = estimate() if estimate is not None else None
+        if px is not None:
+            px = check_positive(px, "estimated pixel size", "nm/px")
+            px_src = "estimated"
+            notes.append(
+                f"pixel size {px:.4g} nm/px estimated from (003) fringes (not in the file); "
+                "give the pixel size to override"
+            )
+        else:
+            px_src = None
+            notes.append("no pixel size: positions and velocities in pixel units")
+
+    if frame_interval_s is not None:
+        dt = check_positive(frame_interval_s, "frame interval", "s")
+        dt_src = "user"
+        notes += _override_note("frame interval", dt, file_cal.frame_interval_s, "s")
+    elif file_cal.frame_interval_s is not None:
+        dt, dt_src = file_cal.frame_interval_s, "file"
+    else:
+        dt, dt_src = None, None
+        notes.append("no frame interval: velocities in per-frame units")
+
+    return Calibration(px, dt, px_src, dt_src, tuple(notes))
+
+
+def interval_from_timestamps(times_s: Sequence[float], *, resolution_s: float = 0.0) -> float | None:
+    """Frame interval [s] from per-frame acquisition times, or None if they do not give one.
+
+    Parameters
+    ----------
+    times_s : sequence of float
+        Acquisition time of each frame, in frame order [s, any origin].
+    resolution_s : float
+        Quantisation of the timestamps [s] (e.g. 1 for whole-second clocks).
+        With 0 the median frame-to-frame difference is returned and any
+        non-increasing step gives None. With a positive resolution the mean
+        interval over the whole span is returned, and only if the span is at
+        least 10 resolution steps (so the result is good to 10 %).
+    """
+    t = np.asarray(times_s, dtype=float)
+    if t.size < 2 or not np.all(np.isfinite(t)):
+        return None
+    if resolution_s > 0:
+        span = t[-1] - t[0]
+        return float(span / (t.size - 1)) if span >= 10 * resolution_s else None
+    steps = np.diff(t)
+    if np.any(steps <= 0):
+        return None
+    return float(np.median(steps))

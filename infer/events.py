@@ -1,0 +1,383 @@
+"""Births, deaths, dipoles, events and counts of tracked dislocations.
+
+Birth of a track: ``present`` if it starts in the movie's first frame, else
+``entered`` if its first detection lies within ``border_nm`` of the image edge,
+else ``nucleated``. Death: ``survived`` if it ends in the last frame, else ``left``
+if its last detection lies within ``border_nm`` of the edge, else ``annihilated``.
+Edges are judged on the raw (not drift-corrected) positions, since the frame edge
+is fixed on the detector.
+
+Two tracks form a *dipole* when their mean **h** are opposite (within
+``opposite_tolerance_deg``) and either they nucleate together (first frames at
+most ``max_frame_gap`` apart, first positions within ``distance_nm``) or they stay
+within ``distance_nm`` in at least ``min_close_fraction`` of the frames where both
+are detected. Each track has at most one partner; candidate pairs are accepted
+greedily, closest first. Distances use drift-corrected positions when present.
+
+Events sit where they are seen: a nucleation at a track's first detection, an
+annihilation at its last. A dipole that nucleates together gives one
+``dipole_nucleation`` (earlier first frame, midpoint of the two first positions)
+instead of two nucleations; likewise ``dipole_annihilation`` (later last frame).
+Event ``x``, ``y`` are raw image positions [px]; ``particles`` lists the track ids
+separated by spaces.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from dislotrack.data_gen.conventions import px_to_nm, unit
+from dislotrack.infer.motion import VELOCITY_COLUMNS, track_motion, track_velocities
+
+SUMMARY_COLUMNS = [
+    "particle",
+    "first_frame",
+    "last_frame",
+    "n_frames",
+    *VELOCITY_COLUMNS,
+    "kind",
+    "partner",
+    "birth",
+    "death",
+]
+EVENT_COLUMNS = ["frame", "t_s", "kind", "x", "y", "particles"]
+COUNT_COLUMNS = ["frame", "t_s", "n_dislocations", "n_dipoles", "rocksalt_fraction"]
+
+
+@dataclass(frozen=True)
+class DipoleCriteria:
+    """When two tracks of opposite **h** count as a dipole (see module docstring).
+
+    Attributes
+    ----------
+    distance_nm : float
+        Largest core separation [nm].
+    max_frame_gap : int
+        Largest difference of first (or last) frames for a joint nucleation
+        (annihilation) [frames].
+    min_close_fraction : float
+        Fraction of the common frames in which the cores must be within ``distance_nm``.
+    opposite_tolerance_deg : float
+        Largest deviation of the angle between the two mean **h** from 180 deg [deg].
+    """
+
+    distance_nm: float = 3.0
+    max_frame_gap: int = 2
+    min_close_fraction: float = 0.6
+    opposite_tolerance_deg: float = 45.0
+
+
+def summarise_tracks(
+    tracks: pd.DataFrame,
+    *,
+    pixel_size_nm: float,
+    frame_interval_s: float | None = None,
+    n_frames: int | None = None,
+    image_shape: tuple[int, int] | None = None,
+    border_nm: float = 2.0,
+    dipoles: DipoleCriteria = DipoleCriteria(),
+) -> pd.DataFrame:
+    """The track_summary table: one row per track.
+
+    Parameters
+    ----------
+    tracks : DataFrame
+        Linked detections (``particle``, ``frame``, ``x``, ``y`` [px], ``hx``,
+        ``hy``, optional ``x_corr``, ``y_corr``); ``glide_nm`` and ``climb_nm`` are
+        computed with `track_motion` if absent.
+    pixel_size_nm : float
+        Pixel size [nm/px].
+    frame_interval_s : float or None
+        Time between frames [s]; ``None`` gives velocities in nm/frame.
+    n_frames : int or None
+        Number of frames in the movie (frames 0 .. n_frames - 1); default: last
+        tracked frame + 1.
+    image_shape : (int, int) or None
+        Frame shape (rows, cols) [px]; ``None`` disables ``entered`` / ``left``.
+    border_nm : float
+        Width of the edge band for ``entered`` / ``left`` [nm].
+    dipoles : DipoleCriteria
+        Dipole pairing rules.
+
+    Returns
+    -------
+    DataFrame
+        Columns `SUMMARY_COLUMNS`; ``partner`` is a nullable integer (empty if none).
+    """
+    if not {"glide_nm", "climb_nm"} <= set(tracks.columns):
+        tracks = track_motion(
+            tracks, pixel_size_nm=pixel_size_nm, frame_interval_s=frame_interval_s
+        )
+    velocities = track_velocities(tracks, frame_interval_s=frame_interval_s)
+    fates = birth_death(
+        tracks,
+        pixel_size_nm=pixel_size_nm,
+        n_frames=n_frames,
+        image_shape=image_shape,
+        border_nm=border_nm,
+    )
+    pairs = pair_dipoles(tracks, fates, pixel_size_nm=pixel_size_nm, criteria=dipoles)
+    summary = velocities.merge(fates, on=["particle", "first_frame", "last_frame"])
+    partner = dict(pairs) | {b: a for a, b in pairs}
+    summary["partner"] = summary["particle"].map(partner).astype("Int64")
+    summary["kind"] = np.where(summary["partner"].isna(), "single", "dipole")
+    summary = summary[SUMMARY_COLUMNS].reset_index(drop=True)
+    summary.attrs = velocities.attrs
+    return summary
+
+
+def birth_death(
+    tracks: pd.DataFrame,
+    *,
+    pixel_size_nm: float,
+    n_frames: int | None = None,
+    image_shape: tuple[int, int] | None = None,
+    border_nm: float = 2.0,
+) -> pd.DataFrame:
+    """Classify how each track begins and ends (rules in the module docstring).
+
+    Returns
+    -------
+    DataFrame
+        ``particle``, ``first_frame``, ``last_frame``, ``birth``, ``death``.
+    """
+    ordered = tracks.sort_values(["particle", "frame"], kind="stable")
+    ends = ordered.groupby("particle", sort=True)
+    first, last = ends.head(1).set_index("particle"), ends.tail(1).set_index("particle")
+    final_frame = int(ordered["frame"].max()) if n_frames is None else n_frames - 1
+    if final_frame < ordered["frame"].max():
+        raise ValueError(f"tracks reach frame {ordered['frame'].max()} but n_frames={n_frames}")
+    band_px = border_nm / pixel_size_nm
+    birth = np.where(
+        first["frame"] == 0,
+        "present",
+        np.where(_near_edge(first, image_shape, band_px), "entered", "nucleated"),
+    )
+    death = np.where(
+        last["frame"] == final_frame,
+        "survived",
+        np.where(_near_edge(last, image_shape, band_px), "left", "annihilated"),
+    )
+    return pd.DataFrame(
+        {
+            "particle": first.index.to_numpy(),
+            "first_frame": first["frame"].to_numpy(dtype=int),
+            "last_frame": last["frame"].to_numpy(dtype=int),
+            "birth": birth,
+            "death": death,
+        }
+    )
+
+
+def pair_dipoles(
+    tracks: pd.DataFrame,
+    fates: pd.DataFrame,
+    *,
+    pixel_size_nm: float,
+    criteria: DipoleCriteria = DipoleCriteria(),
+) -> list[tuple[int, int]]:
+    """Pairs of particle ids forming dipoles (smaller id first).
+
+    Parameters
+    ----------
+    tracks : DataFrame
+        Linked detections (see `summarise_tracks`).
+    fates : DataFrame
+        Output of `birth_death` for the same tracks.
+    pixel_size_nm : float
+        Pixel size [nm/px].
+    criteria : DipoleCriteria
+        Pairing rules.
+    """
+    ends = _track_ends(tracks, pixel_size_nm).join(fates.set_index("particle")[["birth"]])
+    paths = _paths_nm(tracks, pixel_size_nm)
+    h = ends[["hx", "hy"]].to_numpy()
+    opposite = h @ h.T <= -np.cos(np.deg2rad(criteria.opposite_tolerance_deg))
+    candidates = []
+    for i, j in zip(*np.nonzero(np.triu(opposite)), strict=True):
+        a, b = ends.index[i], ends.index[j]
+        cost = _pair_cost(ends.loc[a], ends.loc[b], paths, criteria)
+        if cost is not None:
+            candidates.append((cost, a, b))
+    taken: set[int] = set()
+    pairs = []
+    for _, a, b in sorted(candidates):
+        if a not in taken and b not in taken:
+            pairs.append((int(a), int(b)))
+            taken |= {a, b}
+    return pairs
+
+
+def find_events(
+    tracks: pd.DataFrame,
+    summary: pd.DataFrame,
+    *,
+    pixel_size_nm: float,
+    frame_interval_s: float | None = None,
+    dipoles: DipoleCriteria = DipoleCriteria(),
+) -> pd.DataFrame:
+    """The events table (nucleations and annihilations, single or as dipoles).
+
+    Parameters
+    ----------
+    tracks : DataFrame
+        Linked detections.
+    summary : DataFrame
+        Output of `summarise_tracks` for the same tracks.
+    pixel_size_nm, frame_interval_s, dipoles
+        As in `summarise_tracks` (use the same values).
+
+    Returns
+    -------
+    DataFrame
+        Columns `EVENT_COLUMNS`, sorted by frame.
+    """
+    ends = _track_ends(tracks, pixel_size_nm)
+    info = summary.set_index("particle")
+    rows = _events(info, ends, "nucleation", dipoles) + _events(info, ends, "annihilation", dipoles)
+    events = pd.DataFrame(rows, columns=["frame", "kind", "x", "y", "particles"])
+    events.insert(1, "t_s", _times(events["frame"], frame_interval_s))
+    return events.sort_values(["frame", "kind"], kind="stable").reset_index(drop=True)
+
+
+def count_dislocations(
+    summary: pd.DataFrame,
+    *,
+    n_frames: int,
+    frame_interval_s: float | None = None,
+    rocksalt_fraction: np.ndarray | None = None,
+) -> pd.DataFrame:
+    """Per-frame counts of dislocations and dipoles.
+
+    A track counts in every frame from its first to its last detection (also in
+    frames it was missed); a dipole counts while both partners do.
+
+    Parameters
+    ----------
+    summary : DataFrame
+        Output of `summarise_tracks`.
+    n_frames : int
+        Number of frames in the movie.
+    frame_interval_s : float or None
+        Time between frames [s]; ``None`` leaves ``t_s`` NaN.
+    rocksalt_fraction : array_like of shape (n_frames,) or None
+        Rock-salt area fraction per frame; NaN when not given.
+
+    Returns
+    -------
+    DataFrame
+        Columns `COUNT_COLUMNS`, one row per frame.
+    """
+    frames = np.arange(n_frames)
+    alive = (summary["first_frame"].to_numpy()[:, None] <= frames) & (
+        frames <= summary["last_frame"].to_numpy()[:, None]
+    )
+    row = {p: i for i, p in enumerate(summary["particle"])}
+    couples = summary[(summary["kind"] == "dipole") & (summary["particle"] < summary["partner"])]
+    n_dipoles = np.zeros(n_frames, dtype=int)
+    for a, b in zip(couples["particle"], couples["partner"], strict=True):
+        n_dipoles += alive[row[a]] & alive[row[int(b)]]
+    if rocksalt_fraction is None:
+        rocksalt_fraction = np.full(n_frames, np.nan)
+    rocksalt_fraction = np.asarray(rocksalt_fraction, dtype=float)
+    if rocksalt_fraction.shape != (n_frames,):
+        raise ValueError(
+            f"rocksalt_fraction has shape {rocksalt_fraction.shape}, expected ({n_frames},)"
+        )
+    return pd.DataFrame(
+        {
+            "frame": frames,
+            "t_s": _times(pd.Series(frames), frame_interval_s),
+            "n_dislocations": alive.sum(axis=0),
+            "n_dipoles": n_dipoles,
+            "rocksalt_fraction": rocksalt_fraction,
+        }
+    )
+
+
+def _near_edge(ends: pd.DataFrame, image_shape: tuple[int, int] | None, band_px: float):
+    """Whether each position lies within ``band_px`` of the image edge."""
+    if image_shape is None:
+        return np.zeros(len(ends), dtype=bool)
+    rows, cols = image_shape
+    x, y = ends["x"].to_numpy(dtype=float), ends["y"].to_numpy(dtype=float)
+    # Pixel-centre origin: the image spans -0.5 .. n - 0.5 on each axis.
+    gap = np.minimum.reduce([x + 0.5, y + 0.5, cols - 0.5 - x, rows - 0.5 - y])
+    return gap <= band_px
+
+
+def _paths_nm(tracks: pd.DataFrame, pixel_size_nm: float):
+    """Tracks grouped by particle with drift-corrected positions ``xn``, ``yn`` [nm]."""
+    corrected = {"x_corr", "y_corr"} <= set(tracks.columns)
+    xcol, ycol = ("x_corr", "y_corr") if corrected else ("x", "y")
+    ordered = tracks.sort_values(["particle", "frame"], kind="stable")
+    ordered = ordered.assign(
+        xn=px_to_nm(ordered[xcol], pixel_size_nm), yn=px_to_nm(ordered[ycol], pixel_size_nm)
+    ).reset_index(drop=True)
+    return ordered.groupby("particle", sort=True)
+
+
+def _track_ends(tracks: pd.DataFrame, pixel_size_nm: float) -> pd.DataFrame:
+    """Per particle: first and last detection (``frame``, raw ``x``, ``y`` [px],
+    corrected ``xn``, ``yn`` [nm], suffixes ``_start`` / ``_stop``) and mean ``hx``, ``hy``.
+    """
+    paths = _paths_nm(tracks, pixel_size_nm)
+    columns = ["frame", "x", "y", "xn", "yn"]
+    start = paths[columns].first().add_suffix("_start")
+    stop = paths[columns].last().add_suffix("_stop")
+    h = pd.DataFrame(unit(paths.obj[["hx", "hy"]].to_numpy(dtype=float)), columns=["hx", "hy"])
+    mean_h = h.groupby(paths.obj["particle"].to_numpy()).mean()
+    mean_h[["hx", "hy"]] = unit(mean_h.to_numpy())
+    return start.join(stop).join(mean_h)
+
+
+def _together(a: pd.Series, b: pd.Series, stage: str, criteria: DipoleCriteria) -> bool:
+    """Whether two tracks start (``stage="start"``) or stop (``"stop"``) together."""
+    frames_apart = abs(a[f"frame_{stage}"] - b[f"frame_{stage}"])
+    distance = np.hypot(a[f"xn_{stage}"] - b[f"xn_{stage}"], a[f"yn_{stage}"] - b[f"yn_{stage}"])
+    return bool(frames_apart <= criteria.max_frame_gap and distance <= criteria.distance_nm)
+
+
+def _pair_cost(a: pd.Series, b: pd.Series, paths, criteria: DipoleCriteria) -> float | None:
+    """Separation [nm] ranking a dipole candidate, or None if it is no dipole."""
+    if a["birth"] == b["birth"] == "nucleated" and _together(a, b, "start", criteria):
+        return float(np.hypot(a["xn_start"] - b["xn_start"], a["yn_start"] - b["yn_start"]))
+    if max(a["frame_start"], b["frame_start"]) >= min(a["frame_stop"], b["frame_stop"]):
+        return None
+    common = paths.get_group(a.name).merge(paths.get_group(b.name), on="frame")
+    if len(common) < 2:
+        return None
+    gaps = np.hypot(common["xn_x"] - common["xn_y"], common["yn_x"] - common["yn_y"])
+    if np.mean(gaps <= criteria.distance_nm) >= criteria.min_close_fraction:
+        return float(np.median(gaps))
+    return None
+
+
+def _events(info: pd.DataFrame, ends: pd.DataFrame, kind: str, criteria: DipoleCriteria) -> list:
+    """Event rows of one kind ("nucleation" or "annihilation"), dipole events first."""
+    fate, value, stage = {
+        "nucleation": ("birth", "nucleated", "start"),
+        "annihilation": ("death", "annihilated", "stop"),
+    }[kind]
+    single = set(info.index[info[fate] == value])
+    rows = []
+    dipoles = info[(info["kind"] == "dipole") & (info.index < info["partner"])]
+    for a, b in zip(dipoles.index, dipoles["partner"].astype(int), strict=True):
+        if {a, b} <= single and _together(ends.loc[a], ends.loc[b], stage, criteria):
+            frames = ends.loc[[a, b], f"frame_{stage}"]
+            frame = frames.min() if stage == "start" else frames.max()
+            x, y = ends.loc[[a, b], [f"x_{stage}", f"y_{stage}"]].mean()
+            rows.append((int(frame), f"dipole_{kind}", x, y, f"{a} {b}"))
+            single -= {a, b}
+    for p in sorted(single):
+        frame, x, y = ends.loc[p, [f"frame_{stage}", f"x_{stage}", f"y_{stage}"]]
+        rows.append((int(frame), kind, x, y, str(p)))
+    return rows
+
+
+def _times(frames: pd.Series, frame_interval_s: float | None) -> np.ndarray:
+    """Time of each frame [s]; NaN when the interval is unknown."""
+    scale = np.nan if frame_interval_s is None else frame_interval_s
+    return frames.to_numpy(dtype=float) * scale

@@ -1,0 +1,388 @@
+"""Geometric phase analysis (GPA) of lattice-fringe images.
+
+Hÿtch, Snoeck & Kilaas, "Quantitative measurement of displacement and strain
+fields from HREM micrographs", Ultramicroscopy 74 (1998) 131-146.
+
+A lattice image ``I(r) = sum_g A_g cos(2 pi g.(r - u(r)))`` is filtered with a
+Gaussian mask around one Bragg reflection ``+g``; the complex result ``H_g`` has
+the geometric phase ``P_g = arg(H_g) - 2 pi g.r = -2 pi g.u``. Two non-collinear
+reflections give the displacement ``u`` and the distortion tensor
+``grad u = -(1 / 2 pi) G^-1 [grad P1; grad P2]`` with ``G`` = ``[g1; g2]`` (rows).
+
+Conventions (see `dislotrack.data_gen.conventions`): positions ``r = (x, y)`` in nm,
+``x`` = column, ``y`` = row (down on screen), origin at the centre of the top-left
+pixel; ``g`` in 1/nm as ``(gx, gy)``; a lattice image of ``g`` varies as
+``cos(2 pi g.r)``. Phase gradients are computed without unwrapping,
+``grad P = Im(conj(H) grad H) / |H|^2 - 2 pi g``, with ``grad H`` taken
+spectrally, so dislocation cores and phase jumps do not break the derivatives.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from dislotrack.data_gen.conventions import D003_LINIO2_NM
+from scipy import fft
+from scipy.signal.windows import hann
+from skimage.restoration import unwrap_phase
+
+_SIGMA_PER_FWHM = 1.0 / (2.0 * np.sqrt(2.0 * np.log(2.0)))
+
+
+def _as_image(image: np.ndarray) -> np.ndarray:
+    img = np.asarray(image, dtype=float)
+    if img.ndim != 2 or min(img.shape) < 8:
+        raise ValueError(f"expected a 2-D image of at least 8x8 px, got shape {img.shape}")
+    if not np.all(np.isfinite(img)):
+        raise ValueError("image contains NaN or inf values")
+    return img
+
+
+def _frequencies(shape: tuple[int, int], pixel_size_nm: float) -> tuple[np.ndarray, np.ndarray]:
+    """Spatial frequencies ``kx`` (1, W) and ``ky`` (H, 1) of `fft2` [1/nm]."""
+    if not pixel_size_nm > 0:
+        raise ValueError(f"pixel_size_nm must be > 0 nm/px, got {pixel_size_nm!r}")
+    kx = fft.fftfreq(shape[1], d=pixel_size_nm)[None, :]
+    ky = fft.fftfreq(shape[0], d=pixel_size_nm)[:, None]
+    return kx, ky
+
+
+def _wrap(dk: np.ndarray, pixel_size_nm: float) -> np.ndarray:
+    """Wrap frequency offsets into the first Brillouin zone of the pixel grid [1/nm]."""
+    period = 1.0 / pixel_size_nm
+    return (dk + period / 2) % period - period / 2
+
+
+def _sigma_k(resolution_nm: float) -> float:
+    """Reciprocal-space standard deviation of the mask [1/nm] for a real-space FWHM [nm]."""
+    if not resolution_nm > 0:
+        raise ValueError(f"resolution_nm must be > 0 nm, got {resolution_nm!r}")
+    return 1.0 / (2.0 * np.pi * resolution_nm * _SIGMA_PER_FWHM)
+
+
+def _check_g(g: np.ndarray, pixel_size_nm: float, resolution_nm: float) -> np.ndarray:
+    g = np.asarray(g, dtype=float).reshape(-1)
+    if not pixel_size_nm > 0:
+        raise ValueError(f"pixel_size_nm must be > 0 nm/px, got {pixel_size_nm!r}")
+    if g.shape != (2,) or not np.all(np.isfinite(g)):
+        raise ValueError(f"g must be a finite (gx, gy) vector [1/nm], got {g!r}")
+    nyquist = 0.5 / pixel_size_nm
+    if np.any(np.abs(g) >= nyquist):
+        raise ValueError(f"g = {g} 1/nm lies beyond the Nyquist frequency {nyquist:.3g} 1/nm")
+    if np.hypot(*g) < 3 * _sigma_k(resolution_nm):
+        raise ValueError(
+            f"resolution_nm = {resolution_nm} nm is too fine for |g| = {np.hypot(*g):.3g} 1/nm: "
+            f"the mask would reach the origin; use resolution_nm >= "
+            f"{3 / (2 * np.pi * np.hypot(*g) * _SIGMA_PER_FWHM):.3g} nm"
+        )
+    return g
+
+
+def _spectrum(image: np.ndarray) -> np.ndarray:
+    img = _as_image(image)
+    return fft.fft2(img - img.mean())
+
+
+def _lattice_fields(
+    spectrum: np.ndarray, g: np.ndarray, pixel_size_nm: float, resolution_nm: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Complex image ``H_g`` and the phase gradient ``(dP/dx, dP/dy)`` [rad/nm]."""
+    g = _check_g(g, pixel_size_nm, resolution_nm)
+    kx, ky = _frequencies(spectrum.shape, pixel_size_nm)
+    dkx, dky = _wrap(kx - g[0], pixel_size_nm), _wrap(ky - g[1], pixel_size_nm)
+    masked = spectrum * np.exp(-(dkx**2 + dky**2) / (2 * _sigma_k(resolution_nm) ** 2))
+    hg = fft.ifft2(masked)
+    return hg, *_gradient_from_masked(hg, masked, dkx, dky)
+
+
+def _gradient_from_masked(hg, masked, dkx, dky) -> tuple[np.ndarray, np.ndarray]:
+    # grad P = Im(conj(H) grad(H exp(-2 pi i g.r))) / |H|^2, with the demodulated
+    # derivative taken spectrally as 2 pi i (k - g).
+    power = np.abs(hg) ** 2
+    out = []
+    for dk in (dkx, dky):
+        dh = fft.ifft2(2j * np.pi * dk * masked)
+        num = np.imag(np.conj(hg) * dh)
+        out.append(np.divide(num, power, out=np.full_like(num, np.nan), where=power > 0))
+    return out[0], out[1]
+
+
+def _demodulate(hg: np.ndarray, g: np.ndarray, pixel_size_nm: float) -> np.ndarray:
+    """``H_g exp(-2 pi i g.r)``: the slowly varying complex lattice signal."""
+    rows, cols = np.indices(hg.shape)
+    return hg * np.exp(-2j * np.pi * pixel_size_nm * (g[0] * cols + g[1] * rows))
+
+
+def complex_image(
+    image: np.ndarray, g: np.ndarray, *, pixel_size_nm: float, resolution_nm: float
+) -> np.ndarray:
+    """Bragg-filtered complex image ``H_g`` (Gaussian mask around ``+g``).
+
+    Parameters
+    ----------
+    image : ndarray, shape (H, W)
+        Lattice image (any intensity unit).
+    g : array_like, shape (2,)
+        Reflection ``(gx, gy)`` [1/nm] in image axes (x = column, y = row down).
+    pixel_size_nm : float
+        Pixel size [nm/px].
+    resolution_nm : float
+        FWHM of the real-space Gaussian over which the lattice signal is averaged
+        [nm]; the mask has a standard deviation of ``1 / (2 pi sigma)`` [1/nm] with
+        ``sigma = resolution_nm / 2.355``.
+
+    Returns
+    -------
+    ndarray of complex, shape (H, W)
+        ``H_g``; ``|H_g|`` is half the local fringe amplitude of ``cos(2 pi g.r)``.
+    """
+    return _lattice_fields(_spectrum(image), g, pixel_size_nm, resolution_nm)[0]
+
+
+def geometric_phase(
+    image: np.ndarray, g: np.ndarray, *, pixel_size_nm: float, resolution_nm: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Geometric phase ``P_g = arg(H_g) - 2 pi g.r`` and amplitude ``|H_g|``.
+
+    Parameters are those of `complex_image`.
+
+    Returns
+    -------
+    phase : ndarray, shape (H, W)
+        Wrapped into ``(-pi, pi]`` [rad]; ``P_g = -2 pi g.u`` for a displacement ``u``.
+    amplitude : ndarray, shape (H, W)
+        ``|H_g|`` [image intensity units].
+    """
+    g = np.asarray(g, dtype=float)
+    hg = complex_image(image, g, pixel_size_nm=pixel_size_nm, resolution_nm=resolution_nm)
+    return np.angle(_demodulate(hg, g, pixel_size_nm)), np.abs(hg)
+
+
+def phase_gradient(
+    hg: np.ndarray, g: np.ndarray, *, pixel_size_nm: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Gradient of the geometric phase without unwrapping.
+
+    ``grad P = Im(conj(H) grad H) / |H|^2 - 2 pi g``, with ``grad H`` computed
+    spectrally (exact for the band-limited ``H_g`` of `complex_image`).
+
+    Parameters
+    ----------
+    hg : ndarray of complex, shape (H, W)
+        Complex image ``H_g`` from `complex_image`.
+    g : array_like, shape (2,)
+        The reflection used to make ``hg`` [1/nm].
+    pixel_size_nm : float
+        Pixel size [nm/px].
+
+    Returns
+    -------
+    dpdx, dpdy : ndarray, shape (H, W)
+        ``dP/dx`` and ``dP/dy`` [rad/nm]; NaN where ``H_g = 0``.
+    """
+    g = np.asarray(g, dtype=float).reshape(2)
+    kx, ky = _frequencies(hg.shape, pixel_size_nm)
+    dkx, dky = _wrap(kx - g[0], pixel_size_nm), _wrap(ky - g[1], pixel_size_nm)
+    return _gradient_from_masked(hg, fft.fft2(hg), dkx, dky)
+
+
+def _region_mask(region, shape: tuple[int, int]) -> np.ndarray:
+    if isinstance(region, np.ndarray) and region.dtype == bool:
+        if region.shape != shape:
+            raise ValueError(f"reference mask shape {region.shape} != image shape {shape}")
+        mask = region
+    else:
+        mask = np.zeros(shape, dtype=bool)
+        mask[tuple(region)] = True
+    if not mask.any():
+        raise ValueError(f"reference region {region!r} selects no pixel")
+    return mask
+
+
+def _refine_g(spectrum, g, pixel_size_nm, resolution_nm, mask, n_iter: int = 2) -> np.ndarray:
+    """Mean local frequency ``sum Im(conj H grad H) / (2 pi sum |H|^2)`` over ``mask``."""
+    g = np.asarray(g, dtype=float)
+    for _ in range(n_iter):
+        hg, dpdx, dpdy = _lattice_fields(spectrum, g, pixel_size_nm, resolution_nm)
+        w = np.abs(hg[mask]) ** 2
+        ok = np.isfinite(dpdx[mask])
+        mean_grad = [np.sum((w * d[mask])[ok]) / np.sum(w[ok]) for d in (dpdx, dpdy)]
+        g = g + np.asarray(mean_grad) / (2 * np.pi)
+    return g
+
+
+def _interior(shape: tuple[int, int], margin_px: int) -> np.ndarray:
+    mask = np.zeros(shape, dtype=bool)
+    m = min(margin_px, (min(shape) - 1) // 4)
+    mask[m : shape[0] - m, m : shape[1] - m] = True
+    return mask
+
+
+def _parabolic_peak(power: np.ndarray, idx: tuple[int, int]) -> np.ndarray:
+    """Sub-pixel offset (dx, dy) of a peak of log-power, periodic neighbours [px]."""
+    lp = np.log(power + power.max() * 1e-12)
+    offset = []
+    for axis in (1, 0):
+        step = np.zeros(2, dtype=int)
+        step[axis] = 1
+        lo, mid, hi = (lp[tuple((np.array(idx) + s * step) % power.shape)] for s in (-1, 0, 1))
+        denom = lo - 2 * mid + hi
+        offset.append(0.5 * (lo - hi) / denom if denom < 0 else 0.0)
+    return np.clip(offset, -0.5, 0.5)
+
+
+def find_reflections(
+    image: np.ndarray,
+    *,
+    pixel_size_nm: float,
+    d_spacing_nm: float = D003_LINIO2_NM,
+    n: int = 2,
+    d_tolerance: float = 0.15,
+    min_angle_deg: float = 20.0,
+    max_spacing_nm: float = 1.0,
+    resolution_nm: float = 2.0,
+) -> np.ndarray:
+    """Pick Bragg reflections for GPA automatically, refined to sub-pixel accuracy.
+
+    The first is the strongest spot of the Hann-windowed power spectrum within
+    ``d_tolerance`` of ``1 / d_spacing_nm`` (the (003) spot); the second the
+    strongest spot at least ``min_angle_deg`` away from collinear with the first,
+    with spacing between ~2.2 px and ``max_spacing_nm``. Each is located by a
+    parabolic fit of the log power, then refined to the mean local frequency of the
+    interior of the image (``sum Im(conj H grad H) / (2 pi sum |H|^2)``). Of
+    ``+g`` and ``-g`` the one with ``gx > 0`` (or ``gy > 0`` when ``gx = 0``) is
+    returned; the choice does not change strain or Burgers vectors.
+
+    Parameters
+    ----------
+    image : ndarray, shape (H, W)
+        Lattice image.
+    pixel_size_nm : float
+        Pixel size [nm/px].
+    d_spacing_nm : float
+        Spacing of the first reflection [nm]; default (003) of LiNiO2.
+    n : {1, 2}
+        Number of reflections to return.
+    d_tolerance : float
+        Relative tolerance on the first spacing.
+    min_angle_deg : float
+        Minimum angle between the two reflections [deg].
+    max_spacing_nm : float
+        Largest lattice spacing accepted for the second reflection [nm].
+    resolution_nm : float
+        Real-space FWHM of the refinement mask [nm] (see `complex_image`).
+
+    Returns
+    -------
+    ndarray, shape (n, 2)
+        Reflections ``(gx, gy)`` [1/nm].
+    """
+    if n not in (1, 2):
+        raise ValueError(f"n must be 1 or 2 reflections, got {n!r}")
+    img = _as_image(image)
+    win = hann(img.shape[0], sym=False)[:, None] * hann(img.shape[1], sym=False)[None, :]
+    power = np.abs(fft.fft2((img - img.mean()) * win)) ** 2
+    kx, ky = _frequencies(img.shape, pixel_size_nm)
+    kmag = np.hypot(kx, ky)
+    half = (kx > 0) | ((kx == 0) & (ky > 0))
+    target = 1.0 / d_spacing_nm
+    first = half & (np.abs(kmag - target) <= d_tolerance * target)
+    candidates = [first]
+    if n == 2:
+        candidates.append(half & (kmag >= 1.0 / max_spacing_nm) & (kmag < 0.45 / pixel_size_nm))
+    spectrum = fft.fft2(img - img.mean())
+    interior = _interior(img.shape, int(round(2 * resolution_nm / pixel_size_nm)))
+    step = np.array([1.0 / (img.shape[1] * pixel_size_nm), 1.0 / (img.shape[0] * pixel_size_nm)])
+    found: list[np.ndarray] = []
+    for allowed in candidates:
+        if found:
+            cos = (kx * found[0][0] + ky * found[0][1]) / (kmag * np.hypot(*found[0]) + 1e-30)
+            allowed = allowed & (np.abs(cos) <= np.cos(np.radians(min_angle_deg)))
+        if not allowed.any():
+            raise ValueError(
+                f"no spatial frequency available for reflection {len(found) + 1} "
+                f"(d_spacing_nm={d_spacing_nm} nm, pixel_size_nm={pixel_size_nm} nm/px, "
+                f"image {img.shape})"
+            )
+        idx = np.unravel_index(np.argmax(np.where(allowed, power, -np.inf)), power.shape)
+        g0 = np.array([kx[0, idx[1]], ky[idx[0], 0]]) + _parabolic_peak(power, idx) * step
+        found.append(_refine_g(spectrum, g0, pixel_size_nm, resolution_nm, interior))
+    return np.array(found)
+
+
+def strain_maps(
+    image: np.ndarray,
+    g1: np.ndarray,
+    g2: np.ndarray,
+    *,
+    pixel_size_nm: float,
+    resolution_nm: float,
+    reference=None,
+    min_amplitude: float = 0.3,
+) -> dict[str, np.ndarray]:
+    """Displacement, strain and rotation maps from two non-collinear reflections.
+
+    ``grad u = -(1 / 2 pi) G^-1 [grad P1; grad P2]`` (``G`` has rows ``g1, g2``);
+    ``exx = du_x/dx``, ``eyy = du_y/dy``, ``exy = (du_x/dy + du_y/dx) / 2`` and
+    ``omega = (du_x/dy - du_y/dx) / 2``. Axes are image axes (y down), so
+    ``omega > 0`` is a counter-clockwise rotation of the lattice *as displayed*.
+    Strain is relative to the lattice of ``g1, g2`` or, with ``reference``, to
+    the mean lattice of that region (both ``g`` are refined there).
+
+    Parameters
+    ----------
+    image : ndarray, shape (H, W)
+        Lattice image.
+    g1, g2 : array_like, shape (2,)
+        Reflections ``(gx, gy)`` [1/nm], e.g. from `find_reflections`.
+    pixel_size_nm : float
+        Pixel size [nm/px].
+    resolution_nm : float
+        Real-space FWHM of the averaging [nm] (see `complex_image`).
+    reference : tuple of slices or bool ndarray, optional
+        Region of zero strain and zero mean displacement, e.g.
+        ``np.s_[10:60, 10:60]`` or a mask of the image's shape.
+    min_amplitude : float
+        Pixels where either ``|H_g|`` is below this fraction of its median are
+        invalid (NaN in every map).
+
+    Returns
+    -------
+    dict of ndarray, shape (H, W) unless stated
+        ``exx, eyy, exy`` [1], ``omega`` [rad], ``ux, uy`` [nm] (from unwrapped
+        phases: defined up to a lattice translation, with branch cuts at
+        dislocations), ``phase1, phase2`` [rad, wrapped], ``amplitude1,
+        amplitude2``, ``valid`` (bool) and ``g`` (2, 2): the reflections used
+        [1/nm].
+    """
+    spectrum = _spectrum(image)
+    shape = spectrum.shape
+    gs = [_check_g(g, pixel_size_nm, resolution_nm) for g in (g1, g2)]
+    ref = None if reference is None else _region_mask(reference, shape)
+    if ref is not None:
+        gs = [_refine_g(spectrum, g, pixel_size_nm, resolution_nm, ref) for g in gs]
+    gmat = np.array(gs)
+    if abs(np.linalg.det(gmat)) < np.sin(np.radians(5)) * np.prod(np.hypot(*gmat.T)):
+        raise ValueError(f"g1 and g2 are (nearly) collinear: {gmat.tolist()} 1/nm")
+    fields = [_lattice_fields(spectrum, g, pixel_size_nm, resolution_nm) for g in gs]
+    amps = [np.abs(f[0]) for f in fields]
+    valid = np.logical_and.reduce([a >= min_amplitude * np.median(a) for a in amps])
+    grads = np.array([[f[1], f[2]] for f in fields])  # [i, k] = dP_i / dx_k
+    dist = -np.einsum("ji,ikyx->jkyx", np.linalg.inv(gmat), grads) / (2 * np.pi)
+    hds = [_demodulate(f[0], g, pixel_size_nm) for f, g in zip(fields, gs, strict=True)]
+    phases = [np.angle(hd) for hd in hds]
+    unwrapped = np.array([unwrap_phase(np.ma.array(p, mask=~valid)).filled(np.nan) for p in phases])
+    disp = -np.einsum("ji,iyx->jyx", np.linalg.inv(gmat), unwrapped) / (2 * np.pi)
+    zero = ref & valid if ref is not None and (ref & valid).any() else valid
+    disp -= np.nanmean(disp[:, zero], axis=1)[:, None, None]
+    maps = {
+        "exx": dist[0, 0],
+        "eyy": dist[1, 1],
+        "exy": 0.5 * (dist[0, 1] + dist[1, 0]),
+        "omega": 0.5 * (dist[0, 1] - dist[1, 0]),
+        "ux": disp[0],
+        "uy": disp[1],
+    }
+    for m in maps.values():
+        m[~valid] = np.nan
+    maps.update(phase1=phases[0], phase2=phases[1], amplitude1=amps[0], amplitude2=amps[1])
+    return {**maps, "valid": valid, "g": gmat}

@@ -1,0 +1,223 @@
+"""Save and load trained networks: safetensors weights plus a JSON model card.
+
+A model is two files with the same stem: ``<stem>.safetensors`` (the state dict,
+no pickled code) and ``<stem>.json`` (the model card: architecture, input
+recipe, output meanings, how it was trained and how well it did). The bundled
+model is ``dislotrack/models/weights/default.*``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import importlib.resources
+import json
+import pickle
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from dislotrack.models.normalise import NORMALISATION
+from dislotrack.models.unet import OUTPUTS, UNet, UNetConfig
+from safetensors.torch import load_file, save_file
+
+#: Keys every model card must have.
+REQUIRED_CARD_KEYS = (
+    "architecture",
+    "canonical_pixel_size_nm",
+    "input_normalisation",
+    "outputs",
+    "generator",
+    "training",
+    "metrics",
+    "dislotrack_version",
+    "created",
+)
+
+#: Keys added by `load_model` (describe one file on disk, never saved in a card).
+LOAD_TIME_KEYS = ("sha256", "model_id")
+
+#: Stem of the bundled model inside the ``dislotrack.models`` package.
+DEFAULT_MODEL = "weights/default.safetensors"
+
+#: Attribute names under which a LightningModule may hold the network.
+_CHECKPOINT_PREFIXES = ("net.", "model.")
+
+
+def validate_card(card: dict[str, Any]) -> None:
+    """Raise ``ValueError`` if ``card`` lacks a required key or has a bad value.
+
+    Parameters
+    ----------
+    card : dict
+        Model card, as written by `save_model`.
+    """
+    missing = [k for k in REQUIRED_CARD_KEYS if k not in card]
+    if missing:
+        raise ValueError(f"model card lacks required keys {missing}")
+    UNetConfig.from_dict(card["architecture"])
+    size = card["canonical_pixel_size_nm"]
+    if not isinstance(size, (int, float)) or not size > 0:
+        raise ValueError(f"canonical_pixel_size_nm must be a number > 0 [nm/px], got {size!r}")
+    norm = card["input_normalisation"]
+    if not isinstance(norm, dict) or "method" not in norm:
+        raise ValueError(f"input_normalisation must be a dict with a 'method', got {norm!r}")
+
+
+def save_model(model: UNet, path: str | Path, *, card: dict[str, Any]) -> None:
+    """Write ``<stem>.safetensors`` (weights) and ``<stem>.json`` (model card).
+
+    Parameters
+    ----------
+    model : UNet
+        Network to save (on any device).
+    path : str or Path
+        ``<stem>``, ``<stem>.safetensors`` or ``<stem>.json``; parent folders are made.
+    card : dict
+        Must hold ``canonical_pixel_size_nm`` [nm/px], ``generator``, ``training`` and
+        ``metrics`` (JSON-serialisable; numpy scalars and arrays are converted).
+        ``architecture`` is taken from ``model.config`` (a different one in ``card``
+        is an error); ``input_normalisation``, ``outputs``, ``dislotrack_version``
+        and ``created`` are filled in unless given. Load-time keys (``sha256``,
+        ``model_id``) are dropped.
+    """
+    weights, card_path = _model_paths(path)
+    full = _complete_card(model, card)
+    weights.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(weights), metadata={"format": "pt"})
+    card_path.write_text(json.dumps(full, indent=2, default=_json_default) + "\n")
+
+
+def load_model(
+    path: str | Path | None = None, *, device: str | torch.device = "cpu"
+) -> tuple[UNet, dict[str, Any]]:
+    """Load a network and its model card.
+
+    Parameters
+    ----------
+    path : str or Path, optional
+        ``<stem>``, ``<stem>.safetensors`` or ``<stem>.json``; ``None`` loads the
+        bundled model ``dislotrack/models/weights/default.safetensors``.
+    device : str or torch.device, optional
+        Where to put the network.
+
+    Returns
+    -------
+    model : UNet
+        In eval mode, on ``device``.
+    card : dict
+        The model card plus ``sha256`` (of the weights file) and ``model_id`` (stem).
+
+    Raises
+    ------
+    FileNotFoundError
+        If the weights or the card are missing.
+    """
+    if path is None:
+        path = Path(str(importlib.resources.files("dislotrack.models").joinpath(DEFAULT_MODEL)))
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"no bundled model at {path}; train one (dislotrack train) or pass a model path"
+            )
+    weights, card_path = _model_paths(path)
+    for p in (weights, card_path):
+        if not p.is_file():
+            raise FileNotFoundError(f"model file {p} does not exist")
+    card = json.loads(card_path.read_text())
+    validate_card(card)
+    model = UNet(UNetConfig.from_dict(card["architecture"]))
+    model.load_state_dict(load_file(str(weights), device="cpu"))
+    card.update(sha256=file_sha256(weights), model_id=weights.stem)
+    return model.to(device).eval(), card
+
+
+def load_lightning_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read the network's state dict from a Lightning ``.ckpt`` file.
+
+    The checkpoint is read with ``torch.load(..., weights_only=True)``, so it must
+    hold only tensors and plain Python containers. Keys of the LightningModule's
+    ``net`` attribute (or, failing that, ``model``) are returned without the prefix;
+    other entries (losses, metrics) are dropped.
+
+    Parameters
+    ----------
+    path : str or Path
+        Lightning checkpoint.
+
+    Returns
+    -------
+    dict of str to torch.Tensor
+        State dict for `UNet.load_state_dict`.
+    """
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise ValueError(
+            f"{path} holds objects other than tensors and plain containers and cannot be "
+            f"loaded with weights_only=True; save hyperparameters as plain types ({err})"
+        ) from err
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise ValueError(f"{path} is not a Lightning checkpoint (no 'state_dict' entry)")
+    state = ckpt["state_dict"]
+    for prefix in _CHECKPOINT_PREFIXES:
+        net = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+        if net:
+            return net
+    raise ValueError(
+        f"{path}: no state-dict keys start with {_CHECKPOINT_PREFIXES}; "
+        f"first keys are {list(state)[:5]}"
+    )
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 digest of a file."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _model_paths(path: str | Path) -> tuple[Path, Path]:
+    """``(<stem>.safetensors, <stem>.json)`` for a stem or either file name."""
+    path = Path(path)
+    stem = path.with_suffix("") if path.suffix in (".safetensors", ".json") else path
+    return stem.with_name(stem.name + ".safetensors"), stem.with_name(stem.name + ".json")
+
+
+def _complete_card(model: UNet, card: dict[str, Any]) -> dict[str, Any]:
+    """Card with the automatic keys filled in, validated."""
+    arch = model.config.to_dict()
+    if "architecture" in card and UNetConfig.from_dict(card["architecture"]).to_dict() != arch:
+        raise ValueError(
+            f"card architecture {card['architecture']} differs from the model's config {arch}"
+        )
+    full = {k: v for k, v in card.items() if k not in LOAD_TIME_KEYS}
+    full["architecture"] = arch
+    full.setdefault("input_normalisation", dict(NORMALISATION))
+    full.setdefault("outputs", dict(OUTPUTS))
+    full.setdefault("dislotrack_version", _package_version())
+    full.setdefault("created", datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    validate_card(full)
+    return {k: full[k] for k in (*REQUIRED_CARD_KEYS, *sorted(set(full) - set(REQUIRED_CARD_KEYS)))}
+
+
+def _package_version() -> str:
+    try:
+        return importlib.metadata.version("dislotrack")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _json_default(obj: Any) -> Any:
+    """JSON encoder fallback for numpy values and paths."""
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"model card value {obj!r} ({type(obj).__name__}) is not JSON-serialisable")

@@ -1,0 +1,140 @@
+"""Benchmark candidate `UNet` configurations on the CPU (bare network only).
+
+Prints one row per configuration: parameters, receptive field, inference frames/s
+(batch 1, float32, inference mode) at 512x512 for the plain ``UNet(config).eval()``
+and, at 512x512 and 1024x1024, for ``prepare_for_inference`` (batch-norm folded,
+channels-last), and the seconds of one training step (forward, loss, backward, AdamW)
+on a 16x1x128x128 batch.
+
+Usage::
+
+    python tests/benchmarks/bench_network.py --threads 2
+    python tests/benchmarks/bench_network.py --config base_channels=12,depth=3 --config default
+
+``--config`` takes ``default`` or comma-separated ``UNetConfig`` fields; without it a
+built-in list of candidates is measured. Timings are the median of ``--repeats`` runs
+after a warm-up; on a shared machine, run twice and compare.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+from dislotrack.models.unet import UNet, UNetConfig, prepare_for_inference
+
+CANDIDATES = [
+    "base_channels=8,depth=3,full_res_convs=2,skip_merge=cat",
+    "base_channels=8,depth=4,full_res_convs=2,skip_merge=cat",
+    "base_channels=8,depth=4,full_res_convs=2,skip_merge=add",
+    "base_channels=12,depth=3,full_res_convs=1,skip_merge=add",
+    "base_channels=12,depth=4,full_res_convs=1,skip_merge=cat",
+    "base_channels=12,depth=4,full_res_convs=1,skip_merge=add",
+    "base_channels=12,depth=4,full_res_convs=2,skip_merge=add",
+    "base_channels=16,depth=4,full_res_convs=1,skip_merge=cat",
+    "base_channels=16,depth=4,full_res_convs=1,skip_merge=add",
+    "base_channels=16,depth=4,full_res_convs=2,skip_merge=add",
+]
+
+
+def parse_config(spec: str) -> UNetConfig:
+    """``"default"`` or ``"field=value,field=value"`` -> `UNetConfig`."""
+    if spec == "default":
+        return UNetConfig()
+    types = {f.name: type(getattr(UNetConfig(), f.name)) for f in dataclasses.fields(UNetConfig)}
+    kwargs = {}
+    for item in spec.split(","):
+        key, value = item.split("=")
+        kwargs[key] = types[key](value)
+    return UNetConfig(**kwargs)
+
+
+def receptive_field(config: UNetConfig) -> int:
+    """Receptive field [px] of the centre output pixel, measured by back-propagation.
+
+    Uses a copy with positive weights so that no ReLU hides part of the field.
+    """
+    net = UNet(dataclasses.replace(config, norm="none", dropout=0.0))
+    with torch.no_grad():
+        for p in net.parameters():
+            p.abs_().add_(1e-3)
+    size = 512
+    x = torch.zeros(1, config.in_channels, size, size, requires_grad=True)
+    net(x)[0, 0, size // 2, size // 2].backward()
+    cols = torch.nonzero(x.grad[0, 0].abs().sum(dim=0) > 0)
+    return int(cols.max() - cols.min() + 1)
+
+
+def time_inference(net: torch.nn.Module, size: int, repeats: int) -> float:
+    """Median frames/s for a (1, 1, size, size) input."""
+    x = torch.randn(1, net.config.in_channels, size, size)
+    times = []
+    with torch.inference_mode():
+        for i in range(repeats + 2):
+            t0 = time.perf_counter()
+            net(x)
+            if i >= 2:
+                times.append(time.perf_counter() - t0)
+    return 1.0 / statistics.median(times)
+
+
+def time_train_step(config: UNetConfig, repeats: int) -> float:
+    """Median seconds of one training step on a 16x1x128x128 batch."""
+    net = UNet(config).train()
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(16, config.in_channels, 128, 128, generator=gen)
+    target = torch.rand(16, 4, 128, 128, generator=gen)
+    times = []
+    for i in range(repeats + 1):
+        t0 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        loss = F.mse_loss(net(x), target)
+        loss.backward()
+        opt.step()
+        if i >= 1:
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", action="append", help="'default' or field=value,...")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--skip-1024", action="store_true")
+    parser.add_argument("--skip-train", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    specs = args.config or CANDIDATES
+
+    header = (
+        f"{'config':<58} {'params':>8} {'RF px':>6} {'fps512':>7} "
+        f"{'opt512':>7} {'opt1024':>7} {'train s':>7}"
+    )
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}")
+    print(header)
+    print("-" * len(header))
+    nan = float("nan")
+    for spec in specs:
+        config = parse_config(spec)
+        net = UNet(config).eval()
+        fast = prepare_for_inference(net)
+        n_params = sum(p.numel() for p in net.parameters())
+        fps512 = time_inference(net, 512, args.repeats)
+        opt512 = time_inference(fast, 512, args.repeats)
+        opt1024 = nan if args.skip_1024 else time_inference(fast, 1024, max(3, args.repeats // 2))
+        train_s = nan if args.skip_train else time_train_step(config, max(3, args.repeats // 2))
+        print(
+            f"{spec:<58} {n_params:>8d} {receptive_field(config):>6d} {fps512:>7.1f} "
+            f"{opt512:>7.1f} {opt1024:>7.1f} {train_s:>7.3f}",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,122 @@
+"""Drift measurement on synthetic drifting image sequences with known shifts."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+import pytest
+from dislotrack.infer.drift import apply_drift, measure_drift
+from scipy import ndimage
+
+SIZE = 128
+MARGIN = 60
+
+
+def _movie(scene, shifts, noise, rng):
+    """Crops of ``scene`` whose content is moved by ``shifts`` (rows, cols) [px], exactly.
+
+    A generator, so `measure_drift` sees the movie one frame at a time.
+    """
+    spectrum = np.fft.fft2(scene)
+    for shift in shifts:
+        moved = np.fft.ifft2(ndimage.fourier_shift(spectrum, shift)).real
+        crop = moved[MARGIN : MARGIN + SIZE, MARGIN : MARGIN + SIZE]
+        yield crop + noise * rng.normal(size=crop.shape)
+
+
+def _texture(rng, size=SIZE + 2 * MARGIN + 20):
+    scene = ndimage.gaussian_filter(rng.normal(size=(size, size)), 2.0)
+    return scene / scene.std()
+
+
+def _smooth_drift(n_frames):
+    """(rows, cols) drift [px]: steady drift with a gentle wobble and acceleration."""
+    t = np.arange(n_frames)
+    return np.c_[0.37 * t + 0.5 * np.sin(t / 3), 0.83 * t + 0.02 * t**2]
+
+
+def _recovered(drift: pd.DataFrame) -> np.ndarray:
+    return drift[["dy", "dx"]].to_numpy()
+
+
+def test_frame_zero_has_zero_drift_and_frames_are_numbered():
+    rng = np.random.default_rng(3)
+    drift = measure_drift(_movie(_texture(rng), _smooth_drift(4), 0.1, rng))
+    assert list(drift.columns) == ["frame", "dx", "dy"]
+    assert drift["frame"].tolist() == [0, 1, 2, 3]
+    assert drift.loc[0, ["dx", "dy"]].tolist() == [0.0, 0.0]
+
+
+def test_sign_convention_content_moving_right_and_up():
+    # Content moves +0.6 px in x and -0.4 px in y (up on screen): dx > 0, dy < 0.
+    rng = np.random.default_rng(4)
+    drift = measure_drift(_movie(_texture(rng), [(0.0, 0.0), (-0.4, 0.6)], 0.0, rng))
+    assert drift.loc[1, "dx"] == pytest.approx(0.6, abs=0.02)
+    assert drift.loc[1, "dy"] == pytest.approx(-0.4, abs=0.02)
+
+
+def test_recovers_subpixel_drift_of_noisy_texture():
+    rng = np.random.default_rng(5)
+    truth = _smooth_drift(30)
+    drift = measure_drift(_movie(_texture(rng), truth, 0.3, rng))
+    assert np.abs(_recovered(drift) - truth).max() < 0.1
+
+
+def test_follows_lattice_drift_over_many_periods_despite_a_moving_defect():
+    # A perfect lattice (periods 2.6-4.7 px) drifts 25 px in total, i.e. several
+    # periods, while a defect-like blob moves on its own by 1 px per frame.
+    rng = np.random.default_rng(6)
+    n = 30
+    truth = _smooth_drift(n)
+    size = SIZE + 2 * MARGIN + 20
+    yy, xx = np.mgrid[0:size, 0:size].astype(float)
+    lattice = np.cos(2 * np.pi * yy / 4.73) + 0.6 * np.cos(2 * np.pi * (xx / 2.88 + yy / 5.76))
+    frames = []
+    for t, frame in enumerate(_movie(lattice, truth, 0.5, rng)):
+        blob = np.exp(-((xx[:SIZE, :SIZE] - 40 - t) ** 2 + (yy[:SIZE, :SIZE] - 60) ** 2) / 18)
+        frames.append(frame + 2 * blob)
+    drift = measure_drift(iter(frames))
+    assert np.abs(_recovered(drift) - truth).max() < 0.1
+
+
+def test_warns_when_the_drift_jumps_beyond_the_bound(caplog):
+    rng = np.random.default_rng(7)
+    jump = [(0.0, 0.0), (0.2, 0.3), (0.4, 3.6)]  # second step changes by 3.1 px
+    with caplog.at_level(logging.WARNING, logger="dislotrack.infer.drift"):
+        measure_drift(_movie(_texture(rng), jump, 0.1, rng), max_step_px=1.0)
+    assert any("frame 2" in record.getMessage() for record in caplog.records)
+
+
+def test_unbounded_search_follows_a_jump_in_a_texture():
+    rng = np.random.default_rng(8)
+    jump = [(0.0, 0.0), (0.2, 0.3), (0.4, 3.6)]
+    drift = measure_drift(_movie(_texture(rng), jump, 0.1, rng), max_step_px=None)
+    assert np.abs(_recovered(drift) - np.array(jump)).max() < 0.1
+
+
+def test_apply_drift_restores_frame_zero_positions():
+    drift = pd.DataFrame({"frame": [0, 1, 2], "dx": [0.0, 1.5, 3.0], "dy": [0.0, -0.5, -1.0]})
+    # A feature at (10, 20) in frame 0 appears at (x + dx, y + dy) later.
+    detections = pd.DataFrame(
+        {"frame": [2, 0, 1], "x": [13.0, 10.0, 11.5], "y": [19.0, 20.0, 19.5]}, index=[7, 8, 9]
+    )
+    corrected = apply_drift(detections, drift)
+    assert corrected.index.tolist() == [7, 8, 9]
+    np.testing.assert_allclose(corrected["x_corr"], 10.0)
+    np.testing.assert_allclose(corrected["y_corr"], 20.0)
+
+
+def test_apply_drift_rejects_frames_without_drift():
+    drift = pd.DataFrame({"frame": [0, 1], "dx": [0.0, 1.0], "dy": [0.0, 0.0]})
+    detections = pd.DataFrame({"frame": [0, 5], "x": [1.0, 2.0], "y": [1.0, 2.0]})
+    with pytest.raises(ValueError, match=r"\[5\]"):
+        apply_drift(detections, drift)
+
+
+def test_rejects_empty_movie_and_mismatched_frames():
+    with pytest.raises(ValueError, match="at least one frame"):
+        measure_drift(iter([]))
+    with pytest.raises(ValueError, match="frame 1 has shape"):
+        measure_drift([np.zeros((8, 8)), np.zeros((8, 9))])
