@@ -269,7 +269,9 @@ def resolve_calibration(
     return Calibration(px, dt, px_src, dt_src, tuple(notes))
 
 
-def interval_from_timestamps(times_s: Sequence[float], *, resolution_s: float = 0.0) -> float | None:
+def interval_from_timestamps(
+    times_s: Sequence[float], *, resolution_s: float = 0.0
+) -> float | None:
     """Frame interval [s] from per-frame acquisition times, or None if they do not give one.
 
     Parameters

@@ -40,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_generate(sub)
+    sub.add_parser("train", help="train a model (LightningCLI: fit / validate / test; "
+                   "see `dislotrack train --help`)", add_help=False)
     return parser
 
 
@@ -52,8 +54,18 @@ def _version() -> str:
         return "unknown"
 
 
+#: Subcommands whose arguments belong to LightningCLI (parsed there, not here).
+_LIGHTNING_COMMANDS = {"train"}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``dislotrack`` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in _LIGHTNING_COMMANDS:
+        from dislotrack.train.cli import train_main
+
+        train_main(argv[1:])
+        return 0
     args = build_parser().parse_args(argv)
     return int(args.func(args) or 0)
 

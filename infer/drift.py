@@ -12,8 +12,9 @@ is compared with a *running reference*: an exponentially weighted average of the
 previous frames, each moved onto the current frame by its measured drift. The
 average follows slow lattice changes (delithiation, rock-salt growth), a single
 moving dislocation core barely affects it, and because it is less noisy than one
-frame the summed error grows about ``1 / reference_weight`` times more slowly than
-plain frame-to-frame chaining. Memory is O(1) in movie length.
+frame the summed error grows more slowly than with plain frame-to-frame chaining
+(3-4 times over 30 noisy frames with the default weight, in our trials). Memory is
+O(1) in movie length.
 
 Registration is cross-correlation of mean-free, Hann-tapered frames (the taper is
 fixed on the detector, so it does not pull the result towards zero drift), with the
@@ -41,7 +42,7 @@ from collections.abc import Iterable
 
 import numpy as np
 import pandas as pd
-from scipy import ndimage
+from scipy import fft
 from skimage.filters import window as make_window
 
 logger = logging.getLogger(__name__)
@@ -90,26 +91,32 @@ def measure_drift(
         raise ValueError(f"max_step_px must be positive [px], got {max_step_px}")
     iterator = iter(frames)
     try:
-        reference = _standardise(next(iterator), 0)
+        first = _standardise(next(iterator), 0)
     except StopIteration:
         raise ValueError("measure_drift needs at least one frame, got none") from None
-    taper = make_window("hann", reference.shape)
+    shape = first.shape
+    taper = make_window("hann", shape)
+    ramp = _Ramp(shape)
+    reference = fft.rfft2(first)  # spectrum of the running reference, current frame's axes
     drift = np.zeros(2)  # (rows, cols) = (dy, dx)
     step = np.zeros(2)
     rows = [(0, 0.0, 0.0)]
     for t, frame in enumerate(iterator, start=1):
-        current = _standardise(frame, t, reference.shape)
-        guess = _shift(reference, step)
+        current = _standardise(frame, t, shape)
+        guess = reference * ramp(step)  # the reference moved by the previous step
         residual = _bounded_shift(
-            np.fft.fft2(guess * taper),
-            np.fft.fft2(current * taper),
+            fft.rfft2(fft.irfft2(guess, s=shape) * taper),
+            fft.rfft2(current * taper),
+            shape=shape,
             max_step_px=max_step_px,
             upsample_factor=upsample_factor,
             frame=t,
         )
         step = step + residual
         drift = drift + step
-        reference = (1 - reference_weight) * _shift(guess, residual) + reference_weight * current
+        reference = (1 - reference_weight) * guess * ramp(residual) + reference_weight * fft.rfft2(
+            current
+        )
         rows.append((t, float(drift[1]), float(drift[0])))
     return pd.DataFrame(rows, columns=["frame", "dx", "dy"])
 
@@ -130,7 +137,7 @@ def apply_drift(detections: pd.DataFrame, drift: pd.DataFrame) -> pd.DataFrame:
         A copy of ``detections`` (same row order and index) with ``x_corr``, ``y_corr``.
     """
     table = drift.set_index("frame")[["dx", "dy"]]
-    missing = sorted(set(detections["frame"].unique()) - set(table.index))
+    missing = sorted(set(detections["frame"].tolist()) - set(table.index.tolist()))
     if missing:
         raise ValueError(f"drift has no entry for frame(s) {missing[:10]}")
     shift = table.loc[detections["frame"].to_numpy()]
@@ -138,6 +145,11 @@ def apply_drift(detections: pd.DataFrame, drift: pd.DataFrame) -> pd.DataFrame:
     out["x_corr"] = detections["x"].to_numpy(dtype=float) - shift["dx"].to_numpy()
     out["y_corr"] = detections["y"].to_numpy(dtype=float) - shift["dy"].to_numpy()
     return out
+
+
+def position_columns(table: pd.DataFrame) -> list[str]:
+    """``["x_corr", "y_corr"]`` if the table has drift-corrected positions, else ``["x", "y"]``."""
+    return ["x_corr", "y_corr"] if {"x_corr", "y_corr"} <= set(table.columns) else ["x", "y"]
 
 
 def _standardise(frame: np.ndarray, index: int, shape: tuple | None = None) -> np.ndarray:
@@ -151,34 +163,40 @@ def _standardise(frame: np.ndarray, index: int, shape: tuple | None = None) -> n
     return (image - image.mean()) / (spread if spread > 0 else 1.0)
 
 
-def _shift(image: np.ndarray, shift: np.ndarray) -> np.ndarray:
-    """Move image content by ``shift`` = (rows, cols) [px] (exact Fourier shift, wraps)."""
-    if not np.any(shift):
-        return image
-    return np.fft.ifft2(ndimage.fourier_shift(np.fft.fft2(image), shift)).real
+class _Ramp:
+    """Phase ramps that move content of a real-FFT spectrum by (rows, cols) [px]."""
+
+    def __init__(self, shape: tuple[int, int]):
+        self.rows = fft.fftfreq(shape[0])[:, None]
+        self.cols = fft.rfftfreq(shape[1])[None, :]
+
+    def __call__(self, shift: np.ndarray) -> np.ndarray:
+        return np.exp(-2j * np.pi * (self.rows * shift[0] + self.cols * shift[1]))
 
 
 def _bounded_shift(
     reference: np.ndarray,
     moving: np.ndarray,
     *,
+    shape: tuple[int, int],
     max_step_px: float | None,
     upsample_factor: int,
     frame: int,
 ) -> np.ndarray:
     """Displacement (rows, cols) [px] of ``moving`` content relative to ``reference``.
 
-    Both inputs are spectra. The integer peak of their cross-correlation is
-    searched within ``max_step_px`` of zero lag, then refined by `_refine_peak`.
+    Both inputs are real-FFT spectra of images of ``shape``. The integer peak of
+    their cross-correlation is searched within ``max_step_px`` of zero lag, then
+    refined by `_refine_peak`.
     """
     product = reference * moving.conj()
-    surface = np.fft.ifft2(product).real
-    lags = np.meshgrid(*(np.fft.fftfreq(n, 1 / n) for n in product.shape), indexing="ij")
+    surface = fft.irfft2(product, s=shape)
+    lags = np.meshgrid(*(fft.fftfreq(n, 1 / n) for n in shape), indexing="ij")
     if max_step_px is not None:
         surface[np.hypot(*lags) > max_step_px] = -np.inf
-    peak = np.unravel_index(np.argmax(surface), surface.shape)
+    peak = np.unravel_index(np.argmax(surface), shape)
     lag = np.array([lags[0][peak], lags[1][peak]])
-    displacement = -_refine_peak(product, lag, upsample_factor)
+    displacement = -_refine_peak(product, lag, shape, upsample_factor)
     if max_step_px is not None and np.hypot(*displacement) > max_step_px:
         logger.warning(
             "frame %d: drift step changed by %.2f px, beyond max_step_px=%.2f px;"
@@ -190,21 +208,27 @@ def _bounded_shift(
     return displacement
 
 
-def _refine_peak(product: np.ndarray, lag: np.ndarray, upsample_factor: int) -> np.ndarray:
+def _refine_peak(
+    product: np.ndarray, lag: np.ndarray, shape: tuple[int, int], upsample_factor: int
+) -> np.ndarray:
     """Sub-pixel correlation peak (rows, cols) [px] near the integer ``lag``.
 
-    The inverse DFT of ``product`` is evaluated on a grid of step
-    ``1 / upsample_factor`` spanning 1.5 px around ``lag`` by matrix multiplication
-    (Guizar-Sicairos, Thurman & Fienup, Opt. Lett. 33, 156 (2008)); a parabola
+    The inverse DFT of the real-FFT spectrum ``product`` is evaluated on a grid of
+    step ``1 / upsample_factor`` spanning 1.5 px around ``lag`` by matrix
+    multiplication (Guizar-Sicairos, Thurman & Fienup, Opt. Lett. 33, 156 (2008));
+    the half spectrum counts twice except its self-conjugate columns. A parabola
     through the best grid point and its neighbours removes the grid quantisation.
     """
     size = int(np.ceil(1.5 * upsample_factor)) | 1  # odd, centred on lag
     steps = (np.arange(size) - size // 2) / upsample_factor
-    kernels = [
-        np.exp(2j * np.pi * np.outer(centre + steps, np.fft.fftfreq(n)))
-        for centre, n in zip(lag, product.shape, strict=True)
-    ]
-    local = (kernels[0] @ product @ kernels[1].T).real
+    row_kernel = np.exp(2j * np.pi * np.outer(lag[0] + steps, fft.fftfreq(shape[0])))
+    col_freqs = fft.rfftfreq(shape[1])
+    weights = np.full(col_freqs.size, 2.0)
+    weights[0] = 1.0
+    if shape[1] % 2 == 0:
+        weights[-1] = 1.0  # the Nyquist column is its own conjugate
+    col_kernel = weights * np.exp(2j * np.pi * np.outer(lag[1] + steps, col_freqs))
+    local = (row_kernel @ product @ col_kernel.T).real
     best = np.unravel_index(np.argmax(local), local.shape)
     refined = lag + steps[list(best)]
     for axis, index in enumerate(best):

@@ -29,7 +29,13 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 from dislotrack.data_gen.conventions import px_to_nm, unit
-from dislotrack.infer.motion import VELOCITY_COLUMNS, track_motion, track_velocities
+from dislotrack.infer.drift import position_columns
+from dislotrack.infer.motion import (
+    VELOCITY_COLUMNS,
+    frame_times,
+    track_motion,
+    track_velocities,
+)
 
 SUMMARY_COLUMNS = [
     "particle",
@@ -143,30 +149,29 @@ def birth_death(
     DataFrame
         ``particle``, ``first_frame``, ``last_frame``, ``birth``, ``death``.
     """
-    ordered = tracks.sort_values(["particle", "frame"], kind="stable")
-    ends = ordered.groupby("particle", sort=True)
-    first, last = ends.head(1).set_index("particle"), ends.tail(1).set_index("particle")
-    final_frame = int(ordered["frame"].max()) if n_frames is None else n_frames - 1
-    if final_frame < ordered["frame"].max():
-        raise ValueError(f"tracks reach frame {ordered['frame'].max()} but n_frames={n_frames}")
+    ends = _track_ends(tracks, pixel_size_nm)
+    last_tracked = int(ends["frame_stop"].max()) if len(ends) else -1
+    final_frame = last_tracked if n_frames is None else n_frames - 1
+    if final_frame < last_tracked:
+        raise ValueError(f"tracks reach frame {last_tracked} but n_frames={n_frames}")
     band_px = border_nm / pixel_size_nm
     birth = np.where(
-        first["frame"] == 0,
+        ends["frame_start"] == 0,
         "present",
-        np.where(_near_edge(first, image_shape, band_px), "entered", "nucleated"),
+        np.where(_near_edge(ends, "start", image_shape, band_px), "entered", "nucleated"),
     )
     death = np.where(
-        last["frame"] == final_frame,
+        ends["frame_stop"] == final_frame,
         "survived",
-        np.where(_near_edge(last, image_shape, band_px), "left", "annihilated"),
+        np.where(_near_edge(ends, "stop", image_shape, band_px), "left", "annihilated"),
     )
     return pd.DataFrame(
         {
-            "particle": first.index.to_numpy(),
-            "first_frame": first["frame"].to_numpy(dtype=int),
-            "last_frame": last["frame"].to_numpy(dtype=int),
-            "birth": birth,
-            "death": death,
+            "particle": ends.index.to_numpy(dtype=int),
+            "first_frame": ends["frame_start"].to_numpy(dtype=int),
+            "last_frame": ends["frame_stop"].to_numpy(dtype=int),
+            "birth": birth.astype(str),
+            "death": death.astype(str),
         }
     )
 
@@ -195,8 +200,9 @@ def pair_dipoles(
     paths = _paths_nm(tracks, pixel_size_nm)
     h = ends[["hx", "hy"]].to_numpy()
     opposite = h @ h.T <= -np.cos(np.deg2rad(criteria.opposite_tolerance_deg))
+    near = _box_gaps(ends) <= criteria.distance_nm  # never closer: no dipole
     candidates = []
-    for i, j in zip(*np.nonzero(np.triu(opposite)), strict=True):
+    for i, j in zip(*np.nonzero(np.triu(opposite & near)), strict=True):
         a, b = ends.index[i], ends.index[j]
         cost = _pair_cost(ends.loc[a], ends.loc[b], paths, criteria)
         if cost is not None:
@@ -237,8 +243,10 @@ def find_events(
     ends = _track_ends(tracks, pixel_size_nm)
     info = summary.set_index("particle")
     rows = _events(info, ends, "nucleation", dipoles) + _events(info, ends, "annihilation", dipoles)
-    events = pd.DataFrame(rows, columns=["frame", "kind", "x", "y", "particles"])
-    events.insert(1, "t_s", _times(events["frame"], frame_interval_s))
+    events = pd.DataFrame(rows, columns=["frame", "kind", "x", "y", "particles"]).astype(
+        {"frame": int, "kind": str, "x": float, "y": float, "particles": str}
+    )
+    events.insert(1, "t_s", frame_times(events["frame"], frame_interval_s))
     return events.sort_values(["frame", "kind"], kind="stable").reset_index(drop=True)
 
 
@@ -289,7 +297,7 @@ def count_dislocations(
     return pd.DataFrame(
         {
             "frame": frames,
-            "t_s": _times(pd.Series(frames), frame_interval_s),
+            "t_s": frame_times(pd.Series(frames), frame_interval_s),
             "n_dislocations": alive.sum(axis=0),
             "n_dipoles": n_dipoles,
             "rocksalt_fraction": rocksalt_fraction,
@@ -297,12 +305,15 @@ def count_dislocations(
     )
 
 
-def _near_edge(ends: pd.DataFrame, image_shape: tuple[int, int] | None, band_px: float):
-    """Whether each position lies within ``band_px`` of the image edge."""
+def _near_edge(
+    ends: pd.DataFrame, stage: str, image_shape: tuple[int, int] | None, band_px: float
+) -> np.ndarray:
+    """Whether each track's first (``stage="start"``) or last (``"stop"``) position
+    lies within ``band_px`` of the image edge."""
     if image_shape is None:
         return np.zeros(len(ends), dtype=bool)
     rows, cols = image_shape
-    x, y = ends["x"].to_numpy(dtype=float), ends["y"].to_numpy(dtype=float)
+    x, y = ends[f"x_{stage}"].to_numpy(dtype=float), ends[f"y_{stage}"].to_numpy(dtype=float)
     # Pixel-centre origin: the image spans -0.5 .. n - 0.5 on each axis.
     gap = np.minimum.reduce([x + 0.5, y + 0.5, cols - 0.5 - x, rows - 0.5 - y])
     return gap <= band_px
@@ -310,8 +321,7 @@ def _near_edge(ends: pd.DataFrame, image_shape: tuple[int, int] | None, band_px:
 
 def _paths_nm(tracks: pd.DataFrame, pixel_size_nm: float):
     """Tracks grouped by particle with drift-corrected positions ``xn``, ``yn`` [nm]."""
-    corrected = {"x_corr", "y_corr"} <= set(tracks.columns)
-    xcol, ycol = ("x_corr", "y_corr") if corrected else ("x", "y")
+    xcol, ycol = position_columns(tracks)
     ordered = tracks.sort_values(["particle", "frame"], kind="stable")
     ordered = ordered.assign(
         xn=px_to_nm(ordered[xcol], pixel_size_nm), yn=px_to_nm(ordered[ycol], pixel_size_nm)
@@ -321,16 +331,19 @@ def _paths_nm(tracks: pd.DataFrame, pixel_size_nm: float):
 
 def _track_ends(tracks: pd.DataFrame, pixel_size_nm: float) -> pd.DataFrame:
     """Per particle: first and last detection (``frame``, raw ``x``, ``y`` [px],
-    corrected ``xn``, ``yn`` [nm], suffixes ``_start`` / ``_stop``) and mean ``hx``, ``hy``.
+    corrected ``xn``, ``yn`` [nm], suffixes ``_start`` / ``_stop``), bounding box of
+    the corrected path (``xn_min`` ... ``yn_max`` [nm]) and mean ``hx``, ``hy``.
     """
     paths = _paths_nm(tracks, pixel_size_nm)
     columns = ["frame", "x", "y", "xn", "yn"]
     start = paths[columns].first().add_suffix("_start")
     stop = paths[columns].last().add_suffix("_stop")
+    box = paths[["xn", "yn"]].agg(["min", "max"])
+    box.columns = [f"{axis}_{stat}" for axis, stat in box.columns]
     h = pd.DataFrame(unit(paths.obj[["hx", "hy"]].to_numpy(dtype=float)), columns=["hx", "hy"])
     mean_h = h.groupby(paths.obj["particle"].to_numpy()).mean()
     mean_h[["hx", "hy"]] = unit(mean_h.to_numpy())
-    return start.join(stop).join(mean_h)
+    return start.join(stop).join(box).join(mean_h)
 
 
 def _together(a: pd.Series, b: pd.Series, stage: str, criteria: DipoleCriteria) -> bool:
@@ -338,6 +351,15 @@ def _together(a: pd.Series, b: pd.Series, stage: str, criteria: DipoleCriteria) 
     frames_apart = abs(a[f"frame_{stage}"] - b[f"frame_{stage}"])
     distance = np.hypot(a[f"xn_{stage}"] - b[f"xn_{stage}"], a[f"yn_{stage}"] - b[f"yn_{stage}"])
     return bool(frames_apart <= criteria.max_frame_gap and distance <= criteria.distance_nm)
+
+
+def _box_gaps(ends: pd.DataFrame) -> np.ndarray:
+    """Distance [nm] between the bounding boxes of every two corrected paths."""
+    gaps = []
+    for axis in ("xn", "yn"):
+        low, high = ends[f"{axis}_min"].to_numpy(), ends[f"{axis}_max"].to_numpy()
+        gaps.append(np.maximum(np.maximum(low[:, None] - high, low - high[:, None]), 0.0))
+    return np.hypot(*gaps)
 
 
 def _pair_cost(a: pd.Series, b: pd.Series, paths, criteria: DipoleCriteria) -> float | None:
@@ -375,9 +397,3 @@ def _events(info: pd.DataFrame, ends: pd.DataFrame, kind: str, criteria: DipoleC
         frame, x, y = ends.loc[p, [f"frame_{stage}", f"x_{stage}", f"y_{stage}"]]
         rows.append((int(frame), kind, x, y, str(p)))
     return rows
-
-
-def _times(frames: pd.Series, frame_interval_s: float | None) -> np.ndarray:
-    """Time of each frame [s]; NaN when the interval is unknown."""
-    scale = np.nan if frame_interval_s is None else frame_interval_s
-    return frames.to_numpy(dtype=float) * scale

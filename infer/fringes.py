@@ -17,11 +17,10 @@ from __future__ import annotations
 import logging
 
 import numpy as np
+from dislotrack.data_gen.conventions import D003_LINIO2_NM
 from scipy import fft, ndimage
 from scipy.signal import windows
 from skimage.feature import peak_local_max
-
-from dislotrack.data_gen.conventions import D003_LINIO2_NM
 
 logger = logging.getLogger(__name__)
 
@@ -61,13 +60,13 @@ def _peak_maps(power: np.ndarray, k: np.ndarray, dk: float) -> tuple[np.ndarray,
     return smooth - background, smooth / background
 
 
-def _refine(g: np.ndarray, kx0: float, ky0: float, *, half: int = 30) -> tuple[float, float] | None:
-    """Sub-bin peak position [cycles/px] by a zoomed DFT (+-1.5 bins, 0.05-bin steps).
+def _refine(g: np.ndarray, kx0: float, ky0: float, *, half: int = 40) -> tuple[float, float] | None:
+    """Sub-bin peak position [cycles/px] by a zoomed DFT (+-2 bins, 0.05-bin steps).
 
     None if the maximum lies on the edge of the zoom window (no true peak there).
     """
     h, w = g.shape
-    steps = 1.5 * np.arange(-half, half + 1) / half
+    steps = 2.0 * np.arange(-half, half + 1) / half
     kxs, kys = kx0 + steps / w, ky0 + steps / h
     ex = np.exp(-2j * np.pi * np.outer(np.arange(w), kxs))
     ey = np.exp(-2j * np.pi * np.outer(kys, np.arange(h)))
@@ -130,12 +129,14 @@ def fringe_period_px(
     """
     lo, hi = search_px
     if not 0 < lo < hi:
-        raise ValueError(f"search_px must be (shortest, longest) with 0 < shortest < longest, got {search_px} px")
+        raise ValueError(f"search_px must be (shortest, longest) periods > 0, got {search_px} px")
     g = _windowed(image, max_size)
     h, w = g.shape
     hi = min(hi, min(h, w) / 4)
     if hi <= lo:
-        raise NoFringePeakError(f"image of {h}x{w} px is too small to find periods of {lo}-{search_px[1]} px")
+        raise NoFringePeakError(
+            f"image of {h}x{w} px is too small to find periods of {lo:g}-{search_px[1]:g} px"
+        )
     power = fft.fftshift(np.abs(fft.fft2(g)) ** 2)
     ky, kx = np.meshgrid(fft.fftshift(fft.fftfreq(h)), fft.fftshift(fft.fftfreq(w)), indexing="ij")
     k = np.hypot(kx, ky)

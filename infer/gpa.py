@@ -26,6 +26,13 @@ from scipy.signal.windows import hann
 from skimage.restoration import unwrap_phase
 
 _SIGMA_PER_FWHM = 1.0 / (2.0 * np.sqrt(2.0 * np.log(2.0)))
+#: Smallest distance [1/nm] between a chosen reflection and the alias of its Friedel
+#: mate: 4 mask widths for resolution_nm = 1 nm (see `_check_g`).
+_MIN_FRIEDEL_GAP = 1.5
+
+
+class NoReflectionError(ValueError):
+    """No significant Bragg reflection where one was looked for."""
 
 
 def _as_image(image: np.ndarray) -> np.ndarray:
@@ -59,6 +66,11 @@ def _sigma_k(resolution_nm: float) -> float:
     return 1.0 / (2.0 * np.pi * resolution_nm * _SIGMA_PER_FWHM)
 
 
+def _friedel_gap(g: np.ndarray, pixel_size_nm: float) -> np.ndarray:
+    """Distance [1/nm] between ``g`` and the nearest alias of ``-g`` on the pixel grid."""
+    return np.hypot(*_wrap(2 * np.asarray(g, dtype=float), pixel_size_nm))
+
+
 def _check_g(g: np.ndarray, pixel_size_nm: float, resolution_nm: float) -> np.ndarray:
     g = np.asarray(g, dtype=float).reshape(-1)
     if not pixel_size_nm > 0:
@@ -73,6 +85,12 @@ def _check_g(g: np.ndarray, pixel_size_nm: float, resolution_nm: float) -> np.nd
             f"resolution_nm = {resolution_nm} nm is too fine for |g| = {np.hypot(*g):.3g} 1/nm: "
             f"the mask would reach the origin; use resolution_nm >= "
             f"{3 / (2 * np.pi * np.hypot(*g) * _SIGMA_PER_FWHM):.3g} nm"
+        )
+    gap = _friedel_gap(g, pixel_size_nm)
+    if gap < 4 * _sigma_k(resolution_nm):
+        raise ValueError(
+            f"g = {g} 1/nm is {gap:.3g} 1/nm from its aliased Friedel mate -g; the mask for "
+            f"resolution_nm = {resolution_nm} nm would pick up both (use a coarser resolution)"
         )
     return g
 
@@ -217,17 +235,26 @@ def _interior(shape: tuple[int, int], margin_px: int) -> np.ndarray:
     return mask
 
 
-def _parabolic_peak(power: np.ndarray, idx: tuple[int, int]) -> np.ndarray:
-    """Sub-pixel offset (dx, dy) of a peak of log-power, periodic neighbours [px]."""
+def _spectrum_peak(
+    power: np.ndarray, allowed: np.ndarray, pixel_size_nm: float
+) -> tuple[np.ndarray, float]:
+    """Strongest ``allowed`` frequency ``(kx, ky)`` [1/nm] (parabolic fit of log power)
+    and its power over the median power on its ring ``|k| +- 2`` grid steps."""
+    idx = np.unravel_index(np.argmax(np.where(allowed, power, -np.inf)), power.shape)
     lp = np.log(power + power.max() * 1e-12)
-    offset = []
-    for axis in (1, 0):
+    kx, ky = _frequencies(power.shape, pixel_size_nm)
+    g = np.array([kx[0, idx[1]], ky[idx[0], 0]])
+    kmag = np.hypot(kx, ky)
+    ring = np.abs(kmag - kmag[idx]) <= 2.0 / (max(power.shape) * pixel_size_nm)
+    ratio = float(power[idx] / max(np.median(power[ring]), 1e-300))
+    for axis, k in ((1, 0), (0, 1)):  # (array axis, component of g)
         step = np.zeros(2, dtype=int)
         step[axis] = 1
         lo, mid, hi = (lp[tuple((np.array(idx) + s * step) % power.shape)] for s in (-1, 0, 1))
         denom = lo - 2 * mid + hi
-        offset.append(0.5 * (lo - hi) / denom if denom < 0 else 0.0)
-    return np.clip(offset, -0.5, 0.5)
+        offset = np.clip(0.5 * (lo - hi) / denom, -0.5, 0.5) if denom < 0 else 0.0
+        g[k] += offset / (power.shape[axis] * pixel_size_nm)
+    return g, ratio
 
 
 def find_reflections(
@@ -240,17 +267,22 @@ def find_reflections(
     min_angle_deg: float = 20.0,
     max_spacing_nm: float = 1.0,
     resolution_nm: float = 2.0,
+    min_peak_ratio: float = 20.0,
 ) -> np.ndarray:
     """Pick Bragg reflections for GPA automatically, refined to sub-pixel accuracy.
 
     The first is the strongest spot of the Hann-windowed power spectrum within
     ``d_tolerance`` of ``1 / d_spacing_nm`` (the (003) spot); the second the
     strongest spot at least ``min_angle_deg`` away from collinear with the first,
-    with spacing between ~2.2 px and ``max_spacing_nm``. Each is located by a
-    parabolic fit of the log power, then refined to the mean local frequency of the
-    interior of the image (``sum Im(conj H grad H) / (2 pi sum |H|^2)``). Of
-    ``+g`` and ``-g`` the one with ``gx > 0`` (or ``gy > 0`` when ``gx = 0``) is
-    returned; the choice does not change strain or Burgers vectors.
+    with spacing below ``max_spacing_nm``, inside 92 % of the Nyquist frequency
+    along both axes and at least 1.5 1/nm away from the alias of its Friedel
+    mate ``-g`` (near the Nyquist frequency the two cannot be separated). Each
+    must stand ``min_peak_ratio`` above the noise, is located by a parabolic fit
+    of the log power, then refined to the mean local frequency of the image
+    interior (``sum Im(conj H grad H) / (2 pi sum |H|^2)``). Of ``+g`` and ``-g``
+    the one whose spectrum peak has ``kx > 0`` (or ``kx = 0``, ``ky > 0``) is
+    returned; the choice does not change strain or Burgers vectors. At 1024 x
+    1024 px this takes seconds: call it once per movie and pass the result on.
 
     Parameters
     ----------
@@ -270,11 +302,20 @@ def find_reflections(
         Largest lattice spacing accepted for the second reflection [nm].
     resolution_nm : float
         Real-space FWHM of the refinement mask [nm] (see `complex_image`).
+    min_peak_ratio : float
+        A spot must carry this many times the median power at its ``|k|``
+        (the largest of ~1000 pure-noise values is ~10 x their median).
 
     Returns
     -------
     ndarray, shape (n, 2)
         Reflections ``(gx, gy)`` [1/nm].
+
+    Raises
+    ------
+    NoReflectionError
+        When no significant spot qualifies (e.g. only collinear spots in the
+        zone, or no lattice at all).
     """
     if n not in (1, 2):
         raise ValueError(f"n must be 1 or 2 reflections, got {n!r}")
@@ -285,26 +326,32 @@ def find_reflections(
     kmag = np.hypot(kx, ky)
     half = (kx > 0) | ((kx == 0) & (ky > 0))
     target = 1.0 / d_spacing_nm
-    first = half & (np.abs(kmag - target) <= d_tolerance * target)
-    candidates = [first]
+    allowed = [half & (np.abs(kmag - target) <= d_tolerance * target)]
     if n == 2:
-        candidates.append(half & (kmag >= 1.0 / max_spacing_nm) & (kmag < 0.45 / pixel_size_nm))
-    spectrum = fft.fft2(img - img.mean())
+        gap = _friedel_gap(np.array(np.broadcast_arrays(kx, ky)), pixel_size_nm)
+        inside = (np.abs(kx) <= 0.46 / pixel_size_nm) & (np.abs(ky) <= 0.46 / pixel_size_nm)
+        band = (kmag >= 1.0 / max_spacing_nm) & inside & (gap >= _MIN_FRIEDEL_GAP)
+        allowed.append(half & band)
+    spectrum = _spectrum(img)
     interior = _interior(img.shape, int(round(2 * resolution_nm / pixel_size_nm)))
-    step = np.array([1.0 / (img.shape[1] * pixel_size_nm), 1.0 / (img.shape[0] * pixel_size_nm)])
     found: list[np.ndarray] = []
-    for allowed in candidates:
+    for ok in allowed:
         if found:
             cos = (kx * found[0][0] + ky * found[0][1]) / (kmag * np.hypot(*found[0]) + 1e-30)
-            allowed = allowed & (np.abs(cos) <= np.cos(np.radians(min_angle_deg)))
-        if not allowed.any():
-            raise ValueError(
+            ok = ok & (np.abs(cos) <= np.cos(np.radians(min_angle_deg)))
+        if not ok.any():
+            raise NoReflectionError(
                 f"no spatial frequency available for reflection {len(found) + 1} "
                 f"(d_spacing_nm={d_spacing_nm} nm, pixel_size_nm={pixel_size_nm} nm/px, "
                 f"image {img.shape})"
             )
-        idx = np.unravel_index(np.argmax(np.where(allowed, power, -np.inf)), power.shape)
-        g0 = np.array([kx[0, idx[1]], ky[idx[0], 0]]) + _parabolic_peak(power, idx) * step
+        g0, ratio = _spectrum_peak(power, ok, pixel_size_nm)
+        if ratio < min_peak_ratio:
+            raise NoReflectionError(
+                f"no significant reflection {len(found) + 1}: the best candidate "
+                f"{np.round(g0, 3)} 1/nm is only {ratio:.3g} x the median power at its "
+                f"|k| (min_peak_ratio = {min_peak_ratio})"
+            )
         found.append(_refine_g(spectrum, g0, pixel_size_nm, resolution_nm, interior))
     return np.array(found)
 
@@ -316,7 +363,7 @@ def strain_maps(
     *,
     pixel_size_nm: float,
     resolution_nm: float,
-    reference=None,
+    reference: tuple[slice, ...] | np.ndarray | None = None,
     min_amplitude: float = 0.3,
 ) -> dict[str, np.ndarray]:
     """Displacement, strain and rotation maps from two non-collinear reflections.

@@ -1,13 +1,14 @@
 """Classical dislocation and rock-salt detection from geometric phases.
 
-A dislocation is a phase vortex: around a closed loop the geometric phase of
-reflection ``g`` winds by ``2 pi n`` with ``n = -g.b`` (Hÿtch, Putaux & Pénisson,
-Nature 423 (2003) 270), where ``b = ∮ du`` taken *clockwise as displayed* (image
-axes, y down). The project's convention ``b_hat = (hy, -hx)`` (see
-`dislotrack.data_gen.conventions`) then puts **h** into the extra half-plane:
-for the Volterra field with ``b`` along +x and this loop, the extra fringe lies at
-+y (below the core on screen), and ``h_from_b_hat((1, 0)) = (0, 1)``; the tests
-check this by counting fringes on either side of the core.
+A dislocation is a phase vortex: around a closed loop the geometric phase
+``P_g = -2 pi g.u`` of reflection ``g`` winds by ``2 pi n`` with ``n = -g.b``
+(Hÿtch, Putaux & Pénisson, Nature 423 (2003) 270), where ``b = ∮ du`` along a
+loop traversed *clockwise as displayed* (image axes, y down). With that loop,
+``b`` obeys the project's convention ``b_hat = (hy, -hx)`` (see
+`dislotrack.data_gen.conventions`): for the Volterra field with ``b`` along +x
+(``theta = atan2(y, x)`` grows clockwise on screen) the extra fringe lies at +y,
+below the core on screen, and ``h_from_b_hat((1, 0)) = (0, 1)``. The tests
+establish the side of the extra half-plane by counting fringes in the image.
 
 Rock-salt (cation-mixed) regions keep the fine lattice fringes but lose the
 layered (003) contrast, so the local (003) amplitude drops there.
@@ -21,8 +22,10 @@ from dislotrack.data_gen.conventions import D003_LINIO2_NM, h_from_b_hat, unit
 from dislotrack.infer.gpa import (
     _as_image,
     _demodulate,
+    _frequencies,
     _interior,
     _lattice_fields,
+    _sigma_k,
     _spectrum,
     find_reflections,
 )
@@ -89,11 +92,30 @@ def phase_windings(
     if loop > 1:
         wind = _box_sum(wind, loop)
     if amplitude is not None:
-        a = np.asarray(amplitude, dtype=float)
-        outer = _box_sum(a, loop + 1)
-        inner = _box_sum(a, loop - 1)[1:-1, 1:-1] if loop > 1 else 0.0
-        wind[(outer - inner) / (4 * loop) < min_amplitude] = 0
+        wind[_loop_mean(np.asarray(amplitude, dtype=float), loop) < min_amplitude] = 0
     return wind
+
+
+def _loop_mean(a: np.ndarray, loop: int) -> np.ndarray:
+    """Mean of ``a`` over the 4 L pixels on each loop of `phase_windings`."""
+    inner = _box_sum(a, loop - 1)[1:-1, 1:-1] if loop > 1 else 0.0
+    return (_box_sum(a, loop + 1) - inner) / (4 * loop)
+
+
+def _noise_amplitude(spectrum: np.ndarray, g: np.ndarray, pixel_size_nm: float,
+                     resolution_nm: float) -> float:
+    """RMS of ``|H_g|`` that the noise alone would give [image units].
+
+    The noise power is the median power on the ring ``| |k| - |g| | < 2 sigma_k``
+    (Bragg spots cover little of it) divided by ln 2 (exponential distribution);
+    the Gaussian mask passes ``sum M^2 = pi sigma_k^2 / dk^2`` of it.
+    """
+    kx, ky = _frequencies(spectrum.shape, pixel_size_nm)
+    sigma_k = _sigma_k(resolution_nm)
+    ring = np.abs(np.hypot(kx, ky) - np.hypot(*g)) < 2 * sigma_k
+    power = np.median(np.abs(spectrum[ring]) ** 2) / np.log(2)
+    mask_sq = np.pi * sigma_k**2 * spectrum.size * pixel_size_nm**2
+    return float(np.sqrt(power * mask_sq) / spectrum.size)
 
 
 def _vortex_zero(hd: np.ndarray, i: int, j: int) -> tuple[float, float]:
@@ -125,6 +147,17 @@ def _core_position(centre, charges, plaquettes, demods, radius: float) -> tuple[
     return tuple(np.mean(zeros, axis=0)) if zeros else tuple(centre)
 
 
+def _clusters(charge: np.ndarray, inside: np.ndarray, min_size: float):
+    """Connected groups of loops with equal non-zero windings: (rows, cols, n)."""
+    charged = np.any(charge != 0, axis=-1) & inside
+    for n in np.unique(charge[charged], axis=0):
+        labels, count = ndi.label(charged & np.all(charge == n, axis=-1))
+        for lab in range(1, count + 1):
+            ii, jj = np.nonzero(labels == lab)
+            if ii.size >= min_size:
+                yield ii, jj, n
+
+
 def detect_cores_gpa(
     image: np.ndarray,
     *,
@@ -132,7 +165,8 @@ def detect_cores_gpa(
     g: np.ndarray | None = None,
     resolution_nm: float = 1.0,
     loop_nm: float | None = None,
-    min_amplitude: float = 0.3,
+    min_snr: float = 3.0,
+    min_score: float = 0.25,
     border_nm: float | None = None,
     d_spacing_nm: float = D003_LINIO2_NM,
 ) -> pd.DataFrame:
@@ -140,8 +174,8 @@ def detect_cores_gpa(
 
     Loops of side ``L = loop_nm`` with the same non-zero windings ``n`` (one per
     reflection) are grouped into connected clusters: an isolated core gives an
-    ``L`` x ``L`` cluster, and clusters smaller than ``L^2 / 4`` are dropped as
-    noise (so are dipoles closer than ``L / 4``). Each cluster gives
+    ``L`` x ``L`` cluster, and clusters smaller than ``min_score * L^2`` are
+    dropped as noise (so are dipoles closer than ``min_score * L``). Each cluster gives
     ``b = -pinv(G) n`` and ``h = h_from_b_hat(b / |b|)``; the position is the
     sub-pixel zero of the complex lattice signal(s) near the cluster centre.
     Same-sign cores closer than ``L`` merge into one with the summed ``b``.
@@ -159,9 +193,13 @@ def detect_cores_gpa(
         Real-space FWHM of the GPA mask [nm] (see `dislotrack.infer.gpa.complex_image`).
     loop_nm : float, optional
         Side of the counting loops [nm]; default ``1.5 * resolution_nm``.
-    min_amplitude : float
-        Loops with a mean amplitude below this fraction of the median ``|H_g|``
-        do not count.
+    min_snr : float
+        Loops whose mean ``|H_g|`` is below ``min_snr`` times the RMS amplitude
+        that noise alone gives (estimated from the power spectrum on the ring
+        ``|k| = |g|``) do not count for that reflection; where a reflection is
+        that weak around a core, ``b`` is reported along the other one only.
+    min_score : float
+        Smallest cluster kept, as a fraction of ``L^2`` (see ``score``).
     border_nm : float, optional
         Loops closer than this to the image edge do not count [nm]; default
         ``resolution_nm``.
@@ -180,34 +218,38 @@ def detect_cores_gpa(
     if g is None:
         g = find_reflections(img, pixel_size_nm=pixel_size_nm, d_spacing_nm=d_spacing_nm)
     gmat = np.atleast_2d(np.asarray(g, dtype=float))
+    if gmat.shape not in ((1, 2), (2, 2)):
+        raise ValueError(f"g must hold one or two (gx, gy) reflections [1/nm], got {g!r}")
     loop = max(2, int(round((loop_nm or 1.5 * resolution_nm) / pixel_size_nm)))
     border = int(round((resolution_nm if border_nm is None else border_nm) / pixel_size_nm))
     spectrum = _spectrum(img)
     hgs = [_lattice_fields(spectrum, gi, pixel_size_nm, resolution_nm)[0] for gi in gmat]
     demods = [_demodulate(h, gi, pixel_size_nm) for h, gi in zip(hgs, gmat, strict=True)]
-    loops, plaquettes = [], []
-    for hd in demods:
-        amp = np.abs(hd)
-        kw = dict(amplitude=amp, min_amplitude=min_amplitude * np.median(amp))
-        loops.append(phase_windings(hd, loop_px=loop, **kw))
+    loops, strong, plaquettes = [], [], []
+    for hd, gi in zip(demods, gmat, strict=True):
+        noise = _noise_amplitude(spectrum, gi, pixel_size_nm, resolution_nm)
+        strong.append(_loop_mean(np.abs(hd), loop) >= min_snr * noise)
+        loops.append(np.where(strong[-1], phase_windings(hd, loop_px=loop), 0))
         plaquettes.append(phase_windings(hd, loop_px=1))  # the core itself is weak
     inside = np.zeros(loops[0].shape, dtype=bool)  # loops clear of the border
     inside[border : img.shape[0] - loop - border, border : img.shape[1] - loop - border] = True
     charge = np.stack(loops, axis=-1)  # (..., m): windings of every loop
-    charged = np.any(charge != 0, axis=-1) & inside
     rows = []
-    for n in np.unique(charge[charged], axis=0):
-        labels, count = ndi.label(charged & np.all(charge == n, axis=-1))
-        for lab in range(1, count + 1):
-            ii, jj = np.nonzero(labels == lab)
-            if ii.size >= loop * loop / 4:
-                centre = (jj.mean() + loop / 2, ii.mean() + loop / 2)
-                x, y = _core_position(centre, n, plaquettes, demods, loop / 2)
-                b = -np.linalg.pinv(gmat) @ n.astype(float)
-                h = h_from_b_hat(unit(b))
-                rows.append([x, y, min(1.0, ii.size / loop**2), h[0], h[1], b[0], b[1]])
+    for ii, jj, n in _clusters(charge, inside, min_score * loop**2):
+        centre = (jj.mean() + loop / 2, ii.mean() + loop / 2)
+        x, y = _core_position(centre, n, plaquettes, demods, loop / 2)
+        seen = np.array([np.mean(m[ii, jj]) > 0.5 for m in strong])
+        b = -np.linalg.pinv(gmat[seen]) @ n[seen].astype(float)
+        h = h_from_b_hat(unit(b))
+        rows.append([x, y, min(1.0, ii.size / loop**2), h[0], h[1], b[0], b[1]])
     df = pd.DataFrame(rows, columns=_COLUMNS, dtype=float)
     return df.sort_values(["y", "x"], ignore_index=True)
+
+
+def _smoothed_amplitude(spectrum, g, pixel_size_nm: float, resolution_nm: float) -> np.ndarray:
+    """``|H_g|`` smoothed once more by a Gaussian of FWHM ``resolution_nm``."""
+    amp = np.abs(_lattice_fields(spectrum, g, pixel_size_nm, resolution_nm)[0])
+    return ndi.gaussian_filter(amp, resolution_nm / pixel_size_nm / 2.3548)
 
 
 def rocksalt_mask_gpa(
@@ -227,7 +269,10 @@ def rocksalt_mask_gpa(
     with ``threshold`` times its 90th percentile in the image interior (or with
     Otsu's threshold when ``threshold="otsu"``); where a second reflection is
     known, its amplitude must stay above the same fraction of its own 90th
-    percentile (so vacuum and amorphous regions are not called rock-salt).
+    percentile (so vacuum and amorphous regions are not called rock-salt). The
+    90th percentile stands for the layered phase, so at least ~10 % of the image
+    must be layered; Otsu assumes both phases are present and splits the noise of
+    an image without rock-salt.
 
     Parameters
     ----------
@@ -253,28 +298,22 @@ def rocksalt_mask_gpa(
     ndarray of bool, shape (H, W)
         True = rock-salt.
     """
+    if threshold != "otsu" and not (isinstance(threshold, (int, float)) and 0 < threshold < 1):
+        raise ValueError(f"threshold must be a fraction in (0, 1) or 'otsu', got {threshold!r}")
     img = _as_image(image)
     if g003 is None:
         g003, g_auto = find_reflections(img, pixel_size_nm=pixel_size_nm, d_spacing_nm=d_spacing_nm)
         g_other = g_auto if g_other is None else g_other
-    sigma_px = resolution_nm / pixel_size_nm / 2.355
     interior = _interior(img.shape, int(round(resolution_nm / pixel_size_nm)))
     spectrum = _spectrum(img)
-
-    def smoothed_amplitude(gv):
-        return ndi.gaussian_filter(np.abs(_lattice_fields(spectrum, gv, pixel_size_nm,
-                                                          resolution_nm)[0]), sigma_px)
-
-    a003 = smoothed_amplitude(g003)
+    a003 = _smoothed_amplitude(spectrum, g003, pixel_size_nm, resolution_nm)
     if threshold == "otsu":
         mask = a003 < threshold_otsu(a003[interior])
-    elif isinstance(threshold, (int, float)) and 0 < threshold < 1:
-        mask = a003 < threshold * np.percentile(a003[interior], 90)
     else:
-        raise ValueError(f"threshold must be a fraction in (0, 1) or 'otsu', got {threshold!r}")
+        mask = a003 < threshold * np.percentile(a003[interior], 90)
     if g_other is not None:
-        a2 = smoothed_amplitude(g_other)
-        frac = threshold if threshold != "otsu" else 0.5
+        a2 = _smoothed_amplitude(spectrum, g_other, pixel_size_nm, resolution_nm)
+        frac = 0.5 if threshold == "otsu" else threshold
         mask &= a2 >= frac * np.percentile(a2[interior], 90)
     area_px = (min_area_nm2 or (2 * resolution_nm) ** 2) / pixel_size_nm**2
     mask = remove_small_objects(mask, max_size=int(area_px))

@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 import trackpy
 from dislotrack.data_gen.conventions import nm_to_px, unit
+from dislotrack.infer.drift import position_columns
 
 #: Largest core displacement per frame [nm] assumed when the frame interval is
 #: unknown: 2 nm/s (the default ``max_speed_nm_s``) at the usual 1 frame/s.
@@ -154,8 +155,7 @@ def link_cores(
 
 def _linking_space(detections: pd.DataFrame) -> pd.DataFrame:
     """Copy of ``detections`` with the (y, x, hy, hx) columns trackpy links on."""
-    corrected = {"x_corr", "y_corr"} <= set(detections.columns)
-    xcol, ycol = ("x_corr", "y_corr") if corrected else ("x", "y")
+    xcol, ycol = position_columns(detections)
     h = detections[["hx", "hy"]].to_numpy(dtype=float)
     if not np.isfinite(h).all():
         raise ValueError("hx, hy must be finite for every detection (found NaN or inf)")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 from dislotrack.data_gen.conventions import glide_climb, px_to_nm, unit
+from dislotrack.infer.drift import position_columns
 from scipy import stats
 
 VELOCITY_COLUMNS = [
@@ -61,12 +62,12 @@ def track_motion(
     if pixel_size_nm <= 0:
         raise ValueError(f"pixel_size_nm must be positive [nm/px], got {pixel_size_nm}")
     ordered = tracks.sort_values(["particle", "frame"], kind="stable").reset_index(drop=True)
-    columns = _position_columns(ordered)
+    columns = position_columns(ordered)
     start = ordered.groupby("particle", sort=False)[columns].transform("first").to_numpy()
     displacement = px_to_nm(ordered[columns].to_numpy(dtype=float) - start, pixel_size_nm)
     glide, climb = glide_climb(displacement, _mean_h(ordered))
     return ordered.assign(
-        t_s=_times(ordered["frame"], frame_interval_s), glide_nm=glide, climb_nm=climb
+        t_s=frame_times(ordered["frame"], frame_interval_s), glide_nm=glide, climb_nm=climb
     )
 
 
@@ -92,9 +93,10 @@ def track_velocities(
         One row per particle: ``particle``, ``n_frames`` (detections in the track),
         ``first_frame``, ``last_frame``, ``glide_velocity_nm_s``,
         ``climb_velocity_nm_s``, ``glide_velocity_se_nm_s``,
-        ``climb_velocity_se_nm_s`` (slope and its standard error from
-        `scipy.stats.linregress`; NaN for the error below 3 detections, NaN for
-        all below 2), and the track's mean ``hx``, ``hy``.
+        ``climb_velocity_se_nm_s`` (slope from `scipy.stats.linregress`; its
+        standard error combined with the error of the track's mean **h** direction,
+        which mixes glide into climb; NaN errors below 3 detections, all NaN below
+        2), and the track's mean ``hx``, ``hy``.
     """
     missing = {"particle", "frame", "glide_nm", "climb_nm", "hx", "hy"} - set(tracks.columns)
     if missing:
@@ -111,19 +113,25 @@ def _fit_track(particle: int, group: pd.DataFrame, frame_interval_s: float | Non
     """One row of `track_velocities` for a single track."""
     frames = group["frame"].to_numpy()
     time = frames * (1.0 if frame_interval_s is None else frame_interval_s)
-    fits = [_slope(time, group[name].to_numpy(dtype=float)) for name in ("glide_nm", "climb_nm")]
-    hx, hy = unit(unit(group[["hx", "hy"]].to_numpy(dtype=float)).mean(axis=0))
+    (glide, glide_se), (climb, climb_se) = (
+        _slope(time, group[name].to_numpy(dtype=float)) for name in ("glide_nm", "climb_nm")
+    )
+    h = unit(group[["hx", "hy"]].to_numpy(dtype=float))
+    mean_h = unit(h.mean(axis=0))
+    # Turning the axes by d_theta moves climb * d_theta into glide and vice versa.
+    turn = np.arctan2(mean_h[0] * h[:, 1] - mean_h[1] * h[:, 0], h @ mean_h)
+    theta_se = np.std(turn, ddof=1) / np.sqrt(len(turn)) if len(turn) > 2 else np.nan
     return (
         particle,
         len(group),
         int(frames.min()),
         int(frames.max()),
-        fits[0][0],
-        fits[1][0],
-        fits[0][1],
-        fits[1][1],
-        hx,
-        hy,
+        glide,
+        climb,
+        np.hypot(glide_se, climb * theta_se),
+        np.hypot(climb_se, glide * theta_se),
+        mean_h[0],
+        mean_h[1],
     )
 
 
@@ -143,15 +151,10 @@ def _mean_h(tracks: pd.DataFrame) -> np.ndarray:
     return unit(h.groupby(tracks["particle"].to_numpy()).transform("mean").to_numpy())
 
 
-def _times(frames: pd.Series, frame_interval_s: float | None) -> np.ndarray:
-    """Time of each frame [s] (frame 0 at 0 s); NaN when the interval is unknown."""
+def frame_times(frames: pd.Series, frame_interval_s: float | None) -> np.ndarray:
+    """Time of each frame [s] (frame 0 at 0 s); NaN when the interval [s] is unknown."""
     if frame_interval_s is None:
         return np.full(len(frames), np.nan)
     if frame_interval_s <= 0:
         raise ValueError(f"frame_interval_s must be positive [s], got {frame_interval_s}")
     return frames.to_numpy(dtype=float) * frame_interval_s
-
-
-def _position_columns(tracks: pd.DataFrame) -> list[str]:
-    """Drift-corrected position columns if present, else the raw ones."""
-    return ["x_corr", "y_corr"] if {"x_corr", "y_corr"} <= set(tracks.columns) else ["x", "y"]

@@ -14,7 +14,7 @@ SIZE = 128
 MARGIN = 60
 
 
-def _movie(scene, shifts, noise, rng):
+def _movie(scene, shifts, noise, rng, shape=(SIZE, SIZE)):
     """Crops of ``scene`` whose content is moved by ``shifts`` (rows, cols) [px], exactly.
 
     A generator, so `measure_drift` sees the movie one frame at a time.
@@ -22,7 +22,7 @@ def _movie(scene, shifts, noise, rng):
     spectrum = np.fft.fft2(scene)
     for shift in shifts:
         moved = np.fft.ifft2(ndimage.fourier_shift(spectrum, shift)).real
-        crop = moved[MARGIN : MARGIN + SIZE, MARGIN : MARGIN + SIZE]
+        crop = moved[MARGIN : MARGIN + shape[0], MARGIN : MARGIN + shape[1]]
         yield crop + noise * rng.normal(size=crop.shape)
 
 
@@ -57,10 +57,11 @@ def test_sign_convention_content_moving_right_and_up():
     assert drift.loc[1, "dy"] == pytest.approx(-0.4, abs=0.02)
 
 
-def test_recovers_subpixel_drift_of_noisy_texture():
+@pytest.mark.parametrize("shape", [(SIZE, SIZE), (97, 131)])
+def test_recovers_subpixel_drift_of_noisy_texture(shape):
     rng = np.random.default_rng(5)
     truth = _smooth_drift(30)
-    drift = measure_drift(_movie(_texture(rng), truth, 0.3, rng))
+    drift = measure_drift(_movie(_texture(rng), truth, 0.3, rng, shape))
     assert np.abs(_recovered(drift) - truth).max() < 0.1
 
 

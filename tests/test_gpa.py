@@ -171,6 +171,7 @@ def test_weak_lattice_is_masked():
         (G1, dict(pixel_size_nm=0.0, resolution_nm=RES), "pixel_size_nm"),
         (np.array([6.0, 0.0]), dict(pixel_size_nm=PS, resolution_nm=RES), "Nyquist"),
         (G1, dict(pixel_size_nm=PS, resolution_nm=0.2), "too fine"),
+        (np.array([4.8, 0.0]), dict(pixel_size_nm=PS, resolution_nm=RES), "Friedel"),
     ],
 )
 def test_bad_arguments_are_reported(g, kwargs, match):

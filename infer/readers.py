@@ -1,0 +1,602 @@
+"""Open microscope movies lazily behind one `Movie` interface.
+
+``open_movie(path)`` returns a `Movie`: ``len(movie)`` frames of shape (H, W),
+each read from disk only when asked for, as float32 (colour -> luminance), plus
+the `Calibration` found in the file's metadata (source "file") and a small
+metadata dict whose ``notes`` say what was assumed.
+
+=====================  ===========================================================
+input                  how
+=====================  ===========================================================
+.tif/.tiff (OME)       tifffile, memory-mapped or page by page. Pixel size and frame
+                       interval from OME (PhysicalSizeX, TimeIncrement or DeltaT),
+                       ImageJ (unit + XResolution, finterval), vendor tags (DM,
+                       FEI, ... via rosettasciio) or cm/inch resolution tags.
+.dm3/.dm4, .emd,       rosettasciio with ``lazy=True`` (dask); axis scales and
+.ser/.emi, .mrc        units, a time axis or TIA per-frame clock if present.
+.mp4/.avi              imageio + PyAV; frame interval = *playback* interval.
+.png/.jpg/.jpeg        a single frame without calibration.
+folder                 one frame per file (PNG/JPEG/TIFF/DM3/DM4), natural order;
+                       a folder tree (GMS in-situ recording) is searched when the
+                       top level holds no frames; the DM acquisition clock gives
+                       the frame interval (median step).
+=====================  ===========================================================
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import logging
+import re
+import xml.etree.ElementTree as ET
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import tifffile
+from dislotrack.infer.calibration import (
+    Calibration,
+    interval_from_timestamps,
+    to_nm,
+    to_seconds,
+)
+
+logger = logging.getLogger(__name__)
+
+_TIFF = (".tif", ".tiff")
+_IMAGE = (".png", ".jpg", ".jpeg")
+_VIDEO = (".mp4", ".avi")
+_RSCIIO = {
+    ".dm3": ("rsciio.digitalmicrograph", "DigitalMicrograph"),
+    ".dm4": ("rsciio.digitalmicrograph", "DigitalMicrograph"),
+    ".emd": ("rsciio.emd", "EMD"),
+    ".ser": ("rsciio.tia", "TIA"),
+    ".emi": ("rsciio.tia", "TIA"),
+    ".mrc": ("rsciio.mrc", "MRC"),
+}
+SUPPORTED_EXTENSIONS = tuple(sorted({*_TIFF, *_IMAGE, *_VIDEO, *_RSCIIO}))
+FRAME_EXTENSIONS = (*_TIFF, *_IMAGE, ".dm3", ".dm4")
+_FRAME_KIND = {".tif": "TIFF", ".tiff": "TIFF", ".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG",
+               ".dm3": "DM", ".dm4": "DM"}
+#: Files that cannot be read lazily are loaded whole only below this size [bytes].
+EAGER_LIMIT_BYTES = 256 * 2**20
+#: ITU-R BT.709 luma weights, as in skimage.color.rgb2gray (but keeping the value range).
+_LUMA = np.array([0.2125, 0.7154, 0.0721])
+_FILETIME_TO_UNIX_S = 11644473600.0
+_IMAGEJ_TAGS = (50838, 50839)  # IJMetadataByteCounts, IJMetadata
+
+
+def to_gray_float32(frame: np.ndarray) -> np.ndarray:
+    """One frame as a float32 (H, W) array: RGB(A) -> luminance, complex -> modulus."""
+    a = np.asarray(frame)
+    if a.dtype.names:  # DigitalMicrograph RGBA: structured R, G, B, A
+        a = np.stack([a[c] for c in ("R", "G", "B")], axis=-1)
+    if np.iscomplexobj(a):
+        a = np.abs(a)
+    if a.ndim == 3 and a.shape[-1] in (3, 4):
+        a = a[..., :3].astype(np.float64) @ _LUMA
+    elif a.ndim == 3 and a.shape[-1] == 2:  # grey + alpha
+        a = a[..., 0]
+    if a.ndim != 2:
+        raise ValueError(f"a frame must be 2-D (or 2-D colour), got shape {a.shape}")
+    return np.array(a, dtype=np.float32)
+
+
+class Movie:
+    """A lazily read stack of frames with its calibration.
+
+    Frames are read on access: ``movie[i]`` (negative ``i`` counts from the end)
+    and iteration give float32 arrays of shape ``movie.shape[1:]``. Use as a
+    context manager (or call `close`) to release the file.
+
+    Attributes
+    ----------
+    path : Path
+    shape : tuple of int
+        (T, H, W) [frames, px, px].
+    calibration : Calibration
+        From the file's metadata; combine with user values via
+        `dislotrack.infer.calibration.resolve_calibration` and `with_calibration`.
+    metadata : dict
+        Small: ``format``, ``notes`` (list of str) and format-specific entries.
+    timestamps_s : ndarray or None
+        Acquisition time of each frame relative to the first [s], where the
+        files record it.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        shape: tuple[int, int, int],
+        calibration: Calibration,
+        metadata: dict,
+        read: Callable[[int], np.ndarray],
+        *,
+        iterate: Callable[[], Iterator[np.ndarray]] | None = None,
+        close: Callable[[], None] | None = None,
+        timestamps_s: np.ndarray | None = None,
+    ) -> None:
+        self._path = Path(path)
+        self._shape = tuple(int(n) for n in shape)
+        self._calibration = calibration
+        self._metadata = metadata
+        self._read, self._iterate, self._close = read, iterate, close
+        self._timestamps = timestamps_s
+
+    path = property(lambda self: self._path)
+    shape = property(lambda self: self._shape)
+    calibration = property(lambda self: self._calibration)
+    metadata = property(lambda self: self._metadata)
+    timestamps_s = property(lambda self: self._timestamps)
+
+    def __len__(self) -> int:
+        return self._shape[0]
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
+            raise TypeError(f"frame index must be an integer, got {index!r}")
+        i = int(index) + (len(self) if index < 0 else 0)
+        if not 0 <= i < len(self):
+            raise IndexError(f"frame {index} out of range for {len(self)} frames of {self._path}")
+        return self._checked(self._read(i), i)
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        if self._iterate is None:
+            for i in range(len(self)):
+                yield self[i]
+            return
+        for i, frame in zip(range(len(self)), self._iterate(), strict=False):
+            yield self._checked(frame, i)
+
+    def _checked(self, raw: np.ndarray, i: int) -> np.ndarray:
+        frame = to_gray_float32(raw)
+        if frame.shape != self._shape[1:]:
+            raise ValueError(
+                f"frame {i} of {self._path} is {frame.shape} px, expected {self._shape[1:]} px"
+            )
+        return frame
+
+    def with_calibration(self, calibration: Calibration) -> Movie:
+        """The same movie (sharing the open file) with another calibration."""
+        other = copy.copy(self)
+        other._calibration = calibration
+        return other
+
+    def close(self) -> None:
+        """Release the file (further reads may fail)."""
+        if self._close is not None:
+            self._close()
+            self._close = None
+
+    def __enter__(self) -> Movie:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        c = self._calibration
+        return (f"Movie({self._path.name!r}, shape={self._shape}, pixel_size_nm={c.pixel_size_nm}, "
+                f"frame_interval_s={c.frame_interval_s})")
+
+
+def open_movie(path: str | Path, *, signal: int | str | None = None) -> Movie:
+    """Open a movie, image or folder of frames for lazy reading.
+
+    Parameters
+    ----------
+    path : str or Path
+        A file with one of `SUPPORTED_EXTENSIONS`, or a folder of frames.
+    signal : int or str, optional
+        For files holding several images (multi-detector Velox EMD, DM with
+        several images): index or title of the image to read; default the first.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``path`` does not exist.
+    ValueError
+        Unsupported extension, empty folder, frames of differing shapes, or a
+        file holding no 2-D image.
+    """
+    path = Path(path)
+    if path.is_dir():
+        return _open_folder(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no such file or folder: {path}")
+    ext = path.suffix.lower()
+    if ext in _TIFF:
+        return _open_tiff(path)
+    if ext in _RSCIIO:
+        return _open_rsciio(path, *_RSCIIO[ext], signal=signal)
+    if ext in _VIDEO:
+        return _open_video(path)
+    if ext in _IMAGE:
+        return _open_image(path)
+    raise ValueError(
+        f"unsupported file type {ext or '(none)'!r} for {path.name}; supported: "
+        f"{', '.join(SUPPORTED_EXTENSIONS)}, or a folder of frames"
+    )
+
+
+# --- small helpers -------------------------------------------------------------------------
+
+
+def _length_nm(scale: object, unit: object, notes: list[str], what: str) -> float | None:
+    """A calibration length [nm], or None (with a note) if unusable."""
+    try:
+        value = to_nm(float(scale), str(unit) if unit is not None else "")
+    except (TypeError, ValueError) as err:
+        notes.append(f"{what}: no usable pixel size ({err})")
+        return None
+    if not (np.isfinite(value) and value > 0):
+        notes.append(f"{what}: ignored non-positive pixel size {scale} {unit}")
+        return None
+    return value
+
+
+def _seconds(scale: object, unit: object) -> float | None:
+    try:
+        value = to_seconds(float(scale), str(unit) if unit is not None else "")
+    except (TypeError, ValueError):
+        return None
+    return value if np.isfinite(value) and value > 0 else None
+
+
+def _xy_calibration(px_x: float | None, px_y: float | None, notes: list[str]) -> float | None:
+    """One pixel size from x and y; a note if they differ by more than 1 %."""
+    if px_x is None or px_y is None:
+        return px_x if px_x is not None else px_y
+    if abs(px_x - px_y) > 0.01 * px_x:
+        notes.append(f"non-square pixels: x {px_x:.6g} nm, y {px_y:.6g} nm; using x")
+    return px_x
+
+
+# --- TIFF ----------------------------------------------------------------------------------
+
+
+def _open_tiff(path: Path) -> Movie:
+    tif = tifffile.TiffFile(path)
+    try:
+        series = tif.series[0]
+        page_axes = series.keyframe.axes
+        if not series.axes.endswith(page_axes):
+            raise ValueError(f"{path}: cannot map TIFF axes {series.axes!r} to frames")
+        lead_axes = series.axes[: len(series.axes) - len(page_axes)]
+        lead_shape = tuple(series.shape[: len(lead_axes)])
+        notes = [] if len(tif.series) == 1 else [f"{len(tif.series)} series; read the first"]
+        index = _tiff_frame_index(lead_axes, lead_shape, notes)
+        read = _tiff_reader(path, tif, series, lead_shape, page_axes)
+        h, w = (series.keyframe.shape[page_axes.index(a)] for a in "YX")
+        cal = _tiff_calibration(path, tif, notes)
+    except Exception:
+        tif.close()
+        raise
+    meta = {"format": "OME-TIFF" if tif.is_ome else "ImageJ TIFF" if tif.is_imagej else "TIFF",
+            "axes": series.axes, "dtype": str(series.dtype), "notes": notes}
+    return Movie(path, (len(index), h, w), cal, meta, lambda i: read(index[i]), close=tif.close)
+
+
+def _tiff_frame_index(axes: str, shape: tuple[int, ...], notes: list[str]) -> list[tuple]:
+    """Multi-indices into the non-image axes, one per frame (channel 0 only)."""
+    ranges = [range(n) for n in shape]
+    if "C" in axes and shape[axes.index("C")] > 1:
+        notes.append(f"{shape[axes.index('C')]} channels; read channel 0")
+        ranges[axes.index("C")] = range(1)
+    if sum(len(r) > 1 for r in ranges) > 1:
+        notes.append(f"axes {axes!r} {shape} flattened into one frame axis")
+    return list(np.ndindex(*[len(r) for r in ranges]))
+
+
+def _tiff_reader(path, tif, series, lead_shape, page_axes) -> Callable[[tuple], np.ndarray]:
+    def to_frame(block: np.ndarray) -> np.ndarray:
+        return np.moveaxis(block, page_axes.index("S"), -1) if "S" in page_axes else block
+
+    try:  # contiguous, uncompressed data (incl. ImageJ files over 4 GB): memory-map
+        mm = tifffile.memmap(path, series=0, mode="r")
+        mm = mm.reshape(lead_shape + tuple(series.keyframe.shape))
+        return lambda idx: to_frame(mm[idx])
+    except ValueError:
+        pass
+    n_pages = int(np.prod(lead_shape))
+    if len(series.pages) == n_pages:
+        def page(idx: tuple) -> int:
+            return int(np.ravel_multi_index(idx, lead_shape)) if lead_shape else 0
+
+        return lambda idx: to_frame(tif.asarray(key=page(idx), series=0))
+    if series.nbytes > EAGER_LIMIT_BYTES:
+        raise ValueError(f"{path}: TIFF layout not readable frame by frame, too big to load whole")
+    data = series.asarray().reshape(lead_shape + tuple(series.keyframe.shape))
+    return lambda idx: to_frame(data[idx])
+
+
+def _tiff_calibration(path: Path, tif: tifffile.TiffFile, notes: list[str]) -> Calibration:
+    """OME > ImageJ > vendor tags (rosettasciio) > cm/inch resolution tags."""
+    page = tif.pages.first
+    found = [(None, None)]
+    if tif.is_ome:
+        found.append(_ome_calibration(tif.ome_metadata, notes))
+    if tif.is_imagej:
+        found.append(_imagej_calibration(tif.imagej_metadata, page, notes))
+    px = next((p for p, _ in found if p is not None), None)
+    dt = next((t for _, t in found if t is not None), None)
+    vendor_tags = any(t.code >= 32768 and t.code not in _IMAGEJ_TAGS for t in page.tags)
+    if (px is None or dt is None) and vendor_tags:  # DM, FEI, Zeiss, Olympus, ... tags
+        vendor_px, vendor_dt = _vendor_tiff_calibration(path, notes)
+        px, dt = px if px is not None else vendor_px, dt if dt is not None else vendor_dt
+    if px is None:
+        px = _resolution_tag_calibration(page, notes)
+    return Calibration.from_file(pixel_size_nm=px, frame_interval_s=dt)
+
+
+def _ome_calibration(xml: str, notes: list[str]) -> tuple[float | None, float | None]:
+    root = ET.fromstring(xml)
+    pixels = next((e for e in root.iter() if e.tag.endswith("}Pixels") or e.tag == "Pixels"), None)
+    if pixels is None:
+        return None, None
+    a = pixels.attrib
+    px = py = None
+    if "PhysicalSizeX" in a:
+        px = _length_nm(a["PhysicalSizeX"], a.get("PhysicalSizeXUnit", "µm"), notes, "OME x")
+    if "PhysicalSizeY" in a:
+        py = _length_nm(a["PhysicalSizeY"], a.get("PhysicalSizeYUnit", "µm"), notes, "OME y")
+    dt = None
+    if "TimeIncrement" in a:
+        dt = _seconds(a["TimeIncrement"], a.get("TimeIncrementUnit", "s"))
+    else:  # per-plane DeltaT of the first Z and channel
+        planes = [p.attrib for p in pixels if p.tag.endswith("Plane") and "DeltaT" in p.attrib]
+        planes = [p for p in planes if p.get("TheZ", "0") == "0" and p.get("TheC", "0") == "0"]
+        planes.sort(key=lambda p: int(p.get("TheT", 0)))
+        times = [_seconds(p["DeltaT"], p.get("DeltaTUnit", "s")) or 0.0 for p in planes]
+        dt = interval_from_timestamps(times)
+    return _xy_calibration(px, py, notes), dt
+
+
+def _imagej_calibration(ij: dict, page, notes: list[str]) -> tuple[float | None, float | None]:
+    unit = ij.get("unit")
+    if isinstance(unit, str) and "\\u" in unit:
+        unit = unit.encode().decode("unicode_escape")  # ImageJ writes "\\u00B5m" for µm
+    px = None
+    if unit and unit.lower() not in ("pixel", "pixels", "px") and "XResolution" in page.tags:
+        num, den = page.tags["XResolution"].value
+        if num > 0 and den > 0:
+            px = _length_nm(den / num, unit, notes, "ImageJ")
+    dt = None
+    if ij.get("finterval"):
+        dt = _seconds(ij["finterval"], ij.get("tunit", "s"))  # ImageJ's default time unit is "sec"
+    return px, dt
+
+
+def _vendor_tiff_calibration(path: Path, notes: list[str]) -> tuple[float | None, float | None]:
+    """Pixel size / frame interval from vendor tags (DM, FEI, Zeiss, ...) via rosettasciio."""
+    try:
+        from rsciio.tiff import file_reader
+
+        sig = file_reader(str(path), lazy=True)[0]
+        _close_rsciio(sig["data"])
+    except Exception as err:  # vendor tags are optional extras; never fail the read on them
+        logger.debug("rosettasciio could not read %s: %s", path, err)
+        return None, None
+    axes = sig["axes"]
+    if len(axes) < 2 or str(axes[-1].get("units")).lower() in ("none", "", "inch", "in", "cm"):
+        return None, None  # uncalibrated or print resolution: handled by the tag fallback
+    scratch: list[str] = []
+    px = _xy_calibration(
+        _length_nm(axes[-1].get("scale"), axes[-1].get("units"), scratch, "x"),
+        _length_nm(axes[-2].get("scale"), axes[-2].get("units"), scratch, "y"),
+        notes,
+    )
+    dt = next((t for a in axes[:-2] if (t := _seconds(a.get("scale"), a.get("units")))), None)
+    return px, dt
+
+
+def _resolution_tag_calibration(page, notes: list[str]) -> float | None:
+    """Pixel size from XResolution in px/cm or px/inch, if microscope-like (< 1 µm)."""
+    unit = page.tags.get("ResolutionUnit")
+    per = {2: 2.54e7, 3: 1e7}.get(int(unit.value) if unit is not None else 1)  # nm per inch / cm
+    if per is None or "XResolution" not in page.tags:
+        return None
+    num, den = page.tags["XResolution"].value
+    if num <= 0 or den <= 0:
+        return None
+    px = per * den / num
+    if px >= 1000:
+        notes.append(f"ignored XResolution {num / den:g} px/{'inch' if per > 1e7 else 'cm'}: "
+                     "a print resolution, not a microscope calibration")
+        return None
+    return px
+
+
+# --- rosettasciio formats (DM, EMD, TIA, MRC) ------------------------------------------------
+
+
+def _open_rsciio(path: Path, module: str, label: str, *, signal: int | str | None) -> Movie:
+    try:
+        reader = importlib.import_module(module).file_reader
+    except ModuleNotFoundError as err:  # EMD needs h5py (rosettasciio's "hdf5" extra)
+        raise ImportError(f"reading {label} files needs the {err.name!r} package "
+                          f"(pip install {err.name})") from err
+    notes: list[str] = []
+    try:
+        signals = reader(str(path), lazy=True)
+    except ValueError as err:  # e.g. RGBA DigitalMicrograph images are not lazy-readable
+        if path.stat().st_size > EAGER_LIMIT_BYTES:
+            raise ValueError(f"{path}: not lazily readable ({err}), too big to load whole") from err
+        signals = reader(str(path), lazy=False)
+        notes.append(f"read whole: {err}")
+    images = [s for s in signals if _is_image_signal(s)]
+    if not images:
+        raise ValueError(f"{path} holds no 2-D image or image stack")
+    sig = _choose_signal(images, signal, path)  # signals of one file share its handle
+    data, axes = sig["data"], sig["axes"]
+    px = _xy_calibration(
+        _length_nm(axes[-1].get("scale"), axes[-1].get("units"), notes, "x axis"),
+        _length_nm(axes[-2].get("scale"), axes[-2].get("units"), notes, "y axis"),
+        notes,
+    )
+    dt = _seconds(axes[0].get("scale"), axes[0].get("units")) if data.ndim == 3 else None
+    om = sig.get("original_metadata", {})
+    if dt is None and data.ndim == 3 and "ser_header_parameters" in om:
+        dt = interval_from_timestamps(om["ser_header_parameters"].get("Time", []), resolution_s=1.0)
+        notes.append("frame interval from the TIA whole-second clock" if dt else
+                     "TIA clock too coarse for a frame interval")
+    stamp = _dm_acquisition_time_s(om) if label == "DigitalMicrograph" else None
+    meta = {"format": label, "reader": module, "dtype": str(data.dtype), "notes": notes,
+            "signal": sig.get("metadata", {}).get("General", {}).get("title"),
+            "signals": [s.get("metadata", {}).get("General", {}).get("title") for s in images],
+            "axes": [f"{a.get('name')}: {a.get('scale')} {a.get('units')}" for a in axes]}
+    if stamp is not None:
+        meta["acquired_unix_s"] = stamp
+
+    def read(i: int) -> np.ndarray:
+        block = data if data.ndim == 2 else data[i]
+        return np.asarray(block.compute() if hasattr(block, "compute") else block)
+
+    shape = (1, *data.shape) if data.ndim == 2 else data.shape
+    return Movie(path, shape, Calibration.from_file(pixel_size_nm=px, frame_interval_s=dt), meta,
+                 read, close=lambda: _close_rsciio(data),
+                 timestamps_s=None if stamp is None else np.zeros(1))
+
+
+def _is_image_signal(sig: dict) -> bool:
+    """2-D image, or a stack of them with one navigation axis first."""
+    nav = [bool(a.get("navigate")) for a in sig["axes"]]
+    ndim = sig["data"].ndim
+    return len(nav) == ndim and nav in ([False, False], [True, False, False])
+
+
+def _choose_signal(images: list[dict], signal: int | str | None, path: Path) -> dict:
+    titles = [str(s.get("metadata", {}).get("General", {}).get("title")) for s in images]
+    if signal is None:
+        return images[0]
+    if isinstance(signal, int) and -len(images) <= signal < len(images):
+        return images[signal]
+    matches = [s for s, t in zip(images, titles, strict=True) if t.lower() == str(signal).lower()]
+    if not matches:
+        raise ValueError(f"{path} has no image {signal!r}; its images are {titles}")
+    return matches[0]
+
+
+def _close_rsciio(data: object) -> None:
+    """Close the file behind a lazy rosettasciio array (HDF5 handle or TiffFile)."""
+    if not hasattr(data, "dask"):
+        return
+    from rsciio.utils.file import get_file_handle
+
+    handle = get_file_handle(data, warn=False)
+    if handle is None:  # rsciio misses tifffile handles in recent dask graphs
+        args = (a for task in data.dask.values() for a in getattr(task, "args", ()))
+        handle = next((a.parent for a in args
+                       if isinstance(getattr(a, "parent", None), tifffile.TiffFile)), None)
+    if handle is not None:
+        handle.close()
+
+
+def _dm_acquisition_time_s(om: dict) -> float | None:
+    """Acquisition time [Unix s] from DM tags: DataBar FILETIME, else the epoch in ms."""
+    image_list = om.get("ImageList", {}).values()
+    groups = [g.get("ImageTags", {}) for g in image_list if isinstance(g, dict)]
+    for tags in groups:
+        filetime = tags.get("DataBar", {}).get("Acquisition Time (OS)")
+        if filetime:
+            return float(filetime) * 1e-7 - _FILETIME_TO_UNIX_S
+    for tags in groups:
+        seq = tags.get("Acquisition", {}).get("Frame", {}).get("Sequence", {})
+        if seq.get("Acquisition Start Time (epoch)"):
+            return float(seq["Acquisition Start Time (epoch)"]) * 1e-3
+    return None
+
+
+# --- video and single images ---------------------------------------------------------------
+
+
+def _open_video(path: Path) -> Movie:
+    import imageio.v3 as iio
+
+    props = iio.improps(path, plugin="pyav")
+    n = props.shape[0] if props.is_batch else 1
+    handle = iio.imopen(path, "r", plugin="pyav")
+    fps = handle.metadata().get("fps")
+    dt = 1.0 / fps if fps and np.isfinite(fps) and fps > 0 else None
+    note = (f"frame interval {dt:g} s is the container's playback rate ({fps:g} fps), not "
+            "necessarily the acquisition rate; video files carry no pixel size") if dt else (
+            "the video states no frame rate; it carries no pixel size")
+    cal = Calibration.from_file(frame_interval_s=dt, warnings=[note])
+
+    def iterate() -> Iterator[np.ndarray]:
+        with iio.imopen(path, "r", plugin="pyav") as fresh:
+            yield from fresh.iter()
+
+    meta = {"format": path.suffix.lower()[1:].upper(), "playback_fps": fps, "notes": [note]}
+    return Movie(path, (n, *props.shape[-3:-1]), cal, meta, lambda i: handle.read(index=i),
+                 iterate=iterate, close=handle.close)
+
+
+def _open_image(path: Path) -> Movie:
+    import imageio.v3 as iio
+    from PIL import Image
+
+    with Image.open(path) as im:
+        w, h = im.size
+        mode = im.mode
+    meta = {"format": path.suffix.lower()[1:].upper(), "mode": mode, "notes": []}
+    return Movie(path, (1, h, w), Calibration(), meta, lambda i: iio.imread(path))
+
+
+# --- folders of frames ---------------------------------------------------------------------
+
+
+def _natural_key(rel: Path) -> tuple:
+    split = (re.split(r"(\d+)", part) for part in rel.parts)
+    return tuple([int(t) if t.isdigit() else t.lower() for t in tokens] for tokens in split)
+
+
+def _frame_files(folder: Path) -> list[Path]:
+    """Frame files at the top level, else anywhere below (GMS in-situ trees), natural order."""
+    def is_frame(p: Path) -> bool:
+        return p.suffix.lower() in FRAME_EXTENSIONS and not p.name.startswith(".") and p.is_file()
+
+    files = [p for p in folder.iterdir() if is_frame(p)]
+    files = files or [p for p in folder.rglob("*") if is_frame(p)]
+    if not files:
+        raise ValueError(f"folder {folder} holds no frames ({', '.join(FRAME_EXTENSIONS)})")
+    kinds = Counter(_FRAME_KIND[p.suffix.lower()] for p in files)
+    if len(kinds) > 1:
+        raise ValueError(f"folder {folder} mixes frame formats {dict(kinds)}; keep one per folder")
+    return sorted(files, key=lambda p: _natural_key(p.relative_to(folder)))
+
+
+def _open_folder(folder: Path) -> Movie:
+    files = _frame_files(folder)
+    shapes, stamps = [], []
+    for f in files:  # headers only: PIL, tifffile and rosettasciio-lazy read no pixels here
+        with open_movie(f) as m:
+            if len(m) != 1:
+                raise ValueError(f"{f} holds {len(m)} frames; a frame folder needs one per file")
+            if f is files[0]:
+                first = m
+            shapes.append(m.shape[1:])
+            stamps.append(m.metadata.get("acquired_unix_s"))
+    odd = next((i for i, s in enumerate(shapes) if s != shapes[0]), None)
+    if odd is not None:
+        raise ValueError(f"frames differ in shape: {files[0].name} is {shapes[0]} px but "
+                         f"{files[odd].relative_to(folder)} is {shapes[odd]} px")
+    notes = list(first.metadata.get("notes", []))
+    times = np.array(stamps, dtype=float) - stamps[0] if None not in stamps else None
+    dt = interval_from_timestamps(times) if times is not None else None
+    if times is not None and dt is None and len(times) > 1:
+        notes.append("the frames' acquisition times do not increase; no frame interval")
+    if dt is not None and np.ptp(np.diff(times)) > 0.2 * dt:
+        notes.append(f"frame steps vary from {np.diff(times).min():.4g} to "
+                     f"{np.diff(times).max():.4g} s; using the median {dt:.4g} s")
+    cal = Calibration.from_file(pixel_size_nm=first.calibration.pixel_size_nm, frame_interval_s=dt)
+    meta = {"format": f"folder of {first.metadata['format']} frames", "n_files": len(files),
+            "first_file": str(files[0].relative_to(folder)), "notes": notes}
+
+    def read(i: int) -> np.ndarray:
+        with open_movie(files[i]) as m:
+            return m[0]
+
+    return Movie(folder, (len(files), *shapes[0]), cal, meta, read, timestamps_s=times)

@@ -1,0 +1,158 @@
+"""Unit conversion, calibration validation and user > file > estimated precedence."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from dislotrack.infer.calibration import (
+    Calibration,
+    interval_from_timestamps,
+    resolve_calibration,
+    to_nm,
+    to_seconds,
+)
+
+
+@pytest.mark.parametrize(
+    ("value", "unit", "nm"),
+    [
+        (0.5, "nm", 0.5),
+        (1.5, "Å", 0.15),
+        (1.5, "\u212b", 0.15),  # ANGSTROM SIGN, distinct from LATIN CAPITAL A WITH RING
+        (2.0, "A", 0.2),  # microscope files mean angstrom, not ampere
+        (2.0, "angstrom", 0.2),
+        (0.1687, "µm", 168.7),
+        (0.1687, "μm", 168.7),  # Greek mu
+        (0.1687, "um", 168.7),
+        (0.1687, "micron", 168.7),
+        (8.17, "pm", 0.00817),
+        (3.5e-11, "m", 0.035),
+        (0.012, "n_m", 0.012),  # Berkeley EMD spelling
+    ],
+)
+def test_to_nm(value, unit, nm):
+    assert to_nm(value, unit) == pytest.approx(nm, rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("unit", "message"),
+    [
+        ("1/nm", "reciprocal"),
+        ("nm^-1", "reciprocal"),
+        ("s", "not a length"),
+        ("px", "pixels"),
+        ("pixel", "pixels"),
+        ("", "no unit"),
+        (None, "no unit"),
+        ("parsec-ish", "unknown"),
+    ],
+)
+def test_to_nm_rejects(unit, message):
+    with pytest.raises(ValueError, match=message):
+        to_nm(1.0, unit)
+
+
+@pytest.mark.parametrize(
+    ("value", "unit", "s"),
+    [(0.5, "s", 0.5), (2, "sec", 2.0), (250, "ms", 0.25), (40, "µs", 4e-5), (40, "us", 4e-5),
+     (1.5, "min", 90.0), (1, "h", 3600.0), (10, "ns", 1e-8), (3, "seconds", 3.0)],
+)
+def test_to_seconds(value, unit, s):
+    assert to_seconds(value, unit) == pytest.approx(s, rel=1e-12)
+
+
+@pytest.mark.parametrize("unit", ["nm", "Hz", "", "frame"])
+def test_to_seconds_rejects(unit):
+    with pytest.raises(ValueError):
+        to_seconds(1.0, unit)
+
+
+@pytest.mark.parametrize("bad", [0.0, -0.1, math.inf, math.nan])
+def test_calibration_rejects_bad_pixel_size_quoting_value_and_unit(bad):
+    with pytest.raises(ValueError, match=rf"{bad!r} nm/px"):
+        Calibration(pixel_size_nm=bad, pixel_size_source="file")
+
+
+def test_calibration_rejects_bad_interval_and_sources():
+    with pytest.raises(ValueError, match="-2.0 s"):
+        Calibration(frame_interval_s=-2.0, frame_interval_source="user")
+    with pytest.raises(ValueError, match="source"):
+        Calibration(pixel_size_nm=0.1, pixel_size_source="guess")
+    with pytest.raises(ValueError, match="source"):
+        Calibration(pixel_size_nm=0.1)  # a value needs a source
+    with pytest.raises(ValueError, match="no pixel size"):
+        Calibration(pixel_size_source="file")
+
+
+def test_from_file_sets_sources_and_units():
+    cal = Calibration.from_file(pixel_size_nm=0.05)
+    assert (cal.pixel_size_source, cal.frame_interval_source) == ("file", None)
+    assert (cal.length_unit, cal.time_unit) == ("nm", "frame")
+    assert Calibration().length_unit == "px"
+    assert cal.to_dict()["pixel_size_nm"] == 0.05
+
+
+def _never() -> float:
+    raise AssertionError("the estimate must not be called when a pixel size is known")
+
+
+def test_user_beats_file_and_says_so():
+    file_cal = Calibration.from_file(pixel_size_nm=0.05, frame_interval_s=1.0)
+    cal = resolve_calibration(file_cal, pixel_size_nm=0.06, frame_interval_s=0.5, estimate=_never)
+    assert (cal.pixel_size_nm, cal.pixel_size_source) == (0.06, "user")
+    assert (cal.frame_interval_s, cal.frame_interval_source) == (0.5, "user")
+    assert any("overrides the file's 0.05 nm/px" in w for w in cal.warnings)
+    assert any("overrides the file's 1 s" in w for w in cal.warnings)
+
+
+def test_file_beats_estimate():
+    cal = resolve_calibration(Calibration.from_file(pixel_size_nm=0.05), estimate=_never)
+    assert (cal.pixel_size_nm, cal.pixel_size_source) == (0.05, "file")
+    assert (cal.frame_interval_s, cal.frame_interval_source) == (None, None)
+    assert "no frame interval: velocities in per-frame units" in cal.warnings
+
+
+def test_estimate_used_only_when_needed_and_reported():
+    calls = []
+
+    def estimate() -> float:
+        calls.append(1)
+        return 0.0473
+
+    cal = resolve_calibration(None, frame_interval_s=1.0, estimate=estimate)
+    assert calls == [1]
+    assert (cal.pixel_size_nm, cal.pixel_size_source) == (0.0473, "estimated")
+    assert any("estimated from (003) fringes" in w for w in cal.warnings)
+    assert cal.frame_interval_source == "user"
+
+
+def test_failed_estimate_leaves_pixels():
+    cal = resolve_calibration(Calibration(), estimate=lambda: None)
+    assert cal.pixel_size_nm is None and cal.pixel_size_source is None
+    assert any("no pixel size" in w for w in cal.warnings)
+    assert cal.length_unit == "px" and cal.time_unit == "frame"
+
+
+def test_file_warnings_are_kept():
+    file_cal = Calibration.from_file(frame_interval_s=0.5, warnings=["playback rate"])
+    assert "playback rate" in resolve_calibration(file_cal).warnings
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, math.nan])
+def test_resolve_rejects_bad_user_values(bad):
+    with pytest.raises(ValueError, match="nm/px"):
+        resolve_calibration(None, pixel_size_nm=bad)
+    with pytest.raises(ValueError, match=" s$"):
+        resolve_calibration(None, frame_interval_s=bad)
+    with pytest.raises(ValueError, match="estimated pixel size"):
+        resolve_calibration(None, estimate=lambda: bad)
+
+
+def test_interval_from_timestamps():
+    assert interval_from_timestamps([10.0, 10.5, 11.0, 11.6, 12.0]) == pytest.approx(0.5)
+    assert interval_from_timestamps([3.0]) is None
+    assert interval_from_timestamps([1.0, 1.0, 2.0]) is None  # not increasing
+    # whole-second clock: 31 frames over 15 s -> 0.5 s; too short a span -> None
+    assert interval_from_timestamps([100 + i // 2 for i in range(31)], resolution_s=1) == 0.5
+    assert interval_from_timestamps([0, 0, 0, 1, 1], resolution_s=1) is None

@@ -1,0 +1,221 @@
+"""Birth/death, dipoles, events and counts on hand-made tracks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from dislotrack.infer.drift import apply_drift
+from dislotrack.infer.events import (
+    COUNT_COLUMNS,
+    EVENT_COLUMNS,
+    DipoleCriteria,
+    birth_death,
+    count_dislocations,
+    find_events,
+    summarise_tracks,
+)
+from dislotrack.infer.linking import link_cores
+from dislotrack.infer.motion import track_motion
+
+PIXEL_NM = 0.1
+SHAPE = (200, 300)  # rows, cols [px]
+N_FRAMES = 20
+UP, DOWN = (0.0, -1.0), (0.0, 1.0)
+
+
+def _track(particle, frames, x0, y0, h, vx=0.0, vy=0.0):
+    """Tracked detections of one core moving at (vx, vy) [px/frame]."""
+    frames = np.asarray(list(frames), dtype=int)
+    step = frames - (frames[0] if len(frames) else 0)
+    return pd.DataFrame(
+        {
+            "frame": frames,
+            "x": x0 + vx * step,
+            "y": y0 + vy * step,
+            "score": 0.9,
+            "hx": h[0],
+            "hy": h[1],
+            "particle": particle,
+        }
+    )
+
+
+def _summary(tracks, **kwargs):
+    return summarise_tracks(
+        tracks,
+        pixel_size_nm=PIXEL_NM,
+        frame_interval_s=0.5,
+        n_frames=N_FRAMES,
+        image_shape=SHAPE,
+        **kwargs,
+    )
+
+
+@pytest.mark.parametrize(
+    ("frames", "x0", "vx", "birth", "death"),
+    [
+        (range(0, N_FRAMES), 150.0, 0.0, "present", "survived"),
+        (range(4, 12), 5.0, 4.0, "entered", "annihilated"),  # starts 0.55 nm from the left edge
+        (range(4, 12), 260.0, 5.0, "nucleated", "left"),  # ends at x = 295, 0.45 nm from the edge
+        (range(4, 12), 150.0, 0.0, "nucleated", "annihilated"),
+        (range(0, 12), 5.0, 0.0, "present", "left"),  # present wins over the edge
+        (range(4, N_FRAMES), 295.0, 0.0, "entered", "survived"),
+    ],
+)
+def test_birth_and_death(frames, x0, vx, birth, death):
+    fates = birth_death(
+        _track(0, frames, x0, 100.0, DOWN, vx=vx),
+        pixel_size_nm=PIXEL_NM,
+        n_frames=N_FRAMES,
+        image_shape=SHAPE,
+        border_nm=2.0,
+    )
+    assert fates.loc[0, ["birth", "death"]].tolist() == [birth, death]
+
+
+def test_without_image_shape_edges_are_not_judged():
+    fates = birth_death(_track(0, range(4, 12), 5.0, 100.0, DOWN), pixel_size_nm=PIXEL_NM,
+                        n_frames=N_FRAMES)
+    assert fates.loc[0, ["birth", "death"]].tolist() == ["nucleated", "annihilated"]
+
+
+def test_dipole_nucleating_together_is_paired_and_gives_dipole_events():
+    tracks = pd.concat(
+        [
+            _track(0, range(5, 15), 100.0, 100.0, DOWN, vx=-0.5),
+            _track(1, range(6, 15), 110.0, 100.0, UP, vx=0.5),  # 1 nm away, one frame later
+            _track(2, range(5, 15), 200.0, 100.0, UP),  # opposite h but 10 nm away
+            _track(3, range(5, 15), 112.0, 110.0, DOWN),  # close, but same h as track 0
+        ]
+    )
+    summary = _summary(tracks)
+    assert list(summary.columns) == [
+        "particle", "first_frame", "last_frame", "n_frames",
+        "glide_velocity_nm_s", "climb_velocity_nm_s",
+        "glide_velocity_se_nm_s", "climb_velocity_se_nm_s",
+        "kind", "partner", "birth", "death",
+    ]  # fmt: skip
+    assert summary["kind"].tolist() == ["dipole", "dipole", "single", "single"]
+    assert summary["partner"].tolist()[:2] == [1, 0]
+    assert summary["partner"].isna().tolist() == [False, False, True, True]
+    events = find_events(tracks, summary, pixel_size_nm=PIXEL_NM, frame_interval_s=0.5)
+    assert list(events.columns) == EVENT_COLUMNS
+    dipole = events[events["particles"] == "0 1"].set_index("kind")
+    assert dipole.loc["dipole_nucleation", ["frame", "t_s", "x", "y"]].tolist() == [
+        5, 2.5, 105.0, 100.0,
+    ]  # fmt: skip
+    assert dipole.loc["dipole_annihilation", "frame"] == 14
+    singles = events[~events["kind"].str.startswith("dipole")]
+    assert sorted(singles["particles"]) == ["2", "2", "3", "3"]
+    assert (events["frame"].diff().dropna() >= 0).all()
+
+
+def test_dipole_by_proximity_present_from_the_start():
+    tracks = pd.concat(
+        [
+            _track(0, range(0, 12), 100.0, 100.0, (1.0, 0.0)),
+            _track(1, range(0, 12), 100.0, 115.0, (-0.9, 0.1)),  # 1.5 nm away, h ~ opposite
+        ]
+    )
+    summary = _summary(tracks)
+    assert summary["kind"].tolist() == ["dipole", "dipole"]
+    assert summary["birth"].tolist() == ["present", "present"]
+    events = find_events(tracks, summary, pixel_size_nm=PIXEL_NM, frame_interval_s=0.5)
+    assert events["kind"].tolist() == ["dipole_annihilation"]
+    assert events.loc[0, "particles"] == "0 1"
+
+
+def test_separated_pair_is_no_dipole_and_each_track_gets_one_partner():
+    apart = pd.concat(
+        [
+            _track(0, range(0, 12), 100.0, 100.0, DOWN),
+            _track(1, range(0, 12), 100.0, 100.0, UP, vx=8.0),  # > 3 nm apart after 4 frames
+        ]
+    )
+    assert (_summary(apart)["kind"] == "single").all()
+    crowded = pd.concat(
+        [
+            _track(0, range(3, 12), 100.0, 100.0, DOWN),
+            _track(1, range(3, 12), 115.0, 100.0, UP),  # 1.5 nm
+            _track(2, range(3, 12), 100.0, 108.0, UP),  # 0.8 nm: the closer partner
+        ]
+    )
+    summary = _summary(crowded)
+    assert summary["partner"].tolist() == [2, pd.NA, 0]
+    wide = _summary(crowded, dipoles=DipoleCriteria(distance_nm=0.5))
+    assert (wide["kind"] == "single").all()
+
+
+def test_counts_per_frame():
+    tracks = pd.concat(
+        [
+            _track(0, range(0, N_FRAMES), 250.0, 50.0, DOWN),
+            _track(1, [5, 6, 8, 9], 100.0, 100.0, DOWN),  # missed in frame 7, still counted
+            _track(2, range(5, 10), 110.0, 100.0, UP),
+        ]
+    )
+    summary = _summary(tracks)
+    fraction = np.linspace(0.0, 0.19, N_FRAMES)
+    counts = count_dislocations(
+        summary, n_frames=N_FRAMES, frame_interval_s=0.5, rocksalt_fraction=fraction
+    )
+    assert list(counts.columns) == COUNT_COLUMNS
+    assert counts["n_dislocations"].tolist() == [1] * 5 + [3] * 5 + [1] * 10
+    assert counts["n_dipoles"].tolist() == [0] * 5 + [1] * 5 + [0] * 10
+    assert counts["t_s"].iloc[4] == 2.0
+    np.testing.assert_array_equal(counts["rocksalt_fraction"], fraction)
+    plain = count_dislocations(summary, n_frames=N_FRAMES)
+    assert plain["rocksalt_fraction"].isna().all() and plain["t_s"].isna().all()
+    with pytest.raises(ValueError, match=r"\(20,\)"):
+        count_dislocations(summary, n_frames=N_FRAMES, rocksalt_fraction=fraction[:5])
+
+
+def test_no_tracks_gives_empty_tables_and_zero_counts():
+    tracks = _track(0, [], 0.0, 0.0, DOWN)
+    summary = _summary(tracks)
+    assert summary.empty and list(summary.columns)[:2] == ["particle", "first_frame"]
+    events = find_events(tracks, summary, pixel_size_nm=PIXEL_NM)
+    assert events.empty and list(events.columns) == EVENT_COLUMNS
+    assert events["frame"].dtype == int
+    counts = count_dislocations(summary, n_frames=3)
+    assert counts["n_dislocations"].tolist() == [0, 0, 0]
+
+
+def test_detections_to_events_end_to_end():
+    # The specimen drifts +1 px/frame in x (1 frame/s). Relative to the specimen, core 0
+    # (h down, b_hat = +x) moves +1 px/frame: glide +0.1 nm/s. A dipole nucleates in
+    # frame 6 (cores 0.8 nm apart) and its cores move apart at 1 px/frame each; the
+    # core with h up (b_hat = -x) moving +x glides at -0.1 nm/s, its partner too.
+    rng = np.random.default_rng(31)
+    frames = np.arange(N_FRAMES)
+    drift = pd.DataFrame({"frame": frames, "dx": frames.astype(float), "dy": 0.0})
+    truth = pd.concat(
+        [
+            _track(0, frames, 60.0, 60.0, DOWN, vx=1.0 + 1.0),
+            _track(1, frames[6:], 150.0, 120.0, DOWN, vx=-1.0 + 1.0),
+            _track(2, frames[6:], 158.0, 120.0, UP, vx=1.0 + 1.0),
+        ]
+    )
+    detections = truth.drop(columns="particle").sample(frac=1.0, random_state=1)
+    detections[["x", "y"]] += rng.normal(scale=0.2, size=(len(detections), 2))
+    detections = detections[~((detections["frame"] == 10) & (detections["hy"] < 0))]  # missed
+
+    corrected = apply_drift(detections, drift)
+    linked = link_cores(corrected, pixel_size_nm=PIXEL_NM, frame_interval_s=1.0)
+    tracks = track_motion(linked, pixel_size_nm=PIXEL_NM, frame_interval_s=1.0)
+    summary = summarise_tracks(
+        tracks, pixel_size_nm=PIXEL_NM, frame_interval_s=1.0, n_frames=N_FRAMES, image_shape=SHAPE
+    )
+    events = find_events(tracks, summary, pixel_size_nm=PIXEL_NM, frame_interval_s=1.0)
+
+    assert summary["n_frames"].tolist() == [N_FRAMES, N_FRAMES - 6, N_FRAMES - 7]
+    np.testing.assert_allclose(summary["glide_velocity_nm_s"], [0.1, -0.1, -0.1], atol=0.01)
+    np.testing.assert_allclose(summary["climb_velocity_nm_s"], 0.0, atol=0.01)
+    assert summary["kind"].tolist() == ["single", "dipole", "dipole"]
+    assert summary[["birth", "death"]].to_numpy().tolist() == [
+        ["present", "survived"], ["nucleated", "survived"], ["nucleated", "survived"],
+    ]  # fmt: skip
+    assert events["kind"].tolist() == ["dipole_nucleation"]
+    assert events.loc[0, "frame"] == 6 and events.loc[0, "particles"] == "1 2"
+    assert events.loc[0, ["x", "y"]].tolist() == pytest.approx([154.0, 120.0], abs=0.5)

@@ -1,0 +1,124 @@
+"""The synthetic generator: pixel alignment, labels, determinism, dose."""
+
+import numpy as np
+import pytest
+from skimage.feature import peak_local_max
+
+from dislotrack.data_gen.imaging import (
+    Detector,
+    Grid,
+    Optics,
+    PhaseGrating,
+    Probe,
+    detect,
+    scherzer_defocus,
+    splat,
+    stem_image,
+)
+from dislotrack.data_gen.movie import make_movie
+from dislotrack.data_gen.sample import GeneratorConfig, make_sample
+
+
+def _centroid(img, x, y, r=3):
+    yy, xx = np.mgrid[y - r:y + r + 1, x - r:x + r + 1]
+    w = img[y - r:y + r + 1, x - r:x + r + 1]
+    return (w * xx).sum() / w.sum(), (w * yy).sum() / w.sum()
+
+
+def _gaussian_vertex(img, x, y):
+    """Sub-pixel peak of a sampled Gaussian (exact for a Gaussian) from 3 points per axis."""
+    def v(a, b, c):
+        la, lb, lc = np.log([a, b, c])
+        return (la - lc) / (2 * (la - 2 * lb + lc))
+    return (x + v(img[y, x - 1], img[y, x], img[y, x + 1]),
+            y + v(img[y - 1, x], img[y, x], img[y + 1, x]))
+
+
+@pytest.mark.parametrize("mode", ["hrtem", "stem"])
+@pytest.mark.parametrize("pos_px", [(20.0, 17.0), (13.25, 22.6)])
+def test_column_lands_on_predicted_pixel(mode, pos_px):
+    grid = Grid(40, 0.1)
+    xy = np.array([pos_px]) * grid.pixel_size
+    pot = splat(xy, np.array([1.0]), grid)
+    if mode == "stem":
+        img = stem_image(pot, grid, Probe(sigma_nm=0.06, tail_fraction=0.0))
+        signal = img
+    else:
+        o = Optics(defocus_nm=scherzer_defocus(1.0, 200), cs_mm=1.0, phase=0.2,
+                   absorption=0.0, aperture_inv_nm=9.0)
+        img = PhaseGrating(pot, grid, o, ref_peak=pot.max()).image(o)
+        signal = np.abs(img - 1.0)
+    ix, iy = int(round(pos_px[0])), int(round(pos_px[1]))
+    assert np.unravel_index(np.argmax(signal), signal.shape) == (iy, ix)
+    if pos_px == (ix, iy):
+        # On a pixel centre the (round, unastigmatic) image is mirror-symmetric about it.
+        win = signal[iy - 8:iy + 9, ix - 8:ix + 9]
+        assert np.allclose(win, win[::-1, ::-1], atol=1e-4 * win.max())
+    if mode == "stem":  # the incoherent image's centroid is the column position
+        cx, cy = _centroid(signal, ix, iy)
+        assert abs(cx - pos_px[0]) < 0.08 and abs(cy - pos_px[1]) < 0.08
+
+
+@pytest.mark.parametrize("mode", ["hrtem", "stem"])
+def test_heatmap_peaks_and_h_field_sit_on_the_cores(mode):
+    cfg = GeneratorConfig(size=96, mode=mode, perfect_fraction=0.0, density=4.0, dipole_fraction=0.0)
+    s = make_sample(np.random.default_rng(3), cfg)
+    t = s.targets()
+    inner = s.cores[(s.cores.x > 3) & (s.cores.x < 92) & (s.cores.y > 3) & (s.cores.y < 92)]
+    assert len(inner) >= 2
+    peaks = peak_local_max(t["heatmap"], min_distance=2, threshold_abs=0.5)
+    for _, c in inner.iterrows():
+        d = np.hypot(peaks[:, 1] - c.x, peaks[:, 0] - c.y)
+        k = int(np.argmin(d))
+        py, px = peaks[k]
+        cx, cy = _gaussian_vertex(t["heatmap"], px, py)
+        assert abs(cx - c.x) < 0.02 and abs(cy - c.y) < 0.02
+        hx, hy = t["hvec"][:, int(round(c.y)), int(round(c.x))]
+        assert np.hypot(hx - c.hx, hy - c.hy) < 1e-6
+        assert t["hmask"][int(round(c.y)), int(round(c.x))] == 1
+    assert abs(np.hypot(inner.hx, inner.hy) - 1).max() < 1e-9
+
+
+def test_same_seed_gives_bit_identical_sample_and_seeds_differ():
+    cfg = GeneratorConfig(size=64)
+    a = make_sample(np.random.default_rng(42), cfg)
+    b = make_sample(np.random.default_rng(42), cfg)
+    c = make_sample(np.random.default_rng(43), cfg)
+    assert np.array_equal(a.image, b.image) and a.cores.equals(b.cores)
+    assert np.array_equal(a.rs_mask, b.rs_mask)
+    assert not np.array_equal(a.image, c.image)
+    za = (a.image - a.image.mean()) / a.image.std()
+    zc = (c.image - c.image.mean()) / c.image.std()
+    assert abs((za * zc).mean()) < 0.3
+
+
+def test_spawned_streams_are_independent():
+    seeds = np.random.SeedSequence(7).spawn(2)
+    imgs = [make_sample(np.random.default_rng(s), GeneratorConfig(size=64)).image for s in seeds]
+    assert not np.array_equal(imgs[0], imgs[1])
+
+
+@pytest.mark.parametrize("dose", [20.0, 500.0, 5000.0])
+def test_noise_matches_dose(dose):
+    rng = np.random.default_rng(int(dose))
+    det = Detector(dose=dose, mtf_sigma_px=0.0, gain=2.5, offset=100.0, read_noise=0.0)
+    pixel = 0.1  # nm -> 1 A^2 per pixel, so dose e/A^2 = electrons per pixel
+    img = detect(np.ones((256, 256)), det, pixel, rng)
+    counts = (img - det.offset) / det.gain
+    assert img.dtype == np.float32
+    assert abs(counts.mean() / dose - 1) < 0.02
+    assert abs(counts.var() / dose - 1) < 0.05
+
+
+def test_movie_truth_follows_the_motion():
+    cfg = GeneratorConfig(size=64, mode="stem", density=3.0)
+    m = make_movie(np.random.default_rng(9), cfg, n_frames=6, frame_interval=0.5)
+    assert m.frames.shape == (6, 64, 64) and m.frames.dtype == np.float32
+    assert m.rs_masks.shape == m.frames.shape
+    assert set(m.cores.frame) <= set(range(6))
+    assert list(m.drift.columns) == ["frame", "dx", "dy"] and m.drift.dx.iloc[0] == 0
+    assert len(m.truth) >= 1
+    # A core's labelled position moves by (its own motion + the specimen drift).
+    for _, g in m.cores.groupby("particle"):
+        if len(g) >= 2:
+            assert g.frame.is_monotonic_increasing

@@ -1,0 +1,132 @@
+"""Linking of hand-made core detections into tracks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from dislotrack.infer.linking import DEFAULT_MAX_STEP_NM, link_cores, search_range_px
+
+PIXEL_NM = 0.1
+
+
+def _core(frames, x0, y0, vx, vy, h, *, rng=None, jitter=0.0):
+    """Detections of one core moving at (vx, vy) [px/frame] with half-plane direction h."""
+    frames = np.asarray(list(frames))
+    noise = rng.normal(scale=jitter, size=(len(frames), 2)) if rng is not None else 0.0
+    xy = np.c_[x0 + vx * (frames - frames[0]), y0 + vy * (frames - frames[0])] + noise
+    return pd.DataFrame(
+        {"frame": frames, "x": xy[:, 0], "y": xy[:, 1], "score": 0.9, "hx": h[0], "hy": h[1]}
+    )
+
+
+def _tracks_of(linked: pd.DataFrame) -> dict[int, pd.DataFrame]:
+    return {p: g for p, g in linked.groupby("particle")}
+
+
+@pytest.mark.parametrize(
+    ("interval", "speed", "step", "expected"),
+    [
+        (1.0, 2.0, None, 20.0),  # 2 nm/s * 1 s / 0.1 nm/px
+        (0.5, 0.38, None, 1.9),
+        (0.1, 0.1, None, 1.0),  # 0.1 px, raised to the 1 px floor
+        (None, 2.0, None, DEFAULT_MAX_STEP_NM / PIXEL_NM),
+        (1.0, 2.0, 0.5, 5.0),  # explicit step wins
+    ],
+)
+def test_search_range_from_physics(interval, speed, step, expected):
+    reach = search_range_px(
+        pixel_size_nm=PIXEL_NM, frame_interval_s=interval, max_speed_nm_s=speed, max_step_nm=step
+    )
+    assert reach == pytest.approx(expected)
+
+
+def test_search_range_rejects_bad_units():
+    with pytest.raises(ValueError, match="-0.1"):
+        search_range_px(pixel_size_nm=-0.1)
+    with pytest.raises(ValueError, match="frame_interval_s"):
+        search_range_px(pixel_size_nm=0.1, frame_interval_s=0.0)
+
+
+def test_crossing_cores_of_opposite_h_stay_apart_and_a_missed_frame_is_bridged():
+    rng = np.random.default_rng(11)
+    # Two cores pass within 0.3 px of each other around frame 5; core A is missed in frame 5.
+    a = _core(range(11), 40.0, 50.0, 1.0, 0.0, (0.0, 1.0), rng=rng, jitter=0.1)
+    b = _core(range(11), 50.0, 50.3, -1.0, 0.0, (0.0, -1.0), rng=rng, jitter=0.1)
+    detections = pd.concat([a[a["frame"] != 5], b], ignore_index=True)
+    linked = link_cores(detections, pixel_size_nm=PIXEL_NM, frame_interval_s=1.0)
+    tracks = _tracks_of(linked)
+    assert len(tracks) == 2
+    sizes = sorted(len(t) for t in tracks.values())
+    assert sizes == [10, 11]  # A bridged over frame 5, B complete
+    for track in tracks.values():
+        assert track["hy"].nunique() == 1  # never mixes the two signs of h
+
+
+def test_annihilated_core_is_not_spliced_onto_a_newborn_of_opposite_h():
+    old = _core(range(0, 8), 30.0, 30.0, 0.5, 0.0, (1.0, 0.0))
+    newborn = _core(range(9, 16), 34.3, 30.2, 0.5, 0.0, (-1.0, 0.0))  # 0.3 px from extrapolation
+    linked = link_cores(pd.concat([old, newborn]), pixel_size_nm=PIXEL_NM, frame_interval_s=1.0)
+    assert linked["particle"].nunique() == 2
+    assert linked.groupby("particle")["hx"].nunique().eq(1).all()
+
+
+def test_same_h_core_reappearing_after_a_gap_is_linked():
+    # The control for the test above: with the same h, memory bridges the 1-frame gap.
+    old = _core(range(0, 8), 30.0, 30.0, 0.5, 0.0, (1.0, 0.0))
+    later = _core(range(9, 16), 34.3, 30.2, 0.5, 0.0, (1.0, 0.0))
+    linked = link_cores(pd.concat([old, later]), pixel_size_nm=PIXEL_NM, frame_interval_s=1.0)
+    assert linked["particle"].nunique() == 1
+
+
+def test_h_turning_more_than_the_limit_breaks_the_track():
+    first = _core(range(0, 6), 20.0, 20.0, 0.0, 0.0, (1.0, 0.0))
+    turned = _core(range(6, 12), 20.0, 20.0, 0.0, 0.0, (np.cos(1.0), np.sin(1.0)))  # 57 deg
+    detections = pd.concat([first, turned])
+    assert link_cores(detections, pixel_size_nm=PIXEL_NM)["particle"].nunique() == 2
+    wide = link_cores(detections, pixel_size_nm=PIXEL_NM, max_h_change_deg=70.0)
+    assert wide["particle"].nunique() == 1
+
+
+def test_core_faster_than_the_search_range_is_not_linked():
+    fast = _core(range(6), 10.0, 10.0, 3.0, 0.0, (0.0, 1.0))  # 0.3 nm per 1 s frame
+    slow = link_cores(fast, pixel_size_nm=PIXEL_NM, frame_interval_s=1.0, max_speed_nm_s=0.2)
+    assert slow.empty  # every piece is a single-frame stub
+    ok = link_cores(fast, pixel_size_nm=PIXEL_NM, frame_interval_s=1.0, max_speed_nm_s=0.5)
+    assert ok["particle"].nunique() == 1
+
+
+def test_drift_corrected_columns_are_linked():
+    # A still core on a specimen drifting 5 px per frame: raw positions jump 5 px.
+    core = _core(range(8), 30.0, 30.0, 5.0, 0.0, (0.0, 1.0))
+    core["x_corr"] = core["x"] - 5.0 * core["frame"]
+    core["y_corr"] = core["y"]
+    linked = link_cores(core, pixel_size_nm=PIXEL_NM, frame_interval_s=1.0, max_speed_nm_s=0.2)
+    assert linked["particle"].nunique() == 1
+    raw = link_cores(
+        core.drop(columns=["x_corr", "y_corr"]),
+        pixel_size_nm=PIXEL_NM,
+        frame_interval_s=1.0,
+        max_speed_nm_s=0.2,
+    )
+    assert raw.empty
+
+
+def test_short_tracks_are_dropped_and_ids_are_consecutive():
+    long_a = _core(range(2, 10), 10.0, 10.0, 0.2, 0.0, (0.0, 1.0))
+    stub = _core(range(0, 2), 80.0, 80.0, 0.0, 0.0, (0.0, 1.0))
+    long_b = _core(range(0, 5), 50.0, 10.0, 0.2, 0.0, (0.0, -1.0))
+    linked = link_cores(pd.concat([long_a, stub, long_b]), pixel_size_nm=PIXEL_NM, min_length=3)
+    assert sorted(linked["particle"].unique()) == [0, 1]
+    assert linked.loc[linked["particle"] == 0, "x"].iloc[0] == 50.0  # first to appear is 0
+    assert (linked["x"] != 80.0).all()
+    assert list(linked.columns) == ["frame", "x", "y", "score", "hx", "hy", "particle"]
+    assert linked.index.tolist() == list(range(len(linked)))
+
+
+def test_rejects_missing_h_and_handles_no_detections():
+    bad = _core(range(3), 0.0, 0.0, 0.0, 0.0, (np.nan, 1.0))
+    with pytest.raises(ValueError, match="finite"):
+        link_cores(bad, pixel_size_nm=PIXEL_NM)
+    empty = link_cores(bad.iloc[:0], pixel_size_nm=PIXEL_NM)
+    assert empty.empty and "particle" in empty.columns

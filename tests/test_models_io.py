@@ -1,0 +1,151 @@
+"""Tests of saving and loading networks, model cards and Lightning checkpoints."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.resources
+import json
+
+import dislotrack.models.io as mio
+import numpy as np
+import pytest
+import torch
+from dislotrack.models.io import (
+    REQUIRED_CARD_KEYS,
+    load_lightning_checkpoint,
+    load_model,
+    save_model,
+    validate_card,
+)
+from dislotrack.models.normalise import NORMALISATION
+from dislotrack.models.unet import UNet, UNetConfig
+
+CONFIG = UNetConfig(base_channels=4, depth=2)
+
+
+def user_card():
+    return {
+        "canonical_pixel_size_nm": 0.1,
+        "generator": {"mode": "hrtem", "n_samples": 10, "seed": 1},
+        "training": {"epochs": 2, "lr": np.float32(1e-3)},
+        "metrics": {"f1": np.float64(0.91), "per_class": np.array([0.5, 0.25])},
+    }
+
+
+def trained_like_model(seed: int) -> UNet:
+    """Tiny model with non-trivial weights and batch-norm statistics."""
+    torch.manual_seed(seed)
+    net = UNet(CONFIG).train()
+    net(torch.randn(4, 1, 16, 16))  # updates the running statistics
+    return net.eval()
+
+
+def test_round_trip_gives_identical_outputs_and_complete_card(tmp_path):
+    net = trained_like_model(0)
+    save_model(net, tmp_path / "sub" / "tiny.safetensors", card=user_card())
+    loaded, card = load_model(tmp_path / "sub" / "tiny")
+    x = torch.randn(2, 1, 32, 32, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        assert torch.equal(loaded(x), net(x))
+    assert not loaded.training
+    assert set(REQUIRED_CARD_KEYS) <= set(card)
+    assert card["architecture"] == CONFIG.to_dict()
+    assert card["input_normalisation"] == NORMALISATION
+    assert set(card["outputs"]) == {"0", "1", "2", "3"}
+    assert card["metrics"] == {"f1": 0.91, "per_class": [0.5, 0.25]}
+    weights = tmp_path / "sub" / "tiny.safetensors"
+    assert card["sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert card["model_id"] == "tiny"
+    on_disk = json.loads((tmp_path / "sub" / "tiny.json").read_text())
+    assert "sha256" not in on_disk and "model_id" not in on_disk
+
+
+def test_resaving_a_loaded_card_drops_load_time_keys(tmp_path):
+    save_model(trained_like_model(1), tmp_path / "a", card=user_card())
+    net, card = load_model(tmp_path / "a.json")
+    save_model(net, tmp_path / "b", card=card)
+    on_disk = json.loads((tmp_path / "b.json").read_text())
+    assert "sha256" not in on_disk and "model_id" not in on_disk
+    assert on_disk["created"] == card["created"]
+
+
+def test_card_validation_errors(tmp_path):
+    net = trained_like_model(2)
+    card = user_card()
+    del card["metrics"]
+    with pytest.raises(ValueError, match=r"lacks required keys \['metrics'\]"):
+        save_model(net, tmp_path / "m", card=card)
+    with pytest.raises(ValueError, match="differs from the model's config"):
+        save_model(net, tmp_path / "m", card={**user_card(), "architecture": {"depth": 3}})
+    full = mio._complete_card(net, user_card())
+    validate_card(full)
+    with pytest.raises(ValueError, match=r"\[nm/px\], got -0.1"):
+        validate_card({**full, "canonical_pixel_size_nm": -0.1})
+    with pytest.raises(ValueError, match="unknown UNetConfig keys"):
+        validate_card({**full, "architecture": {**full["architecture"], "width": 2}})
+    assert not list(tmp_path.iterdir())  # nothing written when the card is bad
+
+
+def test_missing_files_raise_file_not_found(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.safetensors"):
+        load_model(tmp_path / "nope")
+    save_model(trained_like_model(3), tmp_path / "m", card=user_card())
+    (tmp_path / "m.json").unlink()
+    with pytest.raises(FileNotFoundError, match="m.json"):
+        load_model(tmp_path / "m.safetensors")
+
+
+def test_missing_bundled_model_raises_clear_error(monkeypatch):
+    monkeypatch.setattr(mio, "DEFAULT_MODEL", "weights/no_such_model.safetensors")
+    with pytest.raises(FileNotFoundError, match="no bundled model"):
+        load_model()
+
+
+def test_bundled_model_loads_when_present():
+    path = importlib.resources.files("dislotrack.models").joinpath(mio.DEFAULT_MODEL)
+    if not path.is_file():
+        pytest.skip("no bundled model trained yet (models/weights/default.safetensors)")
+    net, card = load_model()
+    assert card["model_id"] == "default"
+    with torch.no_grad():
+        assert net(torch.zeros(1, 1, 64, 64)).shape == (1, 4, 64, 64)
+
+
+@pytest.mark.parametrize("prefix", ["net.", "model."])
+def test_lightning_checkpoint_is_read_with_weights_only(tmp_path, prefix):
+    net = trained_like_model(4)
+    state = {prefix + k: v for k, v in net.state_dict().items()}
+    state["loss_fn.pos_weight"] = torch.tensor([3.0])
+    ckpt = {
+        "epoch": 2,
+        "global_step": 40,
+        "pytorch-lightning_version": "2.6.6",
+        "state_dict": state,
+        "optimizer_states": [{"state": {}, "param_groups": [{"lr": 1e-3}]}],
+        "hyper_parameters": {"config": CONFIG.to_dict(), "lr": 1e-3},
+    }
+    torch.save(ckpt, tmp_path / "last.ckpt")
+    loaded = load_lightning_checkpoint(tmp_path / "last.ckpt")
+    assert loaded.keys() == net.state_dict().keys()
+    fresh = UNet(CONFIG)
+    fresh.load_state_dict(loaded)  # strict
+    x = torch.randn(1, 1, 16, 16, generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        assert torch.equal(fresh.eval()(x), net(x))
+
+
+class NotATensor:
+    """A pickled object that ``weights_only=True`` must refuse."""
+
+
+def test_lightning_checkpoint_errors(tmp_path):
+    unsafe = {"state_dict": {"net.w": torch.zeros(1)}, "extra": NotATensor()}
+    torch.save(unsafe, tmp_path / "a.ckpt")
+    with pytest.raises(ValueError, match="weights_only=True"):
+        load_lightning_checkpoint(tmp_path / "a.ckpt")
+    torch.save({"weights": torch.zeros(1)}, tmp_path / "b.ckpt")
+    with pytest.raises(ValueError, match="no 'state_dict' entry"):
+        load_lightning_checkpoint(tmp_path / "b.ckpt")
+    torch.save({"state_dict": {"backbone.w": torch.zeros(1)}}, tmp_path / "c.ckpt")
+    with pytest.raises(ValueError, match=r"first keys are \['backbone.w'\]"):
+        load_lightning_checkpoint(tmp_path / "c.ckpt")

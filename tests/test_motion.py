@@ -1,0 +1,116 @@
+"""Glide / climb decomposition and velocity fits on hand-made tracks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from dislotrack.data_gen.conventions import b_hat_from_h
+from dislotrack.infer.motion import track_motion, track_velocities
+
+PIXEL_NM = 0.1
+
+
+def _track(particle, frames, start_px, velocity_px, h, *, rng=None, noise_px=0.0, h_noise=0.0):
+    """One track moving at ``velocity_px`` (x, y) [px/frame] with noisy positions and h."""
+    frames = np.asarray(list(frames))
+    xy = np.asarray(start_px) + np.outer(frames - frames[0], velocity_px)
+    angle = np.arctan2(h[1], h[0]) + (rng.normal(scale=h_noise, size=len(frames)) if rng else 0)
+    if rng is not None:
+        xy = xy + rng.normal(scale=noise_px, size=xy.shape)
+    return pd.DataFrame(
+        {
+            "particle": particle,
+            "frame": frames,
+            "x": xy[:, 0],
+            "y": xy[:, 1],
+            "hx": np.cos(angle),
+            "hy": np.sin(angle),
+        }
+    )
+
+
+@pytest.mark.parametrize(
+    ("velocity_px", "glide_nm", "climb_nm"),
+    [
+        ((1.0, 0.0), 0.1, 0.0),  # +x is along b_hat = (1, 0): positive glide
+        ((-1.0, 0.0), -0.1, 0.0),
+        ((0.0, 1.0), 0.0, 0.1),  # +y is along h: towards the half-plane, positive climb
+        ((0.0, -1.0), 0.0, -0.1),
+    ],
+)
+def test_glide_and_climb_signs_for_h_pointing_down(velocity_px, glide_nm, climb_nm):
+    np.testing.assert_allclose(b_hat_from_h(np.array([0.0, 1.0])), [1.0, 0.0], atol=0)
+    moved = track_motion(_track(0, [0, 1], (5.0, 5.0), velocity_px, (0.0, 1.0)), pixel_size_nm=0.1)
+    assert moved["glide_nm"].tolist() == pytest.approx([0.0, glide_nm])
+    assert moved["climb_nm"].tolist() == pytest.approx([0.0, climb_nm])
+
+
+def test_displacement_is_cumulative_per_track_and_uses_corrected_positions():
+    a = _track(3, range(2, 6), (10.0, 10.0), (0.0, 2.0), (0.0, 1.0))
+    b = _track(1, range(0, 3), (50.0, 50.0), (2.0, 0.0), (0.0, 1.0))
+    tracks = pd.concat([a, b]).sample(frac=1.0, random_state=0)  # shuffled rows
+    tracks["x_corr"] = tracks["x"] - 1.0 * tracks["frame"]  # drift of +1 px/frame in x
+    tracks["y_corr"] = tracks["y"]
+    moved = track_motion(tracks, pixel_size_nm=PIXEL_NM, frame_interval_s=2.0)
+    assert moved["particle"].tolist() == [1, 1, 1, 3, 3, 3, 3]
+    assert moved["t_s"].tolist() == [0.0, 2.0, 4.0, 4.0, 6.0, 8.0, 10.0]
+    # Track 1: raw +2 px/frame in x, drift +1: 0.1 nm of glide per frame.
+    assert moved["glide_nm"].iloc[:3].tolist() == pytest.approx([0.0, 0.1, 0.2])
+    # Track 3: +2 px/frame in y is pure climb; the x drift appears as negative glide.
+    assert moved["climb_nm"].iloc[3:].tolist() == pytest.approx([0.0, 0.2, 0.4, 0.6])
+    assert moved["glide_nm"].iloc[3:].tolist() == pytest.approx([0.0, -0.1, -0.2, -0.3])
+
+
+def test_velocity_fit_recovers_paper_speeds_on_noisy_tracks():
+    rng = np.random.default_rng(21)
+    interval, glide_true, climb_true, noise_nm = 1.0, 0.38, -0.18, 0.1
+    pieces = []
+    for particle, angle in enumerate(np.deg2rad([90.0, 20.0, -75.0, 160.0])):
+        h = np.array([np.cos(angle), np.sin(angle)])
+        v_nm = glide_true * b_hat_from_h(h) + climb_true * h  # [nm/s]
+        v_px = v_nm * interval / PIXEL_NM
+        pieces.append(
+            _track(particle, range(40), (100.0, 100.0), v_px, h,
+                   rng=rng, noise_px=noise_nm / PIXEL_NM, h_noise=np.deg2rad(8.0))
+        )
+    moved = track_motion(pd.concat(pieces), pixel_size_nm=PIXEL_NM, frame_interval_s=interval)
+    fits = track_velocities(moved, frame_interval_s=interval)
+    # Slope error with 40 points 1 s apart and 0.1 nm noise: 0.0014 nm/s; the mean h is
+    # known to 8 deg / sqrt(40) = 0.022 rad, which mixes 0.022 * 0.38 nm/s of glide into
+    # climb and 0.022 * 0.18 nm/s of climb into glide.
+    slope_se = noise_nm / np.sqrt(np.sum((np.arange(40) - 19.5) ** 2))
+    theta_se = np.deg2rad(8.0) / np.sqrt(40)
+    cases = (("glide", glide_true, climb_true), ("climb", climb_true, glide_true))
+    for column, truth, other in cases:
+        expected_se = np.hypot(slope_se, other * theta_se)
+        assert np.abs(fits[f"{column}_velocity_nm_s"] - truth).max() < 3 * expected_se
+        assert fits[f"{column}_velocity_se_nm_s"].between(0.5 * expected_se, 2 * expected_se).all()
+    assert fits.attrs["velocity_unit"] == "nm/s"
+    assert fits["n_frames"].tolist() == [40] * 4
+    assert fits["last_frame"].tolist() == [39] * 4
+
+
+def test_without_frame_interval_time_is_the_frame_index():
+    track = _track(0, range(0, 10, 2), (0.0, 0.0), (0.5, 0.0), (0.0, 1.0))  # every other frame
+    moved = track_motion(track, pixel_size_nm=PIXEL_NM)
+    assert moved["t_s"].isna().all()
+    fits = track_velocities(moved)
+    assert fits.attrs["velocity_unit"] == "nm/frame"
+    assert fits.loc[0, "glide_velocity_nm_s"] == pytest.approx(0.05)  # 0.1 nm per 2 frames
+    assert fits.loc[0, "climb_velocity_nm_s"] == pytest.approx(0.0, abs=1e-12)
+    assert fits.loc[0, "climb_velocity_se_nm_s"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_short_tracks_have_undefined_errors():
+    two = _track(0, [4, 5], (0.0, 0.0), (1.0, 0.0), (0.0, 1.0))
+    one = _track(1, [7], (9.0, 9.0), (1.0, 0.0), (0.0, 1.0))
+    fits = track_velocities(track_motion(pd.concat([two, one]), pixel_size_nm=PIXEL_NM))
+    assert fits.loc[0, "glide_velocity_nm_s"] == pytest.approx(0.1)
+    assert np.isnan(fits.loc[0, "glide_velocity_se_nm_s"])
+    assert fits.loc[1, ["glide_velocity_nm_s", "climb_velocity_se_nm_s"]].isna().all()
+
+
+def test_track_velocities_requires_motion_columns():
+    with pytest.raises(ValueError, match="track_motion"):
+        track_velocities(_track(0, [0, 1], (0.0, 0.0), (1.0, 0.0), (0.0, 1.0)))

@@ -1,0 +1,363 @@
+"""Readers: small files written here with known content and calibration, then the real
+microscope files in shared/realdata (skipped only where a file is absent)."""
+
+from __future__ import annotations
+
+import os
+import struct
+import tracemalloc
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import tifffile
+from dislotrack.infer.calibration import resolve_calibration
+from dislotrack.infer.readers import SUPPORTED_EXTENSIONS, open_movie, to_gray_float32
+
+_DEFAULT_REALDATA = Path(__file__).resolve().parents[2] / "shared" / "realdata"
+REALDATA = Path(os.environ.get("DISLOTRACK_REALDATA", _DEFAULT_REALDATA))
+
+
+def real(rel: str) -> Path:
+    path = REALDATA / rel
+    if not path.exists():
+        pytest.skip(f"real-data file {rel} not present in {REALDATA}")
+    return path
+
+
+def stack(rng: np.random.Generator, shape=(5, 32, 40), dtype=np.uint16) -> np.ndarray:
+    return rng.integers(0, 1000, size=shape).astype(dtype)
+
+
+# --- synthetic files -----------------------------------------------------------------------
+
+
+def test_imagej_stack_nm_and_finterval(tmp_path):
+    data = stack(np.random.default_rng(1))
+    path = tmp_path / "ij.tif"
+    tifffile.imwrite(path, data, imagej=True, resolution=(1 / 0.05, 1 / 0.05),
+                     metadata={"spacing": 0.2, "unit": "nm", "finterval": 0.5, "axes": "TYX"})
+    with open_movie(path) as movie:
+        assert movie.shape == (5, 32, 40) and len(movie) == 5
+        cal = movie.calibration
+        assert cal.pixel_size_nm == pytest.approx(0.05) and cal.pixel_size_source == "file"
+        assert cal.frame_interval_s == pytest.approx(0.5) and cal.frame_interval_source == "file"
+        assert movie[3].dtype == np.float32
+        np.testing.assert_array_equal(movie[3], data[3])
+        np.testing.assert_array_equal(movie[-1], data[4])
+        np.testing.assert_array_equal(np.stack(list(movie)), data)
+
+
+def test_imagej_micron_and_time_unit(tmp_path):
+    path = tmp_path / "ij_um.tif"
+    tifffile.imwrite(path, stack(np.random.default_rng(2), (3, 8, 8)), imagej=True,
+                     resolution=(1 / 0.0002, 1 / 0.0002),
+                     metadata={"unit": "micron", "finterval": 250, "tunit": "ms", "axes": "TYX"})
+    with open_movie(path) as movie:
+        assert movie.calibration.pixel_size_nm == pytest.approx(0.2)
+        assert movie.calibration.frame_interval_s == pytest.approx(0.25)
+
+
+def test_imagej_hyperstack_reads_channel_zero(tmp_path):
+    data = stack(np.random.default_rng(3), (4, 3, 16, 20))
+    path = tmp_path / "tc.tif"
+    tifffile.imwrite(path, data, imagej=True, metadata={"axes": "TCYX"})
+    with open_movie(path) as movie:
+        assert movie.shape == (4, 16, 20)
+        np.testing.assert_array_equal(movie[2], data[2, 0])
+        assert any("channel 0" in n for n in movie.metadata["notes"])
+
+
+def test_ome_tiff_angstrom_and_time_increment(tmp_path):
+    data = stack(np.random.default_rng(4), dtype=np.float32)
+    path = tmp_path / "ome.ome.tif"
+    tifffile.imwrite(path, data, ome=True, metadata={
+        "axes": "TYX", "PhysicalSizeX": 1.5, "PhysicalSizeXUnit": "Å", "PhysicalSizeY": 1.5,
+        "PhysicalSizeYUnit": "Å", "TimeIncrement": 250, "TimeIncrementUnit": "ms"})
+    with open_movie(path) as movie:
+        assert movie.metadata["format"] == "OME-TIFF"
+        assert movie.calibration.pixel_size_nm == pytest.approx(0.15)
+        assert movie.calibration.frame_interval_s == pytest.approx(0.25)
+        np.testing.assert_array_equal(movie[1], data[1])
+
+
+@pytest.mark.parametrize("compression", [None, "zlib"])  # memory-mapped / page by page
+def test_plain_tiff_has_no_calibration(tmp_path, compression):
+    data = stack(np.random.default_rng(5))
+    path = tmp_path / "plain.tif"
+    tifffile.imwrite(path, data, compression=compression)
+    with open_movie(path) as movie:
+        assert movie.shape == data.shape
+        cal = movie.calibration
+        assert cal.pixel_size_nm is None and cal.pixel_size_source is None
+        assert cal.frame_interval_s is None and cal.frame_interval_source is None
+        np.testing.assert_array_equal(movie[4], data[4])
+
+
+def test_tiff_centimetre_resolution_used_but_print_dpi_ignored(tmp_path):
+    img = np.zeros((8, 8), np.uint8)
+    tifffile.imwrite(tmp_path / "cm.tif", img, resolution=(2e7, 2e7), resolutionunit="CENTIMETER")
+    tifffile.imwrite(tmp_path / "dpi.tif", img, resolution=(72, 72), resolutionunit="INCH")
+    with open_movie(tmp_path / "cm.tif") as cm, open_movie(tmp_path / "dpi.tif") as dpi:
+        assert cm.calibration.pixel_size_nm == pytest.approx(0.5)
+        assert dpi.calibration.pixel_size_nm is None
+        assert any("print resolution" in n for n in dpi.metadata["notes"])
+
+
+def test_tiff_reading_one_frame_does_not_load_the_stack(tmp_path):
+    data = np.zeros((100, 256, 256), np.float32)  # 26 MB
+    for name, compression in [("raw.tif", None), ("zip.tif", "zlib")]:
+        tifffile.imwrite(tmp_path / name, data, compression=compression)
+        tracemalloc.start()
+        with open_movie(tmp_path / name) as movie:
+            movie[57]
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert peak < 3 * 2**20, f"{name}: {peak / 2**20:.1f} MB allocated to read one frame"
+
+
+def test_rgb_tiff_and_png_become_luminance(tmp_path):
+    rgb = np.zeros((4, 6, 3), np.uint8)
+    rgb[..., 0], rgb[..., 1], rgb[..., 2] = 100, 200, 50
+    expected = 0.2125 * 100 + 0.7154 * 200 + 0.0721 * 50
+    tifffile.imwrite(tmp_path / "rgb.tif", rgb, photometric="rgb")
+    iio.imwrite(tmp_path / "rgb.png", rgb)
+    for name in ("rgb.tif", "rgb.png"):
+        with open_movie(tmp_path / name) as movie:
+            assert movie.shape == (1, 4, 6)
+            np.testing.assert_allclose(movie[0], expected, rtol=1e-6)
+
+
+def test_png_single_image(tmp_path):
+    img = np.random.default_rng(6).integers(0, 255, (30, 50)).astype(np.uint8)
+    iio.imwrite(tmp_path / "one.png", img)
+    movie = open_movie(tmp_path / "one.png")
+    assert movie.shape == (1, 30, 50)
+    assert movie.calibration.pixel_size_nm is None and movie.calibration.frame_interval_s is None
+    np.testing.assert_array_equal(movie[0], img)
+
+
+def test_folder_of_pngs_in_natural_order(tmp_path):
+    for i, value in [(1, 10), (2, 20), (10, 100), (9, 90)]:
+        iio.imwrite(tmp_path / f"frame_{i}.png", np.full((12, 16), value, np.uint8))
+    (tmp_path / "readme.txt").write_text("not a frame")
+    movie = open_movie(tmp_path)
+    assert movie.shape == (4, 12, 16)
+    assert [float(f.mean()) for f in movie] == [10, 20, 90, 100]
+    assert movie.calibration.frame_interval_s is None
+
+
+def test_folder_errors(tmp_path):
+    with pytest.raises(ValueError, match="holds no frames"):
+        open_movie(tmp_path)
+    iio.imwrite(tmp_path / "a1.png", np.zeros((12, 16), np.uint8))
+    iio.imwrite(tmp_path / "a2.png", np.zeros((12, 17), np.uint8))
+    with pytest.raises(ValueError, match=r"differ in shape.*a2.png is \(12, 17\)"):
+        open_movie(tmp_path)
+    (tmp_path / "a2.png").unlink()
+    tifffile.imwrite(tmp_path / "a3.tif", np.zeros((12, 16), np.uint8))
+    with pytest.raises(ValueError, match="mixes frame formats"):
+        open_movie(tmp_path)
+
+
+@pytest.mark.parametrize(("name", "codec"), [("clip.mp4", "libx264"), ("clip.avi", "mjpeg")])
+def test_video_playback_interval(tmp_path, name, codec):
+    levels = [20, 70, 120, 170, 220]
+    frames = np.stack([np.full((48, 64, 3), v, np.uint8) for v in levels])
+    kwargs = {"out_pixel_format": "yuvj420p"} if codec == "mjpeg" else {}
+    iio.imwrite(tmp_path / name, frames, plugin="pyav", codec=codec, fps=2, **kwargs)
+    with open_movie(tmp_path / name) as movie:
+        assert movie.shape == (5, 48, 64)
+        cal = movie.calibration
+        assert cal.frame_interval_s == pytest.approx(0.5) and cal.frame_interval_source == "file"
+        assert cal.pixel_size_nm is None
+        assert any("playback" in n for n in movie.metadata["notes"])
+        assert any("playback" in w for w in cal.warnings)
+        np.testing.assert_allclose([f.mean() for f in movie], levels, atol=4)
+        assert movie[3].mean() == pytest.approx(170, abs=4)  # random access after iteration
+
+
+def test_unsupported_and_missing(tmp_path):
+    (tmp_path / "x.xyz").write_text("?")
+    with pytest.raises(ValueError, match=r"unsupported file type '\.xyz'.*\.dm4.*\.mrc"):
+        open_movie(tmp_path / "x.xyz")
+    with pytest.raises(FileNotFoundError, match="nope.tif"):
+        open_movie(tmp_path / "nope.tif")
+    assert {".tif", ".dm3", ".dm4", ".emd", ".ser", ".mrc", ".mp4", ".avi", ".png", ".jpg"} <= set(
+        SUPPORTED_EXTENSIONS
+    )
+
+
+def test_index_errors_and_with_calibration(tmp_path):
+    tifffile.imwrite(tmp_path / "s.tif", np.zeros((3, 8, 8), np.uint8), photometric="minisblack")
+    movie = open_movie(tmp_path / "s.tif")
+    with pytest.raises(IndexError, match="frame 3 out of range for 3 frames"):
+        movie[3]
+    with pytest.raises(IndexError):
+        movie[-4]
+    with pytest.raises(TypeError):
+        movie[1.0]
+    resolved = movie.with_calibration(resolve_calibration(movie.calibration, pixel_size_nm=0.1))
+    assert resolved.calibration.pixel_size_source == "user"
+    assert movie.calibration.pixel_size_nm is None  # the original is unchanged
+    np.testing.assert_array_equal(resolved[0], movie[0])
+    movie.close()
+
+
+def test_to_gray_rejects_non_images():
+    with pytest.raises(ValueError, match="2-D"):
+        to_gray_float32(np.zeros((2, 3, 4, 5)))
+    assert to_gray_float32(np.array([[1 + 1j]])).item() == pytest.approx(np.sqrt(2))
+
+
+# --- real microscope files (shared/realdata, see SOURCES.md) --------------------------------
+
+
+@pytest.mark.parametrize(
+    ("rel", "shape", "pixel_nm"),
+    [
+        ("temul/example_Se_implanted_MoS2.dm3", (1, 1024, 1024), 0.012695),
+        ("rosettasciio/digitalmicrograph/2D/test_STEM_image.dm3", (1, 68, 68), 0.24854),
+        ("rosettasciio/digitalmicrograph/test_stackbuilder_imagestack.dm3", (3, 2, 16), 59.983),
+        ("rosettasciio/tiff/test_dm_image_um_unit.dm3", (1, 68, 68), 168.67),
+        ("ncempy/dmTest_float32_nonSquare_diffPixelSize.dm4", (1, 64, 128), 1.0),
+        ("ncempy/dmTest_3D_int16_64,65,66.dm4", (66, 65, 64), 0.002),
+        ("temul/example_Au_nanoparticle.emd", (1, 2048, 2048), 0.0074984),
+        ("ncempy/Camera Ceta Imaging Micro.emd", (1, 512, 512), 3.139),
+        ("ncempy/Acquisition_18.emd", (1, 1024, 1024), 0.012247),  # Berkeley EMD, unit "n_m"
+        ("ncempy/16_STOimage_1.ser", (1, 1024, 1024), 0.010013),
+        ("ncempy/16_STOimage.emi", (1, 1024, 1024), 0.010013),
+        ("rosettasciio/tia/old/03_Scanning Preview_1.ser", (5, 128, 128), 0.384),
+        ("rosettasciio/tia/new/128x128-TEM_search_1.ser", (1, 128, 128), 5.26),
+        ("ncempy/temp.mrc", (3, 128, 128), 0.2),
+        ("rosettasciio/mrc/HAADFscan.mrc", (1, 16, 16), 5.68),
+        ("rosettasciio/tiff/test_loading_image_saved_with_imageJ_stack.tif", (2, 68, 68), 168.67),
+        ("rosettasciio/tiff/test_loading_image_saved_with_DM.tif", (1, 68, 68), 168.67),
+        ("scilink/YBCO_tem.tif", (1, 512, 512), 0.035246),  # FEI tags (SOURCES says none)
+    ],
+)
+def test_real_file_shape_and_pixel_size(rel, shape, pixel_nm):
+    with open_movie(real(rel)) as movie:
+        assert movie.shape == shape
+        assert movie.calibration.pixel_size_nm == pytest.approx(pixel_nm, rel=1e-3)
+        assert movie.calibration.pixel_size_source == "file"
+        for frame in (movie[0], movie[-1]):
+            assert frame.shape == shape[1:] and frame.dtype == np.float32
+            assert np.all(np.isfinite(frame))
+
+
+@pytest.mark.parametrize(
+    "rel",
+    [
+        "kemstem/FigS6_0716__Cryo_NSMO110_5-1Mx_0p5us_1024px_REGISTERED.tif",
+        "singleorigin/dDPC_ZnO.tif",  # resolution tags 1/1 without unit
+        "rosettasciio/mrc/Custom_movie.mrc",  # scale -1: not set
+        "atomsegnet/Grain_boundry_gold_512px.png",
+        "strainpp/example-image_PZT_ADF.jpg",
+    ],
+)
+def test_real_file_without_calibration(rel):
+    with open_movie(real(rel)) as movie:
+        assert movie.calibration.pixel_size_nm is None
+        assert movie.calibration.frame_interval_s is None
+        assert np.all(np.isfinite(movie[0]))
+
+
+def test_real_velox_time_stack():
+    with open_movie(real("rosettasciio/emd/fei_example_tem_stack.emd")) as movie:
+        assert movie.shape == (2, 3, 3)
+        assert movie.calibration.pixel_size_nm == pytest.approx(0.0081729, rel=1e-4)
+        assert movie.calibration.frame_interval_s == pytest.approx(0.8)
+        assert movie.calibration.frame_interval_source == "file"
+
+
+def test_real_velox_multi_detector_choice():
+    path = real("ncempy/STEM HAADF-DF4-DF2-BF Diffraction Micro.emd")
+    with open_movie(path) as haadf, open_movie(path, signal="BF") as bf:
+        assert haadf.metadata["signal"] == "HAADF" and bf.metadata["signal"] == "BF"
+        assert set(haadf.metadata["signals"]) == {"HAADF", "DF2", "DF4", "BF"}
+        assert haadf.calibration.pixel_size_nm == pytest.approx(87.37, rel=1e-3)
+        assert not np.array_equal(haadf[0], bf[0])
+    with pytest.raises(ValueError, match="has no image 'ABF'"):
+        open_movie(path, signal="ABF")
+
+
+def test_real_dm_multi_signal_picks_the_image():
+    with open_movie(real("rosettasciio/digitalmicrograph/2D/multi_signal.dm3")) as movie:
+        assert movie.metadata["signal"] == "HAADF"  # not the 1-D "Plot"
+        assert movie.shape == (1, 512, 512)
+        assert movie.calibration.pixel_size_nm == pytest.approx(0.017752, rel=1e-3)
+
+
+def test_real_dm_non_square_pixels_noted():
+    path = real("ncempy/dmTest_float32_nonSquare_diffPixelSize.dm3")
+    notes = open_movie(path).metadata["notes"]
+    assert any("non-square" in n and "y 0.2 nm" in n for n in notes)
+
+
+def test_real_dm_rgba_and_complex():
+    rgba = open_movie(real("rosettasciio/digitalmicrograph/2D_dtypes/test-23.dm4"))
+    np.testing.assert_allclose(rgba[0], [[1, 2], [3, 4]], rtol=1e-6)  # grey stored as RGBA
+    assert any("read whole" in n for n in rgba.metadata["notes"])
+    cplx = open_movie(real("rosettasciio/digitalmicrograph/2D_dtypes/test-3.dm4"))
+    assert cplx[0].shape == (2, 2) and np.all(cplx[0] >= 0)
+
+
+def test_real_mrc_movie_without_scale():
+    with open_movie(real("rosettasciio/mrc/ROI_Random_Scan_movie.mrc")) as movie:
+        assert movie.shape == (348, 16, 16)
+        assert movie.calibration.pixel_size_nm is None
+        assert any("non-positive" in n for n in movie.metadata["notes"])
+        assert sum(1 for _ in movie) == 348
+
+
+def test_real_tia_series_clock_too_coarse():
+    with open_movie(real("rosettasciio/tia/old/64x64x5_TEM_preview_1.ser")) as movie:
+        assert movie.shape == (5, 64, 64)
+        assert movie.calibration.pixel_size_nm == pytest.approx(6.2818, rel=1e-4)
+        assert movie.calibration.frame_interval_s is None  # 5 frames within 1 s of a 1-s clock
+        assert any("TIA clock" in n for n in movie.metadata["notes"])
+
+
+def test_real_dm_acquisition_time():
+    movie = open_movie(real("temul/example_Se_implanted_MoS2.dm3"))
+    # DataBar says 03-Jul-16 6:20:54 PM local; FILETIME is UTC
+    assert 1467561600 < movie.metadata["acquired_unix_s"] < 1467648000  # 2016-07-03 UTC
+
+
+def test_real_png_folder_movie():
+    folder = real("insitu_ti_nomelabs")
+    with open_movie(folder) as movie:
+        assert movie.shape == (17, 660, 660)
+        assert movie.metadata["first_file"] == "Chip-4-Heat-1-Frame-1770-Cropped.png"
+        assert movie.calibration.pixel_size_nm is None
+        assert movie.calibration.frame_interval_s is None  # PNGs carry no clock
+        # the annotation band (rows 514-659) is black, the image above is not
+        assert movie[16][520:, :100].mean() < movie[16][:514].mean()
+
+
+def test_gms_insitu_tree_of_dm_frames_uses_acquisition_clock(tmp_path):
+    """A GMS-style in-situ folder tree, made of copies of a real DM3 whose DataBar
+    FILETIME is rewritten to 4 frames/s (one 0.35 s step); frame names are unpadded."""
+    src = real("rosettasciio/digitalmicrograph/2D/test_STEM_image.dm3")
+    raw = src.read_bytes()
+    filetime = 1.3115143597000824e17  # the file's "Acquisition Time (OS)" [100 ns]
+    needle = struct.pack("<d", filetime)
+    assert raw.count(needle) == 1
+    times = [0.25 * i + (0.1 if i >= 6 else 0.0) for i in range(12)]
+    for i, t in enumerate(times):
+        second = tmp_path / "Hour_00" / "Minute_00" / f"Second_{int(t):02d}"
+        second.mkdir(parents=True, exist_ok=True)
+        frame = raw.replace(needle, struct.pack("<d", filetime + t * 1e7))
+        (second / f"Hour_00_Minute_00_Second_{int(t):02d}_Frame_{i}.dm3").write_bytes(frame)
+    (tmp_path / "recording.txt").write_text("top level holds no frames")
+    with open_movie(tmp_path) as movie:
+        assert movie.shape == (12, 68, 68)
+        cal = movie.calibration
+        assert cal.frame_interval_s == pytest.approx(0.25, abs=1e-5)
+        assert cal.frame_interval_source == "file"
+        assert cal.pixel_size_nm == pytest.approx(0.24854, rel=1e-4)
+        np.testing.assert_allclose(movie.timestamps_s, times, atol=1e-5)
+        assert any("vary" in n for n in movie.metadata["notes"])
+        np.testing.assert_array_equal(movie[11], movie[0])

@@ -1,0 +1,76 @@
+"""LightningDataModule over the synthetic generator."""
+
+from __future__ import annotations
+
+import lightning as L
+from torch.utils.data import DataLoader
+
+from dislotrack.data_gen.conventions import CANONICAL_PIXEL_SIZE_NM
+from dislotrack.data_gen.sample import GeneratorConfig
+from dislotrack.train.data import FixedSynthetic, SyntheticStream
+
+#: Doses [e/A^2] cycled through the fixed validation/test sets.
+EVAL_DOSES = [50.0, 100.0, 500.0, 1000.0, 5000.0]
+
+
+class SyntheticDataModule(L.LightningDataModule):
+    """On-the-fly training stream plus fixed, seeded validation and test sets.
+
+    Parameters
+    ----------
+    size : int
+        Training crop side [px] (at the canonical pixel size).
+    batch_size, num_workers : int
+    samples_per_epoch : int
+        Training samples per epoch and rank.
+    n_val, n_test : int
+        Sizes of the fixed sets.
+    seed, val_seed, test_seed : int
+    mode : {"hrtem", "stem", "mixed"}
+    density, dipole_fraction, perfect_fraction, pixel_size_jitter : float
+        Passed to `GeneratorConfig`.
+    n_variants : int
+        Images per generated structure in the training stream.
+    eval_size : int
+        Image side of the fixed sets [px].
+    """
+
+    def __init__(self, *, size: int = 128, batch_size: int = 16, num_workers: int = 1,
+                 samples_per_epoch: int = 2048, n_val: int = 100, n_test: int = 500,
+                 seed: int = 0, val_seed: int = 12345, test_seed: int = 777,
+                 mode: str = "mixed", density: float = 1.5, dipole_fraction: float = 0.35,
+                 perfect_fraction: float = 0.1, pixel_size_jitter: float = 0.05,
+                 n_variants: int = 2, eval_size: int = 128) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+
+    def generator_config(self, size: int, jitter: float) -> GeneratorConfig:
+        hp = self.hparams
+        return GeneratorConfig(size=size, pixel_size=CANONICAL_PIXEL_SIZE_NM,
+                               pixel_size_jitter=jitter, mode=hp.mode, density=hp.density,
+                               dipole_fraction=hp.dipole_fraction,
+                               perfect_fraction=hp.perfect_fraction)
+
+    def _loader(self, ds, **kw) -> DataLoader:
+        hp = self.hparams
+        return DataLoader(ds, batch_size=hp.batch_size, num_workers=hp.num_workers,
+                          persistent_workers=False, **kw)
+
+    def train_dataloader(self) -> DataLoader:
+        hp = self.hparams
+        ds = SyntheticStream(self.generator_config(hp.size, hp.pixel_size_jitter), seed=hp.seed,
+                             n_variants=hp.n_variants, samples_per_epoch=hp.samples_per_epoch)
+        if self.trainer is not None:  # each epoch and rank draws its own stream
+            ds.set_epoch(self.trainer.current_epoch)
+            ds.set_rank(self.trainer.global_rank, self.trainer.world_size)
+        return self._loader(ds)
+
+    def val_dataloader(self) -> DataLoader:
+        hp = self.hparams
+        return self._loader(FixedSynthetic(self.generator_config(hp.eval_size, 0.0), n=hp.n_val,
+                                           seed=hp.val_seed, doses=EVAL_DOSES))
+
+    def test_dataloader(self) -> DataLoader:
+        hp = self.hparams
+        return self._loader(FixedSynthetic(self.generator_config(hp.eval_size, 0.0), n=hp.n_test,
+                                           seed=hp.test_seed, doses=EVAL_DOSES))

@@ -1,0 +1,27 @@
+"""Losses for sparse core heatmaps, h vectors near cores and rock-salt masks."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def heatmap_loss(logit: torch.Tensor, target: torch.Tensor, *, pos_weight: float = 10.0) -> torch.Tensor:
+    """BCE against the soft Gaussian target, up-weighted near cores (sparse positives)."""
+    w = 1.0 + pos_weight * target
+    return (F.binary_cross_entropy_with_logits(logit, target, reduction="none") * w).sum() / w.sum()
+
+
+def h_cosine_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean ``1 - cos`` between predicted and true h where ``mask`` is set (0 if none)."""
+    cos = F.cosine_similarity(pred, target, dim=1, eps=1e-6)[:, None]
+    n = mask.sum()
+    return ((1 - cos) * mask).sum() / n if n > 0 else pred.sum() * 0.0
+
+
+def bce_dice_loss(logit: torch.Tensor, target: torch.Tensor, *, smooth: float = 1.0) -> torch.Tensor:
+    """BCE plus soft Dice over the whole batch (well defined when masks are empty)."""
+    bce = F.binary_cross_entropy_with_logits(logit, target)
+    p = torch.sigmoid(logit)
+    dice = 1 - (2 * (p * target).sum() + smooth) / (p.sum() + target.sum() + smooth)
+    return bce + dice

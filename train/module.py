@@ -1,0 +1,116 @@
+"""The LightningModule: losses, optimisation and DESIGN.md's validation metrics."""
+
+from __future__ import annotations
+
+import lightning as L
+import numpy as np
+import torch
+from torch import nn
+
+from dislotrack.models.decode import decode_cores, outputs_to_maps
+from dislotrack.models.metrics import DetectionTally
+from dislotrack.models.unet import HEATMAP_CH, HVEC_CH, RS_CH
+from dislotrack.train.data import cores_from_batch
+from dislotrack.train.losses import bce_dice_loss, h_cosine_loss, heatmap_loss
+
+#: Dose bins of the validation report [e/A^2]: low, medium, high.
+DOSE_BINS = {"dose_lt100": (0, 100), "dose_100_500": (100, 500), "dose_ge500": (500, np.inf)}
+
+
+class DislocationModule(L.LightningModule):
+    """Trains an injected network on heatmap, h-vector and rock-salt targets.
+
+    Parameters
+    ----------
+    net : nn.Module
+        Maps (B, 1, H, W) images to (B, 4, H, W) outputs (see `dislotrack.models.unet`).
+    lr, weight_decay : float
+        AdamW settings; the learning rate follows a cosine schedule over training.
+    w_heatmap, w_h, w_rs : float
+        Loss weights.
+    threshold : float
+        Heatmap threshold used by the validation decoding.
+    compile : bool
+        Wrap the network in ``torch.compile`` (opt-in, for GPUs).
+    """
+
+    def __init__(self, net: nn.Module, *, lr: float = 2e-3, weight_decay: float = 1e-4,
+                 w_heatmap: float = 1.0, w_h: float = 0.5, w_rs: float = 0.5,
+                 threshold: float = 0.5, compile: bool = False) -> None:
+        super().__init__()
+        self.net = net
+        self.save_hyperparameters(ignore=["net"])
+        # torch.compile is opt-in (GPU configs); the compiled wrapper shares parameters.
+        self._forward = torch.compile(net) if compile else net
+        self._tallies: dict[str, DetectionTally] = {}
+        self._rs = np.zeros(2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._forward(x)
+
+    def losses(self, out: torch.Tensor, batch: dict) -> dict[str, torch.Tensor]:
+        lh = heatmap_loss(out[:, HEATMAP_CH:HEATMAP_CH + 1], batch["heatmap"])
+        lv = h_cosine_loss(out[:, HVEC_CH], batch["hvec"], batch["hmask"])
+        lr = bce_dice_loss(out[:, RS_CH:RS_CH + 1], batch["rs"])
+        hp = self.hparams
+        total = hp.w_heatmap * lh + hp.w_h * lv + hp.w_rs * lr
+        return {"loss": total, "heatmap": lh, "h": lv, "rs": lr}
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        ls = self.losses(self(batch["image"]), batch)
+        self.log_dict({f"train/{k}": v for k, v in ls.items()}, prog_bar=True,
+                      batch_size=len(batch["image"]))
+        return ls["loss"]
+
+    def _eval_step(self, batch: dict, stage: str) -> None:
+        out = self(batch["image"])
+        ls = self.losses(out, batch)
+        self.log(f"{stage}/loss", ls["loss"], batch_size=len(batch["image"]), sync_dist=True)
+        maps = outputs_to_maps(out)
+        truth = cores_from_batch(batch["cores"])
+        rs_true = batch["rs"][:, 0].cpu().numpy() > 0.5
+        for i, t in enumerate(truth):
+            pred = decode_cores(maps["heatmap"][i], maps["hfield"][i],
+                                threshold=self.hparams.threshold)
+            ps = float(batch["pixel_size"][i])
+            keys = ["all", "stem" if bool(batch["stem"][i]) else "hrtem"]
+            dose = float(batch["dose"][i])
+            keys += [k for k, (lo, hi) in DOSE_BINS.items() if lo <= dose < hi]
+            for k in keys:
+                self._tallies.setdefault(k, DetectionTally()).add(
+                    pred[["x", "y"]].to_numpy(), pred[["hx", "hy"]].to_numpy(),
+                    t[["x", "y"]].to_numpy(), t[["hx", "hy"]].to_numpy(), pixel_size=ps)
+            rp = maps["rocksalt"][i] > 0.5
+            self._rs += [np.logical_and(rp, rs_true[i]).sum(), np.logical_or(rp, rs_true[i]).sum()]
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def _epoch_end(self, stage: str) -> None:
+        metrics = {}
+        for k, tally in self._tallies.items():
+            for name, v in tally.summary().items():
+                if name in ("f1", "rmse_nm", "h_accuracy", "precision", "recall"):
+                    metrics[f"{stage}/{name}" if k == "all" else f"{stage}/{k}/{name}"] = (
+                        float(np.nan_to_num(v, nan=0.0 if name != "rmse_nm" else 1.0)))
+        metrics[f"{stage}/rs_iou"] = float(self._rs[0] / self._rs[1]) if self._rs[1] else 1.0
+        self.log_dict(metrics, sync_dist=True)
+        self._tallies, self._rs = {}, np.zeros(2)
+
+    def on_validation_epoch_end(self) -> None:
+        self._epoch_end("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._epoch_end("test")
+
+    def configure_optimizers(self):
+        opt = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr,
+                                weight_decay=self.hparams.weight_decay)
+        total = self.trainer.estimated_stepping_batches if self.trainer else 1000
+        total = int(total) if np.isfinite(total) else 100_000
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=self.hparams.lr,
+                                                    total_steps=max(total, 2), pct_start=0.05)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
