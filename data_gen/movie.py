@@ -215,3 +215,58 @@ def make_movie(rng: np.random.Generator, cfg: GeneratorConfig | None = None, *, 
     imaging = draw_optics(rng) if mode == "hrtem" else draw_probe(rng)
     return render_movie(rng, cfg, spec, scn, mode=mode, imaging=imaging,
                         detector=draw_detector(rng, dose), grid=grid)
+
+
+def seed_like_scenario(spec: SpecimenParams, fov_nm: float, *, n_frames: int = 30,
+                       frame_interval: float = 1.0, climb_nm_s: float = -0.18,
+                       glide_nm_s: float = 0.38) -> MovieScenario:
+    """The demo movie, after Wang et al. (PNAS 2025): one dislocation climbing
+    (negative climb, 0.18 nm/s), one gliding at 0.38 nm/s, and a dipole that
+    nucleates, expands by glide and annihilates; 1 frame/s, small drift."""
+    from dislotrack.data_gen.specimen import rotation_matrix
+
+    rot = rotation_matrix(spec.rotation)
+    b = rot @ spec.crystal.burgers["misfit"]
+    n = n_frames
+    h = unit(np.array([-b[1], b[0]]))
+    bh = b_hat_from_h(h)
+    c = np.full(2, fov_nm / 2)
+    # Start each core so that its whole path stays inside the field.
+    climber = c + 0.3 * fov_nm * bh - climb_nm_s * frame_interval * n / 2 * h
+    glider = c - 0.3 * fov_nm * h - glide_nm_s * frame_interval * n / 2 * bh
+    tracks = [
+        TrackSpec(0, b, 0, linear_path(climber, b, n, glide=0.0, climb=climb_nm_s * frame_interval)),
+        TrackSpec(1, -b, 0, linear_path(glider, -b, n, glide=-glide_nm_s * frame_interval, climb=0.0)),
+    ]
+    n_exp = max(3, n // 4)
+    pair = dipole_tracks(c + 0.25 * fov_nm * h, b, first_frame=max(1, n // 6), n_expand=n_exp,
+                         n_hold=max(1, n // 10), speed=0.25 * frame_interval, motion="glide", pid=2)
+    tracks += [TrackSpec(t.particle, t.b, t.first_frame, t.path[: n - t.first_frame], t.partner)
+               for t in pair]
+    drift = np.cumsum(np.tile([0.03, -0.02], (n, 1)), axis=0) - [0.03, -0.02]
+    return MovieScenario(n, frame_interval, tracks, drift, np.ones(n))
+
+
+def true_events(scn: MovieScenario) -> pd.DataFrame:
+    """Nucleations (tracks starting after frame 0) and annihilations (tracks ending
+    before the last frame); a pair with partners at the same frame is a dipole event."""
+    rows = []
+    by_id = {t.particle: t for t in scn.tracks}
+    for t in scn.tracks:
+        partner = by_id.get(t.partner)
+        for kind, frame, pos, cond in [
+            ("nucleation", t.first_frame, t.path[0], t.first_frame > 0),
+            ("annihilation", t.last_frame, t.path[-1], t.last_frame < scn.n_frames - 1),
+        ]:
+            if not cond:
+                continue
+            pair = partner is not None and (
+                partner.first_frame == frame if kind == "nucleation" else partner.last_frame == frame)
+            if pair and partner.particle < t.particle:
+                continue  # one row per dipole event
+            other = partner.path[0 if kind == "nucleation" else -1] if pair else pos
+            xy = (pos + other) / 2 + scn.drift_nm[frame]
+            rows.append({"frame": frame, "kind": f"dipole_{kind}" if pair else kind,
+                         "x_nm": xy[0], "y_nm": xy[1],
+                         "particles": f"{t.particle} {partner.particle}" if pair else str(t.particle)})
+    return pd.DataFrame(rows, columns=["frame", "kind", "x_nm", "y_nm", "particles"])

@@ -31,6 +31,74 @@ def _run_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_infer(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("infer", help="detect and track dislocations in movies")
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="TIFF/OME-TIFF, DM3/DM4, EMD, SER, MRC, MP4/AVI, PNG/JPG or a folder of frames")
+    p.add_argument("--out", required=True, help="output folder (one subfolder per input)")
+    p.add_argument("--model", default=None, help="model <stem> (default: the bundled model)")
+    p.add_argument("--pixel-size", type=float, default=None, metavar="NM",
+                   help="pixel size [nm/px] (overrides the file)")
+    p.add_argument("--frame-interval", type=float, default=None, metavar="S",
+                   help="time between frames [s] (overrides the file)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--threshold", type=float, default=None, help="core score threshold (0-1)")
+    p.add_argument("--d-spacing", type=float, default=0.473, metavar="NM",
+                   help="(003) spacing of the material [nm] (default LiNiO2, 0.473)")
+    p.add_argument("--max-speed", type=float, default=2.0, metavar="NM_S",
+                   help="largest plausible dislocation speed for linking [nm/s]")
+    p.add_argument("--no-movie", action="store_true", help="skip the overlay MP4")
+    p.add_argument("--parquet", action="store_true", help="also write Parquet tables")
+    p.set_defaults(func=_run_infer)
+
+
+def _run_infer(args: argparse.Namespace) -> int:
+    from dislotrack.infer.run import infer_one
+
+    for path in args.inputs:
+        res = infer_one(path, args.out, movie=not args.no_movie, parquet=args.parquet,
+                        model=args.model, pixel_size_nm=args.pixel_size,
+                        frame_interval_s=args.frame_interval, device=args.device,
+                        threshold=args.threshold, d_spacing_nm=args.d_spacing,
+                        max_speed_nm_s=args.max_speed)
+        s = res.track_summary
+        print(f"{path}: {len(res.detections)} detections, {len(s)} tracks, "
+              f"{len(res.events)} events")
+        for w in res.warnings:
+            print(f"  warning: {w}")
+    return 0
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="analyse a synthetic movie with known motion (bundled model)")
+    p.add_argument("--out", default="dislotrack_demo", help="output folder")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.set_defaults(func=lambda a: _demo(a))
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from dislotrack.infer.demo import run_demo
+
+    run_demo(args.out, device=args.device)
+    return 0
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="score infer outputs against annotations")
+    p.add_argument("--pred", required=True, help="infer output folder")
+    p.add_argument("--truth", required=True, help="folder of annotations (<stem>.json ...)")
+    p.set_defaults(func=_run_evaluate)
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from dislotrack.infer.evaluate import evaluate_folders
+
+    print(json.dumps(evaluate_folders(args.pred, args.truth), indent=2, default=float))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the top-level argument parser."""
     parser = argparse.ArgumentParser(
@@ -40,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_generate(sub)
+    _add_infer(sub)
+    _add_demo(sub)
+    _add_evaluate(sub)
     sub.add_parser("train", help="train a model (LightningCLI: fit / validate / test; "
                    "see `dislotrack train --help`)", add_help=False)
     return parser

@@ -6,14 +6,14 @@ Convention (also in DESIGN.md): a feature at ``(x, y)`` in frame 0 appears at
 
 How the drift is measured
 -------------------------
-Frames are registered one after the other, so only the drift *step* between
-consecutive frames is measured and the steps are summed (chaining). Each frame
-is compared with a *running reference*: an exponentially weighted average of the
-previous frames, each moved onto the current frame by its measured drift. The
-average follows slow lattice changes (delithiation, rock-salt growth), a single
-moving dislocation core barely affects it, and because it is less noisy than one
-frame the summed error grows more slowly than with plain frame-to-frame chaining
-(3-4 times over 30 noisy frames with the default weight, in our trials). Memory is
+Frames are registered one after the other: only the drift *step* between
+consecutive frames is measured, and the steps are summed. Each frame is compared
+with a *running reference*, an exponentially weighted average of the previous
+frames, each moved onto the current frame by its measured drift. The average
+follows slow lattice changes (delithiation, rock-salt growth), a single moving
+dislocation core barely affects it, and because it is less noisy than one frame
+the summed error grows more slowly than with plain frame-to-frame chaining (3-4
+times over 30 noisy frames with the default weight, in our trials). Memory is
 O(1) in movie length.
 
 Registration is cross-correlation of mean-free, Hann-tapered frames (the taper is
@@ -21,18 +21,23 @@ fixed on the detector, so it does not pull the result towards zero drift), with 
 sub-pixel peak from an upsampled DFT (Guizar-Sicairos et al., the method of
 :func:`skimage.registration.phase_cross_correlation`) plus a parabolic fit on that
 fine grid. skimage's function itself is not called because it cannot restrict its
-peak search to a window, which the lattice needs (next paragraph); its phase
-normalisation also biased sub-pixel shifts of smooth or noisy images by 0.2-1 px in
-our trials, while plain cross-correlation did not.
+peak search to a window, which the lattice needs (below); its phase normalisation
+also biased sub-pixel shifts of smooth or noisy images by 0.2-1 px in our trials.
 
-A perfect lattice is periodic, so its correlation has equally tall peaks one
-lattice period apart. To avoid jumping by a lattice period, the reference is first
-moved by the previous step (constant drift velocity) and the correlation peak is
-searched only within ``max_step_px`` of that prediction. Steady drift of any speed
-is followed; the first step and any change of the step between consecutive frames
-must stay below ``max_step_px`` (keep it below half the shortest lattice period). A
-warning is logged when the peak reaches that bound, which means the drift changed
-faster than allowed (e.g. a stage jump).
+Limits, by design:
+
+* A perfect lattice is periodic, so its correlation has equally tall peaks one
+  lattice period apart. The reference is first moved by the predicted step (a
+  running average of past steps) and the peak is searched only within
+  ``max_step_px`` of that prediction. Steady drift of any speed is followed; the
+  first step and any change of the step between frames must stay below
+  ``max_step_px`` (keep it below half the shortest lattice period), otherwise a
+  warning is logged.
+* An image showing a single set of lattice fringes does not fix the drift
+  *along* the fringes. When the correlation peak is a ridge (curvature across it
+  more than 10 times that along it), only the component across the ridge is
+  measured and the predicted step is kept along it; a warning gives the number of
+  such frames. Drift corrected positions are then unreliable along the fringes.
 """
 
 from __future__ import annotations
@@ -46,6 +51,12 @@ from scipy import fft
 from skimage.filters import window as make_window
 
 logger = logging.getLogger(__name__)
+
+#: Weight of the newest step in the running step average that predicts the next one.
+_STEP_MEMORY = 0.3
+
+#: Below this ratio of the peak curvatures (weak / strong) the peak counts as a ridge.
+_RIDGE_RATIO = 0.1
 
 
 def measure_drift(
@@ -94,30 +105,32 @@ def measure_drift(
         first = _standardise(next(iterator), 0)
     except StopIteration:
         raise ValueError("measure_drift needs at least one frame, got none") from None
-    shape = first.shape
-    taper = make_window("hann", shape)
-    ramp = _Ramp(shape)
-    reference = fft.rfft2(first)  # spectrum of the running reference, current frame's axes
-    drift = np.zeros(2)  # (rows, cols) = (dy, dx)
-    step = np.zeros(2)
-    rows = [(0, 0.0, 0.0)]
+    grid = _Grid(first.shape)
+    reference = fft.rfft2(first)  # running reference spectrum, current frame's axes
+    drift, predicted = np.zeros(2), np.zeros(2)  # (rows, cols) = (dy, dx)
+    rows, ridges = [(0, 0.0, 0.0)], 0
     for t, frame in enumerate(iterator, start=1):
-        current = _standardise(frame, t, shape)
-        guess = reference * ramp(step)  # the reference moved by the previous step
-        residual = _bounded_shift(
-            fft.rfft2(fft.irfft2(guess, s=shape) * taper),
-            fft.rfft2(current * taper),
-            shape=shape,
-            max_step_px=max_step_px,
-            upsample_factor=upsample_factor,
-            frame=t,
+        image = _standardise(frame, t, grid.shape)
+        guess = reference * grid.ramp(predicted)  # the reference moved by the predicted step
+        product = fft.rfft2(fft.irfft2(guess, s=grid.shape) * grid.taper) * np.conj(
+            fft.rfft2(image * grid.taper)
         )
-        step = step + residual
+        residual, ridge = _measure_residual(product, grid, max_step_px, upsample_factor, t)
+        ridges += ridge
+        step = predicted + residual
         drift = drift + step
-        reference = (1 - reference_weight) * guess * ramp(residual) + reference_weight * fft.rfft2(
-            current
+        predicted = (1 - _STEP_MEMORY) * predicted + _STEP_MEMORY * step
+        reference = (1 - reference_weight) * guess * grid.ramp(residual) + (
+            reference_weight * fft.rfft2(image)
         )
         rows.append((t, float(drift[1]), float(drift[0])))
+    if ridges:
+        logger.warning(
+            "drift along the lattice fringes could not be measured in %d of %d frames"
+            " (one set of fringes only); the predicted drift was kept along them",
+            ridges,
+            len(rows) - 1,
+        )
     return pd.DataFrame(rows, columns=["frame", "dx", "dy"])
 
 
@@ -163,71 +176,74 @@ def _standardise(frame: np.ndarray, index: int, shape: tuple | None = None) -> n
     return (image - image.mean()) / (spread if spread > 0 else 1.0)
 
 
-class _Ramp:
-    """Phase ramps that move content of a real-FFT spectrum by (rows, cols) [px]."""
+class _Grid:
+    """Frame shape, taper and the frequencies of its real-FFT (half) spectrum."""
 
     def __init__(self, shape: tuple[int, int]):
+        self.shape = shape
+        self.taper = make_window("hann", shape)
         self.rows = fft.fftfreq(shape[0])[:, None]
         self.cols = fft.rfftfreq(shape[1])[None, :]
+        # The half spectrum stands for both halves, except its self-conjugate columns.
+        self.weights = np.full(self.cols.size, 2.0)
+        self.weights[0] = 1.0
+        if shape[1] % 2 == 0:
+            self.weights[-1] = 1.0
 
-    def __call__(self, shift: np.ndarray) -> np.ndarray:
+    def ramp(self, shift: np.ndarray) -> np.ndarray:
+        """Phase ramp that moves the content of a spectrum by (rows, cols) [px]."""
         return np.exp(-2j * np.pi * (self.rows * shift[0] + self.cols * shift[1]))
 
 
-def _bounded_shift(
-    reference: np.ndarray,
-    moving: np.ndarray,
-    *,
-    shape: tuple[int, int],
+def _measure_residual(
+    product: np.ndarray,
+    grid: _Grid,
     max_step_px: float | None,
     upsample_factor: int,
     frame: int,
-) -> np.ndarray:
-    """Displacement (rows, cols) [px] of ``moving`` content relative to ``reference``.
+) -> tuple[np.ndarray, bool]:
+    """Displacement (rows, cols) [px] of the frame relative to the moved reference.
 
-    Both inputs are real-FFT spectra of images of ``shape``. The integer peak of
-    their cross-correlation is searched within ``max_step_px`` of zero lag, then
-    refined by `_refine_peak`.
+    ``product`` is their cross-power half spectrum. Returns the displacement and
+    whether the correlation peak was a ridge (then only its strong direction counts).
     """
-    product = reference * moving.conj()
-    surface = fft.irfft2(product, s=shape)
-    lags = np.meshgrid(*(fft.fftfreq(n, 1 / n) for n in shape), indexing="ij")
+    surface = fft.irfft2(product, s=grid.shape)
+    lags = np.meshgrid(*(fft.fftfreq(n, 1 / n) for n in grid.shape), indexing="ij")
     if max_step_px is not None:
         surface[np.hypot(*lags) > max_step_px] = -np.inf
-    peak = np.unravel_index(np.argmax(surface), shape)
-    lag = np.array([lags[0][peak], lags[1][peak]])
-    displacement = -_refine_peak(product, lag, shape, upsample_factor)
-    if max_step_px is not None and np.hypot(*displacement) > max_step_px:
+    peak = np.unravel_index(np.argmax(surface), grid.shape)
+    lag = _refine_peak(product, np.array([lags[0][peak], lags[1][peak]]), grid, upsample_factor)
+    if max_step_px is not None and np.hypot(*lag) > max_step_px:
         logger.warning(
             "frame %d: drift step changed by %.2f px, beyond max_step_px=%.2f px;"
             " the registration may be wrong (stage jump?)",
             frame,
-            np.hypot(*displacement),
+            np.hypot(*lag),
             max_step_px,
         )
-    return displacement
+    curvature, axes = _peak_curvature(product, lag, grid)
+    if curvature[1] <= 0:  # no peak at all (blank frame): keep the prediction
+        return np.zeros(2), True
+    if curvature[0] < _RIDGE_RATIO * curvature[1]:
+        strong = axes[:, 1]
+        return -strong * (strong @ lag), True
+    return -lag, False
 
 
 def _refine_peak(
-    product: np.ndarray, lag: np.ndarray, shape: tuple[int, int], upsample_factor: int
+    product: np.ndarray, lag: np.ndarray, grid: _Grid, upsample_factor: int
 ) -> np.ndarray:
     """Sub-pixel correlation peak (rows, cols) [px] near the integer ``lag``.
 
-    The inverse DFT of the real-FFT spectrum ``product`` is evaluated on a grid of
-    step ``1 / upsample_factor`` spanning 1.5 px around ``lag`` by matrix
-    multiplication (Guizar-Sicairos, Thurman & Fienup, Opt. Lett. 33, 156 (2008));
-    the half spectrum counts twice except its self-conjugate columns. A parabola
+    The inverse DFT of the half spectrum ``product`` is evaluated on a grid of step
+    ``1 / upsample_factor`` spanning 1.5 px around ``lag`` by matrix multiplication
+    (Guizar-Sicairos, Thurman & Fienup, Opt. Lett. 33, 156 (2008)); a parabola
     through the best grid point and its neighbours removes the grid quantisation.
     """
     size = int(np.ceil(1.5 * upsample_factor)) | 1  # odd, centred on lag
     steps = (np.arange(size) - size // 2) / upsample_factor
-    row_kernel = np.exp(2j * np.pi * np.outer(lag[0] + steps, fft.fftfreq(shape[0])))
-    col_freqs = fft.rfftfreq(shape[1])
-    weights = np.full(col_freqs.size, 2.0)
-    weights[0] = 1.0
-    if shape[1] % 2 == 0:
-        weights[-1] = 1.0  # the Nyquist column is its own conjugate
-    col_kernel = weights * np.exp(2j * np.pi * np.outer(lag[1] + steps, col_freqs))
+    row_kernel = np.exp(2j * np.pi * np.outer(lag[0] + steps, grid.rows[:, 0]))
+    col_kernel = grid.weights * np.exp(2j * np.pi * np.outer(lag[1] + steps, grid.cols[0]))
     local = (row_kernel @ product @ col_kernel.T).real
     best = np.unravel_index(np.argmax(local), local.shape)
     refined = lag + steps[list(best)]
@@ -239,3 +255,16 @@ def _refine_peak(
             if curvature < 0:
                 refined[axis] += 0.5 * (around[0] - around[2]) / curvature / upsample_factor
     return refined
+
+
+def _peak_curvature(
+    product: np.ndarray, lag: np.ndarray, grid: _Grid
+) -> tuple[np.ndarray, np.ndarray]:
+    """Principal curvatures (ascending, positive at a maximum) of the correlation at
+    ``lag`` [px] and their directions (columns, as (rows, cols) unit vectors),
+    computed exactly from the half spectrum."""
+    phase = (product * np.exp(2j * np.pi * (grid.rows * lag[0] + grid.cols * lag[1]))).real
+    phase = phase * grid.weights
+    k = [grid.rows, grid.cols]
+    hessian = np.array([[np.sum(k[i] * k[j] * phase) for j in range(2)] for i in range(2)])
+    return np.linalg.eigh(4 * np.pi**2 * hessian)

@@ -20,10 +20,11 @@ spectrally, so dislocation cores and phase jumps do not break the derivatives.
 from __future__ import annotations
 
 import numpy as np
-from dislotrack.data_gen.conventions import D003_LINIO2_NM
 from scipy import fft
 from scipy.signal.windows import hann
 from skimage.restoration import unwrap_phase
+
+from dislotrack.data_gen.conventions import D003_LINIO2_NM
 
 _SIGMA_PER_FWHM = 1.0 / (2.0 * np.sqrt(2.0 * np.log(2.0)))
 #: Smallest distance [1/nm] between a chosen reflection and the alias of its Friedel
@@ -235,6 +236,18 @@ def _interior(shape: tuple[int, int], margin_px: int) -> np.ndarray:
     return mask
 
 
+def _near_harmonic_aliases(g, kx, ky, pixel_size_nm: float, orders: int = 6) -> np.ndarray:
+    """Frequencies within 3 grid steps of an alias of ``m g`` (``2 <= |m| <= orders``)."""
+    step = 3.0 / (max(kx.size, ky.size) * pixel_size_nm)
+    near = np.zeros(np.broadcast_shapes(kx.shape, ky.shape), dtype=bool)
+    for m in range(2, orders + 1):
+        for sign in (1, -1):
+            dx = _wrap(kx - sign * m * g[0], pixel_size_nm)
+            dy = _wrap(ky - sign * m * g[1], pixel_size_nm)
+            near |= np.hypot(dx, dy) < step
+    return near
+
+
 def _spectrum_peak(
     power: np.ndarray, allowed: np.ndarray, pixel_size_nm: float
 ) -> tuple[np.ndarray, float]:
@@ -275,8 +288,9 @@ def find_reflections(
     ``d_tolerance`` of ``1 / d_spacing_nm`` (the (003) spot); the second the
     strongest spot at least ``min_angle_deg`` away from collinear with the first,
     with spacing below ``max_spacing_nm``, inside 92 % of the Nyquist frequency
-    along both axes and at least 1.5 1/nm away from the alias of its Friedel
-    mate ``-g`` (near the Nyquist frequency the two cannot be separated). Each
+    along both axes, away from aliases of the first one's harmonics and at least
+    1.5 1/nm away from the alias of its Friedel mate ``-g`` (near the Nyquist
+    frequency the two cannot be separated). Each
     must stand ``min_peak_ratio`` above the noise, is located by a parabolic fit
     of the log power, then refined to the mean local frequency of the image
     interior (``sum Im(conj H grad H) / (2 pi sum |H|^2)``). Of ``+g`` and ``-g``
@@ -339,6 +353,7 @@ def find_reflections(
         if found:
             cos = (kx * found[0][0] + ky * found[0][1]) / (kmag * np.hypot(*found[0]) + 1e-30)
             ok = ok & (np.abs(cos) <= np.cos(np.radians(min_angle_deg)))
+            ok = ok & ~_near_harmonic_aliases(found[0], kx, ky, pixel_size_nm)
         if not ok.any():
             raise NoReflectionError(
                 f"no spatial frequency available for reflection {len(found) + 1} "

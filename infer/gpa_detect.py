@@ -16,10 +16,17 @@ layered (003) contrast, so the local (003) amplitude drops there.
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pandas as pd
+from scipy import ndimage as ndi
+from skimage.filters import threshold_otsu
+from skimage.morphology import remove_small_holes, remove_small_objects
+
 from dislotrack.data_gen.conventions import D003_LINIO2_NM, h_from_b_hat, unit
 from dislotrack.infer.gpa import (
+    NoReflectionError,
     _as_image,
     _demodulate,
     _frequencies,
@@ -29,11 +36,9 @@ from dislotrack.infer.gpa import (
     _spectrum,
     find_reflections,
 )
-from scipy import ndimage as ndi
-from skimage.filters import threshold_otsu
-from skimage.morphology import remove_small_holes, remove_small_objects
 
 _COLUMNS = ["x", "y", "score", "hx", "hy", "bx_nm", "by_nm"]
+logger = logging.getLogger(__name__)
 
 
 def _wrap_phase(d: np.ndarray) -> np.ndarray:
@@ -147,6 +152,16 @@ def _core_position(centre, charges, plaquettes, demods, radius: float) -> tuple[
     return tuple(np.mean(zeros, axis=0)) if zeros else tuple(centre)
 
 
+def _auto_reflections(img: np.ndarray, pixel_size_nm: float, d_spacing_nm: float) -> np.ndarray:
+    """Two reflections from `find_reflections`, or the first alone if no second."""
+    kw = dict(pixel_size_nm=pixel_size_nm, d_spacing_nm=d_spacing_nm)
+    try:
+        return find_reflections(img, n=2, **kw)
+    except NoReflectionError as err:
+        logger.warning("%s; using the d = %s nm reflection alone", err, d_spacing_nm)
+        return find_reflections(img, n=1, **kw)
+
+
 def _clusters(charge: np.ndarray, inside: np.ndarray, min_size: float):
     """Connected groups of loops with equal non-zero windings: (rows, cols, n)."""
     charged = np.any(charge != 0, axis=-1) & inside
@@ -187,8 +202,9 @@ def detect_cores_gpa(
     pixel_size_nm : float
         Pixel size [nm/px].
     g : array_like, shape (m, 2), optional
-        One or two reflections [1/nm]; default `find_reflections` with ``n=2``.
-        With one, ``b`` is only its component along ``g``.
+        One or two reflections [1/nm]; default `find_reflections` with ``n=2``,
+        or ``n=1`` (logged) when the zone shows no second one. With one, ``b`` is
+        only its component along ``g``.
     resolution_nm : float
         Real-space FWHM of the GPA mask [nm] (see `dislotrack.infer.gpa.complex_image`).
     loop_nm : float, optional
@@ -216,7 +232,7 @@ def detect_cores_gpa(
     """
     img = _as_image(image)
     if g is None:
-        g = find_reflections(img, pixel_size_nm=pixel_size_nm, d_spacing_nm=d_spacing_nm)
+        g = _auto_reflections(img, pixel_size_nm, d_spacing_nm)
     gmat = np.atleast_2d(np.asarray(g, dtype=float))
     if gmat.shape not in ((1, 2), (2, 2)):
         raise ValueError(f"g must hold one or two (gx, gy) reflections [1/nm], got {g!r}")
@@ -282,7 +298,7 @@ def rocksalt_mask_gpa(
         Pixel size [nm/px].
     g003, g_other : array_like, shape (2,), optional
         (003) and another reflection [1/nm]; both from `find_reflections` when
-        ``g003`` is None.
+        ``g003`` is None (``g_other`` only if the zone shows one).
     resolution_nm : float
         Real-space FWHM of the GPA mask and of the extra smoothing [nm].
     threshold : float or "otsu"
@@ -302,8 +318,9 @@ def rocksalt_mask_gpa(
         raise ValueError(f"threshold must be a fraction in (0, 1) or 'otsu', got {threshold!r}")
     img = _as_image(image)
     if g003 is None:
-        g003, g_auto = find_reflections(img, pixel_size_nm=pixel_size_nm, d_spacing_nm=d_spacing_nm)
-        g_other = g_auto if g_other is None else g_other
+        found = _auto_reflections(img, pixel_size_nm, d_spacing_nm)
+        g003 = found[0]
+        g_other = found[1] if g_other is None and len(found) == 2 else g_other
     interior = _interior(img.shape, int(round(resolution_nm / pixel_size_nm)))
     spectrum = _spectrum(img)
     a003 = _smoothed_amplitude(spectrum, g003, pixel_size_nm, resolution_nm)

@@ -16,9 +16,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import torch
-from dislotrack.models.unet import HEATMAP_CH, HVEC_CH, N_OUT, RS_CH
 from scipy import ndimage
 from skimage.feature import peak_local_max
+
+from dislotrack.models.unet import HEATMAP_CH, HVEC_CH, N_OUT, RS_CH
 
 #: Columns of the table returned by `decode_cores`.
 CORE_COLUMNS = ["x", "y", "score", "hx", "hy"]

@@ -19,9 +19,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
+
 from dislotrack.models.normalise import NORMALISATION
 from dislotrack.models.unet import OUTPUTS, UNet, UNetConfig
-from safetensors.torch import load_file, save_file
 
 #: Keys every model card must have.
 REQUIRED_CARD_KEYS = (

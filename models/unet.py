@@ -84,7 +84,7 @@ class UNetConfig:
     """
 
     in_channels: int = 1
-    base_channels: int = 16
+    base_channels: int = 12
     depth: int = 4
     channel_mult: float = 2.0
     norm: str = "batch"

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from dislotrack.infer.gpa import (
+    NoReflectionError,
     complex_image,
     find_reflections,
     geometric_phase,
@@ -79,6 +81,18 @@ def test_find_reflections_ignores_harmonics_of_nonlinear_image():
     img = np.exp(sum(np.cos(2 * np.pi * np.einsum("i,iyx->yx", g, r)) for g in (G1, G2)))
     found = find_reflections(img + 0.2 * rng.standard_normal(img.shape), pixel_size_nm=PS)
     assert np.allclose(found, [G1, G2], rtol=0, atol=1e-3)
+
+
+def test_find_reflections_refuses_noise_and_collinear_zones():
+    rng = np.random.default_rng(20)
+    with pytest.raises(NoReflectionError, match="no significant reflection 1"):
+        find_reflections(rng.standard_normal((N, N)), pixel_size_nm=PS)
+    r = positions_nm()
+    layers = np.exp(np.cos(2 * np.pi * np.einsum("i,iyx->yx", G1, r)))  # 003, 006, ... only
+    with pytest.raises(NoReflectionError, match="no significant reflection 2"):
+        find_reflections(layers + 0.2 * rng.standard_normal((N, N)), pixel_size_nm=PS)
+    g1 = find_reflections(layers, pixel_size_nm=PS, n=1)
+    assert np.allclose(g1, [G1], rtol=0, atol=1e-3)
 
 
 def test_uniform_strain_is_recovered_within_1e3():

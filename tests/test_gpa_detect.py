@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy import ndimage as ndi
+
 from dislotrack.data_gen.conventions import h_from_b_hat, unit
 from dislotrack.infer.gpa import _spectrum, geometric_phase
 from dislotrack.infer.gpa_detect import (
@@ -18,7 +20,6 @@ from dislotrack.infer.gpa_detect import (
     phase_windings,
     rocksalt_mask_gpa,
 )
-from scipy import ndimage as ndi
 
 PS = 0.1  # [nm/px]
 N = 256

@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+
 from dislotrack.models.decode import CORE_COLUMNS, decode_cores, outputs_to_maps
 
 SIGMA_PX = 2.0  # width of the training target blobs (0.2 nm at 0.1 nm/px)

@@ -6,10 +6,11 @@ import hashlib
 import importlib.resources
 import json
 
-import dislotrack.models.io as mio
 import numpy as np
 import pytest
 import torch
+
+import dislotrack.models.io as mio
 from dislotrack.models.io import (
     REQUIRED_CARD_KEYS,
     load_lightning_checkpoint,

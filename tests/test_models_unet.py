@@ -8,6 +8,7 @@ import re
 import numpy as np
 import pytest
 import torch
+
 from dislotrack.models.normalise import NORMALISATION, normalise_image
 from dislotrack.models.unet import (
     HEATMAP_CH,

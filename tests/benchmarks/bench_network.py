@@ -3,8 +3,9 @@
 Prints one row per configuration: parameters, receptive field, inference frames/s
 (batch 1, float32, inference mode) at 512x512 for the plain ``UNet(config).eval()``
 and, at 512x512 and 1024x1024, for ``prepare_for_inference`` (batch-norm folded,
-channels-last), and the seconds of one training step (forward, loss, backward, AdamW)
-on a 16x1x128x128 batch.
+channels-last), the seconds of one training step (forward, loss, backward, AdamW)
+on a 16x1x128x128 batch, and the single-thread CPU time [ms] of one prepared 512x512
+pass (insensitive to other load; use it to rank configurations on a busy machine).
 
 Usage::
 
@@ -26,6 +27,7 @@ import time
 
 import torch
 import torch.nn.functional as F
+
 from dislotrack.models.unet import UNet, UNetConfig, prepare_for_inference
 
 CANDIDATES = [
@@ -83,6 +85,26 @@ def time_inference(net: torch.nn.Module, size: int, repeats: int, stat=statistic
     return 1.0 / stat(times)
 
 
+def cpu_ms_one_thread(net: torch.nn.Module, size: int, repeats: int) -> float:
+    """Least CPU time [ms] of one (1, 1, size, size) forward pass on one thread.
+
+    CPU time of the calling thread hardly depends on other load on the machine, so
+    this column ranks configurations reliably even when the wall-clock ones are noisy.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    x = torch.randn(1, net.config.in_channels, size, size)
+    times = []
+    with torch.inference_mode():
+        net(x)
+        for _ in range(repeats):
+            t0 = time.thread_time()
+            net(x)
+            times.append(time.thread_time() - t0)
+    torch.set_num_threads(threads)
+    return 1e3 * min(times)
+
+
 def time_train_step(config: UNetConfig, repeats: int, stat=statistics.median) -> float:
     """``stat`` of the seconds of one training step on a 16x1x128x128 batch."""
     net = UNet(config).train()
@@ -116,8 +138,8 @@ def main() -> None:
     stat = {"median": statistics.median, "min": min}[args.stat]
 
     header = (
-        f"{'config':<58} {'params':>8} {'RF px':>6} {'fps512':>7} "
-        f"{'opt512':>7} {'opt1024':>7} {'train s':>7}"
+        f"{'config':<58} {'params':>8} {'RF px':>6} {'fps512':>7} {'opt512':>7} "
+        f"{'opt1024':>7} {'train s':>7} {'cpu1 ms':>7}"
     )
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, stat {args.stat}")
     print(header)
@@ -133,9 +155,10 @@ def main() -> None:
         n_big = max(3, args.repeats // 2)
         opt1024 = nan if args.skip_1024 else time_inference(fast, 1024, n_big, stat)
         train_s = nan if args.skip_train else time_train_step(config, n_big, stat)
+        cpu1 = cpu_ms_one_thread(fast, 512, 5)
         print(
             f"{spec:<58} {n_params:>8d} {receptive_field(config):>6d} {fps512:>7.1f} "
-            f"{opt512:>7.1f} {opt1024:>7.1f} {train_s:>7.3f}",
+            f"{opt512:>7.1f} {opt1024:>7.1f} {train_s:>7.3f} {cpu1:>7.0f}",
             flush=True,
         )
 

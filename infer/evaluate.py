@@ -1,0 +1,134 @@
+"""``dislotrack evaluate``: score predictions against annotations with DESIGN.md's metrics.
+
+Pure functions score tables; `evaluate_folders` reads an infer output folder per
+annotated input and writes a report.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from dislotrack.data_gen.annotations import find_annotations, read_annotation
+from dislotrack.models.metrics import MATCH_RADIUS_NM, DetectionTally, mask_iou, match_cores
+
+MIN_TRACK_FRAMES = 10
+
+
+def detection_scores(pred: pd.DataFrame, truth: pd.DataFrame, *, pixel_size_nm: float) -> dict:
+    """Precision, recall, F1, RMSE [nm], h accuracy over all frames (per-frame matching)."""
+    tally = DetectionTally()
+    frames = sorted(set(pred.frame) | set(truth.frame))
+    pg, tg = dict(list(pred.groupby("frame"))), dict(list(truth.groupby("frame")))
+    empty = pd.DataFrame(columns=["x", "y", "hx", "hy"], dtype=float)
+    for f in frames:
+        p, t = pg.get(f, empty), tg.get(f, empty)
+        tally.add(p[["x", "y"]].to_numpy(float), p[["hx", "hy"]].to_numpy(float),
+                  t[["x", "y"]].to_numpy(float), t[["hx", "hy"]].to_numpy(float),
+                  pixel_size=pixel_size_nm)
+    return tally.summary()
+
+
+def match_identities(pred_tracks: pd.DataFrame, truth: pd.DataFrame, *,
+                     pixel_size_nm: float) -> pd.DataFrame:
+    """Per-frame matched pairs (frame, true particle, predicted particle)."""
+    rows = []
+    pg = dict(list(pred_tracks.groupby("frame")))
+    for f, t in truth.groupby("frame"):
+        p = pg.get(f)
+        if p is None:
+            continue
+        pi, ti = match_cores(p[["x", "y"]].to_numpy(float), t[["x", "y"]].to_numpy(float),
+                             MATCH_RADIUS_NM / pixel_size_nm)
+        rows += [(f, int(t.particle.iloc[j]), int(p.particle.iloc[i])) for i, j in zip(pi, ti, strict=True)]
+    return pd.DataFrame(rows, columns=["frame", "true", "pred"])
+
+
+def tracking_scores(pred_tracks: pd.DataFrame, pred_summary: pd.DataFrame, truth: pd.DataFrame,
+                    true_tracks: pd.DataFrame, *, pixel_size_nm: float) -> tuple[dict, pd.DataFrame]:
+    """Velocity relative errors per true track of >= 10 frames, and identity switches.
+
+    ``true_tracks`` has particle, n_frames, glide_velocity_nm_s, climb_velocity_nm_s.
+    The predicted track of a true one is the one matched in most of its frames.
+    """
+    pairs = match_identities(pred_tracks, truth, pixel_size_nm=pixel_size_nm)
+    rows, switches = [], 0
+    vel = pred_summary.set_index("particle") if len(pred_summary) else pd.DataFrame()
+    for _, tt in true_tracks.iterrows():
+        m = pairs[pairs.true == tt.particle].sort_values("frame")
+        switches += int((m.pred.diff().fillna(0) != 0).sum())
+        if tt.n_frames < MIN_TRACK_FRAMES or m.empty:
+            continue
+        best = int(m.pred.mode().iloc[0])
+        row = {"particle": int(tt.particle), "pred": best, "matched_frames": int((m.pred == best).sum())}
+        for comp in ("glide", "climb"):
+            true_v = float(tt[f"{comp}_velocity_nm_s"])
+            pv = float(vel.loc[best, f"{comp}_velocity_nm_s"]) if best in vel.index else np.nan
+            row[f"true_{comp}_nm_s"], row[f"pred_{comp}_nm_s"] = true_v, pv
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    scores = {"identity_switches": switches,
+              "switches_per_track": switches / max(len(true_tracks), 1)}
+    if len(table):
+        speed = np.hypot(table.true_glide_nm_s, table.true_climb_nm_s)
+        for comp in ("glide", "climb"):
+            err = (table[f"pred_{comp}_nm_s"] - table[f"true_{comp}_nm_s"]).abs() / np.maximum(
+                table[f"true_{comp}_nm_s"].abs(), 0.1 * speed + 1e-9)
+            table[f"{comp}_rel_error"] = err
+            scores[f"median_{comp}_rel_error"] = float(err.median())
+        moving = table.true_climb_nm_s.abs() > 0.05
+        scores["climb_sign_correct"] = float(
+            (np.sign(table.pred_climb_nm_s[moving]) == np.sign(table.true_climb_nm_s[moving])).mean()
+        ) if moving.any() else np.nan
+    return scores, table
+
+
+def event_scores(pred: pd.DataFrame, truth: pd.DataFrame, *, pixel_size_nm: float,
+                 frame_tol: int = 1, radius_nm: float = MATCH_RADIUS_NM) -> dict:
+    """Event F1: same kind, within ``frame_tol`` frames and ``radius_nm``.
+
+    ``pred`` has frame, kind, x, y [px]; ``truth`` has frame, kind, x_nm, y_nm.
+    """
+    used: set[int] = set()
+    tp = 0
+    for _, t in truth.iterrows():
+        for i, p in pred.iterrows():
+            if i in used or p.kind != t.kind or abs(p.frame - t.frame) > frame_tol:
+                continue
+            if np.hypot(p.x * pixel_size_nm - t.x_nm, p.y * pixel_size_nm - t.y_nm) <= radius_nm:
+                used.add(i)
+                tp += 1
+                break
+    fp, fn = len(pred) - tp, len(truth) - tp
+    f1 = 2 * tp / (2 * tp + fp + fn) if (2 * tp + fp + fn) else 1.0
+    return {"event_tp": tp, "event_fp": fp, "event_fn": fn, "event_f1": f1}
+
+
+def evaluate_folders(pred_dir: str | Path, truth_dir: str | Path) -> dict:
+    """Score every annotated item of ``truth_dir`` against ``pred_dir/<stem>/``."""
+    report = {}
+    for side in find_annotations(truth_dir):
+        stem = side.with_suffix("").name
+        out = Path(pred_dir) / stem
+        if not (out / "detections.csv").exists():
+            report[stem] = {"error": f"no predictions in {out}"}
+            continue
+        ann = read_annotation(side)
+        pred = pd.read_csv(out / "detections.csv")
+        scores = detection_scores(pred, ann.cores, pixel_size_nm=ann.pixel_size_nm)
+        rs_pred = out / "rocksalt_mask.tif"
+        if ann.rs_mask is not None and rs_pred.exists():
+            import tifffile
+
+            scores["rs_iou"] = mask_iou(tifffile.imread(rs_pred).reshape(ann.rs_mask.shape), ann.rs_mask)
+        true_tracks = Path(truth_dir) / f"{stem}_tracks.csv"
+        if true_tracks.exists() and (out / "tracks.csv").exists():
+            s, _ = tracking_scores(pd.read_csv(out / "tracks.csv"), pd.read_csv(out / "track_summary.csv"),
+                                   ann.cores, pd.read_csv(true_tracks), pixel_size_nm=ann.pixel_size_nm)
+            scores.update(s)
+        report[stem] = {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in scores.items()}
+    (Path(pred_dir) / "evaluation.json").write_text(json.dumps(report, indent=2, default=float))
+    return report

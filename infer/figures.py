@@ -1,0 +1,148 @@
+"""Figures of an analysis: trajectories, displacement vs time, counts, overlay movie."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from PIL import Image, ImageDraw  # noqa: E402
+
+from dislotrack.infer.pipeline import AnalysisResult  # noqa: E402
+
+
+def _colour(pid: int) -> tuple[float, float, float]:
+    return plt.get_cmap("tab10")(int(pid) % 10)[:3]
+
+
+def _time(res: AnalysisResult, frames: pd.Series) -> tuple[np.ndarray, str]:
+    dt = res.calibration.frame_interval_s
+    return (frames.to_numpy() * dt, "time (s)") if dt else (frames.to_numpy(float), "frame")
+
+
+def trajectories(res: AnalysisResult, path: Path) -> None:
+    """Tracks (drift-corrected to frame 0) over the first frame; ticks show h."""
+    fig, ax = plt.subplots(figsize=(6, 6))
+    if res.first_frame is not None:
+        ax.imshow(res.first_frame, cmap="gray")
+    t = res.tracks
+    xs, ys = ("x_corr", "y_corr") if "x_corr" in t else ("x", "y")
+    for pid, g in t.groupby("particle"):
+        c = _colour(pid)
+        ax.plot(g[xs], g[ys], "-", color=c, lw=1.5)
+        x0, y0 = g[xs].iloc[0], g[ys].iloc[0]
+        ax.plot(x0, y0, "o", color=c, ms=4)
+        tick = 6 / max(res.calibration.pixel_size_nm / 0.1, 1e-3)
+        ax.plot([x0, x0 + tick * g.hx.mean()], [y0, y0 + tick * g.hy.mean()], "-", color=c, lw=2)
+        ax.annotate(str(pid), (x0, y0), color=c, fontsize=8, xytext=(3, 3), textcoords="offset points")
+    ax.set_title("trajectories (drift-corrected, over frame 0)")
+    ax.set_axis_off()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def displacement(res: AnalysisResult, path: Path) -> None:
+    """Climb and glide vs time per track (dashed) and mean +- SD (solid), as the seed's Fig. 2C/D."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharex=True)
+    t = res.tracks
+    for ax, col, name in zip(axes, ["climb_nm", "glide_nm"], ["climb", "glide"], strict=True):
+        if len(t):
+            rel = t.assign(rel=t.frame - t.groupby("particle").frame.transform("min"))
+            for pid, g in rel.groupby("particle"):
+                tt, _ = _time(res, g.rel)
+                ax.plot(tt, g[col], "--", color=_colour(pid), lw=1, label=f"#{pid}")
+            agg = rel.groupby("rel")[col].agg(["mean", "std", "count"])
+            agg = agg[agg["count"] >= 2]
+            tt, _ = _time(res, pd.Series(agg.index))
+            ax.errorbar(tt, agg["mean"], yerr=agg["std"], color="k", lw=2, capsize=2, label="mean ± SD")
+        _, label = _time(res, pd.Series([0]))
+        ax.set_xlabel(label + " since first detection")
+        ax.set_ylabel(f"{name} distance (nm)")
+        ax.set_title(name)
+    axes[1].legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def counts(res: AnalysisResult, path: Path) -> None:
+    """Dislocation and dipole counts vs time (as the seed's Fig. 5F), RS fraction on the right."""
+    c = res.counts
+    tt, label = _time(res, c.frame)
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(tt, c.n_dislocations, "o-", label="dislocations")
+    ax.plot(tt, c.n_dipoles, "s-", label="dipoles")
+    ax.set_xlabel(label)
+    ax.set_ylabel("count")
+    ax2 = ax.twinx()
+    ax2.plot(tt, c.rocksalt_fraction, "c:", label="rock-salt fraction")
+    ax2.set_ylabel("rock-salt area fraction")
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _to_rgb(frame: np.ndarray) -> np.ndarray:
+    lo, hi = np.percentile(frame, [1, 99])
+    g = np.clip((frame - lo) / max(hi - lo, 1e-12), 0, 1)
+    return np.repeat((g * 255).astype(np.uint8)[..., None], 3, axis=2)
+
+
+def overlay_frames(res: AnalysisResult, frames: Iterable[np.ndarray],
+                   masks: Iterable[np.ndarray] | None) -> Iterable[np.ndarray]:
+    """RGB frames with RS tinted cyan, cores coloured by track, h ticks, scale bar and time."""
+    ps, dt = res.calibration.pixel_size_nm, res.calibration.frame_interval_s
+    by_frame = {f: g for f, g in res.tracks.groupby("frame")}
+    unlinked = res.detections
+    mask_iter = iter(masks) if masks is not None else None
+    for i, frame in enumerate(frames):
+        rgb = _to_rgb(frame)
+        if mask_iter is not None:
+            m = next(mask_iter).astype(bool)
+            rgb[m] = (0.6 * rgb[m] + 0.4 * np.array([0, 255, 255])).astype(np.uint8)
+        img = Image.fromarray(rgb)
+        d = ImageDraw.Draw(img)
+        h, w = rgb.shape[:2]
+        r = max(3, w // 120)
+        tick = 4 * r
+        tracked = by_frame.get(i)
+        rows = tracked if tracked is not None else unlinked[unlinked.frame == i].assign(particle=-1)
+        for _, c in rows.iterrows():
+            col = tuple(int(255 * v) for v in _colour(c.particle)) if c.particle >= 0 else (255, 255, 255)
+            d.ellipse([c.x - r, c.y - r, c.x + r, c.y + r], outline=col, width=2)
+            d.line([c.x, c.y, c.x + tick * c.hx, c.y + tick * c.hy], fill=col, width=2)
+        if ps:
+            bar_nm = _nice_length(0.2 * w * ps)
+            bar = bar_nm / ps
+            d.rectangle([w - 10 - bar, h - 18, w - 10, h - 12], fill=(255, 255, 255))
+            d.text((w - 10 - bar, h - 32), f"{bar_nm:g} nm", fill=(255, 255, 255))
+        d.text((8, 8), f"t = {i * dt:.1f} s" if dt else f"frame {i}", fill=(255, 255, 0))
+        yield np.asarray(img)
+
+
+def _nice_length(x: float) -> float:
+    """The largest of 1, 2, 5 x 10^k not above x."""
+    k = np.floor(np.log10(max(x, 1e-9)))
+    for m in (5, 2, 1):
+        if m * 10**k <= x:
+            return float(m * 10**k)
+    return float(10**k)
+
+
+def write_mp4(frames: Iterable[np.ndarray], path: Path, *, fps: float) -> None:
+    """Write RGB frames as H.264 MP4, padding sides to multiples of 16."""
+    import imageio.v3 as iio
+
+    with iio.imopen(path, "w", plugin="pyav") as f:
+        f.init_video_stream("libx264", fps=fps)
+        for fr in frames:
+            h, w = fr.shape[:2]
+            pad = ((0, -h % 16), (0, -w % 16), (0, 0))
+            f.write_frame(np.pad(fr, pad))

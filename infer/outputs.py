@@ -1,0 +1,96 @@
+"""Write an `AnalysisResult` to disk as DESIGN.md's output contract (schema 1)."""
+
+from __future__ import annotations
+
+import json
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import tifffile
+
+from dislotrack.infer.pipeline import AnalysisResult
+
+SCHEMA_VERSION = 1
+TABLES = ("detections", "tracks", "track_summary", "events", "counts", "drift")
+
+
+def _version() -> str:
+    try:
+        return version("dislotrack")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+class MaskWriter:
+    """Per-frame uint8 rock-salt masks into an ImageJ-calibrated TIFF stack.
+
+    The file is created at its final size and memory-mapped, so masks go to disk as
+    they come and memory does not grow with the movie.
+    """
+
+    def __init__(self, path: Path, *, shape: tuple[int, int, int], pixel_size_nm: float | None,
+                 frame_interval_s: float | None):
+        meta: dict = {"unit": "nm" if pixel_size_nm else "px", "axes": "TYX"}
+        if frame_interval_s:
+            meta["finterval"] = frame_interval_s
+        res = (1 / pixel_size_nm, 1 / pixel_size_nm) if pixel_size_nm else None
+        self.path = path
+        self._mm = tifffile.memmap(path, shape=shape, dtype=np.uint8, imagej=True,
+                                   resolution=res, metadata=meta)
+
+    def __call__(self, frame: int, mask: np.ndarray) -> None:
+        self._mm[frame] = mask
+
+    def close(self) -> None:
+        self._mm.flush()
+        del self._mm
+
+
+def summary_dict(res: AnalysisResult) -> dict:
+    """The summary.json content."""
+    cal = res.calibration
+    s = res.track_summary
+    unit = "nm_s" if cal.frame_interval_s else "nm_per_frame"
+
+    def stats(col: str) -> dict:
+        v = s[col].dropna().to_numpy(float) if col in s else np.array([])
+        return {"mean": float(v.mean()) if len(v) else None,
+                "sd": float(v.std(ddof=1)) if len(v) > 1 else None, "n_tracks": int(len(v))}
+
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "dislotrack_version": _version(),
+        "model": {"id": res.model_card.get("model_id"), "sha256": res.model_card.get("sha256")},
+        "input": {"path": res.input_path, "sha256": res.input_sha256,
+                  "shape": list(res.shape)},
+        "calibration": {"pixel_size_nm": cal.pixel_size_nm, "pixel_size_source": cal.pixel_size_source,
+                        "frame_interval_s": cal.frame_interval_s,
+                        "frame_interval_source": cal.frame_interval_source,
+                        "velocity_unit": unit.replace("_", "/").replace("per/", "per ")},
+        "totals": {"frames": int(res.shape[0]), "detections": int(len(res.detections)),
+                   "tracks": int(len(s)),
+                   "dipoles": int((s["kind"] == "dipole").sum() // 2) if len(s) else 0,
+                   "events": {k: int(v) for k, v in res.events["kind"].value_counts().items()}},
+        "velocities": {"glide": stats("glide_velocity_nm_s"), "climb": stats("climb_velocity_nm_s"),
+                       "unit": "nm/s" if cal.frame_interval_s else "nm/frame"},
+        "warnings": list(res.warnings),
+    }
+
+
+def write_tables(res: AnalysisResult, out: Path, *, parquet: bool = False) -> list[Path]:
+    """CSV (and optionally Parquet) of every table, plus summary.json."""
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name in TABLES:
+        df: pd.DataFrame = getattr(res, name)
+        p = out / f"{name}.csv"
+        df.to_csv(p, index=False)
+        written.append(p)
+        if parquet:
+            df.to_parquet(out / f"{name}.parquet", index=False)
+    p = out / "summary.json"
+    p.write_text(json.dumps(summary_dict(res), indent=2) + "\n")
+    written.append(p)
+    return written

@@ -1,0 +1,223 @@
+"""``analyze``: one movie in, DESIGN.md's tables out (the notebook API of infer).
+
+>>> from dislotrack.infer.pipeline import analyze           # doctest: +SKIP
+>>> res = analyze("movie.dm4", frame_interval_s=1.0)       # doctest: +SKIP
+>>> res.track_summary[["particle", "glide_velocity_nm_s", "climb_velocity_nm_s"]]  # doctest: +SKIP
+
+The movie is streamed once: each frame is resampled to the model's canonical pixel
+size, batched through the network, decoded, and fed to the drift estimator; rock-salt
+masks go to an optional sink (the CLI writes them to a TIFF as they come), so memory
+does not grow with movie length. Tracking, motion and events then work on the small
+detection table.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from skimage.transform import resize
+from tqdm.auto import tqdm
+
+from dislotrack.data_gen.conventions import D003_LINIO2_NM, b_hat_from_h
+from dislotrack.infer.calibration import Calibration, resolve_calibration
+from dislotrack.infer.drift import apply_drift, measure_drift
+from dislotrack.infer.events import count_dislocations, find_events, summarise_tracks
+from dislotrack.infer.fringes import pixel_size_from_fringes_or_none
+from dislotrack.infer.linking import link_cores
+from dislotrack.infer.motion import track_motion
+from dislotrack.infer.predict import pick_device, predict_logits
+from dislotrack.infer.preprocess import canonical_to_input, scale_factor, to_canonical
+from dislotrack.infer.readers import Movie, open_movie
+from dislotrack.models.decode import decode_cores, outputs_to_maps
+from dislotrack.models.io import load_model
+
+logger = logging.getLogger(__name__)
+
+DETECTION_COLUMNS = ["frame", "x", "y", "x_nm", "y_nm", "score", "hx", "hy", "bx_nm", "by_nm"]
+TRACK_COLUMNS = [*DETECTION_COLUMNS, "particle", "t_s", "glide_nm", "climb_nm"]
+
+
+@dataclass
+class AnalysisResult:
+    """Everything `analyze` found; tables follow DESIGN.md's output contract."""
+
+    detections: pd.DataFrame
+    tracks: pd.DataFrame
+    track_summary: pd.DataFrame
+    events: pd.DataFrame
+    counts: pd.DataFrame
+    drift: pd.DataFrame
+    calibration: Calibration
+    rocksalt_fraction: np.ndarray
+    shape: tuple[int, int, int]
+    input_path: str
+    input_sha256: str
+    model_card: dict
+    warnings: list[str] = field(default_factory=list)
+    first_frame: np.ndarray | None = None
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file, or of the sorted per-file hashes of a folder."""
+    p = Path(path)
+    if p.is_dir():
+        h = hashlib.sha256()
+        for f in sorted(q for q in p.rglob("*") if q.is_file()):
+            h.update(str(f.relative_to(p)).encode())
+            h.update(file_sha256(f).encode())
+        return h.hexdigest()
+    h = hashlib.sha256()
+    with open(p, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def calibrate(movie: Movie, *, pixel_size_nm: float | None, frame_interval_s: float | None,
+              d_spacing_nm: float) -> Calibration:
+    """User > file > (003)-fringe estimate; an error if no pixel size can be found."""
+    cal = resolve_calibration(
+        movie.calibration, pixel_size_nm=pixel_size_nm, frame_interval_s=frame_interval_s,
+        estimate=lambda: pixel_size_from_fringes_or_none(movie[0], d_spacing_nm=d_spacing_nm))
+    if cal.pixel_size_nm is None:
+        raise ValueError(
+            f"{movie.path}: no pixel size in the file and none could be estimated from "
+            f"{d_spacing_nm} nm fringes; pass --pixel-size NM")
+    return cal
+
+
+def _detect_batch(model, frames: list[np.ndarray], *, device, s: float, threshold: float,
+                  shape: tuple[int, int], first_index: int, pixel_size: float, d_spacing: float,
+                  mask_sink: Callable[[int, np.ndarray], None] | None) -> tuple[list, list]:
+    maps = outputs_to_maps(predict_logits_tensor(model, frames, device))
+    rows, rs_fraction = [], []
+    for k in range(len(frames)):
+        det = decode_cores(maps["heatmap"][k], maps["hfield"][k], threshold=threshold)
+        xy = canonical_to_input(det[["x", "y"]].to_numpy(), s)
+        h = det[["hx", "hy"]].to_numpy()
+        b = b_hat_from_h(h) * d_spacing
+        rows.append(pd.DataFrame({
+            "frame": first_index + k, "x": xy[:, 0], "y": xy[:, 1],
+            "x_nm": xy[:, 0] * pixel_size, "y_nm": xy[:, 1] * pixel_size,
+            "score": det["score"].to_numpy(), "hx": h[:, 0], "hy": h[:, 1],
+            "bx_nm": b[:, 0], "by_nm": b[:, 1]}))
+        rs = resize(maps["rocksalt"][k] > 0.5, shape, order=0, anti_aliasing=False)
+        rs_fraction.append(float(rs.mean()))
+        if mask_sink is not None:
+            mask_sink(first_index + k, rs.astype(np.uint8))
+    return rows, rs_fraction
+
+
+def predict_logits_tensor(model, frames: list[np.ndarray], device):
+    """Network outputs as a torch tensor (what `outputs_to_maps` takes)."""
+    import torch
+
+    return torch.from_numpy(predict_logits(model, np.stack(frames), device=device))
+
+
+def analyze(path: str | Path, *, model: str | Path | None = None, pixel_size_nm: float | None = None,
+            frame_interval_s: float | None = None, device: str = "auto", threshold: float | None = None,
+            batch_size: int = 4, d_spacing_nm: float = D003_LINIO2_NM, max_speed_nm_s: float = 2.0,
+            memory: int = 2, min_length: int = 3, border_nm: float = 2.0,
+            mask_sink: Callable[[int, np.ndarray], None] | None = None,
+            progress: bool = True) -> AnalysisResult:
+    """Detect, track and measure the dislocations of one movie.
+
+    Parameters
+    ----------
+    path : str or Path
+        Any input `dislotrack.infer.readers.open_movie` reads.
+    model : str or Path, optional
+        A model ``<stem>`` (safetensors + JSON card); default: the bundled model.
+    pixel_size_nm, frame_interval_s : float, optional
+        Override the file's calibration [nm/px], [s].
+    device : {"auto", "cpu", "cuda"}
+    threshold : float, optional
+        Heatmap threshold of the decoding (default: the model card's, else 0.5).
+    batch_size : int
+        Frames per network call.
+    d_spacing_nm : float
+        (003) spacing of the material [nm]: pixel-size estimate and |b| of the
+        misfit Burgers vector reported in ``bx_nm``, ``by_nm``.
+    max_speed_nm_s, memory, min_length
+        Linking: largest plausible speed, frames a core may be missed, shortest track.
+    border_nm : float
+        Tracks that start/end this close to the frame edge entered/left the field.
+    mask_sink : callable(frame, mask), optional
+        Receives each frame's uint8 rock-salt mask (input resolution).
+    progress : bool
+        Show a progress bar.
+    """
+    net, card = load_model(model)
+    dev = pick_device(device)
+    net = net.to(dev)
+    thr = threshold if threshold is not None else float(card.get("decode_threshold", 0.5))
+    canonical = float(card["canonical_pixel_size_nm"])
+    with open_movie(path) as movie:
+        cal = calibrate(movie, pixel_size_nm=pixel_size_nm, frame_interval_s=frame_interval_s,
+                        d_spacing_nm=d_spacing_nm)
+        s = scale_factor(cal.pixel_size_nm, canonical)
+        n, h, w = movie.shape
+        det_rows: list[pd.DataFrame] = []
+        rs_frac: list[float] = []
+        first = movie[0]
+
+        def canonical_frames() -> Iterator[np.ndarray]:
+            batch: list[np.ndarray] = []
+            for i, frame in enumerate(tqdm(movie, total=n, desc="frames", disable=not progress)):
+                c = to_canonical(frame, pixel_size_nm=cal.pixel_size_nm, canonical_nm=canonical)
+                batch.append(c)
+                if len(batch) == batch_size or i == n - 1:
+                    rows, frac = _detect_batch(net, batch, device=dev, s=s, threshold=thr,
+                                               shape=(h, w), first_index=i + 1 - len(batch),
+                                               pixel_size=cal.pixel_size_nm, d_spacing=d_spacing_nm,
+                                               mask_sink=mask_sink)
+                    det_rows.extend(rows)
+                    rs_frac.extend(frac)
+                    batch = []
+                yield c
+
+        drift = measure_drift(canonical_frames())
+    # Drift was measured on the canonical grid: express it in input pixels.
+    drift[["dx", "dy"]] = drift[["dx", "dy"]] / s
+    detections = pd.concat(det_rows, ignore_index=True)[DETECTION_COLUMNS] if det_rows else \
+        pd.DataFrame(columns=DETECTION_COLUMNS)
+    detections = detections.astype({"frame": int})
+    return _track(detections, drift, cal, np.asarray(rs_frac), (n, h, w), str(path), card,
+                  max_speed_nm_s=max_speed_nm_s, memory=memory, min_length=min_length,
+                  border_nm=border_nm, first=first)
+
+
+def _track(detections: pd.DataFrame, drift: pd.DataFrame, cal: Calibration, rs_frac: np.ndarray,
+           shape: tuple[int, int, int], path: str, card: dict, *, max_speed_nm_s: float,
+           memory: int, min_length: int, border_nm: float, first: np.ndarray) -> AnalysisResult:
+    """Link, measure and summarise (pure: tables in, tables out)."""
+    ps, dt = cal.pixel_size_nm, cal.frame_interval_s
+    corrected = apply_drift(detections, drift)
+    if len(corrected):
+        linked = link_cores(corrected, pixel_size_nm=ps, frame_interval_s=dt,
+                            max_speed_nm_s=max_speed_nm_s, memory=memory, min_length=min_length)
+    else:
+        linked = corrected.assign(particle=pd.Series(dtype=int))
+    if len(linked):
+        tracks = track_motion(linked, pixel_size_nm=ps, frame_interval_s=dt)
+    else:
+        tracks = linked.assign(t_s=pd.Series(dtype=float), glide_nm=pd.Series(dtype=float),
+                               climb_nm=pd.Series(dtype=float))
+    summary = summarise_tracks(tracks, pixel_size_nm=ps, frame_interval_s=dt, n_frames=shape[0],
+                               image_shape=shape[1:], border_nm=border_nm)
+    events = find_events(tracks, summary, pixel_size_nm=ps, frame_interval_s=dt)
+    counts = count_dislocations(summary, n_frames=shape[0], frame_interval_s=dt,
+                                rocksalt_fraction=rs_frac)
+    warnings = list(cal.warnings)
+    return AnalysisResult(
+        detections=detections, tracks=tracks[[c for c in TRACK_COLUMNS if c in tracks.columns]],
+        track_summary=summary, events=events, counts=counts, drift=drift, calibration=cal,
+        rocksalt_fraction=rs_frac, shape=shape, input_path=path,
+        input_sha256=file_sha256(path), model_card=card, warnings=warnings, first_frame=first)
