@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+
 from dislotrack.data_gen.conventions import px_to_nm, unit
 from dislotrack.infer.drift import position_columns
 from dislotrack.infer.motion import (

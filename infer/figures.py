@@ -65,7 +65,8 @@ def displacement(res: AnalysisResult, path: Path) -> None:
         ax.set_xlabel(label + " since first detection")
         ax.set_ylabel(f"{name} distance (nm)")
         ax.set_title(name)
-    axes[1].legend(fontsize=7, ncol=2)
+    if len(t):
+        axes[1].legend(fontsize=7, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

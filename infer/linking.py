@@ -29,6 +29,7 @@ from collections.abc import Iterator
 import numpy as np
 import pandas as pd
 import trackpy
+
 from dislotrack.data_gen.conventions import nm_to_px, unit
 from dislotrack.infer.drift import position_columns
 

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from scipy import stats
+
 from dislotrack.data_gen.conventions import glide_climb, px_to_nm, unit
 from dislotrack.infer.drift import position_columns
-from scipy import stats
 
 VELOCITY_COLUMNS = [
     "glide_velocity_nm_s",

@@ -7,8 +7,9 @@ import logging
 import numpy as np
 import pandas as pd
 import pytest
-from dislotrack.infer.drift import apply_drift, measure_drift
 from scipy import ndimage
+
+from dislotrack.infer.drift import apply_drift, measure_drift
 
 SIZE = 128
 MARGIN = 60
@@ -80,6 +81,25 @@ def test_follows_lattice_drift_over_many_periods_despite_a_moving_defect():
         frames.append(frame + 2 * blob)
     drift = measure_drift(iter(frames))
     assert np.abs(_recovered(drift) - truth).max() < 0.1
+
+
+def test_single_set_of_fringes_fixes_only_the_drift_across_them(caplog):
+    # One fringe family (period 5 px, normal at 30 deg): drift along the fringes is
+    # invisible. The part across them is measured; along them nothing is invented.
+    rng = np.random.default_rng(9)
+    size = SIZE + 2 * MARGIN + 20
+    yy, xx = np.mgrid[0:size, 0:size].astype(float)
+    normal = np.array([np.sin(np.pi / 6), np.cos(np.pi / 6)])  # (rows, cols)
+    fringes = np.cos(2 * np.pi * (normal[0] * yy + normal[1] * xx) / 5.0)
+    t = np.arange(20)
+    truth = np.c_[0.3 * t, 0.4 * t]  # (rows, cols) [px]
+    with caplog.at_level(logging.WARNING, logger="dislotrack.infer.drift"):
+        drift = measure_drift(_movie(fringes, truth, 0.5, rng))
+    error = _recovered(drift) - truth
+    along = np.array([normal[1], -normal[0]])
+    assert np.abs(error @ normal).max() < 0.1
+    assert np.abs(error @ along).max() <= np.abs(truth @ along).max() + 0.1
+    assert any("fringes" in record.getMessage() for record in caplog.records)
 
 
 def test_warns_when_the_drift_jumps_beyond_the_bound(caplog):

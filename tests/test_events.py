@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+
 from dislotrack.infer.drift import apply_drift
 from dislotrack.infer.events import (
     COUNT_COLUMNS,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+
 from dislotrack.infer.linking import DEFAULT_MAX_STEP_NM, link_cores, search_range_px
 
 PIXEL_NM = 0.1

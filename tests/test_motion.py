@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+
 from dislotrack.data_gen.conventions import b_hat_from_h
 from dislotrack.infer.motion import track_motion, track_velocities
 

@@ -1,0 +1,98 @@
+"""infer end to end: a short generated movie through analyze and the writers."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+import torch
+
+from dislotrack.data_gen.annotations import write_imagej_tiff
+from dislotrack.data_gen.movie import make_movie
+from dislotrack.data_gen.sample import GeneratorConfig
+from dislotrack.infer.cli import main
+from dislotrack.infer.outputs import TABLES
+from dislotrack.infer.preprocess import canonical_to_input, input_to_canonical, to_canonical
+from dislotrack.models.io import save_model
+from dislotrack.models.unet import UNet, UNetConfig
+
+CONTRACT = {
+    "detections": ["frame", "x", "y", "x_nm", "y_nm", "score", "hx", "hy", "bx_nm", "by_nm"],
+    "tracks": ["frame", "x", "y", "x_nm", "y_nm", "score", "hx", "hy", "bx_nm", "by_nm",
+               "particle", "t_s", "glide_nm", "climb_nm"],
+    "track_summary": ["particle", "first_frame", "last_frame", "n_frames", "glide_velocity_nm_s",
+                      "climb_velocity_nm_s", "glide_velocity_se_nm_s", "climb_velocity_se_nm_s",
+                      "kind", "partner", "birth", "death"],
+    "events": ["frame", "t_s", "kind", "x", "y", "particles"],
+    "counts": ["frame", "t_s", "n_dislocations", "n_dipoles", "rocksalt_fraction"],
+    "drift": ["frame", "dx", "dy"],
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("model") / "tiny"
+    card = {"canonical_pixel_size_nm": 0.1, "generator": {}, "training": {}, "metrics": {}}
+    save_model(UNet(UNetConfig(base_channels=4, depth=2)), path, card=card)
+    return path
+
+
+@pytest.mark.parametrize("s", [0.5, 0.8, 1.25])
+def test_canonical_mapping_keeps_features_in_place(s):
+    yy, xx = np.mgrid[0:80, 0:80]
+    x0, y0 = 33.3, 41.7
+    img = np.exp(-((xx - x0) ** 2 + (yy - y0) ** 2) / (2 * 4.0**2))
+    can = to_canonical(img, pixel_size_nm=0.1 * s, canonical_nm=0.1)
+    cy, cx = np.unravel_index(np.argmax(can), can.shape)
+    r = int(np.ceil(4 * 4.0 * s))  # +-4 sigma: the centroid is unbiased
+    w = can[cy - r:cy + r + 1, cx - r:cx + r + 1]
+    yy2, xx2 = np.mgrid[cy - r:cy + r + 1, cx - r:cx + r + 1]
+    c = np.array([(w * xx2).sum() / w.sum(), (w * yy2).sum() / w.sum()])
+    back = canonical_to_input(c, s)
+    assert np.allclose(back, [x0, y0], atol=0.05)
+    assert np.allclose(input_to_canonical(back, s), c)
+
+
+def test_infer_writes_every_output_with_the_contract_columns(tiny_model, tmp_path):
+    m = make_movie(np.random.default_rng(0), GeneratorConfig(size=64, mode="stem"), n_frames=4,
+                   frame_interval=0.5)
+    movie = tmp_path / "clip.tif"
+    write_imagej_tiff(movie, m.frames, pixel_size_nm=0.1, frame_interval_s=0.5)
+    out = tmp_path / "out"
+    assert main(["infer", str(movie), "--out", str(out), "--model", str(tiny_model),
+                 "--threshold", "0.05"]) == 0
+    d = out / "clip"
+    for name, cols in CONTRACT.items():
+        table = pd.read_csv(d / f"{name}.csv")
+        assert list(table.columns) == cols, name
+    assert set(TABLES) == set(CONTRACT)
+    counts = pd.read_csv(d / "counts.csv")
+    assert list(counts.frame) == [0, 1, 2, 3] and np.allclose(counts.t_s, [0, 0.5, 1.0, 1.5])
+    summary = json.loads((d / "summary.json").read_text())
+    assert summary["schema_version"] == 1
+    assert summary["calibration"]["pixel_size_source"] == "file"
+    assert summary["calibration"]["frame_interval_s"] == 0.5
+    assert len(summary["input"]["sha256"]) == 64 and len(summary["model"]["sha256"]) == 64
+    with tifffile.TiffFile(d / "rocksalt_mask.tif") as t:
+        assert t.series[0].shape == (4, 64, 64) and t.series[0].dtype == np.uint8
+        assert t.imagej_metadata["unit"] == "nm"
+    for fig in ("trajectories.png", "displacement.png", "counts.png", "overlay.mp4"):
+        assert (d / "figures" / fig).stat().st_size > 0
+
+
+def test_missing_calibration_is_reported_not_guessed(tiny_model, tmp_path):
+    rng = np.random.default_rng(1)
+    frames = rng.normal(size=(2, 48, 48)).astype(np.float32)
+    movie = tmp_path / "noise.tif"
+    tifffile.imwrite(movie, frames)
+    with pytest.raises(ValueError, match="--pixel-size"):
+        main(["infer", str(movie), "--out", str(tmp_path / "o"), "--model", str(tiny_model)])
+    assert main(["infer", str(movie), "--out", str(tmp_path / "o"), "--model", str(tiny_model),
+                 "--pixel-size", "0.1", "--no-movie"]) == 0
+    summary = json.loads((tmp_path / "o" / "noise" / "summary.json").read_text())
+    assert summary["calibration"]["pixel_size_source"] == "user"
+    assert summary["calibration"]["frame_interval_s"] is None
+    assert summary["velocities"]["unit"] == "nm/frame"
+    assert any("frame interval" in w for w in summary["warnings"])
