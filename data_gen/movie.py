@@ -35,6 +35,10 @@ from dislotrack.data_gen.sample import (
 from dislotrack.data_gen.specimen import SpecimenParams, add_rocksalt_near, draw_specimen
 
 
+TRUTH_COLUMNS = ["particle", "first_frame", "last_frame", "n_frames", "glide_velocity_nm_s",
+                 "climb_velocity_nm_s", "partner"]
+
+
 @dataclass
 class TrackSpec:
     """The true path of one dislocation (specimen coordinates, nm)."""
@@ -161,7 +165,7 @@ def true_velocities(scn: MovieScenario) -> pd.DataFrame:
         rows.append({"particle": t.particle, "first_frame": t.first_frame, "last_frame": t.last_frame,
                      "n_frames": len(t.path), "glide_velocity_nm_s": vg,
                      "climb_velocity_nm_s": vc, "partner": t.partner})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=TRUTH_COLUMNS)
 
 
 def render_movie(rng: np.random.Generator, cfg: GeneratorConfig, spec: SpecimenParams,

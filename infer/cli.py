@@ -99,6 +99,33 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_finetune(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("finetune", help="fine-tune a model on annotated lab data")
+    p.add_argument("--data", required=True, help="folder of annotations (<stem>.json + .tif + _cores.csv)")
+    p.add_argument("--out", required=True, help="output model <stem> (.safetensors + .json)")
+    p.add_argument("--model", default=None, help="start from this model (default: bundled)")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--size", type=int, default=128, help="training crop side [px, canonical]")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--crops-per-epoch", type=int, default=256)
+    p.add_argument("--val-fraction", type=float, default=0.2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--accelerator", default="auto", help="cpu, gpu or auto")
+    p.set_defaults(func=_run_finetune)
+
+
+def _run_finetune(args: argparse.Namespace) -> int:
+    from dislotrack.train.finetune import finetune
+
+    metrics = finetune(data=args.data, out=args.out, model=args.model, epochs=args.epochs, lr=args.lr,
+                       size=args.size, batch_size=args.batch_size, crops_per_epoch=args.crops_per_epoch,
+                       val_fraction=args.val_fraction, seed=args.seed, accelerator=args.accelerator)
+    for k, v in sorted(metrics.items()):
+        print(f"{k}: {v:.4f}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the top-level argument parser."""
     parser = argparse.ArgumentParser(
@@ -111,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_infer(sub)
     _add_demo(sub)
     _add_evaluate(sub)
+    _add_finetune(sub)
     sub.add_parser("train", help="train a model (LightningCLI: fit / validate / test; "
                    "see `dislotrack train --help`)", add_help=False)
     return parser

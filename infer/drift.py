@@ -58,6 +58,9 @@ _STEP_MEMORY = 0.3
 #: Below this ratio of the peak curvatures (weak / strong) the peak counts as a ridge.
 _RIDGE_RATIO = 0.1
 
+#: Smallest correlation peak, in SDs of the correlation of unrelated noise images.
+_MIN_SIGNIFICANCE = 6.0
+
 
 def measure_drift(
     frames: Iterable[np.ndarray],
@@ -108,15 +111,19 @@ def measure_drift(
     grid = _Grid(first.shape)
     reference = fft.rfft2(first)  # running reference spectrum, current frame's axes
     drift, predicted = np.zeros(2), np.zeros(2)  # (rows, cols) = (dy, dx)
-    rows, ridges = [(0, 0.0, 0.0)], 0
+    rows, trouble = [(0, 0.0, 0.0)], {"ok": 0, "ridge": 0, "faint": 0}
     for t, frame in enumerate(iterator, start=1):
         image = _standardise(frame, t, grid.shape)
         guess = reference * grid.ramp(predicted)  # the reference moved by the predicted step
-        product = fft.rfft2(fft.irfft2(guess, s=grid.shape) * grid.taper) * np.conj(
-            fft.rfft2(image * grid.taper)
+        residual, status = _measure_residual(
+            fft.irfft2(guess, s=grid.shape) * grid.taper,
+            image * grid.taper,
+            grid,
+            max_step_px=max_step_px,
+            upsample_factor=upsample_factor,
+            frame=t,
         )
-        residual, ridge = _measure_residual(product, grid, max_step_px, upsample_factor, t)
-        ridges += ridge
+        trouble[status] += 1
         step = predicted + residual
         drift = drift + step
         predicted = (1 - _STEP_MEMORY) * predicted + _STEP_MEMORY * step
@@ -124,11 +131,17 @@ def measure_drift(
             reference_weight * fft.rfft2(image)
         )
         rows.append((t, float(drift[1]), float(drift[0])))
-    if ridges:
+    if trouble["ridge"]:
         logger.warning(
             "drift along the lattice fringes could not be measured in %d of %d frames"
             " (one set of fringes only); the predicted drift was kept along them",
-            ridges,
+            trouble["ridge"],
+            len(rows) - 1,
+        )
+    if trouble["faint"]:
+        logger.warning(
+            "%d of %d frames were too noisy to register; their drift was predicted",
+            trouble["faint"],
             len(rows) - 1,
         )
     return pd.DataFrame(rows, columns=["frame", "dx", "dy"])
@@ -182,6 +195,8 @@ class _Grid:
     def __init__(self, shape: tuple[int, int]):
         self.shape = shape
         self.taper = make_window("hann", shape)
+        # Pixels that count as independent under the taper (for noise statistics).
+        self.n_effective = np.sum(self.taper**2) ** 2 / np.sum(self.taper**4)
         self.rows = fft.fftfreq(shape[0])[:, None]
         self.cols = fft.rfftfreq(shape[1])[None, :]
         # The half spectrum stands for both halves, except its self-conjugate columns.
@@ -196,22 +211,30 @@ class _Grid:
 
 
 def _measure_residual(
-    product: np.ndarray,
+    reference: np.ndarray,
+    moving: np.ndarray,
     grid: _Grid,
+    *,
     max_step_px: float | None,
     upsample_factor: int,
     frame: int,
-) -> tuple[np.ndarray, bool]:
-    """Displacement (rows, cols) [px] of the frame relative to the moved reference.
+) -> tuple[np.ndarray, str]:
+    """Displacement (rows, cols) [px] of ``moving`` relative to ``reference``.
 
-    ``product`` is their cross-power half spectrum. Returns the displacement and
-    whether the correlation peak was a ridge (then only its strong direction counts).
+    Both are tapered images. Returns the displacement and a status: ``"ok"``,
+    ``"ridge"`` (only the direction across the ridge was measured) or ``"faint"``
+    (no significant correlation peak: zero displacement).
     """
-    surface = fft.irfft2(product, s=grid.shape)
+    product = fft.rfft2(reference) * np.conj(fft.rfft2(moving))
+    surface = fft.irfft2(product, s=grid.shape)  # circular cross-correlation sums
     lags = np.meshgrid(*(fft.fftfreq(n, 1 / n) for n in grid.shape), indexing="ij")
     if max_step_px is not None:
         surface[np.hypot(*lags) > max_step_px] = -np.inf
     peak = np.unravel_index(np.argmax(surface), grid.shape)
+    # Peak correlation coefficient in units of its SD for unrelated (noise) images.
+    scale = np.sqrt(np.sum(reference**2) * np.sum(moving**2) / grid.n_effective)
+    if not surface[peak] > _MIN_SIGNIFICANCE * scale:
+        return np.zeros(2), "faint"
     lag = _refine_peak(product, np.array([lags[0][peak], lags[1][peak]]), grid, upsample_factor)
     if max_step_px is not None and np.hypot(*lag) > max_step_px:
         logger.warning(
@@ -222,12 +245,10 @@ def _measure_residual(
             max_step_px,
         )
     curvature, axes = _peak_curvature(product, lag, grid)
-    if curvature[1] <= 0:  # no peak at all (blank frame): keep the prediction
-        return np.zeros(2), True
     if curvature[0] < _RIDGE_RATIO * curvature[1]:
         strong = axes[:, 1]
-        return -strong * (strong @ lag), True
-    return -lag, False
+        return -strong * (strong @ lag), "ridge"
+    return -lag, "ok"
 
 
 def _refine_peak(

@@ -1,0 +1,128 @@
+"""``dislotrack finetune``: adapt a model to annotated lab data.
+
+Annotations use the project's one format (`dislotrack.data_gen.annotations`).
+Frames are resampled to the model's canonical pixel size; training draws random
+crops (with the same augmentation as synthetic training), validation uses a
+held-out fraction of the frames, whole.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pandas as pd
+
+from skimage.transform import rescale, resize
+from torch.utils.data import DataLoader, Dataset
+
+from dislotrack.data_gen.annotations import find_annotations, read_annotation
+from dislotrack.data_gen.sample import Sample
+from dislotrack.models.io import load_model, save_model
+from dislotrack.models.unet import required_multiple
+from dislotrack.train.augment import build_transform
+from dislotrack.train.data import sample_to_item
+from dislotrack.train.module import DislocationModule
+
+logger = logging.getLogger(__name__)
+
+
+def annotated_frames(folder: str | Path, canonical_nm: float) -> list[Sample]:
+    """Every annotated frame of a folder as a `Sample` at the canonical pixel size."""
+    out = []
+    for side in find_annotations(folder):
+        ann = read_annotation(side)
+        s = ann.pixel_size_nm / canonical_nm
+        for f in range(ann.image.shape[0]):
+            img = rescale(ann.image[f], s, order=1, anti_aliasing=s < 1, preserve_range=True)
+            cores = ann.cores[ann.cores.frame == f]
+            xy = (cores[["x", "y"]].to_numpy(float) + 0.5) * s - 0.5
+            table = pd.DataFrame({"x": xy[:, 0], "y": xy[:, 1], "hx": cores.hx.to_numpy(float),
+                                  "hy": cores.hy.to_numpy(float)})
+            rs = (resize(ann.rs_mask[f], img.shape, order=0, anti_aliasing=False)
+                  if ann.rs_mask is not None else np.zeros(img.shape, np.uint8))
+            out.append(Sample(img.astype(np.float32), table, rs.astype(np.uint8),
+                              {"pixel_size": canonical_nm, "mode": "lab",
+                               "detector": {"dose": np.nan}, "source": side.name}))
+    if not out:
+        raise FileNotFoundError(f"no annotations (<stem>.json sidecars) in {folder}")
+    return out
+
+
+def _crop(s: Sample, size: int, rng: np.random.Generator) -> Sample:
+    h, w = s.image.shape
+    if h < size or w < size:
+        raise ValueError(f"annotated frame {h}x{w} px is smaller than the crop {size} px")
+    y0, x0 = int(rng.integers(0, h - size + 1)), int(rng.integers(0, w - size + 1))
+    c = s.cores.assign(x=s.cores.x - x0, y=s.cores.y - y0)
+    c = c[(c.x >= -0.5) & (c.x < size - 0.5) & (c.y >= -0.5) & (c.y < size - 0.5)]
+    return Sample(s.image[y0:y0 + size, x0:x0 + size], c,
+                  s.rs_mask[y0:y0 + size, x0:x0 + size], s.meta)
+
+
+class CropDataset(Dataset):
+    """Random augmented crops of annotated frames; ``length`` crops per epoch."""
+
+    def __init__(self, frames: list[Sample], *, size: int, length: int, seed: int = 0):
+        self.frames, self.size, self.length, self.seed = frames, size, length, seed
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int) -> dict:
+        rng = np.random.default_rng([self.seed, i])
+        s = _crop(self.frames[int(rng.integers(len(self.frames)))], self.size, rng)
+        return sample_to_item(s, transform=build_transform(seed=int(rng.integers(2**31))))
+
+
+class WholeFrames(Dataset):
+    """Validation frames, cropped to a multiple of the network stride."""
+
+    def __init__(self, frames: list[Sample], multiple: int):
+        self.frames, self.m = frames, multiple
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def __getitem__(self, i: int) -> dict:
+        s = self.frames[i]
+        h, w = (np.array(s.image.shape) // self.m) * self.m
+        return sample_to_item(_crop(s, min(h, w), np.random.default_rng(i)))
+
+
+def finetune(*, data: str | Path, out: str | Path, model: str | Path | None = None, epochs: int = 10,
+             lr: float = 5e-4, size: int = 128, batch_size: int = 8, crops_per_epoch: int = 256,
+             val_fraction: float = 0.2, seed: int = 0, accelerator: str = "auto") -> dict:
+    """Fine-tune ``model`` (default: bundled) on ``data``; write ``out`` (.safetensors + .json).
+
+    Returns the validation metrics of the final model.
+    """
+    net, card = load_model(model)
+    canonical = float(card["canonical_pixel_size_nm"])
+    frames = annotated_frames(data, canonical)
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(frames))
+    n_val = int(round(val_fraction * len(frames))) if len(frames) > 1 else 0
+    val = [frames[i] for i in order[:n_val]]
+    train = [frames[i] for i in order[n_val:]]
+    module = DislocationModule(net.train(), lr=lr)
+    trainer = L.Trainer(max_epochs=epochs, accelerator=accelerator, devices=1, logger=False,
+                        enable_checkpointing=False, default_root_dir=str(Path(out).parent),
+                        limit_val_batches=1.0 if val else 0)
+    loaders = [DataLoader(CropDataset(train, size=size, length=crops_per_epoch, seed=seed),
+                          batch_size=batch_size, shuffle=False)]
+    if val:
+        loaders.append(DataLoader(WholeFrames(val, required_multiple(net.config)), batch_size=1))
+    trainer.fit(module, *loaders)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    card = {k: v for k, v in card.items() if k not in ("sha256", "model_id")}
+    card["training"] = {"base": card.get("training"), "finetune": {
+        "data": str(data), "epochs": epochs, "lr": lr, "size": size, "frames": len(frames),
+        "val_frames": len(val), "base_model": str(model or "bundled default")}}
+    card["metrics"] = {"finetune_validation": metrics}
+    save_model(module.net.cpu().eval(), out, card=card)
+    return metrics
+
+
