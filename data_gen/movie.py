@@ -34,7 +34,6 @@ from dislotrack.data_gen.sample import (
 )
 from dislotrack.data_gen.specimen import SpecimenParams, add_rocksalt_near, draw_specimen
 
-
 TRUTH_COLUMNS = ["particle", "first_frame", "last_frame", "n_frames", "glide_velocity_nm_s",
                  "climb_velocity_nm_s", "partner"]
 

@@ -17,10 +17,11 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-from dislotrack.data_gen.conventions import D003_LINIO2_NM
 from scipy import fft, ndimage
 from scipy.signal import windows
 from skimage.feature import peak_local_max
+
+from dislotrack.data_gen.conventions import D003_LINIO2_NM
 
 logger = logging.getLogger(__name__)
 

@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 import tifffile
+
 from dislotrack.infer.calibration import (
     Calibration,
     interval_from_timestamps,

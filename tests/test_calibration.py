@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
+
 from dislotrack.infer.calibration import (
     Calibration,
     interval_from_timestamps,

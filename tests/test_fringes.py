@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from dislotrack.data_gen.conventions import D003_LINIO2_NM
 from dislotrack.infer.calibration import resolve_calibration
 from dislotrack.infer.fringes import (

@@ -12,6 +12,7 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 import tifffile
+
 from dislotrack.infer.calibration import resolve_calibration
 from dislotrack.infer.readers import SUPPORTED_EXTENSIONS, open_movie, to_gray_float32
 

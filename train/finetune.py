@@ -14,7 +14,6 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import pandas as pd
-
 from skimage.transform import rescale, resize
 from torch.utils.data import DataLoader, Dataset
 
