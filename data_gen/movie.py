@@ -184,7 +184,8 @@ def render_movie(rng: np.random.Generator, cfg: GeneratorConfig, spec: SpecimenP
         cores.append(s.cores.assign(frame=f))
     table = pd.concat(cores, ignore_index=True)[["frame", *CORE_COLUMNS]]
     table = table.astype({"frame": int, "particle": int, "partner": int})
-    drift_px = scn.drift_nm / grid.pixel_size
+    # What the image shows is the drift seen through the (STEM) scan distortion.
+    drift_px = scn.drift_nm @ distortion.T / grid.pixel_size
     drift = pd.DataFrame({"frame": np.arange(scn.n_frames), "dx": drift_px[:, 0], "dy": drift_px[:, 1]})
     meta = {"mode": mode, "pixel_size": grid.pixel_size, "size": grid.size,
             "frame_interval": scn.frame_interval, "material": spec.material, "zone": spec.zone,

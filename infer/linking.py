@@ -112,7 +112,8 @@ def link_cores(
     pixel_size_nm : float
         Pixel size [nm/px].
     frame_interval_s, max_speed_nm_s, max_step_nm
-        Set the search range, see `search_range_px`.
+        Set the search range, see `search_range_px` (``max_speed_nm_s`` times the
+        interval; `DEFAULT_MAX_STEP_NM` per frame when the interval is unknown).
     memory : int
         Number of frames a core may go undetected and still keep its track.
     min_length : int

@@ -36,6 +36,7 @@ from dislotrack.infer.preprocess import canonical_to_input, scale_factor, to_can
 from dislotrack.infer.readers import Movie, open_movie
 from dislotrack.models.decode import decode_cores, outputs_to_maps
 from dislotrack.models.io import load_model
+from dislotrack.models.unet import prepare_for_inference
 
 logger = logging.getLogger(__name__)
 
@@ -156,7 +157,7 @@ def analyze(path: str | Path, *, model: str | Path | None = None, pixel_size_nm:
     """
     net, card = load_model(model)
     dev = pick_device(device)
-    net = net.to(dev)
+    net = prepare_for_inference(net).to(dev)
     thr = threshold if threshold is not None else float(card.get("decode_threshold", 0.5))
     canonical = float(card["canonical_pixel_size_nm"])
     with open_movie(path) as movie:

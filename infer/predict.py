@@ -60,6 +60,7 @@ def predict_logits(model: UNet, frames: np.ndarray, *, device: torch.device, til
         for y0 in _starts(ph, th, th - ov):
             for x0 in _starts(pw, tw, tw - ov):
                 x = torch.from_numpy(padded[:, None, y0:y0 + th, x0:x0 + tw].copy()).to(device)
+                x = x.contiguous(memory_format=torch.channels_last)
                 y = model(x).float().cpu().numpy()
                 out[:, :, y0:y0 + th, x0:x0 + tw] += y * win
                 weight[y0:y0 + th, x0:x0 + tw] += win

@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import lightning as L
+import torch
 from torch.utils.data import DataLoader
 
 from dislotrack.data_gen.conventions import CANONICAL_PIXEL_SIZE_NM
 from dislotrack.data_gen.sample import GeneratorConfig
 from dislotrack.train.data import FixedSynthetic, SyntheticStream
+
+def _single_threaded_worker(worker_id: int) -> None:
+    """Data workers generate with one thread each (numpy, torch, OpenCV)."""
+    import cv2
+
+    torch.set_num_threads(1)
+    cv2.setNumThreads(0)
+
 
 #: Doses [e/A^2] cycled through the fixed validation/test sets.
 EVAL_DOSES = [50.0, 100.0, 500.0, 1000.0, 5000.0]
@@ -33,6 +42,8 @@ class SyntheticDataModule(L.LightningDataModule):
         Images per generated structure in the training stream.
     eval_size : int
         Image side of the fixed sets [px].
+    main_threads : int
+        Torch threads of the training process (0 = torch's default).
     """
 
     def __init__(self, *, size: int = 128, batch_size: int = 16, num_workers: int = 1,
@@ -40,7 +51,7 @@ class SyntheticDataModule(L.LightningDataModule):
                  seed: int = 0, val_seed: int = 12345, test_seed: int = 777,
                  mode: str = "mixed", density: float = 1.5, dipole_fraction: float = 0.35,
                  perfect_fraction: float = 0.1, pixel_size_jitter: float = 0.05,
-                 n_variants: int = 2, eval_size: int = 128) -> None:
+                 n_variants: int = 2, eval_size: int = 128, main_threads: int = 0) -> None:
         super().__init__()
         self.save_hyperparameters()
 
@@ -51,10 +62,16 @@ class SyntheticDataModule(L.LightningDataModule):
                                dipole_fraction=hp.dipole_fraction,
                                perfect_fraction=hp.perfect_fraction)
 
+    def setup(self, stage: str) -> None:
+        if self.hparams.main_threads:
+            # On a small CPU the main process' OpenMP threads would spin while
+            # waiting for data and starve the generator workers.
+            torch.set_num_threads(self.hparams.main_threads)
+
     def _loader(self, ds, **kw) -> DataLoader:
         hp = self.hparams
         return DataLoader(ds, batch_size=hp.batch_size, num_workers=hp.num_workers,
-                          persistent_workers=False, **kw)
+                          persistent_workers=False, worker_init_fn=_single_threaded_worker, **kw)
 
     def train_dataloader(self) -> DataLoader:
         hp = self.hparams

@@ -1,0 +1,180 @@
+"""Detection accuracy of the network and of the GPA baseline on a fixed synthetic test set,
+plus the false-core rate on perfect lattices (synthetic and real).
+
+    python tests/benchmarks/bench_accuracy.py [--model STEM] [--n 20] [--size 256] [--no-gpa]
+
+Test set: for each mode (HRTEM, STEM) and dose (50, 100, 500, 1000, 5000 e/A^2), ``n``
+images of ``size`` px at the canonical 0.1 nm/px, drawn from ``SeedSequence([2025,
+mode, dose, i])`` with singles, dipoles, basal Burgers vectors, RS domains and 10 %
+perfect lattices. Metrics as DESIGN.md defines them (Hungarian matching within 0.5 nm).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from dislotrack.data_gen.sample import GeneratorConfig, make_sample
+from dislotrack.infer.predict import predict_logits
+from dislotrack.models.decode import decode_cores, outputs_to_maps
+from dislotrack.models.io import load_model
+from dislotrack.models.metrics import DetectionTally
+from dislotrack.models.unet import prepare_for_inference
+
+DOSES = [50.0, 100.0, 500.0, 1000.0, 5000.0]
+MODES = ["hrtem", "stem"]
+#: Real perfect lattices in ../shared/realdata (SOURCES.md: GPA finds no singularity in
+#: any): path and pixel size [nm/px] (None = from the file; inferred ones per SOURCES.md).
+REAL_PERFECT = [
+    ("ncempy/16_STOimage.emi", None),  # SrTiO3 STEM
+    ("atomsegnet/Si110_5nmX25us_03_none_none.png", 0.0098),  # Si [110]
+    ("atomsegnet/10_dso_8nm_none_none.png", 0.0078),  # DyScO3
+    ("kemstem/FigS6_0716__Cryo_NSMO110_5-1Mx_0p5us_1024px_REGISTERED.tif", 0.01),  # NSMO
+    ("scilink/YBCO_tem.tif", None),  # layered cuprate, a planar fault
+    ("temul/example_Se_implanted_MoS2.dm3", None),  # MoS2, point defects
+]
+
+
+def test_set(mode: str, dose: float, n: int, size: int, perfect: bool = False):
+    cfg = GeneratorConfig(size=size, mode=mode, dose=(dose, dose),
+                          perfect_fraction=1.0 if perfect else 0.1)
+    for i in range(n):
+        yield make_sample(np.random.default_rng([2025, MODES.index(mode), int(dose), i, perfect]), cfg)
+
+
+def net_detect(net, image: np.ndarray, threshold: float):
+    logits = torch.from_numpy(predict_logits(net, image[None], device=torch.device("cpu")))
+    maps = outputs_to_maps(logits)
+    cores = decode_cores(maps["heatmap"][0], maps["hfield"][0], threshold=threshold)
+    return cores, maps["rocksalt"][0] > 0.5
+
+
+def gpa_detect(image: np.ndarray, pixel_size: float):
+    from dislotrack.infer.gpa_detect import detect_cores_gpa, rocksalt_mask_gpa
+
+    try:
+        cores = detect_cores_gpa(image, pixel_size_nm=pixel_size)
+    except ValueError:  # no usable reflection: the baseline finds nothing
+        cores = pd.DataFrame(columns=["x", "y", "hx", "hy"])
+    try:
+        rs = rocksalt_mask_gpa(image, pixel_size_nm=pixel_size)
+    except ValueError:
+        rs = np.zeros(image.shape, bool)
+    return cores, rs
+
+
+def evaluate(detector, n: int, size: int) -> tuple[pd.DataFrame, float]:
+    rows, t_total, n_img = [], 0.0, 0
+    for mode in MODES:
+        for dose in DOSES:
+            tally, inter, union = DetectionTally(), 0, 0
+            for s in test_set(mode, dose, n, size):
+                t0 = time.perf_counter()
+                cores, rs = detector(s.image, s.meta["pixel_size"])
+                t_total += time.perf_counter() - t0
+                n_img += 1
+                tally.add(cores[["x", "y"]].to_numpy(float), cores[["hx", "hy"]].to_numpy(float),
+                          s.cores[["x", "y"]].to_numpy(float), s.cores[["hx", "hy"]].to_numpy(float),
+                          pixel_size=s.meta["pixel_size"])
+                inter += np.logical_and(rs, s.rs_mask > 0).sum()
+                union += np.logical_or(rs, s.rs_mask > 0).sum()
+            r = tally.summary()
+            rows.append({"mode": mode, "dose": dose, **{k: r[k] for k in
+                         ("f1", "precision", "recall", "rmse_nm", "h_accuracy")},
+                         "rs_iou": inter / union if union else np.nan})
+    return pd.DataFrame(rows), n_img / t_total
+
+
+def false_cores_perfect(detector, n: int, size: int) -> float:
+    """False cores per 100 nm^2 on synthetic perfect lattices (all modes and doses)."""
+    fp, area = 0, 0.0
+    for mode in MODES:
+        for dose in DOSES:
+            for s in test_set(mode, dose, max(n // 2, 1), size, perfect=True):
+                cores, _ = detector(s.image, s.meta["pixel_size"])
+                fp += len(cores)
+                area += (size * s.meta["pixel_size"]) ** 2
+    return 100.0 * fp / area
+
+
+def false_cores_real(net, threshold: float, root: Path) -> pd.DataFrame:
+    """The network on real perfect lattices: false cores per 100 nm^2 per file."""
+    from dislotrack.infer.pipeline import predict_logits_tensor
+    from dislotrack.infer.preprocess import to_canonical
+    from dislotrack.infer.readers import open_movie
+
+    rows = []
+    for rel, ps_given in REAL_PERFECT:
+        path = root / rel
+        if not path.exists():
+            logging.warning("missing %s", path)
+            continue
+        with open_movie(path) as m:
+            ps = ps_given or m.calibration.pixel_size_nm
+            frame = to_canonical(m[0], pixel_size_nm=ps, canonical_nm=0.1)
+        maps = outputs_to_maps(predict_logits_tensor(net, [frame], torch.device("cpu")))
+        cores = decode_cores(maps["heatmap"][0], maps["hfield"][0], threshold=threshold)
+        area = frame.size * 0.01
+        rows.append({"file": rel, "pixel_size_nm": ps, "area_nm2": area,
+                     "false_cores": len(cores), "per_100nm2": 100 * len(cores) / area})
+    return pd.DataFrame(rows)
+
+
+def markdown(df: pd.DataFrame) -> str:
+    """A DataFrame as a GitHub markdown table (3 decimals)."""
+    fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else str(v)  # noqa: E731
+    lines = ["| " + " | ".join(df.columns) + " |", "|" + "---|" * len(df.columns)]
+    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--n", type=int, default=20)
+    ap.add_argument("--size", type=int, default=256)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--no-gpa", action="store_true")
+    ap.add_argument("--realdata", default=str(Path(__file__).resolve().parents[3] / "shared" / "realdata"))
+    ap.add_argument("--json", default=None, help="also write the results here")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    net, card = load_model(args.model)
+    net = prepare_for_inference(net)
+    thr = float(card.get("decode_threshold", 0.5))
+    out = {"model": card.get("model_id"), "sha256": card.get("sha256"), "n_per_cell": args.n,
+           "size": args.size, "threads": args.threads}
+    table, fps = evaluate(lambda im, ps: net_detect(net, im, thr), args.n, args.size)
+    out["network"] = table.to_dict("records")
+    out["network_fps"] = fps
+    out["network_false_cores_per_100nm2_perfect"] = false_cores_perfect(
+        lambda im, ps: net_detect(net, im, thr), args.n, args.size)
+    print(f"## network ({args.size}x{args.size}, CPU, {args.threads} threads): {fps:.1f} images/s")
+    print(markdown(table))
+    print(f"false cores per 100 nm^2 on perfect lattices: {out['network_false_cores_per_100nm2_perfect']:.3f}")
+    real = false_cores_real(net, thr, Path(args.realdata))
+    out["real_perfect"] = real.to_dict("records")
+    if len(real):
+        tot = 100 * real.false_cores.sum() / real.area_nm2.sum()
+        out["real_false_cores_per_100nm2"] = tot
+        print(markdown(real))
+        print(f"real perfect lattices: {tot:.3f} false cores per 100 nm^2 over {real.area_nm2.sum():.0f} nm^2")
+    if not args.no_gpa:
+        gtable, gfps = evaluate(gpa_detect, args.n, args.size)
+        out["gpa"] = gtable.to_dict("records")
+        out["gpa_fps"] = gfps
+        print(f"## GPA baseline: {gfps:.1f} images/s")
+        print(markdown(gtable))
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=2, default=float))
+
+
+if __name__ == "__main__":
+    main()
