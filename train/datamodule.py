@@ -10,6 +10,7 @@ from dislotrack.data_gen.conventions import CANONICAL_PIXEL_SIZE_NM
 from dislotrack.data_gen.sample import GeneratorConfig
 from dislotrack.train.data import FixedSynthetic, SyntheticStream
 
+
 def _single_threaded_worker(worker_id: int) -> None:
     """Data workers generate with one thread each (numpy, torch, OpenCV)."""
     import cv2

@@ -158,14 +158,16 @@ def main() -> None:
         lambda im, ps: net_detect(net, im, thr), args.n, args.size)
     print(f"## network ({args.size}x{args.size}, CPU, {args.threads} threads): {fps:.1f} images/s")
     print(markdown(table))
-    print(f"false cores per 100 nm^2 on perfect lattices: {out['network_false_cores_per_100nm2_perfect']:.3f}")
+    fpr = out["network_false_cores_per_100nm2_perfect"]
+    print(f"false cores per 100 nm^2 on perfect lattices: {fpr:.3f}")
     real = false_cores_real(net, thr, Path(args.realdata))
     out["real_perfect"] = real.to_dict("records")
     if len(real):
         tot = 100 * real.false_cores.sum() / real.area_nm2.sum()
         out["real_false_cores_per_100nm2"] = tot
         print(markdown(real))
-        print(f"real perfect lattices: {tot:.3f} false cores per 100 nm^2 over {real.area_nm2.sum():.0f} nm^2")
+        area = real.area_nm2.sum()
+        print(f"real perfect lattices: {tot:.3f} false cores per 100 nm^2 over {area:.0f} nm^2")
     if not args.no_gpa:
         gtable, gfps = evaluate(gpa_detect, args.n, args.size)
         out["gpa"] = gtable.to_dict("records")
