@@ -132,7 +132,7 @@ def draw_scenario(rng: np.random.Generator, cfg: GeneratorConfig, spec: Specimen
     for _ in range(n_single):
         b = burgers_vector(rng, spec.crystal, spec.rotation, cfg.basal_fraction)
         start = rng.uniform(0.15, 0.85, 2) * fov_nm
-        f0 = 0 if rng.random() < 0.8 else int(rng.integers(0, n_frames // 2))
+        f0 = 0 if rng.random() < 0.8 or n_frames < 4 else int(rng.integers(0, n_frames // 2))
         g, c = rng.uniform(-0.6, 0.6), rng.uniform(-0.4, 0.15)
         path = linear_path(start, b, n_frames - f0, glide=g * frame_interval,
                            climb=c * frame_interval, jitter=0.02, rng=rng)

@@ -47,6 +47,10 @@ def _add_infer(sub: argparse._SubParsersAction) -> None:
                    help="(003) spacing of the material [nm] (default LiNiO2, 0.473)")
     p.add_argument("--max-speed", type=float, default=2.0, metavar="NM_S",
                    help="largest plausible dislocation speed for linking [nm/s]")
+    p.add_argument("--detector", choices=["unet", "gpa"], default="unet",
+                   help="the network (default) or the classical GPA phase-singularity baseline")
+    p.add_argument("--strain", action="store_true",
+                   help="also write GPA strain maps (TIFF stacks) and a strain figure")
     p.add_argument("--no-movie", action="store_true", help="skip the overlay MP4")
     p.add_argument("--parquet", action="store_true", help="also write Parquet tables")
     p.set_defaults(func=_run_infer)
@@ -57,6 +61,7 @@ def _run_infer(args: argparse.Namespace) -> int:
 
     for path in args.inputs:
         res = infer_one(path, args.out, movie=not args.no_movie, parquet=args.parquet,
+                        strain=args.strain, detector=args.detector,
                         model=args.model, pixel_size_nm=args.pixel_size,
                         frame_interval_s=args.frame_interval, device=args.device,
                         threshold=args.threshold, d_spacing_nm=args.d_spacing,

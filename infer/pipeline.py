@@ -21,20 +21,19 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from skimage.transform import resize
 from tqdm.auto import tqdm
 
-from dislotrack.data_gen.conventions import D003_LINIO2_NM, b_hat_from_h
+from dislotrack.data_gen.conventions import D003_LINIO2_NM
 from dislotrack.infer.calibration import Calibration, resolve_calibration
+from dislotrack.infer.detectors import CORE_COLUMNS, GPADetector, NetworkDetector
 from dislotrack.infer.drift import apply_drift, measure_drift
 from dislotrack.infer.events import count_dislocations, find_events, summarise_tracks
 from dislotrack.infer.fringes import pixel_size_from_fringes_or_none
 from dislotrack.infer.linking import link_cores
 from dislotrack.infer.motion import track_motion
-from dislotrack.infer.predict import pick_device, predict_logits
-from dislotrack.infer.preprocess import canonical_to_input, scale_factor, to_canonical
+from dislotrack.infer.predict import pick_device
+from dislotrack.infer.preprocess import scale_factor, to_canonical
 from dislotrack.infer.readers import Movie, open_movie
-from dislotrack.models.decode import decode_cores, outputs_to_maps
 from dislotrack.models.io import load_model
 from dislotrack.models.unet import prepare_for_inference
 
@@ -93,40 +92,12 @@ def calibrate(movie: Movie, *, pixel_size_nm: float | None, frame_interval_s: fl
     return cal
 
 
-def _detect_batch(model, frames: list[np.ndarray], *, device, s: float, threshold: float,
-                  shape: tuple[int, int], first_index: int, pixel_size: float, d_spacing: float,
-                  mask_sink: Callable[[int, np.ndarray], None] | None) -> tuple[list, list]:
-    maps = outputs_to_maps(predict_logits_tensor(model, frames, device))
-    rows, rs_fraction = [], []
-    for k in range(len(frames)):
-        det = decode_cores(maps["heatmap"][k], maps["hfield"][k], threshold=threshold)
-        xy = canonical_to_input(det[["x", "y"]].to_numpy(), s)
-        h = det[["hx", "hy"]].to_numpy()
-        b = b_hat_from_h(h) * d_spacing
-        rows.append(pd.DataFrame({
-            "frame": first_index + k, "x": xy[:, 0], "y": xy[:, 1],
-            "x_nm": xy[:, 0] * pixel_size, "y_nm": xy[:, 1] * pixel_size,
-            "score": det["score"].to_numpy(), "hx": h[:, 0], "hy": h[:, 1],
-            "bx_nm": b[:, 0], "by_nm": b[:, 1]}))
-        rs = resize(maps["rocksalt"][k] > 0.5, shape, order=0, anti_aliasing=False)
-        rs_fraction.append(float(rs.mean()))
-        if mask_sink is not None:
-            mask_sink(first_index + k, rs.astype(np.uint8))
-    return rows, rs_fraction
-
-
-def predict_logits_tensor(model, frames: list[np.ndarray], device):
-    """Network outputs as a torch tensor (what `outputs_to_maps` takes)."""
-    import torch
-
-    return torch.from_numpy(predict_logits(model, np.stack(frames), device=device))
-
-
 def analyze(path: str | Path, *, model: str | Path | None = None, pixel_size_nm: float | None = None,
             frame_interval_s: float | None = None, device: str = "auto", threshold: float | None = None,
             batch_size: int = 4, d_spacing_nm: float = D003_LINIO2_NM, max_speed_nm_s: float = 2.0,
-            memory: int = 2, min_length: int = 3, border_nm: float = 2.0,
+            memory: int = 2, min_length: int = 3, border_nm: float = 2.0, detector: str = "unet",
             mask_sink: Callable[[int, np.ndarray], None] | None = None,
+            frame_sink: Callable[[int, np.ndarray, pd.DataFrame], None] | None = None,
             progress: bool = True) -> AnalysisResult:
     """Detect, track and measure the dislocations of one movie.
 
@@ -150,46 +121,65 @@ def analyze(path: str | Path, *, model: str | Path | None = None, pixel_size_nm:
         Linking: largest plausible speed, frames a core may be missed, shortest track.
     border_nm : float
         Tracks that start/end this close to the frame edge entered/left the field.
+    detector : {"unet", "gpa"}
+        The network, or the classical geometric-phase baseline.
     mask_sink : callable(frame, mask), optional
         Receives each frame's uint8 rock-salt mask (input resolution).
+    frame_sink : callable(frame index, frame, detections), optional
+        Receives each raw frame with its detections (e.g. to write strain maps).
     progress : bool
         Show a progress bar.
     """
     net, card = load_model(model)
     dev = pick_device(device)
-    net = prepare_for_inference(net).to(dev)
     thr = threshold if threshold is not None else float(card.get("decode_threshold", 0.5))
     canonical = float(card["canonical_pixel_size_nm"])
     with open_movie(path) as movie:
         cal = calibrate(movie, pixel_size_nm=pixel_size_nm, frame_interval_s=frame_interval_s,
                         d_spacing_nm=d_spacing_nm)
         s = scale_factor(cal.pixel_size_nm, canonical)
+        if detector == "gpa":
+            det = GPADetector(pixel_size_nm=cal.pixel_size_nm, d_spacing_nm=d_spacing_nm)
+            card = {**card, "model_id": "gpa-baseline", "sha256": None}
+        elif detector == "unet":
+            det = NetworkDetector(prepare_for_inference(net).to(dev), device=dev, threshold=thr,
+                                  scale=s, d_spacing_nm=d_spacing_nm)
+        else:
+            raise ValueError(f"detector must be 'unet' or 'gpa', got {detector!r}")
         n, h, w = movie.shape
-        det_rows: list[pd.DataFrame] = []
+        rows: list[pd.DataFrame] = []
         rs_frac: list[float] = []
         first = movie[0]
 
+        def flush(raw: list[np.ndarray], can: list[np.ndarray], start: int) -> None:
+            for k, (table, rs) in enumerate(det(raw, can)):
+                rows.append(table.assign(frame=start + k))
+                rs_frac.append(float(rs.mean()))
+                if mask_sink is not None:
+                    mask_sink(start + k, rs.astype(np.uint8))
+                if frame_sink is not None:
+                    frame_sink(start + k, raw[k], table)
+
         def canonical_frames() -> Iterator[np.ndarray]:
-            batch: list[np.ndarray] = []
+            raw: list[np.ndarray] = []
+            can: list[np.ndarray] = []
             for i, frame in enumerate(tqdm(movie, total=n, desc="frames", disable=not progress)):
                 c = to_canonical(frame, pixel_size_nm=cal.pixel_size_nm, canonical_nm=canonical)
-                batch.append(c)
-                if len(batch) == batch_size or i == n - 1:
-                    rows, frac = _detect_batch(net, batch, device=dev, s=s, threshold=thr,
-                                               shape=(h, w), first_index=i + 1 - len(batch),
-                                               pixel_size=cal.pixel_size_nm, d_spacing=d_spacing_nm,
-                                               mask_sink=mask_sink)
-                    det_rows.extend(rows)
-                    rs_frac.extend(frac)
-                    batch = []
+                raw.append(frame)
+                can.append(c)
+                if len(raw) == batch_size or i == n - 1:
+                    flush(raw, can, i + 1 - len(raw))
+                    raw, can = [], []
                 yield c
 
         drift = measure_drift(canonical_frames())
     # Drift was measured on the canonical grid: express it in input pixels.
     drift[["dx", "dy"]] = drift[["dx", "dy"]] / s
-    detections = pd.concat(det_rows, ignore_index=True)[DETECTION_COLUMNS] if det_rows else \
-        pd.DataFrame(columns=DETECTION_COLUMNS)
-    detections = detections.astype({"frame": int})
+    detections = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(
+        {c: pd.Series(dtype=float) for c in ["frame", *CORE_COLUMNS]})
+    detections = detections.assign(x_nm=detections.x * cal.pixel_size_nm,
+                                   y_nm=detections.y * cal.pixel_size_nm)
+    detections = detections[DETECTION_COLUMNS].astype({"frame": int})
     return _track(detections, drift, cal, np.asarray(rs_frac), (n, h, w), str(path), card,
                   max_speed_nm_s=max_speed_nm_s, memory=memory, min_length=min_length,
                   border_nm=border_nm, first=first)

@@ -20,8 +20,12 @@ def output_dir(out: str | Path, input_path: str | Path) -> Path:
 
 
 def infer_one(path: str | Path, out: str | Path, *, movie: bool = True, parquet: bool = False,
-              **options) -> AnalysisResult:
-    """Analyze one input and write tables, masks, summary and figures to ``out/<stem>/``."""
+              strain: bool = False, **options) -> AnalysisResult:
+    """Analyze one input and write tables, masks, summary and figures to ``out/<stem>/``.
+
+    ``strain`` also writes GPA strain maps (strain_exx/eyy/exy.tif, rotation_rad.tif)
+    and figures/strain.png. Other options go to `analyze`.
+    """
     dest = output_dir(out, path)
     (dest / "figures").mkdir(parents=True, exist_ok=True)
     with open_movie(path) as m:
@@ -31,10 +35,21 @@ def infer_one(path: str | Path, out: str | Path, *, movie: bool = True, parquet:
         shape = m.shape
     writer = MaskWriter(dest / "rocksalt_mask.tif", shape=shape, pixel_size_nm=cal.pixel_size_nm,
                         frame_interval_s=cal.frame_interval_s)
+    strain_writer = None
+    if strain:
+        from dislotrack.infer.strain import StrainWriter
+
+        strain_writer = StrainWriter(dest, shape=shape, pixel_size_nm=cal.pixel_size_nm,
+                                     frame_interval_s=cal.frame_interval_s,
+                                     d_spacing_nm=options.get("d_spacing_nm", 0.473))
     try:
-        res = analyze(path, mask_sink=writer, **options)
+        res = analyze(path, mask_sink=writer, frame_sink=strain_writer, **options)
     finally:
         writer.close()
+        if strain_writer is not None:
+            strain_writer.close()
+    if strain_writer is not None:
+        strain_writer.figure(dest / "figures" / "strain.png")
     write_tables(res, dest, parquet=parquet)
     figures.trajectories(res, dest / "figures" / "trajectories.png")
     figures.displacement(res, dest / "figures" / "displacement.png")

@@ -15,6 +15,7 @@ from dislotrack.infer.cli import main
 from dislotrack.infer.outputs import TABLES
 from dislotrack.infer.preprocess import canonical_to_input, input_to_canonical, to_canonical
 from dislotrack.models.io import save_model
+from dislotrack.models.metrics import match_cores
 from dislotrack.models.unet import UNet, UNetConfig
 
 CONTRACT = {
@@ -96,3 +97,26 @@ def test_missing_calibration_is_reported_not_guessed(tiny_model, tmp_path):
     assert summary["calibration"]["frame_interval_s"] is None
     assert summary["velocities"]["unit"] == "nm/frame"
     assert any("frame interval" in w for w in summary["warnings"])
+
+
+def test_gpa_detector_and_strain_maps_run_end_to_end(tiny_model, tmp_path):
+    cfg = GeneratorConfig(size=160, mode="stem", dose=(3000, 3000), perfect_fraction=0.0, density=3.0,
+                          realism=0.0)
+    m = make_movie(np.random.default_rng(2), cfg, n_frames=2, frame_interval=1.0)
+    movie = tmp_path / "g.tif"
+    write_imagej_tiff(movie, m.frames, pixel_size_nm=0.1, frame_interval_s=1.0)
+    assert main(["infer", str(movie), "--out", str(tmp_path / "o"), "--model", str(tiny_model),
+                 "--detector", "gpa", "--strain", "--no-movie"]) == 0
+    d = tmp_path / "o" / "g"
+    summary = json.loads((d / "summary.json").read_text())
+    assert summary["model"]["id"] == "gpa-baseline"
+    det = pd.read_csv(d / "detections.csv")
+    f0, t0 = det[det.frame == 0], m.cores[m.cores.frame == 0]
+    pi, _ = match_cores(f0[["x", "y"]].to_numpy(), t0[["x", "y"]].to_numpy(), radius=5.0)
+    assert len(f0) >= 3 and len(pi) >= 0.5 * len(f0)  # the baseline finds real cores
+    for name in ("strain_exx", "strain_eyy", "strain_exy", "rotation_rad"):
+        with tifffile.TiffFile(d / f"{name}.tif") as t:
+            arr = t.asarray()
+            assert arr.shape == (2, 160, 160) and arr.dtype == np.float32
+            assert np.isfinite(arr).any()
+    assert (d / "figures" / "strain.png").stat().st_size > 0

@@ -106,7 +106,6 @@ def false_cores_perfect(detector, n: int, size: int) -> float:
 
 def false_cores_real(net, threshold: float, root: Path) -> pd.DataFrame:
     """The network on real perfect lattices: false cores per 100 nm^2 per file."""
-    from dislotrack.infer.pipeline import predict_logits_tensor
     from dislotrack.infer.preprocess import to_canonical
     from dislotrack.infer.readers import open_movie
 
@@ -119,8 +118,7 @@ def false_cores_real(net, threshold: float, root: Path) -> pd.DataFrame:
         with open_movie(path) as m:
             ps = ps_given or m.calibration.pixel_size_nm
             frame = to_canonical(m[0], pixel_size_nm=ps, canonical_nm=0.1)
-        maps = outputs_to_maps(predict_logits_tensor(net, [frame], torch.device("cpu")))
-        cores = decode_cores(maps["heatmap"][0], maps["hfield"][0], threshold=threshold)
+        cores, _ = net_detect(net, frame, threshold)
         area = frame.size * 0.01
         rows.append({"file": rel, "pixel_size_nm": ps, "area_nm2": area,
                      "false_cores": len(cores), "per_100nm2": 100 * len(cores) / area})

@@ -1,0 +1,158 @@
+"""Tracking accuracy and end-to-end speed of ``infer`` on fixed, seeded synthetic movies.
+
+    python tests/benchmarks/bench_tracking.py [--movies 20] [--frames 30] [--size 256]
+    python tests/benchmarks/bench_tracking.py --speed-only --size 512
+
+Accuracy: ``--movies`` movies (half HRTEM, half STEM; doses cycling through 100, 300,
+1000, 3000 e/A^2), each written as an ImageJ TIFF and analysed by the same code as
+``dislotrack infer``. Per true track of >= 10 frames: glide and climb velocity
+relative error (DESIGN.md); climb sign; event F1 (same kind, within 1 frame and
+0.5 nm); identity switches per track.
+
+Speed: frames/s of read -> detect -> track -> write (no MP4) at ``--size``, for two
+movie lengths (cost per frame should not change), and the peak resident memory of
+each run in a fresh process (it should not grow with the length).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from dislotrack.data_gen.annotations import write_imagej_tiff
+from dislotrack.data_gen.imaging import Grid, draw_detector, draw_optics, draw_probe
+from dislotrack.data_gen.movie import draw_scenario, render_movie, true_events
+from dislotrack.data_gen.sample import GeneratorConfig
+from dislotrack.data_gen.specimen import add_rocksalt_near, draw_specimen
+from dislotrack.infer.evaluate import event_scores, tracking_scores
+from dislotrack.infer.outputs import write_tables
+from dislotrack.infer.pipeline import analyze
+
+DOSES = [100.0, 300.0, 1000.0, 3000.0]
+
+
+def movie(i: int, n_frames: int, size: int):
+    rng = np.random.default_rng([31, i])
+    mode = "hrtem" if i % 2 == 0 else "stem"
+    dose = DOSES[(i // 2) % len(DOSES)]
+    cfg = GeneratorConfig(size=size, mode=mode, dose=(dose, dose), density=0.6, dipole_fraction=0.5)
+    grid = Grid(size, cfg.pixel_size)
+    spec = draw_specimen(rng, fov_nm=grid.fov_nm, realism=0.5)
+    scn = draw_scenario(rng, cfg, spec, n_frames, grid.fov_nm, 1.0)
+    add_rocksalt_near(rng, spec, [d for t in scn.tracks if (d := t.at(t.first_frame))],
+                      fov_nm=grid.fov_nm, probability=0.3, n_free=0.1)
+    imaging = draw_optics(rng) if mode == "hrtem" else draw_probe(rng)
+    m = render_movie(rng, cfg, spec, scn, mode=mode, imaging=imaging,
+                     detector=draw_detector(rng, dose), grid=grid)
+    return m, scn, mode, dose
+
+
+def accuracy(n_movies: int, n_frames: int, size: int, model: str | None) -> dict:
+    rows, ev_rows = [], []
+    switches, n_true = 0, 0
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(n_movies):
+            m, scn, mode, dose = movie(i, n_frames, size)
+            path = Path(tmp) / f"m{i}.tif"
+            write_imagej_tiff(path, m.frames, pixel_size_nm=m.meta["pixel_size"], frame_interval_s=1.0)
+            res = analyze(path, model=model, progress=False)
+            s, table = tracking_scores(res.tracks, res.track_summary, m.cores, m.truth,
+                                       pixel_size_nm=m.meta["pixel_size"])
+            switches += s["identity_switches"]
+            n_true += len(m.truth)
+            ev = event_scores(res.events, true_events(scn), pixel_size_nm=m.meta["pixel_size"])
+            ev_rows.append({"movie": i, "mode": mode, "dose": dose, **ev})
+            if len(table):
+                rows.append(table.assign(movie=i, mode=mode, dose=dose))
+            print(f"movie {i:2d} {mode} {dose:6.0f}: {len(table)} tracks>=10, "
+                  f"event F1 {ev['event_f1']:.2f}, switches {s['identity_switches']}", flush=True)
+    t = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
+    ev = pd.DataFrame(ev_rows)
+    tp, fp, fn = ev.event_tp.sum(), ev.event_fp.sum(), ev.event_fn.sum()
+    out = {"movies": n_movies, "frames": n_frames, "size": size, "true_tracks": n_true,
+           "tracks_ge10_matched": int(len(t)),
+           "median_glide_rel_error": float(t.glide_rel_error.median()) if len(t) else None,
+           "median_climb_rel_error": float(t.climb_rel_error.median()) if len(t) else None,
+           "event_f1": float(2 * tp / max(2 * tp + fp + fn, 1)),
+           "event_tp_fp_fn": [int(tp), int(fp), int(fn)],
+           "identity_switches_per_track": switches / max(n_true, 1)}
+    if len(t):
+        moving = t.true_climb_nm_s.abs() > 0.05
+        out["climb_sign_correct"] = float((np.sign(t.pred_climb_nm_s[moving])
+                                           == np.sign(t.true_climb_nm_s[moving])).mean())
+        for mode in ("hrtem", "stem"):
+            sub = t[t["mode"] == mode]
+            out[f"{mode}_median_glide_rel_error"] = float(sub.glide_rel_error.median())
+            out[f"{mode}_median_climb_rel_error"] = float(sub.climb_rel_error.median())
+    return out
+
+
+def _speed_child(n_frames: int, size: int, model: str | None) -> None:
+    """Run in a fresh process: time one end-to-end analysis, print JSON."""
+    m, _, _, _ = movie(1, n_frames, size)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "speed.tif"
+        write_imagej_tiff(path, m.frames, pixel_size_nm=m.meta["pixel_size"], frame_interval_s=1.0)
+        del m
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        t0 = time.perf_counter()
+        res = analyze(path, model=model, progress=False)
+        write_tables(res, Path(tmp) / "out")
+        dt = time.perf_counter() - t0
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"frames": n_frames, "size": size, "seconds": dt, "fps": n_frames / dt,
+                      "peak_rss_mb": peak / 1024, "rss_before_mb": base / 1024}))
+
+
+def speed(size: int, lengths: list[int], model: str | None, threads: int) -> list[dict]:
+    out = []
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    for n in lengths:
+        cmd = [sys.executable, __file__, "--child", str(n), "--size", str(size)]
+        if model:
+            cmd += ["--model", model]
+        r = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
+        out.append(json.loads(r.stdout.strip().splitlines()[-1]))
+        print(out[-1], flush=True)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--movies", type=int, default=20)
+    ap.add_argument("--frames", type=int, default=30)
+    ap.add_argument("--size", type=int, default=256)
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--speed-only", action="store_true")
+    ap.add_argument("--lengths", default="20,60")
+    ap.add_argument("--child", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
+    if args.child:
+        _speed_child(args.child, args.size, args.model)
+        return
+    out = {}
+    if not args.speed_only:
+        out["accuracy"] = accuracy(args.movies, args.frames, args.size, args.model)
+        print(json.dumps(out["accuracy"], indent=2))
+    out["speed"] = speed(args.size, [int(v) for v in args.lengths.split(",")], args.model, args.threads)
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()
