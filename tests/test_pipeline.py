@@ -120,3 +120,17 @@ def test_gpa_detector_and_strain_maps_run_end_to_end(tiny_model, tmp_path):
             assert arr.shape == (2, 160, 160) and arr.dtype == np.float32
             assert np.isfinite(arr).any()
     assert (d / "figures" / "strain.png").stat().st_size > 0
+
+
+def test_infer_reads_a_real_microscope_file(tiny_model, tmp_path):
+    """A real TIA SER/EMI SrTiO3 image goes through the whole pipeline with its calibration."""
+    from pathlib import Path
+
+    real = Path(__file__).resolve().parents[2] / "shared" / "realdata" / "ncempy" / "16_STOimage.emi"
+    if not real.exists():
+        pytest.skip(f"real data not present at {real} (../shared/realdata is provided by CI)")
+    assert main(["infer", str(real), "--out", str(tmp_path), "--model", str(tiny_model), "--no-movie"]) == 0
+    summary = json.loads((tmp_path / "16_STOimage" / "summary.json").read_text())
+    assert summary["calibration"]["pixel_size_source"] == "file"
+    assert abs(summary["calibration"]["pixel_size_nm"] - 0.010013) < 1e-5
+    assert summary["input"]["shape"] == [1, 1024, 1024]
