@@ -237,10 +237,11 @@ def seed_like_scenario(spec: SpecimenParams, fov_nm: float, *, n_frames: int = 3
     c = np.full(2, fov_nm / 2)
     # Start each core so that its whole path stays inside the field.
     climber = c + 0.3 * fov_nm * bh - climb_nm_s * frame_interval * n / 2 * h
-    glider = c - 0.3 * fov_nm * h - glide_nm_s * frame_interval * n / 2 * bh
+    # The glider has the opposite Burgers vector (its b_hat is -bh) and glides along it.
+    glider = c - 0.3 * fov_nm * h + glide_nm_s * frame_interval * n / 2 * bh
     tracks = [
         TrackSpec(0, b, 0, linear_path(climber, b, n, glide=0.0, climb=climb_nm_s * frame_interval)),
-        TrackSpec(1, -b, 0, linear_path(glider, -b, n, glide=-glide_nm_s * frame_interval, climb=0.0)),
+        TrackSpec(1, -b, 0, linear_path(glider, -b, n, glide=glide_nm_s * frame_interval, climb=0.0)),
     ]
     n_exp = max(3, n // 4)
     pair = dipole_tracks(c + 0.25 * fov_nm * h, b, first_frame=max(1, n // 6), n_expand=n_exp,
