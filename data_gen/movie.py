@@ -7,12 +7,12 @@ and **h** (climb), the conventions of `dislotrack.data_gen.conventions`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
 
-from dislotrack.data_gen.conventions import b_hat_from_h, glide_climb, unit
+from dislotrack.data_gen.conventions import b_hat_from_h, glide_climb, h_from_b_hat, unit
 from dislotrack.data_gen.dislocations import Dislocation
 from dislotrack.data_gen.imaging import (
     Detector,
@@ -29,10 +29,11 @@ from dislotrack.data_gen.sample import (
     GeneratorConfig,
     burgers_vector,
     draw_distortion,
+    draw_illumination,
     draw_mode,
     render_frame,
 )
-from dislotrack.data_gen.specimen import SpecimenParams, add_rocksalt_near, draw_specimen
+from dislotrack.data_gen.specimen import SpecimenParams, add_rocksalt_near, draw_specimen, snap_core
 
 TRUTH_COLUMNS = ["particle", "first_frame", "last_frame", "n_frames", "glide_velocity_nm_s",
                  "climb_velocity_nm_s", "partner"]
@@ -54,7 +55,7 @@ class TrackSpec:
 
     @property
     def h(self) -> np.ndarray:
-        return unit(np.array([-self.b[1], self.b[0]]))
+        return h_from_b_hat(unit(self.b))
 
     def at(self, frame: int) -> Dislocation | None:
         if not self.first_frame <= frame <= self.last_frame:
@@ -66,7 +67,7 @@ class TrackSpec:
 def linear_path(start: np.ndarray, b: np.ndarray, n: int, *, glide: float, climb: float,
                 jitter: float = 0.0, rng: np.random.Generator | None = None) -> np.ndarray:
     """Positions of a core moving at constant glide/climb rates [nm/frame], plus jitter [nm]."""
-    h = unit(np.array([-b[1], b[0]]))
+    h = h_from_b_hat(unit(b))
     step = glide * b_hat_from_h(h) + climb * h
     path = np.asarray(start, float) + np.arange(n)[:, None] * step
     if jitter > 0 and rng is not None:
@@ -79,7 +80,7 @@ def dipole_tracks(centre: np.ndarray, b: np.ndarray, *, first_frame: int, n_expa
                   pid: int = 0) -> tuple[TrackSpec, TrackSpec]:
     """A dipole that nucleates at ``start_sep`` nm, expands at ``speed`` nm/frame per core
     (by glide along b_hat or climb along h), holds, then contracts and annihilates."""
-    h = unit(np.array([-b[1], b[0]]))
+    h = h_from_b_hat(unit(b))
     e = b_hat_from_h(h) if motion == "glide" else h
     sep = np.concatenate([start_sep / 2 + speed * np.arange(n_expand + 1),
                           np.full(n_hold, start_sep / 2 + speed * n_expand),
@@ -152,13 +153,24 @@ def draw_scenario(rng: np.random.Generator, cfg: GeneratorConfig, spec: Specimen
                          1.0 + rng.uniform(0, 1.0) * np.arange(n_frames) / max(n_frames - 1, 1))
 
 
-def true_velocities(scn: MovieScenario) -> pd.DataFrame:
+def snap_scenario(spec: SpecimenParams, scn: MovieScenario) -> MovieScenario:
+    """Cores on their lattice sites in every frame (they move in lattice steps)."""
+    tracks = [TrackSpec(t.particle, t.b, t.first_frame,
+                        np.array([snap_core(spec, p, t.b) for p in t.path]), t.partner)
+              for t in scn.tracks]
+    return replace(scn, tracks=tracks)
+
+
+def true_velocities(scn: MovieScenario, distortion: np.ndarray | None = None) -> pd.DataFrame:
     """Per particle: frames and glide/climb velocities [nm/s] by linear fit of the
-    true path (the same estimator infer uses, on exact positions)."""
+    true path (the same estimator infer uses, on exact positions), in image axes
+    (through the STEM scan ``distortion`` if given, as infer sees them)."""
+    dmat = np.eye(2) if distortion is None else distortion
     rows = []
     for t in scn.tracks:
         tt = np.arange(len(t.path)) * scn.frame_interval
-        g, c = glide_climb(t.path - t.path[0], t.h)
+        h = h_from_b_hat(unit(dmat @ t.b))
+        g, c = glide_climb((t.path - t.path[0]) @ dmat.T, h)
         vg = np.polyfit(tt, g, 1)[0] if len(tt) > 1 else np.nan
         vc = np.polyfit(tt, c, 1)[0] if len(tt) > 1 else np.nan
         rows.append({"particle": t.particle, "first_frame": t.first_frame, "last_frame": t.last_frame,
@@ -172,13 +184,16 @@ def render_movie(rng: np.random.Generator, cfg: GeneratorConfig, spec: SpecimenP
                  detector: Detector, grid: Grid) -> MovieSample:
     """Render every frame of a scenario with fresh noise and the frame's drift."""
     distortion = draw_distortion(rng, mode)
+    illumination = draw_illumination(rng, grid.size)
+    scn = snap_scenario(spec, scn)
     frames, masks, cores = [], [], []
     for f in range(scn.n_frames):
         disl = [d for t in scn.tracks if (d := t.at(f)) is not None]
         geo = FrameGeometry(drift_nm=scn.drift_nm[f], distortion=distortion,
                             centre_nm=grid.fov_nm / 2)
         s = render_frame(spec, disl, grid=grid, mode=mode, imaging=imaging, detector=detector,
-                         rng=rng, geo=geo, rs_growth=float(scn.rs_growth[f]))[0]
+                         rng=rng, geo=geo, rs_growth=float(scn.rs_growth[f]),
+                         illumination=illumination)[0]
         frames.append(s.image)
         masks.append(s.rs_mask)
         cores.append(s.cores.assign(frame=f))
@@ -190,7 +205,8 @@ def render_movie(rng: np.random.Generator, cfg: GeneratorConfig, spec: SpecimenP
     meta = {"mode": mode, "pixel_size": grid.pixel_size, "size": grid.size,
             "frame_interval": scn.frame_interval, "material": spec.material, "zone": spec.zone,
             "imaging": imaging.as_dict(), "detector": detector.as_dict()}
-    return MovieSample(np.stack(frames), table, np.stack(masks), drift, true_velocities(scn), meta)
+    return MovieSample(np.stack(frames), table, np.stack(masks), drift,
+                       true_velocities(scn, distortion), meta)
 
 
 def make_movie(rng: np.random.Generator, cfg: GeneratorConfig | None = None, *, n_frames: int = 20,
@@ -232,7 +248,7 @@ def seed_like_scenario(spec: SpecimenParams, fov_nm: float, *, n_frames: int = 3
     rot = rotation_matrix(spec.rotation)
     b = rot @ spec.crystal.burgers["misfit"]
     n = n_frames
-    h = unit(np.array([-b[1], b[0]]))
+    h = h_from_b_hat(unit(b))
     bh = b_hat_from_h(h)
     c = np.full(2, fov_nm / 2)
     # Start each core so that its whole path stays inside the field.

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field, replace
 import numpy as np
 import pandas as pd
 
-from dislotrack.data_gen.conventions import CANONICAL_PIXEL_SIZE_NM, unit
+from dislotrack.data_gen.conventions import CANONICAL_PIXEL_SIZE_NM, h_from_b_hat, unit
 from dislotrack.data_gen.crystal import ProjectedCrystal
 from dislotrack.data_gen.dislocations import Dislocation
 from dislotrack.data_gen.imaging import (
@@ -40,6 +40,7 @@ from dislotrack.data_gen.specimen import (
     draw_specimen,
     rocksalt_mask,
     rotation_matrix,
+    snap_core,
     specimen_columns,
 )
 
@@ -144,13 +145,19 @@ def draw_dislocations(rng: np.random.Generator, spec: SpecimenParams, cfg: Gener
         sites.append(c)
         b = burgers_vector(rng, spec.crystal, spec.rotation, cfg.basal_fraction)
         if rng.random() < cfg.dipole_fraction:
-            a, bb = dipole_pair(rng, c, b, pid)
-            out += [a, bb]
+            pair = dipole_pair(rng, c, b, pid)
+            out += [snapped(spec, d) for d in pair]
             pid += 2
         else:
-            out.append(Dislocation(float(c[0]), float(c[1]), b, particle=pid))
+            out.append(snapped(spec, Dislocation(float(c[0]), float(c[1]), b, particle=pid)))
             pid += 1
     return out
+
+
+def snapped(spec: SpecimenParams, d: Dislocation) -> Dislocation:
+    """The dislocation moved to its lattice site (`specimen.snap_core`)."""
+    x, y = snap_core(spec, np.array([d.x, d.y]), d.b)
+    return replace(d, x=float(x), y=float(y))
 
 
 def dipole_pair(rng: np.random.Generator, centre: np.ndarray, b: np.ndarray, pid: int,
@@ -158,7 +165,7 @@ def dipole_pair(rng: np.random.Generator, centre: np.ndarray, b: np.ndarray, pid
     """Two cores of opposite b (and h), 0.5-3 nm apart, on the same or different planes."""
     sep = separation if separation is not None else rng.uniform(0.5, 3.0)
     bhat = unit(b)
-    h = np.array([-bhat[1], bhat[0]])
+    h = h_from_b_hat(bhat)
     alpha = rng.choice([0.0, np.pi / 2]) if rng.random() < 0.6 else rng.uniform(0, np.pi)
     e = np.cos(alpha) * bhat + np.sin(alpha) * h
     p1, p2 = centre - sep / 2 * e, centre + sep / 2 * e
@@ -192,7 +199,7 @@ def _cores_table(disl: list[Dislocation], geo: FrameGeometry, grid: Grid,
         return empty_cores()
     xy = geo.apply(np.array([[d.x, d.y] for d in disl])) / grid.pixel_size
     b = np.array([d.b for d in disl]) @ geo.distortion.T
-    h = unit(np.stack([-b[:, 1], b[:, 0]], axis=1))  # h_from_b_hat
+    h = h_from_b_hat(unit(b))
     if row_shift is not None:
         rows = np.clip(np.rint(xy[:, 1]).astype(int), 0, grid.size - 1)
         xy[:, 0] += row_shift[rows]
@@ -234,11 +241,13 @@ def _potential(spec: SpecimenParams, disl: list[Dislocation], geo: FrameGeometry
 def render_frame(spec: SpecimenParams, disl: list[Dislocation], *, grid: Grid, mode: str,
                  imaging: Optics | Probe, detector: Detector, rng: np.random.Generator,
                  geo: FrameGeometry | None = None, rs_growth: float = 1.0,
-                 n_variants: int = 1) -> list[Sample]:
+                 n_variants: int = 1, illumination: np.ndarray | float | None = None) -> list[Sample]:
     """Render one structure under ``n_variants`` imaging/detector draws.
 
     The first variant uses ``imaging`` and ``detector``; further variants draw new
     ones from ``rng`` (the cached phase grating makes them cheap for HRTEM).
+    ``illumination`` (a fixed map, e.g. for the frames of a movie) replaces the random
+    non-uniform illumination drawn per variant.
     """
     geo = geo or FrameGeometry(centre_nm=grid.fov_nm / 2)
     pot, wmax = _potential(spec, disl, geo, grid, mode, rs_growth)
@@ -258,7 +267,7 @@ def render_frame(spec: SpecimenParams, disl: list[Dislocation], *, grid: Grid, m
             expected = expected + im.background * im.collection
             row_shift = rng.normal(0, im.jitter_px, grid.size)
             expected = np.clip(scan_jitter(expected, row_shift), 0, None)
-        expected = expected * _illumination(rng, grid.size)
+        expected = expected * (draw_illumination(rng, grid.size) if illumination is None else illumination)
         image = detect(expected, det, grid.pixel_size, rng)
         cores = _cores_table(disl, geo, grid, row_shift)
         meta = {"mode": mode, "pixel_size": grid.pixel_size, "size": grid.size,
@@ -281,7 +290,7 @@ def _draw_imaging(rng: np.random.Generator, first: Optics | Probe, det: Detector
     return im, replace(draw_detector(rng), dose=det.dose)
 
 
-def _illumination(rng: np.random.Generator, size: int) -> np.ndarray | float:
+def draw_illumination(rng: np.random.Generator, size: int) -> np.ndarray | float:
     """Smooth non-uniform illumination (a gentle tilt and a bump)."""
     if rng.random() < 0.5:
         return 1.0

@@ -122,6 +122,29 @@ def add_rocksalt_near(rng: np.random.Generator, p: SpecimenParams, cores: list[D
                                          float(rng.uniform(0.35, 0.5))))
 
 
+#: Where a core sits in the projected cell (fractions of v1, v2) for b along +burgers;
+#: a core of -b sits at the inversion image (R-3m is centrosymmetric about the Li site).
+CORE_SITE = np.array([0.5, 0.25])
+
+
+def snap_core(p: SpecimenParams, xy: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Move a core to the nearest equivalent site of the lattice.
+
+    A core's position relative to the atomic columns is only defined up to a lattice
+    translation by the topology; fixing it to one site per Burgers-vector sign makes the
+    image around every core the same pattern, so the labels say exactly where the
+    visible core is. Cores then move in lattice steps, as real ones do.
+    """
+    pc = p.crystal
+    rot = rotation_matrix(p.rotation)
+    cell = pc.cell @ rot.T
+    ref = rot @ pc.burgers["misfit"], rot @ pc.burgers["basal"]
+    sign = 1.0 if max((np.asarray(b) @ r for r in ref), key=abs) >= 0 else -1.0
+    site = p.origin + sign * CORE_SITE @ cell
+    frac = np.linalg.solve(cell.T, np.asarray(xy, float) - site)
+    return site + np.rint(frac) @ cell
+
+
 def lattice_columns(pc: ProjectedCrystal, *, rotation: float, origin: np.ndarray,
                     bounds: tuple[float, float, float, float]) -> tuple[np.ndarray, np.ndarray]:
     """Reference column positions (image axes, nm) covering ``bounds``.
@@ -238,13 +261,24 @@ def rocksalt_mask(p: SpecimenParams, xy: np.ndarray, rs_growth: float = 1.0) -> 
 
 
 def amorphous_atoms(p: SpecimenParams, bounds: tuple[float, float, float, float], *,
-                    mode: str) -> Columns:
-    """Random atoms of an amorphous surface layer (fixed per specimen)."""
+                    mode: str, tile_nm: float = 4.0) -> Columns:
+    """Random atoms of an amorphous surface layer, fixed per specimen.
+
+    Atoms are drawn per ``tile_nm`` square tile from a stream seeded by the specimen and
+    the tile index, so any region (e.g. a drifting frame's) sees the same atoms.
+    """
     x0, x1, y0, y1 = bounds
-    rng = np.random.default_rng(p.amorphous_seed)
-    n = rng.poisson(p.amorphous_density * (x1 - x0) * (y1 - y0))
-    xy = np.stack([rng.uniform(x0, x1, n), rng.uniform(y0, y1, n)], axis=1)
-    z = rng.choice([6, 8], n)  # carbon / oxygen-like
+    xy_parts, z_parts = [], []
+    for i in range(int(np.floor(x0 / tile_nm)), int(np.ceil(x1 / tile_nm))):
+        for j in range(int(np.floor(y0 / tile_nm)), int(np.ceil(y1 / tile_nm))):
+            rng = np.random.default_rng([p.amorphous_seed, i + 10_000, j + 10_000])
+            n = rng.poisson(p.amorphous_density * tile_nm**2)
+            xy_parts.append((np.array([i, j]) + rng.uniform(0, 1, (n, 2))) * tile_nm)
+            z_parts.append(rng.choice([6, 8], n))  # carbon / oxygen-like
+    xy = np.concatenate(xy_parts) if xy_parts else np.zeros((0, 2))
+    z = np.concatenate(z_parts) if z_parts else np.zeros(0, int)
+    keep = (xy[:, 0] >= x0) & (xy[:, 0] <= x1) & (xy[:, 1] >= y0) & (xy[:, 1] <= y1)
+    xy, z = xy[keep], z[keep]
     # One atom per column: weight per nm is meaningless, so scale to ~0.3 nm of column.
     w = 3.0 * z.astype(float) ** Z_EXPONENT[mode]
     if p.vacuum_edge is not None:  # the layer covers the specimen, not the vacuum

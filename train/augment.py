@@ -40,9 +40,13 @@ def build_transform(*, seed: int, geometric: bool = True, photometric: bool = Tr
 
 
 def to_unit_range(image: np.ndarray) -> np.ndarray:
-    """Robustly scale to about [0, 1] (0.5/99.5 percentiles), float32, before float transforms."""
-    lo, hi = np.percentile(image, [0.5, 99.5])
-    return np.clip((image - lo) / max(hi - lo, 1e-12), 0, 1).astype(np.float32)
+    """Scale min..max to [0, 1] (float32) for albumentations' float transforms.
+
+    No clipping: the robust normalisation that follows must see the same tails as at
+    inference (`dislotrack.models.normalise.normalise_image`).
+    """
+    lo, hi = float(image.min()), float(image.max())
+    return ((image - lo) / max(hi - lo, 1e-12)).astype(np.float32)
 
 
 def augment(transform: A.Compose, image: np.ndarray, cores: pd.DataFrame,
