@@ -46,6 +46,7 @@ def generate_dataset(*, out: str | Path, n: int, size: int = 256, mode: str = "m
             paths.append(write_annotation(out, stem, ann))
             m.drift.to_csv(out / f"{stem}_drift.csv", index=False)
             m.truth.to_csv(out / f"{stem}_tracks.csv", index=False)
+            m.events.to_csv(out / f"{stem}_events.csv", index=False)
         else:
             s = make_sample(rng, cfg)
             ann = Annotation(s.image[None], s.cores.assign(frame=0), s.rs_mask[None],

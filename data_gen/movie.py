@@ -7,6 +7,7 @@ and **h** (climb), the conventions of `dislotrack.data_gen.conventions`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -114,6 +115,7 @@ class MovieSample:
     drift: pd.DataFrame
     truth: pd.DataFrame  # per particle: first/last frame, glide/climb velocity [nm/s]
     meta: dict = field(default_factory=dict)
+    events: pd.DataFrame | None = None  # true events: frame, kind, x_nm, y_nm (image), particles
 
 
 def draw_drift(rng: np.random.Generator, n: int, *, speed: float = 0.05, walk: float = 0.02) -> np.ndarray:
@@ -205,8 +207,12 @@ def render_movie(rng: np.random.Generator, cfg: GeneratorConfig, spec: SpecimenP
     meta = {"mode": mode, "pixel_size": grid.pixel_size, "size": grid.size,
             "frame_interval": scn.frame_interval, "material": spec.material, "zone": spec.zone,
             "imaging": imaging.as_dict(), "detector": detector.as_dict()}
+    def geometry(f: int, xy: np.ndarray) -> np.ndarray:
+        return FrameGeometry(drift_nm=scn.drift_nm[f], distortion=distortion,
+                             centre_nm=grid.fov_nm / 2).apply(xy)
+
     return MovieSample(np.stack(frames), table, np.stack(masks), drift,
-                       true_velocities(scn, distortion), meta)
+                       true_velocities(scn, distortion), meta, true_events(scn, geometry))
 
 
 def make_movie(rng: np.random.Generator, cfg: GeneratorConfig | None = None, *, n_frames: int = 20,
@@ -268,9 +274,14 @@ def seed_like_scenario(spec: SpecimenParams, fov_nm: float, *, n_frames: int = 3
     return MovieScenario(n, frame_interval, tracks, drift, np.ones(n))
 
 
-def true_events(scn: MovieScenario) -> pd.DataFrame:
+def true_events(scn: MovieScenario, geometry: Callable[[int, np.ndarray], np.ndarray] | None = None
+                ) -> pd.DataFrame:
     """Nucleations (tracks starting after frame 0) and annihilations (tracks ending
-    before the last frame); a pair with partners at the same frame is a dipole event."""
+    before the last frame); a pair with partners at the same frame is a dipole event.
+
+    ``geometry(frame, xy)`` maps specimen nm to image nm (drift and scan distortion);
+    by default only the scenario's drift is added.
+    """
     rows = []
     by_id = {t.particle: t for t in scn.tracks}
     for t in scn.tracks:
@@ -286,7 +297,8 @@ def true_events(scn: MovieScenario) -> pd.DataFrame:
             if pair and partner.particle < t.particle:
                 continue  # one row per dipole event
             other = partner.path[0 if kind == "nucleation" else -1] if pair else pos
-            xy = (pos + other) / 2 + scn.drift_nm[frame]
+            mid = (pos + other) / 2
+            xy = geometry(frame, mid[None])[0] if geometry else mid + scn.drift_nm[frame]
             rows.append({"frame": frame, "kind": f"dipole_{kind}" if pair else kind,
                          "x_nm": xy[0], "y_nm": xy[1],
                          "particles": f"{t.particle} {partner.particle}" if pair else str(t.particle)})

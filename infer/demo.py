@@ -15,7 +15,7 @@ import pandas as pd
 
 from dislotrack.data_gen.annotations import write_imagej_tiff
 from dislotrack.data_gen.imaging import Detector, Grid, Optics, scherzer_defocus
-from dislotrack.data_gen.movie import render_movie, seed_like_scenario, true_events
+from dislotrack.data_gen.movie import render_movie, seed_like_scenario
 from dislotrack.data_gen.sample import GeneratorConfig
 from dislotrack.data_gen.specimen import SpecimenParams
 from dislotrack.infer.evaluate import event_scores, tracking_scores
@@ -49,7 +49,7 @@ def run_demo(out: str | Path = "dislotrack_demo", *, device: str = "auto") -> pd
     res = infer_one(path, out, device=device)
     _, table = tracking_scores(res.tracks, res.track_summary, m.cores, m.truth,
                                pixel_size_nm=DEMO_PIXEL_NM)
-    ev = event_scores(res.events, true_events(scn), pixel_size_nm=DEMO_PIXEL_NM)
+    ev = event_scores(res.events, m.events, pixel_size_nm=DEMO_PIXEL_NM)
     print(f"\nDemo movie: {path} ({len(m.frames)} frames, {DEMO_PIXEL_NM} nm/px, 1 frame/s)")
     print(f"Outputs:    {out / path.stem}/\n")
     if len(table):
@@ -60,7 +60,7 @@ def run_demo(out: str | Path = "dislotrack_demo", *, device: str = "auto") -> pd
     else:
         print("No true track of >= 10 frames was recovered.")
     print("\nEvents, true:")
-    print(true_events(scn).to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+    print(m.events.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
     print("Events, measured:")
     print(res.events.to_string(index=False, float_format=lambda v: f"{v:.1f}")
           if len(res.events) else "  none")

@@ -54,7 +54,14 @@ class NetworkDetector:
         out = []
         for k, frame in enumerate(raw):
             det = decode_cores(maps["heatmap"][k], maps["hfield"][k], threshold=self.threshold)
-            xy = canonical_to_input(det[["x", "y"]].to_numpy(), self.scale)
+            bad = det[["hx", "hy"]].isna().any(axis=1)
+            if bad.any():  # a zero h field at a peak: no direction, no usable core
+                logger.warning("dropped %d cores without an h direction", int(bad.sum()))
+                det = det[~bad]
+            # The zoom actually applied per axis (rescale rounds the output size).
+            sy, sx = np.array(canonical[k].shape) / frame.shape
+            xy = np.stack([canonical_to_input(det["x"].to_numpy(), sx),
+                           canonical_to_input(det["y"].to_numpy(), sy)], axis=1).reshape(-1, 2)
             h = det[["hx", "hy"]].to_numpy()
             b = b_hat_from_h(h) * self.d_spacing
             table = pd.DataFrame({"x": xy[:, 0], "y": xy[:, 1], "score": det["score"].to_numpy(),

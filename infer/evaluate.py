@@ -49,7 +49,7 @@ def match_identities(pred_tracks: pd.DataFrame, truth: pd.DataFrame, *,
 
 def tracking_scores(pred_tracks: pd.DataFrame, pred_summary: pd.DataFrame, truth: pd.DataFrame,
                     true_tracks: pd.DataFrame, *, pixel_size_nm: float) -> tuple[dict, pd.DataFrame]:
-    """Velocity relative errors per true track of >= 10 frames, and identity switches.
+    """Velocity relative errors per true track visible in >= 10 frames, and identity switches.
 
     ``true_tracks`` has particle, n_frames, glide_velocity_nm_s, climb_velocity_nm_s.
     The predicted track of a true one is the one matched in most of its frames.
@@ -57,10 +57,11 @@ def tracking_scores(pred_tracks: pd.DataFrame, pred_summary: pd.DataFrame, truth
     pairs = match_identities(pred_tracks, truth, pixel_size_nm=pixel_size_nm)
     rows, switches = [], 0
     vel = pred_summary.set_index("particle") if len(pred_summary) else pd.DataFrame()
+    visible = truth.groupby("particle").frame.nunique()
     for _, tt in true_tracks.iterrows():
         m = pairs[pairs.true == tt.particle].sort_values("frame")
         switches += int((m.pred.diff().fillna(0) != 0).sum())
-        if tt.n_frames < MIN_TRACK_FRAMES or m.empty:
+        if visible.get(tt.particle, 0) < MIN_TRACK_FRAMES or m.empty:
             continue
         best = int(m.pred.mode().iloc[0])
         row = {"particle": int(tt.particle), "pred": best, "matched_frames": int((m.pred == best).sum())}
@@ -129,6 +130,10 @@ def evaluate_folders(pred_dir: str | Path, truth_dir: str | Path) -> dict:
             s, _ = tracking_scores(pd.read_csv(out / "tracks.csv"), pd.read_csv(out / "track_summary.csv"),
                                    ann.cores, pd.read_csv(true_tracks), pixel_size_nm=ann.pixel_size_nm)
             scores.update(s)
+        true_events = Path(truth_dir) / f"{stem}_events.csv"
+        if true_events.exists() and (out / "events.csv").exists():
+            scores.update(event_scores(pd.read_csv(out / "events.csv"), pd.read_csv(true_events),
+                                       pixel_size_nm=ann.pixel_size_nm))
         report[stem] = {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in scores.items()}
     (Path(pred_dir) / "evaluation.json").write_text(json.dumps(report, indent=2, default=float))
     return report

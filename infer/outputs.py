@@ -52,7 +52,6 @@ def summary_dict(res: AnalysisResult) -> dict:
     """The summary.json content."""
     cal = res.calibration
     s = res.track_summary
-    unit = "nm_s" if cal.frame_interval_s else "nm_per_frame"
 
     def stats(col: str) -> dict:
         v = s[col].dropna().to_numpy(float) if col in s else np.array([])
@@ -68,7 +67,7 @@ def summary_dict(res: AnalysisResult) -> dict:
         "calibration": {"pixel_size_nm": cal.pixel_size_nm, "pixel_size_source": cal.pixel_size_source,
                         "frame_interval_s": cal.frame_interval_s,
                         "frame_interval_source": cal.frame_interval_source,
-                        "velocity_unit": unit.replace("_", "/").replace("per/", "per ")},
+                        "velocity_unit": "nm/s" if cal.frame_interval_s else "nm/frame"},
         "totals": {"frames": int(res.shape[0]), "detections": int(len(res.detections)),
                    "tracks": int(len(s)),
                    "dipoles": int((s["kind"] == "dipole").sum() // 2) if len(s) else 0,
@@ -85,6 +84,8 @@ def write_tables(res: AnalysisResult, out: Path, *, parquet: bool = False) -> li
     written = []
     for name in TABLES:
         df: pd.DataFrame = getattr(res, name)
+        if name == "tracks":  # the contract's columns; drift-corrected ones stay in memory
+            df = df.drop(columns=["x_corr", "y_corr"], errors="ignore")
         p = out / f"{name}.csv"
         df.to_csv(p, index=False)
         written.append(p)

@@ -160,21 +160,32 @@ def analyze(path: str | Path, *, model: str | Path | None = None, pixel_size_nm:
                 if frame_sink is not None:
                     frame_sink(start + k, raw[k], table)
 
+        n_read = 0
+
         def canonical_frames() -> Iterator[np.ndarray]:
+            nonlocal n_read
             raw: list[np.ndarray] = []
             can: list[np.ndarray] = []
-            for i, frame in enumerate(tqdm(movie, total=n, desc="frames", disable=not progress)):
+            for frame in tqdm(movie, total=n, desc="frames", disable=not progress):
                 c = to_canonical(frame, pixel_size_nm=cal.pixel_size_nm, canonical_nm=canonical)
                 raw.append(frame)
                 can.append(c)
-                if len(raw) == batch_size or i == n - 1:
-                    flush(raw, can, i + 1 - len(raw))
+                n_read += 1
+                if len(raw) == batch_size:
+                    flush(raw, can, n_read - len(raw))
                     raw, can = [], []
                 yield c
+            if raw:  # also when the reader yields fewer frames than its header said
+                flush(raw, can, n_read - len(raw))
 
         drift = measure_drift(canonical_frames())
-    # Drift was measured on the canonical grid: express it in input pixels.
-    drift[["dx", "dy"]] = drift[["dx", "dy"]] / s
+    n = n_read
+    # Drift was measured on the canonical grid: express it in input pixels, with the
+    # zoom actually applied per axis (rescale rounds the output size).
+    sy, sx = (np.array(to_canonical(first, pixel_size_nm=cal.pixel_size_nm,
+                                    canonical_nm=canonical).shape) / first.shape)
+    drift["dx"] = drift["dx"] / sx
+    drift["dy"] = drift["dy"] / sy
     detections = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(
         {c: pd.Series(dtype=float) for c in ["frame", *CORE_COLUMNS]})
     detections = detections.assign(x_nm=detections.x * cal.pixel_size_nm,
@@ -208,7 +219,8 @@ def _track(detections: pd.DataFrame, drift: pd.DataFrame, cal: Calibration, rs_f
                                 rocksalt_fraction=rs_frac)
     warnings = list(cal.warnings)
     return AnalysisResult(
-        detections=detections, tracks=tracks[[c for c in TRACK_COLUMNS if c in tracks.columns]],
+        detections=detections,
+        tracks=tracks[[c for c in [*TRACK_COLUMNS, "x_corr", "y_corr"] if c in tracks.columns]],
         track_summary=summary, events=events, counts=counts, drift=drift, calibration=cal,
         rocksalt_fraction=rs_frac, shape=shape, input_path=path,
         input_sha256=file_sha256(path), model_card=card, warnings=warnings, first_frame=first)

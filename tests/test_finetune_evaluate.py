@@ -43,7 +43,7 @@ def test_evaluate_scores_infer_outputs_against_annotations(tmp_path):
     assert main(["evaluate", "--pred", str(tmp_path / "pred"), "--truth", str(tmp_path / "truth")]) == 0
     report = json.loads((tmp_path / "pred" / "evaluation.json").read_text())
     r = report["movie_00000"]
-    for key in ("precision", "recall", "f1", "rs_iou", "identity_switches"):
+    for key in ("precision", "recall", "f1", "rs_iou", "identity_switches", "event_f1"):
         assert key in r
 
 

@@ -66,14 +66,25 @@ class CropDataset(Dataset):
 
     def __init__(self, frames: list[Sample], *, size: int, length: int, seed: int = 0):
         self.frames, self.size, self.length, self.seed = frames, size, length, seed
+        self.epoch = 0
 
     def __len__(self) -> int:
         return self.length
 
     def __getitem__(self, i: int) -> dict:
-        rng = np.random.default_rng([self.seed, i])
+        rng = np.random.default_rng([self.seed, self.epoch, i])
         s = _crop(self.frames[int(rng.integers(len(self.frames)))], self.size, rng)
         return sample_to_item(s, transform=build_transform(seed=int(rng.integers(2**31))))
+
+
+class _NewCropsEachEpoch(L.Callback):
+    """Tell the (in-process) crop dataset which epoch it is, so crops differ per epoch."""
+
+    def __init__(self, ds: CropDataset) -> None:
+        self.ds = ds
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.ds.epoch = trainer.current_epoch
 
 
 class WholeFrames(Dataset):
@@ -110,8 +121,9 @@ def finetune(*, data: str | Path, out: str | Path, model: str | Path | None = No
     trainer = L.Trainer(max_epochs=epochs, accelerator=accelerator, devices=1, logger=False,
                         enable_checkpointing=False, default_root_dir=str(Path(out).parent),
                         limit_val_batches=1.0 if val else 0)
-    loaders = [DataLoader(CropDataset(train, size=size, length=crops_per_epoch, seed=seed),
-                          batch_size=batch_size, shuffle=False)]
+    crops = CropDataset(train, size=size, length=crops_per_epoch, seed=seed)
+    trainer.callbacks.append(_NewCropsEachEpoch(crops))
+    loaders = [DataLoader(crops, batch_size=batch_size, shuffle=False)]
     if val:
         loaders.append(DataLoader(WholeFrames(val, required_multiple(net.config)), batch_size=1))
     trainer.fit(module, *loaders)

@@ -109,7 +109,7 @@ class DislocationModule(L.LightningModule):
     def configure_optimizers(self):
         opt = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr,
                                 weight_decay=self.hparams.weight_decay)
-        total = self.trainer.estimated_stepping_batches if self.trainer else 1000
+        total = self._trainer.estimated_stepping_batches if self._trainer is not None else 1000
         total = int(total) if np.isfinite(total) else 100_000
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=self.hparams.lr,
                                                     total_steps=max(total, 2), pct_start=0.05)

@@ -31,7 +31,7 @@ import pandas as pd
 
 from dislotrack.data_gen.annotations import write_imagej_tiff
 from dislotrack.data_gen.imaging import Grid, draw_detector, draw_optics, draw_probe
-from dislotrack.data_gen.movie import draw_scenario, render_movie, true_events
+from dislotrack.data_gen.movie import draw_scenario, render_movie
 from dislotrack.data_gen.sample import GeneratorConfig
 from dislotrack.data_gen.specimen import add_rocksalt_near, draw_specimen
 from dislotrack.infer.evaluate import event_scores, tracking_scores
@@ -70,7 +70,7 @@ def accuracy(n_movies: int, n_frames: int, size: int, model: str | None) -> dict
                                        pixel_size_nm=m.meta["pixel_size"])
             switches += s["identity_switches"]
             n_true += len(m.truth)
-            ev = event_scores(res.events, true_events(scn), pixel_size_nm=m.meta["pixel_size"])
+            ev = event_scores(res.events, m.events, pixel_size_nm=m.meta["pixel_size"])
             ev_rows.append({"movie": i, "mode": mode, "dose": dose, **ev})
             if len(table):
                 rows.append(table.assign(movie=i, mode=mode, dose=dose))
