@@ -1,0 +1,70 @@
+"""Choose the decoding threshold of a trained model on the validation set.
+
+    python -m dislotrack.train.calibrate models/weights/default [--n 200]
+
+The heatmap threshold that maximises core F1 on the fixed validation set (the same
+seed and settings as training's validation, never the test set) is written into the
+model card as ``decode_threshold``; infer and evaluate use it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import torch
+
+from dislotrack.data_gen.conventions import CANONICAL_PIXEL_SIZE_NM
+from dislotrack.data_gen.sample import GeneratorConfig
+from dislotrack.models.decode import decode_cores, outputs_to_maps
+from dislotrack.models.io import load_model, save_model
+from dislotrack.models.metrics import DetectionTally
+from dislotrack.models.unet import prepare_for_inference
+from dislotrack.train.data import FixedSynthetic, cores_from_batch
+from dislotrack.train.datamodule import EVAL_DOSES
+
+THRESHOLDS = np.round(np.arange(0.15, 0.8, 0.05), 2)
+
+
+def threshold_scores(net, ds: FixedSynthetic, thresholds=THRESHOLDS) -> dict[float, dict]:
+    """Detection metrics of every threshold on a dataset."""
+    tallies = {float(t): DetectionTally() for t in thresholds}
+    fast = prepare_for_inference(net)
+    for i in range(len(ds)):
+        item = ds[i]
+        with torch.inference_mode():
+            maps = outputs_to_maps(fast(item["image"][None]))
+        truth = cores_from_batch(item["cores"][None])[0]
+        for t, tally in tallies.items():
+            p = decode_cores(maps["heatmap"][0], maps["hfield"][0], threshold=t)
+            tally.add(p[["x", "y"]].to_numpy(), p[["hx", "hy"]].to_numpy(),
+                      truth[["x", "y"]].to_numpy(), truth[["hx", "hy"]].to_numpy(),
+                      pixel_size=float(item["pixel_size"]))
+    return {t: tally.summary() for t, tally in tallies.items()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("model", help="model <stem>")
+    ap.add_argument("--n", type=int, default=200, help="validation images")
+    args = ap.parse_args()
+    net, card = load_model(args.model)
+    gen = card.get("generator", {})
+    cfg = GeneratorConfig(size=int(gen.get("eval_size", 128)), pixel_size=CANONICAL_PIXEL_SIZE_NM,
+                          mode=gen.get("mode", "mixed"), density=float(gen.get("density", 1.5)),
+                          dipole_fraction=float(gen.get("dipole_fraction", 0.35)),
+                          perfect_fraction=float(gen.get("perfect_fraction", 0.1)))
+    ds = FixedSynthetic(cfg, n=args.n, seed=int(gen.get("val_seed", 12345)), doses=EVAL_DOSES)
+    scores = threshold_scores(net, ds)
+    best = max(scores, key=lambda t: np.nan_to_num(scores[t]["f1"]))
+    card = {k: v for k, v in card.items() if k not in ("sha256", "model_id")}
+    card["decode_threshold"] = best
+    card.setdefault("metrics", {})["threshold_calibration"] = {
+        "n_val": args.n, "f1_by_threshold": {str(t): s["f1"] for t, s in scores.items()}}
+    save_model(net, args.model, card=card)
+    print(json.dumps({"decode_threshold": best, **scores[best]}, default=float))
+
+
+if __name__ == "__main__":
+    main()
