@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import lightning as L
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
@@ -45,6 +48,8 @@ class SyntheticDataModule(L.LightningDataModule):
         Image side of the fixed sets [px].
     main_threads : int
         Torch threads of the training process (0 = torch's default).
+    curriculum_epochs : int
+        Epochs over which the training data ramp from easy to the full distribution.
     """
 
     def __init__(self, *, size: int = 128, batch_size: int = 16, num_workers: int = 1,
@@ -52,16 +57,26 @@ class SyntheticDataModule(L.LightningDataModule):
                  seed: int = 0, val_seed: int = 12345, test_seed: int = 777,
                  mode: str = "mixed", density: float = 1.5, dipole_fraction: float = 0.35,
                  perfect_fraction: float = 0.1, pixel_size_jitter: float = 0.05,
-                 n_variants: int = 2, eval_size: int = 128, main_threads: int = 0) -> None:
+                 n_variants: int = 2, eval_size: int = 128, main_threads: int = 0,
+                 curriculum_epochs: int = 0) -> None:
         super().__init__()
         self.save_hyperparameters()
 
-    def generator_config(self, size: int, jitter: float) -> GeneratorConfig:
+    def generator_config(self, size: int, jitter: float, epoch: int | None = None) -> GeneratorConfig:
+        """The generator settings; during the curriculum (``epoch`` < curriculum_epochs)
+        the data start easy (high dose, ideal crystal, misfit singles) and ramp linearly
+        to the full distribution."""
         hp = self.hparams
-        return GeneratorConfig(size=size, pixel_size=CANONICAL_PIXEL_SIZE_NM,
-                               pixel_size_jitter=jitter, mode=hp.mode, density=hp.density,
-                               dipole_fraction=hp.dipole_fraction,
-                               perfect_fraction=hp.perfect_fraction)
+        cfg = GeneratorConfig(size=size, pixel_size=CANONICAL_PIXEL_SIZE_NM,
+                              pixel_size_jitter=jitter, mode=hp.mode, density=hp.density,
+                              dipole_fraction=hp.dipole_fraction,
+                              perfect_fraction=hp.perfect_fraction)
+        if epoch is None or epoch >= hp.curriculum_epochs:
+            return cfg
+        a = (epoch + 1) / (hp.curriculum_epochs + 1)  # 0 -> easy, 1 -> full
+        lo = float(np.exp(np.log(1000.0) * (1 - a) + np.log(cfg.dose[0]) * a))
+        return replace(cfg, dose=(lo, cfg.dose[1]), realism=a, basal_fraction=a * cfg.basal_fraction,
+                       dipole_fraction=a * cfg.dipole_fraction, rocksalt_probability=a * cfg.rocksalt_probability)
 
     def setup(self, stage: str) -> None:
         if self.hparams.main_threads:
@@ -76,10 +91,11 @@ class SyntheticDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         hp = self.hparams
-        ds = SyntheticStream(self.generator_config(hp.size, hp.pixel_size_jitter), seed=hp.seed,
+        epoch = self.trainer.current_epoch if self.trainer is not None else 0
+        ds = SyntheticStream(self.generator_config(hp.size, hp.pixel_size_jitter, epoch), seed=hp.seed,
                              n_variants=hp.n_variants, samples_per_epoch=hp.samples_per_epoch)
         if self.trainer is not None:  # each epoch and rank draws its own stream
-            ds.set_epoch(self.trainer.current_epoch)
+            ds.set_epoch(epoch)
             ds.set_rank(self.trainer.global_rank, self.trainer.world_size)
         return self._loader(ds)
 
