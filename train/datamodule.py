@@ -76,7 +76,8 @@ class SyntheticDataModule(L.LightningDataModule):
         a = (epoch + 1) / (hp.curriculum_epochs + 1)  # 0 -> easy, 1 -> full
         lo = float(np.exp(np.log(1000.0) * (1 - a) + np.log(cfg.dose[0]) * a))
         return replace(cfg, dose=(lo, cfg.dose[1]), realism=a, basal_fraction=a * cfg.basal_fraction,
-                       dipole_fraction=a * cfg.dipole_fraction, rocksalt_probability=a * cfg.rocksalt_probability)
+                       dipole_fraction=a * cfg.dipole_fraction,
+                       rocksalt_probability=a * cfg.rocksalt_probability)
 
     def setup(self, stage: str) -> None:
         if self.hparams.main_threads:
