@@ -117,3 +117,15 @@ def test_streams_differ_across_ranks_and_workers_and_repeat():
     assert not torch.equal(first(0), first(0, epoch=1))
     fixed = FixedSynthetic(cfg, n=3, seed=1)
     assert torch.equal(fixed[2]["image"], fixed[2]["image"])
+
+
+def test_curriculum_ramps_from_easy_to_the_full_distribution():
+    from dislotrack.train.datamodule import SyntheticDataModule
+
+    dm = SyntheticDataModule(curriculum_epochs=4)
+    full = dm.generator_config(64, 0.0)
+    first, last = dm.generator_config(64, 0.0, 0), dm.generator_config(64, 0.0, 3)
+    assert first.dose[0] > last.dose[0] > full.dose[0]
+    assert first.realism < last.realism < full.realism == 1.0
+    assert first.dipole_fraction < full.dipole_fraction
+    assert dm.generator_config(64, 0.0, 4) == full
