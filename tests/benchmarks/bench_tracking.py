@@ -83,7 +83,7 @@ def accuracy(n_movies: int, n_frames: int, size: int, model: str | None) -> dict
            "tracks_ge10_matched": int(len(t)),
            "median_glide_rel_error": float(t.glide_rel_error.median()) if len(t) else None,
            "median_climb_rel_error": float(t.climb_rel_error.median()) if len(t) else None,
-           "event_f1": float(2 * tp / max(2 * tp + fp + fn, 1)),
+           "event_f1": float(2 * tp / (2 * tp + fp + fn)) if (tp + fp + fn) else None,
            "event_tp_fp_fn": [int(tp), int(fp), int(fn)],
            "identity_switches_per_track": switches / max(n_true, 1)}
     if len(t):
@@ -97,33 +97,41 @@ def accuracy(n_movies: int, n_frames: int, size: int, model: str | None) -> dict
     return out
 
 
-def _speed_child(n_frames: int, size: int, model: str | None) -> None:
-    """Run in a fresh process: time one end-to-end analysis, print JSON."""
-    m, _, _, _ = movie(1, n_frames, size)
+def _speed_child(path: str, model: str | None) -> None:
+    """Run in a fresh process: time one end-to-end analysis of a movie file, print JSON."""
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "speed.tif"
-        write_imagej_tiff(path, m.frames, pixel_size_nm=m.meta["pixel_size"], frame_interval_s=1.0)
-        del m
-        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        t0 = time.perf_counter()
         res = analyze(path, model=model, progress=False)
         write_tables(res, Path(tmp) / "out")
-        dt = time.perf_counter() - t0
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"frames": n_frames, "size": size, "seconds": dt, "fps": n_frames / dt,
-                      "peak_rss_mb": peak / 1024, "rss_before_mb": base / 1024}))
+    dt = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    n = res.shape[0]
+    print(json.dumps({"frames": n, "size": res.shape[1], "seconds": dt, "fps": n / dt,
+                      "peak_rss_mb": peak / 1024, "rss_after_imports_mb": base / 1024}))
 
 
 def speed(size: int, lengths: list[int], model: str | None, threads: int) -> list[dict]:
+    """Write each movie here, analyse it in a fresh process (so peak memory is infer's)."""
     out = []
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    for n in lengths:
-        cmd = [sys.executable, __file__, "--child", str(n), "--size", str(size)]
-        if model:
-            cmd += ["--model", model]
-        r = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
-        out.append(json.loads(r.stdout.strip().splitlines()[-1]))
-        print(out[-1], flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in lengths:
+            m, _, _, _ = movie(1, n, size)
+            path = Path(tmp) / f"speed_{n}.tif"
+            write_imagej_tiff(path, m.frames, pixel_size_nm=m.meta["pixel_size"], frame_interval_s=1.0)
+            del m
+            cmd = [sys.executable, __file__, "--child", str(path), "--threads", str(threads)]
+            if model:
+                cmd += ["--model", model]
+            r = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
+            out.append(json.loads(r.stdout.strip().splitlines()[-1]))
+            print(out[-1], flush=True)
+    if len(out) >= 2:  # marginal cost per frame: fixed costs (model load, imports) cancel
+        a, b = out[0], out[-1]
+        per_frame = (b["seconds"] - a["seconds"]) / (b["frames"] - a["frames"])
+        print(json.dumps({"marginal_seconds_per_frame": per_frame, "marginal_fps": 1 / per_frame}))
+        out.append({"marginal_seconds_per_frame": per_frame, "marginal_fps": 1 / per_frame})
     return out
 
 
@@ -136,14 +144,14 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--speed-only", action="store_true")
     ap.add_argument("--lengths", default="20,60")
-    ap.add_argument("--child", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     import torch
 
     torch.set_num_threads(args.threads)
     if args.child:
-        _speed_child(args.child, args.size, args.model)
+        _speed_child(args.child, args.model)
         return
     out = {}
     if not args.speed_only:
