@@ -16,6 +16,9 @@ from dislotrack.data_gen.annotations import find_annotations, read_annotation
 from dislotrack.models.metrics import MATCH_RADIUS_NM, DetectionTally, mask_iou, match_cores
 
 MIN_TRACK_FRAMES = 10
+#: Velocity components slower than this [nm/s] get no relative error (it is undefined
+#: for a component that does not move); their absolute error is reported instead.
+MIN_SPEED_NM_S = 0.05
 
 
 def detection_scores(pred: pd.DataFrame, truth: pd.DataFrame, *, pixel_size_nm: float) -> dict:
@@ -49,7 +52,10 @@ def match_identities(pred_tracks: pd.DataFrame, truth: pd.DataFrame, *,
 
 def tracking_scores(pred_tracks: pd.DataFrame, pred_summary: pd.DataFrame, truth: pd.DataFrame,
                     true_tracks: pd.DataFrame, *, pixel_size_nm: float) -> tuple[dict, pd.DataFrame]:
-    """Velocity relative errors per true track visible in >= 10 frames, and identity switches.
+    """Velocity errors per true track visible in >= 10 frames, and identity switches.
+
+    Relative errors are over the components that move (|true| >= `MIN_SPEED_NM_S`);
+    absolute errors [nm/s] over all.
 
     ``true_tracks`` has particle, n_frames, glide_velocity_nm_s, climb_velocity_nm_s.
     The predicted track of a true one is the one matched in most of its frames.
@@ -74,13 +80,17 @@ def tracking_scores(pred_tracks: pd.DataFrame, pred_summary: pd.DataFrame, truth
     scores = {"identity_switches": switches,
               "switches_per_track": switches / max(len(true_tracks), 1)}
     if len(table):
-        speed = np.hypot(table.true_glide_nm_s, table.true_climb_nm_s)
         for comp in ("glide", "climb"):
-            err = (table[f"pred_{comp}_nm_s"] - table[f"true_{comp}_nm_s"]).abs() / np.maximum(
-                table[f"true_{comp}_nm_s"].abs(), 0.1 * speed + 1e-9)
-            table[f"{comp}_rel_error"] = err
-            scores[f"median_{comp}_rel_error"] = float(err.median())
-        moving = table.true_climb_nm_s.abs() > 0.05
+            true_v, pred_v = table[f"true_{comp}_nm_s"], table[f"pred_{comp}_nm_s"]
+            err = (pred_v - true_v).abs()
+            # A relative error needs a moving component: below MIN_SPEED_NM_S it is undefined.
+            moving = true_v.abs() >= MIN_SPEED_NM_S
+            table[f"{comp}_abs_error_nm_s"] = err
+            table[f"{comp}_rel_error"] = (err / true_v.abs()).where(moving)
+            scores[f"median_{comp}_rel_error"] = float(table[f"{comp}_rel_error"].median())
+            scores[f"median_{comp}_abs_error_nm_s"] = float(err.median())
+            scores[f"n_moving_{comp}"] = int(moving.sum())
+        moving = table.true_climb_nm_s.abs() >= MIN_SPEED_NM_S
         scores["climb_sign_correct"] = float(
             (np.sign(table.pred_climb_nm_s[moving]) == np.sign(table.true_climb_nm_s[moving])).mean()
         ) if moving.any() else np.nan

@@ -83,11 +83,15 @@ def accuracy(n_movies: int, n_frames: int, size: int, model: str | None) -> dict
            "tracks_ge10_matched": int(len(t)),
            "median_glide_rel_error": float(t.glide_rel_error.median()) if len(t) else None,
            "median_climb_rel_error": float(t.climb_rel_error.median()) if len(t) else None,
+           "moving_components": [int(t.glide_rel_error.notna().sum()), int(t.climb_rel_error.notna().sum())]
+           if len(t) else None,
+           "median_glide_abs_error_nm_s": float(t.glide_abs_error_nm_s.median()) if len(t) else None,
+           "median_climb_abs_error_nm_s": float(t.climb_abs_error_nm_s.median()) if len(t) else None,
            "event_f1": float(2 * tp / (2 * tp + fp + fn)) if (tp + fp + fn) else None,
            "event_tp_fp_fn": [int(tp), int(fp), int(fn)],
            "identity_switches_per_track": switches / max(n_true, 1)}
     if len(t):
-        moving = t.true_climb_nm_s.abs() > 0.05
+        moving = t.true_climb_nm_s.abs() >= 0.05
         out["climb_sign_correct"] = float((np.sign(t.pred_climb_nm_s[moving])
                                            == np.sign(t.true_climb_nm_s[moving])).mean())
         for mode in ("hrtem", "stem"):
