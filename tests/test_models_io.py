@@ -102,12 +102,14 @@ def test_missing_bundled_model_raises_clear_error(monkeypatch):
         load_model()
 
 
-def test_bundled_model_loads_when_present():
+def test_bundled_model_ships_and_loads():
     path = importlib.resources.files("dislotrack.models").joinpath(mio.DEFAULT_MODEL)
-    if not path.is_file():
-        pytest.skip("no bundled model trained yet (models/weights/default.safetensors)")
+    assert path.is_file(), "the package must ship models/weights/default.safetensors"
     net, card = load_model()
     assert card["model_id"] == "default"
+    validate_card(card)
+    assert card["training"]["recipe"] == "dislotrack train fit --config train/configs/cpu.yaml"
+    assert 0 < card["decode_threshold"] < 1
     with torch.no_grad():
         assert net(torch.zeros(1, 1, 64, 64)).shape == (1, 4, 64, 64)
 
