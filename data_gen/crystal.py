@@ -91,12 +91,6 @@ def build_layered(material: str = "LiNiO2") -> Atoms:
     return atoms
 
 
-def build_rocksalt(a_nm: float = 0.4177) -> Atoms:
-    """Cation-disordered rock-salt (Fm-3m) cell, e.g. (Li,Ni)O, lengths in nm."""
-    return crystal(["Ni", "O"], basis=[(0, 0, 0), (0.5, 0.5, 0.5)], spacegroup=225,
-                   cellpar=[a_nm, a_nm, a_nm, 90, 90, 90], primitive_cell=True)
-
-
 def _frame(material: str, zone: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Unit vectors (beam, x along layers, y along c) in ASE Cartesian axes."""
     p = MATERIALS[material]
