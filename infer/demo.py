@@ -64,5 +64,5 @@ def run_demo(out: str | Path = "dislotrack_demo", *, device: str = "auto") -> pd
     print("Events, measured:")
     print(res.events.to_string(index=False, float_format=lambda v: f"{v:.1f}")
           if len(res.events) else "  none")
-    print(f"Event F1 = {ev['event_f1']:.2f}")
+    print(f"Event F1 = {ev['event_f1']:.2f} (same kind, within 1 frame and 0.5 nm)")
     return table
