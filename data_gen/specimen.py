@@ -124,7 +124,11 @@ def add_rocksalt_near(rng: np.random.Generator, p: SpecimenParams, cores: list[D
 
 #: Where a core sits in the projected cell (fractions of v1, v2) for b along +burgers;
 #: a core of -b sits at the inversion image (R-3m is centrosymmetric about the Li site).
-CORE_SITE = np.array([0.5, 0.25])
+#: The glide plane (the Volterra cut) runs through the core along b = -v2 (misfit) or
+#: -v1 (basal); columns sit at v1-fractions {0, 0.24, 0.5, 0.76} and v2-fractions
+#: {0, 0.28, 0.5, 0.72} in both zones, so 0.37 and 0.14 keep every cut between columns
+#: (a cut through a column row would split it and pile columns up along the cut).
+CORE_SITE = np.array([0.37, 0.14])
 
 
 def snap_core(p: SpecimenParams, xy: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -82,3 +82,23 @@ def test_dipole_far_field_cancels():
     pair = [Dislocation(0.0, 0.0, b), Dislocation(1.0, 0.0, -b)]
     far = np.array([[40.0, 25.0], [-30.0, 35.0]])
     assert np.abs(volterra_displacement(far, pair)).max() < 0.01
+
+
+@pytest.mark.parametrize("zone", list(ZONE_AXES))
+@pytest.mark.parametrize("kind", ["misfit", "basal"])
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_cores_on_their_lattice_site_leave_the_cut_clean(zone, kind, sign):
+    from dislotrack.data_gen.specimen import SpecimenParams, snap_core
+
+    rng = np.random.default_rng(17)
+    rot = rng.uniform(0, 2 * np.pi)
+    spec = SpecimenParams(zone=zone, rotation=rot, origin=rng.uniform(0, 1, 2))
+    pc = project("LiNiO2", zone)
+    b = sign * rotation_matrix(rot) @ pc.burgers[kind]
+    core = snap_core(spec, np.array([10.0, 10.0]), b)
+    pos, _ = lattice_columns(pc, rotation=rot, origin=spec.origin, bounds=(0, 20, 0, 20))
+    deformed = pos + volterra_displacement(pos, [Dislocation(*core, b)])
+    d_perfect = cKDTree(pos).query(pos, k=2)[0][:, 1].min()
+    d_def = cKDTree(deformed).query(deformed, k=2)[0][:, 1]
+    away = np.hypot(*(pos - core).T) > 1.0
+    assert d_def[away].min() > 0.6 * d_perfect
