@@ -47,6 +47,10 @@ def _add_infer(sub: argparse._SubParsersAction) -> None:
                    help="(003) spacing of the material [nm] (default LiNiO2, 0.473)")
     p.add_argument("--max-speed", type=float, default=2.0, metavar="NM_S",
                    help="largest plausible dislocation speed for linking [nm/s]")
+    p.add_argument("--memory", type=int, default=5, metavar="FRAMES",
+                   help="frames a core may be missed and still be linked (default 5)")
+    p.add_argument("--min-length", type=int, default=6, metavar="FRAMES",
+                   help="shortest track kept (default 6)")
     p.add_argument("--detector", choices=["unet", "gpa"], default="unet",
                    help="the network (default) or the classical GPA phase-singularity baseline")
     p.add_argument("--strain", action="store_true",
@@ -65,7 +69,8 @@ def _run_infer(args: argparse.Namespace) -> int:
                         model=args.model, pixel_size_nm=args.pixel_size,
                         frame_interval_s=args.frame_interval, device=args.device,
                         threshold=args.threshold, d_spacing_nm=args.d_spacing,
-                        max_speed_nm_s=args.max_speed)
+                        max_speed_nm_s=args.max_speed, memory=args.memory,
+                        min_length=args.min_length)
         s = res.track_summary
         print(f"{path}: {len(res.detections)} detections, {len(s)} tracks, "
               f"{len(res.events)} events")

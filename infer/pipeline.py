@@ -95,7 +95,7 @@ def calibrate(movie: Movie, *, pixel_size_nm: float | None, frame_interval_s: fl
 def analyze(path: str | Path, *, model: str | Path | None = None, pixel_size_nm: float | None = None,
             frame_interval_s: float | None = None, device: str = "auto", threshold: float | None = None,
             batch_size: int = 4, d_spacing_nm: float = D003_LINIO2_NM, max_speed_nm_s: float = 2.0,
-            memory: int = 2, min_length: int = 3, border_nm: float = 2.0, detector: str = "unet",
+            memory: int = 5, min_length: int = 6, border_nm: float = 2.0, detector: str = "unet",
             mask_sink: Callable[[int, np.ndarray], None] | None = None,
             frame_sink: Callable[[int, np.ndarray, pd.DataFrame], None] | None = None,
             progress: bool = True) -> AnalysisResult:
