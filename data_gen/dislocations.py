@@ -79,12 +79,16 @@ def volterra_displacement(
         Displacements [nm], image axes.
     """
     # float32: positions are a few tens of nm, so precision stays ~1e-5 nm, twice as fast.
+    # Work on separate x / y arrays: (n, 2) temporaries cost more than the maths.
     pts = np.asarray(points, dtype=np.float32)
-    u = np.zeros_like(pts)
+    px, py = np.ascontiguousarray(pts[:, 0]), np.ascontiguousarray(pts[:, 1])
+    ux_img = np.zeros_like(px)
+    uy_img = np.zeros_like(py)
     nu = poisson
     c_xy = np.float32(1 / (2 * (1 - nu)))
     c_log = np.float32((1 - 2 * nu) / (4 * (1 - nu)))
     c_sq = np.float32(1 / (4 * (1 - nu)))
+    rc2 = np.float32(core_radius**2)
     for d in dislocations:
         # The field is odd in b for a fixed frame; only the branch cut depends on the
         # frame. Taking the frame from +-b by a fixed rule gives b and -b parallel cuts,
@@ -92,18 +96,20 @@ def volterra_displacement(
         # nucleating dipole does not shift the rest of the crystal).
         s = 1.0 if d.b @ _CUT_REFERENCE >= 0 else -1.0
         bn = s * float(np.linalg.norm(d.b))
-        bh = (d.b / bn).astype(np.float32)
-        hh = h_from_b_hat(bh).astype(np.float32)
-        rel = pts - np.array([d.x, d.y], dtype=np.float32)
-        x = rel @ bh
-        y = rel @ hh
-        r2 = x * x + y * y + np.float32(core_radius**2)
-        inv = 1 / r2
+        bx, by = (float(v) for v in d.b / bn)
+        hx, hy = (float(v) for v in h_from_b_hat(np.array([bx, by])))
+        rx = px - np.float32(d.x)
+        ry = py - np.float32(d.y)
+        x = rx * np.float32(bx) + ry * np.float32(by)
+        y = rx * np.float32(hx) + ry * np.float32(hy)
+        x2, y2 = x * x, y * y
+        inv = 1 / (x2 + y2 + rc2)
         k = np.float32(bn / (2 * np.pi))
         ux = k * (np.arctan2(y, x) + c_xy * x * y * inv)
-        uy = -k * (c_log * np.log(r2) + c_sq * (x * x - y * y) * inv)
-        u += ux[:, None] * bh + uy[:, None] * hh
-    return u.astype(float)
+        uy = -k * (c_log * np.log(x2 + y2 + rc2) + c_sq * (x2 - y2) * inv)
+        ux_img += ux * np.float32(bx) + uy * np.float32(hx)
+        uy_img += ux * np.float32(by) + uy * np.float32(hy)
+    return np.stack([ux_img, uy_img], axis=1).astype(float)
 
 
 def burgers_closure(

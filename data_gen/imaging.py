@@ -60,11 +60,13 @@ class Grid:
 
 @lru_cache(maxsize=8)
 def _polar(grid: Grid) -> dict[str, np.ndarray]:
-    """Cached float32 |k|^2, |k|, cos(2 phi_k), sin(2 phi_k) of the internal grid."""
+    """Cached float32 powers of |k| and |k|^2 cos/sin(2 phi_k) of the internal grid."""
     kx, ky = grid.frequencies()
     k2 = kx**2 + ky**2
-    safe = np.where(k2 > 0, k2, 1)
-    return {"k2": k2, "k": np.sqrt(k2), "cos2": (kx**2 - ky**2) / safe, "sin2": 2 * kx * ky / safe}
+    k = np.sqrt(k2)
+    # k2 * cos(2 phi) = kx^2 - ky^2 and k2 * sin(2 phi) = 2 kx ky: no division needed.
+    return {"k2": k2, "k": k, "k3": k2 * k, "k4": k2 * k2,
+            "k2cos2": kx**2 - ky**2, "k2sin2": 2 * kx * ky}
 
 
 def splat(xy: np.ndarray, weight: np.ndarray, grid: Grid) -> np.ndarray:
@@ -75,23 +77,38 @@ def splat(xy: np.ndarray, weight: np.ndarray, grid: Grid) -> np.ndarray:
     pixel ``i`` (pixel-centre convention).
     """
     n = grid.n_internal
-    f = xy / grid.internal_pixel + PAD_INTERNAL + (OVERSAMPLE - 1) / 2
-    i0 = np.floor(f).astype(np.int64)
-    t = f - i0
-    ok = (i0[:, 0] >= 0) & (i0[:, 0] < n - 1) & (i0[:, 1] >= 0) & (i0[:, 1] < n - 1)
-    i0, t, w = i0[ok], t[ok], weight[ok]
-    flat = i0[:, 1] * n + i0[:, 0]  # row-major (y, x)
-    tx, ty = t[:, 0], t[:, 1]
-    idx = np.concatenate([flat, flat + 1, flat + n, flat + n + 1])
-    val = np.concatenate([w * (1 - tx) * (1 - ty), w * tx * (1 - ty), w * (1 - tx) * ty, w * tx * ty])
-    return np.bincount(idx, weights=val, minlength=n * n).reshape(n, n)
+    fx = xy[:, 0] * (1 / grid.internal_pixel) + (PAD_INTERNAL + (OVERSAMPLE - 1) / 2)
+    fy = xy[:, 1] * (1 / grid.internal_pixel) + (PAD_INTERNAL + (OVERSAMPLE - 1) / 2)
+    ix, iy = np.floor(fx), np.floor(fy)
+    # Points off the grid get zero weight (cheaper than boolean indexing every array).
+    w = np.where((ix >= 0) & (ix < n - 1) & (iy >= 0) & (iy < n - 1), weight, 0.0)
+    tx, ty = fx - ix, fy - iy
+    flat = np.clip(iy, 0, n - 2).astype(np.int64) * n + np.clip(ix, 0, n - 2).astype(np.int64)
+    idx = np.empty((4, len(flat)), np.int64)
+    val = np.empty((4, len(flat)), np.float64)
+    wy0, wy1 = w * (1 - ty), w * ty
+    np.multiply(wy0, 1 - tx, out=val[0])
+    np.multiply(wy0, tx, out=val[1])
+    np.multiply(wy1, 1 - tx, out=val[2])
+    np.multiply(wy1, tx, out=val[3])
+    np.add(flat, 0, out=idx[0])
+    np.add(flat, 1, out=idx[1])
+    np.add(flat, n, out=idx[2])
+    np.add(flat, n + 1, out=idx[3])
+    return np.bincount(idx.ravel(), weights=val.ravel(), minlength=n * n).reshape(n, n)
 
 
 def bin_to_output(internal: np.ndarray, grid: Grid) -> np.ndarray:
     """Crop the margin and integrate OVERSAMPLE x OVERSAMPLE internal pixels."""
     s = grid.size * OVERSAMPLE
     core = internal[PAD_INTERNAL:PAD_INTERNAL + s, PAD_INTERNAL:PAD_INTERNAL + s]
-    return core.reshape(grid.size, OVERSAMPLE, grid.size, OVERSAMPLE).mean(axis=(1, 3))
+    # Strided adds: much faster than .mean(axis=(1, 3)) on the 4-d view.
+    out = np.zeros((grid.size, grid.size), dtype=core.dtype)
+    for i in range(OVERSAMPLE):
+        for j in range(OVERSAMPLE):
+            out += core[i::OVERSAMPLE, j::OVERSAMPLE]
+    out *= 1.0 / OVERSAMPLE**2
+    return out
 
 
 # --------------------------------------------------------------------------- HRTEM
@@ -121,30 +138,40 @@ def scherzer_defocus(cs_mm: float, voltage_kv: float) -> float:
     return float(np.sign(cs_mm) * 1.2 * np.sqrt(abs(cs_mm) * 1e6 * lam))
 
 
-def aberration_phase(k2: np.ndarray, cos2: np.ndarray, sin2: np.ndarray, o: Optics) -> np.ndarray:
-    """Aberration function chi(k) [rad]; ``cos2``/``sin2`` are cos/sin of 2 phi_k."""
+def aberration_phase(k2: np.ndarray, k2cos2: np.ndarray, k2sin2: np.ndarray, o: Optics) -> np.ndarray:
+    """Aberration function chi(k) [rad]; ``k2cos2``/``k2sin2`` are |k|^2 cos/sin(2 phi_k)."""
     lam = electron_wavelength_nm(o.voltage_kv)
     cs = o.cs_mm * 1e6
-    astig = o.astig_nm * (cos2 * np.cos(2 * o.astig_angle) + sin2 * np.sin(2 * o.astig_angle))
-    return np.float32(np.pi * lam) * k2 * (np.float32(0.5 * cs * lam**2) * k2
-                                            - np.float32(o.defocus_nm) - astig)
+    a = np.pi * lam
+    # chi = pi lam (Cs lam^2 k^4 / 2 - df k^2 - A k^2 cos(2 (phi - phi_A)))
+    chi = np.float32(a * 0.5 * cs * lam**2) * (k2 * k2)
+    chi -= np.float32(a * o.defocus_nm) * k2
+    chi -= np.float32(a * o.astig_nm * np.cos(2 * o.astig_angle)) * k2cos2
+    chi -= np.float32(a * o.astig_nm * np.sin(2 * o.astig_angle)) * k2sin2
+    return chi
 
 
 def transfer_function(grid: Grid, o: Optics) -> np.ndarray:
     """Coherent transfer function (complex64) with temporal/spatial envelopes and aperture."""
     p = _polar(grid)
-    k2, k = p["k2"], p["k"]
-    chi = aberration_phase(k2, p["cos2"], p["sin2"], o)
     lam = electron_wavelength_nm(o.voltage_kv)
     cs = o.cs_mm * 1e6
+    chi = aberration_phase(p["k2"], p["k2cos2"], p["k2sin2"], o)
     # Quasi-coherent envelopes: focal spread (temporal) and beam convergence (spatial).
-    grad_chi = np.float32(cs * lam**3) * k**3 - np.float32(o.defocus_nm * lam) * k
-    env = np.exp(np.float32(-0.5 * (np.pi * lam * o.focal_spread_nm) ** 2) * k2 * k2
-                 - np.float32((np.pi * o.convergence_mrad * 1e-3 / lam) ** 2) * grad_chi**2)
-    env *= k <= o.aperture_inv_nm
-    out = np.empty(k2.shape, np.complex64)
-    out.real = np.cos(chi) * env
-    out.imag = -np.sin(chi) * env
+    grad_chi = np.float32(cs * lam**3) * p["k3"]
+    grad_chi -= np.float32(o.defocus_nm * lam) * p["k"]
+    grad_chi *= grad_chi
+    grad_chi *= np.float32(-((np.pi * o.convergence_mrad * 1e-3 / lam) ** 2))
+    env = np.float32(-0.5 * (np.pi * lam * o.focal_spread_nm) ** 2) * p["k4"]
+    env += grad_chi
+    np.exp(env, out=env)
+    env[p["k"] > o.aperture_inv_nm] = 0
+    out = np.empty(chi.shape, np.complex64)
+    np.cos(chi, out=out.real)
+    out.real *= env
+    np.sin(chi, out=chi)
+    np.negative(chi, out=out.imag)
+    out.imag *= env
     return out
 
 
@@ -152,7 +179,7 @@ def fringe_transfer(o: Optics, d_nm: float = D003_LINIO2_NM) -> float:
     """|sin chi| x envelopes at spatial frequency 1/d: how visible a fringe is."""
     lam = electron_wavelength_nm(o.voltage_kv)
     k = 1.0 / d_nm
-    chi = float(aberration_phase(np.array(k * k), np.array(1.0), np.array(0.0), o))
+    chi = float(aberration_phase(np.array(k * k), np.array(k * k), np.array(0.0), o))
     e_t = np.exp(-0.5 * (np.pi * lam * o.focal_spread_nm) ** 2 * k**4)
     return float(abs(np.sin(chi)) * e_t)
 
@@ -280,6 +307,27 @@ def draw_detector(rng: np.random.Generator, dose: float | None = None) -> Detect
     )
 
 
+#: Mean count above which Poisson noise is drawn as a rounded Gaussian (skewness
+#: 1/sqrt(mean) < 0.07 there; the mean and variance stay exact, 3x faster).
+GAUSSIAN_COUNTS_ABOVE = 200.0
+
+
+def poisson_counts(mean: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Poisson-distributed counts (float32) for non-negative means."""
+    mean = np.asarray(mean, dtype=np.float64)
+    if mean.size and mean.min() >= GAUSSIAN_COUNTS_ABOVE:
+        z = rng.standard_normal(mean.shape, dtype=np.float32)
+        return np.rint(mean + np.sqrt(mean) * z).astype(np.float32)
+    high = mean >= GAUSSIAN_COUNTS_ABOVE
+    if not high.any():
+        return rng.poisson(mean).astype(np.float32)
+    out = np.empty(mean.shape, np.float32)
+    out[~high] = rng.poisson(mean[~high])
+    m = mean[high]
+    out[high] = np.rint(m + np.sqrt(m) * rng.standard_normal(m.shape, dtype=np.float32))
+    return out
+
+
 def detect(expected: np.ndarray, det: Detector, pixel_size_nm: float,
            rng: np.random.Generator) -> np.ndarray:
     """Turn a relative intensity (1 = incident beam) into recorded counts (float32).
@@ -291,7 +339,7 @@ def detect(expected: np.ndarray, det: Detector, pixel_size_nm: float,
 
     sig = gaussian_filter(expected, det.mtf_sigma_px, mode="reflect") if det.mtf_sigma_px > 0 else expected
     electrons = det.dose * (pixel_size_nm * 10.0) ** 2  # e per pixel at intensity 1
-    counts = rng.poisson(np.clip(sig, 0, None) * electrons).astype(np.float32)
+    counts = poisson_counts(np.clip(sig, 0, None) * electrons, rng)
     out = det.gain * counts + det.offset
     if det.read_noise > 0:
         out += rng.normal(0, det.read_noise * det.gain, out.shape).astype(np.float32)

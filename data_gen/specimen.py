@@ -39,16 +39,16 @@ class RocksaltDomain:
 
     def contains(self, xy: np.ndarray, growth: float = 1.0) -> np.ndarray:
         """Boolean membership of points (n, 2) [nm] at a growth factor."""
-        rel = xy - (self.x, self.y)
-        r = np.hypot(rel[:, 0], rel[:, 1])
         rmax = self.radius * growth * (1 + np.abs(self.harmonics[:, 0]).sum())
         out = np.zeros(len(xy), dtype=bool)
-        near = np.flatnonzero(r < rmax)  # the angular shape only matters close by
-        ang = np.arctan2(rel[near, 1], rel[near, 0])
+        # The angular shape only matters close by: a cheap box test first.
+        near = np.flatnonzero((np.abs(xy[:, 0] - self.x) < rmax) & (np.abs(xy[:, 1] - self.y) < rmax))
+        dx, dy = xy[near, 0] - self.x, xy[near, 1] - self.y
+        ang = np.arctan2(dy, dx)
         rr = np.ones_like(ang)
         for k, (amp, ph) in enumerate(self.harmonics, start=2):
             rr += amp * np.cos(k * ang + ph)
-        out[near] = r[near] < self.radius * growth * rr
+        out[near] = np.hypot(dx, dy) < self.radius * growth * rr
         return out
 
 

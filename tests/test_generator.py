@@ -5,12 +5,14 @@ import pytest
 from skimage.feature import peak_local_max
 
 from dislotrack.data_gen.imaging import (
+    GAUSSIAN_COUNTS_ABOVE,
     Detector,
     Grid,
     Optics,
     PhaseGrating,
     Probe,
     detect,
+    poisson_counts,
     scherzer_defocus,
     splat,
     stem_image,
@@ -108,6 +110,16 @@ def test_noise_matches_dose(dose):
     assert img.dtype == np.float32
     assert abs(counts.mean() / dose - 1) < 0.02
     assert abs(counts.var() / dose - 1) < 0.05
+
+
+def test_counts_on_both_sides_of_the_gaussian_switch():
+    # One image mixing means below (exact Poisson) and above the Gaussian threshold.
+    means = np.repeat([3.0, GAUSSIAN_COUNTS_ABOVE * 0.9, GAUSSIAN_COUNTS_ABOVE * 1.1, 4000.0], 20000)
+    counts = poisson_counts(means, np.random.default_rng(3)).reshape(4, -1)
+    assert np.all(counts == np.rint(counts)) and counts.min() >= 0
+    for c, m in zip(counts, means[::20000], strict=True):
+        assert abs(c.mean() / m - 1) < 0.01
+        assert abs(c.var() / m - 1) < 0.05
 
 
 def test_movie_truth_follows_the_motion():
