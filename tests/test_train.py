@@ -66,6 +66,20 @@ def test_fast_dev_run_of_each_config(name, tmp_path, monkeypatch):
                 "--data.eval_size=32", "--data.n_val=2"])
 
 
+def test_training_pixel_size_becomes_the_models_canonical_pixel_size(tmp_path, monkeypatch):
+    import json
+
+    monkeypatch.chdir(tmp_path)
+    train_main(["fit", "--config", config_path("cpu"), "--trainer.fast_dev_run=1",
+                "--trainer.logger=false", f"--trainer.default_root_dir={tmp_path}",
+                "--model.net.init_args.config.base_channels=4", "--model.net.init_args.config.depth=2",
+                "--data.batch_size=2", "--data.num_workers=0", "--data.size=32", "--data.eval_size=32",
+                "--data.n_val=2", "--data.pixel_size=0.05"])
+    card = json.loads((tmp_path / "models" / "weights" / "default.json").read_text())
+    assert card["canonical_pixel_size_nm"] == 0.05
+    assert card["generator"]["pixel_size"] == 0.05
+
+
 def test_augmentation_moves_cores_and_rotates_h_with_the_image():
     s = make_sample(np.random.default_rng(4), GeneratorConfig(size=64, mode="stem",
                                                                perfect_fraction=0.0, density=4.0))

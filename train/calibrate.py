@@ -15,7 +15,6 @@ import json
 import numpy as np
 import torch
 
-from dislotrack.data_gen.conventions import CANONICAL_PIXEL_SIZE_NM
 from dislotrack.data_gen.sample import GeneratorConfig
 from dislotrack.models.decode import decode_cores, outputs_to_maps
 from dislotrack.models.io import load_model, save_model
@@ -51,7 +50,8 @@ def main() -> None:
     args = ap.parse_args()
     net, card = load_model(args.model)
     gen = card.get("generator", {})
-    cfg = GeneratorConfig(size=int(gen.get("eval_size", 128)), pixel_size=CANONICAL_PIXEL_SIZE_NM,
+    cfg = GeneratorConfig(size=int(gen.get("eval_size", 128)),
+                          pixel_size=float(card["canonical_pixel_size_nm"]),
                           mode=gen.get("mode", "mixed"), density=float(gen.get("density", 1.5)),
                           dipole_fraction=float(gen.get("dipole_fraction", 0.35)),
                           perfect_fraction=float(gen.get("perfect_fraction", 0.1)))

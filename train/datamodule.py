@@ -50,6 +50,8 @@ class SyntheticDataModule(L.LightningDataModule):
         Torch threads of the training process (0 = torch's default).
     curriculum_epochs : int
         Epochs over which the training data ramp from easy to the full distribution.
+    pixel_size : float
+        Pixel size of the training data [nm/px]: the trained model's canonical pixel size.
     """
 
     def __init__(self, *, size: int = 128, batch_size: int = 16, num_workers: int = 1,
@@ -58,7 +60,7 @@ class SyntheticDataModule(L.LightningDataModule):
                  mode: str = "mixed", density: float = 1.5, dipole_fraction: float = 0.35,
                  perfect_fraction: float = 0.1, pixel_size_jitter: float = 0.05,
                  n_variants: int = 2, eval_size: int = 128, main_threads: int = 0,
-                 curriculum_epochs: int = 0) -> None:
+                 curriculum_epochs: int = 0, pixel_size: float = CANONICAL_PIXEL_SIZE_NM) -> None:
         super().__init__()
         self.save_hyperparameters()
 
@@ -67,7 +69,7 @@ class SyntheticDataModule(L.LightningDataModule):
         the data start easy (high dose, ideal crystal, misfit singles) and ramp linearly
         to the full distribution."""
         hp = self.hparams
-        cfg = GeneratorConfig(size=size, pixel_size=CANONICAL_PIXEL_SIZE_NM,
+        cfg = GeneratorConfig(size=size, pixel_size=hp.pixel_size,
                               pixel_size_jitter=jitter, mode=hp.mode, density=hp.density,
                               dipole_fraction=hp.dipole_fraction,
                               perfect_fraction=hp.perfect_fraction)

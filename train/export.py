@@ -41,7 +41,8 @@ class ExportModel(L.Callback):
                    if isinstance(v, torch.Tensor) and v.numel() == 1}
         dm = trainer.datamodule
         card = {
-            "canonical_pixel_size_nm": CANONICAL_PIXEL_SIZE_NM,
+            "canonical_pixel_size_nm": float(dm.hparams.get("pixel_size", CANONICAL_PIXEL_SIZE_NM))
+            if dm is not None else CANONICAL_PIXEL_SIZE_NM,
             "generator": dict(dm.hparams) if dm is not None else {},
             "training": {"recipe": self.recipe, "epochs": trainer.current_epoch,
                          "steps": trainer.global_step, "wall_time_s": time.time() - self._t0,

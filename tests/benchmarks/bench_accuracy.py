@@ -1,12 +1,15 @@
 """Detection accuracy of the network and of the GPA baseline on a fixed synthetic test set,
 plus the false-core rate on perfect lattices (synthetic and real).
 
-    python tests/benchmarks/bench_accuracy.py [--model STEM] [--n 20] [--size 256] [--no-gpa]
+    python tests/benchmarks/bench_accuracy.py [--model STEM] [--n 20] [--size 256] \\
+        [--pixel-size 0.1] [--no-gpa]
 
 Test set: for each mode (HRTEM, STEM) and dose (50, 100, 500, 1000, 5000 e/A^2), ``n``
-images of ``size`` px at the canonical 0.1 nm/px, drawn from ``SeedSequence([2025,
-mode, dose, i])`` with singles, dipoles, basal Burgers vectors, RS domains and 10 %
-perfect lattices. Metrics as DESIGN.md defines them (Hungarian matching within 0.5 nm).
+images of ``size`` px at ``--pixel-size`` nm/px (default 0.1), drawn from
+``SeedSequence([2025, mode, dose, i])`` with singles, dipoles, basal Burgers vectors, RS
+domains and 10 % perfect lattices. The network sees each image resampled to its
+canonical pixel size, as in infer. Metrics as DESIGN.md defines them (Hungarian
+matching within 0.5 nm).
 """
 
 from __future__ import annotations
@@ -21,9 +24,10 @@ import numpy as np
 import pandas as pd
 import torch
 
+from dislotrack.data_gen.conventions import D003_LINIO2_NM
 from dislotrack.data_gen.sample import GeneratorConfig, make_sample
-from dislotrack.infer.predict import predict_logits
-from dislotrack.models.decode import decode_cores, outputs_to_maps
+from dislotrack.infer.detectors import NetworkDetector
+from dislotrack.infer.preprocess import to_canonical
 from dislotrack.models.io import load_model
 from dislotrack.models.metrics import DetectionTally
 from dislotrack.models.unet import prepare_for_inference
@@ -42,18 +46,22 @@ REAL_PERFECT = [
 ]
 
 
-def test_set(mode: str, dose: float, n: int, size: int, perfect: bool = False):
-    cfg = GeneratorConfig(size=size, mode=mode, dose=(dose, dose),
+def test_set(mode: str, dose: float, n: int, size: int, perfect: bool = False, pixel_size: float = 0.1):
+    cfg = GeneratorConfig(size=size, mode=mode, dose=(dose, dose), pixel_size=pixel_size,
                           perfect_fraction=1.0 if perfect else 0.1)
     for i in range(n):
         yield make_sample(np.random.default_rng([2025, MODES.index(mode), int(dose), i, perfect]), cfg)
 
 
-def net_detect(net, image: np.ndarray, threshold: float):
-    logits = torch.from_numpy(predict_logits(net, image[None], device=torch.device("cpu")))
-    maps = outputs_to_maps(logits)
-    cores = decode_cores(maps["heatmap"][0], maps["hfield"][0], threshold=threshold)
-    return cores, maps["rocksalt"][0] > 0.5
+def net_detect(net, image: np.ndarray, threshold: float, *, pixel_size: float | None = None,
+               canonical: float | None = None):
+    """The network as infer runs it: resampled to its canonical pixel size, mapped back."""
+    det = NetworkDetector(net, device=torch.device("cpu"), threshold=threshold, scale=1.0,
+                          d_spacing_nm=D003_LINIO2_NM)
+    can = image if pixel_size is None else to_canonical(image, pixel_size_nm=pixel_size,
+                                                        canonical_nm=canonical)
+    cores, rs = det([image], [can])[0]
+    return cores, rs
 
 
 def gpa_detect(image: np.ndarray, pixel_size: float):
@@ -70,12 +78,12 @@ def gpa_detect(image: np.ndarray, pixel_size: float):
     return cores, rs
 
 
-def evaluate(detector, n: int, size: int) -> tuple[pd.DataFrame, float]:
+def evaluate(detector, n: int, size: int, pixel_size: float = 0.1) -> tuple[pd.DataFrame, float]:
     rows, t_total, n_img = [], 0.0, 0
     for mode in MODES:
         for dose in DOSES:
             tally, inter, union = DetectionTally(), 0, 0
-            for s in test_set(mode, dose, n, size):
+            for s in test_set(mode, dose, n, size, pixel_size=pixel_size):
                 t0 = time.perf_counter()
                 cores, rs = detector(s.image, s.meta["pixel_size"])
                 t_total += time.perf_counter() - t0
@@ -92,19 +100,19 @@ def evaluate(detector, n: int, size: int) -> tuple[pd.DataFrame, float]:
     return pd.DataFrame(rows), n_img / t_total
 
 
-def false_cores_perfect(detector, n: int, size: int) -> float:
+def false_cores_perfect(detector, n: int, size: int, pixel_size: float = 0.1) -> float:
     """False cores per 100 nm^2 on synthetic perfect lattices (all modes and doses)."""
     fp, area = 0, 0.0
     for mode in MODES:
         for dose in DOSES:
-            for s in test_set(mode, dose, max(n // 2, 1), size, perfect=True):
+            for s in test_set(mode, dose, max(n // 2, 1), size, perfect=True, pixel_size=pixel_size):
                 cores, _ = detector(s.image, s.meta["pixel_size"])
                 fp += len(cores)
                 area += (size * s.meta["pixel_size"]) ** 2
     return 100.0 * fp / area
 
 
-def false_cores_real(net, threshold: float, root: Path) -> pd.DataFrame:
+def false_cores_real(net, threshold: float, root: Path, canonical: float) -> pd.DataFrame:
     """The network on real perfect lattices: false cores per 100 nm^2 per file."""
     from dislotrack.infer.preprocess import to_canonical
     from dislotrack.infer.readers import open_movie
@@ -117,9 +125,9 @@ def false_cores_real(net, threshold: float, root: Path) -> pd.DataFrame:
             continue
         with open_movie(path) as m:
             ps = ps_given or m.calibration.pixel_size_nm
-            frame = to_canonical(m[0], pixel_size_nm=ps, canonical_nm=0.1)
+            frame = to_canonical(m[0], pixel_size_nm=ps, canonical_nm=canonical)
         cores, _ = net_detect(net, frame, threshold)
-        area = frame.size * 0.01
+        area = frame.size * canonical**2
         rows.append({"file": rel, "pixel_size_nm": ps, "area_nm2": area,
                      "false_cores": len(cores), "per_100nm2": 100 * len(cores) / area})
     return pd.DataFrame(rows)
@@ -139,6 +147,9 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=20)
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--pixel-size", type=float, default=0.1,
+                    help="pixel size of the test images [nm/px]; each model sees them resampled "
+                    "to its canonical pixel size, as in infer")
     ap.add_argument("--no-gpa", action="store_true")
     ap.add_argument("--realdata", default=str(Path(__file__).resolve().parents[3] / "shared" / "realdata"))
     ap.add_argument("--json", default=None, help="also write the results here")
@@ -148,17 +159,19 @@ def main() -> None:
     net = prepare_for_inference(net)
     thr = float(card.get("decode_threshold", 0.5))
     out = {"model": card.get("model_id"), "sha256": card.get("sha256"), "n_per_cell": args.n,
-           "size": args.size, "threads": args.threads}
-    table, fps = evaluate(lambda im, ps: net_detect(net, im, thr), args.n, args.size)
+           "size": args.size, "pixel_size_nm": args.pixel_size, "threads": args.threads}
+    can = float(card["canonical_pixel_size_nm"])
+    detect = lambda im, ps: net_detect(net, im, thr, pixel_size=ps, canonical=can)  # noqa: E731
+    table, fps = evaluate(detect, args.n, args.size, args.pixel_size)
     out["network"] = table.to_dict("records")
     out["network_fps"] = fps
     out["network_false_cores_per_100nm2_perfect"] = false_cores_perfect(
-        lambda im, ps: net_detect(net, im, thr), args.n, args.size)
+        detect, args.n, args.size, args.pixel_size)
     print(f"## network ({args.size}x{args.size}, CPU, {args.threads} threads): {fps:.1f} images/s")
     print(markdown(table))
     fpr = out["network_false_cores_per_100nm2_perfect"]
     print(f"false cores per 100 nm^2 on perfect lattices: {fpr:.3f}")
-    real = false_cores_real(net, thr, Path(args.realdata))
+    real = false_cores_real(net, thr, Path(args.realdata), can)
     out["real_perfect"] = real.to_dict("records")
     if len(real):
         tot = 100 * real.false_cores.sum() / real.area_nm2.sum()
@@ -167,7 +180,7 @@ def main() -> None:
         area = real.area_nm2.sum()
         print(f"real perfect lattices: {tot:.3f} false cores per 100 nm^2 over {area:.0f} nm^2")
     if not args.no_gpa:
-        gtable, gfps = evaluate(gpa_detect, args.n, args.size)
+        gtable, gfps = evaluate(gpa_detect, args.n, args.size, args.pixel_size)
         out["gpa"] = gtable.to_dict("records")
         out["gpa_fps"] = gfps
         print(f"## GPA baseline: {gfps:.1f} images/s")
