@@ -264,14 +264,27 @@ def draw_probe(rng: np.random.Generator) -> Probe:
     )
 
 
+class ProbeConvolution:
+    """Spectrum of one structure's HAADF cross-sections, cached so that many probes can
+    be drawn from one structure (the STEM twin of `PhaseGrating`)."""
+
+    def __init__(self, intensity_internal: np.ndarray, grid: Grid):
+        self.spectrum = sfft.rfft2(intensity_internal.astype(np.float32))
+        self.shape = intensity_internal.shape
+        self.grid = grid
+
+    def image(self, probe: Probe) -> np.ndarray:
+        """Incoherent image (cross-sections convolved with the probe) on the output grid."""
+        k2 = _polar(self.grid)["k2"][:, : self.spectrum.shape[1]]
+        g = lambda s: np.exp(np.float32(-2 * np.pi**2 * s * s) * k2)  # noqa: E731
+        otf = (1 - probe.tail_fraction) * g(probe.sigma_nm) + probe.tail_fraction * g(probe.tail_sigma_nm)
+        img = sfft.irfft2(self.spectrum * otf, s=self.shape)
+        return bin_to_output(img, self.grid)
+
+
 def stem_image(intensity_internal: np.ndarray, grid: Grid, probe: Probe) -> np.ndarray:
     """Incoherent image: column cross-sections convolved with the probe, on the output grid."""
-    ik = sfft.rfft2(intensity_internal.astype(np.float32))
-    k2 = _polar(grid)["k2"][:, : ik.shape[1]]
-    g = lambda s: np.exp(np.float32(-2 * np.pi**2 * s * s) * k2)  # noqa: E731
-    otf = (1 - probe.tail_fraction) * g(probe.sigma_nm) + probe.tail_fraction * g(probe.tail_sigma_nm)
-    img = sfft.irfft2(ik * otf, s=intensity_internal.shape)
-    return bin_to_output(img, grid)
+    return ProbeConvolution(intensity_internal, grid).image(probe)
 
 
 def scan_jitter(image: np.ndarray, shifts_px: np.ndarray) -> np.ndarray:

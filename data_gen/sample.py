@@ -23,6 +23,7 @@ from dislotrack.data_gen.imaging import (
     Optics,
     PhaseGrating,
     Probe,
+    ProbeConvolution,
     column_peak,
     detect,
     draw_detector,
@@ -30,7 +31,6 @@ from dislotrack.data_gen.imaging import (
     draw_probe,
     scan_jitter,
     splat,
-    stem_image,
 )
 from dislotrack.data_gen.labels import dense_targets
 from dislotrack.data_gen.specimen import (
@@ -253,7 +253,7 @@ def render_frame(spec: SpecimenParams, disl: list[Dislocation], *, grid: Grid, m
     pot, wmax = _potential(spec, disl, geo, grid, mode, rs_growth)
     rs = _rs_raster(spec, geo, grid, rs_growth)
     out = []
-    grating = None
+    grating = None  # PhaseGrating or ProbeConvolution: built once, reused by the variants
     for v in range(n_variants):
         im, det = (imaging, detector) if v == 0 else _draw_imaging(rng, imaging, detector)
         row_shift = None
@@ -262,7 +262,9 @@ def render_frame(spec: SpecimenParams, disl: list[Dislocation], *, grid: Grid, m
                 grating = PhaseGrating(pot, grid, im, column_peak(wmax, im.column_sigma_nm, grid))
             expected = grating.image(im)
         else:
-            expected = stem_image(pot, grid, im)
+            if grating is None:
+                grating = ProbeConvolution(pot, grid)
+            expected = grating.image(im)
             expected = im.collection * expected / max(float(column_peak(wmax, im.sigma_nm, grid)), 1e-12)
             expected = expected + im.background * im.collection
             row_shift = rng.normal(0, im.jitter_px, grid.size)
