@@ -1,17 +1,22 @@
 """Births, deaths, dipoles, events and counts of tracked dislocations.
 
-Birth of a track: ``present`` if it starts in the movie's first frame, else
+Birth of a track: ``present`` if it was there from the movie's first frame, else
 ``entered`` if its first detection lies within ``border_nm`` of the image edge,
-else ``nucleated``. Death: ``survived`` if it ends in the last frame, else ``left``
+else ``nucleated``. Death: ``survived`` if it lasts to the last frame, else ``left``
 if its last detection lies within ``border_nm`` of the edge, else ``annihilated``.
-Edges are judged on the raw (not drift-corrected) positions, since the frame edge
-is fixed on the detector.
+A detector misses cores now and then, so "from the first frame" allows for it: a
+track whose first detection is ``k`` frames in counts as present when a core missed
+at the track's own rate ``m = 1 - detections / span`` would plausibly go unseen that
+long, ``m**k >= MISSED_START_PROBABILITY`` (likewise for the last frame). Edges are
+judged on the raw (not drift-corrected) positions, since the frame edge is fixed on
+the detector.
 
 Two tracks form a *dipole* when their mean **h** are opposite (within
 ``opposite_tolerance_deg``) and either they nucleate together (first frames at
-most ``max_frame_gap`` apart, first positions within ``distance_nm``) or they stay
-within ``distance_nm`` in at least ``min_close_fraction`` of the frames where both
-are detected. Each track has at most one partner; candidate pairs are accepted
+most ``max_frame_gap`` apart, first positions within ``distance_nm``), or they
+annihilate together (the same on their last frames), or they stay within
+``distance_nm`` in at least ``min_close_fraction`` of the frames where both are
+detected. Each track has at most one partner; candidate pairs are accepted
 greedily, closest first. Distances use drift-corrected positions when present.
 
 Events sit where they are seen: a nucleation at a track's first detection, an
@@ -37,6 +42,10 @@ from dislotrack.infer.motion import (
     track_motion,
     track_velocities,
 )
+
+#: Smallest probability of missing a core for its first (last) frames with which a
+#: track still counts as present from the first (to the last) frame.
+MISSED_START_PROBABILITY = 0.05
 
 SUMMARY_COLUMNS = [
     "particle",
@@ -156,13 +165,19 @@ def birth_death(
     if final_frame < last_tracked:
         raise ValueError(f"tracks reach frame {last_tracked} but n_frames={n_frames}")
     band_px = border_nm / pixel_size_nm
+    # The track's own miss rate, kept off 0 and 1 so that powers stay meaningful.
+    n_detected = tracks.groupby("particle").size().reindex(ends.index).to_numpy()
+    span = (ends["frame_stop"] - ends["frame_start"] + 1).to_numpy()
+    miss = np.clip(1 - n_detected / span, 1e-3, 0.999)
+    from_first = miss ** ends["frame_start"].to_numpy() >= MISSED_START_PROBABILITY
+    to_last = miss ** (final_frame - ends["frame_stop"].to_numpy()) >= MISSED_START_PROBABILITY
     birth = np.where(
-        ends["frame_start"] == 0,
+        (ends["frame_start"] == 0) | from_first,
         "present",
         np.where(_near_edge(ends, "start", image_shape, band_px), "entered", "nucleated"),
     )
     death = np.where(
-        ends["frame_stop"] == final_frame,
+        (ends["frame_stop"] == final_frame) | to_last,
         "survived",
         np.where(_near_edge(ends, "stop", image_shape, band_px), "left", "annihilated"),
     )
@@ -197,7 +212,7 @@ def pair_dipoles(
     criteria : DipoleCriteria
         Pairing rules.
     """
-    ends = _track_ends(tracks, pixel_size_nm).join(fates.set_index("particle")[["birth"]])
+    ends = _track_ends(tracks, pixel_size_nm).join(fates.set_index("particle")[["birth", "death"]])
     paths = _paths_nm(tracks, pixel_size_nm)
     h = ends[["hx", "hy"]].to_numpy()
     opposite = h @ h.T <= -np.cos(np.deg2rad(criteria.opposite_tolerance_deg))
@@ -367,6 +382,8 @@ def _pair_cost(a: pd.Series, b: pd.Series, paths, criteria: DipoleCriteria) -> f
     """Separation [nm] ranking a dipole candidate, or None if it is no dipole."""
     if a["birth"] == b["birth"] == "nucleated" and _together(a, b, "start", criteria):
         return float(np.hypot(a["xn_start"] - b["xn_start"], a["yn_start"] - b["yn_start"]))
+    if a["death"] == b["death"] == "annihilated" and _together(a, b, "stop", criteria):
+        return float(np.hypot(a["xn_stop"] - b["xn_stop"], a["yn_stop"] - b["yn_stop"]))
     if max(a["frame_start"], b["frame_start"]) >= min(a["frame_stop"], b["frame_stop"]):
         return None
     common = paths.get_group(a.name).merge(paths.get_group(b.name), on="frame")

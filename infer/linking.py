@@ -99,8 +99,13 @@ def link_cores(
     memory: int = 2,
     min_length: int = 3,
     max_h_change_deg: float = 45.0,
+    max_gap: int = 12,
 ) -> pd.DataFrame:
     """Link detected cores into tracks; cores of opposite **h** are never linked.
+
+    trackpy links frame to frame (allowing ``memory`` missed frames at an unchanged
+    position); `close_gaps` then joins track fragments that a longer gap split,
+    where a core moving at its fitted velocity would reappear.
 
     Parameters
     ----------
@@ -117,9 +122,11 @@ def link_cores(
     memory : int
         Number of frames a core may go undetected and still keep its track.
     min_length : int
-        Tracks with fewer detections are dropped (`trackpy.filter_stubs`).
+        Tracks with fewer detections are dropped (after gap closing).
     max_h_change_deg : float
         Largest change of **h** between linked detections [deg], in (0, 180).
+    max_gap : int
+        Longest gap [frames] `close_gaps` bridges; 0 disables gap closing.
 
     Returns
     -------
@@ -148,11 +155,98 @@ def link_cores(
             pos_columns=_LINK_COLUMNS,
             memory=memory,
         )
-        kept = trackpy.filter_stubs(linked, threshold=min_length)
-    kept = kept.reset_index(drop=True).drop(columns=_LINK_COLUMNS)
+    kept = linked.reset_index(drop=True).drop(columns=_LINK_COLUMNS)
+    if max_gap > 0:
+        # Single detections are mostly false positives: never bridge from or to them.
+        kept = _drop_short(kept, 2)
+        kept = close_gaps(kept, pixel_size_nm=pixel_size_nm, max_gap=max_gap,
+                          max_h_change_deg=max_h_change_deg)
+    kept = _drop_short(kept, min_length)
     kept = kept.sort_values(["frame", "particle"], kind="stable")
     kept["particle"] = pd.factorize(kept["particle"])[0]
     return kept.sort_values(["particle", "frame"], kind="stable").reset_index(drop=True)
+
+
+def _drop_short(tracks: pd.DataFrame, min_length: int) -> pd.DataFrame:
+    """Tracks with at least ``min_length`` detections."""
+    n = tracks.groupby("particle")["frame"].transform("size")
+    return tracks[n >= min_length]
+
+
+#: Gap closing tolerance: a fragment may start this far [nm] from where the previous one,
+#: extrapolated at its velocity, predicts, plus `GAP_TOLERANCE_PER_FRAME_NM` per missed frame.
+GAP_TOLERANCE_NM = 0.8
+GAP_TOLERANCE_PER_FRAME_NM = 0.05
+
+
+def close_gaps(
+    tracks: pd.DataFrame,
+    *,
+    pixel_size_nm: float,
+    max_gap: int = 12,
+    max_h_change_deg: float = 45.0,
+    tolerance_nm: float = GAP_TOLERANCE_NM,
+    tolerance_per_frame_nm: float = GAP_TOLERANCE_PER_FRAME_NM,
+) -> pd.DataFrame:
+    """Join track fragments split by missed detections.
+
+    Fragment B continues fragment A when B starts 1 to ``max_gap`` frames after A
+    ends, their mean **h** differ by less than ``max_h_change_deg``, and B's first
+    position lies within ``tolerance_nm + tolerance_per_frame_nm * gap`` of A's last
+    position moved on for the gap at the mean of the two fragments' fitted velocities
+    (zero for fragments of fewer than 3 detections). Candidate joins are accepted
+    closest first, each fragment continuing and being continued at most once.
+
+    Parameters
+    ----------
+    tracks : DataFrame
+        Linked detections: ``particle``, ``frame``, ``x``, ``y`` [px] (or the
+        drift-corrected ``x_corr``, ``y_corr``), ``hx``, ``hy``.
+    pixel_size_nm : float
+        Pixel size [nm/px].
+
+    Returns
+    -------
+    DataFrame
+        ``tracks`` with the ``particle`` of joined fragments set to their first one's.
+    """
+    if tracks.empty:
+        return tracks
+    xcol, ycol = position_columns(tracks)
+    cos_max = np.cos(np.deg2rad(max_h_change_deg))
+    merged: dict[int, int] = {}
+    frags = []
+    for p, g in tracks.groupby("particle", sort=True):
+        f = g["frame"].to_numpy(dtype=float)
+        xy = g[[xcol, ycol]].to_numpy(dtype=float) * pixel_size_nm
+        order = np.argsort(f)
+        f, xy = f[order], xy[order]
+        v = np.polyfit(f, xy, 1)[0] if len(f) >= 3 and np.ptp(f) > 0 else np.zeros(2)
+        h = unit(g[["hx", "hy"]].to_numpy(dtype=float).mean(axis=0))
+        frags.append((int(p), f[0], f[-1], xy[0], xy[-1], v, h))
+    candidates = []
+    for a, _, a_stop, _, a_end, va, ha in frags:
+        for b, b_start, _, b_begin, _, vb, hb in frags:
+            gap = b_start - a_stop
+            if a == b or not 1 <= gap <= max_gap or float(ha @ hb) < cos_max:
+                continue
+            miss = np.linalg.norm(b_begin - (a_end + 0.5 * (va + vb) * gap))
+            if miss <= tolerance_nm + tolerance_per_frame_nm * gap:
+                candidates.append((float(miss), a, b))
+    continued, continuing = set(), set()
+    for _, a, b in sorted(candidates):
+        if a in continued or b in continuing:
+            continue
+        continued.add(a)
+        continuing.add(b)
+        merged[b] = a
+
+    def root(p: int) -> int:
+        while p in merged:
+            p = merged[p]
+        return p
+
+    return tracks.assign(particle=tracks["particle"].map(root))
 
 
 def _linking_space(detections: pd.DataFrame) -> pd.DataFrame:

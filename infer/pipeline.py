@@ -27,7 +27,7 @@ from dislotrack.data_gen.conventions import D003_LINIO2_NM
 from dislotrack.infer.calibration import Calibration, resolve_calibration
 from dislotrack.infer.detectors import CORE_COLUMNS, GPADetector, NetworkDetector
 from dislotrack.infer.drift import apply_drift, measure_drift
-from dislotrack.infer.events import count_dislocations, find_events, summarise_tracks
+from dislotrack.infer.events import DipoleCriteria, count_dislocations, find_events, summarise_tracks
 from dislotrack.infer.fringes import pixel_size_from_fringes_or_none
 from dislotrack.infer.linking import link_cores
 from dislotrack.infer.motion import track_motion
@@ -212,9 +212,11 @@ def _track(detections: pd.DataFrame, drift: pd.DataFrame, cal: Calibration, rs_f
     else:
         tracks = linked.assign(t_s=pd.Series(dtype=float), glide_nm=pd.Series(dtype=float),
                                climb_nm=pd.Series(dtype=float))
+    # Partners seen first (last) up to `memory` frames apart still nucleate (annihilate) together.
+    dipoles = DipoleCriteria(max_frame_gap=max(memory, DipoleCriteria.max_frame_gap))
     summary = summarise_tracks(tracks, pixel_size_nm=ps, frame_interval_s=dt, n_frames=shape[0],
-                               image_shape=shape[1:], border_nm=border_nm)
-    events = find_events(tracks, summary, pixel_size_nm=ps, frame_interval_s=dt)
+                               image_shape=shape[1:], border_nm=border_nm, dipoles=dipoles)
+    events = find_events(tracks, summary, pixel_size_nm=ps, frame_interval_s=dt, dipoles=dipoles)
     counts = count_dislocations(summary, n_frames=shape[0], frame_interval_s=dt,
                                 rocksalt_fraction=rs_frac)
     warnings = list(cal.warnings)

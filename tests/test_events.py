@@ -75,6 +75,31 @@ def test_birth_and_death(frames, x0, vx, birth, death):
     assert fates.loc[0, ["birth", "death"]].tolist() == [birth, death]
 
 
+def test_a_track_unseen_in_its_first_frames_at_its_own_miss_rate_was_present():
+    # Seen every other frame from frame 3: missing frames 0-2 is likely (0.47**3 = 0.10).
+    patchy = birth_death(_track(0, range(3, N_FRAMES, 2), 150.0, 100.0, DOWN), pixel_size_nm=PIXEL_NM,
+                         n_frames=N_FRAMES, image_shape=SHAPE)
+    assert patchy.loc[0, ["birth", "death"]].tolist() == ["present", "survived"]
+    # Seen in every frame from frame 3: it was not there before.
+    steady = birth_death(_track(0, range(3, N_FRAMES - 3), 150.0, 100.0, DOWN), pixel_size_nm=PIXEL_NM,
+                         n_frames=N_FRAMES, image_shape=SHAPE)
+    assert steady.loc[0, ["birth", "death"]].tolist() == ["nucleated", "annihilated"]
+
+
+def test_pair_annihilating_together_is_a_dipole():
+    # Present from the start 6 nm apart, they meet and vanish together in frame 10.
+    tracks = pd.concat(
+        [
+            _track(0, range(0, 11), 100.0, 100.0, DOWN, vx=2.9),
+            _track(1, range(0, 11), 160.0, 100.0, UP, vx=-2.9),
+        ]
+    )
+    summary = _summary(tracks)
+    assert summary["kind"].tolist() == ["dipole", "dipole"]
+    events = find_events(tracks, summary, pixel_size_nm=PIXEL_NM, frame_interval_s=0.5)
+    assert events[["frame", "kind", "particles"]].values.tolist() == [[10, "dipole_annihilation", "0 1"]]
+
+
 def test_without_image_shape_edges_are_not_judged():
     fates = birth_death(_track(0, range(4, 12), 5.0, 100.0, DOWN), pixel_size_nm=PIXEL_NM,
                         n_frames=N_FRAMES)

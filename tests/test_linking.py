@@ -131,3 +131,22 @@ def test_rejects_missing_h_and_handles_no_detections():
         link_cores(bad, pixel_size_nm=PIXEL_NM)
     empty = link_cores(bad.iloc[:0], pixel_size_nm=PIXEL_NM)
     assert empty.empty and "particle" in empty.columns
+
+
+def test_gap_closing_joins_a_core_missed_for_longer_than_memory():
+    # 0.3 nm/frame, unseen for frames 10-15: trackpy alone splits it (memory 2).
+    seen = [*range(0, 10), *range(16, 30)]
+    core = _core(seen, 20.0, 50.0, 3.0, 0.0, (0.0, 1.0))
+    kw = dict(pixel_size_nm=PIXEL_NM, frame_interval_s=1.0, max_speed_nm_s=0.5, memory=2)
+    assert link_cores(core, max_gap=0, **kw)["particle"].nunique() == 2
+    joined = link_cores(core, max_gap=12, **kw)
+    assert joined["particle"].nunique() == 1 and len(joined) == len(seen)
+
+
+def test_gap_closing_keeps_apart_what_is_not_a_continuation():
+    kw = dict(pixel_size_nm=PIXEL_NM, frame_interval_s=1.0, max_speed_nm_s=0.5, memory=2, max_gap=12)
+    before = _core(range(0, 10), 20.0, 50.0, 3.0, 0.0, (0.0, 1.0))
+    flipped = _core(range(16, 30), 68.0, 50.0, 3.0, 0.0, (0.0, -1.0))  # on the path, opposite h
+    assert link_cores(pd.concat([before, flipped]), **kw)["particle"].nunique() == 2
+    off_path = _core(range(16, 30), 68.0, 80.0, 3.0, 0.0, (0.0, 1.0))  # 3 nm off the path
+    assert link_cores(pd.concat([before, off_path]), **kw)["particle"].nunique() == 2
