@@ -53,6 +53,8 @@ def _add_infer(sub: argparse._SubParsersAction) -> None:
                    help="shortest track kept (default 6)")
     p.add_argument("--detector", choices=["unet", "gpa"], default="unet",
                    help="the network (default) or the classical GPA phase-singularity baseline")
+    p.add_argument("--tta", action="store_true",
+                   help="average the network over 8 flips/transposes per frame (8x slower)")
     p.add_argument("--strain", action="store_true",
                    help="also write GPA strain maps (TIFF stacks) and a strain figure")
     p.add_argument("--no-movie", action="store_true", help="skip the overlay MP4")
@@ -70,7 +72,7 @@ def _run_infer(args: argparse.Namespace) -> int:
                         frame_interval_s=args.frame_interval, device=args.device,
                         threshold=args.threshold, d_spacing_nm=args.d_spacing,
                         max_speed_nm_s=args.max_speed, memory=args.memory,
-                        min_length=args.min_length)
+                        min_length=args.min_length, tta=args.tta)
         s = res.track_summary
         print(f"{path}: {len(res.detections)} detections, {len(s)} tracks, "
               f"{len(res.events)} events")

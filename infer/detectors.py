@@ -44,12 +44,13 @@ class NetworkDetector:
     name = "unet"
 
     def __init__(self, net, *, device: torch.device, threshold: float, scale: float,
-                 d_spacing_nm: float) -> None:
+                 d_spacing_nm: float, tta: bool = False) -> None:
         self.net, self.device, self.threshold = net, device, threshold
-        self.scale, self.d_spacing = scale, d_spacing_nm
+        self.scale, self.d_spacing, self.tta = scale, d_spacing_nm, tta
 
     def __call__(self, raw: list[np.ndarray], canonical: list[np.ndarray]) -> list[tuple]:
-        logits = torch.from_numpy(predict_logits(self.net, np.stack(canonical), device=self.device))
+        logits = torch.from_numpy(predict_logits(self.net, np.stack(canonical), device=self.device,
+                                                 tta=self.tta))
         maps = outputs_to_maps(logits)
         out = []
         for k, frame in enumerate(raw):

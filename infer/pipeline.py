@@ -96,6 +96,7 @@ def analyze(path: str | Path, *, model: str | Path | None = None, pixel_size_nm:
             frame_interval_s: float | None = None, device: str = "auto", threshold: float | None = None,
             batch_size: int = 4, d_spacing_nm: float = D003_LINIO2_NM, max_speed_nm_s: float = 2.0,
             memory: int = 5, min_length: int = 6, border_nm: float = 2.0, detector: str = "unet",
+            tta: bool = False,
             mask_sink: Callable[[int, np.ndarray], None] | None = None,
             frame_sink: Callable[[int, np.ndarray, pd.DataFrame], None] | None = None,
             progress: bool = True) -> AnalysisResult:
@@ -123,6 +124,8 @@ def analyze(path: str | Path, *, model: str | Path | None = None, pixel_size_nm:
         Tracks that start/end this close to the frame edge entered/left the field.
     detector : {"unet", "gpa"}
         The network, or the classical geometric-phase baseline.
+    tta : bool
+        Average the network over the 8 flips and transposes of each frame (8x slower).
     mask_sink : callable(frame, mask), optional
         Receives each frame's uint8 rock-salt mask (input resolution).
     frame_sink : callable(frame index, frame, detections), optional
@@ -143,7 +146,7 @@ def analyze(path: str | Path, *, model: str | Path | None = None, pixel_size_nm:
             card = {**card, "model_id": "gpa-baseline", "sha256": None}
         elif detector == "unet":
             det = NetworkDetector(prepare_for_inference(net).to(dev), device=dev, threshold=thr,
-                                  scale=s, d_spacing_nm=d_spacing_nm)
+                                  scale=s, d_spacing_nm=d_spacing_nm, tta=tta)
         else:
             raise ValueError(f"detector must be 'unet' or 'gpa', got {detector!r}")
         n, h, w = movie.shape

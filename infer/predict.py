@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from dislotrack.models.normalise import normalise_image
-from dislotrack.models.unet import N_OUT, UNet, required_multiple
+from dislotrack.models.unet import HVEC_CH, N_OUT, UNet, required_multiple
 
 
 def pick_device(device: str = "auto") -> torch.device:
@@ -35,13 +35,40 @@ def _starts(n: int, tile: int, step: int) -> list[int]:
     return sorted(set(s))
 
 
+def dihedral_forward(model: UNet, x: torch.Tensor) -> torch.Tensor:
+    """Test-time augmentation: the mean output over the 8 flips and transposes of ``x``.
+
+    Each output is mapped back to the input's frame, the **h** channels included
+    (a flip negates the flipped component, a transpose swaps them).
+    """
+    hx, hy = HVEC_CH.start, HVEC_CH.start + 1
+    acc = torch.zeros((), device=x.device)
+    for transpose in (False, True):
+        for flip_x in (False, True):
+            for flip_y in (False, True):
+                z = x.transpose(-1, -2) if transpose else x
+                dims = [d for d, f in ((-1, flip_x), (-2, flip_y)) if f]
+                y = model(torch.flip(z, dims) if dims else z).float()
+                y = torch.flip(y, dims) if dims else y
+                sign = torch.ones(y.shape[1], device=y.device)
+                sign[hx], sign[hy] = (-1.0 if flip_x else 1.0), (-1.0 if flip_y else 1.0)
+                y = y * sign[None, :, None, None]
+                if transpose:
+                    perm = list(range(y.shape[1]))
+                    perm[hx], perm[hy] = hy, hx
+                    y = y.transpose(-1, -2)[:, perm]
+                acc = acc + y
+    return acc / 8
+
+
 def predict_logits(model: UNet, frames: np.ndarray, *, device: torch.device, tile: int = 512,
-                   overlap: int = 32) -> np.ndarray:
+                   overlap: int = 32, tta: bool = False) -> np.ndarray:
     """Network outputs (B, 4, H, W) for a batch of canonical frames (B, H, W).
 
     Frames are normalised one by one, reflect-padded to a multiple of the network's
     stride and, when larger than ``tile``, processed in overlapping tiles that are
-    blended with linear ramps.
+    blended with linear ramps. ``tta`` averages the 8 flips and transposes
+    (`dihedral_forward`; 8x the time).
     """
     frames = np.stack([normalise_image(f) for f in frames]).astype(np.float32)
     b, h, w = frames.shape
@@ -61,7 +88,7 @@ def predict_logits(model: UNet, frames: np.ndarray, *, device: torch.device, til
             for x0 in _starts(pw, tw, tw - ov):
                 x = torch.from_numpy(padded[:, None, y0:y0 + th, x0:x0 + tw].copy()).to(device)
                 x = x.contiguous(memory_format=torch.channels_last)
-                y = model(x).float().cpu().numpy()
+                y = (dihedral_forward(model, x) if tta else model(x).float()).cpu().numpy()
                 out[:, :, y0:y0 + th, x0:x0 + tw] += y * win
                 weight[y0:y0 + th, x0:x0 + tw] += win
     return (out / weight)[:, :, :h, :w]

@@ -91,7 +91,7 @@ def test_missing_calibration_is_reported_not_guessed(tiny_model, tmp_path):
     with pytest.raises(ValueError, match="--pixel-size"):
         main(["infer", str(movie), "--out", str(tmp_path / "o"), "--model", str(tiny_model)])
     assert main(["infer", str(movie), "--out", str(tmp_path / "o"), "--model", str(tiny_model),
-                 "--pixel-size", "0.1", "--no-movie"]) == 0
+                 "--pixel-size", "0.1", "--no-movie", "--tta"]) == 0
     summary = json.loads((tmp_path / "o" / "noise" / "summary.json").read_text())
     assert summary["calibration"]["pixel_size_source"] == "user"
     assert summary["calibration"]["frame_interval_s"] is None

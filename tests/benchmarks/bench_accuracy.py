@@ -2,7 +2,7 @@
 plus the false-core rate on perfect lattices (synthetic and real).
 
     python tests/benchmarks/bench_accuracy.py [--model STEM] [--n 20] [--size 256] \\
-        [--pixel-size 0.1] [--no-gpa]
+        [--pixel-size 0.1] [--tta] [--no-gpa]
 
 Test set: for each mode (HRTEM, STEM) and dose (50, 100, 500, 1000, 5000 e/A^2), ``n``
 images of ``size`` px at ``--pixel-size`` nm/px (default 0.1), drawn from
@@ -54,10 +54,10 @@ def test_set(mode: str, dose: float, n: int, size: int, perfect: bool = False, p
 
 
 def net_detect(net, image: np.ndarray, threshold: float, *, pixel_size: float | None = None,
-               canonical: float | None = None):
+               canonical: float | None = None, tta: bool = False):
     """The network as infer runs it: resampled to its canonical pixel size, mapped back."""
     det = NetworkDetector(net, device=torch.device("cpu"), threshold=threshold, scale=1.0,
-                          d_spacing_nm=D003_LINIO2_NM)
+                          d_spacing_nm=D003_LINIO2_NM, tta=tta)
     can = image if pixel_size is None else to_canonical(image, pixel_size_nm=pixel_size,
                                                         canonical_nm=canonical)
     cores, rs = det([image], [can])[0]
@@ -151,6 +151,7 @@ def main() -> None:
                     help="pixel size of the test images [nm/px]; each model sees them resampled "
                     "to its canonical pixel size, as in infer")
     ap.add_argument("--no-gpa", action="store_true")
+    ap.add_argument("--tta", action="store_true", help="network with test-time augmentation")
     ap.add_argument("--realdata", default=str(Path(__file__).resolve().parents[3] / "shared" / "realdata"))
     ap.add_argument("--json", default=None, help="also write the results here")
     args = ap.parse_args()
@@ -161,7 +162,7 @@ def main() -> None:
     out = {"model": card.get("model_id"), "sha256": card.get("sha256"), "n_per_cell": args.n,
            "size": args.size, "pixel_size_nm": args.pixel_size, "threads": args.threads}
     can = float(card["canonical_pixel_size_nm"])
-    detect = lambda im, ps: net_detect(net, im, thr, pixel_size=ps, canonical=can)  # noqa: E731
+    detect = lambda im, ps: net_detect(net, im, thr, pixel_size=ps, canonical=can, tta=args.tta)  # noqa: E731
     table, fps = evaluate(detect, args.n, args.size, args.pixel_size)
     out["network"] = table.to_dict("records")
     out["network_fps"] = fps
