@@ -51,6 +51,8 @@ def _add_infer(sub: argparse._SubParsersAction) -> None:
                    help="frames a core may be missed and still be linked (default 5)")
     p.add_argument("--min-length", type=int, default=6, metavar="FRAMES",
                    help="shortest track kept (default 6)")
+    p.add_argument("--max-gap", type=int, default=12, metavar="FRAMES",
+                   help="longest gap that gap closing bridges (default 12; 0 = none)")
     p.add_argument("--detector", choices=["unet", "gpa"], default="unet",
                    help="the network (default) or the classical GPA phase-singularity baseline")
     p.add_argument("--tta", action="store_true",
@@ -72,7 +74,7 @@ def _run_infer(args: argparse.Namespace) -> int:
                         frame_interval_s=args.frame_interval, device=args.device,
                         threshold=args.threshold, d_spacing_nm=args.d_spacing,
                         max_speed_nm_s=args.max_speed, memory=args.memory,
-                        min_length=args.min_length, tta=args.tta)
+                        min_length=args.min_length, max_gap=args.max_gap, tta=args.tta)
         s = res.track_summary
         print(f"{path}: {len(res.detections)} detections, {len(s)} tracks, "
               f"{len(res.events)} events")

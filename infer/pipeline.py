@@ -95,8 +95,8 @@ def calibrate(movie: Movie, *, pixel_size_nm: float | None, frame_interval_s: fl
 def analyze(path: str | Path, *, model: str | Path | None = None, pixel_size_nm: float | None = None,
             frame_interval_s: float | None = None, device: str = "auto", threshold: float | None = None,
             batch_size: int = 4, d_spacing_nm: float = D003_LINIO2_NM, max_speed_nm_s: float = 2.0,
-            memory: int = 5, min_length: int = 6, border_nm: float = 2.0, detector: str = "unet",
-            tta: bool = False,
+            memory: int = 5, min_length: int = 6, max_gap: int = 12, border_nm: float = 2.0,
+            detector: str = "unet", tta: bool = False,
             mask_sink: Callable[[int, np.ndarray], None] | None = None,
             frame_sink: Callable[[int, np.ndarray, pd.DataFrame], None] | None = None,
             progress: bool = True) -> AnalysisResult:
@@ -118,8 +118,9 @@ def analyze(path: str | Path, *, model: str | Path | None = None, pixel_size_nm:
     d_spacing_nm : float
         (003) spacing of the material [nm]: pixel-size estimate and |b| of the
         misfit Burgers vector reported in ``bx_nm``, ``by_nm``.
-    max_speed_nm_s, memory, min_length
-        Linking: largest plausible speed, frames a core may be missed, shortest track.
+    max_speed_nm_s, memory, min_length, max_gap
+        Linking: largest plausible speed, frames a core may be missed, shortest track,
+        longest gap bridged by gap closing (0: none).
     border_nm : float
         Tracks that start/end this close to the frame edge entered/left the field.
     detector : {"unet", "gpa"}
@@ -196,18 +197,20 @@ def analyze(path: str | Path, *, model: str | Path | None = None, pixel_size_nm:
     detections = detections[DETECTION_COLUMNS].astype({"frame": int})
     return _track(detections, drift, cal, np.asarray(rs_frac), (n, h, w), str(path), card,
                   max_speed_nm_s=max_speed_nm_s, memory=memory, min_length=min_length,
-                  border_nm=border_nm, first=first)
+                  max_gap=max_gap, border_nm=border_nm, first=first)
 
 
 def _track(detections: pd.DataFrame, drift: pd.DataFrame, cal: Calibration, rs_frac: np.ndarray,
            shape: tuple[int, int, int], path: str, card: dict, *, max_speed_nm_s: float,
-           memory: int, min_length: int, border_nm: float, first: np.ndarray) -> AnalysisResult:
+           memory: int, min_length: int, max_gap: int, border_nm: float,
+           first: np.ndarray) -> AnalysisResult:
     """Link, measure and summarise (pure: tables in, tables out)."""
     ps, dt = cal.pixel_size_nm, cal.frame_interval_s
     corrected = apply_drift(detections, drift)
     if len(corrected):
         linked = link_cores(corrected, pixel_size_nm=ps, frame_interval_s=dt,
-                            max_speed_nm_s=max_speed_nm_s, memory=memory, min_length=min_length)
+                            max_speed_nm_s=max_speed_nm_s, memory=memory, min_length=min_length,
+                            max_gap=max_gap)
     else:
         linked = corrected.assign(particle=pd.Series(dtype=int))
     if len(linked):

@@ -1,6 +1,6 @@
 """Tracking accuracy and end-to-end speed of ``infer`` on fixed, seeded synthetic movies.
 
-    python tests/benchmarks/bench_tracking.py [--movies 20] [--frames 30] [--size 256]
+    python tests/benchmarks/bench_tracking.py [--movies 20] [--frames 30] [--size 256] [--tta]
     python tests/benchmarks/bench_tracking.py --speed-only --size 512
 
 Accuracy: ``--movies`` movies (half HRTEM, half STEM; doses cycling through 100, 300,
@@ -155,6 +155,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=31, help="31 = the reported set; tune on another")
     ap.add_argument("--memory", type=int, default=None, help="linking memory [frames] (default: infer's)")
     ap.add_argument("--min-length", type=int, default=None, help="shortest track [frames]")
+    ap.add_argument("--max-gap", type=int, default=None, help="gap closing [frames] (0 = none)")
+    ap.add_argument("--threshold", type=float, default=None, help="decode threshold (default: the card's)")
+    ap.add_argument("--tta", action="store_true", help="test-time augmentation (8x network time)")
     args = ap.parse_args()
     import torch
 
@@ -164,7 +167,9 @@ def main() -> None:
         return
     out = {}
     if not args.speed_only:
-        opts = {k: v for k, v in (("memory", args.memory), ("min_length", args.min_length)) if v is not None}
+        opts = {k: v for k, v in (("memory", args.memory), ("min_length", args.min_length),
+                                  ("max_gap", args.max_gap), ("threshold", args.threshold))
+                if v is not None} | ({"tta": True} if args.tta else {})
         out["accuracy"] = accuracy(args.movies, args.frames, args.size, args.model, args.seed, **opts)
         print(json.dumps(out["accuracy"], indent=2))
     if not args.no_speed:
