@@ -92,6 +92,19 @@ def save_model(model: UNet, path: str | Path, *, card: dict[str, Any]) -> None:
     card_path.write_text(json.dumps(full, indent=2, default=_json_default) + "\n")
 
 
+def bundled_models() -> list[str]:
+    """Names of the models shipped in ``dislotrack/models/weights/``."""
+    root = Path(str(importlib.resources.files("dislotrack.models").joinpath("weights")))
+    return sorted(p.stem for p in root.glob("*.safetensors"))
+
+
+def _bundled(name: str) -> Path | None:
+    """The bundled model called ``name`` (a bare name, no folder or suffix), if any."""
+    if Path(name).name != name or Path(name).suffix or name not in bundled_models():
+        return None
+    return Path(str(importlib.resources.files("dislotrack.models").joinpath("weights", name)))
+
+
 def load_model(
     path: str | Path | None = None, *, device: str | torch.device = "cpu"
 ) -> tuple[UNet, dict[str, Any]]:
@@ -101,7 +114,8 @@ def load_model(
     ----------
     path : str or Path, optional
         ``<stem>``, ``<stem>.safetensors`` or ``<stem>.json``; ``None`` loads the
-        bundled model ``dislotrack/models/weights/default.safetensors``.
+        bundled model ``dislotrack/models/weights/default.safetensors``; a bare name
+        that is no file here (e.g. ``"fine"``) loads that bundled model.
     device : str or torch.device, optional
         Where to put the network.
 
@@ -124,6 +138,9 @@ def load_model(
                 f"no bundled model at {path}; train one (dislotrack train) or pass a model path"
             )
     weights, card_path = _model_paths(path)
+    bundled = _bundled(str(path))
+    if not weights.is_file() and bundled is not None:
+        weights, card_path = _model_paths(bundled)
     for p in (weights, card_path):
         if not p.is_file():
             raise FileNotFoundError(f"model file {p} does not exist")

@@ -152,3 +152,13 @@ def test_lightning_checkpoint_errors(tmp_path):
     torch.save({"state_dict": {"backbone.w": torch.zeros(1)}}, tmp_path / "c.ckpt")
     with pytest.raises(ValueError, match=r"first keys are \['backbone.w'\]"):
         load_lightning_checkpoint(tmp_path / "c.ckpt")
+
+
+def test_bundled_models_load_by_name():
+    from dislotrack.models.io import bundled_models
+
+    assert "default" in bundled_models()
+    _, card = load_model("default")
+    assert card["model_id"] == "default"
+    with pytest.raises(FileNotFoundError):
+        load_model("no_such_model")
