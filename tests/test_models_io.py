@@ -157,8 +157,10 @@ def test_lightning_checkpoint_errors(tmp_path):
 def test_bundled_models_load_by_name():
     from dislotrack.models.io import bundled_models
 
-    assert "default" in bundled_models()
+    assert {"default", "fine"} <= set(bundled_models())
     _, card = load_model("default")
     assert card["model_id"] == "default"
+    _, fine = load_model("fine")
+    assert fine["canonical_pixel_size_nm"] == 0.05 and fine["model_id"] == "fine"
     with pytest.raises(FileNotFoundError):
         load_model("no_such_model")
