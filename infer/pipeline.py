@@ -13,6 +13,7 @@ detection table.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import logging
 from collections.abc import Callable, Iterator
@@ -61,6 +62,20 @@ class AnalysisResult:
     model_card: dict
     warnings: list[str] = field(default_factory=list)
     first_frame: np.ndarray | None = None
+
+
+def _malloc_trim() -> Callable[[], object]:
+    """glibc's ``malloc_trim(0)``, or a no-op elsewhere."""
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return lambda *_: 0
+
+
+#: Hands freed heap pages back to the OS. The per-frame arrays (network input, outputs,
+#: FFTs) are freed, but glibc keeps the pages, so without it the resident size grows by
+#: ~2 MB per 512^2 frame although nothing is kept (measured).
+_release_freed_memory = _malloc_trim()
 
 
 def file_sha256(path: str | Path) -> str:
@@ -163,6 +178,7 @@ def analyze(path: str | Path, *, model: str | Path | None = None, pixel_size_nm:
                     mask_sink(start + k, rs.astype(np.uint8))
                 if frame_sink is not None:
                     frame_sink(start + k, raw[k], table)
+            _release_freed_memory(0)
 
         n_read = 0
 

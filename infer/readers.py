@@ -295,12 +295,20 @@ def _tiff_reader(path, tif, series, lead_shape, page_axes) -> Callable[[tuple], 
     def to_frame(block: np.ndarray) -> np.ndarray:
         return np.moveaxis(block, page_axes.index("S"), -1) if "S" in page_axes else block
 
-    try:  # contiguous, uncompressed data (incl. ImageJ files over 4 GB): memory-map
-        mm = tifffile.memmap(path, series=0, mode="r")
-        mm = mm.reshape(lead_shape + tuple(series.keyframe.shape))
-        return lambda idx: to_frame(mm[idx])
-    except ValueError:
-        pass
+    offset = series.dataoffset
+    if offset is not None:  # contiguous, uncompressed data (incl. ImageJ files over 4 GB)
+        # Plain reads at the frame's offset rather than a memory map: mapped pages would
+        # stay in the resident size, which then grows with every frame read.
+        frame_shape = tuple(series.keyframe.shape)
+        dtype = np.dtype(series.dtype).newbyteorder(tif.byteorder)
+        count = int(np.prod(frame_shape))
+
+        def read(idx: tuple) -> np.ndarray:
+            k = int(np.ravel_multi_index(idx, lead_shape)) if lead_shape else 0
+            data = np.fromfile(path, dtype=dtype, count=count, offset=offset + k * count * dtype.itemsize)
+            return to_frame(data.reshape(frame_shape).astype(dtype.newbyteorder("="), copy=False))
+
+        return read
     n_pages = int(np.prod(lead_shape))
     if len(series.pages) == n_pages:
         def page(idx: tuple) -> int:
