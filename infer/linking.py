@@ -158,7 +158,7 @@ def link_cores(
     kept = linked.reset_index(drop=True).drop(columns=_LINK_COLUMNS)
     if max_gap > 0:
         # Single detections are mostly false positives: never bridge from or to them.
-        kept = _drop_short(kept, 2)
+        kept = _drop_short(kept, min(2, min_length))
         kept = close_gaps(kept, pixel_size_nm=pixel_size_nm, max_gap=max_gap,
                           max_h_change_deg=max_h_change_deg)
     kept = _drop_short(kept, min_length)
