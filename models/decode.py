@@ -74,6 +74,7 @@ def decode_cores(
     *,
     threshold: float = 0.5,
     min_distance: int = 4,
+    same_sign_distance: float = 6.0,
     exclude_border: bool | int = False,
 ) -> pd.DataFrame:
     """Find dislocation cores in one frame's heatmap and read their h vectors.
@@ -90,6 +91,11 @@ def decode_cores(
         Smallest separation of two cores [px] (4 px = 0.4 nm at the canonical pixel
         size: below the closest dipoles, 0.5 nm, above double peaks of one core; Chebyshev distance, as in
         `skimage.feature.peak_local_max`).
+    same_sign_distance : float, optional
+        Of two cores closer than this [px] whose **h** agree within 45 deg only the
+        stronger is kept (6 px = 0.6 nm at the canonical pixel size): like-sign cores
+        that close do not exist, so they are one core's double peak. Opposite cores
+        (dipoles) are kept down to ``min_distance``. 0 disables.
     exclude_border : bool or int, optional
         Passed to `skimage.feature.peak_local_max`: ``False`` keeps cores on the
         border, ``True`` drops those within ``min_distance`` of it, an int gives
@@ -125,9 +131,23 @@ def decode_cores(
     y = np.clip(rows + dy, 0, heatmap.shape[0] - 1)
     x = np.clip(cols + dx, 0, heatmap.shape[1] - 1)
     hx, hy = _sample_h(hfield, x, y)
-    return pd.DataFrame(
+    cores = pd.DataFrame(
         {"x": x, "y": y, "score": heatmap[rows, cols], "hx": hx, "hy": hy}, columns=CORE_COLUMNS
     )
+    return _suppress_same_sign(cores, same_sign_distance) if same_sign_distance > 0 else cores
+
+
+def _suppress_same_sign(cores: pd.DataFrame, distance: float) -> pd.DataFrame:
+    """Drop cores within ``distance`` [px] of a stronger core with h within 45 deg
+    (``cores`` strongest first, as `peak_local_max` returns them)."""
+    xy = cores[["x", "y"]].to_numpy()
+    h = np.nan_to_num(cores[["hx", "hy"]].to_numpy())
+    keep: list[int] = []
+    for i in range(len(cores)):
+        near = [j for j in keep if np.hypot(*(xy[i] - xy[j])) < distance and h[i] @ h[j] > np.sqrt(0.5)]
+        if not near:
+            keep.append(i)
+    return cores.iloc[keep].reset_index(drop=True)
 
 
 def _check_maps(heatmap: np.ndarray, hfield: np.ndarray) -> None:

@@ -167,3 +167,15 @@ def test_mismatched_shapes_raise():
         decode_cores(np.zeros((8, 8)), np.zeros((2, 8, 8)))
     with pytest.raises(ValueError, match=r"heatmap must have shape \(H, W\)"):
         decode_cores(np.zeros((1, 8, 8)), np.zeros((1, 8, 8, 2)))
+
+
+def test_close_cores_of_one_sign_are_one_core_of_opposite_signs_a_dipole():
+    yy, xx = np.mgrid[:40, :40]
+    heat = np.maximum(np.exp(-((xx - 15) ** 2 + (yy - 20) ** 2) / 4.0),
+                      0.9 * np.exp(-((xx - 20) ** 2 + (yy - 20) ** 2) / 4.0))
+    same = np.broadcast_to([0.0, 1.0], (40, 40, 2))
+    cores = decode_cores(heat, same, threshold=0.3)
+    assert len(cores) == 1 and abs(cores.x[0] - 15) < 0.5  # the stronger peak stays
+    opposite = np.where((xx < 18)[..., None], [0.0, 1.0], [0.0, -1.0])
+    assert len(decode_cores(heat, opposite, threshold=0.3)) == 2
+    assert len(decode_cores(heat, same, threshold=0.3, same_sign_distance=0)) == 2
