@@ -13,6 +13,7 @@ from dislotrack.data_gen.movie import make_movie
 from dislotrack.data_gen.sample import GeneratorConfig
 from dislotrack.infer.cli import main
 from dislotrack.infer.outputs import TABLES
+from dislotrack.infer.pipeline import analyze
 from dislotrack.infer.preprocess import canonical_to_input, input_to_canonical, to_canonical
 from dislotrack.models.io import save_model
 from dislotrack.models.metrics import match_cores
@@ -134,3 +135,14 @@ def test_infer_reads_a_real_microscope_file(tiny_model, tmp_path):
     assert summary["calibration"]["pixel_size_source"] == "file"
     assert abs(summary["calibration"]["pixel_size_nm"] - 0.010013) < 1e-5
     assert summary["input"]["shape"] == [1, 1024, 1024]
+
+
+def test_min_track_score_drops_weak_tracks(tmp_path):
+    m = make_movie(np.random.default_rng(0), GeneratorConfig(size=64, mode="stem"), n_frames=6,
+                   frame_interval=0.5)
+    movie = tmp_path / "clip.tif"
+    write_imagej_tiff(movie, m.frames, pixel_size_nm=0.1, frame_interval_s=0.5)
+    kw = dict(model="default", min_length=2, progress=False)  # the bundled model finds cores here
+    everything = analyze(movie, **kw)
+    strict = analyze(movie, min_track_score=float(everything.tracks["score"].max()) + 1e-6, **kw)
+    assert len(everything.tracks) > 0 and strict.tracks.empty and strict.track_summary.empty
