@@ -168,9 +168,10 @@ def link_cores(
 
 
 def _drop_short(tracks: pd.DataFrame, min_length: int) -> pd.DataFrame:
-    """Tracks with at least ``min_length`` detections."""
-    n = tracks.groupby("particle")["frame"].transform("size")
-    return tracks[n >= min_length]
+    """Tracks with at least ``min_length`` detections (`trackpy.filter_stubs`)."""
+    if tracks.empty:
+        return tracks
+    return trackpy.filter_stubs(tracks, threshold=min_length).reset_index(drop=True)
 
 
 #: Gap closing tolerance: a fragment may start this far [nm] from where the previous one,
