@@ -100,6 +100,7 @@ def link_cores(
     min_length: int = 3,
     max_h_change_deg: float = 45.0,
     max_gap: int = 12,
+    min_mean_score: float = 0.0,
 ) -> pd.DataFrame:
     """Link detected cores into tracks; cores of opposite **h** are never linked.
 
@@ -127,6 +128,8 @@ def link_cores(
         Largest change of **h** between linked detections [deg], in (0, 180).
     max_gap : int
         Longest gap [frames] `close_gaps` bridges; 0 disables gap closing.
+    min_mean_score : float
+        Tracks whose detections' mean ``score`` is lower are dropped (0 keeps all).
 
     Returns
     -------
@@ -162,6 +165,8 @@ def link_cores(
         kept = close_gaps(kept, pixel_size_nm=pixel_size_nm, max_gap=max_gap,
                           max_h_change_deg=max_h_change_deg)
     kept = _drop_short(kept, min_length)
+    if min_mean_score > 0:
+        kept = kept[kept.groupby("particle")["score"].transform("mean") >= min_mean_score]
     kept = kept.sort_values(["frame", "particle"], kind="stable")
     kept["particle"] = pd.factorize(kept["particle"])[0]
     return kept.sort_values(["particle", "frame"], kind="stable").reset_index(drop=True)

@@ -230,8 +230,7 @@ def _track(detections: pd.DataFrame, drift: pd.DataFrame, cal: Calibration, rs_f
     if len(corrected):
         linked = link_cores(corrected, pixel_size_nm=ps, frame_interval_s=dt,
                             max_speed_nm_s=max_speed_nm_s, memory=memory, min_length=min_length,
-                            max_gap=max_gap)
-        linked = linked[linked.groupby("particle")["score"].transform("mean") >= min_track_score]
+                            max_gap=max_gap, min_mean_score=min_track_score)
     else:
         linked = corrected.assign(particle=pd.Series(dtype=int))
     if len(linked):
