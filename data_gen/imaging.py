@@ -60,13 +60,22 @@ class Grid:
 
 @lru_cache(maxsize=8)
 def _polar(grid: Grid) -> dict[str, np.ndarray]:
-    """Cached float32 powers of |k| and |k|^2 cos/sin(2 phi_k) of the internal grid."""
+    """Cached float32 powers of |k| and |k|^2 cos/sin(2 phi_k) of the internal grid.
+
+    Also, under ``"order"``, the flat indices of the grid sorted by |k|, and each
+    array flattened in that order (suffix ``_s``): everything outside an objective
+    aperture is then a contiguous tail that the lens never needs to evaluate.
+    """
     kx, ky = grid.frequencies()
     k2 = kx**2 + ky**2
     k = np.sqrt(k2)
     # k2 * cos(2 phi) = kx^2 - ky^2 and k2 * sin(2 phi) = 2 kx ky: no division needed.
-    return {"k2": k2, "k": k, "k3": k2 * k, "k4": k2 * k2,
-            "k2cos2": kx**2 - ky**2, "k2sin2": 2 * kx * ky}
+    out = {"k2": k2, "k": k, "k3": k2 * k, "k4": k2 * k2,
+           "k2cos2": kx**2 - ky**2, "k2sin2": 2 * kx * ky}
+    order = np.argsort(k.ravel(), kind="stable")
+    out.update({f"{name}_s": np.ascontiguousarray(a.ravel()[order]) for name, a in out.items()})
+    out["order"] = order
+    return out
 
 
 def splat(xy: np.ndarray, weight: np.ndarray, grid: Grid) -> np.ndarray:
@@ -98,10 +107,16 @@ def splat(xy: np.ndarray, weight: np.ndarray, grid: Grid) -> np.ndarray:
     return np.bincount(idx.ravel(), weights=val.ravel(), minlength=n * n).reshape(n, n)
 
 
-def bin_to_output(internal: np.ndarray, grid: Grid) -> np.ndarray:
-    """Crop the margin and integrate OVERSAMPLE x OVERSAMPLE internal pixels."""
-    s = grid.size * OVERSAMPLE
-    core = internal[PAD_INTERNAL:PAD_INTERNAL + s, PAD_INTERNAL:PAD_INTERNAL + s]
+def _field_slice(grid: Grid) -> tuple[slice, slice]:
+    """The internal pixels that bin to the output field (the margin cropped)."""
+    s = slice(PAD_INTERNAL, PAD_INTERNAL + grid.size * OVERSAMPLE)
+    return s, s
+
+
+def bin_to_output(internal: np.ndarray, grid: Grid, *, padded: bool = True) -> np.ndarray:
+    """Crop the margin (unless already cropped: ``padded=False``) and integrate
+    OVERSAMPLE x OVERSAMPLE internal pixels."""
+    core = internal[_field_slice(grid)] if padded else internal
     # Strided adds: much faster than .mean(axis=(1, 3)) on the 4-d view.
     out = np.zeros((grid.size, grid.size), dtype=core.dtype)
     for i in range(OVERSAMPLE):
@@ -154,25 +169,35 @@ def aberration_phase(k2: np.ndarray, k2cos2: np.ndarray, k2sin2: np.ndarray, o: 
 def transfer_function(grid: Grid, o: Optics) -> np.ndarray:
     """Coherent transfer function (complex64) with temporal/spatial envelopes and aperture."""
     p = _polar(grid)
+    n_inside, values = _transfer_inside(p, o)
+    out = np.zeros(p["k"].size, np.complex64)
+    out[p["order"][:n_inside]] = values
+    return out.reshape(p["k"].shape)
+
+
+def _transfer_inside(p: dict[str, np.ndarray], o: Optics) -> tuple[int, np.ndarray]:
+    """The transfer function at the ``n_inside`` frequencies within the aperture, in
+    |k| order (``_polar``'s ``order``); it is zero everywhere else."""
+    n = int(np.searchsorted(p["k_s"], np.float32(o.aperture_inv_nm), side="right"))
+    k, k2, k3, k4 = (p[f"{name}_s"][:n] for name in ("k", "k2", "k3", "k4"))
     lam = electron_wavelength_nm(o.voltage_kv)
     cs = o.cs_mm * 1e6
-    chi = aberration_phase(p["k2"], p["k2cos2"], p["k2sin2"], o)
+    chi = aberration_phase(k2, p["k2cos2_s"][:n], p["k2sin2_s"][:n], o)
     # Quasi-coherent envelopes: focal spread (temporal) and beam convergence (spatial).
-    grad_chi = np.float32(cs * lam**3) * p["k3"]
-    grad_chi -= np.float32(o.defocus_nm * lam) * p["k"]
+    grad_chi = np.float32(cs * lam**3) * k3
+    grad_chi -= np.float32(o.defocus_nm * lam) * k
     grad_chi *= grad_chi
     grad_chi *= np.float32(-((np.pi * o.convergence_mrad * 1e-3 / lam) ** 2))
-    env = np.float32(-0.5 * (np.pi * lam * o.focal_spread_nm) ** 2) * p["k4"]
+    env = np.float32(-0.5 * (np.pi * lam * o.focal_spread_nm) ** 2) * k4
     env += grad_chi
     np.exp(env, out=env)
-    env[p["k"] > o.aperture_inv_nm] = 0
-    out = np.empty(chi.shape, np.complex64)
+    out = np.empty(n, np.complex64)
     np.cos(chi, out=out.real)
     out.real *= env
     np.sin(chi, out=chi)
     np.negative(chi, out=out.imag)
     out.imag *= env
-    return out
+    return n, out
 
 
 def fringe_transfer(o: Optics, d_nm: float = D003_LINIO2_NM) -> float:
@@ -221,14 +246,22 @@ class PhaseGrating:
         amp = np.exp(np.float32(-o.absorption) * phi)
         wave.real = amp * np.cos(phi)
         wave.imag = amp * np.sin(phi)
-        self.wave_k = sfft.fft2(wave, overwrite_x=True)
         self.grid = grid
+        # The spectrum in |k| order, so that a lens only touches its aperture's part.
+        self._order = _polar(grid)["order"]
+        self._wave_s = sfft.fft2(wave, overwrite_x=True).ravel()[self._order]
 
     def image(self, o: Optics) -> np.ndarray:
         """Intensity on the output grid for one lens setting (vacuum = 1)."""
-        psi = sfft.ifft2(self.wave_k * transfer_function(self.grid, o), overwrite_x=True)
-        inten = psi.real**2 + psi.imag**2
-        return bin_to_output(inten, self.grid)
+        n, tf = _transfer_inside(_polar(self.grid), o)
+        spectrum = np.zeros(self._wave_s.size, np.complex64)
+        spectrum[self._order[:n]] = self._wave_s[:n] * tf
+        n_int = self.grid.n_internal
+        psi = sfft.ifft2(spectrum.reshape(n_int, n_int), overwrite_x=True)
+        psi = psi[_field_slice(self.grid)]  # only the pixels that are binned to the output
+        inten = np.square(psi.real)
+        inten += np.square(psi.imag)
+        return bin_to_output(inten, self.grid, padded=False)
 
 
 def column_peak(weight: float, sigma_nm: float, grid: Grid) -> float:
@@ -275,11 +308,21 @@ class ProbeConvolution:
 
     def image(self, probe: Probe) -> np.ndarray:
         """Incoherent image (cross-sections convolved with the probe) on the output grid."""
-        k2 = _polar(self.grid)["k2"][:, : self.spectrum.shape[1]]
+        k2 = _half_plane_k2(self.grid)
         g = lambda s: np.exp(np.float32(-2 * np.pi**2 * s * s) * k2)  # noqa: E731
-        otf = (1 - probe.tail_fraction) * g(probe.sigma_nm) + probe.tail_fraction * g(probe.tail_sigma_nm)
+        otf = g(probe.sigma_nm)
+        if probe.tail_fraction > 0:
+            otf *= np.float32(1 - probe.tail_fraction)
+            otf += np.float32(probe.tail_fraction) * g(probe.tail_sigma_nm)
         img = sfft.irfft2(self.spectrum * otf, s=self.shape)
         return bin_to_output(img, self.grid)
+
+
+@lru_cache(maxsize=8)
+def _half_plane_k2(grid: Grid) -> np.ndarray:
+    """|k|^2 of the internal grid's real-FFT half plane, contiguous (cached)."""
+    n = grid.n_internal
+    return np.ascontiguousarray(_polar(grid)["k2"][:, : n // 2 + 1])
 
 
 def stem_image(intensity_internal: np.ndarray, grid: Grid, probe: Probe) -> np.ndarray:
@@ -327,13 +370,15 @@ GAUSSIAN_COUNTS_ABOVE = 200.0
 
 def poisson_counts(mean: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Poisson-distributed counts (float32) for non-negative means."""
-    mean = np.asarray(mean, dtype=np.float64)
+    mean = np.asarray(mean)
     if mean.size and mean.min() >= GAUSSIAN_COUNTS_ABOVE:
         z = rng.standard_normal(mean.shape, dtype=np.float32)
-        return np.rint(mean + np.sqrt(mean) * z).astype(np.float32)
+        z *= np.sqrt(mean, dtype=np.float32)
+        z += mean
+        return np.rint(z, out=z)
     high = mean >= GAUSSIAN_COUNTS_ABOVE
     if not high.any():
-        return rng.poisson(mean).astype(np.float32)
+        return rng.poisson(mean.astype(np.float64)).astype(np.float32)
     out = np.empty(mean.shape, np.float32)
     out[~high] = rng.poisson(mean[~high])
     m = mean[high]
@@ -350,10 +395,13 @@ def detect(expected: np.ndarray, det: Detector, pixel_size_nm: float,
     """
     from scipy.ndimage import gaussian_filter
 
-    sig = gaussian_filter(expected, det.mtf_sigma_px, mode="reflect") if det.mtf_sigma_px > 0 else expected
+    sig = np.asarray(expected, np.float32)
+    if det.mtf_sigma_px > 0:
+        sig = gaussian_filter(sig, det.mtf_sigma_px, mode="reflect")
     electrons = det.dose * (pixel_size_nm * 10.0) ** 2  # e per pixel at intensity 1
-    counts = poisson_counts(np.clip(sig, 0, None) * electrons, rng)
-    out = det.gain * counts + det.offset
+    counts = poisson_counts(np.clip(sig, 0, None) * np.float32(electrons), rng)
+    counts *= np.float32(det.gain)
+    counts += np.float32(det.offset)
     if det.read_noise > 0:
-        out += rng.normal(0, det.read_noise * det.gain, out.shape).astype(np.float32)
-    return out.astype(np.float32)
+        counts += (det.read_noise * det.gain) * rng.standard_normal(counts.shape).astype(np.float32)
+    return counts

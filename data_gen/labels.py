@@ -47,9 +47,12 @@ def dense_targets(cores: pd.DataFrame, rs_mask: np.ndarray, *, pixel_size: float
         cs_, ce_ = max(c0 - half, 0), min(c0 + half + 1, w)
         if rs_ >= re_ or cs_ >= ce_:
             continue
-        yy, xx = np.mgrid[rs_:re_, cs_:ce_]
-        d2 = (xx - x) ** 2 + (yy - y) ** 2
-        np.maximum(heat[rs_:re_, cs_:ce_], np.exp(-d2 / (2 * sig * sig)), out=heat[rs_:re_, cs_:ce_])
+        # Separable squared distances: an outer sum, no full coordinate grids.
+        dy2 = (np.arange(rs_, re_, dtype=np.float32) - np.float32(y)) ** 2
+        dx2 = (np.arange(cs_, ce_, dtype=np.float32) - np.float32(x)) ** 2
+        d2 = dy2[:, None] + dx2[None, :]
+        np.maximum(heat[rs_:re_, cs_:ce_], np.exp(d2 * np.float32(-1 / (2 * sig * sig))),
+                   out=heat[rs_:re_, cs_:ce_])
         # Nearest core wins the h label where two discs overlap.
         sub = dist[rs_:re_, cs_:ce_]
         near = (d2 <= rad * rad) & (d2 < sub)

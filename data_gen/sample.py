@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
+from functools import lru_cache
 
 import numpy as np
 import pandas as pd
@@ -193,24 +194,34 @@ class FrameGeometry:
         return c + (xy + self.drift_nm - c) @ self.distortion.T
 
 
-def _cores_table(disl: list[Dislocation], geo: FrameGeometry, grid: Grid,
-                 row_shift: np.ndarray | None) -> pd.DataFrame:
+def _cores_table(disl: list[Dislocation], geo: FrameGeometry, grid: Grid) -> pd.DataFrame:
+    """All cores in image axes [px], including those outside the field."""
     if not disl:
         return empty_cores()
     xy = geo.apply(np.array([[d.x, d.y] for d in disl])) / grid.pixel_size
     b = np.array([d.b for d in disl]) @ geo.distortion.T
     h = h_from_b_hat(unit(b))
+    return pd.DataFrame({"x": xy[:, 0], "y": xy[:, 1], "hx": h[:, 0], "hy": h[:, 1],
+                         "bx_nm": b[:, 0], "by_nm": b[:, 1],
+                         "particle": [d.particle for d in disl],
+                         "kind": ["dipole" if d.partner >= 0 else "single" for d in disl],
+                         "partner": [d.partner for d in disl]})
+
+
+def _cores_in_field(table: pd.DataFrame, grid: Grid, row_shift: np.ndarray | None) -> pd.DataFrame:
+    """The cores seen in the field, shifted with their scan line (STEM jitter)."""
+    if not len(table):
+        return table
+    x, y = table["x"].to_numpy(), table["y"].to_numpy()
     if row_shift is not None:
-        rows = np.clip(np.rint(xy[:, 1]).astype(int), 0, grid.size - 1)
-        xy[:, 0] += row_shift[rows]
-    df = pd.DataFrame({"x": xy[:, 0], "y": xy[:, 1], "hx": h[:, 0], "hy": h[:, 1],
-                       "bx_nm": b[:, 0], "by_nm": b[:, 1],
-                       "particle": [d.particle for d in disl],
-                       "kind": ["dipole" if d.partner >= 0 else "single" for d in disl],
-                       "partner": [d.partner for d in disl]})
+        rows = np.clip(np.rint(y).astype(int), 0, grid.size - 1)
+        x = x + row_shift[rows]
     lim = grid.size - 0.5
-    inside = (df.x >= -0.5) & (df.x < lim) & (df.y >= -0.5) & (df.y < lim)
-    return df[inside].reset_index(drop=True)
+    inside = (x >= -0.5) & (x < lim) & (y >= -0.5) & (y < lim)
+    out = table[inside].reset_index(drop=True)
+    if row_shift is not None:
+        out["x"] = x[inside]
+    return out
 
 
 def _rs_raster(spec: SpecimenParams, geo: FrameGeometry, grid: Grid, growth: float) -> np.ndarray:
@@ -252,6 +263,7 @@ def render_frame(spec: SpecimenParams, disl: list[Dislocation], *, grid: Grid, m
     geo = geo or FrameGeometry(centre_nm=grid.fov_nm / 2)
     pot, wmax = _potential(spec, disl, geo, grid, mode, rs_growth)
     rs = _rs_raster(spec, geo, grid, rs_growth)
+    table = _cores_table(disl, geo, grid)
     out = []
     grating = None  # PhaseGrating or ProbeConvolution: built once, reused by the variants
     for v in range(n_variants):
@@ -271,7 +283,7 @@ def render_frame(spec: SpecimenParams, disl: list[Dislocation], *, grid: Grid, m
             expected = np.clip(scan_jitter(expected, row_shift), 0, None)
         expected = expected * (draw_illumination(rng, grid.size) if illumination is None else illumination)
         image = detect(expected, det, grid.pixel_size, rng)
-        cores = _cores_table(disl, geo, grid, row_shift)
+        cores = _cores_in_field(table, grid, row_shift)
         meta = {"mode": mode, "pixel_size": grid.pixel_size, "size": grid.size,
                 "material": spec.material, "zone": spec.zone,
                 "rotation_deg": float(np.degrees(spec.rotation)),
@@ -296,11 +308,21 @@ def draw_illumination(rng: np.random.Generator, size: int) -> np.ndarray | float
     """Smooth non-uniform illumination (a gentle tilt and a bump)."""
     if rng.random() < 0.5:
         return 1.0
-    yy, xx = (np.mgrid[0:size, 0:size] / size) - 0.5
+    yy, xx = _unit_square(size)
     g = rng.normal(0, 0.15, 2)
-    c = rng.uniform(-0.5, 0.5, 2)
-    bump = rng.uniform(-0.2, 0.2) * np.exp(-((xx - c[0]) ** 2 + (yy - c[1]) ** 2) / 0.1)
-    return np.clip(1.0 + g[0] * xx + g[1] * yy + bump, 0.3, None)
+    c = rng.uniform(-0.5, 0.5, 2).astype(np.float32)
+    r2 = (xx - c[0]) ** 2 + (yy - c[1]) ** 2
+    bump = np.float32(rng.uniform(-0.2, 0.2)) * np.exp(r2 * np.float32(-10.0))
+    illum = np.float32(1.0) + np.float32(g[0]) * xx + np.float32(g[1]) * yy + bump
+    return np.clip(illum, np.float32(0.3), None)
+
+
+@lru_cache(maxsize=4)
+def _unit_square(size: int) -> np.ndarray:
+    """Pixel coordinates / size - 0.5, (2, size, size); read-only (cached)."""
+    out = (np.mgrid[0:size, 0:size].astype(np.float32) / np.float32(size)) - np.float32(0.5)
+    out.flags.writeable = False
+    return out
 
 
 def draw_mode(rng: np.random.Generator, cfg: GeneratorConfig) -> str:

@@ -11,11 +11,13 @@ from dislotrack.data_gen.imaging import (
     Optics,
     PhaseGrating,
     Probe,
+    aberration_phase,
     detect,
     poisson_counts,
     scherzer_defocus,
     splat,
     stem_image,
+    transfer_function,
 )
 from dislotrack.data_gen.movie import make_movie
 from dislotrack.data_gen.sample import GeneratorConfig, make_sample
@@ -134,3 +136,22 @@ def test_movie_truth_follows_the_motion():
     for _, g in m.cores.groupby("particle"):
         if len(g) >= 2:
             assert g.frame.is_monotonic_increasing
+
+
+def test_transfer_function_is_the_lens_inside_the_aperture_and_zero_outside():
+    # The lens is evaluated only within the aperture (|k|-sorted); check it against chi.
+    grid = Grid(32, 0.1)
+    o = Optics(defocus_nm=40.0, cs_mm=1.2, astig_nm=3.0, astig_angle=0.4, aperture_inv_nm=6.0)
+    t = transfer_function(grid, o)
+    kx, ky = grid.frequencies()
+    kx, ky = np.broadcast_arrays(kx, ky)
+    k = np.hypot(kx, ky)
+    inside = k <= np.float32(o.aperture_inv_nm)
+    assert 0 < inside.sum() < k.size
+    assert np.all(t[~inside] == 0)
+    assert t[0, 0] == pytest.approx(1.0)
+    chi = aberration_phase(k**2, kx**2 - ky**2, 2 * kx * ky, o)
+    # Envelopes only damp: |t| <= 1, and the phase is -chi (Kirkland's sign).
+    assert np.all(np.abs(t[inside]) <= 1 + 1e-6)
+    strong = inside & (np.abs(t) > 0.1)
+    np.testing.assert_allclose(np.angle(t[strong] * np.exp(1j * chi[strong])), 0, atol=1e-4)
