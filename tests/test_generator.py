@@ -155,3 +155,25 @@ def test_transfer_function_is_the_lens_inside_the_aperture_and_zero_outside():
     assert np.all(np.abs(t[inside]) <= 1 + 1e-6)
     strong = inside & (np.abs(t) > 0.1)
     np.testing.assert_allclose(np.angle(t[strong] * np.exp(1j * chi[strong])), 0, atol=1e-4)
+
+
+def test_generate_variants_share_a_structure_and_redraw_the_microscope(tmp_path):
+    from dislotrack.data_gen.annotations import read_annotation
+    from dislotrack.data_gen.export import generate_dataset
+
+    paths = generate_dataset(out=tmp_path, n=3, size=64, mode="stem", seed=4, variants=2,
+                             progress=False)
+    anns = [read_annotation(p) for p in paths]
+    assert [a.source["structure"] for a in anns] == [0, 0, 1]
+    # Same structure: same cores up to scan-line jitter, same dose; a new probe and image.
+    a, b = anns[0], anns[1]
+    assert len(a.cores) == len(b.cores) > 0
+    np.testing.assert_allclose(a.cores[["x", "y"]].to_numpy(float),
+                               b.cores[["x", "y"]].to_numpy(float), atol=1.5)
+    assert a.source["detector"]["dose"] == b.source["detector"]["dose"]
+    assert a.source["imaging"] != b.source["imaging"]
+    assert not np.array_equal(a.image, b.image)
+    # variants=1 keeps the one-stream-per-item layout of earlier releases.
+    single = generate_dataset(out=tmp_path / "one", n=2, size=64, mode="stem", seed=4, progress=False)
+    first = read_annotation(single[0])
+    np.testing.assert_array_equal(first.image, a.image)
