@@ -14,7 +14,7 @@ channel   meaning
 ========  ==============================================================
 
 Height and width must be multiples of ``required_multiple(config)`` = ``2**depth``.
-This module imports nothing from the rest of dislotrack.
+This module imports nothing from the rest of dislotrack but `models.fringes`.
 
 The default `UNetConfig` (12 base channels, depth 4, one convolution at full
 resolution, additive skips; 0.98 M parameters, receptive field 171 px = 36 (003)
@@ -35,6 +35,8 @@ from typing import Any
 import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+from dislotrack.models.fringes import FringeChannels
 
 #: Output channel of the core-heatmap logit.
 HEATMAP_CH = 0
@@ -88,6 +90,11 @@ class UNetConfig:
         How a decoder level merges the up-sampled features with the encoder skip:
         ``"add"`` sums them (cheaper, as in LinkNet), ``"cat"`` concatenates them
         (the original U-Net).
+    fringe_period_px : float
+        If > 0, the network computes the (003) fringe image of its input
+        (`dislotrack.models.fringes.FringeChannels`, nominal period in px at the
+        canonical pixel size) and sees it as two extra channels; 0 turns this off.
+        Needs ``in_channels == 1``.
     """
 
     in_channels: int = 1
@@ -98,6 +105,7 @@ class UNetConfig:
     dropout: float = 0.0
     full_res_convs: int = 1
     skip_merge: str = "add"
+    fringe_period_px: float = 0.0
 
     def __post_init__(self) -> None:
         if self.in_channels < 1:
@@ -116,6 +124,9 @@ class UNetConfig:
             raise ValueError(f"full_res_convs must be 1 or 2, got {self.full_res_convs}")
         if self.skip_merge not in SKIP_MERGES:
             raise ValueError(f"skip_merge must be one of {SKIP_MERGES}, got {self.skip_merge!r}")
+        if self.fringe_period_px < 0 or (self.fringe_period_px > 0 and self.in_channels != 1):
+            raise ValueError(f"fringe_period_px must be 0 (off) or > 0 with in_channels == 1, got "
+                             f"{self.fringe_period_px} with in_channels {self.in_channels}")
 
     def channels(self) -> list[int]:
         """Channels of levels ``0 .. depth`` (full resolution first, bottleneck last)."""
@@ -249,8 +260,10 @@ class UNet(nn.Module):
         self.config = config = config or UNetConfig()
         ch = config.channels()
         n0 = config.full_res_convs
+        self.fringes = FringeChannels(config.fringe_period_px) if config.fringe_period_px > 0 else None
+        first = config.in_channels + (2 if self.fringes is not None else 0)
         self.encoders = nn.ModuleList(
-            [ConvStack(config.in_channels, ch[0], config.norm, n0)]
+            [ConvStack(first, ch[0], config.norm, n0)]
             + [ConvStack(ch[i - 1], ch[i], config.norm) for i in range(1, config.depth + 1)]
         )
         self.pool = nn.MaxPool2d(2)
@@ -290,6 +303,8 @@ class UNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Map (B, in_channels, H, W) images to (B, N_OUT, H, W) raw outputs."""
         self.check_input(x)
+        if self.fringes is not None:
+            x = self.fringes(x)
         skips = []
         for i, encoder in enumerate(self.encoders):
             if i > 0:

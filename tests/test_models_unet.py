@@ -28,6 +28,7 @@ TINY_CONFIGS = [
     UNetConfig(base_channels=4, depth=3, norm="group", skip_merge="cat", full_res_convs=2),
     UNetConfig(base_channels=3, depth=2, channel_mult=1.5, norm="instance"),
     UNetConfig(base_channels=4, depth=1, norm="none", dropout=0.2),
+    UNetConfig(base_channels=4, depth=2, fringe_period_px=4.73),
 ]
 
 
@@ -94,6 +95,10 @@ def test_config_round_trip_and_validation():
         UNetConfig(depth=0)
     with pytest.raises(ValueError, match="skip_merge"):
         UNetConfig(skip_merge="concat")
+    with pytest.raises(ValueError, match="fringe_period_px"):
+        UNetConfig(in_channels=2, fringe_period_px=4.73)
+    fringe = UNetConfig(fringe_period_px=4.73)
+    assert UNetConfig.from_dict(fringe.to_dict()) == fringe
 
 
 def test_untrained_logits_start_at_the_low_prior():

@@ -1,0 +1,61 @@
+"""The (003) fringe channels: a core is an amplitude dip with a 2 pi phase winding."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from dislotrack.models.fringes import FringeChannels
+
+PERIOD = 4.73  # px: LiNiO2 (003) at 0.1 nm/px
+
+
+def _fringes(size: int = 96, core: tuple[float, float] | None = None, tilt: float = 0.3) -> np.ndarray:
+    """cos fringes of period PERIOD with normal at ``tilt`` rad, optionally with one
+    terminating half-plane (the phase winds by 2 pi around ``core`` = (x, y))."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(float)
+    phase = 2 * np.pi * (xx * np.sin(tilt) + yy * np.cos(tilt)) / PERIOD
+    if core is not None:
+        phase += np.arctan2(yy - core[1], xx - core[0])
+    return np.cos(phase)
+
+
+def _complex(image: np.ndarray) -> np.ndarray:
+    out = FringeChannels(PERIOD)(torch.from_numpy(image)[None, None].float())[0].numpy()
+    np.testing.assert_array_equal(out[0], image.astype(np.float32))  # the image is passed on
+    return out[1] + 1j * out[2]
+
+
+def test_perfect_fringes_give_a_flat_amplitude_and_the_carrier_phase():
+    f = _complex(_fringes())
+    inner = f[16:-16, 16:-16]
+    np.testing.assert_allclose(np.abs(inner), 1.0, atol=0.05)
+    # Phase steps by 2 pi sin(tilt) / PERIOD per column (up to the sign of g).
+    step = np.angle(inner[:, 1:] * np.conj(inner[:, :-1]))
+    assert abs(abs(np.median(step)) - 2 * np.pi * np.sin(0.3) / PERIOD) < 0.01
+
+
+@pytest.mark.parametrize("core", [(40.0, 50.0), (55.5, 41.2)])
+def test_a_terminating_fringe_is_an_amplitude_dip_and_a_2pi_winding(core):
+    f = _complex(_fringes(core=core))
+    x, y = core
+    amplitude = np.abs(f)
+    assert amplitude[round(y), round(x)] < 0.3 * np.median(amplitude)
+    # Winding number of the fringe phase along a 6 px loop: the carrier's phase is
+    # single-valued, so it adds nothing around a closed loop; the core adds one turn.
+    assert abs(abs(_turns(f, x, y)) - 1) < 0.05
+    assert abs(_turns(f, 20.0, 75.0)) < 0.05  # no core there
+
+
+def _turns(f: np.ndarray, x: float, y: float, radius: float = 6.0) -> float:
+    ring = np.linspace(0, 2 * np.pi, 96, endpoint=False)
+    z = f[np.rint(y + radius * np.sin(ring)).astype(int), np.rint(x + radius * np.cos(ring)).astype(int)]
+    return float(np.angle(np.roll(z, -1) * np.conj(z)).sum() / (2 * np.pi))
+
+
+def test_rejects_bad_input():
+    with pytest.raises(ValueError, match="Nyquist"):
+        FringeChannels(1.5)
+    with pytest.raises(ValueError, match=r"\(B, 1, H, W\)"):
+        FringeChannels(PERIOD)(torch.zeros(1, 2, 16, 16))
