@@ -29,7 +29,7 @@ from dislotrack.data_gen.sample import GeneratorConfig, make_sample
 from dislotrack.infer.detectors import NetworkDetector
 from dislotrack.infer.preprocess import to_canonical
 from dislotrack.models.io import load_model
-from dislotrack.models.metrics import DetectionTally
+from dislotrack.models.metrics import MATCH_RADIUS_NM, DetectionTally, match_cores
 from dislotrack.models.unet import prepare_for_inference
 
 DOSES = [50.0, 100.0, 500.0, 1000.0, 5000.0]
@@ -78,7 +78,9 @@ def gpa_detect(image: np.ndarray, pixel_size: float):
     return cores, rs
 
 
-def evaluate(detector, n: int, size: int, pixel_size: float = 0.1) -> tuple[pd.DataFrame, float]:
+def evaluate(detector, n: int, size: int, pixel_size: float = 0.1,
+             categories: list | None = None) -> tuple[pd.DataFrame, float]:
+    """Metrics per mode and dose, and images/s; appends per-core rows to ``categories``."""
     rows, t_total, n_img = [], 0.0, 0
     for mode in MODES:
         for dose in DOSES:
@@ -91,6 +93,8 @@ def evaluate(detector, n: int, size: int, pixel_size: float = 0.1) -> tuple[pd.D
                 tally.add(cores[["x", "y"]].to_numpy(float), cores[["hx", "hy"]].to_numpy(float),
                           s.cores[["x", "y"]].to_numpy(float), s.cores[["hx", "hy"]].to_numpy(float),
                           pixel_size=s.meta["pixel_size"])
+                if categories is not None:
+                    categories.extend(core_categories(s, cores, mode, dose))
                 inter += np.logical_and(rs, s.rs_mask > 0).sum()
                 union += np.logical_or(rs, s.rs_mask > 0).sum()
             r = tally.summary()
@@ -98,6 +102,36 @@ def evaluate(detector, n: int, size: int, pixel_size: float = 0.1) -> tuple[pd.D
                          ("f1", "precision", "recall", "rmse_nm", "h_accuracy")},
                          "rs_iou": inter / union if union else np.nan})
     return pd.DataFrame(rows), n_img / t_total
+
+
+def core_categories(s, cores: pd.DataFrame, mode: str, dose: float) -> list[dict]:
+    """Per true core: found (matched within 0.5 nm) and the categories it belongs to."""
+    ps = s.meta["pixel_size"]
+    true_xy = s.cores[["x", "y"]].to_numpy(float)
+    _, found = match_cores(cores[["x", "y"]].to_numpy(float), true_xy, MATCH_RADIUS_NM / ps)
+    ny, nx = s.rs_mask.shape
+    rows = []
+    for i, c in enumerate(s.cores.itertuples()):
+        r, col = int(np.clip(round(c.y), 0, ny - 1)), int(np.clip(round(c.x), 0, nx - 1))
+        border = min(c.x, c.y, nx - 1 - c.x, ny - 1 - c.y) * ps < 1.0
+        rows.append({"mode": mode, "dose": dose, "found": i in set(found.tolist()),
+                     "basal": np.hypot(c.bx_nm, c.by_nm) < 0.4, "rocksalt": bool(s.rs_mask[r, col]),
+                     "border": bool(border), "dipole": c.kind == "dipole"})
+    return rows
+
+
+def category_table(rows: list[dict]) -> pd.DataFrame:
+    """Recall by category, and of clean misfit cores (not basal, rock salt or border) per cell."""
+    df = pd.DataFrame(rows)
+    clean = df[~df.basal & ~df.rocksalt & ~df.border]
+    cats = {"all": df, "basal Burgers vector": df[df.basal], "inside rock salt": df[df.rocksalt],
+            "within 1 nm of the border": df[df.border], "dipole member": df[df.dipole],
+            "single": df[~df.dipole], "misfit, clean": clean}
+    for mode in MODES:
+        for dose in DOSES:
+            cats[f"misfit, clean, {mode} {dose:.0f}"] = clean[(clean["mode"] == mode) & (clean.dose == dose)]
+    return pd.DataFrame([{"category": k, "recall": v.found.mean() if len(v) else np.nan, "n": len(v)}
+                         for k, v in cats.items()])
 
 
 def false_cores_perfect(detector, n: int, size: int, pixel_size: float = 0.1) -> float:
@@ -163,13 +197,16 @@ def main() -> None:
            "size": args.size, "pixel_size_nm": args.pixel_size, "threads": args.threads}
     can = float(card["canonical_pixel_size_nm"])
     detect = lambda im, ps: net_detect(net, im, thr, pixel_size=ps, canonical=can, tta=args.tta)  # noqa: E731
-    table, fps = evaluate(detect, args.n, args.size, args.pixel_size)
+    cats: list[dict] = []
+    table, fps = evaluate(detect, args.n, args.size, args.pixel_size, categories=cats)
     out["network"] = table.to_dict("records")
+    out["recall_by_category"] = category_table(cats).to_dict("records")
     out["network_fps"] = fps
     out["network_false_cores_per_100nm2_perfect"] = false_cores_perfect(
         detect, args.n, args.size, args.pixel_size)
     print(f"## network ({args.size}x{args.size}, CPU, {args.threads} threads): {fps:.1f} images/s")
     print(markdown(table))
+    print(markdown(category_table(cats)))
     fpr = out["network_false_cores_per_100nm2_perfect"]
     print(f"false cores per 100 nm^2 on perfect lattices: {fpr:.3f}")
     real = false_cores_real(net, thr, Path(args.realdata), can)
