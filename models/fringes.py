@@ -9,8 +9,9 @@ inference and test-time flips all see exactly the same recipe:
 1. FFT of the (normalised) image;
 2. ``g`` = the strongest frequency within +-``band`` of ``1 / period_px`` in the
    upper half plane (rows < 0 in FFT order, or row 0 and columns > 0);
-3. a Gaussian mask of width ``width / period_px`` around ``g``, inverse FFT: the
-   fringe's complex image ``A(r) exp(i (2 pi g.r + phi(r)))``, carrier included;
+3. a Gaussian mask of sigma ``width / period_px`` around ``g`` (cut at 4 sigma),
+   inverse FFT: the fringe's complex image ``A(r) exp(i (2 pi g.r + phi(r)))``,
+   carrier included;
 4. scaled by the median of ``A`` over the image and clipped to +-``clip``.
 
 Its real and imaginary parts are the channels. The amplitude dips and the phase
@@ -19,6 +20,8 @@ This module imports nothing from the rest of dislotrack.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
@@ -54,31 +57,46 @@ class FringeChannels(nn.Module):
         if period_px <= 2:
             raise ValueError(f"period_px must be > 2 px (Nyquist), got {period_px}")
         self.period_px, self.band, self.width, self.clip = period_px, band, width, clip
+        self._cache: dict[tuple, tuple] = {}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 1, H, W) -> (B, 3, H, W): the image, Re and Im of its fringe image."""
         if x.ndim != 4 or x.shape[1] != 1:
             raise ValueError(f"FringeChannels expects (B, 1, H, W), got {tuple(x.shape)}")
         image = x[:, 0].float()
-        h, w = image.shape[-2:]
+        n, h, w = image.shape
         spectrum = torch.fft.fft2(image - image.mean(dim=(-2, -1), keepdim=True))
-        fy = torch.fft.fftfreq(h, device=x.device)[:, None]
-        fx = torch.fft.fftfreq(w, device=x.device)[None, :]
-        k0 = 1.0 / self.period_px
-        radius = torch.sqrt(fy**2 + fx**2)
-        upper = (fy < 0) | ((fy == 0) & (fx > 0))  # one of each +-g pair
-        ring = upper & ((radius - k0).abs() <= self.band * k0)
-        power = spectrum.abs() ** 2 * ring  # (B, H, W); zero outside the ring
-        best = power.flatten(1).argmax(dim=1)
-        gy = fy.expand(h, w).flatten()[best][:, None, None]
-        gx = fx.expand(h, w).flatten()[best][:, None, None]
-        # Distances to g with wrap-around, so a g near Nyquist keeps its whole mask.
-        dy = torch.remainder(fy - gy + 0.5, 1.0) - 0.5
-        dx = torch.remainder(fx - gx + 0.5, 1.0) - 0.5
-        sigma = self.width * k0
-        mask = torch.exp(-(dy**2 + dx**2) / (2 * sigma**2))
-        fringe = torch.fft.ifft2(spectrum * mask)
+        ring, (oy, my), (ox, mx) = self._geometry(h, w, x.device)
+        flat = spectrum.flatten(1)
+        best = ring[flat[:, ring].abs().argmax(dim=1)]  # flat index of g per image
+        # The mask is separable and negligible beyond 4 sigma: only that box is kept.
+        rows = torch.remainder(best[:, None] // w + oy[None, :], h)[:, :, None]
+        cols = torch.remainder(best[:, None] % w + ox[None, :], w)[:, None, :]
+        batch = torch.arange(n, device=x.device)[:, None, None]
+        masked = torch.zeros_like(spectrum)
+        masked[batch, rows, cols] = spectrum[batch, rows, cols] * (my[:, None] * mx[None, :])
+        fringe = torch.fft.ifft2(masked)
         scale = fringe.abs().flatten(1).median(dim=1).values.clamp_min(1e-6)[:, None, None]
         fringe = fringe / scale
         channels = torch.stack([fringe.real, fringe.imag], dim=1).clamp(-self.clip, self.clip)
         return torch.cat([x, channels.to(x.dtype)], dim=1)
+
+    def _geometry(self, h: int, w: int, device: torch.device) -> tuple:
+        """Flat indices of the search ring (upper half plane) and, per axis, the bin
+        offsets of the mask box with their Gaussian weights; cached per shape."""
+        key = (h, w, str(device))
+        if key not in self._cache:
+            fy = torch.fft.fftfreq(h, device=device)[:, None]
+            fx = torch.fft.fftfreq(w, device=device)[None, :]
+            k0 = 1.0 / self.period_px
+            upper = (fy < 0) | ((fy == 0) & (fx > 0))  # one of each +-g pair
+            ring = upper & ((torch.sqrt(fy**2 + fx**2) - k0).abs() <= self.band * k0)
+            sigma = self.width * k0
+
+            def axis(m: int) -> tuple[torch.Tensor, torch.Tensor]:
+                r = min(math.ceil(4 * sigma * m), (m - 1) // 2)
+                off = torch.arange(-r, r + 1, device=device)
+                return off, torch.exp(-((off / m) ** 2) / (2 * sigma**2)).to(torch.complex64)
+
+            self._cache[key] = (torch.nonzero(ring.flatten()).flatten(), axis(h), axis(w))
+        return self._cache[key]
