@@ -18,7 +18,8 @@ This module imports nothing from the rest of dislotrack but `models.fringes`.
 
 The default `UNetConfig` (12 base channels, depth 4, one convolution at full
 resolution, additive skips; 0.98 M parameters, receptive field 171 px = 36 (003)
-fringes) was picked with ``tests/benchmarks/bench_network.py``: on 2 CPU cores at
+fringes; the bundled model adds ``fringe_period_px=4.73``) was picked with
+``tests/benchmarks/bench_network.py``: on 2 CPU cores at
 512x512 it runs at about 10 frames/s as a plain ``eval()`` module and about 18-25
 frames/s after `prepare_for_inference`; a 16x1x128x128 training step takes about
 0.25 s.
