@@ -108,13 +108,14 @@ def core_categories(s, cores: pd.DataFrame, mode: str, dose: float) -> list[dict
     """Per true core: found (matched within 0.5 nm) and the categories it belongs to."""
     ps = s.meta["pixel_size"]
     true_xy = s.cores[["x", "y"]].to_numpy(float)
-    _, found = match_cores(cores[["x", "y"]].to_numpy(float), true_xy, MATCH_RADIUS_NM / ps)
+    _, matched = match_cores(cores[["x", "y"]].to_numpy(float), true_xy, MATCH_RADIUS_NM / ps)
+    found = set(matched.tolist())
     ny, nx = s.rs_mask.shape
     rows = []
     for i, c in enumerate(s.cores.itertuples()):
         r, col = int(np.clip(round(c.y), 0, ny - 1)), int(np.clip(round(c.x), 0, nx - 1))
         border = min(c.x, c.y, nx - 1 - c.x, ny - 1 - c.y) * ps < 1.0
-        rows.append({"mode": mode, "dose": dose, "found": i in set(found.tolist()),
+        rows.append({"mode": mode, "dose": dose, "found": i in found,
                      "basal": np.hypot(c.bx_nm, c.by_nm) < 0.4, "rocksalt": bool(s.rs_mask[r, col]),
                      "border": bool(border), "dipole": c.kind == "dipole"})
     return rows
