@@ -34,7 +34,13 @@ from dislotrack.data_gen.sample import (
     draw_mode,
     render_frame,
 )
-from dislotrack.data_gen.specimen import SpecimenParams, add_rocksalt_near, draw_specimen, snap_core
+from dislotrack.data_gen.specimen import (
+    SpecimenParams,
+    add_rocksalt_near,
+    draw_specimen,
+    smooth_displacement,
+    snap_core,
+)
 
 TRUTH_COLUMNS = ["particle", "first_frame", "last_frame", "n_frames", "glide_velocity_nm_s",
                  "climb_velocity_nm_s", "partner"]
@@ -207,12 +213,28 @@ def render_movie(rng: np.random.Generator, cfg: GeneratorConfig, spec: SpecimenP
     meta = {"mode": mode, "pixel_size": grid.pixel_size, "size": grid.size,
             "frame_interval": scn.frame_interval, "material": spec.material, "zone": spec.zone,
             "imaging": imaging.as_dict(), "detector": detector.as_dict()}
-    def geometry(f: int, xy: np.ndarray) -> np.ndarray:
+    def geometry(f: int, xy: np.ndarray) -> np.ndarray:  # where the image shows xy
         return FrameGeometry(drift_nm=scn.drift_nm[f], distortion=distortion,
-                             centre_nm=grid.fov_nm / 2).apply(xy)
+                             centre_nm=grid.fov_nm / 2).apply(xy + smooth_displacement(spec, xy))
 
+    events = _events_at_labels(true_events(scn, geometry), table, grid.pixel_size)
     return MovieSample(np.stack(frames), table, np.stack(masks), drift,
-                       true_velocities(scn, distortion), meta, true_events(scn, geometry))
+                       true_velocities(scn, distortion), meta, events)
+
+
+def _events_at_labels(events: pd.DataFrame, cores: pd.DataFrame, pixel_size: float) -> pd.DataFrame:
+    """Put each event where the image shows its cores (mean of their labels) when they are
+    all in the field at the event's frame; otherwise keep the mapped scenario position."""
+    if not len(events):
+        return events
+    by_key = cores.set_index(["frame", "particle"])[["x", "y"]]
+    events = events.copy()
+    for i, ev in events.iterrows():
+        keys = [(int(ev["frame"]), int(p)) for p in str(ev["particles"]).split()]
+        if all(k in by_key.index for k in keys):
+            xy = by_key.loc[keys].to_numpy(float).mean(axis=0) * pixel_size
+            events.loc[i, ["x_nm", "y_nm"]] = xy
+    return events
 
 
 def make_movie(rng: np.random.Generator, cfg: GeneratorConfig | None = None, *, n_frames: int = 20,

@@ -43,6 +43,7 @@ from dislotrack.data_gen.specimen import (
     rotation_matrix,
     snap_core,
     specimen_columns,
+    visible_cores,
 )
 
 CORE_COLUMNS = ["x", "y", "hx", "hy", "bx_nm", "by_nm", "particle", "kind", "partner"]
@@ -194,11 +195,17 @@ class FrameGeometry:
         return c + (xy + self.drift_nm - c) @ self.distortion.T
 
 
-def _cores_table(disl: list[Dislocation], geo: FrameGeometry, grid: Grid) -> pd.DataFrame:
-    """All cores in image axes [px], including those outside the field."""
+def _cores_table(spec: SpecimenParams, disl: list[Dislocation], geo: FrameGeometry,
+                 grid: Grid) -> pd.DataFrame:
+    """All cores in image axes [px], including those outside the field.
+
+    A core is where the image shows it (`specimen.visible_cores`: moved with the
+    lattice around it by the other cores' fields and the smooth strain), then mapped
+    by the frame geometry.
+    """
     if not disl:
         return empty_cores()
-    xy = geo.apply(np.array([[d.x, d.y] for d in disl])) / grid.pixel_size
+    xy = geo.apply(visible_cores(spec, disl)) / grid.pixel_size
     b = np.array([d.b for d in disl]) @ geo.distortion.T
     h = h_from_b_hat(unit(b))
     return pd.DataFrame({"x": xy[:, 0], "y": xy[:, 1], "hx": h[:, 0], "hy": h[:, 1],
@@ -263,7 +270,7 @@ def render_frame(spec: SpecimenParams, disl: list[Dislocation], *, grid: Grid, m
     geo = geo or FrameGeometry(centre_nm=grid.fov_nm / 2)
     pot, wmax = _potential(spec, disl, geo, grid, mode, rs_growth)
     rs = _rs_raster(spec, geo, grid, rs_growth)
-    table = _cores_table(disl, geo, grid)
+    table = _cores_table(spec, disl, geo, grid)
     out = []
     grating = None  # PhaseGrating or ProbeConvolution: built once, reused by the variants
     for v in range(n_variants):

@@ -171,6 +171,69 @@ def lattice_columns(pc: ProjectedCrystal, *, rotation: float, origin: np.ndarray
     return pos[keep], idx[keep]
 
 
+def smooth_displacement(p: SpecimenParams, xy: np.ndarray) -> np.ndarray:
+    """Displacement [nm] of the lattice by the specimen's smooth strain fields.
+
+    The H2/H3-like blob dilated along the layer normal moves whole regions of the
+    lattice by up to ~0.6 nm, dislocation cores with them: the columns
+    (`specimen_columns`), the core labels and the rock-salt mask all use this one field.
+
+    Parameters
+    ----------
+    p : SpecimenParams
+    xy : ndarray (n, 2)
+        Positions [nm], specimen axes.
+
+    Returns
+    -------
+    ndarray (n, 2)
+        Displacements [nm]; zero where the specimen has no such field.
+    """
+    xy = np.asarray(xy, dtype=float).reshape(-1, 2)
+    if p.c_strain_domain is None:
+        return np.zeros_like(xy)
+    normal = rotation_matrix(p.rotation) @ np.array([0.0, 1.0])
+    return _c_strain_displacement(xy, p.c_strain_domain, normal)
+
+
+def visible_cores(p: SpecimenParams, dislocations: list[Dislocation], *,
+                  ring_nm: float = 0.25, n_ring: int = 16) -> np.ndarray:
+    """Where the image shows each core [nm], specimen axes.
+
+    Columns are displaced by the fields of *all* dislocations and by the smooth strain
+    (`specimen_columns`), so the lattice around a core, and its visible termination,
+    moves by the other cores' fields there: up to half a Burgers vector (~0.24 nm)
+    next to a dipole partner, more in a strain blob. The visible core is taken as the
+    centroid of a ring of lattice points around it after those displacements; its own
+    field is symmetric about it and left out. The ring also averages over another
+    core's branch cut passing through (the two sides differ by a lattice vector).
+
+    Parameters
+    ----------
+    p : SpecimenParams
+    dislocations : list of Dislocation
+        Cores at their lattice sites (`snap_core`).
+    ring_nm : float
+        Ring radius [nm].
+    n_ring : int
+        Points on the ring.
+
+    Returns
+    -------
+    ndarray (n, 2)
+        Visible core positions [nm].
+    """
+    xy = np.array([[d.x, d.y] for d in dislocations], dtype=float).reshape(-1, 2)
+    phi = 2 * np.pi * (np.arange(n_ring) + 0.5) / n_ring
+    ring = ring_nm * np.stack([np.cos(phi), np.sin(phi)], axis=1)
+    out = xy + smooth_displacement(p, xy)
+    for i in range(len(xy)):
+        others = dislocations[:i] + dislocations[i + 1:]
+        if others:
+            out[i] += volterra_displacement(xy[i] + ring, others).mean(axis=0)
+    return out
+
+
 def _c_strain_displacement(pos: np.ndarray, dom: tuple, normal: np.ndarray) -> np.ndarray:
     """Displacement of a Gaussian blob whose lattice is dilated along the layer normal."""
     x, y, s, strain = dom
@@ -223,9 +286,7 @@ def specimen_columns(p: SpecimenParams, dislocations: list[Dislocation], *, mode
         w = _mix_cations(p, pc, pos, idx, w, expo, rs_growth)
     if dislocations:
         pos = pos + volterra_displacement(pos, dislocations)
-    if p.c_strain_domain is not None:
-        normal = rotation_matrix(p.rotation) @ np.array([0.0, 1.0])
-        pos = pos + _c_strain_displacement(pos, p.c_strain_domain, normal)
+    pos = pos + smooth_displacement(p, pos)
     if p.vacuum_edge is not None:
         x, y, ang = p.vacuum_edge
         inside = (pos - (x, y)) @ np.array([np.cos(ang), np.sin(ang)]) <= 0
@@ -254,10 +315,18 @@ def _mix_cations(p: SpecimenParams, pc: ProjectedCrystal, pos: np.ndarray, idx: 
 
 
 def rocksalt_mask(p: SpecimenParams, xy: np.ndarray, rs_growth: float = 1.0) -> np.ndarray:
-    """Boolean RS membership of points (n, 2) [nm] (the label of the mask)."""
+    """Boolean RS membership of points (n, 2) [nm] (the label of the mask).
+
+    Cations are mixed by their undisplaced positions (`specimen_columns`), so a point
+    is tested where its lattice came from: ``xy - u(xy)`` for the smooth displacement
+    ``u`` (first order; dislocation fields are local and left out). The vacuum edge
+    cuts the displaced lattice, so it is tested at ``xy``.
+    """
+    xy = np.asarray(xy, dtype=float)
+    origin = xy - smooth_displacement(p, xy) if p.rocksalt else xy
     out = np.zeros(len(xy), dtype=bool)
     for dom in p.rocksalt:
-        out |= dom.contains(xy, rs_growth)
+        out |= dom.contains(origin, rs_growth)
     if p.vacuum_edge is not None:
         x, y, ang = p.vacuum_edge
         out &= (xy - (x, y)) @ np.array([np.cos(ang), np.sin(ang)]) <= 0
