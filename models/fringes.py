@@ -42,6 +42,9 @@ class FringeChannels(nn.Module):
         about ``period_px / (2 pi width)`` px.
     clip : float
         The channels are clipped to +-``clip`` median fringe amplitudes.
+    avoid_angle_deg : float
+        With ``avoid`` given to `forward`, ring frequencies within this angle of its
+        direction are skipped.
 
     Examples
     --------
@@ -52,15 +55,27 @@ class FringeChannels(nn.Module):
     """
 
     def __init__(self, period_px: float, *, band: float = 0.15, width: float = 0.25,
-                 clip: float = 3.0) -> None:
+                 clip: float = 3.0, avoid_angle_deg: float = 20.0) -> None:
         super().__init__()
         if period_px <= 2:
             raise ValueError(f"period_px must be > 2 px (Nyquist), got {period_px}")
         self.period_px, self.band, self.width, self.clip = period_px, band, width, clip
+        self.avoid_cos = math.cos(math.radians(avoid_angle_deg))
         self._cache: dict[tuple, tuple] = {}
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 1, H, W) -> (B, 3, H, W): the image, Re and Im of its fringe image."""
+    def forward(self, x: torch.Tensor, avoid: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, 1, H, W) -> (B, 3, H, W): the image, Re and Im of its fringe image.
+
+        ``avoid`` (B, 2), optional: per image, a frequency (rows, cols) [cycles/px]
+        whose direction the reflection must not lie within ``avoid_angle_deg`` of
+        (e.g. the (003) reflection, whose (006) harmonic falls in the in-layer ring).
+        """
+        return torch.cat([x, self.fringe(x, avoid)[0].to(x.dtype)], dim=1)
+
+    def fringe(self, x: torch.Tensor, avoid: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The channels (B, 2, H, W) and the reflection used, (B, 2) as (rows, cols)
+        [cycles/px]; arguments as in `forward`."""
         if x.ndim != 4 or x.shape[1] != 1:
             raise ValueError(f"FringeChannels expects (B, 1, H, W), got {tuple(x.shape)}")
         image = x[:, 0].float()
@@ -68,7 +83,14 @@ class FringeChannels(nn.Module):
         spectrum = torch.fft.fft2(image - image.mean(dim=(-2, -1), keepdim=True))
         ring, (oy, my), (ox, mx) = self._geometry(h, w, x.device)
         flat = spectrum.flatten(1)
-        best = ring[flat[:, ring].abs().argmax(dim=1)]  # flat index of g per image
+        power = flat[:, ring].abs()
+        freq = self._frequencies(ring, h, w)  # (R, 2)
+        if avoid is not None:
+            cos = (avoid.float() @ freq.T).abs() / (
+                avoid.float().norm(dim=1, keepdim=True) * freq.norm(dim=1)[None, :]).clamp_min(1e-12)
+            power = torch.where(cos > self.avoid_cos, torch.full_like(power, -1.0), power)
+        pick = power.argmax(dim=1)
+        best = ring[pick]  # flat index of g per image
         # The mask is separable and negligible beyond 4 sigma: only that box is kept.
         rows = torch.remainder(best[:, None] // w + oy[None, :], h)[:, :, None]
         cols = torch.remainder(best[:, None] % w + ox[None, :], w)[:, None, :]
@@ -79,7 +101,14 @@ class FringeChannels(nn.Module):
         scale = fringe.abs().flatten(1).median(dim=1).values.clamp_min(1e-6)[:, None, None]
         fringe = fringe / scale
         channels = torch.stack([fringe.real, fringe.imag], dim=1).clamp(-self.clip, self.clip)
-        return torch.cat([x, channels.to(x.dtype)], dim=1)
+        return channels, freq[pick]
+
+    @staticmethod
+    def _frequencies(ring: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """(rows, cols) frequencies [cycles/px] of flat FFT indices."""
+        fy = torch.fft.fftfreq(h, device=ring.device)[ring // w]
+        fx = torch.fft.fftfreq(w, device=ring.device)[ring % w]
+        return torch.stack([fy, fx], dim=1)
 
     def _geometry(self, h: int, w: int, device: torch.device) -> tuple:
         """Flat indices of the search ring (upper half plane) and, per axis, the bin

@@ -96,6 +96,12 @@ class UNetConfig:
         (`dislotrack.models.fringes.FringeChannels`, nominal period in px at the
         canonical pixel size) and sees it as two extra channels; 0 turns this off.
         Needs ``in_channels == 1``.
+    inplane_fringe_period_px : float
+        If > 0 (needs ``fringe_period_px > 0``), two more channels: the strongest
+        fringe of this nominal period at least 20 deg from the (003) direction, i.e.
+        LiNiO2's 0.245 nm (101)/(012) in-layer planes in [100] projections (2.45 px at
+        0.1 nm/px), which a basal-b core terminates as the (003) ones end at a misfit
+        core; 0 turns this off.
     """
 
     in_channels: int = 1
@@ -107,6 +113,7 @@ class UNetConfig:
     full_res_convs: int = 1
     skip_merge: str = "add"
     fringe_period_px: float = 0.0
+    inplane_fringe_period_px: float = 0.0
 
     def __post_init__(self) -> None:
         if self.in_channels < 1:
@@ -128,6 +135,11 @@ class UNetConfig:
         if self.fringe_period_px < 0 or (self.fringe_period_px > 0 and self.in_channels != 1):
             raise ValueError(f"fringe_period_px must be 0 (off) or > 0 with in_channels == 1, got "
                              f"{self.fringe_period_px} with in_channels {self.in_channels}")
+        if self.inplane_fringe_period_px < 0 or (self.inplane_fringe_period_px > 0
+                                                 and self.fringe_period_px <= 0):
+            raise ValueError("inplane_fringe_period_px must be 0 (off) or > 0 with "
+                             f"fringe_period_px > 0, got {self.inplane_fringe_period_px} with "
+                             f"fringe_period_px {self.fringe_period_px}")
 
     def channels(self) -> list[int]:
         """Channels of levels ``0 .. depth`` (full resolution first, bottleneck last)."""
@@ -262,7 +274,9 @@ class UNet(nn.Module):
         ch = config.channels()
         n0 = config.full_res_convs
         self.fringes = FringeChannels(config.fringe_period_px) if config.fringe_period_px > 0 else None
-        first = config.in_channels + (2 if self.fringes is not None else 0)
+        self.inplane_fringes = (FringeChannels(config.inplane_fringe_period_px)
+                                if config.inplane_fringe_period_px > 0 else None)
+        first = config.in_channels + 2 * sum(m is not None for m in (self.fringes, self.inplane_fringes))
         self.encoders = nn.ModuleList(
             [ConvStack(first, ch[0], config.norm, n0)]
             + [ConvStack(ch[i - 1], ch[i], config.norm) for i in range(1, config.depth + 1)]
@@ -305,7 +319,11 @@ class UNet(nn.Module):
         """Map (B, in_channels, H, W) images to (B, N_OUT, H, W) raw outputs."""
         self.check_input(x)
         if self.fringes is not None:
-            x = self.fringes(x)
+            channels, g = self.fringes.fringe(x)
+            parts = [x, channels.to(x.dtype)]
+            if self.inplane_fringes is not None:  # skip the (003) direction: (006) is in its ring
+                parts.append(self.inplane_fringes.fringe(x, avoid=g)[0].to(x.dtype))
+            x = torch.cat(parts, dim=1)
         skips = []
         for i, encoder in enumerate(self.encoders):
             if i > 0:

@@ -59,3 +59,28 @@ def test_rejects_bad_input():
         FringeChannels(1.5)
     with pytest.raises(ValueError, match=r"\(B, 1, H, W\)"):
         FringeChannels(PERIOD)(torch.zeros(1, 2, 16, 16))
+
+
+def test_inplane_fringe_skips_the_003_harmonic_and_shows_a_basal_core():
+    """(003) fringes with a strong (006) harmonic at 2.365 px, plus weaker 2.45 px
+    in-layer fringes at 80 deg that a basal core terminates: given the (003) direction,
+    the in-layer channel takes the in-layer fringe, not the harmonic in its ring."""
+    size, core = 96, (47.0, 45.0)
+    yy, xx = np.mgrid[0:size, 0:size].astype(float)
+    n003 = np.array([np.sin(0.3), np.cos(0.3)])
+    ang = 0.3 + np.radians(80)
+    phase003 = 2 * np.pi * (xx * n003[0] + yy * n003[1]) / PERIOD
+    phase_in = 2 * np.pi * (xx * np.sin(ang) + yy * np.cos(ang)) / 2.45
+    phase_in += np.arctan2(yy - core[1], xx - core[0])
+    image = np.cos(phase003) + 0.8 * np.cos(2 * phase003) + 0.4 * np.cos(phase_in)
+    x = torch.from_numpy(image)[None, None].float()
+    _, g003 = FringeChannels(PERIOD).fringe(x)
+    inplane = FringeChannels(2.45)
+    _, g_plain = inplane.fringe(x)
+    channels, g = inplane.fringe(x, avoid=g003)
+    direction = lambda v: v[0] / v[0].norm()  # noqa: E731
+    assert abs(direction(g_plain) @ direction(g003)) > 0.99  # the harmonic, without avoid
+    assert abs(direction(g) @ direction(g003)) < np.cos(np.radians(60))
+    f = (channels[0, 0] + 1j * channels[0, 1]).numpy()
+    assert abs(abs(_turns(f, *core)) - 1) < 0.05
+    assert abs(_turns(f, 20.0, 75.0)) < 0.05

@@ -29,6 +29,7 @@ TINY_CONFIGS = [
     UNetConfig(base_channels=3, depth=2, channel_mult=1.5, norm="instance"),
     UNetConfig(base_channels=4, depth=1, norm="none", dropout=0.2),
     UNetConfig(base_channels=4, depth=2, fringe_period_px=4.73),
+    UNetConfig(base_channels=4, depth=2, fringe_period_px=4.73, inplane_fringe_period_px=2.45),
 ]
 
 
