@@ -39,6 +39,7 @@ from dislotrack.data_gen.specimen import (
     add_rocksalt_near,
     amorphous_atoms,
     draw_specimen,
+    in_crystal,
     rocksalt_mask,
     rotation_matrix,
     snap_core,
@@ -201,11 +202,14 @@ def _cores_table(spec: SpecimenParams, disl: list[Dislocation], geo: FrameGeomet
 
     A core is where the image shows it (`specimen.visible_cores`: moved with the
     lattice around it by the other cores' fields and the smooth strain), then mapped
-    by the frame geometry.
+    by the frame geometry. Cores beyond a vacuum edge show nothing and are left out.
     """
-    if not disl:
+    seen = visible_cores(spec, disl) if disl else np.zeros((0, 2))
+    keep = np.flatnonzero(in_crystal(spec, seen))
+    if not len(keep):
         return empty_cores()
-    xy = geo.apply(visible_cores(spec, disl)) / grid.pixel_size
+    disl = [disl[i] for i in keep]
+    xy = geo.apply(seen[keep]) / grid.pixel_size
     b = np.array([d.b for d in disl]) @ geo.distortion.T
     h = h_from_b_hat(unit(b))
     return pd.DataFrame({"x": xy[:, 0], "y": xy[:, 1], "hx": h[:, 0], "hy": h[:, 1],

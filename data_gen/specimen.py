@@ -196,6 +196,18 @@ def smooth_displacement(p: SpecimenParams, xy: np.ndarray) -> np.ndarray:
     return _c_strain_displacement(xy, p.c_strain_domain, normal)
 
 
+def in_crystal(p: SpecimenParams, xy: np.ndarray, margin_nm: float = 0.0) -> np.ndarray:
+    """Boolean (n,): points [nm] on the crystal side of the vacuum edge (all if none).
+
+    ``margin_nm`` > 0 also accepts points up to that far into the vacuum.
+    """
+    xy = np.asarray(xy, dtype=float).reshape(-1, 2)
+    if p.vacuum_edge is None:
+        return np.ones(len(xy), dtype=bool)
+    x, y, ang = p.vacuum_edge
+    return (xy - (x, y)) @ np.array([np.cos(ang), np.sin(ang)]) <= margin_nm
+
+
 def visible_cores(p: SpecimenParams, dislocations: list[Dislocation], *,
                   ring_nm: float = 0.25, n_ring: int = 16) -> np.ndarray:
     """Where the image shows each core [nm], specimen axes.
@@ -287,10 +299,8 @@ def specimen_columns(p: SpecimenParams, dislocations: list[Dislocation], *, mode
     if dislocations:
         pos = pos + volterra_displacement(pos, dislocations)
     pos = pos + smooth_displacement(p, pos)
-    if p.vacuum_edge is not None:
-        x, y, ang = p.vacuum_edge
-        inside = (pos - (x, y)) @ np.array([np.cos(ang), np.sin(ang)]) <= 0
-        pos, w = pos[inside], w[inside]
+    inside = in_crystal(p, pos)
+    pos, w = pos[inside], w[inside]
     centre = np.array([(bounds[0] + bounds[1]) / 2, (bounds[2] + bounds[3]) / 2])
     thick = 1.0 + (pos - centre) @ p.thickness_gradient
     return Columns(pos, w, np.clip(thick, 0.3, 3.0))
@@ -327,10 +337,7 @@ def rocksalt_mask(p: SpecimenParams, xy: np.ndarray, rs_growth: float = 1.0) -> 
     out = np.zeros(len(xy), dtype=bool)
     for dom in p.rocksalt:
         out |= dom.contains(origin, rs_growth)
-    if p.vacuum_edge is not None:
-        x, y, ang = p.vacuum_edge
-        out &= (xy - (x, y)) @ np.array([np.cos(ang), np.sin(ang)]) <= 0
-    return out
+    return out & in_crystal(p, xy)
 
 
 def amorphous_atoms(p: SpecimenParams, bounds: tuple[float, float, float, float], *,
@@ -354,8 +361,6 @@ def amorphous_atoms(p: SpecimenParams, bounds: tuple[float, float, float, float]
     xy, z = xy[keep], z[keep]
     # One atom per column: weight per nm is meaningless, so scale to ~0.3 nm of column.
     w = 3.0 * z.astype(float) ** Z_EXPONENT[mode]
-    if p.vacuum_edge is not None:  # the layer covers the specimen, not the vacuum
-        x, y, ang = p.vacuum_edge
-        keep = (xy - (x, y)) @ np.array([np.cos(ang), np.sin(ang)]) <= 0.5
-        xy, w = xy[keep], w[keep]
+    keep = in_crystal(p, xy, margin_nm=0.5)  # the layer covers the specimen, not the vacuum
+    xy, w = xy[keep], w[keep]
     return Columns(xy, w, np.ones(len(w)))

@@ -99,3 +99,18 @@ def test_movie_events_sit_at_their_cores_labels():
             np.testing.assert_allclose([ev.x_nm, ev.y_nm], mean, atol=1e-9)
             checked += 1
     assert checked >= 1
+
+
+def test_cores_beyond_a_vacuum_edge_are_not_labelled():
+    rng = np.random.default_rng(2)
+    grid = Grid(96, PIXEL_NM)
+    spec = draw_specimen(rng, fov_nm=grid.fov_nm, realism=0.0, material="LiNiO2")
+    spec.vacuum_edge = (4.8, 4.8, 0.0)  # vacuum where x > 4.8 nm
+    b = rotation_matrix(spec.rotation) @ spec.crystal.burgers["misfit"]
+    disl = [snapped(spec, Dislocation(x, y, b, particle=i))
+            for i, (x, y) in enumerate([(2.0, 2.5), (2.5, 7.0), (7.0, 3.0), (8.0, 7.5)])]
+    sample = render_frame(spec, disl, grid=grid, mode="hrtem", imaging=draw_optics(rng),
+                          detector=draw_detector(rng, 1000.0), rng=rng,
+                          geo=FrameGeometry(centre_nm=grid.fov_nm / 2))[0]
+    assert sorted(sample.cores.particle) == [0, 1]
+    assert (sample.cores.x * PIXEL_NM <= 4.8).all()
