@@ -143,3 +143,14 @@ def test_curriculum_ramps_from_easy_to_the_full_distribution():
     assert first.realism < last.realism < full.realism == 1.0
     assert first.dipole_fraction < full.dipole_fraction
     assert dm.generator_config(64, 0.0, 4) == full
+
+
+def test_calibration_takes_the_precise_end_of_a_flat_f1_plateau():
+    from dislotrack.train.calibrate import choose_threshold
+
+    flat = {0.3: {"f1": 0.58}, 0.35: {"f1": 0.607}, 0.4: {"f1": 0.606}, 0.45: {"f1": 0.603},
+            0.5: {"f1": 0.59}}
+    assert choose_threshold(flat) == 0.45
+    assert choose_threshold(flat, tolerance=0.0) == 0.35
+    peaked = {0.3: {"f1": 0.53}, 0.35: {"f1": 0.544}, 0.4: {"f1": 0.5356}, 0.45: {"f1": float("nan")}}
+    assert choose_threshold(peaked) == 0.35
