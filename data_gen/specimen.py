@@ -214,8 +214,9 @@ def visible_cores(p: SpecimenParams, dislocations: list[Dislocation], *,
 
     Columns are displaced by the fields of *all* dislocations and by the smooth strain
     (`specimen_columns`), so the lattice around a core, and its visible termination,
-    moves by the other cores' fields there: up to half a Burgers vector (~0.24 nm)
-    next to a dipole partner, more in a strain blob. The visible core is taken as the
+    moves by the other cores' fields there: up to half a Burgers vector (~0.24 nm) per
+    other core at any distance (the arctan term does not decay), more in a strain
+    blob. The visible core is taken as the
     centroid of a ring of lattice points around it after those displacements; its own
     field is symmetric about it and left out. The ring also averages over another
     core's branch cut passing through (the two sides differ by a lattice vector).
