@@ -58,8 +58,10 @@ def outputs_to_maps(logits: torch.Tensor) -> dict[str, np.ndarray]:
     with torch.no_grad():
         x = logits.detach().float()
         heat = torch.sigmoid(x[..., HEATMAP_CH, :, :])
-        h = torch.movedim(x[..., HVEC_CH, :, :], -3, -1)
-        h = h / torch.linalg.vector_norm(h, dim=-1, keepdim=True).clamp_min(1e-12)
+        hx, hy = x[..., HVEC_CH.start, :, :], x[..., HVEC_CH.start + 1, :, :]
+        # Per-component hypot: a norm over a moved (strided) size-2 axis is ~30x slower.
+        norm = torch.hypot(hx, hy).clamp_min(1e-12)
+        h = torch.stack([hx / norm, hy / norm], dim=-1)
         rs = torch.sigmoid(x[..., RS_CH, :, :])
     return {
         "heatmap": heat.cpu().numpy(),
