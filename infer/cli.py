@@ -57,6 +57,8 @@ def _add_infer(sub: argparse._SubParsersAction) -> None:
                    help="shortest track kept (default 6)")
     p.add_argument("--max-gap", type=int, default=12, metavar="FRAMES",
                    help="longest gap that gap closing bridges (default 12; 0 = none)")
+    p.add_argument("--weak-fraction", type=float, default=0.5, metavar="F",
+                   help="peaks above F x threshold may extend track ends (default 0.5; 1 = off)")
     p.add_argument("--detector", choices=["unet", "gpa"], default="unet",
                    help="the network (default) or the classical GPA phase-singularity baseline")
     p.add_argument("--tta", action="store_true",
@@ -78,6 +80,7 @@ def _run_infer(args: argparse.Namespace) -> int:
                         frame_interval_s=args.frame_interval, device=args.device,
                         threshold=args.threshold, d_spacing_nm=args.d_spacing,
                         max_speed_nm_s=args.max_speed, memory=args.memory,
+                        weak_fraction=args.weak_fraction,
                         min_length=args.min_length, max_gap=args.max_gap, tta=args.tta)
         s = res.track_summary
         print(f"{path}: {len(res.detections)} detections, {len(s)} tracks, "

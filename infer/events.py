@@ -25,6 +25,12 @@ annihilation at its last. A dipole that nucleates together gives one
 instead of two nucleations; likewise ``dipole_annihilation`` (later last frame).
 Event ``x``, ``y`` are raw image positions [px]; ``particles`` lists the track ids
 separated by spaces.
+
+The two cores of a dipole closer than about 1 nm are not resolved: the detector
+sees one blob between them, too weak or too short-lived to form a track. When the
+detections that are in no track are given, a dipole nucleation is moved back
+(annihilation forward) through consecutive frames that have such a detection within
+``blob_radius_nm`` of the pair's midpoint, at most ``max_blob_frames`` frames.
 """
 
 from __future__ import annotations
@@ -239,6 +245,9 @@ def find_events(
     pixel_size_nm: float,
     frame_interval_s: float | None = None,
     dipoles: DipoleCriteria = DipoleCriteria(),
+    unlinked: pd.DataFrame | None = None,
+    blob_radius_nm: float = 0.5,
+    max_blob_frames: int = 3,
 ) -> pd.DataFrame:
     """The events table (nucleations and annihilations, single or as dipoles).
 
@@ -250,6 +259,13 @@ def find_events(
         Output of `summarise_tracks` for the same tracks.
     pixel_size_nm, frame_interval_s, dipoles
         As in `summarise_tracks` (use the same values).
+    unlinked : DataFrame, optional
+        Detections in no track (``frame``, ``x``, ``y`` [px], optional ``x_corr``,
+        ``y_corr``), e.g. below the decode threshold: the unresolved blob of a close
+        dipole (module docstring).
+    blob_radius_nm, max_blob_frames : float, int
+        How close to the pair's midpoint [nm] and for how many frames at most such a
+        blob moves a dipole event.
 
     Returns
     -------
@@ -259,6 +275,9 @@ def find_events(
     ends = _track_ends(tracks, pixel_size_nm)
     info = summary.set_index("particle")
     rows = _events(info, ends, "nucleation", dipoles) + _events(info, ends, "annihilation", dipoles)
+    if unlinked is not None and len(unlinked) and max_blob_frames > 0:
+        rows = [_through_blob(r, ends, unlinked, pixel_size_nm, blob_radius_nm, max_blob_frames)
+                for r in rows]
     events = pd.DataFrame(rows, columns=["frame", "kind", "x", "y", "particles"]).astype(
         {"frame": int, "kind": str, "x": float, "y": float, "particles": str}
     )
@@ -415,3 +434,25 @@ def _events(info: pd.DataFrame, ends: pd.DataFrame, kind: str, criteria: DipoleC
         frame, x, y = ends.loc[p, [f"frame_{stage}", f"x_{stage}", f"y_{stage}"]]
         rows.append((int(frame), kind, x, y, str(p)))
     return rows
+
+
+def _through_blob(row: tuple, ends: pd.DataFrame, unlinked: pd.DataFrame, pixel_size_nm: float,
+                  radius_nm: float, max_frames: int) -> tuple:
+    """A dipole event row moved earlier (nucleation) or later (annihilation) through the
+    consecutive frames with an unlinked detection near the pair's midpoint."""
+    frame, kind, x, y, particles = row
+    if not kind.startswith("dipole_"):
+        return row
+    stage, step = ("start", -1) if kind == "dipole_nucleation" else ("stop", 1)
+    pair = [int(p) for p in particles.split()]
+    # Midpoint of the pair's corrected end positions [nm], and the blobs' positions [nm].
+    mid = ends.loc[pair, [f"xn_{stage}", f"yn_{stage}"]].to_numpy(dtype=float).mean(axis=0)
+    xcol, ycol = position_columns(unlinked)
+    xy = np.asarray(px_to_nm(unlinked[[xcol, ycol]].to_numpy(dtype=float), pixel_size_nm))
+    near = np.hypot(*(xy - mid).T) <= radius_nm
+    frames = set(unlinked["frame"].to_numpy()[near].astype(int).tolist())
+    for _ in range(max_frames):
+        if frame + step not in frames:
+            break
+        frame += step
+    return (int(frame), kind, x, y, particles)

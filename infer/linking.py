@@ -255,6 +255,91 @@ def close_gaps(
     return tracks.assign(particle=tracks["particle"].map(root))
 
 
+#: Extension of track ends with weak detections: the largest distance [nm] from the
+#: position extrapolated at the track's velocity, and the most frames added per end.
+EXTEND_TOLERANCE_NM = 0.5
+EXTEND_MAX_FRAMES = 5
+
+
+def extend_tracks(
+    tracks: pd.DataFrame,
+    weak: pd.DataFrame,
+    *,
+    pixel_size_nm: float,
+    tolerance_nm: float = EXTEND_TOLERANCE_NM,
+    max_frames: int = EXTEND_MAX_FRAMES,
+    max_h_change_deg: float = 45.0,
+    n_fit: int = 5,
+) -> pd.DataFrame:
+    """Extend each track backwards from its first and forwards from its last frame
+    with weak detections (hysteresis in time).
+
+    A core that is just nucleating, about to annihilate, or entering a region of
+    poor contrast is fainter than the decode threshold needs, yet where a track
+    already runs a weaker peak is good evidence. Frame by frame, the end is moved
+    to the weak detection nearest to the position extrapolated at the track's
+    velocity (fitted to its ``n_fit`` end detections, zero if fewer than 3), if
+    that lies within ``tolerance_nm`` and its **h** within ``max_h_change_deg`` of
+    the track's mean **h**; the extension stops at the first frame without one.
+    Each weak detection joins at most one track.
+
+    Parameters
+    ----------
+    tracks : DataFrame
+        Linked detections (``particle``, ``frame``, ``x``, ``y`` [px] or the
+        drift-corrected ``x_corr``, ``y_corr``, ``hx``, ``hy``, ...).
+    weak : DataFrame
+        Detections below the decode threshold, same columns without ``particle``.
+    pixel_size_nm : float
+        Pixel size [nm/px].
+    tolerance_nm, max_frames, max_h_change_deg, n_fit
+        See above.
+
+    Returns
+    -------
+    DataFrame
+        ``tracks`` plus the weak detections that extend them, sorted by particle
+        and frame, new index.
+    """
+    if tracks.empty or weak.empty or max_frames <= 0:
+        return tracks
+    xcol, ycol = position_columns(tracks)
+    tol_px = tolerance_nm / pixel_size_nm
+    cos_max = np.cos(np.deg2rad(max_h_change_deg))
+    weak = weak.reset_index(drop=True)
+    wxy = weak[[xcol, ycol]].to_numpy(dtype=float)
+    wh = unit(weak[["hx", "hy"]].to_numpy(dtype=float))
+    by_frame = {int(f): idx.to_numpy() for f, idx in weak.groupby("frame").groups.items()}
+    used: set[int] = set()
+    added = []
+    for p, g in tracks.sort_values("frame").groupby("particle", sort=True):
+        h = unit(g[["hx", "hy"]].to_numpy(dtype=float).mean(axis=0))
+        for step, end in ((-1, g.head(n_fit)), (1, g.tail(n_fit))):
+            f = end["frame"].to_numpy(dtype=float)
+            xy = end[[xcol, ycol]].to_numpy(dtype=float)
+            v = np.polyfit(f, xy, 1)[0] if len(f) >= 3 and np.ptp(f) > 0 else np.zeros(2)
+            frame, pos = int(f[0] if step < 0 else f[-1]), xy[0 if step < 0 else -1]
+            for _ in range(max_frames):
+                frame += step
+                idx = np.array([i for i in by_frame.get(frame, ()) if i not in used], dtype=int)
+                if not len(idx):
+                    break
+                dist = np.hypot(*(wxy[idx] - (pos + step * v)).T)
+                ok = (dist <= tol_px) & (wh[idx] @ h >= cos_max)
+                if not ok.any():
+                    break
+                j = int(idx[ok][np.argmin(dist[ok])])
+                used.add(j)
+                added.append(j)
+                pos = wxy[j]
+                weak.loc[j, "particle"] = int(p)
+    if not added:
+        return tracks
+    extra = weak.loc[added].astype({"particle": tracks["particle"].dtype})
+    out = pd.concat([tracks, extra[tracks.columns]], ignore_index=True)
+    return out.sort_values(["particle", "frame"], kind="stable").reset_index(drop=True)
+
+
 def _linking_space(detections: pd.DataFrame) -> pd.DataFrame:
     """Copy of ``detections`` with the (y, x, hy, hx) columns trackpy links on."""
     xcol, ycol = position_columns(detections)

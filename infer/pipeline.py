@@ -30,7 +30,7 @@ from dislotrack.infer.detectors import CORE_COLUMNS, GPADetector, NetworkDetecto
 from dislotrack.infer.drift import apply_drift, measure_drift
 from dislotrack.infer.events import DipoleCriteria, count_dislocations, find_events, summarise_tracks
 from dislotrack.infer.fringes import pixel_size_from_fringes_or_none
-from dislotrack.infer.linking import link_cores
+from dislotrack.infer.linking import extend_tracks, link_cores
 from dislotrack.infer.motion import track_motion
 from dislotrack.infer.predict import pick_device
 from dislotrack.infer.preprocess import scale_factor, to_canonical
@@ -111,7 +111,8 @@ def analyze(path: str | Path, *, model: str | Path | None = None, pixel_size_nm:
             frame_interval_s: float | None = None, device: str = "auto", threshold: float | None = None,
             batch_size: int = 4, d_spacing_nm: float = D003_LINIO2_NM, max_speed_nm_s: float = 2.0,
             memory: int = 5, min_length: int = 6, max_gap: int = 12, min_track_score: float = 0.0,
-            border_nm: float = 2.0, detector: str = "unet", tta: bool = False,
+            weak_fraction: float = 0.5, border_nm: float = 2.0, detector: str = "unet",
+            tta: bool = False,
             mask_sink: Callable[[int, np.ndarray], None] | None = None,
             frame_sink: Callable[[int, np.ndarray, pd.DataFrame], None] | None = None,
             progress: bool = True) -> AnalysisResult:
@@ -140,6 +141,11 @@ def analyze(path: str | Path, *, model: str | Path | None = None, pixel_size_nm:
         Tracks whose detections score lower on average are dropped (0: keep all). On the
         tuning movies 0.35 removed spurious tracks (event F1 0.23 -> 0.26) but also real
         ones (climb error 14 -> 16 %), so it is off by default.
+    weak_fraction : float
+        Peaks scoring at least ``weak_fraction * threshold`` (but below the threshold)
+        may extend the ends of tracks (`dislotrack.infer.linking.extend_tracks`):
+        cores fading in at nucleation or out at annihilation. They never start a
+        track and are not in ``detections``; 1 disables the extension.
     border_nm : float
         Tracks that start/end this close to the frame edge entered/left the field.
     detector : {"unet", "gpa"}
@@ -165,7 +171,8 @@ def analyze(path: str | Path, *, model: str | Path | None = None, pixel_size_nm:
             det = GPADetector(pixel_size_nm=cal.pixel_size_nm, d_spacing_nm=d_spacing_nm)
             card = {**card, "model_id": "gpa-baseline", "sha256": None}
         elif detector == "unet":
-            det = NetworkDetector(prepare_for_inference(net).to(dev), device=dev, threshold=thr,
+            det = NetworkDetector(prepare_for_inference(net).to(dev), device=dev,
+                                  threshold=min(weak_fraction, 1.0) * thr,
                                   scale=s, d_spacing_nm=d_spacing_nm, tta=tta)
         else:
             raise ValueError(f"detector must be 'unet' or 'gpa', got {detector!r}")
@@ -177,6 +184,7 @@ def analyze(path: str | Path, *, model: str | Path | None = None, pixel_size_nm:
         def flush(raw: list[np.ndarray], can: list[np.ndarray], start: int) -> None:
             for k, (table, rs) in enumerate(det(raw, can)):
                 rows.append(table.assign(frame=start + k))
+                table = table[table["score"] >= thr] if detector == "unet" else table
                 rs_frac.append(float(rs.mean()))
                 if mask_sink is not None:
                     mask_sink(start + k, rs.astype(np.uint8))
@@ -215,22 +223,27 @@ def analyze(path: str | Path, *, model: str | Path | None = None, pixel_size_nm:
     detections = detections.assign(x_nm=detections.x * cal.pixel_size_nm,
                                    y_nm=detections.y * cal.pixel_size_nm)
     detections = detections[DETECTION_COLUMNS].astype({"frame": int})
-    return _track(detections, drift, cal, np.asarray(rs_frac), (n, h, w), str(path), card,
-                  max_speed_nm_s=max_speed_nm_s, memory=memory, min_length=min_length,
-                  max_gap=max_gap, min_track_score=min_track_score, border_nm=border_nm, first=first)
+    # The GPA baseline's scores are not probabilities: it gets no weak detections.
+    strong = (detections["score"] >= thr) | (detector != "unet")
+    return _track(detections[strong].reset_index(drop=True), drift, cal, np.asarray(rs_frac),
+                  (n, h, w), str(path), card, max_speed_nm_s=max_speed_nm_s, memory=memory,
+                  min_length=min_length, max_gap=max_gap, min_track_score=min_track_score,
+                  border_nm=border_nm, first=first, weak=detections[~strong].reset_index(drop=True))
 
 
 def _track(detections: pd.DataFrame, drift: pd.DataFrame, cal: Calibration, rs_frac: np.ndarray,
            shape: tuple[int, int, int], path: str, card: dict, *, max_speed_nm_s: float,
            memory: int, min_length: int, max_gap: int, min_track_score: float, border_nm: float,
-           first: np.ndarray) -> AnalysisResult:
-    """Link, measure and summarise (pure: tables in, tables out)."""
+           first: np.ndarray, weak: pd.DataFrame | None = None) -> AnalysisResult:
+    """Link, extend with ``weak`` detections, measure and summarise (pure: tables in, tables out)."""
     ps, dt = cal.pixel_size_nm, cal.frame_interval_s
     corrected = apply_drift(detections, drift)
     if len(corrected):
         linked = link_cores(corrected, pixel_size_nm=ps, frame_interval_s=dt,
                             max_speed_nm_s=max_speed_nm_s, memory=memory, min_length=min_length,
                             max_gap=max_gap, min_mean_score=min_track_score)
+        if weak is not None and len(weak):
+            linked = extend_tracks(linked, apply_drift(weak, drift), pixel_size_nm=ps)
     else:
         linked = corrected.assign(particle=pd.Series(dtype=int))
     if len(linked):
@@ -242,7 +255,10 @@ def _track(detections: pd.DataFrame, drift: pd.DataFrame, cal: Calibration, rs_f
     dipoles = DipoleCriteria(max_frame_gap=max(memory, DipoleCriteria.max_frame_gap))
     summary = summarise_tracks(tracks, pixel_size_nm=ps, frame_interval_s=dt, n_frames=shape[0],
                                image_shape=shape[1:], border_nm=border_nm, dipoles=dipoles)
-    events = find_events(tracks, summary, pixel_size_nm=ps, frame_interval_s=dt, dipoles=dipoles)
+    unlinked = _unlinked(corrected if weak is None else pd.concat([corrected, apply_drift(weak, drift)]),
+                         linked)
+    events = find_events(tracks, summary, pixel_size_nm=ps, frame_interval_s=dt, dipoles=dipoles,
+                         unlinked=unlinked)
     counts = count_dislocations(summary, n_frames=shape[0], frame_interval_s=dt,
                                 rocksalt_fraction=rs_frac)
     warnings = list(cal.warnings)
@@ -252,3 +268,12 @@ def _track(detections: pd.DataFrame, drift: pd.DataFrame, cal: Calibration, rs_f
         track_summary=summary, events=events, counts=counts, drift=drift, calibration=cal,
         rocksalt_fraction=rs_frac, shape=shape, input_path=path,
         input_sha256=file_sha256(path), model_card=card, warnings=warnings, first_frame=first)
+
+
+def _unlinked(detections: pd.DataFrame, linked: pd.DataFrame) -> pd.DataFrame:
+    """The detections that are in no track."""
+    if not len(linked):
+        return detections
+    keys = ["frame", "x", "y"]
+    merged = detections.merge(linked[keys].drop_duplicates(), on=keys, how="left", indicator=True)
+    return merged[merged["_merge"] == "left_only"].drop(columns="_merge").reset_index(drop=True)

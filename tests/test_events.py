@@ -245,3 +245,34 @@ def test_detections_to_events_end_to_end():
     assert events["kind"].tolist() == ["dipole_nucleation"]
     assert events.loc[0, "frame"] == 6 and events.loc[0, "particles"] == "1 2"
     assert events.loc[0, ["x", "y"]].tolist() == pytest.approx([154.0, 120.0], abs=0.5)
+
+
+def _blob(frames, x, y):
+    """Unlinked detections (no particle) at one place: an unresolved close dipole."""
+    frames = np.asarray(list(frames), dtype=int)
+    return pd.DataFrame({"frame": frames, "x": x, "y": y, "score": 0.3, "hx": 1.0, "hy": 0.0})
+
+
+def test_unresolved_dipole_blob_moves_dipole_events_to_where_it_was_seen():
+    # A dipole resolved in frames 5-14; a single blob at its midpoint in frames 3-4
+    # (before) and 15 (after), and an unrelated blob 2 nm away in frame 2.
+    tracks = pd.concat([_track(0, range(5, 15), 100.0, 100.0, DOWN),
+                        _track(1, range(5, 15), 110.0, 100.0, UP)])
+    summary = _summary(tracks)
+    blobs = pd.concat([_blob([3, 4, 15], 105.0, 101.0), _blob([2], 125.0, 100.0)])
+    plain = find_events(tracks, summary, pixel_size_nm=PIXEL_NM).set_index("kind")
+    moved = find_events(tracks, summary, pixel_size_nm=PIXEL_NM, unlinked=blobs).set_index("kind")
+    assert plain.loc["dipole_nucleation", "frame"] == 5
+    assert plain.loc["dipole_annihilation", "frame"] == 14
+    assert moved.loc["dipole_nucleation", "frame"] == 3  # not 2: that blob is 2 nm away
+    assert moved.loc["dipole_annihilation", "frame"] == 15
+    assert moved.loc["dipole_nucleation", ["x", "y"]].tolist() == [105.0, 100.0]
+    capped = find_events(tracks, summary, pixel_size_nm=PIXEL_NM, unlinked=blobs, max_blob_frames=1)
+    assert capped.set_index("kind").loc["dipole_nucleation", "frame"] == 4
+
+
+def test_blobs_do_not_move_single_events():
+    tracks = _track(0, range(5, 15), 100.0, 100.0, DOWN)
+    summary = _summary(tracks)
+    events = find_events(tracks, summary, pixel_size_nm=PIXEL_NM, unlinked=_blob([3, 4], 100.0, 100.0))
+    assert events.set_index("kind").loc["nucleation", "frame"] == 5

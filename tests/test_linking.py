@@ -150,3 +150,21 @@ def test_gap_closing_keeps_apart_what_is_not_a_continuation():
     assert link_cores(pd.concat([before, flipped]), **kw)["particle"].nunique() == 2
     off_path = _core(range(16, 30), 68.0, 80.0, 3.0, 0.0, (0.0, 1.0))  # 3 nm off the path
     assert link_cores(pd.concat([before, off_path]), **kw)["particle"].nunique() == 2
+
+
+def test_weak_detections_extend_track_ends_only_where_the_core_would_be():
+    from dislotrack.infer.linking import extend_tracks
+
+    core = _core(range(0, 20), 50.0, 50.0, 1.0, 0.0, (0.0, 1.0)).assign(particle=0)
+    strong = core[core["frame"].between(5, 14)]
+    weak = pd.concat([
+        core[core["frame"].isin([3, 4, 15])],  # on the path: joins (frame 2 missing: stops)
+        core[core["frame"] == 1],
+        _core([16], 86.0, 50.0, 0.0, 0.0, (0.0, 1.0)),  # 2 nm off the path
+        _core([16], 66.0, 50.0, 0.0, 0.0, (0.0, -1.0)),  # on the path, opposite h
+    ]).drop(columns="particle").assign(score=0.3)
+    out = extend_tracks(strong, weak, pixel_size_nm=PIXEL_NM)
+    assert out["frame"].tolist() == [3, 4, *range(5, 15), 15]
+    assert (out["particle"] == 0).all()
+    assert out.loc[out["frame"] == 15, "x"].item() == pytest.approx(65.0)
+    assert len(extend_tracks(strong, weak, pixel_size_nm=PIXEL_NM, max_frames=0)) == 10

@@ -171,6 +171,7 @@ def main() -> None:
     ap.add_argument("--threshold", type=float, default=None, help="decode threshold (default: the card's)")
     ap.add_argument("--tta", action="store_true", help="test-time augmentation (8x network time)")
     ap.add_argument("--min-track-score", type=float, default=None, help="drop tracks of lower mean score")
+    ap.add_argument("--weak-fraction", type=float, default=None, help="track-end extension (1 = off)")
     args = ap.parse_args()
     import torch
 
@@ -182,7 +183,8 @@ def main() -> None:
     if not args.speed_only:
         opts = {k: v for k, v in (("memory", args.memory), ("min_length", args.min_length),
                                   ("max_gap", args.max_gap), ("threshold", args.threshold),
-                                  ("min_track_score", args.min_track_score))
+                                  ("min_track_score", args.min_track_score),
+                                  ("weak_fraction", args.weak_fraction))
                 if v is not None} | ({"tta": True} if args.tta else {})
         out["accuracy"] = accuracy(args.movies, args.frames, args.size, args.model, args.seed, **opts)
         print(json.dumps(out["accuracy"], indent=2))
