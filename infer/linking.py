@@ -101,6 +101,7 @@ def link_cores(
     max_h_change_deg: float = 45.0,
     max_gap: int = 12,
     min_mean_score: float = 0.0,
+    repair: bool = True,
 ) -> pd.DataFrame:
     """Link detected cores into tracks; cores of opposite **h** are never linked.
 
@@ -130,6 +131,8 @@ def link_cores(
         Longest gap [frames] `close_gaps` bridges; 0 disables gap closing.
     min_mean_score : float
         Tracks whose detections' mean ``score`` is lower are dropped (0 keeps all).
+    repair : bool
+        Undo identity swaps of crossing cores (`repair_crossings`).
 
     Returns
     -------
@@ -165,6 +168,8 @@ def link_cores(
         kept = close_gaps(kept, pixel_size_nm=pixel_size_nm, max_gap=max_gap,
                           max_h_change_deg=max_h_change_deg)
     kept = _drop_short(kept, min_length)
+    if repair:
+        kept = repair_crossings(kept, pixel_size_nm=pixel_size_nm, max_h_change_deg=max_h_change_deg)
     if min_mean_score > 0:
         kept = kept[kept.groupby("particle")["score"].transform("mean") >= min_mean_score]
     kept = kept.sort_values(["frame", "particle"], kind="stable")
@@ -253,6 +258,112 @@ def close_gaps(
         return p
 
     return tracks.assign(particle=tracks["particle"].map(root))
+
+
+#: Crossing repair: tracks this close [nm] somewhere in the window may swap tails; a swap
+#: is kept when it cuts the straight-line misfit of the two tracks by this factor.
+CROSSING_DISTANCE_NM = 1.5
+CROSSING_IMPROVEMENT = 0.5
+
+
+def repair_crossings(
+    tracks: pd.DataFrame,
+    *,
+    pixel_size_nm: float,
+    window: int = 4,
+    distance_nm: float = CROSSING_DISTANCE_NM,
+    improvement: float = CROSSING_IMPROVEMENT,
+    max_h_change_deg: float = 45.0,
+) -> pd.DataFrame:
+    """Undo identity swaps where two cores of like **h** cross.
+
+    Frame-to-frame nearest-neighbour linking swaps two cores whose paths cross
+    (most often when one of them is missed at the crossing): each track then turns
+    sharply onto the other core's path. For every two tracks of like **h** and every
+    frame ``f`` both have detections on each side of, the tails from ``f`` on are
+    exchanged if that makes both tracks straighter: the summed squared residuals
+    of straight-line fits (position against frame) over ``window`` detections on
+    each side of ``f`` fall below ``improvement`` times their present value. Only
+    where the two tracks come within ``distance_nm`` of each other in that window.
+    The best swap is applied first and the search repeated.
+
+    Parameters
+    ----------
+    tracks : DataFrame
+        Linked detections (``particle``, ``frame``, ``x``, ``y`` [px] or ``x_corr``,
+        ``y_corr``, ``hx``, ``hy``).
+    pixel_size_nm : float
+        Pixel size [nm/px].
+    window, distance_nm, improvement, max_h_change_deg
+        See above.
+
+    Returns
+    -------
+    DataFrame
+        ``tracks`` with ``particle`` reassigned after each swap (same rows).
+    """
+    if tracks.empty:
+        return tracks
+    xcol, ycol = position_columns(tracks)
+    out = tracks.copy()
+    cos_max = np.cos(np.deg2rad(max_h_change_deg))
+    reach_px = distance_nm / pixel_size_nm
+    for _ in range(len(out)):  # each pass applies one swap
+        best = None
+        paths = {int(p): g.sort_values("frame") for p, g in out.groupby("particle")}
+        h = {p: unit(g[["hx", "hy"]].to_numpy(dtype=float).mean(axis=0)) for p, g in paths.items()}
+        ids = sorted(paths)
+        for i, a in enumerate(ids):
+            for b in ids[i + 1:]:
+                if float(h[a] @ h[b]) < cos_max:
+                    continue
+                swap = _best_swap(paths[a], paths[b], xcol, ycol, window, reach_px, improvement)
+                if swap is not None and (best is None or swap[0] < best[0]):
+                    best = (swap[0], a, b, swap[1])
+        if best is None:
+            break
+        _, a, b, frame = best
+        tail_a = (out["particle"] == a) & (out["frame"] >= frame)
+        tail_b = (out["particle"] == b) & (out["frame"] >= frame)
+        out.loc[tail_a, "particle"] = b
+        out.loc[tail_b, "particle"] = a
+    return out
+
+
+def _best_swap(a: pd.DataFrame, b: pd.DataFrame, xcol: str, ycol: str, window: int,
+               reach_px: float, improvement: float) -> tuple[float, int] | None:
+    """(relative misfit, frame) of the best tail swap of tracks ``a`` and ``b``, or None."""
+    fa, fb = a["frame"].to_numpy(), b["frame"].to_numpy()
+    pa, pb = a[[xcol, ycol]].to_numpy(dtype=float), b[[xcol, ycol]].to_numpy(dtype=float)
+    lo, hi = max(fa[0], fb[0]) + 1, min(fa[-1], fb[-1])
+    best = None
+    for f in range(lo, hi + 1):
+        ia, ib = np.searchsorted(fa, f), np.searchsorted(fb, f)
+        # `window` detections on each side of f, in both tracks.
+        if min(ia, ib) < window or min(len(fa) - ia, len(fb) - ib) < window:
+            continue
+        sa, sb = slice(ia - window, ia + window), slice(ib - window, ib + window)
+        gap = np.hypot(*(pa[sa, None, :] - pb[None, sb, :]).reshape(-1, 2).T).min()
+        if gap > reach_px:
+            continue
+        now = _line_misfit(fa[sa], pa[sa]) + _line_misfit(fb[sb], pb[sb])
+        swapped = (_line_misfit(np.r_[fa[ia - window:ia], fb[ib:ib + window]],
+                                np.r_[pa[ia - window:ia], pb[ib:ib + window]])
+                   + _line_misfit(np.r_[fb[ib - window:ib], fa[ia:ia + window]],
+                                  np.r_[pb[ib - window:ib], pa[ia:ia + window]]))
+        ratio = swapped / max(now, 1e-9)
+        if ratio < improvement and (best is None or ratio < best[0]):
+            best = (float(ratio), int(f))
+    return best
+
+
+def _line_misfit(frames: np.ndarray, xy: np.ndarray) -> float:
+    """Summed squared residuals [px^2] of straight-line fits of x and y against frame."""
+    design = np.c_[np.ones(len(frames)), frames.astype(float)]
+    _, res, rank, _ = np.linalg.lstsq(design, xy, rcond=None)
+    if rank < 2 or not len(res):
+        return 0.0
+    return float(res.sum())
 
 
 #: Extension of track ends with weak detections: the largest distance [nm] from the

@@ -168,3 +168,28 @@ def test_weak_detections_extend_track_ends_only_where_the_core_would_be():
     assert (out["particle"] == 0).all()
     assert out.loc[out["frame"] == 15, "x"].item() == pytest.approx(65.0)
     assert len(extend_tracks(strong, weak, pixel_size_nm=PIXEL_NM, max_frames=0)) == 10
+
+
+def test_crossing_cores_swapped_by_the_linker_are_repaired():
+    from dislotrack.infer.linking import repair_crossings
+
+    # Two like-h cores cross at frame 10 (x = 60): one moves right, one left.
+    right = _core(range(20), 50.0, 50.0, 1.0, 0.3, (0.0, 1.0))
+    left = _core(range(20), 70.0, 56.0, -1.0, -0.3, (0.0, 1.0))
+    # The linker swapped them from frame 11 on.
+    swapped = pd.concat([
+        pd.concat([right[right.frame <= 10], left[left.frame > 10]]).assign(particle=0),
+        pd.concat([left[left.frame <= 10], right[right.frame > 10]]).assign(particle=1),
+    ], ignore_index=True)
+    fixed = repair_crossings(swapped, pixel_size_nm=PIXEL_NM)
+    for _, g in fixed.groupby("particle"):
+        g = g.sort_values("frame")
+        vx = np.diff(g["x"].to_numpy())
+        assert np.allclose(vx, vx[0])  # each track moves one way throughout
+    # Correctly linked (straight) crossing tracks are left alone.
+    assert repair_crossings(pd.concat([right.assign(particle=0), left.assign(particle=1)]),
+                            pixel_size_nm=PIXEL_NM)["particle"].tolist() == [0] * 20 + [1] * 20
+    # Opposite h: never swapped, however kinked.
+    opposite = swapped.copy()
+    opposite.loc[opposite.particle == 1, "hy"] = -1.0
+    assert repair_crossings(opposite, pixel_size_nm=PIXEL_NM)["particle"].equals(opposite["particle"])
