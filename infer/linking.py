@@ -284,7 +284,8 @@ def repair_crossings(
     exchanged if that makes both tracks straighter: the summed squared residuals
     of straight-line fits (position against frame) over ``window`` detections on
     each side of ``f`` fall below ``improvement`` times their present value. Only
-    where the two tracks come within ``distance_nm`` of each other in that window.
+    where the two tracks are seen within ``distance_nm`` of each other (in frames at
+    most ``window`` apart) near ``f``.
     The best swap is applied first and the search repeated.
 
     Parameters
@@ -335,17 +336,29 @@ def _best_swap(a: pd.DataFrame, b: pd.DataFrame, xcol: str, ycol: str, window: i
     """(relative misfit, frame) of the best tail swap of tracks ``a`` and ``b``, or None."""
     fa, fb = a["frame"].to_numpy(), b["frame"].to_numpy()
     pa, pb = a[[xcol, ycol]].to_numpy(dtype=float), b[[xcol, ycol]].to_numpy(dtype=float)
-    lo, hi = max(fa[0], fb[0]) + 1, min(fa[-1], fb[-1])
+    # Far apart throughout (bounding boxes): nothing to repair.
+    box_gap = np.maximum(np.maximum(pa.min(0) - pb.max(0), pb.min(0) - pa.max(0)), 0.0)
+    if np.hypot(*box_gap) > reach_px:
+        return None
+    # Frames of a with a detection of b within reach_px and `window` frames: only near
+    # them is a swap considered (keeps long movies cheap).
+    lo_j = np.searchsorted(fb, fa - window)
+    hi_j = np.searchsorted(fb, fa + window, side="right")
+    close = np.array([f for f, p, j0, j1 in zip(fa, pa, lo_j, hi_j, strict=True)
+                      if j1 > j0 and np.hypot(*(pb[j0:j1] - p).T).min() <= reach_px])
+    if not len(close):
+        return None
+    lo = max(fa[0], fb[0]) + 1, close[0] - window
+    hi = min(fa[-1], fb[-1]), close[-1] + window
     best = None
-    for f in range(lo, hi + 1):
+    for f in range(max(lo), min(hi) + 1):
         ia, ib = np.searchsorted(fa, f), np.searchsorted(fb, f)
         # `window` detections on each side of f, in both tracks.
         if min(ia, ib) < window or min(len(fa) - ia, len(fb) - ib) < window:
             continue
-        sa, sb = slice(ia - window, ia + window), slice(ib - window, ib + window)
-        gap = np.hypot(*(pa[sa, None, :] - pb[None, sb, :]).reshape(-1, 2).T).min()
-        if gap > reach_px:
+        if not np.any(np.abs(close - f) <= window):
             continue
+        sa, sb = slice(ia - window, ia + window), slice(ib - window, ib + window)
         now = _line_misfit(fa[sa], pa[sa]) + _line_misfit(fb[sb], pb[sb])
         swapped = (_line_misfit(np.r_[fa[ia - window:ia], fb[ib:ib + window]],
                                 np.r_[pa[ia - window:ia], pb[ib:ib + window]])
