@@ -348,10 +348,10 @@ def _best_swap(a: pd.DataFrame, b: pd.DataFrame, xcol: str, ycol: str, window: i
                       if j1 > j0 and np.hypot(*(pb[j0:j1] - p).T).min() <= reach_px])
     if not len(close):
         return None
-    lo = max(fa[0], fb[0]) + 1, close[0] - window
-    hi = min(fa[-1], fb[-1]), close[-1] + window
+    first = max(fa[0] + 1, fb[0] + 1, close[0] - window)  # a swap needs a head in both
+    last = min(fa[-1], fb[-1], close[-1] + window)
     best = None
-    for f in range(max(lo), min(hi) + 1):
+    for f in range(first, last + 1):
         ia, ib = np.searchsorted(fa, f), np.searchsorted(fb, f)
         # `window` detections on each side of f, in both tracks.
         if min(ia, ib) < window or min(len(fa) - ia, len(fb) - ib) < window:
@@ -434,8 +434,7 @@ def extend_tracks(
     wxy = weak[[xcol, ycol]].to_numpy(dtype=float)
     wh = unit(weak[["hx", "hy"]].to_numpy(dtype=float))
     by_frame = {int(f): idx.to_numpy() for f, idx in weak.groupby("frame").groups.items()}
-    used: set[int] = set()
-    added = []
+    added: dict[int, int] = {}  # weak row -> particle it joined
     for p, g in tracks.sort_values("frame").groupby("particle", sort=True):
         h = unit(g[["hx", "hy"]].to_numpy(dtype=float).mean(axis=0))
         for step, end in ((-1, g.head(n_fit)), (1, g.tail(n_fit))):
@@ -445,7 +444,7 @@ def extend_tracks(
             frame, pos = int(f[0] if step < 0 else f[-1]), xy[0 if step < 0 else -1]
             for _ in range(max_frames):
                 frame += step
-                idx = np.array([i for i in by_frame.get(frame, ()) if i not in used], dtype=int)
+                idx = np.array([i for i in by_frame.get(frame, ()) if i not in added], dtype=int)
                 if not len(idx):
                     break
                 dist = np.hypot(*(wxy[idx] - (pos + step * v)).T)
@@ -453,13 +452,12 @@ def extend_tracks(
                 if not ok.any():
                     break
                 j = int(idx[ok][np.argmin(dist[ok])])
-                used.add(j)
-                added.append(j)
+                added[j] = p
                 pos = wxy[j]
-                weak.loc[j, "particle"] = int(p)
     if not added:
         return tracks
-    extra = weak.loc[added].astype({"particle": tracks["particle"].dtype})
+    extra = weak.loc[list(added)].assign(particle=list(added.values()))
+    extra = extra.astype({"particle": tracks["particle"].dtype})
     out = pd.concat([tracks, extra[tracks.columns]], ignore_index=True)
     return out.sort_values(["particle", "frame"], kind="stable").reset_index(drop=True)
 

@@ -159,6 +159,8 @@ def analyze(path: str | Path, *, model: str | Path | None = None, pixel_size_nm:
     progress : bool
         Show a progress bar.
     """
+    if not 0 < weak_fraction:
+        raise ValueError(f"weak_fraction must be > 0 (1 disables the extension), got {weak_fraction}")
     net, card = load_model(model)
     dev = pick_device(device)
     thr = threshold if threshold is not None else float(card.get("decode_threshold", 0.5))
