@@ -146,3 +146,10 @@ def test_min_track_score_drops_weak_tracks(tmp_path):
     everything = analyze(movie, **kw)
     strict = analyze(movie, min_track_score=float(everything.tracks["score"].max()) + 1e-6, **kw)
     assert len(everything.tracks) > 0 and strict.tracks.empty and strict.track_summary.empty
+
+
+def test_weak_fraction_must_be_positive(tmp_path):
+    from dislotrack.infer.pipeline import analyze
+
+    with pytest.raises(ValueError, match="weak_fraction"):
+        analyze(tmp_path / "never_read.tif", weak_fraction=0.0)
