@@ -276,8 +276,12 @@ def find_events(
     info = summary.set_index("particle")
     rows = _events(info, ends, "nucleation", dipoles) + _events(info, ends, "annihilation", dipoles)
     if unlinked is not None and len(unlinked) and max_blob_frames > 0:
-        rows = [_through_blob(r, ends, unlinked, pixel_size_nm, blob_radius_nm, max_blob_frames)
-                for r in rows]
+        cols = position_columns(tracks)
+        if not set(cols) <= set(unlinked.columns):
+            raise ValueError(f"unlinked needs the tracks' position columns {cols}")
+        blobs = (unlinked["frame"].to_numpy(dtype=int),
+                 np.asarray(px_to_nm(unlinked[cols].to_numpy(dtype=float), pixel_size_nm)))
+        rows = [_through_blob(r, ends, blobs, blob_radius_nm, max_blob_frames) for r in rows]
     events = pd.DataFrame(rows, columns=["frame", "kind", "x", "y", "particles"]).astype(
         {"frame": int, "kind": str, "x": float, "y": float, "particles": str}
     )
@@ -436,21 +440,20 @@ def _events(info: pd.DataFrame, ends: pd.DataFrame, kind: str, criteria: DipoleC
     return rows
 
 
-def _through_blob(row: tuple, ends: pd.DataFrame, unlinked: pd.DataFrame, pixel_size_nm: float,
+def _through_blob(row: tuple, ends: pd.DataFrame, blobs: tuple[np.ndarray, np.ndarray],
                   radius_nm: float, max_frames: int) -> tuple:
     """A dipole event row moved earlier (nucleation) or later (annihilation) through the
-    consecutive frames with an unlinked detection near the pair's midpoint."""
+    consecutive frames with an unlinked detection (``blobs``: frames, positions [nm])
+    near the pair's midpoint."""
     frame, kind, x, y, particles = row
     if not kind.startswith("dipole_"):
         return row
     stage, step = ("start", -1) if kind == "dipole_nucleation" else ("stop", 1)
     pair = [int(p) for p in particles.split()]
-    # Midpoint of the pair's corrected end positions [nm], and the blobs' positions [nm].
+    # Midpoint of the pair's corrected end positions [nm].
     mid = ends.loc[pair, [f"xn_{stage}", f"yn_{stage}"]].to_numpy(dtype=float).mean(axis=0)
-    xcol, ycol = position_columns(unlinked)
-    xy = np.asarray(px_to_nm(unlinked[[xcol, ycol]].to_numpy(dtype=float), pixel_size_nm))
-    near = np.hypot(*(xy - mid).T) <= radius_nm
-    frames = set(unlinked["frame"].to_numpy()[near].astype(int).tolist())
+    blob_frames, xy = blobs
+    frames = set(blob_frames[np.hypot(*(xy - mid).T) <= radius_nm].tolist())
     for _ in range(max_frames):
         if frame + step not in frames:
             break

@@ -168,8 +168,9 @@ def link_cores(
         kept = close_gaps(kept, pixel_size_nm=pixel_size_nm, max_gap=max_gap,
                           max_h_change_deg=max_h_change_deg)
     kept = _drop_short(kept, min_length)
-    if repair:
-        kept = repair_crossings(kept, pixel_size_nm=pixel_size_nm, max_h_change_deg=max_h_change_deg)
+    if repair:  # a swap may shorten a track below min_length: drop short ones again
+        kept = _drop_short(repair_crossings(kept, pixel_size_nm=pixel_size_nm,
+                                            max_h_change_deg=max_h_change_deg), min_length)
     if min_mean_score > 0:
         kept = kept[kept.groupby("particle")["score"].transform("mean") >= min_mean_score]
     kept = kept.sort_values(["frame", "particle"], kind="stable")
@@ -309,25 +310,32 @@ def repair_crossings(
     out = tracks.copy()
     cos_max = np.cos(np.deg2rad(max_h_change_deg))
     reach_px = distance_nm / pixel_size_nm
-    for _ in range(len(out)):  # each pass applies one swap
-        best = None
-        paths = {int(p): g.sort_values("frame") for p, g in out.groupby("particle")}
-        h = {p: unit(g[["hx", "hy"]].to_numpy(dtype=float).mean(axis=0)) for p, g in paths.items()}
-        ids = sorted(paths)
-        for i, a in enumerate(ids):
-            for b in ids[i + 1:]:
-                if float(h[a] @ h[b]) < cos_max:
-                    continue
-                swap = _best_swap(paths[a], paths[b], xcol, ycol, window, reach_px, improvement)
-                if swap is not None and (best is None or swap[0] < best[0]):
-                    best = (swap[0], a, b, swap[1])
-        if best is None:
+
+    def path(p: int) -> pd.DataFrame:
+        return out[out["particle"] == p].sort_values("frame")
+
+    paths = {int(p): g.sort_values("frame") for p, g in out.groupby("particle")}
+    h = {p: unit(g[["hx", "hy"]].to_numpy(dtype=float).mean(axis=0)) for p, g in paths.items()}
+    ids = sorted(paths)
+    pairs = [(a, b) for i, a in enumerate(ids) for b in ids[i + 1:] if float(h[a] @ h[b]) >= cos_max]
+    best = {(a, b): _best_swap(paths[a], paths[b], xcol, ycol, window, reach_px, improvement)
+            for a, b in pairs}
+    # Each pass applies the best swap; only the pairs with a changed track are re-scored.
+    # A swap exchanges like-h tails, so the mean h of either track hardly moves.
+    for _ in range(len(out)):
+        found = [(swap, pair) for pair, swap in best.items() if swap is not None]
+        if not found:
             break
-        _, a, b, frame = best
+        (_, frame), (a, b) = min(found)
         tail_a = (out["particle"] == a) & (out["frame"] >= frame)
         tail_b = (out["particle"] == b) & (out["frame"] >= frame)
         out.loc[tail_a, "particle"] = b
         out.loc[tail_b, "particle"] = a
+        paths[a], paths[b] = path(a), path(b)
+        for pair in best:
+            if a in pair or b in pair:
+                best[pair] = _best_swap(paths[pair[0]], paths[pair[1]], xcol, ycol, window,
+                                        reach_px, improvement)
     return out
 
 
@@ -342,10 +350,12 @@ def _best_swap(a: pd.DataFrame, b: pd.DataFrame, xcol: str, ycol: str, window: i
         return None
     # Frames of a with a detection of b within reach_px and `window` frames: only near
     # them is a swap considered (keeps long movies cheap).
-    lo_j = np.searchsorted(fb, fa - window)
-    hi_j = np.searchsorted(fb, fa + window, side="right")
-    close = np.array([f for f, p, j0, j1 in zip(fa, pa, lo_j, hi_j, strict=True)
-                      if j1 > j0 and np.hypot(*(pb[j0:j1] - p).T).min() <= reach_px])
+    near = np.zeros(len(fa), dtype=bool)
+    for lag in range(-window, window + 1):
+        j = np.minimum(np.searchsorted(fb, fa + lag), len(fb) - 1)
+        same = fb[j] == fa + lag
+        near[same] |= np.hypot(*(pa[same] - pb[j[same]]).T) <= reach_px
+    close = fa[near]
     if not len(close):
         return None
     first = max(fa[0] + 1, fb[0] + 1, close[0] - window)  # a swap needs a head in both

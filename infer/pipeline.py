@@ -145,7 +145,9 @@ def analyze(path: str | Path, *, model: str | Path | None = None, pixel_size_nm:
         Peaks scoring at least ``weak_fraction * threshold`` (but below the threshold)
         may extend the ends of tracks (`dislotrack.infer.linking.extend_tracks`):
         cores fading in at nucleation or out at annihilation. They never start a
-        track and are not in ``detections``; 1 disables the extension.
+        track and are not in ``detections``; 1 disables the extension. Those left
+        unused, with strong detections in no track, may still move a dipole event
+        (`dislotrack.infer.events.find_events`, the close-dipole blob).
     border_nm : float
         Tracks that start/end this close to the frame edge entered/left the field.
     detector : {"unet", "gpa"}
@@ -186,7 +188,7 @@ def analyze(path: str | Path, *, model: str | Path | None = None, pixel_size_nm:
         def flush(raw: list[np.ndarray], can: list[np.ndarray], start: int) -> None:
             for k, (table, rs) in enumerate(det(raw, can)):
                 rows.append(table.assign(frame=start + k))
-                table = table[table["score"] >= thr] if detector == "unet" else table
+                table = table[table["score"] > thr] if detector == "unet" else table
                 rs_frac.append(float(rs.mean()))
                 if mask_sink is not None:
                     mask_sink(start + k, rs.astype(np.uint8))
@@ -226,7 +228,7 @@ def analyze(path: str | Path, *, model: str | Path | None = None, pixel_size_nm:
                                    y_nm=detections.y * cal.pixel_size_nm)
     detections = detections[DETECTION_COLUMNS].astype({"frame": int})
     # The GPA baseline's scores are not probabilities: it gets no weak detections.
-    strong = (detections["score"] >= thr) | (detector != "unet")
+    strong = (detections["score"] > thr) | (detector != "unet")  # decode_cores keeps > thr
     return _track(detections[strong].reset_index(drop=True), drift, cal, np.asarray(rs_frac),
                   (n, h, w), str(path), card, max_speed_nm_s=max_speed_nm_s, memory=memory,
                   min_length=min_length, max_gap=max_gap, min_track_score=min_track_score,
@@ -240,12 +242,13 @@ def _track(detections: pd.DataFrame, drift: pd.DataFrame, cal: Calibration, rs_f
     """Link, extend with ``weak`` detections, measure and summarise (pure: tables in, tables out)."""
     ps, dt = cal.pixel_size_nm, cal.frame_interval_s
     corrected = apply_drift(detections, drift)
+    weak = apply_drift(weak, drift) if weak is not None and len(weak) else None
     if len(corrected):
         linked = link_cores(corrected, pixel_size_nm=ps, frame_interval_s=dt,
                             max_speed_nm_s=max_speed_nm_s, memory=memory, min_length=min_length,
                             max_gap=max_gap, min_mean_score=min_track_score)
-        if weak is not None and len(weak):
-            linked = extend_tracks(linked, apply_drift(weak, drift), pixel_size_nm=ps)
+        if weak is not None:
+            linked = extend_tracks(linked, weak, pixel_size_nm=ps)
     else:
         linked = corrected.assign(particle=pd.Series(dtype=int))
     if len(linked):
@@ -257,8 +260,8 @@ def _track(detections: pd.DataFrame, drift: pd.DataFrame, cal: Calibration, rs_f
     dipoles = DipoleCriteria(max_frame_gap=max(memory, DipoleCriteria.max_frame_gap))
     summary = summarise_tracks(tracks, pixel_size_nm=ps, frame_interval_s=dt, n_frames=shape[0],
                                image_shape=shape[1:], border_nm=border_nm, dipoles=dipoles)
-    unlinked = _unlinked(corrected if weak is None else pd.concat([corrected, apply_drift(weak, drift)]),
-                         linked)
+    # Strong detections left out of every track and unused weak ones: close-dipole blobs.
+    unlinked = _unlinked(corrected if weak is None else pd.concat([corrected, weak]), linked)
     events = find_events(tracks, summary, pixel_size_nm=ps, frame_interval_s=dt, dipoles=dipoles,
                          unlinked=unlinked)
     counts = count_dislocations(summary, n_frames=shape[0], frame_interval_s=dt,
