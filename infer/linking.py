@@ -233,8 +233,8 @@ def close_gaps(
         xy = g[[xcol, ycol]].to_numpy(dtype=float) * pixel_size_nm
         order = np.argsort(f)
         f, xy = f[order], xy[order]
-        v = np.polyfit(f, xy, 1)[0] if len(f) >= 3 and np.ptp(f) > 0 else np.zeros(2)
-        h = unit(g[["hx", "hy"]].to_numpy(dtype=float).mean(axis=0))
+        v = _velocity(f, xy)
+        h = _mean_h(g)
         frags.append((int(p), f[0], f[-1], xy[0], xy[-1], v, h))
     candidates = []
     for a, _, a_stop, _, a_end, va, ha in frags:
@@ -315,7 +315,7 @@ def repair_crossings(
         return out[out["particle"] == p].sort_values("frame")
 
     paths = {int(p): g.sort_values("frame") for p, g in out.groupby("particle")}
-    h = {p: unit(g[["hx", "hy"]].to_numpy(dtype=float).mean(axis=0)) for p, g in paths.items()}
+    h = {p: _mean_h(g) for p, g in paths.items()}
     ids = sorted(paths)
     pairs = [(a, b) for i, a in enumerate(ids) for b in ids[i + 1:] if float(h[a] @ h[b]) >= cos_max]
     best = {(a, b): _best_swap(paths[a], paths[b], xcol, ycol, window, reach_px, improvement)
@@ -446,11 +446,11 @@ def extend_tracks(
     by_frame = {int(f): idx.to_numpy() for f, idx in weak.groupby("frame").groups.items()}
     added: dict[int, int] = {}  # weak row -> particle it joined
     for p, g in tracks.sort_values("frame").groupby("particle", sort=True):
-        h = unit(g[["hx", "hy"]].to_numpy(dtype=float).mean(axis=0))
+        h = _mean_h(g)
         for step, end in ((-1, g.head(n_fit)), (1, g.tail(n_fit))):
             f = end["frame"].to_numpy(dtype=float)
             xy = end[[xcol, ycol]].to_numpy(dtype=float)
-            v = np.polyfit(f, xy, 1)[0] if len(f) >= 3 and np.ptp(f) > 0 else np.zeros(2)
+            v = _velocity(f, xy)
             frame, pos = int(f[0] if step < 0 else f[-1]), xy[0 if step < 0 else -1]
             for _ in range(max_frames):
                 frame += step
@@ -470,6 +470,16 @@ def extend_tracks(
     extra = extra.astype({"particle": tracks["particle"].dtype})
     out = pd.concat([tracks, extra[tracks.columns]], ignore_index=True)
     return out.sort_values(["particle", "frame"], kind="stable").reset_index(drop=True)
+
+
+def _velocity(frames: np.ndarray, xy: np.ndarray) -> np.ndarray:
+    """Straight-line velocity [units of ``xy`` per frame]; zero from fewer than 3 points."""
+    return np.polyfit(frames, xy, 1)[0] if len(frames) >= 3 and np.ptp(frames) > 0 else np.zeros(2)
+
+
+def _mean_h(table: pd.DataFrame) -> np.ndarray:
+    """Unit vector of the mean ``hx``, ``hy`` of a track's detections."""
+    return unit(table[["hx", "hy"]].to_numpy(dtype=float).mean(axis=0))
 
 
 def _linking_space(detections: pd.DataFrame) -> pd.DataFrame:
