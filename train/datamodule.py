@@ -48,6 +48,11 @@ class SyntheticDataModule(L.LightningDataModule):
         Image side of the fixed sets [px].
     main_threads : int
         Torch threads of the training process (0 = torch's default).
+    basal_fraction, rocksalt_probability : float, optional
+        Override the generator's fractions of basal-b dislocations and of structures
+        with rock salt, in the training stream only (oversampling the hard cases);
+        the fixed validation and test sets keep the generator defaults so that
+        recipes stay comparable. ``None`` keeps the default.
     curriculum_epochs : int
         Epochs over which the training data ramp from easy to the full distribution.
     pixel_size : float
@@ -60,19 +65,25 @@ class SyntheticDataModule(L.LightningDataModule):
                  mode: str = "mixed", density: float = 1.5, dipole_fraction: float = 0.35,
                  perfect_fraction: float = 0.1, pixel_size_jitter: float = 0.05,
                  n_variants: int = 2, eval_size: int = 128, main_threads: int = 0,
-                 curriculum_epochs: int = 0, pixel_size: float = CANONICAL_PIXEL_SIZE_NM) -> None:
+                 curriculum_epochs: int = 0, pixel_size: float = CANONICAL_PIXEL_SIZE_NM,
+                 basal_fraction: float | None = None,
+                 rocksalt_probability: float | None = None) -> None:
         super().__init__()
         self.save_hyperparameters()
 
-    def generator_config(self, size: int, jitter: float, epoch: int | None = None) -> GeneratorConfig:
+    def generator_config(self, size: int, jitter: float, epoch: int | None = None, *,
+                         train: bool = False) -> GeneratorConfig:
         """The generator settings; during the curriculum (``epoch`` < curriculum_epochs)
         the data start easy (high dose, ideal crystal, misfit singles) and ramp linearly
-        to the full distribution."""
+        to the full distribution. ``train`` applies the training-stream overrides."""
         hp = self.hparams
         cfg = GeneratorConfig(size=size, pixel_size=hp.pixel_size,
                               pixel_size_jitter=jitter, mode=hp.mode, density=hp.density,
                               dipole_fraction=hp.dipole_fraction,
                               perfect_fraction=hp.perfect_fraction)
+        if train:
+            over = {k: hp.get(k) for k in ("basal_fraction", "rocksalt_probability")}
+            cfg = replace(cfg, **{k: float(v) for k, v in over.items() if v is not None})
         if epoch is None or epoch >= hp.curriculum_epochs:
             return cfg
         a = (epoch + 1) / (hp.curriculum_epochs + 1)  # 0 -> easy, 1 -> full
@@ -95,7 +106,8 @@ class SyntheticDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         hp = self.hparams
         epoch = self.trainer.current_epoch if self.trainer is not None else 0
-        ds = SyntheticStream(self.generator_config(hp.size, hp.pixel_size_jitter, epoch), seed=hp.seed,
+        ds = SyntheticStream(self.generator_config(hp.size, hp.pixel_size_jitter, epoch, train=True),
+                             seed=hp.seed,
                              n_variants=hp.n_variants, samples_per_epoch=hp.samples_per_epoch)
         if self.trainer is not None:  # each epoch and rank draws its own stream
             ds.set_epoch(epoch)

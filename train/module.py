@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import lightning as L
 import numpy as np
 import torch
 from torch import nn
 
 from dislotrack.models.decode import decode_cores, outputs_to_maps
+from dislotrack.models.io import load_model
 from dislotrack.models.metrics import DetectionTally
 from dislotrack.models.unet import HEATMAP_CH, HVEC_CH, RS_CH
 from dislotrack.train.data import cores_from_batch
@@ -15,6 +18,22 @@ from dislotrack.train.losses import bce_dice_loss, h_cosine_loss, heatmap_loss
 
 #: Dose bins of the validation report [e/A^2]: low, medium, high.
 DOSE_BINS = {"dose_lt100": (0, 100), "dose_100_500": (100, 500), "dose_ge500": (500, np.inf)}
+
+
+def init_weights(net: nn.Module, path: str) -> None:
+    """Copy the weights of the saved model ``path`` into ``net`` (same architecture).
+
+    Raises
+    ------
+    ValueError
+        If the saved model's architecture differs from ``net``'s.
+    """
+    saved, card = load_model(path)
+    mine = getattr(net, "config", None)
+    if mine is not None and asdict(mine) != asdict(saved.config):
+        raise ValueError(f"init_from={path!r}: its architecture {card['architecture']} "
+                         f"differs from the configured network {asdict(mine)}")
+    net.load_state_dict(saved.state_dict())
 
 
 class DislocationModule(L.LightningModule):
@@ -32,12 +51,18 @@ class DislocationModule(L.LightningModule):
         Heatmap threshold used by the validation decoding.
     compile : bool
         Wrap the network in ``torch.compile`` (opt-in, for GPUs).
+    init_from : str, optional
+        A saved model (``<stem>`` or a bundled name, see `load_model`) whose weights
+        start the training (continued training); its architecture must match ``net``.
     """
 
     def __init__(self, net: nn.Module, *, lr: float = 2e-3, weight_decay: float = 1e-4,
                  w_heatmap: float = 1.0, w_h: float = 0.5, w_rs: float = 0.5,
-                 threshold: float = 0.5, compile: bool = False) -> None:
+                 threshold: float = 0.5, compile: bool = False,
+                 init_from: str | None = None) -> None:
         super().__init__()
+        if init_from:
+            init_weights(net, init_from)
         self.net = net
         self.save_hyperparameters(ignore=["net"])
         # torch.compile is opt-in (GPU configs); the compiled wrapper shares parameters.
