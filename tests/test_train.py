@@ -52,14 +52,14 @@ def test_tiny_model_overfits_a_handful_of_samples():
     assert _f1(module, batch) > 0.8
 
 
-@pytest.mark.parametrize("name", ["cpu", "cpu_fine", "gpu", "cluster"])
+@pytest.mark.parametrize("name", ["cpu", "cpu_stage2", "cpu_fine", "gpu", "cluster"])
 def test_fast_dev_run_of_each_config(name, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # configs write runs/ and exports relative to the cwd
     train_main(["fit", "--config", config_path(name),
                 "--trainer.fast_dev_run=1", "--trainer.accelerator=cpu", "--trainer.devices=1",
                 "--trainer.num_nodes=1", "--trainer.strategy=auto", "--trainer.precision=32-true",
                 "--trainer.sync_batchnorm=false", "--trainer.logger=false",
-                f"--trainer.default_root_dir={tmp_path}",
+                f"--trainer.default_root_dir={tmp_path}", "--model.init_from=null",
                 "--model.net.init_args.config.base_channels=4",
                 "--model.net.init_args.config.depth=2",
                 "--data.batch_size=2", "--data.num_workers=0", "--data.size=32",
@@ -143,6 +143,38 @@ def test_curriculum_ramps_from_easy_to_the_full_distribution():
     assert first.realism < last.realism < full.realism == 1.0
     assert first.dipole_fraction < full.dipole_fraction
     assert dm.generator_config(64, 0.0, 4) == full
+
+
+def test_training_stream_overrides_leave_the_fixed_sets_alone():
+    from dislotrack.train.datamodule import SyntheticDataModule
+
+    dm = SyntheticDataModule(basal_fraction=0.4, rocksalt_probability=0.5)
+    default = GeneratorConfig()
+    train = dm.generator_config(64, 0.0, 5, train=True)
+    assert (train.basal_fraction, train.rocksalt_probability) == (0.4, 0.5)
+    fixed = dm.generator_config(64, 0.0)
+    assert (fixed.basal_fraction, fixed.rocksalt_probability) == (
+        default.basal_fraction, default.rocksalt_probability)
+    plain = SyntheticDataModule().generator_config(64, 0.0, 5, train=True)
+    assert plain.basal_fraction == default.basal_fraction
+
+
+def test_init_from_starts_training_from_a_saved_model(tmp_path):
+    from dislotrack.models.io import save_model
+
+    cfg = UNetConfig(base_channels=4, depth=2)
+    saved = UNet(cfg).eval()
+    with torch.no_grad():  # make the saved weights differ from a fresh init's
+        for p in saved.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    save_model(saved, tmp_path / "m", card={"canonical_pixel_size_nm": 0.1, "generator": {},
+                                           "training": {}, "metrics": {}})
+    module = DislocationModule(UNet(cfg), init_from=str(tmp_path / "m")).eval()
+    x = torch.randn(1, 1, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(module(x), saved(x))
+    with pytest.raises(ValueError, match="architecture"):
+        DislocationModule(UNet(UNetConfig(base_channels=8, depth=2)), init_from=str(tmp_path / "m"))
 
 
 def test_calibration_takes_the_precise_end_of_a_flat_f1_plateau():
