@@ -106,9 +106,9 @@ class SyntheticDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         hp = self.hparams
         epoch = self.trainer.current_epoch if self.trainer is not None else 0
-        ds = SyntheticStream(self.generator_config(hp.size, hp.pixel_size_jitter, epoch, train=True),
-                             seed=hp.seed,
-                             n_variants=hp.n_variants, samples_per_epoch=hp.samples_per_epoch)
+        cfg = self.generator_config(hp.size, hp.pixel_size_jitter, epoch, train=True)
+        ds = SyntheticStream(cfg, seed=hp.seed, n_variants=hp.n_variants,
+                             samples_per_epoch=hp.samples_per_epoch)
         if self.trainer is not None:  # each epoch and rank draws its own stream
             ds.set_epoch(epoch)
             ds.set_rank(self.trainer.global_rank, self.trainer.world_size)
