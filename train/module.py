@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
-
 import lightning as L
 import numpy as np
 import torch
@@ -28,11 +26,11 @@ def init_weights(net: nn.Module, path: str) -> None:
     ValueError
         If the saved model's architecture differs from ``net``'s.
     """
-    saved, card = load_model(path)
-    mine = getattr(net, "config", None)
-    if mine is not None and asdict(mine) != asdict(saved.config):
-        raise ValueError(f"init_from={path!r}: its architecture {card['architecture']} "
-                         f"differs from the configured network {asdict(mine)}")
+    saved, _ = load_model(path)
+    mine = getattr(net, "config", None)  # UNetConfig: a frozen dataclass, compared by value
+    if mine is not None and mine != saved.config:
+        raise ValueError(f"init_from={path!r}: its architecture {saved.config} "
+                         f"differs from the configured network {mine}")
     net.load_state_dict(saved.state_dict())
 
 
