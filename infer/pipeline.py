@@ -235,12 +235,66 @@ def analyze(path: str | Path, *, model: str | Path | None = None, pixel_size_nm:
                   border_nm=border_nm, first=first, weak=detections[~strong].reset_index(drop=True))
 
 
-def _track(detections: pd.DataFrame, drift: pd.DataFrame, cal: Calibration, rs_frac: np.ndarray,
-           shape: tuple[int, int, int], path: str, card: dict, *, max_speed_nm_s: float,
-           memory: int, min_length: int, max_gap: int, min_track_score: float, border_nm: float,
-           first: np.ndarray, weak: pd.DataFrame | None = None) -> AnalysisResult:
-    """Link, extend with ``weak`` detections, measure and summarise (pure: tables in, tables out)."""
-    ps, dt = cal.pixel_size_nm, cal.frame_interval_s
+@dataclass
+class TrackedTables:
+    """What `track_detections` derives from a detection table (DESIGN.md columns)."""
+
+    tracks: pd.DataFrame
+    track_summary: pd.DataFrame
+    events: pd.DataFrame
+    counts: pd.DataFrame
+
+
+def track_detections(detections: pd.DataFrame, *, pixel_size_nm: float,
+                     frame_interval_s: float | None, n_frames: int, image_shape: tuple[int, int],
+                     drift: pd.DataFrame | None = None, weak: pd.DataFrame | None = None,
+                     rocksalt_fraction: np.ndarray | None = None, max_speed_nm_s: float = 2.0,
+                     memory: int = 5, min_length: int = 6, max_gap: int = 12,
+                     min_track_score: float = 0.0, border_nm: float = 2.0) -> TrackedTables:
+    """Link, extend, measure and summarise detections: everything after the detector.
+
+    Pure (tables in, tables out), so detections from any source (the network, the GPA
+    baseline, another detector, hand annotations or a generator's truth) are analysed
+    exactly as `analyze` analyses its own.
+
+    Parameters
+    ----------
+    detections : DataFrame
+        ``frame, x, y, score, hx, hy`` (+ ``bx_nm, by_nm``), raw image pixels.
+    pixel_size_nm, frame_interval_s : float
+        Calibration [nm/px], [s] (``frame_interval_s`` None: velocities per frame).
+    n_frames : int
+        Frames in the movie (a track reaching the last one survived).
+    image_shape : (ny, nx)
+        Frame size [px] (tracks starting or ending near its edge entered or left).
+    drift : DataFrame, optional
+        ``frame, dx, dy`` [px] (`dislotrack.infer.drift.measure_drift`); default none.
+    weak : DataFrame, optional
+        Sub-threshold peaks that may extend track ends (`extend_tracks`).
+    rocksalt_fraction : ndarray, optional
+        Per frame, for ``counts`` (default 0).
+    max_speed_nm_s, memory, min_length, max_gap, min_track_score, border_nm
+        As in `analyze`.
+
+    Examples
+    --------
+    >>> det = pd.DataFrame({"frame": range(10), "x": np.linspace(50, 59, 10), "y": 40.0,
+    ...                     "score": 0.9, "hx": 0.0, "hy": -1.0})
+    >>> out = track_detections(det, pixel_size_nm=0.1, frame_interval_s=1.0, n_frames=10,
+    ...                        image_shape=(100, 100), min_length=3)
+    >>> # moving along x at 0.1 nm/s with h up (-y): pure glide, sign per DESIGN.md
+    >>> out.track_summary[["glide_velocity_nm_s", "climb_velocity_nm_s"]].round(3).values.tolist()
+    [[-0.1, 0.0]]
+    """
+    ps, dt = pixel_size_nm, frame_interval_s
+    if drift is None:
+        drift = pd.DataFrame({"frame": np.arange(n_frames), "dx": 0.0, "dy": 0.0})
+    if rocksalt_fraction is None:
+        rocksalt_fraction = np.zeros(n_frames)
+    detections = detections.reset_index(drop=True)
+    for col in ("bx_nm", "by_nm"):
+        if col not in detections.columns:
+            detections = detections.assign(**{col: np.nan})
     corrected = apply_drift(detections, drift)
     weak = apply_drift(weak, drift) if weak is not None and len(weak) else None
     if len(corrected):
@@ -258,21 +312,31 @@ def _track(detections: pd.DataFrame, drift: pd.DataFrame, cal: Calibration, rs_f
                                climb_nm=pd.Series(dtype=float))
     # Partners seen first (last) up to `memory` frames apart still nucleate (annihilate) together.
     dipoles = DipoleCriteria(max_frame_gap=max(memory, DipoleCriteria.max_frame_gap))
-    summary = summarise_tracks(tracks, pixel_size_nm=ps, frame_interval_s=dt, n_frames=shape[0],
-                               image_shape=shape[1:], border_nm=border_nm, dipoles=dipoles)
+    summary = summarise_tracks(tracks, pixel_size_nm=ps, frame_interval_s=dt, n_frames=n_frames,
+                               image_shape=image_shape, border_nm=border_nm, dipoles=dipoles)
     # Strong detections left out of every track and unused weak ones: close-dipole blobs.
     unlinked = _unlinked(corrected if weak is None else pd.concat([corrected, weak]), linked)
     events = find_events(tracks, summary, pixel_size_nm=ps, frame_interval_s=dt, dipoles=dipoles,
                          unlinked=unlinked)
-    counts = count_dislocations(summary, n_frames=shape[0], frame_interval_s=dt,
-                                rocksalt_fraction=rs_frac)
-    warnings = list(cal.warnings)
+    counts = count_dislocations(summary, n_frames=n_frames, frame_interval_s=dt,
+                                rocksalt_fraction=np.asarray(rocksalt_fraction))
+    tracks = tracks[[c for c in [*TRACK_COLUMNS, "x_corr", "y_corr"] if c in tracks.columns]]
+    return TrackedTables(tracks, summary, events, counts)
+
+
+def _track(detections: pd.DataFrame, drift: pd.DataFrame, cal: Calibration, rs_frac: np.ndarray,
+           shape: tuple[int, int, int], path: str, card: dict, *, first: np.ndarray,
+           weak: pd.DataFrame | None = None, **options) -> AnalysisResult:
+    """`track_detections`, wrapped into an `AnalysisResult` for ``path``."""
+    t = track_detections(detections, pixel_size_nm=cal.pixel_size_nm,
+                         frame_interval_s=cal.frame_interval_s, n_frames=shape[0],
+                         image_shape=shape[1:], drift=drift, weak=weak, rocksalt_fraction=rs_frac,
+                         **options)
     return AnalysisResult(
-        detections=detections,
-        tracks=tracks[[c for c in [*TRACK_COLUMNS, "x_corr", "y_corr"] if c in tracks.columns]],
-        track_summary=summary, events=events, counts=counts, drift=drift, calibration=cal,
-        rocksalt_fraction=rs_frac, shape=shape, input_path=path,
-        input_sha256=file_sha256(path), model_card=card, warnings=warnings, first_frame=first)
+        detections=detections, tracks=t.tracks, track_summary=t.track_summary, events=t.events,
+        counts=t.counts, drift=drift, calibration=cal, rocksalt_fraction=rs_frac, shape=shape,
+        input_path=path, input_sha256=file_sha256(path), model_card=card,
+        warnings=list(cal.warnings), first_frame=first)
 
 
 def _unlinked(detections: pd.DataFrame, linked: pd.DataFrame) -> pd.DataFrame:

@@ -9,6 +9,13 @@ Accuracy: ``--movies`` movies (half HRTEM, half STEM; doses cycling through 100,
 relative error (DESIGN.md); climb sign; event F1 (same kind, within 1 frame and
 0.5 nm); identity switches per track.
 
+Oracle (``--oracle``): the generator's true cores replace the detector (optionally
+jittered by ``--oracle-noise`` nm and thinned per detection with keep probabilities
+``--oracle-recall CLEAN,BASAL,ROCKSALT``); drift is measured on the frames as infer
+does (``--true-drift``: the generator's). Everything after the detector is then
+scored alone: what the tracking, motion and event code can reach, and how much of
+the gap each kind of missed core costs.
+
 Speed: frames/s of read -> detect -> track -> write (no MP4) at ``--size``, for two
 movie lengths (cost per frame should not change), and the peak resident memory of
 each run in a fresh process (it should not grow with the length).
@@ -35,9 +42,10 @@ from dislotrack.data_gen.imaging import Grid, draw_detector, draw_optics, draw_p
 from dislotrack.data_gen.movie import draw_scenario, render_movie
 from dislotrack.data_gen.sample import GeneratorConfig
 from dislotrack.data_gen.specimen import add_rocksalt_near, draw_specimen
+from dislotrack.infer.drift import measure_drift
 from dislotrack.infer.evaluate import event_scores, tracking_scores
 from dislotrack.infer.outputs import write_tables
-from dislotrack.infer.pipeline import analyze
+from dislotrack.infer.pipeline import analyze, track_detections
 
 DOSES = [100.0, 300.0, 1000.0, 3000.0]
 
@@ -58,16 +66,42 @@ def movie(i: int, n_frames: int, size: int, seed: int = 31):
     return m, scn, mode, dose
 
 
+def oracle_detections(m, rng: np.random.Generator, *, noise_nm: float = 0.0,
+                      recall: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> pd.DataFrame:
+    """The movie's true cores as detections: jittered, and kept with probability
+    ``recall`` = (clean, basal Burgers vector, inside rock salt) per detection."""
+    c, ps = m.cores, m.meta["pixel_size"]
+    ny, nx = m.frames.shape[1:]
+    rows = np.clip(np.round(c.y).astype(int), 0, ny - 1)
+    cols = np.clip(np.round(c.x).astype(int), 0, nx - 1)
+    in_rs = m.rs_masks[c.frame.astype(int), rows, cols] > 0
+    basal = np.hypot(c.bx_nm, c.by_nm).to_numpy() < 0.4  # as bench_accuracy's categories
+    keep = np.where(basal, recall[1], np.where(in_rs, recall[2], recall[0]))
+    det = c.assign(x=c.x + rng.normal(0, noise_nm / ps, len(c)),
+                   y=c.y + rng.normal(0, noise_nm / ps, len(c)), score=0.9)
+    return det[rng.random(len(c)) < keep][["frame", "x", "y", "score", "hx", "hy", "bx_nm", "by_nm"]]
+
+
 def accuracy(n_movies: int, n_frames: int, size: int, model: str | None, seed: int = 31,
-             **options) -> dict:
+             oracle: dict | None = None, **options) -> dict:
     rows, ev_rows = [], []
     switches, n_true = 0, 0
+    rng = np.random.default_rng([seed, 1])  # the oracle's jitter and misses
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(n_movies):
             m, scn, mode, dose = movie(i, n_frames, size, seed)
-            path = Path(tmp) / f"m{i}.tif"
-            write_imagej_tiff(path, m.frames, pixel_size_nm=m.meta["pixel_size"], frame_interval_s=1.0)
-            res = analyze(path, model=model, progress=False, **options)
+            if oracle is not None:
+                true_drift = oracle.get("true_drift", False)
+                res = track_detections(
+                    oracle_detections(m, rng, noise_nm=oracle["noise_nm"], recall=oracle["recall"]),
+                    pixel_size_nm=m.meta["pixel_size"], frame_interval_s=1.0, n_frames=n_frames,
+                    image_shape=m.frames.shape[1:], **options,
+                    drift=m.drift if true_drift else measure_drift(iter(m.frames)))
+            else:
+                path = Path(tmp) / f"m{i}.tif"
+                write_imagej_tiff(path, m.frames, pixel_size_nm=m.meta["pixel_size"],
+                                  frame_interval_s=1.0)
+                res = analyze(path, model=model, progress=False, **options)
             s, table = tracking_scores(res.tracks, res.track_summary, m.cores, m.truth,
                                        pixel_size_nm=m.meta["pixel_size"])
             switches += s["identity_switches"]
@@ -172,6 +206,11 @@ def main() -> None:
     ap.add_argument("--tta", action="store_true", help="test-time augmentation (8x network time)")
     ap.add_argument("--min-track-score", type=float, default=None, help="drop tracks of lower mean score")
     ap.add_argument("--weak-fraction", type=float, default=None, help="track-end extension (1 = off)")
+    ap.add_argument("--oracle", action="store_true", help="true cores instead of the detector")
+    ap.add_argument("--oracle-noise", type=float, default=0.0, help="oracle position jitter [nm]")
+    ap.add_argument("--oracle-recall", default="1,1,1",
+                    help="oracle keep probability per detection: clean,basal,rocksalt")
+    ap.add_argument("--true-drift", action="store_true", help="oracle: the generator's drift")
     args = ap.parse_args()
     import torch
 
@@ -186,7 +225,15 @@ def main() -> None:
                                   ("min_track_score", args.min_track_score),
                                   ("weak_fraction", args.weak_fraction))
                 if v is not None} | ({"tta": True} if args.tta else {})
-        out["accuracy"] = accuracy(args.movies, args.frames, args.size, args.model, args.seed, **opts)
+        oracle = None
+        if args.oracle:
+            oracle = {"noise_nm": args.oracle_noise, "true_drift": args.true_drift,
+                      "recall": tuple(float(v) for v in args.oracle_recall.split(","))}
+            opts.pop("threshold", None), opts.pop("tta", None), opts.pop("weak_fraction", None)
+        out["accuracy"] = accuracy(args.movies, args.frames, args.size, args.model, args.seed,
+                                   oracle=oracle, **opts)
+        if oracle is not None:
+            out["accuracy"]["oracle"] = oracle
         print(json.dumps(out["accuracy"], indent=2))
     if not args.no_speed:
         out["speed"] = speed(args.size, [int(v) for v in args.lengths.split(",")], args.model, args.threads)
