@@ -15,6 +15,7 @@ matching within 0.5 nm).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import time
@@ -28,8 +29,10 @@ from dislotrack.data_gen.conventions import D003_LINIO2_NM
 from dislotrack.data_gen.sample import GeneratorConfig, make_sample
 from dislotrack.infer.detectors import NetworkDetector
 from dislotrack.infer.preprocess import to_canonical
+from dislotrack.models.fringes import FringeChannels
 from dislotrack.models.io import load_model
 from dislotrack.models.metrics import MATCH_RADIUS_NM, DetectionTally, match_cores
+from dislotrack.models.normalise import normalise_image
 from dislotrack.models.unet import prepare_for_inference
 
 DOSES = [50.0, 100.0, 500.0, 1000.0, 5000.0]
@@ -46,11 +49,37 @@ REAL_PERFECT = [
 ]
 
 
-def test_set(mode: str, dose: float, n: int, size: int, perfect: bool = False, pixel_size: float = 0.1):
-    cfg = GeneratorConfig(size=size, mode=mode, dose=(dose, dose), pixel_size=pixel_size,
+def test_set(mode: str, dose: float, n: int, size: int, perfect: bool = False, pixel_size: float = 0.1,
+             render_dose: float | None = None):
+    """The fixed test images of one cell; ``render_dose`` renders the same structures at
+    another dose (e.g. nearly noise-free twins)."""
+    d = dose if render_dose is None else render_dose
+    cfg = GeneratorConfig(size=size, mode=mode, dose=(d, d), pixel_size=pixel_size,
                           perfect_fraction=1.0 if perfect else 0.1)
     for i in range(n):
         yield make_sample(np.random.default_rng([2025, MODES.index(mode), int(dose), i, perfect]), cfg)
+
+
+#: Dose of the twin images on which a core's visibility is judged [e/A^2]: shot noise negligible.
+TWIN_DOSE = 1e7
+
+
+def fringe_winding(image: np.ndarray, xy: np.ndarray, *, period_px: float, radius_px: float) -> np.ndarray:
+    """Winding number of the (003) fringe phase on a circle around each point (n, 2).
+
+    The fringe image is the network's own (`FringeChannels`); +-1 where a half-plane of
+    the (003) planes ends inside the circle, 0 where the image shows no such end.
+    """
+    ch, _ = FringeChannels(period_px).fringe(torch.from_numpy(normalise_image(image))[None, None])
+    z = (ch[0, 0] + 1j * ch[0, 1]).numpy()
+    t = np.linspace(0, 2 * np.pi, 48, endpoint=False)
+    out = np.zeros(len(xy))
+    for k, (x, y) in enumerate(np.asarray(xy, float)):
+        xs = np.clip(np.round(x + radius_px * np.cos(t)).astype(int), 0, z.shape[1] - 1)
+        ys = np.clip(np.round(y + radius_px * np.sin(t)).astype(int), 0, z.shape[0] - 1)
+        phase = np.angle(z[ys, xs])
+        out[k] = np.angle(np.exp(1j * np.diff(np.append(phase, phase[0])))).sum() / (2 * np.pi)
+    return np.round(out)
 
 
 def net_detect(net, image: np.ndarray, threshold: float, *, pixel_size: float | None = None,
@@ -85,7 +114,10 @@ def evaluate(detector, n: int, size: int, pixel_size: float = 0.1,
     for mode in MODES:
         for dose in DOSES:
             tally, inter, union = DetectionTally(), 0, 0
-            for s in test_set(mode, dose, n, size, pixel_size=pixel_size):
+            twins = (test_set(mode, dose, n, size, pixel_size=pixel_size, render_dose=TWIN_DOSE)
+                     if categories is not None else itertools.repeat(None))
+            for s, twin in zip(test_set(mode, dose, n, size, pixel_size=pixel_size), twins,
+                               strict=False):  # twins: as many, or endless Nones
                 t0 = time.perf_counter()
                 cores, rs = detector(s.image, s.meta["pixel_size"])
                 t_total += time.perf_counter() - t0
@@ -94,7 +126,7 @@ def evaluate(detector, n: int, size: int, pixel_size: float = 0.1,
                           s.cores[["x", "y"]].to_numpy(float), s.cores[["hx", "hy"]].to_numpy(float),
                           pixel_size=s.meta["pixel_size"])
                 if categories is not None:
-                    categories.extend(core_categories(s, cores, mode, dose))
+                    categories.extend(core_categories(s, cores, mode, dose, twin))
                 inter += np.logical_and(rs, s.rs_mask > 0).sum()
                 union += np.logical_or(rs, s.rs_mask > 0).sum()
             r = tally.summary()
@@ -104,10 +136,17 @@ def evaluate(detector, n: int, size: int, pixel_size: float = 0.1,
     return pd.DataFrame(rows), n_img / t_total
 
 
-def core_categories(s, cores: pd.DataFrame, mode: str, dose: float) -> list[dict]:
-    """Per true core: found (matched within 0.5 nm) and the categories it belongs to."""
+def core_categories(s, cores: pd.DataFrame, mode: str, dose: float, twin=None) -> list[dict]:
+    """Per true core: found (matched within 0.5 nm), the categories it belongs to, and
+    whether its (003) half-plane shows (`fringe_winding` on the nearly noise-free
+    ``twin`` of the image, 0.5 nm around the label)."""
     ps = s.meta["pixel_size"]
     true_xy = s.cores[["x", "y"]].to_numpy(float)
+    shows = np.full(len(true_xy), np.nan)
+    if twin is not None and len(true_xy):
+        assert np.allclose(twin.cores[["x", "y"]].to_numpy(float), true_xy), "twin differs"
+        shows = np.abs(fringe_winding(twin.image.astype(np.float32), true_xy,
+                                      period_px=D003_LINIO2_NM / ps, radius_px=0.5 / ps)) == 1
     _, matched = match_cores(cores[["x", "y"]].to_numpy(float), true_xy, MATCH_RADIUS_NM / ps)
     found = set(matched.tolist())
     ny, nx = s.rs_mask.shape
@@ -117,7 +156,7 @@ def core_categories(s, cores: pd.DataFrame, mode: str, dose: float) -> list[dict
         border = min(c.x, c.y, nx - 1 - c.x, ny - 1 - c.y) * ps < 1.0
         rows.append({"mode": mode, "dose": dose, "found": i in found,
                      "basal": np.hypot(c.bx_nm, c.by_nm) < 0.4, "rocksalt": bool(s.rs_mask[r, col]),
-                     "border": bool(border), "dipole": c.kind == "dipole"})
+                     "border": bool(border), "dipole": c.kind == "dipole", "shows_003": shows[i]})
     return rows
 
 
@@ -128,6 +167,14 @@ def category_table(rows: list[dict]) -> pd.DataFrame:
     cats = {"all": df, "basal Burgers vector": df[df.basal], "inside rock salt": df[df.rocksalt],
             "within 1 nm of the border": df[df.border], "dipole member": df[df.dipole],
             "single": df[~df.dipole], "misfit, clean": clean}
+    if "shows_003" in df and df.shows_003.notna().all():
+        shows = df.shows_003.astype(bool)
+        rs = df.rocksalt & ~df.basal
+        cats |= {"(003) end shows (noise-free twin)": df[shows],
+                 "misfit, clean, (003) end shows": clean[shows[clean.index]],
+                 "misfit in rock salt, (003) end shows": df[rs & shows],
+                 "misfit in rock salt, (003) end does not show": df[rs & ~shows],
+                 "basal, (003) end shows": df[df.basal & shows]}
     for mode in MODES:
         for dose in DOSES:
             cats[f"misfit, clean, {mode} {dose:.0f}"] = clean[(clean["mode"] == mode) & (clean.dose == dose)]
