@@ -114,6 +114,8 @@ class Sample:
     cores: pd.DataFrame
     rs_mask: np.ndarray
     meta: dict = field(default_factory=dict)
+    #: The expected image before the detector (no shot or read noise), when kept.
+    clean: np.ndarray | None = field(default=None, repr=False)
 
     def targets(self) -> dict:
         """Dense training targets (see `labels.dense_targets`)."""
@@ -300,7 +302,7 @@ def render_frame(spec: SpecimenParams, disl: list[Dislocation], *, grid: Grid, m
                 "rotation_deg": float(np.degrees(spec.rotation)),
                 "imaging": im.as_dict(), "detector": det.as_dict(),
                 "drift_nm": [float(v) for v in geo.drift_nm]}
-        out.append(Sample(image, cores, rs, meta))
+        out.append(Sample(image, cores, rs, meta, clean=expected))
     return out
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from dislotrack.models.fringes import FringeChannels
+from dislotrack.models.fringes import FringeChannels, fringe_winding
 
 PERIOD = 4.73  # px: LiNiO2 (003) at 0.1 nm/px
 
@@ -84,3 +84,12 @@ def test_inplane_fringe_skips_the_003_harmonic_and_shows_a_basal_core():
     f = (channels[0, 0] + 1j * channels[0, 1]).numpy()
     assert abs(abs(_turns(f, *core)) - 1) < 0.05
     assert abs(_turns(f, 20.0, 75.0)) < 0.05
+
+
+def test_fringe_winding_counts_the_half_plane_ends_inside_the_circle():
+    img = _fringes(core=(40.0, 50.0))
+    pts = np.array([[40.0, 50.0], [41.5, 49.0], [20.0, 75.0], [70.0, 30.0]])
+    w = fringe_winding(img, pts, period_px=PERIOD, radius_px=6.0)
+    assert np.abs(w).tolist() == [1.0, 1.0, 0.0, 0.0]
+    assert w[0] == w[1]  # the same core, the same sign
+    assert np.abs(fringe_winding(_fringes(), pts, period_px=PERIOD, radius_px=6.0)).sum() == 0

@@ -11,7 +11,15 @@ from dislotrack.models.metrics import DetectionTally
 from dislotrack.models.unet import UNet, UNetConfig
 from dislotrack.train.augment import augment
 from dislotrack.train.cli import config_path, train_main
-from dislotrack.train.data import FixedSynthetic, SyntheticStream, cores_from_batch, sample_to_item
+from dislotrack.train.data import (
+    FixedSynthetic,
+    SyntheticStream,
+    cores_from_batch,
+    hidden_cores,
+    ignore_weight,
+    sample_to_item,
+)
+from dislotrack.train.losses import heatmap_loss
 from dislotrack.train.module import DislocationModule
 
 
@@ -52,7 +60,7 @@ def test_tiny_model_overfits_a_handful_of_samples():
     assert _f1(module, batch) > 0.8
 
 
-@pytest.mark.parametrize("name", ["cpu", "cpu_stage2", "cpu_fine", "gpu", "cluster"])
+@pytest.mark.parametrize("name", ["cpu", "cpu_stage2", "cpu_stage3", "cpu_fine", "gpu", "cluster"])
 def test_fast_dev_run_of_each_config(name, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # configs write runs/ and exports relative to the cwd
     train_main(["fit", "--config", config_path(name),
@@ -186,3 +194,61 @@ def test_calibration_takes_the_precise_end_of_a_flat_f1_plateau():
     assert choose_threshold(flat, tolerance=0.0) == 0.35
     peaked = {0.3: {"f1": 0.53}, 0.35: {"f1": 0.544}, 0.4: {"f1": 0.5356}, 0.45: {"f1": float("nan")}}
     assert choose_threshold(peaked) == 0.35
+
+
+def test_hidden_cores_are_those_without_an_003_half_plane_end():
+    """Misfit cores in a clean crystal show in the noise-free image; basal ones do not."""
+    flags = {"misfit": [], "basal": []}
+    for seed in range(6):
+        s = make_sample(np.random.default_rng(seed), GeneratorConfig(size=128, dose=(5000, 5000),
+                                                                     density=3.0, perfect_fraction=0.0))
+        assert s.clean is not None and s.clean.shape == s.image.shape
+        assert not np.allclose(s.clean, s.image)  # the noisy image is drawn from it
+        border = np.minimum.reduce([s.cores.x, s.cores.y, 127 - s.cores.x, 127 - s.cores.y]) > 8
+        rows, cols = (s.cores[c].round().astype(int).clip(0, 127) for c in ("y", "x"))
+        in_rs = s.rs_mask[rows, cols] > 0
+        basal = np.hypot(s.cores.bx_nm, s.cores.by_nm) < 0.4
+        hidden = hidden_cores(s)
+        flags["misfit"] += hidden[border & ~basal & ~in_rs].tolist()
+        flags["basal"] += hidden[border & basal].tolist()
+    assert len(flags["misfit"]) >= 10 and len(flags["basal"]) >= 3
+    assert np.mean(flags["misfit"]) < 0.3
+    assert np.mean(flags["basal"]) > 0.7
+
+
+def test_ignore_weight_blanks_only_around_hidden_cores():
+    import pandas as pd
+
+    cores = pd.DataFrame({"x": [10.0, 30.0, 36.0], "y": [10.0, 30.0, 30.0], "hx": 0.0, "hy": 1.0,
+                          "hidden": [True, False, True]})
+    w = ignore_weight(cores, (48, 48), pixel_size=0.1)
+    r = 6  # 0.6 nm
+    assert w[10, 10] == 0 and w[10, 10 + r] == 0 and w[10, 10 + r + 1] == 1
+    assert w[30, 30] == 1  # a shown core keeps its target even next to a hidden one
+    assert w[30, 36] == 0 and w[30, 33] == 1  # equidistant from both: kept for the shown core
+    assert w[40, 40] == 1
+    assert (ignore_weight(cores.assign(hidden=False), (48, 48), pixel_size=0.1) == 1).all()
+    # Ignored pixels do not count in the loss, whatever the network says there.
+    logit = torch.zeros(1, 1, 48, 48)
+    target = torch.zeros(1, 1, 48, 48)
+    wt = torch.from_numpy(w)[None, None]
+    base = heatmap_loss(logit, target, weight=wt)
+    logit[0, 0, 10, 10] = 20.0  # a confident core where a hidden one is
+    assert torch.isclose(heatmap_loss(logit, target, weight=wt), base)
+    assert heatmap_loss(logit, target) > heatmap_loss(torch.zeros_like(logit), target)
+
+
+def test_sample_to_item_carries_the_weight_through_augmentation():
+    s = make_sample(np.random.default_rng(2), GeneratorConfig(size=64, density=6.0, perfect_fraction=0.0,
+                                                              basal_fraction=0.5))
+    hidden = hidden_cores(s)
+    assert hidden.any() and (~hidden).any()
+    tr = A.Compose([A.HorizontalFlip(p=1)], seed=0,
+                   keypoint_params=A.KeypointParams(format="xy", remove_invisible=False))
+    item = sample_to_item(s, transform=tr, ignore_hidden=True)
+    w = item["heatmap_weight"][0].numpy()
+    for (x, y), hid in zip(s.cores[["x", "y"]].to_numpy(), hidden, strict=True):
+        r, c = int(round(y)), int(round(63 - x))  # flipped
+        if 0 <= r < 64 and 0 <= c < 64:
+            assert w[r, c] == (0.0 if hid else 1.0)
+    assert (sample_to_item(s, transform=tr)["heatmap_weight"] == 1).all()  # off by default

@@ -53,8 +53,8 @@ def augment(transform: A.Compose, image: np.ndarray, cores: pd.DataFrame,
             rs_mask: np.ndarray) -> tuple[np.ndarray, pd.DataFrame, np.ndarray]:
     """Apply ``transform`` to an image in [0, 1], its cores (x, y, hx, hy) and RS mask.
 
-    Returns the transformed image, cores (x, y, hx, hy; cores moved outside the
-    image are dropped) and mask.
+    Returns the transformed image, cores (x, y, hx, hy transformed, other columns
+    carried along; cores moved outside the image are dropped) and mask.
     """
     xy = cores[["x", "y"]].to_numpy(float).reshape(-1, 2)
     h = cores[["hx", "hy"]].to_numpy(float).reshape(-1, 2)
@@ -70,4 +70,6 @@ def augment(transform: A.Compose, image: np.ndarray, cores: pd.DataFrame,
               & (new_xy[:, 1] >= -0.5) & (new_xy[:, 1] < hh - 0.5))
     table = pd.DataFrame({"x": new_xy[inside, 0], "y": new_xy[inside, 1],
                           "hx": new_h[inside, 0], "hy": new_h[inside, 1]})
+    extra = cores.drop(columns=["x", "y", "hx", "hy"]).reset_index(drop=True)[inside]
+    table = pd.concat([table, extra.reset_index(drop=True)], axis=1)
     return out["image"].astype(np.float32), table, out["mask"]

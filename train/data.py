@@ -16,26 +16,73 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
-from dislotrack.data_gen.labels import dense_targets
+from dislotrack.data_gen.conventions import D003_LINIO2_NM
+from dislotrack.data_gen.labels import HEATMAP_SIGMA_NM, dense_targets
 from dislotrack.data_gen.sample import GeneratorConfig, Sample, make_samples
+from dislotrack.models.fringes import fringe_winding
 from dislotrack.models.normalise import normalise_image
 from dislotrack.train.augment import augment, build_transform, to_unit_range
 
 MAX_CORES = 64  # true cores per sample carried to validation (padded with NaN)
 
 
-def sample_to_item(s: Sample, *, transform=None) -> dict[str, torch.Tensor]:
-    """Network input and targets (tensors) of one sample, optionally augmented."""
+#: Around a core the image does not show, the heatmap loss is ignored within this radius
+#: (3 sigma of the target Gaussian) unless a shown core is as close.
+IGNORE_RADIUS_NM = 3 * HEATMAP_SIGMA_NM
+
+
+def hidden_cores(s: Sample) -> np.ndarray:
+    """Per core of ``s``: True where its noise-free image shows no (003) half-plane end
+    (`fringe_winding` 0 on a 0.5 nm circle); all False without ``s.clean``."""
+    if s.clean is None or not len(s.cores):
+        return np.zeros(len(s.cores), bool)
+    ps = s.meta["pixel_size"]
+    w = fringe_winding(normalise_image(s.clean), s.cores[["x", "y"]].to_numpy(float),
+                       period_px=D003_LINIO2_NM / ps, radius_px=0.5 / ps)
+    return w == 0
+
+
+def ignore_weight(cores: pd.DataFrame, shape: tuple[int, int], *, pixel_size: float) -> np.ndarray:
+    """Heatmap loss weight: 0 near cores flagged ``hidden`` (and no shown core as near), else 1."""
+    weight = np.ones(shape, np.float32)
+    if "hidden" not in cores or not cores["hidden"].any():
+        return weight
+    yy, xx = np.mgrid[0:shape[0], 0:shape[1]]
+    r = IGNORE_RADIUS_NM / pixel_size
+
+    def near(c: pd.DataFrame) -> np.ndarray:
+        d = np.full(shape, np.inf)
+        for x, y in c[["x", "y"]].to_numpy(float):
+            d = np.minimum(d, np.hypot(xx - x, yy - y))
+        return d
+
+    hidden = cores["hidden"].astype(bool).to_numpy()
+    d_hidden, d_shown = near(cores[hidden]), near(cores[~hidden])
+    weight[(d_hidden <= r) & (d_hidden < d_shown)] = 0.0
+    return weight
+
+
+def sample_to_item(s: Sample, *, transform=None, ignore_hidden: bool = False) -> dict[str, torch.Tensor]:
+    """Network input and targets (tensors) of one sample, optionally augmented.
+
+    ``ignore_hidden``: the heatmap loss ignores the surroundings of cores the image does
+    not show (`hidden_cores`; item ``heatmap_weight``), rather than training the network
+    to mark cores it cannot see.
+    """
     image, cores, rs = s.image, s.cores, s.rs_mask
+    if ignore_hidden:
+        cores = cores.assign(hidden=hidden_cores(s))
     if transform is not None:
         image, cores, rs = augment(transform, to_unit_range(image), cores, rs)
     t = dense_targets(cores, rs, pixel_size=s.meta["pixel_size"])
+    weight = ignore_weight(cores, rs.shape, pixel_size=s.meta["pixel_size"])
     truth = np.full((MAX_CORES, 4), np.nan, np.float32)
     arr = cores[["x", "y", "hx", "hy"]].to_numpy(np.float32)[:MAX_CORES]
     truth[: len(arr)] = arr
     return {
         "image": torch.from_numpy(normalise_image(image)[None].astype(np.float32)),
         "heatmap": torch.from_numpy(t["heatmap"][None]),
+        "heatmap_weight": torch.from_numpy(weight[None]),
         "hvec": torch.from_numpy(t["hvec"]),
         "hmask": torch.from_numpy(t["hmask"][None]),
         "rs": torch.from_numpy(t["rs"][None]),
@@ -63,11 +110,15 @@ class SyntheticStream(IterableDataset):
     augment : bool
     samples_per_epoch : int
         Length of one epoch per rank (the stream is infinite; this bounds the loop).
+    ignore_hidden : bool
+        Ignore the heatmap loss around cores the image does not show (`sample_to_item`).
     """
 
     def __init__(self, config: GeneratorConfig, *, seed: int = 0, n_variants: int = 2,
-                 augment: bool = True, samples_per_epoch: int = 1024) -> None:
+                 augment: bool = True, samples_per_epoch: int = 1024,
+                 ignore_hidden: bool = False) -> None:
         self.config = config
+        self.ignore_hidden = ignore_hidden
         self.seed = seed
         self.n_variants = n_variants
         self.augment = augment
@@ -99,7 +150,7 @@ class SyntheticStream(IterableDataset):
             for s in make_samples(rng, self.config, n_variants=self.n_variants):
                 if produced >= n:
                     break
-                yield sample_to_item(s, transform=transform)
+                yield sample_to_item(s, transform=transform, ignore_hidden=self.ignore_hidden)
                 produced += 1
 
 

@@ -57,6 +57,10 @@ class SyntheticDataModule(L.LightningDataModule):
         Epochs over which the training data ramp from easy to the full distribution.
     pixel_size : float
         Pixel size of the training data [nm/px]: the trained model's canonical pixel size.
+    ignore_hidden_cores : bool
+        Training stream only: the heatmap loss ignores the surroundings of cores whose
+        noise-free image shows no (003) half-plane end (`dislotrack.train.data.hidden_cores`).
+        Validation and test keep every core.
     """
 
     def __init__(self, *, size: int = 128, batch_size: int = 16, num_workers: int = 1,
@@ -67,7 +71,8 @@ class SyntheticDataModule(L.LightningDataModule):
                  n_variants: int = 2, eval_size: int = 128, main_threads: int = 0,
                  curriculum_epochs: int = 0, pixel_size: float = CANONICAL_PIXEL_SIZE_NM,
                  basal_fraction: float | None = None,
-                 rocksalt_probability: float | None = None) -> None:
+                 rocksalt_probability: float | None = None,
+                 ignore_hidden_cores: bool = False) -> None:
         super().__init__()
         self.save_hyperparameters()
 
@@ -108,7 +113,8 @@ class SyntheticDataModule(L.LightningDataModule):
         epoch = self.trainer.current_epoch if self.trainer is not None else 0
         cfg = self.generator_config(hp.size, hp.pixel_size_jitter, epoch, train=True)
         ds = SyntheticStream(cfg, seed=hp.seed, n_variants=hp.n_variants,
-                             samples_per_epoch=hp.samples_per_epoch)
+                             samples_per_epoch=hp.samples_per_epoch,
+                             ignore_hidden=hp.get("ignore_hidden_cores", False))
         if self.trainer is not None:  # each epoch and rank draws its own stream
             ds.set_epoch(epoch)
             ds.set_rank(self.trainer.global_rank, self.trainer.world_size)

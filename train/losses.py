@@ -6,10 +6,15 @@ import torch
 import torch.nn.functional as F
 
 
-def heatmap_loss(logit: torch.Tensor, target: torch.Tensor, *, pos_weight: float = 10.0) -> torch.Tensor:
-    """BCE against the soft Gaussian target, up-weighted near cores (sparse positives)."""
+def heatmap_loss(logit: torch.Tensor, target: torch.Tensor, *, pos_weight: float = 10.0,
+                 weight: torch.Tensor | None = None) -> torch.Tensor:
+    """BCE against the soft Gaussian target, up-weighted near cores (sparse positives);
+    ``weight`` (same shape, optional) multiplies it per pixel (0: ignored)."""
     w = 1.0 + pos_weight * target
-    return (F.binary_cross_entropy_with_logits(logit, target, reduction="none") * w).sum() / w.sum()
+    if weight is not None:
+        w = w * weight
+    bce = F.binary_cross_entropy_with_logits(logit, target, reduction="none")
+    return (bce * w).sum() / w.sum().clamp_min(1e-6)
 
 
 def h_cosine_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

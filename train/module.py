@@ -72,7 +72,8 @@ class DislocationModule(L.LightningModule):
         return self._forward(x)
 
     def losses(self, out: torch.Tensor, batch: dict) -> dict[str, torch.Tensor]:
-        lh = heatmap_loss(out[:, HEATMAP_CH:HEATMAP_CH + 1], batch["heatmap"])
+        lh = heatmap_loss(out[:, HEATMAP_CH:HEATMAP_CH + 1], batch["heatmap"],
+                          weight=batch.get("heatmap_weight"))
         lv = h_cosine_loss(out[:, HVEC_CH], batch["hvec"], batch["hmask"])
         lr = bce_dice_loss(out[:, RS_CH:RS_CH + 1], batch["rs"])
         hp = self.hparams

@@ -29,7 +29,7 @@ from dislotrack.data_gen.conventions import D003_LINIO2_NM
 from dislotrack.data_gen.sample import GeneratorConfig, make_sample
 from dislotrack.infer.detectors import NetworkDetector
 from dislotrack.infer.preprocess import to_canonical
-from dislotrack.models.fringes import FringeChannels
+from dislotrack.models.fringes import fringe_winding
 from dislotrack.models.io import load_model
 from dislotrack.models.metrics import MATCH_RADIUS_NM, DetectionTally, match_cores
 from dislotrack.models.normalise import normalise_image
@@ -62,24 +62,6 @@ def test_set(mode: str, dose: float, n: int, size: int, perfect: bool = False, p
 
 #: Dose of the twin images on which a core's visibility is judged [e/A^2]: shot noise negligible.
 TWIN_DOSE = 1e7
-
-
-def fringe_winding(image: np.ndarray, xy: np.ndarray, *, period_px: float, radius_px: float) -> np.ndarray:
-    """Winding number of the (003) fringe phase on a circle around each point (n, 2).
-
-    The fringe image is the network's own (`FringeChannels`); +-1 where a half-plane of
-    the (003) planes ends inside the circle, 0 where the image shows no such end.
-    """
-    ch, _ = FringeChannels(period_px).fringe(torch.from_numpy(normalise_image(image))[None, None])
-    z = (ch[0, 0] + 1j * ch[0, 1]).numpy()
-    t = np.linspace(0, 2 * np.pi, 48, endpoint=False)
-    out = np.zeros(len(xy))
-    for k, (x, y) in enumerate(np.asarray(xy, float)):
-        xs = np.clip(np.round(x + radius_px * np.cos(t)).astype(int), 0, z.shape[1] - 1)
-        ys = np.clip(np.round(y + radius_px * np.sin(t)).astype(int), 0, z.shape[0] - 1)
-        phase = np.angle(z[ys, xs])
-        out[k] = np.angle(np.exp(1j * np.diff(np.append(phase, phase[0])))).sum() / (2 * np.pi)
-    return np.round(out)
 
 
 def net_detect(net, image: np.ndarray, threshold: float, *, pixel_size: float | None = None,
@@ -145,7 +127,7 @@ def core_categories(s, cores: pd.DataFrame, mode: str, dose: float, twin=None) -
     shows = np.full(len(true_xy), np.nan)
     if twin is not None and len(true_xy):
         assert np.allclose(twin.cores[["x", "y"]].to_numpy(float), true_xy), "twin differs"
-        shows = np.abs(fringe_winding(twin.image.astype(np.float32), true_xy,
+        shows = np.abs(fringe_winding(normalise_image(twin.image), true_xy,
                                       period_px=D003_LINIO2_NM / ps, radius_px=0.5 / ps)) == 1
     _, matched = match_cores(cores[["x", "y"]].to_numpy(float), true_xy, MATCH_RADIUS_NM / ps)
     found = set(matched.tolist())
