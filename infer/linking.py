@@ -415,7 +415,8 @@ def extend_tracks(
     velocity (fitted to its ``n_fit`` end detections, zero if fewer than 3), if
     that lies within ``tolerance_nm`` and its **h** within ``max_h_change_deg`` of
     the track's mean **h**; the extension stops at the first frame without one.
-    Each weak detection joins at most one track.
+    Each weak detection joins at most one track: the one whose extrapolated
+    position it is nearest to.
 
     Parameters
     ----------
@@ -444,26 +445,37 @@ def extend_tracks(
     wxy = weak[[xcol, ycol]].to_numpy(dtype=float)
     wh = unit(weak[["hx", "hy"]].to_numpy(dtype=float))
     by_frame = {int(f): idx.to_numpy() for f, idx in weak.groupby("frame").groups.items()}
-    added: dict[int, int] = {}  # weak row -> particle it joined
+    # Every track end advances one frame per round; within a round a contested weak
+    # peak goes to the end whose extrapolated position is nearest (greedy by distance).
+    ends = []  # [particle, step, frame, position, velocity per frame, mean h]
     for p, g in tracks.sort_values("frame").groupby("particle", sort=True):
         h = _mean_h(g)
         for step, end in ((-1, g.head(n_fit)), (1, g.tail(n_fit))):
             f = end["frame"].to_numpy(dtype=float)
             xy = end[[xcol, ycol]].to_numpy(dtype=float)
-            v = _velocity(f, xy)
-            frame, pos = int(f[0] if step < 0 else f[-1]), xy[0 if step < 0 else -1]
-            for _ in range(max_frames):
-                frame += step
-                idx = np.array([i for i in by_frame.get(frame, ()) if i not in added], dtype=int)
-                if not len(idx):
-                    break
-                dist = np.hypot(*(wxy[idx] - (pos + step * v)).T)
-                ok = (dist <= tol_px) & (wh[idx] @ h >= cos_max)
-                if not ok.any():
-                    break
-                j = int(idx[ok][np.argmin(dist[ok])])
-                added[j] = p
-                pos = wxy[j]
+            ends.append([p, step, int(f[0] if step < 0 else f[-1]), xy[0 if step < 0 else -1],
+                         _velocity(f, xy), h])
+    added: dict[int, int] = {}  # weak row -> particle it joined
+    for _ in range(max_frames):
+        proposals = []  # (distance, end, weak row)
+        for k, (_p, step, frame, pos, v, h) in enumerate(ends):
+            idx = np.array([i for i in by_frame.get(frame + step, ()) if i not in added], dtype=int)
+            if not len(idx):
+                continue
+            dist = np.hypot(*(wxy[idx] - (pos + step * v)).T)
+            ok = (dist <= tol_px) & (wh[idx] @ h >= cos_max)
+            proposals += [(d, k, int(j)) for d, j in zip(dist[ok], idx[ok], strict=True)]
+        moved: set[int] = set()
+        for _d, k, j in sorted(proposals):
+            if k in moved or j in added:
+                continue
+            added[j] = ends[k][0]
+            ends[k][2] += ends[k][1]
+            ends[k][3] = wxy[j]
+            moved.add(k)
+        ends = [e for k, e in enumerate(ends) if k in moved]  # the others stop here
+        if not ends:
+            break
     if not added:
         return tracks
     extra = weak.loc[list(added)].assign(particle=list(added.values()))

@@ -193,3 +193,17 @@ def test_crossing_cores_swapped_by_the_linker_are_repaired():
     opposite = swapped.copy()
     opposite.loc[opposite.particle == 1, "hy"] = -1.0
     assert repair_crossings(opposite, pixel_size_nm=PIXEL_NM)["particle"].equals(opposite["particle"])
+
+
+def test_a_contested_weak_peak_goes_to_the_track_that_predicts_it_best():
+    from dislotrack.infer.linking import extend_tracks
+
+    # Track 0 ends at frame 9 heading for x = 60 (y = 50); track 1 ends at frame 9 heading
+    # for x = 60 as well but 0.4 nm off in y. One weak peak at frame 10 on track 1's path.
+    a = _core(range(0, 10), 50.0, 50.0, 1.0, 0.0, (0.0, 1.0)).assign(particle=0)
+    b = _core(range(0, 10), 50.0, 54.0, 1.0, 0.0, (0.0, 1.0)).assign(particle=1)
+    weak = _core([10], 60.0, 53.5, 0.0, 0.0, (0.0, 1.0)).drop(columns="particle", errors="ignore")
+    out = extend_tracks(pd.concat([a, b], ignore_index=True), weak.assign(score=0.3),
+                        pixel_size_nm=PIXEL_NM)
+    joined = out[out["frame"] == 10]
+    assert len(joined) == 1 and joined["particle"].item() == 1
