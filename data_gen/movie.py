@@ -122,6 +122,7 @@ class MovieSample:
     truth: pd.DataFrame  # per particle: first/last frame, glide/climb velocity [nm/s]
     meta: dict = field(default_factory=dict)
     events: pd.DataFrame | None = None  # true events: frame, kind, x_nm, y_nm (image), particles
+    clean: np.ndarray | None = field(default=None, repr=False)  # noise-free frames (keep_clean)
 
 
 def draw_drift(rng: np.random.Generator, n: int, *, speed: float = 0.05, walk: float = 0.02) -> np.ndarray:
@@ -189,12 +190,13 @@ def true_velocities(scn: MovieScenario, distortion: np.ndarray | None = None) ->
 
 def render_movie(rng: np.random.Generator, cfg: GeneratorConfig, spec: SpecimenParams,
                  scn: MovieScenario, *, mode: str, imaging: Optics | Probe,
-                 detector: Detector, grid: Grid) -> MovieSample:
-    """Render every frame of a scenario with fresh noise and the frame's drift."""
+                 detector: Detector, grid: Grid, keep_clean: bool = False) -> MovieSample:
+    """Render every frame of a scenario with fresh noise and the frame's drift
+    (``keep_clean``: also keep each frame's noise-free expected image as ``clean``)."""
     distortion = draw_distortion(rng, mode)
     illumination = draw_illumination(rng, grid.size)
     scn = snap_scenario(spec, scn)
-    frames, masks, cores = [], [], []
+    frames, masks, cores, clean = [], [], [], []
     for f in range(scn.n_frames):
         disl = [d for t in scn.tracks if (d := t.at(f)) is not None]
         geo = FrameGeometry(drift_nm=scn.drift_nm[f], distortion=distortion,
@@ -203,6 +205,8 @@ def render_movie(rng: np.random.Generator, cfg: GeneratorConfig, spec: SpecimenP
                          rng=rng, geo=geo, rs_growth=float(scn.rs_growth[f]),
                          illumination=illumination)[0]
         frames.append(s.image)
+        if keep_clean:
+            clean.append(s.clean)
         masks.append(s.rs_mask)
         cores.append(s.cores.assign(frame=f))
     table = pd.concat(cores, ignore_index=True)[["frame", *CORE_COLUMNS]]
@@ -219,7 +223,8 @@ def render_movie(rng: np.random.Generator, cfg: GeneratorConfig, spec: SpecimenP
 
     events = _events_at_labels(true_events(scn, geometry), table, grid.pixel_size)
     return MovieSample(np.stack(frames), table, np.stack(masks), drift,
-                       true_velocities(scn, distortion), meta, events)
+                       true_velocities(scn, distortion), meta, events,
+                       np.stack(clean) if keep_clean else None)
 
 
 def _events_at_labels(events: pd.DataFrame, cores: pd.DataFrame, pixel_size: float) -> pd.DataFrame:
@@ -238,7 +243,7 @@ def _events_at_labels(events: pd.DataFrame, cores: pd.DataFrame, pixel_size: flo
 
 
 def make_movie(rng: np.random.Generator, cfg: GeneratorConfig | None = None, *, n_frames: int = 20,
-               frame_interval: float = 1.0) -> MovieSample:
+               frame_interval: float = 1.0, keep_clean: bool = False) -> MovieSample:
     """A random labelled movie.
 
     Parameters
@@ -249,6 +254,8 @@ def make_movie(rng: np.random.Generator, cfg: GeneratorConfig | None = None, *, 
     n_frames : int
     frame_interval : float
         [s]; velocities are drawn in nm/s.
+    keep_clean : bool
+        Also return each frame's noise-free expected image (``MovieSample.clean``).
     """
     cfg = cfg or GeneratorConfig()
     mode = draw_mode(rng, cfg)
@@ -262,7 +269,7 @@ def make_movie(rng: np.random.Generator, cfg: GeneratorConfig | None = None, *, 
     dose = float(np.exp(rng.uniform(*np.log(cfg.dose))))
     imaging = draw_optics(rng) if mode == "hrtem" else draw_probe(rng)
     return render_movie(rng, cfg, spec, scn, mode=mode, imaging=imaging,
-                        detector=draw_detector(rng, dose), grid=grid)
+                        detector=draw_detector(rng, dose), grid=grid, keep_clean=keep_clean)
 
 
 def seed_like_scenario(spec: SpecimenParams, fov_nm: float, *, n_frames: int = 30,

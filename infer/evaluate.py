@@ -97,22 +97,35 @@ def tracking_scores(pred_tracks: pd.DataFrame, pred_summary: pd.DataFrame, truth
     return scores, table
 
 
-def event_scores(pred: pd.DataFrame, truth: pd.DataFrame, *, pixel_size_nm: float,
-                 frame_tol: int = 1, radius_nm: float = MATCH_RADIUS_NM) -> dict:
-    """Event F1: same kind, within ``frame_tol`` frames and ``radius_nm``.
+def match_events(pred: pd.DataFrame, truth: pd.DataFrame, *, pixel_size_nm: float,
+                 frame_tol: int = 1, radius_nm: float = MATCH_RADIUS_NM) -> list[tuple]:
+    """Pairs (pred index, truth index) of matching events: same kind, within
+    ``frame_tol`` frames and ``radius_nm``; each true event in turn takes the first
+    unused prediction that matches.
 
     ``pred`` has frame, kind, x, y [px]; ``truth`` has frame, kind, x_nm, y_nm.
     """
-    used: set[int] = set()
-    tp = 0
-    for _, t in truth.iterrows():
+    used: set = set()
+    pairs = []
+    for j, t in truth.iterrows():
         for i, p in pred.iterrows():
             if i in used or p.kind != t.kind or abs(p.frame - t.frame) > frame_tol:
                 continue
             if np.hypot(p.x * pixel_size_nm - t.x_nm, p.y * pixel_size_nm - t.y_nm) <= radius_nm:
                 used.add(i)
-                tp += 1
+                pairs.append((i, j))
                 break
+    return pairs
+
+
+def event_scores(pred: pd.DataFrame, truth: pd.DataFrame, *, pixel_size_nm: float,
+                 frame_tol: int = 1, radius_nm: float = MATCH_RADIUS_NM) -> dict:
+    """Event F1: same kind, within ``frame_tol`` frames and ``radius_nm`` (`match_events`).
+
+    ``pred`` has frame, kind, x, y [px]; ``truth`` has frame, kind, x_nm, y_nm.
+    """
+    tp = len(match_events(pred, truth, pixel_size_nm=pixel_size_nm, frame_tol=frame_tol,
+                          radius_nm=radius_nm))
     fp, fn = len(pred) - tp, len(truth) - tp
     f1 = 2 * tp / (2 * tp + fp + fn) if (2 * tp + fp + fn) else 1.0
     return {"event_tp": tp, "event_fp": fp, "event_fn": fn, "event_f1": f1}

@@ -137,6 +137,16 @@ def test_movie_truth_follows_the_motion():
     for _, g in m.cores.groupby("particle"):
         if len(g) >= 2:
             assert g.frame.is_monotonic_increasing
+    assert m.clean is None
+
+
+def test_movie_keeps_the_noise_free_frames_on_request():
+    cfg = GeneratorConfig(size=64, mode="hrtem", density=3.0, dose=(100, 100))
+    m = make_movie(np.random.default_rng(9), cfg, n_frames=4, keep_clean=True)
+    assert m.clean.shape == m.frames.shape
+    for clean, noisy in zip(m.clean, m.frames, strict=True):
+        assert not np.allclose(clean, noisy)  # each frame is drawn from its expected image
+        assert np.corrcoef(clean.ravel(), noisy.ravel())[0, 1] > 0.3
 
 
 def test_transfer_function_is_the_lens_inside_the_aperture_and_zero_outside():

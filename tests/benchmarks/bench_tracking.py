@@ -38,14 +38,17 @@ import numpy as np
 import pandas as pd
 
 from dislotrack.data_gen.annotations import write_imagej_tiff
+from dislotrack.data_gen.conventions import D003_LINIO2_NM
 from dislotrack.data_gen.imaging import Grid, draw_detector, draw_optics, draw_probe
 from dislotrack.data_gen.movie import draw_scenario, render_movie
 from dislotrack.data_gen.sample import GeneratorConfig
 from dislotrack.data_gen.specimen import add_rocksalt_near, draw_specimen
 from dislotrack.infer.drift import measure_drift
-from dislotrack.infer.evaluate import event_scores, tracking_scores
+from dislotrack.infer.evaluate import event_scores, match_events, tracking_scores
 from dislotrack.infer.outputs import write_tables
 from dislotrack.infer.pipeline import analyze, track_detections
+from dislotrack.models.fringes import fringe_winding
+from dislotrack.models.normalise import normalise_image
 
 DOSES = [100.0, 300.0, 1000.0, 3000.0]
 
@@ -62,8 +65,36 @@ def movie(i: int, n_frames: int, size: int, seed: int = 31):
                       fov_nm=grid.fov_nm, probability=0.3, n_free=0.1)
     imaging = draw_optics(rng) if mode == "hrtem" else draw_probe(rng)
     m = render_movie(rng, cfg, spec, scn, mode=mode, imaging=imaging,
-                     detector=draw_detector(rng, dose), grid=grid)
+                     detector=draw_detector(rng, dose), grid=grid, keep_clean=True)
     return m, scn, mode, dose
+
+
+def shown_particles(m) -> set[int]:
+    """True particles whose (003) half-plane end the noise-free frames show (fringe
+    winding != 0 on a 0.5 nm circle, as bench_accuracy) in at least half of their frames."""
+    ps = m.meta["pixel_size"]
+    shown = np.zeros(len(m.cores), bool)
+    for f, idx in m.cores.groupby("frame").groups.items():
+        xy = m.cores.loc[idx, ["x", "y"]].to_numpy(float)
+        w = fringe_winding(normalise_image(m.clean[int(f)]), xy, period_px=D003_LINIO2_NM / ps,
+                           radius_px=0.5 / ps)
+        shown[m.cores.index.get_indexer(idx)] = w != 0
+    frac = pd.Series(shown, index=m.cores.index).groupby(m.cores["particle"]).mean()
+    return set(frac.index[frac >= 0.5].astype(int))
+
+
+def shown_event_counts(pred: pd.DataFrame, truth: pd.DataFrame, shown: set[int], *,
+                       pixel_size_nm: float) -> dict:
+    """Event TP/FP/FN counted over the true events whose cores the images show
+    (`shown_particles`): predictions matching a hidden true event count neither way."""
+    is_shown = truth["particles"].astype(str).map(
+        lambda ps: all(int(p) in shown for p in ps.split())).to_numpy(bool)
+    hit = match_events(pred, truth[is_shown], pixel_size_nm=pixel_size_nm)
+    rest = pred.drop(index=[i for i, _ in hit])
+    excused = match_events(rest, truth[~is_shown], pixel_size_nm=pixel_size_nm)
+    return {"tp": len(hit), "fp": len(pred) - len(hit) - len(excused),
+            "fn": int(is_shown.sum()) - len(hit), "n_shown": int(is_shown.sum()),
+            "n_hidden": int((~is_shown).sum())}
 
 
 def oracle_detections(m, rng: np.random.Generator, *, noise_nm: float = 0.0,
@@ -107,7 +138,10 @@ def accuracy(n_movies: int, n_frames: int, size: int, model: str | None, seed: i
             switches += s["identity_switches"]
             n_true += len(m.truth)
             ev = event_scores(res.events, m.events, pixel_size_nm=m.meta["pixel_size"])
-            ev_rows.append({"movie": i, "mode": mode, "dose": dose, **ev})
+            sh = shown_event_counts(res.events, m.events, shown_particles(m),
+                                    pixel_size_nm=m.meta["pixel_size"])
+            ev_rows.append({"movie": i, "mode": mode, "dose": dose, **ev,
+                            **{f"shown_{k}": v for k, v in sh.items()}})
             if len(table):
                 rows.append(table.assign(movie=i, mode=mode, dose=dose))
             print(f"movie {i:2d} {mode} {dose:6.0f}: {len(table)} tracks>=10, "
@@ -125,6 +159,7 @@ def accuracy(n_movies: int, n_frames: int, size: int, model: str | None, seed: i
            "median_climb_abs_error_nm_s": float(t.climb_abs_error_nm_s.median()) if len(t) else None,
            "event_f1": float(2 * tp / (2 * tp + fp + fn)) if (tp + fp + fn) else None,
            "event_tp_fp_fn": [int(tp), int(fp), int(fn)],
+           **_shown_summary(ev),
            "identity_switches_per_track": switches / max(n_true, 1)}
     if len(t):
         moving = t.true_climb_nm_s.abs() >= 0.05
@@ -135,6 +170,14 @@ def accuracy(n_movies: int, n_frames: int, size: int, model: str | None, seed: i
             out[f"{mode}_median_glide_rel_error"] = float(sub.glide_rel_error.median())
             out[f"{mode}_median_climb_rel_error"] = float(sub.climb_rel_error.median())
     return out
+
+
+def _shown_summary(ev: pd.DataFrame) -> dict:
+    """Event F1 over the true events the images show (`shown_event_counts`)."""
+    tp, fp, fn = (int(ev[f"shown_{k}"].sum()) for k in ("tp", "fp", "fn"))
+    return {"shown_event_f1": 2 * tp / (2 * tp + fp + fn) if (tp + fp + fn) else None,
+            "shown_event_tp_fp_fn": [tp, fp, fn],
+            "true_events_shown_hidden": [int(ev.shown_n_shown.sum()), int(ev.shown_n_hidden.sum())]}
 
 
 def _rss_mb(field: str) -> float:
