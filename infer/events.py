@@ -9,7 +9,11 @@ track whose first detection is ``k`` frames in counts as present when a core mis
 at the track's own rate ``m = 1 - detections / span`` would plausibly go unseen that
 long, ``m**k >= MISSED_START_PROBABILITY`` (likewise for the last frame). Edges are
 judged on the raw (not drift-corrected) positions, since the frame edge is fixed on
-the detector.
+the detector. Inside rock salt the (003) fringes that show a core are gone, so a core
+there is as often unseen as absent: a track whose first (last) detection is flagged
+``in_rocksalt`` (within `ROCKSALT_MARGIN_NM` of the predicted rock-salt mask; set by
+`dislotrack.infer.pipeline.analyze`) was born ``from_rocksalt`` (died ``into_rocksalt``)
+rather than nucleated (annihilated); present/survived and the frame edge come first.
 
 Two tracks form a *dipole* when their mean **h** are opposite (within
 ``opposite_tolerance_deg``) and either they nucleate together (first frames at
@@ -39,6 +43,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from scipy import ndimage
 
 from dislotrack.data_gen.conventions import px_to_nm, unit
 from dislotrack.infer.drift import position_columns
@@ -48,6 +53,9 @@ from dislotrack.infer.motion import (
     track_motion,
     track_velocities,
 )
+
+#: A detection this close to the predicted rock-salt mask is flagged ``in_rocksalt``.
+ROCKSALT_MARGIN_NM = 0.5
 
 #: Smallest probability of missing a core for its first (last) frames with which a
 #: track still counts as present from the first (to the last) frame.
@@ -150,6 +158,19 @@ def summarise_tracks(
     return summary
 
 
+def near_rocksalt(x: np.ndarray, y: np.ndarray, mask: np.ndarray, margin_px: float) -> np.ndarray:
+    """Whether each point (x, y) [px, pixel-centre origin] lies within ``margin_px`` of a
+    rock-salt pixel of ``mask`` (H, W; nonzero = rock salt)."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    mask = np.asarray(mask) > 0
+    if not len(x) or not mask.any():
+        return np.zeros(len(x), dtype=bool)
+    distance = ndimage.distance_transform_edt(~mask)  # 0 on rock salt
+    rows = np.clip(np.round(y).astype(int), 0, mask.shape[0] - 1)
+    cols = np.clip(np.round(x).astype(int), 0, mask.shape[1] - 1)
+    return distance[rows, cols] <= margin_px
+
+
 def birth_death(
     tracks: pd.DataFrame,
     *,
@@ -177,16 +198,16 @@ def birth_death(
     miss = np.clip(1 - n_detected / span, 1e-3, 0.999)
     from_first = miss ** ends["frame_start"].to_numpy() >= MISSED_START_PROBABILITY
     to_last = miss ** (final_frame - ends["frame_stop"].to_numpy()) >= MISSED_START_PROBABILITY
-    birth = np.where(
-        (ends["frame_start"] == 0) | from_first,
-        "present",
-        np.where(_near_edge(ends, "start", image_shape, band_px), "entered", "nucleated"),
-    )
-    death = np.where(
-        (ends["frame_stop"] == final_frame) | to_last,
-        "survived",
-        np.where(_near_edge(ends, "stop", image_shape, band_px), "left", "annihilated"),
-    )
+    rs_start, rs_stop = (ends.get(f"in_rocksalt_{stage}", pd.Series(False, index=ends.index))
+                         .fillna(False).to_numpy(dtype=bool) for stage in ("start", "stop"))
+    birth = np.select(
+        [(ends["frame_start"] == 0) | from_first, _near_edge(ends, "start", image_shape, band_px),
+         rs_start],
+        ["present", "entered", "from_rocksalt"], "nucleated")
+    death = np.select(
+        [(ends["frame_stop"] == final_frame) | to_last, _near_edge(ends, "stop", image_shape, band_px),
+         rs_stop],
+        ["survived", "left", "into_rocksalt"], "annihilated")
     return pd.DataFrame(
         {
             "particle": ends.index.to_numpy(dtype=int),
@@ -374,7 +395,7 @@ def _track_ends(tracks: pd.DataFrame, pixel_size_nm: float) -> pd.DataFrame:
     the corrected path (``xn_min`` ... ``yn_max`` [nm]) and mean ``hx``, ``hy``.
     """
     paths = _paths_nm(tracks, pixel_size_nm)
-    columns = ["frame", "x", "y", "xn", "yn"]
+    columns = ["frame", "x", "y", "xn", "yn", *(["in_rocksalt"] if "in_rocksalt" in tracks else [])]
     start = paths[columns].first().add_suffix("_start")
     stop = paths[columns].last().add_suffix("_stop")
     box = paths[["xn", "yn"]].agg(["min", "max"])

@@ -28,7 +28,14 @@ from dislotrack.data_gen.conventions import D003_LINIO2_NM
 from dislotrack.infer.calibration import Calibration, resolve_calibration
 from dislotrack.infer.detectors import CORE_COLUMNS, GPADetector, NetworkDetector
 from dislotrack.infer.drift import apply_drift, measure_drift
-from dislotrack.infer.events import DipoleCriteria, count_dislocations, find_events, summarise_tracks
+from dislotrack.infer.events import (
+    ROCKSALT_MARGIN_NM,
+    DipoleCriteria,
+    count_dislocations,
+    find_events,
+    near_rocksalt,
+    summarise_tracks,
+)
 from dislotrack.infer.fringes import pixel_size_from_fringes_or_none
 from dislotrack.infer.linking import extend_tracks, link_cores
 from dislotrack.infer.motion import track_motion
@@ -187,7 +194,9 @@ def analyze(path: str | Path, *, model: str | Path | None = None, pixel_size_nm:
 
         def flush(raw: list[np.ndarray], can: list[np.ndarray], start: int) -> None:
             for k, (table, rs) in enumerate(det(raw, can)):
-                rows.append(table.assign(frame=start + k))
+                # Which cores sit where rock salt hides them (births/deaths there are not events).
+                flag = near_rocksalt(table["x"], table["y"], rs, ROCKSALT_MARGIN_NM / cal.pixel_size_nm)
+                rows.append(table.assign(frame=start + k, in_rocksalt=flag))
                 table = table[table["score"] > thr] if detector == "unet" else table
                 rs_frac.append(float(rs.mean()))
                 if mask_sink is not None:
@@ -223,10 +232,10 @@ def analyze(path: str | Path, *, model: str | Path | None = None, pixel_size_nm:
     drift["dx"] = drift["dx"] / sx
     drift["dy"] = drift["dy"] / sy
     detections = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(
-        {c: pd.Series(dtype=float) for c in ["frame", *CORE_COLUMNS]})
+        {c: pd.Series(dtype=float) for c in ["frame", *CORE_COLUMNS, "in_rocksalt"]})
     detections = detections.assign(x_nm=detections.x * cal.pixel_size_nm,
                                    y_nm=detections.y * cal.pixel_size_nm)
-    detections = detections[DETECTION_COLUMNS].astype({"frame": int})
+    detections = detections[[*DETECTION_COLUMNS, "in_rocksalt"]].astype({"frame": int, "in_rocksalt": bool})
     # The GPA baseline's scores are not probabilities: it gets no weak detections.
     strong = (detections["score"] > thr) | (detector != "unet")  # decode_cores keeps > thr
     return _track(detections[strong].reset_index(drop=True), drift, cal, np.asarray(rs_frac),
@@ -260,7 +269,10 @@ def track_detections(detections: pd.DataFrame, *, pixel_size_nm: float,
     Parameters
     ----------
     detections : DataFrame
-        ``frame, x, y, score, hx, hy`` (+ ``bx_nm, by_nm``), raw image pixels.
+        ``frame, x, y, score, hx, hy`` (+ ``bx_nm, by_nm``), raw image pixels; an
+        optional boolean ``in_rocksalt`` (`dislotrack.infer.events.near_rocksalt`)
+        makes tracks that begin or end there ``from_rocksalt`` / ``into_rocksalt``
+        instead of nucleated / annihilated (`dislotrack.infer.events.birth_death`).
     pixel_size_nm, frame_interval_s : float
         Calibration [nm/px], [s] (``frame_interval_s`` None: velocities per frame).
     n_frames : int
@@ -333,7 +345,8 @@ def _track(detections: pd.DataFrame, drift: pd.DataFrame, cal: Calibration, rs_f
                          image_shape=shape[1:], drift=drift, weak=weak, rocksalt_fraction=rs_frac,
                          **options)
     return AnalysisResult(
-        detections=detections, tracks=t.tracks, track_summary=t.track_summary, events=t.events,
+        detections=detections[DETECTION_COLUMNS], tracks=t.tracks, track_summary=t.track_summary,
+        events=t.events,
         counts=t.counts, drift=drift, calibration=cal, rocksalt_fraction=rs_frac, shape=shape,
         input_path=path, input_sha256=file_sha256(path), model_card=card,
         warnings=list(cal.warnings), first_frame=first)

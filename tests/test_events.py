@@ -14,6 +14,7 @@ from dislotrack.infer.events import (
     birth_death,
     count_dislocations,
     find_events,
+    near_rocksalt,
     summarise_tracks,
 )
 from dislotrack.infer.linking import link_cores
@@ -84,6 +85,39 @@ def test_a_track_unseen_in_its_first_frames_at_its_own_miss_rate_was_present():
     steady = birth_death(_track(0, range(3, N_FRAMES - 3), 150.0, 100.0, DOWN), pixel_size_nm=PIXEL_NM,
                          n_frames=N_FRAMES, image_shape=SHAPE)
     assert steady.loc[0, ["birth", "death"]].tolist() == ["nucleated", "annihilated"]
+
+
+def test_near_rocksalt_is_within_the_margin_of_the_mask():
+    mask = np.zeros((40, 60), np.uint8)
+    mask[10:20, 30:40] = 1
+    x = np.array([35.0, 25.0, 24.0, 35.0, 5.0])
+    y = np.array([15.0, 15.0, 15.0, 25.0, 5.0])
+    # inside; 5 px left of the domain; 6 px left; 6 px below; far
+    assert near_rocksalt(x, y, mask, 5.0).tolist() == [True, True, False, False, False]
+    assert not near_rocksalt(x, y, np.zeros_like(mask), 5.0).any()
+
+
+def test_a_track_that_begins_or_ends_at_rock_salt_was_hidden_not_born_or_annihilated():
+    core = _track(0, range(4, 12), 150.0, 100.0, DOWN)
+    plain = birth_death(core, pixel_size_nm=PIXEL_NM, n_frames=N_FRAMES, image_shape=SHAPE)
+    assert plain.loc[0, ["birth", "death"]].tolist() == ["nucleated", "annihilated"]
+    # Only the first / last detection's flag matters.
+    flags = np.zeros(len(core), bool)
+    flags[0] = True
+    fates = birth_death(core.assign(in_rocksalt=flags), pixel_size_nm=PIXEL_NM, n_frames=N_FRAMES,
+                        image_shape=SHAPE)
+    assert fates.loc[0, ["birth", "death"]].tolist() == ["from_rocksalt", "annihilated"]
+    fates = birth_death(core.assign(in_rocksalt=flags[::-1]), pixel_size_nm=PIXEL_NM,
+                        n_frames=N_FRAMES, image_shape=SHAPE)
+    assert fates.loc[0, ["birth", "death"]].tolist() == ["nucleated", "into_rocksalt"]
+    # Present from the first frame and the frame edge take precedence.
+    edge = _track(0, range(4, N_FRAMES), 5.0, 100.0, DOWN).assign(in_rocksalt=True)
+    fates = birth_death(edge, pixel_size_nm=PIXEL_NM, n_frames=N_FRAMES, image_shape=SHAPE)
+    assert fates.loc[0, ["birth", "death"]].tolist() == ["entered", "survived"]
+    # No event for a core that appears out of rock salt.
+    tracks = core.assign(in_rocksalt=True)
+    events = find_events(tracks, _summary(tracks), pixel_size_nm=PIXEL_NM, frame_interval_s=0.5)
+    assert events.empty
 
 
 def test_pair_annihilating_together_is_a_dipole():
