@@ -43,7 +43,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy import ndimage
 
 from dislotrack.data_gen.conventions import px_to_nm, unit
 from dislotrack.infer.drift import position_columns
@@ -163,12 +162,18 @@ def near_rocksalt(x: np.ndarray, y: np.ndarray, mask: np.ndarray, margin_px: flo
     rock-salt pixel of ``mask`` (H, W; nonzero = rock salt)."""
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     mask = np.asarray(mask) > 0
+    out = np.zeros(len(x), dtype=bool)
     if not len(x) or not mask.any():
-        return np.zeros(len(x), dtype=bool)
-    distance = ndimage.distance_transform_edt(~mask)  # 0 on rock salt
+        return out
+    r = int(np.floor(margin_px))
     rows = np.clip(np.round(y).astype(int), 0, mask.shape[0] - 1)
     cols = np.clip(np.round(x).astype(int), 0, mask.shape[1] - 1)
-    return distance[rows, cols] <= margin_px
+    # A window around each point, not a distance map of the frame: a few points per frame.
+    for i, (row, col) in enumerate(zip(rows, cols, strict=True)):
+        r0, c0 = max(row - r, 0), max(col - r, 0)
+        yy, xx = np.nonzero(mask[r0:row + r + 1, c0:col + r + 1])
+        out[i] = bool(len(yy)) and bool(np.min((yy + r0 - row) ** 2 + (xx + c0 - col) ** 2) <= margin_px**2)
+    return out
 
 
 def birth_death(
