@@ -93,3 +93,15 @@ def test_fringe_winding_counts_the_half_plane_ends_inside_the_circle():
     assert np.abs(w).tolist() == [1.0, 1.0, 0.0, 0.0]
     assert w[0] == w[1]  # the same core, the same sign
     assert np.abs(fringe_winding(_fringes(), pts, period_px=PERIOD, radius_px=6.0)).sum() == 0
+
+
+def test_shows_half_plane_end_reads_the_winding_at_the_given_scale():
+    from dislotrack.models.visibility import shows_half_plane_end
+
+    # 0.05 nm/px, fringes of 0.25 nm (5 px) with one extra half-plane ending at (32, 32).
+    yy, xx = np.mgrid[0:64, 0:64].astype(float)
+    image = 3.0 + np.cos(2 * np.pi * yy / 5.0 + np.arctan2(yy - 32, xx - 32))
+    shown = shows_half_plane_end(image, [[32.0, 32.0], [12.0, 50.0]], pixel_size_nm=0.05,
+                                 d_spacing_nm=0.25)
+    assert shown.tolist() == [True, False]
+    assert shows_half_plane_end(image, np.zeros((0, 2)), pixel_size_nm=0.05, d_spacing_nm=0.25).size == 0

@@ -19,8 +19,8 @@ from torch.utils.data import Dataset, IterableDataset, get_worker_info
 from dislotrack.data_gen.conventions import D003_LINIO2_NM
 from dislotrack.data_gen.labels import HEATMAP_SIGMA_NM, dense_targets
 from dislotrack.data_gen.sample import GeneratorConfig, Sample, make_samples
-from dislotrack.models.fringes import fringe_winding
 from dislotrack.models.normalise import normalise_image
+from dislotrack.models.visibility import shows_half_plane_end
 from dislotrack.train.augment import augment, build_transform, to_unit_range
 
 MAX_CORES = 64  # true cores per sample carried to validation (padded with NaN)
@@ -33,13 +33,11 @@ IGNORE_RADIUS_NM = 3 * HEATMAP_SIGMA_NM
 
 def hidden_cores(s: Sample) -> np.ndarray:
     """Per core of ``s``: True where its noise-free image shows no (003) half-plane end
-    (`fringe_winding` 0 on a 0.5 nm circle); all False without ``s.clean``."""
+    (`dislotrack.models.visibility.shows_half_plane_end`); all False without ``s.clean``."""
     if s.clean is None or not len(s.cores):
         return np.zeros(len(s.cores), bool)
-    ps = s.meta["pixel_size"]
-    w = fringe_winding(normalise_image(s.clean), s.cores[["x", "y"]].to_numpy(float),
-                       period_px=D003_LINIO2_NM / ps, radius_px=0.5 / ps)
-    return w == 0
+    return ~shows_half_plane_end(s.clean, s.cores[["x", "y"]].to_numpy(float),
+                                 pixel_size_nm=s.meta["pixel_size"], d_spacing_nm=D003_LINIO2_NM)
 
 
 def ignore_weight(cores: pd.DataFrame, shape: tuple[int, int], *, pixel_size: float) -> np.ndarray:

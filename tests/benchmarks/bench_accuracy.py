@@ -29,11 +29,10 @@ from dislotrack.data_gen.conventions import D003_LINIO2_NM
 from dislotrack.data_gen.sample import GeneratorConfig, make_sample
 from dislotrack.infer.detectors import NetworkDetector
 from dislotrack.infer.preprocess import to_canonical
-from dislotrack.models.fringes import fringe_winding
 from dislotrack.models.io import load_model
 from dislotrack.models.metrics import MATCH_RADIUS_NM, DetectionTally, match_cores
-from dislotrack.models.normalise import normalise_image
 from dislotrack.models.unet import prepare_for_inference
+from dislotrack.models.visibility import shows_half_plane_end
 
 DOSES = [50.0, 100.0, 500.0, 1000.0, 5000.0]
 MODES = ["hrtem", "stem"]
@@ -120,15 +119,15 @@ def evaluate(detector, n: int, size: int, pixel_size: float = 0.1,
 
 def core_categories(s, cores: pd.DataFrame, mode: str, dose: float, twin=None) -> list[dict]:
     """Per true core: found (matched within 0.5 nm), the categories it belongs to, and
-    whether its (003) half-plane shows (`fringe_winding` on the nearly noise-free
+    whether its (003) half-plane shows (`shows_half_plane_end` on the nearly noise-free
     ``twin`` of the image, 0.5 nm around the label)."""
     ps = s.meta["pixel_size"]
     true_xy = s.cores[["x", "y"]].to_numpy(float)
     shows = np.full(len(true_xy), np.nan)
     if twin is not None and len(true_xy):
         assert np.allclose(twin.cores[["x", "y"]].to_numpy(float), true_xy), "twin differs"
-        shows = np.abs(fringe_winding(normalise_image(twin.image), true_xy,
-                                      period_px=D003_LINIO2_NM / ps, radius_px=0.5 / ps)) == 1
+        shows = shows_half_plane_end(twin.image, true_xy, pixel_size_nm=ps,
+                                     d_spacing_nm=D003_LINIO2_NM).astype(float)
     _, matched = match_cores(cores[["x", "y"]].to_numpy(float), true_xy, MATCH_RADIUS_NM / ps)
     found = set(matched.tolist())
     ny, nx = s.rs_mask.shape

@@ -47,8 +47,7 @@ from dislotrack.infer.drift import measure_drift
 from dislotrack.infer.evaluate import event_scores, match_events, tracking_scores
 from dislotrack.infer.outputs import write_tables
 from dislotrack.infer.pipeline import analyze, track_detections
-from dislotrack.models.fringes import fringe_winding
-from dislotrack.models.normalise import normalise_image
+from dislotrack.models.visibility import shows_half_plane_end
 
 DOSES = [100.0, 300.0, 1000.0, 3000.0]
 
@@ -70,15 +69,13 @@ def movie(i: int, n_frames: int, size: int, seed: int = 31):
 
 
 def shown_particles(m) -> set[int]:
-    """True particles whose (003) half-plane end the noise-free frames show (fringe
-    winding != 0 on a 0.5 nm circle, as bench_accuracy) in at least half of their frames."""
-    ps = m.meta["pixel_size"]
+    """True particles whose (003) half-plane end the noise-free frames show
+    (`shows_half_plane_end`, as bench_accuracy) in at least half of their frames."""
     shown = np.zeros(len(m.cores), bool)
     for f, idx in m.cores.groupby("frame").groups.items():
-        xy = m.cores.loc[idx, ["x", "y"]].to_numpy(float)
-        w = fringe_winding(normalise_image(m.clean[int(f)]), xy, period_px=D003_LINIO2_NM / ps,
-                           radius_px=0.5 / ps)
-        shown[m.cores.index.get_indexer(idx)] = w != 0
+        shown[m.cores.index.get_indexer(idx)] = shows_half_plane_end(
+            m.clean[int(f)], m.cores.loc[idx, ["x", "y"]].to_numpy(float),
+            pixel_size_nm=m.meta["pixel_size"], d_spacing_nm=D003_LINIO2_NM)
     frac = pd.Series(shown, index=m.cores.index).groupby(m.cores["particle"]).mean()
     return set(frac.index[frac >= 0.5].astype(int))
 
