@@ -71,7 +71,10 @@ def summary_dict(res: AnalysisResult) -> dict:
         "totals": {"frames": int(res.shape[0]), "detections": int(len(res.detections)),
                    "tracks": int(len(s)),
                    "dipoles": int((s["kind"] == "dipole").sum() // 2) if len(s) else 0,
-                   "events": {k: int(v) for k, v in res.events["kind"].value_counts().items()}},
+                   "events": {k: int(v) for k, v in res.events["kind"].value_counts().items()},
+                   # How tracks begin and end (from_rocksalt / into_rocksalt: no event).
+                   "births": {k: int(v) for k, v in s["birth"].value_counts().items()} if len(s) else {},
+                   "deaths": {k: int(v) for k, v in s["death"].value_counts().items()} if len(s) else {}},
         "velocities": {"glide": stats("glide_velocity_nm_s"), "climb": stats("climb_velocity_nm_s"),
                        "unit": "nm/s" if cal.frame_interval_s else "nm/frame"},
         "warnings": list(res.warnings),

@@ -74,6 +74,9 @@ def test_infer_writes_every_output_with_the_contract_columns(tiny_model, tmp_pat
     assert list(counts.frame) == [0, 1, 2, 3] and np.allclose(counts.t_s, [0, 0.5, 1.0, 1.5])
     summary = json.loads((d / "summary.json").read_text())
     assert summary["schema_version"] == 1
+    track_summary = pd.read_csv(d / "track_summary.csv")
+    for end, column in (("births", "birth"), ("deaths", "death")):
+        assert summary["totals"][end] == track_summary[column].value_counts().to_dict()
     assert summary["calibration"]["pixel_size_source"] == "file"
     assert summary["calibration"]["frame_interval_s"] == 0.5
     assert len(summary["input"]["sha256"]) == 64 and len(summary["model"]["sha256"]) == 64
