@@ -25,13 +25,21 @@ def _time(res: AnalysisResult, frames: pd.Series) -> tuple[np.ndarray, str]:
     return (frames.to_numpy() * dt, "time (s)") if dt else (frames.to_numpy(float), "frame")
 
 
+#: How a track's ends are drawn on the trajectories figure: birth / death -> marker.
+END_MARKERS = {"nucleated": "*", "annihilated": "X", "entered": ">", "left": "<",
+               "from_rocksalt": "D", "into_rocksalt": "D"}
+
+
 def trajectories(res: AnalysisResult, path: Path) -> None:
-    """Tracks (drift-corrected to frame 0) over the first frame; ticks show h."""
+    """Tracks (drift-corrected to frame 0) over the first frame; ticks show h, markers
+    how each track begins and ends (`END_MARKERS`; none for present/survived)."""
     fig, ax = plt.subplots(figsize=(6, 6))
     if res.first_frame is not None:
         ax.imshow(res.first_frame, cmap="gray")
     t = res.tracks
     xs, ys = ("x_corr", "y_corr") if "x_corr" in t else ("x", "y")
+    fates = res.track_summary.set_index("particle") if len(res.track_summary) else None
+    shown: set[str] = set()
     for pid, g in t.groupby("particle"):
         c = _colour(pid)
         ax.plot(g[xs], g[ys], "-", color=c, lw=1.5)
@@ -40,6 +48,18 @@ def trajectories(res: AnalysisResult, path: Path) -> None:
         tick = 6 / max(res.calibration.pixel_size_nm / 0.1, 1e-3)
         ax.plot([x0, x0 + tick * g.hx.mean()], [y0, y0 + tick * g.hy.mean()], "-", color=c, lw=2)
         ax.annotate(str(pid), (x0, y0), color=c, fontsize=8, xytext=(3, 3), textcoords="offset points")
+        if fates is None or pid not in fates.index:
+            continue
+        for fate, (x, y) in ((fates.at[pid, "birth"], (x0, y0)),
+                             (fates.at[pid, "death"], (g[xs].iloc[-1], g[ys].iloc[-1]))):
+            if fate in END_MARKERS:
+                ax.plot(x, y, END_MARKERS[fate], ms=9, mfc="none" if "rocksalt" in fate else c,
+                        mec="white", mew=1.0)
+                shown.add(fate)
+    if shown:  # neutral proxies: a marker's colour is its track's
+        handles = [plt.Line2D([], [], ls="none", marker=END_MARKERS[f], ms=7, mfc="0.6", mec="k",
+                              label=f.replace("_", " ")) for f in END_MARKERS if f in shown]
+        ax.legend(handles=handles, loc="lower right", fontsize=7, framealpha=0.6)
     ax.set_title("trajectories (drift-corrected, over frame 0)")
     ax.set_axis_off()
     fig.tight_layout()
