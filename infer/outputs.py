@@ -48,6 +48,13 @@ class MaskWriter:
         del self._mm
 
 
+def _tally(table: pd.DataFrame, column: str) -> dict[str, int]:
+    """How often each value of ``column`` occurs ({} for an empty table)."""
+    if not len(table):
+        return {}
+    return {str(k): int(v) for k, v in table[column].value_counts().items()}
+
+
 def summary_dict(res: AnalysisResult) -> dict:
     """The summary.json content."""
     cal = res.calibration
@@ -71,10 +78,9 @@ def summary_dict(res: AnalysisResult) -> dict:
         "totals": {"frames": int(res.shape[0]), "detections": int(len(res.detections)),
                    "tracks": int(len(s)),
                    "dipoles": int((s["kind"] == "dipole").sum() // 2) if len(s) else 0,
-                   "events": {k: int(v) for k, v in res.events["kind"].value_counts().items()},
+                   "events": _tally(res.events, "kind"),
                    # How tracks begin and end (from_rocksalt / into_rocksalt: no event).
-                   "births": {k: int(v) for k, v in s["birth"].value_counts().items()} if len(s) else {},
-                   "deaths": {k: int(v) for k, v in s["death"].value_counts().items()} if len(s) else {}},
+                   "births": _tally(s, "birth"), "deaths": _tally(s, "death")},
         "velocities": {"glide": stats("glide_velocity_nm_s"), "climb": stats("climb_velocity_nm_s"),
                        "unit": "nm/s" if cal.frame_interval_s else "nm/frame"},
         "warnings": list(res.warnings),
