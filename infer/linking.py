@@ -102,12 +102,14 @@ def link_cores(
     max_gap: int = 12,
     min_mean_score: float = 0.0,
     repair: bool = True,
+    predict: bool = True,
 ) -> pd.DataFrame:
     """Link detected cores into tracks; cores of opposite **h** are never linked.
 
-    trackpy links frame to frame (allowing ``memory`` missed frames at an unchanged
-    position); `close_gaps` then joins track fragments that a longer gap split,
-    where a core moving at its fitted velocity would reappear.
+    trackpy links frame to frame (allowing ``memory`` missed frames), searching
+    where each track's velocity predicts the core (``predict``); `close_gaps` then
+    joins track fragments that a longer gap split, where a core moving at its fitted
+    velocity would reappear.
 
     Parameters
     ----------
@@ -133,6 +135,9 @@ def link_cores(
         Tracks whose detections' mean ``score`` is lower are dropped (0 keeps all).
     repair : bool
         Undo identity swaps of crossing cores (`repair_crossings`).
+    predict : bool
+        Search for each core where its track, moving on at its fitted velocity,
+        would be (`TrackVelocityPredict`); otherwise where it was last seen.
 
     Returns
     -------
@@ -153,14 +158,20 @@ def link_cores(
     h_reach = 2 * np.sin(np.deg2rad(max_h_change_deg) / 2)
     if detections.empty:
         return detections.assign(particle=pd.Series(dtype=int)).reset_index(drop=True)
-    table = _linking_space(detections)
+    # Row-major order within each frame: track ids then do not depend on the input's row order.
+    table = _linking_space(detections).sort_values(["frame", *_LINK_COLUMNS[:2]], kind="stable")
     with _quiet_trackpy():
-        linked = trackpy.link(
-            table,
-            (reach, reach, h_reach, h_reach),
-            pos_columns=_LINK_COLUMNS,
-            memory=memory,
-        )
+        if predict:
+            # Every frame number, empty ones included: trackpy's memory counts frames fed.
+            by_frame = dict(list(table.groupby("frame")))
+            frames = (by_frame.get(f, table.iloc[:0])
+                      for f in range(int(table["frame"].min()), int(table["frame"].max()) + 1))
+            linked = pd.concat(list(TrackVelocityPredict().wrap(
+                trackpy.link_df_iter, frames, (reach, reach, h_reach, h_reach),
+                pos_columns=_LINK_COLUMNS, memory=memory)))
+        else:
+            linked = trackpy.link(table, (reach, reach, h_reach, h_reach),
+                                  pos_columns=_LINK_COLUMNS, memory=memory)
     kept = linked.reset_index(drop=True).drop(columns=_LINK_COLUMNS)
     if max_gap > 0:
         # Single detections are mostly false positives: never bridge from or to them.
@@ -176,6 +187,45 @@ def link_cores(
     kept = kept.sort_values(["frame", "particle"], kind="stable")
     kept["particle"] = pd.factorize(kept["particle"])[0]
     return kept.sort_values(["particle", "frame"], kind="stable").reset_index(drop=True)
+
+
+class TrackVelocityPredict(trackpy.predict.NullPredict):
+    """trackpy predictor: each track moves on at its own velocity.
+
+    trackpy's own velocity predictors take the velocity from the two most recent
+    frames (noisy for cores located to about a pixel) and from the *nearest* track
+    (which, where two cores pass each other, is the other core). Here each track's
+    velocity is a straight-line fit to its last ``n_fit`` detections (none from
+    fewer than ``n_min``), applied to the position columns only (not to **h**).
+
+    Use through ``wrap``: ``observe`` is fed each linked frame.
+    """
+
+    def __init__(self, n_fit: int = 5, n_min: int = 3) -> None:
+        self.n_fit, self.n_min = n_fit, n_min
+        self._recent: dict[int, list[tuple[float, float, float]]] = {}
+        self._velocity: dict[int, np.ndarray] = {}
+
+    def observe(self, frame: pd.DataFrame) -> None:
+        """Record a linked frame and refit the velocities of its tracks."""
+        t = frame[self.t_column].to_numpy(dtype=float)
+        yx = frame[_LINK_COLUMNS[:2]].to_numpy(dtype=float)
+        for p, ti, (yi, xi) in zip(frame["particle"].to_numpy(), t, yx, strict=True):
+            recent = self._recent.setdefault(int(p), [])
+            recent.append((ti, yi, xi))
+            del recent[:-self.n_fit]
+            if len(recent) >= self.n_min:
+                a = np.asarray(recent)
+                self._velocity[int(p)] = np.polyfit(a[:, 0], a[:, 1:], 1)[0]
+
+    def predict(self, t1: float, particles: list) -> np.ndarray:
+        """Positions of ``particles`` (trackpy points) extrapolated to frame ``t1``."""
+        out = np.array([p.pos for p in particles], dtype=float)
+        for k, p in enumerate(particles):
+            v = self._velocity.get(p.track.id)
+            if v is not None:
+                out[k, :2] += v * (t1 - p.t)
+        return out
 
 
 def _drop_short(tracks: pd.DataFrame, min_length: int) -> pd.DataFrame:

@@ -207,3 +207,25 @@ def test_a_contested_weak_peak_goes_to_the_track_that_predicts_it_best():
                         pixel_size_nm=PIXEL_NM)
     joined = out[out["frame"] == 10]
     assert len(joined) == 1 and joined["particle"].item() == 1
+
+
+@pytest.mark.parametrize("missed", [(), (10,)])
+def test_cores_passing_each_other_keep_their_identities_with_velocity_prediction(missed):
+    # Two like-h cores pass at 3 px/frame on paths 1-2 px apart near frame 10; one of
+    # them may be missed there. Searching where each was last seen swaps them
+    # (the swapped assignment moves each core less); extrapolating each track's own
+    # velocity does not.
+    a = _core(range(20), 10.0, 30.0, 3.0, 1.0, (0.0, 1.0))
+    b = _core(range(20), 10.0, 51.0, 3.0, -1.0, (0.0, 1.0))
+    b = b[~b.frame.isin(missed)]
+    det = pd.concat([a.assign(truth=0), b.assign(truth=1)], ignore_index=True)
+
+    def switches(linked: pd.DataFrame) -> int:
+        return sum(int(g.sort_values("frame")["particle"].diff().fillna(0).ne(0).sum())
+                   for _, g in linked.groupby("truth"))
+
+    kw = dict(pixel_size_nm=PIXEL_NM, min_length=3, max_gap=0, repair=False)
+    assert switches(link_cores(det, predict=False, **kw)) > 0  # the case is a real one
+    linked = link_cores(det, **kw)
+    assert switches(linked) == 0
+    assert linked["particle"].nunique() == 2
