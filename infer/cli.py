@@ -59,6 +59,9 @@ def _add_infer(sub: argparse._SubParsersAction) -> None:
                    help="longest gap that gap closing bridges (default 12; 0 = none)")
     p.add_argument("--weak-fraction", type=float, default=0.5, metavar="F",
                    help="peaks above F x threshold may extend track ends (default 0.5; 1 = off)")
+    p.add_argument("--network-h", action="store_true",
+                   help="keep the network's h for glide/climb even where the lattice gives the "
+                        "Burgers vectors (default: snap each track's h to the lattice's)")
     p.add_argument("--detector", choices=["unet", "gpa"], default="unet",
                    help="the network (default) or the classical GPA phase-singularity baseline")
     p.add_argument("--tta", action="store_true",
@@ -80,7 +83,7 @@ def _run_infer(args: argparse.Namespace) -> int:
                         frame_interval_s=args.frame_interval, device=args.device,
                         threshold=args.threshold, d_spacing_nm=args.d_spacing,
                         max_speed_nm_s=args.max_speed, memory=args.memory,
-                        weak_fraction=args.weak_fraction,
+                        weak_fraction=args.weak_fraction, lattice_h=not args.network_h,
                         min_length=args.min_length, max_gap=args.max_gap, tta=args.tta)
         s = res.track_summary
         print(f"{path}: {len(res.detections)} detections, {len(s)} tracks, "

@@ -83,8 +83,22 @@ def summary_dict(res: AnalysisResult) -> dict:
                    "births": _tally(s, "birth"), "deaths": _tally(s, "death")},
         "velocities": {"glide": stats("glide_velocity_nm_s"), "climb": stats("climb_velocity_nm_s"),
                        "unit": "nm/s" if cal.frame_interval_s else "nm/frame"},
+        "lattice": _lattice_dict(res),
         "warnings": list(res.warnings),
     }
+
+
+def _lattice_dict(res: AnalysisResult) -> dict | None:
+    """The measured lattice: spacings [nm] and the Burgers vectors it allows [nm]."""
+    lat = res.lattice
+    if lat is None:
+        return None
+    b = lat.burgers_vectors()
+    return {"d003_nm": float(1 / np.hypot(*lat.g003)),
+            "in_layer_reflection_nm": None if lat.g_layer is None else float(1 / np.hypot(*lat.g_layer)),
+            "misfit_burgers_nm": b["misfit"].round(4).tolist() if b else None,
+            "basal_burgers_nm": b["basal"].round(4).tolist() if b else None,
+            "track_h_from_lattice": bool(b) and res.lattice_h}
 
 
 def write_tables(res: AnalysisResult, out: Path, *, parquet: bool = False) -> list[Path]:

@@ -37,6 +37,7 @@ from dislotrack.infer.events import (
     summarise_tracks,
 )
 from dislotrack.infer.fringes import pixel_size_from_fringes_or_none
+from dislotrack.infer.lattice import Lattice, measure_lattice, snap_h
 from dislotrack.infer.linking import extend_tracks, link_cores
 from dislotrack.infer.motion import track_motion
 from dislotrack.infer.predict import pick_device
@@ -46,6 +47,9 @@ from dislotrack.models.io import load_model
 from dislotrack.models.unet import prepare_for_inference
 
 logger = logging.getLogger(__name__)
+
+#: Frames whose summed power spectrum gives the lattice (`measure_lattice`).
+LATTICE_FRAMES = 8
 
 DETECTION_COLUMNS = ["frame", "x", "y", "x_nm", "y_nm", "score", "hx", "hy", "bx_nm", "by_nm"]
 TRACK_COLUMNS = [*DETECTION_COLUMNS, "particle", "t_s", "glide_nm", "climb_nm"]
@@ -69,6 +73,8 @@ class AnalysisResult:
     model_card: dict
     warnings: list[str] = field(default_factory=list)
     first_frame: np.ndarray | None = None
+    lattice: Lattice | None = None
+    lattice_h: bool = False  # whether track h was snapped to ``lattice``
 
 
 def _malloc_trim() -> Callable[[], object]:
@@ -119,7 +125,7 @@ def analyze(path: str | Path, *, model: str | Path | None = None, pixel_size_nm:
             batch_size: int = 4, d_spacing_nm: float = D003_LINIO2_NM, max_speed_nm_s: float = 2.0,
             memory: int = 5, min_length: int = 6, max_gap: int = 12, min_track_score: float = 0.0,
             weak_fraction: float = 0.5, border_nm: float = 2.0, detector: str = "unet",
-            tta: bool = False,
+            tta: bool = False, lattice_h: bool = True,
             mask_sink: Callable[[int, np.ndarray], None] | None = None,
             frame_sink: Callable[[int, np.ndarray, pd.DataFrame], None] | None = None,
             progress: bool = True) -> AnalysisResult:
@@ -161,6 +167,12 @@ def analyze(path: str | Path, *, model: str | Path | None = None, pixel_size_nm:
         The network, or the classical geometric-phase baseline.
     tta : bool
         Average the network over the 8 flips and transposes of each frame (8x slower).
+    lattice_h : bool
+        Where the first frames show an in-layer reflection besides (003), set each
+        track's **h** and **b** to those of the nearest Burgers vector the lattice
+        allows (`dislotrack.infer.lattice`) before splitting glide and climb; the
+        network's **h** misses the in-plane tilt of b (climb error on the tracking
+        sets 7.7-14.7 % -> 3.8-6.3 %). ``detections`` keep the network's **h**.
     mask_sink : callable(frame, mask), optional
         Receives each frame's uint8 rock-salt mask (input resolution).
     frame_sink : callable(frame index, frame, detections), optional
@@ -206,6 +218,7 @@ def analyze(path: str | Path, *, model: str | Path | None = None, pixel_size_nm:
             _release_freed_memory(0)
 
         n_read = 0
+        lattice_frames: list[np.ndarray] = []  # the first few, for `measure_lattice`
 
         def canonical_frames() -> Iterator[np.ndarray]:
             nonlocal n_read
@@ -213,6 +226,8 @@ def analyze(path: str | Path, *, model: str | Path | None = None, pixel_size_nm:
             can: list[np.ndarray] = []
             for frame in tqdm(movie, total=n, desc="frames", disable=not progress):
                 c = to_canonical(frame, pixel_size_nm=cal.pixel_size_nm, canonical_nm=canonical)
+                if len(lattice_frames) < LATTICE_FRAMES:
+                    lattice_frames.append(frame)
                 raw.append(frame)
                 can.append(c)
                 n_read += 1
@@ -225,6 +240,12 @@ def analyze(path: str | Path, *, model: str | Path | None = None, pixel_size_nm:
 
         drift = measure_drift(canonical_frames())
     n = n_read
+    lattice = measure_lattice(lattice_frames, pixel_size_nm=cal.pixel_size_nm,
+                              d_spacing_nm=d_spacing_nm) if lattice_frames else None
+    if lattice is not None and lattice.g_layer is not None and lattice_h:
+        b = lattice.burgers_vectors()["misfit"]
+        logger.info("lattice: in-layer reflection at %.3f nm; misfit b = (%.3f, %.3f) nm; "
+                    "track h snapped to it", 1 / np.hypot(*lattice.g_layer), *b)
     # Drift was measured on the canonical grid: express it in input pixels, with the
     # zoom actually applied per axis (rescale rounds the output size).
     sy, sx = (np.array(to_canonical(first, pixel_size_nm=cal.pixel_size_nm,
@@ -241,7 +262,8 @@ def analyze(path: str | Path, *, model: str | Path | None = None, pixel_size_nm:
     return _track(detections[strong].reset_index(drop=True), drift, cal, np.asarray(rs_frac),
                   (n, h, w), str(path), card, max_speed_nm_s=max_speed_nm_s, memory=memory,
                   min_length=min_length, max_gap=max_gap, min_track_score=min_track_score,
-                  border_nm=border_nm, first=first, weak=detections[~strong].reset_index(drop=True))
+                  border_nm=border_nm, first=first, weak=detections[~strong].reset_index(drop=True),
+                  lattice=lattice, lattice_h=lattice_h)
 
 
 @dataclass
@@ -259,7 +281,8 @@ def track_detections(detections: pd.DataFrame, *, pixel_size_nm: float,
                      drift: pd.DataFrame | None = None, weak: pd.DataFrame | None = None,
                      rocksalt_fraction: np.ndarray | None = None, max_speed_nm_s: float = 2.0,
                      memory: int = 5, min_length: int = 6, max_gap: int = 12,
-                     min_track_score: float = 0.0, border_nm: float = 2.0) -> TrackedTables:
+                     min_track_score: float = 0.0, border_nm: float = 2.0,
+                     lattice: Lattice | None = None) -> TrackedTables:
     """Link, extend, measure and summarise detections: everything after the detector.
 
     Pure (tables in, tables out), so detections from any source (the network, the GPA
@@ -287,6 +310,11 @@ def track_detections(detections: pd.DataFrame, *, pixel_size_nm: float,
         Per frame, for ``counts`` (default 0).
     max_speed_nm_s, memory, min_length, max_gap, min_track_score, border_nm
         As in `analyze`.
+    lattice : Lattice, optional
+        The movie's lattice (`dislotrack.infer.lattice.measure_lattice`): where it
+        shows an in-layer reflection, each track's **h** and **b** become those of the
+        allowed Burgers vector nearest its mean **h** (`snap_h`) before glide and
+        climb are split.
 
     Examples
     --------
@@ -315,6 +343,7 @@ def track_detections(detections: pd.DataFrame, *, pixel_size_nm: float,
                             max_gap=max_gap, min_mean_score=min_track_score)
         if weak is not None:
             linked = extend_tracks(linked, weak, pixel_size_nm=ps)
+        linked = snap_h(linked, lattice)
     else:
         linked = corrected.assign(particle=pd.Series(dtype=int))
     if len(linked):
@@ -338,18 +367,20 @@ def track_detections(detections: pd.DataFrame, *, pixel_size_nm: float,
 
 def _track(detections: pd.DataFrame, drift: pd.DataFrame, cal: Calibration, rs_frac: np.ndarray,
            shape: tuple[int, int, int], path: str, card: dict, *, first: np.ndarray,
-           weak: pd.DataFrame | None = None, **options) -> AnalysisResult:
+           weak: pd.DataFrame | None = None, lattice: Lattice | None = None,
+           lattice_h: bool = True, **options) -> AnalysisResult:
     """`track_detections`, wrapped into an `AnalysisResult` for ``path``."""
     t = track_detections(detections, pixel_size_nm=cal.pixel_size_nm,
                          frame_interval_s=cal.frame_interval_s, n_frames=shape[0],
                          image_shape=shape[1:], drift=drift, weak=weak, rocksalt_fraction=rs_frac,
-                         **options)
+                         lattice=lattice if lattice_h else None, **options)
     return AnalysisResult(
         detections=detections[DETECTION_COLUMNS], tracks=t.tracks, track_summary=t.track_summary,
         events=t.events,
         counts=t.counts, drift=drift, calibration=cal, rocksalt_fraction=rs_frac, shape=shape,
         input_path=path, input_sha256=file_sha256(path), model_card=card,
-        warnings=list(cal.warnings), first_frame=first)
+        warnings=list(cal.warnings), first_frame=first, lattice=lattice,
+        lattice_h=lattice_h and lattice is not None and lattice.g_layer is not None)
 
 
 def _unlinked(detections: pd.DataFrame, linked: pd.DataFrame) -> pd.DataFrame:

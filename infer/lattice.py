@@ -1,0 +1,155 @@
+"""The projected lattice of a movie, and the Burgers vectors it allows.
+
+The network sees mostly the (003) fringes, which show a misfit dislocation's
+Burgers-vector component along the layer normal (c/3) but not its in-plane one, so
+its **h** can be off by the in-plane tilt (10 deg for LiNiO2 along [100], 0 along
+[1-10]). Where the images also show an in-layer reflection, the 2-D lattice is known:
+the misfit Burgers vector is then the shortest lattice vector whose component along
+the layer normal is one (003) spacing, the basal one the shortest in-layer vector,
+and each track's **h** can be set to the one of these its measured **h** is nearest.
+
+Reciprocal vectors are in cycles/nm and real vectors in nm, in image axes (x right,
+y down, as `dislotrack.data_gen.conventions`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy import fft
+from skimage.feature import peak_local_max
+
+from dislotrack.data_gen.conventions import h_from_b_hat, unit
+from dislotrack.infer.fringes import MIN_PROMINENCE, _parabola, _peak_maps, _windowed
+
+#: The (003) reflection is searched within this fraction of its expected frequency.
+D_SPACING_TOLERANCE = 0.1
+#: An in-layer reflection must lie at least this far [deg] from the (003) direction.
+MIN_ANGLE_DEG = 30.0
+#: A track's **h** is replaced by an allowed one at most this far away [deg].
+MAX_SNAP_DEG = 25.0
+
+
+@dataclass(frozen=True)
+class Lattice:
+    """Two reciprocal lattice vectors of the projected crystal [cycles/nm].
+
+    ``g003`` is the (003) reflection; ``g_layer`` the strongest reflection off the
+    (003) row (None where the images show only (003) fringes).
+    """
+
+    g003: np.ndarray
+    g_layer: np.ndarray | None
+
+    def burgers_vectors(self) -> dict[str, np.ndarray]:
+        """Shortest lattice vectors [nm]: ``"misfit"`` (component along the layer
+        normal = one (003) spacing) and ``"basal"`` (in the layers); empty without
+        ``g_layer``. Sign: either (a Burgers vector's sign comes from **h**)."""
+        if self.g_layer is None:
+            return {}
+        # Real basis dual to (g003, g_layer): a_i . g_j = delta_ij.
+        a003, a_layer = np.linalg.inv(np.stack([self.g003, self.g_layer])).T
+        n = np.arange(-4, 5)[:, None]
+        misfit = a003 + n * a_layer  # every lattice vector with (003) index 1
+        return {"misfit": misfit[np.argmin(np.hypot(*misfit.T))], "basal": a_layer}
+
+    def allowed(self) -> tuple[np.ndarray, np.ndarray]:
+        """Unit **h** and Burgers vector [nm] of every allowed dislocation, both signs:
+        arrays of shape (n, 2) each (n = 0 without ``g_layer``)."""
+        b = np.array(list(self.burgers_vectors().values())).reshape(-1, 2)
+        b = np.concatenate([b, -b])
+        return h_from_b_hat(unit(b)).reshape(-1, 2), b
+
+
+def measure_lattice(frames: list[np.ndarray], *, pixel_size_nm: float, d_spacing_nm: float,
+                    min_prominence: float = MIN_PROMINENCE, max_size: int = 1024) -> Lattice | None:
+    """Find the (003) reflection and the strongest in-layer one in the summed power
+    spectrum of ``frames`` (Hann-windowed central crops of ``max_size``).
+
+    Parameters
+    ----------
+    frames : list of ndarray (H, W)
+        A few frames of the movie (same shape).
+    pixel_size_nm, d_spacing_nm : float
+        Pixel size [nm/px]; (003) spacing [nm].
+    min_prominence : float
+        A reflection counts if its power is this many times the median power at its
+        spatial frequency (`dislotrack.infer.fringes`).
+
+    Returns
+    -------
+    Lattice or None
+        None if no (003) reflection stands out. ``g_layer`` is the most prominent
+        reflection at least `MIN_ANGLE_DEG` off the (003) direction, up to the
+        Nyquist frequency (None if none stands out).
+    """
+    windowed = [_windowed(f, max_size) for f in frames]
+    power = sum(np.abs(fft.fft2(g)) ** 2 for g in windowed)
+    power = fft.fftshift(power)
+    h, w = power.shape
+    ky, kx = np.meshgrid(fft.fftshift(fft.fftfreq(h)), fft.fftshift(fft.fftfreq(w)), indexing="ij")
+    k = np.hypot(kx, ky)
+    _, prom = _peak_maps(power, k, dk=max(1 / h, 1 / w))
+    peaks = peak_local_max(prom, min_distance=2, threshold_abs=min_prominence, exclude_border=False)
+    if not len(peaks):
+        return None
+    pk = np.c_[kx[peaks[:, 0], peaks[:, 1]], ky[peaks[:, 0], peaks[:, 1]]]  # cycles/px
+    strength = prom[peaks[:, 0], peaks[:, 1]]
+    k003 = pixel_size_nm / d_spacing_nm
+    near = np.abs(np.hypot(*pk.T) / k003 - 1) <= D_SPACING_TOLERANCE
+    if not near.any():
+        return None
+    g003 = _refined(power, kx, ky, peaks[near][np.argmax(strength[near])])
+    cos = np.abs(pk @ g003) / (np.hypot(*pk.T) * np.hypot(*g003) + 1e-12)
+    off_row = (cos <= np.cos(np.deg2rad(MIN_ANGLE_DEG))) & (np.hypot(*pk.T) > 0.5 * k003)
+    g_layer = None
+    if off_row.any():
+        g_layer = _refined(power, kx, ky, peaks[off_row][np.argmax(strength[off_row])])
+    to_nm = 1.0 / pixel_size_nm
+    return Lattice(g003 * to_nm, None if g_layer is None else g_layer * to_nm)
+
+
+def _refined(power: np.ndarray, kx: np.ndarray, ky: np.ndarray, peak: np.ndarray) -> np.ndarray:
+    """Sub-bin position (kx, ky) [cycles/px] of the spectral peak at index ``peak``
+    (ky pointing down, image axes): parabolas through the log power along each axis."""
+    r, c = (int(i) for i in peak)
+    if not (0 < r < power.shape[0] - 1 and 0 < c < power.shape[1] - 1):
+        return np.array([kx[r, c], ky[r, c]])
+    logp = np.log(power[r - 1:r + 2, c - 1:c + 2] + 1e-300)
+    dx, dy = _parabola(logp[1]), _parabola(logp[:, 1])
+    return np.array([kx[r, c] + dx * (kx[r, c + 1] - kx[r, c]), ky[r, c] + dy * (ky[r + 1, c] - ky[r, c])])
+
+
+def snap_h(tracks: pd.DataFrame, lattice: Lattice | None, *,
+           max_angle_deg: float = MAX_SNAP_DEG) -> pd.DataFrame:
+    """Set each track's **h** and **b** to the allowed dislocation nearest its mean **h**.
+
+    Parameters
+    ----------
+    tracks : DataFrame
+        ``particle``, ``hx``, ``hy`` (and ``bx_nm``, ``by_nm``) per detection.
+    lattice : Lattice or None
+        The movie's lattice; without one (or without its in-layer reflection)
+        ``tracks`` is returned as is.
+    max_angle_deg : float
+        Tracks whose mean **h** is further from every allowed one keep theirs.
+
+    Returns
+    -------
+    DataFrame
+        ``tracks`` with ``hx, hy`` (``bx_nm, by_nm``) replaced on the snapped tracks.
+    """
+    h_ok, b_ok = lattice.allowed() if lattice is not None else (np.empty((0, 2)),) * 2
+    if not len(h_ok) or tracks.empty:
+        return tracks
+    mean_h = unit(tracks.groupby("particle")[["hx", "hy"]].transform("mean").to_numpy(float))
+    cos = mean_h @ h_ok.T
+    best = np.argmax(cos, axis=1)
+    snap = cos[np.arange(len(best)), best] >= np.cos(np.deg2rad(max_angle_deg))
+    out = tracks.copy()
+    out.loc[snap, ["hx", "hy"]] = h_ok[best[snap]]
+    if {"bx_nm", "by_nm"} <= set(out.columns):
+        out.loc[snap, ["bx_nm", "by_nm"]] = b_ok[best[snap]]
+    return out

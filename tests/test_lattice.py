@@ -1,0 +1,71 @@
+"""Lattice measurement and the Burgers vectors it allows (infer.lattice)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from dislotrack.data_gen.conventions import h_from_b_hat, unit
+from dislotrack.infer.lattice import Lattice, measure_lattice, snap_h
+
+PS, D = 0.1, 0.473
+
+
+def _lattice_image(v1: np.ndarray, v2: np.ndarray, *, rot_deg: float, size: int = 256,
+                   seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Noisy image of a 2-D lattice with real basis v1, v2 [nm] turned by rot_deg, and
+    the rotation matrix."""
+    t = np.deg2rad(rot_deg)
+    rot = np.array([[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]])
+    g = np.linalg.inv(np.stack([rot @ v1, rot @ v2])).T  # reciprocal basis, rows
+    y, x = np.mgrid[:size, :size] * PS
+    img = sum(np.cos(2 * np.pi * (gi[0] * x + gi[1] * y)) for gi in (g[1], g[0], g[0] + g[1]))
+    return img + np.random.default_rng(seed).normal(0, 1.0, img.shape), rot
+
+
+def test_oblique_lattice_gives_the_tilted_misfit_burgers_vector():
+    # LiNiO2 along [100]: layers 0.249 nm columns, stacking shift 0.083 nm per layer.
+    v1, v2 = np.array([0.249, 0.0]), np.array([0.083, D])
+    img, rot = _lattice_image(v1, v2, rot_deg=23.0)
+    lat = measure_lattice([img, img], pixel_size_nm=PS, d_spacing_nm=D)
+    assert lat is not None and lat.g_layer is not None
+    assert 1 / np.hypot(*lat.g003) == pytest.approx(D, rel=0.01)
+    b = lat.burgers_vectors()
+    true_b = rot @ v2  # the shortest vector with (003) index 1
+    cos = abs(unit(b["misfit"]) @ unit(true_b))
+    assert np.degrees(np.arccos(min(cos, 1.0))) < 1.0  # 10 deg tilt recovered to < 1 deg
+    assert np.hypot(*b["basal"]) == pytest.approx(0.249, rel=0.02)
+
+
+def test_only_003_fringes_give_no_burgers_vectors():
+    y, x = np.mgrid[:256, :256] * PS
+    img = np.cos(2 * np.pi * (0.3 * x + 0.95 * y) / np.hypot(0.3, 0.95) / D)
+    img = img + np.random.default_rng(1).normal(0, 1.0, img.shape)
+    lat = measure_lattice([img], pixel_size_nm=PS, d_spacing_nm=D)
+    assert lat is not None and lat.g_layer is None
+    assert lat.burgers_vectors() == {} and len(lat.allowed()[0]) == 0
+    assert measure_lattice([np.random.default_rng(2).normal(size=(128, 128))],
+                           pixel_size_nm=PS, d_spacing_nm=D) is None
+
+
+def test_snap_h_sets_each_track_to_the_nearest_allowed_dislocation():
+    lat = Lattice(np.array([0.0, 1 / D]), np.array([1 / 0.249, -0.083 / 0.249 / D]))
+    h_ok, b_ok = lat.allowed()
+    h_m = h_ok[0]  # the misfit h
+    off = lambda deg, v: unit(np.array([[np.cos(np.deg2rad(deg)), -np.sin(np.deg2rad(deg))],  # noqa: E731
+                                        [np.sin(np.deg2rad(deg)), np.cos(np.deg2rad(deg))]]) @ v)
+    tracks = pd.DataFrame({
+        "particle": [0, 0, 1, 1, 2, 2],
+        "hx": [*[off(6, h_m)[0]] * 2, *[off(-4, -h_m)[0]] * 2, *[off(45, h_m)[0]] * 2],
+        "hy": [*[off(6, h_m)[1]] * 2, *[off(-4, -h_m)[1]] * 2, *[off(45, h_m)[1]] * 2],
+        "bx_nm": 0.0, "by_nm": 0.0})
+    out = snap_h(tracks, lat)
+    assert np.allclose(out.loc[:1, ["hx", "hy"]], h_m)
+    assert np.allclose(out.loc[2:3, ["hx", "hy"]], -h_m)
+    assert np.allclose(out.loc[:1, ["bx_nm", "by_nm"]], b_ok[0])  # b_hat = (hy, -hx) of h
+    assert np.allclose(unit(out.loc[:1, ["bx_nm", "by_nm"]].to_numpy()),
+                       np.c_[out.hy[:2], -out.hx[:2]])
+    assert out.loc[4:, ["hx", "hy"]].equals(tracks.loc[4:, ["hx", "hy"]])  # 45 deg: kept
+    assert snap_h(tracks, None).equals(tracks)
+    assert h_from_b_hat(unit(b_ok)).shape == h_ok.shape
