@@ -15,6 +15,7 @@ with a zoomed (matrix) DFT around the peak and a parabolic fit to the log power.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import fft, ndimage
@@ -47,44 +48,85 @@ def _windowed(image: np.ndarray, max_size: int) -> np.ndarray:
     return (img - img.mean()) * win
 
 
-def _peak_maps(power: np.ndarray, k: np.ndarray, dk: float) -> tuple[np.ndarray, np.ndarray]:
-    """Excess power and prominence of the 3x3-summed power over its frequency ring.
-
-    The ring background is the median power at the same spatial frequency,
-    floored at 1e-6 of the maximum so that noise-free images give finite
-    prominences.
-    """
-    smooth = ndimage.uniform_filter(power, size=3, mode="wrap")
-    ring = np.rint(k / dk).astype(int)
-    med = np.asarray(ndimage.median(smooth, labels=ring, index=np.arange(ring.max() + 1)))
-    background = np.maximum(med[ring], 1e-6 * smooth.max() + np.finfo(float).tiny)
-    return smooth - background, smooth / background
-
-
-def _refine(g: np.ndarray, kx0: float, ky0: float, *, half: int = 40) -> tuple[float, float] | None:
-    """Sub-bin peak position [cycles/px] by a zoomed DFT (+-2 bins, 0.05-bin steps).
-
-    None if the maximum lies on the edge of the zoom window (no true peak there).
-    """
-    h, w = g.shape
-    steps = 2.0 * np.arange(-half, half + 1) / half
-    kxs, kys = kx0 + steps / w, ky0 + steps / h
-    ex = np.exp(-2j * np.pi * np.outer(np.arange(w), kxs))
-    ey = np.exp(-2j * np.pi * np.outer(kys, np.arange(h)))
-    logp = np.log(np.abs(ey @ g @ ex) ** 2 + 1e-300)
-    iy, ix = np.unravel_index(np.argmax(logp), logp.shape)
-    if not (0 < iy < 2 * half and 0 < ix < 2 * half):
-        return None
-    return (
-        kxs[ix] + _parabola(logp[iy, ix - 1 : ix + 2]) * (kxs[1] - kxs[0]),
-        kys[iy] + _parabola(logp[iy - 1 : iy + 2, ix]) * (kys[1] - kys[0]),
-    )
-
-
 def _parabola(v: np.ndarray) -> float:
     """Offset of the vertex of a parabola through three equally spaced samples."""
     denom = v[0] - 2 * v[1] + v[2]
     return 0.0 if denom >= 0 else float(np.clip(0.5 * (v[0] - v[2]) / denom, -0.5, 0.5))
+
+
+@dataclass(frozen=True)
+class Spectrum:
+    """Summed power spectrum of Hann-windowed frames, with each bin's prominence.
+
+    Arrays are fftshifted, (rows, cols) = (ky, kx) in cycles/px, image axes (x right,
+    y down). ``excess`` and ``prominence`` are the 3x3-summed power minus, and over,
+    the median power at the same spatial frequency (floored at 1e-6 of the maximum so
+    that noise-free images give finite prominences). Made by `power_spectrum`.
+    """
+
+    windowed: list[np.ndarray]
+    power: np.ndarray
+    kx: np.ndarray
+    ky: np.ndarray
+    excess: np.ndarray
+    prominence: np.ndarray
+
+    @property
+    def k(self) -> np.ndarray:
+        """Spatial frequency of each bin [cycles/px]."""
+        return np.hypot(self.kx, self.ky)
+
+    def peaks(self, min_prominence: float, k_range: tuple[float, float] = (0.0, np.inf)) -> np.ndarray:
+        """Indices (n, 2) of local maxima of the prominence that reach
+        ``min_prominence``, with spatial frequency within ``k_range`` [cycles/px]."""
+        prom = np.where((self.k >= k_range[0]) & (self.k <= k_range[1]), self.prominence, 0.0)
+        return peak_local_max(prom, min_distance=2, threshold_abs=min_prominence, exclude_border=False)
+
+    def refine(self, peak: np.ndarray, *, half: int = 40) -> tuple[float, float] | None:
+        """Sub-bin position (kx, ky) [cycles/px] of the peak at index ``peak``: a zoomed
+        DFT of the windowed frames (+-2 bins, 0.05-bin steps) and a parabola through the
+        log power. None if the maximum lies on the zoom window's edge (no true peak)."""
+        r, c = (int(i) for i in peak)
+        h, w = self.windowed[0].shape
+        steps = 2.0 * np.arange(-half, half + 1) / half
+        kxs, kys = self.kx[r, c] + steps / w, self.ky[r, c] + steps / h
+        ex = np.exp(-2j * np.pi * np.outer(np.arange(w), kxs))
+        ey = np.exp(-2j * np.pi * np.outer(kys, np.arange(h)))
+        logp = np.log(sum(np.abs(ey @ g @ ex) ** 2 for g in self.windowed) + 1e-300)
+        iy, ix = np.unravel_index(np.argmax(logp), logp.shape)
+        if not (0 < iy < 2 * half and 0 < ix < 2 * half):
+            return None
+        return (
+            kxs[ix] + _parabola(logp[iy, ix - 1 : ix + 2]) * (kxs[1] - kxs[0]),
+            kys[iy] + _parabola(logp[iy - 1 : iy + 2, ix]) * (kys[1] - kys[0]),
+        )
+
+
+def power_spectrum(frames: list[np.ndarray], *, max_size: int = 1024) -> Spectrum:
+    """The `Spectrum` of the central ``max_size`` crops of ``frames`` (same shape).
+
+    Parameters
+    ----------
+    frames : list of ndarray (H, W)
+        One or more frames; their power spectra are summed.
+    max_size : int
+        Side of the central crop analysed [px].
+
+    Returns
+    -------
+    Spectrum
+    """
+    windowed = [_windowed(f, max_size) for f in frames]
+    if not windowed:
+        raise ValueError("power_spectrum needs at least one frame")
+    power = fft.fftshift(sum(np.abs(fft.fft2(g)) ** 2 for g in windowed))
+    h, w = power.shape
+    ky, kx = np.meshgrid(fft.fftshift(fft.fftfreq(h)), fft.fftshift(fft.fftfreq(w)), indexing="ij")
+    smooth = ndimage.uniform_filter(power, size=3, mode="wrap")
+    ring = np.rint(np.hypot(kx, ky) / max(1 / h, 1 / w)).astype(int)
+    med = np.asarray(ndimage.median(smooth, labels=ring, index=np.arange(ring.max() + 1)))
+    background = np.maximum(med[ring], 1e-6 * smooth.max() + np.finfo(float).tiny)
+    return Spectrum(windowed, power, kx, ky, smooth - background, smooth / background)
 
 
 def fringe_period_px(
@@ -131,28 +173,24 @@ def fringe_period_px(
     lo, hi = search_px
     if not 0 < lo < hi:
         raise ValueError(f"search_px must be (shortest, longest) periods > 0, got {search_px} px")
-    g = _windowed(image, max_size)
-    h, w = g.shape
+    spec = power_spectrum([image], max_size=max_size)
+    h, w = spec.power.shape
     hi = min(hi, min(h, w) / 4)
     if hi <= lo:
         raise NoFringePeakError(
             f"image of {h}x{w} px is too small to find periods of {lo:g}-{search_px[1]:g} px"
         )
-    power = fft.fftshift(np.abs(fft.fft2(g)) ** 2)
-    ky, kx = np.meshgrid(fft.fftshift(fft.fftfreq(h)), fft.fftshift(fft.fftfreq(w)), indexing="ij")
-    k = np.hypot(kx, ky)
-    excess, prom = _peak_maps(power, k, dk=max(1 / h, 1 / w))
-    prom[(k < 1 / hi) | (k > 1 / lo)] = 0
-    peaks = peak_local_max(prom, min_distance=2, threshold_abs=min_prominence, exclude_border=False)
+    peaks = spec.peaks(min_prominence, (1 / hi, 1 / lo))
     if len(peaks) == 0:
+        in_range = (spec.k >= 1 / hi) & (spec.k <= 1 / lo)
         raise NoFringePeakError(
             f"no periodicity between {lo:g} and {hi:g} px stands out of the noise "
-            f"(best prominence {prom.max():.3g} < {min_prominence:g})"
+            f"(best prominence {spec.prominence[in_range].max():.3g} < {min_prominence:g})"
         )
-    strength = excess[peaks[:, 0], peaks[:, 1]]
+    strength = spec.excess[peaks[:, 0], peaks[:, 1]]
     strong = peaks[strength >= rel_height * strength.max()]
-    r, c = strong[np.argmin(k[strong[:, 0], strong[:, 1]])]
-    refined = _refine(g, kx[r, c], ky[r, c])
+    r, c = strong[np.argmin(spec.k[strong[:, 0], strong[:, 1]])]
+    refined = spec.refine((r, c))
     if refined is None or not lo <= 1 / np.hypot(*refined) <= hi:
         raise NoFringePeakError(
             f"the lowest-order strong periodicity lies outside {lo:g}-{hi:g} px "
@@ -160,7 +198,7 @@ def fringe_period_px(
         )
     kx_f, ky_f = refined
     angle = float(np.degrees(np.arctan2(-ky_f, kx_f)) % 180.0)
-    return 1.0 / float(np.hypot(kx_f, ky_f)), angle, float(prom[r, c])
+    return 1.0 / float(np.hypot(kx_f, ky_f)), angle, float(spec.prominence[r, c])
 
 
 def estimate_pixel_size_from_fringes(

@@ -18,11 +18,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy import fft
-from skimage.feature import peak_local_max
 
 from dislotrack.data_gen.conventions import h_from_b_hat, unit
-from dislotrack.infer.fringes import MIN_PROMINENCE, _parabola, _peak_maps, _windowed
+from dislotrack.infer.fringes import MIN_PROMINENCE, Spectrum, power_spectrum
 
 #: The (003) reflection is searched within this fraction of its expected frequency.
 D_SPACING_TOLERANCE = 0.1
@@ -43,11 +41,16 @@ class Lattice:
     g003: np.ndarray
     g_layer: np.ndarray | None
 
+    @property
+    def has_layer(self) -> bool:
+        """Whether an in-layer reflection was seen, i.e. the Burgers vectors are known."""
+        return self.g_layer is not None
+
     def burgers_vectors(self) -> dict[str, np.ndarray]:
         """Shortest lattice vectors [nm]: ``"misfit"`` (component along the layer
         normal = one (003) spacing) and ``"basal"`` (in the layers); empty without
         ``g_layer``. Sign: either (a Burgers vector's sign comes from **h**)."""
-        if self.g_layer is None:
+        if not self.has_layer:
             return {}
         # Real basis dual to (g003, g_layer): a_i . g_j = delta_ij.
         a003, a_layer = np.linalg.inv(np.stack([self.g003, self.g_layer])).T
@@ -85,41 +88,32 @@ def measure_lattice(frames: list[np.ndarray], *, pixel_size_nm: float, d_spacing
         reflection at least `MIN_ANGLE_DEG` off the (003) direction, up to the
         Nyquist frequency (None if none stands out).
     """
-    windowed = [_windowed(f, max_size) for f in frames]
-    power = sum(np.abs(fft.fft2(g)) ** 2 for g in windowed)
-    power = fft.fftshift(power)
-    h, w = power.shape
-    ky, kx = np.meshgrid(fft.fftshift(fft.fftfreq(h)), fft.fftshift(fft.fftfreq(w)), indexing="ij")
-    k = np.hypot(kx, ky)
-    _, prom = _peak_maps(power, k, dk=max(1 / h, 1 / w))
-    peaks = peak_local_max(prom, min_distance=2, threshold_abs=min_prominence, exclude_border=False)
+    spec = power_spectrum(frames, max_size=max_size)
+    peaks = spec.peaks(min_prominence)
     if not len(peaks):
         return None
-    pk = np.c_[kx[peaks[:, 0], peaks[:, 1]], ky[peaks[:, 0], peaks[:, 1]]]  # cycles/px
-    strength = prom[peaks[:, 0], peaks[:, 1]]
+    pk = np.c_[spec.kx[peaks[:, 0], peaks[:, 1]], spec.ky[peaks[:, 0], peaks[:, 1]]]  # cycles/px
+    strength = spec.prominence[peaks[:, 0], peaks[:, 1]]
     k003 = pixel_size_nm / d_spacing_nm
     near = np.abs(np.hypot(*pk.T) / k003 - 1) <= D_SPACING_TOLERANCE
     if not near.any():
         return None
-    g003 = _refined(power, kx, ky, peaks[near][np.argmax(strength[near])])
+    best = np.argmax(np.where(near, strength, -np.inf))
+    g003 = _refined(spec, peaks[best], pk[best])
     cos = np.abs(pk @ g003) / (np.hypot(*pk.T) * np.hypot(*g003) + 1e-12)
     off_row = (cos <= np.cos(np.deg2rad(MIN_ANGLE_DEG))) & (np.hypot(*pk.T) > 0.5 * k003)
     g_layer = None
     if off_row.any():
-        g_layer = _refined(power, kx, ky, peaks[off_row][np.argmax(strength[off_row])])
+        best = np.argmax(np.where(off_row, strength, -np.inf))
+        g_layer = _refined(spec, peaks[best], pk[best])
     to_nm = 1.0 / pixel_size_nm
     return Lattice(g003 * to_nm, None if g_layer is None else g_layer * to_nm)
 
 
-def _refined(power: np.ndarray, kx: np.ndarray, ky: np.ndarray, peak: np.ndarray) -> np.ndarray:
-    """Sub-bin position (kx, ky) [cycles/px] of the spectral peak at index ``peak``
-    (ky pointing down, image axes): parabolas through the log power along each axis."""
-    r, c = (int(i) for i in peak)
-    if not (0 < r < power.shape[0] - 1 and 0 < c < power.shape[1] - 1):
-        return np.array([kx[r, c], ky[r, c]])
-    logp = np.log(power[r - 1:r + 2, c - 1:c + 2] + 1e-300)
-    dx, dy = _parabola(logp[1]), _parabola(logp[:, 1])
-    return np.array([kx[r, c] + dx * (kx[r, c + 1] - kx[r, c]), ky[r, c] + dy * (ky[r + 1, c] - ky[r, c])])
+def _refined(spec: Spectrum, peak: np.ndarray, on_grid: np.ndarray) -> np.ndarray:
+    """Sub-bin (kx, ky) [cycles/px] of a spectral peak; its bin where refining fails."""
+    refined = spec.refine(peak)
+    return on_grid if refined is None else np.asarray(refined)
 
 
 def snap_h(tracks: pd.DataFrame, lattice: Lattice | None, *,

@@ -242,7 +242,8 @@ def analyze(path: str | Path, *, model: str | Path | None = None, pixel_size_nm:
     n = n_read
     lattice = measure_lattice(lattice_frames, pixel_size_nm=cal.pixel_size_nm,
                               d_spacing_nm=d_spacing_nm) if lattice_frames else None
-    if lattice is not None and lattice.g_layer is not None and lattice_h:
+    lattice_h = lattice_h and lattice is not None and lattice.has_layer  # snapped or not, once
+    if lattice_h:
         b = lattice.burgers_vectors()["misfit"]
         logger.info("lattice: in-layer reflection at %.3f nm; misfit b = (%.3f, %.3f) nm; "
                     "track h snapped to it", 1 / np.hypot(*lattice.g_layer), *b)
@@ -368,8 +369,9 @@ def track_detections(detections: pd.DataFrame, *, pixel_size_nm: float,
 def _track(detections: pd.DataFrame, drift: pd.DataFrame, cal: Calibration, rs_frac: np.ndarray,
            shape: tuple[int, int, int], path: str, card: dict, *, first: np.ndarray,
            weak: pd.DataFrame | None = None, lattice: Lattice | None = None,
-           lattice_h: bool = True, **options) -> AnalysisResult:
-    """`track_detections`, wrapped into an `AnalysisResult` for ``path``."""
+           lattice_h: bool = False, **options) -> AnalysisResult:
+    """`track_detections`, wrapped into an `AnalysisResult` for ``path``; ``lattice_h``:
+    whether to snap track **h** to ``lattice`` (which must then have an in-layer reflection)."""
     t = track_detections(detections, pixel_size_nm=cal.pixel_size_nm,
                          frame_interval_s=cal.frame_interval_s, n_frames=shape[0],
                          image_shape=shape[1:], drift=drift, weak=weak, rocksalt_fraction=rs_frac,
@@ -380,7 +382,7 @@ def _track(detections: pd.DataFrame, drift: pd.DataFrame, cal: Calibration, rs_f
         counts=t.counts, drift=drift, calibration=cal, rocksalt_fraction=rs_frac, shape=shape,
         input_path=path, input_sha256=file_sha256(path), model_card=card,
         warnings=list(cal.warnings), first_frame=first, lattice=lattice,
-        lattice_h=lattice_h and lattice is not None and lattice.g_layer is not None)
+        lattice_h=lattice_h)
 
 
 def _unlinked(detections: pd.DataFrame, linked: pd.DataFrame) -> pd.DataFrame:

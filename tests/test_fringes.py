@@ -12,6 +12,7 @@ from dislotrack.infer.fringes import (
     estimate_pixel_size_from_fringes,
     fringe_period_px,
     pixel_size_from_fringes_or_none,
+    power_spectrum,
 )
 
 TOL = 0.02  # the contract: within 2 %
@@ -120,3 +121,21 @@ def test_plugs_into_resolve_calibration():
     cal = resolve_calibration(None, estimate=lambda: pixel_size_from_fringes_or_none(img))
     assert cal.pixel_size_source == "estimated"
     assert cal.pixel_size_nm == pytest.approx(0.09, rel=TOL)
+
+
+def test_power_spectrum_sums_frames_and_refines_peaks_below_one_bin() -> None:
+    """Two noisy frames of one oblique wave: the summed spectrum's most prominent peak
+    (one of the +-k pair) is refined to the true (kx, ky) in image axes, far below
+    one Fourier bin (1/128 cycles/px), and both peaks of the pair are found."""
+    rng = np.random.default_rng(3)
+    y, x = np.mgrid[:128, :128].astype(float)
+    k = np.array([0.1234, -0.0567])  # (kx, ky) [cycles/px], y down
+    frames = [np.cos(2 * np.pi * (k[0] * x + k[1] * y) + rng.uniform(0, 6)) + rng.normal(size=x.shape)
+              for _ in range(2)]
+    spec = power_spectrum(frames, max_size=128)
+    peaks = spec.peaks(20.0)
+    assert len(peaks) == 2
+    found = np.array([spec.refine(p) for p in peaks])
+    err = np.min([np.abs(found - s * k).max(axis=1) for s in (1, -1)], axis=0)
+    assert err.max() < 0.1 / 128
+    assert len(spec.peaks(20.0, (0.2, 0.5))) == 0  # the wave is at 0.136 cycles/px

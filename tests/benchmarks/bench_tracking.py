@@ -12,7 +12,8 @@ relative error (DESIGN.md); climb sign; event F1 (same kind, within 1 frame and
 Oracle (``--oracle``): the generator's true cores replace the detector (optionally
 jittered by ``--oracle-noise`` nm and thinned per detection with keep probabilities
 ``--oracle-recall CLEAN,BASAL,ROCKSALT``); drift is measured on the frames as infer
-does (``--true-drift``: the generator's). Everything after the detector is then
+does (``--true-drift``: the generator's). The true cores carry their true **h**, so
+there is no lattice step (`dislotrack.infer.lattice.snap_h`). Everything after the detector is then
 scored alone: what the tracking, motion and event code can reach, and how much of
 the gap each kind of missed core costs.
 
