@@ -14,14 +14,18 @@ there is as often unseen as absent: a track whose first (last) detection is flag
 ``in_rocksalt`` (within `ROCKSALT_MARGIN_NM` of the predicted rock-salt mask; set by
 `dislotrack.infer.pipeline.analyze`) was born ``from_rocksalt`` (died ``into_rocksalt``)
 rather than nucleated (annihilated); present/survived and the frame edge come first.
+Except for dipoles: two opposite cores that appear (vanish) together, side by side,
+are the dipole's nucleation (annihilation) even at rock salt; a hidden pair would
+have to come into view within the same ``max_frame_gap`` frames by chance.
 
 Two tracks form a *dipole* when their mean **h** are opposite (within
 ``opposite_tolerance_deg``) and either they nucleate together (first frames at
 most ``max_frame_gap`` apart, first positions within ``distance_nm``), or they
 annihilate together (the same on their last frames), or they stay within
 ``distance_nm`` in at least ``min_close_fraction`` of the frames where both are
-detected. Each track has at most one partner; candidate pairs are accepted
-greedily, closest first. Distances use drift-corrected positions when present.
+detected (nucleating or annihilating together counts from or into rock salt too).
+Each track has at most one partner; candidate pairs are accepted greedily,
+closest first. Distances use drift-corrected positions when present.
 
 Events sit where they are seen: a nucleation at a track's first detection, an
 annihilation at its last. A dipole that nucleates together gives one
@@ -148,6 +152,7 @@ def summarise_tracks(
         border_nm=border_nm,
     )
     pairs = pair_dipoles(tracks, fates, pixel_size_nm=pixel_size_nm, criteria=dipoles)
+    fates = _joint_rocksalt_fates(fates, pairs, _track_ends(tracks, pixel_size_nm), dipoles)
     summary = velocities.merge(fates, on=["particle", "first_frame", "last_frame"])
     partner = dict(pairs) | {b: a for a, b in pairs}
     summary["partner"] = summary["particle"].map(partner).astype("Int64")
@@ -427,11 +432,30 @@ def _box_gaps(ends: pd.DataFrame) -> np.ndarray:
     return np.hypot(*gaps)
 
 
+#: Births (deaths) with which two tracks that start (stop) together form a dipole.
+_JOINT_BIRTHS, _JOINT_DEATHS = {"nucleated", "from_rocksalt"}, {"annihilated", "into_rocksalt"}
+
+
+def _joint_rocksalt_fates(fates: pd.DataFrame, pairs: list[tuple[int, int]], ends: pd.DataFrame,
+                          criteria: DipoleCriteria) -> pd.DataFrame:
+    """Dipoles that start (stop) together at rock salt nucleated (annihilated) there:
+    two opposite cores appearing (vanishing) at once, side by side, is the signature
+    of the event itself, not of cores the rock salt happened to hide."""
+    fates = fates.set_index("particle")
+    for a, b in pairs:
+        for fate, joint, stage, value in (("birth", _JOINT_BIRTHS, "start", "nucleated"),
+                                          ("death", _JOINT_DEATHS, "stop", "annihilated")):
+            if {fates.at[a, fate], fates.at[b, fate]} <= joint and _together(
+                    ends.loc[a], ends.loc[b], stage, criteria):
+                fates.loc[[a, b], fate] = value
+    return fates.reset_index()
+
+
 def _pair_cost(a: pd.Series, b: pd.Series, paths, criteria: DipoleCriteria) -> float | None:
     """Separation [nm] ranking a dipole candidate, or None if it is no dipole."""
-    if a["birth"] == b["birth"] == "nucleated" and _together(a, b, "start", criteria):
+    if {a["birth"], b["birth"]} <= _JOINT_BIRTHS and _together(a, b, "start", criteria):
         return float(np.hypot(a["xn_start"] - b["xn_start"], a["yn_start"] - b["yn_start"]))
-    if a["death"] == b["death"] == "annihilated" and _together(a, b, "stop", criteria):
+    if {a["death"], b["death"]} <= _JOINT_DEATHS and _together(a, b, "stop", criteria):
         return float(np.hypot(a["xn_stop"] - b["xn_stop"], a["yn_stop"] - b["yn_stop"]))
     if max(a["frame_start"], b["frame_start"]) >= min(a["frame_stop"], b["frame_stop"]):
         return None

@@ -443,6 +443,8 @@ def _line_misfit(frames: np.ndarray, xy: np.ndarray) -> float:
 #: position extrapolated at the track's velocity, and the most frames added per end.
 EXTEND_TOLERANCE_NM = 0.5
 EXTEND_MAX_FRAMES = 5
+#: Frames without a weak peak an extension may step over (the detector misses some).
+EXTEND_MAX_SKIP = 1
 
 
 def extend_tracks(
@@ -454,6 +456,7 @@ def extend_tracks(
     max_frames: int = EXTEND_MAX_FRAMES,
     max_h_change_deg: float = 45.0,
     n_fit: int = 5,
+    max_skip: int = EXTEND_MAX_SKIP,
 ) -> pd.DataFrame:
     """Extend each track backwards from its first and forwards from its last frame
     with weak detections (hysteresis in time).
@@ -464,9 +467,12 @@ def extend_tracks(
     to the weak detection nearest to the position extrapolated at the track's
     velocity (fitted to its ``n_fit`` end detections, zero if fewer than 3), if
     that lies within ``tolerance_nm`` and its **h** within ``max_h_change_deg`` of
-    the track's mean **h**; the extension stops at the first frame without one.
+    the track's mean **h**. A frame without one is stepped over (the position
+    extrapolated on) up to ``max_skip`` times in a row, since faint cores are
+    missed now and then; the extension stops at the next frame without one, and
+    stepped-over frames beyond the last weak detection added are not kept.
     Each weak detection joins at most one track: the one whose extrapolated
-    position it is nearest to.
+    position it is nearest to; ``max_frames`` counts frames stepped, added or over.
 
     Parameters
     ----------
@@ -477,7 +483,7 @@ def extend_tracks(
         Detections below the decode threshold, same columns without ``particle``.
     pixel_size_nm : float
         Pixel size [nm/px].
-    tolerance_nm, max_frames, max_h_change_deg, n_fit
+    tolerance_nm, max_frames, max_h_change_deg, n_fit, max_skip
         See above.
 
     Returns
@@ -497,18 +503,18 @@ def extend_tracks(
     by_frame = {int(f): idx.to_numpy() for f, idx in weak.groupby("frame").groups.items()}
     # Every track end advances one frame per round; within a round a contested weak
     # peak goes to the end whose extrapolated position is nearest (greedy by distance).
-    ends = []  # [particle, step, frame, position, velocity per frame, mean h]
+    ends = []  # [particle, step, frame, position, velocity per frame, mean h, frames skipped]
     for p, g in tracks.sort_values("frame").groupby("particle", sort=True):
         h = _mean_h(g)
         for step, end in ((-1, g.head(n_fit)), (1, g.tail(n_fit))):
             f = end["frame"].to_numpy(dtype=float)
             xy = end[[xcol, ycol]].to_numpy(dtype=float)
             ends.append([p, step, int(f[0] if step < 0 else f[-1]), xy[0 if step < 0 else -1],
-                         _velocity(f, xy), h])
+                         _velocity(f, xy), h, 0])
     added: dict[int, int] = {}  # weak row -> particle it joined
     for _ in range(max_frames):
         proposals = []  # (distance, end, weak row)
-        for k, (_p, step, frame, pos, v, h) in enumerate(ends):
+        for k, (_p, step, frame, pos, v, h, _skipped) in enumerate(ends):
             idx = np.array([i for i in by_frame.get(frame + step, ()) if i not in added], dtype=int)
             if not len(idx):
                 continue
@@ -522,8 +528,15 @@ def extend_tracks(
             added[j] = ends[k][0]
             ends[k][2] += ends[k][1]
             ends[k][3] = wxy[j]
+            ends[k][6] = 0
             moved.add(k)
-        ends = [e for k, e in enumerate(ends) if k in moved]  # the others stop here
+        for k, e in enumerate(ends):  # no weak peak this frame: step over it, or stop
+            if k not in moved and e[6] < max_skip:
+                e[2] += e[1]
+                e[3] = e[3] + e[1] * e[4]
+                e[6] += 1
+                moved.add(k)
+        ends = [e for k, e in enumerate(ends) if k in moved]
         if not ends:
             break
     if not added:

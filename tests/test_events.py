@@ -120,6 +120,24 @@ def test_a_track_that_begins_or_ends_at_rock_salt_was_hidden_not_born_or_annihil
     assert events.empty
 
 
+def test_a_dipole_that_appears_and_vanishes_together_at_rock_salt_nucleated_and_annihilated():
+    # Two opposite cores appear side by side (1 nm) in frames 5 and 6 and vanish together
+    # in frame 14, at rock salt: the dipole's own nucleation and annihilation.
+    pair = pd.concat([_track(0, range(5, 15), 100.0, 100.0, DOWN, vx=-0.5),
+                      _track(1, range(6, 15), 110.0, 100.0, UP, vx=0.5)]).assign(in_rocksalt=True)
+    summary = _summary(pair)
+    assert summary[["birth", "death"]].values.tolist() == [["nucleated", "annihilated"]] * 2
+    events = find_events(pair, summary, pixel_size_nm=PIXEL_NM, frame_interval_s=0.5)
+    assert events[["frame", "kind", "particles"]].values.tolist() == [
+        [5, "dipole_nucleation", "0 1"], [14, "dipole_annihilation", "0 1"]]
+    # Apart in time (4 frames) they stay hidden cores, each on its own.
+    apart = pd.concat([_track(0, range(5, 15), 100.0, 100.0, DOWN),
+                       _track(1, range(9, 19), 110.0, 100.0, UP)]).assign(in_rocksalt=True)
+    summary = _summary(apart)
+    assert summary[["birth", "death"]].values.tolist() == [["from_rocksalt", "into_rocksalt"]] * 2
+    assert find_events(apart, summary, pixel_size_nm=PIXEL_NM, frame_interval_s=0.5).empty
+
+
 def test_pair_annihilating_together_is_a_dipole():
     # Present from the start 6 nm apart, they meet and vanish together in frame 10.
     tracks = pd.concat(

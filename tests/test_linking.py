@@ -158,15 +158,20 @@ def test_weak_detections_extend_track_ends_only_where_the_core_would_be():
     core = _core(range(0, 20), 50.0, 50.0, 1.0, 0.0, (0.0, 1.0)).assign(particle=0)
     strong = core[core["frame"].between(5, 14)]
     weak = pd.concat([
-        core[core["frame"].isin([3, 4, 15])],  # on the path: joins (frame 2 missing: stops)
-        core[core["frame"] == 1],
+        core[core["frame"].isin([3, 4, 15])],  # on the path: joins
+        core[core["frame"] == 1],  # on the path after one frame without a peak: joins
+        core[core["frame"] == 18],  # after two frames without a valid peak: stopped before
         _core([16], 86.0, 50.0, 0.0, 0.0, (0.0, 1.0)),  # 2 nm off the path
         _core([16], 66.0, 50.0, 0.0, 0.0, (0.0, -1.0)),  # on the path, opposite h
     ]).drop(columns="particle").assign(score=0.3)
     out = extend_tracks(strong, weak, pixel_size_nm=PIXEL_NM)
-    assert out["frame"].tolist() == [3, 4, *range(5, 15), 15]
+    assert out["frame"].tolist() == [1, 3, 4, *range(5, 15), 15]
     assert (out["particle"] == 0).all()
     assert out.loc[out["frame"] == 15, "x"].item() == pytest.approx(65.0)
+    assert out.loc[out["frame"] == 1, "x"].item() == pytest.approx(51.0)
+    # Without stepping over frames, the first frame without a peak ends the extension.
+    strict = extend_tracks(strong, weak, pixel_size_nm=PIXEL_NM, max_skip=0)
+    assert strict["frame"].tolist() == [3, 4, *range(5, 15), 15]
     assert len(extend_tracks(strong, weak, pixel_size_nm=PIXEL_NM, max_frames=0)) == 10
 
 
