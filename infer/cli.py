@@ -7,6 +7,7 @@ imported lazily, so ``dislotrack generate`` never imports torch.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -76,21 +77,29 @@ def _add_infer(sub: argparse._SubParsersAction) -> None:
 def _run_infer(args: argparse.Namespace) -> int:
     from dislotrack.infer.run import infer_one
 
+    failed = 0
     for path in args.inputs:
-        res = infer_one(path, args.out, movie=not args.no_movie, parquet=args.parquet,
-                        strain=args.strain, detector=args.detector,
-                        model=args.model, pixel_size_nm=args.pixel_size,
-                        frame_interval_s=args.frame_interval, device=args.device,
-                        threshold=args.threshold, d_spacing_nm=args.d_spacing,
-                        max_speed_nm_s=args.max_speed, memory=args.memory,
-                        weak_fraction=args.weak_fraction, lattice_h=not args.network_h,
-                        min_length=args.min_length, max_gap=args.max_gap, tta=args.tta)
+        try:
+            res = infer_one(path, args.out, movie=not args.no_movie, parquet=args.parquet,
+                            strain=args.strain, detector=args.detector,
+                            model=args.model, pixel_size_nm=args.pixel_size,
+                            frame_interval_s=args.frame_interval, device=args.device,
+                            threshold=args.threshold, d_spacing_nm=args.d_spacing,
+                            max_speed_nm_s=args.max_speed, memory=args.memory,
+                            weak_fraction=args.weak_fraction, lattice_h=not args.network_h,
+                            min_length=args.min_length, max_gap=args.max_gap, tta=args.tta)
+        except USER_ERRORS as err:  # one unreadable movie does not stop the others
+            if len(args.inputs) == 1 or os.environ.get("DISLOTRACK_DEBUG"):
+                raise
+            print(f"{path}: error: {err}", file=sys.stderr)
+            failed += 1
+            continue
         s = res.track_summary
         print(f"{path}: {len(res.detections)} detections, {len(s)} tracks, "
               f"{len(res.events)} events")
         for w in res.warnings:
             print(f"  warning: {w}")
-    return 0
+    return 1 if failed else 0
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
@@ -177,6 +186,10 @@ def _version() -> str:
         return "unknown"
 
 
+#: Errors that mean the input or an option is wrong, not dislotrack: reported in one
+#: line without a traceback (set DISLOTRACK_DEBUG=1 to see it).
+USER_ERRORS = (FileNotFoundError, NotADirectoryError, ValueError, ImportError)
+
 #: Subcommands whose arguments belong to LightningCLI (parsed there, not here).
 _LIGHTNING_COMMANDS = {"train"}
 
@@ -190,7 +203,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         train_main(argv[1:])
         return 0
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except USER_ERRORS as err:
+        if os.environ.get("DISLOTRACK_DEBUG"):
+            raise
+        print(f"dislotrack {args.command}: error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -8,8 +8,10 @@ import pytest
 from dislotrack.data_gen.conventions import D003_LINIO2_NM
 from dislotrack.infer.calibration import resolve_calibration
 from dislotrack.infer.fringes import (
+    MIN_COVERAGE,
     NoFringePeakError,
     estimate_pixel_size_from_fringes,
+    fringe_coverage,
     fringe_period_px,
     pixel_size_from_fringes_or_none,
     power_spectrum,
@@ -139,3 +141,19 @@ def test_power_spectrum_sums_frames_and_refines_peaks_below_one_bin() -> None:
     err = np.min([np.abs(found - s * k).max(axis=1) for s in (1, -1)], axis=0)
     assert err.max() < 0.1 / 128
     assert len(spec.peaks(20.0, (0.2, 0.5))) == 0  # the wave is at 0.136 cycles/px
+
+
+def test_a_periodicity_confined_to_a_band_is_not_taken_for_lattice_fringes() -> None:
+    """Burned-in text or a scale bar can be periodic; lattice fringes fill the field."""
+    rng = np.random.default_rng(5)
+    y, x = np.mgrid[:256, :256].astype(float)
+    stripes = np.cos(2 * np.pi * x / 9.0)
+    full = stripes + rng.normal(size=x.shape)
+    band = np.where(y > 220, 5 * stripes, 0.0) + rng.normal(size=x.shape)  # a 14 % strip
+    period, angle, _ = fringe_period_px(band)
+    assert period == pytest.approx(9.0, rel=0.02)
+    assert fringe_coverage(band, period, angle) < MIN_COVERAGE
+    assert fringe_coverage(full, *fringe_period_px(full)[:2]) > 0.8
+    with pytest.raises(NoFringePeakError, match="covers only"):
+        estimate_pixel_size_from_fringes(band)
+    assert estimate_pixel_size_from_fringes(full)[0] == pytest.approx(D003_LINIO2_NM / 9.0, rel=0.02)

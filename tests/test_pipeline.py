@@ -87,11 +87,24 @@ def test_infer_writes_every_output_with_the_contract_columns(tiny_model, tmp_pat
         assert (d / "figures" / fig).stat().st_size > 0
 
 
-def test_missing_calibration_is_reported_not_guessed(tiny_model, tmp_path):
+def test_missing_calibration_is_reported_not_guessed(tiny_model, tmp_path, capsys, monkeypatch):
     rng = np.random.default_rng(1)
     frames = rng.normal(size=(2, 48, 48)).astype(np.float32)
     movie = tmp_path / "noise.tif"
     tifffile.imwrite(movie, frames)
+    # A user error: one line on stderr, exit status 2, no traceback.
+    monkeypatch.delenv("DISLOTRACK_DEBUG", raising=False)
+    assert main(["infer", str(movie), "--out", str(tmp_path / "o"), "--model", str(tiny_model)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("dislotrack infer: error:") and "--pixel-size" in err
+    # With several inputs the others still run; the status says one failed.
+    ok = tmp_path / "ok.tif"
+    tifffile.imwrite(ok, frames, imagej=True, resolution=(10.0, 10.0), metadata={"unit": "nm"})
+    assert main(["infer", str(movie), str(ok), "--out", str(tmp_path / "o"), "--model", str(tiny_model),
+                 "--no-movie"]) == 1
+    assert "noise.tif: error:" in capsys.readouterr().err
+    assert (tmp_path / "o" / "ok" / "summary.json").exists()
+    monkeypatch.setenv("DISLOTRACK_DEBUG", "1")
     with pytest.raises(ValueError, match="--pixel-size"):
         main(["infer", str(movie), "--out", str(tmp_path / "o"), "--model", str(tiny_model)])
     assert main(["infer", str(movie), "--out", str(tmp_path / "o"), "--model", str(tiny_model),

@@ -336,6 +336,11 @@ def test_real_png_folder_movie():
         assert movie.calibration.frame_interval_s is None  # PNGs carry no clock
         # the annotation band (rows 514-659) is black, the image above is not
         assert movie[16][520:, :100].mean() < movie[16][:514].mean()
+        # No lattice fringes (diffraction contrast at 0.26 nm/px): the periodic text of the
+        # annotation band must not pass for (003) fringes and calibrate the movie.
+        from dislotrack.infer.fringes import pixel_size_from_fringes_or_none
+
+        assert pixel_size_from_fringes_or_none(movie[0]) is None
 
 
 def test_gms_insitu_tree_of_dm_frames_uses_acquisition_clock(tmp_path):
