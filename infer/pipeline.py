@@ -17,7 +17,7 @@ import ctypes
 import hashlib
 import logging
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +47,9 @@ from dislotrack.models.io import load_model
 from dislotrack.models.unet import prepare_for_inference
 
 logger = logging.getLogger(__name__)
+
+#: Fringes of fewer pixels per period are not resolved (Nyquist: 2, plus margin).
+MIN_FRINGE_PERIOD_PX = 2.5
 
 #: Frames whose summed power spectrum gives the lattice (`measure_lattice`).
 LATTICE_FRAMES = 8
@@ -117,6 +120,11 @@ def calibrate(movie: Movie, *, pixel_size_nm: float | None, frame_interval_s: fl
         raise ValueError(
             f"{movie.path}: no pixel size in the file and none could be estimated from "
             f"{d_spacing_nm} nm fringes; pass --pixel-size NM")
+    if d_spacing_nm / cal.pixel_size_nm < MIN_FRINGE_PERIOD_PX:
+        cal = replace(cal, warnings=(*cal.warnings, (
+            f"at {cal.pixel_size_nm:.3g} nm/px the {d_spacing_nm} nm lattice fringes span "
+            f"{d_spacing_nm / cal.pixel_size_nm:.2g} px: not resolved, so no dislocation core can "
+            "show; atomic-resolution images are needed")))
     return cal
 
 

@@ -211,3 +211,16 @@ def test_true_cores_give_the_true_events_and_velocities(seed_like_movie, thin):
     ev = event_scores(out.events, m.events, pixel_size_nm=DEMO_PIXEL_NM)
     assert len(m.events) >= 2 and ev["event_f1"] == 1.0, (m.events, out.events)
     assert list(out.counts.frame) == list(range(len(m.frames)))
+
+
+def test_a_pixel_size_too_coarse_for_the_fringes_is_warned_about(tmp_path):
+    from dislotrack.infer.pipeline import calibrate
+    from dislotrack.infer.readers import open_movie
+
+    movie = tmp_path / "coarse.tif"
+    tifffile.imwrite(movie, np.zeros((2, 32, 32), np.float32))
+    with open_movie(movie) as m:
+        coarse = calibrate(m, pixel_size_nm=0.256, frame_interval_s=1.0, d_spacing_nm=0.473)
+        fine = calibrate(m, pixel_size_nm=0.1, frame_interval_s=1.0, d_spacing_nm=0.473)
+    assert any("not resolved" in w for w in coarse.warnings)  # 1.8 px per (003) period
+    assert not any("not resolved" in w for w in fine.warnings)  # 4.7 px
