@@ -60,7 +60,8 @@ def test_tiny_model_overfits_a_handful_of_samples():
     assert _f1(module, batch) > 0.8
 
 
-@pytest.mark.parametrize("name", ["cpu", "cpu_stage2", "cpu_stage3", "cpu_fine", "gpu", "cluster"])
+@pytest.mark.parametrize("name", ["cpu", "cpu_stage2", "cpu_stage3", "cpu_fine", "cpu_inplane", "gpu",
+                                  "cluster"])
 def test_fast_dev_run_of_each_config(name, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # configs write runs/ and exports relative to the cwd
     train_main(["fit", "--config", config_path(name),
