@@ -151,8 +151,10 @@ def summarise_tracks(
         image_shape=image_shape,
         border_nm=border_nm,
     )
-    pairs = pair_dipoles(tracks, fates, pixel_size_nm=pixel_size_nm, criteria=dipoles)
-    fates = _joint_rocksalt_fates(fates, pairs, _track_ends(tracks, pixel_size_nm), dipoles)
+    # Ends and paths once for both: pairing and the joint rock-salt fates read them.
+    ends = _track_ends(tracks, pixel_size_nm)
+    pairs = _pair_ends(ends, fates, _paths_nm(tracks, pixel_size_nm), dipoles)
+    fates = _joint_rocksalt_fates(fates, pairs, ends, dipoles)
     summary = velocities.merge(fates, on=["particle", "first_frame", "last_frame"])
     partner = dict(pairs) | {b: a for a, b in pairs}
     summary["partner"] = summary["particle"].map(partner).astype("Int64")
@@ -249,8 +251,14 @@ def pair_dipoles(
     criteria : DipoleCriteria
         Pairing rules.
     """
-    ends = _track_ends(tracks, pixel_size_nm).join(fates.set_index("particle")[["birth", "death"]])
-    paths = _paths_nm(tracks, pixel_size_nm)
+    return _pair_ends(_track_ends(tracks, pixel_size_nm), fates, _paths_nm(tracks, pixel_size_nm),
+                      criteria)
+
+
+def _pair_ends(ends: pd.DataFrame, fates: pd.DataFrame, paths, criteria: DipoleCriteria
+               ) -> list[tuple[int, int]]:
+    """`pair_dipoles` on precomputed `_track_ends` and `_paths_nm`."""
+    ends = ends.join(fates.set_index("particle")[["birth", "death"]])
     h = ends[["hx", "hy"]].to_numpy()
     opposite = h @ h.T <= -np.cos(np.deg2rad(criteria.opposite_tolerance_deg))
     near = _box_gaps(ends) <= criteria.distance_nm  # never closer: no dipole
