@@ -133,7 +133,7 @@ class FringeChannels(nn.Module):
 
 
 def fringe_winding(image: np.ndarray, xy: np.ndarray, *, period_px: float,
-                   radius_px: float) -> np.ndarray:
+                   radius_px: float, width: float = 0.25) -> np.ndarray:
     """Winding number of the fringe phase on a circle around each point.
 
     Parameters
@@ -146,6 +146,9 @@ def fringe_winding(image: np.ndarray, xy: np.ndarray, *, period_px: float,
         Nominal fringe period [px] (the (003) one for misfit cores).
     radius_px : float
         Circle radius [px] (48 samples, nearest pixel).
+    width : float
+        Mask width of the fringe image, as in `FringeChannels` (default: the
+        network's channels; smaller = smoother phase, fewer noise vortices).
 
     Returns
     -------
@@ -163,7 +166,8 @@ def fringe_winding(image: np.ndarray, xy: np.ndarray, *, period_px: float,
     >>> np.abs(w).tolist()
     [1.0, 0.0]
     """
-    ch, _ = FringeChannels(period_px).fringe(torch.from_numpy(np.asarray(image, np.float32))[None, None])
+    tensor = torch.from_numpy(np.asarray(image, np.float32))[None, None]
+    ch, _ = FringeChannels(period_px, width=width).fringe(tensor)
     z = (ch[0, 0] + 1j * ch[0, 1]).numpy()
     t = np.linspace(0, 2 * np.pi, 48, endpoint=False)
     pts = np.asarray(xy, float).reshape(-1, 2)

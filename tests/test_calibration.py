@@ -36,6 +36,16 @@ def test_to_nm(value, unit, nm):
     assert to_nm(value, unit) == pytest.approx(nm, rel=1e-12)
 
 
+def test_values_already_in_nm_or_s_need_no_unit_registry():
+    from dislotrack.infer import calibration
+
+    calibration._ureg.cache_clear()
+    assert (to_nm(0.25, " NM "), to_seconds(2.0, "sec")) == (0.25, 2.0)
+    assert calibration._ureg.cache_info().currsize == 0  # ~0.5 s saved per movie
+    assert to_nm(2.5, "Å") == pytest.approx(0.25)
+    assert calibration._ureg.cache_info().currsize == 1
+
+
 @pytest.mark.parametrize(
     ("unit", "message"),
     [

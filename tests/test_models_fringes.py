@@ -95,6 +95,22 @@ def test_fringe_winding_counts_the_half_plane_ends_inside_the_circle():
     assert np.abs(fringe_winding(_fringes(), pts, period_px=PERIOD, radius_px=6.0)).sum() == 0
 
 
+def test_a_narrower_fringe_mask_keeps_the_core_and_drops_noise_vortices():
+    yy, xx = np.mgrid[20:108:8, 20:108:8]
+    pts = np.c_[xx.ravel(), yy.ravel()].astype(float)
+    crystal = pts[np.hypot(*(pts - 64).T) > 24]  # no core within these circles
+    core = np.array([[64.0, 64.0]])
+    wide, narrow, found = [], [], []
+    for seed in range(5):
+        img = _fringes(size=128, core=(64.0, 64.0)) + np.random.default_rng(seed).normal(0, 4, (128, 128))
+        wide.append(fringe_winding(img, crystal, period_px=PERIOD, radius_px=10.0) != 0)
+        narrow.append(fringe_winding(img, crystal, period_px=PERIOD, radius_px=10.0, width=0.1) != 0)
+        found.append(abs(fringe_winding(img, core, period_px=PERIOD, radius_px=10.0, width=0.1)[0]))
+    assert np.mean(wide) > 0.1  # noise winds the phase of the network's (wide) mask
+    assert np.mean(narrow) == 0
+    assert found == [1.0] * 5
+
+
 def test_shows_half_plane_end_reads_the_winding_at_the_given_scale():
     from dislotrack.models.visibility import shows_half_plane_end
 
