@@ -75,6 +75,30 @@ def test_fast_dev_run_of_each_config(name, tmp_path, monkeypatch):
                 "--data.eval_size=32", "--data.n_val=2"])
 
 
+def test_ckpt_path_last_resumes_an_interrupted_run(tmp_path, monkeypatch):
+    import pandas as pd
+
+    monkeypatch.chdir(tmp_path)  # cpu.yaml writes runs/cpu/ relative to the cwd
+    tiny = ["--config", config_path("cpu"), "--model.net.init_args.config.base_channels=4",
+            "--model.net.init_args.config.depth=2", "--data.batch_size=2", "--data.num_workers=0",
+            "--data.size=32", "--data.eval_size=32", "--data.n_val=2", "--data.samples_per_epoch=4",
+            "--trainer.log_every_n_steps=1", "--trainer.enable_progress_bar=false"]
+    def crash(module):
+        if module.current_epoch == 1:  # epoch 0 done and checkpointed
+            raise RuntimeError("interrupted")
+
+    with monkeypatch.context() as patch, pytest.raises(RuntimeError, match="interrupted"):
+        patch.setattr(DislocationModule, "on_train_epoch_start", crash, raising=False)
+        train_main(["fit", *tiny, "--trainer.max_epochs=2"])
+    assert (tmp_path / "runs/cpu/checkpoints/last.ckpt").exists()
+    train_main(["fit", *tiny, "--trainer.max_epochs=2", "--ckpt_path", "last"])
+    logs = sorted((tmp_path / "runs/cpu/lightning_logs").glob("version_*/metrics.csv"))
+    assert len(logs) == 2
+    resumed = pd.read_csv(logs[1])
+    assert set(resumed["epoch"].dropna()) == {1}  # epoch 0 was not trained again
+    assert resumed["step"].min() >= 2  # and the step count went on from the first run
+
+
 def test_training_pixel_size_becomes_the_models_canonical_pixel_size(tmp_path, monkeypatch):
     import json
 

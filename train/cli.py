@@ -4,7 +4,7 @@ Examples
 --------
     dislotrack train fit --config train/configs/cpu.yaml
     dislotrack train fit --config train/configs/cpu.yaml --ckpt_path last
-    dislotrack train test --config train/configs/cpu.yaml --ckpt_path best
+    dislotrack train test --config train/configs/cpu.yaml --ckpt_path last
 """
 
 from __future__ import annotations
