@@ -56,7 +56,10 @@ def test_burgers_circuit_closure(zone, kind):
     path += [(i, n) for i in range(n, -n, -1)] + [(-n, j) for j in range(n, -n, -1)]
     loop = np.asarray(path, float) @ pc.cell + np.array([0.011, 0.017])
     closure = burgers_closure([d], loop, lattice=pc.cell)
-    assert np.allclose(np.abs(closure), np.abs(b), atol=1e-9)
+    # The displacement field carries the b it was given, sign included: this sense of
+    # circuit closes on -b, the reverse one on +b (magnitude exact: lattice steps).
+    np.testing.assert_allclose(closure, -b, atol=1e-9)
+    np.testing.assert_allclose(burgers_closure([d], loop[::-1], lattice=pc.cell), b, atol=1e-9)
     # The same circuit well away from the core closes.
     far = burgers_closure([d], loop + np.array([9.0, 9.0]), lattice=pc.cell)
     assert np.allclose(far, 0.0)

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from skimage.feature import peak_local_max
 
+from dislotrack.data_gen.conventions import glide_climb
 from dislotrack.data_gen.imaging import (
     GAUSSIAN_COUNTS_ABOVE,
     Detector,
@@ -133,10 +134,20 @@ def test_movie_truth_follows_the_motion():
     assert set(m.cores.frame) <= set(range(6))
     assert list(m.drift.columns) == ["frame", "dx", "dy"] and m.drift.dx.iloc[0] == 0
     assert len(m.truth) >= 1
-    # A core's labelled position moves by (its own motion + the specimen drift).
-    for _, g in m.cores.groupby("particle"):
-        if len(g) >= 2:
-            assert g.frame.is_monotonic_increasing
+    # A core's labelled position moves by (its own motion + the specimen drift): with the
+    # drift removed, a single's glide and climb grow at its true velocities. (Labels sit
+    # where the fringes end, which moves in lattice steps: a few 0.01 nm/s of scatter.)
+    ps = m.meta["pixel_size"]
+    singles = m.cores[m.cores.partner < 0].merge(m.drift, on="frame")
+    assert singles.particle.nunique() >= 2
+    for p, g in singles.groupby("particle"):
+        assert g.frame.is_monotonic_increasing
+        xy = np.c_[g.x - g.dx, g.y - g.dy] * ps
+        glide, climb = glide_climb(xy - xy[0], g[["hx", "hy"]].to_numpy())
+        t = (g.frame - g.frame.iloc[0]).to_numpy() * 0.5
+        true = m.truth.set_index("particle").loc[p]
+        assert abs(np.polyfit(t, glide, 1)[0] - true.glide_velocity_nm_s) < 0.03
+        assert abs(np.polyfit(t, climb, 1)[0] - true.climb_velocity_nm_s) < 0.03
     assert m.clean is None
 
 

@@ -57,18 +57,22 @@ def test_canonical_mapping_keeps_features_in_place(s):
     assert np.allclose(input_to_canonical(back, s), c)
 
 
-def test_infer_writes_every_output_with_the_contract_columns(tiny_model, tmp_path):
+def test_infer_writes_every_output_with_the_contract_columns(tmp_path):
     m = make_movie(np.random.default_rng(0), GeneratorConfig(size=64, mode="stem"), n_frames=4,
                    frame_interval=0.5)
     movie = tmp_path / "clip.tif"
     write_imagej_tiff(movie, m.frames, pixel_size_nm=0.1, frame_interval_s=0.5)
     out = tmp_path / "out"
-    assert main(["infer", str(movie), "--out", str(out), "--model", str(tiny_model),
-                 "--threshold", "0.05"]) == 0
+    # The bundled model finds cores here (test_min_track_score_drops_weak_tracks), so the
+    # tables are checked with rows in them, not as bare headers.
+    assert main(["infer", str(movie), "--out", str(out), "--model", "default",
+                 "--min-length", "2"]) == 0
     d = out / "clip"
     for name, cols in CONTRACT.items():
         table = pd.read_csv(d / f"{name}.csv")
         assert list(table.columns) == cols, name
+        if name in ("detections", "tracks", "track_summary", "counts", "drift"):
+            assert len(table) > 0, name
     assert set(TABLES) == set(CONTRACT)
     counts = pd.read_csv(d / "counts.csv")
     assert list(counts.frame) == [0, 1, 2, 3] and np.allclose(counts.t_s, [0, 0.5, 1.0, 1.5])
