@@ -98,7 +98,7 @@ def test_single_set_of_fringes_fixes_only_the_drift_across_them(caplog):
     error = _recovered(drift) - truth
     along = np.array([normal[1], -normal[0]])
     assert np.abs(error @ normal).max() < 0.1
-    assert np.abs(error @ along).max() <= np.abs(truth @ along).max() + 0.1
+    assert np.abs(_recovered(drift) @ along).max() < 0.1  # none reported along them
     assert any("fringes" in record.getMessage() for record in caplog.records)
 
 

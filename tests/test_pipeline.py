@@ -139,7 +139,9 @@ def test_gpa_detector_and_strain_maps_run_end_to_end(tiny_model, tmp_path):
         with tifffile.TiffFile(d / f"{name}.tif") as t:
             arr = t.asarray()
             assert arr.shape == (2, 160, 160) and arr.dtype == np.float32
-            assert np.isfinite(arr).any()
+            assert np.isfinite(arr).mean() > 0.5
+            # Strain of a few cores in a crystal: small away from them, not noise or garbage.
+            assert abs(np.nanmedian(arr[:, 40:120, 40:120])) < 0.01
     assert (d / "figures" / "strain.png").stat().st_size > 0
 
 

@@ -73,6 +73,12 @@ def test_fast_dev_run_of_each_config(name, tmp_path, monkeypatch):
                 "--model.net.init_args.config.depth=2",
                 "--data.batch_size=2", "--data.num_workers=0", "--data.size=32",
                 "--data.eval_size=32", "--data.n_val=2"])
+    # The config's export ran: a loadable model with the recipe that made it.
+    from dislotrack.models.io import load_model
+
+    (weights,) = tmp_path.rglob("*.safetensors")
+    _, card = load_model(weights.with_suffix(""))
+    assert f"--config train/configs/{name}.yaml" in card["training"]["recipe"]
 
 
 def test_ckpt_path_last_resumes_an_interrupted_run(tmp_path, monkeypatch):
@@ -165,7 +171,10 @@ def test_streams_differ_across_ranks_and_workers_and_repeat():
     assert not torch.equal(first(0), first(1))
     assert not torch.equal(first(0), first(0, epoch=1))
     fixed = FixedSynthetic(cfg, n=3, seed=1)
-    assert torch.equal(fixed[2]["image"], fixed[2]["image"])
+    # The fixed sets are map-style (DDP shards them): item i is the same whoever asks.
+    assert torch.equal(fixed[2]["image"], FixedSynthetic(cfg, n=3, seed=1)[2]["image"])
+    assert not torch.equal(fixed[1]["image"], fixed[2]["image"])
+    assert not torch.equal(fixed[2]["image"], FixedSynthetic(cfg, n=3, seed=2)[2]["image"])
 
 
 def test_curriculum_ramps_from_easy_to_the_full_distribution():
