@@ -101,7 +101,8 @@ def test_same_seed_gives_bit_identical_sample_and_seeds_differ():
 def test_spawned_streams_are_independent():
     seeds = np.random.SeedSequence(7).spawn(2)
     imgs = [make_sample(np.random.default_rng(s), GeneratorConfig(size=64)).image for s in seeds]
-    assert not np.array_equal(imgs[0], imgs[1])
+    z = [(im - im.mean()) / im.std() for im in imgs]
+    assert abs((z[0] * z[1]).mean()) < 0.3  # not merely different: uncorrelated
 
 
 @pytest.mark.parametrize("dose", [20.0, 500.0, 5000.0])
