@@ -10,6 +10,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 
 def _add_generate(sub: argparse._SubParsersAction) -> None:
@@ -77,6 +78,8 @@ def _add_infer(sub: argparse._SubParsersAction) -> None:
 def _run_infer(args: argparse.Namespace) -> int:
     from dislotrack.infer.run import infer_one
 
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise NotADirectoryError(f"--out {args.out} is a file, not a folder")
     failed = 0
     for path in args.inputs:
         try:

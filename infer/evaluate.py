@@ -132,9 +132,26 @@ def event_scores(pred: pd.DataFrame, truth: pd.DataFrame, *, pixel_size_nm: floa
 
 
 def evaluate_folders(pred_dir: str | Path, truth_dir: str | Path) -> dict:
-    """Score every annotated item of ``truth_dir`` against ``pred_dir/<stem>/``."""
+    """Score every annotated item of ``truth_dir`` against ``pred_dir/<stem>/``.
+
+    Raises
+    ------
+    NotADirectoryError
+        If either folder does not exist.
+    ValueError
+        If ``truth_dir`` holds no annotations or none has predictions in ``pred_dir``.
+    """
+    for name, folder in (("prediction", pred_dir), ("annotation", truth_dir)):
+        if not Path(folder).is_dir():
+            raise NotADirectoryError(f"{name} folder {folder} does not exist")
+    sides = find_annotations(truth_dir)
+    if not sides:
+        raise ValueError(f"no annotations (<stem>.json, format dislotrack-annotation) in {truth_dir}")
+    if not any((Path(pred_dir) / s.with_suffix("").name / "detections.csv").exists() for s in sides):
+        raise ValueError(f"none of the {len(sides)} annotated items of {truth_dir} has infer "
+                         f"outputs in {pred_dir} (expected {pred_dir}/<stem>/detections.csv)")
     report = {}
-    for side in find_annotations(truth_dir):
+    for side in sides:
         stem = side.with_suffix("").name
         out = Path(pred_dir) / stem
         if not (out / "detections.csv").exists():

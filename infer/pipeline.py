@@ -120,7 +120,13 @@ def calibrate(movie: Movie, *, pixel_size_nm: float | None, frame_interval_s: fl
         raise ValueError(
             f"{movie.path}: no pixel size in the file and none could be estimated from "
             f"{d_spacing_nm} nm fringes; pass --pixel-size NM")
-    if d_spacing_nm / cal.pixel_size_nm < MIN_FRINGE_PERIOD_PX:
+    period_px = d_spacing_nm / cal.pixel_size_nm
+    if period_px <= 2:  # beyond Nyquist: nothing to analyse (and resampling would blow up)
+        raise ValueError(
+            f"{movie.path}: at {cal.pixel_size_nm:.3g} nm/px ({cal.pixel_size_source}) the "
+            f"{d_spacing_nm} nm lattice fringes span {period_px:.2g} px, below the 2 px that can "
+            "show them: atomic-resolution images are needed (or pass the right --pixel-size)")
+    if period_px < MIN_FRINGE_PERIOD_PX:
         cal = replace(cal, warnings=(*cal.warnings, (
             f"at {cal.pixel_size_nm:.3g} nm/px the {d_spacing_nm} nm lattice fringes span "
             f"{d_spacing_nm / cal.pixel_size_nm:.2g} px: not resolved, so no dislocation core can "

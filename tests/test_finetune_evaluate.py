@@ -68,3 +68,17 @@ def test_event_f1_needs_same_kind_frame_and_place():
                          "x": [10.0, 20.0, 40.0], "y": [10.0, 20.0, 40.0], "particles": ["", "", ""]})
     s = event_scores(pred, truth, pixel_size_nm=0.1)
     assert (s["event_tp"], s["event_fp"], s["event_fn"]) == (1, 2, 1)
+
+
+def test_evaluate_refuses_missing_folders_and_unmatched_predictions(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("DISLOTRACK_DEBUG", raising=False)
+    generate_dataset(out=tmp_path / "truth", n=1, size=32, mode="stem", seed=1, progress=False)
+    (tmp_path / "pred").mkdir()
+    for pred, truth, message in ((tmp_path / "nowhere", tmp_path / "truth", "prediction folder"),
+                                 (tmp_path / "pred", tmp_path / "nowhere", "annotation folder"),
+                                 (tmp_path / "pred", tmp_path / "pred", "no annotations"),
+                                 (tmp_path / "pred", tmp_path / "truth", "has infer outputs")):
+        assert main(["evaluate", "--pred", str(pred), "--truth", str(truth)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("dislotrack evaluate: error:") and message in err, err
+    assert not (tmp_path / "pred" / "evaluation.json").exists()

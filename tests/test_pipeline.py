@@ -91,6 +91,21 @@ def test_infer_writes_every_output_with_the_contract_columns(tmp_path):
         assert (d / "figures" / fig).stat().st_size > 0
 
 
+def test_unusable_device_or_output_folder_is_a_one_line_error(tiny_model, tmp_path, capsys,
+                                                                monkeypatch):
+    monkeypatch.delenv("DISLOTRACK_DEBUG", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    movie = tmp_path / "m.tif"
+    write_imagej_tiff(movie, np.zeros((2, 32, 32), np.float32), pixel_size_nm=0.1,
+                      frame_interval_s=1.0)
+    args = ["infer", str(movie), "--model", str(tiny_model), "--no-movie"]
+    assert main([*args, "--out", str(tmp_path / "o"), "--device", "cuda"]) == 2
+    assert "no CUDA device" in capsys.readouterr().err
+    (tmp_path / "file").write_text("")
+    assert main([*args, "--out", str(tmp_path / "file")]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
+
+
 def test_missing_calibration_is_reported_not_guessed(tiny_model, tmp_path, capsys, monkeypatch):
     rng = np.random.default_rng(1)
     frames = rng.normal(size=(2, 48, 48)).astype(np.float32)
@@ -219,14 +234,19 @@ def test_true_cores_give_the_true_events_and_velocities(seed_like_movie, thin):
     assert list(out.counts.frame) == list(range(len(m.frames)))
 
 
-def test_a_pixel_size_too_coarse_for_the_fringes_is_warned_about(tmp_path):
+def test_a_pixel_size_too_coarse_for_the_fringes_is_warned_about_or_refused(tmp_path):
     from dislotrack.infer.pipeline import calibrate
     from dislotrack.infer.readers import open_movie
 
     movie = tmp_path / "coarse.tif"
     tifffile.imwrite(movie, np.zeros((2, 32, 32), np.float32))
     with open_movie(movie) as m:
-        coarse = calibrate(m, pixel_size_nm=0.256, frame_interval_s=1.0, d_spacing_nm=0.473)
+        coarse = calibrate(m, pixel_size_nm=0.2, frame_interval_s=1.0, d_spacing_nm=0.473)
         fine = calibrate(m, pixel_size_nm=0.1, frame_interval_s=1.0, d_spacing_nm=0.473)
-    assert any("not resolved" in w for w in coarse.warnings)  # 1.8 px per (003) period
+        # Below 2 px per period (Nyquist) nothing can show: refused before any resampling
+        # (a 68 px frame at 169 nm/px would become 115 000 px wide at 0.1 nm/px).
+        for ps in (0.256, 169.0):
+            with pytest.raises(ValueError, match="below the 2 px"):
+                calibrate(m, pixel_size_nm=ps, frame_interval_s=1.0, d_spacing_nm=0.473)
+    assert any("not resolved" in w for w in coarse.warnings)  # 2.4 px per (003) period
     assert not any("not resolved" in w for w in fine.warnings)  # 4.7 px
