@@ -31,8 +31,9 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
 def _run_generate(args: argparse.Namespace) -> int:
     from dislotrack.data_gen.export import generate_dataset
 
-    generate_dataset(out=args.out, n=args.n, size=args.size, mode=args.mode,
-                     movie_frames=args.movie, seed=args.seed, variants=args.variants)
+    paths = generate_dataset(out=args.out, n=args.n, size=args.size, mode=args.mode,
+                             movie_frames=args.movie, seed=args.seed, variants=args.variants)
+    print(f"{len(paths)} labelled {'movies' if args.movie else 'images'} in {args.out}/")
     return 0
 
 
@@ -76,10 +77,15 @@ def _add_infer(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_infer(args: argparse.Namespace) -> int:
-    from dislotrack.infer.run import infer_one
+    from dislotrack.infer.run import infer_one, output_dir
 
     if Path(args.out).exists() and not Path(args.out).is_dir():
         raise NotADirectoryError(f"--out {args.out} is a file, not a folder")
+    folders = [output_dir(args.out, p) for p in args.inputs]
+    if len(set(folders)) < len(folders):  # one would overwrite the other's outputs
+        twice = sorted({str(f) for f in folders if folders.count(f) > 1})
+        raise ValueError(f"several inputs would write to {', '.join(twice)}; "
+                         "analyse them in separate runs (--out)")
     failed = 0
     for path in args.inputs:
         try:
@@ -159,6 +165,7 @@ def _run_finetune(args: argparse.Namespace) -> int:
                        val_fraction=args.val_fraction, seed=args.seed, accelerator=args.accelerator)
     for k, v in sorted(metrics.items()):
         print(f"{k}: {v:.4f}")
+    print(f"model written to {args.out}.safetensors / .json (use: dislotrack infer --model {args.out})")
     return 0
 
 

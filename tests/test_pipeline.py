@@ -104,6 +104,12 @@ def test_unusable_device_or_output_folder_is_a_one_line_error(tiny_model, tmp_pa
     (tmp_path / "file").write_text("")
     assert main([*args, "--out", str(tmp_path / "file")]) == 2
     assert "is a file, not a folder" in capsys.readouterr().err
+    (tmp_path / "b").mkdir()
+    twin = tmp_path / "b" / "m.tif"  # the same stem: would overwrite m's outputs
+    twin.write_bytes(movie.read_bytes())
+    assert main(["infer", str(movie), str(twin), "--model", str(tiny_model),
+                 "--out", str(tmp_path / "o2")]) == 2
+    assert "separate runs" in capsys.readouterr().err and not (tmp_path / "o2").exists()
 
 
 def test_missing_calibration_is_reported_not_guessed(tiny_model, tmp_path, capsys, monkeypatch):
