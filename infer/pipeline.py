@@ -129,7 +129,7 @@ def calibrate(movie: Movie, *, pixel_size_nm: float | None, frame_interval_s: fl
     if period_px < MIN_FRINGE_PERIOD_PX:
         cal = replace(cal, warnings=(*cal.warnings, (
             f"at {cal.pixel_size_nm:.3g} nm/px the {d_spacing_nm} nm lattice fringes span "
-            f"{d_spacing_nm / cal.pixel_size_nm:.2g} px: not resolved, so no dislocation core can "
+            f"{period_px:.2g} px: not resolved, so no dislocation core can "
             "show; atomic-resolution images are needed")))
     return cal
 
