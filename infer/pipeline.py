@@ -42,7 +42,7 @@ from dislotrack.infer.linking import extend_tracks, link_cores
 from dislotrack.infer.motion import track_motion
 from dislotrack.infer.predict import pick_device
 from dislotrack.infer.preprocess import scale_factor, to_canonical
-from dislotrack.infer.readers import Movie, open_movie
+from dislotrack.infer.readers import NON_SQUARE_NOTE, Movie, open_movie
 from dislotrack.models.io import load_model
 from dislotrack.models.unet import prepare_for_inference
 
@@ -120,6 +120,11 @@ def calibrate(movie: Movie, *, pixel_size_nm: float | None, frame_interval_s: fl
         raise ValueError(
             f"{movie.path}: no pixel size in the file and none could be estimated from "
             f"{d_spacing_nm} nm fringes; pass --pixel-size NM")
+    for note in movie.metadata.get("notes", []):
+        if note.startswith(NON_SQUARE_NOTE):  # distances along y come out scaled by y/x
+            cal = replace(cal, warnings=(*cal.warnings, (
+                f"{note}: positions, velocities and strain along y are off by that ratio; "
+                "resample the movie to square pixels first")))
     period_px = d_spacing_nm / cal.pixel_size_nm
     if period_px <= 2:  # beyond Nyquist: nothing to analyse (and resampling would blow up)
         raise ValueError(

@@ -246,12 +246,16 @@ def _seconds(scale: object, unit: object) -> float | None:
     return value if np.isfinite(value) and value > 0 else None
 
 
+#: Start of the reader note on pixels whose x and y sizes differ (infer warns about it).
+NON_SQUARE_NOTE = "non-square pixels"
+
+
 def _xy_calibration(px_x: float | None, px_y: float | None, notes: list[str]) -> float | None:
     """One pixel size from x and y; a note if they differ by more than 1 %."""
     if px_x is None or px_y is None:
         return px_x if px_x is not None else px_y
     if abs(px_x - px_y) > 0.01 * px_x:
-        notes.append(f"non-square pixels: x {px_x:.6g} nm, y {px_y:.6g} nm; using x")
+        notes.append(f"{NON_SQUARE_NOTE}: x {px_x:.6g} nm, y {px_y:.6g} nm; using x")
     return px_x
 
 

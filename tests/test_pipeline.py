@@ -1,6 +1,7 @@
 """infer end to end: a short generated movie through analyze and the writers."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -238,6 +239,21 @@ def test_true_cores_give_the_true_events_and_velocities(seed_like_movie, thin):
     ev = event_scores(out.events, m.events, pixel_size_nm=DEMO_PIXEL_NM)
     assert len(m.events) >= 2 and ev["event_f1"] == 1.0, (m.events, out.events)
     assert list(out.counts.frame) == list(range(len(m.frames)))
+
+
+def test_non_square_pixels_are_warned_about(tmp_path):
+    from dislotrack.infer.pipeline import calibrate
+    from dislotrack.infer.readers import open_movie
+
+    real = (Path(__file__).resolve().parents[2] / "shared" / "realdata" / "ncempy"
+            / "dmTest_float32_nonSquare_diffPixelSize.dm4")  # x 1 nm, y 0.2 nm
+    if not real.exists():
+        pytest.skip(f"real data not present at {real} (../shared/realdata is provided by CI)")
+    with open_movie(real) as m:
+        # (a test pattern at 1 nm/px: a lattice spacing it resolves, so it is not refused)
+        cal = calibrate(m, pixel_size_nm=None, frame_interval_s=None, d_spacing_nm=9.46)
+    assert cal.pixel_size_nm == 1.0
+    assert any("non-square pixels" in w and "y 0.2 nm" in w for w in cal.warnings)
 
 
 def test_a_pixel_size_too_coarse_for_the_fringes_is_warned_about_or_refused(tmp_path):
