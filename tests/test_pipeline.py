@@ -20,6 +20,9 @@ from dislotrack.models.io import save_model
 from dislotrack.models.metrics import match_cores
 from dislotrack.models.unet import UNet, UNetConfig
 
+#: ../shared/realdata next to the repository (CI provides it; tests skip without it).
+REALDATA = Path(__file__).resolve().parents[2] / "shared" / "realdata"
+
 CONTRACT = {
     "detections": ["frame", "x", "y", "x_nm", "y_nm", "score", "hx", "hy", "bx_nm", "by_nm"],
     "tracks": ["frame", "x", "y", "x_nm", "y_nm", "score", "hx", "hy", "bx_nm", "by_nm",
@@ -169,9 +172,7 @@ def test_gpa_detector_and_strain_maps_run_end_to_end(tiny_model, tmp_path):
 
 def test_infer_reads_a_real_microscope_file(tiny_model, tmp_path):
     """A real TIA SER/EMI SrTiO3 image goes through the whole pipeline with its calibration."""
-    from pathlib import Path
-
-    real = Path(__file__).resolve().parents[2] / "shared" / "realdata" / "ncempy" / "16_STOimage.emi"
+    real = REALDATA / "ncempy" / "16_STOimage.emi"
     if not real.exists():
         pytest.skip(f"real data not present at {real} (../shared/realdata is provided by CI)")
     assert main(["infer", str(real), "--out", str(tmp_path), "--model", str(tiny_model), "--no-movie"]) == 0
@@ -245,8 +246,7 @@ def test_non_square_pixels_are_warned_about(tmp_path):
     from dislotrack.infer.pipeline import calibrate
     from dislotrack.infer.readers import open_movie
 
-    real = (Path(__file__).resolve().parents[2] / "shared" / "realdata" / "ncempy"
-            / "dmTest_float32_nonSquare_diffPixelSize.dm4")  # x 1 nm, y 0.2 nm
+    real = REALDATA / "ncempy" / "dmTest_float32_nonSquare_diffPixelSize.dm4"  # x 1, y 0.2 nm
     if not real.exists():
         pytest.skip(f"real data not present at {real} (../shared/realdata is provided by CI)")
     with open_movie(real) as m:
