@@ -100,7 +100,8 @@ def _run_infer(args: argparse.Namespace) -> int:
         except USER_ERRORS as err:  # one unreadable movie does not stop the others
             if len(args.inputs) == 1 or os.environ.get("DISLOTRACK_DEBUG"):
                 raise
-            print(f"{path}: error: {err}", file=sys.stderr)
+            msg = str(err)  # name the input once: most messages already start with it
+            print(msg if str(path) in msg else f"{path}: error: {msg}", file=sys.stderr)
             failed += 1
             continue
         s = res.track_summary

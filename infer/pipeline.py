@@ -125,6 +125,9 @@ def calibrate(movie: Movie, *, pixel_size_nm: float | None, frame_interval_s: fl
             cal = replace(cal, warnings=(*cal.warnings, (
                 f"{note}: positions, velocities and strain along y are off by that ratio; "
                 "resample the movie to square pixels first")))
+    caveat = movie.metadata.get("frame_interval_caveat")  # e.g. a video's playback rate
+    if caveat and cal.frame_interval_source == "file":
+        cal = replace(cal, warnings=(*cal.warnings, caveat))
     period_px = d_spacing_nm / cal.pixel_size_nm
     if period_px <= 2:  # beyond Nyquist: nothing to analyse (and resampling would blow up)
         raise ValueError(

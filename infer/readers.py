@@ -536,13 +536,15 @@ def _open_video(path: Path) -> Movie:
     note = (f"frame interval {dt:g} s is the container's playback rate ({fps:g} fps), not "
             "necessarily the acquisition rate; video files carry no pixel size") if dt else (
             "the video states no frame rate; it carries no pixel size")
-    cal = Calibration.from_file(frame_interval_s=dt, warnings=[note])
+    # The playback caveat is a warning only where the file's rate is used (infer.pipeline.calibrate).
+    cal = Calibration.from_file(frame_interval_s=dt)
 
     def iterate() -> Iterator[np.ndarray]:
         with iio.imopen(path, "r", plugin="pyav") as fresh:
             yield from fresh.iter()
 
-    meta = {"format": path.suffix.lower()[1:].upper(), "playback_fps": fps, "notes": [note]}
+    meta = {"format": path.suffix.lower()[1:].upper(), "playback_fps": fps, "notes": [note],
+            "frame_interval_caveat": note if dt else None}
     return Movie(path, (n, *props.shape[-3:-1]), cal, meta, lambda i: handle.read(index=i),
                  iterate=iterate, close=handle.close)
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 
 from dislotrack.infer import figures
+from dislotrack.infer.calibration import Calibration
 from dislotrack.infer.outputs import MaskWriter, write_tables
 from dislotrack.infer.pipeline import AnalysisResult, analyze, calibrate
 from dislotrack.infer.readers import open_movie
@@ -27,12 +29,24 @@ def infer_one(path: str | Path, out: str | Path, *, movie: bool = True, parquet:
     and figures/strain.png. Other options go to `analyze`.
     """
     dest = output_dir(out, path)
-    (dest / "figures").mkdir(parents=True, exist_ok=True)
-    with open_movie(path) as m:
+    with open_movie(path) as m:  # an unreadable or uncalibratable input leaves no folder
         cal = calibrate(m, pixel_size_nm=options.get("pixel_size_nm"),
                         frame_interval_s=options.get("frame_interval_s"),
                         d_spacing_nm=options.get("d_spacing_nm", 0.473))
         shape = m.shape
+    created = not dest.exists()
+    (dest / "figures").mkdir(parents=True, exist_ok=True)
+    try:
+        return _analyze_and_write(path, dest, cal, shape, movie=movie, parquet=parquet,
+                                  strain=strain, **options)
+    except BaseException:
+        if created:  # nothing half-written where a later run would look for results
+            shutil.rmtree(dest, ignore_errors=True)
+        raise
+
+
+def _analyze_and_write(path: str | Path, dest: Path, cal: Calibration, shape: tuple[int, ...], *,
+                       movie: bool, parquet: bool, strain: bool, **options) -> AnalysisResult:
     writer = MaskWriter(dest / "rocksalt_mask.tif", shape=shape, pixel_size_nm=cal.pixel_size_nm,
                         frame_interval_s=cal.frame_interval_s)
     strain_writer = None

@@ -12,6 +12,7 @@ import torch
 from dislotrack.data_gen.annotations import write_imagej_tiff
 from dislotrack.data_gen.movie import make_movie
 from dislotrack.data_gen.sample import GeneratorConfig
+from dislotrack.infer import run
 from dislotrack.infer.cli import main
 from dislotrack.infer.outputs import TABLES
 from dislotrack.infer.pipeline import analyze
@@ -131,8 +132,10 @@ def test_missing_calibration_is_reported_not_guessed(tiny_model, tmp_path, capsy
     tifffile.imwrite(ok, frames, imagej=True, resolution=(10.0, 10.0), metadata={"unit": "nm"})
     assert main(["infer", str(movie), str(ok), "--out", str(tmp_path / "o"), "--model", str(tiny_model),
                  "--no-movie"]) == 1
-    assert "noise.tif: error:" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.count("noise.tif") == 1 and "no pixel size" in err  # the input named once
     assert (tmp_path / "o" / "ok" / "summary.json").exists()
+    assert not (tmp_path / "o" / "noise").exists()  # no empty results folder for a failed input
     monkeypatch.setenv("DISLOTRACK_DEBUG", "1")
     with pytest.raises(ValueError, match="--pixel-size"):
         main(["infer", str(movie), "--out", str(tmp_path / "o"), "--model", str(tiny_model)])
@@ -143,6 +146,26 @@ def test_missing_calibration_is_reported_not_guessed(tiny_model, tmp_path, capsy
     assert summary["calibration"]["frame_interval_s"] is None
     assert summary["velocities"]["unit"] == "nm/frame"
     assert any("frame interval" in w for w in summary["warnings"])
+
+
+def test_a_failed_analysis_leaves_no_half_written_folder(tiny_model, tmp_path, monkeypatch):
+    movie = tmp_path / "m.tif"
+    frames = np.random.default_rng(0).normal(size=(2, 48, 48)).astype(np.float32)
+    tifffile.imwrite(movie, frames, imagej=True, resolution=(10.0, 10.0), metadata={"unit": "nm"})
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(run, "analyze", broken)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        run.infer_one(movie, tmp_path / "o", model=tiny_model)
+    assert not (tmp_path / "o" / "m").exists()
+    # A folder that was there before (an earlier run's results) is left alone.
+    (tmp_path / "o" / "m").mkdir(parents=True)
+    (tmp_path / "o" / "m" / "notes.txt").write_text("mine")
+    with pytest.raises(RuntimeError):
+        run.infer_one(movie, tmp_path / "o", model=tiny_model)
+    assert (tmp_path / "o" / "m" / "notes.txt").read_text() == "mine"
 
 
 def test_gpa_detector_and_strain_maps_run_end_to_end(tiny_model, tmp_path):

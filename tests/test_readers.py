@@ -14,6 +14,7 @@ import pytest
 import tifffile
 
 from dislotrack.infer.calibration import resolve_calibration
+from dislotrack.infer.pipeline import calibrate
 from dislotrack.infer.readers import SUPPORTED_EXTENSIONS, open_movie, to_gray_float32
 
 _DEFAULT_REALDATA = Path(__file__).resolve().parents[2] / "shared" / "realdata"
@@ -174,7 +175,13 @@ def test_video_playback_interval(tmp_path, name, codec):
         assert cal.frame_interval_s == pytest.approx(0.5) and cal.frame_interval_source == "file"
         assert cal.pixel_size_nm is None
         assert any("playback" in n for n in movie.metadata["notes"])
-        assert any("playback" in w for w in cal.warnings)
+        # infer warns about the playback rate only where it uses it
+        used = calibrate(movie, pixel_size_nm=0.1, frame_interval_s=None, d_spacing_nm=0.473)
+        assert used.frame_interval_s == pytest.approx(0.5)
+        assert sum("playback" in w for w in used.warnings) == 1
+        given = calibrate(movie, pixel_size_nm=0.1, frame_interval_s=2.0, d_spacing_nm=0.473)
+        assert given.frame_interval_source == "user"
+        assert not any("playback" in w for w in given.warnings)
         np.testing.assert_allclose([f.mean() for f in movie], levels, atol=4)
         assert movie[3].mean() == pytest.approx(170, abs=4)  # random access after iteration
 
