@@ -589,7 +589,9 @@ def _open_folder(folder: Path) -> Movie:
     for f in files:  # headers only: PIL, tifffile and rosettasciio-lazy read no pixels here
         with open_movie(f) as m:
             if len(m) != 1:
-                raise ValueError(f"{f} holds {len(m)} frames; a frame folder needs one per file")
+                raise ValueError(
+                    f"{f} holds {len(m)} frames: a folder is read as one movie of one frame per "
+                    "file; to analyse the movies in it, pass the movie files themselves")
             if f is files[0]:
                 first = m
             shapes.append(m.shape[1:])

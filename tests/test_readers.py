@@ -161,6 +161,12 @@ def test_folder_errors(tmp_path):
     tifffile.imwrite(tmp_path / "a3.tif", np.zeros((12, 16), np.uint8))
     with pytest.raises(ValueError, match="mixes frame formats"):
         open_movie(tmp_path)
+    movies = tmp_path / "movies"  # e.g. `dislotrack generate --movie` output
+    movies.mkdir()
+    tifffile.imwrite(movies / "m1.tif", np.zeros((3, 12, 16), np.uint8), imagej=True,
+                     metadata={"axes": "TYX"})
+    with pytest.raises(ValueError, match=r"m1.tif holds 3 frames.*pass the movie files themselves"):
+        open_movie(movies)
 
 
 @pytest.mark.parametrize(("name", "codec"), [("clip.mp4", "libx264"), ("clip.avi", "mjpeg")])
