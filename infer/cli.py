@@ -165,7 +165,7 @@ def _run_finetune(args: argparse.Namespace) -> int:
                        size=args.size, batch_size=args.batch_size, crops_per_epoch=args.crops_per_epoch,
                        val_fraction=args.val_fraction, seed=args.seed, accelerator=args.accelerator)
     for k, v in sorted(metrics.items()):
-        print(f"{k}: {v:.4f}")
+        print(f"{k}: {v:.4g}")
     print(f"model written to {args.out}.safetensors / .json (use: dislotrack infer --model {args.out})")
     return 0
 

@@ -19,15 +19,22 @@ def _tiny(path):
     save_model(UNet(UNetConfig(base_channels=4, depth=2)), path, card=card)
 
 
-def test_finetune_writes_a_loadable_model_with_its_recipe(tmp_path):
+def test_finetune_writes_a_loadable_model_with_its_recipe(tmp_path, capfd):
     generate_dataset(out=tmp_path / "lab", n=3, size=64, mode="stem", seed=3, progress=False)
     _tiny(tmp_path / "base")
     assert main(["finetune", "--data", str(tmp_path / "lab"), "--out", str(tmp_path / "ft"),
                  "--model", str(tmp_path / "base"), "--epochs", "1", "--size", "32",
                  "--batch-size", "2", "--crops-per-epoch", "4", "--accelerator", "cpu"]) == 0
+    out, err = capfd.readouterr()
+    assert "model written to" in out and "val/true_cores" in out
+    # Lightning's setup chatter (tips, model summary, validation bars) stays out of the way.
+    assert not any(s in out + err for s in ("Tip", "Total params", "Validation", "Sanity"))
     net, card = load_model(tmp_path / "ft")
     assert card["training"]["finetune"]["frames"] == 3
     assert card["training"]["finetune"]["val_frames"] == 1
+    scores = card["metrics"]["finetune_validation"]
+    assert scores["val/true_cores"] >= 0 and "val/loss" in scores
+    assert ("val/f1" in scores) == (scores["val/true_cores"] > 0)  # no placeholder scores
     before, _ = load_model(tmp_path / "base")
     # Weights, not BatchNorm's running statistics (a forward pass alone moves those).
     weights = dict(before.named_parameters())

@@ -8,12 +8,17 @@ held-out fraction of the frames, whole.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import lightning as L
 import numpy as np
 import pandas as pd
+from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 from skimage.transform import rescale, resize
 from torch.utils.data import DataLoader, Dataset
 
@@ -102,6 +107,29 @@ class WholeFrames(Dataset):
         return sample_to_item(_crop(s, min(h, w), np.random.default_rng(i)))
 
 
+class _EpochBar(TQDMProgressBar):
+    """One bar for training; validation (a few whole frames) runs without its own."""
+
+    def init_validation_tqdm(self) -> Tqdm:
+        return Tqdm(disable=True)
+
+
+@contextlib.contextmanager
+def _quiet_lightning() -> Iterator[None]:
+    """Lightning's setup chatter (tips, accelerator lines) off; its progress bar stays."""
+    loggers = [logging.getLogger(n) for n in ("lightning.pytorch", "lightning.fabric")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():  # Lightning's own use of a deprecated torch API
+            warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
 def finetune(*, data: str | Path, out: str | Path, model: str | Path | None = None, epochs: int = 10,
              lr: float = 5e-4, size: int = 128, batch_size: int = 8, crops_per_epoch: int = 256,
              val_fraction: float = 0.2, seed: int = 0, accelerator: str = "auto") -> dict:
@@ -118,16 +146,27 @@ def finetune(*, data: str | Path, out: str | Path, model: str | Path | None = No
     val = [frames[i] for i in order[:n_val]]
     train = [frames[i] for i in order[n_val:]]
     module = DislocationModule(net.train(), lr=lr)
-    trainer = L.Trainer(max_epochs=epochs, accelerator=accelerator, devices=1, logger=False,
-                        enable_checkpointing=False, default_root_dir=str(Path(out).parent),
-                        limit_val_batches=1.0 if val else 0)
+    with _quiet_lightning():
+        trainer = L.Trainer(max_epochs=epochs, accelerator=accelerator, devices=1, logger=False,
+                            enable_checkpointing=False, enable_model_summary=False,
+                            num_sanity_val_steps=0, callbacks=[_EpochBar()],
+                            default_root_dir=str(Path(out).parent),
+                            limit_val_batches=1.0 if val else 0)
     crops = CropDataset(train, size=size, length=crops_per_epoch, seed=seed)
     trainer.callbacks.append(_NewCropsEachEpoch(crops))
     loaders = [DataLoader(crops, batch_size=batch_size, shuffle=False)]
     if val:
         loaders.append(DataLoader(WholeFrames(val, required_multiple(net.config)), batch_size=1))
-    trainer.fit(module, *loaders)
+    with _quiet_lightning():
+        trainer.fit(module, *loaders)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    if val:
+        n_true = sum(len(f.cores) for f in val)
+        if n_true == 0:  # core scores are undefined; the module logs placeholders (F1 0, RMSE 1)
+            metrics = {k: v for k, v in metrics.items()
+                       if not k.startswith("val/") or k in ("val/loss", "val/rs_iou")}
+            logger.warning("the validation frames hold no annotated cores: no core scores")
+        metrics["val/true_cores"] = n_true
     card = {k: v for k, v in card.items() if k not in ("sha256", "model_id")}
     card["training"] = {"base": card.get("training"), "finetune": {
         "data": str(data), "epochs": epochs, "lr": lr, "size": size, "frames": len(frames),
