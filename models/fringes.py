@@ -27,6 +27,9 @@ import numpy as np
 import torch
 from torch import nn
 
+#: Gaussian mask sigma of the fringe image, relative to 1 / period (the network's channels).
+FRINGE_MASK_WIDTH = 0.25
+
 
 class FringeChannels(nn.Module):
     """Append the real and imaginary parts of the (003) fringe image to the input.
@@ -55,7 +58,7 @@ class FringeChannels(nn.Module):
     torch.Size([1, 3, 32, 32])
     """
 
-    def __init__(self, period_px: float, *, band: float = 0.15, width: float = 0.25,
+    def __init__(self, period_px: float, *, band: float = 0.15, width: float = FRINGE_MASK_WIDTH,
                  clip: float = 3.0, avoid_angle_deg: float = 20.0) -> None:
         super().__init__()
         if period_px <= 2:
@@ -133,7 +136,7 @@ class FringeChannels(nn.Module):
 
 
 def fringe_winding(image: np.ndarray, xy: np.ndarray, *, period_px: float,
-                   radius_px: float, width: float = 0.25) -> np.ndarray:
+                   radius_px: float, width: float = FRINGE_MASK_WIDTH) -> np.ndarray:
     """Winding number of the fringe phase on a circle around each point.
 
     Parameters
