@@ -134,11 +134,12 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
-    import json
+    from dislotrack.infer.evaluate import evaluate_folders, report_table
 
-    from dislotrack.infer.evaluate import evaluate_folders
-
-    print(json.dumps(evaluate_folders(args.pred, args.truth), indent=2, default=float))
+    report = evaluate_folders(args.pred, args.truth)
+    print(report_table(report).to_string(float_format=lambda v: f"{v:.3f}", na_rep="-"))
+    print(f"report: {Path(args.pred) / 'evaluation.json'}; found, missed and false cores: "
+          f"{Path(args.pred)}/<stem>/figures/evaluation.png")
     return 0
 
 

@@ -35,6 +35,35 @@ def detection_scores(pred: pd.DataFrame, truth: pd.DataFrame, *, pixel_size_nm: 
     return tally.summary()
 
 
+#: Outcome of each core in `core_outcomes`: a true core found or missed, a predicted one false.
+OUTCOMES = ("found", "missed", "false")
+
+
+def core_outcomes(pred: pd.DataFrame, truth: pd.DataFrame, *, pixel_size_nm: float) -> pd.DataFrame:
+    """Each true core found or missed and each unmatched prediction false, frame by frame.
+
+    The matching is `detection_scores`' (Hungarian, within `MATCH_RADIUS_NM`), so the
+    counts of ``found``, ``missed`` and ``false`` are its tp, fn and fp.
+
+    Returns
+    -------
+    DataFrame
+        frame, x, y [px] (the true position for found and missed cores, the predicted
+        one for false cores), outcome (one of `OUTCOMES`).
+    """
+    rows = []
+    pg, tg = dict(list(pred.groupby("frame"))), dict(list(truth.groupby("frame")))
+    for f in sorted(set(pg) | set(tg)):
+        p = pg[f][["x", "y"]].to_numpy(float) if f in pg else np.zeros((0, 2))
+        t = tg[f][["x", "y"]].to_numpy(float) if f in tg else np.zeros((0, 2))
+        pi, ti = match_cores(p, t, MATCH_RADIUS_NM / pixel_size_nm)
+        found = np.isin(np.arange(len(t)), ti)
+        rows += [(f, x, y, "found" if ok else "missed") for (x, y), ok in zip(t, found, strict=True)]
+        rows += [(f, x, y, "false") for j, (x, y) in enumerate(p) if j not in set(pi)]
+    return pd.DataFrame(rows, columns=["frame", "x", "y", "outcome"]).astype(
+        {"frame": int, "x": float, "y": float})
+
+
 def match_identities(pred_tracks: pd.DataFrame, truth: pd.DataFrame, *,
                      pixel_size_nm: float) -> pd.DataFrame:
     """Per-frame matched pairs (frame, true particle, predicted particle)."""
@@ -131,8 +160,11 @@ def event_scores(pred: pd.DataFrame, truth: pd.DataFrame, *, pixel_size_nm: floa
     return {"event_tp": tp, "event_fp": fp, "event_fn": fn, "event_f1": f1}
 
 
-def evaluate_folders(pred_dir: str | Path, truth_dir: str | Path) -> dict:
+def evaluate_folders(pred_dir: str | Path, truth_dir: str | Path, *, figures: bool = True) -> dict:
     """Score every annotated item of ``truth_dir`` against ``pred_dir/<stem>/``.
+
+    Writes ``pred_dir/evaluation.json`` (the returned report) and, with ``figures``,
+    ``pred_dir/<stem>/figures/evaluation.png`` (found, missed and false cores).
 
     Raises
     ------
@@ -160,6 +192,12 @@ def evaluate_folders(pred_dir: str | Path, truth_dir: str | Path) -> dict:
         ann = read_annotation(side)
         pred = pd.read_csv(out / "detections.csv")
         scores = detection_scores(pred, ann.cores, pixel_size_nm=ann.pixel_size_nm)
+        if figures:
+            from dislotrack.infer.figures import evaluation_figure
+
+            (out / "figures").mkdir(exist_ok=True)
+            evaluation_figure(ann.image, core_outcomes(pred, ann.cores, pixel_size_nm=ann.pixel_size_nm),
+                              out / "figures" / "evaluation.png", title=stem)
         rs_pred = out / "rocksalt_mask.tif"
         if ann.rs_mask is not None and rs_pred.exists():
             import tifffile
@@ -177,3 +215,14 @@ def evaluate_folders(pred_dir: str | Path, truth_dir: str | Path) -> dict:
         report[stem] = {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in scores.items()}
     (Path(pred_dir) / "evaluation.json").write_text(json.dumps(report, indent=2, default=float))
     return report
+
+
+#: Columns of `report_table`, where the report has them.
+TABLE_COLUMNS = ("tp", "fp", "fn", "precision", "recall", "f1", "rmse_nm", "h_accuracy", "rs_iou",
+                 "median_glide_rel_error", "median_climb_rel_error", "switches_per_track", "event_f1")
+
+
+def report_table(report: dict) -> pd.DataFrame:
+    """The `evaluate_folders` report as one row per annotated item (for printing)."""
+    table = pd.DataFrame.from_dict(report, orient="index")
+    return table[[c for c in (*TABLE_COLUMNS, "error") if c in table]]

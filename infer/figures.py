@@ -1,4 +1,5 @@
-"""Figures of an analysis: trajectories, displacement vs time, counts, overlay movie."""
+"""Figures of an analysis (trajectories, displacement vs time, counts, overlay movie) and of
+its evaluation against annotations."""
 
 from __future__ import annotations
 
@@ -105,6 +106,44 @@ def counts(res: AnalysisResult, path: Path) -> None:
     ax2.plot(tt, c.rocksalt_fraction, "c:", label="rock-salt fraction")
     ax2.set_ylabel("rock-salt area fraction")
     ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+#: Marker of each `dislotrack.infer.evaluate.OUTCOMES` entry: (marker, colour, label).
+OUTCOME_STYLE = {"found": ("o", "limegreen", "found"), "missed": ("x", "red", "missed"),
+                 "false": ("s", "orange", "false")}
+
+
+def evaluation_figure(image: np.ndarray, outcomes: pd.DataFrame, path: Path, *, title: str = "") -> None:
+    """Found, missed and false cores over one frame and, for a movie, their counts per
+    frame (`dislotrack.infer.evaluate.core_outcomes`). The frame shown is the one with the
+    most mistakes (missed + false), then the most true cores."""
+    image = np.asarray(image).reshape(-1, *np.shape(image)[-2:])
+    per = outcomes.groupby(["frame", "outcome"]).size().unstack(fill_value=0)
+    per = per.reindex(index=range(len(image)), columns=list(OUTCOME_STYLE), fill_value=0)
+    rank = pd.DataFrame({"mistakes": per.missed + per["false"], "true": per.found + per.missed})
+    frame = int(rank.sort_values(["mistakes", "true"], ascending=False, kind="stable").index[0])
+    movie = len(image) > 1
+    fig, axes = plt.subplots(1, 2 if movie else 1, figsize=(11 if movie else 6, 5.5), squeeze=False)
+    ax = axes[0, 0]
+    ax.imshow(image[frame], cmap="gray")
+    here = outcomes[outcomes.frame == frame]
+    for kind, (marker, colour, label) in OUTCOME_STYLE.items():
+        g = here[here.outcome == kind]
+        ax.plot(g.x, g.y, marker, ls="none", mfc="none", mec=colour, mew=1.5, ms=10,
+                label=f"{label} ({len(g)})")
+    fig.suptitle(f"{title} frame {frame}".strip())
+    ax.legend(loc="upper right", fontsize=8)
+    ax.set_axis_off()
+    if movie:
+        for kind, (marker, colour, label) in OUTCOME_STYLE.items():
+            axes[0, 1].plot(per.index, per[kind], "-", marker=marker, color=colour, ms=4, label=label)
+        axes[0, 1].set_xlabel("frame")
+        axes[0, 1].set_ylabel("cores")
+        axes[0, 1].yaxis.get_major_locator().set_params(integer=True)
+        axes[0, 1].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

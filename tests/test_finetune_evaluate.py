@@ -8,7 +8,8 @@ import torch
 
 from dislotrack.data_gen.export import generate_dataset
 from dislotrack.infer.cli import main
-from dislotrack.infer.evaluate import detection_scores, event_scores
+from dislotrack.infer.evaluate import core_outcomes, detection_scores, event_scores
+from dislotrack.infer.figures import evaluation_figure
 from dislotrack.models.io import load_model, save_model
 from dislotrack.models.unet import UNet, UNetConfig
 
@@ -41,14 +42,19 @@ def test_finetune_writes_a_loadable_model_with_its_recipe(tmp_path, capfd):
     assert any(not torch.equal(p, weights[name]) for name, p in net.named_parameters())
 
 
-def test_evaluate_scores_infer_outputs_against_annotations(tmp_path):
+def test_evaluate_scores_infer_outputs_against_annotations(tmp_path, capsys):
     generate_dataset(out=tmp_path / "truth", n=1, size=64, mode="stem", movie_frames=3, seed=4,
                      progress=False)  # a movie with cores, which the bundled model finds
     assert main(["infer", str(tmp_path / "truth" / "movie_00000.tif"), "--out", str(tmp_path / "pred"),
                  "--model", "default", "--no-movie", "--min-length", "2"]) == 0
+    capsys.readouterr()
     assert main(["evaluate", "--pred", str(tmp_path / "pred"), "--truth", str(tmp_path / "truth")]) == 0
     report = json.loads((tmp_path / "pred" / "evaluation.json").read_text())
     r = report["movie_00000"]
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split()[:4] == ["tp", "fp", "fn", "precision"]
+    assert table[1].split()[:4] == ["movie_00000", str(r["tp"]), str(r["fp"]), str(r["fn"])]
+    assert (tmp_path / "pred" / "movie_00000" / "figures" / "evaluation.png").stat().st_size > 0
     assert r["tp"] > 0
     assert np.isclose(r["precision"], r["tp"] / (r["tp"] + r["fp"]))
     assert np.isclose(r["recall"], r["tp"] / (r["tp"] + r["fn"]))
@@ -89,3 +95,19 @@ def test_evaluate_refuses_missing_folders_and_unmatched_predictions(tmp_path, ca
         err = capsys.readouterr().err
         assert err.startswith("dislotrack evaluate: error:") and message in err, err
     assert not (tmp_path / "pred" / "evaluation.json").exists()
+
+
+def test_core_outcomes_are_the_matching_of_detection_scores(tmp_path):
+    truth = pd.DataFrame({"frame": [0, 0, 1, 2], "x": [10.0, 30.0, 10.0, 5.0], "y": [10.0, 30.0, 10.0, 5.0],
+                          "hx": 1.0, "hy": 0.0})
+    pred = pd.DataFrame({"frame": [0, 0, 1, 3], "x": [11.0, 50.0, 10.5, 7.0], "y": [10.0, 50.0, 10.0, 7.0],
+                         "hx": 1.0, "hy": 0.0})
+    out = core_outcomes(pred, truth, pixel_size_nm=0.1)  # match radius 5 px
+    got = {(r.frame, r.x, r.y, r.outcome) for r in out.itertuples()}
+    assert got == {(0, 10.0, 10.0, "found"), (0, 30.0, 30.0, "missed"), (0, 50.0, 50.0, "false"),
+                   (1, 10.0, 10.0, "found"), (2, 5.0, 5.0, "missed"), (3, 7.0, 7.0, "false")}
+    s = detection_scores(pred, truth, pixel_size_nm=0.1)
+    n = out.outcome.value_counts()
+    assert (n["found"], n["missed"], n["false"]) == (s["tp"], s["fn"], s["fp"])
+    evaluation_figure(np.zeros((4, 64, 64)), out, tmp_path / "e.png")  # frames without cores too
+    assert (tmp_path / "e.png").stat().st_size > 0
