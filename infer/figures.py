@@ -142,7 +142,8 @@ def evaluation_figure(image: np.ndarray, outcomes: pd.DataFrame, path: Path, *, 
             axes[0, 1].plot(per.index, per[kind], "-", marker=marker, color=colour, ms=4, label=label)
         axes[0, 1].set_xlabel("frame")
         axes[0, 1].set_ylabel("cores")
-        axes[0, 1].yaxis.get_major_locator().set_params(integer=True)
+        for axis in (axes[0, 1].xaxis, axes[0, 1].yaxis):
+            axis.get_major_locator().set_params(integer=True)
         axes[0, 1].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
