@@ -114,7 +114,8 @@ def test_training_pixel_size_becomes_the_models_canonical_pixel_size(tmp_path, m
                 "--model.net.init_args.config.base_channels=4", "--model.net.init_args.config.depth=2",
                 "--data.batch_size=2", "--data.num_workers=0", "--data.size=32", "--data.eval_size=32",
                 "--data.n_val=2", "--data.pixel_size=0.05"])
-    card = json.loads((tmp_path / "models" / "weights" / "default.json").read_text())
+    card = json.loads((tmp_path / "runs" / "cpu" / "model.json").read_text())
+    assert not (tmp_path / "models").exists()  # a smoke test never replaces the bundled model
     assert card["canonical_pixel_size_nm"] == 0.05
     assert card["generator"]["pixel_size"] == 0.05
 
