@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pandas as pd
+import pytest
 import torch
 
 from dislotrack.data_gen.export import generate_dataset
@@ -111,3 +112,27 @@ def test_core_outcomes_are_the_matching_of_detection_scores(tmp_path):
     assert (n["found"], n["missed"], n["false"]) == (s["tp"], s["fn"], s["fp"])
     evaluation_figure(np.zeros((4, 64, 64)), out, tmp_path / "e.png")  # frames without cores too
     assert (tmp_path / "e.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize(("option", "value", "message"), [
+    ("--epochs", "0", "epochs must be at least 1"), ("--epochs", "-1", "epochs must be at least 1"),
+    ("--crops-per-epoch", "0", "crops_per_epoch must be at least 1"),
+    ("--val-fraction", "1.0", r"val_fraction must be in \[0, 1\)")])
+def test_finetune_refuses_settings_that_cannot_train(tmp_path, capsys, option, value, message):
+    import re
+
+    args = ["finetune", "--data", str(tmp_path), "--out", str(tmp_path / "ft"), option, value]
+    assert main(args) == 2  # before any data is read: one line, no model written
+    assert re.search(message, capsys.readouterr().err)
+    assert not (tmp_path / "ft.safetensors").exists()
+
+
+def test_finetune_keeps_a_frame_for_training_at_a_high_val_fraction(tmp_path):
+    generate_dataset(out=tmp_path / "lab", n=3, size=64, mode="stem", seed=3, progress=False)
+    _tiny(tmp_path / "base")
+    assert main(["finetune", "--data", str(tmp_path / "lab"), "--out", str(tmp_path / "ft"),
+                 "--model", str(tmp_path / "base"), "--epochs", "1", "--size", "32",
+                 "--batch-size", "2", "--crops-per-epoch", "2", "--val-fraction", "0.99",
+                 "--accelerator", "cpu"]) == 0
+    _, card = load_model(tmp_path / "ft")
+    assert card["training"]["finetune"]["val_frames"] == 2

@@ -137,12 +137,18 @@ def finetune(*, data: str | Path, out: str | Path, model: str | Path | None = No
 
     Returns the validation metrics of the final model.
     """
+    for name, value in (("epochs", epochs), ("size", size), ("batch_size", batch_size),
+                        ("crops_per_epoch", crops_per_epoch)):
+        if value < 1:  # Lightning reads max_epochs=-1 as "forever", 0 as "copy the base model"
+            raise ValueError(f"{name} must be at least 1, got {value}")
+    if not 0 <= val_fraction < 1:
+        raise ValueError(f"val_fraction must be in [0, 1) (some frames must train), got {val_fraction}")
     net, card = load_model(model)
     canonical = float(card["canonical_pixel_size_nm"])
     frames = annotated_frames(data, canonical)
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(frames))
-    n_val = int(round(val_fraction * len(frames))) if len(frames) > 1 else 0
+    n_val = min(int(round(val_fraction * len(frames))), len(frames) - 1)  # >= 1 frame trains
     val = [frames[i] for i in order[:n_val]]
     train = [frames[i] for i in order[n_val:]]
     module = DislocationModule(net.train(), lr=lr)
