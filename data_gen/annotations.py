@@ -15,6 +15,7 @@ For an image or movie ``<stem>``, in one folder:
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,7 +82,17 @@ def read_annotation(sidecar: str | Path) -> Annotation:
     image = tifffile.imread(f"{stem}.tif").astype(np.float32)
     if image.ndim == 2:
         image = image[None]
-    cores = pd.read_csv(f"{stem}_cores.csv")
+    try:
+        px = float(side["pixel_size_nm"])
+    except (KeyError, TypeError, ValueError):
+        px = float("nan")
+    if not (np.isfinite(px) and px > 0):
+        raise ValueError(f"{sidecar}: pixel_size_nm must be a positive number [nm/px], "
+                         f"got {side.get('pixel_size_nm')!r}")
+    try:
+        cores = pd.read_csv(f"{stem}_cores.csv")
+    except (pd.errors.ParserError, UnicodeDecodeError) as err:
+        raise ValueError(f"{stem}_cores.csv is not a readable CSV table: {err}") from None
     missing = [c for c in REQUIRED_CORE_COLUMNS if c not in cores.columns]
     if missing:
         raise ValueError(f"{stem}_cores.csv lacks columns {missing}")
@@ -89,19 +100,32 @@ def read_annotation(sidecar: str | Path) -> Annotation:
     rs = tifffile.imread(rs_path).astype(np.uint8) if rs_path.exists() else None
     if rs is not None and rs.ndim == 2:
         rs = rs[None]
-    return Annotation(image, cores, rs, float(side["pixel_size_nm"]),
+    numeric = [c for c in REQUIRED_CORE_COLUMNS
+               if len(cores) and not pd.api.types.is_numeric_dtype(cores[c])]
+    if numeric:
+        raise ValueError(f"{stem}_cores.csv has non-numeric values in columns {numeric}")
+    return Annotation(image, cores, rs, px,
                       side.get("frame_interval_s"), side.get("source", {}))
 
 
 def find_annotations(folder: str | Path) -> list[Path]:
-    """All annotation sidecars in a folder (sorted)."""
-    out = []
+    """All annotation sidecars in a folder (sorted); other .json files are skipped with a
+    warning that names them (a sidecar with a typo would otherwise vanish unnoticed)."""
+    out, skipped = [], []
     for p in sorted(Path(folder).glob("*.json")):
         try:
-            if json.loads(p.read_text()).get("format") == FORMAT:
-                out.append(p)
+            side = json.loads(p.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError):
+            skipped.append(f"{p.name} (not valid JSON)")
             continue
+        if isinstance(side, dict) and side.get("format") == FORMAT:
+            out.append(p)
+        else:
+            fmt = side.get("format") if isinstance(side, dict) else None
+            skipped.append(f"{p.name} (format {fmt!r}, not {FORMAT!r})")
+    if skipped:
+        warnings.warn(f"{folder}: skipped {len(skipped)} .json file(s) that are not annotations: "
+                      + "; ".join(skipped), stacklevel=2)
     return out
 
 

@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
+from dislotrack.data_gen.annotations import find_annotations, read_annotation
 from dislotrack.data_gen.export import generate_dataset
 from dislotrack.infer.cli import main
 from dislotrack.infer.evaluate import core_outcomes, detection_scores, event_scores
@@ -136,3 +137,22 @@ def test_finetune_keeps_a_frame_for_training_at_a_high_val_fraction(tmp_path):
                  "--accelerator", "cpu"]) == 0
     _, card = load_model(tmp_path / "ft")
     assert card["training"]["finetune"]["val_frames"] == 2
+
+
+def test_annotation_folders_name_what_they_skip_and_refuse(tmp_path):
+    lab = tmp_path / "lab"
+    generate_dataset(out=lab, n=2, size=32, mode="stem", seed=3, progress=False)
+    (lab / "notes.json").write_text('{"format": "something-else"}')
+    (lab / "typo.json").write_text("{not json")
+    with pytest.warns(UserWarning, match=r"skipped 2 .*notes.json \(format 'something-else'.*typo.json"):
+        assert [p.name for p in find_annotations(lab)] == ["image_00000.json", "image_00001.json"]
+    side = json.loads((lab / "image_00000.json").read_text())
+    (lab / "image_00000.json").write_text(json.dumps({**side, "pixel_size_nm": None}))
+    with pytest.raises(ValueError, match=r"image_00000.json: pixel_size_nm must be a positive number"):
+        read_annotation(lab / "image_00000.json")
+    (lab / "image_00001_cores.csv").write_text("frame,x,y,hx,hy,particle\n0,abc,1,1,0,0\n")
+    with pytest.raises(ValueError, match=r"image_00001_cores.csv has non-numeric values in columns \['x'\]"):
+        read_annotation(lab / "image_00001.json")
+    (lab / "image_00001_cores.csv").write_text('frame,x\n"0,1\n')
+    with pytest.raises(ValueError, match="image_00001_cores.csv is not a readable CSV table"):
+        read_annotation(lab / "image_00001.json")
