@@ -129,6 +129,26 @@ def find_annotations(folder: str | Path) -> list[Path]:
     return out
 
 
+def is_sidecar(path: str | Path) -> bool:
+    """Whether ``path`` is an annotation sidecar (a .json file of this `FORMAT`)."""
+    p = Path(path)
+    try:
+        side = json.loads(p.read_text()) if p.suffix.lower() == ".json" and p.is_file() else None
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return False
+    return isinstance(side, dict) and side.get("format") == FORMAT
+
+
+def mask_sidecar(path: str | Path) -> Path | None:
+    """The sidecar whose rock-salt mask ``path`` is (``<stem>_rs.tif`` next to
+    ``<stem>.json``), else None."""
+    p = Path(path)
+    if not p.name.lower().endswith("_rs.tif"):
+        return None
+    side = p.with_name(p.name[: -len("_rs.tif")] + ".json")
+    return side if is_sidecar(side) else None
+
+
 def _jsonable(o: object) -> object:
     if isinstance(o, np.ndarray):
         return o.tolist()

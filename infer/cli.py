@@ -77,8 +77,15 @@ def _add_infer(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_infer(args: argparse.Namespace) -> int:
+    from dislotrack.data_gen.annotations import mask_sidecar
     from dislotrack.infer.run import infer_one, output_dir
 
+    masks = [p for p in args.inputs if mask_sidecar(p)]  # e.g. from `infer lab/*.tif`
+    for p in masks:
+        print(f"{p}: skipped (the rock-salt mask of annotation {mask_sidecar(p).name})", file=sys.stderr)
+    args.inputs = [p for p in args.inputs if p not in masks]
+    if not args.inputs:
+        raise ValueError("no input left to analyse")
     if Path(args.out).exists() and not Path(args.out).is_dir():
         raise NotADirectoryError(f"--out {args.out} is a file, not a folder")
     folders = [output_dir(args.out, p) for p in args.inputs]

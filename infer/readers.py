@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
+from dislotrack.data_gen.annotations import is_sidecar
 from dislotrack.infer.calibration import (
     Calibration,
     interval_from_timestamps,
@@ -585,6 +586,11 @@ def _frame_files(folder: Path) -> list[Path]:
 
 def _open_folder(folder: Path) -> Movie:
     files = _frame_files(folder)
+    if any(is_sidecar(p) for p in folder.glob("*.json")):  # not frames of one movie
+        raise ValueError(
+            f"{folder} holds annotated images or movies (dislotrack annotations): a folder is "
+            "read as one movie, one frame per file; pass the image files themselves "
+            "(the <stem>_rs.tif masks are skipped)")
     shapes, stamps = [], []
     for f in files:  # headers only: PIL, tifffile and rosettasciio-lazy read no pixels here
         with open_movie(f) as m:

@@ -295,3 +295,18 @@ def test_a_pixel_size_too_coarse_for_the_fringes_is_warned_about_or_refused(tmp_
                 calibrate(m, pixel_size_nm=ps, frame_interval_s=1.0, d_spacing_nm=0.473)
     assert any("not resolved" in w for w in coarse.warnings)  # 2.4 px per (003) period
     assert not any("not resolved" in w for w in fine.warnings)  # 4.7 px
+
+
+def test_annotated_folders_are_not_read_as_one_movie_and_masks_are_skipped(tiny_model, tmp_path, capsys):
+    from dislotrack.data_gen.export import generate_dataset
+
+    generate_dataset(out=tmp_path / "lab", n=2, size=48, mode="stem", seed=3, progress=False)
+    out = tmp_path / "o"
+    assert main(["infer", str(tmp_path / "lab"), "--out", str(out), "--model", str(tiny_model)]) == 2
+    assert "holds annotated images or movies" in capsys.readouterr().err and not out.exists()
+    files = sorted(str(p) for p in (tmp_path / "lab").glob("*.tif"))  # as `lab/*.tif` expands
+    assert len(files) == 4
+    assert main(["infer", *files, "--out", str(out), "--model", str(tiny_model), "--no-movie"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("skipped (the rock-salt mask of annotation") == 2
+    assert sorted(p.name for p in out.iterdir()) == ["image_00000", "image_00001"]
