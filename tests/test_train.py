@@ -289,3 +289,16 @@ def test_sample_to_item_carries_the_weight_through_augmentation():
         if 0 <= r < 64 and 0 <= c < 64:
             assert w[r, c] == (0.0 if hid else 1.0)
     assert (sample_to_item(s, transform=tr)["heatmap_weight"] == 1).all()  # off by default
+
+
+def test_a_bundled_config_is_found_by_name_from_any_folder(tmp_path, monkeypatch):
+    from dislotrack.train.cli import resolve_configs
+
+    monkeypatch.chdir(tmp_path)  # no train/configs/ here
+    cpu = config_path("cpu")
+    assert resolve_configs(["fit", "--config", "cpu", "--x", "1"]) == ["fit", "--config", cpu, "--x", "1"]
+    gpu = config_path("gpu")
+    assert resolve_configs(["fit", "--config=train/configs/gpu.yaml"]) == ["fit", f"--config={gpu}"]
+    (tmp_path / "cpu.yaml").write_text("trainer: {}\n")  # a file of the user's own comes first
+    assert resolve_configs(["fit", "--config", "cpu.yaml"]) == ["fit", "--config", "cpu.yaml"]
+    assert resolve_configs(["fit", "--config", "mine.yaml"]) == ["fit", "--config", "mine.yaml"]

@@ -3,6 +3,7 @@
 Examples
 --------
     dislotrack train fit --config train/configs/cpu.yaml
+    dislotrack train fit --config cpu        # the bundled config, from any folder
     dislotrack train fit --config train/configs/cpu.yaml --ckpt_path last
     dislotrack train test --config train/configs/cpu.yaml --ckpt_path last
 """
@@ -10,8 +11,10 @@ Examples
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from importlib.resources import files
+from pathlib import Path
 
 from lightning.pytorch.cli import LightningCLI
 
@@ -24,8 +27,30 @@ def config_path(name: str) -> str:
     return str(files("dislotrack.train").joinpath("configs", f"{name}.yaml"))
 
 
+def resolve_configs(argv: Sequence[str]) -> list[str]:
+    """``--config X`` where X is not a file but names a bundled config (``cpu`` or
+    ``train/configs/cpu.yaml`` outside the repository) -> that config's installed path."""
+    out = list(argv)
+    for i, arg in enumerate(out):
+        key, eq, value = arg.partition("=")
+        if key != "--config" or (not eq and i + 1 >= len(out)):
+            continue
+        value = value if eq else out[i + 1]
+        bundled = Path(config_path(Path(value).stem))
+        if not Path(value).exists() and bundled.is_file():
+            if eq:
+                out[i] = f"--config={bundled}"
+            else:
+                out[i + 1] = str(bundled)
+    return out
+
+
 def train_main(argv: Sequence[str] | None = None) -> None:
     """Run LightningCLI with dislotrack's module and data module."""
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-    LightningCLI(DislocationModule, SyntheticDataModule, args=list(argv) if argv else None,
-                 save_config_kwargs={"overwrite": True}, seed_everything_default=0)
+    # `dislotrack train` hands its own arguments on: not the mix the warning is about.
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+    LightningCLI(DislocationModule, SyntheticDataModule,
+                 args=resolve_configs(argv) if argv else None,
+                 save_config_kwargs={"overwrite": True}, seed_everything_default=0,
+                 parser_kwargs={"prog": "dislotrack train"})
