@@ -31,6 +31,8 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
 def _run_generate(args: argparse.Namespace) -> int:
     from dislotrack.data_gen.export import generate_dataset
 
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise NotADirectoryError(f"--out {args.out} is a file, not a folder")
     paths = generate_dataset(out=args.out, n=args.n, size=args.size, mode=args.mode,
                              movie_frames=args.movie, seed=args.seed, variants=args.variants)
     print(f"{len(paths)} labelled {'movies' if args.movie else 'images'} in {args.out}/")
@@ -155,14 +157,16 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, help="folder of annotations (<stem>.json + .tif + _cores.csv)")
     p.add_argument("--out", required=True, help="output model <stem> (.safetensors + .json)")
     p.add_argument("--model", default=None, help="start from this model (default: bundled)")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--lr", type=float, default=5e-4)
-    p.add_argument("--size", type=int, default=128, help="training crop side [px, canonical]")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--crops-per-epoch", type=int, default=256)
-    p.add_argument("--val-fraction", type=float, default=0.2)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--accelerator", default="auto", help="cpu, gpu or auto")
+    p.add_argument("--epochs", type=int, default=10, help="(default 10)")
+    p.add_argument("--lr", type=float, default=5e-4, help="learning rate (default 5e-4)")
+    p.add_argument("--size", type=int, default=128,
+                   help="training crop side [px, canonical] (default 128)")
+    p.add_argument("--batch-size", type=int, default=8, help="(default 8)")
+    p.add_argument("--crops-per-epoch", type=int, default=256, help="(default 256)")
+    p.add_argument("--val-fraction", type=float, default=0.2,
+                   help="fraction of the frames held out for validation, in [0, 1) (default 0.2)")
+    p.add_argument("--seed", type=int, default=0, help="(default 0)")
+    p.add_argument("--accelerator", default="auto", help="cpu, gpu or auto (default auto)")
     p.set_defaults(func=_run_finetune)
 
 

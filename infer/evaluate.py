@@ -225,4 +225,6 @@ TABLE_COLUMNS = ("tp", "fp", "fn", "precision", "recall", "f1", "rmse_nm", "h_ac
 def report_table(report: dict) -> pd.DataFrame:
     """The `evaluate_folders` report as one row per annotated item (for printing)."""
     table = pd.DataFrame.from_dict(report, orient="index")
-    return table[[c for c in (*TABLE_COLUMNS, "error") if c in table]]
+    table = table[[c for c in (*TABLE_COLUMNS, "error") if c in table]]
+    counts = [c for c in ("tp", "fp", "fn") if c in table]  # counts stay integers beside an error row
+    return table.astype({c: "Int64" for c in counts})

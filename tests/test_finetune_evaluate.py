@@ -156,3 +156,12 @@ def test_annotation_folders_name_what_they_skip_and_refuse(tmp_path):
     (lab / "image_00001_cores.csv").write_text('frame,x\n"0,1\n')
     with pytest.raises(ValueError, match="image_00001_cores.csv is not a readable CSV table"):
         read_annotation(lab / "image_00001.json")
+
+
+def test_report_table_keeps_counts_whole_beside_an_error_row():
+    from dislotrack.infer.evaluate import report_table
+
+    t = report_table({"a": {"tp": 3, "fp": 1, "fn": 2, "f1": 0.6}, "b": {"error": "no predictions"}})
+    assert list(t.columns) == ["tp", "fp", "fn", "f1", "error"]
+    assert t.loc["a", "tp"] == 3 and str(t.tp.dtype) == "Int64" and t.loc["b", "tp"] is pd.NA
+    assert "3.000" not in t.to_string(float_format=lambda v: f"{v:.3f}")

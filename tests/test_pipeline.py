@@ -109,6 +109,8 @@ def test_unusable_device_or_output_folder_is_a_one_line_error(tiny_model, tmp_pa
     (tmp_path / "file").write_text("")
     assert main([*args, "--out", str(tmp_path / "file")]) == 2
     assert "is a file, not a folder" in capsys.readouterr().err
+    assert main(["generate", "--out", str(tmp_path / "file"), "--n", "1", "--size", "32"]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
     (tmp_path / "b").mkdir()
     twin = tmp_path / "b" / "m.tif"  # the same stem: would overwrite m's outputs
     twin.write_bytes(movie.read_bytes())
