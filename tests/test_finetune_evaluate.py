@@ -165,3 +165,23 @@ def test_report_table_keeps_counts_whole_beside_an_error_row():
     assert list(t.columns) == ["tp", "fp", "fn", "f1", "error"]
     assert t.loc["a", "tp"] == 3 and str(t.tp.dtype) == "Int64" and t.loc["b", "tp"] is pd.NA
     assert "3.000" not in t.to_string(float_format=lambda v: f"{v:.3f}")
+
+
+def test_finetune_holds_out_whole_movies_not_neighbouring_frames():
+    from dislotrack.data_gen.sample import Sample
+    from dislotrack.train.finetune import split_frames
+
+    def frames(source, n):
+        return [Sample(np.zeros((8, 8), np.float32), pd.DataFrame(), np.zeros((8, 8), np.uint8),
+                       {"source": source}) for _ in range(n)]
+
+    lab = frames("a.json", 5) + frames("b.json", 5) + frames("c.json", 2)
+    for seed in range(5):
+        train, val, split = split_frames(lab, 0.2, np.random.default_rng(seed))
+        held = {f.meta["source"] for f in val}
+        assert split == "items" and held and not held & {f.meta["source"] for f in train}
+        assert len(train) + len(val) == 12 and len(train) > 0
+    train, val, split = split_frames(lab, 0.99, np.random.default_rng(0))
+    assert split == "items" and len({f.meta["source"] for f in train}) == 1  # one item still trains
+    train, val, split = split_frames(frames("movie.json", 10), 0.2, np.random.default_rng(0))
+    assert split == "frames" and (len(train), len(val)) == (8, 2)

@@ -55,6 +55,33 @@ def annotated_frames(folder: str | Path, canonical_nm: float) -> list[Sample]:
     return out
 
 
+def split_frames(frames: list[Sample], val_fraction: float,
+                 rng: np.random.Generator) -> tuple[list[Sample], list[Sample], str]:
+    """Training and validation frames, and how they were split ("items" or "frames").
+
+    With two or more annotated items (``meta["source"]``), whole items are held out
+    (about ``val_fraction`` of the frames, at least one item, and at least one left to
+    train): neighbouring frames of one movie are nearly the same image, so splitting
+    them would score the model on what it trained on. With one item, its frames are
+    split (scores then optimistic). At least one frame always trains.
+    """
+    items = sorted({f.meta.get("source") for f in frames}, key=str)
+    want = val_fraction * len(frames)
+    if len(items) >= 2 and want > 0:
+        held: set = set()
+        n = 0
+        for i in rng.permutation(len(items)):
+            if n >= want or len(held) == len(items) - 1:
+                break
+            held.add(items[i])
+            n += sum(f.meta.get("source") == items[i] for f in frames)
+        return ([f for f in frames if f.meta.get("source") not in held],
+                [f for f in frames if f.meta.get("source") in held], "items")
+    order = rng.permutation(len(frames))
+    n_val = min(int(round(want)), len(frames) - 1)
+    return [frames[i] for i in order[n_val:]], [frames[i] for i in order[:n_val]], "frames"
+
+
 def _crop(s: Sample, size: int, rng: np.random.Generator) -> Sample:
     h, w = s.image.shape
     if h < size or w < size:
@@ -146,11 +173,7 @@ def finetune(*, data: str | Path, out: str | Path, model: str | Path | None = No
     net, card = load_model(model)
     canonical = float(card["canonical_pixel_size_nm"])
     frames = annotated_frames(data, canonical)
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(frames))
-    n_val = min(int(round(val_fraction * len(frames))), len(frames) - 1)  # >= 1 frame trains
-    val = [frames[i] for i in order[:n_val]]
-    train = [frames[i] for i in order[n_val:]]
+    train, val, split = split_frames(frames, val_fraction, np.random.default_rng(seed))
     module = DislocationModule(net.train(), lr=lr)
     with _quiet_lightning():
         trainer = L.Trainer(max_epochs=epochs, accelerator=accelerator, devices=1, logger=False,
@@ -176,7 +199,7 @@ def finetune(*, data: str | Path, out: str | Path, model: str | Path | None = No
     card = {k: v for k, v in card.items() if k not in ("sha256", "model_id")}
     card["training"] = {"base": card.get("training"), "finetune": {
         "data": str(data), "epochs": epochs, "lr": lr, "size": size, "frames": len(frames),
-        "val_frames": len(val), "base_model": str(model or "bundled default")}}
+        "val_frames": len(val), "split": split, "base_model": str(model or "bundled default")}}
     card["metrics"] = {"finetune_validation": metrics}
     save_model(module.net.cpu().eval(), out, card=card)
     return metrics
