@@ -223,7 +223,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv and argv[0] in _LIGHTNING_COMMANDS:
         from dislotrack.train.cli import train_main
 
-        train_main(argv[1:])
+        try:
+            train_main(argv[1:])
+        except FileNotFoundError as err:  # ours (e.g. no last.ckpt); Lightning exits itself
+            if os.environ.get("DISLOTRACK_DEBUG"):
+                raise
+            print(f"dislotrack train: error: {err}", file=sys.stderr)
+            return 2
         return 0
     args = build_parser().parse_args(argv)
     try:

@@ -10,7 +10,7 @@ from dislotrack.models.decode import decode_cores, outputs_to_maps
 from dislotrack.models.metrics import DetectionTally
 from dislotrack.models.unet import UNet, UNetConfig
 from dislotrack.train.augment import augment
-from dislotrack.train.cli import config_path, train_main
+from dislotrack.train.cli import check_last_checkpoint, config_path, train_main
 from dislotrack.train.data import (
     FixedSynthetic,
     SyntheticStream,
@@ -302,3 +302,16 @@ def test_a_bundled_config_is_found_by_name_from_any_folder(tmp_path, monkeypatch
     (tmp_path / "cpu.yaml").write_text("trainer: {}\n")  # a file of the user's own comes first
     assert resolve_configs(["fit", "--config", "cpu.yaml"]) == ["fit", "--config", "cpu.yaml"]
     assert resolve_configs(["fit", "--config", "mine.yaml"]) == ["fit", "--config", "mine.yaml"]
+
+
+def test_test_with_ckpt_path_last_needs_a_checkpoint(tmp_path, monkeypatch, capsys):
+    from dislotrack.infer.cli import main
+
+    monkeypatch.chdir(tmp_path)  # nothing trained here: Lightning would score an untrained net
+    monkeypatch.delenv("DISLOTRACK_DEBUG", raising=False)
+    assert main(["train", "test", "--config", "cpu", "--ckpt_path", "last"]) == 2
+    assert "no runs/cpu/checkpoints/last.ckpt" in capsys.readouterr().err
+    (tmp_path / "runs" / "cpu" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "runs" / "cpu" / "checkpoints" / "last.ckpt").write_bytes(b"")
+    check_last_checkpoint(["test", "--config", config_path("cpu"), "--ckpt_path=last"])  # passes now
+    check_last_checkpoint(["fit", "--config", config_path("gpu"), "--ckpt_path", "last"])  # fit starts afresh

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from importlib.resources import files
 from pathlib import Path
 
+import yaml
 from lightning.pytorch.cli import LightningCLI
 
 from dislotrack.train.datamodule import SyntheticDataModule
@@ -45,12 +46,49 @@ def resolve_configs(argv: Sequence[str]) -> list[str]:
     return out
 
 
+def _option(argv: Sequence[str], name: str) -> str | None:
+    """The last value given to ``--name`` (``--name V`` or ``--name=V``)."""
+    value = None
+    for i, arg in enumerate(argv):
+        if arg == name and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif arg.startswith(name + "="):
+            value = arg.partition("=")[2]
+    return value
+
+
+def check_last_checkpoint(argv: Sequence[str]) -> None:
+    """``validate`` / ``test --ckpt_path last`` need the config's last.ckpt: Lightning
+    would only log that there is none and score an untrained network.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the config's checkpoint folder holds no ``last.ckpt``.
+    """
+    if not argv or argv[0] not in ("validate", "test") or _option(argv, "--ckpt_path") != "last":
+        return
+    config = _option(argv, "--config")
+    if config is None or not Path(config).is_file():
+        return
+    callbacks = (yaml.safe_load(Path(config).read_text()) or {}).get("trainer", {}).get("callbacks") or []
+    for cb in callbacks:
+        if isinstance(cb, dict) and str(cb.get("class_path", "")).endswith("ModelCheckpoint"):
+            folder = Path((cb.get("init_args") or {}).get("dirpath") or "")
+            if str(folder) and not (folder / "last.ckpt").is_file():
+                raise FileNotFoundError(
+                    f"--ckpt_path last: no {folder / 'last.ckpt'} (relative to {Path.cwd()}); "
+                    "train first, run from the folder training ran in, or pass a checkpoint file")
+
+
 def train_main(argv: Sequence[str] | None = None) -> None:
     """Run LightningCLI with dislotrack's module and data module."""
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     # `dislotrack train` hands its own arguments on: not the mix the warning is about.
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
-    LightningCLI(DislocationModule, SyntheticDataModule,
-                 args=resolve_configs(argv) if argv else None,
+    argv = resolve_configs(argv) if argv else None
+    if argv:
+        check_last_checkpoint(argv)
+    LightningCLI(DislocationModule, SyntheticDataModule, args=argv,
                  save_config_kwargs={"overwrite": True}, seed_everything_default=0,
                  parser_kwargs={"prog": "dislotrack train"})
