@@ -108,21 +108,26 @@ def read_annotation(sidecar: str | Path) -> Annotation:
                       side.get("frame_interval_s"), side.get("source", {}))
 
 
+def _sidecar_problem(path: Path) -> str | None:
+    """None if ``path`` is an annotation sidecar, else why it is not."""
+    try:
+        side = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return "not valid JSON"
+    fmt = side.get("format") if isinstance(side, dict) else None
+    return None if fmt == FORMAT else f"format {fmt!r}, not {FORMAT!r}"
+
+
 def find_annotations(folder: str | Path) -> list[Path]:
     """All annotation sidecars in a folder (sorted); other .json files are skipped with a
     warning that names them (a sidecar with a typo would otherwise vanish unnoticed)."""
     out, skipped = [], []
     for p in sorted(Path(folder).glob("*.json")):
-        try:
-            side = json.loads(p.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            skipped.append(f"{p.name} (not valid JSON)")
-            continue
-        if isinstance(side, dict) and side.get("format") == FORMAT:
+        problem = _sidecar_problem(p)
+        if problem is None:
             out.append(p)
         else:
-            fmt = side.get("format") if isinstance(side, dict) else None
-            skipped.append(f"{p.name} (format {fmt!r}, not {FORMAT!r})")
+            skipped.append(f"{p.name} ({problem})")
     if skipped:
         warnings.warn(f"{folder}: skipped {len(skipped)} .json file(s) that are not annotations: "
                       + "; ".join(skipped), stacklevel=2)
@@ -132,11 +137,7 @@ def find_annotations(folder: str | Path) -> list[Path]:
 def is_sidecar(path: str | Path) -> bool:
     """Whether ``path`` is an annotation sidecar (a .json file of this `FORMAT`)."""
     p = Path(path)
-    try:
-        side = json.loads(p.read_text()) if p.suffix.lower() == ".json" and p.is_file() else None
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
-        return False
-    return isinstance(side, dict) and side.get("format") == FORMAT
+    return p.suffix.lower() == ".json" and p.is_file() and _sidecar_problem(p) is None
 
 
 def mask_sidecar(path: str | Path) -> Path | None:

@@ -82,9 +82,9 @@ def _run_infer(args: argparse.Namespace) -> int:
     from dislotrack.data_gen.annotations import mask_sidecar
     from dislotrack.infer.run import infer_one, output_dir
 
-    masks = [p for p in args.inputs if mask_sidecar(p)]  # e.g. from `infer lab/*.tif`
-    for p in masks:
-        print(f"{p}: skipped (the rock-salt mask of annotation {mask_sidecar(p).name})", file=sys.stderr)
+    masks = {p: side for p in args.inputs if (side := mask_sidecar(p))}  # e.g. `infer lab/*.tif`
+    for p, side in masks.items():
+        print(f"{p}: skipped (the rock-salt mask of annotation {side.name})", file=sys.stderr)
     args.inputs = [p for p in args.inputs if p not in masks]
     if not args.inputs:
         raise ValueError("no input left to analyse")
