@@ -57,9 +57,9 @@ def core_outcomes(pred: pd.DataFrame, truth: pd.DataFrame, *, pixel_size_nm: flo
         p = pg[f][["x", "y"]].to_numpy(float) if f in pg else np.zeros((0, 2))
         t = tg[f][["x", "y"]].to_numpy(float) if f in tg else np.zeros((0, 2))
         pi, ti = match_cores(p, t, MATCH_RADIUS_NM / pixel_size_nm)
-        found = np.isin(np.arange(len(t)), ti)
+        found, matched = np.isin(np.arange(len(t)), ti), np.isin(np.arange(len(p)), pi)
         rows += [(f, x, y, "found" if ok else "missed") for (x, y), ok in zip(t, found, strict=True)]
-        rows += [(f, x, y, "false") for j, (x, y) in enumerate(p) if j not in set(pi)]
+        rows += [(f, x, y, "false") for (x, y) in p[~matched]]
     return pd.DataFrame(rows, columns=["frame", "x", "y", "outcome"]).astype(
         {"frame": int, "x": float, "y": float})
 
