@@ -151,12 +151,13 @@ def event_scores(pred: pd.DataFrame, truth: pd.DataFrame, *, pixel_size_nm: floa
                  frame_tol: int = 1, radius_nm: float = MATCH_RADIUS_NM) -> dict:
     """Event F1: same kind, within ``frame_tol`` frames and ``radius_nm`` (`match_events`).
 
-    ``pred`` has frame, kind, x, y [px]; ``truth`` has frame, kind, x_nm, y_nm.
+    ``pred`` has frame, kind, x, y [px]; ``truth`` has frame, kind, x_nm, y_nm. F1 is NaN
+    (undefined, as in `DetectionTally`) when neither side has an event.
     """
     tp = len(match_events(pred, truth, pixel_size_nm=pixel_size_nm, frame_tol=frame_tol,
                           radius_nm=radius_nm))
     fp, fn = len(pred) - tp, len(truth) - tp
-    f1 = 2 * tp / (2 * tp + fp + fn) if (2 * tp + fp + fn) else 1.0
+    f1 = 2 * tp / (2 * tp + fp + fn) if (2 * tp + fp + fn) else np.nan
     return {"event_tp": tp, "event_fp": fp, "event_fn": fn, "event_f1": f1}
 
 

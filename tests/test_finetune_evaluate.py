@@ -61,7 +61,12 @@ def test_evaluate_scores_infer_outputs_against_annotations(tmp_path, capsys):
     assert np.isclose(r["precision"], r["tp"] / (r["tp"] + r["fp"]))
     assert np.isclose(r["recall"], r["tp"] / (r["tp"] + r["fn"]))
     assert np.isclose(r["f1"], 2 * r["tp"] / (2 * r["tp"] + r["fp"] + r["fn"]))
-    assert 0 <= r["rs_iou"] <= 1 and r["identity_switches"] >= 0 and 0 <= r["event_f1"] <= 1
+    assert 0 <= r["rs_iou"] <= 1 and r["identity_switches"] >= 0
+    n_events = 2 * r["event_tp"] + r["event_fp"] + r["event_fn"]
+    if n_events:
+        assert np.isclose(r["event_f1"], 2 * r["event_tp"] / n_events)
+    else:  # no event on either side: F1 undefined (JSON null), not 1.0
+        assert r["event_f1"] is None
 
 
 def test_detection_scores_count_matches_within_half_a_nanometre():
@@ -83,6 +88,10 @@ def test_event_f1_needs_same_kind_frame_and_place():
                          "x": [10.0, 20.0, 40.0], "y": [10.0, 20.0, 40.0], "particles": ["", "", ""]})
     s = event_scores(pred, truth, pixel_size_nm=0.1)
     assert (s["event_tp"], s["event_fp"], s["event_fn"]) == (1, 2, 1)
+    assert s["event_f1"] == 2 * 1 / (2 * 1 + 2 + 1)
+    none = event_scores(pred.iloc[:0], truth.iloc[:0], pixel_size_nm=0.1)
+    assert none["event_tp"] == none["event_fp"] == none["event_fn"] == 0
+    assert np.isnan(none["event_f1"])  # undefined, not a perfect 1.0
 
 
 def test_evaluate_refuses_missing_folders_and_unmatched_predictions(tmp_path, capsys, monkeypatch):
