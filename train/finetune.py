@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import warnings
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -65,7 +66,8 @@ def split_frames(frames: list[Sample], val_fraction: float,
     them would score the model on what it trained on. With one item, its frames are
     split (scores then optimistic). At least one frame always trains.
     """
-    items = sorted({f.meta.get("source") for f in frames}, key=str)
+    sizes = Counter(f.meta.get("source") for f in frames)  # frames per item
+    items = sorted(sizes, key=str)
     want = val_fraction * len(frames)
     if len(items) >= 2 and want > 0:
         held: set = set()
@@ -74,7 +76,7 @@ def split_frames(frames: list[Sample], val_fraction: float,
             if n >= want or len(held) == len(items) - 1:
                 break
             held.add(items[i])
-            n += sum(f.meta.get("source") == items[i] for f in frames)
+            n += sizes[items[i]]
         return ([f for f in frames if f.meta.get("source") not in held],
                 [f for f in frames if f.meta.get("source") in held], "items")
     order = rng.permutation(len(frames))
@@ -175,18 +177,16 @@ def finetune(*, data: str | Path, out: str | Path, model: str | Path | None = No
     frames = annotated_frames(data, canonical)
     train, val, split = split_frames(frames, val_fraction, np.random.default_rng(seed))
     module = DislocationModule(net.train(), lr=lr)
-    with _quiet_lightning():
-        trainer = L.Trainer(max_epochs=epochs, accelerator=accelerator, devices=1, logger=False,
-                            enable_checkpointing=False, enable_model_summary=False,
-                            num_sanity_val_steps=0, callbacks=[_EpochBar()],
-                            default_root_dir=str(Path(out).parent),
-                            limit_val_batches=1.0 if val else 0)
     crops = CropDataset(train, size=size, length=crops_per_epoch, seed=seed)
-    trainer.callbacks.append(_NewCropsEachEpoch(crops))
     loaders = [DataLoader(crops, batch_size=batch_size, shuffle=False)]
     if val:
         loaders.append(DataLoader(WholeFrames(val, required_multiple(net.config)), batch_size=1))
     with _quiet_lightning():
+        trainer = L.Trainer(max_epochs=epochs, accelerator=accelerator, devices=1, logger=False,
+                            enable_checkpointing=False, enable_model_summary=False,
+                            num_sanity_val_steps=0, callbacks=[_EpochBar(), _NewCropsEachEpoch(crops)],
+                            default_root_dir=str(Path(out).parent),
+                            limit_val_batches=1.0 if val else 0)
         trainer.fit(module, *loaders)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     if val:
