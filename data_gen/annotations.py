@@ -60,7 +60,8 @@ def write_annotation(folder: str | Path, stem: str, ann: Annotation) -> Path:
         raise ValueError(f"cores table lacks columns {missing}")
     write_imagej_tiff(folder / f"{stem}.tif", ann.image.astype(np.float32),
                       pixel_size_nm=ann.pixel_size_nm, frame_interval_s=ann.frame_interval_s)
-    ann.cores.to_csv(folder / f"{stem}_cores.csv", index=False)
+    extra = [c for c in ann.cores.columns if c not in REQUIRED_CORE_COLUMNS]
+    ann.cores[REQUIRED_CORE_COLUMNS + extra].to_csv(folder / f"{stem}_cores.csv", index=False)
     if ann.rs_mask is not None:
         write_imagej_tiff(folder / f"{stem}_rs.tif", ann.rs_mask.astype(np.uint8),
                           pixel_size_nm=ann.pixel_size_nm, frame_interval_s=ann.frame_interval_s)
@@ -73,7 +74,16 @@ def write_annotation(folder: str | Path, stem: str, ann: Annotation) -> Path:
 
 
 def read_annotation(sidecar: str | Path) -> Annotation:
-    """Read an annotation from its ``<stem>.json`` sidecar."""
+    """Read an annotation from its ``<stem>.json`` sidecar.
+
+    **h** is normalised to a unit vector (labs may write any length).
+
+    Raises
+    ------
+    ValueError
+        Naming the file, if the sidecar or a table is malformed or its values are
+        out of range (see `annotation_problems`).
+    """
     sidecar = Path(sidecar)
     side = json.loads(sidecar.read_text())
     if side.get("format") != FORMAT:
@@ -104,8 +114,52 @@ def read_annotation(sidecar: str | Path) -> Annotation:
                if len(cores) and not pd.api.types.is_numeric_dtype(cores[c])]
     if numeric:
         raise ValueError(f"{stem}_cores.csv has non-numeric values in columns {numeric}")
-    return Annotation(image, cores, rs, px,
-                      side.get("frame_interval_s"), side.get("source", {}))
+    ann = Annotation(image, cores, rs, px, side.get("frame_interval_s"), side.get("source", {}))
+    problems = annotation_problems(ann, declared_shape=side.get("shape"))
+    if problems:
+        raise ValueError(f"{sidecar}: " + "; ".join(problems))
+    norm = np.hypot(cores.hx, cores.hy)
+    ann.cores = cores.assign(hx=cores.hx / norm, hy=cores.hy / norm)
+    return ann
+
+
+def annotation_problems(ann: Annotation, *, declared_shape: list | None = None) -> list[str]:
+    """What is out of range in an annotation (empty if nothing).
+
+    Checked: the image is (t, y, x) and matches the sidecar's ``shape`` and the
+    rock-salt mask; ``frame_interval_s`` is null or positive; every core has an
+    integer frame in [0, t), a position inside the image (pixel-centre origin, so
+    x in [-0.5, width - 0.5]), a non-zero finite **h** and an integer particle.
+    """
+    problems = []
+    if ann.image.ndim != 3:
+        return [f"image has {ann.image.ndim} dimensions, expected (y, x) or (t, y, x)"]
+    t, h, w = ann.image.shape
+    agree = [[t, h, w]] + ([[h, w]] if t == 1 else [])  # a single image may be declared (y, x)
+    if declared_shape is not None and list(declared_shape) not in agree:
+        problems.append(f"shape {list(declared_shape)} disagrees with the image's {[t, h, w]}")
+    if ann.rs_mask is not None and ann.rs_mask.shape != ann.image.shape:
+        problems.append(f"rock-salt mask shape {list(ann.rs_mask.shape)} differs from "
+                        f"the image's {[t, h, w]}")
+    dt = ann.frame_interval_s
+    if dt is not None and not (isinstance(dt, (int, float)) and np.isfinite(dt) and dt > 0):
+        problems.append(f"frame_interval_s must be null or a positive number [s], got {dt!r}")
+    c = ann.cores
+    if not len(c):
+        return problems
+    checks = {
+        f"frame not an integer in [0, {t})": ~(c.frame.between(0, t - 1) & (c.frame % 1 == 0)),
+        f"x outside the image [-0.5, {w - 0.5}] px": ~c.x.between(-0.5, w - 0.5),
+        f"y outside the image [-0.5, {h - 0.5}] px": ~c.y.between(-0.5, h - 0.5),
+        "h zero or not finite": ~(np.isfinite(np.hypot(c.hx, c.hy)) & (np.hypot(c.hx, c.hy) > 0)),
+        "particle not an integer": ~(np.isfinite(c.particle) & (c.particle % 1 == 0)),
+    }
+    for what, bad in checks.items():
+        if bad.any():  # rows as a spreadsheet shows them: header is row 1
+            rows = ", ".join(str(i + 2) for i in np.flatnonzero(bad.to_numpy())[:5])
+            more = f" (and {int(bad.sum()) - 5} more)" if bad.sum() > 5 else ""
+            problems.append(f"_cores.csv {what} in row(s) {rows}{more}")
+    return problems
 
 
 def _sidecar_problem(path: Path) -> str | None:

@@ -30,8 +30,8 @@ def generate_dataset(*, out: str | Path, n: int, size: int = 256, mode: str = "m
     """
     if n < 1:
         raise ValueError(f"--n must be >= 1, got {n}")
-    if movie_frames < 0:
-        raise ValueError(f"--movie must be >= 0 frames, got {movie_frames}")
+    if movie_frames < 0 or movie_frames == 1:  # a one-frame movie has no motion to label
+        raise ValueError(f"movie_frames must be 0 (single images) or >= 2, got {movie_frames}")
     if variants < 1:
         raise ValueError(f"--variants must be >= 1, got {variants}")
     if movie_frames and variants > 1:

@@ -19,8 +19,8 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n", type=int, required=True, help="number of images (or movies)")
     p.add_argument("--size", type=int, default=256, help="image side [px] (default 256)")
     p.add_argument("--mode", choices=["hrtem", "stem", "mixed"], default="mixed")
-    p.add_argument("--movie", type=int, default=0, metavar="FRAMES",
-                   help="write movies of FRAMES frames instead of single images")
+    p.add_argument("--movie", type=int, default=None, metavar="FRAMES",
+                   help="write movies of FRAMES (>= 2) frames instead of single images")
     p.add_argument("--variants", type=int, default=1, metavar="V",
                    help="images per generated structure (new lens/probe and detector each; "
                         "about 4x faster at 16)")
@@ -33,8 +33,11 @@ def _run_generate(args: argparse.Namespace) -> int:
 
     if Path(args.out).exists() and not Path(args.out).is_dir():
         raise NotADirectoryError(f"--out {args.out} is a file, not a folder")
+    if args.movie is not None and args.movie < 2:  # 0 would quietly mean single images
+        raise ValueError(f"--movie needs at least 2 frames, got {args.movie} "
+                         "(leave it out for single images)")
     paths = generate_dataset(out=args.out, n=args.n, size=args.size, mode=args.mode,
-                             movie_frames=args.movie, seed=args.seed, variants=args.variants)
+                             movie_frames=args.movie or 0, seed=args.seed, variants=args.variants)
     print(f"{len(paths)} labelled {'movies' if args.movie else 'images'} in {args.out}/")
     return 0
 
@@ -146,10 +149,14 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     from dislotrack.infer.evaluate import evaluate_folders, report_table
 
     report = evaluate_folders(args.pred, args.truth)
-    print(report_table(report).to_string(float_format=lambda v: f"{v:.3f}", na_rep="-"))
+    table = report_table(report).drop(columns="error", errors="ignore")  # errors: stderr, below
+    print(table.to_string(float_format=lambda v: f"{v:.3f}", na_rep="-"))
     print(f"report: {Path(args.pred) / 'evaluation.json'}; found, missed and false cores: "
           f"{Path(args.pred)}/<stem>/figures/evaluation.png")
-    return 0
+    errors = {stem: r["error"] for stem, r in report.items() if "error" in r}
+    for stem, msg in errors.items():
+        print(f"{stem}: not scored: {msg}", file=sys.stderr)
+    return 1 if errors else 0
 
 
 def _add_finetune(sub: argparse._SubParsersAction) -> None:

@@ -165,7 +165,9 @@ def evaluate_folders(pred_dir: str | Path, truth_dir: str | Path, *, figures: bo
     """Score every annotated item of ``truth_dir`` against ``pred_dir/<stem>/``.
 
     Writes ``pred_dir/evaluation.json`` (the returned report) and, with ``figures``,
-    ``pred_dir/<stem>/figures/evaluation.png`` (found, missed and false cores).
+    ``pred_dir/<stem>/figures/evaluation.png`` (found, missed and false cores). An item
+    without predictions or with an unreadable annotation gets an ``error`` entry
+    instead of scores; the others are still scored.
 
     Raises
     ------
@@ -190,7 +192,11 @@ def evaluate_folders(pred_dir: str | Path, truth_dir: str | Path, *, figures: bo
         if not (out / "detections.csv").exists():
             report[stem] = {"error": f"no predictions in {out}"}
             continue
-        ann = read_annotation(side)
+        try:
+            ann = read_annotation(side)
+        except (ValueError, OSError) as err:  # one bad annotation does not stop the others
+            report[stem] = {"error": f"annotation: {err}"}
+            continue
         pred = pd.read_csv(out / "detections.csv")
         scores = detection_scores(pred, ann.cores, pixel_size_nm=ann.pixel_size_nm)
         if figures:

@@ -1,6 +1,7 @@
 """finetune on annotated data and evaluate against annotations, on tiny inputs."""
 
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -30,6 +31,10 @@ def test_finetune_writes_a_loadable_model_with_its_recipe(tmp_path, capfd):
                  "--batch-size", "2", "--crops-per-epoch", "4", "--accelerator", "cpu"]) == 0
     out, err = capfd.readouterr()
     assert "model written to" in out and "val/true_cores" in out
+    cores = [len(read_annotation(p).cores) for p in find_annotations(tmp_path / "lab")]
+    said = re.search(r"training on 2 item\(s\), 2 frame\(s\), (\d+) core\(s\); validating on "
+                     r"1 item\(s\), 1 frame\(s\), (\d+) core\(s\) \(held out by items\)", out)
+    assert said and int(said[1]) + int(said[2]) == sum(cores)
     # Lightning's setup chatter (tips, model summary, validation bars) stays out of the way.
     assert not any(s in out + err for s in ("Tip", "Total params", "Validation", "Sanity"))
     net, card = load_model(tmp_path / "ft")
@@ -194,3 +199,60 @@ def test_finetune_holds_out_whole_movies_not_neighbouring_frames():
     assert split == "items" and len({f.meta["source"] for f in train}) == 1  # one item still trains
     train, val, split = split_frames(frames("movie.json", 10), 0.2, np.random.default_rng(0))
     assert split == "frames" and (len(train), len(val)) == (8, 2)
+
+
+def test_annotations_with_out_of_range_values_are_refused_naming_file_and_rows(tmp_path):
+    lab = tmp_path / "lab"
+    generate_dataset(out=lab, n=1, size=32, mode="stem", movie_frames=3, seed=1, progress=False)
+    side = lab / "movie_00000.json"
+    good = read_annotation(side)
+    assert np.allclose(np.hypot(good.cores.hx, good.cores.hy), 1)
+    cores = pd.read_csv(lab / "movie_00000_cores.csv")
+    bad = cores.copy()
+    bad.loc[0, "x"], bad.loc[1, "frame"], bad.loc[2, ["hx", "hy"]] = 32.0, 3, 0.0
+    bad.to_csv(lab / "movie_00000_cores.csv", index=False)
+    with pytest.raises(ValueError) as err:
+        read_annotation(side)
+    msg = str(err.value)
+    assert msg.startswith(str(side))
+    # Rows as a spreadsheet numbers them (the header is row 1).
+    assert "x outside the image [-0.5, 31.5] px in row(s) 2" in msg
+    assert "frame not an integer in [0, 3) in row(s) 3" in msg and "h zero or not finite in row(s) 4" in msg
+    # The last pixel's far edge is inside; h of any length is read as its direction.
+    edge = cores.assign(hx=3 * cores.hx, hy=3 * cores.hy)
+    edge.loc[0, ["x", "y"]] = 31.5, -0.5
+    edge.to_csv(lab / "movie_00000_cores.csv", index=False)
+    ann = read_annotation(side)
+    assert np.allclose(ann.cores[["hx", "hy"]], good.cores[["hx", "hy"]])
+    meta = json.loads(side.read_text())
+    side.write_text(json.dumps({**meta, "shape": [3, 32, 31], "frame_interval_s": 0}))
+    with pytest.raises(ValueError, match=r"shape \[3, 32, 31\] disagrees with the image's \[3, 32, 32\]; "
+                                         r"frame_interval_s must be null or a positive number"):
+        read_annotation(side)
+
+
+def test_annotation_columns_come_in_one_order_for_images_and_movies(tmp_path):
+    generate_dataset(out=tmp_path / "i", n=1, size=32, mode="stem", seed=1, progress=False)
+    generate_dataset(out=tmp_path / "m", n=1, size=32, mode="stem", movie_frames=2, seed=1,
+                     progress=False)
+    heads = [pd.read_csv(tmp_path / d / f"{stem}_cores.csv", nrows=0).columns[:6].tolist()
+             for d, stem in (("i", "image_00000"), ("m", "movie_00000"))]
+    assert heads[0] == heads[1] == ["frame", "x", "y", "hx", "hy", "particle"]
+
+
+def test_evaluate_scores_the_others_when_one_annotation_is_bad(tmp_path, capsys):
+    truth, pred = tmp_path / "truth", tmp_path / "pred"
+    generate_dataset(out=truth, n=2, size=64, mode="stem", seed=4, progress=False)
+    for stem in ("image_00000", "image_00001"):
+        (pred / stem).mkdir(parents=True)
+        read_annotation(truth / f"{stem}.json").cores.to_csv(pred / stem / "detections.csv", index=False)
+    bad = pd.read_csv(truth / "image_00001_cores.csv")
+    bad = pd.concat([bad, pd.DataFrame([{"frame": 5, "x": 1, "y": 1, "hx": 1, "hy": 0, "particle": 9}])])
+    bad.to_csv(truth / "image_00001_cores.csv", index=False)
+    assert main(["evaluate", "--pred", str(pred), "--truth", str(truth)]) == 1
+    out, err = capsys.readouterr()
+    report = json.loads((pred / "evaluation.json").read_text())
+    assert report["image_00000"]["f1"] == 1.0  # the truth as prediction scores perfectly
+    assert report["image_00001"] == {"error": report["image_00001"]["error"]}
+    assert "frame not an integer in [0, 1)" in report["image_00001"]["error"]
+    assert "image_00001: not scored: annotation:" in err and "image_00001" in out

@@ -111,6 +111,8 @@ def test_unusable_device_or_output_folder_is_a_one_line_error(tiny_model, tmp_pa
     assert "is a file, not a folder" in capsys.readouterr().err
     assert main(["generate", "--out", str(tmp_path / "file"), "--n", "1", "--size", "32"]) == 2
     assert "is a file, not a folder" in capsys.readouterr().err
+    assert main(["generate", "--out", str(tmp_path / "g"), "--n", "1", "--movie", "0"]) == 2
+    assert "--movie needs at least 2 frames" in capsys.readouterr().err and not (tmp_path / "g").exists()
     (tmp_path / "b").mkdir()
     twin = tmp_path / "b" / "m.tif"  # the same stem: would overwrite m's outputs
     twin.write_bytes(movie.read_bytes())

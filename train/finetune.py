@@ -56,6 +56,18 @@ def annotated_frames(folder: str | Path, canonical_nm: float) -> list[Sample]:
     return out
 
 
+def describe_split(train: list[Sample], val: list[Sample], split: str, data: str | Path) -> str:
+    """One line: what finetune read from ``data`` and how it split it."""
+
+    def part(frames: list[Sample]) -> str:
+        items = len({f.meta["source"] for f in frames})
+        cores = sum(len(f.cores) for f in frames)
+        return f"{items} item(s), {len(frames)} frame(s), {cores} core(s)"
+
+    line = f"{data}: training on {part(train)}"
+    return line + (f"; validating on {part(val)} (held out by {split})" if val else "; no validation")
+
+
 def split_frames(frames: list[Sample], val_fraction: float,
                  rng: np.random.Generator) -> tuple[list[Sample], list[Sample], str]:
     """Training and validation frames, and how they were split ("items" or "frames").
@@ -161,9 +173,11 @@ def _quiet_lightning() -> Iterator[None]:
 
 def finetune(*, data: str | Path, out: str | Path, model: str | Path | None = None, epochs: int = 10,
              lr: float = 5e-4, size: int = 128, batch_size: int = 8, crops_per_epoch: int = 256,
-             val_fraction: float = 0.2, seed: int = 0, accelerator: str = "auto") -> dict:
+             val_fraction: float = 0.2, seed: int = 0, accelerator: str = "auto",
+             verbose: bool = True) -> dict:
     """Fine-tune ``model`` (default: bundled) on ``data``; write ``out`` (.safetensors + .json).
 
+    With ``verbose``, prints what was read (items, frames, cores) and how it was split.
     Returns the validation metrics of the final model.
     """
     for name, value in (("epochs", epochs), ("size", size), ("batch_size", batch_size),
@@ -176,6 +190,8 @@ def finetune(*, data: str | Path, out: str | Path, model: str | Path | None = No
     canonical = float(card["canonical_pixel_size_nm"])
     frames = annotated_frames(data, canonical)
     train, val, split = split_frames(frames, val_fraction, np.random.default_rng(seed))
+    if verbose:
+        print(describe_split(train, val, split, data))
     module = DislocationModule(net.train(), lr=lr)
     crops = CropDataset(train, size=size, length=crops_per_epoch, seed=seed)
     loaders = [DataLoader(crops, batch_size=batch_size, shuffle=False)]
