@@ -10,7 +10,7 @@ from dislotrack.models.decode import decode_cores, outputs_to_maps
 from dislotrack.models.metrics import DetectionTally
 from dislotrack.models.unet import UNet, UNetConfig
 from dislotrack.train.augment import augment
-from dislotrack.train.cli import check_last_checkpoint, config_path, train_main
+from dislotrack.train.cli import config_path, train_main
 from dislotrack.train.data import (
     FixedSynthetic,
     SyntheticStream,
@@ -114,7 +114,7 @@ def test_training_pixel_size_becomes_the_models_canonical_pixel_size(tmp_path, m
                 "--model.net.init_args.config.base_channels=4", "--model.net.init_args.config.depth=2",
                 "--data.batch_size=2", "--data.num_workers=0", "--data.size=32", "--data.eval_size=32",
                 "--data.n_val=2", "--data.pixel_size=0.05"])
-    card = json.loads((tmp_path / "runs" / "cpu" / "model.json").read_text())
+    card = json.loads((tmp_path / "model.json").read_text())  # the export follows default_root_dir
     assert not (tmp_path / "models").exists()  # a smoke test never replaces the bundled model
     assert card["canonical_pixel_size_nm"] == 0.05
     assert card["generator"]["pixel_size"] == 0.05
@@ -306,12 +306,31 @@ def test_a_bundled_config_is_found_by_name_from_any_folder(tmp_path, monkeypatch
 
 def test_test_with_ckpt_path_last_needs_a_checkpoint(tmp_path, monkeypatch, capsys):
     from dislotrack.infer.cli import main
+    from dislotrack.train.cli import missing_last_checkpoint
 
     monkeypatch.chdir(tmp_path)  # nothing trained here: Lightning would score an untrained net
     monkeypatch.delenv("DISLOTRACK_DEBUG", raising=False)
     assert main(["train", "test", "--config", "cpu", "--ckpt_path", "last"]) == 2
-    assert "no runs/cpu/checkpoints/last.ckpt" in capsys.readouterr().err
-    (tmp_path / "runs" / "cpu" / "checkpoints").mkdir(parents=True)
-    (tmp_path / "runs" / "cpu" / "checkpoints" / "last.ckpt").write_bytes(b"")
-    check_last_checkpoint(["test", "--config", config_path("cpu"), "--ckpt_path=last"])  # passes now
-    check_last_checkpoint(["fit", "--config", config_path("gpu"), "--ckpt_path", "last"])  # fit starts afresh
+    assert f"no {tmp_path}/runs/cpu/checkpoints/last.ckpt" in capsys.readouterr().err
+    # The checkpoint folder follows --trainer.default_root_dir.
+    assert main(["train", "validate", "--config", "cpu", "--ckpt_path", "last",
+                 "--trainer.default_root_dir", "elsewhere"]) == 2
+    assert f"no {tmp_path}/elsewhere/checkpoints/last.ckpt" in capsys.readouterr().err
+    (tmp_path / "elsewhere" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "elsewhere" / "checkpoints" / "last.ckpt").write_bytes(b"")
+    assert missing_last_checkpoint("last", str(tmp_path / "elsewhere" / "checkpoints")) is None
+    assert missing_last_checkpoint(None, str(tmp_path / "runs")) is None  # no resume asked
+    assert missing_last_checkpoint("last", str(tmp_path / "runs")) is not None
+
+
+def test_default_root_dir_moves_logs_checkpoints_and_export_together(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    train_main(["fit", "--config", config_path("cpu"), "--trainer.default_root_dir", "mine",
+                "--model.net.init_args.config.base_channels=4", "--model.net.init_args.config.depth=2",
+                "--data.batch_size=2", "--data.num_workers=0", "--data.size=32", "--data.eval_size=32",
+                "--data.n_val=2", "--data.samples_per_epoch=2", "--trainer.max_epochs=1",
+                "--trainer.enable_progress_bar=false"])
+    mine = tmp_path / "mine"
+    assert (mine / "checkpoints" / "last.ckpt").is_file() and (mine / "model.safetensors").is_file()
+    assert list(mine.glob("lightning_logs/version_0/metrics.csv"))
+    assert not (tmp_path / "runs").exists()  # nothing left at the config's own root

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from importlib.resources import files
 from pathlib import Path
 
-import yaml
+from jsonargparse import set_parsing_settings
 from lightning.pytorch.cli import LightningCLI
 
 from dislotrack.train.datamodule import SyntheticDataModule
@@ -46,39 +46,31 @@ def resolve_configs(argv: Sequence[str]) -> list[str]:
     return out
 
 
-def _option(argv: Sequence[str], name: str) -> str | None:
-    """The last value given to ``--name`` (``--name V`` or ``--name=V``)."""
-    value = None
-    for i, arg in enumerate(argv):
-        if arg == name and i + 1 < len(argv):
-            value = argv[i + 1]
-        elif arg.startswith(name + "="):
-            value = arg.partition("=")[2]
-    return value
+def missing_last_checkpoint(ckpt_path: str | None, dirpath: str | None) -> str | None:
+    """Why ``--ckpt_path last`` cannot be honoured (no ``last.ckpt`` in the checkpoint
+    folder ``dirpath``), else None."""
+    if ckpt_path != "last" or not dirpath:
+        return None
+    last = Path(dirpath) / "last.ckpt"
+    if last.is_file():
+        return None
+    return (f"--ckpt_path last: no {last}; train first, pass the --trainer.default_root_dir "
+            "training used, or pass a checkpoint file")
 
 
-def check_last_checkpoint(argv: Sequence[str]) -> None:
-    """``validate`` / ``test --ckpt_path last`` need the config's last.ckpt: Lightning
-    would only log that there is none and score an untrained network.
+class DislotrackCLI(LightningCLI):
+    """LightningCLI whose ``validate`` / ``test --ckpt_path last`` need the config's
+    ``last.ckpt``: Lightning would only log that there is none and score an untrained
+    network."""
 
-    Raises
-    ------
-    FileNotFoundError
-        If the config's checkpoint folder holds no ``last.ckpt``.
-    """
-    if not argv or argv[0] not in ("validate", "test") or _option(argv, "--ckpt_path") != "last":
-        return
-    config = _option(argv, "--config")
-    if config is None or not Path(config).is_file():
-        return
-    callbacks = (yaml.safe_load(Path(config).read_text()) or {}).get("trainer", {}).get("callbacks") or []
-    for cb in callbacks:
-        if isinstance(cb, dict) and str(cb.get("class_path", "")).endswith("ModelCheckpoint"):
-            folder = Path((cb.get("init_args") or {}).get("dirpath") or "")
-            if str(folder) and not (folder / "last.ckpt").is_file():
-                raise FileNotFoundError(
-                    f"--ckpt_path last: no {folder / 'last.ckpt'} (relative to {Path.cwd()}); "
-                    "train first, run from the folder training ran in, or pass a checkpoint file")
+    def _need_last_checkpoint(self) -> None:
+        cb = self.trainer.checkpoint_callback
+        why = missing_last_checkpoint(self.config[self.subcommand].get("ckpt_path"),
+                                      getattr(cb, "dirpath", None))
+        if why:
+            raise FileNotFoundError(why)
+
+    before_validate = before_test = _need_last_checkpoint
 
 
 def train_main(argv: Sequence[str] | None = None) -> None:
@@ -87,8 +79,10 @@ def train_main(argv: Sequence[str] | None = None) -> None:
     # `dislotrack train` hands its own arguments on: not the mix the warning is about.
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
     argv = resolve_configs(argv) if argv else None
-    if argv:
-        check_last_checkpoint(argv)
-    LightningCLI(DislocationModule, SyntheticDataModule, args=argv,
-                 save_config_kwargs={"overwrite": True}, seed_everything_default=0,
-                 parser_kwargs={"prog": "dislotrack train"})
+    # omegaconf+: the configs' ${trainer.default_root_dir} is resolved after the command
+    # line, so --trainer.default_root_dir moves logs, checkpoints and export together.
+    # Absolute keys are read relative to the subcommand (the config of `fit` is `fit.*`).
+    set_parsing_settings(omegaconf_absolute_to_relative_paths=True)
+    DislotrackCLI(DislocationModule, SyntheticDataModule, args=argv,
+                  save_config_kwargs={"overwrite": True}, seed_everything_default=0,
+                  parser_kwargs={"prog": "dislotrack train", "parser_mode": "omegaconf+"})
