@@ -5,7 +5,8 @@ For an image or movie ``<stem>``, in one folder:
 
 * ``<stem>.tif`` -- float32 image or (t, y, x) stack, ImageJ-calibrated (nm, s);
 * ``<stem>_cores.csv`` -- one row per core per frame: frame, x, y [px, pixel-centre
-  origin], hx, hy (unit vector into the extra half-plane), particle; optional
+  origin], hx, hy (into the extra half-plane; any length, read as a unit vector),
+  particle; optional
   bx_nm, by_nm, kind, partner;
 * ``<stem>_rs.tif`` -- uint8 rock-salt mask, same shape as the image (optional);
 * ``<stem>.json`` -- sidecar: format, version, pixel_size_nm, frame_interval_s,
@@ -123,37 +124,45 @@ def read_annotation(sidecar: str | Path) -> Annotation:
     return ann
 
 
-def annotation_problems(ann: Annotation, *, declared_shape: list | None = None) -> list[str]:
+def annotation_problems(ann: Annotation, *, declared_shape: object = None) -> list[str]:
     """What is out of range in an annotation (empty if nothing).
 
     Checked: the image is (t, y, x) and matches the sidecar's ``shape`` and the
-    rock-salt mask; ``frame_interval_s`` is null or positive; every core has an
-    integer frame in [0, t), a position inside the image (pixel-centre origin, so
-    x in [-0.5, width - 0.5]), a non-zero finite **h** and an integer particle.
+    rock-salt mask; ``frame_interval_s`` is null or positive; every core has a frame
+    of the stack, a position inside the image (pixel-centre origin, so x in
+    [-0.5, width - 0.5]), a non-zero finite **h** and an integer particle.
     """
-    problems = []
     if ann.image.ndim != 3:
         return [f"image has {ann.image.ndim} dimensions, expected (y, x) or (t, y, x)"]
+    problems = []
     t, h, w = ann.image.shape
     agree = [[t, h, w]] + ([[h, w]] if t == 1 else [])  # a single image may be declared (y, x)
-    if declared_shape is not None and list(declared_shape) not in agree:
-        problems.append(f"shape {list(declared_shape)} disagrees with the image's {[t, h, w]}")
+    if declared_shape is not None and (not isinstance(declared_shape, list) or declared_shape not in agree):
+        problems.append(f"shape {declared_shape!r} disagrees with the image's {[t, h, w]}")
     if ann.rs_mask is not None and ann.rs_mask.shape != ann.image.shape:
         problems.append(f"rock-salt mask shape {list(ann.rs_mask.shape)} differs from "
                         f"the image's {[t, h, w]}")
     dt = ann.frame_interval_s
-    if dt is not None and not (isinstance(dt, (int, float)) and np.isfinite(dt) and dt > 0):
+    if dt is not None and (isinstance(dt, bool) or not isinstance(dt, (int, float))
+                           or not (np.isfinite(dt) and dt > 0)):
         problems.append(f"frame_interval_s must be null or a positive number [s], got {dt!r}")
-    c = ann.cores
+    return problems + _core_problems(ann.cores, (t, h, w))
+
+
+def _core_problems(c: pd.DataFrame, shape: tuple[int, int, int]) -> list[str]:
+    """Out-of-range values of a cores table for a (t, y, x) image, naming the rows."""
     if not len(c):
-        return problems
+        return []
+    t, h, w = shape
+    norm = np.hypot(c.hx, c.hy)
     checks = {
-        f"frame not an integer in [0, {t})": ~(c.frame.between(0, t - 1) & (c.frame % 1 == 0)),
+        f"frame not one of 0..{t - 1}": ~(c.frame.between(0, t - 1) & (c.frame % 1 == 0)),
         f"x outside the image [-0.5, {w - 0.5}] px": ~c.x.between(-0.5, w - 0.5),
         f"y outside the image [-0.5, {h - 0.5}] px": ~c.y.between(-0.5, h - 0.5),
-        "h zero or not finite": ~(np.isfinite(np.hypot(c.hx, c.hy)) & (np.hypot(c.hx, c.hy) > 0)),
+        "h zero or not finite": ~(np.isfinite(norm) & (norm > 0)),
         "particle not an integer": ~(np.isfinite(c.particle) & (c.particle % 1 == 0)),
     }
+    problems = []
     for what, bad in checks.items():
         if bad.any():  # rows as a spreadsheet shows them: header is row 1
             rows = ", ".join(str(i + 2) for i in np.flatnonzero(bad.to_numpy())[:5])

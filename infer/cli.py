@@ -182,7 +182,8 @@ def _run_finetune(args: argparse.Namespace) -> int:
 
     metrics = finetune(data=args.data, out=args.out, model=args.model, epochs=args.epochs, lr=args.lr,
                        size=args.size, batch_size=args.batch_size, crops_per_epoch=args.crops_per_epoch,
-                       val_fraction=args.val_fraction, seed=args.seed, accelerator=args.accelerator)
+                       val_fraction=args.val_fraction, seed=args.seed, accelerator=args.accelerator,
+                       verbose=True)
     for k, v in sorted(metrics.items()):
         print(f"{k}: {v:.4g}")
     print(f"model written to {args.out}.safetensors / .json (use: dislotrack infer --model {args.out})")
@@ -228,11 +229,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``dislotrack`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in _LIGHTNING_COMMANDS:
-        from dislotrack.train.cli import train_main
+        from omegaconf.errors import OmegaConfBaseException
+
+        from dislotrack.train.cli import TrainConfigError, train_main
 
         try:
             train_main(argv[1:])
-        except FileNotFoundError as err:  # ours (e.g. no last.ckpt); Lightning exits itself
+        # Ours (no last.ckpt, an unset root) and ${...} that do not resolve; Lightning's
+        # own argument errors exit by themselves.
+        except (FileNotFoundError, TrainConfigError, OmegaConfBaseException) as err:
             if os.environ.get("DISLOTRACK_DEBUG"):
                 raise
             print(f"dislotrack train: error: {err}", file=sys.stderr)

@@ -217,7 +217,7 @@ def test_annotations_with_out_of_range_values_are_refused_naming_file_and_rows(t
     assert msg.startswith(str(side))
     # Rows as a spreadsheet numbers them (the header is row 1).
     assert "x outside the image [-0.5, 31.5] px in row(s) 2" in msg
-    assert "frame not an integer in [0, 3) in row(s) 3" in msg and "h zero or not finite in row(s) 4" in msg
+    assert "frame not one of 0..2 in row(s) 3" in msg and "h zero or not finite in row(s) 4" in msg
     # The last pixel's far edge is inside; h of any length is read as its direction.
     edge = cores.assign(hx=3 * cores.hx, hy=3 * cores.hy)
     edge.loc[0, ["x", "y"]] = 31.5, -0.5
@@ -228,6 +228,10 @@ def test_annotations_with_out_of_range_values_are_refused_naming_file_and_rows(t
     side.write_text(json.dumps({**meta, "shape": [3, 32, 31], "frame_interval_s": 0}))
     with pytest.raises(ValueError, match=r"shape \[3, 32, 31\] disagrees with the image's \[3, 32, 32\]; "
                                          r"frame_interval_s must be null or a positive number"):
+        read_annotation(side)
+    side.write_text(json.dumps({**meta, "shape": 5, "frame_interval_s": True}))
+    with pytest.raises(ValueError, match=r"shape 5 disagrees.*frame_interval_s must be null or a positive "
+                                         r"number \[s\], got True"):
         read_annotation(side)
 
 
@@ -254,5 +258,5 @@ def test_evaluate_scores_the_others_when_one_annotation_is_bad(tmp_path, capsys)
     report = json.loads((pred / "evaluation.json").read_text())
     assert report["image_00000"]["f1"] == 1.0  # the truth as prediction scores perfectly
     assert report["image_00001"] == {"error": report["image_00001"]["error"]}
-    assert "frame not an integer in [0, 1)" in report["image_00001"]["error"]
+    assert "frame not one of 0..0" in report["image_00001"]["error"]
     assert "image_00001: not scored: annotation:" in err and "image_00001" in out

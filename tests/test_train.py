@@ -311,11 +311,12 @@ def test_test_with_ckpt_path_last_needs_a_checkpoint(tmp_path, monkeypatch, caps
     monkeypatch.chdir(tmp_path)  # nothing trained here: Lightning would score an untrained net
     monkeypatch.delenv("DISLOTRACK_DEBUG", raising=False)
     assert main(["train", "test", "--config", "cpu", "--ckpt_path", "last"]) == 2
-    assert f"no {tmp_path}/runs/cpu/checkpoints/last.ckpt" in capsys.readouterr().err
+    here = tmp_path.resolve()  # Lightning reports the real path
+    assert f"no {here}/runs/cpu/checkpoints/last.ckpt" in capsys.readouterr().err
     # The checkpoint folder follows --trainer.default_root_dir.
     assert main(["train", "validate", "--config", "cpu", "--ckpt_path", "last",
                  "--trainer.default_root_dir", "elsewhere"]) == 2
-    assert f"no {tmp_path}/elsewhere/checkpoints/last.ckpt" in capsys.readouterr().err
+    assert f"no {here}/elsewhere/checkpoints/last.ckpt" in capsys.readouterr().err
     (tmp_path / "elsewhere" / "checkpoints").mkdir(parents=True)
     (tmp_path / "elsewhere" / "checkpoints" / "last.ckpt").write_bytes(b"")
     assert missing_last_checkpoint("last", str(tmp_path / "elsewhere" / "checkpoints")) is None
@@ -334,3 +335,23 @@ def test_default_root_dir_moves_logs_checkpoints_and_export_together(tmp_path, m
     assert (mine / "checkpoints" / "last.ckpt").is_file() and (mine / "model.safetensors").is_file()
     assert list(mine.glob("lightning_logs/version_0/metrics.csv"))
     assert not (tmp_path / "runs").exists()  # nothing left at the config's own root
+    # A config saved by that run has its paths fixed: a new root would not move them.
+    (saved,) = mine.glob("lightning_logs/version_0/config.yaml")
+    with pytest.warns(UserWarning, match=r"checkpoints \(.*mine/checkpoints\).*outside "
+                                         r"trainer.default_root_dir \(other\)"):
+        train_main(["validate", "--config", str(saved), "--trainer.default_root_dir", "other",
+                    "--ckpt_path", "last", "--trainer.enable_progress_bar=false"])
+
+
+def test_outputs_must_live_under_a_set_root(tmp_path):
+    from dislotrack.train.cli import TrainConfigError, outputs_outside_root
+
+    root = tmp_path / "run"
+    assert outputs_outside_root(str(root), {"checkpoints": f"{root}/checkpoints",
+                                            "export": f"{root}/model"}) == []
+    assert outputs_outside_root(str(root), {"logs": str(tmp_path / "a"),
+                                            "export": f"{root}/model"}) == [f"logs ({tmp_path / 'a'})"]
+    # ${trainer.default_root_dir} with no root set resolves to the text "None".
+    with pytest.raises(TrainConfigError, match=r"config puts checkpoints \(None/checkpoints\)"):
+        outputs_outside_root(None, {"checkpoints": "None/checkpoints"})
+    assert outputs_outside_root(None, {"checkpoints": str(tmp_path / "c")}) == []

@@ -18,8 +18,10 @@ from pathlib import Path
 
 from jsonargparse import set_parsing_settings
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.utilities import rank_zero_warn
 
 from dislotrack.train.datamodule import SyntheticDataModule
+from dislotrack.train.export import ExportModel
 from dislotrack.train.module import DislocationModule
 
 
@@ -58,19 +60,72 @@ def missing_last_checkpoint(ckpt_path: str | None, dirpath: str | None) -> str |
             "training used, or pass a checkpoint file")
 
 
-class DislotrackCLI(LightningCLI):
-    """LightningCLI whose ``validate`` / ``test --ckpt_path last`` need the config's
-    ``last.ckpt``: Lightning would only log that there is none and score an untrained
-    network."""
+class TrainConfigError(ValueError):
+    """A train config that cannot run as written (reported in one line)."""
 
-    def _need_last_checkpoint(self) -> None:
-        cb = self.trainer.checkpoint_callback
+
+def outputs_outside_root(root: str | None, outputs: dict[str, str]) -> list[str]:
+    """The ``outputs`` (name -> folder or file stem) that are not under ``root``.
+
+    Raises
+    ------
+    TrainConfigError
+        If ``root`` is None while an output refers to it (``${trainer.default_root_dir}``
+        resolves to the text ``None``).
+    """
+    if root is None:
+        unset = [f"{k} ({v})" for k, v in outputs.items() if "None" in Path(v).parts]
+        if unset:
+            raise TrainConfigError("trainer.default_root_dir is not set but the config puts "
+                                   f"{', '.join(unset)} under it; set it")
+        return []
+    base = Path(root).resolve()
+    return [f"{k} ({v})" for k, v in outputs.items() if not Path(v).resolve().is_relative_to(base)]
+
+
+class DislotrackCLI(LightningCLI):
+    """LightningCLI that checks where a run writes before it starts.
+
+    ``validate`` / ``test --ckpt_path last`` need the config's ``last.ckpt`` (Lightning
+    would only log that there is none and score an untrained network), and logs,
+    checkpoints and export should live under ``trainer.default_root_dir`` (a config
+    saved by an earlier run has them fixed, so a new root would not move them).
+    """
+
+    def _outputs(self) -> dict[str, str]:
+        out = {}
+        if (cb := self.trainer.checkpoint_callback) is not None and cb.dirpath:
+            out["checkpoints"] = str(cb.dirpath)
+        for i, lg in enumerate(self.trainer.loggers):
+            if getattr(lg, "save_dir", None):
+                out[f"logs{i or ''}"] = str(lg.save_dir)
+        for cb in self.trainer.callbacks:
+            if isinstance(cb, ExportModel):
+                out["export"] = str(cb.path)
+        return out
+
+    def _check_outputs(self) -> None:
+        """Raises `TrainConfigError` if an output refers to an unset root; warns if one
+        lies outside it."""
+        root = self.config[self.subcommand].trainer.get("default_root_dir")
+        outside = outputs_outside_root(root, self._outputs())
+        if outside:
+            rank_zero_warn(f"{', '.join(outside)} outside trainer.default_root_dir ({root}): "
+                           "a config saved by an earlier run fixes these paths; edit them or "
+                           "start from the bundled config")
+
+    def before_fit(self) -> None:
+        self._check_outputs()
+
+    def before_validate(self) -> None:
+        """Raises FileNotFoundError if ``--ckpt_path last`` finds no ``last.ckpt``."""
+        self._check_outputs()
         why = missing_last_checkpoint(self.config[self.subcommand].get("ckpt_path"),
-                                      getattr(cb, "dirpath", None))
+                                      getattr(self.trainer.checkpoint_callback, "dirpath", None))
         if why:
             raise FileNotFoundError(why)
 
-    before_validate = before_test = _need_last_checkpoint
+    before_test = before_validate
 
 
 def train_main(argv: Sequence[str] | None = None) -> None:

@@ -174,7 +174,7 @@ def _quiet_lightning() -> Iterator[None]:
 def finetune(*, data: str | Path, out: str | Path, model: str | Path | None = None, epochs: int = 10,
              lr: float = 5e-4, size: int = 128, batch_size: int = 8, crops_per_epoch: int = 256,
              val_fraction: float = 0.2, seed: int = 0, accelerator: str = "auto",
-             verbose: bool = True) -> dict:
+             verbose: bool = False) -> dict:
     """Fine-tune ``model`` (default: bundled) on ``data``; write ``out`` (.safetensors + .json).
 
     With ``verbose``, prints what was read (items, frames, cores) and how it was split.
