@@ -89,8 +89,15 @@ def read_annotation(sidecar: str | Path) -> Annotation:
     side = json.loads(sidecar.read_text())
     if side.get("format") != FORMAT:
         raise ValueError(f"{sidecar} is not a {FORMAT} sidecar (format={side.get('format')!r})")
+    if not isinstance(side.get("version", VERSION), int) or side.get("version", VERSION) > VERSION:
+        raise ValueError(f"{sidecar}: annotation version {side.get('version')!r}; this dislotrack "
+                         f"reads version {VERSION} and older (update dislotrack)")
     stem = sidecar.with_suffix("")
-    image = tifffile.imread(f"{stem}.tif").astype(np.float32)
+    with tifffile.TiffFile(f"{stem}.tif") as tif:
+        if "S" in tif.series[0].axes:  # samples per pixel: RGB(A), not a (t, y, x) stack
+            raise ValueError(f"{stem}.tif is a colour image (axes {tif.series[0].axes}); "
+                             "annotations need a grayscale image or stack")
+        image = tif.asarray().astype(np.float32)
     if image.ndim == 2:
         image = image[None]
     try:
@@ -100,10 +107,11 @@ def read_annotation(sidecar: str | Path) -> Annotation:
     if not (np.isfinite(px) and px > 0):
         raise ValueError(f"{sidecar}: pixel_size_nm must be a positive number [nm/px], "
                          f"got {side.get('pixel_size_nm')!r}")
-    try:
-        cores = pd.read_csv(f"{stem}_cores.csv")
-    except (pd.errors.ParserError, UnicodeDecodeError) as err:
+    try:  # "frame, x, y" as typed by hand reads as frame, x, y
+        cores = pd.read_csv(f"{stem}_cores.csv", skipinitialspace=True)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
         raise ValueError(f"{stem}_cores.csv is not a readable CSV table: {err}") from None
+    cores.columns = cores.columns.str.strip()
     missing = [c for c in REQUIRED_CORE_COLUMNS if c not in cores.columns]
     if missing:
         raise ValueError(f"{stem}_cores.csv lacks columns {missing}")
@@ -164,10 +172,10 @@ def _core_problems(c: pd.DataFrame, shape: tuple[int, int, int]) -> list[str]:
     }
     problems = []
     for what, bad in checks.items():
-        if bad.any():  # rows as a spreadsheet shows them: header is row 1
-            rows = ", ".join(str(i + 2) for i in np.flatnonzero(bad.to_numpy())[:5])
+        if bad.any():  # data rows counted from 1 below the header (blank lines skipped)
+            rows = ", ".join(str(i + 1) for i in np.flatnonzero(bad.to_numpy())[:5])
             more = f" (and {int(bad.sum()) - 5} more)" if bad.sum() > 5 else ""
-            problems.append(f"_cores.csv {what} in row(s) {rows}{more}")
+            problems.append(f"_cores.csv {what} in data row(s) {rows}{more}")
     return problems
 
 

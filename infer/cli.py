@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -146,14 +147,14 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
-    from dislotrack.infer.evaluate import evaluate_folders, report_table
+    from dislotrack.infer.evaluate import evaluate_folders, report_text
 
     report = evaluate_folders(args.pred, args.truth)
-    table = report_table(report).drop(columns="error", errors="ignore")  # errors: stderr, below
-    print(table.to_string(float_format=lambda v: f"{v:.3f}", na_rep="-"))
-    print(f"report: {Path(args.pred) / 'evaluation.json'}; found, missed and false cores: "
-          f"{Path(args.pred)}/<stem>/figures/evaluation.png")
+    print(report_text(report))  # errors: stderr, below
     errors = {stem: r["error"] for stem, r in report.items() if "error" in r}
+    print(f"report: {Path(args.pred) / 'evaluation.json'}" + (
+        "" if len(errors) == len(report) else
+        f"; found, missed and false cores: {Path(args.pred)}/<stem>/figures/evaluation.png"))
     for stem, msg in errors.items():
         print(f"{stem}: not scored: {msg}", file=sys.stderr)
     return 1 if errors else 0
@@ -225,17 +226,33 @@ USER_ERRORS = (FileNotFoundError, NotADirectoryError, ValueError, ImportError)
 _LIGHTNING_COMMANDS = {"train"}
 
 
+def _one_line_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                      line: str | None = None) -> str:
+    return f"warning: {message}\n"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``dislotrack`` console script."""
-    argv = list(sys.argv[1:] if argv is None else argv)
+    # Warnings read as one line, not as the source line that raised them (unless debugging).
+    formatwarning = warnings.formatwarning
+    if not os.environ.get("DISLOTRACK_DEBUG"):
+        warnings.formatwarning = _one_line_warning
+    try:
+        return _main(list(sys.argv[1:] if argv is None else argv))
+    finally:
+        warnings.formatwarning = formatwarning
+
+
+def _main(argv: list[str]) -> int:
     if argv and argv[0] in _LIGHTNING_COMMANDS:
         from omegaconf.errors import OmegaConfBaseException
 
-        from dislotrack.train.cli import TrainConfigError, train_main
+        from dislotrack.train.cli import train_main
+        from dislotrack.train.errors import TrainConfigError
 
         try:
             train_main(argv[1:])
-        # Ours (no last.ckpt, an unset root) and ${...} that do not resolve; Lightning's
+        # Ours (no last.ckpt, an unset root, a changed schedule) and ${...} that do not resolve; Lightning's
         # own argument errors exit by themselves.
         except (FileNotFoundError, TrainConfigError, OmegaConfBaseException) as err:
             if os.environ.get("DISLOTRACK_DEBUG"):

@@ -196,6 +196,7 @@ def evaluate_folders(pred_dir: str | Path, truth_dir: str | Path, *, figures: bo
             ann = read_annotation(side)
         except (ValueError, OSError) as err:  # one bad annotation does not stop the others
             report[stem] = {"error": f"annotation: {err}"}
+            (out / "figures" / "evaluation.png").unlink(missing_ok=True)  # not this run's
             continue
         pred = pd.read_csv(out / "detections.csv")
         scores = detection_scores(pred, ann.cores, pixel_size_nm=ann.pixel_size_nm)
@@ -230,8 +231,21 @@ TABLE_COLUMNS = ("tp", "fp", "fn", "precision", "recall", "f1", "rmse_nm", "h_ac
 
 
 def report_table(report: dict) -> pd.DataFrame:
-    """The `evaluate_folders` report as one row per annotated item (for printing)."""
+    """The `evaluate_folders` report as one row per annotated item (undefined scores NaN)."""
     table = pd.DataFrame.from_dict(report, orient="index")
     table = table[[c for c in (*TABLE_COLUMNS, "error") if c in table]]
+    scores = [c for c in table if c != "error"]
+    table[scores] = table[scores].apply(pd.to_numeric)  # None (undefined) -> NaN
     counts = [c for c in ("tp", "fp", "fn") if c in table]  # counts stay integers beside an error row
     return table.astype({c: "Int64" for c in counts})
+
+
+def report_text(report: dict) -> str:
+    """`report_table` as text: scores to 3 decimals, counts whole, undefined or missing
+    values as ``-``; the error column is left out (errors are reported separately)."""
+    table = report_table(report).drop(columns="error", errors="ignore")
+    if table.shape[1] == 0:
+        return "no annotated item could be scored"
+    cells = table.astype(object).map(
+        lambda v: "-" if pd.isna(v) else f"{v:.3f}" if isinstance(v, float) else str(v))
+    return cells.to_string()

@@ -215,9 +215,9 @@ def test_annotations_with_out_of_range_values_are_refused_naming_file_and_rows(t
         read_annotation(side)
     msg = str(err.value)
     assert msg.startswith(str(side))
-    # Rows as a spreadsheet numbers them (the header is row 1).
-    assert "x outside the image [-0.5, 31.5] px in row(s) 2" in msg
-    assert "frame not one of 0..2 in row(s) 3" in msg and "h zero or not finite in row(s) 4" in msg
+    # Data rows counted from 1 below the header.
+    assert "x outside the image [-0.5, 31.5] px in data row(s) 1" in msg
+    assert "frame not one of 0..2 in data row(s) 2" in msg and "h zero or not finite in data row(s) 3" in msg
     # The last pixel's far edge is inside; h of any length is read as its direction.
     edge = cores.assign(hx=3 * cores.hx, hy=3 * cores.hy)
     edge.loc[0, ["x", "y"]] = 31.5, -0.5
@@ -260,3 +260,65 @@ def test_evaluate_scores_the_others_when_one_annotation_is_bad(tmp_path, capsys)
     assert report["image_00001"] == {"error": report["image_00001"]["error"]}
     assert "frame not one of 0..0" in report["image_00001"]["error"]
     assert "image_00001: not scored: annotation:" in err and "image_00001" in out
+
+
+def test_hand_written_annotations_read_or_fail_naming_the_file(tmp_path):
+    lab = tmp_path / "lab"
+    generate_dataset(out=lab, n=1, size=32, mode="stem", seed=3, progress=False)
+    side, csv = lab / "image_00000.json", lab / "image_00000_cores.csv"
+    want = read_annotation(side).cores
+    # A header typed with spaces after the commas reads as the same columns.
+    lines = csv.read_text().splitlines()
+    csv.write_text("\n".join([", ".join(lines[0].split(",")), *lines[1:]]) + "\n")
+    pd.testing.assert_frame_equal(read_annotation(side).cores, want)
+    csv.write_text("")
+    with pytest.raises(ValueError, match="image_00000_cores.csv is not a readable CSV table"):
+        read_annotation(side)
+    meta = json.loads(side.read_text())
+    side.write_text(json.dumps({**meta, "version": 99}))
+    with pytest.raises(ValueError, match="annotation version 99; this dislotrack reads version 1"):
+        read_annotation(side)
+    side.write_text(json.dumps(meta))
+    import tifffile
+
+    tifffile.imwrite(lab / "image_00000.tif", np.zeros((32, 32, 3), np.uint8), photometric="rgb")
+    with pytest.raises(ValueError, match=r"image_00000.tif is a colour image \(axes YXS\)"):
+        read_annotation(side)
+
+
+def test_report_text_shows_missing_and_undefined_values_one_way():
+    from dislotrack.infer.evaluate import report_text
+
+    text = report_text({"a": {"tp": 3, "fp": 1, "fn": 0, "f1": None, "rs_iou": 0.5},
+                        "b": {"error": "no predictions"}})
+    head, a, b = (line.split() for line in text.splitlines())
+    assert head == ["tp", "fp", "fn", "f1", "rs_iou"]
+    assert a == ["a", "3", "1", "0", "-", "0.500"] and b == ["b", "-", "-", "-", "-", "-"]
+    assert report_text({"b": {"error": "no predictions"}}) == "no annotated item could be scored"
+
+
+def test_finetune_reports_only_scores_defined_for_lab_data():
+    from dislotrack.train.finetune import defined_scores
+
+    logged = {"val/loss": 0.5, "val/f1": 0.0, "val/rmse_nm": 1.0, "val/h_accuracy": 0.0, "val/tp": 0.0,
+              "val/hrtem/f1": 0.0, "val/rs_iou": 0.9}
+    # True cores but none matched: F1 0 is a score, RMSE and h accuracy are placeholders.
+    assert defined_scores(logged, 4) == {"val/loss": 0.5, "val/f1": 0.0, "val/tp": 0.0,
+                                         "val/rs_iou": 0.9, "val/true_cores": 4}
+    assert defined_scores(logged, 0) == {"val/loss": 0.5, "val/rs_iou": 0.9, "val/true_cores": 0}
+    matched = {**logged, "val/tp": 3.0, "val/rmse_nm": 0.1, "val/h_accuracy": 1.0}
+    assert defined_scores(matched, 4)["val/rmse_nm"] == 0.1
+
+
+def test_evaluate_with_nothing_scored_says_so_and_drops_a_stale_figure(tmp_path, capsys):
+    truth, pred = tmp_path / "truth", tmp_path / "pred"
+    generate_dataset(out=truth, n=1, size=32, mode="stem", seed=4, progress=False)
+    (pred / "image_00000" / "figures").mkdir(parents=True)
+    read_annotation(truth / "image_00000.json").cores.to_csv(pred / "image_00000" / "detections.csv")
+    stale = pred / "image_00000" / "figures" / "evaluation.png"
+    stale.write_bytes(b"an earlier run's figure")
+    (truth / "image_00000_cores.csv").write_text("frame,x,y,hx,hy,particle\n0,99,1,1,0,0\n")
+    assert main(["evaluate", "--pred", str(pred), "--truth", str(truth)]) == 1
+    out = capsys.readouterr().out
+    assert out.startswith("no annotated item could be scored") and "evaluation.png" not in out
+    assert not stale.exists()

@@ -81,7 +81,7 @@ def test_fast_dev_run_of_each_config(name, tmp_path, monkeypatch):
     assert f"--config train/configs/{name}.yaml" in card["training"]["recipe"]
 
 
-def test_ckpt_path_last_resumes_an_interrupted_run(tmp_path, monkeypatch):
+def test_ckpt_path_last_resumes_an_interrupted_run(tmp_path, monkeypatch, capsys):
     import pandas as pd
 
     monkeypatch.chdir(tmp_path)  # cpu.yaml writes runs/cpu/ relative to the cwd
@@ -103,6 +103,22 @@ def test_ckpt_path_last_resumes_an_interrupted_run(tmp_path, monkeypatch):
     resumed = pd.read_csv(logs[1])
     assert set(resumed["epoch"].dropna()) == {1}  # epoch 0 was not trained again
     assert resumed["step"].min() >= 2  # and the step count went on from the first run
+    # Resuming the finished run trains nothing and keeps its export (card and weights).
+    exported = {p.name: p.read_bytes() for p in (tmp_path / "runs/cpu").glob("model.*")}
+    train_main(["fit", *tiny, "--trainer.max_epochs=2", "--ckpt_path", "last"])
+    assert {p.name: p.read_bytes() for p in (tmp_path / "runs/cpu").glob("model.*")} == exported
+    # More epochs than the restored one-cycle schedule was planned for: refused up front
+    # (it would fail at the schedule's end).
+    from dislotrack.infer.cli import main
+
+    assert main(["train", "fit", *tiny, "--trainer.max_epochs=3", "--ckpt_path", "last"]) == 2
+    assert "schedule spans 4 steps but this run plans 6" in capsys.readouterr().err
+
+
+def test_train_offers_no_predict(capsys):
+    with pytest.raises(SystemExit):
+        train_main(["predict", "--config", config_path("cpu")])
+    assert "invalid choice: 'predict'" in capsys.readouterr().err
 
 
 def test_training_pixel_size_becomes_the_models_canonical_pixel_size(tmp_path, monkeypatch):

@@ -21,6 +21,7 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities import rank_zero_warn
 
 from dislotrack.train.datamodule import SyntheticDataModule
+from dislotrack.train.errors import TrainConfigError
 from dislotrack.train.export import ExportModel
 from dislotrack.train.module import DislocationModule
 
@@ -58,10 +59,6 @@ def missing_last_checkpoint(ckpt_path: str | None, dirpath: str | None) -> str |
         return None
     return (f"--ckpt_path last: no {last}; train first, pass the --trainer.default_root_dir "
             "training used, or pass a checkpoint file")
-
-
-class TrainConfigError(ValueError):
-    """A train config that cannot run as written (reported in one line)."""
 
 
 def outputs_outside_root(root: str | None, outputs: dict[str, str]) -> list[str]:
@@ -126,6 +123,11 @@ class DislotrackCLI(LightningCLI):
             raise FileNotFoundError(why)
 
     before_test = before_validate
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        """fit, validate and test (no ``predict``: the module has no prediction step)."""
+        return {k: v for k, v in LightningCLI.subcommands().items() if k != "predict"}
 
 
 def train_main(argv: Sequence[str] | None = None) -> None:

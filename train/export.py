@@ -7,6 +7,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 
 from dislotrack.data_gen.conventions import CANONICAL_PIXEL_SIZE_NM
 from dislotrack.models.io import load_lightning_checkpoint, save_model
@@ -28,10 +29,17 @@ class ExportModel(L.Callback):
         self._t0 = time.time()
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._t0 = time.time()
+        self._t0, self._first_step = time.time(), None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._first_step = trainer.global_step  # after a resume has restored it
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.global_rank != 0:
+            return
+        if self._first_step is None or trainer.global_step == self._first_step:
+            # e.g. `--ckpt_path last` of a finished run: keep the export it made
+            rank_zero_info(f"nothing was trained; {self.path}.* left as it was")
             return
         net = pl_module.net
         best = getattr(trainer.checkpoint_callback, "best_model_path", "")
@@ -46,7 +54,10 @@ class ExportModel(L.Callback):
             "generator": dict(dm.hparams) if dm is not None else {},
             "training": {"recipe": self.recipe, "epochs": trainer.current_epoch,
                          "steps": trainer.global_step, "wall_time_s": time.time() - self._t0,
-                         "best_checkpoint": best, "module": dict(pl_module.hparams)},
+                         "best_checkpoint": best,
+                         "module": {k: v for k, v in pl_module.hparams.items() if not k.startswith("_")}},
             "metrics": {"last_validation": metrics},
         }
         save_model(net.cpu(), self.path, card=card)
+        rank_zero_info(f"model exported to {self.path}.safetensors / .json "
+                       f"(use: dislotrack infer --model {self.path})")

@@ -56,6 +56,23 @@ def annotated_frames(folder: str | Path, canonical_nm: float) -> list[Sample]:
     return out
 
 
+def defined_scores(metrics: dict[str, float], n_true: int) -> dict[str, float]:
+    """The validation scores that are defined for lab data, plus ``val/true_cores``.
+
+    The training module logs placeholders where a score is undefined (F1 0 and RMSE 1
+    without true cores, RMSE 1 and h accuracy 0 without a matched core) and splits
+    scores by imaging mode, which lab frames do not have: those are left out.
+    """
+    undefined = set()
+    if n_true == 0:
+        undefined |= {"val/f1", "val/precision", "val/recall", "val/rmse_nm", "val/h_accuracy", "val/tp"}
+    elif metrics.get("val/tp", 1) == 0:
+        undefined |= {"val/rmse_nm", "val/h_accuracy"}
+    out = {k: v for k, v in metrics.items() if k not in undefined
+           and not k.startswith(("val/hrtem/", "val/stem/", "val/dose_"))}
+    return {**out, "val/true_cores": n_true}
+
+
 def describe_split(train: list[Sample], val: list[Sample], split: str, data: str | Path) -> str:
     """One line: what finetune read from ``data`` and how it split it."""
 
@@ -165,6 +182,8 @@ def _quiet_lightning() -> Iterator[None]:
     try:
         with warnings.catch_warnings():  # Lightning's own use of a deprecated torch API
             warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+            # No validation is finetune's choice (one frame), announced by describe_split.
+            warnings.filterwarnings("ignore", message=".*validation_step.*no `val_dataloader`.*")
             yield
     finally:
         for lg, level in zip(loggers, levels, strict=True):
@@ -207,11 +226,9 @@ def finetune(*, data: str | Path, out: str | Path, model: str | Path | None = No
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     if val:
         n_true = sum(len(f.cores) for f in val)
-        if n_true == 0:  # core scores are undefined; the module logs placeholders (F1 0, RMSE 1)
-            metrics = {k: v for k, v in metrics.items()
-                       if not k.startswith("val/") or k in ("val/loss", "val/rs_iou")}
+        if n_true == 0:
             logger.warning("the validation frames hold no annotated cores: no core scores")
-        metrics["val/true_cores"] = n_true
+        metrics = defined_scores(metrics, n_true)
     card = {k: v for k, v in card.items() if k not in ("sha256", "model_id")}
     card["training"] = {"base": card.get("training"), "finetune": {
         "data": str(data), "epochs": epochs, "lr": lr, "size": size, "frames": len(frames),

@@ -12,6 +12,7 @@ from dislotrack.models.io import load_model
 from dislotrack.models.metrics import DetectionTally
 from dislotrack.models.unet import HEATMAP_CH, HVEC_CH, RS_CH
 from dislotrack.train.data import cores_from_batch
+from dislotrack.train.errors import TrainConfigError
 from dislotrack.train.losses import bce_dice_loss, h_cosine_loss, heatmap_loss
 
 #: Dose bins of the validation report [e/A^2]: low, medium, high.
@@ -120,6 +121,8 @@ class DislocationModule(L.LightningModule):
                 if name in ("f1", "rmse_nm", "h_accuracy", "precision", "recall"):
                     metrics[f"{stage}/{name}" if k == "all" else f"{stage}/{k}/{name}"] = (
                         float(np.nan_to_num(v, nan=0.0 if name != "rmse_nm" else 1.0)))
+            if k == "all":  # how many cores matched: says when rmse and h accuracy are placeholders
+                metrics[f"{stage}/tp"] = float(tally.tp)
         metrics[f"{stage}/rs_iou"] = float(self._rs[0] / self._rs[1]) if self._rs[1] else 1.0
         self.log_dict(metrics, sync_dist=True)
         self._tallies, self._rs = {}, np.zeros(2)
@@ -135,6 +138,24 @@ class DislocationModule(L.LightningModule):
                                 weight_decay=self.hparams.weight_decay)
         total = self._trainer.estimated_stepping_batches if self._trainer is not None else 1000
         total = int(total) if np.isfinite(total) else 100_000
+        self._planned_steps = max(total, 2)
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=self.hparams.lr,
-                                                    total_steps=max(total, 2), pct_start=0.05)
+                                                    total_steps=self._planned_steps, pct_start=0.05)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def on_train_start(self) -> None:
+        """Raises `TrainConfigError` if a resumed schedule does not fit this run.
+
+        A checkpoint restores the one-cycle schedule with its own length: with more
+        epochs (or samples per epoch) than it was planned for, it would fail mid-run.
+        """
+        schedulers = self.lr_schedulers()
+        sched = schedulers[0] if isinstance(schedulers, list) else schedulers
+        planned = getattr(self, "_planned_steps", None)
+        if isinstance(sched, torch.optim.lr_scheduler.OneCycleLR) and planned \
+                and sched.total_steps != planned:
+            raise TrainConfigError(
+                f"the checkpoint's learning-rate schedule spans {sched.total_steps} steps but this "
+                f"run plans {planned} (max_epochs, samples_per_epoch or batch_size changed); "
+                "resume with the settings it was trained with, or start a new run from its "
+                "exported weights with --model.init_from <model>")
