@@ -133,6 +133,9 @@ def test_training_pixel_size_becomes_the_models_canonical_pixel_size(tmp_path, m
     card = json.loads((tmp_path / "model.json").read_text())  # the export follows default_root_dir
     assert not (tmp_path / "models").exists()  # a smoke test never replaces the bundled model
     assert card["canonical_pixel_size_nm"] == 0.05
+    assert card["training"]["command"].startswith("dislotrack train fit --config ")
+    assert "--data.pixel_size=0.05" in card["training"]["command"]
+    assert not any(k.startswith("_") for k in card["training"]["module"])  # no _instantiator
     assert card["generator"]["pixel_size"] == 0.05
 
 

@@ -10,11 +10,15 @@ Examples
 
 from __future__ import annotations
 
+import logging
 import os
+import shlex
+import sys
 import warnings
 from collections.abc import Sequence
 from importlib.resources import files
 from pathlib import Path
+from typing import Any
 
 from jsonargparse import set_parsing_settings
 from lightning.pytorch.cli import LightningCLI
@@ -111,8 +115,16 @@ class DislotrackCLI(LightningCLI):
                            "a config saved by an earlier run fixes these paths; edit them or "
                            "start from the bundled config")
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:  # LightningCLI's arguments
+        argv = kwargs.get("args")
+        self.command = shlex.join(["dislotrack", "train", *(sys.argv[1:] if argv is None else argv)])
+        super().__init__(*args, **kwargs)
+
     def before_fit(self) -> None:
         self._check_outputs()
+        for cb in self.trainer.callbacks:  # the model card records the command as typed
+            if isinstance(cb, ExportModel):
+                cb.command = self.command
 
     def before_validate(self) -> None:
         """Raises FileNotFoundError if ``--ckpt_path last`` finds no ``last.ckpt``."""
@@ -130,11 +142,26 @@ class DislotrackCLI(LightningCLI):
         return {k: v for k, v in LightningCLI.subcommands().items() if k != "predict"}
 
 
+def _drop_tips(log: logging.Logger) -> None:
+    """Leave out Lightning's advertising tips (once per logger)."""
+    if not any(isinstance(f, _NoTips) for f in log.filters):
+        log.addFilter(_NoTips())
+
+
+class _NoTips(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip")
+
+
 def train_main(argv: Sequence[str] | None = None) -> None:
     """Run LightningCLI with dislotrack's module and data module."""
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     # `dislotrack train` hands its own arguments on: not the mix the warning is about.
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+    # Each worker of SyntheticStream yields its share, so its __len__ holds.
+    warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` defined")
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # Lightning's use of a torch API
+    _drop_tips(logging.getLogger("lightning.pytorch.utilities.rank_zero"))
     argv = resolve_configs(argv) if argv else None
     # omegaconf+: the configs' ${trainer.default_root_dir} is resolved after the command
     # line, so --trainer.default_root_dir moves logs, checkpoints and export together.

@@ -21,11 +21,13 @@ class ExportModel(L.Callback):
     path : str
         ``<stem>`` of the output, e.g. ``models/weights/default``.
     recipe : str
-        The command that trained it (goes into the model card).
+        The config's command (goes into the model card, with `command`: the full
+        command line when run by ``dislotrack train``).
     """
 
     def __init__(self, path: str, recipe: str = "") -> None:
         self.path, self.recipe = path, recipe
+        self.command = ""  # the full command line, set by `dislotrack train`
         self._t0 = time.time()
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -52,7 +54,7 @@ class ExportModel(L.Callback):
             "canonical_pixel_size_nm": float(dm.hparams.get("pixel_size", CANONICAL_PIXEL_SIZE_NM))
             if dm is not None else CANONICAL_PIXEL_SIZE_NM,
             "generator": dict(dm.hparams) if dm is not None else {},
-            "training": {"recipe": self.recipe, "epochs": trainer.current_epoch,
+            "training": {"recipe": self.recipe, "command": self.command, "epochs": trainer.current_epoch,
                          "steps": trainer.global_step, "wall_time_s": time.time() - self._t0,
                          "best_checkpoint": best,
                          "module": {k: v for k, v in pl_module.hparams.items() if not k.startswith("_")}},
