@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from tqdm.auto import tqdm
 
 from dislotrack.data_gen.annotations import find_annotations, read_annotation
 from dislotrack.models.metrics import MATCH_RADIUS_NM, DetectionTally, mask_iou, match_cores
@@ -161,13 +162,14 @@ def event_scores(pred: pd.DataFrame, truth: pd.DataFrame, *, pixel_size_nm: floa
     return {"event_tp": tp, "event_fp": fp, "event_fn": fn, "event_f1": f1}
 
 
-def evaluate_folders(pred_dir: str | Path, truth_dir: str | Path, *, figures: bool = True) -> dict:
+def evaluate_folders(pred_dir: str | Path, truth_dir: str | Path, *, figures: bool = True,
+                     progress: bool = True) -> dict:
     """Score every annotated item of ``truth_dir`` against ``pred_dir/<stem>/``.
 
     Writes ``pred_dir/evaluation.json`` (the returned report) and, with ``figures``,
     ``pred_dir/<stem>/figures/evaluation.png`` (found, missed and false cores). An item
     without predictions or with an unreadable annotation gets an ``error`` entry
-    instead of scores; the others are still scored.
+    instead of scores; the others are still scored. ``progress`` shows a bar from 5 items.
 
     Raises
     ------
@@ -186,7 +188,7 @@ def evaluate_folders(pred_dir: str | Path, truth_dir: str | Path, *, figures: bo
         raise ValueError(f"none of the {len(sides)} annotated items of {truth_dir} has infer "
                          f"outputs in {pred_dir} (expected {pred_dir}/<stem>/detections.csv)")
     report = {}
-    for side in sides:
+    for side in tqdm(sides, desc="evaluating", unit="item", disable=not progress or len(sides) < 5):
         stem = side.with_suffix("").name
         out = Path(pred_dir) / stem
         if not (out / "detections.csv").exists():
