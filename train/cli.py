@@ -93,6 +93,11 @@ class DislotrackCLI(LightningCLI):
     saved by an earlier run has them fixed, so a new root would not move them).
     """
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:  # LightningCLI's arguments
+        argv = kwargs.get("args")
+        self.command = shlex.join(["dislotrack", "train", *(sys.argv[1:] if argv is None else argv)])
+        super().__init__(*args, **kwargs)
+
     def _outputs(self) -> dict[str, str]:
         out = {}
         if (cb := self.trainer.checkpoint_callback) is not None and cb.dirpath:
@@ -114,11 +119,6 @@ class DislotrackCLI(LightningCLI):
             rank_zero_warn(f"{', '.join(outside)} outside trainer.default_root_dir ({root}): "
                            "a config saved by an earlier run fixes these paths; edit them or "
                            "start from the bundled config")
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:  # LightningCLI's arguments
-        argv = kwargs.get("args")
-        self.command = shlex.join(["dislotrack", "train", *(sys.argv[1:] if argv is None else argv)])
-        super().__init__(*args, **kwargs)
 
     def before_fit(self) -> None:
         self._check_outputs()
