@@ -14,6 +14,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from dislotrack.data_gen.annotations import find_annotations, read_annotation
+from dislotrack.infer.outputs import velocities_in_nm_s
 from dislotrack.models.metrics import MATCH_RADIUS_NM, DetectionTally, mask_iou, match_cores
 
 MIN_TRACK_FRAMES = 10
@@ -215,9 +216,12 @@ def evaluate_folders(pred_dir: str | Path, truth_dir: str | Path, *, figures: bo
             scores["rs_iou"] = mask_iou(tifffile.imread(rs_pred).reshape(ann.rs_mask.shape), ann.rs_mask)
         true_tracks = Path(truth_dir) / f"{stem}_tracks.csv"
         if true_tracks.exists() and (out / "tracks.csv").exists():
-            s, _ = tracking_scores(pd.read_csv(out / "tracks.csv"), pd.read_csv(out / "track_summary.csv"),
-                                   ann.cores, pd.read_csv(true_tracks), pixel_size_nm=ann.pixel_size_nm)
-            scores.update(s)
+            # Predictions made without a frame interval hold nm/frame: use the annotation's.
+            summary = velocities_in_nm_s(pd.read_csv(out / "track_summary.csv"), ann.frame_interval_s)
+            if summary is not None:
+                s, _ = tracking_scores(pd.read_csv(out / "tracks.csv"), summary, ann.cores,
+                                       pd.read_csv(true_tracks), pixel_size_nm=ann.pixel_size_nm)
+                scores.update(s)
         true_events = Path(truth_dir) / f"{stem}_events.csv"
         if true_events.exists() and (out / "events.csv").exists():
             scores.update(event_scores(pd.read_csv(out / "events.csv"), pd.read_csv(true_events),

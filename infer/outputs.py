@@ -5,15 +5,43 @@ from __future__ import annotations
 import json
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 import tifffile
 
-from dislotrack.infer.pipeline import AnalysisResult
+if TYPE_CHECKING:  # the pipeline imports torch; evaluate reads outputs without it
+    from dislotrack.infer.pipeline import AnalysisResult
 
 SCHEMA_VERSION = 1
 TABLES = ("detections", "tracks", "track_summary", "events", "counts", "drift")
+#: Velocity columns of track_summary are ``*_nm_s``; without a frame interval they hold
+#: nm per frame and are written as ``*_nm_per_frame`` (DESIGN.md: units in the names).
+PER_SECOND, PER_FRAME = "_nm_s", "_nm_per_frame"
+
+
+def velocity_columns_as_written(table: pd.DataFrame, frame_interval_s: float | None) -> pd.DataFrame:
+    """``table`` with its ``*_nm_s`` columns renamed ``*_nm_per_frame`` when the frame
+    interval is unknown (their values are then per frame)."""
+    if frame_interval_s:
+        return table
+    return table.rename(columns={c: c[: -len(PER_SECOND)] + PER_FRAME
+                                 for c in table.columns if c.endswith(PER_SECOND)})
+
+
+def velocities_in_nm_s(table: pd.DataFrame, frame_interval_s: float | None) -> pd.DataFrame | None:
+    """A written track_summary with ``*_nm_s`` columns: as read, or converted from
+    ``*_nm_per_frame`` with ``frame_interval_s``; None if that is unknown."""
+    per_frame = [c for c in table.columns if c.endswith(PER_FRAME)]
+    if not per_frame:
+        return table
+    if not frame_interval_s:
+        return None
+    out = table.copy()
+    for c in per_frame:
+        out[c[: -len(PER_FRAME)] + PER_SECOND] = out.pop(c) / frame_interval_s
+    return out
 
 
 def _version() -> str:
@@ -109,6 +137,8 @@ def write_tables(res: AnalysisResult, out: Path, *, parquet: bool = False) -> li
         df: pd.DataFrame = getattr(res, name)
         if name == "tracks":  # the contract's columns; drift-corrected ones stay in memory
             df = df.drop(columns=["x_corr", "y_corr"], errors="ignore")
+        if name == "track_summary":
+            df = velocity_columns_as_written(df, res.calibration.frame_interval_s)
         p = out / f"{name}.csv"
         df.to_csv(p, index=False)
         written.append(p)

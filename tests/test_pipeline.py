@@ -150,6 +150,22 @@ def test_missing_calibration_is_reported_not_guessed(tiny_model, tmp_path, capsy
     assert summary["calibration"]["frame_interval_s"] is None
     assert summary["velocities"]["unit"] == "nm/frame"
     assert any("frame interval" in w for w in summary["warnings"])
+    # The unit is in the column names (DESIGN.md), so per-frame velocities say so.
+    header = pd.read_csv(tmp_path / "o" / "noise" / "track_summary.csv", nrows=0).columns
+    assert "glide_velocity_nm_per_frame" in header and "climb_velocity_se_nm_per_frame" in header
+    assert not any(c.endswith("_nm_s") for c in header)
+
+
+def test_per_frame_velocities_convert_back_with_a_frame_interval():
+    from dislotrack.infer.outputs import velocities_in_nm_s, velocity_columns_as_written
+
+    table = pd.DataFrame({"particle": [0], "glide_velocity_nm_s": [0.6], "glide_velocity_se_nm_s": [0.1]})
+    written = velocity_columns_as_written(table, None)
+    assert list(written.columns) == ["particle", "glide_velocity_nm_per_frame", "glide_velocity_se_nm_per_frame"]
+    assert velocity_columns_as_written(table, 2.0) is table
+    back = velocities_in_nm_s(written, 2.0)  # 0.6 nm/frame at 2 s/frame
+    assert back.glide_velocity_nm_s.iloc[0] == 0.3 and back.glide_velocity_se_nm_s.iloc[0] == 0.05
+    assert velocities_in_nm_s(written, None) is None and velocities_in_nm_s(table, None) is table
 
 
 def test_a_failed_analysis_leaves_no_half_written_folder(tiny_model, tmp_path, monkeypatch):
