@@ -29,6 +29,8 @@ if TYPE_CHECKING:
     import pint
 
 SOURCES = ("file", "estimated", "user")
+#: Start of the calibration warning that velocities are per frame.
+NO_INTERVAL_NOTE = "no frame interval"
 
 # Spellings that pint does not parse, or parses as something else ("A" is ampere).
 _UNIT_ALIASES = {
@@ -287,7 +289,7 @@ def resolve_calibration(
         dt, dt_src = file_cal.frame_interval_s, "file"
     else:
         dt, dt_src = None, None
-        notes.append("no frame interval: velocities in per-frame units")
+        notes.append(f"{NO_INTERVAL_NOTE}: velocities in per-frame units")
 
     return Calibration(px, dt, px_src, dt_src, tuple(notes))
 

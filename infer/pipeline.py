@@ -25,7 +25,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from dislotrack.data_gen.conventions import D003_LINIO2_NM
-from dislotrack.infer.calibration import Calibration, resolve_calibration
+from dislotrack.infer.calibration import NO_INTERVAL_NOTE, Calibration, resolve_calibration
 from dislotrack.infer.detectors import CORE_COLUMNS, GPADetector, NetworkDetector
 from dislotrack.infer.drift import apply_drift, measure_drift
 from dislotrack.infer.events import (
@@ -128,6 +128,8 @@ def calibrate(movie: Movie, *, pixel_size_nm: float | None, frame_interval_s: fl
     caveat = movie.metadata.get("frame_interval_caveat")  # e.g. a video's playback rate
     if caveat and cal.frame_interval_source == "file":
         cal = replace(cal, warnings=(*cal.warnings, caveat))
+    if movie.shape[0] == 1:  # a single image has no velocities to put in per-frame units
+        cal = replace(cal, warnings=tuple(w for w in cal.warnings if not w.startswith(NO_INTERVAL_NOTE)))
     period_px = d_spacing_nm / cal.pixel_size_nm
     if period_px <= 2:  # beyond Nyquist: nothing to analyse (and resampling would blow up)
         raise ValueError(
@@ -350,6 +352,8 @@ def track_detections(detections: pd.DataFrame, *, pixel_size_nm: float,
     [[-0.1, 0.0]]
     """
     ps, dt = pixel_size_nm, frame_interval_s
+    # A movie shorter than min_length (a single image above all) keeps its cores as tracks.
+    min_length = max(1, min(min_length, n_frames))
     if drift is None:
         drift = pd.DataFrame({"frame": np.arange(n_frames), "dx": 0.0, "dy": 0.0})
     if rocksalt_fraction is None:

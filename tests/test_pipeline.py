@@ -161,7 +161,8 @@ def test_per_frame_velocities_convert_back_with_a_frame_interval():
 
     table = pd.DataFrame({"particle": [0], "glide_velocity_nm_s": [0.6], "glide_velocity_se_nm_s": [0.1]})
     written = velocity_columns_as_written(table, None)
-    assert list(written.columns) == ["particle", "glide_velocity_nm_per_frame", "glide_velocity_se_nm_per_frame"]
+    assert list(written.columns) == ["particle", "glide_velocity_nm_per_frame",
+                                     "glide_velocity_se_nm_per_frame"]
     assert velocity_columns_as_written(table, 2.0) is table
     back = velocities_in_nm_s(written, 2.0)  # 0.6 nm/frame at 2 s/frame
     assert back.glide_velocity_nm_s.iloc[0] == 0.3 and back.glide_velocity_se_nm_s.iloc[0] == 0.05
@@ -330,3 +331,25 @@ def test_annotated_folders_are_not_read_as_one_movie_and_masks_are_skipped(tiny_
     err = capsys.readouterr().err
     assert err.count("skipped (the rock-salt mask of annotation") == 2
     assert sorted(p.name for p in out.iterdir()) == ["image_00000", "image_00001"]
+
+
+def test_a_single_image_keeps_its_cores_as_tracks_and_counts_them(tmp_path):
+    from dislotrack.infer.pipeline import calibrate, track_detections
+    from dislotrack.infer.readers import open_movie
+
+    det = pd.DataFrame({"frame": 0, "x": [20.0, 50.0, 80.0], "y": 40.0, "score": 0.9,
+                        "hx": 0.0, "hy": -1.0})
+    out = track_detections(det, pixel_size_nm=0.1, frame_interval_s=None, n_frames=1,
+                           image_shape=(100, 100))  # default min_length 6 > 1 frame
+    assert len(out.track_summary) == 3 and out.counts.n_dislocations.tolist() == [3]
+    assert set(out.track_summary.birth) == {"present"} and out.events.empty
+    # A three-frame movie keeps cores seen in all three frames.
+    three = pd.concat([det.assign(frame=f) for f in range(3)])
+    out = track_detections(three, pixel_size_nm=0.1, frame_interval_s=1.0, n_frames=3,
+                           image_shape=(100, 100))
+    assert out.counts.n_dislocations.tolist() == [3, 3, 3]
+    # A single image needs no frame interval: no per-frame-units warning.
+    write_imagej_tiff(tmp_path / "one.tif", np.zeros((64, 64), np.float32), pixel_size_nm=0.1)
+    with open_movie(tmp_path / "one.tif") as m:
+        cal = calibrate(m, pixel_size_nm=None, frame_interval_s=None, d_spacing_nm=0.473)
+    assert cal.frame_interval_s is None and not any("frame interval" in w for w in cal.warnings)

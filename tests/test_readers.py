@@ -185,6 +185,8 @@ def test_video_playback_interval(tmp_path, name, codec):
         used = calibrate(movie, pixel_size_nm=0.1, frame_interval_s=None, d_spacing_nm=0.473)
         assert used.frame_interval_s == pytest.approx(0.5)
         assert sum("playback" in w for w in used.warnings) == 1
+        # with the user's pixel size, nothing says the video lacks one
+        assert not any("pixel size" in w for w in used.warnings)
         given = calibrate(movie, pixel_size_nm=0.1, frame_interval_s=2.0, d_spacing_nm=0.473)
         assert given.frame_interval_source == "user"
         assert not any("playback" in w for w in given.warnings)
