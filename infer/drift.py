@@ -118,19 +118,21 @@ def measure_drift(
     power = np.abs(fft.rfft2(first * grid.taper)) ** 2  # running power spectrum
     drift, predicted = np.zeros(2), np.zeros(2)  # (rows, cols) = (dy, dx)
     rows, trouble = [(0, 0.0, 0.0)], {"ok": 0, "ridge": 0, "flat": 0}
+    jumps: list[tuple[int, float]] = []  # (frame, step change [px]) beyond max_step_px
     for t, frame in enumerate(iterator, start=1):
         image = _standardise(frame, t, grid.shape)
         moving = fft.rfft2(image * grid.taper)
         power = (1 - reference_weight) * power + reference_weight * np.abs(moving) ** 2
         guess = reference * grid.ramp(predicted)  # the reference moved by the predicted step
-        residual, status = _measure_residual(
+        residual, status, offset = _measure_residual(
             fft.rfft2(fft.irfft2(guess, s=grid.shape) * grid.taper) * np.conj(moving),
             _wiener(power),
             grid,
             max_step_px=max_step_px,
             upsample_factor=upsample_factor,
-            frame=t,
         )
+        if max_step_px is not None and offset > max_step_px:
+            jumps.append((t, offset))
         trouble[status] += 1
         step = predicted + residual
         drift = drift + step
@@ -139,6 +141,13 @@ def measure_drift(
             reference_weight * fft.rfft2(image)
         )
         rows.append((t, float(drift[1]), float(drift[0])))
+    if jumps:  # one line for the movie, not one per frame
+        frames = ", ".join(str(f) for f, _ in jumps[:5]) + (", ..." if len(jumps) > 5 else "")
+        logger.warning(
+            "drift step changed by more than max_step_px=%.2f px in %d frame(s) (%s; largest"
+            " %.2f px): the registration may be wrong there (stage jump?)",
+            max_step_px, len(jumps), frames, max(j for _, j in jumps),
+        )
     if trouble["ridge"]:
         logger.warning(
             "drift along the lattice fringes could not be measured in %d of %d frames"
@@ -231,14 +240,13 @@ def _measure_residual(
     *,
     max_step_px: float | None,
     upsample_factor: int,
-    frame: int,
-) -> tuple[np.ndarray, str]:
+) -> tuple[np.ndarray, str, float]:
     """Displacement (rows, cols) [px] of a frame relative to the moved reference.
 
     ``product`` is their cross-power half spectrum (tapered images), ``weight`` the
-    `_wiener` weights. Returns the displacement and a status: ``"ok"``, ``"ridge"``
+    `_wiener` weights. Returns the displacement, a status: ``"ok"``, ``"ridge"``
     (only the direction across the ridge was measured) or ``"flat"`` (no peak:
-    zero displacement).
+    zero displacement), and the length [px] of the correlation peak's offset.
     """
     product = product * weight
     surface = fft.irfft2(product, s=grid.shape)
@@ -249,19 +257,11 @@ def _measure_residual(
     lag = _refine_peak(product, np.array([lags[0][peak], lags[1][peak]]), grid, upsample_factor)
     curvature, axes = _peak_curvature(product, lag, grid)
     if not curvature[1] > 0:
-        return np.zeros(2), "flat"
-    if max_step_px is not None and np.hypot(*lag) > max_step_px:
-        logger.warning(
-            "frame %d: drift step changed by %.2f px, beyond max_step_px=%.2f px;"
-            " the registration may be wrong (stage jump?)",
-            frame,
-            np.hypot(*lag),
-            max_step_px,
-        )
+        return np.zeros(2), "flat", 0.0
     if curvature[0] < _RIDGE_RATIO * curvature[1]:
         strong = axes[:, 1]
-        return -strong * (strong @ lag), "ridge"
-    return -lag, "ok"
+        return -strong * (strong @ lag), "ridge", float(np.hypot(*lag))
+    return -lag, "ok", float(np.hypot(*lag))
 
 
 def _refine_peak(

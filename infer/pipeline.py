@@ -13,12 +13,15 @@ detection table.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import functools
 import hashlib
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -140,10 +143,48 @@ def calibrate(movie: Movie, *, pixel_size_nm: float | None, frame_interval_s: fl
         cal = replace(cal, warnings=(*cal.warnings, (
             f"at {cal.pixel_size_nm:.3g} nm/px the {d_spacing_nm} nm lattice fringes span "
             f"{period_px:.2g} px: not resolved, so no dislocation core can "
-            "show; atomic-resolution images are needed")))
+            "show and any detection is spurious; atomic-resolution images are needed "
+            "(or pass the right --pixel-size)")))
     return cal
 
 
+@contextlib.contextmanager
+def collected_warnings() -> Iterator[list[str]]:
+    """Collect the warnings dislotrack logs (``dislotrack.*`` loggers) meanwhile.
+
+    They go into the analysis result (and summary.json) instead of being printed
+    bare: with a handler on the ``dislotrack`` logger, Python's last-resort stderr
+    output stays silent (handlers the user configured still see them).
+    """
+    messages: list[str] = []
+
+    class _Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            messages.append(record.getMessage())
+
+    handler = _Collect(level=logging.WARNING)
+    log = logging.getLogger("dislotrack")
+    log.addHandler(handler)
+    try:
+        yield messages
+    finally:
+        log.removeHandler(handler)
+
+
+def _keeping_logged_warnings(fn: Callable[..., AnalysisResult]) -> Callable[..., AnalysisResult]:
+    """``fn``'s result with the warnings logged while it ran added (once each)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> AnalysisResult:
+        with collected_warnings() as logged:
+            res = fn(*args, **kwargs)
+        res.warnings += [m for m in dict.fromkeys(logged) if m not in res.warnings]
+        return res
+
+    return wrapper
+
+
+@_keeping_logged_warnings
 def analyze(path: str | Path, *, model: str | Path | None = None, pixel_size_nm: float | None = None,
             frame_interval_s: float | None = None, device: str = "auto", threshold: float | None = None,
             batch_size: int = 4, d_spacing_nm: float = D003_LINIO2_NM, max_speed_nm_s: float = 2.0,
@@ -206,6 +247,8 @@ def analyze(path: str | Path, *, model: str | Path | None = None, pixel_size_nm:
     """
     if not 0 < weak_fraction:
         raise ValueError(f"weak_fraction must be > 0 (1 disables the extension), got {weak_fraction}")
+    if threshold is not None and not 0 < threshold < 1:
+        raise ValueError(f"threshold is a core score in (0, 1), got {threshold}")
     net, card = load_model(model)
     dev = pick_device(device)
     thr = threshold if threshold is not None else float(card.get("decode_threshold", 0.5))

@@ -353,3 +353,24 @@ def test_a_single_image_keeps_its_cores_as_tracks_and_counts_them(tmp_path):
     with open_movie(tmp_path / "one.tif") as m:
         cal = calibrate(m, pixel_size_nm=None, frame_interval_s=None, d_spacing_nm=0.473)
     assert cal.frame_interval_s is None and not any("frame interval" in w for w in cal.warnings)
+
+
+def test_logged_warnings_go_into_the_result_not_bare_to_stderr(capsys):
+    import logging
+
+    from dislotrack.infer.pipeline import collected_warnings
+
+    with collected_warnings() as logged:
+        logging.getLogger("dislotrack.infer.drift").warning("drift along the fringes: %d frames", 3)
+        logging.getLogger("dislotrack.infer.drift").info("not a warning")
+    assert logged == ["drift along the fringes: 3 frames"]
+    assert capsys.readouterr().err == ""  # no last-resort print beside the collected line
+
+
+def test_threshold_outside_0_1_is_refused(tiny_model, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("DISLOTRACK_DEBUG", raising=False)
+    movie = tmp_path / "m.tif"
+    write_imagej_tiff(movie, np.zeros((2, 32, 32), np.float32), pixel_size_nm=0.1, frame_interval_s=1.0)
+    assert main(["infer", str(movie), "--out", str(tmp_path / "o"), "--model", str(tiny_model),
+                 "--no-movie", "--threshold", "1.5"]) == 2
+    assert "threshold is a core score in (0, 1), got 1.5" in capsys.readouterr().err
