@@ -122,6 +122,8 @@ def _run_infer(args: argparse.Namespace) -> int:
               f"{len(res.events)} events")
         for w in res.warnings:
             print(f"  warning: {w}")
+    if failed and len(args.inputs) > 1:
+        print(f"{failed} of {len(args.inputs)} inputs failed (see above)", file=sys.stderr)
     return 1 if failed else 0
 
 

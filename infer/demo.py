@@ -54,15 +54,18 @@ def run_demo(out: str | Path = "dislotrack_demo", *, device: str = "auto") -> pd
     print(f"Outputs:    {out / path.stem}/\n")
     if len(table):
         show = table[["particle", "pred", "true_glide_nm_s", "pred_glide_nm_s",
-                      "true_climb_nm_s", "pred_climb_nm_s"]]
-        print("Velocities (nm/s), true vs measured, tracks of >= 10 frames:")
+                      "true_climb_nm_s", "pred_climb_nm_s"]].rename(
+            columns={"particle": "true_track", "pred": "measured_track"})
+        print("Velocities (nm/s), true vs measured, tracks of >= 10 frames "
+              "(measured_track: its particle in tracks.csv):")
         print(show.to_string(index=False, float_format=lambda v: f"{v:+.3f}"))
     else:
         print("No true track of >= 10 frames was recovered.")
     print("\nEvents, true:")
     print(m.events.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
-    print("Events, measured:")
-    print(res.events.to_string(index=False, float_format=lambda v: f"{v:.1f}")
-          if len(res.events) else "  none")
+    print("Events, measured:")  # in nm like the truth (events.csv has pixels)
+    measured = res.events.assign(x_nm=res.events.x * DEMO_PIXEL_NM, y_nm=res.events.y * DEMO_PIXEL_NM)
+    print(measured[["frame", "kind", "x_nm", "y_nm", "particles"]].to_string(
+        index=False, float_format=lambda v: f"{v:.2f}") if len(measured) else "  none")
     print(f"Event F1 = {ev['event_f1']:.2f} (same kind, within 1 frame and 0.5 nm)")
     return table

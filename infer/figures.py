@@ -61,6 +61,10 @@ def trajectories(res: AnalysisResult, path: Path) -> None:
         handles = [plt.Line2D([], [], ls="none", marker=END_MARKERS[f], ms=7, mfc="0.6", mec="k",
                               label=f.replace("_", " ")) for f in END_MARKERS if f in shown]
         ax.legend(handles=handles, loc="lower right", fontsize=7, framealpha=0.6)
+    if res.first_frame is not None and res.calibration.pixel_size_nm:
+        _scale_bar(ax, res.first_frame.shape, res.calibration.pixel_size_nm)
+    if t.empty:
+        _no_tracks(ax)
     ax.set_title("trajectories (drift-corrected, over frame 0)")
     ax.set_axis_off()
     fig.tight_layout()
@@ -88,6 +92,9 @@ def displacement(res: AnalysisResult, path: Path) -> None:
         ax.set_title(name)
     if len(t):
         axes[1].legend(fontsize=7, ncol=2)
+    else:
+        for ax in axes:
+            _no_tracks(ax)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -186,6 +193,23 @@ def overlay_frames(res: AnalysisResult, frames: Iterable[np.ndarray],
             d.text((w - 10 - bar, h - 32), f"{bar_nm:g} nm", fill=(255, 255, 255))
         d.text((8, 8), f"t = {i * dt:.1f} s" if dt else f"frame {i}", fill=(255, 255, 0))
         yield np.asarray(img)
+
+
+def _no_tracks(ax: plt.Axes) -> None:
+    """Say so on an axis that would otherwise be empty."""
+    ax.text(0.5, 0.5, "no tracks", transform=ax.transAxes, ha="center", va="center",
+            fontsize=12, color="0.4", bbox={"facecolor": "white", "alpha": 0.7, "edgecolor": "none"})
+
+
+def _scale_bar(ax: plt.Axes, shape: tuple[int, ...], pixel_size_nm: float) -> None:
+    """A white bar of a round length (about a fifth of the width) at the lower right."""
+    h, w = shape[:2]
+    bar_nm = _nice_length(0.2 * w * pixel_size_nm)
+    bar = bar_nm / pixel_size_nm
+    x1, y = w - 0.04 * w, h - 0.05 * h
+    ax.plot([x1 - bar, x1], [y, y], "-", color="white", lw=3, solid_capstyle="butt")
+    ax.text(x1 - bar / 2, y - 0.015 * h, f"{bar_nm:g} nm", color="white", ha="center", va="bottom",
+            fontsize=9)
 
 
 def _nice_length(x: float) -> float:

@@ -29,6 +29,7 @@ import copy
 import importlib
 import logging
 import re
+import struct
 import xml.etree.ElementTree as ET
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -209,18 +210,26 @@ def open_movie(path: str | Path, *, signal: int | str | None = None) -> Movie:
     if not path.exists():
         raise FileNotFoundError(f"no such file or folder: {path}")
     ext = path.suffix.lower()
-    if ext in _TIFF:
-        return _open_tiff(path)
-    if ext in _RSCIIO:
-        return _open_rsciio(path, *_RSCIIO[ext], signal=signal)
-    if ext in _VIDEO:
-        return _open_video(path)
-    if ext in _IMAGE:
-        return _open_image(path)
-    raise ValueError(
-        f"unsupported file type {ext or '(none)'!r} for {path.name}; supported: "
-        f"{', '.join(SUPPORTED_EXTENSIONS)}, or a folder of frames"
-    )
+    openers: dict[str, Callable[[], Movie]] = {
+        **dict.fromkeys(_TIFF, lambda: _open_tiff(path)),
+        **{e: (lambda m=m, lab=lab: _open_rsciio(path, m, lab, signal=signal))
+           for e, (m, lab) in _RSCIIO.items()},
+        **dict.fromkeys(_VIDEO, lambda: _open_video(path)),
+        **dict.fromkeys(_IMAGE, lambda: _open_image(path)),
+    }
+    if ext not in openers:
+        raise ValueError(
+            f"unsupported file type {ext or '(none)'!r} for {path.name}; supported: "
+            f"{', '.join(SUPPORTED_EXTENSIONS)}, or a folder of frames"
+        )
+    try:
+        return openers[ext]()
+    # A damaged or mislabelled file: the reading library's error, with the file named.
+    except (ValueError, OSError, KeyError, IndexError, EOFError, NotImplementedError,
+            struct.error) as err:
+        if isinstance(err, ValueError) and (str(path) in str(err) or path.name in str(err)):
+            raise  # ours, already naming the file
+        raise ValueError(f"{path}: cannot be read as {ext[1:].upper()}: {err}") from err
 
 
 # --- small helpers -------------------------------------------------------------------------

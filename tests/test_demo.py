@@ -12,6 +12,9 @@ def test_demo_recovers_glide_and_climb_with_the_bundled_model(tmp_path, capsys):
     table = run_demo(tmp_path, device="cpu")
     out = capsys.readouterr().out
     assert "true vs measured" in out
+    # Measured events in nm, as the true ones, so the two can be compared by eye.
+    true_head = out.split("Events, true:")[1].split()[:4]
+    assert out.split("Events, measured:")[1].split()[:4] == true_head == ["frame", "kind", "x_nm", "y_nm"]
     d = tmp_path / "demo_movie"
     for name in TABLES:
         assert (d / f"{name}.csv").exists()

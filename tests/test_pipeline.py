@@ -138,6 +138,7 @@ def test_missing_calibration_is_reported_not_guessed(tiny_model, tmp_path, capsy
                  "--no-movie"]) == 1
     err = capsys.readouterr().err
     assert err.count("noise.tif") == 1 and "no pixel size" in err  # the input named once
+    assert err.rstrip().endswith("1 of 2 inputs failed (see above)")
     assert (tmp_path / "o" / "ok" / "summary.json").exists()
     assert not (tmp_path / "o" / "noise").exists()  # no empty results folder for a failed input
     monkeypatch.setenv("DISLOTRACK_DEBUG", "1")

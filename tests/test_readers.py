@@ -382,3 +382,11 @@ def test_gms_insitu_tree_of_dm_frames_uses_acquisition_clock(tmp_path):
         np.testing.assert_allclose(movie.timestamps_s, times, atol=1e-5)
         assert any("vary" in n for n in movie.metadata["notes"])
         np.testing.assert_array_equal(movie[11], movie[0])
+
+
+@pytest.mark.parametrize("name", ["notes.tif", "broken.dm4", "broken.png", "broken.mp4", "broken.mrc"])
+def test_a_damaged_or_mislabelled_file_is_a_one_line_error_naming_it(tmp_path, name):
+    path = tmp_path / name
+    path.write_text("# Results\nnot an image at all\n")
+    with pytest.raises(ValueError, match=rf"{name}: cannot be read as {path.suffix[1:].upper()}: "):
+        open_movie(path)
