@@ -8,9 +8,10 @@ from pathlib import Path
 
 from dislotrack.infer import figures
 from dislotrack.infer.calibration import Calibration
-from dislotrack.infer.outputs import MaskWriter, write_tables
+from dislotrack.infer.outputs import TABLES, MaskWriter, write_tables
 from dislotrack.infer.pipeline import AnalysisResult, analyze, calibrate
 from dislotrack.infer.readers import open_movie
+from dislotrack.infer.strain import COMPONENTS as STRAIN_COMPONENTS
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +36,8 @@ def infer_one(path: str | Path, out: str | Path, *, movie: bool = True, parquet:
                         d_spacing_nm=options.get("d_spacing_nm", 0.473))
         shape = m.shape
     created = not dest.exists()
+    for old in stale_outputs(dest, movie=movie, strain=strain, parquet=parquet):
+        old.unlink()  # an earlier run's, which this run would not replace
     (dest / "figures").mkdir(parents=True, exist_ok=True)
     try:
         return _analyze_and_write(path, dest, cal, shape, movie=movie, parquet=parquet,
@@ -43,6 +46,20 @@ def infer_one(path: str | Path, out: str | Path, *, movie: bool = True, parquet:
         if created:  # nothing half-written where a later run would look for results
             shutil.rmtree(dest, ignore_errors=True)
         raise
+
+
+def stale_outputs(dest: Path, *, movie: bool, strain: bool, parquet: bool) -> list[Path]:
+    """Files in ``dest`` from an earlier run that a run with these options would not
+    rewrite: the overlay MP4, strain maps, Parquet tables, and evaluate's figure (made
+    from the earlier predictions)."""
+    names = ["figures/evaluation.png"]
+    if not movie:
+        names.append("figures/overlay.mp4")
+    if not strain:
+        names += [f"{n}.tif" for n in STRAIN_COMPONENTS.values()] + ["figures/strain.png"]
+    if not parquet:
+        names += [f"{t}.parquet" for t in TABLES]
+    return [dest / n for n in names if (dest / n).is_file()]
 
 
 def _analyze_and_write(path: str | Path, dest: Path, cal: Calibration, shape: tuple[int, ...], *,

@@ -375,3 +375,19 @@ def test_threshold_outside_0_1_is_refused(tiny_model, tmp_path, capsys, monkeypa
     assert main(["infer", str(movie), "--out", str(tmp_path / "o"), "--model", str(tiny_model),
                  "--no-movie", "--threshold", "1.5"]) == 2
     assert "threshold is a core score in (0, 1), got 1.5" in capsys.readouterr().err
+
+
+def test_a_rerun_removes_what_it_does_not_rewrite(tiny_model, tmp_path):
+    movie = tmp_path / "m.tif"
+    write_imagej_tiff(movie, np.random.default_rng(0).normal(size=(2, 32, 32)).astype(np.float32),
+                      pixel_size_nm=0.1, frame_interval_s=1.0)
+    args = ["infer", str(movie), "--out", str(tmp_path / "o"), "--model", str(tiny_model)]
+    assert main(args) == 0
+    d = tmp_path / "o" / "m"
+    assert (d / "figures" / "overlay.mp4").is_file()
+    for old in ("strain_exx.tif", "figures/evaluation.png", "notes.txt"):  # an earlier run's, and the user's
+        (d / old).write_bytes(b"old")
+    assert main([*args, "--no-movie"]) == 0
+    assert not (d / "figures" / "overlay.mp4").exists()  # would mismatch the new tables
+    assert not (d / "strain_exx.tif").exists() and not (d / "figures" / "evaluation.png").exists()
+    assert (d / "notes.txt").read_bytes() == b"old" and (d / "summary.json").is_file()
