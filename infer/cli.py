@@ -83,6 +83,8 @@ def _add_infer(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_infer(args: argparse.Namespace) -> int:
+    if not any(Path(p).exists() for p in args.inputs):  # say so before the slow imports
+        raise FileNotFoundError(f"no such file or folder: {', '.join(map(str, args.inputs))}")
     from dislotrack.data_gen.annotations import mask_sidecar
     from dislotrack.infer.run import infer_one, output_dir
 

@@ -139,6 +139,10 @@ def calibrate(movie: Movie, *, pixel_size_nm: float | None, frame_interval_s: fl
             f"{movie.path}: at {cal.pixel_size_nm:.3g} nm/px ({cal.pixel_size_source}) the "
             f"{d_spacing_nm} nm lattice fringes span {period_px:.2g} px, below the 2 px that can "
             "show them: atomic-resolution images are needed (or pass the right --pixel-size)")
+    if min(movie.shape[1:]) < 4 * period_px:  # a core needs a few fringes around it
+        cal = replace(cal, warnings=(*cal.warnings, (
+            f"the frames ({movie.shape[2]} x {movie.shape[1]} px) span under 4 lattice fringes "
+            f"({period_px:.3g} px each) across: too small to show a dislocation core")))
     if period_px < MIN_FRINGE_PERIOD_PX:
         cal = replace(cal, warnings=(*cal.warnings, (
             f"at {cal.pixel_size_nm:.3g} nm/px the {d_spacing_nm} nm lattice fringes span "
@@ -309,6 +313,11 @@ def analyze(path: str | Path, *, model: str | Path | None = None, pixel_size_nm:
     n = n_read
     lattice = measure_lattice(lattice_frames, pixel_size_nm=cal.pixel_size_nm,
                               d_spacing_nm=d_spacing_nm) if lattice_frames else None
+    if lattice is None:
+        logger.warning("no %.3g nm (003) lattice fringes stand out in the first frames (too "
+                       "noisy, another material, or a wrong pixel size?): check the pixel size "
+                       "and --d-spacing; without fringes, detections are not dislocation cores",
+                       d_spacing_nm)
     lattice_h = lattice_h and lattice is not None and lattice.has_layer  # snapped or not, once
     if lattice_h:
         b = lattice.burgers_vectors()["misfit"]

@@ -391,3 +391,20 @@ def test_a_rerun_removes_what_it_does_not_rewrite(tiny_model, tmp_path):
     assert not (d / "figures" / "overlay.mp4").exists()  # would mismatch the new tables
     assert not (d / "strain_exx.tif").exists() and not (d / "figures" / "evaluation.png").exists()
     assert (d / "notes.txt").read_bytes() == b"old" and (d / "summary.json").is_file()
+
+
+def test_frames_without_lattice_fringes_or_too_small_are_warned_about(tiny_model, tmp_path):
+    noise = tmp_path / "noise.tif"
+    write_imagej_tiff(noise, np.random.default_rng(2).normal(size=(2, 64, 64)).astype(np.float32),
+                      pixel_size_nm=0.1, frame_interval_s=1.0)
+    res = analyze(noise, model=tiny_model, progress=False)
+    assert any("no 0.473 nm (003) lattice fringes stand out" in w for w in res.warnings)
+    m = make_movie(np.random.default_rng(3), GeneratorConfig(size=64, mode="hrtem"), n_frames=2)
+    lattice = tmp_path / "lattice.tif"
+    write_imagej_tiff(lattice, m.frames, pixel_size_nm=m.meta["pixel_size"], frame_interval_s=1.0)
+    res = analyze(lattice, model=tiny_model, progress=False)
+    assert not any("fringes stand out" in w or "too small" in w for w in res.warnings)
+    tiny = tmp_path / "tiny.tif"  # 12 px at 0.1 nm/px: under 3 fringe periods
+    write_imagej_tiff(tiny, m.frames[:, :12, :12], pixel_size_nm=0.1, frame_interval_s=1.0)
+    res = analyze(tiny, model=tiny_model, progress=False)
+    assert any("too small to show a dislocation core" in w for w in res.warnings)
