@@ -13,9 +13,12 @@ input                  how
                        ImageJ (unit + XResolution, finterval), vendor tags (DM,
                        FEI, ... via rosettasciio) or cm/inch resolution tags.
 .dm3/.dm4, .emd,       rosettasciio with ``lazy=True`` (dask); axis scales and
-.ser/.emi, .mrc        units, a time axis or TIA per-frame clock if present.
+.ser/.emi, .mrc,       units, a time axis or TIA per-frame clock if present.
+.hspy (HyperSpy)
 .mp4/.avi              imageio + PyAV; frame interval = *playback* interval.
 .png/.jpg/.jpeg        a single frame without calibration.
+.npy                   a (y, x) or (t, y, x) NumPy array, memory-mapped, without
+                       calibration (never unpickled: object arrays are refused).
 folder                 one frame per file (PNG/JPEG/TIFF/DM3/DM4), natural order;
                        a folder tree (GMS in-situ recording) is searched when the
                        top level holds no frames; the DM acquisition clock gives
@@ -58,8 +61,10 @@ _RSCIIO = {
     ".ser": ("rsciio.tia", "TIA"),
     ".emi": ("rsciio.tia", "TIA"),
     ".mrc": ("rsciio.mrc", "MRC"),
+    ".hspy": ("rsciio.hspy", "HyperSpy"),
 }
-SUPPORTED_EXTENSIONS = tuple(sorted({*_TIFF, *_IMAGE, *_VIDEO, *_RSCIIO}))
+_NUMPY = (".npy",)
+SUPPORTED_EXTENSIONS = tuple(sorted({*_TIFF, *_IMAGE, *_VIDEO, *_RSCIIO, *_NUMPY}))
 FRAME_EXTENSIONS = (*_TIFF, *_IMAGE, ".dm3", ".dm4")
 _FRAME_KIND = {".tif": "TIFF", ".tiff": "TIFF", ".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG",
                ".dm3": "DM", ".dm4": "DM"}
@@ -216,6 +221,7 @@ def open_movie(path: str | Path, *, signal: int | str | None = None) -> Movie:
            for e, (m, lab) in _RSCIIO.items()},
         **dict.fromkeys(_VIDEO, lambda: _open_video(path)),
         **dict.fromkeys(_IMAGE, lambda: _open_image(path)),
+        **dict.fromkeys(_NUMPY, lambda: _open_numpy(path)),
     }
     if ext not in openers:
         raise ValueError(
@@ -568,6 +574,19 @@ def _open_image(path: Path) -> Movie:
         mode = im.mode
     meta = {"format": path.suffix.lower()[1:].upper(), "mode": mode, "notes": []}
     return Movie(path, (1, h, w), Calibration(), meta, lambda i: iio.imread(path))
+
+
+def _open_numpy(path: Path) -> Movie:
+    try:  # allow_pickle=False: a .npy of Python objects is code, not an image
+        data = np.load(path, mmap_mode="r", allow_pickle=False)
+    except ValueError as err:
+        raise ValueError(f"{path} is not a plain numeric array ({err})") from err
+    if data.ndim not in (2, 3) or not np.issubdtype(data.dtype, np.number):
+        raise ValueError(f"{path} holds a {data.dtype} array of shape {data.shape}; "
+                         "expected a numeric (y, x) image or (t, y, x) stack")
+    stack = data[None] if data.ndim == 2 else data
+    meta = {"format": "NumPy", "dtype": str(data.dtype), "notes": ["no calibration in .npy files"]}
+    return Movie(path, stack.shape, Calibration(), meta, lambda i: np.array(stack[i]))
 
 
 # --- folders of frames ---------------------------------------------------------------------

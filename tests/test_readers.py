@@ -390,3 +390,28 @@ def test_a_damaged_or_mislabelled_file_is_a_one_line_error_naming_it(tmp_path, n
     path.write_text("# Results\nnot an image at all\n")
     with pytest.raises(ValueError, match=rf"{name}: cannot be read as {path.suffix[1:].upper()}: "):
         open_movie(path)
+
+
+def test_numpy_arrays_read_lazily_and_pickles_are_refused(tmp_path):
+    data = stack(np.random.default_rng(5), (3, 16, 20))
+    np.save(tmp_path / "movie.npy", data)
+    np.save(tmp_path / "image.npy", data[0])
+    with open_movie(tmp_path / "movie.npy") as movie:
+        assert movie.shape == (3, 16, 20) and movie.calibration.pixel_size_nm is None
+        np.testing.assert_array_equal(movie[2], data[2])
+        assert movie[2].dtype == np.float32
+    with open_movie(tmp_path / "image.npy") as image:
+        assert image.shape == (1, 16, 20)
+    np.save(tmp_path / "coords.npy", np.array({0: data[0]}), allow_pickle=True)  # a pickled dict
+    with pytest.raises(ValueError, match="coords.npy is not a plain numeric array"):
+        open_movie(tmp_path / "coords.npy")
+    np.save(tmp_path / "line.npy", data[0, 0])
+    with pytest.raises(ValueError, match=r"line.npy holds a uint16 array of shape \(20,\)"):
+        open_movie(tmp_path / "line.npy")
+
+
+def test_real_hyperspy_file():
+    with open_movie(real("temul/Cropped_PTO-SRO_Aligned.hspy")) as movie:  # 0.014997 nm/px
+        assert movie.shape == (1, 224, 1312)
+        assert movie.calibration.pixel_size_nm == pytest.approx(0.014997, rel=1e-3)
+        assert np.isfinite(movie[0]).all()
