@@ -139,6 +139,18 @@ def annotation_problems(ann: Annotation, *, declared_shape: object = None) -> li
     rock-salt mask; ``frame_interval_s`` is null or positive; every core has a frame
     of the stack, a position inside the image (pixel-centre origin, so x in
     [-0.5, width - 0.5]), a non-zero finite **h** and an integer particle.
+
+    Parameters
+    ----------
+    ann : Annotation
+        As read (image promoted to (t, y, x)).
+    declared_shape : list, optional
+        The sidecar's ``shape``; a single image may declare (y, x).
+
+    Returns
+    -------
+    list of str
+        One message per problem; ``_cores.csv`` ones name their data rows.
     """
     if ann.image.ndim != 3:
         return [f"image has {ann.image.ndim} dimensions, expected (y, x) or (t, y, x)"]

@@ -156,6 +156,9 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     report = evaluate_folders(args.pred, args.truth)
     print(report_text(report))  # errors: stderr, below
     errors = {stem: r["error"] for stem, r in report.items() if "error" in r}
+    for stem, r in report.items():
+        if "note" in r:
+            print(f"{stem}: {r['note']}", file=sys.stderr)
     print(f"report: {Path(args.pred) / 'evaluation.json'}" + (
         "" if len(errors) == len(report) else
         f"; found, missed and false cores: {Path(args.pred)}/<stem>/figures/evaluation.png"))

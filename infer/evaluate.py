@@ -218,7 +218,10 @@ def evaluate_folders(pred_dir: str | Path, truth_dir: str | Path, *, figures: bo
         if true_tracks.exists() and (out / "tracks.csv").exists():
             # Predictions made without a frame interval hold nm/frame: use the annotation's.
             summary = velocities_in_nm_s(pd.read_csv(out / "track_summary.csv"), ann.frame_interval_s)
-            if summary is not None:
+            if summary is None:
+                scores["note"] = ("velocities not scored: the predictions are per frame and the "
+                                  "annotation has no frame_interval_s")
+            else:
                 s, _ = tracking_scores(pd.read_csv(out / "tracks.csv"), summary, ann.cores,
                                        pd.read_csv(true_tracks), pixel_size_nm=ann.pixel_size_nm)
                 scores.update(s)
@@ -239,8 +242,8 @@ TABLE_COLUMNS = ("tp", "fp", "fn", "precision", "recall", "f1", "rmse_nm", "h_ac
 def report_table(report: dict) -> pd.DataFrame:
     """The `evaluate_folders` report as one row per annotated item (undefined scores NaN)."""
     table = pd.DataFrame.from_dict(report, orient="index")
-    table = table[[c for c in (*TABLE_COLUMNS, "error") if c in table]]
-    scores = [c for c in table if c != "error"]
+    table = table[[c for c in (*TABLE_COLUMNS, "error", "note") if c in table]]
+    scores = [c for c in table if c not in ("error", "note")]
     table[scores] = table[scores].apply(pd.to_numeric)  # None (undefined) -> NaN
     counts = [c for c in ("tp", "fp", "fn") if c in table]  # counts stay integers beside an error row
     return table.astype({c: "Int64" for c in counts})
@@ -249,7 +252,7 @@ def report_table(report: dict) -> pd.DataFrame:
 def report_text(report: dict) -> str:
     """`report_table` as text: scores to 3 decimals, counts whole, undefined or missing
     values as ``-``; the error column is left out (errors are reported separately)."""
-    table = report_table(report).drop(columns="error", errors="ignore")
+    table = report_table(report).drop(columns=["error", "note"], errors="ignore")
     if table.shape[1] == 0:
         return "no annotated item could be scored"
     cells = table.astype(object).map(

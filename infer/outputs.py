@@ -23,7 +23,20 @@ PER_SECOND, PER_FRAME = "_nm_s", "_nm_per_frame"
 
 def velocity_columns_as_written(table: pd.DataFrame, frame_interval_s: float | None) -> pd.DataFrame:
     """``table`` with its ``*_nm_s`` columns renamed ``*_nm_per_frame`` when the frame
-    interval is unknown (their values are then per frame)."""
+    interval is unknown (their values are then per frame).
+
+    Parameters
+    ----------
+    table : DataFrame
+        A track summary as `analyze` returns it.
+    frame_interval_s : float or None
+        The calibration's frame interval [s].
+
+    Returns
+    -------
+    DataFrame
+        ``table`` itself when the interval is known, else a renamed copy.
+    """
     if frame_interval_s:
         return table
     return table.rename(columns={c: c[: -len(PER_SECOND)] + PER_FRAME
@@ -31,8 +44,21 @@ def velocity_columns_as_written(table: pd.DataFrame, frame_interval_s: float | N
 
 
 def velocities_in_nm_s(table: pd.DataFrame, frame_interval_s: float | None) -> pd.DataFrame | None:
-    """A written track_summary with ``*_nm_s`` columns: as read, or converted from
-    ``*_nm_per_frame`` with ``frame_interval_s``; None if that is unknown."""
+    """A written track_summary with ``*_nm_s`` columns.
+
+    Parameters
+    ----------
+    table : DataFrame
+        ``track_summary.csv`` as read.
+    frame_interval_s : float or None
+        The frame interval [s] to convert ``*_nm_per_frame`` columns with.
+
+    Returns
+    -------
+    DataFrame or None
+        ``table`` itself if it is in nm/s; a converted copy; None if it is per frame
+        and ``frame_interval_s`` is unknown.
+    """
     per_frame = [c for c in table.columns if c.endswith(PER_FRAME)]
     if not per_frame:
         return table

@@ -64,6 +64,9 @@ _RSCIIO = {
     ".hspy": ("rsciio.hspy", "HyperSpy"),
 }
 _NUMPY = (".npy",)
+#: What the reading libraries raise for a damaged, truncated or mislabelled file
+#: (rosettasciio: NotImplementedError for unknown format versions).
+_READ_ERRORS = (ValueError, OSError, EOFError, NotImplementedError, struct.error)
 SUPPORTED_EXTENSIONS = tuple(sorted({*_TIFF, *_IMAGE, *_VIDEO, *_RSCIIO, *_NUMPY}))
 FRAME_EXTENSIONS = (*_TIFF, *_IMAGE, ".dm3", ".dm4")
 _FRAME_KIND = {".tif": "TIFF", ".tiff": "TIFF", ".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG",
@@ -148,14 +151,25 @@ class Movie:
         i = int(index) + (len(self) if index < 0 else 0)
         if not 0 <= i < len(self):
             raise IndexError(f"frame {index} out of range for {len(self)} frames of {self._path}")
-        return self._checked(self._read(i), i)
+        try:
+            raw = self._read(i)
+        except _READ_ERRORS as err:  # a truncated or damaged file: name it
+            raise ValueError(f"{self._path}: frame {i} cannot be read: {err}") from err
+        return self._checked(raw, i)
 
     def __iter__(self) -> Iterator[np.ndarray]:
         if self._iterate is None:
             for i in range(len(self)):
                 yield self[i]
             return
-        for i, frame in zip(range(len(self)), self._iterate(), strict=False):
+        frames = self._iterate()
+        for i in range(len(self)):
+            try:
+                frame = next(frames)
+            except StopIteration:  # fewer frames than the header said
+                return
+            except _READ_ERRORS as err:
+                raise ValueError(f"{self._path}: frame {i} cannot be read: {err}") from err
             yield self._checked(frame, i)
 
     def _checked(self, raw: np.ndarray, i: int) -> np.ndarray:
@@ -215,24 +229,23 @@ def open_movie(path: str | Path, *, signal: int | str | None = None) -> Movie:
     if not path.exists():
         raise FileNotFoundError(f"no such file or folder: {path}")
     ext = path.suffix.lower()
-    openers: dict[str, Callable[[], Movie]] = {
-        **dict.fromkeys(_TIFF, lambda: _open_tiff(path)),
-        **{e: (lambda m=m, lab=lab: _open_rsciio(path, m, lab, signal=signal))
-           for e, (m, lab) in _RSCIIO.items()},
-        **dict.fromkeys(_VIDEO, lambda: _open_video(path)),
-        **dict.fromkeys(_IMAGE, lambda: _open_image(path)),
-        **dict.fromkeys(_NUMPY, lambda: _open_numpy(path)),
-    }
-    if ext not in openers:
+    if ext not in SUPPORTED_EXTENSIONS:
         raise ValueError(
             f"unsupported file type {ext or '(none)'!r} for {path.name}; supported: "
             f"{', '.join(SUPPORTED_EXTENSIONS)}, or a folder of frames"
         )
     try:
-        return openers[ext]()
+        if ext in _TIFF:
+            return _open_tiff(path)
+        if ext in _RSCIIO:
+            return _open_rsciio(path, *_RSCIIO[ext], signal=signal)
+        if ext in _VIDEO:
+            return _open_video(path)
+        if ext in _NUMPY:
+            return _open_numpy(path)
+        return _open_image(path)
     # A damaged or mislabelled file: the reading library's error, with the file named.
-    except (ValueError, OSError, KeyError, IndexError, EOFError, NotImplementedError,
-            struct.error) as err:
+    except _READ_ERRORS as err:
         if isinstance(err, ValueError) and (str(path) in str(err) or path.name in str(err)):
             raise  # ours, already naming the file
         raise ValueError(f"{path}: cannot be read as {ext[1:].upper()}: {err}") from err
@@ -581,12 +594,14 @@ def _open_numpy(path: Path) -> Movie:
         data = np.load(path, mmap_mode="r", allow_pickle=False)
     except ValueError as err:
         raise ValueError(f"{path} is not a plain numeric array ({err})") from err
-    if data.ndim not in (2, 3) or not np.issubdtype(data.dtype, np.number):
+    real = np.issubdtype(data.dtype, np.integer) or np.issubdtype(data.dtype, np.floating)
+    if data.ndim not in (2, 3) or not real or 0 in data.shape:
         raise ValueError(f"{path} holds a {data.dtype} array of shape {data.shape}; "
-                         "expected a numeric (y, x) image or (t, y, x) stack")
-    stack = data[None] if data.ndim == 2 else data
+                         "expected a real-valued (y, x) image or (t, y, x) stack")
+    colour = data.ndim == 3 and data.shape[-1] in (3, 4) and data.shape[0] > 4  # (y, x, RGB)
+    stack = data[None] if data.ndim == 2 or colour else data
     meta = {"format": "NumPy", "dtype": str(data.dtype), "notes": ["no calibration in .npy files"]}
-    return Movie(path, stack.shape, Calibration(), meta, lambda i: np.array(stack[i]))
+    return Movie(path, stack.shape[:3], Calibration(), meta, lambda i: np.array(stack[i]))
 
 
 # --- folders of frames ---------------------------------------------------------------------

@@ -36,22 +36,43 @@ def infer_one(path: str | Path, out: str | Path, *, movie: bool = True, parquet:
                         d_spacing_nm=options.get("d_spacing_nm", 0.473))
         shape = m.shape
     created = not dest.exists()
-    for old in stale_outputs(dest, movie=movie, strain=strain, parquet=parquet):
-        old.unlink()  # an earlier run's, which this run would not replace
+    stale = stale_outputs(dest, movie=movie, strain=strain, parquet=parquet)
     (dest / "figures").mkdir(parents=True, exist_ok=True)
     try:
-        return _analyze_and_write(path, dest, cal, shape, movie=movie, parquet=parquet,
-                                  strain=strain, **options)
+        res = _analyze_and_write(path, dest, cal, shape, movie=movie, parquet=parquet,
+                                 strain=strain, **options)
     except BaseException:
         if created:  # nothing half-written where a later run would look for results
             shutil.rmtree(dest, ignore_errors=True)
         raise
+    for old in stale:  # only once this run's outputs are in place
+        try:
+            old.unlink()
+        except OSError as err:  # e.g. an MP4 open in a player (Windows)
+            res.warnings.append(f"could not remove the earlier run's {old.name}: {err}")
+    return res
 
 
 def stale_outputs(dest: Path, *, movie: bool, strain: bool, parquet: bool) -> list[Path]:
-    """Files in ``dest`` from an earlier run that a run with these options would not
-    rewrite: the overlay MP4, strain maps, Parquet tables, and evaluate's figure (made
-    from the earlier predictions)."""
+    """Files of an earlier run in ``dest`` that a run with these options would not rewrite.
+
+    Parameters
+    ----------
+    dest : Path
+        An output folder (``<out>/<stem>/``); only one holding an earlier run's
+        ``summary.json`` has stale outputs.
+    movie, strain, parquet : bool
+        The new run's options (`infer_one`).
+
+    Returns
+    -------
+    list of Path
+        The overlay MP4 (without ``movie``), strain maps (without ``strain``), Parquet
+        tables (without ``parquet``) and evaluate's figure (made from the earlier
+        predictions), where they exist.
+    """
+    if not (dest / "summary.json").is_file():
+        return []
     names = ["figures/evaluation.png"]
     if not movie:
         names.append("figures/overlay.mp4")

@@ -356,16 +356,32 @@ def test_a_single_image_keeps_its_cores_as_tracks_and_counts_them(tmp_path):
     assert cal.frame_interval_s is None and not any("frame interval" in w for w in cal.warnings)
 
 
-def test_logged_warnings_go_into_the_result_not_bare_to_stderr(capsys):
+def test_logged_warnings_go_into_the_result_not_bare_to_stderr(monkeypatch):
+    import io
     import logging
 
-    from dislotrack.infer.pipeline import collected_warnings
+    from dislotrack.infer.pipeline import _keeping_logged_warnings, collected_warnings
 
+    # As under the CLI: no handler anywhere, so Python prints warnings bare (lastResort).
+    bare = io.StringIO()
+    monkeypatch.setattr(logging.root, "handlers", [])
+    monkeypatch.setattr(logging, "lastResort", logging.StreamHandler(bare))
+    log = logging.getLogger("dislotrack.infer.drift")
+    log.warning("outside")
+    assert bare.getvalue() == "outside\n"  # the setup shows a bare print when there is one
     with collected_warnings() as logged:
-        logging.getLogger("dislotrack.infer.drift").warning("drift along the fringes: %d frames", 3)
-        logging.getLogger("dislotrack.infer.drift").info("not a warning")
+        log.warning("drift along the fringes: %d frames", 3)
+        log.info("not a warning")
     assert logged == ["drift along the fringes: 3 frames"]
-    assert capsys.readouterr().err == ""  # no last-resort print beside the collected line
+    assert bare.getvalue() == "outside\n"  # collected, not printed
+
+    def fails() -> None:
+        log.warning("seen before the failure")
+        raise RuntimeError("analysis failed")
+
+    with pytest.raises(RuntimeError):
+        _keeping_logged_warnings(fails)()
+    assert bare.getvalue().endswith("seen before the failure\n")  # not lost with the result
 
 
 def test_threshold_outside_0_1_is_refused(tiny_model, tmp_path, capsys, monkeypatch):
@@ -387,6 +403,8 @@ def test_a_rerun_removes_what_it_does_not_rewrite(tiny_model, tmp_path):
     assert (d / "figures" / "overlay.mp4").is_file()
     for old in ("strain_exx.tif", "figures/evaluation.png", "notes.txt"):  # an earlier run's, and the user's
         (d / old).write_bytes(b"old")
+    assert main([*args, "--no-movie", "--threshold", "1.5"]) == 2  # refused: nothing removed
+    assert (d / "figures" / "overlay.mp4").is_file() and (d / "strain_exx.tif").is_file()
     assert main([*args, "--no-movie"]) == 0
     assert not (d / "figures" / "overlay.mp4").exists()  # would mismatch the new tables
     assert not (d / "strain_exx.tif").exists() and not (d / "figures" / "evaluation.png").exists()
@@ -395,11 +413,11 @@ def test_a_rerun_removes_what_it_does_not_rewrite(tiny_model, tmp_path):
 
 def test_frames_without_lattice_fringes_or_too_small_are_warned_about(tiny_model, tmp_path):
     noise = tmp_path / "noise.tif"
-    write_imagej_tiff(noise, np.random.default_rng(2).normal(size=(2, 64, 64)).astype(np.float32),
+    write_imagej_tiff(noise, np.random.default_rng(2).normal(size=(2, 128, 128)).astype(np.float32),
                       pixel_size_nm=0.1, frame_interval_s=1.0)
     res = analyze(noise, model=tiny_model, progress=False)
     assert any("no 0.473 nm (003) lattice fringes stand out" in w for w in res.warnings)
-    m = make_movie(np.random.default_rng(3), GeneratorConfig(size=64, mode="hrtem"), n_frames=2)
+    m = make_movie(np.random.default_rng(3), GeneratorConfig(size=128, mode="hrtem"), n_frames=2)
     lattice = tmp_path / "lattice.tif"
     write_imagej_tiff(lattice, m.frames, pixel_size_nm=m.meta["pixel_size"], frame_interval_s=1.0)
     res = analyze(lattice, model=tiny_model, progress=False)

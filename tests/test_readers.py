@@ -408,6 +408,29 @@ def test_numpy_arrays_read_lazily_and_pickles_are_refused(tmp_path):
     np.save(tmp_path / "line.npy", data[0, 0])
     with pytest.raises(ValueError, match=r"line.npy holds a uint16 array of shape \(20,\)"):
         open_movie(tmp_path / "line.npy")
+    for name, bad in (("empty.npy", np.zeros((0, 8, 8))), ("complex.npy", np.zeros((8, 8), complex))):
+        np.save(tmp_path / name, bad)
+        with pytest.raises(ValueError, match=f"{name} holds a"):
+            open_movie(tmp_path / name)
+    rgb = np.random.default_rng(6).integers(0, 255, (16, 20, 3)).astype(np.uint8)
+    np.save(tmp_path / "rgb.npy", rgb)
+    with open_movie(tmp_path / "rgb.npy") as colour:  # (y, x, RGB): one image, as luminance
+        assert colour.shape == (1, 16, 20) and colour[0].shape == (16, 20)
+
+
+def test_a_frame_that_cannot_be_read_names_the_file(tmp_path):
+    from dislotrack.infer.calibration import Calibration
+    from dislotrack.infer.readers import Movie
+
+    def read(i: int) -> np.ndarray:
+        raise OSError("mmap length is greater than file size")
+
+    movie = Movie(tmp_path / "cut.mrc", (3, 8, 8), Calibration(), {}, read)
+    with pytest.raises(ValueError, match=r"cut.mrc: frame 1 cannot be read: mmap length"):
+        movie[1]
+    with pytest.raises(ValueError, match=r"cut.mrc: frame 0 cannot be read"):
+        list(Movie(tmp_path / "cut.mrc", (3, 8, 8), Calibration(), {}, read,
+                   iterate=lambda: (read(i) for i in range(3))))
 
 
 def test_real_hyperspy_file():

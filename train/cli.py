@@ -54,8 +54,20 @@ def resolve_configs(argv: Sequence[str]) -> list[str]:
 
 
 def missing_last_checkpoint(ckpt_path: str | None, dirpath: str | None) -> str | None:
-    """Why ``--ckpt_path last`` cannot be honoured (no ``last.ckpt`` in the checkpoint
-    folder ``dirpath``), else None."""
+    """Why ``--ckpt_path last`` cannot be honoured, else None.
+
+    Parameters
+    ----------
+    ckpt_path : str or None
+        The run's ``--ckpt_path``; only ``"last"`` needs a file.
+    dirpath : str or None
+        The checkpoint folder (``ModelCheckpoint.dirpath``), which must hold ``last.ckpt``.
+
+    Returns
+    -------
+    str or None
+        A one-line message naming the missing file, or None.
+    """
     if ckpt_path != "last" or not dirpath:
         return None
     last = Path(dirpath) / "last.ckpt"
@@ -66,7 +78,19 @@ def missing_last_checkpoint(ckpt_path: str | None, dirpath: str | None) -> str |
 
 
 def outputs_outside_root(root: str | None, outputs: dict[str, str]) -> list[str]:
-    """The ``outputs`` (name -> folder or file stem) that are not under ``root``.
+    """The ``outputs`` that are not under ``root``.
+
+    Parameters
+    ----------
+    root : str or None
+        ``trainer.default_root_dir``.
+    outputs : dict
+        Name (checkpoints, logs, export) -> folder or file stem.
+
+    Returns
+    -------
+    list of str
+        ``"name (path)"`` of each output outside ``root`` (none when ``root`` is None).
 
     Raises
     ------
@@ -162,7 +186,7 @@ def train_main(argv: Sequence[str] | None = None) -> None:
     warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` defined")
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # Lightning's use of a torch API
     _drop_tips(logging.getLogger("lightning.pytorch.utilities.rank_zero"))
-    argv = resolve_configs(argv) if argv else None
+    argv = resolve_configs(argv) if argv is not None else None  # [] stays []: not sys.argv
     # omegaconf+: the configs' ${trainer.default_root_dir} is resolved after the command
     # line, so --trainer.default_root_dir moves logs, checkpoints and export together.
     # Absolute keys are read relative to the subcommand (the config of `fit` is `fit.*`).

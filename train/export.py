@@ -28,6 +28,7 @@ class ExportModel(L.Callback):
     def __init__(self, path: str, recipe: str = "") -> None:
         self.path, self.recipe = path, recipe
         self.command = ""  # the full command line, set by `dislotrack train`
+        self._first_step: int | None = None  # global step when training started (resumes too)
         self._t0 = time.time()
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -62,6 +62,18 @@ def defined_scores(metrics: dict[str, float], n_true: int) -> dict[str, float]:
     The training module logs placeholders where a score is undefined (F1 0 and RMSE 1
     without true cores, RMSE 1 and h accuracy 0 without a matched core) and splits
     scores by imaging mode, which lab frames do not have: those are left out.
+
+    Parameters
+    ----------
+    metrics : dict
+        Lightning's ``callback_metrics`` as floats (``val/tp``: matched cores).
+    n_true : int
+        Annotated cores in the validation frames.
+
+    Returns
+    -------
+    dict
+        The defined scores and ``val/true_cores``.
     """
     undefined = set()
     if n_true == 0:
@@ -74,7 +86,22 @@ def defined_scores(metrics: dict[str, float], n_true: int) -> dict[str, float]:
 
 
 def describe_split(train: list[Sample], val: list[Sample], split: str, data: str | Path) -> str:
-    """One line: what finetune read from ``data`` and how it split it."""
+    """One line: what finetune read from ``data`` and how it split it.
+
+    Parameters
+    ----------
+    train, val : list of Sample
+        The frames of each side (`split_frames`); ``meta["source"]`` names the item.
+    split : {"items", "frames"}
+        How validation was held out.
+    data : str or Path
+        The annotation folder (named in the line).
+
+    Returns
+    -------
+    str
+        E.g. ``lab: training on 2 item(s), 2 frame(s), 5 core(s); validating on ...``.
+    """
 
     def part(frames: list[Sample]) -> str:
         items = len({f.meta["source"] for f in frames})
