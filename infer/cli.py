@@ -7,6 +7,7 @@ imported lazily, so ``dislotrack generate`` never imports torch.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import sys
 import warnings
@@ -46,7 +47,8 @@ def _run_generate(args: argparse.Namespace) -> int:
 def _add_infer(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("infer", help="detect and track dislocations in movies")
     p.add_argument("inputs", nargs="+", metavar="INPUT",
-                   help="TIFF/OME-TIFF, DM3/DM4, EMD, SER, MRC, MP4/AVI, PNG/JPG or a folder of frames")
+                   help="TIFF/OME-TIFF, DM3/DM4, EMD, SER, MRC, HSPY, NPY, MP4/AVI, PNG/JPG or a "
+                        "folder of frames")
     p.add_argument("--out", required=True, help="output folder (one subfolder per input)")
     p.add_argument("--model", default=None,
                    help="model <stem>, or a bundled one: default (0.1 nm/px), fine (0.05 nm/px)")
@@ -85,6 +87,8 @@ def _add_infer(sub: argparse._SubParsersAction) -> None:
 def _run_infer(args: argparse.Namespace) -> int:
     if not any(Path(p).exists() for p in args.inputs):  # say so before the slow imports
         raise FileNotFoundError(f"no such file or folder: {', '.join(map(str, args.inputs))}")
+    if args.parquet and importlib.util.find_spec("pyarrow") is None:  # before, not after, analysing
+        raise ImportError('--parquet needs pyarrow: pip install "dislotrack[parquet]" (or pyarrow)')
     from dislotrack.data_gen.annotations import mask_sidecar
     from dislotrack.infer.run import infer_one, output_dir
 
@@ -179,7 +183,8 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=8, help="(default 8)")
     p.add_argument("--crops-per-epoch", type=int, default=256, help="(default 256)")
     p.add_argument("--val-fraction", type=float, default=0.2,
-                   help="fraction of the frames held out for validation, in [0, 1) (default 0.2)")
+                   help="fraction held out for validation, in [0, 1): whole annotated items when "
+                        "there are two or more, else frames (default 0.2)")
     p.add_argument("--seed", type=int, default=0, help="(default 0)")
     p.add_argument("--accelerator", default="auto", help="cpu, gpu or auto (default auto)")
     p.set_defaults(func=_run_finetune)
@@ -252,6 +257,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _main(argv: list[str]) -> int:
     if argv and argv[0] in _LIGHTNING_COMMANDS:
+        from lightning.fabric.utilities.exceptions import MisconfigurationException
         from omegaconf.errors import OmegaConfBaseException
 
         from dislotrack.train.cli import train_main
@@ -261,10 +267,12 @@ def _main(argv: list[str]) -> int:
             train_main(argv[1:])
         # Ours (no last.ckpt, an unset root, a changed schedule) and ${...} that do not resolve; Lightning's
         # own argument errors exit by themselves.
-        except (FileNotFoundError, TrainConfigError, OmegaConfBaseException) as err:
+        except (FileNotFoundError, TrainConfigError, OmegaConfBaseException,
+                MisconfigurationException) as err:
             if os.environ.get("DISLOTRACK_DEBUG"):
                 raise
-            print(f"dislotrack train: error: {err}", file=sys.stderr)
+            first = str(err).strip().splitlines()[0]  # omegaconf adds full_key/object_type lines
+            print(f"dislotrack train: error: {first}", file=sys.stderr)
             return 2
         return 0
     args = build_parser().parse_args(argv)

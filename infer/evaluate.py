@@ -201,6 +201,11 @@ def evaluate_folders(pred_dir: str | Path, truth_dir: str | Path, *, figures: bo
             report[stem] = {"error": f"annotation: {err}"}
             (out / "figures" / "evaluation.png").unlink(missing_ok=True)  # not this run's
             continue
+        mismatch = _shape_mismatch(out, ann.image.shape)
+        if mismatch:  # predictions of another movie under the same name
+            report[stem] = {"error": mismatch}
+            (out / "figures" / "evaluation.png").unlink(missing_ok=True)
+            continue
         pred = pd.read_csv(out / "detections.csv")
         scores = detection_scores(pred, ann.cores, pixel_size_nm=ann.pixel_size_nm)
         if figures:
@@ -232,6 +237,18 @@ def evaluate_folders(pred_dir: str | Path, truth_dir: str | Path, *, figures: bo
         report[stem] = {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in scores.items()}
     (Path(pred_dir) / "evaluation.json").write_text(json.dumps(report, indent=2, default=float))
     return report
+
+
+def _shape_mismatch(out: Path, shape: tuple[int, ...]) -> str | None:
+    """Why the predictions in ``out`` cannot be of an annotated (t, y, x) ``shape``, else None
+    (infer's summary.json records the input shape)."""
+    summary = out / "summary.json"
+    if not summary.is_file():
+        return None
+    pred = json.loads(summary.read_text()).get("input", {}).get("shape")
+    if pred is None or list(pred) == list(shape):
+        return None
+    return f"the predictions are of a {tuple(pred)} input, the annotation is {tuple(shape)}"
 
 
 #: Columns of `report_table`, where the report has them.

@@ -28,6 +28,7 @@ folder                 one frame per file (PNG/JPEG/TIFF/DM3/DM4), natural order
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib
 import logging
@@ -291,10 +292,28 @@ def _xy_calibration(px_x: float | None, px_y: float | None, notes: list[str]) ->
 # --- TIFF ----------------------------------------------------------------------------------
 
 
-def _open_tiff(path: Path) -> Movie:
-    tif = tifffile.TiffFile(path)
+@contextlib.contextmanager
+def _quiet_tifffile() -> Iterator[None]:
+    """tifffile's logged complaints about damaged files off (our error says it)."""
+    log = logging.getLogger("tifffile")
+    level = log.level
+    log.setLevel(logging.CRITICAL)  # it logs a damaged page offset as an error
     try:
-        series = tif.series[0]
+        yield
+    finally:
+        log.setLevel(level)
+
+
+def _open_tiff(path: Path) -> Movie:
+    with _quiet_tifffile():
+        tif = tifffile.TiffFile(path)
+    try:
+        with _quiet_tifffile():
+            series = tif.series[0]
+        declared = int((tif.imagej_metadata or {}).get("images", 0)) if tif.is_imagej else 0
+        if declared > int(np.prod(series.shape[: series.ndim - series.keyframe.ndim])):
+            raise ValueError(f"{path}: the ImageJ header lists {declared} images but fewer can be "
+                             "read (a truncated file?)")
         page_axes = series.keyframe.axes
         if not series.axes.endswith(page_axes):
             raise ValueError(f"{path}: cannot map TIFF axes {series.axes!r} to frames")

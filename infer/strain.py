@@ -53,6 +53,8 @@ class StrainWriter:
 
     def close(self) -> None:
         for mm in self.maps.values():
+            if self.first is None:  # no reflections, no maps: NaN, not a strain of zero
+                mm[:] = np.nan
             mm.flush()
         self.maps = {}
 

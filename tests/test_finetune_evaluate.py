@@ -322,3 +322,18 @@ def test_evaluate_with_nothing_scored_says_so_and_drops_a_stale_figure(tmp_path,
     out = capsys.readouterr().out
     assert out.startswith("no annotated item could be scored") and "evaluation.png" not in out
     assert not stale.exists()
+
+
+def test_evaluate_refuses_predictions_of_another_shape(tmp_path, capsys):
+    truth, pred = tmp_path / "truth", tmp_path / "pred"
+    generate_dataset(out=truth, n=2, size=32, mode="stem", seed=4, progress=False)
+    for stem in ("image_00000", "image_00001"):
+        (pred / stem).mkdir(parents=True)
+        read_annotation(truth / f"{stem}.json").cores.to_csv(pred / stem / "detections.csv", index=False)
+    # image_00001's predictions come from another input of the same name (30 frames of 64²)
+    (pred / "image_00001" / "summary.json").write_text(json.dumps({"input": {"shape": [30, 64, 64]}}))
+    assert main(["evaluate", "--pred", str(pred), "--truth", str(truth)]) == 1
+    report = json.loads((pred / "evaluation.json").read_text())
+    assert "f1" in report["image_00000"]
+    assert report["image_00001"] == {"error": "the predictions are of a (30, 64, 64) input, "
+                                              "the annotation is (1, 32, 32)"}

@@ -426,3 +426,30 @@ def test_frames_without_lattice_fringes_or_too_small_are_warned_about(tiny_model
     write_imagej_tiff(tiny, m.frames[:, :12, :12], pixel_size_nm=0.1, frame_interval_s=1.0)
     res = analyze(tiny, model=tiny_model, progress=False)
     assert any("too small to show a dislocation core" in w for w in res.warnings)
+
+
+def test_strain_maps_without_reflections_are_nan_not_zero(tmp_path):
+    from dislotrack.infer.strain import COMPONENTS, StrainWriter
+
+    writer = StrainWriter(tmp_path, shape=(2, 32, 32), pixel_size_nm=0.1, frame_interval_s=1.0,
+                          d_spacing_nm=0.473)
+    blank = np.zeros((32, 32), np.float32)  # no lattice: no reflections to measure strain from
+    for i in range(2):
+        writer(i, blank, pd.DataFrame({"x": [], "y": []}))
+    writer.close()
+    for name in COMPONENTS.values():
+        assert np.isnan(tifffile.imread(tmp_path / f"{name}.tif")).all()
+
+
+def test_parquet_without_pyarrow_is_refused_before_the_analysis(tiny_model, tmp_path, monkeypatch, capsys):
+    import importlib.util
+
+    monkeypatch.delenv("DISLOTRACK_DEBUG", raising=False)
+    real_find = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "pyarrow" else real_find(name, *a))
+    movie = tmp_path / "m.tif"
+    write_imagej_tiff(movie, np.zeros((2, 32, 32), np.float32), pixel_size_nm=0.1, frame_interval_s=1.0)
+    assert main(["infer", str(movie), "--out", str(tmp_path / "o"), "--model", str(tiny_model),
+                 "--parquet"]) == 2
+    assert "--parquet needs pyarrow" in capsys.readouterr().err and not (tmp_path / "o").exists()

@@ -438,3 +438,17 @@ def test_real_hyperspy_file():
         assert movie.shape == (1, 224, 1312)
         assert movie.calibration.pixel_size_nm == pytest.approx(0.014997, rel=1e-3)
         assert np.isfinite(movie[0]).all()
+
+
+def test_a_truncated_imagej_stack_is_an_error_not_one_frame(tmp_path, caplog):
+    from dislotrack.data_gen.annotations import write_imagej_tiff
+
+    write_imagej_tiff(tmp_path / "full.tif", np.random.default_rng(7).random((8, 64, 64)).astype(np.float32),
+                      pixel_size_nm=0.1, frame_interval_s=1.0)
+    data = (tmp_path / "full.tif").read_bytes()
+    (tmp_path / "cut.tif").write_bytes(data[: len(data) * 5 // 8])
+    with open_movie(tmp_path / "full.tif") as movie:
+        assert movie.shape == (8, 64, 64)
+    with pytest.raises(ValueError, match=r"cut.tif: the ImageJ header lists 8 images but fewer"):
+        open_movie(tmp_path / "cut.tif")
+    assert not [r for r in caplog.records if r.name == "tifffile"]  # our error says it, once
