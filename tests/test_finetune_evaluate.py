@@ -244,12 +244,18 @@ def test_annotation_columns_come_in_one_order_for_images_and_movies(tmp_path):
     assert heads[0] == heads[1] == ["frame", "x", "y", "hx", "hy", "particle"]
 
 
-def test_evaluate_scores_the_others_when_one_annotation_is_bad(tmp_path, capsys):
+def _truth_as_predictions(tmp_path, *, size: int):
+    """Two annotated images, and infer-like folders whose detections are their truth."""
     truth, pred = tmp_path / "truth", tmp_path / "pred"
-    generate_dataset(out=truth, n=2, size=64, mode="stem", seed=4, progress=False)
+    generate_dataset(out=truth, n=2, size=size, mode="stem", seed=4, progress=False)
     for stem in ("image_00000", "image_00001"):
         (pred / stem).mkdir(parents=True)
         read_annotation(truth / f"{stem}.json").cores.to_csv(pred / stem / "detections.csv", index=False)
+    return truth, pred
+
+
+def test_evaluate_scores_the_others_when_one_annotation_is_bad(tmp_path, capsys):
+    truth, pred = _truth_as_predictions(tmp_path, size=64)
     bad = pd.read_csv(truth / "image_00001_cores.csv")
     bad = pd.concat([bad, pd.DataFrame([{"frame": 5, "x": 1, "y": 1, "hx": 1, "hy": 0, "particle": 9}])])
     bad.to_csv(truth / "image_00001_cores.csv", index=False)
@@ -325,11 +331,7 @@ def test_evaluate_with_nothing_scored_says_so_and_drops_a_stale_figure(tmp_path,
 
 
 def test_evaluate_refuses_predictions_of_another_shape(tmp_path, capsys):
-    truth, pred = tmp_path / "truth", tmp_path / "pred"
-    generate_dataset(out=truth, n=2, size=32, mode="stem", seed=4, progress=False)
-    for stem in ("image_00000", "image_00001"):
-        (pred / stem).mkdir(parents=True)
-        read_annotation(truth / f"{stem}.json").cores.to_csv(pred / stem / "detections.csv", index=False)
+    truth, pred = _truth_as_predictions(tmp_path, size=32)
     # image_00001's predictions come from another input of the same name (30 frames of 64²)
     (pred / "image_00001" / "summary.json").write_text(json.dumps({"input": {"shape": [30, 64, 64]}}))
     assert main(["evaluate", "--pred", str(pred), "--truth", str(truth)]) == 1
