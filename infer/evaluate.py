@@ -197,14 +197,12 @@ def evaluate_folders(pred_dir: str | Path, truth_dir: str | Path, *, figures: bo
             continue
         try:
             ann = read_annotation(side)
+            mismatch = _shape_mismatch(out, ann.image.shape)  # another movie of the same name?
         except (ValueError, OSError) as err:  # one bad annotation does not stop the others
-            report[stem] = {"error": f"annotation: {err}"}
-            (out / "figures" / "evaluation.png").unlink(missing_ok=True)  # not this run's
-            continue
-        mismatch = _shape_mismatch(out, ann.image.shape)
-        if mismatch:  # predictions of another movie under the same name
+            mismatch = f"annotation: {err}"
+        if mismatch:
             report[stem] = {"error": mismatch}
-            (out / "figures" / "evaluation.png").unlink(missing_ok=True)
+            (out / "figures" / "evaluation.png").unlink(missing_ok=True)  # an earlier run's
             continue
         pred = pd.read_csv(out / "detections.csv")
         scores = detection_scores(pred, ann.cores, pixel_size_nm=ann.pixel_size_nm)
@@ -242,10 +240,10 @@ def evaluate_folders(pred_dir: str | Path, truth_dir: str | Path, *, figures: bo
 def _shape_mismatch(out: Path, shape: tuple[int, ...]) -> str | None:
     """Why the predictions in ``out`` cannot be of an annotated (t, y, x) ``shape``, else None
     (infer's summary.json records the input shape)."""
-    summary = out / "summary.json"
-    if not summary.is_file():
+    try:
+        pred = json.loads((out / "summary.json").read_text()).get("input", {}).get("shape")
+    except (OSError, ValueError):  # no or unreadable summary: nothing to compare
         return None
-    pred = json.loads(summary.read_text()).get("input", {}).get("shape")
     if pred is None or list(pred) == list(shape):
         return None
     return f"the predictions are of a {tuple(pred)} input, the annotation is {tuple(shape)}"
