@@ -193,4 +193,8 @@ def train_main(argv: Sequence[str] | None = None) -> None:
     set_parsing_settings(omegaconf_absolute_to_relative_paths=True)
     DislotrackCLI(DislocationModule, SyntheticDataModule, args=argv,
                   save_config_kwargs={"overwrite": True}, seed_everything_default=0,
-                  parser_kwargs={"prog": "dislotrack train", "parser_mode": "omegaconf+"})
+                  parser_kwargs={"prog": "dislotrack train", "parser_mode": "omegaconf+",
+                                 "description": "Train, validate or test the U-Net on synthetic "
+                                                "data drawn on the fly (LightningCLI over the "
+                                                "YAML configs in train/configs: cpu, gpu, "
+                                                "cluster, ...)."})
