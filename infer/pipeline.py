@@ -120,6 +120,8 @@ def file_sha256(path: str | Path) -> str:
 def calibrate(movie: Movie, *, pixel_size_nm: float | None, frame_interval_s: float | None,
               d_spacing_nm: float) -> Calibration:
     """User > file > (003)-fringe estimate; an error if no pixel size can be found."""
+    if not (d_spacing_nm > 0 and np.isfinite(d_spacing_nm)):
+        raise ValueError(f"d_spacing_nm (--d-spacing) must be a positive spacing [nm], got {d_spacing_nm}")
     cal = resolve_calibration(
         movie.calibration, pixel_size_nm=pixel_size_nm, frame_interval_s=frame_interval_s,
         estimate=lambda: pixel_size_from_fringes_or_none(movie[0], d_spacing_nm=d_spacing_nm))
@@ -154,6 +156,25 @@ def calibrate(movie: Movie, *, pixel_size_nm: float | None, frame_interval_s: fl
             "show and any detection is spurious; atomic-resolution images are needed "
             "(or pass the right --pixel-size)")))
     return cal
+
+
+def check_linking_options(*, max_speed_nm_s: float, memory: int, min_length: int, max_gap: int,
+                          d_spacing_nm: float) -> None:
+    """Refuse impossible analysis options before any frame is read.
+
+    Raises
+    ------
+    ValueError
+        Naming the option (and its ``dislotrack infer`` flag).
+    """
+    checks = [("max_speed_nm_s (--max-speed)", max_speed_nm_s, "a positive speed [nm/s]", max_speed_nm_s > 0),
+              ("d_spacing_nm (--d-spacing)", d_spacing_nm, "a positive spacing [nm]", d_spacing_nm > 0),
+              ("memory (--memory)", memory, "a number of frames >= 0", memory >= 0),
+              ("min_length (--min-length)", min_length, "a number of frames >= 1", min_length >= 1),
+              ("max_gap (--max-gap)", max_gap, "a number of frames >= 0 (0: none)", max_gap >= 0)]
+    for name, value, what, ok in checks:
+        if not (ok and np.isfinite(value)):
+            raise ValueError(f"{name} must be {what}, got {value}")
 
 
 @contextlib.contextmanager
@@ -268,6 +289,8 @@ def analyze(path: str | Path, *, model: str | Path | None = None, pixel_size_nm:
         raise ValueError(f"weak_fraction must be > 0 (1 disables the extension), got {weak_fraction}")
     if threshold is not None and not 0 < threshold < 1:
         raise ValueError(f"threshold is a core score in (0, 1), got {threshold}")
+    check_linking_options(max_speed_nm_s=max_speed_nm_s, memory=memory, min_length=min_length,
+                          max_gap=max_gap, d_spacing_nm=d_spacing_nm)
     net, card = load_model(model)
     dev = pick_device(device)
     thr = threshold if threshold is not None else float(card.get("decode_threshold", 0.5))

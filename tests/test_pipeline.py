@@ -453,3 +453,24 @@ def test_parquet_without_pyarrow_is_refused_before_the_analysis(tiny_model, tmp_
     assert main(["infer", str(movie), "--out", str(tmp_path / "o"), "--model", str(tiny_model),
                  "--parquet"]) == 2
     assert "--parquet needs pyarrow" in capsys.readouterr().err and not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(("flag", "value", "message"), [
+    ("--max-speed", "-1", r"max_speed_nm_s \(--max-speed\) must be a positive speed"),
+    ("--max-speed", "nan", r"max_speed_nm_s \(--max-speed\) must be a positive speed"),
+    ("--memory", "-1", r"memory \(--memory\) must be a number of frames >= 0"),
+    ("--min-length", "0", r"min_length \(--min-length\) must be a number of frames >= 1"),
+    ("--max-gap", "-1", r"max_gap \(--max-gap\) must be a number of frames >= 0"),
+    ("--d-spacing", "inf", r"d_spacing_nm \(--d-spacing\) must be a positive spacing"),
+    ("--d-spacing", "-0.4", r"d_spacing_nm \(--d-spacing\) must be a positive spacing"),
+])
+def test_impossible_analysis_options_are_refused_by_name(tiny_model, tmp_path, capsys, monkeypatch,
+                                                         flag, value, message):
+    import re
+
+    monkeypatch.delenv("DISLOTRACK_DEBUG", raising=False)
+    movie = tmp_path / "m.tif"
+    write_imagej_tiff(movie, np.zeros((2, 32, 32), np.float32), pixel_size_nm=0.1, frame_interval_s=1.0)
+    assert main(["infer", str(movie), "--out", str(tmp_path / "o"), "--model", str(tiny_model),
+                 "--no-movie", flag, value]) == 2
+    assert re.search(message, capsys.readouterr().err) and not (tmp_path / "o" / "m").exists()
