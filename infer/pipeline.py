@@ -158,8 +158,8 @@ def calibrate(movie: Movie, *, pixel_size_nm: float | None, frame_interval_s: fl
     return cal
 
 
-def check_linking_options(*, max_speed_nm_s: float, memory: int, min_length: int, max_gap: int,
-                          d_spacing_nm: float) -> None:
+def check_linking_options(*, max_speed_nm_s: float, memory: int, min_length: int,
+                          max_gap: int) -> None:
     """Refuse impossible analysis options before any frame is read.
 
     Raises
@@ -168,7 +168,6 @@ def check_linking_options(*, max_speed_nm_s: float, memory: int, min_length: int
         Naming the option (and its ``dislotrack infer`` flag).
     """
     checks = [("max_speed_nm_s (--max-speed)", max_speed_nm_s, "a positive speed [nm/s]", max_speed_nm_s > 0),
-              ("d_spacing_nm (--d-spacing)", d_spacing_nm, "a positive spacing [nm]", d_spacing_nm > 0),
               ("memory (--memory)", memory, "a number of frames >= 0", memory >= 0),
               ("min_length (--min-length)", min_length, "a number of frames >= 1", min_length >= 1),
               ("max_gap (--max-gap)", max_gap, "a number of frames >= 0 (0: none)", max_gap >= 0)]
@@ -290,7 +289,7 @@ def analyze(path: str | Path, *, model: str | Path | None = None, pixel_size_nm:
     if threshold is not None and not 0 < threshold < 1:
         raise ValueError(f"threshold is a core score in (0, 1), got {threshold}")
     check_linking_options(max_speed_nm_s=max_speed_nm_s, memory=memory, min_length=min_length,
-                          max_gap=max_gap, d_spacing_nm=d_spacing_nm)
+                          max_gap=max_gap)  # d_spacing_nm: `calibrate` checks it
     net, card = load_model(model)
     dev = pick_device(device)
     thr = threshold if threshold is not None else float(card.get("decode_threshold", 0.5))
