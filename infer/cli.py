@@ -90,8 +90,13 @@ def _run_infer(args: argparse.Namespace) -> int:
     if args.parquet and importlib.util.find_spec("pyarrow") is None:  # before, not after, analysing
         raise ImportError('--parquet needs pyarrow: pip install "dislotrack[parquet]" (or pyarrow)')
     from dislotrack.data_gen.annotations import mask_sidecar
+    from dislotrack.infer.pipeline import check_detector_options, check_linking_options
     from dislotrack.infer.run import infer_one, output_dir
 
+    # Once, before any input is read (analyze checks again, for the Python API).
+    check_detector_options(args.detector, model=args.model, threshold=args.threshold, tta=args.tta)
+    check_linking_options(max_speed_nm_s=args.max_speed, memory=args.memory,
+                          min_length=args.min_length, max_gap=args.max_gap)
     masks = {p: side for p in args.inputs if (side := mask_sidecar(p))}  # e.g. `infer lab/*.tif`
     for p, side in masks.items():
         print(f"{p}: skipped (the rock-salt mask of annotation {side.name})", file=sys.stderr)

@@ -176,6 +176,40 @@ def check_linking_options(*, max_speed_nm_s: float, memory: int, min_length: int
             raise ValueError(f"{name} must be {what}, got {value}")
 
 
+#: Options of `analyze` that set the U-Net only, with their ``dislotrack infer`` flags.
+UNET_ONLY_OPTIONS = {"model": "--model", "threshold": "--threshold", "tta": "--tta"}
+
+
+def check_detector_options(detector: str, *, model: str | Path | None = None,
+                           threshold: float | None = None, tta: bool = False) -> None:
+    """Refuse an unknown detector, and U-Net options given to another detector.
+
+    Parameters
+    ----------
+    detector : str
+        ``"unet"`` or ``"gpa"``.
+    model, threshold, tta
+        As given to `analyze` (None / False: not given).
+
+    Raises
+    ------
+    ValueError
+        Naming the detector and each option (and its ``dislotrack infer`` flag) it
+        would silently ignore.
+    """
+    if detector not in ("unet", "gpa"):
+        raise ValueError(f"detector (--detector) must be 'unet' or 'gpa', got {detector!r}")
+    if detector == "unet":
+        return
+    given = {"model": model is not None, "threshold": threshold is not None, "tta": bool(tta)}
+    unused = [f"{name} ({UNET_ONLY_OPTIONS[name]})" for name, is_set in given.items() if is_set]
+    if unused:
+        raise ValueError(f"the {detector} detector (--detector {detector}) does not use "
+                         f"{' or '.join(unused)}: {'it sets' if len(unused) == 1 else 'they set'} "
+                         "the U-Net only (--detector unet); leave "
+                         f"{'it' if len(unused) == 1 else 'them'} out")
+
+
 @contextlib.contextmanager
 def collected_warnings() -> Iterator[list[str]]:
     """Collect the warnings dislotrack logs (``dislotrack.*`` loggers) meanwhile.
@@ -268,7 +302,8 @@ def analyze(path: str | Path, *, model: str | Path | None = None, pixel_size_nm:
     border_nm : float
         Tracks that start/end this close to the frame edge entered/left the field.
     detector : {"unet", "gpa"}
-        The network, or the classical geometric-phase baseline.
+        The network, or the classical geometric-phase baseline (which refuses
+        ``model``, ``threshold`` and ``tta``: `check_detector_options`).
     tta : bool
         Average the network over the 8 flips and transposes of each frame (8x slower).
     lattice_h : bool
@@ -284,6 +319,7 @@ def analyze(path: str | Path, *, model: str | Path | None = None, pixel_size_nm:
     progress : bool
         Show a progress bar.
     """
+    check_detector_options(detector, model=model, threshold=threshold, tta=tta)
     if not 0 < weak_fraction:
         raise ValueError(f"weak_fraction must be > 0 (1 disables the extension), got {weak_fraction}")
     if threshold is not None and not 0 < threshold < 1:
@@ -301,12 +337,10 @@ def analyze(path: str | Path, *, model: str | Path | None = None, pixel_size_nm:
         if detector == "gpa":
             det = GPADetector(pixel_size_nm=cal.pixel_size_nm, d_spacing_nm=d_spacing_nm)
             card = {**card, "model_id": "gpa-baseline", "sha256": None}
-        elif detector == "unet":
+        else:  # "unet" (`check_detector_options`)
             det = NetworkDetector(prepare_for_inference(net).to(dev), device=dev,
                                   threshold=min(weak_fraction, 1.0) * thr,
                                   scale=s, d_spacing_nm=d_spacing_nm, tta=tta)
-        else:
-            raise ValueError(f"detector must be 'unet' or 'gpa', got {detector!r}")
         n, h, w = movie.shape
         rows: list[pd.DataFrame] = []
         rs_frac: list[float] = []

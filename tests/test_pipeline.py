@@ -196,7 +196,7 @@ def test_gpa_detector_and_strain_maps_run_end_to_end(tiny_model, tmp_path):
     m = make_movie(np.random.default_rng(2), cfg, n_frames=2, frame_interval=1.0)
     movie = tmp_path / "g.tif"
     write_imagej_tiff(movie, m.frames, pixel_size_nm=0.1, frame_interval_s=1.0)
-    assert main(["infer", str(movie), "--out", str(tmp_path / "o"), "--model", str(tiny_model),
+    assert main(["infer", str(movie), "--out", str(tmp_path / "o"),  # --model: refused for gpa
                  "--detector", "gpa", "--strain", "--no-movie"]) == 0
     d = tmp_path / "o" / "g"
     summary = json.loads((d / "summary.json").read_text())
@@ -474,3 +474,29 @@ def test_impossible_analysis_options_are_refused_by_name(tiny_model, tmp_path, c
     assert main(["infer", str(movie), "--out", str(tmp_path / "o"), "--model", str(tiny_model),
                  "--no-movie", flag, value]) == 2
     assert re.search(message, capsys.readouterr().err) and not (tmp_path / "o" / "m").exists()
+
+
+@pytest.mark.parametrize(("extra", "named"), [
+    (["--tta"], ["tta (--tta)"]),
+    (["--threshold", "0.3"], ["threshold (--threshold)"]),
+    (["--model", "default", "--tta"], ["model (--model)", "tta (--tta)"]),
+])
+def test_unet_options_with_the_gpa_detector_are_refused_by_name(tmp_path, capsys, monkeypatch,
+                                                                  extra, named):
+    monkeypatch.delenv("DISLOTRACK_DEBUG", raising=False)
+    movies = [tmp_path / "a.tif", tmp_path / "b.tif"]
+    for movie in movies:
+        write_imagej_tiff(movie, np.zeros((2, 32, 32), np.float32), pixel_size_nm=0.1,
+                          frame_interval_s=1.0)
+    # Refused once, up front, for all inputs: not per input after reading each.
+    assert main(["infer", *map(str, movies), "--out", str(tmp_path / "o"), "--no-movie",
+                 "--detector", "gpa", *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("dislotrack infer: error: the gpa detector")
+    assert all(n in err for n in named) and "U-Net only" in err
+    assert not (tmp_path / "o").exists()
+    kwargs = {"tta": True} if "--tta" in extra else {"threshold": 0.3}
+    with pytest.raises(ValueError, match=r"does not use .*U-Net only"):
+        analyze(movies[0], detector="gpa", progress=False, **kwargs)
+    with pytest.raises(ValueError, match=r"detector \(--detector\) must be 'unet' or 'gpa'"):
+        analyze(movies[0], detector="GPA", progress=False)
