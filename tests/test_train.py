@@ -374,3 +374,14 @@ def test_outputs_must_live_under_a_set_root(tmp_path):
     with pytest.raises(TrainConfigError, match=r"config puts checkpoints \(None/checkpoints\)"):
         outputs_outside_root(None, {"checkpoints": "None/checkpoints"})
     assert outputs_outside_root(None, {"checkpoints": str(tmp_path / "c")}) == []
+
+
+@pytest.mark.parametrize("args", [["--trainer.default_root_dir", "null"],
+                                  ["--trainer.default_root_dir=None"]])
+def test_a_null_root_is_refused_in_one_line(args, capsys):
+    from dislotrack.infer.cli import main
+
+    assert main(["train", "fit", "--config", "cpu", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0
+    assert "--trainer.default_root_dir" in err and "give a folder" in err

@@ -53,6 +53,26 @@ def resolve_configs(argv: Sequence[str]) -> list[str]:
     return out
 
 
+#: Values that jsonargparse reads as None.
+_NULLS = {"null", "none", "~", ""}
+
+
+def check_root_argument(argv: Sequence[str]) -> None:
+    """Raises `TrainConfigError` if ``--trainer.default_root_dir`` is given as null.
+
+    Logs, checkpoints and the export live under that folder; jsonargparse would
+    otherwise reject the logger's missing ``save_dir`` in a dozen lines.
+    """
+    for i, arg in enumerate(argv):
+        key, eq, value = arg.partition("=")
+        if key != "--trainer.default_root_dir" or (not eq and i + 1 >= len(argv)):
+            continue
+        value = value if eq else argv[i + 1]
+        if value.strip().lower() in _NULLS:
+            raise TrainConfigError(f"--trainer.default_root_dir {value or repr(value)}: give a "
+                                   "folder; logs, checkpoints and the export go under it")
+
+
 def missing_last_checkpoint(ckpt_path: str | None, dirpath: str | None) -> str | None:
     """Why ``--ckpt_path last`` cannot be honoured, else None.
 
@@ -187,6 +207,7 @@ def train_main(argv: Sequence[str] | None = None) -> None:
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # Lightning's use of a torch API
     _drop_tips(logging.getLogger("lightning.pytorch.utilities.rank_zero"))
     argv = resolve_configs(argv) if argv is not None else None  # [] stays []: not sys.argv
+    check_root_argument(sys.argv[1:] if argv is None else argv)
     # omegaconf+: the configs' ${trainer.default_root_dir} is resolved after the command
     # line, so --trainer.default_root_dir moves logs, checkpoints and export together.
     # Absolute keys are read relative to the subcommand (the config of `fit` is `fit.*`).
