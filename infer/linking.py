@@ -33,9 +33,12 @@ import trackpy
 from dislotrack.data_gen.conventions import nm_to_px, unit
 from dislotrack.infer.drift import position_columns
 
+#: Default largest plausible core speed [nm/s] (``max_speed_nm_s``, ``--max-speed``).
+DEFAULT_MAX_SPEED_NM_S = 2.0
+
 #: Largest core displacement per frame [nm] assumed when the frame interval is
-#: unknown: 2 nm/s (the default ``max_speed_nm_s``) at the usual 1 frame/s.
-DEFAULT_MAX_STEP_NM = 2.0
+#: unknown (``max_speed_nm_s`` is then not used): the default speed at the usual 1 frame/s.
+DEFAULT_MAX_STEP_NM = DEFAULT_MAX_SPEED_NM_S * 1.0
 
 #: Smallest search range [px]; detections jitter by about a pixel even for a still core.
 MIN_SEARCH_RANGE_PX = 1.0
@@ -47,7 +50,7 @@ def search_range_px(
     *,
     pixel_size_nm: float,
     frame_interval_s: float | None = None,
-    max_speed_nm_s: float = 2.0,
+    max_speed_nm_s: float = DEFAULT_MAX_SPEED_NM_S,
     max_step_nm: float | None = None,
 ) -> float:
     """Largest plausible core displacement between consecutive frames [px].
@@ -59,7 +62,7 @@ def search_range_px(
     frame_interval_s : float or None
         Time between frames [s]; ``None`` if unknown.
     max_speed_nm_s : float
-        Largest plausible core speed [nm/s]; used when the frame interval is known.
+        Largest plausible core speed [nm/s]; used only when the frame interval is known.
     max_step_nm : float or None
         Largest displacement per frame [nm]. Overrides the speed; defaults to
         `DEFAULT_MAX_STEP_NM` when the frame interval is unknown.
@@ -94,7 +97,7 @@ def link_cores(
     *,
     pixel_size_nm: float,
     frame_interval_s: float | None = None,
-    max_speed_nm_s: float = 2.0,
+    max_speed_nm_s: float = DEFAULT_MAX_SPEED_NM_S,
     max_step_nm: float | None = None,
     memory: int = 2,
     min_length: int = 3,

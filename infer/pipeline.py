@@ -41,7 +41,12 @@ from dislotrack.infer.events import (
 )
 from dislotrack.infer.fringes import pixel_size_from_fringes_or_none
 from dislotrack.infer.lattice import Lattice, measure_lattice, snap_h
-from dislotrack.infer.linking import extend_tracks, link_cores
+from dislotrack.infer.linking import (
+    DEFAULT_MAX_SPEED_NM_S,
+    extend_tracks,
+    link_cores,
+    search_range_px,
+)
 from dislotrack.infer.motion import track_motion
 from dislotrack.infer.predict import pick_device
 from dislotrack.infer.preprocess import scale_factor, to_canonical
@@ -259,8 +264,9 @@ def _keeping_logged_warnings(fn: Callable[..., AnalysisResult]) -> Callable[...,
 @_keeping_logged_warnings
 def analyze(path: str | Path, *, model: str | Path | None = None, pixel_size_nm: float | None = None,
             frame_interval_s: float | None = None, device: str = "auto", threshold: float | None = None,
-            batch_size: int = 4, d_spacing_nm: float = D003_LINIO2_NM, max_speed_nm_s: float = 2.0,
-            memory: int = 5, min_length: int = 6, max_gap: int = 12, min_track_score: float = 0.0,
+            batch_size: int = 4, d_spacing_nm: float = D003_LINIO2_NM,
+            max_speed_nm_s: float = DEFAULT_MAX_SPEED_NM_S, memory: int = 5, min_length: int = 6,
+            max_gap: int = 12, min_track_score: float = 0.0,
             weak_fraction: float = 0.5, border_nm: float = 2.0, detector: str = "unet",
             tta: bool = False, lattice_h: bool = True,
             mask_sink: Callable[[int, np.ndarray], None] | None = None,
@@ -285,7 +291,9 @@ def analyze(path: str | Path, *, model: str | Path | None = None, pixel_size_nm:
         (003) spacing of the material [nm]: pixel-size estimate and |b| of the
         misfit Burgers vector reported in ``bx_nm``, ``by_nm``.
     max_speed_nm_s, memory, min_length, max_gap
-        Linking: largest plausible speed, frames a core may be missed, shortest track
+        Linking: largest plausible speed (unused without a frame interval: then
+        `dislotrack.infer.linking.DEFAULT_MAX_STEP_NM` per frame, and a warning if
+        ``max_speed_nm_s`` was changed), frames a core may be missed, shortest track
         (at most the movie's length: a single image keeps every core as a track),
         longest gap bridged by gap closing (0: none).
     min_track_score : float
@@ -426,9 +434,10 @@ class TrackedTables:
 def track_detections(detections: pd.DataFrame, *, pixel_size_nm: float,
                      frame_interval_s: float | None, n_frames: int, image_shape: tuple[int, int],
                      drift: pd.DataFrame | None = None, weak: pd.DataFrame | None = None,
-                     rocksalt_fraction: np.ndarray | None = None, max_speed_nm_s: float = 2.0,
-                     memory: int = 5, min_length: int = 6, max_gap: int = 12,
-                     min_track_score: float = 0.0, border_nm: float = 2.0,
+                     rocksalt_fraction: np.ndarray | None = None,
+                     max_speed_nm_s: float = DEFAULT_MAX_SPEED_NM_S, memory: int = 5,
+                     min_length: int = 6, max_gap: int = 12, min_track_score: float = 0.0,
+                     border_nm: float = 2.0,
                      lattice: Lattice | None = None) -> TrackedTables:
     """Link, extend, measure and summarise detections: everything after the detector.
 
@@ -456,7 +465,9 @@ def track_detections(detections: pd.DataFrame, *, pixel_size_nm: float,
     rocksalt_fraction : ndarray, optional
         Per frame, for ``counts`` (default 0).
     max_speed_nm_s, memory, min_length, max_gap, min_track_score, border_nm
-        As in `analyze`.
+        As in `analyze`. Without ``frame_interval_s`` the speed cannot be used: cores
+        are linked within `dislotrack.infer.linking.DEFAULT_MAX_STEP_NM` per frame (a warning says so if
+        ``max_speed_nm_s`` is not the default).
     lattice : Lattice, optional
         The movie's lattice (`dislotrack.infer.lattice.measure_lattice`): where it
         shows an in-layer reflection, each track's **h** and **b** become those of the
@@ -474,6 +485,13 @@ def track_detections(detections: pd.DataFrame, *, pixel_size_nm: float,
     [[-0.1, 0.0]]
     """
     ps, dt = pixel_size_nm, frame_interval_s
+    if dt is None and n_frames > 1 and max_speed_nm_s != DEFAULT_MAX_SPEED_NM_S:
+        # Without a frame interval the search range is a step per frame (`search_range_px`).
+        reach = search_range_px(pixel_size_nm=ps, frame_interval_s=None)
+        logger.warning("max_speed_nm_s (--max-speed) %g nm/s was ignored: the frame interval is "
+                       "unknown (pass --frame-interval S), so cores were linked within %.3g nm "
+                       "(%.3g px) per frame, as for the default %g nm/s at an assumed 1 frame/s",
+                       max_speed_nm_s, reach * ps, reach, DEFAULT_MAX_SPEED_NM_S)
     # A movie shorter than min_length (a single image above all) keeps its cores as tracks.
     min_length = max(1, min(min_length, n_frames))
     if drift is None:

@@ -500,3 +500,17 @@ def test_unet_options_with_the_gpa_detector_are_refused_by_name(tmp_path, capsys
         analyze(movies[0], detector="gpa", progress=False, **kwargs)
     with pytest.raises(ValueError, match=r"detector \(--detector\) must be 'unet' or 'gpa'"):
         analyze(movies[0], detector="GPA", progress=False)
+
+
+def test_max_speed_without_a_frame_interval_is_reported_as_ignored(tiny_model, tmp_path):
+    movie = tmp_path / "m.tif"
+    write_imagej_tiff(movie, np.zeros((3, 32, 32), np.float32), pixel_size_nm=0.1)  # no interval
+    res = analyze(movie, model=tiny_model, max_speed_nm_s=0.5, progress=False)
+    assert [w for w in res.warnings if "--max-speed" in w] == [
+        "max_speed_nm_s (--max-speed) 0.5 nm/s was ignored: the frame interval is unknown (pass "
+        "--frame-interval S), so cores were linked within 2 nm (20 px) per frame, as for the "
+        "default 2 nm/s at an assumed 1 frame/s"]
+    # At its default, or with a frame interval (from the file or given), it is used: no warning.
+    for kwargs in ({}, {"max_speed_nm_s": 0.5, "frame_interval_s": 1.0}):
+        res = analyze(movie, model=tiny_model, progress=False, **kwargs)
+        assert not any("--max-speed" in w for w in res.warnings), kwargs
