@@ -47,7 +47,7 @@ def _run_generate(args: argparse.Namespace) -> int:
 def _add_infer(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("infer", help="detect and track dislocations in movies")
     p.add_argument("inputs", nargs="+", metavar="INPUT",
-                   help="TIFF/OME-TIFF, DM3/DM4, EMD, SER, MRC, HSPY, NPY, MP4/AVI, PNG/JPG or a "
+                   help="TIFF/OME-TIFF, DM3/DM4, EMD, SER, MRC, HSPY, HDF5/H5, NPY, MP4/AVI, PNG/JPG or a "
                         "folder of frames")
     p.add_argument("--out", required=True, help="output folder (one subfolder per input)")
     p.add_argument("--model", default=None,

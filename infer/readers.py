@@ -19,6 +19,9 @@ input                  how
 .png/.jpg/.jpeg        a single frame without calibration.
 .npy                   a (y, x) or (t, y, x) NumPy array, memory-mapped, without
                        calibration (never unpickled: object arrays are refused).
+.hdf5/.h5/.hdf         a HyperSpy file (rosettasciio, calibrated) or any HDF5 file:
+                       its largest (y, x) or (t, y, x) dataset, read frame by
+                       frame with h5py, without calibration.
 folder                 one frame per file (PNG/JPEG/TIFF/DM3/DM4), natural order;
                        a folder tree (GMS in-situ recording) is searched when the
                        top level holds no frames; the DM acquisition clock gives
@@ -65,10 +68,13 @@ _RSCIIO = {
     ".hspy": ("rsciio.hspy", "HyperSpy"),
 }
 _NUMPY = (".npy",)
+_HDF5 = (".hdf5", ".h5", ".hdf")
+#: Smallest side [px] of an HDF5 dataset taken for an image (smaller ones are metadata).
+_MIN_IMAGE_SIDE = 16
 #: What the reading libraries raise for a damaged, truncated or mislabelled file
 #: (rosettasciio: NotImplementedError for unknown format versions).
 _READ_ERRORS = (ValueError, OSError, EOFError, NotImplementedError, struct.error)
-SUPPORTED_EXTENSIONS = tuple(sorted({*_TIFF, *_IMAGE, *_VIDEO, *_RSCIIO, *_NUMPY}))
+SUPPORTED_EXTENSIONS = tuple(sorted({*_TIFF, *_IMAGE, *_VIDEO, *_RSCIIO, *_NUMPY, *_HDF5}))
 FRAME_EXTENSIONS = (*_TIFF, *_IMAGE, ".dm3", ".dm4")
 _FRAME_KIND = {".tif": "TIFF", ".tiff": "TIFF", ".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG",
                ".dm3": "DM", ".dm4": "DM"}
@@ -214,7 +220,8 @@ def open_movie(path: str | Path, *, signal: int | str | None = None) -> Movie:
         A file with one of `SUPPORTED_EXTENSIONS`, or a folder of frames.
     signal : int or str, optional
         For files holding several images (multi-detector Velox EMD, DM with
-        several images): index or title of the image to read; default the first.
+        several images, generic HDF5): index or title (HDF5: dataset path) of the
+        image to read; default the first.
 
     Raises
     ------
@@ -244,6 +251,8 @@ def open_movie(path: str | Path, *, signal: int | str | None = None) -> Movie:
             return _open_video(path)
         if ext in _NUMPY:
             return _open_numpy(path)
+        if ext in _HDF5:
+            return _open_hdf5(path, signal=signal)
         return _open_image(path)
     # A damaged or mislabelled file: the reading library's error, with the file named.
     except _READ_ERRORS as err:
@@ -613,14 +622,80 @@ def _open_numpy(path: Path) -> Movie:
         data = np.load(path, mmap_mode="r", allow_pickle=False)
     except ValueError as err:
         raise ValueError(f"{path} is not a plain numeric array ({err})") from err
-    real = np.issubdtype(data.dtype, np.integer) or np.issubdtype(data.dtype, np.floating)
-    if data.ndim not in (2, 3) or not real or 0 in data.shape:
+    if not _is_image_array(data):
         raise ValueError(f"{path} holds a {data.dtype} array of shape {data.shape}; "
                          "expected a real-valued (y, x) image or (t, y, x) stack")
-    colour = data.ndim == 3 and data.shape[-1] in (3, 4) and data.shape[0] > 4  # (y, x, RGB)
-    stack = data[None] if data.ndim == 2 or colour else data
     meta = {"format": "NumPy", "dtype": str(data.dtype), "notes": ["no calibration in .npy files"]}
-    return Movie(path, stack.shape[:3], Calibration(), meta, lambda i: np.array(stack[i]))
+    n_frames, read = _frames_of(data)
+    return Movie(path, (n_frames, *_frame_shape(data)), Calibration(), meta, read)
+
+
+def _is_image_array(data) -> bool:
+    """A real-valued, non-empty (y, x) image or (t, y, x) stack (NumPy or h5py array)."""
+    real = np.issubdtype(data.dtype, np.integer) or np.issubdtype(data.dtype, np.floating)
+    return real and len(data.shape) in (2, 3) and 0 not in data.shape
+
+
+def _is_colour(data) -> bool:
+    """(y, x, RGB[A]) rather than a stack of 3 or 4 frames."""
+    return len(data.shape) == 3 and data.shape[-1] in (3, 4) and data.shape[0] > 4
+
+
+def _frame_shape(data) -> tuple[int, int]:
+    return tuple(data.shape[:2]) if _is_colour(data) else tuple(data.shape[-2:])
+
+
+def _frames_of(data) -> tuple[int, Callable[[int], np.ndarray]]:
+    """Frame count and reader of a lazily indexable image or stack (mmap or h5py)."""
+    if len(data.shape) == 2 or _is_colour(data):
+        return 1, lambda i: np.array(data[()])  # a copy: no mapped pages stay referenced
+    return data.shape[0], lambda i: np.array(data[i])
+
+
+def _open_hdf5(path: Path, *, signal: int | str | None) -> Movie:
+    """A HyperSpy file through rosettasciio, else the largest image dataset via h5py."""
+    import h5py
+
+    handle = h5py.File(path, "r")
+    if "Experiments" in handle:  # HyperSpy's layout, whatever the extension
+        handle.close()
+        return _open_rsciio(path, "rsciio.hspy", "HyperSpy", signal=signal)
+    found: list[tuple[str, h5py.Dataset]] = []
+    handle.visititems(lambda name, obj: found.append((name, obj)) if isinstance(obj, h5py.Dataset)
+                      and _is_image_array(obj) and min(_frame_shape(obj)) >= _MIN_IMAGE_SIDE
+                      else None)
+    found.sort(key=lambda item: -item[1].size)  # a movie before its thumbnail; ties by name
+    try:
+        name, data = _choose_dataset(found, signal, path)
+    except ValueError:
+        handle.close()
+        raise
+    notes = ["no calibration read from a generic HDF5 file"]
+    if len(found) > 1:
+        notes.append(f"read dataset {name!r}; the file also holds "
+                     f"{', '.join(repr(n) for n, _ in found if n != name)}")
+    meta = {"format": "HDF5", "dataset": name, "datasets": [n for n, _ in found],
+            "dtype": str(data.dtype), "notes": notes}
+    n_frames, read = _frames_of(data)
+    return Movie(path, (n_frames, *_frame_shape(data)), Calibration(), meta, read,
+                 close=handle.close)
+
+
+def _choose_dataset(found: list[tuple[str, object]], signal: int | str | None,
+                    path: Path) -> tuple[str, object]:
+    """The dataset named or numbered by ``signal`` (in ``found``'s order), else the first."""
+    if not found:
+        raise ValueError(f"{path} holds no (y, x) image or (t, y, x) stack of at least "
+                         f"{_MIN_IMAGE_SIDE} px")
+    if signal is None:
+        return found[0]
+    if isinstance(signal, int) and -len(found) <= signal < len(found):
+        return found[signal]
+    match = [f for f in found if f[0].strip("/").lower() == str(signal).strip("/").lower()]
+    if not match:
+        raise ValueError(f"{path} has no image dataset {signal!r}; its image datasets are "
+                         f"{[n for n, _ in found]}")
+    return match[0]
 
 
 # --- folders of frames ---------------------------------------------------------------------

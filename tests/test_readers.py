@@ -440,6 +440,42 @@ def test_real_hyperspy_file():
         assert np.isfinite(movie[0]).all()
 
 
+def test_generic_hdf5_reads_its_largest_image_dataset_frame_by_frame(tmp_path):
+    import h5py
+
+    data = stack(np.random.default_rng(7), (4, 24, 32))
+    with h5py.File(tmp_path / "movie.h5", "w") as f:
+        f["meta/scan"] = np.arange(5.0)  # 1-D: metadata, not an image
+        f["meta/lut"] = np.zeros((8, 8))  # below the smallest image side
+        f["raw/frames"] = data
+        f["processed"] = data[0].astype(np.float32)
+    with open_movie(tmp_path / "movie.h5") as movie:  # the stack, not the single image
+        assert movie.shape == (4, 24, 32) and movie.metadata["dataset"] == "raw/frames"
+        np.testing.assert_array_equal(movie[3], data[3])
+        assert [f.shape for f in movie] == [(24, 32)] * 4
+        assert movie.calibration.pixel_size_nm is None and movie.metadata["format"] == "HDF5"
+        assert "also holds 'processed'" in " ".join(movie.metadata["notes"])
+    with open_movie(tmp_path / "movie.h5", signal="processed") as movie:
+        assert movie.shape == (1, 24, 32)
+        np.testing.assert_array_equal(movie[0], data[0])
+    with pytest.raises(ValueError, match=r"no image dataset 'nope'; its image datasets are "
+                                         r"\['raw/frames', 'processed'\]"):
+        open_movie(tmp_path / "movie.h5", signal="nope")
+    with h5py.File(tmp_path / "empty.hdf5", "w") as f:
+        f["table"] = np.arange(10)
+    with pytest.raises(ValueError, match=r"empty.hdf5 holds no \(y, x\) image"):
+        open_movie(tmp_path / "empty.hdf5")
+
+
+@pytest.mark.parametrize("rel, shape", [("atomap/test_ADF_cropped.hdf5", (1, 400, 380)),
+                                        ("aicrystallographer/G-dimSi.hdf5", (1, 512, 512))])
+def test_real_hdf5_files(rel, shape):
+    with open_movie(real(rel)) as movie:  # HyperSpy layout (rosettasciio) and a plain dataset
+        assert movie.shape == shape
+        assert movie.metadata["format"] == ("HyperSpy" if "atomap" in rel else "HDF5")
+        assert np.isfinite(movie[0]).all() and movie[0].std() > 0
+
+
 def test_a_truncated_imagej_stack_is_an_error_not_one_frame(tmp_path, caplog):
     from dislotrack.data_gen.annotations import write_imagej_tiff
 
