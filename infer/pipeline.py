@@ -63,6 +63,9 @@ MIN_SIDE_FOR_LATTICE_PX = 128
 #: Fringes of fewer pixels per period are not resolved (Nyquist: 2, plus margin).
 MIN_FRINGE_PERIOD_PX = 2.5
 
+#: Default shortest track [detections] (``min_length``, ``--min-length``).
+DEFAULT_MIN_LENGTH = 6
+
 #: Frames whose summed power spectrum gives the lattice (`measure_lattice`).
 LATTICE_FRAMES = 8
 
@@ -265,8 +268,8 @@ def _keeping_logged_warnings(fn: Callable[..., AnalysisResult]) -> Callable[...,
 def analyze(path: str | Path, *, model: str | Path | None = None, pixel_size_nm: float | None = None,
             frame_interval_s: float | None = None, device: str = "auto", threshold: float | None = None,
             batch_size: int = 4, d_spacing_nm: float = D003_LINIO2_NM,
-            max_speed_nm_s: float = DEFAULT_MAX_SPEED_NM_S, memory: int = 5, min_length: int = 6,
-            max_gap: int = 12, min_track_score: float = 0.0,
+            max_speed_nm_s: float = DEFAULT_MAX_SPEED_NM_S, memory: int = 5,
+            min_length: int = DEFAULT_MIN_LENGTH, max_gap: int = 12, min_track_score: float = 0.0,
             weak_fraction: float = 0.5, border_nm: float = 2.0, detector: str = "unet",
             tta: bool = False, lattice_h: bool = True,
             mask_sink: Callable[[int, np.ndarray], None] | None = None,
@@ -294,7 +297,8 @@ def analyze(path: str | Path, *, model: str | Path | None = None, pixel_size_nm:
         Linking: largest plausible speed (unused without a frame interval: then
         `dislotrack.infer.linking.DEFAULT_MAX_STEP_NM` per frame, and a warning if
         ``max_speed_nm_s`` was changed), frames a core may be missed, shortest track
-        (at most the movie's length: a single image keeps every core as a track),
+        (at most the movie's length: a single image keeps every core as a track; a
+        warning says so if ``min_length`` was changed from its default),
         longest gap bridged by gap closing (0: none).
     min_track_score : float
         Tracks whose detections score lower on average are dropped (0: keep all). On the
@@ -436,7 +440,7 @@ def track_detections(detections: pd.DataFrame, *, pixel_size_nm: float,
                      drift: pd.DataFrame | None = None, weak: pd.DataFrame | None = None,
                      rocksalt_fraction: np.ndarray | None = None,
                      max_speed_nm_s: float = DEFAULT_MAX_SPEED_NM_S, memory: int = 5,
-                     min_length: int = 6, max_gap: int = 12, min_track_score: float = 0.0,
+                     min_length: int = DEFAULT_MIN_LENGTH, max_gap: int = 12, min_track_score: float = 0.0,
                      border_nm: float = 2.0,
                      lattice: Lattice | None = None) -> TrackedTables:
     """Link, extend, measure and summarise detections: everything after the detector.
@@ -493,6 +497,11 @@ def track_detections(detections: pd.DataFrame, *, pixel_size_nm: float,
                        "(%.3g px) per frame, as for the default %g nm/s at an assumed 1 frame/s",
                        max_speed_nm_s, reach * ps, reach, DEFAULT_MAX_SPEED_NM_S)
     # A movie shorter than min_length (a single image above all) keeps its cores as tracks.
+    if min_length > n_frames >= 1 and min_length != DEFAULT_MIN_LENGTH:  # the default: silently
+        logger.warning("min_length (--min-length) %d is longer than the movie (%d frame%s): used %d, "
+                       "so %s", min_length, n_frames, "s" if n_frames > 1 else "", n_frames,
+                       "every core of the image is a track" if n_frames == 1
+                       else "only cores detected in every frame make tracks")
     min_length = max(1, min(min_length, n_frames))
     if drift is None:
         drift = pd.DataFrame({"frame": np.arange(n_frames), "dx": 0.0, "dy": 0.0})

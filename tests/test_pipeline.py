@@ -514,3 +514,27 @@ def test_max_speed_without_a_frame_interval_is_reported_as_ignored(tiny_model, t
     for kwargs in ({}, {"max_speed_nm_s": 0.5, "frame_interval_s": 1.0}):
         res = analyze(movie, model=tiny_model, progress=False, **kwargs)
         assert not any("--max-speed" in w for w in res.warnings), kwargs
+
+
+def test_a_min_length_longer_than_the_movie_is_reported_when_set():
+    from dislotrack.infer.pipeline import DEFAULT_MIN_LENGTH, collected_warnings, track_detections
+
+    det = pd.DataFrame({"frame": 0, "x": [20.0, 50.0], "y": 40.0, "score": 0.9, "hx": 0.0, "hy": -1.0})
+    three = pd.concat([det.assign(frame=f) for f in range(3)], ignore_index=True)
+    kw = dict(pixel_size_nm=0.1, frame_interval_s=1.0, image_shape=(100, 100))
+    with collected_warnings() as logged:
+        out = track_detections(three, n_frames=3, min_length=10, **kw)
+    assert len(out.track_summary) == 2  # clamped to 3: both cores are in every frame
+    assert logged == ["min_length (--min-length) 10 is longer than the movie (3 frames): used 3, so "
+                      "only cores detected in every frame make tracks"]
+    with collected_warnings() as logged:
+        track_detections(det, n_frames=1, min_length=10, **kw)
+    assert logged == ["min_length (--min-length) 10 is longer than the movie (1 frame): used 1, so "
+                      "every core of the image is a track"]
+    # Its default on a short movie or an image, or a length that fits: nothing to say.
+    assert DEFAULT_MIN_LENGTH > 3
+    with collected_warnings() as logged:
+        track_detections(det, n_frames=1, **kw)
+        track_detections(three, n_frames=3, **kw)
+        track_detections(three, n_frames=3, min_length=3, **kw)
+    assert logged == []
