@@ -24,7 +24,7 @@ implemented by trackpy (Allan et al., doi:10.5281/zenodo.1226458).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -44,6 +44,34 @@ DEFAULT_MAX_STEP_NM = DEFAULT_MAX_SPEED_NM_S * 1.0
 MIN_SEARCH_RANGE_PX = 1.0
 
 _LINK_COLUMNS = ["_link_y", "_link_x", "_link_hy", "_link_hx"]
+
+
+def require_columns(table: object, columns: Iterable[str], *, name: str) -> None:
+    """Refuse an argument that is not a DataFrame with ``columns``.
+
+    Parameters
+    ----------
+    table : object
+        The argument to check.
+    columns : iterable of str
+        Column names it must have.
+    name : str
+        The argument's name, for the message.
+
+    Raises
+    ------
+    TypeError
+        If ``table`` is not a `pandas.DataFrame`.
+    ValueError
+        Naming the missing columns (and those present).
+    """
+    if not isinstance(table, pd.DataFrame):
+        raise TypeError(f"{name} must be a pandas DataFrame, got {type(table).__name__}")
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        have = ", ".join(map(str, table.columns)) or "none"
+        raise ValueError(f"{name} lacks column{'s' if len(missing) > 1 else ''} "
+                         f"{', '.join(missing)} (it has: {have})")
 
 
 def search_range_px(
@@ -148,6 +176,10 @@ def link_cores(
         The kept detections with an added integer ``particle`` column (0, 1, ...
         in order of first appearance), sorted by particle and frame, new index.
     """
+    pos = position_columns(detections) if isinstance(detections, pd.DataFrame) else []
+    require_columns(detections, ["frame", *pos, "hx", "hy"], name="detections")
+    if min_mean_score > 0:
+        require_columns(detections, ["score"], name="detections (with min_mean_score)")
     if not 0 < max_h_change_deg < 180:
         raise ValueError(f"max_h_change_deg must be in (0, 180) [deg], got {max_h_change_deg}")
     if memory < 0 or min_length < 1:

@@ -45,6 +45,7 @@ from dislotrack.infer.linking import (
     DEFAULT_MAX_SPEED_NM_S,
     extend_tracks,
     link_cores,
+    require_columns,
     search_range_px,
 )
 from dislotrack.infer.motion import track_motion
@@ -285,7 +286,9 @@ def analyze(path: str | Path, *, model: str | Path | None = None, pixel_size_nm:
         A model ``<stem>`` (safetensors + JSON card); default: the bundled model.
     pixel_size_nm, frame_interval_s : float, optional
         Override the file's calibration [nm/px], [s].
-    device : {"auto", "cpu", "cuda"}
+    device : {"auto", "cpu", "cuda", "cuda:N"}
+        Where the network runs (`dislotrack.infer.predict.pick_device`: an unavailable
+        one is a ValueError listing those available).
     threshold : float, optional
         Heatmap threshold of the decoding (default: the model card's, else 0.5).
     batch_size : int
@@ -338,8 +341,8 @@ def analyze(path: str | Path, *, model: str | Path | None = None, pixel_size_nm:
         raise ValueError(f"threshold is a core score in (0, 1), got {threshold}")
     check_linking_options(max_speed_nm_s=max_speed_nm_s, memory=memory, min_length=min_length,
                           max_gap=max_gap)  # d_spacing_nm: `calibrate` checks it
-    net, card = load_model(model)
     dev = pick_device(device)
+    net, card = load_model(model)
     thr = threshold if threshold is not None else float(card.get("decode_threshold", 0.5))
     canonical = float(card["canonical_pixel_size_nm"])
     with open_movie(path) as movie:
@@ -470,13 +473,20 @@ def track_detections(detections: pd.DataFrame, *, pixel_size_nm: float,
         Per frame, for ``counts`` (default 0).
     max_speed_nm_s, memory, min_length, max_gap, min_track_score, border_nm
         As in `analyze`. Without ``frame_interval_s`` the speed cannot be used: cores
-        are linked within `dislotrack.infer.linking.DEFAULT_MAX_STEP_NM` per frame (a warning says so if
-        ``max_speed_nm_s`` is not the default).
+        are linked within `dislotrack.infer.linking.DEFAULT_MAX_STEP_NM` per frame (a
+        warning says so if ``max_speed_nm_s`` is not the default).
     lattice : Lattice, optional
         The movie's lattice (`dislotrack.infer.lattice.measure_lattice`): where it
         shows an in-layer reflection, each track's **h** and **b** become those of the
         allowed Burgers vector nearest its mean **h** (`snap_h`) before glide and
         climb are split.
+
+    Raises
+    ------
+    TypeError
+        If ``detections``, ``drift`` or ``weak`` is not a DataFrame.
+    ValueError
+        Naming the columns one lacks (``score`` is needed only with ``min_track_score``).
 
     Examples
     --------
@@ -488,6 +498,12 @@ def track_detections(detections: pd.DataFrame, *, pixel_size_nm: float,
     >>> out.track_summary[["glide_velocity_nm_s", "climb_velocity_nm_s"]].round(3).values.tolist()
     [[-0.1, 0.0]]
     """
+    require_columns(detections, ["frame", "x", "y", "hx", "hy", *(["score"] if min_track_score > 0 else [])],
+                    name="detections")
+    if drift is not None:
+        require_columns(drift, ["frame", "dx", "dy"], name="drift")
+    if weak is not None:
+        require_columns(weak, ["frame", "x", "y", "hx", "hy"], name="weak")
     ps, dt = pixel_size_nm, frame_interval_s
     if dt is None and n_frames > 1 and max_speed_nm_s != DEFAULT_MAX_SPEED_NM_S:
         # Without a frame interval the search range is a step per frame (`search_range_px`).

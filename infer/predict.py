@@ -9,13 +9,45 @@ from dislotrack.models.normalise import normalise_image
 from dislotrack.models.unet import HVEC_CH, N_OUT, UNet, required_multiple
 
 
-def pick_device(device: str = "auto") -> torch.device:
-    """``auto`` -> CUDA when available, else CPU."""
+def available_devices() -> list[str]:
+    """The devices torch can run on here: ``cpu``, then ``cuda:0``, ``cuda:1``, ..."""
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return ["cpu", *(f"cuda:{i}" for i in range(n))]
+
+
+def pick_device(device: str | torch.device = "auto") -> torch.device:
+    """Resolve a device name to a usable `torch.device`.
+
+    Parameters
+    ----------
+    device : str or torch.device
+        ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``
+        (or another device torch knows).
+
+    Returns
+    -------
+    torch.device
+
+    Raises
+    ------
+    ValueError
+        If torch does not know the name, or CUDA (that CUDA device) is not available;
+        the message lists the available devices.
+    """
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for but torch sees no CUDA device")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device (--device) must be auto, cpu, cuda or cuda:N, got {device!r}") from None
+    if dev.type == "cuda":
+        have = available_devices()
+        n = len(have) - 1
+        if n == 0 or (dev.index is not None and dev.index >= n):
+            seen = "no CUDA device" if n == 0 else f"{n} CUDA device{'s' if n > 1 else ''}"
+            raise ValueError(f"CUDA requested (device {str(device)!r}) but not available: torch sees "
+                             f"{seen} (available: {', '.join(have)})")
+    return dev
 
 
 def _window(n: int, overlap: int) -> np.ndarray:

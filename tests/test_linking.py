@@ -234,3 +234,13 @@ def test_cores_passing_each_other_keep_their_identities_with_velocity_prediction
     linked = link_cores(det, **kw)
     assert switches(linked) == 0
     assert linked["particle"].nunique() == 2
+
+
+def test_tables_without_the_needed_columns_are_refused_by_name():
+    core = _core(range(3), 0.0, 0.0, 1.0, 0.0, (0.0, 1.0))
+    with pytest.raises(ValueError, match=r"detections lacks columns x, hx \(it has: frame, y, score, hy\)"):
+        link_cores(core.drop(columns=["x", "hx"]), pixel_size_nm=PIXEL_NM)
+    with pytest.raises(ValueError, match=r"lacks column score"):
+        link_cores(core.drop(columns="score"), pixel_size_nm=PIXEL_NM, min_mean_score=0.5)
+    with pytest.raises(TypeError, match="detections must be a pandas DataFrame, got dict"):
+        link_cores(core.to_dict("list"), pixel_size_nm=PIXEL_NM)

@@ -538,3 +538,35 @@ def test_a_min_length_longer_than_the_movie_is_reported_when_set():
         track_detections(three, n_frames=3, **kw)
         track_detections(three, n_frames=3, min_length=3, **kw)
     assert logged == []
+
+
+def test_track_detections_refuses_tables_it_cannot_use_by_name():
+    from dislotrack.infer.pipeline import track_detections
+
+    det = pd.DataFrame({"frame": [0, 1, 2], "x": 20.0, "y": 40.0, "score": 0.9, "hx": 0.0, "hy": -1.0})
+    kw = dict(pixel_size_nm=0.1, frame_interval_s=1.0, n_frames=3, image_shape=(100, 100))
+    with pytest.raises(ValueError, match=r"^detections lacks column frame \(it has: x, y, score, hx, hy\)$"):
+        track_detections(det.drop(columns="frame"), **kw)
+    with pytest.raises(TypeError, match="detections must be a pandas DataFrame, got ndarray"):
+        track_detections(det.to_numpy(), **kw)
+    with pytest.raises(ValueError, match="drift lacks columns dx, dy"):
+        track_detections(det, drift=pd.DataFrame({"frame": [0, 1, 2]}), **kw)
+    with pytest.raises(ValueError, match="detections lacks column score"):
+        track_detections(det.drop(columns="score"), min_track_score=0.5, **kw)
+    assert len(track_detections(det.drop(columns="score"), **kw).tracks) == 3  # score: optional
+
+
+def test_an_unavailable_device_is_a_one_line_error_listing_those_available(tmp_path, monkeypatch):
+    from dislotrack.infer.predict import pick_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match=r"^CUDA requested \(device 'cuda:0'\) but not available: "
+                                         r"torch sees no CUDA device \(available: cpu\)$"):
+        analyze(tmp_path / "never_read.tif", device="cuda:0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # one GPU, the second asked for
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ValueError, match=r"torch sees 1 CUDA device \(available: cpu, cuda:0\)"):
+        pick_device("cuda:1")
+    assert pick_device("cuda:0") == torch.device("cuda:0")
+    with pytest.raises(ValueError, match="must be auto, cpu, cuda or cuda:N, got 'gpu'"):
+        pick_device("gpu")
