@@ -12,6 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
 from dislotrack.infer.pipeline import AnalysisResult  # noqa: E402
@@ -32,9 +33,15 @@ END_MARKERS = {"nucleated": "*", "annihilated": "X", "entered": ">", "left": "<"
 
 
 def trajectories(res: AnalysisResult, path: Path) -> None:
+    """Write `trajectories_figure` to ``path``."""
+    _save(trajectories_figure(res), path)
+
+
+def trajectories_figure(res: AnalysisResult) -> plt.Figure:
     """Tracks (drift-corrected to frame 0) over the first frame; ticks show h, markers
-    how each track begins and ends (`END_MARKERS`; none for present/survived)."""
-    fig, ax = plt.subplots(figsize=(6, 6))
+    how each track begins and ends (`END_MARKERS`, legend below the image, clear of the
+    scale bar; none for present/survived)."""
+    fig, ax = plt.subplots(figsize=(6, 6.3), layout="constrained")
     if res.first_frame is not None:
         ax.imshow(res.first_frame, cmap="gray")
     t = res.tracks
@@ -60,28 +67,39 @@ def trajectories(res: AnalysisResult, path: Path) -> None:
     if shown:  # neutral proxies: a marker's colour is its track's
         handles = [plt.Line2D([], [], ls="none", marker=END_MARKERS[f], ms=7, mfc="0.6", mec="k",
                               label=f.replace("_", " ")) for f in END_MARKERS if f in shown]
-        ax.legend(handles=handles, loc="lower right", fontsize=7, framealpha=0.6)
+        fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=8,
+                   frameon=False)
     if res.first_frame is not None and res.calibration.pixel_size_nm:
         _scale_bar(ax, res.first_frame.shape, res.calibration.pixel_size_nm)
     if t.empty:
         _no_tracks(ax)
     ax.set_title("trajectories (drift-corrected, over frame 0)")
     ax.set_axis_off()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    return fig
+
+
+#: Up to this many tracks are named in the displacement legend; more get one entry.
+MAX_NAMED_TRACKS = 10
 
 
 def displacement(res: AnalysisResult, path: Path) -> None:
-    """Climb and glide vs time per track (dashed) and mean +- SD (solid), as the seed's Fig. 2C/D."""
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharex=True)
+    """Write `displacement_figure` to ``path``."""
+    _save(displacement_figure(res), path)
+
+
+def displacement_figure(res: AnalysisResult) -> plt.Figure:
+    """Climb and glide vs time per track (dashed) and mean +- SD (solid), as the seed's
+    Fig. 2C/D; the legend sits beside the axes, naming tracks up to `MAX_NAMED_TRACKS`."""
+    fig, axes = plt.subplots(1, 2, figsize=(10.5, 4), sharex=True, layout="constrained")
     t = res.tracks
+    named = t.particle.nunique() <= MAX_NAMED_TRACKS if len(t) else False
     for ax, col, name in zip(axes, ["climb_nm", "glide_nm"], ["climb", "glide"], strict=True):
         if len(t):
             rel = t.assign(rel=t.frame - t.groupby("particle").frame.transform("min"))
             for pid, g in rel.groupby("particle"):
                 tt, _ = _time(res, g.rel)
-                ax.plot(tt, g[col], "--", color=_colour(pid), lw=1, label=f"#{pid}")
+                ax.plot(tt, g[col], "--", color=_colour(pid), lw=1,
+                        label=f"#{pid}" if named else "_nolegend_")
             agg = rel.groupby("rel")[col].agg(["mean", "std", "count"])
             agg = agg[agg["count"] >= 2]
             tt, _ = _time(res, pd.Series(agg.index))
@@ -91,29 +109,48 @@ def displacement(res: AnalysisResult, path: Path) -> None:
         ax.set_ylabel(f"{name} distance (nm)")
         ax.set_title(name)
     if len(t):
-        axes[1].legend(fontsize=7, ncol=2)
+        handles, labels = axes[1].get_legend_handles_labels()
+        if not named:
+            handles.append(plt.Line2D([], [], ls="--", color="0.5", lw=1))
+            labels.append(f"{t.particle.nunique()} tracks")
+        fig.legend(handles, labels, loc="outside right upper", fontsize=7, frameon=False)
     else:
         for ax in axes:
             _no_tracks(ax)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    return fig
 
 
 def counts(res: AnalysisResult, path: Path) -> None:
-    """Dislocation and dipole counts vs time (as the seed's Fig. 5F), RS fraction on the right."""
+    """Write `counts_figure` to ``path``."""
+    _save(counts_figure(res), path)
+
+
+def counts_figure(res: AnalysisResult) -> plt.Figure:
+    """Dislocation and dipole counts vs time (as the seed's Fig. 5F), RS fraction on the right.
+
+    Counts get whole-number ticks; the fraction axis starts at 0 (at least 0 to 0.05, so a
+    domain-free movie shows a flat line at the bottom, not one centred on negative values).
+    """
     c = res.counts
     tt, label = _time(res, c.frame)
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, ax = plt.subplots(figsize=(6, 3.5), layout="constrained")
     ax.plot(tt, c.n_dislocations, "o-", label="dislocations")
     ax.plot(tt, c.n_dipoles, "s-", label="dipoles")
     ax.set_xlabel(label)
     ax.set_ylabel("count")
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylim(bottom=0)
     ax2 = ax.twinx()
     ax2.plot(tt, c.rocksalt_fraction, "c:", label="rock-salt fraction")
+    top = float(np.nanmax(c.rocksalt_fraction, initial=0.0))
+    ax2.set_ylim(0, min(1.0, max(0.05, 1.1 * top)))
     ax2.set_ylabel("rock-salt area fraction")
-    ax.legend(loc="upper left", fontsize=8)
-    fig.tight_layout()
+    handles = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
+    fig.legend(handles=handles, loc="outside upper center", ncol=3, fontsize=8, frameon=False)
+    return fig
+
+
+def _save(fig: plt.Figure, path: Path) -> None:
     fig.savefig(path, dpi=120)
     plt.close(fig)
 

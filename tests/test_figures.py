@@ -1,0 +1,57 @@
+"""The analysis figures: what they show and where their legends sit (built on small
+hand-made results, no analysis run)."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from dislotrack.infer import figures
+from dislotrack.infer.calibration import Calibration
+from dislotrack.infer.pipeline import AnalysisResult
+
+
+def result(n_tracks: int, *, rocksalt: float = 0.0, n_frames: int = 12) -> AnalysisResult:
+    """Tracks that each move 0.1 nm per frame in glide, starting a frame apart."""
+    rows = [{"particle": p, "frame": f, "x": 10.0 + 5 * p, "y": 20.0 + f, "hx": 0.0, "hy": 1.0,
+             "glide_nm": 0.1 * (f - p), "climb_nm": 0.0}
+            for p in range(n_tracks) for f in range(p, n_frames)]
+    tracks = pd.DataFrame(rows)
+    summary = pd.DataFrame({"particle": range(n_tracks), "birth": "nucleated", "death": "survived"})
+    counts = pd.DataFrame({"frame": range(n_frames), "n_dislocations": 2, "n_dipoles": 1,
+                           "rocksalt_fraction": rocksalt})
+    empty = pd.DataFrame()
+    return AnalysisResult(empty, tracks, summary, empty, counts, empty,
+                          Calibration.from_file(pixel_size_nm=0.1, frame_interval_s=1.0),
+                          np.full(n_frames, rocksalt), (n_frames, 64, 64), "x.tif", "",
+                          {}, first_frame=np.zeros((64, 64)))
+
+
+@pytest.mark.parametrize("fraction, top", [(0.0, 0.05), (0.3, 0.33)])
+def test_counts_have_whole_ticks_and_a_fraction_axis_from_zero(fraction, top):
+    fig = figures.counts_figure(result(2, rocksalt=fraction))
+    ax, ax2 = fig.axes
+    fig.canvas.draw()
+    assert all(float(t).is_integer() for t in ax.get_yticks())
+    assert ax2.get_ylim() == pytest.approx((0.0, top))
+    (legend,) = fig.legends  # one legend for both axes, above them
+    assert [t.get_text() for t in legend.get_texts()] == ["dislocations", "dipoles",
+                                                          "rock-salt fraction"]
+
+
+def test_displacement_names_few_tracks_and_counts_many():
+    few = figures.displacement_figure(result(3))
+    assert [t.get_text() for t in few.legends[0].get_texts()] == ["#0", "#1", "#2", "mean ± SD"]
+    many = figures.displacement_figure(result(figures.MAX_NAMED_TRACKS + 2))
+    assert [t.get_text() for t in many.legends[0].get_texts()] == ["mean ± SD", "12 tracks"]
+    for fig in (few, many):  # the legend is the figure's, beside the axes, not over the data
+        assert all(ax.get_legend() is None for ax in fig.axes)
+
+
+def test_trajectory_end_markers_are_explained_below_the_image():
+    fig = figures.trajectories_figure(result(2))
+    (ax,) = fig.axes
+    assert ax.get_legend() is None
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["nucleated"]
+    fig.canvas.draw()
+    legend_box = fig.legends[0].get_window_extent()
+    assert legend_box.y1 <= ax.get_window_extent().y0 + 1  # below the image
