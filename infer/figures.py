@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
-from PIL import Image, ImageDraw  # noqa: E402
+from PIL import Image, ImageDraw, ImageFont  # noqa: E402
 
 from dislotrack.infer.pipeline import AnalysisResult  # noqa: E402
 
@@ -223,13 +223,35 @@ def overlay_frames(res: AnalysisResult, frames: Iterable[np.ndarray],
             col = tuple(int(255 * v) for v in _colour(c.particle)) if c.particle >= 0 else (255, 255, 255)
             d.ellipse([c.x - r, c.y - r, c.x + r, c.y + r], outline=col, width=2)
             d.line([c.x, c.y, c.x + tick * c.hx, c.y + tick * c.hy], fill=col, width=2)
+        font = _font(h)
         if ps:
             bar_nm = _nice_length(0.2 * w * ps)
-            bar = bar_nm / ps
-            d.rectangle([w - 10 - bar, h - 18, w - 10, h - 12], fill=(255, 255, 255))
-            d.text((w - 10 - bar, h - 32), f"{bar_nm:g} nm", fill=(255, 255, 255))
-        d.text((8, 8), f"t = {i * dt:.1f} s" if dt else f"frame {i}", fill=(255, 255, 0))
+            bar, thick, pad = bar_nm / ps, max(4, h // 80), max(8, w // 40)
+            y0 = h - pad - thick
+            d.rectangle([w - pad - bar, y0, w - pad, y0 + thick], fill=(255, 255, 255),
+                        outline=(0, 0, 0))
+            _boxed_text(d, (w - pad - bar, y0 - thick), f"{bar_nm:g} nm", font, (255, 255, 255),
+                        anchor="lb")
+        _boxed_text(d, (max(4, w // 80), max(4, h // 80)),
+                    f"t = {i * dt:.1f} s" if dt else f"frame {i}", font, (255, 255, 0), anchor="lt")
         yield np.asarray(img)
+
+
+def _font(height: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    """Pillow's default font at about 1/25 of the frame height (at least 11 px); the
+    fixed-size bitmap font where Pillow cannot scale it (no FreeType, Pillow < 10.1)."""
+    try:
+        return ImageFont.load_default(size=max(11, height // 25))
+    except (TypeError, ImportError, OSError):
+        return ImageFont.load_default()
+
+
+def _boxed_text(d: ImageDraw.ImageDraw, xy: tuple[float, float], text: str, font, fill: tuple,
+                *, anchor: str) -> None:
+    """Text on a dark box, legible over bright and dark lattice alike."""
+    x0, y0, x1, y1 = d.textbbox(xy, text, font=font, anchor=anchor)
+    d.rectangle([x0 - 3, y0 - 2, x1 + 3, y1 + 2], fill=(0, 0, 0))
+    d.text(xy, text, font=font, fill=fill, anchor=anchor)
 
 
 def _no_tracks(ax: plt.Axes) -> None:

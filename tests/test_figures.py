@@ -55,3 +55,16 @@ def test_trajectory_end_markers_are_explained_below_the_image():
     fig.canvas.draw()
     legend_box = fig.legends[0].get_window_extent()
     assert legend_box.y1 <= ax.get_window_extent().y0 + 1  # below the image
+
+
+def test_overlay_time_stamp_sits_on_a_dark_box_and_grows_with_the_frame():
+    def stamp_rows(size: int) -> int:
+        frame = np.full((size, size), 0.5)  # mid-grey: the box, not the lattice, makes it dark
+        (rgb,) = figures.overlay_frames(result(1, n_frames=1), [frame], None)
+        corner = rgb[: size // 5, : size // 2].astype(int)
+        yellow = (corner[..., 0] > 200) & (corner[..., 1] > 200) & (corner[..., 2] < 80)
+        dark = corner.max(axis=-1) < 30
+        assert yellow.any() and dark.sum() > yellow.sum()
+        return int(yellow.any(axis=1).sum())
+
+    assert stamp_rows(640) >= 2 * stamp_rows(160)
