@@ -138,6 +138,9 @@ def summary_dict(res: AnalysisResult) -> dict:
         "velocities": {"glide": stats("glide_velocity_nm_s"), "climb": stats("climb_velocity_nm_s"),
                        "unit": "nm/s" if cal.frame_interval_s else "nm/frame"},
         "lattice": _lattice_dict(res),
+        # The analysis options (`analyze` keywords, plus the device used); the lattice and
+        # calibration above say what the movie then gave.
+        "options": dict(res.options),
         "warnings": list(res.warnings),
     }
 

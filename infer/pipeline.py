@@ -94,6 +94,8 @@ class AnalysisResult:
     first_frame: np.ndarray | None = None
     lattice: Lattice | None = None
     lattice_h: bool = False  # whether track h was snapped to ``lattice``
+    #: The options that shaped the result (`analysis_options`), for summary.json.
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 def _malloc_trim() -> Callable[[], object]:
@@ -183,6 +185,27 @@ def check_linking_options(*, max_speed_nm_s: float, memory: int, min_length: int
     for name, value, what, ok in checks:
         if not (ok and np.isfinite(value)):
             raise ValueError(f"{name} must be {what}, got {value}")
+
+
+def analysis_options(**options: Any) -> dict[str, Any]:
+    """``options`` as plain JSON values: numpy scalars as Python numbers, paths as text.
+
+    Parameters
+    ----------
+    **options
+        Option names and values (`analyze` keyword arguments, ``device_used``).
+
+    Returns
+    -------
+    dict
+        The same keys, values that `json.dumps` takes.
+    """
+    def plain(v: Any) -> Any:
+        if isinstance(v, np.generic):
+            return v.item()
+        return str(v) if isinstance(v, Path) else v
+
+    return {k: plain(v) for k, v in options.items()}
 
 
 #: Options of `analyze` that set the U-Net only, with their ``dislotrack infer`` flags.
@@ -403,6 +426,7 @@ def analyze(path: str | Path, *, model: str | Path | None = None, pixel_size_nm:
         logger.warning("no %.3g nm (003) lattice fringes stand out in the first frames: check "
                        "the pixel size and --d-spacing (another material?), unless the movie is "
                        "just noisy; cores are found where those fringes end", d_spacing_nm)
+    snap_asked = lattice_h
     lattice_h = lattice_h and lattice is not None and lattice.has_layer  # snapped or not, once
     if lattice_h:
         b = lattice.burgers_vectors()["misfit"]
@@ -421,11 +445,22 @@ def analyze(path: str | Path, *, model: str | Path | None = None, pixel_size_nm:
     detections = detections[[*DETECTION_COLUMNS, "in_rocksalt"]].astype({"frame": int, "in_rocksalt": bool})
     # The GPA baseline's scores are not probabilities: it gets no weak detections.
     strong = (detections["score"] > thr) | (detector != "unet")  # decode_cores keeps > thr
-    return _track(detections[strong].reset_index(drop=True), drift, cal, np.asarray(rs_frac),
-                  (n, h, w), str(path), card, max_speed_nm_s=max_speed_nm_s, memory=memory,
-                  min_length=min_length, max_gap=max_gap, min_track_score=min_track_score,
-                  border_nm=border_nm, first=first, weak=detections[~strong].reset_index(drop=True),
-                  lattice=lattice, lattice_h=lattice_h)
+    res = _track(detections[strong].reset_index(drop=True), drift, cal, np.asarray(rs_frac),
+                 (n, h, w), str(path), card, max_speed_nm_s=max_speed_nm_s, memory=memory,
+                 min_length=min_length, max_gap=max_gap, min_track_score=min_track_score,
+                 border_nm=border_nm, first=first, weak=detections[~strong].reset_index(drop=True),
+                 lattice=lattice, lattice_h=lattice_h)
+    unet = detector == "unet"
+    # As `analyze` takes them (the threshold as used), so a result can be reproduced; the
+    # calibration overrides are None where the file's (or the estimate) was used.
+    res.options = analysis_options(
+        detector=detector, model=model, threshold=thr if unet else None, tta=tta,
+        weak_fraction=weak_fraction if unet else None, max_speed_nm_s=max_speed_nm_s,
+        memory=memory, min_length=min_length, max_gap=max_gap, min_track_score=min_track_score,
+        border_nm=border_nm, d_spacing_nm=d_spacing_nm, lattice_h=snap_asked,
+        pixel_size_nm=pixel_size_nm, frame_interval_s=frame_interval_s, device=device,
+        device_used=str(dev) if unet else "cpu")
+    return res
 
 
 @dataclass

@@ -570,3 +570,29 @@ def test_an_unavailable_device_is_a_one_line_error_listing_those_available(tmp_p
     assert pick_device("cuda:0") == torch.device("cuda:0")
     with pytest.raises(ValueError, match="must be auto, cpu, cuda or cuda:N, got 'gpu'"):
         pick_device("gpu")
+
+
+def test_summary_json_records_the_analysis_options(tiny_model, tmp_path):
+    movie = tmp_path / "m.tif"
+    write_imagej_tiff(movie, np.zeros((3, 32, 32), np.float32), pixel_size_nm=0.1)  # no interval
+    assert main(["infer", str(movie), "--out", str(tmp_path / "o"), "--model", str(tiny_model),
+                 "--no-movie", "--device", "cpu", "--frame-interval", "0.5", "--max-speed", "0.4",
+                 "--memory", "3", "--min-length", "2", "--max-gap", "0", "--d-spacing", "0.47",
+                 "--network-h"]) == 0
+    summary = json.loads((tmp_path / "o" / "m" / "summary.json").read_text())
+    assert summary["options"] == {
+        "detector": "unet", "model": str(tiny_model), "threshold": 0.5,  # the card's default
+        "tta": False, "weak_fraction": 0.5, "max_speed_nm_s": 0.4, "memory": 3, "min_length": 2,
+        "max_gap": 0, "min_track_score": 0.0, "border_nm": 2.0, "d_spacing_nm": 0.47,
+        "lattice_h": False, "pixel_size_nm": None, "frame_interval_s": 0.5, "device": "cpu",
+        "device_used": "cpu"}
+    assert {"schema_version", "dislotrack_version", "model", "input", "calibration", "totals",
+            "velocities", "lattice", "warnings"} < set(summary)  # the keys before stay
+    # Numpy numbers and paths, as notebooks pass them, are written as plain JSON.
+    res = analyze(movie, model=tiny_model, memory=np.int64(3), d_spacing_nm=np.float32(0.47),
+                  detector="unet", progress=False)
+    assert res.options["memory"] == 3 and type(res.options["memory"]) is int
+    assert res.options["model"] == str(tiny_model) and res.options["frame_interval_s"] is None
+    from dislotrack.infer.outputs import summary_dict
+
+    assert json.loads(json.dumps(summary_dict(res)))["options"] == res.options
