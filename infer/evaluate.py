@@ -88,9 +88,14 @@ def tracking_scores(pred_tracks: pd.DataFrame, pred_summary: pd.DataFrame, truth
     Relative errors are over the components that move (|true| >= `MIN_SPEED_NM_S`);
     absolute errors [nm/s] over all.
 
-    ``true_tracks`` has particle, n_frames, glide_velocity_nm_s, climb_velocity_nm_s.
-    The predicted track of a true one is the one matched in most of its frames.
+    ``true_tracks`` has particle, n_frames, glide_velocity_nm_s, climb_velocity_nm_s;
+    so has ``pred_summary`` (per-frame ``*_nm_per_frame`` columns are refused: convert
+    them with `velocities_in_nm_s`). The predicted track of a true one is the one
+    matched in most of its frames.
     """
+    if velocities_in_nm_s(pred_summary, None) is None:
+        raise ValueError("pred_summary holds velocities per frame (*_nm_per_frame): convert them "
+                         "with velocities_in_nm_s(pred_summary, frame_interval_s) first")
     pairs = match_identities(pred_tracks, truth, pixel_size_nm=pixel_size_nm)
     rows, switches = [], 0
     vel = pred_summary.set_index("particle") if len(pred_summary) else pd.DataFrame()

@@ -17,7 +17,8 @@ if TYPE_CHECKING:  # the pipeline imports torch; evaluate reads outputs without 
 SCHEMA_VERSION = 1
 TABLES = ("detections", "tracks", "track_summary", "events", "counts", "drift")
 #: Velocity columns of track_summary are ``*_nm_s``; without a frame interval they hold
-#: nm per frame and are written as ``*_nm_per_frame`` (DESIGN.md: units in the names).
+#: nm per frame and are named ``*_nm_per_frame`` (DESIGN.md: units in the names), in the
+#: table `analyze` returns as in the CSV.
 PER_SECOND, PER_FRAME = "_nm_s", "_nm_per_frame"
 
 
@@ -28,7 +29,8 @@ def velocity_columns_as_written(table: pd.DataFrame, frame_interval_s: float | N
     Parameters
     ----------
     table : DataFrame
-        A track summary as `analyze` returns it.
+        A track summary with ``*_nm_s`` columns (`dislotrack.infer.events.summarise_tracks`);
+        one already renamed is returned as it is.
     frame_interval_s : float or None
         The calibration's frame interval [s].
 
@@ -114,8 +116,10 @@ def summary_dict(res: AnalysisResult) -> dict:
     cal = res.calibration
     s = res.track_summary
 
-    def stats(col: str) -> dict:
-        v = s[col].dropna().to_numpy(float) if col in s else np.array([])
+    def stats(component: str) -> dict:  # nm/s or nm/frame, whichever the table holds
+        col = next((c for c in (f"{component}_velocity{u}" for u in (PER_SECOND, PER_FRAME))
+                    if c in s), None)
+        v = s[col].dropna().to_numpy(float) if col else np.array([])
         return {"mean": float(v.mean()) if len(v) else None,
                 "sd": float(v.std(ddof=1)) if len(v) > 1 else None, "n_tracks": int(len(v))}
 
@@ -135,7 +139,7 @@ def summary_dict(res: AnalysisResult) -> dict:
                    "events": _tally(res.events, "kind"),
                    # How tracks begin and end (from_rocksalt / into_rocksalt: no event).
                    "births": _tally(s, "birth"), "deaths": _tally(s, "death")},
-        "velocities": {"glide": stats("glide_velocity_nm_s"), "climb": stats("climb_velocity_nm_s"),
+        "velocities": {"glide": stats("glide"), "climb": stats("climb"),
                        "unit": "nm/s" if cal.frame_interval_s else "nm/frame"},
         "lattice": _lattice_dict(res),
         # The analysis options (`analyze` keywords, plus the device used); the lattice and
@@ -166,7 +170,7 @@ def write_tables(res: AnalysisResult, out: Path, *, parquet: bool = False) -> li
         df: pd.DataFrame = getattr(res, name)
         if name == "tracks":  # the contract's columns; drift-corrected ones stay in memory
             df = df.drop(columns=["x_corr", "y_corr"], errors="ignore")
-        if name == "track_summary":
+        if name == "track_summary":  # as `analyze` names them; a result built otherwise too
             df = velocity_columns_as_written(df, res.calibration.frame_interval_s)
         p = out / f"{name}.csv"
         df.to_csv(p, index=False)

@@ -4,6 +4,9 @@
 >>> res = analyze("movie.dm4", frame_interval_s=1.0)       # doctest: +SKIP
 >>> res.track_summary[["particle", "glide_velocity_nm_s", "climb_velocity_nm_s"]]  # doctest: +SKIP
 
+Without a frame interval the velocity columns are ``*_nm_per_frame`` instead, as in
+track_summary.csv.
+
 The movie is streamed once: each frame is resampled to the model's canonical pixel
 size, batched through the network, decoded, and fed to the drift estimator; rock-salt
 masks go to an optional sink (the CLI writes them to a TIFF as they come), so memory
@@ -49,6 +52,7 @@ from dislotrack.infer.linking import (
     search_range_px,
 )
 from dislotrack.infer.motion import track_motion
+from dislotrack.infer.outputs import velocity_columns_as_written
 from dislotrack.infer.predict import pick_device
 from dislotrack.infer.preprocess import scale_factor, to_canonical
 from dislotrack.infer.readers import NON_SQUARE_NOTE, Movie, open_movie
@@ -76,7 +80,8 @@ TRACK_COLUMNS = [*DETECTION_COLUMNS, "particle", "t_s", "glide_nm", "climb_nm"]
 
 @dataclass
 class AnalysisResult:
-    """Everything `analyze` found; tables follow DESIGN.md's output contract."""
+    """Everything `analyze` found; tables follow DESIGN.md's output contract (the columns
+    written to CSV, e.g. ``*_velocity_nm_per_frame`` without a frame interval)."""
 
     detections: pd.DataFrame
     tracks: pd.DataFrame
@@ -485,7 +490,9 @@ def track_detections(detections: pd.DataFrame, *, pixel_size_nm: float,
 
     Pure (tables in, tables out), so detections from any source (the network, the GPA
     baseline, another detector, hand annotations or a generator's truth) are analysed
-    exactly as `analyze` analyses its own.
+    exactly as `analyze` analyses its own. ``track_summary``'s velocity columns are
+    ``*_nm_s``, or ``*_nm_per_frame`` when ``frame_interval_s`` is None (as written to
+    track_summary.csv; `dislotrack.infer.outputs.velocities_in_nm_s` converts them).
 
     Parameters
     ----------
@@ -589,6 +596,8 @@ def track_detections(detections: pd.DataFrame, *, pixel_size_nm: float,
     counts = count_dislocations(summary, n_frames=n_frames, frame_interval_s=dt,
                                 rocksalt_fraction=np.asarray(rocksalt_fraction))
     tracks = tracks[[c for c in [*TRACK_COLUMNS, "x_corr", "y_corr"] if c in tracks.columns]]
+    # Units in the names, as written to track_summary.csv: per frame without an interval.
+    summary = velocity_columns_as_written(summary, dt)
     return TrackedTables(tracks, summary, events, counts)
 
 

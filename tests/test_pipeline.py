@@ -596,3 +596,33 @@ def test_summary_json_records_the_analysis_options(tiny_model, tmp_path):
     from dislotrack.infer.outputs import summary_dict
 
     assert json.loads(json.dumps(summary_dict(res)))["options"] == res.options
+
+
+def test_returned_track_summary_names_per_frame_velocities_as_the_csv_does(tiny_model, tmp_path):
+    from dislotrack.infer.evaluate import tracking_scores
+    from dislotrack.infer.outputs import summary_dict, velocities_in_nm_s
+    from dislotrack.infer.pipeline import track_detections
+
+    movie = tmp_path / "m.tif"
+    write_imagej_tiff(movie, np.zeros((2, 32, 32), np.float32), pixel_size_nm=0.1)  # no interval
+    res = run.infer_one(movie, tmp_path / "o", model=tiny_model, movie=False, progress=False)
+    header = pd.read_csv(tmp_path / "o" / "m" / "track_summary.csv", nrows=0).columns
+    assert list(res.track_summary.columns) == list(header)
+    assert "glide_velocity_nm_per_frame" in header and not any(c.endswith("_nm_s") for c in header)
+    # 0.1 nm per frame along x, h up: glide -0.1 nm/frame under the per-frame name.
+    det = pd.DataFrame({"frame": range(10), "x": np.linspace(50, 59, 10), "y": 40.0, "score": 0.9,
+                        "hx": 0.0, "hy": -1.0})
+    kw = dict(pixel_size_nm=0.1, n_frames=10, image_shape=(100, 100), min_length=3)
+    per_frame = track_detections(det, frame_interval_s=None, **kw).track_summary
+    assert per_frame.glide_velocity_nm_per_frame.round(3).tolist() == [-0.1]
+    assert "glide_velocity_nm_s" not in per_frame
+    per_s = track_detections(det, frame_interval_s=2.0, **kw).track_summary
+    assert per_s.glide_velocity_nm_s.round(3).tolist() == [-0.05]
+    assert np.allclose(velocities_in_nm_s(per_frame, 2.0).glide_velocity_nm_s, per_s.glide_velocity_nm_s)
+    # summary.json's mean velocities are found under either name.
+    res.track_summary = per_frame
+    assert summary_dict(res)["velocities"]["glide"]["mean"] == pytest.approx(-0.1)
+    with pytest.raises(ValueError, match="velocities per frame"):  # not compared with nm/s truth
+        tracking_scores(det.assign(particle=0), per_frame, det.assign(particle=0),
+                        pd.DataFrame({"particle": [0], "n_frames": [10], "glide_velocity_nm_s": [-0.05],
+                                      "climb_velocity_nm_s": [0.0]}), pixel_size_nm=0.1)
