@@ -179,7 +179,8 @@ def evaluation_figure(image: np.ndarray, outcomes: pd.DataFrame, path: Path, *, 
         ax.plot(g.x, g.y, marker, ls="none", mfc="none", mec=colour, mew=1.5, ms=10,
                 label=f"{label} ({len(g)})")
     fig.suptitle(f"{title} frame {frame}".strip())
-    ax.legend(loc="upper right", fontsize=8)
+    # Below the image: over it, the legend would hide the cores it explains.
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=3, fontsize=8, frameon=False)
     ax.set_axis_off()
     if movie:
         for kind, (marker, colour, label) in OUTCOME_STYLE.items():
