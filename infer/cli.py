@@ -56,7 +56,8 @@ def _add_infer(sub: argparse._SubParsersAction) -> None:
                    help="pixel size [nm/px] (overrides the file)")
     p.add_argument("--frame-interval", type=float, default=None, metavar="S",
                    help="time between frames [s] (overrides the file)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--device", default="auto", metavar="DEVICE",
+                   help="auto (CUDA if available), cpu, cuda or cuda:N (default auto)")
     p.add_argument("--threshold", type=float, default=None, help="core score threshold (0-1)")
     p.add_argument("--d-spacing", type=float, default=0.473, metavar="NM",
                    help="(003) spacing of the material [nm] (default LiNiO2, 0.473)")
@@ -91,12 +92,14 @@ def _run_infer(args: argparse.Namespace) -> int:
         raise ImportError('--parquet needs pyarrow: pip install "dislotrack[parquet]" (or pyarrow)')
     from dislotrack.data_gen.annotations import mask_sidecar
     from dislotrack.infer.pipeline import check_detector_options, check_linking_options
+    from dislotrack.infer.predict import pick_device
     from dislotrack.infer.run import infer_one, output_dir
 
     # Once, before any input is read (analyze checks again, for the Python API).
     check_detector_options(args.detector, model=args.model, threshold=args.threshold, tta=args.tta)
     check_linking_options(max_speed_nm_s=args.max_speed, memory=args.memory,
                           min_length=args.min_length, max_gap=args.max_gap)
+    pick_device(args.device)  # an unknown or unavailable device: one line, not one per input
     masks = {p: side for p in args.inputs if (side := mask_sidecar(p))}  # e.g. `infer lab/*.tif`
     for p, side in masks.items():
         print(f"{p}: skipped (the rock-salt mask of annotation {side.name})", file=sys.stderr)
@@ -141,7 +144,8 @@ def _run_infer(args: argparse.Namespace) -> int:
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="analyse a synthetic movie with known motion (bundled model)")
     p.add_argument("--out", default="dislotrack_demo", help="output folder")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--device", default="auto", metavar="DEVICE",
+                   help="auto (CUDA if available), cpu, cuda or cuda:N (default auto)")
     p.set_defaults(func=lambda a: _demo(a))
 
 

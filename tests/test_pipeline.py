@@ -572,6 +572,19 @@ def test_an_unavailable_device_is_a_one_line_error_listing_those_available(tmp_p
         pick_device("gpu")
 
 
+def test_infer_takes_a_cuda_index_and_refuses_a_missing_device_once(tmp_path, monkeypatch, capsys):
+    movies = [tmp_path / "a.tif", tmp_path / "b.tif"]
+    for m in movies:
+        write_imagej_tiff(m, np.zeros((2, 32, 32), np.float32), pixel_size_nm=0.1)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for device, message in (("cuda:1", "CUDA requested (device 'cuda:1') but not available"),
+                            ("gpu", "must be auto, cpu, cuda or cuda:N, got 'gpu'")):
+        assert main(["infer", *map(str, movies), "--out", str(tmp_path / "o"), "--device", device]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err  # one line, before any input is read
+    assert not (tmp_path / "o").exists()
+
+
 def test_summary_json_records_the_analysis_options(tiny_model, tmp_path):
     movie = tmp_path / "m.tif"
     write_imagej_tiff(movie, np.zeros((3, 32, 32), np.float32), pixel_size_nm=0.1)  # no interval
