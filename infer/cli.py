@@ -44,6 +44,11 @@ def _run_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _int_or_text(value: str) -> int | str:
+    """``--signal``: an index if it is a whole number, else a title or dataset path."""
+    return int(value) if value.lstrip("-").isdigit() else value
+
+
 def _add_infer(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("infer", help="detect and track dislocations in movies")
     p.add_argument("inputs", nargs="+", metavar="INPUT",
@@ -59,6 +64,10 @@ def _add_infer(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", metavar="DEVICE",
                    help="auto (CUDA if available), cpu, cuda or cuda:N (default auto)")
     p.add_argument("--threshold", type=float, default=None, help="core score threshold (0-1)")
+    p.add_argument("--signal", type=_int_or_text, default=None, metavar="NAME",
+                   help="for files holding several images (multi-detector EMD, DM, HDF5): the "
+                        "title, dataset path or index of the one to analyse (default: the first; "
+                        "HDF5: the largest)")
     p.add_argument("--d-spacing", type=float, default=0.473, metavar="NM",
                    help="(003) spacing of the material [nm] (default LiNiO2, 0.473)")
     p.add_argument("--max-speed", type=float, default=2.0, metavar="NM_S",
@@ -123,7 +132,8 @@ def _run_infer(args: argparse.Namespace) -> int:
                             threshold=args.threshold, d_spacing_nm=args.d_spacing,
                             max_speed_nm_s=args.max_speed, memory=args.memory,
                             weak_fraction=args.weak_fraction, lattice_h=not args.network_h,
-                            min_length=args.min_length, max_gap=args.max_gap, tta=args.tta)
+                            min_length=args.min_length, max_gap=args.max_gap, tta=args.tta,
+                            signal=args.signal)
         except USER_ERRORS as err:  # one unreadable movie does not stop the others
             if len(args.inputs) == 1 or os.environ.get("DISLOTRACK_DEBUG"):
                 raise
@@ -151,7 +161,9 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 
 def _demo(args: argparse.Namespace) -> int:
     from dislotrack.infer.demo import run_demo
+    from dislotrack.infer.predict import pick_device
 
+    pick_device(args.device)  # before the movie is rendered
     run_demo(args.out, device=args.device)
     return 0
 

@@ -67,8 +67,8 @@ def trajectories_figure(res: AnalysisResult) -> plt.Figure:
     if shown:  # neutral proxies: a marker's colour is its track's
         handles = [plt.Line2D([], [], ls="none", marker=END_MARKERS[f], ms=7, mfc="0.6", mec="k",
                               label=f.replace("_", " ")) for f in END_MARKERS if f in shown]
-        fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=8,
-                   frameon=False)
+        fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 3),
+                   fontsize=8, frameon=False)
     if res.first_frame is not None and res.calibration.pixel_size_nm:
         _scale_bar(ax, res.first_frame.shape, res.calibration.pixel_size_nm)
     if t.empty:
@@ -142,7 +142,8 @@ def counts_figure(res: AnalysisResult) -> plt.Figure:
     ax.set_ylim(bottom=0)
     ax2 = ax.twinx()
     ax2.plot(tt, c.rocksalt_fraction, "c:", label="rock-salt fraction")
-    top = float(np.nanmax(c.rocksalt_fraction, initial=0.0))
+    finite = c.rocksalt_fraction.to_numpy(float)
+    top = float(finite[np.isfinite(finite)].max(initial=0.0))
     ax2.set_ylim(0, min(1.0, max(0.05, 1.1 * top)))
     ax2.set_ylabel("rock-salt area fraction")
     handles = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
@@ -247,12 +248,17 @@ def _font(height: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
         return ImageFont.load_default()
 
 
-def _boxed_text(d: ImageDraw.ImageDraw, xy: tuple[float, float], text: str, font, fill: tuple,
+def _boxed_text(d: ImageDraw.ImageDraw, xy: tuple[float, float], text: str,
+                font: ImageFont.ImageFont | ImageFont.FreeTypeFont, fill: tuple[int, int, int],
                 *, anchor: str) -> None:
-    """Text on a dark box, legible over bright and dark lattice alike."""
-    x0, y0, x1, y1 = d.textbbox(xy, text, font=font, anchor=anchor)
-    d.rectangle([x0 - 3, y0 - 2, x1 + 3, y1 + 2], fill=(0, 0, 0))
-    d.text(xy, text, font=font, fill=fill, anchor=anchor)
+    """Text on a dark box, legible over bright and dark lattice alike, with its left-top
+    (``anchor="lt"``) or left-bottom (``"lb"``) corner at ``xy``. Placed from its measured
+    box, not Pillow's anchors, which the bitmap fallback font ignores."""
+    left, top, right, bottom = d.textbbox((0, 0), text, font=font)
+    x = xy[0] - left
+    y = xy[1] - top - (bottom - top if anchor == "lb" else 0)
+    d.rectangle([x + left - 3, y + top - 2, x + right + 3, y + bottom + 2], fill=(0, 0, 0))
+    d.text((x, y), text, font=font, fill=fill)
 
 
 def _no_tracks(ax: plt.Axes) -> None:

@@ -133,6 +133,19 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def _chosen_signal(movie: Movie, asked: int | str | None) -> int | str | None:
+    """The image read from a file that holds several (logged as a warning when the
+    reader chose it), for ``options``; ``asked`` otherwise."""
+    names = movie.metadata.get("signals") or []
+    if len(names) < 2:
+        return asked
+    read = movie.metadata.get("signal")
+    if asked is None:
+        logger.warning("%s holds %d images (%s): analysed %r; pick another with --signal",
+                       movie.path.name, len(names), ", ".join(map(repr, names)), read)
+    return read
+
+
 def calibrate(movie: Movie, *, pixel_size_nm: float | None, frame_interval_s: float | None,
               d_spacing_nm: float) -> Calibration:
     """User > file > (003)-fringe estimate; an error if no pixel size can be found."""
@@ -203,12 +216,15 @@ def analysis_options(**options: Any) -> dict[str, Any]:
     Returns
     -------
     dict
-        The same keys, values that `json.dumps` takes.
+        The same keys, values that strict JSON takes (non-finite numbers and other
+        objects, e.g. paths and torch devices, as text).
     """
     def plain(v: Any) -> Any:
-        if isinstance(v, np.generic):
-            return v.item()
-        return str(v) if isinstance(v, Path) else v
+        v = v.item() if isinstance(v, np.generic) else v
+        if isinstance(v, float) and not np.isfinite(v):
+            return str(v)  # strict JSON has no inf / nan
+        # Paths, torch devices, ...: as text.
+        return v if v is None or isinstance(v, (bool, int, float, str)) else str(v)
 
     return {k: plain(v) for k, v in options.items()}
 
@@ -300,7 +316,7 @@ def analyze(path: str | Path, *, model: str | Path | None = None, pixel_size_nm:
             max_speed_nm_s: float = DEFAULT_MAX_SPEED_NM_S, memory: int = 5,
             min_length: int = DEFAULT_MIN_LENGTH, max_gap: int = 12, min_track_score: float = 0.0,
             weak_fraction: float = 0.5, border_nm: float = 2.0, detector: str = "unet",
-            tta: bool = False, lattice_h: bool = True,
+            tta: bool = False, lattice_h: bool = True, signal: int | str | None = None,
             mask_sink: Callable[[int, np.ndarray], None] | None = None,
             frame_sink: Callable[[int, np.ndarray, pd.DataFrame], None] | None = None,
             progress: bool = True) -> AnalysisResult:
@@ -355,6 +371,10 @@ def analyze(path: str | Path, *, model: str | Path | None = None, pixel_size_nm:
         allows (`dislotrack.infer.lattice`) before splitting glide and climb; the
         network's **h** misses the in-plane tilt of b (climb error on the tracking
         sets 7.7-14.7 % -> 3.8-6.3 %). ``detections`` keep the network's **h**.
+    signal : int or str, optional
+        For files holding several images (multi-detector EMD, DM, HDF5): the title or
+        dataset path, or the index, of the one to analyse (default: the first; generic
+        HDF5: the largest). A warning names the one read when there was a choice.
     mask_sink : callable(frame, mask), optional
         Receives each frame's uint8 rock-salt mask (input resolution).
     frame_sink : callable(frame index, frame, detections), optional
@@ -373,7 +393,8 @@ def analyze(path: str | Path, *, model: str | Path | None = None, pixel_size_nm:
     net, card = load_model(model)
     thr = threshold if threshold is not None else float(card.get("decode_threshold", 0.5))
     canonical = float(card["canonical_pixel_size_nm"])
-    with open_movie(path) as movie:
+    with open_movie(path, signal=signal) as movie:
+        signal = _chosen_signal(movie, signal)
         cal = calibrate(movie, pixel_size_nm=pixel_size_nm, frame_interval_s=frame_interval_s,
                         d_spacing_nm=d_spacing_nm)
         s = scale_factor(cal.pixel_size_nm, canonical)
@@ -463,7 +484,7 @@ def analyze(path: str | Path, *, model: str | Path | None = None, pixel_size_nm:
         weak_fraction=weak_fraction if unet else None, max_speed_nm_s=max_speed_nm_s,
         memory=memory, min_length=min_length, max_gap=max_gap, min_track_score=min_track_score,
         border_nm=border_nm, d_spacing_nm=d_spacing_nm, lattice_h=snap_asked,
-        pixel_size_nm=pixel_size_nm, frame_interval_s=frame_interval_s, device=device,
+        pixel_size_nm=pixel_size_nm, frame_interval_s=frame_interval_s, signal=signal, device=device,
         device_used=str(dev) if unet else "cpu")
     return res
 
@@ -544,8 +565,8 @@ def track_detections(detections: pd.DataFrame, *, pixel_size_nm: float,
                     name="detections")
     if drift is not None:
         require_columns(drift, ["frame", "dx", "dy"], name="drift")
-    if weak is not None:
-        require_columns(weak, ["frame", "x", "y", "hx", "hy"], name="weak")
+    if weak is not None:  # weak peaks extend tracks by score, so they need one
+        require_columns(weak, ["frame", "x", "y", "score", "hx", "hy"], name="weak")
     ps, dt = pixel_size_nm, frame_interval_s
     if dt is None and n_frames > 1 and max_speed_nm_s != DEFAULT_MAX_SPEED_NM_S:
         # Without a frame interval the search range is a step per frame (`search_range_px`).
@@ -565,10 +586,8 @@ def track_detections(detections: pd.DataFrame, *, pixel_size_nm: float,
         drift = pd.DataFrame({"frame": np.arange(n_frames), "dx": 0.0, "dy": 0.0})
     if rocksalt_fraction is None:
         rocksalt_fraction = np.zeros(n_frames)
-    detections = detections.reset_index(drop=True)
-    for col in ("bx_nm", "by_nm"):
-        if col not in detections.columns:
-            detections = detections.assign(**{col: np.nan})
+    detections = _with_burgers_columns(detections.reset_index(drop=True))
+    weak = _with_burgers_columns(weak) if weak is not None else None
     corrected = apply_drift(detections, drift)
     weak = apply_drift(weak, drift) if weak is not None and len(weak) else None
     if len(corrected):
@@ -599,6 +618,12 @@ def track_detections(detections: pd.DataFrame, *, pixel_size_nm: float,
     # Units in the names, as written to track_summary.csv: per frame without an interval.
     summary = velocity_columns_as_written(summary, dt)
     return TrackedTables(tracks, summary, events, counts)
+
+
+def _with_burgers_columns(table: pd.DataFrame) -> pd.DataFrame:
+    """``table`` with ``bx_nm``, ``by_nm`` (NaN: unknown) where a source gives none."""
+    missing = {c: np.nan for c in ("bx_nm", "by_nm") if c not in table.columns}
+    return table.assign(**missing) if missing else table
 
 
 def _track(detections: pd.DataFrame, drift: pd.DataFrame, cal: Calibration, rs_frac: np.ndarray,

@@ -21,8 +21,7 @@ def pick_device(device: str | torch.device = "auto") -> torch.device:
     Parameters
     ----------
     device : str or torch.device
-        ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``
-        (or another device torch knows).
+        ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
 
     Returns
     -------
@@ -31,7 +30,7 @@ def pick_device(device: str | torch.device = "auto") -> torch.device:
     Raises
     ------
     ValueError
-        If torch does not know the name, or CUDA (that CUDA device) is not available;
+        If the name is none of those, or CUDA (that CUDA device) is not available;
         the message lists the available devices.
     """
     if device == "auto":
@@ -39,7 +38,10 @@ def pick_device(device: str | torch.device = "auto") -> torch.device:
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError):
-        raise ValueError(f"device (--device) must be auto, cpu, cuda or cuda:N, got {device!r}") from None
+        dev = None
+    # Only what dislotrack checks and tests (mps, xpu, ... would fail late, mid-analysis).
+    if dev is None or dev.type not in ("cpu", "cuda") or (dev.type == "cpu" and dev.index):
+        raise ValueError(f"device (--device) must be auto, cpu, cuda or cuda:N, got {str(device)!r}")
     if dev.type == "cuda":
         have = available_devices()
         n = len(have) - 1

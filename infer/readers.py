@@ -42,6 +42,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import h5py
 import numpy as np
 import tifffile
 
@@ -221,7 +222,7 @@ def open_movie(path: str | Path, *, signal: int | str | None = None) -> Movie:
     signal : int or str, optional
         For files holding several images (multi-detector Velox EMD, DM with
         several images, generic HDF5): index or title (HDF5: dataset path) of the
-        image to read; default the first.
+        image to read; default the first (generic HDF5: the largest).
 
     Raises
     ------
@@ -630,10 +631,12 @@ def _open_numpy(path: Path) -> Movie:
     return Movie(path, (n_frames, *_frame_shape(data)), Calibration(), meta, read)
 
 
-def _is_image_array(data) -> bool:
-    """A real-valued, non-empty (y, x) image or (t, y, x) stack (NumPy or h5py array)."""
-    real = np.issubdtype(data.dtype, np.integer) or np.issubdtype(data.dtype, np.floating)
-    return real and len(data.shape) in (2, 3) and 0 not in data.shape
+def _is_image_array(data: np.ndarray | h5py.Dataset) -> bool:
+    """A real-valued, non-empty (y, x) image or (t, y, x) stack (NumPy or h5py array;
+    an HDF5 null dataspace has shape None)."""
+    if data.shape is None or data.dtype.kind not in "uif":
+        return False
+    return len(data.shape) in (2, 3) and 0 not in data.shape
 
 
 def _is_colour(data) -> bool:
@@ -654,27 +657,30 @@ def _frames_of(data) -> tuple[int, Callable[[int], np.ndarray]]:
 
 def _open_hdf5(path: Path, *, signal: int | str | None) -> Movie:
     """A HyperSpy file through rosettasciio, else the largest image dataset via h5py."""
-    import h5py
-
-    handle = h5py.File(path, "r")
+    try:
+        handle = h5py.File(path, "r")
+    except OSError as err:
+        hdf4 = (" (HDF4 files are not supported: convert to HDF5 or TIFF)"
+                if path.suffix.lower() == ".hdf" else "")
+        raise ValueError(f"{path}: cannot be read as HDF5{hdf4}: {err}") from err
     if "Experiments" in handle:  # HyperSpy's layout, whatever the extension
         handle.close()
         return _open_rsciio(path, "rsciio.hspy", "HyperSpy", signal=signal)
     found: list[tuple[str, h5py.Dataset]] = []
-    handle.visititems(lambda name, obj: found.append((name, obj)) if isinstance(obj, h5py.Dataset)
-                      and _is_image_array(obj) and min(_frame_shape(obj)) >= _MIN_IMAGE_SIDE
-                      else None)
-    found.sort(key=lambda item: -item[1].size)  # a movie before its thumbnail; ties by name
     try:
+        handle.visititems(lambda name, obj: found.append((name, obj))
+                          if isinstance(obj, h5py.Dataset) and _is_image_array(obj)
+                          and min(_frame_shape(obj)) >= _MIN_IMAGE_SIDE else None)
+        found.sort(key=lambda item: -item[1].size)  # a movie before its thumbnail; ties by name
         name, data = _choose_dataset(found, signal, path)
-    except ValueError:
+    except BaseException:
         handle.close()
         raise
     notes = ["no calibration read from a generic HDF5 file"]
     if len(found) > 1:
         notes.append(f"read dataset {name!r}; the file also holds "
                      f"{', '.join(repr(n) for n, _ in found if n != name)}")
-    meta = {"format": "HDF5", "dataset": name, "datasets": [n for n, _ in found],
+    meta = {"format": "HDF5", "signal": name, "signals": [n for n, _ in found],
             "dtype": str(data.dtype), "notes": notes}
     n_frames, read = _frames_of(data)
     return Movie(path, (n_frames, *_frame_shape(data)), Calibration(), meta, read,

@@ -30,7 +30,7 @@ def infer_one(path: str | Path, out: str | Path, *, movie: bool = True, parquet:
     and figures/strain.png. Other options go to `analyze`.
     """
     dest = output_dir(out, path)
-    with open_movie(path) as m:  # an unreadable or uncalibratable input leaves no folder
+    with open_movie(path, signal=options.get("signal")) as m:  # unreadable: leaves no folder
         cal = calibrate(m, pixel_size_nm=options.get("pixel_size_nm"),
                         frame_interval_s=options.get("frame_interval_s"),
                         d_spacing_nm=options.get("d_spacing_nm", 0.473))
@@ -109,7 +109,8 @@ def _analyze_and_write(path: str | Path, dest: Path, cal: Calibration, shape: tu
     if movie:
         import tifffile
 
-        with open_movie(path) as m, tifffile.TiffFile(dest / "rocksalt_mask.tif") as masks:
+        with (open_movie(path, signal=options.get("signal")) as m,
+              tifffile.TiffFile(dest / "rocksalt_mask.tif") as masks):
             fps = 1.0 / res.calibration.frame_interval_s if res.calibration.frame_interval_s else 5.0
             frames = figures.overlay_frames(res, iter(m), (p.asarray() for p in masks.pages))
             figures.write_mp4(frames, dest / "figures" / "overlay.mp4", fps=min(max(fps, 1.0), 30.0))

@@ -57,6 +57,18 @@ def test_trajectory_end_markers_are_explained_below_the_image():
     assert legend_box.y1 <= ax.get_window_extent().y0 + 1  # below the image
 
 
+def test_every_trajectory_end_marker_fits_in_the_figure():
+    res = result(6)
+    res.track_summary["birth"] = ["nucleated", "entered", "from_rocksalt"] * 2
+    res.track_summary["death"] = ["annihilated", "left", "into_rocksalt"] * 2
+    fig = figures.trajectories_figure(res)
+    fig.canvas.draw()
+    (legend,) = fig.legends
+    assert len(legend.get_texts()) == len(figures.END_MARKERS)
+    box, page = legend.get_window_extent(), fig.bbox
+    assert page.x0 <= box.x0 and box.x1 <= page.x1 and page.y0 <= box.y0
+
+
 def test_overlay_time_stamp_sits_on_a_dark_box_and_grows_with_the_frame():
     def stamp_rows(size: int) -> int:
         frame = np.full((size, size), 0.5)  # mid-grey: the box, not the lattice, makes it dark

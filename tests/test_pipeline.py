@@ -554,6 +554,12 @@ def test_track_detections_refuses_tables_it_cannot_use_by_name():
     with pytest.raises(ValueError, match="detections lacks column score"):
         track_detections(det.drop(columns="score"), min_track_score=0.5, **kw)
     assert len(track_detections(det.drop(columns="score"), **kw).tracks) == 3  # score: optional
+    weak = pd.DataFrame({"frame": [3], "x": 20.0, "y": 40.0, "hx": 0.0, "hy": -1.0})
+    with pytest.raises(ValueError, match="weak lacks column score"):
+        track_detections(det, weak=weak, **kw)
+    kw["n_frames"] = 4  # a weak peak (no Burgers vector columns) extends the track by a frame
+    out = track_detections(det, weak=weak.assign(score=0.3), min_length=2, **kw)
+    assert out.tracks.frame.tolist() == [0, 1, 2, 3]
 
 
 def test_an_unavailable_device_is_a_one_line_error_listing_those_available(tmp_path, monkeypatch):
@@ -568,8 +574,10 @@ def test_an_unavailable_device_is_a_one_line_error_listing_those_available(tmp_p
     with pytest.raises(ValueError, match=r"torch sees 1 CUDA device \(available: cpu, cuda:0\)"):
         pick_device("cuda:1")
     assert pick_device("cuda:0") == torch.device("cuda:0")
-    with pytest.raises(ValueError, match="must be auto, cpu, cuda or cuda:N, got 'gpu'"):
-        pick_device("gpu")
+    for name in ("gpu", "mps", "meta", "cpu:3"):  # unknown, or torch's but not checked here
+        with pytest.raises(ValueError, match=f"must be auto, cpu, cuda or cuda:N, got '{name}'"):
+            pick_device(name)
+    assert pick_device(torch.device("cpu")) == torch.device("cpu")
 
 
 def test_infer_takes_a_cuda_index_and_refuses_a_missing_device_once(tmp_path, monkeypatch, capsys):
@@ -597,18 +605,20 @@ def test_summary_json_records_the_analysis_options(tiny_model, tmp_path):
         "detector": "unet", "model": str(tiny_model), "threshold": 0.5,  # the card's default
         "tta": False, "weak_fraction": 0.5, "max_speed_nm_s": 0.4, "memory": 3, "min_length": 2,
         "max_gap": 0, "min_track_score": 0.0, "border_nm": 2.0, "d_spacing_nm": 0.47,
-        "lattice_h": False, "pixel_size_nm": None, "frame_interval_s": 0.5, "device": "cpu",
-        "device_used": "cpu"}
+        "lattice_h": False, "pixel_size_nm": None, "frame_interval_s": 0.5, "signal": None,
+        "device": "cpu", "device_used": "cpu"}
     assert {"schema_version", "dislotrack_version", "model", "input", "calibration", "totals",
             "velocities", "lattice", "warnings"} < set(summary)  # the keys before stay
-    # Numpy numbers and paths, as notebooks pass them, are written as plain JSON.
+    # Numpy numbers, paths and devices, as notebooks pass them, are written as plain JSON.
     res = analyze(movie, model=tiny_model, memory=np.int64(3), d_spacing_nm=np.float32(0.47),
-                  detector="unet", progress=False)
+                  detector="unet", progress=False, device=torch.device("cpu"),
+                  weak_fraction=float("inf"))
     assert res.options["memory"] == 3 and type(res.options["memory"]) is int
     assert res.options["model"] == str(tiny_model) and res.options["frame_interval_s"] is None
+    assert (res.options["device"], res.options["weak_fraction"]) == ("cpu", "inf")
     from dislotrack.infer.outputs import summary_dict
 
-    assert json.loads(json.dumps(summary_dict(res)))["options"] == res.options
+    assert json.loads(json.dumps(summary_dict(res), allow_nan=False))["options"] == res.options
 
 
 def test_returned_track_summary_names_per_frame_velocities_as_the_csv_does(tiny_model, tmp_path):
@@ -639,3 +649,44 @@ def test_returned_track_summary_names_per_frame_velocities_as_the_csv_does(tiny_
         tracking_scores(det.assign(particle=0), per_frame, det.assign(particle=0),
                         pd.DataFrame({"particle": [0], "n_frames": [10], "glide_velocity_nm_s": [-0.05],
                                       "climb_velocity_nm_s": [0.0]}), pixel_size_nm=0.1)
+
+
+def test_infer_defaults_are_analyzes():
+    import inspect
+
+    from dislotrack.infer.cli import build_parser
+
+    args = build_parser().parse_args(["infer", "m.tif", "--out", "o"])
+    defaults = {k: p.default for k, p in inspect.signature(analyze).parameters.items()}
+    flags = {"max_speed": "max_speed_nm_s", "min_length": "min_length", "memory": "memory",
+             "max_gap": "max_gap", "weak_fraction": "weak_fraction", "d_spacing": "d_spacing_nm",
+             "threshold": "threshold", "device": "device", "detector": "detector",
+             "signal": "signal", "tta": "tta"}
+    assert {f: getattr(args, f) for f in flags} == pytest.approx({f: defaults[k] for f, k in flags.items()})
+
+
+def test_signal_picks_the_dataset_of_an_hdf5_file_and_a_choice_is_reported(tiny_model, tmp_path):
+    import h5py
+
+    rng = np.random.default_rng(3)
+    with h5py.File(tmp_path / "two.h5", "w") as f:
+        f["movie"] = rng.normal(size=(3, 40, 40)).astype(np.float32)
+        f["thumbnail"] = rng.normal(size=(40, 40)).astype(np.float32)
+    common = dict(model=tiny_model, pixel_size_nm=0.1, frame_interval_s=1.0, device="cpu")
+    res = analyze(tmp_path / "two.h5", **common)
+    assert res.shape == (3, 40, 40) and res.options["signal"] == "movie"
+    assert any("two.h5 holds 2 images ('movie', 'thumbnail'): analysed 'movie'; pick another "
+               "with --signal" in w for w in res.warnings)
+    res = analyze(tmp_path / "two.h5", signal="thumbnail", **common)
+    assert res.shape == (1, 40, 40) and res.options["signal"] == "thumbnail"
+    assert not any("holds 2 images" in w for w in res.warnings)  # asked for: no warning
+    assert main(["infer", str(tmp_path / "two.h5"), "--out", str(tmp_path / "o"), "--model",
+                 str(tiny_model), "--pixel-size", "0.1", "--signal", "1", "--no-movie"]) == 0
+    summary = json.loads((tmp_path / "o" / "two" / "summary.json").read_text())
+    assert summary["options"]["signal"] == "thumbnail"
+
+
+def test_demo_refuses_a_missing_device_before_rendering(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path / "d"), "--device", "gpu"]) == 2
+    assert "must be auto, cpu, cuda or cuda:N" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()

@@ -450,7 +450,7 @@ def test_generic_hdf5_reads_its_largest_image_dataset_frame_by_frame(tmp_path):
         f["raw/frames"] = data
         f["processed"] = data[0].astype(np.float32)
     with open_movie(tmp_path / "movie.h5") as movie:  # the stack, not the single image
-        assert movie.shape == (4, 24, 32) and movie.metadata["dataset"] == "raw/frames"
+        assert movie.shape == (4, 24, 32) and movie.metadata["signal"] == "raw/frames"
         np.testing.assert_array_equal(movie[3], data[3])
         assert [f.shape for f in movie] == [(24, 32)] * 4
         assert movie.calibration.pixel_size_nm is None and movie.metadata["format"] == "HDF5"
@@ -463,8 +463,13 @@ def test_generic_hdf5_reads_its_largest_image_dataset_frame_by_frame(tmp_path):
         open_movie(tmp_path / "movie.h5", signal="nope")
     with h5py.File(tmp_path / "empty.hdf5", "w") as f:
         f["table"] = np.arange(10)
+        f["null"] = h5py.Empty("f")  # a null dataspace has no shape at all
     with pytest.raises(ValueError, match=r"empty.hdf5 holds no \(y, x\) image"):
         open_movie(tmp_path / "empty.hdf5")
+    (tmp_path / "old.hdf").write_bytes(b"\x0e\x03\x13\x01" + bytes(64))  # HDF4's signature
+    with pytest.raises(ValueError, match=r"old.hdf: cannot be read as HDF5 \(HDF4 files are not "
+                                         r"supported"):
+        open_movie(tmp_path / "old.hdf")
 
 
 @pytest.mark.parametrize("rel, shape", [("atomap/test_ADF_cropped.hdf5", (1, 400, 380)),

@@ -58,10 +58,20 @@ _NULLS = {"null", "none", "~", ""}
 
 
 def check_root_argument(argv: Sequence[str]) -> None:
-    """Raises `TrainConfigError` if ``--trainer.default_root_dir`` is given as null.
+    """Refuse ``--trainer.default_root_dir`` given as null on the command line.
 
     Logs, checkpoints and the export live under that folder; jsonargparse would
     otherwise reject the logger's missing ``save_dir`` in a dozen lines.
+
+    Parameters
+    ----------
+    argv : sequence of str
+        The arguments of ``dislotrack train``.
+
+    Raises
+    ------
+    TrainConfigError
+        If the root is ``null``, ``None``, ``~`` or empty.
     """
     for i, arg in enumerate(argv):
         key, eq, value = arg.partition("=")
