@@ -1,13 +1,16 @@
-"""Make the README's generator figure (docs/generator_examples.png).
+"""Make the README's figures in docs/.
 
     python tests/benchmarks/make_readme_figures.py
 
-HRTEM and STEM frames of LiNiO2 with cores (h drawn from the core into the extra
-half-plane) and rock-salt masks overlaid, plus a zoom on one core.
+generator_examples.png: HRTEM and STEM frames of LiNiO2 with cores (h drawn from the
+core into the extra half-plane) and rock-salt masks overlaid, plus a zoom on one core.
+demo_trajectories.jpg, demo_displacement.png: the figures `dislotrack demo` writes,
+at two thirds of their size.
 """
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import matplotlib
@@ -15,13 +18,32 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
 
 from dislotrack.data_gen.sample import GeneratorConfig, make_sample  # noqa: E402
 
 OUT = Path(__file__).resolve().parents[2] / "docs" / "generator_examples.png"
 
 
+def demo_figures() -> None:
+    """The demo's trajectories and displacement figures, reduced for the README."""
+    from dislotrack.infer.demo import make_demo_movie
+    from dislotrack.infer.run import infer_one
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path, _, _ = make_demo_movie(Path(tmp))
+        infer_one(path, tmp, movie=False, device="cpu")
+        figs = Path(tmp) / path.stem / "figures"
+        for name, out in (("trajectories.png", "demo_trajectories.jpg"),
+                          ("displacement.png", "demo_displacement.png")):
+            im = Image.open(figs / name).convert("RGB")
+            im = im.resize((im.width * 2 // 3, im.height * 2 // 3), Image.LANCZOS)
+            im.save(OUT.parent / out, **({"quality": 85} if out.endswith(".jpg") else {"optimize": True}))
+            print(OUT.parent / out)
+
+
 def main() -> None:
+    demo_figures()
     fig, axes = plt.subplots(2, 3, figsize=(13, 8.8))
     for row, (mode, seed) in enumerate([("hrtem", 21), ("stem", 33)]):
         cfg = GeneratorConfig(size=256, mode=mode, dose=(1500, 1500), material="LiNiO2",
