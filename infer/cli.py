@@ -105,7 +105,8 @@ def _run_infer(args: argparse.Namespace) -> int:
     from dislotrack.infer.run import infer_one, output_dir
 
     # Once, before any input is read (analyze checks again, for the Python API).
-    check_detector_options(args.detector, model=args.model, threshold=args.threshold, tta=args.tta)
+    check_detector_options(args.detector, model=args.model, threshold=args.threshold, tta=args.tta,
+                           weak_fraction=args.weak_fraction)
     check_linking_options(max_speed_nm_s=args.max_speed, memory=args.memory,
                           min_length=args.min_length, max_gap=args.max_gap)
     pick_device(args.device)  # an unknown or unavailable device: one line, not one per input

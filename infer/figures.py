@@ -12,6 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib import patheffects  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 from PIL import Image, ImageDraw, ImageFont  # noqa: E402
 
@@ -26,6 +27,9 @@ def _time(res: AnalysisResult, frames: pd.Series) -> tuple[np.ndarray, str]:
     dt = res.calibration.frame_interval_s
     return (frames.to_numpy() * dt, "time (s)") if dt else (frames.to_numpy(float), "frame")
 
+
+#: A dark rim that keeps track numbers legible over bright and dark lattice.
+_OUTLINE = [patheffects.withStroke(linewidth=2.0, foreground="black")]
 
 #: How a track's ends are drawn on the trajectories figure: birth / death -> marker.
 END_MARKERS = {"nucleated": "*", "annihilated": "X", "entered": ">", "left": "<",
@@ -55,13 +59,15 @@ def trajectories_figure(res: AnalysisResult) -> plt.Figure:
         ax.plot(x0, y0, "o", color=c, ms=4)
         tick = 6 / max(res.calibration.pixel_size_nm / 0.1, 1e-3)
         ax.plot([x0, x0 + tick * g.hx.mean()], [y0, y0 + tick * g.hy.mean()], "-", color=c, lw=2)
-        ax.annotate(str(pid), (x0, y0), color=c, fontsize=8, xytext=(3, 3), textcoords="offset points")
+        ax.annotate(str(pid), (x0, y0), color=c, fontsize=9, fontweight="bold", xytext=(3, 3),
+                    textcoords="offset points", path_effects=_OUTLINE)
         if fates is None or pid not in fates.index:
             continue
-        for fate, (x, y) in ((fates.at[pid, "birth"], (x0, y0)),
-                             (fates.at[pid, "death"], (g[xs].iloc[-1], g[ys].iloc[-1]))):
+        # The death marker smaller, on top: a short track's two ends often coincide.
+        for fate, (x, y), ms in ((fates.at[pid, "birth"], (x0, y0), 12),
+                                 (fates.at[pid, "death"], (g[xs].iloc[-1], g[ys].iloc[-1]), 7)):
             if fate in END_MARKERS:
-                ax.plot(x, y, END_MARKERS[fate], ms=9, mfc="none" if "rocksalt" in fate else c,
+                ax.plot(x, y, END_MARKERS[fate], ms=ms, mfc="none" if "rocksalt" in fate else c,
                         mec="white", mew=1.0)
                 shown.add(fate)
     if shown:  # neutral proxies: a marker's colour is its track's
@@ -139,7 +145,10 @@ def counts_figure(res: AnalysisResult) -> plt.Figure:
     ax.set_xlabel(label)
     ax.set_ylabel("count")
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_ylim(bottom=0)
+    ax.set_ylim(0, max(1.0, ax.get_ylim()[1]))  # no cores: 0 to 1, not 0 to 0.05
+    if len(tt) == 1:  # a single image: one tick at its frame, not -0.04 ... 0.04
+        ax.set_xlim(tt[0] - 0.5, tt[0] + 0.5)
+        ax.set_xticks([tt[0]])
     ax2 = ax.twinx()
     ax2.plot(tt, c.rocksalt_fraction, "c:", label="rock-salt fraction")
     finite = c.rocksalt_fraction.to_numpy(float)

@@ -155,9 +155,12 @@ def calibrate(movie: Movie, *, pixel_size_nm: float | None, frame_interval_s: fl
         movie.calibration, pixel_size_nm=pixel_size_nm, frame_interval_s=frame_interval_s,
         estimate=lambda: pixel_size_from_fringes_or_none(movie[0], d_spacing_nm=d_spacing_nm))
     if cal.pixel_size_nm is None:
+        # e.g. a scale without a unit: the user may know the unit, so show the number
+        unusable = [n for n in movie.metadata.get("notes", []) if "pixel size" in n]
+        why = f" ({unusable[0]})" if unusable else ""
         raise ValueError(
-            f"{movie.path}: no pixel size in the file and none could be estimated from "
-            f"{d_spacing_nm} nm fringes; pass --pixel-size NM")
+            f"{movie.path}: no usable pixel size in the file{why} and none could be estimated "
+            f"from {d_spacing_nm} nm fringes; pass --pixel-size NM")
     for note in movie.metadata.get("notes", []):
         if note.startswith(NON_SQUARE_NOTE):  # distances along y come out scaled by y/x
             cal = replace(cal, warnings=(*cal.warnings, (
@@ -230,19 +233,24 @@ def analysis_options(**options: Any) -> dict[str, Any]:
 
 
 #: Options of `analyze` that set the U-Net only, with their ``dislotrack infer`` flags.
-UNET_ONLY_OPTIONS = {"model": "--model", "threshold": "--threshold", "tta": "--tta"}
+UNET_ONLY_OPTIONS = {"model": "--model", "threshold": "--threshold", "tta": "--tta",
+                     "weak_fraction": "--weak-fraction"}
+
+#: Default of ``weak_fraction`` (``--weak-fraction``): weak peaks from half the threshold.
+DEFAULT_WEAK_FRACTION = 0.5
 
 
 def check_detector_options(detector: str, *, model: str | Path | None = None,
-                           threshold: float | None = None, tta: bool = False) -> None:
+                           threshold: float | None = None, tta: bool = False,
+                           weak_fraction: float = DEFAULT_WEAK_FRACTION) -> None:
     """Refuse an unknown detector, and U-Net options given to another detector.
 
     Parameters
     ----------
     detector : str
         ``"unet"`` or ``"gpa"``.
-    model, threshold, tta
-        As given to `analyze` (None / False: not given).
+    model, threshold, tta, weak_fraction
+        As given to `analyze` (None / False / `DEFAULT_WEAK_FRACTION`: not given).
 
     Raises
     ------
@@ -254,7 +262,8 @@ def check_detector_options(detector: str, *, model: str | Path | None = None,
         raise ValueError(f"detector (--detector) must be 'unet' or 'gpa', got {detector!r}")
     if detector == "unet":
         return
-    given = {"model": model is not None, "threshold": threshold is not None, "tta": bool(tta)}
+    given = {"model": model is not None, "threshold": threshold is not None, "tta": bool(tta),
+             "weak_fraction": weak_fraction != DEFAULT_WEAK_FRACTION}
     unused = [f"{name} ({UNET_ONLY_OPTIONS[name]})" for name, is_set in given.items() if is_set]
     if unused:
         raise ValueError(f"the {detector} detector (--detector {detector}) does not use "
@@ -315,7 +324,7 @@ def analyze(path: str | Path, *, model: str | Path | None = None, pixel_size_nm:
             batch_size: int = 4, d_spacing_nm: float = D003_LINIO2_NM,
             max_speed_nm_s: float = DEFAULT_MAX_SPEED_NM_S, memory: int = 5,
             min_length: int = DEFAULT_MIN_LENGTH, max_gap: int = 12, min_track_score: float = 0.0,
-            weak_fraction: float = 0.5, border_nm: float = 2.0, detector: str = "unet",
+            weak_fraction: float = DEFAULT_WEAK_FRACTION, border_nm: float = 2.0, detector: str = "unet",
             tta: bool = False, lattice_h: bool = True, signal: int | str | None = None,
             mask_sink: Callable[[int, np.ndarray], None] | None = None,
             frame_sink: Callable[[int, np.ndarray, pd.DataFrame], None] | None = None,
@@ -382,7 +391,8 @@ def analyze(path: str | Path, *, model: str | Path | None = None, pixel_size_nm:
     progress : bool
         Show a progress bar.
     """
-    check_detector_options(detector, model=model, threshold=threshold, tta=tta)
+    check_detector_options(detector, model=model, threshold=threshold, tta=tta,
+                           weak_fraction=weak_fraction)
     if not 0 < weak_fraction:
         raise ValueError(f"weak_fraction must be > 0 (1 disables the extension), got {weak_fraction}")
     if threshold is not None and not 0 < threshold < 1:

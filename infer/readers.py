@@ -107,7 +107,8 @@ class Movie:
     """A lazily read stack of frames with its calibration.
 
     Frames are read on access: ``movie[i]`` (negative ``i`` counts from the end)
-    and iteration give float32 arrays of shape ``movie.shape[1:]``. Use as a
+    and iteration give finite float32 arrays of shape ``movie.shape[1:]`` (NaN or
+    infinite pixels, e.g. alignment padding, become the frame's median, with a warning). Use as a
     context manager (or call `close`) to release the file.
 
     Attributes
@@ -143,6 +144,7 @@ class Movie:
         self._metadata = metadata
         self._read, self._iterate, self._close = read, iterate, close
         self._timestamps = timestamps_s
+        self._filled = False  # whether non-finite pixels were replaced (logged once)
 
     path = property(lambda self: self._path)
     shape = property(lambda self: self._shape)
@@ -186,6 +188,14 @@ class Movie:
             raise ValueError(
                 f"frame {i} of {self._path} is {frame.shape} px, expected {self._shape[1:]} px"
             )
+        bad = ~np.isfinite(frame)
+        if bad.any():  # e.g. the padding of an aligned stack: neutral grey, said once per movie
+            frame[bad] = np.median(frame[~bad]) if not bad.all() else 0.0
+            if not self._filled:
+                logger.warning("%s: frame %d has %d NaN or infinite pixels (e.g. padding from "
+                               "alignment), set to the frame's median; later frames likewise",
+                               self._path.name, i, int(bad.sum()))
+            self._filled = True
         return frame
 
     def with_calibration(self, calibration: Calibration) -> Movie:
@@ -663,9 +673,15 @@ def _open_hdf5(path: Path, *, signal: int | str | None) -> Movie:
         hdf4 = (" (HDF4 files are not supported: convert to HDF5 or TIFF)"
                 if path.suffix.lower() == ".hdf" else "")
         raise ValueError(f"{path}: cannot be read as HDF5{hdf4}: {err}") from err
+    notes = ["no calibration read from a generic HDF5 file"]
     if "Experiments" in handle:  # HyperSpy's layout, whatever the extension
-        handle.close()
-        return _open_rsciio(path, "rsciio.hspy", "HyperSpy", signal=signal)
+        try:
+            movie = _open_rsciio(path, "rsciio.hspy", "HyperSpy", signal=signal)
+        except (KeyError, *_READ_ERRORS) as err:  # HyperSpy-like but not HyperSpy: read it plainly
+            notes.append(f"not a valid HyperSpy file ({err!r}): read as generic HDF5")
+        else:
+            handle.close()
+            return movie
     found: list[tuple[str, h5py.Dataset]] = []
     try:
         handle.visititems(lambda name, obj: found.append((name, obj))
@@ -676,7 +692,6 @@ def _open_hdf5(path: Path, *, signal: int | str | None) -> Movie:
     except BaseException:
         handle.close()
         raise
-    notes = ["no calibration read from a generic HDF5 file"]
     if len(found) > 1:
         notes.append(f"read dataset {name!r}; the file also holds "
                      f"{', '.join(repr(n) for n, _ in found if n != name)}")

@@ -80,3 +80,14 @@ def test_overlay_time_stamp_sits_on_a_dark_box_and_grows_with_the_frame():
         return int(yellow.any(axis=1).sum())
 
     assert stamp_rows(640) >= 2 * stamp_rows(160)
+
+
+def test_counts_of_a_single_image_without_cores_have_whole_axes():
+    res = result(0, n_frames=1)
+    res.counts["n_dislocations"] = 0
+    res.counts["n_dipoles"] = 0
+    fig = figures.counts_figure(res)
+    ax = fig.axes[0]
+    fig.canvas.draw()
+    assert list(ax.get_xticks()) == [0.0] and ax.get_ylim() == (0.0, 1.0)
+    assert all(float(t).is_integer() for t in ax.get_yticks())

@@ -137,7 +137,7 @@ def test_missing_calibration_is_reported_not_guessed(tiny_model, tmp_path, capsy
     assert main(["infer", str(movie), str(ok), "--out", str(tmp_path / "o"), "--model", str(tiny_model),
                  "--no-movie"]) == 1
     err = capsys.readouterr().err
-    assert err.count("noise.tif") == 1 and "no pixel size" in err  # the input named once
+    assert err.count("noise.tif") == 1 and "no usable pixel size" in err  # the input named once
     assert err.rstrip().endswith("1 of 2 inputs failed (see above)")
     assert (tmp_path / "o" / "ok" / "summary.json").exists()
     assert not (tmp_path / "o" / "noise").exists()  # no empty results folder for a failed input
@@ -480,6 +480,7 @@ def test_impossible_analysis_options_are_refused_by_name(tiny_model, tmp_path, c
     (["--tta"], ["tta (--tta)"]),
     (["--threshold", "0.3"], ["threshold (--threshold)"]),
     (["--model", "default", "--tta"], ["model (--model)", "tta (--tta)"]),
+    (["--weak-fraction", "0.3"], ["weak_fraction (--weak-fraction)"]),
 ])
 def test_unet_options_with_the_gpa_detector_are_refused_by_name(tmp_path, capsys, monkeypatch,
                                                                   extra, named):
@@ -495,7 +496,8 @@ def test_unet_options_with_the_gpa_detector_are_refused_by_name(tmp_path, capsys
     assert err.count("\n") == 1 and err.startswith("dislotrack infer: error: the gpa detector")
     assert all(n in err for n in named) and "U-Net only" in err
     assert not (tmp_path / "o").exists()
-    kwargs = {"tta": True} if "--tta" in extra else {"threshold": 0.3}
+    kwargs = ({"tta": True} if "--tta" in extra else {"weak_fraction": 0.3}
+              if "--weak-fraction" in extra else {"threshold": 0.3})
     with pytest.raises(ValueError, match=r"does not use .*U-Net only"):
         analyze(movies[0], detector="gpa", progress=False, **kwargs)
     with pytest.raises(ValueError, match=r"detector \(--detector\) must be 'unet' or 'gpa'"):

@@ -493,3 +493,39 @@ def test_a_truncated_imagej_stack_is_an_error_not_one_frame(tmp_path, caplog):
     with pytest.raises(ValueError, match=r"cut.tif: the ImageJ header lists 8 images but fewer"):
         open_movie(tmp_path / "cut.tif")
     assert not [r for r in caplog.records if r.name == "tifffile"]  # our error says it, once
+
+
+def test_nan_padding_becomes_the_frame_median_with_one_warning(tmp_path, caplog):
+    data = stack(np.random.default_rng(8), (3, 20, 24)).astype(np.float32)
+    data[1:, :4, :] = np.nan  # alignment padding in frames 1 and 2
+    data[2, -1, -1] = np.inf
+    np.save(tmp_path / "aligned.npy", data)
+    with caplog.at_level("WARNING", logger="dislotrack"), open_movie(tmp_path / "aligned.npy") as m:
+        frames = list(m)
+    assert all(np.isfinite(f).all() for f in frames)
+    np.testing.assert_array_equal(frames[0], data[0])
+    assert (frames[1][:4] == np.median(data[1, 4:])).all()
+    warned = [r.getMessage() for r in caplog.records if "NaN or infinite" in r.getMessage()]
+    assert warned == ["aligned.npy: frame 1 has 96 NaN or infinite pixels (e.g. padding from "
+                      "alignment), set to the frame's median; later frames likewise"]
+
+
+def test_an_hdf5_file_that_only_looks_like_hyperspy_is_read_plainly(tmp_path):
+    import h5py
+
+    data = stack(np.random.default_rng(9), (2, 20, 24))
+    with h5py.File(tmp_path / "fake.h5", "w") as f:
+        f["Experiments/foo/data"] = data  # no HyperSpy metadata
+    with open_movie(tmp_path / "fake.h5") as movie:
+        assert movie.shape == (2, 20, 24) and movie.metadata["format"] == "HDF5"
+        np.testing.assert_array_equal(movie[1], data[1])
+        assert "not a valid HyperSpy file" in " ".join(movie.metadata["notes"])
+
+
+def test_a_unitless_scale_is_named_when_no_pixel_size_can_be_found():
+    from dislotrack.infer.pipeline import calibrate
+
+    with open_movie(real("atomap/test_ADF_cropped.hdf5")) as movie, pytest.raises(
+            ValueError, match=r"no usable pixel size in the file \(x axis: .*0\.00932\d* has no "
+                              r"unit.*pass --pixel-size NM"):
+        calibrate(movie, pixel_size_nm=None, frame_interval_s=None, d_spacing_nm=0.473)
