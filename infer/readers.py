@@ -550,14 +550,20 @@ def _is_image_signal(sig: dict) -> bool:
 
 def _choose_signal(images: list[dict], signal: int | str | None, path: Path) -> dict:
     titles = [str(s.get("metadata", {}).get("General", {}).get("title")) for s in images]
+    return images[_pick(titles, signal, path, what="image")]
+
+
+def _pick(names: list[str], signal: int | str | None, path: Path, *, what: str) -> int:
+    """Index of the item ``signal`` numbers or names (case and slashes aside); 0 if None."""
     if signal is None:
-        return images[0]
-    if isinstance(signal, int) and -len(images) <= signal < len(images):
-        return images[signal]
-    matches = [s for s, t in zip(images, titles, strict=True) if t.lower() == str(signal).lower()]
-    if not matches:
-        raise ValueError(f"{path} has no image {signal!r}; its images are {titles}")
-    return matches[0]
+        return 0
+    if isinstance(signal, int) and -len(names) <= signal < len(names):
+        return signal % len(names)
+    key = str(signal).strip("/").lower()
+    for i, name in enumerate(names):
+        if name.strip("/").lower() == key:
+            return i
+    raise ValueError(f"{path} has no {what} {signal!r}; its {what}s are {names}")
 
 
 def _close_rsciio(data: object) -> None:
@@ -708,15 +714,7 @@ def _choose_dataset(found: list[tuple[str, object]], signal: int | str | None,
     if not found:
         raise ValueError(f"{path} holds no (y, x) image or (t, y, x) stack of at least "
                          f"{_MIN_IMAGE_SIDE} px")
-    if signal is None:
-        return found[0]
-    if isinstance(signal, int) and -len(found) <= signal < len(found):
-        return found[signal]
-    match = [f for f in found if f[0].strip("/").lower() == str(signal).strip("/").lower()]
-    if not match:
-        raise ValueError(f"{path} has no image dataset {signal!r}; its image datasets are "
-                         f"{[n for n, _ in found]}")
-    return match[0]
+    return found[_pick([n for n, _ in found], signal, path, what="image dataset")]
 
 
 # --- folders of frames ---------------------------------------------------------------------
