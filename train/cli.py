@@ -39,18 +39,24 @@ def resolve_configs(argv: Sequence[str]) -> list[str]:
     """``--config X`` where X is not a file but names a bundled config (``cpu`` or
     ``train/configs/cpu.yaml`` outside the repository) -> that config's installed path."""
     out = list(argv)
-    for i, arg in enumerate(out):
-        key, eq, value = arg.partition("=")
-        if key != "--config" or (not eq and i + 1 >= len(out)):
-            continue
-        value = value if eq else out[i + 1]
+    for i, value in _option_values(out, "--config"):
         bundled = Path(config_path(Path(value).stem))
         if not Path(value).exists() and bundled.is_file():
-            if eq:
-                out[i] = f"--config={bundled}"
-            else:
-                out[i + 1] = str(bundled)
+            out[i] = f"--config={bundled}" if out[i].startswith("--config=") else str(bundled)
     return out
+
+
+def _option_values(argv: Sequence[str], option: str) -> list[tuple[int, str]]:
+    """(index of the value, value) of each ``option VALUE`` or ``option=VALUE`` in ``argv``
+    (for ``option=VALUE`` the index is that argument's)."""
+    found = []
+    for i, arg in enumerate(argv):
+        key, eq, value = arg.partition("=")
+        if key == option and eq:
+            found.append((i, value))
+        elif key == option and i + 1 < len(argv):
+            found.append((i + 1, argv[i + 1]))
+    return found
 
 
 #: Values that jsonargparse reads as None.
@@ -73,11 +79,7 @@ def check_root_argument(argv: Sequence[str]) -> None:
     TrainConfigError
         If the root is ``null``, ``None``, ``~`` or empty.
     """
-    for i, arg in enumerate(argv):
-        key, eq, value = arg.partition("=")
-        if key != "--trainer.default_root_dir" or (not eq and i + 1 >= len(argv)):
-            continue
-        value = value if eq else argv[i + 1]
+    for _, value in _option_values(argv, "--trainer.default_root_dir"):
         if value.strip().lower() in _NULLS:
             raise TrainConfigError(f"--trainer.default_root_dir {value or repr(value)}: give a "
                                    "folder; logs, checkpoints and the export go under it")
