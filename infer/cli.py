@@ -100,7 +100,7 @@ def _run_infer(args: argparse.Namespace) -> int:
     if args.parquet and importlib.util.find_spec("pyarrow") is None:  # before, not after, analysing
         raise ImportError('--parquet needs pyarrow: pip install "dislotrack[parquet]" (or pyarrow)')
     from dislotrack.data_gen.annotations import mask_sidecar
-    from dislotrack.infer.pipeline import check_detector_options, check_linking_options
+    from dislotrack.infer.options import check_detector_options, check_linking_options
     from dislotrack.infer.predict import pick_device
     from dislotrack.infer.run import infer_one, output_dir
 

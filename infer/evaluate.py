@@ -14,7 +14,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from dislotrack.data_gen.annotations import find_annotations, read_annotation
-from dislotrack.infer.outputs import velocities_in_nm_s
+from dislotrack.infer.columns import velocities_in_nm_s
 from dislotrack.models.metrics import MATCH_RADIUS_NM, DetectionTally, mask_iou, match_cores
 
 MIN_TRACK_FRAMES = 10

@@ -11,66 +11,16 @@ import numpy as np
 import pandas as pd
 import tifffile
 
+from dislotrack.infer.columns import (
+    PER_FRAME,
+    PER_SECOND,
+    SCHEMA_VERSION,
+    TABLES,
+    velocity_columns_as_written,
+)
+
 if TYPE_CHECKING:  # the pipeline imports torch; evaluate reads outputs without it
     from dislotrack.infer.pipeline import AnalysisResult
-
-SCHEMA_VERSION = 1
-TABLES = ("detections", "tracks", "track_summary", "events", "counts", "drift")
-#: Velocity columns of track_summary are ``*_nm_s``; without a frame interval they hold
-#: nm per frame and are named ``*_nm_per_frame`` (DESIGN.md: units in the names), in the
-#: table `analyze` returns as in the CSV.
-PER_SECOND, PER_FRAME = "_nm_s", "_nm_per_frame"
-
-
-def velocity_columns_as_written(table: pd.DataFrame, frame_interval_s: float | None) -> pd.DataFrame:
-    """``table`` with its ``*_nm_s`` columns renamed ``*_nm_per_frame`` when the frame
-    interval is unknown (their values are then per frame).
-
-    Parameters
-    ----------
-    table : DataFrame
-        A track summary with ``*_nm_s`` columns (`dislotrack.infer.events.summarise_tracks`);
-        one already renamed is returned as it is.
-    frame_interval_s : float or None
-        The calibration's frame interval [s].
-
-    Returns
-    -------
-    DataFrame
-        ``table`` itself when the interval is known, else a renamed copy.
-    """
-    if frame_interval_s:
-        return table
-    return table.rename(columns={c: c[: -len(PER_SECOND)] + PER_FRAME
-                                 for c in table.columns if c.endswith(PER_SECOND)})
-
-
-def velocities_in_nm_s(table: pd.DataFrame, frame_interval_s: float | None) -> pd.DataFrame | None:
-    """A written track_summary with ``*_nm_s`` columns.
-
-    Parameters
-    ----------
-    table : DataFrame
-        ``track_summary.csv`` as read.
-    frame_interval_s : float or None
-        The frame interval [s] to convert ``*_nm_per_frame`` columns with.
-
-    Returns
-    -------
-    DataFrame or None
-        ``table`` itself if it is in nm/s; a converted copy; None if it is per frame
-        and ``frame_interval_s`` is unknown.
-    """
-    per_frame = [c for c in table.columns if c.endswith(PER_FRAME)]
-    if not per_frame:
-        return table
-    if not frame_interval_s:
-        return None
-    out = table.copy()
-    for c in per_frame:
-        out[c[: -len(PER_FRAME)] + PER_SECOND] = out.pop(c) / frame_interval_s
-    return out
-
 
 def _version() -> str:
     try:

@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from dislotrack.data_gen.conventions import D003_LINIO2_NM
 from dislotrack.infer.calibration import NO_INTERVAL_NOTE, Calibration, resolve_calibration
+from dislotrack.infer.columns import DETECTION_COLUMNS, TRACK_COLUMNS, velocity_columns_as_written
 from dislotrack.infer.detectors import CORE_COLUMNS, GPADetector, NetworkDetector
 from dislotrack.infer.drift import apply_drift, measure_drift
 from dislotrack.infer.events import (
@@ -52,7 +53,13 @@ from dislotrack.infer.linking import (
     search_range_px,
 )
 from dislotrack.infer.motion import track_motion
-from dislotrack.infer.outputs import velocity_columns_as_written
+from dislotrack.infer.options import (
+    DEFAULT_MIN_LENGTH,
+    DEFAULT_WEAK_FRACTION,
+    analysis_options,
+    check_detector_options,
+    check_linking_options,
+)
 from dislotrack.infer.predict import pick_device
 from dislotrack.infer.preprocess import scale_factor, to_canonical
 from dislotrack.infer.readers import NON_SQUARE_NOTE, Movie, open_movie
@@ -68,14 +75,8 @@ MIN_SIDE_FOR_LATTICE_PX = 128
 #: Fringes of fewer pixels per period are not resolved (Nyquist: 2, plus margin).
 MIN_FRINGE_PERIOD_PX = 2.5
 
-#: Default shortest track [detections] (``min_length``, ``--min-length``).
-DEFAULT_MIN_LENGTH = 6
-
 #: Frames whose summed power spectrum gives the lattice (`measure_lattice`).
 LATTICE_FRAMES = 8
-
-DETECTION_COLUMNS = ["frame", "x", "y", "x_nm", "y_nm", "score", "hx", "hy", "bx_nm", "by_nm"]
-TRACK_COLUMNS = [*DETECTION_COLUMNS, "particle", "t_s", "glide_nm", "climb_nm"]
 
 
 @dataclass
@@ -188,88 +189,6 @@ def calibrate(movie: Movie, *, pixel_size_nm: float | None, frame_interval_s: fl
             "show and any detection is spurious; atomic-resolution images are needed "
             "(or pass the right --pixel-size)")))
     return cal
-
-
-def check_linking_options(*, max_speed_nm_s: float, memory: int, min_length: int,
-                          max_gap: int) -> None:
-    """Refuse impossible analysis options before any frame is read.
-
-    Raises
-    ------
-    ValueError
-        Naming the option (and its ``dislotrack infer`` flag).
-    """
-    checks = [("max_speed_nm_s (--max-speed)", max_speed_nm_s, "a positive speed [nm/s]", max_speed_nm_s > 0),
-              ("memory (--memory)", memory, "a number of frames >= 0", memory >= 0),
-              ("min_length (--min-length)", min_length, "a number of frames >= 1", min_length >= 1),
-              ("max_gap (--max-gap)", max_gap, "a number of frames >= 0 (0: none)", max_gap >= 0)]
-    for name, value, what, ok in checks:
-        if not (ok and np.isfinite(value)):
-            raise ValueError(f"{name} must be {what}, got {value}")
-
-
-def analysis_options(**options: Any) -> dict[str, Any]:
-    """``options`` as plain JSON values: numpy scalars as Python numbers, paths as text.
-
-    Parameters
-    ----------
-    **options
-        Option names and values (`analyze` keyword arguments, ``device_used``).
-
-    Returns
-    -------
-    dict
-        The same keys, values that strict JSON takes (non-finite numbers and other
-        objects, e.g. paths and torch devices, as text).
-    """
-    def plain(v: Any) -> Any:
-        v = v.item() if isinstance(v, np.generic) else v
-        if isinstance(v, float) and not np.isfinite(v):
-            return str(v)  # strict JSON has no inf / nan
-        # Paths, torch devices, ...: as text.
-        return v if v is None or isinstance(v, (bool, int, float, str)) else str(v)
-
-    return {k: plain(v) for k, v in options.items()}
-
-
-#: Options of `analyze` that set the U-Net only, with their ``dislotrack infer`` flags.
-UNET_ONLY_OPTIONS = {"model": "--model", "threshold": "--threshold", "tta": "--tta",
-                     "weak_fraction": "--weak-fraction"}
-
-#: Default of ``weak_fraction`` (``--weak-fraction``): weak peaks from half the threshold.
-DEFAULT_WEAK_FRACTION = 0.5
-
-
-def check_detector_options(detector: str, *, model: str | Path | None = None,
-                           threshold: float | None = None, tta: bool = False,
-                           weak_fraction: float = DEFAULT_WEAK_FRACTION) -> None:
-    """Refuse an unknown detector, and U-Net options given to another detector.
-
-    Parameters
-    ----------
-    detector : str
-        ``"unet"`` or ``"gpa"``.
-    model, threshold, tta, weak_fraction
-        As given to `analyze` (None / False / `DEFAULT_WEAK_FRACTION`: not given).
-
-    Raises
-    ------
-    ValueError
-        Naming the detector and each option (and its ``dislotrack infer`` flag) it
-        would silently ignore.
-    """
-    if detector not in ("unet", "gpa"):
-        raise ValueError(f"detector (--detector) must be 'unet' or 'gpa', got {detector!r}")
-    if detector == "unet":
-        return
-    given = {"model": model is not None, "threshold": threshold is not None, "tta": bool(tta),
-             "weak_fraction": weak_fraction != DEFAULT_WEAK_FRACTION}
-    unused = [f"{name} ({UNET_ONLY_OPTIONS[name]})" for name, is_set in given.items() if is_set]
-    if unused:
-        raise ValueError(f"the {detector} detector (--detector {detector}) does not use "
-                         f"{' or '.join(unused)}: {'it sets' if len(unused) == 1 else 'they set'} "
-                         "the U-Net only (--detector unet); leave "
-                         f"{'it' if len(unused) == 1 else 'them'} out")
 
 
 @contextlib.contextmanager
@@ -523,7 +442,7 @@ def track_detections(detections: pd.DataFrame, *, pixel_size_nm: float,
     baseline, another detector, hand annotations or a generator's truth) are analysed
     exactly as `analyze` analyses its own. ``track_summary``'s velocity columns are
     ``*_nm_s``, or ``*_nm_per_frame`` when ``frame_interval_s`` is None (as written to
-    track_summary.csv; `dislotrack.infer.outputs.velocities_in_nm_s` converts them).
+    track_summary.csv; `dislotrack.infer.columns.velocities_in_nm_s` converts them).
 
     Parameters
     ----------

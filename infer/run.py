@@ -8,7 +8,8 @@ from pathlib import Path
 
 from dislotrack.infer import figures
 from dislotrack.infer.calibration import Calibration
-from dislotrack.infer.outputs import TABLES, MaskWriter, write_tables
+from dislotrack.infer.columns import TABLES
+from dislotrack.infer.outputs import MaskWriter, write_tables
 from dislotrack.infer.pipeline import AnalysisResult, analyze, calibrate
 from dislotrack.infer.readers import open_movie
 from dislotrack.infer.strain import COMPONENTS as STRAIN_COMPONENTS

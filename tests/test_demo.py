@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
+from dislotrack.infer.columns import TABLES
 from dislotrack.infer.demo import run_demo
-from dislotrack.infer.outputs import TABLES
 
 
 @pytest.mark.slow

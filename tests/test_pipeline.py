@@ -14,7 +14,7 @@ from dislotrack.data_gen.movie import make_movie
 from dislotrack.data_gen.sample import GeneratorConfig
 from dislotrack.infer import run
 from dislotrack.infer.cli import main
-from dislotrack.infer.outputs import TABLES
+from dislotrack.infer.columns import TABLES
 from dislotrack.infer.pipeline import analyze
 from dislotrack.infer.preprocess import canonical_to_input, input_to_canonical, to_canonical
 from dislotrack.models.io import save_model
@@ -158,7 +158,7 @@ def test_missing_calibration_is_reported_not_guessed(tiny_model, tmp_path, capsy
 
 
 def test_per_frame_velocities_convert_back_with_a_frame_interval():
-    from dislotrack.infer.outputs import velocities_in_nm_s, velocity_columns_as_written
+    from dislotrack.infer.columns import velocities_in_nm_s, velocity_columns_as_written
 
     table = pd.DataFrame({"particle": [0], "glide_velocity_nm_s": [0.6], "glide_velocity_se_nm_s": [0.1]})
     written = velocity_columns_as_written(table, None)
@@ -519,7 +519,8 @@ def test_max_speed_without_a_frame_interval_is_reported_as_ignored(tiny_model, t
 
 
 def test_a_min_length_longer_than_the_movie_is_reported_when_set():
-    from dislotrack.infer.pipeline import DEFAULT_MIN_LENGTH, collected_warnings, track_detections
+    from dislotrack.infer.options import DEFAULT_MIN_LENGTH
+    from dislotrack.infer.pipeline import collected_warnings, track_detections
 
     det = pd.DataFrame({"frame": 0, "x": [20.0, 50.0], "y": 40.0, "score": 0.9, "hx": 0.0, "hy": -1.0})
     three = pd.concat([det.assign(frame=f) for f in range(3)], ignore_index=True)
@@ -624,8 +625,9 @@ def test_summary_json_records_the_analysis_options(tiny_model, tmp_path):
 
 
 def test_returned_track_summary_names_per_frame_velocities_as_the_csv_does(tiny_model, tmp_path):
+    from dislotrack.infer.columns import velocities_in_nm_s
     from dislotrack.infer.evaluate import tracking_scores
-    from dislotrack.infer.outputs import summary_dict, velocities_in_nm_s
+    from dislotrack.infer.outputs import summary_dict
     from dislotrack.infer.pipeline import track_detections
 
     movie = tmp_path / "m.tif"
