@@ -85,8 +85,13 @@ def _add_infer(sub: argparse._SubParsersAction) -> None:
                         "Burgers vectors (default: snap each track's h to the lattice's)")
     p.add_argument("--detector", choices=["unet", "gpa"], default="unet",
                    help="the network (default) or the classical GPA phase-singularity baseline")
-    p.add_argument("--tta", action="store_true",
-                   help="average the network over 8 flips/transposes per frame (8x slower)")
+    from dislotrack.infer.options import TTA_VIEWS
+
+    p.add_argument("--tta", nargs="?", type=int, const=8, default=1, choices=TTA_VIEWS, metavar="N",
+                   help="test-time augmentation: average the network over N views of each frame "
+                   "(2: the frame and its 180° turn; 4: the quarter turns; 8, or --tta alone: all "
+                   "flips and transposes), N times the network's time; 2 removes most false cores "
+                   "on real perfect lattices (README: Detection accuracy)")
     p.add_argument("--strain", action="store_true",
                    help="also write GPA strain maps (TIFF stacks) and a strain figure")
     p.add_argument("--no-movie", action="store_true", help="skip the overlay MP4")

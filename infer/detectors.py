@@ -44,7 +44,7 @@ class NetworkDetector:
     name = "unet"
 
     def __init__(self, net, *, device: torch.device, threshold: float, scale: float,
-                 d_spacing_nm: float, tta: bool = False) -> None:
+                 d_spacing_nm: float, tta: bool | int = False) -> None:
         self.net, self.device, self.threshold = net, device, threshold
         self.scale, self.d_spacing, self.tta = scale, d_spacing_nm, tta
 

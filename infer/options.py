@@ -63,7 +63,7 @@ DEFAULT_WEAK_FRACTION = 0.5
 
 
 def check_detector_options(detector: str, *, model: str | Path | None = None,
-                           threshold: float | None = None, tta: bool = False,
+                           threshold: float | None = None, tta: bool | int = False,
                            weak_fraction: float = DEFAULT_WEAK_FRACTION) -> None:
     """Refuse an unknown detector, and U-Net options given to another detector.
 
@@ -82,9 +82,10 @@ def check_detector_options(detector: str, *, model: str | Path | None = None,
     """
     if detector not in ("unet", "gpa"):
         raise ValueError(f"detector (--detector) must be 'unet' or 'gpa', got {detector!r}")
+    views = tta_views(tta)  # a bad value: refused here, before any frame is read
     if detector == "unet":
         return
-    given = {"model": model is not None, "threshold": threshold is not None, "tta": bool(tta),
+    given = {"model": model is not None, "threshold": threshold is not None, "tta": views > 1,
              "weak_fraction": weak_fraction != DEFAULT_WEAK_FRACTION}
     unused = [f"{name} ({UNET_ONLY_OPTIONS[name]})" for name, is_set in given.items() if is_set]
     if unused:
@@ -92,3 +93,32 @@ def check_detector_options(detector: str, *, model: str | Path | None = None,
                          f"{' or '.join(unused)}: {'it sets' if len(unused) == 1 else 'they set'} "
                          "the U-Net only (--detector unet); leave "
                          f"{'it' if len(unused) == 1 else 'them'} out")
+
+
+#: The view counts of test-time augmentation (`tta_views`).
+TTA_VIEWS = (1, 2, 4, 8)
+
+
+def tta_views(tta: bool | int) -> int:
+    """The number of views test-time augmentation averages.
+
+    Parameters
+    ----------
+    tta : bool or int
+        False or 1: none; True or 8: the 8 flips and transposes; 2: identity and the 180°
+        turn; 4: the four quarter turns.
+
+    Returns
+    -------
+    int
+        1, 2, 4 or 8.
+
+    Raises
+    ------
+    ValueError
+        For any other value.
+    """
+    views = (8 if tta else 1) if isinstance(tta, (bool, np.bool_)) else tta
+    if views not in TTA_VIEWS:
+        raise ValueError(f"tta (--tta) must be one of 1, 2, 4, 8 (views averaged), got {tta!r}")
+    return int(views)

@@ -59,6 +59,7 @@ from dislotrack.infer.options import (
     analysis_options,
     check_detector_options,
     check_linking_options,
+    tta_views,
 )
 from dislotrack.infer.predict import pick_device
 from dislotrack.infer.preprocess import scale_factor, to_canonical
@@ -244,7 +245,7 @@ def analyze(path: str | Path, *, model: str | Path | None = None, pixel_size_nm:
             max_speed_nm_s: float = DEFAULT_MAX_SPEED_NM_S, memory: int = 5,
             min_length: int = DEFAULT_MIN_LENGTH, max_gap: int = 12, min_track_score: float = 0.0,
             weak_fraction: float = DEFAULT_WEAK_FRACTION, border_nm: float = 2.0, detector: str = "unet",
-            tta: bool = False, lattice_h: bool = True, signal: int | str | None = None,
+            tta: int | bool = 1, lattice_h: bool = True, signal: int | str | None = None,
             mask_sink: Callable[[int, np.ndarray], None] | None = None,
             frame_sink: Callable[[int, np.ndarray, pd.DataFrame], None] | None = None,
             progress: bool = True) -> AnalysisResult:
@@ -291,8 +292,11 @@ def analyze(path: str | Path, *, model: str | Path | None = None, pixel_size_nm:
     detector : {"unet", "gpa"}
         The network, or the classical geometric-phase baseline (which refuses
         ``model``, ``threshold`` and ``tta``: `check_detector_options`).
-    tta : bool
-        Average the network over the 8 flips and transposes of each frame (8x slower).
+    tta : int or bool
+        Test-time augmentation: average the network over this many views of each frame
+        (`dislotrack.infer.options.tta_views`: 1 or False, none; 2, the frame and its 180°
+        turn; 4, the quarter turns; 8 or True, all flips and transposes), as many times
+        slower.
     lattice_h : bool
         Where the first frames show an in-layer reflection besides (003), set each
         track's **h** and **b** to those of the nearest Burgers vector the lattice
@@ -409,7 +413,7 @@ def analyze(path: str | Path, *, model: str | Path | None = None, pixel_size_nm:
     # As `analyze` takes them (the threshold as used), so a result can be reproduced; the
     # calibration overrides are None where the file's (or the estimate) was used.
     res.options = analysis_options(
-        detector=detector, model=model, threshold=thr if unet else None, tta=tta,
+        detector=detector, model=model, threshold=thr if unet else None, tta=tta_views(tta),
         weak_fraction=weak_fraction if unet else None, max_speed_nm_s=max_speed_nm_s,
         memory=memory, min_length=min_length, max_gap=max_gap, min_track_score=min_track_score,
         border_nm=border_nm, d_spacing_nm=d_spacing_nm, lattice_h=snap_asked,

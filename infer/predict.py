@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from dislotrack.infer.options import tta_views
 from dislotrack.models.normalise import normalise_image
 from dislotrack.models.unet import HVEC_CH, N_OUT, UNet, required_multiple
 
@@ -69,41 +70,47 @@ def _starts(n: int, tile: int, step: int) -> list[int]:
     return sorted(set(s))
 
 
-def dihedral_forward(model: UNet, x: torch.Tensor) -> torch.Tensor:
-    """Test-time augmentation: the mean output over the 8 flips and transposes of ``x``.
+#: The views of test-time augmentation as (transpose, flip x, flip y), ordered so that the
+#: first 2 (identity, 180° turn) and the first 4 (the quarter turns) are groups, like all 8.
+DIHEDRAL_VIEWS = ((False, False, False), (False, True, True), (True, True, False),
+                  (True, False, True), (False, True, False), (False, False, True),
+                  (True, False, False), (True, True, True))
+def dihedral_forward(model: UNet, x: torch.Tensor, views: int = 8) -> torch.Tensor:
+    """Test-time augmentation: the mean output over the first ``views`` of
+    `DIHEDRAL_VIEWS` (flips and transposes) of ``x``.
 
     Each output is mapped back to the input's frame, the **h** channels included
     (a flip negates the flipped component, a transpose swaps them).
     """
+    n = tta_views(views)
     hx, hy = HVEC_CH.start, HVEC_CH.start + 1
     acc = torch.zeros((), device=x.device)
-    for transpose in (False, True):
-        for flip_x in (False, True):
-            for flip_y in (False, True):
-                z = x.transpose(-1, -2) if transpose else x
-                dims = [d for d, f in ((-1, flip_x), (-2, flip_y)) if f]
-                y = model(torch.flip(z, dims) if dims else z).float()
-                y = torch.flip(y, dims) if dims else y
-                sign = torch.ones(y.shape[1], device=y.device)
-                sign[hx], sign[hy] = (-1.0 if flip_x else 1.0), (-1.0 if flip_y else 1.0)
-                y = y * sign[None, :, None, None]
-                if transpose:
-                    perm = list(range(y.shape[1]))
-                    perm[hx], perm[hy] = hy, hx
-                    y = y.transpose(-1, -2)[:, perm]
-                acc = acc + y
-    return acc / 8
+    for transpose, flip_x, flip_y in DIHEDRAL_VIEWS[:n]:
+        z = x.transpose(-1, -2) if transpose else x
+        dims = [d for d, f in ((-1, flip_x), (-2, flip_y)) if f]
+        y = model(torch.flip(z, dims) if dims else z).float()
+        y = torch.flip(y, dims) if dims else y
+        sign = torch.ones(y.shape[1], device=y.device)
+        sign[hx], sign[hy] = (-1.0 if flip_x else 1.0), (-1.0 if flip_y else 1.0)
+        y = y * sign[None, :, None, None]
+        if transpose:
+            perm = list(range(y.shape[1]))
+            perm[hx], perm[hy] = hy, hx
+            y = y.transpose(-1, -2)[:, perm]
+        acc = acc + y
+    return acc / n
 
 
 def predict_logits(model: UNet, frames: np.ndarray, *, device: torch.device, tile: int = 512,
-                   overlap: int = 32, tta: bool = False) -> np.ndarray:
+                   overlap: int = 32, tta: bool | int = False) -> np.ndarray:
     """Network outputs (B, 4, H, W) for a batch of canonical frames (B, H, W).
 
     Frames are normalised one by one, reflect-padded to a multiple of the network's
     stride and, when larger than ``tile``, processed in overlapping tiles that are
-    blended with linear ramps. ``tta`` averages the 8 flips and transposes
-    (`dihedral_forward`; 8x the time).
+    blended with linear ramps. ``tta`` averages that many views
+    (`tta_views`, `dihedral_forward`; as many times the time).
     """
+    views = tta_views(tta)
     frames = np.stack([normalise_image(f) for f in frames]).astype(np.float32)
     b, h, w = frames.shape
     m = required_multiple(model.config)
@@ -122,7 +129,7 @@ def predict_logits(model: UNet, frames: np.ndarray, *, device: torch.device, til
             for x0 in _starts(pw, tw, tw - ov):
                 x = torch.from_numpy(padded[:, None, y0:y0 + th, x0:x0 + tw].copy()).to(device)
                 x = x.contiguous(memory_format=torch.channels_last)
-                y = (dihedral_forward(model, x) if tta else model(x).float()).cpu().numpy()
+                y = (dihedral_forward(model, x, views) if views > 1 else model(x).float()).cpu().numpy()
                 out[:, :, y0:y0 + th, x0:x0 + tw] += y * win
                 weight[y0:y0 + th, x0:x0 + tw] += win
     return (out / weight)[:, :, :h, :w]

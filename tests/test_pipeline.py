@@ -150,6 +150,7 @@ def test_missing_calibration_is_reported_not_guessed(tiny_model, tmp_path, capsy
     assert summary["calibration"]["pixel_size_source"] == "user"
     assert summary["calibration"]["frame_interval_s"] is None
     assert summary["velocities"]["unit"] == "nm/frame"
+    assert summary["options"]["tta"] == 8  # --tta alone: all flips and transposes
     assert any("frame interval" in w for w in summary["warnings"])
     # The unit is in the column names (DESIGN.md), so per-frame velocities say so.
     header = pd.read_csv(tmp_path / "o" / "noise" / "track_summary.csv", nrows=0).columns
@@ -478,6 +479,7 @@ def test_impossible_analysis_options_are_refused_by_name(tiny_model, tmp_path, c
 
 @pytest.mark.parametrize(("extra", "named"), [
     (["--tta"], ["tta (--tta)"]),
+    (["--tta", "2"], ["tta (--tta)"]),
     (["--threshold", "0.3"], ["threshold (--threshold)"]),
     (["--model", "default", "--tta"], ["model (--model)", "tta (--tta)"]),
     (["--weak-fraction", "0.3"], ["weak_fraction (--weak-fraction)"]),
@@ -502,6 +504,18 @@ def test_unet_options_with_the_gpa_detector_are_refused_by_name(tmp_path, capsys
         analyze(movies[0], detector="gpa", progress=False, **kwargs)
     with pytest.raises(ValueError, match=r"detector \(--detector\) must be 'unet' or 'gpa'"):
         analyze(movies[0], detector="GPA", progress=False)
+    with pytest.raises(ValueError, match=r"tta \(--tta\) must be one of 1, 2, 4, 8"):
+        analyze(movies[0], tta=3, progress=False)  # before the model is loaded
+
+
+def test_tta_takes_a_number_of_views(capsys):
+    from dislotrack.infer.cli import build_parser
+
+    parse = lambda *a: build_parser().parse_args(["infer", "m.tif", "--out", "o", *a]).tta  # noqa: E731
+    assert (parse(), parse("--tta"), parse("--tta", "2"), parse("--tta", "4")) == (1, 8, 2, 4)
+    with pytest.raises(SystemExit):
+        parse("--tta", "3")
+    assert "argument --tta: invalid choice: 3 (choose from 1, 2, 4, 8)" in capsys.readouterr().err
 
 
 def test_max_speed_without_a_frame_interval_is_reported_as_ignored(tiny_model, tmp_path):
@@ -606,7 +620,7 @@ def test_summary_json_records_the_analysis_options(tiny_model, tmp_path):
     summary = json.loads((tmp_path / "o" / "m" / "summary.json").read_text())
     assert summary["options"] == {
         "detector": "unet", "model": str(tiny_model), "threshold": 0.5,  # the card's default
-        "tta": False, "weak_fraction": 0.5, "max_speed_nm_s": 0.4, "memory": 3, "min_length": 2,
+        "tta": 1, "weak_fraction": 0.5, "max_speed_nm_s": 0.4, "memory": 3, "min_length": 2,
         "max_gap": 0, "min_track_score": 0.0, "border_nm": 2.0, "d_spacing_nm": 0.47,
         "lattice_h": False, "pixel_size_nm": None, "frame_interval_s": 0.5, "signal": None,
         "device": "cpu", "device_used": "cpu"}

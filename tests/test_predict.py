@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
-from dislotrack.infer.predict import dihedral_forward, predict_logits
+from dislotrack.infer.options import tta_views
+from dislotrack.infer.predict import DIHEDRAL_VIEWS, dihedral_forward, predict_logits
 from dislotrack.models.unet import UNetConfig
 
 
@@ -21,10 +23,49 @@ class GradientModel(torch.nn.Module):
         return torch.cat([x, dx, dy, x**2], dim=1)
 
 
-def test_test_time_augmentation_maps_vectors_back_to_the_input_frame():
+@pytest.mark.parametrize("views", [2, 4, 8])
+def test_test_time_augmentation_maps_vectors_back_to_the_input_frame(views):
     x = torch.from_numpy(np.random.default_rng(0).normal(size=(2, 1, 16, 24)).astype(np.float32))
     model = GradientModel()
-    assert torch.allclose(dihedral_forward(model, x), model(x), atol=1e-6)
+    assert torch.allclose(dihedral_forward(model, x, views), model(x), atol=1e-6)
+
+
+def _view(a: np.ndarray, transpose: bool, flip_x: bool, flip_y: bool) -> np.ndarray:
+    a = a.T if transpose else a
+    return a[::-1 if flip_y else 1, ::-1 if flip_x else 1]
+
+
+@pytest.mark.parametrize("views", [2, 4, 8])
+def test_the_first_2_4_and_8_views_are_groups(views):
+    """Closed under composition: averaging them makes the result as symmetric as they are."""
+    square = np.arange(16).reshape(4, 4)
+    seen = {_view(square, *v).tobytes() for v in DIHEDRAL_VIEWS[:views]}
+    assert len(seen) == views
+    for v in DIHEDRAL_VIEWS[:views]:
+        for w in DIHEDRAL_VIEWS[:views]:
+            assert _view(_view(square, *v), *w).tobytes() in seen
+
+
+def test_fewer_views_average_only_their_turns():
+    class RollDiagonally(GradientModel):
+        def forward(self, x):  # not equivariant: every view shifts its own image down-right
+            out = super().forward(x)
+            out[:, 0] = torch.roll(x[:, 0], (1, 1), dims=(-2, -1))
+            return out
+
+    x = torch.from_numpy(np.random.default_rng(2).normal(size=(1, 1, 8, 8)).astype(np.float32))
+    r = lambda dy, dx: torch.roll(x[:, 0], (dy, dx), dims=(-2, -1))  # noqa: E731
+    two = dihedral_forward(RollDiagonally(), x, 2)[:, 0]  # the 180° turn: up-left (a flip: not)
+    assert torch.allclose(two, (r(1, 1) + r(-1, -1)) / 2, atol=1e-6)
+    four = dihedral_forward(RollDiagonally(), x, 4)[:, 0]  # the quarter turns: all four diagonals
+    assert torch.allclose(four, (r(1, 1) + r(-1, -1) + r(1, -1) + r(-1, 1)) / 4, atol=1e-6)
+
+
+def test_tta_values():
+    assert [tta_views(v) for v in (False, True, 1, 2, 4, 8, np.True_, 2.0)] == [1, 8, 1, 2, 4, 8, 8, 2]
+    for bad in (3, 0, 16, "2", None):
+        with pytest.raises(ValueError, match="one of 1, 2, 4, 8"):
+            tta_views(bad)
 
 
 def test_test_time_augmentation_changes_a_model_that_is_not_equivariant():

@@ -2,7 +2,7 @@
 plus the false-core rate on perfect lattices (synthetic and real).
 
     python tests/benchmarks/bench_accuracy.py [--model STEM] [--n 20] [--size 256] \\
-        [--pixel-size 0.1] [--tta] [--no-gpa]
+        [--pixel-size 0.1] [--tta [N]] [--no-gpa]
 
 Test set: for each mode (HRTEM, STEM) and dose (50, 100, 500, 1000, 5000 e/A^2), ``n``
 images of ``size`` px at ``--pixel-size`` nm/px (default 0.1), drawn from
@@ -73,7 +73,7 @@ TWIN_DOSE = 1e7
 
 
 def net_detect(net, image: np.ndarray, threshold: float, *, pixel_size: float | None = None,
-               canonical: float | None = None, tta: bool = False):
+               canonical: float | None = None, tta: int = 1):
     """The network as infer runs it: resampled to its canonical pixel size, mapped back."""
     det = NetworkDetector(net, device=torch.device("cpu"), threshold=threshold, scale=1.0,
                           d_spacing_nm=D003_LINIO2_NM, tta=tta)
@@ -185,7 +185,7 @@ def false_cores_perfect(detector, n: int, size: int, pixel_size: float = 0.1) ->
 
 
 def false_cores_real(net, threshold: float, root: Path, canonical: float, *,
-                     tta: bool = False) -> pd.DataFrame:
+                     tta: int = 1) -> pd.DataFrame:
     """The network on real perfect lattices: false cores per 100 nm^2 per file."""
     from dislotrack.infer.preprocess import to_canonical
     from dislotrack.infer.readers import open_movie
@@ -224,7 +224,8 @@ def main() -> None:
                     help="pixel size of the test images [nm/px]; each model sees them resampled "
                     "to its canonical pixel size, as in infer")
     ap.add_argument("--no-gpa", action="store_true")
-    ap.add_argument("--tta", action="store_true", help="network with test-time augmentation")
+    ap.add_argument("--tta", nargs="?", type=int, const=8, default=1, choices=(1, 2, 4, 8),
+                    metavar="N", help="test-time augmentation over N views (as infer --tta)")
     ap.add_argument("--realdata", default=str(Path(__file__).resolve().parents[3] / "shared" / "realdata"))
     ap.add_argument("--json", default=None, help="also write the results here")
     ap.add_argument("--real-only", action="store_true",
@@ -264,7 +265,7 @@ def main() -> None:
     _write_json(args.json, out)
 
 
-def report_real(net, threshold: float, root: Path, canonical: float, tta: bool) -> list[dict]:
+def report_real(net, threshold: float, root: Path, canonical: float, tta: int) -> list[dict]:
     """Print the false-core check on real perfect lattices; its rows for the JSON."""
     real = false_cores_real(net, threshold, root, canonical, tta=tta)
     if len(real):

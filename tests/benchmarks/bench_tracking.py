@@ -1,6 +1,6 @@
 """Tracking accuracy and end-to-end speed of ``infer`` on fixed, seeded synthetic movies.
 
-    python tests/benchmarks/bench_tracking.py [--movies 20] [--frames 30] [--size 256] [--tta]
+    python tests/benchmarks/bench_tracking.py [--movies 20] [--frames 30] [--size 256] [--tta [N]]
     python tests/benchmarks/bench_tracking.py --speed-only --size 512
 
 Accuracy: ``--movies`` movies (half HRTEM, half STEM; doses cycling through 100, 300,
@@ -244,7 +244,8 @@ def main() -> None:
     ap.add_argument("--min-length", type=int, default=None, help="shortest track [frames]")
     ap.add_argument("--max-gap", type=int, default=None, help="gap closing [frames] (0 = none)")
     ap.add_argument("--threshold", type=float, default=None, help="decode threshold (default: the card's)")
-    ap.add_argument("--tta", action="store_true", help="test-time augmentation (8x network time)")
+    ap.add_argument("--tta", nargs="?", type=int, const=8, default=1, choices=(1, 2, 4, 8),
+                    metavar="N", help="test-time augmentation over N views (as infer --tta)")
     ap.add_argument("--min-track-score", type=float, default=None, help="drop tracks of lower mean score")
     ap.add_argument("--weak-fraction", type=float, default=None, help="track-end extension (1 = off)")
     ap.add_argument("--oracle", action="store_true", help="true cores instead of the detector")
@@ -265,7 +266,7 @@ def main() -> None:
                                   ("max_gap", args.max_gap), ("threshold", args.threshold),
                                   ("min_track_score", args.min_track_score),
                                   ("weak_fraction", args.weak_fraction))
-                if v is not None} | ({"tta": True} if args.tta else {})
+                if v is not None} | ({"tta": args.tta} if args.tta > 1 else {})
         oracle = None
         if args.oracle:
             oracle = {"noise_nm": args.oracle_noise, "true_drift": args.true_drift,
