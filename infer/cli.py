@@ -106,6 +106,7 @@ def _run_infer(args: argparse.Namespace) -> int:
         raise ImportError('--parquet needs pyarrow: pip install "dislotrack[parquet]" (or pyarrow)')
     from dislotrack.data_gen.annotations import mask_sidecar
     from dislotrack.infer.options import check_detector_options, check_linking_options
+    from dislotrack.infer.pipeline import AnalysisWarning
     from dislotrack.infer.predict import pick_device
     from dislotrack.infer.run import infer_one, output_dir
 
@@ -131,15 +132,17 @@ def _run_infer(args: argparse.Namespace) -> int:
     failed = 0
     for path in args.inputs:
         try:
-            res = infer_one(path, args.out, movie=not args.no_movie, parquet=args.parquet,
-                            strain=args.strain, detector=args.detector,
-                            model=args.model, pixel_size_nm=args.pixel_size,
-                            frame_interval_s=args.frame_interval, device=args.device,
-                            threshold=args.threshold, d_spacing_nm=args.d_spacing,
-                            max_speed_nm_s=args.max_speed, memory=args.memory,
-                            weak_fraction=args.weak_fraction, lattice_h=not args.network_h,
-                            min_length=args.min_length, max_gap=args.max_gap, tta=args.tta,
-                            signal=args.signal)
+            with warnings.catch_warnings():  # printed below, after the input's result line
+                warnings.simplefilter("ignore", AnalysisWarning)
+                res = infer_one(path, args.out, movie=not args.no_movie, parquet=args.parquet,
+                                strain=args.strain, detector=args.detector,
+                                model=args.model, pixel_size_nm=args.pixel_size,
+                                frame_interval_s=args.frame_interval, device=args.device,
+                                threshold=args.threshold, d_spacing_nm=args.d_spacing,
+                                max_speed_nm_s=args.max_speed, memory=args.memory,
+                                weak_fraction=args.weak_fraction, lattice_h=not args.network_h,
+                                min_length=args.min_length, max_gap=args.max_gap, tta=args.tta,
+                                signal=args.signal)
         except USER_ERRORS as err:  # one unreadable movie does not stop the others
             if len(args.inputs) == 1 or os.environ.get("DISLOTRACK_DEBUG"):
                 raise
@@ -151,7 +154,7 @@ def _run_infer(args: argparse.Namespace) -> int:
         print(f"{path}: {len(res.detections)} detections, {len(s)} tracks, "
               f"{len(res.events)} events")
         for w in res.warnings:
-            print(f"  warning: {w}")
+            print(f"  warning: {w}", file=sys.stderr)
     if failed and len(args.inputs) > 1:
         print(f"{failed} of {len(args.inputs)} inputs failed (see above)", file=sys.stderr)
     return 1 if failed else 0

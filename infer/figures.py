@@ -95,9 +95,15 @@ def displacement(res: AnalysisResult, path: Path) -> None:
 
 def displacement_figure(res: AnalysisResult) -> plt.Figure:
     """Climb and glide vs time per track (dashed) and mean +- SD (solid), as the seed's
-    Fig. 2C/D; the legend sits beside the axes, naming tracks up to `MAX_NAMED_TRACKS`."""
+    Fig. 2C/D; the legend sits beside the axes, naming tracks up to `MAX_NAMED_TRACKS`.
+
+    Where no track has two detections (a single image, or only one-frame tracks) there is
+    no motion: each axis says why instead of showing empty axes and a bare legend.
+    """
     fig, axes = plt.subplots(1, 2, figsize=(10.5, 4), sharex=True, layout="constrained")
     t = res.tracks
+    if len(t) and t.groupby("particle").size().max() < 2:
+        t = t.iloc[:0]
     named = t.particle.nunique() <= MAX_NAMED_TRACKS if len(t) else False
     for ax, col, name in zip(axes, ["climb_nm", "glide_nm"], ["climb", "glide"], strict=True):
         if len(t):
@@ -121,9 +127,17 @@ def displacement_figure(res: AnalysisResult) -> plt.Figure:
             labels.append(f"{t.particle.nunique()} tracks")
         fig.legend(handles, labels, loc="outside right upper", fontsize=7, frameon=False)
     else:
+        why = ("one frame: no motion to show" if res.shape[0] <= 1
+               else "no tracks" if res.tracks.empty
+               else "no track spans two frames:\nno motion to show")
         for ax in axes:
-            _no_tracks(ax)
+            _no_tracks(ax, why)
     return fig
+
+
+#: Up to this many frames, the rock-salt fraction is marked at every value (the counts
+#: always are); beyond, markers would hide its dotted line.
+MARKED_FRAMES = 50
 
 
 def counts(res: AnalysisResult, path: Path) -> None:
@@ -136,6 +150,8 @@ def counts_figure(res: AnalysisResult) -> plt.Figure:
 
     Counts get whole-number ticks; the fraction axis starts at 0 (at least 0 to 0.05, so a
     domain-free movie shows a flat line at the bottom, not one centred on negative values).
+    Every value is marked (the fraction up to `MARKED_FRAMES` frames), so a single image's
+    values show as points.
     """
     c = res.counts
     tt, label = _time(res, c.frame)
@@ -150,7 +166,10 @@ def counts_figure(res: AnalysisResult) -> plt.Figure:
         ax.set_xlim(tt[0] - 0.5, tt[0] + 0.5)
         ax.set_xticks([tt[0]])
     ax2 = ax.twinx()
-    ax2.plot(tt, c.rocksalt_fraction, "c:", label="rock-salt fraction")
+    # A marker per value of a short series: one frame's fraction is otherwise a line of
+    # length zero, drawn as nothing.
+    ax2.plot(tt, c.rocksalt_fraction, "c:", marker="^" if len(tt) <= MARKED_FRAMES else None,
+             ms=5, label="rock-salt fraction")
     finite = c.rocksalt_fraction.to_numpy(float)
     top = float(finite[np.isfinite(finite)].max(initial=0.0))
     ax2.set_ylim(0, min(1.0, max(0.05, 1.1 * top)))
@@ -270,9 +289,9 @@ def _boxed_text(d: ImageDraw.ImageDraw, xy: tuple[float, float], text: str,
     d.text((x, y), text, font=font, fill=fill)
 
 
-def _no_tracks(ax: plt.Axes) -> None:
-    """Say so on an axis that would otherwise be empty."""
-    ax.text(0.5, 0.5, "no tracks", transform=ax.transAxes, ha="center", va="center",
+def _no_tracks(ax: plt.Axes, text: str = "no tracks") -> None:
+    """Say ``text`` (why there is nothing to show) on an axis that would otherwise be empty."""
+    ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center",
             fontsize=12, color="0.4", bbox={"facecolor": "white", "alpha": 0.7, "edgecolor": "none"})
 
 

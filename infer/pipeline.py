@@ -21,6 +21,7 @@ import ctypes
 import functools
 import hashlib
 import logging
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -168,6 +169,8 @@ def calibrate(movie: Movie, *, pixel_size_nm: float | None, frame_interval_s: fl
             cal = replace(cal, warnings=(*cal.warnings, (
                 f"{note}: positions, velocities and strain along y are off by that ratio; "
                 "resample the movie to square pixels first")))
+    # What the reader could not do as asked or as expected (e.g. read one channel of several).
+    cal = replace(cal, warnings=(*cal.warnings, *movie.metadata.get("warnings", [])))
     caveat = movie.metadata.get("frame_interval_caveat")  # e.g. a video's playback rate
     if caveat and cal.frame_interval_source == "file":
         cal = replace(cal, warnings=(*cal.warnings, caveat))
@@ -220,8 +223,14 @@ def collected_warnings() -> Iterator[list[str]]:
         log.removeHandler(handler)
 
 
+class AnalysisWarning(UserWarning):
+    """What `analyze` warns about (`AnalysisResult.warnings`), also issued as Python warnings
+    so that notebooks show them; ``dislotrack infer`` prints them itself instead."""
+
+
 def _keeping_logged_warnings(fn: Callable[..., AnalysisResult]) -> Callable[..., AnalysisResult]:
-    """``fn``'s result with the warnings logged while it ran added (once each)."""
+    """``fn``'s result with the warnings logged while it ran added (once each), each also
+    issued as an `AnalysisWarning` at the caller."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> AnalysisResult:
@@ -233,6 +242,8 @@ def _keeping_logged_warnings(fn: Callable[..., AnalysisResult]) -> Callable[...,
                 logger.warning(message)
             raise
         res.warnings += [m for m in dict.fromkeys(logged) if m not in res.warnings]
+        for message in res.warnings:
+            warnings.warn(message, AnalysisWarning, stacklevel=2)
         return res
 
     return wrapper

@@ -120,7 +120,9 @@ class Movie:
         From the file's metadata; combine with user values via
         `dislotrack.infer.calibration.resolve_calibration` and `with_calibration`.
     metadata : dict
-        Small: ``format``, ``notes`` (list of str) and format-specific entries.
+        Small: ``format``, ``notes`` (list of str: how the file was read), optionally
+        ``warnings`` (list of str: what the user should know, e.g. only one channel
+        was read; infer reports them) and format-specific entries.
     timestamps_s : ndarray or None
         Acquisition time of each frame relative to the first [s], where the
         files record it.
@@ -247,6 +249,8 @@ def open_movie(path: str | Path, *, signal: int | str | None = None) -> Movie:
         return _open_folder(path)
     if not path.exists():
         raise FileNotFoundError(f"no such file or folder: {path}")
+    if path.stat().st_size == 0:  # e.g. an interrupted copy: say so, not the parser's riddle
+        raise ValueError(f"{path} is empty (0 bytes)")
     ext = path.suffix.lower()
     if ext not in SUPPORTED_EXTENSIONS:
         raise ValueError(
@@ -339,8 +343,10 @@ def _open_tiff(path: Path) -> Movie:
             raise ValueError(f"{path}: cannot map TIFF axes {series.axes!r} to frames")
         lead_axes = series.axes[: len(series.axes) - len(page_axes)]
         lead_shape = tuple(series.shape[: len(lead_axes)])
-        notes = [] if len(tif.series) == 1 else [f"{len(tif.series)} series; read the first"]
-        index = _tiff_frame_index(lead_axes, lead_shape, notes)
+        notes: list[str] = []
+        warnings = [] if len(tif.series) == 1 else [
+            f"the TIFF holds {len(tif.series)} image series; only the first was read"]
+        index = _tiff_frame_index(lead_axes, lead_shape, warnings)
         read = _tiff_reader(path, tif, series, lead_shape, page_axes)
         h, w = (series.keyframe.shape[page_axes.index(a)] for a in "YX")
         cal = _tiff_calibration(path, tif, notes)
@@ -348,18 +354,30 @@ def _open_tiff(path: Path) -> Movie:
         tif.close()
         raise
     meta = {"format": "OME-TIFF" if tif.is_ome else "ImageJ TIFF" if tif.is_imagej else "TIFF",
-            "axes": series.axes, "dtype": str(series.dtype), "notes": notes}
+            "axes": series.axes, "dtype": str(series.dtype), "notes": notes, "warnings": warnings}
     return Movie(path, (len(index), h, w), cal, meta, lambda i: read(index[i]), close=tif.close)
 
 
-def _tiff_frame_index(axes: str, shape: tuple[int, ...], notes: list[str]) -> list[tuple]:
-    """Multi-indices into the non-image axes, one per frame (channel 0 only)."""
+#: An ImageJ/TIFF stack whose only stacked axis is C with more entries than this is a
+#: movie saved without axes (tifffile writes a 3-D array as channels by default); up to
+#: this many are detectors of one scan (HAADF, BF, ...), of which channel 0 is read.
+MAX_DETECTOR_CHANNELS = 4
+
+
+def _tiff_frame_index(axes: str, shape: tuple[int, ...], warnings: list[str]) -> list[tuple]:
+    """Multi-indices into the non-image axes, one per frame (channel 0 only, unless the
+    channels are the only stack and too many to be detectors: then they are the frames)."""
     ranges = [range(n) for n in shape]
     if "C" in axes and shape[axes.index("C")] > 1:
-        notes.append(f"{shape[axes.index('C')]} channels; read channel 0")
-        ranges[axes.index("C")] = range(1)
+        n_c = shape[axes.index("C")]
+        if n_c > MAX_DETECTOR_CHANNELS and all(n == 1 for a, n in zip(axes, shape, strict=True) if a != "C"):
+            warnings.append(f"the file's {n_c} channels were read as {n_c} frames (it has no time "
+                            "or z axis); save movies with axes 'TYX' to say so")
+        else:
+            warnings.append(f"the file holds {n_c} channels; only channel 0 was read")
+            ranges[axes.index("C")] = range(1)
     if sum(len(r) > 1 for r in ranges) > 1:
-        notes.append(f"axes {axes!r} {shape} flattened into one frame axis")
+        warnings.append(f"TIFF axes {axes!r} {shape} were read as one sequence of frames")
     return list(np.ndindex(*[len(r) for r in ranges]))
 
 
@@ -530,6 +548,8 @@ def _open_rsciio(path: Path, module: str, label: str, *, signal: int | str | Non
             "axes": [f"{a.get('name')}: {a.get('scale')} {a.get('units')}" for a in axes]}
     if stamp is not None:
         meta["acquired_unix_s"] = stamp
+    if np.issubdtype(data.dtype, np.complexfloating):  # e.g. an FFT or exit wave saved by DM
+        meta["warnings"] = [f"the image is complex ({data.dtype}): its modulus was analysed"]
 
     def read(i: int) -> np.ndarray:
         block = data if data.ndim == 2 else data[i]

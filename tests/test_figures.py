@@ -91,3 +91,33 @@ def test_counts_of_a_single_image_without_cores_have_whole_axes():
     fig.canvas.draw()
     assert list(ax.get_xticks()) == [0.0] and ax.get_ylim() == (0.0, 1.0)
     assert all(float(t).is_integer() for t in ax.get_yticks())
+
+
+def _texts(fig) -> list[str]:
+    return [t.get_text() for ax in fig.axes for t in ax.texts]
+
+
+@pytest.mark.parametrize("n_frames, why", [(1, "one frame: no motion to show"),
+                                           (5, "no track spans two frames:\nno motion to show")])
+def test_displacement_without_motion_says_so_instead_of_empty_axes(n_frames, why):
+    res = result(1, n_frames=n_frames)
+    if n_frames > 1:  # every track a single detection
+        res.tracks = pd.DataFrame([{"particle": p, "frame": p, "x": 10.0, "y": 20.0, "hx": 0.0,
+                                    "hy": 1.0, "glide_nm": 0.0, "climb_nm": 0.0}
+                                   for p in range(n_frames)])
+    fig = figures.displacement_figure(res)
+    assert _texts(fig) == [why, why]
+    assert not fig.legends
+    assert all(not ax.lines and not ax.collections for ax in fig.axes)
+
+
+def test_counts_of_a_single_image_mark_every_value():
+    fig = figures.counts_figure(result(1, rocksalt=0.08, n_frames=1))
+    fig.canvas.draw()
+    lines = [line for ax in fig.axes for line in ax.lines]
+    assert [line.get_label() for line in lines] == ["dislocations", "dipoles", "rock-salt fraction"]
+    for line in lines:
+        assert line.get_marker() not in (None, "", "None", " ")
+        (x,), (y,) = line.get_data()
+        lo, hi = line.axes.get_ylim()
+        assert lo <= y <= hi and line.axes.get_xlim()[0] < x < line.axes.get_xlim()[1]

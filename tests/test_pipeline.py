@@ -708,3 +708,18 @@ def test_demo_refuses_a_missing_device_before_rendering(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path / "d"), "--device", "gpu"]) == 2
     assert "must be auto, cpu, cuda or cuda:N" in capsys.readouterr().err
     assert not (tmp_path / "d").exists()
+
+
+def test_analyze_warnings_show_in_python_and_once_in_the_cli(tiny_model, tmp_path, capsys):
+    from dislotrack.infer.pipeline import AnalysisWarning
+
+    movie = tmp_path / "m.tif"
+    write_imagej_tiff(movie, np.zeros((3, 32, 32), np.float32), pixel_size_nm=0.1)  # no interval
+    with pytest.warns(AnalysisWarning, match="per-frame units") as caught:
+        res = analyze(movie, model=tiny_model, progress=False)
+    assert [str(w.message) for w in caught] == res.warnings  # each once, as in the result
+    assert caught[0].filename == __file__  # pointing at the caller's line
+    assert main(["infer", str(movie), "--out", str(tmp_path / "o"), "--model", str(tiny_model),
+                 "--no-movie"]) == 0
+    out, err = capsys.readouterr()
+    assert "per-frame units" not in out and err.count("per-frame units") == 1

@@ -68,7 +68,22 @@ def test_imagej_hyperstack_reads_channel_zero(tmp_path):
     with open_movie(path) as movie:
         assert movie.shape == (4, 16, 20)
         np.testing.assert_array_equal(movie[2], data[2, 0])
-        assert any("channel 0" in n for n in movie.metadata["notes"])
+        assert movie.metadata["warnings"] == ["the file holds 3 channels; only channel 0 was read"]
+
+
+@pytest.mark.parametrize(("n_channels", "frames"), [(12, 12), (3, 1)])
+def test_a_stack_saved_as_imagej_channels_is_a_movie_unless_it_has_few(tmp_path, n_channels, frames):
+    # tifffile.imwrite(imagej=True) stores a 3-D array as channels when no axes are given.
+    data = stack(np.random.default_rng(3), (n_channels, 16, 20))
+    path = tmp_path / "cyx.tif"
+    tifffile.imwrite(path, data, imagej=True)
+    with open_movie(path) as movie:
+        assert movie.metadata["axes"] == "CYX" and movie.shape == (frames, 16, 20)
+        np.testing.assert_array_equal(movie[frames - 1], data[frames - 1])
+        said = "read as 12 frames" if frames > 1 else "only channel 0 was read"
+        assert said in movie.metadata["warnings"][0]
+        cal = calibrate(movie, pixel_size_nm=0.1, frame_interval_s=None, d_spacing_nm=0.473)
+        assert any(said in w for w in cal.warnings)  # what infer reports
 
 
 def test_ome_tiff_angstrom_and_time_increment(tmp_path):
@@ -318,6 +333,8 @@ def test_real_dm_rgba_and_complex():
     assert any("read whole" in n for n in rgba.metadata["notes"])
     cplx = open_movie(real("rosettasciio/digitalmicrograph/2D_dtypes/test-3.dm4"))
     np.testing.assert_allclose(cplx[0], [[1, 2], [3, 4]], rtol=1e-6)  # |1+0j| ... |4+0j|
+    assert cplx.metadata["warnings"] == ["the image is complex (complex64): its modulus was analysed"]
+    assert "warnings" not in rgba.metadata
 
 
 def test_real_mrc_movie_without_scale():
@@ -529,3 +546,10 @@ def test_a_unitless_scale_is_named_when_no_pixel_size_can_be_found():
             ValueError, match=r"no usable pixel size in the file \(x axis: .*0\.00932\d* has no "
                               r"unit.*pass --pixel-size NM"):
         calibrate(movie, pixel_size_nm=None, frame_interval_s=None, d_spacing_nm=0.473)
+
+
+@pytest.mark.parametrize("name", ["movie.mp4", "image.dm4", "stack.tif", "frame.png"])
+def test_an_empty_file_is_named_as_such(tmp_path, name):
+    (tmp_path / name).touch()
+    with pytest.raises(ValueError, match=r"is empty \(0 bytes\)"):
+        open_movie(tmp_path / name)
