@@ -100,8 +100,9 @@ def _add_infer(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_infer(args: argparse.Namespace) -> int:
-    if not any(Path(p).exists() for p in args.inputs):  # say so before the slow imports
-        raise FileNotFoundError(f"no such file or folder: {', '.join(map(str, args.inputs))}")
+    missing = [str(p) for p in args.inputs if not Path(p).exists()]
+    if missing:  # say so before the slow imports, not after analysing the inputs before it
+        raise FileNotFoundError(f"no such file or folder: {', '.join(missing)}")
     if args.parquet and importlib.util.find_spec("pyarrow") is None:  # before, not after, analysing
         raise ImportError('--parquet needs pyarrow: pip install "dislotrack[parquet]" (or pyarrow)')
     from dislotrack.data_gen.annotations import mask_sidecar
@@ -172,6 +173,8 @@ def _demo(args: argparse.Namespace) -> int:
     from dislotrack.infer.demo import run_demo
     from dislotrack.infer.predict import pick_device
 
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise NotADirectoryError(f"--out {args.out} is a file, not a folder")
     pick_device(args.device)  # before the movie is rendered
     run_demo(args.out, device=args.device)
     return 0

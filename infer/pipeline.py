@@ -138,8 +138,11 @@ def file_sha256(path: str | Path) -> str:
 
 def _chosen_signal(movie: Movie, asked: int | str | None) -> int | str | None:
     """The image read from a file that holds several (logged as a warning when the
-    reader chose it), for ``options``; ``asked`` otherwise."""
-    names = movie.metadata.get("signals") or []
+    reader chose it), for ``options``; ``asked`` otherwise, None where the format has no
+    images to choose from (the reader warns that ``asked`` was ignored)."""
+    if "signals" not in movie.metadata:
+        return None
+    names = movie.metadata["signals"] or []
     if len(names) < 2:
         return asked
     read = movie.metadata.get("signal")

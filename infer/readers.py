@@ -245,6 +245,15 @@ def open_movie(path: str | Path, *, signal: int | str | None = None) -> Movie:
         file holding no 2-D image.
     """
     path = Path(path)
+    movie = _open(path, signal)
+    if signal is not None and "signals" not in movie.metadata:  # a format of one image (stack)
+        movie.metadata.setdefault("warnings", []).append(
+            f"signal {signal!r} (--signal) was ignored: {movie.metadata.get('format', 'this')} "
+            "input holds one image or stack")
+    return movie
+
+
+def _open(path: Path, signal: int | str | None) -> Movie:
     if path.is_dir():
         return _open_folder(path)
     if not path.exists():

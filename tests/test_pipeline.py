@@ -708,6 +708,19 @@ def test_demo_refuses_a_missing_device_before_rendering(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path / "d"), "--device", "gpu"]) == 2
     assert "must be auto, cpu, cuda or cuda:N" in capsys.readouterr().err
     assert not (tmp_path / "d").exists()
+    (tmp_path / "file").write_text("mine")
+    assert main(["demo", "--out", str(tmp_path / "file")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"dislotrack demo: error: --out {tmp_path / 'file'} is a file, not a folder"
+
+
+def test_a_missing_input_among_several_is_refused_before_any_is_analysed(tmp_path, capsys):
+    movie = tmp_path / "m.tif"
+    write_imagej_tiff(movie, np.zeros((2, 32, 32), np.float32), pixel_size_nm=0.1, frame_interval_s=1.0)
+    assert main(["infer", str(movie), str(tmp_path / "nothere.tif"), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == f"dislotrack infer: error: no such file or folder: {tmp_path / 'nothere.tif'}"
+    assert not (tmp_path / "o").exists()
 
 
 def test_analyze_warnings_show_in_python_and_once_in_the_cli(tiny_model, tmp_path, capsys):
@@ -723,3 +736,13 @@ def test_analyze_warnings_show_in_python_and_once_in_the_cli(tiny_model, tmp_pat
                  "--no-movie"]) == 0
     out, err = capsys.readouterr()
     assert "per-frame units" not in out and err.count("per-frame units") == 1
+
+
+def test_signal_given_for_a_one_image_format_is_reported_as_ignored(tiny_model, tmp_path):
+    movie = tmp_path / "m.tif"
+    write_imagej_tiff(movie, np.zeros((2, 32, 32), np.float32), pixel_size_nm=0.1, frame_interval_s=1.0)
+    res = analyze(movie, model=tiny_model, signal="HAADF", progress=False)
+    assert "signal 'HAADF' (--signal) was ignored: ImageJ TIFF input holds one image or stack" in res.warnings
+    assert res.options["signal"] is None  # not recorded as if it had picked something
+    plain = analyze(movie, model=tiny_model, progress=False)
+    assert not any("--signal" in w for w in plain.warnings)
