@@ -190,9 +190,11 @@ def true_velocities(scn: MovieScenario, distortion: np.ndarray | None = None) ->
 
 def render_movie(rng: np.random.Generator, cfg: GeneratorConfig, spec: SpecimenParams,
                  scn: MovieScenario, *, mode: str, imaging: Optics | Probe,
-                 detector: Detector, grid: Grid, keep_clean: bool = False) -> MovieSample:
+                 detector: Detector, grid: Grid, keep_clean: bool = False,
+                 on_frame: Callable[[int], object] | None = None) -> MovieSample:
     """Render every frame of a scenario with fresh noise and the frame's drift
-    (``keep_clean``: also keep each frame's noise-free expected image as ``clean``)."""
+    (``keep_clean``: also keep each frame's noise-free expected image as ``clean``;
+    ``on_frame(f)`` is called after each frame, e.g. for a progress bar)."""
     distortion = draw_distortion(rng, mode)
     illumination = draw_illumination(rng, grid.size)
     scn = snap_scenario(spec, scn)
@@ -209,6 +211,8 @@ def render_movie(rng: np.random.Generator, cfg: GeneratorConfig, spec: SpecimenP
             clean.append(s.clean)
         masks.append(s.rs_mask)
         cores.append(s.cores.assign(frame=f))
+        if on_frame is not None:
+            on_frame(f)
     table = pd.concat(cores, ignore_index=True)[["frame", *CORE_COLUMNS]]
     table = table.astype({"frame": int, "particle": int, "partner": int})
     # What the image shows is the drift seen through the (STEM) scan distortion.
@@ -243,7 +247,8 @@ def _events_at_labels(events: pd.DataFrame, cores: pd.DataFrame, pixel_size: flo
 
 
 def make_movie(rng: np.random.Generator, cfg: GeneratorConfig | None = None, *, n_frames: int = 20,
-               frame_interval: float = 1.0, keep_clean: bool = False) -> MovieSample:
+               frame_interval: float = 1.0, keep_clean: bool = False,
+               on_frame: Callable[[int], object] | None = None) -> MovieSample:
     """A random labelled movie.
 
     Parameters
@@ -256,6 +261,8 @@ def make_movie(rng: np.random.Generator, cfg: GeneratorConfig | None = None, *, 
         [s]; velocities are drawn in nm/s.
     keep_clean : bool
         Also return each frame's noise-free expected image (``MovieSample.clean``).
+    on_frame : callable, optional
+        Called with each frame's index once it is rendered (progress).
     """
     cfg = cfg or GeneratorConfig()
     mode = draw_mode(rng, cfg)
@@ -269,7 +276,8 @@ def make_movie(rng: np.random.Generator, cfg: GeneratorConfig | None = None, *, 
     dose = float(np.exp(rng.uniform(*np.log(cfg.dose))))
     imaging = draw_optics(rng) if mode == "hrtem" else draw_probe(rng)
     return render_movie(rng, cfg, spec, scn, mode=mode, imaging=imaging,
-                        detector=draw_detector(rng, dose), grid=grid, keep_clean=keep_clean)
+                        detector=draw_detector(rng, dose), grid=grid, keep_clean=keep_clean,
+                        on_frame=on_frame)
 
 
 def seed_like_scenario(spec: SpecimenParams, fov_nm: float, *, n_frames: int = 30,

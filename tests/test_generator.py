@@ -200,3 +200,73 @@ def test_generate_variants_share_a_structure_and_redraw_the_microscope(tmp_path)
     single = generate_dataset(out=tmp_path / "one", n=2, size=64, mode="stem", seed=4, progress=False)
     first = read_annotation(single[0])
     np.testing.assert_array_equal(first.image, a.image)
+
+
+def _generate(out, *options: str) -> int:
+    from dislotrack.infer.cli import main
+
+    return main(["generate", "--out", str(out), "--size", "32", "--mode", "stem", *options])
+
+
+def test_generate_shows_frame_progress_unless_told_to_be_silent(tmp_path, capsys):
+    from dislotrack.data_gen.export import generate_dataset
+
+    # One short movie: below any size where a bar used to be shown.
+    assert _generate(tmp_path / "a", "--n", "1", "--movie", "3") == 0
+    err = capsys.readouterr().err
+    assert "generating movies" in err and "3/3" in err and "frame" in err and "movie 1/1" in err
+    generate_dataset(out=tmp_path / "b", n=1, size=32, mode="stem", movie_frames=2, progress=False)
+    generate_dataset(out=tmp_path / "c", n=1, size=32, mode="stem", progress=False)
+    assert capsys.readouterr() == ("", "")
+
+
+def test_make_movie_reports_each_frame_as_it_is_rendered():
+    from dislotrack.data_gen.movie import make_movie
+    from dislotrack.data_gen.sample import GeneratorConfig
+
+    seen: list[int] = []
+    m = make_movie(np.random.default_rng(0), GeneratorConfig(size=32, mode="stem"), n_frames=3,
+                   on_frame=seen.append)
+    assert seen == [0, 1, 2] and len(m.frames) == 3
+
+
+def test_generate_refuses_to_mix_runs_and_leaves_files_it_did_not_write(tmp_path, capsys):
+    out = tmp_path / "g"
+    first = ["--n", "2", "--movie", "2", "--seed", "1"]
+    assert _generate(out, *first) == 0
+    (out / "notes.txt").write_text("mine")
+    (out / "scan.tif").write_bytes(b"mine")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    capsys.readouterr()
+    # Fewer movies, or images, would leave the first run's movies beside the new items.
+    for second, stale in ((["--n", "1", "--movie", "2", "--seed", "9"], "1 generated item that this run "
+                           "would not overwrite (movie_00001)"), (["--n", "1"], "2 generated items")):
+        assert _generate(out, *second) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("dislotrack generate: error: --out ")
+        assert stale in err
+        assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    # The same command again overwrites its own items; the user's files stay.
+    assert _generate(out, *first) == 0
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # same seed: same bytes
+    # A file of the user's under a name generate writes is never overwritten.
+    (tmp_path / "u").mkdir()
+    (tmp_path / "u" / "image_00000_cores.csv").write_text("mine")
+    assert _generate(tmp_path / "u", "--n", "1") == 2
+    assert "did not write (image_00000_cores.csv)" in capsys.readouterr().err
+    assert (tmp_path / "u" / "image_00000_cores.csv").read_text() == "mine"
+
+
+def test_generate_removes_a_half_written_item_so_the_same_command_reruns(tmp_path, monkeypatch):
+    from dislotrack.data_gen import export
+
+    def interrupted(folder, stem, ann):  # Ctrl-C after the image, before the sidecar
+        (folder / f"{stem}.tif").write_bytes(b"half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(export, "write_annotation", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        export.generate_dataset(out=tmp_path, n=1, size=32, mode="stem", progress=False)
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.undo()
+    assert len(export.generate_dataset(out=tmp_path, n=1, size=32, mode="stem", progress=False)) == 1
