@@ -746,3 +746,17 @@ def test_signal_given_for_a_one_image_format_is_reported_as_ignored(tiny_model, 
     assert res.options["signal"] is None  # not recorded as if it had picked something
     plain = analyze(movie, model=tiny_model, progress=False)
     assert not any("--signal" in w for w in plain.warnings)
+
+
+def test_the_notebook_api_is_importable_from_infer_without_slowing_the_command_line():
+    import subprocess
+    import sys
+
+    code = ("import sys, dislotrack.infer.cli; assert 'torch' not in sys.modules; "
+            "from dislotrack.infer import analyze, track_detections, AnalysisWarning; "
+            "from dislotrack.infer.pipeline import analyze as a; assert analyze is a")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
+    import dislotrack.infer
+
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        dislotrack.infer.nothing  # noqa: B018
