@@ -232,6 +232,7 @@ def resolve_calibration(
     pixel_size_nm: float | None = None,
     frame_interval_s: float | None = None,
     estimate: Callable[[], float | None] | None = None,
+    estimate_basis: str = "(003) fringes",
 ) -> Calibration:
     """Combine file, user and estimated calibration: user > file > estimated.
 
@@ -247,6 +248,8 @@ def resolve_calibration(
         Zero-argument function returning an estimated pixel size [nm/px] or None
         (e.g. from the (003) fringe spacing). Called only when neither the user
         nor the file gives a pixel size.
+    estimate_basis : str
+        What the estimate assumes, for its warning (e.g. "0.473 nm (003) fringes").
 
     Returns
     -------
@@ -274,8 +277,9 @@ def resolve_calibration(
             px = check_positive(px, "estimated pixel size", "nm/px")
             px_src = "estimated"
             notes.append(
-                f"pixel size {px:.4g} nm/px estimated from (003) fringes (not in the file); "
-                "give the pixel size to override"
+                f"pixel size {px:.4g} nm/px estimated from {estimate_basis}, not read from the "
+                "file: right only if the material shows those fringes; give the pixel size to "
+                "override"
             )
         else:
             px_src = None

@@ -159,7 +159,8 @@ def calibrate(movie: Movie, *, pixel_size_nm: float | None, frame_interval_s: fl
         raise ValueError(f"d_spacing_nm (--d-spacing) must be a positive spacing [nm], got {d_spacing_nm}")
     cal = resolve_calibration(
         movie.calibration, pixel_size_nm=pixel_size_nm, frame_interval_s=frame_interval_s,
-        estimate=lambda: pixel_size_from_fringes_or_none(movie[0], d_spacing_nm=d_spacing_nm))
+        estimate=lambda: pixel_size_from_fringes_or_none(movie[0], d_spacing_nm=d_spacing_nm),
+        estimate_basis=f"{d_spacing_nm:g} nm (003) fringes (--d-spacing)")
     if cal.pixel_size_nm is None:
         # e.g. a scale without a unit: the user may know the unit, so show the number
         unusable = [n for n in movie.metadata.get("notes", []) if "pixel size" in n]
@@ -419,7 +420,8 @@ def analyze(path: str | Path, *, model: str | Path | None = None, pixel_size_nm:
     # The GPA baseline's scores are not probabilities: it gets no weak detections.
     strong = (detections["score"] > thr) | (detector != "unet")  # decode_cores keeps > thr
     res = _track(detections[strong].reset_index(drop=True), drift, cal, np.asarray(rs_frac),
-                 (n, h, w), str(path), card, max_speed_nm_s=max_speed_nm_s, memory=memory,
+                 # absolute: summary.json must find the input from wherever it is read
+                 (n, h, w), str(Path(path).absolute()), card, max_speed_nm_s=max_speed_nm_s, memory=memory,
                  min_length=min_length, max_gap=max_gap, min_track_score=min_track_score,
                  border_nm=border_nm, first=first, weak=detections[~strong].reset_index(drop=True),
                  lattice=lattice, lattice_h=lattice_h)

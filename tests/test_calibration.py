@@ -136,6 +136,10 @@ def test_estimate_used_only_when_needed_and_reported():
     assert (cal.pixel_size_nm, cal.pixel_size_source) == (0.0473, "estimated")
     assert any("estimated from (003) fringes" in w for w in cal.warnings)
     assert cal.frame_interval_source == "user"
+    # What the estimate assumed is named, so a user of another material sees it is wrong.
+    other = resolve_calibration(None, estimate=estimate, estimate_basis="0.2 nm (104) fringes")
+    assert any("estimated from 0.2 nm (104) fringes, not read from the file: right only if the "
+               "material shows those fringes" in w for w in other.warnings)
 
 
 def test_failed_estimate_leaves_pixels():

@@ -760,3 +760,12 @@ def test_the_notebook_api_is_importable_from_infer_without_slowing_the_command_l
 
     with pytest.raises(AttributeError, match="no attribute 'nothing'"):
         dislotrack.infer.nothing  # noqa: B018
+
+
+def test_summary_names_the_input_by_its_absolute_path(tiny_model, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_imagej_tiff(tmp_path / "m.tif", np.zeros((2, 32, 32), np.float32), pixel_size_nm=0.1,
+                      frame_interval_s=1.0)
+    assert main(["infer", "m.tif", "--out", "o", "--model", str(tiny_model), "--no-movie"]) == 0
+    summary = json.loads((tmp_path / "o" / "m" / "summary.json").read_text())
+    assert summary["input"]["path"] == str(tmp_path / "m.tif")  # not "m.tif"
