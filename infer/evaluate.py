@@ -186,7 +186,8 @@ def evaluate_folders(pred_dir: str | Path, truth_dir: str | Path, *, figures: bo
     """
     for name, folder in (("prediction", pred_dir), ("annotation", truth_dir)):
         if not Path(folder).is_dir():
-            raise NotADirectoryError(f"{name} folder {folder} does not exist")
+            what = "is a file, not a folder" if Path(folder).exists() else "does not exist"
+            raise NotADirectoryError(f"{name} folder {folder} {what}")
     sides = find_annotations(truth_dir)
     if not sides:
         raise ValueError(f"no annotations (<stem>.json, format dislotrack-annotation) in {truth_dir}")

@@ -105,6 +105,8 @@ def test_evaluate_refuses_missing_folders_and_unmatched_predictions(tmp_path, ca
     (tmp_path / "pred").mkdir()
     for pred, truth, message in ((tmp_path / "nowhere", tmp_path / "truth", "prediction folder"),
                                  (tmp_path / "pred", tmp_path / "nowhere", "annotation folder"),
+                                 (tmp_path / "pred", tmp_path / "truth" / "image_00000.tif",
+                                  "image_00000.tif is a file, not a folder"),
                                  (tmp_path / "pred", tmp_path / "pred", "no annotations"),
                                  (tmp_path / "pred", tmp_path / "truth", "has infer outputs")):
         assert main(["evaluate", "--pred", str(pred), "--truth", str(truth)]) == 2
