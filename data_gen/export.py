@@ -116,6 +116,8 @@ def _check_out(out: Path, stems: list[str], suffixes: tuple[str, ...]) -> None:
     ValueError
         One line naming a few of the files and what to do.
     """
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"--out {out} is a file, not a folder")
     if not out.is_dir():
         return
     names = {p.name for p in out.iterdir()}
@@ -140,7 +142,9 @@ def _is_generated(sidecar: Path) -> bool:
         side = json.loads(sidecar.read_text())
     except (OSError, ValueError):  # unreadable or not JSON: not ours
         return False
-    source = side.get("source") if isinstance(side, dict) else None
+    if not isinstance(side, dict):  # e.g. a list: JSON, but no annotation
+        return False
+    source = side.get("source")
     return (side.get("format") == FORMAT and isinstance(source, dict)
             and source.get("generator") == GENERATOR)
 

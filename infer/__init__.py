@@ -17,8 +17,13 @@ __all__ = list(_PIPELINE)
 
 
 def __getattr__(name: str) -> Any:
+    """The pipeline's names, imported on first use (PEP 562)."""
     if name in _PIPELINE:
         from dislotrack.infer import pipeline
 
         return getattr(pipeline, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_PIPELINE])

@@ -276,6 +276,19 @@ def _one_line_warning(message: Warning | str, category: type[Warning], filename:
     return f"warning: {message}\n"
 
 
+def _bare_tta(argv: list[str]) -> list[str]:
+    """``argv`` with ``--tta`` followed by a word that is no number given its default of 8
+    views: argparse would take ``infer --tta movie.tif`` as 'movie.tif views' (``--tta``
+    alone meant 8 views before it took a count)."""
+    out: list[str] = []
+    for i, word in enumerate(argv):
+        out.append(word)
+        nxt = argv[i + 1] if i + 1 < len(argv) else None
+        if word == "--tta" and nxt is not None and not nxt.startswith("-") and not nxt.isdigit():
+            out.append("8")
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``dislotrack`` console script."""
     # Warnings read as one line, not as the source line that raised them (unless debugging).
@@ -308,7 +321,7 @@ def _main(argv: list[str]) -> int:
             print(f"dislotrack train: error: {first}", file=sys.stderr)
             return 2
         return 0
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(_bare_tta(argv))
     try:
         return int(args.func(args) or 0)
     except USER_ERRORS as err:

@@ -119,6 +119,6 @@ def tta_views(tta: bool | int) -> int:
         For any other value.
     """
     views = (8 if tta else 1) if isinstance(tta, (bool, np.bool_)) else tta
-    if views not in TTA_VIEWS:
+    if not isinstance(views, (int, np.integer)) or views not in TTA_VIEWS:
         raise ValueError(f"tta (--tta) must be one of 1, 2, 4, 8 (views averaged), got {tta!r}")
     return int(views)

@@ -21,6 +21,7 @@ import ctypes
 import functools
 import hashlib
 import logging
+import os
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -246,8 +247,10 @@ def _keeping_logged_warnings(fn: Callable[..., AnalysisResult]) -> Callable[...,
                 logger.warning(message)
             raise
         res.warnings += [m for m in dict.fromkeys(logged) if m not in res.warnings]
+        # Named by input: Python shows a warning text once per caller line, and a loop over
+        # files would otherwise hide the later files' warnings.
         for message in res.warnings:
-            warnings.warn(message, AnalysisWarning, stacklevel=2)
+            warnings.warn(f"{Path(res.input_path).name}: {message}", AnalysisWarning, stacklevel=2)
         return res
 
     return wrapper
@@ -420,8 +423,8 @@ def analyze(path: str | Path, *, model: str | Path | None = None, pixel_size_nm:
     # The GPA baseline's scores are not probabilities: it gets no weak detections.
     strong = (detections["score"] > thr) | (detector != "unet")  # decode_cores keeps > thr
     res = _track(detections[strong].reset_index(drop=True), drift, cal, np.asarray(rs_frac),
-                 # absolute: summary.json must find the input from wherever it is read
-                 (n, h, w), str(Path(path).absolute()), card, max_speed_nm_s=max_speed_nm_s, memory=memory,
+                 # absolute (without resolving links): summary.json must find the input
+                 (n, h, w), os.path.abspath(path), card, max_speed_nm_s=max_speed_nm_s, memory=memory,
                  min_length=min_length, max_gap=max_gap, min_track_score=min_track_score,
                  border_nm=border_nm, first=first, weak=detections[~strong].reset_index(drop=True),
                  lattice=lattice, lattice_h=lattice_h)

@@ -75,6 +75,8 @@ def _starts(n: int, tile: int, step: int) -> list[int]:
 DIHEDRAL_VIEWS = ((False, False, False), (False, True, True), (True, True, False),
                   (True, False, True), (False, True, False), (False, False, True),
                   (True, False, False), (True, True, True))
+
+
 def dihedral_forward(model: UNet, x: torch.Tensor, views: int = 8) -> torch.Tensor:
     """Test-time augmentation: the mean output over the first ``views`` of
     `DIHEDRAL_VIEWS` (flips and transposes) of ``x``.

@@ -249,13 +249,13 @@ def open_movie(path: str | Path, *, signal: int | str | None = None) -> Movie:
     if signal is not None and "signals" not in movie.metadata:  # a format of one image (stack)
         movie.metadata.setdefault("warnings", []).append(
             f"signal {signal!r} (--signal) was ignored: {movie.metadata.get('format', 'this')} "
-            "input holds one image or stack")
+            "input has no images to choose from")
     return movie
 
 
 def _open(path: Path, signal: int | str | None) -> Movie:
     if path.is_dir():
-        return _open_folder(path)
+        return _open_folder(path, signal)
     if not path.exists():
         raise FileNotFoundError(f"no such file or folder: {path}")
     if path.stat().st_size == 0:  # e.g. an interrupted copy: say so, not the parser's riddle
@@ -769,7 +769,7 @@ def _frame_files(folder: Path) -> list[Path]:
     return sorted(files, key=lambda p: _natural_key(p.relative_to(folder)))
 
 
-def _open_folder(folder: Path) -> Movie:
+def _open_folder(folder: Path, signal: int | str | None = None) -> Movie:
     files = _frame_files(folder)
     if any(is_sidecar(p) for p in folder.glob("*.json")):  # not frames of one movie
         raise ValueError(
@@ -778,7 +778,7 @@ def _open_folder(folder: Path) -> Movie:
             "(the <stem>_rs.tif masks are skipped)")
     shapes, stamps = [], []
     for f in files:  # headers only: PIL, tifffile and rosettasciio-lazy read no pixels here
-        with open_movie(f) as m:
+        with _open(f, signal) as m:  # the same image of every multi-image frame file
             if len(m) != 1:
                 raise ValueError(
                     f"{f} holds {len(m)} frames: a folder is read as one movie of one frame per "
@@ -801,10 +801,12 @@ def _open_folder(folder: Path) -> Movie:
                      f"{np.diff(times).max():.4g} s; using the median {dt:.4g} s")
     cal = Calibration.from_file(pixel_size_nm=first.calibration.pixel_size_nm, frame_interval_s=dt)
     meta = {"format": f"folder of {first.metadata['format']} frames", "n_files": len(files),
-            "first_file": str(files[0].relative_to(folder)), "notes": notes}
+            "first_file": str(files[0].relative_to(folder)), "notes": notes,
+            # as the first frame's file says (e.g. one channel of several read)
+            **{k: first.metadata[k] for k in ("warnings", "signal", "signals") if k in first.metadata}}
 
     def read(i: int) -> np.ndarray:
-        with open_movie(files[i]) as m:
+        with _open(files[i], signal) as m:
             return m[0]
 
     return Movie(folder, (len(files), *shapes[0]), cal, meta, read, timestamps_s=times)

@@ -270,3 +270,16 @@ def test_generate_removes_a_half_written_item_so_the_same_command_reruns(tmp_pat
     assert list(tmp_path.iterdir()) == []
     monkeypatch.undo()
     assert len(export.generate_dataset(out=tmp_path, n=1, size=32, mode="stem", progress=False)) == 1
+
+
+def test_generate_refuses_a_file_as_folder_and_skips_json_that_is_no_annotation(tmp_path):
+    from dislotrack.data_gen.export import generate_dataset
+
+    (tmp_path / "file").write_text("mine")
+    with pytest.raises(NotADirectoryError, match="is a file, not a folder"):
+        generate_dataset(out=tmp_path / "file", n=1, size=32, mode="stem", progress=False)
+    out = tmp_path / "g"
+    out.mkdir()
+    (out / "image_00007.json").write_text("[]")  # JSON named like an item, but not one of ours
+    assert len(generate_dataset(out=out, n=1, size=32, mode="stem", progress=False)) == 1
+    assert (out / "image_00007.json").read_text() == "[]"

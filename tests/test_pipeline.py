@@ -515,6 +515,12 @@ def test_tta_takes_a_number_of_views(capsys):
     assert (parse(), parse("--tta"), parse("--tta", "2"), parse("--tta", "4")) == (1, 8, 2, 4)
     with pytest.raises(SystemExit):
         parse("--tta", "3")
+    # --tta alone before an input still means 8 views (as before it took a count).
+    from dislotrack.infer.cli import _bare_tta
+
+    args = build_parser().parse_args(_bare_tta(["infer", "--tta", "a.tif", "b.tif", "--out", "o"]))
+    assert (args.tta, args.inputs) == (8, ["a.tif", "b.tif"])
+    assert _bare_tta(["infer", "a.tif", "--tta", "3"]) == ["infer", "a.tif", "--tta", "3"]
     assert "argument --tta: invalid choice: 3 (choose from 1, 2, 4, 8)" in capsys.readouterr().err
 
 
@@ -730,7 +736,7 @@ def test_analyze_warnings_show_in_python_and_once_in_the_cli(tiny_model, tmp_pat
     write_imagej_tiff(movie, np.zeros((3, 32, 32), np.float32), pixel_size_nm=0.1)  # no interval
     with pytest.warns(AnalysisWarning, match="per-frame units") as caught:
         res = analyze(movie, model=tiny_model, progress=False)
-    assert [str(w.message) for w in caught] == res.warnings  # each once, as in the result
+    assert [str(w.message) for w in caught] == [f"m.tif: {w}" for w in res.warnings]  # each once
     assert caught[0].filename == __file__  # pointing at the caller's line
     assert main(["infer", str(movie), "--out", str(tmp_path / "o"), "--model", str(tiny_model),
                  "--no-movie"]) == 0
@@ -742,7 +748,8 @@ def test_signal_given_for_a_one_image_format_is_reported_as_ignored(tiny_model, 
     movie = tmp_path / "m.tif"
     write_imagej_tiff(movie, np.zeros((2, 32, 32), np.float32), pixel_size_nm=0.1, frame_interval_s=1.0)
     res = analyze(movie, model=tiny_model, signal="HAADF", progress=False)
-    assert "signal 'HAADF' (--signal) was ignored: ImageJ TIFF input holds one image or stack" in res.warnings
+    said = "signal 'HAADF' (--signal) was ignored: ImageJ TIFF input has no images to choose from"
+    assert said in res.warnings
     assert res.options["signal"] is None  # not recorded as if it had picked something
     plain = analyze(movie, model=tiny_model, progress=False)
     assert not any("--signal" in w for w in plain.warnings)
@@ -755,7 +762,8 @@ def test_the_notebook_api_is_importable_from_infer_without_slowing_the_command_l
     code = ("import sys, dislotrack.infer.cli; assert 'torch' not in sys.modules; "
             "from dislotrack.infer import analyze, track_detections, AnalysisWarning; "
             "from dislotrack.infer.pipeline import analyze as a; assert analyze is a")
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
     import dislotrack.infer
 
     with pytest.raises(AttributeError, match="no attribute 'nothing'"):

@@ -62,8 +62,9 @@ def test_fewer_views_average_only_their_turns():
 
 
 def test_tta_values():
-    assert [tta_views(v) for v in (False, True, 1, 2, 4, 8, np.True_, 2.0)] == [1, 8, 1, 2, 4, 8, 8, 2]
-    for bad in (3, 0, 16, "2", None):
+    given = (False, True, 1, 2, 4, 8, np.True_, np.int64(4))
+    assert [tta_views(v) for v in given] == [1, 8, 1, 2, 4, 8, 8, 4]
+    for bad in (3, 0, 16, "2", None, 2.0):
         with pytest.raises(ValueError, match="one of 1, 2, 4, 8"):
             tta_views(bad)
 

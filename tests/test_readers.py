@@ -553,3 +553,15 @@ def test_an_empty_file_is_named_as_such(tmp_path, name):
     (tmp_path / name).touch()
     with pytest.raises(ValueError, match=r"is empty \(0 bytes\)"):
         open_movie(tmp_path / name)
+
+
+def test_a_folder_passes_on_what_its_frame_files_warn(tmp_path):
+    rng = np.random.default_rng(5)
+    for i in range(3):  # each frame file: three detector channels of one scan
+        tifffile.imwrite(tmp_path / f"f{i}.tif", stack(rng, (3, 16, 20)), imagej=True)
+    with open_movie(tmp_path) as movie:
+        assert movie.shape == (3, 16, 20)
+        assert movie.metadata["warnings"] == ["the file holds 3 channels; only channel 0 was read"]
+    with open_movie(tmp_path, signal="HAADF") as movie:
+        said = "folder of ImageJ TIFF frames input has no images to choose from"
+        assert said in movie.metadata["warnings"][-1]
