@@ -257,7 +257,7 @@ def _keeping_logged_warnings(fn: Callable[..., AnalysisResult]) -> Callable[...,
 
 
 @_keeping_logged_warnings
-def analyze(path: str | Path, *, model: str | Path | None = None, pixel_size_nm: float | None = None,
+def analyze(path: str | Path | Movie, *, model: str | Path | None = None, pixel_size_nm: float | None = None,
             frame_interval_s: float | None = None, device: str = "auto", threshold: float | None = None,
             batch_size: int = 4, d_spacing_nm: float = D003_LINIO2_NM,
             max_speed_nm_s: float = DEFAULT_MAX_SPEED_NM_S, memory: int = 5,
@@ -271,8 +271,9 @@ def analyze(path: str | Path, *, model: str | Path | None = None, pixel_size_nm:
 
     Parameters
     ----------
-    path : str or Path
-        Any input `dislotrack.infer.readers.open_movie` reads.
+    path : str, Path or Movie
+        Any input `dislotrack.infer.readers.open_movie` reads, or a movie it opened
+        (left open: its opener closes it; ``signal`` is then the one it was opened with).
     model : str or Path, optional
         A model ``<stem>`` (safetensors + JSON card); default: the bundled model.
     pixel_size_nm, frame_interval_s : float, optional
@@ -344,7 +345,11 @@ def analyze(path: str | Path, *, model: str | Path | None = None, pixel_size_nm:
     net, card = load_model(model)
     thr = threshold if threshold is not None else float(card.get("decode_threshold", 0.5))
     canonical = float(card["canonical_pixel_size_nm"])
-    with open_movie(path, signal=signal) as movie:
+    # A movie opened by the caller is read again, not reopened: opening a folder of DM
+    # frames reads every file's header (about 20 ms each).
+    opened = contextlib.nullcontext(path) if isinstance(path, Movie) else open_movie(path, signal=signal)
+    with opened as movie:
+        path = movie.path
         signal = _chosen_signal(movie, signal)
         cal = calibrate(movie, pixel_size_nm=pixel_size_nm, frame_interval_s=frame_interval_s,
                         d_spacing_nm=d_spacing_nm)

@@ -11,7 +11,7 @@ from dislotrack.infer.calibration import Calibration
 from dislotrack.infer.columns import TABLES
 from dislotrack.infer.outputs import MaskWriter, write_tables
 from dislotrack.infer.pipeline import AnalysisResult, analyze, calibrate
-from dislotrack.infer.readers import open_movie
+from dislotrack.infer.readers import Movie, open_movie
 from dislotrack.infer.strain import COMPONENTS as STRAIN_COMPONENTS
 
 logger = logging.getLogger(__name__)
@@ -31,21 +31,22 @@ def infer_one(path: str | Path, out: str | Path, *, movie: bool = True, parquet:
     and figures/strain.png. Other options go to `analyze`.
     """
     dest = output_dir(out, path)
+    # Opened once for calibration, analysis and the overlay (a folder of frames reads every
+    # file's header when opened).
     with open_movie(path, signal=options.get("signal")) as m:  # unreadable: leaves no folder
         cal = calibrate(m, pixel_size_nm=options.get("pixel_size_nm"),
                         frame_interval_s=options.get("frame_interval_s"),
                         d_spacing_nm=options.get("d_spacing_nm", 0.473))
-        shape = m.shape
-    created = not dest.exists()
-    stale = stale_outputs(dest, movie=movie, strain=strain, parquet=parquet)
-    (dest / "figures").mkdir(parents=True, exist_ok=True)
-    try:
-        res = _analyze_and_write(path, dest, cal, shape, movie=movie, parquet=parquet,
-                                 strain=strain, **options)
-    except BaseException:
-        if created:  # nothing half-written where a later run would look for results
-            shutil.rmtree(dest, ignore_errors=True)
-        raise
+        created = not dest.exists()
+        stale = stale_outputs(dest, movie=movie, strain=strain, parquet=parquet)
+        (dest / "figures").mkdir(parents=True, exist_ok=True)
+        try:
+            res = _analyze_and_write(m, dest, cal, movie=movie, parquet=parquet, strain=strain,
+                                     **options)
+        except BaseException:
+            if created:  # nothing half-written where a later run would look for results
+                shutil.rmtree(dest, ignore_errors=True)
+            raise
     for old in stale:  # only once this run's outputs are in place
         try:
             old.unlink()
@@ -84,8 +85,9 @@ def stale_outputs(dest: Path, *, movie: bool, strain: bool, parquet: bool) -> li
     return [dest / n for n in names if (dest / n).is_file()]
 
 
-def _analyze_and_write(path: str | Path, dest: Path, cal: Calibration, shape: tuple[int, ...], *,
-                       movie: bool, parquet: bool, strain: bool, **options) -> AnalysisResult:
+def _analyze_and_write(m: Movie, dest: Path, cal: Calibration, *, movie: bool, parquet: bool,
+                       strain: bool, **options) -> AnalysisResult:
+    shape = m.shape
     writer = MaskWriter(dest / "rocksalt_mask.tif", shape=shape, pixel_size_nm=cal.pixel_size_nm,
                         frame_interval_s=cal.frame_interval_s)
     strain_writer = None
@@ -96,7 +98,7 @@ def _analyze_and_write(path: str | Path, dest: Path, cal: Calibration, shape: tu
                                      frame_interval_s=cal.frame_interval_s,
                                      d_spacing_nm=options.get("d_spacing_nm", 0.473))
     try:
-        res = analyze(path, mask_sink=writer, frame_sink=strain_writer, **options)
+        res = analyze(m, mask_sink=writer, frame_sink=strain_writer, **options)
     finally:
         writer.close()
         if strain_writer is not None:
@@ -110,8 +112,7 @@ def _analyze_and_write(path: str | Path, dest: Path, cal: Calibration, shape: tu
     if movie:
         import tifffile
 
-        with (open_movie(path, signal=options.get("signal")) as m,
-              tifffile.TiffFile(dest / "rocksalt_mask.tif") as masks):
+        with tifffile.TiffFile(dest / "rocksalt_mask.tif") as masks:
             fps = 1.0 / res.calibration.frame_interval_s if res.calibration.frame_interval_s else 5.0
             frames = figures.overlay_frames(res, iter(m), (p.asarray() for p in masks.pages))
             figures.write_mp4(frames, dest / "figures" / "overlay.mp4", fps=min(max(fps, 1.0), 30.0))

@@ -777,3 +777,29 @@ def test_summary_names_the_input_by_its_absolute_path(tiny_model, tmp_path, monk
     assert main(["infer", "m.tif", "--out", "o", "--model", str(tiny_model), "--no-movie"]) == 0
     summary = json.loads((tmp_path / "o" / "m" / "summary.json").read_text())
     assert summary["input"]["path"] == str(tmp_path / "m.tif")  # not "m.tif"
+
+
+def test_infer_opens_each_input_once(tiny_model, tmp_path, monkeypatch):
+    """A folder of frames reads every file's header when opened: once, not per stage."""
+    import dislotrack.infer.pipeline as pipeline
+    import dislotrack.infer.run as run
+    from dislotrack.infer.readers import open_movie
+
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i in range(3):
+        frame = np.random.default_rng(i).normal(size=(32, 32)).astype(np.float32)
+        tifffile.imwrite(frames / f"f{i}.tif", frame)
+    opened: list[str] = []
+
+    def counting(path, **kw):
+        opened.append(str(path))
+        return open_movie(path, **kw)
+
+    monkeypatch.setattr(run, "open_movie", counting)
+    monkeypatch.setattr(pipeline, "open_movie", counting)
+    res = run.infer_one(frames, tmp_path / "o", model=tiny_model, pixel_size_nm=0.1, device="cpu",
+                        progress=False)  # with the overlay MP4
+    assert opened == [str(frames)] and res.shape == (3, 32, 32)
+    assert (tmp_path / "o" / "frames" / "figures" / "overlay.mp4").stat().st_size > 0
+    assert res.input_path == str(frames)  # still the input, not the movie object
