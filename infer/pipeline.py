@@ -65,7 +65,7 @@ from dislotrack.infer.options import (
 )
 from dislotrack.infer.predict import pick_device
 from dislotrack.infer.preprocess import scale_factor, to_canonical
-from dislotrack.infer.readers import NON_SQUARE_NOTE, Movie, open_movie
+from dislotrack.infer.readers import Movie, open_movie
 from dislotrack.models.io import load_model
 from dislotrack.models.unet import prepare_for_inference
 
@@ -169,11 +169,6 @@ def calibrate(movie: Movie, *, pixel_size_nm: float | None, frame_interval_s: fl
         raise ValueError(
             f"{movie.path}: no usable pixel size in the file{why} and none could be estimated "
             f"from {d_spacing_nm} nm fringes; pass --pixel-size NM")
-    for note in movie.metadata.get("notes", []):
-        if note.startswith(NON_SQUARE_NOTE):  # distances along y come out scaled by y/x
-            cal = replace(cal, warnings=(*cal.warnings, (
-                f"{note}: positions, velocities and strain along y are off by that ratio; "
-                "resample the movie to square pixels first")))
     # What the reader could not do as asked or as expected (e.g. read one channel of several).
     cal = replace(cal, warnings=(*cal.warnings, *movie.metadata.get("warnings", [])))
     caveat = movie.metadata.get("frame_interval_caveat")  # e.g. a video's playback rate

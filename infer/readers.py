@@ -309,16 +309,15 @@ def _seconds(scale: object, unit: object) -> float | None:
     return value if np.isfinite(value) and value > 0 else None
 
 
-#: Start of the reader note on pixels whose x and y sizes differ (infer warns about it).
-NON_SQUARE_NOTE = "non-square pixels"
-
-
-def _xy_calibration(px_x: float | None, px_y: float | None, notes: list[str]) -> float | None:
-    """One pixel size from x and y; a note if they differ by more than 1 %."""
+def _xy_calibration(px_x: float | None, px_y: float | None, warnings: list[str]) -> float | None:
+    """One pixel size from x and y; a calibration warning if they differ by more than 1 %
+    (distances along y then come out scaled by y/x)."""
     if px_x is None or px_y is None:
         return px_x if px_x is not None else px_y
     if abs(px_x - px_y) > 0.01 * px_x:
-        notes.append(f"{NON_SQUARE_NOTE}: x {px_x:.6g} nm, y {px_y:.6g} nm; using x")
+        warnings.append(f"non-square pixels: x {px_x:.6g} nm, y {px_y:.6g} nm; using x: positions, "
+                        "velocities and strain along y are off by that ratio; resample the movie "
+                        "to square pixels first")
     return px_x
 
 
@@ -424,22 +423,24 @@ def _tiff_calibration(path: Path, tif: tifffile.TiffFile, notes: list[str]) -> C
     """OME > ImageJ > vendor tags (rosettasciio) > cm/inch resolution tags."""
     page = tif.pages.first
     found = [(None, None)]
+    warnings: list[str] = []
     if tif.is_ome:
-        found.append(_ome_calibration(tif.ome_metadata, notes))
+        found.append(_ome_calibration(tif.ome_metadata, notes, warnings))
     if tif.is_imagej:
         found.append(_imagej_calibration(tif.imagej_metadata, page, notes))
     px = next((p for p, _ in found if p is not None), None)
     dt = next((t for _, t in found if t is not None), None)
     vendor_tags = any(t.code >= 32768 and t.code not in _IMAGEJ_TAGS for t in page.tags)
     if (px is None or dt is None) and vendor_tags:  # DM, FEI, Zeiss, Olympus, ... tags
-        vendor_px, vendor_dt = _vendor_tiff_calibration(path, notes)
+        vendor_px, vendor_dt = _vendor_tiff_calibration(path, warnings)
         px, dt = px if px is not None else vendor_px, dt if dt is not None else vendor_dt
     if px is None:
         px = _resolution_tag_calibration(page, notes)
-    return Calibration.from_file(pixel_size_nm=px, frame_interval_s=dt)
+    return Calibration.from_file(pixel_size_nm=px, frame_interval_s=dt, warnings=warnings)
 
 
-def _ome_calibration(xml: str, notes: list[str]) -> tuple[float | None, float | None]:
+def _ome_calibration(xml: str, notes: list[str],
+                     warnings: list[str]) -> tuple[float | None, float | None]:
     root = ET.fromstring(xml)
     pixels = next((e for e in root.iter() if e.tag.endswith("}Pixels") or e.tag == "Pixels"), None)
     if pixels is None:
@@ -459,7 +460,7 @@ def _ome_calibration(xml: str, notes: list[str]) -> tuple[float | None, float | 
         planes.sort(key=lambda p: int(p.get("TheT", 0)))
         times = [_seconds(p["DeltaT"], p.get("DeltaTUnit", "s")) or 0.0 for p in planes]
         dt = interval_from_timestamps(times)
-    return _xy_calibration(px, py, notes), dt
+    return _xy_calibration(px, py, warnings), dt
 
 
 def _imagej_calibration(ij: dict, page, notes: list[str]) -> tuple[float | None, float | None]:
@@ -477,7 +478,7 @@ def _imagej_calibration(ij: dict, page, notes: list[str]) -> tuple[float | None,
     return px, dt
 
 
-def _vendor_tiff_calibration(path: Path, notes: list[str]) -> tuple[float | None, float | None]:
+def _vendor_tiff_calibration(path: Path, warnings: list[str]) -> tuple[float | None, float | None]:
     """Pixel size / frame interval from vendor tags (DM, FEI, Zeiss, ...) via rosettasciio."""
     try:
         from rsciio.tiff import file_reader
@@ -494,7 +495,7 @@ def _vendor_tiff_calibration(path: Path, notes: list[str]) -> tuple[float | None
     px = _xy_calibration(
         _length_nm(axes[-1].get("scale"), axes[-1].get("units"), scratch, "x"),
         _length_nm(axes[-2].get("scale"), axes[-2].get("units"), scratch, "y"),
-        notes,
+        warnings,
     )
     dt = next((t for a in axes[:-2] if (t := _seconds(a.get("scale"), a.get("units")))), None)
     return px, dt
@@ -539,10 +540,11 @@ def _open_rsciio(path: Path, module: str, label: str, *, signal: int | str | Non
         raise ValueError(f"{path} holds no 2-D image or image stack")
     sig = _choose_signal(images, signal, path)  # signals of one file share its handle
     data, axes = sig["data"], sig["axes"]
+    cal_warnings: list[str] = []
     px = _xy_calibration(
         _length_nm(axes[-1].get("scale"), axes[-1].get("units"), notes, "x axis"),
         _length_nm(axes[-2].get("scale"), axes[-2].get("units"), notes, "y axis"),
-        notes,
+        cal_warnings,
     )
     dt = _seconds(axes[0].get("scale"), axes[0].get("units")) if data.ndim == 3 else None
     om = sig.get("original_metadata", {})
@@ -565,7 +567,8 @@ def _open_rsciio(path: Path, module: str, label: str, *, signal: int | str | Non
         return np.asarray(block.compute() if hasattr(block, "compute") else block)
 
     shape = (1, *data.shape) if data.ndim == 2 else data.shape
-    return Movie(path, shape, Calibration.from_file(pixel_size_nm=px, frame_interval_s=dt), meta,
+    cal = Calibration.from_file(pixel_size_nm=px, frame_interval_s=dt, warnings=cal_warnings)
+    return Movie(path, shape, cal, meta,
                  read, close=lambda: _close_rsciio(data),
                  timestamps_s=None if stamp is None else np.zeros(1))
 
@@ -799,7 +802,8 @@ def _open_folder(folder: Path, signal: int | str | None = None) -> Movie:
     if dt is not None and np.ptp(np.diff(times)) > 0.2 * dt:
         notes.append(f"frame steps vary from {np.diff(times).min():.4g} to "
                      f"{np.diff(times).max():.4g} s; using the median {dt:.4g} s")
-    cal = Calibration.from_file(pixel_size_nm=first.calibration.pixel_size_nm, frame_interval_s=dt)
+    cal = Calibration.from_file(pixel_size_nm=first.calibration.pixel_size_nm, frame_interval_s=dt,
+                                warnings=first.calibration.warnings)
     meta = {"format": f"folder of {first.metadata['format']} frames", "n_files": len(files),
             "first_file": str(files[0].relative_to(folder)), "notes": notes,
             # as the first frame's file says (e.g. one channel of several read)

@@ -321,10 +321,10 @@ def test_real_dm_multi_signal_picks_the_image():
         assert movie.calibration.pixel_size_nm == pytest.approx(0.017752, rel=1e-3)
 
 
-def test_real_dm_non_square_pixels_noted():
+def test_real_dm_non_square_pixels_warned_about():
     path = real("ncempy/dmTest_float32_nonSquare_diffPixelSize.dm3")
-    notes = open_movie(path).metadata["notes"]
-    assert any("non-square" in n and "y 0.2 nm" in n for n in notes)
+    warned = open_movie(path).calibration.warnings
+    assert any("non-square" in w and "y 0.2 nm" in w and "off by that ratio" in w for w in warned)
 
 
 def test_real_dm_rgba_and_complex():
@@ -565,3 +565,16 @@ def test_a_folder_passes_on_what_its_frame_files_warn(tmp_path):
     with open_movie(tmp_path, signal="HAADF") as movie:
         said = "folder of ImageJ TIFF frames input has no images to choose from"
         assert said in movie.metadata["warnings"][-1]
+
+
+def test_non_square_ome_pixels_are_a_calibration_warning_also_for_a_folder(tmp_path):
+    meta = {"axes": "YX", "PhysicalSizeX": 1.0, "PhysicalSizeXUnit": "Å", "PhysicalSizeY": 2.0,
+            "PhysicalSizeYUnit": "Å"}
+    for i in range(2):
+        tifffile.imwrite(tmp_path / f"f{i}.ome.tif", stack(np.random.default_rng(i), (16, 16)),
+                         ome=True, metadata=meta)
+    for path in (tmp_path / "f0.ome.tif", tmp_path):
+        with open_movie(path) as movie:
+            assert movie.calibration.pixel_size_nm == pytest.approx(0.1)
+            assert [w[:46] for w in movie.calibration.warnings] == [
+                "non-square pixels: x 0.1 nm, y 0.2 nm; using x"]
