@@ -224,12 +224,17 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_finetune(args: argparse.Namespace) -> int:
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
     from dislotrack.train.finetune import finetune
 
-    metrics = finetune(data=args.data, out=args.out, model=args.model, epochs=args.epochs, lr=args.lr,
-                       size=args.size, batch_size=args.batch_size, crops_per_epoch=args.crops_per_epoch,
-                       val_fraction=args.val_fraction, seed=args.seed, accelerator=args.accelerator,
-                       verbose=True)
+    try:
+        metrics = finetune(data=args.data, out=args.out, model=args.model, epochs=args.epochs,
+                           lr=args.lr, size=args.size, batch_size=args.batch_size,
+                           crops_per_epoch=args.crops_per_epoch, val_fraction=args.val_fraction,
+                           seed=args.seed, accelerator=args.accelerator, verbose=True)
+    except MisconfigurationException as err:  # e.g. --accelerator gpu on a machine without one
+        raise ValueError(f"--accelerator {args.accelerator}: {err}") from err
     for k, v in sorted(metrics.items()):
         print(f"{k}: {v:.4g}")
     print(f"model written to {args.out}.safetensors / .json (use: dislotrack infer --model {args.out})")

@@ -341,3 +341,13 @@ def test_evaluate_refuses_predictions_of_another_shape(tmp_path, capsys):
     assert "f1" in report["image_00000"]
     assert report["image_00001"] == {"error": "the predictions are of a (30, 64, 64) input, "
                                               "the annotation is (1, 32, 32)"}
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_finetune_on_a_missing_gpu_is_a_one_line_error(tmp_path, capsys):
+    generate_dataset(out=tmp_path / "lab", n=2, size=32, mode="stem", seed=3, progress=False)
+    assert main(["finetune", "--data", str(tmp_path / "lab"), "--out", str(tmp_path / "ft"),
+                 "--epochs", "1", "--size", "32", "--accelerator", "gpu"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("dislotrack finetune: error: --accelerator gpu:")
+    assert "Traceback" not in "\n".join(err) and not (tmp_path / "ft.safetensors").exists()

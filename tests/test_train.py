@@ -321,6 +321,10 @@ def test_a_bundled_config_is_found_by_name_from_any_folder(tmp_path, monkeypatch
     (tmp_path / "cpu.yaml").write_text("trainer: {}\n")  # a file of the user's own comes first
     assert resolve_configs(["fit", "--config", "cpu.yaml"]) == ["fit", "--config", "cpu.yaml"]
     assert resolve_configs(["fit", "--config", "mine.yaml"]) == ["fit", "--config", "mine.yaml"]
+    # A typo in a path of one's own is left for the parser to refuse, not swapped for the
+    # bundled recipe of the same stem.
+    for typo in ("mycgf/cpu.yaml", "cpu.yml", "configs/gpu.yaml"):
+        assert resolve_configs(["fit", "--config", typo]) == ["fit", "--config", typo]
 
 
 def test_test_with_ckpt_path_last_needs_a_checkpoint(tmp_path, monkeypatch, capsys):

@@ -40,8 +40,12 @@ def resolve_configs(argv: Sequence[str]) -> list[str]:
     ``train/configs/cpu.yaml`` outside the repository) -> that config's installed path."""
     out = list(argv)
     for i, value in _option_values(out, "--config"):
-        bundled = Path(config_path(Path(value).stem))
-        if not Path(value).exists() and bundled.is_file():
+        stem = Path(value).stem
+        bundled = Path(config_path(stem))
+        # Only the bundled names themselves: a typo in the user's own path (mycfg/cpu.yaml,
+        # cpu.yml) must not silently train the bundled recipe instead.
+        named = Path(value).as_posix() in (stem, f"{stem}.yaml", f"train/configs/{stem}.yaml")
+        if named and not Path(value).exists() and bundled.is_file():
             out[i] = f"--config={bundled}" if out[i].startswith("--config=") else str(bundled)
     return out
 
