@@ -351,3 +351,29 @@ def test_finetune_on_a_missing_gpu_is_a_one_line_error(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("dislotrack finetune: error: --accelerator gpu:")
     assert "Traceback" not in "\n".join(err) and not (tmp_path / "ft.safetensors").exists()
+
+
+def test_lab_data_without_rock_salt_masks_trains_no_rock_salt(tmp_path, capfd):
+    """A missing mask means 'not annotated', not 'no rock salt anywhere'."""
+    from dislotrack.train.data import sample_to_item
+    from dislotrack.train.finetune import annotated_frames
+    from dislotrack.train.module import DislocationModule
+
+    generate_dataset(out=tmp_path / "lab", n=3, size=64, mode="stem", seed=3, progress=False)
+    for mask in (tmp_path / "lab").glob("*_rs.tif"):
+        mask.unlink()
+    frames = annotated_frames(tmp_path / "lab", 0.1)
+    assert [s.meta["rs_annotated"] for s in frames] == [False] * 3
+    batch = {k: v[None] for k, v in sample_to_item(frames[0]).items()}
+    _tiny(tmp_path / "base")
+    module = DislocationModule(load_model(tmp_path / "base")[0])
+    out = module(batch["image"])
+    assert module.losses(out, batch)["rs"] == 0  # annotated: > 0 (the tiny net is no oracle)
+    assert module.losses(out, {**batch, "rs_known": torch.ones(1)})["rs"] > 0
+    assert main(["finetune", "--data", str(tmp_path / "lab"), "--out", str(tmp_path / "ft"),
+                 "--model", str(tmp_path / "base"), "--epochs", "1", "--size", "32",
+                 "--batch-size", "2", "--crops-per-epoch", "4", "--accelerator", "cpu"]) == 0
+    out, _ = capfd.readouterr()
+    assert "val/rs_iou" not in out  # no score without a mask (it was 0 before)
+    assert "rock salt annotated in 0 of 3 item(s) (no <stem>_rs.tif: not trained or scored there)" in out
+    assert "val/rs_iou" not in load_model(tmp_path / "ft")[1]["metrics"]["finetune_validation"]

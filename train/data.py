@@ -65,7 +65,8 @@ def sample_to_item(s: Sample, *, transform=None, ignore_hidden: bool = False) ->
 
     ``ignore_hidden``: the heatmap loss ignores the surroundings of cores the image does
     not show (`hidden_cores`; item ``heatmap_weight``), rather than training the network
-    to mark cores it cannot see.
+    to mark cores it cannot see. Item ``rs_known`` is 0 where ``s.meta["rs_annotated"]``
+    is False (lab data without a rock-salt mask): no rock-salt loss or score there.
     """
     image, cores, rs = s.image, s.cores, s.rs_mask
     if ignore_hidden:
@@ -84,6 +85,7 @@ def sample_to_item(s: Sample, *, transform=None, ignore_hidden: bool = False) ->
         "hvec": torch.from_numpy(t["hvec"]),
         "hmask": torch.from_numpy(t["hmask"][None]),
         "rs": torch.from_numpy(t["rs"][None]),
+        "rs_known": torch.tensor(float(s.meta.get("rs_annotated", True))),
         "cores": torch.from_numpy(truth),
         "dose": torch.tensor(s.meta["detector"]["dose"], dtype=torch.float32),
         "stem": torch.tensor(s.meta["mode"] == "stem"),

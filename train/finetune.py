@@ -48,9 +48,12 @@ def annotated_frames(folder: str | Path, canonical_nm: float) -> list[Sample]:
                                   "hy": cores.hy.to_numpy(float)})
             rs = (resize(ann.rs_mask[f], img.shape, order=0, anti_aliasing=False)
                   if ann.rs_mask is not None else np.zeros(img.shape, np.uint8))
+            # Without a mask the lab did not annotate rock salt: its loss is skipped (zeros
+            # would teach the network that there is none anywhere).
             out.append(Sample(img.astype(np.float32), table, rs.astype(np.uint8),
                               {"pixel_size": canonical_nm, "mode": "lab",
-                               "detector": {"dose": np.nan}, "source": side.name}))
+                               "detector": {"dose": np.nan}, "source": side.name,
+                               "rs_annotated": ann.rs_mask is not None}))
     if not out:
         raise FileNotFoundError(f"no annotations (<stem>.json sidecars) in {folder}")
     return out
@@ -109,7 +112,12 @@ def describe_split(train: list[Sample], val: list[Sample], split: str, data: str
         return f"{items} item(s), {len(frames)} frame(s), {cores} core(s)"
 
     line = f"{data}: training on {part(train)}"
-    return line + (f"; validating on {part(val)} (held out by {split})" if val else "; no validation")
+    line += f"; validating on {part(val)} (held out by {split})" if val else "; no validation"
+    sources = {f.meta["source"]: f.meta.get("rs_annotated", True) for f in [*train, *val]}
+    if not all(sources.values()):  # say so: no rock-salt loss or score for those items
+        line += (f"; rock salt annotated in {sum(sources.values())} of {len(sources)} item(s) "
+                 "(no <stem>_rs.tif: not trained or scored there)")
+    return line
 
 
 def split_frames(frames: list[Sample], val_fraction: float,

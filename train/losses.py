@@ -24,8 +24,15 @@ def h_cosine_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) 
     return ((1 - cos) * mask).sum() / n if n > 0 else pred.sum() * 0.0
 
 
-def bce_dice_loss(logit: torch.Tensor, target: torch.Tensor, *, smooth: float = 1.0) -> torch.Tensor:
-    """BCE plus soft Dice over the whole batch (well defined when masks are empty)."""
+def bce_dice_loss(logit: torch.Tensor, target: torch.Tensor, *, known: torch.Tensor | None = None,
+                  smooth: float = 1.0) -> torch.Tensor:
+    """BCE plus soft Dice over the whole batch (well defined when masks are empty), over the
+    samples whose mask is ``known`` (shape (B,), nonzero: annotated; 0 if none is)."""
+    if known is not None:
+        keep = known.reshape(-1) > 0
+        if not keep.any():
+            return logit.sum() * 0.0
+        logit, target = logit[keep], target[keep]
     bce = F.binary_cross_entropy_with_logits(logit, target)
     p = torch.sigmoid(logit)
     dice = 1 - (2 * (p * target).sum() + smooth) / (p.sum() + target.sum() + smooth)

@@ -67,7 +67,7 @@ class DislocationModule(L.LightningModule):
         # torch.compile is opt-in (GPU configs); the compiled wrapper shares parameters.
         self._forward = torch.compile(net) if compile else net
         self._tallies: dict[str, DetectionTally] = {}
-        self._rs = np.zeros(2)
+        self._rs = np.zeros(3)  # intersection, union, annotated samples
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._forward(x)
@@ -76,7 +76,7 @@ class DislocationModule(L.LightningModule):
         lh = heatmap_loss(out[:, HEATMAP_CH:HEATMAP_CH + 1], batch["heatmap"],
                           weight=batch.get("heatmap_weight"))
         lv = h_cosine_loss(out[:, HVEC_CH], batch["hvec"], batch["hmask"])
-        lr = bce_dice_loss(out[:, RS_CH:RS_CH + 1], batch["rs"])
+        lr = bce_dice_loss(out[:, RS_CH:RS_CH + 1], batch["rs"], known=batch.get("rs_known"))
         hp = self.hparams
         total = hp.w_heatmap * lh + hp.w_h * lv + hp.w_rs * lr
         return {"loss": total, "heatmap": lh, "h": lv, "rs": lr}
@@ -105,8 +105,10 @@ class DislocationModule(L.LightningModule):
                 self._tallies.setdefault(k, DetectionTally()).add(
                     pred[["x", "y"]].to_numpy(), pred[["hx", "hy"]].to_numpy(),
                     t[["x", "y"]].to_numpy(), t[["hx", "hy"]].to_numpy(), pixel_size=ps)
+            if "rs_known" in batch and not batch["rs_known"][i]:
+                continue  # no rock-salt annotation: no IoU to add
             rp = maps["rocksalt"][i] > 0.5
-            self._rs += [np.logical_and(rp, rs_true[i]).sum(), np.logical_or(rp, rs_true[i]).sum()]
+            self._rs += [np.logical_and(rp, rs_true[i]).sum(), np.logical_or(rp, rs_true[i]).sum(), 1]
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._eval_step(batch, "val")
@@ -123,9 +125,10 @@ class DislocationModule(L.LightningModule):
                         float(np.nan_to_num(v, nan=0.0 if name != "rmse_nm" else 1.0)))
             if k == "all":  # how many cores matched: says when rmse and h accuracy are placeholders
                 metrics[f"{stage}/tp"] = float(tally.tp)
-        metrics[f"{stage}/rs_iou"] = float(self._rs[0] / self._rs[1]) if self._rs[1] else 1.0
+        if self._rs[2]:  # no rock-salt annotation at all (lab data): no score, not a placeholder
+            metrics[f"{stage}/rs_iou"] = float(self._rs[0] / self._rs[1]) if self._rs[1] else 1.0
         self.log_dict(metrics, sync_dist=True)
-        self._tallies, self._rs = {}, np.zeros(2)
+        self._tallies, self._rs = {}, np.zeros(3)
 
     def on_validation_epoch_end(self) -> None:
         self._epoch_end("val")
