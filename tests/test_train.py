@@ -115,6 +115,21 @@ def test_ckpt_path_last_resumes_an_interrupted_run(tmp_path, monkeypatch, capsys
     assert "schedule spans 4 steps but this run plans 6" in capsys.readouterr().err
 
 
+def test_last_checkpoint_is_the_last_epoch_even_when_the_score_stops_improving(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    # A constant validation F1: only the first epoch "improves" it.
+    monkeypatch.setattr(DislocationModule, "_epoch_end",
+                        lambda self, stage: self.log(f"{stage}/f1", 0.0), raising=True)
+    train_main(["fit", "--config", config_path("cpu"), "--model.net.init_args.config.base_channels=4",
+                "--model.net.init_args.config.depth=2", "--data.batch_size=2", "--data.num_workers=0",
+                "--data.size=32", "--data.eval_size=32", "--data.n_val=2", "--data.samples_per_epoch=2",
+                "--trainer.max_epochs=3", "--trainer.enable_progress_bar=false", "--trainer.logger=false"])
+    ckpts = tmp_path / "runs/cpu/checkpoints"
+    last = torch.load(ckpts / "last.ckpt", weights_only=True, map_location="cpu")
+    assert (last["epoch"], last["global_step"]) == (2, 3)  # 0.1.12 kept epoch 0's here
+    assert len(list(ckpts.glob("epoch*.ckpt"))) == 1  # the best, as before
+
+
 def test_train_offers_no_predict(capsys):
     with pytest.raises(SystemExit):
         train_main(["predict", "--config", config_path("cpu")])
