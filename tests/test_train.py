@@ -127,7 +127,15 @@ def test_last_checkpoint_is_the_last_epoch_even_when_the_score_stops_improving(t
     ckpts = tmp_path / "runs/cpu/checkpoints"
     last = torch.load(ckpts / "last.ckpt", weights_only=True, map_location="cpu")
     assert (last["epoch"], last["global_step"]) == (2, 3)  # 0.1.12 kept epoch 0's here
-    assert len(list(ckpts.glob("epoch*.ckpt"))) == 1  # the best, as before
+    (best,) = ckpts.glob("epoch*.ckpt")  # the best, as before: epoch 0
+    # The export is the best epoch's weights, and its card says which epoch and its scores.
+    from dislotrack.models.io import load_lightning_checkpoint, load_model
+
+    net, card = load_model(tmp_path / "runs/cpu/model")
+    assert all(torch.equal(v, net.state_dict()[k]) for k, v in load_lightning_checkpoint(best).items())
+    assert (card["training"]["best_epoch"], card["training"]["epochs"]) == (0, 3)
+    best_scores, last_scores = card["metrics"]["best_validation"], card["metrics"]["last_validation"]
+    assert best_scores["val/f1"] == 0.0 and best_scores["val/loss"] != last_scores["val/loss"]
 
 
 def test_train_offers_no_predict(capsys):

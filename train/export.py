@@ -30,12 +30,18 @@ class ExportModel(L.Callback):
         self.command = ""  # the full command line, set by `dislotrack train`
         self._first_step: int | None = None  # global step when training started (resumes too)
         self._t0 = time.time()
+        # Each validated epoch's scores, to give those of the exported (best) epoch.
+        self._history: dict[int, dict[str, float]] = {}
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._t0, self._first_step = time.time(), None
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._first_step = trainer.global_step  # after a resume has restored it
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._history[trainer.current_epoch] = _scalars(trainer.callback_metrics)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.global_rank != 0:
@@ -46,10 +52,11 @@ class ExportModel(L.Callback):
             return
         net = pl_module.net
         best = getattr(trainer.checkpoint_callback, "best_model_path", "")
+        best_epoch = None
         if best and Path(best).is_file():
             net.load_state_dict(load_lightning_checkpoint(best))
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()
-                   if isinstance(v, torch.Tensor) and v.numel() == 1}
+            best_epoch = int(torch.load(best, map_location="cpu", weights_only=True)["epoch"])
+        metrics = _scalars(trainer.callback_metrics)
         dm = trainer.datamodule
         card = {
             "canonical_pixel_size_nm": float(dm.hparams.get("pixel_size", CANONICAL_PIXEL_SIZE_NM))
@@ -58,9 +65,18 @@ class ExportModel(L.Callback):
             "training": {"recipe": self.recipe, "command": self.command, "epochs": trainer.current_epoch,
                          "steps": trainer.global_step, "wall_time_s": time.time() - self._t0,
                          "best_checkpoint": best,
+                         "best_epoch": best_epoch,  # the exported weights' (0-based)
                          "module": {k: v for k, v in pl_module.hparams.items() if not k.startswith("_")}},
-            "metrics": {"last_validation": metrics},
+            # last: the final epoch's; best: the exported weights' epoch (if this run validated it)
+            "metrics": {"last_validation": metrics,
+                        **({"best_validation": self._history[best_epoch]}
+                           if best_epoch in self._history else {})},
         }
         save_model(net.cpu(), self.path, card=card)
         rank_zero_info(f"model exported to {self.path}.safetensors / .json "
                        f"(use: dislotrack infer --model {self.path})")
+
+
+def _scalars(metrics: dict) -> dict[str, float]:
+    """Lightning's logged metrics as plain floats (scalars only)."""
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, torch.Tensor) and v.numel() == 1}
