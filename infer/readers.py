@@ -349,6 +349,8 @@ def _open_tiff(path: Path) -> Movie:
         page_axes = series.keyframe.axes
         if not series.axes.endswith(page_axes):
             raise ValueError(f"{path}: cannot map TIFF axes {series.axes!r} to frames")
+        if series.axes == "SYX" and tif.is_shaped:  # how tifffile writes a (3|4, y, x) array
+            return _planar_stack(path, tif, series)
         lead_axes = series.axes[: len(series.axes) - len(page_axes)]
         lead_shape = tuple(series.shape[: len(lead_axes)])
         notes: list[str] = []
@@ -370,6 +372,17 @@ def _open_tiff(path: Path) -> Movie:
 #: movie saved without axes (tifffile writes a 3-D array as channels by default); up to
 #: this many are detectors of one scan (HAADF, BF, ...), of which channel 0 is read.
 MAX_DETECTOR_CHANNELS = 4
+
+
+def _planar_stack(path: Path, tif: tifffile.TiffFile, series) -> Movie:
+    """A one-page TIFF whose 3 or 4 planar samples are frames: tifffile stores a (3|4, y, x)
+    array as planar RGB(A), which no camera writes for a colour image (those are (y, x, 3))."""
+    n, h, w = series.shape
+    cal = _tiff_calibration(path, tif, notes := [])
+    meta = {"format": "TIFF", "axes": series.axes, "dtype": str(series.dtype), "notes": notes,
+            "warnings": [f"the TIFF stores {n} planar colour samples in one page, as tifffile "
+                         f"writes a ({n}, y, x) array: read as {n} frames, not as one colour image"]}
+    return Movie(path, (n, h, w), cal, meta, lambda i: tif.pages.first.asarray()[i], close=tif.close)
 
 
 def _tiff_frame_index(axes: str, shape: tuple[int, ...], warnings: list[str]) -> list[tuple]:

@@ -578,3 +578,17 @@ def test_non_square_ome_pixels_are_a_calibration_warning_also_for_a_folder(tmp_p
             assert movie.calibration.pixel_size_nm == pytest.approx(0.1)
             assert [w[:46] for w in movie.calibration.warnings] == [
                 "non-square pixels: x 0.1 nm, y 0.2 nm; using x"]
+
+
+@pytest.mark.parametrize("n", [3, 4])
+def test_a_short_stack_written_by_tifffile_is_frames_not_colour(tmp_path, n):
+    data = stack(np.random.default_rng(n), (n, 16, 20), dtype=np.float32)
+    tifffile.imwrite(tmp_path / "short.tif", data)  # tifffile: planar RGB(A), axes SYX
+    with open_movie(tmp_path / "short.tif") as movie:
+        assert movie.shape == (n, 16, 20)
+        np.testing.assert_array_equal(movie[n - 1], data[n - 1])
+        assert f"read as {n} frames" in movie.metadata["warnings"][0]
+    rgb = stack(np.random.default_rng(9), (16, 20, 3), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "rgb.tif", rgb, photometric="rgb")  # a colour image: (y, x, 3)
+    with open_movie(tmp_path / "rgb.tif") as movie:
+        assert movie.shape == (1, 16, 20) and not movie.metadata["warnings"]
