@@ -137,6 +137,11 @@ def load_model(
             raise FileNotFoundError(
                 f"no bundled model at {path}; train one (dislotrack train) or pass a model path"
             )
+    if str(path).endswith(".ckpt"):  # a training checkpoint, not a model: say where the model is
+        raise ValueError(
+            f"{path} is a Lightning training checkpoint, not a model: use the model its run "
+            "exported (<run folder>/model, e.g. runs/cpu/model), or export one with "
+            "dislotrack.models.load_lightning_checkpoint and save_model")
     weights, card_path = _model_paths(path)
     bundled = _bundled(str(path))
     if not weights.is_file() and bundled is not None:

@@ -164,3 +164,10 @@ def test_bundled_models_load_by_name():
     assert fine["canonical_pixel_size_nm"] == 0.05 and fine["model_id"] == "fine"
     with pytest.raises(FileNotFoundError):
         load_model("no_such_model")
+
+
+def test_a_training_checkpoint_given_as_a_model_says_what_to_use(tmp_path):
+    (tmp_path / "last.ckpt").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"last.ckpt is a Lightning training checkpoint, not a model: "
+                                         r"use the model its run exported \(<run folder>/model"):
+        load_model(tmp_path / "last.ckpt")
