@@ -412,3 +412,16 @@ def test_a_null_root_is_refused_in_one_line(args, capsys):
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0
     assert "--trainer.default_root_dir" in err and "give a folder" in err
+
+
+def test_several_nodes_without_a_launcher_are_refused_not_left_waiting(tmp_path, monkeypatch, capsys):
+    from dislotrack.infer.cli import main
+
+    for k in ("SLURM_JOB_ID", "SLURM_NTASKS", "MASTER_ADDR", "TORCHELASTIC_RUN_ID", "LSB_JOBID"):
+        monkeypatch.delenv(k, raising=False)
+    args = ["train", "fit", "--config", "cluster", "--trainer.accelerator=cpu", "--trainer.devices=1",
+            "--trainer.precision=32", f"--trainer.default_root_dir={tmp_path}", "--trainer.logger=false",
+            "--model.compile=false"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "trainer.num_nodes is 2 but no cluster launcher" in err and "--trainer.num_nodes 1" in err

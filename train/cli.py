@@ -144,6 +144,10 @@ def outputs_outside_root(root: str | None, outputs: dict[str, str]) -> list[str]
     return [f"{k} ({v})" for k, v in outputs.items() if not Path(v).resolve().is_relative_to(base)]
 
 
+#: Environment variables that a multi-node launcher sets (SLURM, torchrun, LSF).
+_LAUNCHER_VARIABLES = ("SLURM_JOB_ID", "SLURM_NTASKS", "MASTER_ADDR", "TORCHELASTIC_RUN_ID", "LSB_JOBID")
+
+
 class DislotrackCLI(LightningCLI):
     """LightningCLI that checks where a run writes before it starts.
 
@@ -180,7 +184,19 @@ class DislotrackCLI(LightningCLI):
                            "a config saved by an earlier run fixes these paths; edit them or "
                            "start from the bundled config")
 
+    def _check_nodes(self) -> None:
+        """Raises `TrainConfigError` for several nodes without a launcher: each process would
+        wait for the other nodes' processes forever (e.g. cluster.yaml run by hand)."""
+        nodes = self.trainer.num_nodes
+        launched = any(k in os.environ for k in _LAUNCHER_VARIABLES)
+        if nodes > 1 and not launched:
+            raise TrainConfigError(
+                f"trainer.num_nodes is {nodes} but no cluster launcher (SLURM, torchrun) started "
+                "this run, so it would wait for the other nodes forever: submit it with sbatch "
+                "(README: Training) or pass --trainer.num_nodes 1")
+
     def before_fit(self) -> None:
+        self._check_nodes()
         self._check_outputs()
         for cb in self.trainer.callbacks:  # the model card records the command as typed
             if isinstance(cb, ExportModel):
@@ -188,6 +204,7 @@ class DislotrackCLI(LightningCLI):
 
     def before_validate(self) -> None:
         """Raises FileNotFoundError if ``--ckpt_path last`` finds no ``last.ckpt``."""
+        self._check_nodes()
         self._check_outputs()
         why = missing_last_checkpoint(self.config[self.subcommand].get("ckpt_path"),
                                       getattr(self.trainer.checkpoint_callback, "dirpath", None))
