@@ -316,6 +316,25 @@ def test_finetune_reports_only_scores_defined_for_lab_data():
     assert defined_scores(logged, 0) == {"val/loss": 0.5, "val/rs_iou": 0.9, "val/true_cores": 0}
     matched = {**logged, "val/tp": 3.0, "val/rmse_nm": 0.1, "val/h_accuracy": 1.0}
     assert defined_scores(matched, 4)["val/rmse_nm"] == 0.1
+    nan = {**logged, "val/rmse_nm": float("nan"), "val/h_accuracy": float("nan"), "val/tp": 2.0}
+    assert "val/rmse_nm" not in defined_scores(nan, 4)  # as the module now logs them
+
+
+def test_validation_logs_no_made_up_rmse_or_h_accuracy():
+    from dislotrack.models.metrics import DetectionTally
+    from dislotrack.train.module import DislocationModule
+
+    module = DislocationModule(UNet(UNetConfig(base_channels=4, depth=2)))
+    logged: dict = {}
+    module.log_dict = lambda metrics, **_: logged.update(metrics)
+    missed = DetectionTally()  # one true core, nothing found
+    missed.add(np.zeros((0, 2)), np.zeros((0, 2)), np.array([[5.0, 5.0]]), np.array([[1.0, 0.0]]),
+               pixel_size=0.1)
+    module._tallies = {"all": missed}
+    module._epoch_end("val")
+    assert logged["val/f1"] == 0.0 and logged["val/tp"] == 0.0
+    assert np.isnan(logged["val/rmse_nm"]) and np.isnan(logged["val/h_accuracy"])  # were 1.0 and 0.0
+    assert "val/rs_iou" not in logged  # no rock salt was scored
 
 
 def test_evaluate_with_nothing_scored_says_so_and_drops_a_stale_figure(tmp_path, capsys):

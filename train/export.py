@@ -78,5 +78,7 @@ class ExportModel(L.Callback):
 
 
 def _scalars(metrics: dict) -> dict[str, float]:
-    """Lightning's logged metrics as plain floats (scalars only)."""
-    return {k: float(v) for k, v in metrics.items() if isinstance(v, torch.Tensor) and v.numel() == 1}
+    """Lightning's logged metrics as plain floats: finite scalars only (a score that is
+    undefined, e.g. RMSE without a matched core, is left out, and the card stays strict JSON)."""
+    return {k: float(v) for k, v in metrics.items()
+            if isinstance(v, torch.Tensor) and v.numel() == 1 and torch.isfinite(v)}

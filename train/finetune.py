@@ -62,9 +62,9 @@ def annotated_frames(folder: str | Path, canonical_nm: float) -> list[Sample]:
 def defined_scores(metrics: dict[str, float], n_true: int) -> dict[str, float]:
     """The validation scores that are defined for lab data, plus ``val/true_cores``.
 
-    The training module logs placeholders where a score is undefined (F1 0 and RMSE 1
-    without true cores, RMSE 1 and h accuracy 0 without a matched core) and splits
-    scores by imaging mode, which lab frames do not have: those are left out.
+    The training module logs F1 0 where there are no true cores (a placeholder here) and
+    NaN for RMSE and h accuracy without a matched core, and splits scores by imaging mode,
+    which lab frames do not have: those are left out.
 
     Parameters
     ----------
@@ -83,7 +83,7 @@ def defined_scores(metrics: dict[str, float], n_true: int) -> dict[str, float]:
         undefined |= {"val/f1", "val/precision", "val/recall", "val/rmse_nm", "val/h_accuracy", "val/tp"}
     elif metrics.get("val/tp", 1) == 0:
         undefined |= {"val/rmse_nm", "val/h_accuracy"}
-    out = {k: v for k, v in metrics.items() if k not in undefined
+    out = {k: v for k, v in metrics.items() if k not in undefined and np.isfinite(v)
            and not k.startswith(("val/hrtem/", "val/stem/", "val/dose_"))}
     return {**out, "val/true_cores": n_true}
 

@@ -121,8 +121,10 @@ class DislocationModule(L.LightningModule):
         for k, tally in self._tallies.items():
             for name, v in tally.summary().items():
                 if name in ("f1", "rmse_nm", "h_accuracy", "precision", "recall"):
+                    # F1, precision and recall without cores are 0 (val/f1 picks checkpoints);
+                    # RMSE and h accuracy without a matched core are NaN, not made-up scores.
                     metrics[f"{stage}/{name}" if k == "all" else f"{stage}/{k}/{name}"] = (
-                        float(np.nan_to_num(v, nan=0.0 if name != "rmse_nm" else 1.0)))
+                        float(v) if name in ("rmse_nm", "h_accuracy") else float(np.nan_to_num(v, nan=0.0)))
             if k == "all":  # how many cores matched: says when rmse and h accuracy are placeholders
                 metrics[f"{stage}/tp"] = float(tally.tp)
         if self._rs[2]:  # no rock-salt annotation at all (lab data): no score, not a placeholder
