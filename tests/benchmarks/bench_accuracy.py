@@ -28,6 +28,7 @@ import torch
 from dislotrack.data_gen.conventions import D003_LINIO2_NM
 from dislotrack.data_gen.sample import GeneratorConfig, make_sample
 from dislotrack.infer.detectors import NetworkDetector
+from dislotrack.infer.options import TTA_VIEWS
 from dislotrack.infer.preprocess import to_canonical
 from dislotrack.models.io import load_model
 from dislotrack.models.metrics import MATCH_RADIUS_NM, DetectionTally, match_cores
@@ -224,7 +225,7 @@ def main() -> None:
                     help="pixel size of the test images [nm/px]; each model sees them resampled "
                     "to its canonical pixel size, as in infer")
     ap.add_argument("--no-gpa", action="store_true")
-    ap.add_argument("--tta", nargs="?", type=int, const=8, default=1, choices=(1, 2, 4, 8),
+    ap.add_argument("--tta", nargs="?", type=int, const=8, default=1, choices=TTA_VIEWS,
                     metavar="N", help="test-time augmentation over N views (as infer --tta)")
     ap.add_argument("--realdata", default=str(Path(__file__).resolve().parents[3] / "shared" / "realdata"))
     ap.add_argument("--json", default=None, help="also write the results here")

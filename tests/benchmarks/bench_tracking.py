@@ -46,6 +46,7 @@ from dislotrack.data_gen.sample import GeneratorConfig
 from dislotrack.data_gen.specimen import add_rocksalt_near, draw_specimen
 from dislotrack.infer.drift import measure_drift
 from dislotrack.infer.evaluate import event_scores, match_events, tracking_scores
+from dislotrack.infer.options import TTA_VIEWS
 from dislotrack.infer.outputs import write_tables
 from dislotrack.infer.pipeline import analyze, track_detections
 from dislotrack.models.visibility import shows_half_plane_end
@@ -244,7 +245,7 @@ def main() -> None:
     ap.add_argument("--min-length", type=int, default=None, help="shortest track [frames]")
     ap.add_argument("--max-gap", type=int, default=None, help="gap closing [frames] (0 = none)")
     ap.add_argument("--threshold", type=float, default=None, help="decode threshold (default: the card's)")
-    ap.add_argument("--tta", nargs="?", type=int, const=8, default=1, choices=(1, 2, 4, 8),
+    ap.add_argument("--tta", nargs="?", type=int, const=8, default=1, choices=TTA_VIEWS,
                     metavar="N", help="test-time augmentation over N views (as infer --tta)")
     ap.add_argument("--min-track-score", type=float, default=None, help="drop tracks of lower mean score")
     ap.add_argument("--weak-fraction", type=float, default=None, help="track-end extension (1 = off)")
