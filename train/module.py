@@ -127,8 +127,10 @@ class DislocationModule(L.LightningModule):
                         float(v) if name in ("rmse_nm", "h_accuracy") else float(np.nan_to_num(v, nan=0.0)))
             if k == "all":  # how many cores matched: says when rmse and h accuracy are placeholders
                 metrics[f"{stage}/tp"] = float(tally.tp)
-        if self._rs[2]:  # no rock-salt annotation at all (lab data): no score, not a placeholder
-            metrics[f"{stage}/rs_iou"] = float(self._rs[0] / self._rs[1]) if self._rs[1] else 1.0
+        # NaN without any rock-salt annotation (lab data): no score, and the same keys on
+        # every DDP rank (log_dict syncs them key by key).
+        metrics[f"{stage}/rs_iou"] = (float(self._rs[0] / self._rs[1]) if self._rs[1] else 1.0
+                                      ) if self._rs[2] else float("nan")
         self.log_dict(metrics, sync_dist=True)
         self._tallies, self._rs = {}, np.zeros(3)
 
