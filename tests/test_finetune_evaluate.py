@@ -396,3 +396,18 @@ def test_lab_data_without_rock_salt_masks_trains_no_rock_salt(tmp_path, capfd):
     assert "val/rs_iou" not in out  # no score without a mask (it was 0 before)
     assert "rock salt annotated in 0 of 3 item(s) (no <stem>_rs.tif: not trained or scored there)" in out
     assert "val/rs_iou" not in load_model(tmp_path / "ft")[1]["metrics"]["finetune_validation"]
+
+
+def test_finetune_refuses_a_pixel_size_that_cannot_show_the_fringes(tmp_path, capsys):
+    import json
+
+    generate_dataset(out=tmp_path / "lab", n=1, size=32, mode="stem", seed=3, progress=False)
+    side = tmp_path / "lab" / "image_00000.json"
+    meta = json.loads(side.read_text())
+    meta["pixel_size_nm"] = 5.0  # a typo for 0.05: would upsample 32 px to 1600
+    side.write_text(json.dumps(meta))
+    assert main(["finetune", "--data", str(tmp_path / "lab"), "--out", str(tmp_path / "ft"),
+                 "--epochs", "1", "--size", "32"]) == 2
+    err = capsys.readouterr().err
+    assert "pixel_size_nm 5 leaves the 0.473 nm (003) fringes 0.095 px apart" in err
+    assert not (tmp_path / "ft.safetensors").exists()

@@ -24,6 +24,7 @@ from skimage.transform import rescale, resize
 from torch.utils.data import DataLoader, Dataset
 
 from dislotrack.data_gen.annotations import find_annotations, read_annotation
+from dislotrack.data_gen.conventions import D003_LINIO2_NM
 from dislotrack.data_gen.sample import Sample
 from dislotrack.models.io import load_model, save_model
 from dislotrack.models.unet import required_multiple
@@ -39,6 +40,12 @@ def annotated_frames(folder: str | Path, canonical_nm: float) -> list[Sample]:
     out = []
     for side in find_annotations(folder):
         ann = read_annotation(side)
+        period_px = D003_LINIO2_NM / ann.pixel_size_nm
+        if period_px <= 2:  # e.g. 5 for 0.05 nm/px: it would also upsample to gigabytes
+            raise ValueError(
+                f"{side}: pixel_size_nm {ann.pixel_size_nm:g} leaves the {D003_LINIO2_NM} nm (003) "
+                f"fringes {period_px:.2g} px apart, under the 2 px that can show them: check the "
+                "pixel size (nm per pixel)")
         s = ann.pixel_size_nm / canonical_nm
         for f in range(ann.image.shape[0]):
             img = rescale(ann.image[f], s, order=1, anti_aliasing=s < 1, preserve_range=True)
