@@ -15,6 +15,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 
+def _check_out_folder(out: str) -> None:
+    """Refuse an ``--out`` that is a file (before any work)."""
+    if Path(out).exists() and not Path(out).is_dir():
+        raise NotADirectoryError(f"--out {out} is a file, not a folder")
+
+
 def _add_generate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("generate", help="write synthetic labelled images or movies")
     p.add_argument("--out", required=True, help="output folder")
@@ -33,8 +39,7 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
 def _run_generate(args: argparse.Namespace) -> int:
     from dislotrack.data_gen.export import generate_dataset
 
-    if Path(args.out).exists() and not Path(args.out).is_dir():
-        raise NotADirectoryError(f"--out {args.out} is a file, not a folder")
+    _check_out_folder(args.out)
     if args.movie is not None and args.movie < 2:  # 0 would quietly mean single images
         raise ValueError(f"--movie needs at least 2 frames, got {args.movie} "
                          "(leave it out for single images)")
@@ -123,8 +128,7 @@ def _run_infer(args: argparse.Namespace) -> int:
     args.inputs = [p for p in args.inputs if p not in masks]
     if not args.inputs:
         raise ValueError("no input left to analyse")
-    if Path(args.out).exists() and not Path(args.out).is_dir():
-        raise NotADirectoryError(f"--out {args.out} is a file, not a folder")
+    _check_out_folder(args.out)
     folders = [output_dir(args.out, p) for p in args.inputs]
     if len(set(folders)) < len(folders):  # one would overwrite the other's outputs
         twice = sorted({str(f) for f in folders if folders.count(f) > 1})
@@ -173,8 +177,7 @@ def _demo(args: argparse.Namespace) -> int:
     from dislotrack.infer.demo import run_demo
     from dislotrack.infer.predict import pick_device
 
-    if Path(args.out).exists() and not Path(args.out).is_dir():
-        raise NotADirectoryError(f"--out {args.out} is a file, not a folder")
+    _check_out_folder(args.out)
     pick_device(args.device)  # before the movie is rendered
     run_demo(args.out, device=args.device)
     return 0

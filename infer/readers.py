@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import importlib
 import logging
 import re
@@ -382,7 +383,8 @@ def _planar_stack(path: Path, tif: tifffile.TiffFile, series) -> Movie:
     meta = {"format": "TIFF", "axes": series.axes, "dtype": str(series.dtype), "notes": notes,
             "warnings": [f"the TIFF stores {n} planar colour samples in one page, as tifffile "
                          f"writes a ({n}, y, x) array: read as {n} frames, not as one colour image"]}
-    return Movie(path, (n, h, w), cal, meta, lambda i: tif.pages.first.asarray()[i], close=tif.close)
+    page = functools.cache(tif.pages.first.asarray)  # all frames are in it: read it once
+    return Movie(path, (n, h, w), cal, meta, lambda i: page()[i], close=tif.close)
 
 
 def _tiff_frame_index(axes: str, shape: tuple[int, ...], warnings: list[str]) -> list[tuple]:
