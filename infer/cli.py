@@ -199,9 +199,8 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     for stem, r in report.items():
         if "note" in r:
             print(f"{stem}: {r['note']}", file=sys.stderr)
-    print(f"report: {Path(args.pred) / 'evaluation.json'}" + (
-        "" if len(errors) == len(report) else
-        f"; found, missed and false cores: {Path(args.pred)}/<stem>/figures/evaluation.png"))
+    print(f"report: {Path(args.pred) / 'evaluation.json'}; found, missed and false cores: "
+          f"{Path(args.pred)}/<stem>/figures/evaluation.png")
     for stem, msg in errors.items():
         print(f"{stem}: not scored: {msg}", file=sys.stderr)
     return 1 if errors else 0

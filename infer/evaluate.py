@@ -182,7 +182,9 @@ def evaluate_folders(pred_dir: str | Path, truth_dir: str | Path, *, figures: bo
     NotADirectoryError
         If either folder does not exist.
     ValueError
-        If ``truth_dir`` holds no annotations or none has predictions in ``pred_dir``.
+        If ``truth_dir`` holds no annotations, none has predictions in ``pred_dir`` or
+        none can be scored (e.g. every image differs in shape from its predictions);
+        nothing is written then.
     """
     for name, folder in (("prediction", pred_dir), ("annotation", truth_dir)):
         if not Path(folder).is_dir():
@@ -208,7 +210,6 @@ def evaluate_folders(pred_dir: str | Path, truth_dir: str | Path, *, figures: bo
             mismatch = f"annotation: {err}"
         if mismatch:
             report[stem] = {"error": mismatch}
-            (out / "figures" / "evaluation.png").unlink(missing_ok=True)  # an earlier run's
             continue
         pred = pd.read_csv(out / "detections.csv")
         scores = detection_scores(pred, ann.cores, pixel_size_nm=ann.pixel_size_nm)
@@ -239,6 +240,14 @@ def evaluate_folders(pred_dir: str | Path, truth_dir: str | Path, *, figures: bo
             scores.update(event_scores(pd.read_csv(out / "events.csv"), pd.read_csv(true_events),
                                        pixel_size_nm=ann.pixel_size_nm))
         report[stem] = {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in scores.items()}
+    if all("error" in r for r in report.values()):
+        # e.g. the wrong --truth folder: keep the earlier evaluation rather than replace it
+        raise ValueError(f"no annotated item of {truth_dir} could be scored against {pred_dir}, "
+                         "so nothing was written: "
+                         + "; ".join(f"{stem}: {r['error']}" for stem, r in report.items()))
+    for stem, r in report.items():
+        if "error" in r:  # an earlier run's figure would look like this run's
+            (Path(pred_dir) / stem / "figures" / "evaluation.png").unlink(missing_ok=True)
     (Path(pred_dir) / "evaluation.json").write_text(json.dumps(report, indent=2, default=float))
     return report
 

@@ -259,6 +259,7 @@ def analyze(path: str | Path | Movie, *, model: str | Path | None = None, pixel_
             min_length: int = DEFAULT_MIN_LENGTH, max_gap: int = 12, min_track_score: float = 0.0,
             weak_fraction: float = DEFAULT_WEAK_FRACTION, border_nm: float = 2.0, detector: str = "unet",
             tta: int | bool = 1, lattice_h: bool = True, signal: int | str | None = None,
+            calibration: Calibration | None = None,
             mask_sink: Callable[[int, np.ndarray], None] | None = None,
             frame_sink: Callable[[int, np.ndarray, pd.DataFrame], None] | None = None,
             progress: bool = True) -> AnalysisResult:
@@ -321,6 +322,11 @@ def analyze(path: str | Path | Movie, *, model: str | Path | None = None, pixel_
         For files holding several images (multi-detector EMD, DM, HDF5): the title or
         dataset path, or the index, of the one to analyse (default: the first; generic
         HDF5: the largest). A warning names the one read when there was a choice.
+    calibration : Calibration, optional
+        This movie's calibration as `calibrate` resolved it from the same
+        ``pixel_size_nm``, ``frame_interval_s`` and ``d_spacing_nm``: spares a second
+        pixel-size estimate (1.5 s on a 1024² frame) to a caller that needed it before
+        the analysis (``dislotrack infer`` sizes its mask file with it).
     mask_sink : callable(frame, mask), optional
         Receives each frame's uint8 rock-salt mask (input resolution).
     frame_sink : callable(frame index, frame, detections), optional
@@ -346,8 +352,9 @@ def analyze(path: str | Path | Movie, *, model: str | Path | None = None, pixel_
     with opened as movie:
         path = movie.path
         signal = _chosen_signal(movie, signal)
-        cal = calibrate(movie, pixel_size_nm=pixel_size_nm, frame_interval_s=frame_interval_s,
-                        d_spacing_nm=d_spacing_nm)
+        cal = calibration if calibration is not None else calibrate(
+            movie, pixel_size_nm=pixel_size_nm, frame_interval_s=frame_interval_s,
+            d_spacing_nm=d_spacing_nm)
         s = scale_factor(cal.pixel_size_nm, canonical)
         if detector == "gpa":
             det = GPADetector(pixel_size_nm=cal.pixel_size_nm, d_spacing_nm=d_spacing_nm)

@@ -6,6 +6,7 @@ import logging
 import shutil
 from pathlib import Path
 
+from dislotrack.data_gen.conventions import D003_LINIO2_NM
 from dislotrack.infer import figures
 from dislotrack.infer.calibration import Calibration
 from dislotrack.infer.columns import TABLES
@@ -36,7 +37,7 @@ def infer_one(path: str | Path, out: str | Path, *, movie: bool = True, parquet:
     with open_movie(path, signal=options.get("signal")) as m:  # unreadable: leaves no folder
         cal = calibrate(m, pixel_size_nm=options.get("pixel_size_nm"),
                         frame_interval_s=options.get("frame_interval_s"),
-                        d_spacing_nm=options.get("d_spacing_nm", 0.473))
+                        d_spacing_nm=options.get("d_spacing_nm", D003_LINIO2_NM))
         created = not dest.exists()
         stale = stale_outputs(dest, movie=movie, strain=strain, parquet=parquet)
         (dest / "figures").mkdir(parents=True, exist_ok=True)
@@ -96,9 +97,9 @@ def _analyze_and_write(m: Movie, dest: Path, cal: Calibration, *, movie: bool, p
 
         strain_writer = StrainWriter(dest, shape=shape, pixel_size_nm=cal.pixel_size_nm,
                                      frame_interval_s=cal.frame_interval_s,
-                                     d_spacing_nm=options.get("d_spacing_nm", 0.473))
+                                     d_spacing_nm=options.get("d_spacing_nm", D003_LINIO2_NM))
     try:
-        res = analyze(m, mask_sink=writer, frame_sink=strain_writer, **options)
+        res = analyze(m, calibration=cal, mask_sink=writer, frame_sink=strain_writer, **options)
     finally:
         writer.close()
         if strain_writer is not None:

@@ -11,7 +11,7 @@ import torch
 from dislotrack.data_gen.annotations import find_annotations, read_annotation
 from dislotrack.data_gen.export import generate_dataset
 from dislotrack.infer.cli import main
-from dislotrack.infer.evaluate import core_outcomes, detection_scores, event_scores
+from dislotrack.infer.evaluate import core_outcomes, detection_scores, evaluate_folders, event_scores
 from dislotrack.infer.figures import evaluation_figure
 from dislotrack.models.io import load_model, save_model
 from dislotrack.models.unet import UNet, UNetConfig
@@ -337,18 +337,34 @@ def test_validation_logs_no_made_up_rmse_or_h_accuracy():
     assert np.isnan(logged["val/rs_iou"])  # no rock salt was scored
 
 
-def test_evaluate_with_nothing_scored_says_so_and_drops_a_stale_figure(tmp_path, capsys):
+def test_evaluate_with_nothing_scored_says_so_and_keeps_the_earlier_evaluation(tmp_path, capsys):
     truth, pred = tmp_path / "truth", tmp_path / "pred"
     generate_dataset(out=truth, n=1, size=32, mode="stem", seed=4, progress=False)
     (pred / "image_00000" / "figures").mkdir(parents=True)
     read_annotation(truth / "image_00000.json").cores.to_csv(pred / "image_00000" / "detections.csv")
-    stale = pred / "image_00000" / "figures" / "evaluation.png"
-    stale.write_bytes(b"an earlier run's figure")
+    earlier = {"image_00000": {"tp": 3, "fp": 0, "fn": 1, "f1": 0.857}}
+    (pred / "evaluation.json").write_text(json.dumps(earlier))
+    figure = pred / "image_00000" / "figures" / "evaluation.png"
+    figure.write_bytes(b"the earlier run's figure")
+    # e.g. --truth pointing at another lab's annotations: the item cannot be scored
     (truth / "image_00000_cores.csv").write_text("frame,x,y,hx,hy,particle\n0,99,1,1,0,0\n")
-    assert main(["evaluate", "--pred", str(pred), "--truth", str(truth)]) == 1
-    out = capsys.readouterr().out
-    assert out.startswith("no annotated item could be scored") and "evaluation.png" not in out
-    assert not stale.exists()
+    assert main(["evaluate", "--pred", str(pred), "--truth", str(truth)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("dislotrack evaluate: error: no annotated item") and "image_00000:" in err
+    assert "nothing was written" in err
+    assert json.loads((pred / "evaluation.json").read_text()) == earlier
+    assert figure.read_bytes() == b"the earlier run's figure"
+
+
+def test_evaluate_drops_the_stale_figure_of_an_item_it_cannot_score(tmp_path):
+    truth, pred = _truth_as_predictions(tmp_path, size=32)
+    (pred / "image_00001" / "summary.json").write_text(json.dumps({"input": {"shape": [30, 64, 64]}}))
+    stale = pred / "image_00001" / "figures" / "evaluation.png"
+    stale.parent.mkdir(parents=True, exist_ok=True)
+    stale.write_bytes(b"an earlier run's figure")
+    report = evaluate_folders(pred, truth, progress=False)
+    assert "error" in report["image_00001"] and not stale.exists()
+    assert (pred / "image_00000" / "figures" / "evaluation.png").stat().st_size > 100
 
 
 def test_evaluate_refuses_predictions_of_another_shape(tmp_path, capsys):

@@ -803,3 +803,27 @@ def test_infer_opens_each_input_once(tiny_model, tmp_path, monkeypatch):
     assert opened == [str(frames)] and res.shape == (3, 32, 32)
     assert (tmp_path / "o" / "frames" / "figures" / "overlay.mp4").stat().st_size > 0
     assert res.input_path == str(frames)  # still the input, not the movie object
+
+
+def test_infer_estimates_a_missing_pixel_size_once(tiny_model, tmp_path, monkeypatch):
+    """The fringe estimate (1.5 s on a 1024² frame) runs once per input, not per stage."""
+    import dislotrack.infer.pipeline as pipeline
+    import dislotrack.infer.run as run
+
+    y = np.arange(64, dtype=np.float32)[:, None]
+    frames = np.broadcast_to(np.cos(2 * np.pi * y / 4.73), (2, 64, 64)).astype(np.float32)
+    movie = tmp_path / "fringes.tif"
+    tifffile.imwrite(movie, frames)  # no pixel size in the file
+    calls: list[int] = []
+    estimate = pipeline.pixel_size_from_fringes_or_none
+
+    def counting(*args, **kw):
+        calls.append(1)
+        return estimate(*args, **kw)
+
+    monkeypatch.setattr(pipeline, "pixel_size_from_fringes_or_none", counting)
+    res = run.infer_one(movie, tmp_path / "o", model=tiny_model, movie=False, device="cpu",
+                        progress=False)
+    assert len(calls) == 1
+    assert res.calibration.pixel_size_source == "estimated"
+    assert res.calibration.pixel_size_nm == pytest.approx(0.1, rel=0.02)
