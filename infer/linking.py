@@ -40,7 +40,13 @@ DEFAULT_MAX_SPEED_NM_S = 2.0
 #: unknown (``max_speed_nm_s`` is then not used): the default speed at the usual 1 frame/s.
 DEFAULT_MAX_STEP_NM = DEFAULT_MAX_SPEED_NM_S * 1.0
 
-#: Smallest search range [px]; detections jitter by about a pixel even for a still core.
+#: Smallest search range [nm]. A still core's detections scatter by up to 0.22 nm RMS
+#: (the network's localisation error), so frame-to-frame steps reach 0.5-0.7 nm from the
+#: scatter alone (3.5 sigma of the step at 0.75 nm); a lower speed limit (e.g. 2 nm/s at
+#: 25 frames/s, 0.08 nm) would cut every track into stubs.
+MIN_SEARCH_RANGE_NM = 0.75
+
+#: Smallest search range [px], for pixels coarser than `MIN_SEARCH_RANGE_NM`.
 MIN_SEARCH_RANGE_PX = 1.0
 
 _LINK_COLUMNS = ["_link_y", "_link_x", "_link_hy", "_link_hx"]
@@ -98,7 +104,7 @@ def search_range_px(
     Returns
     -------
     float
-        The range [px], at least `MIN_SEARCH_RANGE_PX`.
+        The range [px], at least `MIN_SEARCH_RANGE_NM` and `MIN_SEARCH_RANGE_PX`.
 
     Examples
     --------
@@ -117,7 +123,8 @@ def search_range_px(
             )
         else:
             max_step_nm = max_speed_nm_s * frame_interval_s
-    return max(float(nm_to_px(max_step_nm, pixel_size_nm)), MIN_SEARCH_RANGE_PX)
+    floor_nm = max(max_step_nm, MIN_SEARCH_RANGE_NM)
+    return max(float(nm_to_px(floor_nm, pixel_size_nm)), MIN_SEARCH_RANGE_PX)
 
 
 def link_cores(

@@ -29,10 +29,11 @@ def _tracks_of(linked: pd.DataFrame) -> dict[int, pd.DataFrame]:
     ("interval", "speed", "step", "expected"),
     [
         (1.0, 2.0, None, 20.0),  # 2 nm/s * 1 s / 0.1 nm/px
-        (0.5, 0.38, None, 1.9),
-        (0.1, 0.1, None, 1.0),  # 0.1 px, raised to the 1 px floor
+        (0.5, 3.0, None, 15.0),
+        (0.1, 0.1, None, 7.5),  # 0.01 nm, raised to the 0.75 nm floor (the detections' scatter)
+        (0.04, 2.0, None, 7.5),  # 25 frames/s: 0.08 nm, raised likewise
         (None, 2.0, None, DEFAULT_MAX_STEP_NM / PIXEL_NM),
-        (1.0, 2.0, 0.5, 5.0),  # explicit step wins
+        (1.0, 2.0, 1.5, 15.0),  # explicit step wins
     ],
 )
 def test_search_range_from_physics(interval, speed, step, expected):
@@ -90,17 +91,25 @@ def test_h_turning_more_than_the_limit_breaks_the_track():
 
 
 def test_core_faster_than_the_search_range_is_not_linked():
-    fast = _core(range(6), 10.0, 10.0, 3.0, 0.0, (0.0, 1.0))  # 0.3 nm per 1 s frame
-    slow = link_cores(fast, pixel_size_nm=PIXEL_NM, frame_interval_s=1.0, max_speed_nm_s=0.2)
+    fast = _core(range(6), 10.0, 10.0, 10.0, 0.0, (0.0, 1.0))  # 1 nm per 1 s frame
+    slow = link_cores(fast, pixel_size_nm=PIXEL_NM, frame_interval_s=1.0, max_speed_nm_s=0.8)
     assert slow.empty  # every piece is a single-frame stub
-    ok = link_cores(fast, pixel_size_nm=PIXEL_NM, frame_interval_s=1.0, max_speed_nm_s=0.5)
+    ok = link_cores(fast, pixel_size_nm=PIXEL_NM, frame_interval_s=1.0, max_speed_nm_s=1.2)
     assert ok["particle"].nunique() == 1
 
 
+def test_a_fast_camera_still_links_the_scattered_detections_of_a_slow_core():
+    # 25 frames/s: 2 nm/s allows 0.08 nm per frame, under the detections' 0.2 nm scatter.
+    rng = np.random.default_rng(3)
+    core = _core(range(40), 50.0, 50.0, 0.0, 0.004, (0.0, 1.0), rng=rng, jitter=1.5)
+    linked = link_cores(core, pixel_size_nm=PIXEL_NM, frame_interval_s=0.04)
+    assert linked["particle"].nunique() == 1 and len(linked) == 40
+
+
 def test_drift_corrected_columns_are_linked():
-    # A still core on a specimen drifting 5 px per frame: raw positions jump 5 px.
-    core = _core(range(8), 30.0, 30.0, 5.0, 0.0, (0.0, 1.0))
-    core["x_corr"] = core["x"] - 5.0 * core["frame"]
+    # A still core on a specimen drifting 10 px (1 nm) per frame: raw positions jump 10 px.
+    core = _core(range(8), 30.0, 30.0, 10.0, 0.0, (0.0, 1.0))
+    core["x_corr"] = core["x"] - 10.0 * core["frame"]
     core["y_corr"] = core["y"]
     linked = link_cores(core, pixel_size_nm=PIXEL_NM, frame_interval_s=1.0, max_speed_nm_s=0.2)
     assert linked["particle"].nunique() == 1
