@@ -108,8 +108,10 @@ def search_range_px(
 
     Examples
     --------
-    >>> search_range_px(pixel_size_nm=0.1, frame_interval_s=1.0, max_speed_nm_s=0.5)
-    5.0
+    >>> search_range_px(pixel_size_nm=0.1, frame_interval_s=1.0, max_speed_nm_s=1.5)
+    15.0
+    >>> search_range_px(pixel_size_nm=0.1, frame_interval_s=0.04, max_speed_nm_s=2.0)  # the floor
+    7.5
     """
     if pixel_size_nm <= 0:
         raise ValueError(f"pixel_size_nm must be positive [nm/px], got {pixel_size_nm}")
