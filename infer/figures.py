@@ -3,7 +3,8 @@ its evaluation against annotations."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import math
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import matplotlib
@@ -15,15 +16,28 @@ import pandas as pd  # noqa: E402
 from matplotlib import patheffects  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 from PIL import Image, ImageDraw, ImageFont  # noqa: E402
+from scipy import ndimage  # noqa: E402
 
+from dislotrack.infer.calibration import Calibration  # noqa: E402
+from dislotrack.infer.columns import PER_FRAME, PER_SECOND  # noqa: E402
 from dislotrack.infer.pipeline import AnalysisResult  # noqa: E402
+
+_TAB20 = plt.get_cmap("tab20").colors
+#: Track colours, shared by trajectories.png, displacement.png and the overlay: tab10's
+#: ten, then their light tints (tab20 reordered), so tracks 0 and 10 differ.
+PALETTE: tuple[tuple[float, float, float], ...] = tuple(_TAB20[0::2] + _TAB20[1::2])
+
+#: Resolution of the PNG figures [dots per inch].
+DPI = 200
 
 
 def _colour(pid: int) -> tuple[float, float, float]:
-    return plt.get_cmap("tab10")(int(pid) % 10)[:3]
+    """The colour of track ``pid`` (`PALETTE`, cycled)."""
+    return tuple(PALETTE[int(pid) % len(PALETTE)][:3])
 
 
 def _time(res: AnalysisResult, frames: pd.Series) -> tuple[np.ndarray, str]:
+    """Frame numbers as times [s] (as frames without a frame interval) and the axis label."""
     dt = res.calibration.frame_interval_s
     return (frames.to_numpy() * dt, "time (s)") if dt else (frames.to_numpy(float), "frame")
 
@@ -44,7 +58,8 @@ def trajectories(res: AnalysisResult, path: Path) -> None:
 def trajectories_figure(res: AnalysisResult) -> plt.Figure:
     """Tracks (drift-corrected to frame 0) over the first frame; ticks show h, markers
     how each track begins and ends (`END_MARKERS`, legend below the image, clear of the
-    scale bar; none for present/survived)."""
+    scale bar; none for present/survived). Track numbers are nudged clear of each other
+    (`place_labels`)."""
     fig, ax = plt.subplots(figsize=(6, 6.3), layout="constrained")
     if res.first_frame is not None:
         ax.imshow(res.first_frame, cmap="gray")
@@ -52,15 +67,15 @@ def trajectories_figure(res: AnalysisResult) -> plt.Figure:
     xs, ys = ("x_corr", "y_corr") if "x_corr" in t else ("x", "y")
     fates = res.track_summary.set_index("particle") if len(res.track_summary) else None
     shown: set[str] = set()
+    starts = []
     for pid, g in t.groupby("particle"):
         c = _colour(pid)
         ax.plot(g[xs], g[ys], "-", color=c, lw=1.5)
         x0, y0 = g[xs].iloc[0], g[ys].iloc[0]
+        starts.append((pid, x0, y0))
         ax.plot(x0, y0, "o", color=c, ms=4)
         tick = 6 / max(res.calibration.pixel_size_nm / 0.1, 1e-3)
         ax.plot([x0, x0 + tick * g.hx.mean()], [y0, y0 + tick * g.hy.mean()], "-", color=c, lw=2)
-        ax.annotate(str(pid), (x0, y0), color=c, fontsize=9, fontweight="bold", xytext=(3, 3),
-                    textcoords="offset points", path_effects=_OUTLINE)
         if fates is None or pid not in fates.index:
             continue
         # The death marker smaller, on top: a short track's two ends often coincide.
@@ -70,22 +85,103 @@ def trajectories_figure(res: AnalysisResult) -> plt.Figure:
                 ax.plot(x, y, END_MARKERS[fate], ms=ms, mfc="none" if "rocksalt" in fate else c,
                         mec="white", mew=1.0)
                 shown.add(fate)
+    _track_numbers(fig, ax, starts, res.first_frame)
     if shown:  # neutral proxies: a marker's colour is its track's
         handles = [plt.Line2D([], [], ls="none", marker=END_MARKERS[f], ms=7, mfc="0.6", mec="k",
                               label=f.replace("_", " ")) for f in END_MARKERS if f in shown]
         fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 3),
                    fontsize=8, frameon=False)
     if res.first_frame is not None and res.calibration.pixel_size_nm:
-        _scale_bar(ax, res.first_frame.shape, res.calibration.pixel_size_nm)
+        _scale_bar(ax, res.first_frame.shape, res.calibration)
     if t.empty:
         _no_tracks(ax)
-    ax.set_title("trajectories (drift-corrected, over frame 0)")
+    ax.set_title(f"{_input_name(res)}: trajectories (drift-corrected, over frame 0)", fontsize=10)
     ax.set_axis_off()
     return fig
 
 
-#: Up to this many tracks are named in the displacement legend; more get one entry.
-MAX_NAMED_TRACKS = 10
+#: Font size of the track numbers on trajectories.png [pt].
+_LABEL_PT = 9
+
+
+def _track_numbers(fig: plt.Figure, ax: plt.Axes, starts: list[tuple[int, float, float]],
+                   image: np.ndarray | None) -> None:
+    """Number each track beside its first position, nudged clear of numbers placed before.
+
+    Label boxes are estimated in data units from the figure width, generously (the image
+    spans less of it, 0.75, than it does; 0.7 em per digit, 1.2 em high), so that labels
+    kept apart here do not touch when drawn.
+    """
+    if not starts:
+        return
+    xy = np.array([(x, y) for _, x, y in starts], float)
+    width = image.shape[1] if image is not None else max(np.ptp(xy[:, 0]), 1.0)
+    per_pt = width / (0.75 * 72 * fig.get_figwidth())
+    sizes = np.array([(0.7 * len(str(pid)), 1.2) for pid, _, _ in starts]) * _LABEL_PT * per_pt
+    corners = place_labels(xy, sizes, gap=3 * per_pt)
+    for (pid, _, _), (lx, ly) in zip(starts, corners, strict=True):
+        ax.text(lx, ly, str(pid), color=_colour(pid), fontsize=_LABEL_PT, fontweight="bold",
+                ha="left", va="top" if ax.yaxis_inverted() else "bottom", path_effects=_OUTLINE)
+
+
+def place_labels(anchors: np.ndarray, sizes: np.ndarray, *, gap: float) -> np.ndarray:
+    """Corners of label boxes beside points, each clear of the boxes placed before it.
+
+    Each label tries, in turn: right above, right below, left above, left below its
+    point, then further above and below on the right; it takes the first spot that
+    overlaps no earlier label (the first spot when none is free).
+
+    Parameters
+    ----------
+    anchors : ndarray, shape (n, 2)
+        The labelled points ``(x, y)``, ``y`` pointing down (image coordinates).
+    sizes : ndarray, shape (n, 2)
+        Each label's ``(width, height)``, in the units of ``anchors``.
+    gap : float
+        Distance between a point and its label's nearest edges.
+
+    Returns
+    -------
+    ndarray, shape (n, 2)
+        Each label's smallest-``x``, smallest-``y`` corner (top-left in an image).
+    """
+    placed: list[tuple[float, float, float, float]] = []
+    out = np.empty((len(anchors), 2))
+    anchors, sizes = np.asarray(anchors, float), np.asarray(sizes, float)
+    for i, ((x, y), (w, h)) in enumerate(zip(anchors, sizes, strict=True)):
+        right, left, above, below = x + gap, x - gap - w, y - gap - h, y + gap
+        spots = [(right, above), (right, below), (left, above), (left, below)]
+        spots += [(right, above - k * h) for k in (1, 2, 3)] + [(right, below + k * h) for k in (1, 2, 3)]
+        free = (s for s in spots if not any(_overlap((*s, w, h), p) for p in placed))
+        out[i] = next(free, spots[0])
+        placed.append((*out[i], w, h))
+    return out
+
+
+def _overlap(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
+    """Whether boxes ``(x, y, width, height)`` ``a`` and ``b`` overlap."""
+    return a[0] < b[0] + b[2] and b[0] < a[0] + a[2] and a[1] < b[1] + b[3] and b[1] < a[1] + a[3]
+
+
+def _input_name(res: AnalysisResult) -> str:
+    """The input's file or folder name, for figure titles."""
+    return Path(res.input_path).name
+
+
+#: Up to this many tracks are named in the displacement legend (one colour each,
+#: `PALETTE`); more get one entry.
+MAX_NAMED_TRACKS = len(PALETTE)
+
+#: What a positive value means, per displacement panel (README "Conventions").
+SIGN_CONVENTION = {"climb": "+: towards h, shortening the extra half-plane",
+                   "glide": "+: along b = h turned 90° counter-clockwise"}
+
+#: A track moves in a component when its velocity is more than this many standard errors
+#: from zero ...
+MOVING_SE = 2.0
+#: ... and carries it at least this far over the track [nm] (about one (003) spacing: a
+#: precisely measured drift of a few pm is not motion).
+MIN_TRAVEL_NM = 0.4
 
 
 def displacement(res: AnalysisResult, path: Path) -> None:
@@ -94,38 +190,44 @@ def displacement(res: AnalysisResult, path: Path) -> None:
 
 
 def displacement_figure(res: AnalysisResult) -> plt.Figure:
-    """Climb and glide vs time per track (dashed) and mean +- SD (solid), as the seed's
-    Fig. 2C/D; the legend sits beside the axes, naming tracks up to `MAX_NAMED_TRACKS`.
+    """Climb and glide vs time since each track's first detection, per track (dashed),
+    and, as the seed's Fig. 2C/D, mean +- SD (solid) of the tracks moving that way.
+
+    Per panel, the tracks moving in that component (`moving_tracks`) are split by the
+    sign of their velocity; a group of two or more gets its mean drawn over the times all
+    its tracks are present (`common_span_mean`), and its mean velocity +- SD and size
+    in the panel title. The legend sits beside the axes, naming tracks up to
+    `MAX_NAMED_TRACKS`.
 
     Where no track has two detections (a single image, or only one-frame tracks) there is
     no motion: each axis says why instead of showing empty axes and a bare legend.
     """
-    fig, axes = plt.subplots(1, 2, figsize=(10.5, 4), sharex=True, layout="constrained")
+    fig, axes = plt.subplots(1, 2, figsize=(10.5, 4.3), sharex=True, layout="constrained")
+    fig.suptitle(_input_name(res), fontsize=10)
     t = res.tracks
     if len(t) and t.groupby("particle").size().max() < 2:
         t = t.iloc[:0]
     named = t.particle.nunique() <= MAX_NAMED_TRACKS if len(t) else False
     for ax, col, name in zip(axes, ["climb_nm", "glide_nm"], ["climb", "glide"], strict=True):
+        title = f"{name} ({SIGN_CONVENTION[name]})"
         if len(t):
             rel = t.assign(rel=t.frame - t.groupby("particle").frame.transform("min"))
             for pid, g in rel.groupby("particle"):
                 tt, _ = _time(res, g.rel)
                 ax.plot(tt, g[col], "--", color=_colour(pid), lw=1,
                         label=f"#{pid}" if named else "_nolegend_")
-            agg = rel.groupby("rel")[col].agg(["mean", "std", "count"])
-            agg = agg[agg["count"] >= 2]
-            tt, _ = _time(res, pd.Series(agg.index))
-            ax.errorbar(tt, agg["mean"], yerr=agg["std"], color="k", lw=2, capsize=2, label="mean ± SD")
+            title += "\n" + _mean_curves(ax, res, rel, col, name)
         _, label = _time(res, pd.Series([0]))
         ax.set_xlabel(label + " since first detection")
         ax.set_ylabel(f"{name} distance (nm)")
-        ax.set_title(name)
+        ax.set_title(title, fontsize=9)
     if len(t):
-        handles, labels = axes[1].get_legend_handles_labels()
+        handles, labels = _legend_entries(axes)
         if not named:
             handles.append(plt.Line2D([], [], ls="--", color="0.5", lw=1))
             labels.append(f"{t.particle.nunique()} tracks")
-        fig.legend(handles, labels, loc="outside right upper", fontsize=7, frameon=False)
+        fig.legend(handles, labels, loc="outside right upper", fontsize=7, frameon=False,
+                   ncol=2 if named and t.particle.nunique() > 10 else 1)
     else:
         why = ("one frame: no motion to show" if res.shape[0] <= 1
                else "no tracks" if res.tracks.empty
@@ -133,6 +235,102 @@ def displacement_figure(res: AnalysisResult) -> plt.Figure:
         for ax in axes:
             _no_tracks(ax, why)
     return fig
+
+
+#: The legend label of the mean curves.
+MEAN_LABEL = "mean ± SD (moving tracks)"
+
+
+def _mean_curves(ax: plt.Axes, res: AnalysisResult, rel: pd.DataFrame, col: str, name: str) -> str:
+    """Draw, on ``ax``, the mean +- SD of ``col`` over each group (by sign) of two or more
+    tracks moving in ``name``; return a line for the panel title saying their velocities."""
+    moving, unit = moving_tracks(res.track_summary, name, res.calibration.frame_interval_s)
+    moving = moving[moving.index.isin(rel.particle.unique())]
+    if moving.empty:
+        return f"no track moves (|v| > {MOVING_SE:g} SE, ≥ {MIN_TRAVEL_NM:g} nm)"
+    parts = []
+    for _, v in moving.groupby(np.sign(moving), sort=False):
+        if len(v) < 2:
+            parts.append(f"#{v.index[0]}: v = {plus_minus(v.iloc[0])} {unit}")
+            continue
+        parts.append(f"mean v = {plus_minus(v.mean(), v.std())} {unit} (n = {len(v)})")
+        agg = common_span_mean(rel[rel.particle.isin(v.index)], col)
+        tt, _ = _time(res, pd.Series(agg.index))
+        ax.errorbar(tt, agg["mean"], yerr=agg["std"], color="k", lw=2, capsize=2,
+                    label=MEAN_LABEL)
+    return "; ".join(parts)
+
+
+def plus_minus(value: float, sd: float | None = None) -> str:
+    """``value`` with its sign (and ``± sd``) at two significant digits of the larger,
+    both to the same decimals: ``+0.27 ± 0.02``, ``+0.10 ± 0.00``, ``-35 ± 4``."""
+    scale = max(abs(value), abs(sd or 0.0))
+    d = max(0, 1 - math.floor(math.log10(scale))) if scale > 0 and math.isfinite(scale) else 0
+    return f"{value:+.{d}f}" + (f" ± {sd:.{d}f}" if sd is not None else "")
+
+
+def _legend_entries(axes: Sequence[plt.Axes]) -> tuple[list, list[str]]:
+    """The legend handles and labels of all ``axes``, each label once, in order."""
+    entries: dict[str, object] = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            entries.setdefault(label, handle)
+    return list(entries.values()), list(entries)
+
+
+def moving_tracks(summary: pd.DataFrame, component: str,
+                  frame_interval_s: float | None) -> tuple[pd.Series, str]:
+    """The tracks that move in ``component``: velocity more than `MOVING_SE` standard
+    errors from zero, and at least `MIN_TRAVEL_NM` of travel at that velocity over the
+    track (``last_frame - first_frame``; not checked where the summary lacks them).
+
+    Parameters
+    ----------
+    summary : DataFrame
+        A track summary as `analyze` returns it (``particle``, ``first_frame``,
+        ``last_frame``, ``<component>_velocity`` and ``<component>_velocity_se`` in
+        ``*_nm_s`` or, without a frame interval, ``*_nm_per_frame`` columns).
+    component : {"glide", "climb"}
+    frame_interval_s : float or None
+        The frame interval [s], for the travel of ``*_nm_s`` velocities.
+
+    Returns
+    -------
+    Series
+        The moving tracks' velocities, indexed by particle (empty where the summary has
+        no such columns).
+    str
+        Their unit, ``"nm/s"`` or ``"nm/frame"``.
+    """
+    for suffix, unit, per in ((PER_SECOND, "nm/s", frame_interval_s or 1.0),
+                              (PER_FRAME, "nm/frame", 1.0)):
+        v, se = f"{component}_velocity{suffix}", f"{component}_velocity_se{suffix}"
+        if v in summary and se in summary:
+            s = summary.set_index("particle")
+            moving = s[v].abs() > MOVING_SE * s[se]
+            if {"first_frame", "last_frame"} <= set(s.columns):
+                moving &= s[v].abs() * (s.last_frame - s.first_frame) * per >= MIN_TRAVEL_NM
+            return s.loc[moving, v].rename(component), unit
+    return pd.Series(dtype=float, name=component), "nm/s"
+
+
+def common_span_mean(rel: pd.DataFrame, col: str) -> pd.DataFrame:
+    """Mean and SD of ``col`` over tracks, at the times since first detection where every
+    track is present: the average of a fixed set of tracks, with no jump where one ends.
+
+    Parameters
+    ----------
+    rel : DataFrame
+        ``particle``, ``rel`` (frames since the track's first detection) and ``col``.
+    col : str
+
+    Returns
+    -------
+    DataFrame
+        ``mean``, ``std``, ``count`` indexed by ``rel``; ``count`` is the number of tracks.
+    """
+    agg = rel.groupby("rel")[col].agg(["mean", "std", "count"])
+    return agg[agg["count"] == rel.particle.nunique()]
 
 
 #: Up to this many frames, the rock-salt fraction is marked at every value (the counts
@@ -156,8 +354,10 @@ def counts_figure(res: AnalysisResult) -> plt.Figure:
     c = res.counts
     tt, label = _time(res, c.frame)
     fig, ax = plt.subplots(figsize=(6, 3.5), layout="constrained")
-    ax.plot(tt, c.n_dislocations, "o-", label="dislocations")
-    ax.plot(tt, c.n_dipoles, "s-", label="dipoles")
+    # clip_on=False: a count of 0 sits on the axis, half hidden otherwise. Dipoles smaller
+    # and dashed on top, so equal counts show both series.
+    ax.plot(tt, c.n_dislocations, "o-", ms=7, label="dislocations", clip_on=False, zorder=3)
+    ax.plot(tt, c.n_dipoles, "s--", ms=4, label="dipoles", clip_on=False, zorder=4)
     ax.set_xlabel(label)
     ax.set_ylabel("count")
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
@@ -169,18 +369,20 @@ def counts_figure(res: AnalysisResult) -> plt.Figure:
     # A marker per value of a short series: one frame's fraction is otherwise a line of
     # length zero, drawn as nothing.
     ax2.plot(tt, c.rocksalt_fraction, "c:", marker="^" if len(tt) <= MARKED_FRAMES else None,
-             ms=5, label="rock-salt fraction")
+             ms=5, mfc="none", label="rock-salt fraction", clip_on=False)  # hollow: counts show
     finite = c.rocksalt_fraction.to_numpy(float)
     top = float(finite[np.isfinite(finite)].max(initial=0.0))
     ax2.set_ylim(0, min(1.0, max(0.05, 1.1 * top)))
     ax2.set_ylabel("rock-salt area fraction")
     handles = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
     fig.legend(handles=handles, loc="outside upper center", ncol=3, fontsize=8, frameon=False)
+    ax.set_title(_input_name(res), fontsize=10)
     return fig
 
 
 def _save(fig: plt.Figure, path: Path) -> None:
-    fig.savefig(path, dpi=120)
+    """Write ``fig`` to ``path`` at `DPI` and close it."""
+    fig.savefig(path, dpi=DPI)
     plt.close(fig)
 
 
@@ -220,7 +422,7 @@ def evaluation_figure(image: np.ndarray, outcomes: pd.DataFrame, path: Path, *, 
             axis.get_major_locator().set_params(integer=True)
         axes[0, 1].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=DPI)
     plt.close(fig)
 
 
@@ -230,48 +432,166 @@ def _to_rgb(frame: np.ndarray) -> np.ndarray:
     return np.repeat((g * 255).astype(np.uint8)[..., None], 3, axis=2)
 
 
+#: Overlay frames are enlarged by a whole factor to at least this many pixels on their
+#: short side, so glyphs and labels drawn on them are legible in a player.
+MIN_OVERLAY_PX = 640
+
+#: Weight of the cyan tint over rock-salt in the overlay (its outline is drawn solid).
+ROCKSALT_TINT = 0.2
+
+_CYAN = np.array([0, 255, 255], np.uint8)
+
+
 def overlay_frames(res: AnalysisResult, frames: Iterable[np.ndarray],
                    masks: Iterable[np.ndarray] | None) -> Iterable[np.ndarray]:
-    """RGB frames with RS tinted cyan, cores coloured by track, h ticks, scale bar and time."""
-    ps, dt = res.calibration.pixel_size_nm, res.calibration.frame_interval_s
-    by_frame = {f: g for f, g in res.tracks.groupby("frame")}
-    unlinked = res.detections
+    """RGB frames, enlarged (`upscale_factor`), with rock-salt tinted and outlined in cyan,
+    cores circled in their track's colour and numbered, h ticks, scale bar and time;
+    streamed one frame at a time."""
+    dt = res.calibration.frame_interval_s
+    by_frame = {f: g for f, g in res.tracks.groupby("frame")} if len(res.tracks) else {}
+    unlinked = res.detections if len(res.detections) else pd.DataFrame(columns=["frame"])
     mask_iter = iter(masks) if masks is not None else None
     for i, frame in enumerate(frames):
-        rgb = _to_rgb(frame)
+        k = upscale_factor(np.shape(frame))
+        rgb = _enlarge(_to_rgb(frame), k)
+        h, w = rgb.shape[:2]
         if mask_iter is not None:
-            m = next(mask_iter).astype(bool)
-            rgb[m] = (0.6 * rgb[m] + 0.4 * np.array([0, 255, 255])).astype(np.uint8)
+            _tint(rgb, _enlarge(np.asarray(next(mask_iter)).astype(bool), k), max(2, w // 400))
         img = Image.fromarray(rgb)
         d = ImageDraw.Draw(img)
-        h, w = rgb.shape[:2]
-        r = max(3, w // 120)
-        tick = 4 * r
         tracked = by_frame.get(i)
         rows = tracked if tracked is not None else unlinked[unlinked.frame == i].assign(particle=-1)
-        for _, c in rows.iterrows():
-            col = tuple(int(255 * v) for v in _colour(c.particle)) if c.particle >= 0 else (255, 255, 255)
-            d.ellipse([c.x - r, c.y - r, c.x + r, c.y + r], outline=col, width=2)
-            d.line([c.x, c.y, c.x + tick * c.hx, c.y + tick * c.hy], fill=col, width=2)
+        _draw_cores(d, rows, k, w)
         font = _font(h)
-        if ps:
-            bar_nm = _nice_length(0.2 * w * ps)
-            bar, thick, pad = bar_nm / ps, max(4, h // 80), max(8, w // 40)
-            y0 = h - pad - thick
-            d.rectangle([w - pad - bar, y0, w - pad, y0 + thick], fill=(255, 255, 255),
-                        outline=(0, 0, 0))
-            _boxed_text(d, (w - pad - bar, y0 - thick), f"{bar_nm:g} nm", font, (255, 255, 255),
-                        anchor="lb")
-        _boxed_text(d, (max(4, w // 80), max(4, h // 80)),
-                    f"t = {i * dt:.1f} s" if dt else f"frame {i}", font, (255, 255, 0), anchor="lt")
+        if res.calibration.pixel_size_nm:
+            _draw_scale_bar(d, (h, w), res.calibration, k, font)
+        _boxed_text(d, (max(4, w // 80), max(4, h // 80)), time_stamp(i, dt), font,
+                    (255, 255, 0), anchor="lt")
         yield np.asarray(img)
 
 
-def _font(height: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    """Pillow's default font at about 1/25 of the frame height (at least 11 px); the
-    fixed-size bitmap font where Pillow cannot scale it (no FreeType, Pillow < 10.1)."""
+def upscale_factor(shape: tuple[int, ...]) -> int:
+    """The whole factor that brings a frame's short side to at least `MIN_OVERLAY_PX`
+    (1 for frames already that large)."""
+    return max(1, math.ceil(MIN_OVERLAY_PX / max(min(shape[:2]), 1)))
+
+
+def _enlarge(a: np.ndarray, k: int) -> np.ndarray:
+    """``a`` with each pixel repeated ``k`` x ``k`` times (nearest neighbour)."""
+    return a if k == 1 else np.repeat(np.repeat(a, k, axis=0), k, axis=1)
+
+
+def _to_enlarged(v: float | np.ndarray, k: int) -> float | np.ndarray:
+    """A pixel coordinate (origin at the top-left pixel's centre) in a frame enlarged by ``k``."""
+    return (v + 0.5) * k - 0.5
+
+
+def mask_outline(mask: np.ndarray, width: int = 1) -> np.ndarray:
+    """The pixels of ``mask`` within ``width`` pixels of its edge (mask minus its erosion);
+    the image border is not an edge."""
+    if not mask.any():
+        return mask.copy()
+    return mask & ~ndimage.binary_erosion(mask, iterations=width, border_value=1)
+
+
+def _tint(rgb: np.ndarray, mask: np.ndarray, width: int) -> None:
+    """Tint ``mask`` cyan by `ROCKSALT_TINT` in place, its outline solid cyan."""
+    rgb[mask] = ((1 - ROCKSALT_TINT) * rgb[mask] + ROCKSALT_TINT * _CYAN).astype(np.uint8)
+    rgb[mask_outline(mask, width)] = _CYAN
+
+
+def _draw_cores(d: ImageDraw.ImageDraw, rows: pd.DataFrame, k: int, w: int) -> None:
+    """Circle, h tick and (tracked cores) track number of each core in ``rows`` (positions
+    in original pixels) on a frame enlarged ``k`` times, ``w`` pixels wide."""
+    r, lw = max(8, w // 64), max(3, w // 240)
+    tick = 3 * r
+    font = _font(w, fraction=32)
+    labels = []
+    for _, c in rows.iterrows():
+        x, y = _to_enlarged(c.x, k), _to_enlarged(c.y, k)
+        col = tuple(int(255 * v) for v in _colour(c.particle)) if c.particle >= 0 else (255, 255, 255)
+        end = [x + r * c.hx, y + r * c.hy, x + tick * c.hx, y + tick * c.hy]  # from the circle out
+        d.ellipse([x - r - 1, y - r - 1, x + r + 1, y + r + 1], outline=(0, 0, 0), width=lw + 2)
+        d.line(end, fill=(0, 0, 0), width=lw + 2)  # dark rims, legible over bright lattice
+        d.ellipse([x - r, y - r, x + r, y + r], outline=col, width=lw)
+        d.line(end, fill=col, width=lw)
+        if c.particle >= 0:
+            labels.append((str(int(c.particle)), x, y, col))
+    if not labels:
+        return
+    boxes = [d.textbbox((0, 0), text, font=font, stroke_width=2) for text, *_ in labels]
+    sizes = np.array([(b[2] - b[0], b[3] - b[1]) for b in boxes], float)
+    corners = place_labels(np.array([(x, y) for _, x, y, _ in labels]), sizes, gap=r + lw)
+    for (text, _, _, col), b, (lx, ly) in zip(labels, boxes, corners, strict=True):
+        d.text((lx - b[0], ly - b[1]), text, font=font, fill=col, stroke_width=2,
+               stroke_fill=(0, 0, 0))
+
+
+def time_stamp(i: int, dt: float | None) -> str:
+    """The overlay's label of frame ``i``: ``t = ... s`` with enough decimals that
+    consecutive frames differ (`time_decimals`), or ``frame i`` without a frame interval."""
+    if not dt:
+        return f"frame {i}"
+    return f"t = {i * dt:.{time_decimals(dt)}f} s"
+
+
+def time_decimals(dt: float) -> int:
+    """Decimals (1 to 6) that resolve a frame interval ``dt`` [s]: 10^-decimals <= dt."""
+    return int(min(6, max(1, math.ceil(-math.log10(dt) - 1e-9))))
+
+
+def scale_label(bar_nm: float, calibration: Calibration) -> str:
+    """A scale bar's label: its length, marked ``(est.)`` where the pixel size is an
+    estimate (``calibration.pixel_size_source == "estimated"``)."""
+    est = " (est.)" if calibration.pixel_size_source == "estimated" else ""
+    return f"{bar_nm:g} nm{est}"
+
+
+def scale_bar_box(shape: tuple[int, int], pixel_size_nm: float) -> tuple[int, int, int, int, float]:
+    """Where the overlay's scale bar goes: a round length (`_nice_length`, about a fifth of
+    the width) at the lower right.
+
+    Parameters
+    ----------
+    shape : (int, int)
+        The frame's height and width [px].
+    pixel_size_nm : float
+        Its pixel size [nm/px].
+
+    Returns
+    -------
+    x0, y0, x1, y1 : int
+        The bar's first and last pixel columns and rows (inclusive, as Pillow draws
+        them): ``x1 - x0 + 1`` is the bar's length in pixels, rounded.
+    bar_nm : float
+        Its length [nm].
+    """
+    h, w = shape
+    bar_nm = _nice_length(0.2 * w * pixel_size_nm)
+    n, thick, pad = max(1, round(bar_nm / pixel_size_nm)), max(4, h // 80), max(8, w // 40)
+    x1, y1 = w - pad, h - pad
+    return x1 - n + 1, y1 - thick + 1, x1, y1, bar_nm
+
+
+def _draw_scale_bar(d: ImageDraw.ImageDraw, shape: tuple[int, int], calibration: Calibration,
+                    k: int, font: ImageFont.ImageFont | ImageFont.FreeTypeFont) -> None:
+    """White bar (`scale_bar_box`) in a one-pixel black frame, labelled above (from its
+    left end, or ending at its right end where a long label would leave the frame), on a
+    frame enlarged ``k`` times."""
+    x0, y0, x1, y1, bar_nm = scale_bar_box(shape, calibration.pixel_size_nm / k)
+    d.rectangle([x0 - 1, y0 - 1, x1 + 1, y1 + 1], fill=(0, 0, 0))
+    d.rectangle([x0, y0, x1, y1], fill=(255, 255, 255))
+    text = scale_label(bar_nm, calibration)
+    left, _, right, _ = d.textbbox((0, 0), text, font=font)
+    _boxed_text(d, (min(x0, x1 - (right - left)), y0 - (y1 - y0 + 1)), text, font,
+                (255, 255, 255), anchor="lb")
+
+
+def _font(height: int, fraction: int = 25) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    """Pillow's default font at about 1/``fraction`` of the frame height (at least 11 px);
+    the fixed-size bitmap font where Pillow cannot scale it (no FreeType, Pillow < 10.1)."""
     try:
-        return ImageFont.load_default(size=max(11, height // 25))
+        return ImageFont.load_default(size=max(11, height // fraction))
     except (TypeError, ImportError, OSError):
         return ImageFont.load_default()
 
@@ -295,15 +615,17 @@ def _no_tracks(ax: plt.Axes, text: str = "no tracks") -> None:
             fontsize=12, color="0.4", bbox={"facecolor": "white", "alpha": 0.7, "edgecolor": "none"})
 
 
-def _scale_bar(ax: plt.Axes, shape: tuple[int, ...], pixel_size_nm: float) -> None:
-    """A white bar of a round length (about a fifth of the width) at the lower right."""
+def _scale_bar(ax: plt.Axes, shape: tuple[int, ...], calibration: Calibration) -> None:
+    """A white bar of a round length (about a fifth of the width) at the lower right,
+    labelled with a dark rim (`scale_label`)."""
     h, w = shape[:2]
-    bar_nm = _nice_length(0.2 * w * pixel_size_nm)
-    bar = bar_nm / pixel_size_nm
+    bar_nm = _nice_length(0.2 * w * calibration.pixel_size_nm)
+    bar = bar_nm / calibration.pixel_size_nm
     x1, y = w - 0.04 * w, h - 0.05 * h
-    ax.plot([x1 - bar, x1], [y, y], "-", color="white", lw=3, solid_capstyle="butt")
-    ax.text(x1 - bar / 2, y - 0.015 * h, f"{bar_nm:g} nm", color="white", ha="center", va="bottom",
-            fontsize=9)
+    ax.plot([x1 - bar, x1], [y, y], "-", color="white", lw=3, solid_capstyle="butt",
+            path_effects=[patheffects.Stroke(linewidth=5, foreground="black"), patheffects.Normal()])
+    ax.text(x1 - bar / 2, y - 0.015 * h, scale_label(bar_nm, calibration), color="white",
+            ha="center", va="bottom", fontsize=9, path_effects=_OUTLINE)
 
 
 def _nice_length(x: float) -> float:
@@ -315,13 +637,24 @@ def _nice_length(x: float) -> float:
     return float(10**k)
 
 
+def pad_to_16(frame: np.ndarray) -> np.ndarray:
+    """``frame`` (rows, columns, channels) grown at the bottom and right to multiples of 16
+    pixels by repeating its edge pixels (no black strips)."""
+    h, w = frame.shape[:2]
+    return np.pad(frame, ((0, -h % 16), (0, -w % 16), (0, 0)), mode="edge")
+
+
 def write_mp4(frames: Iterable[np.ndarray], path: Path, *, fps: float) -> None:
-    """Write RGB frames as H.264 MP4, padding sides to multiples of 16."""
+    """Write RGB frames as H.264 MP4, padded to multiples of 16 (`pad_to_16`)."""
     import imageio.v3 as iio
 
     with iio.imopen(path, "w", plugin="pyav") as f:
         f.init_video_stream("libx264", fps=fps)
         for fr in frames:
-            h, w = fr.shape[:2]
-            pad = ((0, -h % 16), (0, -w % 16), (0, 0))
-            f.write_frame(np.pad(fr, pad))
+            f.write_frame(pad_to_16(fr))
+
+
+def write_png(frame: np.ndarray, path: Path) -> None:
+    """Write one RGB overlay frame as PNG (a single image's overlay, which an MP4 of one
+    frame shows poorly)."""
+    Image.fromarray(np.asarray(frame, np.uint8)).save(path)

@@ -39,7 +39,8 @@ def infer_one(path: str | Path, out: str | Path, *, movie: bool = True, parquet:
                         frame_interval_s=options.get("frame_interval_s"),
                         d_spacing_nm=options.get("d_spacing_nm", D003_LINIO2_NM))
         created = not dest.exists()
-        stale = stale_outputs(dest, movie=movie, strain=strain, parquet=parquet)
+        stale = stale_outputs(dest, movie=movie, strain=strain, parquet=parquet,
+                              single_image=m.shape[0] == 1)
         (dest / "figures").mkdir(parents=True, exist_ok=True)
         try:
             res = _analyze_and_write(m, dest, cal, movie=movie, parquet=parquet, strain=strain,
@@ -56,7 +57,8 @@ def infer_one(path: str | Path, out: str | Path, *, movie: bool = True, parquet:
     return res
 
 
-def stale_outputs(dest: Path, *, movie: bool, strain: bool, parquet: bool) -> list[Path]:
+def stale_outputs(dest: Path, *, movie: bool, strain: bool, parquet: bool,
+                  single_image: bool = False) -> list[Path]:
     """Files of an earlier run in ``dest`` that a run with these options would not rewrite.
 
     Parameters
@@ -66,19 +68,23 @@ def stale_outputs(dest: Path, *, movie: bool, strain: bool, parquet: bool) -> li
         ``summary.json`` has stale outputs.
     movie, strain, parquet : bool
         The new run's options (`infer_one`).
+    single_image : bool
+        Whether the new run's input is one frame (its overlay is also written as PNG).
 
     Returns
     -------
     list of Path
-        The overlay MP4 (without ``movie``), strain maps (without ``strain``), Parquet
-        tables (without ``parquet``) and evaluate's figure (made from the earlier
-        predictions), where they exist.
+        The overlay MP4 (without ``movie``), its PNG (without ``movie`` or for a movie),
+        strain maps (without ``strain``), Parquet tables (without ``parquet``) and
+        evaluate's figure (made from the earlier predictions), where they exist.
     """
     if not (dest / "summary.json").is_file():
         return []
     names = ["figures/evaluation.png"]
     if not movie:
         names.append("figures/overlay.mp4")
+    if not (movie and single_image):
+        names.append("figures/overlay.png")
     if not strain:
         names += [f"{n}.tif" for n in STRAIN_COMPONENTS.values()] + ["figures/strain.png"]
     if not parquet:
@@ -116,5 +122,8 @@ def _analyze_and_write(m: Movie, dest: Path, cal: Calibration, *, movie: bool, p
         with tifffile.TiffFile(dest / "rocksalt_mask.tif") as masks:
             fps = 1.0 / res.calibration.frame_interval_s if res.calibration.frame_interval_s else 5.0
             frames = figures.overlay_frames(res, iter(m), (p.asarray() for p in masks.pages))
+            if shape[0] == 1:  # one frame: also a PNG, which every viewer shows
+                frames = list(frames)
+                figures.write_png(frames[0], dest / "figures" / "overlay.png")
             figures.write_mp4(frames, dest / "figures" / "overlay.mp4", fps=min(max(fps, 1.0), 30.0))
     return res

@@ -1,6 +1,7 @@
 """The analysis figures: what they show and where their legends sit (built on small
 hand-made results, no analysis run)."""
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
@@ -10,13 +11,22 @@ from dislotrack.infer.calibration import Calibration
 from dislotrack.infer.pipeline import AnalysisResult
 
 
+@pytest.fixture(autouse=True)
+def _close_figures():
+    yield
+    plt.close("all")
+
+
 def result(n_tracks: int, *, rocksalt: float = 0.0, n_frames: int = 12) -> AnalysisResult:
     """Tracks that each move 0.1 nm per frame in glide, starting a frame apart."""
     rows = [{"particle": p, "frame": f, "x": 10.0 + 5 * p, "y": 20.0 + f, "hx": 0.0, "hy": 1.0,
              "glide_nm": 0.1 * (f - p), "climb_nm": 0.0}
             for p in range(n_tracks) for f in range(p, n_frames)]
     tracks = pd.DataFrame(rows)
-    summary = pd.DataFrame({"particle": range(n_tracks), "birth": "nucleated", "death": "survived"})
+    summary = pd.DataFrame({"particle": range(n_tracks), "first_frame": range(n_tracks),
+                            "last_frame": n_frames - 1, "birth": "nucleated", "death": "survived",
+                            "glide_velocity_nm_s": 0.1, "climb_velocity_nm_s": 0.0,
+                            "glide_velocity_se_nm_s": 0.001, "climb_velocity_se_nm_s": 0.001})
     counts = pd.DataFrame({"frame": range(n_frames), "n_dislocations": 2, "n_dipoles": 1,
                            "rocksalt_fraction": rocksalt})
     empty = pd.DataFrame()
@@ -40,9 +50,11 @@ def test_counts_have_whole_ticks_and_a_fraction_axis_from_zero(fraction, top):
 
 def test_displacement_names_few_tracks_and_counts_many():
     few = figures.displacement_figure(result(3))
-    assert [t.get_text() for t in few.legends[0].get_texts()] == ["#0", "#1", "#2", "mean ± SD"]
-    many = figures.displacement_figure(result(figures.MAX_NAMED_TRACKS + 2))
-    assert [t.get_text() for t in many.legends[0].get_texts()] == ["mean ± SD", "12 tracks"]
+    mean = figures.MEAN_LABEL
+    assert [t.get_text() for t in few.legends[0].get_texts()] == ["#0", "#1", "#2", mean]
+    n = figures.MAX_NAMED_TRACKS + 2
+    many = figures.displacement_figure(result(n, n_frames=n + 2))
+    assert [t.get_text() for t in many.legends[0].get_texts()] == [mean, f"{n} tracks"]
     for fig in (few, many):  # the legend is the figure's, beside the axes, not over the data
         assert all(ax.get_legend() is None for ax in fig.axes)
 
@@ -73,13 +85,15 @@ def test_overlay_time_stamp_sits_on_a_dark_box_and_grows_with_the_frame():
     def stamp_rows(size: int) -> int:
         frame = np.full((size, size), 0.5)  # mid-grey: the box, not the lattice, makes it dark
         (rgb,) = figures.overlay_frames(result(1, n_frames=1), [frame], None)
-        corner = rgb[: size // 5, : size // 2].astype(int)
+        side = rgb.shape[0]
+        corner = rgb[: side // 5, : side // 2].astype(int)
         yellow = (corner[..., 0] > 200) & (corner[..., 1] > 200) & (corner[..., 2] < 80)
         dark = corner.max(axis=-1) < 30
         assert yellow.any() and dark.sum() > yellow.sum()
         return int(yellow.any(axis=1).sum())
 
-    assert stamp_rows(640) >= 2 * stamp_rows(160)
+    assert stamp_rows(1400) >= 2 * stamp_rows(700)
+    assert stamp_rows(160) == stamp_rows(640)  # a small frame is drawn on enlarged
 
 
 def test_counts_of_a_single_image_without_cores_have_whole_axes():
@@ -121,3 +135,290 @@ def test_counts_of_a_single_image_mark_every_value():
         (x,), (y,) = line.get_data()
         lo, hi = line.axes.get_ylim()
         assert lo <= y <= hi and line.axes.get_xlim()[0] < x < line.axes.get_xlim()[1]
+
+
+# --- time stamps, scale bars, colours, labels (the reviewer's figure audit)
+
+
+@pytest.mark.parametrize("dt", [0.04, 0.033, 1 / 30, 0.005, 0.1, 1.0, 2.5])
+def test_overlay_time_stamps_of_consecutive_frames_differ(dt):
+    stamps = [figures.time_stamp(i, dt) for i in range(200)]
+    assert len(set(stamps)) == len(stamps)
+    assert all(s.startswith("t = ") and s.endswith(" s") for s in stamps)
+
+
+def test_overlay_time_stamps_at_25_fps_and_without_an_interval():
+    assert [figures.time_stamp(i, 0.04) for i in range(3)] == ["t = 0.00 s", "t = 0.04 s",
+                                                               "t = 0.08 s"]
+    assert figures.time_stamp(3, 0.5) == "t = 1.5 s"
+    assert figures.time_stamp(7, None) == "frame 7"
+
+
+def _estimated(res):
+    res.calibration = Calibration(pixel_size_nm=0.1, pixel_size_source="estimated",
+                                  frame_interval_s=1.0, frame_interval_source="file")
+    return res
+
+
+def test_scale_bar_labels_say_when_the_pixel_size_is_estimated():
+    res = result(1)
+    assert figures.scale_label(2.0, res.calibration) == "2 nm"
+    assert figures.scale_label(2.0, _estimated(res).calibration) == "2 nm (est.)"
+    fig = figures.trajectories_figure(res)
+    (bar_text,) = [t for t in fig.axes[0].texts if "nm" in t.get_text()]
+    assert bar_text.get_text() == "1 nm (est.)"  # 64 px at 0.1 nm: a fifth is 1.28 nm
+    assert bar_text.get_path_effects()  # a dark rim over bright lattice
+
+
+@pytest.mark.parametrize("shape, ps", [((64, 64), 0.1), ((768, 768), 0.1 / 3), ((660, 660), 0.0137),
+                                       ((300, 500), 0.25)])
+def test_overlay_scale_bar_is_exactly_its_length_in_pixels(shape, ps):
+    x0, y0, x1, y1, bar_nm = figures.scale_bar_box(shape, ps)
+    assert x1 - x0 + 1 == round(bar_nm / ps)
+    assert 0 <= x0 < x1 < shape[1] and 0 <= y0 < y1 < shape[0]
+
+
+def test_overlay_scale_bar_pixels_are_white_over_its_whole_length():
+    res = result(0, n_frames=1)
+    frame = np.zeros((640, 640))  # no enlargement: the frame's own pixel size
+    (rgb,) = figures.overlay_frames(res, [frame], None)
+    x0, y0, x1, y1, bar_nm = figures.scale_bar_box((640, 640), 0.1)
+    white = (rgb[(y0 + y1) // 2] == 255).all(axis=-1)
+    assert white.sum() == round(bar_nm / 0.1) == x1 - x0 + 1
+    assert "est." not in figures.scale_label(bar_nm, res.calibration)
+
+
+def test_tracks_0_and_10_have_different_colours_everywhere():
+    assert len(figures.PALETTE) >= 20
+    colours = [figures._colour(p) for p in range(len(figures.PALETTE))]
+    assert len(set(colours)) == len(colours)
+    res = result(12, n_frames=14)
+    traj = figures.trajectories_figure(res)
+    line_colours = {tuple(line.get_color()[:3]) for line in traj.axes[0].lines}
+    assert figures._colour(0) in line_colours and figures._colour(10) in line_colours
+    disp = figures.displacement_figure(res)
+    labels = [t.get_text() for t in disp.legends[0].get_texts()]
+    assert "#10" in labels and "#11" in labels  # named, one colour each, not "12 tracks"
+    handles = dict(zip(labels, disp.legends[0].legend_handles, strict=True))
+    assert handles["#0"].get_color()[:3] != handles["#10"].get_color()[:3]
+
+
+def test_labels_that_would_overlap_are_nudged_apart():
+    anchors = np.array([[10.0, 10.0], [12.0, 10.0], [11.0, 11.0], [50.0, 50.0]])
+    sizes = np.array([[6.0, 4.0], [3.0, 4.0], [3.0, 4.0], [3.0, 4.0]])
+    corners = figures.place_labels(anchors, sizes, gap=1.0)
+    assert corners[0].tolist() == [11.0, 5.0]  # right of and above its point
+    assert corners[3].tolist() == [51.0, 45.0]  # alone: where the first went
+    boxes = [(*c, *s) for c, s in zip(corners, sizes, strict=True)]
+    for i in range(len(boxes)):
+        for j in range(i):
+            assert not figures._overlap(boxes[i], boxes[j])
+
+
+def test_trajectory_track_numbers_do_not_overlap():
+    res = result(12, n_frames=14)
+    res.tracks["x"] = 30.0 + 0.5 * res.tracks.particle  # starts crowded together
+    fig = figures.trajectories_figure(res)
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    boxes = [t.get_window_extent() for t in ax.texts if t.get_text().isdigit()]
+    assert len(boxes) == 12
+    for i in range(len(boxes)):
+        for j in range(i):
+            assert not boxes[i].overlaps(boxes[j])
+
+
+def test_small_overlay_frames_are_enlarged_with_numbered_cores():
+    assert figures.upscale_factor((256, 256)) == 3 and figures.upscale_factor((320, 400)) == 2
+    assert figures.upscale_factor((660, 660)) == 1
+    res = result(2, n_frames=1)
+    res.tracks["hx"], res.tracks["hy"] = 1.0, 0.0
+    frames = iter([np.zeros((160, 160))])
+    (rgb,) = figures.overlay_frames(res, frames, None)
+    assert rgb.shape == (640, 640, 3)
+    # Track 0's core at (10, 20) is now at (41.5, 81.5); its colour rings it.
+    c0 = np.array([int(255 * v) for v in figures._colour(0)])
+    near = rgb[60:104, 20:64].reshape(-1, 3)
+    assert (np.abs(near.astype(int) - c0).sum(axis=1) < 10).sum() > 50
+
+
+def test_overlay_number_labels_are_drawn_in_track_colour():
+    res = result(1, n_frames=1)
+    plain = result(1, n_frames=1)
+    plain.tracks["particle"] = -1  # not a track: no number
+    plain.tracks = plain.tracks.iloc[:0]
+    plain.detections = res.tracks.drop(columns="particle")
+    (a,) = figures.overlay_frames(res, [np.zeros((640, 640))], None)
+    (b,) = figures.overlay_frames(plain, [np.zeros((640, 640))], None)
+    c0 = np.array([int(255 * v) for v in figures._colour(0)])
+    coloured = lambda rgb: int((np.abs(rgb.astype(int) - c0).sum(axis=-1) < 10).sum())  # noqa: E731
+    assert coloured(a) > coloured(b) == 0  # unlinked cores are white, unnumbered
+
+
+def test_rocksalt_is_tinted_lightly_and_outlined():
+    mask = np.zeros((10, 10), bool)
+    mask[2:8, 3:9] = True
+    outline = figures.mask_outline(mask)
+    assert outline.sum() == 6 * 6 - 4 * 4 and not outline[4:6, 5:7].any()
+    edge = np.zeros((10, 10), bool)
+    edge[:, :5] = True  # at the image border: outlined only inside
+    assert figures.mask_outline(edge)[:, 4].all() and not figures.mask_outline(edge)[:, 0].any()
+    assert figures.ROCKSALT_TINT <= 0.25
+    big = np.zeros((640, 640), bool)
+    big[200:400, 200:400] = True
+    (rgb,) = figures.overlay_frames(result(0, n_frames=1), [np.full((640, 640), 0.5)], [big])
+    inside = rgb[300, 300].astype(int)
+    assert abs(inside[0] - inside[2]) < 0.25 * 255  # still mostly grey inside
+    assert rgb[200, 300].tolist() == [0, 255, 255]  # the outline is cyan
+
+
+def test_mp4_padding_repeats_edge_pixels():
+    frame = np.arange(20 * 30 * 3, dtype=np.uint8).reshape(20, 30, 3)
+    padded = figures.pad_to_16(frame)
+    assert padded.shape == (32, 32, 3)
+    assert (padded[:20, :30] == frame).all()
+    assert (padded[25, :30] == frame[-1]).all() and (padded[:20, 31] == frame[:, -1]).all()
+    assert figures.pad_to_16(padded).shape == (32, 32, 3)
+
+
+def test_png_figures_are_saved_at_200_dpi(tmp_path):
+    figures.counts(result(2), tmp_path / "c.png")
+    from PIL import Image
+
+    with Image.open(tmp_path / "c.png") as im:
+        assert figures.DPI == 200 and im.size[0] == 6 * 200
+
+
+def test_counts_points_at_zero_are_not_clipped_and_equal_series_both_show():
+    res = result(1)
+    res.counts["n_dislocations"] = 0
+    res.counts["n_dipoles"] = 0
+    fig = figures.counts_figure(res)
+    dis, dip = fig.axes[0].lines
+    assert not dis.get_clip_on() and not dip.get_clip_on()
+    assert dis.get_linestyle() != dip.get_linestyle() and dis.get_markersize() > dip.get_markersize()
+    assert fig.axes[0].get_title() == "x.tif"
+
+
+def test_figure_titles_name_the_input_and_the_sign_convention():
+    res = result(3)
+    res.input_path = "/data/run 7/movie_12.tif"
+    assert figures.trajectories_figure(res).axes[0].get_title().startswith("movie_12.tif")
+    disp = figures.displacement_figure(res)
+    assert disp.get_suptitle() == "movie_12.tif"
+    climb, glide = (ax.get_title() for ax in disp.axes)
+    assert "+: towards h" in climb and "+: along b" in glide
+
+
+def test_common_span_mean_averages_a_fixed_set_of_tracks():
+    rel = pd.DataFrame({"particle": [0] * 5 + [1] * 3 + [2] * 4,
+                        "rel": [0, 1, 2, 3, 4, 0, 1, 2, 0, 1, 2, 3],
+                        "d": [0, 1, 2, 3, 4, 0, 2, 4, 0, 3, 6, 9.0]})
+    agg = figures.common_span_mean(rel, "d")
+    assert agg.index.tolist() == [0, 1, 2]  # track 1 ends after 2 frames: no later mean
+    assert agg["mean"].tolist() == [0.0, 2.0, 4.0] and (agg["count"] == 3).all()
+    gap = rel.drop(index=9)  # track 2 missed at 1 frame: no mean there
+    assert figures.common_span_mean(gap, "d").index.tolist() == [0, 2]
+
+
+def test_moving_tracks_use_the_velocity_its_standard_error_and_the_travel():
+    summary = pd.DataFrame({"particle": [0, 1, 2, 3, 4], "first_frame": 0,
+                            "last_frame": [20, 20, 20, 20, 20],
+                            "climb_velocity_nm_s": [-0.3, 0.01, -0.2, 0.5, 0.0025],
+                            "climb_velocity_se_nm_s": [0.01, 0.01, 0.05, 0.3, 0.0005]})
+    v, unit = figures.moving_tracks(summary, "climb", 0.5)
+    # 1: 1 SE; 3: 1.7 SE; 4: 5 SE but 0.025 nm in 10 s
+    assert v.index.tolist() == [0, 2] and unit == "nm/s"
+    assert figures.moving_tracks(summary, "climb", 0.08)[0].index.tolist() == [0]  # 2: 0.32 nm
+    per_frame = summary.rename(columns=lambda c: c.replace("_nm_s", "_nm_per_frame"))
+    v, unit = figures.moving_tracks(per_frame, "climb", None)
+    assert v.index.tolist() == [0, 2] and unit == "nm/frame"
+    assert figures.moving_tracks(summary, "glide", 0.5)[0].empty
+
+
+def test_displacement_mean_is_over_moving_tracks_and_their_common_span():
+    res = result(3)  # glide: all three move 0.1 nm/s; climb: none moves
+    fig = figures.displacement_figure(res)
+    climb_ax, glide_ax = fig.axes
+    assert not climb_ax.containers and "no track moves" in climb_ax.get_title()
+    (bars,) = glide_ax.containers
+    x, _ = bars.lines[0].get_data()
+    assert list(x) == list(range(10))  # tracks span 12, 11, 10 frames: the shortest's
+    assert "mean v = +0.10 ± 0.00 nm/s (n = 3)" in glide_ax.get_title()
+
+
+def test_displacement_mean_needs_two_moving_tracks_and_splits_by_sign():
+    res = result(3)
+    res.track_summary["glide_velocity_nm_s"] = [0.1, -0.1, 0.0]
+    fig = figures.displacement_figure(res)
+    assert not fig.axes[1].containers  # one track each way: no mean
+    assert figures.MEAN_LABEL not in [t.get_text() for t in fig.legends[0].get_texts()]
+    assert "#0: v = +0.10 nm/s" in fig.axes[1].get_title()
+    assert figures.plus_minus(-35.2, 4.1) == "-35 ± 4" and figures.plus_minus(0.273, 0.02) == "+0.27 ± 0.02"
+
+
+def test_displacement_titles_give_per_frame_units_without_an_interval():
+    res = result(3)
+    res.calibration = Calibration.from_file(pixel_size_nm=0.1, frame_interval_s=None)
+    res.track_summary = res.track_summary.rename(
+        columns=lambda c: c.replace("_nm_s", "_nm_per_frame"))
+    fig = figures.displacement_figure(res)
+    assert "nm/frame (n = 3)" in fig.axes[1].get_title()
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    import torch
+
+    from dislotrack.models.io import save_model
+    from dislotrack.models.unet import UNet, UNetConfig
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("model") / "tiny"
+    card = {"canonical_pixel_size_nm": 0.1, "generator": {}, "training": {}, "metrics": {}}
+    save_model(UNet(UNetConfig(base_channels=4, depth=2)), path, card=card)
+    return path
+
+
+def test_a_single_image_overlay_is_also_a_png_and_a_movie_rerun_removes_it(tiny_model, tmp_path):
+    from PIL import Image
+
+    from dislotrack.data_gen.annotations import write_imagej_tiff
+    from dislotrack.infer.cli import main
+
+    rng = np.random.default_rng(0)
+    image = tmp_path / "m.tif"
+    write_imagej_tiff(image, rng.normal(size=(1, 32, 32)).astype(np.float32),
+                      pixel_size_nm=0.1, frame_interval_s=1.0)
+    args = ["infer", str(image), "--out", str(tmp_path / "o"), "--model", str(tiny_model)]
+    assert main(args) == 0
+    fig = tmp_path / "o" / "m" / "figures"
+    assert (fig / "overlay.mp4").stat().st_size > 0  # the contract's file, still written
+    with Image.open(fig / "overlay.png") as png:
+        assert png.size == (640, 640)  # 32 px enlarged 20 times
+    write_imagej_tiff(image, rng.normal(size=(2, 32, 32)).astype(np.float32),
+                      pixel_size_nm=0.1, frame_interval_s=1.0)
+    assert main(args) == 0
+    assert (fig / "overlay.mp4").is_file() and not (fig / "overlay.png").exists()
+
+
+def test_stale_outputs_name_the_overlay_png_unless_a_single_image_overlay_rewrites_it(tmp_path):
+    from dislotrack.infer.run import stale_outputs
+
+    (tmp_path / "figures").mkdir()
+    for name in ("summary.json", "figures/overlay.png", "figures/overlay.mp4"):
+        (tmp_path / name).write_text("old")
+    png = tmp_path / "figures" / "overlay.png"
+    options = {"strain": True, "parquet": True}
+    assert png not in stale_outputs(tmp_path, movie=True, single_image=True, **options)
+    assert png in stale_outputs(tmp_path, movie=True, single_image=False, **options)
+    assert png in stale_outputs(tmp_path, movie=False, single_image=True, **options)
+
+
+def test_overlay_scale_bar_label_stays_in_the_frame_when_estimated():
+    res = _estimated(result(0, n_frames=1))
+    (rgb,) = figures.overlay_frames(res, [np.full((640, 640), 0.5)], None)
+    x0, y0, x1, y1, _ = figures.scale_bar_box((640, 640), 0.1)
+    band = rgb[y0 - 60:y0 - 2, :].astype(int)
+    white = (band.min(axis=-1) > 240).any(axis=0)  # the label's columns
+    assert white.any() and np.flatnonzero(white).max() <= x1  # "(est.)" not cut off
