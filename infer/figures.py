@@ -645,13 +645,27 @@ def pad_to_16(frame: np.ndarray) -> np.ndarray:
 
 
 def write_mp4(frames: Iterable[np.ndarray], path: Path, *, fps: float) -> None:
-    """Write RGB frames as H.264 MP4, padded to multiples of 16 (`pad_to_16`)."""
-    import imageio.v3 as iio
+    """Write RGB frames as H.264 MP4, padded to multiples of 16 (`pad_to_16`).
 
-    with iio.imopen(path, "w", plugin="pyav") as f:
-        f.init_video_stream("libx264", fps=fps)
+    PyAV directly rather than imageio, which cannot set the encoder preset: x264's
+    "veryfast" encodes the overlay 2.5x faster than its default for 13 % more bytes.
+    """
+    from fractions import Fraction
+
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = None
         for fr in frames:
-            f.write_frame(pad_to_16(fr))
+            fr = pad_to_16(fr)
+            if stream is None:  # the size comes with the first frame
+                stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(65535))
+                stream.width, stream.height = fr.shape[1], fr.shape[0]
+                stream.pix_fmt = "yuv420p"  # what players expect
+                stream.options = {"preset": "veryfast"}
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(fr, format="rgb24")))
+        if stream is not None:
+            container.mux(stream.encode())  # flush the encoder
 
 
 def write_png(frame: np.ndarray, path: Path) -> None:

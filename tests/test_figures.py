@@ -422,3 +422,20 @@ def test_overlay_scale_bar_label_stays_in_the_frame_when_estimated():
     band = rgb[y0 - 60:y0 - 2, :].astype(int)
     white = (band.min(axis=-1) > 240).any(axis=0)  # the label's columns
     assert white.any() and np.flatnonzero(white).max() <= x1  # "(est.)" not cut off
+
+
+def test_mp4_holds_every_frame_at_the_given_rate(tmp_path):
+    import imageio.v3 as iio
+
+    from dislotrack.infer.figures import write_mp4
+
+    ramp = np.linspace(0, 255, 50 * 70).reshape(50, 70).astype(np.uint8)
+    frames = [np.stack([np.roll(ramp, 3 * i, axis=1)] * 3, axis=-1) for i in range(5)]
+    write_mp4(iter(frames), tmp_path / "m.mp4", fps=2.0)
+    back = iio.imread(tmp_path / "m.mp4", plugin="pyav")
+    assert back.shape == (5, 64, 80, 3)  # padded to multiples of 16
+    assert iio.immeta(tmp_path / "m.mp4", plugin="pyav")["fps"] == pytest.approx(2.0)
+    # lossy, but each frame is the one written (not its neighbour)
+    errors = [[np.abs(back[i, :50, :70, 0].astype(int) - f[..., 0]).mean() for f in frames] for i in range(5)]
+    assert [int(np.argmin(e)) for e in errors] == list(range(5))
+    assert max(min(e) for e in errors) < 6
