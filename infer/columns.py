@@ -1,11 +1,14 @@
-"""The output contract's names (DESIGN.md, schema 1): tables, their core columns and the
+"""The output contract's names (DESIGN.md's schema 1 with the changes of schema 2, README
+› Changelog 0.1.14): tables, their core columns and the
 units in the velocity columns' names. Shared by `analyze`, the writers and `evaluate`."""
 
 from __future__ import annotations
 
 import pandas as pd
 
-SCHEMA_VERSION = 1
+#: 2 (0.1.14): DESIGN.md's schema 1 plus the rock-salt births and deaths, per-frame velocity
+#: column names, ``options.tta`` as a view count and an absolute ``input.path``.
+SCHEMA_VERSION = 2
 TABLES = ("detections", "tracks", "track_summary", "events", "counts", "drift")
 DETECTION_COLUMNS = ["frame", "x", "y", "x_nm", "y_nm", "score", "hx", "hy", "bx_nm", "by_nm"]
 TRACK_COLUMNS = [*DETECTION_COLUMNS, "particle", "t_s", "glide_nm", "climb_nm"]

@@ -1,4 +1,4 @@
-"""Write an `AnalysisResult` to disk as DESIGN.md's output contract (schema 1)."""
+"""Write an `AnalysisResult` to disk as the output contract (`columns.SCHEMA_VERSION`)."""
 
 from __future__ import annotations
 

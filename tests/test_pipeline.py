@@ -82,7 +82,7 @@ def test_infer_writes_every_output_with_the_contract_columns(tmp_path):
     counts = pd.read_csv(d / "counts.csv")
     assert list(counts.frame) == [0, 1, 2, 3] and np.allclose(counts.t_s, [0, 0.5, 1.0, 1.5])
     summary = json.loads((d / "summary.json").read_text())
-    assert summary["schema_version"] == 1
+    assert summary["schema_version"] == 2  # DESIGN.md's 1 with the changes README › Changelog 0.1.14 lists
     track_summary = pd.read_csv(d / "track_summary.csv")
     for end, column in (("births", "birth"), ("deaths", "death")):
         assert summary["totals"][end] == track_summary[column].value_counts().to_dict()

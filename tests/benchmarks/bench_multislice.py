@@ -36,7 +36,10 @@ import platform  # noqa: E402
 import time  # noqa: E402
 from dataclasses import replace  # noqa: E402
 
-import abtem  # noqa: E402
+try:
+    import abtem
+except ModuleNotFoundError:  # an optional extra: say how to get it rather than a traceback
+    raise SystemExit("this benchmark needs abTEM: pip install -e \".[validation]\"") from None
 import dask  # noqa: E402
 import numpy as np  # noqa: E402
 import scipy.fft as sfft  # noqa: E402

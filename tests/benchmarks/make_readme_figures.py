@@ -81,4 +81,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    import argparse
+
+    # No options, but --help must not overwrite docs/.
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()
     main()
