@@ -195,7 +195,8 @@ def evaluate_folders(pred_dir: str | Path, truth_dir: str | Path, *, figures: bo
         raise ValueError(f"no annotations (<stem>.json, format dislotrack-annotation) in {truth_dir}")
     if not any((Path(pred_dir) / s.with_suffix("").name / "detections.csv").exists() for s in sides):
         raise ValueError(f"none of the {len(sides)} annotated items of {truth_dir} has infer "
-                         f"outputs in {pred_dir} (expected {pred_dir}/<stem>/detections.csv)")
+                         f"outputs in {pred_dir} (expected {Path(pred_dir) / '<stem>' / 'detections.csv'}; "
+                         "infer the annotated images themselves)")
     report = {}
     for side in tqdm(sides, desc="evaluating", unit="item", disable=not progress or len(sides) < 5):
         stem = side.with_suffix("").name
