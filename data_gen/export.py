@@ -25,7 +25,8 @@ _STEM = re.compile(r"(image|movie)_\d{5,}")
 
 def generate_dataset(*, out: str | Path, n: int, size: int = 256, mode: str = "mixed",
                      movie_frames: int = 0, seed: int = 0, frame_interval: float = 1.0,
-                     variants: int = 1, progress: bool = True) -> list[Path]:
+                     variants: int = 1, dose: tuple[float, float] | None = None,
+                     progress: bool = True) -> list[Path]:
     """Write ``n`` labelled images (or movies of ``movie_frames`` frames) to ``out``.
 
     Images come in groups of ``variants``: one structure imaged under that many
@@ -40,6 +41,23 @@ def generate_dataset(*, out: str | Path, n: int, size: int = 256, mode: str = "m
 
     Parameters
     ----------
+    out : str or Path
+        Output folder.
+    n : int
+        Number of images (or movies).
+    size, mode
+        Image side [px] and imaging mode (`GeneratorConfig`).
+    movie_frames : int
+        Frames per movie (>= 2), or 0 for single images.
+    seed : int
+        Seed of the whole set (>= 0).
+    frame_interval : float
+        Time between movie frames [s] (> 0).
+    variants : int
+        Images per structure (single images only).
+    dose : (float, float), optional
+        Dose range [e/A^2], drawn log-uniformly (``(d, d)``: one dose); default
+        `GeneratorConfig`'s.
     progress : bool
         Show a progress bar on stderr (over frames for movies); False is silent.
 
@@ -61,7 +79,11 @@ def generate_dataset(*, out: str | Path, n: int, size: int = 256, mode: str = "m
         raise ValueError(f"--variants must be >= 1, got {variants}")
     if movie_frames and variants > 1:
         raise ValueError("--variants applies to single images, not to movies")
-    cfg = GeneratorConfig(size=size, mode=mode)
+    if movie_frames and not (np.isfinite(frame_interval) and frame_interval > 0):
+        raise ValueError(f"--frame-interval must be a positive number of seconds, got {frame_interval}")
+    if seed < 0:
+        raise ValueError(f"--seed must be >= 0, got {seed}")
+    cfg = GeneratorConfig(size=size, mode=mode, **({"dose": tuple(dose)} if dose is not None else {}))
     out = Path(out)
     kind = "movie" if movie_frames else "image"
     suffixes = _MOVIE_FILES if movie_frames else _IMAGE_FILES

@@ -263,7 +263,17 @@ def make_movie(rng: np.random.Generator, cfg: GeneratorConfig | None = None, *, 
         Also return each frame's noise-free expected image (``MovieSample.clean``).
     on_frame : callable, optional
         Called with each frame's index once it is rendered (progress).
+
+    Raises
+    ------
+    ValueError
+        If ``n_frames`` < 2 (no motion to label) or ``frame_interval`` is not a positive
+        number of seconds.
     """
+    if not (isinstance(n_frames, (int, np.integer)) and n_frames >= 2):
+        raise ValueError(f"n_frames must be an integer >= 2, got {n_frames!r}")
+    if not (np.isfinite(frame_interval) and frame_interval > 0):
+        raise ValueError(f"frame_interval must be a positive number of seconds, got {frame_interval}")
     cfg = cfg or GeneratorConfig()
     mode = draw_mode(rng, cfg)
     grid = Grid(cfg.size, cfg.pixel_size)

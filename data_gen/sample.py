@@ -97,6 +97,14 @@ class GeneratorConfig:
             raise ValueError(f"size must be >= 16 px, got {self.size}")
         if not 0.01 <= self.pixel_size <= 1.0:
             raise ValueError(f"pixel_size {self.pixel_size} nm/px is outside 0.01-1 nm/px")
+        lo, hi = self.dose
+        if not (np.isfinite(lo) and np.isfinite(hi) and 0 < lo <= hi):
+            raise ValueError(f"dose must be a range (low, high) of e/A^2 with 0 < low <= high, "
+                             f"got {self.dose}")
+        for name in ("density", "dipole_fraction", "basal_fraction", "perfect_fraction",
+                     "rocksalt_probability", "realism"):
+            if not getattr(self, name) >= 0:  # NaN fails too
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -25,15 +25,38 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("generate", help="write synthetic labelled images or movies")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--n", type=int, required=True, help="number of images (or movies)")
-    p.add_argument("--size", type=int, default=256, help="image side [px] (default 256)")
-    p.add_argument("--mode", choices=["hrtem", "stem", "mixed"], default="mixed")
+    p.add_argument("--size", type=int, default=256,
+                   help=f"image side [px] at 0.1 nm/px (default 256, at most {MAX_GENERATE_SIZE})")
+    p.add_argument("--mode", choices=["hrtem", "stem", "mixed"], default="mixed",
+                   help="imaging mode (default mixed: each item HRTEM or STEM at random)")
     p.add_argument("--movie", type=int, default=None, metavar="FRAMES",
                    help="write movies of FRAMES (>= 2) frames instead of single images")
+    p.add_argument("--frame-interval", type=float, default=1.0, metavar="S",
+                   help="time between movie frames [s] (default 1)")
+    p.add_argument("--dose", type=_dose_range, default=None, metavar="LOW[,HIGH]",
+                   help="electron dose [e/A^2]: one value, or a range drawn log-uniformly "
+                        "(default 20,5000)")
     p.add_argument("--variants", type=int, default=1, metavar="V",
                    help="images per generated structure (new lens/probe and detector each; "
                         "about 4x faster at 16)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the whole set (default 0)")
     p.set_defaults(func=_run_generate)
+
+
+#: Largest ``generate --size``: the generator's cost grows faster than the area
+#: (1024 px: 7-10 s per image on 2 cores), and training crops 128 px anyway.
+MAX_GENERATE_SIZE = 2048
+
+
+def _dose_range(value: str) -> tuple[float, float]:
+    """``--dose``: ``D`` (one dose) or ``LOW,HIGH`` [e/A^2]."""
+    try:
+        parts = [float(v) for v in value.split(",")]
+    except ValueError:
+        parts = []
+    if len(parts) not in (1, 2):
+        raise argparse.ArgumentTypeError(f"expected DOSE or LOW,HIGH in e/A^2, got {value!r}")
+    return (parts[0], parts[-1])
 
 
 def _run_generate(args: argparse.Namespace) -> int:
@@ -43,8 +66,14 @@ def _run_generate(args: argparse.Namespace) -> int:
     if args.movie is not None and args.movie < 2:  # 0 would quietly mean single images
         raise ValueError(f"--movie needs at least 2 frames, got {args.movie} "
                          "(leave it out for single images)")
+    if args.size > MAX_GENERATE_SIZE:
+        raise ValueError(f"--size {args.size} is over {MAX_GENERATE_SIZE} px (1024 px already takes "
+                         "about 10 s per image); use the Python API for larger fields")
+    if args.frame_interval != 1.0 and args.movie is None:
+        raise ValueError("--frame-interval applies to movies (--movie FRAMES)")
     paths = generate_dataset(out=args.out, n=args.n, size=args.size, mode=args.mode,
-                             movie_frames=args.movie or 0, seed=args.seed, variants=args.variants)
+                             movie_frames=args.movie or 0, seed=args.seed, variants=args.variants,
+                             frame_interval=args.frame_interval, dose=args.dose)
     print(f"{len(paths)} labelled {'movies' if args.movie else 'images'} in {args.out}/")
     return 0
 

@@ -1,5 +1,8 @@
 """The synthetic generator: pixel alignment, labels, determinism, dose."""
 
+import json
+from contextlib import nullcontext
+
 import numpy as np
 import pytest
 from skimage.feature import peak_local_max
@@ -283,3 +286,41 @@ def test_generate_refuses_a_file_as_folder_and_skips_json_that_is_no_annotation(
     (out / "image_00007.json").write_text("[]")  # JSON named like an item, but not one of ours
     assert len(generate_dataset(out=out, n=1, size=32, mode="stem", progress=False)) == 1
     assert (out / "image_00007.json").read_text() == "[]"
+
+
+@pytest.mark.parametrize("dose", [(0.0, 0.0), (-10.0, 100.0), (100.0, 10.0), (float("nan"), 10.0)])
+def test_an_impossible_dose_range_is_refused_by_name(dose):
+    with pytest.raises(ValueError, match="dose"):
+        GeneratorConfig(size=64, dose=dose)
+    with pytest.raises(ValueError, match="density"):
+        GeneratorConfig(size=64, density=-1.0)
+
+
+@pytest.mark.parametrize(("kw", "message"), [({"n_frames": 1}, "n_frames"), ({"n_frames": 0}, "n_frames"),
+                                             ({"frame_interval": 0.0}, "frame_interval"),
+                                             ({"frame_interval": -1.0}, "frame_interval")])
+def test_a_movie_needs_two_frames_and_a_positive_interval(kw, message):
+    with pytest.raises(ValueError, match=message):
+        make_movie(np.random.default_rng(0), GeneratorConfig(size=32), **kw)
+
+
+def test_generate_takes_a_dose_and_frame_interval_and_refuses_what_it_cannot_write(tmp_path, capsys):
+    from dislotrack.data_gen.annotations import read_annotation
+    from dislotrack.infer.cli import main
+
+    out = tmp_path / "g"
+    assert main(["generate", "--out", str(out), "--n", "1", "--size", "32", "--movie", "2",
+                 "--dose", "300", "--frame-interval", "0.25"]) == 0
+    ann = read_annotation(out / "movie_00000.json")  # what it writes, its reader takes
+    assert ann.frame_interval_s == 0.25
+    assert json.loads((out / "movie_00000.json").read_text())["source"]["config"]["dose"] == [300.0, 300.0]
+    capsys.readouterr()
+    for args, message in ((["--movie", "2", "--frame-interval", "0"], "--frame-interval"),
+                          (["--frame-interval", "2"], "applies to movies"),
+                          (["--dose", "100,10"], "dose"), (["--dose", "x"], "--dose"),
+                          (["--seed", "-1"], "--seed"), (["--size", "4096"], "--size")):
+        with pytest.raises(SystemExit) if message == "--dose" else nullcontext():
+            code = main(["generate", "--out", str(tmp_path / "bad"), "--n", "1", *args])
+            assert code == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
