@@ -103,6 +103,87 @@ def glide_climb(displacement: np.ndarray, h: np.ndarray) -> tuple[np.ndarray, np
     return (d * bb).sum(axis=-1), (d * hh).sum(axis=-1)
 
 
+#: How far from a whole number `layer_index` a measured spot may be [index units]: a
+#: 256 px FFT bin moves a 0.47 nm reflection's index by ~0.06.
+LAYER_INDEX_TOLERANCE = 0.2
+
+#: In-layer plane spacings of the layered oxides seen edge-on [nm]: (100)-type planes,
+#: a sqrt(3)/2, along [100], and (110)-type, a / 2, along [1-10]; a = 0.282-0.288 nm
+#: (LiCoO2 to LiNiO2 and NMC), so 0.244-0.249 and 0.141-0.144 nm.
+IN_LAYER_SPACINGS_NM = (0.2465, 0.1425)
+
+#: Relative tolerance on an in-layer spacing (other materials, strain, calibration).
+IN_LAYER_SPACING_TOLERANCE = 0.1
+
+
+def layer_index(k: np.ndarray, g003: np.ndarray) -> np.ndarray:
+    """Index l of reciprocal vectors along the layer normal, in the hexagonal setting.
+
+    In a layered oxide (R-3m, and the topotactic rock salt that grows in it) the (003)
+    reflection is 3 c*, and every reflection (h k l) projects onto the layer normal as
+    l c*: ``l = 3 (k . g003) / |g003|^2`` is a whole number.
+
+    Parameters
+    ----------
+    k : array_like, shape (..., 2)
+        Spatial frequencies, in the units of ``g003``.
+    g003 : array_like, shape (2,)
+        The (003) reflection.
+
+    Returns
+    -------
+    ndarray, shape (...)
+
+    Examples
+    --------
+    >>> float(layer_index(np.array([0.9, 1.4]), np.array([0.0, 2.1])))  # (012)-like
+    2.0
+    """
+    g = np.asarray(g003, float)
+    return 3.0 * (np.asarray(k, float) @ g) / (g @ g)
+
+
+def is_layered_reflection(k_nm: np.ndarray, g003_nm: np.ndarray, *,
+                          tolerance: float = LAYER_INDEX_TOLERANCE) -> np.ndarray:
+    """Whether spots off the (00l) row can be reflections of the layered lattice.
+
+    They need a whole `layer_index` (within ``tolerance``) and an in-layer component
+    that is a whole multiple (1-3) of one of `IN_LAYER_SPACINGS_NM`'s frequencies
+    (within `IN_LAYER_SPACING_TOLERANCE`). Other spots are aliases of planes beyond
+    Nyquist (the 0.144 nm planes of the ``[1-10]`` zone at 0.1 nm/px) or noise, and
+    give nonsense Burgers vectors and strain maps.
+
+    Parameters
+    ----------
+    k_nm : array_like, shape (..., 2)
+        Spatial frequencies [1/nm].
+    g003_nm : array_like, shape (2,)
+        The (003) reflection [1/nm].
+    tolerance : float
+        Largest distance of the layer index from a whole number.
+
+    Returns
+    -------
+    ndarray of bool, shape (...)
+
+    Examples
+    --------
+    >>> g003 = np.array([0.0, 2.114])  # 0.473 nm
+    >>> is_layered_reflection(np.array([[4.0, 1.41], [1.76, 4.84]]), g003).tolist()
+    [True, False]
+    """
+    k = np.asarray(k_nm, float)
+    g = np.asarray(g003_nm, float)
+    l_index = layer_index(k, g)
+    along = (k @ g) / np.sqrt(g @ g)
+    in_layer = np.sqrt(np.maximum(np.sum(k * k, axis=-1) - along**2, 0.0))
+    on_row = np.zeros(in_layer.shape, bool)
+    for d in IN_LAYER_SPACINGS_NM:
+        for n in (1, 2, 3):
+            on_row |= np.abs(in_layer * d / n - 1) <= IN_LAYER_SPACING_TOLERANCE
+    return (np.abs(l_index - np.round(l_index)) <= tolerance) & on_row
+
+
 def electron_wavelength_nm(voltage_kv: float) -> float:
     """Relativistic electron wavelength [nm] at an accelerating voltage [kV]."""
     h = 6.62607015e-34

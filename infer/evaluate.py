@@ -136,22 +136,24 @@ def tracking_scores(pred_tracks: pd.DataFrame, pred_summary: pd.DataFrame, truth
 def match_events(pred: pd.DataFrame, truth: pd.DataFrame, *, pixel_size_nm: float,
                  frame_tol: int = 1, radius_nm: float = MATCH_RADIUS_NM) -> list[tuple]:
     """Pairs (pred index, truth index) of matching events: same kind, within
-    ``frame_tol`` frames and ``radius_nm``; each true event in turn takes the first
-    unused prediction that matches.
+    ``frame_tol`` frames and ``radius_nm``, one to one, as many as possible (Hungarian
+    matching, then the smallest total distance; as `match_cores` for cores).
 
     ``pred`` has frame, kind, x, y [px]; ``truth`` has frame, kind, x_nm, y_nm.
     """
-    used: set = set()
-    pairs = []
-    for j, t in truth.iterrows():
-        for i, p in pred.iterrows():
-            if i in used or p.kind != t.kind or abs(p.frame - t.frame) > frame_tol:
-                continue
-            if np.hypot(p.x * pixel_size_nm - t.x_nm, p.y * pixel_size_nm - t.y_nm) <= radius_nm:
-                used.add(i)
-                pairs.append((i, j))
-                break
-    return pairs
+    from scipy.optimize import linear_sum_assignment
+
+    if pred.empty or truth.empty:
+        return []
+    step = pred[["x", "y"]].to_numpy(float)[:, None] * pixel_size_nm - truth[["x_nm", "y_nm"]].to_numpy(float)
+    dist = np.hypot(step[..., 0], step[..., 1])
+    frames = np.abs(pred["frame"].to_numpy(float)[:, None] - truth["frame"].to_numpy(float))
+    ok = (pred["kind"].to_numpy()[:, None] == truth["kind"].to_numpy()) & (frames <= frame_tol) & (
+        dist <= radius_nm)
+    # A pair out of range costs more than all pairs in range together: most pairs first.
+    big = 1.0 + ok.sum() * radius_nm
+    rows, cols = linear_sum_assignment(np.where(ok, dist, big))
+    return [(pred.index[r], truth.index[c]) for r, c in zip(rows, cols, strict=True) if ok[r, c]]
 
 
 def event_scores(pred: pd.DataFrame, truth: pd.DataFrame, *, pixel_size_nm: float,

@@ -24,7 +24,7 @@ from scipy import fft
 from scipy.signal.windows import hann
 from skimage.restoration import unwrap_phase
 
-from dislotrack.data_gen.conventions import D003_LINIO2_NM
+from dislotrack.data_gen.conventions import D003_LINIO2_NM, is_layered_reflection
 
 _SIGMA_PER_FWHM = 1.0 / (2.0 * np.sqrt(2.0 * np.log(2.0)))
 #: Smallest distance [1/nm] between a chosen reflection and the alias of its Friedel
@@ -281,6 +281,7 @@ def find_reflections(
     max_spacing_nm: float = 1.0,
     resolution_nm: float = 2.0,
     min_peak_ratio: float = 20.0,
+    layered: bool = False,
 ) -> np.ndarray:
     """Pick Bragg reflections for GPA automatically, refined to sub-pixel accuracy.
 
@@ -319,6 +320,10 @@ def find_reflections(
     min_peak_ratio : float
         A spot must carry this many times the median power at its ``|k|``
         (the largest of ~1000 pure-noise values is ~10 x their median).
+    layered : bool
+        The first reflection is the (003) of a layered oxide: the second must then be
+        one of its lattice (`dislotrack.data_gen.conventions.is_layered_reflection`),
+        not an alias of planes beyond Nyquist, which gives maps of nonsense strain.
 
     Returns
     -------
@@ -354,6 +359,9 @@ def find_reflections(
             cos = (kx * found[0][0] + ky * found[0][1]) / (kmag * np.hypot(*found[0]) + 1e-30)
             ok = ok & (np.abs(cos) <= np.cos(np.radians(min_angle_deg)))
             ok = ok & ~_near_harmonic_aliases(found[0], kx, ky, pixel_size_nm)
+            if layered:  # a looser index tolerance on the FFT grid; the refined spot is checked
+                grid_k = np.stack(np.broadcast_arrays(kx, ky), axis=-1)
+                ok = ok & is_layered_reflection(grid_k, found[0], tolerance=0.3)
         if not ok.any():
             raise NoReflectionError(
                 f"no spatial frequency available for reflection {len(found) + 1} "
@@ -368,6 +376,11 @@ def find_reflections(
                 f"|k| (min_peak_ratio = {min_peak_ratio})"
             )
         found.append(_refine_g(spectrum, g0, pixel_size_nm, resolution_nm, interior))
+    if layered and n == 2 and not is_layered_reflection(found[1], found[0]):
+        raise NoReflectionError(
+            f"the second reflection found, d = {1 / np.hypot(*found[1]):.3g} nm, is not one of "
+            f"a layered lattice with (003) at {1 / np.hypot(*found[0]):.3g} nm (an alias of planes "
+            "beyond Nyquist or noise): the images resolve the (003) fringes only")
     return np.array(found)
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from dislotrack.data_gen.conventions import h_from_b_hat, unit
+from dislotrack.data_gen.conventions import h_from_b_hat, is_layered_reflection, unit
 from dislotrack.infer.fringes import MIN_PROMINENCE, Spectrum, power_spectrum
 
 #: The (003) reflection is searched within this fraction of its expected frequency.
@@ -86,7 +86,8 @@ def measure_lattice(frames: list[np.ndarray], *, pixel_size_nm: float, d_spacing
     Lattice or None
         None if no (003) reflection stands out. ``g_layer`` is the most prominent
         reflection at least `MIN_ANGLE_DEG` off the (003) direction, up to the
-        Nyquist frequency (None if none stands out).
+        Nyquist frequency, that the layered lattice can have
+        (`dislotrack.data_gen.conventions.is_layered_reflection`; None if none does).
     """
     spec = power_spectrum(frames, max_size=max_size)
     peaks = spec.peaks(min_prominence)
@@ -102,11 +103,16 @@ def measure_lattice(frames: list[np.ndarray], *, pixel_size_nm: float, d_spacing
     g003 = _refined(spec, peaks[best], pk[best])
     cos = np.abs(pk @ g003) / (np.hypot(*pk.T) * np.hypot(*g003) + 1e-12)
     off_row = (cos <= np.cos(np.deg2rad(MIN_ANGLE_DEG))) & (np.hypot(*pk.T) > 0.5 * k003)
+    # Only spots the layered lattice can have: planes beyond Nyquist alias elsewhere
+    # (the 0.144 nm planes of [1-10] at 0.1 nm/px) and gave a wrong Burgers vector.
+    to_nm = 1.0 / pixel_size_nm
+    off_row &= is_layered_reflection(pk * to_nm, g003 * to_nm, tolerance=0.3)  # grid: looser
     g_layer = None
     if off_row.any():
         best = np.argmax(np.where(off_row, strength, -np.inf))
         g_layer = _refined(spec, peaks[best], pk[best])
-    to_nm = 1.0 / pixel_size_nm
+        if not is_layered_reflection(g_layer * to_nm, g003 * to_nm):
+            g_layer = None
     return Lattice(g003 * to_nm, None if g_layer is None else g_layer * to_nm)
 
 

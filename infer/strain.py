@@ -21,6 +21,20 @@ logger = logging.getLogger(__name__)
 COMPONENTS = {"exx": "strain_exx", "eyy": "strain_eyy", "exy": "strain_exy", "omega": "rotation_rad"}
 
 
+def border_width_px(resolution_nm: float, pixel_size_nm: float) -> int:
+    """Width of the frame border where GPA maps are not valid [px]: one mask width, over
+    which the Fourier filter wraps the opposite edge in (maps up to |0.5| there)."""
+    return int(np.ceil(resolution_nm / pixel_size_nm))
+
+
+def without_border(strain_map: np.ndarray, width: int) -> np.ndarray:
+    """``strain_map`` as float32 with a ``width``-px border set to NaN (not measured)."""
+    out = np.array(strain_map, dtype=np.float32)
+    if width > 0:
+        out[:width], out[-width:], out[:, :width], out[:, -width:] = np.nan, np.nan, np.nan, np.nan
+    return out
+
+
 class StrainWriter:
     """Frame sink (see `analyze`'s ``frame_sink``) writing GPA maps as float32 stacks."""
 
@@ -39,14 +53,17 @@ class StrainWriter:
     def __call__(self, index: int, frame: np.ndarray, detections: pd.DataFrame) -> None:
         if self.g is None:
             try:
-                self.g = find_reflections(frame, pixel_size_nm=self.ps, d_spacing_nm=self.d)
+                self.g = find_reflections(frame, pixel_size_nm=self.ps, d_spacing_nm=self.d,
+                                          layered=True)
             except NoReflectionError as e:
                 logger.warning("no strain maps: %s", e)
                 self.g = np.zeros((0, 2))
         if len(self.g) < 2:
             return
         m = strain_maps(frame, self.g[0], self.g[1], pixel_size_nm=self.ps, resolution_nm=self.res)
+        edge = border_width_px(self.res, self.ps)
         for k in COMPONENTS:
+            m[k] = without_border(m[k], edge)
             self.maps[k][index] = m[k]
         if self.first is None:
             self.first = (frame, {k: m[k] for k in COMPONENTS}, detections)

@@ -11,7 +11,13 @@ import torch
 from dislotrack.data_gen.annotations import find_annotations, read_annotation
 from dislotrack.data_gen.export import generate_dataset
 from dislotrack.infer.cli import main
-from dislotrack.infer.evaluate import core_outcomes, detection_scores, evaluate_folders, event_scores
+from dislotrack.infer.evaluate import (
+    core_outcomes,
+    detection_scores,
+    evaluate_folders,
+    event_scores,
+    match_events,
+)
 from dislotrack.infer.figures import evaluation_figure
 from dislotrack.models.io import load_model, save_model
 from dislotrack.models.unet import UNet, UNetConfig
@@ -97,6 +103,17 @@ def test_event_f1_needs_same_kind_frame_and_place():
     none = event_scores(pred.iloc[:0], truth.iloc[:0], pixel_size_nm=0.1)
     assert none["event_tp"] == none["event_fp"] == none["event_fn"] == 0
     assert np.isnan(none["event_f1"])  # undefined, not a perfect 1.0
+
+
+def test_event_matching_pairs_as_many_events_as_it_can():
+    # The first prediction is in range of both true events, the second of the first only:
+    # taking true events in turn, each with the first prediction in range, found one pair.
+    truth = pd.DataFrame({"frame": [3, 3], "kind": "nucleation", "x_nm": [1.0, 1.4], "y_nm": [1.0, 1.0]})
+    pred = pd.DataFrame({"frame": [3, 4], "kind": "nucleation", "x": [13.0, 6.0], "y": [10.0, 10.0]})
+    s = event_scores(pred, truth, pixel_size_nm=0.1)
+    assert (s["event_tp"], s["event_fp"], s["event_fn"]) == (2, 0, 0)
+    pairs = match_events(pred, truth, pixel_size_nm=0.1)
+    assert sorted(pairs) == [(0, 1), (1, 0)]
 
 
 def test_evaluate_refuses_missing_folders_and_unmatched_predictions(tmp_path, capsys, monkeypatch):
@@ -427,3 +444,19 @@ def test_finetune_refuses_a_pixel_size_that_cannot_show_the_fringes(tmp_path, ca
     err = capsys.readouterr().err
     assert "pixel_size_nm 5 leaves the 0.473 nm (003) fringes 0.095 px apart" in err
     assert not (tmp_path / "ft.safetensors").exists()
+
+
+def test_finetune_labels_follow_the_rounded_zoom_as_infer_maps_back(tmp_path):
+    from dislotrack.data_gen.annotations import Annotation, write_annotation
+    from dislotrack.train.finetune import annotated_frames
+
+    # 257 x 333 px at 0.05 nm/px: rescaled by 0.5, rounded to 128 x 166 (zoom 0.498 / 0.4985).
+    image = np.zeros((1, 257, 333), np.float32)
+    cores = pd.DataFrame({"frame": [0], "x": [332.0], "y": [256.0], "hx": [1.0], "hy": [0.0],
+                          "particle": [0]})
+    write_annotation(tmp_path / "lab", "edge", Annotation(image, cores, None, 0.05, None, {}))
+    sample = annotated_frames(tmp_path / "lab", 0.1)[0]
+    assert sample.image.shape == (128, 166)
+    zoom = np.array([166 / 333, 128 / 257])
+    expected = (np.array([332.0, 256.0]) + 0.5) * zoom - 0.5  # detectors.py maps back with zoom
+    np.testing.assert_allclose(sample.cores[["x", "y"]].to_numpy()[0], expected, atol=1e-9)

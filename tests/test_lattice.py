@@ -69,3 +69,37 @@ def test_snap_h_sets_each_track_to_the_nearest_allowed_dislocation():
     assert out.loc[4:, ["hx", "hy"]].equals(tracks.loc[4:, ["hx", "hy"]])  # 45 deg: kept
     assert snap_h(tracks, None).equals(tracks)
     np.testing.assert_allclose(h_from_b_hat(unit(b_ok)), h_ok)
+
+
+def _aliased_zone_image(seed: int = 200) -> np.ndarray:
+    """A generated ``[1-10]`` frame at 0.1 nm/px: its 0.144 nm in-layer planes lie beyond
+    Nyquist, so every spot but (003) and its harmonics is an alias or noise."""
+    from dislotrack.data_gen.dislocations import Dislocation
+    from dislotrack.data_gen.imaging import Grid, draw_detector, draw_optics
+    from dislotrack.data_gen.sample import render_frame, snapped
+    from dislotrack.data_gen.specimen import draw_specimen, rotation_matrix
+
+    rng = np.random.default_rng(seed)
+    grid = Grid(256, PS)
+    spec = next(s for s in (draw_specimen(rng, fov_nm=grid.fov_nm, realism=0.0) for _ in range(50))
+                if s.zone == "[1-10]")
+    b = rotation_matrix(spec.rotation) @ spec.crystal.burgers["misfit"]
+    core = snapped(spec, Dislocation(12.8, 12.8, b))
+    return render_frame(spec, [core], grid=grid, mode="hrtem", imaging=draw_optics(rng),
+                        detector=draw_detector(rng, 1e4), rng=rng)[0].image.astype(float)
+
+
+def test_a_spot_the_layered_lattice_cannot_have_is_no_in_layer_reflection():
+    from dislotrack.infer.gpa import NoReflectionError, find_reflections
+
+    img = _aliased_zone_image()
+    lat = measure_lattice([img], pixel_size_nm=PS, d_spacing_nm=D)
+    assert lat is not None and lat.g_layer is None  # was an alias at 0.196 nm: b 13 deg off
+    with pytest.raises(NoReflectionError, match="not one of a layered lattice"):
+        find_reflections(img, pixel_size_nm=PS, layered=True)
+    assert len(find_reflections(img, pixel_size_nm=PS)) == 2  # without the check: the alias
+    # A real [100]-like lattice keeps its (012)-type reflection under the same check.
+    v1, v2 = np.array([0.249, 0.0]), np.array([0.083, D])
+    real, _ = _lattice_image(v1, v2, rot_deg=23.0)
+    g = find_reflections(real, pixel_size_nm=PS, layered=True)
+    assert 1 / np.hypot(*g[1]) == pytest.approx(0.236, rel=0.05)  # (012): 0.249 in-layer, l = 2

@@ -442,6 +442,32 @@ def test_strain_maps_without_reflections_are_nan_not_zero(tmp_path):
         assert np.isnan(tifffile.imread(tmp_path / f"{name}.tif")).all()
 
 
+def test_strain_maps_leave_out_the_border_the_filter_wraps(tmp_path):
+    from dislotrack.infer.strain import COMPONENTS, StrainWriter, border_width_px
+
+    y, x = np.mgrid[:96, :96] * 0.1  # a [100]-like lattice: (003) and a 0.249 nm in-layer row
+    frame = (np.cos(2 * np.pi * y / 0.473) + np.cos(2 * np.pi * (x / 0.249 + y / 0.473 / 3))
+             ).astype(np.float32)
+    writer = StrainWriter(tmp_path, shape=(1, 96, 96), pixel_size_nm=0.1, frame_interval_s=None,
+                          d_spacing_nm=0.473)
+    writer(0, frame, pd.DataFrame({"x": [], "y": []}))
+    writer.close()
+    edge = border_width_px(1.0, 0.1)
+    assert edge == 10
+    for name in COMPONENTS.values():
+        m = tifffile.imread(tmp_path / f"{name}.tif")
+        assert np.isnan(m[:edge]).all() and np.isnan(m[:, -edge:]).all()
+        inner = m[edge:-edge, edge:-edge]
+        assert np.isfinite(inner).all() and np.abs(inner).max() < 0.01  # a perfect lattice
+    # What was left out: the wrapped-in edge reads as strain several times the interior's.
+    from dislotrack.infer.gpa import find_reflections, strain_maps
+
+    g = find_reflections(frame, pixel_size_nm=0.1, layered=True)
+    raw = strain_maps(frame, g[0], g[1], pixel_size_nm=0.1, resolution_nm=1.0)["eyy"]
+    inner = np.abs(raw[edge:-edge, edge:-edge]).max()
+    assert np.nanmax(np.abs(raw[:edge])) > 3 * inner
+
+
 def test_parquet_without_pyarrow_is_refused_before_the_analysis(tiny_model, tmp_path, monkeypatch, capsys):
     import importlib.util
 

@@ -50,7 +50,9 @@ def annotated_frames(folder: str | Path, canonical_nm: float) -> list[Sample]:
         for f in range(ann.image.shape[0]):
             img = rescale(ann.image[f], s, order=1, anti_aliasing=s < 1, preserve_range=True)
             cores = ann.cores[ann.cores.frame == f]
-            xy = (cores[["x", "y"]].to_numpy(float) + 0.5) * s - 0.5
+            # The zoom rescale made (its size is rounded), per axis, as infer maps back with.
+            zoom = np.array(img.shape[::-1], float) / ann.image[f].shape[::-1]
+            xy = (cores[["x", "y"]].to_numpy(float) + 0.5) * zoom - 0.5
             table = pd.DataFrame({"x": xy[:, 0], "y": xy[:, 1], "hx": cores.hx.to_numpy(float),
                                   "hy": cores.hy.to_numpy(float)})
             rs = (resize(ann.rs_mask[f], img.shape, order=0, anti_aliasing=False)
