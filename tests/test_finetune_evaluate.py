@@ -337,6 +337,33 @@ def test_finetune_reports_only_scores_defined_for_lab_data():
     assert "val/rmse_nm" not in defined_scores(nan, 4)  # as the module now logs them
 
 
+def test_validation_scores_pool_the_counts_of_all_ranks():
+    from dislotrack.models.metrics import DetectionTally
+    from dislotrack.train.module import DislocationModule
+
+    module = DislocationModule(UNet(UNetConfig(base_channels=4, depth=2)))
+    logged: dict = {}
+    module.log_dict = lambda metrics, **_: logged.update(metrics)
+    here = DetectionTally(tp=1, fp=0, fn=0, sq_err_nm2=0.01, h_ok=1)  # this rank: F1 1.0
+    module._tallies, module._rs = {"all": here, "stem": here}, np.array([5.0, 10.0, 1.0])
+    # Another rank with 1 tp, 3 fn and only HRTEM frames (no "stem" tally there).
+
+    def two_ranks(values):
+        keys = 6  # TALLY_KEYS: all, hrtem, stem and three dose bins
+        extra = np.zeros_like(values)
+        extra[0:5] = [1, 0, 3, 0.03, 0]  # "all"
+        extra[5:10] = [1, 0, 3, 0.03, 0]  # "hrtem"
+        extra[keys * 5:] = [0.0, 10.0, 1.0]  # rock salt: nothing found there
+        return values + extra
+
+    module._sum_over_ranks = two_ranks
+    module._epoch_end("val")
+    assert logged["val/tp"] == 2 and logged["val/f1"] == pytest.approx(2 * 2 / (2 * 2 + 3))  # pooled
+    assert logged["val/stem/f1"] == 1.0 and logged["val/hrtem/f1"] == pytest.approx(2 / 5)
+    assert logged["val/rmse_nm"] == pytest.approx(np.sqrt(0.04 / 2))
+    assert logged["val/h_accuracy"] == 0.5 and logged["val/rs_iou"] == pytest.approx(5 / 20)
+
+
 def test_validation_logs_no_made_up_rmse_or_h_accuracy():
     from dislotrack.models.metrics import DetectionTally
     from dislotrack.train.module import DislocationModule

@@ -17,6 +17,8 @@ from dislotrack.train.losses import bce_dice_loss, h_cosine_loss, heatmap_loss
 
 #: Dose bins of the validation report [e/A^2]: low, medium, high.
 DOSE_BINS = {"dose_lt100": (0, 100), "dose_100_500": (100, 500), "dose_ge500": (500, np.inf)}
+#: Every tally a validation step may fill, in one order on every DDP rank.
+TALLY_KEYS = ("all", "hrtem", "stem", *DOSE_BINS)
 
 
 def init_weights(net: nn.Module, path: str) -> None:
@@ -116,8 +118,32 @@ class DislocationModule(L.LightningModule):
     def test_step(self, batch: dict, batch_idx: int) -> None:
         self._eval_step(batch, "test")
 
+    def _pooled_over_ranks(self) -> tuple[dict[str, DetectionTally], np.ndarray]:
+        """The tallies and rock-salt counts summed over DDP ranks: F1 over all frames
+        (DESIGN.md), not the mean of each rank's F1 that ``log_dict(sync_dist=True)`` gives."""
+        keys = [*TALLY_KEYS, *sorted(set(self._tallies) - set(TALLY_KEYS))]
+        fields = ("tp", "fp", "fn", "sq_err_nm2", "h_ok")
+        counts = np.array([[getattr(self._tallies.get(k, DetectionTally()), f) for f in fields]
+                           for k in keys], dtype=np.float64)
+        flat = self._sum_over_ranks(np.concatenate([counts.ravel(), self._rs]))
+        counts, rs = flat[:counts.size].reshape(counts.shape), flat[counts.size:]
+        tallies = {}
+        for k, row in zip(keys, counts, strict=True):
+            if row[:3].sum():  # a key with frames somewhere: the same keys on every rank
+                tallies[k] = DetectionTally(int(row[0]), int(row[1]), int(row[2]), float(row[3]),
+                                            int(row[4]))
+        return tallies, rs
+
+    def _sum_over_ranks(self, values: np.ndarray) -> np.ndarray:
+        """``values`` summed over the ranks of a distributed run (unchanged in one process)."""
+        if self._trainer is None or self.trainer.world_size == 1:
+            return values
+        t = torch.as_tensor(values, dtype=torch.float64, device=self.device)
+        return self.trainer.strategy.reduce(t, reduce_op="sum").cpu().numpy()
+
     def _epoch_end(self, stage: str) -> None:
         metrics = {}
+        self._tallies, self._rs = self._pooled_over_ranks()
         for k, tally in self._tallies.items():
             for name, v in tally.summary().items():
                 if name in ("f1", "rmse_nm", "h_accuracy", "precision", "recall"):
@@ -131,7 +157,7 @@ class DislocationModule(L.LightningModule):
         # every DDP rank (log_dict syncs them key by key).
         metrics[f"{stage}/rs_iou"] = (float(self._rs[0] / self._rs[1]) if self._rs[1] else 1.0
                                       ) if self._rs[2] else float("nan")
-        self.log_dict(metrics, sync_dist=True)
+        self.log_dict(metrics)  # already pooled over ranks: the same values on each
         self._tallies, self._rs = {}, np.zeros(3)
 
     def on_validation_epoch_end(self) -> None:
