@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -53,9 +53,15 @@ def write_imagej_tiff(path: str | Path, data: np.ndarray, *, pixel_size_nm: floa
 
 
 def write_annotation(folder: str | Path, stem: str, ann: Annotation) -> Path:
-    """Write an annotation; returns the sidecar path."""
+    """Write an annotation; returns the sidecar path.
+
+    ``ann.cores`` needs the columns of `REQUIRED_CORE_COLUMNS`; for a single image
+    ``frame`` may be left out (it is 0).
+    """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    if "frame" not in ann.cores.columns and (ann.image.ndim == 2 or len(ann.image) == 1):
+        ann = replace(ann, cores=ann.cores.assign(frame=0))  # a single image (e.g. Sample.cores)
     missing = [c for c in REQUIRED_CORE_COLUMNS if c not in ann.cores.columns]
     if missing:
         raise ValueError(f"cores table lacks columns {missing}")

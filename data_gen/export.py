@@ -96,7 +96,8 @@ def generate_dataset(*, out: str | Path, n: int, size: int = 256, mode: str = "m
     with tqdm(total=total, unit=unit, desc=f"generating {kind}s", disable=not progress) as bar:
         for g in range(n_groups):
             rng = np.random.default_rng(seeds[g])
-            source = {"generator": GENERATOR, "seed": seed, "index": g, "config": cfg.to_dict()}
+            source = {"generator": GENERATOR, "version": _version(), "seed": seed, "index": g,
+                      "config": cfg.to_dict()}
             if movie_frames:
                 bar.set_postfix_str(f"movie {g + 1}/{n}")
                 paths.append(_write_movie(out, f"movie_{g:05d}", rng, cfg, movie_frames,
@@ -191,3 +192,13 @@ def _count(items: list[str], noun: str) -> str:
 def _few(names: list[str], k: int = 3) -> str:
     """The first ``k`` names, then how many more."""
     return ", ".join(names[:k]) + (f" and {len(names) - k} more" if len(names) > k else "")
+
+
+def _version() -> str:
+    """The installed dislotrack's version (what made the files), or "unknown"."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("dislotrack")
+    except PackageNotFoundError:
+        return "unknown"

@@ -128,6 +128,9 @@ def _add_infer(sub: argparse._SubParsersAction) -> None:
                    "on real perfect lattices (README: Detection accuracy)")
     p.add_argument("--strain", action="store_true",
                    help="also write GPA strain maps (TIFF stacks) and a strain figure")
+    p.add_argument("--strain-resolution", type=float, default=1.0, metavar="NM",
+                   help="real-space resolution of the strain maps [nm] (default 1; 2 smooths "
+                        "lattice-scale ripples)")
     p.add_argument("--no-movie", action="store_true", help="skip the overlay MP4")
     p.add_argument("--parquet", action="store_true", help="also write Parquet tables")
     p.set_defaults(func=_run_infer)
@@ -169,7 +172,8 @@ def _run_infer(args: argparse.Namespace) -> int:
             with warnings.catch_warnings():  # printed below, after the input's result line
                 warnings.simplefilter("ignore", AnalysisWarning)
                 res = infer_one(path, args.out, movie=not args.no_movie, parquet=args.parquet,
-                                strain=args.strain, detector=args.detector,
+                                strain=args.strain, strain_resolution_nm=args.strain_resolution,
+                                detector=args.detector,
                                 model=args.model, pixel_size_nm=args.pixel_size,
                                 frame_interval_s=args.frame_interval, device=args.device,
                                 threshold=args.threshold, d_spacing_nm=args.d_spacing,

@@ -6,6 +6,8 @@ import logging
 import shutil
 from pathlib import Path
 
+import numpy as np
+
 from dislotrack.data_gen.conventions import D003_LINIO2_NM
 from dislotrack.infer import figures
 from dislotrack.infer.calibration import Calibration
@@ -25,12 +27,16 @@ def output_dir(out: str | Path, input_path: str | Path) -> Path:
 
 
 def infer_one(path: str | Path, out: str | Path, *, movie: bool = True, parquet: bool = False,
-              strain: bool = False, **options) -> AnalysisResult:
+              strain: bool = False, strain_resolution_nm: float = 1.0, **options) -> AnalysisResult:
     """Analyze one input and write tables, masks, summary and figures to ``out/<stem>/``.
 
     ``strain`` also writes GPA strain maps (strain_exx/eyy/exy.tif, rotation_rad.tif)
-    and figures/strain.png. Other options go to `analyze`.
+    and figures/strain.png, at ``strain_resolution_nm`` (the GPA mask's real-space
+    width; coarser is smoother). Other options go to `analyze`.
     """
+    if strain and not (np.isfinite(strain_resolution_nm) and strain_resolution_nm > 0):
+        raise ValueError(f"strain_resolution_nm (--strain-resolution) must be a positive width [nm], "
+                         f"got {strain_resolution_nm}")
     dest = output_dir(out, path)
     # Opened once for calibration, analysis and the overlay (a folder of frames reads every
     # file's header when opened).
@@ -44,6 +50,7 @@ def infer_one(path: str | Path, out: str | Path, *, movie: bool = True, parquet:
         (dest / "figures").mkdir(parents=True, exist_ok=True)
         try:
             res = _analyze_and_write(m, dest, cal, movie=movie, parquet=parquet, strain=strain,
+                                     strain_resolution_nm=strain_resolution_nm,
                                      **options)
         except BaseException:
             if created:  # nothing half-written where a later run would look for results
@@ -93,7 +100,7 @@ def stale_outputs(dest: Path, *, movie: bool, strain: bool, parquet: bool,
 
 
 def _analyze_and_write(m: Movie, dest: Path, cal: Calibration, *, movie: bool, parquet: bool,
-                       strain: bool, **options) -> AnalysisResult:
+                       strain: bool, strain_resolution_nm: float = 1.0, **options) -> AnalysisResult:
     shape = m.shape
     writer = MaskWriter(dest / "rocksalt_mask.tif", shape=shape, pixel_size_nm=cal.pixel_size_nm,
                         frame_interval_s=cal.frame_interval_s)
@@ -103,7 +110,8 @@ def _analyze_and_write(m: Movie, dest: Path, cal: Calibration, *, movie: bool, p
 
         strain_writer = StrainWriter(dest, shape=shape, pixel_size_nm=cal.pixel_size_nm,
                                      frame_interval_s=cal.frame_interval_s,
-                                     d_spacing_nm=options.get("d_spacing_nm", D003_LINIO2_NM))
+                                     d_spacing_nm=options.get("d_spacing_nm", D003_LINIO2_NM),
+                                     resolution_nm=strain_resolution_nm)
     try:
         res = analyze(m, calibration=cal, mask_sink=writer, frame_sink=strain_writer, **options)
     finally:

@@ -91,6 +91,10 @@ class StrainWriter:
         for ax in axes:
             ax.plot(det.x, det.y, "o", mfc="none", mec="lime", ms=8)
             ax.set_axis_off()
+        spacings = " and ".join(f"{1 / np.hypot(*g):.3g} nm" for g in self.g)
+        fig.suptitle(f"GPA at {self.res:g} nm from the {spacings} reflections of frame 0; strain "
+                     "relative to its mean lattice; ω > 0 counter-clockwise as displayed; "
+                     "1 filter width at the edges left out", fontsize=10)
         fig.tight_layout()
         fig.savefig(path, dpi=110)
         plt.close(fig)

@@ -49,7 +49,7 @@ class DetectionTally:
 
     def add(self, pred_xy: np.ndarray, pred_h: np.ndarray, true_xy: np.ndarray,
             true_h: np.ndarray, *, pixel_size: float) -> None:
-        """Add one frame; positions in px, h as unit vectors."""
+        """Add one frame; positions in px, h as direction vectors (any length)."""
         pi, ti = match_cores(pred_xy, true_xy, MATCH_RADIUS_NM / pixel_size)
         n_pred, n_true = len(np.reshape(pred_xy, (-1, 2))), len(np.reshape(true_xy, (-1, 2)))
         self.tp += len(pi)
@@ -58,7 +58,10 @@ class DetectionTally:
         if len(pi):
             diff = (np.reshape(pred_xy, (-1, 2))[pi] - np.reshape(true_xy, (-1, 2))[ti]) * pixel_size
             self.sq_err_nm2 += float((diff**2).sum())
-            cosang = (np.reshape(pred_h, (-1, 2))[pi] * np.reshape(true_h, (-1, 2))[ti]).sum(axis=1)
+            ph, th = np.reshape(pred_h, (-1, 2))[pi], np.reshape(true_h, (-1, 2))[ti]
+            # Directions: a vector of any length (a NaN or zero one counts as wrong).
+            with np.errstate(invalid="ignore", divide="ignore"):
+                cosang = (ph * th).sum(axis=1) / (np.hypot(*ph.T) * np.hypot(*th.T))
             self.h_ok += int((cosang > np.cos(np.radians(H_ANGLE_TOL_DEG))).sum())
 
     def merge(self, other: DetectionTally) -> None:

@@ -487,3 +487,15 @@ def test_finetune_labels_follow_the_rounded_zoom_as_infer_maps_back(tmp_path):
     zoom = np.array([166 / 333, 128 / 257])
     expected = (np.array([332.0, 256.0]) + 0.5) * zoom - 0.5  # detectors.py maps back with zoom
     np.testing.assert_allclose(sample.cores[["x", "y"]].to_numpy()[0], expected, atol=1e-9)
+
+
+def test_h_accuracy_reads_directions_of_any_length():
+    from dislotrack.models.metrics import DetectionTally
+
+    tally = DetectionTally()
+    xy = np.array([[10.0, 10.0], [30.0, 30.0], [50.0, 50.0]])
+    true_h = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
+    # 11 deg off with length 0.5 (was read as 61 deg off), 50 deg off, and no direction at all
+    pred_h = np.array([[0.5 * np.cos(0.19), 0.5 * np.sin(0.19)], [np.sin(0.87), np.cos(0.87)], [0.0, 0.0]])
+    tally.add(xy, pred_h, xy, true_h, pixel_size=0.1)
+    assert tally.h_ok == 1 and tally.summary()["h_accuracy"] == pytest.approx(1 / 3)

@@ -324,3 +324,17 @@ def test_generate_takes_a_dose_and_frame_interval_and_refuses_what_it_cannot_wri
             assert code == 2
         assert message in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
+
+
+def test_a_sample_is_written_as_an_annotation_as_it_is(tmp_path):
+    from dislotrack.data_gen.annotations import Annotation, read_annotation, write_annotation
+    from dislotrack.data_gen.export import generate_dataset
+
+    s = make_sample(np.random.default_rng(5), GeneratorConfig(size=64, perfect_fraction=0.0, density=3.0))
+    assert len(s.cores) and "frame" not in s.cores  # a single image's table has no frame column
+    side = write_annotation(tmp_path, "one", Annotation(s.image, s.cores, s.rs_mask, 0.1, None, {}))
+    back = read_annotation(side).cores
+    assert (back["frame"] == 0).all() and np.allclose(back[["x", "y"]], s.cores[["x", "y"]])
+    generate_dataset(out=tmp_path / "g", n=1, size=32, progress=False)
+    source = json.loads((tmp_path / "g" / "image_00000.json").read_text())["source"]
+    assert source["version"] not in ("", None)  # which dislotrack made the files

@@ -213,7 +213,17 @@ def test_gpa_detector_and_strain_maps_run_end_to_end(tiny_model, tmp_path):
             assert np.isfinite(arr).mean() > 0.5
             # Strain of a few cores in a crystal: small away from them, not noise or garbage.
             assert abs(np.nanmedian(arr[:, 40:120, 40:120])) < 0.01
+            assert np.isnan(arr[:, :10]).all() and np.isfinite(arr[:, 10:150, 10:150]).mean() > 0.9
     assert (d / "figures" / "strain.png").stat().st_size > 0
+    # A coarser resolution: smoother maps, and a border of one (wider) filter width.
+    assert main(["infer", str(movie), "--out", str(tmp_path / "o2"), "--detector", "gpa", "--strain",
+                 "--strain-resolution", "2", "--no-movie"]) == 0
+    coarse = tifffile.imread(tmp_path / "o2" / "g" / "strain_eyy.tif")
+    fine = tifffile.imread(d / "strain_eyy.tif")
+    assert np.isnan(coarse[:, :20]).all() and np.isfinite(coarse[:, 20:140, 20:140]).mean() > 0.9
+    assert np.nanstd(coarse[:, 20:140, 20:140]) < np.nanstd(fine[:, 20:140, 20:140])
+    assert main(["infer", str(movie), "--out", str(tmp_path / "o3"), "--detector", "gpa", "--strain",
+                 "--strain-resolution", "0", "--no-movie"]) == 2
 
 
 def test_infer_reads_a_real_microscope_file(tiny_model, tmp_path):
