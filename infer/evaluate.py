@@ -83,7 +83,8 @@ def match_identities(pred_tracks: pd.DataFrame, truth: pd.DataFrame, *,
 
 def tracking_scores(pred_tracks: pd.DataFrame, pred_summary: pd.DataFrame, truth: pd.DataFrame,
                     true_tracks: pd.DataFrame, *, pixel_size_nm: float) -> tuple[dict, pd.DataFrame]:
-    """Velocity errors per true track visible in >= 10 frames, and identity switches.
+    """Velocity errors per matched true track visible in >= 10 frames (with how many such
+    tracks were matched and not), and identity switches.
 
     Relative errors are over the components that move (|true| >= `MIN_SPEED_NM_S`);
     absolute errors [nm/s] over all.
@@ -97,13 +98,16 @@ def tracking_scores(pred_tracks: pd.DataFrame, pred_summary: pd.DataFrame, truth
         raise ValueError("pred_summary holds velocities per frame (*_nm_per_frame): convert them "
                          "with velocities_in_nm_s(pred_summary, frame_interval_s) first")
     pairs = match_identities(pred_tracks, truth, pixel_size_nm=pixel_size_nm)
-    rows, switches = [], 0
+    rows, switches, unmatched = [], 0, 0
     vel = pred_summary.set_index("particle") if len(pred_summary) else pd.DataFrame()
     visible = truth.groupby("particle").frame.nunique()
     for _, tt in true_tracks.iterrows():
         m = pairs[pairs.true == tt.particle].sort_values("frame")
         switches += int((m.pred.diff().fillna(0) != 0).sum())
-        if visible.get(tt.particle, 0) < MIN_TRACK_FRAMES or m.empty:
+        if visible.get(tt.particle, 0) < MIN_TRACK_FRAMES:
+            continue
+        if m.empty:  # a long true track never found: no velocity to score, but counted
+            unmatched += 1
             continue
         best = int(m.pred.mode().iloc[0])
         row = {"particle": int(tt.particle), "pred": best, "matched_frames": int((m.pred == best).sum())}
@@ -114,7 +118,9 @@ def tracking_scores(pred_tracks: pd.DataFrame, pred_summary: pd.DataFrame, truth
         rows.append(row)
     table = pd.DataFrame(rows)
     scores = {"identity_switches": switches,
-              "switches_per_track": switches / max(len(true_tracks), 1)}
+              "switches_per_track": switches / max(len(true_tracks), 1),
+              # the velocity errors are over the matched ones: say how many were not
+              "long_tracks_matched": len(table), "long_tracks_unmatched": unmatched}
     if len(table):
         for comp in ("glide", "climb"):
             true_v, pred_v = table[f"true_{comp}_nm_s"], table[f"pred_{comp}_nm_s"]

@@ -499,3 +499,18 @@ def test_h_accuracy_reads_directions_of_any_length():
     pred_h = np.array([[0.5 * np.cos(0.19), 0.5 * np.sin(0.19)], [np.sin(0.87), np.cos(0.87)], [0.0, 0.0]])
     tally.add(xy, pred_h, xy, true_h, pixel_size=0.1)
     assert tally.h_ok == 1 and tally.summary()["h_accuracy"] == pytest.approx(1 / 3)
+
+
+def test_tracking_scores_say_how_many_long_true_tracks_were_not_found():
+    from dislotrack.infer.evaluate import tracking_scores
+
+    frames = np.arange(12)
+    truth = pd.concat([pd.DataFrame({"frame": frames, "x": 10.0 + frames, "y": 10.0, "particle": 0}),
+                       pd.DataFrame({"frame": frames, "x": 60.0, "y": 60.0, "particle": 1})])
+    true_tracks = pd.DataFrame({"particle": [0, 1], "n_frames": 12, "glide_velocity_nm_s": [0.1, 0.0],
+                                "climb_velocity_nm_s": [0.0, 0.0]})
+    pred = truth[truth.particle == 0].assign(particle=7)  # the moving core found, the still one not
+    summary = pd.DataFrame({"particle": [7], "glide_velocity_nm_s": [0.1], "climb_velocity_nm_s": [0.0]})
+    scores, table = tracking_scores(pred, summary, truth, true_tracks, pixel_size_nm=0.1)
+    assert (scores["long_tracks_matched"], scores["long_tracks_unmatched"]) == (1, 1)
+    assert len(table) == 1 and scores["median_glide_rel_error"] == pytest.approx(0.0)
