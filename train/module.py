@@ -99,6 +99,7 @@ class DislocationModule(L.LightningModule):
         for i, t in enumerate(truth):
             pred = decode_cores(maps["heatmap"][i], maps["hfield"][i],
                                 threshold=self.hparams.threshold)
+            pred = pred[pred[["hx", "hy"]].notna().all(axis=1)]  # as infer: no h, no core
             ps = float(batch["pixel_size"][i])
             keys = ["all", "stem" if bool(batch["stem"][i]) else "hrtem"]
             dose = float(batch["dose"][i])
