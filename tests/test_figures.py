@@ -366,19 +366,6 @@ def test_displacement_titles_give_per_frame_units_without_an_interval():
     assert "nm/frame (n = 3)" in fig.axes[1].get_title()
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    import torch
-
-    from dislotrack.models.io import save_model
-    from dislotrack.models.unet import UNet, UNetConfig
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "tiny"
-    card = {"canonical_pixel_size_nm": 0.1, "generator": {}, "training": {}, "metrics": {}}
-    save_model(UNet(UNetConfig(base_channels=4, depth=2)), path, card=card)
-    return path
-
 
 def test_a_single_image_overlay_is_also_a_png_and_a_movie_rerun_removes_it(tiny_model, tmp_path):
     from PIL import Image

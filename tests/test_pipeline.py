@@ -17,9 +17,7 @@ from dislotrack.infer.cli import main
 from dislotrack.infer.columns import TABLES
 from dislotrack.infer.pipeline import analyze
 from dislotrack.infer.preprocess import canonical_to_input, input_to_canonical, to_canonical
-from dislotrack.models.io import save_model
 from dislotrack.models.metrics import match_cores
-from dislotrack.models.unet import UNet, UNetConfig
 
 #: ../shared/realdata next to the repository (CI provides it; tests skip without it).
 REALDATA = Path(__file__).resolve().parents[2] / "shared" / "realdata"
@@ -36,14 +34,6 @@ CONTRACT = {
     "drift": ["frame", "dx", "dy"],
 }
 
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "tiny"
-    card = {"canonical_pixel_size_nm": 0.1, "generator": {}, "training": {}, "metrics": {}}
-    save_model(UNet(UNetConfig(base_channels=4, depth=2)), path, card=card)
-    return path
 
 
 @pytest.mark.parametrize("s", [0.5, 0.8, 1.25])
