@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import math
 import os
 import sys
 import warnings
@@ -142,6 +143,10 @@ def _run_infer(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"no such file or folder: {', '.join(missing)}")
     if args.parquet and importlib.util.find_spec("pyarrow") is None:  # before, not after, analysing
         raise ImportError('--parquet needs pyarrow: pip install "dislotrack[parquet]" (or pyarrow)')
+    if args.strain_resolution != 1.0 and not args.strain:
+        raise ValueError("--strain-resolution applies to strain maps (--strain)")
+    if not (math.isfinite(args.strain_resolution) and args.strain_resolution > 0):
+        raise ValueError(f"--strain-resolution must be a positive width [nm], got {args.strain_resolution}")
     from dislotrack.data_gen.annotations import mask_sidecar
     from dislotrack.infer.options import check_detector_options, check_linking_options
     from dislotrack.infer.pipeline import AnalysisWarning

@@ -251,9 +251,10 @@ def evaluate_folders(pred_dir: str | Path, truth_dir: str | Path, *, figures: bo
         report[stem] = {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in scores.items()}
     if all("error" in r for r in report.values()):
         # e.g. the wrong --truth folder: keep the earlier evaluation rather than replace it
+        why = [f"{stem}: {r['error']}" for stem, r in report.items()]
+        more = f"; and {len(why) - 3} more" if len(why) > 3 else ""
         raise ValueError(f"no annotated item of {truth_dir} could be scored against {pred_dir}, "
-                         "so nothing was written: "
-                         + "; ".join(f"{stem}: {r['error']}" for stem, r in report.items()))
+                         "so nothing was written: " + "; ".join(why[:3]) + more)
     for stem, r in report.items():
         if "error" in r:  # an earlier run's figure would look like this run's
             (Path(pred_dir) / stem / "figures" / "evaluation.png").unlink(missing_ok=True)

@@ -435,6 +435,8 @@ def _to_rgb(frame: np.ndarray) -> np.ndarray:
 #: Overlay frames are enlarged by a whole factor to at least this many pixels on their
 #: short side, so glyphs and labels drawn on them are legible in a player.
 MIN_OVERLAY_PX = 640
+#: Longest side an enlarged overlay frame may reach [px] (x264 refuses over 16384).
+MAX_OVERLAY_PX = 4096
 
 #: Weight of the cyan tint over rock-salt in the overlay (its outline is drawn solid).
 ROCKSALT_TINT = 0.2
@@ -461,8 +463,8 @@ def overlay_frames(res: AnalysisResult, frames: Iterable[np.ndarray],
         d = ImageDraw.Draw(img)
         tracked = by_frame.get(i)
         rows = tracked if tracked is not None else unlinked[unlinked.frame == i].assign(particle=-1)
-        _draw_cores(d, rows, k, w)
-        font = _font(h)
+        _draw_cores(d, rows, k, min(h, w))
+        font = _font(min(h, w))
         if res.calibration.pixel_size_nm:
             _draw_scale_bar(d, (h, w), res.calibration, k, font)
         _boxed_text(d, (max(4, w // 80), max(4, h // 80)), time_stamp(i, dt), font,
@@ -472,8 +474,9 @@ def overlay_frames(res: AnalysisResult, frames: Iterable[np.ndarray],
 
 def upscale_factor(shape: tuple[int, ...]) -> int:
     """The whole factor that brings a frame's short side to at least `MIN_OVERLAY_PX`
-    (1 for frames already that large)."""
-    return max(1, math.ceil(MIN_OVERLAY_PX / max(min(shape[:2]), 1)))
+    (1 for frames already that large), its long side kept within `MAX_OVERLAY_PX`."""
+    short, long = max(min(shape[:2]), 1), max(shape[:2])
+    return max(1, min(math.ceil(MIN_OVERLAY_PX / short), MAX_OVERLAY_PX // long))
 
 
 def _enlarge(a: np.ndarray, k: int) -> np.ndarray:
@@ -502,8 +505,8 @@ def _tint(rgb: np.ndarray, mask: np.ndarray, width: int) -> None:
 
 def _draw_cores(d: ImageDraw.ImageDraw, rows: pd.DataFrame, k: int, w: int) -> None:
     """Circle, h tick and (tracked cores) track number of each core in ``rows`` (positions
-    in original pixels) on a frame enlarged ``k`` times, ``w`` pixels wide."""
-    r, lw = max(8, w // 64), max(3, w // 240)
+    in original pixels) on a frame enlarged ``k`` times, with short side ``w`` pixels."""
+    r, lw = max(8, w // 64), max(3, w // 240)  # w: the frame's short side
     tick = 3 * r
     font = _font(w, fraction=32)
     labels = []
@@ -536,8 +539,12 @@ def time_stamp(i: int, dt: float | None) -> str:
 
 
 def time_decimals(dt: float) -> int:
-    """Decimals (1 to 6) that resolve a frame interval ``dt`` [s]: 10^-decimals <= dt."""
-    return int(min(6, max(1, math.ceil(-math.log10(dt) - 1e-9))))
+    """The fewest decimals (1 to 6) that write a frame interval ``dt`` [s] exactly, so that
+    every time stamp is exact (0.25 s: 2; 0.04 s: 2; 1/30 s: 6, the most)."""
+    for decimals in range(1, 7):
+        if abs(round(dt, decimals) - dt) <= 1e-9 * max(dt, 1.0):
+            return decimals
+    return 6
 
 
 def scale_label(bar_nm: float, calibration: Calibration) -> str:

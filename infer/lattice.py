@@ -108,11 +108,11 @@ def measure_lattice(frames: list[np.ndarray], *, pixel_size_nm: float, d_spacing
     to_nm = 1.0 / pixel_size_nm
     off_row &= is_layered_reflection(pk * to_nm, g003 * to_nm, tolerance=0.3)  # grid: looser
     g_layer = None
-    if off_row.any():
-        best = np.argmax(np.where(off_row, strength, -np.inf))
-        g_layer = _refined(spec, peaks[best], pk[best])
-        if not is_layered_reflection(g_layer * to_nm, g003 * to_nm):
-            g_layer = None
+    for best in np.flatnonzero(off_row)[np.argsort(-strength[off_row])]:  # strongest first
+        refined = _refined(spec, peaks[best], pk[best])
+        if is_layered_reflection(refined * to_nm, g003 * to_nm):
+            g_layer = refined
+            break
     return Lattice(g003 * to_nm, None if g_layer is None else g_layer * to_nm)
 
 

@@ -49,6 +49,7 @@ from dislotrack.infer.fringes import pixel_size_from_fringes_or_none
 from dislotrack.infer.lattice import Lattice, measure_lattice, snap_h
 from dislotrack.infer.linking import (
     DEFAULT_MAX_SPEED_NM_S,
+    MIN_SEARCH_RANGE_NM,
     extend_tracks,
     link_cores,
     require_columns,
@@ -534,6 +535,11 @@ def track_detections(detections: pd.DataFrame, *, pixel_size_nm: float,
                        "unknown (pass --frame-interval S), so cores were linked within %.3g nm "
                        "(%.3g px) per frame, as for the default %g nm/s at an assumed 1 frame/s",
                        max_speed_nm_s, reach * ps, reach, DEFAULT_MAX_SPEED_NM_S)
+    explicit = max_speed_nm_s != DEFAULT_MAX_SPEED_NM_S
+    if dt is not None and explicit and max_speed_nm_s * dt < MIN_SEARCH_RANGE_NM:
+        logger.warning("max_speed_nm_s (--max-speed) %g nm/s allows %.3g nm per %g s frame, under the "
+                       "detections' own scatter: cores were linked within %g nm per frame",
+                       max_speed_nm_s, max_speed_nm_s * dt, dt, MIN_SEARCH_RANGE_NM)
     # A movie shorter than min_length (a single image above all) keeps its cores as tracks.
     if min_length > n_frames >= 1 and min_length != DEFAULT_MIN_LENGTH:  # the default: silently
         logger.warning("min_length (--min-length) %d is longer than the movie (%d frame%s): used %d, "

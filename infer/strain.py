@@ -60,8 +60,14 @@ class StrainWriter:
                 self.g = np.zeros((0, 2))
         if len(self.g) < 2:
             return
-        m = strain_maps(frame, self.g[0], self.g[1], pixel_size_nm=self.ps, resolution_nm=self.res)
         edge = border_width_px(self.res, self.ps)
+        if 2 * edge >= min(frame.shape):
+            if index == 0:
+                logger.warning("no strain maps: the frames (%d x %d px) are not wider than the two "
+                               "%d px borders a %g nm resolution leaves out", frame.shape[1],
+                               frame.shape[0], edge, self.res)
+            return
+        m = strain_maps(frame, self.g[0], self.g[1], pixel_size_nm=self.ps, resolution_nm=self.res)
         for k in COMPONENTS:
             m[k] = without_border(m[k], edge)
             self.maps[k][index] = m[k]

@@ -151,6 +151,8 @@ def test_overlay_time_stamps_at_25_fps_and_without_an_interval():
     assert [figures.time_stamp(i, 0.04) for i in range(3)] == ["t = 0.00 s", "t = 0.04 s",
                                                                "t = 0.08 s"]
     assert figures.time_stamp(3, 0.5) == "t = 1.5 s"
+    # Exact: 0.25 s per frame reads 0.25, 0.50, 0.75 (not 0.2, 0.5, 0.8 rounded half to even).
+    assert [figures.time_stamp(i, 0.25) for i in (1, 2, 3)] == ["t = 0.25 s", "t = 0.50 s", "t = 0.75 s"]
     assert figures.time_stamp(7, None) == "frame 7"
 
 
@@ -231,6 +233,8 @@ def test_trajectory_track_numbers_do_not_overlap():
 def test_small_overlay_frames_are_enlarged_with_numbered_cores():
     assert figures.upscale_factor((256, 256)) == 3 and figures.upscale_factor((320, 400)) == 2
     assert figures.upscale_factor((660, 660)) == 1
+    # A long, narrow frame stays encodable (x264: at most 16384 px a side).
+    assert figures.upscale_factor((96, 2400)) == 1 and figures.upscale_factor((96, 1000)) == 4
     res = result(2, n_frames=1)
     res.tracks["hx"], res.tracks["hy"] = 1.0, 0.0
     frames = iter([np.zeros((160, 160))])

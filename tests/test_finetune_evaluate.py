@@ -349,11 +349,11 @@ def test_validation_scores_pool_the_counts_of_all_ranks():
     # Another rank with 1 tp, 3 fn and only HRTEM frames (no "stem" tally there).
 
     def two_ranks(values):
-        keys = 6  # TALLY_KEYS: all, hrtem, stem and three dose bins
+        keys = 6  # TALLY_KEYS: all, hrtem, stem and three dose bins; 6 counts each
         extra = np.zeros_like(values)
-        extra[0:5] = [1, 0, 3, 0.03, 0]  # "all"
-        extra[5:10] = [1, 0, 3, 0.03, 0]  # "hrtem"
-        extra[keys * 5:] = [0.0, 10.0, 1.0]  # rock salt: nothing found there
+        extra[0:6] = [1, 0, 3, 0.03, 0, 1]  # "all"
+        extra[6:12] = [1, 0, 3, 0.03, 0, 1]  # "hrtem"
+        extra[keys * 6:] = [0.0, 10.0, 1.0]  # rock salt: nothing found there
         return values + extra
 
     module._sum_over_ranks = two_ranks
@@ -362,6 +362,12 @@ def test_validation_scores_pool_the_counts_of_all_ranks():
     assert logged["val/stem/f1"] == 1.0 and logged["val/hrtem/f1"] == pytest.approx(2 / 5)
     assert logged["val/rmse_nm"] == pytest.approx(np.sqrt(0.04 / 2))
     assert logged["val/h_accuracy"] == 0.5 and logged["val/rs_iou"] == pytest.approx(5 / 20)
+    # Frames without a core anywhere still give val/f1 0 (the checkpoints monitor it).
+    logged.clear()
+    module._tallies = {"all": DetectionTally()}
+    module._sum_over_ranks = lambda values: values
+    module._epoch_end("val")
+    assert logged["val/f1"] == 0.0 and logged["val/tp"] == 0
 
 
 def test_validation_logs_no_made_up_rmse_or_h_accuracy():

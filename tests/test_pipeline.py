@@ -1,6 +1,7 @@
 """infer end to end: a short generated movie through analyze and the writers."""
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -214,6 +215,9 @@ def test_gpa_detector_and_strain_maps_run_end_to_end(tiny_model, tmp_path):
     assert np.nanstd(coarse[:, 20:140, 20:140]) < np.nanstd(fine[:, 20:140, 20:140])
     assert main(["infer", str(movie), "--out", str(tmp_path / "o3"), "--detector", "gpa", "--strain",
                  "--strain-resolution", "0", "--no-movie"]) == 2
+    assert main(["infer", str(movie), "--out", str(tmp_path / "o3"), "--detector", "gpa",
+                 "--strain-resolution", "2", "--no-movie"]) == 2  # without --strain: refused
+    assert not (tmp_path / "o3").exists()
 
 
 def test_infer_reads_a_real_microscope_file(tiny_model, tmp_path):
@@ -442,7 +446,7 @@ def test_strain_maps_without_reflections_are_nan_not_zero(tmp_path):
         assert np.isnan(tifffile.imread(tmp_path / f"{name}.tif")).all()
 
 
-def test_strain_maps_leave_out_the_border_the_filter_wraps(tmp_path):
+def test_strain_maps_leave_out_the_border_the_filter_wraps(tmp_path, caplog):
     from dislotrack.infer.strain import COMPONENTS, StrainWriter, border_width_px
 
     y, x = np.mgrid[:96, :96] * 0.1  # a [100]-like lattice: (003) and a 0.249 nm in-layer row
@@ -459,6 +463,15 @@ def test_strain_maps_leave_out_the_border_the_filter_wraps(tmp_path):
         assert np.isnan(m[:edge]).all() and np.isnan(m[:, -edge:]).all()
         inner = m[edge:-edge, edge:-edge]
         assert np.isfinite(inner).all() and np.abs(inner).max() < 0.01  # a perfect lattice
+    # Frames no wider than the two borders: NaN maps and a warning, not a NaN figure.
+    (tmp_path / "s").mkdir()
+    small = StrainWriter(tmp_path / "s", shape=(1, 32, 32), pixel_size_nm=0.1, frame_interval_s=None,
+                         d_spacing_nm=0.473, resolution_nm=2.0)
+    with caplog.at_level(logging.WARNING, logger="dislotrack"):
+        small(0, frame[:32, :32], pd.DataFrame({"x": [], "y": []}))
+    small.close()
+    assert any("not wider than the two" in r.getMessage() for r in caplog.records)
+    assert np.isnan(tifffile.imread(tmp_path / "s" / "strain_eyy.tif")).all()
     # What was left out: the wrapped-in edge reads as strain several times the interior's.
     from dislotrack.infer.gpa import find_reflections, strain_maps
 
@@ -559,9 +572,14 @@ def test_max_speed_without_a_frame_interval_is_reported_as_ignored(tiny_model, t
         "--frame-interval S), so cores were linked within 2 nm (20 px) per frame, as for the "
         "default 2 nm/s at an assumed 1 frame/s"]
     # At its default, or with a frame interval (from the file or given), it is used: no warning.
-    for kwargs in ({}, {"max_speed_nm_s": 0.5, "frame_interval_s": 1.0}):
+    for kwargs in ({}, {"max_speed_nm_s": 1.5, "frame_interval_s": 1.0}):
         res = analyze(movie, model=tiny_model, progress=False, **kwargs)
         assert not any("--max-speed" in w for w in res.warnings), kwargs
+    # Below the detections' scatter the search range is raised to 0.75 nm, and said so.
+    res = analyze(movie, model=tiny_model, progress=False, max_speed_nm_s=0.5, frame_interval_s=1.0)
+    assert [w for w in res.warnings if "--max-speed" in w] == [
+        "max_speed_nm_s (--max-speed) 0.5 nm/s allows 0.5 nm per 1 s frame, under the detections' "
+        "own scatter: cores were linked within 0.75 nm per frame"]
 
 
 def test_a_min_length_longer_than_the_movie_is_reported_when_set():

@@ -121,16 +121,19 @@ class DislocationModule(L.LightningModule):
 
     def _pooled_over_ranks(self) -> tuple[dict[str, DetectionTally], np.ndarray]:
         """The tallies and rock-salt counts summed over DDP ranks: F1 over all frames
-        (DESIGN.md), not the mean of each rank's F1 that ``log_dict(sync_dist=True)`` gives."""
+        (DESIGN.md), not the mean of each rank's F1 that ``log_dict(sync_dist=True)`` gives.
+        Lightning's distributed sampler pads the ranks to equal length, so up to
+        world size - 1 validation images count twice."""
         keys = [*TALLY_KEYS, *sorted(set(self._tallies) - set(TALLY_KEYS))]
         fields = ("tp", "fp", "fn", "sq_err_nm2", "h_ok")
-        counts = np.array([[getattr(self._tallies.get(k, DetectionTally()), f) for f in fields]
-                           for k in keys], dtype=np.float64)
+        # The last column says where a key saw frames (even frames without any core).
+        counts = np.array([[*(getattr(self._tallies.get(k, DetectionTally()), f) for f in fields),
+                            float(k in self._tallies)] for k in keys], dtype=np.float64)
         flat = self._sum_over_ranks(np.concatenate([counts.ravel(), self._rs]))
         counts, rs = flat[:counts.size].reshape(counts.shape), flat[counts.size:]
         tallies = {}
         for k, row in zip(keys, counts, strict=True):
-            if row[:3].sum():  # a key with frames somewhere: the same keys on every rank
+            if row[5]:  # a key with frames on some rank: the same keys on every rank
                 tallies[k] = DetectionTally(int(row[0]), int(row[1]), int(row[2]), float(row[3]),
                                             int(row[4]))
         return tallies, rs
