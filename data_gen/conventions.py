@@ -149,7 +149,9 @@ def is_layered_reflection(k_nm: np.ndarray, g003_nm: np.ndarray, *,
 
     They need a whole `layer_index` (within ``tolerance``) and an in-layer component
     that is a whole multiple (1-3) of one of `IN_LAYER_SPACINGS_NM`'s frequencies
-    (within `IN_LAYER_SPACING_TOLERANCE`). Other spots are aliases of planes beyond
+    (within `IN_LAYER_SPACING_TOLERANCE`), scaled by the measured (003) spacing over
+    `D003_LINIO2_NM` (the layered oxides keep that ratio to 1 %, and a wrong pixel
+    size scales both alike). Other spots are aliases of planes beyond
     Nyquist (the 0.144 nm planes of the ``[1-10]`` zone at 0.1 nm/px) or noise, and
     give nonsense Burgers vectors and strain maps.
 
@@ -178,7 +180,8 @@ def is_layered_reflection(k_nm: np.ndarray, g003_nm: np.ndarray, *,
     along = (k @ g) / np.sqrt(g @ g)
     in_layer = np.sqrt(np.maximum(np.sum(k * k, axis=-1) - along**2, 0.0))
     on_row = np.zeros(in_layer.shape, bool)
-    for d in IN_LAYER_SPACINGS_NM:
+    scale = 1.0 / (np.sqrt(g @ g) * D003_LINIO2_NM)  # measured (003) spacing / LiNiO2's
+    for d in np.multiply(IN_LAYER_SPACINGS_NM, scale):
         for n in (1, 2, 3):
             on_row |= np.abs(in_layer * d / n - 1) <= IN_LAYER_SPACING_TOLERANCE
     return (np.abs(l_index - np.round(l_index)) <= tolerance) & on_row

@@ -103,3 +103,12 @@ def test_a_spot_the_layered_lattice_cannot_have_is_no_in_layer_reflection():
     real, _ = _lattice_image(v1, v2, rot_deg=23.0)
     g = find_reflections(real, pixel_size_nm=PS, layered=True)
     assert 1 / np.hypot(*g[1]) == pytest.approx(0.236, rel=0.05)  # (012): 0.249 in-layer, l = 2
+
+
+def test_the_layered_reflection_check_does_not_depend_on_the_pixel_size():
+    from dislotrack.data_gen.conventions import is_layered_reflection
+
+    g003 = np.array([0.0, 1 / D])
+    spots = np.array([[1 / 0.2465, 2 / D / 3], [1 / 0.2465, 0.5 / D], [1.76, 4.84]])  # (012), l = 1.5, alias
+    for scale in (1.0, 0.8, 1.25):  # a pixel size off by 20-25 % scales every frequency alike
+        assert is_layered_reflection(spots * scale, g003 * scale).tolist() == [True, False, False]
