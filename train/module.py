@@ -124,7 +124,7 @@ class DislocationModule(L.LightningModule):
         (DESIGN.md), not the mean of each rank's F1 that ``log_dict(sync_dist=True)`` gives.
         Lightning's distributed sampler pads the ranks to equal length, so up to
         world size - 1 validation images count twice."""
-        keys = [*TALLY_KEYS, *sorted(set(self._tallies) - set(TALLY_KEYS))]
+        keys = TALLY_KEYS  # the same array shape on every rank, whatever frames it saw
         fields = ("tp", "fp", "fn", "sq_err_nm2", "h_ok")
         # The last column says where a key saw frames (even frames without any core).
         counts = np.array([[*(getattr(self._tallies.get(k, DetectionTally()), f) for f in fields),
