@@ -161,7 +161,9 @@ class DislocationModule(L.LightningModule):
         # every DDP rank (log_dict syncs them key by key).
         metrics[f"{stage}/rs_iou"] = (float(self._rs[0] / self._rs[1]) if self._rs[1] else 1.0
                                       ) if self._rs[2] else float("nan")
-        self.log_dict(metrics)  # already pooled over ranks: the same values on each
+        # Already pooled: the same values on every rank, so syncing (a mean) changes nothing
+        # but keeps Lightning from warning about epoch-level logging without it.
+        self.log_dict(metrics, sync_dist=True)
         self._tallies, self._rs = {}, np.zeros(3)
 
     def on_validation_epoch_end(self) -> None:
