@@ -26,6 +26,7 @@ _STEM = re.compile(r"(image|movie)_\d{5,}")
 def generate_dataset(*, out: str | Path, n: int, size: int = 256, mode: str = "mixed",
                      movie_frames: int = 0, seed: int = 0, frame_interval: float = 1.0,
                      variants: int = 1, dose: tuple[float, float] | None = None,
+                     pixel_size: float | None = None, material: str | None = None,
                      progress: bool = True) -> list[Path]:
     """Write ``n`` labelled images (or movies of ``movie_frames`` frames) to ``out``.
 
@@ -58,6 +59,10 @@ def generate_dataset(*, out: str | Path, n: int, size: int = 256, mode: str = "m
     dose : (float, float), optional
         Dose range [e/A^2], drawn log-uniformly (``(d, d)``: one dose); default
         `GeneratorConfig`'s.
+    pixel_size : float, optional
+        [nm/px]; default `GeneratorConfig`'s (the bundled model's 0.1).
+    material : str, optional
+        One of `dislotrack.data_gen.crystal.MATERIALS`; default: drawn per structure.
     progress : bool
         Show a progress bar on stderr (over frames for movies); False is silent.
 
@@ -83,7 +88,8 @@ def generate_dataset(*, out: str | Path, n: int, size: int = 256, mode: str = "m
         raise ValueError(f"--frame-interval must be a positive number of seconds, got {frame_interval}")
     if seed < 0:
         raise ValueError(f"--seed must be >= 0, got {seed}")
-    cfg = GeneratorConfig(size=size, mode=mode, **({"dose": tuple(dose)} if dose is not None else {}))
+    given = {"dose": None if dose is None else tuple(dose), "pixel_size": pixel_size, "material": material}
+    cfg = GeneratorConfig(size=size, mode=mode, **{k: v for k, v in given.items() if v is not None})
     out = Path(out)
     kind = "movie" if movie_frames else "image"
     suffixes = _MOVIE_FILES if movie_frames else _IMAGE_FILES

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from dislotrack.data_gen.conventions import CANONICAL_PIXEL_SIZE_NM, h_from_b_hat, unit
-from dislotrack.data_gen.crystal import ProjectedCrystal
+from dislotrack.data_gen.crystal import MATERIALS, ProjectedCrystal
 from dislotrack.data_gen.dislocations import Dislocation
 from dislotrack.data_gen.imaging import (
     Detector,
@@ -97,6 +97,8 @@ class GeneratorConfig:
             raise ValueError(f"size must be >= 16 px, got {self.size}")
         if not 0.01 <= self.pixel_size <= 1.0:
             raise ValueError(f"pixel_size {self.pixel_size} nm/px is outside 0.01-1 nm/px")
+        if self.material is not None and self.material not in MATERIALS:
+            raise ValueError(f"unknown material {self.material!r}; choose from {', '.join(MATERIALS)}")
         lo, hi = self.dose
         if not (np.isfinite(lo) and np.isfinite(hi) and 0 < lo <= hi):
             raise ValueError(f"dose must be a range (low, high) of e/A^2 with 0 < low <= high, "

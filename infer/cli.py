@@ -27,7 +27,7 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--n", type=int, required=True, help="number of images (or movies)")
     p.add_argument("--size", type=int, default=256,
-                   help=f"image side [px] at 0.1 nm/px (default 256, at most {MAX_GENERATE_SIZE})")
+                   help=f"image side [px] (default 256, at most {MAX_GENERATE_SIZE})")
     p.add_argument("--mode", choices=["hrtem", "stem", "mixed"], default="mixed",
                    help="imaging mode (default mixed: each item HRTEM or STEM at random)")
     p.add_argument("--movie", type=int, default=None, metavar="FRAMES",
@@ -37,6 +37,10 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dose", type=_dose_range, default=None, metavar="LOW[,HIGH]",
                    help="electron dose [e/A^2]: one value, or a range drawn log-uniformly "
                         "(default 20,5000)")
+    p.add_argument("--pixel-size", type=float, default=None, metavar="NM",
+                   help="pixel size [nm/px] (default 0.1, the bundled model's)")
+    p.add_argument("--material", default=None, metavar="NAME",
+                   help="LiNiO2, LiCoO2, NMC811 or NMC111 (default: drawn per structure)")
     p.add_argument("--variants", type=int, default=1, metavar="V",
                    help="images per generated structure (new lens/probe and detector each; "
                         "about 4x faster at 16)")
@@ -74,7 +78,8 @@ def _run_generate(args: argparse.Namespace) -> int:
         raise ValueError("--frame-interval applies to movies (--movie FRAMES)")
     paths = generate_dataset(out=args.out, n=args.n, size=args.size, mode=args.mode,
                              movie_frames=args.movie or 0, seed=args.seed, variants=args.variants,
-                             frame_interval=args.frame_interval, dose=args.dose)
+                             frame_interval=args.frame_interval, dose=args.dose,
+                             pixel_size=args.pixel_size, material=args.material)
     print(f"{len(paths)} labelled {'movies' if args.movie else 'images'} in {args.out}/")
     return 0
 

@@ -310,15 +310,18 @@ def test_generate_takes_a_dose_and_frame_interval_and_refuses_what_it_cannot_wri
 
     out = tmp_path / "g"
     assert main(["generate", "--out", str(out), "--n", "1", "--size", "32", "--movie", "2",
-                 "--dose", "300", "--frame-interval", "0.25"]) == 0
+                 "--dose", "300", "--frame-interval", "0.25", "--pixel-size", "0.08",
+                 "--material", "LiCoO2"]) == 0
     ann = read_annotation(out / "movie_00000.json")  # what it writes, its reader takes
-    assert ann.frame_interval_s == 0.25
+    assert ann.frame_interval_s == 0.25 and ann.pixel_size_nm == 0.08
+    assert json.loads((out / "movie_00000.json").read_text())["source"]["material"] == "LiCoO2"
     assert json.loads((out / "movie_00000.json").read_text())["source"]["config"]["dose"] == [300.0, 300.0]
     capsys.readouterr()
     for args, message in ((["--movie", "2", "--frame-interval", "0"], "--frame-interval"),
                           (["--frame-interval", "2"], "applies to movies"),
                           (["--dose", "100,10"], "dose"), (["--dose", "x"], "--dose"),
-                          (["--seed", "-1"], "--seed"), (["--size", "4096"], "--size")):
+                          (["--seed", "-1"], "--seed"), (["--size", "4096"], "--size"),
+                          (["--material", "NaCoO2"], "unknown material"), (["--pixel-size", "5"], "pixel_size")):
         with pytest.raises(SystemExit) if message == "--dose" else nullcontext():
             code = main(["generate", "--out", str(tmp_path / "bad"), "--n", "1", *args])
             assert code == 2
