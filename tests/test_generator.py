@@ -321,7 +321,8 @@ def test_generate_takes_a_dose_and_frame_interval_and_refuses_what_it_cannot_wri
                           (["--frame-interval", "2"], "applies to movies"),
                           (["--dose", "100,10"], "dose"), (["--dose", "x"], "--dose"),
                           (["--seed", "-1"], "--seed"), (["--size", "4096"], "--size"),
-                          (["--material", "NaCoO2"], "unknown material"), (["--pixel-size", "5"], "pixel_size")):
+                          (["--material", "NaCoO2"], "unknown material"),
+                          (["--pixel-size", "5"], "pixel_size")):
         with pytest.raises(SystemExit) if message == "--dose" else nullcontext():
             code = main(["generate", "--out", str(tmp_path / "bad"), "--n", "1", *args])
             assert code == 2
