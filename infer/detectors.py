@@ -19,8 +19,8 @@ import torch
 from skimage.transform import resize
 
 from dislotrack.data_gen.conventions import b_hat_from_h
-from dislotrack.infer.gpa import NoReflectionError, find_reflections
-from dislotrack.infer.gpa_detect import detect_cores_gpa, rocksalt_mask_gpa
+from dislotrack.infer.gpa import NoReflectionError
+from dislotrack.infer.gpa_detect import auto_reflections, detect_cores_gpa, rocksalt_mask_gpa
 from dislotrack.infer.predict import predict_logits
 from dislotrack.infer.preprocess import canonical_to_input
 from dislotrack.models.decode import decode_cores, outputs_to_maps
@@ -84,8 +84,7 @@ class GPADetector:
     def reflections(self, frame: np.ndarray) -> np.ndarray | None:
         if self.g is None:
             try:
-                self.g = find_reflections(frame, pixel_size_nm=self.pixel_size,
-                                          d_spacing_nm=self.d_spacing)
+                self.g = auto_reflections(frame, self.pixel_size, self.d_spacing)
             except NoReflectionError as e:
                 logger.warning("GPA: %s", e)
         return self.g

@@ -152,11 +152,18 @@ def _core_position(centre, charges, plaquettes, demods, radius: float) -> tuple[
     return tuple(np.mean(zeros, axis=0)) if zeros else tuple(centre)
 
 
-def _auto_reflections(img: np.ndarray, pixel_size_nm: float, d_spacing_nm: float) -> np.ndarray:
-    """Two reflections from `find_reflections`, or the first alone if no second."""
+def auto_reflections(img: np.ndarray, pixel_size_nm: float, d_spacing_nm: float) -> np.ndarray:
+    """(003) and an in-layer reflection of the layered lattice (`find_reflections` with
+    ``layered``), or (003) alone where the image shows no second one (logged).
+
+    Raises
+    ------
+    NoReflectionError
+        If not even the (003) reflection stands out.
+    """
     kw = dict(pixel_size_nm=pixel_size_nm, d_spacing_nm=d_spacing_nm)
     try:
-        return find_reflections(img, n=2, **kw)
+        return find_reflections(img, n=2, layered=True, **kw)
     except NoReflectionError as err:
         logger.warning("%s; using the d = %s nm reflection alone", err, d_spacing_nm)
         return find_reflections(img, n=1, **kw)
@@ -202,9 +209,9 @@ def detect_cores_gpa(
     pixel_size_nm : float
         Pixel size [nm/px].
     g : array_like, shape (m, 2), optional
-        One or two reflections [1/nm]; default `find_reflections` with ``n=2``,
-        or ``n=1`` (logged) when the zone shows no second one. With one, ``b`` is
-        only its component along ``g``.
+        One or two reflections [1/nm]; default `auto_reflections` (the second only
+        where the layered lattice has it). With one, ``b`` is only its component
+        along ``g``.
     resolution_nm : float
         Real-space FWHM of the GPA mask [nm] (see `dislotrack.infer.gpa.complex_image`).
     loop_nm : float, optional
@@ -232,7 +239,7 @@ def detect_cores_gpa(
     """
     img = _as_image(image)
     if g is None:
-        g = _auto_reflections(img, pixel_size_nm, d_spacing_nm)
+        g = auto_reflections(img, pixel_size_nm, d_spacing_nm)
     gmat = np.atleast_2d(np.asarray(g, dtype=float))
     if gmat.shape not in ((1, 2), (2, 2)):
         raise ValueError(f"g must hold one or two (gx, gy) reflections [1/nm], got {g!r}")
@@ -318,7 +325,7 @@ def rocksalt_mask_gpa(
         raise ValueError(f"threshold must be a fraction in (0, 1) or 'otsu', got {threshold!r}")
     img = _as_image(image)
     if g003 is None:
-        found = _auto_reflections(img, pixel_size_nm, d_spacing_nm)
+        found = auto_reflections(img, pixel_size_nm, d_spacing_nm)
         g003 = found[0]
         g_other = found[1] if g_other is None and len(found) == 2 else g_other
     interior = _interior(img.shape, int(round(resolution_nm / pixel_size_nm)))

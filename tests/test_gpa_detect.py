@@ -24,7 +24,7 @@ from dislotrack.infer.gpa_detect import (
 PS = 0.1  # [nm/px]
 N = 256
 G1 = np.array([np.cos(np.radians(80.0)), np.sin(np.radians(80.0))]) / 0.473  # (003) [1/nm]
-G2 = np.array([np.cos(np.radians(15.0)), np.sin(np.radians(15.0))]) / 0.24  # [1/nm]
+G2 = np.array([np.cos(np.radians(10.0)), np.sin(np.radians(10.0))]) / 0.24  # (012)-like: l = 2 [1/nm]
 
 
 def rotate(v: np.ndarray, deg: float) -> np.ndarray:
