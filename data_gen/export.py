@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 from dislotrack.data_gen.annotations import FORMAT, Annotation, write_annotation
 from dislotrack.data_gen.movie import make_movie
 from dislotrack.data_gen.sample import GeneratorConfig, make_samples
+from dislotrack.data_gen.version import package_version
 
 #: ``source["generator"]`` of every sidecar this command writes: how a later run knows its files.
 GENERATOR = "dislotrack generate"
@@ -102,7 +103,7 @@ def generate_dataset(*, out: str | Path, n: int, size: int = 256, mode: str = "m
     with tqdm(total=total, unit=unit, desc=f"generating {kind}s", disable=not progress) as bar:
         for g in range(n_groups):
             rng = np.random.default_rng(seeds[g])
-            source = {"generator": GENERATOR, "version": _version(), "seed": seed, "index": g,
+            source = {"generator": GENERATOR, "version": package_version(), "seed": seed, "index": g,
                       "config": cfg.to_dict()}
             if movie_frames:
                 bar.set_postfix_str(f"movie {g + 1}/{n}")
@@ -198,13 +199,3 @@ def _count(items: list[str], noun: str) -> str:
 def _few(names: list[str], k: int = 3) -> str:
     """The first ``k`` names, then how many more."""
     return ", ".join(names[:k]) + (f" and {len(names) - k} more" if len(names) > k else "")
-
-
-def _version() -> str:
-    """The installed dislotrack's version (what made the files), or "unknown"."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("dislotrack")
-    except PackageNotFoundError:
-        return "unknown"

@@ -15,6 +15,8 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
+from dislotrack.data_gen.version import package_version
+
 
 def _check_out_folder(out: str) -> None:
     """Refuse an ``--out`` that is a file (before any work)."""
@@ -292,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="dislotrack",
         description="Find and track dislocations in electron-microscopy movies.",
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_generate(sub)
     _add_infer(sub)
@@ -302,15 +304,6 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("train", help="train a model (LightningCLI: fit / validate / test; "
                    "see `dislotrack train --help`)", add_help=False)
     return parser
-
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("dislotrack")
-    except PackageNotFoundError:  # running from a source tree without install
-        return "unknown"
 
 
 #: Errors that mean the input or an option is wrong, not dislotrack: reported in one

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -11,6 +10,7 @@ import numpy as np
 import pandas as pd
 import tifffile
 
+from dislotrack.data_gen.version import package_version
 from dislotrack.infer.columns import (
     PER_FRAME,
     PER_SECOND,
@@ -21,13 +21,6 @@ from dislotrack.infer.columns import (
 
 if TYPE_CHECKING:  # the pipeline imports torch; evaluate reads outputs without it
     from dislotrack.infer.pipeline import AnalysisResult
-
-def _version() -> str:
-    try:
-        return version("dislotrack")
-    except PackageNotFoundError:
-        return "unknown"
-
 
 class MaskWriter:
     """Per-frame uint8 rock-salt masks into an ImageJ-calibrated TIFF stack.
@@ -75,7 +68,7 @@ def summary_dict(res: AnalysisResult) -> dict:
 
     return {
         "schema_version": SCHEMA_VERSION,
-        "dislotrack_version": _version(),
+        "dislotrack_version": package_version(),
         "model": {"id": res.model_card.get("model_id"), "sha256": res.model_card.get("sha256")},
         "input": {"path": res.input_path, "sha256": res.input_sha256,
                   "shape": list(res.shape)},

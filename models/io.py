@@ -9,7 +9,6 @@ model is ``dislotrack/models/weights/default.*``.
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 import importlib.resources
 import json
 import pickle
@@ -21,6 +20,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from dislotrack.data_gen.version import package_version
 from dislotrack.models.normalise import NORMALISATION
 from dislotrack.models.unet import OUTPUTS, UNet, UNetConfig
 
@@ -222,17 +222,10 @@ def _complete_card(model: UNet, card: dict[str, Any]) -> dict[str, Any]:
     full["architecture"] = arch
     full.setdefault("input_normalisation", dict(NORMALISATION))
     full.setdefault("outputs", dict(OUTPUTS))
-    full.setdefault("dislotrack_version", _package_version())
+    full.setdefault("dislotrack_version", package_version())
     full.setdefault("created", datetime.now(timezone.utc).isoformat(timespec="seconds"))
     validate_card(full)
     return {k: full[k] for k in (*REQUIRED_CARD_KEYS, *sorted(set(full) - set(REQUIRED_CARD_KEYS)))}
-
-
-def _package_version() -> str:
-    try:
-        return importlib.metadata.version("dislotrack")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
 
 
 def _json_default(obj: Any) -> Any:
