@@ -129,11 +129,12 @@ def _add_infer(sub: argparse._SubParsersAction) -> None:
                    help="the network (default) or the classical GPA phase-singularity baseline")
     from dislotrack.infer.options import TTA_VIEWS
 
-    p.add_argument("--tta", nargs="?", type=int, const=8, default=1, choices=TTA_VIEWS, metavar="N",
+    p.add_argument("--tta", nargs="?", type=int, const=8, default=None, choices=TTA_VIEWS, metavar="N",
                    help="test-time augmentation: average the network over N views of each frame "
-                   "(2: the frame and its 180° turn; 4: the quarter turns; 8, or --tta alone: all "
-                   "flips and transposes), N times the network's time; 2 removes most false cores "
-                   "on real perfect lattices (README: Detection accuracy)")
+                   "(1: none; 2: the frame and its 180° turn; 4: the quarter turns; 8, or --tta "
+                   "alone: all flips and transposes), N times the network's time; 2 removes most "
+                   "false cores on real perfect lattices (README: Detection accuracy). Default: 2 "
+                   "for a single image, 1 for a movie")
     p.add_argument("--strain", action="store_true",
                    help="also write GPA strain maps (TIFF stacks) and a strain figure")
     p.add_argument("--strain-resolution", type=float, default=1.0, metavar="NM",

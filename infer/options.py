@@ -63,7 +63,7 @@ DEFAULT_WEAK_FRACTION = 0.5
 
 
 def check_detector_options(detector: str, *, model: str | Path | None = None,
-                           threshold: float | None = None, tta: bool | int = False,
+                           threshold: float | None = None, tta: bool | int | None = None,
                            weak_fraction: float = DEFAULT_WEAK_FRACTION) -> None:
     """Refuse an unknown detector, and U-Net options given to another detector.
 
@@ -72,7 +72,7 @@ def check_detector_options(detector: str, *, model: str | Path | None = None,
     detector : str
         ``"unet"`` or ``"gpa"``.
     model, threshold, tta, weak_fraction
-        As given to `analyze` (None / False / `DEFAULT_WEAK_FRACTION`: not given).
+        As given to `analyze` (None / None, False or 1 / `DEFAULT_WEAK_FRACTION`: not given).
 
     Raises
     ------
@@ -82,7 +82,7 @@ def check_detector_options(detector: str, *, model: str | Path | None = None,
     """
     if detector not in ("unet", "gpa"):
         raise ValueError(f"detector (--detector) must be 'unet' or 'gpa', got {detector!r}")
-    views = tta_views(tta)  # a bad value: refused here, before any frame is read
+    views = 1 if tta is None else tta_views(tta)  # a bad value: refused here, before any frame is read
     if detector == "unet":
         return
     given = {"model": model is not None, "threshold": threshold is not None, "tta": views > 1,
@@ -97,6 +97,32 @@ def check_detector_options(detector: str, *, model: str | Path | None = None,
 
 #: The view counts of test-time augmentation (`tta_views`).
 TTA_VIEWS = (1, 2, 4, 8)
+
+#: Views for a single image when ``tta`` is not given: on the real perfect lattices of
+#: README's Detection accuracy, 2 views cut false cores from 0.33 to 0.08 per 100 nm² at
+#: the same F1; a movie's tracks already drop most false cores, at twice the time.
+SINGLE_IMAGE_TTA = 2
+
+
+def default_tta(n_frames: int) -> int:
+    """The views of test-time augmentation `analyze` uses when ``tta`` is not given.
+
+    Parameters
+    ----------
+    n_frames : int
+        Frames of the input.
+
+    Returns
+    -------
+    int
+        `SINGLE_IMAGE_TTA` for a single image, 1 (none) for a movie.
+
+    Examples
+    --------
+    >>> default_tta(1), default_tta(30)
+    (2, 1)
+    """
+    return SINGLE_IMAGE_TTA if n_frames == 1 else 1
 
 
 def tta_views(tta: bool | int) -> int:

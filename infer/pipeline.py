@@ -62,6 +62,7 @@ from dislotrack.infer.options import (
     analysis_options,
     check_detector_options,
     check_linking_options,
+    default_tta,
     tta_views,
 )
 from dislotrack.infer.predict import pick_device
@@ -259,7 +260,7 @@ def analyze(path: str | Path | Movie, *, model: str | Path | None = None, pixel_
             max_speed_nm_s: float = DEFAULT_MAX_SPEED_NM_S, memory: int = 5,
             min_length: int = DEFAULT_MIN_LENGTH, max_gap: int = 12, min_track_score: float = 0.0,
             weak_fraction: float = DEFAULT_WEAK_FRACTION, border_nm: float = 2.0, detector: str = "unet",
-            tta: int | bool = 1, lattice_h: bool = True, signal: int | str | None = None,
+            tta: int | bool | None = None, lattice_h: bool = True, signal: int | str | None = None,
             calibration: Calibration | None = None,
             mask_sink: Callable[[int, np.ndarray], None] | None = None,
             frame_sink: Callable[[int, np.ndarray, pd.DataFrame], None] | None = None,
@@ -308,11 +309,12 @@ def analyze(path: str | Path | Movie, *, model: str | Path | None = None, pixel_
     detector : {"unet", "gpa"}
         The network, or the classical geometric-phase baseline (which refuses
         ``model``, ``threshold`` and ``tta``: `check_detector_options`).
-    tta : int or bool
+    tta : int or bool, optional
         Test-time augmentation: average the network over this many views of each frame
         (`dislotrack.infer.options.tta_views`: 1 or False, none; 2, the frame and its 180°
         turn; 4, the quarter turns; 8 or True, all flips and transposes), as many times
-        slower.
+        slower. Default (`dislotrack.infer.options.default_tta`): 2 for a single image
+        (fewer false cores), none for a movie.
     lattice_h : bool
         Where the first frames show an in-layer reflection besides (003), set each
         track's **h** and **b** to those of the nearest Burgers vector the lattice
@@ -357,13 +359,14 @@ def analyze(path: str | Path | Movie, *, model: str | Path | None = None, pixel_
             movie, pixel_size_nm=pixel_size_nm, frame_interval_s=frame_interval_s,
             d_spacing_nm=d_spacing_nm)
         s = scale_factor(cal.pixel_size_nm, canonical)
+        views = 1 if detector != "unet" else default_tta(len(movie)) if tta is None else tta_views(tta)
         if detector == "gpa":
             det = GPADetector(pixel_size_nm=cal.pixel_size_nm, d_spacing_nm=d_spacing_nm)
             card = {**card, "model_id": "gpa-baseline", "sha256": None}
         else:  # "unet" (`check_detector_options`)
             det = NetworkDetector(prepare_for_inference(net).to(dev), device=dev,
                                   threshold=min(weak_fraction, 1.0) * thr,
-                                  scale=s, d_spacing_nm=d_spacing_nm, tta=tta)
+                                  scale=s, d_spacing_nm=d_spacing_nm, tta=views)
         n, h, w = movie.shape
         rows: list[pd.DataFrame] = []
         rs_frac: list[float] = []
@@ -440,7 +443,7 @@ def analyze(path: str | Path | Movie, *, model: str | Path | None = None, pixel_
     # As `analyze` takes them (the threshold as used), so a result can be reproduced; the
     # calibration overrides are None where the file's (or the estimate) was used.
     res.options = analysis_options(
-        detector=detector, model=model, threshold=thr if unet else None, tta=tta_views(tta),
+        detector=detector, model=model, threshold=thr if unet else None, tta=views,
         weak_fraction=weak_fraction if unet else None, max_speed_nm_s=max_speed_nm_s,
         memory=memory, min_length=min_length, max_gap=max_gap, min_track_score=min_track_score,
         border_nm=border_nm, d_spacing_nm=d_spacing_nm, lattice_h=snap_asked,

@@ -547,11 +547,30 @@ def test_unet_options_with_the_gpa_detector_are_refused_by_name(tmp_path, capsys
         analyze(movies[0], tta=3, progress=False)  # before the model is loaded
 
 
+def test_single_images_get_two_views_unless_told(tmp_path, tiny_model):
+    # Two views cut false cores on real perfect lattices (README); a movie's tracks
+    # already filter them, so movies keep one view (twice as fast).
+    image, movie = tmp_path / "one.tif", tmp_path / "many.tif"
+    rng = np.random.default_rng(0)
+    write_imagej_tiff(image, rng.random((1, 32, 32), np.float32), pixel_size_nm=0.1)
+    write_imagej_tiff(movie, rng.random((3, 32, 32), np.float32), pixel_size_nm=0.1)
+    views = {}
+    for path, tta in [(image, None), (movie, None), (image, 1), (movie, 2), (image, False)]:
+        res = analyze(path, model=tiny_model, tta=tta, progress=False, device="cpu")
+        views[path.stem, tta] = res.options["tta"]
+    assert views == {("one", None): 2, ("many", None): 1, ("one", 1): 1, ("many", 2): 2,
+                     ("one", False): 1}
+    # The GPA baseline has no views to average, and None is not an option given to it.
+    res = analyze(image, detector="gpa", progress=False)
+    assert res.options["tta"] == 1
+
+
 def test_tta_takes_a_number_of_views(capsys):
     from dislotrack.infer.cli import build_parser
 
     parse = lambda *a: build_parser().parse_args(["infer", "m.tif", "--out", "o", *a]).tta  # noqa: E731
-    assert (parse(), parse("--tta"), parse("--tta", "2"), parse("--tta", "4")) == (1, 8, 2, 4)
+    # Not given: None, which `analyze` resolves per input (`default_tta`).
+    assert (parse(), parse("--tta"), parse("--tta", "2"), parse("--tta", "4")) == (None, 8, 2, 4)
     with pytest.raises(SystemExit):
         parse("--tta", "3")
     # --tta alone before an input still means 8 views (as before it took a count).
