@@ -65,6 +65,8 @@ from dislotrack.infer.options import (
     default_tta,
     tta_views,
 )
+from dislotrack.infer.overlays import MARGIN_NM as OVERLAY_MARGIN_NM
+from dislotrack.infer.overlays import overlay_mask
 from dislotrack.infer.predict import pick_device
 from dislotrack.infer.preprocess import scale_factor, to_canonical
 from dislotrack.infer.readers import Movie, open_movie
@@ -370,15 +372,23 @@ def analyze(path: str | Path | Movie, *, model: str | Path | None = None, pixel_
         n, h, w = movie.shape
         rows: list[pd.DataFrame] = []
         rs_frac: list[float] = []
+        overlaid: dict[int, float] = {}  # frame -> its fraction under `overlay_mask`
         first = movie[0]
 
         def flush(raw: list[np.ndarray], can: list[np.ndarray], start: int) -> None:
             for k, (table, rs) in enumerate(det(raw, can)):
+                # Scale bars, text, zero-filled borders: no lattice, no cores, no rock salt.
+                drawn = overlay_mask(raw[k], pixel_size_nm=cal.pixel_size_nm)
+                if drawn.any():
+                    overlaid[start + k] = float(drawn.mean())
+                    table = table[~near_rocksalt(table["x"], table["y"], drawn,
+                                                 OVERLAY_MARGIN_NM / cal.pixel_size_nm)]
+                    rs = rs & ~drawn
                 # Which cores sit where rock salt hides them (births/deaths there are not events).
                 flag = near_rocksalt(table["x"], table["y"], rs, ROCKSALT_MARGIN_NM / cal.pixel_size_nm)
                 rows.append(table.assign(frame=start + k, in_rocksalt=flag))
                 table = table[table["score"] > thr] if detector == "unet" else table
-                rs_frac.append(float(rs.mean()))
+                rs_frac.append(float(rs[~drawn].mean()) if not drawn.all() else 0.0)
                 if mask_sink is not None:
                     mask_sink(start + k, rs.astype(np.uint8))
                 if frame_sink is not None:
@@ -408,6 +418,12 @@ def analyze(path: str | Path | Movie, *, model: str | Path | None = None, pixel_
 
         drift = measure_drift(canonical_frames())
     n = n_read
+    if overlaid:
+        logger.warning("burned-in annotations or clipped areas (a scale bar, text, a zero-filled "
+                       "border) cover up to %.1f %% of a frame, in %d of %d frames (the first: "
+                       "frame %d): no cores or rock salt are reported within %.1f nm of them",
+                       100 * max(overlaid.values()), len(overlaid), n, min(overlaid),
+                       OVERLAY_MARGIN_NM)
     lattice = measure_lattice(lattice_frames, pixel_size_nm=cal.pixel_size_nm,
                               d_spacing_nm=d_spacing_nm) if lattice_frames else None
     if lattice is None and min(h, w) >= MIN_SIDE_FOR_LATTICE_PX:  # small frames often miss it

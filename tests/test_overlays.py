@@ -1,0 +1,93 @@
+"""Burned-in annotations and clipped areas: found, and no cores reported on them."""
+
+from __future__ import annotations
+
+import imageio.v3
+import numpy as np
+import pytest
+from test_readers import real
+
+from dislotrack.data_gen.annotations import write_imagej_tiff
+from dislotrack.data_gen.sample import GeneratorConfig, make_sample
+from dislotrack.infer.overlays import MARGIN_NM, overlay_mask
+from dislotrack.infer.pipeline import analyze
+from dislotrack.models.metrics import match_cores
+
+
+@pytest.mark.parametrize("mode", ["hrtem", "stem"])
+@pytest.mark.parametrize("dose", [100.0, 5000.0, 1e7])
+def test_a_lattice_has_no_overlay(mode, dose):
+    # Noise-free HRTEM fringes are long bright lines, and STEM has dark gaps: neither is
+    # a drawn stroke.
+    for pixel_size in (0.05, 0.1):
+        cfg = GeneratorConfig(size=128, mode=mode, dose=(dose, dose), pixel_size=pixel_size)
+        s = make_sample(np.random.default_rng([1, int(dose), int(100 * pixel_size)]), cfg)
+        assert not overlay_mask(s.image, pixel_size_nm=pixel_size).any()
+
+
+def test_bars_text_bands_and_borders_are_found_clipped_columns_are_not():
+    s = make_sample(np.random.default_rng(0), GeneratorConfig(size=128, mode="stem", dose=(1000, 1000)))
+    img = s.image.astype(np.float32)
+    lo, hi = float(img.min()), float(img.max())
+    drawn = img.copy()
+    drawn[110:118, 20:60] = hi                        # a scale bar at the brightest level
+    drawn[90:104, 80:84] = lo + 0.93 * (hi - lo)      # an anti-aliased text stroke (56 px)...
+    drawn[90:94, 80:100] = lo + 0.93 * (hi - lo)      # ... joined to its bar: 120 px
+    drawn[:, 120:] = lo                               # a zero-filled border
+    drawn[10:13, 10:13] = hi                          # a clipped atomic column: 9 px
+    mask = overlay_mask(drawn, pixel_size_nm=0.1)
+    assert mask[110:118, 20:60].all() and mask[:, 120:].all()
+    assert not mask[10:13, 10:13].any()
+    assert not mask[90:104, 80:84].any()  # 136 px < MIN_AREA_PX: a stroke this small is kept
+    drawn[90:110, 80:90] = lo + 0.93 * (hi - lo)      # a glyph of 200+ px
+    assert overlay_mask(drawn, pixel_size_nm=0.1)[90:110, 80:90].all()
+    assert not overlay_mask(np.full((32, 32), 7.0), pixel_size_nm=0.1).any()  # flat: nothing
+
+
+def test_no_core_or_rock_salt_is_reported_on_a_burned_in_scale_bar(tmp_path):
+    cfg = GeneratorConfig(size=160, mode="stem", dose=(3000, 3000), perfect_fraction=0.0, density=3.0,
+                          realism=0.0)
+    s = make_sample(np.random.default_rng(2), cfg)
+    img = s.image.astype(np.float32)
+    bar = (slice(120, 140), slice(20, 140))
+    drawn = img.copy()
+    drawn[bar] = img.max()
+    results = {}
+    for name, frame in (("plain", img), ("bar", drawn)):
+        path = tmp_path / f"{name}.tif"
+        write_imagej_tiff(path, frame[None], pixel_size_nm=0.1)
+        masks = {}
+        res = analyze(path, progress=False, mask_sink=masks.__setitem__)
+        results[name] = res, masks[0]
+    plain, (res, rs) = results["plain"][0], results["bar"]
+    assert len(plain.detections) >= 3
+    assert not (plain.warnings and any("burned-in" in w for w in plain.warnings))
+    assert any("burned-in" in w for w in res.warnings)
+    margin = MARGIN_NM / 0.1
+    d = res.detections
+    near = (d.y > 120 - margin) & (d.y < 140 + margin - 1) & (d.x > 20 - margin) & (d.x < 140 + margin - 1)
+    assert not near.any()
+    assert not rs[bar].any()
+    # Away from the bar (beyond 2 nm) the same cores are found.
+    p = plain.detections
+    far = p[(p.y < 120 - 20) | (p.y > 140 + 20)]
+    assert len(far) >= 1
+    pi, _ = match_cores(far[["x", "y"]].to_numpy(), d[["x", "y"]].to_numpy(), radius=1.0)
+    assert len(pi) == len(far)
+
+
+def test_no_core_is_reported_on_real_burned_in_text():
+    # A real image with a burned-in "2 nm" and its bar: the network had found a core
+    # inside the "2" (SOURCES.md: "mask the scale bar").
+    path = real("atomsegnet/1.png")
+    res = analyze(path, pixel_size_nm=0.0143, progress=False)
+    # The strokes, read independently of `overlay_mask`: bright pixels in the caption's box.
+    img = np.asarray(imageio.v3.imread(path), dtype=float)
+    box = np.zeros(img.shape, bool)
+    box[925:1043, 808:1011] = True  # "2 nm" and its bar
+    ys, xs = np.nonzero(box & (img >= 230))
+    assert len(ys) > 2000
+    d = res.detections
+    dist = np.hypot(d.x.to_numpy()[:, None] - xs, d.y.to_numpy()[:, None] - ys).min(axis=1)
+    assert (dist > MARGIN_NM / 0.0143).all()
+    assert any("burned-in" in w for w in res.warnings)
