@@ -15,6 +15,7 @@ For an image or movie ``<stem>``, in one folder:
 
 from __future__ import annotations
 
+import glob
 import json
 import warnings
 from dataclasses import dataclass, replace
@@ -99,6 +100,15 @@ def read_annotation(sidecar: str | Path) -> Annotation:
         raise ValueError(f"{sidecar}: annotation version {side.get('version')!r}; this dislotrack "
                          f"reads version {VERSION} and older (update dislotrack)")
     stem = sidecar.with_suffix("")
+    for need, hint in ((Path(f"{stem}.tif"), "the image or stack, a grayscale TIFF"),
+                       (Path(f"{stem}_cores.csv"), "write one with just the header line for an "
+                                                   "image without cores")):
+        if not need.exists():
+            others = sorted(p.name for p in sidecar.parent.glob(f"{glob.escape(stem.name)}.*")
+                            if p.suffix.lower() in IMAGE_SUFFIXES and p != need)
+            found = (f"; found {', '.join(others)}: annotations need a .tif"
+                     if need.suffix == ".tif" and others else "")
+            raise ValueError(f"{sidecar}: no {need.name} next to it ({hint}){found}")
     with tifffile.TiffFile(f"{stem}.tif") as tif:
         if "S" in tif.series[0].axes:  # samples per pixel: RGB(A), not a (t, y, x) stack
             raise ValueError(f"{stem}.tif is a colour image (axes {tif.series[0].axes}); "
@@ -122,9 +132,7 @@ def read_annotation(sidecar: str | Path) -> Annotation:
     if missing:
         raise ValueError(f"{stem}_cores.csv lacks columns {missing}")
     rs_path = Path(f"{stem}_rs.tif")
-    rs = tifffile.imread(rs_path).astype(np.uint8) if rs_path.exists() else None
-    if rs is not None and rs.ndim == 2:
-        rs = rs[None]
+    rs = _read_mask(rs_path) if rs_path.exists() else None
     numeric = [c for c in REQUIRED_CORE_COLUMNS
                if len(cores) and not pd.api.types.is_numeric_dtype(cores[c])]
     if numeric:
@@ -136,6 +144,23 @@ def read_annotation(sidecar: str | Path) -> Annotation:
     norm = np.hypot(cores.hx, cores.hy)
     ann.cores = cores.assign(hx=cores.hx / norm, hy=cores.hy / norm)
     return ann
+
+
+#: Image files a lab may have saved instead of the TIFF an annotation needs.
+IMAGE_SUFFIXES = {".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp", ".dm3", ".dm4", ".emd", ".mrc"}
+
+
+def _read_mask(path: Path) -> np.ndarray:
+    """A rock-salt mask as (t, y, x) uint8 0/1: any two levels, the higher one rock salt
+    (ImageJ writes binary masks as 0/255); more levels are refused."""
+    raw = tifffile.imread(path)
+    levels = np.unique(raw)
+    if len(levels) > 2 or (len(levels) == 2 and levels[0] != 0):
+        shown = ", ".join(str(v) for v in levels[:5]) + (", ..." if len(levels) > 5 else "")
+        raise ValueError(f"{path} is not a binary mask: values {shown} (expected 0 for no rock salt "
+                         "and one value, e.g. 1 or 255, for rock salt)")
+    mask = (raw > 0).astype(np.uint8)
+    return mask[None] if mask.ndim == 2 else mask
 
 
 def annotation_problems(ann: Annotation, *, declared_shape: object = None) -> list[str]:

@@ -10,6 +10,7 @@ import argparse
 import importlib.util
 import math
 import os
+import shlex
 import sys
 import warnings
 from collections.abc import Sequence
@@ -201,9 +202,11 @@ def _run_infer(args: argparse.Namespace) -> int:
             print(msg if str(path) in msg else f"{path}: error: {msg}", file=sys.stderr)
             failed += 1
             continue
-        s = res.track_summary
-        print(f"{path}: {len(res.detections)} detections, {len(s)} tracks, "
-              f"{len(res.events)} events")
+        n = len(res.detections)
+        if res.shape[0] == 1:  # a single image: cores, no tracks or events to speak of
+            print(f"{path}: {n} core{'s' * (n != 1)}")
+        else:
+            print(f"{path}: {n} detections, {len(res.track_summary)} tracks, {len(res.events)} events")
         for w in res.warnings:
             print(f"  warning: {w}", file=sys.stderr)
     if failed and len(args.inputs) > 1:
@@ -268,24 +271,35 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
                         "there are two or more, else frames (default 0.2)")
     p.add_argument("--seed", type=int, default=0, help="(default 0)")
     p.add_argument("--accelerator", default="auto", help="cpu, gpu or auto (default auto)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing model at --out")
     p.set_defaults(func=_run_finetune)
 
 
 def _run_finetune(args: argparse.Namespace) -> int:
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
+    from dislotrack.models.io import model_paths
     from dislotrack.train.finetune import finetune
 
+    if args.out.endswith(("/", os.sep)) or Path(args.out).is_dir():
+        raise ValueError(f"--out {args.out}: a model's path without suffix, e.g. models/mine "
+                         "(writes models/mine.safetensors and models/mine.json), not a folder")
+    weights, card = model_paths(args.out)
+    if not args.overwrite and (weights.exists() or card.exists()):
+        raise ValueError(f"--out {args.out}: {weights if weights.exists() else card} exists; "
+                         "choose another --out or add --overwrite")
     try:
         metrics = finetune(data=args.data, out=args.out, model=args.model, epochs=args.epochs,
                            lr=args.lr, size=args.size, batch_size=args.batch_size,
                            crops_per_epoch=args.crops_per_epoch, val_fraction=args.val_fraction,
-                           seed=args.seed, accelerator=args.accelerator, verbose=True)
+                           seed=args.seed, accelerator=args.accelerator, verbose=True,
+                           command=args.command_line)
     except MisconfigurationException as err:  # e.g. --accelerator gpu on a machine without one
         raise ValueError(f"--accelerator {args.accelerator}: {err}") from err
     for k, v in sorted(metrics.items()):
         print(f"{k}: {v:.4g}")
-    print(f"model written to {args.out}.safetensors / .json (use: dislotrack infer --model {args.out})")
+    stem = weights.with_suffix("")
+    print(f"model written to {weights} / {card.name} (use: dislotrack infer --model {stem})")
     return 0
 
 
@@ -366,6 +380,7 @@ def _main(argv: list[str]) -> int:
             return 2
         return 0
     args = build_parser().parse_args(_bare_tta(argv))
+    args.command_line = shlex.join(["dislotrack", *argv])  # for model cards
     try:
         return int(args.func(args) or 0)
     except USER_ERRORS as err:

@@ -144,14 +144,15 @@ def measure_drift(
     if jumps:  # one line for the movie, not one per frame
         frames = ", ".join(str(f) for f, _ in jumps[:5]) + (", ..." if len(jumps) > 5 else "")
         logger.warning(
-            "drift step changed by more than max_step_px=%.2f px in %d frame(s) (%s; largest"
-            " %.2f px): the registration may be wrong there (stage jump?)",
+            "the drift step between frames changed by more than %.2f px in %d frame(s) (%s; "
+            "largest %.2f px): the drift may be wrong there (a stage jump?); check drift.csv",
             max_step_px, len(jumps), frames, max(j for _, j in jumps),
         )
     if trouble["ridge"]:
         logger.warning(
-            "drift along the lattice fringes could not be measured in %d of %d frames"
-            " (one set of fringes only); the predicted drift was kept along them",
+            "drift along the lattice fringes cannot be seen in %d of %d frames (they show one "
+            "set of fringes only): drift.csv keeps the predicted drift along them, and glide "
+            "velocities (along the layers) include any drift that way",
             trouble["ridge"],
             len(rows) - 1,
         )

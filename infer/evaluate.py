@@ -81,6 +81,11 @@ def match_identities(pred_tracks: pd.DataFrame, truth: pd.DataFrame, *,
     return pd.DataFrame(rows, columns=["frame", "true", "pred"])
 
 
+def _switches(pairs: pd.DataFrame) -> int:
+    """Changes of predicted track along one true track's matched pairs (in frame order)."""
+    return int((pairs.pred.diff().fillna(0) != 0).sum())
+
+
 def tracking_scores(pred_tracks: pd.DataFrame, pred_summary: pd.DataFrame, truth: pd.DataFrame,
                     true_tracks: pd.DataFrame, *, pixel_size_nm: float) -> tuple[dict, pd.DataFrame]:
     """Velocity errors per matched true track visible in >= 10 frames (with how many such
@@ -103,7 +108,7 @@ def tracking_scores(pred_tracks: pd.DataFrame, pred_summary: pd.DataFrame, truth
     visible = truth.groupby("particle").frame.nunique()
     for _, tt in true_tracks.iterrows():
         m = pairs[pairs.true == tt.particle].sort_values("frame")
-        switches += int((m.pred.diff().fillna(0) != 0).sum())
+        switches += _switches(m)
         if visible.get(tt.particle, 0) < MIN_TRACK_FRAMES:
             continue
         if m.empty:  # a long true track never found: no velocity to score, but counted
@@ -232,7 +237,9 @@ def evaluate_folders(pred_dir: str | Path, truth_dir: str | Path, *, figures: bo
         if ann.rs_mask is not None and rs_pred.exists():
             import tifffile
 
-            scores["rs_iou"] = mask_iou(tifffile.imread(rs_pred).reshape(ann.rs_mask.shape), ann.rs_mask)
+            rs = tifffile.imread(rs_pred).reshape(ann.rs_mask.shape)
+            # No rock salt annotated nor found: nothing to score (not a perfect 1).
+            scores["rs_iou"] = mask_iou(rs, ann.rs_mask) if (rs.any() or ann.rs_mask.any()) else None
         true_tracks = Path(truth_dir) / f"{stem}_tracks.csv"
         if true_tracks.exists() and (out / "tracks.csv").exists():
             # Predictions made without a frame interval hold nm/frame: use the annotation's.
@@ -244,6 +251,12 @@ def evaluate_folders(pred_dir: str | Path, truth_dir: str | Path, *, figures: bo
                 s, _ = tracking_scores(pd.read_csv(out / "tracks.csv"), summary, ann.cores,
                                        pd.read_csv(true_tracks), pixel_size_nm=ann.pixel_size_nm)
                 scores.update(s)
+        elif ann.image.shape[0] > 1 and (out / "tracks.csv").exists() and len(ann.cores):
+            # A hand-annotated movie (no _tracks.csv): its particle ids still give switches.
+            pairs = match_identities(pd.read_csv(out / "tracks.csv"), ann.cores,
+                                     pixel_size_nm=ann.pixel_size_nm)
+            n = sum(_switches(g.sort_values("frame")) for _, g in pairs.groupby("true"))
+            scores.update(identity_switches=n, switches_per_track=n / ann.cores.particle.nunique())
         true_events = Path(truth_dir) / f"{stem}_events.csv"
         if true_events.exists() and (out / "events.csv").exists():
             scores.update(event_scores(pd.read_csv(out / "events.csv"), pd.read_csv(true_events),
@@ -291,10 +304,19 @@ def report_table(report: dict) -> pd.DataFrame:
 
 def report_text(report: dict) -> str:
     """`report_table` as text: scores to 3 decimals, counts whole, undefined or missing
-    values as ``-``; the error column is left out (errors are reported separately)."""
+    values as ``-``; the error column is left out (errors are reported separately). With
+    two or more scored items, a last row pools their cores (precision, recall, F1)."""
     table = report_table(report).drop(columns=["error", "note"], errors="ignore")
     if table.shape[1] == 0:
         return "no annotated item could be scored"
+    scored = table.dropna(subset=["tp"]) if "tp" in table else table.iloc[:0]
+    if len(scored) >= 2:  # every core of every item counted once
+        tp, fp, fn = (int(scored[c].sum()) for c in ("tp", "fp", "fn"))
+        pooled = {"tp": tp, "fp": fp, "fn": fn,
+                  "precision": tp / (tp + fp) if tp + fp else np.nan,
+                  "recall": tp / (tp + fn) if tp + fn else np.nan,
+                  "f1": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else np.nan}
+        table = pd.concat([table.astype(object), pd.DataFrame([pooled], index=["(all, pooled)"])])
     cells = table.astype(object).map(
         lambda v: "-" if pd.isna(v) else f"{v:.3f}" if isinstance(v, float) else str(v))
     return cells.to_string()

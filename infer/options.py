@@ -80,6 +80,9 @@ def check_detector_options(detector: str, *, model: str | Path | None = None,
         Naming the detector and each option (and its ``dislotrack infer`` flag) it
         would silently ignore.
     """
+    if not 0 < weak_fraction <= 1:  # also NaN
+        raise ValueError(f"weak_fraction (--weak-fraction) must be in (0, 1]: a fraction of the "
+                         f"threshold (1 disables the track-end extension), got {weak_fraction}")
     if detector not in ("unet", "gpa"):
         raise ValueError(f"detector (--detector) must be 'unet' or 'gpa', got {detector!r}")
     views = 1 if tta is None else tta_views(tta)  # a bad value: refused here, before any frame is read

@@ -341,8 +341,6 @@ def analyze(path: str | Path | Movie, *, model: str | Path | None = None, pixel_
     """
     check_detector_options(detector, model=model, threshold=threshold, tta=tta,
                            weak_fraction=weak_fraction)
-    if not 0 < weak_fraction:
-        raise ValueError(f"weak_fraction must be > 0 (1 disables the extension), got {weak_fraction}")
     if threshold is not None and not 0 < threshold < 1:
         raise ValueError(f"threshold is a core score in (0, 1), got {threshold}")
     check_linking_options(max_speed_nm_s=max_speed_nm_s, memory=memory, min_length=min_length,

@@ -610,6 +610,10 @@ def _pick(names: list[str], signal: int | str | None, path: Path, *, what: str) 
     for i, name in enumerate(names):
         if name.strip("/").lower() == key:
             return i
+    if len(names) == 1:  # e.g. a one-image MRC read through the multi-image path
+        shown = "untitled" if names[0] in ("None", "") else repr(names[0])
+        raise ValueError(f"{path} holds one {what} ({shown}): --signal chooses among several "
+                         "and is not needed here")
     raise ValueError(f"{path} has no {what} {signal!r}; its {what}s are {names}")
 
 

@@ -56,7 +56,12 @@ class StrainWriter:
                 self.g = find_reflections(frame, pixel_size_nm=self.ps, d_spacing_nm=self.d,
                                           layered=True)
             except NoReflectionError as e:
-                logger.warning("no strain maps: %s", e)
+                shows = ("no (003) fringes" if "reflection 1" in str(e) else
+                         "no second reflection besides (003) that a layered lattice has (the "
+                         "(003) fringes alone: e.g. a [1-10] view, or a pixel size too coarse "
+                         "for the in-layer planes)")
+                logger.warning("no strain maps (the strain TIFFs stay NaN): 2-D strain needs two "
+                               "lattice reflections, and frame 0 shows %s. Detail: %s", shows, e)
                 self.g = np.zeros((0, 2))
         if len(self.g) < 2:
             return

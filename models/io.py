@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import importlib.resources
 import json
+import os
 import pickle
 from datetime import datetime, timezone
 from pathlib import Path
@@ -84,11 +85,16 @@ def save_model(model: UNet, path: str | Path, *, card: dict[str, Any]) -> None:
         and ``created`` are filled in unless given. Load-time keys (``sha256``,
         ``model_id``) are dropped.
     """
-    weights, card_path = _model_paths(path)
+    weights, card_path = model_paths(path)
     full = _complete_card(model, card)
     weights.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(weights), metadata={"format": "pt"})
+    # safetensors writes owner-only (0600): give the weights the card's permissions, so
+    # that a lab can share a model folder.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(weights, 0o666 & ~umask)
     card_path.write_text(json.dumps(full, indent=2, default=_json_default) + "\n")
 
 
@@ -142,13 +148,15 @@ def load_model(
             f"{path} is a Lightning training checkpoint, not a model: use the model its run "
             "exported (<run folder>/model, e.g. runs/cpu/model), or export one with "
             "dislotrack.models.load_lightning_checkpoint and save_model")
-    weights, card_path = _model_paths(path)
+    weights, card_path = model_paths(path)
     bundled = _bundled(str(path))
     if not weights.is_file() and bundled is not None:
-        weights, card_path = _model_paths(bundled)
+        weights, card_path = model_paths(bundled)
     for p in (weights, card_path):
         if not p.is_file():
-            raise FileNotFoundError(f"model file {p} does not exist")
+            raise FileNotFoundError(
+                f"model file {p} does not exist (a model is a <stem> with .safetensors and .json "
+                f"files, or a bundled name: {', '.join(bundled_models())})")
     card = json.loads(card_path.read_text())
     validate_card(card)
     model = UNet(UNetConfig.from_dict(card["architecture"]))
@@ -204,7 +212,7 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def _model_paths(path: str | Path) -> tuple[Path, Path]:
+def model_paths(path: str | Path) -> tuple[Path, Path]:
     """``(<stem>.safetensors, <stem>.json)`` for a stem or either file name."""
     path = Path(path)
     stem = path.with_suffix("") if path.suffix in (".safetensors", ".json") else path

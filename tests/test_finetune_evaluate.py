@@ -44,8 +44,29 @@ def test_finetune_writes_a_loadable_model_with_its_recipe(tmp_path, capfd):
     # Lightning's setup chatter (tips, model summary, validation bars) stays out of the way.
     assert not any(s in out + err for s in ("Tip", "Total params", "Validation", "Sanity"))
     net, card = load_model(tmp_path / "ft")
-    assert card["training"]["finetune"]["frames"] == 3
-    assert card["training"]["finetune"]["val_frames"] == 1
+    ft = card["training"]["finetune"]
+    assert (ft["frames"], ft["train_frames"], ft["val_frames"]) == (3, 2, 1)
+    assert len(ft["val_items"]) == 1 and ft["val_items"][0].endswith(".json")
+    assert ft["command"].startswith("dislotrack finetune --data ") and "--epochs 1" in ft["command"]
+    assert (ft["seed"], ft["batch_size"], ft["crops_per_epoch"], ft["split"]) == (0, 2, 4, "items")
+    assert ft["base_sha256"] == load_model(tmp_path / "base")[1]["sha256"]
+    assert ft["wall_time_s"] > 0 and ft["data"] == str((tmp_path / "lab").resolve())
+    # This run's version and date, not the base model's.
+    from dislotrack.data_gen.version import package_version
+
+    assert card["dislotrack_version"] == package_version()
+    # A model folder can be shared: the weights are as readable as the card.
+    mode = lambda p: p.stat().st_mode & 0o777  # noqa: E731
+    assert mode(tmp_path / "ft.safetensors") == mode(tmp_path / "ft.json")
+    # An existing model is not replaced unless asked; --out is a path stem, not a folder.
+    again = ["finetune", "--data", str(tmp_path / "lab"), "--model", str(tmp_path / "base"), "--epochs", "1",
+             "--size", "32", "--batch-size", "2", "--crops-per-epoch", "4", "--accelerator", "cpu"]
+    capfd.readouterr()
+    assert main([*again, "--out", str(tmp_path / "ft")]) == 2
+    assert "ft.safetensors exists; choose another --out or add --overwrite" in capfd.readouterr().err
+    assert main([*again, "--out", str(tmp_path / "models") + "/"]) == 2
+    assert "not a folder" in capfd.readouterr().err
+    assert main([*again, "--out", str(tmp_path / "ft"), "--overwrite"]) == 0
     scores = card["metrics"]["finetune_validation"]
     assert scores["val/true_cores"] >= 0 and "val/loss" in scores
     assert ("val/f1" in scores) == (scores["val/true_cores"] > 0)  # no placeholder scores
@@ -72,7 +93,15 @@ def test_evaluate_scores_infer_outputs_against_annotations(tmp_path, capsys):
     assert np.isclose(r["precision"], r["tp"] / (r["tp"] + r["fp"]))
     assert np.isclose(r["recall"], r["tp"] / (r["tp"] + r["fn"]))
     assert np.isclose(r["f1"], 2 * r["tp"] / (2 * r["tp"] + r["fp"] + r["fn"]))
-    assert 0 <= r["rs_iou"] <= 1 and r["identity_switches"] >= 0
+    import tifffile
+
+    rs_true = read_annotation(tmp_path / "truth" / "movie_00000.json").rs_mask
+    rs_pred = tifffile.imread(tmp_path / "pred" / "movie_00000" / "rocksalt_mask.tif")
+    if rs_true.any() or rs_pred.any():
+        assert 0 <= r["rs_iou"] <= 1
+    else:  # no rock salt annotated nor found: undefined (null), not a perfect 1
+        assert r["rs_iou"] is None
+    assert r["identity_switches"] >= 0
     n_events = 2 * r["event_tp"] + r["event_fp"] + r["event_fn"]
     if n_events:
         assert np.isclose(r["event_f1"], 2 * r["event_tp"] / n_events)
@@ -520,3 +549,115 @@ def test_tracking_scores_say_how_many_long_true_tracks_were_not_found():
     scores, table = tracking_scores(pred, summary, truth, true_tracks, pixel_size_nm=0.1)
     assert (scores["long_tracks_matched"], scores["long_tracks_unmatched"]) == (1, 1)
     assert len(table) == 1 and scores["median_glide_rel_error"] == pytest.approx(0.0)
+
+
+def test_split_holds_out_the_items_closest_to_the_fraction():
+    from dislotrack.data_gen.sample import Sample
+    from dislotrack.train.finetune import split_frames
+
+    def item(name: str, n: int) -> list:
+        return [Sample(np.zeros((8, 8), np.float32), pd.DataFrame(), np.zeros((8, 8), np.uint8),
+                       {"source": name}) for _ in range(n)]
+
+    # One movie of 100 frames and an image: whatever the order, the image is held out
+    # (holding out the movie would train on one frame).
+    frames = item("image.json", 1) + item("movie.json", 100)
+    for seed in range(6):
+        train, val, split = split_frames(frames, 0.2, np.random.default_rng(seed))
+        assert (len(train), len(val), split) == (100, 1, "items")
+    # Ten items of 1, 2, ..., 10 frames (55): 20 % is 11 frames, and whole items get there.
+    frames = [f for k in range(1, 11) for f in item(f"m{k}.json", k)]
+    for seed in range(6):
+        _, val, _ = split_frames(frames, 0.2, np.random.default_rng(seed))
+        assert abs(len(val) - 11) <= 2
+
+
+def test_rock_salt_masks_of_two_levels_read_as_0_1_others_are_refused(tmp_path):
+    import tifffile
+
+    generate_dataset(out=tmp_path, n=1, size=32, mode="stem", seed=1, progress=False)
+    (side,) = find_annotations(tmp_path)
+    mask = np.zeros((1, 32, 32), np.uint8)
+    mask[0, 4:12, 4:20] = 255  # ImageJ's binary masks
+    tifffile.imwrite(tmp_path / "image_00000_rs.tif", mask)
+    ann = read_annotation(side)
+    assert set(np.unique(ann.rs_mask)) == {0, 1} and ann.rs_mask.sum() == 8 * 16
+    mask[0, 20:, 20:] = 128
+    tifffile.imwrite(tmp_path / "image_00000_rs.tif", mask)
+    with pytest.raises(ValueError, match=r"image_00000_rs.tif is not a binary mask: values 0, 128, 255"):
+        read_annotation(side)
+
+
+def test_a_missing_image_or_cores_table_is_named_with_what_was_found(tmp_path):
+    import imageio.v3 as iio
+
+    generate_dataset(out=tmp_path, n=1, size=32, mode="stem", seed=1, progress=False)
+    (side,) = find_annotations(tmp_path)
+    (tmp_path / "image_00000_cores.csv").unlink()
+    with pytest.raises(ValueError, match=r"no image_00000_cores.csv next to it \(write one with just "
+                                         r"the header line for an image without cores\)"):
+        read_annotation(side)
+    (tmp_path / "image_00000.tif").unlink()
+    iio.imwrite(tmp_path / "image_00000.png", np.zeros((32, 32), np.uint8))
+    with pytest.raises(ValueError, match=r"no image_00000.tif next to it .*found image_00000.png: "
+                                         r"annotations need a .tif"):
+        read_annotation(side)
+
+
+def test_finetune_refuses_a_crop_larger_than_the_frames_before_training(tmp_path, capsys):
+    generate_dataset(out=tmp_path / "lab", n=2, size=80, mode="stem", seed=3, progress=False)
+    _tiny(tmp_path / "base")
+    base = ["finetune", "--data", str(tmp_path / "lab"), "--out", str(tmp_path / "ft"),
+            "--model", str(tmp_path / "base"), "--epochs", "1", "--accelerator", "cpu"]
+    assert main([*base, "--size", "96"]) == 2
+    err = capsys.readouterr().err
+    assert "a frame is 80x80 px at the model's 0.1 nm/px, smaller than the training crop 96 px; " \
+           "use --size 80 or less" in err
+    assert main([*base, "--size", "34"]) == 2
+    assert "--size) must be a multiple of 4 px" in capsys.readouterr().err
+    assert not (tmp_path / "ft.safetensors").exists()
+
+
+def test_evaluate_text_pools_the_cores_of_all_items():
+    from dislotrack.infer.evaluate import report_text
+
+    text = report_text({"a": {"tp": 3, "fp": 1, "fn": 0, "f1": 6 / 7},
+                        "b": {"tp": 1, "fp": 0, "fn": 3, "f1": 2 / 5},
+                        "c": {"error": "no predictions"}})
+    head, *_, last = text.splitlines()
+    assert last.startswith("(all, pooled)")
+    pooled = dict(zip(head.split(), last.split()[2:], strict=True))
+    assert (pooled["tp"], pooled["fp"], pooled["fn"]) == ("4", "1", "3")
+    assert pooled["f1"] == f"{8 / 12:.3f}"  # 2 tp / (2 tp + fp + fn), over both items
+
+
+def test_a_hand_annotated_movie_gets_identity_switches_from_its_particle_ids(tmp_path):
+    from dislotrack.data_gen.annotations import Annotation, write_annotation
+
+    cores = pd.DataFrame({"frame": [0, 1, 2, 0, 1, 2], "x": [10.0, 11, 12, 40, 40, 40],
+                          "y": [20.0, 20, 20, 30, 30, 30], "hx": 0.0, "hy": 1.0,
+                          "particle": [0, 0, 0, 1, 1, 1]})
+    write_annotation(tmp_path / "truth", "hand", Annotation(np.zeros((3, 64, 64), np.float32), cores,
+                                                            None, 0.1, 1.0, {}))
+    out = tmp_path / "pred" / "hand"
+    out.mkdir(parents=True)
+    pred = cores.drop(columns="particle").assign(score=0.9)
+    pred.to_csv(out / "detections.csv", index=False)
+    # The tracker swapped the two cores in the last frame.
+    pred.assign(particle=[5, 5, 6, 6, 6, 5]).to_csv(out / "tracks.csv", index=False)
+    r = evaluate_folders(tmp_path / "pred", tmp_path / "truth", progress=False)["hand"]
+    assert r["identity_switches"] == 2 and r["switches_per_track"] == 1.0
+    assert "median_glide_rel_error" not in r  # no true velocities in a hand annotation
+
+
+def test_finetune_names_images_without_an_annotation(tmp_path, caplog):
+    import tifffile
+
+    from dislotrack.train.finetune import annotated_frames
+
+    generate_dataset(out=tmp_path, n=1, size=32, mode="stem", seed=1, progress=False)
+    tifffile.imwrite(tmp_path / "forgotten.tif", np.zeros((32, 32), np.uint8))
+    tifffile.imwrite(tmp_path / "image_00000_rs.tif", np.zeros((32, 32), np.uint8))  # its mask: fine
+    with caplog.at_level("WARNING"):
+        assert len(annotated_frames(tmp_path, 0.1)) == 1
+    assert "1 image(s) without an annotation (<stem>.json) are not used: forgotten.tif" in caplog.text

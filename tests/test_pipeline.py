@@ -2,6 +2,7 @@
 
 import json
 import logging
+import re
 from pathlib import Path
 
 import numpy as np
@@ -446,6 +447,44 @@ def test_strain_maps_without_reflections_are_nan_not_zero(tmp_path):
         assert np.isnan(tifffile.imread(tmp_path / f"{name}.tif")).all()
 
 
+def test_no_strain_maps_is_said_in_plain_words(tmp_path, caplog):
+    from dislotrack.infer.strain import StrainWriter
+
+    y = np.mgrid[:96, :96][0] * 0.1
+    fringes = np.cos(2 * np.pi * y / 0.473).astype(np.float32)  # (003) only, as in [1-10]
+    for name, frame, says in (("blank", np.zeros((96, 96), np.float32), "shows no (003) fringes"),
+                              ("fringes", fringes, "shows no second reflection besides (003)")):
+        caplog.clear()
+        (tmp_path / name).mkdir()
+        writer = StrainWriter(tmp_path / name, shape=(1, 96, 96), pixel_size_nm=0.1,
+                              frame_interval_s=None, d_spacing_nm=0.473)
+        with caplog.at_level(logging.WARNING, logger="dislotrack"):
+            writer(0, frame, pd.DataFrame({"x": [], "y": []}))
+        writer.close()
+        (msg,) = [r.getMessage() for r in caplog.records]
+        assert msg.startswith("no strain maps (the strain TIFFs stay NaN): 2-D strain needs two")
+        assert says in msg
+
+
+def test_small_option_mistakes_read_as_one_line(tmp_path, capsys, tiny_model):
+    from dislotrack.infer.readers import _pick
+    from dislotrack.models.io import load_model
+
+    image = tmp_path / "one.tif"
+    write_imagej_tiff(image, np.random.default_rng(0).random((1, 32, 32), np.float32), pixel_size_nm=0.1)
+    # A fraction of the threshold above 1 is refused before anything is read.
+    assert main(["infer", str(image), "--out", str(tmp_path / "o"), "--weak-fraction", "3"]) == 2
+    assert "--weak-fraction) must be in (0, 1]" in capsys.readouterr().err
+    # A single image reports cores, not tracks and events.
+    assert main(["infer", str(image), "--out", str(tmp_path / "o"), "--model", str(tiny_model),
+                 "--no-movie"]) == 0
+    assert re.search(r"one.tif: \d+ cores?\n", capsys.readouterr().out)
+    with pytest.raises(FileNotFoundError, match="or a bundled name: default, fine"):
+        load_model("nosuch")
+    with pytest.raises(ValueError, match=r"holds one image \(untitled\): --signal chooses among several"):
+        _pick(["None"], "HAADF", Path("temp.mrc"), what="image")
+
+
 def test_strain_maps_leave_out_the_border_the_filter_wraps(tmp_path, caplog):
     from dislotrack.infer.strain import COMPONENTS, StrainWriter, border_width_px
 
@@ -698,10 +737,11 @@ def test_summary_json_records_the_analysis_options(tiny_model, tmp_path):
     # Numpy numbers, paths and devices, as notebooks pass them, are written as plain JSON.
     res = analyze(movie, model=tiny_model, memory=np.int64(3), d_spacing_nm=np.float32(0.47),
                   detector="unet", progress=False, device=torch.device("cpu"),
-                  weak_fraction=float("inf"))
+                  weak_fraction=np.float32(1.0))
     assert res.options["memory"] == 3 and type(res.options["memory"]) is int
     assert res.options["model"] == str(tiny_model) and res.options["frame_interval_s"] is None
-    assert (res.options["device"], res.options["weak_fraction"]) == ("cpu", "inf")
+    assert (res.options["device"], res.options["weak_fraction"]) == ("cpu", 1.0)
+    assert type(res.options["weak_fraction"]) is float
     from dislotrack.infer.outputs import summary_dict
 
     assert json.loads(json.dumps(summary_dict(res), allow_nan=False))["options"] == res.options

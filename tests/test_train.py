@@ -153,7 +153,9 @@ def test_training_pixel_size_becomes_the_models_canonical_pixel_size(tmp_path, m
                 "--model.net.init_args.config.base_channels=4", "--model.net.init_args.config.depth=2",
                 "--data.batch_size=2", "--data.num_workers=0", "--data.size=32", "--data.eval_size=32",
                 "--data.n_val=2", "--data.pixel_size=0.05"])
-    card = json.loads((tmp_path / "model.json").read_text())  # the export follows default_root_dir
+    # The export follows default_root_dir, beside (not over) a real run's model.json.
+    card = json.loads((tmp_path / "model_fast_dev_run.json").read_text())
+    assert not (tmp_path / "model.json").exists()
     assert not (tmp_path / "models").exists()  # a smoke test never replaces the bundled model
     assert card["canonical_pixel_size_nm"] == 0.05
     assert card["training"]["command"].startswith("dislotrack train fit --config ")

@@ -12,6 +12,9 @@ from lightning.pytorch.utilities import rank_zero_info
 from dislotrack.data_gen.conventions import CANONICAL_PIXEL_SIZE_NM
 from dislotrack.models.io import load_lightning_checkpoint, save_model
 
+#: Appended to the export's path under ``--trainer.fast_dev_run``.
+FAST_DEV_RUN_SUFFIX = "_fast_dev_run"
+
 
 class ExportModel(L.Callback):
     """At the end of ``fit``, save the best (or last) network to ``path``.
@@ -72,9 +75,11 @@ class ExportModel(L.Callback):
                         **({"best_validation": self._history[best_epoch]}
                            if best_epoch in self._history else {})},
         }
-        save_model(net.cpu(), self.path, card=card)
-        rank_zero_info(f"model exported to {self.path}.safetensors / .json "
-                       f"(use: dislotrack infer --model {self.path})")
+        # A smoke test of the recipe exports beside, never over, the model of a real run.
+        path = f"{self.path}{FAST_DEV_RUN_SUFFIX}" if trainer.fast_dev_run else self.path
+        save_model(net.cpu(), path, card=card)
+        rank_zero_info(f"model exported to {path}.safetensors / .json "
+                       f"(use: dislotrack infer --model {path})")
 
 
 def _scalars(metrics: dict) -> dict[str, float]:

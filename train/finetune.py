@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 import warnings
 from collections import Counter
 from collections.abc import Iterator
@@ -23,7 +24,7 @@ from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 from skimage.transform import rescale, resize
 from torch.utils.data import DataLoader, Dataset
 
-from dislotrack.data_gen.annotations import find_annotations, read_annotation
+from dislotrack.data_gen.annotations import IMAGE_SUFFIXES, find_annotations, read_annotation
 from dislotrack.data_gen.conventions import D003_LINIO2_NM
 from dislotrack.data_gen.sample import Sample
 from dislotrack.models.io import load_model, save_model
@@ -38,7 +39,16 @@ logger = logging.getLogger(__name__)
 def annotated_frames(folder: str | Path, canonical_nm: float) -> list[Sample]:
     """Every annotated frame of a folder as a `Sample` at the canonical pixel size."""
     out = []
-    for side in find_annotations(folder):
+    sides = find_annotations(folder)
+    stems = {p.with_suffix("").name for p in sides}
+    lone = sorted(p.name for p in Path(folder).glob("*") if p.suffix.lower() in IMAGE_SUFFIXES
+                  and p.stem not in stems and not (p.name.lower().endswith("_rs.tif")
+                                                   and p.name[:-len("_rs.tif")] in stems))
+    if lone:  # a lab's image whose sidecar was forgotten would otherwise vanish unnoticed
+        shown = ", ".join(lone[:5]) + (f" and {len(lone) - 5} more" if len(lone) > 5 else "")
+        logger.warning("%s: %d image(s) without an annotation (<stem>.json) are not used: %s",
+                       folder, len(lone), shown)
+    for side in sides:
         ann = read_annotation(side)
         period_px = D003_LINIO2_NM / ann.pixel_size_nm
         if period_px <= 2:  # e.g. 5 for 0.05 nm/px: it would also upsample to gigabytes
@@ -134,9 +144,10 @@ def split_frames(frames: list[Sample], val_fraction: float,
     """Training and validation frames, and how they were split ("items" or "frames").
 
     With two or more annotated items (``meta["source"]``), whole items are held out
-    (about ``val_fraction`` of the frames, at least one item, and at least one left to
-    train): neighbouring frames of one movie are nearly the same image, so splitting
-    them would score the model on what it trained on. With one item, its frames are
+    (as close to ``val_fraction`` of the frames as whole items allow, taken in random
+    order; at least one item, and at least one left to train): neighbouring frames of one
+    movie are nearly the same image, so splitting them would score the model on what it
+    trained on. With one item, its frames are
     split (scores then optimistic). At least one frame always trains.
     """
     sizes = Counter(f.meta.get("source") for f in frames)  # frames per item
@@ -145,11 +156,14 @@ def split_frames(frames: list[Sample], val_fraction: float,
     if len(items) >= 2 and want > 0:
         held: set = set()
         n = 0
-        for i in rng.permutation(len(items)):
-            if n >= want or len(held) == len(items) - 1:
+        for i in rng.permutation(len(items)):  # in random order, each item that comes closer
+            if len(held) == len(items) - 1:
                 break
-            held.add(items[i])
-            n += sizes[items[i]]
+            if abs(n + sizes[items[i]] - want) < abs(n - want):
+                held.add(items[i])
+                n += sizes[items[i]]
+        if not held:  # every item alone overshoots by more than it holds out: the smallest
+            held.add(min(items, key=lambda it: (sizes[it], str(it))))
         return ([f for f in frames if f.meta.get("source") not in held],
                 [f for f in frames if f.meta.get("source") in held], "items")
     order = rng.permutation(len(frames))
@@ -237,12 +251,15 @@ def _quiet_lightning() -> Iterator[None]:
 def finetune(*, data: str | Path, out: str | Path, model: str | Path | None = None, epochs: int = 10,
              lr: float = 5e-4, size: int = 128, batch_size: int = 8, crops_per_epoch: int = 256,
              val_fraction: float = 0.2, seed: int = 0, accelerator: str = "auto",
-             verbose: bool = False) -> dict:
+             verbose: bool = False, command: str = "") -> dict:
     """Fine-tune ``model`` (default: bundled) on ``data``; write ``out`` (.safetensors + .json).
 
     With ``verbose``, prints what was read (items, frames, cores) and how it was split.
-    Returns the validation metrics of the final model.
+    ``command`` (the command line, if run from one) goes into the model card with the
+    settings, the held-out items and the base model's sha256. Returns the validation
+    metrics of the final model.
     """
+    t0 = time.time()
     for name, value in (("epochs", epochs), ("size", size), ("batch_size", batch_size),
                         ("crops_per_epoch", crops_per_epoch)):
         if value < 1:  # Lightning reads max_epochs=-1 as "forever", 0 as "copy the base model"
@@ -252,14 +269,34 @@ def finetune(*, data: str | Path, out: str | Path, model: str | Path | None = No
     net, card = load_model(model)
     canonical = float(card["canonical_pixel_size_nm"])
     frames = annotated_frames(data, canonical)
+    multiple = required_multiple(net.config)
+    if size % multiple:
+        raise ValueError(f"size (--size) must be a multiple of {multiple} px (the network's "
+                         f"stride), got {size}")
     train, val, split = split_frames(frames, val_fraction, np.random.default_rng(seed))
+    small = [f for f in train if min(f.image.shape) < size]
+    if small:
+        f = min(small, key=lambda f: min(f.image.shape))
+        fits = (min(f.image.shape) // multiple) * multiple
+        raise ValueError(
+            f"{f.meta['source']}: a frame is {f.image.shape[1]}x{f.image.shape[0]} px at the model's "
+            f"{canonical:g} nm/px, smaller than the training crop {size} px; "
+            + (f"use --size {fits} or less" if fits >= multiple else "it is too small to train on"))
     if verbose:
         print(describe_split(train, val, split, data))
+    held_fraction = len(val) / len(frames)
+    if val_fraction > 0 and split == "items" and not 0.5 * val_fraction <= held_fraction <= 2 * val_fraction:
+        logger.warning("validation holds %.0f %% of the frames (asked: %.0f %%): whole items are held "
+                       "out, and their sizes allow no closer split", 100 * held_fraction,
+                       100 * val_fraction)
+    if not sum(len(f.cores) for f in train):
+        logger.warning("the training frames hold no annotated cores: the model learns only "
+                       "where there are none")
     module = DislocationModule(net.train(), lr=lr)
     crops = CropDataset(train, size=size, length=crops_per_epoch, seed=seed)
     loaders = [DataLoader(crops, batch_size=batch_size, shuffle=False)]
     if val:
-        loaders.append(DataLoader(WholeFrames(val, required_multiple(net.config)), batch_size=1))
+        loaders.append(DataLoader(WholeFrames(val, multiple), batch_size=1))
     with _quiet_lightning():
         trainer = L.Trainer(max_epochs=epochs, accelerator=accelerator, devices=1, logger=False,
                             enable_checkpointing=False, enable_model_summary=False,
@@ -273,11 +310,23 @@ def finetune(*, data: str | Path, out: str | Path, model: str | Path | None = No
         if n_true == 0:
             logger.warning("the validation frames hold no annotated cores: no core scores")
         metrics = defined_scores(metrics, n_true)
-    card = {k: v for k, v in card.items() if k not in ("sha256", "model_id")}
+        if metrics.get("val/rs_iou") == 1.0 and not any(f.rs_mask.any() for f in val):
+            del metrics["val/rs_iou"]  # no rock salt annotated nor found: undefined, not perfect
+    base_sha = card.get("sha256")
+    # This run's version and date (save_model fills them in), not the base model's.
+    card = {k: v for k, v in card.items()
+            if k not in ("sha256", "model_id", "dislotrack_version", "created")}
     card["training"] = {"base": card.get("training"), "finetune": {
-        "data": str(data), "epochs": epochs, "lr": lr, "size": size, "frames": len(frames),
-        "val_frames": len(val), "split": split, "base_model": str(model or "bundled default")}}
-    card["metrics"] = {"finetune_validation": metrics}
+        "command": command, "data": str(Path(data).resolve()), "epochs": epochs, "lr": lr,
+        "size": size, "batch_size": batch_size, "crops_per_epoch": crops_per_epoch,
+        "val_fraction": val_fraction, "seed": seed, "accelerator": accelerator,
+        "wall_time_s": time.time() - t0, "frames": len(frames), "train_frames": len(train),
+        "val_frames": len(val), "split": split if val else None,
+        "val_items": sorted({str(f.meta["source"]) for f in val}),
+        "base_model": str(model or "bundled default"), "base_sha256": base_sha,
+        # infer's threshold: the base model's, not calibrated on these annotations
+        "decode_threshold_from_base": card.get("decode_threshold")}}
+    card["metrics"] = {"finetune_validation": metrics, "base": card.get("metrics")}
     save_model(module.net.cpu().eval(), out, card=card)
     return metrics
 
