@@ -156,17 +156,25 @@ def _run_infer(args: argparse.Namespace) -> int:
         raise ValueError("--strain-resolution applies to strain maps (--strain)")
     if not (math.isfinite(args.strain_resolution) and args.strain_resolution > 0):
         raise ValueError(f"--strain-resolution must be a positive width [nm], got {args.strain_resolution}")
-    from dislotrack.data_gen.annotations import mask_sidecar
-    from dislotrack.infer.options import check_detector_options, check_linking_options
-    from dislotrack.infer.pipeline import AnalysisWarning
-    from dislotrack.infer.predict import pick_device
-    from dislotrack.infer.run import infer_one, output_dir
+    from dislotrack.infer.options import (
+        check_calibration_options,
+        check_detector_options,
+        check_linking_options,
+    )
 
-    # Once, before any input is read (analyze checks again, for the Python API).
+    # Once, before any input is read (analyze checks again, for the Python API), and before
+    # the slow imports (torch, scikit-image, trackpy: seconds), so a typo fails at once.
     check_detector_options(args.detector, model=args.model, threshold=args.threshold, tta=args.tta,
                            weak_fraction=args.weak_fraction)
     check_linking_options(max_speed_nm_s=args.max_speed, memory=args.memory,
                           min_length=args.min_length, max_gap=args.max_gap)
+    check_calibration_options(pixel_size_nm=args.pixel_size, frame_interval_s=args.frame_interval,
+                              d_spacing_nm=args.d_spacing)
+    from dislotrack.data_gen.annotations import mask_sidecar
+    from dislotrack.infer.pipeline import AnalysisWarning
+    from dislotrack.infer.predict import pick_device
+    from dislotrack.infer.run import infer_one, output_dir
+
     pick_device(args.device)  # an unknown or unavailable device: one line, not one per input
     masks = {p: side for p in args.inputs if (side := mask_sidecar(p))}  # e.g. `infer lab/*.tif`
     for p, side in masks.items():

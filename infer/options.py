@@ -30,6 +30,30 @@ def check_linking_options(*, max_speed_nm_s: float, memory: int, min_length: int
             raise ValueError(f"{name} must be {what}, got {value}")
 
 
+def check_calibration_options(*, pixel_size_nm: float | None, frame_interval_s: float | None,
+                              d_spacing_nm: float) -> None:
+    """Refuse a pixel size, frame interval or (003) spacing that is not a positive number.
+
+    Parameters
+    ----------
+    pixel_size_nm, frame_interval_s : float or None
+        The user's overrides (None: from the file).
+    d_spacing_nm : float
+        The (003) spacing the pixel size is estimated from.
+
+    Raises
+    ------
+    ValueError
+        Naming the option (and its ``dislotrack infer`` flag).
+    """
+    checks = [("pixel_size_nm (--pixel-size)", pixel_size_nm, "a positive size [nm/px]"),
+              ("frame_interval_s (--frame-interval)", frame_interval_s, "a positive time [s]"),
+              ("d_spacing_nm (--d-spacing)", d_spacing_nm, "a positive spacing [nm]")]
+    for name, value, what in checks:
+        if value is not None and not (value > 0 and np.isfinite(value)):  # also NaN
+            raise ValueError(f"{name} must be {what}, got {value}")
+
+
 def analysis_options(**options: Any) -> dict[str, Any]:
     """``options`` as plain JSON values: numpy scalars as Python numbers, paths as text.
 
@@ -65,7 +89,8 @@ DEFAULT_WEAK_FRACTION = 0.5
 def check_detector_options(detector: str, *, model: str | Path | None = None,
                            threshold: float | None = None, tta: bool | int | None = None,
                            weak_fraction: float = DEFAULT_WEAK_FRACTION) -> None:
-    """Refuse an unknown detector, and U-Net options given to another detector.
+    """Refuse an unknown detector, values out of range, and U-Net options given to another
+    detector.
 
     Parameters
     ----------
@@ -83,6 +108,8 @@ def check_detector_options(detector: str, *, model: str | Path | None = None,
     if not 0 < weak_fraction <= 1:  # also NaN
         raise ValueError(f"weak_fraction (--weak-fraction) must be in (0, 1]: a fraction of the "
                          f"threshold (1 disables the track-end extension), got {weak_fraction}")
+    if threshold is not None and not 0 < threshold < 1:  # also NaN
+        raise ValueError(f"threshold is a core score in (0, 1), got {threshold}")
     if detector not in ("unet", "gpa"):
         raise ValueError(f"detector (--detector) must be 'unet' or 'gpa', got {detector!r}")
     views = 1 if tta is None else tta_views(tta)  # a bad value: refused here, before any frame is read

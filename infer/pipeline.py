@@ -60,6 +60,7 @@ from dislotrack.infer.options import (
     DEFAULT_MIN_LENGTH,
     DEFAULT_WEAK_FRACTION,
     analysis_options,
+    check_calibration_options,
     check_detector_options,
     check_linking_options,
     default_tta,
@@ -160,8 +161,8 @@ def _chosen_signal(movie: Movie, asked: int | str | None) -> int | str | None:
 def calibrate(movie: Movie, *, pixel_size_nm: float | None, frame_interval_s: float | None,
               d_spacing_nm: float) -> Calibration:
     """User > file > (003)-fringe estimate; an error if no pixel size can be found."""
-    if not (d_spacing_nm > 0 and np.isfinite(d_spacing_nm)):
-        raise ValueError(f"d_spacing_nm (--d-spacing) must be a positive spacing [nm], got {d_spacing_nm}")
+    check_calibration_options(pixel_size_nm=pixel_size_nm, frame_interval_s=frame_interval_s,
+                              d_spacing_nm=d_spacing_nm)
     cal = resolve_calibration(
         movie.calibration, pixel_size_nm=pixel_size_nm, frame_interval_s=frame_interval_s,
         estimate=lambda: pixel_size_from_fringes_or_none(movie[0], d_spacing_nm=d_spacing_nm),
@@ -341,8 +342,6 @@ def analyze(path: str | Path | Movie, *, model: str | Path | None = None, pixel_
     """
     check_detector_options(detector, model=model, threshold=threshold, tta=tta,
                            weak_fraction=weak_fraction)
-    if threshold is not None and not 0 < threshold < 1:
-        raise ValueError(f"threshold is a core score in (0, 1), got {threshold}")
     check_linking_options(max_speed_nm_s=max_speed_nm_s, memory=memory, min_length=min_length,
                           max_gap=max_gap)  # d_spacing_nm: `calibrate` checks it
     dev = pick_device(device)

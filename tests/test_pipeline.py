@@ -397,6 +397,9 @@ def test_threshold_outside_0_1_is_refused(tiny_model, tmp_path, capsys, monkeypa
     assert main(["infer", str(movie), "--out", str(tmp_path / "o"), "--model", str(tiny_model),
                  "--no-movie", "--threshold", "1.5"]) == 2
     assert "threshold is a core score in (0, 1), got 1.5" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()  # refused before anything was written
+    with pytest.raises(ValueError, match="got nan"):  # the Python API refuses it too
+        analyze(movie, model=tiny_model, threshold=float("nan"))
 
 
 def test_a_rerun_removes_what_it_does_not_rewrite(tiny_model, tmp_path):
@@ -542,6 +545,8 @@ def test_parquet_without_pyarrow_is_refused_before_the_analysis(tiny_model, tmp_
     ("--max-gap", "-1", r"max_gap \(--max-gap\) must be a number of frames >= 0"),
     ("--d-spacing", "inf", r"d_spacing_nm \(--d-spacing\) must be a positive spacing"),
     ("--d-spacing", "-0.4", r"d_spacing_nm \(--d-spacing\) must be a positive spacing"),
+    ("--pixel-size", "-1", r"pixel_size_nm \(--pixel-size\) must be a positive size \[nm/px\], got -1"),
+    ("--frame-interval", "0", r"frame_interval_s \(--frame-interval\) must be a positive time"),
 ])
 def test_impossible_analysis_options_are_refused_by_name(tiny_model, tmp_path, capsys, monkeypatch,
                                                          flag, value, message):
@@ -552,7 +557,7 @@ def test_impossible_analysis_options_are_refused_by_name(tiny_model, tmp_path, c
     write_imagej_tiff(movie, np.zeros((2, 32, 32), np.float32), pixel_size_nm=0.1, frame_interval_s=1.0)
     assert main(["infer", str(movie), "--out", str(tmp_path / "o"), "--model", str(tiny_model),
                  "--no-movie", flag, value]) == 2
-    assert re.search(message, capsys.readouterr().err) and not (tmp_path / "o" / "m").exists()
+    assert re.search(message, capsys.readouterr().err) and not (tmp_path / "o").exists()
 
 
 @pytest.mark.parametrize(("extra", "named"), [

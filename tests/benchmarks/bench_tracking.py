@@ -2,6 +2,7 @@
 
     python tests/benchmarks/bench_tracking.py [--movies 20] [--frames 30] [--size 256] [--tta [N]]
     python tests/benchmarks/bench_tracking.py --speed-only --size 512
+    python tests/benchmarks/bench_tracking.py --drift-only 31,5,7,11
 
 Accuracy: ``--movies`` movies (half HRTEM, half STEM; doses cycling through 100, 300,
 1000, 3000 e/A^2), each written as an ImageJ TIFF and analysed by the same code as
@@ -17,6 +18,10 @@ there is no lattice step (`dislotrack.infer.lattice.snap_h`). Everything after t
 scored alone: what the tracking, motion and event code can reach, and how much of
 the gap each kind of missed core costs.
 
+Drift (``--drift-only SEEDS``): the drift `measure_drift` measures on the frames of
+each set against the generator's, as the largest error per movie, grouped by mode and
+by the warning it gave (one set of fringes; a step change beyond its bound; none).
+
 Speed: frames/s of read -> detect -> track -> write (no MP4) at ``--size``, for two
 movie lengths (cost per frame should not change), and the peak resident memory of
 each run in a fresh process (it should not grow with the length).
@@ -27,6 +32,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import os
 import resource
 import subprocess
@@ -171,6 +177,49 @@ def accuracy(n_movies: int, n_frames: int, size: int, model: str | None, seed: i
     return out
 
 
+class _DriftWarnings(logging.Handler):
+    """Which of `measure_drift`'s warnings a movie raised: "fringes" (one set: the drift
+    along them unmeasured) before "jump" (a step changed by more than max_step_px)."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.kinds: set[str] = set()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        msg = record.getMessage()
+        self.kinds |= {"fringes"} if "fringes" in msg else {"jump"} if "drift step" in msg else set()
+
+
+def drift_accuracy(n_movies: int, n_frames: int, size: int, seeds: list[int],
+                   bad_px: float = 2.0) -> dict:
+    """Measured against true drift on the tracking sets: per movie the largest error [px]
+    over its frames; movies grouped by mode and by the warning `measure_drift` gave."""
+    groups: dict[str, list[float]] = {}
+    log = logging.getLogger("dislotrack.infer.drift")
+    for seed in seeds:
+        for i in range(n_movies):
+            m, _, mode, dose = movie(i, n_frames, size, seed)
+            handler = _DriftWarnings()
+            log.addHandler(handler)
+            try:
+                est = measure_drift(iter(m.frames))
+            finally:
+                log.removeHandler(handler)
+            error = np.hypot(est.dx.to_numpy() - m.drift.dx.to_numpy(),
+                             est.dy.to_numpy() - m.drift.dy.to_numpy()).max()
+            warned = next((k for k in ("fringes", "jump") if k in handler.kinds), "none")
+            groups.setdefault(f"{mode}, warning: {warned}", []).append(float(error))
+            print(f"seed {seed} movie {i:2d} {mode} {dose:6.0f}: largest drift error {error:6.2f} px "
+                  f"(warning: {warned})", flush=True)
+    every = [e for errors in groups.values() for e in errors]
+    return {"seeds": seeds, "movies": len(every), "frames": n_frames, "size": size,
+            f"movies_off_by_more_than_{bad_px:g}_px": int(sum(e > bad_px for e in every)),
+            "by_group": {k: {"movies": len(v),
+                             f"off_by_more_than_{bad_px:g}_px": int(sum(e > bad_px for e in v)),
+                             "median_largest_error_px": float(np.median(v))}
+                         for k, v in sorted(groups.items())}}
+
+
 def _shown_summary(ev: pd.DataFrame) -> dict:
     """Event F1 over the true events the images show (`shown_event_counts`)."""
     tp, fp, fn = (int(ev[f"shown_{k}"].sum()) for k in ("tp", "fp", "fn"))
@@ -254,7 +303,17 @@ def main() -> None:
     ap.add_argument("--oracle-recall", default="1,1,1",
                     help="oracle keep probability per detection: clean,basal,rocksalt")
     ap.add_argument("--true-drift", action="store_true", help="oracle: the generator's drift")
+    ap.add_argument("--drift-only", default=None, metavar="SEEDS",
+                    help="only the measured drift against the true one, on the sets of these seeds "
+                         "(e.g. 31,5,7,11)")
     args = ap.parse_args()
+    if args.drift_only:
+        result = drift_accuracy(args.movies, args.frames, args.size,
+                                [int(v) for v in args.drift_only.split(",")])
+        print(json.dumps(result, indent=2))
+        if args.json:
+            Path(args.json).write_text(json.dumps(result, indent=2))
+        return
     import torch
 
     torch.set_num_threads(args.threads)
