@@ -20,6 +20,7 @@ from scipy import ndimage  # noqa: E402
 
 from dislotrack.infer.calibration import Calibration  # noqa: E402
 from dislotrack.infer.columns import PER_FRAME, PER_SECOND  # noqa: E402
+from dislotrack.infer.overlays import overlay_mask  # noqa: E402
 from dislotrack.infer.pipeline import AnalysisResult  # noqa: E402
 
 _TAB20 = plt.get_cmap("tab20").colors
@@ -453,7 +454,11 @@ def overlay_frames(res: AnalysisResult, frames: Iterable[np.ndarray],
     by_frame = {f: g for f, g in res.tracks.groupby("frame")} if len(res.tracks) else {}
     unlinked = res.detections if len(res.detections) else pd.DataFrame(columns=["frame"])
     mask_iter = iter(masks) if masks is not None else None
+    corner = None
     for i, frame in enumerate(frames):
+        if corner is None and res.calibration.pixel_size_nm:  # one place for the whole movie
+            corner = scale_bar_corner(overlay_mask(frame, pixel_size_nm=res.calibration.pixel_size_nm),
+                                      res.calibration.pixel_size_nm)
         k = upscale_factor(np.shape(frame))
         rgb = _enlarge(_to_rgb(frame), k)
         h, w = rgb.shape[:2]
@@ -466,7 +471,7 @@ def overlay_frames(res: AnalysisResult, frames: Iterable[np.ndarray],
         _draw_cores(d, rows, k, min(h, w))
         font = _font(min(h, w))
         if res.calibration.pixel_size_nm:
-            _draw_scale_bar(d, (h, w), res.calibration, k, font)
+            _draw_scale_bar(d, (h, w), res.calibration, k, font, corner)
         _boxed_text(d, (max(4, w // 80), max(4, h // 80)), time_stamp(i, dt), font,
                     (255, 255, 0), anchor="lt")
         yield np.asarray(img)
@@ -554,9 +559,15 @@ def scale_label(bar_nm: float, calibration: Calibration) -> str:
     return f"{bar_nm:g} nm{est}"
 
 
-def scale_bar_box(shape: tuple[int, int], pixel_size_nm: float) -> tuple[int, int, int, int, float]:
+#: Corners the overlay's scale bar may take, in order of preference (the time stamp
+#: holds the upper left).
+SCALE_BAR_CORNERS = ("lower right", "lower left", "upper right")
+
+
+def scale_bar_box(shape: tuple[int, int], pixel_size_nm: float, corner: str = "lower right",
+                  ) -> tuple[int, int, int, int, float]:
     """Where the overlay's scale bar goes: a round length (`_nice_length`, about a fifth of
-    the width) at the lower right.
+    the width) in a corner.
 
     Parameters
     ----------
@@ -564,6 +575,8 @@ def scale_bar_box(shape: tuple[int, int], pixel_size_nm: float) -> tuple[int, in
         The frame's height and width [px].
     pixel_size_nm : float
         Its pixel size [nm/px].
+    corner : str
+        One of `SCALE_BAR_CORNERS`.
 
     Returns
     -------
@@ -573,19 +586,45 @@ def scale_bar_box(shape: tuple[int, int], pixel_size_nm: float) -> tuple[int, in
     bar_nm : float
         Its length [nm].
     """
+    if corner not in SCALE_BAR_CORNERS:
+        raise ValueError(f"corner must be one of {SCALE_BAR_CORNERS}, got {corner!r}")
     h, w = shape
     bar_nm = _nice_length(0.2 * w * pixel_size_nm)
     n, thick, pad = max(1, round(bar_nm / pixel_size_nm)), max(4, h // 80), max(8, w // 40)
-    x1, y1 = w - pad, h - pad
+    x1 = pad + n - 1 if corner.endswith("left") else w - pad
+    y1 = h - pad if corner.startswith("lower") else pad + 2 * _font_px(h) + thick  # label above
     return x1 - n + 1, y1 - thick + 1, x1, y1, bar_nm
 
 
+def scale_bar_corner(annotations: np.ndarray, pixel_size_nm: float) -> str:
+    """The first of `SCALE_BAR_CORNERS` whose scale bar and label would not cover a
+    burned-in annotation (`dislotrack.infer.overlays.overlay_mask`), else the one
+    covering the least of them.
+
+    Parameters
+    ----------
+    annotations : ndarray of bool (H, W)
+        The first frame's burned-in annotations, at its own resolution.
+    pixel_size_nm : float
+        Its pixel size [nm/px].
+    """
+    shape = annotations.shape
+    covered = []
+    for corner in SCALE_BAR_CORNERS:
+        x0, y0, x1, y1, _ = scale_bar_box(shape, pixel_size_nm, corner)
+        top = max(0, y0 - 2 * _font_px(shape[0]))  # the label sits above the bar
+        covered.append(int(annotations[top:y1 + 2, max(0, x0 - 1):x1 + 2].sum()))
+        if covered[-1] == 0:
+            return corner
+    return SCALE_BAR_CORNERS[int(np.argmin(covered))]
+
+
 def _draw_scale_bar(d: ImageDraw.ImageDraw, shape: tuple[int, int], calibration: Calibration,
-                    k: int, font: ImageFont.ImageFont | ImageFont.FreeTypeFont) -> None:
+                    k: int, font: ImageFont.ImageFont | ImageFont.FreeTypeFont, corner: str) -> None:
     """White bar (`scale_bar_box`) in a one-pixel black frame, labelled above (from its
     left end, or ending at its right end where a long label would leave the frame), on a
     frame enlarged ``k`` times."""
-    x0, y0, x1, y1, bar_nm = scale_bar_box(shape, calibration.pixel_size_nm / k)
+    x0, y0, x1, y1, bar_nm = scale_bar_box(shape, calibration.pixel_size_nm / k, corner)
     d.rectangle([x0 - 1, y0 - 1, x1 + 1, y1 + 1], fill=(0, 0, 0))
     d.rectangle([x0, y0, x1, y1], fill=(255, 255, 255))
     text = scale_label(bar_nm, calibration)
@@ -594,11 +633,16 @@ def _draw_scale_bar(d: ImageDraw.ImageDraw, shape: tuple[int, int], calibration:
                 (255, 255, 255), anchor="lb")
 
 
+def _font_px(height: int, fraction: int = 25) -> int:
+    """Text height on a frame ``height`` px high (`_font`)."""
+    return max(11, height // fraction)
+
+
 def _font(height: int, fraction: int = 25) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
     """Pillow's default font at about 1/``fraction`` of the frame height (at least 11 px);
     the fixed-size bitmap font where Pillow cannot scale it (no FreeType, Pillow < 10.1)."""
     try:
-        return ImageFont.load_default(size=max(11, height // fraction))
+        return ImageFont.load_default(size=_font_px(height, fraction))
     except (TypeError, ImportError, OSError):
         return ImageFont.load_default()
 

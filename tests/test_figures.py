@@ -8,6 +8,7 @@ import pytest
 
 from dislotrack.infer import figures
 from dislotrack.infer.calibration import Calibration
+from dislotrack.infer.overlays import overlay_mask
 from dislotrack.infer.pipeline import AnalysisResult
 
 
@@ -430,3 +431,27 @@ def test_mp4_holds_every_frame_at_the_given_rate(tmp_path):
     errors = [[np.abs(back[i, :50, :70, 0].astype(int) - f[..., 0]).mean() for f in frames] for i in range(5)]
     assert [int(np.argmin(e)) for e in errors] == list(range(5))
     assert max(min(e) for e in errors) < 6
+
+
+def test_overlay_scale_bar_moves_off_a_burned_in_annotation():
+    res = result(0, n_frames=1)
+    rng = np.random.default_rng(0)
+    frame = rng.normal(0.5, 0.05, (640, 640))
+    clear = figures.scale_bar_corner(overlay_mask(frame, pixel_size_nm=0.1), 0.1)
+    assert clear == "lower right"
+    frame[560:630, 380:630] = frame.max() + 1  # the microscope's own bar, lower right
+    corner = figures.scale_bar_corner(overlay_mask(frame, pixel_size_nm=0.1), 0.1)
+    assert corner == "lower left"
+    (rgb,) = figures.overlay_frames(res, [frame], None)
+    x0, y0, x1, y1, bar_nm = figures.scale_bar_box((640, 640), 0.1, corner)
+    white = (rgb[(y0 + y1) // 2, : 640 // 2] == 255).all(axis=-1)
+    assert white.sum() == round(bar_nm / 0.1)  # drawn there, whole
+    frame[560:630, 10:300] = frame.max()  # both lower corners taken
+    assert figures.scale_bar_corner(overlay_mask(frame, pixel_size_nm=0.1), 0.1) == "upper right"
+
+
+@pytest.mark.parametrize("corner", figures.SCALE_BAR_CORNERS)
+def test_every_scale_bar_corner_keeps_the_bar_and_label_in_the_frame(corner):
+    x0, y0, x1, y1, bar_nm = figures.scale_bar_box((300, 500), 0.25, corner)
+    assert x1 - x0 + 1 == round(bar_nm / 0.25)
+    assert 0 <= x0 < x1 < 500 and 2 * figures._font_px(300) <= y0 < y1 < 300
