@@ -220,10 +220,14 @@ class _Grid:
         self.weights[0] = 1.0
         if shape[1] % 2 == 0:
             self.weights[-1] = 1.0
+        # Lag (rows, cols) [px] of each point of the correlation surface, and its length.
+        self.lags = np.meshgrid(*(fft.fftfreq(n, 1 / n) for n in shape), indexing="ij")
+        self.lag_length = np.hypot(*self.lags)
 
     def ramp(self, shift: np.ndarray) -> np.ndarray:
         """Phase ramp that moves the content of a spectrum by (rows, cols) [px]."""
-        return np.exp(-2j * np.pi * (self.rows * shift[0] + self.cols * shift[1]))
+        # The product of a column and a row of phases: (H + W/2) exponentials, not H x W/2.
+        return np.exp(-2j * np.pi * self.rows * shift[0]) * np.exp(-2j * np.pi * self.cols * shift[1])
 
 
 def _wiener(power: np.ndarray) -> np.ndarray:
@@ -251,9 +255,9 @@ def _measure_residual(
     """
     product = product * weight
     surface = fft.irfft2(product, s=grid.shape)
-    lags = np.meshgrid(*(fft.fftfreq(n, 1 / n) for n in grid.shape), indexing="ij")
+    lags = grid.lags
     if max_step_px is not None:
-        surface[np.hypot(*lags) > max_step_px] = -np.inf
+        surface[grid.lag_length > max_step_px] = -np.inf
     peak = np.unravel_index(np.argmax(surface), grid.shape)
     lag = _refine_peak(product, np.array([lags[0][peak], lags[1][peak]]), grid, upsample_factor)
     curvature, axes = _peak_curvature(product, lag, grid)
@@ -298,7 +302,7 @@ def _peak_curvature(
     """Principal curvatures (ascending, positive at a maximum) of the correlation at
     ``lag`` [px] and their directions (columns, as (rows, cols) unit vectors),
     computed exactly from the half spectrum."""
-    phase = (product * np.exp(2j * np.pi * (grid.rows * lag[0] + grid.cols * lag[1]))).real
+    phase = (product * grid.ramp(-lag)).real
     phase = phase * grid.weights
     k = [grid.rows, grid.cols]
     hessian = np.array([[np.sum(k[i] * k[j] * phase) for j in range(2)] for i in range(2)])
