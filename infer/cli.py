@@ -256,6 +256,11 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     for stem, r in report.items():
         if "note" in r:
             print(f"{stem}: {r['note']}", file=sys.stderr)
+    models = {(m["model"], m["sha256"]) for r in report.values() if (m := r.get("predicted_by"))}
+    if len(models) > 1:  # e.g. a folder holding runs of the bundled and a fine-tuned model
+        print(f"note: the predictions were made by {len(models)} different models "
+              f"({', '.join(sorted(str(m) for m, _ in models))}); see predicted_by in evaluation.json",
+              file=sys.stderr)
     print(f"report: {Path(args.pred) / 'evaluation.json'}; found, missed and false cores: "
           f"{Path(args.pred)}/<stem>/figures/evaluation.png")
     for stem, msg in errors.items():

@@ -262,6 +262,8 @@ def evaluate_folders(pred_dir: str | Path, truth_dir: str | Path, *, figures: bo
             scores.update(event_scores(pd.read_csv(out / "events.csv"), pd.read_csv(true_events),
                                        pixel_size_nm=ann.pixel_size_nm))
         report[stem] = {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in scores.items()}
+        if (made_by := prediction_model(out)) is not None:
+            report[stem]["predicted_by"] = made_by
     if all("error" in r for r in report.values()):
         # e.g. the wrong --truth folder: keep the earlier evaluation rather than replace it
         why = [f"{stem}: {r['error']}" for stem, r in report.items()]
@@ -273,6 +275,18 @@ def evaluate_folders(pred_dir: str | Path, truth_dir: str | Path, *, figures: bo
             (Path(pred_dir) / stem / "figures" / "evaluation.png").unlink(missing_ok=True)
     (Path(pred_dir) / "evaluation.json").write_text(json.dumps(report, indent=2, default=float))
     return report
+
+
+def prediction_model(out: Path) -> dict | None:
+    """Which model and dislotrack version made the predictions in ``out`` (infer's
+    summary.json: ``model`` id and sha256, ``dislotrack_version``); None without one."""
+    try:
+        summary = json.loads((out / "summary.json").read_text())
+    except (OSError, ValueError):
+        return None
+    model = summary.get("model") or {}
+    return {"model": model.get("id"), "sha256": model.get("sha256"),
+            "dislotrack_version": summary.get("dislotrack_version")}
 
 
 def _shape_mismatch(out: Path, shape: tuple[int, ...]) -> str | None:

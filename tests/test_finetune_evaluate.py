@@ -10,6 +10,7 @@ import torch
 
 from dislotrack.data_gen.annotations import find_annotations, read_annotation
 from dislotrack.data_gen.export import generate_dataset
+from dislotrack.data_gen.version import package_version
 from dislotrack.infer.cli import main
 from dislotrack.infer.evaluate import (
     core_outcomes,
@@ -52,8 +53,6 @@ def test_finetune_writes_a_loadable_model_with_its_recipe(tmp_path, capfd):
     assert ft["base_sha256"] == load_model(tmp_path / "base")[1]["sha256"]
     assert ft["wall_time_s"] > 0 and ft["data"] == str((tmp_path / "lab").resolve())
     # This run's version and date, not the base model's.
-    from dislotrack.data_gen.version import package_version
-
     assert card["dislotrack_version"] == package_version()
     # A model folder can be shared: the weights are as readable as the card.
     mode = lambda p: p.stat().st_mode & 0o777  # noqa: E731
@@ -90,6 +89,9 @@ def test_evaluate_scores_infer_outputs_against_annotations(tmp_path, capsys):
     assert table[1].split()[:4] == ["movie_00000", str(r["tp"]), str(r["fp"]), str(r["fn"])]
     assert (tmp_path / "pred" / "movie_00000" / "figures" / "evaluation.png").stat().st_size > 0
     assert r["tp"] > 0
+    made_by = r["predicted_by"]  # which model's predictions were scored
+    assert made_by["model"] == "default" and len(made_by["sha256"]) == 64
+    assert made_by["dislotrack_version"] == package_version()
     assert np.isclose(r["precision"], r["tp"] / (r["tp"] + r["fp"]))
     assert np.isclose(r["recall"], r["tp"] / (r["tp"] + r["fn"]))
     assert np.isclose(r["f1"], 2 * r["tp"] / (2 * r["tp"] + r["fp"] + r["fn"]))
@@ -107,6 +109,23 @@ def test_evaluate_scores_infer_outputs_against_annotations(tmp_path, capsys):
         assert np.isclose(r["event_f1"], 2 * r["event_tp"] / n_events)
     else:  # no event on either side: F1 undefined (JSON null), not 1.0
         assert r["event_f1"] is None
+
+
+def test_evaluate_notes_predictions_made_by_different_models(tmp_path, capsys):
+    generate_dataset(out=tmp_path / "truth", n=2, size=64, mode="stem", movie_frames=2, seed=4,
+                     progress=False)
+    assert main(["infer", *(str(p) for p in sorted((tmp_path / "truth").glob("movie_0000?.tif"))),
+                 "--out", str(tmp_path / "pred"), "--model", "default", "--no-movie"]) == 0
+    assert main(["evaluate", "--pred", str(tmp_path / "pred"), "--truth", str(tmp_path / "truth")]) == 0
+    assert "different models" not in capsys.readouterr().err
+    summary = tmp_path / "pred" / "movie_00001" / "summary.json"
+    meta = json.loads(summary.read_text())
+    meta["model"] = {"id": "lab_ft", "sha256": "0" * 64}  # as if a fine-tuned model made it
+    summary.write_text(json.dumps(meta))
+    assert main(["evaluate", "--pred", str(tmp_path / "pred"), "--truth", str(tmp_path / "truth")]) == 0
+    assert "made by 2 different models (default, lab_ft)" in capsys.readouterr().err
+    report = json.loads((tmp_path / "pred" / "evaluation.json").read_text())
+    assert report["movie_00001"]["predicted_by"]["model"] == "lab_ft"
 
 
 def test_detection_scores_count_matches_within_half_a_nanometre():
