@@ -107,7 +107,7 @@ def predict_logits(model: UNet, frames: np.ndarray, *, device: torch.device, til
                    overlap: int = 32, tta: bool | int = False) -> np.ndarray:
     """Network outputs (B, 4, H, W) for a batch of canonical frames (B, H, W).
 
-    Frames are normalised one by one, reflect-padded to a multiple of the network's
+    Frames are normalised one by one, edge-padded to a multiple of the network's
     stride and, when larger than ``tile``, processed in overlapping tiles that are
     blended with linear ramps. ``tta`` averages that many views
     (`tta_views`, `dihedral_forward`; as many times the time).
@@ -119,7 +119,10 @@ def predict_logits(model: UNet, frames: np.ndarray, *, device: torch.device, til
     tile = max(m, tile // m * m)
     th, tw = min(tile, _ceil(h, m)), min(tile, _ceil(w, m))
     ph, pw = max(th, h), max(tw, w)
-    padded = np.pad(frames, ((0, 0), (0, ph - h), (0, pw - w)), mode="reflect")
+    # Edge pixels repeated, not mirrored: at a mirror seam inclined fringes meet in a
+    # chevron, which the network took for fringe ends (false cores on the last row of
+    # real frames); README Changelog 0.1.16 has the comparison.
+    padded = np.pad(frames, ((0, 0), (0, ph - h), (0, pw - w)), mode="edge")
     out = np.zeros((b, N_OUT, ph, pw), np.float32)
     weight = np.zeros((ph, pw), np.float32)
     ov = overlap if (ph > th or pw > tw) else 0

@@ -233,6 +233,21 @@ def test_infer_reads_a_real_microscope_file(tiny_model, tmp_path):
     assert summary["input"]["shape"] == [1, 1024, 1024]
 
 
+@pytest.mark.parametrize(("rel", "pixel_size_nm"), [("singleorigin/dDPC_ZnO.tif", 0.02117),
+                                                   ("temul/Cropped_PTO-SRO_Aligned.hspy", None)])
+def test_no_false_cores_on_the_padded_edge_of_real_lattices(rel, pixel_size_nm):
+    """Frames whose canonical size is not a multiple of the network's stride are padded at
+    the bottom and right; mirrored padding made a chevron of inclined fringes there, and
+    the bundled model reported cores on the last row of these real perfect lattices."""
+    real = REALDATA / rel
+    if not real.exists():
+        pytest.skip(f"real data not present at {real} (../shared/realdata is provided by CI)")
+    for views in (1, 2):
+        res = analyze(real, model="default", pixel_size_nm=pixel_size_nm, tta=views, progress=False)
+        height = res.shape[1]
+        assert res.detections.empty, (views, height, res.detections[["x", "y", "score"]])
+
+
 def test_min_track_score_drops_weak_tracks(tmp_path):
     m = make_movie(np.random.default_rng(0), GeneratorConfig(size=64, mode="stem"), n_frames=6,
                    frame_interval=0.5)
