@@ -220,10 +220,20 @@ class Calibration:
         }
 
 
+#: An override this many times larger or smaller than the file's value is likely a unit
+#: slip (Å for nm: 10; ms for s: 1000), and the note says so.
+OVERRIDE_RATIO_UNITS = 3.0
+
+
 def _override_note(name: str, user: float, file: float | None, unit: str) -> list[str]:
     if file is None or math.isclose(user, file, rel_tol=1e-3):
         return []
-    return [f"{name} {user:g} {unit} given by the user overrides the file's {file:g} {unit}"]
+    note = f"{name} {user:g} {unit} given by the user overrides the file's {file:g} {unit}"
+    ratio = user / file if file > 0 else 1.0
+    if not 1 / OVERRIDE_RATIO_UNITS < ratio < OVERRIDE_RATIO_UNITS:  # e.g. Å as nm: 10 times
+        note += (f", {ratio:.3g} times it: check the units ({unit}), unless the file's value "
+                 "is known to be wrong")
+    return [note]
 
 
 def resolve_calibration(
@@ -293,7 +303,7 @@ def resolve_calibration(
         dt, dt_src = file_cal.frame_interval_s, "file"
     else:
         dt, dt_src = None, None
-        notes.append(f"{NO_INTERVAL_NOTE}: velocities in per-frame units")
+        notes.append(f"{NO_INTERVAL_NOTE}: velocities in per-frame units (pass --frame-interval S for nm/s)")
 
     return Calibration(px, dt, px_src, dt_src, tuple(notes))
 

@@ -30,6 +30,11 @@ def check_linking_options(*, max_speed_nm_s: float, memory: int, min_length: int
             raise ValueError(f"{name} must be {what}, got {value}")
 
 
+#: Finest plausible pixel size [nm/px] (1 pm; aberration-corrected STEM samples at 5 pm
+#: and coarser): anything finer is a unit slip, e.g. metres given as nm.
+MIN_PIXEL_SIZE_NM = 1e-3
+
+
 def check_calibration_options(*, pixel_size_nm: float | None, frame_interval_s: float | None,
                               d_spacing_nm: float) -> None:
     """Refuse a pixel size, frame interval or (003) spacing that is not a positive number.
@@ -52,6 +57,12 @@ def check_calibration_options(*, pixel_size_nm: float | None, frame_interval_s: 
     for name, value, what in checks:
         if value is not None and not (value > 0 and np.isfinite(value)):  # also NaN
             raise ValueError(f"{name} must be {what}, got {value}")
+    if pixel_size_nm is not None and pixel_size_nm < MIN_PIXEL_SIZE_NM:
+        as_nm = [f"{pixel_size_nm:g} {unit} is {pixel_size_nm * f:.4g} nm"
+                 for unit, f in (("m", 1e9), ("µm", 1e3)) if MIN_PIXEL_SIZE_NM <= pixel_size_nm * f <= 10]
+        raise ValueError(f"pixel_size_nm (--pixel-size) is in nm per pixel: {pixel_size_nm:g} nm is "
+                         f"finer than any microscope samples (< {MIN_PIXEL_SIZE_NM:g} nm)"
+                         + (f"; {as_nm[0]}" if as_nm else ""))
 
 
 def analysis_options(**options: Any) -> dict[str, Any]:

@@ -424,9 +424,11 @@ def analyze(path: str | Path | Movie, *, model: str | Path | None = None, pixel_
     lattice = measure_lattice(lattice_frames, pixel_size_nm=cal.pixel_size_nm,
                               d_spacing_nm=d_spacing_nm) if lattice_frames else None
     if lattice is None and min(h, w) >= MIN_SIDE_FOR_LATTICE_PX:  # small frames often miss it
-        logger.warning("no %.3g nm (003) lattice fringes stand out in the first frames: check "
-                       "the pixel size and --d-spacing (another material?), unless the movie is "
-                       "just noisy; cores are found where those fringes end", d_spacing_nm)
+        where, noisy = ("the image", "image") if n == 1 else ("the first frames", "movie")
+        logger.warning("no %.3g nm (003) lattice fringes stand out in %s: check the pixel size "
+                       "and --d-spacing (another material?), unless the %s is just noisy; cores "
+                       "are found where those fringes end, so any reported here are doubtful",
+                       d_spacing_nm, where, noisy)
     snap_asked = lattice_h
     lattice_h = lattice_h and lattice is not None and lattice.has_layer  # snapped or not, once
     if lattice_h:

@@ -44,24 +44,35 @@ def infer_one(path: str | Path, out: str | Path, *, movie: bool = True, parquet:
         cal = calibrate(m, pixel_size_nm=options.get("pixel_size_nm"),
                         frame_interval_s=options.get("frame_interval_s"),
                         d_spacing_nm=options.get("d_spacing_nm", D003_LINIO2_NM))
-        created = not dest.exists()
         stale = stale_outputs(dest, movie=movie, strain=strain, parquet=parquet,
                               single_image=m.shape[0] == 1)
-        (dest / "figures").mkdir(parents=True, exist_ok=True)
+        # Written beside the results and moved in only when complete: a run that fails
+        # leaves an earlier run's results whole, and no half-written folder.
+        staging = dest.with_name(f".{dest.name}.running")
+        shutil.rmtree(staging, ignore_errors=True)  # left by a run that was killed
+        (staging / "figures").mkdir(parents=True)
         try:
-            res = _analyze_and_write(m, dest, cal, movie=movie, parquet=parquet, strain=strain,
+            res = _analyze_and_write(m, staging, cal, movie=movie, parquet=parquet, strain=strain,
                                      strain_resolution_nm=strain_resolution_nm,
                                      **options)
-        except BaseException:
-            if created:  # nothing half-written where a later run would look for results
-                shutil.rmtree(dest, ignore_errors=True)
-            raise
+            _move_into(staging, dest)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     for old in stale:  # only once this run's outputs are in place
         try:
             old.unlink()
         except OSError as err:  # e.g. an MP4 open in a player (Windows)
             res.warnings.append(f"could not remove the earlier run's {old.name}: {err}")
     return res
+
+
+def _move_into(staging: Path, dest: Path) -> None:
+    """Move every file of ``staging`` to the same place under ``dest``, replacing files
+    of the same name (one filesystem: each move is a rename)."""
+    for src in sorted(p for p in staging.rglob("*") if p.is_file()):
+        target = dest / src.relative_to(staging)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        src.replace(target)
 
 
 def stale_outputs(dest: Path, *, movie: bool, strain: bool, parquet: bool,

@@ -115,13 +115,25 @@ def test_user_beats_file_and_says_so():
     assert (cal.frame_interval_s, cal.frame_interval_source) == (0.5, "user")
     assert any("overrides the file's 0.05 nm/px" in w for w in cal.warnings)
     assert any("overrides the file's 1 s" in w for w in cal.warnings)
+    assert not any("check the units" in w for w in cal.warnings)  # 1.2 and 0.5 times: plausible
+
+
+def test_an_override_ten_times_off_the_file_asks_about_units():
+    # Å typed as nm; ms typed as s.
+    file_cal = Calibration.from_file(pixel_size_nm=0.01, frame_interval_s=0.8)
+    cal = resolve_calibration(file_cal, pixel_size_nm=0.1, frame_interval_s=0.0008, estimate=_never)
+    (px,) = [w for w in cal.warnings if "pixel size" in w]
+    assert "10 times it: check the units (nm/px)" in px
+    (dt,) = [w for w in cal.warnings if "frame interval" in w]
+    assert "0.001 times it: check the units (s)" in dt
 
 
 def test_file_beats_estimate():
     cal = resolve_calibration(Calibration.from_file(pixel_size_nm=0.05), estimate=_never)
     assert (cal.pixel_size_nm, cal.pixel_size_source) == (0.05, "file")
     assert (cal.frame_interval_s, cal.frame_interval_source) == (None, None)
-    assert "no frame interval: velocities in per-frame units" in cal.warnings
+    note = "no frame interval: velocities in per-frame units (pass --frame-interval S for nm/s)"
+    assert note in cal.warnings
 
 
 def test_estimate_used_only_when_needed_and_reported():

@@ -435,6 +435,31 @@ def test_a_rerun_removes_what_it_does_not_rewrite(tiny_model, tmp_path):
     assert (d / "notes.txt").read_bytes() == b"old" and (d / "summary.json").is_file()
 
 
+def test_a_failed_rerun_leaves_the_earlier_results_whole(tiny_model, tmp_path, monkeypatch):
+    from dislotrack.infer import run
+
+    movie = tmp_path / "m.tif"
+    write_imagej_tiff(movie, np.random.default_rng(0).normal(size=(2, 32, 32)).astype(np.float32),
+                      pixel_size_nm=0.1, frame_interval_s=1.0)
+    run.infer_one(movie, tmp_path / "o", model=tiny_model, movie=False, progress=False)
+    d = tmp_path / "o" / "m"
+    before = {p.relative_to(d): p.read_bytes() for p in d.rglob("*") if p.is_file()}
+    assert Path("rocksalt_mask.tif") in before and Path("summary.json") in before
+
+    def fails(*args, **kwargs):  # after the masks and tables were written
+        raise RuntimeError("figure failed")
+
+    monkeypatch.setattr(run.figures, "counts", fails)
+    with pytest.raises(RuntimeError, match="figure failed"):
+        run.infer_one(movie, tmp_path / "o", model=tiny_model, movie=False, progress=False)
+    after = {p.relative_to(d): p.read_bytes() for p in d.rglob("*") if p.is_file()}
+    assert after == before  # the mask was not truncated, no table replaced
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["m"]  # no staging folder left
+    with pytest.raises(RuntimeError, match="figure failed"):  # a first run: no folder at all
+        run.infer_one(movie, tmp_path / "o2", model=tiny_model, movie=False, progress=False)
+    assert list((tmp_path / "o2").iterdir()) == []
+
+
 def test_frames_without_lattice_fringes_or_too_small_are_warned_about(tiny_model, tmp_path):
     noise = tmp_path / "noise.tif"
     write_imagej_tiff(noise, np.random.default_rng(2).normal(size=(2, 128, 128)).astype(np.float32),
@@ -562,6 +587,7 @@ def test_parquet_without_pyarrow_is_refused_before_the_analysis(tiny_model, tmp_
     ("--d-spacing", "-0.4", r"d_spacing_nm \(--d-spacing\) must be a positive spacing"),
     ("--pixel-size", "-1", r"pixel_size_nm \(--pixel-size\) must be a positive size \[nm/px\], got -1"),
     ("--frame-interval", "0", r"frame_interval_s \(--frame-interval\) must be a positive time"),
+    ("--pixel-size", "3.5e-11", r"finer than any microscope samples .*; 3.5e-11 m is 0.035 nm"),
 ])
 def test_impossible_analysis_options_are_refused_by_name(tiny_model, tmp_path, capsys, monkeypatch,
                                                          flag, value, message):
