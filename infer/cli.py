@@ -183,7 +183,7 @@ def _run_infer(args: argparse.Namespace) -> int:
     if not args.inputs:
         raise ValueError("no input left to analyse")
     _check_out_folder(args.out)
-    folders = [output_dir(args.out, p) for p in args.inputs]
+    folders = [output_dir(args.out, p, args.signal) for p in args.inputs]
     if len(set(folders)) < len(folders):  # one would overwrite the other's outputs
         twice = sorted({str(f) for f in folders if folders.count(f) > 1})
         raise ValueError(f"several inputs would write to {', '.join(twice)}; "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 from pathlib import Path
 
@@ -20,10 +21,22 @@ from dislotrack.infer.strain import COMPONENTS as STRAIN_COMPONENTS
 logger = logging.getLogger(__name__)
 
 
-def output_dir(out: str | Path, input_path: str | Path) -> Path:
-    """``<out>/<input-stem>/``."""
+def output_dir(out: str | Path, input_path: str | Path, signal: int | str | None = None) -> Path:
+    """``<out>/<input-stem>/``, or ``<out>/<input-stem>_<signal>/`` where one signal of a
+    file holding several was picked (``--signal``), so that each signal's results stay.
+
+    Examples
+    --------
+    >>> output_dir("results", "scan.emd", "DF2").as_posix()
+    'results/scan_DF2'
+    >>> output_dir("results", "scan.h5", "/entry/data/frames").as_posix()
+    'results/scan_entry_data_frames'
+    """
     p = Path(input_path)
-    return Path(out) / (p.stem if p.is_file() else p.name)
+    name = p.name if p.is_dir() else p.stem
+    if signal is not None:  # a title or an HDF5 path: only characters safe in a folder name
+        name += "_" + (re.sub(r"[^\w.+-]+", "_", str(signal)).strip("_") or "signal")
+    return Path(out) / name
 
 
 def infer_one(path: str | Path, out: str | Path, *, movie: bool = True, parquet: bool = False,
@@ -37,10 +50,12 @@ def infer_one(path: str | Path, out: str | Path, *, movie: bool = True, parquet:
     if strain and not (np.isfinite(strain_resolution_nm) and strain_resolution_nm > 0):
         raise ValueError(f"strain_resolution_nm (--strain-resolution) must be a positive width [nm], "
                          f"got {strain_resolution_nm}")
-    dest = output_dir(out, path)
+    asked = options.get("signal")
     # Opened once for calibration, analysis and the overlay (a folder of frames reads every
     # file's header when opened).
-    with open_movie(path, signal=options.get("signal")) as m:  # unreadable: leaves no folder
+    with open_movie(path, signal=asked) as m:  # unreadable: leaves no folder
+        # Named by the signal read (a title, not the index it was asked by), where asked.
+        dest = output_dir(out, path, None if asked is None else m.metadata.get("signal", asked))
         cal = calibrate(m, pixel_size_nm=options.get("pixel_size_nm"),
                         frame_interval_s=options.get("frame_interval_s"),
                         d_spacing_nm=options.get("d_spacing_nm", D003_LINIO2_NM))

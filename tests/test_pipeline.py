@@ -855,8 +855,12 @@ def test_signal_picks_the_dataset_of_an_hdf5_file_and_a_choice_is_reported(tiny_
     assert not any("holds 2 images" in w for w in res.warnings)  # asked for: no warning
     assert main(["infer", str(tmp_path / "two.h5"), "--out", str(tmp_path / "o"), "--model",
                  str(tiny_model), "--pixel-size", "0.1", "--signal", "1", "--no-movie"]) == 0
-    summary = json.loads((tmp_path / "o" / "two" / "summary.json").read_text())
+    # One folder per signal, named by its title: a second signal does not replace the first.
+    summary = json.loads((tmp_path / "o" / "two_thumbnail" / "summary.json").read_text())
     assert summary["options"]["signal"] == "thumbnail"
+    assert main(["infer", str(tmp_path / "two.h5"), "--out", str(tmp_path / "o"), "--model",
+                 str(tiny_model), "--pixel-size", "0.1", "--signal", "movie", "--no-movie"]) == 0
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["two_movie", "two_thumbnail"]
 
 
 def test_demo_refuses_a_missing_device_before_rendering(tmp_path, capsys):
