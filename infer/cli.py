@@ -170,6 +170,10 @@ def _run_infer(args: argparse.Namespace) -> int:
                           min_length=args.min_length, max_gap=args.max_gap)
     check_calibration_options(pixel_size_nm=args.pixel_size, frame_interval_s=args.frame_interval,
                               d_spacing_nm=args.d_spacing)
+    if len(args.inputs) == 1:  # (of several, the others would still run: checked per input)
+        from dislotrack.infer.readers import check_readable
+
+        check_readable(Path(args.inputs[0]))
     from dislotrack.data_gen.annotations import mask_sidecar
     from dislotrack.infer.pipeline import AnalysisWarning
     from dislotrack.infer.predict import pick_device

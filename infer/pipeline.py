@@ -22,6 +22,7 @@ import functools
 import hashlib
 import logging
 import os
+import re
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -171,9 +172,11 @@ def calibrate(movie: Movie, *, pixel_size_nm: float | None, frame_interval_s: fl
         # e.g. a scale without a unit: the user may know the unit, so show the number
         unusable = [n for n in movie.metadata.get("notes", []) if "pixel size" in n]
         why = f" ({unusable[0]})" if unusable else ""
+        bare = re.search(r"([-+0-9.eE]+) has no unit", unusable[0]) if unusable else None
+        hint = f" (--pixel-size {float(bare.group(1)):.6g} if the file's number is in nm)" if bare else ""
         raise ValueError(
             f"{movie.path}: no usable pixel size in the file{why} and none could be estimated "
-            f"from {d_spacing_nm} nm fringes; pass --pixel-size NM")
+            f"from {d_spacing_nm} nm fringes; pass --pixel-size NM{hint}")
     # What the reader could not do as asked or as expected (e.g. read one channel of several).
     cal = replace(cal, warnings=(*cal.warnings, *movie.metadata.get("warnings", [])))
     caveat = movie.metadata.get("frame_interval_caveat")  # e.g. a video's playback rate

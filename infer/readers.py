@@ -254,11 +254,16 @@ def open_movie(path: str | Path, *, signal: int | str | None = None) -> Movie:
     return movie
 
 
-def _open(path: Path, signal: int | str | None) -> Movie:
+def check_readable(path: Path) -> None:
+    """Refuse, before anything is read, a file that is empty or of a type no reader takes.
+
+    Raises
+    ------
+    ValueError
+        Naming the file and, for an unknown type, the supported extensions.
+    """
     if path.is_dir():
-        return _open_folder(path, signal)
-    if not path.exists():
-        raise FileNotFoundError(f"no such file or folder: {path}")
+        return
     if path.stat().st_size == 0:  # e.g. an interrupted copy: say so, not the parser's riddle
         raise ValueError(f"{path} is empty (0 bytes)")
     ext = path.suffix.lower()
@@ -267,6 +272,15 @@ def _open(path: Path, signal: int | str | None) -> Movie:
             f"unsupported file type {ext or '(none)'!r} for {path.name}; supported: "
             f"{', '.join(SUPPORTED_EXTENSIONS)}, or a folder of frames"
         )
+
+
+def _open(path: Path, signal: int | str | None) -> Movie:
+    if path.is_dir():
+        return _open_folder(path, signal)
+    if not path.exists():
+        raise FileNotFoundError(f"no such file or folder: {path}")
+    check_readable(path)
+    ext = path.suffix.lower()
     try:
         if ext in _TIFF:
             return _open_tiff(path)

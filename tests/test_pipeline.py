@@ -435,6 +435,19 @@ def test_a_rerun_removes_what_it_does_not_rewrite(tiny_model, tmp_path):
     assert (d / "notes.txt").read_bytes() == b"old" and (d / "summary.json").is_file()
 
 
+def test_an_unreadable_single_input_is_refused_before_anything_is_written(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("DISLOTRACK_DEBUG", raising=False)
+    notes = tmp_path / "Custom_info.txt"
+    notes.write_text("Frames Per Second = 1")
+    assert main(["infer", str(notes), "--out", str(tmp_path / "o")]) == 2
+    assert "unsupported file type '.txt' for Custom_info.txt" in capsys.readouterr().err
+    empty = tmp_path / "cut.tif"
+    empty.write_bytes(b"")
+    assert main(["infer", str(empty), "--out", str(tmp_path / "o")]) == 2
+    assert "cut.tif is empty (0 bytes)" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
 def test_a_failed_rerun_leaves_the_earlier_results_whole(tiny_model, tmp_path, monkeypatch):
     from dislotrack.infer import run
 
