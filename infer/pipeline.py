@@ -190,17 +190,28 @@ def calibrate(movie: Movie, *, pixel_size_nm: float | None, frame_interval_s: fl
             f"{movie.path}: at {cal.pixel_size_nm:.3g} nm/px ({cal.pixel_size_source}) the "
             f"{d_spacing_nm} nm lattice fringes span {period_px:.2g} px, below the 2 px that can "
             "show them: atomic-resolution images are needed (or pass the right --pixel-size)")
-    if min(movie.shape[1:]) < 4 * period_px:  # a core needs a few fringes around it
-        cal = replace(cal, warnings=(*cal.warnings, (
-            f"the frames ({movie.shape[2]} x {movie.shape[1]} px) span under 4 lattice fringes "
-            f"({period_px:.3g} px each) across: too small to show a dislocation core")))
-    if period_px < MIN_FRINGE_PERIOD_PX:
-        cal = replace(cal, warnings=(*cal.warnings, (
-            f"at {cal.pixel_size_nm:.3g} nm/px the {d_spacing_nm} nm lattice fringes span "
-            f"{period_px:.2g} px: not resolved, so no dislocation core can "
-            "show and any detection is spurious; atomic-resolution images are needed "
-            "(or pass the right --pixel-size)")))
+    why = cores_cannot_show(cal.pixel_size_nm, movie.shape[1:], d_spacing_nm)
+    if why:
+        cal = replace(cal, warnings=(*cal.warnings, why))
     return cal
+
+
+def cores_cannot_show(pixel_size_nm: float, shape: tuple[int, int], d_spacing_nm: float) -> str | None:
+    """Why frames of this ``shape`` (H, W) and pixel size cannot show a dislocation core,
+    else None: (003) fringes under `MIN_FRINGE_PERIOD_PX` per period (not resolved), or
+    frames under 4 fringe periods across. `analyze` then reports no cores: any it found
+    would be spurious.
+    """
+    period_px = d_spacing_nm / pixel_size_nm
+    if period_px < MIN_FRINGE_PERIOD_PX:
+        return (f"at {pixel_size_nm:.3g} nm/px the {d_spacing_nm} nm lattice fringes span "
+                f"{period_px:.2g} px: not resolved, so no dislocation core can show and none is "
+                "reported; atomic-resolution images are needed (or pass the right --pixel-size)")
+    if min(shape) < 4 * period_px:  # a core needs a few fringes around it
+        return (f"the frames ({shape[1]} x {shape[0]} px) span under 4 lattice fringes "
+                f"({period_px:.3g} px each) across: too small to show a dislocation core, so "
+                "none is reported")
+    return None
 
 
 @contextlib.contextmanager
@@ -444,6 +455,8 @@ def analyze(path: str | Path | Movie, *, model: str | Path | None = None, pixel_
                                     canonical_nm=canonical).shape) / first.shape)
     drift["dx"] = drift["dx"] / sx
     drift["dy"] = drift["dy"] / sy
+    if cores_cannot_show(cal.pixel_size_nm, (h, w), d_spacing_nm):  # warned by `calibrate`
+        rows = []
     detections = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(
         {c: pd.Series(dtype=float) for c in ["frame", *CORE_COLUMNS, "in_rocksalt"]})
     detections = detections.assign(x_nm=detections.x * cal.pixel_size_nm,

@@ -487,7 +487,18 @@ def test_frames_without_lattice_fringes_or_too_small_are_warned_about(tiny_model
     tiny = tmp_path / "tiny.tif"  # 12 px at 0.1 nm/px: under 3 fringe periods
     write_imagej_tiff(tiny, m.frames[:, :12, :12], pixel_size_nm=0.1, frame_interval_s=1.0)
     res = analyze(tiny, model=tiny_model, progress=False)
-    assert any("too small to show a dislocation core" in w for w in res.warnings)
+    assert any("too small to show a dislocation core, so none is reported" in w for w in res.warnings)
+    # A low threshold makes the untrained network fire anywhere: none of it is reported
+    # from frames too small (or too coarse) to show a core, all of it from larger ones.
+    low = dict(model=tiny_model, threshold=0.01, progress=False)
+    assert analyze(tiny, **low).detections.empty
+    coarse = tmp_path / "coarse.tif"
+    write_imagej_tiff(coarse, m.frames[:, :64, :64], pixel_size_nm=0.2, frame_interval_s=1.0)
+    res = analyze(coarse, **low)
+    assert res.detections.empty and any("not resolved" in w for w in res.warnings)
+    fine = tmp_path / "fine.tif"
+    write_imagej_tiff(fine, m.frames[:1, :64, :64], pixel_size_nm=0.1, frame_interval_s=1.0)
+    assert len(analyze(fine, **low).detections) > 0
 
 
 def test_strain_maps_without_reflections_are_nan_not_zero(tmp_path):
