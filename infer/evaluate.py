@@ -217,9 +217,10 @@ def evaluate_folders(pred_dir: str | Path, truth_dir: str | Path, *, figures: bo
         if not (out / "detections.csv").exists():
             report[stem] = {"error": f"no predictions in {out}"}
             continue
+        run_summary = _summary(out)  # read once: the input's shape and the model
         try:
             ann = read_annotation(side)
-            mismatch = _shape_mismatch(out, ann.image.shape)  # another movie of the same name?
+            mismatch = _shape_mismatch(run_summary, ann.image.shape)  # another movie of the same name?
         except (ValueError, OSError) as err:  # one bad annotation does not stop the others
             mismatch = f"annotation: {err}"
         if mismatch:
@@ -262,7 +263,7 @@ def evaluate_folders(pred_dir: str | Path, truth_dir: str | Path, *, figures: bo
             scores.update(event_scores(pd.read_csv(out / "events.csv"), pd.read_csv(true_events),
                                        pixel_size_nm=ann.pixel_size_nm))
         report[stem] = {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in scores.items()}
-        if (made_by := prediction_model(out)) is not None:
+        if (made_by := prediction_model(run_summary)) is not None:
             report[stem]["predicted_by"] = made_by
     if all("error" in r for r in report.values()):
         # e.g. the wrong --truth folder: keep the earlier evaluation rather than replace it
@@ -277,25 +278,30 @@ def evaluate_folders(pred_dir: str | Path, truth_dir: str | Path, *, figures: bo
     return report
 
 
-def prediction_model(out: Path) -> dict | None:
-    """Which model and dislotrack version made the predictions in ``out`` (infer's
-    summary.json: ``model`` id and sha256, ``dislotrack_version``); None without one."""
+def _summary(out: Path) -> dict | None:
+    """infer's summary.json in ``out``; None if missing or unreadable."""
     try:
-        summary = json.loads((out / "summary.json").read_text())
+        return json.loads((out / "summary.json").read_text())
     except (OSError, ValueError):
+        return None
+
+
+def prediction_model(summary: dict | None) -> dict | None:
+    """Which model and dislotrack version made a set of predictions, from infer's
+    summary.json (`_summary`): ``model`` id and sha256, ``dislotrack_version``; None
+    without a summary."""
+    if summary is None:
         return None
     model = summary.get("model") or {}
     return {"model": model.get("id"), "sha256": model.get("sha256"),
             "dislotrack_version": summary.get("dislotrack_version")}
 
 
-def _shape_mismatch(out: Path, shape: tuple[int, ...]) -> str | None:
-    """Why the predictions in ``out`` cannot be of an annotated (t, y, x) ``shape``, else None
-    (infer's summary.json records the input shape)."""
-    try:
-        pred = json.loads((out / "summary.json").read_text()).get("input", {}).get("shape")
-    except (OSError, ValueError):  # no or unreadable summary: nothing to compare
-        return None
+def _shape_mismatch(summary: dict | None, shape: tuple[int, ...]) -> str | None:
+    """Why predictions with this summary (`_summary`) cannot be of an annotated (t, y, x)
+    ``shape``, else None (infer's summary.json records the input shape; none: nothing to
+    compare)."""
+    pred = (summary or {}).get("input", {}).get("shape")
     if pred is None or list(pred) == list(shape):
         return None
     return f"the predictions are of a {tuple(pred)} input, the annotation is {tuple(shape)}"
