@@ -73,6 +73,7 @@ def measure_drift(
     upsample_factor: int = 10,
     max_step_px: float | None = 1.0,
     reference_weight: float = 0.2,
+    warn_along_fringes: bool = True,
 ) -> pd.DataFrame:
     """Measure the specimen drift of every frame relative to frame 0.
 
@@ -90,6 +91,10 @@ def measure_drift(
     reference_weight : float
         Weight of the newest frame in the running reference, in (0, 1]; 1 compares
         each frame with the previous one only.
+    warn_along_fringes : bool
+        Warn when the drift along the fringes cannot be seen (a ridge-shaped
+        correlation). It concerns glide velocities: a caller that reports no cores
+        (frames that cannot show one) passes False.
 
     Returns
     -------
@@ -148,11 +153,14 @@ def measure_drift(
             "largest %.2f px): the drift may be wrong there (a stage jump?); check drift.csv",
             max_step_px, len(jumps), frames, max(j for _, j in jumps),
         )
-    if trouble["ridge"]:
+    if trouble["ridge"] and warn_along_fringes:
+        # "Repeat along one direction", not "one set of (003) fringes": any periodic
+        # content does it, also where pipeline's (003) check finds no such fringes.
         logger.warning(
-            "drift along the lattice fringes cannot be seen in %d of %d frames (they show one "
-            "set of fringes only): drift.csv keeps the predicted drift along them, and glide "
-            "velocities (along the layers) include any drift that way",
+            "drift along the lattice fringes cannot be seen in %d of %d frames (the frames "
+            "repeat along one direction only, as one set of fringes does): drift.csv keeps "
+            "the predicted drift along them, and glide velocities (along the layers) include "
+            "any drift that way",
             trouble["ridge"],
             len(rows) - 1,
         )

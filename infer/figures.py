@@ -56,12 +56,30 @@ def trajectories(res: AnalysisResult, path: Path) -> None:
     _save(trajectories_figure(res), path)
 
 
+def image_figure_size(shape: tuple[int, ...], *, side: float = 6.0, longest: float = 11.0,
+                      narrowest: float = 4.0, chrome: float = 0.3) -> tuple[float, float, float]:
+    """Figure width and height, and the image's drawn width [in], for an image of
+    ``shape`` (rows, columns, ...) drawn with little margin whatever its aspect ratio.
+
+    The image covers about ``side``² square inches, its longer side at most ``longest``;
+    the figure is at least ``narrowest`` wide (for the title) and ``chrome`` taller than
+    the image (title and legend).
+    """
+    h, w = shape[:2]
+    aspect = w / h
+    width = side * math.sqrt(aspect)
+    width = min(width, longest, longest * aspect)  # the longer side at most `longest`
+    return max(width, narrowest), width / aspect + chrome, width
+
+
 def trajectories_figure(res: AnalysisResult) -> plt.Figure:
     """Tracks (drift-corrected to frame 0) over the first frame; ticks show h, markers
     how each track begins and ends (`END_MARKERS`, legend below the image, clear of the
     scale bar; none for present/survived). Track numbers are nudged clear of each other
-    (`place_labels`)."""
-    fig, ax = plt.subplots(figsize=(6, 6.3), layout="constrained")
+    (`place_labels`). The figure takes the frame's aspect ratio (`image_figure_size`)."""
+    shape = res.first_frame.shape if res.first_frame is not None else res.shape[1:]
+    fig_w, fig_h, image_w = image_figure_size(shape)
+    fig, ax = plt.subplots(figsize=(fig_w, fig_h), layout="constrained")
     if res.first_frame is not None:
         ax.imshow(res.first_frame, cmap="gray")
     t = res.tracks
@@ -86,7 +104,7 @@ def trajectories_figure(res: AnalysisResult) -> plt.Figure:
                 ax.plot(x, y, END_MARKERS[fate], ms=ms, mfc="none" if "rocksalt" in fate else c,
                         mec="white", mew=1.0)
                 shown.add(fate)
-    _track_numbers(fig, ax, starts, res.first_frame)
+    _track_numbers(ax, starts, res.first_frame, image_w)
     if shown:  # neutral proxies: a marker's colour is its track's
         handles = [plt.Line2D([], [], ls="none", marker=END_MARKERS[f], ms=7, mfc="0.6", mec="k",
                               label=f.replace("_", " ")) for f in END_MARKERS if f in shown]
@@ -96,7 +114,8 @@ def trajectories_figure(res: AnalysisResult) -> plt.Figure:
         _scale_bar(ax, res.first_frame.shape, res.calibration)
     if t.empty:
         _no_tracks(ax)
-    ax.set_title(f"{_input_name(res)}: trajectories (drift-corrected, over frame 0)", fontsize=10)
+    sep = ": " if fig_w >= 6 else ":\n"  # a narrow figure: two lines, not a clipped title
+    ax.set_title(f"{_input_name(res)}{sep}trajectories (drift-corrected, over frame 0)", fontsize=10)
     ax.set_axis_off()
     return fig
 
@@ -105,19 +124,19 @@ def trajectories_figure(res: AnalysisResult) -> plt.Figure:
 _LABEL_PT = 9
 
 
-def _track_numbers(fig: plt.Figure, ax: plt.Axes, starts: list[tuple[int, float, float]],
-                   image: np.ndarray | None) -> None:
+def _track_numbers(ax: plt.Axes, starts: list[tuple[int, float, float]],
+                   image: np.ndarray | None, image_width_in: float) -> None:
     """Number each track beside its first position, nudged clear of numbers placed before.
 
-    Label boxes are estimated in data units from the figure width, generously (the image
-    spans less of it, 0.75, than it does; 0.7 em per digit, 1.2 em high), so that labels
-    kept apart here do not touch when drawn.
+    Label boxes are estimated in data units from the image's width on the page,
+    generously (as if 0.75 of ``image_width_in``, which the layout may shrink a little;
+    0.7 em per digit, 1.2 em high), so that labels kept apart here do not touch when drawn.
     """
     if not starts:
         return
     xy = np.array([(x, y) for _, x, y in starts], float)
     width = image.shape[1] if image is not None else max(np.ptp(xy[:, 0]), 1.0)
-    per_pt = width / (0.75 * 72 * fig.get_figwidth())
+    per_pt = width / (0.75 * 72 * image_width_in)
     sizes = np.array([(0.7 * len(str(pid)), 1.2) for pid, _, _ in starts]) * _LABEL_PT * per_pt
     corners = place_labels(xy, sizes, gap=3 * per_pt)
     for (pid, _, _), (lx, ly) in zip(starts, corners, strict=True):

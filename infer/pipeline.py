@@ -381,6 +381,7 @@ def analyze(path: str | Path | Movie, *, model: str | Path | None = None, pixel_
                                   threshold=min(weak_fraction, 1.0) * thr,
                                   scale=s, d_spacing_nm=d_spacing_nm, tta=views)
         n, h, w = movie.shape
+        blind = cores_cannot_show(cal.pixel_size_nm, (h, w), d_spacing_nm)  # warned by `calibrate`
         rows: list[pd.DataFrame] = []
         rs_frac: list[float] = []
         overlaid: dict[int, float] = {}  # frame -> its fraction under `overlay_mask`
@@ -427,7 +428,7 @@ def analyze(path: str | Path | Movie, *, model: str | Path | None = None, pixel_
             if raw:  # also when the reader yields fewer frames than its header said
                 flush(raw, can, n_read - len(raw))
 
-        drift = measure_drift(canonical_frames())
+        drift = measure_drift(canonical_frames(), warn_along_fringes=blind is None)
     n = n_read
     if overlaid:
         logger.warning("burned-in annotations or clipped areas (a scale bar, text, a zero-filled "
@@ -437,7 +438,7 @@ def analyze(path: str | Path | Movie, *, model: str | Path | None = None, pixel_
                        OVERLAY_MARGIN_NM)
     lattice = measure_lattice(lattice_frames, pixel_size_nm=cal.pixel_size_nm,
                               d_spacing_nm=d_spacing_nm) if lattice_frames else None
-    if lattice is None and min(h, w) >= MIN_SIDE_FOR_LATTICE_PX:  # small frames often miss it
+    if lattice is None and not blind and min(h, w) >= MIN_SIDE_FOR_LATTICE_PX:  # small frames often miss it
         where, noisy = ("the image", "image") if n == 1 else ("the first frames", "movie")
         logger.warning("no %.3g nm (003) lattice fringes stand out in %s: check the pixel size "
                        "and --d-spacing (another material?), unless the %s is just noisy; cores "
@@ -455,7 +456,7 @@ def analyze(path: str | Path | Movie, *, model: str | Path | None = None, pixel_
                                     canonical_nm=canonical).shape) / first.shape)
     drift["dx"] = drift["dx"] / sx
     drift["dy"] = drift["dy"] / sy
-    if cores_cannot_show(cal.pixel_size_nm, (h, w), d_spacing_nm):  # warned by `calibrate`
+    if blind:
         rows = []
     detections = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(
         {c: pd.Series(dtype=float) for c in ["frame", *CORE_COLUMNS, "in_rocksalt"]})

@@ -87,25 +87,62 @@ class StrainWriter:
         self.maps = {}
 
     def figure(self, path: Path) -> None:
-        """Frame 0 and its strain maps, cores marked."""
+        """Frame 0 and its strain maps, cores marked (`strain_figure`)."""
         if self.first is None:
             return
         frame, maps, det = self.first
-        fig, axes = plt.subplots(1, 5, figsize=(20, 4.4))
-        axes[0].imshow(frame, cmap="gray")
-        axes[0].set_title("image")
-        for ax, (k, v) in zip(axes[1:], maps.items(), strict=True):
-            lim = np.nanpercentile(np.abs(v), 98) or 1e-3
-            im = ax.imshow(v, cmap="RdBu_r", vmin=-lim, vmax=lim)
-            ax.set_title({"exx": "εxx", "eyy": "εyy", "exy": "εxy", "omega": "ω (rad)"}[k])
-            fig.colorbar(im, ax=ax, fraction=0.046)
-        for ax in axes:
-            ax.plot(det.x, det.y, "o", mfc="none", mec="lime", ms=8)
-            ax.set_axis_off()
         spacings = " and ".join(f"{1 / np.hypot(*g):.3g} nm" for g in self.g)
-        fig.suptitle(f"GPA at {self.res:g} nm from the {spacings} reflections of frame 0; strain "
-                     "relative to its mean lattice; ω > 0 counter-clockwise as displayed; "
-                     "1 filter width at the edges left out", fontsize=10)
-        fig.tight_layout()
+        fig = strain_figure(frame, maps, det, title=(
+            f"GPA at {self.res:g} nm from the {spacings} reflections of frame 0; strain relative "
+            "to its mean lattice; ω > 0 counter-clockwise as displayed; 1 filter width at the "
+            "edges left out"))
         fig.savefig(path, dpi=110)
         plt.close(fig)
+
+
+#: Frames at least this many times wider than tall get their panels stacked in a column.
+WIDE_ASPECT = 2.5
+
+
+def strain_figure(frame: np.ndarray, maps: dict[str, np.ndarray], cores: pd.DataFrame, *,
+                  title: str = "") -> plt.Figure:
+    """The image and its strain maps as equal panels, cores marked on each.
+
+    Panels sit in a row, or in a column for frames `WIDE_ASPECT` times wider than tall;
+    each map's colour bar hangs beside its panel (an inset) rather than taking its width,
+    so every panel shows the frame at the same size and the maps line up with the image.
+
+    Parameters
+    ----------
+    frame : ndarray
+        The image (rows, columns).
+    maps : dict of str to ndarray
+        `COMPONENTS`' maps, each of ``frame``'s shape (NaN where not measured).
+    cores : DataFrame
+        ``x, y`` [px] to mark.
+    title : str
+        The figure's title.
+    """
+    h, w = frame.shape
+    column = w >= WIDE_ASPECT * h
+    n = 1 + len(maps)
+    panel_w = 10.0 if column else 3.3 * min(max(w / h, 0.5), 1.5)  # inches
+    panel_h = panel_w * h / w
+    rows, cols = (n, 1) if column else (1, n)
+    # Room per panel for its title and, beside it, a colour bar with tick labels.
+    size = (cols * (panel_w + 0.9), rows * (panel_h + 0.45) + 0.5)
+    fig, axes = plt.subplots(rows, cols, figsize=size, layout="constrained", squeeze=False)
+    axes = axes.ravel()
+    axes[0].imshow(frame, cmap="gray")
+    axes[0].set_title("image")
+    for ax, (k, v) in zip(axes[1:], maps.items(), strict=True):
+        lim = np.nanpercentile(np.abs(v), 98) if np.isfinite(v).any() else 0.0
+        im = ax.imshow(v, cmap="RdBu_r", vmin=-(lim or 1e-3), vmax=lim or 1e-3)
+        ax.set_title({"exx": "εxx", "eyy": "εyy", "exy": "εxy", "omega": "ω (rad)"}[k])
+        fig.colorbar(im, cax=ax.inset_axes((1.03, 0.0, 0.04 if not column else 0.015, 1.0)))
+    for ax in axes:
+        ax.plot(cores.x, cores.y, "o", mfc="none", mec="lime", ms=8)
+        ax.set_axis_off()
+    if title:
+        fig.suptitle(title, fontsize=10, wrap=True)
+    return fig

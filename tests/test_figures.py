@@ -455,3 +455,41 @@ def test_every_scale_bar_corner_keeps_the_bar_and_label_in_the_frame(corner):
     x0, y0, x1, y1, bar_nm = figures.scale_bar_box((300, 500), 0.25, corner)
     assert x1 - x0 + 1 == round(bar_nm / 0.25)
     assert 0 <= x0 < x1 < 500 and 2 * figures._font_px(300) <= y0 < y1 < 300
+
+
+def _image_axes_fraction(fig: plt.Figure) -> float:
+    """The share of the figure's area that its (only) image covers when drawn."""
+    fig.canvas.draw()
+    (image,) = fig.axes[0].get_images()
+    box = image.get_window_extent()
+    return box.width * box.height / (fig.bbox.width * fig.bbox.height)
+
+
+@pytest.mark.parametrize("shape", [(64, 64), (224, 1312), (1312, 224)])
+def test_trajectories_figure_takes_the_frame_shape_without_wide_margins(shape):
+    res = result(3)
+    res.first_frame = np.zeros(shape)
+    fig = figures.trajectories_figure(res)
+    w, h = fig.get_size_inches()
+    assert max(w, h) <= 11.5
+    # A fixed square page left 70 % of it white around a 224 x 1312 frame.
+    assert _image_axes_fraction(fig) > (0.6 if shape[0] == shape[1] else 0.35)
+    assert fig.axes[0].get_title().count("\n") == (1 if w < 6 else 0)
+
+
+def test_strain_panels_are_the_image_size_and_line_up_with_it():
+    from dislotrack.infer.strain import COMPONENTS, strain_figure
+
+    rng = np.random.default_rng(0)
+    for shape, column in (((64, 64), False), ((40, 160), True)):
+        frame = rng.random(shape)
+        maps = {k: rng.normal(0, 0.01, shape) for k in COMPONENTS}
+        maps["exx"][:3] = np.nan  # the border GPA leaves out
+        fig = strain_figure(frame, maps, pd.DataFrame({"x": [5.0], "y": [6.0]}), title="t")
+        fig.canvas.draw()
+        panels = [ax.get_images()[0].get_window_extent() for ax in fig.axes if ax.get_title()]
+        assert len(panels) == 1 + len(COMPONENTS)
+        sizes = {(round(b.width), round(b.height)) for b in panels}
+        assert len(sizes) == 1  # colour bars do not shrink the maps below the image
+        along = [round(b.x0) for b in panels] if column else [round(b.y0) for b in panels]
+        assert len(set(along)) == 1  # a row (same top) or, for wide frames, a column

@@ -501,6 +501,22 @@ def test_frames_without_lattice_fringes_or_too_small_are_warned_about(tiny_model
     assert len(analyze(fine, **low).detections) > 0
 
 
+def test_frames_that_cannot_show_cores_get_no_drift_or_fringe_warnings_about_cores(tiny_model, tmp_path):
+    # One set of fringes (period 6 px, normal at 30 deg) drifting 0.5 px per frame: the
+    # drift along them cannot be seen, which matters only where cores can be reported.
+    yy, xx = np.mgrid[0:128, 0:128].astype(float)
+    frames = np.stack([np.cos(2 * np.pi * (0.5 * (yy - 0.3 * t) + 0.866 * (xx - 0.4 * t)) / 6.0)
+                       for t in range(6)]).astype(np.float32)
+    path = tmp_path / "fringes.tif"
+    write_imagej_tiff(path, frames, pixel_size_nm=0.1, frame_interval_s=1.0)
+    seen = analyze(path, model=tiny_model, progress=False).warnings
+    assert any("drift along the lattice fringes cannot be seen" in w for w in seen)
+    write_imagej_tiff(path, frames, pixel_size_nm=0.2, frame_interval_s=1.0)  # 2.4 px fringes
+    blind = analyze(path, model=tiny_model, progress=False).warnings
+    assert any("not resolved" in w for w in blind)
+    assert not any("drift along" in w or "fringes stand out" in w for w in blind)
+
+
 def test_strain_maps_without_reflections_are_nan_not_zero(tmp_path):
     from dislotrack.infer.strain import COMPONENTS, StrainWriter
 
