@@ -303,7 +303,8 @@ def resolve_calibration(
         dt, dt_src = file_cal.frame_interval_s, "file"
     else:
         dt, dt_src = None, None
-        notes.append(f"{NO_INTERVAL_NOTE}: velocities in per-frame units (pass --frame-interval S for nm/s)")
+        notes.append(f"{NO_INTERVAL_NOTE}: velocities in per-frame units (pass --frame-interval S, "
+                     "in Python frame_interval_s, for nm/s)")
 
     return Calibration(px, dt, px_src, dt_src, tuple(notes))
 

@@ -366,6 +366,8 @@ def _bare_tta(argv: list[str]) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``dislotrack`` console script."""
+    # Figures are written, never shown: no GUI backend (one the user chose still wins).
+    os.environ.setdefault("MPLBACKEND", "Agg")
     # Warnings read as one line, not as the source line that raised them (unless debugging).
     formatwarning = warnings.formatwarning
     if not os.environ.get("DISLOTRACK_DEBUG"):

@@ -7,21 +7,18 @@ import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib import patheffects
+from matplotlib.ticker import MaxNLocator
+from PIL import Image, ImageDraw, ImageFont
+from scipy import ndimage
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib import patheffects  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-from PIL import Image, ImageDraw, ImageFont  # noqa: E402
-from scipy import ndimage  # noqa: E402
-
-from dislotrack.infer.calibration import Calibration  # noqa: E402
-from dislotrack.infer.columns import PER_FRAME, PER_SECOND  # noqa: E402
-from dislotrack.infer.overlays import overlay_mask  # noqa: E402
-from dislotrack.infer.pipeline import AnalysisResult  # noqa: E402
+from dislotrack.infer.calibration import Calibration
+from dislotrack.infer.motion import MIN_TRAVEL_NM, MOVING_SE, moving_tracks
+from dislotrack.infer.overlays import overlay_mask
+from dislotrack.infer.pipeline import AnalysisResult
 
 _TAB20 = plt.get_cmap("tab20").colors
 #: Track colours, shared by trajectories.png, displacement.png and the overlay: tab10's
@@ -196,14 +193,6 @@ MAX_NAMED_TRACKS = len(PALETTE)
 SIGN_CONVENTION = {"climb": "+: towards h, shortening the extra half-plane",
                    "glide": "+: along b = h turned 90° counter-clockwise"}
 
-#: A track moves in a component when its velocity is more than this many standard errors
-#: from zero ...
-MOVING_SE = 2.0
-#: ... and carries it at least this far over the track [nm] (about one (003) spacing: a
-#: precisely measured drift of a few pm is not motion).
-MIN_TRAVEL_NM = 0.4
-
-
 def displacement(res: AnalysisResult, path: Path) -> None:
     """Write `displacement_figure` to ``path``."""
     _save(displacement_figure(res), path)
@@ -296,42 +285,6 @@ def _legend_entries(axes: Sequence[plt.Axes]) -> tuple[list, list[str]]:
         for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
             entries.setdefault(label, handle)
     return list(entries.values()), list(entries)
-
-
-def moving_tracks(summary: pd.DataFrame, component: str,
-                  frame_interval_s: float | None) -> tuple[pd.Series, str]:
-    """The tracks that move in ``component``: velocity more than `MOVING_SE` standard
-    errors from zero, and at least `MIN_TRAVEL_NM` of travel at that velocity over the
-    track (``last_frame - first_frame``; not checked where the summary lacks them).
-
-    Parameters
-    ----------
-    summary : DataFrame
-        A track summary as `analyze` returns it (``particle``, ``first_frame``,
-        ``last_frame``, ``<component>_velocity`` and ``<component>_velocity_se`` in
-        ``*_nm_s`` or, without a frame interval, ``*_nm_per_frame`` columns).
-    component : {"glide", "climb"}
-    frame_interval_s : float or None
-        The frame interval [s], for the travel of ``*_nm_s`` velocities.
-
-    Returns
-    -------
-    Series
-        The moving tracks' velocities, indexed by particle (empty where the summary has
-        no such columns).
-    str
-        Their unit, ``"nm/s"`` or ``"nm/frame"``.
-    """
-    for suffix, unit, per in ((PER_SECOND, "nm/s", frame_interval_s or 1.0),
-                              (PER_FRAME, "nm/frame", 1.0)):
-        v, se = f"{component}_velocity{suffix}", f"{component}_velocity_se{suffix}"
-        if v in summary and se in summary:
-            s = summary.set_index("particle")
-            moving = s[v].abs() > MOVING_SE * s[se]
-            if {"first_frame", "last_frame"} <= set(s.columns):
-                moving &= s[v].abs() * (s.last_frame - s.first_frame) * per >= MIN_TRAVEL_NM
-            return s.loc[moving, v].rename(component), unit
-    return pd.Series(dtype=float, name=component), "nm/s"
 
 
 def common_span_mean(rel: pd.DataFrame, col: str) -> pd.DataFrame:

@@ -18,7 +18,15 @@ import pandas as pd
 from scipy import stats
 
 from dislotrack.data_gen.conventions import glide_climb, px_to_nm, unit
+from dislotrack.infer.columns import PER_FRAME, PER_SECOND
 from dislotrack.infer.drift import position_columns
+
+#: A track moves in a component when its velocity is more than this many standard errors
+#: from zero ...
+MOVING_SE = 2.0
+#: ... and carries it at least this far over the track [nm] (about one (003) spacing: a
+#: precisely measured drift of a few pm is not motion).
+MIN_TRAVEL_NM = 0.4
 
 VELOCITY_COLUMNS = [
     "glide_velocity_nm_s",
@@ -159,3 +167,39 @@ def frame_times(frames: pd.Series, frame_interval_s: float | None) -> np.ndarray
     if frame_interval_s <= 0:
         raise ValueError(f"frame_interval_s must be positive [s], got {frame_interval_s}")
     return frames.to_numpy(dtype=float) * frame_interval_s
+
+
+def moving_tracks(summary: pd.DataFrame, component: str,
+                  frame_interval_s: float | None) -> tuple[pd.Series, str]:
+    """The tracks that move in ``component``: velocity more than `MOVING_SE` standard
+    errors from zero, and at least `MIN_TRAVEL_NM` of travel at that velocity over the
+    track (``last_frame - first_frame``; not checked where the summary lacks them).
+
+    Parameters
+    ----------
+    summary : DataFrame
+        A track summary as `analyze` returns it (``particle``, ``first_frame``,
+        ``last_frame``, ``<component>_velocity`` and ``<component>_velocity_se`` in
+        ``*_nm_s`` or, without a frame interval, ``*_nm_per_frame`` columns).
+    component : {"glide", "climb"}
+    frame_interval_s : float or None
+        The frame interval [s], for the travel of ``*_nm_s`` velocities.
+
+    Returns
+    -------
+    Series
+        The moving tracks' velocities, indexed by particle (empty where the summary has
+        no such columns).
+    str
+        Their unit, ``"nm/s"`` or ``"nm/frame"``.
+    """
+    for suffix, unit_name, per in ((PER_SECOND, "nm/s", frame_interval_s or 1.0),
+                                   (PER_FRAME, "nm/frame", 1.0)):
+        v, se = f"{component}_velocity{suffix}", f"{component}_velocity_se{suffix}"
+        if v in summary and se in summary:
+            s = summary.set_index("particle")
+            moving = s[v].abs() > MOVING_SE * s[se]
+            if {"first_frame", "last_frame"} <= set(s.columns):
+                moving &= s[v].abs() * (s.last_frame - s.first_frame) * per >= MIN_TRAVEL_NM
+            return s.loc[moving, v].rename(component), unit_name
+    return pd.Series(dtype=float, name=component), "nm/s"

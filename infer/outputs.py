@@ -18,6 +18,7 @@ from dislotrack.infer.columns import (
     TABLES,
     velocity_columns_as_written,
 )
+from dislotrack.infer.motion import moving_tracks
 
 if TYPE_CHECKING:  # the pipeline imports torch; evaluate reads outputs without it
     from dislotrack.infer.pipeline import AnalysisResult
@@ -63,8 +64,12 @@ def summary_dict(res: AnalysisResult) -> dict:
         col = next((c for c in (f"{component}_velocity{u}" for u in (PER_SECOND, PER_FRAME))
                     if c in s), None)
         v = s[col].dropna().to_numpy(float) if col else np.array([])
+        moving, _ = moving_tracks(s, component, cal.frame_interval_s)
         return {"mean": float(v.mean()) if len(v) else None,
-                "sd": float(v.std(ddof=1)) if len(v) > 1 else None, "n_tracks": int(len(v))}
+                "sd": float(v.std(ddof=1)) if len(v) > 1 else None, "n_tracks": int(len(v)),
+                # The tracks displacement.png draws, by particle: the mean over all tracks
+                # mixes a moving core with resting ones and with those moving the other way.
+                "moving": {str(int(p)): float(x) for p, x in moving.items()}}
 
     return {
         "schema_version": SCHEMA_VERSION,
@@ -105,8 +110,10 @@ def _lattice_dict(res: AnalysisResult) -> dict | None:
             "track_h_from_lattice": bool(b) and res.lattice_h}
 
 
-def write_tables(res: AnalysisResult, out: Path, *, parquet: bool = False) -> list[Path]:
-    """CSV (and optionally Parquet) of every table, plus summary.json."""
+def write_tables(res: AnalysisResult, out: str | Path, *, parquet: bool = False) -> list[Path]:
+    """Write every table as CSV (and optionally Parquet), plus summary.json, into ``out``
+    (created if needed); returns the paths written."""
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for name in TABLES:

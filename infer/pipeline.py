@@ -71,7 +71,7 @@ from dislotrack.infer.overlays import MARGIN_NM as OVERLAY_MARGIN_NM
 from dislotrack.infer.overlays import overlay_mask
 from dislotrack.infer.predict import pick_device
 from dislotrack.infer.preprocess import scale_factor, to_canonical
-from dislotrack.infer.readers import Movie, open_movie
+from dislotrack.infer.readers import IN_MEMORY, Movie, movie_from_array, open_movie
 from dislotrack.models.io import load_model
 from dislotrack.models.unet import prepare_for_inference
 
@@ -88,10 +88,39 @@ MIN_FRINGE_PERIOD_PX = 2.5
 LATTICE_FRAMES = 8
 
 
-@dataclass
+@dataclass(repr=False)
 class AnalysisResult:
-    """Everything `analyze` found; tables follow DESIGN.md's output contract (the columns
-    written to CSV, e.g. ``*_velocity_nm_per_frame`` without a frame interval)."""
+    """Everything `analyze` found. The tables follow DESIGN.md's output contract (as
+    written to CSV, e.g. ``*_velocity_nm_per_frame`` without a frame interval), except
+    that ``tracks`` also holds the drift-corrected ``x_corr, y_corr`` [px].
+
+    Attributes
+    ----------
+    detections, tracks, track_summary, events, counts, drift : DataFrame
+        The tables of detections.csv ... drift.csv (README › Outputs); positions
+        ``x, y`` in image pixels, ``*_nm`` in nm.
+    calibration : Calibration
+        Pixel size [nm/px] and frame interval [s], each with its source.
+    rocksalt_fraction : ndarray
+        Rock-salt share of each frame (also ``counts.rocksalt_fraction``).
+    shape : (T, H, W)
+        Frames and frame size [px] of the input.
+    input_path, input_sha256 : str
+        The input (absolute path; ``"<array>"`` for an in-memory array) and its hash.
+    model_card : dict
+        The model's card (id, sha256, canonical pixel size, training recipe, ...).
+    warnings : list of str
+        What the user should know (also in summary.json).
+    first_frame : ndarray or None
+        Frame 0 as read (float32), for figures.
+    lattice : Lattice or None
+        The measured lattice: ``g003`` and ``g_layer`` in cycles/nm (None: no (003)
+        fringes stood out).
+    lattice_h : bool
+        Whether track **h** was snapped to ``lattice``'s Burgers vectors.
+    options : dict
+        The options that shaped the result (`analysis_options`), as in summary.json.
+    """
 
     detections: pd.DataFrame
     tracks: pd.DataFrame
@@ -109,8 +138,14 @@ class AnalysisResult:
     first_frame: np.ndarray | None = None
     lattice: Lattice | None = None
     lattice_h: bool = False  # whether track h was snapped to ``lattice``
-    #: The options that shaped the result (`analysis_options`), for summary.json.
     options: dict[str, Any] = field(default_factory=dict)
+
+    def __repr__(self) -> str:  # short: the default showed the model card and frame 0
+        c = self.calibration
+        return (f"AnalysisResult({Path(self.input_path).name!r}, shape={tuple(self.shape)}, "
+                f"pixel_size_nm={c.pixel_size_nm}, frame_interval_s={c.frame_interval_s}, "
+                f"{len(self.detections)} detections, {len(self.track_summary)} tracks, "
+                f"{len(self.events)} events, {len(self.warnings)} warnings)")
 
 
 def _malloc_trim() -> Callable[[], object]:
@@ -154,7 +189,7 @@ def _chosen_signal(movie: Movie, asked: int | str | None) -> int | str | None:
         return asked
     read = movie.metadata.get("signal")
     if asked is None:
-        logger.warning("%s holds %d images (%s): analysed %r; pick another with --signal",
+        logger.warning("%s holds %d images (%s): analysed %r; pick another with --signal (signal=)",
                        movie.path.name, len(names), ", ".join(map(repr, names)), read)
     return read
 
@@ -176,7 +211,7 @@ def calibrate(movie: Movie, *, pixel_size_nm: float | None, frame_interval_s: fl
         hint = f" (--pixel-size {float(bare.group(1)):.6g} if the file's number is in nm)" if bare else ""
         raise ValueError(
             f"{movie.path}: no usable pixel size in the file{why} and none could be estimated "
-            f"from {d_spacing_nm} nm fringes; pass --pixel-size NM{hint}")
+            f"from {d_spacing_nm} nm fringes; pass --pixel-size NM (pixel_size_nm=){hint}")
     # What the reader could not do as asked or as expected (e.g. read one channel of several).
     cal = replace(cal, warnings=(*cal.warnings, *movie.metadata.get("warnings", [])))
     caveat = movie.metadata.get("frame_interval_caveat")  # e.g. a video's playback rate
@@ -189,7 +224,8 @@ def calibrate(movie: Movie, *, pixel_size_nm: float | None, frame_interval_s: fl
         raise ValueError(
             f"{movie.path}: at {cal.pixel_size_nm:.3g} nm/px ({cal.pixel_size_source}) the "
             f"{d_spacing_nm} nm lattice fringes span {period_px:.2g} px, below the 2 px that can "
-            "show them: atomic-resolution images are needed (or pass the right --pixel-size)")
+            "show them: atomic-resolution images are needed (or pass the right --pixel-size, "
+            "pixel_size_nm=)")
     why = cores_cannot_show(cal.pixel_size_nm, movie.shape[1:], d_spacing_nm)
     if why:
         cal = replace(cal, warnings=(*cal.warnings, why))
@@ -206,7 +242,8 @@ def cores_cannot_show(pixel_size_nm: float, shape: tuple[int, int], d_spacing_nm
     if period_px < MIN_FRINGE_PERIOD_PX:
         return (f"at {pixel_size_nm:.3g} nm/px the {d_spacing_nm} nm lattice fringes span "
                 f"{period_px:.2g} px: not resolved, so no dislocation core can show and none is "
-                "reported; atomic-resolution images are needed (or pass the right --pixel-size)")
+                "reported; atomic-resolution images are needed (or pass the right --pixel-size, "
+                "pixel_size_nm=)")
     if min(shape) < 4 * period_px:  # a core needs a few fringes around it
         return (f"the frames ({shape[1]} x {shape[0]} px) span under 4 lattice fringes "
                 f"({period_px:.3g} px each) across: too small to show a dislocation core, so "
@@ -271,8 +308,9 @@ def _keeping_logged_warnings(fn: Callable[..., AnalysisResult]) -> Callable[...,
 
 
 @_keeping_logged_warnings
-def analyze(path: str | Path | Movie, *, model: str | Path | None = None, pixel_size_nm: float | None = None,
-            frame_interval_s: float | None = None, device: str = "auto", threshold: float | None = None,
+def analyze(path: str | Path | Movie | np.ndarray, *, model: str | Path | None = None,
+            pixel_size_nm: float | None = None, frame_interval_s: float | None = None,
+            device: str = "auto", threshold: float | None = None,
             batch_size: int = 4, d_spacing_nm: float = D003_LINIO2_NM,
             max_speed_nm_s: float = DEFAULT_MAX_SPEED_NM_S, memory: int = 5,
             min_length: int = DEFAULT_MIN_LENGTH, max_gap: int = 12, min_track_score: float = 0.0,
@@ -286,9 +324,11 @@ def analyze(path: str | Path | Movie, *, model: str | Path | None = None, pixel_
 
     Parameters
     ----------
-    path : str, Path or Movie
+    path : str, Path, Movie or ndarray
         Any input `dislotrack.infer.readers.open_movie` reads, or a movie it opened
-        (left open: its opener closes it; ``signal`` is then the one it was opened with).
+        (left open: its opener closes it; ``signal`` is then the one it was opened with),
+        or an in-memory (y, x) image or (t, y, x) stack (`movie_from_array`: no
+        calibration, so pass ``pixel_size_nm`` and ``frame_interval_s``).
     model : str or Path, optional
         A model ``<stem>`` (safetensors + JSON card); default: the bundled model.
     pixel_size_nm, frame_interval_s : float, optional
@@ -353,6 +393,12 @@ def analyze(path: str | Path | Movie, *, model: str | Path | None = None, pixel_
         Receives each raw frame with its detections (e.g. to write strain maps).
     progress : bool
         Show a progress bar.
+
+    Returns
+    -------
+    AnalysisResult
+        The tables (detections, tracks, track_summary, events, counts, drift), the
+        calibration with its sources, the warnings, the lattice and the options.
     """
     check_detector_options(detector, model=model, threshold=threshold, tta=tta,
                            weak_fraction=weak_fraction)
@@ -364,6 +410,8 @@ def analyze(path: str | Path | Movie, *, model: str | Path | None = None, pixel_
     canonical = float(card["canonical_pixel_size_nm"])
     # A movie opened by the caller is read again, not reopened: opening a folder of DM
     # frames reads every file's header (about 20 ms each).
+    if isinstance(path, np.ndarray):
+        path = movie_from_array(path)
     opened = contextlib.nullcontext(path) if isinstance(path, Movie) else open_movie(path, signal=signal)
     with opened as movie:
         path = movie.path
@@ -441,8 +489,9 @@ def analyze(path: str | Path | Movie, *, model: str | Path | None = None, pixel_
     if lattice is None and not blind and min(h, w) >= MIN_SIDE_FOR_LATTICE_PX:  # small frames often miss it
         where, noisy = ("the image", "image") if n == 1 else ("the first frames", "movie")
         logger.warning("no %.3g nm (003) lattice fringes stand out in %s: check the pixel size "
-                       "and --d-spacing (another material?), unless the %s is just noisy; cores "
-                       "are found where those fringes end, so any reported here are doubtful",
+                       "and --d-spacing (d_spacing_nm=; another material?), unless the %s is just "
+                       "noisy; cores are found where those fringes end, so any reported here are "
+                       "doubtful",
                        d_spacing_nm, where, noisy)
     snap_asked = lattice_h
     lattice_h = lattice_h and lattice is not None and lattice.has_layer  # snapped or not, once
@@ -465,9 +514,12 @@ def analyze(path: str | Path | Movie, *, model: str | Path | None = None, pixel_
     detections = detections[[*DETECTION_COLUMNS, "in_rocksalt"]].astype({"frame": int, "in_rocksalt": bool})
     # The GPA baseline's scores are not probabilities: it gets no weak detections.
     strong = (detections["score"] > thr) | (detector != "unet")  # decode_cores keeps > thr
+    in_memory = path == IN_MEMORY
     res = _track(detections[strong].reset_index(drop=True), drift, cal, np.asarray(rs_frac),
                  # absolute (without resolving links): summary.json must find the input
-                 (n, h, w), os.path.abspath(path), card, max_speed_nm_s=max_speed_nm_s, memory=memory,
+                 (n, h, w), str(path) if in_memory else os.path.abspath(path),
+                 movie.metadata["sha256"] if in_memory else file_sha256(path), card,
+                 max_speed_nm_s=max_speed_nm_s, memory=memory,
                  min_length=min_length, max_gap=max_gap, min_track_score=min_track_score,
                  border_nm=border_nm, first=first, weak=detections[~strong].reset_index(drop=True),
                  lattice=lattice, lattice_h=lattice_h)
@@ -567,8 +619,9 @@ def track_detections(detections: pd.DataFrame, *, pixel_size_nm: float,
         # Without a frame interval the search range is a step per frame (`search_range_px`).
         reach = search_range_px(pixel_size_nm=ps, frame_interval_s=None)
         logger.warning("max_speed_nm_s (--max-speed) %g nm/s was ignored: the frame interval is "
-                       "unknown (pass --frame-interval S), so cores were linked within %.3g nm "
-                       "(%.3g px) per frame, as for the default %g nm/s at an assumed 1 frame/s",
+                       "unknown (pass --frame-interval S, frame_interval_s=), so cores were linked "
+                       "within %.3g nm (%.3g px) per frame, as for the default %g nm/s at an "
+                       "assumed 1 frame/s",
                        max_speed_nm_s, reach * ps, reach, DEFAULT_MAX_SPEED_NM_S)
     explicit = max_speed_nm_s != DEFAULT_MAX_SPEED_NM_S
     if dt is not None and explicit and max_speed_nm_s * dt < MIN_SEARCH_RANGE_NM:
@@ -627,7 +680,7 @@ def _with_burgers_columns(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def _track(detections: pd.DataFrame, drift: pd.DataFrame, cal: Calibration, rs_frac: np.ndarray,
-           shape: tuple[int, int, int], path: str, card: dict, *, first: np.ndarray,
+           shape: tuple[int, int, int], path: str, sha256: str, card: dict, *, first: np.ndarray,
            weak: pd.DataFrame | None = None, lattice: Lattice | None = None,
            lattice_h: bool = False, **options) -> AnalysisResult:
     """`track_detections`, wrapped into an `AnalysisResult` for ``path``; ``lattice_h``:
@@ -640,7 +693,7 @@ def _track(detections: pd.DataFrame, drift: pd.DataFrame, cal: Calibration, rs_f
         detections=detections[DETECTION_COLUMNS], tracks=t.tracks, track_summary=t.track_summary,
         events=t.events,
         counts=t.counts, drift=drift, calibration=cal, rocksalt_fraction=rs_frac, shape=shape,
-        input_path=path, input_sha256=file_sha256(path), model_card=card,
+        input_path=path, input_sha256=sha256, model_card=card,
         warnings=list(cal.warnings), first_frame=first, lattice=lattice,
         lattice_h=lattice_h)
 

@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
+import hashlib
 import importlib
 import logging
 import re
@@ -626,7 +627,7 @@ def _pick(names: list[str], signal: int | str | None, path: Path, *, what: str) 
             return i
     if len(names) == 1:  # e.g. a one-image MRC read through the multi-image path
         shown = "untitled" if names[0] in ("None", "") else repr(names[0])
-        raise ValueError(f"{path} holds one {what} ({shown}): --signal chooses among several "
+        raise ValueError(f"{path} holds one {what} ({shown}): --signal (signal=) chooses among several "
                          "and is not needed here")
     raise ValueError(f"{path} has no {what} {signal!r}; its {what}s are {names}")
 
@@ -697,6 +698,33 @@ def _open_image(path: Path) -> Movie:
         mode = im.mode
     meta = {"format": path.suffix.lower()[1:].upper(), "mode": mode, "notes": []}
     return Movie(path, (1, h, w), Calibration(), meta, lambda i: iio.imread(path))
+
+
+#: `Movie.path` of an in-memory array (`movie_from_array`): not a file.
+IN_MEMORY = Path("<array>")
+
+
+def movie_from_array(data: np.ndarray) -> Movie:
+    """A `Movie` over an in-memory (y, x) image or (t, y, x) stack, e.g. a cropped stack
+    or HyperSpy's ``signal.data``, for `dislotrack.infer.pipeline.analyze`.
+
+    It has no calibration: give ``analyze`` the pixel size and frame interval (else the
+    pixel size is estimated from the fringes, and velocities are per frame). Its path
+    is `IN_MEMORY`; ``metadata["sha256"]`` identifies the data.
+
+    Examples
+    --------
+    >>> movie_from_array(np.zeros((3, 64, 48), np.uint16)).shape
+    (3, 64, 48)
+    """
+    data = np.asarray(data)
+    if not _is_image_array(data):
+        raise ValueError(f"an in-memory {data.dtype} array of shape {data.shape} is not an image: "
+                         "expected a real-valued (y, x) image or (t, y, x) stack")
+    meta = {"format": "array", "notes": ["an in-memory array: no calibration"],
+            "sha256": hashlib.sha256(np.ascontiguousarray(data).data).hexdigest()}
+    n_frames, read = _frames_of(data)
+    return Movie(IN_MEMORY, (n_frames, *_frame_shape(data)), Calibration(), meta, read)
 
 
 def _open_numpy(path: Path) -> Movie:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import shutil
@@ -61,6 +62,7 @@ def infer_one(path: str | Path, out: str | Path, *, movie: bool = True, parquet:
                         d_spacing_nm=options.get("d_spacing_nm", D003_LINIO2_NM))
         stale = stale_outputs(dest, movie=movie, strain=strain, parquet=parquet,
                               single_image=m.shape[0] == 1)
+        earlier = earlier_input(dest)
         # Written beside the results and moved in only when complete: a run that fails
         # leaves an earlier run's results whole, and no half-written folder.
         staging = dest.with_name(f".{dest.name}.running")
@@ -73,6 +75,10 @@ def infer_one(path: str | Path, out: str | Path, *, movie: bool = True, parquet:
             _move_into(staging, dest)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+    if earlier is not None and Path(earlier) != Path(res.input_path):
+        # Same stem, another file (x.dm4 and its x.tif export): say so, do not replace silently.
+        res.warnings.append(f"replaced the results of {earlier} in {dest} (a different input of "
+                            "the same name; use another --out to keep both)")
     for old in stale:  # only once this run's outputs are in place
         try:
             old.unlink()
@@ -88,6 +94,14 @@ def _move_into(staging: Path, dest: Path) -> None:
         target = dest / src.relative_to(staging)
         target.parent.mkdir(parents=True, exist_ok=True)
         src.replace(target)
+
+
+def earlier_input(dest: Path) -> str | None:
+    """The input path an earlier run recorded in ``dest/summary.json``, if any."""
+    try:
+        return json.loads((dest / "summary.json").read_text())["input"]["path"]
+    except (OSError, ValueError, KeyError, TypeError):  # no run there, or not one of ours
+        return None
 
 
 def stale_outputs(dest: Path, *, movie: bool, strain: bool, parquet: bool,

@@ -6,15 +6,12 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import tifffile
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import tifffile  # noqa: E402
-
-from dislotrack.infer.gpa import NoReflectionError, find_reflections, strain_maps  # noqa: E402
+from dislotrack.infer.gpa import NoReflectionError, find_reflections, strain_maps
 
 logger = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dislotrack.infer import figures
+from dislotrack.infer import figures, motion
 from dislotrack.infer.calibration import Calibration
 from dislotrack.infer.overlays import overlay_mask
 from dislotrack.infer.pipeline import AnalysisResult
@@ -331,14 +331,14 @@ def test_moving_tracks_use_the_velocity_its_standard_error_and_the_travel():
                             "last_frame": [20, 20, 20, 20, 20],
                             "climb_velocity_nm_s": [-0.3, 0.01, -0.2, 0.5, 0.0025],
                             "climb_velocity_se_nm_s": [0.01, 0.01, 0.05, 0.3, 0.0005]})
-    v, unit = figures.moving_tracks(summary, "climb", 0.5)
+    v, unit = motion.moving_tracks(summary, "climb", 0.5)
     # 1: 1 SE; 3: 1.7 SE; 4: 5 SE but 0.025 nm in 10 s
     assert v.index.tolist() == [0, 2] and unit == "nm/s"
-    assert figures.moving_tracks(summary, "climb", 0.08)[0].index.tolist() == [0]  # 2: 0.32 nm
+    assert motion.moving_tracks(summary, "climb", 0.08)[0].index.tolist() == [0]  # 2: 0.32 nm
     per_frame = summary.rename(columns=lambda c: c.replace("_nm_s", "_nm_per_frame"))
-    v, unit = figures.moving_tracks(per_frame, "climb", None)
+    v, unit = motion.moving_tracks(per_frame, "climb", None)
     assert v.index.tolist() == [0, 2] and unit == "nm/frame"
-    assert figures.moving_tracks(summary, "glide", 0.5)[0].empty
+    assert motion.moving_tracks(summary, "glide", 0.5)[0].empty
 
 
 def test_displacement_mean_is_over_moving_tracks_and_their_common_span():

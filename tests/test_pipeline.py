@@ -564,7 +564,8 @@ def test_small_option_mistakes_read_as_one_line(tmp_path, capsys, tiny_model):
     assert re.search(r"one.tif: \d+ cores?\n", capsys.readouterr().out)
     with pytest.raises(FileNotFoundError, match="or a bundled name: default, fine"):
         load_model("nosuch")
-    with pytest.raises(ValueError, match=r"holds one image \(untitled\): --signal chooses among several"):
+    with pytest.raises(ValueError,
+                       match=r"holds one image \(untitled\): --signal \(signal=\) chooses among several"):
         _pick(["None"], "HAADF", Path("temp.mrc"), what="image")
 
 
@@ -713,7 +714,8 @@ def test_max_speed_without_a_frame_interval_is_reported_as_ignored(tiny_model, t
     res = analyze(movie, model=tiny_model, max_speed_nm_s=0.5, progress=False)
     assert [w for w in res.warnings if "--max-speed" in w] == [
         "max_speed_nm_s (--max-speed) 0.5 nm/s was ignored: the frame interval is unknown (pass "
-        "--frame-interval S), so cores were linked within 2 nm (20 px) per frame, as for the "
+        "--frame-interval S, frame_interval_s=), so cores were linked within 2 nm (20 px) per "
+        "frame, as for the "
         "default 2 nm/s at an assumed 1 frame/s"]
     # At its default, or with a frame interval (from the file or given), it is used: no warning.
     for kwargs in ({}, {"max_speed_nm_s": 1.5, "frame_interval_s": 1.0}):
@@ -1020,3 +1022,72 @@ def test_infer_estimates_a_missing_pixel_size_once(tiny_model, tmp_path, monkeyp
     assert len(calls) == 1
     assert res.calibration.pixel_size_source == "estimated"
     assert res.calibration.pixel_size_nm == pytest.approx(0.1, rel=0.02)
+
+
+def test_an_in_memory_stack_is_analysed_as_its_file_would_be(tiny_model, tmp_path):
+    from dislotrack.infer.outputs import write_tables
+
+    m = make_movie(np.random.default_rng(3), GeneratorConfig(size=64, mode="hrtem"), n_frames=2)
+    image = m.frames[0].astype(np.float32)  # a (y, x) image: the untrained network fires often
+    kw = dict(model=tiny_model, pixel_size_nm=0.1, threshold=0.01, progress=False)
+    res = analyze(image, **kw)
+    path = tmp_path / "m.tif"
+    write_imagej_tiff(path, image[None], pixel_size_nm=0.1)
+    from_file = analyze(path, **kw)
+    assert len(res.detections) > 0
+    pd.testing.assert_frame_equal(res.detections, from_file.detections)
+    assert res.input_path == "<array>" and len(res.input_sha256) == 64
+    stack = m.frames.astype(np.float32)
+    two = analyze(stack, model=tiny_model, pixel_size_nm=0.1, frame_interval_s=0.5, progress=False)
+    assert two.shape == (2, 64, 64) and two.calibration.frame_interval_s == 0.5
+    assert two.input_sha256 != res.input_sha256
+    assert "<array>" in repr(res) and len(repr(res)) < 300  # not the model card and frame 0
+    written = write_tables(res, str(tmp_path / "out"))  # a str is fine
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["input"]["path"] == "<array>"
+    assert all(p.is_file() for p in written)
+    with pytest.raises(ValueError, match=r"array of shape \(2, 3, 4, 5\) is not an image"):
+        analyze(np.zeros((2, 3, 4, 5)), **kw)
+
+
+def test_summary_json_lists_the_moving_tracks_the_figure_draws(tiny_model, tmp_path):
+    from dislotrack.infer.outputs import summary_dict
+    from dislotrack.infer.pipeline import track_detections
+
+    # Track 0 glides 0.1 nm per frame; track 1 rests: the mean of both means neither.
+    moving = pd.DataFrame({"frame": range(10), "x": np.linspace(20, 29, 10), "y": 20.0})
+    resting = pd.DataFrame({"frame": range(10), "x": 70.0, "y": 70.0 + 0.01 * np.arange(10)})
+    det = pd.concat([moving, resting]).assign(score=0.9, hx=0.0, hy=-1.0)
+    t = track_detections(det, pixel_size_nm=0.1, frame_interval_s=1.0, n_frames=10,
+                         image_shape=(100, 100), min_length=3)
+    res = analyze(np.zeros((2, 32, 32), np.float32), model=tiny_model, pixel_size_nm=0.1,
+                  frame_interval_s=1.0, progress=False)
+    res.track_summary = t.track_summary
+    glide = summary_dict(res)["velocities"]["glide"]
+    assert glide["n_tracks"] == 2 and glide["mean"] == pytest.approx(-0.05, abs=0.002)
+    assert list(glide["moving"]) == ["0"] and glide["moving"]["0"] == pytest.approx(-0.1, abs=1e-3)
+
+
+def test_results_of_another_input_of_the_same_name_are_not_replaced_silently(tiny_model, tmp_path):
+    frames = np.zeros((2, 32, 32), np.float32)
+    write_imagej_tiff(tmp_path / "x.tif", frames, pixel_size_nm=0.1, frame_interval_s=1.0)
+    np.save(tmp_path / "x.npy", frames)
+    kw = dict(model=tiny_model, movie=False, progress=False, pixel_size_nm=0.1, frame_interval_s=1.0)
+    first = run.infer_one(tmp_path / "x.tif", tmp_path / "o", **kw)
+    again = run.infer_one(tmp_path / "x.tif", tmp_path / "o", **kw)  # a rerun: nothing to say
+    assert not any("replaced" in w for w in first.warnings + again.warnings)
+    other = run.infer_one(tmp_path / "x.npy", tmp_path / "o", **kw)
+    assert any(f"replaced the results of {tmp_path / 'x.tif'}" in w for w in other.warnings)
+
+
+def test_importing_the_figures_leaves_the_users_matplotlib_backend_alone(monkeypatch):
+    import subprocess
+    import sys
+
+    code = ("import matplotlib; matplotlib.use('pdf'); import dislotrack.infer.figures, "
+            "dislotrack.infer.strain; assert matplotlib.get_backend() == 'pdf', matplotlib.get_backend()")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    monkeypatch.delenv("MPLBACKEND", raising=False)
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert __import__("os").environ["MPLBACKEND"] == "Agg"  # the command line draws off-screen
