@@ -120,6 +120,9 @@ def read_annotation(sidecar: str | Path) -> Annotation:
         px = float(side["pixel_size_nm"])
     except (KeyError, TypeError, ValueError):
         px = float("nan")
+    if "pixel_size_nm" not in side:
+        raise ValueError(f"{sidecar}: no pixel_size_nm (the image's nm per pixel); it has "
+                         f"{', '.join(sorted(side)) or 'no keys'}")
     if not (np.isfinite(px) and px > 0):
         raise ValueError(f"{sidecar}: pixel_size_nm must be a positive number [nm/px], "
                          f"got {side.get('pixel_size_nm')!r}")
@@ -128,9 +131,16 @@ def read_annotation(sidecar: str | Path) -> Annotation:
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
         raise ValueError(f"{stem}_cores.csv is not a readable CSV table: {err}") from None
     cores.columns = cores.columns.str.strip()
+    found = list(cores.columns)
+    if len(image) == 1:  # one image: its frame is 0, and each core is its own particle
+        cores = cores.assign(**{k: v for k, v in (("frame", 0), ("particle", np.arange(len(cores))))
+                                if k not in cores.columns})
     missing = [c for c in REQUIRED_CORE_COLUMNS if c not in cores.columns]
     if missing:
-        raise ValueError(f"{stem}_cores.csv lacks columns {missing}")
+        raise ValueError(f"{stem}_cores.csv lacks columns {missing}: it has {found}, "
+                         f"the header needs {','.join(REQUIRED_CORE_COLUMNS)} (positions in px, "
+                         "h the direction into the extra half-plane, particle a core's id over "
+                         "the frames)")
     rs_path = Path(f"{stem}_rs.tif")
     rs = _read_mask(rs_path) if rs_path.exists() else None
     numeric = [c for c in REQUIRED_CORE_COLUMNS

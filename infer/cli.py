@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import math
 import os
 import shlex
@@ -313,11 +314,29 @@ def _run_finetune(args: argparse.Namespace) -> int:
                            command=args.command_line)
     except MisconfigurationException as err:  # e.g. --accelerator gpu on a machine without one
         raise ValueError(f"--accelerator {args.accelerator}: {err}") from err
-    for k, v in sorted(metrics.items()):
-        print(f"{k}: {v:.4g}")
+    print(finetune_report(metrics, json.loads(card.read_text())["metrics"]))
     stem = weights.with_suffix("")
     print(f"model written to {weights} / {card.name} (use: dislotrack infer --model {stem})")
     return 0
+
+
+def finetune_report(metrics: dict[str, float], card_metrics: dict) -> str:
+    """The fine-tuned model's validation scores beside the base model's on the same
+    held-out frames (a fine-tuned card's ``metrics``), and how they were scored."""
+    before = card_metrics.get("base_on_finetune_validation") or {}
+    lines = []
+    if before:
+        thr = card_metrics.get("validation_threshold")
+        lines += [f"held-out frames, scored as infer --tta 1 scores them (threshold {thr:g}; "
+                  "infer's default for single images is 2 views):",
+                  f"{'':20} {'base':>8} {'fine-tuned':>10}"]
+    for k in sorted(metrics):
+        if not before:
+            lines.append(f"{k}: {metrics[k]:.4g}")
+        elif k.startswith("val/"):  # the training loss of the last batch says little here
+            was = f"{before[k]:8.4g}" if k in before else " " * 8
+            lines.append(f"{k:20} {was} {metrics[k]:10.4g}")
+    return "\n".join(lines)
 
 
 def build_parser() -> argparse.ArgumentParser:

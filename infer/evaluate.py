@@ -25,6 +25,11 @@ MIN_SPEED_NM_S = 0.05
 
 def detection_scores(pred: pd.DataFrame, truth: pd.DataFrame, *, pixel_size_nm: float) -> dict:
     """Precision, recall, F1, RMSE [nm], h accuracy over all frames (per-frame matching)."""
+    return detection_tally(pred, truth, pixel_size_nm=pixel_size_nm).summary()
+
+
+def detection_tally(pred: pd.DataFrame, truth: pd.DataFrame, *, pixel_size_nm: float) -> DetectionTally:
+    """The counts behind `detection_scores` (to pool items: `DetectionTally.merge`)."""
     tally = DetectionTally()
     frames = sorted(set(pred.frame) | set(truth.frame))
     pg, tg = dict(list(pred.groupby("frame"))), dict(list(truth.groupby("frame")))
@@ -34,7 +39,7 @@ def detection_scores(pred: pd.DataFrame, truth: pd.DataFrame, *, pixel_size_nm: 
         tally.add(p[["x", "y"]].to_numpy(float), p[["hx", "hy"]].to_numpy(float),
                   t[["x", "y"]].to_numpy(float), t[["hx", "hy"]].to_numpy(float),
                   pixel_size=pixel_size_nm)
-    return tally.summary()
+    return tally
 
 
 #: Outcome of each core in `core_outcomes`: a true core found or missed, a predicted one false.
@@ -211,6 +216,7 @@ def evaluate_folders(pred_dir: str | Path, truth_dir: str | Path, *, figures: bo
                          f"outputs in {pred_dir} (expected {Path(pred_dir) / '<stem>' / 'detections.csv'}; "
                          "infer the annotated images themselves)")
     report = {}
+    pooled = DetectionTally()
     for side in tqdm(sides, desc="evaluating", unit="item", disable=not progress or len(sides) < 5):
         stem = side.with_suffix("").name
         out = Path(pred_dir) / stem
@@ -227,7 +233,15 @@ def evaluate_folders(pred_dir: str | Path, truth_dir: str | Path, *, figures: bo
             report[stem] = {"error": mismatch}
             continue
         pred = pd.read_csv(out / "detections.csv")
-        scores = detection_scores(pred, ann.cores, pixel_size_nm=ann.pixel_size_nm)
+        tally = detection_tally(pred, ann.cores, pixel_size_nm=ann.pixel_size_nm)
+        pooled.merge(tally)
+        scores = tally.summary()
+        notes = calibration_notes(run_summary, ann.pixel_size_nm, ann.frame_interval_s)
+        made_by = prediction_model(run_summary)
+        if trained_on(run_summary, side):
+            scores["trained_on"] = True
+            notes.append(f"{made_by['model']} was fine-tuned on this item: its scores are not a "
+                         "test of the model")
         if figures:
             from dislotrack.infer.figures import evaluation_figure
 
@@ -246,8 +260,8 @@ def evaluate_folders(pred_dir: str | Path, truth_dir: str | Path, *, figures: bo
             # Predictions made without a frame interval hold nm/frame: use the annotation's.
             summary = velocities_in_nm_s(pd.read_csv(out / "track_summary.csv"), ann.frame_interval_s)
             if summary is None:
-                scores["note"] = ("velocities not scored: the predictions are per frame and the "
-                                  "annotation has no frame_interval_s")
+                notes.append("velocities not scored: the predictions are per frame and the "
+                             "annotation has no frame_interval_s")
             else:
                 s, _ = tracking_scores(pd.read_csv(out / "tracks.csv"), summary, ann.cores,
                                        pd.read_csv(true_tracks), pixel_size_nm=ann.pixel_size_nm)
@@ -262,8 +276,10 @@ def evaluate_folders(pred_dir: str | Path, truth_dir: str | Path, *, figures: bo
         if true_events.exists() and (out / "events.csv").exists():
             scores.update(event_scores(pd.read_csv(out / "events.csv"), pd.read_csv(true_events),
                                        pixel_size_nm=ann.pixel_size_nm))
-        report[stem] = {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in scores.items()}
-        if (made_by := prediction_model(run_summary)) is not None:
+        if notes:
+            scores["note"] = "; ".join(notes)
+        report[stem] = _defined(scores)
+        if made_by is not None:
             report[stem]["predicted_by"] = made_by
     if all("error" in r for r in report.values()):
         # e.g. the wrong --truth folder: keep the earlier evaluation rather than replace it
@@ -271,11 +287,52 @@ def evaluate_folders(pred_dir: str | Path, truth_dir: str | Path, *, figures: bo
         more = f"; and {len(why) - 3} more" if len(why) > 3 else ""
         raise ValueError(f"no annotated item of {truth_dir} could be scored against {pred_dir}, "
                          "so nothing was written: " + "; ".join(why[:3]) + more)
+    if sum("error" not in r for r in report.values()) >= 2:  # every core of every item once
+        report[POOLED] = _defined(pooled.summary())
     for stem, r in report.items():
         if "error" in r:  # an earlier run's figure would look like this run's
             (Path(pred_dir) / stem / "figures" / "evaluation.png").unlink(missing_ok=True)
     (Path(pred_dir) / "evaluation.json").write_text(json.dumps(report, indent=2, default=float))
     return report
+
+
+#: The report's entry pooling the cores of all scored items (with two or more).
+POOLED = "(all, pooled)"
+
+#: Calibrations of predictions and annotation further apart than this (relative) are noted.
+CALIBRATION_TOLERANCE = 0.02
+
+
+def _defined(scores: dict) -> dict:
+    """``scores`` with NaN (undefined) as None, for JSON."""
+    return {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in scores.items()}
+
+
+def calibration_notes(summary: dict | None, pixel_size_nm: float,
+                      frame_interval_s: float | None) -> list[str]:
+    """Where infer's calibration (its summary.json, `_summary`) differs from the
+    annotation's by more than `CALIBRATION_TOLERANCE`: the detector saw the image at
+    another scale, and velocities are off by that factor."""
+    cal = (summary or {}).get("calibration") or {}
+    notes = []
+    for what, key, true, unit, flag in (
+            ("pixel size", "pixel_size_nm", pixel_size_nm, "nm", "--pixel-size"),
+            ("frame interval", "frame_interval_s", frame_interval_s, "s", "--frame-interval")):
+        pred, source = cal.get(key), cal.get(key.rsplit("_", 1)[0] + "_source")
+        if pred and true and abs(pred / true - 1) > CALIBRATION_TOLERANCE:
+            notes.append(f"infer used a {what} of {pred:.4g} {unit} ({source}), the annotation "
+                         f"says {true:.4g} {unit}: infer again with {flag} {true:.4g}")
+    return notes
+
+
+def trained_on(summary: dict | None, side: Path) -> bool:
+    """Whether the model behind predictions (infer's summary.json, `_summary`) was
+    fine-tuned on the annotation ``side`` (``<stem>.json``): its folder is the one the
+    model trained on and the item was not held out for validation."""
+    tuned = ((summary or {}).get("model") or {}).get("finetuned_on") or {}
+    if not tuned.get("data") or Path(tuned["data"]) != side.parent.resolve():
+        return False
+    return side.name not in {Path(v).name for v in tuned.get("val_items") or []}
 
 
 def _summary(out: Path) -> dict | None:
@@ -315,6 +372,8 @@ TABLE_COLUMNS = ("tp", "fp", "fn", "precision", "recall", "f1", "rmse_nm", "h_ac
 def report_table(report: dict) -> pd.DataFrame:
     """The `evaluate_folders` report as one row per annotated item (undefined scores NaN)."""
     table = pd.DataFrame.from_dict(report, orient="index")
+    if POOLED in table.index:  # last, whatever the item names
+        table = pd.concat([table.drop(index=POOLED), table.loc[[POOLED]]])
     table = table[[c for c in (*TABLE_COLUMNS, "error", "note") if c in table]]
     scores = [c for c in table if c not in ("error", "note")]
     table[scores] = table[scores].apply(pd.to_numeric)  # None (undefined) -> NaN
@@ -324,19 +383,11 @@ def report_table(report: dict) -> pd.DataFrame:
 
 def report_text(report: dict) -> str:
     """`report_table` as text: scores to 3 decimals, counts whole, undefined or missing
-    values as ``-``; the error column is left out (errors are reported separately). With
-    two or more scored items, a last row pools their cores (precision, recall, F1)."""
-    table = report_table(report).drop(columns=["error", "note"], errors="ignore")
-    if table.shape[1] == 0:
+    values as ``-``; the error column is left out (errors are reported separately). The
+    `POOLED` entry (every core of every scored item) is the last row."""
+    table = report_table(report).drop(columns=["error", "note", "trained_on"], errors="ignore")
+    if table.shape[1] == 0 or ("tp" in table and table["tp"].isna().all()):
         return "no annotated item could be scored"
-    scored = table.dropna(subset=["tp"]) if "tp" in table else table.iloc[:0]
-    if len(scored) >= 2:  # every core of every item counted once
-        tp, fp, fn = (int(scored[c].sum()) for c in ("tp", "fp", "fn"))
-        pooled = {"tp": tp, "fp": fp, "fn": fn,
-                  "precision": tp / (tp + fp) if tp + fp else np.nan,
-                  "recall": tp / (tp + fn) if tp + fn else np.nan,
-                  "f1": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else np.nan}
-        table = pd.concat([table.astype(object), pd.DataFrame([pooled], index=["(all, pooled)"])])
     cells = table.astype(object).map(
         lambda v: "-" if pd.isna(v) else f"{v:.3f}" if isinstance(v, float) else str(v))
     return cells.to_string()

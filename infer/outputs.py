@@ -74,7 +74,9 @@ def summary_dict(res: AnalysisResult) -> dict:
     return {
         "schema_version": SCHEMA_VERSION,
         "dislotrack_version": package_version(),
-        "model": {"id": res.model_card.get("model_id"), "sha256": res.model_card.get("sha256")},
+        "model": {"id": res.model_card.get("model_id"), "sha256": res.model_card.get("sha256"),
+                  # evaluate flags the items a fine-tuned model learnt from
+                  "finetuned_on": _finetuned_on(res.model_card)},
         "input": {"path": res.input_path, "sha256": res.input_sha256,
                   "shape": list(res.shape)},
         "calibration": {"pixel_size_nm": cal.pixel_size_nm, "pixel_size_source": cal.pixel_size_source,
@@ -95,6 +97,12 @@ def summary_dict(res: AnalysisResult) -> dict:
         "options": dict(res.options),
         "warnings": list(res.warnings),
     }
+
+
+def _finetuned_on(card: dict) -> dict | None:
+    """The annotation folder and held-out items of a fine-tuned model (None otherwise)."""
+    tuned = (card.get("training") or {}).get("finetune")
+    return {"data": tuned.get("data"), "val_items": tuned.get("val_items")} if tuned else None
 
 
 def _lattice_dict(res: AnalysisResult) -> dict | None:

@@ -36,6 +36,7 @@ import copy
 import functools
 import hashlib
 import importlib
+import json
 import logging
 import re
 import struct
@@ -247,12 +248,34 @@ def open_movie(path: str | Path, *, signal: int | str | None = None) -> Movie:
         file holding no 2-D image.
     """
     path = Path(path)
-    movie = _open(path, signal)
+    movie = _with_annotation_calibration(_open(path, signal))
     if signal is not None and "signals" not in movie.metadata:  # a format of one image (stack)
         movie.metadata.setdefault("warnings", []).append(
             f"signal {signal!r} (--signal) was ignored: {movie.metadata.get('format', 'this')} "
             "input has no images to choose from")
     return movie
+
+
+def _with_annotation_calibration(movie: Movie) -> Movie:
+    """``movie`` with what its file lacks (pixel size, frame interval) taken from the
+    annotation sidecar beside it (``<stem>.json``, format dislotrack-annotation), where
+    there is one: a lab's annotated images need no second calibration (source "file")."""
+    cal, side = movie.calibration, movie.path.with_suffix(".json")
+    if (cal.pixel_size_nm is not None and cal.frame_interval_s is not None) or not is_sidecar(side):
+        return movie
+
+    def usable(value: object) -> float | None:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+        return float(value) if ok and np.isfinite(value) else None
+
+    meta = json.loads(side.read_text())
+    px = cal.pixel_size_nm if cal.pixel_size_nm is not None else usable(meta.get("pixel_size_nm"))
+    dt = cal.frame_interval_s if cal.frame_interval_s is not None else usable(meta.get("frame_interval_s"))
+    if (px, dt) == (cal.pixel_size_nm, cal.frame_interval_s):
+        return movie
+    movie.metadata.setdefault("notes", []).append(f"calibration completed from the annotation {side.name}")
+    return movie.with_calibration(Calibration.from_file(pixel_size_nm=px, frame_interval_s=dt,
+                                                        warnings=cal.warnings))
 
 
 def check_readable(path: Path) -> None:

@@ -68,6 +68,12 @@ def test_finetune_writes_a_loadable_model_with_its_recipe(tmp_path, capfd):
     assert main([*again, "--out", str(tmp_path / "ft"), "--overwrite"]) == 0
     scores = card["metrics"]["finetune_validation"]
     assert scores["val/true_cores"] >= 0 and "val/loss" in scores
+    # The base model on the same held-out frames, at the threshold infer uses (the card's).
+    base_scores = card["metrics"]["base_on_finetune_validation"]
+    assert base_scores["val/true_cores"] == scores["val/true_cores"]
+    assert base_scores["val/loss"] != scores["val/loss"]  # scored before training, not after
+    assert card["metrics"]["validation_threshold"] == 0.5  # the tiny base card has none
+    assert re.search(r"base +fine-tuned\n(val/\w+ +[\d.e-]+ +[\d.e-]+\n)*val/loss +[\d.]+ +[\d.]+\n", out)
     assert ("val/f1" in scores) == (scores["val/true_cores"] > 0)  # no placeholder scores
     before, _ = load_model(tmp_path / "base")
     # Weights, not BatchNorm's running statistics (a forward pass alone moves those).
@@ -351,7 +357,19 @@ def test_hand_written_annotations_read_or_fail_naming_the_file(tmp_path):
     side.write_text(json.dumps({**meta, "version": 99}))
     with pytest.raises(ValueError, match="annotation version 99; this dislotrack reads version 1"):
         read_annotation(side)
+    side.write_text(json.dumps({k: v for k, v in meta.items() if k != "pixel_size_nm"}
+                               | {"pixel_size": 0.1}))  # a typo
+    with pytest.raises(ValueError, match=r"image_00000.json: no pixel_size_nm .*; it has .*pixel_size,"):
+        read_annotation(side)
     side.write_text(json.dumps(meta))
+    # A single image's table needs no frame or particle column; renamed columns are named.
+    csv.write_text("x, y, hx, hy\n10.5, 12, 0, 1\n20, 22, 1, 0\n")
+    got = read_annotation(side).cores
+    assert got.frame.tolist() == [0, 0] and got.particle.tolist() == [0, 1]
+    csv.write_text("x_px,y,hx,hy\n10.5,12,0,1\n")
+    with pytest.raises(ValueError, match=r"lacks columns \['x'\]: it has \['x_px', 'y', 'hx', 'hy'\], "
+                                         r"the header needs frame,x,y,hx,hy,particle"):
+        read_annotation(side)
     import tifffile
 
     tifffile.imwrite(lab / "image_00000.tif", np.zeros((32, 32, 3), np.uint8), photometric="rgb")
@@ -637,17 +655,46 @@ def test_finetune_refuses_a_crop_larger_than_the_frames_before_training(tmp_path
     assert not (tmp_path / "ft.safetensors").exists()
 
 
-def test_evaluate_text_pools_the_cores_of_all_items():
-    from dislotrack.infer.evaluate import report_text
+def test_evaluate_pools_the_cores_of_all_items_in_the_report_and_the_text(tmp_path):
+    from dislotrack.data_gen.annotations import Annotation, write_annotation
+    from dislotrack.infer.evaluate import POOLED, report_text
 
-    text = report_text({"a": {"tp": 3, "fp": 1, "fn": 0, "f1": 6 / 7},
-                        "b": {"tp": 1, "fp": 0, "fn": 3, "f1": 2 / 5},
-                        "c": {"error": "no predictions"}})
-    head, *_, last = text.splitlines()
-    assert last.startswith("(all, pooled)")
-    pooled = dict(zip(head.split(), last.split()[2:], strict=True))
-    assert (pooled["tp"], pooled["fp"], pooled["fn"]) == ("4", "1", "3")
-    assert pooled["f1"] == f"{8 / 12:.3f}"  # 2 tp / (2 tp + fp + fn), over both items
+    truth, pred = tmp_path / "truth", tmp_path / "pred"
+    for stem, n_true, shift, extra in (("a", 3, 0.5, 1), ("b", 2, 1.0, 0)):
+        cores = pd.DataFrame({"frame": 0, "x": 10.0 + 15 * np.arange(n_true), "y": 20.0,
+                              "hx": 0.0, "hy": 1.0, "particle": range(n_true)})
+        write_annotation(truth, stem, Annotation(np.zeros((1, 64, 64), np.float32), cores, None,
+                                                 0.1, None, {}))
+        found = pd.concat([cores.assign(x=cores.x + shift), cores.head(extra).assign(x=2.0, y=60.0)])
+        (pred / stem).mkdir(parents=True)
+        found.drop(columns="particle").to_csv(pred / stem / "detections.csv", index=False)
+    report = evaluate_folders(pred, truth, figures=False, progress=False)
+    a, b, pooled = report["a"], report["b"], report[POOLED]
+    assert (a["tp"], a["fp"], b["tp"], b["fp"]) == (3, 1, 2, 0)
+    assert (pooled["tp"], pooled["fp"], pooled["fn"]) == (a["tp"] + b["tp"], 1, a["fn"] + b["fn"])
+    # RMSE over every matched pair: 0.5 px and 1 px shifts at 0.1 nm/px.
+    n = a["tp"] + b["tp"]
+    assert pooled["rmse_nm"] == pytest.approx(np.sqrt((a["tp"] * 0.05**2 + b["tp"] * 0.1**2) / n))
+    assert json.loads((pred / "evaluation.json").read_text())[POOLED] == pooled
+    last = report_text(report).splitlines()[-1]
+    assert last.startswith(POOLED) and f"{pooled['rmse_nm']:.3f}" in last
+
+
+def test_evaluate_notes_calibrations_that_differ_and_items_a_model_was_tuned_on(tmp_path):
+    truth, pred = _truth_as_predictions(tmp_path, size=32)
+    ann = read_annotation(truth / "image_00000.json")
+    summary = {"model": {"id": "mine", "sha256": "ab", "finetuned_on": {
+                   "data": str(truth.resolve()), "val_items": [str(truth / "image_00001.json")]}},
+               "calibration": {"pixel_size_nm": ann.pixel_size_nm * 1.25, "pixel_size_source": "user",
+                               "frame_interval_s": None, "frame_interval_source": None}}
+    for stem in ("image_00000", "image_00001"):
+        (pred / stem / "summary.json").write_text(json.dumps(summary))
+    report = evaluate_folders(pred, truth, figures=False, progress=False)
+    tuned, held = report["image_00000"], report["image_00001"]
+    assert tuned["trained_on"] is True and "trained_on" not in held
+    assert "mine was fine-tuned on this item" in tuned["note"]
+    assert f"infer used a pixel size of {ann.pixel_size_nm * 1.25:.4g} nm (user), the annotation " \
+           f"says {ann.pixel_size_nm:.4g} nm: infer again with --pixel-size" in held["note"]
 
 
 def test_a_hand_annotated_movie_gets_identity_switches_from_its_particle_ids(tmp_path):

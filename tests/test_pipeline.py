@@ -1091,3 +1091,14 @@ def test_importing_the_figures_leaves_the_users_matplotlib_backend_alone(monkeyp
     with pytest.raises(SystemExit):
         main(["--version"])
     assert __import__("os").environ["MPLBACKEND"] == "Agg"  # the command line draws off-screen
+
+
+def test_summary_json_says_what_a_fine_tuned_model_learnt_from(tiny_model):
+    from dislotrack.infer.outputs import summary_dict
+
+    res = analyze(np.zeros((1, 32, 32), np.float32), model=tiny_model, pixel_size_nm=0.1, progress=False)
+    assert summary_dict(res)["model"]["finetuned_on"] is None  # trained on synthetic data only
+    res.model_card["training"] = {"finetune": {"data": "/lab/ann", "val_items": ["/lab/ann/b.json"],
+                                               "epochs": 20}}
+    assert summary_dict(res)["model"]["finetuned_on"] == {"data": "/lab/ann",
+                                                          "val_items": ["/lab/ann/b.json"]}

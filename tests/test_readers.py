@@ -10,9 +10,11 @@ from pathlib import Path
 
 import imageio.v3 as iio
 import numpy as np
+import pandas as pd
 import pytest
 import tifffile
 
+from dislotrack.data_gen.annotations import write_imagej_tiff
 from dislotrack.infer.calibration import resolve_calibration
 from dislotrack.infer.pipeline import calibrate
 from dislotrack.infer.readers import SUPPORTED_EXTENSIONS, open_movie, to_gray_float32
@@ -594,3 +596,24 @@ def test_a_short_stack_written_by_tifffile_is_frames_not_colour(tmp_path, n):
     tifffile.imwrite(tmp_path / "rgb.tif", rgb, photometric="rgb")  # a colour image: (y, x, 3)
     with open_movie(tmp_path / "rgb.tif") as movie:
         assert movie.shape == (1, 16, 20) and not movie.metadata["warnings"]
+
+
+def test_an_annotated_tiff_without_calibration_takes_its_sidecars(tmp_path):
+    from dislotrack.data_gen.annotations import Annotation, write_annotation
+
+    cores = pd.DataFrame({"frame": [0], "x": [5.0], "y": [6.0], "hx": [0.0], "hy": [1.0], "particle": [0]})
+    write_annotation(tmp_path, "lab", Annotation(np.zeros((3, 32, 32), np.float32), cores, None,
+                                                 0.08, 2.0, {}))
+    tifffile.imwrite(tmp_path / "lab.tif", np.zeros((3, 32, 32), np.float32))  # as a lab saves it
+    with open_movie(tmp_path / "lab.tif") as m:
+        assert (m.calibration.pixel_size_nm, m.calibration.frame_interval_s) == (0.08, 2.0)
+        assert m.calibration.pixel_size_source == "file"
+        assert "calibration completed from the annotation lab.json" in m.metadata["notes"]
+    # The file's own calibration wins; a plain TIFF without a sidecar stays uncalibrated.
+    write_imagej_tiff(tmp_path / "lab.tif", np.zeros((3, 32, 32), np.float32), pixel_size_nm=0.1,
+                      frame_interval_s=0.5)
+    with open_movie(tmp_path / "lab.tif") as m:
+        assert (m.calibration.pixel_size_nm, m.calibration.frame_interval_s) == (0.1, 0.5)
+    tifffile.imwrite(tmp_path / "other.tif", np.zeros((32, 32), np.float32))
+    with open_movie(tmp_path / "other.tif") as m:
+        assert m.calibration.pixel_size_nm is None

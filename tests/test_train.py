@@ -1,5 +1,7 @@
 """Training: the loop learns, configs run, augmentation keeps labels, seeding."""
 
+import warnings
+
 import albumentations as A
 import numpy as np
 import pytest
@@ -370,6 +372,30 @@ def test_test_with_ckpt_path_last_needs_a_checkpoint(tmp_path, monkeypatch, caps
     assert missing_last_checkpoint("last", str(tmp_path / "elsewhere" / "checkpoints")) is None
     assert missing_last_checkpoint(None, str(tmp_path / "runs")) is None  # no resume asked
     assert missing_last_checkpoint("last", str(tmp_path / "runs")) is not None
+
+
+def test_an_exported_model_as_ckpt_path_and_an_untrained_validation_are_said_plainly(
+        tmp_path, monkeypatch, capsys):
+    from dislotrack.infer.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DISLOTRACK_DEBUG", raising=False)
+    for command in ("test", "fit"):
+        assert main(["train", command, "--config", "cpu", "--ckpt_path", "runs/cpu/model.safetensors"]) == 2
+        err = capsys.readouterr().err
+        assert ("error: --ckpt_path runs/cpu/model.safetensors is an exported model, not a "
+                "Lightning checkpoint (.ckpt): start from it with --model.init_from runs/cpu/model") in err
+        assert "Traceback" not in err
+    tiny = ["--model.net.init_args.config.base_channels=4", "--model.net.init_args.config.depth=2",
+            "--data.num_workers=0", "--data.eval_size=32", "--data.n_val=1",
+            "--trainer.enable_progress_bar=false"]
+    with pytest.warns(UserWarning, match="no --ckpt_path and no --model.init_from: this scores an "
+                                         "untrained network"):
+        train_main(["validate", "--config", config_path("cpu"), *tiny])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # the bundled model: no such warning
+        warnings.filterwarnings("ignore", message="(?!no --ckpt_path)")
+        train_main(["validate", "--config", config_path("cpu"), *tiny[2:], "--model.init_from", "default"])
 
 
 def test_default_root_dir_moves_logs_checkpoints_and_export_together(tmp_path, monkeypatch):

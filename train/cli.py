@@ -195,7 +195,23 @@ class DislotrackCLI(LightningCLI):
                 "this run, so it would wait for the other nodes forever: submit it with sbatch "
                 "(README: Training) or pass --trainer.num_nodes 1")
 
+    def _check_checkpoint(self) -> None:
+        """Raises `TrainConfigError` for an exported model given as ``--ckpt_path`` (torch
+        would refuse to unpickle it with a long traceback); warns where ``validate`` or
+        ``test`` would score an untrained network."""
+        config = self.config[self.subcommand]
+        ckpt = config.get("ckpt_path")
+        if ckpt and Path(ckpt).suffix in (".safetensors", ".json"):
+            raise TrainConfigError(
+                f"--ckpt_path {ckpt} is an exported model, not a Lightning checkpoint (.ckpt): "
+                f"start from it with --model.init_from {Path(ckpt).with_suffix('')}")
+        if self.subcommand != "fit" and not ckpt and not config.model.get("init_from"):
+            rank_zero_warn("no --ckpt_path and no --model.init_from: this scores an untrained "
+                           "network (--ckpt_path last: this config's last checkpoint; "
+                           "--model.init_from default: the bundled model)")
+
     def before_fit(self) -> None:
+        self._check_checkpoint()
         self._check_nodes()
         self._check_outputs()
         for cb in self.trainer.callbacks:  # the model card records the command as typed
@@ -204,6 +220,7 @@ class DislotrackCLI(LightningCLI):
 
     def before_validate(self) -> None:
         """Raises FileNotFoundError if ``--ckpt_path last`` finds no ``last.ckpt``."""
+        self._check_checkpoint()
         self._check_nodes()
         self._check_outputs()
         why = missing_last_checkpoint(self.config[self.subcommand].get("ckpt_path"),

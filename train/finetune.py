@@ -107,6 +107,15 @@ def defined_scores(metrics: dict[str, float], n_true: int) -> dict[str, float]:
     return {**out, "val/true_cores": n_true}
 
 
+def _scores(logged: dict, n_true: int, no_rocksalt: bool) -> dict[str, float]:
+    """`defined_scores` of logged validation metrics, without an RS IoU of 1 where no
+    rock salt was annotated nor found (undefined, not perfect)."""
+    scores = defined_scores({k: float(v) for k, v in logged.items()}, n_true)
+    if no_rocksalt and scores.get("val/rs_iou") == 1.0:
+        del scores["val/rs_iou"]
+    return scores
+
+
 def describe_split(train: list[Sample], val: list[Sample], split: str, data: str | Path) -> str:
     """One line: what finetune read from ``data`` and how it split it.
 
@@ -292,7 +301,9 @@ def finetune(*, data: str | Path, out: str | Path, model: str | Path | None = No
     if not sum(len(f.cores) for f in train):
         logger.warning("the training frames hold no annotated cores: the model learns only "
                        "where there are none")
-    module = DislocationModule(net.train(), lr=lr)
+    # Infer's threshold, so that validation scores what infer will find with this model.
+    threshold = float(card.get("decode_threshold", 0.5))
+    module = DislocationModule(net.train(), lr=lr, threshold=threshold)
     crops = CropDataset(train, size=size, length=crops_per_epoch, seed=seed)
     loaders = [DataLoader(crops, batch_size=batch_size, shuffle=False)]
     if val:
@@ -303,15 +314,16 @@ def finetune(*, data: str | Path, out: str | Path, model: str | Path | None = No
                             num_sanity_val_steps=0, callbacks=[_EpochBar(), _NewCropsEachEpoch(crops)],
                             default_root_dir=str(Path(out).parent),
                             limit_val_batches=1.0 if val else 0)
+        # The base model on the same held-out frames: did fine-tuning help?
+        before = trainer.validate(module, loaders[1], verbose=False)[0] if val else {}
         trainer.fit(module, *loaders)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     if val:
         n_true = sum(len(f.cores) for f in val)
         if n_true == 0:
             logger.warning("the validation frames hold no annotated cores: no core scores")
-        metrics = defined_scores(metrics, n_true)
-        if metrics.get("val/rs_iou") == 1.0 and not any(f.rs_mask.any() for f in val):
-            del metrics["val/rs_iou"]  # no rock salt annotated nor found: undefined, not perfect
+        no_rocksalt = not any(f.rs_mask.any() for f in val)
+        metrics, before = (_scores(m, n_true, no_rocksalt) for m in (metrics, before))
     base_sha = card.get("sha256")
     # This run's version and date (save_model fills them in), not the base model's.
     card = {k: v for k, v in card.items()
@@ -326,7 +338,8 @@ def finetune(*, data: str | Path, out: str | Path, model: str | Path | None = No
         "base_model": str(model or "bundled default"), "base_sha256": base_sha,
         # infer's threshold: the base model's, not calibrated on these annotations
         "decode_threshold_from_base": card.get("decode_threshold")}}
-    card["metrics"] = {"finetune_validation": metrics, "base": card.get("metrics")}
+    card["metrics"] = {"finetune_validation": metrics, "base_on_finetune_validation": before,
+                       "validation_threshold": threshold, "base": card.get("metrics")}
     save_model(module.net.cpu().eval(), out, card=card)
     return metrics
 
