@@ -294,6 +294,9 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_finetune(args: argparse.Namespace) -> int:
+    if not Path(args.data).is_dir():  # before the slow imports (5 s)
+        what = "is a file, not a folder" if Path(args.data).exists() else "does not exist"
+        raise NotADirectoryError(f"--data {args.data} {what} (a folder of annotations)")
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
     from dislotrack.models.io import model_paths

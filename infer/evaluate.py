@@ -366,7 +366,8 @@ def _shape_mismatch(summary: dict | None, shape: tuple[int, ...]) -> str | None:
 
 #: Columns of `report_table`, where the report has them.
 TABLE_COLUMNS = ("tp", "fp", "fn", "precision", "recall", "f1", "rmse_nm", "h_accuracy", "rs_iou",
-                 "median_glide_rel_error", "median_climb_rel_error", "switches_per_track", "event_f1")
+                 "long_tracks_matched", "median_glide_rel_error", "median_climb_rel_error",
+                 "switches_per_track", "event_f1")
 
 
 def report_table(report: dict) -> pd.DataFrame:
@@ -377,7 +378,8 @@ def report_table(report: dict) -> pd.DataFrame:
     table = table[[c for c in (*TABLE_COLUMNS, "error", "note") if c in table]]
     scores = [c for c in table if c not in ("error", "note")]
     table[scores] = table[scores].apply(pd.to_numeric)  # None (undefined) -> NaN
-    counts = [c for c in ("tp", "fp", "fn") if c in table]  # counts stay integers beside an error row
+    # Counts stay integers beside an error row.
+    counts = [c for c in ("tp", "fp", "fn", "long_tracks_matched") if c in table]
     return table.astype({c: "Int64" for c in counts})
 
 

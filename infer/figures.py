@@ -365,6 +365,11 @@ OUTCOME_STYLE = {"found": ("o", "limegreen", "found"), "missed": ("x", "red", "m
 
 
 def evaluation_figure(image: np.ndarray, outcomes: pd.DataFrame, path: Path, *, title: str = "") -> None:
+    """Write `evaluation_panels` to ``path``."""
+    _save(evaluation_panels(image, outcomes, title=title), path)
+
+
+def evaluation_panels(image: np.ndarray, outcomes: pd.DataFrame, *, title: str = "") -> plt.Figure:
     """Found, missed and false cores over one frame and, for a movie, their counts per
     frame (`dislotrack.infer.evaluate.core_outcomes`). The frame shown is the one with the
     most mistakes (missed + false), then the most true cores."""
@@ -393,10 +398,11 @@ def evaluation_figure(image: np.ndarray, outcomes: pd.DataFrame, path: Path, *, 
         axes[0, 1].set_ylabel("cores")
         for axis in (axes[0, 1].xaxis, axes[0, 1].yaxis):
             axis.get_major_locator().set_params(integer=True)
-        axes[0, 1].legend(fontsize=8)
+        # Above the panel: inside, it hid the lines where they run high.
+        axes[0, 1].legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, fontsize=8,
+                          frameon=False)
     fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
+    return fig
 
 
 def _to_rgb(frame: np.ndarray) -> np.ndarray:

@@ -200,6 +200,12 @@ def test_core_outcomes_are_the_matching_of_detection_scores(tmp_path):
     assert (n["found"], n["missed"], n["false"]) == (s["tp"], s["fn"], s["fp"])
     evaluation_figure(np.zeros((4, 64, 64)), out, tmp_path / "e.png")  # frames without cores too
     assert (tmp_path / "e.png").stat().st_size > 0
+    from dislotrack.infer.figures import evaluation_panels
+
+    fig = evaluation_panels(np.zeros((4, 64, 64)), out)
+    fig.canvas.draw()
+    per_frame = fig.axes[1]  # its legend sits above the lines, not over them
+    assert per_frame.get_legend().get_window_extent().y0 >= per_frame.get_window_extent().y1
 
 
 @pytest.mark.parametrize(("option", "value", "message"), [
@@ -727,3 +733,16 @@ def test_finetune_names_images_without_an_annotation(tmp_path, caplog):
     with caplog.at_level("WARNING"):
         assert len(annotated_frames(tmp_path, 0.1)) == 1
     assert "1 image(s) without an annotation (<stem>.json) are not used: forgotten.tif" in caplog.text
+
+
+def test_finetune_without_its_annotation_folder_is_refused_before_the_imports(tmp_path, capsys):
+    import subprocess
+    import sys
+
+    assert main(["finetune", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "m")]) == 2
+    assert "error: --data " + str(tmp_path / "nope") + " does not exist" in capsys.readouterr().err
+    code = ("import sys; from dislotrack.infer.cli import main; "
+            f"assert main(['finetune', '--data', {str(tmp_path / 'nope')!r}, '--out', 'm']) == 2; "
+            "assert 'lightning' not in sys.modules and 'torch' not in sys.modules")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr

@@ -162,6 +162,8 @@ def test_bundled_models_load_by_name():
     assert card["model_id"] == "default"
     _, fine = load_model("fine")
     assert fine["canonical_pixel_size_nm"] == 0.05 and fine["model_id"] == "fine"
+    for c in (card, fine):  # settings only, not Lightning's plumbing (`_instantiator`)
+        assert not [k for k in (*c["generator"], *c["training"]["module"]) if k.startswith("_")]
     with pytest.raises(FileNotFoundError):
         load_model("no_such_model")
 

@@ -1,5 +1,6 @@
 """Training: the loop learns, configs run, augmentation keeps labels, seeding."""
 
+import json
 import warnings
 
 import albumentations as A
@@ -407,6 +408,8 @@ def test_default_root_dir_moves_logs_checkpoints_and_export_together(tmp_path, m
                 "--trainer.enable_progress_bar=false"])
     mine = tmp_path / "mine"
     assert (mine / "checkpoints" / "last.ckpt").is_file() and (mine / "model.safetensors").is_file()
+    card = json.loads((mine / "model.json").read_text())  # settings, not Lightning's plumbing
+    assert not [k for k in (*card["generator"], *card["training"]["module"]) if k.startswith("_")]
     assert list(mine.glob("lightning_logs/version_0/metrics.csv"))
     assert not (tmp_path / "runs").exists()  # nothing left at the config's own root
     # A config saved by that run has its paths fixed: a new root would not move them.

@@ -64,7 +64,8 @@ class ExportModel(L.Callback):
         card = {
             "canonical_pixel_size_nm": float(dm.hparams.get("pixel_size", CANONICAL_PIXEL_SIZE_NM))
             if dm is not None else CANONICAL_PIXEL_SIZE_NM,
-            "generator": dict(dm.hparams) if dm is not None else {},
+            "generator": {k: v for k, v in dm.hparams.items() if not k.startswith("_")}
+            if dm is not None else {},
             "training": {"recipe": self.recipe, "command": self.command, "epochs": trainer.current_epoch,
                          "steps": trainer.global_step, "wall_time_s": time.time() - self._t0,
                          "best_checkpoint": best,
