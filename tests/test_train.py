@@ -141,10 +141,13 @@ def test_last_checkpoint_is_the_last_epoch_even_when_the_score_stops_improving(t
     assert best_scores["val/f1"] == 0.0 and best_scores["val/loss"] != last_scores["val/loss"]
 
 
-def test_train_offers_no_predict(capsys):
-    with pytest.raises(SystemExit):
-        train_main(["predict", "--config", config_path("cpu")])
-    assert "invalid choice: 'predict'" in capsys.readouterr().err
+def test_train_offers_no_predict(capsys, monkeypatch):
+    from dislotrack.infer.cli import main
+
+    monkeypatch.delenv("DISLOTRACK_DEBUG", raising=False)
+    assert main(["train", "predict", "--config", config_path("cpu")]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "invalid choice: 'predict'" in line
 
 
 def test_training_pixel_size_becomes_the_models_canonical_pixel_size(tmp_path, monkeypatch):
@@ -397,6 +400,22 @@ def test_an_exported_model_as_ckpt_path_and_an_untrained_validation_are_said_pla
         warnings.simplefilter("error", UserWarning)  # the bundled model: no such warning
         warnings.filterwarnings("ignore", message="(?!no --ckpt_path)")
         train_main(["validate", "--config", config_path("cpu"), *tiny[2:], "--model.init_from", "default"])
+
+
+def test_a_mistyped_train_option_is_one_line_with_the_nearest_name(tmp_path, monkeypatch, capsys):
+    from dislotrack.infer.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DISLOTRACK_DEBUG", raising=False)
+    assert main(["train", "fit", "--config", "cpu", "--data.samples_per_epok", "3"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["dislotrack train: error: unrecognized arguments: --data.samples_per_epok 3 (did "
+                   "you mean --data.samples_per_epoch?); --help lists the options"]
+    (tmp_path / "mine.yaml").write_text("data:\n  n_vall: 3\n")  # a typo in a user's config
+    assert main(["train", "validate", "--config", "cpu", "--config", "mine.yaml"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "'data.n_vall'" in line and "(did you mean --data.n_val?)" in line
+    assert not (tmp_path / "runs").exists()
 
 
 def test_default_root_dir_moves_logs_checkpoints_and_export_together(tmp_path, monkeypatch):

@@ -10,8 +10,11 @@ Examples
 
 from __future__ import annotations
 
+import argparse
+import difflib
 import logging
 import os
+import re
 import shlex
 import sys
 import warnings
@@ -21,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from jsonargparse import set_parsing_settings
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_warn
 
 from dislotrack.train.datamodule import SyntheticDataModule
@@ -195,6 +198,14 @@ class DislotrackCLI(LightningCLI):
                 "this run, so it would wait for the other nodes forever: submit it with sbatch "
                 "(README: Training) or pass --trainer.num_nodes 1")
 
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        """LightningCLI's parsing, its errors raised as one `TrainConfigError` line (with a
+        close option name for a mistyped one) instead of 80 lines of usage."""
+        try:
+            super().parse_arguments(parser, args)
+        except argparse.ArgumentError as err:
+            raise TrainConfigError(with_suggestion(str(err), _options(parser, args))) from None
+
     def _check_checkpoint(self) -> None:
         """Raises `TrainConfigError` for an exported model given as ``--ckpt_path`` (torch
         would refuse to unpickle it with a long traceback); warns where ``validate`` or
@@ -236,6 +247,38 @@ class DislotrackCLI(LightningCLI):
         return {k: v for k, v in LightningCLI.subcommands().items() if k != "predict"}
 
 
+def _options(parser: LightningArgumentParser, args: Any) -> list[str]:
+    """The option strings of the subcommand ``args`` names (all the parser's otherwise)."""
+    subcommands = getattr(parser, "_subcommands_action", None)
+    name = next((a for a in args or [] if not a.startswith("-")), None) if isinstance(args, list) else None
+    sub = subcommands._name_parser_map.get(name, parser) if subcommands is not None else parser
+    return [o for action in sub._actions for o in action.option_strings]
+
+
+def with_suggestion(message: str, options: Sequence[str]) -> str:
+    """``message`` (an argument error's first line), plus the nearest known option to each
+    unknown ``--name`` or ``name`` it mentions, and where to see them all.
+
+    Examples
+    --------
+    >>> with_suggestion("unrecognized arguments: --data.n_vall 3", ["--data.n_val", "--data.size"])
+    'unrecognized arguments: --data.n_vall 3 (did you mean --data.n_val?); --help lists the options'
+    """
+    first = message.strip().splitlines()[0] if message.strip() else "invalid arguments"
+    names = {o.lstrip("-"): o for o in options}
+    mentioned = re.findall(r"--([\w.]+)|'([\w.]+)'", message)
+    close = []
+    for dashed, quoted in mentioned:
+        word = dashed or quoted
+        if word in names:
+            continue
+        match = difflib.get_close_matches(word, list(names), n=1, cutoff=0.8)
+        if match and names[match[0]] not in close:
+            close.append(names[match[0]])
+    hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+    return f"{first.rstrip('.')}{hint}; --help lists the options"
+
+
 def _drop_tips(log: logging.Logger) -> None:
     """Leave out Lightning's advertising tips (once per logger)."""
     if not any(isinstance(f, _NoTips) for f in log.filters):
@@ -265,6 +308,7 @@ def train_main(argv: Sequence[str] | None = None) -> None:
     DislotrackCLI(DislocationModule, SyntheticDataModule, args=argv,
                   save_config_kwargs={"overwrite": True}, seed_everything_default=0,
                   parser_kwargs={"prog": "dislotrack train", "parser_mode": "omegaconf+",
+                                 "exit_on_error": False,  # `parse_arguments` says it in one line
                                  "description": "Train, validate or test the U-Net on synthetic "
                                                 "data drawn on the fly (LightningCLI over the "
                                                 "YAML configs in train/configs: cpu, gpu, "
