@@ -84,7 +84,8 @@ def _run_generate(args: argparse.Namespace) -> int:
                              movie_frames=args.movie or 0, seed=args.seed, variants=args.variants,
                              frame_interval=args.frame_interval, dose=args.dose,
                              pixel_size=args.pixel_size, material=args.material)
-    print(f"{len(paths)} labelled {'movies' if args.movie else 'images'} in {args.out}/")
+    kind = "movie" if args.movie else "image"
+    print(f"{len(paths)} labelled {kind}{'s' * (len(paths) != 1)} in {args.out}/")
     return 0
 
 
@@ -294,9 +295,9 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_finetune(args: argparse.Namespace) -> int:
-    if not Path(args.data).is_dir():  # before the slow imports (5 s)
-        what = "is a file, not a folder" if Path(args.data).exists() else "does not exist"
-        raise NotADirectoryError(f"--data {args.data} {what} (a folder of annotations)")
+    from dislotrack.infer.options import check_folder
+
+    check_folder(args.data, "--data (the annotation folder)")  # before the slow imports (5 s)
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
     from dislotrack.models.io import model_paths
@@ -410,8 +411,8 @@ def _main(argv: list[str]) -> int:
 
         try:
             train_main(argv[1:])
-        # Ours (no last.ckpt, an unset root, a changed schedule) and ${...} that do not resolve; Lightning's
-        # own argument errors exit by themselves.
+        # Ours (no last.ckpt, an unset root, a changed schedule, argument errors in one line:
+        # `DislotrackCLI.parse_arguments`) and ${...} that do not resolve.
         except (FileNotFoundError, TrainConfigError, OmegaConfBaseException,
                 MisconfigurationException) as err:
             if os.environ.get("DISLOTRACK_DEBUG"):

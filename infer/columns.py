@@ -18,6 +18,22 @@ TRACK_COLUMNS = [*DETECTION_COLUMNS, "particle", "t_s", "glide_nm", "climb_nm"]
 PER_SECOND, PER_FRAME = "_nm_s", "_nm_per_frame"
 
 
+def velocity_columns(table: pd.DataFrame, component: str) -> tuple[str, str, str] | None:
+    """A track summary's ``component`` ("glide" or "climb") velocity and standard-error
+    column names and their unit ("nm/s" or "nm/frame"), whichever the table has; None
+    if it has neither.
+
+    Examples
+    --------
+    >>> velocity_columns(pd.DataFrame(columns=["glide_velocity_nm_per_frame"]), "glide")
+    ('glide_velocity_nm_per_frame', 'glide_velocity_se_nm_per_frame', 'nm/frame')
+    """
+    for suffix, unit in ((PER_SECOND, "nm/s"), (PER_FRAME, "nm/frame")):
+        if f"{component}_velocity{suffix}" in table:
+            return f"{component}_velocity{suffix}", f"{component}_velocity_se{suffix}", unit
+    return None
+
+
 def velocity_columns_as_written(table: pd.DataFrame, frame_interval_s: float | None) -> pd.DataFrame:
     """``table`` with its ``*_nm_s`` columns renamed ``*_nm_per_frame`` when the frame
     interval is unknown (their values are then per frame).

@@ -93,7 +93,8 @@ def measure_drift(
         each frame with the previous one only.
     warn_along_fringes : bool
         Warn when the drift along the fringes cannot be seen (a ridge-shaped
-        correlation). It concerns glide velocities: a caller that reports no cores
+        correlation). It concerns motion along the fringes (the climb of cores that end
+        a (003) fringe): a caller that reports no cores
         (frames that cannot show one) passes False.
 
     Returns
@@ -159,8 +160,8 @@ def measure_drift(
         logger.warning(
             "drift along the lattice fringes cannot be seen in %d of %d frames (the frames "
             "repeat along one direction only, as one set of fringes does): drift.csv keeps "
-            "the predicted drift along them, and glide velocities (along the layers) include "
-            "any drift that way",
+            "the predicted drift along them, and motion along the fringes includes any drift "
+            "that way (the climb of cores that end a (003) fringe, their h along the layers)",
             trouble["ridge"],
             len(rows) - 1,
         )

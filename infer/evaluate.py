@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from dislotrack.data_gen.annotations import find_annotations, read_annotation
 from dislotrack.infer.columns import velocities_in_nm_s
+from dislotrack.infer.options import check_folder
 from dislotrack.models.metrics import MATCH_RADIUS_NM, DetectionTally, mask_iou, match_cores
 
 MIN_TRACK_FRAMES = 10
@@ -205,9 +206,7 @@ def evaluate_folders(pred_dir: str | Path, truth_dir: str | Path, *, figures: bo
         nothing is written then.
     """
     for name, folder in (("prediction", pred_dir), ("annotation", truth_dir)):
-        if not Path(folder).is_dir():
-            what = "is a file, not a folder" if Path(folder).exists() else "does not exist"
-            raise NotADirectoryError(f"{name} folder {folder} {what}")
+        check_folder(folder, f"{name} folder")
     sides = find_annotations(truth_dir)
     if not sides:
         raise ValueError(f"no annotations (<stem>.json, format dislotrack-annotation) in {truth_dir}")
@@ -216,7 +215,7 @@ def evaluate_folders(pred_dir: str | Path, truth_dir: str | Path, *, figures: bo
                          f"outputs in {pred_dir} (expected {Path(pred_dir) / '<stem>' / 'detections.csv'}; "
                          "infer the annotated images themselves)")
     report = {}
-    pooled = DetectionTally()
+    pooled, n_pooled = DetectionTally(), 0  # items the model was not trained on
     for side in tqdm(sides, desc="evaluating", unit="item", disable=not progress or len(sides) < 5):
         stem = side.with_suffix("").name
         out = Path(pred_dir) / stem
@@ -234,14 +233,16 @@ def evaluate_folders(pred_dir: str | Path, truth_dir: str | Path, *, figures: bo
             continue
         pred = pd.read_csv(out / "detections.csv")
         tally = detection_tally(pred, ann.cores, pixel_size_nm=ann.pixel_size_nm)
-        pooled.merge(tally)
         scores = tally.summary()
         notes = calibration_notes(run_summary, ann.pixel_size_nm, ann.frame_interval_s)
         made_by = prediction_model(run_summary)
         if trained_on(run_summary, side):
             scores["trained_on"] = True
             notes.append(f"{made_by['model']} was fine-tuned on this item: its scores are not a "
-                         "test of the model")
+                         "test of the model (left out of the pooled row)")
+        else:
+            pooled.merge(tally)
+            n_pooled += 1
         if figures:
             from dislotrack.infer.figures import evaluation_figure
 
@@ -287,7 +288,7 @@ def evaluate_folders(pred_dir: str | Path, truth_dir: str | Path, *, figures: bo
         more = f"; and {len(why) - 3} more" if len(why) > 3 else ""
         raise ValueError(f"no annotated item of {truth_dir} could be scored against {pred_dir}, "
                          "so nothing was written: " + "; ".join(why[:3]) + more)
-    if sum("error" not in r for r in report.values()) >= 2:  # every core of every item once
+    if n_pooled >= 2:  # every core of every item once
         report[POOLED] = _defined(pooled.summary())
     for stem, r in report.items():
         if "error" in r:  # an earlier run's figure would look like this run's
@@ -315,10 +316,11 @@ def calibration_notes(summary: dict | None, pixel_size_nm: float,
     another scale, and velocities are off by that factor."""
     cal = (summary or {}).get("calibration") or {}
     notes = []
-    for what, key, true, unit, flag in (
-            ("pixel size", "pixel_size_nm", pixel_size_nm, "nm", "--pixel-size"),
-            ("frame interval", "frame_interval_s", frame_interval_s, "s", "--frame-interval")):
-        pred, source = cal.get(key), cal.get(key.rsplit("_", 1)[0] + "_source")
+    for what, key, source_key, true, unit, flag in (
+            ("pixel size", "pixel_size_nm", "pixel_size_source", pixel_size_nm, "nm", "--pixel-size"),
+            ("frame interval", "frame_interval_s", "frame_interval_source", frame_interval_s, "s",
+             "--frame-interval")):
+        pred, source = cal.get(key), cal.get(source_key)
         if pred and true and abs(pred / true - 1) > CALIBRATION_TOLERANCE:
             notes.append(f"infer used a {what} of {pred:.4g} {unit} ({source}), the annotation "
                          f"says {true:.4g} {unit}: infer again with {flag} {true:.4g}")
@@ -327,12 +329,14 @@ def calibration_notes(summary: dict | None, pixel_size_nm: float,
 
 def trained_on(summary: dict | None, side: Path) -> bool:
     """Whether the model behind predictions (infer's summary.json, `_summary`) was
-    fine-tuned on the annotation ``side`` (``<stem>.json``): its folder is the one the
-    model trained on and the item was not held out for validation."""
+    fine-tuned on the annotation ``side`` (``<stem>.json``), or on some of its frames:
+    its folder is the one the model trained on and the item was not held out whole
+    (a split by frames holds out frames of an item, never the item)."""
     tuned = ((summary or {}).get("model") or {}).get("finetuned_on") or {}
     if not tuned.get("data") or Path(tuned["data"]) != side.parent.resolve():
         return False
-    return side.name not in {Path(v).name for v in tuned.get("val_items") or []}
+    held = {Path(v).name for v in tuned.get("val_items") or []} if tuned.get("split") == "items" else set()
+    return side.name not in held
 
 
 def _summary(out: Path) -> dict | None:
@@ -387,7 +391,7 @@ def report_text(report: dict) -> str:
     """`report_table` as text: scores to 3 decimals, counts whole, undefined or missing
     values as ``-``; the error column is left out (errors are reported separately). The
     `POOLED` entry (every core of every scored item) is the last row."""
-    table = report_table(report).drop(columns=["error", "note", "trained_on"], errors="ignore")
+    table = report_table(report).drop(columns=["error", "note"], errors="ignore")
     if table.shape[1] == 0 or ("tp" in table and table["tp"].isna().all()):
         return "no annotated item could be scored"
     cells = table.astype(object).map(

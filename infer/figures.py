@@ -21,9 +21,11 @@ from dislotrack.infer.overlays import overlay_mask
 from dislotrack.infer.pipeline import AnalysisResult
 
 _TAB20 = plt.get_cmap("tab20").colors
+_GREYS = {7}  # tab10's grey (and its tint): lost on a grey lattice image
 #: Track colours, shared by trajectories.png, displacement.png and the overlay: tab10's
-#: ten, then their light tints (tab20 reordered), so tracks 0 and 10 differ.
-PALETTE: tuple[tuple[float, float, float], ...] = tuple(_TAB20[0::2] + _TAB20[1::2])
+#: colours, then their light tints (tab20 reordered), so tracks 0 and 9 differ; no greys.
+PALETTE: tuple[tuple[float, float, float], ...] = tuple(
+    _TAB20[2 * i + tint] for tint in (0, 1) for i in range(10) if i not in _GREYS)
 
 #: Resolution of the PNG figures [dots per inch].
 DPI = 200
@@ -45,7 +47,7 @@ _OUTLINE = [patheffects.withStroke(linewidth=2.0, foreground="black")]
 
 #: How a track's ends are drawn on the trajectories figure: birth / death -> marker.
 END_MARKERS = {"nucleated": "*", "annihilated": "X", "entered": ">", "left": "<",
-               "from_rocksalt": "D", "into_rocksalt": "D"}
+               "from_rocksalt": "D", "into_rocksalt": "s"}
 
 
 def trajectories(res: AnalysisResult, path: Path) -> None:
@@ -73,7 +75,8 @@ def trajectories_figure(res: AnalysisResult) -> plt.Figure:
     """Tracks (drift-corrected to frame 0) over the first frame; ticks show h, markers
     how each track begins and ends (`END_MARKERS`, legend below the image, clear of the
     scale bar; none for present/survived). Track numbers are nudged clear of each other
-    (`place_labels`). The figure takes the frame's aspect ratio (`image_figure_size`)."""
+    (`place_labels`). The figure takes the frame's aspect ratio (`image_figure_size`) and
+    shows frame 0's field only."""
     shape = res.first_frame.shape if res.first_frame is not None else res.shape[1:]
     fig_w, fig_h, image_w = image_figure_size(shape)
     fig, ax = plt.subplots(figsize=(fig_w, fig_h), layout="constrained")
@@ -102,17 +105,22 @@ def trajectories_figure(res: AnalysisResult) -> plt.Figure:
                         mec="white", mew=1.0)
                 shown.add(fate)
     _track_numbers(ax, starts, res.first_frame, image_w)
-    if shown:  # neutral proxies: a marker's colour is its track's
-        handles = [plt.Line2D([], [], ls="none", marker=END_MARKERS[f], ms=7, mfc="0.6", mec="k",
-                              label=f.replace("_", " ")) for f in END_MARKERS if f in shown]
-        fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 3),
+    if starts:  # neutral proxies: a marker's colour is its track's
+        handles = [plt.Line2D([], [], ls="-", marker="o", ms=4, color="0.6", label="start, h tick")]
+        handles += [plt.Line2D([], [], ls="none", marker=END_MARKERS[f], ms=7,
+                               mfc="none" if "rocksalt" in f else "0.6", mec="k",
+                               label=f.replace("_", " ")) for f in END_MARKERS if f in shown]
+        fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 4),
                    fontsize=8, frameon=False)
-    if res.first_frame is not None and res.calibration.pixel_size_nm:
-        _scale_bar(ax, res.first_frame.shape, res.calibration)
+    if res.first_frame is not None:  # frame 0's field: drift carries some tracks beyond it
+        h, w = res.first_frame.shape
+        ax.set(xlim=(-0.5, w - 0.5), ylim=(h - 0.5, -0.5))
+        if res.calibration.pixel_size_nm:
+            _scale_bar(ax, res.first_frame.shape, res.calibration)
     if t.empty:
         _no_tracks(ax)
-    sep = ": " if fig_w >= 6 else ":\n"  # a narrow figure: two lines, not a clipped title
-    ax.set_title(f"{_input_name(res)}{sep}trajectories (drift-corrected, over frame 0)", fontsize=10)
+    ax.set_title(f"{_input_name(res)}: trajectories (drift-corrected, over frame 0)", fontsize=10,
+                 wrap=True)  # on two lines in a narrow figure
     ax.set_axis_off()
     return fig
 
@@ -141,12 +149,14 @@ def _track_numbers(ax: plt.Axes, starts: list[tuple[int, float, float]],
                 ha="left", va="top" if ax.yaxis_inverted() else "bottom", path_effects=_OUTLINE)
 
 
-def place_labels(anchors: np.ndarray, sizes: np.ndarray, *, gap: float) -> np.ndarray:
+def place_labels(anchors: np.ndarray, sizes: np.ndarray, *, gap: float,
+                 bounds: tuple[float, float] | None = None) -> np.ndarray:
     """Corners of label boxes beside points, each clear of the boxes placed before it.
 
     Each label tries, in turn: right above, right below, left above, left below its
     point, then further above and below on the right; it takes the first spot that
-    overlaps no earlier label (the first spot when none is free).
+    overlaps no earlier label and lies within ``bounds`` (the first spot, moved within
+    them, when none is).
 
     Parameters
     ----------
@@ -156,6 +166,8 @@ def place_labels(anchors: np.ndarray, sizes: np.ndarray, *, gap: float) -> np.nd
         Each label's ``(width, height)``, in the units of ``anchors``.
     gap : float
         Distance between a point and its label's nearest edges.
+    bounds : (width, height), optional
+        The area [0, width] x [0, height] labels must lie in (e.g. an image's size).
 
     Returns
     -------
@@ -169,8 +181,12 @@ def place_labels(anchors: np.ndarray, sizes: np.ndarray, *, gap: float) -> np.nd
         right, left, above, below = x + gap, x - gap - w, y - gap - h, y + gap
         spots = [(right, above), (right, below), (left, above), (left, below)]
         spots += [(right, above - k * h) for k in (1, 2, 3)] + [(right, below + k * h) for k in (1, 2, 3)]
-        free = (s for s in spots if not any(_overlap((*s, w, h), p) for p in placed))
+        inside = [s for s in spots if bounds is None or (0 <= s[0] <= bounds[0] - w
+                                                         and 0 <= s[1] <= bounds[1] - h)]
+        free = (s for s in inside if not any(_overlap((*s, w, h), p) for p in placed))
         out[i] = next(free, spots[0])
+        if bounds is not None:
+            out[i] = np.clip(out[i], 0, np.maximum(np.array(bounds) - (w, h), 0))
         placed.append((*out[i], w, h))
     return out
 
@@ -203,10 +219,10 @@ def displacement_figure(res: AnalysisResult) -> plt.Figure:
     and, as the seed's Fig. 2C/D, mean +- SD (solid) of the tracks moving that way.
 
     Per panel, the tracks moving in that component (`moving_tracks`) are split by the
-    sign of their velocity; a group of two or more gets its mean drawn over the times all
-    its tracks are present (`common_span_mean`), and its mean velocity +- SD and size
-    in the panel title. The legend sits beside the axes, naming tracks up to
-    `MAX_NAMED_TRACKS`.
+    sign of their velocity; a group of two or more gets its mean drawn over the tracks
+    present at each time, where two or more are (`present_mean`), and its mean velocity
+    +- SD and size in the panel title (a line per group, + first). The legend sits
+    beside the axes, naming tracks up to `MAX_NAMED_TRACKS`.
 
     Where no track has two detections (a single image, or only one-frame tracks) there is
     no motion: each axis says why instead of showing empty axes and a bare legend.
@@ -258,16 +274,22 @@ def _mean_curves(ax: plt.Axes, res: AnalysisResult, rel: pd.DataFrame, col: str,
     if moving.empty:
         return f"no track moves (|v| > {MOVING_SE:g} SE, ≥ {MIN_TRAVEL_NM:g} nm)"
     parts = []
-    for _, v in moving.groupby(np.sign(moving), sort=False):
-        if len(v) < 2:
+    for sign in (1, -1):  # the same order in both panels
+        v = moving[np.sign(moving) == sign]
+        if len(v) == 1:
             parts.append(f"#{v.index[0]}: v = {plus_minus(v.iloc[0])} {unit}")
+        if len(v) < 2:
             continue
         parts.append(f"mean v = {plus_minus(v.mean(), v.std())} {unit} (n = {len(v)})")
-        agg = common_span_mean(rel[rel.particle.isin(v.index)], col)
+        agg = present_mean(rel[rel.particle.isin(v.index)], col)
         tt, _ = _time(res, pd.Series(agg.index))
         ax.errorbar(tt, agg["mean"], yerr=agg["std"], color="k", lw=2, capsize=2,
-                    label=MEAN_LABEL)
-    return "; ".join(parts)
+                    errorevery=max(1, len(agg) // MEAN_BARS), label=MEAN_LABEL)
+    return "\n".join(parts)
+
+
+#: About this many SD bars per mean curve (every frame's would hide the tracks).
+MEAN_BARS = 15
 
 
 def plus_minus(value: float, sd: float | None = None) -> str:
@@ -287,23 +309,29 @@ def _legend_entries(axes: Sequence[plt.Axes]) -> tuple[list, list[str]]:
     return list(entries.values()), list(entries)
 
 
-def common_span_mean(rel: pd.DataFrame, col: str) -> pd.DataFrame:
-    """Mean and SD of ``col`` over tracks, at the times since first detection where every
-    track is present: the average of a fixed set of tracks, with no jump where one ends.
+def present_mean(rel: pd.DataFrame, col: str, *, min_tracks: int = 2) -> pd.DataFrame:
+    """Mean and SD of ``col`` over the tracks present at each time since their first
+    detection, where at least ``min_tracks`` are: a track is present from its first to
+    its last detection (missed frames in between filled linearly), so a long movie's
+    mean runs as far as two tracks do, not only while every track does.
 
     Parameters
     ----------
     rel : DataFrame
         ``particle``, ``rel`` (frames since the track's first detection) and ``col``.
     col : str
+    min_tracks : int
+        Fewest tracks a mean is drawn over.
 
     Returns
     -------
     DataFrame
         ``mean``, ``std``, ``count`` indexed by ``rel``; ``count`` is the number of tracks.
     """
-    agg = rel.groupby("rel")[col].agg(["mean", "std", "count"])
-    return agg[agg["count"] == rel.particle.nunique()]
+    wide = rel.pivot_table(index="rel", columns="particle", values=col).sort_index()
+    wide = wide.interpolate(limit_area="inside")  # within each track's span only
+    agg = pd.DataFrame({"mean": wide.mean(axis=1), "std": wide.std(axis=1), "count": wide.count(axis=1)})
+    return agg[agg["count"] >= min_tracks]
 
 
 #: Up to this many frames, the rock-salt fraction is marked at every value (the counts
@@ -507,10 +535,17 @@ def _draw_cores(d: ImageDraw.ImageDraw, rows: pd.DataFrame, k: int, w: int) -> N
         return
     boxes = [d.textbbox((0, 0), text, font=font, stroke_width=2) for text, *_ in labels]
     sizes = np.array([(b[2] - b[0], b[3] - b[1]) for b in boxes], float)
-    corners = place_labels(np.array([(x, y) for _, x, y, _ in labels]), sizes, gap=r + lw)
+    corners = place_labels(np.array([(x, y) for _, x, y, _ in labels]), sizes, gap=r + lw,
+                           bounds=d.im.size)  # inside the frame, not cut at its edge
     for (text, _, _, col), b, (lx, ly) in zip(labels, boxes, corners, strict=True):
-        d.text((lx - b[0], ly - b[1]), text, font=font, fill=col, stroke_width=2,
-               stroke_fill=(0, 0, 0))
+        # A dark colour gets a light rim: a black one would vanish on dark lattice.
+        rim = (255, 255, 255) if _luminance(col) < 0.45 else (0, 0, 0)
+        d.text((lx - b[0], ly - b[1]), text, font=font, fill=col, stroke_width=2, stroke_fill=rim)
+
+
+def _luminance(rgb: tuple[int, int, int]) -> float:
+    """Relative luminance in [0, 1] of an 8-bit sRGB colour (Rec. 709 weights, no gamma)."""
+    return (0.2126 * rgb[0] + 0.7152 * rgb[1] + 0.0722 * rgb[2]) / 255
 
 
 def time_stamp(i: int, dt: float | None) -> str:

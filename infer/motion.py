@@ -18,7 +18,7 @@ import pandas as pd
 from scipy import stats
 
 from dislotrack.data_gen.conventions import glide_climb, px_to_nm, unit
-from dislotrack.infer.columns import PER_FRAME, PER_SECOND
+from dislotrack.infer.columns import velocity_columns
 from dislotrack.infer.drift import position_columns
 
 #: A track moves in a component when its velocity is more than this many standard errors
@@ -193,13 +193,13 @@ def moving_tracks(summary: pd.DataFrame, component: str,
     str
         Their unit, ``"nm/s"`` or ``"nm/frame"``.
     """
-    for suffix, unit_name, per in ((PER_SECOND, "nm/s", frame_interval_s or 1.0),
-                                   (PER_FRAME, "nm/frame", 1.0)):
-        v, se = f"{component}_velocity{suffix}", f"{component}_velocity_se{suffix}"
-        if v in summary and se in summary:
-            s = summary.set_index("particle")
-            moving = s[v].abs() > MOVING_SE * s[se]
-            if {"first_frame", "last_frame"} <= set(s.columns):
-                moving &= s[v].abs() * (s.last_frame - s.first_frame) * per >= MIN_TRAVEL_NM
-            return s.loc[moving, v].rename(component), unit_name
+    cols = velocity_columns(summary, component)
+    if cols is not None and cols[1] in summary:
+        v, se, unit_name = cols
+        per = (frame_interval_s or 1.0) if unit_name == "nm/s" else 1.0  # [s] per frame
+        s = summary.set_index("particle")
+        moving = s[v].abs() > MOVING_SE * s[se]
+        if {"first_frame", "last_frame"} <= set(s.columns):
+            moving &= s[v].abs() * (s.last_frame - s.first_frame) * per >= MIN_TRAVEL_NM
+        return s.loc[moving, v].rename(component), unit_name
     return pd.Series(dtype=float, name=component), "nm/s"

@@ -189,3 +189,11 @@ def tta_views(tta: bool | int) -> int:
     if not isinstance(views, (int, np.integer)) or views not in TTA_VIEWS:
         raise ValueError(f"tta (--tta) must be one of 1, 2, 4, 8 (views averaged), got {tta!r}")
     return int(views)
+
+
+def check_folder(path: str | Path, label: str) -> None:
+    """Raise NotADirectoryError naming ``label`` (e.g. "annotation folder") unless
+    ``path`` is an existing folder."""
+    if not Path(path).is_dir():
+        what = "is a file, not a folder" if Path(path).exists() else "does not exist"
+        raise NotADirectoryError(f"{label} {path} {what}")

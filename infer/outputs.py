@@ -12,10 +12,9 @@ import tifffile
 
 from dislotrack.data_gen.version import package_version
 from dislotrack.infer.columns import (
-    PER_FRAME,
-    PER_SECOND,
     SCHEMA_VERSION,
     TABLES,
+    velocity_columns,
     velocity_columns_as_written,
 )
 from dislotrack.infer.motion import moving_tracks
@@ -61,9 +60,8 @@ def summary_dict(res: AnalysisResult) -> dict:
     s = res.track_summary
 
     def stats(component: str) -> dict:  # nm/s or nm/frame, whichever the table holds
-        col = next((c for c in (f"{component}_velocity{u}" for u in (PER_SECOND, PER_FRAME))
-                    if c in s), None)
-        v = s[col].dropna().to_numpy(float) if col else np.array([])
+        cols = velocity_columns(s, component)
+        v = s[cols[0]].dropna().to_numpy(float) if cols else np.array([])
         moving, _ = moving_tracks(s, component, cal.frame_interval_s)
         return {"mean": float(v.mean()) if len(v) else None,
                 "sd": float(v.std(ddof=1)) if len(v) > 1 else None, "n_tracks": int(len(v)),
@@ -100,9 +98,10 @@ def summary_dict(res: AnalysisResult) -> dict:
 
 
 def _finetuned_on(card: dict) -> dict | None:
-    """The annotation folder and held-out items of a fine-tuned model (None otherwise)."""
+    """The annotation folder, split (by "items" or "frames") and held-out items of a
+    fine-tuned model (None otherwise)."""
     tuned = (card.get("training") or {}).get("finetune")
-    return {"data": tuned.get("data"), "val_items": tuned.get("val_items")} if tuned else None
+    return ({k: tuned.get(k) for k in ("data", "split", "val_items")} if tuned else None)
 
 
 def _lattice_dict(res: AnalysisResult) -> dict | None:

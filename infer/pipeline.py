@@ -437,6 +437,8 @@ def analyze(path: str | Path | Movie | np.ndarray, *, model: str | Path | None =
 
         def flush(raw: list[np.ndarray], can: list[np.ndarray], start: int) -> None:
             for k, (table, rs) in enumerate(det(raw, can)):
+                if blind:  # any core found would be spurious; the frame sinks see none either
+                    table = table.iloc[:0]
                 # Scale bars, text, zero-filled borders: no lattice, no cores, no rock salt.
                 drawn = overlay_mask(raw[k], pixel_size_nm=cal.pixel_size_nm)
                 if drawn.any():
@@ -462,7 +464,7 @@ def analyze(path: str | Path | Movie | np.ndarray, *, model: str | Path | None =
             nonlocal n_read
             raw: list[np.ndarray] = []
             can: list[np.ndarray] = []
-            for frame in tqdm(movie, total=n, desc="frames", disable=not progress):
+            for frame in tqdm(movie, total=n, desc="frames", unit="frame", disable=not progress):
                 c = to_canonical(frame, pixel_size_nm=cal.pixel_size_nm, canonical_nm=canonical)
                 if len(lattice_frames) < LATTICE_FRAMES:
                     lattice_frames.append(frame)
@@ -476,7 +478,7 @@ def analyze(path: str | Path | Movie | np.ndarray, *, model: str | Path | None =
             if raw:  # also when the reader yields fewer frames than its header said
                 flush(raw, can, n_read - len(raw))
 
-        drift = measure_drift(canonical_frames(), warn_along_fringes=blind is None)
+        drift = measure_drift(canonical_frames(), warn_along_fringes=not blind)
     n = n_read
     if overlaid:
         logger.warning("burned-in annotations or clipped areas (a scale bar, text, a zero-filled "
@@ -505,8 +507,6 @@ def analyze(path: str | Path | Movie | np.ndarray, *, model: str | Path | None =
                                     canonical_nm=canonical).shape) / first.shape)
     drift["dx"] = drift["dx"] / sx
     drift["dy"] = drift["dy"] / sy
-    if blind:
-        rows = []
     detections = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(
         {c: pd.Series(dtype=float) for c in ["frame", *CORE_COLUMNS, "in_rocksalt"]})
     detections = detections.assign(x_nm=detections.x * cal.pixel_size_nm,

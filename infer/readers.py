@@ -52,6 +52,7 @@ import tifffile
 from dislotrack.data_gen.annotations import is_sidecar
 from dislotrack.infer.calibration import (
     Calibration,
+    check_positive,
     interval_from_timestamps,
     to_nm,
     to_seconds,
@@ -259,23 +260,24 @@ def open_movie(path: str | Path, *, signal: int | str | None = None) -> Movie:
 def _with_annotation_calibration(movie: Movie) -> Movie:
     """``movie`` with what its file lacks (pixel size, frame interval) taken from the
     annotation sidecar beside it (``<stem>.json``, format dislotrack-annotation), where
-    there is one: a lab's annotated images need no second calibration (source "file")."""
+    there is one: a lab's annotated images need no second calibration (source "file",
+    and a calibration note names the sidecar)."""
     cal, side = movie.calibration, movie.path.with_suffix(".json")
     if (cal.pixel_size_nm is not None and cal.frame_interval_s is not None) or not is_sidecar(side):
         return movie
-
-    def usable(value: object) -> float | None:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
-        return float(value) if ok and np.isfinite(value) else None
-
     meta = json.loads(side.read_text())
-    px = cal.pixel_size_nm if cal.pixel_size_nm is not None else usable(meta.get("pixel_size_nm"))
-    dt = cal.frame_interval_s if cal.frame_interval_s is not None else usable(meta.get("frame_interval_s"))
-    if (px, dt) == (cal.pixel_size_nm, cal.frame_interval_s):
+    taken = {}
+    for key, have, unit in (("pixel_size_nm", cal.pixel_size_nm, "nm/px"),
+                            ("frame_interval_s", cal.frame_interval_s, "s")):
+        if have is None and meta.get(key) is not None:
+            taken[key] = check_positive(meta[key], f"{side}: {key}", unit)
+    if not taken:
         return movie
-    movie.metadata.setdefault("notes", []).append(f"calibration completed from the annotation {side.name}")
-    return movie.with_calibration(Calibration.from_file(pixel_size_nm=px, frame_interval_s=dt,
-                                                        warnings=cal.warnings))
+    said = " and ".join(f"{k} {v:g}" for k, v in taken.items())
+    return movie.with_calibration(Calibration.from_file(
+        pixel_size_nm=taken.get("pixel_size_nm", cal.pixel_size_nm),
+        frame_interval_s=taken.get("frame_interval_s", cal.frame_interval_s),
+        warnings=(*cal.warnings, f"{said} from the annotation {side.name} (the file has none)")))
 
 
 def check_readable(path: Path) -> None:
@@ -744,10 +746,18 @@ def movie_from_array(data: np.ndarray) -> Movie:
     if not _is_image_array(data):
         raise ValueError(f"an in-memory {data.dtype} array of shape {data.shape} is not an image: "
                          "expected a real-valued (y, x) image or (t, y, x) stack")
+    digest = hashlib.sha256(f"{data.dtype.str} {data.shape}".encode())  # the same bytes, reshaped, differ
+    for frame in data.reshape(-1, *data.shape[-2:]):  # frame by frame: no copy of a whole view
+        digest.update(np.ascontiguousarray(frame).data)
     meta = {"format": "array", "notes": ["an in-memory array: no calibration"],
-            "sha256": hashlib.sha256(np.ascontiguousarray(data).data).hexdigest()}
+            "sha256": digest.hexdigest()}
+    return _array_movie(IN_MEMORY, data, meta)
+
+
+def _array_movie(path: Path, data: np.ndarray, meta: dict) -> Movie:
+    """An uncalibrated `Movie` over an image or stack array (in memory or memory-mapped)."""
     n_frames, read = _frames_of(data)
-    return Movie(IN_MEMORY, (n_frames, *_frame_shape(data)), Calibration(), meta, read)
+    return Movie(path, (n_frames, *_frame_shape(data)), Calibration(), meta, read)
 
 
 def _open_numpy(path: Path) -> Movie:
@@ -759,8 +769,7 @@ def _open_numpy(path: Path) -> Movie:
         raise ValueError(f"{path} holds a {data.dtype} array of shape {data.shape}; "
                          "expected a real-valued (y, x) image or (t, y, x) stack")
     meta = {"format": "NumPy", "dtype": str(data.dtype), "notes": ["no calibration in .npy files"]}
-    n_frames, read = _frames_of(data)
-    return Movie(path, (n_frames, *_frame_shape(data)), Calibration(), meta, read)
+    return _array_movie(path, data, meta)
 
 
 def _is_image_array(data: np.ndarray | h5py.Dataset) -> bool:

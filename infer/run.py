@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from dislotrack.data_gen.conventions import D003_LINIO2_NM
 from dislotrack.infer import figures
@@ -62,7 +63,7 @@ def infer_one(path: str | Path, out: str | Path, *, movie: bool = True, parquet:
                         d_spacing_nm=options.get("d_spacing_nm", D003_LINIO2_NM))
         stale = stale_outputs(dest, movie=movie, strain=strain, parquet=parquet,
                               single_image=m.shape[0] == 1)
-        earlier = earlier_input(dest)
+        earlier = earlier_input(dest)  # read before this run replaces it
         # Written beside the results and moved in only when complete: a run that fails
         # leaves an earlier run's results whole, and no half-written folder.
         staging = dest.with_name(f".{dest.name}.running")
@@ -70,15 +71,11 @@ def infer_one(path: str | Path, out: str | Path, *, movie: bool = True, parquet:
         (staging / "figures").mkdir(parents=True)
         try:
             res = _analyze_and_write(m, staging, cal, movie=movie, parquet=parquet, strain=strain,
-                                     strain_resolution_nm=strain_resolution_nm,
-                                     **options)
+                                     strain_resolution_nm=strain_resolution_nm, earlier=earlier,
+                                     results_dir=dest, **options)
             _move_into(staging, dest)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-    if earlier is not None and Path(earlier) != Path(res.input_path):
-        # Same stem, another file (x.dm4 and its x.tif export): say so, do not replace silently.
-        res.warnings.append(f"replaced the results of {earlier} in {dest} (a different input of "
-                            "the same name; use another --out to keep both)")
     for old in stale:  # only once this run's outputs are in place
         try:
             old.unlink()
@@ -96,12 +93,24 @@ def _move_into(staging: Path, dest: Path) -> None:
         src.replace(target)
 
 
-def earlier_input(dest: Path) -> str | None:
-    """The input path an earlier run recorded in ``dest/summary.json``, if any."""
+def earlier_input(dest: Path) -> dict | None:
+    """The input (``path``, ``sha256``, ...) an earlier run recorded in
+    ``dest/summary.json``, if any."""
     try:
-        return json.loads((dest / "summary.json").read_text())["input"]["path"]
+        return dict(json.loads((dest / "summary.json").read_text())["input"])
     except (OSError, ValueError, KeyError, TypeError):  # no run there, or not one of ours
         return None
+
+
+def replaced_note(earlier: dict | None, res: AnalysisResult, dest: Path) -> str | None:
+    """A warning where ``res`` replaces the results of another input of the same name in
+    ``dest`` (x.dm4, then its x.tif export): another path and other content."""
+    if earlier is None or earlier.get("sha256") == res.input_sha256:
+        return None  # a rerun (also of a moved or linked file)
+    if Path(earlier.get("path", "")) == Path(res.input_path):
+        return None  # the same file, changed since: a rerun
+    return (f"replaced the results of {earlier.get('path')} in {dest} (a different input of the "
+            "same name; use another --out to keep both)")
 
 
 def stale_outputs(dest: Path, *, movie: bool, strain: bool, parquet: bool,
@@ -140,7 +149,10 @@ def stale_outputs(dest: Path, *, movie: bool, strain: bool, parquet: bool,
 
 
 def _analyze_and_write(m: Movie, dest: Path, cal: Calibration, *, movie: bool, parquet: bool,
-                       strain: bool, strain_resolution_nm: float = 1.0, **options) -> AnalysisResult:
+                       strain: bool, strain_resolution_nm: float = 1.0, earlier: dict | None = None,
+                       results_dir: Path | None = None, **options) -> AnalysisResult:
+    """Analyse ``m`` and write everything into ``dest``; ``earlier`` is the input of the
+    results ``results_dir`` held before (`earlier_input`), for `replaced_note`."""
     shape = m.shape
     writer = MaskWriter(dest / "rocksalt_mask.tif", shape=shape, pixel_size_nm=cal.pixel_size_nm,
                         frame_interval_s=cal.frame_interval_s)
@@ -160,6 +172,8 @@ def _analyze_and_write(m: Movie, dest: Path, cal: Calibration, *, movie: bool, p
             strain_writer.close()
     if strain_writer is not None:
         strain_writer.figure(dest / "figures" / "strain.png")
+    if (note := replaced_note(earlier, res, results_dir or dest)) is not None:
+        res.warnings.append(note)  # before summary.json is written
     write_tables(res, dest, parquet=parquet)
     figures.trajectories(res, dest / "figures" / "trajectories.png")
     figures.displacement(res, dest / "figures" / "displacement.png")
@@ -170,6 +184,8 @@ def _analyze_and_write(m: Movie, dest: Path, cal: Calibration, *, movie: bool, p
         with tifffile.TiffFile(dest / "rocksalt_mask.tif") as masks:
             fps = 1.0 / res.calibration.frame_interval_s if res.calibration.frame_interval_s else 5.0
             frames = figures.overlay_frames(res, iter(m), (p.asarray() for p in masks.pages))
+            frames = tqdm(frames, total=shape[0], desc="overlay.mp4", unit="frame",
+                          disable=not options.get("progress", True) or shape[0] == 1)
             if shape[0] == 1:  # one frame: also a PNG, which every viewer shows
                 frames = list(frames)
                 figures.write_png(frames[0], dest / "figures" / "overlay.png")

@@ -91,8 +91,8 @@ class StrainWriter:
         spacings = " and ".join(f"{1 / np.hypot(*g):.3g} nm" for g in self.g)
         fig = strain_figure(frame, maps, det, title=(
             f"GPA at {self.res:g} nm from the {spacings} reflections of frame 0; strain relative "
-            "to its mean lattice; ω > 0 counter-clockwise as displayed; 1 filter width at the "
-            "edges left out"))
+            "to its mean lattice; ω > 0 counter-clockwise as displayed; grey: not measured (1 "
+            "filter width at the edges, and where a reflection is weak, e.g. rock salt)"))
         fig.savefig(path, dpi=110)
         plt.close(fig)
 
@@ -123,18 +123,23 @@ def strain_figure(frame: np.ndarray, maps: dict[str, np.ndarray], cores: pd.Data
     h, w = frame.shape
     column = w >= WIDE_ASPECT * h
     n = 1 + len(maps)
-    panel_w = 10.0 if column else 3.3 * min(max(w / h, 0.5), 1.5)  # inches
-    panel_h = panel_w * h / w
+    # Panel size [in]: in a column at most 10 wide and 3.5 tall (20 in for the five); in
+    # a row about 3.3 square, at most 3.5 wide (22 in for the row) and 6 tall.
+    panel_w = 10.0 if column else min(3.3 * min(max(w / h, 0.5), 1.5), 3.5)
+    panel_h = min(panel_w * h / w, 3.5 if column else 6.0)
+    panel_w = panel_h * w / h
     rows, cols = (n, 1) if column else (1, n)
     # Room per panel for its title and, beside it, a colour bar with tick labels.
     size = (cols * (panel_w + 0.9), rows * (panel_h + 0.45) + 0.5)
     fig, axes = plt.subplots(rows, cols, figsize=size, layout="constrained", squeeze=False)
     axes = axes.ravel()
     axes[0].imshow(frame, cmap="gray")
-    axes[0].set_title("image")
+    axes[0].set_title("image (circles: cores)")
+    diverging = plt.get_cmap("RdBu_r").copy()
+    diverging.set_bad("0.55")  # not measured: grey, not the white of zero strain
     for ax, (k, v) in zip(axes[1:], maps.items(), strict=True):
         lim = np.nanpercentile(np.abs(v), 98) if np.isfinite(v).any() else 0.0
-        im = ax.imshow(v, cmap="RdBu_r", vmin=-(lim or 1e-3), vmax=lim or 1e-3)
+        im = ax.imshow(v, cmap=diverging, vmin=-(lim or 1e-3), vmax=lim or 1e-3)
         ax.set_title({"exx": "εxx", "eyy": "εyy", "exy": "εxy", "omega": "ω (rad)"}[k])
         fig.colorbar(im, cax=ax.inset_axes((1.03, 0.0, 0.04 if not column else 0.015, 1.0)))
     for ax in axes:

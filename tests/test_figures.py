@@ -64,7 +64,7 @@ def test_trajectory_end_markers_are_explained_below_the_image():
     fig = figures.trajectories_figure(result(2))
     (ax,) = fig.axes
     assert ax.get_legend() is None
-    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["nucleated"]
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["start, h tick", "nucleated"]
     fig.canvas.draw()
     legend_box = fig.legends[0].get_window_extent()
     assert legend_box.y1 <= ax.get_window_extent().y0 + 1  # below the image
@@ -77,7 +77,9 @@ def test_every_trajectory_end_marker_fits_in_the_figure():
     fig = figures.trajectories_figure(res)
     fig.canvas.draw()
     (legend,) = fig.legends
-    assert len(legend.get_texts()) == len(figures.END_MARKERS)
+    assert len(legend.get_texts()) == 1 + len(figures.END_MARKERS)  # + the start and h tick
+    markers = [(h.get_marker(), h.get_markerfacecolor()) for h in legend.legend_handles[1:]]
+    assert len(set(markers)) == len(markers)  # each end told apart in the legend
     box, page = legend.get_window_extent(), fig.bbox
     assert page.x0 <= box.x0 and box.x1 <= page.x1 and page.y0 <= box.y0
 
@@ -192,9 +194,10 @@ def test_overlay_scale_bar_pixels_are_white_over_its_whole_length():
 
 
 def test_tracks_0_and_10_have_different_colours_everywhere():
-    assert len(figures.PALETTE) >= 20
+    assert len(figures.PALETTE) >= 18
     colours = [figures._colour(p) for p in range(len(figures.PALETTE))]
     assert len(set(colours)) == len(colours)
+    assert all(max(c) - min(c) > 0.1 for c in colours)  # no grey: lost on a lattice image
     res = result(12, n_frames=14)
     traj = figures.trajectories_figure(res)
     line_colours = {tuple(line.get_color()[:3]) for line in traj.axes[0].lines}
@@ -315,15 +318,15 @@ def test_figure_titles_name_the_input_and_the_sign_convention():
     assert "+: towards h" in climb and "+: along b" in glide
 
 
-def test_common_span_mean_averages_a_fixed_set_of_tracks():
+def test_present_mean_runs_while_two_tracks_do_and_bridges_missed_frames():
     rel = pd.DataFrame({"particle": [0] * 5 + [1] * 3 + [2] * 4,
                         "rel": [0, 1, 2, 3, 4, 0, 1, 2, 0, 1, 2, 3],
                         "d": [0, 1, 2, 3, 4, 0, 2, 4, 0, 3, 6, 9.0]})
-    agg = figures.common_span_mean(rel, "d")
-    assert agg.index.tolist() == [0, 1, 2]  # track 1 ends after 2 frames: no later mean
-    assert agg["mean"].tolist() == [0.0, 2.0, 4.0] and (agg["count"] == 3).all()
-    gap = rel.drop(index=9)  # track 2 missed at 1 frame: no mean there
-    assert figures.common_span_mean(gap, "d").index.tolist() == [0, 2]
+    agg = figures.present_mean(rel, "d")
+    assert agg.index.tolist() == [0, 1, 2, 3]  # track 1 ends at 2; 0 and 2 go on; 0 alone at 4
+    assert agg["mean"].tolist() == [0.0, 2.0, 4.0, 6.0] and agg["count"].tolist() == [3, 3, 3, 2]
+    gap = rel.drop(index=9)  # track 2 missed at 1 frame: its span is bridged (3 = 0 + 9 / 3)
+    assert figures.present_mean(gap, "d")["mean"].tolist() == agg["mean"].tolist()
 
 
 def test_moving_tracks_use_the_velocity_its_standard_error_and_the_travel():
@@ -341,14 +344,14 @@ def test_moving_tracks_use_the_velocity_its_standard_error_and_the_travel():
     assert motion.moving_tracks(summary, "glide", 0.5)[0].empty
 
 
-def test_displacement_mean_is_over_moving_tracks_and_their_common_span():
+def test_displacement_mean_is_over_moving_tracks_present_at_each_time():
     res = result(3)  # glide: all three move 0.1 nm/s; climb: none moves
     fig = figures.displacement_figure(res)
     climb_ax, glide_ax = fig.axes
     assert not climb_ax.containers and "no track moves" in climb_ax.get_title()
     (bars,) = glide_ax.containers
     x, _ = bars.lines[0].get_data()
-    assert list(x) == list(range(10))  # tracks span 12, 11, 10 frames: the shortest's
+    assert list(x) == list(range(11))  # tracks span 12, 11, 10 frames: while two are there
     assert "mean v = +0.10 ± 0.00 nm/s (n = 3)" in glide_ax.get_title()
 
 
@@ -474,7 +477,10 @@ def test_trajectories_figure_takes_the_frame_shape_without_wide_margins(shape):
     assert max(w, h) <= 11.5
     # A fixed square page left 70 % of it white around a 224 x 1312 frame.
     assert _image_axes_fraction(fig) > (0.6 if shape[0] == shape[1] else 0.35)
-    assert fig.axes[0].get_title().count("\n") == (1 if w < 6 else 0)
+    title = fig.axes[0].title.get_window_extent()
+    assert fig.bbox.x0 <= title.x0 and title.x1 <= fig.bbox.x1  # wrapped, not cut, when narrow
+    # Frame 0's field, whatever drift carried a track beyond it.
+    assert fig.axes[0].get_xlim() == (-0.5, shape[1] - 0.5)
 
 
 def test_strain_panels_are_the_image_size_and_line_up_with_it():
@@ -493,3 +499,37 @@ def test_strain_panels_are_the_image_size_and_line_up_with_it():
         assert len(sizes) == 1  # colour bars do not shrink the maps below the image
         along = [round(b.x0) for b in panels] if column else [round(b.y0) for b in panels]
         assert len(set(along)) == 1  # a row (same top) or, for wide frames, a column
+
+
+def test_displacement_panel_titles_do_not_run_into_each_other():
+    res = result(6, n_frames=14)  # glide +-: two groups of three, each with its own line
+    res.track_summary["glide_velocity_nm_s"] = [0.1, -0.1] * 3
+    res.track_summary["climb_velocity_nm_s"] = [0.1, -0.1] * 3
+    res.track_summary["climb_velocity_se_nm_s"] = 0.001
+    fig = figures.displacement_figure(res)
+    fig.canvas.draw()
+    climb, glide = (ax.title.get_window_extent() for ax in fig.axes)
+    assert climb.x1 <= glide.x0 and fig.bbox.x0 <= climb.x0
+    lines = fig.axes[1].get_title().splitlines()
+    assert lines[1].startswith("mean v = +") and lines[2].startswith("mean v = -")  # + first
+
+
+def test_overlay_labels_stay_inside_the_frame_and_dark_ones_get_a_light_rim():
+    from PIL import Image, ImageDraw
+
+    frame = Image.new("RGB", (200, 120))
+    rows = pd.DataFrame({"x": [5.0, 195.0], "y": [2.0, 118.0], "hx": 0.0, "hy": 1.0,
+                         "particle": [0, 1]})
+    figures._draw_cores(ImageDraw.Draw(frame), rows, 1, 120)
+    drawn = np.asarray(frame)
+    blue = np.all(np.abs(drawn.astype(int) - [int(255 * v) for v in figures._colour(0)]) < 30, axis=-1)
+    white = np.all(drawn > 240, axis=-1)
+    assert blue.any() and white.any()  # track 0's dark blue number, rimmed in white
+    assert figures._luminance((255, 255, 255)) == pytest.approx(1.0)
+    # A label at the top edge goes below its point rather than off the frame.
+    corner = figures.place_labels(np.array([[5.0, 2.0]]), np.array([[8.0, 10.0]]), gap=3.0,
+                                  bounds=(200, 120))
+    assert corner.tolist() == [[8.0, 5.0]]  # right below: right above would be cut
+    corner = figures.place_labels(np.array([[199.0, 119.0]]), np.array([[8.0, 10.0]]), gap=3.0,
+                                  bounds=(200, 120))
+    assert corner.tolist() == [[188.0, 106.0]]  # left above: the corner has no other room

@@ -687,10 +687,12 @@ def test_evaluate_pools_the_cores_of_all_items_in_the_report_and_the_text(tmp_pa
 
 
 def test_evaluate_notes_calibrations_that_differ_and_items_a_model_was_tuned_on(tmp_path):
+    from dislotrack.infer.evaluate import POOLED
+
     truth, pred = _truth_as_predictions(tmp_path, size=32)
     ann = read_annotation(truth / "image_00000.json")
     summary = {"model": {"id": "mine", "sha256": "ab", "finetuned_on": {
-                   "data": str(truth.resolve()), "val_items": [str(truth / "image_00001.json")]}},
+                   "data": str(truth.resolve()), "split": "items", "val_items": ["image_00001.json"]}},
                "calibration": {"pixel_size_nm": ann.pixel_size_nm * 1.25, "pixel_size_source": "user",
                                "frame_interval_s": None, "frame_interval_source": None}}
     for stem in ("image_00000", "image_00001"):
@@ -701,6 +703,11 @@ def test_evaluate_notes_calibrations_that_differ_and_items_a_model_was_tuned_on(
     assert "mine was fine-tuned on this item" in tuned["note"]
     assert f"infer used a pixel size of {ann.pixel_size_nm * 1.25:.4g} nm (user), the annotation " \
            f"says {ann.pixel_size_nm:.4g} nm: infer again with --pixel-size" in held["note"]
+    assert POOLED not in report  # one item is left once the one trained on is left out
+    # Held out by frames (one annotated item): the model trained on the item's other frames.
+    summary["model"]["finetuned_on"].update(split="frames", val_items=["image_00000.json"])
+    (pred / "image_00000" / "summary.json").write_text(json.dumps(summary))
+    assert evaluate_folders(pred, truth, figures=False, progress=False)["image_00000"]["trained_on"]
 
 
 def test_a_hand_annotated_movie_gets_identity_switches_from_its_particle_ids(tmp_path):
@@ -740,7 +747,8 @@ def test_finetune_without_its_annotation_folder_is_refused_before_the_imports(tm
     import sys
 
     assert main(["finetune", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "m")]) == 2
-    assert "error: --data " + str(tmp_path / "nope") + " does not exist" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"error: --data (the annotation folder) {tmp_path / 'nope'} does not exist" in err
     code = ("import sys; from dislotrack.infer.cli import main; "
             f"assert main(['finetune', '--data', {str(tmp_path / 'nope')!r}, '--out', 'm']) == 2; "
             "assert 'lightning' not in sys.modules and 'torch' not in sys.modules")

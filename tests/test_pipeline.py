@@ -1076,7 +1076,13 @@ def test_results_of_another_input_of_the_same_name_are_not_replaced_silently(tin
     again = run.infer_one(tmp_path / "x.tif", tmp_path / "o", **kw)  # a rerun: nothing to say
     assert not any("replaced" in w for w in first.warnings + again.warnings)
     other = run.infer_one(tmp_path / "x.npy", tmp_path / "o", **kw)
-    assert any(f"replaced the results of {tmp_path / 'x.tif'}" in w for w in other.warnings)
+    said = f"replaced the results of {tmp_path / 'x.tif'} in {tmp_path / 'o' / 'x'}"
+    assert any(said in w for w in other.warnings)
+    assert any(said in w for w in json.loads((tmp_path / "o" / "x" / "summary.json").read_text())["warnings"])
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    (tmp_path / "x.npy").rename(moved / "x.npy")  # the same file elsewhere: a rerun
+    assert not any("replaced" in w for w in run.infer_one(moved / "x.npy", tmp_path / "o", **kw).warnings)
 
 
 def test_importing_the_figures_leaves_the_users_matplotlib_backend_alone(monkeypatch):
@@ -1087,7 +1093,8 @@ def test_importing_the_figures_leaves_the_users_matplotlib_backend_alone(monkeyp
             "dislotrack.infer.strain; assert matplotlib.get_backend() == 'pdf', matplotlib.get_backend()")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    monkeypatch.delenv("MPLBACKEND", raising=False)
+    monkeypatch.setenv("MPLBACKEND", "pdf")  # restored after the test, as is its absence
+    monkeypatch.delenv("MPLBACKEND")
     with pytest.raises(SystemExit):
         main(["--version"])
     assert __import__("os").environ["MPLBACKEND"] == "Agg"  # the command line draws off-screen
@@ -1098,7 +1105,7 @@ def test_summary_json_says_what_a_fine_tuned_model_learnt_from(tiny_model):
 
     res = analyze(np.zeros((1, 32, 32), np.float32), model=tiny_model, pixel_size_nm=0.1, progress=False)
     assert summary_dict(res)["model"]["finetuned_on"] is None  # trained on synthetic data only
-    res.model_card["training"] = {"finetune": {"data": "/lab/ann", "val_items": ["/lab/ann/b.json"],
-                                               "epochs": 20}}
-    assert summary_dict(res)["model"]["finetuned_on"] == {"data": "/lab/ann",
+    res.model_card["training"] = {"finetune": {"data": "/lab/ann", "split": "items",
+                                               "val_items": ["/lab/ann/b.json"], "epochs": 20}}
+    assert summary_dict(res)["model"]["finetuned_on"] == {"data": "/lab/ann", "split": "items",
                                                           "val_items": ["/lab/ann/b.json"]}

@@ -604,11 +604,15 @@ def test_an_annotated_tiff_without_calibration_takes_its_sidecars(tmp_path):
     cores = pd.DataFrame({"frame": [0], "x": [5.0], "y": [6.0], "hx": [0.0], "hy": [1.0], "particle": [0]})
     write_annotation(tmp_path, "lab", Annotation(np.zeros((3, 32, 32), np.float32), cores, None,
                                                  0.08, 2.0, {}))
-    tifffile.imwrite(tmp_path / "lab.tif", np.zeros((3, 32, 32), np.float32))  # as a lab saves it
+    tifffile.imwrite(tmp_path / "lab.tif", np.zeros((3, 32, 32), np.float32),  # as a lab saves it
+                     photometric="minisblack")
     with open_movie(tmp_path / "lab.tif") as m:
         assert (m.calibration.pixel_size_nm, m.calibration.frame_interval_s) == (0.08, 2.0)
         assert m.calibration.pixel_size_source == "file"
-        assert "calibration completed from the annotation lab.json" in m.metadata["notes"]
+        said = calibrate(m, pixel_size_nm=None, frame_interval_s=None, d_spacing_nm=0.473).warnings
+        assert any("from the annotation lab.json" in w for w in said)  # reaches summary.json
+        assert "pixel_size_nm 0.08 and frame_interval_s 2 from the annotation lab.json (the file " \
+               "has none)" in m.calibration.warnings
     # The file's own calibration wins; a plain TIFF without a sidecar stays uncalibrated.
     write_imagej_tiff(tmp_path / "lab.tif", np.zeros((3, 32, 32), np.float32), pixel_size_nm=0.1,
                       frame_interval_s=0.5)

@@ -411,6 +411,13 @@ def test_a_mistyped_train_option_is_one_line_with_the_nearest_name(tmp_path, mon
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["dislotrack train: error: unrecognized arguments: --data.samples_per_epok 3 (did "
                    "you mean --data.samples_per_epoch?); --help lists the options"]
+    # A prefix of an option is a typo too (argparse would take it for the option); a bad
+    # value keeps its reason.
+    for args, said in ((["--trainer.max_epoch", "3"], "(did you mean --trainer.max_epochs?)"),
+                       (["--model.lr", "x"], 'Parser key "model.lr": Expected a float. Got value: x')):
+        assert main(["train", "fit", "--config", "cpu", *args]) == 2
+        (line,) = capsys.readouterr().err.strip().splitlines()
+        assert said in line
     (tmp_path / "mine.yaml").write_text("data:\n  n_vall: 3\n")  # a typo in a user's config
     assert main(["train", "validate", "--config", "cpu", "--config", "mine.yaml"]) == 2
     (line,) = capsys.readouterr().err.strip().splitlines()

@@ -264,7 +264,10 @@ def with_suggestion(message: str, options: Sequence[str]) -> str:
     >>> with_suggestion("unrecognized arguments: --data.n_vall 3", ["--data.n_val", "--data.size"])
     'unrecognized arguments: --data.n_vall 3 (did you mean --data.n_val?); --help lists the options'
     """
-    first = message.strip().splitlines()[0] if message.strip() else "invalid arguments"
+    lines = [line.strip() for line in message.strip().splitlines()] or ["invalid arguments"]
+    # 'Parser key "model.lr":' heads the reason on the lines below it: keep them, in one.
+    first = " ".join(lines) if lines[0].endswith(":") else lines[0]
+    first = re.sub(r"<class '([\w.]+)'>", r"\1", first)
     names = {o.lstrip("-"): o for o in options}
     mentioned = re.findall(r"--([\w.]+)|'([\w.]+)'", message)
     close = []
@@ -309,6 +312,7 @@ def train_main(argv: Sequence[str] | None = None) -> None:
                   save_config_kwargs={"overwrite": True}, seed_everything_default=0,
                   parser_kwargs={"prog": "dislotrack train", "parser_mode": "omegaconf+",
                                  "exit_on_error": False,  # `parse_arguments` says it in one line
+                                 "allow_abbrev": False,  # --trainer.max_epoch is a typo, not max_epochs
                                  "description": "Train, validate or test the U-Net on synthetic "
                                                 "data drawn on the fly (LightningCLI over the "
                                                 "YAML configs in train/configs: cpu, gpu, "
