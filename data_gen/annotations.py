@@ -6,8 +6,9 @@ For an image or movie ``<stem>``, in one folder:
 * ``<stem>.tif`` -- float32 image or (t, y, x) stack, ImageJ-calibrated (nm, s);
 * ``<stem>_cores.csv`` -- one row per core per frame: frame, x, y [px, pixel-centre
   origin], hx, hy (into the extra half-plane; any length, read as a unit vector),
-  particle; optional
-  bx_nm, by_nm, kind, partner;
+  particle (a core's id over the frames); for a single image frame and particle may be
+  left out (read as 0 and one id per core); optional bx_nm, by_nm, kind (single or
+  dipole), partner (the dipole partner's particle, -1 for none);
 * ``<stem>_rs.tif`` -- uint8 rock-salt mask, same shape as the image (optional);
 * ``<stem>.json`` -- sidecar: format, version, pixel_size_nm, frame_interval_s,
   shape, and free-form ``source`` (generator settings for synthetic data).
@@ -84,7 +85,9 @@ def write_annotation(folder: str | Path, stem: str, ann: Annotation) -> Path:
 def read_annotation(sidecar: str | Path) -> Annotation:
     """Read an annotation from its ``<stem>.json`` sidecar.
 
-    **h** is normalised to a unit vector (labs may write any length).
+    **h** is normalised to a unit vector (labs may write any length); a single image's
+    ``_cores.csv`` without ``frame`` or ``particle`` gets frame 0 and one particle per
+    core.
 
     Raises
     ------
@@ -140,7 +143,7 @@ def read_annotation(sidecar: str | Path) -> Annotation:
         raise ValueError(f"{stem}_cores.csv lacks columns {missing}: it has {found}, "
                          f"the header needs {','.join(REQUIRED_CORE_COLUMNS)} (positions in px, "
                          "h the direction into the extra half-plane, particle a core's id over "
-                         "the frames)")
+                         "the frames; a single image may leave out frame and particle)")
     rs_path = Path(f"{stem}_rs.tif")
     rs = _read_mask(rs_path) if rs_path.exists() else None
     numeric = [c for c in REQUIRED_CORE_COLUMNS

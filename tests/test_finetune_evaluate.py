@@ -24,15 +24,15 @@ from dislotrack.models.io import load_model, save_model
 from dislotrack.models.unet import UNet, UNetConfig
 
 
-def _tiny(path):
+def _tiny(path, **card_keys):
     torch.manual_seed(0)
-    card = {"canonical_pixel_size_nm": 0.1, "generator": {}, "training": {}, "metrics": {}}
+    card = {"canonical_pixel_size_nm": 0.1, "generator": {}, "training": {}, "metrics": {}, **card_keys}
     save_model(UNet(UNetConfig(base_channels=4, depth=2)), path, card=card)
 
 
 def test_finetune_writes_a_loadable_model_with_its_recipe(tmp_path, capfd):
     generate_dataset(out=tmp_path / "lab", n=3, size=64, mode="stem", seed=3, progress=False)
-    _tiny(tmp_path / "base")
+    _tiny(tmp_path / "base", decode_threshold=0.3)
     assert main(["finetune", "--data", str(tmp_path / "lab"), "--out", str(tmp_path / "ft"),
                  "--model", str(tmp_path / "base"), "--epochs", "1", "--size", "32",
                  "--batch-size", "2", "--crops-per-epoch", "4", "--accelerator", "cpu"]) == 0
@@ -72,7 +72,7 @@ def test_finetune_writes_a_loadable_model_with_its_recipe(tmp_path, capfd):
     base_scores = card["metrics"]["base_on_finetune_validation"]
     assert base_scores["val/true_cores"] == scores["val/true_cores"]
     assert base_scores["val/loss"] != scores["val/loss"]  # scored before training, not after
-    assert card["metrics"]["validation_threshold"] == 0.5  # the tiny base card has none
+    assert card["metrics"]["validation_threshold"] == 0.3  # the base card's: infer's threshold
     assert re.search(r"base +fine-tuned\n(val/\w+ +[\d.e-]+ +[\d.e-]+\n)*val/loss +[\d.]+ +[\d.]+\n", out)
     assert ("val/f1" in scores) == (scores["val/true_cores"] > 0)  # no placeholder scores
     before, _ = load_model(tmp_path / "base")
