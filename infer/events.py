@@ -338,7 +338,8 @@ def count_dislocations(
     """Per-frame counts of dislocations and dipoles.
 
     A track counts in every frame from its first to its last detection (also in
-    frames it was missed); a dipole counts while both partners do.
+    frames it was missed), from frame 0 if it was ``present`` and to the last frame if it
+    ``survived``; a dipole counts while both partners do.
 
     Parameters
     ----------
@@ -357,9 +358,14 @@ def count_dislocations(
         Columns `COUNT_COLUMNS`, one row per frame.
     """
     frames = np.arange(n_frames)
-    alive = (summary["first_frame"].to_numpy()[:, None] <= frames) & (
-        frames <= summary["last_frame"].to_numpy()[:, None]
-    )
+    first, last = summary["first_frame"].to_numpy(), summary["last_frame"].to_numpy()
+    # As its fates say: present from frame 0, surviving to the last frame (a track missed in
+    # the first or last frames would otherwise drop out of the counts there).
+    if "birth" in summary:
+        first = np.where(summary["birth"] == "present", 0, first)
+    if "death" in summary:
+        last = np.where(summary["death"] == "survived", n_frames - 1, last)
+    alive = (first[:, None] <= frames) & (frames <= last[:, None])
     row = {p: i for i, p in enumerate(summary["particle"])}
     couples = summary[(summary["kind"] == "dipole") & (summary["particle"] < summary["partner"])]
     n_dipoles = np.zeros(n_frames, dtype=int)

@@ -249,6 +249,16 @@ def test_counts_per_frame():
         count_dislocations(summary, n_frames=N_FRAMES, rocksalt_fraction=fraction[:5])
 
 
+def test_counts_follow_the_fates_of_tracks_missed_at_the_movie_ends():
+    patchy = [f for f in range(1, N_FRAMES - 1) if f not in (5, 9, 13)]  # misses 1 in 6
+    tracks = pd.concat([_track(0, patchy, 250.0, 50.0, DOWN),
+                        _track(1, range(8, 12), 100.0, 100.0, DOWN)])
+    summary = _summary(tracks)
+    assert summary.set_index("particle").loc[0, ["birth", "death"]].tolist() == ["present", "survived"]
+    counts = count_dislocations(summary, n_frames=N_FRAMES)
+    assert counts["n_dislocations"].tolist() == [1] * 8 + [2] * 4 + [1] * 8  # not 0 at the ends
+
+
 def test_no_tracks_gives_empty_tables_and_zero_counts():
     tracks = _track(0, [], 0.0, 0.0, DOWN)
     summary = _summary(tracks)
