@@ -28,6 +28,9 @@ def generate_dataset(*, out: str | Path, n: int, size: int = 256, mode: str = "m
                      movie_frames: int = 0, seed: int = 0, frame_interval: float = 1.0,
                      variants: int = 1, dose: tuple[float, float] | None = None,
                      pixel_size: float | None = None, material: str | None = None,
+                     density: float | None = None, dipole_fraction: float | None = None,
+                     basal_fraction: float | None = None, perfect_fraction: float | None = None,
+                     rocksalt_probability: float | None = None,
                      progress: bool = True) -> list[Path]:
     """Write ``n`` labelled images (or movies of ``movie_frames`` frames) to ``out``.
 
@@ -64,6 +67,8 @@ def generate_dataset(*, out: str | Path, n: int, size: int = 256, mode: str = "m
         [nm/px]; default `GeneratorConfig`'s (the bundled model's 0.1).
     material : str, optional
         One of `dislotrack.data_gen.crystal.MATERIALS`; default: drawn per structure.
+    density, dipole_fraction, basal_fraction, perfect_fraction, rocksalt_probability : float, optional
+        How many dislocations, and of which kinds (`GeneratorConfig`); default its.
     progress : bool
         Show a progress bar on stderr (over frames for movies); False is silent.
 
@@ -89,7 +94,9 @@ def generate_dataset(*, out: str | Path, n: int, size: int = 256, mode: str = "m
         raise ValueError(f"--frame-interval must be a positive number of seconds, got {frame_interval}")
     if seed < 0:
         raise ValueError(f"--seed must be >= 0, got {seed}")
-    given = {"dose": None if dose is None else tuple(dose), "pixel_size": pixel_size, "material": material}
+    given = {"dose": None if dose is None else tuple(dose), "pixel_size": pixel_size, "material": material,
+             "density": density, "dipole_fraction": dipole_fraction, "basal_fraction": basal_fraction,
+             "perfect_fraction": perfect_fraction, "rocksalt_probability": rocksalt_probability}
     cfg = GeneratorConfig(size=size, mode=mode, **{k: v for k, v in given.items() if v is not None})
     out = Path(out)
     kind = "movie" if movie_frames else "image"

@@ -45,6 +45,17 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
                    help="pixel size [nm/px] (default 0.1, the bundled model's)")
     p.add_argument("--material", default=None, metavar="NAME",
                    help="LiNiO2, LiCoO2, NMC811 or NMC111 (default: drawn per structure)")
+    p.add_argument("--density", type=float, default=None, metavar="D",
+                   help="dislocation sites (single or dipole) per 100 nm^2 (default 1)")
+    p.add_argument("--dipole-fraction", type=float, default=None, metavar="F",
+                   help="share of sites that are dipoles (default 0.35)")
+    p.add_argument("--basal-fraction", type=float, default=None, metavar="F",
+                   help="share of dislocations with a basal Burgers vector, which the (003) "
+                        "fringes do not show (default 0.2)")
+    p.add_argument("--perfect-fraction", type=float, default=None, metavar="F",
+                   help="share of items with no dislocation (default 0.1)")
+    p.add_argument("--rocksalt-probability", type=float, default=None, metavar="P",
+                   help="chance of a rock-salt domain around each core (default 0.3)")
     p.add_argument("--variants", type=int, default=1, metavar="V",
                    help="images per generated structure (new lens/probe and detector each; "
                         "about 4x faster at 16)")
@@ -80,10 +91,20 @@ def _run_generate(args: argparse.Namespace) -> int:
                          "about 10 s per image); use the Python API for larger fields")
     if args.frame_interval != 1.0 and args.movie is None:
         raise ValueError("--frame-interval applies to movies (--movie FRAMES)")
+    for flag in ("dipole_fraction", "basal_fraction", "perfect_fraction", "rocksalt_probability"):
+        value = getattr(args, flag)
+        if value is not None and not 0 <= value <= 1:
+            raise ValueError(f"--{flag.replace('_', '-')} must be in [0, 1], got {value}")
+    if args.density is not None and not args.density >= 0:
+        raise ValueError(f"--density must be >= 0 [sites per 100 nm^2], got {args.density}")
     paths = generate_dataset(out=args.out, n=args.n, size=args.size, mode=args.mode,
                              movie_frames=args.movie or 0, seed=args.seed, variants=args.variants,
                              frame_interval=args.frame_interval, dose=args.dose,
-                             pixel_size=args.pixel_size, material=args.material)
+                             pixel_size=args.pixel_size, material=args.material,
+                             density=args.density, dipole_fraction=args.dipole_fraction,
+                             basal_fraction=args.basal_fraction,
+                             perfect_fraction=args.perfect_fraction,
+                             rocksalt_probability=args.rocksalt_probability)
     kind = "movie" if args.movie else "image"
     print(f"{len(paths)} labelled {kind}{'s' * (len(paths) != 1)} in {args.out}/")
     return 0

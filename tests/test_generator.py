@@ -4,6 +4,7 @@ import json
 from contextlib import nullcontext
 
 import numpy as np
+import pandas as pd
 import pytest
 from skimage.feature import peak_local_max
 
@@ -328,6 +329,30 @@ def test_generate_takes_a_dose_and_frame_interval_and_refuses_what_it_cannot_wri
             assert code == 2
         assert message in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
+
+
+def test_generate_sets_how_many_dislocations_and_of_which_kinds(tmp_path, capsys):
+    from dislotrack.infer.cli import build_parser, main
+
+    out = tmp_path / "busy"
+    assert main(["generate", "--out", str(out), "--n", "2", "--size", "64", "--density", "6",
+                 "--dipole-fraction", "1", "--basal-fraction", "0", "--perfect-fraction", "0",
+                 "--rocksalt-probability", "0"]) == 0
+    config = json.loads((out / "image_00000.json").read_text())["source"]["config"]
+    assert (config["density"], config["dipole_fraction"], config["basal_fraction"],
+            config["perfect_fraction"], config["rocksalt_probability"]) == (6.0, 1.0, 0.0, 0.0, 0.0)
+    cores = pd.concat([pd.read_csv(out / f"image_0000{i}_cores.csv") for i in (0, 1)])
+    assert len(cores) and (cores["kind"] == "dipole").mean() > 0.5  # partners may lie outside
+    capsys.readouterr()
+    for args in (["--dipole-fraction", "1.5"], ["--rocksalt-probability", "-0.1"], ["--density", "-1"]):
+        assert main(["generate", "--out", str(tmp_path / "bad"), "--n", "1", *args]) == 2
+        assert args[0] in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+    # The help states GeneratorConfig's defaults.
+    (gen,) = [a for a in build_parser()._subparsers._group_actions[0].choices.items() if a[0] == "generate"]
+    helps = {a.dest: a.help for a in gen[1]._actions}
+    for name in ("density", "dipole_fraction", "basal_fraction", "perfect_fraction", "rocksalt_probability"):
+        assert f"(default {getattr(GeneratorConfig(), name):g})" in helps[name]
 
 
 def test_a_sample_is_written_as_an_annotation_as_it_is(tmp_path):
