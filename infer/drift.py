@@ -150,9 +150,11 @@ def measure_drift(
     if jumps:  # one line for the movie, not one per frame
         frames = ", ".join(str(f) for f, _ in jumps[:5]) + (", ..." if len(jumps) > 5 else "")
         logger.warning(
-            "the drift step between frames changed by more than %.2f px in %d frame(s) (%s; "
-            "largest %.2f px): the drift may be wrong there (a stage jump?); check drift.csv",
-            max_step_px, len(jumps), frames, max(j for _, j in jumps),
+            "the drift step between frames changed by more than %.2f px in %d frame(s) (frames "
+            "%s; largest change %.2f px), beyond what registration follows safely: from such a "
+            "frame on the drift may be off by a lattice period (a jump of a few px in drift.csv "
+            "there; a stage jump, or drift faster than %.2f px per frame at the start, does this)",
+            max_step_px, len(jumps), frames, max(j for _, j in jumps), max_step_px,
         )
     if trouble["ridge"] and warn_along_fringes:
         # "Repeat along one direction", not "one set of (003) fringes": any periodic

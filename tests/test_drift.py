@@ -109,7 +109,7 @@ def test_warns_when_the_drift_jumps_beyond_the_bound(caplog):
         measure_drift(_movie(_texture(rng), jump, 0.1, rng), max_step_px=1.0)
     (msg,) = [r.getMessage() for r in caplog.records if "drift step between frames" in r.getMessage()]
     assert "max_step_px" not in msg  # no setting a user of infer cannot change
-    assert "in 1 frame(s) (2; largest " in msg  # one line naming the frame
+    assert "in 1 frame(s) (frames 2; largest change " in msg  # one line naming the frame
 
 
 def test_unbounded_search_follows_a_jump_in_a_texture():
