@@ -68,7 +68,8 @@ def generate_dataset(*, out: str | Path, n: int, size: int = 256, mode: str = "m
     material : str, optional
         One of `dislotrack.data_gen.crystal.MATERIALS`; default: drawn per structure.
     density, dipole_fraction, basal_fraction, perfect_fraction, rocksalt_probability : float, optional
-        How many dislocations, and of which kinds (`GeneratorConfig`); default its.
+        How many dislocations, and of which kinds (`GeneratorConfig`, which says what
+        they mean for movies); default `GeneratorConfig`'s.
     progress : bool
         Show a progress bar on stderr (over frames for movies); False is silent.
 

@@ -66,9 +66,11 @@ class GeneratorConfig:
     density : float
         Mean number of dislocation sites (single or dipole) per 100 nm^2.
     dipole_fraction, basal_fraction : float
-        Fraction of sites that are dipoles; of dislocations with a basal Burgers vector.
+        Fraction of sites that are dipoles (movies: `draw_scenario` draws 2 x this many
+        dipoles on average, so it may exceed 1 there); of dislocations with a basal
+        Burgers vector.
     perfect_fraction : float
-        Fraction of images with no dislocation at all.
+        Fraction of images with no dislocation at all (single images only).
     rocksalt_probability : float
         Probability of an RS domain around each core.
     realism : float
@@ -105,8 +107,12 @@ class GeneratorConfig:
                              f"got {self.dose}")
         for name in ("density", "dipole_fraction", "basal_fraction", "perfect_fraction",
                      "rocksalt_probability", "realism"):
-            if not getattr(self, name) >= 0:  # NaN fails too
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+            value = getattr(self, name)
+            if not (np.isfinite(value) and value >= 0):  # NaN fails too
+                raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+        for name in ("basal_fraction", "perfect_fraction", "rocksalt_probability"):  # chances
+            if getattr(self, name) > 1:
+                raise ValueError(f"{name} must be at most 1, got {getattr(self, name)}")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -46,14 +46,16 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--material", default=None, metavar="NAME",
                    help="LiNiO2, LiCoO2, NMC811 or NMC111 (default: drawn per structure)")
     p.add_argument("--density", type=float, default=None, metavar="D",
-                   help="dislocation sites (single or dipole) per 100 nm^2 (default 1)")
+                   help="dislocation sites (single or dipole) per 100 nm^2 (default 1); "
+                        "movies: 0.6 D single cores per 100 nm^2")
     p.add_argument("--dipole-fraction", type=float, default=None, metavar="F",
-                   help="share of sites that are dipoles (default 0.35)")
+                   help="share of sites that are dipoles (default 0.35); movies: 2 F dipoles "
+                        "per movie on average, so F may exceed 1")
     p.add_argument("--basal-fraction", type=float, default=None, metavar="F",
                    help="share of dislocations with a basal Burgers vector, which the (003) "
                         "fringes do not show (default 0.2)")
     p.add_argument("--perfect-fraction", type=float, default=None, metavar="F",
-                   help="share of items with no dislocation (default 0.1)")
+                   help="share of images with no dislocation (default 0.1; not for movies)")
     p.add_argument("--rocksalt-probability", type=float, default=None, metavar="P",
                    help="chance of a rock-salt domain around each core (default 0.3)")
     p.add_argument("--variants", type=int, default=1, metavar="V",
@@ -91,12 +93,11 @@ def _run_generate(args: argparse.Namespace) -> int:
                          "about 10 s per image); use the Python API for larger fields")
     if args.frame_interval != 1.0 and args.movie is None:
         raise ValueError("--frame-interval applies to movies (--movie FRAMES)")
-    for flag in ("dipole_fraction", "basal_fraction", "perfect_fraction", "rocksalt_probability"):
-        value = getattr(args, flag)
-        if value is not None and not 0 <= value <= 1:
-            raise ValueError(f"--{flag.replace('_', '-')} must be in [0, 1], got {value}")
-    if args.density is not None and not args.density >= 0:
-        raise ValueError(f"--density must be >= 0 [sites per 100 nm^2], got {args.density}")
+    if args.perfect_fraction is not None and args.movie is not None:
+        raise ValueError("--perfect-fraction applies to single images (every movie has dislocations)")
+    if args.dipole_fraction is not None and args.movie is None and args.dipole_fraction > 1:
+        raise ValueError(f"--dipole-fraction is a share of sites for images, at most 1, got "
+                         f"{args.dipole_fraction}")
     paths = generate_dataset(out=args.out, n=args.n, size=args.size, mode=args.mode,
                              movie_frames=args.movie or 0, seed=args.seed, variants=args.variants,
                              frame_interval=args.frame_interval, dose=args.dose,

@@ -288,7 +288,7 @@ def evaluate_folders(pred_dir: str | Path, truth_dir: str | Path, *, figures: bo
         more = f"; and {len(why) - 3} more" if len(why) > 3 else ""
         raise ValueError(f"no annotated item of {truth_dir} could be scored against {pred_dir}, "
                          "so nothing was written: " + "; ".join(why[:3]) + more)
-    if n_pooled >= 2:  # every core of every item once
+    if n_pooled >= 2:  # every core of those items once
         report[POOLED] = _defined(pooled.summary())
     for stem, r in report.items():
         if "error" in r:  # an earlier run's figure would look like this run's
@@ -297,7 +297,8 @@ def evaluate_folders(pred_dir: str | Path, truth_dir: str | Path, *, figures: bo
     return report
 
 
-#: The report's entry pooling the cores of all scored items (with two or more).
+#: The report's entry pooling the cores of all scored items the predicting model was not
+#: fine-tuned on (where there are two or more).
 POOLED = "(all, pooled)"
 
 #: Calibrations of predictions and annotation further apart than this (relative) are noted.
@@ -390,7 +391,7 @@ def report_table(report: dict) -> pd.DataFrame:
 def report_text(report: dict) -> str:
     """`report_table` as text: scores to 3 decimals, counts whole, undefined or missing
     values as ``-``; the error column is left out (errors are reported separately). The
-    `POOLED` entry (every core of every scored item) is the last row."""
+    `POOLED` entry (every core of the items a model was not fine-tuned on) is the last row."""
     table = report_table(report).drop(columns=["error", "note"], errors="ignore")
     if table.shape[1] == 0 or ("tp" in table and table["tp"].isna().all()):
         return "no annotated item could be scored"

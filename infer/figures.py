@@ -23,7 +23,8 @@ from dislotrack.infer.pipeline import AnalysisResult
 _TAB20 = plt.get_cmap("tab20").colors
 _GREYS = {7}  # tab10's grey (and its tint): lost on a grey lattice image
 #: Track colours, shared by trajectories.png, displacement.png and the overlay: tab10's
-#: colours, then their light tints (tab20 reordered), so tracks 0 and 9 differ; no greys.
+#: colours but grey, then their light tints (tab20 reordered), so neighbouring track
+#: numbers differ in hue and tracks 0 and 9 in lightness.
 PALETTE: tuple[tuple[float, float, float], ...] = tuple(
     _TAB20[2 * i + tint] for tint in (0, 1) for i in range(10) if i not in _GREYS)
 
@@ -104,6 +105,9 @@ def trajectories_figure(res: AnalysisResult) -> plt.Figure:
                 ax.plot(x, y, END_MARKERS[fate], ms=ms, mfc="none" if "rocksalt" in fate else c,
                         mec="white", mew=1.0)
                 shown.add(fate)
+    if res.first_frame is not None:  # numbers only for tracks that start in the field shown
+        fh, fw = res.first_frame.shape
+        starts = [(p, x, y) for p, x, y in starts if -0.5 <= x <= fw - 0.5 and -0.5 <= y <= fh - 0.5]
     _track_numbers(ax, starts, res.first_frame, image_w)
     if starts:  # neutral proxies: a marker's colour is its track's
         handles = [plt.Line2D([], [], ls="-", marker="o", ms=4, color="0.6", label="start, h tick")]
@@ -143,7 +147,9 @@ def _track_numbers(ax: plt.Axes, starts: list[tuple[int, float, float]],
     width = image.shape[1] if image is not None else max(np.ptp(xy[:, 0]), 1.0)
     per_pt = width / (0.75 * 72 * image_width_in)
     sizes = np.array([(0.7 * len(str(pid)), 1.2) for pid, _, _ in starts]) * _LABEL_PT * per_pt
-    corners = place_labels(xy, sizes, gap=3 * per_pt)
+    # The image spans [-0.5, width - 0.5]: shifted by half a pixel, [0, width] holds the labels.
+    bounds = None if image is None else (image.shape[1], image.shape[0])
+    corners = place_labels(xy + 0.5, sizes, gap=3 * per_pt, bounds=bounds) - 0.5
     for (pid, _, _), (lx, ly) in zip(starts, corners, strict=True):
         ax.text(lx, ly, str(pid), color=_colour(pid), fontsize=_LABEL_PT, fontweight="bold",
                 ha="left", va="top" if ax.yaxis_inverted() else "bottom", path_effects=_OUTLINE)
@@ -184,7 +190,7 @@ def place_labels(anchors: np.ndarray, sizes: np.ndarray, *, gap: float,
         inside = [s for s in spots if bounds is None or (0 <= s[0] <= bounds[0] - w
                                                          and 0 <= s[1] <= bounds[1] - h)]
         free = (s for s in inside if not any(_overlap((*s, w, h), p) for p in placed))
-        out[i] = next(free, spots[0])
+        out[i] = next(free, inside[0] if inside else spots[0])
         if bounds is not None:
             out[i] = np.clip(out[i], 0, np.maximum(np.array(bounds) - (w, h), 0))
         placed.append((*out[i], w, h))
@@ -284,7 +290,7 @@ def _mean_curves(ax: plt.Axes, res: AnalysisResult, rel: pd.DataFrame, col: str,
         agg = present_mean(rel[rel.particle.isin(v.index)], col)
         tt, _ = _time(res, pd.Series(agg.index))
         ax.errorbar(tt, agg["mean"], yerr=agg["std"], color="k", lw=2, capsize=2,
-                    errorevery=max(1, len(agg) // MEAN_BARS), label=MEAN_LABEL)
+                    errorevery=max(1, math.ceil(len(agg) / MEAN_BARS)), label=MEAN_LABEL)
     return "\n".join(parts)
 
 
@@ -329,7 +335,7 @@ def present_mean(rel: pd.DataFrame, col: str, *, min_tracks: int = 2) -> pd.Data
         ``mean``, ``std``, ``count`` indexed by ``rel``; ``count`` is the number of tracks.
     """
     wide = rel.pivot_table(index="rel", columns="particle", values=col).sort_index()
-    wide = wide.interpolate(limit_area="inside")  # within each track's span only
+    wide = wide.interpolate(method="index", limit_area="inside")  # by time, in each track's span
     agg = pd.DataFrame({"mean": wide.mean(axis=1), "std": wide.std(axis=1), "count": wide.count(axis=1)})
     return agg[agg["count"] >= min_tracks]
 

@@ -266,18 +266,21 @@ def _with_annotation_calibration(movie: Movie) -> Movie:
     if (cal.pixel_size_nm is not None and cal.frame_interval_s is not None) or not is_sidecar(side):
         return movie
     meta = json.loads(side.read_text())
-    taken = {}
+    taken, notes = {}, list(cal.warnings)
     for key, have, unit in (("pixel_size_nm", cal.pixel_size_nm, "nm/px"),
                             ("frame_interval_s", cal.frame_interval_s, "s")):
         if have is None and meta.get(key) is not None:
-            taken[key] = check_positive(meta[key], f"{side}: {key}", unit)
-    if not taken:
-        return movie
-    said = " and ".join(f"{k} {v:g}" for k, v in taken.items())
+            try:
+                taken[key] = check_positive(meta[key], f"{side.name}'s {key}", unit)
+            except ValueError as err:  # `read_annotation` refuses it; here it is just not used
+                notes.append(f"{err}: not used")
+    if taken:
+        said = " and ".join(f"{k} {v:g}" for k, v in taken.items())
+        notes.append(f"{said} from the annotation {side.name} (the file has none)")
     return movie.with_calibration(Calibration.from_file(
         pixel_size_nm=taken.get("pixel_size_nm", cal.pixel_size_nm),
         frame_interval_s=taken.get("frame_interval_s", cal.frame_interval_s),
-        warnings=(*cal.warnings, f"{said} from the annotation {side.name} (the file has none)")))
+        warnings=notes)) if notes != list(cal.warnings) else movie
 
 
 def check_readable(path: Path) -> None:

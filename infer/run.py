@@ -97,9 +97,10 @@ def earlier_input(dest: Path) -> dict | None:
     """The input (``path``, ``sha256``, ...) an earlier run recorded in
     ``dest/summary.json``, if any."""
     try:
-        return dict(json.loads((dest / "summary.json").read_text())["input"])
+        earlier = dict(json.loads((dest / "summary.json").read_text())["input"])
     except (OSError, ValueError, KeyError, TypeError):  # no run there, or not one of ours
         return None
+    return earlier if isinstance(earlier.get("path"), str) else None
 
 
 def replaced_note(earlier: dict | None, res: AnalysisResult, dest: Path) -> str | None:
@@ -107,7 +108,7 @@ def replaced_note(earlier: dict | None, res: AnalysisResult, dest: Path) -> str 
     ``dest`` (x.dm4, then its x.tif export): another path and other content."""
     if earlier is None or earlier.get("sha256") == res.input_sha256:
         return None  # a rerun (also of a moved or linked file)
-    if Path(earlier.get("path", "")) == Path(res.input_path):
+    if Path(earlier["path"]) == Path(res.input_path):
         return None  # the same file, changed since: a rerun
     return (f"replaced the results of {earlier.get('path')} in {dest} (a different input of the "
             "same name; use another --out to keep both)")
@@ -184,8 +185,8 @@ def _analyze_and_write(m: Movie, dest: Path, cal: Calibration, *, movie: bool, p
         with tifffile.TiffFile(dest / "rocksalt_mask.tif") as masks:
             fps = 1.0 / res.calibration.frame_interval_s if res.calibration.frame_interval_s else 5.0
             frames = figures.overlay_frames(res, iter(m), (p.asarray() for p in masks.pages))
-            frames = tqdm(frames, total=shape[0], desc="overlay.mp4", unit="frame",
-                          disable=not options.get("progress", True) or shape[0] == 1)
+            frames = tqdm(frames, total=res.shape[0], desc="overlay.mp4", unit="frame",
+                          disable=not options.get("progress", True) or res.shape[0] == 1)
             if shape[0] == 1:  # one frame: also a PNG, which every viewer shows
                 frames = list(frames)
                 figures.write_png(frames[0], dest / "figures" / "overlay.png")

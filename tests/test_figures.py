@@ -193,7 +193,7 @@ def test_overlay_scale_bar_pixels_are_white_over_its_whole_length():
     assert "est." not in figures.scale_label(bar_nm, res.calibration)
 
 
-def test_tracks_0_and_10_have_different_colours_everywhere():
+def test_tracks_have_distinct_non_grey_colours_everywhere():
     assert len(figures.PALETTE) >= 18
     colours = [figures._colour(p) for p in range(len(figures.PALETTE))]
     assert len(set(colours)) == len(colours)
@@ -327,6 +327,12 @@ def test_present_mean_runs_while_two_tracks_do_and_bridges_missed_frames():
     assert agg["mean"].tolist() == [0.0, 2.0, 4.0, 6.0] and agg["count"].tolist() == [3, 3, 3, 2]
     gap = rel.drop(index=9)  # track 2 missed at 1 frame: its span is bridged (3 = 0 + 9 / 3)
     assert figures.present_mean(gap, "d")["mean"].tolist() == agg["mean"].tolist()
+    # Bridged by time, also across a time no track was seen at (rel 3 of both).
+    sparse = pd.DataFrame({"particle": [0, 0, 0, 1, 1, 1], "rel": [0, 2, 5, 0, 2, 5],
+                           "d": [0.0, 2, 5, 0, 2, 5]})
+    assert figures.present_mean(sparse, "d")["mean"].tolist() == [0.0, 2.0, 5.0]
+    bridged = figures.present_mean(sparse[sparse.index != 1], "d")  # track 0 unseen at rel 2
+    assert bridged.loc[2, "mean"] == 2.0 and bridged.loc[2, "std"] == 0.0
 
 
 def test_moving_tracks_use_the_velocity_its_standard_error_and_the_travel():
@@ -479,8 +485,10 @@ def test_trajectories_figure_takes_the_frame_shape_without_wide_margins(shape):
     assert _image_axes_fraction(fig) > (0.6 if shape[0] == shape[1] else 0.35)
     title = fig.axes[0].title.get_window_extent()
     assert fig.bbox.x0 <= title.x0 and title.x1 <= fig.bbox.x1  # wrapped, not cut, when narrow
-    # Frame 0's field, whatever drift carried a track beyond it.
+    # Frame 0's field, whatever drift carried a track beyond it; numbers inside it.
     assert fig.axes[0].get_xlim() == (-0.5, shape[1] - 0.5)
+    numbers = [t for t in fig.axes[0].texts if t.get_text().isdigit()]
+    assert len(numbers) == 3 and all(-0.5 <= t.get_position()[0] <= shape[1] - 0.5 for t in numbers)
 
 
 def test_strain_panels_are_the_image_size_and_line_up_with_it():
@@ -522,9 +530,8 @@ def test_overlay_labels_stay_inside_the_frame_and_dark_ones_get_a_light_rim():
                          "particle": [0, 1]})
     figures._draw_cores(ImageDraw.Draw(frame), rows, 1, 120)
     drawn = np.asarray(frame)
-    blue = np.all(np.abs(drawn.astype(int) - [int(255 * v) for v in figures._colour(0)]) < 30, axis=-1)
     white = np.all(drawn > 240, axis=-1)
-    assert blue.any() and white.any()  # track 0's dark blue number, rimmed in white
+    assert white.any()  # track 0's dark blue number, rimmed in white (nothing else is white)
     assert figures._luminance((255, 255, 255)) == pytest.approx(1.0)
     # A label at the top edge goes below its point rather than off the frame.
     corner = figures.place_labels(np.array([[5.0, 2.0]]), np.array([[8.0, 10.0]]), gap=3.0,
@@ -533,3 +540,11 @@ def test_overlay_labels_stay_inside_the_frame_and_dark_ones_get_a_light_rim():
     corner = figures.place_labels(np.array([[199.0, 119.0]]), np.array([[8.0, 10.0]]), gap=3.0,
                                   bounds=(200, 120))
     assert corner.tolist() == [[188.0, 106.0]]  # left above: the corner has no other room
+
+
+def test_tracks_starting_outside_frame_0_get_no_number_in_the_margin():
+    res = result(3)
+    res.tracks.loc[res.tracks.particle == 0, "x"] -= 100.0  # drifted in from beyond the left edge
+    fig = figures.trajectories_figure(res)
+    numbers = sorted(t.get_text() for t in fig.axes[0].texts if t.get_text().isdigit())
+    assert numbers == ["1", "2"]

@@ -343,16 +343,24 @@ def test_generate_sets_how_many_dislocations_and_of_which_kinds(tmp_path, capsys
             config["perfect_fraction"], config["rocksalt_probability"]) == (6.0, 1.0, 0.0, 0.0, 0.0)
     cores = pd.concat([pd.read_csv(out / f"image_0000{i}_cores.csv") for i in (0, 1)])
     assert len(cores) and (cores["kind"] == "dipole").mean() > 0.5  # partners may lie outside
+    # Movies: 2 F dipoles on average (F may exceed 1), and every movie has dislocations.
+    assert main(["generate", "--out", str(tmp_path / "m"), "--n", "1", "--size", "64", "--movie", "2",
+                 "--density", "0", "--dipole-fraction", "4"]) == 0
+    movie = pd.read_csv(tmp_path / "m" / "movie_00000_tracks.csv")
+    assert (movie.partner >= 0).sum() >= 2  # a dipole's two cores, each naming the other
     capsys.readouterr()
-    for args in (["--dipole-fraction", "1.5"], ["--rocksalt-probability", "-0.1"], ["--density", "-1"]):
+    for args, said in ((["--dipole-fraction", "1.5"], "--dipole-fraction is a share"),
+                       (["--rocksalt-probability", "1.5"], "rocksalt_probability must be at most 1"),
+                       (["--density", "inf"], "density must be a finite number"),
+                       (["--movie", "3", "--perfect-fraction", "0.5"], "--perfect-fraction applies")):
         assert main(["generate", "--out", str(tmp_path / "bad"), "--n", "1", *args]) == 2
-        assert args[0] in capsys.readouterr().err
+        assert said in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
     # The help states GeneratorConfig's defaults.
     (gen,) = [a for a in build_parser()._subparsers._group_actions[0].choices.items() if a[0] == "generate"]
     helps = {a.dest: a.help for a in gen[1]._actions}
     for name in ("density", "dipole_fraction", "basal_fraction", "perfect_fraction", "rocksalt_probability"):
-        assert f"(default {getattr(GeneratorConfig(), name):g})" in helps[name]
+        assert f"(default {getattr(GeneratorConfig(), name):g}" in helps[name]
 
 
 def test_a_sample_is_written_as_an_annotation_as_it_is(tmp_path):

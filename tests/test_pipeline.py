@@ -1037,6 +1037,11 @@ def test_an_in_memory_stack_is_analysed_as_its_file_would_be(tiny_model, tmp_pat
     assert len(res.detections) > 0
     pd.testing.assert_frame_equal(res.detections, from_file.detections)
     assert res.input_path == "<array>" and len(res.input_sha256) == 64
+    from dislotrack.infer.readers import movie_from_array
+
+    sha = lambda a: movie_from_array(a).metadata["sha256"]  # noqa: E731
+    assert sha(image) == res.input_sha256 == sha(np.asfortranarray(image))  # values, not layout
+    assert sha(image.reshape(32, 128)) != sha(image) != sha(image + 1)
     stack = m.frames.astype(np.float32)
     two = analyze(stack, model=tiny_model, pixel_size_nm=0.1, frame_interval_s=0.5, progress=False)
     assert two.shape == (2, 64, 64) and two.calibration.frame_interval_s == 0.5

@@ -3,6 +3,7 @@ microscope files in shared/realdata (skipped only where a file is absent)."""
 
 from __future__ import annotations
 
+import json
 import os
 import struct
 import tracemalloc
@@ -618,6 +619,14 @@ def test_an_annotated_tiff_without_calibration_takes_its_sidecars(tmp_path):
                       frame_interval_s=0.5)
     with open_movie(tmp_path / "lab.tif") as m:
         assert (m.calibration.pixel_size_nm, m.calibration.frame_interval_s) == (0.1, 0.5)
+    # An unusable sidecar value is left out, and said, rather than stopping infer.
+    side = json.loads((tmp_path / "lab.json").read_text())
+    (tmp_path / "lab.json").write_text(json.dumps({**side, "pixel_size_nm": 0}))
+    tifffile.imwrite(tmp_path / "lab.tif", np.zeros((3, 32, 32), np.float32), photometric="minisblack")
+    with open_movie(tmp_path / "lab.tif") as m:
+        assert m.calibration.pixel_size_nm is None and m.calibration.frame_interval_s == 2.0
+        assert any("lab.json's pixel_size_nm must be a positive" in w and "not used" in w
+                   for w in m.calibration.warnings)
     tifffile.imwrite(tmp_path / "other.tif", np.zeros((32, 32), np.float32))
     with open_movie(tmp_path / "other.tif") as m:
         assert m.calibration.pixel_size_nm is None

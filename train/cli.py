@@ -256,8 +256,9 @@ def _options(parser: LightningArgumentParser, args: Any) -> list[str]:
 
 
 def with_suggestion(message: str, options: Sequence[str]) -> str:
-    """``message`` (an argument error's first line), plus the nearest known option to each
-    unknown ``--name`` or ``name`` it mentions, and where to see them all.
+    """``message`` (an argument error) in one line (its first, or a ``...:`` header joined
+    with the reason below it), plus the nearest known option to each unknown ``--name``
+    or ``name`` it mentions, and where to see them all.
 
     Examples
     --------
