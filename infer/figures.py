@@ -45,6 +45,10 @@ def _time(res: AnalysisResult, frames: pd.Series) -> tuple[np.ndarray, str]:
 
 #: A dark rim that keeps track numbers legible over bright and dark lattice.
 _OUTLINE = [patheffects.withStroke(linewidth=2.0, foreground="black")]
+_LIGHT_OUTLINE = [patheffects.withStroke(linewidth=2.0, foreground="white")]
+#: Track colours darker than this (`_luminance`) get a white rim on their numbers, not a
+#: black one, which would vanish on dark lattice.
+DARK_LUMINANCE = 0.45
 
 #: How a track's ends are drawn on the trajectories figure: birth / death -> marker.
 END_MARKERS = {"nucleated": "*", "annihilated": "X", "entered": ">", "left": "<",
@@ -151,8 +155,10 @@ def _track_numbers(ax: plt.Axes, starts: list[tuple[int, float, float]],
     bounds = None if image is None else (image.shape[1], image.shape[0])
     corners = place_labels(xy + 0.5, sizes, gap=3 * per_pt, bounds=bounds) - 0.5
     for (pid, _, _), (lx, ly) in zip(starts, corners, strict=True):
+        dark = _luminance(tuple(int(255 * v) for v in _colour(pid))) < DARK_LUMINANCE
         ax.text(lx, ly, str(pid), color=_colour(pid), fontsize=_LABEL_PT, fontweight="bold",
-                ha="left", va="top" if ax.yaxis_inverted() else "bottom", path_effects=_OUTLINE)
+                ha="left", va="top" if ax.yaxis_inverted() else "bottom",
+                path_effects=_LIGHT_OUTLINE if dark else _OUTLINE)
 
 
 def place_labels(anchors: np.ndarray, sizes: np.ndarray, *, gap: float,
@@ -544,8 +550,7 @@ def _draw_cores(d: ImageDraw.ImageDraw, rows: pd.DataFrame, k: int, w: int) -> N
     corners = place_labels(np.array([(x, y) for _, x, y, _ in labels]), sizes, gap=r + lw,
                            bounds=d.im.size)  # inside the frame, not cut at its edge
     for (text, _, _, col), b, (lx, ly) in zip(labels, boxes, corners, strict=True):
-        # A dark colour gets a light rim: a black one would vanish on dark lattice.
-        rim = (255, 255, 255) if _luminance(col) < 0.45 else (0, 0, 0)
+        rim = (255, 255, 255) if _luminance(col) < DARK_LUMINANCE else (0, 0, 0)
         d.text((lx - b[0], ly - b[1]), text, font=font, fill=col, stroke_width=2, stroke_fill=rim)
 
 
