@@ -343,6 +343,9 @@ def _run_finetune(args: argparse.Namespace) -> int:
     print(finetune_report(metrics, json.loads(card.read_text())["metrics"]))
     stem = weights.with_suffix("")
     print(f"model written to {weights} / {card.name} (use: dislotrack infer --model {stem})")
+    logs = stem.with_name(stem.name + "_logs") / "metrics.csv"
+    if logs.is_file():
+        print(f"scores per epoch: {logs} (validation rows; the first is the base model's)")
     return 0
 
 

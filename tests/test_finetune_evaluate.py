@@ -74,6 +74,10 @@ def test_finetune_writes_a_loadable_model_with_its_recipe(tmp_path, capfd):
     assert base_scores["val/loss"] != scores["val/loss"]  # scored before training, not after
     assert card["metrics"]["validation_threshold"] == 0.3  # the base card's: infer's threshold
     assert re.search(r"base +fine-tuned\n(val/\w+ +[\d.e-]+ +[\d.e-]+\n)*val/loss +[\d.]+ +[\d.]+\n", out)
+    # Per-epoch scores beside the model: the base model's row, then one per epoch.
+    logged = pd.read_csv(tmp_path / "ft_logs" / "metrics.csv").dropna(subset=["val/loss"])
+    assert len(logged) == 2 and logged["val/loss"].iloc[0] == pytest.approx(base_scores["val/loss"])
+    assert f"scores per epoch: {tmp_path / 'ft_logs' / 'metrics.csv'}" in out
     assert ("val/f1" in scores) == (scores["val/true_cores"] > 0)  # no placeholder scores
     before, _ = load_model(tmp_path / "base")
     # Weights, not BatchNorm's running statistics (a forward pass alone moves those).

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
+from lightning.pytorch.loggers import CSVLogger
 from skimage.transform import rescale, resize
 from torch.utils.data import DataLoader, Dataset
 
@@ -309,7 +310,9 @@ def finetune(*, data: str | Path, out: str | Path, model: str | Path | None = No
     if val:
         loaders.append(DataLoader(WholeFrames(val, multiple), batch_size=1))
     with _quiet_lightning():
-        trainer = L.Trainer(max_epochs=epochs, accelerator=accelerator, devices=1, logger=False,
+        # Per-epoch scores beside the model, to see whether later epochs overfit.
+        csv = CSVLogger(save_dir=str(Path(out).parent), name=f"{Path(out).name}_logs", version="")
+        trainer = L.Trainer(max_epochs=epochs, accelerator=accelerator, devices=1, logger=csv,
                             enable_checkpointing=False, enable_model_summary=False,
                             num_sanity_val_steps=0, callbacks=[_EpochBar(), _NewCropsEachEpoch(crops)],
                             default_root_dir=str(Path(out).parent),
