@@ -758,3 +758,16 @@ def test_finetune_without_its_annotation_folder_is_refused_before_the_imports(tm
             "assert 'lightning' not in sys.modules and 'torch' not in sys.modules")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def test_finetune_names_every_unusable_annotation_at_once(tmp_path):
+    from dislotrack.train.finetune import annotated_frames
+
+    lab = tmp_path / "lab"
+    generate_dataset(out=lab, n=3, size=32, mode="stem", seed=3, progress=False)
+    (lab / "image_00000_cores.csv").write_text("x_px,y,hx,hy\n1,2,0,1\n")
+    side = json.loads((lab / "image_00002.json").read_text())
+    (lab / "image_00002.json").write_text(json.dumps({**side, "pixel_size_nm": 0.3}))
+    with pytest.raises(ValueError, match=r"2 of 3 annotations cannot be used: .*image_00000_cores.csv "
+                                         r"lacks columns .*image_00002.json: pixel_size_nm 0.3"):
+        annotated_frames(lab, 0.1)

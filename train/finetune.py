@@ -49,14 +49,20 @@ def annotated_frames(folder: str | Path, canonical_nm: float) -> list[Sample]:
         shown = ", ".join(lone[:5]) + (f" and {len(lone) - 5} more" if len(lone) > 5 else "")
         logger.warning("%s: %d image(s) without an annotation (<stem>.json) are not used: %s",
                        folder, len(lone), shown)
+    problems = []  # every unusable annotation, said at once: a lab fixes them in one pass
     for side in sides:
-        ann = read_annotation(side)
+        try:
+            ann = read_annotation(side)
+        except ValueError as err:
+            problems.append(str(err))
+            continue
         period_px = D003_LINIO2_NM / ann.pixel_size_nm
         if period_px <= 2:  # e.g. 5 for 0.05 nm/px: it would also upsample to gigabytes
-            raise ValueError(
+            problems.append(
                 f"{side}: pixel_size_nm {ann.pixel_size_nm:g} leaves the {D003_LINIO2_NM} nm (003) "
                 f"fringes {period_px:.2g} px apart, under the 2 px that can show them: check the "
                 "pixel size (nm per pixel)")
+            continue
         s = ann.pixel_size_nm / canonical_nm
         for f in range(ann.image.shape[0]):
             img = rescale(ann.image[f], s, order=1, anti_aliasing=s < 1, preserve_range=True)
@@ -74,6 +80,10 @@ def annotated_frames(folder: str | Path, canonical_nm: float) -> list[Sample]:
                               {"pixel_size": canonical_nm, "mode": "lab",
                                "detector": {"dose": np.nan}, "source": side.name,
                                "rs_annotated": ann.rs_mask is not None}))
+    if problems:
+        more = f"; and {len(problems) - 3} more" if len(problems) > 3 else ""
+        raise ValueError(f"{len(problems)} of {len(sides)} annotations cannot be used: "
+                         + "; ".join(problems[:3]) + more)
     if not out:
         raise FileNotFoundError(f"no annotations (<stem>.json sidecars) in {folder}")
     return out
