@@ -304,7 +304,7 @@ def resolve_calibration(
     else:
         dt, dt_src = None, None
         notes.append(f"{NO_INTERVAL_NOTE}: velocities in per-frame units (pass --frame-interval S, "
-                     "in Python frame_interval_s, for nm/s)")
+                     "frame_interval_s=, for nm/s)")
 
     return Calibration(px, dt, px_src, dt_src, tuple(notes))
 

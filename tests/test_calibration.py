@@ -132,8 +132,8 @@ def test_file_beats_estimate():
     cal = resolve_calibration(Calibration.from_file(pixel_size_nm=0.05), estimate=_never)
     assert (cal.pixel_size_nm, cal.pixel_size_source) == (0.05, "file")
     assert (cal.frame_interval_s, cal.frame_interval_source) == (None, None)
-    note = ("no frame interval: velocities in per-frame units (pass --frame-interval S, in Python "
-            "frame_interval_s, for nm/s)")
+    note = ("no frame interval: velocities in per-frame units (pass --frame-interval S, "
+            "frame_interval_s=, for nm/s)")
     assert note in cal.warnings
 
 
