@@ -67,6 +67,11 @@ _STEP_MEMORY = 0.3
 _RIDGE_RATIO = 0.1
 
 
+#: ``measure_drift``'s ``DataFrame.attrs`` key: the number of frames whose drift along the
+#: fringes could not be seen (kept at its prediction).
+UNSEEN_ALONG_FRINGES = "frames_unseen_along_fringes"
+
+
 def measure_drift(
     frames: Iterable[np.ndarray],
     *,
@@ -101,6 +106,8 @@ def measure_drift(
     -------
     DataFrame
         Columns ``frame`` (0, 1, ...), ``dx``, ``dy`` [px]; ``dx = dy = 0`` for frame 0.
+        ``attrs[UNSEEN_ALONG_FRINGES]``: the frames whose drift along the fringes could
+        not be seen.
 
     Examples
     --------
@@ -173,7 +180,10 @@ def measure_drift(
             trouble["flat"],
             len(rows) - 1,
         )
-    return pd.DataFrame(rows, columns=["frame", "dx", "dy"])
+    out = pd.DataFrame(rows, columns=["frame", "dx", "dy"])
+    out.attrs[UNSEEN_ALONG_FRINGES] = trouble["ridge"]  # for figures that show such motion
+    return out
+
 
 
 def apply_drift(detections: pd.DataFrame, drift: pd.DataFrame) -> pd.DataFrame:

@@ -16,6 +16,7 @@ from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
 
 from dislotrack.infer.calibration import Calibration
+from dislotrack.infer.drift import UNSEEN_ALONG_FRINGES
 from dislotrack.infer.motion import MIN_TRAVEL_NM, MOVING_SE, moving_tracks
 from dislotrack.infer.overlays import overlay_mask
 from dislotrack.infer.pipeline import AnalysisResult
@@ -254,6 +255,10 @@ def displacement_figure(res: AnalysisResult) -> plt.Figure:
                 ax.plot(tt, g[col], "--", color=_colour(pid), lw=1,
                         label=f"#{pid}" if named else "_nolegend_")
             title += "\n" + _mean_curves(ax, res, rel, col, name)
+            unseen = res.drift.attrs.get(UNSEEN_ALONG_FRINGES, 0) if res.drift is not None else 0
+            if name == "climb" and unseen:  # misfit cores climb along the (003) fringes
+                title += (f"\nincludes drift along the fringes (not measurable in {unseen} of "
+                          f"{max(res.shape[0] - 1, 1)} frames)")
         _, label = _time(res, pd.Series([0]))
         ax.set_xlabel(label + " since first detection")
         ax.set_ylabel(f"{name} distance (nm)")

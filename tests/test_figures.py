@@ -548,3 +548,15 @@ def test_tracks_starting_outside_frame_0_get_no_number_in_the_margin():
     fig = figures.trajectories_figure(res)
     numbers = sorted(t.get_text() for t in fig.axes[0].texts if t.get_text().isdigit())
     assert numbers == ["1", "2"]
+
+
+def test_climb_panel_says_when_drift_along_the_fringes_was_not_measured():
+    from dislotrack.infer.drift import UNSEEN_ALONG_FRINGES
+
+    res = result(3)
+    res.drift = pd.DataFrame({"frame": range(12), "dx": 0.0, "dy": 0.0})
+    assert "drift along the fringes" not in figures.displacement_figure(res).axes[0].get_title()
+    res.drift.attrs[UNSEEN_ALONG_FRINGES] = 9
+    climb, glide = figures.displacement_figure(res).axes
+    assert climb.get_title().endswith("includes drift along the fringes (not measurable in 9 of 11 frames)")
+    assert "drift" not in glide.get_title()

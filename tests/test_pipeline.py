@@ -509,8 +509,9 @@ def test_frames_that_cannot_show_cores_get_no_drift_or_fringe_warnings_about_cor
                        for t in range(6)]).astype(np.float32)
     path = tmp_path / "fringes.tif"
     write_imagej_tiff(path, frames, pixel_size_nm=0.1, frame_interval_s=1.0)
-    seen = analyze(path, model=tiny_model, progress=False).warnings
-    assert any("drift along the lattice fringes cannot be seen" in w for w in seen)
+    one_set = analyze(path, model=tiny_model, progress=False)
+    assert any("drift along the lattice fringes cannot be seen" in w for w in one_set.warnings)
+    assert one_set.drift.attrs["frames_unseen_along_fringes"] == 5  # for displacement.png's climb
     write_imagej_tiff(path, frames, pixel_size_nm=0.2, frame_interval_s=1.0)  # 2.4 px fringes
     blind = analyze(path, model=tiny_model, progress=False).warnings
     assert any("not resolved" in w for w in blind)
