@@ -167,7 +167,7 @@ def place_labels(anchors: np.ndarray, sizes: np.ndarray, *, gap: float,
     """Corners of label boxes beside points, each clear of the boxes placed before it.
 
     Each label tries, in turn: right above, right below, left above, left below its
-    point, then further above and below on the right; it takes the first spot that
+    point, then further above and further below, right then left; it takes the first spot that
     overlaps no earlier label and lies within ``bounds`` (the first spot, moved within
     them, when none is).
 
@@ -193,7 +193,8 @@ def place_labels(anchors: np.ndarray, sizes: np.ndarray, *, gap: float,
     for i, ((x, y), (w, h)) in enumerate(zip(anchors, sizes, strict=True)):
         right, left, above, below = x + gap, x - gap - w, y - gap - h, y + gap
         spots = [(right, above), (right, below), (left, above), (left, below)]
-        spots += [(right, above - k * h) for k in (1, 2, 3)] + [(right, below + k * h) for k in (1, 2, 3)]
+        spots += [(side, above - k * h) for side in (right, left) for k in (1, 2, 3)]
+        spots += [(side, below + k * h) for side in (right, left) for k in (1, 2, 3)]
         inside = [s for s in spots if bounds is None or (0 <= s[0] <= bounds[0] - w
                                                          and 0 <= s[1] <= bounds[1] - h)]
         free = (s for s in inside if not any(_overlap((*s, w, h), p) for p in placed))

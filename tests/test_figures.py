@@ -560,3 +560,11 @@ def test_climb_panel_says_when_drift_along_the_fringes_was_not_measured():
     climb, glide = figures.displacement_figure(res).axes
     assert climb.get_title().endswith("includes drift along the fringes (not measurable in 9 of 11 frames)")
     assert "drift" not in glide.get_title()
+
+
+def test_a_dozen_labels_at_one_point_do_not_overlap():
+    anchors = np.full((12, 2), 50.0)  # e.g. cores of a crowded cluster, as seen at this scale
+    sizes = np.full((12, 2), 4.0)
+    corners = figures.place_labels(anchors, sizes, gap=1.0)
+    boxes = [(*c, 4.0, 4.0) for c in corners]
+    assert not any(figures._overlap(a, b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
