@@ -130,6 +130,7 @@ def _add_infer(sub: argparse._SubParsersAction) -> None:
                    help="time between frames [s] (overrides the file)")
     p.add_argument("--device", default="auto", metavar="DEVICE",
                    help="auto (CUDA if available), cpu, cuda or cuda:N (default auto)")
+    _add_precision(p)
     p.add_argument("--threshold", type=float, default=None, help="core score threshold (0-1)")
     p.add_argument("--signal", type=_int_or_text, default=None, metavar="NAME",
                    help="for files holding several images (multi-detector EMD, DM, HDF5): the "
@@ -200,10 +201,11 @@ def _run_infer(args: argparse.Namespace) -> int:
         check_readable(Path(args.inputs[0]))
     from dislotrack.data_gen.annotations import mask_sidecar
     from dislotrack.infer.pipeline import AnalysisWarning
-    from dislotrack.infer.predict import pick_device
+    from dislotrack.infer.predict import network_dtype, pick_device
     from dislotrack.infer.run import infer_one, output_dir
 
-    pick_device(args.device)  # an unknown or unavailable device: one line, not one per input
+    # An unknown or unavailable device: one line, not one per input.
+    network_dtype(args.precision, pick_device(args.device))
     masks = {p: side for p in args.inputs if (side := mask_sidecar(p))}  # e.g. `infer lab/*.tif`
     for p, side in masks.items():
         print(f"{p}: skipped (the rock-salt mask of annotation {side.name})", file=sys.stderr)
@@ -226,6 +228,7 @@ def _run_infer(args: argparse.Namespace) -> int:
                                 detector=args.detector,
                                 model=args.model, pixel_size_nm=args.pixel_size,
                                 frame_interval_s=args.frame_interval, device=args.device,
+                                precision=args.precision,
                                 threshold=args.threshold, d_spacing_nm=args.d_spacing,
                                 max_speed_nm_s=args.max_speed, memory=args.memory,
                                 weak_fraction=args.weak_fraction, lattice_h=not args.network_h,
@@ -255,16 +258,26 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="dislotrack_demo", help="output folder")
     p.add_argument("--device", default="auto", metavar="DEVICE",
                    help="auto (CUDA if available), cpu, cuda or cuda:N (default auto)")
+    _add_precision(p)
     p.set_defaults(func=lambda a: _demo(a))
+
+
+def _add_precision(p: argparse.ArgumentParser) -> None:
+    # Kept in step with dislotrack.infer.predict.PRECISIONS (a test checks), which is not
+    # imported here: torch would make every command's --help slow.
+    p.add_argument("--precision", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="the network's arithmetic: auto (default) is float16 on CUDA, bfloat16 on "
+                        "CPUs with AMX matrix units (about twice as fast, same accuracy), float32 "
+                        "elsewhere; float32 forces full precision")
 
 
 def _demo(args: argparse.Namespace) -> int:
     from dislotrack.infer.demo import run_demo
-    from dislotrack.infer.predict import pick_device
+    from dislotrack.infer.predict import network_dtype, pick_device
 
     _check_out_folder(args.out)
-    pick_device(args.device)  # before the movie is rendered
-    run_demo(args.out, device=args.device)
+    network_dtype(args.precision, pick_device(args.device))  # before the movie is rendered
+    run_demo(args.out, device=args.device, precision=args.precision)
     return 0
 
 

@@ -42,11 +42,12 @@ def make_demo_movie(out: Path, *, seed: int = 2025, n_frames: int = 30, size: in
     return path, m, scn
 
 
-def run_demo(out: str | Path = "dislotrack_demo", *, device: str = "auto") -> pd.DataFrame:
+def run_demo(out: str | Path = "dislotrack_demo", *, device: str = "auto",
+             precision: str = "auto") -> pd.DataFrame:
     """Generate, analyse and compare; returns the true-vs-measured table."""
     out = Path(out)
     path, m, scn = make_demo_movie(out)
-    res = infer_one(path, out, device=device)
+    res = infer_one(path, out, device=device, precision=precision)
     _, table = tracking_scores(res.tracks, res.track_summary, m.cores, m.truth,
                                pixel_size_nm=DEMO_PIXEL_NM)
     ev = event_scores(res.events, m.events, pixel_size_nm=DEMO_PIXEL_NM)

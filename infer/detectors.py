@@ -44,13 +44,14 @@ class NetworkDetector:
     name = "unet"
 
     def __init__(self, net, *, device: torch.device, threshold: float, scale: float,
-                 d_spacing_nm: float, tta: bool | int = False) -> None:
+                 d_spacing_nm: float, tta: bool | int = False, precision: str = "auto") -> None:
         self.net, self.device, self.threshold = net, device, threshold
         self.scale, self.d_spacing, self.tta = scale, d_spacing_nm, tta
+        self.precision = precision
 
     def __call__(self, raw: list[np.ndarray], canonical: list[np.ndarray]) -> list[tuple]:
         logits = torch.from_numpy(predict_logits(self.net, np.stack(canonical), device=self.device,
-                                                 tta=self.tta))
+                                                 tta=self.tta, precision=self.precision))
         maps = outputs_to_maps(logits)
         out = []
         for k, frame in enumerate(raw):

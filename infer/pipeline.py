@@ -69,7 +69,7 @@ from dislotrack.infer.options import (
 )
 from dislotrack.infer.overlays import MARGIN_NM as OVERLAY_MARGIN_NM
 from dislotrack.infer.overlays import overlay_mask
-from dislotrack.infer.predict import pick_device
+from dislotrack.infer.predict import network_dtype, pick_device
 from dislotrack.infer.preprocess import scale_factor, to_canonical
 from dislotrack.infer.readers import IN_MEMORY, Movie, movie_from_array, open_movie
 from dislotrack.models.io import load_model
@@ -310,7 +310,7 @@ def _keeping_logged_warnings(fn: Callable[..., AnalysisResult]) -> Callable[...,
 @_keeping_logged_warnings
 def analyze(path: str | Path | Movie | np.ndarray, *, model: str | Path | None = None,
             pixel_size_nm: float | None = None, frame_interval_s: float | None = None,
-            device: str = "auto", threshold: float | None = None,
+            device: str = "auto", precision: str = "auto", threshold: float | None = None,
             batch_size: int = 4, d_spacing_nm: float = D003_LINIO2_NM,
             max_speed_nm_s: float = DEFAULT_MAX_SPEED_NM_S, memory: int = 5,
             min_length: int = DEFAULT_MIN_LENGTH, max_gap: int = 12, min_track_score: float = 0.0,
@@ -336,6 +336,10 @@ def analyze(path: str | Path | Movie | np.ndarray, *, model: str | Path | None =
     device : {"auto", "cpu", "cuda", "cuda:N"}
         Where the network runs (`dislotrack.infer.predict.pick_device`: an unavailable
         one is a ValueError listing those available).
+    precision : {"auto", "float32", "bfloat16", "float16"}
+        The network's arithmetic (`dislotrack.infer.predict.network_dtype`): ``auto`` is
+        float16 on CUDA, bfloat16 on CPUs with AMX matrix units (about twice as fast
+        there, same accuracy: README, Network), else float32.
     threshold : float, optional
         Heatmap threshold of the decoding (default: the model card's, else 0.5).
     batch_size : int
@@ -405,6 +409,7 @@ def analyze(path: str | Path | Movie | np.ndarray, *, model: str | Path | None =
     check_linking_options(max_speed_nm_s=max_speed_nm_s, memory=memory, min_length=min_length,
                           max_gap=max_gap)  # d_spacing_nm: `calibrate` checks it
     dev = pick_device(device)
+    dtype = network_dtype(precision, dev)  # a bad name: refused before any frame is read
     net, card = load_model(model)
     thr = threshold if threshold is not None else float(card.get("decode_threshold", 0.5))
     canonical = float(card["canonical_pixel_size_nm"])
@@ -427,7 +432,8 @@ def analyze(path: str | Path | Movie | np.ndarray, *, model: str | Path | None =
         else:  # "unet" (`check_detector_options`)
             det = NetworkDetector(prepare_for_inference(net).to(dev), device=dev,
                                   threshold=min(weak_fraction, 1.0) * thr,
-                                  scale=s, d_spacing_nm=d_spacing_nm, tta=views)
+                                  scale=s, d_spacing_nm=d_spacing_nm, tta=views,
+                                  precision=precision)
         n, h, w = movie.shape
         blind = cores_cannot_show(cal.pixel_size_nm, (h, w), d_spacing_nm)  # warned by `calibrate`
         rows: list[pd.DataFrame] = []
@@ -532,7 +538,8 @@ def analyze(path: str | Path | Movie | np.ndarray, *, model: str | Path | None =
         memory=memory, min_length=min_length, max_gap=max_gap, min_track_score=min_track_score,
         border_nm=border_nm, d_spacing_nm=d_spacing_nm, lattice_h=snap_asked,
         pixel_size_nm=pixel_size_nm, frame_interval_s=frame_interval_s, signal=signal, device=device,
-        device_used=str(dev) if unet else "cpu")
+        device_used=str(dev) if unet else "cpu", precision=precision,
+        precision_used=str(dtype).removeprefix("torch.") if unet and dtype is not None else "float32")
     return res
 
 

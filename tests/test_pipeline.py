@@ -1,5 +1,6 @@
 """infer end to end: a short generated movie through analyze and the writers."""
 
+import argparse
 import json
 import logging
 import re
@@ -813,14 +814,14 @@ def test_summary_json_records_the_analysis_options(tiny_model, tmp_path):
     assert main(["infer", str(movie), "--out", str(tmp_path / "o"), "--model", str(tiny_model),
                  "--no-movie", "--device", "cpu", "--frame-interval", "0.5", "--max-speed", "0.4",
                  "--memory", "3", "--min-length", "2", "--max-gap", "0", "--d-spacing", "0.47",
-                 "--network-h"]) == 0
+                 "--network-h", "--precision", "float32"]) == 0
     summary = json.loads((tmp_path / "o" / "m" / "summary.json").read_text())
     assert summary["options"] == {
         "detector": "unet", "model": str(tiny_model), "threshold": 0.5,  # the card's default
         "tta": 1, "weak_fraction": 0.5, "max_speed_nm_s": 0.4, "memory": 3, "min_length": 2,
         "max_gap": 0, "min_track_score": 0.0, "border_nm": 2.0, "d_spacing_nm": 0.47,
         "lattice_h": False, "pixel_size_nm": None, "frame_interval_s": 0.5, "signal": None,
-        "device": "cpu", "device_used": "cpu"}
+        "device": "cpu", "device_used": "cpu", "precision": "float32", "precision_used": "float32"}
     assert {"schema_version", "dislotrack_version", "model", "input", "calibration", "totals",
             "velocities", "lattice", "warnings"} < set(summary)  # the keys before stay
     # Numpy numbers, paths and devices, as notebooks pass them, are written as plain JSON.
@@ -877,8 +878,30 @@ def test_infer_defaults_are_analyzes():
     flags = {"max_speed": "max_speed_nm_s", "min_length": "min_length", "memory": "memory",
              "max_gap": "max_gap", "weak_fraction": "weak_fraction", "d_spacing": "d_spacing_nm",
              "threshold": "threshold", "device": "device", "detector": "detector",
-             "signal": "signal", "tta": "tta"}
+             "signal": "signal", "tta": "tta", "precision": "precision"}
     assert {f: getattr(args, f) for f in flags} == pytest.approx({f: defaults[k] for f, k in flags.items()})
+
+
+def test_precision_choices_and_refusal(tiny_model, tmp_path, capsys, monkeypatch):
+    from dislotrack.infer import predict
+    from dislotrack.infer.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    for command in ("infer", "demo"):
+        flag = next(a for a in sub.choices[command]._actions if a.dest == "precision")
+        assert tuple(flag.choices) == predict.PRECISIONS and flag.default == "auto"
+    movie = tmp_path / "m.tif"
+    write_imagej_tiff(movie, np.zeros((2, 32, 32), np.float32), pixel_size_nm=0.1)
+    assert main(["infer", str(movie), "--out", str(tmp_path / "o"), "--device", "cpu",
+                 "--precision", "float16"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "float16 (--precision) runs on CUDA only" in err
+    assert not (tmp_path / "o").exists()
+    # auto: bfloat16 where the CPU has AMX, recorded as used.
+    for amx, used in ((True, "bfloat16"), (False, "float32")):
+        monkeypatch.setattr(predict, "fast_cpu_bfloat16", lambda amx=amx: amx)
+        res = analyze(movie, model=tiny_model, device="cpu", frame_interval_s=1.0, progress=False)
+        assert (res.options["precision"], res.options["precision_used"]) == ("auto", used)
 
 
 def test_signal_picks_the_dataset_of_an_hdf5_file_and_a_choice_is_reported(tiny_model, tmp_path):

@@ -88,3 +88,36 @@ def test_tiles_blend_to_the_whole_frame_result():
     tiled = predict_logits(model, frame, device=torch.device("cpu"), tile=32, overlap=8)
     assert tiled.shape == (1, 4, 70, 90)
     np.testing.assert_allclose(tiled, whole, atol=1e-5)
+
+
+def test_precision_names_resolve_to_autocast_dtypes(monkeypatch):
+    from dislotrack.infer import predict
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert predict.fast_cpu_bfloat16() in (True, False)  # this host's answer, whichever it is
+    monkeypatch.setattr(predict, "fast_cpu_bfloat16", lambda: True)
+    assert predict.network_dtype("auto", cpu) is torch.bfloat16
+    monkeypatch.setattr(predict, "fast_cpu_bfloat16", lambda: False)
+    assert predict.network_dtype("auto", cpu) is None  # emulated bfloat16 would be slower
+    assert predict.network_dtype("auto", cuda) is torch.float16
+    assert predict.network_dtype("float32", cuda) is None
+    assert predict.network_dtype("bfloat16", cpu) is torch.bfloat16
+    with pytest.raises(ValueError, match="float16 .*runs on CUDA only"):
+        predict.network_dtype("float16", cpu)
+    with pytest.raises(ValueError, match=r"precision \(--precision\) must be one of auto, float32"):
+        predict.network_dtype("fp32", cpu)
+
+
+def test_bfloat16_outputs_are_float32_and_close_to_full_precision():
+    from dislotrack.models.unet import UNet, prepare_for_inference
+
+    torch.manual_seed(0)
+    net = prepare_for_inference(UNet(UNetConfig(base_channels=4, depth=2)))
+    frames = np.random.default_rng(1).normal(size=(2, 48, 40)).astype(np.float32)
+    full = predict_logits(net, frames, device=torch.device("cpu"), precision="float32")
+    half = predict_logits(net, frames, device=torch.device("cpu"), precision="bfloat16")
+    assert full.dtype == half.dtype == np.float32 and full.shape == half.shape == (2, 4, 48, 40)
+    scale = np.abs(full).max()
+    err = np.abs(half - full).max()
+    # bfloat16 keeps 8 significant bits: errors of a few 1e-3 of the output range, not 0.
+    assert 0 < err < 0.03 * scale

@@ -29,6 +29,7 @@ from dislotrack.data_gen.conventions import D003_LINIO2_NM
 from dislotrack.data_gen.sample import GeneratorConfig, make_sample
 from dislotrack.infer.detectors import NetworkDetector
 from dislotrack.infer.options import TTA_VIEWS
+from dislotrack.infer.predict import PRECISIONS, network_dtype
 from dislotrack.infer.preprocess import to_canonical
 from dislotrack.models.io import load_model
 from dislotrack.models.metrics import MATCH_RADIUS_NM, DetectionTally, match_cores
@@ -73,11 +74,15 @@ def test_set(mode: str, dose: float, n: int, size: int, perfect: bool = False, p
 TWIN_DOSE = 1e7
 
 
+#: The network's arithmetic (``--precision``; `dislotrack.infer.predict.network_dtype`).
+PRECISION = {"name": "auto"}
+
+
 def net_detect(net, image: np.ndarray, threshold: float, *, pixel_size: float | None = None,
                canonical: float | None = None, tta: int = 1):
     """The network as infer runs it: resampled to its canonical pixel size, mapped back."""
     det = NetworkDetector(net, device=torch.device("cpu"), threshold=threshold, scale=1.0,
-                          d_spacing_nm=D003_LINIO2_NM, tta=tta)
+                          d_spacing_nm=D003_LINIO2_NM, tta=tta, precision=PRECISION["name"])
     can = image if pixel_size is None else to_canonical(image, pixel_size_nm=pixel_size,
                                                         canonical_nm=canonical)
     cores, rs = det([image], [can])[0]
@@ -247,6 +252,9 @@ def main() -> None:
     ap.add_argument("--no-gpa", action="store_true")
     ap.add_argument("--tta", nargs="?", type=int, const=8, default=1, choices=TTA_VIEWS,
                     metavar="N", help="test-time augmentation over N views (as infer --tta)")
+    ap.add_argument("--precision", default="auto", choices=PRECISIONS,
+                    help="the network's arithmetic, as infer --precision (auto: bfloat16 on CPUs "
+                    "with AMX)")
     ap.add_argument("--realdata", default=str(Path(__file__).resolve().parents[3] / "shared" / "realdata"))
     ap.add_argument("--json", default=None, help="also write the results here")
     ap.add_argument("--real-only", action="store_true",
@@ -255,10 +263,14 @@ def main() -> None:
                     help="only that check, through analyze() with infer's defaults")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    PRECISION["name"] = args.precision
+    dtype = network_dtype(args.precision, torch.device("cpu"))
+    print(f"network arithmetic: {'float32' if dtype is None else str(dtype).removeprefix('torch.')}")
     net, card = load_model(args.model)
     net = prepare_for_inference(net)
     thr = float(card.get("decode_threshold", 0.5))
     out = {"model": card.get("model_id"), "sha256": card.get("sha256"), "n_per_cell": args.n,
+           "precision": "float32" if dtype is None else str(dtype).removeprefix("torch."),
            "size": args.size, "pixel_size_nm": args.pixel_size, "threads": args.threads}
     can = float(card["canonical_pixel_size_nm"])
     detect = lambda im, ps: net_detect(net, im, thr, pixel_size=ps, canonical=can, tta=args.tta)  # noqa: E731

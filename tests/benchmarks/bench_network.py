@@ -3,9 +3,11 @@
 Prints one row per configuration: parameters, receptive field, inference frames/s
 (batch 1, float32, inference mode) at 512x512 for the plain ``UNet(config).eval()``
 and, at 512x512 and 1024x1024, for ``prepare_for_inference`` (batch-norm folded,
-channels-last), the seconds of one training step (forward, loss, backward, AdamW)
-on a 16x1x128x128 batch, and the single-thread CPU time [ms] of one prepared 512x512
-pass (insensitive to other load; use it to rank configurations on a busy machine).
+channels-last), the same at 512x512 in bfloat16 (``bf16``, what infer's ``--precision
+auto`` runs on CPUs with AMX; nan elsewhere), the seconds of one training step
+(forward, loss, backward, AdamW) on a 16x1x128x128 batch, and the single-thread CPU
+time [ms] of one prepared 512x512 pass (insensitive to other load; use it to rank
+configurations on a busy machine).
 
 Usage::
 
@@ -28,6 +30,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from dislotrack.infer.predict import fast_cpu_bfloat16
 from dislotrack.models.unet import UNet, UNetConfig, prepare_for_inference
 
 CANDIDATES = [
@@ -72,11 +75,13 @@ def receptive_field(config: UNetConfig) -> int:
     return int(cols.max() - cols.min() + 1)
 
 
-def time_inference(net: torch.nn.Module, size: int, repeats: int, stat=statistics.median) -> float:
-    """Frames/s from the ``stat`` of the run times for a (1, 1, size, size) input."""
+def time_inference(net: torch.nn.Module, size: int, repeats: int, stat=statistics.median,
+                   dtype: torch.dtype | None = None) -> float:
+    """Frames/s from the ``stat`` of the run times for a (1, 1, size, size) input, under
+    autocast to ``dtype`` (None: float32)."""
     x = torch.randn(1, net.config.in_channels, size, size)
     times = []
-    with torch.inference_mode():
+    with torch.inference_mode(), torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
         for i in range(repeats + 2):
             t0 = time.perf_counter()
             net(x)
@@ -139,9 +144,11 @@ def main() -> None:
 
     header = (
         f"{'config':<58} {'params':>8} {'RF px':>6} {'fps512':>7} {'opt512':>7} "
-        f"{'opt1024':>7} {'train s':>7} {'cpu1 ms':>7}"
+        f"{'opt1024':>7} {'bf16':>7} {'train s':>7} {'cpu1 ms':>7}"
     )
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, stat {args.stat}")
+    amx = fast_cpu_bfloat16()
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, stat {args.stat}, "
+          f"bfloat16 matrix units (AMX): {'yes' if amx else 'no'}")
     print(header)
     print("-" * len(header))
     nan = float("nan")
@@ -154,11 +161,12 @@ def main() -> None:
         opt512 = time_inference(fast, 512, args.repeats, stat)
         n_big = max(3, args.repeats // 2)
         opt1024 = nan if args.skip_1024 else time_inference(fast, 1024, n_big, stat)
+        bf16 = time_inference(fast, 512, args.repeats, stat, torch.bfloat16) if amx else nan
         train_s = nan if args.skip_train else time_train_step(config, n_big, stat)
         cpu1 = cpu_ms_one_thread(fast, 512, 5)
         print(
             f"{spec:<58} {n_params:>8d} {receptive_field(config):>6d} {fps512:>7.1f} "
-            f"{opt512:>7.1f} {opt1024:>7.1f} {train_s:>7.3f} {cpu1:>7.0f}",
+            f"{opt512:>7.1f} {opt1024:>7.1f} {bf16:>7.1f} {train_s:>7.3f} {cpu1:>7.0f}",
             flush=True,
         )
 

@@ -55,6 +55,7 @@ from dislotrack.infer.evaluate import event_scores, match_events, tracking_score
 from dislotrack.infer.options import TTA_VIEWS
 from dislotrack.infer.outputs import write_tables
 from dislotrack.infer.pipeline import analyze, track_detections
+from dislotrack.infer.predict import PRECISIONS
 from dislotrack.models.visibility import shows_half_plane_end
 
 DOSES = [100.0, 300.0, 1000.0, 3000.0]
@@ -236,7 +237,7 @@ def _rss_mb(field: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _speed_child(path: str, model: str | None) -> None:
+def _speed_child(path: str, model: str | None, precision: str = "auto") -> None:
     """Run in a fresh process: time one end-to-end analysis of a movie file, print JSON."""
     # Linux keeps the parent's peak RSS across exec: reset the high-water mark first.
     with contextlib.suppress(OSError):
@@ -244,16 +245,18 @@ def _speed_child(path: str, model: str | None) -> None:
     base = _rss_mb("VmRSS")
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        res = analyze(path, model=model, progress=False)
+        res = analyze(path, model=model, progress=False, precision=precision)
         write_tables(res, Path(tmp) / "out")
     dt = time.perf_counter() - t0
     peak = _rss_mb("VmHWM")
     n = res.shape[0]
-    print(json.dumps({"frames": n, "size": res.shape[1], "seconds": dt, "fps": n / dt,
+    print(json.dumps({"frames": n, "size": res.shape[1], "precision": res.options["precision_used"],
+                      "seconds": dt, "fps": n / dt,
                       "peak_rss_mb": peak, "rss_after_imports_mb": base}))
 
 
-def speed(size: int, lengths: list[int], model: str | None, threads: int) -> list[dict]:
+def speed(size: int, lengths: list[int], model: str | None, threads: int,
+          precision: str = "auto") -> list[dict]:
     """Write each movie here, analyse it in a fresh process (so peak memory is infer's)."""
     out = []
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
@@ -263,7 +266,8 @@ def speed(size: int, lengths: list[int], model: str | None, threads: int) -> lis
             path = Path(tmp) / f"speed_{n}.tif"
             write_imagej_tiff(path, m.frames, pixel_size_nm=m.meta["pixel_size"], frame_interval_s=1.0)
             del m
-            cmd = [sys.executable, __file__, "--child", str(path), "--threads", str(threads)]
+            cmd = [sys.executable, __file__, "--child", str(path), "--threads", str(threads),
+                   "--precision", precision]
             if model:
                 cmd += ["--model", model]
             r = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
@@ -296,6 +300,8 @@ def main() -> None:
     ap.add_argument("--threshold", type=float, default=None, help="decode threshold (default: the card's)")
     ap.add_argument("--tta", nargs="?", type=int, const=8, default=1, choices=TTA_VIEWS,
                     metavar="N", help="test-time augmentation over N views (as infer --tta)")
+    ap.add_argument("--precision", default="auto", choices=PRECISIONS,
+                    help="the network's arithmetic, as infer --precision")
     ap.add_argument("--min-track-score", type=float, default=None, help="drop tracks of lower mean score")
     ap.add_argument("--weak-fraction", type=float, default=None, help="track-end extension (1 = off)")
     ap.add_argument("--oracle", action="store_true", help="true cores instead of the detector")
@@ -318,7 +324,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     if args.child:
-        _speed_child(args.child, args.model)
+        _speed_child(args.child, args.model, args.precision)
         return
     out = {}
     if not args.speed_only:
@@ -326,19 +332,22 @@ def main() -> None:
                                   ("max_gap", args.max_gap), ("threshold", args.threshold),
                                   ("min_track_score", args.min_track_score),
                                   ("weak_fraction", args.weak_fraction))
-                if v is not None} | ({"tta": args.tta} if args.tta > 1 else {})
+                if v is not None} | ({"tta": args.tta} if args.tta > 1 else {}) | {
+                    "precision": args.precision}
         oracle = None
         if args.oracle:
             oracle = {"noise_nm": args.oracle_noise, "true_drift": args.true_drift,
                       "recall": tuple(float(v) for v in args.oracle_recall.split(","))}
-            opts.pop("threshold", None), opts.pop("tta", None), opts.pop("weak_fraction", None)
+            for k in ("threshold", "tta", "weak_fraction", "precision"):
+                opts.pop(k, None)
         out["accuracy"] = accuracy(args.movies, args.frames, args.size, args.model, args.seed,
                                    oracle=oracle, **opts)
         if oracle is not None:
             out["accuracy"]["oracle"] = oracle
         print(json.dumps(out["accuracy"], indent=2))
     if not args.no_speed:
-        out["speed"] = speed(args.size, [int(v) for v in args.lengths.split(",")], args.model, args.threads)
+        out["speed"] = speed(args.size, [int(v) for v in args.lengths.split(",")], args.model, args.threads,
+                             args.precision)
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2))
 
