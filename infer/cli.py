@@ -190,7 +190,7 @@ def _run_infer(args: argparse.Namespace) -> int:
     # Once, before any input is read (analyze checks again, for the Python API), and before
     # the slow imports (torch, scikit-image, trackpy: seconds), so a typo fails at once.
     check_detector_options(args.detector, model=args.model, threshold=args.threshold, tta=args.tta,
-                           weak_fraction=args.weak_fraction)
+                           weak_fraction=args.weak_fraction, precision=args.precision)
     check_linking_options(max_speed_nm_s=args.max_speed, memory=args.memory,
                           min_length=args.min_length, max_gap=args.max_gap)
     check_calibration_options(pixel_size_nm=args.pixel_size, frame_interval_s=args.frame_interval,
@@ -205,7 +205,9 @@ def _run_infer(args: argparse.Namespace) -> int:
     from dislotrack.infer.run import infer_one, output_dir
 
     # An unknown or unavailable device: one line, not one per input.
-    network_dtype(args.precision, pick_device(args.device))
+    dev = pick_device(args.device)
+    if args.detector == "unet":
+        network_dtype(args.precision, dev)
     masks = {p: side for p in args.inputs if (side := mask_sidecar(p))}  # e.g. `infer lab/*.tif`
     for p, side in masks.items():
         print(f"{p}: skipped (the rock-salt mask of annotation {side.name})", file=sys.stderr)

@@ -91,7 +91,7 @@ def analysis_options(**options: Any) -> dict[str, Any]:
 
 #: Options of `analyze` that set the U-Net only, with their ``dislotrack infer`` flags.
 UNET_ONLY_OPTIONS = {"model": "--model", "threshold": "--threshold", "tta": "--tta",
-                     "weak_fraction": "--weak-fraction"}
+                     "weak_fraction": "--weak-fraction", "precision": "--precision"}
 
 #: Default of ``weak_fraction`` (``--weak-fraction``): weak peaks from half the threshold.
 DEFAULT_WEAK_FRACTION = 0.5
@@ -99,7 +99,7 @@ DEFAULT_WEAK_FRACTION = 0.5
 
 def check_detector_options(detector: str, *, model: str | Path | None = None,
                            threshold: float | None = None, tta: bool | int | None = None,
-                           weak_fraction: float = DEFAULT_WEAK_FRACTION) -> None:
+                           weak_fraction: float = DEFAULT_WEAK_FRACTION, precision: str = "auto") -> None:
     """Refuse an unknown detector, values out of range, and U-Net options given to another
     detector.
 
@@ -107,8 +107,10 @@ def check_detector_options(detector: str, *, model: str | Path | None = None,
     ----------
     detector : str
         ``"unet"`` or ``"gpa"``.
-    model, threshold, tta, weak_fraction
-        As given to `analyze` (None / None, False or 1 / `DEFAULT_WEAK_FRACTION`: not given).
+    model, threshold, tta, weak_fraction, precision
+        As given to `analyze` (None / None, False or 1 / `DEFAULT_WEAK_FRACTION` / "auto":
+        not given). ``precision``'s name is checked by
+        `dislotrack.infer.predict.network_dtype`, with the device.
 
     Raises
     ------
@@ -127,7 +129,7 @@ def check_detector_options(detector: str, *, model: str | Path | None = None,
     if detector == "unet":
         return
     given = {"model": model is not None, "threshold": threshold is not None, "tta": views > 1,
-             "weak_fraction": weak_fraction != DEFAULT_WEAK_FRACTION}
+             "weak_fraction": weak_fraction != DEFAULT_WEAK_FRACTION, "precision": precision != "auto"}
     unused = [f"{name} ({UNET_ONLY_OPTIONS[name]})" for name, is_set in given.items() if is_set]
     if unused:
         raise ValueError(f"the {detector} detector (--detector {detector}) does not use "

@@ -405,11 +405,13 @@ def analyze(path: str | Path | Movie | np.ndarray, *, model: str | Path | None =
         calibration with its sources, the warnings, the lattice and the options.
     """
     check_detector_options(detector, model=model, threshold=threshold, tta=tta,
-                           weak_fraction=weak_fraction)
+                           weak_fraction=weak_fraction, precision=precision)
     check_linking_options(max_speed_nm_s=max_speed_nm_s, memory=memory, min_length=min_length,
                           max_gap=max_gap)  # d_spacing_nm: `calibrate` checks it
     dev = pick_device(device)
-    dtype = network_dtype(precision, dev)  # a bad name: refused before any frame is read
+    # A bad name: refused before any frame is read. The GPA baseline has no network.
+    dtype = network_dtype(precision, dev) if detector == "unet" else None
+    used = "float32" if dtype is None else str(dtype).removeprefix("torch.")  # resolved once
     net, card = load_model(model)
     thr = threshold if threshold is not None else float(card.get("decode_threshold", 0.5))
     canonical = float(card["canonical_pixel_size_nm"])
@@ -433,7 +435,7 @@ def analyze(path: str | Path | Movie | np.ndarray, *, model: str | Path | None =
             det = NetworkDetector(prepare_for_inference(net).to(dev), device=dev,
                                   threshold=min(weak_fraction, 1.0) * thr,
                                   scale=s, d_spacing_nm=d_spacing_nm, tta=views,
-                                  precision=precision)
+                                  precision=used)
         n, h, w = movie.shape
         blind = cores_cannot_show(cal.pixel_size_nm, (h, w), d_spacing_nm)  # warned by `calibrate`
         rows: list[pd.DataFrame] = []
@@ -539,7 +541,7 @@ def analyze(path: str | Path | Movie | np.ndarray, *, model: str | Path | None =
         border_nm=border_nm, d_spacing_nm=d_spacing_nm, lattice_h=snap_asked,
         pixel_size_nm=pixel_size_nm, frame_interval_s=frame_interval_s, signal=signal, device=device,
         device_used=str(dev) if unet else "cpu", precision=precision,
-        precision_used=str(dtype).removeprefix("torch.") if unet and dtype is not None else "float32")
+        precision_used=used)
     return res
 
 

@@ -59,9 +59,16 @@ PRECISIONS = ("auto", "float32", "bfloat16", "float16")
 
 
 def fast_cpu_bfloat16() -> bool:
-    """Whether this CPU has bfloat16 matrix units (Intel AMX), where oneDNN runs the
-    network in bfloat16 about twice as fast as in float32. Elsewhere bfloat16 is
-    emulated and slower."""
+    """Whether this CPU has bfloat16 matrix units (Intel AMX).
+
+    There oneDNN runs the network in bfloat16 about twice as fast as in float32
+    (README, Network); other CPUs are not known to gain, so ``auto`` keeps float32.
+    torch before 2.3 cannot tell: False.
+
+    Returns
+    -------
+    bool
+    """
     probe = getattr(torch.cpu, "_is_amx_tile_supported", None)  # torch >= 2.3, private
     try:
         return bool(probe()) if probe is not None else False
@@ -77,6 +84,7 @@ def network_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     precision : {"auto", "float32", "bfloat16", "float16"}
         ``auto``: float16 on CUDA, bfloat16 on a CPU with `fast_cpu_bfloat16`, else float32.
     device : torch.device
+        Where the network runs (`pick_device`).
 
     Returns
     -------
@@ -85,7 +93,8 @@ def network_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     Raises
     ------
     ValueError
-        For another name, or float16 on the CPU (no fast path there).
+        For another name, float16 on the CPU (no fast path there), or bfloat16 on a CUDA
+        device without it.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision (--precision) must be one of {', '.join(PRECISIONS)}, "
@@ -96,7 +105,10 @@ def network_dtype(precision: str, device: torch.device) -> torch.dtype | None:
         return torch.bfloat16 if fast_cpu_bfloat16() else None
     if precision == "float16" and device.type != "cuda":
         raise ValueError("precision float16 (--precision) runs on CUDA only; on the CPU use "
-                         "bfloat16 or float32")
+                         "auto or float32 (bfloat16 is fast only on CPUs with AMX)")
+    if precision == "bfloat16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ValueError(f"precision bfloat16 (--precision): {device} does not support it; "
+                         "use auto (float16) or float32")
     return None if precision == "float32" else getattr(torch, precision)
 
 

@@ -5,6 +5,18 @@ from __future__ import annotations
 import pytest
 
 
+@pytest.fixture(autouse=True)
+def float32_network_on_cpu(request, monkeypatch):
+    """The network in float32 on any CPU, so expected values do not depend on whether the
+    host has AMX (``precision="auto"`` would run bfloat16 there). Tests marked
+    ``host_precision`` see the host as it is; tests of bfloat16 ask for it by name."""
+    if request.node.get_closest_marker("host_precision"):
+        return
+    from dislotrack.infer import predict
+
+    monkeypatch.setattr(predict, "fast_cpu_bfloat16", lambda: False)
+
+
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
     """An untrained 2-level U-Net saved as a model (safetensors + card): fast, not accurate."""

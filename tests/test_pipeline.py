@@ -897,11 +897,26 @@ def test_precision_choices_and_refusal(tiny_model, tmp_path, capsys, monkeypatch
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "float16 (--precision) runs on CUDA only" in err
     assert not (tmp_path / "o").exists()
-    # auto: bfloat16 where the CPU has AMX, recorded as used.
+    # auto: bfloat16 where the CPU has AMX, recorded as used, and what the network ran in.
+    ran = []
+
+    def spy(precision, device):
+        ran.append(dtype := network_dtype(precision, device))
+        return dtype
+
+    network_dtype = predict.network_dtype
+    monkeypatch.setattr(predict, "network_dtype", spy)  # as predict_logits calls it
     for amx, used in ((True, "bfloat16"), (False, "float32")):
         monkeypatch.setattr(predict, "fast_cpu_bfloat16", lambda amx=amx: amx)
+        ran.clear()
         res = analyze(movie, model=tiny_model, device="cpu", frame_interval_s=1.0, progress=False)
         assert (res.options["precision"], res.options["precision_used"]) == ("auto", used)
+        assert ran and set(ran) == {torch.bfloat16 if amx else None}
+    # The GPA baseline runs no network: precision is a U-Net option.
+    res = analyze(movie, detector="gpa", device="cpu", frame_interval_s=1.0, progress=False)
+    assert res.options["precision_used"] == "float32"
+    with pytest.raises(ValueError, match=r"does not use precision \(--precision\)"):
+        analyze(movie, detector="gpa", precision="float16", progress=False)
 
 
 def test_signal_picks_the_dataset_of_an_hdf5_file_and_a_choice_is_reported(tiny_model, tmp_path):

@@ -94,7 +94,6 @@ def test_precision_names_resolve_to_autocast_dtypes(monkeypatch):
     from dislotrack.infer import predict
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert predict.fast_cpu_bfloat16() in (True, False)  # this host's answer, whichever it is
     monkeypatch.setattr(predict, "fast_cpu_bfloat16", lambda: True)
     assert predict.network_dtype("auto", cpu) is torch.bfloat16
     monkeypatch.setattr(predict, "fast_cpu_bfloat16", lambda: False)
@@ -102,8 +101,11 @@ def test_precision_names_resolve_to_autocast_dtypes(monkeypatch):
     assert predict.network_dtype("auto", cuda) is torch.float16
     assert predict.network_dtype("float32", cuda) is None
     assert predict.network_dtype("bfloat16", cpu) is torch.bfloat16
-    with pytest.raises(ValueError, match="float16 .*runs on CUDA only"):
+    with pytest.raises(ValueError, match="float16 .*runs on CUDA only; on the CPU use auto or float32"):
         predict.network_dtype("float16", cpu)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    with pytest.raises(ValueError, match="cuda does not support it"):
+        predict.network_dtype("bfloat16", cuda)
     with pytest.raises(ValueError, match=r"precision \(--precision\) must be one of auto, float32"):
         predict.network_dtype("fp32", cpu)
 
@@ -121,3 +123,15 @@ def test_bfloat16_outputs_are_float32_and_close_to_full_precision():
     err = np.abs(half - full).max()
     # bfloat16 keeps 8 significant bits: errors of a few 1e-3 of the output range, not 0.
     assert 0 < err < 0.03 * scale
+
+
+@pytest.mark.host_precision
+def test_amx_probe_follows_torch(monkeypatch):
+    from dislotrack.infer import predict
+
+    assert isinstance(predict.fast_cpu_bfloat16(), bool)  # this host's answer, whichever it is
+    for has in (True, False):
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda has=has: has, raising=False)
+        assert predict.fast_cpu_bfloat16() is has
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported", raising=False)  # torch < 2.3
+    assert predict.fast_cpu_bfloat16() is False

@@ -212,7 +212,7 @@ def false_cores_real(net, threshold: float, root: Path, canonical: float, *,
     return pd.DataFrame(rows)
 
 
-def false_cores_real_analyze(root: Path, model: str | None) -> pd.DataFrame:
+def false_cores_real_analyze(root: Path, model: str | None, precision: str = "auto") -> pd.DataFrame:
     """As `false_cores_real`, through `analyze` with infer's defaults (only the pixel size
     given where the file lacks it): what a user of ``dislotrack infer`` gets."""
     from dislotrack.infer.pipeline import analyze
@@ -223,7 +223,7 @@ def false_cores_real_analyze(root: Path, model: str | None) -> pd.DataFrame:
         if not path.exists():
             logging.warning("missing %s", path)
             continue
-        res = analyze(path, model=model, pixel_size_nm=ps_given, progress=False)
+        res = analyze(path, model=model, pixel_size_nm=ps_given, progress=False, precision=precision)
         _, h, w = res.shape
         area = h * w * res.calibration.pixel_size_nm**2
         rows.append({"file": rel, "tta": res.options["tta"], "area_nm2": area,
@@ -252,7 +252,7 @@ def main() -> None:
     ap.add_argument("--no-gpa", action="store_true")
     ap.add_argument("--tta", nargs="?", type=int, const=8, default=1, choices=TTA_VIEWS,
                     metavar="N", help="test-time augmentation over N views (as infer --tta)")
-    ap.add_argument("--precision", default="auto", choices=PRECISIONS,
+    ap.add_argument("--precision", default="auto", choices=[p for p in PRECISIONS if p != "float16"],
                     help="the network's arithmetic, as infer --precision (auto: bfloat16 on CPUs "
                     "with AMX)")
     ap.add_argument("--realdata", default=str(Path(__file__).resolve().parents[3] / "shared" / "realdata"))
@@ -275,7 +275,7 @@ def main() -> None:
     can = float(card["canonical_pixel_size_nm"])
     detect = lambda im, ps: net_detect(net, im, thr, pixel_size=ps, canonical=can, tta=args.tta)  # noqa: E731
     if args.via_analyze:
-        real = false_cores_real_analyze(Path(args.realdata), args.model)
+        real = false_cores_real_analyze(Path(args.realdata), args.model, args.precision)
         print(markdown(real))
         print(f"through analyze (infer's defaults): {100 * real.false_cores.sum() / real.area_nm2.sum():.3f} "
               f"false cores per 100 nm^2 over {real.area_nm2.sum():.0f} nm^2")

@@ -300,7 +300,7 @@ def main() -> None:
     ap.add_argument("--threshold", type=float, default=None, help="decode threshold (default: the card's)")
     ap.add_argument("--tta", nargs="?", type=int, const=8, default=1, choices=TTA_VIEWS,
                     metavar="N", help="test-time augmentation over N views (as infer --tta)")
-    ap.add_argument("--precision", default="auto", choices=PRECISIONS,
+    ap.add_argument("--precision", default="auto", choices=[p for p in PRECISIONS if p != "float16"],
                     help="the network's arithmetic, as infer --precision")
     ap.add_argument("--min-track-score", type=float, default=None, help="drop tracks of lower mean score")
     ap.add_argument("--weak-fraction", type=float, default=None, help="track-end extension (1 = off)")
