@@ -117,6 +117,7 @@ def read_annotation(sidecar: str | Path) -> Annotation:
             raise ValueError(f"{stem}.tif is a colour image (axes {tif.series[0].axes}); "
                              "annotations need a grayscale image or stack")
         image = tif.asarray().astype(np.float32)
+        tif_px = imagej_pixel_size_nm(tif)
     if image.ndim == 2:
         image = image[None]
     try:
@@ -129,6 +130,10 @@ def read_annotation(sidecar: str | Path) -> Annotation:
     if not (np.isfinite(px) and px > 0):
         raise ValueError(f"{sidecar}: pixel_size_nm must be a positive number [nm/px], "
                          f"got {side.get('pixel_size_nm')!r}")
+    if tif_px is not None and abs(tif_px / px - 1) > PIXEL_SIZE_TOLERANCE:
+        # One of them is a typo; training or scoring at the wrong one is silently wrong.
+        raise ValueError(f"{sidecar}: pixel_size_nm {px:g} disagrees with {stem.name}.tif's own "
+                         f"calibration, {tif_px:g} nm/px (ImageJ); correct whichever is wrong")
     try:  # "frame, x, y" as typed by hand reads as frame, x, y
         cores = pd.read_csv(f"{stem}_cores.csv", skipinitialspace=True)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
@@ -157,6 +162,40 @@ def read_annotation(sidecar: str | Path) -> Annotation:
     norm = np.hypot(cores.hx, cores.hy)
     ann.cores = cores.assign(hx=cores.hx / norm, hy=cores.hy / norm)
     return ann
+
+
+#: Largest relative difference between a sidecar's pixel size and its TIFF's own.
+PIXEL_SIZE_TOLERANCE = 0.02
+
+#: ImageJ length units [nm] (as ImageJ and common tools write them); others are not checked.
+_IMAGEJ_UNITS_NM = {"nm": 1.0, "nanometer": 1.0, "nanometers": 1.0, "µm": 1e3, "μm": 1e3, "um": 1e3,
+                    "micron": 1e3, "microns": 1e3, "å": 0.1, "angstrom": 0.1, "pm": 1e-3}
+
+
+def imagej_pixel_size_nm(tif: tifffile.TiffFile) -> float | None:
+    """The pixel size [nm/px] of an ImageJ-calibrated TIFF (unit and XResolution), or
+    None where it has none in a length unit listed in ``_IMAGEJ_UNITS_NM``.
+
+    Parameters
+    ----------
+    tif : tifffile.TiffFile
+        Open file.
+
+    Returns
+    -------
+    float or None
+    """
+    if not tif.is_imagej:
+        return None
+    unit = tif.imagej_metadata.get("unit")
+    if isinstance(unit, str) and "\\u" in unit:
+        unit = unit.encode().decode("unicode_escape")  # ImageJ writes "\\u00B5m" for µm
+    scale = _IMAGEJ_UNITS_NM.get(unit.lower()) if isinstance(unit, str) else None
+    tag = tif.pages.first.tags.get("XResolution")
+    if scale is None or tag is None:
+        return None
+    num, den = tag.value
+    return scale * den / num if num > 0 and den > 0 else None
 
 
 #: Image files a lab may have saved instead of the TIFF an annotation needs.

@@ -376,6 +376,15 @@ def test_hand_written_annotations_read_or_fail_naming_the_file(tmp_path):
     csv.write_text("x, y, hx, hy\n10.5, 12, 0, 1\n20, 22, 1, 0\n")
     got = read_annotation(side).cores
     assert got.frame.tolist() == [0, 0] and got.particle.tolist() == [0, 1]
+    # A sidecar pixel size that the TIFF's own calibration contradicts (a typo in either).
+    side.write_text(json.dumps({**meta, "pixel_size_nm": meta["pixel_size_nm"] / 2}))
+    with pytest.raises(ValueError, match=rf"image_00000.json: pixel_size_nm {meta['pixel_size_nm'] / 2:g} "
+                                         rf"disagrees with image_00000.tif's own calibration, "
+                                         rf"{meta['pixel_size_nm']:g} nm/px"):
+        read_annotation(side)
+    side.write_text(json.dumps({**meta, "pixel_size_nm": meta["pixel_size_nm"] * 1.01}))  # rounding
+    assert read_annotation(side).pixel_size_nm == pytest.approx(meta["pixel_size_nm"] * 1.01)
+    side.write_text(json.dumps(meta))
     csv.write_text("x_px,y,hx,hy\n10.5,12,0,1\n")
     with pytest.raises(ValueError, match=r"lacks columns \['x'\]: it has \['x_px', 'y', 'hx', 'hy'\], "
                                          r"the header needs frame,x,y,hx,hy,particle"):
@@ -548,6 +557,10 @@ def test_finetune_refuses_a_pixel_size_that_cannot_show_the_fringes(tmp_path, ca
     meta = json.loads(side.read_text())
     meta["pixel_size_nm"] = 5.0  # a typo for 0.05: would upsample 32 px to 1600
     side.write_text(json.dumps(meta))
+    import tifffile
+
+    tif = side.with_suffix(".tif")  # uncalibrated, as a lab's may be (else the two disagree)
+    tifffile.imwrite(tif, tifffile.imread(tif))
     assert main(["finetune", "--data", str(tmp_path / "lab"), "--out", str(tmp_path / "ft"),
                  "--epochs", "1", "--size", "32"]) == 2
     err = capsys.readouterr().err
