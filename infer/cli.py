@@ -338,6 +338,7 @@ def _run_finetune(args: argparse.Namespace) -> int:
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
     from dislotrack.models.io import model_paths
+    from dislotrack.train.errors import without_gpu_hint
     from dislotrack.train.finetune import finetune
 
     if args.out.endswith(("/", os.sep)) or Path(args.out).is_dir():
@@ -354,7 +355,8 @@ def _run_finetune(args: argparse.Namespace) -> int:
                            seed=args.seed, accelerator=args.accelerator, verbose=True,
                            command=args.command_line)
     except MisconfigurationException as err:  # e.g. --accelerator gpu on a machine without one
-        raise ValueError(f"--accelerator {args.accelerator}: {err}") from err
+        raise ValueError(without_gpu_hint(f"--accelerator {args.accelerator}: {err}",
+                                          "--accelerator cpu (or auto)")) from err
     print(finetune_report(metrics, json.loads(card.read_text())["metrics"]))
     stem = weights.with_suffix("")
     print(f"model written to {weights} / {card.name} (use: dislotrack infer --model {stem})")
@@ -447,7 +449,7 @@ def _main(argv: list[str]) -> int:
         from omegaconf.errors import OmegaConfBaseException
 
         from dislotrack.train.cli import train_main
-        from dislotrack.train.errors import TrainConfigError
+        from dislotrack.train.errors import TrainConfigError, without_gpu_hint
 
         try:
             train_main(argv[1:])
@@ -458,6 +460,8 @@ def _main(argv: list[str]) -> int:
             if os.environ.get("DISLOTRACK_DEBUG"):
                 raise
             first = str(err).strip().splitlines()[0]  # omegaconf adds full_key/object_type lines
+            if isinstance(err, MisconfigurationException):  # e.g. gpu.yaml on a laptop
+                first = without_gpu_hint(first, "--trainer.accelerator cpu")
             print(f"dislotrack train: error: {first}", file=sys.stderr)
             return 2
         return 0

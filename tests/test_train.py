@@ -471,6 +471,36 @@ def test_a_null_root_is_refused_in_one_line(args, capsys):
     assert "--trainer.default_root_dir" in err and "give a folder" in err
 
 
+def test_options_before_config_are_refused_not_overridden(capsys):
+    from dislotrack.infer.cli import main
+
+    assert main(["train", "fit", "--trainer.max_epochs", "1", "--data.n_val=8", "--config", "cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0
+    assert "--trainer.max_epochs, --data.n_val come before --config" in err and "give --config first" in err
+    from dislotrack.train.cli import check_config_first
+
+    check_config_first(["fit", "--config", "cpu", "--config", "mine.yaml", "--trainer.max_epochs", "1"])
+    check_config_first(["fit", "--ckpt_path", "last", "--config", "cpu"])  # no config sets it
+    with pytest.raises(Exception, match="--seed_everything comes before"):
+        check_config_first(["fit", "--seed_everything=3", "--config", "cpu"])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_gpu_and_cluster_configs_on_a_cpu_say_which_option_to_add(tmp_path, capsys):
+    from dislotrack.infer.cli import main
+
+    root = f"--trainer.default_root_dir={tmp_path}"
+    assert main(["train", "fit", "--config", "gpu", root]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.endswith("on a machine without a GPU pass --trainer.accelerator cpu")
+    assert main(["train", "fit", "--config", "cluster", root, "--trainer.accelerator", "cpu",
+                 "--trainer.num_nodes", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "sync_batchnorm works on GPUs only" in err
+    assert "--trainer.sync_batchnorm false" in err
+
+
 def test_several_nodes_without_a_launcher_are_refused_not_left_waiting(tmp_path, monkeypatch, capsys):
     from dislotrack.infer.cli import main
 

@@ -92,6 +92,37 @@ def check_root_argument(argv: Sequence[str]) -> None:
                                    "folder; logs, checkpoints and the export go under it")
 
 
+def check_config_first(argv: Sequence[str]) -> None:
+    """Refuse options given before a ``--config``: the config read after them would
+    silently put back its own values (a smoke test's ``--trainer.max_epochs 1`` before
+    ``--config cpu.yaml`` ran the 48-epoch recipe).
+
+    Parameters
+    ----------
+    argv : sequence of str
+        The arguments of ``dislotrack train``.
+
+    Raises
+    ------
+    TrainConfigError
+        Naming the options that come before the last ``--config``.
+
+    Examples
+    --------
+    >>> check_config_first(["fit", "--config", "cpu", "--trainer.max_epochs", "1"])
+    """
+    configs = [i for i, arg in enumerate(argv) if arg == "--config" or arg.startswith("--config=")]
+    if not configs:
+        return
+    keys = [arg.split("=")[0] for arg in argv[:configs[-1]] if arg.startswith("--")]
+    # Dotted keys (--trainer.*, --data.*, --model.*) and seed_everything are what configs set.
+    before = [k for k in keys if "." in k or k == "--seed_everything"]
+    if before:
+        raise TrainConfigError(f"{', '.join(dict.fromkeys(before))} come{'s' if len(before) == 1 else ''} "
+                               "before --config, which would put back the config's value: give "
+                               "--config first, then the options that change it")
+
+
 def missing_last_checkpoint(ckpt_path: str | None, dirpath: str | None) -> str | None:
     """Why ``--ckpt_path last`` cannot be honoured, else None.
 
@@ -198,6 +229,17 @@ class DislotrackCLI(LightningCLI):
                 "this run, so it would wait for the other nodes forever: submit it with sbatch "
                 "(README: Training) or pass --trainer.num_nodes 1")
 
+    def _check_sync_batchnorm(self) -> None:
+        """Raises `TrainConfigError` for synchronised batch norm on the CPU (cluster.yaml
+        smoke-tested on a laptop): torch supports it on GPUs only, and each DDP process
+        would fail with its own traceback."""
+        from lightning.pytorch.accelerators import CPUAccelerator
+
+        if self.config[self.subcommand].trainer.get("sync_batchnorm") and isinstance(
+                self.trainer.accelerator, CPUAccelerator):
+            raise TrainConfigError("trainer.sync_batchnorm works on GPUs only: on the CPU pass "
+                                   "--trainer.sync_batchnorm false")
+
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         """LightningCLI's parsing, its errors raised as one `TrainConfigError` line (with a
         close option name for a mistyped one) instead of 80 lines of usage."""
@@ -224,6 +266,7 @@ class DislotrackCLI(LightningCLI):
     def before_fit(self) -> None:
         self._check_checkpoint()
         self._check_nodes()
+        self._check_sync_batchnorm()
         self._check_outputs()
         for cb in self.trainer.callbacks:  # the model card records the command as typed
             if isinstance(cb, ExportModel):
@@ -233,6 +276,7 @@ class DislotrackCLI(LightningCLI):
         """Raises FileNotFoundError if ``--ckpt_path last`` finds no ``last.ckpt``."""
         self._check_checkpoint()
         self._check_nodes()
+        self._check_sync_batchnorm()
         self._check_outputs()
         why = missing_last_checkpoint(self.config[self.subcommand].get("ckpt_path"),
                                       getattr(self.trainer.checkpoint_callback, "dirpath", None))
@@ -305,6 +349,7 @@ def train_main(argv: Sequence[str] | None = None) -> None:
     _drop_tips(logging.getLogger("lightning.pytorch.utilities.rank_zero"))
     argv = resolve_configs(argv) if argv is not None else None  # [] stays []: not sys.argv
     check_root_argument(sys.argv[1:] if argv is None else argv)
+    check_config_first(sys.argv[1:] if argv is None else argv)
     # omegaconf+: the configs' ${trainer.default_root_dir} is resolved after the command
     # line, so --trainer.default_root_dir moves logs, checkpoints and export together.
     # Absolute keys are read relative to the subcommand (the config of `fit` is `fit.*`).
