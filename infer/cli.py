@@ -12,6 +12,7 @@ import json
 import math
 import os
 import shlex
+import signal
 import sys
 import warnings
 from collections.abc import Sequence
@@ -446,6 +447,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _main(argv: list[str]) -> int:
     if argv and argv[0] in _LIGHTNING_COMMANDS:
         from lightning.fabric.utilities.exceptions import MisconfigurationException
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
         from omegaconf.errors import OmegaConfBaseException
 
         from dislotrack.train.cli import train_main
@@ -453,6 +455,11 @@ def _main(argv: list[str]) -> int:
 
         try:
             train_main(argv[1:])
+        except SIGTERMException:  # a SystemExit without a code: the shell would see success
+            print("dislotrack train: stopped by SIGTERM (scancel, preemption, a time limit) "
+                  "before the run finished, so no model was exported; run the same command with "
+                  "--ckpt_path last to resume from the last finished epoch", file=sys.stderr)
+            return 128 + signal.SIGTERM
         # Ours (no last.ckpt, an unset root, a changed schedule, argument errors in one line:
         # `DislotrackCLI.parse_arguments`) and ${...} that do not resolve.
         except (FileNotFoundError, TrainConfigError, OmegaConfBaseException,

@@ -455,6 +455,28 @@ def test_validation_scores_pool_the_counts_of_all_ranks():
     assert logged["val/f1"] == 0.0 and logged["val/tp"] == 0
 
 
+def test_lab_frames_are_scored_without_a_mode_and_without_a_rock_salt_iou_of_nothing(tmp_path):
+    from torch.utils.data import default_collate
+
+    from dislotrack.train.data import sample_to_item
+    from dislotrack.train.finetune import annotated_frames
+    from dislotrack.train.module import DislocationModule
+
+    generate_dataset(out=tmp_path / "lab", n=2, size=32, mode="stem", seed=3, progress=False)
+    frames = annotated_frames(tmp_path / "lab", canonical_nm=0.1)
+    for f in frames:
+        f.rs_mask[:] = 0  # annotated, and no rock salt in it
+    module = DislocationModule(UNet(UNetConfig(base_channels=4, depth=2)))
+    logged: dict = {}
+    module.log_dict = lambda metrics, **_: logged.update(metrics)
+    with torch.no_grad():
+        module._eval_step(default_collate([sample_to_item(f) for f in frames]), "val")
+    module._rs[1] = 0  # as if the network found no rock salt either
+    module._epoch_end("val")
+    assert "val/f1" in logged and not any(k.startswith(("val/hrtem/", "val/stem/")) for k in logged)
+    assert np.isnan(logged["val/rs_iou"])  # 0 / 0: undefined, not 1
+
+
 def test_validation_logs_no_made_up_rmse_or_h_accuracy():
     from dislotrack.models.metrics import DetectionTally
     from dislotrack.train.module import DislocationModule

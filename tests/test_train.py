@@ -471,6 +471,23 @@ def test_a_null_root_is_refused_in_one_line(args, capsys):
     assert "--trainer.default_root_dir" in err and "give a folder" in err
 
 
+def test_a_run_stopped_by_sigterm_fails_and_says_how_to_resume(monkeypatch, capsys):
+    import signal
+
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from dislotrack.infer.cli import main
+    from dislotrack.train import cli
+
+    def stopped(argv):  # what Lightning's loops raise after its SIGTERM handler ran
+        raise SIGTERMException
+
+    monkeypatch.setattr(cli, "train_main", stopped)
+    assert main(["train", "fit", "--config", "cpu"]) == 128 + signal.SIGTERM
+    err = capsys.readouterr().err
+    assert "stopped by SIGTERM" in err and "--ckpt_path last to resume" in err
+
+
 def test_options_before_config_are_refused_not_overridden(capsys):
     from dislotrack.infer.cli import main
 

@@ -89,6 +89,7 @@ def sample_to_item(s: Sample, *, transform=None, ignore_hidden: bool = False) ->
         "cores": torch.from_numpy(truth),
         "dose": torch.tensor(s.meta["detector"]["dose"], dtype=torch.float32),
         "stem": torch.tensor(s.meta["mode"] == "stem"),
+        "mode_known": torch.tensor(s.meta["mode"] in ("hrtem", "stem")),  # not lab frames
         "pixel_size": torch.tensor(s.meta["pixel_size"], dtype=torch.float32),
     }
 

@@ -118,13 +118,10 @@ def defined_scores(metrics: dict[str, float], n_true: int) -> dict[str, float]:
     return {**out, "val/true_cores": n_true}
 
 
-def _scores(logged: dict, n_true: int, no_rocksalt: bool) -> dict[str, float]:
-    """`defined_scores` of logged validation metrics, without an RS IoU of 1 where no
-    rock salt was annotated nor found (undefined, not perfect)."""
-    scores = defined_scores({k: float(v) for k, v in logged.items()}, n_true)
-    if no_rocksalt and scores.get("val/rs_iou") == 1.0:
-        del scores["val/rs_iou"]
-    return scores
+def _scores(logged: dict, n_true: int) -> dict[str, float]:
+    """`defined_scores` of logged validation metrics (an RS IoU where neither masks nor
+    predictions hold rock salt is logged as NaN, undefined: left out)."""
+    return defined_scores({k: float(v) for k, v in logged.items()}, n_true)
 
 
 def describe_split(train: list[Sample], val: list[Sample], split: str, data: str | Path) -> str:
@@ -335,8 +332,7 @@ def finetune(*, data: str | Path, out: str | Path, model: str | Path | None = No
         n_true = sum(len(f.cores) for f in val)
         if n_true == 0:
             logger.warning("the validation frames hold no annotated cores: no core scores")
-        no_rocksalt = not any(f.rs_mask.any() for f in val)
-        metrics, before = (_scores(m, n_true, no_rocksalt) for m in (metrics, before))
+        metrics, before = (_scores(m, n_true) for m in (metrics, before))
     base_sha = card.get("sha256")
     # This run's version and date (save_model fills them in), not the base model's.
     card = {k: v for k, v in card.items()

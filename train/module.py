@@ -101,7 +101,9 @@ class DislocationModule(L.LightningModule):
                                 threshold=self.hparams.threshold)
             pred = pred[pred[["hx", "hy"]].notna().all(axis=1)]  # as infer: no h, no core
             ps = float(batch["pixel_size"][i])
-            keys = ["all", "stem" if bool(batch["stem"][i]) else "hrtem"]
+            keys = ["all"]
+            if "mode_known" not in batch or batch["mode_known"][i]:  # lab frames have no mode
+                keys.append("stem" if bool(batch["stem"][i]) else "hrtem")
             dose = float(batch["dose"][i])
             keys += [k for k, (lo, hi) in DOSE_BINS.items() if lo <= dose < hi]
             for k in keys:
@@ -157,10 +159,11 @@ class DislocationModule(L.LightningModule):
                         float(v) if name in ("rmse_nm", "h_accuracy") else float(np.nan_to_num(v, nan=0.0)))
             if k == "all":  # how many cores matched: says when rmse and h accuracy are placeholders
                 metrics[f"{stage}/tp"] = float(tally.tp)
-        # NaN without any rock-salt annotation (lab data): no score, and the same keys on
-        # every DDP rank (log_dict syncs them key by key).
-        metrics[f"{stage}/rs_iou"] = (float(self._rs[0] / self._rs[1]) if self._rs[1] else 1.0
-                                      ) if self._rs[2] else float("nan")
+        # NaN without any rock-salt annotation (lab data), or where neither the masks nor
+        # the predictions hold any (0 / 0: undefined, not perfect): no score, and the same
+        # keys on every DDP rank (log_dict syncs them key by key).
+        metrics[f"{stage}/rs_iou"] = (float(self._rs[0] / self._rs[1])
+                                      if self._rs[2] and self._rs[1] else float("nan"))
         # Already pooled: the same values on every rank, so syncing (a mean) changes nothing
         # but keeps Lightning from warning about epoch-level logging without it.
         self.log_dict(metrics, sync_dist=True)
