@@ -472,7 +472,15 @@ def _main(argv: list[str]) -> int:
             print(f"dislotrack train: error: {first}", file=sys.stderr)
             return 2
         return 0
-    args = build_parser().parse_args(_bare_tta(argv))
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(_bare_tta(argv))
+    if unknown:  # argparse's own message, with the nearest option of the subcommand
+        from dislotrack.train.errors import with_suggestion
+
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        command = sub.choices[args.command]
+        options = [o for action in command._actions for o in action.option_strings]
+        command.error(with_suggestion(f"unrecognized arguments: {' '.join(unknown)}", options))
     args.command_line = shlex.join(["dislotrack", *argv])  # for model cards
     try:
         return int(args.func(args) or 0)

@@ -1153,3 +1153,14 @@ def test_summary_json_says_what_a_fine_tuned_model_learnt_from(tiny_model):
                                                "val_items": ["/lab/ann/b.json"], "epochs": 20}}
     assert summary_dict(res)["model"]["finetuned_on"] == {"data": "/lab/ann", "split": "items",
                                                           "val_items": ["/lab/ann/b.json"]}
+
+
+def test_a_mistyped_option_names_the_nearest_one(capsys):
+    for argv, hint in ((["infer", "m.tif", "--out", "o", "--pixelsize", "0.1"], "--pixel-size"),
+                       (["generate", "--out", "g", "--n", "1", "--sizee", "3"], "--size")):
+        with pytest.raises(SystemExit) as exit_:
+            main(argv)
+        assert exit_.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert err.startswith(f"dislotrack {argv[0]}: error: unrecognized arguments: {argv[-2]} {argv[-1]}")
+        assert f"(did you mean {hint}?)" in err

@@ -11,10 +11,8 @@ Examples
 from __future__ import annotations
 
 import argparse
-import difflib
 import logging
 import os
-import re
 import shlex
 import sys
 import warnings
@@ -28,7 +26,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_warn
 
 from dislotrack.train.datamodule import SyntheticDataModule
-from dislotrack.train.errors import TrainConfigError
+from dislotrack.train.errors import TrainConfigError, with_suggestion
 from dislotrack.train.export import ExportModel
 from dislotrack.train.module import DislocationModule
 
@@ -297,34 +295,6 @@ def _options(parser: LightningArgumentParser, args: Any) -> list[str]:
     name = next((a for a in args or [] if not a.startswith("-")), None) if isinstance(args, list) else None
     sub = subcommands._name_parser_map.get(name, parser) if subcommands is not None else parser
     return [o for action in sub._actions for o in action.option_strings]
-
-
-def with_suggestion(message: str, options: Sequence[str]) -> str:
-    """``message`` (an argument error) in one line (its first, or a ``...:`` header joined
-    with the reason below it), plus the nearest known option to each unknown ``--name``
-    or ``name`` it mentions, and where to see them all.
-
-    Examples
-    --------
-    >>> with_suggestion("unrecognized arguments: --data.n_vall 3", ["--data.n_val", "--data.size"])
-    'unrecognized arguments: --data.n_vall 3 (did you mean --data.n_val?); --help lists the options'
-    """
-    lines = [line.strip() for line in message.strip().splitlines()] or ["invalid arguments"]
-    # 'Parser key "model.lr":' heads the reason on the lines below it: keep them, in one.
-    first = " ".join(lines) if lines[0].endswith(":") else lines[0]
-    first = re.sub(r"<class '([\w.]+)'>", r"\1", first)
-    names = {o.lstrip("-"): o for o in options}
-    mentioned = re.findall(r"--([\w.]+)|'([\w.]+)'", message)
-    close = []
-    for dashed, quoted in mentioned:
-        word = dashed or quoted
-        if word in names:
-            continue
-        match = difflib.get_close_matches(word, list(names), n=1, cutoff=0.8)
-        if match and names[match[0]] not in close:
-            close.append(names[match[0]])
-    hint = f" (did you mean {' or '.join(close)}?)" if close else ""
-    return f"{first.rstrip('.')}{hint}; --help lists the options"
 
 
 def _drop_tips(log: logging.Logger) -> None:

@@ -1,4 +1,9 @@
-"""The error that a training setup cannot run as asked (reported in one line)."""
+"""The error that a training setup cannot run as asked, and the one-line messages of
+the command line (light: no torch or Lightning, so ``dislotrack infer`` may use them)."""
+
+import difflib
+import re
+from collections.abc import Sequence
 
 
 class TrainConfigError(ValueError):
@@ -16,3 +21,31 @@ def without_gpu_hint(message: str, flag: str) -> str:
     if "gpu backend" in message.lower() or "cuda" in message.lower():
         return f"{message.rstrip()}; on a machine without a GPU pass {flag}"
     return message
+
+
+def with_suggestion(message: str, options: Sequence[str]) -> str:
+    """``message`` (an argument error) in one line (its first, or a ``...:`` header joined
+    with the reason below it), plus the nearest known option to each unknown ``--name``
+    or ``name`` it mentions, and where to see them all.
+
+    Examples
+    --------
+    >>> with_suggestion("unrecognized arguments: --data.n_vall 3", ["--data.n_val", "--data.size"])
+    'unrecognized arguments: --data.n_vall 3 (did you mean --data.n_val?); --help lists the options'
+    """
+    lines = [line.strip() for line in message.strip().splitlines()] or ["invalid arguments"]
+    # 'Parser key "model.lr":' heads the reason on the lines below it: keep them, in one.
+    first = " ".join(lines) if lines[0].endswith(":") else lines[0]
+    first = re.sub(r"<class '([\w.]+)'>", r"\1", first)
+    names = {o.lstrip("-"): o for o in options}
+    mentioned = re.findall(r"--([\w.-]+)|'([\w.-]+)'", message)
+    close = []
+    for dashed, quoted in mentioned:
+        word = dashed or quoted
+        if word in names:
+            continue
+        match = difflib.get_close_matches(word, list(names), n=1, cutoff=0.8)
+        if match and names[match[0]] not in close:
+            close.append(names[match[0]])
+    hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+    return f"{first.rstrip('.')}{hint}; --help lists the options"
