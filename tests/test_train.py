@@ -228,6 +228,21 @@ def test_streams_differ_across_ranks_and_workers_and_repeat():
     assert not torch.equal(fixed[2]["image"], FixedSynthetic(cfg, n=3, seed=2)[2]["image"])
 
 
+def test_loader_workers_draw_whole_batches_and_the_epoch_asked_for():
+    from torch.utils.data import DataLoader
+
+    from dislotrack.train.data import worker_quota
+
+    for samples, batch, workers in ((64, 8, 3), (2048, 16, 1), (100, 16, 3), (32, 32, 12), (5, 2, 2)):
+        quotas = [worker_quota(samples, batch, w, workers) for w in range(workers)]
+        assert all(q % batch == 0 for q in quotas)  # no partial batches mid-epoch
+        assert sum(quotas) == -(-samples // batch) * batch  # every batch len(loader) counts
+    ds = SyntheticStream(GeneratorConfig(size=32), seed=3, samples_per_epoch=5, augment=False,
+                         batch_size=2)
+    sizes = [len(b["image"]) for b in DataLoader(ds, batch_size=2, num_workers=2)]
+    assert sizes == [2, 2, 2] and len(DataLoader(ds, batch_size=2)) == 3  # was [2, 2]: 4 of 5
+
+
 def test_curriculum_ramps_from_easy_to_the_full_distribution():
     from dislotrack.train.datamodule import SyntheticDataModule
 

@@ -113,17 +113,20 @@ class SyntheticStream(IterableDataset):
         Length of one epoch per rank (the stream is infinite; this bounds the loop).
     ignore_hidden : bool
         Ignore the heatmap loss around cores the image does not show (`sample_to_item`).
+    batch_size : int
+        The loader's batch size: workers draw whole batches (`worker_quota`).
     """
 
     def __init__(self, config: GeneratorConfig, *, seed: int = 0, n_variants: int = 2,
                  augment: bool = True, samples_per_epoch: int = 1024,
-                 ignore_hidden: bool = False) -> None:
+                 ignore_hidden: bool = False, batch_size: int = 1) -> None:
         self.config = config
         self.ignore_hidden = ignore_hidden
         self.seed = seed
         self.n_variants = n_variants
         self.augment = augment
         self.samples_per_epoch = samples_per_epoch
+        self.batch_size = batch_size
         self.epoch = 0
         self.rank = 0
         self.world_size = 1
@@ -145,7 +148,7 @@ class SyntheticStream(IterableDataset):
         rng = np.random.default_rng(ss)
         transform = (build_transform(seed=int(ss.generate_state(1)[0]))
                      if self.augment else None)
-        n = self.samples_per_epoch // n_workers
+        n = worker_quota(self.samples_per_epoch, self.batch_size, worker, n_workers)
         produced = 0
         while produced < n:
             for s in make_samples(rng, self.config, n_variants=self.n_variants):
@@ -153,6 +156,25 @@ class SyntheticStream(IterableDataset):
                     break
                 yield sample_to_item(s, transform=transform, ignore_hidden=self.ignore_hidden)
                 produced += 1
+
+
+def worker_quota(samples: int, batch_size: int, worker: int, n_workers: int) -> int:
+    """Samples that loader worker ``worker`` of ``n_workers`` draws in an epoch: its
+    share of the epoch's ``ceil(samples / batch_size)`` batches, whole batches only.
+
+    The loader collates each worker's samples into its own batches and Lightning stops
+    after ``len(loader)`` of them, so an even split of samples (64 over 3 workers: 21
+    each) gave partial batches and trained fewer samples than asked.
+
+    Examples
+    --------
+    >>> [worker_quota(64, 8, w, 3) for w in range(3)]
+    [24, 24, 16]
+    >>> [worker_quota(32, 32, w, 4) for w in range(4)]
+    [32, 0, 0, 0]
+    """
+    n_batches = -(-samples // batch_size)
+    return len(range(worker, n_batches, n_workers)) * batch_size
 
 
 class FixedSynthetic(Dataset):

@@ -114,7 +114,8 @@ class SyntheticDataModule(L.LightningDataModule):
         cfg = self.generator_config(hp.size, hp.pixel_size_jitter, epoch, train=True)
         ds = SyntheticStream(cfg, seed=hp.seed, n_variants=hp.n_variants,
                              samples_per_epoch=hp.samples_per_epoch,
-                             ignore_hidden=hp.get("ignore_hidden_cores", False))
+                             ignore_hidden=hp.get("ignore_hidden_cores", False),
+                             batch_size=hp.batch_size)
         if self.trainer is not None:  # each epoch and rank draws its own stream
             ds.set_epoch(epoch)
             ds.set_rank(self.trainer.global_rank, self.trainer.world_size)
