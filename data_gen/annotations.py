@@ -168,13 +168,17 @@ def read_annotation(sidecar: str | Path) -> Annotation:
 PIXEL_SIZE_TOLERANCE = 0.02
 
 #: ImageJ length units [nm] (as ImageJ and common tools write them); others are not checked.
-_IMAGEJ_UNITS_NM = {"nm": 1.0, "nanometer": 1.0, "nanometers": 1.0, "µm": 1e3, "μm": 1e3, "um": 1e3,
-                    "micron": 1e3, "microns": 1e3, "å": 0.1, "angstrom": 0.1, "pm": 1e-3}
+_IMAGEJ_UNITS_NM = {"nm": 1.0, "nanometer": 1.0, "nanometers": 1.0, "nanometre": 1.0,
+                    "µm": 1e3, "μm": 1e3, "um": 1e3, "micron": 1e3, "microns": 1e3,
+                    "micrometer": 1e3, "micrometre": 1e3, "å": 0.1, "Å": 0.1, "a": 0.1, "ang": 0.1,
+                    "angstrom": 0.1, "angstroms": 0.1, "ångström": 0.1, "pm": 1e-3}
 
 
 def imagej_pixel_size_nm(tif: tifffile.TiffFile) -> float | None:
-    """The pixel size [nm/px] of an ImageJ-calibrated TIFF (unit and XResolution), or
-    None where it has none in a length unit listed in ``_IMAGEJ_UNITS_NM``.
+    """The pixel size [nm/px] of an ImageJ-calibrated TIFF, else None.
+
+    From its unit and XResolution tag; None also for a unit not in ``_IMAGEJ_UNITS_NM``
+    (where infer may still read one: then the annotation check is skipped).
 
     Parameters
     ----------

@@ -444,6 +444,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         warnings.formatwarning = formatwarning
 
 
+def _stopped_by_sigterm(command: str, then: str) -> int:
+    """Say that ``dislotrack command`` was stopped before it finished; its exit status."""
+    print(f"dislotrack {command}: stopped by SIGTERM (scancel, preemption, a time limit) before "
+          f"it finished, so nothing was exported; {then}", file=sys.stderr)
+    return 128 + signal.SIGTERM
+
+
 def _main(argv: list[str]) -> int:
     if argv and argv[0] in _LIGHTNING_COMMANDS:
         from lightning.fabric.utilities.exceptions import MisconfigurationException
@@ -456,10 +463,10 @@ def _main(argv: list[str]) -> int:
         try:
             train_main(argv[1:])
         except SIGTERMException:  # a SystemExit without a code: the shell would see success
-            print("dislotrack train: stopped by SIGTERM (scancel, preemption, a time limit) "
-                  "before the run finished, so no model was exported; run the same command with "
-                  "--ckpt_path last to resume from the last finished epoch", file=sys.stderr)
-            return 128 + signal.SIGTERM
+            fitting = len(argv) > 1 and argv[1] == "fit"
+            return _stopped_by_sigterm("train", "run the same command with --ckpt_path last to "
+                                       "resume from the last finished epoch (or again, if none "
+                                       "finished)" if fitting else "run it again")
         # Ours (no last.ckpt, an unset root, a changed schedule, argument errors in one line:
         # `DislotrackCLI.parse_arguments`) and ${...} that do not resolve.
         except (FileNotFoundError, TrainConfigError, OmegaConfBaseException,
@@ -484,6 +491,10 @@ def _main(argv: list[str]) -> int:
     args.command_line = shlex.join(["dislotrack", *argv])  # for model cards
     try:
         return int(args.func(args) or 0)
+    except SystemExit as stop:  # Lightning's SIGTERMException (finetune) has no exit code
+        if stop.code is None and type(stop).__name__ == "SIGTERMException":
+            return _stopped_by_sigterm(args.command, "run the same command again")
+        raise
     except USER_ERRORS as err:
         if os.environ.get("DISLOTRACK_DEBUG"):
             raise

@@ -396,6 +396,21 @@ def test_hand_written_annotations_read_or_fail_naming_the_file(tmp_path):
         read_annotation(side)
 
 
+@pytest.mark.parametrize("unit, scale", [("nm", 1.0), ("\\u00B5m", 1e3), ("micron", 1e3), ("\\u00C5", 0.1),
+                                         ("Angstrom", 0.1), ("pixel", None), ("furlong", None)])
+def test_imagej_pixel_size_reads_the_units_labs_write(tmp_path, unit, scale):
+    import tifffile
+
+    from dislotrack.data_gen.annotations import imagej_pixel_size_nm
+
+    path = tmp_path / "a.tif"
+    tifffile.imwrite(path, np.zeros((2, 8, 8), np.float32), imagej=True, resolution=(4.0, 4.0),
+                     metadata={"unit": unit, "axes": "TYX"})
+    with tifffile.TiffFile(path) as tif:
+        got = imagej_pixel_size_nm(tif)
+    assert got == (None if scale is None else pytest.approx(0.25 * scale))
+
+
 def test_report_text_shows_missing_and_undefined_values_one_way():
     from dislotrack.infer.evaluate import report_text
 
@@ -803,6 +818,10 @@ def test_finetune_names_every_unusable_annotation_at_once(tmp_path):
     (lab / "image_00000_cores.csv").write_text("x_px,y,hx,hy\n1,2,0,1\n")
     side = json.loads((lab / "image_00002.json").read_text())
     (lab / "image_00002.json").write_text(json.dumps({**side, "pixel_size_nm": 0.3}))
+    import tifffile
+
+    tif = lab / "image_00002.tif"  # uncalibrated: the fringe check, not the calibration one
+    tifffile.imwrite(tif, tifffile.imread(tif))
     with pytest.raises(ValueError, match=r"2 of 3 annotations cannot be used: .*image_00000_cores.csv "
                                          r"lacks columns .*image_00002.json: pixel_size_nm 0.3"):
         annotated_frames(lab, 0.1)

@@ -486,7 +486,7 @@ def test_a_null_root_is_refused_in_one_line(args, capsys):
     assert "--trainer.default_root_dir" in err and "give a folder" in err
 
 
-def test_a_run_stopped_by_sigterm_fails_and_says_how_to_resume(monkeypatch, capsys):
+def test_a_run_stopped_by_sigterm_fails_and_says_how_to_resume(tmp_path, monkeypatch, capsys):
     import signal
 
     from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -500,22 +500,37 @@ def test_a_run_stopped_by_sigterm_fails_and_says_how_to_resume(monkeypatch, caps
     monkeypatch.setattr(cli, "train_main", stopped)
     assert main(["train", "fit", "--config", "cpu"]) == 128 + signal.SIGTERM
     err = capsys.readouterr().err
-    assert "stopped by SIGTERM" in err and "--ckpt_path last to resume" in err
+    assert "train: stopped by SIGTERM" in err and "--ckpt_path last to resume" in err
+    assert main(["train", "test", "--config", "cpu"]) == 128 + signal.SIGTERM
+    assert "run it again" in capsys.readouterr().err
+    from dislotrack.train import finetune
+
+    monkeypatch.setattr(finetune, "finetune", lambda **kw: stopped(None))
+    assert main(["finetune", "--data", str(tmp_path), "--out", str(tmp_path / "m")]) == 128 + signal.SIGTERM
+    assert "finetune: stopped by SIGTERM" in capsys.readouterr().err
 
 
-def test_options_before_config_are_refused_not_overridden(capsys):
+def test_options_before_config_are_refused_not_overridden(tmp_path, capsys):
     from dislotrack.infer.cli import main
+    from dislotrack.train.cli import check_config_first, config_path
 
-    assert main(["train", "fit", "--trainer.max_epochs", "1", "--data.n_val=8", "--config", "cpu"]) == 2
+    # Were the refusal to fail, this would be a one-batch run in tmp_path, not the recipe.
+    assert main(["train", "fit", "--trainer.max_epochs", "1", "--data.n_val=8", "--config", "cpu",
+                 "--trainer.fast_dev_run=1", f"--trainer.default_root_dir={tmp_path}"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0
-    assert "--trainer.max_epochs, --data.n_val come before --config" in err and "give --config first" in err
-    from dislotrack.train.cli import check_config_first
-
-    check_config_first(["fit", "--config", "cpu", "--config", "mine.yaml", "--trainer.max_epochs", "1"])
-    check_config_first(["fit", "--ckpt_path", "last", "--config", "cpu"])  # no config sets it
-    with pytest.raises(Exception, match="--seed_everything comes before"):
-        check_config_first(["fit", "--seed_everything=3", "--config", "cpu"])
+    assert ("--trainer.max_epochs (set by cpu.yaml), --data.n_val (set by cpu.yaml) come before the "
+            "config that sets them") in err and "give --config first" in err
+    cpu = config_path("cpu")
+    overlay = tmp_path / "overlay.yaml"
+    overlay.write_text("data:\n  size: 64\n")
+    # A later config that does not set the option leaves it alone; one that does, not.
+    check_config_first(["fit", "--config", cpu, "--data.n_val", "8", "--config", str(overlay)])
+    check_config_first(["fit", "--ckpt_path", "last", "--config", cpu])  # no config sets it
+    with pytest.raises(Exception, match=r"--data.size \(set by overlay.yaml\) comes before"):
+        check_config_first(["fit", "--config", cpu, "--data.size", "8", "-c", str(overlay)])
+    with pytest.raises(Exception, match="--seed_everything .set by cpu.yaml. comes before"):
+        check_config_first(["fit", "--seed_everything=3", f"--config={cpu}"])
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")

@@ -91,34 +91,61 @@ def check_root_argument(argv: Sequence[str]) -> None:
 
 
 def check_config_first(argv: Sequence[str]) -> None:
-    """Refuse options given before a ``--config``: the config read after them would
-    silently put back its own values (a smoke test's ``--trainer.max_epochs 1`` before
-    ``--config cpu.yaml`` ran the 48-epoch recipe).
+    """Refuse an option given before a ``--config`` (``-c``) that sets it: the config read
+    after it would silently put back its own value (a smoke test's ``--trainer.max_epochs
+    1`` before ``--config cpu.yaml`` ran the 48-epoch recipe).
 
     Parameters
     ----------
     argv : sequence of str
-        The arguments of ``dislotrack train``.
+        The arguments of ``dislotrack train`` (bundled config names already resolved to
+        paths: `resolve_configs`).
 
     Raises
     ------
     TrainConfigError
-        Naming the options that come before the last ``--config``.
+        Naming each such option and the config that sets it.
 
     Examples
     --------
-    >>> check_config_first(["fit", "--config", "cpu", "--trainer.max_epochs", "1"])
+    >>> check_config_first(["fit", "--config", "cpu.yaml", "--trainer.max_epochs", "1"])
     """
-    configs = [i for i, arg in enumerate(argv) if arg == "--config" or arg.startswith("--config=")]
-    if not configs:
-        return
-    keys = [arg.split("=")[0] for arg in argv[:configs[-1]] if arg.startswith("--")]
-    # Dotted keys (--trainer.*, --data.*, --model.*) and seed_everything are what configs set.
-    before = [k for k in keys if "." in k or k == "--seed_everything"]
-    if before:
-        raise TrainConfigError(f"{', '.join(dict.fromkeys(before))} come{'s' if len(before) == 1 else ''} "
-                               "before --config, which would put back the config's value: give "
-                               "--config first, then the options that change it")
+    configs: list[tuple[int, str]] = []  # (position, path)
+    for i, arg in enumerate(argv):
+        if arg.startswith("--config="):
+            configs.append((i, arg.split("=", 1)[1]))
+        elif arg in ("--config", "-c") and i + 1 < len(argv):
+            configs.append((i, argv[i + 1]))
+    clashes = {}
+    for i, arg in enumerate(argv):
+        key = arg.split("=", 1)[0]
+        if not key.startswith("--") or key == "--config":
+            continue
+        for j, path in configs:
+            if j > i and _config_sets(path, key[2:]):
+                clashes.setdefault(key, Path(path).name)
+    if clashes:
+        named = ", ".join(f"{k} (set by {c})" for k, c in clashes.items())
+        one = len(clashes) == 1
+        raise TrainConfigError(f"{named} come{'s' if one else ''} before the config that sets "
+                               f"{'it' if one else 'them'}, which would put back the config's value: "
+                               "give --config first, then the options that change it")
+
+
+def _config_sets(path: str, dotted: str) -> bool:
+    """Whether the YAML config at ``path`` sets the key ``dotted`` (e.g.
+    ``trainer.max_epochs``); False for a file that cannot be read (LightningCLI says why)."""
+    import yaml
+
+    try:
+        node = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError):
+        return False
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
 
 
 def missing_last_checkpoint(ckpt_path: str | None, dirpath: str | None) -> str | None:
@@ -228,9 +255,9 @@ class DislotrackCLI(LightningCLI):
                 "(README: Training) or pass --trainer.num_nodes 1")
 
     def _check_sync_batchnorm(self) -> None:
-        """Raises `TrainConfigError` for synchronised batch norm on the CPU (cluster.yaml
+        """Raises `TrainConfigError` for synchronised batch norm in a CPU fit (cluster.yaml
         smoke-tested on a laptop): torch supports it on GPUs only, and each DDP process
-        would fail with its own traceback."""
+        would fail with its own traceback (evaluation does not synchronise)."""
         from lightning.pytorch.accelerators import CPUAccelerator
 
         if self.config[self.subcommand].trainer.get("sync_batchnorm") and isinstance(
@@ -274,7 +301,6 @@ class DislotrackCLI(LightningCLI):
         """Raises FileNotFoundError if ``--ckpt_path last`` finds no ``last.ckpt``."""
         self._check_checkpoint()
         self._check_nodes()
-        self._check_sync_batchnorm()
         self._check_outputs()
         why = missing_last_checkpoint(self.config[self.subcommand].get("ckpt_path"),
                                       getattr(self.trainer.checkpoint_callback, "dirpath", None))

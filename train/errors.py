@@ -13,6 +13,17 @@ class TrainConfigError(ValueError):
 def without_gpu_hint(message: str, flag: str) -> str:
     """``message`` plus, where Lightning found no GPU, the ``flag`` that runs on the CPU.
 
+    Parameters
+    ----------
+    message : str
+        An error of Lightning's accelerator set-up.
+    flag : str
+        The option that picks the CPU, e.g. ``--trainer.accelerator cpu``.
+
+    Returns
+    -------
+    str
+
     Examples
     --------
     >>> without_gpu_hint("No supported gpu backend found!", "--trainer.accelerator cpu")
