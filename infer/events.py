@@ -471,6 +471,10 @@ def _pair_cost(a: pd.Series, b: pd.Series, paths, criteria: DipoleCriteria) -> f
         return float(np.hypot(a["xn_start"] - b["xn_start"], a["yn_start"] - b["yn_start"]))
     if {a["death"], b["death"]} <= _JOINT_DEATHS and _together(a, b, "stop", criteria):
         return float(np.hypot(a["xn_stop"] - b["xn_stop"], a["yn_stop"] - b["yn_stop"]))
+    if a["frame_start"] == a["frame_stop"] == b["frame_start"] == b["frame_stop"]:
+        # One frame each, the same (a single image): a dipole by its geometry alone.
+        gap = float(np.hypot(a["xn_start"] - b["xn_start"], a["yn_start"] - b["yn_start"]))
+        return gap if gap <= criteria.distance_nm else None
     if max(a["frame_start"], b["frame_start"]) >= min(a["frame_stop"], b["frame_stop"]):
         return None
     common = paths.get_group(a.name).merge(paths.get_group(b.name), on="frame")

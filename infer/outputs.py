@@ -125,8 +125,11 @@ def write_tables(res: AnalysisResult, out: str | Path, *, parquet: bool = False)
     written = []
     for name in TABLES:
         df: pd.DataFrame = getattr(res, name)
-        if name == "tracks":  # the contract's columns; drift-corrected ones stay in memory
+        # The contract's columns; drift-corrected positions and rock-salt flags stay in memory.
+        if name == "tracks":
             df = df.drop(columns=["x_corr", "y_corr"], errors="ignore")
+        if name == "detections":
+            df = df.drop(columns=["in_rocksalt"], errors="ignore")
         if name == "track_summary":  # as `analyze` names them; a result built otherwise too
             df = velocity_columns_as_written(df, res.calibration.frame_interval_s)
         p = out / f"{name}.csv"

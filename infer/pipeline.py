@@ -98,7 +98,9 @@ class AnalysisResult:
     ----------
     detections, tracks, track_summary, events, counts, drift : DataFrame
         The tables of detections.csv ... drift.csv (README › Outputs); positions
-        ``x, y`` in image pixels, ``*_nm`` in nm.
+        ``x, y`` in image pixels, ``*_nm`` in nm. In memory only (not written):
+        ``detections.in_rocksalt``, which `track_detections` reads, and
+        ``tracks.x_corr, y_corr``, drift-corrected.
     calibration : Calibration
         Pixel size [nm/px] and frame interval [s], each with its source.
     rocksalt_fraction : ndarray
@@ -307,6 +309,11 @@ def _keeping_logged_warnings(fn: Callable[..., AnalysisResult]) -> Callable[...,
     return wrapper
 
 
+#: Input-to-model zoom above which the input is called upsampled (warned; drift is then
+#: registered on the input frames).
+UPSAMPLE_WARN = 1.25
+
+
 @_keeping_logged_warnings
 def analyze(path: str | Path | Movie | np.ndarray, *, model: str | Path | None = None,
             pixel_size_nm: float | None = None, frame_interval_s: float | None = None,
@@ -428,6 +435,11 @@ def analyze(path: str | Path | Movie | np.ndarray, *, model: str | Path | None =
             d_spacing_nm=d_spacing_nm)
         s = scale_factor(cal.pixel_size_nm, canonical)
         views = 1 if detector != "unet" else default_tta(len(movie)) if tta is None else tta_views(tta)
+        if detector == "unet" and s > UPSAMPLE_WARN:
+            logger.warning("the model works at %.3g nm/px, finer than this input's %.3g nm/px: "
+                           "frames are upsampled %.2gx, which adds no detail; a model made for "
+                           "this pixel size (--model default: 0.1 nm/px) sees the same cores",
+                           canonical, cal.pixel_size_nm, s)
         if detector == "gpa":
             det = GPADetector(pixel_size_nm=cal.pixel_size_nm, d_spacing_nm=d_spacing_nm)
             card = {**card, "model_id": "gpa-baseline", "sha256": None}
@@ -468,6 +480,11 @@ def analyze(path: str | Path | Movie | np.ndarray, *, model: str | Path | None =
         n_read = 0
         lattice_frames: list[np.ndarray] = []  # the first few, for `measure_lattice`
 
+        # Drift is registered on the canonical frames, or on the input frames where the
+        # model's grid is finer: upsampling adds no detail and blurs the in-layer fringes
+        # that show drift along the (003) ones (`--model fine` on 0.1 nm/px lost it).
+        drift_on_input = s > UPSAMPLE_WARN
+
         def canonical_frames() -> Iterator[np.ndarray]:
             nonlocal n_read
             raw: list[np.ndarray] = []
@@ -482,7 +499,7 @@ def analyze(path: str | Path | Movie | np.ndarray, *, model: str | Path | None =
                 if len(raw) == batch_size:
                     flush(raw, can, n_read - len(raw))
                     raw, can = [], []
-                yield c
+                yield frame if drift_on_input else c
             if raw:  # also when the reader yields fewer frames than its header said
                 flush(raw, can, n_read - len(raw))
 
@@ -509,10 +526,10 @@ def analyze(path: str | Path | Movie | np.ndarray, *, model: str | Path | None =
         b = lattice.burgers_vectors()["misfit"]
         logger.info("lattice: in-layer reflection at %.3f nm; misfit b = (%.3f, %.3f) nm; "
                     "track h snapped to it", 1 / np.hypot(*lattice.g_layer), *b)
-    # Drift was measured on the canonical grid: express it in input pixels, with the
-    # zoom actually applied per axis (rescale rounds the output size).
-    sy, sx = (np.array(to_canonical(first, pixel_size_nm=cal.pixel_size_nm,
-                                    canonical_nm=canonical).shape) / first.shape)
+    # Drift measured on the canonical grid: express it in input pixels, with the zoom
+    # actually applied per axis (rescale rounds the output size).
+    sy, sx = (1.0, 1.0) if drift_on_input else (np.array(to_canonical(
+        first, pixel_size_nm=cal.pixel_size_nm, canonical_nm=canonical).shape) / first.shape)
     drift["dx"] = drift["dx"] / sx
     drift["dy"] = drift["dy"] / sy
     detections = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(
@@ -699,7 +716,9 @@ def _track(detections: pd.DataFrame, drift: pd.DataFrame, cal: Calibration, rs_f
                          image_shape=shape[1:], drift=drift, weak=weak, rocksalt_fraction=rs_frac,
                          lattice=lattice if lattice_h else None, **options)
     return AnalysisResult(
-        detections=detections[DETECTION_COLUMNS], tracks=t.tracks, track_summary=t.track_summary,
+        detections=detections[[c for c in (*DETECTION_COLUMNS, "in_rocksalt") if c in detections]],
+        tracks=t.tracks,
+        track_summary=t.track_summary,
         events=t.events,
         counts=t.counts, drift=drift, calibration=cal, rocksalt_fraction=rs_frac, shape=shape,
         input_path=path, input_sha256=sha256, model_card=card,

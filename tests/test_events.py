@@ -204,6 +204,23 @@ def test_dipole_by_proximity_present_from_the_start():
     assert events.loc[0, "particles"] == "0 1"
 
 
+def test_a_single_image_pairs_dipoles_by_their_geometry():
+    image = pd.concat([_track(0, [0], 100.0, 100.0, (1.0, 0.0)),
+                       _track(1, [0], 100.0, 111.0, (-1.0, 0.0)),  # 1.1 nm, opposite h
+                       _track(2, [0], 200.0, 100.0, (1.0, 0.0)),
+                       _track(3, [0], 240.0, 100.0, (-1.0, 0.0))])  # 4 nm: too far
+    summary = summarise_tracks(image, pixel_size_nm=PIXEL_NM, frame_interval_s=None, n_frames=1,
+                               image_shape=SHAPE)
+    assert summary["kind"].tolist() == ["dipole", "dipole", "single", "single"]
+    assert summary["partner"].tolist()[:2] == [1, 0]
+    counts = count_dislocations(summary, n_frames=1, frame_interval_s=None)
+    assert counts["n_dipoles"].tolist() == [1]
+    # In a movie, tracks that share one frame only are not paired on it.
+    brief = pd.concat([_track(0, range(0, 6), 100.0, 100.0, (1.0, 0.0)),
+                       _track(1, range(5, 12), 100.0, 111.0, (-1.0, 0.0))])
+    assert (_summary(brief)["kind"] == "single").all()
+
+
 def test_separated_pair_is_no_dipole_and_each_track_gets_one_partner():
     apart = pd.concat(
         [

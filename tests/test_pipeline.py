@@ -1164,3 +1164,40 @@ def test_a_mistyped_option_names_the_nearest_one(capsys):
         err = capsys.readouterr().err.strip().splitlines()[-1]
         assert err.startswith(f"dislotrack {argv[0]}: error: unrecognized arguments: {argv[-2]} {argv[-1]}")
         assert f"(did you mean {hint}?)" in err
+
+
+def test_a_finer_model_registers_drift_on_the_input_frames_and_says_it_upsamples(tmp_path):
+    """`fine` (0.05 nm/px) on a 0.1 nm/px movie: upsampled frames blur the in-layer
+    fringes, and the drift across the (003) ones was lost (dx 0 instead of -5.3 px)."""
+    from dislotrack.data_gen.export import generate_dataset
+
+    generate_dataset(out=tmp_path, n=1, size=256, mode="stem", seed=4, progress=False,
+                     movie_frames=12, dose=(1000, 1000), frame_interval=0.5)
+    res = analyze(tmp_path / "movie_00000.tif", model="fine", progress=False)
+    true = pd.read_csv(tmp_path / "movie_00000_drift.csv").set_index("frame")
+    got = res.drift.set_index("frame")
+    assert np.abs(got[["dx", "dy"]] - true[["dx", "dy"]]).to_numpy().max() < 1.0  # input px
+    assert abs(true.dx.iloc[-1]) > 5  # a drift to lose
+    assert any("frames are upsampled 2x, which adds no detail" in w for w in res.warnings)
+    assert not any("cannot be seen" in w for w in res.warnings)
+
+
+def test_track_detections_reproduces_analyze_from_its_in_memory_detections(tmp_path):
+    from dislotrack.data_gen.export import generate_dataset
+    from dislotrack.infer.outputs import write_tables
+    from dislotrack.infer.pipeline import track_detections
+
+    generate_dataset(out=tmp_path, n=1, size=128, mode="stem", seed=1, progress=False,
+                     movie_frames=10, dose=(3000, 3000), rocksalt_probability=1.0)
+    res = analyze(tmp_path / "movie_00000.tif", progress=False, weak_fraction=1.0)  # no weak peaks
+    assert res.detections.in_rocksalt.any()  # in memory, for track_detections ...
+    write_tables(res, tmp_path / "out")
+    assert "in_rocksalt" not in pd.read_csv(tmp_path / "out" / "detections.csv").columns  # ... not the CSV
+    kw = dict(pixel_size_nm=res.calibration.pixel_size_nm, frame_interval_s=res.calibration.frame_interval_s,
+              n_frames=res.shape[0], image_shape=res.shape[1:], drift=res.drift,
+              lattice=res.lattice if res.lattice_h else None, rocksalt_fraction=res.rocksalt_fraction)
+    again = track_detections(res.detections, **kw)
+    pd.testing.assert_frame_equal(again.track_summary, res.track_summary)
+    pd.testing.assert_frame_equal(again.events, res.events)
+    # Without the flags a core vanishing into rock salt would read as an annihilation.
+    assert len(track_detections(res.detections.drop(columns="in_rocksalt"), **kw).events) > len(res.events)
