@@ -177,7 +177,8 @@ def _run_infer(args: argparse.Namespace) -> int:
     if missing:  # say so before the slow imports, not after analysing the inputs before it
         raise FileNotFoundError(f"no such file or folder: {', '.join(missing)}")
     if args.parquet and importlib.util.find_spec("pyarrow") is None:  # before, not after, analysing
-        raise ImportError('--parquet needs pyarrow: pip install "dislotrack[parquet]" (or pyarrow)')
+        raise ImportError("--parquet needs pyarrow: pip install pyarrow (or, in a clone, "
+                          "pip install -e '.[parquet]')")
     if args.strain_resolution != 1.0 and not args.strain:
         raise ValueError("--strain-resolution applies to strain maps (--strain)")
     if not (math.isfinite(args.strain_resolution) and args.strain_resolution > 0):

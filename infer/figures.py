@@ -253,7 +253,8 @@ def displacement_figure(res: AnalysisResult) -> plt.Figure:
             rel = t.assign(rel=t.frame - t.groupby("particle").frame.transform("min"))
             for pid, g in rel.groupby("particle"):
                 tt, _ = _time(res, g.rel)
-                ax.plot(tt, g[col], "--", color=_colour(pid), lw=1,
+                # A dot per detection: frames a track was missed show as bare dashes.
+                ax.plot(tt, g[col], "--", marker=".", ms=3, color=_colour(pid), lw=1,
                         label=f"#{pid}" if named else "_nolegend_")
             title += "\n" + _mean_curves(ax, res, rel, col, name)
             unseen = res.drift.attrs.get(UNSEEN_ALONG_FRINGES, 0) if res.drift is not None else 0
@@ -269,7 +270,7 @@ def displacement_figure(res: AnalysisResult) -> plt.Figure:
         if not named:
             handles.append(plt.Line2D([], [], ls="--", color="0.5", lw=1))
             labels.append(f"{t.particle.nunique()} tracks")
-        fig.legend(handles, labels, loc="outside right upper", fontsize=7, frameon=False,
+        fig.legend(handles, labels, loc="outside right upper", fontsize=8, frameon=False,
                    ncol=2 if named and t.particle.nunique() > 10 else 1)
     else:
         why = ("one frame: no motion to show" if res.shape[0] <= 1
@@ -298,13 +299,17 @@ def _mean_curves(ax: plt.Axes, res: AnalysisResult, rel: pd.DataFrame, col: str,
             parts.append(f"#{v.index[0]}: v = {plus_minus(v.iloc[0])} {unit}")
         if len(v) < 2:
             continue
-        parts.append(f"mean v = {plus_minus(v.mean(), v.std())} {unit} (n = {len(v)})")
+        which = f": {', '.join(f'#{p}' for p in v.index)}" if len(v) <= MAX_LISTED else ""
+        parts.append(f"mean v = {plus_minus(v.mean(), v.std())} {unit} (n = {len(v)}{which})")
         agg = present_mean(rel[rel.particle.isin(v.index)], col)
         tt, _ = _time(res, pd.Series(agg.index))
         ax.errorbar(tt, agg["mean"], yerr=agg["std"], color="k", lw=2, capsize=2,
                     errorevery=max(1, math.ceil(len(agg) / MEAN_BARS)), label=MEAN_LABEL)
     return "\n".join(parts)
 
+
+#: Groups of up to this many moving tracks list them in the panel title.
+MAX_LISTED = 4
 
 #: About this many SD bars per mean curve (every frame's would hide the tracks).
 MEAN_BARS = 15
@@ -393,6 +398,10 @@ def counts_figure(res: AnalysisResult) -> plt.Figure:
     top = float(finite[np.isfinite(finite)].max(initial=0.0))
     ax2.set_ylim(0, min(1.0, max(0.05, 1.1 * top)))
     ax2.set_ylabel("rock-salt area fraction")
+    # The counts over the fraction: a twin axes is drawn on top, and its triangles at 0
+    # hid the dipole squares at 0.
+    ax.set_zorder(ax2.get_zorder() + 1)
+    ax.patch.set_visible(False)
     handles = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
     fig.legend(handles=handles, loc="outside upper center", ncol=3, fontsize=8, frameon=False)
     ax.set_title(_input_name(res), fontsize=10)

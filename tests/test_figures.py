@@ -47,6 +47,7 @@ def test_counts_have_whole_ticks_and_a_fraction_axis_from_zero(fraction, top):
     (legend,) = fig.legends  # one legend for both axes, above them
     assert [t.get_text() for t in legend.get_texts()] == ["dislocations", "dipoles",
                                                           "rock-salt fraction"]
+    assert ax.get_zorder() > ax2.get_zorder()  # the counts are drawn over the fraction
 
 
 def test_displacement_names_few_tracks_and_counts_many():
@@ -358,7 +359,9 @@ def test_displacement_mean_is_over_moving_tracks_present_at_each_time():
     (bars,) = glide_ax.containers
     x, _ = bars.lines[0].get_data()
     assert list(x) == list(range(11))  # tracks span 12, 11, 10 frames: while two are there
-    assert "mean v = +0.10 ± 0.00 nm/s (n = 3)" in glide_ax.get_title()
+    assert "mean v = +0.10 ± 0.00 nm/s (n = 3: #0, #1, #2)" in glide_ax.get_title()
+    # Each detection is a dot on its track's dashes, so a missed frame shows as a gap.
+    assert all(line.get_marker() == "." for line in glide_ax.get_lines() if line.get_linestyle() == "--")
 
 
 def test_displacement_mean_needs_two_moving_tracks_and_splits_by_sign():
@@ -377,7 +380,7 @@ def test_displacement_titles_give_per_frame_units_without_an_interval():
     res.track_summary = res.track_summary.rename(
         columns=lambda c: c.replace("_nm_s", "_nm_per_frame"))
     fig = figures.displacement_figure(res)
-    assert "nm/frame (n = 3)" in fig.axes[1].get_title()
+    assert "nm/frame (n = 3: #0, #1, #2)" in fig.axes[1].get_title()
 
 
 
