@@ -137,14 +137,24 @@ def strain_figure(frame: np.ndarray, maps: dict[str, np.ndarray], cores: pd.Data
     axes[0].set_title("image (circles: cores)")
     diverging = plt.get_cmap("RdBu_r").copy()
     diverging.set_bad("0.55")  # not measured: grey, not the white of zero strain
+    # One colour scale for the three strains (side by side, maps of their own scales
+    # made a 0.015 strain look like a 0.05 one); the rotation keeps its own.
+    strains = [v for k, v in maps.items() if k != "omega"]
     for ax, (k, v) in zip(axes[1:], maps.items(), strict=True):
-        lim = np.nanpercentile(np.abs(v), 98) if np.isfinite(v).any() else 0.0
-        im = ax.imshow(v, cmap=diverging, vmin=-(lim or 1e-3), vmax=lim or 1e-3)
+        lim = _colour_limit(strains if k != "omega" else [v])
+        im = ax.imshow(v, cmap=diverging, vmin=-lim, vmax=lim)
         ax.set_title({"exx": "εxx", "eyy": "εyy", "exy": "εxy", "omega": "ω (rad)"}[k])
         fig.colorbar(im, cax=ax.inset_axes((1.03, 0.0, 0.04 if not column else 0.015, 1.0)))
     for ax in axes:
-        ax.plot(cores.x, cores.y, "o", mfc="none", mec="lime", ms=8)
+        ax.plot(cores.x, cores.y, "o", mfc="none", mec="lime", ms=8, mew=1.5)
         ax.set_axis_off()
     if title:
         fig.suptitle(title, fontsize=10, wrap=True)
     return fig
+
+
+def _colour_limit(maps: list[np.ndarray]) -> float:
+    """Symmetric colour limit of ``maps`` together: the 98th percentile of |value| (1e-3
+    where nothing was measured)."""
+    values = np.concatenate([np.abs(m[np.isfinite(m)]).ravel() for m in maps])
+    return float(np.percentile(values, 98)) if values.size and values.max() > 0 else 1e-3

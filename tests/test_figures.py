@@ -510,6 +510,14 @@ def test_strain_panels_are_the_image_size_and_line_up_with_it():
         assert len(sizes) == 1  # colour bars do not shrink the maps below the image
         along = [round(b.x0) for b in panels] if column else [round(b.y0) for b in panels]
         assert len(set(along)) == 1  # a row (same top) or, for wide frames, a column
+    # The three strains share one colour scale (one map ten times another's), rotation its own.
+    maps = {k: rng.normal(0, 0.01, (64, 64)) for k in COMPONENTS}
+    maps["eyy"] *= 10
+    fig = strain_figure(rng.random((64, 64)), maps, pd.DataFrame({"x": [], "y": []}))
+    limits = {ax.get_title(): ax.get_images()[0].get_clim() for ax in fig.axes if ax.get_images()}
+    assert limits["εxx"] == limits["εyy"] == limits["εxy"] != limits["ω (rad)"]
+    assert limits["εxx"][1] == pytest.approx(np.percentile(np.abs(np.stack(
+        [maps["exx"], maps["eyy"], maps["exy"]])), 98))
 
 
 def test_displacement_panel_titles_do_not_run_into_each_other():
