@@ -438,8 +438,8 @@ def analyze(path: str | Path | Movie | np.ndarray, *, model: str | Path | None =
         if detector == "unet" and s > UPSAMPLE_WARN:
             logger.warning("the model works at %.3g nm/px, finer than this input's %.3g nm/px: "
                            "frames are upsampled %.2gx, which adds no detail; a model made for "
-                           "this pixel size (--model default: 0.1 nm/px) sees the same cores",
-                           canonical, cal.pixel_size_nm, s)
+                           "about this pixel size suits it better (the bundled default: 0.1 "
+                           "nm/px)", canonical, cal.pixel_size_nm, s)
         if detector == "gpa":
             det = GPADetector(pixel_size_nm=cal.pixel_size_nm, d_spacing_nm=d_spacing_nm)
             card = {**card, "model_id": "gpa-baseline", "sha256": None}
