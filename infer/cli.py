@@ -271,7 +271,8 @@ def _add_precision(p: argparse.ArgumentParser) -> None:
     # imported here: torch would make every command's --help slow.
     p.add_argument("--precision", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                    help="the network's arithmetic: auto (default) is float16 on CUDA, bfloat16 on "
-                        "CPUs with AMX matrix units (about twice as fast, same accuracy), float32 "
+                        "CPUs with AMX matrix units (about twice as fast, same accuracy on our "
+                        "benchmarks), float32 "
                         "elsewhere; float32 forces full precision")
 
 

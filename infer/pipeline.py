@@ -346,7 +346,7 @@ def analyze(path: str | Path | Movie | np.ndarray, *, model: str | Path | None =
     precision : {"auto", "float32", "bfloat16", "float16"}
         The network's arithmetic (`dislotrack.infer.predict.network_dtype`): ``auto`` is
         float16 on CUDA, bfloat16 on CPUs with AMX matrix units (about twice as fast
-        there, same accuracy: README, Network), else float32.
+        there, nearly the same results: README, Network), else float32.
     threshold : float, optional
         Heatmap threshold of the decoding (default: the model card's, else 0.5).
     batch_size : int
