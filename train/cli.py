@@ -37,10 +37,10 @@ def config_path(name: str) -> str:
 
 
 def resolve_configs(argv: Sequence[str]) -> list[str]:
-    """``--config X`` where X is not a file but names a bundled config (``cpu`` or
-    ``train/configs/cpu.yaml`` outside the repository) -> that config's installed path."""
+    """``--config X`` (``-c X``) where X is not a file but names a bundled config (``cpu``
+    or ``train/configs/cpu.yaml`` outside the repository) -> that config's installed path."""
     out = list(argv)
-    for i, value in _option_values(out, "--config"):
+    for i, value in _option_values(out, "--config") + _option_values(out, "-c"):
         stem = Path(value).stem
         bundled = Path(config_path(stem))
         # Only the bundled names themselves: a typo in the user's own path (mycfg/cpu.yaml,
@@ -110,12 +110,7 @@ def check_config_first(argv: Sequence[str]) -> None:
     --------
     >>> check_config_first(["fit", "--config", "cpu.yaml", "--trainer.max_epochs", "1"])
     """
-    configs: list[tuple[int, str]] = []  # (position, path)
-    for i, arg in enumerate(argv):
-        if arg.startswith("--config="):
-            configs.append((i, arg.split("=", 1)[1]))
-        elif arg in ("--config", "-c") and i + 1 < len(argv):
-            configs.append((i, argv[i + 1]))
+    configs = _option_values(argv, "--config") + _option_values(argv, "-c")  # (position, path)
     clashes = {}
     for i, arg in enumerate(argv):
         key = arg.split("=", 1)[0]
