@@ -23,7 +23,8 @@ Two tracks form a *dipole* when their mean **h** are opposite (within
 most ``max_frame_gap`` apart, first positions within ``distance_nm``), or they
 annihilate together (the same on their last frames), or they stay within
 ``distance_nm`` in at least ``min_close_fraction`` of the frames where both are
-detected (nucleating or annihilating together counts from or into rock salt too).
+detected (nucleating or annihilating together counts from or into rock salt too); in a
+single image, where nothing nucleates or moves, cores within ``distance_nm``.
 Each track has at most one partner; candidate pairs are accepted greedily,
 closest first. Distances use drift-corrected positions when present.
 
@@ -471,8 +472,9 @@ def _pair_cost(a: pd.Series, b: pd.Series, paths, criteria: DipoleCriteria) -> f
         return float(np.hypot(a["xn_start"] - b["xn_start"], a["yn_start"] - b["yn_start"]))
     if {a["death"], b["death"]} <= _JOINT_DEATHS and _together(a, b, "stop", criteria):
         return float(np.hypot(a["xn_stop"] - b["xn_stop"], a["yn_stop"] - b["yn_stop"]))
-    if a["frame_start"] == a["frame_stop"] == b["frame_start"] == b["frame_stop"]:
-        # One frame each, the same (a single image): a dipole by its geometry alone.
+    if (a["frame_start"] == a["frame_stop"] == b["frame_start"] == b["frame_stop"]
+            and {a["birth"], b["birth"]} == {"present"} and {a["death"], b["death"]} == {"survived"}):
+        # One frame each, the whole movie (a single image): a dipole by its geometry alone.
         gap = float(np.hypot(a["xn_start"] - b["xn_start"], a["yn_start"] - b["yn_start"]))
         return gap if gap <= criteria.distance_nm else None
     if max(a["frame_start"], b["frame_start"]) >= min(a["frame_stop"], b["frame_stop"]):

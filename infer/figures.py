@@ -299,7 +299,9 @@ def _mean_curves(ax: plt.Axes, res: AnalysisResult, rel: pd.DataFrame, col: str,
             parts.append(f"#{v.index[0]}: v = {plus_minus(v.iloc[0])} {unit}")
         if len(v) < 2:
             continue
-        which = f": {', '.join(f'#{p}' for p in v.index)}" if len(v) <= MAX_LISTED else ""
+        listed = ", ".join(f"#{p}" for p in v.index)
+        # Named while short: long ids would push the title into its neighbour's.
+        which = f": {listed}" if len(listed) <= MAX_LISTED_CHARS else ""
         parts.append(f"mean v = {plus_minus(v.mean(), v.std())} {unit} (n = {len(v)}{which})")
         agg = present_mean(rel[rel.particle.isin(v.index)], col)
         tt, _ = _time(res, pd.Series(agg.index))
@@ -308,8 +310,9 @@ def _mean_curves(ax: plt.Axes, res: AnalysisResult, rel: pd.DataFrame, col: str,
     return "\n".join(parts)
 
 
-#: Groups of up to this many moving tracks list them in the panel title.
-MAX_LISTED = 4
+#: A group's moving tracks are named in the panel title while the list is this short
+#: (four one-digit ids, three two-digit ones).
+MAX_LISTED_CHARS = 16
 
 #: About this many SD bars per mean curve (every frame's would hide the tracks).
 MEAN_BARS = 15

@@ -8,7 +8,8 @@ Without a frame interval the velocity columns are ``*_nm_per_frame`` instead, as
 track_summary.csv.
 
 The movie is streamed once: each frame is resampled to the model's canonical pixel
-size, batched through the network, decoded, and fed to the drift estimator; rock-salt
+size, batched through the network, decoded, and fed to the drift estimator (the input
+frame instead where the model's grid is finer: `UPSAMPLE_WARN`); rock-salt
 masks go to an optional sink (the CLI writes them to a TIFF as they come), so memory
 does not grow with movie length. Tracking, motion and events then work on the small
 detection table.
@@ -33,7 +34,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from dislotrack.data_gen.conventions import D003_LINIO2_NM
+from dislotrack.data_gen.conventions import CANONICAL_PIXEL_SIZE_NM, D003_LINIO2_NM
 from dislotrack.infer.calibration import NO_INTERVAL_NOTE, Calibration, resolve_calibration
 from dislotrack.infer.columns import DETECTION_COLUMNS, TRACK_COLUMNS, velocity_columns_as_written
 from dislotrack.infer.detectors import CORE_COLUMNS, GPADetector, NetworkDetector
@@ -92,7 +93,8 @@ LATTICE_FRAMES = 8
 class AnalysisResult:
     """Everything `analyze` found. The tables follow DESIGN.md's output contract (as
     written to CSV, e.g. ``*_velocity_nm_per_frame`` without a frame interval), except
-    that ``tracks`` also holds the drift-corrected ``x_corr, y_corr`` [px].
+    that ``tracks`` also holds the drift-corrected ``x_corr, y_corr`` [px] and
+    ``detections`` the ``in_rocksalt`` flags.
 
     Attributes
     ----------
@@ -435,11 +437,13 @@ def analyze(path: str | Path | Movie | np.ndarray, *, model: str | Path | None =
             d_spacing_nm=d_spacing_nm)
         s = scale_factor(cal.pixel_size_nm, canonical)
         views = 1 if detector != "unet" else default_tta(len(movie)) if tta is None else tta_views(tta)
-        if detector == "unet" and s > UPSAMPLE_WARN:
+        if detector == "unet" and s > UPSAMPLE_WARN and canonical < CANONICAL_PIXEL_SIZE_NM:
+            # e.g. `fine` on 0.1 nm/px data; data coarser than the default's grid has no
+            # better bundled model to point to.
             logger.warning("the model works at %.3g nm/px, finer than this input's %.3g nm/px: "
-                           "frames are upsampled %.2gx, which adds no detail; a model made for "
-                           "about this pixel size suits it better (the bundled default: 0.1 "
-                           "nm/px)", canonical, cal.pixel_size_nm, s)
+                           "frames are upsampled %.2gx, which adds no detail; the bundled "
+                           "default model (%.3g nm/px) suits it better", canonical,
+                           cal.pixel_size_nm, s, CANONICAL_PIXEL_SIZE_NM)
         if detector == "gpa":
             det = GPADetector(pixel_size_nm=cal.pixel_size_nm, d_spacing_nm=d_spacing_nm)
             card = {**card, "model_id": "gpa-baseline", "sha256": None}
@@ -482,7 +486,8 @@ def analyze(path: str | Path | Movie | np.ndarray, *, model: str | Path | None =
 
         # Drift is registered on the canonical frames, or on the input frames where the
         # model's grid is finer: upsampling adds no detail and blurs the in-layer fringes
-        # that show drift along the (003) ones (`--model fine` on 0.1 nm/px lost it).
+        # that show drift along the (003) ones (`--model fine` on 0.1 nm/px lost it). The
+        # GPA baseline follows the same rule (its detections are at the input's pixels).
         drift_on_input = s > UPSAMPLE_WARN
 
         def canonical_frames() -> Iterator[np.ndarray]:

@@ -157,4 +157,5 @@ def _colour_limit(maps: list[np.ndarray]) -> float:
     """Symmetric colour limit of ``maps`` together: the 98th percentile of |value| (1e-3
     where nothing was measured)."""
     values = np.concatenate([np.abs(m[np.isfinite(m)]).ravel() for m in maps])
-    return float(np.percentile(values, 98)) if values.size and values.max() > 0 else 1e-3
+    lim = float(np.percentile(values, 98)) if values.size else 0.0
+    return lim if lim > 0 else 1e-3  # all (or 98 %) zero: still a valid range

@@ -516,8 +516,19 @@ def test_strain_panels_are_the_image_size_and_line_up_with_it():
     fig = strain_figure(rng.random((64, 64)), maps, pd.DataFrame({"x": [], "y": []}))
     limits = {ax.get_title(): ax.get_images()[0].get_clim() for ax in fig.axes if ax.get_images()}
     assert limits["εxx"] == limits["εyy"] == limits["εxy"] != limits["ω (rad)"]
+    from dislotrack.infer.strain import _colour_limit
+
+    assert _colour_limit([np.r_[np.zeros(99), 1.0]]) == 1e-3  # mostly zero: not a 0-wide range
     assert limits["εxx"][1] == pytest.approx(np.percentile(np.abs(np.stack(
         [maps["exx"], maps["eyy"], maps["exy"]])), 98))
+
+
+def result_subset(res: AnalysisResult, n: int) -> AnalysisResult:
+    """``res`` with its first ``n`` tracks only."""
+    keep = res.track_summary.particle.iloc[:n]
+    res.tracks = res.tracks[res.tracks.particle.isin(keep)]
+    res.track_summary = res.track_summary[res.track_summary.particle.isin(keep)]
+    return res
 
 
 def test_displacement_panel_titles_do_not_run_into_each_other():
@@ -531,6 +542,18 @@ def test_displacement_panel_titles_do_not_run_into_each_other():
     assert climb.x1 <= glide.x0 and fig.bbox.x0 <= climb.x0
     lines = fig.axes[1].get_title().splitlines()
     assert lines[1].startswith("mean v = +") and lines[2].startswith("mean v = -")  # + first
+    # Busy movies number tracks past 100: titles name them only while the list is short.
+    res = result(8, n_frames=14)
+    for table in (res.tracks, res.track_summary):
+        table["particle"] += 100
+    res.track_summary["glide_velocity_nm_s"] = [0.1, -0.1] * 4
+    res.track_summary["climb_velocity_nm_s"] = [0.1, -0.1] * 4
+    res.track_summary["climb_velocity_se_nm_s"] = 0.001
+    fig = figures.displacement_figure(res)
+    fig.canvas.draw()
+    climb, glide = (ax.title.get_window_extent() for ax in fig.axes)
+    assert climb.x1 <= glide.x0 and "(n = 4)" in fig.axes[1].get_title()
+    assert "(n = 2: #100, #102)" in figures.displacement_figure(result_subset(res, 4)).axes[1].get_title()
 
 
 def test_overlay_labels_stay_inside_the_frame_and_dark_ones_get_a_light_rim():

@@ -363,6 +363,7 @@ def test_a_bundled_config_is_found_by_name_from_any_folder(tmp_path, monkeypatch
     cpu = config_path("cpu")
     assert resolve_configs(["fit", "--config", "cpu", "--x", "1"]) == ["fit", "--config", cpu, "--x", "1"]
     assert resolve_configs(["fit", "-c", "cpu"]) == ["fit", "-c", cpu]  # LightningCLI's short form
+    assert resolve_configs(["fit", "-c=cpu"]) == ["fit", f"-c={cpu}"]
     gpu = config_path("gpu")
     assert resolve_configs(["fit", "--config=train/configs/gpu.yaml"]) == ["fit", f"--config={gpu}"]
     (tmp_path / "cpu.yaml").write_text("trainer: {}\n")  # a file of the user's own comes first

@@ -47,7 +47,8 @@ def resolve_configs(argv: Sequence[str]) -> list[str]:
         # cpu.yml) must not silently train the bundled recipe instead.
         named = Path(value).as_posix() in (stem, f"{stem}.yaml", f"train/configs/{stem}.yaml")
         if named and not Path(value).exists() and bundled.is_file():
-            out[i] = f"--config={bundled}" if out[i].startswith("--config=") else str(bundled)
+            key, eq, _ = out[i].partition("=")
+            out[i] = f"{key}={bundled}" if eq and key in ("--config", "-c") else str(bundled)
     return out
 
 
