@@ -520,11 +520,13 @@ def analyze(path: str | Path | Movie | np.ndarray, *, model: str | Path | None =
                               d_spacing_nm=d_spacing_nm) if lattice_frames else None
     if lattice is None and not blind and min(h, w) >= MIN_SIDE_FOR_LATTICE_PX:  # small frames often miss it
         where, noisy = ("the image", "image") if n == 1 else ("the first frames", "movie")
+        found = sum(int((r["score"] > thr).sum()) if detector == "unet" else len(r) for r in rows)
         logger.warning("no %.3g nm (003) lattice fringes stand out in %s: check the pixel size "
                        "and --d-spacing (d_spacing_nm=; another material?), unless the %s is just "
-                       "noisy; cores are found where those fringes end, so any reported here are "
-                       "doubtful",
-                       d_spacing_nm, where, noisy)
+                       "noisy; cores are found where those fringes end, so %s",
+                       d_spacing_nm, where, noisy,
+                       f"the {found} detections here are doubtful" if found
+                       else "none could be found here")
     snap_asked = lattice_h
     lattice_h = lattice_h and lattice is not None and lattice.has_layer  # snapped or not, once
     if lattice_h:
