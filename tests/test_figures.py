@@ -523,37 +523,34 @@ def test_strain_panels_are_the_image_size_and_line_up_with_it():
         [maps["exx"], maps["eyy"], maps["exy"]])), 98))
 
 
-def result_subset(res: AnalysisResult, n: int) -> AnalysisResult:
-    """``res`` with its first ``n`` tracks only."""
-    keep = res.track_summary.particle.iloc[:n]
-    res.tracks = res.tracks[res.tracks.particle.isin(keep)]
-    res.track_summary = res.track_summary[res.track_summary.particle.isin(keep)]
+def _both_ways(n_tracks: int, first_id: int = 0) -> AnalysisResult:
+    """`result` whose tracks alternate +0.1 / -0.1 nm/s in glide and climb (two groups),
+    numbered from ``first_id``."""
+    res = result(n_tracks, n_frames=14)
+    for table in (res.tracks, res.track_summary):
+        table["particle"] += first_id
+    res.track_summary["glide_velocity_nm_s"] = [0.1, -0.1] * (n_tracks // 2)
+    res.track_summary["climb_velocity_nm_s"] = [0.1, -0.1] * (n_tracks // 2)
+    res.track_summary["climb_velocity_se_nm_s"] = 0.001
     return res
 
 
-def test_displacement_panel_titles_do_not_run_into_each_other():
-    res = result(6, n_frames=14)  # glide +-: two groups of three, each with its own line
-    res.track_summary["glide_velocity_nm_s"] = [0.1, -0.1] * 3
-    res.track_summary["climb_velocity_nm_s"] = [0.1, -0.1] * 3
-    res.track_summary["climb_velocity_se_nm_s"] = 0.001
+def _titles_apart(res: AnalysisResult) -> plt.Figure:
+    """The displacement figure of ``res``, checked for titles that run into each other."""
     fig = figures.displacement_figure(res)
     fig.canvas.draw()
     climb, glide = (ax.title.get_window_extent() for ax in fig.axes)
     assert climb.x1 <= glide.x0 and fig.bbox.x0 <= climb.x0
+    return fig
+
+
+def test_displacement_panel_titles_do_not_run_into_each_other():
+    fig = _titles_apart(_both_ways(6))  # two groups of three, each with its own line
     lines = fig.axes[1].get_title().splitlines()
     assert lines[1].startswith("mean v = +") and lines[2].startswith("mean v = -")  # + first
     # Busy movies number tracks past 100: titles name them only while the list is short.
-    res = result(8, n_frames=14)
-    for table in (res.tracks, res.track_summary):
-        table["particle"] += 100
-    res.track_summary["glide_velocity_nm_s"] = [0.1, -0.1] * 4
-    res.track_summary["climb_velocity_nm_s"] = [0.1, -0.1] * 4
-    res.track_summary["climb_velocity_se_nm_s"] = 0.001
-    fig = figures.displacement_figure(res)
-    fig.canvas.draw()
-    climb, glide = (ax.title.get_window_extent() for ax in fig.axes)
-    assert climb.x1 <= glide.x0 and "(n = 4)" in fig.axes[1].get_title()
-    assert "(n = 2: #100, #102)" in figures.displacement_figure(result_subset(res, 4)).axes[1].get_title()
+    assert "(n = 4)" in _titles_apart(_both_ways(8, first_id=100)).axes[1].get_title()
+    assert "(n = 2: #100, #102)" in _titles_apart(_both_ways(4, first_id=100)).axes[1].get_title()
 
 
 def test_overlay_labels_stay_inside_the_frame_and_dark_ones_get_a_light_rim():
