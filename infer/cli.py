@@ -330,6 +330,9 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
                         "there are two or more, else frames (default 0.2)")
     p.add_argument("--seed", type=int, default=0, help="(default 0)")
     p.add_argument("--accelerator", default="auto", help="cpu, gpu or auto (default auto)")
+    p.add_argument("--precision", default="32-true", choices=["32-true", "bf16-mixed", "16-mixed"],
+                   help="Lightning's training precision (default 32-true; bf16-mixed is about "
+                        "twice as fast on CPUs with AMX, 16-mixed for GPUs)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing model at --out")
     p.set_defaults(func=_run_finetune)
 
@@ -355,7 +358,8 @@ def _run_finetune(args: argparse.Namespace) -> int:
         metrics = finetune(data=args.data, out=args.out, model=args.model, epochs=args.epochs,
                            lr=args.lr, size=args.size, batch_size=args.batch_size,
                            crops_per_epoch=args.crops_per_epoch, val_fraction=args.val_fraction,
-                           seed=args.seed, accelerator=args.accelerator, verbose=True,
+                           seed=args.seed, accelerator=args.accelerator,
+                           precision=args.precision, verbose=True,
                            command=args.command_line)
     except MisconfigurationException as err:  # e.g. --accelerator gpu on a machine without one
         raise ValueError(without_gpu_hint(f"--accelerator {args.accelerator}: {err}",

@@ -83,6 +83,12 @@ def test_finetune_writes_a_loadable_model_with_its_recipe(tmp_path, capfd):
     # Weights, not BatchNorm's running statistics (a forward pass alone moves those).
     weights = dict(before.named_parameters())
     assert any(not torch.equal(p, weights[name]) for name, p in net.named_parameters())
+    assert card["training"]["finetune"]["precision"] == "32-true"
+    # bfloat16 training (fast on AMX CPUs) still saves float32 weights.
+    assert main([*again, "--out", str(tmp_path / "ft"), "--overwrite", "--precision", "bf16-mixed"]) == 0
+    net, card = load_model(tmp_path / "ft")
+    assert card["training"]["finetune"]["precision"] == "bf16-mixed"
+    assert {p.dtype for p in net.parameters()} == {torch.float32}
 
 
 def test_evaluate_scores_infer_outputs_against_annotations(tmp_path, capsys):

@@ -268,8 +268,11 @@ def _quiet_lightning() -> Iterator[None]:
 def finetune(*, data: str | Path, out: str | Path, model: str | Path | None = None, epochs: int = 10,
              lr: float = 5e-4, size: int = 128, batch_size: int = 8, crops_per_epoch: int = 256,
              val_fraction: float = 0.2, seed: int = 0, accelerator: str = "auto",
-             verbose: bool = False, command: str = "") -> dict:
+             precision: str = "32-true", verbose: bool = False, command: str = "") -> dict:
     """Fine-tune ``model`` (default: bundled) on ``data``; write ``out`` (.safetensors + .json).
+
+    ``precision`` is Lightning's (``32-true``; ``bf16-mixed`` trains about twice as fast
+    on CPUs with AMX, README › Training); the saved weights are float32 either way.
 
     With ``verbose``, prints what was read (items, frames, cores) and how it was split.
     ``command`` (the command line, if run from one) goes into the model card with the
@@ -320,6 +323,7 @@ def finetune(*, data: str | Path, out: str | Path, model: str | Path | None = No
         # Per-epoch scores beside the model, to see whether later epochs overfit.
         csv = CSVLogger(save_dir=str(Path(out).parent), name=f"{Path(out).name}_logs", version="")
         trainer = L.Trainer(max_epochs=epochs, accelerator=accelerator, devices=1, logger=csv,
+                            precision=precision,
                             enable_checkpointing=False, enable_model_summary=False,
                             num_sanity_val_steps=0, callbacks=[_EpochBar(), _NewCropsEachEpoch(crops)],
                             default_root_dir=str(Path(out).parent),
@@ -341,6 +345,7 @@ def finetune(*, data: str | Path, out: str | Path, model: str | Path | None = No
         "command": command, "data": str(Path(data).resolve()), "epochs": epochs, "lr": lr,
         "size": size, "batch_size": batch_size, "crops_per_epoch": crops_per_epoch,
         "val_fraction": val_fraction, "seed": seed, "accelerator": accelerator,
+        "precision": precision,
         "wall_time_s": time.time() - t0, "frames": len(frames), "train_frames": len(train),
         "val_frames": len(val), "split": split if val else None,
         "val_items": sorted({str(f.meta["source"]) for f in val}),
