@@ -26,6 +26,8 @@ import numpy as np
 import pandas as pd
 import tifffile
 
+from dislotrack.data_gen.text import first_few
+
 FORMAT = "dislotrack-annotation"
 VERSION = 1
 REQUIRED_CORE_COLUMNS = ["frame", "x", "y", "hx", "hy", "particle"]
@@ -272,9 +274,8 @@ def _core_problems(c: pd.DataFrame, shape: tuple[int, int, int]) -> list[str]:
     problems = []
     for what, bad in checks.items():
         if bad.any():  # data rows counted from 1 below the header (blank lines skipped)
-            rows = ", ".join(str(i + 1) for i in np.flatnonzero(bad.to_numpy())[:5])
-            more = f" (and {int(bad.sum()) - 5} more)" if bad.sum() > 5 else ""
-            problems.append(f"_cores.csv {what} in data row(s) {rows}{more}")
+            rows = first_few([str(i + 1) for i in np.flatnonzero(bad.to_numpy())], 5)
+            problems.append(f"_cores.csv {what} in data row(s) {rows}")
     return problems
 
 

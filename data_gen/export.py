@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 from dislotrack.data_gen.annotations import FORMAT, Annotation, write_annotation
 from dislotrack.data_gen.movie import make_movie
 from dislotrack.data_gen.sample import GeneratorConfig, make_samples
+from dislotrack.data_gen.text import first_few
 from dislotrack.data_gen.version import package_version
 
 #: ``source["generator"]`` of every sidecar this command writes: how a later run knows its files.
@@ -164,13 +165,13 @@ def _check_out(out: Path, stems: list[str], suffixes: tuple[str, ...]) -> None:
     stale = sorted(ours - set(stems))
     if stale:
         raise ValueError(f"--out {out} already holds {_count(stale, 'generated item')} that this run "
-                         f"would not overwrite ({_few(stale)}); choose a new --out or delete them first")
+                         f"would not overwrite ({first_few(stale)}); choose a new --out or delete them first")
     # Without a sidecar of ours, a file under our names is someone else's (a half-written item
     # of ours is removed when its write fails, see `_whole_item`).
     theirs = sorted(f for s in set(stems) - ours for x in suffixes if (f := s + x) in names)
     if theirs:
         raise ValueError(f"--out {out} holds {_count(theirs, 'file')} that this run would overwrite "
-                         f"but dislotrack generate did not write ({_few(theirs)}); choose a new --out "
+                         f"but dislotrack generate did not write ({first_few(theirs)}); choose a new --out "
                          "or move them")
 
 
@@ -204,6 +205,3 @@ def _count(items: list[str], noun: str) -> str:
     return f"{len(items)} {noun}{'' if len(items) == 1 else 's'}"
 
 
-def _few(names: list[str], k: int = 3) -> str:
-    """The first ``k`` names, then how many more."""
-    return ", ".join(names[:k]) + (f" and {len(names) - k} more" if len(names) > k else "")

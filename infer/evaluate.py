@@ -14,6 +14,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from dislotrack.data_gen.annotations import find_annotations, read_annotation
+from dislotrack.data_gen.text import first_few
 from dislotrack.infer.columns import velocities_in_nm_s
 from dislotrack.infer.options import check_folder
 from dislotrack.models.metrics import MATCH_RADIUS_NM, DetectionTally, mask_iou, match_cores
@@ -285,9 +286,8 @@ def evaluate_folders(pred_dir: str | Path, truth_dir: str | Path, *, figures: bo
     if all("error" in r for r in report.values()):
         # e.g. the wrong --truth folder: keep the earlier evaluation rather than replace it
         why = [f"{stem}: {r['error']}" for stem, r in report.items()]
-        more = f"; and {len(why) - 3} more" if len(why) > 3 else ""
         raise ValueError(f"no annotated item of {truth_dir} could be scored against {pred_dir}, "
-                         "so nothing was written: " + "; ".join(why[:3]) + more)
+                         "so nothing was written: " + first_few(why, sep="; "))
     if n_pooled >= 2:  # every core of those items once
         report[POOLED] = _defined(pooled.summary())
     for stem, r in report.items():

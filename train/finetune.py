@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 from dislotrack.data_gen.annotations import IMAGE_SUFFIXES, find_annotations, read_annotation
 from dislotrack.data_gen.conventions import D003_LINIO2_NM
 from dislotrack.data_gen.sample import Sample
+from dislotrack.data_gen.text import first_few
 from dislotrack.models.io import load_model, save_model
 from dislotrack.models.unet import required_multiple
 from dislotrack.train.augment import build_transform
@@ -46,9 +47,8 @@ def annotated_frames(folder: str | Path, canonical_nm: float) -> list[Sample]:
                   and p.stem not in stems and not (p.name.lower().endswith("_rs.tif")
                                                    and p.name[:-len("_rs.tif")] in stems))
     if lone:  # a lab's image whose sidecar was forgotten would otherwise vanish unnoticed
-        shown = ", ".join(lone[:5]) + (f" and {len(lone) - 5} more" if len(lone) > 5 else "")
         logger.warning("%s: %d image(s) without an annotation (<stem>.json) are not used: %s",
-                       folder, len(lone), shown)
+                       folder, len(lone), first_few(lone, 5))
     problems = []  # every unusable annotation, said at once: a lab fixes them in one pass
     for side in sides:
         try:
@@ -81,9 +81,8 @@ def annotated_frames(folder: str | Path, canonical_nm: float) -> list[Sample]:
                                "detector": {"dose": np.nan}, "source": side.name,
                                "rs_annotated": ann.rs_mask is not None}))
     if problems:
-        more = f"; and {len(problems) - 3} more" if len(problems) > 3 else ""
         raise ValueError(f"{len(problems)} of {len(sides)} annotations cannot be used: "
-                         + "; ".join(problems[:3]) + more)
+                         + first_few(problems, sep="; "))
     if not out:
         raise FileNotFoundError(f"no annotations (<stem>.json sidecars) in {folder}")
     return out
