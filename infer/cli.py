@@ -498,6 +498,7 @@ def _main(argv: list[str]) -> int:
     try:
         return int(args.func(args) or 0)
     except SystemExit as stop:  # Lightning's SIGTERMException (finetune) has no exit code
+        # Matched by name: importing Lightning for the check would slow every subcommand.
         if stop.code is None and type(stop).__name__ == "SIGTERMException":
             return _stopped_by_sigterm(args.command, "run the same command again")
         raise

@@ -92,19 +92,20 @@ def trajectories_figure(res: AnalysisResult) -> plt.Figure:
     xs, ys = ("x_corr", "y_corr") if "x_corr" in t else ("x", "y")
     fates = res.track_summary.set_index("particle") if len(res.track_summary) else None
     shown: set[str] = set()
-    starts = []
+    starts, ends = [], []  # ends: where the start and end markers are drawn
     for pid, g in t.groupby("particle"):
         c = _colour(pid)
         ax.plot(g[xs], g[ys], "-", color=c, lw=1.5)
         x0, y0 = g[xs].iloc[0], g[ys].iloc[0]
         starts.append((pid, x0, y0))
+        ends += [(x0, y0), (g[xs].iloc[-1], g[ys].iloc[-1])]
         ax.plot(x0, y0, "o", color=c, ms=4)
         tick = 6 / max(res.calibration.pixel_size_nm / 0.1, 1e-3)
         ax.plot([x0, x0 + tick * g.hx.mean()], [y0, y0 + tick * g.hy.mean()], "-", color=c, lw=2)
         if fates is None or pid not in fates.index:
             continue
         # The death marker smaller, on top: a short track's two ends often coincide.
-        for fate, (x, y), ms in ((fates.at[pid, "birth"], (x0, y0), 12),
+        for fate, (x, y), ms in ((fates.at[pid, "birth"], (x0, y0), _END_MARKER_PT),
                                  (fates.at[pid, "death"], (g[xs].iloc[-1], g[ys].iloc[-1]), 7)):
             if fate in END_MARKERS:
                 ax.plot(x, y, END_MARKERS[fate], ms=ms, mfc="none" if "rocksalt" in fate else c,
@@ -113,7 +114,7 @@ def trajectories_figure(res: AnalysisResult) -> plt.Figure:
     if res.first_frame is not None:  # numbers only for tracks that start in the field shown
         fh, fw = res.first_frame.shape
         starts = [(p, x, y) for p, x, y in starts if -0.5 <= x <= fw - 0.5 and -0.5 <= y <= fh - 0.5]
-    _track_numbers(ax, starts, res.first_frame, image_w)
+    _track_numbers(ax, starts, res.first_frame, image_w, ends)
     if starts:  # neutral proxies: a marker's colour is its track's
         handles = [plt.Line2D([], [], ls="-", marker="o", ms=4, color="0.6", label="start, h tick")]
         handles += [plt.Line2D([], [], ls="none", marker=END_MARKERS[f], ms=7,
@@ -137,10 +138,15 @@ def trajectories_figure(res: AnalysisResult) -> plt.Figure:
 #: Font size of the track numbers on trajectories.png [pt].
 _LABEL_PT = 9
 
+#: Size of the birth markers (stars, squares) on trajectories.png [pt]; deaths are smaller.
+_END_MARKER_PT = 12
+
 
 def _track_numbers(ax: plt.Axes, starts: list[tuple[int, float, float]],
-                   image: np.ndarray | None, image_width_in: float) -> None:
-    """Number each track beside its first position, nudged clear of numbers placed before.
+                   image: np.ndarray | None, image_width_in: float,
+                   ends: np.ndarray | None = None) -> None:
+    """Number each track beside its first position, nudged clear of numbers placed before
+    and, where there is room, of the markers at other tracks' ends (``ends``, points).
 
     Label boxes are estimated in data units from the image's width on the page,
     generously (as if 0.75 of ``image_width_in``, which the layout may shrink a little;
@@ -154,7 +160,9 @@ def _track_numbers(ax: plt.Axes, starts: list[tuple[int, float, float]],
     sizes = np.array([(0.7 * len(str(pid)), 1.2) for pid, _, _ in starts]) * _LABEL_PT * per_pt
     # The image spans [-0.5, width - 0.5]: shifted by half a pixel, [0, width] holds the labels.
     bounds = None if image is None else (image.shape[1], image.shape[0])
-    corners = place_labels(xy + 0.5, sizes, gap=3 * per_pt, bounds=bounds) - 0.5
+    markers = None if ends is None else np.asarray(ends, float) + 0.5
+    corners = place_labels(xy + 0.5, sizes, gap=3 * per_pt, bounds=bounds, markers=markers,
+                           marker_radius=0.5 * _END_MARKER_PT * per_pt) - 0.5
     for (pid, _, _), (lx, ly) in zip(starts, corners, strict=True):
         dark = _luminance(tuple(int(255 * v) for v in _colour(pid))) < DARK_LUMINANCE
         ax.text(lx, ly, str(pid), color=_colour(pid), fontsize=_LABEL_PT, fontweight="bold",
@@ -163,13 +171,15 @@ def _track_numbers(ax: plt.Axes, starts: list[tuple[int, float, float]],
 
 
 def place_labels(anchors: np.ndarray, sizes: np.ndarray, *, gap: float,
-                 bounds: tuple[float, float] | None = None) -> np.ndarray:
+                 bounds: tuple[float, float] | None = None, markers: np.ndarray | None = None,
+                 marker_radius: float = 0.0) -> np.ndarray:
     """Corners of label boxes beside points, each clear of the boxes placed before it.
 
     Each label tries, in turn: right above, right below, left above, left below its
     point, then further above and further below, right then left; it takes the first spot that
-    overlaps no earlier label and lies within ``bounds`` (the first spot, moved within
-    them, when none is).
+    overlaps no earlier label and no marker and lies within ``bounds``; failing that, the
+    first that overlaps no earlier label; failing that, the first spot (moved within
+    ``bounds``).
 
     Parameters
     ----------
@@ -181,6 +191,12 @@ def place_labels(anchors: np.ndarray, sizes: np.ndarray, *, gap: float,
         Distance between a point and its label's nearest edges.
     bounds : (width, height), optional
         The area [0, width] x [0, height] labels must lie in (e.g. an image's size).
+    markers : ndarray, shape (m, 2), optional
+        Points drawn as markers that labels should leave visible (e.g. other tracks'
+        ends), so that a number is not read as belonging to the marker it covers.
+        Markers within ``marker_radius`` of a label's own point do not count for it.
+    marker_radius : float
+        Half the side of the square each marker occupies.
 
     Returns
     -------
@@ -190,6 +206,8 @@ def place_labels(anchors: np.ndarray, sizes: np.ndarray, *, gap: float,
     placed: list[tuple[float, float, float, float]] = []
     out = np.empty((len(anchors), 2))
     anchors, sizes = np.asarray(anchors, float), np.asarray(sizes, float)
+    r = marker_radius
+    markers = np.empty((0, 2)) if markers is None else np.asarray(markers, float).reshape(-1, 2)
     for i, ((x, y), (w, h)) in enumerate(zip(anchors, sizes, strict=True)):
         right, left, above, below = x + gap, x - gap - w, y - gap - h, y + gap
         spots = [(right, above), (right, below), (left, above), (left, below)]
@@ -197,8 +215,12 @@ def place_labels(anchors: np.ndarray, sizes: np.ndarray, *, gap: float,
         spots += [(side, below + k * h) for side in (right, left) for k in (1, 2, 3)]
         inside = [s for s in spots if bounds is None or (0 <= s[0] <= bounds[0] - w
                                                          and 0 <= s[1] <= bounds[1] - h)]
-        free = (s for s in inside if not any(_overlap((*s, w, h), p) for p in placed))
-        out[i] = next(free, inside[0] if inside else spots[0])
+        apart = [s for s in inside if not any(_overlap((*s, w, h), p) for p in placed)]
+        # Markers at the label's own point (its track's ends) may be touched: they are its own.
+        others = markers[np.abs(markers - (x, y)).max(axis=1, initial=0) > r]
+        clear = [(mx - r, my - r, 2 * r, 2 * r) for mx, my in others]
+        free = (s for s in apart if not any(_overlap((*s, w, h), m) for m in clear))
+        out[i] = next(free, apart[0] if apart else inside[0] if inside else spots[0])
         if bounds is not None:
             out[i] = np.clip(out[i], 0, np.maximum(np.array(bounds) - (w, h), 0))
         placed.append((*out[i], w, h))

@@ -222,6 +222,25 @@ def test_labels_that_would_overlap_are_nudged_apart():
             assert not figures._overlap(boxes[i], boxes[j])
 
 
+def test_labels_leave_other_tracks_markers_visible():
+    anchor, size = np.array([[10.0, 10.0]]), np.array([[3.0, 4.0]])
+    assert figures.place_labels(anchor, size, gap=1.0).tolist() == [[11.0, 5.0]]  # right above
+    # Another track's marker where the label would go: right below instead.
+    other = np.array([[12.5, 7.0]])
+    corner = figures.place_labels(anchor, size, gap=1.0, markers=other, marker_radius=1.0)
+    assert corner.tolist() == [[11.0, 11.0]]
+    # Markers at the label's own point (its track's ends) do not push it away.
+    own = np.array([[10.0, 10.0], [10.5, 9.5]])
+    corner = figures.place_labels(anchor, size, gap=1.0, markers=own, marker_radius=1.0)
+    assert corner.tolist() == [[11.0, 5.0]]
+    # With markers all round, a label still avoids the other labels first.
+    anchors = np.array([[10.0, 10.0], [10.0, 10.0]])
+    ring = np.array([[x, y] for x in (6.0, 14.0) for y in (0.0, 7.0, 13.0, 20.0)])
+    corners = figures.place_labels(anchors, np.repeat(size, 2, axis=0), gap=1.0, markers=ring,
+                                   marker_radius=3.0)
+    assert not figures._overlap((*corners[0], 3.0, 4.0), (*corners[1], 3.0, 4.0))
+
+
 def test_trajectory_track_numbers_do_not_overlap():
     res = result(12, n_frames=14)
     res.tracks["x"] = 30.0 + 0.5 * res.tracks.particle  # starts crowded together
