@@ -385,6 +385,8 @@ def _open_tiff(path: Path) -> Movie:
         tif = tifffile.TiffFile(path)
     try:
         with _quiet_tifffile():
+            if not tif.series:  # e.g. only the 8-byte header of an interrupted write
+                raise ValueError(f"{path}: the TIFF holds no images (an incomplete write or copy?)")
             series = tif.series[0]
         declared = int((tif.imagej_metadata or {}).get("images", 0)) if tif.is_imagej else 0
         if declared > int(np.prod(series.shape[: series.ndim - series.keyframe.ndim])):
@@ -401,6 +403,7 @@ def _open_tiff(path: Path) -> Movie:
         warnings = [] if len(tif.series) == 1 else [
             f"the TIFF holds {len(tif.series)} image series; only the first was read"]
         index = _tiff_frame_index(lead_axes, lead_shape, warnings)
+        _check_tiff_complete(path, tif, series, int(np.prod(lead_shape)))
         read = _tiff_reader(path, tif, series, lead_shape, page_axes)
         h, w = (series.keyframe.shape[page_axes.index(a)] for a in "YX")
         cal = _tiff_calibration(path, tif, notes)
@@ -445,6 +448,39 @@ def _tiff_frame_index(axes: str, shape: tuple[int, ...], warnings: list[str]) ->
     if sum(len(r) > 1 for r in ranges) > 1:
         warnings.append(f"TIFF axes {axes!r} {shape} were read as one sequence of frames")
     return list(np.ndindex(*[len(r) for r in ranges]))
+
+
+def _tiff_complete_frames(path: Path, tif: tifffile.TiffFile, series, n_frames: int) -> int:
+    """How many of a TIFF series' ``n_frames`` frames lie wholly within the file."""
+    size = path.stat().st_size
+    if series.dataoffset is not None:  # contiguous: frames one after another from dataoffset
+        frame_bytes = int(np.prod(series.keyframe.shape)) * np.dtype(series.dtype).itemsize
+        return int(min(n_frames, max(size - series.dataoffset, 0) // max(frame_bytes, 1)))
+    return _complete_pages(list(series.pages), size, n_frames)
+
+
+def _complete_pages(pages: list, size: int, n_frames: int) -> int:
+    """How many of ``pages``, in order, have all their data within ``size`` bytes."""
+    for k, page in enumerate(pages):  # per page: its strips or tiles (absent pages: None)
+        if page is None or any(o + c > size for o, c in zip(page.dataoffsets, page.databytecounts,
+                                                             strict=True)):
+            return k
+    return min(len(pages), n_frames)
+
+
+def _check_tiff_complete(path: Path, tif: tifffile.TiffFile, series, n_frames: int) -> None:
+    """Refuse a truncated TIFF at once, rather than after analysing its first frames."""
+    whole = _tiff_complete_frames(path, tif, series, n_frames)
+    if tif.is_shaped and tif.shaped_metadata:  # tifffile's own header: the shape it wrote
+        declared = int(np.prod(tif.shaped_metadata[0].get("shape", [0])))
+        declared //= max(int(np.prod(series.keyframe.shape)), 1)
+        if declared > n_frames:  # pages lost to a cut: tifffile fell back to the first page(s)
+            with _quiet_tifffile():
+                whole = _complete_pages(list(tif.pages), path.stat().st_size, declared)
+            n_frames = declared
+    if whole < n_frames:
+        raise ValueError(f"{path}: truncated: {whole} of its {n_frames} frames are in the file "
+                         "(an incomplete write or copy?)")
 
 
 def _tiff_reader(path, tif, series, lead_shape, page_axes) -> Callable[[tuple], np.ndarray]:

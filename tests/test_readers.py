@@ -515,6 +515,23 @@ def test_a_truncated_imagej_stack_is_an_error_not_one_frame(tmp_path, caplog):
     assert not [r for r in caplog.records if r.name == "tifffile"]  # our error says it, once
 
 
+@pytest.mark.parametrize("compression", [None, "zlib"])
+def test_a_truncated_tiff_is_refused_before_any_frame_is_analysed(tmp_path, compression):
+    data = np.random.default_rng(9).integers(0, 4000, (10, 48, 64)).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "full.tif", data, compression=compression)
+    raw = (tmp_path / "full.tif").read_bytes()
+    with open_movie(tmp_path / "full.tif") as movie:
+        np.testing.assert_array_equal(movie[9], data[9])
+    # Cut inside frame 4's data (contiguous) or past about 4 of the 10 compressed pages.
+    (tmp_path / "cut.tif").write_bytes(raw[: len(raw) * 45 // 100])
+    with pytest.raises(ValueError, match=r"cut.tif: truncated: [34] of its 10 frames are in the "
+                                         r"file \(an incomplete write or copy\?\)"):
+        open_movie(tmp_path / "cut.tif")
+    (tmp_path / "header.tif").write_bytes(b"II*\x00\x00\x00\x00\x00")  # an interrupted write
+    with pytest.raises(ValueError, match=r"header.tif: the TIFF holds no images"):
+        open_movie(tmp_path / "header.tif")
+
+
 def test_nan_padding_becomes_the_frame_median_with_one_warning(tmp_path, caplog):
     data = stack(np.random.default_rng(8), (3, 20, 24)).astype(np.float32)
     data[1:, :4, :] = np.nan  # alignment padding in frames 1 and 2
