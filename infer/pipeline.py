@@ -255,13 +255,19 @@ def cores_cannot_show(pixel_size_nm: float, shape: tuple[int, int], d_spacing_nm
     return None
 
 
+#: ``logger.warning(..., extra={LEADS: True})``: listed first among the collected warnings.
+LEADS = "dislotrack_leads"
+
+
 @contextlib.contextmanager
 def collected_warnings() -> Iterator[list[str]]:
     """Collect the warnings dislotrack logs (``dislotrack.*`` loggers) meanwhile.
 
     They go into the analysis result (and summary.json) instead of being printed
     bare: with a handler on the ``dislotrack`` logger, Python's last-resort stderr
-    output stays silent (handlers the user configured still see them).
+    output stays silent (handlers the user configured still see them). Records
+    logged with ``extra={LEADS: True}`` go before the others: a doubt about the
+    calibration explains the warnings that follow from it.
 
     Yields
     ------
@@ -272,7 +278,13 @@ def collected_warnings() -> Iterator[list[str]]:
 
     class _Collect(logging.Handler):
         def emit(self, record: logging.LogRecord) -> None:
-            messages.append(record.getMessage())
+            if getattr(record, LEADS, False):
+                messages.insert(sum(m in leading for m in messages), record.getMessage())
+                leading.add(record.getMessage())
+            else:
+                messages.append(record.getMessage())
+
+    leading: set[str] = set()
 
     handler = _Collect(level=logging.WARNING)
     log = logging.getLogger("dislotrack")
@@ -526,7 +538,7 @@ def analyze(path: str | Path | Movie | np.ndarray, *, model: str | Path | None =
                        "noisy; cores are found where those fringes end, so %s",
                        d_spacing_nm, where, noisy,
                        f"the {found} detections here are doubtful" if found
-                       else "none could be found here")
+                       else "none could be found here", extra={LEADS: True})
     snap_asked = lattice_h
     lattice_h = lattice_h and lattice is not None and lattice.has_layer  # snapped or not, once
     if lattice_h:

@@ -406,6 +406,21 @@ def test_logged_warnings_go_into_the_result_not_bare_to_stderr(monkeypatch):
     assert bare.getvalue().endswith("seen before the failure\n")  # not lost with the result
 
 
+def test_warnings_that_explain_the_others_are_listed_first():
+    import logging
+
+    from dislotrack.infer.pipeline import LEADS, collected_warnings
+
+    log = logging.getLogger("dislotrack.infer.pipeline")
+    with collected_warnings() as logged:
+        log.warning("drift step changed")
+        log.warning("no fringes: check the pixel size", extra={LEADS: True})
+        log.warning("drift along the fringes")
+        log.warning("pixel size estimated", extra={LEADS: True})
+    assert logged == ["no fringes: check the pixel size", "pixel size estimated",
+                      "drift step changed", "drift along the fringes"]
+
+
 def test_threshold_outside_0_1_is_refused(tiny_model, tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("DISLOTRACK_DEBUG", raising=False)
     movie = tmp_path / "m.tif"
