@@ -679,6 +679,11 @@ def track_detections(detections: pd.DataFrame, *, pixel_size_nm: float,
                        "so %s", min_length, n_frames, "s" if n_frames > 1 else "", n_frames,
                        "every core of the image is a track" if n_frames == 1
                        else "only cores detected in every frame make tracks")
+    elif min_length > n_frames > 1:  # the default on a short movie: velocities from few points
+        logger.warning("the movie has %d frames, fewer than the %d a track needs by default "
+                       "(--min-length, min_length=): tracks are cores found in all %d frames, and "
+                       "their velocities rest on %d points%s", n_frames, min_length, n_frames,
+                       n_frames, " (no standard errors)" if n_frames == 2 else "")
     min_length = max(1, min(min_length, n_frames))
     if drift is None:
         drift = pd.DataFrame({"frame": np.arange(n_frames), "dx": 0.0, "dy": 0.0})

@@ -747,7 +747,7 @@ def test_max_speed_without_a_frame_interval_is_reported_as_ignored(tiny_model, t
         "own scatter: cores were linked within 0.75 nm per frame"]
 
 
-def test_a_min_length_longer_than_the_movie_is_reported_when_set():
+def test_a_min_length_longer_than_the_movie_is_reported():
     from dislotrack.infer.options import DEFAULT_MIN_LENGTH
     from dislotrack.infer.pipeline import collected_warnings, track_detections
 
@@ -763,13 +763,19 @@ def test_a_min_length_longer_than_the_movie_is_reported_when_set():
         track_detections(det, n_frames=1, min_length=10, **kw)
     assert logged == ["min_length (--min-length) 10 is longer than the movie (1 frame): used 1, so "
                       "every core of the image is a track"]
-    # Its default on a short movie or an image, or a length that fits: nothing to say.
+    # Its default on an image, or a length that fits: nothing to say.
     assert DEFAULT_MIN_LENGTH > 3
     with collected_warnings() as logged:
         track_detections(det, n_frames=1, **kw)
-        track_detections(three, n_frames=3, **kw)
         track_detections(three, n_frames=3, min_length=3, **kw)
     assert logged == []
+    # Its default on a short movie: the tracks' velocities rest on that many points.
+    with collected_warnings() as logged:
+        out = track_detections(three, n_frames=3, **kw)
+    assert len(out.track_summary) == 2
+    assert logged == [f"the movie has 3 frames, fewer than the {DEFAULT_MIN_LENGTH} a track needs "
+                      "by default (--min-length, min_length=): tracks are cores found in all 3 "
+                      "frames, and their velocities rest on 3 points"]
 
 
 def test_track_detections_refuses_tables_it_cannot_use_by_name():
