@@ -48,6 +48,7 @@ from dislotrack.infer.events import (
     summarise_tracks,
 )
 from dislotrack.infer.fringes import pixel_size_from_fringes_or_none
+from dislotrack.infer.jumps import stage_jumps, with_jumps
 from dislotrack.infer.lattice import Lattice, measure_lattice, snap_h
 from dislotrack.infer.linking import (
     DEFAULT_MAX_SPEED_NM_S,
@@ -558,6 +559,8 @@ def analyze(path: str | Path | Movie | np.ndarray, *, model: str | Path | None =
     detections = detections[[*DETECTION_COLUMNS, "in_rocksalt"]].astype({"frame": int, "in_rocksalt": bool})
     # The GPA baseline's scores are not probabilities: it gets no weak detections.
     strong = (detections["score"] > thr) | (detector != "unet")  # decode_cores keeps > thr
+    if n > 1:
+        drift = _with_stage_jumps(detections[strong], drift, cal, max_speed_nm_s, (h, w))
     in_memory = path == IN_MEMORY
     res = _track(detections[strong].reset_index(drop=True), drift, cal, np.asarray(rs_frac),
                  # absolute (without resolving links): summary.json must find the input
@@ -579,6 +582,24 @@ def analyze(path: str | Path | Movie | np.ndarray, *, model: str | Path | None =
         device_used=str(dev) if unet else "cpu", precision=precision,
         precision_used=used)
     return res
+
+
+def _with_stage_jumps(detections: pd.DataFrame, drift: pd.DataFrame, cal: Calibration,
+                      max_speed_nm_s: float, shape: tuple[int, int]) -> pd.DataFrame:
+    """``drift`` plus the stage jumps the cores show (`stage_jumps`), said in a warning."""
+    reach = search_range_px(pixel_size_nm=cal.pixel_size_nm, frame_interval_s=cal.frame_interval_s,
+                            max_speed_nm_s=max_speed_nm_s)
+    jumps = stage_jumps(detections, drift, pixel_size_nm=cal.pixel_size_nm, reach_px=reach,
+                        image_shape=shape)
+    if jumps.empty:
+        return drift
+    said = "; ".join(f"frame {j.frame}: ({j.dx:+.1f}, {j.dy:+.1f}) px, {j.n_cores} cores"
+                     for j in jumps.head(5).itertuples()) + ("; ..." if len(jumps) > 5 else "")
+    logger.warning("the whole field jumped between frames (a stage jump the image registration "
+                   "cannot follow on a lattice) in %d frame(s), measured from the cores' common "
+                   "shift and added to the drift (drift.csv) from there on: %s", len(jumps), said,
+                   extra={LEADS: True})  # it explains the drift-step warning
+    return with_jumps(drift, jumps)
 
 
 @dataclass

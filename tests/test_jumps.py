@@ -1,0 +1,95 @@
+"""Stage jumps found from the cores' common shift (infer/jumps.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from dislotrack.infer.jumps import stage_jumps, with_jumps
+
+
+def _cores(rng: np.random.Generator, n_cores: int = 6, n_frames: int = 10,
+           jump: tuple[int, tuple[float, float]] | None = None) -> pd.DataFrame:
+    """Cores creeping 0.3 px per frame with 1 px of scatter; a jump moves all from a frame on."""
+    start = rng.uniform(20, 180, (n_cores, 2))
+    rows = []
+    for f in range(n_frames):
+        xy = start + 0.3 * f + rng.normal(0, 1.0, start.shape)
+        if jump is not None and f >= jump[0]:
+            xy = xy + jump[1]
+        rows += [(f, x, y) for x, y in xy]
+    return pd.DataFrame(rows, columns=["frame", "x", "y"])
+
+
+def _no_drift(n_frames: int = 10) -> pd.DataFrame:
+    return pd.DataFrame({"frame": range(n_frames), "dx": 0.0, "dy": 0.0})
+
+
+KW = dict(pixel_size_nm=0.1, reach_px=20.0, image_shape=(200, 200))
+
+
+def test_a_jump_of_the_whole_field_is_found_and_removed_with_the_drift():
+    rng = np.random.default_rng(0)
+    det = _cores(rng, jump=(5, (30.0, -12.0)))
+    drift = _no_drift().assign(dx=lambda d: 0.5 * d.frame)  # registered drift, seen in the cores
+    det["x"] += 0.5 * det.frame
+    jumps = stage_jumps(det, drift, **KW)
+    assert jumps.frame.tolist() == [5] and jumps.n_cores.tolist() == [6]
+    np.testing.assert_allclose(jumps[["dx", "dy"]].to_numpy()[0], (30.3, -11.7), atol=1.0)
+    fixed = with_jumps(drift, jumps).set_index("frame")
+    x = det.x.to_numpy() - fixed.loc[det.frame, "dx"].to_numpy()
+    y = det.y.to_numpy() - fixed.loc[det.frame, "dy"].to_numpy()
+    steps = np.hypot(*np.diff(np.c_[x, y].reshape(10, 6, 2), axis=0).transpose(2, 0, 1))
+    assert steps.max() < 6  # the corrected cores creep on across frame 5
+
+
+@pytest.mark.parametrize("case", ["no jump", "within reach", "two cores", "a minority"])
+def test_what_is_not_a_stage_jump(case):
+    rng = np.random.default_rng(1)
+    if case == "no jump":
+        det = _cores(rng)
+    elif case == "within reach":  # linking follows a 15 px step by itself
+        det = _cores(rng, jump=(5, (12.0, -9.0)))
+    elif case == "two cores":  # too few to tell a jump from two cores gliding alike
+        det = _cores(rng, n_cores=2, jump=(5, (30.0, -12.0)))
+    else:  # 2 of 6 cores leap together; the other 4 stay: the field did not move
+        det = _cores(rng)
+        leap = (det.frame >= 5) & (det.groupby("frame").cumcount() < 2)
+        det.loc[leap, "x"] += 40.0
+    assert stage_jumps(det, _no_drift(), **KW).empty
+
+
+def test_two_jumps_are_each_measured_against_the_first():
+    rng = np.random.default_rng(2)
+    det = _cores(rng, n_cores=8, n_frames=12, jump=(4, (25.0, 10.0)))
+    det.loc[det.frame >= 8, "x"] -= 40.0
+    det.loc[det.frame >= 8, "y"] += 22.0
+    jumps = stage_jumps(det, _no_drift(12), **KW)
+    assert jumps.frame.tolist() == [4, 8]
+    # Each jump plus the cores' own step of 0.3 px per frame.
+    np.testing.assert_allclose(jumps[["dx", "dy"]].to_numpy(), [[25.3, 10.3], [-39.7, 22.3]], atol=1.0)
+
+
+def test_analyze_follows_a_stage_jump_in_a_movie(tmp_path):
+    """The demo's movie with the stage knocked 2.3 nm sideways halfway: the same tracks
+    and events as without the knock, and a warning that says where and how far."""
+    from dislotrack.infer.demo import make_demo_movie
+    from dislotrack.infer.pipeline import analyze
+
+    big = make_demo_movie(tmp_path, n_frames=24, size=288)[1].frames
+    frames = big[:, :256, :256]
+    knocked = frames.copy()
+    knocked[12:] = big[12:, 14:270, 23:279]  # the field of view moves: content -23 px x, -14 px y
+    kw = dict(pixel_size_nm=0.08, frame_interval_s=1.0, progress=False)
+    plain = analyze(frames, **kw)
+    res = analyze(knocked, **kw)
+    said = [w for w in res.warnings if "the whole field jumped" in w]
+    assert len(said) == 1 and "frame 12: (" in said[0], res.warnings
+    assert len(res.track_summary) == len(plain.track_summary)
+    assert res.events.kind.tolist() == plain.events.kind.tolist()
+    # The drift step there (registered + jump) is the knock plus the movie's own drift step.
+    d, d0 = (r.drift.set_index("frame") for r in (res, plain))
+    step = (d.loc[12] - d.loc[11]) - (d0.loc[12] - d0.loc[11])
+    assert step.dx == pytest.approx(-23, abs=1.5) and step.dy == pytest.approx(-14, abs=1.5)
+    assert not [w for w in plain.warnings if "the whole field jumped" in w]
