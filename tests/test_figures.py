@@ -572,6 +572,27 @@ def test_displacement_panel_titles_do_not_run_into_each_other():
     assert "(n = 2: #100, #102)" in _titles_apart(_both_ways(4, first_id=100)).axes[1].get_title()
 
 
+def test_h_ticks_point_into_the_extra_half_plane():
+    res = result(1)
+    res.tracks[["hx", "hy"]] = (1.0, 0.0)  # h along +x; the track runs along +y
+    ax = figures.trajectories_figure(res).axes[0]
+    ticks = [ln for ln in ax.lines if len(ln.get_xdata()) == 2 and ln.get_linewidth() == 2]
+    assert len(ticks) == 1
+    (x0, x1), (y0, y1) = ticks[0].get_xdata(), ticks[0].get_ydata()
+    assert x1 > x0 and y1 == y0  # from the start towards +h
+    # The overlay: the tick leaves the circle towards +h, nothing mirrors it towards -h.
+    from PIL import Image, ImageDraw
+
+    frame = Image.new("RGB", (200, 120))
+    rows = pd.DataFrame({"x": [100.0], "y": [60.0], "hx": [1.0], "hy": [0.0], "particle": [-1]})
+    figures._draw_cores(ImageDraw.Draw(frame), rows, 1, 120)
+    white = np.all(np.asarray(frame) > 240, axis=-1)  # untracked cores are drawn white
+    r = max(8, 120 // 64)
+    row = white[60]
+    assert row[100 + r + 2: 100 + 3 * r - 1].all()  # the tick, outside the circle
+    assert not row[100 - 3 * r + 1: 100 - r - 2].any()  # nothing on the -h side
+
+
 def test_overlay_labels_stay_inside_the_frame_and_dark_ones_get_a_light_rim():
     from PIL import Image, ImageDraw
 

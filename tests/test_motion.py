@@ -47,6 +47,22 @@ def test_glide_and_climb_signs_for_h_pointing_down(velocity_px, glide_nm, climb_
     assert moved["climb_nm"].tolist() == pytest.approx([0.0, climb_nm])
 
 
+@pytest.mark.parametrize(
+    ("velocity_px", "glide_nm", "climb_nm"),
+    [
+        ((0.0, -1.0), 0.1, 0.0),  # up the screen is b_hat = (hy, -hx) = (0, -1): positive glide
+        ((0.0, 1.0), -0.1, 0.0),
+        ((1.0, 0.0), 0.0, 0.1),  # +x is along h: positive climb
+        ((-1.0, 0.0), 0.0, -0.1),
+    ],
+)
+def test_glide_and_climb_signs_for_h_pointing_right(velocity_px, glide_nm, climb_nm):
+    np.testing.assert_allclose(b_hat_from_h(np.array([1.0, 0.0])), [0.0, -1.0], atol=0)
+    moved = track_motion(_track(0, [0, 1], (5.0, 5.0), velocity_px, (1.0, 0.0)), pixel_size_nm=0.1)
+    assert moved["glide_nm"].tolist() == pytest.approx([0.0, glide_nm])
+    assert moved["climb_nm"].tolist() == pytest.approx([0.0, climb_nm])
+
+
 def test_displacement_is_cumulative_per_track_and_uses_corrected_positions():
     a = _track(3, range(2, 6), (10.0, 10.0), (0.0, 2.0), (0.0, 1.0))
     b = _track(1, range(0, 3), (50.0, 50.0), (2.0, 0.0), (0.0, 1.0))

@@ -72,6 +72,16 @@ def test_infer_writes_every_output_with_the_contract_columns(tmp_path):
         if name in ("detections", "tracks", "track_summary", "counts", "drift"):
             assert len(table) > 0, name
     assert set(TABLES) == set(CONTRACT)
+    for name in ("detections", "tracks"):  # the values, not only the columns (DESIGN.md)
+        t = pd.read_csv(d / f"{name}.csv")
+        np.testing.assert_allclose(t[["x_nm", "y_nm"]], 0.1 * t[["x", "y"]], atol=1e-6)
+        np.testing.assert_allclose(np.hypot(t.hx, t.hy), 1.0, atol=1e-6)
+        b, h = t[["bx_nm", "by_nm"]].to_numpy(), t[["hx", "hy"]].to_numpy()
+        b_hat = np.c_[h[:, 1], -h[:, 0]]  # h turned 90 deg counter-clockwise as displayed
+        np.testing.assert_allclose((b * h).sum(axis=1), 0.0, atol=1e-3)  # b perpendicular to h
+        np.testing.assert_allclose((b * b_hat).sum(axis=1), 0.473, atol=0.02)  # misfit: c/3 along b-hat
+    tracks = pd.read_csv(d / "tracks.csv")
+    np.testing.assert_allclose(tracks.t_s, 0.5 * tracks.frame)
     counts = pd.read_csv(d / "counts.csv")
     assert list(counts.frame) == [0, 1, 2, 3] and np.allclose(counts.t_s, [0, 0.5, 1.0, 1.5])
     summary = json.loads((d / "summary.json").read_text())
@@ -85,6 +95,9 @@ def test_infer_writes_every_output_with_the_contract_columns(tmp_path):
     with tifffile.TiffFile(d / "rocksalt_mask.tif") as t:
         assert t.series[0].shape == (4, 64, 64) and t.series[0].dtype == np.uint8
         assert t.imagej_metadata["unit"] == "nm"
+        assert set(np.unique(t.asarray())) <= {0, 1}
+        x_res = t.pages[0].tags["XResolution"].value  # ImageJ: pixels per unit
+        assert x_res[1] / x_res[0] == pytest.approx(0.1)
     for fig in ("trajectories.png", "displacement.png", "counts.png", "overlay.mp4"):
         assert (d / "figures" / fig).stat().st_size > 0
 
@@ -1131,7 +1144,17 @@ def test_summary_json_lists_the_moving_tracks_the_figure_draws(tiny_model, tmp_p
     res.track_summary = t.track_summary
     glide = summary_dict(res)["velocities"]["glide"]
     assert glide["n_tracks"] == 2 and glide["mean"] == pytest.approx(-0.05, abs=0.002)
+    assert glide["sd"] == pytest.approx(np.std([-0.1, 0.0], ddof=1), abs=0.002)  # sample SD
     assert list(glide["moving"]) == ["0"] and glide["moving"]["0"] == pytest.approx(-0.1, abs=1e-3)
+    assert summary_dict(res)["totals"]["dipoles"] == 0
+    # Two opposite-h cores born together 1 nm apart: one dipole (two tracks), counted once.
+    pair = pd.concat([moving.assign(y=50.0, hy=-1.0), moving.assign(y=60.0, hy=1.0)])
+    pair = pair.assign(frame=pair.frame + 2, score=0.9, hx=0.0)
+    t = track_detections(pair, pixel_size_nm=0.1, frame_interval_s=1.0, n_frames=12,
+                         image_shape=(100, 100), min_length=3)
+    res.track_summary = t.track_summary
+    assert t.track_summary.kind.tolist() == ["dipole", "dipole"]
+    assert summary_dict(res)["totals"]["dipoles"] == 1
 
 
 def test_results_of_another_input_of_the_same_name_are_not_replaced_silently(tiny_model, tmp_path):
