@@ -22,9 +22,13 @@ from dislotrack.data_gen.version import package_version
 
 
 def _check_out_folder(out: str) -> None:
-    """Refuse an ``--out`` that is a file (before any work)."""
+    """Refuse an ``--out`` that is a file or cannot be made (before any work)."""
     if Path(out).exists() and not Path(out).is_dir():
         raise NotADirectoryError(f"--out {out} is a file, not a folder")
+    try:
+        Path(out).mkdir(parents=True, exist_ok=True)
+    except OSError as err:  # e.g. read-only or under /proc: say which option
+        raise NotADirectoryError(f"--out {out}: cannot create the folder ({err.strerror or err})") from err
 
 
 def _add_generate(sub: argparse._SubParsersAction) -> None:

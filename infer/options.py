@@ -3,6 +3,7 @@ their defaults, and their record in summary.json."""
 
 from __future__ import annotations
 
+import numbers
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +26,19 @@ def check_linking_options(*, max_speed_nm_s: float, memory: int, min_length: int
               ("memory (--memory)", memory, "a number of frames >= 0", memory >= 0),
               ("min_length (--min-length)", min_length, "a number of frames >= 1", min_length >= 1),
               ("max_gap (--max-gap)", max_gap, "a number of frames >= 0 (0: none)", max_gap >= 0)]
+    for name, value, what, _ in checks:
+        _check_number(name, value, what)
+        if "frames" in what and not isinstance(value, numbers.Integral):
+            raise TypeError(f"{name} must be {what}, got {value!r}: a whole number of frames")
     for name, value, what, ok in checks:
         if not (ok and np.isfinite(value)):
             raise ValueError(f"{name} must be {what}, got {value}")
+
+
+def _check_number(name: str, value: object, what: str) -> None:
+    """Refuse a value that is not a real number (e.g. "0.5" from a notebook) by name."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be {what}, got {value!r} (a {type(value).__name__})")
 
 
 #: Finest plausible pixel size [nm/px] (1 pm; aberration-corrected STEM samples at 5 pm
@@ -55,6 +66,8 @@ def check_calibration_options(*, pixel_size_nm: float | None, frame_interval_s: 
               ("frame_interval_s (--frame-interval)", frame_interval_s, "a positive time [s]"),
               ("d_spacing_nm (--d-spacing)", d_spacing_nm, "a positive spacing [nm]")]
     for name, value, what in checks:
+        if value is not None:
+            _check_number(name, value, what)
         if value is not None and not (value > 0 and np.isfinite(value)):  # also NaN
             raise ValueError(f"{name} must be {what}, got {value}")
     if pixel_size_nm is not None and pixel_size_nm < MIN_PIXEL_SIZE_NM:

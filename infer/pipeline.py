@@ -439,6 +439,9 @@ def analyze(path: str | Path | Movie | np.ndarray, *, model: str | Path | None =
     canonical = float(card["canonical_pixel_size_nm"])
     # A movie opened by the caller is read again, not reopened: opening a folder of DM
     # frames reads every file's header (about 20 ms each).
+    if isinstance(path, (list, tuple)):  # e.g. frames read one by one in a notebook
+        raise TypeError(f"analyze takes a path, a Movie or an array, got a {type(path).__name__}: "
+                        "for a list of frames, pass np.stack(frames) (a (t, y, x) array)")
     if isinstance(path, np.ndarray):
         path = movie_from_array(path)
     opened = contextlib.nullcontext(path) if isinstance(path, Movie) else open_movie(path, signal=signal)

@@ -117,6 +117,9 @@ def test_unusable_device_or_output_folder_is_a_one_line_error(tiny_model, tmp_pa
     assert "is a file, not a folder" in capsys.readouterr().err
     assert main(["generate", "--out", str(tmp_path / "file"), "--n", "1", "--size", "32"]) == 2
     assert "is a file, not a folder" in capsys.readouterr().err
+    below_a_file = tmp_path / "file" / "sub"  # cannot be made: the option is named
+    assert main([*args, "--out", str(below_a_file)]) == 2
+    assert f"--out {below_a_file}: cannot create the folder" in capsys.readouterr().err
     assert main(["generate", "--out", str(tmp_path / "g"), "--n", "1", "--movie", "0"]) == 2
     assert "--movie needs at least 2 frames" in capsys.readouterr().err and not (tmp_path / "g").exists()
     (tmp_path / "b").mkdir()
@@ -672,6 +675,20 @@ def test_impossible_analysis_options_are_refused_by_name(tiny_model, tmp_path, c
     assert main(["infer", str(movie), "--out", str(tmp_path / "o"), "--model", str(tiny_model),
                  "--no-movie", flag, value]) == 2
     assert re.search(message, capsys.readouterr().err) and not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"frame_interval_s": "0.5"}, r"frame_interval_s \(--frame-interval\) must be a positive time "
+                                  r"\[s\], got '0.5' \(a str\)"),
+    ({"pixel_size_nm": "0.1"}, r"pixel_size_nm \(--pixel-size\) .* got '0.1' \(a str\)"),
+    ({"memory": 2.5}, r"memory \(--memory\) .* got 2.5: a whole number of frames"),
+    ({"min_length": True}, r"min_length \(--min-length\) .* got True \(a bool\)"),
+])
+def test_analyze_refuses_options_of_the_wrong_type_by_name(kwargs, message):
+    with pytest.raises(TypeError, match=message):
+        analyze(np.zeros((2, 32, 32), np.float32), **{"pixel_size_nm": 0.1, **kwargs})
+    with pytest.raises(TypeError, match=r"got a list: for a list of frames, pass np.stack\(frames\)"):
+        analyze([np.zeros((32, 32))] * 2, pixel_size_nm=0.1)
 
 
 @pytest.mark.parametrize(("extra", "named"), [
