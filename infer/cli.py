@@ -25,10 +25,13 @@ def _check_out_folder(out: str) -> None:
     """Refuse an ``--out`` that is a file or cannot be made (before any work)."""
     if Path(out).exists() and not Path(out).is_dir():
         raise NotADirectoryError(f"--out {out} is a file, not a folder")
-    try:
+    missing = [p for p in (Path(out), *Path(out).parents) if not p.exists()]
+    try:  # made and removed again: a refused option later leaves no empty folder behind
         Path(out).mkdir(parents=True, exist_ok=True)
     except OSError as err:  # e.g. read-only or under /proc: say which option
         raise NotADirectoryError(f"--out {out}: cannot create the folder ({err.strerror or err})") from err
+    for p in missing:  # deepest first
+        p.rmdir()
 
 
 def _add_generate(sub: argparse._SubParsersAction) -> None:
