@@ -58,6 +58,8 @@ import pandas as pd
 from scipy import fft
 from skimage.filters import window as make_window
 
+from dislotrack.data_gen.text import first_few
+
 logger = logging.getLogger(__name__)
 
 #: Weight of the newest step in the running step average that predicts the next one.
@@ -131,6 +133,7 @@ def measure_drift(
     power = np.abs(fft.rfft2(first * grid.taper)) ** 2  # running power spectrum
     drift, predicted = np.zeros(2), np.zeros(2)  # (rows, cols) = (dy, dx)
     rows, trouble = [(0, 0.0, 0.0)], {"ok": 0, "ridge": 0, "flat": 0}
+    flat: list[int] = []  # frames without a correlation peak
     jumps: list[tuple[int, float]] = []  # (frame, step change [px]) beyond max_step_px
     for t, frame in enumerate(iterator, start=1):
         image = _standardise(frame, t, grid.shape)
@@ -147,6 +150,8 @@ def measure_drift(
         if max_step_px is not None and offset > max_step_px:
             jumps.append((t, offset))
         trouble[status] += 1
+        if status == "flat":
+            flat.append(t)
         step = predicted + residual
         drift = drift + step
         predicted = (1 - _STEP_MEMORY) * predicted + _STEP_MEMORY * step
@@ -174,11 +179,12 @@ def measure_drift(
             trouble["ridge"],
             len(rows) - 1,
         )
-    if trouble["flat"]:
+    if flat:
         logger.warning(
-            "%d of %d frames had no correlation peak (blank?); their drift was predicted",
-            trouble["flat"],
-            len(rows) - 1,
+            "%d of the %d frames after the first had no correlation peak (blank?): %s %s; "
+            "their drift was predicted",
+            len(flat), len(rows) - 1, "frame" if len(flat) == 1 else "frames",
+            first_few([str(f) for f in flat], 8),
         )
     out = pd.DataFrame(rows, columns=["frame", "dx", "dy"])
     out.attrs[UNSEEN_ALONG_FRINGES] = trouble["ridge"]  # for figures that show such motion

@@ -204,6 +204,10 @@ def link_cores(
         return detections.assign(particle=pd.Series(dtype=int)).reset_index(drop=True)
     # Row-major order within each frame: track ids then do not depend on the input's row order.
     table = _linking_space(detections).sort_values(["frame", *_LINK_COLUMNS[:2]], kind="stable")
+    sr = (reach, reach, h_reach, h_reach)
+    # Crowded frames (many cores, or a low threshold) make subnetworks too large to solve
+    # exactly: trackpy then narrows the search range there, down to a tenth, instead of failing.
+    adaptive = dict(adaptive_stop=0.1 * np.array(sr), adaptive_step=0.9)
     with _quiet_trackpy():
         if predict:
             # Every frame number, empty ones included: trackpy's memory counts frames fed.
@@ -211,11 +215,10 @@ def link_cores(
             frames = (by_frame.get(f, table.iloc[:0])
                       for f in range(int(table["frame"].min()), int(table["frame"].max()) + 1))
             linked = pd.concat(list(TrackVelocityPredict().wrap(
-                trackpy.link_df_iter, frames, (reach, reach, h_reach, h_reach),
-                pos_columns=_LINK_COLUMNS, memory=memory)))
+                trackpy.link_df_iter, frames, sr, pos_columns=_LINK_COLUMNS, memory=memory,
+                **adaptive)))
         else:
-            linked = trackpy.link(table, (reach, reach, h_reach, h_reach),
-                                  pos_columns=_LINK_COLUMNS, memory=memory)
+            linked = trackpy.link(table, sr, pos_columns=_LINK_COLUMNS, memory=memory, **adaptive)
     kept = linked.reset_index(drop=True).drop(columns=_LINK_COLUMNS)
     if max_gap > 0:
         # Single detections are mostly false positives: never bridge from or to them.

@@ -35,6 +35,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from dislotrack.data_gen.conventions import CANONICAL_PIXEL_SIZE_NM, D003_LINIO2_NM
+from dislotrack.data_gen.text import first_few
 from dislotrack.infer.calibration import NO_INTERVAL_NOTE, Calibration, resolve_calibration
 from dislotrack.infer.columns import DETECTION_COLUMNS, TRACK_COLUMNS, velocity_columns_as_written
 from dislotrack.infer.detectors import CORE_COLUMNS, GPADetector, NetworkDetector
@@ -472,12 +473,17 @@ def analyze(path: str | Path | Movie | np.ndarray, *, model: str | Path | None =
         blind = cores_cannot_show(cal.pixel_size_nm, (h, w), d_spacing_nm)  # warned by `calibrate`
         rows: list[pd.DataFrame] = []
         rs_frac: list[float] = []
+        blank: list[int] = []  # frames of one value throughout
         overlaid: dict[int, float] = {}  # frame -> its fraction under `overlay_mask`
         first = movie[0]
 
         def flush(raw: list[np.ndarray], can: list[np.ndarray], start: int) -> None:
             for k, (table, rs) in enumerate(det(raw, can)):
-                if blind:  # any core found would be spurious; the frame sinks see none either
+                constant = not np.ptp(raw[k])  # a blank or saturated frame shows no specimen
+                if constant:
+                    blank.append(start + k)
+                    rs = np.zeros_like(rs)
+                if blind or constant:  # any core found would be spurious; the sinks see none either
                     table = table.iloc[:0]
                 # Scale bars, text, zero-filled borders: no lattice, no cores, no rock salt.
                 drawn = overlay_mask(raw[k], pixel_size_nm=cal.pixel_size_nm)
@@ -490,7 +496,7 @@ def analyze(path: str | Path | Movie | np.ndarray, *, model: str | Path | None =
                 flag = near_rocksalt(table["x"], table["y"], rs, ROCKSALT_MARGIN_NM / cal.pixel_size_nm)
                 rows.append(table.assign(frame=start + k, in_rocksalt=flag))
                 table = table[table["score"] > thr] if detector == "unet" else table
-                rs_frac.append(float(rs[~drawn].mean()) if not drawn.all() else 0.0)
+                rs_frac.append(np.nan if constant else float(rs[~drawn].mean()) if not drawn.all() else 0.0)
                 if mask_sink is not None:
                     mask_sink(start + k, rs.astype(np.uint8))
                 if frame_sink is not None:
@@ -526,6 +532,11 @@ def analyze(path: str | Path | Movie | np.ndarray, *, model: str | Path | None =
 
         drift = measure_drift(canonical_frames(), warn_along_fringes=not blind)
     n = n_read
+    if blank:
+        logger.warning("%d of %d frames are blank or saturated (one value throughout): %s %s; "
+                       "no cores or rock salt are reported there (rocksalt_fraction NaN)",
+                       len(blank), n, "frame" if len(blank) == 1 else "frames",
+                       first_few([str(f) for f in blank], 8))
     if overlaid:
         logger.warning("burned-in annotations or clipped areas (a scale bar, text, a zero-filled "
                        "border) cover up to %.1f %% of a frame, in %d of %d frames (the first: "

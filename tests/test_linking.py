@@ -253,3 +253,16 @@ def test_tables_without_the_needed_columns_are_refused_by_name():
         link_cores(core.drop(columns="score"), pixel_size_nm=PIXEL_NM, min_mean_score=0.5)
     with pytest.raises(TypeError, match="detections must be a pandas DataFrame, got dict"):
         link_cores(core.to_dict("list"), pixel_size_nm=PIXEL_NM)
+
+
+@pytest.mark.parametrize("predict", [True, False])
+def test_crowded_frames_are_linked_not_refused(predict):
+    # 60 like-h cores within 4 x 4 nm, each within reach of dozens of others: a subnetwork
+    # beyond trackpy's exact solver, which used to raise SubnetOversizeException.
+    rng = np.random.default_rng(3)
+    start = rng.uniform(0, 40, (60, 2))
+    det = pd.concat([pd.DataFrame({"frame": f, "x": start[:, 0] + 0.2 * f, "y": start[:, 1],
+                                   "hx": 0.0, "hy": -1.0}) for f in range(4)], ignore_index=True)
+    out = link_cores(det, pixel_size_nm=0.1, frame_interval_s=1.0, max_speed_nm_s=2.0,
+                     min_length=1, predict=predict)
+    assert len(out) == len(det) and out.particle.notna().all()

@@ -1146,6 +1146,22 @@ def test_an_in_memory_stack_is_analysed_as_its_file_would_be(tiny_model, tmp_pat
         analyze(np.zeros((2, 3, 4, 5)), **kw)
 
 
+def test_blank_and_saturated_frames_are_named_and_report_no_rock_salt(tiny_model):
+    frames = np.random.default_rng(4).normal(100, 10, (6, 64, 64)).astype(np.float32)
+    frames[2] = 0.0  # blank
+    frames[4] = 4095.0  # saturated
+    res = analyze(frames, model=tiny_model, pixel_size_nm=0.1, frame_interval_s=1.0,
+                  threshold=0.01, progress=False)  # a tiny model's low threshold finds cores
+    assert set(res.detections.frame) - {2, 4} and not set(res.detections.frame) & {2, 4}
+    fractions = res.counts.set_index("frame").rocksalt_fraction
+    assert fractions[[2, 4]].isna().all() and fractions[[0, 1, 3, 5]].notna().all()
+    said = "2 of 6 frames are blank or saturated (one value throughout): frames 2, 4; "
+    assert said in " ".join(res.warnings)
+    said = [w for w in res.warnings if "no correlation peak" in w]
+    assert said and said[0].startswith("2 of the 5 frames after the first had no correlation peak "
+                                       "(blank?): frames 2, 4;")
+
+
 def test_summary_json_lists_the_moving_tracks_the_figure_draws(tiny_model, tmp_path):
     from dislotrack.infer.outputs import summary_dict
     from dislotrack.infer.pipeline import track_detections
