@@ -231,11 +231,44 @@ def calibrate(movie: Movie, *, pixel_size_nm: float | None, frame_interval_s: fl
             f"{movie.path}: at {cal.pixel_size_nm:.3g} nm/px ({cal.pixel_size_source}) the "
             f"{d_spacing_nm} nm lattice fringes span {period_px:.2g} px, below the 2 px that can "
             "show them: atomic-resolution images are needed (or pass the right --pixel-size, "
-            "pixel_size_nm=)")
+            "pixel_size_nm=)" + slipped_calibration_hint(movie[0], cal, d_spacing_nm))
     why = cores_cannot_show(cal.pixel_size_nm, movie.shape[1:], d_spacing_nm)
     if why:
-        cal = replace(cal, warnings=(*cal.warnings, why))
+        cal = replace(cal, warnings=(*cal.warnings,
+                                     why + slipped_calibration_hint(movie[0], cal, d_spacing_nm)))
     return cal
+
+
+#: Ratios of a true to a recorded pixel size that a slip explains: binning the image (or
+#: not recording it) and a factor of ten between units (Å for nm).
+SLIP_FACTORS = (2.0, 3.0, 4.0, 8.0, 10.0)
+#: How close a ratio must come to one of `SLIP_FACTORS` (or its inverse) [relative]: the
+#: fringe estimate is good to 2 %; two real dumbbell lattices (at their right calibration)
+#: give 2.07 and would be hinted at 4 %.
+SLIP_TOLERANCE = 0.025
+
+
+def slipped_calibration_hint(frame: np.ndarray, cal: Calibration, d_spacing_nm: float) -> str:
+    """A sentence for warnings where the (003) fringes were not found at the calibrated
+    pixel size: the pixel size the image's own strongest fringes give, when it differs
+    from the calibrated one by a typical slip (`SLIP_FACTORS`); else "".
+
+    Only such ratios are named: the strongest fringes of another material (e.g. a
+    perovskite's 0.39 nm) at the right calibration must not suggest a wrong one.
+    """
+    if cal.pixel_size_source == "estimated":  # already from the fringes
+        return ""
+    est = pixel_size_from_fringes_or_none(frame, d_spacing_nm=d_spacing_nm)
+    if est is None:
+        return ""
+    ratio = est / cal.pixel_size_nm
+    if not any(abs(ratio * f - 1) < SLIP_TOLERANCE or abs(ratio / f - 1) < SLIP_TOLERANCE
+               for f in SLIP_FACTORS):
+        return ""
+    return (f". The image's strongest fringes repeat every {d_spacing_nm / est:.3g} px, which "
+            f"would make them the {d_spacing_nm:g} nm (003) fringes at {est:.3g} nm/px, "
+            f"{ratio:.2g} times the {cal.pixel_size_source}'s {cal.pixel_size_nm:g}: if the "
+            f"calibration is off (binning? units?), pass --pixel-size {est:.3g}")
 
 
 def cores_cannot_show(pixel_size_nm: float, shape: tuple[int, int], d_spacing_nm: float) -> str | None:
@@ -550,10 +583,12 @@ def analyze(path: str | Path | Movie | np.ndarray, *, model: str | Path | None =
         found = sum(int((r["score"] > thr).sum()) if detector == "unet" else len(r) for r in rows)
         logger.warning("no %.3g nm (003) lattice fringes stand out in %s: check the pixel size "
                        "and --d-spacing (d_spacing_nm=; another material?), unless the %s is just "
-                       "noisy; cores are found where those fringes end, so %s",
+                       "noisy; cores are found where those fringes end, so %s%s",
                        d_spacing_nm, where, noisy,
                        f"the {found} detections here are doubtful" if found
-                       else "none could be found here", extra={LEADS: True})
+                       else "none could be found here",
+                       slipped_calibration_hint(lattice_frames[0], cal, d_spacing_nm),
+                       extra={LEADS: True})
     snap_asked = lattice_h
     lattice_h = lattice_h and lattice is not None and lattice.has_layer  # snapped or not, once
     if lattice_h:

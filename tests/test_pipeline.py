@@ -14,7 +14,7 @@ import torch
 
 from dislotrack.data_gen.annotations import write_imagej_tiff
 from dislotrack.data_gen.movie import make_movie
-from dislotrack.data_gen.sample import GeneratorConfig
+from dislotrack.data_gen.sample import GeneratorConfig, make_sample
 from dislotrack.infer import run
 from dislotrack.infer.cli import main
 from dislotrack.infer.columns import TABLES
@@ -1280,3 +1280,27 @@ def test_track_detections_reproduces_analyze_from_its_in_memory_detections(tmp_p
     pd.testing.assert_frame_equal(again.events, res.events)
     # Without the flags a core vanishing into rock salt would read as an annihilation.
     assert len(track_detections(res.detections.drop(columns="in_rocksalt"), **kw).events) > len(res.events)
+
+
+@pytest.mark.parametrize("recorded, hinted", [(0.2, True), (0.05, True), (0.01, True),
+                                              (0.1, False), (0.12, False)])
+def test_a_binning_or_unit_slip_in_the_calibration_is_named(recorded, hinted):
+    from dislotrack.infer.calibration import Calibration
+    from dislotrack.infer.pipeline import slipped_calibration_hint
+
+    # A layered lattice at 0.1 nm/px whose file says otherwise.
+    cfg = GeneratorConfig(size=160, mode="stem", dose=(5000, 5000), perfect_fraction=1.0, realism=0.0)
+    image = make_sample(np.random.default_rng(5), cfg).image
+    said = slipped_calibration_hint(image, Calibration.from_file(pixel_size_nm=recorded), 0.473)
+    if hinted:  # the (003) fringes, 4.73 px apart, give 0.1 nm/px
+        period, est, ratio = re.search(r"repeat every ([\d.]+) px, .* fringes at ([\d.]+) nm/px, "
+                                       r"([\d.]+) times the file's", said).groups()
+        assert float(period) == pytest.approx(4.73, rel=0.02)  # the (003) spacing
+        assert float(est) == pytest.approx(0.1, rel=0.02)
+        assert float(ratio) == pytest.approx(0.1 / recorded, rel=0.03)
+        assert said.endswith(f"the file's {recorded:g}: if the calibration is off (binning? units?), "
+                             f"pass --pixel-size {est}")
+    else:  # right, or off by no typical factor (e.g. another material's fringes)
+        assert said == ""
+    estimated = Calibration(pixel_size_nm=0.2, pixel_size_source="estimated")
+    assert slipped_calibration_hint(image, estimated, 0.473) == ""  # already from the fringes
