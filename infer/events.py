@@ -24,7 +24,10 @@ most ``max_frame_gap`` apart, first positions within ``distance_nm``), or they
 annihilate together (the same on their last frames), or they stay within
 ``distance_nm`` in at least ``min_close_fraction`` of the frames where both are
 detected (nucleating or annihilating together counts from or into rock salt too); in a
-single image, where nothing nucleates or moves, cores within ``distance_nm``.
+single image, where nothing nucleates or moves, cores within ``distance_nm``. A dipole
+nucleates and annihilates as a pair (DESIGN.md): staying close does not make one of
+two tracks that nucleated (annihilated) more than ``max_lag_frames`` after the other
+appeared (before it vanished), which allows for a partner the detector missed a while.
 Each track has at most one partner; candidate pairs are accepted greedily,
 closest first. Distances use drift-corrected positions when present.
 
@@ -95,12 +98,18 @@ class DipoleCriteria:
         Fraction of the common frames in which the cores must be within ``distance_nm``.
     opposite_tolerance_deg : float
         Largest deviation of the angle between the two mean **h** from 180 deg [deg].
+    max_lag_frames : int
+        Pairs that stay close are no dipole when one track nucleated (annihilated) more
+        than this many frames after the other appeared (before it vanished) [frames]:
+        it began (ended) alone. Up to it, a partner's late (early) detection is taken
+        for the detector's misses (linking bridges gaps of up to 12 frames).
     """
 
     distance_nm: float = 3.0
     max_frame_gap: int = 2
     min_close_fraction: float = 0.6
     opposite_tolerance_deg: float = 45.0
+    max_lag_frames: int = 12
 
 
 def summarise_tracks(
@@ -438,6 +447,14 @@ def _together(a: pd.Series, b: pd.Series, stage: str, criteria: DipoleCriteria) 
     return bool(frames_apart <= criteria.max_frame_gap and distance <= criteria.distance_nm)
 
 
+def _alone(a: pd.Series, b: pd.Series, criteria: DipoleCriteria) -> bool:
+    """Whether track ``a`` nucleated long after ``b`` appeared, or annihilated long before
+    ``b`` vanished: a dipole nucleates and annihilates as a pair."""
+    lag = criteria.max_lag_frames
+    return bool((a["birth"] in _JOINT_BIRTHS and a["frame_start"] - b["frame_start"] > lag)
+                or (a["death"] in _JOINT_DEATHS and b["frame_stop"] - a["frame_stop"] > lag))
+
+
 def _box_gaps(ends: pd.DataFrame) -> np.ndarray:
     """Distance [nm] between the bounding boxes of every two corrected paths."""
     gaps = []
@@ -478,6 +495,8 @@ def _pair_cost(a: pd.Series, b: pd.Series, paths, criteria: DipoleCriteria) -> f
         gap = float(np.hypot(a["xn_start"] - b["xn_start"], a["yn_start"] - b["yn_start"]))
         return gap if gap <= criteria.distance_nm else None
     if max(a["frame_start"], b["frame_start"]) >= min(a["frame_stop"], b["frame_stop"]):
+        return None
+    if _alone(a, b, criteria) or _alone(b, a, criteria):
         return None
     common = paths.get_group(a.name).merge(paths.get_group(b.name), on="frame")
     if len(common) < 2:

@@ -61,6 +61,10 @@ def common_shift(before: np.ndarray, after: np.ndarray, *, reach_px: float, agre
     if n < MIN_CORES:
         return None
     tree = cKDTree(after)
+    need = max(MIN_CORES, MIN_SHARE * n)
+    near, _ = tree.query(before, distance_upper_bound=reach_px)
+    if np.isfinite(near).sum() >= need:  # most cores could link as they are: no jump to find
+        return None
     # Every shift from a core to a core is a candidate, small ones too: a jump must
     # explain more cores than the best shift that linking could follow anyway.
     diffs = (after[None, :, :] - before[:MAX_CANDIDATE_CORES, None, :]).reshape(-1, 2)
@@ -81,7 +85,7 @@ def common_shift(before: np.ndarray, after: np.ndarray, *, reach_px: float, agre
         if hit.any():
             best = np.median(after[j[hit]] - before[hit], axis=0)
     best_n = best_score[0]
-    if np.hypot(*best) <= reach_px or best_n < max(MIN_CORES, MIN_SHARE * n):
+    if np.hypot(*best) <= reach_px or best_n < need:
         return None
     return best, best_n
 

@@ -204,6 +204,24 @@ def test_dipole_by_proximity_present_from_the_start():
     assert events.loc[0, "particles"] == "0 1"
 
 
+@pytest.mark.parametrize("late, paired", [(15, False), (8, True)])
+def test_a_core_nucleating_beside_one_long_there_is_no_dipole(late, paired):
+    # Track 0 is there from the start; track 1 nucleates 1.5 nm away at frame `late`
+    # (N_FRAMES = 20) and both stay. 15 frames later: it began alone, a single nucleation
+    # beside a core (DESIGN.md: a dipole nucleates as a pair). 8 frames: within what a
+    # partner's missed detections explain (max_lag_frames 12), a dipole by proximity.
+    tracks = pd.concat([_track(0, range(0, N_FRAMES), 100.0, 100.0, (1.0, 0.0)),
+                        _track(1, range(late, N_FRAMES), 100.0, 115.0, (-1.0, 0.0))])
+    summary = _summary(tracks)
+    assert summary["birth"].tolist() == ["present", "nucleated"]
+    assert summary["kind"].tolist() == (["dipole", "dipole"] if paired else ["single", "single"])
+    events = find_events(tracks, summary, pixel_size_nm=PIXEL_NM, frame_interval_s=0.5)
+    assert events["kind"].tolist() == ["nucleation"]
+    # The same with the ends: one annihilates long before the other vanishes.
+    flipped = tracks.assign(frame=N_FRAMES - 1 - tracks.frame)
+    assert _summary(flipped)["kind"].tolist() == summary["kind"].tolist()
+
+
 def test_a_single_image_pairs_dipoles_by_their_geometry():
     image = pd.concat([_track(0, [0], 100.0, 100.0, (1.0, 0.0)),
                        _track(1, [0], 100.0, 111.0, (-1.0, 0.0)),  # 1.1 nm, opposite h
