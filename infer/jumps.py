@@ -21,6 +21,9 @@ MIN_SHARE = 0.5
 #: Cores agree on a common shift within this distance [nm]: detections of one core in
 #: consecutive HRTEM frames scatter by up to 0.4–0.6 nm.
 AGREE_NM = 0.6
+#: Most cores shifting alike by more than this fraction of the farthest a core can move
+#: in a frame is a jump: cores move independently, rarely near that limit, never together.
+JUMP_REACH_FRACTION = 0.5
 #: Candidate shifts are tried from at most this many cores of the earlier frame.
 MAX_CANDIDATE_CORES = 40
 
@@ -34,7 +37,8 @@ def common_shift(before: np.ndarray, after: np.ndarray, *, reach_px: float, agre
     before, after : ndarray, shape (n, 2) and (m, 2)
         Core positions ``(x, y)`` [px] in two consecutive frames, drift removed.
     reach_px : float
-        How far a core can move in one frame [px]: shifts within it need no jump.
+        How far a core can move in one frame [px]: shifts within `JUMP_REACH_FRACTION`
+        of it are taken for the cores' own motion.
     agree_px : float
         Cores agree on a shift when their own shifts differ by less than this [px].
     max_shift_px : float
@@ -44,8 +48,9 @@ def common_shift(before: np.ndarray, after: np.ndarray, *, reach_px: float, agre
     -------
     (ndarray, int) or None
         The median shift ``(dx, dy)`` [px] of the agreeing cores and their number, when at
-        least `MIN_CORES` and `MIN_SHARE` of the cores agree on it, it explains more
-        cores than any other shift, and it lies beyond ``reach_px``; else None.
+        least `MIN_CORES` and `MIN_SHARE` of the cores agree on it, fewer stayed where
+        they were, it explains more cores than any other shift, and it lies beyond
+        `JUMP_REACH_FRACTION` of ``reach_px``; else None.
 
     Examples
     --------
@@ -62,8 +67,8 @@ def common_shift(before: np.ndarray, after: np.ndarray, *, reach_px: float, agre
         return None
     tree = cKDTree(after)
     need = max(MIN_CORES, MIN_SHARE * n)
-    near, _ = tree.query(before, distance_upper_bound=reach_px)
-    if np.isfinite(near).sum() >= need:  # most cores could link as they are: no jump to find
+    stayed, _ = tree.query(before, distance_upper_bound=agree_px)
+    if np.isfinite(stayed).sum() >= need:  # most cores are where they were: no jump to find
         return None
     # Every shift from a core to a core is a candidate, small ones too: a jump must
     # explain more cores than the best shift that linking could follow anyway.
@@ -85,7 +90,7 @@ def common_shift(before: np.ndarray, after: np.ndarray, *, reach_px: float, agre
         if hit.any():
             best = np.median(after[j[hit]] - before[hit], axis=0)
     best_n = best_score[0]
-    if np.hypot(*best) <= reach_px or best_n < need:
+    if np.hypot(*best) <= JUMP_REACH_FRACTION * reach_px or best_n < need:
         return None
     return best, best_n
 
