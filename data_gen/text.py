@@ -1,4 +1,8 @@
-"""Wording shared by messages across the subpackages."""
+"""Wording shared by messages across the subpackages.
+
+Not data generation: a shared utility, kept here because imports flow one way (infer
+and train use models and data_gen; those two import neither), so data_gen is where
+train, infer and data_gen itself can all reach it."""
 
 from __future__ import annotations
 

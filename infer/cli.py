@@ -25,9 +25,10 @@ def _check_out_folder(out: str) -> None:
     """Refuse an ``--out`` that is a file or cannot be made (before any work)."""
     if Path(out).exists() and not Path(out).is_dir():
         raise NotADirectoryError(f"--out {out} is a file, not a folder")
-    missing = [p for p in (Path(out), *Path(out).parents) if not p.exists()]
+    folder = Path(os.path.abspath(out))  # "new/../out": never rmdir "new/.." below
+    missing = [p for p in (folder, *folder.parents) if not p.exists()]
     try:  # made and removed again: a refused option later leaves no empty folder behind
-        Path(out).mkdir(parents=True, exist_ok=True)
+        folder.mkdir(parents=True, exist_ok=True)
     except OSError as err:  # e.g. read-only or under /proc: say which option
         raise NotADirectoryError(f"--out {out}: cannot create the folder ({err.strerror or err})") from err
     for p in missing:  # deepest first

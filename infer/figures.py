@@ -144,7 +144,7 @@ _END_MARKER_PT = 12
 
 def _track_numbers(ax: plt.Axes, starts: list[tuple[int, float, float]],
                    image: np.ndarray | None, image_width_in: float,
-                   ends: np.ndarray | None = None) -> None:
+                   ends: Sequence[tuple[float, float]] | None = None) -> None:
     """Number each track beside its first position, nudged clear of numbers placed before
     and, where there is room, of the markers at other tracks' ends (``ends``, points).
 

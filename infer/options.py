@@ -22,16 +22,16 @@ def check_linking_options(*, max_speed_nm_s: float, memory: int, min_length: int
     ValueError
         Naming the option (and its ``dislotrack infer`` flag).
     """
-    checks = [("max_speed_nm_s (--max-speed)", max_speed_nm_s, "a positive speed [nm/s]", max_speed_nm_s > 0),
-              ("memory (--memory)", memory, "a number of frames >= 0", memory >= 0),
-              ("min_length (--min-length)", min_length, "a number of frames >= 1", min_length >= 1),
-              ("max_gap (--max-gap)", max_gap, "a number of frames >= 0 (0: none)", max_gap >= 0)]
-    for name, value, what, _ in checks:
-        _check_number(name, value, what)
-        if "frames" in what and not isinstance(value, numbers.Integral):
+    checks = [("max_speed_nm_s (--max-speed)", max_speed_nm_s, "a positive speed [nm/s]", 0.0, False),
+              ("memory (--memory)", memory, "a number of frames >= 0", 0, True),
+              ("min_length (--min-length)", min_length, "a number of frames >= 1", 1, True),
+              ("max_gap (--max-gap)", max_gap, "a number of frames >= 0 (0: none)", 0, True)]
+    for name, value, what, lowest, frames in checks:
+        _check_number(name, value, what)  # before comparing: "2" > 0 is itself a TypeError
+        if frames and not isinstance(value, numbers.Integral):
             raise TypeError(f"{name} must be {what}, got {value!r}: a whole number of frames")
-    for name, value, what, ok in checks:
-        if not (ok and np.isfinite(value)):
+        low_ok = value >= lowest if frames else value > lowest
+        if not (low_ok and np.isfinite(value)):
             raise ValueError(f"{name} must be {what}, got {value}")
 
 

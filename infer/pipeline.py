@@ -744,7 +744,7 @@ def track_detections(detections: pd.DataFrame, *, pixel_size_nm: float,
                        "detections' own scatter: cores were linked within %g nm per frame",
                        max_speed_nm_s, max_speed_nm_s * dt, dt, MIN_SEARCH_RANGE_NM)
     # A movie shorter than min_length (a single image above all) keeps its cores as tracks.
-    if min_length > n_frames >= 1 and min_length != DEFAULT_MIN_LENGTH:  # the default: silently
+    if min_length > n_frames >= 1 and min_length != DEFAULT_MIN_LENGTH:  # the user's value
         logger.warning("min_length (--min-length) %d is longer than the movie (%d frame%s): used %d, "
                        "so %s", min_length, n_frames, "s" if n_frames > 1 else "", n_frames,
                        "every core of the image is a track" if n_frames == 1

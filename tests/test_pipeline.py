@@ -120,6 +120,10 @@ def test_unusable_device_or_output_folder_is_a_one_line_error(tiny_model, tmp_pa
     below_a_file = tmp_path / "file" / "sub"  # cannot be made: the option is named
     assert main([*args, "--out", str(below_a_file)]) == 2
     assert f"--out {below_a_file}: cannot create the folder" in capsys.readouterr().err
+    from dislotrack.infer.cli import _check_out_folder
+
+    _check_out_folder(str(tmp_path / "new" / ".." / "probe"))  # a path through "..": probed,
+    assert not (tmp_path / "new").exists() and not (tmp_path / "probe").exists()  # nothing left
     assert main(["generate", "--out", str(tmp_path / "g"), "--n", "1", "--movie", "0"]) == 2
     assert "--movie needs at least 2 frames" in capsys.readouterr().err and not (tmp_path / "g").exists()
     (tmp_path / "b").mkdir()
@@ -682,6 +686,8 @@ def test_impossible_analysis_options_are_refused_by_name(tiny_model, tmp_path, c
                                   r"\[s\], got '0.5' \(a str\)"),
     ({"pixel_size_nm": "0.1"}, r"pixel_size_nm \(--pixel-size\) .* got '0.1' \(a str\)"),
     ({"memory": 2.5}, r"memory \(--memory\) .* got 2.5: a whole number of frames"),
+    ({"memory": "2"}, r"memory \(--memory\) .* got '2' \(a str\)"),
+    ({"max_speed_nm_s": None}, r"max_speed_nm_s \(--max-speed\) .* got None \(a NoneType\)"),
     ({"min_length": True}, r"min_length \(--min-length\) .* got True \(a bool\)"),
 ])
 def test_analyze_refuses_options_of_the_wrong_type_by_name(kwargs, message):
