@@ -369,22 +369,31 @@ def _xy_calibration(px_x: float | None, px_y: float | None, warnings: list[str])
 
 
 @contextlib.contextmanager
-def _quiet_tifffile() -> Iterator[None]:
-    """tifffile's logged complaints about damaged files off (our error says it)."""
+def _quiet_tifffile() -> Iterator[list[str]]:
+    """tifffile's logged complaints about damaged files, collected instead of printed
+    (our error says it): yields the list of their messages."""
     log = logging.getLogger("tifffile")
-    level = log.level
-    log.setLevel(logging.CRITICAL)  # it logs a damaged page offset as an error
+    said: list[str] = []
+
+    class _Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            said.append(record.getMessage())
+
+    handler, propagate = _Collect(level=logging.WARNING), log.propagate
+    log.addHandler(handler)
+    log.propagate = False  # it logs a damaged page offset as an error
     try:
-        yield
+        yield said
     finally:
-        log.setLevel(level)
+        log.removeHandler(handler)
+        log.propagate = propagate
 
 
 def _open_tiff(path: Path) -> Movie:
     with _quiet_tifffile():
         tif = tifffile.TiffFile(path)
     try:
-        with _quiet_tifffile():
+        with _quiet_tifffile() as damage:
             if not tif.series:  # e.g. only the 8-byte header of an interrupted write
                 raise ValueError(f"{path}: the TIFF holds no images (an incomplete write or copy?)")
             series = tif.series[0]
@@ -404,6 +413,10 @@ def _open_tiff(path: Path) -> Movie:
             f"the TIFF holds {len(tif.series)} image series; only the first was read"]
         index = _tiff_frame_index(lead_axes, lead_shape, warnings)
         _check_tiff_complete(path, tif, series, int(np.prod(lead_shape)))
+        cut = [m for m in damage if "invalid page offset" in m]
+        if cut:  # the chain of pages breaks off: tifffile kept the pages before the break
+            raise ValueError(f"{path}: truncated or damaged: its pages break off after "
+                             f"{len(index)} frame(s) (an incomplete write or copy?)")
         read = _tiff_reader(path, tif, series, lead_shape, page_axes)
         h, w = (series.keyframe.shape[page_axes.index(a)] for a in "YX")
         cal = _tiff_calibration(path, tif, notes)
@@ -456,14 +469,18 @@ def _tiff_complete_frames(path: Path, tif: tifffile.TiffFile, series, n_frames: 
     if series.dataoffset is not None:  # contiguous: frames one after another from dataoffset
         frame_bytes = int(np.prod(series.keyframe.shape)) * np.dtype(series.dtype).itemsize
         return int(min(n_frames, max(size - series.dataoffset, 0) // max(frame_bytes, 1)))
-    return _complete_pages(list(series.pages), size, n_frames)
+    return _complete_pages(path, list(series.pages), n_frames)
 
 
-def _complete_pages(pages: list, size: int, n_frames: int) -> int:
-    """How many of ``pages``, in order, have all their data within ``size`` bytes."""
-    for k, page in enumerate(pages):  # per page: its strips or tiles (absent pages: None)
-        if page is None or any(o + c > size for o, c in zip(page.dataoffsets, page.databytecounts,
-                                                             strict=True)):
+def _complete_pages(path: Path, pages: list, n_frames: int) -> int:
+    """How many of ``pages``, in order, have all their data within their file (a
+    multi-file OME-TIFF's pages live in several)."""
+    for k, page in enumerate(pages):  # per page: its strips or tiles
+        if page is None:  # in a file of a multi-file OME-TIFF that is not there
+            raise ValueError(f"{path}: frame {k} is in a file of this multi-file OME-TIFF that "
+                             "is missing; copy all its files together")
+        size = page.parent.filehandle.size
+        if any(o + c > size for o, c in zip(page.dataoffsets, page.databytecounts, strict=True)):
             return k
     return min(len(pages), n_frames)
 
@@ -476,7 +493,7 @@ def _check_tiff_complete(path: Path, tif: tifffile.TiffFile, series, n_frames: i
         declared //= max(int(np.prod(series.keyframe.shape)), 1)
         if declared > n_frames:  # pages lost to a cut: tifffile fell back to the first page(s)
             with _quiet_tifffile():
-                whole = _complete_pages(list(tif.pages), path.stat().st_size, declared)
+                whole = _complete_pages(path, list(tif.pages), declared)
             n_frames = declared
     if whole < n_frames:
         raise ValueError(f"{path}: truncated: {whole} of its {n_frames} frames are in the file "
