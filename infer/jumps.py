@@ -3,9 +3,13 @@
 Image registration follows drift a fraction of a lattice period per frame: a lattice
 repeats, so a sudden shift of the stage by several periods (a bump, a refocus, the
 holder settling) correlates as well at the wrong period as at the right one. Cores do
-not repeat. When most cores of two consecutive frames, after the registered drift, are
-displaced alike by more than a core can move in a frame, that common shift is the
-stage's, and it is added to the drift from that frame on.
+not repeat. When most cores of two frames, after the registered drift, are displaced
+alike by more than cores move on their own, that common shift is the stage's, and it is
+added to the drift from that frame on.
+
+Cores that move together (a wall of them gliding) are told from a jump in two ways: a
+jump moves nearly all cores (`MIN_SHARE`), and it happens once, whereas such motion
+goes on, so the same shift found between the next two frames as well is not a jump.
 """
 
 from __future__ import annotations
@@ -17,14 +21,15 @@ from scipy.spatial import cKDTree
 #: A jump moves at least this many cores alike ...
 MIN_CORES = 3
 #: ... and at least this share of the cores seen in both frames (the fewer of the two).
-MIN_SHARE = 0.5
+MIN_SHARE = 2 / 3
 #: Cores agree on a common shift within this distance [nm]: detections of one core in
 #: consecutive HRTEM frames scatter by up to 0.4–0.6 nm.
 AGREE_NM = 0.6
 #: Most cores shifting alike by more than this fraction of the farthest a core can move
-#: in a frame is a jump: cores move independently, rarely near that limit, never together.
+#: in a frame is a jump: cores move independently, rarely near that limit.
 JUMP_REACH_FRACTION = 0.5
-#: Candidate shifts are tried from at most this many cores of the earlier frame.
+#: Candidate shifts are tried from at most this many cores of the earlier frame, those
+#: nearest its centre (the last to leave the field in a jump).
 MAX_CANDIDATE_CORES = 40
 
 
@@ -35,10 +40,10 @@ def common_shift(before: np.ndarray, after: np.ndarray, *, reach_px: float, agre
     Parameters
     ----------
     before, after : ndarray, shape (n, 2) and (m, 2)
-        Core positions ``(x, y)`` [px] in two consecutive frames, drift removed.
+        Core positions ``(x, y)`` [px] in two frames, drift removed.
     reach_px : float
-        How far a core can move in one frame [px]: shifts within `JUMP_REACH_FRACTION`
-        of it are taken for the cores' own motion.
+        How far a core can move between the two frames [px]: shifts within
+        `JUMP_REACH_FRACTION` of it are taken for the cores' own motion.
     agree_px : float
         Cores agree on a shift when their own shifts differ by less than this [px].
     max_shift_px : float
@@ -55,11 +60,11 @@ def common_shift(before: np.ndarray, after: np.ndarray, *, reach_px: float, agre
     Examples
     --------
     >>> before = np.array([[10.0, 10.0], [40.0, 12.0], [25.0, 60.0], [70.0, 70.0]])
-    >>> shift, n = common_shift(before, before + (17.0, 9.0), reach_px=5, agree_px=3,
+    >>> shift, n = common_shift(before, before + (17.0, 9.0), reach_px=20, agree_px=3,
     ...                         max_shift_px=100)
     >>> shift.round(1).tolist(), n
     ([17.0, 9.0], 4)
-    >>> common_shift(before, before + (1.0, 0.5), reach_px=5, agree_px=3, max_shift_px=100) is None
+    >>> common_shift(before, before + (1.0, 0.5), reach_px=20, agree_px=3, max_shift_px=100) is None
     True
     """
     n = min(len(before), len(after))
@@ -71,33 +76,42 @@ def common_shift(before: np.ndarray, after: np.ndarray, *, reach_px: float, agre
     if np.isfinite(stayed).sum() >= need:  # most cores are where they were: no jump to find
         return None
     # Every shift from a core to a core is a candidate, small ones too: a jump must
-    # explain more cores than the best shift that linking could follow anyway.
-    diffs = (after[None, :, :] - before[:MAX_CANDIDATE_CORES, None, :]).reshape(-1, 2)
+    # explain more cores than the best shift that the cores' own motion could be.
+    central = np.argsort(np.hypot(*(before - np.median(before, axis=0)).T))[:MAX_CANDIDATE_CORES]
+    diffs = (after[None, :, :] - before[central, None, :]).reshape(-1, 2)
     diffs = np.vstack([np.zeros((1, 2)), diffs[np.hypot(*diffs.T) <= max_shift_px]])
     best, best_score = np.zeros(2), (-1, 0.0)
     for shift in diffs:
-        dist, j = tree.query(before + shift, distance_upper_bound=agree_px)
-        hit = np.isfinite(dist)
-        agreeing = min(int(hit.sum()), len(np.unique(j[hit])))  # each core of `after` once
-        # Ties (e.g. a dipole's two cores, close together) go to the tighter fit.
-        score = (agreeing, -float(dist[hit].sum()))
-        if score > best_score:
-            best, best_score = shift, score
-    # The median shift of the cores that agree with it, refined once more on those.
-    for _ in range(2):
+        agreeing, spread = _support(tree, before, shift, agree_px)
+        if (agreeing, -spread) > best_score:  # ties (a dipole's close cores): the tighter fit
+            best, best_score = shift, (agreeing, -spread)
+    for _ in range(2):  # the median shift of the cores that agree, refined once more
         dist, j = tree.query(before + best, distance_upper_bound=agree_px)
         hit = np.isfinite(dist)
         if hit.any():
             best = np.median(after[j[hit]] - before[hit], axis=0)
-    best_n = best_score[0]
-    if np.hypot(*best) <= JUMP_REACH_FRACTION * reach_px or best_n < need:
+    agreeing, _ = _support(tree, before, best, agree_px)  # counted at the refined shift
+    if np.hypot(*best) <= JUMP_REACH_FRACTION * reach_px or agreeing < need:
         return None
-    return best, best_n
+    return best, agreeing
+
+
+def _support(tree: cKDTree, before: np.ndarray, shift: np.ndarray, agree_px: float) -> tuple[int, float]:
+    """Cores of ``before`` that ``shift`` puts within ``agree_px`` of a core of the tree
+    (each of those counted once), and their summed distance [px]."""
+    dist, j = tree.query(before + shift, distance_upper_bound=agree_px)
+    hit = np.isfinite(dist)
+    return min(int(hit.sum()), len(np.unique(j[hit]))), float(dist[hit].sum())
 
 
 def stage_jumps(detections: pd.DataFrame, drift: pd.DataFrame, *, pixel_size_nm: float,
                 reach_px: float, image_shape: tuple[int, int]) -> pd.DataFrame:
-    """Jumps of the whole field between consecutive frames that the drift misses.
+    """Jumps of the whole field between frames that the drift misses.
+
+    Each frame is compared with the last earlier frame holding at least `MIN_CORES`
+    cores (a jump often comes with blanked or empty frames), with the reach scaled by
+    the frames between them. A shift found between two frames and again between the
+    next two (within ``AGREE_NM``) is cores moving together, not a jump.
 
     Parameters
     ----------
@@ -118,22 +132,26 @@ def stage_jumps(detections: pd.DataFrame, drift: pd.DataFrame, *, pixel_size_nm:
         One row per jump: ``frame`` (the first frame after it), ``dx``, ``dy`` [px] (the
         content moves by ``+(dx, dy)``, as for drift) and ``n_cores`` (cores that agree).
     """
-    jumps = []
-    extra = np.zeros(2)  # jumps found so far, added to the drift of later frames
     shift_of = drift.set_index("frame")[["dx", "dy"]]
-    by_frame = {f: g[["x", "y"]].to_numpy(float) for f, g in detections.groupby("frame")}
+    by_frame = {f: g[["x", "y"]].to_numpy(float) - shift_of.loc[f].to_numpy()
+                for f, g in detections.groupby("frame") if len(g) >= MIN_CORES and f in shift_of.index}
     agree_px, max_shift_px = AGREE_NM / pixel_size_nm, 0.5 * min(image_shape)
-    for f in sorted(by_frame):
-        if f - 1 not in by_frame or f not in shift_of.index or f - 1 not in shift_of.index:
+    frames = sorted(by_frame)
+    # A jump between two frames does not change how the frames after it compare with each
+    # other, so each pair is judged on the registered drift alone.
+    found: list[tuple[int, np.ndarray, int] | None] = [None]
+    for prev, f in zip(frames, frames[1:], strict=False):
+        shift = common_shift(by_frame[prev], by_frame[f], reach_px=reach_px * (f - prev),
+                             agree_px=agree_px, max_shift_px=max_shift_px)
+        found.append(None if shift is None else (int(f), *shift))
+    jumps = []
+    for k, here in enumerate(found):
+        if here is None:
             continue
-        before = by_frame[f - 1] - shift_of.loc[f - 1].to_numpy() - extra
-        after = by_frame[f] - shift_of.loc[f].to_numpy() - extra
-        found = common_shift(before, after, reach_px=reach_px, agree_px=agree_px,
-                             max_shift_px=max_shift_px)
-        if found is not None:
-            (dx, dy), n = found
-            jumps.append((int(f), float(dx), float(dy), n))
-            extra = extra + (dx, dy)
+        again = [o for o in (found[k - 1] if k else None, found[k + 1] if k + 1 < len(found) else None)
+                 if o is not None and np.hypot(*(o[1] - here[1])) < agree_px]
+        if not again:  # the same shift twice running: cores moving together
+            jumps.append((here[0], float(here[1][0]), float(here[1][1]), here[2]))
     return pd.DataFrame(jumps, columns=["frame", "dx", "dy", "n_cores"])
 
 

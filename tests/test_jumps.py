@@ -105,3 +105,22 @@ def test_a_jump_within_the_linking_reach_but_beyond_half_of_it_is_found():
     jumps = stage_jumps(det, _no_drift(), **KW)
     assert jumps.frame.tolist() == [5]
     np.testing.assert_allclose(jumps[["dx", "dy"]].to_numpy()[0], (12.3, -8.7), atol=TOL_PX)
+
+
+def test_cores_moving_together_frame_after_frame_are_not_a_jump():
+    # 8 of 10 cores (a wall gliding at 1.2 nm/s, under the 2 nm/s limit) move 12 px in
+    # every frame: the same shift again and again is motion, which drift must not absorb.
+    rng = np.random.default_rng(5)
+    det = _cores(rng)
+    wall = det.groupby("frame").cumcount() < 8
+    det.loc[wall, "x"] += 12.0 * det.loc[wall, "frame"]
+    assert stage_jumps(det, _no_drift(), **KW).empty
+
+
+def test_a_jump_across_frames_without_cores_is_found_at_the_next_frame_with_them():
+    rng = np.random.default_rng(6)
+    det = _cores(rng, jump=(5, (30.0, -12.0)))
+    det = det[det.frame != 5]  # the beam blanked while the stage moved
+    jumps = stage_jumps(det, _no_drift(), **KW)
+    assert jumps.frame.tolist() == [6]
+    np.testing.assert_allclose(jumps[["dx", "dy"]].to_numpy()[0], (30.6, -11.4), atol=TOL_PX)
