@@ -24,7 +24,9 @@ implemented by trackpy (Allan et al., doi:10.5281/zenodo.1226458).
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -32,6 +34,8 @@ import trackpy
 
 from dislotrack.data_gen.conventions import nm_to_px, unit
 from dislotrack.infer.drift import position_columns
+
+logger = logging.getLogger(__name__)
 
 #: Default largest plausible core speed [nm/s] (``max_speed_nm_s``, ``--max-speed``).
 DEFAULT_MAX_SPEED_NM_S = 2.0
@@ -205,20 +209,28 @@ def link_cores(
     # Row-major order within each frame: track ids then do not depend on the input's row order.
     table = _linking_space(detections).sort_values(["frame", *_LINK_COLUMNS[:2]], kind="stable")
     sr = (reach, reach, h_reach, h_reach)
-    # Crowded frames (many cores, or a low threshold) make subnetworks too large to solve
-    # exactly: trackpy then narrows the search range there, down to a tenth, instead of failing.
-    adaptive = dict(adaptive_stop=0.1 * np.array(sr), adaptive_step=0.9)
-    with _quiet_trackpy():
-        if predict:
-            # Every frame number, empty ones included: trackpy's memory counts frames fed.
-            by_frame = dict(list(table.groupby("frame")))
-            frames = (by_frame.get(f, table.iloc[:0])
-                      for f in range(int(table["frame"].min()), int(table["frame"].max()) + 1))
-            linked = pd.concat(list(TrackVelocityPredict().wrap(
-                trackpy.link_df_iter, frames, sr, pos_columns=_LINK_COLUMNS, memory=memory,
-                **adaptive)))
-        else:
-            linked = trackpy.link(table, sr, pos_columns=_LINK_COLUMNS, memory=memory, **adaptive)
+
+    def link(**adaptive: Any) -> pd.DataFrame:
+        with _quiet_trackpy():
+            if predict:
+                # Every frame number, empty ones included: trackpy's memory counts frames fed.
+                by_frame = dict(list(table.groupby("frame")))
+                frames = (by_frame.get(f, table.iloc[:0])
+                          for f in range(int(table["frame"].min()), int(table["frame"].max()) + 1))
+                return pd.concat(list(TrackVelocityPredict().wrap(
+                    trackpy.link_df_iter, frames, sr, pos_columns=_LINK_COLUMNS, memory=memory,
+                    **adaptive)))
+            return trackpy.link(table, sr, pos_columns=_LINK_COLUMNS, memory=memory, **adaptive)
+
+    try:
+        linked = link()
+    except trackpy.linking.utils.SubnetOversizeException:
+        # Crowded frames (many cores, or a low threshold): subnetworks too large to solve
+        # exactly. trackpy then narrows the search range where they arise, down to a tenth.
+        logger.warning("cores too crowded to link within %.3g nm in some frames: the search "
+                       "range was narrowed there (down to %.3g nm); check for false cores "
+                       "(--threshold)", reach * pixel_size_nm, 0.1 * reach * pixel_size_nm)
+        linked = link(adaptive_stop=0.1 * np.array(sr), adaptive_step=0.9)
     kept = linked.reset_index(drop=True).drop(columns=_LINK_COLUMNS)
     if max_gap > 0:
         # Single detections are mostly false positives: never bridge from or to them.

@@ -256,13 +256,18 @@ def test_tables_without_the_needed_columns_are_refused_by_name():
 
 
 @pytest.mark.parametrize("predict", [True, False])
-def test_crowded_frames_are_linked_not_refused(predict):
+def test_crowded_frames_are_linked_not_refused(predict, caplog):
     # 60 like-h cores within 4 x 4 nm, each within reach of dozens of others: a subnetwork
     # beyond trackpy's exact solver, which used to raise SubnetOversizeException.
     rng = np.random.default_rng(3)
     start = rng.uniform(0, 40, (60, 2))
     det = pd.concat([pd.DataFrame({"frame": f, "x": start[:, 0] + 0.2 * f, "y": start[:, 1],
                                    "hx": 0.0, "hy": -1.0}) for f in range(4)], ignore_index=True)
-    out = link_cores(det, pixel_size_nm=0.1, frame_interval_s=1.0, max_speed_nm_s=2.0,
-                     min_length=1, predict=predict)
-    assert len(out) == len(det) and out.particle.notna().all()
+    with caplog.at_level("WARNING", logger="dislotrack"):
+        out = link_cores(det, pixel_size_nm=0.1, frame_interval_s=1.0, max_speed_nm_s=2.0,
+                         min_length=1, predict=predict)
+    assert out.particle.nunique() == 60 and (out.groupby("particle").size() == 4).all()
+    # Each track is one core: frame by frame at its start + 0.2 px per frame in x.
+    core = out.groupby("particle").apply(lambda t: np.ptp(t.y.to_numpy()) + np.ptp(t.x - 0.2 * t.frame))
+    assert (core < 1e-9).all()
+    assert any("too crowded to link within 2 nm" in r.getMessage() for r in caplog.records)
