@@ -29,8 +29,13 @@ AGREE_NM = 0.6
 #: in a frame is a jump: cores move independently, rarely near that limit.
 JUMP_REACH_FRACTION = 0.5
 #: Candidate shifts are tried from at most this many cores of the earlier frame, those
-#: nearest its centre (the last to leave the field in a jump).
+#: nearest its centre (the last to leave the field in a jump), each to at most
+#: `MAX_CANDIDATE_TARGETS` cores of the later one; the support of a shift is counted over
+#: at most `MAX_SUPPORT_CORES` central cores. These bound the cost in crowded frames
+#: (e.g. a low threshold's flickering false cores) to about 0.2 s per frame.
 MAX_CANDIDATE_CORES = 40
+MAX_CANDIDATE_TARGETS = 50
+MAX_SUPPORT_CORES = 200
 
 
 def common_shift(before: np.ndarray, after: np.ndarray, *, reach_px: float, agree_px: float,
@@ -67,6 +72,8 @@ def common_shift(before: np.ndarray, after: np.ndarray, *, reach_px: float, agre
     >>> common_shift(before, before + (1.0, 0.5), reach_px=20, agree_px=3, max_shift_px=100) is None
     True
     """
+    central = np.argsort(np.hypot(*(before - np.median(before, axis=0)).T))
+    before = before[central[:MAX_SUPPORT_CORES]]  # nearest the centre first
     n = min(len(before), len(after))
     if n < MIN_CORES:
         return None
@@ -77,9 +84,12 @@ def common_shift(before: np.ndarray, after: np.ndarray, *, reach_px: float, agre
         return None
     # Every shift from a core to a core is a candidate, small ones too: a jump must
     # explain more cores than the best shift that the cores' own motion could be.
-    central = np.argsort(np.hypot(*(before - np.median(before, axis=0)).T))[:MAX_CANDIDATE_CORES]
-    diffs = (after[None, :, :] - before[central, None, :]).reshape(-1, 2)
-    diffs = np.vstack([np.zeros((1, 2)), diffs[np.hypot(*diffs.T) <= max_shift_px]])
+    k = min(MAX_CANDIDATE_TARGETS, len(after))
+    _, targets = tree.query(before[:MAX_CANDIDATE_CORES], k=k, distance_upper_bound=max_shift_px)
+    targets = np.asarray(targets).reshape(len(before[:MAX_CANDIDATE_CORES]), k)
+    pairs = np.nonzero(targets < len(after))  # beyond max_shift_px: index len(after)
+    diffs = after[targets[pairs]] - before[:MAX_CANDIDATE_CORES][pairs[0]]
+    diffs = np.vstack([np.zeros((1, 2)), diffs])
     best, best_score = np.zeros(2), (-1, 0.0)
     for shift in diffs:
         agreeing, spread = _support(tree, before, shift, agree_px)
@@ -130,7 +140,8 @@ def stage_jumps(detections: pd.DataFrame, drift: pd.DataFrame, *, pixel_size_nm:
     -------
     DataFrame
         One row per jump: ``frame`` (the first frame after it), ``dx``, ``dy`` [px] (the
-        content moves by ``+(dx, dy)``, as for drift) and ``n_cores`` (cores that agree).
+        content moves by ``+(dx, dy)``, as for drift) and ``n_cores`` (cores that agree,
+        counted among at most `MAX_SUPPORT_CORES`).
     """
     shift_of = drift.set_index("frame")[["dx", "dy"]]
     by_frame = {f: g[["x", "y"]].to_numpy(float) - shift_of.loc[f].to_numpy()
