@@ -18,6 +18,7 @@ Examples
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache
@@ -137,9 +138,14 @@ def to_seconds(value: float, unit: str) -> float:
     return _clean(q.to("s").magnitude)
 
 
+def is_number(value: object) -> bool:
+    """Whether ``value`` is a real number (numpy's too), not a bool or a string."""
+    return not isinstance(value, bool) and isinstance(value, numbers.Real)
+
+
 def check_positive(value: float, name: str, unit: str) -> float:
     """Return ``value`` as float if it is positive and finite, else raise ValueError."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+    if not is_number(value):
         raise ValueError(f"{name} must be a number, got {value!r} {unit}")
     if not (math.isfinite(value) and value > 0):
         raise ValueError(f"{name} must be a positive finite number, got {value!r} {unit}")

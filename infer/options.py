@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from dislotrack.infer.calibration import is_number
+
 #: Default shortest track [detections] (``min_length``, ``--min-length``).
 DEFAULT_MIN_LENGTH = 6
 
@@ -37,7 +39,7 @@ def check_linking_options(*, max_speed_nm_s: float, memory: int, min_length: int
 
 def _check_number(name: str, value: object, what: str) -> None:
     """Refuse a value that is not a real number (e.g. "0.5" from a notebook) by name."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    if not is_number(value):
         raise TypeError(f"{name} must be {what}, got {value!r} (a {type(value).__name__})")
 
 
