@@ -278,7 +278,8 @@ def _measure_residual(
     ``product`` is their cross-power half spectrum (tapered images), ``weight`` the
     `_wiener` weights. Returns the displacement, a status: ``"ok"``, ``"ridge"``
     (only the direction across the ridge was measured) or ``"flat"`` (no peak:
-    zero displacement), and the length [px] of the correlation peak's offset.
+    zero displacement), and the length [px] of the measured offset (across the ridge only
+    for a ridge).
     """
     product = product * weight
     surface = fft.irfft2(product, s=grid.shape)
@@ -292,7 +293,10 @@ def _measure_residual(
         return np.zeros(2), "flat", 0.0
     if curvature[0] < _RIDGE_RATIO * curvature[1]:
         strong = axes[:, 1]
-        return -strong * (strong @ lag), "ridge", float(np.hypot(*lag))
+        across = float(strong @ lag)
+        # Along the ridge the peak's place is arbitrary (often the search window's edge):
+        # only the measured component counts as a change of the step.
+        return -strong * across, "ridge", abs(across)
     return -lag, "ok", float(np.hypot(*lag))
 
 

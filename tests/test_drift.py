@@ -102,6 +102,25 @@ def test_single_set_of_fringes_fixes_only_the_drift_across_them(caplog):
     assert any("fringes" in record.getMessage() for record in caplog.records)
 
 
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_steady_drift_along_fringes_is_no_step_change(caplog, seed):
+    # One strong fringe family plus a faint short-period one along it (a ridge, like
+    # (003) fringes over weak in-layer ones): the ridge's maximum falls anywhere along
+    # it, which is not a change of the drift step and must not be reported as one.
+    size = SIZE + 2 * MARGIN + 20
+    yy, xx = np.mgrid[0:size, 0:size].astype(float)
+    normal = np.array([np.sin(np.pi / 6), np.cos(np.pi / 6)])  # (rows, cols)
+    along = np.array([normal[1], -normal[0]])
+    scene = (np.cos(2 * np.pi * (normal[0] * yy + normal[1] * xx) / 5.0)
+             + 0.05 * np.cos(2 * np.pi * (along[0] * yy + along[1] * xx) / 2.45))
+    truth = np.c_[0.3 * np.arange(20), 0.4 * np.arange(20)]
+    with caplog.at_level(logging.WARNING, logger="dislotrack.infer.drift"):
+        drift = measure_drift(_movie(scene, truth, 0.5, np.random.default_rng(seed)))
+    assert np.abs((_recovered(drift) - truth) @ normal).max() < 0.1
+    assert any("cannot be seen" in record.getMessage() for record in caplog.records)
+    assert not any("drift step between" in record.getMessage() for record in caplog.records)
+
+
 def test_warns_when_the_drift_jumps_beyond_the_bound(caplog):
     rng = np.random.default_rng(7)
     jump = [(0.0, 0.0), (0.2, 0.3), (0.4, 3.6)]  # second step changes by 3.1 px
