@@ -274,14 +274,21 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=lambda a: _demo(a))
 
 
+#: Inference names its arithmetic by dtype, training by Lightning's precision; each
+#: command's --precision takes the other's name for the same arithmetic too.
+_DTYPE_OF_LIGHTNING = {"32-true": "float32", "bf16-mixed": "bfloat16", "16-mixed": "float16"}
+_LIGHTNING_OF_DTYPE = {dtype: name for name, dtype in _DTYPE_OF_LIGHTNING.items()}
+
+
 def _add_precision(p: argparse.ArgumentParser) -> None:
     # Kept in step with dislotrack.infer.predict.PRECISIONS (a test checks), which is not
     # imported here: torch would make every command's --help slow.
     p.add_argument("--precision", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   type=lambda name: _DTYPE_OF_LIGHTNING.get(name, name),
                    help="the network's arithmetic: auto (default) is float16 on CUDA, bfloat16 on "
                         "CPUs with AMX matrix units (about twice as fast, same accuracy on our "
-                        "benchmarks), float32 "
-                        "elsewhere; float32 forces full precision")
+                        "benchmarks), float32 elsewhere; float32 forces full precision "
+                        "(training's names 32-true, bf16-mixed, 16-mixed are taken too)")
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -339,8 +346,10 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="(default 0)")
     p.add_argument("--accelerator", default="auto", help="cpu, gpu or auto (default auto)")
     p.add_argument("--precision", default="32-true", choices=["32-true", "bf16-mixed", "16-mixed"],
+                   type=lambda name: _LIGHTNING_OF_DTYPE.get(name, name),
                    help="Lightning's training precision (default 32-true; bf16-mixed is about "
-                        "twice as fast on CPUs with AMX, 16-mixed for GPUs)")
+                        "twice as fast on CPUs with AMX, 16-mixed for GPUs; infer's names "
+                        "float32, bfloat16, float16 are taken too)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing model at --out")
     p.set_defaults(func=_run_finetune)
 

@@ -941,6 +941,23 @@ def test_infer_defaults_are_analyzes():
     assert {f: getattr(args, f) for f in flags} == pytest.approx({f: defaults[k] for f, k in flags.items()})
 
 
+def test_precision_takes_either_vocabulary(capsys):
+    # infer names the arithmetic by dtype, finetune by Lightning's precision: each takes both.
+    from dislotrack.infer.cli import build_parser
+
+    parser = build_parser()
+    infer = ["infer", "m.tif", "--out", "o", "--precision"]
+    tune = ["finetune", "--data", "d", "--out", "o", "--precision"]
+    for dtype, lightning in (("float32", "32-true"), ("bfloat16", "bf16-mixed"), ("float16", "16-mixed")):
+        assert parser.parse_args([*infer, lightning]).precision == dtype
+        assert parser.parse_args([*infer, dtype]).precision == dtype
+        assert parser.parse_args([*tune, dtype]).precision == lightning
+        assert parser.parse_args([*tune, lightning]).precision == lightning
+    with pytest.raises(SystemExit):
+        parser.parse_args([*infer, "half"])
+    assert "invalid choice: 'half'" in capsys.readouterr().err
+
+
 def test_precision_choices_and_refusal(tiny_model, tmp_path, capsys, monkeypatch):
     from dislotrack.infer import predict
     from dislotrack.infer.cli import build_parser
