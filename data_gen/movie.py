@@ -133,31 +133,63 @@ def draw_drift(rng: np.random.Generator, n: int, *, speed: float = 0.05, walk: f
     return np.cumsum(steps, axis=0)
 
 
+#: Closest approach [nm] of two cores in one frame, a dipole's own pair apart. Cores
+#: interact (like signs repel, opposite ones annihilate) and an image shows two cores
+#: closer than about 1 nm as one; independent random paths used to run through each other.
+MIN_CORE_APPROACH_NM = 1.0
+#: Tries at placing a single or a dipole clear of the cores placed before; then it is dropped.
+_PLACEMENT_TRIES = 20
+
+
+def closest_approach(new: list[TrackSpec], placed: list[TrackSpec]) -> float:
+    """Smallest distance [nm] between a core of ``new`` and one of ``placed`` in any
+    frame where both exist (infinite if they never coexist)."""
+    best = np.inf
+    for a in new:
+        for b in placed:
+            lo, hi = max(a.first_frame, b.first_frame), min(a.last_frame, b.last_frame)
+            if lo <= hi:
+                gap = (a.path[lo - a.first_frame : hi - a.first_frame + 1]
+                       - b.path[lo - b.first_frame : hi - b.first_frame + 1])
+                best = min(best, float(np.hypot(gap[:, 0], gap[:, 1]).min()))
+    return best
+
+
 def draw_scenario(rng: np.random.Generator, cfg: GeneratorConfig, spec: SpecimenParams,
                   n_frames: int, fov_nm: float, frame_interval: float = 1.0) -> MovieScenario:
-    """Random singles (gliding/climbing, some entering late) and nucleating dipoles."""
+    """Random singles (gliding/climbing, some entering late) and nucleating dipoles, no
+    two cores (but a dipole's pair) closer than `MIN_CORE_APPROACH_NM` in any frame."""
     tracks: list[TrackSpec] = []
-    pid = 0
-    n_single = rng.poisson(max(cfg.density * fov_nm**2 / 100 * 0.6, 0.5))
-    for _ in range(n_single):
+
+    def single(pid: int) -> list[TrackSpec]:
         b = burgers_vector(rng, spec.crystal, spec.rotation, cfg.basal_fraction)
         start = rng.uniform(0.15, 0.85, 2) * fov_nm
         f0 = 0 if rng.random() < 0.8 or n_frames < 4 else int(rng.integers(0, n_frames // 2))
         g, c = rng.uniform(-0.6, 0.6), rng.uniform(-0.4, 0.15)
         path = linear_path(start, b, n_frames - f0, glide=g * frame_interval,
                            climb=c * frame_interval, jitter=0.02, rng=rng)
-        tracks.append(TrackSpec(pid, b, f0, path))
-        pid += 1
-    for _ in range(rng.poisson(cfg.dipole_fraction * 2)):
+        return [TrackSpec(pid, b, f0, path)]
+
+    def dipole(pid: int) -> list[TrackSpec]:
         b = burgers_vector(rng, spec.crystal, spec.rotation, cfg.basal_fraction)
         n_exp = int(rng.integers(3, max(4, n_frames // 3)))
         f0 = int(rng.integers(0, max(1, n_frames - 2 * n_exp)))
         pair = dipole_tracks(rng.uniform(0.2, 0.8, 2) * fov_nm, b, first_frame=f0, n_expand=n_exp,
                              n_hold=int(rng.integers(0, 5)), speed=float(rng.uniform(0.05, 0.3)),
                              motion=str(rng.choice(["glide", "climb"])), pid=pid)
-        tracks += [TrackSpec(t.particle, t.b, t.first_frame, t.path[: n_frames - f0], t.partner)
-                   for t in pair]
-        pid += 2
+        return [TrackSpec(t.particle, t.b, t.first_frame, t.path[: n_frames - f0], t.partner)
+                for t in pair]
+
+    def place(draw: Callable[[int], list[TrackSpec]], n: int) -> None:
+        for _ in range(n):
+            for _ in range(_PLACEMENT_TRIES):
+                new = draw(len(tracks))
+                if closest_approach(new, tracks) >= MIN_CORE_APPROACH_NM:
+                    tracks.extend(new)
+                    break
+
+    place(single, rng.poisson(max(cfg.density * fov_nm**2 / 100 * 0.6, 0.5)))
+    place(dipole, rng.poisson(cfg.dipole_fraction * 2))
     return MovieScenario(n_frames, frame_interval, tracks, draw_drift(rng, n_frames),
                          1.0 + rng.uniform(0, 1.0) * np.arange(n_frames) / max(n_frames - 1, 1))
 

@@ -24,8 +24,14 @@ from dislotrack.data_gen.imaging import (
     stem_image,
     transfer_function,
 )
-from dislotrack.data_gen.movie import make_movie
+from dislotrack.data_gen.movie import (
+    TrackSpec,
+    closest_approach,
+    draw_scenario,
+    make_movie,
+)
 from dislotrack.data_gen.sample import GeneratorConfig, make_sample
+from dislotrack.data_gen.specimen import draw_specimen
 
 
 def _centroid(img, x, y, r=3):
@@ -154,6 +160,28 @@ def test_movie_truth_follows_the_motion():
         assert abs(np.polyfit(t, glide, 1)[0] - true.glide_velocity_nm_s) < 0.03
         assert abs(np.polyfit(t, climb, 1)[0] - true.climb_velocity_nm_s) < 0.03
     assert m.clean is None
+
+
+def test_movie_cores_keep_apart_but_a_dipole_nucleates_close():
+    # Dense scenarios: no two cores in a frame closer than MIN_CORE_APPROACH_NM, except a
+    # dipole's own pair, which nucleates and annihilates 0.6 nm apart.
+    cfg = GeneratorConfig(size=128, density=4.0, dipole_fraction=1.5)
+    spec = draw_specimen(np.random.default_rng(0), fov_nm=12.8)
+    closest_pair, n = np.inf, 0
+    for seed in range(10):
+        scn = draw_scenario(np.random.default_rng(seed), cfg, spec, 20, 12.8)
+        n += len(scn.tracks)
+        for i, a in enumerate(scn.tracks):
+            for b in scn.tracks[i + 1:]:
+                gap = closest_approach([a], [b])
+                if a.partner == b.particle:
+                    closest_pair = min(closest_pair, gap)
+                else:
+                    assert gap >= 1.0  # MIN_CORE_APPROACH_NM
+    assert n >= 40 and closest_pair == pytest.approx(0.6)
+    a, b = (TrackSpec(k, np.array([0.47, 0.0]), 0, np.c_[np.arange(5.0), np.zeros(5)] + [0, dy])
+            for k, dy in ((0, 0.0), (1, 0.3)))
+    assert closest_approach([a], [b]) == pytest.approx(0.3)  # it does see a close pass
 
 
 def test_movie_keeps_the_noise_free_frames_on_request():
