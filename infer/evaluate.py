@@ -17,6 +17,7 @@ from dislotrack.data_gen.annotations import find_annotations, read_annotation
 from dislotrack.data_gen.text import first_few
 from dislotrack.infer.columns import velocities_in_nm_s
 from dislotrack.infer.options import check_folder
+from dislotrack.infer.outputs import frame_fingerprint
 from dislotrack.models.metrics import MATCH_RADIUS_NM, DetectionTally, mask_iou, match_cores
 
 MIN_TRACK_FRAMES = 10
@@ -226,7 +227,9 @@ def evaluate_folders(pred_dir: str | Path, truth_dir: str | Path, *, figures: bo
         run_summary = _summary(out)  # read once: the input's shape and the model
         try:
             ann = read_annotation(side)
-            mismatch = _shape_mismatch(run_summary, ann.image.shape)  # another movie of the same name?
+            # Another image or movie of the same name (sets made apart reuse image_00000)?
+            mismatch = (_shape_mismatch(run_summary, ann.image.shape)
+                        or _image_mismatch(run_summary, ann.image[0], side.with_suffix(".tif")))
         except (ValueError, OSError) as err:  # one bad annotation does not stop the others
             mismatch = f"annotation: {err}"
         if mismatch:
@@ -367,6 +370,28 @@ def _shape_mismatch(summary: dict | None, shape: tuple[int, ...]) -> str | None:
     if pred is None or list(pred) == list(shape):
         return None
     return f"the predictions are of a {tuple(pred)} input, the annotation is {tuple(shape)}"
+
+
+#: Fingerprints (`frame_fingerprint`) of one image correlate above this, whatever its file.
+SAME_IMAGE_CORRELATION = 0.98
+
+
+def _image_mismatch(summary: dict | None, frame: np.ndarray, image_path: Path) -> str | None:
+    """Why predictions with this summary (`_summary`) are not of the annotated ``frame``
+    (frame 0), else None; None too where summary.json has no fingerprint or the frame is
+    uniform (nothing to compare)."""
+    recorded = (summary or {}).get("input", {}).get("fingerprint")
+    if not recorded:
+        return None
+    ours = frame_fingerprint(frame)
+    # Block means that hardly vary (a flat frame) cannot tell images apart.
+    if len(recorded) != len(ours) or np.std(ours) <= 1e-6 * np.abs(np.mean(ours)) or np.std(recorded) == 0:
+        return None
+    if np.corrcoef(recorded, ours)[0, 1] >= SAME_IMAGE_CORRELATION:
+        return None
+    source = summary["input"].get("path", "another file")
+    return (f"the predictions are of another image ({source}) than the annotated {image_path.name} "
+            "(same name, different pixels): infer the annotated image itself")
 
 
 #: Columns of `report_table`, where the report has them.

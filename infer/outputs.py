@@ -54,6 +54,19 @@ def _tally(table: pd.DataFrame, column: str) -> dict[str, int]:
     return {str(k): int(v) for k, v in table[column].value_counts().items()}
 
 
+#: Side of the grid of block means that fingerprints an input's frame 0 in summary.json.
+FINGERPRINT_GRID = 8
+
+
+def frame_fingerprint(frame: np.ndarray) -> list[float]:
+    """Means of a `FINGERPRINT_GRID`-square grid of blocks of a frame, row by row: enough to
+    tell two images apart (the illumination, thickness and noise differ) whatever the file
+    format, dtype or scale they were saved in; `evaluate` checks predictions against it."""
+    rows = np.array_split(np.asarray(frame, float), min(FINGERPRINT_GRID, frame.shape[0]), axis=0)
+    return [float(f"{block.mean():.8g}") for band in rows
+            for block in np.array_split(band, min(FINGERPRINT_GRID, frame.shape[1]), axis=1)]
+
+
 def summary_dict(res: AnalysisResult) -> dict:
     """The summary.json content."""
     cal = res.calibration
@@ -76,7 +89,9 @@ def summary_dict(res: AnalysisResult) -> dict:
                   # evaluate flags the items a fine-tuned model learnt from
                   "finetuned_on": _finetuned_on(res.model_card)},
         "input": {"path": res.input_path, "sha256": res.input_sha256,
-                  "shape": list(res.shape)},
+                  "shape": list(res.shape),
+                  # evaluate tells the annotated image from another of the same name by it
+                  "fingerprint": None if res.first_frame is None else frame_fingerprint(res.first_frame)},
         "calibration": {"pixel_size_nm": cal.pixel_size_nm, "pixel_size_source": cal.pixel_size_source,
                         "frame_interval_s": cal.frame_interval_s,
                         "frame_interval_source": cal.frame_interval_source,

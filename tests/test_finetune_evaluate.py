@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from dislotrack.data_gen.annotations import find_annotations, read_annotation
+from dislotrack.data_gen.annotations import find_annotations, read_annotation, write_imagej_tiff
 from dislotrack.data_gen.export import generate_dataset
 from dislotrack.data_gen.version import package_version
 from dislotrack.infer.cli import main
@@ -601,6 +601,29 @@ def test_evaluate_refuses_predictions_of_another_shape(tmp_path, capsys):
     assert "f1" in report["image_00000"]
     assert report["image_00001"] == {"error": "the predictions are of a (30, 64, 64) input, "
                                               "the annotation is (1, 32, 32)"}
+
+
+def test_evaluate_refuses_predictions_of_another_image_of_the_same_name(tmp_path, capsys):
+    # Two generated sets both hold image_00000 (same shape, other pixels): predictions of
+    # one must not be scored against the other's annotation. A copy of the annotated image
+    # in another format (uint16 here, as a lab's export) is the same image.
+    import tifffile
+
+    for name, seed in (("a", 4), ("b", 5)):
+        generate_dataset(out=tmp_path / name, n=1, size=32, mode="stem", seed=seed, progress=False)
+    image = tifffile.imread(tmp_path / "a" / "image_00000.tif")
+    copy = tmp_path / "copy" / "image_00000.tif"
+    copy.parent.mkdir()
+    scaled = (image - image.min()) / np.ptp(image) * 60000
+    write_imagej_tiff(copy, scaled.astype(np.uint16)[None], pixel_size_nm=0.1)
+    for source, out in ((tmp_path / "b" / "image_00000.tif", "pred_b"), (copy, "pred_copy")):
+        assert main(["infer", str(source), "--out", str(tmp_path / out), "--model", "default",
+                     "--no-movie"]) == 0
+    assert main(["evaluate", "--pred", str(tmp_path / "pred_b"), "--truth", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err
+    assert "the predictions are of another image" in err and "image_00000.tif" in err
+    assert main(["evaluate", "--pred", str(tmp_path / "pred_copy"), "--truth", str(tmp_path / "a")]) == 0
+    assert "f1" in json.loads((tmp_path / "pred_copy" / "evaluation.json").read_text())["image_00000"]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
