@@ -7,7 +7,8 @@ For an image or movie ``<stem>``, in one folder:
 * ``<stem>_cores.csv`` -- one row per core per frame: frame, x, y [px, pixel-centre
   origin], hx, hy (into the extra half-plane; any length, read as a unit vector),
   particle (a core's id over the frames); for a single image frame and particle may be
-  left out (read as 0 and one id per core); optional bx_nm, by_nm, kind (single or
+  left out (read as 0 and one id per core), for a movie particle (identities unknown:
+  `UNKNOWN_PARTICLE`, and no identity switches scored); optional bx_nm, by_nm, kind (single or
   dipole), partner (the dipole partner's particle, -1 for none);
 * ``<stem>_rs.tif`` -- uint8 rock-salt mask, same shape as the image (optional);
 * ``<stem>.json`` -- sidecar: format, version, pixel_size_nm, frame_interval_s,
@@ -31,6 +32,8 @@ from dislotrack.data_gen.text import first_few
 FORMAT = "dislotrack-annotation"
 VERSION = 1
 REQUIRED_CORE_COLUMNS = ["frame", "x", "y", "hx", "hy", "particle"]
+#: ``particle`` of a movie's cores annotated without identities (no particle column).
+UNKNOWN_PARTICLE = -1
 
 
 @dataclass
@@ -101,8 +104,12 @@ def read_annotation(sidecar: str | Path) -> Annotation:
     side = json.loads(sidecar.read_text())
     if side.get("format") != FORMAT:
         raise ValueError(f"{sidecar} is not a {FORMAT} sidecar (format={side.get('format')!r})")
-    if not isinstance(side.get("version", VERSION), int) or side.get("version", VERSION) > VERSION:
-        raise ValueError(f"{sidecar}: annotation version {side.get('version')!r}; this dislotrack "
+    version = side.get("version", VERSION)
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise ValueError(f"{sidecar}: version must be a whole number (e.g. {VERSION}), "
+                         f"got {version!r}")
+    if version > VERSION:
+        raise ValueError(f"{sidecar}: annotation version {version}; this dislotrack "
                          f"reads version {VERSION} and older (update dislotrack)")
     stem = sidecar.with_suffix("")
     for need, hint in ((Path(f"{stem}.tif"), "the image or stack, a grayscale TIFF"),
@@ -145,12 +152,15 @@ def read_annotation(sidecar: str | Path) -> Annotation:
     if len(image) == 1:  # one image: its frame is 0, and each core is its own particle
         cores = cores.assign(**{k: v for k, v in (("frame", 0), ("particle", np.arange(len(cores))))
                                 if k not in cores.columns})
+    elif "particle" not in cores.columns:  # cores clicked frame by frame: identities unknown
+        cores = cores.assign(particle=UNKNOWN_PARTICLE)
     missing = [c for c in REQUIRED_CORE_COLUMNS if c not in cores.columns]
     if missing:
         raise ValueError(f"{stem}_cores.csv lacks columns {missing}: it has {found}, "
                          f"the header needs {','.join(REQUIRED_CORE_COLUMNS)} (positions in px, "
                          "h the direction into the extra half-plane, particle a core's id over "
-                         "the frames; a single image may leave out frame and particle)")
+                         "the frames; a single image may leave out frame and particle, a movie "
+                         "particle)")
     rs_path = Path(f"{stem}_rs.tif")
     rs = _read_mask(rs_path) if rs_path.exists() else None
     numeric = [c for c in REQUIRED_CORE_COLUMNS
@@ -161,6 +171,8 @@ def read_annotation(sidecar: str | Path) -> Annotation:
     problems = annotation_problems(ann, declared_shape=side.get("shape"))
     if problems:
         raise ValueError(f"{sidecar}: " + "; ".join(problems))
+    if hint := _positions_in_nm(cores, image.shape, px):
+        warnings.warn(f"{stem.name}_cores.csv: {hint}", stacklevel=2)
     norm = np.hypot(cores.hx, cores.hy)
     ann.cores = cores.assign(hx=cores.hx / norm, hy=cores.hy / norm)
     return ann
@@ -258,6 +270,20 @@ def annotation_problems(ann: Annotation, *, declared_shape: object = None) -> li
     return problems + _core_problems(ann.cores, (t, h, w))
 
 
+def _positions_in_nm(c: pd.DataFrame, shape: tuple[int, int, int], pixel_size_nm: float) -> str | None:
+    """Why the cores' x, y [px] look like nm (all of at least 3 within the image's extent
+    in nm, under half of it in px), else None."""
+    _, h, w = shape
+    if len(c) < 3 or pixel_size_nm >= 0.5:
+        return None
+    x_nm, y_nm = (w - 0.5) * pixel_size_nm + 0.5, (h - 0.5) * pixel_size_nm + 0.5
+    if c.x.max() > x_nm or c.y.max() > y_nm:
+        return None
+    return (f"all {len(c)} cores lie within x <= {c.x.max():.3g}, y <= {c.y.max():.3g}, the image's "
+            f"size in nm ({w * pixel_size_nm:.3g} x {h * pixel_size_nm:.3g}) of its {w} x {h} px: "
+            "positions must be in pixels; are these in nm?")
+
+
 def _core_problems(c: pd.DataFrame, shape: tuple[int, int, int]) -> list[str]:
     """Out-of-range values of a cores table for a (t, y, x) image, naming the rows."""
     if not len(c):
@@ -271,6 +297,9 @@ def _core_problems(c: pd.DataFrame, shape: tuple[int, int, int]) -> list[str]:
         "h zero or not finite": ~(np.isfinite(norm) & (norm > 0)),
         "particle not an integer": ~(np.isfinite(c.particle) & (c.particle % 1 == 0)),
     }
+    if c.frame.min() == 1 and c.frame.max() == t:
+        checks[f"frame not one of 0..{t - 1} (frames count from 0; these look counted from 1)"] = (
+            checks.pop(f"frame not one of 0..{t - 1}"))
     problems = []
     for what, bad in checks.items():
         if bad.any():  # data rows counted from 1 below the header (blank lines skipped)

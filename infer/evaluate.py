@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from dislotrack.data_gen.annotations import find_annotations, read_annotation
+from dislotrack.data_gen.annotations import UNKNOWN_PARTICLE, find_annotations, read_annotation
 from dislotrack.data_gen.text import first_few
 from dislotrack.infer.columns import velocities_in_nm_s
 from dislotrack.infer.options import check_folder
@@ -271,7 +271,8 @@ def evaluate_folders(pred_dir: str | Path, truth_dir: str | Path, *, figures: bo
                 s, _ = tracking_scores(pd.read_csv(out / "tracks.csv"), summary, ann.cores,
                                        pd.read_csv(true_tracks), pixel_size_nm=ann.pixel_size_nm)
                 scores.update(s)
-        elif ann.image.shape[0] > 1 and (out / "tracks.csv").exists() and len(ann.cores):
+        elif (ann.image.shape[0] > 1 and (out / "tracks.csv").exists() and len(ann.cores)
+              and (ann.cores.particle != UNKNOWN_PARTICLE).all()):
             # A hand-annotated movie (no _tracks.csv): its particle ids still give switches.
             pairs = match_identities(pd.read_csv(out / "tracks.csv"), ann.cores,
                                      pixel_size_nm=ann.pixel_size_nm)

@@ -2,13 +2,19 @@
 
 import json
 import re
+import warnings
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from dislotrack.data_gen.annotations import find_annotations, read_annotation, write_imagej_tiff
+from dislotrack.data_gen.annotations import (
+    UNKNOWN_PARTICLE,
+    find_annotations,
+    read_annotation,
+    write_imagej_tiff,
+)
 from dislotrack.data_gen.export import generate_dataset
 from dislotrack.data_gen.version import package_version
 from dislotrack.infer.cli import main
@@ -420,6 +426,34 @@ def test_hand_written_annotations_read_or_fail_naming_the_file(tmp_path):
         read_annotation(side)
 
 
+def test_hand_written_movie_annotations_lab_style(tmp_path):
+    # A movie clicked frame by frame: no particle column (identities unknown), frames
+    # counted from 1 by mistake, positions typed in nm, a version written as text.
+    lab = tmp_path / "lab"
+    generate_dataset(out=lab, n=1, size=64, mode="stem", movie_frames=3, seed=3, progress=False)
+    side, csv = lab / "movie_00000.json", lab / "movie_00000_cores.csv"
+    px = read_annotation(side).pixel_size_nm
+    csv.write_text("frame,x,y,hx,hy\n0,10,12,0,1\n1,11,12,0,1\n2,40,50,1,0\n")
+    assert (read_annotation(side).cores.particle == UNKNOWN_PARTICLE).all()
+    csv.write_text("frame,x,y,hx,hy\n1,10,12,0,1\n2,11,12,0,1\n3,40,50,1,0\n")
+    with pytest.raises(ValueError, match=r"frame not one of 0..2 \(frames count from 0; these look "
+                                         r"counted from 1\) in data row\(s\) 3"):
+        read_annotation(side)
+    csv.write_text("frame,x,y,hx,hy\n" + "".join(f"{f},{x * px},{y * px},0,1\n" for f, x, y in
+                                                  ((0, 10, 12), (1, 40, 50), (2, 60, 30))))
+    with pytest.warns(UserWarning, match=r"movie_00000_cores.csv: all 3 cores lie within x <= 6, "
+                                         r"y <= 5, the image's size in nm .* are these in nm\?"):
+        read_annotation(side)
+    csv.write_text("frame,x,y,hx,hy\n0,10,12,0,1\n1,40,50,0,1\n2,60,30,0,1\n")  # in px: quiet
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        read_annotation(side)
+    meta = json.loads(side.read_text())
+    side.write_text(json.dumps({**meta, "version": "1"}))
+    with pytest.raises(ValueError, match=r"version must be a whole number \(e.g. 1\), got '1'"):
+        read_annotation(side)
+
+
 @pytest.mark.parametrize("unit, scale", [("nm", 1.0), ("\\u00B5m", 1e3), ("micron", 1e3), ("\\u00C5", 0.1),
                                          ("Angstrom", 0.1), ("pixel", None), ("furlong", None)])
 def test_imagej_pixel_size_reads_the_units_labs_write(tmp_path, unit, scale):
@@ -459,6 +493,10 @@ def test_finetune_reports_only_scores_defined_for_lab_data():
     assert defined_scores(matched, 4)["val/rmse_nm"] == 0.1
     nan = {**logged, "val/rmse_nm": float("nan"), "val/h_accuracy": float("nan"), "val/tp": 2.0}
     assert "val/rmse_nm" not in defined_scores(nan, 4)  # as the module now logs them
+    # Precision is 0 / 0 when nothing was found (as evaluate prints "-"), 0 when all false.
+    found_none = {**logged, "val/precision": 0.0, "val/fp": 0.0}
+    assert "val/precision" not in defined_scores(found_none, 4)
+    assert defined_scores({**found_none, "val/fp": 2.0}, 4)["val/precision"] == 0.0
 
 
 def test_validation_scores_pool_the_counts_of_all_ranks():
@@ -798,10 +836,10 @@ def test_finetune_refuses_a_crop_larger_than_the_frames_before_training(tmp_path
     _tiny(tmp_path / "base")
     base = ["finetune", "--data", str(tmp_path / "lab"), "--out", str(tmp_path / "ft"),
             "--model", str(tmp_path / "base"), "--epochs", "1", "--accelerator", "cpu"]
-    assert main([*base, "--size", "96"]) == 2
-    err = capsys.readouterr().err
-    assert "a frame is 80x80 px at the model's 0.1 nm/px, smaller than the training crop 96 px; " \
-           "use --size 80 or less" in err
+    assert main([*base, "--size", "96", "--val-fraction", "0"]) == 2
+    err = capsys.readouterr().err  # every item too small is named, with its size
+    assert ("frames smaller than the training crop 96 px at the model's 0.1 nm/px: "
+            "image_00000.json (80x80 px), image_00001.json (80x80 px); use --size 80 or less") in err
     assert main([*base, "--size", "34"]) == 2
     assert "--size) must be a multiple of 4 px" in capsys.readouterr().err
     assert not (tmp_path / "ft.safetensors").exists()

@@ -98,7 +98,8 @@ def defined_scores(metrics: dict[str, float], n_true: int) -> dict[str, float]:
     Parameters
     ----------
     metrics : dict
-        Lightning's ``callback_metrics`` as floats (``val/tp``: matched cores).
+        Lightning's ``callback_metrics`` as floats (``val/tp``: matched cores, ``val/fp``:
+        false ones).
     n_true : int
         Annotated cores in the validation frames.
 
@@ -109,9 +110,12 @@ def defined_scores(metrics: dict[str, float], n_true: int) -> dict[str, float]:
     """
     undefined = set()
     if n_true == 0:
-        undefined |= {"val/f1", "val/precision", "val/recall", "val/rmse_nm", "val/h_accuracy", "val/tp"}
+        undefined |= {"val/f1", "val/precision", "val/recall", "val/rmse_nm", "val/h_accuracy",
+                      "val/tp"}
     elif metrics.get("val/tp", 1) == 0:
         undefined |= {"val/rmse_nm", "val/h_accuracy"}
+        if metrics.get("val/fp", 1) == 0:  # nothing found: precision is 0 / 0
+            undefined.add("val/precision")
     out = {k: v for k, v in metrics.items() if k not in undefined and np.isfinite(v)
            and not k.startswith(("val/hrtem/", "val/stem/", "val/dose_"))}
     return {**out, "val/true_cores": n_true}
@@ -258,6 +262,8 @@ def _quiet_lightning() -> Iterator[None]:
             warnings.filterwarnings("ignore", message=".*LeafSpec.*")
             # No validation is finetune's choice (one frame), announced by describe_split.
             warnings.filterwarnings("ignore", message=".*validation_step.*no `val_dataloader`.*")
+            # --overwrite replaces an earlier run's logs by choice (the CLI asked for it).
+            warnings.filterwarnings("ignore", message=".*Experiment logs directory .* exists and is not")
             yield
     finally:
         for lg, level in zip(loggers, levels, strict=True):
@@ -297,10 +303,12 @@ def finetune(*, data: str | Path, out: str | Path, model: str | Path | None = No
     if small:
         f = min(small, key=lambda f: min(f.image.shape))
         fits = (min(f.image.shape) // multiple) * multiple
+        sizes = {f"{g.meta['source']} ({g.image.shape[1]}x{g.image.shape[0]} px)": None for g in small}
         raise ValueError(
-            f"{f.meta['source']}: a frame is {f.image.shape[1]}x{f.image.shape[0]} px at the model's "
-            f"{canonical:g} nm/px, smaller than the training crop {size} px; "
-            + (f"use --size {fits} or less" if fits >= multiple else "it is too small to train on"))
+            f"frames smaller than the training crop {size} px at the model's {canonical:g} nm/px: "
+            f"{first_few(list(sizes), 5)}; "
+            + (f"use --size {fits} or less" if fits >= multiple else
+               f"{f.meta['source']} is too small to train on"))
     if verbose:
         print(describe_split(train, val, split, data))
     held_fraction = len(val) / len(frames)
@@ -323,6 +331,8 @@ def finetune(*, data: str | Path, out: str | Path, model: str | Path | None = No
         csv = CSVLogger(save_dir=str(Path(out).parent), name=f"{Path(out).name}_logs", version="")
         trainer = L.Trainer(max_epochs=epochs, accelerator=accelerator, devices=1, logger=csv,
                             precision=precision,
+                            # every epoch's loss even when an epoch is a few batches
+                            log_every_n_steps=max(1, min(50, -(-crops_per_epoch // batch_size))),
                             enable_checkpointing=False, enable_model_summary=False,
                             num_sanity_val_steps=0, callbacks=[_EpochBar(), _NewCropsEachEpoch(crops)],
                             default_root_dir=str(Path(out).parent),

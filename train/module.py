@@ -157,8 +157,9 @@ class DislocationModule(L.LightningModule):
                     # RMSE and h accuracy without a matched core are NaN, not made-up scores.
                     metrics[f"{stage}/{name}" if k == "all" else f"{stage}/{k}/{name}"] = (
                         float(v) if name in ("rmse_nm", "h_accuracy") else float(np.nan_to_num(v, nan=0.0)))
-            if k == "all":  # how many cores matched: says when rmse and h accuracy are placeholders
-                metrics[f"{stage}/tp"] = float(tally.tp)
+            if k == "all":  # how many cores matched (and falsely found): says when rmse, h
+                # accuracy (no match) and precision (nothing found) are placeholders
+                metrics[f"{stage}/tp"], metrics[f"{stage}/fp"] = float(tally.tp), float(tally.fp)
         # NaN without any rock-salt annotation (lab data), or where neither the masks nor
         # the predictions hold any (0 / 0: undefined, not perfect): no score, and the same
         # keys on every DDP rank (log_dict syncs them key by key).
