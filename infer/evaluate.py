@@ -18,6 +18,7 @@ from dislotrack.data_gen.text import first_few
 from dislotrack.infer.columns import velocities_in_nm_s
 from dislotrack.infer.options import check_folder
 from dislotrack.infer.outputs import frame_fingerprint
+from dislotrack.models.io import file_sha256
 from dislotrack.models.metrics import MATCH_RADIUS_NM, DetectionTally, mask_iou, match_cores
 
 MIN_TRACK_FRAMES = 10
@@ -335,9 +336,13 @@ def calibration_notes(summary: dict | None, pixel_size_nm: float,
 def trained_on(summary: dict | None, side: Path) -> bool:
     """Whether the model behind predictions (infer's summary.json, `_summary`) was
     fine-tuned on the annotation ``side`` (``<stem>.json``), or on some of its frames:
-    its folder is the one the model trained on and the item was not held out whole
-    (a split by frames holds out frames of an item, never the item)."""
+    its image is one the model trained on (by content: also in a copied or renamed
+    folder), or its folder is the one the model trained on and the item was not held out
+    whole (a split by frames holds out frames of an item, never the item)."""
     tuned = ((summary or {}).get("model") or {}).get("finetuned_on") or {}
+    image = side.with_suffix(".tif")
+    if tuned.get("train_items_sha256") and image.exists():
+        return file_sha256(image) in set(tuned["train_items_sha256"])
     if not tuned.get("data") or Path(tuned["data"]) != side.parent.resolve():
         return False
     held = {Path(v).name for v in tuned.get("val_items") or []} if tuned.get("split") == "items" else set()

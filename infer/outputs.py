@@ -113,10 +113,11 @@ def summary_dict(res: AnalysisResult) -> dict:
 
 
 def _finetuned_on(card: dict) -> dict | None:
-    """The annotation folder, split (by "items" or "frames") and held-out items of a
-    fine-tuned model (None otherwise)."""
+    """The annotation folder, split (by "items" or "frames"), held-out items and the
+    trained-on images' sha256 of a fine-tuned model (None otherwise)."""
     tuned = (card.get("training") or {}).get("finetune")
-    return ({k: tuned.get(k) for k in ("data", "split", "val_items")} if tuned else None)
+    return ({k: tuned.get(k) for k in ("data", "split", "val_items", "train_items_sha256")}
+            if tuned else None)
 
 
 def _lattice_dict(res: AnalysisResult) -> dict | None:

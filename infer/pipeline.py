@@ -75,6 +75,7 @@ from dislotrack.infer.overlays import overlay_mask
 from dislotrack.infer.predict import network_dtype, pick_device
 from dislotrack.infer.preprocess import scale_factor, to_canonical
 from dislotrack.infer.readers import IN_MEMORY, Movie, movie_from_array, open_movie
+from dislotrack.models import io as models_io
 from dislotrack.models.io import load_model
 from dislotrack.models.unet import prepare_for_inference
 
@@ -171,16 +172,12 @@ _release_freed_memory = _malloc_trim()
 def file_sha256(path: str | Path) -> str:
     """SHA-256 of a file, or of the sorted per-file hashes of a folder."""
     p = Path(path)
-    if p.is_dir():
-        h = hashlib.sha256()
-        for f in sorted(q for q in p.rglob("*") if q.is_file()):
-            h.update(str(f.relative_to(p)).encode())
-            h.update(file_sha256(f).encode())
-        return h.hexdigest()
+    if not p.is_dir():
+        return models_io.file_sha256(p)
     h = hashlib.sha256()
-    with open(p, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
+    for f in sorted(q for q in p.rglob("*") if q.is_file()):
+        h.update(str(f.relative_to(p)).encode())
+        h.update(models_io.file_sha256(f).encode())
     return h.hexdigest()
 
 

@@ -3,6 +3,7 @@
 import json
 import re
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -26,7 +27,7 @@ from dislotrack.infer.evaluate import (
     match_events,
 )
 from dislotrack.infer.figures import evaluation_figure
-from dislotrack.models.io import load_model, save_model
+from dislotrack.models.io import file_sha256, load_model, save_model
 from dislotrack.models.unet import UNet, UNetConfig
 
 
@@ -90,6 +91,10 @@ def test_finetune_writes_a_loadable_model_with_its_recipe(tmp_path, capfd):
     weights = dict(before.named_parameters())
     assert any(not torch.equal(p, weights[name]) for name, p in net.named_parameters())
     assert card["training"]["finetune"]["precision"] == "32-true"
+    tuned = card["training"]["finetune"]
+    trained = {file_sha256(tmp_path / "lab" / Path(f).with_suffix(".tif").name)
+               for f in find_annotations(tmp_path / "lab") if Path(f).name not in tuned["val_items"]}
+    assert set(tuned["train_items_sha256"]) == trained and trained
     # bfloat16 training (fast on AMX CPUs) still saves float32 weights.
     assert main([*again, "--out", str(tmp_path / "ft"), "--overwrite", "--precision", "bf16-mixed"]) == 0
     net, card = load_model(tmp_path / "ft")
@@ -892,6 +897,16 @@ def test_evaluate_notes_calibrations_that_differ_and_items_a_model_was_tuned_on(
     summary["model"]["finetuned_on"].update(split="frames", val_items=["image_00000.json"])
     (pred / "image_00000" / "summary.json").write_text(json.dumps(summary))
     assert evaluate_folders(pred, truth, figures=False, progress=False)["image_00000"]["trained_on"]
+    # The annotations copied elsewhere: the trained-on image is known by its content.
+    import shutil
+
+    copy = shutil.copytree(truth, tmp_path / "copy")
+    summary["model"]["finetuned_on"].update(split="items", val_items=["image_00001.json"],
+                                            train_items_sha256=[file_sha256(truth / "image_00000.tif")])
+    for stem in ("image_00000", "image_00001"):
+        (pred / stem / "summary.json").write_text(json.dumps(summary))
+    report = evaluate_folders(pred, copy, figures=False, progress=False)
+    assert report["image_00000"].get("trained_on") and "trained_on" not in report["image_00001"]
 
 
 def test_a_hand_annotated_movie_gets_identity_switches_from_its_particle_ids(tmp_path):

@@ -1254,7 +1254,8 @@ def test_summary_json_says_what_a_fine_tuned_model_learnt_from(tiny_model):
     res.model_card["training"] = {"finetune": {"data": "/lab/ann", "split": "items",
                                                "val_items": ["/lab/ann/b.json"], "epochs": 20}}
     assert summary_dict(res)["model"]["finetuned_on"] == {"data": "/lab/ann", "split": "items",
-                                                          "val_items": ["/lab/ann/b.json"]}
+                                                          "val_items": ["/lab/ann/b.json"],
+                                                          "train_items_sha256": None}
 
 
 def test_a_mistyped_option_names_the_nearest_one(capsys):

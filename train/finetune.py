@@ -29,7 +29,7 @@ from dislotrack.data_gen.annotations import IMAGE_SUFFIXES, find_annotations, re
 from dislotrack.data_gen.conventions import D003_LINIO2_NM
 from dislotrack.data_gen.sample import Sample
 from dislotrack.data_gen.text import first_few
-from dislotrack.models.io import load_model, save_model
+from dislotrack.models.io import file_sha256, load_model, save_model
 from dislotrack.models.unet import required_multiple
 from dislotrack.train.augment import build_transform
 from dislotrack.train.data import sample_to_item
@@ -358,6 +358,9 @@ def finetune(*, data: str | Path, out: str | Path, model: str | Path | None = No
         "wall_time_s": time.time() - t0, "frames": len(frames), "train_frames": len(train),
         "val_frames": len(val), "split": split if val else None,
         "val_items": sorted({str(f.meta["source"]) for f in val}),
+        # evaluate knows the trained-on images by content too, in copied or renamed folders
+        "train_items_sha256": sorted({file_sha256(Path(data) / Path(f.meta["source"]).with_suffix(".tif"))
+                                      for f in train}),
         "base_model": str(model or "bundled default"), "base_sha256": base_sha,
         # infer's threshold: the base model's, not calibrated on these annotations
         "decode_threshold_from_base": card.get("decode_threshold")}}
