@@ -8,7 +8,8 @@ For an image or movie ``<stem>``, in one folder:
   origin], hx, hy (into the extra half-plane; any length, read as a unit vector),
   particle (a core's id over the frames); for a single image frame and particle may be
   left out (read as 0 and one id per core), for a movie particle (identities unknown:
-  `UNKNOWN_PARTICLE`, and no identity switches scored); optional bx_nm, by_nm, kind (single or
+  `UNKNOWN_PARTICLE`, and no identity switches scored); hx, hy may be left out or left
+  empty in a row (h unknown: neither trained nor scored); optional bx_nm, by_nm, kind (single or
   dipole), partner (the dipole partner's particle, -1 for none);
 * ``<stem>_rs.tif`` -- uint8 rock-salt mask, same shape as the image (optional);
 * ``<stem>.json`` -- sidecar: format, version, pixel_size_nm, frame_interval_s,
@@ -154,13 +155,15 @@ def read_annotation(sidecar: str | Path) -> Annotation:
                                 if k not in cores.columns})
     elif "particle" not in cores.columns:  # cores clicked frame by frame: identities unknown
         cores = cores.assign(particle=UNKNOWN_PARTICLE)
+    if "hx" not in cores.columns and "hy" not in cores.columns:  # positions only: h unknown
+        cores = cores.assign(hx=np.nan, hy=np.nan)
     missing = [c for c in REQUIRED_CORE_COLUMNS if c not in cores.columns]
     if missing:
         raise ValueError(f"{stem}_cores.csv lacks columns {missing}: it has {found}, "
                          f"the header needs {','.join(REQUIRED_CORE_COLUMNS)} (positions in px, "
-                         "h the direction into the extra half-plane, particle a core's id over "
-                         "the frames; a single image may leave out frame and particle, a movie "
-                         "particle)")
+                         "h the direction into the extra half-plane (may be left out), particle "
+                         "a core's id over the frames; a single image may leave out frame and "
+                         "particle, a movie particle)")
     rs_path = Path(f"{stem}_rs.tif")
     rs = _read_mask(rs_path) if rs_path.exists() else None
     numeric = [c for c in REQUIRED_CORE_COLUMNS
@@ -294,7 +297,9 @@ def _core_problems(c: pd.DataFrame, shape: tuple[int, int, int]) -> list[str]:
         f"frame not one of 0..{t - 1}": ~(c.frame.between(0, t - 1) & (c.frame % 1 == 0)),
         f"x outside the image [-0.5, {w - 0.5}] px": ~c.x.between(-0.5, w - 0.5),
         f"y outside the image [-0.5, {h - 0.5}] px": ~c.y.between(-0.5, h - 0.5),
-        "h zero or not finite": ~(np.isfinite(norm) & (norm > 0)),
+        # both hx and hy empty: h unknown (not trained or scored); one alone is a slip
+        "h zero, not finite or half given": ~((np.isfinite(norm) & (norm > 0))
+                                              | (c.hx.isna() & c.hy.isna())),
         "particle not an integer": ~(np.isfinite(c.particle) & (c.particle % 1 == 0)),
     }
     if c.frame.min() == 1 and c.frame.max() == t:

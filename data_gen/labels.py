@@ -38,6 +38,7 @@ def dense_targets(cores: pd.DataFrame, rs_mask: np.ndarray, *, pixel_size: float
     heat = np.zeros((h, w), np.float32)
     hvec = np.zeros((2, h, w), np.float32)
     dist = np.full((h, w), np.inf, np.float32)
+    known = np.zeros((h, w), bool)  # h is defined (a lab may annotate a core without it)
     sig = HEATMAP_SIGMA_NM / pixel_size
     rad = HVEC_RADIUS_NM / pixel_size
     half = int(np.ceil(max(4 * sig, rad))) + 1
@@ -57,7 +58,9 @@ def dense_targets(cores: pd.DataFrame, rs_mask: np.ndarray, *, pixel_size: float
         sub = dist[rs_:re_, cs_:ce_]
         near = (d2 <= rad * rad) & (d2 < sub)
         sub[near] = d2[near]
-        hvec[0, rs_:re_, cs_:ce_][near] = hx
-        hvec[1, rs_:re_, cs_:ce_][near] = hy
-    hmask = np.isfinite(dist).astype(np.float32)
+        has_h = bool(np.isfinite(hx) and np.isfinite(hy))
+        hvec[0, rs_:re_, cs_:ce_][near] = hx if has_h else 0.0
+        hvec[1, rs_:re_, cs_:ce_][near] = hy if has_h else 0.0
+        known[rs_:re_, cs_:ce_][near] = has_h
+    hmask = (np.isfinite(dist) & known).astype(np.float32)
     return {"heatmap": heat, "hvec": hvec, "hmask": hmask, "rs": rs_mask.astype(np.float32)}

@@ -46,6 +46,7 @@ class DetectionTally:
     fn: int = 0
     sq_err_nm2: float = 0.0
     h_ok: int = 0
+    h_scored: int = 0  # matched cores whose true h is known (lab annotations may omit it)
 
     def add(self, pred_xy: np.ndarray, pred_h: np.ndarray, true_xy: np.ndarray,
             true_h: np.ndarray, *, pixel_size: float) -> None:
@@ -59,10 +60,12 @@ class DetectionTally:
             diff = (np.reshape(pred_xy, (-1, 2))[pi] - np.reshape(true_xy, (-1, 2))[ti]) * pixel_size
             self.sq_err_nm2 += float((diff**2).sum())
             ph, th = np.reshape(pred_h, (-1, 2))[pi], np.reshape(true_h, (-1, 2))[ti]
-            # Directions: a vector of any length (a NaN or zero one counts as wrong).
+            known = np.isfinite(th).all(axis=1)  # an unknown true h (NaN) is not scored
+            # Directions: a vector of any length (a NaN or zero predicted one counts as wrong).
             with np.errstate(invalid="ignore", divide="ignore"):
                 cosang = (ph * th).sum(axis=1) / (np.hypot(*ph.T) * np.hypot(*th.T))
-            self.h_ok += int((cosang > np.cos(np.radians(H_ANGLE_TOL_DEG))).sum())
+            self.h_scored += int(known.sum())
+            self.h_ok += int((known & (cosang > np.cos(np.radians(H_ANGLE_TOL_DEG)))).sum())
 
     def merge(self, other: DetectionTally) -> None:
         self.tp += other.tp
@@ -70,6 +73,7 @@ class DetectionTally:
         self.fn += other.fn
         self.sq_err_nm2 += other.sq_err_nm2
         self.h_ok += other.h_ok
+        self.h_scored += other.h_scored
 
     def summary(self) -> dict[str, float]:
         """precision, recall, f1, rmse_nm, h_accuracy (NaN where undefined)."""
@@ -78,7 +82,7 @@ class DetectionTally:
         denom = 2 * self.tp + self.fp + self.fn
         f1 = 2 * self.tp / denom if denom else np.nan
         rmse = np.sqrt(self.sq_err_nm2 / self.tp) if self.tp else np.nan
-        hacc = self.h_ok / self.tp if self.tp else np.nan
+        hacc = self.h_ok / self.h_scored if self.h_scored else np.nan
         return {"precision": p, "recall": r, "f1": f1, "rmse_nm": rmse, "h_accuracy": hacc,
                 "tp": self.tp, "fp": self.fp, "fn": self.fn}
 

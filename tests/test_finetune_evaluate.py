@@ -335,7 +335,8 @@ def test_annotations_with_out_of_range_values_are_refused_naming_file_and_rows(t
     assert msg.startswith(str(side))
     # Data rows counted from 1 below the header.
     assert "x outside the image [-0.5, 31.5] px in data row(s) 1" in msg
-    assert "frame not one of 0..2 in data row(s) 2" in msg and "h zero or not finite in data row(s) 3" in msg
+    assert "frame not one of 0..2 in data row(s) 2" in msg
+    assert "h zero, not finite or half given in data row(s) 3" in msg
     # The last pixel's far edge is inside; h of any length is read as its direction.
     edge = cores.assign(hx=3 * cores.hx, hy=3 * cores.hy)
     edge.loc[0, ["x", "y"]] = 31.5, -0.5
@@ -457,6 +458,16 @@ def test_hand_written_movie_annotations_lab_style(tmp_path):
     side.write_text(json.dumps({**meta, "version": "1"}))
     with pytest.raises(ValueError, match=r"version must be a whole number \(e.g. 1\), got '1'"):
         read_annotation(side)
+    side.write_text(json.dumps(meta))
+    # Positions only (no hx, hy), or a row's h left empty: h unknown; hx alone is a slip.
+    csv.write_text("frame,x,y\n0,10,12\n1,11,12\n2,40,50\n")
+    assert read_annotation(side).cores[["hx", "hy"]].isna().all().all()
+    csv.write_text("frame,x,y,hx,hy\n0,10,12,,\n1,11,12,0,2\n2,40,50,1,\n")
+    with pytest.raises(ValueError, match=r"h zero, not finite or half given in data row\(s\) 3$"):
+        read_annotation(side)
+    csv.write_text("frame,x,y,hx,hy\n0,10,12,,\n1,11,12,0,2\n")
+    got = read_annotation(side).cores
+    assert got[["hx", "hy"]].iloc[0].isna().all() and got[["hx", "hy"]].iloc[1].tolist() == [0, 1]
 
 
 @pytest.mark.parametrize("unit, scale", [("nm", 1.0), ("\\u00B5m", 1e3), ("micron", 1e3), ("\\u00C5", 0.1),
@@ -511,16 +522,17 @@ def test_validation_scores_pool_the_counts_of_all_ranks():
     module = DislocationModule(UNet(UNetConfig(base_channels=4, depth=2)))
     logged: dict = {}
     module.log_dict = lambda metrics, **_: logged.update(metrics)
-    here = DetectionTally(tp=1, fp=0, fn=0, sq_err_nm2=0.01, h_ok=1)  # this rank: F1 1.0
+    here = DetectionTally(tp=1, fp=0, fn=0, sq_err_nm2=0.01, h_ok=1, h_scored=1)  # this rank: F1 1.0
     module._tallies, module._rs = {"all": here, "stem": here}, np.array([5.0, 10.0, 1.0])
-    # Another rank with 1 tp, 3 fn and only HRTEM frames (no "stem" tally there).
+    # Another rank with 1 tp (h wrong), 3 fn and only HRTEM frames (no "stem" tally there).
 
     def two_ranks(values):
-        keys = 6  # TALLY_KEYS: all, hrtem, stem and three dose bins; 6 counts each
+        keys = 6  # TALLY_KEYS: all, hrtem, stem and three dose bins
+        n = 7  # tp, fp, fn, sq_err_nm2, h_ok, h_scored, frames seen
         extra = np.zeros_like(values)
-        extra[0:6] = [1, 0, 3, 0.03, 0, 1]  # "all"
-        extra[6:12] = [1, 0, 3, 0.03, 0, 1]  # "hrtem"
-        extra[keys * 6:] = [0.0, 10.0, 1.0]  # rock salt: nothing found there
+        extra[0:n] = [1, 0, 3, 0.03, 0, 1, 1]  # "all"
+        extra[n:2 * n] = [1, 0, 3, 0.03, 0, 1, 1]  # "hrtem"
+        extra[keys * n:] = [0.0, 10.0, 1.0]  # rock salt: nothing found there
         return values + extra
 
     module._sum_over_ranks = two_ranks
@@ -834,6 +846,22 @@ def test_a_missing_image_or_cores_table_is_named_with_what_was_found(tmp_path):
     with pytest.raises(ValueError, match=r"no image_00000.tif next to it .*found image_00000.png: "
                                          r"annotations need a .tif"):
         read_annotation(side)
+
+
+def test_finetune_on_positions_only_annotations(tmp_path, capfd):
+    # A lab that clicked core positions but not h: heatmaps train, h neither trains nor scores.
+    lab = tmp_path / "lab"
+    generate_dataset(out=lab, n=3, size=64, mode="stem", seed=3, density=8.0, perfect_fraction=0.0,
+                     basal_fraction=0.0, progress=False)
+    for csv in lab.glob("*_cores.csv"):
+        pd.read_csv(csv).drop(columns=["hx", "hy"]).to_csv(csv, index=False)
+    assert main(["finetune", "--data", str(lab), "--out", str(tmp_path / "ft"),  # bundled base
+                 "--epochs", "1", "--size", "32", "--batch-size", "2", "--crops-per-epoch", "4",
+                 "--lr", "1e-6", "--accelerator", "cpu"]) == 0
+    _, card = load_model(tmp_path / "ft")
+    scores = card["metrics"]["finetune_validation"]
+    assert np.isfinite(scores["val/loss"]) and "val/h_accuracy" not in scores
+    assert scores["val/true_cores"] > 0 and scores.get("val/tp", 0) > 0
 
 
 def test_finetune_refuses_a_crop_larger_than_the_frames_before_training(tmp_path, capsys):

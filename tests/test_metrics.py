@@ -60,3 +60,13 @@ def test_mask_iou_is_intersection_over_union():
     assert mask_iou(pred, true) == pytest.approx(50 / 150)  # Dice would give 0.5
     assert mask_iou(pred, pred) == 1.0
     assert mask_iou(np.zeros((4, 4)), np.zeros((4, 4))) == 1.0  # both empty: nothing missed
+
+
+def test_an_unknown_true_h_is_not_scored():
+    # A lab annotating positions only (h NaN): matched, counted in F1 and RMSE, not in h.
+    true_h = np.array([[0.0, -1.0], [np.nan, np.nan]])
+    pred_h = np.array([[0.0, -1.0], [1.0, 0.0]])
+    s = _tally([10.0, 30.0], [10.0, 30.0], pred_h=pred_h, true_h=true_h)
+    assert (s["tp"], s["h_accuracy"]) == (2, 1.0)
+    s = _tally([30.0], [30.0], pred_h=pred_h[1:], true_h=true_h[1:])
+    assert s["tp"] == 1 and np.isnan(s["h_accuracy"])  # undefined, not 0 or 1

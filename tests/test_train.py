@@ -191,6 +191,27 @@ def test_augmentation_moves_cores_and_rotates_h_with_the_image():
         np.testing.assert_allclose(out_img, ref[type(op).__name__], atol=1e-6)
 
 
+def test_cores_without_h_train_their_heatmap_but_not_h():
+    # A lab annotating positions only: unknown h (NaN) survives augmentation as unknown,
+    # and its core's disc is left out of the h loss (hmask 0) while its heatmap is kept.
+    from dislotrack.data_gen.labels import dense_targets
+
+    s = make_sample(np.random.default_rng(4), GeneratorConfig(size=64, mode="stem",
+                                                               perfect_fraction=0.0, density=4.0))
+    cores = s.cores.copy()
+    cores.loc[cores.index[0], ["hx", "hy"]] = np.nan
+    tr = A.Compose([A.HorizontalFlip(p=1)],
+                   keypoint_params=A.KeypointParams(format="xy", remove_invisible=False), seed=0)
+    _, flipped, _ = augment(tr, (s.image / s.image.max()).astype(np.float32), cores, s.rs_mask)
+    assert flipped[["hx", "hy"]].iloc[0].isna().all() and flipped[["hx", "hy"]].iloc[1:].notna().all().all()
+    assert flipped.x.iloc[0] == pytest.approx(63 - cores.x.iloc[0], abs=1e-4)
+    t = dense_targets(cores, s.rs_mask, pixel_size=s.meta["pixel_size"])
+    x0, y0 = (int(round(v)) for v in cores[["x", "y"]].iloc[0])
+    x1, y1 = (int(round(v)) for v in cores[["x", "y"]].iloc[1])
+    assert t["heatmap"][y0, x0] > 0.9 and t["hmask"][y0, x0] == 0 and (t["hvec"][:, y0, x0] == 0).all()
+    assert t["hmask"][y1, x1] == 1 and np.isfinite(t["hvec"]).all()
+
+
 def test_arbitrary_rotation_keeps_h_consistent_with_motion_of_points():
     s = make_sample(np.random.default_rng(5), GeneratorConfig(size=128, mode="stem",
                                                                perfect_fraction=0.0, density=4.0))

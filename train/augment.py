@@ -58,6 +58,8 @@ def augment(transform: A.Compose, image: np.ndarray, cores: pd.DataFrame,
     """
     xy = cores[["x", "y"]].to_numpy(float).reshape(-1, 2)
     h = cores[["hx", "hy"]].to_numpy(float).reshape(-1, 2)
+    known = np.isfinite(h).all(axis=1)  # an unknown h (NaN) rides along as +x, stays unknown
+    h = np.where(known[:, None], h, [1.0, 0.0])
     kps = np.concatenate([xy, xy + _TIP_PX * h]) if len(xy) else np.zeros((0, 2))
     out = transform(image=image, mask=rs_mask, keypoints=kps)
     k = np.asarray(out["keypoints"], float).reshape(-1, 2)
@@ -65,6 +67,7 @@ def augment(transform: A.Compose, image: np.ndarray, cores: pd.DataFrame,
     new_xy, tip = k[:n], k[n:]
     d = tip - new_xy
     new_h = d / np.maximum(np.linalg.norm(d, axis=1, keepdims=True), 1e-12)
+    new_h[~known] = np.nan
     hh, ww = out["image"].shape[:2]
     inside = ((new_xy[:, 0] >= -0.5) & (new_xy[:, 0] < ww - 0.5)
               & (new_xy[:, 1] >= -0.5) & (new_xy[:, 1] < hh - 0.5))

@@ -127,7 +127,7 @@ class DislocationModule(L.LightningModule):
         Lightning's distributed sampler pads the ranks to equal length, so up to
         world size - 1 validation images count twice."""
         keys = TALLY_KEYS  # the same array shape on every rank, whatever frames it saw
-        fields = ("tp", "fp", "fn", "sq_err_nm2", "h_ok")
+        fields = ("tp", "fp", "fn", "sq_err_nm2", "h_ok", "h_scored")
         # The last column says where a key saw frames (even frames without any core).
         counts = np.array([[*(getattr(self._tallies.get(k, DetectionTally()), f) for f in fields),
                             float(k in self._tallies)] for k in keys], dtype=np.float64)
@@ -135,9 +135,9 @@ class DislocationModule(L.LightningModule):
         counts, rs = flat[:counts.size].reshape(counts.shape), flat[counts.size:]
         tallies = {}
         for k, row in zip(keys, counts, strict=True):
-            if row[5]:  # a key with frames on some rank: the same keys on every rank
+            if row[-1]:  # a key with frames on some rank: the same keys on every rank
                 tallies[k] = DetectionTally(int(row[0]), int(row[1]), int(row[2]), float(row[3]),
-                                            int(row[4]))
+                                            int(row[4]), int(row[5]))
         return tallies, rs
 
     def _sum_over_ranks(self, values: np.ndarray) -> np.ndarray:
