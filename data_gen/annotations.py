@@ -135,8 +135,10 @@ def read_annotation(sidecar: str | Path) -> Annotation:
     except (KeyError, TypeError, ValueError):
         px = float("nan")
     if "pixel_size_nm" not in side:
+        told = (f"; {stem.name}.tif's own calibration says {tif_px:g} nm/px: add "
+                f'"pixel_size_nm": {tif_px:g}' if tif_px else "")
         raise ValueError(f"{sidecar}: no pixel_size_nm (the image's nm per pixel); it has "
-                         f"{', '.join(sorted(side)) or 'no keys'}")
+                         f"{', '.join(sorted(side)) or 'no keys'}{told}")
     if not (np.isfinite(px) and px > 0):
         raise ValueError(f"{sidecar}: pixel_size_nm must be a positive number [nm/px], "
                          f"got {side.get('pixel_size_nm')!r}")
@@ -295,8 +297,8 @@ def _core_problems(c: pd.DataFrame, shape: tuple[int, int, int]) -> list[str]:
     norm = np.hypot(c.hx, c.hy)
     checks = {
         f"frame not one of 0..{t - 1}": ~(c.frame.between(0, t - 1) & (c.frame % 1 == 0)),
-        f"x outside the image [-0.5, {w - 0.5}] px": ~c.x.between(-0.5, w - 0.5),
-        f"y outside the image [-0.5, {h - 0.5}] px": ~c.y.between(-0.5, h - 0.5),
+        f"x missing or outside the image [-0.5, {w - 0.5}] px": ~c.x.between(-0.5, w - 0.5),
+        f"y missing or outside the image [-0.5, {h - 0.5}] px": ~c.y.between(-0.5, h - 0.5),
         # both hx and hy empty: h unknown (not trained or scored); one alone is a slip
         "h zero, not finite or half given": ~((np.isfinite(norm) & (norm > 0))
                                               | (c.hx.isna() & c.hy.isna())),
@@ -317,7 +319,9 @@ def _sidecar_problem(path: Path) -> str | None:
     """None if ``path`` is an annotation sidecar, else why it is not."""
     try:
         side = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+    except json.JSONDecodeError as err:  # where: a trailing comma is the usual slip
+        return f"not valid JSON: {err}"
+    except (OSError, UnicodeDecodeError):
         return "not valid JSON"
     fmt = side.get("format") if isinstance(side, dict) else None
     return None if fmt == FORMAT else f"format {fmt!r}, not {FORMAT!r}"

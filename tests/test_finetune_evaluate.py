@@ -96,7 +96,11 @@ def test_finetune_writes_a_loadable_model_with_its_recipe(tmp_path, capfd):
                for f in find_annotations(tmp_path / "lab") if Path(f).name not in tuned["val_items"]}
     assert set(tuned["train_items_sha256"]) == trained and trained
     # bfloat16 training (fast on AMX CPUs) still saves float32 weights.
-    assert main([*again, "--out", str(tmp_path / "ft"), "--overwrite", "--precision", "bf16-mixed"]) == 0
+    # (--out with the weights' suffix names the same model; its logs go to ft_logs too)
+    (tmp_path / "ft_logs" / "metrics.csv").unlink()
+    assert main([*again, "--out", str(tmp_path / "ft.safetensors"), "--overwrite", "--precision",
+                 "bf16-mixed"]) == 0
+    assert (tmp_path / "ft_logs" / "metrics.csv").is_file()
     net, card = load_model(tmp_path / "ft")
     assert card["training"]["finetune"]["precision"] == "bf16-mixed"
     assert {p.dtype for p in net.parameters()} == {torch.float32}
@@ -276,7 +280,8 @@ def test_annotation_folders_name_what_they_skip_and_refuse(tmp_path):
     generate_dataset(out=lab, n=2, size=32, mode="stem", seed=3, progress=False)
     (lab / "notes.json").write_text('{"format": "something-else"}')
     (lab / "typo.json").write_text("{not json")
-    with pytest.warns(UserWarning, match=r"skipped 2 .*notes.json \(format 'something-else'.*typo.json"):
+    with pytest.warns(UserWarning, match=r"skipped 2 .*notes.json \(format 'something-else'.*typo.json "
+                                         r"\(not valid JSON: .*line 1 column 2"):
         assert [p.name for p in find_annotations(lab)] == ["image_00000.json", "image_00001.json"]
     side = json.loads((lab / "image_00000.json").read_text())
     (lab / "image_00000.json").write_text(json.dumps({**side, "pixel_size_nm": None}))
@@ -334,7 +339,7 @@ def test_annotations_with_out_of_range_values_are_refused_naming_file_and_rows(t
     msg = str(err.value)
     assert msg.startswith(str(side))
     # Data rows counted from 1 below the header.
-    assert "x outside the image [-0.5, 31.5] px in data row(s) 1" in msg
+    assert "x missing or outside the image [-0.5, 31.5] px in data row(s) 1" in msg
     assert "frame not one of 0..2 in data row(s) 2" in msg
     assert "h zero, not finite or half given in data row(s) 3" in msg
     # The last pixel's far edge is inside; h of any length is read as its direction.
@@ -405,7 +410,9 @@ def test_hand_written_annotations_read_or_fail_naming_the_file(tmp_path):
         read_annotation(side)
     side.write_text(json.dumps({k: v for k, v in meta.items() if k != "pixel_size_nm"}
                                | {"pixel_size": 0.1}))  # a typo
-    with pytest.raises(ValueError, match=r"image_00000.json: no pixel_size_nm .*; it has .*pixel_size,"):
+    with pytest.raises(ValueError, match=r"image_00000.json: no pixel_size_nm .*; it has .*pixel_size, .*; "
+                                         r"image_00000.tif's own calibration says 0.1 nm/px: add "
+                                         r'"pixel_size_nm": 0.1$'):
         read_annotation(side)
     side.write_text(json.dumps(meta))
     # A single image's table needs no frame or particle column; renamed columns are named.

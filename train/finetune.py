@@ -29,7 +29,7 @@ from dislotrack.data_gen.annotations import IMAGE_SUFFIXES, find_annotations, re
 from dislotrack.data_gen.conventions import D003_LINIO2_NM
 from dislotrack.data_gen.sample import Sample
 from dislotrack.data_gen.text import first_few
-from dislotrack.models.io import file_sha256, load_model, save_model
+from dislotrack.models.io import file_sha256, load_model, model_paths, save_model
 from dislotrack.models.unet import required_multiple
 from dislotrack.train.augment import build_transform
 from dislotrack.train.data import sample_to_item
@@ -328,7 +328,8 @@ def finetune(*, data: str | Path, out: str | Path, model: str | Path | None = No
         loaders.append(DataLoader(WholeFrames(val, multiple), batch_size=1))
     with _quiet_lightning():
         # Per-epoch scores beside the model, to see whether later epochs overfit.
-        csv = CSVLogger(save_dir=str(Path(out).parent), name=f"{Path(out).name}_logs", version="")
+        stem = model_paths(out)[0].with_suffix("")  # --out mine or mine.safetensors: mine_logs
+        csv = CSVLogger(save_dir=str(stem.parent), name=f"{stem.name}_logs", version="")
         trainer = L.Trainer(max_epochs=epochs, accelerator=accelerator, devices=1, logger=csv,
                             precision=precision,
                             # every epoch's loss even when an epoch is a few batches
