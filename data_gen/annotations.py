@@ -165,7 +165,7 @@ def read_annotation(sidecar: str | Path) -> Annotation:
                          f"the header needs {','.join(REQUIRED_CORE_COLUMNS)} (positions in px, "
                          "h the direction into the extra half-plane (may be left out), particle "
                          "a core's id over the frames; a single image may leave out frame and "
-                         "particle, a movie particle)")
+                         "particle, a movie particle: identities unknown)")
     rs_path = Path(f"{stem}_rs.tif")
     rs = _read_mask(rs_path) if rs_path.exists() else None
     numeric = [c for c in REQUIRED_CORE_COLUMNS
@@ -244,7 +244,8 @@ def annotation_problems(ann: Annotation, *, declared_shape: object = None) -> li
     Checked: the image is (t, y, x) and matches the sidecar's ``shape`` and the
     rock-salt mask; ``frame_interval_s`` is null or positive; every core has a frame
     of the stack, a position inside the image (pixel-centre origin, so x in
-    [-0.5, width - 0.5]), a non-zero finite **h** and an integer particle.
+    [-0.5, width - 0.5]), a non-zero finite **h** or none (hx and hy both empty) and an
+    integer particle.
 
     Parameters
     ----------
@@ -276,17 +277,20 @@ def annotation_problems(ann: Annotation, *, declared_shape: object = None) -> li
 
 
 def _positions_in_nm(c: pd.DataFrame, shape: tuple[int, int, int], pixel_size_nm: float) -> str | None:
-    """Why the cores' x, y [px] look like nm (all of at least 3 within the image's extent
-    in nm, under half of it in px), else None."""
+    """Why the cores' x, y [px] look like nm, else None: a frame holds at least 3 cores,
+    all positions lie within the image's extent in nm (under half of it in px) and spread
+    over a quarter of that extent or more, as positions in nm across the image would."""
     _, h, w = shape
-    if len(c) < 3 or pixel_size_nm >= 0.5:
+    if not len(c) or c.groupby("frame").size().max() < 3 or pixel_size_nm >= 0.5:
         return None
     x_nm, y_nm = (w - 0.5) * pixel_size_nm + 0.5, (h - 0.5) * pixel_size_nm + 0.5
     if c.x.max() > x_nm or c.y.max() > y_nm:
         return None
-    return (f"all {len(c)} cores lie within x <= {c.x.max():.3g}, y <= {c.y.max():.3g}, the image's "
-            f"size in nm ({w * pixel_size_nm:.3g} x {h * pixel_size_nm:.3g}) of its {w} x {h} px: "
-            "positions must be in pixels; are these in nm?")
+    if max(np.ptp(c.x) / x_nm, np.ptp(c.y) / y_nm) < 0.25:  # a small patch near the corner
+        return None
+    return (f"all {len(c)} positions lie within x <= {c.x.max():.3g}, y <= {c.y.max():.3g}, the "
+            f"image's size in nm ({w * pixel_size_nm:.3g} x {h * pixel_size_nm:.3g}) of its "
+            f"{w} x {h} px: positions must be in pixels; are these in nm?")
 
 
 def _core_problems(c: pd.DataFrame, shape: tuple[int, int, int]) -> list[str]:

@@ -67,7 +67,8 @@ class GeneratorConfig:
         Mean number of dislocation sites (single or dipole) per 100 nm^2.
     dipole_fraction, basal_fraction : float
         Fraction of sites that are dipoles (movies: `draw_scenario` draws 2 x this many
-        dipoles on average, so it may exceed 1 there); of dislocations with a basal
+        dipoles on average, so it may exceed 1 there, and drops one that finds no room
+        `MIN_CORE_APPROACH_NM` clear of the others); of dislocations with a basal
         Burgers vector.
     perfect_fraction : float
         Fraction of images with no dislocation at all (single images only).

@@ -284,8 +284,9 @@ def _add_precision(p: argparse.ArgumentParser) -> None:
     # Kept in step with dislotrack.infer.predict.PRECISIONS (a test checks), which is not
     # imported here: torch would make every command's --help slow.
     p.add_argument("--precision", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
-                   type=lambda name: _DTYPE_OF_LIGHTNING.get(name, name),
-                   help="the network's arithmetic: auto (default) is float16 on CUDA, bfloat16 on "
+                   type=lambda name: _DTYPE_OF_LIGHTNING.get(name, name), metavar="PRECISION",
+                   help="auto, float32, bfloat16 or float16: the network's arithmetic; auto "
+                        "(default) is float16 on CUDA, bfloat16 on "
                         "CPUs with AMX matrix units (about twice as fast, same accuracy on our "
                         "benchmarks), float32 elsewhere; float32 forces full precision "
                         "(training's names 32-true, bf16-mixed, 16-mixed are taken too)")
@@ -346,9 +347,10 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="(default 0)")
     p.add_argument("--accelerator", default="auto", help="cpu, gpu or auto (default auto)")
     p.add_argument("--precision", default="32-true", choices=["32-true", "bf16-mixed", "16-mixed"],
-                   type=lambda name: _LIGHTNING_OF_DTYPE.get(name, name),
-                   help="Lightning's training precision (default 32-true; bf16-mixed is about "
-                        "twice as fast on CPUs with AMX, 16-mixed for GPUs; infer's names "
+                   type=lambda name: _LIGHTNING_OF_DTYPE.get(name, name), metavar="PRECISION",
+                   help="32-true, bf16-mixed or 16-mixed: Lightning's training precision (default "
+                        "32-true; bf16-mixed is about twice as fast on CPUs with AMX, 16-mixed for "
+                        "GPUs; infer's names "
                         "float32, bfloat16, float16 are taken too)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing model at --out")
     p.set_defaults(func=_run_finetune)
@@ -475,6 +477,17 @@ def _stopped_by_sigterm(command: str, then: str) -> int:
 
 
 def _main(argv: list[str]) -> int:
+    if argv[:2] == ["train", "export"]:  # no LightningCLI: a checkpoint written as a model
+        from dislotrack.train.cli import export_main
+
+        try:
+            export_main(argv[2:])
+        except USER_ERRORS as err:
+            if os.environ.get("DISLOTRACK_DEBUG"):
+                raise
+            print(f"dislotrack train export: error: {err}", file=sys.stderr)
+            return 2
+        return 0
     if argv and argv[0] in _LIGHTNING_COMMANDS:
         from lightning.fabric.utilities.exceptions import MisconfigurationException
         from lightning.pytorch.utilities.exceptions import SIGTERMException

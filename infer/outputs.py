@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -62,9 +63,11 @@ def frame_fingerprint(frame: np.ndarray) -> list[float]:
     """Means of a `FINGERPRINT_GRID`-square grid of blocks of a frame, row by row: enough to
     tell two images apart (the illumination, thickness and noise differ) whatever the file
     format, dtype or scale they were saved in; `evaluate` checks predictions against it."""
-    rows = np.array_split(np.asarray(frame, float), min(FINGERPRINT_GRID, frame.shape[0]), axis=0)
-    return [float(f"{block.mean():.8g}") for band in rows
-            for block in np.array_split(band, min(FINGERPRINT_GRID, frame.shape[1]), axis=1)]
+    rows = np.array_split(np.asarray(frame), min(FINGERPRINT_GRID, frame.shape[0]), axis=0)
+    with warnings.catch_warnings():  # a block of NaN pixels only (alignment padding): NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return [float(f"{np.nanmean(block, dtype=np.float64):.8g}") for band in rows
+                for block in np.array_split(band, min(FINGERPRINT_GRID, frame.shape[1]), axis=1)]
 
 
 def summary_dict(res: AnalysisResult) -> dict:

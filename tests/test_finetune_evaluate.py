@@ -452,15 +452,18 @@ def test_hand_written_movie_annotations_lab_style(tmp_path):
     with pytest.raises(ValueError, match=r"frame not one of 0..2 \(frames count from 0; these look "
                                          r"counted from 1\) in data row\(s\) 3"):
         read_annotation(side)
-    csv.write_text("frame,x,y,hx,hy\n" + "".join(f"{f},{x * px},{y * px},0,1\n" for f, x, y in
-                                                  ((0, 10, 12), (1, 40, 50), (2, 60, 30))))
-    with pytest.warns(UserWarning, match=r"movie_00000_cores.csv: all 3 cores lie within x <= 6, "
+    spread = ((0, 10, 12), (0, 40, 50), (0, 60, 30), (1, 11, 12))
+    csv.write_text("frame,x,y,hx,hy\n" + "".join(f"{f},{x * px},{y * px},0,1\n" for f, x, y in spread))
+    with pytest.warns(UserWarning, match=r"movie_00000_cores.csv: all 4 positions lie within x <= 6, "
                                          r"y <= 5, the image's size in nm .* are these in nm\?"):
         read_annotation(side)
-    csv.write_text("frame,x,y,hx,hy\n0,10,12,0,1\n1,40,50,0,1\n2,60,30,0,1\n")  # in px: quiet
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        read_annotation(side)
+    # Quiet: the same in px; one core followed over the frames near the corner; a small
+    # patch of cores there.
+    for rows in (spread, ((0, 1, 1), (1, 1.5, 1), (2, 2, 1.2)), ((0, 1, 1), (0, 1.5, 1.3), (0, 1.2, 2))):
+        csv.write_text("frame,x,y,hx,hy\n" + "".join(f"{f},{x},{y},0,1\n" for f, x, y in rows))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            read_annotation(side)
     meta = json.loads(side.read_text())
     side.write_text(json.dumps({**meta, "version": "1"}))
     with pytest.raises(ValueError, match=r"version must be a whole number \(e.g. 1\), got '1'"):
@@ -686,6 +689,25 @@ def test_evaluate_refuses_predictions_of_another_image_of_the_same_name(tmp_path
     assert "the predictions are of another image" in err and "image_00000.tif" in err
     assert main(["evaluate", "--pred", str(tmp_path / "pred_copy"), "--truth", str(tmp_path / "a")]) == 0
     assert "f1" in json.loads((tmp_path / "pred_copy" / "evaluation.json").read_text())["image_00000"]
+
+
+def test_image_check_tolerates_nan_padding_and_a_burned_in_scale_bar(tmp_path):
+    from dislotrack.infer.evaluate import _image_mismatch
+    from dislotrack.infer.outputs import frame_fingerprint
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:256, 0:256]
+    frame = (100 + 5 * np.cos(yy / 1.5) + 3 * np.sin((xx + yy) / 40) + rng.normal(0, 2, (256, 256)))
+    summary = {"input": {"path": "m.dm4", "sha256": "ab", "fingerprint": frame_fingerprint(frame)}}
+    padded = frame.copy()
+    padded[:, :3] = np.nan  # alignment padding, which infer's reader fills in
+    barred = frame.copy()
+    barred[220:240, 20:120] = 255  # a scale bar burned into the export
+    for same in (frame, padded, barred, 7 * frame.astype(np.float32) + 3):
+        assert _image_mismatch(summary, same, tmp_path / "m.tif") is None
+    other = 100 + 3 * np.sin((xx - yy) / 30) + rng.normal(0, 2, (256, 256))
+    assert "another image (m.dm4)" in _image_mismatch(summary, other, tmp_path / "m.tif")
+    assert "flipped or rotated" in _image_mismatch(summary, frame[::-1], tmp_path / "m.tif")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
@@ -942,6 +964,13 @@ def test_evaluate_notes_calibrations_that_differ_and_items_a_model_was_tuned_on(
         (pred / stem / "summary.json").write_text(json.dumps(summary))
     report = evaluate_folders(pred, copy, figures=False, progress=False)
     assert report["image_00000"].get("trained_on") and "trained_on" not in report["image_00001"]
+    # An image re-saved after fine-tuning (other bytes) in the folder it trained from: the
+    # folder rule still knows it.
+    summary["model"]["finetuned_on"]["train_items_sha256"] = ["0" * 64]
+    for stem in ("image_00000", "image_00001"):
+        (pred / stem / "summary.json").write_text(json.dumps(summary))
+    report = evaluate_folders(pred, truth, figures=False, progress=False)
+    assert report["image_00000"].get("trained_on") and "trained_on" not in report["image_00001"]
 
 
 def test_a_hand_annotated_movie_gets_identity_switches_from_its_particle_ids(tmp_path):
@@ -961,6 +990,11 @@ def test_a_hand_annotated_movie_gets_identity_switches_from_its_particle_ids(tmp
     r = evaluate_folders(tmp_path / "pred", tmp_path / "truth", progress=False)["hand"]
     assert r["identity_switches"] == 2 and r["switches_per_track"] == 1.0
     assert "median_glide_rel_error" not in r  # no true velocities in a hand annotation
+    # Clicked without particle ids: no switches to score, and the report says why.
+    csv = tmp_path / "truth" / "hand_cores.csv"
+    pd.read_csv(csv).drop(columns="particle").to_csv(csv, index=False)
+    r = evaluate_folders(tmp_path / "pred", tmp_path / "truth", progress=False)["hand"]
+    assert "identity_switches" not in r and "no particle ids" in r["note"] and r["tp"] == 6
 
 
 def test_finetune_names_images_without_an_annotation(tmp_path, caplog):

@@ -1,6 +1,7 @@
 """Training: the loop learns, configs run, augmentation keeps labels, seeding."""
 
 import json
+import logging
 import warnings
 
 import albumentations as A
@@ -306,6 +307,72 @@ def test_init_from_starts_training_from_a_saved_model(tmp_path):
         assert torch.equal(module(x), saved(x))
     with pytest.raises(ValueError, match="architecture"):
         DislocationModule(UNet(UNetConfig(base_channels=8, depth=2)), init_from=str(tmp_path / "m"))
+
+
+_TINY_RUN = ["--model.net.init_args.config.base_channels=4", "--model.net.init_args.config.depth=2",
+             "--data.batch_size=2", "--data.num_workers=0", "--data.size=32", "--data.eval_size=32",
+             "--data.n_val=2", "--data.n_test=2", "--data.samples_per_epoch=2",
+             "--trainer.max_epochs=1", "--trainer.enable_progress_bar=false"]
+
+
+def test_a_checkpoint_exports_as_a_model_and_refuses_another_network(tmp_path, capsys, caplog):
+    from dislotrack.infer.cli import main
+    from dislotrack.models.io import load_lightning_checkpoint, load_model
+
+    run = ["--config", "cpu", *_TINY_RUN, "--trainer.default_root_dir", str(tmp_path / "r")]
+    # --ckpt_path last on a first submission: a fresh start, said in our words.
+    with caplog.at_level(logging.INFO):
+        assert main(["train", "fit", *run, "--ckpt_path", "last"]) == 0
+    assert "no last.ckpt yet under" in caplog.text
+    last = tmp_path / "r" / "checkpoints" / "last.ckpt"
+    assert main(["train", "export", str(last), "--out", str(tmp_path / "mine")]) == 0
+    net, card = load_model(tmp_path / "mine")  # the architecture came from the checkpoint
+    assert (net.config.base_channels, net.config.depth) == (4, 2)
+    state = load_lightning_checkpoint(last)
+    assert all(torch.equal(v, state[k]) for k, v in net.state_dict().items())
+    assert card["canonical_pixel_size_nm"] == 0.1 and card["training"]["checkpoint"] == str(last)
+    assert card["generator"]["size"] == 32 and card["training"]["module"]["lr"] > 0
+    capsys.readouterr()
+    assert main(["train", "export", str(last), "--out", str(tmp_path / "mine")]) == 2  # exists
+    assert "mine.safetensors exists" in capsys.readouterr().err
+    # A checkpoint without the architecture (before 0.1.20) needs the run's saved config.
+    old = torch.load(last, map_location="cpu", weights_only=True)
+    del old["dislotrack_architecture"]
+    torch.save(old, tmp_path / "old.ckpt")
+    assert main(["train", "export", str(tmp_path / "old.ckpt"), "--out", str(tmp_path / "o")]) == 2
+    assert "holds no network architecture" in capsys.readouterr().err
+    (saved,) = (tmp_path / "r").glob("lightning_logs/version_0/config.yaml")
+    assert main(["train", "export", str(tmp_path / "old.ckpt"), "--out", str(tmp_path / "o"),
+                 "--config", str(saved)]) == 0
+    # Testing it with another width, or "best" in a new process: one line each, before loading.
+    capsys.readouterr()
+    assert main(["train", "test", *run, "--model.net.init_args.config.base_channels=8",
+                 "--ckpt_path", "last"]) == 2
+    assert "its network differs from the configured one (base_channels 4 in the checkpoint, 8 " \
+           "here)" in capsys.readouterr().err
+    assert main(["train", "test", *run, "--ckpt_path", "best"]) == 2
+    assert "a new run does not know which checkpoint was best" in capsys.readouterr().err
+
+
+def test_train_refuses_in_one_line_what_cannot_run(tmp_path, capsys, monkeypatch):
+    from dislotrack.infer.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    run = [*_TINY_RUN, "--trainer.default_root_dir", str(tmp_path / "r")]
+    (tmp_path / "cpu").mkdir()  # a folder named like the bundled config
+    for argv, said in (
+            (["fit", "--config", "cpu", *run, "--data.size", "102"],
+             "--data.size 102: the network (depth 2) takes multiples of 4 px, e.g. 100 or 104"),
+            (["fit", "--config", "cpu", *run, "--data.eval_size", "30"], "e.g. 28 or 32"),
+            (["--config", "cpu", "fit"], "give the subcommand first"),
+            (["fit", "--config", "cpu", *run, "--model.init_from", "nowhere"],
+             "--model.init_from nowhere: model file nowhere.safetensors does not exist"),
+            (["fit", "--config", "cpu", *run, "--model.init_from", "default"],
+             "--model.init_from default: its architecture")):
+        assert main(["train", *argv]) == 2, argv
+        err = capsys.readouterr().err
+        assert said in err and err.count("\n") == 1, err
+    assert not (tmp_path / "r" / "checkpoints").exists()  # refused before training
 
 
 def test_calibration_takes_the_precise_end_of_a_flat_f1_plateau():

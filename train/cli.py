@@ -6,6 +6,7 @@ Examples
     dislotrack train fit --config cpu        # the bundled config, from any folder
     dislotrack train fit --config train/configs/cpu.yaml --ckpt_path last
     dislotrack train test --config train/configs/cpu.yaml --ckpt_path last
+    dislotrack train export runs/cpu/checkpoints/last.ckpt --out models/mine
 """
 
 from __future__ import annotations
@@ -23,11 +24,11 @@ from typing import Any
 
 from jsonargparse import set_parsing_settings
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from dislotrack.train.datamodule import SyntheticDataModule
 from dislotrack.train.errors import TrainConfigError, with_suggestion
-from dislotrack.train.export import ExportModel
+from dislotrack.train.export import ExportModel, export_checkpoint
 from dislotrack.train.module import DislocationModule
 
 
@@ -46,7 +47,7 @@ def resolve_configs(argv: Sequence[str]) -> list[str]:
         # Only the bundled names themselves: a typo in the user's own path (mycfg/cpu.yaml,
         # cpu.yml) must not silently train the bundled recipe instead.
         named = Path(value).as_posix() in (stem, f"{stem}.yaml", f"train/configs/{stem}.yaml")
-        if named and not Path(value).exists() and bundled.is_file():
+        if named and not Path(value).is_file() and bundled.is_file():  # a folder "cpu" too
             key, eq, _ = out[i].partition("=")
             out[i] = f"{key}={bundled}" if eq and key in ("--config", "-c") else str(bundled)
     return out
@@ -142,6 +143,28 @@ def _config_sets(path: str, dotted: str) -> bool:
             return False
         node = node[part]
     return True
+
+
+def checkpoint_mismatch(path: Path, config: Any) -> str | None:
+    """Why the checkpoint ``path`` does not fit the configured network's `UNetConfig`
+    ``config`` (its recorded architecture differs), else None (also where either is
+    unknown: checkpoints before 0.1.20 record none)."""
+    import torch
+
+    from dislotrack.train.module import ARCHITECTURE_KEY
+
+    if config is None:
+        return None
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True).get(ARCHITECTURE_KEY)
+    except Exception:  # unreadable: Lightning says why when it loads it
+        return None
+    if saved is None or saved == config.to_dict():
+        return None
+    differ = {k: (saved.get(k), v) for k, v in config.to_dict().items() if saved.get(k) != v}
+    return ("its network differs from the configured one ("
+            + ", ".join(f"{k} {a} in the checkpoint, {b} here" for k, (a, b) in differ.items())
+            + "): pass the options or config that run used")
 
 
 def missing_last_checkpoint(ckpt_path: str | None, dirpath: str | None) -> str | None:
@@ -267,6 +290,9 @@ class DislotrackCLI(LightningCLI):
         try:
             super().parse_arguments(parser, args)
         except argparse.ArgumentError as err:
+            if "before subcommand" in str(err):  # dislotrack train --config cpu fit
+                raise TrainConfigError(f"{err}: give the subcommand first, then the config and "
+                                       "options (dislotrack train fit --config cpu ...)") from None
             raise TrainConfigError(with_suggestion(str(err), _options(parser, args))) from None
 
     def _check_checkpoint(self) -> None:
@@ -279,13 +305,46 @@ class DislotrackCLI(LightningCLI):
             raise TrainConfigError(
                 f"--ckpt_path {ckpt} is an exported model, not a Lightning checkpoint (.ckpt): "
                 f"start from it with --model.init_from {Path(ckpt).with_suffix('')}")
+        if ckpt == "best":  # Lightning knows "best" only inside the fit that found it
+            folder = getattr(self.trainer.checkpoint_callback, "dirpath", None) or "checkpoints"
+            raise TrainConfigError(f"--ckpt_path best: a new run does not know which checkpoint was "
+                                   f"best; pass the file (the epochNN-f1_*.ckpt in {folder}) or last")
+        path = (Path(getattr(self.trainer.checkpoint_callback, "dirpath", "") or ".") / "last.ckpt"
+                if ckpt == "last" else Path(ckpt) if ckpt else None)
+        why = path and path.is_file() and checkpoint_mismatch(path, getattr(self.model.net, "config", None))
+        if why:
+            raise TrainConfigError(f"--ckpt_path {ckpt}: {why}")
         if self.subcommand != "fit" and not ckpt and not config.model.get("init_from"):
             rank_zero_warn("no --ckpt_path and no --model.init_from: this scores an untrained "
                            "network (--ckpt_path last: this config's last checkpoint; "
                            "--model.init_from default: the bundled model)")
 
+    def _check_sizes(self) -> None:
+        """Raises `TrainConfigError` for image sizes the network cannot take (found at once,
+        not after the sanity check, with the sizes that work)."""
+        from dislotrack.models.unet import required_multiple
+
+        config = getattr(self.model.net, "config", None)
+        if config is None:
+            return
+        multiple = required_multiple(config)
+        data = self.config[self.subcommand].data
+        for key in ("size", "eval_size"):
+            value = data.get(key)
+            if isinstance(value, int) and value % multiple:
+                low = max(multiple, value // multiple * multiple)
+                raise TrainConfigError(f"--data.{key} {value}: the network (depth {config.depth}) takes "
+                                       f"multiples of {multiple} px, e.g. {low} or {low + multiple}")
+
     def before_fit(self) -> None:
+        self._check_sizes()
         self._check_checkpoint()
+        if missing_last_checkpoint(self.config[self.subcommand].get("ckpt_path"),
+                                   getattr(self.trainer.checkpoint_callback, "dirpath", None)):
+            # A first submission of a requeued job (README: SLURM); Lightning's own warning
+            # (filtered in `train_main`) would advise a save_last the configs already have.
+            rank_zero_info("--ckpt_path last: no last.ckpt yet under "
+                           f"{self.trainer.checkpoint_callback.dirpath}, so training starts fresh")
         self._check_nodes()
         self._check_sync_batchnorm()
         self._check_outputs()
@@ -295,6 +354,7 @@ class DislotrackCLI(LightningCLI):
 
     def before_validate(self) -> None:
         """Raises FileNotFoundError if ``--ckpt_path last`` finds no ``last.ckpt``."""
+        self._check_sizes()
         self._check_checkpoint()
         self._check_nodes()
         self._check_outputs()
@@ -330,6 +390,36 @@ class _NoTips(logging.Filter):
         return not str(record.msg).startswith("💡 Tip")
 
 
+def export_main(argv: Sequence[str]) -> Path:
+    """``dislotrack train export CKPT --out STEM``: a checkpoint written as a model.
+
+    Returns the weights file written; raises ValueError or FileNotFoundError (one line).
+    """
+    parser = argparse.ArgumentParser(
+        prog="dislotrack train export",
+        description="Write a training checkpoint (.ckpt) as a model (.safetensors + .json card) "
+                    "for infer, evaluate and finetune: e.g. an epoch's checkpoint, or the last "
+                    "one of a run stopped before the end of fit (which exports by itself).")
+    parser.add_argument("checkpoint", help="the .ckpt file, e.g. runs/cpu/checkpoints/last.ckpt")
+    parser.add_argument("--out", required=True, help="model path stem, e.g. models/mine")
+    parser.add_argument("--config", default=None,
+                        help="the run's saved config.yaml: only for checkpoints written before "
+                             "dislotrack 0.1.20, which do not record the architecture")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing model at --out")
+    args = parser.parse_args(argv)
+    from dislotrack.models.io import model_paths
+
+    weights, card = model_paths(args.out)
+    if not args.overwrite and (weights.exists() or card.exists()):
+        raise ValueError(f"--out {args.out}: {weights if weights.exists() else card} exists; "
+                         "choose another --out or add --overwrite")
+    written = export_checkpoint(args.checkpoint, args.out, config=args.config,
+                                command=shlex.join(["dislotrack", "train", "export", *argv]))
+    print(f"model written to {written} / {card.name} (use: dislotrack infer --model "
+          f"{written.with_suffix('')})")
+    return written
+
+
 def train_main(argv: Sequence[str] | None = None) -> None:
     """Run LightningCLI with dislotrack's module and data module."""
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -338,6 +428,7 @@ def train_main(argv: Sequence[str] | None = None) -> None:
     # Each worker of SyntheticStream yields its share, so its __len__ holds.
     warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` defined")
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # Lightning's use of a torch API
+    warnings.filterwarnings("ignore", message=r".*\(ckpt_path=\"last\"\) is set, but there is no last")
     _drop_tips(logging.getLogger("lightning.pytorch.utilities.rank_zero"))
     argv = resolve_configs(argv) if argv is not None else None  # [] stays []: not sys.argv
     check_root_argument(sys.argv[1:] if argv is None else argv)
@@ -354,4 +445,5 @@ def train_main(argv: Sequence[str] | None = None) -> None:
                                  "description": "Train, validate or test the U-Net on synthetic "
                                                 "data drawn on the fly (LightningCLI over the "
                                                 "YAML configs in train/configs: cpu, gpu, "
-                                                "cluster, ...)."})
+                                                "cluster, ...). `dislotrack train export CKPT "
+                                                "--out STEM` writes a checkpoint as a model."})

@@ -10,7 +10,9 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from dislotrack.data_gen.conventions import CANONICAL_PIXEL_SIZE_NM
-from dislotrack.models.io import load_lightning_checkpoint, save_model
+from dislotrack.models.io import load_lightning_checkpoint, model_paths, save_model
+from dislotrack.models.unet import UNet, UNetConfig
+from dislotrack.train.module import ARCHITECTURE_KEY
 
 #: Appended to the export's path under ``--trainer.fast_dev_run``.
 FAST_DEV_RUN_SUFFIX = "_fast_dev_run"
@@ -61,26 +63,121 @@ class ExportModel(L.Callback):
             best_epoch = int(torch.load(best, map_location="cpu", weights_only=True)["epoch"])
         metrics = _scalars(trainer.callback_metrics)
         dm = trainer.datamodule
-        card = {
-            "canonical_pixel_size_nm": float(dm.hparams.get("pixel_size", CANONICAL_PIXEL_SIZE_NM))
-            if dm is not None else CANONICAL_PIXEL_SIZE_NM,
-            "generator": {k: v for k, v in dm.hparams.items() if not k.startswith("_")}
-            if dm is not None else {},
-            "training": {"recipe": self.recipe, "command": self.command, "epochs": trainer.current_epoch,
-                         "steps": trainer.global_step, "wall_time_s": time.time() - self._t0,
-                         "best_checkpoint": best,
-                         "best_epoch": best_epoch,  # the exported weights' (0-based)
-                         "module": {k: v for k, v in pl_module.hparams.items() if not k.startswith("_")}},
+        card = model_card(
+            generator=dict(dm.hparams) if dm is not None else {}, module=dict(pl_module.hparams),
+            training={"recipe": self.recipe, "command": self.command, "epochs": trainer.current_epoch,
+                      "steps": trainer.global_step, "wall_time_s": time.time() - self._t0,
+                      "best_checkpoint": best,
+                      "best_epoch": best_epoch},  # the exported weights' (0-based)
             # last: the final epoch's; best: the exported weights' epoch (if this run validated it)
-            "metrics": {"last_validation": metrics,
-                        **({"best_validation": self._history[best_epoch]}
-                           if best_epoch in self._history else {})},
-        }
+            metrics={"last_validation": metrics,
+                     **({"best_validation": self._history[best_epoch]}
+                        if best_epoch in self._history else {})})
         # A smoke test of the recipe exports beside, never over, the model of a real run.
         path = f"{self.path}{FAST_DEV_RUN_SUFFIX}" if trainer.fast_dev_run else self.path
         save_model(net.cpu(), path, card=card)
         rank_zero_info(f"model exported to {path}.safetensors / .json "
                        f"(use: dislotrack infer --model {path})")
+
+
+def model_card(*, generator: dict, module: dict, training: dict, metrics: dict) -> dict:
+    """The card of a network trained by `DislocationModule` (for `save_model`).
+
+    ``generator`` and ``module`` are the data module's and the module's hyperparameters
+    (Lightning's private ``_...`` entries are left out); the canonical pixel size is the
+    generator's ``pixel_size``. ``training`` gains ``module``.
+    """
+    public = lambda d: {k: v for k, v in d.items() if not k.startswith("_")}  # noqa: E731
+    return {"canonical_pixel_size_nm": float(generator.get("pixel_size") or CANONICAL_PIXEL_SIZE_NM),
+            "generator": public(generator), "training": {**training, "module": public(module)},
+            "metrics": metrics}
+
+
+def export_checkpoint(checkpoint: str | Path, out: str | Path, *, config: str | Path | None = None,
+                      command: str = "") -> Path:
+    """Write a Lightning checkpoint of `DislocationModule` as a model (safetensors + card),
+    e.g. an epoch's checkpoint, or the last one of a run stopped before its end.
+
+    Parameters
+    ----------
+    checkpoint : str or Path
+        The ``.ckpt`` file (read with ``weights_only=True``).
+    out : str or Path
+        ``<stem>`` of the model to write.
+    config : str or Path, optional
+        The run's saved config (``lightning_logs/version_N/config.yaml``), whose
+        ``model.net.init_args.config`` gives the architecture: needed only for a checkpoint
+        written before dislotrack 0.1.20, which does not hold it.
+    command : str
+        The command line, for the card.
+
+    Returns
+    -------
+    Path
+        The weights file written.
+
+    Raises
+    ------
+    ValueError
+        If the file is no readable checkpoint or its architecture is unknown.
+    """
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such checkpoint")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # not a torch file, or pickled objects
+        raise ValueError(f"{path} is not a checkpoint that loads with weights_only=True: {err}") from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise ValueError(f"{path} is not a Lightning checkpoint (no 'state_dict' entry)")
+    architecture = _config_architecture(config) if config else ckpt.get(ARCHITECTURE_KEY)
+    if architecture is None:
+        raise ValueError(f"{path} holds no network architecture (written before dislotrack 0.1.20): "
+                         "pass the run's saved config with --config (its lightning_logs/"
+                         "version_N/config.yaml)")
+    net = UNet(UNetConfig.from_dict(architecture))
+    try:
+        net.load_state_dict(load_lightning_checkpoint(path))
+    except RuntimeError as err:  # another width or depth than the architecture given
+        raise ValueError(f"{path}: its weights do not fit the architecture {architecture} "
+                         f"({str(err).splitlines()[0]})") from None
+    card = model_card(
+        generator=dict(ckpt.get("datamodule_hyper_parameters") or {}),
+        module=dict(ckpt.get("hyper_parameters") or {}),
+        training={"command": command, "checkpoint": str(path.resolve()),
+                  "checkpoint_epoch": ckpt.get("epoch"),  # 0-based
+                  "steps": ckpt.get("global_step")},
+        metrics={"checkpoint": _checkpoint_scores(ckpt)})
+    save_model(net.eval(), out, card=card)
+    return model_paths(out)[0]
+
+
+def _config_architecture(config: str | Path) -> dict:
+    """``model.net.init_args.config`` of a LightningCLI config file."""
+    import yaml
+
+    try:
+        node = yaml.safe_load(Path(config).read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise ValueError(f"--config {config}: cannot be read ({err})") from None
+    for key in ("model", "net", "init_args", "config"):
+        if not isinstance(node, dict) or key not in node:
+            raise ValueError(f"--config {config}: no model.net.init_args.config (the network's "
+                             "architecture); pass the config that run saved")
+        node = node[key]
+    return node
+
+
+def _checkpoint_scores(ckpt: dict) -> dict[str, float]:
+    """The monitored score(s) that ModelCheckpoint kept in a checkpoint."""
+    scores = {}
+    for state in (ckpt.get("callbacks") or {}).values():
+        if isinstance(state, dict) and state.get("monitor"):
+            for key in ("current_score", "best_model_score"):
+                value = state.get(key)
+                if value is not None and bool(torch.isfinite(torch.as_tensor(value))):
+                    scores[f"{state['monitor']} ({key.replace('_', ' ')})"] = float(value)
+    return scores
 
 
 def _scalars(metrics: dict) -> dict[str, float]:

@@ -26,15 +26,22 @@ def init_weights(net: nn.Module, path: str) -> None:
 
     Raises
     ------
-    ValueError
-        If the saved model's architecture differs from ``net``'s.
+    TrainConfigError
+        If ``path`` is no model or its architecture differs from ``net``'s.
     """
-    saved, _ = load_model(path)
+    try:
+        saved, _ = load_model(path)
+    except (ValueError, OSError) as err:  # e.g. a .ckpt, or no such model: one line
+        raise TrainConfigError(f"--model.init_from {path}: {err}") from None
     mine = getattr(net, "config", None)  # UNetConfig: a frozen dataclass, compared by value
     if mine is not None and mine != saved.config:
-        raise ValueError(f"init_from={path!r}: its architecture {saved.config} "
-                         f"differs from the configured network {mine}")
+        raise TrainConfigError(f"--model.init_from {path}: its architecture {saved.config} "
+                               f"differs from the configured network {mine}")
     net.load_state_dict(saved.state_dict())
+
+
+#: A checkpoint's entry holding the network's `UNetConfig` as a dict.
+ARCHITECTURE_KEY = "dislotrack_architecture"
 
 
 class DislocationModule(L.LightningModule):
@@ -73,6 +80,13 @@ class DislocationModule(L.LightningModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._forward(x)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Keep the network's architecture in every checkpoint, so that
+        `dislotrack.train.export.export_checkpoint` rebuilds it from the file alone."""
+        config = getattr(self.net, "config", None)
+        if config is not None:
+            checkpoint[ARCHITECTURE_KEY] = config.to_dict()
 
     def losses(self, out: torch.Tensor, batch: dict) -> dict[str, torch.Tensor]:
         lh = heatmap_loss(out[:, HEATMAP_CH:HEATMAP_CH + 1], batch["heatmap"],
