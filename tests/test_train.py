@@ -375,6 +375,29 @@ def test_train_refuses_in_one_line_what_cannot_run(tmp_path, capsys, monkeypatch
     assert not (tmp_path / "r" / "checkpoints").exists()  # refused before training
 
 
+def test_calibrate_writes_the_threshold_into_the_card_or_refuses_in_one_line(tmp_path, capsys,
+                                                                            monkeypatch):
+    from dislotrack.models.io import load_model, save_model
+    from dislotrack.train.calibrate import main
+
+    monkeypatch.chdir(tmp_path)
+    net, card = load_model("default")
+    save_model(net, tmp_path / "mine", card={**card, "decode_threshold": 0.9})
+    assert main(["mine", "--n", "4"]) == 0
+    said = json.loads(capsys.readouterr().out)  # strict JSON: undefined scores are null
+    assert load_model("mine")[1]["decode_threshold"] == said["decode_threshold"] < 0.9
+    assert main(["default", "--n", "4"]) == 2  # a bundled name: its card is the package's
+    assert "not a bundled name" in capsys.readouterr().err and not list(tmp_path.glob("default.*"))
+    torch.manual_seed(0)
+    save_model(UNet(UNetConfig(base_channels=4, depth=2)), tmp_path / "raw",
+               card={"canonical_pixel_size_nm": 0.1, "generator": {"eval_size": 32}, "training": {},
+                     "metrics": {}})
+    before = (tmp_path / "raw.json").read_text()
+    assert main(["raw", "--n", "2"]) == 2  # untrained: finds no true core at any threshold
+    assert "card left as it was" in capsys.readouterr().err
+    assert (tmp_path / "raw.json").read_text() == before
+
+
 def test_calibration_takes_the_precise_end_of_a_flat_f1_plateau():
     from dislotrack.train.calibrate import choose_threshold
 

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 import numpy as np
 import torch
 
 from dislotrack.data_gen.sample import GeneratorConfig
 from dislotrack.models.decode import decode_cores, outputs_to_maps
-from dislotrack.models.io import load_model, save_model
+from dislotrack.models.io import load_model, model_paths, save_model
 from dislotrack.models.metrics import DetectionTally
 from dislotrack.models.unet import prepare_for_inference
 from dislotrack.train.data import FixedSynthetic, cores_from_batch
@@ -68,30 +69,62 @@ def choose_threshold(scores: dict[float, dict], tolerance: float = 0.005) -> flo
     return max(t for t, v in f1.items() if v >= best - tolerance)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("model", help="model <stem>")
-    ap.add_argument("--n", type=int, default=200, help="validation images")
-    ap.add_argument("--tolerance", type=float, default=0.005,
-                    help="F1 the threshold may give up for precision (see module doc)")
-    args = ap.parse_args()
-    net, card = load_model(args.model)
+def _defined(value: float) -> float | None:
+    """NaN (undefined, e.g. precision where nothing was found) as None, for strict JSON."""
+    return None if isinstance(value, float) and np.isnan(value) else value
+
+
+def calibrate(model: str, *, n: int = 200, tolerance: float = 0.005) -> dict:
+    """Write the chosen ``decode_threshold`` into the card of the model at ``model`` (a
+    path stem: the card is rewritten in place) and return its validation scores.
+
+    Raises
+    ------
+    ValueError
+        If ``model`` is no model file (a bundled name is refused: its card is part of the
+        installed package) or no threshold finds a true core (an untrained model, or a
+        card whose generator settings are not the training's); the card is then unchanged.
+    """
+    if not model_paths(model)[0].is_file():
+        raise ValueError(f"{model}: no {model_paths(model)[0]}; give the path of the model whose card "
+                         "to calibrate (e.g. models/weights/default), not a bundled name")
+    net, card = load_model(model)
     gen = card.get("generator", {})
     cfg = GeneratorConfig(size=int(gen.get("eval_size", 128)),
                           pixel_size=float(card["canonical_pixel_size_nm"]),
                           mode=gen.get("mode", "mixed"), density=float(gen.get("density", 1.5)),
                           dipole_fraction=float(gen.get("dipole_fraction", 0.35)),
                           perfect_fraction=float(gen.get("perfect_fraction", 0.1)))
-    ds = FixedSynthetic(cfg, n=args.n, seed=int(gen.get("val_seed", 12345)), doses=EVAL_DOSES)
+    ds = FixedSynthetic(cfg, n=n, seed=int(gen.get("val_seed", 12345)), doses=EVAL_DOSES)
     scores = threshold_scores(net, ds)
-    best = choose_threshold(scores, args.tolerance)
+    if not any(s["tp"] for s in scores.values()):
+        raise ValueError(f"{model}: no threshold from {THRESHOLDS[0]} to {THRESHOLDS[-1]} finds a true "
+                         f"core in the {n} validation images (an untrained model?); card left as it was")
+    best = choose_threshold(scores, tolerance)
     card = {k: v for k, v in card.items() if k not in ("sha256", "model_id")}
     card["decode_threshold"] = best
     card.setdefault("metrics", {})["threshold_calibration"] = {
-        "n_val": args.n, "f1_by_threshold": {str(t): s["f1"] for t, s in scores.items()}}
-    save_model(net, args.model, card=card)
-    print(json.dumps({"decode_threshold": best, **scores[best]}, default=float))
+        "n_val": n, "f1_by_threshold": {str(t): _defined(s["f1"]) for t, s in scores.items()}}
+    save_model(net, model, card=card)
+    return {"decode_threshold": best, **{k: _defined(float(v)) for k, v in scores[best].items()}}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m dislotrack.train.calibrate",
+                                 description=__doc__.splitlines()[0])
+    ap.add_argument("model", help="model path <stem> (its card is rewritten)")
+    ap.add_argument("--n", type=int, default=200, help="validation images")
+    ap.add_argument("--tolerance", type=float, default=0.005,
+                    help="F1 the threshold may give up for precision (see module doc)")
+    args = ap.parse_args(argv)
+    try:
+        result = calibrate(args.model, n=args.n, tolerance=args.tolerance)
+    except (ValueError, OSError) as err:
+        print(f"{ap.prog}: error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(result))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
