@@ -365,6 +365,8 @@ def test_train_refuses_in_one_line_what_cannot_run(tmp_path, capsys, monkeypatch
              "--data.size 102: the network (depth 2) takes multiples of 4 px, e.g. 100 or 104"),
             (["fit", "--config", "cpu", *run, "--data.eval_size", "30"], "e.g. 28 or 32"),
             (["--config", "cpu", "fit"], "give the subcommand first"),
+            (["fit", "--config", "cpu", *run, "--model.net.init_args.config.base_channel", "8"],
+             "UNetConfig has no setting 'base_channel': did you mean base_channels?"),
             (["fit", "--config", "cpu", *run, "--model.init_from", "nowhere"],
              "--model.init_from nowhere: model file nowhere.safetensors does not exist"),
             (["fit", "--config", "cpu", *run, "--model.init_from", "default"],

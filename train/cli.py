@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import shlex
 import sys
 import warnings
@@ -293,7 +294,8 @@ class DislotrackCLI(LightningCLI):
             if "before subcommand" in str(err):  # dislotrack train --config cpu fit
                 raise TrainConfigError(f"{err}: give the subcommand first, then the config and "
                                        "options (dislotrack train fit --config cpu ...)") from None
-            raise TrainConfigError(with_suggestion(str(err), _options(parser, args))) from None
+            raise TrainConfigError(_nested_setting(str(err))
+                                   or with_suggestion(str(err), _options(parser, args))) from None
 
     def _check_checkpoint(self) -> None:
         """Raises `TrainConfigError` for an exported model given as ``--ckpt_path`` (torch
@@ -369,6 +371,31 @@ class DislotrackCLI(LightningCLI):
     def subcommands() -> dict[str, set[str]]:
         """fit, validate and test (no ``predict``: the module has no prediction step)."""
         return {k: v for k, v in LightningCLI.subcommands().items() if k != "predict"}
+
+
+def _nested_setting(message: str) -> str | None:
+    """One line for a mistyped setting of a class given by ``class_path`` (the network's
+    `UNetConfig`, say), with the nearest of its settings; None for other errors (jsonargparse
+    nests the reason in a Union error of several hundred characters)."""
+    import dataclasses
+    import difflib
+    import importlib
+
+    bad = re.findall(r"Option '(\w+)' is not accepted", message)
+    owner = re.findall(r"class_path '([\w.]+)'", message)
+    if not bad or not owner:
+        return None
+    module, _, name = owner[-1].rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        return None
+    if not dataclasses.is_dataclass(cls):
+        return None
+    known = [f.name for f in dataclasses.fields(cls)]
+    close = difflib.get_close_matches(bad[-1], known, n=1, cutoff=0.6)
+    hint = f"did you mean {close[0]}? " if close else ""
+    return f"{name} has no setting {bad[-1]!r}: {hint}(its settings: {', '.join(known)})"
 
 
 def _options(parser: LightningArgumentParser, args: Any) -> list[str]:
