@@ -11,6 +11,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from matplotlib import patheffects
+from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
@@ -85,7 +86,8 @@ def trajectories_figure(res: AnalysisResult) -> plt.Figure:
     shows frame 0's field only."""
     shape = res.first_frame.shape if res.first_frame is not None else res.shape[1:]
     fig_w, fig_h, image_w = image_figure_size(shape)
-    fig, ax = plt.subplots(figsize=(fig_w, fig_h), layout="constrained")
+    fig = Figure(figsize=(fig_w, fig_h), layout="constrained")
+    ax = fig.subplots()
     if res.first_frame is not None:
         ax.imshow(res.first_frame, cmap="gray")
     t = res.tracks
@@ -263,7 +265,8 @@ def displacement_figure(res: AnalysisResult) -> plt.Figure:
     Where no track has two detections (a single image, or only one-frame tracks) there is
     no motion: each axis says why instead of showing empty axes and a bare legend.
     """
-    fig, axes = plt.subplots(1, 2, figsize=(10.5, 4.3), sharex=True, layout="constrained")
+    fig = Figure(figsize=(10.5, 4.3), layout="constrained")
+    axes = fig.subplots(1, 2, sharex=True)
     fig.suptitle(_input_name(res), fontsize=10)
     t = res.tracks
     if len(t) and t.groupby("particle").size().max() < 2:
@@ -402,7 +405,8 @@ def counts_figure(res: AnalysisResult) -> plt.Figure:
     """
     c = res.counts
     tt, label = _time(res, c.frame)
-    fig, ax = plt.subplots(figsize=(6, 3.5), layout="constrained")
+    fig = Figure(figsize=(6, 3.5), layout="constrained")
+    ax = fig.subplots()
     # clip_on=False: a count of 0 sits on the axis, half hidden otherwise. Dipoles smaller
     # and dashed on top, so equal counts show both series.
     ax.plot(tt, c.n_dislocations, "o-", ms=7, label="dislocations", clip_on=False, zorder=3)
@@ -434,9 +438,9 @@ def counts_figure(res: AnalysisResult) -> plt.Figure:
 
 
 def _save(fig: plt.Figure, path: Path) -> None:
-    """Write ``fig`` to ``path`` at `DPI` and close it."""
+    """Write ``fig`` to ``path`` at `DPI` (figures are made outside pyplot: nothing to close,
+    and a notebook shows a returned figure once)."""
     fig.savefig(path, dpi=DPI)
-    plt.close(fig)
 
 
 #: Marker of each `dislotrack.infer.evaluate.OUTCOMES` entry: (marker, colour, label).
@@ -459,7 +463,8 @@ def evaluation_panels(image: np.ndarray, outcomes: pd.DataFrame, *, title: str =
     rank = pd.DataFrame({"mistakes": per.missed + per["false"], "true": per.found + per.missed})
     frame = int(rank.sort_values(["mistakes", "true"], ascending=False, kind="stable").index[0])
     movie = len(image) > 1
-    fig, axes = plt.subplots(1, 2 if movie else 1, figsize=(11 if movie else 6, 5.5), squeeze=False)
+    fig = Figure(figsize=(11 if movie else 6, 5.5))
+    axes = fig.subplots(1, 2 if movie else 1, squeeze=False)
     ax = axes[0, 0]
     ax.imshow(image[frame], cmap="gray")
     here = outcomes[outcomes.frame == frame]

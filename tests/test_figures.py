@@ -5,6 +5,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 
 from dislotrack.infer import figures, motion
 from dislotrack.infer.calibration import Calibration
@@ -41,7 +42,7 @@ def result(n_tracks: int, *, rocksalt: float = 0.0, n_frames: int = 12) -> Analy
 def test_counts_have_whole_ticks_and_a_fraction_axis_from_zero(fraction, top):
     fig = figures.counts_figure(result(2, rocksalt=fraction))
     ax, ax2 = fig.axes
-    fig.canvas.draw()
+    FigureCanvasAgg(fig).draw()
     assert all(float(t).is_integer() for t in ax.get_yticks())
     assert ax2.get_ylim() == pytest.approx((0.0, top))
     (legend,) = fig.legends  # one legend for both axes, above them
@@ -66,7 +67,7 @@ def test_trajectory_end_markers_are_explained_below_the_image():
     (ax,) = fig.axes
     assert ax.get_legend() is None
     assert [t.get_text() for t in fig.legends[0].get_texts()] == ["start, h tick", "nucleated"]
-    fig.canvas.draw()
+    FigureCanvasAgg(fig).draw()
     legend_box = fig.legends[0].get_window_extent()
     assert legend_box.y1 <= ax.get_window_extent().y0 + 1  # below the image
 
@@ -76,7 +77,7 @@ def test_every_trajectory_end_marker_fits_in_the_figure():
     res.track_summary["birth"] = ["nucleated", "entered", "from_rocksalt"] * 2
     res.track_summary["death"] = ["annihilated", "left", "into_rocksalt"] * 2
     fig = figures.trajectories_figure(res)
-    fig.canvas.draw()
+    FigureCanvasAgg(fig).draw()
     (legend,) = fig.legends
     assert len(legend.get_texts()) == 1 + len(figures.END_MARKERS)  # + the start and h tick
     markers = [(h.get_marker(), h.get_markerfacecolor()) for h in legend.legend_handles[1:]]
@@ -106,7 +107,7 @@ def test_counts_of_a_single_image_without_cores_have_whole_axes():
     res.counts["n_dipoles"] = 0
     fig = figures.counts_figure(res)
     ax = fig.axes[0]
-    fig.canvas.draw()
+    FigureCanvasAgg(fig).draw()
     assert list(ax.get_xticks()) == [0.0] and ax.get_ylim() == (0.0, 1.0)
     assert all(float(t).is_integer() for t in ax.get_yticks())
 
@@ -131,7 +132,7 @@ def test_displacement_without_motion_says_so_instead_of_empty_axes(n_frames, why
 
 def test_counts_of_a_single_image_mark_every_value():
     fig = figures.counts_figure(result(1, rocksalt=0.08, n_frames=1))
-    fig.canvas.draw()
+    FigureCanvasAgg(fig).draw()
     lines = [line for ax in fig.axes for line in ax.lines]
     assert [line.get_label() for line in lines] == ["dislocations", "dipoles", "rock-salt fraction"]
     for line in lines:
@@ -245,7 +246,7 @@ def test_trajectory_track_numbers_do_not_overlap():
     res = result(12, n_frames=14)
     res.tracks["x"] = 30.0 + 0.5 * res.tracks.particle  # starts crowded together
     fig = figures.trajectories_figure(res)
-    fig.canvas.draw()
+    FigureCanvasAgg(fig).draw()
     ax = fig.axes[0]
     boxes = [t.get_window_extent() for t in ax.texts if t.get_text().isdigit()]
     assert len(boxes) == 12
@@ -490,7 +491,7 @@ def test_every_scale_bar_corner_keeps_the_bar_and_label_in_the_frame(corner):
 
 def _image_axes_fraction(fig: plt.Figure) -> float:
     """The share of the figure's area that its (only) image covers when drawn."""
-    fig.canvas.draw()
+    FigureCanvasAgg(fig).draw()  # figures are made outside pyplot: as savefig draws them
     (image,) = fig.axes[0].get_images()
     box = image.get_window_extent()
     return box.width * box.height / (fig.bbox.width * fig.bbox.height)
@@ -522,7 +523,7 @@ def test_strain_panels_are_the_image_size_and_line_up_with_it():
         maps = {k: rng.normal(0, 0.01, shape) for k in COMPONENTS}
         maps["exx"][:3] = np.nan  # the border GPA leaves out
         fig = strain_figure(frame, maps, pd.DataFrame({"x": [5.0], "y": [6.0]}), title="t")
-        fig.canvas.draw()
+        FigureCanvasAgg(fig).draw()
         panels = [ax.get_images()[0].get_window_extent() for ax in fig.axes if ax.get_title()]
         assert len(panels) == 1 + len(COMPONENTS)
         sizes = {(round(b.width), round(b.height)) for b in panels}
@@ -557,7 +558,7 @@ def _both_ways(n_tracks: int, first_id: int = 0) -> AnalysisResult:
 def _titles_apart(res: AnalysisResult) -> plt.Figure:
     """The displacement figure of ``res``, checked for titles that run into each other."""
     fig = figures.displacement_figure(res)
-    fig.canvas.draw()
+    FigureCanvasAgg(fig).draw()
     climb, glide = (ax.title.get_window_extent() for ax in fig.axes)
     assert climb.x1 <= glide.x0 and fig.bbox.x0 <= climb.x0
     return fig
@@ -639,3 +640,14 @@ def test_a_dozen_labels_at_one_point_do_not_overlap():
     corners = figures.place_labels(anchors, sizes, gap=1.0)
     boxes = [(*c, 4.0, 4.0) for c in corners]
     assert not any(figures._overlap(a, b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+
+
+def test_figures_are_made_outside_pyplot():
+    # A notebook shows a returned figure once (pyplot would show it again), and a loop over
+    # movies leaves no open figures behind.
+    from dislotrack.infer.figures import counts_figure, displacement_figure, trajectories_figure
+
+    plt.close("all")
+    res = result(2)
+    figs = [f(res) for f in (trajectories_figure, displacement_figure, counts_figure)]
+    assert plt.get_fignums() == [] and all(f.axes for f in figs)

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 
 from dislotrack.data_gen.annotations import (
     UNKNOWN_PARTICLE,
@@ -246,7 +247,7 @@ def test_core_outcomes_are_the_matching_of_detection_scores(tmp_path):
     from dislotrack.infer.figures import evaluation_panels
 
     fig = evaluation_panels(np.zeros((4, 64, 64)), out)
-    fig.canvas.draw()
+    FigureCanvasAgg(fig).draw()
     per_frame = fig.axes[1]  # its legend sits above the lines, not over them
     assert per_frame.get_legend().get_window_extent().y0 >= per_frame.get_window_extent().y1
 
