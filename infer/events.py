@@ -338,6 +338,38 @@ def find_events(
     return events.sort_values(["frame", "kind"], kind="stable").reset_index(drop=True)
 
 
+def drop_unseen_edge_events(events: pd.DataFrame, summary: pd.DataFrame, *, n_frames: int
+                            ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Events and fates without the dipole events that the close-pair blob moved to the
+    movie's first (last) frame: the pair was already (still) there as one blob, so its
+    nucleation (annihilation) was not seen. Its cores are then ``present`` (``survived``).
+
+    Parameters
+    ----------
+    events : DataFrame
+        `find_events`' table.
+    summary : DataFrame
+        `summarise_tracks`' table (``particle``, ``birth``, ``death``).
+    n_frames : int
+        Frames in the movie.
+
+    Returns
+    -------
+    (DataFrame, DataFrame)
+        The events and a copy of the summary with those fates changed.
+    """
+    edge = (((events["kind"] == "dipole_nucleation") & (events["frame"] == 0))
+            | ((events["kind"] == "dipole_annihilation") & (events["frame"] == n_frames - 1)))
+    if not edge.any():
+        return events, summary
+    summary = summary.copy()
+    for kind, particles in events.loc[edge, ["kind", "particles"]].itertuples(index=False):
+        rows = summary["particle"].isin([int(p) for p in particles.split()])
+        column, fate = ("birth", "present") if kind == "dipole_nucleation" else ("death", "survived")
+        summary.loc[rows, column] = fate
+    return events[~edge].reset_index(drop=True), summary
+
+
 def count_dislocations(
     summary: pd.DataFrame,
     *,

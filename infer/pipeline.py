@@ -44,6 +44,7 @@ from dislotrack.infer.events import (
     ROCKSALT_MARGIN_NM,
     DipoleCriteria,
     count_dislocations,
+    drop_unseen_edge_events,
     find_events,
     near_rocksalt,
     summarise_tracks,
@@ -782,6 +783,7 @@ def track_detections(detections: pd.DataFrame, *, pixel_size_nm: float,
     unlinked = _unlinked(corrected if weak is None else pd.concat([corrected, weak]), linked)
     events = find_events(tracks, summary, pixel_size_nm=ps, frame_interval_s=dt, dipoles=dipoles,
                          unlinked=unlinked)
+    events, summary = drop_unseen_edge_events(events, summary, n_frames=n_frames)
     counts = count_dislocations(summary, n_frames=n_frames, frame_interval_s=dt,
                                 rocksalt_fraction=np.asarray(rocksalt_fraction))
     tracks = tracks[[c for c in [*TRACK_COLUMNS, "x_corr", "y_corr"] if c in tracks.columns]]

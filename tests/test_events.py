@@ -368,6 +368,26 @@ def test_unresolved_dipole_blob_moves_dipole_events_to_where_it_was_seen():
     assert capped.set_index("kind").loc["dipole_nucleation", "frame"] == 4
 
 
+def test_a_blob_reaching_the_first_or_last_frame_is_no_dipole_event():
+    # The blob sits at the pair's midpoint from frame 0 (and to the last frame): the pair
+    # was already (still) there, unresolved; no nucleation or annihilation was seen.
+    from dislotrack.infer.events import drop_unseen_edge_events
+
+    tracks = pd.concat([_track(0, range(3, 17), 100.0, 100.0, DOWN),
+                        _track(1, range(3, 17), 110.0, 100.0, UP)])
+    summary = _summary(tracks)
+    assert set(summary.birth) == {"nucleated"} and set(summary.death) == {"annihilated"}
+    blobs = _blob([0, 1, 2, 17, 18, 19], 105.0, 100.0)
+    events = find_events(tracks, summary, pixel_size_nm=PIXEL_NM, unlinked=blobs)
+    assert events.frame.tolist() == [0, N_FRAMES - 1]  # moved to the movie's edges
+    kept, fates = drop_unseen_edge_events(events, summary, n_frames=N_FRAMES)
+    assert kept.empty and set(fates.birth) == {"present"} and set(fates.death) == {"survived"}
+    # One frame short of either edge: seen, kept as they were.
+    events = find_events(tracks, summary, pixel_size_nm=PIXEL_NM, unlinked=_blob([1, 2, 17], 105.0, 100.0))
+    kept, fates = drop_unseen_edge_events(events, summary, n_frames=N_FRAMES)
+    assert kept.frame.tolist() == [1, 17] and fates.equals(summary)
+
+
 def test_blobs_do_not_move_single_events():
     tracks = _track(0, range(5, 15), 100.0, 100.0, DOWN)
     summary = _summary(tracks)
