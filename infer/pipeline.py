@@ -22,6 +22,7 @@ import ctypes
 import functools
 import hashlib
 import logging
+import numbers
 import os
 import re
 import warnings
@@ -104,9 +105,17 @@ class AnalysisResult:
     ----------
     detections, tracks, track_summary, events, counts, drift : DataFrame
         The tables of detections.csv ... drift.csv (README › Outputs); positions
-        ``x, y`` in image pixels, ``*_nm`` in nm. In memory only (not written):
-        ``detections.in_rocksalt``, which `track_detections` reads, and
-        ``tracks.x_corr, y_corr``, drift-corrected.
+        ``x, y`` in image pixels (also in ``events``), ``*_nm`` in nm. In memory only
+        (not written): ``detections.in_rocksalt``, which `track_detections` reads, and
+        ``tracks.x_corr, y_corr``, drift-corrected. Conventions
+        (`dislotrack.data_gen.conventions`): **h** ``(hx, hy)`` points into the extra
+        half-plane, image axes (y down); glide is along ``b_hat = (hy, -hx)`` (h turned
+        90 degrees counter-clockwise on screen), climb along **h** (positive: towards the
+        extra half-plane, shortening it); ``glide_nm, climb_nm`` are cumulative from a
+        track's first frame, drift removed. ``track_summary``: ``birth`` nucleated |
+        present | entered | from_rocksalt, ``death`` annihilated | survived | left |
+        into_rocksalt, ``partner`` the dipole partner's particle (``<NA>``: none; -1 in
+        the generator's truth files).
     calibration : Calibration
         Pixel size [nm/px] and frame interval [s], each with its source.
     rocksalt_fraction : ndarray
@@ -322,10 +331,16 @@ def collected_warnings() -> Iterator[list[str]]:
     handler = _Collect(level=logging.WARNING)
     log = logging.getLogger("dislotrack")
     log.addHandler(handler)
+    _COLLECTORS.append(handler)
     try:
         yield messages
     finally:
         log.removeHandler(handler)
+        _COLLECTORS.remove(handler)
+
+
+#: The `collected_warnings` handlers now active (an analysis inside another collects once).
+_COLLECTORS: list[logging.Handler] = []
 
 
 class AnalysisWarning(UserWarning):
@@ -649,16 +664,48 @@ def _with_stage_jumps(detections: pd.DataFrame, drift: pd.DataFrame, cal: Calibr
     return with_jumps(drift, jumps)
 
 
-@dataclass
+@dataclass(repr=False)
 class TrackedTables:
-    """What `track_detections` derives from a detection table (DESIGN.md columns)."""
+    """What `track_detections` derives from a detection table (DESIGN.md columns), and the
+    warnings logged meanwhile."""
 
     tracks: pd.DataFrame
     track_summary: pd.DataFrame
     events: pd.DataFrame
     counts: pd.DataFrame
+    warnings: list[str] = field(default_factory=list)
+
+    def __repr__(self) -> str:  # short, as AnalysisResult's: not four tables in full
+        return (f"TrackedTables({len(self.counts)} frames, {len(self.tracks)} tracked detections, "
+                f"{len(self.track_summary)} tracks, {len(self.events)} events, "
+                f"{len(self.warnings)} warnings)")
 
 
+def _keeping_tracking_warnings(fn: Callable[..., TrackedTables]) -> Callable[..., TrackedTables]:
+    """``fn``'s tables with the warnings logged while it ran; called on its own (not inside
+    `analyze`, which reports them itself), each is also issued as an `AnalysisWarning`."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> TrackedTables:
+        outermost = not _COLLECTORS
+        try:
+            with collected_warnings() as logged:
+                out = fn(*args, **kwargs)
+        except BaseException:
+            if outermost:
+                for message in dict.fromkeys(logged):  # no result to carry them
+                    logger.warning(message)
+            raise
+        out.warnings = list(dict.fromkeys(logged))
+        if outermost:
+            for message in out.warnings:
+                warnings.warn(message, AnalysisWarning, stacklevel=2)
+        return out
+
+    return wrapper
+
+
+@_keeping_tracking_warnings
 def track_detections(detections: pd.DataFrame, *, pixel_size_nm: float,
                      frame_interval_s: float | None, n_frames: int, image_shape: tuple[int, int],
                      drift: pd.DataFrame | None = None, weak: pd.DataFrame | None = None,
@@ -721,8 +768,21 @@ def track_detections(detections: pd.DataFrame, *, pixel_size_nm: float,
     >>> out.track_summary[["glide_velocity_nm_s", "climb_velocity_nm_s"]].round(3).values.tolist()
     [[-0.1, 0.0]]
     """
+    check_linking_options(max_speed_nm_s=max_speed_nm_s, memory=memory, min_length=min_length,
+                          max_gap=max_gap)
+    check_calibration_options(pixel_size_nm=pixel_size_nm, frame_interval_s=frame_interval_s,
+                              d_spacing_nm=D003_LINIO2_NM)  # no spacing here: a valid stand-in
+    if pixel_size_nm is None:
+        raise ValueError("pixel_size_nm is needed [nm/px]: detections are in pixels")
+    if not isinstance(n_frames, numbers.Integral) or n_frames < 1:
+        raise ValueError(f"n_frames must be a whole number of frames >= 1, got {n_frames!r}")
     require_columns(detections, ["frame", "x", "y", "hx", "hy", *(["score"] if min_track_score > 0 else [])],
                     name="detections")
+    beyond = sorted(set(detections["frame"][(detections["frame"] < 0)
+                                            | (detections["frame"] >= n_frames)].tolist()))
+    if beyond:
+        raise ValueError(f"detections in frame(s) {first_few([str(f) for f in beyond], 5)} outside "
+                         f"the movie's 0..{n_frames - 1} (n_frames={n_frames})")
     if drift is not None:
         require_columns(drift, ["frame", "dx", "dy"], name="drift")
     if weak is not None:  # weak peaks extend tracks by score, so they need one

@@ -1054,6 +1054,27 @@ def test_analyze_warnings_show_in_python_and_once_in_the_cli(tiny_model, tmp_pat
     assert "per-frame units" not in out and err.count("per-frame units") == 1
 
 
+def test_track_detections_checks_options_and_keeps_its_warnings():
+    from dislotrack.infer.pipeline import AnalysisWarning, track_detections
+
+    det = pd.DataFrame({"frame": [0, 1, 2], "x": [50.0, 51, 52], "y": 40.0, "score": 0.9,
+                        "hx": 0.0, "hy": -1.0})
+    common = {"pixel_size_nm": 0.1, "n_frames": 3, "image_shape": (100, 100)}
+    # A short movie warns (velocities from 3 points): kept, and issued once at the caller.
+    with pytest.warns(AnalysisWarning, match="the movie has 3 frames") as caught:
+        out = track_detections(det, frame_interval_s=1.0, **common)
+    assert len(out.warnings) == 1 and str(caught[0].message) == out.warnings[0]
+    assert caught[0].filename == __file__
+    assert repr(out) == "TrackedTables(3 frames, 3 tracked detections, 1 tracks, 0 events, 1 warnings)"
+    for bad, said in (({"frame_interval_s": "1"}, "frame_interval_s (--frame-interval) must be"),
+                      ({"frame_interval_s": 1.0, "memory": 2.5}, "memory (--memory) must be"),
+                      ({"frame_interval_s": 1.0, "max_speed_nm_s": -1}, "max_speed_nm_s (--max-speed)")):
+        with pytest.raises((TypeError, ValueError), match=re.escape(said)):
+            track_detections(det, **common, **bad)
+    with pytest.raises(ValueError, match=r"detections in frame\(s\) 2 outside the movie's 0..1 "):
+        track_detections(det, frame_interval_s=1.0, **{**common, "n_frames": 2})
+
+
 def test_signal_given_for_a_one_image_format_is_reported_as_ignored(tiny_model, tmp_path):
     movie = tmp_path / "m.tif"
     write_imagej_tiff(movie, np.zeros((2, 32, 32), np.float32), pixel_size_nm=0.1, frame_interval_s=1.0)
