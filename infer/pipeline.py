@@ -94,6 +94,10 @@ MIN_FRINGE_PERIOD_PX = 2.5
 LATTICE_FRAMES = 8
 
 
+#: The `analyze` options that act after the detector: `AnalysisResult.relink` takes them.
+RELINK_OPTIONS = ("max_speed_nm_s", "memory", "min_length", "max_gap", "min_track_score", "border_nm")
+
+
 @dataclass(repr=False)
 class AnalysisResult:
     """Everything `analyze` found. The tables follow DESIGN.md's output contract (as
@@ -156,6 +160,36 @@ class AnalysisResult:
     lattice: Lattice | None = None
     lattice_h: bool = False  # whether track h was snapped to ``lattice``
     options: dict[str, Any] = field(default_factory=dict)
+    weak: pd.DataFrame | None = None  # sub-threshold peaks that extend track ends (`relink`)
+    tracking_warnings: list[str] = field(default_factory=list)  # those of `track_detections`
+
+    def relink(self, **options: Any) -> AnalysisResult:
+        """The same detections tracked again with other `RELINK_OPTIONS` (e.g.
+        ``max_speed_nm_s=1.0``): everything after the detector reruns (`track_detections`)
+        with this result's drift, weak peaks, lattice and rock salt, so options left as
+        they were give the same tables; ``options`` and ``warnings`` say what changed.
+
+        Examples
+        --------
+        >>> slow = res.relink(max_speed_nm_s=1.0, min_length=10)  # doctest: +SKIP
+        >>> write_tables(slow, "results/slow")  # dislotrack.infer.outputs  # doctest: +SKIP
+        """
+        unknown = sorted(set(options) - set(RELINK_OPTIONS))
+        if unknown:
+            raise TypeError(f"relink takes {', '.join(RELINK_OPTIONS)}, not {', '.join(unknown)} "
+                            "(other options change the detections: run analyze again)")
+        chosen = {k: self.options[k] for k in RELINK_OPTIONS if k in self.options} | options
+        cal = self.calibration
+        t = track_detections(self.detections, pixel_size_nm=cal.pixel_size_nm,
+                             frame_interval_s=cal.frame_interval_s, n_frames=self.shape[0],
+                             image_shape=self.shape[1:], drift=self.drift, weak=self.weak,
+                             rocksalt_fraction=self.rocksalt_fraction,
+                             lattice=self.lattice if self.lattice_h else None, **chosen)
+        kept = [w for w in self.warnings if w not in self.tracking_warnings]
+        return replace(
+            self, tracks=t.tracks, track_summary=t.track_summary, events=t.events,
+            counts=t.counts, warnings=kept + [w for w in t.warnings if w not in kept],
+            tracking_warnings=t.warnings, options={**self.options, **analysis_options(**options)})
 
     def __repr__(self) -> str:  # short: the default showed the model card and frame 0
         c = self.calibration
@@ -876,7 +910,7 @@ def _track(detections: pd.DataFrame, drift: pd.DataFrame, cal: Calibration, rs_f
         counts=t.counts, drift=drift, calibration=cal, rocksalt_fraction=rs_frac, shape=shape,
         input_path=path, input_sha256=sha256, model_card=card,
         warnings=list(cal.warnings), first_frame=first, lattice=lattice,
-        lattice_h=lattice_h)
+        lattice_h=lattice_h, weak=weak, tracking_warnings=t.warnings)
 
 
 def _unlinked(detections: pd.DataFrame, linked: pd.DataFrame) -> pd.DataFrame:

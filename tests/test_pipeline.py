@@ -1054,6 +1054,27 @@ def test_analyze_warnings_show_in_python_and_once_in_the_cli(tiny_model, tmp_pat
     assert "per-frame units" not in out and err.count("per-frame units") == 1
 
 
+def test_relink_reproduces_analyze_and_records_what_it_changed(tmp_path):
+    # The bundled model on a generated movie (with weak peaks that extend track ends).
+    m = make_movie(np.random.default_rng(3), GeneratorConfig(size=128, mode="stem", density=3.0,
+                                                             dose=(3000, 3000)), n_frames=12)
+    res = analyze(m.frames, pixel_size_nm=m.meta["pixel_size"], frame_interval_s=1.0, progress=False)
+    assert len(res.track_summary) and res.weak is not None and len(res.weak)
+    same = res.relink()
+    for table in ("tracks", "track_summary", "events", "counts"):
+        pd.testing.assert_frame_equal(getattr(same, table), getattr(res, table))
+    assert same.options == res.options and same.warnings == res.warnings
+    strict = res.relink(min_length=12)  # only cores found in all 12 frames
+    assert len(strict.track_summary) < len(res.track_summary)
+    assert strict.options["min_length"] == 12 and res.options["min_length"] != 12
+    from dislotrack.infer.outputs import write_tables
+
+    write_tables(strict, tmp_path)
+    assert json.loads((tmp_path / "summary.json").read_text())["options"]["min_length"] == 12
+    with pytest.raises(TypeError, match="relink takes max_speed_nm_s, .*not threshold"):
+        res.relink(threshold=0.3)
+
+
 def test_track_detections_checks_options_and_keeps_its_warnings():
     from dislotrack.infer.pipeline import AnalysisWarning, track_detections
 
