@@ -37,6 +37,20 @@ def check_linking_options(*, max_speed_nm_s: float, memory: int, min_length: int
             raise ValueError(f"{name} must be {what}, got {value}")
 
 
+def as_typed(value: float | None) -> float | None:
+    """A number as the user typed it: a float32 0.1 (from an array's dtype) is 0.1, not the
+    0.10000000149 its exact value prints as; other values unchanged (None stays None).
+
+    Examples
+    --------
+    >>> as_typed(np.float32(0.1)), as_typed(0.25), as_typed(None)
+    (0.1, 0.25, None)
+    """
+    if isinstance(value, np.floating) and value.dtype.itemsize < 8:
+        return float(str(value))  # numpy prints the shortest decimal that reads back the same
+    return value
+
+
 def _check_number(name: str, value: object, what: str) -> None:
     """Refuse a value that is not a real number (e.g. "0.5" from a notebook) by name."""
     if not is_number(value):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import warnings
 from pathlib import Path
@@ -139,6 +140,9 @@ def _lattice_dict(res: AnalysisResult) -> dict | None:
 def write_tables(res: AnalysisResult, out: str | Path, *, parquet: bool = False) -> list[Path]:
     """Write every table as CSV (and optionally Parquet), plus summary.json, into ``out``
     (created if needed); returns the paths written."""
+    if parquet and importlib.util.find_spec("pyarrow") is None:  # before writing anything
+        raise ImportError("parquet=True needs pyarrow: pip install pyarrow (or, in a clone, "
+                          "pip install -e '.[parquet]')")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written = []

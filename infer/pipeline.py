@@ -66,6 +66,7 @@ from dislotrack.infer.options import (
     DEFAULT_MIN_LENGTH,
     DEFAULT_WEAK_FRACTION,
     analysis_options,
+    as_typed,
     check_calibration_options,
     check_detector_options,
     check_linking_options,
@@ -246,6 +247,7 @@ def calibrate(movie: Movie, *, pixel_size_nm: float | None, frame_interval_s: fl
     """User > file > (003)-fringe estimate; an error if no pixel size can be found."""
     check_calibration_options(pixel_size_nm=pixel_size_nm, frame_interval_s=frame_interval_s,
                               d_spacing_nm=d_spacing_nm)
+    pixel_size_nm, frame_interval_s = (as_typed(v) for v in (pixel_size_nm, frame_interval_s))
     cal = resolve_calibration(
         movie.calibration, pixel_size_nm=pixel_size_nm, frame_interval_s=frame_interval_s,
         estimate=lambda: pixel_size_from_fringes_or_none(movie[0], d_spacing_nm=d_spacing_nm),
@@ -523,6 +525,8 @@ def analyze(path: str | Path | Movie | np.ndarray, *, model: str | Path | None =
     if isinstance(path, (list, tuple)):  # e.g. frames read one by one in a notebook
         raise TypeError(f"analyze takes a path, a Movie or an array, got a {type(path).__name__}: "
                         "for a list of frames, pass np.stack(frames) (a (t, y, x) array)")
+    if not isinstance(path, (str, os.PathLike, np.ndarray, Movie)):
+        raise TypeError(f"analyze takes a path, a Movie or a (t, y, x) array, got {path!r}")
     if isinstance(path, np.ndarray):
         path = movie_from_array(path)
     opened = contextlib.nullcontext(path) if isinstance(path, Movie) else open_movie(path, signal=signal)

@@ -1075,6 +1075,26 @@ def test_relink_reproduces_analyze_and_records_what_it_changed(tmp_path):
         res.relink(threshold=0.3)
 
 
+def test_notebook_inputs_none_float32_overrides_and_parquet_without_pyarrow(tiny_model, tmp_path,
+                                                                           monkeypatch):
+    with pytest.raises(TypeError, match="analyze takes a path, a Movie or a .* array, got None"):
+        analyze(None, model=tiny_model)
+    frames = np.zeros((2, 32, 32), np.float32)
+    res = analyze(frames, model=tiny_model, pixel_size_nm=np.float32(0.1),
+                  frame_interval_s=np.float32(0.5), progress=False)  # e.g. read from an array's dtype
+    assert (res.calibration.pixel_size_nm, res.calibration.frame_interval_s) == (0.1, 0.5)
+    import importlib.util
+
+    from dislotrack.infer.outputs import write_tables
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "pyarrow"
+                        else real(name, *a))
+    with pytest.raises(ImportError, match=r"pip install -e '.\[parquet\]'"):
+        write_tables(res, tmp_path / "o", parquet=True)
+    assert not (tmp_path / "o").exists()  # refused before writing anything
+
+
 def test_track_detections_checks_options_and_keeps_its_warnings():
     from dislotrack.infer.pipeline import AnalysisWarning, track_detections
 
