@@ -145,6 +145,10 @@ def _add_infer(sub: argparse._SubParsersAction) -> None:
                    help="for files holding several images (multi-detector EMD, DM, HDF5): the "
                         "title, dataset path or index of the one to analyse (default: the first; "
                         "HDF5: the largest)")
+    p.add_argument("--frames", default=None, metavar="START:STOP",
+                   help="analyse only frames START to STOP-1 (from 0; either end may be left "
+                        "out), e.g. 100:250 of a long movie; written to <stem>_framesSTART-STOP/, "
+                        "numbered from 0 there (summary.json options.frames says which)")
     p.add_argument("--d-spacing", type=float, default=0.473, metavar="NM",
                    help="(003) spacing of the material [nm] (default LiNiO2, 0.473)")
     p.add_argument("--max-speed", type=float, default=2.0, metavar="NM_S",
@@ -245,7 +249,7 @@ def _run_infer(args: argparse.Namespace) -> int:
                                 max_speed_nm_s=args.max_speed, memory=args.memory,
                                 weak_fraction=args.weak_fraction, lattice_h=not args.network_h,
                                 min_length=args.min_length, max_gap=args.max_gap, tta=args.tta,
-                                signal=args.signal)
+                                signal=args.signal, frames=args.frames)
         except USER_ERRORS as err:  # one unreadable movie does not stop the others
             if len(args.inputs) == 1 or os.environ.get("DISLOTRACK_DEBUG"):
                 raise

@@ -51,6 +51,39 @@ def as_typed(value: float | None) -> float | None:
     return value
 
 
+def frame_window(frames: str | tuple[int, int] | list[int], n_frames: int) -> tuple[int, int]:
+    """``(start, stop)`` of a window of a movie's ``n_frames`` frames, from ``"START:STOP"``
+    (either end may be left out: 0, the end) or a pair.
+
+    Raises
+    ------
+    ValueError
+        Naming the option, if it is no such window.
+
+    Examples
+    --------
+    >>> frame_window("100:250", 400), frame_window("100:", 400), frame_window((0, 5), 400)
+    ((100, 250), (100, 400), (0, 5))
+    """
+    if isinstance(frames, str):
+        parts = frames.split(":")
+        try:
+            if len(parts) != 2:
+                raise ValueError
+            start, stop = (int(p) if p.strip() else default for p, default in zip(parts, (0, n_frames),
+                                                                                   strict=True))
+        except ValueError:
+            raise ValueError(f"frames (--frames) must be START:STOP (frame numbers from 0, e.g. "
+                             f"100:250), got {frames!r}") from None
+    else:
+        start, stop = frames
+    if not (isinstance(start, numbers.Integral) and isinstance(stop, numbers.Integral)
+            and 0 <= start < stop <= n_frames):
+        raise ValueError(f"frames (--frames) {start}:{stop} is not a window of the movie's "
+                         f"{n_frames} frames (0 <= START < STOP <= {n_frames})")
+    return int(start), int(stop)
+
+
 def _check_number(name: str, value: object, what: str) -> None:
     """Refuse a value that is not a real number (e.g. "0.5" from a notebook) by name."""
     if not is_number(value):

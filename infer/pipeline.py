@@ -71,6 +71,7 @@ from dislotrack.infer.options import (
     check_detector_options,
     check_linking_options,
     default_tta,
+    frame_window,
     tta_views,
 )
 from dislotrack.infer.overlays import MARGIN_NM as OVERLAY_MARGIN_NM
@@ -421,6 +422,7 @@ def analyze(path: str | Path | Movie | np.ndarray, *, model: str | Path | None =
             min_length: int = DEFAULT_MIN_LENGTH, max_gap: int = 12, min_track_score: float = 0.0,
             weak_fraction: float = DEFAULT_WEAK_FRACTION, border_nm: float = 2.0, detector: str = "unet",
             tta: int | bool | None = None, lattice_h: bool = True, signal: int | str | None = None,
+            frames: str | tuple[int, int] | None = None,
             calibration: Calibration | None = None,
             mask_sink: Callable[[int, np.ndarray], None] | None = None,
             frame_sink: Callable[[int, np.ndarray, pd.DataFrame], None] | None = None,
@@ -491,6 +493,11 @@ def analyze(path: str | Path | Movie | np.ndarray, *, model: str | Path | None =
         For files holding several images (multi-detector EMD, DM, HDF5): the title or
         dataset path, or the index, of the one to analyse (default: the first; generic
         HDF5: the largest). A warning names the one read when there was a choice.
+    frames : str or (int, int), optional
+        Analyse only frames ``start`` to ``stop - 1`` of the input (``"START:STOP"``,
+        either end may be left out, or a pair), e.g. a window of a long in-situ movie.
+        The window's frames are numbered from 0 in every table (``t_s`` from its start);
+        ``options["frames"]`` records it.
     calibration : Calibration, optional
         This movie's calibration as `calibrate` resolved it from the same
         ``pixel_size_nm``, ``frame_interval_s`` and ``d_spacing_nm``: spares a second
@@ -533,6 +540,9 @@ def analyze(path: str | Path | Movie | np.ndarray, *, model: str | Path | None =
     with opened as movie:
         path = movie.path
         signal = _chosen_signal(movie, signal)
+        if frames is not None:
+            movie = movie.window(*frame_window(frames, len(movie)))
+        window = "{}:{}".format(*movie.metadata["frames"]) if "frames" in movie.metadata else None
         cal = calibration if calibration is not None else calibrate(
             movie, pixel_size_nm=pixel_size_nm, frame_interval_s=frame_interval_s,
             d_spacing_nm=d_spacing_nm)
@@ -680,7 +690,7 @@ def analyze(path: str | Path | Movie | np.ndarray, *, model: str | Path | None =
         border_nm=border_nm, d_spacing_nm=d_spacing_nm, lattice_h=snap_asked,
         pixel_size_nm=pixel_size_nm, frame_interval_s=frame_interval_s, signal=signal, device=device,
         device_used=str(dev) if unet else "cpu", precision=precision,
-        precision_used=used)
+        precision_used=used, frames=window)
     return res
 
 

@@ -36,6 +36,7 @@ import copy
 import functools
 import hashlib
 import importlib
+import itertools
 import json
 import logging
 import re
@@ -203,6 +204,32 @@ class Movie:
                                self._path.name, i, int(bad.sum()))
             self._filled = True
         return frame
+
+    def window(self, start: int, stop: int) -> Movie:
+        """Frames ``start`` to ``stop - 1`` of this movie as a movie of their own, numbered
+        from 0 and read lazily from the same open file; ``metadata["frames"]`` records
+        ``[start, stop]`` and timestamps count from ``start``.
+
+        Raises
+        ------
+        ValueError
+            If the window holds no frame of this movie.
+        """
+        n = len(self)
+        if not (isinstance(start, int) and isinstance(stop, int) and 0 <= start < stop <= n):
+            raise ValueError(f"frames (--frames) {start}:{stop} is not a window of the {n} frames "
+                             f"of {self._path.name} (0 <= start < stop <= {n})")
+        base_read, base_iterate = self._read, self._iterate
+
+        def iterate() -> Iterator[np.ndarray]:  # a stream is read from its start, once
+            return itertools.islice(base_iterate(), start, stop)
+
+        times = self._timestamps
+        other = Movie(self._path, (stop - start, *self._shape[1:]), self._calibration,
+                      {**self._metadata, "frames": [start, stop]}, lambda i: base_read(start + i),
+                      iterate=iterate if base_iterate is not None else None, close=None,
+                      timestamps_s=None if times is None else times[start:stop] - times[start])
+        return other
 
     def with_calibration(self, calibration: Calibration) -> Movie:
         """The same movie (sharing the open file) with another calibration."""

@@ -15,6 +15,7 @@ from dislotrack.data_gen.conventions import D003_LINIO2_NM
 from dislotrack.infer import figures
 from dislotrack.infer.calibration import Calibration
 from dislotrack.infer.columns import TABLES
+from dislotrack.infer.options import frame_window
 from dislotrack.infer.outputs import MaskWriter, write_tables
 from dislotrack.infer.pipeline import AnalysisResult, analyze, calibrate
 from dislotrack.infer.readers import Movie, open_movie
@@ -53,11 +54,15 @@ def infer_one(path: str | Path, out: str | Path, *, movie: bool = True, parquet:
         raise ValueError(f"strain_resolution_nm (--strain-resolution) must be a positive width [nm], "
                          f"got {strain_resolution_nm}")
     asked = options.get("signal")
+    frames = options.pop("frames", None)
     # Opened once for calibration, analysis and the overlay (a folder of frames reads every
     # file's header when opened).
-    with open_movie(path, signal=asked) as m:  # unreadable: leaves no folder
+    with open_movie(path, signal=asked) as whole:  # unreadable: leaves no folder
+        m = whole if frames is None else whole.window(*frame_window(frames, len(whole)))
         # Named by the signal read (a title, not the index it was asked by), where asked.
         dest = output_dir(out, path, None if asked is None else m.metadata.get("signal", asked))
+        if frames is not None:  # beside the whole movie's results, not over them
+            dest = dest.with_name("{}_frames{}-{}".format(dest.name, *m.metadata["frames"]))
         cal = calibrate(m, pixel_size_nm=options.get("pixel_size_nm"),
                         frame_interval_s=options.get("frame_interval_s"),
                         d_spacing_nm=options.get("d_spacing_nm", D003_LINIO2_NM))

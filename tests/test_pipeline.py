@@ -880,7 +880,8 @@ def test_summary_json_records_the_analysis_options(tiny_model, tmp_path):
         "tta": 1, "weak_fraction": 0.5, "max_speed_nm_s": 0.4, "memory": 3, "min_length": 2,
         "max_gap": 0, "min_track_score": 0.0, "border_nm": 2.0, "d_spacing_nm": 0.47,
         "lattice_h": False, "pixel_size_nm": None, "frame_interval_s": 0.5, "signal": None,
-        "device": "cpu", "device_used": "cpu", "precision": "float32", "precision_used": "float32"}
+        "device": "cpu", "device_used": "cpu", "precision": "float32", "precision_used": "float32",
+        "frames": None}
     assert {"schema_version", "dislotrack_version", "model", "input", "calibration", "totals",
             "velocities", "lattice", "warnings"} < set(summary)  # the keys before stay
     # Numpy numbers, paths and devices, as notebooks pass them, are written as plain JSON.
@@ -1073,6 +1074,32 @@ def test_relink_reproduces_analyze_and_records_what_it_changed(tmp_path):
     assert json.loads((tmp_path / "summary.json").read_text())["options"]["min_length"] == 12
     with pytest.raises(TypeError, match="relink takes max_speed_nm_s, .*not threshold"):
         res.relink(threshold=0.3)
+
+
+def test_a_window_of_frames_is_analysed_as_that_part_of_the_movie(tiny_model, tmp_path, capsys):
+    from dislotrack.infer.readers import open_movie
+
+    m = make_movie(np.random.default_rng(0), GeneratorConfig(size=64, mode="stem"), n_frames=8)
+    path = tmp_path / "m.tif"
+    write_imagej_tiff(path, m.frames, pixel_size_nm=m.meta["pixel_size"], frame_interval_s=1.0)
+    with open_movie(path) as whole:
+        part = whole.window(2, 6)
+        assert len(part) == 4 and part.metadata["frames"] == [2, 6]
+        np.testing.assert_array_equal(np.stack(list(part)), np.stack([whole[i] for i in range(2, 6)]))
+        np.testing.assert_array_equal(part[3], whole[5])
+    res = analyze(path, model=tiny_model, frames="2:6", threshold=0.3, progress=False)
+    alone = analyze(m.frames[2:6], model=tiny_model, pixel_size_nm=m.meta["pixel_size"],
+                    frame_interval_s=1.0, threshold=0.3, progress=False)
+    assert res.shape == (4, 64, 64) and res.options["frames"] == "2:6"
+    for table in ("detections", "tracks", "track_summary", "events", "counts", "drift"):
+        pd.testing.assert_frame_equal(getattr(res, table), getattr(alone, table))
+    assert main(["infer", str(path), "--out", str(tmp_path / "o"), "--model", str(tiny_model),
+                 "--frames", "2:", "--no-movie"]) == 0
+    written = json.loads((tmp_path / "o" / "m_frames2-8" / "summary.json").read_text())
+    assert written["options"]["frames"] == "2:8" and written["totals"]["frames"] == 6
+    capsys.readouterr()
+    assert main(["infer", str(path), "--out", str(tmp_path / "o"), "--frames", "6:9"]) == 2
+    assert "frames (--frames) 6:9 is not a window of the movie's 8 frames" in capsys.readouterr().err
 
 
 def test_notebook_inputs_none_float32_overrides_and_parquet_without_pyarrow(tiny_model, tmp_path,
