@@ -7,7 +7,6 @@ imported lazily, so ``dislotrack generate`` never imports torch.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import math
 import os
@@ -188,9 +187,14 @@ def _run_infer(args: argparse.Namespace) -> int:
     missing = [str(p) for p in args.inputs if not Path(p).exists()]
     if missing:  # say so before the slow imports, not after analysing the inputs before it
         raise FileNotFoundError(f"no such file or folder: {', '.join(missing)}")
-    if args.parquet and importlib.util.find_spec("pyarrow") is None:  # before, not after, analysing
-        raise ImportError("--parquet needs pyarrow: pip install pyarrow (or, in a clone, "
-                          "pip install -e '.[parquet]')")
+    if args.parquet:  # before, not after, analysing
+        from dislotrack.infer.outputs import check_parquet
+
+        check_parquet()
+    if args.frames is not None:  # its syntax, before any input is opened
+        from dislotrack.infer.options import frame_window
+
+        frame_window(args.frames, sys.maxsize)
     if args.strain_resolution != 1.0 and not args.strain:
         raise ValueError("--strain-resolution applies to strain maps (--strain)")
     if not (math.isfinite(args.strain_resolution) and args.strain_resolution > 0):

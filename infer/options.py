@@ -51,7 +51,7 @@ def as_typed(value: float | None) -> float | None:
     return value
 
 
-def frame_window(frames: str | tuple[int, int] | list[int], n_frames: int) -> tuple[int, int]:
+def frame_window(frames: str | slice | tuple[int | None, int | None], n_frames: int) -> tuple[int, int]:
     """``(start, stop)`` of a window of a movie's ``n_frames`` frames, from ``"START:STOP"``
     (either end may be left out: 0, the end) or a pair.
 
@@ -62,22 +62,27 @@ def frame_window(frames: str | tuple[int, int] | list[int], n_frames: int) -> tu
 
     Examples
     --------
-    >>> frame_window("100:250", 400), frame_window("100:", 400), frame_window((0, 5), 400)
+    >>> frame_window("100:250", 400), frame_window("100:", 400), frame_window((0, None), 5)
     ((100, 250), (100, 400), (0, 5))
     """
+    syntax = ValueError(f"frames (--frames) must be START:STOP (frame numbers from 0, e.g. "
+                        f"100:250; either end may be left out), got {frames!r}")
     if isinstance(frames, str):
         parts = frames.split(":")
         try:
             if len(parts) != 2:
                 raise ValueError
-            start, stop = (int(p) if p.strip() else default for p, default in zip(parts, (0, n_frames),
-                                                                                   strict=True))
+            start, stop = (int(p) if p.strip() else None for p in parts)
         except ValueError:
-            raise ValueError(f"frames (--frames) must be START:STOP (frame numbers from 0, e.g. "
-                             f"100:250), got {frames!r}") from None
-    else:
+            raise syntax from None
+    elif isinstance(frames, slice) and frames.step in (None, 1):
+        start, stop = frames.start, frames.stop
+    elif isinstance(frames, (tuple, list)) and len(frames) == 2:
         start, stop = frames
-    if not (isinstance(start, numbers.Integral) and isinstance(stop, numbers.Integral)
+    else:
+        raise syntax
+    start, stop = 0 if start is None else start, n_frames if stop is None else stop
+    if not (all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in (start, stop))
             and 0 <= start < stop <= n_frames):
         raise ValueError(f"frames (--frames) {start}:{stop} is not a window of the movie's "
                          f"{n_frames} frames (0 <= START < STOP <= {n_frames})")

@@ -137,12 +137,18 @@ def _lattice_dict(res: AnalysisResult) -> dict | None:
             "track_h_from_lattice": bool(b) and res.lattice_h}
 
 
+def check_parquet() -> None:
+    """Raises ImportError, saying what to install, where pandas has no Parquet engine."""
+    if not any(importlib.util.find_spec(engine) for engine in ("pyarrow", "fastparquet")):
+        raise ImportError("Parquet output (--parquet, parquet=True) needs pyarrow: pip install "
+                          "pyarrow (or, in a clone, pip install -e '.[parquet]')")
+
+
 def write_tables(res: AnalysisResult, out: str | Path, *, parquet: bool = False) -> list[Path]:
     """Write every table as CSV (and optionally Parquet), plus summary.json, into ``out``
     (created if needed); returns the paths written."""
-    if parquet and importlib.util.find_spec("pyarrow") is None:  # before writing anything
-        raise ImportError("parquet=True needs pyarrow: pip install pyarrow (or, in a clone, "
-                          "pip install -e '.[parquet]')")
+    if parquet:
+        check_parquet()  # before writing anything
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written = []

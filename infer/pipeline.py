@@ -169,7 +169,9 @@ class AnalysisResult:
         """The same detections tracked again with other `RELINK_OPTIONS` (e.g.
         ``max_speed_nm_s=1.0``): everything after the detector reruns (`track_detections`)
         with this result's drift, weak peaks, lattice and rock salt, so options left as
-        they were give the same tables; ``options`` and ``warnings`` say what changed.
+        they were give the same tables; ``options`` and ``warnings`` say what changed. The
+        drift keeps any stage jumps as `analyze` found them, with its ``max_speed_nm_s``
+        (a jump is a shift beyond half the search range): analyze again to find them anew.
 
         Examples
         --------
@@ -182,12 +184,15 @@ class AnalysisResult:
                             "(other options change the detections: run analyze again)")
         chosen = {k: self.options[k] for k in RELINK_OPTIONS if k in self.options} | options
         cal = self.calibration
-        t = track_detections(self.detections, pixel_size_nm=cal.pixel_size_nm,
-                             frame_interval_s=cal.frame_interval_s, n_frames=self.shape[0],
-                             image_shape=self.shape[1:], drift=self.drift, weak=self.weak,
-                             rocksalt_fraction=self.rocksalt_fraction,
-                             lattice=self.lattice if self.lattice_h else None, **chosen)
+        with collected_warnings():  # issued below, at the caller's line, as analyze does
+            t = track_detections(self.detections, pixel_size_nm=cal.pixel_size_nm,
+                                 frame_interval_s=cal.frame_interval_s, n_frames=self.shape[0],
+                                 image_shape=self.shape[1:], drift=self.drift, weak=self.weak,
+                                 rocksalt_fraction=self.rocksalt_fraction,
+                                 lattice=self.lattice if self.lattice_h else None, **chosen)
         kept = [w for w in self.warnings if w not in self.tracking_warnings]
+        for message in t.warnings:
+            warnings.warn(f"{Path(self.input_path).name}: {message}", AnalysisWarning, stacklevel=2)
         return replace(
             self, tracks=t.tracks, track_summary=t.track_summary, events=t.events,
             counts=t.counts, warnings=kept + [w for w in t.warnings if w not in kept],
@@ -520,6 +525,7 @@ def analyze(path: str | Path | Movie | np.ndarray, *, model: str | Path | None =
                            weak_fraction=weak_fraction, precision=precision)
     check_linking_options(max_speed_nm_s=max_speed_nm_s, memory=memory, min_length=min_length,
                           max_gap=max_gap)  # d_spacing_nm: `calibrate` checks it
+    pixel_size_nm, frame_interval_s = (as_typed(v) for v in (pixel_size_nm, frame_interval_s))
     dev = pick_device(device)
     # A bad name: refused before any frame is read. The GPA baseline has no network.
     dtype = network_dtype(precision, dev) if detector == "unet" else None
@@ -822,7 +828,7 @@ def track_detections(detections: pd.DataFrame, *, pixel_size_nm: float,
                               d_spacing_nm=D003_LINIO2_NM)  # no spacing here: a valid stand-in
     if pixel_size_nm is None:
         raise ValueError("pixel_size_nm is needed [nm/px]: detections are in pixels")
-    if not isinstance(n_frames, numbers.Integral) or n_frames < 1:
+    if isinstance(n_frames, bool) or not isinstance(n_frames, numbers.Integral) or n_frames < 1:
         raise ValueError(f"n_frames must be a whole number of frames >= 1, got {n_frames!r}")
     require_columns(detections, ["frame", "x", "y", "hx", "hy", *(["score"] if min_track_score > 0 else [])],
                     name="detections")

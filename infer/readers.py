@@ -39,6 +39,7 @@ import importlib
 import itertools
 import json
 import logging
+import numbers
 import re
 import struct
 import xml.etree.ElementTree as ET
@@ -216,9 +217,11 @@ class Movie:
             If the window holds no frame of this movie.
         """
         n = len(self)
-        if not (isinstance(start, int) and isinstance(stop, int) and 0 <= start < stop <= n):
+        integral = all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in (start, stop))
+        if not (integral and 0 <= start < stop <= n):
             raise ValueError(f"frames (--frames) {start}:{stop} is not a window of the {n} frames "
-                             f"of {self._path.name} (0 <= start < stop <= {n})")
+                             f"of {self._path.name} (whole numbers, 0 <= start < stop <= {n})")
+        start, stop = int(start), int(stop)
         base_read, base_iterate = self._read, self._iterate
 
         def iterate() -> Iterator[np.ndarray]:  # a stream is read from its start, once

@@ -16,7 +16,7 @@ from dislotrack.infer import figures
 from dislotrack.infer.calibration import Calibration
 from dislotrack.infer.columns import TABLES
 from dislotrack.infer.options import frame_window
-from dislotrack.infer.outputs import MaskWriter, write_tables
+from dislotrack.infer.outputs import MaskWriter, check_parquet, write_tables
 from dislotrack.infer.pipeline import AnalysisResult, analyze, calibrate
 from dislotrack.infer.readers import Movie, open_movie
 from dislotrack.infer.strain import COMPONENTS as STRAIN_COMPONENTS
@@ -53,6 +53,8 @@ def infer_one(path: str | Path, out: str | Path, *, movie: bool = True, parquet:
     if strain and not (np.isfinite(strain_resolution_nm) and strain_resolution_nm > 0):
         raise ValueError(f"strain_resolution_nm (--strain-resolution) must be a positive width [nm], "
                          f"got {strain_resolution_nm}")
+    if parquet:
+        check_parquet()  # before, not after, the analysis
     asked = options.get("signal")
     frames = options.pop("frames", None)
     # Opened once for calibration, analysis and the overlay (a folder of frames reads every

@@ -10,6 +10,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import tifffile
+from matplotlib.figure import Figure
 
 from dislotrack.infer.gpa import NoReflectionError, find_reflections, strain_maps
 
@@ -94,7 +95,6 @@ class StrainWriter:
             "to its mean lattice; ω > 0 counter-clockwise as displayed; grey: not measured (1 "
             "filter width at the edges, and where a reflection is weak, e.g. rock salt)"))
         fig.savefig(path, dpi=110)
-        plt.close(fig)
 
 
 #: Frames at least this many times wider than tall get their panels stacked in a column.
@@ -131,7 +131,8 @@ def strain_figure(frame: np.ndarray, maps: dict[str, np.ndarray], cores: pd.Data
     rows, cols = (n, 1) if column else (1, n)
     # Room per panel for its title and, beside it, a colour bar with tick labels.
     size = (cols * (panel_w + 0.9), rows * (panel_h + 0.45) + 0.5)
-    fig, axes = plt.subplots(rows, cols, figsize=size, layout="constrained", squeeze=False)
+    fig = Figure(figsize=size, layout="constrained")  # outside pyplot, as figures.py's
+    axes = fig.subplots(rows, cols, squeeze=False)
     axes = axes.ravel()
     axes[0].imshow(frame, cmap="gray")
     axes[0].set_title("image (circles: cores)")

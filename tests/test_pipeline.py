@@ -649,12 +649,19 @@ def test_parquet_without_pyarrow_is_refused_before_the_analysis(tiny_model, tmp_
     monkeypatch.delenv("DISLOTRACK_DEBUG", raising=False)
     real_find = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == "pyarrow" else real_find(name, *a))
+                        lambda name, *a: None if name in ("pyarrow", "fastparquet")
+                        else real_find(name, *a))
     movie = tmp_path / "m.tif"
     write_imagej_tiff(movie, np.zeros((2, 32, 32), np.float32), pixel_size_nm=0.1, frame_interval_s=1.0)
     assert main(["infer", str(movie), "--out", str(tmp_path / "o"), "--model", str(tiny_model),
                  "--parquet"]) == 2
-    assert "--parquet needs pyarrow" in capsys.readouterr().err and not (tmp_path / "o").exists()
+    assert "(--parquet, parquet=True) needs pyarrow" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+    from dislotrack.infer import run
+
+    with pytest.raises(ImportError, match="needs pyarrow"):  # the API: before the analysis too
+        run.infer_one(movie, tmp_path / "o", parquet=True, model=tiny_model, progress=False)
+    assert not (tmp_path / "o").exists()
 
 
 @pytest.mark.parametrize(("flag", "value", "message"), [
@@ -1056,6 +1063,8 @@ def test_analyze_warnings_show_in_python_and_once_in_the_cli(tiny_model, tmp_pat
 
 
 def test_relink_reproduces_analyze_and_records_what_it_changed(tmp_path):
+    from dislotrack.infer.pipeline import AnalysisWarning
+
     # The bundled model on a generated movie (with weak peaks that extend track ends).
     m = make_movie(np.random.default_rng(3), GeneratorConfig(size=128, mode="stem", density=3.0,
                                                              dose=(3000, 3000)), n_frames=12)
@@ -1074,6 +1083,9 @@ def test_relink_reproduces_analyze_and_records_what_it_changed(tmp_path):
     assert json.loads((tmp_path / "summary.json").read_text())["options"]["min_length"] == 12
     with pytest.raises(TypeError, match="relink takes max_speed_nm_s, .*not threshold"):
         res.relink(threshold=0.3)
+    with pytest.warns(AnalysisWarning, match="min_length .* is longer than the movie") as caught:
+        res.relink(min_length=40)
+    assert caught[0].filename == __file__  # at the caller's line, as analyze's warnings
 
 
 def test_a_window_of_frames_is_analysed_as_that_part_of_the_movie(tiny_model, tmp_path, capsys):
@@ -1115,8 +1127,8 @@ def test_notebook_inputs_none_float32_overrides_and_parquet_without_pyarrow(tiny
     from dislotrack.infer.outputs import write_tables
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "pyarrow"
-                        else real(name, *a))
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None
+                        if name in ("pyarrow", "fastparquet") else real(name, *a))
     with pytest.raises(ImportError, match=r"pip install -e '.\[parquet\]'"):
         write_tables(res, tmp_path / "o", parquet=True)
     assert not (tmp_path / "o").exists()  # refused before writing anything

@@ -344,12 +344,27 @@ def test_a_checkpoint_exports_as_a_model_and_refuses_another_network(tmp_path, c
     (saved,) = (tmp_path / "r").glob("lightning_logs/version_0/config.yaml")
     assert main(["train", "export", str(tmp_path / "old.ckpt"), "--out", str(tmp_path / "o"),
                  "--config", str(saved)]) == 0
+    # A config with no network settings (null: the default architecture) is the default.
+    import yaml
+
+    null = yaml.safe_load(saved.read_text())
+    null["model"]["net"]["init_args"]["config"] = None
+    (tmp_path / "null.yaml").write_text(yaml.safe_dump(null))
+    assert main(["train", "export", str(tmp_path / "old.ckpt"), "--out", str(tmp_path / "d"),
+                 "--config", str(tmp_path / "null.yaml")]) == 2
+    assert "do not fit the architecture" in capsys.readouterr().err  # 4 wide, not the default 12
+    # A checkpoint written before a setting existed: the missing setting takes its default.
+    older = torch.load(last, map_location="cpu", weights_only=True)
+    del older["dislotrack_architecture"]["inplane_fringe_period_px"]
+    torch.save(older, last)
     # Testing it with another width, or "best" in a new process: one line each, before loading.
     capsys.readouterr()
     assert main(["train", "test", *run, "--model.net.init_args.config.base_channels=8",
                  "--ckpt_path", "last"]) == 2
     assert "its network differs from the configured one (base_channels 4 in the checkpoint, 8 " \
            "here)" in capsys.readouterr().err
+    assert main(["train", "test", *run, "--ckpt_path", "last"]) == 0  # the same network
+    capsys.readouterr()
     assert main(["train", "test", *run, "--ckpt_path", "best"]) == 2
     assert "a new run does not know which checkpoint was best" in capsys.readouterr().err
 

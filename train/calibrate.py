@@ -106,7 +106,8 @@ def calibrate(model: str, *, n: int = 200, tolerance: float = 0.005) -> dict:
     card.setdefault("metrics", {})["threshold_calibration"] = {
         "n_val": n, "f1_by_threshold": {str(t): _defined(s["f1"]) for t, s in scores.items()}}
     save_model(net, model, card=card)
-    return {"decode_threshold": best, **{k: _defined(float(v)) for k, v in scores[best].items()}}
+    return {"decode_threshold": best, **{k: _defined(v if k in ("tp", "fp", "fn") else float(v))
+                                          for k, v in scores[best].items()}}
 
 
 def main(argv: list[str] | None = None) -> int:

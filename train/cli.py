@@ -157,10 +157,18 @@ def checkpoint_mismatch(path: Path, config: Any) -> str | None:
     if config is None:
         return None
     try:
-        saved = torch.load(path, map_location="cpu", weights_only=True).get(ARCHITECTURE_KEY)
+        saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get(ARCHITECTURE_KEY)
     except Exception:  # unreadable: Lightning says why when it loads it
         return None
-    if saved is None or saved == config.to_dict():
+    if not isinstance(saved, dict):
+        return None
+    # Fields added to UNetConfig since the checkpoint was written take their defaults.
+    known = {k: v for k, v in saved.items() if k in config.to_dict()}
+    try:
+        saved = type(config)(**known).to_dict()
+    except (TypeError, ValueError):
+        return None
+    if saved == config.to_dict():
         return None
     differ = {k: (saved.get(k), v) for k, v in config.to_dict().items() if saved.get(k) != v}
     return ("its network differs from the configured one ("
@@ -311,8 +319,9 @@ class DislotrackCLI(LightningCLI):
             folder = getattr(self.trainer.checkpoint_callback, "dirpath", None) or "checkpoints"
             raise TrainConfigError(f"--ckpt_path best: a new run does not know which checkpoint was "
                                    f"best; pass the file (the epochNN-f1_*.ckpt in {folder}) or last")
-        path = (Path(getattr(self.trainer.checkpoint_callback, "dirpath", "") or ".") / "last.ckpt"
-                if ckpt == "last" else Path(ckpt) if ckpt else None)
+        folder = getattr(self.trainer.checkpoint_callback, "dirpath", None)
+        path = ((Path(folder) / "last.ckpt" if folder else None) if ckpt == "last"
+                else Path(ckpt) if ckpt else None)
         why = path and path.is_file() and checkpoint_mismatch(path, getattr(self.model.net, "config", None))
         if why:
             raise TrainConfigError(f"--ckpt_path {ckpt}: {why}")

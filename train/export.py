@@ -139,8 +139,9 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, *, config: str | 
     try:
         net.load_state_dict(load_lightning_checkpoint(path))
     except RuntimeError as err:  # another width or depth than the architecture given
+        lines = [ln.strip() for ln in str(err).splitlines()[1:] if ln.strip()] or [str(err)]
         raise ValueError(f"{path}: its weights do not fit the architecture {architecture} "
-                         f"({str(err).splitlines()[0]})") from None
+                         f"({lines[0]})") from None
     card = model_card(
         generator=dict(ckpt.get("datamodule_hyper_parameters") or {}),
         module=dict(ckpt.get("hyper_parameters") or {}),
@@ -165,7 +166,7 @@ def _config_architecture(config: str | Path) -> dict:
             raise ValueError(f"--config {config}: no model.net.init_args.config (the network's "
                              "architecture); pass the config that run saved")
         node = node[key]
-    return node
+    return node or {}  # null: the default UNetConfig
 
 
 def _checkpoint_scores(ckpt: dict) -> dict[str, float]:
