@@ -3,7 +3,7 @@
 
 For an image or movie ``<stem>``, in one folder:
 
-* ``<stem>.tif`` -- float32 image or (t, y, x) stack, ImageJ-calibrated (nm, s);
+* ``<stem>.tif`` (or ``.tiff``) -- float32 image or (t, y, x) stack, ImageJ-calibrated (nm, s);
 * ``<stem>_cores.csv`` -- one row per core per frame: frame, x, y [px, pixel-centre
   origin], hx, hy (into the extra half-plane; any length, read as a unit vector),
   particle (a core's id over the frames); for a single image frame and particle may be
@@ -88,6 +88,14 @@ def write_annotation(folder: str | Path, stem: str, ann: Annotation) -> Path:
     return path
 
 
+def annotation_image(sidecar: str | Path) -> Path:
+    """The image of the annotation ``<stem>.json``: ``<stem>.tif``, or ``<stem>.tiff`` where
+    only that exists (the ``.tif`` path, to be named, where neither does)."""
+    tif = Path(sidecar).with_suffix(".tif")
+    tiff = tif.with_suffix(".tiff")
+    return tiff if not tif.exists() and tiff.exists() else tif
+
+
 def read_annotation(sidecar: str | Path) -> Annotation:
     """Read an annotation from its ``<stem>.json`` sidecar.
 
@@ -113,18 +121,19 @@ def read_annotation(sidecar: str | Path) -> Annotation:
         raise ValueError(f"{sidecar}: annotation version {version}; this dislotrack "
                          f"reads version {VERSION} and older (update dislotrack)")
     stem = sidecar.with_suffix("")
-    for need, hint in ((Path(f"{stem}.tif"), "the image or stack, a grayscale TIFF"),
+    for need, hint in ((annotation_image(sidecar), "the image or stack, a grayscale TIFF"),
                        (Path(f"{stem}_cores.csv"), "write one with just the header line for an "
                                                    "image without cores")):
         if not need.exists():
             others = sorted(p.name for p in sidecar.parent.glob(f"{glob.escape(stem.name)}.*")
                             if p.suffix.lower() in IMAGE_SUFFIXES and p != need)
-            found = (f"; found {', '.join(others)}: annotations need a .tif"
+            found = (f"; found {', '.join(others)}: annotations need a .tif (or .tiff)"
                      if need.suffix == ".tif" and others else "")
             raise ValueError(f"{sidecar}: no {need.name} next to it ({hint}){found}")
-    with tifffile.TiffFile(f"{stem}.tif") as tif:
+    image_path = annotation_image(sidecar)
+    with tifffile.TiffFile(image_path) as tif:
         if "S" in tif.series[0].axes:  # samples per pixel: RGB(A), not a (t, y, x) stack
-            raise ValueError(f"{stem}.tif is a colour image (axes {tif.series[0].axes}); "
+            raise ValueError(f"{image_path} is a colour image (axes {tif.series[0].axes}); "
                              "annotations need a grayscale image or stack")
         image = tif.asarray().astype(np.float32)
         tif_px = imagej_pixel_size_nm(tif)
@@ -135,7 +144,7 @@ def read_annotation(sidecar: str | Path) -> Annotation:
     except (KeyError, TypeError, ValueError):
         px = float("nan")
     if "pixel_size_nm" not in side:
-        told = (f"; {stem.name}.tif's own calibration says {tif_px:g} nm/px: add "
+        told = (f"; {image_path.name}'s own calibration says {tif_px:g} nm/px: add "
                 f'"pixel_size_nm": {tif_px:g}' if tif_px else "")
         raise ValueError(f"{sidecar}: no pixel_size_nm (the image's nm per pixel); it has "
                          f"{', '.join(sorted(side)) or 'no keys'}{told}")
@@ -144,7 +153,7 @@ def read_annotation(sidecar: str | Path) -> Annotation:
                          f"got {side.get('pixel_size_nm')!r}")
     if tif_px is not None and abs(tif_px / px - 1) > PIXEL_SIZE_TOLERANCE:
         # One of them is a typo; training or scoring at the wrong one is silently wrong.
-        raise ValueError(f"{sidecar}: pixel_size_nm {px:g} disagrees with {stem.name}.tif's own "
+        raise ValueError(f"{sidecar}: pixel_size_nm {px:g} disagrees with {image_path.name}'s own "
                          f"calibration, {tif_px:g} nm/px (ImageJ); correct whichever is wrong")
     try:  # "frame, x, y" as typed by hand reads as frame, x, y
         cores = pd.read_csv(f"{stem}_cores.csv", skipinitialspace=True)

@@ -13,7 +13,12 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from dislotrack.data_gen.annotations import UNKNOWN_PARTICLE, find_annotations, read_annotation
+from dislotrack.data_gen.annotations import (
+    UNKNOWN_PARTICLE,
+    annotation_image,
+    find_annotations,
+    read_annotation,
+)
 from dislotrack.data_gen.text import first_few
 from dislotrack.infer.columns import velocities_in_nm_s
 from dislotrack.infer.options import check_folder
@@ -230,7 +235,7 @@ def evaluate_folders(pred_dir: str | Path, truth_dir: str | Path, *, figures: bo
             ann = read_annotation(side)
             # Another image or movie of the same name (sets made apart reuse image_00000)?
             mismatch = (_shape_mismatch(run_summary, ann.image.shape)
-                        or _image_mismatch(run_summary, ann.image[0], side.with_suffix(".tif")))
+                        or _image_mismatch(run_summary, ann.image[0], annotation_image(side)))
         except (ValueError, OSError) as err:  # one bad annotation does not stop the others
             mismatch = f"annotation: {err}"
         if mismatch:
@@ -341,7 +346,7 @@ def trained_on(summary: dict | None, side: Path) -> bool:
     folder), or its folder is the one the model trained on and the item was not held out
     whole (a split by frames holds out frames of an item, never the item)."""
     tuned = ((summary or {}).get("model") or {}).get("finetuned_on") or {}
-    image = side.with_suffix(".tif")
+    image = annotation_image(side)
     if (tuned.get("train_items_sha256") and image.exists()
             and file_sha256(image) in set(tuned["train_items_sha256"])):
         return True

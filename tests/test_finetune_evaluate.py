@@ -440,6 +440,23 @@ def test_hand_written_annotations_read_or_fail_naming_the_file(tmp_path):
         read_annotation(side)
 
 
+def test_an_annotation_image_may_be_a_tiff(tmp_path):
+    from dislotrack.models.io import file_sha256
+
+    lab = tmp_path / "lab"
+    generate_dataset(out=lab, n=1, size=32, mode="stem", seed=3, progress=False)
+    want = read_annotation(lab / "image_00000.json")
+    (lab / "image_00000.tif").rename(lab / "image_00000.tiff")
+    got = read_annotation(lab / "image_00000.json")
+    np.testing.assert_array_equal(got.image, want.image)
+    # evaluate's checks find it too: the trained-on hash and the image fingerprint
+    from dislotrack.infer.evaluate import trained_on
+
+    summary = {"model": {"finetuned_on": {"data": "/elsewhere", "split": "items", "val_items": [],
+                                          "train_items_sha256": [file_sha256(lab / "image_00000.tiff")]}}}
+    assert trained_on(summary, lab / "image_00000.json")
+
+
 def test_hand_written_movie_annotations_lab_style(tmp_path):
     # A movie clicked frame by frame: no particle column (identities unknown), frames
     # counted from 1 by mistake, positions typed in nm, a version written as text.
@@ -874,7 +891,7 @@ def test_a_missing_image_or_cores_table_is_named_with_what_was_found(tmp_path):
     (tmp_path / "image_00000.tif").unlink()
     iio.imwrite(tmp_path / "image_00000.png", np.zeros((32, 32), np.uint8))
     with pytest.raises(ValueError, match=r"no image_00000.tif next to it .*found image_00000.png: "
-                                         r"annotations need a .tif"):
+                                         r"annotations need a .tif \(or .tiff\)"):
         read_annotation(side)
 
 

@@ -25,7 +25,12 @@ from lightning.pytorch.loggers import CSVLogger
 from skimage.transform import rescale, resize
 from torch.utils.data import DataLoader, Dataset
 
-from dislotrack.data_gen.annotations import IMAGE_SUFFIXES, find_annotations, read_annotation
+from dislotrack.data_gen.annotations import (
+    IMAGE_SUFFIXES,
+    annotation_image,
+    find_annotations,
+    read_annotation,
+)
 from dislotrack.data_gen.conventions import D003_LINIO2_NM
 from dislotrack.data_gen.sample import Sample
 from dislotrack.data_gen.text import first_few
@@ -360,7 +365,7 @@ def finetune(*, data: str | Path, out: str | Path, model: str | Path | None = No
         "val_frames": len(val), "split": split if val else None,
         "val_items": sorted({str(f.meta["source"]) for f in val}),
         # evaluate knows the trained-on images by content too, in copied or renamed folders
-        "train_items_sha256": sorted({file_sha256(Path(data) / Path(f.meta["source"]).with_suffix(".tif"))
+        "train_items_sha256": sorted({file_sha256(annotation_image(Path(data) / f.meta["source"]))
                                       for f in train}),
         "base_model": str(model or "bundled default"), "base_sha256": base_sha,
         # infer's threshold: the base model's, not calibrated on these annotations
