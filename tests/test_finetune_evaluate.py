@@ -85,6 +85,7 @@ def test_finetune_writes_a_loadable_model_with_its_recipe(tmp_path, capfd):
     # Per-epoch scores beside the model: the base model's row, then one per epoch.
     logged = pd.read_csv(tmp_path / "ft_logs" / "metrics.csv").dropna(subset=["val/loss"])
     assert len(logged) == 2 and logged["val/loss"].iloc[0] == pytest.approx(base_scores["val/loss"])
+    assert (logged["val/true_cores"] == scores["val/true_cores"]).all()  # what each row scored
     assert f"scores per epoch: {tmp_path / 'ft_logs' / 'metrics.csv'}" in out
     assert ("val/f1" in scores) == (scores["val/true_cores"] > 0)  # no placeholder scores
     before, _ = load_model(tmp_path / "base")

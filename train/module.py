@@ -174,6 +174,7 @@ class DislocationModule(L.LightningModule):
             if k == "all":  # how many cores matched (and falsely found): says when rmse, h
                 # accuracy (no match) and precision (nothing found) are placeholders
                 metrics[f"{stage}/tp"], metrics[f"{stage}/fp"] = float(tally.tp), float(tally.fp)
+                metrics[f"{stage}/true_cores"] = float(tally.tp + tally.fn)  # in the logs too
         # NaN without any rock-salt annotation (lab data), or where neither the masks nor
         # the predictions hold any (0 / 0: undefined, not perfect): no score, and the same
         # keys on every DDP rank (log_dict syncs them key by key).
