@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from dislotrack.infer.interface import option
+
 if TYPE_CHECKING:
     import pint
 
@@ -309,8 +311,8 @@ def resolve_calibration(
         dt, dt_src = file_cal.frame_interval_s, "file"
     else:
         dt, dt_src = None, None
-        notes.append(f"{NO_INTERVAL_NOTE}: velocities in per-frame units (pass --frame-interval S, "
-                     "frame_interval_s=, for nm/s)")
+        notes.append(f"{NO_INTERVAL_NOTE}: velocities in per-frame units (pass "
+                     f"{option('frame_interval_s', 'S')} for nm/s)")
 
     return Calibration(px, dt, px_src, dt_src, tuple(notes))
 

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from dislotrack.data_gen.version import package_version
+from dislotrack.infer.interface import command_line
 
 
 def _check_out_folder(out: str) -> None:
@@ -534,7 +535,8 @@ def _main(argv: list[str]) -> int:
         command.error(with_suggestion(f"unrecognized arguments: {' '.join(unknown)}", options))
     args.command_line = shlex.join(["dislotrack", *argv])  # for model cards
     try:
-        return int(args.func(args) or 0)
+        with command_line():  # messages name --flags, not analyze's keywords
+            return int(args.func(args) or 0)
     except SystemExit as stop:  # Lightning's SIGTERMException (finetune) has no exit code
         # Matched by name: importing Lightning for the check would slow every subcommand.
         if stop.code is None and type(stop).__name__ == "SIGTERMException":

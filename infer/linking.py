@@ -34,6 +34,7 @@ import trackpy
 
 from dislotrack.data_gen.conventions import nm_to_px, unit
 from dislotrack.infer.drift import position_columns
+from dislotrack.infer.interface import option
 
 logger = logging.getLogger(__name__)
 
@@ -229,7 +230,7 @@ def link_cores(
         # exactly. trackpy then narrows the search range where they arise, down to a tenth.
         logger.warning("cores too crowded to link within %.3g nm in some frames: the search "
                        "range was narrowed there (down to %.3g nm); check for false cores "
-                       "(--threshold)", reach * pixel_size_nm, 0.1 * reach * pixel_size_nm)
+                       "(%s)", reach * pixel_size_nm, 0.1 * reach * pixel_size_nm, option("threshold"))
         linked = link(adaptive_stop=0.1 * np.array(sr), adaptive_step=0.9)
     kept = linked.reset_index(drop=True).drop(columns=_LINK_COLUMNS)
     if max_gap > 0:

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from dislotrack.infer.calibration import is_number
+from dislotrack.infer.interface import option
 
 #: Default shortest track [detections] (``min_length``, ``--min-length``).
 DEFAULT_MIN_LENGTH = 6
@@ -24,10 +25,10 @@ def check_linking_options(*, max_speed_nm_s: float, memory: int, min_length: int
     ValueError
         Naming the option (and its ``dislotrack infer`` flag).
     """
-    checks = [("max_speed_nm_s (--max-speed)", max_speed_nm_s, "a positive speed [nm/s]", 0.0, False),
-              ("memory (--memory)", memory, "a number of frames >= 0", 0, True),
-              ("min_length (--min-length)", min_length, "a number of frames >= 1", 1, True),
-              ("max_gap (--max-gap)", max_gap, "a number of frames >= 0 (0: none)", 0, True)]
+    checks = [(option("max_speed_nm_s"), max_speed_nm_s, "a positive speed [nm/s]", 0.0, False),
+              (option("memory"), memory, "a number of frames >= 0", 0, True),
+              (option("min_length"), min_length, "a number of frames >= 1", 1, True),
+              (option("max_gap"), max_gap, "a number of frames >= 0 (0: none)", 0, True)]
     for name, value, what, lowest, frames in checks:
         _check_number(name, value, what)  # before comparing: "2" > 0 is itself a TypeError
         if frames and not isinstance(value, numbers.Integral):
@@ -65,7 +66,7 @@ def frame_window(frames: str | slice | tuple[int | None, int | None], n_frames: 
     >>> frame_window("100:250", 400), frame_window("100:", 400), frame_window((0, None), 5)
     ((100, 250), (100, 400), (0, 5))
     """
-    syntax = ValueError(f"frames (--frames) must be START:STOP (frame numbers from 0, e.g. "
+    syntax = ValueError(f"{option('frames')} must be START:STOP (frame numbers from 0, e.g. "
                         f"100:250; either end may be left out), got {frames!r}")
     if isinstance(frames, str):
         parts = frames.split(":")
@@ -81,10 +82,17 @@ def frame_window(frames: str | slice | tuple[int | None, int | None], n_frames: 
         start, stop = frames
     else:
         raise syntax
+    if not all(v is None or (isinstance(v, numbers.Integral) and not isinstance(v, bool))
+               for v in (start, stop)):
+        raise syntax
+    if (start is not None and start < 0) or (stop is not None and stop < 0):
+        raise ValueError(f"{option('frames')} counts frames from 0, got {frames!r} (no negative "
+                         "frame numbers)")
+    if start is not None and stop is not None and start >= stop:
+        raise ValueError(f"{option('frames')} {start}:{stop} holds no frame: START must be below STOP")
     start, stop = 0 if start is None else start, n_frames if stop is None else stop
-    if not (all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in (start, stop))
-            and 0 <= start < stop <= n_frames):
-        raise ValueError(f"frames (--frames) {start}:{stop} is not a window of the movie's "
+    if not start < stop <= n_frames:
+        raise ValueError(f"{option('frames')} {start}:{stop} is not a window of the movie's "
                          f"{n_frames} frames (0 <= START < STOP <= {n_frames})")
     return int(start), int(stop)
 
@@ -116,9 +124,9 @@ def check_calibration_options(*, pixel_size_nm: float | None, frame_interval_s: 
     ValueError
         Naming the option (and its ``dislotrack infer`` flag).
     """
-    checks = [("pixel_size_nm (--pixel-size)", pixel_size_nm, "a positive size [nm/px]"),
-              ("frame_interval_s (--frame-interval)", frame_interval_s, "a positive time [s]"),
-              ("d_spacing_nm (--d-spacing)", d_spacing_nm, "a positive spacing [nm]")]
+    checks = [(option("pixel_size_nm"), pixel_size_nm, "a positive size [nm/px]"),
+              (option("frame_interval_s"), frame_interval_s, "a positive time [s]"),
+              (option("d_spacing_nm"), d_spacing_nm, "a positive spacing [nm]")]
     for name, value, what in checks:
         if value is not None:
             _check_number(name, value, what)
@@ -127,7 +135,7 @@ def check_calibration_options(*, pixel_size_nm: float | None, frame_interval_s: 
     if pixel_size_nm is not None and pixel_size_nm < MIN_PIXEL_SIZE_NM:
         as_nm = [f"{pixel_size_nm:g} {unit} is {pixel_size_nm * f:.4g} nm"
                  for unit, f in (("m", 1e9), ("µm", 1e3)) if MIN_PIXEL_SIZE_NM <= pixel_size_nm * f <= 10]
-        raise ValueError(f"pixel_size_nm (--pixel-size) is in nm per pixel: {pixel_size_nm:g} nm is "
+        raise ValueError(f"{option('pixel_size_nm')} is in nm per pixel: {pixel_size_nm:g} nm is "
                          f"finer than any microscope samples (< {MIN_PIXEL_SIZE_NM:g} nm)"
                          + (f"; {as_nm[0]}" if as_nm else ""))
 
@@ -156,10 +164,6 @@ def analysis_options(**options: Any) -> dict[str, Any]:
     return {k: plain(v) for k, v in options.items()}
 
 
-#: Options of `analyze` that set the U-Net only, with their ``dislotrack infer`` flags.
-UNET_ONLY_OPTIONS = {"model": "--model", "threshold": "--threshold", "tta": "--tta",
-                     "weak_fraction": "--weak-fraction", "precision": "--precision"}
-
 #: Default of ``weak_fraction`` (``--weak-fraction``): weak peaks from half the threshold.
 DEFAULT_WEAK_FRACTION = 0.5
 
@@ -186,22 +190,22 @@ def check_detector_options(detector: str, *, model: str | Path | None = None,
         would silently ignore.
     """
     if not 0 < weak_fraction <= 1:  # also NaN
-        raise ValueError(f"weak_fraction (--weak-fraction) must be in (0, 1]: a fraction of the "
+        raise ValueError(f"{option('weak_fraction')} must be in (0, 1]: a fraction of the "
                          f"threshold (1 disables the track-end extension), got {weak_fraction}")
     if threshold is not None and not 0 < threshold < 1:  # also NaN
-        raise ValueError(f"threshold is a core score in (0, 1), got {threshold}")
+        raise ValueError(f"{option('threshold')} is a core score in (0, 1), got {threshold}")
     if detector not in ("unet", "gpa"):
-        raise ValueError(f"detector (--detector) must be 'unet' or 'gpa', got {detector!r}")
+        raise ValueError(f"{option('detector')} must be 'unet' or 'gpa', got {detector!r}")
     views = 1 if tta is None else tta_views(tta)  # a bad value: refused here, before any frame is read
     if detector == "unet":
         return
     given = {"model": model is not None, "threshold": threshold is not None, "tta": views > 1,
              "weak_fraction": weak_fraction != DEFAULT_WEAK_FRACTION, "precision": precision != "auto"}
-    unused = [f"{name} ({UNET_ONLY_OPTIONS[name]})" for name, is_set in given.items() if is_set]
+    unused = [option(name) for name, is_set in given.items() if is_set]
     if unused:
-        raise ValueError(f"the {detector} detector (--detector {detector}) does not use "
+        raise ValueError(f"the {detector} detector ({option('detector', detector)}) does not use "
                          f"{' or '.join(unused)}: {'it sets' if len(unused) == 1 else 'they set'} "
-                         "the U-Net only (--detector unet); leave "
+                         f"the U-Net only ({option('detector', 'unet')}); leave "
                          f"{'it' if len(unused) == 1 else 'them'} out")
 
 
@@ -256,7 +260,7 @@ def tta_views(tta: bool | int) -> int:
     """
     views = (8 if tta else 1) if isinstance(tta, (bool, np.bool_)) else tta
     if not isinstance(views, (int, np.integer)) or views not in TTA_VIEWS:
-        raise ValueError(f"tta (--tta) must be one of 1, 2, 4, 8 (views averaged), got {tta!r}")
+        raise ValueError(f"{option('tta')} must be one of 1, 2, 4, 8 (views averaged), got {tta!r}")
     return int(views)
 
 

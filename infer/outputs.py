@@ -19,6 +19,7 @@ from dislotrack.infer.columns import (
     velocity_columns,
     velocity_columns_as_written,
 )
+from dislotrack.infer.interface import option
 from dislotrack.infer.motion import moving_tracks
 
 if TYPE_CHECKING:  # the pipeline imports torch; evaluate reads outputs without it
@@ -140,7 +141,7 @@ def _lattice_dict(res: AnalysisResult) -> dict | None:
 def check_parquet() -> None:
     """Raises ImportError, saying what to install, where pandas has no Parquet engine."""
     if not any(importlib.util.find_spec(engine) for engine in ("pyarrow", "fastparquet")):
-        raise ImportError("Parquet output (--parquet, parquet=True) needs pyarrow: pip install "
+        raise ImportError(f"Parquet output ({option('parquet', True)}) needs pyarrow: pip install "
                           "pyarrow (or, in a clone, pip install -e '.[parquet]')")
 
 

@@ -51,6 +51,7 @@ from dislotrack.infer.events import (
     summarise_tracks,
 )
 from dislotrack.infer.fringes import pixel_size_from_fringes_or_none
+from dislotrack.infer.interface import option
 from dislotrack.infer.jumps import stage_jumps, with_jumps
 from dislotrack.infer.lattice import Lattice, measure_lattice, snap_h
 from dislotrack.infer.linking import (
@@ -243,8 +244,8 @@ def _chosen_signal(movie: Movie, asked: int | str | None) -> int | str | None:
         return asked
     read = movie.metadata.get("signal")
     if asked is None:
-        logger.warning("%s holds %d images (%s): analysed %r; pick another with --signal (signal=)",
-                       movie.path.name, len(names), ", ".join(map(repr, names)), read)
+        logger.warning("%s holds %d images (%s): analysed %r; pick another with %s",
+                       movie.path.name, len(names), ", ".join(map(repr, names)), read, option("signal"))
     return read
 
 
@@ -257,16 +258,17 @@ def calibrate(movie: Movie, *, pixel_size_nm: float | None, frame_interval_s: fl
     cal = resolve_calibration(
         movie.calibration, pixel_size_nm=pixel_size_nm, frame_interval_s=frame_interval_s,
         estimate=lambda: pixel_size_from_fringes_or_none(movie[0], d_spacing_nm=d_spacing_nm),
-        estimate_basis=f"{d_spacing_nm:g} nm (003) fringes (--d-spacing)")
+        estimate_basis=f"{d_spacing_nm:g} nm (003) fringes ({option('d_spacing_nm')})")
     if cal.pixel_size_nm is None:
         # e.g. a scale without a unit: the user may know the unit, so show the number
         unusable = [n for n in movie.metadata.get("notes", []) if "pixel size" in n]
         why = f" ({unusable[0]})" if unusable else ""
         bare = re.search(r"([-+0-9.eE]+) has no unit", unusable[0]) if unusable else None
-        hint = f" (--pixel-size {float(bare.group(1)):.6g} if the file's number is in nm)" if bare else ""
+        hint = (f" ({option('pixel_size_nm', f'{float(bare.group(1)):.6g}')} if the file's number is "
+                "in nm)" if bare else "")
         raise ValueError(
             f"{movie.path}: no usable pixel size in the file{why} and none could be estimated "
-            f"from {d_spacing_nm} nm fringes; pass --pixel-size NM (pixel_size_nm=){hint}")
+            f"from {d_spacing_nm} nm fringes; pass {option('pixel_size_nm', 'NM')}{hint}")
     # What the reader could not do as asked or as expected (e.g. read one channel of several).
     cal = replace(cal, warnings=(*cal.warnings, *movie.metadata.get("warnings", [])))
     caveat = movie.metadata.get("frame_interval_caveat")  # e.g. a video's playback rate
@@ -279,8 +281,8 @@ def calibrate(movie: Movie, *, pixel_size_nm: float | None, frame_interval_s: fl
         raise ValueError(
             f"{movie.path}: at {cal.pixel_size_nm:.3g} nm/px ({cal.pixel_size_source}) the "
             f"{d_spacing_nm} nm lattice fringes span {period_px:.2g} px, below the 2 px that can "
-            "show them: atomic-resolution images are needed (or pass the right --pixel-size, "
-            "pixel_size_nm=)" + slipped_calibration_hint(movie[0], cal, d_spacing_nm))
+            f"show them: atomic-resolution images are needed (or pass the right "
+            f"{option('pixel_size_nm')})" + slipped_calibration_hint(movie[0], cal, d_spacing_nm))
     why = cores_cannot_show(cal.pixel_size_nm, movie.shape[1:], d_spacing_nm)
     if why:
         cal = replace(cal, warnings=(*cal.warnings,
@@ -317,7 +319,7 @@ def slipped_calibration_hint(frame: np.ndarray, cal: Calibration, d_spacing_nm: 
     return (f". The image's strongest fringes repeat every {d_spacing_nm / est:.3g} px, which "
             f"would make them the {d_spacing_nm:g} nm (003) fringes at {est:.3g} nm/px, "
             f"{ratio:.2g} times the {cal.pixel_size_source}'s {cal.pixel_size_nm:g}: if the "
-            f"calibration is off (binning? units?), pass --pixel-size {est:.3g}")
+            f"calibration is off (binning? units?), pass {option('pixel_size_nm', f'{est:.3g}')}")
 
 
 def cores_cannot_show(pixel_size_nm: float, shape: tuple[int, int], d_spacing_nm: float) -> str | None:
@@ -330,8 +332,8 @@ def cores_cannot_show(pixel_size_nm: float, shape: tuple[int, int], d_spacing_nm
     if period_px < MIN_FRINGE_PERIOD_PX:
         return (f"at {pixel_size_nm:.3g} nm/px the {d_spacing_nm} nm lattice fringes span "
                 f"{period_px:.2g} px: not resolved, so no dislocation core can show and none is "
-                "reported; atomic-resolution images are needed (or pass the right --pixel-size, "
-                "pixel_size_nm=)")
+                f"reported; atomic-resolution images are needed (or pass the right "
+                f"{option('pixel_size_nm')})")
     if min(shape) < 4 * period_px:  # a core needs a few fringes around it
         return (f"the frames ({shape[1]} x {shape[0]} px) span under 4 lattice fringes "
                 f"({period_px:.3g} px each) across: too small to show a dislocation core, so "
@@ -649,9 +651,9 @@ def analyze(path: str | Path | Movie | np.ndarray, *, model: str | Path | None =
         where, noisy = ("the image", "image") if n == 1 else ("the first frames", "movie")
         found = sum(int((r["score"] > thr).sum()) if detector == "unet" else len(r) for r in rows)
         logger.warning("no %.3g nm (003) lattice fringes stand out in %s: check the pixel size "
-                       "and --d-spacing (d_spacing_nm=; another material?), unless the %s is just "
+                       "and %s (another material?), unless the %s is just "
                        "noisy; cores are found where those fringes end, so %s%s",
-                       d_spacing_nm, where, noisy,
+                       d_spacing_nm, where, option("d_spacing_nm"), noisy,
                        f"the {found} detections here are doubtful" if found
                        else "none could be found here",
                        slipped_calibration_hint(lattice_frames[0], cal, d_spacing_nm),
@@ -845,26 +847,27 @@ def track_detections(detections: pd.DataFrame, *, pixel_size_nm: float,
     if dt is None and n_frames > 1 and max_speed_nm_s != DEFAULT_MAX_SPEED_NM_S:
         # Without a frame interval the search range is a step per frame (`search_range_px`).
         reach = search_range_px(pixel_size_nm=ps, frame_interval_s=None)
-        logger.warning("max_speed_nm_s (--max-speed) %g nm/s was ignored: the frame interval is "
-                       "unknown (pass --frame-interval S, frame_interval_s=), so cores were linked "
-                       "within %.3g nm (%.3g px) per frame, as for the default %g nm/s at an "
-                       "assumed 1 frame/s",
-                       max_speed_nm_s, reach * ps, reach, DEFAULT_MAX_SPEED_NM_S)
+        logger.warning("%s nm/s was ignored: the frame interval is unknown (pass %s), so cores "
+                       "were linked within %.3g nm (%.3g px) per frame, as for the default %g nm/s "
+                       "at an assumed 1 frame/s", option("max_speed_nm_s", f"{max_speed_nm_s:g}"),
+                       option("frame_interval_s", "S"), reach * ps, reach, DEFAULT_MAX_SPEED_NM_S)
     explicit = max_speed_nm_s != DEFAULT_MAX_SPEED_NM_S
     if dt is not None and explicit and max_speed_nm_s * dt < MIN_SEARCH_RANGE_NM:
-        logger.warning("max_speed_nm_s (--max-speed) %g nm/s allows %.3g nm per %g s frame, under the "
-                       "detections' own scatter: cores were linked within %g nm per frame",
-                       max_speed_nm_s, max_speed_nm_s * dt, dt, MIN_SEARCH_RANGE_NM)
+        logger.warning("%s nm/s allows %.3g nm per %g s frame, under the detections' own "
+                       "scatter: cores were linked within %g nm per frame",
+                       option("max_speed_nm_s", f"{max_speed_nm_s:g}"), max_speed_nm_s * dt, dt,
+                       MIN_SEARCH_RANGE_NM)
     # A movie shorter than min_length (a single image above all) keeps its cores as tracks.
     if min_length > n_frames >= 1 and min_length != DEFAULT_MIN_LENGTH:  # the user's value
-        logger.warning("min_length (--min-length) %d is longer than the movie (%d frame%s): used %d, "
-                       "so %s", min_length, n_frames, "s" if n_frames > 1 else "", n_frames,
+        logger.warning("%s is longer than the movie (%d frame%s): used %d, so %s",
+                       option("min_length", min_length), n_frames, "s" if n_frames > 1 else "", n_frames,
                        "every core of the image is a track" if n_frames == 1
                        else "only cores detected in every frame make tracks")
     elif min_length > n_frames > 1:  # the default on a short movie: velocities from few points
         logger.warning("the movie has %d frames, fewer than the %d a track needs by default "
-                       "(--min-length, min_length=): tracks are cores found in all %d frames, and "
-                       "their velocities rest on %d points%s", n_frames, min_length, n_frames,
+                       "(%s): tracks are cores found in all %d frames, and "
+                       "their velocities rest on %d points%s", n_frames, min_length,
+                       option("min_length"), n_frames,
                        n_frames, " (no standard errors)" if n_frames == 2 else "")
     min_length = max(1, min(min_length, n_frames))
     if drift is None:

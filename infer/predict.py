@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from dislotrack.infer.interface import option
 from dislotrack.infer.options import tta_views
 from dislotrack.models.normalise import normalise_image
 from dislotrack.models.unet import HVEC_CH, N_OUT, UNet, required_multiple
@@ -42,7 +43,7 @@ def pick_device(device: str | torch.device = "auto") -> torch.device:
         dev = None
     # Only what dislotrack checks and tests (mps, xpu, ... would fail late, mid-analysis).
     if dev is None or dev.type not in ("cpu", "cuda") or (dev.type == "cpu" and dev.index):
-        raise ValueError(f"device (--device) must be auto, cpu, cuda or cuda:N, got {str(device)!r}")
+        raise ValueError(f"{option('device')} must be auto, cpu, cuda or cuda:N, got {str(device)!r}")
     if dev.type == "cuda":
         have = available_devices()
         n = len(have) - 1
@@ -97,17 +98,17 @@ def network_dtype(precision: str, device: torch.device) -> torch.dtype | None:
         device without it.
     """
     if precision not in PRECISIONS:
-        raise ValueError(f"precision (--precision) must be one of {', '.join(PRECISIONS)}, "
+        raise ValueError(f"{option('precision')} must be one of {', '.join(PRECISIONS)}, "
                          f"got {precision!r}")
     if precision == "auto":
         if device.type == "cuda":
             return torch.float16
         return torch.bfloat16 if fast_cpu_bfloat16() else None
     if precision == "float16" and device.type != "cuda":
-        raise ValueError("precision float16 (--precision) runs on CUDA only; on the CPU use "
+        raise ValueError(f"{option('precision', 'float16')} runs on CUDA only; on the CPU use "
                          "auto or float32 (bfloat16 is fast only on CPUs with AMX)")
     if precision == "bfloat16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise ValueError(f"precision bfloat16 (--precision): {device} does not support it; "
+        raise ValueError(f"{option('precision', 'bfloat16')}: {device} does not support it; "
                          "use auto (float16) or float32")
     return None if precision == "float32" else getattr(torch, precision)
 

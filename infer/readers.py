@@ -59,6 +59,7 @@ from dislotrack.infer.calibration import (
     to_nm,
     to_seconds,
 )
+from dislotrack.infer.interface import option
 
 logger = logging.getLogger(__name__)
 
@@ -219,7 +220,7 @@ class Movie:
         n = len(self)
         integral = all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in (start, stop))
         if not (integral and 0 <= start < stop <= n):
-            raise ValueError(f"frames (--frames) {start}:{stop} is not a window of the {n} frames "
+            raise ValueError(f"{option('frames')} {start}:{stop} is not a window of the {n} frames "
                              f"of {self._path.name} (whole numbers, 0 <= start < stop <= {n})")
         start, stop = int(start), int(stop)
         base_read, base_iterate = self._read, self._iterate
@@ -282,7 +283,7 @@ def open_movie(path: str | Path, *, signal: int | str | None = None) -> Movie:
     movie = _with_annotation_calibration(_open(path, signal))
     if signal is not None and "signals" not in movie.metadata:  # a format of one image (stack)
         movie.metadata.setdefault("warnings", []).append(
-            f"signal {signal!r} (--signal) was ignored: {movie.metadata.get('format', 'this')} "
+            f"{option('signal', repr(signal))} was ignored: {movie.metadata.get('format', 'this')} "
             "input has no images to choose from")
     return movie
 
@@ -738,7 +739,7 @@ def _pick(names: list[str], signal: int | str | None, path: Path, *, what: str) 
             return i
     if len(names) == 1:  # e.g. a one-image MRC read through the multi-image path
         shown = "untitled" if names[0] in ("None", "") else repr(names[0])
-        raise ValueError(f"{path} holds one {what} ({shown}): --signal (signal=) chooses among several "
+        raise ValueError(f"{path} holds one {what} ({shown}): {option('signal')} chooses among several "
                          "and is not needed here")
     raise ValueError(f"{path} has no {what} {signal!r}; its {what}s are {names}")
 

@@ -15,6 +15,7 @@ from dislotrack.data_gen.conventions import D003_LINIO2_NM
 from dislotrack.infer import figures
 from dislotrack.infer.calibration import Calibration
 from dislotrack.infer.columns import TABLES
+from dislotrack.infer.interface import option
 from dislotrack.infer.options import frame_window
 from dislotrack.infer.outputs import MaskWriter, check_parquet, write_tables
 from dislotrack.infer.pipeline import AnalysisResult, analyze, calibrate
@@ -51,7 +52,7 @@ def infer_one(path: str | Path, out: str | Path, *, movie: bool = True, parquet:
     width; coarser is smoother). Other options go to `analyze`.
     """
     if strain and not (np.isfinite(strain_resolution_nm) and strain_resolution_nm > 0):
-        raise ValueError(f"strain_resolution_nm (--strain-resolution) must be a positive width [nm], "
+        raise ValueError(f"{option('strain_resolution_nm')} must be a positive width [nm], "
                          f"got {strain_resolution_nm}")
     if parquet:
         check_parquet()  # before, not after, the analysis
@@ -118,7 +119,7 @@ def replaced_note(earlier: dict | None, res: AnalysisResult, dest: Path) -> str 
     if Path(earlier["path"]) == Path(res.input_path):
         return None  # the same file, changed since: a rerun
     return (f"replaced the results of {earlier.get('path')} in {dest} (a different input of the "
-            "same name; use another --out to keep both)")
+            f"same name; use another {option('out')} to keep both)")
 
 
 def stale_outputs(dest: Path, *, movie: bool, strain: bool, parquet: bool,

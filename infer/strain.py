@@ -136,8 +136,8 @@ def strain_figure(frame: np.ndarray, maps: dict[str, np.ndarray], cores: pd.Data
     axes = axes.ravel()
     axes[0].imshow(frame, cmap="gray")
     axes[0].set_title("image (circles: cores)")
-    diverging = plt.get_cmap("RdBu_r").copy()
-    diverging.set_bad("0.55")  # not measured: grey, not the white of zero strain
+    # Not measured: grey, not the white of zero strain.
+    diverging = plt.get_cmap("RdBu_r").with_extremes(bad="0.55")
     # One colour scale for the three strains (side by side, maps of their own scales
     # made a 0.015 strain look like a 0.05 one); the rotation keeps its own.
     strains = [v for k, v in maps.items() if k != "omega"]

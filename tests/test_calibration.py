@@ -13,6 +13,7 @@ from dislotrack.infer.calibration import (
     to_nm,
     to_seconds,
 )
+from dislotrack.infer.interface import command_line
 
 
 @pytest.mark.parametrize(
@@ -132,9 +133,11 @@ def test_file_beats_estimate():
     cal = resolve_calibration(Calibration.from_file(pixel_size_nm=0.05), estimate=_never)
     assert (cal.pixel_size_nm, cal.pixel_size_source) == (0.05, "file")
     assert (cal.frame_interval_s, cal.frame_interval_source) == (None, None)
-    note = ("no frame interval: velocities in per-frame units (pass --frame-interval S, "
-            "frame_interval_s=, for nm/s)")
+    note = "no frame interval: velocities in per-frame units (pass frame_interval_s=S for nm/s)"
     assert note in cal.warnings
+    with command_line():  # the same note, on the command line
+        cal = resolve_calibration(Calibration.from_file(pixel_size_nm=0.05), estimate=_never)
+    assert note.replace("frame_interval_s=S", "--frame-interval S") in cal.warnings
 
 
 def test_estimate_used_only_when_needed_and_reported():

@@ -18,6 +18,7 @@ from dislotrack.data_gen.sample import GeneratorConfig, make_sample
 from dislotrack.infer import run
 from dislotrack.infer.cli import main
 from dislotrack.infer.columns import TABLES
+from dislotrack.infer.interface import command_line
 from dislotrack.infer.pipeline import analyze
 from dislotrack.infer.preprocess import canonical_to_input, input_to_canonical, to_canonical
 from dislotrack.models.metrics import match_cores
@@ -596,7 +597,7 @@ def test_small_option_mistakes_read_as_one_line(tmp_path, capsys, tiny_model):
     write_imagej_tiff(image, np.random.default_rng(0).random((1, 32, 32), np.float32), pixel_size_nm=0.1)
     # A fraction of the threshold above 1 is refused before anything is read.
     assert main(["infer", str(image), "--out", str(tmp_path / "o"), "--weak-fraction", "3"]) == 2
-    assert "--weak-fraction) must be in (0, 1]" in capsys.readouterr().err
+    assert "error: --weak-fraction must be in (0, 1]" in capsys.readouterr().err
     # A single image reports cores, not tracks and events.
     assert main(["infer", str(image), "--out", str(tmp_path / "o"), "--model", str(tiny_model),
                  "--no-movie"]) == 0
@@ -604,7 +605,7 @@ def test_small_option_mistakes_read_as_one_line(tmp_path, capsys, tiny_model):
     with pytest.raises(FileNotFoundError, match="or a bundled name: default, fine"):
         load_model("nosuch")
     with pytest.raises(ValueError,
-                       match=r"holds one image \(untitled\): --signal \(signal=\) chooses among several"):
+                       match=r"holds one image \(untitled\): signal chooses among several"):
         _pick(["None"], "HAADF", Path("temp.mrc"), what="image")
 
 
@@ -655,25 +656,26 @@ def test_parquet_without_pyarrow_is_refused_before_the_analysis(tiny_model, tmp_
     write_imagej_tiff(movie, np.zeros((2, 32, 32), np.float32), pixel_size_nm=0.1, frame_interval_s=1.0)
     assert main(["infer", str(movie), "--out", str(tmp_path / "o"), "--model", str(tiny_model),
                  "--parquet"]) == 2
-    assert "(--parquet, parquet=True) needs pyarrow" in capsys.readouterr().err
+    assert "Parquet output (--parquet) needs pyarrow" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
     from dislotrack.infer import run
 
-    with pytest.raises(ImportError, match="needs pyarrow"):  # the API: before the analysis too
+    # The API: before the analysis too.
+    with pytest.raises(ImportError, match=r"\(parquet=True\) needs pyarrow"):
         run.infer_one(movie, tmp_path / "o", parquet=True, model=tiny_model, progress=False)
     assert not (tmp_path / "o").exists()
 
 
 @pytest.mark.parametrize(("flag", "value", "message"), [
-    ("--max-speed", "-1", r"max_speed_nm_s \(--max-speed\) must be a positive speed"),
-    ("--max-speed", "nan", r"max_speed_nm_s \(--max-speed\) must be a positive speed"),
-    ("--memory", "-1", r"memory \(--memory\) must be a number of frames >= 0"),
-    ("--min-length", "0", r"min_length \(--min-length\) must be a number of frames >= 1"),
-    ("--max-gap", "-1", r"max_gap \(--max-gap\) must be a number of frames >= 0"),
-    ("--d-spacing", "inf", r"d_spacing_nm \(--d-spacing\) must be a positive spacing"),
-    ("--d-spacing", "-0.4", r"d_spacing_nm \(--d-spacing\) must be a positive spacing"),
-    ("--pixel-size", "-1", r"pixel_size_nm \(--pixel-size\) must be a positive size \[nm/px\], got -1"),
-    ("--frame-interval", "0", r"frame_interval_s \(--frame-interval\) must be a positive time"),
+    ("--max-speed", "-1", r"error: --max-speed must be a positive speed"),
+    ("--max-speed", "nan", r"error: --max-speed must be a positive speed"),
+    ("--memory", "-1", r"error: --memory must be a number of frames >= 0"),
+    ("--min-length", "0", r"error: --min-length must be a number of frames >= 1"),
+    ("--max-gap", "-1", r"error: --max-gap must be a number of frames >= 0"),
+    ("--d-spacing", "inf", r"error: --d-spacing must be a positive spacing"),
+    ("--d-spacing", "-0.4", r"error: --d-spacing must be a positive spacing"),
+    ("--pixel-size", "-1", r"error: --pixel-size must be a positive size \[nm/px\], got -1"),
+    ("--frame-interval", "0", r"error: --frame-interval must be a positive time"),
     ("--pixel-size", "3.5e-11", r"finer than any microscope samples .*; 3.5e-11 m is 0.035 nm"),
 ])
 def test_impossible_analysis_options_are_refused_by_name(tiny_model, tmp_path, capsys, monkeypatch,
@@ -689,13 +691,13 @@ def test_impossible_analysis_options_are_refused_by_name(tiny_model, tmp_path, c
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [
-    ({"frame_interval_s": "0.5"}, r"frame_interval_s \(--frame-interval\) must be a positive time "
+    ({"frame_interval_s": "0.5"}, r"^frame_interval_s must be a positive time "
                                   r"\[s\], got '0.5' \(a str\)"),
-    ({"pixel_size_nm": "0.1"}, r"pixel_size_nm \(--pixel-size\) .* got '0.1' \(a str\)"),
-    ({"memory": 2.5}, r"memory \(--memory\) .* got 2.5: a whole number of frames"),
-    ({"memory": "2"}, r"memory \(--memory\) .* got '2' \(a str\)"),
-    ({"max_speed_nm_s": None}, r"max_speed_nm_s \(--max-speed\) .* got None \(a NoneType\)"),
-    ({"min_length": True}, r"min_length \(--min-length\) .* got True \(a bool\)"),
+    ({"pixel_size_nm": "0.1"}, r"^pixel_size_nm .* got '0.1' \(a str\)"),
+    ({"memory": 2.5}, r"^memory .* got 2.5: a whole number of frames"),
+    ({"memory": "2"}, r"^memory .* got '2' \(a str\)"),
+    ({"max_speed_nm_s": None}, r"^max_speed_nm_s .* got None \(a NoneType\)"),
+    ({"min_length": True}, r"^min_length .* got True \(a bool\)"),
 ])
 def test_analyze_refuses_options_of_the_wrong_type_by_name(kwargs, message):
     with pytest.raises(TypeError, match=message):
@@ -705,11 +707,11 @@ def test_analyze_refuses_options_of_the_wrong_type_by_name(kwargs, message):
 
 
 @pytest.mark.parametrize(("extra", "named"), [
-    (["--tta"], ["tta (--tta)"]),
-    (["--tta", "2"], ["tta (--tta)"]),
-    (["--threshold", "0.3"], ["threshold (--threshold)"]),
-    (["--model", "default", "--tta"], ["model (--model)", "tta (--tta)"]),
-    (["--weak-fraction", "0.3"], ["weak_fraction (--weak-fraction)"]),
+    (["--tta"], ["does not use --tta:"]),
+    (["--tta", "2"], ["does not use --tta:"]),
+    (["--threshold", "0.3"], ["does not use --threshold:"]),
+    (["--model", "default", "--tta"], ["does not use --model or --tta:"]),
+    (["--weak-fraction", "0.3"], ["does not use --weak-fraction:"]),
 ])
 def test_unet_options_with_the_gpa_detector_are_refused_by_name(tmp_path, capsys, monkeypatch,
                                                                   extra, named):
@@ -722,16 +724,18 @@ def test_unet_options_with_the_gpa_detector_are_refused_by_name(tmp_path, capsys
     assert main(["infer", *map(str, movies), "--out", str(tmp_path / "o"), "--no-movie",
                  "--detector", "gpa", *extra]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("dislotrack infer: error: the gpa detector")
+    assert err.count("\n") == 1 and err.startswith("dislotrack infer: error: the gpa detector "
+                                                    "(--detector gpa)")
     assert all(n in err for n in named) and "U-Net only" in err
     assert not (tmp_path / "o").exists()
     kwargs = ({"tta": True} if "--tta" in extra else {"weak_fraction": 0.3}
               if "--weak-fraction" in extra else {"threshold": 0.3})
-    with pytest.raises(ValueError, match=r"does not use .*U-Net only"):
+    with pytest.raises(ValueError, match=rf"\(detector=gpa\) does not use {next(iter(kwargs))}: "
+                                         r".*U-Net only \(detector=unet\)"):
         analyze(movies[0], detector="gpa", progress=False, **kwargs)
-    with pytest.raises(ValueError, match=r"detector \(--detector\) must be 'unet' or 'gpa'"):
+    with pytest.raises(ValueError, match=r"^detector must be 'unet' or 'gpa'"):
         analyze(movies[0], detector="GPA", progress=False)
-    with pytest.raises(ValueError, match=r"tta \(--tta\) must be one of 1, 2, 4, 8"):
+    with pytest.raises(ValueError, match=r"^tta must be one of 1, 2, 4, 8"):
         analyze(movies[0], tta=3, progress=False)  # before the model is loaded
 
 
@@ -774,19 +778,23 @@ def test_max_speed_without_a_frame_interval_is_reported_as_ignored(tiny_model, t
     movie = tmp_path / "m.tif"
     write_imagej_tiff(movie, np.zeros((3, 32, 32), np.float32), pixel_size_nm=0.1)  # no interval
     res = analyze(movie, model=tiny_model, max_speed_nm_s=0.5, progress=False)
-    assert [w for w in res.warnings if "--max-speed" in w] == [
-        "max_speed_nm_s (--max-speed) 0.5 nm/s was ignored: the frame interval is unknown (pass "
-        "--frame-interval S, frame_interval_s=), so cores were linked within 2 nm (20 px) per "
-        "frame, as for the "
+    assert [w for w in res.warnings if "max_speed" in w] == [
+        "max_speed_nm_s=0.5 nm/s was ignored: the frame interval is unknown (pass "
+        "frame_interval_s=S), so cores were linked within 2 nm (20 px) per frame, as for the "
         "default 2 nm/s at an assumed 1 frame/s"]
+    # On the command line the message names the flags.
+    with command_line():
+        res = analyze(movie, model=tiny_model, max_speed_nm_s=0.5, progress=False)
+    assert [w for w in res.warnings if "max-speed" in w][0].startswith(
+        "--max-speed 0.5 nm/s was ignored: the frame interval is unknown (pass --frame-interval S)")
     # At its default, or with a frame interval (from the file or given), it is used: no warning.
     for kwargs in ({}, {"max_speed_nm_s": 1.5, "frame_interval_s": 1.0}):
         res = analyze(movie, model=tiny_model, progress=False, **kwargs)
-        assert not any("--max-speed" in w for w in res.warnings), kwargs
+        assert not any("max_speed" in w for w in res.warnings), kwargs
     # Below the detections' scatter the search range is raised to 0.75 nm, and said so.
     res = analyze(movie, model=tiny_model, progress=False, max_speed_nm_s=0.5, frame_interval_s=1.0)
-    assert [w for w in res.warnings if "--max-speed" in w] == [
-        "max_speed_nm_s (--max-speed) 0.5 nm/s allows 0.5 nm per 1 s frame, under the detections' "
+    assert [w for w in res.warnings if "max_speed" in w] == [
+        "max_speed_nm_s=0.5 nm/s allows 0.5 nm per 1 s frame, under the detections' "
         "own scatter: cores were linked within 0.75 nm per frame"]
 
 
@@ -800,11 +808,11 @@ def test_a_min_length_longer_than_the_movie_is_reported():
     with collected_warnings() as logged:
         out = track_detections(three, n_frames=3, min_length=10, **kw)
     assert len(out.track_summary) == 2  # clamped to 3: both cores are in every frame
-    assert logged == ["min_length (--min-length) 10 is longer than the movie (3 frames): used 3, so "
+    assert logged == ["min_length=10 is longer than the movie (3 frames): used 3, so "
                       "only cores detected in every frame make tracks"]
     with collected_warnings() as logged:
         track_detections(det, n_frames=1, min_length=10, **kw)
-    assert logged == ["min_length (--min-length) 10 is longer than the movie (1 frame): used 1, so "
+    assert logged == ["min_length=10 is longer than the movie (1 frame): used 1, so "
                       "every core of the image is a track"]
     # Its default on an image, or a length that fits: nothing to say.
     assert DEFAULT_MIN_LENGTH > 3
@@ -817,7 +825,7 @@ def test_a_min_length_longer_than_the_movie_is_reported():
         out = track_detections(three, n_frames=3, **kw)
     assert len(out.track_summary) == 2
     assert logged == [f"the movie has 3 frames, fewer than the {DEFAULT_MIN_LENGTH} a track needs "
-                      "by default (--min-length, min_length=): tracks are cores found in all 3 "
+                      "by default (min_length): tracks are cores found in all 3 "
                       "frames, and their velocities rest on 3 points"]
 
 
@@ -979,7 +987,7 @@ def test_precision_choices_and_refusal(tiny_model, tmp_path, capsys, monkeypatch
     assert main(["infer", str(movie), "--out", str(tmp_path / "o"), "--device", "cpu",
                  "--precision", "float16"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "float16 (--precision) runs on CUDA only" in err
+    assert err.count("\n") == 1 and "error: --precision float16 runs on CUDA only" in err
     assert not (tmp_path / "o").exists()
     # auto: bfloat16 where the CPU has AMX, recorded as used, and what the network ran in.
     ran = []
@@ -999,7 +1007,7 @@ def test_precision_choices_and_refusal(tiny_model, tmp_path, capsys, monkeypatch
     # The GPA baseline runs no network: precision is a U-Net option.
     res = analyze(movie, detector="gpa", device="cpu", frame_interval_s=1.0, progress=False)
     assert res.options["precision_used"] == "float32"
-    with pytest.raises(ValueError, match=r"does not use precision \(--precision\)"):
+    with pytest.raises(ValueError, match=r"does not use precision:"):
         analyze(movie, detector="gpa", precision="float16", progress=False)
 
 
@@ -1014,7 +1022,7 @@ def test_signal_picks_the_dataset_of_an_hdf5_file_and_a_choice_is_reported(tiny_
     res = analyze(tmp_path / "two.h5", **common)
     assert res.shape == (3, 40, 40) and res.options["signal"] == "movie"
     assert any("two.h5 holds 2 images ('movie', 'thumbnail'): analysed 'movie'; pick another "
-               "with --signal" in w for w in res.warnings)
+               "with signal" in w for w in res.warnings)
     res = analyze(tmp_path / "two.h5", signal="thumbnail", **common)
     assert res.shape == (1, 40, 40) and res.options["signal"] == "thumbnail"
     assert not any("holds 2 images" in w for w in res.warnings)  # asked for: no warning
@@ -1083,7 +1091,7 @@ def test_relink_reproduces_analyze_and_records_what_it_changed(tmp_path):
     assert json.loads((tmp_path / "summary.json").read_text())["options"]["min_length"] == 12
     with pytest.raises(TypeError, match="relink takes max_speed_nm_s, .*not threshold"):
         res.relink(threshold=0.3)
-    with pytest.warns(AnalysisWarning, match="min_length .* is longer than the movie") as caught:
+    with pytest.warns(AnalysisWarning, match="min_length=40 is longer than the movie") as caught:
         res.relink(min_length=40)
     assert caught[0].filename == __file__  # at the caller's line, as analyze's warnings
 
@@ -1111,7 +1119,13 @@ def test_a_window_of_frames_is_analysed_as_that_part_of_the_movie(tiny_model, tm
     assert written["options"]["frames"] == "2:8" and written["totals"]["frames"] == 6
     capsys.readouterr()
     assert main(["infer", str(path), "--out", str(tmp_path / "o"), "--frames", "6:9"]) == 2
-    assert "frames (--frames) 6:9 is not a window of the movie's 8 frames" in capsys.readouterr().err
+    assert "error: --frames 6:9 is not a window of the movie's 8 frames" in capsys.readouterr().err
+    # An empty window is refused before any input is opened, as such.
+    for empty in ("30:10", "5:5"):
+        assert main(["infer", str(path), "--out", str(tmp_path / "o"), "--frames", empty]) == 2
+        assert "holds no frame: START must be below STOP" in capsys.readouterr().err
+    with pytest.raises(ValueError, match=r"^frames 6:9 is not a window of the movie's 8 frames"):
+        analyze(path, model=tiny_model, frames=(6, 9), progress=False)
 
 
 def test_notebook_inputs_none_float32_overrides_and_parquet_without_pyarrow(tiny_model, tmp_path,
@@ -1146,9 +1160,9 @@ def test_track_detections_checks_options_and_keeps_its_warnings():
     assert len(out.warnings) == 1 and str(caught[0].message) == out.warnings[0]
     assert caught[0].filename == __file__
     assert repr(out) == "TrackedTables(3 frames, 3 tracked detections, 1 tracks, 0 events, 1 warnings)"
-    for bad, said in (({"frame_interval_s": "1"}, "frame_interval_s (--frame-interval) must be"),
-                      ({"frame_interval_s": 1.0, "memory": 2.5}, "memory (--memory) must be"),
-                      ({"frame_interval_s": 1.0, "max_speed_nm_s": -1}, "max_speed_nm_s (--max-speed)")):
+    for bad, said in (({"frame_interval_s": "1"}, "frame_interval_s must be"),
+                      ({"frame_interval_s": 1.0, "memory": 2.5}, "memory must be"),
+                      ({"frame_interval_s": 1.0, "max_speed_nm_s": -1}, "max_speed_nm_s must be")):
         with pytest.raises((TypeError, ValueError), match=re.escape(said)):
             track_detections(det, **common, **bad)
     with pytest.raises(ValueError, match=r"detections in frame\(s\) 2 outside the movie's 0..1 "):
@@ -1159,7 +1173,7 @@ def test_signal_given_for_a_one_image_format_is_reported_as_ignored(tiny_model, 
     movie = tmp_path / "m.tif"
     write_imagej_tiff(movie, np.zeros((2, 32, 32), np.float32), pixel_size_nm=0.1, frame_interval_s=1.0)
     res = analyze(movie, model=tiny_model, signal="HAADF", progress=False)
-    said = "signal 'HAADF' (--signal) was ignored: ImageJ TIFF input has no images to choose from"
+    said = "signal='HAADF' was ignored: ImageJ TIFF input has no images to choose from"
     assert said in res.warnings
     assert res.options["signal"] is None  # not recorded as if it had picked something
     plain = analyze(movie, model=tiny_model, progress=False)
@@ -1424,7 +1438,7 @@ def test_a_binning_or_unit_slip_in_the_calibration_is_named(recorded, hinted):
         assert float(est) == pytest.approx(0.1, rel=0.02)
         assert float(ratio) == pytest.approx(0.1 / recorded, rel=0.03)
         assert said.endswith(f"the file's {recorded:g}: if the calibration is off (binning? units?), "
-                             f"pass --pixel-size {est}")
+                             f"pass pixel_size_nm={est}")
     else:  # right, or off by no typical factor (e.g. another material's fringes)
         assert said == ""
     estimated = Calibration(pixel_size_nm=0.2, pixel_size_source="estimated")

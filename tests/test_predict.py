@@ -106,7 +106,7 @@ def test_precision_names_resolve_to_autocast_dtypes(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
     with pytest.raises(ValueError, match="cuda does not support it"):
         predict.network_dtype("bfloat16", cuda)
-    with pytest.raises(ValueError, match=r"precision \(--precision\) must be one of auto, float32"):
+    with pytest.raises(ValueError, match=r"^precision must be one of auto, float32"):
         predict.network_dtype("fp32", cpu)
 
 

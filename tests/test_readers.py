@@ -596,8 +596,8 @@ def test_a_unitless_scale_is_named_when_no_pixel_size_can_be_found():
 
     with open_movie(real("atomap/test_ADF_cropped.hdf5")) as movie, pytest.raises(
             ValueError, match=r"no usable pixel size in the file \(x axis: .*0\.00932\d* has no "
-                              r"unit.*pass --pixel-size NM \(pixel_size_nm=\) "
-                              r"\(--pixel-size 0\.00932627 if the "
+                              r"unit.*pass pixel_size_nm=NM "
+                              r"\(pixel_size_nm=0\.00932627 if the "
                               r"file's number is in nm\)"):
         calibrate(movie, pixel_size_nm=None, frame_interval_s=None, d_spacing_nm=0.473)
 

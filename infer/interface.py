@@ -1,0 +1,58 @@
+"""How messages name an option: as the user gave it.
+
+The same checks and warnings serve ``dislotrack infer`` and `analyze`; a message names
+``--pixel-size 0.1`` to the one and ``pixel_size_nm=0.1`` to the other. The command line
+sets that (`command_line`) for the whole process while a command runs, so messages from
+worker threads read the same.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+#: Keywords whose ``dislotrack infer`` flag is not ``--`` + the keyword with dashes.
+_FLAGS = {
+    "pixel_size_nm": "--pixel-size",
+    "frame_interval_s": "--frame-interval",
+    "d_spacing_nm": "--d-spacing",
+    "max_speed_nm_s": "--max-speed",
+    "strain_resolution_nm": "--strain-resolution",
+}
+
+_on_command_line = False
+
+
+def option(name: str, value: object | None = None) -> str:
+    """The option ``name`` (a keyword of `analyze`) as the user passes it.
+
+    Parameters
+    ----------
+    name : str
+        The keyword, e.g. ``"pixel_size_nm"``.
+    value : optional
+        A value (or placeholder such as ``"NM"``) to show with it.
+
+    Examples
+    --------
+    >>> option("pixel_size_nm", 0.1), option("min_length")
+    ('pixel_size_nm=0.1', 'min_length')
+    >>> with command_line():
+    ...     option("pixel_size_nm", 0.1), option("min_length"), option("parquet", True)
+    ('--pixel-size 0.1', '--min-length', '--parquet')
+    """
+    if _on_command_line:
+        flag = _FLAGS.get(name, "--" + name.replace("_", "-"))
+        return flag if value is None or value is True else f"{flag} {value}"  # True: a switch
+    return name if value is None else f"{name}={value}"
+
+
+@contextmanager
+def command_line() -> Iterator[None]:
+    """Messages name command-line flags inside this block (``dislotrack`` commands)."""
+    global _on_command_line
+    before, _on_command_line = _on_command_line, True
+    try:
+        yield
+    finally:
+        _on_command_line = before
