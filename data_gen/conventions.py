@@ -44,6 +44,21 @@ def nm_to_px(coord_nm: np.ndarray | float, pixel_size: float) -> np.ndarray | fl
     return np.asarray(coord_nm, dtype=float) / pixel_size
 
 
+def edge_distance_px(x: np.ndarray | float, y: np.ndarray | float,
+                     shape: tuple[int, int]) -> np.ndarray:
+    """Distance [px] of positions ``(x, y)`` from the nearest edge of an image of ``shape``
+    (rows, cols): with the pixel-centre origin the image spans -0.5 .. n - 0.5 per axis.
+
+    Examples
+    --------
+    >>> edge_distance_px(np.array([0.0, 5.0]), np.array([5.0, 5.0]), (10, 10)).tolist()
+    [0.5, 4.5]
+    """
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    rows, cols = shape
+    return np.minimum.reduce([x + 0.5, y + 0.5, cols - 0.5 - x, rows - 0.5 - y])
+
+
 def unit(v: np.ndarray) -> np.ndarray:
     """Normalise vectors along the last axis (zero vectors stay zero)."""
     v = np.asarray(v, dtype=float)

@@ -52,7 +52,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from dislotrack.data_gen.conventions import px_to_nm, unit
+from dislotrack.data_gen.conventions import edge_distance_px, px_to_nm, unit
 from dislotrack.infer.drift import position_columns
 from dislotrack.infer.motion import (
     VELOCITY_COLUMNS,
@@ -438,11 +438,7 @@ def _near_edge(
     lies within ``band_px`` of the image edge."""
     if image_shape is None:
         return np.zeros(len(ends), dtype=bool)
-    rows, cols = image_shape
-    x, y = ends[f"x_{stage}"].to_numpy(dtype=float), ends[f"y_{stage}"].to_numpy(dtype=float)
-    # Pixel-centre origin: the image spans -0.5 .. n - 0.5 on each axis.
-    gap = np.minimum.reduce([x + 0.5, y + 0.5, cols - 0.5 - x, rows - 0.5 - y])
-    return gap <= band_px
+    return edge_distance_px(ends[f"x_{stage}"], ends[f"y_{stage}"], image_shape) <= band_px
 
 
 def _paths_nm(tracks: pd.DataFrame, pixel_size_nm: float):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import imageio.v3
 import numpy as np
+import pandas as pd
 import pytest
 from test_readers import real
 
@@ -91,3 +92,47 @@ def test_no_core_is_reported_on_real_burned_in_text():
     dist = np.hypot(d.x.to_numpy()[:, None] - xs, d.y.to_numpy()[:, None] - ys).min(axis=1)
     assert (dist > MARGIN_NM / 0.0143).all()
     assert any("burned-in" in w for w in res.warnings)
+
+
+def test_no_core_is_reported_within_half_a_fringe_of_the_frame_edge(monkeypatch):
+    # There the (003) fringes run on one side only: no half-plane end can show.
+    from dislotrack.infer import pipeline
+    from dislotrack.infer.detectors import CORE_COLUMNS
+
+    margin_px = 0.5 * 0.473 / 0.1  # half the (003) spacing, 2.37 px at 0.1 nm/px
+    # (x, y) of cores the detector reports: just inside the margin on each side, just outside it.
+    inside = [(-0.5 + margin_px - 0.1, 30.0), (63.5 - margin_px + 0.1, 30.0),
+              (30.0, -0.5 + margin_px - 0.1), (30.0, 63.5 - margin_px + 0.1)]
+    outside = [(-0.5 + margin_px + 0.1, 20.0), (63.5 - margin_px - 0.1, 40.0), (30.0, 30.0)]
+
+    class Fixed:  # the detector: the same cores in every frame
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def __call__(self, raw, canonical):
+            xy = np.array(inside + outside)
+            table = pd.DataFrame({c: 0.0 for c in CORE_COLUMNS}, index=range(len(xy)))
+            table = table.assign(x=xy[:, 0], y=xy[:, 1], score=0.9, hy=-1.0)
+            return [(table, np.zeros(f.shape, bool)) for f in raw]
+
+    monkeypatch.setattr(pipeline, "NetworkDetector", Fixed)
+    frames = np.random.default_rng(0).normal(size=(2, 64, 64)).astype(np.float32)
+    res = analyze(frames, pixel_size_nm=0.1, frame_interval_s=1.0, progress=False)
+    kept = sorted(map(tuple, res.detections.loc[res.detections.frame == 0, ["x", "y"]].to_numpy()))
+    assert kept == pytest.approx(sorted(outside))
+
+
+def test_no_core_is_reported_on_a_dark_edge_of_a_real_image(monkeypatch):
+    # A real perovskite interface (no dislocation) whose last columns are dark: the network
+    # takes that edge for half-plane ends, 0.06-0.3 nm from it.
+    from dislotrack.data_gen.conventions import edge_distance_px
+    from dislotrack.infer import pipeline
+
+    def near_edge(res):
+        d = res.detections
+        return int((edge_distance_px(d.x, d.y, res.shape[1:]) * 0.0143 < 0.5 * 0.473).sum())
+
+    path = real("atomsegnet/1.png")
+    assert near_edge(analyze(path, pixel_size_nm=0.0143, progress=False)) == 0
+    monkeypatch.setattr(pipeline, "EDGE_MARGIN_FRINGES", 0.0)
+    assert near_edge(analyze(path, pixel_size_nm=0.0143, progress=False)) >= 2
