@@ -658,12 +658,18 @@ def analyze(path: str | Path | Movie | np.ndarray, *, model: str | Path | None =
     if lattice is None and not blind and min(h, w) >= MIN_SIDE_FOR_LATTICE_PX:  # small frames often miss it
         where, noisy = ("the image", "image") if n == 1 else ("the first frames", "movie")
         found = sum(int((r["score"] > thr).sum()) if detector == "unet" else len(r) for r in rows)
+        doubtful = ("none could be found here" if not found else "the detection here is doubtful"
+                    if found == 1 else f"the {found} detections here are doubtful")
+        # Rock salt is the layered lattice without its (003) order: without those fringes
+        # anywhere, it cannot be told from another material.
+        rs_seen = np.nanmax(rs_frac) if rs_frac and not np.isnan(rs_frac).all() else 0.0
+        if rs_seen > 0:
+            doubtful += (f"; the rock salt reported (up to {100 * rs_seen:.2g} % of a frame) is "
+                         "doubtful too: it is told from the layered lattice by those fringes")
         logger.warning("no %.3g nm (003) lattice fringes stand out in %s: check the pixel size "
                        "and %s (another material?), unless the %s is just "
                        "noisy; cores are found where those fringes end, so %s%s",
-                       d_spacing_nm, where, option("d_spacing_nm"), noisy,
-                       f"the {found} detections here are doubtful" if found
-                       else "none could be found here",
+                       d_spacing_nm, where, option("d_spacing_nm"), noisy, doubtful,
                        slipped_calibration_hint(lattice_frames[0], cal, d_spacing_nm),
                        extra={LEADS: True})
     snap_asked = lattice_h

@@ -517,7 +517,9 @@ def test_frames_without_lattice_fringes_or_too_small_are_warned_about(tiny_model
     res = analyze(noise, model=tiny_model, progress=False)
     (said,) = [w for w in res.warnings if "no 0.473 nm (003) lattice fringes stand out" in w]
     n = int((res.detections.score > res.options["threshold"]).sum())
-    assert said.endswith(f"the {n} detections here are doubtful" if n else "none could be found here")
+    assert ("none could be found here" if n == 0 else "the detection here is doubtful" if n == 1
+            else f"the {n} detections here are doubtful") in said
+    assert ("the rock salt reported" in said) == (res.counts.rocksalt_fraction.max() > 0)
     m = make_movie(np.random.default_rng(3), GeneratorConfig(size=128, mode="hrtem"), n_frames=2)
     lattice = tmp_path / "lattice.tif"
     write_imagej_tiff(lattice, m.frames, pixel_size_nm=m.meta["pixel_size"], frame_interval_s=1.0)
@@ -1443,3 +1445,25 @@ def test_a_binning_or_unit_slip_in_the_calibration_is_named(recorded, hinted):
         assert said == ""
     estimated = Calibration(pixel_size_nm=0.2, pixel_size_source="estimated")
     assert slipped_calibration_hint(image, estimated, 0.473) == ""  # already from the fringes
+
+
+def test_rock_salt_without_any_layered_fringes_is_called_doubtful(monkeypatch):
+    # Rock salt is told from the layered lattice by the (003) fringes: where none show, the
+    # mask may be another material's (a perovskite gave 4 % "rock salt").
+    from dislotrack.infer import pipeline
+    from dislotrack.infer.detectors import CORE_COLUMNS
+
+    class HalfRockSalt:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def __call__(self, raw, canonical):
+            rs = np.zeros(raw[0].shape, bool)
+            rs[:, : raw[0].shape[1] // 2] = True
+            return [(pd.DataFrame(columns=CORE_COLUMNS, dtype=float), rs) for _ in raw]
+
+    monkeypatch.setattr(pipeline, "NetworkDetector", HalfRockSalt)
+    noise = np.random.default_rng(2).normal(size=(1, 128, 128)).astype(np.float32)
+    res = analyze(noise, pixel_size_nm=0.1, progress=False)
+    (said,) = [w for w in res.warnings if "lattice fringes stand out" in w]
+    assert "none could be found here; the rock salt reported (up to 50 % of a frame) is doubtful" in said
