@@ -103,7 +103,10 @@ def trajectories_figure(res: AnalysisResult) -> plt.Figure:
         ends += [(x0, y0), (g[xs].iloc[-1], g[ys].iloc[-1])]
         ax.plot(x0, y0, "o", color=c, ms=4)
         tick = 6 / max(res.calibration.pixel_size_nm / 0.1, 1e-3)
-        ax.plot([x0, x0 + tick * g.hx.mean()], [y0, y0 + tick * g.hy.mean()], "-", color=c, lw=2)
+        # Outlined, so that the tick does not read as part of the path.
+        ax.plot([x0, x0 + tick * g.hx.mean()], [y0, y0 + tick * g.hy.mean()], "-", color=c, lw=2,
+                solid_capstyle="butt", path_effects=[patheffects.withStroke(linewidth=3.5,
+                                                                            foreground="white")])
         if fates is None or pid not in fates.index:
             continue
         # The death marker smaller, on top: a short track's two ends often coincide.
@@ -118,7 +121,8 @@ def trajectories_figure(res: AnalysisResult) -> plt.Figure:
         starts = [(p, x, y) for p, x, y in starts if -0.5 <= x <= fw - 0.5 and -0.5 <= y <= fh - 0.5]
     _track_numbers(ax, starts, res.first_frame, image_w, ends)
     if starts:  # neutral proxies: a marker's colour is its track's
-        handles = [plt.Line2D([], [], ls="-", marker="o", ms=4, color="0.6", label="start, h tick")]
+        first = "core, h tick" if res.shape[0] == 1 else "start, h tick"
+        handles = [plt.Line2D([], [], ls="-", marker="o", ms=4, color="0.6", label=first)]
         handles += [plt.Line2D([], [], ls="none", marker=END_MARKERS[f], ms=7,
                                mfc="none" if "rocksalt" in f else "0.6", mec="k",
                                label=f.replace("_", " ")) for f in END_MARKERS if f in shown]
@@ -131,8 +135,8 @@ def trajectories_figure(res: AnalysisResult) -> plt.Figure:
             _scale_bar(ax, res.first_frame.shape, res.calibration)
     if t.empty:
         _no_tracks(ax)
-    ax.set_title(f"{_input_name(res)}: trajectories (drift-corrected, over frame 0)", fontsize=10,
-                 wrap=True)  # on two lines in a narrow figure
+    what = "cores" if res.shape[0] == 1 else "trajectories (drift-corrected, over frame 0)"
+    ax.set_title(f"{_input_name(res)}: {what}", fontsize=10, wrap=True)  # two lines if narrow
     ax.set_axis_off()
     return fig
 

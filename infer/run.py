@@ -122,6 +122,10 @@ def replaced_note(earlier: dict | None, res: AnalysisResult, dest: Path) -> str 
             f"same name; use another {option('out')} to keep both)")
 
 
+#: Figures over time, which a single image does not get (nor the overlay MP4).
+MOVIE_ONLY_FIGURES = ("displacement", "counts")
+
+
 def stale_outputs(dest: Path, *, movie: bool, strain: bool, parquet: bool,
                   single_image: bool = False) -> list[Path]:
     """Files of an earlier run in ``dest`` that a run with these options would not rewrite.
@@ -134,22 +138,27 @@ def stale_outputs(dest: Path, *, movie: bool, strain: bool, parquet: bool,
     movie, strain, parquet : bool
         The new run's options (`infer_one`).
     single_image : bool
-        Whether the new run's input is one frame (its overlay is also written as PNG).
+        Whether the new run's input is one frame (its overlay is a PNG, and it has no
+        figures over time).
 
     Returns
     -------
     list of Path
-        The overlay MP4 (without ``movie``), its PNG (without ``movie`` or for a movie),
-        strain maps (without ``strain``), Parquet tables (without ``parquet``) and
-        evaluate's figure (made from the earlier predictions), where they exist.
+        The overlay MP4 (without ``movie`` or for a single image), its PNG (without
+        ``movie`` or for a movie), the figures over time (`MOVIE_ONLY_FIGURES`, for a
+        single image), strain maps (without ``strain``), Parquet tables (without
+        ``parquet``) and evaluate's figure (made from the earlier predictions), where they
+        exist.
     """
     if not (dest / "summary.json").is_file():
         return []
     names = ["figures/evaluation.png"]
-    if not movie:
+    if not movie or single_image:
         names.append("figures/overlay.mp4")
     if not (movie and single_image):
         names.append("figures/overlay.png")
+    if single_image:
+        names += [f"figures/{n}.png" for n in MOVIE_ONLY_FIGURES]
     if not strain:
         names += [f"{n}.tif" for n in STRAIN_COMPONENTS.values()] + ["figures/strain.png"]
     if not parquet:
@@ -185,8 +194,9 @@ def _analyze_and_write(m: Movie, dest: Path, cal: Calibration, *, movie: bool, p
         res.warnings.append(note)  # before summary.json is written
     write_tables(res, dest, parquet=parquet)
     figures.trajectories(res, dest / "figures" / "trajectories.png")
-    figures.displacement(res, dest / "figures" / "displacement.png")
-    figures.counts(res, dest / "figures" / "counts.png")
+    if shape[0] > 1:  # motion and counts over time: nothing to show for one frame
+        figures.displacement(res, dest / "figures" / "displacement.png")
+        figures.counts(res, dest / "figures" / "counts.png")
     if movie:
         import tifffile
 
@@ -195,8 +205,8 @@ def _analyze_and_write(m: Movie, dest: Path, cal: Calibration, *, movie: bool, p
             frames = figures.overlay_frames(res, iter(m), (p.asarray() for p in masks.pages))
             frames = tqdm(frames, total=res.shape[0], desc="overlay.mp4", unit="frame",
                           disable=not options.get("progress", True) or res.shape[0] == 1)
-            if shape[0] == 1:  # one frame: also a PNG, which every viewer shows
-                frames = list(frames)
-                figures.write_png(frames[0], dest / "figures" / "overlay.png")
-            figures.write_mp4(frames, dest / "figures" / "overlay.mp4", fps=min(max(fps, 1.0), 30.0))
+            if shape[0] == 1:  # one frame: a PNG, which every viewer shows, not a movie
+                figures.write_png(next(iter(frames)), dest / "figures" / "overlay.png")
+            else:
+                figures.write_mp4(frames, dest / "figures" / "overlay.mp4", fps=min(max(fps, 1.0), 30.0))
     return res

@@ -417,13 +417,19 @@ def test_a_single_image_overlay_is_also_a_png_and_a_movie_rerun_removes_it(tiny_
     args = ["infer", str(image), "--out", str(tmp_path / "o"), "--model", str(tiny_model)]
     assert main(args) == 0
     fig = tmp_path / "o" / "m" / "figures"
-    assert (fig / "overlay.mp4").stat().st_size > 0  # the contract's file, still written
     with Image.open(fig / "overlay.png") as png:
         assert png.size == (640, 640)  # 32 px enlarged 20 times
+    # One frame has no motion or counts over time to show, nor a movie to play.
+    assert sorted(p.name for p in fig.iterdir()) == ["overlay.png", "trajectories.png"]
     write_imagej_tiff(image, rng.normal(size=(2, 32, 32)).astype(np.float32),
                       pixel_size_nm=0.1, frame_interval_s=1.0)
     assert main(args) == 0
-    assert (fig / "overlay.mp4").is_file() and not (fig / "overlay.png").exists()
+    assert sorted(p.name for p in fig.iterdir()) == ["counts.png", "displacement.png", "overlay.mp4",
+                                                     "trajectories.png"]
+    write_imagej_tiff(image, rng.normal(size=(1, 32, 32)).astype(np.float32),
+                      pixel_size_nm=0.1, frame_interval_s=1.0)
+    assert main(args) == 0  # the movie's figures over time go with its tables
+    assert sorted(p.name for p in fig.iterdir()) == ["overlay.png", "trajectories.png"]
 
 
 def test_stale_outputs_name_the_overlay_png_unless_a_single_image_overlay_rewrites_it(tmp_path):
@@ -437,6 +443,9 @@ def test_stale_outputs_name_the_overlay_png_unless_a_single_image_overlay_rewrit
     assert png not in stale_outputs(tmp_path, movie=True, single_image=True, **options)
     assert png in stale_outputs(tmp_path, movie=True, single_image=False, **options)
     assert png in stale_outputs(tmp_path, movie=False, single_image=True, **options)
+    mp4 = tmp_path / "figures" / "overlay.mp4"
+    assert mp4 in stale_outputs(tmp_path, movie=True, single_image=True, **options)
+    assert mp4 not in stale_outputs(tmp_path, movie=True, single_image=False, **options)
 
 
 def test_overlay_scale_bar_label_stays_in_the_frame_when_estimated():
