@@ -81,6 +81,7 @@ def measure_drift(
     max_step_px: float | None = 1.0,
     reference_weight: float = 0.2,
     warn_along_fringes: bool = True,
+    warn: bool = True,
 ) -> pd.DataFrame:
     """Measure the specimen drift of every frame relative to frame 0.
 
@@ -103,6 +104,9 @@ def measure_drift(
         correlation). It concerns motion along the fringes (the climb of cores that end
         a (003) fringe): a caller that reports no cores
         (frames that cannot show one) passes False.
+    warn : bool
+        Log warnings at all (False: frames too small or coarse for any use of the drift
+        but drift.csv, where "no correlation peak" is expected).
 
     Returns
     -------
@@ -159,7 +163,7 @@ def measure_drift(
             reference_weight * fft.rfft2(image)
         )
         rows.append((t, float(drift[1]), float(drift[0])))
-    if jumps:  # one line for the movie, not one per frame
+    if jumps and warn:  # one line for the movie, not one per frame
         frames = ", ".join(str(f) for f, _ in jumps[:5]) + (", ..." if len(jumps) > 5 else "")
         logger.warning(
             "the drift step between frames changed by more than %.2f px in %d frame(s) (frames "
@@ -168,7 +172,7 @@ def measure_drift(
             "there; a stage jump, or drift faster than %.2f px per frame at the start, does this)",
             max_step_px, len(jumps), frames, max(j for _, j in jumps), max_step_px,
         )
-    if trouble["ridge"] and warn_along_fringes:
+    if trouble["ridge"] and warn_along_fringes and warn:
         # "Repeat along one direction", not "one set of (003) fringes": any periodic
         # content does it, also where pipeline's (003) check finds no such fringes.
         logger.warning(
@@ -179,7 +183,7 @@ def measure_drift(
             trouble["ridge"],
             len(rows) - 1,
         )
-    if flat:
+    if flat and warn:
         logger.warning(
             "%d of the %d frames after the first had no correlation peak (blank?): %s %s; "
             "their drift was predicted",

@@ -337,13 +337,13 @@ def cores_cannot_show(pixel_size_nm: float, shape: tuple[int, int], d_spacing_nm
     period_px = d_spacing_nm / pixel_size_nm
     if period_px < MIN_FRINGE_PERIOD_PX:
         return (f"at {pixel_size_nm:.3g} nm/px the {d_spacing_nm} nm lattice fringes span "
-                f"{period_px:.2g} px: not resolved, so no dislocation core can show and none is "
-                f"reported; atomic-resolution images are needed (or pass the right "
+                f"{period_px:.2g} px: not resolved, so no dislocation core or rock salt can show "
+                f"and none is reported; atomic-resolution images are needed (or pass the right "
                 f"{option('pixel_size_nm')})")
     if min(shape) < 4 * period_px:  # a core needs a few fringes around it
         return (f"the frames ({shape[1]} x {shape[0]} px) span under 4 lattice fringes "
-                f"({period_px:.3g} px each) across: too small to show a dislocation core, so "
-                "none is reported")
+                f"({period_px:.3g} px each) across: too small to show a dislocation core or rock "
+                "salt, so none is reported")
     return None
 
 
@@ -586,7 +586,11 @@ def analyze(path: str | Path | Movie | np.ndarray, *, model: str | Path | None =
         first = movie[0]
 
         def flush(raw: list[np.ndarray], can: list[np.ndarray], start: int) -> None:
-            for k, (table, rs) in enumerate(det(raw, can)):
+            # Frames that cannot show a core cannot tell rock salt by its fringes either:
+            # the network is not run (348 frames of 16 px took 29 s to report nothing).
+            found = ([(pd.DataFrame(columns=CORE_COLUMNS, dtype=float), np.zeros(f.shape, bool))
+                      for f in raw] if blind else det(raw, can))
+            for k, (table, rs) in enumerate(found):
                 constant = not np.ptp(raw[k])  # a blank or saturated frame shows no specimen
                 if constant:
                     blank.append(start + k)
@@ -606,7 +610,8 @@ def analyze(path: str | Path | Movie | np.ndarray, *, model: str | Path | None =
                 flag = near_rocksalt(table["x"], table["y"], rs, ROCKSALT_MARGIN_NM / cal.pixel_size_nm)
                 rows.append(table.assign(frame=start + k, in_rocksalt=flag))
                 table = table[table["score"] > thr] if detector == "unet" else table
-                rs_frac.append(np.nan if constant else float(rs[~drawn].mean()) if not drawn.all() else 0.0)
+                rs_frac.append(np.nan if constant or blind else float(rs[~drawn].mean())
+                               if not drawn.all() else 0.0)
                 if mask_sink is not None:
                     mask_sink(start + k, rs.astype(np.uint8))
                 if frame_sink is not None:
@@ -640,7 +645,8 @@ def analyze(path: str | Path | Movie | np.ndarray, *, model: str | Path | None =
             if raw:  # also when the reader yields fewer frames than its header said
                 flush(raw, can, n_read - len(raw))
 
-        drift = measure_drift(canonical_frames(), warn_along_fringes=not blind)
+        # Frames too small or coarse for a core: drift.csv is kept, its warnings are noise.
+        drift = measure_drift(canonical_frames(), warn=not blind)
     n = n_read
     if blank:
         logger.warning("%d of %d frames are blank or saturated (one value throughout): %s %s; "

@@ -19,7 +19,7 @@ from dislotrack.infer import run
 from dislotrack.infer.cli import main
 from dislotrack.infer.columns import TABLES
 from dislotrack.infer.interface import command_line
-from dislotrack.infer.pipeline import analyze
+from dislotrack.infer.pipeline import AnalysisWarning, analyze
 from dislotrack.infer.preprocess import canonical_to_input, input_to_canonical, to_canonical
 from dislotrack.models.metrics import match_cores
 
@@ -528,7 +528,9 @@ def test_frames_without_lattice_fringes_or_too_small_are_warned_about(tiny_model
     tiny = tmp_path / "tiny.tif"  # 12 px at 0.1 nm/px: under 3 fringe periods
     write_imagej_tiff(tiny, m.frames[:, :12, :12], pixel_size_nm=0.1, frame_interval_s=1.0)
     res = analyze(tiny, model=tiny_model, progress=False)
-    assert any("too small to show a dislocation core, so none is reported" in w for w in res.warnings)
+    assert any("too small to show a dislocation core or rock salt, so none is reported" in w
+               for w in res.warnings)
+    assert res.counts.rocksalt_fraction.isna().all()  # not judged, not zero
     # A low threshold makes the untrained network fire anywhere: none of it is reported
     # from frames too small (or too coarse) to show a core, all of it from larger ones.
     low = dict(model=tiny_model, threshold=0.01, progress=False)
@@ -557,6 +559,16 @@ def test_frames_that_cannot_show_cores_get_no_drift_or_fringe_warnings_about_cor
     blind = analyze(path, model=tiny_model, progress=False).warnings
     assert any("not resolved" in w for w in blind)
     assert not any("drift along" in w or "fringes stand out" in w for w in blind)
+    # Frames of 16 px: one warning that they are too small, not also drift's about them.
+    tiny = tmp_path / "tiny.tif"
+    write_imagej_tiff(tiny, np.random.default_rng(1).normal(size=(6, 16, 16)).astype(np.float32),
+                      pixel_size_nm=0.1, frame_interval_s=1.0)
+    said = analyze(tiny, model=tiny_model, progress=False).warnings
+    assert [w for w in said if "too small" in w]
+    assert not [w for w in said if "drift" in w or "correlation" in w]
+    with pytest.warns(AnalysisWarning, match="drift along the lattice fringes cannot be seen"):
+        analyze(np.zeros((5, 64, 64), np.float32) + np.arange(64.0) % 3, pixel_size_nm=0.1,
+                model=tiny_model, progress=False)
 
 
 def test_strain_maps_without_reflections_are_nan_not_zero(tmp_path):
