@@ -239,8 +239,10 @@ def _overlap(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
 
 
 def _input_name(res: AnalysisResult) -> str:
-    """The input's file or folder name, for figure titles."""
-    return Path(res.input_path).name
+    """The input's file or folder name, for figure titles, with the window of frames
+    analysed (``analyze(frames=)``) if not the whole."""
+    window = res.options.get("frames") if isinstance(res.options, dict) else None
+    return Path(res.input_path).name + (f" (frames {window})" if window else "")
 
 
 #: Up to this many tracks are named in the displacement legend (one colour each,

@@ -273,7 +273,8 @@ def calibrate(movie: Movie, *, pixel_size_nm: float | None, frame_interval_s: fl
         hint = (f" ({option('pixel_size_nm', f'{float(bare.group(1)):.6g}')} if the file's number is "
                 "in nm)" if bare else "")
         raise ValueError(
-            f"{movie.path}: no usable pixel size in the file{why} and none could be estimated "
+            f"{movie.path}: no usable pixel size in the "
+            f"{'frames' if movie.path.is_dir() else 'file'}{why} and none could be estimated "
             f"from {d_spacing_nm} nm fringes; pass {option('pixel_size_nm', 'NM')}{hint}")
     # What the reader could not do as asked or as expected (e.g. read one channel of several).
     cal = replace(cal, warnings=(*cal.warnings, *movie.metadata.get("warnings", [])))

@@ -787,7 +787,8 @@ def _open_video(path: Path) -> Movie:
     dt = 1.0 / fps if fps and np.isfinite(fps) and fps > 0 else None
     # No pixel size either: calibration says so, or the estimate, or the user's value.
     note = (f"frame interval {dt:g} s is the container's playback rate ({fps:g} fps), not "
-            "necessarily the acquisition rate") if dt else "the video states no frame rate"
+            f"necessarily the acquisition rate: pass {option('frame_interval_s', 'S')} if it "
+            "differs") if dt else "the video states no frame rate"
     # The playback caveat is a warning only where the file's rate is used (infer.pipeline.calibrate).
     cal = Calibration.from_file(frame_interval_s=dt)
 
