@@ -394,6 +394,18 @@ def collected_warnings() -> Iterator[list[str]]:
 _COLLECTORS: list[logging.Handler] = []
 
 
+def _relog_unseen(messages: list[str]) -> None:
+    """After a failure (no result to carry them), log the collected warnings again where
+    nobody saw them: where logging is configured, its handlers already had each once."""
+    log: logging.Logger | None = logging.getLogger("dislotrack")
+    while log is not None:
+        if log.handlers:
+            return
+        log = log.parent if log.propagate else None
+    for message in dict.fromkeys(messages):  # Python's last resort prints them
+        logger.warning(message)
+
+
 class AnalysisWarning(UserWarning):
     """What `analyze` warns about (`AnalysisResult.warnings`), also issued as Python warnings
     so that notebooks show them; ``dislotrack infer`` prints them itself instead."""
@@ -409,8 +421,7 @@ def _keeping_logged_warnings(fn: Callable[..., AnalysisResult]) -> Callable[...,
             with collected_warnings() as logged:
                 res = fn(*args, **kwargs)
         except BaseException:
-            for message in dict.fromkeys(logged):  # no result to carry them: log them as usual
-                logger.warning(message)
+            _relog_unseen(logged)
             raise
         res.warnings += [m for m in dict.fromkeys(logged) if m not in res.warnings]
         # Named by input: Python shows a warning text once per caller line, and a loop over
@@ -770,8 +781,7 @@ def _keeping_tracking_warnings(fn: Callable[..., TrackedTables]) -> Callable[...
                 out = fn(*args, **kwargs)
         except BaseException:
             if outermost:
-                for message in dict.fromkeys(logged):  # no result to carry them
-                    logger.warning(message)
+                _relog_unseen(logged)
             raise
         out.warnings = list(dict.fromkeys(logged))
         if outermost:

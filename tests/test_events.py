@@ -393,3 +393,17 @@ def test_blobs_do_not_move_single_events():
     summary = _summary(tracks)
     events = find_events(tracks, summary, pixel_size_nm=PIXEL_NM, unlinked=_blob([3, 4], 100.0, 100.0))
     assert events.set_index("kind").loc["nucleation", "frame"] == 5
+
+
+def test_an_unseen_nucleation_changes_only_the_births():
+    # The blob sits at frames 0-2: the nucleation is dropped and the cores were present;
+    # the annihilation, seen, stays and so do the deaths.
+    from dislotrack.infer.events import drop_unseen_edge_events
+
+    tracks = pd.concat([_track(0, range(3, 17), 100.0, 100.0, DOWN),
+                        _track(1, range(3, 17), 110.0, 100.0, UP)])
+    summary = _summary(tracks)
+    events = find_events(tracks, summary, pixel_size_nm=PIXEL_NM, unlinked=_blob([0, 1, 2], 105.0, 100.0))
+    kept, fates = drop_unseen_edge_events(events, summary, n_frames=N_FRAMES)
+    assert kept.kind.tolist() == ["dipole_annihilation"]
+    assert set(fates.birth) == {"present"} and set(fates.death) == {"annihilated"}

@@ -13,8 +13,10 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 
 from dislotrack.data_gen.annotations import (
     UNKNOWN_PARTICLE,
+    Annotation,
     find_annotations,
     read_annotation,
+    write_annotation,
     write_imagej_tiff,
 )
 from dislotrack.data_gen.export import generate_dataset
@@ -1058,3 +1060,75 @@ def test_finetune_names_every_unusable_annotation_at_once(tmp_path):
     with pytest.raises(ValueError, match=r"2 of 3 annotations cannot be used: .*image_00000_cores.csv "
                                          r"lacks columns .*image_00002.json: pixel_size_nm 0.3"):
         annotated_frames(lab, 0.1)
+
+
+def _two_images():
+    """A frame and another image of the same statistics (fringes vs a slow wave)."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:256, 0:256]
+    frame = 100 + 5 * np.cos(yy / 1.5) + 3 * np.sin((xx + yy) / 40) + rng.normal(0, 2, (256, 256))
+    other = 100 + 3 * np.sin((xx - yy) / 30) + rng.normal(0, 2, (256, 256))
+    return frame, other
+
+
+def test_image_check_refuses_another_image_despite_nan_blocks_or_a_pedestal(tmp_path):
+    from dislotrack.infer.evaluate import _image_mismatch
+    from dislotrack.infer.outputs import frame_fingerprint
+
+    frame, other = _two_images()
+
+    def verdict(predicted, annotated):
+        summary = {"input": {"path": "m.dm4", "sha256": "ab",
+                             "fingerprint": frame_fingerprint(predicted)}}
+        return _image_mismatch(summary, annotated, tmp_path / "m.tif") or ""
+
+    wide = other.copy()
+    wide[:, :40] = np.nan  # an alignment border: a column of blocks all NaN
+    dotted = other.copy()
+    dotted[::16, ::16] = np.nan  # masked dead pixels: a NaN in every block
+    assert "another image" in verdict(frame, wide) and "another image" in verdict(frame, dotted)
+    # Detector counts on an offset: the fingerprint keeps the digits that tell them apart.
+    assert verdict(30000 + 4 * frame, 30000 + 4 * frame) == ""
+    assert "another image" in verdict(30000 + 4 * frame, 30000 + 4 * other)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert verdict(frame, np.full((256, 256), 5.0)) == ""  # flat: nothing to compare
+
+
+@pytest.fixture
+def movie_item(tmp_path):
+    lab = tmp_path / "lab"
+    generate_dataset(out=lab, n=1, size=64, mode="stem", movie_frames=3, seed=3, progress=False)
+    return lab / "movie_00000.json", lab / "movie_00000_cores.csv"
+
+
+def _read_quietly(side):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        return read_annotation(side)
+
+
+def test_annotation_columns_versions_and_the_nm_hint_are_exact(movie_item, tmp_path):
+    side, csv = movie_item
+    px = read_annotation(side).pixel_size_nm
+    # Two cores a frame (the hint needs three) at positions that look like nm: no hint.
+    csv.write_text("frame,x,y,hx,hy\n" + "".join(f"{f},{x * px},{y * px},0,1\n"
+                                                for f, x, y in ((0, 10, 12), (0, 40, 50), (1, 11, 12))))
+    _read_quietly(side)
+    # Three cores along the top edge in px: x beyond the nm extent, y within it: no hint.
+    csv.write_text("frame,x,y,hx,hy\n0,60,1,0,1\n0,30,3,0,1\n0,5,5,0,1\n")
+    _read_quietly(side)
+    csv.write_text("frame,x,y,hx\n0,10,12,1\n1,11,12,1\n")
+    with pytest.raises(ValueError, match=r"lacks columns \['hy'\]"):
+        read_annotation(side)
+    meta = json.loads(side.read_text())
+    for bad, said in ((True, "version must be a whole number"), (2, "annotation version 2")):
+        side.write_text(json.dumps({**meta, "version": bad}))
+        with pytest.raises(ValueError, match=said):
+            read_annotation(side)
+    # At 1 nm/px, positions in px are never taken for nm.
+    cores = pd.DataFrame({"frame": 0, "x": [10.0, 40, 60], "y": [12.0, 50, 30], "hx": 0.0,
+                          "hy": 1.0, "particle": [0, 1, 2]})
+    coarse = write_annotation(tmp_path, "coarse", Annotation(np.zeros((1, 64, 64), np.float32),
+                                                            cores, None, 1.0, None, {}))
+    _read_quietly(coarse)

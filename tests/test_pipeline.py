@@ -4,6 +4,7 @@ import argparse
 import json
 import logging
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -1479,3 +1480,91 @@ def test_rock_salt_without_any_layered_fringes_is_called_doubtful(monkeypatch):
     res = analyze(noise, pixel_size_nm=0.1, progress=False)
     (said,) = [w for w in res.warnings if "lattice fringes stand out" in w]
     assert "none could be found here; the rock salt reported (up to 50 % of a frame) is doubtful" in said
+
+
+def test_track_detections_refuses_frames_before_0_and_an_empty_movie():
+    from dislotrack.infer.pipeline import track_detections
+
+    det = pd.DataFrame({"frame": [-1, 0, 1], "x": [50.0, 51, 52], "y": 40.0, "score": 0.9,
+                        "hx": 0.0, "hy": -1.0})
+    kw = dict(pixel_size_nm=0.1, frame_interval_s=1.0, image_shape=(100, 100))
+    with pytest.raises(ValueError, match=r"detections in frame\(s\) -1 outside the movie's 0..2"):
+        track_detections(det, n_frames=3, **kw)
+    with pytest.raises(ValueError, match="n_frames must be a whole number of frames >= 1, got 0"):
+        track_detections(det.iloc[:0], n_frames=0, **kw)
+
+
+def test_warnings_before_a_failure_are_printed_once(monkeypatch, capsys):
+    # No result carries them: without logging configured they are printed (Python's last
+    # resort); with it, its handlers saw each once already and do not see it again.
+    from dislotrack.infer import pipeline
+
+    def fails(*args, **kwargs):
+        raise RuntimeError("linking failed")
+
+    monkeypatch.setattr(pipeline, "link_cores", fails)
+    det = pd.DataFrame({"frame": [0, 1, 2], "x": [50.0, 51, 52], "y": 40.0, "score": 0.9,
+                        "hx": 0.0, "hy": -1.0})
+    kw = dict(n_frames=3, pixel_size_nm=0.1, frame_interval_s=None, image_shape=(100, 100),
+              max_speed_nm_s=5.0, min_length=3)
+    monkeypatch.setattr(logging.root, "handlers", [])
+    with pytest.raises(RuntimeError):
+        pipeline.track_detections(det, **kw)
+    assert capsys.readouterr().err.count("max_speed_nm_s=5 nm/s was ignored") == 1
+    seen: list[str] = []
+
+    class Listing(logging.Handler):
+        def emit(self, record):
+            seen.append(record.getMessage())
+
+    monkeypatch.setattr(logging.root, "handlers", [Listing()])
+    with pytest.raises(RuntimeError):
+        pipeline.track_detections(det, **kw)
+    assert sum("was ignored" in m for m in seen) == 1
+    assert "was ignored" not in capsys.readouterr().err
+
+
+def test_frame_windows_must_hold_frames_of_the_movie():
+    from dislotrack.infer.options import frame_window
+    from dislotrack.infer.readers import movie_from_array
+
+    with pytest.raises(ValueError, match=r"^frames 3:3 holds no frame"):
+        frame_window("3:3", 8)
+    with pytest.raises(ValueError, match=r"^frames must be START:STOP"):
+        frame_window((True, 3), 8)  # a bool is no frame number
+    with pytest.raises(ValueError, match=r"counts frames from 0"):
+        frame_window("-2:3", 8)
+    with pytest.raises(ValueError, match="is not a window of the 8 frames"):
+        movie_from_array(np.zeros((8, 16, 16), np.float32)).window(2, 9)
+
+
+def test_relink_keeps_the_options_analyze_used_and_drops_warnings_it_no_longer_has():
+    m = make_movie(np.random.default_rng(3), GeneratorConfig(size=128, mode="stem", density=3.0,
+                                                             dose=(3000, 3000)), n_frames=12)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", AnalysisWarning)
+        res = analyze(m.frames, pixel_size_nm=m.meta["pixel_size"], frame_interval_s=1.0,
+                      progress=False, min_length=12, lattice_h=False)
+        same = res.relink()  # the options analyze was given, not the defaults
+        for table in ("tracks", "track_summary", "events", "counts"):
+            pd.testing.assert_frame_equal(getattr(same, table), getattr(res, table))
+        short = analyze(m.frames[:4], pixel_size_nm=m.meta["pixel_size"], frame_interval_s=1.0,
+                        progress=False, min_length=40)
+        assert any("longer than the movie" in w for w in short.warnings)
+        fits = short.relink(min_length=2)
+    assert not any("longer than the movie" in w for w in fits.warnings)
+
+
+def test_track_detections_drops_a_nucleation_it_did_not_see():
+    # A dipole's unresolved blob from frame 0 on: its nucleation is not in the movie.
+    from test_events import DOWN, N_FRAMES, PIXEL_NM, UP, _blob, _track
+
+    from dislotrack.infer.pipeline import track_detections
+
+    det = pd.concat([_track(0, range(3, 17), 100.0, 100.0, DOWN),
+                     _track(1, range(3, 17), 110.0, 100.0, UP)])
+    det = det[["frame", "x", "y", "hx", "hy"]].assign(score=0.9)
+    out = track_detections(det, pixel_size_nm=PIXEL_NM, frame_interval_s=1.0, n_frames=N_FRAMES,
+                           image_shape=(200, 300), weak=_blob([0, 1, 2], 105.0, 100.0))
+    assert out.events.kind.tolist() == ["dipole_annihilation"]
+    assert set(out.track_summary.birth) == {"present"}

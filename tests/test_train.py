@@ -689,3 +689,49 @@ def test_several_nodes_without_a_launcher_are_refused_not_left_waiting(tmp_path,
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "trainer.num_nodes is 2 but no cluster launcher" in err and "--trainer.num_nodes 1" in err
+
+
+def _checkpoint(path, *, base_channels=4, extra=None, epoch=3, step=40):
+    """A Lightning-style checkpoint of a tiny network, its best score 0.5 and its last NaN."""
+    from dislotrack.train.module import ARCHITECTURE_KEY
+
+    cfg = UNetConfig(base_channels=base_channels, depth=2)
+    torch.save({"state_dict": {f"net.{k}": v for k, v in UNet(cfg).state_dict().items()},
+                "epoch": epoch, "global_step": step,
+                ARCHITECTURE_KEY: {**cfg.to_dict(), **(extra or {})},
+                "callbacks": {"ModelCheckpoint{'monitor': 'val/f1'}": {
+                    "monitor": "val/f1", "current_score": torch.tensor(float("nan")),
+                    "best_model_score": torch.tensor(0.5)}}}, path)
+    return path
+
+
+def test_export_records_the_epoch_and_only_finite_scores(tmp_path):
+    from dislotrack.train.export import export_checkpoint
+
+    export_checkpoint(_checkpoint(tmp_path / "e.ckpt"), tmp_path / "m")
+    card = json.loads((tmp_path / "m.json").read_text(),
+                      parse_constant=lambda c: pytest.fail(f"{c} in a strict-JSON card"))
+    assert card["training"]["checkpoint_epoch"] == 3 and card["training"]["steps"] == 40
+    assert card["metrics"]["checkpoint"] == {"val/f1 (best model score)": 0.5}
+
+
+def test_a_setting_since_removed_does_not_hide_a_real_mismatch(tmp_path):
+    from dislotrack.train.cli import _nested_setting, checkpoint_mismatch
+
+    path = _checkpoint(tmp_path / "e.ckpt", extra={"a_setting_since_removed": 1})
+    why = checkpoint_mismatch(path, UNetConfig(base_channels=8, depth=2))
+    assert why and "base_channels 4 in the checkpoint, 8 here" in why
+    # A nested setting of a class that is no dataclass: no nearest name to offer.
+    msg = "Option 'pathh' is not accepted ... class_path 'dislotrack.train.export.ExportModel'"
+    assert _nested_setting(msg) is None
+
+
+def test_sizes_that_do_not_fit_the_network_are_refused_for_validate_too(tmp_path, capsys, monkeypatch):
+    from dislotrack.infer.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    run = ["--config", "cpu", *_TINY_RUN, "--trainer.default_root_dir", str(tmp_path / "r")]
+    assert main(["train", "fit", *run, "--data.eval_size", "3"]) == 2
+    assert "takes multiples of 4 px, e.g. 4 or 8" in capsys.readouterr().err
+    assert main(["train", "validate", *run, "--data.eval_size", "30"]) == 2
+    assert "--data.eval_size 30: the network (depth 2) takes multiples of 4 px" in capsys.readouterr().err
