@@ -141,7 +141,7 @@ def _add_infer(sub: argparse._SubParsersAction) -> None:
                    help="auto (CUDA if available), cpu, cuda or cuda:N (default auto)")
     _add_precision(p)
     p.add_argument("--threshold", type=float, default=None,
-                   help="core score threshold (0-1; default: the model card's, 0.45 for default)")
+                   help="core score threshold (0-1; default: the model card's calibrated one)")
     p.add_argument("--signal", type=_int_or_text, default=None, metavar="NAME",
                    help="for files holding several images (multi-detector EMD, DM, HDF5): the "
                         "title, dataset path or index of the one to analyse (default: the first; "
@@ -475,7 +475,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``dislotrack`` console script."""
     # Figures are written, never shown: no GUI backend (one the user chose still wins).
     os.environ.setdefault("MPLBACKEND", "Agg")
-    if not sys.stderr.isatty():  # a log file: a progress line every 30 s, not ten a second
+    if sys.stderr is None or not sys.stderr.isatty():  # a log: a progress line every 30 s
         os.environ.setdefault("TQDM_MININTERVAL", "30")
     # Warnings read as one line, not as the source line that raised them (unless debugging).
     formatwarning = warnings.formatwarning

@@ -30,7 +30,8 @@ logger = logging.getLogger(__name__)
 CORE_COLUMNS = ["x", "y", "score", "hx", "hy", "bx_nm", "by_nm"]
 
 
-def _empty() -> pd.DataFrame:
+def empty_cores() -> pd.DataFrame:
+    """A detector's table of no cores (`CORE_COLUMNS`, float)."""
     return pd.DataFrame({c: pd.Series(dtype=float) for c in CORE_COLUMNS})
 
 
@@ -95,11 +96,11 @@ class GPADetector:
         for frame in raw:
             g = self.reflections(frame)
             if g is None:
-                out.append((_empty(), np.zeros(frame.shape, bool)))
+                out.append((empty_cores(), np.zeros(frame.shape, bool)))
                 continue
             det = detect_cores_gpa(frame, pixel_size_nm=self.pixel_size, g=g,
                                    d_spacing_nm=self.d_spacing)
             rs = rocksalt_mask_gpa(frame, pixel_size_nm=self.pixel_size, g003=g[0],
                                    g_other=g[1] if len(g) > 1 else None, d_spacing_nm=self.d_spacing)
-            out.append((det[CORE_COLUMNS] if len(det) else _empty(), rs))
+            out.append((det[CORE_COLUMNS] if len(det) else empty_cores(), rs))
         return out

@@ -80,7 +80,6 @@ def measure_drift(
     upsample_factor: int = 10,
     max_step_px: float | None = 1.0,
     reference_weight: float = 0.2,
-    warn_along_fringes: bool = True,
     warn: bool = True,
 ) -> pd.DataFrame:
     """Measure the specimen drift of every frame relative to frame 0.
@@ -99,14 +98,10 @@ def measure_drift(
     reference_weight : float
         Weight of the newest frame in the running reference, in (0, 1]; 1 compares
         each frame with the previous one only.
-    warn_along_fringes : bool
-        Warn when the drift along the fringes cannot be seen (a ridge-shaped
-        correlation). It concerns motion along the fringes (the climb of cores that end
-        a (003) fringe): a caller that reports no cores
-        (frames that cannot show one) passes False.
     warn : bool
-        Log warnings at all (False: frames too small or coarse for any use of the drift
-        but drift.csv, where "no correlation peak" is expected).
+        Log warnings (of lattice-period jumps, frames without a correlation peak, drift
+        along the fringes that cannot be seen). A caller whose frames cannot show a core
+        passes False: there such trouble is expected and concerns no result.
 
     Returns
     -------
@@ -172,7 +167,7 @@ def measure_drift(
             "there; a stage jump, or drift faster than %.2f px per frame at the start, does this)",
             max_step_px, len(jumps), frames, max(j for _, j in jumps), max_step_px,
         )
-    if trouble["ridge"] and warn_along_fringes and warn:
+    if trouble["ridge"] and warn:
         # "Repeat along one direction", not "one set of (003) fringes": any periodic
         # content does it, also where pipeline's (003) check finds no such fringes.
         logger.warning(

@@ -195,6 +195,13 @@ def event_scores(pred: pd.DataFrame, truth: pd.DataFrame, *, pixel_size_nm: floa
     return {"event_tp": tp, "event_fp": fp, "event_fn": fn, "event_f1": f1}
 
 
+def _rocksalt_judged(pred_dir: Path) -> bool:
+    """Whether infer judged rock salt in any frame (counts.csv's ``rocksalt_fraction`` is
+    NaN where it did not: blank frames, frames too small or coarse); True without it."""
+    counts = pred_dir / "counts.csv"
+    return not counts.exists() or pd.read_csv(counts)["rocksalt_fraction"].notna().any()
+
+
 def evaluate_folders(pred_dir: str | Path, truth_dir: str | Path, *, figures: bool = True,
                      progress: bool = True) -> dict:
     """Score every annotated item of ``truth_dir`` against ``pred_dir/<stem>/``.
@@ -260,7 +267,10 @@ def evaluate_folders(pred_dir: str | Path, truth_dir: str | Path, *, figures: bo
             evaluation_figure(ann.image, core_outcomes(pred, ann.cores, pixel_size_nm=ann.pixel_size_nm),
                               out / "figures" / "evaluation.png", title=stem)
         rs_pred = out / "rocksalt_mask.tif"
-        if ann.rs_mask is not None and rs_pred.exists():
+        if ann.rs_mask is not None and rs_pred.exists() and not _rocksalt_judged(out):
+            notes.append("rock salt not scored: the predictions did not judge it (frames blank, or "
+                         "too small or coarse to show the lattice; rocksalt_fraction NaN)")
+        elif ann.rs_mask is not None and rs_pred.exists():
             import tifffile
 
             rs = tifffile.imread(rs_pred).reshape(ann.rs_mask.shape)

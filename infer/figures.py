@@ -16,6 +16,7 @@ from matplotlib.ticker import MaxNLocator
 from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
 
+from dislotrack.data_gen.conventions import edge_distance_px
 from dislotrack.infer.calibration import Calibration
 from dislotrack.infer.drift import UNSEEN_ALONG_FRINGES
 from dislotrack.infer.motion import MIN_TRAVEL_NM, MOVING_SE, moving_tracks
@@ -117,8 +118,7 @@ def trajectories_figure(res: AnalysisResult) -> plt.Figure:
                         mec="white", mew=1.0)
                 shown.add(fate)
     if res.first_frame is not None:  # numbers only for tracks that start in the field shown
-        fh, fw = res.first_frame.shape
-        starts = [(p, x, y) for p, x, y in starts if -0.5 <= x <= fw - 0.5 and -0.5 <= y <= fh - 0.5]
+        starts = [(p, x, y) for p, x, y in starts if edge_distance_px(x, y, res.first_frame.shape) >= 0]
     _track_numbers(ax, starts, res.first_frame, image_w, ends)
     if starts:  # neutral proxies: a marker's colour is its track's
         first = "core, h tick" if res.shape[0] == 1 else "start, h tick"

@@ -23,8 +23,8 @@ _FLAGS = {
 _on_command_line = False
 
 
-def option(name: str, value: object | None = None) -> str:
-    """The option ``name`` (a keyword of `analyze`) as the user passes it.
+def option(name: str, value: object | None = None, *, text: bool = False) -> str:
+    """The option ``name`` (a keyword of `analyze` or `infer_one`) as the user passes it.
 
     Parameters
     ----------
@@ -32,19 +32,21 @@ def option(name: str, value: object | None = None) -> str:
         The keyword, e.g. ``"pixel_size_nm"``.
     value : optional
         A value (or placeholder such as ``"NM"``) to show with it.
+    text : bool
+        ``value`` is a string the user types as such: quoted in Python.
 
     Examples
     --------
-    >>> option("pixel_size_nm", 0.1), option("min_length")
-    ('pixel_size_nm=0.1', 'min_length')
+    >>> option("pixel_size_nm", 0.1), option("min_length"), option("detector", "gpa", text=True)
+    ('pixel_size_nm=0.1', 'min_length', "detector='gpa'")
     >>> with command_line():
-    ...     option("pixel_size_nm", 0.1), option("min_length"), option("parquet", True)
-    ('--pixel-size 0.1', '--min-length', '--parquet')
+    ...     option("pixel_size_nm", 0.1), option("parquet", True), option("detector", "gpa", text=True)
+    ('--pixel-size 0.1', '--parquet', '--detector gpa')
     """
     if _on_command_line:
         flag = _FLAGS.get(name, "--" + name.replace("_", "-"))
         return flag if value is None or value is True else f"{flag} {value}"  # True: a switch
-    return name if value is None else f"{name}={value}"
+    return name if value is None else f"{name}={value!r}" if text else f"{name}={value}"
 
 
 @contextmanager

@@ -23,7 +23,7 @@ def check_linking_options(*, max_speed_nm_s: float, memory: int, min_length: int
     Raises
     ------
     ValueError
-        Naming the option (and its ``dislotrack infer`` flag).
+        Naming the option as the user gave it (`dislotrack.infer.interface.option`).
     """
     checks = [(option("max_speed_nm_s"), max_speed_nm_s, "a positive speed [nm/s]", 0.0, False),
               (option("memory"), memory, "a number of frames >= 0", 0, True),
@@ -86,11 +86,11 @@ def frame_window(frames: str | slice | tuple[int | None, int | None], n_frames: 
                for v in (start, stop)):
         raise syntax
     if (start is not None and start < 0) or (stop is not None and stop < 0):
-        raise ValueError(f"{option('frames')} counts frames from 0, got {frames!r} (no negative "
-                         "frame numbers)")
-    if start is not None and stop is not None and start >= stop:
+        raise ValueError(f"{option('frames')} takes frame numbers from 0, got {frames!r}")
+    start = 0 if start is None else start
+    if stop is not None and start >= stop:
         raise ValueError(f"{option('frames')} {start}:{stop} holds no frame: START must be below STOP")
-    start, stop = 0 if start is None else start, n_frames if stop is None else stop
+    stop = n_frames if stop is None else stop
     if not start < stop <= n_frames:
         raise ValueError(f"{option('frames')} {start}:{stop} is not a window of the movie's "
                          f"{n_frames} frames (0 <= START < STOP <= {n_frames})")
@@ -122,7 +122,7 @@ def check_calibration_options(*, pixel_size_nm: float | None, frame_interval_s: 
     Raises
     ------
     ValueError
-        Naming the option (and its ``dislotrack infer`` flag).
+        Naming the option as the user gave it (`dislotrack.infer.interface.option`).
     """
     checks = [(option("pixel_size_nm"), pixel_size_nm, "a positive size [nm/px]"),
               (option("frame_interval_s"), frame_interval_s, "a positive time [s]"),
@@ -203,9 +203,9 @@ def check_detector_options(detector: str, *, model: str | Path | None = None,
              "weak_fraction": weak_fraction != DEFAULT_WEAK_FRACTION, "precision": precision != "auto"}
     unused = [option(name) for name, is_set in given.items() if is_set]
     if unused:
-        raise ValueError(f"the {detector} detector ({option('detector', detector)}) does not use "
+        raise ValueError(f"the {detector} detector ({option('detector', detector, text=True)}) does not use "
                          f"{' or '.join(unused)}: {'it sets' if len(unused) == 1 else 'they set'} "
-                         f"the U-Net only ({option('detector', 'unet')}); leave "
+                         f"the U-Net only ({option('detector', 'unet', text=True)}); leave "
                          f"{'it' if len(unused) == 1 else 'them'} out")
 
 

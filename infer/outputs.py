@@ -138,6 +138,10 @@ def _lattice_dict(res: AnalysisResult) -> dict | None:
             "track_h_from_lattice": bool(b) and res.lattice_h}
 
 
+#: How the tables' floats are written to CSV.
+CSV_FLOAT_FORMAT = "%.7g"
+
+
 def check_parquet() -> None:
     """Raises ImportError, saying what to install, where pandas has no Parquet engine."""
     if not any(importlib.util.find_spec(engine) for engine in ("pyarrow", "fastparquet")):
@@ -163,7 +167,10 @@ def write_tables(res: AnalysisResult, out: str | Path, *, parquet: bool = False)
         if name == "track_summary":  # as `analyze` names them; a result built otherwise too
             df = velocity_columns_as_written(df, res.calibration.frame_interval_s)
         p = out / f"{name}.csv"
-        df.to_csv(p, index=False)
+        # Seven significant digits (0.001 px at 4096 px, 0.1 ms at 1000 s), not the 17 that
+        # read back bit for bit: a spreadsheet shows 122.0005, not 122.00045870244038.
+        # Parquet keeps the full values.
+        df.to_csv(p, index=False, float_format=CSV_FLOAT_FORMAT)
         written.append(p)
         if parquet:
             df.to_parquet(out / f"{name}.parquet", index=False)

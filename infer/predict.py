@@ -105,10 +105,10 @@ def network_dtype(precision: str, device: torch.device) -> torch.dtype | None:
             return torch.float16
         return torch.bfloat16 if fast_cpu_bfloat16() else None
     if precision == "float16" and device.type != "cuda":
-        raise ValueError(f"{option('precision', 'float16')} runs on CUDA only; on the CPU use "
+        raise ValueError(f"{option('precision', 'float16', text=True)} runs on CUDA only; on the CPU use "
                          "auto or float32 (bfloat16 is fast only on CPUs with AMX)")
     if precision == "bfloat16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise ValueError(f"{option('precision', 'bfloat16')}: {device} does not support it; "
+        raise ValueError(f"{option('precision', 'bfloat16', text=True)}: {device} does not support it; "
                          "use auto (float16) or float32")
     return None if precision == "float32" else getattr(torch, precision)
 

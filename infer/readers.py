@@ -283,8 +283,8 @@ def open_movie(path: str | Path, *, signal: int | str | None = None) -> Movie:
     movie = _with_annotation_calibration(_open(path, signal))
     if signal is not None and "signals" not in movie.metadata:  # a format of one image (stack)
         movie.metadata.setdefault("warnings", []).append(
-            f"{option('signal', repr(signal))} was ignored: {movie.metadata.get('format', 'this')} "
-            "input has no images to choose from")
+            f"{option('signal', signal, text=isinstance(signal, str))} was ignored: "
+            f"{movie.metadata.get('format', 'this')} input has no images to choose from")
     return movie
 
 

@@ -119,7 +119,7 @@ def replaced_note(earlier: dict | None, res: AnalysisResult, dest: Path) -> str 
     if Path(earlier["path"]) == Path(res.input_path):
         return None  # the same file, changed since: a rerun
     return (f"replaced the results of {earlier.get('path')} in {dest} (a different input of the "
-            f"same name; use another {option('out')} to keep both)")
+            f"same name; give another {option('out', 'FOLDER')} to keep both)")
 
 
 #: Figures over time, which a single image does not get (nor the overlay MP4).
@@ -195,8 +195,8 @@ def _analyze_and_write(m: Movie, dest: Path, cal: Calibration, *, movie: bool, p
     write_tables(res, dest, parquet=parquet)
     figures.trajectories(res, dest / "figures" / "trajectories.png")
     if shape[0] > 1:  # motion and counts over time: nothing to show for one frame
-        figures.displacement(res, dest / "figures" / "displacement.png")
-        figures.counts(res, dest / "figures" / "counts.png")
+        for name in MOVIE_ONLY_FIGURES:
+            getattr(figures, name)(res, dest / "figures" / f"{name}.png")
     if movie:
         import tifffile
 

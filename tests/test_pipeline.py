@@ -7,6 +7,7 @@ import re
 import warnings
 from pathlib import Path
 
+import imageio.v3
 import numpy as np
 import pandas as pd
 import pytest
@@ -745,8 +746,8 @@ def test_unet_options_with_the_gpa_detector_are_refused_by_name(tmp_path, capsys
     assert not (tmp_path / "o").exists()
     kwargs = ({"tta": True} if "--tta" in extra else {"weak_fraction": 0.3}
               if "--weak-fraction" in extra else {"threshold": 0.3})
-    with pytest.raises(ValueError, match=rf"\(detector=gpa\) does not use {next(iter(kwargs))}: "
-                                         r".*U-Net only \(detector=unet\)"):
+    with pytest.raises(ValueError, match=rf"\(detector='gpa'\) does not use {next(iter(kwargs))}: "
+                                         r".*U-Net only \(detector='unet'\)"):
         analyze(movies[0], detector="gpa", progress=False, **kwargs)
     with pytest.raises(ValueError, match=r"^detector must be 'unet' or 'gpa'"):
         analyze(movies[0], detector="GPA", progress=False)
@@ -1532,7 +1533,7 @@ def test_frame_windows_must_hold_frames_of_the_movie():
         frame_window("3:3", 8)
     with pytest.raises(ValueError, match=r"^frames must be START:STOP"):
         frame_window((True, 3), 8)  # a bool is no frame number
-    with pytest.raises(ValueError, match=r"counts frames from 0"):
+    with pytest.raises(ValueError, match=r"takes frame numbers from 0"):
         frame_window("-2:3", 8)
     with pytest.raises(ValueError, match="is not a window of the 8 frames"):
         movie_from_array(np.zeros((8, 16, 16), np.float32)).window(2, 9)
@@ -1568,3 +1569,60 @@ def test_track_detections_drops_a_nucleation_it_did_not_see():
                            image_shape=(200, 300), weak=_blob([0, 1, 2], 105.0, 100.0))
     assert out.events.kind.tolist() == ["dipole_annihilation"]
     assert set(out.track_summary.birth) == {"present"}
+
+
+def test_every_option_a_message_names_is_a_flag_of_dislotrack_infer():
+    # `option` derives a flag from the keyword; a keyword without that flag (e.g.
+    # lattice_h, whose flag is --network-h) would send users to an option that is not there.
+    import dislotrack.infer as infer_package
+    from dislotrack.infer.cli import build_parser
+    from dislotrack.infer.interface import option
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    flags = {o for action in sub.choices["infer"]._actions for o in action.option_strings}
+    source = "".join(p.read_text() for p in Path(infer_package.__path__[0]).glob("*.py"))
+    names = set(re.findall(r"""option\(["']([a-z_]+)["']""", source))
+    assert {"pixel_size_nm", "frames", "min_length", "detector", "out"} <= names
+    with command_line():
+        assert {n: option(n) for n in names if option(n) not in flags} == {}
+
+
+def test_frames_too_small_for_a_core_are_not_given_to_the_network(monkeypatch, tmp_path):
+    from dislotrack.infer import pipeline
+
+    class Refuses:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def __call__(self, raw, canonical):
+            raise AssertionError("the network ran on frames that cannot show a core")
+
+    monkeypatch.setattr(pipeline, "NetworkDetector", Refuses)
+    frames = np.random.default_rng(1).normal(size=(4, 16, 16)).astype(np.float32)
+    res = analyze(frames, pixel_size_nm=0.1, frame_interval_s=1.0, progress=False)
+    assert res.detections.empty and res.counts.rocksalt_fraction.isna().all()
+
+
+def test_result_line_titles_and_wording_follow_the_input(tmp_path, capsys, tiny_model):
+    from dislotrack.infer import figures
+    from dislotrack.infer.cli import main
+
+    movie = tmp_path / "m.tif"
+    write_imagej_tiff(movie, np.random.default_rng(0).normal(size=(6, 32, 32)).astype(np.float32),
+                      pixel_size_nm=0.1, frame_interval_s=1.0)
+    assert main(["infer", str(movie), "--out", str(tmp_path / "o"), "--model", str(tiny_model),
+                 "--no-movie", "--threshold", "0.99"]) == 0
+    assert f"{movie}: 0 detections, 0 tracks, 0 events" in capsys.readouterr().out
+    res = analyze(movie, model=tiny_model, frames="1:5", progress=False)
+    assert figures._input_name(res) == "m.tif (frames 1:5)"
+    one = analyze(np.zeros((1, 64, 64), np.float32) + np.arange(64.0) % 5, pixel_size_nm=0.1,
+                  model=tiny_model, progress=False)
+    title = figures.trajectories_figure(one).axes[0].get_title()
+    assert title.endswith(": cores")
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i in range(2):
+        noise = np.random.default_rng(i).random((32, 32)) * 255
+        imageio.v3.imwrite(folder / f"f{i}.png", noise.astype(np.uint8))
+    with pytest.raises(ValueError, match="no usable pixel size in the frames"):
+        analyze(folder, model=tiny_model, progress=False)
