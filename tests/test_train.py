@@ -6,6 +6,7 @@ import warnings
 
 import albumentations as A
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -735,3 +736,29 @@ def test_sizes_that_do_not_fit_the_network_are_refused_for_validate_too(tmp_path
     assert "takes multiples of 4 px, e.g. 4 or 8" in capsys.readouterr().err
     assert main(["train", "validate", *run, "--data.eval_size", "30"]) == 2
     assert "--data.eval_size 30: the network (depth 2) takes multiples of 4 px" in capsys.readouterr().err
+
+
+def test_the_cluster_config_trains_under_real_ddp_with_two_processes(tmp_path):
+    # Two CPU ranks (gloo) as `srun` would start them on a node: Lightning's launcher
+    # starts the second process by running the command again, so the test runs the
+    # command line in a subprocess of its own.
+    import subprocess
+    import sys
+
+    from dislotrack.models.io import load_model
+
+    run = tmp_path / "run"
+    command = [sys.executable, "-m", "dislotrack.infer.cli", "train", "fit", "--config", "cluster",
+               "--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.num_nodes=1",
+               "--trainer.strategy=ddp", "--trainer.precision=32-true",
+               "--trainer.sync_batchnorm=false", *_TINY_RUN, "--trainer.max_epochs=2",
+               "--data.n_val=4", "--trainer.default_root_dir", str(run)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Starting with 2 processes" in done.stdout + done.stderr
+    net, card = load_model(run / "model")  # exported once, by rank 0
+    assert card["architecture"]["base_channels"] == 4
+    (metrics,) = run.glob("lightning_logs/version_*/metrics.csv")
+    logged = pd.read_csv(metrics).dropna(subset=["val/f1"])
+    assert logged["epoch"].tolist() == [0, 1]  # pooled over the ranks: one row per epoch
+    assert (run / "checkpoints" / "last.ckpt").is_file()
