@@ -293,6 +293,8 @@ def displacement_figure(res: AnalysisResult) -> plt.Figure:
                 title += (f"\nincludes drift along the fringes (not measurable in {unseen} of "
                           f"{max(res.shape[0] - 1, 1)} frames)")
         _, label = _time(res, pd.Series([0]))
+        if not res.calibration.frame_interval_s:  # time in frames: whole-number ticks
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel(label + " since first detection")
         ax.set_ylabel(f"{name} distance (nm)")
         ax.set_title(title, fontsize=9)

@@ -328,9 +328,11 @@ def check_readable(path: Path) -> None:
         raise ValueError(f"{path} is empty (0 bytes)")
     ext = path.suffix.lower()
     if ext not in SUPPORTED_EXTENSIONS:
+        archive = ext in (".zip", ".gz", ".tgz", ".tar", ".7z", ".rar", ".bz2", ".xz")
         raise ValueError(
             f"unsupported file type {ext or '(none)'!r} for {path.name}; supported: "
             f"{', '.join(SUPPORTED_EXTENSIONS)}, or a folder of frames"
+            + ("; an archive: unpack it and pass the file or folder inside" if archive else "")
         )
 
 

@@ -401,6 +401,17 @@ def test_displacement_titles_give_per_frame_units_without_an_interval():
         columns=lambda c: c.replace("_nm_s", "_nm_per_frame"))
     fig = figures.displacement_figure(res)
     assert "nm/frame (n = 3: #0, #1, #2)" in fig.axes[1].get_title()
+    fig = figures.displacement_figure(_per_frame(result(2, n_frames=4)))
+    FigureCanvasAgg(fig).draw()
+    ticks = fig.axes[0].get_xticks()  # frames 0-3: whole numbers, not 0, 0.5, 1, ...
+    assert len(ticks) >= 2 and np.allclose(ticks, np.round(ticks))
+
+
+def _per_frame(res: AnalysisResult) -> AnalysisResult:
+    """``res`` as infer makes it without a frame interval."""
+    res.calibration = Calibration.from_file(pixel_size_nm=0.1, frame_interval_s=None)
+    res.track_summary = res.track_summary.rename(columns=lambda c: c.replace("_nm_s", "_nm_per_frame"))
+    return res
 
 
 

@@ -214,8 +214,11 @@ def test_video_playback_interval(tmp_path, name, codec):
 
 def test_unsupported_and_missing(tmp_path):
     (tmp_path / "x.xyz").write_text("?")
-    with pytest.raises(ValueError, match=r"unsupported file type '\.xyz'.*\.dm4.*\.mrc"):
+    with pytest.raises(ValueError, match=r"unsupported file type '\.xyz'.*\.dm4.*\.mrc.*frames$"):
         open_movie(tmp_path / "x.xyz")
+    (tmp_path / "movie.zip").write_text("?")
+    with pytest.raises(ValueError, match=r"'\.zip'.*an archive: unpack it and pass the file or folder"):
+        open_movie(tmp_path / "movie.zip")
     with pytest.raises(FileNotFoundError, match="nope.tif"):
         open_movie(tmp_path / "nope.tif")
     assert {".tif", ".dm3", ".dm4", ".emd", ".ser", ".mrc", ".mp4", ".avi", ".png", ".jpg"} <= set(
