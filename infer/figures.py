@@ -132,7 +132,7 @@ def trajectories_figure(res: AnalysisResult) -> plt.Figure:
         h, w = res.first_frame.shape
         ax.set(xlim=(-0.5, w - 0.5), ylim=(h - 0.5, -0.5))
         if res.calibration.pixel_size_nm:
-            _scale_bar(ax, res.first_frame.shape, res.calibration)
+            scale_bar(ax, res.first_frame.shape, res.calibration)
     if t.empty:
         _no_tracks(ax)
     what = "cores" if res.shape[0] == 1 else "trajectories (drift-corrected, over frame 0)"
@@ -743,9 +743,9 @@ def _no_tracks(ax: plt.Axes, text: str = "no tracks") -> None:
             fontsize=12, color="0.4", bbox={"facecolor": "white", "alpha": 0.7, "edgecolor": "none"})
 
 
-def _scale_bar(ax: plt.Axes, shape: tuple[int, ...], calibration: Calibration) -> None:
-    """A white bar of a round length (about a fifth of the width) at the lower right,
-    labelled with a dark rim (`scale_label`)."""
+def scale_bar(ax: plt.Axes, shape: tuple[int, ...], calibration: Calibration) -> None:
+    """Draw on an image's axes a white bar of a round length (about a fifth of the
+    width) at the lower right, labelled with a dark rim (`scale_label`)."""
     h, w = shape[:2]
     bar_nm = _nice_length(0.2 * w * calibration.pixel_size_nm)
     bar = bar_nm / calibration.pixel_size_nm

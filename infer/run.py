@@ -179,6 +179,7 @@ def _analyze_and_write(m: Movie, dest: Path, cal: Calibration, *, movie: bool, p
         from dislotrack.infer.strain import StrainWriter
 
         strain_writer = StrainWriter(dest, shape=shape, pixel_size_nm=cal.pixel_size_nm,
+                                     pixel_size_source=cal.pixel_size_source or "file",
                                      frame_interval_s=cal.frame_interval_s,
                                      d_spacing_nm=options.get("d_spacing_nm", D003_LINIO2_NM),
                                      resolution_nm=strain_resolution_nm)

@@ -12,6 +12,8 @@ import pandas as pd
 import tifffile
 from matplotlib.figure import Figure
 
+from dislotrack.infer.calibration import Calibration
+from dislotrack.infer.figures import scale_bar
 from dislotrack.infer.gpa import NoReflectionError, find_reflections, strain_maps
 
 logger = logging.getLogger(__name__)
@@ -37,8 +39,10 @@ class StrainWriter:
     """Frame sink (see `analyze`'s ``frame_sink``) writing GPA maps as float32 stacks."""
 
     def __init__(self, out: Path, *, shape: tuple[int, int, int], pixel_size_nm: float,
-                 frame_interval_s: float | None, d_spacing_nm: float, resolution_nm: float = 1.0):
+                 frame_interval_s: float | None, d_spacing_nm: float, resolution_nm: float = 1.0,
+                 pixel_size_source: str = "file"):
         self.out, self.ps, self.d, self.res = out, pixel_size_nm, d_spacing_nm, resolution_nm
+        self.ps_source = pixel_size_source  # the scale bar says "est." for an estimate
         meta: dict = {"unit": "nm", "axes": "TYX"}
         if frame_interval_s:
             meta["finterval"] = frame_interval_s
@@ -92,8 +96,9 @@ class StrainWriter:
         spacings = " and ".join(f"{1 / np.hypot(*g):.3g} nm" for g in self.g)
         fig = strain_figure(frame, maps, det, title=(
             f"GPA at {self.res:g} nm from the {spacings} reflections of frame 0; strain relative "
-            "to its mean lattice; ω > 0 counter-clockwise as displayed; grey: not measured (1 "
-            "filter width at the edges, and where a reflection is weak, e.g. rock salt)"))
+            "to its mean lattice;\nω > 0 counter-clockwise as displayed; grey: not measured (1 "
+            "filter width at the edges, and where a reflection is weak, e.g. rock salt)"),
+            calibration=Calibration(pixel_size_nm=self.ps, pixel_size_source=self.ps_source))
         fig.savefig(path, dpi=110)
 
 
@@ -102,7 +107,7 @@ WIDE_ASPECT = 2.5
 
 
 def strain_figure(frame: np.ndarray, maps: dict[str, np.ndarray], cores: pd.DataFrame, *,
-                  title: str = "") -> plt.Figure:
+                  title: str = "", calibration: Calibration | None = None) -> plt.Figure:
     """The image and its strain maps as equal panels, cores marked on each.
 
     Panels sit in a row, or in a column for frames `WIDE_ASPECT` times wider than tall;
@@ -119,6 +124,8 @@ def strain_figure(frame: np.ndarray, maps: dict[str, np.ndarray], cores: pd.Data
         ``x, y`` [px] to mark.
     title : str
         The figure's title.
+    calibration : Calibration, optional
+        With a pixel size: a scale bar on the image.
     """
     h, w = frame.shape
     column = w >= WIDE_ASPECT * h
@@ -136,6 +143,8 @@ def strain_figure(frame: np.ndarray, maps: dict[str, np.ndarray], cores: pd.Data
     axes = axes.ravel()
     axes[0].imshow(frame, cmap="gray")
     axes[0].set_title("image (circles: cores)")
+    if calibration is not None and calibration.pixel_size_nm:
+        scale_bar(axes[0], frame.shape, calibration)
     # Not measured: grey, not the white of zero strain.
     diverging = plt.get_cmap("RdBu_r").with_extremes(bad="0.55")
     # One colour scale for the three strains (side by side, maps of their own scales

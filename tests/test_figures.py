@@ -556,6 +556,11 @@ def test_strain_panels_are_the_image_size_and_line_up_with_it():
     fig = strain_figure(rng.random((64, 64)), maps, pd.DataFrame({"x": [], "y": []}))
     limits = {ax.get_title(): ax.get_images()[0].get_clim() for ax in fig.axes if ax.get_images()}
     assert limits["εxx"] == limits["εyy"] == limits["εxy"] != limits["ω (rad)"]
+    assert not fig.axes[0].texts  # no pixel size given: no scale bar
+    # With a pixel size the image has a scale bar, marked as estimated where it is.
+    cal = Calibration(pixel_size_nm=0.1, pixel_size_source="estimated")
+    fig = strain_figure(rng.random((64, 64)), maps, pd.DataFrame({"x": [], "y": []}), calibration=cal)
+    assert [t.get_text() for t in fig.axes[0].texts] == ["1 nm (est.)"]
     from dislotrack.infer.strain import _colour_limit
 
     assert _colour_limit([np.r_[np.zeros(99), 1.0]]) == 1e-3  # mostly zero: not a 0-wide range
