@@ -173,36 +173,48 @@ class AnalysisResult:
     weak: pd.DataFrame | None = None  # sub-threshold peaks that extend track ends (`relink`)
     tracking_warnings: list[str] = field(default_factory=list)  # those of `track_detections`
 
-    def relink(self, **options: Any) -> AnalysisResult:
+    def relink(self, *, frame_interval_s: float | None = None, **options: Any) -> AnalysisResult:
         """The same detections tracked again with other `RELINK_OPTIONS` (e.g.
-        ``max_speed_nm_s=1.0``): everything after the detector reruns (`track_detections`)
-        with this result's drift, weak peaks, lattice and rock salt, so options left as
-        they were give the same tables; ``options`` and ``warnings`` say what changed. The
-        drift keeps any stage jumps as `analyze` found them, with its ``max_speed_nm_s``
-        (a jump is a shift beyond half the search range): analyze again to find them anew.
+        ``max_speed_nm_s=1.0``) or a frame interval the file lacked: everything after the
+        detector reruns (`track_detections`) with this result's drift, weak peaks, lattice
+        and rock salt, so options left as they were give the same tables; ``options`` and
+        ``warnings`` say what changed. The drift keeps any stage jumps as `analyze` found
+        them, with its ``max_speed_nm_s`` (a jump is a shift beyond half the search range):
+        analyze again to find them anew.
 
         Examples
         --------
         >>> slow = res.relink(max_speed_nm_s=1.0, min_length=10)  # doctest: +SKIP
+        >>> in_time = res.relink(frame_interval_s=0.5)  # velocities in nm/s  # doctest: +SKIP
         >>> write_tables(slow, "results/slow")  # dislotrack.infer.outputs  # doctest: +SKIP
         """
         unknown = sorted(set(options) - set(RELINK_OPTIONS))
         if unknown:
-            raise TypeError(f"relink takes {', '.join(RELINK_OPTIONS)}, not {', '.join(unknown)} "
-                            "(other options change the detections: run analyze again)")
+            raise TypeError(f"relink takes frame_interval_s, {', '.join(RELINK_OPTIONS)}, not "
+                            f"{', '.join(unknown)} (other options change the detections: run "
+                            "analyze again)")
         chosen = {k: self.options[k] for k in RELINK_OPTIONS if k in self.options} | options
-        cal = self.calibration
+        cal, kept = self.calibration, [w for w in self.warnings if w not in self.tracking_warnings]
+        if frame_interval_s is not None:  # the user's, as analyze(frame_interval_s=) takes it
+            check_calibration_options(pixel_size_nm=None, frame_interval_s=frame_interval_s,
+                                      d_spacing_nm=self.options.get("d_spacing_nm", D003_LINIO2_NM))
+            cal = resolve_calibration(cal, pixel_size_nm=cal.pixel_size_nm,
+                                      frame_interval_s=frame_interval_s)
+            cal = replace(cal, pixel_size_source=self.calibration.pixel_size_source, warnings=tuple(
+                w for w in cal.warnings if not w.startswith(NO_INTERVAL_NOTE)))
+            kept = [w for w in kept if not w.startswith(NO_INTERVAL_NOTE)]
+            kept += [w for w in cal.warnings if w not in kept and not w.startswith("pixel size")]
+            options = {**options, "frame_interval_s": frame_interval_s}
         with collected_warnings():  # issued below, at the caller's line, as analyze does
             t = track_detections(self.detections, pixel_size_nm=cal.pixel_size_nm,
                                  frame_interval_s=cal.frame_interval_s, n_frames=self.shape[0],
                                  image_shape=self.shape[1:], drift=self.drift, weak=self.weak,
                                  rocksalt_fraction=self.rocksalt_fraction,
                                  lattice=self.lattice if self.lattice_h else None, **chosen)
-        kept = [w for w in self.warnings if w not in self.tracking_warnings]
         for message in t.warnings:
             warnings.warn(f"{Path(self.input_path).name}: {message}", AnalysisWarning, stacklevel=2)
         return replace(
-            self, tracks=t.tracks, track_summary=t.track_summary, events=t.events,
+            self, calibration=cal, tracks=t.tracks, track_summary=t.track_summary, events=t.events,
             counts=t.counts, warnings=kept + [w for w in t.warnings if w not in kept],
             tracking_warnings=t.warnings, options={**self.options, **analysis_options(**options)})
 

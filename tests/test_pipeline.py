@@ -1105,7 +1105,7 @@ def test_relink_reproduces_analyze_and_records_what_it_changed(tmp_path):
 
     write_tables(strict, tmp_path)
     assert json.loads((tmp_path / "summary.json").read_text())["options"]["min_length"] == 12
-    with pytest.raises(TypeError, match="relink takes max_speed_nm_s, .*not threshold"):
+    with pytest.raises(TypeError, match="relink takes frame_interval_s, max_speed_nm_s, .*not threshold"):
         res.relink(threshold=0.3)
     with pytest.warns(AnalysisWarning, match="min_length=40 is longer than the movie") as caught:
         res.relink(min_length=40)
@@ -1626,3 +1626,27 @@ def test_result_line_titles_and_wording_follow_the_input(tmp_path, capsys, tiny_
         imageio.v3.imwrite(folder / f"f{i}.png", noise.astype(np.uint8))
     with pytest.raises(ValueError, match="no usable pixel size in the frames"):
         analyze(folder, model=tiny_model, progress=False)
+
+
+def test_relink_takes_the_frame_interval_a_file_lacked():
+    # A frame interval changes no detection: relink gives what analyze with it gives.
+    m = make_movie(np.random.default_rng(3), GeneratorConfig(size=128, mode="stem", density=3.0,
+                                                             dose=(3000, 3000)), n_frames=12)
+    # (At the default speed limit, 2 nm per frame with or without the interval, analyze
+    # finds the same stage jumps: relink keeps analyze's drift.)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", AnalysisWarning)
+        per_frame = analyze(m.frames, pixel_size_nm=0.1, progress=False)
+        assert [w for w in per_frame.warnings if w.startswith("no frame interval")]
+        timed = per_frame.relink(frame_interval_s=1.0)
+        direct = analyze(m.frames, pixel_size_nm=0.1, frame_interval_s=1.0, progress=False)
+    for table in ("tracks", "track_summary", "events", "counts"):
+        pd.testing.assert_frame_equal(getattr(timed, table), getattr(direct, table))
+    assert "glide_velocity_nm_s" in timed.track_summary and "t_s" in timed.events
+    assert (timed.calibration.frame_interval_s, timed.calibration.frame_interval_source) == (1.0, "user")
+    assert timed.warnings == direct.warnings == []
+    assert timed.options["frame_interval_s"] == 1.0
+    with pytest.raises(ValueError, match="frame_interval_s must be a positive time"):
+        per_frame.relink(frame_interval_s=-1.0)
+    with pytest.raises(TypeError, match="relink takes frame_interval_s, max_speed_nm_s"):
+        per_frame.relink(pixel_size_nm=0.2)
