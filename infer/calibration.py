@@ -296,8 +296,8 @@ def resolve_calibration(
             px_src = "estimated"
             notes.append(
                 f"pixel size {px:.4g} nm/px estimated from {estimate_basis}, not read from the "
-                "file: right only if the material shows those fringes; give the pixel size to "
-                "override"
+                "file: right only if the material shows those fringes; give "
+                f"{option('pixel_size_nm')} to override"
             )
         else:
             px_src = None

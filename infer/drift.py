@@ -172,7 +172,7 @@ def measure_drift(
         # content does it, also where pipeline's (003) check finds no such fringes.
         logger.warning(
             "drift along the lattice fringes cannot be seen in %d of %d frames (the frames "
-            "repeat along one direction only, as one set of fringes does): drift.csv keeps "
+            "repeat along one direction only, as one set of fringes does): the drift (drift.csv) keeps "
             "the predicted drift along them, and motion along the fringes includes any drift "
             "that way (the climb of cores that end a (003) fringe, their h along the layers)",
             trouble["ridge"],

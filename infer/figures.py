@@ -21,7 +21,7 @@ from dislotrack.infer.calibration import Calibration
 from dislotrack.infer.drift import UNSEEN_ALONG_FRINGES
 from dislotrack.infer.motion import MIN_TRAVEL_NM, MOVING_SE, moving_tracks
 from dislotrack.infer.overlays import overlay_mask
-from dislotrack.infer.pipeline import AnalysisResult
+from dislotrack.infer.pipeline import AnalysisResult, require_result
 
 _TAB20 = plt.get_cmap("tab20").colors
 _GREYS = {7}  # tab10's grey (and its tint): lost on a grey lattice image
@@ -85,6 +85,7 @@ def trajectories_figure(res: AnalysisResult) -> plt.Figure:
     scale bar; none for present/survived). Track numbers are nudged clear of each other
     (`place_labels`). The figure takes the frame's aspect ratio (`image_figure_size`) and
     shows frame 0's field only."""
+    require_result(res, "trajectories_figure")
     shape = res.first_frame.shape if res.first_frame is not None else res.shape[1:]
     fig_w, fig_h, image_w = image_figure_size(shape)
     fig = Figure(figsize=(fig_w, fig_h), layout="constrained")
@@ -271,6 +272,7 @@ def displacement_figure(res: AnalysisResult) -> plt.Figure:
     Where no track has two detections (a single image, or only one-frame tracks) there is
     no motion: each axis says why instead of showing empty axes and a bare legend.
     """
+    require_result(res, "displacement_figure")
     fig = Figure(figsize=(10.5, 4.3), layout="constrained")
     axes = fig.subplots(1, 2, sharex=True)
     fig.suptitle(_input_name(res), fontsize=10)
@@ -411,6 +413,7 @@ def counts_figure(res: AnalysisResult) -> plt.Figure:
     Every value is marked (the fraction up to `MARKED_FRAMES` frames), so a single image's
     values show as points.
     """
+    require_result(res, "counts_figure")
     c = res.counts
     tt, label = _time(res, c.frame)
     fig = Figure(figsize=(6, 3.5), layout="constrained")

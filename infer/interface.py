@@ -8,7 +8,8 @@ worker threads read the same.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import difflib
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
 #: Keywords whose ``dislotrack infer`` flag is not ``--`` + the keyword with dashes.
@@ -58,3 +59,25 @@ def command_line() -> Iterator[None]:
         yield
     finally:
         _on_command_line = before
+
+
+def did_you_mean(word: str, known: Iterable[str]) -> str:
+    """`` (did you mean X?)`` for the known name nearest a mistyped ``word``, else "".
+
+    Examples
+    --------
+    >>> did_you_mean("pixel_size", ["pixel_size_nm", "frame_interval_s"])
+    ' (did you mean pixel_size_nm?)'
+    """
+    close = difflib.get_close_matches(word, sorted(known), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def unexpected_keywords(function: str, given: Iterable[str], known: Iterable[str]) -> None:
+    """Raises TypeError naming ``function``'s keywords in ``given`` that it does not take,
+    with the nearest it does (Python's own message offers none)."""
+    known = set(known)
+    unknown = sorted(set(given) - known)
+    if unknown:
+        raise TypeError(f"{function}() got unexpected keyword(s) {', '.join(unknown)}"
+                        + did_you_mean(unknown[0], known))

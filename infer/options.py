@@ -17,7 +17,7 @@ DEFAULT_MIN_LENGTH = 6
 
 
 def check_linking_options(*, max_speed_nm_s: float, memory: int, min_length: int,
-                          max_gap: int) -> None:
+                          max_gap: int, min_track_score: float = 0.0, border_nm: float = 2.0) -> None:
     """Refuse impossible analysis options before any frame is read.
 
     Raises
@@ -28,13 +28,16 @@ def check_linking_options(*, max_speed_nm_s: float, memory: int, min_length: int
     checks = [(option("max_speed_nm_s"), max_speed_nm_s, "a positive speed [nm/s]", 0.0, False),
               (option("memory"), memory, "a number of frames >= 0", 0, True),
               (option("min_length"), min_length, "a number of frames >= 1", 1, True),
-              (option("max_gap"), max_gap, "a number of frames >= 0 (0: none)", 0, True)]
+              (option("max_gap"), max_gap, "a number of frames >= 0 (0: none)", 0, True),
+              ("min_track_score", min_track_score, "a core score in [0, 1) (0: none)", 0.0, None),
+              ("border_nm", border_nm, "a distance >= 0 [nm]", 0.0, None)]
     for name, value, what, lowest, frames in checks:
         _check_number(name, value, what)  # before comparing: "2" > 0 is itself a TypeError
         if frames and not isinstance(value, numbers.Integral):
-            raise TypeError(f"{name} must be {what}, got {value!r}: a whole number of frames")
-        low_ok = value >= lowest if frames else value > lowest
-        if not (low_ok and np.isfinite(value)):
+            raise TypeError(f"{name} must be a whole number of frames, got {value!r}")
+        # frames None: a bound that may be reached (a score or a distance).
+        low_ok = value > lowest if frames is False else value >= lowest
+        if not (low_ok and np.isfinite(value)) or (name == "min_track_score" and value >= 1):
             raise ValueError(f"{name} must be {what}, got {value}")
 
 
@@ -66,8 +69,11 @@ def frame_window(frames: str | slice | tuple[int | None, int | None], n_frames: 
     >>> frame_window("100:250", 400), frame_window("100:", 400), frame_window((0, None), 5)
     ((100, 250), (100, 400), (0, 5))
     """
+    example = option("frames", "100:250", text=True)
     syntax = ValueError(f"{option('frames')} must be START:STOP (frame numbers from 0, e.g. "
-                        f"100:250; either end may be left out), got {frames!r}")
+                        f"{example}; either end may be left out"
+                        + ("" if example.startswith("--") else ", or a pair such as (100, None)")
+                        + f"), got {frames!r}")
     if isinstance(frames, str):
         parts = frames.split(":")
         try:
@@ -89,11 +95,13 @@ def frame_window(frames: str | slice | tuple[int | None, int | None], n_frames: 
         raise ValueError(f"{option('frames')} takes frame numbers from 0, got {frames!r}")
     start = 0 if start is None else start
     if stop is not None and start >= stop:
-        raise ValueError(f"{option('frames')} {start}:{stop} holds no frame: START must be below STOP")
+        raise ValueError(f"{option('frames', f'{start}:{stop}', text=True)} holds no frame: START "
+                         "must be below STOP")
     stop = n_frames if stop is None else stop
     if not start < stop <= n_frames:
-        raise ValueError(f"{option('frames')} {start}:{stop} is not a window of the movie's "
-                         f"{n_frames} frames (0 <= START < STOP <= {n_frames})")
+        raise ValueError(f"{option('frames', f'{start}:{stop}', text=True)} is not a window of the "
+                         f"movie's {n_frames} frame{'s' * (n_frames != 1)} (0 <= START < STOP <= "
+                         f"{n_frames})")
     return int(start), int(stop)
 
 

@@ -152,9 +152,15 @@ def check_parquet() -> None:
 def write_tables(res: AnalysisResult, out: str | Path, *, parquet: bool = False) -> list[Path]:
     """Write every table as CSV (and optionally Parquet), plus summary.json, into ``out``
     (created if needed); returns the paths written."""
+    from dislotrack.infer.pipeline import require_result  # lazily: pipeline imports this module
+
+    require_result(res, "write_tables")
     if parquet:
         check_parquet()  # before writing anything
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"{option('out', str(out), text=True)} is a file; give a folder for "
+                                 "the tables")
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for name in TABLES:

@@ -21,6 +21,7 @@ import contextlib
 import ctypes
 import functools
 import hashlib
+import inspect
 import logging
 import numbers
 import os
@@ -51,7 +52,7 @@ from dislotrack.infer.events import (
     summarise_tracks,
 )
 from dislotrack.infer.fringes import pixel_size_from_fringes_or_none
-from dislotrack.infer.interface import option
+from dislotrack.infer.interface import option, unexpected_keywords
 from dislotrack.infer.jumps import stage_jumps, with_jumps
 from dislotrack.infer.lattice import Lattice, measure_lattice, snap_h
 from dislotrack.infer.linking import (
@@ -226,6 +227,15 @@ class AnalysisResult:
                 f"{len(self.events)} events, {len(self.warnings)} warnings)")
 
 
+def require_result(res: object, what: str) -> None:
+    """Raises TypeError, saying what to pass, unless ``res`` is an `AnalysisResult`: a
+    `track_detections` result (`TrackedTables`) lacks the detections, calibration and
+    frame that ``what`` needs."""
+    if not isinstance(res, AnalysisResult):
+        raise TypeError(f"{what} takes an AnalysisResult (from analyze, or res.relink for other "
+                        f"linking options), got {type(res).__name__}")
+
+
 def _malloc_trim() -> Callable[[], object]:
     """glibc's ``malloc_trim(0)``, or a no-op elsewhere."""
     try:
@@ -263,8 +273,10 @@ def _chosen_signal(movie: Movie, asked: int | str | None) -> int | str | None:
         return asked
     read = movie.metadata.get("signal")
     if asked is None:
-        logger.warning("%s holds %d images (%s): analysed %r; pick another with %s",
-                       movie.path.name, len(names), ", ".join(map(repr, names)), read, option("signal"))
+        other = next((n for n in names if n != read), names[-1])
+        logger.warning("the file holds %d images (%s) and %r was analysed; pick another with %s",
+                       len(names), ", ".join(map(repr, names)), read,
+                       option("signal", other, text=True), extra={LEADS: True})
     return read
 
 
@@ -425,8 +437,11 @@ def _keeping_logged_warnings(fn: Callable[..., AnalysisResult]) -> Callable[...,
     """``fn``'s result with the warnings logged while it ran added (once each), each also
     issued as an `AnalysisWarning` at the caller."""
 
+    known = inspect.signature(fn).parameters
+
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> AnalysisResult:
+        unexpected_keywords(fn.__name__, kwargs, known)  # with the nearest name, unlike Python
         try:
             with collected_warnings() as logged:
                 res = fn(*args, **kwargs)
@@ -551,10 +566,14 @@ def analyze(path: str | Path | Movie | np.ndarray, *, model: str | Path | None =
         The tables (detections, tracks, track_summary, events, counts, drift), the
         calibration with its sources, the warnings, the lattice and the options.
     """
+    detector = detector.lower() if isinstance(detector, str) else detector  # "GPA" too
     check_detector_options(detector, model=model, threshold=threshold, tta=tta,
                            weak_fraction=weak_fraction, precision=precision)
     check_linking_options(max_speed_nm_s=max_speed_nm_s, memory=memory, min_length=min_length,
-                          max_gap=max_gap)  # d_spacing_nm: `calibrate` checks it
+                          max_gap=max_gap, min_track_score=min_track_score,
+                          border_nm=border_nm)  # d_spacing_nm: `calibrate` checks it
+    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
+        raise ValueError(f"batch_size must be a whole number of frames >= 1, got {batch_size!r}")
     pixel_size_nm, frame_interval_s = (as_typed(v) for v in (pixel_size_nm, frame_interval_s))
     dev = pick_device(device)
     # A bad name: refused before any frame is read. The GPA baseline has no network.
@@ -589,8 +608,9 @@ def analyze(path: str | Path | Movie | np.ndarray, *, model: str | Path | None =
             # better bundled model to point to.
             logger.warning("the model works at %.3g nm/px, finer than this input's %.3g nm/px: "
                            "frames are upsampled %.2gx, which adds no detail; the bundled "
-                           "default model (%.3g nm/px) suits it better", canonical,
-                           cal.pixel_size_nm, s, CANONICAL_PIXEL_SIZE_NM)
+                           "default model (%.3g nm/px, %s) suits it better", canonical,
+                           cal.pixel_size_nm, s, CANONICAL_PIXEL_SIZE_NM,
+                           option("model", "default", text=True))
         if detector == "gpa":
             det = GPADetector(pixel_size_nm=cal.pixel_size_nm, d_spacing_nm=d_spacing_nm)
             card = {**card, "model_id": "gpa-baseline", "sha256": None}
@@ -865,7 +885,11 @@ def track_detections(detections: pd.DataFrame, *, pixel_size_nm: float,
     [[-0.1, 0.0]]
     """
     check_linking_options(max_speed_nm_s=max_speed_nm_s, memory=memory, min_length=min_length,
-                          max_gap=max_gap)
+                          max_gap=max_gap, min_track_score=min_track_score, border_nm=border_nm)
+    shape_ok = (isinstance(image_shape, (tuple, list)) and len(image_shape) == 2
+                and all(isinstance(v, numbers.Integral) and v > 0 for v in image_shape))
+    if not shape_ok:
+        raise ValueError(f"image_shape must be the frames' (ny, nx) [px], got {image_shape!r}")
     check_calibration_options(pixel_size_nm=pixel_size_nm, frame_interval_s=frame_interval_s,
                               d_spacing_nm=D003_LINIO2_NM)  # no spacing here: a valid stand-in
     if pixel_size_nm is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import re
@@ -15,7 +16,7 @@ from dislotrack.data_gen.conventions import D003_LINIO2_NM
 from dislotrack.infer import figures
 from dislotrack.infer.calibration import Calibration
 from dislotrack.infer.columns import TABLES
-from dislotrack.infer.interface import option
+from dislotrack.infer.interface import option, unexpected_keywords
 from dislotrack.infer.options import frame_window
 from dislotrack.infer.outputs import MaskWriter, check_parquet, write_tables
 from dislotrack.infer.pipeline import AnalysisResult, analyze, calibrate
@@ -43,6 +44,11 @@ def output_dir(out: str | Path, input_path: str | Path, signal: int | str | None
     return Path(out) / name
 
 
+#: What `infer_one` passes on to `analyze`.
+ANALYZE_KEYWORDS = frozenset(inspect.signature(analyze).parameters) - {
+    "path", "calibration", "mask_sink", "frame_sink"}  # infer_one sets these itself
+
+
 def infer_one(path: str | Path, out: str | Path, *, movie: bool = True, parquet: bool = False,
               strain: bool = False, strain_resolution_nm: float = 1.0, **options) -> AnalysisResult:
     """Analyze one input and write tables, masks, summary and figures to ``out/<stem>/``.
@@ -56,6 +62,11 @@ def infer_one(path: str | Path, out: str | Path, *, movie: bool = True, parquet:
                          f"got {strain_resolution_nm}")
     if parquet:
         check_parquet()  # before, not after, the analysis
+    if Path(out).exists() and not Path(out).is_dir():
+        raise NotADirectoryError(f"{option('out', str(out), text=True)} is a file; give a folder "
+                                 "(each input's results go into a folder of its name there)")
+    # Here, not in analyze, whose TypeError names a function the caller did not call.
+    unexpected_keywords("infer_one", options, ANALYZE_KEYWORDS)
     asked = options.get("signal")
     frames = options.pop("frames", None)
     # Opened once for calibration, analysis and the overlay (a folder of frames reads every

@@ -710,7 +710,7 @@ def test_impossible_analysis_options_are_refused_by_name(tiny_model, tmp_path, c
     ({"frame_interval_s": "0.5"}, r"^frame_interval_s must be a positive time "
                                   r"\[s\], got '0.5' \(a str\)"),
     ({"pixel_size_nm": "0.1"}, r"^pixel_size_nm .* got '0.1' \(a str\)"),
-    ({"memory": 2.5}, r"^memory .* got 2.5: a whole number of frames"),
+    ({"memory": 2.5}, r"^memory must be a whole number of frames, got 2.5"),
     ({"memory": "2"}, r"^memory .* got '2' \(a str\)"),
     ({"max_speed_nm_s": None}, r"^max_speed_nm_s .* got None \(a NoneType\)"),
     ({"min_length": True}, r"^min_length .* got True \(a bool\)"),
@@ -750,7 +750,7 @@ def test_unet_options_with_the_gpa_detector_are_refused_by_name(tmp_path, capsys
                                          r".*U-Net only \(detector='unet'\)"):
         analyze(movies[0], detector="gpa", progress=False, **kwargs)
     with pytest.raises(ValueError, match=r"^detector must be 'unet' or 'gpa'"):
-        analyze(movies[0], detector="GPA", progress=False)
+        analyze(movies[0], detector="gpaa", progress=False)
     with pytest.raises(ValueError, match=r"^tta must be one of 1, 2, 4, 8"):
         analyze(movies[0], tta=3, progress=False)  # before the model is loaded
 
@@ -1037,8 +1037,8 @@ def test_signal_picks_the_dataset_of_an_hdf5_file_and_a_choice_is_reported(tiny_
     common = dict(model=tiny_model, pixel_size_nm=0.1, frame_interval_s=1.0, device="cpu")
     res = analyze(tmp_path / "two.h5", **common)
     assert res.shape == (3, 40, 40) and res.options["signal"] == "movie"
-    assert any("two.h5 holds 2 images ('movie', 'thumbnail'): analysed 'movie'; pick another "
-               "with signal" in w for w in res.warnings)
+    assert res.warnings[0] == ("the file holds 2 images ('movie', 'thumbnail') and 'movie' was "
+                               "analysed; pick another with signal='thumbnail'")
     res = analyze(tmp_path / "two.h5", signal="thumbnail", **common)
     assert res.shape == (1, 40, 40) and res.options["signal"] == "thumbnail"
     assert not any("holds 2 images" in w for w in res.warnings)  # asked for: no warning
@@ -1140,7 +1140,7 @@ def test_a_window_of_frames_is_analysed_as_that_part_of_the_movie(tiny_model, tm
     for empty in ("30:10", "5:5"):
         assert main(["infer", str(path), "--out", str(tmp_path / "o"), "--frames", empty]) == 2
         assert "holds no frame: START must be below STOP" in capsys.readouterr().err
-    with pytest.raises(ValueError, match=r"^frames 6:9 is not a window of the movie's 8 frames"):
+    with pytest.raises(ValueError, match=r"^frames='6:9' is not a window of the movie's 8 frames"):
         analyze(path, model=tiny_model, frames=(6, 9), progress=False)
 
 
@@ -1529,9 +1529,9 @@ def test_frame_windows_must_hold_frames_of_the_movie():
     from dislotrack.infer.options import frame_window
     from dislotrack.infer.readers import movie_from_array
 
-    with pytest.raises(ValueError, match=r"^frames 3:3 holds no frame"):
+    with pytest.raises(ValueError, match=r"^frames='3:3' holds no frame"):
         frame_window("3:3", 8)
-    with pytest.raises(ValueError, match=r"^frames must be START:STOP"):
+    with pytest.raises(ValueError, match=r"^frames must be START:STOP .*e.g. frames='100:250'.*or a pair"):
         frame_window((True, 3), 8)  # a bool is no frame number
     with pytest.raises(ValueError, match=r"takes frame numbers from 0"):
         frame_window("-2:3", 8)
@@ -1650,3 +1650,36 @@ def test_relink_takes_the_frame_interval_a_file_lacked():
         per_frame.relink(frame_interval_s=-1.0)
     with pytest.raises(TypeError, match="relink takes frame_interval_s, max_speed_nm_s"):
         per_frame.relink(pixel_size_nm=0.2)
+
+
+def test_notebook_mistakes_are_named_with_the_nearest_keyword(tmp_path):
+    from dislotrack.infer.outputs import write_tables
+    from dislotrack.infer.pipeline import track_detections
+    from dislotrack.infer.run import infer_one
+
+    frames = np.zeros((3, 32, 32), np.float32)
+    with pytest.raises(TypeError, match=r"analyze\(\) got unexpected keyword\(s\) pixel_size "
+                                        r"\(did you mean pixel_size_nm\?\)"):
+        analyze(frames, pixel_size=0.1)
+    with pytest.raises(TypeError, match=r"infer_one\(\) got unexpected keyword\(s\) frame_interval "
+                                        r"\(did you mean frame_interval_s\?\)"):
+        infer_one(tmp_path / "m.tif", tmp_path / "o", frame_interval=1.0)
+    (tmp_path / "file").write_text("")
+    with pytest.raises(NotADirectoryError, match=r"out='.*file' is a file; give a folder"):
+        infer_one(tmp_path / "m.tif", tmp_path / "file")
+    for bad, said in (({"min_track_score": 2}, "min_track_score must be a core score in"),
+                      ({"border_nm": -1}, "border_nm must be a distance >= 0"),
+                      ({"batch_size": 0}, "batch_size must be a whole number of frames >= 1"),
+                      ({"min_length": 3.5}, "min_length must be a whole number of frames, got 3.5")):
+        with pytest.raises((TypeError, ValueError), match=said):
+            analyze(frames, pixel_size_nm=0.1, **bad)
+    det = pd.DataFrame({"frame": [0, 1, 2], "x": [10.0, 11, 12], "y": 10.0, "score": 0.9,
+                        "hx": 0.0, "hy": -1.0})
+    with pytest.raises(ValueError, match=r"image_shape must be the frames' \(ny, nx\) \[px\], got 32"):
+        track_detections(det, pixel_size_nm=0.1, frame_interval_s=1.0, n_frames=3, image_shape=32)
+    tables = track_detections(det, pixel_size_nm=0.1, frame_interval_s=1.0, n_frames=3,
+                              image_shape=(32, 32), min_length=2)
+    with pytest.raises(TypeError, match="write_tables takes an AnalysisResult .* got TrackedTables"):
+        write_tables(tables, tmp_path / "t")
+    res = analyze(frames, pixel_size_nm=0.1, detector="GPA", progress=False)  # any case
+    assert res.options["detector"] == "gpa"
