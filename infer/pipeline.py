@@ -1,4 +1,4 @@
-"""``analyze``: one movie in, DESIGN.md's tables out (the notebook API of infer).
+"""``analyze``: one movie in, the output tables out (the notebook API of infer; README › Outputs).
 
 >>> from dislotrack.infer.pipeline import analyze           # doctest: +SKIP
 >>> res = analyze("movie.dm4", frame_interval_s=1.0)       # doctest: +SKIP
@@ -111,7 +111,7 @@ RELINK_OPTIONS = ("max_speed_nm_s", "memory", "min_length", "max_gap", "min_trac
 
 @dataclass(repr=False)
 class AnalysisResult:
-    """Everything `analyze` found. The tables follow DESIGN.md's output contract (as
+    """Everything `analyze` found. The tables follow the output contract (README › Outputs; as
     written to CSV, e.g. ``*_velocity_nm_per_frame`` without a frame interval), except
     that ``tracks`` also holds the drift-corrected ``x_corr, y_corr`` [px] and
     ``detections`` the ``in_rocksalt`` flags.
@@ -152,6 +152,12 @@ class AnalysisResult:
         Whether track **h** was snapped to ``lattice``'s Burgers vectors.
     options : dict
         The options that shaped the result (`analysis_options`), as in summary.json.
+    weak : DataFrame or None
+        Peaks under the threshold (from ``weak_fraction`` of it) that may extend track
+        ends; `relink` reuses them (`track_detections(weak=)`), and tracking
+        ``detections`` alone without them can end tracks a frame sooner.
+    tracking_warnings : list of str
+        The part of ``warnings`` that tracking gave (`relink` replaces it).
     """
 
     detections: pd.DataFrame
@@ -783,7 +789,7 @@ def _with_stage_jumps(detections: pd.DataFrame, drift: pd.DataFrame, cal: Calibr
 
 @dataclass(repr=False)
 class TrackedTables:
-    """What `track_detections` derives from a detection table (DESIGN.md columns), and the
+    """What `track_detections` derives from a detection table (README › Outputs' columns), and the
     warnings logged meanwhile."""
 
     tracks: pd.DataFrame
@@ -880,7 +886,7 @@ def track_detections(detections: pd.DataFrame, *, pixel_size_nm: float,
     ...                     "score": 0.9, "hx": 0.0, "hy": -1.0})
     >>> out = track_detections(det, pixel_size_nm=0.1, frame_interval_s=1.0, n_frames=10,
     ...                        image_shape=(100, 100), min_length=3)
-    >>> # moving along x at 0.1 nm/s with h up (-y): pure glide, sign per DESIGN.md
+    >>> # moving along x at 0.1 nm/s with h up (-y): pure glide, sign per README › Conventions
     >>> out.track_summary[["glide_velocity_nm_s", "climb_velocity_nm_s"]].round(3).values.tolist()
     [[-0.1, 0.0]]
     """
