@@ -132,10 +132,12 @@ def trajectories_figure(res: AnalysisResult) -> plt.Figure:
     if res.first_frame is not None:  # frame 0's field: drift carries some tracks beyond it
         h, w = res.first_frame.shape
         ax.set(xlim=(-0.5, w - 0.5), ylim=(h - 0.5, -0.5))
-        if res.calibration.pixel_size_nm:
-            scale_bar(ax, res.first_frame.shape, res.calibration)
+        if res.calibration.pixel_size_nm:  # clear of burned-in text, as on the overlay
+            ps = res.calibration.pixel_size_nm
+            corner = scale_bar_corner(overlay_mask(res.first_frame, pixel_size_nm=ps), ps)
+            scale_bar(ax, res.first_frame.shape, res.calibration, corner)
     if t.empty:
-        _no_tracks(ax)
+        _no_tracks(ax, "no cores" if res.shape[0] == 1 else "no tracks")
     what = "cores" if res.shape[0] == 1 else "trajectories (drift-corrected, over frame 0)"
     ax.set_title(f"{_input_name(res)}: {what}", fontsize=10, wrap=True)  # two lines if narrow
     ax.set_axis_off()
@@ -746,13 +748,16 @@ def _no_tracks(ax: plt.Axes, text: str = "no tracks") -> None:
             fontsize=12, color="0.4", bbox={"facecolor": "white", "alpha": 0.7, "edgecolor": "none"})
 
 
-def scale_bar(ax: plt.Axes, shape: tuple[int, ...], calibration: Calibration) -> None:
+def scale_bar(ax: plt.Axes, shape: tuple[int, ...], calibration: Calibration,
+              corner: str = "lower right") -> None:
     """Draw on an image's axes a white bar of a round length (about a fifth of the
-    width) at the lower right, labelled with a dark rim (`scale_label`)."""
+    width) in a corner (`SCALE_BAR_CORNERS`; `scale_bar_corner` picks one clear of
+    burned-in text), labelled with a dark rim (`scale_label`)."""
     h, w = shape[:2]
     bar_nm = _nice_length(0.2 * w * calibration.pixel_size_nm)
     bar = bar_nm / calibration.pixel_size_nm
-    x1, y = w - 0.04 * w, h - 0.05 * h
+    x1 = 0.04 * w + bar if corner.endswith("left") else w - 0.04 * w
+    y = h - 0.05 * h if corner.startswith("lower") else 0.05 * h + 0.06 * h  # label above
     ax.plot([x1 - bar, x1], [y, y], "-", color="white", lw=3, solid_capstyle="butt",
             path_effects=[patheffects.Stroke(linewidth=5, foreground="black"), patheffects.Normal()])
     ax.text(x1 - bar / 2, y - 0.015 * h, scale_label(bar_nm, calibration), color="white",

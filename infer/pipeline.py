@@ -957,6 +957,11 @@ def track_detections(detections: pd.DataFrame, *, pixel_size_nm: float,
         linked = snap_h(linked, lattice)
     else:
         linked = corrected.assign(particle=pd.Series(dtype=int))
+    if len(corrected) and not len(linked) and n_frames > 1:  # say why, not just "0 tracks"
+        logger.warning("%d detection%s but no track: no core was linked over %d frames (%s); "
+                       "flickering false cores give this, or cores moving faster than %s "
+                       "allows", len(corrected), "s" * (len(corrected) != 1), min_length,
+                       option("min_length", min_length), option("max_speed_nm_s"))
     if len(linked):
         tracks = track_motion(linked, pixel_size_nm=ps, frame_interval_s=dt)
     else:

@@ -498,6 +498,12 @@ def test_overlay_scale_bar_moves_off_a_burned_in_annotation():
     x0, y0, x1, y1, bar_nm = figures.scale_bar_box((640, 640), 0.1, corner)
     white = (rgb[(y0 + y1) // 2, : 640 // 2] == 255).all(axis=-1)
     assert white.sum() == round(bar_nm / 0.1)  # drawn there, whole
+    # trajectories.png keeps its bar off the annotation too (its line, in data coordinates).
+    one = result(1, n_frames=1)
+    one.first_frame = frame
+    bar = [line for line in figures.trajectories_figure(one).axes[0].lines
+           if line.get_color() == "white"]
+    assert len(bar) == 1 and max(bar[0].get_xdata()) < 320
     frame[560:630, 10:300] = frame.max()  # both lower corners taken
     assert figures.scale_bar_corner(overlay_mask(frame, pixel_size_nm=0.1), 0.1) == "upper right"
 

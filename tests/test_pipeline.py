@@ -1683,3 +1683,18 @@ def test_notebook_mistakes_are_named_with_the_nearest_keyword(tmp_path):
         write_tables(tables, tmp_path / "t")
     res = analyze(frames, pixel_size_nm=0.1, detector="GPA", progress=False)  # any case
     assert res.options["detector"] == "gpa"
+
+
+def test_detections_without_any_track_are_explained():
+    from dislotrack.infer.pipeline import collected_warnings, track_detections
+
+    rng = np.random.default_rng(0)  # a core here and there, never twice in one place
+    det = pd.DataFrame({"frame": np.arange(8), "x": rng.uniform(10, 90, 8), "y": rng.uniform(10, 90, 8),
+                        "score": 0.9, "hx": 0.0, "hy": -1.0})
+    with collected_warnings() as logged:
+        out = track_detections(det, pixel_size_nm=0.1, frame_interval_s=1.0, n_frames=8,
+                               image_shape=(100, 100))
+    assert out.track_summary.empty
+    assert logged == ["8 detections but no track: no core was linked over 6 frames (min_length=6); "
+                      "flickering false cores give this, or cores moving faster than max_speed_nm_s "
+                      "allows"]
