@@ -48,7 +48,8 @@ def common_shift(before: np.ndarray, after: np.ndarray, *, reach_px: float, agre
         Core positions ``(x, y)`` [px] in two frames, drift removed.
     reach_px : float
         How far a core can move between the two frames [px]: shifts within
-        `JUMP_REACH_FRACTION` of it are taken for the cores' own motion.
+        `JUMP_REACH_FRACTION` of it (and within ``agree_px``) are taken for the cores'
+        own motion.
     agree_px : float
         Cores agree on a shift when their own shifts differ by less than this [px].
     max_shift_px : float
@@ -101,7 +102,9 @@ def common_shift(before: np.ndarray, after: np.ndarray, *, reach_px: float, agre
         if hit.any():
             best = np.median(after[j[hit]] - before[hit], axis=0)
     agreeing, _ = _support(tree, before, best, agree_px)  # counted at the refined shift
-    if np.hypot(*best) <= JUMP_REACH_FRACTION * reach_px or agreeing < need:
+    # A shift within the detections' own scatter (``agree_px``) is no jump, however small
+    # the reach (a user's low speed limit): it had made false jumps of 0.45 nm.
+    if np.hypot(*best) <= max(JUMP_REACH_FRACTION * reach_px, agree_px) or agreeing < need:
         return None
     return best, agreeing
 

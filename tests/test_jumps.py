@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dislotrack.infer.jumps import stage_jumps, with_jumps
+from dislotrack.infer.jumps import AGREE_NM, common_shift, stage_jumps, with_jumps
 
 
 def _cores(rng: np.random.Generator, n_cores: int = 10, n_frames: int = 10,
@@ -124,3 +124,15 @@ def test_a_jump_across_frames_without_cores_is_found_at_the_next_frame_with_them
     jumps = stage_jumps(det, _no_drift(), **KW)
     assert jumps.frame.tolist() == [6]
     np.testing.assert_allclose(jumps[["dx", "dy"]].to_numpy()[0], (30.6, -11.4), atol=TOL_PX)
+
+
+def test_a_shift_within_the_detections_scatter_is_no_jump_however_small_the_reach():
+    # Cores that all shift 0.45 nm between two frames (the scatter of detections is up to
+    # 0.6 nm): with a user's low speed limit (reach 0.75 nm) this had counted as a jump.
+    before = np.array([[10.0, 10.0], [40.0, 12.0], [25.0, 60.0], [70.0, 70.0], [50.0, 40.0],
+                       [80.0, 20.0]])
+    scatter = np.array([[1.25, 0.0], [-1.25, 0.0]] * 3)  # half beyond 0.6 nm: not "stayed"
+    kw = dict(agree_px=AGREE_NM / 0.1, max_shift_px=100)
+    assert common_shift(before, before + (5.75, 0.0) + scatter, reach_px=7.5, **kw) is None
+    shift, n = common_shift(before, before + (9.0, 0.0) + scatter, reach_px=7.5, **kw)  # a jump
+    assert n == 6 and np.allclose(shift, (9.0, 0.0), atol=1.3)
