@@ -1698,3 +1698,15 @@ def test_detections_without_any_track_are_explained():
     assert logged == ["8 detections but no track: no core was linked over 6 frames (min_length=6); "
                       "flickering false cores give this, or cores moving faster than max_speed_nm_s "
                       "allows"]
+
+
+def test_the_notebook_api_imports_from_the_package_without_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, dislotrack.infer as api; assert 'torch' not in sys.modules; "
+            "from dislotrack.infer import analyze, infer_one, track_detections, write_tables; "
+            "print(sorted(api.__all__))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "'infer_one'" in done.stdout and "'write_tables'" in done.stdout
