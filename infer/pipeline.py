@@ -860,7 +860,9 @@ def track_detections(detections: pd.DataFrame, *, pixel_size_nm: float,
     drift : DataFrame, optional
         ``frame, dx, dy`` [px] (`dislotrack.infer.drift.measure_drift`); default none.
     weak : DataFrame, optional
-        Sub-threshold peaks that may extend track ends (`extend_tracks`).
+        Sub-threshold peaks that may extend track ends (`extend_tracks`); without them
+        (e.g. ``res.detections`` alone) tracks can end a frame sooner than `analyze`'s:
+        pass ``weak=res.weak``, or use ``res.relink``.
     rocksalt_fraction : ndarray, optional
         Per frame, for ``counts`` (default 0).
     max_speed_nm_s, memory, min_length, max_gap, min_track_score, border_nm
