@@ -17,6 +17,7 @@ Examples
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 from collections.abc import Callable, Sequence
@@ -206,6 +207,23 @@ class Calibration:
             frame_interval_source=None if frame_interval_s is None else "file",
             warnings=tuple(warnings),
         )
+
+    def with_frame_interval(self, frame_interval_s: float) -> Calibration:
+        """This calibration with the user's frame interval (`resolve_calibration`'s rule:
+        the user's value wins, with a note where it overrides a different one in the file,
+        and the per-frame note goes).
+
+        Examples
+        --------
+        >>> Calibration.from_file(pixel_size_nm=0.1).with_frame_interval(0.5).frame_interval_source
+        'user'
+        """
+        dt = check_positive(frame_interval_s, "frame interval", "s")
+        file_dt = self.frame_interval_s if self.frame_interval_source == "file" else None
+        notes = [w for w in self.warnings if not w.startswith(NO_INTERVAL_NOTE)]
+        notes += _override_note("frame interval", dt, file_dt, "s")
+        return dataclasses.replace(self, frame_interval_s=dt, frame_interval_source="user",
+                                   warnings=tuple(notes))
 
     @property
     def length_unit(self) -> str:

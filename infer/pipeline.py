@@ -205,12 +205,9 @@ class AnalysisResult:
         if frame_interval_s is not None:  # the user's, as analyze(frame_interval_s=) takes it
             check_calibration_options(pixel_size_nm=None, frame_interval_s=frame_interval_s,
                                       d_spacing_nm=self.options.get("d_spacing_nm", D003_LINIO2_NM))
-            cal = resolve_calibration(cal, pixel_size_nm=cal.pixel_size_nm,
-                                      frame_interval_s=frame_interval_s)
-            cal = replace(cal, pixel_size_source=self.calibration.pixel_size_source, warnings=tuple(
-                w for w in cal.warnings if not w.startswith(NO_INTERVAL_NOTE)))
+            cal = cal.with_frame_interval(frame_interval_s)
             kept = [w for w in kept if not w.startswith(NO_INTERVAL_NOTE)]
-            kept += [w for w in cal.warnings if w not in kept and not w.startswith("pixel size")]
+            kept += [w for w in cal.warnings if w not in kept]
             options = {**options, "frame_interval_s": frame_interval_s}
         with collected_warnings():  # issued below, at the caller's line, as analyze does
             t = track_detections(self.detections, pixel_size_nm=cal.pixel_size_nm,

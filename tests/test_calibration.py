@@ -187,3 +187,16 @@ def test_interval_from_timestamps():
     # whole-second clock: 31 frames over 15 s -> 0.5 s; too short a span -> None
     assert interval_from_timestamps([100 + i // 2 for i in range(31)], resolution_s=1) == 0.5
     assert interval_from_timestamps([0, 0, 0, 1, 1], resolution_s=1) is None
+
+
+def test_a_frame_interval_given_later_follows_the_same_rule():
+    # `AnalysisResult.relink(frame_interval_s=)`: the user's value, as resolve_calibration.
+    per_frame = resolve_calibration(Calibration.from_file(pixel_size_nm=0.05), estimate=_never)
+    given = per_frame.with_frame_interval(0.5)
+    assert (given.frame_interval_s, given.frame_interval_source) == (0.5, "user")
+    assert given.pixel_size_source == "file" and given.warnings == ()
+    odd = Calibration.from_file(pixel_size_nm=0.05, frame_interval_s=0.8).with_frame_interval(0.0008)
+    (note,) = odd.warnings
+    assert note.startswith("frame interval 0.0008 s given by the user overrides the file's 0.8 s")
+    with pytest.raises(ValueError):
+        per_frame.with_frame_interval(-1.0)
