@@ -142,6 +142,13 @@ def _lattice_dict(res: AnalysisResult) -> dict | None:
 CSV_FLOAT_FORMAT = "%.7g"
 
 
+def refuse_a_file(out: str | Path) -> None:
+    """Raises NotADirectoryError, naming the option, where the output folder ``out`` is a
+    file (mkdir's own error shows internal paths)."""
+    if Path(out).exists() and not Path(out).is_dir():
+        raise NotADirectoryError(f"{option('out', str(out), text=True)} is a file; give a folder")
+
+
 def check_parquet() -> None:
     """Raises ImportError, saying what to install, where pandas has no Parquet engine."""
     if not any(importlib.util.find_spec(engine) for engine in ("pyarrow", "fastparquet")):
@@ -158,9 +165,7 @@ def write_tables(res: AnalysisResult, out: str | Path, *, parquet: bool = False)
     if parquet:
         check_parquet()  # before writing anything
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"{option('out', str(out), text=True)} is a file; give a folder for "
-                                 "the tables")
+    refuse_a_file(out)
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for name in TABLES:

@@ -18,7 +18,7 @@ from dislotrack.infer.calibration import Calibration
 from dislotrack.infer.columns import TABLES
 from dislotrack.infer.interface import option, unexpected_keywords
 from dislotrack.infer.options import frame_window
-from dislotrack.infer.outputs import MaskWriter, check_parquet, write_tables
+from dislotrack.infer.outputs import MaskWriter, check_parquet, refuse_a_file, write_tables
 from dislotrack.infer.pipeline import AnalysisResult, analyze, calibrate
 from dislotrack.infer.readers import Movie, open_movie
 from dislotrack.infer.strain import COMPONENTS as STRAIN_COMPONENTS
@@ -62,9 +62,7 @@ def infer_one(path: str | Path, out: str | Path, *, movie: bool = True, parquet:
                          f"got {strain_resolution_nm}")
     if parquet:
         check_parquet()  # before, not after, the analysis
-    if Path(out).exists() and not Path(out).is_dir():
-        raise NotADirectoryError(f"{option('out', str(out), text=True)} is a file; give a folder "
-                                 "(each input's results go into a folder of its name there)")
+    refuse_a_file(out)
     # Here, not in analyze, whose TypeError names a function the caller did not call.
     unexpected_keywords("infer_one", options, ANALYZE_KEYWORDS)
     asked = options.get("signal")
