@@ -220,7 +220,8 @@ class Movie:
         n = len(self)
         integral = all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in (start, stop))
         if not (integral and 0 <= start < stop <= n):
-            raise ValueError(f"{option('frames')} {start}:{stop} is not a window of the {n} frames "
+            window = option("frames", f"{start}:{stop}", text=True)
+            raise ValueError(f"{window} is not a window of the {n} frames "
                              f"of {self._path.name} (whole numbers, 0 <= start < stop <= {n})")
         start, stop = int(start), int(stop)
         base_read, base_iterate = self._read, self._iterate
