@@ -328,7 +328,7 @@ def _mean_curves(ax: plt.Axes, res: AnalysisResult, rel: pd.DataFrame, col: str,
     moving, unit = moving_tracks(res.track_summary, name, res.calibration.frame_interval_s)
     moving = moving[moving.index.isin(rel.particle.unique())]
     if moving.empty:
-        return f"no track moves (|v| > {MOVING_SE:g} SE, ≥ {MIN_TRAVEL_NM:g} nm)"
+        return f"no track moves steadily (|v| > {MOVING_SE:g} SE, ≥ {MIN_TRAVEL_NM:g} nm)"
     parts = []
     for sign in (1, -1):  # the same order in both panels
         v = moving[np.sign(moving) == sign]
