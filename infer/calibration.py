@@ -210,8 +210,8 @@ class Calibration:
 
     def with_frame_interval(self, frame_interval_s: float) -> Calibration:
         """This calibration with the user's frame interval (`resolve_calibration`'s rule:
-        the user's value wins, with a note where it overrides a different one in the file,
-        and the per-frame note goes).
+        the user's value wins, with a note where it overrides a different one in the file;
+        the notes about the interval it replaces go).
 
         Examples
         --------
@@ -220,7 +220,10 @@ class Calibration:
         """
         dt = check_positive(frame_interval_s, "frame interval", "s")
         file_dt = self.frame_interval_s if self.frame_interval_source == "file" else None
-        notes = [w for w in self.warnings if not w.startswith(NO_INTERVAL_NOTE)]
+        # The notes about the interval it replaces go: per-frame units, a video's playback
+        # rate, an earlier override (whose file value is then not known here).
+        notes = [w for w in self.warnings
+                 if not w.startswith((NO_INTERVAL_NOTE, "frame interval"))]
         notes += _override_note("frame interval", dt, file_dt, "s")
         return dataclasses.replace(self, frame_interval_s=dt, frame_interval_source="user",
                                    warnings=tuple(notes))

@@ -754,13 +754,12 @@ def scale_bar(ax: plt.Axes, shape: tuple[int, ...], calibration: Calibration,
     width) in a corner (`SCALE_BAR_CORNERS`; `scale_bar_corner` picks one clear of
     burned-in text), labelled with a dark rim (`scale_label`)."""
     h, w = shape[:2]
-    bar_nm = _nice_length(0.2 * w * calibration.pixel_size_nm)
-    bar = bar_nm / calibration.pixel_size_nm
-    x1 = 0.04 * w + bar if corner.endswith("left") else w - 0.04 * w
-    y = h - 0.05 * h if corner.startswith("lower") else 0.05 * h + 0.06 * h  # label above
-    ax.plot([x1 - bar, x1], [y, y], "-", color="white", lw=3, solid_capstyle="butt",
+    # Where the overlay draws it (`scale_bar_box`), the place `scale_bar_corner` checked.
+    x0, y0, x1, y1, bar_nm = scale_bar_box((h, w), calibration.pixel_size_nm, corner)
+    y = 0.5 * (y0 + y1)
+    ax.plot([x0 - 0.5, x1 + 0.5], [y, y], "-", color="white", lw=3, solid_capstyle="butt",
             path_effects=[patheffects.Stroke(linewidth=5, foreground="black"), patheffects.Normal()])
-    ax.text(x1 - bar / 2, y - 0.015 * h, scale_label(bar_nm, calibration), color="white",
+    ax.text(0.5 * (x0 + x1), y0 - 0.015 * h, scale_label(bar_nm, calibration), color="white",
             ha="center", va="bottom", fontsize=9, path_effects=_OUTLINE)
 
 

@@ -48,8 +48,8 @@ def common_shift(before: np.ndarray, after: np.ndarray, *, reach_px: float, agre
         Core positions ``(x, y)`` [px] in two frames, drift removed.
     reach_px : float
         How far a core can move between the two frames [px]: shifts within
-        `JUMP_REACH_FRACTION` of it (and within ``agree_px``) are taken for the cores'
-        own motion.
+        `JUMP_REACH_FRACTION` of it, or within ``agree_px``, are taken for the cores' own
+        motion.
     agree_px : float
         Cores agree on a shift when their own shifts differ by less than this [px].
     max_shift_px : float
@@ -61,7 +61,7 @@ def common_shift(before: np.ndarray, after: np.ndarray, *, reach_px: float, agre
         The median shift ``(dx, dy)`` [px] of the agreeing cores and their number, when at
         least `MIN_CORES` and `MIN_SHARE` of the cores agree on it, fewer stayed where
         they were, it explains more cores than any other shift, and it lies beyond
-        `JUMP_REACH_FRACTION` of ``reach_px``; else None.
+        `JUMP_REACH_FRACTION` of ``reach_px`` and beyond ``agree_px``; else None.
 
     Examples
     --------

@@ -186,8 +186,9 @@ class AnalysisResult:
         detector reruns (`track_detections`) with this result's drift, weak peaks, lattice
         and rock salt, so options left as they were give the same tables; ``options`` and
         ``warnings`` say what changed. The drift keeps any stage jumps as `analyze` found
-        them, with its ``max_speed_nm_s`` (a jump is a shift beyond half the search range):
-        analyze again to find them anew.
+        them, with its ``max_speed_nm_s`` and frame interval (a jump is a shift beyond half
+        the search range and beyond the detections' 0.6 nm scatter): where a new interval
+        or speed limit would change that threshold, analyze again to find them anew.
 
         Examples
         --------
@@ -203,10 +204,12 @@ class AnalysisResult:
         chosen = {k: self.options[k] for k in RELINK_OPTIONS if k in self.options} | options
         cal, kept = self.calibration, [w for w in self.warnings if w not in self.tracking_warnings]
         if frame_interval_s is not None:  # the user's, as analyze(frame_interval_s=) takes it
+            frame_interval_s = as_typed(frame_interval_s)
             check_calibration_options(pixel_size_nm=None, frame_interval_s=frame_interval_s,
                                       d_spacing_nm=self.options.get("d_spacing_nm", D003_LINIO2_NM))
             cal = cal.with_frame_interval(frame_interval_s)
-            kept = [w for w in kept if not w.startswith(NO_INTERVAL_NOTE)]
+            stale = set(self.calibration.warnings) - set(cal.warnings)  # e.g. "no frame interval"
+            kept = [w for w in kept if w not in stale]
             kept += [w for w in cal.warnings if w not in kept]
             options = {**options, "frame_interval_s": frame_interval_s}
         with collected_warnings():  # issued below, at the caller's line, as analyze does
@@ -957,10 +960,15 @@ def track_detections(detections: pd.DataFrame, *, pixel_size_nm: float,
     else:
         linked = corrected.assign(particle=pd.Series(dtype=int))
     if len(corrected) and not len(linked) and n_frames > 1:  # say why, not just "0 tracks"
+        causes = ["flickering false cores"]
+        if dt is not None:  # without an interval the speed limit is not used
+            causes.append(f"cores moving faster than {option('max_speed_nm_s')} allows")
+        if min_track_score > 0:
+            # No flag of infer: a keyword of analyze and track_detections only.
+            causes.append(f"tracks of a mean score under min_track_score={min_track_score:g}")
         logger.warning("%d detection%s but no track: no core was linked over %d frames (%s); "
-                       "flickering false cores give this, or cores moving faster than %s "
-                       "allows", len(corrected), "s" * (len(corrected) != 1), min_length,
-                       option("min_length", min_length), option("max_speed_nm_s"))
+                       "%s give this", len(corrected), "s" * (len(corrected) != 1), min_length,
+                       option("min_length", min_length), " or ".join(causes))
     if len(linked):
         tracks = track_motion(linked, pixel_size_nm=ps, frame_interval_s=dt)
     else:

@@ -200,3 +200,11 @@ def test_a_frame_interval_given_later_follows_the_same_rule():
     assert note.startswith("frame interval 0.0008 s given by the user overrides the file's 0.8 s")
     with pytest.raises(ValueError):
         per_frame.with_frame_interval(-1.0)
+    # A video's playback rate, then the user's interval: the caveat goes, the override is said.
+    video = Calibration.from_file(frame_interval_s=0.04, warnings=[
+        "frame interval 0.04 s is the container's playback rate (25 fps), not necessarily the "
+        "acquisition rate: pass frame_interval_s=S if it differs"])
+    (note,) = video.with_frame_interval(0.5).warnings
+    assert note.startswith("frame interval 0.5 s given by the user overrides the file's 0.04 s")
+    # An override corrected again: the earlier note no longer holds.
+    assert odd.with_frame_interval(0.8).warnings == ()

@@ -682,3 +682,30 @@ def test_figures_are_made_outside_pyplot():
     res = result(2)
     figs = [f(res) for f in (trajectories_figure, displacement_figure, counts_figure)]
     assert plt.get_fignums() == [] and all(f.axes for f in figs)
+
+
+def test_figures_say_no_cores_refuse_bare_tables_and_keep_the_bar_in_the_frame(tmp_path):
+    from dislotrack.infer.outputs import write_tables
+    from dislotrack.infer.pipeline import TrackedTables
+
+    one = result(1, n_frames=1)
+    one.tracks = one.tracks.iloc[:0]
+    texts = [t.get_text() for t in figures.trajectories_figure(one).axes[0].texts]
+    assert "no cores" in texts
+    bare = TrackedTables(*(pd.DataFrame() for _ in range(4)))
+    for make in (figures.trajectories_figure, figures.displacement_figure, figures.counts_figure):
+        with pytest.raises(TypeError, match=f"{make.__name__} takes an AnalysisResult"):
+            make(bare)
+    (tmp_path / "file").write_text("")
+    with pytest.raises(NotADirectoryError, match=r"out='.*file' is a file; give a folder"):
+        write_tables(result(1), tmp_path / "file")
+    # Both lower corners taken by burned-in bands: the bar goes to the upper right, inside.
+    frame = np.random.default_rng(0).normal(0.5, 0.05, (64, 1024))
+    frame[50:64, :] = frame.max() + 1
+    two = result(1, n_frames=2)
+    two.first_frame, two.shape = frame, (2, 64, 1024)
+    fig = figures.trajectories_figure(two)
+    (bar,) = [line for line in fig.axes[0].lines if line.get_color() == "white"]
+    assert max(bar.get_ydata()) < 50 and min(bar.get_xdata()) > 512  # upper right, off the band
+    (label,) = [t for t in fig.axes[0].texts if t.get_text().endswith("nm")]
+    assert label.get_position()[1] > 0  # within the frame (y down from 0)

@@ -1632,8 +1632,8 @@ def test_relink_takes_the_frame_interval_a_file_lacked():
     # A frame interval changes no detection: relink gives what analyze with it gives.
     m = make_movie(np.random.default_rng(3), GeneratorConfig(size=128, mode="stem", density=3.0,
                                                              dose=(3000, 3000)), n_frames=12)
-    # (At the default speed limit, 2 nm per frame with or without the interval, analyze
-    # finds the same stage jumps: relink keeps analyze's drift.)
+    # (At 1 s per frame the default speed limit gives the 2 nm per frame that no interval
+    # gives, so analyze finds the same stage jumps: relink keeps analyze's drift.)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", AnalysisWarning)
         per_frame = analyze(m.frames, pixel_size_nm=0.1, progress=False)
@@ -1696,8 +1696,17 @@ def test_detections_without_any_track_are_explained():
                                image_shape=(100, 100))
     assert out.track_summary.empty
     assert logged == ["8 detections but no track: no core was linked over 6 frames (min_length=6); "
-                      "flickering false cores give this, or cores moving faster than max_speed_nm_s "
-                      "allows"]
+                      "flickering false cores or cores moving faster than max_speed_nm_s allows "
+                      "give this"]
+    # A core in every frame whose track's mean score is under min_track_score: said so; and
+    # without a frame interval the speed limit is not the cause.
+    steady = det.assign(x=50.0, y=50.0, score=0.5)
+    with collected_warnings() as logged:
+        track_detections(steady, pixel_size_nm=0.1, frame_interval_s=None, n_frames=8,
+                         image_shape=(100, 100), min_track_score=0.9)
+    (said,) = [w for w in logged if "no track" in w]
+    assert said.endswith("flickering false cores or tracks of a mean score under "
+                         "min_track_score=0.9 give this")
 
 
 def test_the_notebook_api_imports_from_the_package_without_torch():
