@@ -185,10 +185,10 @@ class AnalysisResult:
         ``max_speed_nm_s=1.0``) or a frame interval the file lacked: everything after the
         detector reruns (`track_detections`) with this result's drift, weak peaks, lattice
         and rock salt, so options left as they were give the same tables; ``options`` and
-        ``warnings`` say what changed. The drift keeps any stage jumps as `analyze` found
-        them, with its ``max_speed_nm_s`` and frame interval (a jump is a shift beyond half
-        the search range and beyond the detections' 0.6 nm scatter): where a new interval
-        or speed limit would change that threshold, analyze again to find them anew.
+        ``warnings`` say what changed. Stage jumps (a shift of most cores beyond half the
+        search range and beyond the detections' 0.6 nm scatter) are found anew where a new
+        frame interval or ``max_speed_nm_s`` changes the search range, as `analyze` with
+        them would find them.
 
         Examples
         --------
@@ -212,18 +212,35 @@ class AnalysisResult:
             kept = [w for w in kept if w not in stale]
             kept += [w for w in cal.warnings if w not in kept]
             options = {**options, "frame_interval_s": frame_interval_s}
+        drift, jumped = self._drift_for(cal, chosen.get("max_speed_nm_s", DEFAULT_MAX_SPEED_NM_S))
+        if jumped is not None:
+            kept = jumped + [w for w in kept if not w.startswith(JUMP_WARNING)]
         with collected_warnings():  # issued below, at the caller's line, as analyze does
             t = track_detections(self.detections, pixel_size_nm=cal.pixel_size_nm,
                                  frame_interval_s=cal.frame_interval_s, n_frames=self.shape[0],
-                                 image_shape=self.shape[1:], drift=self.drift, weak=self.weak,
+                                 image_shape=self.shape[1:], drift=drift, weak=self.weak,
                                  rocksalt_fraction=self.rocksalt_fraction,
                                  lattice=self.lattice if self.lattice_h else None, **chosen)
-        for message in t.warnings:
+        for message in (jumped or []) + t.warnings:
             warnings.warn(f"{Path(self.input_path).name}: {message}", AnalysisWarning, stacklevel=2)
         return replace(
-            self, calibration=cal, tracks=t.tracks, track_summary=t.track_summary, events=t.events,
+            self, calibration=cal, drift=drift, tracks=t.tracks, track_summary=t.track_summary,
+            events=t.events,
             counts=t.counts, warnings=kept + [w for w in t.warnings if w not in kept],
             tracking_warnings=t.warnings, options={**self.options, **analysis_options(**options)})
+
+    def _drift_for(self, cal: Calibration, max_speed_nm_s: float) -> tuple[pd.DataFrame, list[str] | None]:
+        """The drift to relink with, and the stage-jump warnings where the jumps were found
+        anew (None: kept as they were). A jump must exceed half the search range, which
+        the frame interval and speed limit set: where those change, so may the jumps."""
+        same = (cal.frame_interval_s == self.calibration.frame_interval_s
+                and max_speed_nm_s == self.options.get("max_speed_nm_s", max_speed_nm_s))
+        if same or self.shape[0] < 2:
+            return self.drift, None
+        with collected_warnings() as jumped:
+            drift = _with_stage_jumps(self.detections, _without_stage_jumps(self.drift), cal,
+                                      max_speed_nm_s, self.shape[1:])
+        return drift, jumped
 
     def __repr__(self) -> str:  # short: the default showed the model card and frame 0
         c = self.calibration
@@ -769,6 +786,13 @@ def analyze(path: str | Path | Movie | np.ndarray, *, model: str | Path | None =
     return res
 
 
+#: ``drift.attrs`` key: the stage jumps added to the registered drift (`_with_stage_jumps`).
+STAGE_JUMPS = "stage_jumps"
+
+#: Start of the stage-jump warning (`_with_stage_jumps`).
+JUMP_WARNING = "the whole field jumped between frames"
+
+
 def _with_stage_jumps(detections: pd.DataFrame, drift: pd.DataFrame, cal: Calibration,
                       max_speed_nm_s: float, shape: tuple[int, int]) -> pd.DataFrame:
     """``drift`` plus the stage jumps the cores show (`stage_jumps`), said in a warning."""
@@ -780,11 +804,21 @@ def _with_stage_jumps(detections: pd.DataFrame, drift: pd.DataFrame, cal: Calibr
         return drift
     said = "; ".join(f"frame {j.frame}: ({j.dx:+.1f}, {j.dy:+.1f}) px, {j.n_cores} cores"
                      for j in jumps.head(5).itertuples()) + ("; ..." if len(jumps) > 5 else "")
-    logger.warning("the whole field jumped between frames (a stage jump the image registration "
+    logger.warning(JUMP_WARNING + " (a stage jump the image registration "
                    "cannot follow on a lattice) in %d frame(s), measured from the cores' common "
                    "shift and added to the drift (drift.csv) from there on: %s", len(jumps), said,
                    extra={LEADS: True})  # it explains the drift-step warning
-    return with_jumps(drift, jumps)
+    out = with_jumps(drift, jumps)
+    out.attrs[STAGE_JUMPS] = jumps[["frame", "dx", "dy"]].to_dict("records")  # for `relink`
+    return out
+
+
+def _without_stage_jumps(drift: pd.DataFrame) -> pd.DataFrame:
+    """The registered drift, before `_with_stage_jumps` added its jumps."""
+    jumps = pd.DataFrame(drift.attrs.get(STAGE_JUMPS, []), columns=["frame", "dx", "dy"])
+    out = with_jumps(drift, jumps.assign(dx=-jumps.dx, dy=-jumps.dy))
+    out.attrs.pop(STAGE_JUMPS, None)
+    return out
 
 
 @dataclass(repr=False)

@@ -1719,3 +1719,26 @@ def test_the_notebook_api_imports_from_the_package_without_torch():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "'infer_one'" in done.stdout and "'write_tables'" in done.stdout
+
+
+def test_relink_finds_stage_jumps_anew_where_the_search_range_changes():
+    # A 0.8 nm stage jump at frame 6: beyond half the 0.75 nm search range of 0.1 s per
+    # frame (and the 0.6 nm scatter), within half the 2 nm per frame without an interval.
+    m = make_movie(np.random.default_rng(5), GeneratorConfig(size=160, mode="stem", density=3.0,
+                                                             dose=(3000, 3000)), n_frames=12)
+    frames = m.frames.copy()
+    frames[6:] = np.roll(frames[6:], 8, axis=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", AnalysisWarning)
+        per_frame = analyze(frames, pixel_size_nm=0.1, progress=False)
+        direct = analyze(frames, pixel_size_nm=0.1, frame_interval_s=0.1, progress=False)
+        timed = per_frame.relink(frame_interval_s=0.1)
+        back = timed.relink(max_speed_nm_s=20.0)  # 2 nm per 0.1 s frame again: no jump
+    jumped = [w for w in direct.warnings if w.startswith("the whole field jumped")]
+    assert len(jumped) == 1 and "frame 6:" in jumped[0]
+    assert not any(w.startswith("the whole field jumped") for w in per_frame.warnings)
+    for table in ("drift", "tracks", "track_summary", "events", "counts"):
+        pd.testing.assert_frame_equal(getattr(timed, table), getattr(direct, table))
+    assert sorted(timed.warnings) == sorted(direct.warnings)
+    pd.testing.assert_frame_equal(back.drift[["dx", "dy"]], per_frame.drift[["dx", "dy"]])
+    assert not any(w.startswith("the whole field jumped") for w in back.warnings)
