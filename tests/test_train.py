@@ -116,8 +116,14 @@ def test_ckpt_path_last_resumes_an_interrupted_run(tmp_path, monkeypatch, capsys
     # (it would fail at the schedule's end).
     from dislotrack.infer.cli import main
 
-    assert main(["train", "fit", *tiny, "--trainer.max_epochs=3", "--ckpt_path", "last"]) == 2
+    validated = []
+    with monkeypatch.context() as patch:
+        step = DislocationModule.validation_step
+        patch.setattr(DislocationModule, "validation_step",
+                      lambda self, *a, **k: validated.append(1) or step(self, *a, **k))
+        assert main(["train", "fit", *tiny, "--trainer.max_epochs=3", "--ckpt_path", "last"]) == 2
     assert "schedule spans 4 steps but this run plans 6" in capsys.readouterr().err
+    assert not validated  # before the sanity check, not after it
 
 
 def test_last_checkpoint_is_the_last_epoch_even_when_the_score_stops_improving(tmp_path, monkeypatch):

@@ -201,7 +201,16 @@ class DislocationModule(L.LightningModule):
                                                     total_steps=self._planned_steps, pct_start=0.05)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
+    def on_validation_start(self) -> None:
+        # The sanity check runs after the checkpoint's schedule is restored: refuse a
+        # schedule that does not fit before spending time on validation.
+        if self._trainer is not None and self.trainer.sanity_checking:
+            self._check_resumed_schedule()
+
     def on_train_start(self) -> None:
+        self._check_resumed_schedule()
+
+    def _check_resumed_schedule(self) -> None:
         """Raises `TrainConfigError` if a resumed schedule does not fit this run.
 
         A checkpoint restores the one-cycle schedule with its own length: with more
