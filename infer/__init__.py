@@ -12,8 +12,8 @@ from __future__ import annotations
 from typing import Any
 
 #: Names re-exported, by the module that defines them.
-_EXPORTS = {"AnalysisResult": "pipeline", "AnalysisWarning": "pipeline", "analyze": "pipeline",
-            "track_detections": "pipeline", "write_tables": "outputs", "infer_one": "run"}
+_EXPORTS = {"AnalysisResult": "result", "AnalysisWarning": "warning_log", "analyze": "pipeline",
+            "track_detections": "tracking", "write_tables": "outputs", "infer_one": "run"}
 
 __all__ = list(_EXPORTS)
 

@@ -21,7 +21,7 @@ from dislotrack.infer.calibration import Calibration
 from dislotrack.infer.drift import UNSEEN_ALONG_FRINGES
 from dislotrack.infer.motion import MIN_TRAVEL_NM, MOVING_SE, moving_tracks
 from dislotrack.infer.overlays import overlay_mask
-from dislotrack.infer.pipeline import AnalysisResult, require_result
+from dislotrack.infer.result import AnalysisResult, require_result
 
 _TAB20 = plt.get_cmap("tab20").colors
 _GREYS = {7}  # tab10's grey (and its tint): lost on a grey lattice image

@@ -6,7 +6,6 @@ import importlib.util
 import json
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -21,9 +20,8 @@ from dislotrack.infer.columns import (
 )
 from dislotrack.infer.interface import option
 from dislotrack.infer.motion import moving_tracks
+from dislotrack.infer.result import AnalysisResult, require_result
 
-if TYPE_CHECKING:  # the pipeline imports torch; evaluate reads outputs without it
-    from dislotrack.infer.pipeline import AnalysisResult
 
 class MaskWriter:
     """Per-frame uint8 rock-salt masks into an ImageJ-calibrated TIFF stack.
@@ -159,8 +157,6 @@ def check_parquet() -> None:
 def write_tables(res: AnalysisResult, out: str | Path, *, parquet: bool = False) -> list[Path]:
     """Write every table as CSV (and optionally Parquet), plus summary.json, into ``out``
     (created if needed); returns the paths written."""
-    from dislotrack.infer.pipeline import require_result  # lazily: pipeline imports this module
-
     require_result(res, "write_tables")
     if parquet:
         check_parquet()  # before writing anything

@@ -19,18 +19,14 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import functools
 import hashlib
-import inspect
 import logging
 import numbers
 import os
 import re
-import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -39,31 +35,14 @@ from tqdm.auto import tqdm
 from dislotrack.data_gen.conventions import CANONICAL_PIXEL_SIZE_NM, D003_LINIO2_NM, edge_distance_px
 from dislotrack.data_gen.text import first_few
 from dislotrack.infer.calibration import NO_INTERVAL_NOTE, Calibration, resolve_calibration
-from dislotrack.infer.columns import DETECTION_COLUMNS, TRACK_COLUMNS, velocity_columns_as_written
+from dislotrack.infer.columns import DETECTION_COLUMNS
 from dislotrack.infer.detectors import CORE_COLUMNS, GPADetector, NetworkDetector, empty_cores
-from dislotrack.infer.drift import apply_drift, measure_drift
-from dislotrack.infer.events import (
-    ROCKSALT_MARGIN_NM,
-    DipoleCriteria,
-    count_dislocations,
-    drop_unseen_edge_events,
-    find_events,
-    near_rocksalt,
-    summarise_tracks,
-)
+from dislotrack.infer.drift import measure_drift
+from dislotrack.infer.events import ROCKSALT_MARGIN_NM, near_rocksalt
 from dislotrack.infer.fringes import pixel_size_from_fringes_or_none
-from dislotrack.infer.interface import option, unexpected_keywords
-from dislotrack.infer.jumps import stage_jumps, with_jumps
-from dislotrack.infer.lattice import Lattice, measure_lattice, snap_h
-from dislotrack.infer.linking import (
-    DEFAULT_MAX_SPEED_NM_S,
-    MIN_SEARCH_RANGE_NM,
-    extend_tracks,
-    link_cores,
-    require_columns,
-    search_range_px,
-)
-from dislotrack.infer.motion import track_motion
+from dislotrack.infer.interface import option
+from dislotrack.infer.lattice import Lattice, measure_lattice
+from dislotrack.infer.linking import DEFAULT_MAX_SPEED_NM_S
 from dislotrack.infer.options import (
     DEFAULT_MIN_LENGTH,
     DEFAULT_WEAK_FRACTION,
@@ -81,9 +60,21 @@ from dislotrack.infer.overlays import overlay_mask
 from dislotrack.infer.predict import network_dtype, pick_device
 from dislotrack.infer.preprocess import scale_factor, to_canonical
 from dislotrack.infer.readers import IN_MEMORY, Movie, movie_from_array, open_movie
+from dislotrack.infer.result import RELINK_OPTIONS, AnalysisResult, require_result
+from dislotrack.infer.tracking import TrackedTables, add_stage_jumps, track_detections
+from dislotrack.infer.warning_log import (
+    LEADS,
+    AnalysisWarning,
+    collected_warnings,
+    keeping_logged_warnings,
+)
 from dislotrack.models import io as models_io
 from dislotrack.models.io import load_model
 from dislotrack.models.unet import prepare_for_inference
+
+#: The notebook API, and names that moved to smaller modules (imported from here before).
+__all__ = ["RELINK_OPTIONS", "AnalysisResult", "AnalysisWarning", "TrackedTables", "analyze",
+           "calibrate", "collected_warnings", "file_sha256", "require_result", "track_detections"]
 
 logger = logging.getLogger(__name__)
 
@@ -105,158 +96,6 @@ LATTICE_FRAMES = 8
 EDGE_MARGIN_FRINGES = 0.5
 
 
-#: The `analyze` options that act after the detector: `AnalysisResult.relink` takes them.
-RELINK_OPTIONS = ("max_speed_nm_s", "memory", "min_length", "max_gap", "min_track_score", "border_nm")
-
-
-@dataclass(repr=False)
-class AnalysisResult:
-    """Everything `analyze` found. The tables follow the output contract (README › Outputs; as
-    written to CSV, e.g. ``*_velocity_nm_per_frame`` without a frame interval), except
-    that ``tracks`` also holds the drift-corrected ``x_corr, y_corr`` [px] and
-    ``detections`` the ``in_rocksalt`` flags.
-
-    Attributes
-    ----------
-    detections, tracks, track_summary, events, counts, drift : DataFrame
-        The tables of detections.csv ... drift.csv (README › Outputs); positions
-        ``x, y`` in image pixels (also in ``events``), ``*_nm`` in nm. In memory only
-        (not written): ``detections.in_rocksalt``, which `track_detections` reads, and
-        ``tracks.x_corr, y_corr``, drift-corrected. Conventions
-        (`dislotrack.data_gen.conventions`): **h** ``(hx, hy)`` points into the extra
-        half-plane, image axes (y down); glide is along ``b_hat = (hy, -hx)`` (h turned
-        90 degrees counter-clockwise on screen), climb along **h** (positive: towards the
-        extra half-plane, shortening it); ``glide_nm, climb_nm`` are cumulative from a
-        track's first frame, drift removed. ``track_summary``: ``birth`` nucleated |
-        present | entered | from_rocksalt, ``death`` annihilated | survived | left |
-        into_rocksalt, ``partner`` the dipole partner's particle (``<NA>``: none; -1 in
-        the generator's truth files).
-    calibration : Calibration
-        Pixel size [nm/px] and frame interval [s], each with its source.
-    rocksalt_fraction : ndarray
-        Rock-salt share of each frame (also ``counts.rocksalt_fraction``).
-    shape : (T, H, W)
-        Frames and frame size [px] of the input.
-    input_path, input_sha256 : str
-        The input (absolute path; ``"<array>"`` for an in-memory array) and its hash.
-    model_card : dict
-        The model's card (id, sha256, canonical pixel size, training recipe, ...).
-    warnings : list of str
-        What the user should know (also in summary.json).
-    first_frame : ndarray or None
-        Frame 0 as read (float32), for figures.
-    lattice : Lattice or None
-        The measured lattice: ``g003`` and ``g_layer`` in cycles/nm (None: no (003)
-        fringes stood out).
-    lattice_h : bool
-        Whether track **h** was snapped to ``lattice``'s Burgers vectors.
-    options : dict
-        The options that shaped the result (`analysis_options`), as in summary.json.
-    weak : DataFrame or None
-        Peaks under the threshold (from ``weak_fraction`` of it) that may extend track
-        ends; `relink` reuses them (`track_detections(weak=)`), and tracking
-        ``detections`` alone without them can end tracks a frame sooner.
-    tracking_warnings : list of str
-        The part of ``warnings`` that tracking gave (`relink` replaces it).
-    """
-
-    detections: pd.DataFrame
-    tracks: pd.DataFrame
-    track_summary: pd.DataFrame
-    events: pd.DataFrame
-    counts: pd.DataFrame
-    drift: pd.DataFrame
-    calibration: Calibration
-    rocksalt_fraction: np.ndarray
-    shape: tuple[int, int, int]
-    input_path: str
-    input_sha256: str
-    model_card: dict
-    warnings: list[str] = field(default_factory=list)
-    first_frame: np.ndarray | None = None
-    lattice: Lattice | None = None
-    lattice_h: bool = False  # whether track h was snapped to ``lattice``
-    options: dict[str, Any] = field(default_factory=dict)
-    weak: pd.DataFrame | None = None  # sub-threshold peaks that extend track ends (`relink`)
-    tracking_warnings: list[str] = field(default_factory=list)  # those of `track_detections`
-
-    def relink(self, *, frame_interval_s: float | None = None, **options: Any) -> AnalysisResult:
-        """The same detections tracked again with other `RELINK_OPTIONS` (e.g.
-        ``max_speed_nm_s=1.0``) or a frame interval the file lacked: everything after the
-        detector reruns (`track_detections`) with this result's drift, weak peaks, lattice
-        and rock salt, so options left as they were give the same tables; ``options`` and
-        ``warnings`` say what changed. Stage jumps (a shift of most cores beyond half the
-        search range and beyond the detections' 0.6 nm scatter) are found anew where a new
-        frame interval or ``max_speed_nm_s`` changes the search range, as `analyze` with
-        them would find them.
-
-        Examples
-        --------
-        >>> slow = res.relink(max_speed_nm_s=1.0, min_length=10)  # doctest: +SKIP
-        >>> in_time = res.relink(frame_interval_s=0.5)  # velocities in nm/s  # doctest: +SKIP
-        >>> write_tables(slow, "results/slow")  # dislotrack.infer.outputs  # doctest: +SKIP
-        """
-        unknown = sorted(set(options) - set(RELINK_OPTIONS))
-        if unknown:
-            raise TypeError(f"relink takes frame_interval_s, {', '.join(RELINK_OPTIONS)}, not "
-                            f"{', '.join(unknown)} (other options change the detections: run "
-                            "analyze again)")
-        chosen = {k: self.options[k] for k in RELINK_OPTIONS if k in self.options} | options
-        cal, kept = self.calibration, [w for w in self.warnings if w not in self.tracking_warnings]
-        if frame_interval_s is not None:  # the user's, as analyze(frame_interval_s=) takes it
-            frame_interval_s = as_typed(frame_interval_s)
-            check_calibration_options(pixel_size_nm=None, frame_interval_s=frame_interval_s,
-                                      d_spacing_nm=self.options.get("d_spacing_nm", D003_LINIO2_NM))
-            cal = cal.with_frame_interval(frame_interval_s)
-            stale = set(self.calibration.warnings) - set(cal.warnings)  # e.g. "no frame interval"
-            kept = [w for w in kept if w not in stale]
-            kept += [w for w in cal.warnings if w not in kept]
-            options = {**options, "frame_interval_s": frame_interval_s}
-        drift, jumped = self._drift_for(cal, chosen.get("max_speed_nm_s", DEFAULT_MAX_SPEED_NM_S))
-        if jumped is not None:
-            kept = jumped + [w for w in kept if not w.startswith(JUMP_WARNING)]
-        with collected_warnings():  # issued below, at the caller's line, as analyze does
-            t = track_detections(self.detections, pixel_size_nm=cal.pixel_size_nm,
-                                 frame_interval_s=cal.frame_interval_s, n_frames=self.shape[0],
-                                 image_shape=self.shape[1:], drift=drift, weak=self.weak,
-                                 rocksalt_fraction=self.rocksalt_fraction,
-                                 lattice=self.lattice if self.lattice_h else None, **chosen)
-        for message in (jumped or []) + t.warnings:
-            warnings.warn(f"{Path(self.input_path).name}: {message}", AnalysisWarning, stacklevel=2)
-        return replace(
-            self, calibration=cal, drift=drift, tracks=t.tracks, track_summary=t.track_summary,
-            events=t.events,
-            counts=t.counts, warnings=kept + [w for w in t.warnings if w not in kept],
-            tracking_warnings=t.warnings, options={**self.options, **analysis_options(**options)})
-
-    def _drift_for(self, cal: Calibration, max_speed_nm_s: float) -> tuple[pd.DataFrame, list[str] | None]:
-        """The drift to relink with, and the stage-jump warnings where the jumps were found
-        anew (None: kept as they were). A jump must exceed half the search range, which
-        the frame interval and speed limit set: where those change, so may the jumps."""
-        same = (cal.frame_interval_s == self.calibration.frame_interval_s
-                and max_speed_nm_s == self.options.get("max_speed_nm_s", max_speed_nm_s))
-        if same or self.shape[0] < 2:
-            return self.drift, None
-        with collected_warnings() as jumped:
-            drift = _with_stage_jumps(self.detections, _without_stage_jumps(self.drift), cal,
-                                      max_speed_nm_s, self.shape[1:])
-        return drift, jumped
-
-    def __repr__(self) -> str:  # short: the default showed the model card and frame 0
-        c = self.calibration
-        return (f"AnalysisResult({Path(self.input_path).name!r}, shape={tuple(self.shape)}, "
-                f"pixel_size_nm={c.pixel_size_nm}, frame_interval_s={c.frame_interval_s}, "
-                f"{len(self.detections)} detections, {len(self.track_summary)} tracks, "
-                f"{len(self.events)} events, {len(self.warnings)} warnings)")
-
-
-def require_result(res: object, what: str) -> None:
-    """Raises TypeError, saying what to pass, unless ``res`` is an `AnalysisResult`: a
-    `track_detections` result (`TrackedTables`) lacks the detections, calibration and
-    frame that ``what`` needs."""
-    if not isinstance(res, AnalysisResult):
-        raise TypeError(f"{what} takes an AnalysisResult (from analyze, or res.relink for other "
-                        f"linking options), got {type(res).__name__}")
 
 
 def _malloc_trim() -> Callable[[], object]:
@@ -396,97 +235,13 @@ def cores_cannot_show(pixel_size_nm: float, shape: tuple[int, int], d_spacing_nm
     return None
 
 
-#: ``logger.warning(..., extra={LEADS: True})``: listed first among the collected warnings.
-LEADS = "dislotrack_leads"
-
-
-@contextlib.contextmanager
-def collected_warnings() -> Iterator[list[str]]:
-    """Collect the warnings dislotrack logs (``dislotrack.*`` loggers) meanwhile.
-
-    They go into the analysis result (and summary.json) instead of being printed
-    bare: with a handler on the ``dislotrack`` logger, Python's last-resort stderr
-    output stays silent (handlers the user configured still see them). Records
-    logged with ``extra={LEADS: True}`` go before the others: a doubt about the
-    calibration explains the warnings that follow from it.
-
-    Yields
-    ------
-    list of str
-        The messages, filled as they are logged.
-    """
-    messages: list[str] = []
-
-    class _Collect(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            if getattr(record, LEADS, False):
-                messages.insert(sum(m in leading for m in messages), record.getMessage())
-                leading.add(record.getMessage())
-            else:
-                messages.append(record.getMessage())
-
-    leading: set[str] = set()
-
-    handler = _Collect(level=logging.WARNING)
-    log = logging.getLogger("dislotrack")
-    log.addHandler(handler)
-    _COLLECTORS.append(handler)
-    try:
-        yield messages
-    finally:
-        log.removeHandler(handler)
-        _COLLECTORS.remove(handler)
-
-
-#: The `collected_warnings` handlers now active (an analysis inside another collects once).
-_COLLECTORS: list[logging.Handler] = []
-
-
-def _relog_unseen(messages: list[str]) -> None:
-    """After a failure (no result to carry them), log the collected warnings again where
-    nobody saw them: where logging is configured, its handlers already had each once."""
-    if logger.hasHandlers():
-        return
-    for message in dict.fromkeys(messages):  # Python's last resort prints them
-        logger.warning(message)
-
-
-class AnalysisWarning(UserWarning):
-    """What `analyze` warns about (`AnalysisResult.warnings`), also issued as Python warnings
-    so that notebooks show them; ``dislotrack infer`` prints them itself instead."""
-
-
-def _keeping_logged_warnings(fn: Callable[..., AnalysisResult]) -> Callable[..., AnalysisResult]:
-    """``fn``'s result with the warnings logged while it ran added (once each), each also
-    issued as an `AnalysisWarning` at the caller."""
-
-    known = inspect.signature(fn).parameters
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> AnalysisResult:
-        unexpected_keywords(fn.__name__, kwargs, known)  # with the nearest name, unlike Python
-        try:
-            with collected_warnings() as logged:
-                res = fn(*args, **kwargs)
-        except BaseException:
-            _relog_unseen(logged)
-            raise
-        res.warnings += [m for m in dict.fromkeys(logged) if m not in res.warnings]
-        # Named by input: Python shows a warning text once per caller line, and a loop over
-        # files would otherwise hide the later files' warnings.
-        for message in res.warnings:
-            warnings.warn(f"{Path(res.input_path).name}: {message}", AnalysisWarning, stacklevel=2)
-        return res
-
-    return wrapper
-
 
 #: Input-to-model zoom above which the input is called upsampled (warned; drift is then
 #: registered on the input frames).
 UPSAMPLE_WARN = 1.25
 
 
-@_keeping_logged_warnings
+@keeping_logged_warnings
 def analyze(path: str | Path | Movie | np.ndarray, *, model: str | Path | None = None,
             pixel_size_nm: float | None = None, frame_interval_s: float | None = None,
             device: str = "auto", precision: str = "auto", threshold: float | None = None,
@@ -762,7 +517,7 @@ def analyze(path: str | Path | Movie | np.ndarray, *, model: str | Path | None =
     # The GPA baseline's scores are not probabilities: it gets no weak detections.
     strong = (detections["score"] > thr) | (detector != "unet")  # decode_cores keeps > thr
     if n > 1:
-        drift = _with_stage_jumps(detections[strong], drift, cal, max_speed_nm_s, (h, w))
+        drift = add_stage_jumps(detections[strong], drift, cal, max_speed_nm_s, (h, w))
     in_memory = path == IN_MEMORY
     res = _track(detections[strong].reset_index(drop=True), drift, cal, np.asarray(rs_frac),
                  # absolute (without resolving links): summary.json must find the input
@@ -786,251 +541,6 @@ def analyze(path: str | Path | Movie | np.ndarray, *, model: str | Path | None =
     return res
 
 
-#: ``drift.attrs`` key: the stage jumps added to the registered drift (`_with_stage_jumps`).
-STAGE_JUMPS = "stage_jumps"
-
-#: Start of the stage-jump warning (`_with_stage_jumps`).
-JUMP_WARNING = "the whole field jumped between frames"
-
-
-def _with_stage_jumps(detections: pd.DataFrame, drift: pd.DataFrame, cal: Calibration,
-                      max_speed_nm_s: float, shape: tuple[int, int]) -> pd.DataFrame:
-    """``drift`` plus the stage jumps the cores show (`stage_jumps`), said in a warning."""
-    reach = search_range_px(pixel_size_nm=cal.pixel_size_nm, frame_interval_s=cal.frame_interval_s,
-                            max_speed_nm_s=max_speed_nm_s)
-    jumps = stage_jumps(detections, drift, pixel_size_nm=cal.pixel_size_nm, reach_px=reach,
-                        image_shape=shape)
-    if jumps.empty:
-        return drift
-    said = "; ".join(f"frame {j.frame}: ({j.dx:+.1f}, {j.dy:+.1f}) px, {j.n_cores} cores"
-                     for j in jumps.head(5).itertuples()) + ("; ..." if len(jumps) > 5 else "")
-    logger.warning(JUMP_WARNING + " (a stage jump the image registration "
-                   "cannot follow on a lattice) in %d frame(s), measured from the cores' common "
-                   "shift and added to the drift (drift.csv) from there on: %s", len(jumps), said,
-                   extra={LEADS: True})  # it explains the drift-step warning
-    out = with_jumps(drift, jumps)
-    out.attrs[STAGE_JUMPS] = jumps[["frame", "dx", "dy"]].to_dict("records")  # for `relink`
-    return out
-
-
-def _without_stage_jumps(drift: pd.DataFrame) -> pd.DataFrame:
-    """The registered drift, before `_with_stage_jumps` added its jumps."""
-    jumps = pd.DataFrame(drift.attrs.get(STAGE_JUMPS, []), columns=["frame", "dx", "dy"])
-    out = with_jumps(drift, jumps.assign(dx=-jumps.dx, dy=-jumps.dy))
-    out.attrs.pop(STAGE_JUMPS, None)
-    return out
-
-
-@dataclass(repr=False)
-class TrackedTables:
-    """What `track_detections` derives from a detection table (README › Outputs' columns), and the
-    warnings logged meanwhile."""
-
-    tracks: pd.DataFrame
-    track_summary: pd.DataFrame
-    events: pd.DataFrame
-    counts: pd.DataFrame
-    warnings: list[str] = field(default_factory=list)
-
-    def __repr__(self) -> str:  # short, as AnalysisResult's: not four tables in full
-        return (f"TrackedTables({len(self.counts)} frames, {len(self.tracks)} tracked detections, "
-                f"{len(self.track_summary)} tracks, {len(self.events)} events, "
-                f"{len(self.warnings)} warnings)")
-
-
-def _keeping_tracking_warnings(fn: Callable[..., TrackedTables]) -> Callable[..., TrackedTables]:
-    """``fn``'s tables with the warnings logged while it ran; called on its own (not inside
-    `analyze`, which reports them itself), each is also issued as an `AnalysisWarning`."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> TrackedTables:
-        outermost = not _COLLECTORS
-        try:
-            with collected_warnings() as logged:
-                out = fn(*args, **kwargs)
-        except BaseException:
-            if outermost:
-                _relog_unseen(logged)
-            raise
-        out.warnings = list(dict.fromkeys(logged))
-        if outermost:
-            for message in out.warnings:
-                warnings.warn(message, AnalysisWarning, stacklevel=2)
-        return out
-
-    return wrapper
-
-
-@_keeping_tracking_warnings
-def track_detections(detections: pd.DataFrame, *, pixel_size_nm: float,
-                     frame_interval_s: float | None, n_frames: int, image_shape: tuple[int, int],
-                     drift: pd.DataFrame | None = None, weak: pd.DataFrame | None = None,
-                     rocksalt_fraction: np.ndarray | None = None,
-                     max_speed_nm_s: float = DEFAULT_MAX_SPEED_NM_S, memory: int = 5,
-                     min_length: int = DEFAULT_MIN_LENGTH, max_gap: int = 12, min_track_score: float = 0.0,
-                     border_nm: float = 2.0,
-                     lattice: Lattice | None = None) -> TrackedTables:
-    """Link, extend, measure and summarise detections: everything after the detector.
-
-    Pure (tables in, tables out), so detections from any source (the network, the GPA
-    baseline, another detector, hand annotations or a generator's truth) are analysed
-    exactly as `analyze` analyses its own. ``track_summary``'s velocity columns are
-    ``*_nm_s``, or ``*_nm_per_frame`` when ``frame_interval_s`` is None (as written to
-    track_summary.csv; `dislotrack.infer.columns.velocities_in_nm_s` converts them).
-
-    Parameters
-    ----------
-    detections : DataFrame
-        ``frame, x, y, score, hx, hy`` (+ ``bx_nm, by_nm``), raw image pixels; an
-        optional boolean ``in_rocksalt`` (`dislotrack.infer.events.near_rocksalt`)
-        makes tracks that begin or end there ``from_rocksalt`` / ``into_rocksalt``
-        instead of nucleated / annihilated (`dislotrack.infer.events.birth_death`).
-    pixel_size_nm, frame_interval_s : float
-        Calibration [nm/px], [s] (``frame_interval_s`` None: velocities per frame).
-    n_frames : int
-        Frames in the movie (a track reaching the last one survived).
-    image_shape : (ny, nx)
-        Frame size [px] (tracks starting or ending near its edge entered or left).
-    drift : DataFrame, optional
-        ``frame, dx, dy`` [px] (`dislotrack.infer.drift.measure_drift`); default none.
-    weak : DataFrame, optional
-        Sub-threshold peaks that may extend track ends (`extend_tracks`); without them
-        (e.g. ``res.detections`` alone) tracks can end a frame sooner than `analyze`'s:
-        pass ``weak=res.weak``, or use ``res.relink``.
-    rocksalt_fraction : ndarray, optional
-        Per frame, for ``counts`` (default 0).
-    max_speed_nm_s, memory, min_length, max_gap, min_track_score, border_nm
-        As in `analyze`. Without ``frame_interval_s`` the speed cannot be used: cores
-        are linked within `dislotrack.infer.linking.DEFAULT_MAX_STEP_NM` per frame (a
-        warning says so if ``max_speed_nm_s`` is not the default).
-    lattice : Lattice, optional
-        The movie's lattice (`dislotrack.infer.lattice.measure_lattice`): where it
-        shows an in-layer reflection, each track's **h** and **b** become those of the
-        allowed Burgers vector nearest its mean **h** (`snap_h`) before glide and
-        climb are split.
-
-    Raises
-    ------
-    TypeError
-        If ``detections``, ``drift`` or ``weak`` is not a DataFrame.
-    ValueError
-        Naming the columns one lacks (``score`` is needed only with ``min_track_score``).
-
-    Examples
-    --------
-    >>> det = pd.DataFrame({"frame": range(10), "x": np.linspace(50, 59, 10), "y": 40.0,
-    ...                     "score": 0.9, "hx": 0.0, "hy": -1.0})
-    >>> out = track_detections(det, pixel_size_nm=0.1, frame_interval_s=1.0, n_frames=10,
-    ...                        image_shape=(100, 100), min_length=3)
-    >>> # moving along x at 0.1 nm/s with h up (-y): pure glide, sign per README › Conventions
-    >>> out.track_summary[["glide_velocity_nm_s", "climb_velocity_nm_s"]].round(3).values.tolist()
-    [[-0.1, 0.0]]
-    """
-    check_linking_options(max_speed_nm_s=max_speed_nm_s, memory=memory, min_length=min_length,
-                          max_gap=max_gap, min_track_score=min_track_score, border_nm=border_nm)
-    shape_ok = (isinstance(image_shape, (tuple, list)) and len(image_shape) == 2
-                and all(isinstance(v, numbers.Integral) and v > 0 for v in image_shape))
-    if not shape_ok:
-        raise ValueError(f"image_shape must be the frames' (ny, nx) [px], got {image_shape!r}")
-    check_calibration_options(pixel_size_nm=pixel_size_nm, frame_interval_s=frame_interval_s,
-                              d_spacing_nm=D003_LINIO2_NM)  # no spacing here: a valid stand-in
-    if pixel_size_nm is None:
-        raise ValueError("pixel_size_nm is needed [nm/px]: detections are in pixels")
-    if isinstance(n_frames, bool) or not isinstance(n_frames, numbers.Integral) or n_frames < 1:
-        raise ValueError(f"n_frames must be a whole number of frames >= 1, got {n_frames!r}")
-    require_columns(detections, ["frame", "x", "y", "hx", "hy", *(["score"] if min_track_score > 0 else [])],
-                    name="detections")
-    beyond = sorted(set(detections["frame"][(detections["frame"] < 0)
-                                            | (detections["frame"] >= n_frames)].tolist()))
-    if beyond:
-        raise ValueError(f"detections in frame(s) {first_few([str(f) for f in beyond], 5)} outside "
-                         f"the movie's 0..{n_frames - 1} (n_frames={n_frames})")
-    if drift is not None:
-        require_columns(drift, ["frame", "dx", "dy"], name="drift")
-    if weak is not None:  # weak peaks extend tracks by score, so they need one
-        require_columns(weak, ["frame", "x", "y", "score", "hx", "hy"], name="weak")
-    ps, dt = pixel_size_nm, frame_interval_s
-    if dt is None and n_frames > 1 and max_speed_nm_s != DEFAULT_MAX_SPEED_NM_S:
-        # Without a frame interval the search range is a step per frame (`search_range_px`).
-        reach = search_range_px(pixel_size_nm=ps, frame_interval_s=None)
-        logger.warning("%s nm/s was ignored: the frame interval is unknown (pass %s), so cores "
-                       "were linked within %.3g nm (%.3g px) per frame, as for the default %g nm/s "
-                       "at an assumed 1 frame/s", option("max_speed_nm_s", f"{max_speed_nm_s:g}"),
-                       option("frame_interval_s", "S"), reach * ps, reach, DEFAULT_MAX_SPEED_NM_S)
-    explicit = max_speed_nm_s != DEFAULT_MAX_SPEED_NM_S
-    if dt is not None and explicit and max_speed_nm_s * dt < MIN_SEARCH_RANGE_NM:
-        logger.warning("%s nm/s allows %.3g nm per %g s frame, under the detections' own "
-                       "scatter: cores were linked within %g nm per frame",
-                       option("max_speed_nm_s", f"{max_speed_nm_s:g}"), max_speed_nm_s * dt, dt,
-                       MIN_SEARCH_RANGE_NM)
-    # A movie shorter than min_length (a single image above all) keeps its cores as tracks.
-    if min_length > n_frames >= 1 and min_length != DEFAULT_MIN_LENGTH:  # the user's value
-        logger.warning("%s is longer than the movie (%d frame%s): used %d, so %s",
-                       option("min_length", min_length), n_frames, "s" if n_frames > 1 else "", n_frames,
-                       "every core of the image is a track" if n_frames == 1
-                       else "only cores detected in every frame make tracks")
-    elif min_length > n_frames > 1:  # the default on a short movie: velocities from few points
-        logger.warning("the movie has %d frames, fewer than the %d a track needs by default "
-                       "(%s): tracks are cores found in all %d frames, and "
-                       "their velocities rest on %d points%s", n_frames, min_length,
-                       option("min_length"), n_frames,
-                       n_frames, " (no standard errors)" if n_frames == 2 else "")
-    min_length = max(1, min(min_length, n_frames))
-    if drift is None:
-        drift = pd.DataFrame({"frame": np.arange(n_frames), "dx": 0.0, "dy": 0.0})
-    if rocksalt_fraction is None:
-        rocksalt_fraction = np.zeros(n_frames)
-    detections = _with_burgers_columns(detections.reset_index(drop=True))
-    weak = _with_burgers_columns(weak) if weak is not None else None
-    corrected = apply_drift(detections, drift)
-    weak = apply_drift(weak, drift) if weak is not None and len(weak) else None
-    if len(corrected):
-        linked = link_cores(corrected, pixel_size_nm=ps, frame_interval_s=dt,
-                            max_speed_nm_s=max_speed_nm_s, memory=memory, min_length=min_length,
-                            max_gap=max_gap, min_mean_score=min_track_score)
-        if weak is not None:
-            linked = extend_tracks(linked, weak, pixel_size_nm=ps)
-        linked = snap_h(linked, lattice)
-    else:
-        linked = corrected.assign(particle=pd.Series(dtype=int))
-    if len(corrected) and not len(linked) and n_frames > 1:  # say why, not just "0 tracks"
-        causes = ["flickering false cores"]
-        if dt is not None:  # without an interval the speed limit is not used
-            causes.append(f"cores moving faster than {option('max_speed_nm_s')} allows")
-        if min_track_score > 0:
-            # No flag of infer: a keyword of analyze and track_detections only.
-            causes.append(f"tracks of a mean score under min_track_score={min_track_score:g}")
-        logger.warning("%d detection%s but no track: no core was linked over %d frames (%s); "
-                       "%s give this", len(corrected), "s" * (len(corrected) != 1), min_length,
-                       option("min_length", min_length), " or ".join(causes))
-    if len(linked):
-        tracks = track_motion(linked, pixel_size_nm=ps, frame_interval_s=dt)
-    else:
-        tracks = linked.assign(t_s=pd.Series(dtype=float), glide_nm=pd.Series(dtype=float),
-                               climb_nm=pd.Series(dtype=float))
-    # Partners seen first (last) up to `memory` frames apart still nucleate (annihilate) together.
-    dipoles = DipoleCriteria(max_frame_gap=max(memory, DipoleCriteria.max_frame_gap))
-    summary = summarise_tracks(tracks, pixel_size_nm=ps, frame_interval_s=dt, n_frames=n_frames,
-                               image_shape=image_shape, border_nm=border_nm, dipoles=dipoles)
-    # Strong detections left out of every track and unused weak ones: close-dipole blobs.
-    unlinked = _unlinked(corrected if weak is None else pd.concat([corrected, weak]), linked)
-    events = find_events(tracks, summary, pixel_size_nm=ps, frame_interval_s=dt, dipoles=dipoles,
-                         unlinked=unlinked)
-    events, summary = drop_unseen_edge_events(events, summary, n_frames=n_frames)
-    counts = count_dislocations(summary, n_frames=n_frames, frame_interval_s=dt,
-                                rocksalt_fraction=np.asarray(rocksalt_fraction))
-    tracks = tracks[[c for c in [*TRACK_COLUMNS, "x_corr", "y_corr"] if c in tracks.columns]]
-    # Units in the names, as written to track_summary.csv: per frame without an interval.
-    summary = velocity_columns_as_written(summary, dt)
-    return TrackedTables(tracks, summary, events, counts)
-
-
-def _with_burgers_columns(table: pd.DataFrame) -> pd.DataFrame:
-    """``table`` with ``bx_nm``, ``by_nm`` (NaN: unknown) where a source gives none."""
-    missing = {c: np.nan for c in ("bx_nm", "by_nm") if c not in table.columns}
-    return table.assign(**missing) if missing else table
-
-
 def _track(detections: pd.DataFrame, drift: pd.DataFrame, cal: Calibration, rs_frac: np.ndarray,
            shape: tuple[int, int, int], path: str, sha256: str, card: dict, *, first: np.ndarray,
            weak: pd.DataFrame | None = None, lattice: Lattice | None = None,
@@ -1050,12 +560,3 @@ def _track(detections: pd.DataFrame, drift: pd.DataFrame, cal: Calibration, rs_f
         input_path=path, input_sha256=sha256, model_card=card,
         warnings=list(cal.warnings), first_frame=first, lattice=lattice,
         lattice_h=lattice_h, weak=weak, tracking_warnings=t.warnings)
-
-
-def _unlinked(detections: pd.DataFrame, linked: pd.DataFrame) -> pd.DataFrame:
-    """The detections that are in no track."""
-    if not len(linked):
-        return detections
-    keys = ["frame", "x", "y"]
-    merged = detections.merge(linked[keys].drop_duplicates(), on=keys, how="left", indicator=True)
-    return merged[merged["_merge"] == "left_only"].drop(columns="_merge").reset_index(drop=True)

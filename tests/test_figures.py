@@ -686,7 +686,7 @@ def test_figures_are_made_outside_pyplot():
 
 def test_figures_say_no_cores_refuse_bare_tables_and_keep_the_bar_in_the_frame(tmp_path):
     from dislotrack.infer.outputs import write_tables
-    from dislotrack.infer.pipeline import TrackedTables
+    from dislotrack.infer.tracking import TrackedTables
 
     one = result(1, n_frames=1)
     one.tracks = one.tracks.iloc[:0]

@@ -405,7 +405,7 @@ def test_logged_warnings_go_into_the_result_not_bare_to_stderr(monkeypatch):
     import io
     import logging
 
-    from dislotrack.infer.pipeline import _keeping_logged_warnings, collected_warnings
+    from dislotrack.infer.warning_log import collected_warnings, keeping_logged_warnings
 
     # As under the CLI: no handler anywhere, so Python prints warnings bare (lastResort).
     bare = io.StringIO()
@@ -425,7 +425,7 @@ def test_logged_warnings_go_into_the_result_not_bare_to_stderr(monkeypatch):
         raise RuntimeError("analysis failed")
 
     with pytest.raises(RuntimeError):
-        _keeping_logged_warnings(fails)()
+        keeping_logged_warnings(fails)()
     assert bare.getvalue().endswith("seen before the failure\n")  # not lost with the result
 
 
@@ -1498,19 +1498,19 @@ def test_track_detections_refuses_frames_before_0_and_an_empty_movie():
 def test_warnings_before_a_failure_are_printed_once(monkeypatch, capsys):
     # No result carries them: without logging configured they are printed (Python's last
     # resort); with it, its handlers saw each once already and do not see it again.
-    from dislotrack.infer import pipeline
+    from dislotrack.infer import tracking
 
     def fails(*args, **kwargs):
         raise RuntimeError("linking failed")
 
-    monkeypatch.setattr(pipeline, "link_cores", fails)
+    monkeypatch.setattr(tracking, "link_cores", fails)
     det = pd.DataFrame({"frame": [0, 1, 2], "x": [50.0, 51, 52], "y": 40.0, "score": 0.9,
                         "hx": 0.0, "hy": -1.0})
     kw = dict(n_frames=3, pixel_size_nm=0.1, frame_interval_s=None, image_shape=(100, 100),
               max_speed_nm_s=5.0, min_length=3)
     monkeypatch.setattr(logging.root, "handlers", [])
     with pytest.raises(RuntimeError):
-        pipeline.track_detections(det, **kw)
+        tracking.track_detections(det, **kw)
     assert capsys.readouterr().err.count("max_speed_nm_s=5 nm/s was ignored") == 1
     seen: list[str] = []
 
@@ -1520,7 +1520,7 @@ def test_warnings_before_a_failure_are_printed_once(monkeypatch, capsys):
 
     monkeypatch.setattr(logging.root, "handlers", [Listing()])
     with pytest.raises(RuntimeError):
-        pipeline.track_detections(det, **kw)
+        tracking.track_detections(det, **kw)
     assert sum("was ignored" in m for m in seen) == 1
     assert "was ignored" not in capsys.readouterr().err
 

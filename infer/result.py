@@ -1,0 +1,172 @@
+"""`AnalysisResult`: what `dislotrack.infer.pipeline.analyze` returns, and its `relink`."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from dislotrack.data_gen.conventions import D003_LINIO2_NM
+from dislotrack.infer.calibration import Calibration
+from dislotrack.infer.lattice import Lattice
+from dislotrack.infer.linking import DEFAULT_MAX_SPEED_NM_S
+from dislotrack.infer.options import analysis_options, as_typed, check_calibration_options
+from dislotrack.infer.tracking import JUMP_WARNING, add_stage_jumps, remove_stage_jumps, track_detections
+from dislotrack.infer.warning_log import AnalysisWarning, collected_warnings
+
+#: The `analyze` options that act after the detector: `AnalysisResult.relink` takes them.
+RELINK_OPTIONS = ("max_speed_nm_s", "memory", "min_length", "max_gap", "min_track_score", "border_nm")
+
+
+@dataclass(repr=False)
+class AnalysisResult:
+    """Everything `analyze` found. The tables follow the output contract (README › Outputs; as
+    written to CSV, e.g. ``*_velocity_nm_per_frame`` without a frame interval), except
+    that ``tracks`` also holds the drift-corrected ``x_corr, y_corr`` [px] and
+    ``detections`` the ``in_rocksalt`` flags.
+
+    Attributes
+    ----------
+    detections, tracks, track_summary, events, counts, drift : DataFrame
+        The tables of detections.csv ... drift.csv (README › Outputs); positions
+        ``x, y`` in image pixels (also in ``events``), ``*_nm`` in nm. In memory only
+        (not written): ``detections.in_rocksalt``, which `track_detections` reads, and
+        ``tracks.x_corr, y_corr``, drift-corrected. Conventions
+        (`dislotrack.data_gen.conventions`): **h** ``(hx, hy)`` points into the extra
+        half-plane, image axes (y down); glide is along ``b_hat = (hy, -hx)`` (h turned
+        90 degrees counter-clockwise on screen), climb along **h** (positive: towards the
+        extra half-plane, shortening it); ``glide_nm, climb_nm`` are cumulative from a
+        track's first frame, drift removed. ``track_summary``: ``birth`` nucleated |
+        present | entered | from_rocksalt, ``death`` annihilated | survived | left |
+        into_rocksalt, ``partner`` the dipole partner's particle (``<NA>``: none; -1 in
+        the generator's truth files).
+    calibration : Calibration
+        Pixel size [nm/px] and frame interval [s], each with its source.
+    rocksalt_fraction : ndarray
+        Rock-salt share of each frame (also ``counts.rocksalt_fraction``).
+    shape : (T, H, W)
+        Frames and frame size [px] of the input.
+    input_path, input_sha256 : str
+        The input (absolute path; ``"<array>"`` for an in-memory array) and its hash.
+    model_card : dict
+        The model's card (id, sha256, canonical pixel size, training recipe, ...).
+    warnings : list of str
+        What the user should know (also in summary.json).
+    first_frame : ndarray or None
+        Frame 0 as read (float32), for figures.
+    lattice : Lattice or None
+        The measured lattice: ``g003`` and ``g_layer`` in cycles/nm (None: no (003)
+        fringes stood out).
+    lattice_h : bool
+        Whether track **h** was snapped to ``lattice``'s Burgers vectors.
+    options : dict
+        The options that shaped the result (`analysis_options`), as in summary.json.
+    weak : DataFrame or None
+        Peaks under the threshold (from ``weak_fraction`` of it) that may extend track
+        ends; `relink` reuses them (`track_detections(weak=)`), and tracking
+        ``detections`` alone without them can end tracks a frame sooner.
+    tracking_warnings : list of str
+        The part of ``warnings`` that tracking gave (`relink` replaces it).
+    """
+
+    detections: pd.DataFrame
+    tracks: pd.DataFrame
+    track_summary: pd.DataFrame
+    events: pd.DataFrame
+    counts: pd.DataFrame
+    drift: pd.DataFrame
+    calibration: Calibration
+    rocksalt_fraction: np.ndarray
+    shape: tuple[int, int, int]
+    input_path: str
+    input_sha256: str
+    model_card: dict
+    warnings: list[str] = field(default_factory=list)
+    first_frame: np.ndarray | None = None
+    lattice: Lattice | None = None
+    lattice_h: bool = False  # whether track h was snapped to ``lattice``
+    options: dict[str, Any] = field(default_factory=dict)
+    weak: pd.DataFrame | None = None  # sub-threshold peaks that extend track ends (`relink`)
+    tracking_warnings: list[str] = field(default_factory=list)  # those of `track_detections`
+
+    def relink(self, *, frame_interval_s: float | None = None, **options: Any) -> AnalysisResult:
+        """The same detections tracked again with other `RELINK_OPTIONS` (e.g.
+        ``max_speed_nm_s=1.0``) or a frame interval the file lacked: everything after the
+        detector reruns (`track_detections`) with this result's drift, weak peaks, lattice
+        and rock salt, so options left as they were give the same tables; ``options`` and
+        ``warnings`` say what changed. Stage jumps (a shift of most cores beyond half the
+        search range and beyond the detections' 0.6 nm scatter) are found anew where a new
+        frame interval or ``max_speed_nm_s`` changes the search range, as `analyze` with
+        them would find them.
+
+        Examples
+        --------
+        >>> slow = res.relink(max_speed_nm_s=1.0, min_length=10)  # doctest: +SKIP
+        >>> in_time = res.relink(frame_interval_s=0.5)  # velocities in nm/s  # doctest: +SKIP
+        >>> write_tables(slow, "results/slow")  # dislotrack.infer.outputs  # doctest: +SKIP
+        """
+        unknown = sorted(set(options) - set(RELINK_OPTIONS))
+        if unknown:
+            raise TypeError(f"relink takes frame_interval_s, {', '.join(RELINK_OPTIONS)}, not "
+                            f"{', '.join(unknown)} (other options change the detections: run "
+                            "analyze again)")
+        chosen = {k: self.options[k] for k in RELINK_OPTIONS if k in self.options} | options
+        cal, kept = self.calibration, [w for w in self.warnings if w not in self.tracking_warnings]
+        if frame_interval_s is not None:  # the user's, as analyze(frame_interval_s=) takes it
+            frame_interval_s = as_typed(frame_interval_s)
+            check_calibration_options(pixel_size_nm=None, frame_interval_s=frame_interval_s,
+                                      d_spacing_nm=self.options.get("d_spacing_nm", D003_LINIO2_NM))
+            cal = cal.with_frame_interval(frame_interval_s)
+            stale = set(self.calibration.warnings) - set(cal.warnings)  # e.g. "no frame interval"
+            kept = [w for w in kept if w not in stale]
+            kept += [w for w in cal.warnings if w not in kept]
+            options = {**options, "frame_interval_s": frame_interval_s}
+        drift, jumped = self._drift_for(cal, chosen.get("max_speed_nm_s", DEFAULT_MAX_SPEED_NM_S))
+        if jumped is not None:
+            kept = jumped + [w for w in kept if not w.startswith(JUMP_WARNING)]
+        with collected_warnings():  # issued below, at the caller's line, as analyze does
+            t = track_detections(self.detections, pixel_size_nm=cal.pixel_size_nm,
+                                 frame_interval_s=cal.frame_interval_s, n_frames=self.shape[0],
+                                 image_shape=self.shape[1:], drift=drift, weak=self.weak,
+                                 rocksalt_fraction=self.rocksalt_fraction,
+                                 lattice=self.lattice if self.lattice_h else None, **chosen)
+        for message in (jumped or []) + t.warnings:
+            warnings.warn(f"{Path(self.input_path).name}: {message}", AnalysisWarning, stacklevel=2)
+        return replace(
+            self, calibration=cal, drift=drift, tracks=t.tracks, track_summary=t.track_summary,
+            events=t.events,
+            counts=t.counts, warnings=kept + [w for w in t.warnings if w not in kept],
+            tracking_warnings=t.warnings, options={**self.options, **analysis_options(**options)})
+
+    def _drift_for(self, cal: Calibration, max_speed_nm_s: float) -> tuple[pd.DataFrame, list[str] | None]:
+        """The drift to relink with, and the stage-jump warnings where the jumps were found
+        anew (None: kept as they were). A jump must exceed half the search range, which
+        the frame interval and speed limit set: where those change, so may the jumps."""
+        same = (cal.frame_interval_s == self.calibration.frame_interval_s
+                and max_speed_nm_s == self.options.get("max_speed_nm_s", max_speed_nm_s))
+        if same or self.shape[0] < 2:
+            return self.drift, None
+        with collected_warnings() as jumped:
+            drift = add_stage_jumps(self.detections, remove_stage_jumps(self.drift), cal,
+                                      max_speed_nm_s, self.shape[1:])
+        return drift, jumped
+
+    def __repr__(self) -> str:  # short: the default showed the model card and frame 0
+        c = self.calibration
+        return (f"AnalysisResult({Path(self.input_path).name!r}, shape={tuple(self.shape)}, "
+                f"pixel_size_nm={c.pixel_size_nm}, frame_interval_s={c.frame_interval_s}, "
+                f"{len(self.detections)} detections, {len(self.track_summary)} tracks, "
+                f"{len(self.events)} events, {len(self.warnings)} warnings)")
+
+
+def require_result(res: object, what: str) -> None:
+    """Raises TypeError, saying what to pass, unless ``res`` is an `AnalysisResult`: a
+    `track_detections` result (`TrackedTables`) lacks the detections, calibration and
+    frame that ``what`` needs."""
+    if not isinstance(res, AnalysisResult):
+        raise TypeError(f"{what} takes an AnalysisResult (from analyze, or res.relink for other "
+                        f"linking options), got {type(res).__name__}")

@@ -1,0 +1,273 @@
+"""Everything after the detector: stage jumps, linking, motion, events and counts.
+
+`track_detections` is pure (tables in, tables out), so detections from any source are
+analysed exactly as `dislotrack.infer.pipeline.analyze` analyses its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import numbers
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from dislotrack.data_gen.conventions import D003_LINIO2_NM
+from dislotrack.data_gen.text import first_few
+from dislotrack.infer.calibration import Calibration
+from dislotrack.infer.columns import TRACK_COLUMNS, velocity_columns_as_written
+from dislotrack.infer.drift import apply_drift
+from dislotrack.infer.events import (
+    DipoleCriteria,
+    count_dislocations,
+    drop_unseen_edge_events,
+    find_events,
+    summarise_tracks,
+)
+from dislotrack.infer.interface import option
+from dislotrack.infer.jumps import stage_jumps, with_jumps
+from dislotrack.infer.lattice import Lattice, snap_h
+from dislotrack.infer.linking import (
+    DEFAULT_MAX_SPEED_NM_S,
+    MIN_SEARCH_RANGE_NM,
+    extend_tracks,
+    link_cores,
+    require_columns,
+    search_range_px,
+)
+from dislotrack.infer.motion import track_motion
+from dislotrack.infer.options import DEFAULT_MIN_LENGTH, check_calibration_options, check_linking_options
+from dislotrack.infer.warning_log import LEADS, keeping_tracking_warnings
+
+logger = logging.getLogger(__name__)
+
+#: ``drift.attrs`` key: the stage jumps added to the registered drift (`add_stage_jumps`).
+STAGE_JUMPS = "stage_jumps"
+
+#: Start of the stage-jump warning (`add_stage_jumps`).
+JUMP_WARNING = "the whole field jumped between frames"
+
+
+def add_stage_jumps(detections: pd.DataFrame, drift: pd.DataFrame, cal: Calibration,
+                      max_speed_nm_s: float, shape: tuple[int, int]) -> pd.DataFrame:
+    """``drift`` plus the stage jumps the cores show (`stage_jumps`), said in a warning."""
+    reach = search_range_px(pixel_size_nm=cal.pixel_size_nm, frame_interval_s=cal.frame_interval_s,
+                            max_speed_nm_s=max_speed_nm_s)
+    jumps = stage_jumps(detections, drift, pixel_size_nm=cal.pixel_size_nm, reach_px=reach,
+                        image_shape=shape)
+    if jumps.empty:
+        return drift
+    said = "; ".join(f"frame {j.frame}: ({j.dx:+.1f}, {j.dy:+.1f}) px, {j.n_cores} cores"
+                     for j in jumps.head(5).itertuples()) + ("; ..." if len(jumps) > 5 else "")
+    logger.warning(JUMP_WARNING + " (a stage jump the image registration "
+                   "cannot follow on a lattice) in %d frame(s), measured from the cores' common "
+                   "shift and added to the drift (drift.csv) from there on: %s", len(jumps), said,
+                   extra={LEADS: True})  # it explains the drift-step warning
+    out = with_jumps(drift, jumps)
+    out.attrs[STAGE_JUMPS] = jumps[["frame", "dx", "dy"]].to_dict("records")  # for `relink`
+    return out
+
+
+def remove_stage_jumps(drift: pd.DataFrame) -> pd.DataFrame:
+    """The registered drift, before `add_stage_jumps` added its jumps."""
+    jumps = pd.DataFrame(drift.attrs.get(STAGE_JUMPS, []), columns=["frame", "dx", "dy"])
+    out = with_jumps(drift, jumps.assign(dx=-jumps.dx, dy=-jumps.dy))
+    out.attrs.pop(STAGE_JUMPS, None)
+    return out
+
+
+@dataclass(repr=False)
+class TrackedTables:
+    """What `track_detections` derives from a detection table (README › Outputs' columns), and the
+    warnings logged meanwhile."""
+
+    tracks: pd.DataFrame
+    track_summary: pd.DataFrame
+    events: pd.DataFrame
+    counts: pd.DataFrame
+    warnings: list[str] = field(default_factory=list)
+
+    def __repr__(self) -> str:  # short, as AnalysisResult's: not four tables in full
+        return (f"TrackedTables({len(self.counts)} frames, {len(self.tracks)} tracked detections, "
+                f"{len(self.track_summary)} tracks, {len(self.events)} events, "
+                f"{len(self.warnings)} warnings)")
+
+
+@keeping_tracking_warnings
+def track_detections(detections: pd.DataFrame, *, pixel_size_nm: float,
+                     frame_interval_s: float | None, n_frames: int, image_shape: tuple[int, int],
+                     drift: pd.DataFrame | None = None, weak: pd.DataFrame | None = None,
+                     rocksalt_fraction: np.ndarray | None = None,
+                     max_speed_nm_s: float = DEFAULT_MAX_SPEED_NM_S, memory: int = 5,
+                     min_length: int = DEFAULT_MIN_LENGTH, max_gap: int = 12, min_track_score: float = 0.0,
+                     border_nm: float = 2.0,
+                     lattice: Lattice | None = None) -> TrackedTables:
+    """Link, extend, measure and summarise detections: everything after the detector.
+
+    Pure (tables in, tables out), so detections from any source (the network, the GPA
+    baseline, another detector, hand annotations or a generator's truth) are analysed
+    exactly as `analyze` analyses its own. ``track_summary``'s velocity columns are
+    ``*_nm_s``, or ``*_nm_per_frame`` when ``frame_interval_s`` is None (as written to
+    track_summary.csv; `dislotrack.infer.columns.velocities_in_nm_s` converts them).
+
+    Parameters
+    ----------
+    detections : DataFrame
+        ``frame, x, y, score, hx, hy`` (+ ``bx_nm, by_nm``), raw image pixels; an
+        optional boolean ``in_rocksalt`` (`dislotrack.infer.events.near_rocksalt`)
+        makes tracks that begin or end there ``from_rocksalt`` / ``into_rocksalt``
+        instead of nucleated / annihilated (`dislotrack.infer.events.birth_death`).
+    pixel_size_nm, frame_interval_s : float
+        Calibration [nm/px], [s] (``frame_interval_s`` None: velocities per frame).
+    n_frames : int
+        Frames in the movie (a track reaching the last one survived).
+    image_shape : (ny, nx)
+        Frame size [px] (tracks starting or ending near its edge entered or left).
+    drift : DataFrame, optional
+        ``frame, dx, dy`` [px] (`dislotrack.infer.drift.measure_drift`); default none.
+    weak : DataFrame, optional
+        Sub-threshold peaks that may extend track ends (`extend_tracks`); without them
+        (e.g. ``res.detections`` alone) tracks can end a frame sooner than `analyze`'s:
+        pass ``weak=res.weak``, or use ``res.relink``.
+    rocksalt_fraction : ndarray, optional
+        Per frame, for ``counts`` (default 0).
+    max_speed_nm_s, memory, min_length, max_gap, min_track_score, border_nm
+        As in `analyze`. Without ``frame_interval_s`` the speed cannot be used: cores
+        are linked within `dislotrack.infer.linking.DEFAULT_MAX_STEP_NM` per frame (a
+        warning says so if ``max_speed_nm_s`` is not the default).
+    lattice : Lattice, optional
+        The movie's lattice (`dislotrack.infer.lattice.measure_lattice`): where it
+        shows an in-layer reflection, each track's **h** and **b** become those of the
+        allowed Burgers vector nearest its mean **h** (`snap_h`) before glide and
+        climb are split.
+
+    Raises
+    ------
+    TypeError
+        If ``detections``, ``drift`` or ``weak`` is not a DataFrame.
+    ValueError
+        Naming the columns one lacks (``score`` is needed only with ``min_track_score``).
+
+    Examples
+    --------
+    >>> det = pd.DataFrame({"frame": range(10), "x": np.linspace(50, 59, 10), "y": 40.0,
+    ...                     "score": 0.9, "hx": 0.0, "hy": -1.0})
+    >>> out = track_detections(det, pixel_size_nm=0.1, frame_interval_s=1.0, n_frames=10,
+    ...                        image_shape=(100, 100), min_length=3)
+    >>> # moving along x at 0.1 nm/s with h up (-y): pure glide, sign per README › Conventions
+    >>> out.track_summary[["glide_velocity_nm_s", "climb_velocity_nm_s"]].round(3).values.tolist()
+    [[-0.1, 0.0]]
+    """
+    check_linking_options(max_speed_nm_s=max_speed_nm_s, memory=memory, min_length=min_length,
+                          max_gap=max_gap, min_track_score=min_track_score, border_nm=border_nm)
+    shape_ok = (isinstance(image_shape, (tuple, list)) and len(image_shape) == 2
+                and all(isinstance(v, numbers.Integral) and v > 0 for v in image_shape))
+    if not shape_ok:
+        raise ValueError(f"image_shape must be the frames' (ny, nx) [px], got {image_shape!r}")
+    check_calibration_options(pixel_size_nm=pixel_size_nm, frame_interval_s=frame_interval_s,
+                              d_spacing_nm=D003_LINIO2_NM)  # no spacing here: a valid stand-in
+    if pixel_size_nm is None:
+        raise ValueError("pixel_size_nm is needed [nm/px]: detections are in pixels")
+    if isinstance(n_frames, bool) or not isinstance(n_frames, numbers.Integral) or n_frames < 1:
+        raise ValueError(f"n_frames must be a whole number of frames >= 1, got {n_frames!r}")
+    require_columns(detections, ["frame", "x", "y", "hx", "hy", *(["score"] if min_track_score > 0 else [])],
+                    name="detections")
+    beyond = sorted(set(detections["frame"][(detections["frame"] < 0)
+                                            | (detections["frame"] >= n_frames)].tolist()))
+    if beyond:
+        raise ValueError(f"detections in frame(s) {first_few([str(f) for f in beyond], 5)} outside "
+                         f"the movie's 0..{n_frames - 1} (n_frames={n_frames})")
+    if drift is not None:
+        require_columns(drift, ["frame", "dx", "dy"], name="drift")
+    if weak is not None:  # weak peaks extend tracks by score, so they need one
+        require_columns(weak, ["frame", "x", "y", "score", "hx", "hy"], name="weak")
+    ps, dt = pixel_size_nm, frame_interval_s
+    if dt is None and n_frames > 1 and max_speed_nm_s != DEFAULT_MAX_SPEED_NM_S:
+        # Without a frame interval the search range is a step per frame (`search_range_px`).
+        reach = search_range_px(pixel_size_nm=ps, frame_interval_s=None)
+        logger.warning("%s nm/s was ignored: the frame interval is unknown (pass %s), so cores "
+                       "were linked within %.3g nm (%.3g px) per frame, as for the default %g nm/s "
+                       "at an assumed 1 frame/s", option("max_speed_nm_s", f"{max_speed_nm_s:g}"),
+                       option("frame_interval_s", "S"), reach * ps, reach, DEFAULT_MAX_SPEED_NM_S)
+    explicit = max_speed_nm_s != DEFAULT_MAX_SPEED_NM_S
+    if dt is not None and explicit and max_speed_nm_s * dt < MIN_SEARCH_RANGE_NM:
+        logger.warning("%s nm/s allows %.3g nm per %g s frame, under the detections' own "
+                       "scatter: cores were linked within %g nm per frame",
+                       option("max_speed_nm_s", f"{max_speed_nm_s:g}"), max_speed_nm_s * dt, dt,
+                       MIN_SEARCH_RANGE_NM)
+    # A movie shorter than min_length (a single image above all) keeps its cores as tracks.
+    if min_length > n_frames >= 1 and min_length != DEFAULT_MIN_LENGTH:  # the user's value
+        logger.warning("%s is longer than the movie (%d frame%s): used %d, so %s",
+                       option("min_length", min_length), n_frames, "s" if n_frames > 1 else "", n_frames,
+                       "every core of the image is a track" if n_frames == 1
+                       else "only cores detected in every frame make tracks")
+    elif min_length > n_frames > 1:  # the default on a short movie: velocities from few points
+        logger.warning("the movie has %d frames, fewer than the %d a track needs by default "
+                       "(%s): tracks are cores found in all %d frames, and "
+                       "their velocities rest on %d points%s", n_frames, min_length,
+                       option("min_length"), n_frames,
+                       n_frames, " (no standard errors)" if n_frames == 2 else "")
+    min_length = max(1, min(min_length, n_frames))
+    if drift is None:
+        drift = pd.DataFrame({"frame": np.arange(n_frames), "dx": 0.0, "dy": 0.0})
+    if rocksalt_fraction is None:
+        rocksalt_fraction = np.zeros(n_frames)
+    detections = _with_burgers_columns(detections.reset_index(drop=True))
+    weak = _with_burgers_columns(weak) if weak is not None else None
+    corrected = apply_drift(detections, drift)
+    weak = apply_drift(weak, drift) if weak is not None and len(weak) else None
+    if len(corrected):
+        linked = link_cores(corrected, pixel_size_nm=ps, frame_interval_s=dt,
+                            max_speed_nm_s=max_speed_nm_s, memory=memory, min_length=min_length,
+                            max_gap=max_gap, min_mean_score=min_track_score)
+        if weak is not None:
+            linked = extend_tracks(linked, weak, pixel_size_nm=ps)
+        linked = snap_h(linked, lattice)
+    else:
+        linked = corrected.assign(particle=pd.Series(dtype=int))
+    if len(corrected) and not len(linked) and n_frames > 1:  # say why, not just "0 tracks"
+        causes = ["flickering false cores"]
+        if dt is not None:  # without an interval the speed limit is not used
+            causes.append(f"cores moving faster than {option('max_speed_nm_s')} allows")
+        if min_track_score > 0:
+            # No flag of infer: a keyword of analyze and track_detections only.
+            causes.append(f"tracks of a mean score under min_track_score={min_track_score:g}")
+        logger.warning("%d detection%s but no track: no core was linked over %d frames (%s); "
+                       "%s give this", len(corrected), "s" * (len(corrected) != 1), min_length,
+                       option("min_length", min_length), " or ".join(causes))
+    if len(linked):
+        tracks = track_motion(linked, pixel_size_nm=ps, frame_interval_s=dt)
+    else:
+        tracks = linked.assign(t_s=pd.Series(dtype=float), glide_nm=pd.Series(dtype=float),
+                               climb_nm=pd.Series(dtype=float))
+    # Partners seen first (last) up to `memory` frames apart still nucleate (annihilate) together.
+    dipoles = DipoleCriteria(max_frame_gap=max(memory, DipoleCriteria.max_frame_gap))
+    summary = summarise_tracks(tracks, pixel_size_nm=ps, frame_interval_s=dt, n_frames=n_frames,
+                               image_shape=image_shape, border_nm=border_nm, dipoles=dipoles)
+    # Strong detections left out of every track and unused weak ones: close-dipole blobs.
+    unlinked = _unlinked(corrected if weak is None else pd.concat([corrected, weak]), linked)
+    events = find_events(tracks, summary, pixel_size_nm=ps, frame_interval_s=dt, dipoles=dipoles,
+                         unlinked=unlinked)
+    events, summary = drop_unseen_edge_events(events, summary, n_frames=n_frames)
+    counts = count_dislocations(summary, n_frames=n_frames, frame_interval_s=dt,
+                                rocksalt_fraction=np.asarray(rocksalt_fraction))
+    tracks = tracks[[c for c in [*TRACK_COLUMNS, "x_corr", "y_corr"] if c in tracks.columns]]
+    # Units in the names, as written to track_summary.csv: per frame without an interval.
+    summary = velocity_columns_as_written(summary, dt)
+    return TrackedTables(tracks, summary, events, counts)
+
+
+def _with_burgers_columns(table: pd.DataFrame) -> pd.DataFrame:
+    """``table`` with ``bx_nm``, ``by_nm`` (NaN: unknown) where a source gives none."""
+    missing = {c: np.nan for c in ("bx_nm", "by_nm") if c not in table.columns}
+    return table.assign(**missing) if missing else table
+
+
+def _unlinked(detections: pd.DataFrame, linked: pd.DataFrame) -> pd.DataFrame:
+    """The detections that are in no track."""
+    if not len(linked):
+        return detections
+    keys = ["frame", "x", "y"]
+    merged = detections.merge(linked[keys].drop_duplicates(), on=keys, how="left", indicator=True)
+    return merged[merged["_merge"] == "left_only"].drop(columns="_merge").reset_index(drop=True)
