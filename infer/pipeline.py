@@ -32,13 +32,13 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from dislotrack.data_gen.conventions import CANONICAL_PIXEL_SIZE_NM, D003_LINIO2_NM, edge_distance_px
+from dislotrack.data_gen.conventions import CANONICAL_PIXEL_SIZE_NM, D003_LINIO2_NM
 from dislotrack.data_gen.text import first_few
 from dislotrack.infer.calibration import NO_INTERVAL_NOTE, Calibration, resolve_calibration
+from dislotrack.infer.cleanup import clean_frame
 from dislotrack.infer.columns import DETECTION_COLUMNS
 from dislotrack.infer.detectors import CORE_COLUMNS, GPADetector, NetworkDetector, empty_cores
 from dislotrack.infer.drift import measure_drift
-from dislotrack.infer.events import ROCKSALT_MARGIN_NM, near_rocksalt
 from dislotrack.infer.fringes import pixel_size_from_fringes_or_none
 from dislotrack.infer.interface import option
 from dislotrack.infer.lattice import Lattice, measure_lattice
@@ -56,7 +56,6 @@ from dislotrack.infer.options import (
     tta_views,
 )
 from dislotrack.infer.overlays import MARGIN_NM as OVERLAY_MARGIN_NM
-from dislotrack.infer.overlays import overlay_mask
 from dislotrack.infer.predict import network_dtype, pick_device
 from dislotrack.infer.preprocess import scale_factor, to_canonical
 from dislotrack.infer.readers import IN_MEMORY, Movie, movie_from_array, open_movie
@@ -88,12 +87,6 @@ MIN_FRINGE_PERIOD_PX = 2.5
 #: Frames whose summed power spectrum gives the lattice (`measure_lattice`).
 LATTICE_FRAMES = 8
 
-#: Cores closer to the frame edge than this fraction of the (003) spacing are not
-#: reported: the fringes run on one side of them only, so no half-plane end can show, and
-#: a dark or bright edge row (scan flyback, a crop) reads as one (a real perovskite
-#: interface: 2 false cores 0.05-0.07 nm from its dark edge). The network finds no
-#: synthetic test core that close.
-EDGE_MARGIN_FRINGES = 0.5
 
 
 
@@ -410,31 +403,19 @@ def analyze(path: str | Path | Movie | np.ndarray, *, model: str | Path | None =
             # the network is not run (348 frames of 16 px took 29 s to report nothing).
             found = [(empty_cores(), np.zeros(f.shape, bool)) for f in raw] if blind else det(raw, can)
             for k, (table, rs) in enumerate(found):
-                constant = not np.ptp(raw[k])  # a blank or saturated frame shows no specimen
-                if constant:
+                f = clean_frame(raw[k], table, rs, pixel_size_nm=cal.pixel_size_nm,
+                                d_spacing_nm=d_spacing_nm, blind=blind)
+                if f.blank:
                     blank.append(start + k)
-                    rs = np.zeros_like(rs)
-                if blind or constant:  # any core found would be spurious; the sinks see none either
-                    table = table.iloc[:0]
-                table = table[edge_distance_px(table["x"], table["y"], (h, w))
-                              >= EDGE_MARGIN_FRINGES * d_spacing_nm / cal.pixel_size_nm]
-                # Scale bars, text, zero-filled borders: no lattice, no cores, no rock salt.
-                drawn = overlay_mask(raw[k], pixel_size_nm=cal.pixel_size_nm)
-                if drawn.any():
-                    overlaid[start + k] = float(drawn.mean())
-                    table = table[~near_rocksalt(table["x"], table["y"], drawn,
-                                                 OVERLAY_MARGIN_NM / cal.pixel_size_nm)]
-                    rs = rs & ~drawn
-                # Which cores sit where rock salt hides them (births/deaths there are not events).
-                flag = near_rocksalt(table["x"], table["y"], rs, ROCKSALT_MARGIN_NM / cal.pixel_size_nm)
-                rows.append(table.assign(frame=start + k, in_rocksalt=flag))
-                table = table[table["score"] > thr] if detector == "unet" else table
-                rs_frac.append(np.nan if constant or blind else float(rs[~drawn].mean())
-                               if not drawn.all() else 0.0)
+                if f.overlaid:
+                    overlaid[start + k] = f.overlaid
+                rows.append(f.cores.assign(frame=start + k))
+                rs_frac.append(f.rocksalt_fraction)
                 if mask_sink is not None:
-                    mask_sink(start + k, rs.astype(np.uint8))
-                if frame_sink is not None:
-                    frame_sink(start + k, raw[k], table)
+                    mask_sink(start + k, f.rocksalt.astype(np.uint8))
+                if frame_sink is not None:  # the cores as reported (a sink sees no weak ones)
+                    strong = f.cores[f.cores["score"] > thr] if detector == "unet" else f.cores
+                    frame_sink(start + k, raw[k], strong)
             _release_freed_memory(0)
 
         n_read = 0
@@ -481,22 +462,9 @@ def analyze(path: str | Path | Movie | np.ndarray, *, model: str | Path | None =
     lattice = measure_lattice(lattice_frames, pixel_size_nm=cal.pixel_size_nm,
                               d_spacing_nm=d_spacing_nm) if lattice_frames else None
     if lattice is None and not blind and min(h, w) >= MIN_SIDE_FOR_LATTICE_PX:  # small frames often miss it
-        where, noisy = ("the image", "image") if n == 1 else ("the first frames", "movie")
         found = sum(int((r["score"] > thr).sum()) if detector == "unet" else len(r) for r in rows)
-        doubtful = ("none could be found here" if not found else "the detection here is doubtful"
-                    if found == 1 else f"the {found} detections here are doubtful")
-        # Rock salt is the layered lattice without its (003) order: without those fringes
-        # anywhere, it cannot be told from another material.
-        rs_seen = np.nanmax(rs_frac) if rs_frac and not np.isnan(rs_frac).all() else 0.0
-        if rs_seen > 0:
-            doubtful += (f"; the rock salt reported (up to {100 * rs_seen:.2g} % of a frame) is "
-                         "doubtful too: it is told from the layered lattice by those fringes")
-        logger.warning("no %.3g nm (003) lattice fringes stand out in %s: check the pixel size "
-                       "and %s (another material?), unless the %s is just "
-                       "noisy; cores are found where those fringes end, so %s%s",
-                       d_spacing_nm, where, option("d_spacing_nm"), noisy, doubtful,
-                       slipped_calibration_hint(lattice_frames[0], cal, d_spacing_nm),
-                       extra={LEADS: True})
+        _warn_without_lattice(lattice_frames[0], cal, d_spacing_nm, n_frames=n, found=found,
+                              rocksalt_fraction=rs_frac)
     snap_asked = lattice_h
     lattice_h = lattice_h and lattice is not None and lattice.has_layer  # snapped or not, once
     if lattice_h:
@@ -560,3 +528,23 @@ def _track(detections: pd.DataFrame, drift: pd.DataFrame, cal: Calibration, rs_f
         input_path=path, input_sha256=sha256, model_card=card,
         warnings=list(cal.warnings), first_frame=first, lattice=lattice,
         lattice_h=lattice_h, weak=weak, tracking_warnings=t.warnings)
+
+
+def _warn_without_lattice(frame: np.ndarray, cal: Calibration, d_spacing_nm: float, *, n_frames: int,
+                          found: int, rocksalt_fraction: list[float]) -> None:
+    """Warn (first) that no (003) fringes stood out, so that ``found`` cores and any rock
+    salt reported are doubtful; with a hint where the calibration looks slipped."""
+    where, noisy = ("the image", "image") if n_frames == 1 else ("the first frames", "movie")
+    doubtful = ("none could be found here" if not found else "the detection here is doubtful"
+                if found == 1 else f"the {found} detections here are doubtful")
+    # Rock salt is the layered lattice without its (003) order: without those fringes
+    # anywhere, it cannot be told from another material.
+    judged = [f for f in rocksalt_fraction if not np.isnan(f)]
+    if judged and max(judged) > 0:
+        doubtful += (f"; the rock salt reported (up to {100 * max(judged):.2g} % of a frame) is "
+                     "doubtful too: it is told from the layered lattice by those fringes")
+    logger.warning("no %.3g nm (003) lattice fringes stand out in %s: check the pixel size "
+                   "and %s (another material?), unless the %s is just "
+                   "noisy; cores are found where those fringes end, so %s%s",
+                   d_spacing_nm, where, option("d_spacing_nm"), noisy, doubtful,
+                   slipped_calibration_hint(frame, cal, d_spacing_nm), extra={LEADS: True})

@@ -126,7 +126,7 @@ def test_no_core_is_reported_on_a_dark_edge_of_a_real_image(monkeypatch):
     # A real perovskite interface (no dislocation) whose last columns are dark: the network
     # takes that edge for half-plane ends, 0.06-0.3 nm from it.
     from dislotrack.data_gen.conventions import edge_distance_px
-    from dislotrack.infer import pipeline
+    from dislotrack.infer import cleanup
 
     def near_edge(res):
         d = res.detections
@@ -134,5 +134,5 @@ def test_no_core_is_reported_on_a_dark_edge_of_a_real_image(monkeypatch):
 
     path = real("atomsegnet/1.png")
     assert near_edge(analyze(path, pixel_size_nm=0.0143, progress=False)) == 0
-    monkeypatch.setattr(pipeline, "EDGE_MARGIN_FRINGES", 0.0)
+    monkeypatch.setattr(cleanup, "EDGE_MARGIN_FRINGES", 0.0)
     assert near_edge(analyze(path, pixel_size_nm=0.0143, progress=False)) >= 2

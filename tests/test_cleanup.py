@@ -1,0 +1,51 @@
+"""Per-frame cleanup of the detector's findings (`dislotrack.infer.cleanup`)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from dislotrack.infer.cleanup import EDGE_MARGIN_FRINGES, clean_frame
+
+
+def _cores(*xy):
+    x, y = np.array(xy, float).T
+    return pd.DataFrame({"x": x, "y": y, "score": 0.9, "hx": 0.0, "hy": -1.0})
+
+
+def _lattice(shape=(64, 64), period_px=4.73):
+    y = np.arange(shape[0])[:, None]
+    return np.broadcast_to(np.cos(2 * np.pi * y / period_px), shape).astype(np.float32).copy()
+
+
+def test_cores_near_the_edge_are_dropped_and_rock_salt_flags_the_rest():
+    frame = _lattice()
+    margin = EDGE_MARGIN_FRINGES * 0.473 / 0.1  # 2.4 px
+    rs = np.zeros(frame.shape, bool)
+    rs[:, 40:] = True
+    cores = _cores((margin - 0.6, 30), (margin + 0.6, 30), (20, 30), (50, 30))
+    f = clean_frame(frame, cores, rs, pixel_size_nm=0.1, d_spacing_nm=0.473)
+    assert f.cores["x"].tolist() == [margin + 0.6, 20.0, 50.0]
+    assert f.cores["in_rocksalt"].tolist() == [False, False, True]
+    assert f.rocksalt_fraction == rs.mean() and not f.blank and f.overlaid == 0.0
+
+
+def test_a_blank_frame_or_a_blind_one_keeps_nothing_and_judges_no_rock_salt():
+    rs = np.ones((64, 64), bool)
+    blank = clean_frame(np.full((64, 64), 3.0), _cores((30, 30)), rs, pixel_size_nm=0.1,
+                        d_spacing_nm=0.473)
+    assert blank.blank and blank.cores.empty and not blank.rocksalt.any()
+    assert np.isnan(blank.rocksalt_fraction)
+    blind = clean_frame(_lattice(), _cores((30, 30)), rs, pixel_size_nm=0.1, d_spacing_nm=0.473,
+                        blind=True)
+    assert not blind.blank and blind.cores.empty and np.isnan(blind.rocksalt_fraction)
+
+
+def test_a_zero_filled_border_hides_cores_and_rock_salt_beside_it():
+    frame = _lattice((128, 128)) + 2.0
+    frame[:, 96:] = 0.0  # a clipped area, as after registration: the darkest level
+    rs = np.ones(frame.shape, bool)
+    f = clean_frame(frame, _cores((30, 60), (94, 60)), rs, pixel_size_nm=0.1, d_spacing_nm=0.473)
+    assert f.cores["x"].tolist() == [30.0]
+    assert f.overlaid > 0.2 and not f.rocksalt[:, 100:].any()
+    assert f.rocksalt_fraction == 1.0  # judged where the specimen shows
