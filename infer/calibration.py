@@ -364,3 +364,40 @@ def interval_from_timestamps(
     if np.any(steps <= 0):
         return None
     return float(np.median(steps))
+
+
+# --- metadata values, read by the file readers (`dislotrack.infer.readers`) ---
+
+
+def length_nm_or_none(scale: object, unit: object, notes: list[str], what: str) -> float | None:
+    """A calibration length [nm], or None (with a note) if unusable."""
+    try:
+        value = to_nm(float(scale), str(unit) if unit is not None else "")
+    except (TypeError, ValueError) as err:
+        notes.append(f"{what}: no usable pixel size ({err})")
+        return None
+    if not (np.isfinite(value) and value > 0):
+        notes.append(f"{what}: ignored non-positive pixel size {scale} {unit}")
+        return None
+    return value
+
+
+def seconds_or_none(scale: object, unit: object) -> float | None:
+    """A frame interval [s] from a metadata scale and unit, or None if unusable."""
+    try:
+        value = to_seconds(float(scale), str(unit) if unit is not None else "")
+    except (TypeError, ValueError):
+        return None
+    return value if np.isfinite(value) and value > 0 else None
+
+
+def square_pixel_size(px_x: float | None, px_y: float | None, warnings: list[str]) -> float | None:
+    """One pixel size from x and y; a calibration warning if they differ by more than 1 %
+    (distances along y then come out scaled by y/x)."""
+    if px_x is None or px_y is None:
+        return px_x if px_x is not None else px_y
+    if abs(px_x - px_y) > 0.01 * px_x:
+        warnings.append(f"non-square pixels: x {px_x:.6g} nm, y {px_y:.6g} nm; using x: positions, "
+                        "velocities and strain along y are off by that ratio; resample the movie "
+                        "to square pixels first")
+    return px_x

@@ -27,39 +27,37 @@ folder                 one frame per file (PNG/JPEG/TIFF/DM3/DM4), natural order
                        top level holds no frames; the DM acquisition clock gives
                        the frame interval (median step).
 =====================  ===========================================================
+
+`Movie` itself is in `dislotrack.infer.movie`, the TIFF reader in
+`dislotrack.infer.read_tiff`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import copy
-import functools
 import hashlib
 import importlib
-import itertools
 import json
 import logging
-import numbers
 import re
-import struct
-import xml.etree.ElementTree as ET
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import h5py
 import numpy as np
-import tifffile
 
 from dislotrack.data_gen.annotations import is_sidecar
 from dislotrack.infer.calibration import (
     Calibration,
     check_positive,
     interval_from_timestamps,
-    to_nm,
-    to_seconds,
+    length_nm_or_none,
+    seconds_or_none,
+    square_pixel_size,
 )
 from dislotrack.infer.interface import option
+from dislotrack.infer.movie import READ_ERRORS, Movie, close_lazy_array
+from dislotrack.infer.read_tiff import EAGER_LIMIT_BYTES, open_tiff
 
 logger = logging.getLogger(__name__)
 
@@ -79,185 +77,11 @@ _NUMPY = (".npy",)
 _HDF5 = (".hdf5", ".h5", ".hdf")
 #: Smallest side [px] of an HDF5 dataset taken for an image (smaller ones are metadata).
 _MIN_IMAGE_SIDE = 16
-#: What the reading libraries raise for a damaged, truncated or mislabelled file
-#: (rosettasciio: NotImplementedError for unknown format versions).
-_READ_ERRORS = (ValueError, OSError, EOFError, NotImplementedError, struct.error)
 SUPPORTED_EXTENSIONS = tuple(sorted({*_TIFF, *_IMAGE, *_VIDEO, *_RSCIIO, *_NUMPY, *_HDF5}))
 FRAME_EXTENSIONS = (*_TIFF, *_IMAGE, ".dm3", ".dm4")
 _FRAME_KIND = {".tif": "TIFF", ".tiff": "TIFF", ".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG",
                ".dm3": "DM", ".dm4": "DM"}
-#: Files that cannot be read lazily are loaded whole only below this size [bytes].
-EAGER_LIMIT_BYTES = 256 * 2**20
-#: ITU-R BT.709 luma weights, as in skimage.color.rgb2gray (but keeping the value range).
-_LUMA = np.array([0.2125, 0.7154, 0.0721])
 _FILETIME_TO_UNIX_S = 11644473600.0
-_IMAGEJ_TAGS = (50838, 50839)  # IJMetadataByteCounts, IJMetadata
-
-
-def to_gray_float32(frame: np.ndarray) -> np.ndarray:
-    """One frame as a float32 (H, W) array: RGB(A) -> luminance, complex -> modulus."""
-    a = np.asarray(frame)
-    if a.dtype.names:  # DigitalMicrograph RGBA: structured R, G, B, A
-        a = np.stack([a[c] for c in ("R", "G", "B")], axis=-1)
-    if np.iscomplexobj(a):
-        a = np.abs(a)
-    if a.ndim == 3 and a.shape[-1] in (3, 4):
-        a = a[..., :3].astype(np.float64) @ _LUMA
-    elif a.ndim == 3 and a.shape[-1] == 2:  # grey + alpha
-        a = a[..., 0]
-    if a.ndim != 2:
-        raise ValueError(f"a frame must be 2-D (or 2-D colour), got shape {a.shape}")
-    return np.array(a, dtype=np.float32)
-
-
-class Movie:
-    """A lazily read stack of frames with its calibration.
-
-    Frames are read on access: ``movie[i]`` (negative ``i`` counts from the end)
-    and iteration give finite float32 arrays of shape ``movie.shape[1:]`` (NaN or
-    infinite pixels, e.g. alignment padding, become the frame's median, with a warning). Use as a
-    context manager (or call `close`) to release the file.
-
-    Attributes
-    ----------
-    path : Path
-    shape : tuple of int
-        (T, H, W) [frames, px, px].
-    calibration : Calibration
-        From the file's metadata; combine with user values via
-        `dislotrack.infer.calibration.resolve_calibration` and `with_calibration`.
-    metadata : dict
-        Small: ``format``, ``notes`` (list of str: how the file was read), optionally
-        ``warnings`` (list of str: what the user should know, e.g. only one channel
-        was read; infer reports them) and format-specific entries.
-    timestamps_s : ndarray or None
-        Acquisition time of each frame relative to the first [s], where the
-        files record it.
-    """
-
-    def __init__(
-        self,
-        path: Path,
-        shape: tuple[int, int, int],
-        calibration: Calibration,
-        metadata: dict,
-        read: Callable[[int], np.ndarray],
-        *,
-        iterate: Callable[[], Iterator[np.ndarray]] | None = None,
-        close: Callable[[], None] | None = None,
-        timestamps_s: np.ndarray | None = None,
-    ) -> None:
-        self._path = Path(path)
-        self._shape = tuple(int(n) for n in shape)
-        self._calibration = calibration
-        self._metadata = metadata
-        self._read, self._iterate, self._close = read, iterate, close
-        self._timestamps = timestamps_s
-        self._filled = False  # whether non-finite pixels were replaced (logged once)
-
-    path = property(lambda self: self._path)
-    shape = property(lambda self: self._shape)
-    calibration = property(lambda self: self._calibration)
-    metadata = property(lambda self: self._metadata)
-    timestamps_s = property(lambda self: self._timestamps)
-
-    def __len__(self) -> int:
-        return self._shape[0]
-
-    def __getitem__(self, index: int) -> np.ndarray:
-        if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
-            raise TypeError(f"frame index must be an integer, got {index!r}")
-        i = int(index) + (len(self) if index < 0 else 0)
-        if not 0 <= i < len(self):
-            raise IndexError(f"frame {index} out of range for {len(self)} frames of {self._path}")
-        try:
-            raw = self._read(i)
-        except _READ_ERRORS as err:  # a truncated or damaged file: name it
-            raise ValueError(f"{self._path}: frame {i} cannot be read: {err}") from err
-        return self._checked(raw, i)
-
-    def __iter__(self) -> Iterator[np.ndarray]:
-        if self._iterate is None:
-            for i in range(len(self)):
-                yield self[i]
-            return
-        frames = self._iterate()
-        for i in range(len(self)):
-            try:
-                frame = next(frames)
-            except StopIteration:  # fewer frames than the header said
-                return
-            except _READ_ERRORS as err:
-                raise ValueError(f"{self._path}: frame {i} cannot be read: {err}") from err
-            yield self._checked(frame, i)
-
-    def _checked(self, raw: np.ndarray, i: int) -> np.ndarray:
-        frame = to_gray_float32(raw)
-        if frame.shape != self._shape[1:]:
-            raise ValueError(
-                f"frame {i} of {self._path} is {frame.shape} px, expected {self._shape[1:]} px"
-            )
-        bad = ~np.isfinite(frame)
-        if bad.any():  # e.g. the padding of an aligned stack: neutral grey, said once per movie
-            frame[bad] = np.median(frame[~bad]) if not bad.all() else 0.0
-            if not self._filled:
-                logger.warning("%s: frame %d has %d NaN or infinite pixels (e.g. padding from "
-                               "alignment), set to the frame's median; later frames likewise",
-                               self._path.name, i, int(bad.sum()))
-            self._filled = True
-        return frame
-
-    def window(self, start: int, stop: int) -> Movie:
-        """Frames ``start`` to ``stop - 1`` of this movie as a movie of their own, numbered
-        from 0 and read lazily from the same open file; ``metadata["frames"]`` records
-        ``[start, stop]`` and timestamps count from ``start``.
-
-        Raises
-        ------
-        ValueError
-            If the window holds no frame of this movie.
-        """
-        n = len(self)
-        integral = all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in (start, stop))
-        if not (integral and 0 <= start < stop <= n):
-            window = option("frames", f"{start}:{stop}", text=True)
-            raise ValueError(f"{window} is not a window of the {n} frames "
-                             f"of {self._path.name} (whole numbers, 0 <= start < stop <= {n})")
-        start, stop = int(start), int(stop)
-        base_read, base_iterate = self._read, self._iterate
-
-        def iterate() -> Iterator[np.ndarray]:  # a stream is read from its start, once
-            return itertools.islice(base_iterate(), start, stop)
-
-        times = self._timestamps
-        other = Movie(self._path, (stop - start, *self._shape[1:]), self._calibration,
-                      {**self._metadata, "frames": [start, stop]}, lambda i: base_read(start + i),
-                      iterate=iterate if base_iterate is not None else None, close=None,
-                      timestamps_s=None if times is None else times[start:stop] - times[start])
-        return other
-
-    def with_calibration(self, calibration: Calibration) -> Movie:
-        """The same movie (sharing the open file) with another calibration."""
-        other = copy.copy(self)
-        other._calibration = calibration
-        return other
-
-    def close(self) -> None:
-        """Release the file (further reads may fail)."""
-        if self._close is not None:
-            self._close()
-            self._close = None
-
-    def __enter__(self) -> Movie:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        c = self._calibration
-        return (f"Movie({self._path.name!r}, shape={self._shape}, pixel_size_nm={c.pixel_size_nm}, "
-                f"frame_interval_s={c.frame_interval_s})")
 
 
 def open_movie(path: str | Path, *, signal: int | str | None = None) -> Movie:
@@ -346,7 +170,7 @@ def _open(path: Path, signal: int | str | None) -> Movie:
     ext = path.suffix.lower()
     try:
         if ext in _TIFF:
-            return _open_tiff(path)
+            return open_tiff(path)
         if ext in _RSCIIO:
             return _open_rsciio(path, *_RSCIIO[ext], signal=signal)
         if ext in _VIDEO:
@@ -357,310 +181,10 @@ def _open(path: Path, signal: int | str | None) -> Movie:
             return _open_hdf5(path, signal=signal)
         return _open_image(path)
     # A damaged or mislabelled file: the reading library's error, with the file named.
-    except _READ_ERRORS as err:
+    except READ_ERRORS as err:
         if isinstance(err, ValueError) and (str(path) in str(err) or path.name in str(err)):
             raise  # ours, already naming the file
         raise ValueError(f"{path}: cannot be read as {ext[1:].upper()}: {err}") from err
-
-
-# --- small helpers -------------------------------------------------------------------------
-
-
-def _length_nm(scale: object, unit: object, notes: list[str], what: str) -> float | None:
-    """A calibration length [nm], or None (with a note) if unusable."""
-    try:
-        value = to_nm(float(scale), str(unit) if unit is not None else "")
-    except (TypeError, ValueError) as err:
-        notes.append(f"{what}: no usable pixel size ({err})")
-        return None
-    if not (np.isfinite(value) and value > 0):
-        notes.append(f"{what}: ignored non-positive pixel size {scale} {unit}")
-        return None
-    return value
-
-
-def _seconds(scale: object, unit: object) -> float | None:
-    try:
-        value = to_seconds(float(scale), str(unit) if unit is not None else "")
-    except (TypeError, ValueError):
-        return None
-    return value if np.isfinite(value) and value > 0 else None
-
-
-def _xy_calibration(px_x: float | None, px_y: float | None, warnings: list[str]) -> float | None:
-    """One pixel size from x and y; a calibration warning if they differ by more than 1 %
-    (distances along y then come out scaled by y/x)."""
-    if px_x is None or px_y is None:
-        return px_x if px_x is not None else px_y
-    if abs(px_x - px_y) > 0.01 * px_x:
-        warnings.append(f"non-square pixels: x {px_x:.6g} nm, y {px_y:.6g} nm; using x: positions, "
-                        "velocities and strain along y are off by that ratio; resample the movie "
-                        "to square pixels first")
-    return px_x
-
-
-# --- TIFF ----------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def _quiet_tifffile() -> Iterator[list[str]]:
-    """tifffile's logged complaints about damaged files, collected instead of printed
-    (our error says it): yields the list of their messages."""
-    log = logging.getLogger("tifffile")
-    said: list[str] = []
-
-    class _Collect(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            said.append(record.getMessage())
-
-    handler, propagate = _Collect(level=logging.WARNING), log.propagate
-    log.addHandler(handler)
-    log.propagate = False  # it logs a damaged page offset as an error
-    try:
-        yield said
-    finally:
-        log.removeHandler(handler)
-        log.propagate = propagate
-
-
-def _open_tiff(path: Path) -> Movie:
-    with _quiet_tifffile():
-        tif = tifffile.TiffFile(path)
-    try:
-        with _quiet_tifffile() as damage:
-            if not tif.series:  # e.g. only the 8-byte header of an interrupted write
-                raise ValueError(f"{path}: the TIFF holds no images (an incomplete write or copy?)")
-            series = tif.series[0]
-        declared = int((tif.imagej_metadata or {}).get("images", 0)) if tif.is_imagej else 0
-        if declared > int(np.prod(series.shape[: series.ndim - series.keyframe.ndim])):
-            raise ValueError(f"{path}: the ImageJ header lists {declared} images but fewer can be "
-                             "read (a truncated file?)")
-        page_axes = series.keyframe.axes
-        if not series.axes.endswith(page_axes):
-            raise ValueError(f"{path}: cannot map TIFF axes {series.axes!r} to frames")
-        if series.axes == "SYX" and tif.is_shaped:  # how tifffile writes a (3|4, y, x) array
-            return _planar_stack(path, tif, series)
-        lead_axes = series.axes[: len(series.axes) - len(page_axes)]
-        lead_shape = tuple(series.shape[: len(lead_axes)])
-        notes: list[str] = []
-        warnings = [] if len(tif.series) == 1 else [
-            f"the TIFF holds {len(tif.series)} image series; only the first was read"]
-        index = _tiff_frame_index(lead_axes, lead_shape, warnings)
-        _check_tiff_complete(path, tif, series, int(np.prod(lead_shape)))
-        cut = [m for m in damage if "invalid page offset" in m]
-        if cut:  # the chain of pages breaks off: tifffile kept the pages before the break
-            raise ValueError(f"{path}: truncated or damaged: its pages break off after "
-                             f"{len(index)} frame(s) (an incomplete write or copy?)")
-        read = _tiff_reader(path, tif, series, lead_shape, page_axes)
-        h, w = (series.keyframe.shape[page_axes.index(a)] for a in "YX")
-        cal = _tiff_calibration(path, tif, notes)
-    except Exception:
-        tif.close()
-        raise
-    meta = {"format": "OME-TIFF" if tif.is_ome else "ImageJ TIFF" if tif.is_imagej else "TIFF",
-            "axes": series.axes, "dtype": str(series.dtype), "notes": notes, "warnings": warnings}
-    return Movie(path, (len(index), h, w), cal, meta, lambda i: read(index[i]), close=tif.close)
-
-
-#: An ImageJ/TIFF stack whose only stacked axis is C with more entries than this is a
-#: movie saved without axes (tifffile writes a 3-D array as channels by default); up to
-#: this many are detectors of one scan (HAADF, BF, ...), of which channel 0 is read.
-MAX_DETECTOR_CHANNELS = 4
-
-
-def _planar_stack(path: Path, tif: tifffile.TiffFile, series) -> Movie:
-    """A one-page TIFF whose 3 or 4 planar samples are frames: tifffile stores a (3|4, y, x)
-    array as planar RGB(A), which no camera writes for a colour image (those are (y, x, 3))."""
-    n, h, w = series.shape
-    cal = _tiff_calibration(path, tif, notes := [])
-    meta = {"format": "TIFF", "axes": series.axes, "dtype": str(series.dtype), "notes": notes,
-            "warnings": [f"the TIFF stores {n} planar colour samples in one page, as tifffile "
-                         f"writes a ({n}, y, x) array: read as {n} frames, not as one colour image"]}
-    page = functools.cache(tif.pages.first.asarray)  # all frames are in it: read it once
-    return Movie(path, (n, h, w), cal, meta, lambda i: page()[i], close=tif.close)
-
-
-def _tiff_frame_index(axes: str, shape: tuple[int, ...], warnings: list[str]) -> list[tuple]:
-    """Multi-indices into the non-image axes, one per frame (channel 0 only, unless the
-    channels are the only stack and too many to be detectors: then they are the frames)."""
-    ranges = [range(n) for n in shape]
-    if "C" in axes and shape[axes.index("C")] > 1:
-        n_c = shape[axes.index("C")]
-        if n_c > MAX_DETECTOR_CHANNELS and all(n == 1 for a, n in zip(axes, shape, strict=True) if a != "C"):
-            warnings.append(f"the file's {n_c} channels were read as {n_c} frames (it has no time "
-                            "or z axis); save movies with axes 'TYX' to say so")
-        else:
-            warnings.append(f"the file holds {n_c} channels; only channel 0 was read")
-            ranges[axes.index("C")] = range(1)
-    if sum(len(r) > 1 for r in ranges) > 1:
-        warnings.append(f"TIFF axes {axes!r} {shape} were read as one sequence of frames")
-    return list(np.ndindex(*[len(r) for r in ranges]))
-
-
-def _tiff_complete_frames(path: Path, tif: tifffile.TiffFile, series, n_frames: int) -> int:
-    """How many of a TIFF series' ``n_frames`` frames lie wholly within the file."""
-    size = path.stat().st_size
-    if series.dataoffset is not None:  # contiguous: frames one after another from dataoffset
-        frame_bytes = int(np.prod(series.keyframe.shape)) * np.dtype(series.dtype).itemsize
-        return int(min(n_frames, max(size - series.dataoffset, 0) // max(frame_bytes, 1)))
-    return _complete_pages(path, list(series.pages), n_frames)
-
-
-def _complete_pages(path: Path, pages: list, n_frames: int) -> int:
-    """How many of ``pages``, in order, have all their data within their file (a
-    multi-file OME-TIFF's pages live in several)."""
-    for k, page in enumerate(pages):  # per page: its strips or tiles
-        if page is None:  # in a file of a multi-file OME-TIFF that is not there
-            raise ValueError(f"{path}: frame {k} is in a file of this multi-file OME-TIFF that "
-                             "is missing; copy all its files together")
-        size = page.parent.filehandle.size
-        if any(o + c > size for o, c in zip(page.dataoffsets, page.databytecounts, strict=True)):
-            return k
-    return min(len(pages), n_frames)
-
-
-def _check_tiff_complete(path: Path, tif: tifffile.TiffFile, series, n_frames: int) -> None:
-    """Refuse a truncated TIFF at once, rather than after analysing its first frames."""
-    whole = _tiff_complete_frames(path, tif, series, n_frames)
-    if tif.is_shaped and tif.shaped_metadata:  # tifffile's own header: the shape it wrote
-        declared = int(np.prod(tif.shaped_metadata[0].get("shape", [0])))
-        declared //= max(int(np.prod(series.keyframe.shape)), 1)
-        if declared > n_frames:  # pages lost to a cut: tifffile fell back to the first page(s)
-            with _quiet_tifffile():
-                whole = _complete_pages(path, list(tif.pages), declared)
-            n_frames = declared
-    if whole < n_frames:
-        raise ValueError(f"{path}: truncated: {whole} of its {n_frames} frames are in the file "
-                         "(an incomplete write or copy?)")
-
-
-def _tiff_reader(path, tif, series, lead_shape, page_axes) -> Callable[[tuple], np.ndarray]:
-    def to_frame(block: np.ndarray) -> np.ndarray:
-        return np.moveaxis(block, page_axes.index("S"), -1) if "S" in page_axes else block
-
-    offset = series.dataoffset
-    if offset is not None:  # contiguous, uncompressed data (incl. ImageJ files over 4 GB)
-        # Plain reads at the frame's offset rather than a memory map: mapped pages would
-        # stay in the resident size, which then grows with every frame read.
-        frame_shape = tuple(series.keyframe.shape)
-        dtype = np.dtype(series.dtype).newbyteorder(tif.byteorder)
-        count = int(np.prod(frame_shape))
-
-        def read(idx: tuple) -> np.ndarray:
-            k = int(np.ravel_multi_index(idx, lead_shape)) if lead_shape else 0
-            data = np.fromfile(path, dtype=dtype, count=count, offset=offset + k * count * dtype.itemsize)
-            return to_frame(data.reshape(frame_shape).astype(dtype.newbyteorder("="), copy=False))
-
-        return read
-    n_pages = int(np.prod(lead_shape))
-    if len(series.pages) == n_pages:
-        def page(idx: tuple) -> int:
-            return int(np.ravel_multi_index(idx, lead_shape)) if lead_shape else 0
-
-        return lambda idx: to_frame(tif.asarray(key=page(idx), series=0))
-    if series.nbytes > EAGER_LIMIT_BYTES:
-        raise ValueError(f"{path}: TIFF layout not readable frame by frame, too big to load whole")
-    data = series.asarray().reshape(lead_shape + tuple(series.keyframe.shape))
-    return lambda idx: to_frame(data[idx])
-
-
-def _tiff_calibration(path: Path, tif: tifffile.TiffFile, notes: list[str]) -> Calibration:
-    """OME > ImageJ > vendor tags (rosettasciio) > cm/inch resolution tags."""
-    page = tif.pages.first
-    found = [(None, None)]
-    warnings: list[str] = []
-    if tif.is_ome:
-        found.append(_ome_calibration(tif.ome_metadata, notes, warnings))
-    if tif.is_imagej:
-        found.append(_imagej_calibration(tif.imagej_metadata, page, notes))
-    px = next((p for p, _ in found if p is not None), None)
-    dt = next((t for _, t in found if t is not None), None)
-    vendor_tags = any(t.code >= 32768 and t.code not in _IMAGEJ_TAGS for t in page.tags)
-    if (px is None or dt is None) and vendor_tags:  # DM, FEI, Zeiss, Olympus, ... tags
-        vendor_px, vendor_dt = _vendor_tiff_calibration(path, warnings)
-        px, dt = px if px is not None else vendor_px, dt if dt is not None else vendor_dt
-    if px is None:
-        px = _resolution_tag_calibration(page, notes)
-    return Calibration.from_file(pixel_size_nm=px, frame_interval_s=dt, warnings=warnings)
-
-
-def _ome_calibration(xml: str, notes: list[str],
-                     warnings: list[str]) -> tuple[float | None, float | None]:
-    root = ET.fromstring(xml)
-    pixels = next((e for e in root.iter() if e.tag.endswith("}Pixels") or e.tag == "Pixels"), None)
-    if pixels is None:
-        return None, None
-    a = pixels.attrib
-    px = py = None
-    if "PhysicalSizeX" in a:
-        px = _length_nm(a["PhysicalSizeX"], a.get("PhysicalSizeXUnit", "µm"), notes, "OME x")
-    if "PhysicalSizeY" in a:
-        py = _length_nm(a["PhysicalSizeY"], a.get("PhysicalSizeYUnit", "µm"), notes, "OME y")
-    dt = None
-    if "TimeIncrement" in a:
-        dt = _seconds(a["TimeIncrement"], a.get("TimeIncrementUnit", "s"))
-    else:  # per-plane DeltaT of the first Z and channel
-        planes = [p.attrib for p in pixels if p.tag.endswith("Plane") and "DeltaT" in p.attrib]
-        planes = [p for p in planes if p.get("TheZ", "0") == "0" and p.get("TheC", "0") == "0"]
-        planes.sort(key=lambda p: int(p.get("TheT", 0)))
-        times = [_seconds(p["DeltaT"], p.get("DeltaTUnit", "s")) or 0.0 for p in planes]
-        dt = interval_from_timestamps(times)
-    return _xy_calibration(px, py, warnings), dt
-
-
-def _imagej_calibration(ij: dict, page, notes: list[str]) -> tuple[float | None, float | None]:
-    unit = ij.get("unit")
-    if isinstance(unit, str) and "\\u" in unit:
-        unit = unit.encode().decode("unicode_escape")  # ImageJ writes "\\u00B5m" for µm
-    px = None
-    if unit and unit.lower() not in ("pixel", "pixels", "px") and "XResolution" in page.tags:
-        num, den = page.tags["XResolution"].value
-        if num > 0 and den > 0:
-            px = _length_nm(den / num, unit, notes, "ImageJ")
-    dt = None
-    if ij.get("finterval"):
-        dt = _seconds(ij["finterval"], ij.get("tunit", "s"))  # ImageJ's default time unit is "sec"
-    return px, dt
-
-
-def _vendor_tiff_calibration(path: Path, warnings: list[str]) -> tuple[float | None, float | None]:
-    """Pixel size / frame interval from vendor tags (DM, FEI, Zeiss, ...) via rosettasciio."""
-    try:
-        from rsciio.tiff import file_reader
-
-        sig = file_reader(str(path), lazy=True)[0]
-        _close_rsciio(sig["data"])
-    except Exception as err:  # vendor tags are optional extras; never fail the read on them
-        logger.debug("rosettasciio could not read %s: %s", path, err)
-        return None, None
-    axes = sig["axes"]
-    if len(axes) < 2 or str(axes[-1].get("units")).lower() in ("none", "", "inch", "in", "cm"):
-        return None, None  # uncalibrated or print resolution: handled by the tag fallback
-    scratch: list[str] = []
-    px = _xy_calibration(
-        _length_nm(axes[-1].get("scale"), axes[-1].get("units"), scratch, "x"),
-        _length_nm(axes[-2].get("scale"), axes[-2].get("units"), scratch, "y"),
-        warnings,
-    )
-    dt = next((t for a in axes[:-2] if (t := _seconds(a.get("scale"), a.get("units")))), None)
-    return px, dt
-
-
-def _resolution_tag_calibration(page, notes: list[str]) -> float | None:
-    """Pixel size from XResolution in px/cm or px/inch, if microscope-like (< 1 µm)."""
-    unit = page.tags.get("ResolutionUnit")
-    per = {2: 2.54e7, 3: 1e7}.get(int(unit.value) if unit is not None else 1)  # nm per inch / cm
-    if per is None or "XResolution" not in page.tags:
-        return None
-    num, den = page.tags["XResolution"].value
-    if num <= 0 or den <= 0:
-        return None
-    px = per * den / num
-    if px >= 1000:
-        notes.append(f"ignored XResolution {num / den:g} px/{'inch' if per > 1e7 else 'cm'}: "
-                     "a print resolution, not a microscope calibration")
-        return None
-    return px
 
 
 # --- rosettasciio formats (DM, EMD, TIA, MRC) ------------------------------------------------
@@ -686,12 +210,12 @@ def _open_rsciio(path: Path, module: str, label: str, *, signal: int | str | Non
     sig = _choose_signal(images, signal, path)  # signals of one file share its handle
     data, axes = sig["data"], sig["axes"]
     cal_warnings: list[str] = []
-    px = _xy_calibration(
-        _length_nm(axes[-1].get("scale"), axes[-1].get("units"), notes, "x axis"),
-        _length_nm(axes[-2].get("scale"), axes[-2].get("units"), notes, "y axis"),
+    px = square_pixel_size(
+        length_nm_or_none(axes[-1].get("scale"), axes[-1].get("units"), notes, "x axis"),
+        length_nm_or_none(axes[-2].get("scale"), axes[-2].get("units"), notes, "y axis"),
         cal_warnings,
     )
-    dt = _seconds(axes[0].get("scale"), axes[0].get("units")) if data.ndim == 3 else None
+    dt = seconds_or_none(axes[0].get("scale"), axes[0].get("units")) if data.ndim == 3 else None
     om = sig.get("original_metadata", {})
     if dt is None and data.ndim == 3 and "ser_header_parameters" in om:
         dt = interval_from_timestamps(om["ser_header_parameters"].get("Time", []), resolution_s=1.0)
@@ -714,7 +238,7 @@ def _open_rsciio(path: Path, module: str, label: str, *, signal: int | str | Non
     shape = (1, *data.shape) if data.ndim == 2 else data.shape
     cal = Calibration.from_file(pixel_size_nm=px, frame_interval_s=dt, warnings=cal_warnings)
     return Movie(path, shape, cal, meta,
-                 read, close=lambda: _close_rsciio(data),
+                 read, close=lambda: close_lazy_array(data),
                  timestamps_s=None if stamp is None else np.zeros(1))
 
 
@@ -745,21 +269,6 @@ def _pick(names: list[str], signal: int | str | None, path: Path, *, what: str) 
         raise ValueError(f"{path} holds one {what} ({shown}): {option('signal')} chooses among several "
                          "and is not needed here")
     raise ValueError(f"{path} has no {what} {signal!r}; its {what}s are {names}")
-
-
-def _close_rsciio(data: object) -> None:
-    """Close the file behind a lazy rosettasciio array (HDF5 handle or TiffFile)."""
-    if not hasattr(data, "dask"):
-        return
-    from rsciio.utils.file import get_file_handle
-
-    handle = get_file_handle(data, warn=False)
-    if handle is None:  # rsciio misses tifffile handles in recent dask graphs
-        args = (a for task in data.dask.values() for a in getattr(task, "args", ()))
-        handle = next((a.parent for a in args
-                       if isinstance(getattr(a, "parent", None), tifffile.TiffFile)), None)
-    if handle is not None:
-        handle.close()
 
 
 def _dm_acquisition_time_s(om: dict) -> float | None:
@@ -899,7 +408,7 @@ def _open_hdf5(path: Path, *, signal: int | str | None) -> Movie:
     if "Experiments" in handle:  # HyperSpy's layout, whatever the extension
         try:
             movie = _open_rsciio(path, "rsciio.hspy", "HyperSpy", signal=signal)
-        except (KeyError, *_READ_ERRORS) as err:  # HyperSpy-like but not HyperSpy: read it plainly
+        except (KeyError, *READ_ERRORS) as err:  # HyperSpy-like but not HyperSpy: read it plainly
             notes.append(f"not a valid HyperSpy file ({err!r}): read as generic HDF5")
         else:
             handle.close()

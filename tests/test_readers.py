@@ -17,8 +17,9 @@ import tifffile
 
 from dislotrack.data_gen.annotations import write_imagej_tiff
 from dislotrack.infer.calibration import resolve_calibration
+from dislotrack.infer.movie import to_gray_float32
 from dislotrack.infer.pipeline import calibrate
-from dislotrack.infer.readers import SUPPORTED_EXTENSIONS, open_movie, to_gray_float32
+from dislotrack.infer.readers import SUPPORTED_EXTENSIONS, open_movie
 
 _DEFAULT_REALDATA = Path(__file__).resolve().parents[2] / "shared" / "realdata"
 REALDATA = Path(os.environ.get("DISLOTRACK_REALDATA", _DEFAULT_REALDATA))
