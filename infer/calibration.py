@@ -368,6 +368,10 @@ def interval_from_timestamps(
 
 # --- metadata values, read by the file readers (`dislotrack.infer.readers`) ---
 
+#: Start of the warning that a file's x and y pixel sizes differ (`square_pixel_size`): moot
+#: where the user gives the pixel size.
+NON_SQUARE_NOTE = "non-square pixels"
+
 
 def length_nm_or_none(scale: object, unit: object, notes: list[str], what: str) -> float | None:
     """A calibration length [nm], or None (with a note) if unusable."""
@@ -397,7 +401,7 @@ def square_pixel_size(px_x: float | None, px_y: float | None, warnings: list[str
     if px_x is None or px_y is None:
         return px_x if px_x is not None else px_y
     if abs(px_x - px_y) > 0.01 * px_x:
-        warnings.append(f"non-square pixels: x {px_x:.6g} nm, y {px_y:.6g} nm; using x: positions, "
+        warnings.append(f"{NON_SQUARE_NOTE}: x {px_x:.6g} nm, y {px_y:.6g} nm; using x: positions, "
                         "velocities and strain along y are off by that ratio; resample the movie "
                         "to square pixels first")
     return px_x

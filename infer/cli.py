@@ -279,8 +279,9 @@ def _run_infer(args: argparse.Namespace) -> int:
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="analyse a synthetic movie with known motion (bundled model)",
                        description="Generate a 30-frame movie like Wang et al.'s (one dislocation "
-                                   "gliding at 0.38 nm/s, one climbing at 0.18 nm/s, a dipole that "
-                                   "nucleates and annihilates; 1 frame/s), analyse it with the "
+                                   "gliding at 0.38 nm/s, one climbing at -0.18 nm/s, away from its "
+                                   "extra half-plane, a dipole that nucleates and annihilates; "
+                                   "1 frame/s), analyse it with the "
                                    "bundled model and print measured against true velocities and "
                                    "events. About a minute on 2 CPU cores.")
     p.add_argument("--out", default="dislotrack_demo", help="output folder")

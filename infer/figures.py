@@ -4,6 +4,7 @@ its evaluation against annotations."""
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -60,7 +61,7 @@ END_MARKERS = {"nucleated": "*", "annihilated": "X", "entered": ">", "left": "<"
 
 def trajectories(res: AnalysisResult, path: Path) -> None:
     """Write `trajectories_figure` to ``path``."""
-    _save(trajectories_figure(res), path)
+    save_figure(trajectories_figure(res), path)
 
 
 def image_figure_size(shape: tuple[int, ...], *, side: float = 6.0, longest: float = 11.0,
@@ -258,7 +259,7 @@ SIGN_CONVENTION = {"climb": "+: towards h, shortening the extra half-plane",
 
 def displacement(res: AnalysisResult, path: Path) -> None:
     """Write `displacement_figure` to ``path``."""
-    _save(displacement_figure(res), path)
+    save_figure(displacement_figure(res), path)
 
 
 def displacement_figure(res: AnalysisResult) -> plt.Figure:
@@ -404,7 +405,7 @@ MARKED_FRAMES = 50
 
 def counts(res: AnalysisResult, path: Path) -> None:
     """Write `counts_figure` to ``path``."""
-    _save(counts_figure(res), path)
+    save_figure(counts_figure(res), path)
 
 
 def counts_figure(res: AnalysisResult) -> plt.Figure:
@@ -450,10 +451,14 @@ def counts_figure(res: AnalysisResult) -> plt.Figure:
     return fig
 
 
-def _save(fig: plt.Figure, path: Path) -> None:
-    """Write ``fig`` to ``path`` at `DPI` (figures are made outside pyplot: nothing to close,
-    and a notebook shows a returned figure once)."""
-    fig.savefig(path, dpi=DPI)
+def save_figure(fig: plt.Figure, path: Path, *, dpi: int = DPI) -> None:
+    """Write ``fig`` to ``path`` (figures are made outside pyplot: nothing to close, and a
+    notebook shows a returned figure once). Where the frame is a few pixels wide, the layout
+    engine gives up and says so in a warning that means nothing to a user: the figure is
+    drawn all the same."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="constrained_layout not applied")
+        fig.savefig(path, dpi=dpi)
 
 
 #: Marker of each `dislotrack.infer.evaluate.OUTCOMES` entry: (marker, colour, label).
@@ -463,7 +468,7 @@ OUTCOME_STYLE = {"found": ("o", "limegreen", "found"), "missed": ("x", "red", "m
 
 def evaluation_figure(image: np.ndarray, outcomes: pd.DataFrame, path: Path, *, title: str = "") -> None:
     """Write `evaluation_panels` to ``path``."""
-    _save(evaluation_panels(image, outcomes, title=title), path)
+    save_figure(evaluation_panels(image, outcomes, title=title), path)
 
 
 def evaluation_panels(image: np.ndarray, outcomes: pd.DataFrame, *, title: str = "") -> plt.Figure:

@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from dislotrack.data_gen.conventions import CANONICAL_PIXEL_SIZE_NM, D003_LINIO2_NM
 from dislotrack.data_gen.text import first_few
-from dislotrack.infer.calibration import NO_INTERVAL_NOTE, Calibration, resolve_calibration
+from dislotrack.infer.calibration import NO_INTERVAL_NOTE, NON_SQUARE_NOTE, Calibration, resolve_calibration
 from dislotrack.infer.cleanup import clean_frame
 from dislotrack.infer.columns import DETECTION_COLUMNS
 from dislotrack.infer.detectors import CORE_COLUMNS, GPADetector, NetworkDetector, empty_cores
@@ -157,7 +157,10 @@ def calibrate(movie: Movie, *, pixel_size_nm: float | None, frame_interval_s: fl
             f"{'frames' if movie.path.is_dir() else 'file'}{why} and none could be estimated "
             f"from {d_spacing_nm} nm fringes; pass {option('pixel_size_nm', 'NM')}{hint}")
     # What the reader could not do as asked or as expected (e.g. read one channel of several).
-    cal = replace(cal, warnings=(*cal.warnings, *movie.metadata.get("warnings", [])))
+    said = (*cal.warnings, *movie.metadata.get("warnings", []))
+    if cal.pixel_size_source != "file":  # the file's x and y sizes were not used
+        said = tuple(w for w in said if not w.startswith(NON_SQUARE_NOTE))
+    cal = replace(cal, warnings=said)
     caveat = movie.metadata.get("frame_interval_caveat")  # e.g. a video's playback rate
     if caveat and cal.frame_interval_source == "file":
         cal = replace(cal, warnings=(*cal.warnings, caveat))
@@ -366,8 +369,9 @@ def analyze(path: str | Path | Movie | np.ndarray, *, model: str | Path | None =
     with opened as movie:
         path = movie.path
         signal = _chosen_signal(movie, signal)
-        if frames is not None:
-            movie = movie.window(*frame_window(frames, len(movie)))
+        span = None if frames is None else frame_window(frames, len(movie))
+        if span is not None and span != (0, len(movie)):  # the whole movie is no window
+            movie = movie.window(*span)
         window = "{}:{}".format(*movie.metadata["frames"]) if "frames" in movie.metadata else None
         cal = calibration if calibration is not None else calibrate(
             movie, pixel_size_nm=pixel_size_nm, frame_interval_s=frame_interval_s,

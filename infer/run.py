@@ -70,7 +70,10 @@ def infer_one(path: str | Path, out: str | Path, *, movie: bool = True, parquet:
     # Opened once for calibration, analysis and the overlay (a folder of frames reads every
     # file's header when opened).
     with open_movie(path, signal=asked) as whole:  # unreadable: leaves no folder
-        m = whole if frames is None else whole.window(*frame_window(frames, len(whole)))
+        span = None if frames is None else frame_window(frames, len(whole))
+        if span == (0, len(whole)):  # the whole movie: its results, under its own name
+            frames = span = None
+        m = whole if span is None else whole.window(*span)
         # Named by the signal read (a title, not the index it was asked by), where asked.
         dest = output_dir(out, path, None if asked is None else m.metadata.get("signal", asked))
         if frames is not None:  # beside the whole movie's results, not over them

@@ -13,7 +13,7 @@ import tifffile
 from matplotlib.figure import Figure
 
 from dislotrack.infer.calibration import Calibration
-from dislotrack.infer.figures import scale_bar
+from dislotrack.infer.figures import save_figure, scale_bar
 from dislotrack.infer.gpa import NoReflectionError, find_reflections, strain_maps
 
 logger = logging.getLogger(__name__)
@@ -99,7 +99,7 @@ class StrainWriter:
             "to its mean lattice;\nω > 0 counter-clockwise as displayed; grey: not measured (1 "
             "filter width at the edges, and where a reflection is weak, e.g. rock salt)"),
             calibration=Calibration(pixel_size_nm=self.ps, pixel_size_source=self.ps_source))
-        fig.savefig(path, dpi=110)
+        save_figure(fig, path, dpi=110)
 
 
 #: Frames at least this many times wider than tall get their panels stacked in a column.

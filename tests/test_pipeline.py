@@ -344,6 +344,10 @@ def test_non_square_pixels_are_warned_about(tmp_path):
         cal = calibrate(m, pixel_size_nm=None, frame_interval_s=None, d_spacing_nm=9.46)
     assert cal.pixel_size_nm == 1.0
     assert any("non-square pixels" in w and "y 0.2 nm" in w for w in cal.warnings)
+    # The user's pixel size replaces both of the file's: "using x" would be untrue.
+    with open_movie(real) as m:
+        cal = calibrate(m, pixel_size_nm=0.9, frame_interval_s=None, d_spacing_nm=9.46)
+    assert cal.pixel_size_nm == 0.9 and not any("non-square" in w for w in cal.warnings)
 
 
 def test_a_pixel_size_too_coarse_for_the_fringes_is_warned_about_or_refused(tmp_path):
@@ -568,6 +572,13 @@ def test_frames_that_cannot_show_cores_get_no_drift_or_fringe_warnings_about_cor
     said = analyze(tiny, model=tiny_model, progress=False).warnings
     assert [w for w in said if "too small" in w]
     assert not [w for w in said if "drift" in w or "correlation" in w]
+    # Frames of 3 px (a real EMD stack): figures drawn without matplotlib's layout complaint.
+    write_imagej_tiff(tiny, np.random.default_rng(1).normal(size=(2, 3, 3)).astype(np.float32),
+                      pixel_size_nm=0.1, frame_interval_s=1.0)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="constrained_layout")
+        assert main(["infer", str(tiny), "--out", str(tmp_path / "o"), "--model", str(tiny_model),
+                     "--no-movie"]) == 0
     with pytest.warns(AnalysisWarning, match="drift along the lattice fringes cannot be seen"):
         analyze(np.zeros((5, 64, 64), np.float32) + np.arange(64.0) % 3, pixel_size_nm=0.1,
                 model=tiny_model, progress=False)
@@ -1142,6 +1153,11 @@ def test_a_window_of_frames_is_analysed_as_that_part_of_the_movie(tiny_model, tm
         assert "holds no frame: START must be below STOP" in capsys.readouterr().err
     with pytest.raises(ValueError, match=r"^frames='6:9' is not a window of the movie's 8 frames"):
         analyze(path, model=tiny_model, frames=(6, 9), progress=False)
+    # A window of the whole movie is the movie: its results, under its own name.
+    assert main(["infer", str(path), "--out", str(tmp_path / "w"), "--model", str(tiny_model),
+                 "--frames", ":", "--no-movie"]) == 0
+    assert [p.name for p in (tmp_path / "w").iterdir()] == ["m"]
+    assert json.loads((tmp_path / "w" / "m" / "summary.json").read_text())["options"]["frames"] is None
 
 
 def test_notebook_inputs_none_float32_overrides_and_parquet_without_pyarrow(tiny_model, tmp_path,
