@@ -96,12 +96,27 @@ def infer_one(path: str | Path, out: str | Path, *, movie: bool = True, parquet:
             _move_into(staging, dest)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-    for old in stale:  # only once this run's outputs are in place
+    scored = stale_evaluation(dest)
+    for old in stale + ([scored] if scored else []):  # only once this run's outputs are in place
         try:
             old.unlink()
         except OSError as err:  # e.g. an MP4 open in a player (Windows)
             res.warnings.append(f"could not remove the earlier run's {old.name}: {err}")
+    if scored is not None and not scored.exists():
+        res.warnings.append(f"removed {scored}: it scored the earlier results of {dest.name} "
+                            "(run dislotrack evaluate again)")
     return res
+
+
+def stale_evaluation(dest: Path) -> Path | None:
+    """``evaluation.json`` beside ``dest`` (``<out>/<stem>/``) where it scores ``<stem>``:
+    `dislotrack.infer.evaluate` made it from the results this run replaces."""
+    report = dest.parent / "evaluation.json"
+    try:
+        scored = json.loads(report.read_text())
+    except (OSError, ValueError):  # none, or not ours
+        return None
+    return report if isinstance(scored, dict) and dest.name in scored else None
 
 
 def _move_into(staging: Path, dest: Path) -> None:

@@ -476,6 +476,12 @@ def test_a_rerun_removes_what_it_does_not_rewrite(tiny_model, tmp_path):
     assert not (d / "figures" / "overlay.mp4").exists()  # would mismatch the new tables
     assert not (d / "strain_exx.tif").exists() and not (d / "figures" / "evaluation.png").exists()
     assert (d / "notes.txt").read_bytes() == b"old" and (d / "summary.json").is_file()
+    # evaluate's report beside the results: stale where it scored this input, kept otherwise.
+    report = tmp_path / "o" / "evaluation.json"
+    report.write_text(json.dumps({"other": {"f1": 1.0}}))
+    assert main([*args, "--no-movie"]) == 0 and report.is_file()
+    report.write_text(json.dumps({"m": {"f1": 1.0}, "other": {"f1": 1.0}}))
+    assert main([*args, "--no-movie"]) == 0 and not report.exists()
 
 
 def test_an_unreadable_single_input_is_refused_before_anything_is_written(tmp_path, capsys, monkeypatch):
