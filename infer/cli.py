@@ -153,7 +153,8 @@ def _add_infer(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--d-spacing", type=float, default=0.473, metavar="NM",
                    help="(003) spacing of the material [nm] (default LiNiO2, 0.473)")
     p.add_argument("--max-speed", type=float, default=2.0, metavar="NM_S",
-                   help="largest plausible dislocation speed for linking [nm/s] (default 2)")
+                   help="largest plausible dislocation speed for linking [nm/s] (default 2; "
+                        "at an assumed 1 s per frame where the frame interval is unknown)")
     p.add_argument("--memory", type=int, default=5, metavar="FRAMES",
                    help="frames a core may be missed and still be linked (default 5)")
     p.add_argument("--min-length", type=int, default=6, metavar="FRAMES",

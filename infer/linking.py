@@ -41,9 +41,13 @@ logger = logging.getLogger(__name__)
 #: Default largest plausible core speed [nm/s] (``max_speed_nm_s``, ``--max-speed``).
 DEFAULT_MAX_SPEED_NM_S = 2.0
 
-#: Largest core displacement per frame [nm] assumed when the frame interval is
-#: unknown (``max_speed_nm_s`` is then not used): the default speed at the usual 1 frame/s.
-DEFAULT_MAX_STEP_NM = DEFAULT_MAX_SPEED_NM_S * 1.0
+#: Frame interval [s] assumed for the speed limit where the movie's is unknown (the usual
+#: in-situ rate): ``max_speed_nm_s`` then limits the step per frame to its value in nm.
+ASSUMED_FRAME_INTERVAL_S = 1.0
+
+#: Largest core displacement per frame [nm] by default when the frame interval is
+#: unknown: the default speed at `ASSUMED_FRAME_INTERVAL_S`.
+DEFAULT_MAX_STEP_NM = DEFAULT_MAX_SPEED_NM_S * ASSUMED_FRAME_INTERVAL_S
 
 #: Smallest search range [nm]. A still core's detections scatter by up to 0.22 nm RMS
 #: (the network's localisation error), so frame-to-frame steps reach 0.5-0.7 nm from the
@@ -101,10 +105,10 @@ def search_range_px(
     frame_interval_s : float or None
         Time between frames [s]; ``None`` if unknown.
     max_speed_nm_s : float
-        Largest plausible core speed [nm/s]; used only when the frame interval is known.
+        Largest plausible core speed [nm/s]; at `ASSUMED_FRAME_INTERVAL_S` when the
+        frame interval is unknown.
     max_step_nm : float or None
-        Largest displacement per frame [nm]. Overrides the speed; defaults to
-        `DEFAULT_MAX_STEP_NM` when the frame interval is unknown.
+        Largest displacement per frame [nm]. Overrides the speed.
 
     Returns
     -------
@@ -122,14 +126,13 @@ def search_range_px(
         raise ValueError(f"pixel_size_nm must be positive [nm/px], got {pixel_size_nm}")
     if max_step_nm is None:
         if frame_interval_s is None:
-            max_step_nm = DEFAULT_MAX_STEP_NM
-        elif frame_interval_s <= 0 or max_speed_nm_s <= 0:
+            frame_interval_s = ASSUMED_FRAME_INTERVAL_S
+        if frame_interval_s <= 0 or max_speed_nm_s <= 0:
             raise ValueError(
                 f"frame_interval_s [s] and max_speed_nm_s [nm/s] must be positive, got "
                 f"{frame_interval_s} and {max_speed_nm_s}"
             )
-        else:
-            max_step_nm = max_speed_nm_s * frame_interval_s
+        max_step_nm = max_speed_nm_s * frame_interval_s
     floor_nm = max(max_step_nm, MIN_SEARCH_RANGE_NM)
     return max(float(nm_to_px(floor_nm, pixel_size_nm)), MIN_SEARCH_RANGE_PX)
 
@@ -167,7 +170,7 @@ def link_cores(
         Pixel size [nm/px].
     frame_interval_s, max_speed_nm_s, max_step_nm
         Set the search range, see `search_range_px` (``max_speed_nm_s`` times the
-        interval; `DEFAULT_MAX_STEP_NM` per frame when the interval is unknown).
+        interval, or times `ASSUMED_FRAME_INTERVAL_S` when the interval is unknown).
     memory : int
         Number of frames a core may go undetected and still keep its track.
     min_length : int

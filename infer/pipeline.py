@@ -279,8 +279,8 @@ def analyze(path: str | Path | Movie | np.ndarray, *, model: str | Path | None =
         (003) spacing of the material [nm]: pixel-size estimate and |b| of the
         misfit Burgers vector reported in ``bx_nm``, ``by_nm``.
     max_speed_nm_s, memory, min_length, max_gap
-        Linking: largest plausible speed (unused without a frame interval: then
-        `dislotrack.infer.linking.DEFAULT_MAX_STEP_NM` per frame, and a warning if
+        Linking: largest plausible speed (without a frame interval, at an assumed
+        `dislotrack.infer.linking.ASSUMED_FRAME_INTERVAL_S` per frame, and a warning if
         ``max_speed_nm_s`` was changed), frames a core may be missed, shortest track
         (at most the movie's length: a single image keeps every core as a track; a
         warning says so if ``min_length`` was changed from its default),

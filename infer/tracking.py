@@ -29,6 +29,7 @@ from dislotrack.infer.interface import option
 from dislotrack.infer.jumps import stage_jumps, with_jumps
 from dislotrack.infer.lattice import Lattice, snap_h
 from dislotrack.infer.linking import (
+    ASSUMED_FRAME_INTERVAL_S,
     DEFAULT_MAX_SPEED_NM_S,
     MIN_SEARCH_RANGE_NM,
     extend_tracks,
@@ -133,9 +134,9 @@ def track_detections(detections: pd.DataFrame, *, pixel_size_nm: float,
     rocksalt_fraction : ndarray, optional
         Per frame, for ``counts`` (default 0).
     max_speed_nm_s, memory, min_length, max_gap, min_track_score, border_nm
-        As in `analyze`. Without ``frame_interval_s`` the speed cannot be used: cores
-        are linked within `dislotrack.infer.linking.DEFAULT_MAX_STEP_NM` per frame (a
-        warning says so if ``max_speed_nm_s`` is not the default).
+        As in `analyze`. Without ``frame_interval_s`` the speed limit applies at
+        `dislotrack.infer.linking.ASSUMED_FRAME_INTERVAL_S` per frame (a warning says so
+        if ``max_speed_nm_s`` is not the default).
     lattice : Lattice, optional
         The movie's lattice (`dislotrack.infer.lattice.measure_lattice`): where it
         shows an in-layer reflection, each track's **h** and **b** become those of the
@@ -184,12 +185,12 @@ def track_detections(detections: pd.DataFrame, *, pixel_size_nm: float,
         require_columns(weak, ["frame", "x", "y", "score", "hx", "hy"], name="weak")
     ps, dt = pixel_size_nm, frame_interval_s
     if dt is None and n_frames > 1 and max_speed_nm_s != DEFAULT_MAX_SPEED_NM_S:
-        # Without a frame interval the search range is a step per frame (`search_range_px`).
-        reach = search_range_px(pixel_size_nm=ps, frame_interval_s=None)
-        logger.warning("%s nm/s was ignored: the frame interval is unknown (pass %s), so cores "
-                       "were linked within %.3g nm (%.3g px) per frame, as for the default %g nm/s "
-                       "at an assumed 1 frame/s", option("max_speed_nm_s", f"{max_speed_nm_s:g}"),
-                       option("frame_interval_s", "S"), reach * ps, reach, DEFAULT_MAX_SPEED_NM_S)
+        # Without a frame interval the speed limit is a step per frame (`search_range_px`).
+        reach = search_range_px(pixel_size_nm=ps, frame_interval_s=None, max_speed_nm_s=max_speed_nm_s)
+        logger.warning("the frame interval is unknown (pass %s): %s nm/s was applied at an assumed "
+                       "%g s per frame, so cores were linked within %.3g nm (%.3g px) per frame",
+                       option("frame_interval_s", "S"), option("max_speed_nm_s", f"{max_speed_nm_s:g}"),
+                       ASSUMED_FRAME_INTERVAL_S, reach * ps, reach)
     explicit = max_speed_nm_s != DEFAULT_MAX_SPEED_NM_S
     if dt is not None and explicit and max_speed_nm_s * dt < MIN_SEARCH_RANGE_NM:
         logger.warning("%s nm/s allows %.3g nm per %g s frame, under the detections' own "

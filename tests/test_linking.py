@@ -33,6 +33,7 @@ def _tracks_of(linked: pd.DataFrame) -> dict[int, pd.DataFrame]:
         (0.1, 0.1, None, 7.5),  # 0.01 nm, raised to the 0.75 nm floor (the detections' scatter)
         (0.04, 2.0, None, 7.5),  # 25 frames/s: 0.08 nm, raised likewise
         (None, 2.0, None, DEFAULT_MAX_STEP_NM / PIXEL_NM),
+        (None, 1.2, None, 12.0),  # unknown interval: the speed at an assumed 1 s per frame
         (1.0, 2.0, 1.5, 15.0),  # explicit step wins
     ],
 )
@@ -95,6 +96,10 @@ def test_core_faster_than_the_search_range_is_not_linked():
     slow = link_cores(fast, pixel_size_nm=PIXEL_NM, frame_interval_s=1.0, max_speed_nm_s=0.8)
     assert slow.empty  # every piece is a single-frame stub
     ok = link_cores(fast, pixel_size_nm=PIXEL_NM, frame_interval_s=1.0, max_speed_nm_s=1.2)
+    assert ok["particle"].nunique() == 1
+    # Without a frame interval the same limits apply per assumed 1 s frame.
+    assert link_cores(fast, pixel_size_nm=PIXEL_NM, frame_interval_s=None, max_speed_nm_s=0.8).empty
+    ok = link_cores(fast, pixel_size_nm=PIXEL_NM, frame_interval_s=None, max_speed_nm_s=1.2)
     assert ok["particle"].nunique() == 1
 
 

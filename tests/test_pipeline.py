@@ -807,19 +807,18 @@ def test_tta_takes_a_number_of_views(capsys):
     assert "argument --tta: invalid choice: 3 (choose from 1, 2, 4, 8)" in capsys.readouterr().err
 
 
-def test_max_speed_without_a_frame_interval_is_reported_as_ignored(tiny_model, tmp_path):
+def test_max_speed_without_a_frame_interval_applies_at_an_assumed_interval(tiny_model, tmp_path):
     movie = tmp_path / "m.tif"
     write_imagej_tiff(movie, np.zeros((3, 32, 32), np.float32), pixel_size_nm=0.1)  # no interval
-    res = analyze(movie, model=tiny_model, max_speed_nm_s=0.5, progress=False)
+    res = analyze(movie, model=tiny_model, max_speed_nm_s=1.5, progress=False)
     assert [w for w in res.warnings if "max_speed" in w] == [
-        "max_speed_nm_s=0.5 nm/s was ignored: the frame interval is unknown (pass "
-        "frame_interval_s=S), so cores were linked within 2 nm (20 px) per frame, as for the "
-        "default 2 nm/s at an assumed 1 frame/s"]
+        "the frame interval is unknown (pass frame_interval_s=S): max_speed_nm_s=1.5 nm/s was "
+        "applied at an assumed 1 s per frame, so cores were linked within 1.5 nm (15 px) per frame"]
     # On the command line the message names the flags.
     with command_line():
-        res = analyze(movie, model=tiny_model, max_speed_nm_s=0.5, progress=False)
+        res = analyze(movie, model=tiny_model, max_speed_nm_s=1.5, progress=False)
     assert [w for w in res.warnings if "max-speed" in w][0].startswith(
-        "--max-speed 0.5 nm/s was ignored: the frame interval is unknown (pass --frame-interval S)")
+        "the frame interval is unknown (pass --frame-interval S): --max-speed 1.5 nm/s was applied")
     # At its default, or with a frame interval (from the file or given), it is used: no warning.
     for kwargs in ({}, {"max_speed_nm_s": 1.5, "frame_interval_s": 1.0}):
         res = analyze(movie, model=tiny_model, progress=False, **kwargs)
@@ -1533,7 +1532,7 @@ def test_warnings_before_a_failure_are_printed_once(monkeypatch, capsys):
     monkeypatch.setattr(logging.root, "handlers", [])
     with pytest.raises(RuntimeError):
         tracking.track_detections(det, **kw)
-    assert capsys.readouterr().err.count("max_speed_nm_s=5 nm/s was ignored") == 1
+    assert capsys.readouterr().err.count("max_speed_nm_s=5 nm/s was applied") == 1
     seen: list[str] = []
 
     class Listing(logging.Handler):
@@ -1543,8 +1542,8 @@ def test_warnings_before_a_failure_are_printed_once(monkeypatch, capsys):
     monkeypatch.setattr(logging.root, "handlers", [Listing()])
     with pytest.raises(RuntimeError):
         tracking.track_detections(det, **kw)
-    assert sum("was ignored" in m for m in seen) == 1
-    assert "was ignored" not in capsys.readouterr().err
+    assert sum("was applied" in m for m in seen) == 1
+    assert "was applied" not in capsys.readouterr().err
 
 
 def test_frame_windows_must_hold_frames_of_the_movie():
