@@ -15,6 +15,8 @@ from matplotlib.figure import Figure
 from dislotrack.infer.calibration import Calibration
 from dislotrack.infer.figures import save_figure, scale_bar
 from dislotrack.infer.gpa import NoReflectionError, find_reflections, strain_maps
+from dislotrack.infer.interface import option
+from dislotrack.infer.lattice import D_SPACING_TOLERANCE
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +67,8 @@ class StrainWriter:
                 logger.warning("no strain maps (the strain TIFFs stay NaN): 2-D strain needs two "
                                "lattice reflections, and frame 0 shows %s. Detail: %s", shows, e)
                 self.g = np.zeros((0, 2))
+            else:
+                self._check_first_reflection()
         if len(self.g) < 2:
             return
         edge = border_width_px(self.res, self.ps)
@@ -80,6 +84,15 @@ class StrainWriter:
             self.maps[k][index] = m[k]
         if self.first is None:
             self.first = (frame, {k: m[k] for k in COMPONENTS}, detections)
+
+    def _check_first_reflection(self) -> None:
+        # GPA takes the strongest spot near the (003) spacing, more loosely than the lattice
+        # check of detection: say where it is another reflection (another material?).
+        d = 1 / float(np.hypot(*self.g[0]))
+        if abs(d / self.d - 1) > D_SPACING_TOLERANCE:
+            logger.warning("strain maps are from the %.3g nm reflection, %.0f %% off the %g nm "
+                           "(003) spacing: check the pixel size and %s (another material?)",
+                           d, 100 * abs(d / self.d - 1), self.d, option("d_spacing_nm"))
 
     def close(self) -> None:
         for mm in self.maps.values():

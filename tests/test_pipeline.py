@@ -622,6 +622,26 @@ def test_no_strain_maps_is_said_in_plain_words(tmp_path, caplog):
         assert says in msg
 
 
+def test_strain_from_a_reflection_off_the_003_spacing_is_said(tmp_path, caplog):
+    from dislotrack.infer.strain import StrainWriter
+
+    cfg = GeneratorConfig(size=160, mode="stem", dose=(3000, 3000), perfect_fraction=1.0, realism=0.0)
+    frame = make_movie(np.random.default_rng(2), cfg, n_frames=2, frame_interval=1.0).frames[0]
+    for ps, off in ((0.1, False), (0.087, True)):  # 0.087 nm/px: its (003) fringes read 0.41 nm
+        caplog.clear()
+        (tmp_path / str(ps)).mkdir()
+        writer = StrainWriter(tmp_path / str(ps), shape=(1, 160, 160), pixel_size_nm=ps,
+                              frame_interval_s=None, d_spacing_nm=0.473)
+        with caplog.at_level(logging.WARNING, logger="dislotrack"):
+            writer(0, frame, pd.DataFrame({"x": [], "y": []}))
+        writer.close()
+        said = [r.getMessage() for r in caplog.records if "strain maps are from" in r.getMessage()]
+        assert len(said) == off and writer.first is not None  # the maps are made either way
+        if off:
+            assert re.match(r"strain maps are from the 0\.4[12]\d* nm reflection, 1[23] % off the "
+                            r"0\.473 nm \(003\) spacing: check the pixel size", said[0])
+
+
 def test_small_option_mistakes_read_as_one_line(tmp_path, capsys, tiny_model):
     from dislotrack.infer.readers import _pick
     from dislotrack.models.io import load_model
