@@ -392,7 +392,18 @@ def test_train_refuses_in_one_line_what_cannot_run(tmp_path, capsys, monkeypatch
             (["fit", "--config", "cpu", *run, "--model.init_from", "nowhere"],
              "--model.init_from nowhere: model file nowhere.safetensors does not exist"),
             (["fit", "--config", "cpu", *run, "--model.init_from", "default"],
-             "--model.init_from default: its architecture")):
+             "--model.init_from default: its architecture"),
+            # Settings that cannot run: said up front (n_variants 0 had hung in the stream).
+            (["fit", "--config", "cpu", *run, "--data.n_variants", "0"],
+             "--data.n_variants must be a whole number >= 1, got 0"),
+            (["fit", "--config", "cpu", *run, "--data.mode", "foo"],
+             "--data: mode must be hrtem, stem or mixed, got 'foo'"),
+            (["fit", "--config", "cpu", *run, "--data.density", "-1"], "--data: density must be"),
+            (["fit", "--config", "cpu", *run, "--model.lr", "-1"],
+             "--model.lr must be a finite number > 0, got -1.0"),
+            (["fit", "--config", "cpu", *run, "--model.w_rs", "-0.5"], "--model.w_rs must be"),
+            (["fit", "--config", "cpu", *run, "--model.threshold", "1"],
+             "--model.threshold is a core score in (0, 1), got 1")):
         assert main(["train", *argv]) == 2, argv
         err = capsys.readouterr().err
         assert said in err and err.count("\n") == 1, err
@@ -738,8 +749,10 @@ def test_sizes_that_do_not_fit_the_network_are_refused_for_validate_too(tmp_path
 
     monkeypatch.chdir(tmp_path)
     run = ["--config", "cpu", *_TINY_RUN, "--trainer.default_root_dir", str(tmp_path / "r")]
+    assert main(["train", "fit", *run, "--data.eval_size", "18"]) == 2
+    assert "takes multiples of 4 px, e.g. 16 or 20" in capsys.readouterr().err
     assert main(["train", "fit", *run, "--data.eval_size", "3"]) == 2
-    assert "takes multiples of 4 px, e.g. 4 or 8" in capsys.readouterr().err
+    assert "--data.eval_size 3: size must be >= 16 px, got 3" in capsys.readouterr().err
     assert main(["train", "validate", *run, "--data.eval_size", "30"]) == 2
     assert "--data.eval_size 30: the network (depth 2) takes multiples of 4 px" in capsys.readouterr().err
 
@@ -768,3 +781,17 @@ def test_the_cluster_config_trains_under_real_ddp_with_two_processes(tmp_path):
     logged = pd.read_csv(metrics).dropna(subset=["val/f1"])
     assert logged["epoch"].tolist() == [0, 1]  # pooled over the ranks: one row per epoch
     assert (run / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_validation_scores_are_nan_where_undefined_but_f1_stays_a_number():
+    module = DislocationModule(UNet(UNetConfig(base_channels=4, depth=2)))
+    logged: dict[str, float] = {}
+    module.log_dict = lambda metrics, **kw: logged.update(metrics)
+    module._tallies = {"all": DetectionTally(tp=0, fp=0, fn=3)}  # nothing found of 3 cores
+    module._epoch_end("val")
+    assert logged["val/f1"] == 0.0  # picks checkpoints: a number
+    assert logged["val/recall"] == 0.0 and np.isnan(logged["val/precision"])  # 0 / 0
+    assert np.isnan(logged["val/rmse_nm"]) and np.isnan(logged["val/h_accuracy"])
+    module._tallies = {"all": DetectionTally(tp=0, fp=2, fn=0)}  # a perfect lattice, 2 false
+    module._epoch_end("val")
+    assert logged["val/precision"] == 0.0 and np.isnan(logged["val/recall"])

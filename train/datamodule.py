@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import replace
 
 import lightning as L
@@ -12,6 +13,7 @@ from torch.utils.data import DataLoader
 from dislotrack.data_gen.conventions import CANONICAL_PIXEL_SIZE_NM
 from dislotrack.data_gen.sample import GeneratorConfig
 from dislotrack.train.data import FixedSynthetic, SyntheticStream
+from dislotrack.train.errors import TrainConfigError
 
 
 def _single_threaded_worker(worker_id: int) -> None:
@@ -75,6 +77,24 @@ class SyntheticDataModule(L.LightningDataModule):
                  ignore_hidden_cores: bool = False) -> None:
         super().__init__()
         self.save_hyperparameters()
+        self._check()
+
+    def _check(self) -> None:
+        """Raises `TrainConfigError` (one line, naming the setting) for settings that cannot
+        run: found here, not deep in a data worker (``n_variants`` 0 had hung)."""
+        hp = self.hparams
+        counts = {"size": 1, "batch_size": 1, "samples_per_epoch": 1, "n_variants": 1, "eval_size": 1,
+                  "n_val": 0, "n_test": 0, "num_workers": 0, "main_threads": 0, "curriculum_epochs": 0}
+        for key, least in counts.items():
+            value = hp[key]
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
+                raise TrainConfigError(f"--data.{key} must be a whole number >= {least}, got {value!r}")
+        for key in ("size", "eval_size"):  # the generator's checks (mode, density, sizes, ...)
+            try:
+                self.generator_config(hp[key], hp.pixel_size_jitter, train=True)
+            except ValueError as err:
+                what = f"--data.{key} {hp[key]}" if str(err).startswith("size ") else "--data"
+                raise TrainConfigError(f"{what}: {err}") from None
 
     def generator_config(self, size: int, jitter: float, epoch: int | None = None, *,
                          train: bool = False) -> GeneratorConfig:

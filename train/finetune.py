@@ -97,7 +97,7 @@ def defined_scores(metrics: dict[str, float], n_true: int) -> dict[str, float]:
     """The validation scores that are defined for lab data, plus ``val/true_cores``.
 
     The training module logs F1 0 where there are no true cores (a placeholder here) and
-    NaN for RMSE and h accuracy without a matched core, and splits scores by imaging mode,
+    NaN for the other scores where undefined, and splits scores by imaging mode,
     which lab frames do not have: those are left out.
 
     Parameters

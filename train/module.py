@@ -69,6 +69,14 @@ class DislocationModule(L.LightningModule):
                  threshold: float = 0.5, compile: bool = False,
                  init_from: str | None = None) -> None:
         super().__init__()
+        for name, value in (("lr", lr), ("weight_decay", weight_decay), ("w_heatmap", w_heatmap),
+                            ("w_h", w_h), ("w_rs", w_rs)):
+            positive = name == "lr"
+            if not (np.isfinite(value) and (value > 0 if positive else value >= 0)):
+                raise TrainConfigError(f"--model.{name} must be a finite number "
+                                       f"{'> 0' if positive else '>= 0'}, got {value!r}")
+        if not 0 < threshold < 1:
+            raise TrainConfigError(f"--model.threshold is a core score in (0, 1), got {threshold!r}")
         if init_from:
             init_weights(net, init_from)
         self.net = net
@@ -167,12 +175,12 @@ class DislocationModule(L.LightningModule):
         for k, tally in self._tallies.items():
             for name, v in tally.summary().items():
                 if name in ("f1", "rmse_nm", "h_accuracy", "precision", "recall"):
-                    # F1, precision and recall without cores are 0 (val/f1 picks checkpoints);
-                    # RMSE and h accuracy without a matched core are NaN, not made-up scores.
+                    # F1 without cores is 0 (val/f1 picks checkpoints); the others are NaN
+                    # where undefined (precision: nothing found; recall: no true core; RMSE
+                    # and h accuracy: no match), not made-up scores.
                     metrics[f"{stage}/{name}" if k == "all" else f"{stage}/{k}/{name}"] = (
-                        float(v) if name in ("rmse_nm", "h_accuracy") else float(np.nan_to_num(v, nan=0.0)))
-            if k == "all":  # how many cores matched (and falsely found): says when rmse, h
-                # accuracy (no match) and precision (nothing found) are placeholders
+                        float(np.nan_to_num(v, nan=0.0)) if name == "f1" else float(v))
+            if k == "all":  # how many cores matched (and falsely found): says why a score is NaN
                 metrics[f"{stage}/tp"], metrics[f"{stage}/fp"] = float(tally.tp), float(tally.fp)
                 metrics[f"{stage}/true_cores"] = float(tally.tp + tally.fn)  # in the logs too
         # NaN without any rock-salt annotation (lab data), or where neither the masks nor
@@ -223,6 +231,7 @@ class DislocationModule(L.LightningModule):
                 and sched.total_steps != planned:
             raise TrainConfigError(
                 f"the checkpoint's learning-rate schedule spans {sched.total_steps} steps but this "
-                f"run plans {planned} (max_epochs, samples_per_epoch or batch_size changed); "
+                f"run plans {planned} (max_epochs, max_steps, samples_per_epoch, batch_size, "
+                "limit_train_batches or accumulate_grad_batches changed); "
                 "resume with the settings it was trained with, or start a new run from its "
                 "exported weights with --model.init_from <model>")
