@@ -124,6 +124,13 @@ def test_ckpt_path_last_resumes_an_interrupted_run(tmp_path, monkeypatch, capsys
         assert main(["train", "fit", *tiny, "--trainer.max_epochs=3", "--ckpt_path", "last"]) == 2
     assert "schedule spans 4 steps but this run plans 6" in capsys.readouterr().err
     assert not validated  # before the sanity check, not after it
+    # Another learning rate would be ignored (the optimizer is restored): refused; other
+    # data are taken, with a warning, and the card records them.
+    assert main(["train", "fit", *tiny, "--trainer.max_epochs=2", "--ckpt_path", "last",
+                 "--model.lr", "0.5"]) == 2
+    assert "--model.lr 0.003 -> 0.5 would be ignored" in capsys.readouterr().err
+    with pytest.warns(UserWarning, match=r"resumed with other data settings \(density 3.0 -> 0.5\)"):
+        train_main(["fit", *tiny, "--trainer.max_epochs=2", "--ckpt_path", "last", "--data.density=0.5"])
 
 
 def test_last_checkpoint_is_the_last_epoch_even_when_the_score_stops_improving(tmp_path, monkeypatch):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
 from dislotrack.models.decode import decode_cores, outputs_to_maps
@@ -88,6 +89,31 @@ class DislocationModule(L.LightningModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._forward(x)
+
+    #: Settings that the optimizer and its schedule carry in a checkpoint: a resumed fit
+    #: restores those, so another value on the command line would be silently ignored.
+    OPTIMIZER_SETTINGS = ("lr", "weight_decay")
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Refuse a resumed fit whose optimizer settings differ from the checkpoint's, and
+        warn where the data settings do (the card records this run's)."""
+        if self._trainer is None or self.trainer.state.fn != "fit":
+            return  # validate/test read the weights only
+        saved = checkpoint.get("hyper_parameters", {})
+        changed = [f"--model.{k} {saved[k]:g} -> {self.hparams[k]:g}" for k in self.OPTIMIZER_SETTINGS
+                   if k in saved and saved[k] != self.hparams[k]]
+        if changed:
+            raise TrainConfigError(
+                f"resuming restores the optimizer and its learning-rate schedule as saved, so "
+                f"{', '.join(changed)} would be ignored: resume with the checkpoint's values, or "
+                "start a new run from its exported weights with --model.init_from <model>")
+        data = checkpoint.get("datamodule_hyper_parameters", {})
+        now = getattr(self.trainer.datamodule, "hparams", {})
+        moved = [f"{k} {data[k]!r} -> {now[k]!r}" for k in sorted(set(data) & set(now))
+                 if data[k] != now[k] and k not in ("num_workers", "main_threads")]  # no effect on data
+        if moved:
+            rank_zero_warn(f"resumed with other data settings ({', '.join(moved)}): the epochs "
+                           "before used the checkpoint's; the exported model card records these")
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Keep the network's architecture in every checkpoint, so that
