@@ -131,6 +131,12 @@ def test_ckpt_path_last_resumes_an_interrupted_run(tmp_path, monkeypatch, capsys
     assert "--model.lr 0.003 -> 0.5 would be ignored" in capsys.readouterr().err
     with pytest.warns(UserWarning, match=r"resumed with other data settings \(density 3.0 -> 0.5\)"):
         train_main(["fit", *tiny, "--trainer.max_epochs=2", "--ckpt_path", "last", "--data.density=0.5"])
+    # A fresh fit into the same root would replace the run's model and last checkpoint.
+    exported = {p.name: p.read_bytes() for p in (tmp_path / "runs/cpu").glob("model.*")}
+    assert main(["train", "fit", *tiny, "--trainer.max_epochs=1"]) == 2
+    assert "runs/cpu holds an earlier run (model.safetensors, checkpoints/last.ckpt) that a new " \
+           "fit would replace: resume it with --ckpt_path last" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in (tmp_path / "runs/cpu").glob("model.*")} == exported
 
 
 def test_last_checkpoint_is_the_last_epoch_even_when_the_score_stops_improving(tmp_path, monkeypatch):

@@ -347,9 +347,30 @@ class DislotrackCLI(LightningCLI):
                 raise TrainConfigError(f"--data.{key} {value}: the network (depth {config.depth}) takes "
                                        f"multiples of {multiple} px, e.g. {low} or {low + multiple}")
 
+    def _check_fresh_root(self) -> None:
+        """Raises `TrainConfigError` where a fresh fit (no ``--ckpt_path``) would replace an
+        earlier run's exported model or last checkpoint: resuming it is ``--ckpt_path last``."""
+        if self.config[self.subcommand].get("ckpt_path") or self.trainer.fast_dev_run:
+            return
+        from dislotrack.models.io import model_paths
+
+        found = [model_paths(cb.path)[0] for cb in self.trainer.callbacks if isinstance(cb, ExportModel)]
+        if (folder := getattr(self.trainer.checkpoint_callback, "dirpath", None)) is not None:
+            found.append(Path(folder) / "last.ckpt")
+        found = [p for p in found if p.is_file()]
+        if found:
+            root = Path(self.trainer.default_root_dir)
+            names = [str(p.resolve().relative_to(root.resolve())) if p.resolve().is_relative_to(
+                root.resolve()) else str(p) for p in found]
+            raise TrainConfigError(
+                f"{root} holds an earlier run ({', '.join(names)}) that a new fit would replace: "
+                "resume it with --ckpt_path last, or give another --trainer.default_root_dir "
+                "(or remove the folder)")
+
     def before_fit(self) -> None:
         self._check_sizes()
         self._check_checkpoint()
+        self._check_fresh_root()
         if missing_last_checkpoint(self.config[self.subcommand].get("ckpt_path"),
                                    getattr(self.trainer.checkpoint_callback, "dirpath", None)):
             # A first submission of a requeued job (README: SLURM); Lightning's own warning
