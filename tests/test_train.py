@@ -179,7 +179,8 @@ def test_training_pixel_size_becomes_the_models_canonical_pixel_size(tmp_path, m
                 "--trainer.logger=false", f"--trainer.default_root_dir={tmp_path}",
                 "--model.net.init_args.config.base_channels=4", "--model.net.init_args.config.depth=2",
                 "--data.batch_size=2", "--data.num_workers=0", "--data.size=32", "--data.eval_size=32",
-                "--data.n_val=2", "--data.pixel_size=0.05"])
+                "--data.n_val=2", "--data.pixel_size=0.05",
+                "--model.net.init_args.config.fringe_period_px=9.46"])
     # The export follows default_root_dir, beside (not over) a real run's model.json.
     card = json.loads((tmp_path / "model_fast_dev_run.json").read_text())
     assert not (tmp_path / "model.json").exists()
@@ -387,6 +388,18 @@ def test_a_checkpoint_exports_as_a_model_and_refuses_another_network(tmp_path, c
     capsys.readouterr()
     assert main(["train", "test", *run, "--ckpt_path", "best"]) == 2
     assert "a new run does not know which checkpoint was best" in capsys.readouterr().err
+    # The exported model works at 0.1 nm/px: a run from it at another pixel size is refused,
+    # as is a network whose fringe channels look for another period.
+    other = ["--config", "cpu", *_TINY_RUN, "--trainer.default_root_dir", str(tmp_path / "r2")]
+    assert main(["train", "fit", *other, "--model.init_from", str(tmp_path / "mine"),
+                 "--data.pixel_size", "0.095"]) == 2
+    assert "mine works at 0.1 nm/px but --data.pixel_size is 0.095: pass --data.pixel_size 0.1" \
+           in capsys.readouterr().err
+    assert main(["train", "fit", *other, "--data.pixel_size", "0.05"]) == 2
+    assert "--data.pixel_size 0.05: the network's (003) fringe channels look for 4.73 px fringes, " \
+           "0.237 nm at this pixel size, not 0.473 nm; pass --model.net.init_args.config." \
+           "fringe_period_px 9.46" in capsys.readouterr().err
+    assert not (tmp_path / "r2").exists()
 
 
 def test_train_refuses_in_one_line_what_cannot_run(tmp_path, capsys, monkeypatch):

@@ -231,6 +231,11 @@ def outputs_outside_root(root: str | None, outputs: dict[str, str]) -> list[str]
     return [f"{k} ({v})" for k, v in outputs.items() if not Path(v).resolve().is_relative_to(base)]
 
 
+#: How far (relative) the (003) period at ``--data.pixel_size`` may lie from the network's
+#: ``fringe_period_px``: the fringe channels search a band of +-15 % around it
+#: (`dislotrack.models.fringes.FringeChannels`), and the pixel-size jitter adds 5 %.
+FRINGE_PERIOD_TOLERANCE = 0.10
+
 #: Environment variables that a multi-node launcher sets (SLURM, torchrun, LSF).
 _LAUNCHER_VARIABLES = ("SLURM_JOB_ID", "SLURM_NTASKS", "MASTER_ADDR", "TORCHELASTIC_RUN_ID", "LSB_JOBID")
 
@@ -367,8 +372,34 @@ class DislotrackCLI(LightningCLI):
                 "resume it with --ckpt_path last, or give another --trainer.default_root_dir "
                 "(or remove the folder)")
 
+    def _check_pixel_size(self) -> None:
+        """Raises `TrainConfigError` where the network's fringe channels, or the model it
+        starts from, were made for another pixel size than ``--data.pixel_size``: the (003)
+        fringes would fall outside the channels' band, or the weights see another scale."""
+        from dislotrack.data_gen.conventions import D003_LINIO2_NM
+        from dislotrack.models.io import load_model
+
+        ps = float(self.config[self.subcommand].data.get("pixel_size"))
+        config = getattr(self.model.net, "config", None)
+        period = getattr(config, "fringe_period_px", 0.0) or 0.0
+        if period > 0 and abs(period * ps / D003_LINIO2_NM - 1) > FRINGE_PERIOD_TOLERANCE:
+            raise TrainConfigError(
+                f"--data.pixel_size {ps:g}: the network's (003) fringe channels look for "
+                f"{period:g} px fringes, {period * ps:.3g} nm at this pixel size, not "
+                f"{D003_LINIO2_NM} nm; pass --model.net.init_args.config.fringe_period_px "
+                f"{D003_LINIO2_NM / ps:.3g} (a new network) or the pixel size it was made for")
+        start = self.config[self.subcommand].model.get("init_from")
+        if start:
+            canonical = float(load_model(start)[1].get("canonical_pixel_size_nm", ps))
+            if abs(canonical / ps - 1) > 0.01:
+                raise TrainConfigError(
+                    f"--model.init_from {start} works at {canonical:g} nm/px but --data.pixel_size "
+                    f"is {ps:g}: pass --data.pixel_size {canonical:g} (its scale), or train a new "
+                    "network at this one")
+
     def before_fit(self) -> None:
         self._check_sizes()
+        self._check_pixel_size()
         self._check_checkpoint()
         self._check_fresh_root()
         if missing_last_checkpoint(self.config[self.subcommand].get("ckpt_path"),
@@ -387,6 +418,7 @@ class DislotrackCLI(LightningCLI):
     def before_validate(self) -> None:
         """Raises FileNotFoundError if ``--ckpt_path last`` finds no ``last.ckpt``."""
         self._check_sizes()
+        self._check_pixel_size()
         self._check_checkpoint()
         self._check_nodes()
         self._check_outputs()
