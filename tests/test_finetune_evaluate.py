@@ -324,8 +324,16 @@ def test_finetune_holds_out_whole_movies_not_neighbouring_frames():
         assert len(train) + len(val) == 12 and len(train) > 0
     train, val, split = split_frames(lab, 0.99, np.random.default_rng(0))
     assert split == "items" and len({f.meta["source"] for f in train}) == 1  # one item still trains
-    train, val, split = split_frames(frames("movie.json", 10), 0.2, np.random.default_rng(0))
+    movie = frames("movie.json", 10)
+    for i, f in enumerate(movie):
+        f.meta["frame"] = i
+    train, val, split = split_frames(movie, 0.2, np.random.default_rng(0))
     assert split == "frames" and (len(train), len(val)) == (8, 2)
+    # The card names the held-out frames (evaluate can then score them alone).
+    from dislotrack.train.finetune import held_out_frames
+
+    (held,) = held_out_frames(val).values()
+    assert held == sorted(f.meta["frame"] for f in val) and not set(held) & {f.meta["frame"] for f in train}
 
 
 def test_annotations_with_out_of_range_values_are_refused_naming_file_and_rows(tmp_path):

@@ -326,7 +326,8 @@ def test_init_from_starts_training_from_a_saved_model(tmp_path):
     x = torch.randn(1, 1, 32, 32)
     with torch.no_grad():
         assert torch.equal(module(x), saved(x))
-    with pytest.raises(ValueError, match="architecture"):
+    with pytest.raises(ValueError, match=r"its architecture differs from the configured network "
+                                         r"\(base_channels 4 in the model, 8 here\): pass its settings"):
         DislocationModule(UNet(UNetConfig(base_channels=8, depth=2)), init_from=str(tmp_path / "m"))
 
 

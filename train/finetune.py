@@ -83,7 +83,7 @@ def annotated_frames(folder: str | Path, canonical_nm: float) -> list[Sample]:
             # would teach the network that there is none anywhere).
             out.append(Sample(img.astype(np.float32), table, rs.astype(np.uint8),
                               {"pixel_size": canonical_nm, "mode": "lab",
-                               "detector": {"dose": np.nan}, "source": side.name,
+                               "detector": {"dose": np.nan}, "source": side.name, "frame": f,
                                "rs_annotated": ann.rs_mask is not None}))
     if problems:
         raise ValueError(f"{len(problems)} of {len(sides)} annotations cannot be used: "
@@ -194,6 +194,16 @@ def split_frames(frames: list[Sample], val_fraction: float,
     order = rng.permutation(len(frames))
     n_val = min(int(round(want)), len(frames) - 1)
     return [frames[i] for i in order[n_val:]], [frames[i] for i in order[:n_val]], "frames"
+
+
+def held_out_frames(val: list[Sample]) -> dict[str, list[int]]:
+    """Per annotated item (``meta["source"]``), the frames (numbered from 0) of ``val``:
+    where one item's frames were split, the model card says which were held out, so that
+    they alone can be scored."""
+    out: dict[str, list[int]] = {}
+    for f in val:
+        out.setdefault(str(f.meta["source"]), []).append(int(f.meta["frame"]))
+    return {k: sorted(v) for k, v in out.items()}
 
 
 def _crop(s: Sample, size: int, rng: np.random.Generator) -> Sample:
@@ -364,6 +374,7 @@ def finetune(*, data: str | Path, out: str | Path, model: str | Path | None = No
         "wall_time_s": time.time() - t0, "frames": len(frames), "train_frames": len(train),
         "val_frames": len(val), "split": split if val else None,
         "val_items": sorted({str(f.meta["source"]) for f in val}),
+        "val_frame_indices": held_out_frames(val) if split == "frames" else None,
         # evaluate knows the trained-on images by content too, in copied or renamed folders
         "train_items_sha256": sorted({file_sha256(annotation_image(Path(data) / f.meta["source"]))
                                       for f in train}),

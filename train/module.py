@@ -36,8 +36,11 @@ def init_weights(net: nn.Module, path: str) -> None:
         raise TrainConfigError(f"--model.init_from {path}: {err}") from None
     mine = getattr(net, "config", None)  # UNetConfig: a frozen dataclass, compared by value
     if mine is not None and mine != saved.config:
-        raise TrainConfigError(f"--model.init_from {path}: its architecture {saved.config} "
-                               f"differs from the configured network {mine}")
+        theirs, ours = saved.config.to_dict(), mine.to_dict()
+        differ = ", ".join(f"{k} {theirs.get(k)} in the model, {v} here" for k, v in ours.items()
+                           if theirs.get(k) != v)
+        raise TrainConfigError(f"--model.init_from {path}: its architecture differs from the "
+                               f"configured network ({differ}): pass its settings")
     net.load_state_dict(saved.state_dict())
 
 
