@@ -231,6 +231,7 @@ def evaluate_folders(pred_dir: str | Path, truth_dir: str | Path, *, figures: bo
                          "infer the annotated images themselves)")
     report = {}
     pooled, n_pooled = DetectionTally(), 0  # items the model was not trained on
+    rs_pooled = np.zeros(2)  # their rock salt: intersection, union [px]
     for side in tqdm(sides, desc="evaluating", unit="item", disable=not progress or len(sides) < 5):
         stem = side.with_suffix("").name
         out = Path(pred_dir) / stem
@@ -276,6 +277,9 @@ def evaluate_folders(pred_dir: str | Path, truth_dir: str | Path, *, figures: bo
             rs = tifffile.imread(rs_pred).reshape(ann.rs_mask.shape)
             # No rock salt annotated nor found: nothing to score (not a perfect 1).
             scores["rs_iou"] = mask_iou(rs, ann.rs_mask) if (rs.any() or ann.rs_mask.any()) else None
+            if not scores.get("trained_on"):
+                rs_pooled += [np.logical_and(rs > 0, ann.rs_mask > 0).sum(),
+                              np.logical_or(rs > 0, ann.rs_mask > 0).sum()]
         true_tracks = Path(truth_dir) / f"{stem}_tracks.csv"
         if true_tracks.exists() and (out / "tracks.csv").exists():
             # Predictions made without a frame interval hold nm/frame: use the annotation's.
@@ -309,8 +313,9 @@ def evaluate_folders(pred_dir: str | Path, truth_dir: str | Path, *, figures: bo
         why = [f"{stem}: {r['error']}" for stem, r in report.items()]
         raise ValueError(f"no annotated item of {truth_dir} could be scored against {pred_dir}, "
                          "so nothing was written: " + first_few(why, sep="; "))
-    if n_pooled >= 2:  # every core of those items once
-        report[POOLED] = _defined(pooled.summary())
+    if n_pooled >= 2:  # every core of those items once, their rock salt pooled likewise
+        rs_iou = float(rs_pooled[0] / rs_pooled[1]) if rs_pooled[1] else None
+        report[POOLED] = _defined({**pooled.summary(), "rs_iou": rs_iou})
     for stem, r in report.items():
         if "error" in r:  # an earlier run's figure would look like this run's
             (Path(pred_dir) / stem / "figures" / "evaluation.png").unlink(missing_ok=True)

@@ -941,14 +941,21 @@ def test_evaluate_pools_the_cores_of_all_items_in_the_report_and_the_text(tmp_pa
     from dislotrack.infer.evaluate import POOLED, report_text
 
     truth, pred = tmp_path / "truth", tmp_path / "pred"
-    for stem, n_true, shift, extra in (("a", 3, 0.5, 1), ("b", 2, 1.0, 0)):
+    import tifffile
+
+    for stem, n_true, shift, extra, rows in (("a", 3, 0.5, 1, 10), ("b", 2, 1.0, 0, 30)):
         cores = pd.DataFrame({"frame": 0, "x": 10.0 + 15 * np.arange(n_true), "y": 20.0,
                               "hx": 0.0, "hy": 1.0, "particle": range(n_true)})
-        write_annotation(truth, stem, Annotation(np.zeros((1, 64, 64), np.float32), cores, None,
+        rs = np.zeros((1, 64, 64), np.uint8)
+        rs[0, :rows] = 1  # rock salt in the top rows; the prediction covers 20 rows
+        write_annotation(truth, stem, Annotation(np.zeros((1, 64, 64), np.float32), cores, rs,
                                                  0.1, None, {}))
         found = pd.concat([cores.assign(x=cores.x + shift), cores.head(extra).assign(x=2.0, y=60.0)])
         (pred / stem).mkdir(parents=True)
         found.drop(columns="particle").to_csv(pred / stem / "detections.csv", index=False)
+        guess = np.zeros((1, 64, 64), np.uint8)
+        guess[0, :20] = 1
+        tifffile.imwrite(pred / stem / "rocksalt_mask.tif", guess)
     report = evaluate_folders(pred, truth, figures=False, progress=False)
     a, b, pooled = report["a"], report["b"], report[POOLED]
     assert (a["tp"], a["fp"], b["tp"], b["fp"]) == (3, 1, 2, 0)
@@ -956,6 +963,8 @@ def test_evaluate_pools_the_cores_of_all_items_in_the_report_and_the_text(tmp_pa
     # RMSE over every matched pair: 0.5 px and 1 px shifts at 0.1 nm/px.
     n = a["tp"] + b["tp"]
     assert pooled["rmse_nm"] == pytest.approx(np.sqrt((a["tp"] * 0.05**2 + b["tp"] * 0.1**2) / n))
+    # Rock salt pooled over both items' pixels: (10 + 20) / (20 + 30) rows, not the mean IoU.
+    assert (a["rs_iou"], b["rs_iou"], pooled["rs_iou"]) == (0.5, pytest.approx(2 / 3), 0.6)
     assert json.loads((pred / "evaluation.json").read_text())[POOLED] == pooled
     last = report_text(report).splitlines()[-1]
     assert last.startswith(POOLED) and f"{pooled['rmse_nm']:.3f}" in last
