@@ -102,7 +102,11 @@ def test_ckpt_path_last_resumes_an_interrupted_run(tmp_path, monkeypatch, capsys
         patch.setattr(DislocationModule, "on_train_epoch_start", crash, raising=False)
         train_main(["fit", *tiny, "--trainer.max_epochs=2"])
     assert (tmp_path / "runs/cpu/checkpoints/last.ckpt").exists()
+    saved = torch.load(tmp_path / "runs/cpu/checkpoints/last.ckpt", weights_only=True)["callbacks"]
+    (first_part,) = [v["wall_time_s"] for k, v in saved.items() if k.startswith("ExportModel")]
     train_main(["fit", *tiny, "--trainer.max_epochs=2", "--ckpt_path", "last"])
+    card = json.loads((tmp_path / "runs/cpu/model.json").read_text())
+    assert card["training"]["wall_time_s"] > first_part > 0  # the whole run's time, not the resumed part's
     logs = sorted((tmp_path / "runs/cpu/lightning_logs").glob("version_*/metrics.csv"))
     assert len(logs) == 2
     resumed = pd.read_csv(logs[1])
@@ -401,6 +405,10 @@ def test_a_checkpoint_exports_as_a_model_and_refuses_another_network(tmp_path, c
            "0.237 nm at this pixel size, not 0.473 nm; pass --model.net.init_args.config." \
            "fringe_period_px 9.46" in capsys.readouterr().err
     assert not (tmp_path / "r2").exists()
+    # At its pixel size it starts the run, and the card names it by content too.
+    assert main(["train", "fit", *other, "--model.init_from", str(tmp_path / "mine")]) == 0
+    (started,) = (tmp_path / "r2").rglob("*.json")
+    assert json.loads(started.read_text())["training"]["init_from_sha256"] == card["sha256"]
 
 
 def test_train_refuses_in_one_line_what_cannot_run(tmp_path, capsys, monkeypatch):

@@ -10,7 +10,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from dislotrack.data_gen.conventions import CANONICAL_PIXEL_SIZE_NM
-from dislotrack.models.io import load_lightning_checkpoint, model_paths, save_model
+from dislotrack.models.io import load_lightning_checkpoint, load_model, model_paths, save_model
 from dislotrack.models.unet import UNet, UNetConfig
 from dislotrack.train.module import ARCHITECTURE_KEY
 
@@ -35,8 +35,17 @@ class ExportModel(L.Callback):
         self.command = ""  # the full command line, set by `dislotrack train`
         self._first_step: int | None = None  # global step when training started (resumes too)
         self._t0 = time.time()
+        self._earlier_s = 0.0  # wall time of the runs this one resumed (from the checkpoint)
         # Each validated epoch's scores, to give those of the exported (best) epoch.
         self._history: dict[int, dict[str, float]] = {}
+
+    def state_dict(self) -> dict[str, float]:
+        """Kept in each checkpoint: the training wall time so far, so that a resumed run's
+        card gives the whole run's time, as its epochs and steps do."""
+        return {"wall_time_s": self._earlier_s + time.time() - self._t0}
+
+    def load_state_dict(self, state_dict: dict[str, float]) -> None:
+        self._earlier_s = float(state_dict.get("wall_time_s", 0.0))
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._t0, self._first_step = time.time(), None
@@ -66,7 +75,9 @@ class ExportModel(L.Callback):
         card = model_card(
             generator=dict(dm.hparams) if dm is not None else {}, module=dict(pl_module.hparams),
             training={"recipe": self.recipe, "command": self.command, "epochs": trainer.current_epoch,
-                      "steps": trainer.global_step, "wall_time_s": time.time() - self._t0,
+                      "steps": trainer.global_step,
+                      "wall_time_s": self._earlier_s + time.time() - self._t0,  # resumed runs too
+                      **_base_model(pl_module.hparams.get("init_from")),
                       "best_checkpoint": best,
                       "best_epoch": best_epoch},  # the exported weights' (0-based)
             # last: the final epoch's; best: the exported weights' epoch (if this run validated it)
@@ -78,6 +89,14 @@ class ExportModel(L.Callback):
         save_model(net.cpu(), path, card=card)
         rank_zero_info(f"model exported to {path}.safetensors / .json "
                        f"(use: dislotrack infer --model {path})")
+
+
+def _base_model(init_from: str | None) -> dict[str, str | None]:
+    """``init_from_sha256``: the hash of the model a run started from (its name alone may
+    change meaning: a bundled model is replaced by a new release)."""
+    if not init_from:
+        return {}
+    return {"init_from_sha256": load_model(init_from)[1].get("sha256")}
 
 
 def model_card(*, generator: dict, module: dict, training: dict, metrics: dict) -> dict:
