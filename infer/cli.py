@@ -401,12 +401,17 @@ def _run_finetune(args: argparse.Namespace) -> int:
     except MisconfigurationException as err:  # e.g. --accelerator gpu on a machine without one
         raise ValueError(without_gpu_hint(f"--accelerator {args.accelerator}: {err}",
                                           "--accelerator cpu (or auto)")) from err
-    print(finetune_report(metrics, json.loads(card.read_text())["metrics"]))
+    written = json.loads(card.read_text())
+    held_out = bool(written["training"]["finetune"]["val_frames"])
+    if not held_out:
+        print("no frames were held out (--val-fraction 0): the last training losses")
+    print(finetune_report(metrics, written["metrics"]))
     stem = weights.with_suffix("")
     print(f"model written to {weights} / {card.name} (use: dislotrack infer --model {stem})")
     logs = stem.with_name(stem.name + "_logs") / "metrics.csv"
     if logs.is_file():
-        print(f"scores per epoch: {logs} (validation rows; the first is the base model's)")
+        print(f"scores per epoch: {logs} " + ("(validation rows; the first is the base model's)"
+                                              if held_out else "(training losses)"))
     return 0
 
 

@@ -1149,3 +1149,17 @@ def test_annotation_columns_versions_and_the_nm_hint_are_exact(movie_item, tmp_p
     coarse = write_annotation(tmp_path, "coarse", Annotation(np.zeros((1, 64, 64), np.float32),
                                                             cores, None, 1.0, None, {}))
     _read_quietly(coarse)
+
+
+def test_finetune_without_held_out_frames_calls_its_scores_training_losses(tmp_path, capsys):
+    generate_dataset(out=tmp_path / "lab", n=2, size=64, mode="stem", seed=3, progress=False)
+    _tiny(tmp_path / "base")
+    assert main(["finetune", "--data", str(tmp_path / "lab"), "--out", str(tmp_path / "ft"),
+                 "--model", str(tmp_path / "base"), "--epochs", "1", "--size", "32",
+                 "--batch-size", "2", "--crops-per-epoch", "2", "--val-fraction", "0",
+                 "--accelerator", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "no frames were held out (--val-fraction 0): the last training losses" in out
+    assert "(training losses)" in out and "validation rows" not in out
+    metrics = load_model(tmp_path / "ft")[1]["metrics"]
+    assert "finetune_validation" not in metrics and "train/loss" in metrics["finetune_training"]

@@ -164,6 +164,8 @@ def test_last_checkpoint_is_the_last_epoch_even_when_the_score_stops_improving(t
     assert (card["training"]["best_epoch"], card["training"]["epochs"]) == (0, 3)
     best_scores, last_scores = card["metrics"]["best_validation"], card["metrics"]["last_validation"]
     assert best_scores["val/f1"] == 0.0 and best_scores["val/loss"] != last_scores["val/loss"]
+    assert set(card["metrics"]["last_training"]) and not any(
+        k.startswith("val/") for k in card["metrics"]["last_training"])
 
 
 def test_train_offers_no_predict(capsys, monkeypatch):

@@ -70,7 +70,10 @@ class ExportModel(L.Callback):
         if best and Path(best).is_file():
             net.load_state_dict(load_lightning_checkpoint(best))
             best_epoch = int(torch.load(best, map_location="cpu", weights_only=True)["epoch"])
-        metrics = _scalars(trainer.callback_metrics)
+        logged = _scalars(trainer.callback_metrics)
+        # Without validation (limit_val_batches 0) the last scores are training losses.
+        metrics = {k: v for k, v in logged.items() if k.startswith("val/")}
+        losses = {k: v for k, v in logged.items() if not k.startswith("val/")}
         dm = trainer.datamodule
         card = model_card(
             generator=dict(dm.hparams) if dm is not None else {}, module=dict(pl_module.hparams),
@@ -81,7 +84,8 @@ class ExportModel(L.Callback):
                       "best_checkpoint": best,
                       "best_epoch": best_epoch},  # the exported weights' (0-based)
             # last: the final epoch's; best: the exported weights' epoch (if this run validated it)
-            metrics={"last_validation": metrics,
+            metrics={**({"last_validation": metrics} if metrics else {}),
+                     **({"last_training": losses} if losses else {}),
                      **({"best_validation": self._history[best_epoch]}
                         if best_epoch in self._history else {})})
         # A smoke test of the recipe exports beside, never over, the model of a real run.

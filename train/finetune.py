@@ -381,7 +381,9 @@ def finetune(*, data: str | Path, out: str | Path, model: str | Path | None = No
         "base_model": str(model or "bundled default"), "base_sha256": base_sha,
         # infer's threshold: the base model's, not calibrated on these annotations
         "decode_threshold_from_base": card.get("decode_threshold")}}
-    card["metrics"] = {"finetune_validation": metrics, "base_on_finetune_validation": before,
+    # Without held-out frames the last scores are training losses: named so.
+    card["metrics"] = {"finetune_validation" if val else "finetune_training": metrics,
+                       "base_on_finetune_validation": before,
                        "validation_threshold": threshold, "base": card.get("metrics")}
     save_model(module.net.cpu().eval(), out, card=card)
     return metrics
