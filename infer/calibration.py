@@ -32,7 +32,10 @@ from dislotrack.infer.interface import option
 if TYPE_CHECKING:
     import pint
 
-SOURCES = ("file", "estimated", "user")
+SOURCES = ("file", "annotation", "estimated", "user")
+#: Sources of values that came with the input: its metadata, or the annotation sidecar
+#: (``<stem>.json``) beside a lab's image that lacks them.
+FILE_SOURCES = ("file", "annotation")
 #: Start of the calibration warning that velocities are per frame.
 NO_INTERVAL_NOTE = "no frame interval"
 
@@ -175,7 +178,7 @@ class Calibration:
         [nm/px]; None when unknown (positions stay in pixels).
     frame_interval_s : float or None
         [s]; None when unknown (velocities are per frame).
-    pixel_size_source, frame_interval_source : {"file", "estimated", "user", None}
+    pixel_size_source, frame_interval_source : {"file", "annotation", "estimated", "user", None}
         Where each value came from; None exactly when the value is None.
     warnings : tuple of str
         Human-readable notes for the report (estimates, overrides, missing values).
@@ -219,7 +222,7 @@ class Calibration:
         'user'
         """
         dt = check_positive(frame_interval_s, "frame interval", "s")
-        file_dt = self.frame_interval_s if self.frame_interval_source == "file" else None
+        file_dt = self.frame_interval_s if self.frame_interval_source in FILE_SOURCES else None
         # The notes about the interval it replaces go: per-frame units, a video's playback
         # rate, an earlier override (whose file value is then not known here).
         notes = [w for w in self.warnings
@@ -309,7 +312,7 @@ def resolve_calibration(
         px_src = "user"
         notes += _override_note("pixel size", px, file_cal.pixel_size_nm, "nm/px")
     elif file_cal.pixel_size_nm is not None:
-        px, px_src = file_cal.pixel_size_nm, "file"
+        px, px_src = file_cal.pixel_size_nm, file_cal.pixel_size_source or "file"
     else:
         px = estimate() if estimate is not None else None
         if px is not None:
@@ -329,7 +332,7 @@ def resolve_calibration(
         dt_src = "user"
         notes += _override_note("frame interval", dt, file_cal.frame_interval_s, "s")
     elif file_cal.frame_interval_s is not None:
-        dt, dt_src = file_cal.frame_interval_s, "file"
+        dt, dt_src = file_cal.frame_interval_s, file_cal.frame_interval_source or "file"
     else:
         dt, dt_src = None, None
         notes.append(f"{NO_INTERVAL_NOTE}: velocities in per-frame units (pass "

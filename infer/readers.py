@@ -116,8 +116,8 @@ def open_movie(path: str | Path, *, signal: int | str | None = None) -> Movie:
 def _with_annotation_calibration(movie: Movie) -> Movie:
     """``movie`` with what its file lacks (pixel size, frame interval) taken from the
     annotation sidecar beside it (``<stem>.json``, format dislotrack-annotation), where
-    there is one: a lab's annotated images need no second calibration (source "file",
-    and a calibration note names the sidecar)."""
+    there is one: a lab's annotated images need no second calibration (source
+    "annotation", and a calibration note names the sidecar)."""
     cal, side = movie.calibration, movie.path.with_suffix(".json")
     if (cal.pixel_size_nm is not None and cal.frame_interval_s is not None) or not is_sidecar(side):
         return movie
@@ -133,10 +133,13 @@ def _with_annotation_calibration(movie: Movie) -> Movie:
     if taken:
         said = " and ".join(f"{k} {v:g}" for k, v in taken.items())
         notes.append(f"{said} from the annotation {side.name} (the file has none)")
-    return movie.with_calibration(Calibration.from_file(
-        pixel_size_nm=taken.get("pixel_size_nm", cal.pixel_size_nm),
-        frame_interval_s=taken.get("frame_interval_s", cal.frame_interval_s),
-        warnings=notes)) if notes != list(cal.warnings) else movie
+    if notes == list(cal.warnings):
+        return movie
+    px, dt = (taken.get(k, getattr(cal, k)) for k in ("pixel_size_nm", "frame_interval_s"))
+    source = lambda key, value: None if value is None else "annotation" if key in taken else "file"  # noqa: E731
+    return movie.with_calibration(Calibration(
+        pixel_size_nm=px, frame_interval_s=dt, pixel_size_source=source("pixel_size_nm", px),
+        frame_interval_source=source("frame_interval_s", dt), warnings=tuple(notes)))
 
 
 def check_readable(path: Path) -> None:

@@ -662,9 +662,11 @@ def test_an_annotated_tiff_without_calibration_takes_its_sidecars(tmp_path):
                      photometric="minisblack")
     with open_movie(tmp_path / "lab.tif") as m:
         assert (m.calibration.pixel_size_nm, m.calibration.frame_interval_s) == (0.08, 2.0)
-        assert m.calibration.pixel_size_source == "file"
-        said = calibrate(m, pixel_size_nm=None, frame_interval_s=None, d_spacing_nm=0.473).warnings
-        assert any("from the annotation lab.json" in w for w in said)  # reaches summary.json
+        assert m.calibration.pixel_size_source == m.calibration.frame_interval_source == "annotation"
+        cal = calibrate(m, pixel_size_nm=None, frame_interval_s=None, d_spacing_nm=0.473)
+        assert (cal.pixel_size_source, cal.frame_interval_source) == ("annotation", "annotation")
+        assert any("from the annotation lab.json" in w for w in cal.warnings)  # reaches summary.json
+        assert cal.with_frame_interval(1.0).frame_interval_source == "user"
         assert "pixel_size_nm 0.08 and frame_interval_s 2 from the annotation lab.json (the file " \
                "has none)" in m.calibration.warnings
     # The file's own calibration wins; a plain TIFF without a sidecar stays uncalibrated.
@@ -678,6 +680,7 @@ def test_an_annotated_tiff_without_calibration_takes_its_sidecars(tmp_path):
     tifffile.imwrite(tmp_path / "lab.tif", np.zeros((3, 32, 32), np.float32), photometric="minisblack")
     with open_movie(tmp_path / "lab.tif") as m:
         assert m.calibration.pixel_size_nm is None and m.calibration.frame_interval_s == 2.0
+        assert (m.calibration.pixel_size_source, m.calibration.frame_interval_source) == (None, "annotation")
         assert any("lab.json's pixel_size_nm must be a positive" in w and "not used" in w
                    for w in m.calibration.warnings)
     tifffile.imwrite(tmp_path / "other.tif", np.zeros((32, 32), np.float32))
