@@ -227,7 +227,7 @@ class Calibration:
         # rate, an earlier override (whose file value is then not known here).
         notes = [w for w in self.warnings
                  if not w.startswith((NO_INTERVAL_NOTE, "frame interval"))]
-        notes += _override_note("frame interval", dt, file_dt, "s")
+        notes += _override_note("frame interval", dt, file_dt, "s", self.frame_interval_source)
         return dataclasses.replace(self, frame_interval_s=dt, frame_interval_source="user",
                                    warnings=tuple(notes))
 
@@ -257,13 +257,15 @@ class Calibration:
 OVERRIDE_RATIO_UNITS = 3.0
 
 
-def _override_note(name: str, user: float, file: float | None, unit: str) -> list[str]:
+def _override_note(name: str, user: float, file: float | None, unit: str,
+                   source: str | None = "file") -> list[str]:
     if file is None or math.isclose(user, file, rel_tol=1e-3):
         return []
-    note = f"{name} {user:g} {unit} given by the user overrides the file's {file:g} {unit}"
+    whose = "the annotation's" if source == "annotation" else "the file's"
+    note = f"{name} {user:g} {unit} given by the user overrides {whose} {file:g} {unit}"
     ratio = user / file if file > 0 else 1.0
     if not 1 / OVERRIDE_RATIO_UNITS < ratio < OVERRIDE_RATIO_UNITS:  # e.g. Å as nm: 10 times
-        note += (f", {ratio:.3g} times it: check the units ({unit}), unless the file's value "
+        note += (f", {ratio:.3g} times it: check the units ({unit}), unless {whose} value "
                  "is known to be wrong")
     return [note]
 
@@ -310,7 +312,8 @@ def resolve_calibration(
     if pixel_size_nm is not None:
         px = check_positive(pixel_size_nm, "pixel size", "nm/px")
         px_src = "user"
-        notes += _override_note("pixel size", px, file_cal.pixel_size_nm, "nm/px")
+        notes += _override_note("pixel size", px, file_cal.pixel_size_nm, "nm/px",
+                                file_cal.pixel_size_source)
     elif file_cal.pixel_size_nm is not None:
         px, px_src = file_cal.pixel_size_nm, file_cal.pixel_size_source or "file"
     else:
@@ -330,7 +333,8 @@ def resolve_calibration(
     if frame_interval_s is not None:
         dt = check_positive(frame_interval_s, "frame interval", "s")
         dt_src = "user"
-        notes += _override_note("frame interval", dt, file_cal.frame_interval_s, "s")
+        notes += _override_note("frame interval", dt, file_cal.frame_interval_s, "s",
+                                file_cal.frame_interval_source)
     elif file_cal.frame_interval_s is not None:
         dt, dt_src = file_cal.frame_interval_s, file_cal.frame_interval_source or "file"
     else:

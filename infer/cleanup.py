@@ -81,7 +81,7 @@ def clean_frame(frame: np.ndarray, cores: pd.DataFrame, rocksalt: np.ndarray, *,
         frame or under an annotation.
     """
     blank = not np.ptp(frame)
-    if blank:
+    if blank or blind:  # nothing to judge rock salt by
         rocksalt = np.zeros_like(rocksalt)
     if blind or blank:  # any core found would be spurious
         cores = cores.iloc[:0]

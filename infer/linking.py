@@ -126,6 +126,8 @@ def search_range_px(
         raise ValueError(f"pixel_size_nm must be positive [nm/px], got {pixel_size_nm}")
     if max_step_nm is None:
         if frame_interval_s is None:
+            if max_speed_nm_s <= 0:  # said alone: the caller gave no interval
+                raise ValueError(f"max_speed_nm_s [nm/s] must be positive, got {max_speed_nm_s}")
             frame_interval_s = ASSUMED_FRAME_INTERVAL_S
         if frame_interval_s <= 0 or max_speed_nm_s <= 0:
             raise ValueError(

@@ -2,7 +2,8 @@
 
 ``open_movie(path)`` returns a `Movie`: ``len(movie)`` frames of shape (H, W),
 each read from disk only when asked for, as float32 (colour -> luminance), plus
-the `Calibration` found in the file's metadata (source "file") and a small
+the `Calibration` found in the file's metadata (source "file"; "annotation" for what
+an annotated image's ``<stem>.json`` adds) and a small
 metadata dict whose ``notes`` say what was assumed.
 
 =====================  ===========================================================

@@ -13,9 +13,7 @@ import pandas as pd
 from dislotrack.data_gen.conventions import D003_LINIO2_NM
 from dislotrack.infer.calibration import Calibration
 from dislotrack.infer.lattice import Lattice
-from dislotrack.infer.linking import DEFAULT_MAX_SPEED_NM_S
 from dislotrack.infer.options import analysis_options, as_typed, check_calibration_options
-from dislotrack.infer.tracking import JUMP_WARNING, add_stage_jumps, remove_stage_jumps, track_detections
 from dislotrack.infer.warning_log import AnalysisWarning, collected_warnings
 
 #: The `analyze` options that act after the detector: `AnalysisResult.relink` takes them.
@@ -109,6 +107,10 @@ class AnalysisResult:
         >>> in_time = res.relink(frame_interval_s=0.5)  # velocities in nm/s  # doctest: +SKIP
         >>> write_tables(slow, "results/slow")  # dislotrack.infer.outputs  # doctest: +SKIP
         """
+        # Here: outputs and evaluate import this module, without trackpy.
+        from dislotrack.infer import tracking
+        from dislotrack.infer.linking import DEFAULT_MAX_SPEED_NM_S
+
         unknown = sorted(set(options) - set(RELINK_OPTIONS))
         if unknown:
             raise TypeError(f"relink takes frame_interval_s, {', '.join(RELINK_OPTIONS)}, not "
@@ -127,9 +129,9 @@ class AnalysisResult:
             options = {**options, "frame_interval_s": frame_interval_s}
         drift, jumped = self._drift_for(cal, chosen.get("max_speed_nm_s", DEFAULT_MAX_SPEED_NM_S))
         if jumped is not None:
-            kept = jumped + [w for w in kept if not w.startswith(JUMP_WARNING)]
+            kept = jumped + [w for w in kept if not w.startswith(tracking.JUMP_WARNING)]
         with collected_warnings():  # issued below, at the caller's line, as analyze does
-            t = track_detections(self.detections, pixel_size_nm=cal.pixel_size_nm,
+            t = tracking.track_detections(self.detections, pixel_size_nm=cal.pixel_size_nm,
                                  frame_interval_s=cal.frame_interval_s, n_frames=self.shape[0],
                                  image_shape=self.shape[1:], drift=drift, weak=self.weak,
                                  rocksalt_fraction=self.rocksalt_fraction,
@@ -146,12 +148,14 @@ class AnalysisResult:
         """The drift to relink with, and the stage-jump warnings where the jumps were found
         anew (None: kept as they were). A jump must exceed half the search range, which
         the frame interval and speed limit set: where those change, so may the jumps."""
+        from dislotrack.infer import tracking
+
         same = (cal.frame_interval_s == self.calibration.frame_interval_s
                 and max_speed_nm_s == self.options.get("max_speed_nm_s", max_speed_nm_s))
         if same or self.shape[0] < 2:
             return self.drift, None
         with collected_warnings() as jumped:
-            drift = add_stage_jumps(self.detections, remove_stage_jumps(self.drift), cal,
+            drift = tracking.add_stage_jumps(self.detections, tracking.remove_stage_jumps(self.drift), cal,
                                       max_speed_nm_s, self.shape[1:])
         return drift, jumped
 

@@ -228,9 +228,9 @@ def track_detections(detections: pd.DataFrame, *, pixel_size_nm: float,
     else:
         linked = corrected.assign(particle=pd.Series(dtype=int))
     if len(corrected) and not len(linked) and n_frames > 1:  # say why, not just "0 tracks"
-        causes = ["flickering false cores"]
-        if dt is not None:  # without an interval the speed limit is not used
-            causes.append(f"cores moving faster than {option('max_speed_nm_s')} allows")
+        assumed = "" if dt is not None else f" at an assumed {ASSUMED_FRAME_INTERVAL_S:g} s per frame"
+        causes = ["flickering false cores",
+                  f"cores moving faster than {option('max_speed_nm_s')} allows{assumed}"]
         if min_track_score > 0:
             # No flag of infer: a keyword of analyze and track_detections only.
             causes.append(f"tracks of a mean score under min_track_score={min_track_score:g}")

@@ -39,6 +39,7 @@ def test_a_blank_frame_or_a_blind_one_keeps_nothing_and_judges_no_rock_salt():
     blind = clean_frame(_lattice(), _cores((30, 30)), rs, pixel_size_nm=0.1, d_spacing_nm=0.473,
                         blind=True)
     assert not blind.blank and blind.cores.empty and np.isnan(blind.rocksalt_fraction)
+    assert not blind.rocksalt.any()  # the mask TIFF shows none either
 
 
 def test_a_zero_filled_border_hides_cores_and_rock_salt_beside_it():

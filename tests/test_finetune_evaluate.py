@@ -258,7 +258,8 @@ def test_core_outcomes_are_the_matching_of_detection_scores(tmp_path):
 @pytest.mark.parametrize(("option", "value", "message"), [
     ("--epochs", "0", "epochs must be at least 1"), ("--epochs", "-1", "epochs must be at least 1"),
     ("--crops-per-epoch", "0", "crops_per_epoch must be at least 1"),
-    ("--val-fraction", "1.0", r"val_fraction must be in \[0, 1\)")])
+    ("--val-fraction", "1.0", r"val_fraction must be in \[0, 1\)"),
+    ("--lr", "0", r"lr \(--lr\) must be a finite number > 0, got 0")])
 def test_finetune_refuses_settings_that_cannot_train(tmp_path, capsys, option, value, message):
     import re
 
@@ -760,6 +761,7 @@ def test_lab_data_without_rock_salt_masks_trains_no_rock_salt(tmp_path, capfd):
         mask.unlink()
     frames = annotated_frames(tmp_path / "lab", 0.1)
     assert [s.meta["rs_annotated"] for s in frames] == [False] * 3
+    assert [s.meta["frame"] for s in frames] == [0] * 3  # each item's frame (held_out_frames)
     batch = {k: v[None] for k, v in sample_to_item(frames[0]).items()}
     _tiny(tmp_path / "base")
     module = DislocationModule(load_model(tmp_path / "base")[0])

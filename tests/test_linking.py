@@ -49,6 +49,8 @@ def test_search_range_rejects_bad_units():
         search_range_px(pixel_size_nm=-0.1)
     with pytest.raises(ValueError, match="frame_interval_s"):
         search_range_px(pixel_size_nm=0.1, frame_interval_s=0.0)
+    with pytest.raises(ValueError, match=r"^max_speed_nm_s \[nm/s\] must be positive, got -1$"):
+        search_range_px(pixel_size_nm=0.1, frame_interval_s=None, max_speed_nm_s=-1)
 
 
 def test_crossing_cores_of_opposite_h_stay_apart_and_a_missed_frame_is_bridged():

@@ -1740,13 +1740,14 @@ def test_detections_without_any_track_are_explained():
                       "flickering false cores or cores moving faster than max_speed_nm_s allows "
                       "give this"]
     # A core in every frame whose track's mean score is under min_track_score: said so; and
-    # without a frame interval the speed limit is not the cause.
+    # without a frame interval the speed limit applies at an assumed 1 s per frame.
     steady = det.assign(x=50.0, y=50.0, score=0.5)
     with collected_warnings() as logged:
         track_detections(steady, pixel_size_nm=0.1, frame_interval_s=None, n_frames=8,
                          image_shape=(100, 100), min_track_score=0.9)
     (said,) = [w for w in logged if "no track" in w]
-    assert said.endswith("flickering false cores or tracks of a mean score under "
+    assert said.endswith("flickering false cores or cores moving faster than max_speed_nm_s "
+                         "allows at an assumed 1 s per frame or tracks of a mean score under "
                          "min_track_score=0.9 give this")
 
 

@@ -667,6 +667,8 @@ def test_an_annotated_tiff_without_calibration_takes_its_sidecars(tmp_path):
         assert (cal.pixel_size_source, cal.frame_interval_source) == ("annotation", "annotation")
         assert any("from the annotation lab.json" in w for w in cal.warnings)  # reaches summary.json
         assert cal.with_frame_interval(1.0).frame_interval_source == "user"
+        said = calibrate(m, pixel_size_nm=0.1, frame_interval_s=None, d_spacing_nm=0.473).warnings
+        assert "pixel size 0.1 nm/px given by the user overrides the annotation's 0.08 nm/px" in said
         assert "pixel_size_nm 0.08 and frame_interval_s 2 from the annotation lab.json (the file " \
                "has none)" in m.calibration.warnings
     # The file's own calibration wins; a plain TIFF without a sidecar stays uncalibrated.

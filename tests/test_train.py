@@ -141,6 +141,10 @@ def test_ckpt_path_last_resumes_an_interrupted_run(tmp_path, monkeypatch, capsys
     assert "runs/cpu holds an earlier run (model.safetensors, checkpoints/last.ckpt) that a new " \
            "fit would replace: resume it with --ckpt_path last" in capsys.readouterr().err
     assert {p.name: p.read_bytes() for p in (tmp_path / "runs/cpu").glob("model.*")} == exported
+    (tmp_path / "runs/cpu/checkpoints/last.ckpt").unlink()  # the model alone: nothing to resume
+    assert main(["train", "fit", *tiny, "--trainer.max_epochs=1"]) == 2
+    err = capsys.readouterr().err
+    assert "(model.safetensors) that a new fit would replace: give another" in err
 
 
 def test_last_checkpoint_is_the_last_epoch_even_when_the_score_stops_improving(tmp_path, monkeypatch):

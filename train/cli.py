@@ -357,6 +357,11 @@ class DislotrackCLI(LightningCLI):
         earlier run's exported model or last checkpoint: resuming it is ``--ckpt_path last``."""
         if self.config[self.subcommand].get("ckpt_path") or self.trainer.fast_dev_run:
             return
+        from lightning.fabric.plugins.environments import SLURMEnvironment
+
+        root = Path(self.trainer.default_root_dir)
+        if SLURMEnvironment.detect() and any(root.glob("hpc_ckpt_*.ckpt")):
+            return  # a job SLURM requeued: Lightning resumes it from that checkpoint
         from dislotrack.models.io import model_paths
 
         found = [model_paths(cb.path)[0] for cb in self.trainer.callbacks if isinstance(cb, ExportModel)]
@@ -364,13 +369,12 @@ class DislotrackCLI(LightningCLI):
             found.append(Path(folder) / "last.ckpt")
         found = [p for p in found if p.is_file()]
         if found:
-            root = Path(self.trainer.default_root_dir)
             names = [str(p.resolve().relative_to(root.resolve())) if p.resolve().is_relative_to(
                 root.resolve()) else str(p) for p in found]
+            resume = "resume it with --ckpt_path last, or " if found[-1].name == "last.ckpt" else ""
             raise TrainConfigError(
                 f"{root} holds an earlier run ({', '.join(names)}) that a new fit would replace: "
-                "resume it with --ckpt_path last, or give another --trainer.default_root_dir "
-                "(or remove the folder)")
+                f"{resume}give another --trainer.default_root_dir (or remove the folder)")
 
     def _check_pixel_size(self) -> None:
         """Raises `TrainConfigError` where the network's fringe channels, or the model it

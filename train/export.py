@@ -10,7 +10,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from dislotrack.data_gen.conventions import CANONICAL_PIXEL_SIZE_NM
-from dislotrack.models.io import load_lightning_checkpoint, load_model, model_paths, save_model
+from dislotrack.models.io import load_lightning_checkpoint, model_paths, save_model
 from dislotrack.models.unet import UNet, UNetConfig
 from dislotrack.train.module import ARCHITECTURE_KEY
 
@@ -80,7 +80,8 @@ class ExportModel(L.Callback):
             training={"recipe": self.recipe, "command": self.command, "epochs": trainer.current_epoch,
                       "steps": trainer.global_step,
                       "wall_time_s": self._earlier_s + time.time() - self._t0,  # resumed runs too
-                      **_base_model(pl_module.hparams.get("init_from")),
+                      **({"init_from_sha256": pl_module.init_from_sha256}
+                         if getattr(pl_module, "init_from_sha256", None) else {}),
                       "best_checkpoint": best,
                       "best_epoch": best_epoch},  # the exported weights' (0-based)
             # last: the final epoch's; best: the exported weights' epoch (if this run validated it)
@@ -93,14 +94,6 @@ class ExportModel(L.Callback):
         save_model(net.cpu(), path, card=card)
         rank_zero_info(f"model exported to {path}.safetensors / .json "
                        f"(use: dislotrack infer --model {path})")
-
-
-def _base_model(init_from: str | None) -> dict[str, str | None]:
-    """``init_from_sha256``: the hash of the model a run started from (its name alone may
-    change meaning: a bundled model is replaced by a new release)."""
-    if not init_from:
-        return {}
-    return {"init_from_sha256": load_model(init_from)[1].get("sha256")}
 
 
 def model_card(*, generator: dict, module: dict, training: dict, metrics: dict) -> dict:

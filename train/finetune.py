@@ -306,6 +306,8 @@ def finetune(*, data: str | Path, out: str | Path, model: str | Path | None = No
             raise ValueError(f"{name} must be at least 1, got {value}")
     if not 0 <= val_fraction < 1:
         raise ValueError(f"val_fraction must be in [0, 1) (some frames must train), got {val_fraction}")
+    if not (np.isfinite(lr) and lr > 0):  # before the data are read
+        raise ValueError(f"lr (--lr) must be a finite number > 0, got {lr}")
     net, card = load_model(model)
     canonical = float(card["canonical_pixel_size_nm"])
     frames = annotated_frames(data, canonical)
@@ -374,7 +376,7 @@ def finetune(*, data: str | Path, out: str | Path, model: str | Path | None = No
         "wall_time_s": time.time() - t0, "frames": len(frames), "train_frames": len(train),
         "val_frames": len(val), "split": split if val else None,
         "val_items": sorted({str(f.meta["source"]) for f in val}),
-        "val_frame_indices": held_out_frames(val) if split == "frames" else None,
+        "val_frame_indices": held_out_frames(val) if val and split == "frames" else None,
         # evaluate knows the trained-on images by content too, in copied or renamed folders
         "train_items_sha256": sorted({file_sha256(annotation_image(Path(data) / f.meta["source"]))
                                       for f in train}),

@@ -22,8 +22,9 @@ DOSE_BINS = {"dose_lt100": (0, 100), "dose_100_500": (100, 500), "dose_ge500": (
 TALLY_KEYS = ("all", "hrtem", "stem", *DOSE_BINS)
 
 
-def init_weights(net: nn.Module, path: str) -> None:
-    """Copy the weights of the saved model ``path`` into ``net`` (same architecture).
+def init_weights(net: nn.Module, path: str) -> str | None:
+    """Copy the weights of the saved model ``path`` into ``net`` (same architecture);
+    returns the model's sha256 (its card's).
 
     Raises
     ------
@@ -31,7 +32,7 @@ def init_weights(net: nn.Module, path: str) -> None:
         If ``path`` is no model or its architecture differs from ``net``'s.
     """
     try:
-        saved, _ = load_model(path)
+        saved, card = load_model(path)
     except (ValueError, OSError) as err:  # e.g. a .ckpt, or no such model: one line
         raise TrainConfigError(f"--model.init_from {path}: {err}") from None
     mine = getattr(net, "config", None)  # UNetConfig: a frozen dataclass, compared by value
@@ -42,10 +43,13 @@ def init_weights(net: nn.Module, path: str) -> None:
         raise TrainConfigError(f"--model.init_from {path}: its architecture differs from the "
                                f"configured network ({differ}): pass its settings")
     net.load_state_dict(saved.state_dict())
+    return card.get("sha256")
 
 
 #: A checkpoint's entry holding the network's `UNetConfig` as a dict.
 ARCHITECTURE_KEY = "dislotrack_architecture"
+#: A checkpoint's entry holding the sha256 of the ``init_from`` model.
+INIT_FROM_KEY = "dislotrack_init_from_sha256"
 
 
 class DislocationModule(L.LightningModule):
@@ -81,8 +85,9 @@ class DislocationModule(L.LightningModule):
                                        f"{'> 0' if positive else '>= 0'}, got {value!r}")
         if not 0 < threshold < 1:
             raise TrainConfigError(f"--model.threshold is a core score in (0, 1), got {threshold!r}")
-        if init_from:
-            init_weights(net, init_from)
+        #: The hash of the model this run started from (kept in checkpoints: a resume
+        #: reports the one it started from, even where the file has since been replaced).
+        self.init_from_sha256 = init_weights(net, init_from) if init_from else None
         self.net = net
         self.save_hyperparameters(ignore=["net"])
         # torch.compile is opt-in (GPU configs); the compiled wrapper shares parameters.
@@ -102,6 +107,7 @@ class DislocationModule(L.LightningModule):
         warn where the data settings do (the card records this run's)."""
         if self._trainer is None or self.trainer.state.fn != "fit":
             return  # validate/test read the weights only
+        self.init_from_sha256 = checkpoint.get(INIT_FROM_KEY, self.init_from_sha256)
         saved = checkpoint.get("hyper_parameters", {})
         changed = [f"--model.{k} {saved[k]:g} -> {self.hparams[k]:g}" for k in self.OPTIMIZER_SETTINGS
                    if k in saved and saved[k] != self.hparams[k]]
@@ -124,6 +130,8 @@ class DislocationModule(L.LightningModule):
         config = getattr(self.net, "config", None)
         if config is not None:
             checkpoint[ARCHITECTURE_KEY] = config.to_dict()
+        if self.init_from_sha256:
+            checkpoint[INIT_FROM_KEY] = self.init_from_sha256
 
     def losses(self, out: torch.Tensor, batch: dict) -> dict[str, torch.Tensor]:
         lh = heatmap_loss(out[:, HEATMAP_CH:HEATMAP_CH + 1], batch["heatmap"],
