@@ -199,12 +199,13 @@ def track_detections(detections: pd.DataFrame, *, pixel_size_nm: float,
                        MIN_SEARCH_RANGE_NM)
     # A movie shorter than min_length (a single image above all) keeps its cores as tracks.
     if min_length > n_frames >= 1 and min_length != DEFAULT_MIN_LENGTH:  # the user's value
-        logger.warning("%s is longer than the movie (%d frame%s): used %d, so %s",
+        # "analysed": a --frames window is not the movie
+        logger.warning("%s is longer than the %d frame%s analysed: used %d, so %s",
                        option("min_length", min_length), n_frames, "s" if n_frames > 1 else "", n_frames,
                        "every core of the image is a track" if n_frames == 1
                        else "only cores detected in every frame make tracks")
     elif min_length > n_frames > 1:  # the default on a short movie: velocities from few points
-        logger.warning("the movie has %d frames, fewer than the %d a track needs by default "
+        logger.warning("%d frames were analysed, fewer than the %d a track needs by default "
                        "(%s): tracks are cores found in all %d frames, and "
                        "their velocities rest on %d points%s", n_frames, min_length,
                        option("min_length"), n_frames,

@@ -860,11 +860,11 @@ def test_a_min_length_longer_than_the_movie_is_reported():
     with collected_warnings() as logged:
         out = track_detections(three, n_frames=3, min_length=10, **kw)
     assert len(out.track_summary) == 2  # clamped to 3: both cores are in every frame
-    assert logged == ["min_length=10 is longer than the movie (3 frames): used 3, so "
+    assert logged == ["min_length=10 is longer than the 3 frames analysed: used 3, so "
                       "only cores detected in every frame make tracks"]
     with collected_warnings() as logged:
         track_detections(det, n_frames=1, min_length=10, **kw)
-    assert logged == ["min_length=10 is longer than the movie (1 frame): used 1, so "
+    assert logged == ["min_length=10 is longer than the 1 frame analysed: used 1, so "
                       "every core of the image is a track"]
     # Its default on an image, or a length that fits: nothing to say.
     assert DEFAULT_MIN_LENGTH > 3
@@ -876,7 +876,7 @@ def test_a_min_length_longer_than_the_movie_is_reported():
     with collected_warnings() as logged:
         out = track_detections(three, n_frames=3, **kw)
     assert len(out.track_summary) == 2
-    assert logged == [f"the movie has 3 frames, fewer than the {DEFAULT_MIN_LENGTH} a track needs "
+    assert logged == [f"3 frames were analysed, fewer than the {DEFAULT_MIN_LENGTH} a track needs "
                       "by default (min_length): tracks are cores found in all 3 "
                       "frames, and their velocities rest on 3 points"]
 
@@ -1143,7 +1143,7 @@ def test_relink_reproduces_analyze_and_records_what_it_changed(tmp_path):
     assert json.loads((tmp_path / "summary.json").read_text())["options"]["min_length"] == 12
     with pytest.raises(TypeError, match="relink takes frame_interval_s, max_speed_nm_s, .*not threshold"):
         res.relink(threshold=0.3)
-    with pytest.warns(AnalysisWarning, match="min_length=40 is longer than the movie") as caught:
+    with pytest.warns(AnalysisWarning, match="min_length=40 is longer than the 12 frames analysed") as caught:
         res.relink(min_length=40)
     assert caught[0].filename == __file__  # at the caller's line, as analyze's warnings
 
@@ -1212,7 +1212,7 @@ def test_track_detections_checks_options_and_keeps_its_warnings():
                         "hx": 0.0, "hy": -1.0})
     common = {"pixel_size_nm": 0.1, "n_frames": 3, "image_shape": (100, 100)}
     # A short movie warns (velocities from 3 points): kept, and issued once at the caller.
-    with pytest.warns(AnalysisWarning, match="the movie has 3 frames") as caught:
+    with pytest.warns(AnalysisWarning, match="3 frames were analysed") as caught:
         out = track_detections(det, frame_interval_s=1.0, **common)
     assert len(out.warnings) == 1 and str(caught[0].message) == out.warnings[0]
     assert caught[0].filename == __file__
@@ -1592,9 +1592,9 @@ def test_relink_keeps_the_options_analyze_used_and_drops_warnings_it_no_longer_h
             pd.testing.assert_frame_equal(getattr(same, table), getattr(res, table))
         short = analyze(m.frames[:4], pixel_size_nm=m.meta["pixel_size"], frame_interval_s=1.0,
                         progress=False, min_length=40)
-        assert any("longer than the movie" in w for w in short.warnings)
+        assert any("frames analysed: used" in w for w in short.warnings)
         fits = short.relink(min_length=2)
-    assert not any("longer than the movie" in w for w in fits.warnings)
+    assert not any("frames analysed: used" in w for w in fits.warnings)
 
 
 def test_track_detections_drops_a_nucleation_it_did_not_see():
