@@ -162,18 +162,24 @@ def track_detections(detections: pd.DataFrame, *, pixel_size_nm: float,
     """
     check_linking_options(max_speed_nm_s=max_speed_nm_s, memory=memory, min_length=min_length,
                           max_gap=max_gap, min_track_score=min_track_score, border_nm=border_nm)
-    shape_ok = (isinstance(image_shape, (tuple, list)) and len(image_shape) == 2
-                and all(isinstance(v, numbers.Integral) and v > 0 for v in image_shape))
+    shape_ok = (isinstance(image_shape, (tuple, list, np.ndarray)) and len(image_shape) == 2
+                and all(isinstance(v, numbers.Integral) and not isinstance(v, bool) and v > 0
+                        for v in image_shape))
     if not shape_ok:
         raise ValueError(f"image_shape must be the frames' (ny, nx) [px], got {image_shape!r}")
+    image_shape = (int(image_shape[0]), int(image_shape[1]))
+    if lattice is not None and not isinstance(lattice, Lattice):
+        raise TypeError(f"lattice must be a Lattice (dislotrack.infer.lattice.measure_lattice) or "
+                        f"None, got {type(lattice).__name__}")
     check_calibration_options(pixel_size_nm=pixel_size_nm, frame_interval_s=frame_interval_s,
                               d_spacing_nm=D003_LINIO2_NM)  # no spacing here: a valid stand-in
     if pixel_size_nm is None:
         raise ValueError("pixel_size_nm is needed [nm/px]: detections are in pixels")
     if isinstance(n_frames, bool) or not isinstance(n_frames, numbers.Integral) or n_frames < 1:
-        raise ValueError(f"n_frames must be a whole number of frames >= 1, got {n_frames!r}")
+        raise ValueError(f"n_frames must be an int >= 1 (the frames of the movie), got {n_frames!r}")
     require_columns(detections, ["frame", "x", "y", "hx", "hy", *(["score"] if min_track_score > 0 else [])],
                     name="detections")
+    check_detection_values(detections, image_shape, name="detections")
     beyond = sorted(set(detections["frame"][(detections["frame"] < 0)
                                             | (detections["frame"] >= n_frames)].tolist()))
     if beyond:
@@ -183,6 +189,7 @@ def track_detections(detections: pd.DataFrame, *, pixel_size_nm: float,
         require_columns(drift, ["frame", "dx", "dy"], name="drift")
     if weak is not None:  # weak peaks extend tracks by score, so they need one
         require_columns(weak, ["frame", "x", "y", "score", "hx", "hy"], name="weak")
+        check_detection_values(weak, image_shape, name="weak")
     ps, dt = pixel_size_nm, frame_interval_s
     if dt is None and n_frames > 1 and max_speed_nm_s != DEFAULT_MAX_SPEED_NM_S:
         # Without a frame interval the speed limit is a step per frame (`search_range_px`).
@@ -258,6 +265,32 @@ def track_detections(detections: pd.DataFrame, *, pixel_size_nm: float,
     # Units in the names, as written to track_summary.csv: per frame without an interval.
     summary = velocity_columns_as_written(summary, dt)
     return TrackedTables(tracks, summary, events, counts)
+
+
+def check_detection_values(table: pd.DataFrame, image_shape: tuple[int, int], *, name: str) -> None:
+    """Raises ValueError, naming the column and how many rows, for detections that would
+    give wrong tables without a word: frame numbers that are not whole, positions or **h**
+    that are not finite numbers, **h** of zero length (no direction), positions outside
+    frames of ``image_shape`` (ny, nx) [px] (a swapped shape makes tracks enter and leave
+    instead of nucleating), and an ``in_rocksalt`` that is not boolean."""
+    def refuse(rows: pd.Series, what: str) -> None:
+        if rows.any():
+            raise ValueError(f"{name}: {int(rows.sum())} of {len(table)} rows {what}")
+
+    numeric = {c: pd.to_numeric(table[c], errors="coerce") for c in ("frame", "x", "y", "hx", "hy")}
+    for c, v in numeric.items():
+        refuse(~np.isfinite(v.astype(float)), f"have a {c} that is not a finite number")
+    refuse(numeric["frame"] != np.round(numeric["frame"]), "have a frame that is not a whole number")
+    refuse(np.hypot(numeric["hx"], numeric["hy"]) == 0, "have h = (0, 0): h is the direction into "
+           "the extra half-plane (drop them, or give one)")
+    ny, nx = image_shape
+    outside = ((numeric["x"] < -0.5) | (numeric["x"] > nx - 0.5)
+               | (numeric["y"] < -0.5) | (numeric["y"] > ny - 0.5))
+    refuse(outside, f"lie outside frames of image_shape (ny, nx) = ({ny}, {nx}) px (x up to "
+           f"{numeric['x'].max():.6g}, y up to {numeric['y'].max():.6g}): is the shape (ny, nx)?")
+    if "in_rocksalt" in table.columns and not pd.api.types.is_bool_dtype(table["in_rocksalt"]):
+        raise ValueError(f"{name}: in_rocksalt must be boolean (True/False), got dtype "
+                         f"{table['in_rocksalt'].dtype}")
 
 
 def _with_burgers_columns(table: pd.DataFrame) -> pd.DataFrame:

@@ -1532,8 +1532,34 @@ def test_track_detections_refuses_frames_before_0_and_an_empty_movie():
     kw = dict(pixel_size_nm=0.1, frame_interval_s=1.0, image_shape=(100, 100))
     with pytest.raises(ValueError, match=r"detections in frame\(s\) -1 outside the movie's 0..2"):
         track_detections(det, n_frames=3, **kw)
-    with pytest.raises(ValueError, match="n_frames must be a whole number of frames >= 1, got 0"):
+    with pytest.raises(ValueError, match=r"n_frames must be an int >= 1 \(the frames of the movie\), got 0"):
         track_detections(det.iloc[:0], n_frames=0, **kw)
+
+
+def test_track_detections_refuses_values_that_would_give_wrong_tables_silently():
+    from dislotrack.infer.pipeline import track_detections
+
+    f = np.arange(5, 15)
+    det = pd.DataFrame({"frame": f, "x": 250.0 + f, "y": 50.0, "score": 0.9, "hx": 0.0, "hy": -1.0})
+    kw = dict(pixel_size_nm=0.1, frame_interval_s=1.0, n_frames=20, min_length=3)
+    # Nucleated and annihilated inside a 300 px wide frame; a swapped shape is refused.
+    out = track_detections(det, image_shape=np.array([100, 300]), **kw)  # any (ny, nx) pair
+    assert out.track_summary[["birth", "death"]].values.tolist() == [["nucleated", "annihilated"]]
+    with pytest.raises(ValueError, match=r"10 of 10 rows lie outside frames of image_shape "
+                                         r"\(ny, nx\) = \(300, 100\) px .*is the shape \(ny, nx\)\?"):
+        track_detections(det, image_shape=(300, 100), **kw)
+    shape = dict(image_shape=(100, 300))
+    for bad, said in ((det.assign(hx=0.0, hy=0.0), "10 of 10 rows have h = (0, 0)"),
+                      (det.assign(x=det.x.where(det.frame != 7)),
+                       "1 of 10 rows have a x that is not a finite"),
+                      (det.assign(frame=det.frame * 0.5), "rows have a frame that is not a whole number"),
+                      (det.assign(frame=det.frame.astype(str) + "a"), "have a frame that is not a finite"),
+                      (det.assign(in_rocksalt="False"),
+                       "in_rocksalt must be boolean (True/False), got dtype ")):
+        with pytest.raises(ValueError, match=re.escape(said)):
+            track_detections(bad, **shape, **kw)
+    with pytest.raises(TypeError, match="lattice must be a Lattice .* got str"):
+        track_detections(det, lattice="abc", **shape, **kw)
 
 
 def test_warnings_before_a_failure_are_printed_once(monkeypatch, capsys):

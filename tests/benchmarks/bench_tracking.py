@@ -116,7 +116,10 @@ def oracle_detections(m, rng: np.random.Generator, *, noise_nm: float = 0.0,
     keep = np.where(basal, recall[1], np.where(in_rs, recall[2], recall[0]))
     det = c.assign(x=c.x + rng.normal(0, noise_nm / ps, len(c)),
                    y=c.y + rng.normal(0, noise_nm / ps, len(c)), score=0.9)
-    return det[rng.random(len(c)) < keep][["frame", "x", "y", "score", "hx", "hy", "bx_nm", "by_nm"]]
+    # A detector sees no core beyond the frame (track_detections refuses such rows).
+    inside = det.x.between(-0.5, nx - 0.5) & det.y.between(-0.5, ny - 0.5)
+    kept = (rng.random(len(c)) < keep) & inside
+    return det[kept][["frame", "x", "y", "score", "hx", "hy", "bx_nm", "by_nm"]]
 
 
 def accuracy(n_movies: int, n_frames: int, size: int, model: str | None, seed: int = 31,
