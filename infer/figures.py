@@ -456,6 +456,7 @@ def save_figure(fig: plt.Figure, path: Path, *, dpi: int = DPI) -> None:
     notebook shows a returned figure once). Where the frame is a few pixels wide, the layout
     engine gives up and says so in a warning that means nothing to a user: the figure is
     drawn all the same."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)  # as write_tables makes its folder
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="constrained_layout not applied")
         fig.savefig(path, dpi=dpi)

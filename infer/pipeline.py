@@ -364,6 +364,10 @@ def analyze(path: str | Path | Movie | np.ndarray, *, model: str | Path | None =
     if not isinstance(path, (str, os.PathLike, np.ndarray, Movie)):
         raise TypeError(f"analyze takes a path, a Movie or a (t, y, x) array, got {path!r}")
     if isinstance(path, np.ndarray):
+        if signal is not None:  # as open_movie says for files without images to choose from
+            logger.warning("%s was ignored: an array holds one image stack",
+                           option("signal", signal, text=isinstance(signal, str)))
+            signal = None
         path = movie_from_array(path)
     opened = contextlib.nullcontext(path) if isinstance(path, Movie) else open_movie(path, signal=signal)
     with opened as movie:

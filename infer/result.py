@@ -14,7 +14,7 @@ from dislotrack.data_gen.conventions import D003_LINIO2_NM
 from dislotrack.infer.calibration import Calibration
 from dislotrack.infer.lattice import Lattice
 from dislotrack.infer.options import analysis_options, as_typed, check_calibration_options
-from dislotrack.infer.warning_log import AnalysisWarning, collected_warnings
+from dislotrack.infer.warning_log import AnalysisWarning, collected_warnings, named
 
 #: The `analyze` options that act after the detector: `AnalysisResult.relink` takes them.
 RELINK_OPTIONS = ("max_speed_nm_s", "memory", "min_length", "max_gap", "min_track_score", "border_nm")
@@ -91,7 +91,8 @@ class AnalysisResult:
     weak: pd.DataFrame | None = None  # sub-threshold peaks that extend track ends (`relink`)
     tracking_warnings: list[str] = field(default_factory=list)  # those of `track_detections`
 
-    def relink(self, *, frame_interval_s: float | None = None, **options: Any) -> AnalysisResult:
+    def relink(self, *, frame_interval_s: float | None = None, lattice_h: bool | None = None,
+               **options: Any) -> AnalysisResult:
         """The same detections tracked again with other `RELINK_OPTIONS` (e.g.
         ``max_speed_nm_s=1.0``) or a frame interval the file lacked: everything after the
         detector reruns (`track_detections`) with this result's drift, weak peaks, lattice
@@ -99,7 +100,8 @@ class AnalysisResult:
         ``warnings`` say what changed. Stage jumps (a shift of most cores beyond half the
         search range and beyond the detections' 0.6 nm scatter) are found anew where a new
         frame interval or ``max_speed_nm_s`` changes the search range, as `analyze` with
-        them would find them.
+        them would find them. ``lattice_h`` snaps track **h** to the measured lattice's
+        Burgers vectors, or not (where the lattice shows an in-layer reflection).
 
         Examples
         --------
@@ -113,7 +115,7 @@ class AnalysisResult:
 
         unknown = sorted(set(options) - set(RELINK_OPTIONS))
         if unknown:
-            raise TypeError(f"relink takes frame_interval_s, {', '.join(RELINK_OPTIONS)}, not "
+            raise TypeError(f"relink takes frame_interval_s, lattice_h, {', '.join(RELINK_OPTIONS)}, not "
                             f"{', '.join(unknown)} (other options change the detections: run "
                             "analyze again)")
         chosen = {k: self.options[k] for k in RELINK_OPTIONS if k in self.options} | options
@@ -127,6 +129,13 @@ class AnalysisResult:
             kept = [w for w in kept if w not in stale]
             kept += [w for w in cal.warnings if w not in kept]
             options = {**options, "frame_interval_s": frame_interval_s}
+        snap = self.lattice_h
+        if lattice_h is not None:
+            snap = bool(lattice_h) and self.lattice is not None and self.lattice.has_layer
+            options = {**options, "lattice_h": bool(lattice_h)}
+            if lattice_h and not snap:
+                kept.append("lattice_h=True changed nothing: no in-layer lattice reflection was "
+                            "measured to snap track h to")
         drift, jumped = self._drift_for(cal, chosen.get("max_speed_nm_s", DEFAULT_MAX_SPEED_NM_S))
         if jumped is not None:
             kept = jumped + [w for w in kept if not w.startswith(tracking.JUMP_WARNING)]
@@ -135,13 +144,13 @@ class AnalysisResult:
                                  frame_interval_s=cal.frame_interval_s, n_frames=self.shape[0],
                                  image_shape=self.shape[1:], drift=drift, weak=self.weak,
                                  rocksalt_fraction=self.rocksalt_fraction,
-                                 lattice=self.lattice if self.lattice_h else None, **chosen)
+                                 lattice=self.lattice if snap else None, **chosen)
         for message in (jumped or []) + t.warnings:
-            warnings.warn(f"{Path(self.input_path).name}: {message}", AnalysisWarning, stacklevel=2)
+            warnings.warn(named(self.input_path, message), AnalysisWarning, stacklevel=2)
         return replace(
-            self, calibration=cal, drift=drift, tracks=t.tracks, track_summary=t.track_summary,
-            events=t.events,
-            counts=t.counts, warnings=kept + [w for w in t.warnings if w not in kept],
+            self, calibration=cal, drift=drift, lattice_h=snap, tracks=t.tracks,
+            track_summary=t.track_summary, events=t.events, counts=t.counts,
+            warnings=kept + [w for w in t.warnings if w not in kept],
             tracking_warnings=t.warnings, options={**self.options, **analysis_options(**options)})
 
     def _drift_for(self, cal: Calibration, max_speed_nm_s: float) -> tuple[pd.DataFrame, list[str] | None]:

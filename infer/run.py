@@ -7,6 +7,7 @@ import json
 import logging
 import re
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,7 @@ from dislotrack.infer.outputs import MaskWriter, check_parquet, refuse_a_file, w
 from dislotrack.infer.pipeline import AnalysisResult, analyze, calibrate
 from dislotrack.infer.readers import Movie, open_movie
 from dislotrack.infer.strain import COMPONENTS as STRAIN_COMPONENTS
+from dislotrack.infer.warning_log import AnalysisWarning, named
 
 logger = logging.getLogger(__name__)
 
@@ -55,8 +57,20 @@ def infer_one(path: str | Path, out: str | Path, *, movie: bool = True, parquet:
 
     ``strain`` also writes GPA strain maps (strain_exx/eyy/exy.tif, rotation_rad.tif)
     and figures/strain.png, at ``strain_resolution_nm`` (the GPA mask's real-space
-    width; coarser is smoother). Other options go to `analyze`.
+    width; coarser is smoother). Other options go to `analyze`. The result's warnings,
+    those about writing included, are issued as `AnalysisWarning` at the caller's line.
     """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", AnalysisWarning)  # issued once below, with the rest
+        res = _infer_one(path, out, movie=movie, parquet=parquet, strain=strain,
+                         strain_resolution_nm=strain_resolution_nm, **options)
+    for message in res.warnings:
+        warnings.warn(named(res.input_path, message), AnalysisWarning, stacklevel=2)
+    return res
+
+
+def _infer_one(path: str | Path, out: str | Path, *, movie: bool, parquet: bool, strain: bool,
+               strain_resolution_nm: float, **options) -> AnalysisResult:
     if strain and not (np.isfinite(strain_resolution_nm) and strain_resolution_nm > 0):
         raise ValueError(f"{option('strain_resolution_nm')} must be a positive width [nm], "
                          f"got {strain_resolution_nm}")

@@ -97,7 +97,7 @@ class TrackedTables:
 
 @keeping_tracking_warnings
 def track_detections(detections: pd.DataFrame, *, pixel_size_nm: float,
-                     frame_interval_s: float | None, n_frames: int, image_shape: tuple[int, int],
+                     frame_interval_s: float | None = None, n_frames: int, image_shape: tuple[int, int],
                      drift: pd.DataFrame | None = None, weak: pd.DataFrame | None = None,
                      rocksalt_fraction: np.ndarray | None = None,
                      max_speed_nm_s: float = DEFAULT_MAX_SPEED_NM_S, memory: int = 5,
@@ -118,7 +118,9 @@ def track_detections(detections: pd.DataFrame, *, pixel_size_nm: float,
         ``frame, x, y, score, hx, hy`` (+ ``bx_nm, by_nm``), raw image pixels; an
         optional boolean ``in_rocksalt`` (`dislotrack.infer.events.near_rocksalt`)
         makes tracks that begin or end there ``from_rocksalt`` / ``into_rocksalt``
-        instead of nucleated / annihilated (`dislotrack.infer.events.birth_death`).
+        instead of nucleated / annihilated (`dislotrack.infer.events.birth_death`). Rows
+        are linked anew: a ``particle`` column (e.g. hand-annotated identities) is not
+        used, and tracks are numbered by the linker.
     pixel_size_nm, frame_interval_s : float
         Calibration [nm/px], [s] (``frame_interval_s`` None: velocities per frame).
     n_frames : int

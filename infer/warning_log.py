@@ -80,6 +80,20 @@ def relog_unseen(messages: list[str]) -> None:
         logger.warning(message)
 
 
+def named(input_path: str | Path, message: str) -> str:
+    """``message`` led by the input's name, as issued in notebooks (Python shows a warning
+    text once per caller line: a loop over files would hide the later files' warnings),
+    unless it names the input already.
+
+    >>> named("/data/a.tif", "frame 3 is blank")
+    'a.tif: frame 3 is blank'
+    >>> named("/data/a.tif", "a.tif: frame 1 has NaN pixels")
+    'a.tif: frame 1 has NaN pixels'
+    """
+    lead = f"{Path(input_path).name}: "
+    return message if message.startswith(lead) else lead + message
+
+
 class AnalysisWarning(UserWarning):
     """What `analyze` warns about (`AnalysisResult.warnings`), also issued as Python warnings
     so that notebooks show them; ``dislotrack infer`` prints them itself instead."""
@@ -101,10 +115,8 @@ def keeping_logged_warnings(fn: Callable[..., AnalysisResult]) -> Callable[..., 
             relog_unseen(logged)
             raise
         res.warnings += [m for m in dict.fromkeys(logged) if m not in res.warnings]
-        # Named by input: Python shows a warning text once per caller line, and a loop over
-        # files would otherwise hide the later files' warnings.
         for message in res.warnings:
-            warnings.warn(f"{Path(res.input_path).name}: {message}", AnalysisWarning, stacklevel=2)
+            warnings.warn(named(res.input_path, message), AnalysisWarning, stacklevel=2)
         return res
 
     return wrapper

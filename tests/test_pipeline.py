@@ -1141,7 +1141,8 @@ def test_relink_reproduces_analyze_and_records_what_it_changed(tmp_path):
 
     write_tables(strict, tmp_path)
     assert json.loads((tmp_path / "summary.json").read_text())["options"]["min_length"] == 12
-    with pytest.raises(TypeError, match="relink takes frame_interval_s, max_speed_nm_s, .*not threshold"):
+    with pytest.raises(TypeError, match="relink takes frame_interval_s, lattice_h, max_speed_nm_s, "
+                                        ".*not threshold"):
         res.relink(threshold=0.3)
     with pytest.warns(AnalysisWarning, match="min_length=40 is longer than the 12 frames analysed") as caught:
         res.relink(min_length=40)
@@ -1393,9 +1394,14 @@ def test_results_of_another_input_of_the_same_name_are_not_replaced_silently(tin
     first = run.infer_one(tmp_path / "x.tif", tmp_path / "o", **kw)
     again = run.infer_one(tmp_path / "x.tif", tmp_path / "o", **kw)  # a rerun: nothing to say
     assert not any("replaced" in w for w in first.warnings + again.warnings)
-    other = run.infer_one(tmp_path / "x.npy", tmp_path / "o", **kw)
+    with pytest.warns(AnalysisWarning) as caught:
+        other = run.infer_one(tmp_path / "x.npy", tmp_path / "o", **kw)
     said = f"replaced the results of {tmp_path / 'x.tif'} in {tmp_path / 'o' / 'x'}"
     assert any(said in w for w in other.warnings)
+    # Issued in notebooks too, once each and at the caller's line (not infer_one's).
+    issued = [str(w.message) for w in caught if issubclass(w.category, AnalysisWarning)]
+    assert sum(said in m for m in issued) == 1 and len(issued) == len(set(issued))
+    assert {w.filename for w in caught if issubclass(w.category, AnalysisWarning)} == {__file__}
     assert any(said in w for w in json.loads((tmp_path / "o" / "x" / "summary.json").read_text())["warnings"])
     moved = tmp_path / "moved"
     moved.mkdir()
@@ -1616,6 +1622,13 @@ def test_relink_keeps_the_options_analyze_used_and_drops_warnings_it_no_longer_h
         same = res.relink()  # the options analyze was given, not the defaults
         for table in ("tracks", "track_summary", "events", "counts"):
             pd.testing.assert_frame_equal(getattr(same, table), getattr(res, table))
+        # Snapping h to the lattice acts after the detector: relink does as analyze does.
+        snapped = analyze(m.frames, pixel_size_nm=m.meta["pixel_size"], frame_interval_s=1.0,
+                          progress=False, min_length=12, lattice_h=True)
+        via = res.relink(lattice_h=True)
+        assert via.lattice_h == snapped.lattice_h and via.options["lattice_h"] is True
+        for table in ("tracks", "track_summary", "events", "counts"):
+            pd.testing.assert_frame_equal(getattr(via, table), getattr(snapped, table))
         short = analyze(m.frames[:4], pixel_size_nm=m.meta["pixel_size"], frame_interval_s=1.0,
                         progress=False, min_length=40)
         assert any("frames analysed: used" in w for w in short.warnings)
@@ -1715,7 +1728,7 @@ def test_relink_takes_the_frame_interval_a_file_lacked():
     assert timed.options["frame_interval_s"] == 1.0
     with pytest.raises(ValueError, match="frame_interval_s must be a positive time"):
         per_frame.relink(frame_interval_s=-1.0)
-    with pytest.raises(TypeError, match="relink takes frame_interval_s, max_speed_nm_s"):
+    with pytest.raises(TypeError, match="relink takes frame_interval_s, lattice_h, max_speed_nm_s"):
         per_frame.relink(pixel_size_nm=0.2)
 
 
@@ -1810,3 +1823,15 @@ def test_relink_finds_stage_jumps_anew_where_the_search_range_changes():
     assert sorted(timed.warnings) == sorted(direct.warnings)
     pd.testing.assert_frame_equal(back.drift[["dx", "dy"]], per_frame.drift[["dx", "dy"]])
     assert not any(w.startswith("the whole field jumped") for w in back.warnings)
+
+
+def test_an_array_with_a_signal_says_it_is_ignored_and_figures_make_their_folder(tiny_model, tmp_path):
+    from dislotrack.infer import figures
+
+    frames = np.random.default_rng(0).normal(size=(2, 32, 32)).astype(np.float32)
+    with pytest.warns(AnalysisWarning, match=r"<array>: signal='HAADF' was ignored: an array holds "
+                                             r"one image stack"):
+        res = analyze(frames, pixel_size_nm=0.1, signal="HAADF", model=tiny_model, progress=False)
+    assert res.options["signal"] is None
+    figures.trajectories(res, tmp_path / "new" / "t.png")  # as write_tables, the folder is made
+    assert (tmp_path / "new" / "t.png").stat().st_size > 0
