@@ -7,14 +7,16 @@ imported lazily, so ``dislotrack generate`` never imports torch.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
 import shlex
 import signal
 import sys
+import threading
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from dislotrack.data_gen.version import package_version
@@ -221,9 +223,8 @@ def _run_infer(args: argparse.Namespace) -> int:
 
         check_readable(Path(args.inputs[0]))
     from dislotrack.data_gen.annotations import mask_sidecar
-    from dislotrack.infer.pipeline import AnalysisWarning
     from dislotrack.infer.predict import network_dtype, pick_device
-    from dislotrack.infer.run import infer_one, output_dir
+    from dislotrack.infer.run import output_dir
 
     # An unknown or unavailable device: one line, not one per input.
     dev = pick_device(args.device)
@@ -241,40 +242,83 @@ def _run_infer(args: argparse.Namespace) -> int:
         twice = sorted({str(f) for f in folders if folders.count(f) > 1})
         raise ValueError(f"several inputs would write to {', '.join(twice)}; "
                          "analyse them in separate runs (--out)")
-    failed = 0
-    for path in args.inputs:
-        try:
-            with warnings.catch_warnings():  # printed below, after the input's result line
-                warnings.simplefilter("ignore", AnalysisWarning)
-                res = infer_one(path, args.out, movie=not args.no_movie, parquet=args.parquet,
-                                strain=args.strain, strain_resolution_nm=args.strain_resolution,
-                                detector=args.detector,
-                                model=args.model, pixel_size_nm=args.pixel_size,
-                                frame_interval_s=args.frame_interval, device=args.device,
-                                precision=args.precision,
-                                threshold=args.threshold, d_spacing_nm=args.d_spacing,
-                                max_speed_nm_s=args.max_speed, memory=args.memory,
-                                weak_fraction=args.weak_fraction, lattice_h=not args.network_h,
-                                min_length=args.min_length, max_gap=args.max_gap, tta=args.tta,
-                                signal=args.signal, frames=args.frames)
-        except USER_ERRORS as err:  # one unreadable movie does not stop the others
-            if len(args.inputs) == 1 or os.environ.get("DISLOTRACK_DEBUG"):
-                raise
-            msg = str(err)  # name the input once: most messages already start with it
-            print(msg if str(path) in msg else f"{path}: error: {msg}", file=sys.stderr)
-            failed += 1
-            continue
-        n = len(res.detections)
-        if res.shape[0] == 1:  # a single image: cores, no tracks or events to speak of
-            print(f"{path}: {n} core{'s' * (n != 1)}")
-        else:
-            counts = {"detection": n, "track": len(res.track_summary), "event": len(res.events)}
-            print(f"{path}: " + ", ".join(f"{k} {noun}{'s' * (k != 1)}" for noun, k in counts.items()))
-        for w in res.warnings:
-            print(f"  warning: {w}", file=sys.stderr)
+    failed, finished = 0, 0
+    with _interruptible() as stopped:
+        for path in args.inputs:
+            failed += _infer_input(path, args)
+            finished += 1
+    if stopped:
+        left = args.inputs[finished]
+        print(f"dislotrack infer: {stopped[0]} while analysing {left}: its results folder is as "
+              f"it was before (nothing half-written); {finished} of {len(args.inputs)} inputs "
+              "were finished and written", file=sys.stderr)
+        return stopped[1]
     if failed and len(args.inputs) > 1:
         print(f"{failed} of {len(args.inputs)} inputs failed (see above)", file=sys.stderr)
     return 1 if failed else 0
+
+
+class _Terminated(BaseException):
+    """SIGTERM, raised where the process is (as Ctrl-C raises KeyboardInterrupt), so that
+    the run's clean-up (its staging folder) happens."""
+
+
+@contextlib.contextmanager
+def _interruptible() -> Iterator[list]:
+    """Ctrl-C and SIGTERM end the loop inside with one line instead of a traceback: yields a
+    list that then holds (what stopped it, the exit status)."""
+    stopped: list = []
+
+    def terminate(signum: int, frame: object) -> None:
+        raise _Terminated
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, terminate) if main_thread else None
+    try:
+        yield stopped
+    except KeyboardInterrupt:
+        stopped[:] = ["interrupted (Ctrl-C)", 128 + signal.SIGINT]
+    except _Terminated:
+        stopped[:] = ["stopped by SIGTERM", 128 + signal.SIGTERM]
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _infer_input(path: str, args: argparse.Namespace) -> int:
+    """Analyse one input of ``dislotrack infer`` and print its line; 1 if it failed."""
+    from dislotrack.infer.pipeline import AnalysisWarning
+    from dislotrack.infer.run import infer_one
+
+    try:
+        with warnings.catch_warnings():  # printed below, after the input's result line
+            warnings.simplefilter("ignore", AnalysisWarning)
+            res = infer_one(path, args.out, movie=not args.no_movie, parquet=args.parquet,
+                            strain=args.strain, strain_resolution_nm=args.strain_resolution,
+                            detector=args.detector,
+                            model=args.model, pixel_size_nm=args.pixel_size,
+                            frame_interval_s=args.frame_interval, device=args.device,
+                            precision=args.precision,
+                            threshold=args.threshold, d_spacing_nm=args.d_spacing,
+                            max_speed_nm_s=args.max_speed, memory=args.memory,
+                            weak_fraction=args.weak_fraction, lattice_h=not args.network_h,
+                            min_length=args.min_length, max_gap=args.max_gap, tta=args.tta,
+                            signal=args.signal, frames=args.frames)
+    except USER_ERRORS as err:  # one unreadable movie does not stop the others
+        if len(args.inputs) == 1 or os.environ.get("DISLOTRACK_DEBUG"):
+            raise
+        msg = str(err)  # name the input once: most messages already start with it
+        print(msg if str(path) in msg else f"{path}: error: {msg}", file=sys.stderr)
+        return 1
+    n = len(res.detections)
+    if res.shape[0] == 1:  # a single image: cores, no tracks or events to speak of
+        print(f"{path}: {n} core{'s' * (n != 1)}")
+    else:
+        counts = {"detection": n, "track": len(res.track_summary), "event": len(res.events)}
+        print(f"{path}: " + ", ".join(f"{k} {noun}{'s' * (k != 1)}" for noun, k in counts.items()))
+    for w in res.warnings:
+        print(f"  warning: {w}", file=sys.stderr)
+    return 0
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import glob
 import inspect
 import json
 import logging
+import os
 import re
 import shutil
 import warnings
@@ -100,8 +102,7 @@ def _infer_one(path: str | Path, out: str | Path, *, movie: bool, parquet: bool,
         earlier = earlier_input(dest)  # read before this run replaces it
         # Written beside the results and moved in only when complete: a run that fails
         # leaves an earlier run's results whole, and no half-written folder.
-        staging = dest.with_name(f".{dest.name}.running")
-        shutil.rmtree(staging, ignore_errors=True)  # left by a run that was killed
+        staging = claim_staging(dest)
         (staging / "figures").mkdir(parents=True)
         try:
             res = _analyze_and_write(m, staging, cal, movie=movie, parquet=parquet, strain=strain,
@@ -131,6 +132,34 @@ def stale_evaluation(dest: Path) -> Path | None:
     except (OSError, ValueError):  # none, or not ours
         return None
     return report if isinstance(scored, dict) and dest.name in scored else None
+
+
+def claim_staging(dest: Path) -> Path:
+    """This process' staging folder for ``dest`` (``.<name>.running-<pid>`` beside it).
+
+    Raises
+    ------
+    ValueError
+        If another live process is writing ``dest`` (two runs into one folder would mix
+        their files); staging folders of runs that were killed are removed.
+    """
+    for other in dest.parent.glob(f".{glob.escape(dest.name)}.running*"):
+        pid = other.name.rpartition("-")[2]
+        if pid.isdigit() and int(pid) != os.getpid() and _alive(int(pid)):
+            raise ValueError(f"another dislotrack run (process {pid}) is writing {dest}: wait for it "
+                             f"to finish, or give another {option('out', 'FOLDER')}")
+        shutil.rmtree(other, ignore_errors=True)  # left by a run that was killed
+    return dest.with_name(f".{dest.name}.running-{os.getpid()}")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's: alive
+        return True
+    return True
 
 
 def _move_into(staging: Path, dest: Path) -> None:

@@ -1835,3 +1835,65 @@ def test_an_array_with_a_signal_says_it_is_ignored_and_figures_make_their_folder
     assert res.options["signal"] is None
     figures.trajectories(res, tmp_path / "new" / "t.png")  # as write_tables, the folder is made
     assert (tmp_path / "new" / "t.png").stat().st_size > 0
+
+
+def test_two_runs_into_one_folder_do_not_mix_and_killed_runs_leave_nothing(tiny_model, tmp_path):
+    import subprocess
+    import sys
+
+    from dislotrack.infer import run
+
+    movie = tmp_path / "m.tif"
+    write_imagej_tiff(movie, np.random.default_rng(0).normal(size=(2, 32, 32)).astype(np.float32),
+                      pixel_size_nm=0.1, frame_interval_s=1.0)
+    out = tmp_path / "o"
+    out.mkdir()
+    for stale in (".m.running", ".m.running-999999999"):  # killed runs (an old name, a dead pid)
+        (out / stale / "figures").mkdir(parents=True)
+    kw = dict(model=tiny_model, movie=False, progress=False)
+    run.infer_one(movie, out, **kw)
+    assert sorted(p.name for p in out.iterdir()) == ["m"]
+    busy = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:  # a live process writing the same results: refused, not mixed
+        (out / f".m.running-{busy.pid}").mkdir()
+        with pytest.raises(ValueError, match=f"another dislotrack run \\(process {busy.pid}\\) is "
+                                             f"writing .*o/m: wait for it"):
+            run.infer_one(movie, out, **kw)
+    finally:
+        busy.kill()
+        busy.wait()
+    run.infer_one(movie, out, **kw)  # once it has gone, its folder is cleared
+    assert sorted(p.name for p in out.iterdir()) == ["m"]
+
+
+@pytest.mark.parametrize(("stop", "status", "said"), [
+    ("ctrl-c", 130, "interrupted (Ctrl-C)"), ("sigterm", 143, "stopped by SIGTERM")])
+def test_infer_stopped_midway_says_what_was_finished_in_one_line(tmp_path, capsys, monkeypatch,
+                                                                 stop, status, said):
+    import os
+    import signal
+
+    from dislotrack.infer import run
+
+    inputs = []
+    for name in ("a", "b"):
+        inputs.append(tmp_path / f"{name}.npy")
+        np.save(inputs[-1], np.zeros((2, 32, 32), np.float32))
+    real = run.infer_one
+
+    def stopped_on_b(path, out, **kw):
+        if Path(path).stem == "b":
+            if stop == "ctrl-c":
+                raise KeyboardInterrupt
+            os.kill(os.getpid(), signal.SIGTERM)  # the handler raises here, as mid-analysis
+        return real(path, out, **kw)
+
+    monkeypatch.setattr(run, "infer_one", stopped_on_b)
+    before = signal.getsignal(signal.SIGTERM)
+    assert main(["infer", *map(str, inputs), "--out", str(tmp_path / "o"), "--pixel-size", "0.1",
+                 "--detector", "gpa", "--no-movie"]) == status
+    err = capsys.readouterr().err
+    assert f"dislotrack infer: {said} while analysing {inputs[1]}: its results folder is as it was " \
+           "before (nothing half-written); 1 of 2 inputs were finished and written" in err
+    assert "Traceback" not in err and (tmp_path / "o" / "a" / "summary.json").is_file()
+    assert signal.getsignal(signal.SIGTERM) is before  # the handler is the caller's again
