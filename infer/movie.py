@@ -107,7 +107,7 @@ class Movie:
         try:
             raw = self._read(i)
         except READ_ERRORS as err:  # a truncated or damaged file: name it
-            raise ValueError(f"{self._path}: frame {i} cannot be read: {err}") from err
+            raise ValueError(_unreadable(self._path, i, err)) from err
         return self._checked(raw, i)
 
     def __iter__(self) -> Iterator[np.ndarray]:
@@ -122,7 +122,7 @@ class Movie:
             except StopIteration:  # fewer frames than the header said
                 return
             except READ_ERRORS as err:
-                raise ValueError(f"{self._path}: frame {i} cannot be read: {err}") from err
+                raise ValueError(_unreadable(self._path, i, err)) from err
             yield self._checked(frame, i)
 
     def _checked(self, raw: np.ndarray, i: int) -> np.ndarray:
@@ -207,3 +207,10 @@ def close_lazy_array(data: object) -> None:
                        if isinstance(getattr(a, "parent", None), tifffile.TiffFile)), None)
     if handle is not None:
         handle.close()
+
+
+def _unreadable(path: Path, i: int, err: Exception) -> str:
+    """Why frame ``i`` of ``path`` cannot be read, with the fix where a codec is missing
+    (tifffile reads LZW, JPEG, ... TIFFs only with the imagecodecs package)."""
+    hint = " (pip install imagecodecs)" if "imagecodecs" in str(err) else ""
+    return f"{path}: frame {i} cannot be read: {err}{hint}"

@@ -71,6 +71,8 @@ def open_tiff(path: Path) -> Movie:
             raise ValueError(f"{path}: cannot map TIFF axes {series.axes!r} to frames")
         if series.axes == "SYX" and tif.is_shaped:  # how tifffile writes a (3|4, y, x) array
             return _planar_stack(path, tif, series)
+        if _pages_as_series(tif):
+            return _page_series_stack(path, tif)
         lead_axes = series.axes[: len(series.axes) - len(page_axes)]
         lead_shape = tuple(series.shape[: len(lead_axes)])
         notes: list[str] = []
@@ -109,6 +111,26 @@ def _planar_stack(path: Path, tif: tifffile.TiffFile, series) -> Movie:
                          f"writes a ({n}, y, x) array: read as {n} frames, not as one colour image"]}
     page = functools.cache(tif.pages.first.asarray)  # all frames are in it: read it once
     return Movie(path, (n, h, w), cal, meta, lambda i: page()[i], close=tif.close)
+
+
+def _pages_as_series(tif: tifffile.TiffFile) -> bool:
+    """Whether the file is a movie written page by page (one ``TiffWriter.write`` per
+    frame, as acquisition scripts do): more single-page 2-D series of one shape and type
+    than a scan has detectors (`MAX_DETECTOR_CHANNELS`), which tifffile lists apart."""
+    first = tif.series[0]
+    return len(tif.series) > MAX_DETECTOR_CHANNELS and all(
+        s.axes == "YX" and len(s.pages) == 1 and s.shape == first.shape and s.dtype == first.dtype
+        for s in tif.series)
+
+
+def _page_series_stack(path: Path, tif: tifffile.TiffFile) -> Movie:
+    """The frames of a file that `_pages_as_series` recognised, read one page at a time."""
+    n, (h, w) = len(tif.series), tif.series[0].shape
+    cal = _tiff_calibration(path, tif, notes := [])
+    meta = {"format": "TIFF", "axes": "TYX", "dtype": str(tif.series[0].dtype), "notes": notes,
+            "warnings": [f"the TIFF holds {n} single-page images of one size (written frame by "
+                         f"frame): read as {n} frames"]}
+    return Movie(path, (n, h, w), cal, meta, lambda i: tif.series[i].asarray(), close=tif.close)
 
 
 def _tiff_frame_index(axes: str, shape: tuple[int, ...], warnings: list[str]) -> list[tuple]:

@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -86,6 +87,11 @@ def _infer_one(path: str | Path, out: str | Path, *, movie: bool, parquet: bool,
     # Opened once for calibration, analysis and the overlay (a folder of frames reads every
     # file's header when opened).
     with open_movie(path, signal=asked) as whole:  # unreadable: leaves no folder
+        ignored = None
+        if frames is not None and len(whole) == 1:  # e.g. `infer movie.dm4 image.tif --frames 0:10`
+            ignored = (f"{option('frames', frames, text=True)} does not apply to a single image: "
+                       "analysed it whole")
+            frames = None
         span = None if frames is None else frame_window(frames, len(whole))
         if span == (0, len(whole)):  # the whole movie: its results, under its own name
             frames = span = None
@@ -107,7 +113,7 @@ def _infer_one(path: str | Path, out: str | Path, *, movie: bool, parquet: bool,
         try:
             res = _analyze_and_write(m, staging, cal, movie=movie, parquet=parquet, strain=strain,
                                      strain_resolution_nm=strain_resolution_nm, earlier=earlier,
-                                     results_dir=dest, **options)
+                                     results_dir=dest, notes=[ignored] if ignored else [], **options)
             _move_into(staging, dest)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
@@ -238,9 +244,11 @@ def stale_outputs(dest: Path, *, movie: bool, strain: bool, parquet: bool,
 
 def _analyze_and_write(m: Movie, dest: Path, cal: Calibration, *, movie: bool, parquet: bool,
                        strain: bool, strain_resolution_nm: float = 1.0, earlier: dict | None = None,
-                       results_dir: Path | None = None, **options) -> AnalysisResult:
+                       results_dir: Path | None = None, notes: Sequence[str] = (),
+                       **options) -> AnalysisResult:
     """Analyse ``m`` and write everything into ``dest``; ``earlier`` is the input of the
-    results ``results_dir`` held before (`earlier_input`), for `replaced_note`."""
+    results ``results_dir`` held before (`earlier_input`), for `replaced_note`; ``notes``
+    lead the result's warnings (and summary.json's)."""
     shape = m.shape
     writer = MaskWriter(dest / "rocksalt_mask.tif", shape=shape, pixel_size_nm=cal.pixel_size_nm,
                         frame_interval_s=cal.frame_interval_s)
@@ -261,6 +269,7 @@ def _analyze_and_write(m: Movie, dest: Path, cal: Calibration, *, movie: bool, p
             strain_writer.close()
     if strain_writer is not None:
         strain_writer.figure(dest / "figures" / "strain.png")
+    res.warnings[:0] = [n for n in notes if n not in res.warnings]
     if (note := replaced_note(earlier, res, results_dir or dest)) is not None:
         res.warnings.append(note)  # before summary.json is written
     write_tables(res, dest, parquet=parquet)

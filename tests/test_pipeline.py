@@ -1897,3 +1897,15 @@ def test_infer_stopped_midway_says_what_was_finished_in_one_line(tmp_path, capsy
            "before (nothing half-written); 1 of 2 inputs were finished and written" in err
     assert "Traceback" not in err and (tmp_path / "o" / "a" / "summary.json").is_file()
     assert signal.getsignal(signal.SIGTERM) is before  # the handler is the caller's again
+
+
+def test_a_frames_window_leaves_a_single_image_among_movies_whole(tiny_model, tmp_path, capsys):
+    movie, image = tmp_path / "movie.npy", tmp_path / "image.npy"
+    np.save(movie, np.zeros((12, 32, 32), np.float32))
+    np.save(image, np.zeros((32, 32), np.float32))
+    assert main(["infer", str(movie), str(image), "--out", str(tmp_path / "o"), "--frames", "2:10",
+                 "--model", str(tiny_model), "--pixel-size", "0.1", "--no-movie"]) == 0
+    said = "--frames 2:10 does not apply to a single image: analysed it whole"
+    assert said in capsys.readouterr().err
+    assert said in json.loads((tmp_path / "o" / "image" / "summary.json").read_text())["warnings"]
+    assert (tmp_path / "o" / "movie_frames2-10" / "summary.json").is_file()

@@ -688,3 +688,35 @@ def test_an_annotated_tiff_without_calibration_takes_its_sidecars(tmp_path):
     tifffile.imwrite(tmp_path / "other.tif", np.zeros((32, 32), np.float32))
     with open_movie(tmp_path / "other.tif") as m:
         assert m.calibration.pixel_size_nm is None
+
+
+def test_a_tiff_written_frame_by_frame_is_a_movie_and_a_missing_codec_is_named(tmp_path):
+    rng = np.random.default_rng(0)
+    frames = rng.random((6, 24, 28)).astype(np.float32)
+    with tifffile.TiffWriter(tmp_path / "pages.tif") as tw:  # one write per frame: 6 series
+        for f in frames:
+            tw.write(f)
+    with open_movie(tmp_path / "pages.tif") as m:
+        assert m.shape == (6, 24, 28)
+        np.testing.assert_array_equal(m[4], frames[4])
+        assert m.metadata["warnings"] == ["the TIFF holds 6 single-page images of one size "
+                                          "(written frame by frame): read as 6 frames"]
+    with tifffile.TiffWriter(tmp_path / "two.tif") as tw:  # two images: a scan's detectors?
+        for f in frames[:2]:
+            tw.write(f)
+    with open_movie(tmp_path / "two.tif") as m:
+        assert m.shape == (1, 24, 28)
+        assert m.metadata["warnings"] == ["the TIFF holds 2 image series; only the first was read"]
+    from PIL import Image
+
+    pages = [Image.fromarray((f * 255).astype(np.uint8)) for f in frames[:2]]
+    pages[0].save(tmp_path / "lzw.tif", compression="tiff_lzw", save_all=True, append_images=pages[1:])
+    try:
+        import imagecodecs  # noqa: F401
+    except ImportError:
+        with open_movie(tmp_path / "lzw.tif") as m, pytest.raises(
+                ValueError, match=r"frame 0 cannot be read: .*imagecodecs.* \(pip install imagecodecs\)"):
+            m[0]
+    else:
+        with open_movie(tmp_path / "lzw.tif") as m:  # read where the codec is installed
+            assert m.shape == (2, 24, 28) and m[0].shape == (24, 28)
