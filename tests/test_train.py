@@ -141,6 +141,14 @@ def test_ckpt_path_last_resumes_an_interrupted_run(tmp_path, monkeypatch, capsys
     assert "runs/cpu holds an earlier run (model.safetensors, checkpoints/last.ckpt) that a new " \
            "fit would replace: resume it with --ckpt_path last" in capsys.readouterr().err
     assert {p.name: p.read_bytes() for p in (tmp_path / "runs/cpu").glob("model.*")} == exported
+    # A run's saved config fixes its paths: another root does not move them, and the
+    # refusal names where they are (not the new root, which holds nothing).
+    (saved,) = sorted((tmp_path / "runs/cpu/lightning_logs").glob("version_*/config.yaml"))[:1]
+    assert main(["train", "fit", "--config", str(saved), "--trainer.default_root_dir",
+                 str(tmp_path / "runs/other")]) == 2
+    err = capsys.readouterr().err
+    assert "an earlier run's runs/cpu/model.safetensors and " in err
+    assert "runs/other holds" not in err
     (tmp_path / "runs/cpu/checkpoints/last.ckpt").unlink()  # the model alone: nothing to resume
     assert main(["train", "fit", *tiny, "--trainer.max_epochs=1"]) == 2
     err = capsys.readouterr().err

@@ -369,12 +369,14 @@ class DislotrackCLI(LightningCLI):
             found.append(Path(folder) / "last.ckpt")
         found = [p for p in found if p.is_file()]
         if found:
-            names = [str(p.resolve().relative_to(root.resolve())) if p.resolve().is_relative_to(
-                root.resolve()) else str(p) for p in found]
             resume = "resume it with --ckpt_path last, or " if found[-1].name == "last.ckpt" else ""
-            raise TrainConfigError(
-                f"{root} holds an earlier run ({', '.join(names)}) that a new fit would replace: "
-                f"{resume}give another --trainer.default_root_dir (or remove the folder)")
+            if all(p.resolve().is_relative_to(root.resolve()) for p in found):
+                names = ", ".join(str(p.resolve().relative_to(root.resolve())) for p in found)
+                where = f"{root} holds an earlier run ({names})"
+            else:  # a saved config fixes its paths outside the root
+                where = f"an earlier run's {' and '.join(map(str, found))} exist"
+            raise TrainConfigError(f"{where} that a new fit would replace: {resume}give another "
+                                   "--trainer.default_root_dir (or remove the folder)")
 
     def _check_pixel_size(self) -> None:
         """Raises `TrainConfigError` where the network's fringe channels, or the model it
