@@ -242,16 +242,19 @@ def _run_infer(args: argparse.Namespace) -> int:
         twice = sorted({str(f) for f in folders if folders.count(f) > 1})
         raise ValueError(f"several inputs would write to {', '.join(twice)}; "
                          "analyse them in separate runs (--out)")
-    failed, finished = 0, 0
+    done = {"written": 0, "failed": 0, "current": None}  # the current input: not yet written
     with _interruptible() as stopped:
         for path in args.inputs:
-            failed += _infer_input(path, args)
-            finished += 1
+            done["current"] = path
+            _infer_input(path, args, done)
+    failed = done["failed"]
     if stopped:
-        left = args.inputs[finished]
-        print(f"dislotrack infer: {stopped[0]} while analysing {left}: its results folder is as "
-              f"it was before (nothing half-written); {finished} of {len(args.inputs)} inputs "
-              "were finished and written", file=sys.stderr)
+        now = done["current"]
+        while_ = (f" while analysing {now}: its results folder is as it was before (nothing "
+                  "half-written)") if now else ""
+        print(f"dislotrack infer: {stopped[0]}{while_}; {done['written']} of {len(args.inputs)} "
+              "inputs were finished and written" + (f", {failed} failed" if failed else ""),
+              file=sys.stderr)
         return stopped[1]
     if failed and len(args.inputs) > 1:
         print(f"{failed} of {len(args.inputs)} inputs failed (see above)", file=sys.stderr)
@@ -285,8 +288,9 @@ def _interruptible() -> Iterator[list]:
             signal.signal(signal.SIGTERM, previous)
 
 
-def _infer_input(path: str, args: argparse.Namespace) -> int:
-    """Analyse one input of ``dislotrack infer`` and print its line; 1 if it failed."""
+def _infer_input(path: str, args: argparse.Namespace, done: dict) -> None:
+    """Analyse one input of ``dislotrack infer`` and print its line; ``done`` counts it
+    (``written`` or ``failed``) as soon as that is so, and clears ``current``."""
     from dislotrack.infer.pipeline import AnalysisWarning
     from dislotrack.infer.run import infer_one
 
@@ -305,11 +309,13 @@ def _infer_input(path: str, args: argparse.Namespace) -> int:
                             min_length=args.min_length, max_gap=args.max_gap, tta=args.tta,
                             signal=args.signal, frames=args.frames)
     except USER_ERRORS as err:  # one unreadable movie does not stop the others
+        done["failed"], done["current"] = done["failed"] + 1, None
         if len(args.inputs) == 1 or os.environ.get("DISLOTRACK_DEBUG"):
             raise
         msg = str(err)  # name the input once: most messages already start with it
         print(msg if str(path) in msg else f"{path}: error: {msg}", file=sys.stderr)
-        return 1
+        return
+    done["written"], done["current"] = done["written"] + 1, None
     n = len(res.detections)
     if res.shape[0] == 1:  # a single image: cores, no tracks or events to speak of
         print(f"{path}: {n} core{'s' * (n != 1)}")
@@ -318,7 +324,6 @@ def _infer_input(path: str, args: argparse.Namespace) -> int:
         print(f"{path}: " + ", ".join(f"{k} {noun}{'s' * (k != 1)}" for noun, k in counts.items()))
     for w in res.warnings:
         print(f"  warning: {w}", file=sys.stderr)
-    return 0
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:

@@ -118,6 +118,8 @@ def _pages_as_series(tif: tifffile.TiffFile) -> bool:
     frame, as acquisition scripts do): more single-page 2-D series of one shape and type
     than a scan has detectors (`MAX_DETECTOR_CHANNELS`), which tifffile lists apart."""
     first = tif.series[0]
+    if tif.is_ome or len({s.name for s in tif.series}) > 1:  # positions or named detectors
+        return False
     return len(tif.series) > MAX_DETECTOR_CHANNELS and all(
         s.axes == "YX" and len(s.pages) == 1 and s.shape == first.shape and s.dtype == first.dtype
         for s in tif.series)

@@ -20,6 +20,11 @@ from dislotrack.infer.warning_log import AnalysisWarning, collected_warnings, na
 RELINK_OPTIONS = ("max_speed_nm_s", "memory", "min_length", "max_gap", "min_track_score", "border_nm")
 
 
+#: `AnalysisResult.relink`'s note where ``lattice_h=True`` finds no lattice to snap to.
+NO_LATTICE_TO_SNAP = ("lattice_h=True changed nothing: no in-layer lattice reflection was "
+                      "measured to snap track h to")
+
+
 @dataclass(repr=False)
 class AnalysisResult:
     """Everything `analyze` found. The tables follow the output contract (README › Outputs; as
@@ -129,13 +134,13 @@ class AnalysisResult:
             kept = [w for w in kept if w not in stale]
             kept += [w for w in cal.warnings if w not in kept]
             options = {**options, "frame_interval_s": frame_interval_s}
-        snap = self.lattice_h
+        snap, said = self.lattice_h, []
+        kept = [w for w in kept if w != NO_LATTICE_TO_SNAP]  # an earlier relink's
         if lattice_h is not None:
             snap = bool(lattice_h) and self.lattice is not None and self.lattice.has_layer
             options = {**options, "lattice_h": bool(lattice_h)}
             if lattice_h and not snap:
-                kept.append("lattice_h=True changed nothing: no in-layer lattice reflection was "
-                            "measured to snap track h to")
+                said.append(NO_LATTICE_TO_SNAP)
         drift, jumped = self._drift_for(cal, chosen.get("max_speed_nm_s", DEFAULT_MAX_SPEED_NM_S))
         if jumped is not None:
             kept = jumped + [w for w in kept if not w.startswith(tracking.JUMP_WARNING)]
@@ -145,7 +150,8 @@ class AnalysisResult:
                                  image_shape=self.shape[1:], drift=drift, weak=self.weak,
                                  rocksalt_fraction=self.rocksalt_fraction,
                                  lattice=self.lattice if snap else None, **chosen)
-        for message in (jumped or []) + t.warnings:
+        kept += said
+        for message in (jumped or []) + said + t.warnings:
             warnings.warn(named(self.input_path, message), AnalysisWarning, stacklevel=2)
         return replace(
             self, calibration=cal, drift=drift, lattice_h=snap, tracks=t.tracks,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import inspect
 import json
@@ -9,8 +10,10 @@ import logging
 import os
 import re
 import shutil
+import signal
+import socket
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -61,7 +64,8 @@ def infer_one(path: str | Path, out: str | Path, *, movie: bool = True, parquet:
     ``strain`` also writes GPA strain maps (strain_exx/eyy/exy.tif, rotation_rad.tif)
     and figures/strain.png, at ``strain_resolution_nm`` (the GPA mask's real-space
     width; coarser is smoother). Other options go to `analyze`. The result's warnings,
-    those about writing included, are issued as `AnalysisWarning` at the caller's line.
+    those about writing included, are issued as `AnalysisWarning` at the caller's line
+    (where writing fails after the analysis, the exception says so, without them).
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", AnalysisWarning)  # issued once below, with the rest
@@ -114,7 +118,8 @@ def _infer_one(path: str | Path, out: str | Path, *, movie: bool, parquet: bool,
             res = _analyze_and_write(m, staging, cal, movie=movie, parquet=parquet, strain=strain,
                                      strain_resolution_nm=strain_resolution_nm, earlier=earlier,
                                      results_dir=dest, notes=[ignored] if ignored else [], **options)
-            _move_into(staging, dest)
+            with signals_held():
+                _move_into(staging, dest)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     scored = stale_evaluation(dest)
@@ -141,21 +146,28 @@ def stale_evaluation(dest: Path) -> Path | None:
 
 
 def claim_staging(dest: Path) -> Path:
-    """This process' staging folder for ``dest`` (``.<name>.running-<pid>`` beside it).
+    """This process' staging folder for ``dest``: ``.<name>.running-<host>-<pid>`` beside it.
 
     Raises
     ------
     ValueError
         If another live process is writing ``dest`` (two runs into one folder would mix
-        their files); staging folders of runs that were killed are removed.
+        their files), or one on another machine may be (a shared folder): the message
+        names its staging folder, to remove if that run has ended. Staging folders of runs
+        of this machine that were killed are removed.
     """
+    me = f"{socket.gethostname()}-{os.getpid()}"
     for other in dest.parent.glob(f".{glob.escape(dest.name)}.running*"):
-        pid = other.name.rpartition("-")[2]
-        if pid.isdigit() and int(pid) != os.getpid() and _alive(int(pid)):
-            raise ValueError(f"another dislotrack run (process {pid}) is writing {dest}: wait for it "
-                             f"to finish, or give another {option('out', 'FOLDER')}")
+        owner = other.name.removeprefix(f".{dest.name}.running").removeprefix("-")
+        host, _, pid = owner.rpartition("-")
+        elsewhere = bool(host) and host != socket.gethostname()
+        if owner != me and pid.isdigit() and (elsewhere or _alive(int(pid))):
+            process = f"process {pid} on {host}" if elsewhere else f"process {pid}"
+            raise ValueError(f"another dislotrack run ({process}) is writing {dest}: wait for it, "
+                             f"give another {option('out', 'FOLDER')}, or, if that run has ended, "
+                             f"remove {other}")
         shutil.rmtree(other, ignore_errors=True)  # left by a run that was killed
-    return dest.with_name(f".{dest.name}.running-{os.getpid()}")
+    return dest.with_name(f".{dest.name}.running-{me}")
 
 
 def _alive(pid: int) -> bool:
@@ -166,6 +178,21 @@ def _alive(pid: int) -> bool:
     except PermissionError:  # another user's: alive
         return True
     return True
+
+
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """Ctrl-C and SIGTERM wait until the block is done (where the platform allows): moving
+    a run's files into place is not cut in half."""
+    held = {signal.SIGINT, signal.SIGTERM}
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _move_into(staging: Path, dest: Path) -> None:

@@ -285,14 +285,16 @@ def check_detection_values(table: pd.DataFrame, image_shape: tuple[int, int], *,
     refuse(numeric["frame"] != np.round(numeric["frame"]), "have a frame that is not a whole number")
     refuse(np.hypot(numeric["hx"], numeric["hy"]) == 0, "have h = (0, 0): h is the direction into "
            "the extra half-plane (drop them, or give one)")
+    # Pixel centres run 0..n-1; a half pixel more on each side: the frame's edges, and
+    # clicks in pixel-corner coordinates (0..n, as Fiji gives them).
     ny, nx = image_shape
-    outside = ((numeric["x"] < -0.5) | (numeric["x"] > nx - 0.5)
-               | (numeric["y"] < -0.5) | (numeric["y"] > ny - 0.5))
+    outside = ((numeric["x"] < -1) | (numeric["x"] > nx) | (numeric["y"] < -1) | (numeric["y"] > ny))
     refuse(outside, f"lie outside frames of image_shape (ny, nx) = ({ny}, {nx}) px (x up to "
            f"{numeric['x'].max():.6g}, y up to {numeric['y'].max():.6g}): is the shape (ny, nx)?")
-    if "in_rocksalt" in table.columns and not pd.api.types.is_bool_dtype(table["in_rocksalt"]):
-        raise ValueError(f"{name}: in_rocksalt must be boolean (True/False), got dtype "
-                         f"{table['in_rocksalt'].dtype}")
+    flags = table["in_rocksalt"] if "in_rocksalt" in table.columns and len(table) else None
+    if flags is not None and (not pd.api.types.is_bool_dtype(flags) or flags.isna().any()):
+        raise ValueError(f"{name}: in_rocksalt must be boolean (True/False) throughout, got dtype "
+                         f"{flags.dtype}" + (" with missing values" if flags.isna().any() else ""))
 
 
 def _with_burgers_columns(table: pd.DataFrame) -> pd.DataFrame:

@@ -1561,11 +1561,17 @@ def test_track_detections_refuses_values_that_would_give_wrong_tables_silently()
                       (det.assign(frame=det.frame * 0.5), "rows have a frame that is not a whole number"),
                       (det.assign(frame=det.frame.astype(str) + "a"), "have a frame that is not a finite"),
                       (det.assign(in_rocksalt="False"),
-                       "in_rocksalt must be boolean (True/False), got dtype ")):
+                       "in_rocksalt must be boolean (True/False) throughout, got dtype ")):
         with pytest.raises(ValueError, match=re.escape(said)):
             track_detections(bad, **shape, **kw)
     with pytest.raises(TypeError, match="lattice must be a Lattice .* got str"):
         track_detections(det, lattice="abc", **shape, **kw)
+    with pytest.raises(ValueError, match="in_rocksalt must be boolean .* with missing values"):
+        track_detections(det.assign(in_rocksalt=pd.array([True] + [None] * 9, dtype="boolean")),
+                         **shape, **kw)
+    # Pixel-corner clicks up to the frame's width pass; an empty table's flags of any type too.
+    track_detections(det.assign(x=299.6 + f / 100), **shape, **kw)  # beyond the last centre
+    track_detections(det.iloc[:0].assign(in_rocksalt=pd.Series(dtype=object)), **shape, **kw)
 
 
 def test_warnings_before_a_failure_are_printed_once(monkeypatch, capsys):
@@ -1864,6 +1870,11 @@ def test_two_runs_into_one_folder_do_not_mix_and_killed_runs_leave_nothing(tiny_
         busy.wait()
     run.infer_one(movie, out, **kw)  # once it has gone, its folder is cleared
     assert sorted(p.name for p in out.iterdir()) == ["m"]
+    # A run on another machine (a shared folder) cannot be checked: refused, naming its folder.
+    (out / ".m.running-othernode-12").mkdir()
+    with pytest.raises(ValueError, match=r"\(process 12 on othernode\) is writing .* or, if that run "
+                                         r"has ended, remove .*\.m\.running-othernode-12$"):
+        run.infer_one(movie, out, **kw)
 
 
 @pytest.mark.parametrize(("stop", "status", "said"), [
@@ -1875,7 +1886,8 @@ def test_infer_stopped_midway_says_what_was_finished_in_one_line(tmp_path, capsy
 
     from dislotrack.infer import run
 
-    inputs = []
+    inputs = [tmp_path / "bad.npy"]
+    inputs[0].write_text("not an array")  # fails first: counted apart from those written
     for name in ("a", "b"):
         inputs.append(tmp_path / f"{name}.npy")
         np.save(inputs[-1], np.zeros((2, 32, 32), np.float32))
@@ -1893,8 +1905,8 @@ def test_infer_stopped_midway_says_what_was_finished_in_one_line(tmp_path, capsy
     assert main(["infer", *map(str, inputs), "--out", str(tmp_path / "o"), "--pixel-size", "0.1",
                  "--detector", "gpa", "--no-movie"]) == status
     err = capsys.readouterr().err
-    assert f"dislotrack infer: {said} while analysing {inputs[1]}: its results folder is as it was " \
-           "before (nothing half-written); 1 of 2 inputs were finished and written" in err
+    assert f"dislotrack infer: {said} while analysing {inputs[2]}: its results folder is as it was " \
+           "before (nothing half-written); 1 of 3 inputs were finished and written, 1 failed" in err
     assert "Traceback" not in err and (tmp_path / "o" / "a" / "summary.json").is_file()
     assert signal.getsignal(signal.SIGTERM) is before  # the handler is the caller's again
 

@@ -701,6 +701,16 @@ def test_a_tiff_written_frame_by_frame_is_a_movie_and_a_missing_codec_is_named(t
         np.testing.assert_array_equal(m[4], frames[4])
         assert m.metadata["warnings"] == ["the TIFF holds 6 single-page images of one size "
                                           "(written frame by frame): read as 6 frames"]
+    # Named images (a scan's detectors) and OME positions stay separate images.
+    with tifffile.TiffWriter(tmp_path / "named.tif") as tw:
+        for f, name in zip(frames, ["HAADF", "BF", "DF1", "DF2", "DF3", "DF4"], strict=True):
+            tw.write(f, metadata={"name": name})
+    with tifffile.TiffWriter(tmp_path / "positions.ome.tif", ome=True) as tw:
+        for f in frames:
+            tw.write(f)
+    for name in ("named.tif", "positions.ome.tif"):
+        with open_movie(tmp_path / name) as m:
+            assert m.shape == (1, 24, 28), name
     with tifffile.TiffWriter(tmp_path / "two.tif") as tw:  # two images: a scan's detectors?
         for f in frames[:2]:
             tw.write(f)

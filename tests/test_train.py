@@ -423,6 +423,10 @@ def test_a_checkpoint_exports_as_a_model_and_refuses_another_network(tmp_path, c
     assert main(["train", "fit", *other, "--model.init_from", str(tmp_path / "mine")]) == 0
     (started,) = (tmp_path / "r2").rglob("*.json")
     assert json.loads(started.read_text())["training"]["init_from_sha256"] == card["sha256"]
+    # Its checkpoints keep the hash, and an export from one says it too.
+    (ckpt,) = (tmp_path / "r2").rglob("last.ckpt")
+    assert main(["train", "export", str(ckpt), "--out", str(tmp_path / "again")]) == 0
+    assert load_model(tmp_path / "again")[1]["training"]["init_from_sha256"] == card["sha256"]
 
 
 def test_train_refuses_in_one_line_what_cannot_run(tmp_path, capsys, monkeypatch):

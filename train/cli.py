@@ -372,11 +372,14 @@ class DislotrackCLI(LightningCLI):
             resume = "resume it with --ckpt_path last, or " if found[-1].name == "last.ckpt" else ""
             if all(p.resolve().is_relative_to(root.resolve()) for p in found):
                 names = ", ".join(str(p.resolve().relative_to(root.resolve())) for p in found)
-                where = f"{root} holds an earlier run ({names})"
-            else:  # a saved config fixes its paths outside the root
-                where = f"an earlier run's {' and '.join(map(str, found))} exist"
-            raise TrainConfigError(f"{where} that a new fit would replace: {resume}give another "
-                                   "--trainer.default_root_dir (or remove the folder)")
+                raise TrainConfigError(
+                    f"{root} holds an earlier run ({names}) that a new fit would replace: "
+                    f"{resume}give another --trainer.default_root_dir (or remove the folder)")
+            # A saved config fixes its paths outside the root: another root does not help.
+            raise TrainConfigError(
+                f"an earlier run's {' and '.join(map(str, found))} "
+                f"exist{'s' * (len(found) == 1)}, which a new fit would replace (the config fixes "
+                f"these paths): {resume}remove them, or edit the config's checkpoint and export paths")
 
     def _check_pixel_size(self) -> None:
         """Raises `TrainConfigError` where the network's fringe channels, or the model it

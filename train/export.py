@@ -12,7 +12,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from dislotrack.data_gen.conventions import CANONICAL_PIXEL_SIZE_NM
 from dislotrack.models.io import load_lightning_checkpoint, model_paths, save_model
 from dislotrack.models.unet import UNet, UNetConfig
-from dislotrack.train.module import ARCHITECTURE_KEY
+from dislotrack.train.module import ARCHITECTURE_KEY, INIT_FROM_KEY
 
 #: Appended to the export's path under ``--trainer.fast_dev_run``.
 FAST_DEV_RUN_SUFFIX = "_fast_dev_run"
@@ -163,7 +163,8 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, *, config: str | 
         module=dict(ckpt.get("hyper_parameters") or {}),
         training={"command": command, "checkpoint": str(path.resolve()),
                   "checkpoint_epoch": ckpt.get("epoch"),  # 0-based
-                  "steps": ckpt.get("global_step")},
+                  "steps": ckpt.get("global_step"),
+                  **({"init_from_sha256": ckpt[INIT_FROM_KEY]} if INIT_FROM_KEY in ckpt else {})},
         metrics={"checkpoint": _checkpoint_scores(ckpt)})
     save_model(net.eval(), out, card=card)
     return model_paths(out)[0]
