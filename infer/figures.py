@@ -36,7 +36,7 @@ PALETTE: tuple[tuple[float, float, float], ...] = tuple(
 DPI = 200
 
 
-def _colour(pid: int) -> tuple[float, float, float]:
+def track_colour(pid: int) -> tuple[float, float, float]:
     """The colour of track ``pid`` (`PALETTE`, cycled)."""
     return tuple(PALETTE[int(pid) % len(PALETTE)][:3])
 
@@ -99,7 +99,7 @@ def trajectories_figure(res: AnalysisResult) -> plt.Figure:
     shown: set[str] = set()
     starts, ends = [], []  # ends: where the start and end markers are drawn
     for pid, g in t.groupby("particle"):
-        c = _colour(pid)
+        c = track_colour(pid)
         ax.plot(g[xs], g[ys], "-", color=c, lw=1.5)
         x0, y0 = g[xs].iloc[0], g[ys].iloc[0]
         starts.append((pid, x0, y0))
@@ -138,9 +138,9 @@ def trajectories_figure(res: AnalysisResult) -> plt.Figure:
             corner = scale_bar_corner(overlay_mask(res.first_frame, pixel_size_nm=ps), ps)
             scale_bar(ax, res.first_frame.shape, res.calibration, corner)
     if t.empty:
-        _no_tracks(ax, "no cores" if res.shape[0] == 1 else "no tracks")
+        nothing_to_show(ax, "no cores" if res.shape[0] == 1 else "no tracks")
     what = "cores" if res.shape[0] == 1 else "trajectories (drift-corrected, over frame 0)"
-    ax.set_title(f"{_input_name(res)}: {what}", fontsize=10, wrap=True)  # two lines if narrow
+    ax.set_title(f"{input_name(res)}: {what}", fontsize=10, wrap=True)  # two lines if narrow
     ax.set_axis_off()
     return fig
 
@@ -174,8 +174,8 @@ def _track_numbers(ax: plt.Axes, starts: list[tuple[int, float, float]],
     corners = place_labels(xy + 0.5, sizes, gap=3 * per_pt, bounds=bounds, markers=markers,
                            marker_radius=0.5 * _END_MARKER_PT * per_pt) - 0.5
     for (pid, _, _), (lx, ly) in zip(starts, corners, strict=True):
-        dark = _luminance(tuple(int(255 * v) for v in _colour(pid))) < DARK_LUMINANCE
-        ax.text(lx, ly, str(pid), color=_colour(pid), fontsize=_LABEL_PT, fontweight="bold",
+        dark = _luminance(tuple(int(255 * v) for v in track_colour(pid))) < DARK_LUMINANCE
+        ax.text(lx, ly, str(pid), color=track_colour(pid), fontsize=_LABEL_PT, fontweight="bold",
                 ha="left", va="top" if ax.yaxis_inverted() else "bottom",
                 path_effects=_LIGHT_OUTLINE if dark else _OUTLINE)
 
@@ -242,7 +242,7 @@ def _overlap(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
     return a[0] < b[0] + b[2] and b[0] < a[0] + a[2] and a[1] < b[1] + b[3] and b[1] < a[1] + a[3]
 
 
-def _input_name(res: AnalysisResult) -> str:
+def input_name(res: AnalysisResult) -> str:
     """The input's file or folder name, for figure titles, with the window of frames
     analysed (``analyze(frames=)``) if not the whole."""
     window = res.options.get("frames") if isinstance(res.options, dict) else None
@@ -278,7 +278,7 @@ def displacement_figure(res: AnalysisResult) -> plt.Figure:
     require_result(res, "displacement_figure")
     fig = Figure(figsize=(10.5, 4.3), layout="constrained")
     axes = fig.subplots(1, 2, sharex=True)
-    fig.suptitle(_input_name(res), fontsize=10)
+    fig.suptitle(input_name(res), fontsize=10)
     t = res.tracks
     if len(t) and t.groupby("particle").size().max() < 2:
         t = t.iloc[:0]
@@ -290,7 +290,7 @@ def displacement_figure(res: AnalysisResult) -> plt.Figure:
             for pid, g in rel.groupby("particle"):
                 tt, _ = _time(res, g.rel)
                 # A dot per detection: frames a track was missed show as bare dashes.
-                ax.plot(tt, g[col], "--", marker=".", ms=3, color=_colour(pid), lw=1,
+                ax.plot(tt, g[col], "--", marker=".", ms=3, color=track_colour(pid), lw=1,
                         label=f"#{pid}" if named else "_nolegend_")
             title += "\n" + _mean_curves(ax, res, rel, col, name)
             unseen = res.drift.attrs.get(UNSEEN_ALONG_FRINGES, 0) if res.drift is not None else 0
@@ -315,7 +315,7 @@ def displacement_figure(res: AnalysisResult) -> plt.Figure:
                else "no tracks" if res.tracks.empty
                else "no track spans two frames:\nno motion to show")
         for ax in axes:
-            _no_tracks(ax, why)
+            nothing_to_show(ax, why)
     return fig
 
 
@@ -447,7 +447,7 @@ def counts_figure(res: AnalysisResult) -> plt.Figure:
     ax.patch.set_visible(False)
     handles = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
     fig.legend(handles=handles, loc="outside upper center", ncol=3, fontsize=8, frameon=False)
-    ax.set_title(_input_name(res), fontsize=10)
+    ax.set_title(input_name(res), fontsize=10)
     return fig
 
 
@@ -599,7 +599,7 @@ def _draw_cores(d: ImageDraw.ImageDraw, rows: pd.DataFrame, k: int, w: int) -> N
     labels = []
     for _, c in rows.iterrows():
         x, y = _to_enlarged(c.x, k), _to_enlarged(c.y, k)
-        col = tuple(int(255 * v) for v in _colour(c.particle)) if c.particle >= 0 else (255, 255, 255)
+        col = tuple(int(255 * v) for v in track_colour(c.particle)) if c.particle >= 0 else (255, 255, 255)
         end = [x + r * c.hx, y + r * c.hy, x + tick * c.hx, y + tick * c.hy]  # from the circle out
         d.ellipse([x - r - 1, y - r - 1, x + r + 1, y + r + 1], outline=(0, 0, 0), width=lw + 2)
         d.line(end, fill=(0, 0, 0), width=lw + 2)  # dark rims, legible over bright lattice
@@ -748,7 +748,7 @@ def _boxed_text(d: ImageDraw.ImageDraw, xy: tuple[float, float], text: str,
     d.text((x, y), text, font=font, fill=fill)
 
 
-def _no_tracks(ax: plt.Axes, text: str = "no tracks") -> None:
+def nothing_to_show(ax: plt.Axes, text: str = "no tracks") -> None:
     """Say ``text`` (why there is nothing to show) on an axis that would otherwise be empty."""
     ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center",
             fontsize=12, color="0.4", bbox={"facecolor": "white", "alpha": 0.7, "edgecolor": "none"})

@@ -20,7 +20,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from dislotrack.data_gen.conventions import D003_LINIO2_NM
-from dislotrack.infer import figures
+from dislotrack.infer import event_figure, figures
 from dislotrack.infer.calibration import Calibration
 from dislotrack.infer.columns import TABLES
 from dislotrack.infer.interface import option, unexpected_keywords
@@ -226,7 +226,7 @@ def replaced_note(earlier: dict | None, res: AnalysisResult, dest: Path) -> str 
 
 
 #: Figures over time, which a single image does not get (nor the overlay MP4).
-MOVIE_ONLY_FIGURES = ("displacement", "counts")
+MOVIE_ONLY_FIGURES = ("displacement", "counts", "events")
 
 
 def stale_outputs(dest: Path, *, movie: bool, strain: bool, parquet: bool,
@@ -301,9 +301,10 @@ def _analyze_and_write(m: Movie, dest: Path, cal: Calibration, *, movie: bool, p
         res.warnings.append(note)  # before summary.json is written
     write_tables(res, dest, parquet=parquet)
     figures.trajectories(res, dest / "figures" / "trajectories.png")
-    if shape[0] > 1:  # motion and counts over time: nothing to show for one frame
-        for name in MOVIE_ONLY_FIGURES:
-            getattr(figures, name)(res, dest / "figures" / f"{name}.png")
+    if shape[0] > 1:  # motion, counts and events over time: nothing to show for one frame
+        figures.displacement(res, dest / "figures" / "displacement.png")
+        figures.counts(res, dest / "figures" / "counts.png")
+        event_figure.events(res, m, dest / "figures" / "events.png")  # reads the frames shown
     if movie:
         import tifffile
 

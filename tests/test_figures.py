@@ -197,13 +197,13 @@ def test_overlay_scale_bar_pixels_are_white_over_its_whole_length():
 
 def test_tracks_have_distinct_non_grey_colours_everywhere():
     assert len(figures.PALETTE) >= 18
-    colours = [figures._colour(p) for p in range(len(figures.PALETTE))]
+    colours = [figures.track_colour(p) for p in range(len(figures.PALETTE))]
     assert len(set(colours)) == len(colours)
     assert all(max(c) - min(c) > 0.1 for c in colours)  # no grey: lost on a lattice image
     res = result(12, n_frames=14)
     traj = figures.trajectories_figure(res)
     line_colours = {tuple(line.get_color()[:3]) for line in traj.axes[0].lines}
-    assert figures._colour(0) in line_colours and figures._colour(10) in line_colours
+    assert figures.track_colour(0) in line_colours and figures.track_colour(10) in line_colours
     disp = figures.displacement_figure(res)
     labels = [t.get_text() for t in disp.legends[0].get_texts()]
     assert "#10" in labels and "#11" in labels  # named, one colour each, not "12 tracks"
@@ -266,7 +266,7 @@ def test_small_overlay_frames_are_enlarged_with_numbered_cores():
     (rgb,) = figures.overlay_frames(res, frames, None)
     assert rgb.shape == (640, 640, 3)
     # Track 0's core at (10, 20) is now at (41.5, 81.5); its colour rings it.
-    c0 = np.array([int(255 * v) for v in figures._colour(0)])
+    c0 = np.array([int(255 * v) for v in figures.track_colour(0)])
     near = rgb[60:104, 20:64].reshape(-1, 3)
     assert (np.abs(near.astype(int) - c0).sum(axis=1) < 10).sum() > 50
 
@@ -279,7 +279,7 @@ def test_overlay_number_labels_are_drawn_in_track_colour():
     plain.detections = res.tracks.drop(columns="particle")
     (a,) = figures.overlay_frames(res, [np.zeros((640, 640))], None)
     (b,) = figures.overlay_frames(plain, [np.zeros((640, 640))], None)
-    c0 = np.array([int(255 * v) for v in figures._colour(0)])
+    c0 = np.array([int(255 * v) for v in figures.track_colour(0)])
     coloured = lambda rgb: int((np.abs(rgb.astype(int) - c0).sum(axis=-1) < 10).sum())  # noqa: E731
     assert coloured(a) > coloured(b) == 0  # unlinked cores are white, unnumbered
 
@@ -435,8 +435,8 @@ def test_a_single_image_overlay_is_also_a_png_and_a_movie_rerun_removes_it(tiny_
     write_imagej_tiff(image, rng.normal(size=(2, 32, 32)).astype(np.float32),
                       pixel_size_nm=0.1, frame_interval_s=1.0)
     assert main(args) == 0
-    assert sorted(p.name for p in fig.iterdir()) == ["counts.png", "displacement.png", "overlay.mp4",
-                                                     "trajectories.png"]
+    assert sorted(p.name for p in fig.iterdir()) == ["counts.png", "displacement.png", "events.png",
+                                                     "overlay.mp4", "trajectories.png"]
     write_imagej_tiff(image, rng.normal(size=(1, 32, 32)).astype(np.float32),
                       pixel_size_nm=0.1, frame_interval_s=1.0)
     assert main(args) == 0  # the movie's figures over time go with its tables

@@ -101,7 +101,7 @@ def test_infer_writes_every_output_with_the_contract_columns(tmp_path):
         assert set(np.unique(t.asarray())) <= {0, 1}
         x_res = t.pages[0].tags["XResolution"].value  # ImageJ: pixels per unit
         assert x_res[1] / x_res[0] == pytest.approx(0.1)
-    for fig in ("trajectories.png", "displacement.png", "counts.png", "overlay.mp4"):
+    for fig in ("trajectories.png", "displacement.png", "counts.png", "events.png", "overlay.mp4"):
         assert (d / "figures" / fig).stat().st_size > 0
 
 
@@ -1700,7 +1700,7 @@ def test_result_line_titles_and_wording_follow_the_input(tmp_path, capsys, tiny_
                  "--no-movie", "--threshold", "0.99"]) == 0
     assert f"{movie}: 0 detections, 0 tracks, 0 events" in capsys.readouterr().out
     res = analyze(movie, model=tiny_model, frames="1:5", progress=False)
-    assert figures._input_name(res) == "m.tif (frames 1:5)"
+    assert figures.input_name(res) == "m.tif (frames 1:5)"
     one = analyze(np.zeros((1, 64, 64), np.float32) + np.arange(64.0) % 5, pixel_size_nm=0.1,
                   model=tiny_model, progress=False)
     title = figures.trajectories_figure(one).axes[0].get_title()

@@ -1,0 +1,239 @@
+"""``figures/events.png``: the frames around each nucleation and annihilation, cropped to
+the event, as the time-resolved panels of Wang et al.'s Fig. 2A/B and 3A.
+
+The crops follow the specimen (`event_windows`: drift moves the crop, not the event),
+so a core that stays put in the crystal stays put across a row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import pandas as pd
+from matplotlib import patheffects
+from matplotlib.figure import Figure
+
+from dislotrack.data_gen.conventions import b_hat_from_h
+from dislotrack.infer.figures import (
+    input_name,
+    nothing_to_show,
+    save_figure,
+    scale_bar,
+    time_stamp,
+    track_colour,
+)
+from dislotrack.infer.result import AnalysisResult, require_result
+
+#: Frames shown around each event, relative to its frame (events.csv's: a nucleation's
+#: first detection, an annihilation's last), so a row runs from before to after it.
+OFFSETS = (-2, -1, 0, 1, 2)
+
+#: Side of each crop [nm]: a dipole's two cores a few nm apart and the lattice around them.
+CROP_NM = 8.0
+
+#: Fewest pixels a crop is wide, whatever the pixel size (a coarse one would show a few).
+MIN_CROP_PX = 24
+
+#: Events drawn at most (rows); more are thinned evenly over the movie (events.csv lists all).
+MAX_EVENTS = 8
+
+
+class Frames(Protocol):
+    """What frames are read from: a `dislotrack.infer.readers.Movie` or a (t, y, x) array."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> np.ndarray: ...
+
+
+def chosen_events(events: pd.DataFrame, max_events: int = MAX_EVENTS) -> pd.DataFrame:
+    """The events drawn: all of them up to ``max_events``, else ``max_events`` spread evenly
+    over the table (sorted by frame), first and last included.
+
+    Examples
+    --------
+    >>> ev = pd.DataFrame({"frame": range(10)})
+    >>> chosen_events(ev, 4).frame.tolist()
+    [0, 3, 6, 9]
+    """
+    if max_events < 1:
+        raise ValueError(f"max_events must be at least 1, got {max_events}")
+    events = events.sort_values("frame", kind="stable")
+    if len(events) <= max_events:
+        return events
+    return events.iloc[np.unique(np.linspace(0, len(events) - 1, max_events).round().astype(int))]
+
+
+def crop_side_px(pixel_size_nm: float | None, shape: tuple[int, int]) -> int:
+    """Side of the crops [px]: `CROP_NM` (80 px without a pixel size), at least
+    `MIN_CROP_PX`, at most the frame's longer side."""
+    side = round(CROP_NM / pixel_size_nm) if pixel_size_nm else round(CROP_NM / 0.1)
+    return int(min(max(side, MIN_CROP_PX), max(shape)))
+
+
+def event_windows(res: AnalysisResult, events: pd.DataFrame,
+                  offsets: Sequence[int] = OFFSETS) -> pd.DataFrame:
+    """Where each panel of the figure looks: one row per event and offset.
+
+    Parameters
+    ----------
+    res : AnalysisResult
+        Its ``drift`` (``x_corr = x - dx``: the specimen point at the event is at
+        ``x + dx[frame] - dx[event frame]`` in another frame).
+    events : DataFrame
+        Rows of ``res.events`` (`chosen_events`).
+    offsets : sequence of int
+        Frames relative to each event's.
+
+    Returns
+    -------
+    DataFrame
+        ``event`` (the row's index in ``events``), ``offset``, ``frame`` and the crop's
+        centre ``x``, ``y`` [px, raw image]; ``frame`` may lie outside the movie (drawn
+        blank).
+    """
+    drift = res.drift.set_index("frame")[["dx", "dy"]] if res.drift is not None and len(res.drift) else None
+    rows = []
+    for i, ev in events.iterrows():
+        for k in offsets:
+            f = int(ev["frame"]) + int(k)
+            x, y = float(ev["x"]), float(ev["y"])
+            if drift is not None and f in drift.index and int(ev["frame"]) in drift.index:
+                x += drift.at[f, "dx"] - drift.at[int(ev["frame"]), "dx"]
+                y += drift.at[f, "dy"] - drift.at[int(ev["frame"]), "dy"]
+            rows.append((i, int(k), f, x, y))
+    return pd.DataFrame(rows, columns=["event", "offset", "frame", "x", "y"])
+
+
+def crop(frame: np.ndarray, x: float, y: float, side: int) -> tuple[np.ndarray, int, int]:
+    """A ``side``-square crop of ``frame`` centred on pixel ``(round(x), round(y))``, NaN
+    beyond the frame's edge (the event stays in the centre), and its top-left pixel
+    ``(x0, y0)`` in the frame (pixel ``(i, j)`` of the crop is ``(x0 + j, y0 + i)``).
+
+    Examples
+    --------
+    >>> c, x0, y0 = crop(np.arange(16.0).reshape(4, 4), 0.2, 3.0, 3)
+    >>> (x0, y0), c[0].tolist()
+    ((-1, 2), [nan, 8.0, 9.0])
+    """
+    x0, y0 = round(x) - side // 2, round(y) - side // 2
+    out = np.full((side, side), np.nan, dtype=np.float32)
+    h, w = frame.shape
+    ys, xs = slice(max(y0, 0), min(y0 + side, h)), slice(max(x0, 0), min(x0 + side, w))
+    if ys.start < ys.stop and xs.start < xs.stop:
+        out[ys.start - y0:ys.stop - y0, xs.start - x0:xs.stop - x0] = frame[ys, xs]
+    return out, x0, y0
+
+
+def read_frames(frames: Frames, indices: Sequence[int]) -> dict[int, np.ndarray]:
+    """Frames ``indices`` (those within the movie) of ``frames``, read one at a time."""
+    n = len(frames)
+    return {i: np.asarray(frames[i], dtype=np.float32) for i in sorted(set(indices)) if 0 <= i < n}
+
+
+def events(res: AnalysisResult, frames: Frames, path: Path, **kwargs) -> None:
+    """Write `events_figure` to ``path``."""
+    save_figure(events_figure(res, frames, **kwargs), path)
+
+
+def events_figure(res: AnalysisResult, frames: Frames, *, max_events: int = MAX_EVENTS,
+                  offsets: Sequence[int] = OFFSETS) -> Figure:
+    """A row per event (up to ``max_events``, `chosen_events`), a column per frame around
+    it (``offsets``): crops of `CROP_NM` centred on the event and following the drift,
+    one contrast per row, the tracked cores drawn as ⊥ in their track's colour (the colours
+    of trajectories.png; the stem along h, into the extra half-plane, the bar along b) with
+    the track number; the event's frame framed in
+    red. Each row is labelled with the event's kind, tracks and position.
+
+    Parameters
+    ----------
+    res : AnalysisResult
+        An analysis of ``frames``.
+    frames : Movie or ndarray (t, y, x)
+        The movie analysed (only the frames shown are read).
+    """
+    require_result(res, "events_figure")
+    if len(frames) != res.shape[0]:
+        raise ValueError(f"frames has {len(frames)} frames, the analysis {res.shape[0]}: "
+                         "give the movie that was analysed")
+    chosen = chosen_events(res.events, max_events)
+    n_rows, n_cols = max(len(chosen), 1), len(offsets)
+    fig = Figure(figsize=(1.7 * n_cols + 0.9, 1.75 * n_rows + 0.6), layout="constrained")
+    axes = np.atleast_2d(fig.subplots(n_rows, n_cols, squeeze=False))
+    n = len(res.events)
+    shown = (f"{len(chosen)} of {n} events, spread over the movie" if len(chosen) < n
+             else f"{n} event" if n == 1 else f"{n} events")
+    fig.suptitle(f"{input_name(res)}: {shown} (events.csv lists all)", fontsize=10)
+    if chosen.empty:
+        for ax in axes.flat:
+            ax.set_axis_off()
+        nothing_to_show(axes[0, n_cols // 2], "no events")
+        return fig
+    side = crop_side_px(res.calibration.pixel_size_nm, tuple(res.shape[1:]))
+    windows = event_windows(res, chosen, offsets)
+    images = read_frames(frames, windows.frame.tolist())
+    tracks = res.tracks.set_index("frame", drop=False) if len(res.tracks) else res.tracks
+    dt = res.calibration.frame_interval_s
+    for row, (i, ev) in zip(axes, chosen.iterrows(), strict=True):
+        panels = windows[windows.event == i]
+        crops = {}
+        for w in panels.itertuples():
+            if w.frame in images:
+                crops[w.offset] = crop(images[w.frame], w.x, w.y, side)
+        values = np.concatenate([c.ravel() for c, _, _ in crops.values()]) if crops else np.array([0.0])
+        lo, hi = np.nanpercentile(values, [1, 99]) if np.isfinite(values).any() else (0.0, 1.0)
+        for ax, w in zip(row, panels.itertuples(), strict=True):
+            _panel(ax, res, tracks, crops.get(w.offset), int(w.frame), side, (lo, hi), dt,
+                   event=w.offset == 0)
+        particles = ", ".join(f"#{p}" for p in str(ev["particles"]).split())
+        row[0].set_ylabel(f"{str(ev['kind']).replace('_', ' ')}\n{particles}\n"
+                          f"x {ev['x']:.0f}, y {ev['y']:.0f} px", fontsize=8, rotation=0,
+                          ha="right", va="center")
+    if res.calibration.pixel_size_nm and side * res.calibration.pixel_size_nm >= 2:
+        first = next((ax for ax in axes[0] if ax.images), None)
+        if first is not None:
+            scale_bar(first, (side, side), res.calibration)
+    return fig
+
+
+def _panel(ax, res: AnalysisResult, tracks: pd.DataFrame, cropped, frame: int, side: int,
+           limits: tuple[float, float], dt: float | None, *, event: bool) -> None:
+    """One crop with its tracked cores; blank where the frame lies outside the movie."""
+    ax.set_xticks([])
+    ax.set_yticks([])
+    when = time_stamp(frame, dt)
+    ax.set_title(when, fontsize=8, fontweight="bold" if event else "normal",
+                 color="red" if event else "black")
+    for spine in ax.spines.values():
+        spine.set(color="red" if event else "0.6", linewidth=2.0 if event else 0.8)
+    ax.set(xlim=(-0.5, side - 0.5), ylim=(side - 0.5, -0.5), aspect="equal")
+    if cropped is None:
+        ax.set_facecolor("0.92")
+        ax.text(0.5, 0.5, "outside\nthe movie", transform=ax.transAxes, ha="center",
+                va="center", fontsize=7, color="0.4")
+        return
+    image, x0, y0 = cropped
+    ax.imshow(image, cmap="gray", vmin=limits[0], vmax=limits[1], interpolation="nearest")
+    ax.set_facecolor("0.3")  # beyond the frame's edge
+    if not len(tracks) or frame not in tracks.index:
+        return
+    here = tracks.loc[[frame]]
+    cx, cy = here["x"].to_numpy(float) - x0, here["y"].to_numpy(float) - y0
+    inside = (cx >= -0.5) & (cx <= side - 0.5) & (cy >= -0.5) & (cy <= side - 0.5)
+    arm = 0.08 * side
+    rim = [patheffects.withStroke(linewidth=2.5, foreground="black")]
+    for (_, r), x, y in zip(here[inside].iterrows(), cx[inside], cy[inside], strict=True):
+        c = track_colour(r["particle"])
+        h = np.array([r["hx"], r["hy"]], float)
+        b = b_hat_from_h(h)
+        # The dislocation symbol: the stem into the extra half-plane (h), the bar along
+        # the glide plane (b); the core at their junction stays visible.
+        ax.plot([x - arm * b[0], x + arm * b[0], np.nan, x, x + 1.5 * arm * h[0]],
+                [y - arm * b[1], y + arm * b[1], np.nan, y, y + 1.5 * arm * h[1]], "-",
+                color=c, lw=2.0, solid_capstyle="butt", path_effects=rim)
+        ax.text(x + 1.2 * arm, y - 1.2 * arm, str(int(r["particle"])), color=c, fontsize=7,
+                fontweight="bold", path_effects=rim)
+    ax.set(xlim=(-0.5, side - 0.5), ylim=(side - 0.5, -0.5))  # markers must not widen it

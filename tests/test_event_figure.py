@@ -1,0 +1,122 @@
+"""events.png: crops around each event that follow the specimen, with the tracked cores
+drawn as dislocation symbols (hand-made results and frames; no analysis run)."""
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import pytest
+
+from dislotrack.data_gen.conventions import b_hat_from_h
+from dislotrack.infer import event_figure
+from dislotrack.infer.calibration import Calibration
+from dislotrack.infer.pipeline import AnalysisResult
+
+N_FRAMES, SIZE, DRIFT_PX = 10, 96, 1.0  # the specimen moves +1 px in x per frame
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    yield
+    plt.close("all")
+
+
+def specimen_point(frame: int) -> tuple[float, float]:
+    """Where a fixed point of the specimen lies in frame ``frame`` [px]."""
+    return 40.0 + DRIFT_PX * frame, 50.0
+
+
+def frames() -> np.ndarray:
+    """Flat frames with one bright pixel on `specimen_point`."""
+    stack = np.zeros((N_FRAMES, SIZE, SIZE), np.float32)
+    for f in range(N_FRAMES):
+        x, y = specimen_point(f)
+        stack[f, int(y), int(x)] = 10.0
+    return stack
+
+
+def result(events: pd.DataFrame) -> AnalysisResult:
+    """A core that nucleates at the specimen point in frame 4, h along +x, and stays there."""
+    tracks = pd.DataFrame([{"particle": 7, "frame": f, "x": specimen_point(f)[0],
+                            "y": specimen_point(f)[1], "hx": 1.0, "hy": 0.0}
+                           for f in range(4, N_FRAMES)])
+    drift = pd.DataFrame({"frame": range(N_FRAMES), "dx": DRIFT_PX * np.arange(N_FRAMES), "dy": 0.0})
+    empty = pd.DataFrame()
+    return AnalysisResult(empty, tracks, empty, events, empty, drift,
+                          Calibration.from_file(pixel_size_nm=0.1, frame_interval_s=0.5),
+                          np.zeros(N_FRAMES), (N_FRAMES, SIZE, SIZE), "m.tif", "", {})
+
+
+def nucleation(frame: int = 4) -> pd.DataFrame:
+    x, y = specimen_point(frame)
+    return pd.DataFrame({"frame": [frame], "t_s": [frame * 0.5], "kind": ["nucleation"],
+                         "x": [x], "y": [y], "particles": ["7"]})
+
+
+def test_crops_follow_the_specimen_and_show_the_frames_around_the_event():
+    fig = event_figure.events_figure(result(nucleation()), frames())
+    row = fig.axes
+    assert len(row) == len(event_figure.OFFSETS)
+    side = event_figure.crop_side_px(0.1, (SIZE, SIZE))
+    assert side == round(event_figure.CROP_NM / 0.1)
+    for ax, k in zip(row, event_figure.OFFSETS, strict=True):
+        assert ax.get_title() == f"t = {(4 + k) * 0.5:.1f} s"
+        (image,) = ax.images
+        # The specimen point stays at the crop's centre although it drifted 1 px a frame.
+        assert np.unravel_index(np.nanargmax(image.get_array()), (side, side)) == (side // 2, side // 2)
+    # The event's frame is the one framed in red.
+    red = [ax for ax in row if ax.spines["left"].get_edgecolor()[:3] == (1.0, 0.0, 0.0)]
+    assert red == [row[event_figure.OFFSETS.index(0)]]
+
+
+def test_cores_are_drawn_where_they_are_with_the_stem_along_h_and_the_bar_along_b():
+    fig = event_figure.events_figure(result(nucleation()), frames())
+    side = event_figure.crop_side_px(0.1, (SIZE, SIZE))
+    before, at = fig.axes[1], fig.axes[2]  # frames 3 (no core yet) and 4
+    assert not before.lines
+    (symbol,) = at.lines
+    x, y = symbol.get_data()
+    centre = side // 2
+    arm = 0.08 * side
+    b = b_hat_from_h(np.array([1.0, 0.0]))
+    # bar: centre -/+ arm along b; stem: from the centre towards +h
+    assert (x[0], y[0], x[1], y[1]) == pytest.approx(
+        (centre - arm * b[0], centre - arm * b[1], centre + arm * b[0], centre + arm * b[1]))
+    assert (x[3], y[3]) == pytest.approx((centre, centre))
+    assert x[4] > centre and y[4] == pytest.approx(centre)  # h = +x
+    assert [t.get_text() for t in at.texts] == ["7"]
+
+
+def test_frames_beyond_the_movie_are_blank_and_edges_are_padded():
+    late = nucleation(N_FRAMES - 1)
+    fig = event_figure.events_figure(result(late), frames())
+    last = fig.axes[-1]  # frame N_FRAMES + 1
+    assert not last.images
+    assert "outside" in last.texts[0].get_text()
+    c, x0, y0 = event_figure.crop(np.ones((4, 4)), 0.0, 0.0, 4)
+    assert (x0, y0) == (-2, -2)
+    assert np.isnan(c[:2]).all() and np.isnan(c[:, :2]).all() and (c[2:, 2:] == 1).all()
+
+
+def test_many_events_are_thinned_evenly_and_the_title_says_so():
+    many = pd.concat([nucleation(4)] * 12, ignore_index=True).assign(frame=np.arange(12) % N_FRAMES)
+    fig = event_figure.events_figure(result(many), frames(), max_events=3)
+    assert len(fig.axes) == 3 * len(event_figure.OFFSETS)
+    assert "3 of 12 events" in fig._suptitle.get_text()
+    # Sorted by frame (0, 0, 1, 1, 2, ..., 9), the first, middle and last.
+    assert event_figure.chosen_events(many, 3).frame.tolist() == [0, 4, 9]
+    with pytest.raises(ValueError, match="at least 1"):
+        event_figure.chosen_events(many, 0)
+
+
+def test_no_events_says_so_and_the_wrong_movie_is_refused():
+    fig = event_figure.events_figure(result(nucleation().iloc[:0]), frames())
+    assert any(t.get_text() == "no events" for ax in fig.axes for t in ax.texts)
+    with pytest.raises(ValueError, match="the movie that was analysed"):
+        event_figure.events_figure(result(nucleation()), frames()[:5])
+
+
+def test_the_crop_is_the_same_length_in_nm_at_any_pixel_size():
+    assert event_figure.crop_side_px(0.05, (512, 512)) == 160
+    assert event_figure.crop_side_px(1.0, (512, 512)) == event_figure.MIN_CROP_PX
+    assert event_figure.crop_side_px(0.01, (100, 60)) == 100  # at most the frame
+    assert event_figure.crop_side_px(None, (512, 512)) == 80
