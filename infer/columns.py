@@ -9,7 +9,7 @@ import pandas as pd
 #: 2 (0.1.14): DESIGN.md's schema 1 plus the rock-salt births and deaths, per-frame velocity
 #: column names, ``options.tta`` as a view count and an absolute ``input.path``.
 SCHEMA_VERSION = 2
-TABLES = ("detections", "tracks", "track_summary", "events", "counts", "drift")
+TABLES = ("detections", "tracks", "track_summary", "events", "counts", "drift", "dipoles")
 DETECTION_COLUMNS = ["frame", "x", "y", "x_nm", "y_nm", "score", "hx", "hy", "bx_nm", "by_nm"]
 TRACK_COLUMNS = [*DETECTION_COLUMNS, "particle", "t_s", "glide_nm", "climb_nm"]
 #: Velocity columns of track_summary are ``*_nm_s``; without a frame interval they hold

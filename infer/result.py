@@ -35,7 +35,8 @@ class AnalysisResult:
     Attributes
     ----------
     detections, tracks, track_summary, events, counts, drift : DataFrame
-        The tables of detections.csv ... drift.csv (README › Outputs); positions
+        The tables of detections.csv ... drift.csv (README › Outputs; ``dipoles``, a
+        property, is made from ``tracks`` and ``track_summary``); positions
         ``x, y`` in image pixels (also in ``events``), ``*_nm`` in nm. In memory only
         (not written): ``detections.in_rocksalt``, which `track_detections` reads, and
         ``tracks.x_corr, y_corr``, drift-corrected. Conventions
@@ -95,6 +96,17 @@ class AnalysisResult:
     options: dict[str, Any] = field(default_factory=dict)
     weak: pd.DataFrame | None = None  # sub-threshold peaks that extend track ends (`relink`)
     tracking_warnings: list[str] = field(default_factory=list)  # those of `track_detections`
+
+    @property
+    def dipoles(self) -> pd.DataFrame:
+        """dipoles.csv: each dipole's core separation per frame, along b and along h
+        (`dislotrack.infer.dipoles.dipole_separations`), made from ``tracks`` and
+        ``track_summary`` when asked for."""
+        from dislotrack.infer.dipoles import dipole_separations
+
+        return dipole_separations(self.tracks, self.track_summary,
+                                  pixel_size_nm=self.calibration.pixel_size_nm,
+                                  frame_interval_s=self.calibration.frame_interval_s)
 
     def relink(self, *, frame_interval_s: float | None = None, lattice_h: bool | None = None,
                **options: Any) -> AnalysisResult:

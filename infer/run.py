@@ -20,7 +20,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from dislotrack.data_gen.conventions import D003_LINIO2_NM
-from dislotrack.infer import event_figure, figures
+from dislotrack.infer import dipole_figure, event_figure, figures
 from dislotrack.infer.calibration import Calibration
 from dislotrack.infer.columns import TABLES
 from dislotrack.infer.interface import option, unexpected_keywords
@@ -226,7 +226,7 @@ def replaced_note(earlier: dict | None, res: AnalysisResult, dest: Path) -> str 
 
 
 #: Figures over time, which a single image does not get (nor the overlay MP4).
-MOVIE_ONLY_FIGURES = ("displacement", "counts", "events")
+MOVIE_ONLY_FIGURES = ("displacement", "counts", "events", "dipoles")
 
 
 def stale_outputs(dest: Path, *, movie: bool, strain: bool, parquet: bool,
@@ -304,6 +304,7 @@ def _analyze_and_write(m: Movie, dest: Path, cal: Calibration, *, movie: bool, p
     if shape[0] > 1:  # motion, counts and events over time: nothing to show for one frame
         figures.displacement(res, dest / "figures" / "displacement.png")
         figures.counts(res, dest / "figures" / "counts.png")
+        dipole_figure.dipoles(res, dest / "figures" / "dipoles.png")
         event_figure.events(res, m, dest / "figures" / "events.png")  # reads the frames shown
     if movie:
         import tifffile

@@ -435,8 +435,8 @@ def test_a_single_image_overlay_is_also_a_png_and_a_movie_rerun_removes_it(tiny_
     write_imagej_tiff(image, rng.normal(size=(2, 32, 32)).astype(np.float32),
                       pixel_size_nm=0.1, frame_interval_s=1.0)
     assert main(args) == 0
-    assert sorted(p.name for p in fig.iterdir()) == ["counts.png", "displacement.png", "events.png",
-                                                     "overlay.mp4", "trajectories.png"]
+    assert sorted(p.name for p in fig.iterdir()) == ["counts.png", "dipoles.png", "displacement.png",
+                                                     "events.png", "overlay.mp4", "trajectories.png"]
     write_imagej_tiff(image, rng.normal(size=(1, 32, 32)).astype(np.float32),
                       pixel_size_nm=0.1, frame_interval_s=1.0)
     assert main(args) == 0  # the movie's figures over time go with its tables

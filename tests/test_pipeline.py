@@ -38,6 +38,8 @@ CONTRACT = {
     "events": ["frame", "t_s", "kind", "x", "y", "particles"],
     "counts": ["frame", "t_s", "n_dislocations", "n_dipoles", "rocksalt_fraction"],
     "drift": ["frame", "dx", "dy"],
+    "dipoles": ["pair", "frame", "t_s", "particle_a", "particle_b", "separation_nm",
+                "glide_separation_nm", "climb_separation_nm"],
 }
 
 
@@ -101,7 +103,8 @@ def test_infer_writes_every_output_with_the_contract_columns(tmp_path):
         assert set(np.unique(t.asarray())) <= {0, 1}
         x_res = t.pages[0].tags["XResolution"].value  # ImageJ: pixels per unit
         assert x_res[1] / x_res[0] == pytest.approx(0.1)
-    for fig in ("trajectories.png", "displacement.png", "counts.png", "events.png", "overlay.mp4"):
+    for fig in ("trajectories.png", "displacement.png", "counts.png", "events.png", "dipoles.png",
+                "overlay.mp4"):
         assert (d / "figures" / fig).stat().st_size > 0
 
 
