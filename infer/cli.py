@@ -19,6 +19,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from dislotrack.data_gen.conventions import D003_LINIO2_NM
 from dislotrack.data_gen.version import package_version
 from dislotrack.infer.interface import command_line
 
@@ -152,8 +153,8 @@ def _add_infer(sub: argparse._SubParsersAction) -> None:
                    help="analyse only frames START to STOP-1 (from 0; either end may be left "
                         "out), e.g. 100:250 of a long movie; written to <stem>_framesSTART-STOP/, "
                         "numbered from 0 there (summary.json options.frames says which)")
-    p.add_argument("--d-spacing", type=float, default=0.473, metavar="NM",
-                   help="(003) spacing of the material [nm] (default LiNiO2, 0.473)")
+    p.add_argument("--d-spacing", type=float, default=D003_LINIO2_NM, metavar="NM",
+                   help=f"(003) spacing of the material [nm] (default LiNiO2, {D003_LINIO2_NM})")
     p.add_argument("--max-speed", type=float, default=2.0, metavar="NM_S",
                    help="largest plausible dislocation speed for linking [nm/s] (default 2; "
                         "at an assumed 1 s per frame where the frame interval is unknown)")

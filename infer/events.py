@@ -329,7 +329,8 @@ def find_events(
         if not set(cols) <= set(unlinked.columns):
             raise ValueError(f"unlinked needs the tracks' position columns {cols}")
         blobs = (unlinked["frame"].to_numpy(dtype=int),
-                 np.asarray(px_to_nm(unlinked[cols].to_numpy(dtype=float), pixel_size_nm)))
+                 np.asarray(px_to_nm(unlinked[cols].to_numpy(dtype=float), pixel_size_nm)),
+                 unlinked[["x", "y"]].to_numpy(dtype=float))
         rows = [_through_blob(r, ends, blobs, blob_radius_nm, max_blob_frames) for r in rows]
     events = pd.DataFrame(rows, columns=["frame", "kind", "x", "y", "particles"]).astype(
         {"frame": int, "kind": str, "x": float, "y": float, "particles": str}
@@ -557,11 +558,12 @@ def _events(info: pd.DataFrame, ends: pd.DataFrame, kind: str, criteria: DipoleC
     return rows
 
 
-def _through_blob(row: tuple, ends: pd.DataFrame, blobs: tuple[np.ndarray, np.ndarray],
+def _through_blob(row: tuple, ends: pd.DataFrame, blobs: tuple[np.ndarray, np.ndarray, np.ndarray],
                   radius_nm: float, max_frames: int) -> tuple:
     """A dipole event row moved earlier (nucleation) or later (annihilation) through the
-    consecutive frames with an unlinked detection (``blobs``: frames, positions [nm])
-    near the pair's midpoint."""
+    consecutive frames with an unlinked detection (``blobs``: frames, drift-corrected
+    positions [nm], raw positions [px]) near the pair's midpoint, to where the blob lies
+    in the frame it moved to (raw pixels of that frame, as every event position)."""
     frame, kind, x, y, particles = row
     if not kind.startswith("dipole_"):
         return row
@@ -569,10 +571,16 @@ def _through_blob(row: tuple, ends: pd.DataFrame, blobs: tuple[np.ndarray, np.nd
     pair = [int(p) for p in particles.split()]
     # Midpoint of the pair's corrected end positions [nm].
     mid = ends.loc[pair, [f"xn_{stage}", f"yn_{stage}"]].to_numpy(dtype=float).mean(axis=0)
-    blob_frames, xy = blobs
-    frames = set(blob_frames[np.hypot(*(xy - mid).T) <= radius_nm].tolist())
+    blob_frames, xy, raw = blobs
+    distance = np.hypot(*(xy - mid).T)
+    near = distance <= radius_nm
+    frames = set(blob_frames[near].tolist())
+    moved = frame
     for _ in range(max_frames):
-        if frame + step not in frames:
+        if moved + step not in frames:
             break
-        frame += step
-    return (int(frame), kind, x, y, particles)
+        moved += step
+    if moved != frame:  # the blob there, not the pair's position frames away (drift)
+        here = np.flatnonzero(near & (blob_frames == moved))
+        x, y = raw[here[np.argmin(distance[here])]]
+    return (int(moved), kind, float(x), float(y), particles)

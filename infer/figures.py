@@ -255,7 +255,7 @@ MAX_NAMED_TRACKS = len(PALETTE)
 
 #: What a positive value means, per displacement panel (README "Conventions").
 SIGN_CONVENTION = {"climb": "+: towards h, shortening the extra half-plane",
-                   "glide": "+: along b = h turned 90° counter-clockwise"}
+                   "glide": "+: along b = h turned 90° counter-clockwise as displayed"}
 
 def displacement(res: AnalysisResult, path: Path) -> None:
     """Write `displacement_figure` to ``path``."""

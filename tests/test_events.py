@@ -363,9 +363,22 @@ def test_unresolved_dipole_blob_moves_dipole_events_to_where_it_was_seen():
     assert plain.loc["dipole_annihilation", "frame"] == 14
     assert moved.loc["dipole_nucleation", "frame"] == 3  # not 2: that blob is 2 nm away
     assert moved.loc["dipole_annihilation", "frame"] == 15
-    assert moved.loc["dipole_nucleation", ["x", "y"]].tolist() == [105.0, 100.0]
+    # Where the blob was seen in the frame the event moved to (raw pixels of that frame).
+    assert moved.loc["dipole_nucleation", ["x", "y"]].tolist() == [105.0, 101.0]
+    assert plain.loc["dipole_nucleation", ["x", "y"]].tolist() == [105.0, 100.0]
     capped = find_events(tracks, summary, pixel_size_nm=PIXEL_NM, unlinked=blobs, max_blob_frames=1)
     assert capped.set_index("kind").loc["dipole_nucleation", "frame"] == 4
+
+
+def test_a_dipole_event_moved_through_a_drifting_blob_takes_the_blob_s_raw_position():
+    # The specimen drifts +3 px per frame in x: raw x = corrected x + 3 * frame.
+    drifted = lambda t: t.assign(x_corr=t.x, y_corr=t.y, x=t.x + 3.0 * t.frame)  # noqa: E731
+    tracks = drifted(pd.concat([_track(0, range(5, 15), 100.0, 100.0, DOWN),
+                                _track(1, range(5, 15), 110.0, 100.0, UP)], ignore_index=True))
+    blobs = drifted(_blob([3, 4], 105.0, 100.0))
+    ev = find_events(tracks, _summary(tracks), pixel_size_nm=PIXEL_NM, unlinked=blobs).set_index("kind")
+    assert ev.loc["dipole_nucleation", "frame"] == 3
+    assert ev.loc["dipole_nucleation", ["x", "y"]].tolist() == [105.0 + 9.0, 100.0]  # not 105 + 15
 
 
 def test_a_blob_reaching_the_first_or_last_frame_is_no_dipole_event():

@@ -131,3 +131,24 @@ def test_short_tracks_have_undefined_errors():
 def test_track_velocities_requires_motion_columns():
     with pytest.raises(ValueError, match="track_motion"):
         track_velocities(_track(0, [0, 1], (0.0, 0.0), (1.0, 0.0), (0.0, 1.0)))
+
+
+# The eight views of the square: (matrix acting on (x, y), is it a mirror?)
+_VIEWS = [(np.array(m, float), mirror) for m, mirror in [
+    ([[1, 0], [0, 1]], False), ([[0, 1], [-1, 0]], False), ([[-1, 0], [0, -1]], False),
+    ([[0, -1], [1, 0]], False), ([[-1, 0], [0, 1]], True), ([[1, 0], [0, -1]], True),
+    ([[0, 1], [1, 0]], True), ([[0, -1], [-1, 0]], True)]]
+
+
+@pytest.mark.parametrize("matrix, mirror", _VIEWS)
+def test_a_mirror_turns_glide_s_sign_and_keeps_climb_rotations_keep_both(matrix, mirror):
+    from dislotrack.data_gen.conventions import glide_climb
+
+    rng = np.random.default_rng(3)
+    h = rng.normal(size=2)
+    d = rng.normal(size=(5, 2))
+    glide, climb = glide_climb(d, h)
+    # The flipped or turned movie: positions and h move with the image.
+    glide_v, climb_v = glide_climb(d @ matrix.T, matrix @ h)
+    np.testing.assert_allclose(climb_v, climb, atol=1e-12)
+    np.testing.assert_allclose(glide_v, -glide if mirror else glide, atol=1e-12)
