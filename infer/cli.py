@@ -153,6 +153,11 @@ def _add_infer(sub: argparse._SubParsersAction) -> None:
                    help="analyse only frames START to STOP-1 (from 0; either end may be left "
                         "out), e.g. 100:250 of a long movie; written to <stem>_framesSTART-STOP/, "
                         "numbered from 0 there (summary.json options.frames says which)")
+    p.add_argument("--region", default=None, metavar="X0:X1,Y0:Y1",
+                   help="analyse only pixel columns X0 to X1-1 and rows Y0 to Y1-1 of each frame "
+                        "(from 0; any end may be left out), e.g. the particle in a large frame or "
+                        "a domain interface; written to <stem>_xX0-X1_yY0-Y1/, positions in the "
+                        "region's pixels (summary.json options.region says which)")
     p.add_argument("--d-spacing", type=float, default=D003_LINIO2_NM, metavar="NM",
                    help=f"(003) spacing of the material [nm] (default LiNiO2, {D003_LINIO2_NM})")
     p.add_argument("--max-speed", type=float, default=2.0, metavar="NM_S",
@@ -201,6 +206,10 @@ def _run_infer(args: argparse.Namespace) -> int:
         from dislotrack.infer.options import frame_window
 
         frame_window(args.frames, sys.maxsize)
+    if args.region is not None:  # likewise
+        from dislotrack.infer.options import region_box
+
+        region_box(args.region, (sys.maxsize, sys.maxsize))
     if args.strain_resolution != 1.0 and not args.strain:
         raise ValueError("--strain-resolution applies to strain maps (--strain)")
     if not (math.isfinite(args.strain_resolution) and args.strain_resolution > 0):
@@ -308,7 +317,7 @@ def _infer_input(path: str, args: argparse.Namespace, done: dict) -> None:
                             max_speed_nm_s=args.max_speed, memory=args.memory,
                             weak_fraction=args.weak_fraction, lattice_h=not args.network_h,
                             min_length=args.min_length, max_gap=args.max_gap, tta=args.tta,
-                            signal=args.signal, frames=args.frames)
+                            signal=args.signal, frames=args.frames, region=args.region)
     except USER_ERRORS as err:  # one unreadable movie does not stop the others
         done["failed"], done["current"] = done["failed"] + 1, None
         if len(args.inputs) == 1 or os.environ.get("DISLOTRACK_DEBUG"):

@@ -244,9 +244,12 @@ def _overlap(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
 
 def input_name(res: AnalysisResult) -> str:
     """The input's file or folder name, for figure titles, with the window of frames
-    analysed (``analyze(frames=)``) if not the whole."""
-    window = res.options.get("frames") if isinstance(res.options, dict) else None
-    return Path(res.input_path).name + (f" (frames {window})" if window else "")
+    and the region analysed (``analyze(frames=, region=)``) where not the whole."""
+    options = res.options if isinstance(res.options, dict) else {}
+    parts = [f"frames {options['frames']}"] if options.get("frames") else []
+    if options.get("region"):  # "X0:X1,Y0:Y1"
+        parts.append("x {}, y {}".format(*options["region"].split(",")))
+    return Path(res.input_path).name + (f" ({'; '.join(parts)})" if parts else "")
 
 
 #: Up to this many tracks are named in the displacement legend (one colour each,

@@ -170,6 +170,29 @@ class Movie:
                       timestamps_s=None if times is None else times[start:stop] - times[start])
         return other
 
+    def crop(self, x0: int, x1: int, y0: int, y1: int) -> Movie:
+        """Columns ``x0`` to ``x1 - 1`` and rows ``y0`` to ``y1 - 1`` of every frame, as a
+        movie of their own read lazily from the same open file; ``metadata["region"]``
+        records ``[x0, x1, y0, y1]`` in the file's frames (`dislotrack.infer.options.region_box`
+        checks a region)."""
+        h, w = self._shape[1:]
+        if not (0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h):
+            raise ValueError(f"[{x0}:{x1}, {y0}:{y1}] is not a region of the {w} x {h} px frames "
+                             f"of {self._path.name}")
+        base_read, base_iterate = self._read, self._iterate
+
+        def cut(raw: np.ndarray) -> np.ndarray:  # grey first: a colour frame has a third axis
+            return to_gray_float32(raw)[y0:y1, x0:x1]
+
+        ox, _, oy, _ = self._metadata.get("region", [0, w, 0, h])  # a region of a region
+        other = copy.copy(self)
+        other._shape = (self._shape[0], y1 - y0, x1 - x0)
+        other._metadata = {**self._metadata, "region": [ox + x0, ox + x1, oy + y0, oy + y1]}
+        other._read = lambda i: cut(base_read(i))
+        other._iterate = None if base_iterate is None else lambda: map(cut, base_iterate())
+        other._close = None  # the file stays this movie's to close
+        return other
+
     def with_calibration(self, calibration: Calibration) -> Movie:
         """The same movie (sharing the open file) with another calibration."""
         other = copy.copy(self)

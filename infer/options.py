@@ -4,6 +4,7 @@ their defaults, and their record in summary.json."""
 from __future__ import annotations
 
 import numbers
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +104,53 @@ def frame_window(frames: str | slice | tuple[int | None, int | None], n_frames: 
                          f"movie's {n_frames} frame{'s' * (n_frames != 1)} (0 <= START < STOP <= "
                          f"{n_frames})")
     return int(start), int(stop)
+
+
+def region_box(region: str | Sequence, shape: tuple[int, int]) -> tuple[int, int, int, int]:
+    """``(x0, x1, y0, y1)`` of a rectangle of frames of ``shape`` (rows, columns), from
+    ``"X0:X1,Y0:Y1"`` (pixel columns ``X0`` to ``X1 - 1`` and rows ``Y0`` to ``Y1 - 1``;
+    any end may be left out: 0, the edge) or a pair of pairs ``((x0, x1), (y0, y1))``.
+
+    Raises
+    ------
+    ValueError
+        Naming the option, if it is no rectangle of these frames.
+
+    Examples
+    --------
+    >>> region_box("100:612,0:512", (1024, 2048)), region_box(":,:256", (512, 640))
+    ((100, 612, 0, 512), (0, 640, 0, 256))
+    >>> region_box(((None, 300), (20, None)), (400, 500))
+    (0, 300, 20, 400)
+    """
+    syntax = ValueError(f"{option('region')} must be X0:X1,Y0:Y1 (pixel columns, then rows, from 0, "
+                        f"e.g. {option('region', '100:612,0:512', text=True)}; any end may be left "
+                        f"out), got {region!r}")
+    if isinstance(region, str):
+        try:
+            axes = [tuple(int(v) if v.strip() else None for v in part.split(":"))
+                    for part in region.split(",")]
+        except ValueError:
+            raise syntax from None
+    elif isinstance(region, (tuple, list)):
+        axes = [tuple(a) if isinstance(a, (tuple, list)) else () for a in region]
+    else:
+        raise syntax
+    if len(axes) != 2 or any(len(a) != 2 or not all(map(_whole_or_none, a)) for a in axes):
+        raise syntax
+    box = []
+    for (start, stop), size, what in zip(axes, (shape[1], shape[0]), ("columns", "rows"), strict=True):
+        start, stop = 0 if start is None else int(start), size if stop is None else int(stop)
+        if not 0 <= start < stop <= size:
+            raise ValueError(f"{option('region', region, text=isinstance(region, str))} is not a "
+                             f"rectangle of the {shape[1]} x {shape[0]} px frames: {what} must "
+                             f"satisfy 0 <= start < stop <= {size}")
+        box += [start, stop]
+    return tuple(box)
+
+
+def _whole_or_none(v: object) -> bool:
+    return v is None or (isinstance(v, numbers.Integral) and not isinstance(v, bool))
 
 
 def _check_number(name: str, value: object, what: str) -> None:

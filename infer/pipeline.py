@@ -53,6 +53,7 @@ from dislotrack.infer.options import (
     check_linking_options,
     default_tta,
     frame_window,
+    region_box,
     tta_views,
 )
 from dislotrack.infer.overlays import MARGIN_NM as OVERLAY_MARGIN_NM
@@ -247,6 +248,7 @@ def analyze(path: str | Path | Movie | np.ndarray, *, model: str | Path | None =
             weak_fraction: float = DEFAULT_WEAK_FRACTION, border_nm: float = 2.0, detector: str = "unet",
             tta: int | bool | None = None, lattice_h: bool = True, signal: int | str | None = None,
             frames: str | tuple[int, int] | None = None,
+            region: str | tuple | None = None,
             calibration: Calibration | None = None,
             mask_sink: Callable[[int, np.ndarray], None] | None = None,
             frame_sink: Callable[[int, np.ndarray, pd.DataFrame], None] | None = None,
@@ -322,6 +324,13 @@ def analyze(path: str | Path | Movie | np.ndarray, *, model: str | Path | None =
         either end may be left out, or a pair), e.g. a window of a long in-situ movie.
         The window's frames are numbered from 0 in every table (``t_s`` from its start);
         ``options["frames"]`` records it.
+    region : str or ((int, int), (int, int)), optional
+        Analyse only pixel columns ``X0`` to ``X1 - 1`` and rows ``Y0`` to ``Y1 - 1`` of
+        every frame (``"X0:X1,Y0:Y1"``, any end may be left out, or
+        ``((x0, x1), (y0, y1))``; `dislotrack.infer.options.region_box`): e.g. the
+        particle in a large detector frame, or a domain interface whose dislocations are
+        to be counted. Positions in every table are the region's pixels (add ``X0``,
+        ``Y0`` for the frame's); ``options["region"]`` records it.
     calibration : Calibration, optional
         This movie's calibration as `calibrate` resolved it from the same
         ``pixel_size_nm``, ``frame_interval_s`` and ``d_spacing_nm``: spares a second
@@ -377,6 +386,10 @@ def analyze(path: str | Path | Movie | np.ndarray, *, model: str | Path | None =
         if span is not None and span != (0, len(movie)):  # the whole movie is no window
             movie = movie.window(*span)
         window = "{}:{}".format(*movie.metadata["frames"]) if "frames" in movie.metadata else None
+        box = None if region is None else region_box(region, movie.shape[1:])
+        if box is not None and box != (0, movie.shape[2], 0, movie.shape[1]):  # not the whole frame
+            movie = movie.crop(*box)
+        area = "{}:{},{}:{}".format(*movie.metadata["region"]) if "region" in movie.metadata else None
         cal = calibration if calibration is not None else calibrate(
             movie, pixel_size_nm=pixel_size_nm, frame_interval_s=frame_interval_s,
             d_spacing_nm=d_spacing_nm)
@@ -513,7 +526,7 @@ def analyze(path: str | Path | Movie | np.ndarray, *, model: str | Path | None =
         border_nm=border_nm, d_spacing_nm=d_spacing_nm, lattice_h=snap_asked,
         pixel_size_nm=pixel_size_nm, frame_interval_s=frame_interval_s, signal=signal, device=device,
         device_used=str(dev) if unet else "cpu", precision=precision,
-        precision_used=used, frames=window)
+        precision_used=used, frames=window, region=area)
     return res
 
 

@@ -24,7 +24,7 @@ from dislotrack.infer import dipole_figure, event_figure, figures
 from dislotrack.infer.calibration import Calibration
 from dislotrack.infer.columns import TABLES
 from dislotrack.infer.interface import option, unexpected_keywords
-from dislotrack.infer.options import frame_window
+from dislotrack.infer.options import frame_window, region_box
 from dislotrack.infer.outputs import MaskWriter, check_parquet, refuse_a_file, write_tables
 from dislotrack.infer.pipeline import AnalysisResult, analyze, calibrate
 from dislotrack.infer.readers import Movie, open_movie
@@ -88,6 +88,7 @@ def _infer_one(path: str | Path, out: str | Path, *, movie: bool, parquet: bool,
     unexpected_keywords("infer_one", options, ANALYZE_KEYWORDS)
     asked = options.get("signal")
     frames = options.pop("frames", None)
+    region = options.pop("region", None)
     # Opened once for calibration, analysis and the overlay (a folder of frames reads every
     # file's header when opened).
     with open_movie(path, signal=asked) as whole:  # unreadable: leaves no folder
@@ -100,10 +101,17 @@ def _infer_one(path: str | Path, out: str | Path, *, movie: bool, parquet: bool,
         if span == (0, len(whole)):  # the whole movie: its results, under its own name
             frames = span = None
         m = whole if span is None else whole.window(*span)
+        box = None if region is None else region_box(region, m.shape[1:])
+        if box == (0, m.shape[2], 0, m.shape[1]):  # the whole frame: its results, under its name
+            box = None
+        if box is not None:
+            m = m.crop(*box)
         # Named by the signal read (a title, not the index it was asked by), where asked.
         dest = output_dir(out, path, None if asked is None else m.metadata.get("signal", asked))
         if frames is not None:  # beside the whole movie's results, not over them
             dest = dest.with_name("{}_frames{}-{}".format(dest.name, *m.metadata["frames"]))
+        if box is not None:
+            dest = dest.with_name("{}_x{}-{}_y{}-{}".format(dest.name, *box))
         cal = calibrate(m, pixel_size_nm=options.get("pixel_size_nm"),
                         frame_interval_s=options.get("frame_interval_s"),
                         d_spacing_nm=options.get("d_spacing_nm", D003_LINIO2_NM))

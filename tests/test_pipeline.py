@@ -1189,6 +1189,45 @@ def test_a_window_of_frames_is_analysed_as_that_part_of_the_movie(tiny_model, tm
     assert json.loads((tmp_path / "w" / "m" / "summary.json").read_text())["options"]["frames"] is None
 
 
+def test_a_region_is_analysed_as_that_part_of_every_frame(tiny_model, tmp_path, capsys):
+    from dislotrack.infer.figures import input_name
+    from dislotrack.infer.readers import open_movie
+
+    m = make_movie(np.random.default_rng(0), GeneratorConfig(size=96, mode="stem"), n_frames=6)
+    path = tmp_path / "m.tif"
+    write_imagej_tiff(path, m.frames, pixel_size_nm=m.meta["pixel_size"], frame_interval_s=1.0)
+    with open_movie(path) as whole:
+        part = whole.crop(10, 74, 20, 84)
+        assert part.shape == (6, 64, 64) and part.metadata["region"] == [10, 74, 20, 84]
+        np.testing.assert_array_equal(part[2], whole[2][20:84, 10:74])
+        np.testing.assert_array_equal(np.stack(list(part)), m.frames[:, 20:84, 10:74])
+        inner = part.crop(5, 15, 0, 10).window(1, 3)  # offsets add up; windows keep the region
+        assert inner.metadata["region"] == [15, 25, 20, 30] and inner.metadata["frames"] == [1, 3]
+        np.testing.assert_array_equal(inner[0], whole[1][20:30, 15:25])
+        with pytest.raises(ValueError, match="not a region of the 64 x 64 px frames"):
+            part.crop(0, 65, 0, 10)
+    res = analyze(path, model=tiny_model, region="10:74,20:84", threshold=0.3, progress=False)
+    alone = analyze(m.frames[:, 20:84, 10:74], model=tiny_model, pixel_size_nm=m.meta["pixel_size"],
+                    frame_interval_s=1.0, threshold=0.3, progress=False)
+    assert res.shape == (6, 64, 64) and res.options["region"] == "10:74,20:84"
+    assert input_name(res) == "m.tif (x 10:74, y 20:84)"
+    for table in ("detections", "tracks", "track_summary", "events", "counts", "drift"):
+        pd.testing.assert_frame_equal(getattr(res, table), getattr(alone, table))
+    assert analyze(path, model=tiny_model, region=((None, None), (0, None)),
+                   progress=False).options["region"] is None  # the whole frame is no region
+    assert main(["infer", str(path), "--out", str(tmp_path / "o"), "--model", str(tiny_model),
+                 "--region", "10:74,20:", "--frames", "1:", "--no-movie"]) == 0
+    written = json.loads((tmp_path / "o" / "m_frames1-6_x10-74_y20-96" / "summary.json").read_text())
+    assert written["options"]["region"] == "10:74,20:96" and written["input"]["shape"] == [5, 76, 64]
+    capsys.readouterr()
+    for bad, says in (("10:74", "must be X0:X1,Y0:Y1"), ("a:b,1:2", "must be X0:X1,Y0:Y1"),
+                      ("74:10,:", "not a rectangle"), ("0:97,:", "not a rectangle of the 96 x 96")):
+        assert main(["infer", str(path), "--out", str(tmp_path / "o"), "--region", bad]) == 2
+        assert says in capsys.readouterr().err
+    with pytest.raises(ValueError, match=r"^region=\(\(0, 200\), \(0, 10\)\) is not a rectangle"):
+        analyze(path, model=tiny_model, region=((0, 200), (0, 10)), progress=False)
+
+
 def test_notebook_inputs_none_float32_overrides_and_parquet_without_pyarrow(tiny_model, tmp_path,
                                                                            monkeypatch):
     with pytest.raises(TypeError, match="analyze takes a path, a Movie or a .* array, got None"):
