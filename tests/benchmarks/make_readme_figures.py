@@ -4,8 +4,8 @@
 
 generator_examples.png: HRTEM and STEM frames of LiNiO2 with cores (h drawn from the
 core into the extra half-plane) and rock-salt masks overlaid, plus a zoom on one core.
-demo_trajectories.jpg, demo_displacement.png: the figures `dislotrack demo` writes,
-at two thirds of their size.
+demo_trajectories.jpg, demo_displacement.png, demo_events.jpg: the figures
+`dislotrack demo` writes, at two thirds of their size.
 """
 
 from __future__ import annotations
@@ -35,7 +35,8 @@ def demo_figures() -> None:
         infer_one(path, tmp, movie=False, device="cpu")
         figs = Path(tmp) / path.stem / "figures"
         for name, out in (("trajectories.png", "demo_trajectories.jpg"),
-                          ("displacement.png", "demo_displacement.png")):
+                          ("displacement.png", "demo_displacement.png"),
+                          ("events.png", "demo_events.jpg")):
             im = Image.open(figs / name).convert("RGB")
             im = im.resize((im.width * 2 // 3, im.height * 2 // 3), Image.LANCZOS)
             im.save(OUT.parent / out, **({"quality": 85} if out.endswith(".jpg") else {"optimize": True}))
