@@ -24,10 +24,12 @@ from dislotrack.infer.result import AnalysisResult, require_result
 
 
 class MaskWriter:
-    """Per-frame uint8 rock-salt masks into an ImageJ-calibrated TIFF stack.
+    """Per-frame uint8 rock-salt masks into a zlib-compressed, ImageJ-calibrated TIFF stack.
 
-    The file is created at its final size and memory-mapped, so masks go to disk as
-    they come and memory does not grow with the movie.
+    Masks go to an uncompressed, memory-mapped stack beside ``path`` as they come (in any
+    order), so memory does not grow with the movie; `close` streams it, frame by frame,
+    into the compressed file (a mask compresses ~200x) and removes it. ImageJ stacks
+    cannot be written compressed one frame at a time, hence the two steps.
     """
 
     def __init__(self, path: Path, *, shape: tuple[int, int, int], pixel_size_nm: float | None,
@@ -35,17 +37,27 @@ class MaskWriter:
         meta: dict = {"unit": "nm" if pixel_size_nm else "px", "axes": "TYX"}
         if frame_interval_s:
             meta["finterval"] = frame_interval_s
-        res = (1 / pixel_size_nm, 1 / pixel_size_nm) if pixel_size_nm else None
         self.path = path
-        self._mm = tifffile.memmap(path, shape=shape, dtype=np.uint8, imagej=True,
-                                   resolution=res, metadata=meta)
+        self._shape = shape
+        self._tags = {"resolution": (1 / pixel_size_nm, 1 / pixel_size_nm) if pixel_size_nm else None,
+                      "metadata": meta}
+        self._partial = path.with_name(f".{path.stem}.partial{path.suffix}")
+        self._mm = tifffile.memmap(self._partial, shape=shape, dtype=np.uint8)
 
     def __call__(self, frame: int, mask: np.ndarray) -> None:
         self._mm[frame] = mask
 
     def close(self) -> None:
-        self._mm.flush()
-        del self._mm
+        """Write the compressed stack and remove the uncompressed one."""
+        if self._mm is None:
+            return
+        mm, self._mm = self._mm, None
+        try:
+            tifffile.imwrite(self.path, (mm[i] for i in range(len(mm))), shape=self._shape,
+                             dtype=np.uint8, imagej=True, compression="zlib", **self._tags)
+        finally:
+            del mm  # unmapped before the file goes (Windows cannot remove a mapped file)
+            self._partial.unlink(missing_ok=True)
 
 
 def _tally(table: pd.DataFrame, column: str) -> dict[str, int]:

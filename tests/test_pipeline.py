@@ -21,6 +21,7 @@ from dislotrack.infer import run
 from dislotrack.infer.cli import main
 from dislotrack.infer.columns import TABLES
 from dislotrack.infer.interface import command_line
+from dislotrack.infer.outputs import MaskWriter
 from dislotrack.infer.pipeline import AnalysisWarning, analyze
 from dislotrack.infer.preprocess import canonical_to_input, input_to_canonical, to_canonical
 from dislotrack.models.metrics import match_cores
@@ -103,6 +104,8 @@ def test_infer_writes_every_output_with_the_contract_columns(tmp_path):
         assert set(np.unique(t.asarray())) <= {0, 1}
         x_res = t.pages[0].tags["XResolution"].value  # ImageJ: pixels per unit
         assert x_res[1] / x_res[0] == pytest.approx(0.1)
+        assert t.is_imagej and all(p.compression == tifffile.COMPRESSION.ADOBE_DEFLATE for p in t.pages)
+    assert not list(d.glob(".*"))  # the uncompressed stack the masks went to first is gone
     for fig in ("trajectories.png", "displacement.png", "counts.png", "events.png", "dipoles.png",
                 "overlay.mp4"):
         assert (d / "figures" / fig).stat().st_size > 0
@@ -1963,3 +1966,23 @@ def test_a_frames_window_leaves_a_single_image_among_movies_whole(tiny_model, tm
     assert said in capsys.readouterr().err
     assert said in json.loads((tmp_path / "o" / "image" / "summary.json").read_text())["warnings"]
     assert (tmp_path / "o" / "movie_frames2-10" / "summary.json").is_file()
+
+
+def test_mask_writer_takes_frames_in_any_order_and_leaves_one_compressed_stack(tmp_path):
+    masks = np.zeros((5, 96, 80), np.uint8)
+    for k in range(5):
+        masks[k, 10:40, 5 + 10 * k:30 + 10 * k] = 1  # a domain moving right
+    writer = MaskWriter(tmp_path / "rocksalt_mask.tif", shape=masks.shape, pixel_size_nm=0.05,
+                        frame_interval_s=2.0)
+    for k in (3, 0, 4, 1, 2):
+        writer(k, masks[k])
+    writer.close()
+    writer.close()  # a second close does nothing
+    assert [p.name for p in tmp_path.iterdir()] == ["rocksalt_mask.tif"]
+    with tifffile.TiffFile(tmp_path / "rocksalt_mask.tif") as t:
+        np.testing.assert_array_equal(t.asarray(), masks)
+        assert t.is_imagej and t.imagej_metadata["finterval"] == 2.0
+        assert t.pages[0].compression == tifffile.COMPRESSION.ADOBE_DEFLATE
+        x_res = t.pages[0].tags["XResolution"].value
+        assert x_res[1] / x_res[0] == pytest.approx(0.05)
+    assert (tmp_path / "rocksalt_mask.tif").stat().st_size < masks.nbytes / 4
