@@ -24,6 +24,7 @@ from dislotrack.infer.result import AnalysisResult, require_result
 PANELS = (("climb_separation_nm", "spacing along h, across the glide plane\n(flat: the pair glides)"),
           ("glide_separation_nm", "spacing along b, along the glide plane\n(flat: the pair climbs)"))
 
+
 def spacing_span(spacing: pd.Series) -> tuple[float, float]:
     """``|spacing|`` in a dipole's first frame and at its widest [nm].
 
@@ -43,9 +44,18 @@ def dipoles(res: AnalysisResult, path: Path) -> None:
 
 def dipoles_figure(res: AnalysisResult) -> Figure:
     """The magnitude of each dipole's spacing along h (left) and along b (right) against the
-    movie's time (`AnalysisResult.dipoles`), on one scale, a line per dipole in its first
-    core's track colour, labelled with its first and widest spacing (`spacing_span`). Up
-    to `MAX_NAMED_TRACKS` dipoles are named in the legends."""
+    movie's time (`AnalysisResult.dipoles`), on one scale, a line per dipole in the track
+    colour of its lower-numbered core (``particle_a``), labelled with its first and widest
+    spacing (`spacing_span`). Up to `MAX_NAMED_TRACKS` dipoles are named in the legends.
+
+    Parameters
+    ----------
+    res : AnalysisResult
+
+    Returns
+    -------
+    Figure
+    """
     require_result(res, "dipoles_figure")
     table = res.dipoles
     dt = res.calibration.frame_interval_s

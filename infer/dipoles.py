@@ -58,7 +58,7 @@ def dipole_separations(tracks: pd.DataFrame, summary: pd.DataFrame, *, pixel_siz
             continue
         ta, tb = by_particle[a], by_particle[b]
         both = ta[["frame", "x", "y"]].merge(tb[["frame", "x", "y"]], on="frame", suffixes=("_a", "_b"))
-        h = unit(ta[["hx", "hy"]].to_numpy(dtype=float).mean(axis=0))
+        h = unit(unit(ta[["hx", "hy"]].to_numpy(dtype=float)).mean(axis=0))  # as motion's mean h
         d = (both[["x_b", "y_b"]].to_numpy(float) - both[["x_a", "y_a"]].to_numpy(float)) * pixel_size_nm
         rows.append(pd.DataFrame({
             "pair": f"{a} {b}", "frame": both["frame"].astype(int), "particle_a": a, "particle_b": b,

@@ -14,6 +14,7 @@ from typing import Protocol
 import numpy as np
 import pandas as pd
 from matplotlib import patheffects
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from dislotrack.data_gen.conventions import b_hat_from_h
@@ -43,6 +44,9 @@ MAX_EVENTS = 8
 
 class Frames(Protocol):
     """What frames are read from: a `dislotrack.infer.readers.Movie` or a (t, y, x) array."""
+
+    @property
+    def shape(self) -> tuple[int, ...]: ...  # (t, y, x)
 
     def __len__(self) -> int: ...
 
@@ -128,15 +132,22 @@ def crop(frame: np.ndarray, x: float, y: float, side: int) -> tuple[np.ndarray, 
     return out, x0, y0
 
 
-def read_frames(frames: Frames, indices: Sequence[int]) -> dict[int, np.ndarray]:
-    """Frames ``indices`` (those within the movie) of ``frames``, read one at a time."""
+def read_crops(frames: Frames, windows: pd.DataFrame, side: int) -> dict[tuple[int, int], tuple]:
+    """`crop` of every window (`event_windows`) within the movie, by ``(event, offset)``;
+    each frame is read once and only its crops are kept (not whole frames)."""
     n = len(frames)
-    return {i: np.asarray(frames[i], dtype=np.float32) for i in sorted(set(indices)) if 0 <= i < n}
+    out: dict[tuple[int, int], tuple] = {}
+    for f, panels in windows[(windows.frame >= 0) & (windows.frame < n)].groupby("frame"):
+        image = np.asarray(frames[int(f)], dtype=np.float32)
+        for w in panels.itertuples():
+            out[(w.event, w.offset)] = crop(image, w.x, w.y, side)
+    return out
 
 
-def events(res: AnalysisResult, frames: Frames, path: Path, **kwargs) -> None:
-    """Write `events_figure` to ``path``."""
-    save_figure(events_figure(res, frames, **kwargs), path)
+def events(res: AnalysisResult, frames: Frames, path: Path, *, max_events: int = MAX_EVENTS,
+           offsets: Sequence[int] = OFFSETS) -> None:
+    """Write `events_figure` (arguments as there) to ``path``."""
+    save_figure(events_figure(res, frames, max_events=max_events, offsets=offsets), path)
 
 
 def events_figure(res: AnalysisResult, frames: Frames, *, max_events: int = MAX_EVENTS,
@@ -153,16 +164,36 @@ def events_figure(res: AnalysisResult, frames: Frames, *, max_events: int = MAX_
     res : AnalysisResult
         An analysis of ``frames``.
     frames : Movie or ndarray (t, y, x)
-        The movie analysed (only the frames shown are read).
+        The frames analysed (only those shown are read): for an analysis of a window or
+        region, that part of the movie (`Movie.window`, `Movie.crop`).
+    max_events : int
+        Rows at most.
+    offsets : sequence of int
+        The frames shown, relative to each event's.
+
+    Returns
+    -------
+    Figure
+
+    Raises
+    ------
+    ValueError
+        If ``frames`` is not the shape analysed.
     """
     require_result(res, "events_figure")
-    if len(frames) != res.shape[0]:
-        raise ValueError(f"frames has {len(frames)} frames, the analysis {res.shape[0]}: "
-                         "give the movie that was analysed")
+    shape = tuple(frames.shape)
+    if shape != tuple(res.shape):
+        part = "".join(f".{how}({res.options[key].replace(',', ':').replace(':', ', ')})"
+                       for key, how in (("frames", "window"), ("region", "crop"))
+                       if res.options.get(key))
+        hint = f" (open_movie(path){part}: the part analysed)" if part else ""
+        raise ValueError(f"frames are {' x '.join(map(str, shape))}, the analysis "
+                         f"{' x '.join(map(str, res.shape))}: give the frames that were "
+                         f"analysed{hint}")
     chosen = chosen_events(res.events, max_events)
     n_rows, n_cols = max(len(chosen), 1), len(offsets)
     fig = Figure(figsize=(1.7 * n_cols + 0.9, 1.75 * n_rows + 0.6), layout="constrained")
-    axes = np.atleast_2d(fig.subplots(n_rows, n_cols, squeeze=False))
+    axes = fig.subplots(n_rows, n_cols, squeeze=False)
     n = len(res.events)
     shown = (f"{len(chosen)} of {n} events, spread over the movie" if len(chosen) < n
              else f"{n} event" if n == 1 else f"{n} events")
@@ -174,15 +205,12 @@ def events_figure(res: AnalysisResult, frames: Frames, *, max_events: int = MAX_
         return fig
     side = crop_side_px(res.calibration.pixel_size_nm, tuple(res.shape[1:]))
     windows = event_windows(res, chosen, offsets)
-    images = read_frames(frames, windows.frame.tolist())
+    cropped = read_crops(frames, windows, side)
     tracks = res.tracks.set_index("frame", drop=False) if len(res.tracks) else res.tracks
     dt = res.calibration.frame_interval_s
     for row, (i, ev) in zip(axes, chosen.iterrows(), strict=True):
         panels = windows[windows.event == i]
-        crops = {}
-        for w in panels.itertuples():
-            if w.frame in images:
-                crops[w.offset] = crop(images[w.frame], w.x, w.y, side)
+        crops = {k: cropped[(i, k)] for k in panels.offset if (i, k) in cropped}
         values = np.concatenate([c.ravel() for c, _, _ in crops.values()]) if crops else np.array([0.0])
         lo, hi = np.nanpercentile(values, [1, 99]) if np.isfinite(values).any() else (0.0, 1.0)
         for ax, w in zip(row, panels.itertuples(), strict=True):
@@ -199,7 +227,8 @@ def events_figure(res: AnalysisResult, frames: Frames, *, max_events: int = MAX_
     return fig
 
 
-def _panel(ax, res: AnalysisResult, tracks: pd.DataFrame, cropped, frame: int, side: int,
+def _panel(ax: Axes, res: AnalysisResult, tracks: pd.DataFrame,
+           cropped: tuple[np.ndarray, int, int] | None, frame: int, side: int,
            limits: tuple[float, float], dt: float | None, *, event: bool) -> None:
     """One crop with its tracked cores; blank where the frame lies outside the movie."""
     ax.set_xticks([])

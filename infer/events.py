@@ -323,7 +323,8 @@ def find_events(
     """
     ends = _track_ends(tracks, pixel_size_nm)
     info = summary.set_index("particle")
-    rows = _events(info, ends, "nucleation", dipoles) + _events(info, ends, "annihilation", dipoles)
+    rows = [*_events(info, ends, "nucleation", dipoles, pixel_size_nm),
+            *_events(info, ends, "annihilation", dipoles, pixel_size_nm)]
     if unlinked is not None and len(unlinked) and max_blob_frames > 0:
         cols = position_columns(tracks)
         if not set(cols) <= set(unlinked.columns):
@@ -536,8 +537,11 @@ def _pair_cost(a: pd.Series, b: pd.Series, paths, criteria: DipoleCriteria) -> f
     return None
 
 
-def _events(info: pd.DataFrame, ends: pd.DataFrame, kind: str, criteria: DipoleCriteria) -> list:
-    """Event rows of one kind ("nucleation" or "annihilation"), dipole events first."""
+def _events(info: pd.DataFrame, ends: pd.DataFrame, kind: str, criteria: DipoleCriteria,
+            pixel_size_nm: float) -> list:
+    """Event rows of one kind ("nucleation" or "annihilation"), dipole events first; a
+    dipole event lies at its pair's midpoint in the event frame's raw pixels, also where
+    one core's end is a frame or two from the other's (the specimen drifted meanwhile)."""
     fate, value, stage = {
         "nucleation": ("birth", "nucleated", "start"),
         "annihilation": ("death", "annihilated", "stop"),
@@ -548,8 +552,11 @@ def _events(info: pd.DataFrame, ends: pd.DataFrame, kind: str, criteria: DipoleC
     for a, b in zip(dipoles.index, dipoles["partner"].astype(int), strict=True):
         if {a, b} <= single and _together(ends.loc[a], ends.loc[b], stage, criteria):
             frames = ends.loc[[a, b], f"frame_{stage}"]
-            frame = frames.min() if stage == "start" else frames.max()
-            x, y = ends.loc[[a, b], [f"x_{stage}", f"y_{stage}"]].mean()
+            at = frames.idxmin() if stage == "start" else frames.idxmax()  # the event frame's core
+            frame = frames[at]
+            corrected = ends.loc[[a, b], [f"xn_{stage}", f"yn_{stage}"]].to_numpy(float) / pixel_size_nm
+            raw_at = ends.loc[at, [f"x_{stage}", f"y_{stage}"]].to_numpy(float)
+            x, y = corrected.mean(axis=0) + raw_at - corrected[[a, b].index(at)]  # + its frame's drift
             rows.append((int(frame), f"dipole_{kind}", x, y, f"{a} {b}"))
             single -= {a, b}
     for p in sorted(single):

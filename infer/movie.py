@@ -174,11 +174,20 @@ class Movie:
         """Columns ``x0`` to ``x1 - 1`` and rows ``y0`` to ``y1 - 1`` of every frame, as a
         movie of their own read lazily from the same open file; ``metadata["region"]``
         records ``[x0, x1, y0, y1]`` in the file's frames (`dislotrack.infer.options.region_box`
-        checks a region)."""
+        checks a user's region).
+
+        Raises
+        ------
+        ValueError
+            If the bounds are not whole numbers of a non-empty region of these frames.
+        """
         h, w = self._shape[1:]
-        if not (0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h):
+        integral = all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in (x0, x1, y0, y1))
+        if not (integral and 0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h):
             raise ValueError(f"[{x0}:{x1}, {y0}:{y1}] is not a region of the {w} x {h} px frames "
-                             f"of {self._path.name}")
+                             f"of {self._path.name} (whole numbers, 0 <= x0 < x1 <= {w}, "
+                             f"0 <= y0 < y1 <= {h})")
+        x0, x1, y0, y1 = int(x0), int(x1), int(y0), int(y1)
         base_read, base_iterate = self._read, self._iterate
 
         def cut(raw: np.ndarray) -> np.ndarray:  # grey first: a colour frame has a third axis

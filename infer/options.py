@@ -4,7 +4,6 @@ their defaults, and their record in summary.json."""
 from __future__ import annotations
 
 import numbers
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -106,7 +105,14 @@ def frame_window(frames: str | slice | tuple[int | None, int | None], n_frames: 
     return int(start), int(stop)
 
 
-def region_box(region: str | Sequence, shape: tuple[int, int]) -> tuple[int, int, int, int]:
+#: Fewest pixels a region may span each way: four periods of the finest fringes that
+#: show (2.5 px, `dislotrack.infer.pipeline.MIN_FRINGE_PERIOD_PX`), around a core.
+MIN_REGION_PX = 10
+
+Bounds = tuple[int | None, int | None]
+
+
+def region_box(region: str | tuple[Bounds, Bounds], shape: tuple[int, int]) -> tuple[int, int, int, int]:
     """``(x0, x1, y0, y1)`` of a rectangle of frames of ``shape`` (rows, columns), from
     ``"X0:X1,Y0:Y1"`` (pixel columns ``X0`` to ``X1 - 1`` and rows ``Y0`` to ``Y1 - 1``;
     any end may be left out: 0, the edge) or a pair of pairs ``((x0, x1), (y0, y1))``.
@@ -114,7 +120,8 @@ def region_box(region: str | Sequence, shape: tuple[int, int]) -> tuple[int, int
     Raises
     ------
     ValueError
-        Naming the option, if it is no rectangle of these frames.
+        Naming the option, if it is no rectangle of these frames or spans under
+        `MIN_REGION_PX` either way (the whole frame, however small, is accepted).
 
     Examples
     --------
@@ -146,6 +153,12 @@ def region_box(region: str | Sequence, shape: tuple[int, int]) -> tuple[int, int
                              f"rectangle of the {shape[1]} x {shape[0]} px frames: {what} must "
                              f"satisfy 0 <= start < stop <= {size}")
         box += [start, stop]
+    small = [what for what, n in (("columns", box[1] - box[0]), ("rows", box[3] - box[2]))
+             if n < MIN_REGION_PX]
+    if small and box != [0, shape[1], 0, shape[0]]:
+        raise ValueError(f"{option('region', region, text=isinstance(region, str))} spans under "
+                         f"{MIN_REGION_PX} {' and '.join(small)}: too small to hold a dislocation "
+                         "core and the lattice fringes around it")
     return tuple(box)
 
 

@@ -53,8 +53,10 @@ class MaskWriter:
             return
         mm, self._mm = self._mm, None
         try:
+            # tifffile's ImageJ layout takes frames one pixel wide for colour samples.
             tifffile.imwrite(self.path, (mm[i] for i in range(len(mm))), shape=self._shape,
-                             dtype=np.uint8, imagej=True, compression="zlib", **self._tags)
+                             dtype=np.uint8, imagej=self._shape[2] > 1, compression="zlib",
+                             **self._tags)
         finally:
             del mm  # unmapped before the file goes (Windows cannot remove a mapped file)
             self._partial.unlink(missing_ok=True)

@@ -213,11 +213,12 @@ def slipped_calibration_hint(frame: np.ndarray, cal: Calibration, d_spacing_nm: 
             f"calibration is off (binning? units?), pass {option('pixel_size_nm', f'{est:.3g}')}")
 
 
-def cores_cannot_show(pixel_size_nm: float, shape: tuple[int, int], d_spacing_nm: float) -> str | None:
+def cores_cannot_show(pixel_size_nm: float, shape: tuple[int, int], d_spacing_nm: float, *,
+                      what: str = "frames") -> str | None:
     """Why frames of this ``shape`` (H, W) and pixel size cannot show a dislocation core,
     else None: (003) fringes under `MIN_FRINGE_PERIOD_PX` per period (not resolved), or
-    frames under 4 fringe periods across. `analyze` then reports no cores: any it found
-    would be spurious.
+    frames under 4 fringe periods across (``what`` names them: "frames", "region").
+    `analyze` then reports no cores: any it found would be spurious.
     """
     period_px = d_spacing_nm / pixel_size_nm
     if period_px < MIN_FRINGE_PERIOD_PX:
@@ -226,11 +227,22 @@ def cores_cannot_show(pixel_size_nm: float, shape: tuple[int, int], d_spacing_nm
                 f"and none is reported; atomic-resolution images are needed (or pass the right "
                 f"{option('pixel_size_nm')})")
     if min(shape) < 4 * period_px:  # a core needs a few fringes around it
-        return (f"the frames ({shape[1]} x {shape[0]} px) span under 4 lattice fringes "
+        verb = "spans" if what == "region" else "span"
+        return (f"the {what} ({shape[1]} x {shape[0]} px) {verb} under 4 lattice fringes "
                 f"({period_px:.3g} px each) across: too small to show a dislocation core or rock "
                 "salt, so none is reported")
     return None
 
+
+def region_calibration(cal: Calibration, frame_shape: tuple[int, int],
+                       region_shape: tuple[int, int], d_spacing_nm: float) -> Calibration:
+    """``cal``, made on whole frames of ``frame_shape`` (H, W) so that every region of a
+    movie shares one calibration, with `cores_cannot_show`'s warning for a region of
+    ``region_shape`` where the whole frames had none."""
+    if cores_cannot_show(cal.pixel_size_nm, frame_shape, d_spacing_nm):
+        return cal  # said of the frames already
+    why = cores_cannot_show(cal.pixel_size_nm, region_shape, d_spacing_nm, what="region")
+    return cal if why is None else replace(cal, warnings=(*cal.warnings, why))
 
 
 #: Input-to-model zoom above which the input is called upsampled (warned; drift is then
@@ -387,12 +399,14 @@ def analyze(path: str | Path | Movie | np.ndarray, *, model: str | Path | None =
             movie = movie.window(*span)
         window = "{}:{}".format(*movie.metadata["frames"]) if "frames" in movie.metadata else None
         box = None if region is None else region_box(region, movie.shape[1:])
-        if box is not None and box != (0, movie.shape[2], 0, movie.shape[1]):  # not the whole frame
-            movie = movie.crop(*box)
-        area = "{}:{},{}:{}".format(*movie.metadata["region"]) if "region" in movie.metadata else None
         cal = calibration if calibration is not None else calibrate(
             movie, pixel_size_nm=pixel_size_nm, frame_interval_s=frame_interval_s,
-            d_spacing_nm=d_spacing_nm)
+            d_spacing_nm=d_spacing_nm)  # on whole frames: the same for every region
+        if box is not None and box != (0, movie.shape[2], 0, movie.shape[1]):  # not the whole frame
+            frame_shape, movie = movie.shape[1:], movie.crop(*box)
+            if calibration is None:
+                cal = region_calibration(cal, frame_shape, movie.shape[1:], d_spacing_nm)
+        area = "{}:{},{}:{}".format(*movie.metadata["region"]) if "region" in movie.metadata else None
         s = scale_factor(cal.pixel_size_nm, canonical)
         views = 1 if detector != "unet" else default_tta(len(movie)) if tta is None else tta_views(tta)
         if detector == "unet" and s > UPSAMPLE_WARN and canonical < CANONICAL_PIXEL_SIZE_NM:

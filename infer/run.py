@@ -26,7 +26,7 @@ from dislotrack.infer.columns import TABLES
 from dislotrack.infer.interface import option, unexpected_keywords
 from dislotrack.infer.options import frame_window, region_box
 from dislotrack.infer.outputs import MaskWriter, check_parquet, refuse_a_file, write_tables
-from dislotrack.infer.pipeline import AnalysisResult, analyze, calibrate
+from dislotrack.infer.pipeline import AnalysisResult, analyze, calibrate, region_calibration
 from dislotrack.infer.readers import Movie, open_movie
 from dislotrack.infer.strain import COMPONENTS as STRAIN_COMPONENTS
 from dislotrack.infer.warning_log import AnalysisWarning, named
@@ -104,8 +104,6 @@ def _infer_one(path: str | Path, out: str | Path, *, movie: bool, parquet: bool,
         box = None if region is None else region_box(region, m.shape[1:])
         if box == (0, m.shape[2], 0, m.shape[1]):  # the whole frame: its results, under its name
             box = None
-        if box is not None:
-            m = m.crop(*box)
         # Named by the signal read (a title, not the index it was asked by), where asked.
         dest = output_dir(out, path, None if asked is None else m.metadata.get("signal", asked))
         if frames is not None:  # beside the whole movie's results, not over them
@@ -115,6 +113,10 @@ def _infer_one(path: str | Path, out: str | Path, *, movie: bool, parquet: bool,
         cal = calibrate(m, pixel_size_nm=options.get("pixel_size_nm"),
                         frame_interval_s=options.get("frame_interval_s"),
                         d_spacing_nm=options.get("d_spacing_nm", D003_LINIO2_NM))
+        if box is not None:  # calibrated on whole frames: the same for every region
+            frame_shape, m = m.shape[1:], m.crop(*box)
+            cal = region_calibration(cal, frame_shape, m.shape[1:],
+                                     options.get("d_spacing_nm", D003_LINIO2_NM))
         stale = stale_outputs(dest, movie=movie, strain=strain, parquet=parquet,
                               single_image=m.shape[0] == 1)
         earlier = earlier_input(dest)  # read before this run replaces it

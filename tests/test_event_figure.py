@@ -111,8 +111,14 @@ def test_many_events_are_thinned_evenly_and_the_title_says_so():
 def test_no_events_says_so_and_the_wrong_movie_is_refused():
     fig = event_figure.events_figure(result(nucleation().iloc[:0]), frames())
     assert any(t.get_text() == "no events" for ax in fig.axes for t in ax.texts)
-    with pytest.raises(ValueError, match="the movie that was analysed"):
+    with pytest.raises(ValueError, match="frames are 5 x 96 x 96, the analysis 10 x 96 x 96"):
         event_figure.events_figure(result(nucleation()), frames()[:5])
+    part = result(nucleation())
+    part.options.update(frames="2:12", region="10:106,0:96")  # frames of a bigger movie
+    with pytest.raises(ValueError, match=r"frames are 10 x 96 x 90, .*: give the frames that were "
+                                         r"analysed \(open_movie\(path\)\.window\(2, 12\)\.crop"
+                                         r"\(10, 106, 0, 96\): the part analysed\)"):
+        event_figure.events_figure(part, frames()[:, :, :90])  # same length, not the same frames
 
 
 def test_the_crop_is_the_same_length_in_nm_at_any_pixel_size():
@@ -120,3 +126,25 @@ def test_the_crop_is_the_same_length_in_nm_at_any_pixel_size():
     assert event_figure.crop_side_px(1.0, (512, 512)) == event_figure.MIN_CROP_PX
     assert event_figure.crop_side_px(0.01, (100, 60)) == 100  # at most the frame
     assert event_figure.crop_side_px(None, (512, 512)) == 80
+
+
+class CountingFrames:
+    """Frames that count how often each is read."""
+
+    def __init__(self, stack: np.ndarray):
+        self.stack, self.reads = stack, []
+        self.shape = stack.shape
+
+    def __len__(self) -> int:
+        return len(self.stack)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        self.reads.append(i)
+        return self.stack[i]
+
+
+def test_each_frame_shown_is_read_once_however_many_events_show_it():
+    two = pd.concat([nucleation(4), nucleation(5)], ignore_index=True)
+    movie = CountingFrames(frames())
+    event_figure.events_figure(result(two), movie)
+    assert sorted(movie.reads) == [2, 3, 4, 5, 6, 7]  # frames 4 +- 2 and 5 +- 2, each once

@@ -381,6 +381,17 @@ def test_a_dipole_event_moved_through_a_drifting_blob_takes_the_blob_s_raw_posit
     assert ev.loc["dipole_nucleation", ["x", "y"]].tolist() == [105.0 + 9.0, 100.0]  # not 105 + 15
 
 
+def test_a_dipole_whose_cores_appear_a_frame_apart_lies_at_their_midpoint_in_the_event_frame():
+    # The specimen drifts +3 px per frame in x; core 1 is first seen a frame after core 0
+    # and last seen a frame after it.
+    drifted = lambda t: t.assign(x_corr=t.x, y_corr=t.y, x=t.x + 3.0 * t.frame)  # noqa: E731
+    tracks = drifted(pd.concat([_track(0, range(5, 14), 100.0, 100.0, DOWN),
+                                _track(1, range(6, 15), 110.0, 104.0, UP)], ignore_index=True))
+    ev = find_events(tracks, _summary(tracks), pixel_size_nm=PIXEL_NM).set_index("kind")
+    assert ev.loc["dipole_nucleation", ["frame", "x", "y"]].tolist() == [5, 105.0 + 15.0, 102.0]
+    assert ev.loc["dipole_annihilation", ["frame", "x", "y"]].tolist() == [14, 105.0 + 42.0, 102.0]
+
+
 def test_a_blob_reaching_the_first_or_last_frame_is_no_dipole_event():
     # The blob sits at the pair's midpoint from frame 0 (and to the last frame): the pair
     # was already (still) there, unresolved; no nucleation or annihilation was seen.

@@ -142,13 +142,18 @@ _VIEWS = [(np.array(m, float), mirror) for m, mirror in [
 
 @pytest.mark.parametrize("matrix, mirror", _VIEWS)
 def test_a_mirror_turns_glide_s_sign_and_keeps_climb_rotations_keep_both(matrix, mirror):
-    from dislotrack.data_gen.conventions import glide_climb
-
     rng = np.random.default_rng(3)
-    h = rng.normal(size=2)
-    d = rng.normal(size=(5, 2))
-    glide, climb = glide_climb(d, h)
-    # The flipped or turned movie: positions and h move with the image.
-    glide_v, climb_v = glide_climb(d @ matrix.T, matrix @ h)
-    np.testing.assert_allclose(climb_v, climb, atol=1e-12)
-    np.testing.assert_allclose(glide_v, -glide if mirror else glide, atol=1e-12)
+    track = _track(0, range(12), (50.0, 60.0), (1.0, 0.5), (0.6, 0.8), rng=rng, noise_px=0.2,
+                   h_noise=0.05)
+    # The flipped or turned movie (about the centre of a 128 px frame): positions and h
+    # move with the image, through the whole decomposition and fit.
+    centre = np.array([63.5, 63.5])
+    view = track.copy()
+    view[["x", "y"]] = (track[["x", "y"]].to_numpy() - centre) @ matrix.T + centre
+    view[["hx", "hy"]] = track[["hx", "hy"]].to_numpy() @ matrix.T
+    seen, original = (track_velocities(track_motion(t, pixel_size_nm=PIXEL_NM)).iloc[0]
+                      for t in (view, track))
+    assert abs(original["glide_velocity_nm_s"]) > 0.02 and abs(original["climb_velocity_nm_s"]) > 0.02
+    assert seen["climb_velocity_nm_s"] == pytest.approx(original["climb_velocity_nm_s"], abs=1e-12)
+    assert seen["glide_velocity_nm_s"] == pytest.approx(
+        -original["glide_velocity_nm_s"] if mirror else original["glide_velocity_nm_s"], abs=1e-12)

@@ -1170,7 +1170,7 @@ def test_a_window_of_frames_is_analysed_as_that_part_of_the_movie(tiny_model, tm
     alone = analyze(m.frames[2:6], model=tiny_model, pixel_size_nm=m.meta["pixel_size"],
                     frame_interval_s=1.0, threshold=0.3, progress=False)
     assert res.shape == (4, 64, 64) and res.options["frames"] == "2:6"
-    for table in ("detections", "tracks", "track_summary", "events", "counts", "drift"):
+    for table in ("detections", "tracks", "track_summary", "events", "counts", "drift", "dipoles"):
         pd.testing.assert_frame_equal(getattr(res, table), getattr(alone, table))
     assert main(["infer", str(path), "--out", str(tmp_path / "o"), "--model", str(tiny_model),
                  "--frames", "2:", "--no-movie"]) == 0
@@ -1209,12 +1209,14 @@ def test_a_region_is_analysed_as_that_part_of_every_frame(tiny_model, tmp_path, 
         np.testing.assert_array_equal(inner[0], whole[1][20:30, 15:25])
         with pytest.raises(ValueError, match="not a region of the 64 x 64 px frames"):
             part.crop(0, 65, 0, 10)
+        with pytest.raises(ValueError, match="whole numbers"):
+            part.crop(0, 10.0, 0, 10)
     res = analyze(path, model=tiny_model, region="10:74,20:84", threshold=0.3, progress=False)
     alone = analyze(m.frames[:, 20:84, 10:74], model=tiny_model, pixel_size_nm=m.meta["pixel_size"],
                     frame_interval_s=1.0, threshold=0.3, progress=False)
     assert res.shape == (6, 64, 64) and res.options["region"] == "10:74,20:84"
     assert input_name(res) == "m.tif (x 10:74, y 20:84)"
-    for table in ("detections", "tracks", "track_summary", "events", "counts", "drift"):
+    for table in ("detections", "tracks", "track_summary", "events", "counts", "drift", "dipoles"):
         pd.testing.assert_frame_equal(getattr(res, table), getattr(alone, table))
     assert analyze(path, model=tiny_model, region=((None, None), (0, None)),
                    progress=False).options["region"] is None  # the whole frame is no region
@@ -1224,11 +1226,30 @@ def test_a_region_is_analysed_as_that_part_of_every_frame(tiny_model, tmp_path, 
     assert written["options"]["region"] == "10:74,20:96" and written["input"]["shape"] == [5, 76, 64]
     capsys.readouterr()
     for bad, says in (("10:74", "must be X0:X1,Y0:Y1"), ("a:b,1:2", "must be X0:X1,Y0:Y1"),
-                      ("74:10,:", "not a rectangle"), ("0:97,:", "not a rectangle of the 96 x 96")):
+                      ("74:10,:", "not a rectangle"), ("0:97,:", "not a rectangle of the 96 x 96"),
+                      ("0:1,:", "spans under 10 columns: too small"),
+                      ("5:14,0:9", "spans under 10 columns and rows")):
         assert main(["infer", str(path), "--out", str(tmp_path / "o"), "--region", bad]) == 2
         assert says in capsys.readouterr().err
     with pytest.raises(ValueError, match=r"^region=\(\(0, 200\), \(0, 10\)\) is not a rectangle"):
         analyze(path, model=tiny_model, region=((0, 200), (0, 10)), progress=False)
+
+
+def test_a_region_shares_the_whole_frames_calibration_and_is_warned_of_when_too_small(
+        tiny_model, tmp_path):
+    m = make_movie(np.random.default_rng(1), GeneratorConfig(size=128, mode="hrtem"), n_frames=2)
+    path = tmp_path / "m.tif"
+    tifffile.imwrite(path, m.frames)  # no calibration: the pixel size is estimated
+    whole = analyze(path, model=tiny_model, progress=False).calibration
+    assert whole.pixel_size_source == "estimated"
+    for region in ("0:40,0:40", "70:128,20:60"):  # estimated on the frames, not the region
+        assert analyze(path, model=tiny_model, region=region,
+                       progress=False).calibration.pixel_size_nm == whole.pixel_size_nm
+    with pytest.warns(AnalysisWarning, match=r"the region \(12 x 15 px\) spans under 4 lattice fringes"):
+        res = analyze(path, model=tiny_model, region="50:62,30:45", progress=False)
+    assert res.detections.empty
+    assert run.infer_one(path, tmp_path / "o", model=tiny_model, region="0:40,0:40", movie=False,
+                         progress=False).calibration.pixel_size_nm == whole.pixel_size_nm  # calibrated apart
 
 
 def test_notebook_inputs_none_float32_overrides_and_parquet_without_pyarrow(tiny_model, tmp_path,
