@@ -207,9 +207,9 @@ def _run_infer(args: argparse.Namespace) -> int:
 
         frame_window(args.frames, sys.maxsize)
     if args.region is not None:  # likewise
-        from dislotrack.infer.options import region_box
+        from dislotrack.infer.options import region_bounds
 
-        region_box(args.region, (sys.maxsize, sys.maxsize))
+        region_bounds(args.region)
     if args.strain_resolution != 1.0 and not args.strain:
         raise ValueError("--strain-resolution applies to strain maps (--strain)")
     if not (math.isfinite(args.strain_resolution) and args.strain_resolution > 0):
@@ -327,11 +327,14 @@ def _infer_input(path: str, args: argparse.Namespace, done: dict) -> None:
         return
     done["written"], done["current"] = done["written"] + 1, None
     n = len(res.detections)
+    from dislotrack.infer.options import part_label
+
+    name = f"{path}{part_label(res.options)}"  # which part of it, where not the whole
     if res.shape[0] == 1:  # a single image: cores, no tracks or events to speak of
-        print(f"{path}: {n} core{'s' * (n != 1)}")
+        print(f"{name}: {n} core{'s' * (n != 1)}")
     else:
         counts = {"detection": n, "track": len(res.track_summary), "event": len(res.events)}
-        print(f"{path}: " + ", ".join(f"{k} {noun}{'s' * (k != 1)}" for noun, k in counts.items()))
+        print(f"{name}: " + ", ".join(f"{k} {noun}{'s' * (k != 1)}" for noun, k in counts.items()))
     for w in res.warnings:
         print(f"  warning: {w}", file=sys.stderr)
 

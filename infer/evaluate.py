@@ -6,6 +6,7 @@ annotated input and writes a report.
 
 from __future__ import annotations
 
+import glob
 import json
 from pathlib import Path
 
@@ -226,9 +227,15 @@ def evaluate_folders(pred_dir: str | Path, truth_dir: str | Path, *, figures: bo
     if not sides:
         raise ValueError(f"no annotations (<stem>.json, format dislotrack-annotation) in {truth_dir}")
     if not any((Path(pred_dir) / s.with_suffix("").name / "detections.csv").exists() for s in sides):
+        # A part's results (infer --frames / --region) are not its item's: not scored.
+        parts = sorted(d.name for s in sides
+                       for d in Path(pred_dir).glob(f"{glob.escape(s.with_suffix('').name)}_*")
+                       if (d / "detections.csv").exists())
+        also = (f"; {first_few(parts)} hold{'s' * (len(parts) == 1)} the results of part of an "
+                "image (infer --frames / --region), which are not scored" if parts else "")
         raise ValueError(f"none of the {len(sides)} annotated items of {truth_dir} has infer "
                          f"outputs in {pred_dir} (expected {Path(pred_dir) / '<stem>' / 'detections.csv'}; "
-                         "infer the annotated images themselves)")
+                         f"infer the annotated images themselves, whole{also})")
     report = {}
     pooled, n_pooled = DetectionTally(), 0  # items the model was not trained on
     rs_pooled = np.zeros(2)  # their rock salt: intersection, union [px]

@@ -21,6 +21,7 @@ from dislotrack.data_gen.conventions import edge_distance_px
 from dislotrack.infer.calibration import Calibration
 from dislotrack.infer.drift import UNSEEN_ALONG_FRINGES
 from dislotrack.infer.motion import MIN_TRAVEL_NM, MOVING_SE, moving_tracks
+from dislotrack.infer.options import part_label
 from dislotrack.infer.overlays import overlay_mask
 from dislotrack.infer.result import AnalysisResult, require_result
 
@@ -245,11 +246,7 @@ def _overlap(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
 def input_name(res: AnalysisResult) -> str:
     """The input's file or folder name, for figure titles, with the window of frames
     and the region analysed (``analyze(frames=, region=)``) where not the whole."""
-    options = res.options if isinstance(res.options, dict) else {}
-    parts = [f"frames {options['frames']}"] if options.get("frames") else []
-    if options.get("region"):  # "X0:X1,Y0:Y1"
-        parts.append("x {}, y {}".format(*options["region"].split(",")))
-    return Path(res.input_path).name + (f" ({'; '.join(parts)})" if parts else "")
+    return Path(res.input_path).name + part_label(res.options if isinstance(res.options, dict) else {})
 
 
 #: Up to this many tracks are named in the displacement legend (one colour each,
@@ -259,6 +256,7 @@ MAX_NAMED_TRACKS = len(PALETTE)
 #: What a positive value means, per displacement panel (README "Conventions").
 SIGN_CONVENTION = {"climb": "+: towards h, shortening the extra half-plane",
                    "glide": "+: along b = h turned 90° counter-clockwise as displayed"}
+
 
 def displacement(res: AnalysisResult, path: Path) -> None:
     """Write `displacement_figure` to ``path``."""

@@ -112,28 +112,25 @@ MIN_REGION_PX = 10
 Bounds = tuple[int | None, int | None]
 
 
-def region_box(region: str | tuple[Bounds, Bounds], shape: tuple[int, int]) -> tuple[int, int, int, int]:
-    """``(x0, x1, y0, y1)`` of a rectangle of frames of ``shape`` (rows, columns), from
-    ``"X0:X1,Y0:Y1"`` (pixel columns ``X0`` to ``X1 - 1`` and rows ``Y0`` to ``Y1 - 1``;
-    any end may be left out: 0, the edge) or a pair of pairs ``((x0, x1), (y0, y1))``.
+def region_bounds(region: str | tuple[Bounds, Bounds]) -> tuple[Bounds, Bounds]:
+    """``((x0, x1), (y0, y1))`` of ``"X0:X1,Y0:Y1"`` or a pair of pairs, ends left out as
+    None; checked as far as it can be without the frames (`region_box` checks the rest).
 
     Raises
     ------
     ValueError
-        Naming the option, if it is no rectangle of these frames or spans under
-        `MIN_REGION_PX` either way (the whole frame, however small, is accepted).
+        Naming the option: not that syntax, a negative end, or an end below its start.
 
     Examples
     --------
-    >>> region_box("100:612,0:512", (1024, 2048)), region_box(":,:256", (512, 640))
-    ((100, 612, 0, 512), (0, 640, 0, 256))
-    >>> region_box(((None, 300), (20, None)), (400, 500))
-    (0, 300, 20, 400)
+    >>> region_bounds("100:612, :512")
+    ((100, 612), (None, 512))
     """
+    text = isinstance(region, str)
     syntax = ValueError(f"{option('region')} must be X0:X1,Y0:Y1 (pixel columns, then rows, from 0, "
                         f"e.g. {option('region', '100:612,0:512', text=True)}; any end may be left "
                         f"out), got {region!r}")
-    if isinstance(region, str):
+    if text:
         try:
             axes = [tuple(int(v) if v.strip() else None for v in part.split(":"))
                     for part in region.split(",")]
@@ -145,21 +142,66 @@ def region_box(region: str | tuple[Bounds, Bounds], shape: tuple[int, int]) -> t
         raise syntax
     if len(axes) != 2 or any(len(a) != 2 or not all(map(_whole_or_none, a)) for a in axes):
         raise syntax
+    for (start, stop), what in zip(axes, ("columns", "rows"), strict=True):
+        if any(v is not None and v < 0 for v in (start, stop)):
+            raise ValueError(f"{option('region', region, text=text)}: pixels count from 0 "
+                             f"(no negative {what})")
+        if start is not None and stop is not None and stop <= start:
+            raise ValueError(f"{option('region', region, text=text)} holds no {what}: each START "
+                             "must be below its STOP")
+    return tuple(tuple(None if v is None else int(v) for v in a) for a in axes)
+
+
+def region_box(region: str | tuple[Bounds, Bounds], shape: tuple[int, int]) -> tuple[int, int, int, int]:
+    """``(x0, x1, y0, y1)`` of a rectangle of frames of ``shape`` (rows, columns), from
+    ``"X0:X1,Y0:Y1"`` (pixel columns ``X0`` to ``X1 - 1`` and rows ``Y0`` to ``Y1 - 1``;
+    any end may be left out: 0, the edge) or a pair of pairs ``((x0, x1), (y0, y1))``.
+
+    Raises
+    ------
+    ValueError
+        Naming the option, if it is no rectangle of these frames (`region_bounds`) or
+        spans under `MIN_REGION_PX` either way (the whole frame, however small, is accepted).
+
+    Examples
+    --------
+    >>> region_box("100:612,0:512", (1024, 2048)), region_box(":,:256", (512, 640))
+    ((100, 612, 0, 512), (0, 640, 0, 256))
+    >>> region_box(((None, 300), (20, None)), (400, 500))
+    (0, 300, 20, 400)
+    """
+    text = isinstance(region, str)
     box = []
-    for (start, stop), size, what in zip(axes, (shape[1], shape[0]), ("columns", "rows"), strict=True):
-        start, stop = 0 if start is None else int(start), size if stop is None else int(stop)
+    for (start, stop), size, what in zip(region_bounds(region), (shape[1], shape[0]),
+                                         ("columns", "rows"), strict=True):
+        start, stop = 0 if start is None else start, size if stop is None else stop
         if not 0 <= start < stop <= size:
-            raise ValueError(f"{option('region', region, text=isinstance(region, str))} is not a "
+            raise ValueError(f"{option('region', region, text=text)} is not a "
                              f"rectangle of the {shape[1]} x {shape[0]} px frames: {what} must "
                              f"satisfy 0 <= start < stop <= {size}")
         box += [start, stop]
     small = [what for what, n in (("columns", box[1] - box[0]), ("rows", box[3] - box[2]))
              if n < MIN_REGION_PX]
     if small and box != [0, shape[1], 0, shape[0]]:
-        raise ValueError(f"{option('region', region, text=isinstance(region, str))} spans under "
+        raise ValueError(f"{option('region', region, text=text)} spans under "
                          f"{MIN_REGION_PX} {' and '.join(small)}: too small to hold a dislocation "
                          "core and the lattice fringes around it")
     return tuple(box)
+
+
+def part_label(options: dict) -> str:
+    """``" (frames A:B; x X0:X1, y Y0:Y1)"`` for an analysis of a window or region of its
+    input (``options`` as recorded: `AnalysisResult.options`), "" for the whole.
+
+    Examples
+    --------
+    >>> part_label({"frames": "5:9", "region": "10:74,20:84"}), part_label({"frames": None})
+    (' (frames 5:9; x 10:74, y 20:84)', '')
+    """
+    parts = [f"frames {options['frames']}"] if options.get("frames") else []
+    if options.get("region"):  # "X0:X1,Y0:Y1"
+        parts.append("x {}, y {}".format(*options["region"].split(",")))
+    return f" ({'; '.join(parts)})" if parts else ""
 
 
 def _whole_or_none(v: object) -> bool:

@@ -21,6 +21,7 @@ import contextlib
 import ctypes
 import hashlib
 import logging
+import math
 import numbers
 import os
 import re
@@ -234,15 +235,20 @@ def cores_cannot_show(pixel_size_nm: float, shape: tuple[int, int], d_spacing_nm
     return None
 
 
-def region_calibration(cal: Calibration, frame_shape: tuple[int, int],
-                       region_shape: tuple[int, int], d_spacing_nm: float) -> Calibration:
-    """``cal``, made on whole frames of ``frame_shape`` (H, W) so that every region of a
-    movie shares one calibration, with `cores_cannot_show`'s warning for a region of
-    ``region_shape`` where the whole frames had none."""
+def check_region_size(cal: Calibration, frame_shape: tuple[int, int], region_shape: tuple[int, int],
+                      d_spacing_nm: float) -> None:
+    """Refuse a region of ``region_shape`` (H, W) too small to show a core
+    (`cores_cannot_show`) where the whole frames of ``frame_shape`` could show one: a region
+    is the user's choice, so a typo should not cost an analysis that can find nothing.
+    ``cal`` is made on the whole frames, so that every region of a movie shares it."""
     if cores_cannot_show(cal.pixel_size_nm, frame_shape, d_spacing_nm):
-        return cal  # said of the frames already
-    why = cores_cannot_show(cal.pixel_size_nm, region_shape, d_spacing_nm, what="region")
-    return cal if why is None else replace(cal, warnings=(*cal.warnings, why))
+        return  # the frames themselves cannot: warned of as for any movie
+    if cores_cannot_show(cal.pixel_size_nm, region_shape, d_spacing_nm, what="region"):
+        need = math.ceil(4 * d_spacing_nm / cal.pixel_size_nm)
+        raise ValueError(f"the region ({region_shape[1]} x {region_shape[0]} px) spans under 4 "
+                         f"lattice fringes ({d_spacing_nm / cal.pixel_size_nm:.3g} px each at "
+                         f"{cal.pixel_size_nm:.3g} nm/px) across: too small to show a dislocation "
+                         f"core; choose one of at least {need} px each way")
 
 
 #: Input-to-model zoom above which the input is called upsampled (warned; drift is then
@@ -403,9 +409,8 @@ def analyze(path: str | Path | Movie | np.ndarray, *, model: str | Path | None =
             movie, pixel_size_nm=pixel_size_nm, frame_interval_s=frame_interval_s,
             d_spacing_nm=d_spacing_nm)  # on whole frames: the same for every region
         if box is not None and box != (0, movie.shape[2], 0, movie.shape[1]):  # not the whole frame
-            frame_shape, movie = movie.shape[1:], movie.crop(*box)
-            if calibration is None:
-                cal = region_calibration(cal, frame_shape, movie.shape[1:], d_spacing_nm)
+            check_region_size(cal, movie.shape[1:], (box[3] - box[2], box[1] - box[0]), d_spacing_nm)
+            movie = movie.crop(*box)
         area = "{}:{},{}:{}".format(*movie.metadata["region"]) if "region" in movie.metadata else None
         s = scale_factor(cal.pixel_size_nm, canonical)
         views = 1 if detector != "unet" else default_tta(len(movie)) if tta is None else tta_views(tta)

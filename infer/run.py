@@ -26,7 +26,7 @@ from dislotrack.infer.columns import TABLES
 from dislotrack.infer.interface import option, unexpected_keywords
 from dislotrack.infer.options import frame_window, region_box
 from dislotrack.infer.outputs import MaskWriter, check_parquet, refuse_a_file, write_tables
-from dislotrack.infer.pipeline import AnalysisResult, analyze, calibrate, region_calibration
+from dislotrack.infer.pipeline import AnalysisResult, analyze, calibrate, check_region_size
 from dislotrack.infer.readers import Movie, open_movie
 from dislotrack.infer.strain import COMPONENTS as STRAIN_COMPONENTS
 from dislotrack.infer.warning_log import AnalysisWarning, named
@@ -95,7 +95,7 @@ def _infer_one(path: str | Path, out: str | Path, *, movie: bool, parquet: bool,
         ignored = None
         if frames is not None and len(whole) == 1:  # e.g. `infer movie.dm4 image.tif --frames 0:10`
             ignored = (f"{option('frames', frames, text=True)} does not apply to a single image: "
-                       "analysed it whole")
+                       "ignored")
             frames = None
         span = None if frames is None else frame_window(frames, len(whole))
         if span == (0, len(whole)):  # the whole movie: its results, under its own name
@@ -114,9 +114,9 @@ def _infer_one(path: str | Path, out: str | Path, *, movie: bool, parquet: bool,
                         frame_interval_s=options.get("frame_interval_s"),
                         d_spacing_nm=options.get("d_spacing_nm", D003_LINIO2_NM))
         if box is not None:  # calibrated on whole frames: the same for every region
-            frame_shape, m = m.shape[1:], m.crop(*box)
-            cal = region_calibration(cal, frame_shape, m.shape[1:],
-                                     options.get("d_spacing_nm", D003_LINIO2_NM))
+            check_region_size(cal, m.shape[1:], (box[3] - box[2], box[1] - box[0]),
+                              options.get("d_spacing_nm", D003_LINIO2_NM))
+            m = m.crop(*box)
         stale = stale_outputs(dest, movie=movie, strain=strain, parquet=parquet,
                               single_image=m.shape[0] == 1)
         earlier = earlier_input(dest)  # read before this run replaces it

@@ -1224,18 +1224,20 @@ def test_a_region_is_analysed_as_that_part_of_every_frame(tiny_model, tmp_path, 
                  "--region", "10:74,20:", "--frames", "1:", "--no-movie"]) == 0
     written = json.loads((tmp_path / "o" / "m_frames1-6_x10-74_y20-96" / "summary.json").read_text())
     assert written["options"]["region"] == "10:74,20:96" and written["input"]["shape"] == [5, 76, 64]
-    capsys.readouterr()
+    assert "m.tif (frames 1:6; x 10:74, y 20:96): " in capsys.readouterr().out  # the part analysed
     for bad, says in (("10:74", "must be X0:X1,Y0:Y1"), ("a:b,1:2", "must be X0:X1,Y0:Y1"),
-                      ("74:10,:", "not a rectangle"), ("0:97,:", "not a rectangle of the 96 x 96"),
+                      ("74:10,:", "holds no columns: each START must be below its STOP"),
+                      (":,5:5", "holds no rows"), ("-5:10,:", "pixels count from 0 (no negative columns)"),
+                      ("0:97,:", "not a rectangle of the 96 x 96"),
                       ("0:1,:", "spans under 10 columns: too small"),
                       ("5:14,0:9", "spans under 10 columns and rows")):
-        assert main(["infer", str(path), "--out", str(tmp_path / "o"), "--region", bad]) == 2
+        assert main(["infer", str(path), "--out", str(tmp_path / "o"), f"--region={bad}"]) == 2
         assert says in capsys.readouterr().err
     with pytest.raises(ValueError, match=r"^region=\(\(0, 200\), \(0, 10\)\) is not a rectangle"):
         analyze(path, model=tiny_model, region=((0, 200), (0, 10)), progress=False)
 
 
-def test_a_region_shares_the_whole_frames_calibration_and_is_warned_of_when_too_small(
+def test_a_region_shares_the_whole_frames_calibration_and_is_refused_when_too_small(
         tiny_model, tmp_path):
     m = make_movie(np.random.default_rng(1), GeneratorConfig(size=128, mode="hrtem"), n_frames=2)
     path = tmp_path / "m.tif"
@@ -1245,9 +1247,12 @@ def test_a_region_shares_the_whole_frames_calibration_and_is_warned_of_when_too_
     for region in ("0:40,0:40", "70:128,20:60"):  # estimated on the frames, not the region
         assert analyze(path, model=tiny_model, region=region,
                        progress=False).calibration.pixel_size_nm == whole.pixel_size_nm
-    with pytest.warns(AnalysisWarning, match=r"the region \(12 x 15 px\) spans under 4 lattice fringes"):
-        res = analyze(path, model=tiny_model, region="50:62,30:45", progress=False)
-    assert res.detections.empty
+    with pytest.raises(ValueError, match=r"the region \(12 x 15 px\) spans under 4 lattice fringes "
+                                         r"\(4.7\d px each .* at least 19 px each way"):
+        analyze(path, model=tiny_model, region="50:62,30:45", progress=False)
+    assert main(["infer", str(path), "--out", str(tmp_path / "small"), "--model", str(tiny_model),
+                 "--region", "50:62,30:45"]) == 2
+    assert not (tmp_path / "small").exists()  # refused before anything was written
     assert run.infer_one(path, tmp_path / "o", model=tiny_model, region="0:40,0:40", movie=False,
                          progress=False).calibration.pixel_size_nm == whole.pixel_size_nm  # calibrated apart
 
@@ -1983,7 +1988,7 @@ def test_a_frames_window_leaves_a_single_image_among_movies_whole(tiny_model, tm
     np.save(image, np.zeros((32, 32), np.float32))
     assert main(["infer", str(movie), str(image), "--out", str(tmp_path / "o"), "--frames", "2:10",
                  "--model", str(tiny_model), "--pixel-size", "0.1", "--no-movie"]) == 0
-    said = "--frames 2:10 does not apply to a single image: analysed it whole"
+    said = "--frames 2:10 does not apply to a single image: ignored"
     assert said in capsys.readouterr().err
     assert said in json.loads((tmp_path / "o" / "image" / "summary.json").read_text())["warnings"]
     assert (tmp_path / "o" / "movie_frames2-10" / "summary.json").is_file()
