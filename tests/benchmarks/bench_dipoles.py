@@ -101,6 +101,10 @@ def main() -> None:
         print(f"\n{n_true} true dipoles, {len(table)} measured pairs, {len(ok)} matched to a true pair; "
               f"expansion mode (b range > h range) as the truth's: {same:.2f}; median spacing error "
               f"{ok.spacing_error_nm.median():.2f} nm")
+        glide_true = ok.b_range_true > ok.h_range_true
+        for name, truth in (("glide", glide_true), ("climb", ~glide_true)):
+            called = ((ok.b_range > ok.h_range) == glide_true)[truth]
+            print(f"  truly expanding by {name}: {int(truth.sum())}, called so: {int(called.sum())}")
 
 
 if __name__ == "__main__":
