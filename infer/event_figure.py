@@ -112,6 +112,34 @@ def event_windows(res: AnalysisResult, events: pd.DataFrame,
     return pd.DataFrame(rows, columns=["event", "offset", "frame", "x", "y"])
 
 
+def with_gaps(tracks: pd.DataFrame) -> pd.DataFrame:
+    """``tracks`` plus a row for every frame a track skips (linked across missed
+    detections): raw ``x``, ``y`` interpolated linearly, ``hx``, ``hy`` of the detection
+    before; column ``missed`` tells those rows (True) from the detections.
+
+    Examples
+    --------
+    >>> t = pd.DataFrame({"particle": 3, "frame": [0, 3], "x": [0.0, 3.0], "y": 1.0,
+    ...                   "hx": 0.0, "hy": 1.0})
+    >>> with_gaps(t)[["frame", "x", "missed"]].values.tolist()
+    [[0, 0.0, False], [1, 1.0, True], [2, 2.0, True], [3, 3.0, False]]
+    """
+    columns = ["particle", "frame", "x", "y", "hx", "hy"]
+    parts = []
+    for _, g in tracks[columns].groupby("particle", sort=False):
+        g = g.sort_values("frame")
+        every = pd.RangeIndex(int(g["frame"].iloc[0]), int(g["frame"].iloc[-1]) + 1, name="frame")
+        full = g.set_index("frame").reindex(every)
+        missed = full["x"].isna().to_numpy()
+        full[["x", "y"]] = full[["x", "y"]].interpolate(method="index")
+        full[["particle", "hx", "hy"]] = full[["particle", "hx", "hy"]].ffill()
+        parts.append(full.reset_index().assign(missed=missed))
+    if not parts:
+        return tracks[columns].assign(missed=pd.Series(dtype=bool))
+    out = pd.concat(parts, ignore_index=True)
+    return out.astype({"particle": tracks["particle"].dtype, "frame": int})
+
+
 def crop(frame: np.ndarray, x: float, y: float, side: int) -> tuple[np.ndarray, int, int]:
     """A ``side``-square crop of ``frame`` centred on pixel ``(round(x), round(y))``, NaN
     beyond the frame's edge (the event stays in the centre), and its top-left pixel
@@ -156,8 +184,8 @@ def events_figure(res: AnalysisResult, frames: Frames, *, max_events: int = MAX_
     it (``offsets``): crops of `CROP_NM` centred on the event and following the drift,
     one contrast per row, the tracked cores drawn as ⊥ in their track's colour (the colours
     of trajectories.png; the stem along h, into the extra half-plane, the bar along b) with
-    the track number; the event's frame framed in
-    red. Each row is labelled with the event's kind, tracks and position.
+    the track number (dotted in frames the track skips, `with_gaps`); the event's frame
+    framed in red. Each row is labelled with the event's kind, tracks and position.
 
     Parameters
     ----------
@@ -206,7 +234,8 @@ def events_figure(res: AnalysisResult, frames: Frames, *, max_events: int = MAX_
     side = crop_side_px(res.calibration.pixel_size_nm, tuple(res.shape[1:]))
     windows = event_windows(res, chosen, offsets)
     cropped = read_crops(frames, windows, side)
-    tracks = res.tracks.set_index("frame", drop=False) if len(res.tracks) else res.tracks
+    tracks = with_gaps(res.tracks) if len(res.tracks) else res.tracks
+    tracks = tracks.set_index("frame", drop=False) if len(tracks) else tracks
     dt = res.calibration.frame_interval_s
     for row, (i, ev) in zip(axes, chosen.iterrows(), strict=True):
         panels = windows[windows.event == i]
@@ -260,9 +289,11 @@ def _panel(ax: Axes, res: AnalysisResult, tracks: pd.DataFrame,
         b = b_hat_from_h(h)
         # The dislocation symbol: the stem into the extra half-plane (h), the bar along
         # the glide plane (b); the core at their junction stays visible.
+        # Dashed where the track skips a missed detection (its interpolated place).
         ax.plot([x - arm * b[0], x + arm * b[0], np.nan, x, x + 1.5 * arm * h[0]],
-                [y - arm * b[1], y + arm * b[1], np.nan, y, y + 1.5 * arm * h[1]], "-",
-                color=c, lw=2.0, solid_capstyle="butt", path_effects=rim)
+                [y - arm * b[1], y + arm * b[1], np.nan, y, y + 1.5 * arm * h[1]],
+                ":" if r.get("missed", False) else "-", color=c, lw=2.0,
+                solid_capstyle="butt", path_effects=rim)
         ax.text(x + 1.2 * arm, y - 1.2 * arm, str(int(r["particle"])), color=c, fontsize=7,
                 fontweight="bold", path_effects=rim)
     ax.set(xlim=(-0.5, side - 0.5), ylim=(side - 0.5, -0.5))  # markers must not widen it

@@ -86,6 +86,17 @@ def test_cores_are_drawn_where_they_are_with_the_stem_along_h_and_the_bar_along_
     assert [t.get_text() for t in at.texts] == ["7"]
 
 
+def test_a_frame_the_track_skips_shows_a_dotted_symbol_where_the_core_would_be():
+    res = result(nucleation())
+    res.tracks = res.tracks[res.tracks.frame != 5].reset_index(drop=True)  # missed in frame 5
+    fig = event_figure.events_figure(res, frames())
+    at, skipped, after = fig.axes[2], fig.axes[3], fig.axes[4]  # frames 4, 5, 6
+    assert [line.get_linestyle() for line in (*at.lines, *skipped.lines, *after.lines)] == ["-", ":", "-"]
+    centre = event_figure.crop_side_px(0.1, (SIZE, SIZE)) // 2
+    x, y = skipped.lines[0].get_data()
+    assert (x[3], y[3]) == pytest.approx((centre, centre))  # on the specimen point, interpolated
+
+
 def test_frames_beyond_the_movie_are_blank_and_edges_are_padded():
     late = nucleation(N_FRAMES - 1)
     fig = event_figure.events_figure(result(late), frames())
