@@ -4,6 +4,7 @@ its evaluation against annotations."""
 from __future__ import annotations
 
 import math
+import textwrap
 import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -285,7 +286,8 @@ def displacement_figure(res: AnalysisResult) -> plt.Figure:
         t = t.iloc[:0]
     named = t.particle.nunique() <= MAX_NAMED_TRACKS if len(t) else False
     for ax, col, name in zip(axes, ["climb_nm", "glide_nm"], ["climb", "glide"], strict=True):
-        title = f"{name} ({SIGN_CONVENTION[name]})"
+        # Wrapped: a title wider than its axes runs under the legend beside them.
+        title = "\n".join(textwrap.wrap(f"{name} ({SIGN_CONVENTION[name]})", 48))
         if len(t):
             rel = t.assign(rel=t.frame - t.groupby("particle").frame.transform("min"))
             for pid, g in rel.groupby("particle"):
