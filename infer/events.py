@@ -15,8 +15,10 @@ there is as often unseen as absent: a track whose first (last) detection is flag
 `dislotrack.infer.pipeline.analyze`) was born ``from_rocksalt`` (died ``into_rocksalt``)
 rather than nucleated (annihilated); present/survived and the frame edge come first.
 Except for dipoles: two opposite cores that appear (vanish) together, side by side,
-are the dipole's nucleation (annihilation) even at rock salt; a hidden pair would
-have to come into view within the same ``max_frame_gap`` frames by chance.
+are the dipole's nucleation (annihilation) even at rock salt, or with one of them at the
+frame edge; a hidden pair would have to come into view within the same ``max_frame_gap``
+frames by chance (with both at the edge they entered or left: a pair may glide in or out
+together).
 
 Two tracks form a *dipole* when their mean **h** are opposite (within
 ``opposite_tolerance_deg``) and either they nucleate together (first frames at
@@ -164,7 +166,7 @@ def summarise_tracks(
     # Ends and paths once for both: pairing and the joint rock-salt fates read them.
     ends = _track_ends(tracks, pixel_size_nm)
     pairs = _pair_ends(ends, fates, _paths_nm(tracks, pixel_size_nm), dipoles)
-    fates = _joint_rocksalt_fates(fates, pairs, ends, dipoles)
+    fates = _joint_fates(fates, pairs, ends, dipoles)
     summary = velocities.merge(fates, on=["particle", "first_frame", "last_frame"])
     partner = dict(pairs) | {b: a for a, b in pairs}
     summary["partner"] = summary["particle"].map(partner).astype("Int64")
@@ -481,8 +483,8 @@ def _alone(a: pd.Series, b: pd.Series, criteria: DipoleCriteria) -> bool:
     """Whether track ``a`` nucleated long after ``b`` appeared, or annihilated long before
     ``b`` vanished: a dipole nucleates and annihilates as a pair."""
     lag = criteria.max_lag_frames
-    return bool((a["birth"] in _JOINT_BIRTHS and a["frame_start"] - b["frame_start"] > lag)
-                or (a["death"] in _JOINT_DEATHS and b["frame_stop"] - a["frame_stop"] > lag))
+    return bool((a["birth"] in _JOINT_BIRTHS - _EDGE_FATES and a["frame_start"] - b["frame_start"] > lag)
+                or (a["death"] in _JOINT_DEATHS - _EDGE_FATES and b["frame_stop"] - a["frame_stop"] > lag))
 
 
 def _box_gaps(ends: pd.DataFrame) -> np.ndarray:
@@ -495,19 +497,28 @@ def _box_gaps(ends: pd.DataFrame) -> np.ndarray:
 
 
 #: Births (deaths) with which two tracks that start (stop) together form a dipole.
-_JOINT_BIRTHS, _JOINT_DEATHS = {"nucleated", "from_rocksalt"}, {"annihilated", "into_rocksalt"}
+_JOINT_BIRTHS = {"nucleated", "from_rocksalt", "entered"}
+_JOINT_DEATHS = {"annihilated", "into_rocksalt", "left"}
+#: ... but not both at the frame edge: a pair may glide in or out together.
+_EDGE_FATES = {"entered", "left"}
 
 
-def _joint_rocksalt_fates(fates: pd.DataFrame, pairs: list[tuple[int, int]], ends: pd.DataFrame,
+def _joint(fates: set[str], joint: set[str]) -> bool:
+    """Whether two tracks' births (deaths) ``fates`` let them start (stop) as a dipole."""
+    return fates <= joint and not fates <= _EDGE_FATES
+
+
+def _joint_fates(fates: pd.DataFrame, pairs: list[tuple[int, int]], ends: pd.DataFrame,
                           criteria: DipoleCriteria) -> pd.DataFrame:
-    """Dipoles that start (stop) together at rock salt nucleated (annihilated) there:
-    two opposite cores appearing (vanishing) at once, side by side, is the signature
-    of the event itself, not of cores the rock salt happened to hide."""
+    """Dipoles that start (stop) together at rock salt, or with one core at the frame
+    edge, nucleated (annihilated) there: two opposite cores appearing (vanishing) at once,
+    side by side, is the signature of the event itself, not of cores the rock salt
+    happened to hide or that happened to cross the edge then."""
     fates = fates.set_index("particle")
     for a, b in pairs:
         for fate, joint, stage, value in (("birth", _JOINT_BIRTHS, "start", "nucleated"),
                                           ("death", _JOINT_DEATHS, "stop", "annihilated")):
-            if {fates.at[a, fate], fates.at[b, fate]} <= joint and _together(
+            if _joint({fates.at[a, fate], fates.at[b, fate]}, joint) and _together(
                     ends.loc[a], ends.loc[b], stage, criteria):
                 fates.loc[[a, b], fate] = value
     return fates.reset_index()
@@ -515,9 +526,9 @@ def _joint_rocksalt_fates(fates: pd.DataFrame, pairs: list[tuple[int, int]], end
 
 def _pair_cost(a: pd.Series, b: pd.Series, paths, criteria: DipoleCriteria) -> float | None:
     """Separation [nm] ranking a dipole candidate, or None if it is no dipole."""
-    if {a["birth"], b["birth"]} <= _JOINT_BIRTHS and _together(a, b, "start", criteria):
+    if _joint({a["birth"], b["birth"]}, _JOINT_BIRTHS) and _together(a, b, "start", criteria):
         return float(np.hypot(a["xn_start"] - b["xn_start"], a["yn_start"] - b["yn_start"]))
-    if {a["death"], b["death"]} <= _JOINT_DEATHS and _together(a, b, "stop", criteria):
+    if _joint({a["death"], b["death"]}, _JOINT_DEATHS) and _together(a, b, "stop", criteria):
         return float(np.hypot(a["xn_stop"] - b["xn_stop"], a["yn_stop"] - b["yn_stop"]))
     if (a["frame_start"] == a["frame_stop"] == b["frame_start"] == b["frame_stop"]
             and {a["birth"], b["birth"]} == {"present"} and {a["death"], b["death"]} == {"survived"}):
