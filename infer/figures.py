@@ -287,7 +287,7 @@ def displacement_figure(res: AnalysisResult) -> plt.Figure:
     named = t.particle.nunique() <= MAX_NAMED_TRACKS if len(t) else False
     for ax, col, name in zip(axes, ["climb_nm", "glide_nm"], ["climb", "glide"], strict=True):
         # Wrapped: a title wider than its axes runs under the legend beside them.
-        title = "\n".join(textwrap.wrap(f"{name} ({SIGN_CONVENTION[name]})", 48))
+        title = "\n".join(textwrap.wrap(f"{name} ({SIGN_CONVENTION[name]})", 52, break_on_hyphens=False))
         if len(t):
             rel = t.assign(rel=t.frame - t.groupby("particle").frame.transform("min"))
             for pid, g in rel.groupby("particle"):
