@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import glob
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -203,6 +204,11 @@ def _rocksalt_judged(pred_dir: Path) -> bool:
     return not counts.exists() or pd.read_csv(counts)["rocksalt_fraction"].notna().any()
 
 
+#: How infer names the results of part of an input: ``<stem>_framesA-B``, ``<stem>_xX0-X1_yY0-Y1``
+#: or both (`dislotrack.infer.run`).
+_PART_SUFFIX = re.compile(r"(_frames\d+-\d+)?(_x\d+-\d+_y\d+-\d+)?(?<=\d)")
+
+
 def evaluate_folders(pred_dir: str | Path, truth_dir: str | Path, *, figures: bool = True,
                      progress: bool = True) -> dict:
     """Score every annotated item of ``truth_dir`` against ``pred_dir/<stem>/``.
@@ -230,7 +236,8 @@ def evaluate_folders(pred_dir: str | Path, truth_dir: str | Path, *, figures: bo
         # A part's results (infer --frames / --region) are not its item's: not scored.
         parts = sorted(d.name for s in sides
                        for d in Path(pred_dir).glob(f"{glob.escape(s.with_suffix('').name)}_*")
-                       if (d / "detections.csv").exists())
+                       if _PART_SUFFIX.fullmatch(d.name[len(s.with_suffix("").name):])
+                       and (d / "detections.csv").exists())
         also = (f"; {first_few(parts)} hold{'s' * (len(parts) == 1)} the results of part of an "
                 "image (infer --frames / --region), which are not scored" if parts else "")
         raise ValueError(f"none of the {len(sides)} annotated items of {truth_dir} has infer "

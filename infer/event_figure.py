@@ -112,10 +112,24 @@ def event_windows(res: AnalysisResult, events: pd.DataFrame,
     return pd.DataFrame(rows, columns=["event", "offset", "frame", "x", "y"])
 
 
-def with_gaps(tracks: pd.DataFrame) -> pd.DataFrame:
+def with_gaps(tracks: pd.DataFrame, drift: pd.DataFrame | None = None) -> pd.DataFrame:
     """``tracks`` plus a row for every frame a track skips (linked across missed
-    detections): raw ``x``, ``y`` interpolated linearly, ``hx``, ``hy`` of the detection
-    before; column ``missed`` tells those rows (True) from the detections.
+    detections), where the core would be.
+
+    Parameters
+    ----------
+    tracks : DataFrame
+        ``particle, frame, x, y`` [px, raw], ``hx, hy``; with ``x_corr``, ``y_corr`` (drift
+        removed), the skipped frames' places are interpolated on the specimen and moved
+        by that frame's ``drift``, else interpolated in raw pixels.
+    drift : DataFrame, optional
+        ``frame, dx, dy`` [px] (`AnalysisResult.drift`).
+
+    Returns
+    -------
+    DataFrame
+        ``particle, frame, x, y, hx, hy`` (``hx``, ``hy`` of the detection before a gap)
+        and ``missed`` (True for the added rows).
 
     Examples
     --------
@@ -124,19 +138,28 @@ def with_gaps(tracks: pd.DataFrame) -> pd.DataFrame:
     >>> with_gaps(t)[["frame", "x", "missed"]].values.tolist()
     [[0, 0.0, False], [1, 1.0, True], [2, 2.0, True], [3, 3.0, False]]
     """
-    columns = ["particle", "frame", "x", "y", "hx", "hy"]
+    corrected = drift is not None and {"x_corr", "y_corr"} <= set(tracks.columns)
+    place = ["x_corr", "y_corr"] if corrected else ["x", "y"]
+    columns = list(dict.fromkeys(["particle", "frame", "x", "y", "hx", "hy", *place]))
     parts = []
     for _, g in tracks[columns].groupby("particle", sort=False):
         g = g.sort_values("frame")
         every = pd.RangeIndex(int(g["frame"].iloc[0]), int(g["frame"].iloc[-1]) + 1, name="frame")
         full = g.set_index("frame").reindex(every)
         missed = full["x"].isna().to_numpy()
-        full[["x", "y"]] = full[["x", "y"]].interpolate(method="index")
+        full[place] = full[place].interpolate(method="index")
         full[["particle", "hx", "hy"]] = full[["particle", "hx", "hy"]].ffill()
         parts.append(full.reset_index().assign(missed=missed))
     if not parts:
-        return tracks[columns].assign(missed=pd.Series(dtype=bool))
+        return tracks[columns[:6]].assign(missed=pd.Series(dtype=bool))
     out = pd.concat(parts, ignore_index=True)
+    if corrected:  # back to raw pixels of each skipped frame
+        shift = drift.set_index("frame").reindex(out["frame"])[["dx", "dy"]].to_numpy(float)
+        gap = out["missed"].to_numpy() & np.isfinite(shift).all(axis=1)
+        out.loc[gap, "x"] = out.loc[gap, "x_corr"] + shift[gap, 0]
+        out.loc[gap, "y"] = out.loc[gap, "y_corr"] + shift[gap, 1]
+        out = out.drop(columns=["x_corr", "y_corr"])
+    out[["x", "y"]] = out[["x", "y"]].interpolate()  # a gap frame without a drift row
     return out.astype({"particle": tracks["particle"].dtype, "frame": int})
 
 
@@ -160,11 +183,26 @@ def crop(frame: np.ndarray, x: float, y: float, side: int) -> tuple[np.ndarray, 
     return out, x0, y0
 
 
-def read_crops(frames: Frames, windows: pd.DataFrame, side: int) -> dict[tuple[int, int], tuple]:
-    """`crop` of every window (`event_windows`) within the movie, by ``(event, offset)``;
-    each frame is read once and only its crops are kept (not whole frames)."""
+def read_crops(frames: Frames, windows: pd.DataFrame, side: int
+               ) -> dict[tuple[int, int], tuple[np.ndarray, int, int]]:
+    """`crop` of every window within the movie, by ``(event, offset)``.
+
+    Parameters
+    ----------
+    frames : Movie or ndarray (t, y, x)
+    windows : DataFrame
+        `event_windows`.
+    side : int
+        Crop side [px].
+
+    Returns
+    -------
+    dict
+        ``(event, offset) -> (crop, x0, y0)``; each frame is read once, and only its crops
+        are kept, not the whole frame.
+    """
     n = len(frames)
-    out: dict[tuple[int, int], tuple] = {}
+    out: dict[tuple[int, int], tuple[np.ndarray, int, int]] = {}
     for f, panels in windows[(windows.frame >= 0) & (windows.frame < n)].groupby("frame"):
         image = np.asarray(frames[int(f)], dtype=np.float32)
         for w in panels.itertuples():
@@ -209,7 +247,7 @@ def events_figure(res: AnalysisResult, frames: Frames, *, max_events: int = MAX_
         If ``frames`` is not the shape analysed.
     """
     require_result(res, "events_figure")
-    shape = tuple(frames.shape)
+    shape = tuple(frames.shape) if hasattr(frames, "shape") else np.shape(frames)  # a list of frames too
     if shape != tuple(res.shape):
         part = "".join(f".{how}({res.options[key].replace(',', ':').replace(':', ', ')})"
                        for key, how in (("frames", "window"), ("region", "crop"))
@@ -234,7 +272,7 @@ def events_figure(res: AnalysisResult, frames: Frames, *, max_events: int = MAX_
     side = crop_side_px(res.calibration.pixel_size_nm, tuple(res.shape[1:]))
     windows = event_windows(res, chosen, offsets)
     cropped = read_crops(frames, windows, side)
-    tracks = with_gaps(res.tracks) if len(res.tracks) else res.tracks
+    tracks = with_gaps(res.tracks, res.drift) if len(res.tracks) else res.tracks
     tracks = tracks.set_index("frame", drop=False) if len(tracks) else tracks
     dt = res.calibration.frame_interval_s
     for row, (i, ev) in zip(axes, chosen.iterrows(), strict=True):
@@ -289,7 +327,7 @@ def _panel(ax: Axes, res: AnalysisResult, tracks: pd.DataFrame,
         b = b_hat_from_h(h)
         # The dislocation symbol: the stem into the extra half-plane (h), the bar along
         # the glide plane (b); the core at their junction stays visible.
-        # Dashed where the track skips a missed detection (its interpolated place).
+        # Dotted where the track skips a missed detection (its interpolated place).
         ax.plot([x - arm * b[0], x + arm * b[0], np.nan, x, x + 1.5 * arm * h[0]],
                 [y - arm * b[1], y + arm * b[1], np.nan, y, y + 1.5 * arm * h[1]],
                 ":" if r.get("missed", False) else "-", color=c, lw=2.0,

@@ -35,8 +35,9 @@ closest first. Distances use drift-corrected positions when present.
 
 Events sit where they are seen: a nucleation at a track's first detection, an
 annihilation at its last. A dipole that nucleates together gives one
-``dipole_nucleation`` (earlier first frame, midpoint of the two first positions)
-instead of two nucleations; likewise ``dipole_annihilation`` (later last frame).
+``dipole_nucleation`` (earlier first frame, at the pair's midpoint in that frame: its two
+first positions, drift-corrected, put back in that frame's raw pixels) instead of two
+nucleations; likewise ``dipole_annihilation`` (later last frame).
 Event ``x``, ``y`` are raw image positions [px]; ``particles`` lists the track ids
 separated by spaces.
 
@@ -509,7 +510,7 @@ def _joint(fates: set[str], joint: set[str]) -> bool:
 
 
 def _joint_fates(fates: pd.DataFrame, pairs: list[tuple[int, int]], ends: pd.DataFrame,
-                          criteria: DipoleCriteria) -> pd.DataFrame:
+                 criteria: DipoleCriteria) -> pd.DataFrame:
     """Dipoles that start (stop) together at rock salt, or with one core at the frame
     edge, nucleated (annihilated) there: two opposite cores appearing (vanishing) at once,
     side by side, is the signature of the event itself, not of cores the rock salt

@@ -161,7 +161,8 @@ def region_box(region: str | tuple[Bounds, Bounds], shape: tuple[int, int]) -> t
     ------
     ValueError
         Naming the option, if it is no rectangle of these frames (`region_bounds`) or
-        spans under `MIN_REGION_PX` either way (the whole frame, however small, is accepted).
+        spans under `MIN_REGION_PX` either way (an axis left whole is accepted, however
+        narrow).
 
     Examples
     --------
@@ -180,9 +181,11 @@ def region_box(region: str | tuple[Bounds, Bounds], shape: tuple[int, int]) -> t
                              f"rectangle of the {shape[1]} x {shape[0]} px frames: {what} must "
                              f"satisfy 0 <= start < stop <= {size}")
         box += [start, stop]
-    small = [what for what, n in (("columns", box[1] - box[0]), ("rows", box[3] - box[2]))
-             if n < MIN_REGION_PX]
-    if small and box != [0, shape[1], 0, shape[0]]:
+    # An axis left whole is accepted however narrow the frames are.
+    small = [what for what, n, size in (("columns", box[1] - box[0], shape[1]),
+                                        ("rows", box[3] - box[2], shape[0]))
+             if n < min(MIN_REGION_PX, size)]
+    if small:
         raise ValueError(f"{option('region', region, text=text)} spans under "
                          f"{MIN_REGION_PX} {' and '.join(small)}: too small to hold a dislocation "
                          "core and the lattice fringes around it")

@@ -42,7 +42,7 @@ class MaskWriter:
         self._tags = {"resolution": (1 / pixel_size_nm, 1 / pixel_size_nm) if pixel_size_nm else None,
                       "metadata": meta}
         self._partial = path.with_name(f".{path.stem}.partial{path.suffix}")
-        self._mm = tifffile.memmap(self._partial, shape=shape, dtype=np.uint8)
+        self._mm = tifffile.memmap(self._partial, shape=shape, dtype=np.uint8, photometric="minisblack")
 
     def __call__(self, frame: int, mask: np.ndarray) -> None:
         self._mm[frame] = mask
@@ -51,14 +51,18 @@ class MaskWriter:
         """Write the compressed stack and remove the uncompressed one."""
         if self._mm is None:
             return
-        mm, self._mm = self._mm, None
         try:
-            # tifffile's ImageJ layout takes frames one pixel wide for colour samples.
-            tifffile.imwrite(self.path, (mm[i] for i in range(len(mm))), shape=self._shape,
-                             dtype=np.uint8, imagej=self._shape[2] > 1, compression="zlib",
-                             **self._tags)
+            # The memory-mapped stack itself: tifffile reads it page by page as it compresses.
+            # ImageJ's layout takes frames one pixel wide for colour samples: plain TIFF then.
+            tifffile.imwrite(self.path, self._mm, imagej=self._shape[2] > 1, photometric="minisblack",
+                             compression="zlib", **self._tags)
         finally:
-            del mm  # unmapped before the file goes (Windows cannot remove a mapped file)
+            self.discard()
+
+    def discard(self) -> None:
+        """Remove the uncompressed stack without writing anything (an analysis that failed)."""
+        if self._mm is not None:
+            self._mm = None  # unmapped before the file goes (Windows cannot remove a mapped file)
             self._partial.unlink(missing_ok=True)
 
 

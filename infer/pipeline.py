@@ -237,10 +237,24 @@ def cores_cannot_show(pixel_size_nm: float, shape: tuple[int, int], d_spacing_nm
 
 def check_region_size(cal: Calibration, frame_shape: tuple[int, int], region_shape: tuple[int, int],
                       d_spacing_nm: float) -> None:
-    """Refuse a region of ``region_shape`` (H, W) too small to show a core
-    (`cores_cannot_show`) where the whole frames of ``frame_shape`` could show one: a region
-    is the user's choice, so a typo should not cost an analysis that can find nothing.
-    ``cal`` is made on the whole frames, so that every region of a movie shares it."""
+    """Refuse a region too small to show a core (`cores_cannot_show`) where the whole
+    frames could show one: a region is the user's choice, so a typo should not cost an
+    analysis that can find nothing.
+
+    Parameters
+    ----------
+    cal : Calibration
+        Made on the whole frames, so that every region of a movie shares it.
+    frame_shape, region_shape : tuple of int
+        (H, W) of the frames and of the region [px].
+    d_spacing_nm : float
+        The (003) spacing [nm].
+
+    Raises
+    ------
+    ValueError
+        Saying how many pixels the region needs each way.
+    """
     if cores_cannot_show(cal.pixel_size_nm, frame_shape, d_spacing_nm):
         return  # the frames themselves cannot: warned of as for any movie
     if cores_cannot_show(cal.pixel_size_nm, region_shape, d_spacing_nm, what="region"):

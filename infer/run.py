@@ -300,10 +300,14 @@ def _analyze_and_write(m: Movie, dest: Path, cal: Calibration, *, movie: bool, p
                                      resolution_nm=strain_resolution_nm)
     try:
         res = analyze(m, calibration=cal, mask_sink=writer, frame_sink=strain_writer, **options)
-    finally:
-        writer.close()
+    except BaseException:  # Ctrl-C included: nothing to compress, and no error over this one
+        writer.discard()
         if strain_writer is not None:
-            strain_writer.close()
+            strain_writer.discard()
+        raise
+    writer.close()
+    if strain_writer is not None:
+        strain_writer.close()
     if strain_writer is not None:
         strain_writer.figure(dest / "figures" / "strain.png")
     res.warnings[:0] = [n for n in notes if n not in res.warnings]

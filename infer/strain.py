@@ -94,7 +94,12 @@ class StrainWriter:
                            "(003) spacing: check the pixel size and %s (another material?)",
                            d, 100 * abs(d / self.d - 1), self.d, option("d_spacing_nm"))
 
+    def discard(self) -> None:
+        """Drop the maps unwritten (an analysis that failed; its folder goes)."""
+        self.maps = {}
+
     def close(self) -> None:
+        """Write the maps (NaN throughout where no reflections were found)."""
         for mm in self.maps.values():
             if self.first is None:  # no reflections, no maps: NaN, not a strain of zero
                 mm[:] = np.nan

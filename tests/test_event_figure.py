@@ -159,3 +159,22 @@ def test_each_frame_shown_is_read_once_however_many_events_show_it():
     movie = CountingFrames(frames())
     event_figure.events_figure(result(two), movie)
     assert sorted(movie.reads) == [2, 3, 4, 5, 6, 7]  # frames 4 +- 2 and 5 +- 2, each once
+
+
+def test_a_skipped_frame_s_place_follows_the_specimen_through_an_uneven_drift():
+    tracks = pd.DataFrame({"particle": 1, "frame": [4, 6], "x": [50.0, 60.0], "y": 20.0,
+                           "x_corr": [50.0, 50.0], "y_corr": 20.0, "hx": 1.0, "hy": 0.0})
+    drift = pd.DataFrame({"frame": [4, 5, 6], "dx": [0.0, 10.0, 10.0], "dy": 0.0})  # a jump at 5
+    filled = event_figure.with_gaps(tracks, drift)
+    assert filled[["frame", "x", "y", "missed"]].values.tolist() == [
+        [4, 50.0, 20.0, False], [5, 60.0, 20.0, True], [6, 60.0, 20.0, False]]
+    assert event_figure.with_gaps(tracks).x.tolist() == [50.0, 55.0, 60.0]  # no drift: raw pixels
+
+
+def test_only_crops_are_kept_of_the_frames_read():
+    res = result(nucleation())
+    side = event_figure.crop_side_px(0.1, (SIZE, SIZE))
+    windows = event_figure.event_windows(res, res.events)
+    crops = event_figure.read_crops(frames(), windows, side)
+    assert sorted(crops) == [(0, k) for k in event_figure.OFFSETS]
+    assert all(c.shape == (side, side) and side < SIZE for c, _, _ in crops.values())

@@ -140,7 +140,7 @@ def test_a_dipole_that_appears_and_vanishes_together_at_rock_salt_nucleated_and_
 
 def test_a_dipole_that_appears_together_with_one_core_at_the_frame_edge_nucleated_there():
     # Core 0 appears 1.5 nm from the left edge (within the 2 nm band), core 1 beside it
-    # 1 nm further in, a frame later; they vanish together at the right edge.
+    # 1 nm further in, a frame later; they vanish together there.
     pair = pd.concat([_track(0, range(5, 15), 15.0, 100.0, DOWN, vx=0.0),
                       _track(1, range(6, 15), 25.0, 100.0, UP, vx=0.0)])
     summary = _summary(pair)
@@ -149,6 +149,9 @@ def test_a_dipole_that_appears_together_with_one_core_at_the_frame_edge_nucleate
     events = find_events(pair, summary, pixel_size_nm=PIXEL_NM, frame_interval_s=0.5)
     assert events[["frame", "kind"]].values.tolist() == [[5, "dipole_nucleation"],
                                                          [14, "dipole_annihilation"]]
+    # One at the edge, the other at rock salt: still the pair's own nucleation.
+    mixed = pair.assign(in_rocksalt=pair.particle == 1)
+    assert _summary(mixed)[["birth", "death"]].values.tolist() == [["nucleated", "annihilated"]] * 2
     # Both in the band: a pair may glide in and out together, so they entered and left.
     both = pd.concat([_track(0, range(5, 15), 5.0, 100.0, DOWN), _track(1, range(6, 15), 15.0, 100.0, UP)])
     summary = _summary(both)

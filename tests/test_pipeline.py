@@ -1233,6 +1233,9 @@ def test_a_region_is_analysed_as_that_part_of_every_frame(tiny_model, tmp_path, 
                       ("5:14,0:9", "spans under 10 columns and rows")):
         assert main(["infer", str(path), "--out", str(tmp_path / "o"), f"--region={bad}"]) == 2
         assert says in capsys.readouterr().err
+    from dislotrack.infer.options import region_box
+
+    assert region_box(":,0:32", (64, 8)) == (0, 8, 0, 32)  # narrow frames: their whole width is fine
     with pytest.raises(ValueError, match=r"^region=\(\(0, 200\), \(0, 10\)\) is not a rectangle"):
         analyze(path, model=tiny_model, region=((0, 200), (0, 10)), progress=False)
 
@@ -2012,3 +2015,32 @@ def test_mask_writer_takes_frames_in_any_order_and_leaves_one_compressed_stack(t
         x_res = t.pages[0].tags["XResolution"].value
         assert x_res[1] / x_res[0] == pytest.approx(0.05)
     assert (tmp_path / "rocksalt_mask.tif").stat().st_size < masks.nbytes / 4
+
+
+
+@pytest.mark.parametrize("shape", [(3, 16, 1), (3, 1, 1), (3, 1, 16), (2, 5, 6)])
+def test_mask_writer_writes_frames_of_any_size(tmp_path, shape):
+    masks = (np.arange(np.prod(shape)).reshape(shape) % 3 == 0).astype(np.uint8)
+    writer = MaskWriter(tmp_path / "m.tif", shape=shape, pixel_size_nm=0.1, frame_interval_s=None)
+    for k, mask in enumerate(masks):
+        writer(k, mask)
+    writer.close()
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "m.tif").reshape(shape), masks)
+
+
+def test_a_failed_analysis_raises_its_own_error_and_leaves_no_mask(tiny_model, tmp_path, monkeypatch):
+    m = make_movie(np.random.default_rng(0), GeneratorConfig(size=64, mode="stem"), n_frames=3)
+    path = tmp_path / "m.tif"
+    write_imagej_tiff(path, m.frames, pixel_size_nm=m.meta["pixel_size"], frame_interval_s=1.0)
+
+    def failing(*args, **kwargs):
+        raise RuntimeError("analysis failed")
+
+    def no_space(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(run, "analyze", failing)
+    monkeypatch.setattr(tifffile, "imwrite", no_space)  # compressing the mask would fail too
+    with pytest.raises(RuntimeError, match="analysis failed"):
+        run.infer_one(path, tmp_path / "out", model=tiny_model, movie=False, strain=True, progress=False)
+    assert not list((tmp_path / "out").rglob("*.tif"))  # staging and the partial mask are gone
