@@ -14,6 +14,7 @@ import pandas as pd
 
 from dislotrack.data_gen.conventions import edge_distance_px
 from dislotrack.infer.events import ROCKSALT_MARGIN_NM, near_rocksalt
+from dislotrack.infer.lattice_edge import lattice_free_mask
 from dislotrack.infer.overlays import MARGIN_NM as OVERLAY_MARGIN_NM
 from dislotrack.infer.overlays import overlay_mask
 
@@ -24,6 +25,14 @@ from dislotrack.infer.overlays import overlay_mask
 #: synthetic test core that close.
 EDGE_MARGIN_FRINGES = 0.5
 
+#: Per-detection flags that `clean_frame` adds and tracking reads (not written to detections.csv).
+FLAGS = ("in_rocksalt", "at_specimen_edge")
+
+#: A core within this distance [nm] of a region without (003) fringes that is not rock salt
+#: (`dislotrack.infer.lattice_edge`) is at the specimen's edge: a track that begins (ends)
+#: there entered (left) the crystal, as at the frame border.
+LATTICE_EDGE_MARGIN_NM = 0.5
+
 
 @dataclass(frozen=True)
 class FrameFindings:
@@ -32,9 +41,11 @@ class FrameFindings:
     Attributes
     ----------
     cores : DataFrame
-        The detector's rows that the frame supports (every score, weak ones too), with a
-        boolean ``in_rocksalt``: within `ROCKSALT_MARGIN_NM` of rock salt, where births
-        and deaths are not events.
+        The detector's rows that the frame supports (every score, weak ones too), with
+        booleans ``in_rocksalt`` (within `ROCKSALT_MARGIN_NM` of rock salt, where births
+        and deaths are not events) and ``at_specimen_edge`` (within
+        `LATTICE_EDGE_MARGIN_NM` of a region without (003) fringes that is not rock salt:
+        vacuum or an amorphous layer, where a track enters or leaves the crystal).
     rocksalt : ndarray of bool
         The rock-salt mask, cleared where nothing can be judged.
     rocksalt_fraction : float
@@ -92,7 +103,12 @@ def clean_frame(frame: np.ndarray, cores: pd.DataFrame, rocksalt: np.ndarray, *,
         cores = cores[~near_rocksalt(cores["x"], cores["y"], drawn, OVERLAY_MARGIN_NM / pixel_size_nm)]
         rocksalt = rocksalt & ~drawn
     flag = near_rocksalt(cores["x"], cores["y"], rocksalt, ROCKSALT_MARGIN_NM / pixel_size_nm)
+    # Beside a region without (003) fringes that is not rock salt: the specimen's edge.
+    outside = (lattice_free_mask(frame, pixel_size_nm=pixel_size_nm, d_spacing_nm=d_spacing_nm)
+               & ~rocksalt & ~drawn) if len(cores) else None
+    edge = (near_rocksalt(cores["x"], cores["y"], outside, LATTICE_EDGE_MARGIN_NM / pixel_size_nm)
+            if outside is not None else np.zeros(len(cores), bool))
     fraction = (np.nan if blank or blind
                 else float(rocksalt[~drawn].mean()) if not drawn.all() else 0.0)
-    return FrameFindings(cores.assign(in_rocksalt=flag), rocksalt, fraction, blank,
-                         float(drawn.mean()) if drawn.any() else 0.0)
+    return FrameFindings(cores.assign(in_rocksalt=flag, at_specimen_edge=edge), rocksalt, fraction,
+                         blank, float(drawn.mean()) if drawn.any() else 0.0)

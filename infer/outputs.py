@@ -188,7 +188,7 @@ def write_tables(res: AnalysisResult, out: str | Path, *, parquet: bool = False)
         if name == "tracks":
             df = df.drop(columns=["x_corr", "y_corr"], errors="ignore")
         if name == "detections":
-            df = df.drop(columns=["in_rocksalt"], errors="ignore")
+            df = df.drop(columns=["in_rocksalt", "at_specimen_edge"], errors="ignore")
         if name == "track_summary":  # as `analyze` names them; a result built otherwise too
             df = velocity_columns_as_written(df, res.calibration.frame_interval_s)
         p = out / f"{name}.csv"

@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 from dislotrack.data_gen.conventions import CANONICAL_PIXEL_SIZE_NM, D003_LINIO2_NM
 from dislotrack.data_gen.text import first_few
 from dislotrack.infer.calibration import NO_INTERVAL_NOTE, NON_SQUARE_NOTE, Calibration, resolve_calibration
-from dislotrack.infer.cleanup import clean_frame
+from dislotrack.infer.cleanup import FLAGS, clean_frame
 from dislotrack.infer.columns import DETECTION_COLUMNS
 from dislotrack.infer.detectors import CORE_COLUMNS, GPADetector, NetworkDetector, empty_cores
 from dislotrack.infer.drift import measure_drift
@@ -532,10 +532,10 @@ def analyze(path: str | Path | Movie | np.ndarray, *, model: str | Path | None =
     drift["dx"] = drift["dx"] / sx
     drift["dy"] = drift["dy"] / sy
     detections = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(
-        {c: pd.Series(dtype=float) for c in ["frame", *CORE_COLUMNS, "in_rocksalt"]})
+        {c: pd.Series(dtype=float) for c in ["frame", *CORE_COLUMNS, *FLAGS]})
     detections = detections.assign(x_nm=detections.x * cal.pixel_size_nm,
                                    y_nm=detections.y * cal.pixel_size_nm)
-    detections = detections[[*DETECTION_COLUMNS, "in_rocksalt"]].astype({"frame": int, "in_rocksalt": bool})
+    detections = detections[[*DETECTION_COLUMNS, *FLAGS]].astype({"frame": int, **dict.fromkeys(FLAGS, bool)})
     # The GPA baseline's scores are not probabilities: it gets no weak detections.
     strong = (detections["score"] > thr) | (detector != "unet")  # decode_cores keeps > thr
     if n > 1:
@@ -574,7 +574,7 @@ def _track(detections: pd.DataFrame, drift: pd.DataFrame, cal: Calibration, rs_f
                          image_shape=shape[1:], drift=drift, weak=weak, rocksalt_fraction=rs_frac,
                          lattice=lattice if lattice_h else None, **options)
     return AnalysisResult(
-        detections=detections[[c for c in (*DETECTION_COLUMNS, "in_rocksalt") if c in detections]],
+        detections=detections[[c for c in (*DETECTION_COLUMNS, *FLAGS) if c in detections]],
         tracks=t.tracks,
         track_summary=t.track_summary,
         events=t.events,

@@ -118,7 +118,9 @@ def track_detections(detections: pd.DataFrame, *, pixel_size_nm: float,
         ``frame, x, y, score, hx, hy`` (+ ``bx_nm, by_nm``), raw image pixels; an
         optional boolean ``in_rocksalt`` (`dislotrack.infer.events.near_rocksalt`)
         makes tracks that begin or end there ``from_rocksalt`` / ``into_rocksalt``
-        instead of nucleated / annihilated (`dislotrack.infer.events.birth_death`). Rows
+        instead of nucleated / annihilated, an optional boolean ``at_specimen_edge``
+        (`dislotrack.infer.cleanup.clean_frame`) ``entered`` / ``left``
+        (`dislotrack.infer.events.birth_death`). Rows
         are linked anew: a ``particle`` column (e.g. hand-annotated identities) is not
         used, and tracks are numbered by the linker.
     pixel_size_nm, frame_interval_s : float
@@ -274,7 +276,7 @@ def check_detection_values(table: pd.DataFrame, image_shape: tuple[int, int], *,
     give wrong tables without a word: frame numbers that are not whole, positions or **h**
     that are not finite numbers, **h** of zero length (no direction), positions outside
     frames of ``image_shape`` (ny, nx) [px] (a swapped shape makes tracks enter and leave
-    instead of nucleating), and an ``in_rocksalt`` that is not boolean."""
+    instead of nucleating), and an ``in_rocksalt`` or ``at_specimen_edge`` that is not boolean."""
     def refuse(rows: pd.Series, what: str) -> None:
         if rows.any():
             raise ValueError(f"{name}: {int(rows.sum())} of {len(table)} rows {what}")
@@ -291,10 +293,11 @@ def check_detection_values(table: pd.DataFrame, image_shape: tuple[int, int], *,
     outside = ((numeric["x"] < -1) | (numeric["x"] > nx) | (numeric["y"] < -1) | (numeric["y"] > ny))
     refuse(outside, f"lie outside frames of image_shape (ny, nx) = ({ny}, {nx}) px (x up to "
            f"{numeric['x'].max():.6g}, y up to {numeric['y'].max():.6g}): is the shape (ny, nx)?")
-    flags = table["in_rocksalt"] if "in_rocksalt" in table.columns and len(table) else None
-    if flags is not None and (not pd.api.types.is_bool_dtype(flags) or flags.isna().any()):
-        raise ValueError(f"{name}: in_rocksalt must be boolean (True/False) throughout, got dtype "
-                         f"{flags.dtype}" + (" with missing values" if flags.isna().any() else ""))
+    for flag in ("in_rocksalt", "at_specimen_edge"):
+        flags = table[flag] if flag in table.columns and len(table) else None
+        if flags is not None and (not pd.api.types.is_bool_dtype(flags) or flags.isna().any()):
+            raise ValueError(f"{name}: {flag} must be boolean (True/False) throughout, got dtype "
+                             f"{flags.dtype}" + (" with missing values" if flags.isna().any() else ""))
 
 
 def _with_burgers_columns(table: pd.DataFrame) -> pd.DataFrame:

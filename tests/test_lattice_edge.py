@@ -1,0 +1,70 @@
+"""Where a frame shows no (003) lattice (`dislotrack.infer.lattice_edge`), and what that
+makes of the cores beside it (cleanup flags, births and deaths)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from dislotrack.data_gen.sample import GeneratorConfig, make_sample
+from dislotrack.infer.cleanup import clean_frame
+from dislotrack.infer.events import birth_death
+from dislotrack.infer.lattice_edge import lattice_free_mask
+from dislotrack.infer.tracking import track_detections
+
+PS, D = 0.1, 0.473
+
+
+def specimen(shape=(128, 128)) -> np.ndarray:
+    """(003) fringes up to column 80 (vacuum beyond, with noise) and none in rows 100-127
+    of columns 0-59 (a rock-salt domain keeps no (003) fringes)."""
+    y, x = np.mgrid[: shape[0], : shape[1]]
+    fringes = np.cos(2 * np.pi * y * PS / D) * (x < 80)
+    fringes[100:, :60] = 0
+    return (fringes + np.random.default_rng(0).normal(0, 0.2, shape)).astype(np.float32)
+
+
+def test_vacuum_and_fringe_free_regions_are_found_cores_are_not():
+    mask = lattice_free_mask(specimen(), pixel_size_nm=PS, d_spacing_nm=D)
+    assert mask[:, 90:].all() and not mask[:90, :70].any()
+    assert mask[110:, 10:50].all()  # the rock-salt domain: no (003) fringes either
+    # A generated lattice with dislocations and no vacuum: a core's own dip is no edge.
+    s = make_sample(np.random.default_rng(3), GeneratorConfig(size=128, mode="hrtem", dose=(2000, 2000),
+                                                              realism=0.0, rocksalt_probability=0.0))
+    assert len(s.cores) >= 2
+    free = lattice_free_mask(s.image, pixel_size_nm=s.meta["pixel_size"], d_spacing_nm=D)
+    rows, cols = np.round(s.cores[["y", "x"]].to_numpy()).astype(int).T
+    assert not free[rows, cols].any()
+
+
+def test_a_core_beside_vacuum_is_at_the_specimen_edge_one_in_rock_salt_is_in_rock_salt():
+    frame = specimen()
+    rocksalt = np.zeros(frame.shape, bool)
+    rocksalt[100:, :60] = True  # the network's mask
+    cores = pd.DataFrame({"x": [40.0, 78.0, 30.0], "y": [40.0, 40.0, 110.0], "score": 0.9,
+                          "hx": 0.0, "hy": 1.0})
+    f = clean_frame(frame, cores, rocksalt, pixel_size_nm=PS, d_spacing_nm=D)
+    assert f.cores["at_specimen_edge"].tolist() == [False, True, False]
+    assert f.cores["in_rocksalt"].tolist() == [False, False, True]
+
+
+def _track(particle, frames, x, edge_at=()):
+    return pd.DataFrame({"particle": particle, "frame": list(frames), "x": x, "y": 50.0,
+                         "score": 0.9, "hx": 0.0, "hy": 1.0,
+                         "at_specimen_edge": [f in edge_at for f in frames]})
+
+
+def test_a_track_beginning_or_ending_at_the_specimen_edge_entered_or_left():
+    tracks = pd.concat([_track(0, range(5, 15), 100.0, edge_at=(14,)),  # ends at the edge
+                        _track(1, range(5, 15), 150.0, edge_at=(5,)),  # begins there
+                        _track(2, range(5, 15), 200.0, edge_at=(9,))])  # passes it
+    fates = birth_death(tracks, pixel_size_nm=PS, n_frames=20, image_shape=(300, 300))
+    assert fates[["birth", "death"]].values.tolist() == [
+        ["nucleated", "left"], ["entered", "annihilated"], ["nucleated", "annihilated"]]
+    out = track_detections(tracks.drop(columns="particle"), pixel_size_nm=PS, frame_interval_s=1.0,
+                           n_frames=20, image_shape=(300, 300))
+    assert sorted(out.events["kind"]) == ["annihilation", "annihilation", "nucleation", "nucleation"]
+    with pytest.raises(ValueError, match="at_specimen_edge must be boolean"):
+        track_detections(tracks.drop(columns="particle").assign(at_specimen_edge=1.0), pixel_size_nm=PS,
+                         frame_interval_s=1.0, n_frames=20, image_shape=(300, 300))
