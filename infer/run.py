@@ -308,7 +308,6 @@ def _analyze_and_write(m: Movie, dest: Path, cal: Calibration, *, movie: bool, p
     writer.close()
     if strain_writer is not None:
         strain_writer.close()
-    if strain_writer is not None:
         strain_writer.figure(dest / "figures" / "strain.png")
     res.warnings[:0] = [n for n in notes if n not in res.warnings]
     if (note := replaced_note(earlier, res, results_dir or dest)) is not None:
