@@ -214,12 +214,11 @@ def slipped_calibration_hint(frame: np.ndarray, cal: Calibration, d_spacing_nm: 
             f"calibration is off (binning? units?), pass {option('pixel_size_nm', f'{est:.3g}')}")
 
 
-def cores_cannot_show(pixel_size_nm: float, shape: tuple[int, int], d_spacing_nm: float, *,
-                      what: str = "frames") -> str | None:
+def cores_cannot_show(pixel_size_nm: float, shape: tuple[int, int], d_spacing_nm: float) -> str | None:
     """Why frames of this ``shape`` (H, W) and pixel size cannot show a dislocation core,
     else None: (003) fringes under `MIN_FRINGE_PERIOD_PX` per period (not resolved), or
-    frames under 4 fringe periods across (``what`` names them: "frames", "region").
-    `analyze` then reports no cores: any it found would be spurious.
+    frames under 4 fringe periods across. `analyze` then reports no cores: any it found
+    would be spurious.
     """
     period_px = d_spacing_nm / pixel_size_nm
     if period_px < MIN_FRINGE_PERIOD_PX:
@@ -228,8 +227,7 @@ def cores_cannot_show(pixel_size_nm: float, shape: tuple[int, int], d_spacing_nm
                 f"and none is reported; atomic-resolution images are needed (or pass the right "
                 f"{option('pixel_size_nm')})")
     if min(shape) < 4 * period_px:  # a core needs a few fringes around it
-        verb = "spans" if what == "region" else "span"
-        return (f"the {what} ({shape[1]} x {shape[0]} px) {verb} under 4 lattice fringes "
+        return (f"the frames ({shape[1]} x {shape[0]} px) span under 4 lattice fringes "
                 f"({period_px:.3g} px each) across: too small to show a dislocation core or rock "
                 "salt, so none is reported")
     return None
@@ -257,7 +255,7 @@ def check_region_size(cal: Calibration, frame_shape: tuple[int, int], region_sha
     """
     if cores_cannot_show(cal.pixel_size_nm, frame_shape, d_spacing_nm):
         return  # the frames themselves cannot: warned of as for any movie
-    if cores_cannot_show(cal.pixel_size_nm, region_shape, d_spacing_nm, what="region"):
+    if cores_cannot_show(cal.pixel_size_nm, region_shape, d_spacing_nm):
         need = math.ceil(4 * d_spacing_nm / cal.pixel_size_nm)
         raise ValueError(f"the region ({region_shape[1]} x {region_shape[0]} px) spans under 4 "
                          f"lattice fringes ({d_spacing_nm / cal.pixel_size_nm:.3g} px each at "
