@@ -1,11 +1,10 @@
 """Births, deaths, dipoles, events and counts of tracked dislocations.
 
 Birth of a track: ``present`` if it was there from the movie's first frame, else
-``entered`` if its first detection lies within ``border_nm`` of the image edge (or is
-flagged ``at_specimen_edge``: beside vacuum, `dislotrack.infer.lattice_edge`),
+``entered`` if its first detection lies within ``border_nm`` of the image edge,
 else ``nucleated``. Death: ``survived`` if it lasts to the last frame, else ``left``
-if its last detection lies within ``border_nm`` of the edge (or at the specimen's edge),
-else ``annihilated``.
+if its last detection lies within ``border_nm`` of the edge (or is flagged
+``at_specimen_edge``: beside vacuum, `dislotrack.infer.lattice_edge`), else ``annihilated``.
 A detector misses cores now and then, so "from the first frame" allows for it: a
 track whose first detection is ``k`` frames in counts as present when a core missed
 at the track's own rate ``m = 1 - detections / span`` would plausibly go unseen that
@@ -227,12 +226,13 @@ def birth_death(
     to_last = miss ** (final_frame - ends["frame_stop"].to_numpy()) >= MISSED_START_PROBABILITY
     rs_start, rs_stop = (ends.get(f"in_rocksalt_{stage}", pd.Series(False, index=ends.index))
                          .fillna(False).to_numpy(dtype=bool) for stage in ("start", "stop"))
-    # Beside the specimen's edge (vacuum, amorphous): in or out through it, as at the border.
-    at_start, at_stop = (ends.get(f"at_specimen_edge_{stage}", pd.Series(False, index=ends.index))
-                         .fillna(False).to_numpy(dtype=bool) for stage in ("start", "stop"))
+    # Ending beside the specimen's edge (vacuum, amorphous): out through it, as at the border.
+    # (A core appearing there nucleated at the surface: nothing glides in from vacuum.)
+    at_stop = (ends.get("at_specimen_edge_stop", pd.Series(False, index=ends.index))
+               .fillna(False).to_numpy(dtype=bool))
     birth = np.select(
-        [(ends["frame_start"] == 0) | from_first,
-         _near_edge(ends, "start", image_shape, band_px) | (at_start & ~rs_start), rs_start],
+        [(ends["frame_start"] == 0) | from_first, _near_edge(ends, "start", image_shape, band_px),
+         rs_start],
         ["present", "entered", "from_rocksalt"], "nucleated")
     death = np.select(
         [(ends["frame_stop"] == final_frame) | to_last,

@@ -1,9 +1,11 @@
 """Where a frame shows no (003) lattice: vacuum beyond the specimen's edge, amorphous
 layers, and rock salt, which keeps no (003) fringes.
 
-A core whose track begins (ends) beside such a region came in (went out) through the
-specimen's edge rather than nucleating (annihilating) in the crystal, as at the frame's
-border; `dislotrack.infer.cleanup` flags those detections. The map is the amplitude of
+A core whose track ends beside such a region went out through the specimen's edge
+rather than annihilating in the crystal, as at the frame's border (one that begins there
+nucleated at the surface: nothing glides in from vacuum); `dislotrack.infer.cleanup`
+flags those detections. Below about 200 e/Å² (HRTEM) the (003) signal is too weak to
+tell vacuum from crystal and little or nothing is flagged. The map is the amplitude of
 the frame's (003) ring — every orientation at once, so no reflection need be known —
 smoothed over `RESOLUTION_NM` and compared with its 90th percentile, which stands for the
 layered crystal. Pure: an array in, a mask out.
@@ -13,7 +15,6 @@ from __future__ import annotations
 
 import numpy as np
 from scipy import fft, ndimage
-from skimage.morphology import remove_small_objects
 
 #: Real-space resolution of the amplitude map [nm]: a core's own dip in its (003)
 #: amplitude (a few tenths of a nm) is smoothed away, a specimen edge is not.
@@ -58,9 +59,14 @@ def lattice_free_mask(frame: np.ndarray, *, pixel_size_nm: float, d_spacing_nm: 
     k0 = pixel_size_nm / d_spacing_nm  # cycles per px
     rows = fft.fftfreq(image.shape[0])[:, None]
     cols = fft.rfftfreq(image.shape[1])[None, :]
-    ring = np.exp(-0.5 * ((np.hypot(rows, cols) - k0) / (RING_WIDTH * k0)) ** 2)
+    ring = np.exp(-0.5 * ((np.hypot(rows, cols) - k0) / (RING_WIDTH * k0)) ** 2).astype(np.float32)
     amplitude = np.abs(fft.irfft2(fft.rfft2(image) * ring, s=image.shape))
     # FWHM RESOLUTION_NM; the ring's own envelope adds its width.
     amplitude = ndimage.gaussian_filter(amplitude, RESOLUTION_NM / pixel_size_nm / 2.3548)
     mask = amplitude < FRACTION * np.percentile(amplitude, 90)
-    return remove_small_objects(mask, max_size=int(MIN_AREA_NM2 / pixel_size_nm**2))
+    labels, n = ndimage.label(mask)
+    if not n:
+        return mask
+    large = np.bincount(labels.ravel()) > MIN_AREA_NM2 / pixel_size_nm**2
+    large[0] = False  # the background
+    return large[labels]

@@ -55,16 +55,17 @@ def _track(particle, frames, x, edge_at=()):
                          "at_specimen_edge": [f in edge_at for f in frames]})
 
 
-def test_a_track_beginning_or_ending_at_the_specimen_edge_entered_or_left():
+def test_a_track_ending_at_the_specimen_edge_left_one_beginning_there_nucleated():
     tracks = pd.concat([_track(0, range(5, 15), 100.0, edge_at=(14,)),  # ends at the edge
-                        _track(1, range(5, 15), 150.0, edge_at=(5,)),  # begins there
+                        _track(1, range(5, 15), 150.0, edge_at=(5,)),  # begins there: the surface
                         _track(2, range(5, 15), 200.0, edge_at=(9,))])  # passes it
     fates = birth_death(tracks, pixel_size_nm=PS, n_frames=20, image_shape=(300, 300))
     assert fates[["birth", "death"]].values.tolist() == [
-        ["nucleated", "left"], ["entered", "annihilated"], ["nucleated", "annihilated"]]
+        ["nucleated", "left"], ["nucleated", "annihilated"], ["nucleated", "annihilated"]]
     out = track_detections(tracks.drop(columns="particle"), pixel_size_nm=PS, frame_interval_s=1.0,
                            n_frames=20, image_shape=(300, 300))
-    assert sorted(out.events["kind"]) == ["annihilation", "annihilation", "nucleation", "nucleation"]
+    assert sorted(out.events["kind"]) == ["annihilation", "annihilation", "nucleation", "nucleation",
+                                          "nucleation"]
     with pytest.raises(ValueError, match="at_specimen_edge must be boolean"):
         track_detections(tracks.drop(columns="particle").assign(at_specimen_edge=1.0), pixel_size_nm=PS,
                          frame_interval_s=1.0, n_frames=20, image_shape=(300, 300))
