@@ -29,8 +29,8 @@ EDGE_MARGIN_FRINGES = 0.5
 FLAGS = ("in_rocksalt", "at_specimen_edge")
 
 #: A core within this distance [nm] of a region without (003) fringes that is not rock salt
-#: (`dislotrack.infer.lattice_edge`) is at the specimen's edge: a track that begins (ends)
-#: there entered (left) the crystal, as at the frame border.
+#: (`dislotrack.infer.lattice_edge`) is at the specimen's edge: a track that ends there
+#: left the crystal, as at the frame border (one that begins there nucleated at the surface).
 LATTICE_EDGE_MARGIN_NM = 0.5
 
 
@@ -45,7 +45,7 @@ class FrameFindings:
         booleans ``in_rocksalt`` (within `ROCKSALT_MARGIN_NM` of rock salt, where births
         and deaths are not events) and ``at_specimen_edge`` (within
         `LATTICE_EDGE_MARGIN_NM` of a region without (003) fringes that is not rock salt:
-        vacuum or an amorphous layer, where a track enters or leaves the crystal).
+        vacuum or an amorphous layer, where a track that ends there left the crystal).
     rocksalt : ndarray of bool
         The rock-salt mask, cleared where nothing can be judged.
     rocksalt_fraction : float
