@@ -608,6 +608,10 @@ def extend_tracks(
         return tracks
     extra = weak.loc[list(added)].assign(particle=list(added.values()))
     extra = extra.astype({"particle": tracks["particle"].dtype})
+    # Columns the tracks carry but weak peaks lack: a flag (in_rocksalt,
+    # at_specimen_edge) was not found there (False); anything else is unknown (NaN).
+    extra = extra.assign(**{c: False if tracks[c].dtype == bool else np.nan
+                            for c in tracks.columns if c not in extra})
     out = pd.concat([tracks, extra[tracks.columns]], ignore_index=True)
     return out.sort_values(["particle", "frame"], kind="stable").reset_index(drop=True)
 

@@ -191,6 +191,22 @@ def test_weak_detections_extend_track_ends_only_where_the_core_would_be():
     assert len(extend_tracks(strong, weak, pixel_size_nm=PIXEL_NM, max_frames=0)) == 10
 
 
+def test_weak_peaks_without_the_tracks_flag_columns_extend_them_unflagged():
+    from dislotrack.infer.linking import extend_tracks
+
+    # Detections flagged in rock salt (cleanup.FLAGS) but weak peaks without the column,
+    # e.g. hand-made tables: the peaks join, flagged False (not found there); other
+    # columns the weak peaks lack are unknown (NaN).
+    core = _core(range(0, 12), 50.0, 50.0, 1.0, 0.0, (0.0, 1.0)).assign(particle=0)
+    strong = core[core["frame"] < 10].assign(in_rocksalt=True, note="hand")
+    weak = core[core["frame"] >= 10].drop(columns="particle").assign(score=0.3)
+    out = extend_tracks(strong, weak, pixel_size_nm=PIXEL_NM)
+    assert out["frame"].tolist() == list(range(12))
+    assert out["in_rocksalt"].dtype == bool
+    assert out["in_rocksalt"].tolist() == [True] * 10 + [False] * 2
+    assert out["note"].isna().tolist() == [False] * 10 + [True] * 2
+
+
 def test_crossing_cores_swapped_by_the_linker_are_repaired():
     from dislotrack.infer.linking import repair_crossings
 
