@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import glob
 import json
-import re
 from pathlib import Path
 
 import numpy as np
@@ -17,12 +16,22 @@ from tqdm.auto import tqdm
 
 from dislotrack.data_gen.annotations import (
     UNKNOWN_PARTICLE,
+    Annotation,
     annotation_image,
     find_annotations,
     read_annotation,
 )
 from dislotrack.data_gen.text import first_few
 from dislotrack.infer.columns import velocities_in_nm_s
+from dislotrack.infer.evaluate_parts import (
+    DEFAULT_BORDER_NM,
+    PART_SUFFIX,
+    Part,
+    find_part,
+    part_annotation,
+    part_events,
+    part_tracks,
+)
 from dislotrack.infer.options import check_folder
 from dislotrack.infer.outputs import frame_fingerprint
 from dislotrack.models.io import file_sha256
@@ -204,19 +213,29 @@ def _rocksalt_judged(pred_dir: Path) -> bool:
     return not counts.exists() or pd.read_csv(counts)["rocksalt_fraction"].notna().any()
 
 
-#: How infer names the results of part of an input: ``<stem>_framesA-B``, ``<stem>_xX0-X1_yY0-Y1``
-#: or both (`dislotrack.infer.run`).
-_PART_SUFFIX = re.compile(r"(_frames\d+-\d+)?(_x\d+-\d+_y\d+-\d+)?(?<=\d)")
+def _result_folders(pred_dir: Path, stem: str, stems: set[str]) -> list[Path]:
+    """infer's results for annotated item ``stem``: ``<stem>/`` and its parts'
+    (``<stem>_frames…``, ``<stem>_x…``, `PART_SUFFIX`), those holding detections.csv;
+    a folder named after another annotated item is that item's."""
+    whole = [pred_dir / stem] if (pred_dir / stem / "detections.csv").exists() else []
+    parts = sorted(d for d in pred_dir.glob(f"{glob.escape(stem)}_*")
+                   if d.name not in stems and PART_SUFFIX.fullmatch(d.name[len(stem):])
+                   and (d / "detections.csv").exists())
+    return whole + parts
 
 
 def evaluate_folders(pred_dir: str | Path, truth_dir: str | Path, *, figures: bool = True,
                      progress: bool = True) -> dict:
-    """Score every annotated item of ``truth_dir`` against ``pred_dir/<stem>/``.
+    """Score every annotated item of ``truth_dir`` against ``pred_dir/<stem>/``, and
+    against the results of parts of it (infer ``--frames`` / ``--region``:
+    ``pred_dir/<stem>_frames…``, ``<stem>_x…``, each its own entry scored against the
+    truth of that part, `part_annotation`).
 
     Writes ``pred_dir/evaluation.json`` (the returned report) and, with ``figures``,
     ``pred_dir/<stem>/figures/evaluation.png`` (found, missed and false cores). An item
     without predictions or with an unreadable annotation gets an ``error`` entry
     instead of scores; the others are still scored. ``progress`` shows a bar from 5 items.
+    The pooled entry holds whole items only (a part's cores are its item's too).
 
     Raises
     ------
@@ -232,96 +251,33 @@ def evaluate_folders(pred_dir: str | Path, truth_dir: str | Path, *, figures: bo
     sides = find_annotations(truth_dir)
     if not sides:
         raise ValueError(f"no annotations (<stem>.json, format dislotrack-annotation) in {truth_dir}")
-    if not any((Path(pred_dir) / s.with_suffix("").name / "detections.csv").exists() for s in sides):
-        # A part's results (infer --frames / --region) are not its item's: not scored.
-        parts = sorted(d.name for s in sides
-                       for d in Path(pred_dir).glob(f"{glob.escape(s.with_suffix('').name)}_*")
-                       if _PART_SUFFIX.fullmatch(d.name[len(s.with_suffix("").name):])
-                       and (d / "detections.csv").exists())
-        also = (f"; {first_few(parts)} hold{'s' * (len(parts) == 1)} the results of part of an "
-                "image (infer --frames / --region), which are not scored" if parts else "")
+    stems = {s.with_suffix("").name for s in sides}
+    found = {s: _result_folders(Path(pred_dir), s.with_suffix("").name, stems) for s in sides}
+    if not any(found.values()):
         raise ValueError(f"none of the {len(sides)} annotated items of {truth_dir} has infer "
                          f"outputs in {pred_dir} (expected {Path(pred_dir) / '<stem>' / 'detections.csv'}; "
-                         f"infer the annotated images themselves, whole{also})")
+                         "infer the annotated images themselves, or parts of them with --frames / "
+                         "--region)")
     report = {}
-    pooled, n_pooled = DetectionTally(), 0  # items the model was not trained on
+    pooled, n_pooled = DetectionTally(), 0  # whole items the model was not trained on
     rs_pooled = np.zeros(2)  # their rock salt: intersection, union [px]
     for side in tqdm(sides, desc="evaluating", unit="item", disable=not progress or len(sides) < 5):
         stem = side.with_suffix("").name
-        out = Path(pred_dir) / stem
-        if not (out / "detections.csv").exists():
-            report[stem] = {"error": f"no predictions in {out}"}
+        if not found[side]:
+            report[stem] = {"error": f"no predictions in {Path(pred_dir) / stem}"}
             continue
-        run_summary = _summary(out)  # read once: the input's shape and the model
         try:
-            ann = read_annotation(side)
-            # Another image or movie of the same name (sets made apart reuse image_00000)?
-            mismatch = (_shape_mismatch(run_summary, ann.image.shape)
-                        or _image_mismatch(run_summary, ann.image[0], annotation_image(side)))
+            ann, why = read_annotation(side), None
         except (ValueError, OSError) as err:  # one bad annotation does not stop the others
-            mismatch = f"annotation: {err}"
-        if mismatch:
-            report[stem] = {"error": mismatch}
-            continue
-        pred = pd.read_csv(out / "detections.csv")
-        tally = detection_tally(pred, ann.cores, pixel_size_nm=ann.pixel_size_nm)
-        scores = tally.summary()
-        notes = calibration_notes(run_summary, ann.pixel_size_nm, ann.frame_interval_s)
-        made_by = prediction_model(run_summary)
-        if trained_on(run_summary, side):
-            scores["trained_on"] = True
-            notes.append(f"{made_by['model']} was fine-tuned on this item: its scores are not a "
-                         "test of the model (left out of the pooled row)")
-        else:
-            pooled.merge(tally)
-            n_pooled += 1
-        if figures:
-            from dislotrack.infer.figures import evaluation_figure
-
-            (out / "figures").mkdir(exist_ok=True)
-            evaluation_figure(ann.image, core_outcomes(pred, ann.cores, pixel_size_nm=ann.pixel_size_nm),
-                              out / "figures" / "evaluation.png", title=stem)
-        rs_pred = out / "rocksalt_mask.tif"
-        if ann.rs_mask is not None and rs_pred.exists() and not _rocksalt_judged(out):
-            notes.append("rock salt not scored: the predictions did not judge it (frames blank, or "
-                         "too small or coarse to show the lattice; rocksalt_fraction NaN)")
-        elif ann.rs_mask is not None and rs_pred.exists():
-            import tifffile
-
-            rs = tifffile.imread(rs_pred).reshape(ann.rs_mask.shape)
-            # No rock salt annotated nor found: nothing to score (not a perfect 1).
-            scores["rs_iou"] = mask_iou(rs, ann.rs_mask) if (rs.any() or ann.rs_mask.any()) else None
-            if not scores.get("trained_on"):
-                rs_pooled += [np.logical_and(rs > 0, ann.rs_mask > 0).sum(),
-                              np.logical_or(rs > 0, ann.rs_mask > 0).sum()]
-        true_tracks = Path(truth_dir) / f"{stem}_tracks.csv"
-        if true_tracks.exists() and (out / "tracks.csv").exists():
-            # Predictions made without a frame interval hold nm/frame: use the annotation's.
-            summary = velocities_in_nm_s(pd.read_csv(out / "track_summary.csv"), ann.frame_interval_s)
-            if summary is None:
-                notes.append("velocities not scored: the predictions are per frame and the "
-                             "annotation has no frame_interval_s")
-            else:
-                s, _ = tracking_scores(pd.read_csv(out / "tracks.csv"), summary, ann.cores,
-                                       pd.read_csv(true_tracks), pixel_size_nm=ann.pixel_size_nm)
-                scores.update(s)
-        elif ann.image.shape[0] > 1 and (ann.cores.particle == UNKNOWN_PARTICLE).any():
-            notes.append("identity switches not scored: the annotation has no particle ids")
-        elif ann.image.shape[0] > 1 and (out / "tracks.csv").exists() and len(ann.cores):
-            # A hand-annotated movie (no _tracks.csv): its particle ids still give switches.
-            pairs = match_identities(pd.read_csv(out / "tracks.csv"), ann.cores,
-                                     pixel_size_nm=ann.pixel_size_nm)
-            n = sum(_switches(g.sort_values("frame")) for _, g in pairs.groupby("true"))
-            scores.update(identity_switches=n, switches_per_track=n / ann.cores.particle.nunique())
-        true_events = Path(truth_dir) / f"{stem}_events.csv"
-        if true_events.exists() and (out / "events.csv").exists():
-            scores.update(event_scores(pd.read_csv(out / "events.csv"), pd.read_csv(true_events),
-                                       pixel_size_nm=ann.pixel_size_nm))
-        if notes:
-            scores["note"] = "; ".join(notes)
-        report[stem] = _defined(scores)
-        if made_by is not None:
-            report[stem]["predicted_by"] = made_by
+            ann, why = None, f"annotation: {err}"
+        for out in found[side]:
+            scores, tally, rs_counts = _score_results(out, side, ann, why, figures=figures)
+            report[out.name] = scores
+            # Whole items only: a part's cores are its item's too (and parts may overlap).
+            if tally is not None and "part" not in scores and not scores.get("trained_on"):
+                pooled.merge(tally)
+                n_pooled += 1
+                rs_pooled += rs_counts
     if all("error" in r for r in report.values()):
         # e.g. the wrong --truth folder: keep the earlier evaluation rather than replace it
         why = [f"{stem}: {r['error']}" for stem, r in report.items()]
@@ -335,6 +291,125 @@ def evaluate_folders(pred_dir: str | Path, truth_dir: str | Path, *, figures: bo
             (Path(pred_dir) / stem / "figures" / "evaluation.png").unlink(missing_ok=True)
     (Path(pred_dir) / "evaluation.json").write_text(json.dumps(report, indent=2, default=float))
     return report
+
+
+def _score_results(out: Path, side: Path, ann: Annotation | None, why: str | None, *,
+                   figures: bool) -> tuple[dict, DetectionTally | None, np.ndarray]:
+    """One results folder of infer scored against annotation ``ann`` (read from ``side``;
+    None, and ``why``, where it could not be), or against the part of it the results are
+    of (`find_part`).
+
+    Returns
+    -------
+    scores : dict
+        The report's entry (an ``error`` entry where it cannot be scored).
+    tally : DetectionTally or None
+        Its core counts (None with an error).
+    rs_counts : ndarray
+        Rock-salt intersection and union [px] (zeros where rock salt is not scored).
+    """
+    stem, truth_dir = side.with_suffix("").name, side.parent
+    run_summary = _summary(out)  # read once: the input's shape and the model
+    rs_counts = np.zeros(2)
+    part, truth, why = _truth_of_results(out, side, ann, run_summary) if why is None else (None, None, why)
+    if why:
+        return {"error": why}, None, rs_counts
+    pred = pd.read_csv(out / "detections.csv")
+    tally = detection_tally(pred, truth.cores, pixel_size_nm=truth.pixel_size_nm)
+    scores = {} if part is None else {"part": part.options}
+    scores.update(tally.summary())
+    notes = calibration_notes(run_summary, truth.pixel_size_nm, truth.frame_interval_s)
+    made_by = prediction_model(run_summary)
+    if trained_on(run_summary, side):
+        scores["trained_on"] = True
+        notes.append(f"{made_by['model']} was fine-tuned on this item: its scores are not a "
+                     "test of the model (left out of the pooled row)")
+    if figures:
+        from dislotrack.infer.figures import evaluation_figure
+
+        (out / "figures").mkdir(exist_ok=True)
+        evaluation_figure(truth.image, core_outcomes(pred, truth.cores, pixel_size_nm=truth.pixel_size_nm),
+                          out / "figures" / "evaluation.png", title=out.name)
+    rs_pred = out / "rocksalt_mask.tif"
+    if truth.rs_mask is not None and rs_pred.exists() and not _rocksalt_judged(out):
+        notes.append("rock salt not scored: the predictions did not judge it (frames blank, or "
+                     "too small or coarse to show the lattice; rocksalt_fraction NaN)")
+    elif truth.rs_mask is not None and rs_pred.exists():
+        import tifffile
+
+        rs = tifffile.imread(rs_pred).reshape(truth.rs_mask.shape)
+        # No rock salt annotated nor found: nothing to score (not a perfect 1).
+        scores["rs_iou"] = mask_iou(rs, truth.rs_mask) if (rs.any() or truth.rs_mask.any()) else None
+        rs_counts = np.array([np.logical_and(rs > 0, truth.rs_mask > 0).sum(),
+                              np.logical_or(rs > 0, truth.rs_mask > 0).sum()], float)
+    true_tracks = truth_dir / f"{stem}_tracks.csv"
+    if true_tracks.exists() and (out / "tracks.csv").exists():
+        # Predictions made without a frame interval hold nm/frame: use the annotation's.
+        summary = velocities_in_nm_s(pd.read_csv(out / "track_summary.csv"), truth.frame_interval_s)
+        if summary is None:
+            notes.append("velocities not scored: the predictions are per frame and the "
+                         "annotation has no frame_interval_s")
+        else:
+            tracks = pd.read_csv(true_tracks)
+            if part is not None:
+                tracks, n_cut = _tracks_of_part(tracks, ann, part, truth_dir / f"{stem}_drift.csv")
+                if n_cut:
+                    notes.append(f"{n_cut} true track{'s' * (n_cut != 1)} cut by the part: "
+                                 "true velocities fitted to the labels inside it, less the true drift")
+            s, _ = tracking_scores(pd.read_csv(out / "tracks.csv"), summary, truth.cores,
+                                   tracks, pixel_size_nm=truth.pixel_size_nm)
+            scores.update(s)
+    elif truth.image.shape[0] > 1 and (truth.cores.particle == UNKNOWN_PARTICLE).any():
+        notes.append("identity switches not scored: the annotation has no particle ids")
+    elif truth.image.shape[0] > 1 and (out / "tracks.csv").exists() and len(truth.cores):
+        # A hand-annotated movie (no _tracks.csv): its particle ids still give switches.
+        pairs = match_identities(pd.read_csv(out / "tracks.csv"), truth.cores,
+                                 pixel_size_nm=truth.pixel_size_nm)
+        n = sum(_switches(g.sort_values("frame")) for _, g in pairs.groupby("true"))
+        scores.update(identity_switches=n, switches_per_track=n / truth.cores.particle.nunique())
+    true_events = truth_dir / f"{stem}_events.csv"
+    if true_events.exists() and (out / "events.csv").exists():
+        events = pd.read_csv(true_events)
+        if part is not None:
+            border = ((run_summary or {}).get("options") or {}).get("border_nm") or DEFAULT_BORDER_NM
+            events = part_events(events, ann.cores, part, pixel_size_nm=ann.pixel_size_nm,
+                                 border_nm=border)
+        scores.update(event_scores(pd.read_csv(out / "events.csv"), events,
+                                   pixel_size_nm=truth.pixel_size_nm))
+    if notes:
+        scores["note"] = "; ".join(notes)
+    scores = _defined(scores)
+    if made_by is not None:
+        scores["predicted_by"] = made_by
+    return scores, tally, rs_counts
+
+
+def _truth_of_results(out: Path, side: Path, ann: Annotation, run_summary: dict | None
+                      ) -> tuple[Part | None, Annotation | None, str | None]:
+    """The part (None: whole) of annotation ``ann`` (read from ``side``) that the results in
+    ``out`` (with infer's summary.json ``run_summary``) are of, its truth
+    (`part_annotation`), and why they cannot be scored against it (None where they can)."""
+    try:
+        part = find_part((run_summary or {}).get("options"), out.name, side.with_suffix("").name,
+                         ann.image.shape)
+    except ValueError as err:
+        return None, None, f"the predictions are of a part that is not of the annotated item: {err}"
+    truth = ann if part is None else part_annotation(ann, part)
+    try:
+        # Another image or movie of the same name (sets made apart reuse image_00000)?
+        why = (_shape_mismatch(run_summary, truth.image.shape)
+               or _image_mismatch(run_summary, truth.image[0], annotation_image(side)))
+    except (ValueError, OSError) as err:  # e.g. the annotated image unreadable
+        why = f"annotation: {err}"
+    return part, truth, why
+
+
+def _tracks_of_part(tracks: pd.DataFrame, ann: Annotation, part: Part,
+                    drift_csv: Path) -> tuple[pd.DataFrame, int]:
+    """`part_tracks` of the annotation's tracks, with its true drift where there is one."""
+    drift = pd.read_csv(drift_csv) if drift_csv.exists() else None
+    return part_tracks(tracks, ann.cores, part, drift=drift, pixel_size_nm=ann.pixel_size_nm,
+                       frame_interval_s=ann.frame_interval_s, min_frames=MIN_TRACK_FRAMES)
 
 
 #: The report's entry pooling the cores of all scored items the predicting model was not

@@ -234,9 +234,11 @@ def test_evaluate_refuses_missing_folders_and_unmatched_predictions(tmp_path, ca
     part = tmp_path / "pred" / "image_00000_x0-16_y0-16"  # infer --region's results
     part.mkdir()
     (part / "detections.csv").write_text("frame,x,y\n")
-    assert main(["evaluate", "--pred", str(tmp_path / "pred"), "--truth", str(tmp_path / "truth")]) == 2
-    assert ("image_00000_x0-16_y0-16 holds the results of part of an image (infer --frames / "
-            "--region), which are not scored") in capsys.readouterr().err
+    # Scored against the truth of that region (read from the folder's name: no summary.json).
+    assert main(["evaluate", "--pred", str(tmp_path / "pred"), "--truth", str(tmp_path / "truth")]) == 0
+    report = json.loads((tmp_path / "pred" / "evaluation.json").read_text())
+    assert set(report) == {"image_00000_x0-16_y0-16"}
+    assert report["image_00000_x0-16_y0-16"]["part"] == {"frames": None, "region": "0:16,0:16"}
 
 
 def test_core_outcomes_are_the_matching_of_detection_scores(tmp_path):
