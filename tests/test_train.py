@@ -555,6 +555,50 @@ def test_sample_to_item_carries_the_weight_through_augmentation():
     assert (sample_to_item(s, transform=tr)["heatmap_weight"] == 1).all()  # off by default
 
 
+def _lab_sample(image, cores):
+    """A lab-like sample (no mode, dose or rock salt) of ``image`` with ``cores``."""
+    from dislotrack.data_gen.sample import Sample
+
+    return Sample(image.astype(np.float32), cores, np.zeros(image.shape, np.uint8),
+                  {"pixel_size": 0.1, "mode": "lab", "detector": {"dose": np.nan}, "frame": 0})
+
+
+def test_a_nan_pad_does_not_blank_an_augmented_image():
+    # An aligned stack's NaN border: augmentation must keep the image (its NaN had made
+    # every pixel NaN, which normalisation zeroed), at the level inference gives NaN.
+    y, x = np.mgrid[:64, :64]
+    image = np.cos(2 * np.pi * (x + 0.5 * y) / 9.0)  # fringes: a blur keeps them
+    image[:4, :] = np.nan
+    s = _lab_sample(image, pd.DataFrame({"x": [30.0], "y": [30.0], "hx": [1.0], "hy": [0.0]}))
+    tr = A.Compose([A.RandomBrightnessContrast(p=1), A.GaussianBlur(blur_limit=(3, 3), p=1)], seed=0,
+                   keypoint_params=A.KeypointParams(format="xy", remove_invisible=False))
+    plain = sample_to_item(s)["image"][0].numpy()
+    augmented = sample_to_item(s, transform=tr)["image"][0].numpy()
+    assert np.isfinite(augmented).all() and augmented[8:].std() > 0.5
+    assert np.corrcoef(plain[8:].ravel(), augmented[8:].ravel())[0, 1] > 0.5  # the same image
+    assert abs(np.median(augmented[:3])) < 0.2 and abs(np.median(plain[:3])) < 0.2
+
+
+def test_validation_truth_keeps_every_core_of_a_crowded_frame():
+    g = np.arange(12) * 20 + 10.0
+    xx, yy = np.meshgrid(g, g)
+    cores = pd.DataFrame({"x": xx.ravel(), "y": yy.ravel(), "hx": 1.0, "hy": 0.0})  # 144 cores
+    item = sample_to_item(_lab_sample(np.random.default_rng(0).random((240, 240)), cores))
+    truth = cores_from_batch(item["cores"][None])[0]
+    assert len(truth) == 144
+    assert np.allclose(truth[["x", "y"]].to_numpy(), cores[["x", "y"]].to_numpy())
+
+
+def test_finetune_validation_scores_whole_non_square_frames():
+    from dislotrack.train.finetune import WholeFrames
+
+    cores = pd.DataFrame({"x": [10.0, 100.0, 180.0, 240.0], "y": [20.0, 30.0, 40.0, 50.0],
+                          "hx": 1.0, "hy": 0.0})
+    item = WholeFrames([_lab_sample(np.random.default_rng(1).random((70, 250)), cores)], 16)[0]
+    assert tuple(item["image"].shape) == (1, 64, 240)  # a multiple of 16 each way, not a square
+    assert len(cores_from_batch(item["cores"][None])[0]) == 4
+
+
 def test_a_bundled_config_is_found_by_name_from_any_folder(tmp_path, monkeypatch):
     from dislotrack.train.cli import resolve_configs
 

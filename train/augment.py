@@ -45,8 +45,17 @@ def to_unit_range(image: np.ndarray) -> np.ndarray:
     No clipping: the robust normalisation that follows must see the same tails as at
     inference (`dislotrack.models.normalise.normalise_image`).
     """
-    lo, hi = float(image.min()), float(image.max())
-    return ((image - lo) / max(hi - lo, 1e-12)).astype(np.float32)
+    finite = np.isfinite(image)
+    if not finite.any():
+        return np.zeros(image.shape, np.float32)
+    # A NaN pad (an aligned stack's border) must not blank the image: scaled over the
+    # finite pixels and filled with their median, the flat level normalise_image gives
+    # NaN at inference (albumentations' blurs and means would spread NaN).
+    lo, hi = float(image[finite].min()), float(image[finite].max())
+    out = (image - lo) / max(hi - lo, 1e-12)
+    if not finite.all():
+        out = np.where(finite, out, np.median(out[finite]))
+    return out.astype(np.float32)
 
 
 def augment(transform: A.Compose, image: np.ndarray, cores: pd.DataFrame,

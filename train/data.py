@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import replace
 
 import numpy as np
@@ -23,7 +24,10 @@ from dislotrack.models.normalise import normalise_image
 from dislotrack.models.visibility import shows_half_plane_end
 from dislotrack.train.augment import augment, build_transform, to_unit_range
 
-MAX_CORES = 64  # true cores per sample carried to validation (padded with NaN)
+#: True cores per sample carried to validation (padded with NaN): enough for a whole
+#: 2048 px lab frame at a core per 6 nm^2; beyond it, validation would score the
+#: surplus as false cores (a warning says so).
+MAX_CORES = 1024
 
 
 #: Around a core the image does not show, the heatmap loss is ignored within this radius
@@ -76,6 +80,10 @@ def sample_to_item(s: Sample, *, transform=None, ignore_hidden: bool = False) ->
     t = dense_targets(cores, rs, pixel_size=s.meta["pixel_size"])
     weight = ignore_weight(cores, rs.shape, pixel_size=s.meta["pixel_size"])
     truth = np.full((MAX_CORES, 4), np.nan, np.float32)
+    if len(cores) > MAX_CORES:
+        warnings.warn(f"{len(cores)} true cores in one sample: validation keeps the first "
+                      f"{MAX_CORES} (dislotrack.train.data.MAX_CORES), so found cores beyond "
+                      "them count as false", stacklevel=2)
     arr = cores[["x", "y", "hx", "hy"]].to_numpy(np.float32)[:MAX_CORES]
     truth[: len(arr)] = arr
     return {

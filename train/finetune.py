@@ -206,15 +206,19 @@ def held_out_frames(val: list[Sample]) -> dict[str, list[int]]:
     return {k: sorted(v) for k, v in out.items()}
 
 
-def _crop(s: Sample, size: int, rng: np.random.Generator) -> Sample:
+def _crop(s: Sample, size: int | tuple[int, int], rng: np.random.Generator) -> Sample:
+    """A ``size`` x ``size`` (or (rows, columns)) crop of ``s`` at a random place, with
+    the cores inside it."""
     h, w = s.image.shape
-    if h < size or w < size:
-        raise ValueError(f"annotated frame {h}x{w} px is smaller than the crop {size} px")
-    y0, x0 = int(rng.integers(0, h - size + 1)), int(rng.integers(0, w - size + 1))
+    sy, sx = (size, size) if isinstance(size, (int, np.integer)) else size
+    if h < sy or w < sx:
+        raise ValueError(f"annotated frame {h}x{w} px is smaller than the crop "
+                         f"{sy if sy == sx else f'{sy}x{sx}'} px")
+    y0, x0 = int(rng.integers(0, h - sy + 1)), int(rng.integers(0, w - sx + 1))
     c = s.cores.assign(x=s.cores.x - x0, y=s.cores.y - y0)
-    c = c[(c.x >= -0.5) & (c.x < size - 0.5) & (c.y >= -0.5) & (c.y < size - 0.5)]
-    return Sample(s.image[y0:y0 + size, x0:x0 + size], c,
-                  s.rs_mask[y0:y0 + size, x0:x0 + size], s.meta)
+    c = c[(c.x >= -0.5) & (c.x < sx - 0.5) & (c.y >= -0.5) & (c.y < sy - 0.5)]
+    return Sample(s.image[y0:y0 + sy, x0:x0 + sx], c,
+                  s.rs_mask[y0:y0 + sy, x0:x0 + sx], s.meta)
 
 
 class CropDataset(Dataset):
@@ -244,7 +248,9 @@ class _NewCropsEachEpoch(L.Callback):
 
 
 class WholeFrames(Dataset):
-    """Validation frames, cropped to a multiple of the network stride."""
+    """Validation frames, each cropped by under ``multiple`` px per side to a multiple of
+    the network stride (not to a square: every core but those few px is scored; batch
+    size 1, so frames of different shapes need no padding)."""
 
     def __init__(self, frames: list[Sample], multiple: int):
         self.frames, self.m = frames, multiple
@@ -255,7 +261,7 @@ class WholeFrames(Dataset):
     def __getitem__(self, i: int) -> dict:
         s = self.frames[i]
         h, w = (np.array(s.image.shape) // self.m) * self.m
-        return sample_to_item(_crop(s, min(h, w), np.random.default_rng(i)))
+        return sample_to_item(_crop(s, (int(h), int(w)), np.random.default_rng(i)))
 
 
 class _EpochBar(TQDMProgressBar):
