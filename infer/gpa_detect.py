@@ -25,6 +25,7 @@ from skimage.filters import threshold_otsu
 from skimage.morphology import remove_small_holes, remove_small_objects
 
 from dislotrack.data_gen.conventions import D003_LINIO2_NM, h_from_b_hat, unit
+from dislotrack.infer.fringe_amplitude import noise_rms
 from dislotrack.infer.gpa import (
     NoReflectionError,
     _as_image,
@@ -111,16 +112,14 @@ def _noise_amplitude(spectrum: np.ndarray, g: np.ndarray, pixel_size_nm: float,
                      resolution_nm: float) -> float:
     """RMS of ``|H_g|`` that the noise alone would give [image units].
 
-    The noise power is the median power on the ring ``| |k| - |g| | < 2 sigma_k``
-    (Bragg spots cover little of it) divided by ln 2 (exponential distribution);
-    the Gaussian mask passes ``sum M^2 = pi sigma_k^2 / dk^2`` of it.
+    `dislotrack.infer.fringe_amplitude.noise_rms` on the ring ``| |k| - |g| | < 2 sigma_k``;
+    the Gaussian mask passes ``sum M^2 = pi sigma_k^2 / dk^2`` of the noise.
     """
     kx, ky = _frequencies(spectrum.shape, pixel_size_nm)
     sigma_k = _sigma_k(resolution_nm)
-    ring = np.abs(np.hypot(kx, ky) - np.hypot(*g)) < 2 * sigma_k
-    power = np.median(np.abs(spectrum[ring]) ** 2) / np.log(2)
     mask_sq = np.pi * sigma_k**2 * spectrum.size * pixel_size_nm**2
-    return float(np.sqrt(power * mask_sq) / spectrum.size)
+    return noise_rms(np.abs(spectrum) ** 2, np.hypot(kx, ky), radius=np.hypot(*g),
+                     half_width=2 * sigma_k, mask_sq=mask_sq, n_pixels=spectrum.size)
 
 
 def _vortex_zero(hd: np.ndarray, i: int, j: int) -> tuple[float, float]:

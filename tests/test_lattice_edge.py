@@ -1,5 +1,6 @@
-"""Where a frame shows no (003) lattice (`dislotrack.infer.lattice_edge`), and what that
-makes of the cores beside it (cleanup flags, births and deaths)."""
+"""Where a frame shows no (003) lattice (`dislotrack.infer.lattice_edge`), the noise floor
+it is judged against (`dislotrack.infer.fringe_amplitude`), and what that makes of the
+cores beside it (cleanup flags, births and deaths)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import pytest
 from dislotrack.data_gen.sample import GeneratorConfig, make_sample
 from dislotrack.infer.cleanup import clean_frame
 from dislotrack.infer.events import birth_death
-from dislotrack.infer.lattice_edge import lattice_free_mask
+from dislotrack.infer.fringe_amplitude import noise_rms
+from dislotrack.infer.lattice_edge import fringe_snr, lattice_free_mask
 from dislotrack.infer.tracking import track_detections
 
 PS, D = 0.1, 0.473
@@ -36,6 +38,45 @@ def test_vacuum_and_fringe_free_regions_are_found_cores_are_not():
     free = lattice_free_mask(s.image, pixel_size_nm=s.meta["pixel_size"], d_spacing_nm=D)
     rows, cols = np.round(s.cores[["y", "x"]].to_numpy()).astype(int).T
     assert not free[rows, cols].any()
+
+
+def fringes(shape=(128, 128)) -> np.ndarray:
+    """Unit-amplitude (003) fringes along y at 0.1 nm/px."""
+    y = np.arange(shape[0])[:, None] * np.ones(shape[1])
+    return np.cos(2 * np.pi * y * PS / D)
+
+
+def test_vacuum_is_found_at_low_dose_noise_twice_the_fringes():
+    # Per-pixel noise SD twice the fringes' amplitude (a few tens of e/A^2): the whole
+    # ring's noise drowns the old 90th-percentile threshold; the noise floor does not.
+    x = np.arange(128)[None, :]
+    frame = fringes() * (x < 64) + np.random.default_rng(1).normal(0, 2.0, (128, 128))
+    mask = lattice_free_mask(frame, pixel_size_nm=PS, d_spacing_nm=D)
+    assert mask[:, 80:112].all() and not mask[:, 8:56].any()
+    amplitude, snr = fringe_snr(frame, pixel_size_nm=PS, d_spacing_nm=D)
+    assert 0.7 < np.median(snr[:, 80:112]) < 1.3  # vacuum reads the noise: about 1
+    assert np.median(snr[:, 8:56]) > 3
+
+
+def test_crystal_whose_fringes_fade_tenfold_is_not_lattice_free():
+    # A thickness contour or defocus gradient: contrast from 1 down to 0.1 across the frame.
+    x = np.arange(128)[None, :]
+    frame = fringes() * (1 - 0.9 * x / 127) + np.random.default_rng(2).normal(0, 0.2, (128, 128))
+    assert not lattice_free_mask(frame, pixel_size_nm=PS, d_spacing_nm=D).any()
+
+
+def test_noise_rms_is_the_band_passed_noise_and_ignores_bragg_spots():
+    rng = np.random.default_rng(4)
+    k = np.hypot(np.fft.fftfreq(256)[:, None], np.fft.fftfreq(256)[None, :])
+    mask = np.exp(-0.5 * ((k - 0.2) / 0.02) ** 2)  # a ring band-pass
+    noise = rng.normal(0, 3.0, (256, 256))
+    measured = np.fft.ifft2(np.fft.fft2(noise) * mask).real.std()  # a real band-pass
+    for image in (noise, noise + 5 * fringes((256, 256))):  # strong fringes on the ring
+        power = np.abs(np.fft.fft2(image)) ** 2
+        rms = noise_rms(power, k, radius=0.2, half_width=0.02, mask_sq=float((mask**2).sum()),
+                        n_pixels=image.size)
+        assert rms == pytest.approx(measured, rel=0.05)
+    assert np.isnan(noise_rms(power, k, radius=2.0, half_width=0.02, mask_sq=1.0, n_pixels=1))
 
 
 def test_a_core_beside_vacuum_is_at_the_specimen_edge_one_in_rock_salt_is_in_rock_salt():
