@@ -386,7 +386,6 @@ class DislotrackCLI(LightningCLI):
         starts from, were made for another pixel size than ``--data.pixel_size``: the (003)
         fringes would fall outside the channels' band, or the weights see another scale."""
         from dislotrack.data_gen.conventions import D003_LINIO2_NM
-        from dislotrack.models.io import load_model
 
         ps = float(self.config[self.subcommand].data.get("pixel_size"))
         config = getattr(self.model.net, "config", None)
@@ -399,12 +398,31 @@ class DislotrackCLI(LightningCLI):
                 f"{D003_LINIO2_NM / ps:.3g} (a new network) or the pixel size it was made for")
         start = self.config[self.subcommand].model.get("init_from")
         if start:
-            canonical = float(load_model(start)[1].get("canonical_pixel_size_nm", ps))
+            # The module read the model already; where it could not (moved since the run
+            # began), a restored checkpoint does not need it, a fresh start does.
+            card = getattr(self.model, "init_from_card", None)
+            if card is None:
+                if not self._restores_checkpoint():
+                    self.model.require_init_from()
+                return
+            canonical = float(card.get("canonical_pixel_size_nm", ps))
             if abs(canonical / ps - 1) > 0.01:
                 raise TrainConfigError(
                     f"--model.init_from {start} works at {canonical:g} nm/px but --data.pixel_size "
                     f"is {ps:g}: pass --data.pixel_size {canonical:g} (its scale), or train a new "
                     "network at this one")
+
+    def _restores_checkpoint(self) -> bool:
+        """Whether this run will restore a checkpoint (``--ckpt_path`` that exists, or a
+        SLURM-requeued job's), whose weights replace ``--model.init_from``'s."""
+        ckpt = self.config[self.subcommand].get("ckpt_path")
+        if ckpt:
+            return not missing_last_checkpoint(ckpt, getattr(self.trainer.checkpoint_callback,
+                                                             "dirpath", None))
+        from lightning.fabric.plugins.environments import SLURMEnvironment
+
+        return (self.subcommand == "fit" and SLURMEnvironment.detect()
+                and any(Path(self.trainer.default_root_dir).glob("hpc_ckpt_*.ckpt")))
 
     def before_fit(self) -> None:
         self._check_sizes()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import numbers
+from collections.abc import Callable, Iterator
 from dataclasses import replace
+from functools import partial
 
 import lightning as L
 import numpy as np
@@ -22,6 +24,25 @@ def _single_threaded_worker(worker_id: int) -> None:
 
     torch.set_num_threads(1)
     cv2.setNumThreads(0)
+
+
+class EpochLoader(DataLoader):
+    """A DataLoader that calls ``before_iter`` each time an epoch's iterator is made.
+
+    Lightning makes the training loader once unless ``reload_dataloaders_every_n_epochs``
+    is set, and an ``IterableDataset`` has no sampler for it to ``set_epoch``: the hook
+    brings the stream up to the current epoch (seeds, curriculum) whatever the trainer's
+    settings. Loader workers start at each ``iter`` (``persistent_workers`` False), so
+    they copy the updated stream.
+    """
+
+    def __init__(self, *args, before_iter: Callable[[], None], **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.before_iter = before_iter
+
+    def __iter__(self) -> Iterator:
+        self.before_iter()
+        return super().__iter__()
 
 
 #: Doses [e/A^2] cycled through the fixed validation/test sets.
@@ -123,23 +144,35 @@ class SyntheticDataModule(L.LightningDataModule):
             # waiting for data and starve the generator workers.
             torch.set_num_threads(self.hparams.main_threads)
 
-    def _loader(self, ds, **kw) -> DataLoader:
+    def _loader(self, ds, loader: type[DataLoader] = DataLoader, **kw) -> DataLoader:
         hp = self.hparams
-        return DataLoader(ds, batch_size=hp.batch_size, num_workers=hp.num_workers,
-                          persistent_workers=False, worker_init_fn=_single_threaded_worker, **kw)
+        # Not persistent: workers copy the dataset anew at each epoch (`EpochLoader`).
+        return loader(ds, batch_size=hp.batch_size, num_workers=hp.num_workers,
+                      persistent_workers=False, worker_init_fn=_single_threaded_worker, **kw)
 
     def train_dataloader(self) -> DataLoader:
         hp = self.hparams
-        epoch = self.trainer.current_epoch if self.trainer is not None else 0
-        cfg = self.generator_config(hp.size, hp.pixel_size_jitter, epoch, train=True)
-        ds = SyntheticStream(cfg, seed=hp.seed, n_variants=hp.n_variants,
+        ds = SyntheticStream(self.generator_config(hp.size, hp.pixel_size_jitter, 0, train=True),
+                             seed=hp.seed, n_variants=hp.n_variants,
                              samples_per_epoch=hp.samples_per_epoch,
                              ignore_hidden=hp.get("ignore_hidden_cores", False),
                              batch_size=hp.batch_size)
-        if self.trainer is not None:  # each epoch and rank draws its own stream
-            ds.set_epoch(epoch)
-            ds.set_rank(self.trainer.global_rank, self.trainer.world_size)
-        return self._loader(ds)
+        self._to_current_epoch(ds)
+        # Read again at each epoch's start, so that a loader made once (no
+        # reload_dataloaders_every_n_epochs: a custom config, the Python API) still
+        # draws new samples each epoch and advances the curriculum.
+        return self._loader(ds, loader=EpochLoader, before_iter=partial(self._to_current_epoch, ds))
+
+    def _to_current_epoch(self, ds: SyntheticStream) -> None:
+        """Set ``ds`` to the trainer's current epoch and rank (epoch 0 without a trainer):
+        each epoch and rank draws its own stream, at that epoch's curriculum stage."""
+        hp = self.hparams
+        trainer = self.trainer
+        epoch = trainer.current_epoch if trainer is not None else 0
+        ds.config = self.generator_config(hp.size, hp.pixel_size_jitter, epoch, train=True)
+        ds.set_epoch(epoch)
+        if trainer is not None:
+            ds.set_rank(trainer.global_rank, trainer.world_size)
 
     def val_dataloader(self) -> DataLoader:
         hp = self.hparams

@@ -31,10 +31,22 @@ def init_weights(net: nn.Module, path: str) -> str | None:
     TrainConfigError
         If ``path`` is no model or its architecture differs from ``net``'s.
     """
+    saved, card = _read_init_model(path)
+    _copy_weights(net, saved, path)
+    return card.get("sha256")
+
+
+def _read_init_model(path: str) -> tuple[nn.Module, dict]:
+    """The saved model ``path`` and its card; `TrainConfigError` (one line) if unreadable."""
     try:
-        saved, card = load_model(path)
+        return load_model(path)
     except (ValueError, OSError) as err:  # e.g. a .ckpt, or no such model: one line
         raise TrainConfigError(f"--model.init_from {path}: {err}") from None
+
+
+def _copy_weights(net: nn.Module, saved: nn.Module, path: str) -> None:
+    """Copy ``saved``'s weights (the model ``path``) into ``net``; `TrainConfigError` if
+    their architectures differ."""
     mine = getattr(net, "config", None)  # UNetConfig: a frozen dataclass, compared by value
     if mine is not None and mine != saved.config:
         theirs, ours = saved.config.to_dict(), mine.to_dict()
@@ -43,13 +55,22 @@ def init_weights(net: nn.Module, path: str) -> str | None:
         raise TrainConfigError(f"--model.init_from {path}: its architecture differs from the "
                                f"configured network ({differ}): pass its settings")
     net.load_state_dict(saved.state_dict())
-    return card.get("sha256")
 
 
 #: A checkpoint's entry holding the network's `UNetConfig` as a dict.
 ARCHITECTURE_KEY = "dislotrack_architecture"
 #: A checkpoint's entry holding the sha256 of the ``init_from`` model.
 INIT_FROM_KEY = "dislotrack_init_from_sha256"
+#: State-dict prefix under which checkpoints up to 0.1.24 hold the network a second time
+#: (``_forward.*``, compiled: ``_forward._orig_mod.*``): the same tensors as ``net.*``.
+DUPLICATE_NET_PREFIX = "_forward."
+
+
+def _drop_duplicate_net(module: nn.Module, state_dict: dict, prefix: str, *args) -> None:
+    """Load-state-dict pre-hook: drop the ``_forward.*`` copies of ``net.*`` that older
+    checkpoints hold, so that they load with or without ``compile``."""
+    for key in [k for k in state_dict if k.startswith(prefix + DUPLICATE_NET_PREFIX)]:
+        del state_dict[key]
 
 
 class DislocationModule(L.LightningModule):
@@ -66,10 +87,13 @@ class DislocationModule(L.LightningModule):
     threshold : float
         Heatmap threshold used by the validation decoding.
     compile : bool
-        Wrap the network in ``torch.compile`` (opt-in, for GPUs).
+        Wrap the network in ``torch.compile`` (opt-in, for GPUs); checkpoints hold the
+        same keys either way, so a run may be resumed or tested with the other setting.
     init_from : str, optional
         A saved model (``<stem>`` or a bundled name, see `load_model`) whose weights
         start the training (continued training); its architecture must match ``net``.
+        Where it cannot be read, the error is raised only if no checkpoint is restored
+        (`require_init_from`): resuming or testing a run does not need its base model.
     """
 
     def __init__(self, net: nn.Module, *, lr: float = 2e-3, weight_decay: float = 1e-4,
@@ -87,16 +111,47 @@ class DislocationModule(L.LightningModule):
             raise TrainConfigError(f"--model.threshold is a core score in (0, 1), got {threshold!r}")
         #: The hash of the model this run started from (kept in checkpoints: a resume
         #: reports the one it started from, even where the file has since been replaced).
-        self.init_from_sha256 = init_weights(net, init_from) if init_from else None
+        self.init_from_sha256: str | None = None
+        #: The card of the ``init_from`` model (None without one, or where it is unreadable).
+        self.init_from_card: dict | None = None
+        #: Why ``init_from`` could not be read: a checkpoint that replaces all weights does
+        #: not need it (a resumed or tested run whose base model was moved since), so it is
+        #: raised only where none is restored (`require_init_from`).
+        self.init_from_error: TrainConfigError | None = None
+        self._restored = False  # set by on_load_checkpoint
+        if init_from:
+            try:
+                saved, card = _read_init_model(init_from)
+            except TrainConfigError as err:
+                self.init_from_error = err
+            else:  # eager, so that a module built with init_from holds its weights at once
+                _copy_weights(net, saved, init_from)
+                self.init_from_card, self.init_from_sha256 = card, card.get("sha256")
         self.net = net
         self.save_hyperparameters(ignore=["net"])
-        # torch.compile is opt-in (GPU configs); the compiled wrapper shares parameters.
-        self._forward = torch.compile(net) if compile else net
+        # torch.compile is opt-in (GPU configs). The compiled wrapper shares the network's
+        # parameters; set past nn.Module's registry, it adds no `_orig_mod` keys to the
+        # state dict, so checkpoints load with or without compile.
+        object.__setattr__(self, "_compiled_net", torch.compile(net) if compile else None)
+        self.register_load_state_dict_pre_hook(_drop_duplicate_net)
         self._tallies: dict[str, DetectionTally] = {}
         self._rs = np.zeros(3)  # intersection, union, annotated samples
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._forward(x)
+        return (self.net if self._compiled_net is None else self._compiled_net)(x)
+
+    def require_init_from(self) -> None:
+        """Raises the `TrainConfigError` of an unreadable ``init_from`` (a run that starts
+        from it, or scores it, needs it; a restored checkpoint replaces its weights)."""
+        if self.init_from_error is not None and not self._restored:
+            raise self.init_from_error
+
+    def on_fit_start(self) -> None:
+        # After Lightning restored any checkpoint: a fresh fit needs its init_from model.
+        self.require_init_from()
+
+    def on_test_start(self) -> None:
+        self.require_init_from()
 
     #: Settings that the optimizer and its schedule carry in a checkpoint: a resumed fit
     #: restores those, so another value on the command line would be silently ignored.
@@ -105,6 +160,7 @@ class DislocationModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Refuse a resumed fit whose optimizer settings differ from the checkpoint's, and
         warn where the data settings do (the card records this run's)."""
+        self._restored = True  # its weights replace init_from's
         if self._trainer is None or self.trainer.state.fn != "fit":
             return  # validate/test read the weights only
         self.init_from_sha256 = checkpoint.get(INIT_FROM_KEY, self.init_from_sha256)
@@ -251,6 +307,7 @@ class DislocationModule(L.LightningModule):
         # schedule that does not fit before spending time on validation.
         if self._trainer is not None and self.trainer.sanity_checking:
             self._check_resumed_schedule()
+        self.require_init_from()  # validate: scores the init_from model without a checkpoint
 
     def on_train_start(self) -> None:
         self._check_resumed_schedule()
