@@ -346,7 +346,7 @@ class Detector:
     mtf_sigma_px: float = 0.5
     gain: float = 1.0
     offset: float = 0.0
-    read_noise: float = 0.0  # [counts]
+    read_noise: float = 0.0  # [electrons]: SD of the read noise, times gain in counts
 
     def as_dict(self) -> dict:
         return asdict(self)

@@ -125,10 +125,13 @@ class MovieSample:
     clean: np.ndarray | None = field(default=None, repr=False)  # noise-free frames (keep_clean)
 
 
-def draw_drift(rng: np.random.Generator, n: int, *, speed: float = 0.05, walk: float = 0.02) -> np.ndarray:
-    """Specimen drift [nm] per frame: a steady drift plus a random walk."""
-    v = rng.normal(0, speed, 2)
-    steps = v + rng.normal(0, walk, (n, 2))
+def draw_drift(rng: np.random.Generator, n: int, *, frame_interval: float = 1.0, speed: float = 0.05,
+               walk: float = 0.02) -> np.ndarray:
+    """Specimen drift [nm] at each of ``n`` frames ``frame_interval`` [s] apart: a steady
+    drift (each component's velocity drawn with SD ``speed`` [nm/s]) plus a random walk
+    (SD ``walk`` [nm] per second, growing as the square root of time)."""
+    v = rng.normal(0, speed, 2) * frame_interval
+    steps = v + rng.normal(0, walk, (n, 2)) * np.sqrt(frame_interval)
     steps[0] = 0
     return np.cumsum(steps, axis=0)
 
@@ -158,7 +161,10 @@ def closest_approach(new: list[TrackSpec], placed: list[TrackSpec]) -> float:
 def draw_scenario(rng: np.random.Generator, cfg: GeneratorConfig, spec: SpecimenParams,
                   n_frames: int, fov_nm: float, frame_interval: float = 1.0) -> MovieScenario:
     """Random singles (gliding/climbing, some entering late) and nucleating dipoles, no
-    two cores (but a dipole's pair) closer than `MIN_CORE_APPROACH_NM` in any frame."""
+    two cores (but a dipole's pair) closer than `MIN_CORE_APPROACH_NM` in any frame (on
+    the paths before `snap_scenario` moves cores to lattice sites, by up to ~0.27 nm:
+    0.8 nm or more after). Speeds are drawn in nm/s, drift too (`draw_drift`); a dipole's
+    expansion and hold last a number of frames."""
     tracks: list[TrackSpec] = []
 
     def single(pid: int) -> list[TrackSpec]:
@@ -175,7 +181,8 @@ def draw_scenario(rng: np.random.Generator, cfg: GeneratorConfig, spec: Specimen
         n_exp = int(rng.integers(3, max(4, n_frames // 3)))
         f0 = int(rng.integers(0, max(1, n_frames - 2 * n_exp)))
         pair = dipole_tracks(rng.uniform(0.2, 0.8, 2) * fov_nm, b, first_frame=f0, n_expand=n_exp,
-                             n_hold=int(rng.integers(0, 5)), speed=float(rng.uniform(0.05, 0.3)),
+                             n_hold=int(rng.integers(0, 5)),
+                             speed=float(rng.uniform(0.05, 0.3)) * frame_interval,  # nm/s -> per frame
                              motion=str(rng.choice(["glide", "climb"])), pid=pid)
         return [TrackSpec(t.particle, t.b, t.first_frame, t.path[: n_frames - f0], t.partner)
                 for t in pair]
@@ -190,7 +197,8 @@ def draw_scenario(rng: np.random.Generator, cfg: GeneratorConfig, spec: Specimen
 
     place(single, rng.poisson(max(cfg.density * fov_nm**2 / 100 * 0.6, 0.5)))
     place(dipole, rng.poisson(cfg.dipole_fraction * 2))
-    return MovieScenario(n_frames, frame_interval, tracks, draw_drift(rng, n_frames),
+    return MovieScenario(n_frames, frame_interval, tracks,
+                         draw_drift(rng, n_frames, frame_interval=frame_interval),
                          1.0 + rng.uniform(0, 1.0) * np.arange(n_frames) / max(n_frames - 1, 1))
 
 
@@ -265,17 +273,22 @@ def render_movie(rng: np.random.Generator, cfg: GeneratorConfig, spec: SpecimenP
 
 def _events_at_labels(events: pd.DataFrame, cores: pd.DataFrame, pixel_size: float) -> pd.DataFrame:
     """Put each event where the image shows its cores (mean of their labels) when they are
-    all in the field at the event's frame; otherwise keep the mapped scenario position."""
+    all labelled at the event's frame; otherwise keep the mapped scenario position. An
+    event none of whose cores is labelled then (beyond the specimen's edge, or out of
+    the field) is dropped: the image cannot show it."""
     if not len(events):
         return events
     by_key = cores.set_index(["frame", "particle"])[["x", "y"]]
     events = events.copy()
-    for i, ev in events.iterrows():
+    shown = np.ones(len(events), bool)
+    for n, (i, ev) in enumerate(events.iterrows()):
         keys = [(int(ev["frame"]), int(p)) for p in str(ev["particles"]).split()]
-        if all(k in by_key.index for k in keys):
+        labelled = [k in by_key.index for k in keys]
+        if all(labelled):
             xy = by_key.loc[keys].to_numpy(float).mean(axis=0) * pixel_size
             events.loc[i, ["x_nm", "y_nm"]] = xy
-    return events
+        shown[n] = any(labelled)
+    return events[shown].reset_index(drop=True)
 
 
 def make_movie(rng: np.random.Generator, cfg: GeneratorConfig | None = None, *, n_frames: int = 20,
@@ -349,7 +362,8 @@ def seed_like_scenario(spec: SpecimenParams, fov_nm: float, *, n_frames: int = 3
                          n_hold=max(1, n // 10), speed=0.25 * frame_interval, motion="glide", pid=2)
     tracks += [TrackSpec(t.particle, t.b, t.first_frame, t.path[: n - t.first_frame], t.partner)
                for t in pair]
-    drift = np.cumsum(np.tile([0.03, -0.02], (n, 1)), axis=0) - [0.03, -0.02]
+    step = np.array([0.03, -0.02]) * frame_interval  # nm/s -> nm per frame
+    drift = np.cumsum(np.tile(step, (n, 1)), axis=0) - step
     return MovieScenario(n, frame_interval, tracks, drift, np.ones(n))
 
 
