@@ -1527,7 +1527,7 @@ def test_a_finer_model_registers_drift_on_the_input_frames_and_says_it_upsamples
     from dislotrack.data_gen.export import generate_dataset
 
     generate_dataset(out=tmp_path, n=1, size=256, mode="stem", seed=4, progress=False,
-                     movie_frames=12, dose=(1000, 1000), frame_interval=0.5)
+                     movie_frames=12, dose=(1000, 1000), frame_interval=1.0)
     res = analyze(tmp_path / "movie_00000.tif", model="fine", progress=False)
     true = pd.read_csv(tmp_path / "movie_00000_drift.csv").set_index("frame")
     got = res.drift.set_index("frame")
