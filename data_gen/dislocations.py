@@ -60,6 +60,7 @@ def volterra_displacement(
     *,
     poisson: float = 0.3,
     core_radius: float = 0.1,
+    all_cores_at_once: bool = False,
 ) -> np.ndarray:
     """Displacement of points by superposed isotropic edge-dislocation fields.
 
@@ -72,6 +73,11 @@ def volterra_displacement(
         Poisson ratio.
     core_radius : float
         Regularisation radius [nm] of the logarithmic and 1/r terms.
+    all_cores_at_once : bool
+        Evaluate every core in one pass over (points, cores) arrays instead of one pass
+        per core: several times faster for up to a few thousand points, where each
+        pass costs mostly its fixed overhead; the same field up to float32 rounding
+        (the sum over cores is ordered differently). The columns use the default.
 
     Returns
     -------
@@ -80,36 +86,61 @@ def volterra_displacement(
     """
     # float32: positions are a few tens of nm, so precision stays ~1e-5 nm, twice as fast.
     # Work on separate x / y arrays: (n, 2) temporaries cost more than the maths.
-    pts = np.asarray(points, dtype=np.float32)
+    pts = np.asarray(points, dtype=np.float32).reshape(-1, 2)
     px, py = np.ascontiguousarray(pts[:, 0]), np.ascontiguousarray(pts[:, 1])
+    nu = poisson
+    const = (np.float32(1 / (2 * (1 - nu))), np.float32((1 - 2 * nu) / (4 * (1 - nu))),
+             np.float32(1 / (4 * (1 - nu))), np.float32(core_radius**2))
+    if all_cores_at_once and dislocations:
+        b = np.array([d.b for d in dislocations], dtype=float)  # as _frame, for all cores
+        bn = np.where(b @ _CUT_REFERENCE >= 0, 1.0, -1.0) * np.linalg.norm(b, axis=1)
+        bx, by = (b / bn[:, None]).astype(np.float32).T
+        k = (bn / (2 * np.pi)).astype(np.float32)
+        cx, cy = np.array([(d.x, d.y) for d in dislocations], dtype=np.float32).T
+        cx, cy, bx, by, k = (v[:, None] for v in (cx, cy, bx, by, k))  # (cores, 1)
+        out = np.empty((len(px), 2), np.float32)
+        step = max(1, 2**15 // len(dislocations))  # (cores, chunk) temporaries of 128 kB: in cache
+        for i in range(0, len(px), step):
+            rx = px[None, i:i + step] - cx
+            ry = py[None, i:i + step] - cy
+            ux, uy = _edge_field(rx * bx + ry * by, rx * -by + ry * bx, k, *const)
+            out[i:i + step, 0] = (ux * bx - uy * by).sum(axis=0)
+            out[i:i + step, 1] = (ux * by + uy * bx).sum(axis=0)
+        return out.astype(float)
     ux_img = np.zeros_like(px)
     uy_img = np.zeros_like(py)
-    nu = poisson
-    c_xy = np.float32(1 / (2 * (1 - nu)))
-    c_log = np.float32((1 - 2 * nu) / (4 * (1 - nu)))
-    c_sq = np.float32(1 / (4 * (1 - nu)))
-    rc2 = np.float32(core_radius**2)
-    for d in dislocations:
-        # The field is odd in b for a fixed frame; only the branch cut depends on the
-        # frame. Taking the frame from +-b by a fixed rule gives b and -b parallel cuts,
-        # so a dipole's cuts cancel beyond its cores and its far field vanishes (a
-        # nucleating dipole does not shift the rest of the crystal).
-        s = 1.0 if d.b @ _CUT_REFERENCE >= 0 else -1.0
-        bn = s * float(np.linalg.norm(d.b))
-        bx, by = (float(v) for v in d.b / bn)
-        hx, hy = (float(v) for v in h_from_b_hat(np.array([bx, by])))
-        rx = px - np.float32(d.x)
-        ry = py - np.float32(d.y)
-        x = rx * np.float32(bx) + ry * np.float32(by)
-        y = rx * np.float32(hx) + ry * np.float32(hy)
-        x2, y2 = x * x, y * y
-        inv = 1 / (x2 + y2 + rc2)
-        k = np.float32(bn / (2 * np.pi))
-        ux = k * (np.arctan2(y, x) + c_xy * x * y * inv)
-        uy = -k * (c_log * np.log(x2 + y2 + rc2) + c_sq * (x2 - y2) * inv)
-        ux_img += ux * np.float32(bx) + uy * np.float32(hx)
-        uy_img += ux * np.float32(by) + uy * np.float32(hy)
+    for cx, cy, bx, by, k in (_frame(d) for d in dislocations):
+        hx, hy = np.float32(-by), np.float32(bx)  # h_from_b_hat
+        bx, by = np.float32(bx), np.float32(by)
+        rx = px - np.float32(cx)
+        ry = py - np.float32(cy)
+        ux, uy = _edge_field(rx * bx + ry * by, rx * hx + ry * hy, np.float32(k), *const)
+        ux_img += ux * bx + uy * hx
+        uy_img += ux * by + uy * hy
     return np.stack([ux_img, uy_img], axis=1).astype(float)
+
+
+def _frame(d: Dislocation) -> tuple[float, float, float, float, float]:
+    """Core x, y [nm], the unit vector (bx, by) of the local x' axis, and b / 2 pi [nm]
+    (signed: along x' or against it)."""
+    # The field is odd in b for a fixed frame; only the branch cut depends on the
+    # frame. Taking the frame from +-b by a fixed rule gives b and -b parallel cuts,
+    # so a dipole's cuts cancel beyond its cores and its far field vanishes (a
+    # nucleating dipole does not shift the rest of the crystal).
+    s = 1.0 if d.b @ _CUT_REFERENCE >= 0 else -1.0
+    bn = s * float(np.linalg.norm(d.b))
+    bx, by = (float(v) for v in d.b / bn)
+    return d.x, d.y, bx, by, bn / (2 * np.pi)
+
+
+def _edge_field(x: np.ndarray, y: np.ndarray, k: np.ndarray | np.float32, c_xy: np.float32,
+                c_log: np.float32, c_sq: np.float32, rc2: np.float32) -> tuple[np.ndarray, np.ndarray]:
+    """Displacement (along x', along y') [nm] at local coordinates x', y' [nm] (float32)."""
+    x2, y2 = x * x, y * y
+    inv = 1 / (x2 + y2 + rc2)
+    ux = k * (np.arctan2(y, x) + c_xy * x * y * inv)
+    uy = -k * (c_log * np.log(x2 + y2 + rc2) + c_sq * (x2 - y2) * inv)
+    return ux, uy
 
 
 def burgers_closure(

@@ -14,6 +14,7 @@ from functools import lru_cache
 
 import numpy as np
 import pandas as pd
+from scipy import ndimage
 
 from dislotrack.data_gen.conventions import CANONICAL_PIXEL_SIZE_NM, h_from_b_hat, unit
 from dislotrack.data_gen.crystal import MATERIALS, ProjectedCrystal
@@ -38,12 +39,13 @@ from dislotrack.data_gen.specimen import (
     SpecimenParams,
     add_rocksalt_near,
     amorphous_atoms,
+    displace_lattice,
     draw_specimen,
     in_crystal,
-    rocksalt_mask,
     rotation_matrix,
     snap_core,
     specimen_columns,
+    undisplace_lattice,
     visible_cores,
 )
 
@@ -254,15 +256,101 @@ def _cores_in_field(table: pd.DataFrame, grid: Grid, row_shift: np.ndarray | Non
     return out
 
 
-def _rs_raster(spec: SpecimenParams, geo: FrameGeometry, grid: Grid, growth: float) -> np.ndarray:
+#: The band tested point by point: the 3 x 3 pixels around the pixel nearest to each
+#: point of a domain's mapped outline. As the outline is sampled every <= 0.5 px and
+#: lies within ~0.5 px of the true edge (a branch cut's step included), one of any two
+#: neighbouring pixels on either side of the edge is in it.
+_BAND = np.ones((3, 3), bool)
+
+
+def _rs_raster(spec: SpecimenParams, disl: list[Dislocation], geo: FrameGeometry, grid: Grid,
+               growth: float) -> np.ndarray:
+    """The RS mask of one frame (uint8, ``grid.size`` square): `rocksalt_mask` at every
+    pixel centre, ``disl`` being the frame's dislocations.
+
+    Inverting the displacement at every pixel would cost more than rendering the frame,
+    so only a band around each domain's outline, mapped forward (`displace_lattice`,
+    then the frame geometry), is inverted point by point, starting from the outline's
+    own reference points. The rest of the outline's bounding box falls into connected
+    regions wholly inside or outside the domain; each is decided by one of its pixels,
+    by the parity of the outline's crossings. Where a branch cut crosses the outline,
+    the outline steps by b along the cut, which its straight segment there follows.
+    """
+    n = grid.size
     if not spec.rocksalt:
-        return np.zeros((grid.size, grid.size), np.uint8)
-    yy, xx = np.mgrid[0:grid.size, 0:grid.size] * grid.pixel_size
-    pts = np.stack([xx.ravel(), yy.ravel()], axis=1)
-    # Invert the frame geometry to find the specimen point seen at each pixel.
+        return np.zeros((n, n), np.uint8)
+    ps = grid.pixel_size
     c = np.array([geo.centre_nm, geo.centre_nm])
-    spec_xy = (pts - c) @ np.linalg.inv(geo.distortion).T + c - geo.drift_nm
-    return rocksalt_mask(spec, spec_xy, growth).reshape(grid.size, grid.size).astype(np.uint8)
+    inv = np.linalg.inv(geo.distortion)
+
+    def to_spec(rc: np.ndarray) -> np.ndarray:  # (row, col) [px] -> specimen (x, y) [nm]
+        return (rc[:, ::-1] * ps - c) @ inv.T + c - geo.drift_nm
+
+    ref = [dom.boundary(growth, spacing_nm=0.5 * ps) for dom in spec.rocksalt]
+    seen = geo.apply(displace_lattice(spec, np.concatenate(ref), disl, all_cores_at_once=True))
+    seen = seen[:, ::-1] / ps
+    outlines = np.split(seen, np.cumsum([len(r) for r in ref])[:-1])
+    mask = np.zeros((n, n), bool)
+    band_px, band_start = [], []
+    for out, o_ref in zip(outlines, ref, strict=True):
+        # Densify the closed outline (row, col) to <= 0.5 px steps, with its reference points.
+        step = np.roll(out, -1, axis=0) - out
+        m = np.maximum(1, np.ceil(np.hypot(*step.T) / 0.5)).astype(int)
+        seg = np.repeat(np.arange(len(out)), m)
+        frac = ((np.arange(len(seg)) - np.repeat(np.cumsum(m) - m, m)) / m[seg])[:, None]
+        dense = out[seg] + frac * step[seg]
+        lo = np.maximum(np.floor(dense.min(axis=0)).astype(int) - 2, 0)
+        hi = np.minimum(np.ceil(dense.max(axis=0)).astype(int) + 3, n)
+        if np.any(hi <= lo):
+            continue  # the domain's image misses the field
+        near = np.rint(dense).astype(int) - lo
+        ok = (near >= 0).all(axis=1) & (near < hi - lo).all(axis=1)
+        near, j = near[ok], np.flatnonzero(ok)
+        on_line = np.zeros(hi - lo, bool)
+        on_line[near[:, 0], near[:, 1]] = True
+        # The reference point minus the position [nm] on the outline: a first guess of
+        # the same for the band pixels next to it (the strain is small).
+        back = np.zeros((*on_line.shape, 2))
+        back[near[:, 0], near[:, 1]] = (o_ref[seg[j]] + frac[j] * (np.roll(o_ref, -1, axis=0)
+                                        - o_ref)[seg[j]]) - to_spec(dense[j])
+        band = ndimage.binary_dilation(on_line, _BAND)
+        px = np.argwhere(band)
+        ri, ci = ndimage.distance_transform_edt(~on_line, return_distances=False,
+                                                return_indices=True)
+        band_px.append(px + lo)
+        band_start.append(to_spec((px + lo).astype(float)) + back[ri[band], ci[band]])
+        labels, n_lab = ndimage.label(~band)
+        if not n_lab:
+            continue
+        ids, first = np.unique(labels.ravel(), return_index=True)
+        first = first[ids > 0]  # one pixel of each region, labels 1..n_lab in order
+        rc = np.stack(np.unravel_index(first, labels.shape), axis=1) + lo
+        lut = np.zeros(n_lab + 1, bool)
+        lut[1:] = _inside_polygon(rc.astype(float), out)
+        mask[lo[0]:hi[0], lo[1]:hi[1]] |= lut[labels]
+    if band_px:
+        px = np.concatenate(band_px)
+        flat, first = np.unique(px[:, 0] * n + px[:, 1], return_index=True)
+        origin = undisplace_lattice(spec, to_spec(px[first].astype(float)), disl,
+                                    start=np.concatenate(band_start)[first])
+        hit = np.zeros(len(flat), bool)
+        for dom in spec.rocksalt:
+            hit |= dom.contains(origin, growth)
+        mask.ravel()[flat] = hit
+    if spec.vacuum_edge is not None:
+        rc = np.argwhere(mask)
+        mask[rc[:, 0], rc[:, 1]] = in_crystal(spec, to_spec(rc.astype(float)))
+    return mask.astype(np.uint8)
+
+
+def _inside_polygon(pts: np.ndarray, poly: np.ndarray) -> np.ndarray:
+    """Even-odd test of points (m, 2) against a closed polygon (k, 2), same axes."""
+    a, b = poly, np.roll(poly, -1, axis=0)
+    y, x = pts[:, 0:1], pts[:, 1:2]
+    crosses = (a[:, 0] > y) != (b[:, 0] > y)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        at = a[:, 1] + (y - a[:, 0]) * (b[:, 1] - a[:, 1]) / (b[:, 0] - a[:, 0])
+    return (crosses & (x < at)).sum(axis=1) % 2 == 1
 
 
 def _potential(spec: SpecimenParams, disl: list[Dislocation], geo: FrameGeometry, grid: Grid,
@@ -292,7 +380,7 @@ def render_frame(spec: SpecimenParams, disl: list[Dislocation], *, grid: Grid, m
     """
     geo = geo or FrameGeometry(centre_nm=grid.fov_nm / 2)
     pot, wmax = _potential(spec, disl, geo, grid, mode, rs_growth)
-    rs = _rs_raster(spec, geo, grid, rs_growth)
+    rs = _rs_raster(spec, disl, geo, grid, rs_growth)
     table = _cores_table(spec, disl, geo, grid)
     out = []
     grating = None  # PhaseGrating or ProbeConvolution: built once, reused by the variants

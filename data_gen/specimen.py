@@ -51,6 +51,22 @@ class RocksaltDomain:
         out[near] = np.hypot(dx, dy) < self.radius * growth * rr
         return out
 
+    def boundary(self, growth: float = 1.0, *, spacing_nm: float = 0.05) -> np.ndarray:
+        """Points (n, 2) [nm] along the boundary, in order, at most ``spacing_nm`` apart."""
+        amp, ph = self.harmonics[:, 0:1], self.harmonics[:, 1:2]
+        k = np.arange(2, len(amp) + 2)[:, None]
+
+        def at(ang: np.ndarray) -> np.ndarray:
+            r = self.radius * growth * (1 + (amp * np.cos(k * ang + ph)).sum(axis=0))
+            return np.stack([self.x + r * np.cos(ang), self.y + r * np.sin(ang)], axis=1)
+
+        # Equal angles: as many as the fastest-moving part needs, from 256 (harmonics
+        # up to the 4th), plus 10 % for what they miss.
+        rough = at(np.linspace(0, 2 * np.pi, 256, endpoint=False))
+        fastest = np.hypot(*(np.roll(rough, -1, axis=0) - rough).T).max()
+        n = max(64, int(np.ceil(1.1 * 256 * fastest / spacing_nm)))
+        return at(np.linspace(0, 2 * np.pi, n, endpoint=False))
+
 
 @dataclass
 class SpecimenParams:
@@ -297,9 +313,7 @@ def specimen_columns(p: SpecimenParams, dislocations: list[Dislocation], *, mode
         w = scattering_weights(pc, expo)[idx]
     if p.rocksalt:
         w = _mix_cations(p, pc, pos, idx, w, expo, rs_growth)
-    if dislocations:
-        pos = pos + volterra_displacement(pos, dislocations)
-    pos = pos + smooth_displacement(p, pos)
+    pos = displace_lattice(p, pos, dislocations)
     inside = in_crystal(p, pos)
     pos, w = pos[inside], w[inside]
     centre = np.array([(bounds[0] + bounds[1]) / 2, (bounds[2] + bounds[3]) / 2])
@@ -325,19 +339,157 @@ def _mix_cations(p: SpecimenParams, pc: ProjectedCrystal, pos: np.ndarray, idx: 
     return w
 
 
-def rocksalt_mask(p: SpecimenParams, xy: np.ndarray, rs_growth: float = 1.0) -> np.ndarray:
+def displace_lattice(p: SpecimenParams, xy: np.ndarray,
+                     dislocations: list[Dislocation] | tuple = (), *,
+                     all_cores_at_once: bool = False) -> np.ndarray:
+    """Where reference lattice points (n, 2) [nm] are imaged: moved by every
+    dislocation's Volterra field, then by the smooth strain (`specimen_columns`).
+
+    Parameters
+    ----------
+    p : SpecimenParams
+    xy : ndarray (n, 2)
+        Undisplaced positions [nm], specimen axes.
+    dislocations : list of Dislocation
+        The dislocations present (one frame's, for a movie).
+    all_cores_at_once : bool
+        Passed to `volterra_displacement`: faster for a few thousand points.
+
+    Returns
+    -------
+    ndarray (n, 2)
+        Displaced positions [nm].
+    """
+    xy = np.asarray(xy, dtype=float).reshape(-1, 2)
+    if dislocations:
+        pos = xy + volterra_displacement(xy, dislocations, all_cores_at_once=all_cores_at_once)
+    else:
+        pos = xy
+    return pos + smooth_displacement(p, pos)
+
+
+def undisplace_lattice(p: SpecimenParams, xy: np.ndarray,
+                       dislocations: list[Dislocation] | tuple = (), *,
+                       start: np.ndarray | None = None, tol_nm: float = 5e-3,
+                       max_iter: int = 8) -> np.ndarray:
+    """Invert `displace_lattice`: the reference position (n, 2) [nm] imaged at each point.
+
+    Fixed-point iteration ``o <- xy - u(o)`` with ``u(o) = displace_lattice(o) - o``,
+    each point until its residual is below ``tol_nm``; it contracts wherever the strain
+    is well below 1 (all but ~0.1 nm around a core). Across a branch cut the Volterra
+    field jumps by b along the cut while its component normal to the cut is continuous,
+    so the iterate settles on the side of the cut the point came from, as the rendered
+    columns do (none is on a cut: `CORE_SITE`). The other fields open a sliver
+    (~0.01-0.03 nm) between the two sides' images, where the iterate flips sides and
+    moves by b each step: such points are solved again from `UNSTICK_NM` away (either
+    side is right to that accuracy: the nearest columns are on both). Points that still
+    fail (within ~0.2 nm of a core, ~1e-4 of the others) keep the closest iterate.
+
+    Parameters
+    ----------
+    p : SpecimenParams
+    xy : ndarray (n, 2)
+        Displaced (imaged) positions [nm], specimen axes.
+    dislocations : list of Dislocation
+    start : ndarray (n, 2), optional
+        First guess [nm] (default ``xy``); a close one saves iterations.
+    tol_nm : float
+        Largest residual [nm] accepted; the point returned is one step further, within
+        ~strain x ``tol_nm`` of the solution.
+    max_iter : int
+        Most iterations per try.
+
+    Returns
+    -------
+    ndarray (n, 2)
+        Reference positions [nm].
+    """
+    xy = np.asarray(xy, dtype=float).reshape(-1, 2)
+    if not dislocations and p.c_strain_domain is None:
+        return xy.copy()
+    o, done, closest = _fixed_point(p, xy, xy if start is None else start, dislocations,
+                                    tol_nm, max_iter)
+    todo = np.flatnonzero(~done)
+    if len(todo):  # all retries in one batch: each call has a fixed cost per dislocation
+        shift = np.concatenate([r * UNSTICK_DIRECTIONS for r in UNSTICK_NM])  # nearest first
+        pts = (xy[todo][None] + shift[:, None]).reshape(-1, 2)
+        near = (closest[todo][None] + shift[:, None]).reshape(-1, 2)  # one side's solution
+        o2, done2, _ = _fixed_point(p, pts, near, dislocations, tol_nm, max_iter)
+        # Not moved back by -shift: that could cross the cut again, and be off by b.
+        o2 = o2.reshape(len(shift), len(todo), 2)
+        done2 = done2.reshape(len(shift), len(todo))
+        ok = done2.any(axis=0)
+        o[todo[ok]] = o2[done2.argmax(axis=0)[ok], np.flatnonzero(ok)]
+        o[todo[~ok]] = closest[todo[~ok]]
+    return o
+
+
+#: Offsets [nm] of the retries of `undisplace_lattice`, nearest first: a sliver is
+#: ~0.01-0.03 nm wide (b times the other fields' strain). Four directions, so that
+#: one crosses any cut.
+UNSTICK_NM = (0.02, 0.06)
+UNSTICK_DIRECTIONS = np.array([[np.cos(a), np.sin(a)] for a in (0.3, 1.1, 1.9, 2.7)])
+
+
+def _fixed_point(p: SpecimenParams, xy: np.ndarray, start: np.ndarray,
+                 dislocations: list[Dislocation] | tuple, tol_nm: float,
+                 max_iter: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`undisplace_lattice`'s iteration: the last iterates, whether each converged, and
+    the iterates with the smallest residual. From the third step on, a point stops when
+    its residual shrinks by less than 30 % in a step (it flips across a cut, or sits at
+    a core)."""
+    o = np.array(start, dtype=float)
+    closest, best = o.copy(), np.full(len(xy), np.inf)
+    done = np.zeros(len(xy), bool)
+    todo = np.arange(len(xy))
+    for it in range(max_iter):
+        cur = o[todo]
+        step = xy[todo] - displace_lattice(p, cur, dislocations, all_cores_at_once=True)
+        res = np.abs(step).max(axis=1)
+        prev = best[todo]
+        closer = res < prev
+        closest[todo[closer]], best[todo[closer]] = cur[closer], res[closer]
+        o[todo] = cur + step
+        done[todo[res <= tol_nm]] = True
+        # The first steps may cross a cut (the start lies on the other side): no test yet.
+        todo = todo[(res > tol_nm) & ((res < 0.7 * prev) | (it < 2))]
+        if not len(todo):
+            break
+    return o, done, closest
+
+
+def rocksalt_mask(p: SpecimenParams, xy: np.ndarray, rs_growth: float = 1.0,
+                  dislocations: list[Dislocation] | tuple = ()) -> np.ndarray:
     """Boolean RS membership of points (n, 2) [nm] (the label of the mask).
 
     Cations are mixed by their undisplaced positions (`specimen_columns`), so a point
-    is tested where its lattice came from: ``xy - u(xy)`` for the smooth displacement
-    ``u`` (first order; dislocation fields are local and left out). The vacuum edge
-    cuts the displaced lattice, so it is tested at ``xy``.
+    is tested where its lattice came from (`undisplace_lattice`): the smooth strain and
+    every dislocation's field are undone. The arctan term of a core moves the lattice
+    by up to b/2 at any distance, and RS domains sit around cores, so leaving it out
+    shifts the mask by up to a few pixels there. The vacuum edge cuts the displaced
+    lattice, so it is tested at ``xy``.
+
+    Parameters
+    ----------
+    p : SpecimenParams
+    xy : ndarray (n, 2)
+        Points [nm], specimen axes.
+    rs_growth : float
+        Scale factor of the domain radii (movies grow them).
+    dislocations : list of Dislocation
+        The dislocations present (one frame's, for a movie), as given to
+        `specimen_columns`.
+
+    Returns
+    -------
+    ndarray (n,) of bool
     """
-    xy = np.asarray(xy, dtype=float)
-    origin = xy - smooth_displacement(p, xy) if p.rocksalt else xy
+    xy = np.asarray(xy, dtype=float).reshape(-1, 2)
     out = np.zeros(len(xy), dtype=bool)
-    for dom in p.rocksalt:
-        out |= dom.contains(origin, rs_growth)
+    if p.rocksalt:
+        origin = undisplace_lattice(p, xy, dislocations)
+        for dom in p.rocksalt:
+            out |= dom.contains(origin, rs_growth)
     return out & in_crystal(p, xy)
 
 
