@@ -90,12 +90,14 @@ def decode_cores(
     threshold : float, optional
         A core's heatmap value must exceed this [probability].
     min_distance : int, optional
-        Smallest separation of two cores [px] (4 px = 0.4 nm at the canonical pixel
-        size: below the closest dipoles, 0.5 nm, above double peaks of one core; Chebyshev distance, as in
-        `skimage.feature.peak_local_max`).
+        Smallest separation of two cores [px of the network's input] (4 px = 0.4 nm at
+        0.1 nm/px, the bundled ``default`` model's pixel size: below the closest dipoles,
+        0.5 nm, above double peaks of one core; 0.2 nm for the 0.05 nm/px ``fine``
+        model, which was validated so); Chebyshev distance, as in
+        `skimage.feature.peak_local_max`.
     same_sign_distance : float, optional
         Of two cores closer than this [px] whose **h** agree within 45 deg only the
-        stronger is kept (6 px = 0.6 nm at the canonical pixel size): like-sign cores
+        stronger is kept (6 px = 0.6 nm at 0.1 nm/px; 0.3 nm for ``fine``): like-sign cores
         that close do not exist, so they are one core's double peak. Opposite cores
         (dipoles) are kept down to ``min_distance``. 0 disables.
     exclude_border : bool or int, optional
