@@ -371,7 +371,8 @@ def _score_results(out: Path, side: Path, ann: Annotation | None, why: str | Non
     if true_events.exists() and (out / "events.csv").exists():
         events = pd.read_csv(true_events)
         if part is not None:
-            border = ((run_summary or {}).get("options") or {}).get("border_nm") or DEFAULT_BORDER_NM
+            border = ((run_summary or {}).get("options") or {}).get("border_nm")
+            border = DEFAULT_BORDER_NM if border is None else border  # 0 is a band of 0
             events = part_events(events, ann.cores, part, pixel_size_nm=ann.pixel_size_nm,
                                  border_nm=border)
         scores.update(event_scores(pd.read_csv(out / "events.csv"), events,

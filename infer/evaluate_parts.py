@@ -163,7 +163,7 @@ def part_events(events: pd.DataFrame, cores: pd.DataFrame, part: Part, *, pixel_
             kind, x_nm, y_nm = seen
             rows.append({"frame": frame - part.start, "kind": kind,
                          "x_nm": x_nm - part.x0 * pixel_size_nm, "y_nm": y_nm - part.y0 * pixel_size_nm,
-                         "particles": ev.particles})
+                         "particles": getattr(ev, "particles", "")})
     return pd.DataFrame(rows, columns=["frame", "kind", "x_nm", "y_nm", "particles"])
 
 
@@ -181,7 +181,7 @@ def _event_in_region(ev: tuple, labels: dict, part: Part, band_px: float,
     """(kind, x_nm, y_nm [item nm]) of true event ``ev`` as an analysis of ``part``'s
     region sees it, or None where it sees none (`part_events`' rules)."""
     frame = int(ev.frame)
-    cores = [labels[k] for p in str(ev.particles).split() if (k := (frame, int(float(p)))) in labels]
+    cores = [labels[k] for p in _particle_ids(getattr(ev, "particles", "")) if (k := (frame, p)) in labels]
     if not cores:  # out of the field (a generated partner): the truth's own place
         cores = [(ev.x_nm / pixel_size_nm, ev.y_nm / pixel_size_nm)]
     inside = [c for c in cores if part.contains(*c)]
@@ -190,6 +190,14 @@ def _event_in_region(ev: tuple, labels: dict, part: Part, band_px: float,
     if len(inside) < len(cores) and ev.kind.startswith("dipole_"):  # the region cut the pair
         return ev.kind.removeprefix("dipole_"), inside[0][0] * pixel_size_nm, inside[0][1] * pixel_size_nm
     return ev.kind, float(ev.x_nm), float(ev.y_nm)
+
+
+def _particle_ids(value: object) -> list[int]:
+    """The whole-number ids in an events table's ``particles`` cell ("3 4"); none from a
+    blank (NaN) cell or one of other text (a hand-made table), whose event is then
+    judged by its own place."""
+    ids = pd.to_numeric(pd.Series(str(value).split(), dtype=object), errors="coerce").to_numpy(float)
+    return [int(i) for i in ids if np.isfinite(i) and i == int(i)]
 
 
 def part_tracks(true_tracks: pd.DataFrame, cores: pd.DataFrame, part: Part, *,

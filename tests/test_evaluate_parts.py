@@ -197,3 +197,17 @@ def test_velocities_of_a_window_are_scored_against_the_truth_of_its_frames(movie
     assert r["long_tracks_matched"] == 2 and "1 true track cut by the part" in r["note"]
     # Fitted to its 13 labelled frames, drift removed: close to the whole track's (lattice steps).
     assert r["median_glide_rel_error"] < 0.1
+
+
+@pytest.mark.parametrize("particles", [None, np.nan, "x"])
+def test_part_events_without_particle_ids_are_judged_by_their_place(particles):
+    # A hand-made events table: no particles column, blank cells, or text.
+    part = Part(0, 20, 20, 80, 0, 100, 20, 100, 100)
+    events = pd.DataFrame({"frame": [5, 6], "kind": ["nucleation", "annihilation"],
+                           "x_nm": [5.0, 2.5], "y_nm": [5.0, 5.0]})  # 30 px inside the region; 5 px
+    if particles is not None:
+        events["particles"] = particles
+    got = part_events(events, pd.DataFrame(columns=["frame", "particle", "x", "y"]), part,
+                      pixel_size_nm=PX, border_nm=2.0)
+    assert got.frame.tolist() == [5]  # the other lies in the band of the cut left edge
+    assert got.x_nm.tolist() == pytest.approx([5.0 - 20 * PX])
