@@ -14,7 +14,7 @@ import pandas as pd
 
 from dislotrack.data_gen.conventions import edge_distance_px
 from dislotrack.infer.events import ROCKSALT_MARGIN_NM, near_rocksalt
-from dislotrack.infer.lattice_edge import lattice_free_mask
+from dislotrack.infer.lattice_edge import lattice_free_mask, without_regions_holding_cores
 from dislotrack.infer.overlays import MARGIN_NM as OVERLAY_MARGIN_NM
 from dislotrack.infer.overlays import overlay_mask
 
@@ -106,6 +106,9 @@ def clean_frame(frame: np.ndarray, cores: pd.DataFrame, rocksalt: np.ndarray, *,
     # Beside a region without (003) fringes that is not rock salt: the specimen's edge.
     outside = (lattice_free_mask(frame, pixel_size_nm=pixel_size_nm, d_spacing_nm=d_spacing_nm)
                & ~rocksalt & ~drawn) if len(cores) else None
+    if outside is not None:  # a region holding a core is crystal (another grain)
+        outside = without_regions_holding_cores(outside, cores["x"].to_numpy(), cores["y"].to_numpy(),
+                                                pixel_size_nm=pixel_size_nm)
     edge = (near_rocksalt(cores["x"], cores["y"], outside, LATTICE_EDGE_MARGIN_NM / pixel_size_nm)
             if outside is not None else np.zeros(len(cores), bool))
     fraction = (np.nan if blank or blind

@@ -194,3 +194,58 @@ def lattice_free_mask(frame: np.ndarray, *, pixel_size_nm: float, d_spacing_nm: 
     large = np.bincount(labels.ravel()) > area_px
     large[0] = False  # the background
     return remove_small_holes(large[labels], max_size=int(area_px))
+
+
+#: A core this deep [nm] inside a lattice-free region shows that the region is crystal
+#: after all (a core ends a (003) fringe): a grain whose fringes run another way than
+#: the frame's strongest, which `lattice_free_mask` does not see. A core leaving through
+#: the specimen's edge sits at the region's border, not this deep inside it.
+CORE_DEPTH_NM = 1.0
+
+
+def without_regions_holding_cores(mask: np.ndarray, x: np.ndarray, y: np.ndarray, *,
+                                  pixel_size_nm: float) -> np.ndarray:
+    """``mask`` (`lattice_free_mask`) less its connected regions that hold a core
+    `CORE_DEPTH_NM` or more inside them.
+
+    Parameters
+    ----------
+    mask : ndarray of bool (H, W)
+        Lattice-free pixels of one frame.
+    x, y : array_like
+        The frame's cores [px].
+    pixel_size_nm : float
+        [nm/px].
+
+    Returns
+    -------
+    ndarray of bool
+        The regions of ``mask`` without such a core (``mask`` itself where none is).
+
+    Examples
+    --------
+    >>> mask = np.zeros((64, 64), bool); mask[:, 32:] = True  # a region 3.2 nm wide
+    >>> kept = without_regions_holding_cores(mask, [48.0], [30.0], pixel_size_nm=0.1)
+    >>> bool(kept.any()), bool(without_regions_holding_cores(mask, [33.0], [30.0],
+    ...                                                      pixel_size_nm=0.1).all() == mask.all())
+    (False, True)
+    """
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    if not mask.any() or not len(x):
+        return mask
+    # Depth tested on a circle of CORE_DEPTH_NM around each core: every point in the region.
+    angles = np.linspace(0, 2 * np.pi, 16, endpoint=False)
+    radius = CORE_DEPTH_NM / pixel_size_nm
+    rows = np.rint(y[:, None] + radius * np.sin(angles)).astype(int)
+    cols = np.rint(x[:, None] + radius * np.cos(angles)).astype(int)
+    inside = (rows >= 0) & (rows < mask.shape[0]) & (cols >= 0) & (cols < mask.shape[1])
+    centre = mask[np.clip(np.rint(y).astype(int), 0, mask.shape[0] - 1),
+                  np.clip(np.rint(x).astype(int), 0, mask.shape[1] - 1)]
+    deep = centre & np.where(inside, mask[rows.clip(0, mask.shape[0] - 1),
+                                          cols.clip(0, mask.shape[1] - 1)], True).all(axis=1)
+    if not deep.any():
+        return mask
+    labels, _ = ndimage.label(mask)
+    held = np.unique(labels[np.rint(y[deep]).astype(int), np.rint(x[deep]).astype(int)])
+    return mask & ~np.isin(labels, held[held > 0])
+

@@ -90,6 +90,22 @@ def test_a_core_beside_vacuum_is_at_the_specimen_edge_one_in_rock_salt_is_in_roc
     assert f.cores["in_rocksalt"].tolist() == [False, False, True]
 
 
+def test_a_grain_holding_a_core_is_crystal_not_the_specimen_edge():
+    # Two grains: (003) fringes along x left of column 80, along y right of it (90 deg
+    # turned), which the one-direction map reads as lattice-free. A core deep in the
+    # second grain shows it is crystal: a core beside it is not at the specimen's edge.
+    y, x = np.mgrid[:128, :128]
+    frame = np.where(x < 80, np.cos(2 * np.pi * y * PS / D), np.cos(2 * np.pi * x * PS / D))
+    frame = (frame + np.random.default_rng(5).normal(0, 0.2, frame.shape)).astype(np.float32)
+    assert lattice_free_mask(frame, pixel_size_nm=PS, d_spacing_nm=D)[:, 90:].mean() > 0.9
+    cores = pd.DataFrame({"x": [82.0, 108.0], "y": [40.0, 80.0], "score": 0.9, "hx": 0.0, "hy": 1.0})
+    f = clean_frame(frame, cores, np.zeros(frame.shape, bool), pixel_size_nm=PS, d_spacing_nm=D)
+    assert not f.cores["at_specimen_edge"].any()
+    # Alone, the core beside the second grain is at its (apparent) edge, as beside vacuum.
+    f = clean_frame(frame, cores.iloc[:1], np.zeros(frame.shape, bool), pixel_size_nm=PS, d_spacing_nm=D)
+    assert f.cores["at_specimen_edge"].tolist() == [True]
+
+
 def _track(particle, frames, x, edge_at=()):
     return pd.DataFrame({"particle": particle, "frame": list(frames), "x": x, "y": 50.0,
                          "score": 0.9, "hx": 0.0, "hy": 1.0,
