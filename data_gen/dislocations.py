@@ -92,12 +92,8 @@ def volterra_displacement(
     const = (np.float32(1 / (2 * (1 - nu))), np.float32((1 - 2 * nu) / (4 * (1 - nu))),
              np.float32(1 / (4 * (1 - nu))), np.float32(core_radius**2))
     if all_cores_at_once and dislocations:
-        b = np.array([d.b for d in dislocations], dtype=float)  # as _frame, for all cores
-        bn = np.where(b @ _CUT_REFERENCE >= 0, 1.0, -1.0) * np.linalg.norm(b, axis=1)
-        bx, by = (b / bn[:, None]).astype(np.float32).T
-        k = (bn / (2 * np.pi)).astype(np.float32)
-        cx, cy = np.array([(d.x, d.y) for d in dislocations], dtype=np.float32).T
-        cx, cy, bx, by, k = (v[:, None] for v in (cx, cy, bx, by, k))  # (cores, 1)
+        # (cores, 1) columns of every core's `_frame`
+        cx, cy, bx, by, k = np.array([_frame(d) for d in dislocations], np.float32).T[:, :, None]
         out = np.empty((len(px), 2), np.float32)
         step = max(1, 2**15 // len(dislocations))  # (cores, chunk) temporaries of 128 kB: in cache
         for i in range(0, len(px), step):
