@@ -539,6 +539,32 @@ def test_ignore_weight_blanks_only_around_hidden_cores():
     assert heatmap_loss(logit, target) > heatmap_loss(torch.zeros_like(logit), target)
 
 
+def _views(transform, n: int) -> list[tuple[int, ...]]:
+    """The D4 view (the transformed h of two orthogonal cores, rounded) of ``n`` calls."""
+    image = np.random.default_rng(0).random((32, 32)).astype(np.float32)
+    cores = pd.DataFrame({"x": [10.0, 20.0], "y": [12.0, 18.0], "hx": [1.0, 0.0], "hy": [0.0, 1.0]})
+    out = []
+    for _ in range(n):
+        _, moved, _ = augment(transform, image, cores, np.zeros((32, 32), np.uint8))
+        out.append(tuple(np.rint(moved[["hx", "hy"]].to_numpy()).astype(int).ravel()))
+    return out
+
+
+def test_augmentation_draws_mirrors_and_every_view_of_the_square():
+    from dislotrack.train.augment import build_transform
+
+    # As the training stream uses it (one transform per epoch and worker) and as
+    # fine-tuning does (one per crop): flips must be drawn independently, or the
+    # network never sees the other handedness (it saw none up to 0.1.24).
+    streamed = _views(build_transform(seed=7, photometric=False), 400)
+    per_crop = [_views(build_transform(seed=s, photometric=False), 1)[0] for s in range(400)]
+    for views in (streamed, per_crop):
+        mirrors = sum((a * d - b * c) < 0 for a, b, c, d in views)
+        assert 0.35 < mirrors / len(views) < 0.65
+        assert len(set(views)) == 8
+    assert _views(build_transform(seed=7, photometric=False), 50) == streamed[:50]  # seeded
+
+
 def test_sample_to_item_carries_the_weight_through_augmentation():
     s = make_sample(np.random.default_rng(2), GeneratorConfig(size=64, density=6.0, perfect_fraction=0.0,
                                                               basal_fraction=0.5))

@@ -10,6 +10,7 @@ from the transformed cores (`dislotrack.data_gen.labels.dense_targets`).
 from __future__ import annotations
 
 import os
+import random
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
@@ -35,8 +36,12 @@ def build_transform(*, seed: int, geometric: bool = True, photometric: bool = Tr
                 A.RandomBrightnessContrast(brightness_limit=0.1, contrast_limit=0.15, p=0.3),
                 A.GaussianBlur(blur_limit=(3, 5), sigma_limit=(0.2, 0.8), p=0.2),
                 A.GaussNoise(std_range=(0.005, 0.04), p=0.2)]
-    return A.Compose(ops, keypoint_params=A.KeypointParams(format="xy", remove_invisible=False),
-                     seed=seed)
+    transform = A.Compose(ops, keypoint_params=A.KeypointParams(format="xy", remove_invisible=False))
+    # One random stream shared by every transform. Compose(seed=s) seeds each transform
+    # with s alone, so HorizontalFlip and VerticalFlip always decided alike: a 180° turn
+    # or nothing, never a mirror (the bundled models were trained so: README › Conventions).
+    transform.set_random_state(np.random.default_rng(seed), random.Random(seed))
+    return transform
 
 
 def to_unit_range(image: np.ndarray) -> np.ndarray:
