@@ -65,7 +65,8 @@ class FrameFindings:
 
 
 def clean_frame(frame: np.ndarray, cores: pd.DataFrame, rocksalt: np.ndarray, *,
-                pixel_size_nm: float, d_spacing_nm: float, blind: bool = False) -> FrameFindings:
+                pixel_size_nm: float, d_spacing_nm: float, blind: bool = False,
+                report_threshold: float | None = None) -> FrameFindings:
     """The cores and rock salt that ``frame`` (as read) can support.
 
     Parameters
@@ -82,6 +83,10 @@ def clean_frame(frame: np.ndarray, cores: pd.DataFrame, rocksalt: np.ndarray, *,
         The frames cannot show a core at all (too small or coarse:
         `dislotrack.infer.pipeline.cores_cannot_show`): nothing is kept and rock salt
         is not judged.
+    report_threshold : float, optional
+        Cores scoring at most this are weak peaks, kept for tracking but not reported:
+        they do not make a lattice-free region crystal (a weak peak in vacuum would
+        otherwise erase the specimen's edge). None: every core counts.
 
     Returns
     -------
@@ -107,7 +112,8 @@ def clean_frame(frame: np.ndarray, cores: pd.DataFrame, rocksalt: np.ndarray, *,
     outside = (lattice_free_mask(frame, pixel_size_nm=pixel_size_nm, d_spacing_nm=d_spacing_nm)
                & ~rocksalt & ~drawn) if len(cores) else None
     if outside is not None:  # a region holding a core is crystal (another grain)
-        outside = without_regions_holding_cores(outside, cores["x"].to_numpy(), cores["y"].to_numpy(),
+        held = cores if report_threshold is None else cores[cores["score"] > report_threshold]
+        outside = without_regions_holding_cores(outside, held["x"].to_numpy(), held["y"].to_numpy(),
                                                 pixel_size_nm=pixel_size_nm)
     edge = (near_rocksalt(cores["x"], cores["y"], outside, LATTICE_EDGE_MARGIN_NM / pixel_size_nm)
             if outside is not None else np.zeros(len(cores), bool))

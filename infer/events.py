@@ -186,14 +186,16 @@ def near_rocksalt(x: np.ndarray, y: np.ndarray, mask: np.ndarray, margin_px: flo
     out = np.zeros(len(x), dtype=bool)
     if not len(x) or not mask.any():
         return out
-    r = int(np.floor(margin_px))
+    # The window is placed around the nearest pixel; distances run from the point itself.
+    r = int(np.ceil(margin_px)) + 1
     rows = np.clip(np.round(y).astype(int), 0, mask.shape[0] - 1)
     cols = np.clip(np.round(x).astype(int), 0, mask.shape[1] - 1)
     # A window around each point, not a distance map of the frame: a few points per frame.
     for i, (row, col) in enumerate(zip(rows, cols, strict=True)):
         r0, c0 = max(row - r, 0), max(col - r, 0)
         yy, xx = np.nonzero(mask[r0:row + r + 1, c0:col + r + 1])
-        out[i] = bool(len(yy)) and bool(np.min((yy + r0 - row) ** 2 + (xx + c0 - col) ** 2) <= margin_px**2)
+        out[i] = bool(len(yy)) and bool(np.min((yy + r0 - y[i]) ** 2 + (xx + c0 - x[i]) ** 2)
+                                        <= margin_px**2)
     return out
 
 

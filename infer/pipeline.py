@@ -456,7 +456,8 @@ def analyze(path: str | Path | Movie | np.ndarray, *, model: str | Path | None =
             found = [(empty_cores(), np.zeros(f.shape, bool)) for f in raw] if blind else det(raw, can)
             for k, (table, rs) in enumerate(found):
                 f = clean_frame(raw[k], table, rs, pixel_size_nm=cal.pixel_size_nm,
-                                d_spacing_nm=d_spacing_nm, blind=blind)
+                                d_spacing_nm=d_spacing_nm, blind=blind,
+                                report_threshold=thr if detector == "unet" else None)
                 if f.blank:
                     blank.append(start + k)
                 if f.overlaid:

@@ -136,7 +136,7 @@ def track_detections(detections: pd.DataFrame, *, pixel_size_nm: float,
         (e.g. ``res.detections`` alone) tracks can end a frame sooner than `analyze`'s:
         pass ``weak=res.weak``, or use ``res.relink``.
     rocksalt_fraction : ndarray, optional
-        Per frame, for ``counts`` (default 0).
+        Per frame, for ``counts`` (default NaN: not judged).
     max_speed_nm_s, memory, min_length, max_gap, min_track_score, border_nm
         As in `analyze`. Without ``frame_interval_s`` the speed limit applies at
         `dislotrack.infer.linking.ASSUMED_FRAME_INTERVAL_S` per frame (a warning says so
@@ -224,10 +224,10 @@ def track_detections(detections: pd.DataFrame, *, pixel_size_nm: float,
     min_length = max(1, min(min_length, n_frames))
     if drift is None:
         drift = pd.DataFrame({"frame": np.arange(n_frames), "dx": 0.0, "dy": 0.0})
-    if rocksalt_fraction is None:
-        rocksalt_fraction = np.zeros(n_frames)
-    detections = _with_burgers_columns(detections.reset_index(drop=True))
-    weak = _with_burgers_columns(weak) if weak is not None else None
+    if rocksalt_fraction is None:  # not 0, which would claim a frame free of rock salt
+        rocksalt_fraction = np.full(n_frames, np.nan)
+    detections = _with_optional_columns(detections.reset_index(drop=True), ps)
+    weak = _with_optional_columns(weak, ps) if weak is not None else None
     corrected = apply_drift(detections, drift)
     weak = apply_drift(weak, drift) if weak is not None and len(weak) else None
     if len(corrected):
@@ -300,9 +300,11 @@ def check_detection_values(table: pd.DataFrame, image_shape: tuple[int, int], *,
                              f"{flags.dtype}" + (" with missing values" if flags.isna().any() else ""))
 
 
-def _with_burgers_columns(table: pd.DataFrame) -> pd.DataFrame:
-    """``table`` with ``bx_nm``, ``by_nm`` (NaN: unknown) where a source gives none."""
+def _with_optional_columns(table: pd.DataFrame, pixel_size_nm: float) -> pd.DataFrame:
+    """``table`` with the columns tracks.csv needs where a source gives none: ``bx_nm``,
+    ``by_nm`` (NaN: unknown) and ``x_nm``, ``y_nm`` (the raw position in nm)."""
     missing = {c: np.nan for c in ("bx_nm", "by_nm") if c not in table.columns}
+    missing |= {f"{c}_nm": table[c] * pixel_size_nm for c in ("x", "y") if f"{c}_nm" not in table.columns}
     return table.assign(**missing) if missing else table
 
 

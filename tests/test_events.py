@@ -97,6 +97,18 @@ def test_near_rocksalt_is_within_the_margin_of_the_mask():
     assert not near_rocksalt(x, y, np.zeros_like(mask), 5.0).any()
 
 
+def test_near_rocksalt_measures_from_the_point_not_its_nearest_pixel():
+    mask = np.zeros((40, 60), np.uint8)
+    mask[15, 30] = 1  # one rock-salt pixel
+    # 4.9 / 5.45 / 5.5 px left of it, and 4.95 px on a diagonal: rounding the point to a
+    # pixel (25, 25 or 24; 26, 18) would put these on the wrong side of a 5 px margin.
+    x = np.array([25.1, 24.55, 24.5, 26.5])
+    y = np.array([15.0, 15.0, 15.0, 11.5])
+    dist = np.hypot(x - 30, y - 15)
+    assert near_rocksalt(x, y, mask, 5.0).tolist() == (dist <= 5.0).tolist() == [True, False, False, True]
+    assert near_rocksalt(x, y, mask, 5.5).tolist() == [True, True, True, True]
+
+
 def test_a_track_that_begins_or_ends_at_rock_salt_was_hidden_not_born_or_annihilated():
     core = _track(0, range(4, 12), 150.0, 100.0, DOWN)
     plain = birth_death(core, pixel_size_nm=PIXEL_NM, n_frames=N_FRAMES, image_shape=SHAPE)

@@ -106,6 +106,20 @@ def test_a_grain_holding_a_core_is_crystal_not_the_specimen_edge():
     assert f.cores["at_specimen_edge"].tolist() == [True]
 
 
+def test_a_weak_peak_in_vacuum_does_not_make_it_crystal():
+    # infer runs the detector at half its threshold (weak peaks extend tracks) but reports
+    # only cores above it: a weak peak deep in vacuum must not erase the specimen's edge.
+    frame = specimen()
+    cores = pd.DataFrame({"x": [78.0, 110.0], "y": [40.0, 60.0], "score": [0.9, 0.3],
+                          "hx": 0.0, "hy": 1.0})
+    rocksalt = np.zeros(frame.shape, bool)
+    f = clean_frame(frame, cores, rocksalt, pixel_size_nm=PS, d_spacing_nm=D, report_threshold=0.45)
+    assert f.cores["at_specimen_edge"].tolist() == [True, True]
+    # Had it been reported, it would testify to crystal there (as a grain's core does).
+    f = clean_frame(frame, cores, rocksalt, pixel_size_nm=PS, d_spacing_nm=D, report_threshold=0.2)
+    assert f.cores["at_specimen_edge"].tolist() == [False, False]
+
+
 def _track(particle, frames, x, edge_at=()):
     return pd.DataFrame({"particle": particle, "frame": list(frames), "x": x, "y": 50.0,
                          "score": 0.9, "hx": 0.0, "hy": 1.0,

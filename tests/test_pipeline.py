@@ -19,7 +19,7 @@ from dislotrack.data_gen.movie import make_movie
 from dislotrack.data_gen.sample import GeneratorConfig, make_sample
 from dislotrack.infer import run
 from dislotrack.infer.cli import main
-from dislotrack.infer.columns import TABLES
+from dislotrack.infer.columns import TABLES, TRACK_COLUMNS
 from dislotrack.infer.interface import command_line
 from dislotrack.infer.outputs import MaskWriter
 from dislotrack.infer.pipeline import AnalysisWarning, analyze
@@ -404,6 +404,11 @@ def test_a_single_image_keeps_its_cores_as_tracks_and_counts_them(tmp_path):
     out = track_detections(three, pixel_size_nm=0.1, frame_interval_s=1.0, n_frames=3,
                            image_shape=(100, 100))
     assert out.counts.n_dislocations.tolist() == [3, 3, 3]
+    # Cores from elsewhere (frame, x, y, h only): tracks get every column tracks.csv
+    # has, and rock salt that nobody judged is NaN, not a measured 0.
+    assert set(TRACK_COLUMNS) <= set(out.tracks.columns)
+    np.testing.assert_allclose(out.tracks[["x_nm", "y_nm"]], out.tracks[["x", "y"]] * 0.1)
+    assert out.counts.rocksalt_fraction.isna().all()
     # A single image needs no frame interval: no per-frame-units warning.
     write_imagej_tiff(tmp_path / "one.tif", np.zeros((64, 64), np.float32), pixel_size_nm=0.1)
     with open_movie(tmp_path / "one.tif") as m:
