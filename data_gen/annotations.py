@@ -187,6 +187,9 @@ def read_annotation(sidecar: str | Path) -> Annotation:
         raise ValueError(f"{sidecar}: " + "; ".join(problems))
     if hint := _positions_in_nm(cores, image.shape, px):
         warnings.warn(f"{stem.name}_cores.csv: {hint}", stacklevel=2)
+    generated = isinstance(ann.source, dict) and "generator" in ann.source  # labelled in full
+    if not generated and (hint := _frames_left_unannotated(cores, len(image))):
+        warnings.warn(f"{stem.name}_cores.csv: {hint}", stacklevel=2)
     norm = np.hypot(cores.hx, cores.hy)
     ann.cores = cores.assign(hx=cores.hx / norm, hy=cores.hy / norm)
     return ann
@@ -283,6 +286,24 @@ def annotation_problems(ann: Annotation, *, declared_shape: object = None) -> li
                            or not (np.isfinite(dt) and dt > 0)):
         problems.append(f"frame_interval_s must be null or a positive number [s], got {dt!r}")
     return problems + _core_problems(ann.cores, (t, h, w))
+
+
+def _frames_left_unannotated(c: pd.DataFrame, n_frames: int) -> str | None:
+    """Why a stack looks annotated on some frames only (e.g. every fifth), else None: at
+    least 2, and a quarter or more, of the frames between its first and last annotated
+    one hold no core. Such frames train and score as frames without dislocations."""
+    if n_frames < 3 or not len(c):
+        return None
+    held = np.unique(c["frame"].to_numpy(int))
+    span = np.arange(held[0], held[-1] + 1)
+    empty = np.setdiff1d(span, held)
+    if len(empty) < 2 or len(empty) < 0.25 * len(span):
+        return None
+    return (f"{len(empty)} of the frames between the first and last annotated one ({held[0]} "
+            f"and {held[-1]}) hold no core ({first_few([str(f) for f in empty], 5)}): each "
+            "frame of a stack is read as fully annotated, so these train and score as "
+            "frames without dislocations; if they were not annotated, leave them out of "
+            "the stack (save the annotated frames alone)")
 
 
 def _positions_in_nm(c: pd.DataFrame, shape: tuple[int, int, int], pixel_size_nm: float) -> str | None:

@@ -466,7 +466,10 @@ def _run_finetune(args: argparse.Namespace) -> int:
     written = json.loads(card.read_text())
     held_out = bool(written["training"]["finetune"]["val_frames"])
     if not held_out:
-        print("no frames were held out (--val-fraction 0): the last training losses")
+        why = ("--val-fraction 0" if args.val_fraction == 0 else
+               f"only {written['training']['finetune']['frames']} frame: nothing left to "
+               "validate on; add items or annotate more frames")
+        print(f"no frames were held out ({why}): the last training losses")
     print(finetune_report(metrics, written["metrics"]))
     stem = weights.with_suffix("")
     print(f"model written to {weights} / {card.name} (use: dislotrack infer --model {stem})")
@@ -487,13 +490,22 @@ def finetune_report(metrics: dict[str, float], card_metrics: dict) -> str:
         lines += [f"held-out frames, scored as infer --tta 1 scores them (threshold {thr:g}; "
                   "infer's default for single images is 2 views):",
                   f"{'':20} {'base':>8} {'fine-tuned':>10}"]
-    for k in sorted(metrics):
+    for k in sorted(metrics, key=_report_order):
         if not before:
             lines.append(f"{k}: {metrics[k]:.4g}")
         elif k.startswith("val/"):  # the training loss of the last batch says little here
             was = f"{before[k]:8.4g}" if k in before else " " * 8
             lines.append(f"{k:20} {was} {metrics[k]:10.4g}")
     return "\n".join(lines)
+
+
+#: finetune's scores in evaluate's column order; others (losses, rock salt) follow.
+_SCORE_ORDER = ("tp", "fp", "fn", "true_cores", "precision", "recall", "f1", "rmse_nm", "h_accuracy")
+
+
+def _report_order(key: str) -> tuple[int, str]:
+    name = key.removeprefix("val/")
+    return (_SCORE_ORDER.index(name) if name in _SCORE_ORDER else len(_SCORE_ORDER), key)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -439,8 +439,11 @@ def calibration_notes(summary: dict | None, pixel_size_nm: float,
              "--frame-interval")):
         pred, source = cal.get(key), cal.get(source_key)
         if pred and true and abs(pred / true - 1) > CALIBRATION_TOLERANCE:
+            # The file's own calibration may be the right one (a typo in the annotation).
+            fix = (f"correct the annotation, or infer again with {flag} {true:.4g}"
+                   if source == "file" else f"infer again with {flag} {true:.4g}")
             notes.append(f"infer used a {what} of {pred:.4g} {unit} ({source}), the annotation "
-                         f"says {true:.4g} {unit}: infer again with {flag} {true:.4g}")
+                         f"says {true:.4g} {unit}: {fix}")
     return notes
 
 

@@ -50,7 +50,8 @@ def test_finetune_writes_a_loadable_model_with_its_recipe(tmp_path, capfd):
     assert "model written to" in out and "val/true_cores" in out
     cores = [len(read_annotation(p).cores) for p in find_annotations(tmp_path / "lab")]
     said = re.search(r"training on 2 item\(s\), 2 frame\(s\), (\d+) core\(s\); validating on "
-                     r"1 item\(s\), 1 frame\(s\), (\d+) core\(s\) \(held out by items\)", out)
+                     r"1 item\(s\), 1 frame\(s\), (\d+) core\(s\) "
+                     r"\(held out by items: image_0000\d.json\)", out)
     assert said and int(said[1]) + int(said[2]) == sum(cores)
     # Lightning's setup chatter (tips, model summary, validation bars) stays out of the way.
     assert not any(s in out + err for s in ("Tip", "Total params", "Validation", "Sanity"))
@@ -518,6 +519,32 @@ def test_hand_written_movie_annotations_lab_style(tmp_path):
     assert got[["hx", "hy"]].iloc[0].isna().all() and got[["hx", "hy"]].iloc[1].tolist() == [0, 1]
 
 
+def test_a_movie_annotated_on_some_frames_only_is_warned_about(tmp_path):
+    # Labs often click every few frames of a long movie: the frames between would
+    # train and score as frames without dislocations.
+    lab = tmp_path / "lab"
+    generate_dataset(out=lab, n=1, size=64, mode="stem", movie_frames=9, seed=3, progress=False)
+    side, csv = lab / "movie_00000.json", lab / "movie_00000_cores.csv"
+    every_fourth = "".join(f"{f},10,12,0,1\n" for f in (0, 4, 8))
+    csv.write_text("frame,x,y,hx,hy\n" + every_fourth)
+    with warnings.catch_warnings():  # the generator's own items are labelled in full
+        warnings.simplefilter("error")
+        read_annotation(side)
+    meta = json.loads(side.read_text())
+    side.write_text(json.dumps({k: v for k, v in meta.items() if k != "source"}))  # a lab's
+    with pytest.warns(UserWarning, match=r"movie_00000_cores.csv: 6 of the frames between the first "
+                                         r"and last annotated one \(0 and 8\) hold no core \(1, 2, 3, "
+                                         r"5, 6, and 1 more\).*leave them out of the stack"):
+        read_annotation(side)
+    # Quiet: every frame annotated; a core that leaves after frame 3 (frames empty at the
+    # end); one frame without a core between annotated ones (a miss, not a pattern).
+    for frames in (range(9), range(4), [0, 1, 2, 4, 5, 6, 7, 8]):
+        csv.write_text("frame,x,y,hx,hy\n" + "".join(f"{f},10,12,0,1\n" for f in frames))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            read_annotation(side)
+
+
 @pytest.mark.parametrize("unit, scale", [("nm", 1.0), ("\\u00B5m", 1e3), ("micron", 1e3), ("\\u00C5", 0.1),
                                          ("Angstrom", 0.1), ("pixel", None), ("furlong", None)])
 def test_imagej_pixel_size_reads_the_units_labs_write(tmp_path, unit, scale):
@@ -550,7 +577,7 @@ def test_finetune_reports_only_scores_defined_for_lab_data():
     logged = {"val/loss": 0.5, "val/f1": 0.0, "val/rmse_nm": 1.0, "val/h_accuracy": 0.0, "val/tp": 0.0,
               "val/hrtem/f1": 0.0, "val/rs_iou": 0.9}
     # True cores but none matched: F1 0 is a score, RMSE and h accuracy are placeholders.
-    assert defined_scores(logged, 4) == {"val/loss": 0.5, "val/f1": 0.0, "val/tp": 0.0,
+    assert defined_scores(logged, 4) == {"val/loss": 0.5, "val/f1": 0.0, "val/tp": 0.0, "val/fn": 4.0,
                                          "val/rs_iou": 0.9, "val/true_cores": 4}
     assert defined_scores(logged, 0) == {"val/loss": 0.5, "val/rs_iou": 0.9, "val/true_cores": 0}
     matched = {**logged, "val/tp": 3.0, "val/rmse_nm": 0.1, "val/h_accuracy": 1.0}
@@ -998,6 +1025,13 @@ def test_evaluate_notes_calibrations_that_differ_and_items_a_model_was_tuned_on(
     assert f"infer used a pixel size of {ann.pixel_size_nm * 1.25:.4g} nm (user), the annotation " \
            f"says {ann.pixel_size_nm:.4g} nm: infer again with --pixel-size" in held["note"]
     assert POOLED not in report  # one item is left once the one trained on is left out
+    # Read from the file: either may be the typo.
+    from dislotrack.infer.evaluate import calibration_notes
+
+    (note,) = calibration_notes({"calibration": {"pixel_size_nm": 0.035, "pixel_size_source": "file"}},
+                                0.08, None)
+    assert note.endswith("(file), the annotation says 0.08 nm: correct the annotation, or infer "
+                         "again with --pixel-size 0.08")
     # Held out by frames (one annotated item): the model trained on the item's other frames.
     summary["model"]["finetuned_on"].update(split="frames", val_items=["image_00000.json"])
     (pred / "image_00000" / "summary.json").write_text(json.dumps(summary))
@@ -1173,3 +1207,23 @@ def test_finetune_without_held_out_frames_calls_its_scores_training_losses(tmp_p
     assert "(training losses)" in out and "validation rows" not in out
     metrics = load_model(tmp_path / "ft")[1]["metrics"]
     assert "finetune_validation" not in metrics and "train/loss" in metrics["finetune_training"]
+    # With the default fraction but one frame only, it says so, not "--val-fraction 0".
+    one = tmp_path / "one"
+    one.mkdir()
+    for p in (tmp_path / "lab").glob("image_00000*"):
+        (one / p.name).write_bytes(p.read_bytes())
+    assert main(["finetune", "--data", str(one), "--out", str(tmp_path / "ft1"),
+                 "--model", str(tmp_path / "base"), "--epochs", "1", "--size", "32",
+                 "--batch-size", "2", "--crops-per-epoch", "2", "--accelerator", "cpu"]) == 0
+    assert ("no frames were held out (only 1 frame: nothing left to validate on; add items or "
+            "annotate more frames)") in capsys.readouterr().out
+
+
+def test_finetune_warns_where_it_scores_below_the_base_model():
+    from dislotrack.train.finetune import worse_than_base
+
+    assert "F1 0.6, base 0.7" in worse_than_base({"val/f1": 0.6}, {"val/f1": 0.7})
+    assert worse_than_base({"val/f1": 0.7}, {"val/f1": 0.7}) is None
+    assert worse_than_base({"val/f1": 0.8}, {"val/f1": 0.7}) is None
+    assert worse_than_base({}, {"val/f1": 0.7}) is None  # no cores held out: undefined
+    assert worse_than_base({"val/f1": 0.5}, {}) is None

@@ -123,7 +123,21 @@ def defined_scores(metrics: dict[str, float], n_true: int) -> dict[str, float]:
             undefined.add("val/precision")
     out = {k: v for k, v in metrics.items() if k not in undefined and np.isfinite(v)
            and not k.startswith(("val/hrtem/", "val/stem/", "val/dose_"))}
+    if n_true and "val/tp" in out:  # evaluate's missed cores, beside tp and fp
+        out["val/fn"] = n_true - out["val/tp"]
     return {**out, "val/true_cores": n_true}
+
+
+def worse_than_base(metrics: dict[str, float], before: dict[str, float]) -> str | None:
+    """A warning where the fine-tuned model's held-out F1 (``metrics``) falls below the
+    base model's (``before``, both `defined_scores`), else None (also where either is
+    undefined)."""
+    if not metrics.get("val/f1", np.inf) < before.get("val/f1", -np.inf):
+        return None
+    return (f"the fine-tuned model scores below the base model on the held-out frames (F1 "
+            f"{metrics['val/f1']:.3g}, base {before['val/f1']:.3g}); it is written all the same "
+            "(the last epoch's weights): fewer --epochs or a lower --lr may do better, and the "
+            "base model may suit such images better")
 
 
 def _scores(logged: dict, n_true: int) -> dict[str, float]:
@@ -156,7 +170,9 @@ def describe_split(train: list[Sample], val: list[Sample], split: str, data: str
         return f"{items} item(s), {len(frames)} frame(s), {cores} core(s)"
 
     line = f"{data}: training on {part(train)}"
-    line += f"; validating on {part(val)} (held out by {split})" if val else "; no validation"
+    held = sorted({str(f.meta["source"]) for f in val})
+    line += (f"; validating on {part(val)} (held out by {split}: {first_few(held, 5)})" if val
+             else "; no validation")
     sources = {f.meta["source"]: f.meta.get("rs_annotated", True) for f in [*train, *val]}
     if not all(sources.values()):  # say so: no rock-salt loss or score for those items
         line += (f"; rock salt annotated in {sum(sources.values())} of {len(sources)} item(s) "
@@ -370,6 +386,8 @@ def finetune(*, data: str | Path, out: str | Path, model: str | Path | None = No
         if n_true == 0:
             logger.warning("the validation frames hold no annotated cores: no core scores")
         metrics, before = (_scores(m, n_true) for m in (metrics, before))
+        if worse := worse_than_base(metrics, before):
+            logger.warning(worse)
     base_sha = card.get("sha256")
     # This run's version and date (save_model fills them in), not the base model's.
     card = {k: v for k, v in card.items()
