@@ -453,6 +453,7 @@ def _run_finetune(args: argparse.Namespace) -> int:
     if not args.overwrite and (weights.exists() or card.exists()):
         raise ValueError(f"--out {args.out}: {weights if weights.exists() else card} exists; "
                          "choose another --out or add --overwrite")
+    refuse_pixel_size_conflicts(args.data)
     try:
         metrics = finetune(data=args.data, out=args.out, model=args.model, epochs=args.epochs,
                            lr=args.lr, size=args.size, batch_size=args.batch_size,
@@ -478,6 +479,27 @@ def _run_finetune(args: argparse.Namespace) -> int:
         print(f"scores per epoch: {logs} " + ("(validation rows; the first is the base model's)"
                                               if held_out else "(training losses)"))
     return 0
+
+
+def refuse_pixel_size_conflicts(folder: str | Path) -> None:
+    """Refuse annotations whose pixel size disagrees with their image file's own
+    calibration as infer reads it (FEI, OME, DM-saved TIFFs, beyond the ImageJ ones
+    `read_annotation` checks): fine-tuning at one scale and inferring at the other is
+    silently wrong.
+
+    Raises
+    ------
+    ValueError
+        Naming every such annotation and both values.
+    """
+    from dislotrack.infer.readers import annotation_pixel_size_conflict
+
+    # Every .json (others are skipped, and named once, by finetune's own reading).
+    conflicts = [c for side in sorted(Path(folder).glob("*.json"))
+                 if (c := annotation_pixel_size_conflict(side))]
+    if conflicts:
+        raise ValueError(f"{len(conflicts)} annotation(s) disagree with their image's own "
+                         "calibration: " + "; ".join(conflicts))
 
 
 def finetune_report(metrics: dict[str, float], card_metrics: dict) -> str:

@@ -47,7 +47,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from dislotrack.data_gen.annotations import is_sidecar
+from dislotrack.data_gen.annotations import PIXEL_SIZE_TOLERANCE, annotation_image, is_sidecar
 from dislotrack.infer.calibration import (
     Calibration,
     check_positive,
@@ -118,12 +118,16 @@ def _with_annotation_calibration(movie: Movie) -> Movie:
     """``movie`` with what its file lacks (pixel size, frame interval) taken from the
     annotation sidecar beside it (``<stem>.json``, format dislotrack-annotation), where
     there is one: a lab's annotated images need no second calibration (source
-    "annotation", and a calibration note names the sidecar)."""
+    "annotation", and a calibration note names the sidecar). Where the file has its own
+    pixel size and the sidecar says another (`annotation_pixel_size_conflict`), the
+    file's is kept and a note says so."""
     cal, side = movie.calibration, movie.path.with_suffix(".json")
-    if (cal.pixel_size_nm is not None and cal.frame_interval_s is not None) or not is_sidecar(side):
+    if not is_sidecar(side):
         return movie
     meta = json.loads(side.read_text())
     taken, notes = {}, list(cal.warnings)
+    if conflict := _pixel_size_conflict(cal, meta.get("pixel_size_nm"), side):
+        notes.append(f"{conflict}: the file's is used")
     for key, have, unit in (("pixel_size_nm", cal.pixel_size_nm, "nm/px"),
                             ("frame_interval_s", cal.frame_interval_s, "s")):
         if have is None and meta.get(key) is not None:
@@ -141,6 +145,40 @@ def _with_annotation_calibration(movie: Movie) -> Movie:
     return movie.with_calibration(Calibration(
         pixel_size_nm=px, frame_interval_s=dt, pixel_size_source=source("pixel_size_nm", px),
         frame_interval_source=source("frame_interval_s", dt), warnings=tuple(notes)))
+
+
+def _pixel_size_conflict(cal: Calibration, said: object, side: Path) -> str | None:
+    """Why a sidecar's ``pixel_size_nm`` (``said``) and the file's own disagree, else None."""
+    if cal.pixel_size_nm is None or cal.pixel_size_source != "file":
+        return None
+    try:
+        said = float(said)
+    except (TypeError, ValueError):
+        return None  # missing or malformed: `read_annotation` names it
+    if not said > 0 or abs(cal.pixel_size_nm / said - 1) <= PIXEL_SIZE_TOLERANCE:
+        return None
+    return (f"{side.name} says pixel_size_nm {said:g}, the file's own calibration "
+            f"{cal.pixel_size_nm:.4g} nm/px")
+
+
+def annotation_pixel_size_conflict(sidecar: str | Path) -> str | None:
+    """Where an annotation's ``pixel_size_nm`` and its image file's own calibration (as
+    infer reads it: ImageJ, OME, vendor tags) differ by more than
+    `dislotrack.data_gen.annotations.PIXEL_SIZE_TOLERANCE`, a message naming both, else
+    None (also where the file has no calibration of its own).
+
+    ``read_annotation`` compares with ImageJ calibrations only; infer would analyse such an
+    image at the file's scale while fine-tuning used the annotation's.
+    """
+    sidecar = Path(sidecar)
+    image = annotation_image(sidecar)
+    if not image.is_file() or not is_sidecar(sidecar):
+        return None
+    with _open(image, None) as movie:  # the file's calibration, before any sidecar's
+        cal = movie.calibration
+    conflict = _pixel_size_conflict(cal, json.loads(sidecar.read_text()).get("pixel_size_nm"),
+                                    sidecar)
+    return None if conflict is None else f"{image}: {conflict}; correct whichever is wrong"
 
 
 def check_readable(path: Path) -> None:

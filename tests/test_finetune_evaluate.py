@@ -1227,3 +1227,40 @@ def test_finetune_warns_where_it_scores_below_the_base_model():
     assert worse_than_base({"val/f1": 0.8}, {"val/f1": 0.7}) is None
     assert worse_than_base({}, {"val/f1": 0.7}) is None  # no cores held out: undefined
     assert worse_than_base({"val/f1": 0.5}, {}) is None
+
+
+def test_finetune_refuses_an_annotation_whose_pixel_size_disagrees_with_its_tiffs_own(tmp_path, capsys):
+    # The TIFF's own calibration is OME (as FEI, DM-saved ... TIFFs: not ImageJ, which
+    # read_annotation checks): infer reads it, so fine-tuning at the sidecar's scale would
+    # train at one scale and infer at another.
+    import tifffile
+
+    from dislotrack.infer.readers import annotation_pixel_size_conflict, open_movie
+
+    lab = tmp_path / "lab"
+    generate_dataset(out=lab, n=2, size=64, mode="stem", seed=3, progress=False)
+    side = lab / "image_00000.json"
+    meta = json.loads(side.read_text())
+    image = tifffile.imread(lab / "image_00000.tif")
+    own = {"PhysicalSizeX": 0.035, "PhysicalSizeXUnit": "nm",
+           "PhysicalSizeY": 0.035, "PhysicalSizeYUnit": "nm"}
+    tifffile.imwrite(lab / "image_00000.tif", image, ome=True, metadata=own)
+    for agrees in (0.035, 0.0354):  # within 2 %: quiet
+        side.write_text(json.dumps({**meta, "pixel_size_nm": agrees}))
+        assert annotation_pixel_size_conflict(side) is None
+    side.write_text(json.dumps({**meta, "pixel_size_nm": 0.08}))
+    read_annotation(side)  # the annotation reader alone does not see the OME calibration
+    said = annotation_pixel_size_conflict(side)
+    assert said == (f"{lab / 'image_00000.tif'}: image_00000.json says pixel_size_nm 0.08, the file's "
+                    "own calibration 0.035 nm/px; correct whichever is wrong")
+    assert annotation_pixel_size_conflict(lab / "image_00001.json") is None  # ImageJ, agreeing
+    # infer keeps the file's and says so.
+    with open_movie(lab / "image_00000.tif") as m:
+        assert (m.calibration.pixel_size_nm, m.calibration.pixel_size_source) == (0.035, "file")
+        assert any("image_00000.json says pixel_size_nm 0.08" in w and w.endswith("the file's is used")
+                   for w in m.calibration.warnings)
+    _tiny(tmp_path / "base")
+    assert main(["finetune", "--data", str(lab), "--out", str(tmp_path / "ft"), "--model",
+                 str(tmp_path / "base"), "--epochs", "1", "--size", "32", "--accelerator", "cpu"]) == 2
+    assert "1 annotation(s) disagree with their image's own calibration: " in capsys.readouterr().err
+    assert not (tmp_path / "ft.safetensors").exists()
