@@ -337,8 +337,11 @@ def test_finetune_holds_out_whole_movies_not_neighbouring_frames():
     movie = frames("movie.json", 10)
     for i, f in enumerate(movie):
         f.meta["frame"] = i
-    train, val, split = split_frames(movie, 0.2, np.random.default_rng(0))
+    train, val, split = split_frames(movie[::-1], 0.2, np.random.default_rng(0))
     assert split == "frames" and (len(train), len(val)) == (8, 2)
+    # One block at the end (in frame order, however listed): only frame 7 has a twin in
+    # training, not every held-out frame.
+    assert [f.meta["frame"] for f in val] == [8, 9] and [f.meta["frame"] for f in train] == list(range(8))
     # The card names the held-out frames (evaluate can then score them alone).
     from dislotrack.train.finetune import held_out_frames
 

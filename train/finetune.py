@@ -188,8 +188,9 @@ def split_frames(frames: list[Sample], val_fraction: float,
     (as close to ``val_fraction`` of the frames as whole items allow, taken in random
     order; at least one item, and at least one left to train): neighbouring frames of one
     movie are nearly the same image, so splitting them would score the model on what it
-    trained on. With one item, its frames are
-    split (scores then optimistic). At least one frame always trains.
+    trained on. With one item (a movie), its last frames are held out, one block, so
+    that only the frame at the block's edge has a near twin in training (scores still
+    somewhat optimistic). At least one frame always trains.
     """
     sizes = Counter(f.meta.get("source") for f in frames)  # frames per item
     items = sorted(sizes, key=str)
@@ -207,9 +208,10 @@ def split_frames(frames: list[Sample], val_fraction: float,
             held.add(min(items, key=lambda it: (sizes[it], str(it))))
         return ([f for f in frames if f.meta.get("source") not in held],
                 [f for f in frames if f.meta.get("source") in held], "items")
-    order = rng.permutation(len(frames))
     n_val = min(int(round(want)), len(frames) - 1)
-    return [frames[i] for i in order[n_val:]], [frames[i] for i in order[:n_val]], "frames"
+    order = sorted(range(len(frames)), key=lambda i: frames[i].meta.get("frame", i))
+    cut = len(frames) - n_val
+    return [frames[i] for i in order[:cut]], [frames[i] for i in order[cut:]], "frames"
 
 
 def held_out_frames(val: list[Sample]) -> dict[str, list[int]]:
