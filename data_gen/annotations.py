@@ -110,9 +110,10 @@ def read_annotation(sidecar: str | Path) -> Annotation:
         out of range (see `annotation_problems`).
     """
     sidecar = Path(sidecar)
+    if problem := _sidecar_problem(sidecar):
+        raise ValueError(f"{sidecar} is not a {FORMAT} sidecar ({problem}): it needs "
+                         f'"format": "{FORMAT}" and "pixel_size_nm" (README, annotation format)')
     side = json.loads(sidecar.read_text())
-    if side.get("format") != FORMAT:
-        raise ValueError(f"{sidecar} is not a {FORMAT} sidecar (format={side.get('format')!r})")
     version = side.get("version", VERSION)
     if isinstance(version, bool) or not isinstance(version, int):
         raise ValueError(f"{sidecar}: version must be a whole number (e.g. {VERSION}), "
@@ -363,14 +364,16 @@ def _sidecar_problem(path: Path) -> str | None:
 
 def find_annotations(folder: str | Path) -> list[Path]:
     """All annotation sidecars in a folder (sorted); other .json files are skipped with a
-    warning that names them (a sidecar with a typo would otherwise vanish unnoticed)."""
+    warning that names them (a sidecar with a typo would otherwise vanish unnoticed), or
+    listed all the same where a ``<stem>_cores.csv`` beside one shows it was meant as a
+    sidecar (`read_annotation` then refuses it, saying why)."""
     out, skipped = [], []
     for p in sorted(Path(folder).glob("*.json")):
-        problem = _sidecar_problem(p)
-        if problem is None:
+        # Beside a _cores.csv it was meant as one: `read_annotation` then says what is wrong.
+        if _sidecar_problem(p) is None or p.with_name(f"{p.stem}_cores.csv").exists():
             out.append(p)
         else:
-            skipped.append(f"{p.name} ({problem})")
+            skipped.append(f"{p.name} ({_sidecar_problem(p)})")
     if skipped:
         warnings.warn(f"{folder}: skipped {len(skipped)} .json file(s) that are not annotations: "
                       + "; ".join(skipped), stacklevel=2)

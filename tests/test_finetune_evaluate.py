@@ -307,6 +307,23 @@ def test_annotation_folders_name_what_they_skip_and_refuse(tmp_path):
     (lab / "image_00001_cores.csv").write_text('frame,x\n"0,1\n')
     with pytest.raises(ValueError, match="image_00001_cores.csv is not a readable CSV table"):
         read_annotation(lab / "image_00001.json")
+    # A sidecar (or none) beside a _cores.csv was meant as an annotation: refused, not skipped.
+    (lab / "image_00001.json").write_text(json.dumps({k: v for k, v in side.items() if k != "format"}))
+    with pytest.warns(UserWarning, match="skipped 2 "):  # notes.json, typo.json
+        assert "image_00001.json" in [p.name for p in find_annotations(lab)]
+    with pytest.raises(ValueError, match=r"image_00001.json is not a dislotrack-annotation sidecar "
+                                         r"\(format None, not 'dislotrack-annotation'\): it needs"):
+        read_annotation(lab / "image_00001.json")
+    from dislotrack.train.finetune import annotated_frames
+
+    (lab / "image_00001.json").unlink()
+    with pytest.raises(ValueError, match=r"no <stem>.json sidecar beside image_00001.tif, which have a "
+                                         r"<stem>_cores.csv"):
+        annotated_frames(lab, 0.1)
+    (lab / "image_00001_cores.csv").unlink()  # an image alone is only named
+    (lab / "image_00000.json").write_text(json.dumps(side))
+    with pytest.warns(UserWarning):  # notes.json, typo.json
+        assert len(annotated_frames(lab, 0.1)) == 1
 
 
 def test_report_table_keeps_counts_whole_beside_an_error_row():

@@ -51,6 +51,11 @@ def annotated_frames(folder: str | Path, canonical_nm: float) -> list[Sample]:
     lone = sorted(p.name for p in Path(folder).glob("*") if p.suffix.lower() in IMAGE_SUFFIXES
                   and p.stem not in stems and not (p.name.lower().endswith("_rs.tif")
                                                    and p.name[:-len("_rs.tif")] in stems))
+    meant = [name for name in lone if (Path(folder) / f"{Path(name).stem}_cores.csv").exists()]
+    if meant:  # annotated, but the sidecar is missing: refuse, not train without them
+        raise ValueError(f"{folder}: no <stem>.json sidecar beside {first_few(meant, 5)}, which "
+                         f"have a <stem>_cores.csv: write one for each (format "
+                         f'"dislotrack-annotation", pixel_size_nm; README, annotation format)')
     if lone:  # a lab's image whose sidecar was forgotten would otherwise vanish unnoticed
         logger.warning("%s: %d image(s) without an annotation (<stem>.json) are not used: %s",
                        folder, len(lone), first_few(lone, 5))
