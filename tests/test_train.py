@@ -918,3 +918,20 @@ def test_validation_scores_are_nan_where_undefined_but_f1_stays_a_number():
     module._tallies = {"all": DetectionTally(tp=0, fp=2, fn=0)}  # a perfect lattice, 2 false
     module._epoch_end("val")
     assert logged["val/precision"] == 0.0 and np.isnan(logged["val/recall"])
+
+
+def test_losses_without_targets_are_a_plain_zero_tied_to_the_network():
+    # No annotated rock salt (a lab's frames) or no core with h: zero, not -0.0 (printed
+    # as "train/rs=-0.00"), and still part of the graph (DDP needs every output used).
+    from dislotrack.train.losses import bce_dice_loss, h_cosine_loss
+
+    logit = torch.full((2, 1, 8, 8), -3.0, requires_grad=True)
+    rs = bce_dice_loss(logit, torch.zeros_like(logit), known=torch.zeros(2))
+    h = h_cosine_loss(torch.full((2, 2, 8, 8), -1.0, requires_grad=True), torch.ones(2, 2, 8, 8),
+                      torch.zeros(2, 1, 8, 8))
+    for loss in (rs, h):
+        assert loss.item() == 0 and not torch.signbit(loss) and loss.requires_grad
+    rs.backward()
+    assert (logit.grad == 0).all()
+    # With a known mask it is the BCE plus Dice of those samples.
+    assert bce_dice_loss(logit, torch.zeros_like(logit), known=torch.tensor([1, 0])).item() > 0

@@ -21,7 +21,8 @@ def h_cosine_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) 
     """Mean ``1 - cos`` between predicted and true h where ``mask`` is set (0 if none)."""
     cos = F.cosine_similarity(pred, target, dim=1, eps=1e-6)[:, None]
     n = mask.sum()
-    return ((1 - cos) * mask).sum() / n if n > 0 else pred.sum() * 0.0
+    # Zero tied to the graph (DDP needs every output used); abs: never a logged -0.0.
+    return ((1 - cos) * mask).sum() / n if n > 0 else (pred.sum() * 0.0).abs()
 
 
 def bce_dice_loss(logit: torch.Tensor, target: torch.Tensor, *, known: torch.Tensor | None = None,
@@ -31,7 +32,7 @@ def bce_dice_loss(logit: torch.Tensor, target: torch.Tensor, *, known: torch.Ten
     if known is not None:
         keep = known.reshape(-1) > 0
         if not keep.any():
-            return logit.sum() * 0.0
+            return (logit.sum() * 0.0).abs()  # as in `h_cosine_loss`
         logit, target = logit[keep], target[keep]
     bce = F.binary_cross_entropy_with_logits(logit, target)
     p = torch.sigmoid(logit)
