@@ -399,6 +399,9 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         if "note" in r:
             print(f"{stem}: {r['note']}", file=sys.stderr)
     models = {(m["model"], m["sha256"]) for r in report.values() if (m := r.get("predicted_by"))}
+    if len(models) == 1:  # two runs' printouts (base vs fine-tuned) tell themselves apart
+        ((name, sha),) = models
+        print(f"predictions by: {name}" + (f" (sha256 {sha[:12]}…)" if sha else ""))
     if len(models) > 1:  # e.g. a folder holding runs of the bundled and a fine-tuned model
         print(f"note: the predictions were made by {len(models)} different models "
               f"({', '.join(sorted(str(m) for m, _ in models))}); see predicted_by in evaluation.json",

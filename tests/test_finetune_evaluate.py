@@ -128,6 +128,7 @@ def test_evaluate_scores_infer_outputs_against_annotations(tmp_path, capsys):
     made_by = r["predicted_by"]  # which model's predictions were scored
     assert made_by["model"] == "default" and len(made_by["sha256"]) == 64
     assert made_by["dislotrack_version"] == package_version()
+    assert f"predictions by: default (sha256 {made_by['sha256'][:12]}…)" in table
     assert np.isclose(r["precision"], r["tp"] / (r["tp"] + r["fp"]))
     assert np.isclose(r["recall"], r["tp"] / (r["tp"] + r["fn"]))
     assert np.isclose(r["f1"], 2 * r["tp"] / (2 * r["tp"] + r["fp"] + r["fn"]))
