@@ -117,7 +117,7 @@ def clean_frame(frame: np.ndarray, cores: pd.DataFrame, rocksalt: np.ndarray, *,
                                                 pixel_size_nm=pixel_size_nm)
     edge = (near_rocksalt(cores["x"], cores["y"], outside, LATTICE_EDGE_MARGIN_NM / pixel_size_nm)
             if outside is not None else np.zeros(len(cores), bool))
-    fraction = (np.nan if blank or blind
-                else float(rocksalt[~drawn].mean()) if not drawn.all() else 0.0)
+    fraction = (np.nan if blank or blind or drawn.all()  # nothing left to judge rock salt on
+                else float(rocksalt[~drawn].mean()))
     return FrameFindings(cores.assign(in_rocksalt=flag, at_specimen_edge=edge), rocksalt, fraction,
                          blank, float(drawn.mean()) if drawn.any() else 0.0)

@@ -57,11 +57,11 @@ def overlay_mask(frame: np.ndarray, *, pixel_size_nm: float) -> np.ndarray:
     1000
     """
     frame = np.asarray(frame, dtype=np.float32)
-    lo, hi = float(np.nanmin(frame)), float(np.nanmax(frame))
     out = np.zeros(frame.shape, dtype=bool)
+    min_area = max(MIN_AREA_PX, MIN_AREA_NM2 / pixel_size_nm**2)
+    lo, hi = _extreme_levels(frame, int(min_area) // 2)
     if not hi > lo:  # a flat frame: nothing drawn on anything
         return out
-    min_area = max(MIN_AREA_PX, MIN_AREA_NM2 / pixel_size_nm**2)
     span = hi - lo
     for extreme in (frame >= hi - BRIGHT_LEVEL * span, frame <= lo + DARK_LEVEL * span):
         if extreme.sum() < min_area:  # most frames: no labelling needed
@@ -71,3 +71,16 @@ def overlay_mask(frame: np.ndarray, *, pixel_size_nm: float) -> np.ndarray:
         sizes[0] = 0
         out |= (sizes >= min_area)[labels]
     return out
+
+
+def _extreme_levels(frame: np.ndarray, k: int) -> tuple[float, float]:
+    """The frame's darkest and brightest levels that ``k`` pixels reach: an area counts
+    only from `MIN_AREA_PX` pixels, so fewer outliers (a hot pixel, an X-ray hit, a
+    saturated 65535) cannot stretch the range and make ordinary dark lattice look
+    like an extreme (they would mask whole frames)."""
+    values = frame[np.isfinite(frame)].ravel()
+    if not len(values):
+        return 0.0, 0.0
+    k = min(max(k, 0), len(values) - 1)
+    part = np.partition(values, [k, len(values) - 1 - k])
+    return float(part[k]), float(part[len(values) - 1 - k])

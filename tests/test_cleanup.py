@@ -50,3 +50,8 @@ def test_a_zero_filled_border_hides_cores_and_rock_salt_beside_it():
     assert f.cores["x"].tolist() == [30.0]
     assert f.overlaid > 0.2 and not f.rocksalt[:, 100:].any()
     assert f.rocksalt_fraction == 1.0  # judged where the specimen shows
+    # Nothing but drawn or clipped areas: no rock salt was judged (NaN), not 0 %.
+    drawn = np.zeros((128, 128), np.float32)
+    drawn[:, 64:] = 255.0
+    f = clean_frame(drawn, _cores((30, 60)), rs, pixel_size_nm=0.1, d_spacing_nm=0.473)
+    assert f.overlaid == 1.0 and f.cores.empty and np.isnan(f.rocksalt_fraction)

@@ -26,6 +26,24 @@ def test_a_lattice_has_no_overlay(mode, dose):
         assert not overlay_mask(s.image, pixel_size_nm=pixel_size).any()
 
 
+@pytest.mark.parametrize("mode", ["hrtem", "stem"])
+def test_hot_pixels_do_not_stretch_the_extremes_over_the_lattice(mode):
+    # X-ray hits, hot or saturated camera pixels (here 50x the brightest level, and 60
+    # scattered ones): not annotations, and the lattice's dark areas stay unmasked.
+    s = make_sample(np.random.default_rng(2), GeneratorConfig(size=128, mode=mode, dose=(1000, 1000)))
+    img = s.image.astype(np.float32)
+    hot = img.copy()
+    hot[10, 10] = 50 * img.max()
+    assert not overlay_mask(hot, pixel_size_nm=0.1).any()
+    rng = np.random.default_rng(3)
+    hot[rng.integers(0, 128, 60), rng.integers(0, 128, 60)] = 65535
+    assert not overlay_mask(hot, pixel_size_nm=0.1).any()
+    # A scale bar (at the image's brightest level) beside them is still found, and only it.
+    hot[110:118, 20:60] = img.max()
+    mask = overlay_mask(hot, pixel_size_nm=0.1)
+    assert mask[110:118, 20:60].all() and mask.sum() == 320
+
+
 def test_bars_text_bands_and_borders_are_found_clipped_columns_are_not():
     s = make_sample(np.random.default_rng(0), GeneratorConfig(size=128, mode="stem", dose=(1000, 1000)))
     img = s.image.astype(np.float32)
