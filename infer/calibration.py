@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from dislotrack.data_gen.text import first_few
 from dislotrack.infer.interface import option
 
 if TYPE_CHECKING:
@@ -371,6 +372,30 @@ def interval_from_timestamps(
     if np.any(steps <= 0):
         return None
     return float(np.median(steps))
+
+
+def uneven_steps_warning(times_s: Sequence[float], interval_s: float | None) -> str | None:
+    """Where per-frame acquisition times step unevenly (more than 20 % of the interval
+    apart: dropped frames, pauses), a warning that times and velocities assume the even
+    ``interval_s``, else None.
+
+    Examples
+    --------
+    >>> uneven_steps_warning([0, 1, 2, 3, 9, 10], 1.0)  # doctest: +ELLIPSIS
+    'frame steps vary from 1 to 6 s (frames dropped or paused after frame 3?): times and ...'
+    >>> uneven_steps_warning([0, 1, 2.05, 3], 1.0) is None  # clock jitter
+    True
+    """
+    steps = np.diff(np.asarray(times_s, dtype=float))
+    if interval_s is None or len(steps) < 1 or np.ptp(steps) <= 0.2 * interval_s:
+        return None
+    long = np.flatnonzero(steps > 1.5 * interval_s)
+    where = (f" (frames dropped or paused after frame {first_few([str(i) for i in long], 3)}?)"
+             if len(long) else "")
+    return (f"frame steps vary from {steps.min():.4g} to {steps.max():.4g} s{where}: times and "
+            f"velocities assume the median {interval_s:.4g} s per frame, so tracks across "
+            "uneven steps are off (--frame-interval does not mend gaps; analyse the even "
+            "stretches with --frames)")
 
 
 # --- metadata values, read by the file readers (`dislotrack.infer.readers`) ---

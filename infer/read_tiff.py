@@ -21,6 +21,7 @@ from dislotrack.infer.calibration import (
     length_nm_or_none,
     seconds_or_none,
     square_pixel_size,
+    uneven_steps_warning,
 )
 from dislotrack.infer.movie import Movie, close_lazy_array
 
@@ -260,6 +261,8 @@ def _ome_calibration(xml: str, notes: list[str],
         planes.sort(key=lambda p: int(p.get("TheT", 0)))
         times = [seconds_or_none(p["DeltaT"], p.get("DeltaTUnit", "s")) or 0.0 for p in planes]
         dt = interval_from_timestamps(times)
+        if uneven := uneven_steps_warning(times, dt):
+            warnings.append(uneven)
     return square_pixel_size(px, py, warnings), dt
 
 

@@ -55,6 +55,7 @@ from dislotrack.infer.calibration import (
     length_nm_or_none,
     seconds_or_none,
     square_pixel_size,
+    uneven_steps_warning,
 )
 from dislotrack.infer.interface import option
 from dislotrack.infer.movie import READ_ERRORS, Movie, close_lazy_array
@@ -281,7 +282,8 @@ def _open_rsciio(path: Path, module: str, label: str, *, signal: int | str | Non
     cal = Calibration.from_file(pixel_size_nm=px, frame_interval_s=dt, warnings=cal_warnings)
     return Movie(path, shape, cal, meta,
                  read, close=lambda: close_lazy_array(data),
-                 timestamps_s=None if stamp is None else np.zeros(1))
+                 # a stack's one time is its start, not each frame's (Movie.window slices these)
+                 timestamps_s=None if stamp is None or data.ndim != 2 else np.zeros(1))
 
 
 def _is_image_signal(sig: dict) -> bool:
@@ -534,11 +536,9 @@ def _open_folder(folder: Path, signal: int | str | None = None) -> Movie:
     dt = interval_from_timestamps(times) if times is not None else None
     if times is not None and dt is None and len(times) > 1:
         notes.append("the frames' acquisition times do not increase; no frame interval")
-    if dt is not None and np.ptp(np.diff(times)) > 0.2 * dt:
-        notes.append(f"frame steps vary from {np.diff(times).min():.4g} to "
-                     f"{np.diff(times).max():.4g} s; using the median {dt:.4g} s")
+    uneven = uneven_steps_warning(times, dt) if times is not None else None
     cal = Calibration.from_file(pixel_size_nm=first.calibration.pixel_size_nm, frame_interval_s=dt,
-                                warnings=first.calibration.warnings)
+                                warnings=(*first.calibration.warnings, *([uneven] if uneven else [])))
     meta = {"format": f"folder of {first.metadata['format']} frames", "n_files": len(files),
             "first_file": str(files[0].relative_to(folder)), "notes": notes,
             # as the first frame's file says (e.g. one channel of several read)

@@ -404,8 +404,21 @@ def test_gms_insitu_tree_of_dm_frames_uses_acquisition_clock(tmp_path):
         assert cal.frame_interval_source == "file"
         assert cal.pixel_size_nm == pytest.approx(0.24854, rel=1e-4)
         np.testing.assert_allclose(movie.timestamps_s, times, atol=1e-5)
-        assert any("vary" in n for n in movie.metadata["notes"])
+        # Uneven steps are a calibration warning (summary.json, res.warnings), not a note.
+        (uneven,) = [w for w in cal.warnings if "vary" in w]
+        assert uneven.startswith("frame steps vary from 0.25 to 0.35 s: times and velocities "
+                                 "assume the median 0.25 s per frame")
         np.testing.assert_array_equal(movie[11], movie[0])
+    # Dropped frames (5 after frame 9, at 1 frame/s) are named.
+    times = [float(i) for i in range(10)] + [float(i) for i in range(15, 25)]
+    gap = tmp_path / "gap"
+    gap.mkdir()
+    for i, t in enumerate(times):
+        (gap / f"frame_{i:02d}.dm3").write_bytes(raw.replace(needle, struct.pack("<d", filetime + t * 1e7)))
+    with open_movie(gap) as movie:
+        assert movie.calibration.frame_interval_s == pytest.approx(1.0, abs=1e-5)
+        assert any("from 1 to 6 s (frames dropped or paused after frame 9?)" in w
+                   for w in movie.calibration.warnings)
 
 
 @pytest.mark.parametrize("name", ["notes.tif", "broken.dm4", "broken.png", "broken.mp4", "broken.mrc"])
@@ -730,3 +743,18 @@ def test_a_tiff_written_frame_by_frame_is_a_movie_and_a_missing_codec_is_named(t
     else:
         with open_movie(tmp_path / "lzw.tif") as m:  # read where the codec is installed
             assert m.shape == (2, 24, 28) and m[0].shape == (24, 28)
+
+
+def test_a_dm_stack_with_an_acquisition_time_can_be_windowed(monkeypatch):
+    # GMS stores one acquisition time for a whole stack: it is no per-frame clock, and
+    # --frames on such a stack must not index past it (it raised IndexError).
+    import dislotrack.infer.readers as readers
+
+    path = real("ncempy/dmTest_3D_int16_64,65,66.dm3")
+    monkeypatch.setattr(readers, "_dm_acquisition_time_s", lambda tags: 1.7e9)
+    with open_movie(path) as movie:
+        assert len(movie) == 66 and movie.metadata["acquired_unix_s"] == 1.7e9
+        assert movie.timestamps_s is None
+        part = movie.window(2, 5)
+        assert len(part) == 3
+        np.testing.assert_array_equal(part[0], movie[2])
