@@ -137,6 +137,16 @@ def _chosen_signal(movie: Movie, asked: int | str | None) -> int | str | None:
     return read
 
 
+def _first_shown_frame(movie: Movie, look: int = 10) -> np.ndarray:
+    """The first of the first ``look`` frames that is not blank (a movie may start with
+    the beam blanked), else frame 0."""
+    for i in range(min(len(movie), look)):
+        frame = movie[i]
+        if np.nanmax(frame) > np.nanmin(frame):
+            return frame
+    return movie[0]
+
+
 def calibrate(movie: Movie, *, pixel_size_nm: float | None, frame_interval_s: float | None,
               d_spacing_nm: float) -> Calibration:
     """User > file > (003)-fringe estimate; an error if no pixel size can be found."""
@@ -145,7 +155,8 @@ def calibrate(movie: Movie, *, pixel_size_nm: float | None, frame_interval_s: fl
     pixel_size_nm, frame_interval_s = (as_typed(v) for v in (pixel_size_nm, frame_interval_s))
     cal = resolve_calibration(
         movie.calibration, pixel_size_nm=pixel_size_nm, frame_interval_s=frame_interval_s,
-        estimate=lambda: pixel_size_from_fringes_or_none(movie[0], d_spacing_nm=d_spacing_nm),
+        estimate=lambda: pixel_size_from_fringes_or_none(_first_shown_frame(movie),
+                                                         d_spacing_nm=d_spacing_nm),
         estimate_basis=f"{d_spacing_nm:g} nm (003) fringes ({option('d_spacing_nm')})")
     if cal.pixel_size_nm is None:
         # e.g. a scale without a unit: the user may know the unit, so show the number

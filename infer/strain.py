@@ -55,6 +55,10 @@ class StrainWriter:
         self.first: tuple[np.ndarray, dict, pd.DataFrame] | None = None
 
     def __call__(self, index: int, frame: np.ndarray, detections: pd.DataFrame) -> None:
+        if self.g is None and not np.nanmax(frame) > np.nanmin(frame):
+            for mm in self.maps.values():  # a blank frame (beam blanked): no strain there,
+                mm[index] = np.nan  # and no reflections to find: the next frame is tried
+            return
         if self.g is None:
             try:
                 self.g = find_reflections(frame, pixel_size_nm=self.ps, d_spacing_nm=self.d,
@@ -65,7 +69,7 @@ class StrainWriter:
                          "(003) fringes alone: e.g. a [1-10] view, or a pixel size too coarse "
                          "for the in-layer planes)")
                 logger.warning("no strain maps (the strain TIFFs stay NaN): 2-D strain needs two "
-                               "lattice reflections, and frame 0 shows %s. Detail: %s", shows, e)
+                               "lattice reflections, and frame %d shows %s. Detail: %s", index, shows, e)
                 self.g = np.zeros((0, 2))
             else:
                 self._check_first_reflection()
@@ -83,7 +87,7 @@ class StrainWriter:
             m[k] = without_border(m[k], edge)
             self.maps[k][index] = m[k]
         if self.first is None:
-            self.first = (frame, {k: m[k] for k in COMPONENTS}, detections)
+            self.first = (index, frame, {k: m[k] for k in COMPONENTS}, detections)
 
     def _check_first_reflection(self) -> None:
         # GPA takes the strongest spot near the (003) spacing, more loosely than the lattice
@@ -100,6 +104,9 @@ class StrainWriter:
 
     def close(self) -> None:
         """Write the maps (NaN throughout where no reflections were found)."""
+        if self.g is None and self.maps:  # every frame was blank
+            logger.warning("no strain maps (the strain TIFFs stay NaN): 2-D strain needs two "
+                           "lattice reflections, and every frame is blank (one grey level)")
         for mm in self.maps.values():
             if self.first is None:  # no reflections, no maps: NaN, not a strain of zero
                 mm[:] = np.nan
@@ -107,13 +114,14 @@ class StrainWriter:
         self.maps = {}
 
     def figure(self, path: Path) -> None:
-        """Frame 0 and its strain maps, cores marked (`strain_figure`)."""
+        """The first frame with maps (frame 0 unless it was blank) and its strain maps,
+        cores marked (`strain_figure`)."""
         if self.first is None:
             return
-        frame, maps, det = self.first
+        index, frame, maps, det = self.first
         spacings = " and ".join(f"{1 / np.hypot(*g):.3g} nm" for g in self.g)
         fig = strain_figure(frame, maps, det, title=(
-            f"GPA at {self.res:g} nm from the {spacings} reflections of frame 0; strain relative "
+            f"GPA at {self.res:g} nm from the {spacings} reflections of frame {index}; strain relative "
             "to its mean lattice;\nω > 0 counter-clockwise as displayed; grey: not measured (1 "
             "filter width at the edges, and where a reflection is weak, e.g. rock salt)"),
             calibration=Calibration(pixel_size_nm=self.ps, pixel_size_source=self.ps_source))

@@ -614,20 +614,53 @@ def test_strain_maps_without_reflections_are_nan_not_zero(tmp_path):
         assert np.isnan(tifffile.imread(tmp_path / f"{name}.tif")).all()
 
 
+def test_strain_maps_start_after_a_blank_first_frame(tmp_path):
+    # A movie that starts with the beam blanked: the reflections come from the first frame
+    # that shows the lattice; the blank frame's maps are NaN, the others measured.
+    from dislotrack.infer.strain import COMPONENTS, StrainWriter
+
+    cfg = GeneratorConfig(size=160, mode="stem", dose=(3000, 3000), perfect_fraction=1.0, realism=0.0)
+    frames = make_movie(np.random.default_rng(2), cfg, n_frames=3, frame_interval=1.0).frames
+    frames[0] = 0.0
+    writer = StrainWriter(tmp_path, shape=frames.shape, pixel_size_nm=0.1, frame_interval_s=1.0,
+                          d_spacing_nm=0.473)
+    for i, f in enumerate(frames):
+        writer(i, f, pd.DataFrame({"x": [], "y": []}))
+    writer.close()
+    for name in COMPONENTS.values():
+        maps = tifffile.imread(tmp_path / f"{name}.tif")
+        assert np.isnan(maps[0]).all()
+        assert all(np.isfinite(maps[i]).mean() > 0.3 for i in (1, 2))
+
+
+def test_a_blank_first_frame_does_not_stop_the_pixel_size_estimate():
+    from dislotrack.infer.pipeline import calibrate
+    from dislotrack.infer.readers import movie_from_array
+
+    cfg = GeneratorConfig(size=128, mode="hrtem", dose=(3000, 3000), perfect_fraction=1.0)
+    frames = make_movie(np.random.default_rng(1), cfg, n_frames=3, frame_interval=1.0).frames
+    frames[0] = 0.0
+    with movie_from_array(frames) as movie:
+        cal = calibrate(movie, pixel_size_nm=None, frame_interval_s=None, d_spacing_nm=0.473)
+    assert cal.pixel_size_source == "estimated" and cal.pixel_size_nm == pytest.approx(0.1, rel=0.02)
+
+
 def test_no_strain_maps_is_said_in_plain_words(tmp_path, caplog):
     from dislotrack.infer.strain import StrainWriter
 
     y = np.mgrid[:96, :96][0] * 0.1
     fringes = np.cos(2 * np.pi * y / 0.473).astype(np.float32)  # (003) only, as in [1-10]
-    for name, frame, says in (("blank", np.zeros((96, 96), np.float32), "shows no (003) fringes"),
-                              ("fringes", fringes, "shows no second reflection besides (003)")):
+    noise = np.random.default_rng(0).normal(size=(96, 96)).astype(np.float32)
+    for name, frame, says in (("blank", np.zeros((96, 96), np.float32), "every frame is blank"),
+                              ("noise", noise, "frame 0 shows no (003) fringes"),
+                              ("fringes", fringes, "frame 0 shows no second reflection besides (003)")):
         caplog.clear()
         (tmp_path / name).mkdir()
         writer = StrainWriter(tmp_path / name, shape=(1, 96, 96), pixel_size_nm=0.1,
                               frame_interval_s=None, d_spacing_nm=0.473)
         with caplog.at_level(logging.WARNING, logger="dislotrack"):
             writer(0, frame, pd.DataFrame({"x": [], "y": []}))
-        writer.close()
+            writer.close()
         (msg,) = [r.getMessage() for r in caplog.records]
         assert msg.startswith("no strain maps (the strain TIFFs stay NaN): 2-D strain needs two")
         assert says in msg
