@@ -78,7 +78,8 @@ def _extreme_levels(frame: np.ndarray, k: int) -> tuple[float, float]:
     only from `MIN_AREA_PX` pixels, so fewer outliers (a hot pixel, an X-ray hit, a
     saturated 65535) cannot stretch the range and make ordinary dark lattice look
     like an extreme (they would mask whole frames)."""
-    values = frame[np.isfinite(frame)].ravel()
+    finite = np.isfinite(frame)
+    values = frame.ravel() if finite.all() else frame[finite]
     if not len(values):
         return 0.0, 0.0
     k = min(max(k, 0), len(values) - 1)
