@@ -120,15 +120,16 @@ def _with_annotation_calibration(movie: Movie) -> Movie:
     annotation sidecar beside it (``<stem>.json``, format dislotrack-annotation), where
     there is one: a lab's annotated images need no second calibration (source
     "annotation", and a calibration note names the sidecar). Where the file has its own
-    pixel size and the sidecar says another (`annotation_pixel_size_conflict`), the
-    file's is kept and a note says so."""
+    pixel size or frame interval and the sidecar says another
+    (`annotation_pixel_size_conflict`), the file's is kept and a note says so."""
     cal, side = movie.calibration, movie.path.with_suffix(".json")
     if not is_sidecar(side):
         return movie
     meta = json.loads(side.read_text())
     taken, notes = {}, list(cal.warnings)
-    if conflict := _pixel_size_conflict(cal, meta.get("pixel_size_nm"), side):
-        notes.append(f"{conflict}: the file's is used")
+    for key in ("pixel_size_nm", "frame_interval_s"):
+        if conflict := _pixel_size_conflict(cal, meta.get(key), side, key):
+            notes.append(f"{conflict}: the file's is used")
     for key, have, unit in (("pixel_size_nm", cal.pixel_size_nm, "nm/px"),
                             ("frame_interval_s", cal.frame_interval_s, "s")):
         if have is None and meta.get(key) is not None:
@@ -148,18 +149,22 @@ def _with_annotation_calibration(movie: Movie) -> Movie:
         frame_interval_source=source("frame_interval_s", dt), warnings=tuple(notes)))
 
 
-def _pixel_size_conflict(cal: Calibration, said: object, side: Path) -> str | None:
-    """Why a sidecar's ``pixel_size_nm`` (``said``) and the file's own disagree, else None."""
-    if cal.pixel_size_nm is None or cal.pixel_size_source != "file":
+def _pixel_size_conflict(cal: Calibration, said: object, side: Path,
+                         key: str = "pixel_size_nm") -> str | None:
+    """Why a sidecar's ``key`` (``pixel_size_nm`` or ``frame_interval_s``; its value
+    ``said``) and the file's own disagree by more than `PIXEL_SIZE_TOLERANCE`, else None."""
+    have, unit = ((cal.pixel_size_nm, "nm/px") if key == "pixel_size_nm" else
+                  (cal.frame_interval_s, "s"))
+    source = cal.pixel_size_source if key == "pixel_size_nm" else cal.frame_interval_source
+    if have is None or source != "file":
         return None
     try:
         said = float(said)
     except (TypeError, ValueError):
         return None  # missing or malformed: `read_annotation` names it
-    if not said > 0 or abs(cal.pixel_size_nm / said - 1) <= PIXEL_SIZE_TOLERANCE:
+    if not said > 0 or abs(have / said - 1) <= PIXEL_SIZE_TOLERANCE:
         return None
-    return (f"{side.name} says pixel_size_nm {said:g}, the file's own calibration "
-            f"{cal.pixel_size_nm:.4g} nm/px")
+    return f"{side.name} says {key} {said:g}, the file's own calibration {have:.4g} {unit}"
 
 
 def annotation_pixel_size_conflict(sidecar: str | Path) -> str | None:

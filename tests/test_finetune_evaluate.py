@@ -1285,3 +1285,18 @@ def test_finetune_refuses_an_annotation_whose_pixel_size_disagrees_with_its_tiff
                  str(tmp_path / "base"), "--epochs", "1", "--size", "32", "--accelerator", "cpu"]) == 2
     assert "1 annotation(s) disagree with their image's own calibration: " in capsys.readouterr().err
     assert not (tmp_path / "ft.safetensors").exists()
+
+
+def test_infer_notes_a_sidecar_frame_interval_that_disagrees_with_the_files(tmp_path):
+    from dislotrack.infer.readers import open_movie
+
+    generate_dataset(out=tmp_path, n=1, size=64, mode="stem", movie_frames=2, seed=3,
+                     frame_interval=0.5, progress=False)
+    side = tmp_path / "movie_00000.json"
+    with open_movie(tmp_path / "movie_00000.tif") as m:
+        assert m.calibration.frame_interval_s == 0.5 and not m.calibration.warnings
+    side.write_text(json.dumps({**json.loads(side.read_text()), "frame_interval_s": 2.0}))
+    with open_movie(tmp_path / "movie_00000.tif") as m:
+        assert (m.calibration.frame_interval_s, m.calibration.frame_interval_source) == (0.5, "file")
+        assert m.calibration.warnings == ("movie_00000.json says frame_interval_s 2, the file's own "
+                                          "calibration 0.5 s: the file's is used",)
