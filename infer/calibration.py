@@ -308,7 +308,10 @@ def resolve_calibration(
         If a user value or the estimate is not positive and finite.
     """
     file_cal = file_cal or Calibration()
-    notes = list(file_cal.warnings)
+    # A sidecar's disagreement with the file (readers) is moot where the user decides.
+    moot = [f" says {key} " for key, given in (("pixel_size_nm", pixel_size_nm),
+                                               ("frame_interval_s", frame_interval_s)) if given is not None]
+    notes = [n for n in file_cal.warnings if not any(m in n for m in moot)]
 
     if pixel_size_nm is not None:
         px = check_positive(pixel_size_nm, "pixel size", "nm/px")
@@ -381,8 +384,8 @@ def uneven_steps_warning(times_s: Sequence[float], interval_s: float | None) -> 
 
     Examples
     --------
-    >>> uneven_steps_warning([0, 1, 2, 3, 9, 10], 1.0)  # doctest: +ELLIPSIS
-    'frame steps vary from 1 to 6 s (frames dropped or paused after frame 3?): times and ...'
+    >>> print(uneven_steps_warning([0, 1, 2, 3, 9, 10], 1.0))  # doctest: +ELLIPSIS
+    frame steps vary from 1 to 6 s (frames dropped or paused after frame 3?): times and ...
     >>> uneven_steps_warning([0, 1, 2.05, 3], 1.0) is None  # clock jitter
     True
     """
@@ -392,10 +395,14 @@ def uneven_steps_warning(times_s: Sequence[float], interval_s: float | None) -> 
     long = np.flatnonzero(steps > 1.5 * interval_s)
     where = (f" (frames dropped or paused after frame {first_few([str(i) for i in long], 3)}?)"
              if len(long) else "")
-    return (f"frame steps vary from {steps.min():.4g} to {steps.max():.4g} s{where}: times and "
-            f"velocities assume the median {interval_s:.4g} s per frame, so tracks across "
-            "uneven steps are off (--frame-interval does not mend gaps; analyse the even "
-            "stretches with --frames)")
+    return (f"{UNEVEN_STEPS} {steps.min():.4g} to {steps.max():.4g} s{where}: times and "
+            f"velocities assume one interval per frame (the median, {interval_s:.4g} s, unless "
+            f"given), so tracks across uneven steps are off (analyse an even stretch with "
+            f"{option('frames')}: it takes its own frames' clock)")
+
+
+#: How `uneven_steps_warning` begins (a window of the movie replaces it with its own).
+UNEVEN_STEPS = "frame steps vary from"
 
 
 # --- metadata values, read by the file readers (`dislotrack.infer.readers`) ---

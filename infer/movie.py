@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 import logging
 import numbers
@@ -16,7 +17,12 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-from dislotrack.infer.calibration import Calibration
+from dislotrack.infer.calibration import (
+    UNEVEN_STEPS,
+    Calibration,
+    interval_from_timestamps,
+    uneven_steps_warning,
+)
 from dislotrack.infer.interface import option
 
 logger = logging.getLogger(__name__)
@@ -164,11 +170,27 @@ class Movie:
             return itertools.islice(base_iterate(), start, stop)
 
         times = self._timestamps
-        other = Movie(self._path, (stop - start, *self._shape[1:]), self._calibration,
+        other = Movie(self._path, (stop - start, *self._shape[1:]), self._window_calibration(start, stop),
                       {**self._metadata, "frames": [start, stop]}, lambda i: base_read(start + i),
                       iterate=iterate if base_iterate is not None else None, close=None,
                       timestamps_s=None if times is None else times[start:stop] - times[start])
         return other
+
+    def _window_calibration(self, start: int, stop: int) -> Calibration:
+        """The calibration of frames ``start:stop``: where the file's frame interval comes
+        from per-frame times, the window's own times give it (an even stretch of an
+        unevenly clocked movie gets its own interval, and no uneven-steps warning)."""
+        cal, times = self._calibration, self._timestamps
+        if times is None or len(times) != len(self) or cal.frame_interval_source != "file":
+            return cal
+        part = times[start:stop]
+        dt = interval_from_timestamps(part) if len(part) > 1 else cal.frame_interval_s
+        if dt is None:
+            return cal
+        notes = [w for w in cal.warnings if not w.startswith(UNEVEN_STEPS)]
+        if uneven := uneven_steps_warning(part, dt):
+            notes.append(uneven)
+        return dataclasses.replace(cal, frame_interval_s=dt, warnings=tuple(notes))
 
     def crop(self, x0: int, x1: int, y0: int, y1: int) -> Movie:
         """Columns ``x0`` to ``x1 - 1`` and rows ``y0`` to ``y1 - 1`` of every frame, as a

@@ -1300,3 +1300,8 @@ def test_infer_notes_a_sidecar_frame_interval_that_disagrees_with_the_files(tmp_
         assert (m.calibration.frame_interval_s, m.calibration.frame_interval_source) == (0.5, "file")
         assert m.calibration.warnings == ("movie_00000.json says frame_interval_s 2, the file's own "
                                           "calibration 0.5 s: the file's is used",)
+        # Where the user gives the interval, the file-vs-sidecar note is moot.
+        from dislotrack.infer.calibration import resolve_calibration
+
+        given = resolve_calibration(m.calibration, pixel_size_nm=None, frame_interval_s=2.0)
+        assert given.frame_interval_s == 2.0 and not any("says frame_interval_s" in w for w in given.warnings)

@@ -407,7 +407,7 @@ def test_gms_insitu_tree_of_dm_frames_uses_acquisition_clock(tmp_path):
         # Uneven steps are a calibration warning (summary.json, res.warnings), not a note.
         (uneven,) = [w for w in cal.warnings if "vary" in w]
         assert uneven.startswith("frame steps vary from 0.25 to 0.35 s: times and velocities "
-                                 "assume the median 0.25 s per frame")
+                                 "assume one interval per frame (the median, 0.25 s, unless given)")
         np.testing.assert_array_equal(movie[11], movie[0])
     # Dropped frames (5 after frame 9, at 1 frame/s) are named.
     times = [float(i) for i in range(10)] + [float(i) for i in range(15, 25)]
@@ -419,6 +419,20 @@ def test_gms_insitu_tree_of_dm_frames_uses_acquisition_clock(tmp_path):
         assert movie.calibration.frame_interval_s == pytest.approx(1.0, abs=1e-5)
         assert any("from 1 to 6 s (frames dropped or paused after frame 9?)" in w
                    for w in movie.calibration.warnings)
+        # An even stretch (--frames) takes its own clock and is not warned about.
+        even = movie.window(0, 10).calibration
+        assert even.frame_interval_s == pytest.approx(1.0, abs=1e-5)
+        assert not any("vary" in w for w in even.warnings)
+    # A movie whose clock slows from 1 s to 5 s per frame: each stretch has its own interval.
+    times = [float(i) for i in range(10)] + [9.0 + 5 * i for i in range(1, 11)]
+    slow = tmp_path / "slow"
+    slow.mkdir()
+    for i, t in enumerate(times):
+        (slow / f"frame_{i:02d}.dm3").write_bytes(raw.replace(needle, struct.pack("<d", filetime + t * 1e7)))
+    with open_movie(slow) as movie:
+        assert movie.window(0, 10).calibration.frame_interval_s == pytest.approx(1.0, abs=1e-5)
+        assert movie.window(10, 20).calibration.frame_interval_s == pytest.approx(5.0, abs=1e-5)
+        assert not any("vary" in w for w in movie.window(10, 20).calibration.warnings)
 
 
 @pytest.mark.parametrize("name", ["notes.tif", "broken.dm4", "broken.png", "broken.mp4", "broken.mrc"])
