@@ -110,6 +110,8 @@ def read_annotation(sidecar: str | Path) -> Annotation:
         out of range (see `annotation_problems`).
     """
     sidecar = Path(sidecar)
+    if not sidecar.is_file():
+        raise FileNotFoundError(f"no annotation sidecar {sidecar}")
     if problem := _sidecar_problem(sidecar):
         raise ValueError(f"{sidecar} is not a {FORMAT} sidecar ({problem}): it needs "
                          f'"format": "{FORMAT}" and "pixel_size_nm" (README, annotation format)')

@@ -470,9 +470,11 @@ def _run_finetune(args: argparse.Namespace) -> int:
     written = json.loads(card.read_text())
     held_out = bool(written["training"]["finetune"]["val_frames"])
     if not held_out:
+        n = written["training"]["finetune"]["frames"]
         why = ("--val-fraction 0" if args.val_fraction == 0 else
-               f"only {written['training']['finetune']['frames']} frame: nothing left to "
-               "validate on; add items or annotate more frames")
+               "only 1 frame: nothing left to validate on; add items or annotate more frames"
+               if n == 1 else f"--val-fraction {args.val_fraction:g} of {n} frames rounds to "
+               "none; raise it, or add items")
         print(f"no frames were held out ({why}): the last training losses")
     print(finetune_report(metrics, written["metrics"]))
     stem = weights.with_suffix("")
@@ -498,8 +500,13 @@ def refuse_pixel_size_conflicts(folder: str | Path) -> None:
     from dislotrack.infer.readers import annotation_pixel_size_conflict
 
     # Every .json (others are skipped, and named once, by finetune's own reading).
-    conflicts = [c for side in sorted(Path(folder).glob("*.json"))
-                 if (c := annotation_pixel_size_conflict(side))]
+    conflicts = []
+    for side in sorted(Path(folder).glob("*.json")):
+        try:
+            if c := annotation_pixel_size_conflict(side):
+                conflicts.append(c)
+        except (ValueError, OSError):  # unreadable: finetune's reading names every such file
+            continue
     if conflicts:
         raise ValueError(f"{len(conflicts)} annotation(s) disagree with their image's own "
                          "calibration: " + "; ".join(conflicts))

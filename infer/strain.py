@@ -52,7 +52,8 @@ class StrainWriter:
                                         imagej=True, resolution=(1 / pixel_size_nm, 1 / pixel_size_nm),
                                         metadata=meta) for k, name in COMPONENTS.items()}
         self.g: np.ndarray | None = None
-        self.first: tuple[np.ndarray, dict, pd.DataFrame] | None = None
+        self.first: tuple[int, np.ndarray, dict, pd.DataFrame] | None = None
+        self.said_narrow = False
 
     def __call__(self, index: int, frame: np.ndarray, detections: pd.DataFrame) -> None:
         if self.g is None and not np.nanmax(frame) > np.nanmin(frame):
@@ -77,10 +78,11 @@ class StrainWriter:
             return
         edge = border_width_px(self.res, self.ps)
         if 2 * edge >= min(frame.shape):
-            if index == 0:
+            if not self.said_narrow:  # once, on the first frame that gets this far
                 logger.warning("no strain maps: the frames (%d x %d px) are not wider than the two "
                                "%d px borders a %g nm resolution leaves out", frame.shape[1],
                                frame.shape[0], edge, self.res)
+                self.said_narrow = True
             return
         m = strain_maps(frame, self.g[0], self.g[1], pixel_size_nm=self.ps, resolution_nm=self.res)
         for k in COMPONENTS:

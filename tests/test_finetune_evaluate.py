@@ -1238,6 +1238,16 @@ def test_finetune_without_held_out_frames_calls_its_scores_training_losses(tmp_p
                  "--batch-size", "2", "--crops-per-epoch", "2", "--accelerator", "cpu"]) == 0
     assert ("no frames were held out (only 1 frame: nothing left to validate on; add items or "
             "annotate more frames)") in capsys.readouterr().out
+    # Two frames of one movie at the default fraction: 0.4 of a frame rounds to none.
+    generate_dataset(out=tmp_path / "mov", n=1, size=64, mode="stem", movie_frames=2, seed=3,
+                     progress=False)
+    assert main(["finetune", "--data", str(tmp_path / "mov"), "--out", str(tmp_path / "ft2"),
+                 "--model", str(tmp_path / "base"), "--epochs", "1", "--size", "32",
+                 "--batch-size", "2", "--crops-per-epoch", "2", "--accelerator", "cpu"]) == 0
+    assert ("no frames were held out (--val-fraction 0.2 of 2 frames rounds to none; raise it, "
+            "or add items)") in capsys.readouterr().out
+    with pytest.raises(FileNotFoundError, match="no annotation sidecar"):
+        read_annotation(tmp_path / "mov" / "nosuch.json")
 
 
 def test_finetune_warns_where_it_scores_below_the_base_model():
@@ -1285,6 +1295,11 @@ def test_finetune_refuses_an_annotation_whose_pixel_size_disagrees_with_its_tiff
                  str(tmp_path / "base"), "--epochs", "1", "--size", "32", "--accelerator", "cpu"]) == 2
     assert "1 annotation(s) disagree with their image's own calibration: " in capsys.readouterr().err
     assert not (tmp_path / "ft.safetensors").exists()
+    # An unreadable image does not hide the others' conflicts (finetune names it after).
+    (lab / "image_00001.tif").write_bytes(b"not a tiff")
+    assert main(["finetune", "--data", str(lab), "--out", str(tmp_path / "ft"), "--model",
+                 str(tmp_path / "base"), "--epochs", "1", "--size", "32", "--accelerator", "cpu"]) == 2
+    assert "1 annotation(s) disagree with their image's own calibration: " in capsys.readouterr().err
 
 
 def test_infer_notes_a_sidecar_frame_interval_that_disagrees_with_the_files(tmp_path):
