@@ -457,6 +457,7 @@ def _run_finetune(args: argparse.Namespace) -> int:
         raise ValueError(f"--out {args.out}: {weights if weights.exists() else card} exists; "
                          "choose another --out or add --overwrite")
     refuse_pixel_size_conflicts(args.data)
+    warn_images_without_fringes(args.data)
     try:
         metrics = finetune(data=args.data, out=args.out, model=args.model, epochs=args.epochs,
                            lr=args.lr, size=args.size, batch_size=args.batch_size,
@@ -484,6 +485,41 @@ def _run_finetune(args: argparse.Namespace) -> int:
         print(f"scores per epoch: {logs} " + ("(validation rows; the first is the base model's)"
                                               if held_out else "(training losses)"))
     return 0
+
+
+def warn_images_without_fringes(folder: str | Path) -> list[str]:
+    """Warn about (and return) the annotated images whose first frame shows no (003)
+    fringes at the annotation's pixel size, as infer warns about its input: a slipped
+    pixel size in an uncalibrated lab TIFF (which nothing else can check) would train at
+    the wrong scale. Fringe-free negatives (another material, vacuum) are allowed."""
+    import logging
+
+    import numpy as np
+
+    from dislotrack.data_gen.annotations import annotation_image, is_sidecar
+    from dislotrack.data_gen.text import first_few
+    from dislotrack.infer.lattice import measure_lattice
+    from dislotrack.infer.readers import open_movie
+
+    missing = []
+    for side in sorted(Path(folder).glob("*.json")):
+        try:
+            px = float(json.loads(side.read_text())["pixel_size_nm"])
+            if not is_sidecar(side) or not px > 0:
+                continue
+            with open_movie(annotation_image(side)) as movie:
+                frame = movie[0]
+        except (ValueError, OSError, KeyError, TypeError):  # finetune's reading names these
+            continue
+        if np.ptp(frame) and measure_lattice([frame], pixel_size_nm=px, d_spacing_nm=D003_LINIO2_NM) is None:
+            missing.append(f"{annotation_image(side).name} ({px:g} nm/px)")
+    if missing:
+        logging.getLogger(__name__).warning(
+            "no %g nm (003) lattice fringes stand out in %s at the annotated pixel size: check "
+            "pixel_size_nm in their <stem>.json (a wrong one trains at the wrong scale), unless "
+            "they show no layered lattice on purpose (or are too noisy to show it)",
+            D003_LINIO2_NM, first_few(missing, 5))
+    return missing
 
 
 def refuse_pixel_size_conflicts(folder: str | Path) -> None:

@@ -1320,3 +1320,24 @@ def test_infer_notes_a_sidecar_frame_interval_that_disagrees_with_the_files(tmp_
 
         given = resolve_calibration(m.calibration, pixel_size_nm=None, frame_interval_s=2.0)
         assert given.frame_interval_s == 2.0 and not any("says frame_interval_s" in w for w in given.warnings)
+
+
+def test_finetune_warns_of_images_without_fringes_at_the_annotated_pixel_size(tmp_path, caplog):
+    # Plain lab TIFFs carry no calibration to check pixel_size_nm against; their (003)
+    # fringes do (as infer checks its input): a slipped value shows none where expected.
+    import logging
+
+    from dislotrack.infer.cli import warn_images_without_fringes
+
+    lab = tmp_path / "lab"
+    generate_dataset(out=lab, n=2, size=96, mode="hrtem", dose=(3000, 3000), seed=3, progress=False)
+    assert warn_images_without_fringes(lab) == []
+    import tifffile
+
+    image = lab / "image_00001.tif"
+    tifffile.imwrite(image, tifffile.imread(image))  # a plain TIFF: no calibration of its own
+    side = lab / "image_00001.json"
+    side.write_text(json.dumps({**json.loads(side.read_text()), "pixel_size_nm": 0.05}))  # a slip
+    with caplog.at_level(logging.WARNING, logger="dislotrack"):
+        assert warn_images_without_fringes(lab) == ["image_00001.tif (0.05 nm/px)"]
+    assert "no 0.473 nm (003) lattice fringes stand out in image_00001.tif (0.05 nm/px)" in caplog.text
