@@ -128,7 +128,7 @@ def _with_annotation_calibration(movie: Movie) -> Movie:
     meta = json.loads(side.read_text())
     taken, notes = {}, list(cal.warnings)
     for key in ("pixel_size_nm", "frame_interval_s"):
-        if conflict := _pixel_size_conflict(cal, meta.get(key), side, key):
+        if conflict := _calibration_conflict(cal, meta.get(key), side, key):
             notes.append(f"{conflict}: the file's is used")
     for key, have, unit in (("pixel_size_nm", cal.pixel_size_nm, "nm/px"),
                             ("frame_interval_s", cal.frame_interval_s, "s")):
@@ -149,7 +149,7 @@ def _with_annotation_calibration(movie: Movie) -> Movie:
         frame_interval_source=source("frame_interval_s", dt), warnings=tuple(notes)))
 
 
-def _pixel_size_conflict(cal: Calibration, said: object, side: Path,
+def _calibration_conflict(cal: Calibration, said: object, side: Path,
                          key: str = "pixel_size_nm") -> str | None:
     """Why a sidecar's ``key`` (``pixel_size_nm`` or ``frame_interval_s``; its value
     ``said``) and the file's own disagree by more than `PIXEL_SIZE_TOLERANCE`, else None."""
@@ -167,7 +167,7 @@ def _pixel_size_conflict(cal: Calibration, said: object, side: Path,
     return f"{side.name} says {key} {said:g}, the file's own calibration {have:.4g} {unit}"
 
 
-def annotation_pixel_size_conflict(sidecar: str | Path) -> str | None:
+def annotation_calibration_conflict(sidecar: str | Path) -> str | None:
     """Where an annotation's ``pixel_size_nm`` and its image file's own calibration (as
     infer reads it: ImageJ, OME, vendor tags) differ by more than
     `dislotrack.data_gen.annotations.PIXEL_SIZE_TOLERANCE`, a message naming both, else
@@ -182,7 +182,7 @@ def annotation_pixel_size_conflict(sidecar: str | Path) -> str | None:
         return None
     with _open(image, None) as movie:  # the file's calibration, before any sidecar's
         cal = movie.calibration
-    conflict = _pixel_size_conflict(cal, json.loads(sidecar.read_text()).get("pixel_size_nm"),
+    conflict = _calibration_conflict(cal, json.loads(sidecar.read_text()).get("pixel_size_nm"),
                                     sidecar)
     return None if conflict is None else f"{image}: {conflict}; correct whichever is wrong"
 
