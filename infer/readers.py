@@ -167,7 +167,7 @@ def _calibration_conflict(cal: Calibration, said: object, side: Path,
     return f"{side.name} says {key} {said:g}, the file's own calibration {have:.4g} {unit}"
 
 
-def annotation_calibration_conflict(sidecar: str | Path) -> str | None:
+def annotation_pixel_size_conflict(sidecar: str | Path) -> str | None:
     """Where an annotation's ``pixel_size_nm`` and its image file's own calibration (as
     infer reads it: ImageJ, OME, vendor tags) differ by more than
     `dislotrack.data_gen.annotations.PIXEL_SIZE_TOLERANCE`, a message naming both, else
