@@ -61,7 +61,7 @@ def overlay_mask(frame: np.ndarray, *, pixel_size_nm: float) -> np.ndarray:
     out = _at_extremes(frame, float(np.nanmin(frame)), float(np.nanmax(frame)), min_area)
     if out.any():  # rare: judged again without isolated outliers (a hot pixel stretches
         # the range until ordinary dark lattice looks extreme); most frames stop above
-        out = _at_extremes(frame, *_extreme_levels(frame, int(min_area) // 2), min_area)
+        out = _at_extremes(frame, *_extreme_levels(frame), min_area)
     return out
 
 
@@ -81,15 +81,15 @@ def _at_extremes(frame: np.ndarray, lo: float, hi: float, min_area: float) -> np
     return out
 
 
-def _extreme_levels(frame: np.ndarray, k: int) -> tuple[float, float]:
-    """The frame's darkest and brightest levels that ``k`` pixels reach: an area counts
-    only from `MIN_AREA_PX` pixels, so fewer outliers (a hot pixel, an X-ray hit, a
-    saturated 65535) cannot stretch the range and make ordinary dark lattice look
-    like an extreme (they would mask whole frames)."""
-    finite = np.isfinite(frame)
-    values = frame.ravel() if finite.all() else frame[finite]
-    if not len(values):
+def _extreme_levels(frame: np.ndarray) -> tuple[float, float]:
+    """The frame's darkest and brightest levels over 2 x 2 blocks, each block by its
+    median: an area counts only from `MIN_AREA_PX` pixels (a few pixels across), while
+    isolated outliers (hot pixels, X-ray hits, a saturated 65535), however many, do not
+    survive a block median and so cannot stretch the range until ordinary dark lattice
+    looks extreme (they would mask whole frames)."""
+    h, w = (n - n % 2 for n in frame.shape)
+    blocks = frame[:h, :w].reshape(h // 2, 2, w // 2, 2)
+    medians = np.median(blocks, axis=(1, 3)) if h and w else frame
+    if not np.isfinite(medians).any():
         return 0.0, 0.0
-    k = min(max(k, 0), len(values) - 1)
-    part = np.partition(values, [k, len(values) - 1 - k])
-    return float(part[k]), float(part[len(values) - 1 - k])
+    return float(np.nanmin(medians)), float(np.nanmax(medians))

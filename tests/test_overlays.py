@@ -38,6 +38,13 @@ def test_hot_pixels_do_not_stretch_the_extremes_over_the_lattice(mode):
     rng = np.random.default_rng(3)
     hot[rng.integers(0, 128, 60), rng.integers(0, 128, 60)] = 65535
     assert not overlay_mask(hot, pixel_size_nm=0.1).any()
+    many = img.copy()  # 600 isolated outliers, bright and dark, on a 128 x 128 frame
+    rows, cols = np.nonzero((np.add.outer(np.arange(128), np.arange(128)) % 5 == 0)
+                            & (np.arange(128)[:, None] % 3 == 0))
+    pick = rng.choice(len(rows), 600, replace=False)
+    many[rows[pick[:300]], cols[pick[:300]]] = 65535
+    many[rows[pick[300:]], cols[pick[300:]]] = -65535
+    assert not overlay_mask(many, pixel_size_nm=0.1).any()
     # A scale bar (at the image's brightest level) beside them is still found, and only it.
     hot[110:118, 20:60] = img.max()
     mask = overlay_mask(hot, pixel_size_nm=0.1)
