@@ -65,6 +65,25 @@ def overlay_mask(frame: np.ndarray, *, pixel_size_nm: float) -> np.ndarray:
     return out
 
 
+def shows_nothing(frame: np.ndarray) -> bool:
+    """Whether a frame is one grey level apart from small drawn areas (under 2 % of it: a
+    blanked beam still carrying its scale bar), so that nothing of the specimen shows.
+
+    Examples
+    --------
+    >>> frame = np.zeros((64, 64))
+    >>> frame[60:62, 4:30] = 255                          # a scale bar on a blank frame
+    >>> shows_nothing(frame), shows_nothing(frame + np.random.default_rng(0).random((64, 64)))
+    (True, False)
+    """
+    values = np.asarray(frame, dtype=float)
+    values = values[np.isfinite(values)]
+    if not len(values):
+        return True
+    lo, hi = np.percentile(values, [2, 98])
+    return not hi > lo
+
+
 def _at_extremes(frame: np.ndarray, lo: float, hi: float, min_area: float) -> np.ndarray:
     """Connected areas of at least ``min_area`` px at the extremes of the range lo..hi."""
     out = np.zeros(frame.shape, dtype=bool)

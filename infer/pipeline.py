@@ -58,6 +58,7 @@ from dislotrack.infer.options import (
     tta_views,
 )
 from dislotrack.infer.overlays import MARGIN_NM as OVERLAY_MARGIN_NM
+from dislotrack.infer.overlays import shows_nothing
 from dislotrack.infer.predict import network_dtype, pick_device
 from dislotrack.infer.preprocess import scale_factor, to_canonical
 from dislotrack.infer.readers import IN_MEMORY, Movie, movie_from_array, open_movie
@@ -138,11 +139,11 @@ def _chosen_signal(movie: Movie, asked: int | str | None) -> int | str | None:
 
 
 def _first_shown_frame(movie: Movie, look: int = 10) -> np.ndarray:
-    """The first of the first ``look`` frames that is not blank (a movie may start with
-    the beam blanked), else frame 0."""
+    """The first of the first ``look`` frames that shows something (a movie may start with
+    the beam blanked, its scale bar still drawn), else frame 0."""
     for i in range(min(len(movie), look)):
         frame = movie[i]
-        if np.nanmax(frame) > np.nanmin(frame):
+        if not shows_nothing(frame):
             return frame
     return movie[0]
 

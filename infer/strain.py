@@ -17,6 +17,7 @@ from dislotrack.infer.figures import save_figure, scale_bar
 from dislotrack.infer.gpa import NoReflectionError, find_reflections, strain_maps
 from dislotrack.infer.interface import option
 from dislotrack.infer.lattice import D_SPACING_TOLERANCE
+from dislotrack.infer.overlays import shows_nothing
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ class StrainWriter:
         self.said_narrow = False
 
     def __call__(self, index: int, frame: np.ndarray, detections: pd.DataFrame) -> None:
-        if self.g is None and not np.nanmax(frame) > np.nanmin(frame):
+        if self.g is None and shows_nothing(frame):
             for mm in self.maps.values():  # a blank frame (beam blanked): no strain there,
                 mm[index] = np.nan  # and no reflections to find: the next frame is tried
             return

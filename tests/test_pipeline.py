@@ -622,6 +622,7 @@ def test_strain_maps_start_after_a_blank_first_frame(tmp_path):
     cfg = GeneratorConfig(size=160, mode="stem", dose=(3000, 3000), perfect_fraction=1.0, realism=0.0)
     frames = make_movie(np.random.default_rng(2), cfg, n_frames=3, frame_interval=1.0).frames
     frames[0] = 0.0
+    frames[0, 150:154, 4:40] = frames.max()  # its scale bar still drawn
     writer = StrainWriter(tmp_path, shape=frames.shape, pixel_size_nm=0.1, frame_interval_s=1.0,
                           d_spacing_nm=0.473)
     for i, f in enumerate(frames):
@@ -643,6 +644,10 @@ def test_a_blank_first_frame_does_not_stop_the_pixel_size_estimate():
     with movie_from_array(frames) as movie:
         cal = calibrate(movie, pixel_size_nm=None, frame_interval_s=None, d_spacing_nm=0.473)
     assert cal.pixel_size_source == "estimated" and cal.pixel_size_nm == pytest.approx(0.1, rel=0.02)
+    frames[0, 120:124, 4:40] = frames.max()  # the blanked frame keeps its scale bar
+    with movie_from_array(frames) as movie:
+        cal = calibrate(movie, pixel_size_nm=None, frame_interval_s=None, d_spacing_nm=0.473)
+    assert cal.pixel_size_nm == pytest.approx(0.1, rel=0.02)
 
 
 def test_no_strain_maps_is_said_in_plain_words(tmp_path, caplog):
