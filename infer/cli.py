@@ -456,8 +456,7 @@ def _run_finetune(args: argparse.Namespace) -> int:
     if not args.overwrite and (weights.exists() or card.exists()):
         raise ValueError(f"--out {args.out}: {weights if weights.exists() else card} exists; "
                          "choose another --out or add --overwrite")
-    refuse_pixel_size_conflicts(args.data)
-    warn_images_without_fringes(args.data)
+    check_annotated_images(args.data)
     try:
         metrics = finetune(data=args.data, out=args.out, model=args.model, epochs=args.epochs,
                            lr=args.lr, size=args.size, batch_size=args.batch_size,
@@ -487,11 +486,22 @@ def _run_finetune(args: argparse.Namespace) -> int:
     return 0
 
 
-def warn_images_without_fringes(folder: str | Path) -> list[str]:
-    """Warn about (and return) the annotated images whose first frame shows no (003)
-    fringes at the annotation's pixel size, as infer warns about its input: a slipped
+def check_annotated_images(folder: str | Path) -> list[str]:
+    """Check each annotated image against its annotation's pixel size, opening it once.
+
+    Refuses an annotation whose pixel size disagrees with the image file's own
+    calibration as infer reads it (FEI, OME, DM-saved TIFFs, beyond the ImageJ ones
+    `read_annotation` checks): fine-tuning at one scale and inferring at the other is
+    silently wrong. Then warns about (and returns) the images whose first frame shows no
+    (003) fringes at the annotated pixel size, as infer warns about its input: a slipped
     pixel size in an uncalibrated lab TIFF (which nothing else can check) would train at
-    the wrong scale. Fringe-free negatives (another material, vacuum) are allowed."""
+    the wrong scale. Fringe-free negatives (another material, vacuum) are allowed.
+
+    Raises
+    ------
+    ValueError
+        Naming every conflicting annotation and both values.
+    """
     import logging
 
     import numpy as np
@@ -499,20 +509,28 @@ def warn_images_without_fringes(folder: str | Path) -> list[str]:
     from dislotrack.data_gen.annotations import annotation_image, is_sidecar
     from dislotrack.data_gen.text import first_few
     from dislotrack.infer.lattice import measure_lattice
-    from dislotrack.infer.readers import open_movie
+    from dislotrack.infer.readers import annotation_pixel_size_conflict, open_movie
 
-    missing = []
+    conflicts, missing = [], []
+    # Every .json (others are skipped, and unreadable files named once, by finetune's own
+    # reading, which these checks precede).
     for side in sorted(Path(folder).glob("*.json")):
         try:
-            px = float(json.loads(side.read_text())["pixel_size_nm"])
-            if not is_sidecar(side) or not px > 0:
+            if not is_sidecar(side):
                 continue
             with open_movie(annotation_image(side)) as movie:
+                if conflict := annotation_pixel_size_conflict(side, movie.calibration):
+                    conflicts.append(conflict)
                 frame = movie[0]
-        except (ValueError, OSError, KeyError, TypeError):  # finetune's reading names these
+            px = float(json.loads(side.read_text())["pixel_size_nm"])
+        except (ValueError, OSError, KeyError, TypeError):
             continue
-        if np.ptp(frame) and measure_lattice([frame], pixel_size_nm=px, d_spacing_nm=D003_LINIO2_NM) is None:
+        if (px > 0 and np.ptp(frame)
+                and measure_lattice([frame], pixel_size_nm=px, d_spacing_nm=D003_LINIO2_NM) is None):
             missing.append(f"{annotation_image(side).name} ({px:g} nm/px)")
+    if conflicts:
+        raise ValueError(f"{len(conflicts)} annotation(s) disagree with their image's own "
+                         "calibration: " + "; ".join(conflicts))
     if missing:
         logging.getLogger(__name__).warning(
             "no %g nm (003) lattice fringes stand out in %s at the annotated pixel size: check "
@@ -520,32 +538,6 @@ def warn_images_without_fringes(folder: str | Path) -> list[str]:
             "they show no layered lattice on purpose (or are too noisy to show it)",
             D003_LINIO2_NM, first_few(missing, 5))
     return missing
-
-
-def refuse_pixel_size_conflicts(folder: str | Path) -> None:
-    """Refuse annotations whose pixel size disagrees with their image file's own
-    calibration as infer reads it (FEI, OME, DM-saved TIFFs, beyond the ImageJ ones
-    `read_annotation` checks): fine-tuning at one scale and inferring at the other is
-    silently wrong.
-
-    Raises
-    ------
-    ValueError
-        Naming every such annotation and both values.
-    """
-    from dislotrack.infer.readers import annotation_pixel_size_conflict
-
-    # Every .json (others are skipped, and named once, by finetune's own reading).
-    conflicts = []
-    for side in sorted(Path(folder).glob("*.json")):
-        try:
-            if c := annotation_pixel_size_conflict(side):
-                conflicts.append(c)
-        except (ValueError, OSError):  # unreadable: finetune's reading names every such file
-            continue
-    if conflicts:
-        raise ValueError(f"{len(conflicts)} annotation(s) disagree with their image's own "
-                         "calibration: " + "; ".join(conflicts))
 
 
 def finetune_report(metrics: dict[str, float], card_metrics: dict) -> str:

@@ -167,23 +167,28 @@ def _calibration_conflict(cal: Calibration, said: object, side: Path,
     return f"{side.name} says {key} {said:g}, the file's own calibration {have:.4g} {unit}"
 
 
-def annotation_pixel_size_conflict(sidecar: str | Path) -> str | None:
+def annotation_pixel_size_conflict(sidecar: str | Path,
+                                   calibration: Calibration | None = None) -> str | None:
     """Where an annotation's ``pixel_size_nm`` and its image file's own calibration (as
     infer reads it: ImageJ, OME, vendor tags) differ by more than
     `dislotrack.data_gen.annotations.PIXEL_SIZE_TOLERANCE`, a message naming both, else
     None (also where the file has no calibration of its own).
 
     ``read_annotation`` compares with ImageJ calibrations only; infer would analyse such an
-    image at the file's scale while fine-tuning used the annotation's.
+    image at the file's scale while fine-tuning used the annotation's. ``calibration``:
+    the image's as `open_movie` gives it, where the caller has it open (the sidecar only
+    fills what the file lacks, so a ``"file"`` source is the file's own); else the image
+    is opened here.
     """
     sidecar = Path(sidecar)
     image = annotation_image(sidecar)
     if not image.is_file() or not is_sidecar(sidecar):
         return None
-    with _open(image, None) as movie:  # the file's calibration, before any sidecar's
-        cal = movie.calibration
-    conflict = _calibration_conflict(cal, json.loads(sidecar.read_text()).get("pixel_size_nm"),
-                                    sidecar)
+    if calibration is None:
+        with _open(image, None) as movie:  # the file's calibration, before any sidecar's
+            calibration = movie.calibration
+    conflict = _calibration_conflict(calibration,
+                                     json.loads(sidecar.read_text()).get("pixel_size_nm"), sidecar)
     return None if conflict is None else f"{image}: {conflict}; correct whichever is wrong"
 
 

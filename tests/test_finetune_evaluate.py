@@ -1327,11 +1327,11 @@ def test_finetune_warns_of_images_without_fringes_at_the_annotated_pixel_size(tm
     # fringes do (as infer checks its input): a slipped value shows none where expected.
     import logging
 
-    from dislotrack.infer.cli import warn_images_without_fringes
+    from dislotrack.infer.cli import check_annotated_images
 
     lab = tmp_path / "lab"
     generate_dataset(out=lab, n=2, size=96, mode="hrtem", dose=(3000, 3000), seed=3, progress=False)
-    assert warn_images_without_fringes(lab) == []
+    assert check_annotated_images(lab) == []
     import tifffile
 
     image = lab / "image_00001.tif"
@@ -1339,5 +1339,5 @@ def test_finetune_warns_of_images_without_fringes_at_the_annotated_pixel_size(tm
     side = lab / "image_00001.json"
     side.write_text(json.dumps({**json.loads(side.read_text()), "pixel_size_nm": 0.05}))  # a slip
     with caplog.at_level(logging.WARNING, logger="dislotrack"):
-        assert warn_images_without_fringes(lab) == ["image_00001.tif (0.05 nm/px)"]
+        assert check_annotated_images(lab) == ["image_00001.tif (0.05 nm/px)"]
     assert "no 0.473 nm (003) lattice fringes stand out in image_00001.tif (0.05 nm/px)" in caplog.text
