@@ -411,6 +411,15 @@ UNEVEN_STEPS = "frame steps vary from"
 #: where the user gives the pixel size.
 NON_SQUARE_NOTE = "non-square pixels"
 
+#: Ends a calibration note that only says where a value came from (a lab's annotation
+#: sidecar): the CLI prints it as a note, not a warning.
+FROM_ANNOTATION_NOTE = "(the file has none)"
+
+
+def is_provenance_note(message: str) -> bool:
+    """Whether a calibration message only names a value's source (nothing to check)."""
+    return message.endswith(FROM_ANNOTATION_NOTE)
+
 
 def length_nm_or_none(scale: object, unit: object, notes: list[str], what: str) -> float | None:
     """A calibration length [nm], or None (with a note) if unusable."""

@@ -335,8 +335,10 @@ def _infer_input(path: str, args: argparse.Namespace, done: dict) -> None:
     else:
         counts = {"detection": n, "track": len(res.track_summary), "event": len(res.events)}
         print(f"{name}: " + ", ".join(f"{k} {noun}{'s' * (k != 1)}" for noun, k in counts.items()))
+    from dislotrack.infer.calibration import is_provenance_note
+
     for w in res.warnings:
-        print(f"  warning: {w}", file=sys.stderr)
+        print(f"  {'note' if is_provenance_note(w) else 'warning'}: {w}", file=sys.stderr)
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:

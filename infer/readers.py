@@ -49,6 +49,7 @@ import numpy as np
 
 from dislotrack.data_gen.annotations import PIXEL_SIZE_TOLERANCE, annotation_image, is_sidecar
 from dislotrack.infer.calibration import (
+    FROM_ANNOTATION_NOTE,
     Calibration,
     check_positive,
     interval_from_timestamps,
@@ -139,7 +140,7 @@ def _with_annotation_calibration(movie: Movie) -> Movie:
                 notes.append(f"{err}: not used")
     if taken:
         said = " and ".join(f"{k} {v:g}" for k, v in taken.items())
-        notes.append(f"{said} from the annotation {side.name} (the file has none)")
+        notes.append(f"{said} from the annotation {side.name} {FROM_ANNOTATION_NOTE}")
     if notes == list(cal.warnings):
         return movie
     px, dt = (taken.get(k, getattr(cal, k)) for k in ("pixel_size_nm", "frame_interval_s"))

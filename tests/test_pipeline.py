@@ -2088,3 +2088,19 @@ def test_a_failed_analysis_raises_its_own_error_and_leaves_no_mask(tiny_model, t
     with pytest.raises(RuntimeError, match="analysis failed"):
         run.infer_one(path, tmp_path / "out", model=tiny_model, movie=False, strain=True, progress=False)
     assert not list((tmp_path / "out").rglob("*.tif"))  # staging and the partial mask are gone
+
+
+def test_a_pixel_size_from_an_annotation_prints_as_a_note(tiny_model, tmp_path, capsys):
+    # Where a lab's own annotation supplies the pixel size there is nothing to check:
+    # "note:", not "warning:".
+    from dislotrack.data_gen.annotations import Annotation, write_annotation
+
+    cores = pd.DataFrame({"frame": [0], "x": [5.0], "y": [6.0], "hx": [0.0], "hy": [1.0], "particle": [0]})
+    frames = np.random.default_rng(2).normal(size=(1, 48, 48)).astype(np.float32)
+    write_annotation(tmp_path, "lab", Annotation(frames, cores, None, 0.1, None, {}))
+    tifffile.imwrite(tmp_path / "lab.tif", frames[0])  # a plain TIFF, as a lab saves it
+    assert main(["infer", str(tmp_path / "lab.tif"), "--out", str(tmp_path / "o"),
+                 "--model", str(tiny_model), "--no-movie"]) == 0
+    err = capsys.readouterr().err
+    assert "  note: pixel_size_nm 0.1 from the annotation lab.json (the file has none)" in err
+    assert "warning: pixel_size_nm 0.1 from the annotation" not in err
