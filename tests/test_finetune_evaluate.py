@@ -55,6 +55,8 @@ def test_finetune_writes_a_loadable_model_with_its_recipe(tmp_path, capfd):
     assert said and int(said[1]) + int(said[2]) == sum(cores)
     # Lightning's setup chatter (tips, model summary, validation bars) stays out of the way.
     assert not any(s in out + err for s in ("Tip", "Total params", "Validation", "Sanity"))
+    # Into a log (no terminal here), each epoch is one line, not a redrawn bar.
+    assert "\r" not in err and re.search(r"^epoch 1/1 \([\d.]+ s\): train/loss=.*val/f1=", err, re.M)
     net, card = load_model(tmp_path / "ft")
     ft = card["training"]["finetune"]
     assert (ft["frames"], ft["train_frames"], ft["val_frames"]) == (3, 2, 1)

@@ -935,3 +935,36 @@ def test_losses_without_targets_are_a_plain_zero_tied_to_the_network():
     assert (logit.grad == 0).all()
     # With a known mask it is the BCE plus Dice of those samples.
     assert bce_dice_loss(logit, torch.zeros_like(logit), known=torch.tensor([1, 0])).item() > 0
+
+
+def test_training_into_a_log_writes_one_line_per_epoch(tmp_path, monkeypatch, capsys):
+    # A redrawn tqdm bar is one ever-growing line in a SLURM or nohup log: where no bar
+    # would be seen, each epoch ends with one line instead (pytest's stderr is no terminal).
+    from dislotrack.train import cli
+
+    monkeypatch.chdir(tmp_path)
+    tiny = ["--config", config_path("cpu"), "--model.net.init_args.config.base_channels=4",
+            "--model.net.init_args.config.depth=2", "--data.batch_size=2", "--data.num_workers=0",
+            "--data.size=32", "--data.eval_size=32", "--data.n_val=2", "--data.samples_per_epoch=4",
+            "--trainer.log_every_n_steps=1", "--trainer.logger=false", "--trainer.max_epochs=2"]
+    train_main(["fit", *tiny, "--trainer.default_root_dir=a"])
+    err = capsys.readouterr().err
+    assert "\r" not in err and "Sanity Checking" not in err
+    lines = [ln for ln in err.splitlines() if ln.startswith("epoch ")]
+    assert [ln.split(" (")[0] for ln in lines] == ["epoch 1/2", "epoch 2/2"]
+    assert all("train/loss=" in ln and "val/f1=" in ln for ln in lines)
+    # The config's choice stands: no progress at all...
+    train_main(["fit", *tiny, "--trainer.default_root_dir=b", "--trainer.enable_progress_bar=false"])
+    assert "epoch 1/2" not in capsys.readouterr().err
+    # ...and where a bar is seen (a terminal, a notebook), Lightning's bar as before.
+    monkeypatch.setattr(cli, "bar_is_seen", lambda: True)
+    train_main(["fit", *tiny, "--trainer.default_root_dir=c"])
+    assert "epoch 1/2 (" not in capsys.readouterr().err
+
+
+def test_epoch_line_counts_epochs_from_one():
+    from dislotrack.train.progress import epoch_line
+
+    assert epoch_line(0, 48, 81.4, {"v_num": 0, "train/loss": 0.33912, "val/f1": torch.tensor(0.61)}) \
+        == "epoch 1/48 (81 s): train/loss=0.3391, val/f1=0.61"
+    assert epoch_line(2, -1, 1.25, {}) == "epoch 3 (1.2 s)"

@@ -23,7 +23,9 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 from jsonargparse import set_parsing_settings
+from lightning.pytorch.callbacks.progress.progress_bar import ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
@@ -31,6 +33,7 @@ from dislotrack.train.datamodule import SyntheticDataModule
 from dislotrack.train.errors import TrainConfigError, with_suggestion
 from dislotrack.train.export import ExportModel, export_checkpoint
 from dislotrack.train.module import DislocationModule
+from dislotrack.train.progress import EpochLines, bar_is_seen
 
 
 def config_path(name: str) -> str:
@@ -253,6 +256,18 @@ class DislotrackCLI(LightningCLI):
         argv = kwargs.get("args")
         self.command = shlex.join(["dislotrack", "train", *(sys.argv[1:] if argv is None else argv)])
         super().__init__(*args, **kwargs)
+
+    def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
+        """The trainer, with one line per epoch for its progress where no bar would be seen
+        (a SLURM or nohup log: `dislotrack.train.progress`), unless the config chose a
+        progress bar or none."""
+        config = self._get(self.config_init, "trainer", default={})
+        given = config.get("callbacks") or []
+        given = given if isinstance(given, list) else [given]
+        if (not bar_is_seen() and config.get("enable_progress_bar") is not False
+                and not any(isinstance(cb, ProgressBar) for cb in given)):
+            kwargs["callbacks"] = [*given, EpochLines()]
+        return super().instantiate_trainer(**kwargs)
 
     def _outputs(self) -> dict[str, str]:
         out = {}

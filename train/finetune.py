@@ -39,6 +39,7 @@ from dislotrack.models.unet import required_multiple
 from dislotrack.train.augment import build_transform
 from dislotrack.train.data import sample_to_item
 from dislotrack.train.module import DislocationModule
+from dislotrack.train.progress import EpochLines, bar_is_seen
 
 logger = logging.getLogger(__name__)
 
@@ -381,7 +382,8 @@ def finetune(*, data: str | Path, out: str | Path, model: str | Path | None = No
                             # every epoch's loss even when an epoch is a few batches
                             log_every_n_steps=max(1, min(50, -(-crops_per_epoch // batch_size))),
                             enable_checkpointing=False, enable_model_summary=False,
-                            num_sanity_val_steps=0, callbacks=[_EpochBar(), _NewCropsEachEpoch(crops)],
+                            num_sanity_val_steps=0, callbacks=[_EpochBar() if bar_is_seen() else EpochLines(),
+                                       _NewCropsEachEpoch(crops)],
                             default_root_dir=str(Path(out).parent),
                             limit_val_batches=1.0 if val else 0)
         # The base model on the same held-out frames: did fine-tuning help?
