@@ -16,7 +16,7 @@ from dislotrack.data_gen.conventions import edge_distance_px
 from dislotrack.infer.events import ROCKSALT_MARGIN_NM, near_rocksalt
 from dislotrack.infer.lattice_edge import lattice_free_mask, without_regions_holding_cores
 from dislotrack.infer.overlays import MARGIN_NM as OVERLAY_MARGIN_NM
-from dislotrack.infer.overlays import overlay_mask
+from dislotrack.infer.overlays import overlay_mask, shows_nothing
 
 #: Cores closer to the frame edge than this fraction of the (003) spacing are not
 #: reported: the fringes run on one side of them only, so no half-plane end can show, and
@@ -52,7 +52,8 @@ class FrameFindings:
         Rock salt's share of the frame outside burned-in annotations; NaN where rock
         salt was not judged (a blank frame, or frames that cannot show the lattice).
     blank : bool
-        One value throughout (blank or saturated): no specimen shows.
+        One value nearly throughout (`shows_nothing`: blank or saturated, perhaps with a
+        scale bar): no specimen shows.
     overlaid : float
         Share of the frame under burned-in annotations or clipped areas (0: none).
     """
@@ -96,11 +97,10 @@ def clean_frame(frame: np.ndarray, cores: pd.DataFrame, rocksalt: np.ndarray, *,
         (`overlay_mask`: scale bars, text, zero-filled borders); no rock salt on a blank
         frame or under an annotation.
     """
-    blank = not np.ptp(frame)
-    if blank or blind:  # nothing to judge rock salt by
-        rocksalt = np.zeros_like(rocksalt)
-    if blind or blank:  # any core found would be spurious
-        cores = cores.iloc[:0]
+    blank = shows_nothing(frame)
+    if blank or blind:  # nothing to judge rock salt by, and any core found would be spurious
+        return FrameFindings(cores.iloc[:0].assign(in_rocksalt=False, at_specimen_edge=False),
+                             np.zeros_like(rocksalt), np.nan, blank, 0.0)
     cores = cores[edge_distance_px(cores["x"], cores["y"], frame.shape)
                   >= EDGE_MARGIN_FRINGES * d_spacing_nm / pixel_size_nm]
     drawn = overlay_mask(frame, pixel_size_nm=pixel_size_nm)
@@ -117,7 +117,7 @@ def clean_frame(frame: np.ndarray, cores: pd.DataFrame, rocksalt: np.ndarray, *,
                                                 pixel_size_nm=pixel_size_nm)
     edge = (near_rocksalt(cores["x"], cores["y"], outside, LATTICE_EDGE_MARGIN_NM / pixel_size_nm)
             if outside is not None else np.zeros(len(cores), bool))
-    fraction = (np.nan if blank or blind or drawn.all()  # nothing left to judge rock salt on
+    fraction = (np.nan if drawn.all()  # nothing left to judge rock salt on
                 else float(rocksalt[~drawn].mean()))
     return FrameFindings(cores.assign(in_rocksalt=flag, at_specimen_edge=edge), rocksalt, fraction,
-                         blank, float(drawn.mean()) if drawn.any() else 0.0)
+                         False, float(drawn.mean()) if drawn.any() else 0.0)

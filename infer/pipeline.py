@@ -458,7 +458,7 @@ def analyze(path: str | Path | Movie | np.ndarray, *, model: str | Path | None =
         blind = cores_cannot_show(cal.pixel_size_nm, (h, w), d_spacing_nm)  # warned by `calibrate`
         rows: list[pd.DataFrame] = []
         rs_frac: list[float] = []
-        blank: list[int] = []  # frames of one value throughout
+        blank: list[int] = []  # frames of one value (nearly) throughout: `shows_nothing`
         overlaid: dict[int, float] = {}  # frame -> its fraction under `overlay_mask`
         first = movie[0]
 
@@ -514,7 +514,7 @@ def analyze(path: str | Path | Movie | np.ndarray, *, model: str | Path | None =
         drift = measure_drift(canonical_frames(), warn=not blind)
     n = n_read
     if blank:
-        logger.warning("%d of %d frames are blank or saturated (one value throughout): %s %s; "
+        logger.warning("%d of %d frames are blank or saturated (one value nearly throughout): %s %s; "
                        "no cores or rock salt are reported there (rocksalt_fraction NaN)",
                        len(blank), n, "frame" if len(blank) == 1 else "frames",
                        first_few([str(f) for f in blank], 8))

@@ -40,6 +40,24 @@ def test_a_blank_frame_or_a_blind_one_keeps_nothing_and_judges_no_rock_salt():
                         blind=True)
     assert not blind.blank and blind.cores.empty and np.isnan(blind.rocksalt_fraction)
     assert not blind.rocksalt.any()  # the mask TIFF shows none either
+    assert list(blank.cores.columns) == list(blind.cores.columns) == [*_cores((1, 1)).columns,
+                                                                     "in_rocksalt", "at_specimen_edge"]
+
+
+def test_a_blanked_beam_that_keeps_its_scale_bar_is_blank_not_an_annotation():
+    # In-situ movies blank the beam between acquisitions; the burned-in scale bar stays.
+    # That frame shows nothing (its rock salt NaN, said once as a blank frame), not a frame
+    # "covered" by annotation.
+    frame = np.full((128, 128), 3.0, np.float32)
+    frame[118:122, 8:60] = 255
+    f = clean_frame(frame, _cores((30, 30)), np.ones(frame.shape, bool), pixel_size_nm=0.1,
+                    d_spacing_nm=0.473)
+    assert f.blank and f.cores.empty and f.overlaid == 0.0 and np.isnan(f.rocksalt_fraction)
+    lattice = 100 + 60 * _lattice((128, 128)) + np.random.default_rng(0).normal(0, 10, (128, 128))
+    lattice[118:122, 8:60] = 255  # the same bar over the specimen: an annotation
+    f = clean_frame(lattice.astype(np.float32), _cores((30, 30)), np.zeros(frame.shape, bool),
+                    pixel_size_nm=0.1, d_spacing_nm=0.473)
+    assert not f.blank and len(f.cores) == 1 and 0 < f.overlaid < 0.1
 
 
 def test_a_zero_filled_border_hides_cores_and_rock_salt_beside_it():
