@@ -59,9 +59,9 @@ def overlay_mask(frame: np.ndarray, *, pixel_size_nm: float) -> np.ndarray:
     frame = np.asarray(frame, dtype=np.float32)
     min_area = max(MIN_AREA_PX, MIN_AREA_NM2 / pixel_size_nm**2)
     out = _at_extremes(frame, float(np.nanmin(frame)), float(np.nanmax(frame)), min_area)
-    if out.any():  # rare: judged again without isolated outliers (a hot pixel stretches
-        # the range until ordinary dark lattice looks extreme); most frames stop above
-        out = _at_extremes(frame, *_extreme_levels(frame), min_area)
+    if out.any():  # rare: judged again (most frames stop here), without what would
+        # stretch the range until ordinary dark lattice looks extreme
+        out = _judged_again(frame, min_area)
     return out
 
 
@@ -99,29 +99,74 @@ def shows_nothing(frame: np.ndarray) -> bool:
 
 def _at_extremes(frame: np.ndarray, lo: float, hi: float, min_area: float) -> np.ndarray:
     """Connected areas of at least ``min_area`` px at the extremes of the range lo..hi."""
-    out = np.zeros(frame.shape, dtype=bool)
-    if not hi > lo:  # a flat frame: nothing drawn on anything
-        return out
-    span = hi - lo
-    for extreme in (frame >= hi - BRIGHT_LEVEL * span, frame <= lo + DARK_LEVEL * span):
-        if extreme.sum() < min_area:  # most frames: no labelling needed
-            continue
-        labels, _ = ndi.label(extreme)
-        sizes = np.bincount(labels.ravel())
-        sizes[0] = 0
-        out |= (sizes >= min_area)[labels]
-    return out
+    return _bright(frame, lo, hi, min_area) | _dark(frame, lo, hi, min_area)
 
 
-def _extreme_levels(frame: np.ndarray) -> tuple[float, float]:
-    """The frame's darkest and brightest levels over 2 x 2 blocks, each block by its
-    median: an area counts only from `MIN_AREA_PX` pixels (a few pixels across), while
-    isolated outliers (hot pixels, X-ray hits, a saturated 65535), however many, do not
-    survive a block median and so cannot stretch the range until ordinary dark lattice
-    looks extreme (they would mask whole frames)."""
+def _bright(frame: np.ndarray, lo: float, hi: float, min_area: float) -> np.ndarray:
+    return _areas(frame >= hi - BRIGHT_LEVEL * (hi - lo), min_area) if hi > lo else _none(frame)
+
+
+def _dark(frame: np.ndarray, lo: float, hi: float, min_area: float) -> np.ndarray:
+    return _areas(frame <= lo + DARK_LEVEL * (hi - lo), min_area) if hi > lo else _none(frame)
+
+
+def _none(frame: np.ndarray) -> np.ndarray:
+    return np.zeros(frame.shape, dtype=bool)
+
+
+def _areas(extreme: np.ndarray, min_area: float) -> np.ndarray:
+    """The connected areas of ``extreme`` of at least ``min_area`` px."""
+    if extreme.sum() < min_area:  # most frames: no labelling needed
+        return np.zeros(extreme.shape, dtype=bool)
+    labels, _ = ndi.label(extreme)
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    return (sizes >= min_area)[labels]
+
+
+def _judged_again(frame: np.ndarray, min_area: float) -> np.ndarray:
+    """Drawn areas, with the grey range taken from 2 x 2 block medians, and each extreme
+    judged against the range of the frame without the other's areas.
+
+    Block medians: an area counts only from `MIN_AREA_PX` pixels (a few pixels across),
+    while isolated outliers (hot pixels, X-ray hits, a saturated 65535), however many, do
+    not survive a block median, so they cannot stretch the range until ordinary dark
+    lattice looks extreme (they would mask whole frames).
+
+    Each extreme apart: a white scale bar on a dim image (a lattice within 20-60 of an
+    8-bit range) stretches the range so far that the lattice's dark half looks drawn (11 %
+    of a frame), as a zero-filled border does to a bright one. Where both extremes hold
+    areas, the smaller set is taken as drawn first: the other extreme is judged again
+    without it, then it again without what that leaves.
+    """
     h, w = (n - n % 2 for n in frame.shape)
-    blocks = frame[:h, :w].reshape(h // 2, 2, w // 2, 2)
-    medians = np.median(blocks, axis=(1, 3)) if h and w else frame
+    if not (h and w):
+        return _at_extremes(frame, float(np.nanmin(frame)), float(np.nanmax(frame)), min_area)
+    medians = np.median(frame[:h, :w].reshape(h // 2, 2, w // 2, 2), axis=(1, 3))
     if not np.isfinite(medians).any():
-        return 0.0, 0.0
-    return float(np.nanmin(medians)), float(np.nanmax(medians))
+        return _none(frame)
+
+    def levels(without: np.ndarray) -> tuple[float, float]:
+        kept = medians[~without[:h, :w].reshape(h // 2, 2, w // 2, 2).any(axis=(1, 3))]
+        kept = kept[np.isfinite(kept)]
+        return (float(kept.min()), float(kept.max())) if len(kept) else (0.0, 0.0)
+
+    lo, hi = levels(_none(frame))
+    bright, dark = _bright(frame, lo, hi, min_area), _dark(frame, lo, hi, min_area)
+
+    def again_bright() -> np.ndarray:  # the rest one level (a frame of flat areas): kept
+        rest_lo = levels(dark)[0]
+        return _bright(frame, rest_lo, hi, min_area) if hi > rest_lo else bright
+
+    def again_dark() -> np.ndarray:
+        rest_hi = levels(bright)[1]
+        return _dark(frame, lo, rest_hi, min_area) if rest_hi > lo else dark
+
+    if bright.any() and dark.any():
+        if bright.sum() <= dark.sum():
+            dark = again_dark()
+            bright = again_bright()
+        else:
+            bright = again_bright()
+            dark = again_dark()
+    return bright | dark

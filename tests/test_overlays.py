@@ -161,3 +161,22 @@ def test_no_core_is_reported_on_a_dark_edge_of_a_real_image(monkeypatch):
     assert near_edge(analyze(path, pixel_size_nm=0.0143, progress=False)) == 0
     monkeypatch.setattr(cleanup, "EDGE_MARGIN_FRINGES", 0.0)
     assert near_edge(analyze(path, pixel_size_nm=0.0143, progress=False)) >= 2
+
+
+@pytest.mark.parametrize("mode", ["hrtem", "stem"])
+def test_a_dim_or_bright_lattice_is_not_drawn_beside_an_extreme_annotation(mode):
+    # 8-bit exports: a lattice within 20-60 of 255 under a white scale bar, or within
+    # 235-255 beside a zero-filled border. Judged against the range the annotation
+    # stretches, the lattice's dark (bright) half looked drawn: 11 % of a dim frame.
+    s = make_sample(np.random.default_rng(4), GeneratorConfig(size=128, mode=mode, dose=(1000, 1000)))
+    unit = (s.image - s.image.min()) / np.ptp(s.image)
+    dim = np.round(20 + 40 * unit).astype(np.float32)
+    dim[110:116, 10:70] = 255
+    mask = overlay_mask(dim, pixel_size_nm=0.1)
+    assert mask[110:116, 10:70].all() and mask.sum() == 360
+    bright = np.round(235 + 20 * unit).astype(np.float32)
+    bright[:, 100:] = 0
+    mask = overlay_mask(bright, pixel_size_nm=0.1)
+    assert mask[:, 100:].all() and mask.sum() == 28 * 128
+    bright[110:116, 10:70] = 0  # and a black bar on it: both dark areas, nothing else
+    assert overlay_mask(bright, pixel_size_nm=0.1).sum() == 28 * 128 + 360
