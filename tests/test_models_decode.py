@@ -156,6 +156,16 @@ def test_border_cores_kept_or_excluded():
     assert len(decode_cores(heat, h, exclude_border=True)) == 1
 
 
+@pytest.mark.parametrize("at", [0.3, 0.9, 1.5, 30.7])
+def test_positions_near_the_edge_are_as_exact_as_inside(at):
+    # Only the window's pixels inside the image are fitted: a mirrored border put the
+    # core's mirror image into its own window (1.5 px from the edge decoded at 0.3).
+    heat, h = render((32, 32), [(at, 12.3, 0.0, 1.0), (16.0, at, 0.0, 1.0), (31 - at, 31 - at, 0.0, 1.0)])
+    found = decode_cores(heat, h, same_sign_distance=0).sort_values(["x", "y"])
+    truth = sorted([(at, 12.3), (16.0, at), (31 - at, 31 - at)])
+    assert found[["x", "y"]].to_numpy() == pytest.approx(np.array(truth), abs=1e-6)
+
+
 def test_zero_h_gives_nan_direction():
     heat, _ = render((16, 16), [(8.0, 8.0, 0.0, 1.0)])
     found = decode_cores(heat, np.zeros((16, 16, 2)))
