@@ -88,7 +88,8 @@ class DetectionTally:
 
 
 def mask_iou(pred: np.ndarray, true: np.ndarray) -> float:
-    """Intersection over union of two boolean masks (1.0 when both are empty)."""
+    """Intersection over union of two boolean masks (1.0 when both are empty, where
+    DESIGN.md leaves it undefined: callers that report it skip such images)."""
     p, t = np.asarray(pred, bool), np.asarray(true, bool)
     union = np.logical_or(p, t).sum()
     return float(np.logical_and(p, t).sum() / union) if union else 1.0

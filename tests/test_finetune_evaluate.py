@@ -32,6 +32,7 @@ from dislotrack.infer.evaluate import (
 from dislotrack.infer.figures import evaluation_figure
 from dislotrack.models.io import file_sha256, load_model, save_model
 from dislotrack.models.unet import UNet, UNetConfig
+from dislotrack.train.module import DislocationModule
 
 
 def _tiny(path, **card_keys):
@@ -64,6 +65,7 @@ def test_finetune_writes_a_loadable_model_with_its_recipe(tmp_path, capfd):
     assert ft["command"].startswith("dislotrack finetune --data ") and "--epochs 1" in ft["command"]
     assert (ft["seed"], ft["batch_size"], ft["crops_per_epoch"], ft["split"]) == (0, 2, 4, "items")
     assert ft["base_sha256"] == load_model(tmp_path / "base")[1]["sha256"]
+    assert ft["loss_weights"] == {}  # the base card records none: the module's defaults
     assert ft["wall_time_s"] > 0 and ft["data"] == str((tmp_path / "lab").resolve())
     # This run's version and date, not the base model's.
     assert card["dislotrack_version"] == package_version()
@@ -1343,3 +1345,24 @@ def test_finetune_warns_of_images_without_fringes_at_the_annotated_pixel_size(tm
     with caplog.at_level(logging.WARNING, logger="dislotrack"):
         assert check_annotated_images(lab) == ["image_00001.tif (0.05 nm/px)"]
     assert "no 0.473 nm (003) lattice fringes stand out in image_00001.tif (0.05 nm/px)" in caplog.text
+
+
+def test_finetune_keeps_the_base_models_loss_weights(tmp_path, monkeypatch):
+    # `fine` was trained with the heatmap loss weighted 4x: fine-tuning it with the
+    # defaults (1x) would tip its balance of heatmap, h and rock-salt losses.
+    from dislotrack.train import finetune as ft_module
+
+    generate_dataset(out=tmp_path / "lab", n=2, size=64, mode="stem", seed=3, progress=False)
+    trained = {"module": {"lr": 0.003, "weight_decay": 1e-4, "w_heatmap": 4.0, "w_h": 0.5, "w_rs": 0.25}}
+    _tiny(tmp_path / "base", training=trained)
+    made = []
+    monkeypatch.setattr(ft_module, "DislocationModule",
+                        lambda *a, **kw: made.append(kw) or DislocationModule(*a, **kw))
+    ft_module.finetune(data=tmp_path / "lab", out=tmp_path / "ft", model=tmp_path / "base", epochs=1,
+                       size=32, batch_size=2, crops_per_epoch=2, accelerator="cpu")
+    weights = {"weight_decay": 1e-4, "w_heatmap": 4.0, "w_h": 0.5, "w_rs": 0.25}
+    assert {k: made[0][k] for k in weights} == weights and made[0]["lr"] == 5e-4  # finetune's own lr
+    card = load_model(tmp_path / "ft")[1]
+    assert card["training"]["finetune"]["loss_weights"] == weights
+    # A model fine-tuned again keeps what its fine-tuning used.
+    assert ft_module.base_loss_weights(card) == weights

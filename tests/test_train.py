@@ -449,6 +449,11 @@ def test_train_refuses_in_one_line_what_cannot_run(tmp_path, capsys, monkeypatch
             # Settings that cannot run: said up front (n_variants 0 had hung in the stream).
             (["fit", "--config", "cpu", *run, "--data.n_variants", "0"],
              "--data.n_variants must be a whole number >= 1, got 0"),
+            (["fit", "--config", "cpu", *run, "--data.seed", "-1"],
+             "--data.seed must be a whole number >= 0, got -1"),
+            # numpy ignores trailing zeros: seed 12345's epoch e drew validation sample e.
+            (["fit", "--config", "cpu", *run, "--data.seed", "12345"],
+             "--data.seed 12345 equals --data.val_seed: the training stream would repeat"),
             (["fit", "--config", "cpu", *run, "--data.mode", "foo"],
              "--data: mode must be hrtem, stem or mixed, got 'foo'"),
             (["fit", "--config", "cpu", *run, "--data.density", "-1"], "--data: density must be"),
@@ -953,6 +958,10 @@ def test_training_into_a_log_writes_one_line_per_epoch(tmp_path, monkeypatch, ca
     lines = [ln for ln in err.splitlines() if ln.startswith("epoch ")]
     assert [ln.split(" (")[0] for ln in lines] == ["epoch 1/2", "epoch 2/2"]
     assert all("train/loss=" in ln and "val/f1=" in ln for ln in lines)
+    # Epochs without validation show no stale scores of an earlier one.
+    train_main(["fit", *tiny, "--trainer.default_root_dir=d", "--trainer.check_val_every_n_epoch=2"])
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("epoch ")]
+    assert len(lines) == 2 and "val/" not in lines[0] and "val/f1=" in lines[1]
     # The config's choice stands: no progress at all...
     train_main(["fit", *tiny, "--trainer.default_root_dir=b", "--trainer.enable_progress_bar=false"])
     assert "epoch 1/2" not in capsys.readouterr().err

@@ -110,6 +110,16 @@ class SyntheticDataModule(L.LightningDataModule):
             value = hp[key]
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
                 raise TrainConfigError(f"--data.{key} must be a whole number >= {least}, got {value!r}")
+        for key in ("seed", "val_seed", "test_seed"):
+            value = hp[key]
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+                raise TrainConfigError(f"--data.{key} must be a whole number >= 0, got {value!r}")
+        # numpy's seed sequences ignore trailing zeros: the training stream of (seed, epoch
+        # e, rank 0, worker 0) would draw validation (test) sample e.
+        for key in ("val_seed", "test_seed"):
+            if hp.seed == hp[key]:
+                raise TrainConfigError(f"--data.seed {hp.seed} equals --data.{key}: the training "
+                                       "stream would repeat those samples; choose another seed")
         for key in ("size", "eval_size"):  # the generator's checks (mode, density, sizes, ...)
             try:
                 self.generator_config(hp[key], hp.pixel_size_jitter, train=True)
@@ -120,8 +130,10 @@ class SyntheticDataModule(L.LightningDataModule):
     def generator_config(self, size: int, jitter: float, epoch: int | None = None, *,
                          train: bool = False) -> GeneratorConfig:
         """The generator settings; during the curriculum (``epoch`` < curriculum_epochs)
-        the data start easy (high dose, ideal crystal, misfit singles) and ramp linearly
-        to the full distribution. ``train`` applies the training-stream overrides."""
+        the data start easy (high dose, ideal crystal, misfit singles) and ramp to the full
+        distribution: each setting from 1 / (curriculum_epochs + 1) of the way at epoch 0,
+        linearly (the lower dose bound geometrically, from 1000 e/Å²). ``train`` applies
+        the training-stream overrides."""
         hp = self.hparams
         cfg = GeneratorConfig(size=size, pixel_size=hp.pixel_size,
                               pixel_size_jitter=jitter, mode=hp.mode, density=hp.density,

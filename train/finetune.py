@@ -295,6 +295,29 @@ class _EpochBar(TQDMProgressBar):
         return Tqdm(disable=True)
 
 
+#: The training settings fine-tuning takes over from the base model's card.
+LOSS_WEIGHTS = ("weight_decay", "w_heatmap", "w_h", "w_rs")
+
+
+def base_loss_weights(card: dict) -> dict[str, float]:
+    """The loss weights (and weight decay) the base model was trained with, from its
+    card's ``training`` record (a fine-tuned card's: those its fine-tuning used), so that
+    fine-tuning keeps the balance of heatmap, h and rock-salt losses (``fine`` weights the
+    heatmap 4x); settings a card does not record keep `DislocationModule`'s defaults."""
+    return _recorded_weights(card.get("training"))
+
+
+def _recorded_weights(training: object) -> dict[str, float]:
+    if not isinstance(training, dict):
+        return {}
+    if isinstance(training.get("finetune"), dict):  # a fine-tuned model: its run, else its base's
+        used = training["finetune"].get("loss_weights")
+        return _recorded_weights({"module": used}) if used else _recorded_weights(training.get("base"))
+    module = training.get("module") or {}
+    return {k: float(module[k]) for k in LOSS_WEIGHTS
+            if isinstance(module.get(k), int | float) and not isinstance(module.get(k), bool)}
+
+
 @contextlib.contextmanager
 def _quiet_lightning() -> Iterator[None]:
     """Lightning's setup chatter (tips, accelerator lines) off; its progress bar stays."""
@@ -368,7 +391,8 @@ def finetune(*, data: str | Path, out: str | Path, model: str | Path | None = No
                        "where there are none")
     # Infer's threshold, so that validation scores what infer will find with this model.
     threshold = float(card.get("decode_threshold", 0.5))
-    module = DislocationModule(net.train(), lr=lr, threshold=threshold)
+    weights = base_loss_weights(card)  # the base model's balance of its three losses
+    module = DislocationModule(net.train(), lr=lr, threshold=threshold, **weights)
     crops = CropDataset(train, size=size, length=crops_per_epoch, seed=seed)
     loaders = [DataLoader(crops, batch_size=batch_size, shuffle=False)]
     if val:
@@ -405,7 +429,7 @@ def finetune(*, data: str | Path, out: str | Path, model: str | Path | None = No
         "command": command, "data": str(Path(data).resolve()), "epochs": epochs, "lr": lr,
         "size": size, "batch_size": batch_size, "crops_per_epoch": crops_per_epoch,
         "val_fraction": val_fraction, "seed": seed, "accelerator": accelerator,
-        "precision": precision,
+        "precision": precision, "loss_weights": weights,
         "wall_time_s": time.time() - t0, "frames": len(frames), "train_frames": len(train),
         "val_frames": len(val), "split": split if val else None,
         "val_items": sorted({str(f.meta["source"]) for f in val}),

@@ -81,7 +81,8 @@ class DislocationModule(L.LightningModule):
     net : nn.Module
         Maps (B, 1, H, W) images to (B, 4, H, W) outputs (see `dislotrack.models.unet`).
     lr, weight_decay : float
-        AdamW settings; the learning rate follows a cosine schedule over training.
+        AdamW settings; the learning rate follows a one-cycle schedule over training (5 % warm-up to
+        ``lr``, then cosine annealing; momentum cycled inversely).
     w_heatmap, w_h, w_rs : float
         Loss weights.
     threshold : float

@@ -32,7 +32,7 @@ class EpochLines(ProgressBar):
 
     def __init__(self) -> None:
         super().__init__()
-        self._enabled, self._t0 = True, time.monotonic()
+        self._enabled, self._t0, self._validated = True, time.monotonic(), False
 
     def disable(self) -> None:
         self._enabled = False
@@ -45,14 +45,19 @@ class EpochLines(ProgressBar):
         return self._enabled
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._t0 = time.monotonic()
+        self._t0, self._validated = time.monotonic(), False
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Only this epoch's scores: with check_val_every_n_epoch > 1 the last ones linger.
+        self._validated = self._validated or not trainer.sanity_checking
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._enabled and trainer.is_global_zero:
             print(epoch_line(trainer.current_epoch, trainer.max_epochs, time.monotonic() - self._t0,
                              {**self.get_metrics(trainer, pl_module),
                               **{k: v for k in VALIDATION_KEYS
-                                 if (v := trainer.callback_metrics.get(k)) is not None
+                                 if self._validated
+                                 and (v := trainer.callback_metrics.get(k)) is not None
                                  and v.isfinite()}}),  # no h accuracy without cores
                   file=sys.stderr, flush=True)
 
