@@ -23,7 +23,7 @@ from dislotrack.infer.gpa import NoReflectionError
 from dislotrack.infer.gpa_detect import auto_reflections, detect_cores_gpa, rocksalt_mask_gpa
 from dislotrack.infer.predict import predict_logits
 from dislotrack.infer.preprocess import canonical_to_input
-from dislotrack.models.decode import decode_cores, outputs_to_maps
+from dislotrack.models.decode import decode_cores, outputs_to_maps, with_direction
 
 logger = logging.getLogger(__name__)
 
@@ -57,10 +57,10 @@ class NetworkDetector:
         out = []
         for k, frame in enumerate(raw):
             det = decode_cores(maps["heatmap"][k], maps["hfield"][k], threshold=self.threshold)
-            bad = det[["hx", "hy"]].isna().any(axis=1)
-            if bad.any():  # a zero h field at a peak: no direction, no usable core
-                logger.warning("dropped %d cores without an h direction", int(bad.sum()))
-                det = det[~bad]
+            kept = with_direction(det)
+            if len(kept) < len(det):  # a zero h field at a peak: no direction, no usable core
+                logger.warning("dropped %d cores without an h direction", len(det) - len(kept))
+                det = kept
             # The zoom actually applied per axis (rescale rounds the output size).
             sy, sx = np.array(canonical[k].shape) / frame.shape
             xy = np.stack([canonical_to_input(det["x"].to_numpy(), sx),

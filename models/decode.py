@@ -142,6 +142,13 @@ def decode_cores(
     return _suppress_same_sign(cores, same_sign_distance) if same_sign_distance > 0 else cores
 
 
+def with_direction(cores: pd.DataFrame) -> pd.DataFrame:
+    """The cores that have an h direction: where the h field is zero around a peak
+    (``hx``/``hy`` NaN) a core has no usable direction, and validation, calibration and
+    infer alike drop it."""
+    return cores[cores[["hx", "hy"]].notna().all(axis=1)]
+
+
 def _suppress_same_sign(cores: pd.DataFrame, distance: float) -> pd.DataFrame:
     """Drop cores within ``distance`` [px] of a stronger core with h within 45 deg
     (``cores`` strongest first, as `peak_local_max` returns them)."""

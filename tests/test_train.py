@@ -977,3 +977,23 @@ def test_epoch_line_counts_epochs_from_one():
     assert epoch_line(0, 48, 81.4, {"v_num": 0, "train/loss": 0.33912, "val/f1": torch.tensor(0.61)}) \
         == "epoch 1/48 (81 s): train/loss=0.3391, val/f1=0.61"
     assert epoch_line(2, -1, 1.25, {}) == "epoch 3 (1.2 s)"
+
+
+def test_calibration_drops_cores_without_a_direction_as_validation_and_infer_do(monkeypatch):
+    # A peak where the h field is zero has no direction: validation and infer drop it, so
+    # the threshold chosen on validation must not count it either (the one decoding).
+    from dislotrack.train import calibrate
+
+    class PeakWithoutH(torch.nn.Module):
+        def forward(self, x):
+            out = torch.full((len(x), 4, *x.shape[-2:]), -20.0)
+            yy, xx = torch.meshgrid(torch.arange(x.shape[-2]), torch.arange(x.shape[-1]), indexing="ij")
+            out[:, 0] = 40 * torch.exp(-((xx - 20.0) ** 2 + (yy - 20.0) ** 2) / 8.0) - 20
+            out[:, 1:3] = 0.0  # h field zero everywhere
+            return out
+
+    monkeypatch.setattr(calibrate, "prepare_for_inference", lambda net: net)
+    ds = FixedSynthetic(GeneratorConfig(size=64, perfect_fraction=1.0), n=2, seed=1)
+    assert all(cores_from_batch(ds[i]["cores"][None])[0].empty for i in range(2))  # perfect lattices
+    scores = calibrate.threshold_scores(PeakWithoutH(), ds, thresholds=[0.3])
+    assert scores[0.3]["fp"] == 0

@@ -170,3 +170,28 @@ def test_a_fine_tuned_run_resumes_and_tests_after_its_init_from_model_moved(tmp_
     assert f"--model.init_from {base}: model file {base}.safetensors does not exist" in err
     assert err.count("\n") == 1 and not (tmp_path / "r2" / "checkpoints").exists()
 
+
+
+def test_export_at_the_end_of_fit_leaves_the_module_its_last_weights(tmp_path):
+    # The export loads the best checkpoint into a copy: a `test` after `fit` (in Python, or
+    # on DDP ranks other than 0) scores the weights trained last, as Lightning says.
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from dislotrack.train.export import ExportModel
+
+    torch.manual_seed(0)
+    module = DislocationModule(UNet(TINY_NET))
+    first = {k: v.clone() for k, v in module.net.state_dict().items()}
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ck", save_last=True)
+    export = ExportModel(str(tmp_path / "model"))
+    trainer = _trainer(tmp_path, max_epochs=2, enable_checkpointing=True, callbacks=[ckpt, export])
+    early = tmp_path / "epoch0.ckpt"  # stands in for a best epoch that is not the last
+    trainer.fit(module, datamodule=_tiny_data())
+    last = {k: v.clone() for k, v in module.net.state_dict().items()}
+    torch.save({"state_dict": {f"net.{k}": v for k, v in first.items()}, "epoch": 0}, early)
+    ckpt.best_model_path = str(early)
+    export.on_fit_end(trainer, module)  # as at the end of fit, with that best checkpoint
+    assert all(torch.equal(module.net.state_dict()[k], last[k]) for k in last)  # untouched
+    exported, _ = load_model(tmp_path / "model")
+    assert all(torch.equal(exported.state_dict()[k], first[k]) for k in first)  # the best's
+    assert not all(torch.equal(first[k], last[k]) for k in first)  # training changed them

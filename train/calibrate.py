@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from dislotrack.data_gen.sample import GeneratorConfig
-from dislotrack.models.decode import decode_cores, outputs_to_maps
+from dislotrack.models.decode import decode_cores, outputs_to_maps, with_direction
 from dislotrack.models.io import load_model, model_paths, save_model
 from dislotrack.models.metrics import DetectionTally
 from dislotrack.models.unet import prepare_for_inference
@@ -41,7 +41,7 @@ def threshold_scores(net, ds: FixedSynthetic, thresholds=THRESHOLDS) -> dict[flo
             maps = outputs_to_maps(fast(item["image"][None]))
         truth = cores_from_batch(item["cores"][None])[0]
         for t, tally in tallies.items():
-            p = decode_cores(maps["heatmap"][0], maps["hfield"][0], threshold=t)
+            p = with_direction(decode_cores(maps["heatmap"][0], maps["hfield"][0], threshold=t))
             tally.add(p[["x", "y"]].to_numpy(), p[["hx", "hy"]].to_numpy(),
                       truth[["x", "y"]].to_numpy(), truth[["hx", "hy"]].to_numpy(),
                       pixel_size=float(item["pixel_size"]))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import time
 from pathlib import Path
 
@@ -19,7 +20,8 @@ FAST_DEV_RUN_SUFFIX = "_fast_dev_run"
 
 
 class ExportModel(L.Callback):
-    """At the end of ``fit``, save the best (or last) network to ``path``.
+    """At the end of ``fit``, save the best (or last) network to ``path`` (from a copy:
+    the module keeps its last weights).
 
     Parameters
     ----------
@@ -64,7 +66,9 @@ class ExportModel(L.Callback):
             # e.g. `--ckpt_path last` of a finished run: keep the export it made
             rank_zero_info(f"nothing was trained; {self.path}.* left as it was")
             return
-        net = pl_module.net
+        # A copy: the module keeps its last weights and device (a `test` after `fit` in
+        # Python, or on the other DDP ranks, scores what was trained last).
+        net = copy.deepcopy(pl_module.net).cpu()
         best = getattr(trainer.checkpoint_callback, "best_model_path", "")
         best_epoch = None
         if best and Path(best).is_file():
@@ -91,7 +95,7 @@ class ExportModel(L.Callback):
                         if best_epoch in self._history else {})})
         # A smoke test of the recipe exports beside, never over, the model of a real run.
         path = f"{self.path}{FAST_DEV_RUN_SUFFIX}" if trainer.fast_dev_run else self.path
-        save_model(net.cpu(), path, card=card)
+        save_model(net, path, card=card)
         rank_zero_info(f"model exported to {path}.safetensors / .json "
                        f"(use: dislotrack infer --model {path})")
 

@@ -8,7 +8,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
-from dislotrack.models.decode import decode_cores, outputs_to_maps
+from dislotrack.models.decode import decode_cores, outputs_to_maps, with_direction
 from dislotrack.models.io import load_model
 from dislotrack.models.metrics import DetectionTally
 from dislotrack.models.unet import HEATMAP_CH, HVEC_CH, RS_CH
@@ -215,7 +215,7 @@ class DislocationModule(L.LightningModule):
         for i, t in enumerate(truth):
             pred = decode_cores(maps["heatmap"][i], maps["hfield"][i],
                                 threshold=self.hparams.threshold)
-            pred = pred[pred[["hx", "hy"]].notna().all(axis=1)]  # as infer: no h, no core
+            pred = with_direction(pred)  # as infer: no h, no core
             ps = float(batch["pixel_size"][i])
             keys = ["all"]
             if "mode_known" not in batch or batch["mode_known"][i]:  # lab frames have no mode
