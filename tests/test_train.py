@@ -997,3 +997,20 @@ def test_calibration_drops_cores_without_a_direction_as_validation_and_infer_do(
     assert all(cores_from_batch(ds[i]["cores"][None])[0].empty for i in range(2))  # perfect lattices
     scores = calibrate.threshold_scores(PeakWithoutH(), ds, thresholds=[0.3])
     assert scores[0.3]["fp"] == 0
+
+
+def test_a_checkpoint_holding_pickled_objects_is_refused_in_one_line(tmp_path, capsys, monkeypatch):
+    # LightningCLI reads --ckpt_path's hyperparameters with weights_only=True (safe); what
+    # that refuses is said in one line, not a 26-line UnpicklingError traceback.
+    import fractions
+
+    from dislotrack.infer.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DISLOTRACK_DEBUG", raising=False)
+    foreign = tmp_path / "foreign.ckpt"
+    torch.save({"state_dict": {}, "hyper_parameters": {"lr": fractions.Fraction(1, 3)}}, foreign)
+    run = [*_TINY_RUN, "--trainer.default_root_dir", str(tmp_path / "r")]
+    assert main(["train", "validate", "--config", "cpu", *run, "--ckpt_path", str(foreign)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "holds objects other than tensors" in err, err

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import pickle
 import re
 import shlex
 import sys
@@ -324,6 +325,18 @@ class DislotrackCLI(LightningCLI):
                                        "options (dislotrack train fit --config cpu ...)") from None
             raise TrainConfigError(_nested_setting(str(err))
                                    or with_suggestion(str(err), _options(parser, args))) from None
+
+    def _parse_ckpt_path(self) -> None:
+        """LightningCLI's reading of ``--ckpt_path``'s hyperparameters (with
+        ``weights_only=True``), a checkpoint holding other objects refused in one line."""
+        try:
+            super()._parse_ckpt_path()
+        except pickle.UnpicklingError as err:
+            path = self.config[self.config.subcommand].get("ckpt_path")
+            raise TrainConfigError(
+                f"--ckpt_path {path} holds objects other than tensors and plain containers, "
+                "which dislotrack never unpickles (weights_only=True): use a checkpoint saved by "
+                f"dislotrack train ({str(err).splitlines()[0]})") from None
 
     def _check_checkpoint(self) -> None:
         """Raises `TrainConfigError` for an exported model given as ``--ckpt_path`` (torch
