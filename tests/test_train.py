@@ -153,6 +153,12 @@ def test_ckpt_path_last_resumes_an_interrupted_run(tmp_path, monkeypatch, capsys
     assert main(["train", "fit", *tiny, "--trainer.max_epochs=1"]) == 2
     err = capsys.readouterr().err
     assert "(model.safetensors) that a new fit would replace: give another" in err
+    # So does --ckpt_path last, finding no last.ckpt (checkpoints deleted to save space):
+    # it starts fresh, and had replaced the model (and its calibrated threshold) silently.
+    assert main(["train", "fit", *tiny, "--trainer.max_epochs=1", "--ckpt_path", "last"]) == 2
+    assert ("(model.safetensors) that this fit (--ckpt_path last found no last.ckpt, so it starts "
+            "fresh) would replace: give another") in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in (tmp_path / "runs/cpu").glob("model.*")} == exported
 
 
 def test_last_checkpoint_is_the_last_epoch_even_when_the_score_stops_improving(tmp_path, monkeypatch):

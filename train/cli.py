@@ -381,15 +381,13 @@ class DislotrackCLI(LightningCLI):
                                        f"multiples of {multiple} px, e.g. {low} or {low + multiple}")
 
     def _check_fresh_root(self) -> None:
-        """Raises `TrainConfigError` where a fresh fit (no ``--ckpt_path``) would replace an
-        earlier run's exported model or last checkpoint: resuming it is ``--ckpt_path last``."""
-        if self.config[self.subcommand].get("ckpt_path") or self.trainer.fast_dev_run:
+        """Raises `TrainConfigError` where a fit that starts fresh (no checkpoint to restore:
+        no ``--ckpt_path``, or ``last`` without a ``last.ckpt``) would replace an earlier
+        run's exported model or last checkpoint: resuming it is ``--ckpt_path last``."""
+        # A restored checkpoint (also a job SLURM requeued) continues the run that wrote them.
+        if self._restores_checkpoint() or self.trainer.fast_dev_run:
             return
-        from lightning.fabric.plugins.environments import SLURMEnvironment
-
         root = Path(self.trainer.default_root_dir)
-        if SLURMEnvironment.detect() and any(root.glob("hpc_ckpt_*.ckpt")):
-            return  # a job SLURM requeued: Lightning resumes it from that checkpoint
         from dislotrack.models.io import model_paths
 
         found = [model_paths(cb.path)[0] for cb in self.trainer.callbacks if isinstance(cb, ExportModel)]
@@ -398,15 +396,18 @@ class DislotrackCLI(LightningCLI):
         found = [p for p in found if p.is_file()]
         if found:
             resume = "resume it with --ckpt_path last, or " if found[-1].name == "last.ckpt" else ""
+            fresh = "a new fit"
+            if self.config[self.subcommand].get("ckpt_path"):  # last, but no last.ckpt
+                fresh = "this fit (--ckpt_path last found no last.ckpt, so it starts fresh)"
             if all(p.resolve().is_relative_to(root.resolve()) for p in found):
                 names = ", ".join(str(p.resolve().relative_to(root.resolve())) for p in found)
                 raise TrainConfigError(
-                    f"{root} holds an earlier run ({names}) that a new fit would replace: "
+                    f"{root} holds an earlier run ({names}) that {fresh} would replace: "
                     f"{resume}give another --trainer.default_root_dir (or remove the folder)")
             # A saved config fixes its paths outside the root: another root does not help.
             raise TrainConfigError(
                 f"an earlier run's {' and '.join(map(str, found))} "
-                f"exist{'s' * (len(found) == 1)}, which a new fit would replace (the config fixes "
+                f"exist{'s' * (len(found) == 1)}, which {fresh} would replace (the config fixes "
                 f"these paths): {resume}remove them, or edit the config's checkpoint and export paths")
 
     def _check_pixel_size(self) -> None:
