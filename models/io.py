@@ -111,6 +111,16 @@ def _bundled(name: str) -> Path | None:
     return Path(str(importlib.resources.files("dislotrack.models").joinpath("weights", name)))
 
 
+def checkpoint_not_model(path: str | Path) -> str:
+    """What to use instead of a Lightning training checkpoint where a model is wanted."""
+    run = Path(path).resolve().parent.parent  # <run>/checkpoints/<name>.ckpt
+    exported = run / "model.safetensors"
+    use = (f"use the model its run exported ({exported.with_suffix('')})" if exported.is_file()
+           else "use the model its run exported (<run folder>/model)")
+    return (f"{path} is a Lightning training checkpoint, not a model: {use}, or export it: "
+            f"dislotrack train export {path} --out <stem>")
+
+
 def load_model(
     path: str | Path | None = None, *, device: str | torch.device = "cpu"
 ) -> tuple[UNet, dict[str, Any]]:
@@ -144,10 +154,7 @@ def load_model(
                 f"no bundled model at {path}; train one (dislotrack train) or pass a model path"
             )
     if str(path).endswith(".ckpt"):  # a training checkpoint, not a model: say where the model is
-        raise ValueError(
-            f"{path} is a Lightning training checkpoint, not a model: use the model its run "
-            "exported (<run folder>/model, e.g. runs/cpu/model), or export one with "
-            "dislotrack.models.load_lightning_checkpoint and save_model")
+        raise ValueError(checkpoint_not_model(path))
     weights, card_path = model_paths(path)
     bundled = _bundled(str(path))
     if not weights.is_file() and bundled is not None:

@@ -171,5 +171,6 @@ def test_bundled_models_load_by_name():
 def test_a_training_checkpoint_given_as_a_model_says_what_to_use(tmp_path):
     (tmp_path / "last.ckpt").write_bytes(b"")
     with pytest.raises(ValueError, match=r"last.ckpt is a Lightning training checkpoint, not a model: "
-                                         r"use the model its run exported \(<run folder>/model"):
+                                         r"use the model its run exported \(<run folder>/model\), "
+                                         r"or export it: dislotrack train export .*last.ckpt --out <stem>"):
         load_model(tmp_path / "last.ckpt")

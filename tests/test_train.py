@@ -486,7 +486,18 @@ def test_calibrate_writes_the_threshold_into_the_card_or_refuses_in_one_line(tmp
     said = json.loads(capsys.readouterr().out)  # strict JSON: undefined scores are null
     assert load_model("mine")[1]["decode_threshold"] == said["decode_threshold"] < 0.9
     assert main(["default", "--n", "4"]) == 2  # a bundled name: its card is the package's
-    assert "not a bundled name" in capsys.readouterr().err and not list(tmp_path.glob("default.*"))
+    assert "a bundled model's card is part of the installed package" in capsys.readouterr().err
+    assert not list(tmp_path.glob("default.*"))
+    # A run's folder or checkpoint: the model in it, or how to export one (not "x.ckpt.safetensors").
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    save_model(net, tmp_path / "run" / "model", card=card)
+    assert main(["run", "--n", "4"]) == 2
+    assert "run: no run.safetensors; did you mean run/model?" in capsys.readouterr().err
+    (tmp_path / "run" / "checkpoints" / "last.ckpt").write_bytes(b"")
+    assert main(["run/checkpoints/last.ckpt", "--n", "4"]) == 2
+    assert ("is a Lightning training checkpoint, not a model: use the model its run exported "
+            f"({tmp_path / 'run' / 'model'}), or export it: dislotrack train export "
+            "run/checkpoints/last.ckpt --out <stem>") in capsys.readouterr().err
     torch.manual_seed(0)
     save_model(UNet(UNetConfig(base_channels=4, depth=2)), tmp_path / "raw",
                card={"canonical_pixel_size_nm": 0.1, "generator": {"eval_size": 32}, "training": {},
@@ -1020,3 +1031,16 @@ def test_a_checkpoint_holding_pickled_objects_is_refused_in_one_line(tmp_path, c
     assert main(["train", "validate", "--config", "cpu", *run, "--ckpt_path", str(foreign)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "holds objects other than tensors" in err, err
+
+
+@pytest.mark.parametrize("name", ["cpu", "cpu_stage2", "cpu_stage3", "cpu_fine", "cpu_inplane", "gpu",
+                                  "cluster"])
+def test_each_configs_best_checkpoints_are_named_as_the_messages_say(name):
+    # `--ckpt_path best`'s message sends users to epochNN-f1_*.ckpt: every config writes them.
+    import yaml
+
+    callbacks = yaml.safe_load(open(config_path(name)))["trainer"]["callbacks"]
+    best = [c["init_args"] for c in callbacks
+            if c["class_path"].endswith("ModelCheckpoint") and c["init_args"].get("monitor")]
+    assert best and all(b["filename"] == "epoch{epoch:02d}-f1_{val/f1:.3f}"
+                        and b["auto_insert_metric_name"] is False for b in best)

@@ -16,13 +16,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from dislotrack.data_gen.sample import GeneratorConfig
 from dislotrack.models.decode import decode_cores, outputs_to_maps, with_direction
-from dislotrack.models.io import load_model, model_paths, save_model
+from dislotrack.models.io import checkpoint_not_model, load_model, model_paths, save_model
 from dislotrack.models.metrics import DetectionTally
 from dislotrack.models.unet import prepare_for_inference
 from dislotrack.train.data import FixedSynthetic, cores_from_batch
@@ -85,9 +86,15 @@ def calibrate(model: str, *, n: int = 200, tolerance: float = 0.005) -> dict:
         installed package) or no threshold finds a true core (an untrained model, or a
         card whose generator settings are not the training's); the card is then unchanged.
     """
+    if str(model).endswith(".ckpt"):
+        raise ValueError(checkpoint_not_model(model))
     if not model_paths(model)[0].is_file():
-        raise ValueError(f"{model}: no {model_paths(model)[0]}; give the path of the model whose card "
-                         "to calibrate (e.g. models/weights/default), not a bundled name")
+        inside = Path(model) / "model.safetensors"
+        hint = (f"did you mean {inside.with_suffix('')}?" if inside.is_file() else
+                "a bundled model's card is part of the installed package: calibrate a copy"
+                if str(model) in ("default", "fine") else
+                "give the path of the model whose card to calibrate, e.g. runs/cpu/model")
+        raise ValueError(f"{model}: no {model_paths(model)[0]}; {hint}")
     net, card = load_model(model)
     gen = card.get("generator", {})
     cfg = GeneratorConfig(size=int(gen.get("eval_size", 128)),
