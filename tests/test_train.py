@@ -199,7 +199,7 @@ def test_training_pixel_size_becomes_the_models_canonical_pixel_size(tmp_path, m
     import json
 
     monkeypatch.chdir(tmp_path)
-    train_main(["fit", "--config", config_path("cpu"), "--trainer.fast_dev_run=1",
+    train_main(["fit", "--config", "cpu", "--trainer.fast_dev_run=1",
                 "--trainer.logger=false", f"--trainer.default_root_dir={tmp_path}",
                 "--model.net.init_args.config.base_channels=4", "--model.net.init_args.config.depth=2",
                 "--data.batch_size=2", "--data.num_workers=0", "--data.size=32", "--data.eval_size=32",
@@ -210,7 +210,8 @@ def test_training_pixel_size_becomes_the_models_canonical_pixel_size(tmp_path, m
     assert not (tmp_path / "model.json").exists()
     assert not (tmp_path / "models").exists()  # a smoke test never replaces the bundled model
     assert card["canonical_pixel_size_nm"] == 0.05
-    assert card["training"]["command"].startswith("dislotrack train fit --config ")
+    # As typed: the bundled config's name, not the install's path that it resolves to.
+    assert card["training"]["command"].startswith("dislotrack train fit --config cpu ")
     assert "--data.pixel_size=0.05" in card["training"]["command"]
     assert not any(k.startswith("_") for k in card["training"]["module"])  # no _instantiator
     assert card["generator"]["pixel_size"] == 0.05

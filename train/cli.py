@@ -253,8 +253,10 @@ class DislotrackCLI(LightningCLI):
     saved by an earlier run has them fixed, so a new root would not move them).
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:  # LightningCLI's arguments
-        argv = kwargs.get("args")
+    def __init__(self, *args: Any, typed: Sequence[str] | None = None, **kwargs: Any) -> None:
+        """LightningCLI's arguments; ``typed``: the command line as the user typed it (before
+        `resolve_configs` put in the installed configs' paths), for the model card."""
+        argv = kwargs.get("args") if typed is None else typed
         self.command = shlex.join(["dislotrack", "train", *(sys.argv[1:] if argv is None else argv)])
         super().__init__(*args, **kwargs)
 
@@ -575,6 +577,7 @@ def train_main(argv: Sequence[str] | None = None) -> None:
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # Lightning's use of a torch API
     warnings.filterwarnings("ignore", message=r".*\(ckpt_path=\"last\"\) is set, but there is no last")
     _drop_tips(logging.getLogger("lightning.pytorch.utilities.rank_zero"))
+    typed = list(argv) if argv is not None else None
     argv = resolve_configs(argv) if argv is not None else None  # [] stays []: not sys.argv
     check_root_argument(sys.argv[1:] if argv is None else argv)
     check_config_first(sys.argv[1:] if argv is None else argv)
@@ -582,7 +585,7 @@ def train_main(argv: Sequence[str] | None = None) -> None:
     # line, so --trainer.default_root_dir moves logs, checkpoints and export together.
     # Absolute keys are read relative to the subcommand (the config of `fit` is `fit.*`).
     set_parsing_settings(omegaconf_absolute_to_relative_paths=True)
-    DislotrackCLI(DislocationModule, SyntheticDataModule, args=argv,
+    DislotrackCLI(DislocationModule, SyntheticDataModule, args=argv, typed=typed,
                   save_config_kwargs={"overwrite": True}, seed_everything_default=0,
                   parser_kwargs={"prog": "dislotrack train", "parser_mode": "omegaconf+",
                                  "exit_on_error": False,  # `parse_arguments` says it in one line
