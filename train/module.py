@@ -53,7 +53,8 @@ def _copy_weights(net: nn.Module, saved: nn.Module, path: str) -> None:
         differ = ", ".join(f"{k} {theirs.get(k)} in the model, {v} here" for k, v in ours.items()
                            if theirs.get(k) != v)
         raise TrainConfigError(f"--model.init_from {path}: its architecture differs from the "
-                               f"configured network ({differ}): pass its settings")
+                               f"configured network ({differ}): pass its settings "
+                               "(--model.net.init_args.config.<name> <value>) or its config")
     net.load_state_dict(saved.state_dict())
 
 
