@@ -372,8 +372,13 @@ def test_a_checkpoint_exports_as_a_model_and_refuses_another_network(tmp_path, c
         assert main(["train", "fit", *run, "--ckpt_path", "last"]) == 0
     assert "no last.ckpt yet under" in caplog.text
     last = tmp_path / "r" / "checkpoints" / "last.ckpt"
+    capsys.readouterr()
     assert main(["train", "export", str(last), "--out", str(tmp_path / "mine")]) == 0
+    # Its card has no decode threshold yet: infer would take 0.5 unless it is calibrated.
+    assert (f"its decode threshold is 0.5 until calibrated: python -m dislotrack.train.calibrate "
+            f"{tmp_path / 'mine'}") in capsys.readouterr().out
     net, card = load_model(tmp_path / "mine")  # the architecture came from the checkpoint
+    assert "decode_threshold" not in card
     assert (net.config.base_channels, net.config.depth) == (4, 2)
     state = load_lightning_checkpoint(last)
     assert all(torch.equal(v, state[k]) for k, v in net.state_dict().items())

@@ -32,7 +32,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from dislotrack.train.datamodule import SyntheticDataModule
 from dislotrack.train.errors import TrainConfigError, with_suggestion
-from dislotrack.train.export import ExportModel, export_checkpoint
+from dislotrack.train.export import CALIBRATE_FIRST, ExportModel, export_checkpoint
 from dislotrack.train.module import DislocationModule
 from dislotrack.train.progress import EpochLines, bar_is_seen
 
@@ -562,8 +562,9 @@ def export_main(argv: Sequence[str]) -> Path:
                          "choose another --out or add --overwrite")
     written = export_checkpoint(args.checkpoint, args.out, config=args.config,
                                 command=shlex.join(["dislotrack", "train", "export", *argv]))
-    print(f"model written to {written} / {card.name} (use: dislotrack infer --model "
-          f"{written.with_suffix('')})")
+    stem = written.with_suffix("")
+    print(f"model written to {written} / {card.name} (use: dislotrack infer --model {stem}; "
+          f"{CALIBRATE_FIRST.format(stem)})")
     return written
 
 

@@ -19,6 +19,11 @@ from dislotrack.train.module import ARCHITECTURE_KEY, INIT_FROM_KEY
 FAST_DEV_RUN_SUFFIX = "_fast_dev_run"
 
 
+#: Said where a model is exported: its card has no decode threshold yet (infer takes 0.5).
+CALIBRATE_FIRST = ("its decode threshold is 0.5 until calibrated: "
+                   "python -m dislotrack.train.calibrate {}")
+
+
 class ExportModel(L.Callback):
     """At the end of ``fit``, save the best (or last) network to ``path`` (from a copy:
     the module keeps its last weights).
@@ -97,7 +102,7 @@ class ExportModel(L.Callback):
         path = f"{self.path}{FAST_DEV_RUN_SUFFIX}" if trainer.fast_dev_run else self.path
         save_model(net, path, card=card)
         rank_zero_info(f"model exported to {path}.safetensors / .json "
-                       f"(use: dislotrack infer --model {path})")
+                       f"(use: dislotrack infer --model {path}; {CALIBRATE_FIRST.format(path)})")
 
 
 def model_card(*, generator: dict, module: dict, training: dict, metrics: dict) -> dict:
