@@ -461,6 +461,8 @@ def test_train_refuses_in_one_line_what_cannot_run(tmp_path, capsys, monkeypatch
             # Settings that cannot run: said up front (n_variants 0 had hung in the stream).
             (["fit", "--config", "cpu", *run, "--data.n_variants", "0"],
              "--data.n_variants must be a whole number >= 1, got 0"),
+            (["fit", "--config", "cpu", *run, "--trainer.accelerator", "tpu"],  # no torch_xla
+             "--trainer.accelerator tpu: Requirement 'torch_xla"),
             (["fit", "--config", "cpu", *run, "--data.seed", "-1"],
              "--data.seed must be a whole number >= 0, got -1"),
             # numpy ignores trailing zeros: seed 12345's epoch e drew validation sample e.
@@ -1050,3 +1052,19 @@ def test_each_configs_best_checkpoints_are_named_as_the_messages_say(name):
             if c["class_path"].endswith("ModelCheckpoint") and c["init_args"].get("monitor")]
     assert best and all(b["filename"] == "epoch{epoch:02d}-f1_{val/f1:.3f}"
                         and b["auto_insert_metric_name"] is False for b in best)
+
+
+def test_a_mistyped_class_path_in_a_users_config_is_one_line_with_the_nearest_class(tmp_path, capsys):
+    # jsonargparse nests it in a Union error of some 1,400 characters for a callback.
+    from dislotrack.infer.cli import main
+
+    typo = open(config_path("cpu")).read().replace("callbacks.ModelCheckpoint\n", "callbacks.ModelCheckpiont\n")
+    assert "ModelCheckpiont" in typo
+    (tmp_path / "mine.yaml").write_text(typo)
+    assert main(["train", "fit", "--config", str(tmp_path / "mine.yaml"),
+                 "--trainer.default_root_dir", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and len(err) < 250, err
+    assert ("trainer.callbacks: no class ModelCheckpiont in lightning.pytorch.callbacks (class_path "
+            "lightning.pytorch.callbacks.ModelCheckpiont): did you mean "
+            "lightning.pytorch.callbacks.ModelCheckpoint?") in err

@@ -270,7 +270,14 @@ class DislotrackCLI(LightningCLI):
         if (not bar_is_seen() and config.get("enable_progress_bar") is not False
                 and not any(isinstance(cb, ProgressBar) for cb in given)):
             kwargs["callbacks"] = [*given, EpochLines()]
-        return super().instantiate_trainer(**kwargs)
+        try:
+            return super().instantiate_trainer(**kwargs)
+        except ModuleNotFoundError as err:  # an accelerator's package (TPU: torch_xla) missing
+            if "torch_xla" not in str(err):
+                raise
+            raise TrainConfigError(f"--trainer.accelerator {config.get('accelerator')}: "
+                                   f"{str(err).splitlines()[0]}; on this machine pass "
+                                   "--trainer.accelerator cpu (or gpu)") from None
 
     def _outputs(self) -> dict[str, str]:
         out = {}
@@ -325,7 +332,7 @@ class DislotrackCLI(LightningCLI):
             if "before subcommand" in str(err):  # dislotrack train --config cpu fit
                 raise TrainConfigError(f"{err}: give the subcommand first, then the config and "
                                        "options (dislotrack train fit --config cpu ...)") from None
-            raise TrainConfigError(_nested_setting(str(err))
+            raise TrainConfigError(_nested_setting(str(err)) or _unknown_class(str(err))
                                    or with_suggestion(str(err), _options(parser, args))) from None
 
     def _parse_ckpt_path(self) -> None:
@@ -516,6 +523,27 @@ def _nested_setting(message: str) -> str | None:
     close = difflib.get_close_matches(bad[-1], known, n=1, cutoff=0.6)
     hint = f"did you mean {close[0]}? " if close else ""
     return f"{name} has no setting {bad[-1]!r}: {hint}(its settings: {', '.join(known)})"
+
+
+def _unknown_class(message: str) -> str | None:
+    """One line for a mistyped ``class_path`` (a callback's in a user's YAML, say), with
+    the nearest name its module has; None for other errors (jsonargparse nests the reason
+    in a Union error of over a thousand characters)."""
+    import difflib
+    import importlib
+
+    found = re.search(r"class_path '([\w.]+)':\s+module '([\w.]+)' has no attribute '(\w+)'", message)
+    if not found:
+        return None
+    path, module, name = found.groups()
+    key = re.search(r'Parser key "([\w.]+)"', message)
+    try:
+        names = [n for n in dir(importlib.import_module(module)) if not n.startswith("_")]
+    except ImportError:
+        names = []
+    close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
+    hint = f": did you mean {module}.{close[0]}?" if close else ""
+    return f"{key[1] + ': ' if key else ''}no class {name} in {module} (class_path {path}){hint}"
 
 
 def _options(parser: LightningArgumentParser, args: Any) -> list[str]:
