@@ -465,7 +465,7 @@ def _run_finetune(args: argparse.Namespace) -> int:
                            crops_per_epoch=args.crops_per_epoch, val_fraction=args.val_fraction,
                            seed=args.seed, accelerator=args.accelerator,
                            precision=args.precision, verbose=True,
-                           command=args.command_line)
+                           command=args.command_line, overwrite=args.overwrite)
     except MisconfigurationException as err:  # e.g. --accelerator gpu on a machine without one
         raise ValueError(without_gpu_hint(f"--accelerator {args.accelerator}: {err}",
                                           "--accelerator cpu (or auto)")) from err

@@ -226,6 +226,15 @@ def model_paths(path: str | Path) -> tuple[Path, Path]:
     return stem.with_name(stem.name + ".safetensors"), stem.with_name(stem.name + ".json")
 
 
+def refuse_existing_model(path: str | Path, *, overwrite: bool) -> None:
+    """Raises FileExistsError where a model (either file) exists at ``path`` and
+    ``overwrite`` is False: an earlier model, perhaps calibrated, is not replaced unasked."""
+    if overwrite:
+        return
+    if found := [p for p in model_paths(path) if p.exists()]:
+        raise FileExistsError(f"{found[0]} exists: choose another output or pass overwrite=True")
+
+
 def _complete_card(model: UNet, card: dict[str, Any]) -> dict[str, Any]:
     """Card with the automatic keys filled in, validated."""
     arch = model.config.to_dict()

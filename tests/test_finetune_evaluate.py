@@ -1366,3 +1366,7 @@ def test_finetune_keeps_the_base_models_loss_weights(tmp_path, monkeypatch):
     assert card["training"]["finetune"]["loss_weights"] == weights
     # A model fine-tuned again keeps what its fine-tuning used.
     assert ft_module.base_loss_weights(card) == weights
+    # From Python as from the CLI, the model written is not replaced unless asked.
+    with pytest.raises(FileExistsError, match="ft.safetensors exists"):
+        ft_module.finetune(data=tmp_path / "lab", out=tmp_path / "ft", model=tmp_path / "base",
+                           epochs=1, size=32, batch_size=2, crops_per_epoch=2, accelerator="cpu")

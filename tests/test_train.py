@@ -884,6 +884,14 @@ def test_export_records_the_epoch_and_only_finite_scores(tmp_path):
                       parse_constant=lambda c: pytest.fail(f"{c} in a strict-JSON card"))
     assert card["training"]["checkpoint_epoch"] == 3 and card["training"]["steps"] == 40
     assert card["metrics"]["checkpoint"] == {"val/f1 (best model score)": 0.5}
+    # From Python as from the CLI, an existing (perhaps calibrated) model is kept unless asked.
+    (tmp_path / "m.json").write_text(json.dumps({**card, "decode_threshold": 0.35}))
+    with pytest.raises(FileExistsError, match=r"m.safetensors exists: choose another output or pass "
+                                              r"overwrite=True"):
+        export_checkpoint(tmp_path / "e.ckpt", tmp_path / "m")
+    assert json.loads((tmp_path / "m.json").read_text())["decode_threshold"] == 0.35
+    export_checkpoint(tmp_path / "e.ckpt", tmp_path / "m", overwrite=True)
+    assert "decode_threshold" not in json.loads((tmp_path / "m.json").read_text())
 
 
 def test_a_setting_since_removed_does_not_hide_a_real_mismatch(tmp_path):
@@ -1058,7 +1066,8 @@ def test_a_mistyped_class_path_in_a_users_config_is_one_line_with_the_nearest_cl
     # jsonargparse nests it in a Union error of some 1,400 characters for a callback.
     from dislotrack.infer.cli import main
 
-    typo = open(config_path("cpu")).read().replace("callbacks.ModelCheckpoint\n", "callbacks.ModelCheckpiont\n")
+    typo = open(config_path("cpu")).read().replace("callbacks.ModelCheckpoint\n",
+                                                   "callbacks.ModelCheckpiont\n")
     assert "ModelCheckpiont" in typo
     (tmp_path / "mine.yaml").write_text(typo)
     assert main(["train", "fit", "--config", str(tmp_path / "mine.yaml"),

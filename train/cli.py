@@ -589,7 +589,8 @@ def export_main(argv: Sequence[str]) -> Path:
         raise ValueError(f"--out {args.out}: {weights if weights.exists() else card} exists; "
                          "choose another --out or add --overwrite")
     written = export_checkpoint(args.checkpoint, args.out, config=args.config,
-                                command=shlex.join(["dislotrack", "train", "export", *argv]))
+                                command=shlex.join(["dislotrack", "train", "export", *argv]),
+                                overwrite=args.overwrite)
     stem = written.with_suffix("")
     print(f"model written to {written} / {card.name} (use: dislotrack infer --model {stem}; "
           f"{CALIBRATE_FIRST.format(stem)})")

@@ -11,7 +11,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from dislotrack.data_gen.conventions import CANONICAL_PIXEL_SIZE_NM
-from dislotrack.models.io import load_lightning_checkpoint, model_paths, save_model
+from dislotrack.models.io import load_lightning_checkpoint, model_paths, refuse_existing_model, save_model
 from dislotrack.models.unet import UNet, UNetConfig
 from dislotrack.train.module import ARCHITECTURE_KEY, INIT_FROM_KEY
 
@@ -119,7 +119,7 @@ def model_card(*, generator: dict, module: dict, training: dict, metrics: dict) 
 
 
 def export_checkpoint(checkpoint: str | Path, out: str | Path, *, config: str | Path | None = None,
-                      command: str = "") -> Path:
+                      command: str = "", overwrite: bool = False) -> Path:
     """Write a Lightning checkpoint of `DislocationModule` as a model (safetensors + card),
     e.g. an epoch's checkpoint, or the last one of a run stopped before its end.
 
@@ -135,6 +135,8 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, *, config: str | 
         written before dislotrack 0.1.20, which does not hold it.
     command : str
         The command line, for the card.
+    overwrite : bool
+        Replace a model that exists at ``out`` (else FileExistsError).
 
     Returns
     -------
@@ -145,7 +147,10 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, *, config: str | 
     ------
     ValueError
         If the file is no readable checkpoint or its architecture is unknown.
+    FileExistsError
+        If a model exists at ``out`` and ``overwrite`` is False.
     """
+    refuse_existing_model(out, overwrite=overwrite)
     path = Path(checkpoint)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such checkpoint")

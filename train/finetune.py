@@ -34,7 +34,7 @@ from dislotrack.data_gen.annotations import (
 from dislotrack.data_gen.conventions import D003_LINIO2_NM
 from dislotrack.data_gen.sample import Sample
 from dislotrack.data_gen.text import first_few
-from dislotrack.models.io import file_sha256, load_model, model_paths, save_model
+from dislotrack.models.io import file_sha256, load_model, model_paths, refuse_existing_model, save_model
 from dislotrack.models.unet import required_multiple
 from dislotrack.train.augment import build_transform
 from dislotrack.train.data import sample_to_item
@@ -341,7 +341,8 @@ def _quiet_lightning() -> Iterator[None]:
 def finetune(*, data: str | Path, out: str | Path, model: str | Path | None = None, epochs: int = 10,
              lr: float = 5e-4, size: int = 128, batch_size: int = 8, crops_per_epoch: int = 256,
              val_fraction: float = 0.2, seed: int = 0, accelerator: str = "auto",
-             precision: str = "32-true", verbose: bool = False, command: str = "") -> dict:
+             precision: str = "32-true", verbose: bool = False, command: str = "",
+             overwrite: bool = False) -> dict:
     """Fine-tune ``model`` (default: bundled) on ``data``; write ``out`` (.safetensors + .json).
 
     ``precision`` is Lightning's (``32-true``; ``bf16-mixed`` trains about twice as fast
@@ -350,9 +351,11 @@ def finetune(*, data: str | Path, out: str | Path, model: str | Path | None = No
     With ``verbose``, prints what was read (items, frames, cores) and how it was split.
     ``command`` (the command line, if run from one) goes into the model card with the
     settings, the held-out items and the base model's sha256. Returns the validation
-    metrics of the final model.
+    metrics of the final model. A model that exists at ``out`` is replaced only with
+    ``overwrite`` (else FileExistsError, before anything is read).
     """
     t0 = time.time()
+    refuse_existing_model(out, overwrite=overwrite)
     for name, value in (("epochs", epochs), ("size", size), ("batch_size", batch_size),
                         ("crops_per_epoch", crops_per_epoch)):
         if value < 1:  # Lightning reads max_epochs=-1 as "forever", 0 as "copy the base model"
