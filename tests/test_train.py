@@ -125,9 +125,15 @@ def test_ckpt_path_last_resumes_an_interrupted_run(tmp_path, monkeypatch, capsys
         step = DislocationModule.validation_step
         patch.setattr(DislocationModule, "validation_step",
                       lambda self, *a, **k: validated.append(1) or step(self, *a, **k))
+        versions = sorted((tmp_path / "runs/cpu/lightning_logs").iterdir())
         assert main(["train", "fit", *tiny, "--trainer.max_epochs=3", "--ckpt_path", "last"]) == 2
     assert "schedule spans 4 steps but this run plans 6" in capsys.readouterr().err
     assert not validated  # before the sanity check, not after it
+    # Its config was saved before the refusal: removed, not left as the newest run's settings.
+    assert sorted((tmp_path / "runs/cpu/lightning_logs").iterdir()) == versions
+    assert main(["train", "fit", *tiny, "--trainer.max_epochs=2", "--ckpt_path", "nowhere.ckpt"]) == 2
+    assert "nowhere.ckpt" in capsys.readouterr().err
+    assert sorted((tmp_path / "runs/cpu/lightning_logs").iterdir()) == versions
     # Another learning rate would be ignored (the optimizer is restored): refused; other
     # data are taken, with a warning, and the card records them.
     assert main(["train", "fit", *tiny, "--trainer.max_epochs=2", "--ckpt_path", "last",

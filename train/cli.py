@@ -27,7 +27,7 @@ from typing import Any
 import lightning as L
 from jsonargparse import set_parsing_settings
 from lightning.pytorch.callbacks.progress.progress_bar import ProgressBar
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from dislotrack.train.datamodule import SyntheticDataModule
@@ -242,6 +242,38 @@ FRINGE_PERIOD_TOLERANCE = 0.10
 
 #: Environment variables that a multi-node launcher sets (SLURM, torchrun, LSF).
 _LAUNCHER_VARIABLES = ("SLURM_JOB_ID", "SLURM_NTASKS", "MASTER_ADDR", "TORCHELASTIC_RUN_ID", "LSB_JOBID")
+
+
+class SaveConfigForRuns(SaveConfigCallback):
+    """LightningCLI's config saving, remembering the folders it wrote to (global rank 0),
+    so that a run refused before it logged anything leaves no config of settings that
+    never ran (`remove_unrun_logs`)."""
+
+    written: list[Path] = []  # noqa: RUF012 (one list for the process: train_main clears it)
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        fresh = not self.already_saved
+        super().setup(trainer, pl_module, stage)
+        if fresh and self.save_to_log_dir:
+            log_dir = trainer.log_dir  # on every rank: it broadcasts (rank 0 alone would hang DDP)
+            if trainer.is_global_zero and log_dir:
+                type(self).written.append(Path(log_dir))
+
+
+#: What a run's log folder holds before anything was logged (LightningCLI's config, the
+#: CSV logger's hyperparameters).
+_UNRUN_LOG_FILES = {"config.yaml", "hparams.yaml"}
+
+
+def remove_unrun_logs(folders: Sequence[Path]) -> None:
+    """Remove the log folders that hold only a saved config and hyperparameters (a run
+    refused after its config was saved: a changed schedule, a missing checkpoint):
+    README points to the newest ``version_N/config.yaml`` as the run's settings."""
+    import shutil
+
+    for folder in folders:
+        if folder.is_dir() and {p.name for p in folder.iterdir()} <= _UNRUN_LOG_FILES:
+            shutil.rmtree(folder)
 
 
 class DislotrackCLI(LightningCLI):
@@ -615,7 +647,17 @@ def train_main(argv: Sequence[str] | None = None) -> None:
     # line, so --trainer.default_root_dir moves logs, checkpoints and export together.
     # Absolute keys are read relative to the subcommand (the config of `fit` is `fit.*`).
     set_parsing_settings(omegaconf_absolute_to_relative_paths=True)
+    SaveConfigForRuns.written = []
+    try:
+        _run_cli(argv, typed)
+    except (TrainConfigError, FileNotFoundError):
+        remove_unrun_logs(SaveConfigForRuns.written)
+        raise
+
+
+def _run_cli(argv: Sequence[str] | None, typed: Sequence[str] | None) -> None:
     DislotrackCLI(DislocationModule, SyntheticDataModule, args=argv, typed=typed,
+                  save_config_callback=SaveConfigForRuns,
                   save_config_kwargs={"overwrite": True}, seed_everything_default=0,
                   parser_kwargs={"prog": "dislotrack train", "parser_mode": "omegaconf+",
                                  "exit_on_error": False,  # `parse_arguments` says it in one line
