@@ -1083,3 +1083,21 @@ def test_a_mistyped_class_path_in_a_users_config_is_one_line_with_the_nearest_cl
     assert ("trainer.callbacks: no class ModelCheckpiont in lightning.pytorch.callbacks (class_path "
             "lightning.pytorch.callbacks.ModelCheckpiont): did you mean "
             "lightning.pytorch.callbacks.ModelCheckpoint?") in err
+
+
+def test_a_printed_config_keeps_its_paths_and_the_warning_says_how_to_start_one(tmp_path, capsys,
+                                                                                monkeypatch):
+    # --print_config writes ${trainer.default_root_dir} out: a new root does not move the
+    # run's outputs, and the warning names the bundled YAML to copy instead.
+    from dislotrack.infer.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit):
+        train_main(["fit", "--config", "cpu", "--print_config"])
+    (tmp_path / "mine.yaml").write_text(capsys.readouterr().out)
+    with pytest.warns(UserWarning, match=r"outside trainer.default_root_dir \(runs/new\): a config "
+                                         r"saved by an earlier run or written by --print_config "
+                                         r"fixes these paths.*config_path\('cpu'\)"):
+        assert main(["train", "fit", "--config", "mine.yaml", *_TINY_RUN,
+                     "--trainer.default_root_dir", "runs/new"]) == 0
+    assert (tmp_path / "runs/cpu/model.safetensors").is_file() and not (tmp_path / "runs/new").exists()

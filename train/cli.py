@@ -330,8 +330,9 @@ class DislotrackCLI(LightningCLI):
         outside = outputs_outside_root(root, self._outputs())
         if outside:
             rank_zero_warn(f"{', '.join(outside)} outside trainer.default_root_dir ({root}): "
-                           "a config saved by an earlier run fixes these paths; edit them or "
-                           "start from the bundled config")
+                           "a config saved by an earlier run or written by --print_config fixes "
+                           "these paths; edit them, or start from a copy of the bundled YAML "
+                           "(dislotrack.train.cli.config_path('cpu') names it)")
 
     def _check_nodes(self) -> None:
         """Raises `TrainConfigError` for several nodes without a launcher: each process would
