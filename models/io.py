@@ -161,9 +161,11 @@ def load_model(
         weights, card_path = model_paths(bundled)
     for p in (weights, card_path):
         if not p.is_file():
+            inside = Path(path) / "model.safetensors"  # a training run's folder
+            hint = f"did you mean {inside.with_suffix('')}? " if inside.is_file() else ""
             raise FileNotFoundError(
-                f"model file {p} does not exist (a model is a <stem> with .safetensors and .json "
-                f"files, or a bundled name: {', '.join(bundled_models())})")
+                f"model file {p} does not exist ({hint}a model is a <stem> with .safetensors and "
+                f".json files, or a bundled name: {', '.join(bundled_models())})")
     card = json.loads(card_path.read_text())
     validate_card(card)
     model = UNet(UNetConfig.from_dict(card["architecture"]))

@@ -168,6 +168,14 @@ def test_bundled_models_load_by_name():
         load_model("no_such_model")
 
 
+def test_a_training_runs_folder_given_as_a_model_suggests_the_model_in_it(tmp_path):
+    save_model(UNet(UNetConfig(base_channels=4, depth=2)), tmp_path / "run" / "model",
+               card={"canonical_pixel_size_nm": 0.1, "generator": {}, "training": {}, "metrics": {}})
+    with pytest.raises(FileNotFoundError, match=r"run.safetensors does not exist \(did you mean "
+                                                r".*run/model\? a model is a <stem>"):
+        load_model(tmp_path / "run")
+
+
 def test_a_training_checkpoint_given_as_a_model_says_what_to_use(tmp_path):
     (tmp_path / "last.ckpt").write_bytes(b"")
     with pytest.raises(ValueError, match=r"last.ckpt is a Lightning training checkpoint, not a model: "

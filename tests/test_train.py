@@ -188,6 +188,7 @@ def test_last_checkpoint_is_the_last_epoch_even_when_the_score_stops_improving(t
     assert (card["training"]["best_epoch"], card["training"]["epochs"]) == (0, 3)
     best_scores, last_scores = card["metrics"]["best_validation"], card["metrics"]["last_validation"]
     assert best_scores["val/f1"] == 0.0 and best_scores["val/loss"] != last_scores["val/loss"]
+    assert all(k.startswith("val/") for k in best_scores)  # not the losses of a training epoch
     assert set(card["metrics"]["last_training"]) and not any(
         k.startswith("val/") for k in card["metrics"]["last_training"])
 
@@ -458,6 +459,7 @@ def test_train_refuses_in_one_line_what_cannot_run(tmp_path, capsys, monkeypatch
              "--data.size 102: the network (depth 2) takes multiples of 4 px, e.g. 100 or 104"),
             (["fit", "--config", "cpu", *run, "--data.eval_size", "30"], "e.g. 28 or 32"),
             (["--config", "cpu", "fit"], "give the subcommand first"),
+            (["fit"], "give a config, e.g. dislotrack train fit --config cpu (bundled: cluster, cpu, "),
             (["fit", "--config", "cpu", *run, "--model.net.init_args.config.base_channel", "8"],
              "UNetConfig has no setting 'base_channel': did you mean base_channels?"),
             (["fit", "--config", "cpu", *run, "--model.init_from", "nowhere"],

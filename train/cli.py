@@ -362,6 +362,11 @@ class DislotrackCLI(LightningCLI):
         try:
             super().parse_arguments(parser, args)
         except argparse.ArgumentError as err:
+            if "required" in str(err) and "model.net" in str(err):  # dislotrack train fit
+                names = sorted(p.name.removesuffix(".yaml") for p in files("dislotrack.train")
+                               .joinpath("configs").iterdir() if p.name.endswith(".yaml"))
+                raise TrainConfigError(f"{err}: give a config, e.g. dislotrack train fit --config "
+                                       f"cpu (bundled: {', '.join(names)})") from None
             if "before subcommand" in str(err):  # dislotrack train --config cpu fit
                 raise TrainConfigError(f"{err}: give the subcommand first, then the config and "
                                        "options (dislotrack train fit --config cpu ...)") from None

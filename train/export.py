@@ -62,7 +62,8 @@ class ExportModel(L.Callback):
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.sanity_checking:
-            self._history[trainer.current_epoch] = _scalars(trainer.callback_metrics)
+            self._history[trainer.current_epoch] = {  # this validation's scores only
+                k: v for k, v in _scalars(trainer.callback_metrics).items() if k.startswith("val/")}
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.global_rank != 0:
