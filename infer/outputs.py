@@ -24,7 +24,8 @@ from dislotrack.infer.result import AnalysisResult, require_result
 
 
 class MaskWriter:
-    """Per-frame uint8 rock-salt masks into a zlib-compressed, ImageJ-calibrated TIFF stack.
+    """Per-frame uint8 rock-salt masks into a zlib-compressed, ImageJ-calibrated TIFF stack
+    (``shape``: the frames expected; the stack ends at the last frame written).
 
     Masks go to an uncompressed, memory-mapped stack beside ``path`` as they come (in any
     order), so memory does not grow with the movie; `close` streams it, frame by frame,
@@ -43,9 +44,11 @@ class MaskWriter:
                       "metadata": meta}
         self._partial = path.with_name(f".{path.stem}.partial{path.suffix}")
         self._mm = tifffile.memmap(self._partial, shape=shape, dtype=np.uint8, photometric="minisblack")
+        self._frames = 0  # one past the last frame written
 
     def __call__(self, frame: int, mask: np.ndarray) -> None:
         self._mm[frame] = mask
+        self._frames = max(self._frames, frame + 1)
 
     def close(self) -> None:
         """Write the compressed stack and remove the uncompressed one."""
@@ -54,8 +57,10 @@ class MaskWriter:
         try:
             # The memory-mapped stack itself: tifffile reads it page by page as it compresses.
             # ImageJ's layout takes frames one pixel wide for colour samples: plain TIFF then.
-            tifffile.imwrite(self.path, self._mm, imagej=self._shape[2] > 1, photometric="minisblack",
-                             compression="zlib", **self._tags)
+            # Up to the last frame written: a video may yield fewer frames than its header
+            # said, and the stack is not padded with empty masks for frames never read.
+            tifffile.imwrite(self.path, self._mm[: max(self._frames, 1)], imagej=self._shape[2] > 1,
+                             photometric="minisblack", compression="zlib", **self._tags)
         finally:
             self.discard()
 

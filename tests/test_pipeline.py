@@ -2059,6 +2059,13 @@ def test_mask_writer_takes_frames_in_any_order_and_leaves_one_compressed_stack(t
         x_res = t.pages[0].tags["XResolution"].value
         assert x_res[1] / x_res[0] == pytest.approx(0.05)
     assert (tmp_path / "rocksalt_mask.tif").stat().st_size < masks.nbytes / 4
+    # A video that yields fewer frames than its header said: the stack ends where the
+    # frames did (no empty masks for frames never read).
+    short = MaskWriter(tmp_path / "short.tif", shape=masks.shape, pixel_size_nm=0.05, frame_interval_s=2.0)
+    for k in range(3):
+        short(k, masks[k])
+    short.close()
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "short.tif"), masks[:3])
 
 
 
