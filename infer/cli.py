@@ -483,8 +483,8 @@ def _run_finetune(args: argparse.Namespace) -> int:
     print(f"model written to {weights} / {card.name} (use: dislotrack infer --model {stem})")
     logs = stem.with_name(stem.name + "_logs") / "metrics.csv"
     if logs.is_file():
-        print(f"scores per epoch: {logs} " + ("(validation rows; the first is the base model's)"
-                                              if held_out else "(training losses)"))
+        print(f"scores per epoch: {logs} " + ("(validation rows; the base model's is the first, "
+                                              "model 'base')" if held_out else "(training losses)"))
     return 0
 
 

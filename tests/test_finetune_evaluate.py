@@ -56,6 +56,10 @@ def test_finetune_writes_a_loadable_model_with_its_recipe(tmp_path, capfd):
     assert said and int(said[1]) + int(said[2]) == sum(cores)
     # Lightning's setup chatter (tips, model summary, validation bars) stays out of the way.
     assert not any(s in out + err for s in ("Tip", "Total params", "Validation", "Sanity"))
+    # The per-epoch scores name the base model's row (Lightning logs it as epoch 0 too).
+    logged = pd.read_csv(tmp_path / "ft_logs" / "metrics.csv")
+    assert logged["model"].tolist()[0] == "base" and set(logged["model"][1:]) == {"fine-tuned"}
+    assert logged["val/f1"].notna().sum() == 2  # the base's and the one epoch's
     # Into a log (no terminal here), each epoch is one line, not a redrawn bar.
     assert "\r" not in err and re.search(r"^epoch 1/1 \([\d.]+ s\): train/loss=.*val/f1=", err, re.M)
     net, card = load_model(tmp_path / "ft")

@@ -318,6 +318,18 @@ def _recorded_weights(training: object) -> dict[str, float]:
             if isinstance(module.get(k), int | float) and not isinstance(module.get(k), bool)}
 
 
+def _name_base_row(path: Path) -> None:
+    """Add a ``model`` column to finetune's metrics.csv: ``base`` on its first row (the
+    base model scored on the held-out frames before training, which Lightning logs as
+    epoch 0 like the first trained epoch), ``fine-tuned`` on the others."""
+    if not path.is_file():
+        return
+    table = pd.read_csv(path)
+    if len(table) and "model" not in table:
+        table.insert(0, "model", ["base"] + ["fine-tuned"] * (len(table) - 1))
+        table.to_csv(path, index=False)
+
+
 @contextlib.contextmanager
 def _quiet_lightning() -> Iterator[None]:
     """Lightning's setup chatter (tips, accelerator lines) off; its progress bar stays."""
@@ -416,6 +428,8 @@ def finetune(*, data: str | Path, out: str | Path, model: str | Path | None = No
         # The base model on the same held-out frames: did fine-tuning help?
         before = trainer.validate(module, loaders[1], verbose=False)[0] if val else {}
         trainer.fit(module, *loaders)
+    if val:
+        _name_base_row(Path(csv.log_dir) / "metrics.csv")
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     if val:
         n_true = sum(len(f.cores) for f in val)
