@@ -323,7 +323,11 @@ def specimen_columns(p: SpecimenParams, dislocations: list[Dislocation], *, mode
 
 def _mix_cations(p: SpecimenParams, pc: ProjectedCrystal, pos: np.ndarray, idx: np.ndarray,
                  w: np.ndarray, expo: float, growth: float) -> np.ndarray:
-    """Cation mixing inside RS domains: Li and TM layers tend to the same content."""
+    """Cation mixing inside RS domains: Li and TM layers tend to the same content.
+
+    Where domains overlap, a column takes the largest of their mixings, once: summed, two
+    domains of 0.5 would swap the layers and bring the layered fringes back (inverted)
+    inside what the mask calls rock salt."""
     tm = MATERIALS[p.material]["tm"]
     w_li = pc.density["Li"].max() * 3.0**expo
     dens = pc.density["Li"].max()
@@ -331,11 +335,11 @@ def _mix_cations(p: SpecimenParams, pc: ProjectedCrystal, pos: np.ndarray, idx: 
     w = w.copy()
     li_col = pc.is_cation_li[idx]
     tm_col = pc.is_cation_tm[idx]
+    mixing = np.zeros(len(pos))
     for dom in p.rocksalt:
-        inside = dom.contains(pos, growth)
-        m = dom.mixing
-        w[inside & li_col] += m * (w_tm - w_li)
-        w[inside & tm_col] -= m * (w_tm - w_li)
+        mixing = np.maximum(mixing, np.where(dom.contains(pos, growth), dom.mixing, 0.0))
+    w[li_col] += mixing[li_col] * (w_tm - w_li)
+    w[tm_col] -= mixing[tm_col] * (w_tm - w_li)
     return w
 
 

@@ -135,3 +135,25 @@ def test_volterra_all_cores_at_once_is_the_same_field():
     pts = np.random.default_rng(1).uniform(-2, 12, (3000, 2))
     np.testing.assert_allclose(volterra_displacement(pts, disl, all_cores_at_once=True),
                                volterra_displacement(pts, disl), atol=1e-5)
+
+
+def test_overlapping_domains_mix_a_column_once_not_twice():
+    # Two domains of mixing 0.5 summed swapped the Li and TM layers where they overlap,
+    # so the layered contrast came back (inverted) inside labelled rock salt. A column
+    # takes the largest mixing of the domains covering it.
+    spec = SpecimenParams(**{**_scene(3)[2].__dict__, "rocksalt": []})
+    bounds = (0.0, 10.0, 0.0, 10.0)
+    plain = specimen_columns(spec, [], mode="stem", bounds=bounds)
+    h0 = np.zeros((3, 2))
+
+    def mixed(domains: list) -> np.ndarray:
+        with_rs = SpecimenParams(**{**spec.__dict__, "rocksalt": domains})
+        return specimen_columns(with_rs, [], mode="stem", bounds=bounds).weight
+
+    one = mixed([RocksaltDomain(5.0, 5.0, 3.0, h0, 0.5)])
+    two = mixed([RocksaltDomain(5.0, 5.0, 3.0, h0, 0.5), RocksaltDomain(5.5, 5.0, 3.0, h0, 0.5)])
+    three = mixed([RocksaltDomain(5.0, 5.0, 3.0, h0, 0.5), RocksaltDomain(5.5, 5.0, 3.0, h0, 0.3)])
+    centre = np.hypot(*(plain.xy - 5.0).T) < 2.0  # inside every domain
+    assert (~np.isclose(one, plain.weight) & centre).sum() > 20  # the cation columns there
+    np.testing.assert_allclose(two[centre], one[centre])
+    np.testing.assert_allclose(three[centre], one[centre])
