@@ -146,19 +146,22 @@ def test_movie_truth_follows_the_motion():
     assert list(m.drift.columns) == ["frame", "dx", "dy"] and m.drift.dx.iloc[0] == 0
     assert len(m.truth) >= 1
     # A core's labelled position moves by (its own motion + the specimen drift): with the
-    # drift removed, a single's glide and climb grow at its true velocities. (Labels sit
-    # where the fringes end, which moves in lattice steps: a few 0.01 nm/s of scatter.)
+    # drift removed, its glide and climb grow at its true velocities, exactly: the truth
+    # is fitted on where the image shows the core (its lattice site is also moved by the
+    # other cores' fields, which change as they move: 1 % off in the median, 25 % at worst).
     ps = m.meta["pixel_size"]
-    singles = m.cores[m.cores.partner < 0].merge(m.drift, on="frame")
-    assert singles.particle.nunique() >= 2
-    for p, g in singles.groupby("particle"):
+    labelled = m.cores.merge(m.drift, on="frame")
+    assert labelled.particle.nunique() >= 2
+    for p, g in labelled.groupby("particle"):
         assert g.frame.is_monotonic_increasing
         xy = np.c_[g.x - g.dx, g.y - g.dy] * ps
         glide, climb = glide_climb(xy - xy[0], g[["hx", "hy"]].to_numpy())
         t = (g.frame - g.frame.iloc[0]).to_numpy() * 0.5
         true = m.truth.set_index("particle").loc[p]
-        assert abs(np.polyfit(t, glide, 1)[0] - true.glide_velocity_nm_s) < 0.03
-        assert abs(np.polyfit(t, climb, 1)[0] - true.climb_velocity_nm_s) < 0.03
+        if len(g) < 2:
+            continue
+        assert np.polyfit(t, glide, 1)[0] == pytest.approx(true.glide_velocity_nm_s, abs=1e-9)
+        assert np.polyfit(t, climb, 1)[0] == pytest.approx(true.climb_velocity_nm_s, abs=1e-9)
     assert m.clean is None
 
 
