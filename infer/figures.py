@@ -270,7 +270,8 @@ def displacement_figure(res: AnalysisResult) -> plt.Figure:
 
     Per panel, the tracks moving in that component (`moving_tracks`) are split by the
     sign of their velocity; a group of two or more gets its mean drawn over the tracks
-    present at each time, where two or more are (`present_mean`), and its mean velocity
+    present at each time, where two or more are, by their mean steps (`present_mean`: no
+    jump where a track ends), and its mean velocity
     +- SD and size in the panel title (a line per group, + first). The legend sits
     beside the axes, naming tracks up to `MAX_NAMED_TRACKS`.
 
@@ -294,7 +295,7 @@ def displacement_figure(res: AnalysisResult) -> plt.Figure:
                 tt, _ = _time(res, g.rel)
                 # A dot per detection: frames a track was missed show as bare dashes.
                 ax.plot(tt, g[col], "--", marker=".", ms=3, color=track_colour(pid), lw=1,
-                        label=f"#{pid}" if named else "_nolegend_")
+                        label=_track_label(res.track_summary, pid) if named else "_nolegend_")
             title += "\n" + _mean_curves(ax, res, rel, col, name)
             unseen = res.drift.attrs.get(UNSEEN_ALONG_FRINGES, 0) if res.drift is not None else 0
             if name == "climb" and unseen:  # misfit cores climb along the (003) fringes
@@ -322,8 +323,20 @@ def displacement_figure(res: AnalysisResult) -> plt.Figure:
     return fig
 
 
-#: The legend label of the mean curves.
-MEAN_LABEL = "mean ± SD (moving tracks)"
+#: The legend label and line style of the mean curve of the tracks moving each way: two
+#: means in one panel (dipole partners, say) must not look alike.
+MEAN_LABELS = {1: "mean ± SD, moving +", -1: "mean ± SD, moving −"}
+MEAN_STYLES = {1: "-", -1: "-."}
+
+
+def _track_label(summary: pd.DataFrame, pid: int) -> str:
+    """``#3``, or ``#3 (dipole with #2)``: a dipole's partners moving apart have the same
+    sign of glide (or climb), as each is measured along its own b (or h)."""
+    row = summary[summary["particle"] == pid] if "partner" in summary else summary.iloc[:0]
+    if len(row) and row["kind"].iloc[0] == "dipole" and pd.notna(row["partner"].iloc[0]) \
+            and row["partner"].iloc[0] >= 0:
+        return f"#{pid} (dipole with #{int(row['partner'].iloc[0])})"
+    return f"#{pid}"
 
 
 def _mean_curves(ax: plt.Axes, res: AnalysisResult, rel: pd.DataFrame, col: str, name: str) -> str:
@@ -347,7 +360,8 @@ def _mean_curves(ax: plt.Axes, res: AnalysisResult, rel: pd.DataFrame, col: str,
         agg = present_mean(rel[rel.particle.isin(v.index)], col)
         tt, _ = _time(res, pd.Series(agg.index))
         ax.errorbar(tt, agg["mean"], yerr=agg["std"], color="k", lw=2, capsize=2,
-                    errorevery=max(1, math.ceil(len(agg) / MEAN_BARS)), label=MEAN_LABEL)
+                    ls=MEAN_STYLES[sign], errorevery=max(1, math.ceil(len(agg) / MEAN_BARS)),
+                    label=MEAN_LABELS[sign])
     return "\n".join(parts)
 
 
@@ -382,6 +396,11 @@ def present_mean(rel: pd.DataFrame, col: str, *, min_tracks: int = 2) -> pd.Data
     its last detection (missed frames in between filled linearly), so a long movie's
     mean runs as far as two tracks do, not only while every track does.
 
+    The mean accumulates the mean *step* of the tracks present at both ends of each
+    step: where a track ends, the curve goes on at the others' pace instead of jumping
+    by the difference of their positions (which read as the cores turning back); while
+    the same tracks are present it is their plain mean. The SD is of their positions.
+
     Parameters
     ----------
     rel : DataFrame
@@ -397,7 +416,14 @@ def present_mean(rel: pd.DataFrame, col: str, *, min_tracks: int = 2) -> pd.Data
     """
     wide = rel.pivot_table(index="rel", columns="particle", values=col).sort_index()
     wide = wide.interpolate(method="index", limit_area="inside")  # by time, in each track's span
-    agg = pd.DataFrame({"mean": wide.mean(axis=1), "std": wide.std(axis=1), "count": wide.count(axis=1)})
+    count = wide.count(axis=1)
+    steps = wide.diff()  # NaN where a track is absent at either end of the step
+    step = steps.mean(axis=1).where(steps.count(axis=1) >= min_tracks)
+    # Up to the first step that fewer than min_tracks share: beyond it the curve stops.
+    usable = step.iloc[1:].notna().cumprod().astype(bool)
+    mean = wide.iloc[0].mean() + pd.concat([pd.Series([0.0], index=wide.index[:1]),
+                                            step.iloc[1:][usable]]).cumsum()
+    agg = pd.DataFrame({"mean": mean, "std": wide.std(axis=1), "count": count}).dropna(subset=["mean"])
     return agg[agg["count"] >= min_tracks]
 
 
