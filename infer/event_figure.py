@@ -332,6 +332,10 @@ def _panel(ax: Axes, res: AnalysisResult, tracks: pd.DataFrame,
                 [y - arm * b[1], y + arm * b[1], np.nan, y, y + 1.5 * arm * h[1]],
                 ":" if r.get("missed", False) else "-", color=c, lw=2.0,
                 solid_capstyle="butt", path_effects=rim)
-        ax.text(x + 1.2 * arm, y - 1.2 * arm, str(int(r["particle"])), color=c, fontsize=7,
-                fontweight="bold", path_effects=rim)
+        # The number up-right of the core, or towards the crop's centre near its top or
+        # right edge: outside the crop it would overprint the panel's title.
+        right, up = x < side - 4 * arm, y > 3 * arm
+        ax.text(x + (1.2 if right else -1.2) * arm, y + (-1.2 if up else 1.2) * arm,
+                str(int(r["particle"])), color=c, fontsize=7, fontweight="bold", path_effects=rim,
+                ha="left" if right else "right", va="bottom" if up else "top", clip_on=True)
     ax.set(xlim=(-0.5, side - 0.5), ylim=(side - 0.5, -0.5))  # markers must not widen it

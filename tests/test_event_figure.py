@@ -178,3 +178,20 @@ def test_only_crops_are_kept_of_the_frames_read():
     crops = event_figure.read_crops(frames(), windows, side)
     assert sorted(crops) == [(0, k) for k in event_figure.OFFSETS]
     assert all(c.shape == (side, side) and side < SIZE for c, _, _ in crops.values())
+
+
+def test_a_core_near_the_crops_top_right_is_numbered_inside_it():
+    # Up-right of a core at the crop's top edge, the number overprinted the panel title.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    res = result(nucleation())
+    side = event_figure.crop_side_px(0.1, (SIZE, SIZE))
+    res.tracks["x"] += side / 2 - 2  # 2 px from the crop's right edge...
+    res.tracks["y"] -= side / 2 - 1  # ...and 1 px from its top
+    fig = event_figure.events_figure(res, frames())
+    FigureCanvasAgg(fig).draw()
+    at = fig.axes[2]
+    (label,) = at.texts
+    box, frame = label.get_window_extent(), at.get_window_extent()
+    assert label.get_clip_on()
+    assert frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
