@@ -118,8 +118,12 @@ def trajectories_figure(res: AnalysisResult) -> plt.Figure:
         for fate, (x, y), ms in ((fates.at[pid, "birth"], (x0, y0), _END_MARKER_PT),
                                  (fates.at[pid, "death"], (g[xs].iloc[-1], g[ys].iloc[-1]), 7)):
             if fate in END_MARKERS:
+                if res.first_frame is not None:  # drift can carry an end beyond frame 0's
+                    # field: its marker sits on the field's edge, whole, not clipped away
+                    fh, fw = res.first_frame.shape
+                    x, y = np.clip(x, -0.5, fw - 0.5), np.clip(y, -0.5, fh - 0.5)
                 ax.plot(x, y, END_MARKERS[fate], ms=ms, mfc="none" if "rocksalt" in fate else c,
-                        mec="white", mew=1.0)
+                        mec="white", mew=1.0, clip_on=False)
                 shown.add(fate)
     if res.first_frame is not None:  # numbers only for tracks that start in the field shown
         starts = [(p, x, y) for p, x, y in starts if edge_distance_px(x, y, res.first_frame.shape) >= 0]

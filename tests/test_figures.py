@@ -86,6 +86,18 @@ def test_every_trajectory_end_marker_fits_in_the_figure():
     assert page.x0 <= box.x0 and box.x1 <= page.x1 and page.y0 <= box.y0
 
 
+def test_a_track_that_left_beyond_frame_0s_field_shows_its_marker_on_the_edge():
+    # Drift-corrected, a core that left through the right edge ends beyond frame 0's
+    # field: its "left" marker was clipped away, so the figure did not say it left.
+    res = result(1)
+    res.track_summary["death"] = "left"
+    res.tracks["x"] = np.linspace(30, 75, len(res.tracks))  # the frame is 64 px wide
+    fig = figures.trajectories_figure(res)
+    (ax,) = fig.axes
+    (marker,) = [ln for ln in ax.lines if ln.get_marker() == figures.END_MARKERS["left"]]
+    assert marker.get_xdata()[0] == 63.5 and not marker.get_clip_on()
+
+
 def test_overlay_time_stamp_sits_on_a_dark_box_and_grows_with_the_frame():
     def stamp_rows(size: int) -> int:
         frame = np.full((size, size), 0.5)  # mid-grey: the box, not the lattice, makes it dark
