@@ -26,6 +26,7 @@ from dislotrack.infer.figures import (
     time_stamp,
     track_colour,
 )
+from dislotrack.infer.linking import with_gaps
 from dislotrack.infer.result import AnalysisResult, require_result
 
 #: Frames shown around each event, relative to its frame (events.csv's: a nucleation's
@@ -110,57 +111,6 @@ def event_windows(res: AnalysisResult, events: pd.DataFrame,
                 y += drift.at[f, "dy"] - drift.at[int(ev["frame"]), "dy"]
             rows.append((i, int(k), f, x, y))
     return pd.DataFrame(rows, columns=["event", "offset", "frame", "x", "y"])
-
-
-def with_gaps(tracks: pd.DataFrame, drift: pd.DataFrame | None = None) -> pd.DataFrame:
-    """``tracks`` plus a row for every frame a track skips (linked across missed
-    detections), where the core would be.
-
-    Parameters
-    ----------
-    tracks : DataFrame
-        ``particle, frame, x, y`` [px, raw], ``hx, hy``; with ``x_corr``, ``y_corr`` (drift
-        removed), the skipped frames' places are interpolated on the specimen and moved
-        by that frame's ``drift``, else interpolated in raw pixels.
-    drift : DataFrame, optional
-        ``frame, dx, dy`` [px] (`AnalysisResult.drift`).
-
-    Returns
-    -------
-    DataFrame
-        ``particle, frame, x, y, hx, hy`` (``hx``, ``hy`` of the detection before a gap)
-        and ``missed`` (True for the added rows).
-
-    Examples
-    --------
-    >>> t = pd.DataFrame({"particle": 3, "frame": [0, 3], "x": [0.0, 3.0], "y": 1.0,
-    ...                   "hx": 0.0, "hy": 1.0})
-    >>> with_gaps(t)[["frame", "x", "missed"]].values.tolist()
-    [[0, 0.0, False], [1, 1.0, True], [2, 2.0, True], [3, 3.0, False]]
-    """
-    corrected = drift is not None and {"x_corr", "y_corr"} <= set(tracks.columns)
-    place = ["x_corr", "y_corr"] if corrected else ["x", "y"]
-    columns = list(dict.fromkeys(["particle", "frame", "x", "y", "hx", "hy", *place]))
-    parts = []
-    for _, g in tracks[columns].groupby("particle", sort=False):
-        g = g.sort_values("frame")
-        every = pd.RangeIndex(int(g["frame"].iloc[0]), int(g["frame"].iloc[-1]) + 1, name="frame")
-        full = g.set_index("frame").reindex(every)
-        missed = full["x"].isna().to_numpy()
-        full[place] = full[place].interpolate(method="index")
-        full[["particle", "hx", "hy"]] = full[["particle", "hx", "hy"]].ffill()
-        parts.append(full.reset_index().assign(missed=missed))
-    if not parts:
-        return tracks[columns[:6]].assign(missed=pd.Series(dtype=bool))
-    out = pd.concat(parts, ignore_index=True)
-    if corrected:  # back to raw pixels of each skipped frame
-        shift = drift.set_index("frame").reindex(out["frame"])[["dx", "dy"]].to_numpy(float)
-        gap = out["missed"].to_numpy() & np.isfinite(shift).all(axis=1)
-        out.loc[gap, "x"] = out.loc[gap, "x_corr"] + shift[gap, 0]
-        out.loc[gap, "y"] = out.loc[gap, "y_corr"] + shift[gap, 1]
-        out = out.drop(columns=["x_corr", "y_corr"])
-    out[["x", "y"]] = out[["x", "y"]].interpolate()  # a gap frame without a drift row
-    return out.astype({"particle": tracks["particle"].dtype, "frame": int})
 
 
 def crop(frame: np.ndarray, x: float, y: float, side: int) -> tuple[np.ndarray, int, int]:

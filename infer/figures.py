@@ -21,6 +21,7 @@ from scipy import ndimage
 from dislotrack.data_gen.conventions import edge_distance_px
 from dislotrack.infer.calibration import Calibration
 from dislotrack.infer.drift import UNSEEN_ALONG_FRINGES
+from dislotrack.infer.linking import with_gaps
 from dislotrack.infer.motion import MIN_TRAVEL_NM, MOVING_SE, moving_tracks
 from dislotrack.infer.options import part_label
 from dislotrack.infer.overlays import overlay_mask
@@ -566,7 +567,10 @@ def overlay_frames(res: AnalysisResult, frames: Iterable[np.ndarray],
     cores circled in their track's colour and numbered, h ticks, scale bar and time;
     streamed one frame at a time."""
     dt = res.calibration.frame_interval_s
-    by_frame = {f: g for f, g in res.tracks.groupby("frame")} if len(res.tracks) else {}
+    # With the frames a track skips (a missed detection), drawn dashed where the core
+    # would be, as events.png does: else a tracked core blinks out for a frame.
+    tracks = with_gaps(res.tracks, res.drift) if len(res.tracks) else res.tracks
+    by_frame = {f: g for f, g in tracks.groupby("frame")} if len(tracks) else {}
     unlinked = res.detections if len(res.detections) else pd.DataFrame(columns=["frame"])
     mask_iter = iter(masks) if masks is not None else None
     corner = None
@@ -625,7 +629,8 @@ def _tint(rgb: np.ndarray, mask: np.ndarray, width: int) -> None:
 
 def _draw_cores(d: ImageDraw.ImageDraw, rows: pd.DataFrame, k: int, w: int) -> None:
     """Circle, h tick and (tracked cores) track number of each core in ``rows`` (positions
-    in original pixels) on a frame enlarged ``k`` times, with short side ``w`` pixels."""
+    in original pixels) on a frame enlarged ``k`` times, with short side ``w`` pixels; a
+    circle dashed where ``missed`` (a frame the track skips: the interpolated place)."""
     r, lw = max(8, w // 64), max(3, w // 240)  # w: the frame's short side
     tick = 3 * r
     font = _font(w, fraction=32)
@@ -634,9 +639,13 @@ def _draw_cores(d: ImageDraw.ImageDraw, rows: pd.DataFrame, k: int, w: int) -> N
         x, y = _to_enlarged(c.x, k), _to_enlarged(c.y, k)
         col = tuple(int(255 * v) for v in track_colour(c.particle)) if c.particle >= 0 else (255, 255, 255)
         end = [x + r * c.hx, y + r * c.hy, x + tick * c.hx, y + tick * c.hy]  # from the circle out
-        d.ellipse([x - r - 1, y - r - 1, x + r + 1, y + r + 1], outline=(0, 0, 0), width=lw + 2)
-        d.line(end, fill=(0, 0, 0), width=lw + 2)  # dark rims, legible over bright lattice
-        d.ellipse([x - r, y - r, x + r, y + r], outline=col, width=lw)
+        # Dashed: 12 arcs of 15 degrees with gaps as long.
+        arcs = [(a, a + 15) for a in range(0, 360, 30)] if c.get("missed", False) is True else [(0, 360)]
+        for a0, a1 in arcs:  # dark rims, legible over bright lattice
+            d.arc([x - r - 1, y - r - 1, x + r + 1, y + r + 1], a0, a1, fill=(0, 0, 0), width=lw + 2)
+        d.line(end, fill=(0, 0, 0), width=lw + 2)
+        for a0, a1 in arcs:
+            d.arc([x - r, y - r, x + r, y + r], a0, a1, fill=col, width=lw)
         d.line(end, fill=col, width=lw)
         if c.particle >= 0:
             labels.append((str(int(c.particle)), x, y, col))

@@ -98,6 +98,28 @@ def test_a_track_that_left_beyond_frame_0s_field_shows_its_marker_on_the_edge():
     assert marker.get_xdata()[0] == 63.5 and not marker.get_clip_on()
 
 
+def test_the_overlay_draws_a_skipped_frames_core_dashed_where_it_would_be():
+    # A track linked across a missed detection: the core does not blink out of the movie
+    # (it read as an annihilation and a new nucleation); a dashed circle marks its place.
+    res = result(1)
+    res.tracks = res.tracks[res.tracks.frame != 5].reset_index(drop=True)
+    frames = [np.full((64, 64), 0.5)] * 7
+    rgb = list(figures.overlay_frames(res, frames, None))
+    colour = np.array([int(255 * v) for v in figures.track_colour(0)])
+
+    def ring_pixels(img: np.ndarray, f: int) -> int:
+        row = res.tracks[res.tracks.frame == f]
+        k = figures.upscale_factor((64, 64))
+        y0 = int((20.0 + f + 0.5) * k)  # y = 20 + frame (interpolated at frame 5)
+        x0 = int((10.0 + 0.5) * k)
+        near = img[y0 - 40:y0 + 40, x0 - 40:x0 + 40].astype(int)
+        assert f == 5 or len(row)
+        return int((np.abs(near - colour).sum(axis=-1) < 30).sum())
+
+    solid, dashed = ring_pixels(rgb[4], 4), ring_pixels(rgb[5], 5)
+    assert solid > 0 and 0.3 * solid < dashed < 0.8 * solid
+
+
 def test_overlay_time_stamp_sits_on_a_dark_box_and_grows_with_the_frame():
     def stamp_rows(size: int) -> int:
         frame = np.full((size, size), 0.5)  # mid-grey: the box, not the lattice, makes it dark
