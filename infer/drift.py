@@ -173,7 +173,8 @@ def measure_drift(
         logger.warning(
             "drift along the lattice fringes cannot be seen in %d of %d frames (the frames "
             "repeat along one direction only, as one set of fringes does): the drift (drift.csv) keeps "
-            "the predicted drift along them, and motion along the fringes includes any drift "
+            "the drift along them extrapolated from earlier frames' steps, and motion along the "
+            "fringes includes any drift "
             "that way (the climb of cores that end a (003) fringe, their h along the layers)",
             trouble["ridge"],
             len(rows) - 1,
@@ -181,7 +182,7 @@ def measure_drift(
     if flat and warn:
         logger.warning(
             "%d of the %d frames after the first had no correlation peak (blank?): %s %s; "
-            "their drift was predicted",
+            "their drift was extrapolated from earlier frames' steps",
             len(flat), len(rows) - 1, "frame" if len(flat) == 1 else "frames",
             first_few([str(f) for f in flat], 8),
         )

@@ -467,11 +467,13 @@ def counts_figure(res: AnalysisResult) -> plt.Figure:
         ax.set_xlim(tt[0] - 0.5, tt[0] + 0.5)
         ax.set_xticks([tt[0]])
     ax2 = ax.twinx()
+    finite = c.rocksalt_fraction.to_numpy(float)
+    # An empty axis says why: no frame could be judged (blank, too coarse, annotation).
+    judged = "" if np.isfinite(finite).any() else " (not judged)"
     # A marker per value of a short series: one frame's fraction is otherwise a line of
     # length zero, drawn as nothing.
     ax2.plot(tt, c.rocksalt_fraction, "c:", marker="^" if len(tt) <= MARKED_FRAMES else None,
-             ms=5, mfc="none", label="rock-salt fraction", clip_on=False)  # hollow: counts show
-    finite = c.rocksalt_fraction.to_numpy(float)
+             ms=5, mfc="none", label=f"rock-salt fraction{judged}", clip_on=False)  # hollow: counts show
     top = float(finite[np.isfinite(finite)].max(initial=0.0))
     ax2.set_ylim(0, min(1.0, max(0.05, 1.1 * top)))
     ax2.set_ylabel("rock-salt area fraction")

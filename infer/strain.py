@@ -127,7 +127,8 @@ class StrainWriter:
             f"GPA at {self.res:g} nm from the {spacings} reflections of frame {index}; strain relative "
             "to its mean lattice;\nω > 0 counter-clockwise as displayed; grey: not measured (1 "
             "filter width at the edges, and where a reflection is weak, e.g. rock salt)"),
-            calibration=Calibration(pixel_size_nm=self.ps, pixel_size_source=self.ps_source))
+            calibration=Calibration(pixel_size_nm=self.ps, pixel_size_source=self.ps_source),
+            frame_index=index)
         save_figure(fig, path, dpi=110)
 
 
@@ -136,7 +137,8 @@ WIDE_ASPECT = 2.5
 
 
 def strain_figure(frame: np.ndarray, maps: dict[str, np.ndarray], cores: pd.DataFrame, *,
-                  title: str = "", calibration: Calibration | None = None) -> plt.Figure:
+                  title: str = "", calibration: Calibration | None = None,
+                  frame_index: int | None = None) -> plt.Figure:
     """The image and its strain maps as equal panels, cores marked on each.
 
     Panels sit in a row, or in a column for frames `WIDE_ASPECT` times wider than tall;
@@ -155,6 +157,8 @@ def strain_figure(frame: np.ndarray, maps: dict[str, np.ndarray], cores: pd.Data
         The figure's title.
     calibration : Calibration, optional
         With a pixel size: a scale bar on the image.
+    frame_index : int, optional
+        The frame shown, named over the image.
     """
     h, w = frame.shape
     column = w >= WIDE_ASPECT * h
@@ -170,8 +174,10 @@ def strain_figure(frame: np.ndarray, maps: dict[str, np.ndarray], cores: pd.Data
     fig = Figure(figsize=size, layout="constrained")  # outside pyplot, as figures.py's
     axes = fig.subplots(rows, cols, squeeze=False)
     axes = axes.ravel()
-    axes[0].imshow(frame, cmap="gray")
-    axes[0].set_title("image (circles: cores)")
+    # Stretched between percentiles: a few bright pixels left the fringes washed out.
+    lo, hi = np.nanpercentile(frame, [0.5, 99.5]) if np.isfinite(frame).any() else (0.0, 1.0)
+    axes[0].imshow(frame, cmap="gray", vmin=lo, vmax=hi if hi > lo else None)
+    axes[0].set_title(("image" if frame_index is None else f"frame {frame_index}") + " (circles: cores)")
     if calibration is not None and calibration.pixel_size_nm:
         scale_bar(axes[0], frame.shape, calibration)
     # Not measured: grey, not the white of zero strain.

@@ -51,6 +51,12 @@ def test_counts_have_whole_ticks_and_a_fraction_axis_from_zero(fraction, top):
     assert ax.get_zorder() > ax2.get_zorder()  # the counts are drawn over the fraction
 
 
+def test_counts_say_when_no_frame_was_judged_for_rock_salt():
+    res = result(2, rocksalt=np.nan)  # e.g. frames too coarse to show the lattice
+    fig = figures.counts_figure(res)
+    assert [t.get_text() for t in fig.legends[0].get_texts()][-1] == "rock-salt fraction (not judged)"
+
+
 def test_displacement_names_few_tracks_and_counts_many():
     few = figures.displacement_figure(result(3))
     mean = figures.MEAN_LABELS[1]
@@ -625,6 +631,12 @@ def test_strain_panels_are_the_image_size_and_line_up_with_it():
     cal = Calibration(pixel_size_nm=0.1, pixel_size_source="estimated")
     fig = strain_figure(rng.random((64, 64)), maps, pd.DataFrame({"x": [], "y": []}), calibration=cal)
     assert [t.get_text() for t in fig.axes[0].texts] == ["1 nm (est.)"]
+    # The image panel names its frame and is stretched past a few hot pixels.
+    hot = rng.random((64, 64))
+    hot[:2, :2] = 50.0
+    fig = strain_figure(hot, maps, pd.DataFrame({"x": [], "y": []}), frame_index=3)
+    assert fig.axes[0].get_title() == "frame 3 (circles: cores)"
+    assert fig.axes[0].get_images()[0].get_clim()[1] < 2
     from dislotrack.infer.strain import _colour_limit
 
     assert _colour_limit([np.r_[np.zeros(99), 1.0]]) == 1e-3  # mostly zero: not a 0-wide range
