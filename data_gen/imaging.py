@@ -7,7 +7,7 @@ integrates 2x2 internal pixels.
 
 Validity: the HRTEM model is a *phase-object* approximation with an effective
 phase scale (``Optics.phase``, the peak phase of a transition-metal column,
-0.1-1.5 rad) standing in for thickness. It is faithful for specimens of a few
+0.15-1.5 rad) standing in for thickness. It is faithful for specimens of a few
 nm; beyond ~5 nm channelling and multiple scattering (contrast reversals with
 thickness) are not simulated, only mimicked by the random phase scale,
 absorption and contrast polarity.
@@ -364,7 +364,7 @@ def draw_detector(rng: np.random.Generator, dose: float | None = None) -> Detect
 
 
 #: Mean count above which Poisson noise is drawn as a rounded Gaussian (skewness
-#: 1/sqrt(mean) < 0.07 there; the mean and variance stay exact, 3x faster).
+#: 1/sqrt(mean) <= 0.071 there; the mean and variance stay exact, 3x faster).
 GAUSSIAN_COUNTS_ABOVE = 200.0
 
 

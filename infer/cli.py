@@ -106,7 +106,8 @@ def _run_generate(args: argparse.Namespace) -> int:
     if args.frame_interval != 1.0 and args.movie is None:
         raise ValueError("--frame-interval applies to movies (--movie FRAMES)")
     if args.perfect_fraction is not None and args.movie is not None:
-        raise ValueError("--perfect-fraction applies to single images (every movie has dislocations)")
+        raise ValueError("--perfect-fraction applies to single images (movies draw their own "
+                         "number of dislocations, which may be none)")
     if args.dipole_fraction is not None and args.movie is None and args.dipole_fraction > 1:
         raise ValueError(f"--dipole-fraction is a share of sites for images, at most 1, got "
                          f"{args.dipole_fraction}")
