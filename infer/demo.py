@@ -65,7 +65,7 @@ def run_demo(out: str | Path = "dislotrack_demo", *, device: str = "auto",
     print("\nEvents, true:")
     print(m.events.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
     print("Events, measured:")  # in nm like the truth (events.csv has pixels)
-    measured = res.events.assign(x_nm=res.events.x * DEMO_PIXEL_NM, y_nm=res.events.y * DEMO_PIXEL_NM)
+    measured = res.events
     print(measured[["frame", "kind", "x_nm", "y_nm", "particles"]].to_string(
         index=False, float_format=lambda v: f"{v:.2f}") if len(measured) else "  none")
     print(f"Event F1 = {ev['event_f1']:.2f} (same kind, within 1 frame and 0.5 nm)")

@@ -83,7 +83,7 @@ SUMMARY_COLUMNS = [
     "birth",
     "death",
 ]
-EVENT_COLUMNS = ["frame", "t_s", "kind", "x", "y", "particles"]
+EVENT_COLUMNS = ["frame", "t_s", "kind", "x", "y", "x_nm", "y_nm", "particles"]
 COUNT_COLUMNS = ["frame", "t_s", "n_dislocations", "n_dipoles", "rocksalt_fraction"]
 
 
@@ -347,6 +347,9 @@ def find_events(
         {"frame": int, "kind": str, "x": float, "y": float, "particles": str}
     )
     events.insert(1, "t_s", frame_times(events["frame"], frame_interval_s))
+    # In nm too, as detections and tracks are (the raw position: drift not removed).
+    events.insert(5, "x_nm", events["x"] * pixel_size_nm)
+    events.insert(6, "y_nm", events["y"] * pixel_size_nm)
     return events.sort_values(["frame", "kind"], kind="stable").reset_index(drop=True)
 
 
