@@ -1103,3 +1103,16 @@ def test_a_printed_config_keeps_its_paths_and_the_warning_says_how_to_start_one(
         assert main(["train", "fit", "--config", "mine.yaml", *_TINY_RUN,
                      "--trainer.default_root_dir", "runs/new"]) == 0
     assert (tmp_path / "runs/cpu/model.safetensors").is_file() and not (tmp_path / "runs/new").exists()
+
+
+def test_a_refused_run_never_removes_a_folder_it_did_not_create(tmp_path, monkeypatch):
+    # Without a logger, Lightning's log folder is the root itself: a refused run must not
+    # remove it (it holds the user's own config, and whatever else they keep there).
+    monkeypatch.chdir(tmp_path)
+    exp = tmp_path / "exp"
+    exp.mkdir()
+    (exp / "config.yaml").write_text(open(config_path("cpu")).read())
+    with pytest.raises(FileNotFoundError):
+        train_main(["fit", "--config", "exp/config.yaml", *_TINY_RUN, "--trainer.logger=false",
+                    "--trainer.default_root_dir=exp", "--ckpt_path", "nowhere.ckpt"])
+    assert (exp / "config.yaml").is_file()

@@ -245,19 +245,27 @@ _LAUNCHER_VARIABLES = ("SLURM_JOB_ID", "SLURM_NTASKS", "MASTER_ADDR", "TORCHELAS
 
 
 class SaveConfigForRuns(SaveConfigCallback):
-    """LightningCLI's config saving, remembering the folders it wrote to (global rank 0),
-    so that a run refused before it logged anything leaves no config of settings that
-    never ran (`remove_unrun_logs`)."""
+    """LightningCLI's config saving, remembering the log folders it created (global rank
+    0), so that a run refused before it logged anything leaves no config of settings that
+    never ran (`remove_unrun_logs`). A folder that existed before (the root itself, where
+    there is no logger) is never recorded: it may hold the user's own files."""
 
-    written: list[Path] = []  # noqa: RUF012 (one list for the process: train_main clears it)
+    created: list[Path] = []  # noqa: RUF012 (one list for the process: train_main clears it)
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        fresh = not self.already_saved
+        fresh = not self.already_saved and self.save_to_log_dir
+        log_dir = trainer.log_dir if fresh else None  # on every rank: it broadcasts
+        if log_dir and trainer.is_global_zero and _new_log_folder(Path(log_dir), trainer.default_root_dir):
+            type(self).created.append(Path(log_dir))
         super().setup(trainer, pl_module, stage)
-        if fresh and self.save_to_log_dir:
-            log_dir = trainer.log_dir  # on every rank: it broadcasts (rank 0 alone would hang DDP)
-            if trainer.is_global_zero and log_dir:
-                type(self).written.append(Path(log_dir))
+
+
+def _new_log_folder(folder: Path, root: str) -> bool:
+    """Whether ``folder`` is a logger's new run folder: below the root, and empty or not
+    yet made (loggers make theirs just before the callbacks' setup)."""
+    inside = folder.resolve() != Path(root).resolve() and folder.resolve().is_relative_to(
+        Path(root).resolve())
+    return inside and (not folder.exists() or (folder.is_dir() and not any(folder.iterdir())))
 
 
 #: What a run's log folder holds before anything was logged (LightningCLI's config, the
@@ -266,14 +274,15 @@ _UNRUN_LOG_FILES = {"config.yaml", "hparams.yaml"}
 
 
 def remove_unrun_logs(folders: Sequence[Path]) -> None:
-    """Remove the log folders that hold only a saved config and hyperparameters (a run
-    refused after its config was saved: a changed schedule, a missing checkpoint):
-    README points to the newest ``version_N/config.yaml`` as the run's settings."""
-    import shutil
-
+    """Remove the log folders, created by this run, that hold only a saved config and
+    hyperparameters (a run refused after its config was saved: a changed schedule, a
+    missing checkpoint): README points to the newest ``version_N/config.yaml`` as the
+    run's settings."""
     for folder in folders:
         if folder.is_dir() and {p.name for p in folder.iterdir()} <= _UNRUN_LOG_FILES:
-            shutil.rmtree(folder)
+            for p in folder.iterdir():
+                p.unlink()
+            folder.rmdir()
 
 
 class DislotrackCLI(LightningCLI):
@@ -653,11 +662,11 @@ def train_main(argv: Sequence[str] | None = None) -> None:
     # line, so --trainer.default_root_dir moves logs, checkpoints and export together.
     # Absolute keys are read relative to the subcommand (the config of `fit` is `fit.*`).
     set_parsing_settings(omegaconf_absolute_to_relative_paths=True)
-    SaveConfigForRuns.written = []
+    SaveConfigForRuns.created = []
     try:
         _run_cli(argv, typed)
     except (TrainConfigError, FileNotFoundError):
-        remove_unrun_logs(SaveConfigForRuns.written)
+        remove_unrun_logs(SaveConfigForRuns.created)
         raise
 
 
