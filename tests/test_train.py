@@ -1116,3 +1116,26 @@ def test_a_refused_run_never_removes_a_folder_it_did_not_create(tmp_path, monkey
         train_main(["fit", "--config", "exp/config.yaml", *_TINY_RUN, "--trainer.logger=false",
                     "--trainer.default_root_dir=exp", "--ckpt_path", "nowhere.ckpt"])
     assert (exp / "config.yaml").is_file()
+
+
+def test_a_requeued_slurm_job_resumes_from_its_hpc_checkpoint_not_last(tmp_path):
+    # README's sbatch passes --ckpt_path last and SIGUSR1: Lightning saves hpc_ckpt_N.ckpt
+    # at the signal but takes it only without a --ckpt_path, so the part-epoch was lost.
+    import os
+
+    from dislotrack.train.cli import requeued_checkpoint
+
+    ckpts = tmp_path / "checkpoints"
+    ckpts.mkdir()
+    assert requeued_checkpoint("last", tmp_path, ckpts, slurm=True) is None  # a first submission
+    (ckpts / "last.ckpt").write_bytes(b"")
+    os.utime(ckpts / "last.ckpt", (1000, 1000))
+    (tmp_path / "hpc_ckpt_1.ckpt").write_bytes(b"")
+    os.utime(tmp_path / "hpc_ckpt_1.ckpt", (2000, 2000))  # saved after the last epoch ended
+    assert requeued_checkpoint("last", tmp_path, ckpts, slurm=True) == "hpc"
+    assert requeued_checkpoint("last", tmp_path, ckpts, slurm=False) is None  # not under SLURM
+    assert requeued_checkpoint("runs/x.ckpt", tmp_path, ckpts, slurm=True) is None  # a file asked for
+    os.utime(ckpts / "last.ckpt", (3000, 3000))  # an epoch ended after the signal's save
+    assert requeued_checkpoint("last", tmp_path, ckpts, slurm=True) is None
+    (ckpts / "last.ckpt").unlink()  # the signal came in the first epoch
+    assert requeued_checkpoint("last", tmp_path, ckpts, slurm=True) == "hpc"

@@ -180,6 +180,28 @@ def checkpoint_mismatch(path: Path, config: Any) -> str | None:
             + "): pass the options or config that run used")
 
 
+def requeued_checkpoint(ckpt_path: str | None, root: str | Path, dirpath: str | Path | None, *,
+                        slurm: bool) -> str | None:
+    """``"hpc"`` where a job SLURM requeued (README: the sbatch example's
+    ``--signal=SIGUSR1``) left Lightning's ``hpc_ckpt_N.ckpt`` in ``root``, newer than the
+    ``last.ckpt`` that ``--ckpt_path last`` names (Lightning takes the HPC checkpoint only
+    without a ``--ckpt_path``: the part of the epoch before the signal would be lost, or,
+    in the first epoch, the whole run); else None.
+
+    Examples
+    --------
+    >>> requeued_checkpoint("last", "runs/none", None, slurm=False) is None
+    True
+    """
+    if not slurm or ckpt_path != "last":
+        return None
+    saved = sorted(Path(root).glob("hpc_ckpt_*.ckpt"), key=lambda p: p.stat().st_mtime)
+    last = Path(dirpath) / "last.ckpt" if dirpath else None
+    if saved and (last is None or not last.is_file() or saved[-1].stat().st_mtime >= last.stat().st_mtime):
+        return "hpc"
+    return None
+
+
 def missing_last_checkpoint(ckpt_path: str | None, dirpath: str | None) -> str | None:
     """Why ``--ckpt_path last`` cannot be honoured, else None.
 
@@ -510,6 +532,16 @@ class DislotrackCLI(LightningCLI):
                 and any(Path(self.trainer.default_root_dir).glob("hpc_ckpt_*.ckpt")))
 
     def before_fit(self) -> None:
+        from lightning.fabric.plugins.environments import SLURMEnvironment
+
+        hpc = requeued_checkpoint(self.config[self.subcommand].get("ckpt_path"),
+                                  self.trainer.default_root_dir,
+                                  getattr(self.trainer.checkpoint_callback, "dirpath", None),
+                                  slurm=SLURMEnvironment.detect())
+        if hpc:  # what fit receives (config_init) and what the checks read (config)
+            rank_zero_info("resuming from the checkpoint saved when SLURM signalled the time "
+                           "limit (hpc_ckpt_N.ckpt), newer than last.ckpt")
+            self.config_init[self.subcommand]["ckpt_path"] = self.config[self.subcommand]["ckpt_path"] = hpc
         self._check_sizes()
         self._check_pixel_size()
         self._check_checkpoint()
