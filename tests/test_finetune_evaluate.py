@@ -61,7 +61,8 @@ def test_finetune_writes_a_loadable_model_with_its_recipe(tmp_path, capfd):
     assert logged["model"].tolist()[0] == "base" and set(logged["model"][1:]) == {"fine-tuned"}
     assert logged["val/f1"].notna().sum() == 2  # the base's and the one epoch's
     # Into a log (no terminal here), each epoch is one line, not a redrawn bar.
-    assert "\r" not in err and re.search(r"^epoch 1/1 \([\d.]+ s\): train/loss=.*val/f1=", err, re.M)
+    assert "\r" not in out + err  # no redrawn bar (Lightning's writes to stdout)
+    assert re.search(r"^epoch 1/1 \([\d.]+ s\): train/loss=.*val/f1=", err, re.M)
     net, card = load_model(tmp_path / "ft")
     ft = card["training"]["finetune"]
     assert (ft["frames"], ft["train_frames"], ft["val_frames"]) == (3, 2, 1)

@@ -994,8 +994,8 @@ def test_training_into_a_log_writes_one_line_per_epoch(tmp_path, monkeypatch, ca
             "--data.size=32", "--data.eval_size=32", "--data.n_val=2", "--data.samples_per_epoch=4",
             "--trainer.log_every_n_steps=1", "--trainer.logger=false", "--trainer.max_epochs=2"]
     train_main(["fit", *tiny, "--trainer.default_root_dir=a"])
-    err = capsys.readouterr().err
-    assert "\r" not in err and "Sanity Checking" not in err
+    out, err = capsys.readouterr()
+    assert "\r" not in out + err and "Sanity Checking" not in out + err  # Lightning's bar: stdout
     lines = [ln for ln in err.splitlines() if ln.startswith("epoch ")]
     assert [ln.split(" (")[0] for ln in lines] == ["epoch 1/2", "epoch 2/2"]
     assert all("train/loss=" in ln and "val/f1=" in ln for ln in lines)
@@ -1009,7 +1009,8 @@ def test_training_into_a_log_writes_one_line_per_epoch(tmp_path, monkeypatch, ca
     # ...and where a bar is seen (a terminal, a notebook), Lightning's bar as before.
     monkeypatch.setattr(cli, "bar_is_seen", lambda: True)
     train_main(["fit", *tiny, "--trainer.default_root_dir=c"])
-    assert "epoch 1/2 (" not in capsys.readouterr().err
+    out, err = capsys.readouterr()
+    assert "epoch 1/2 (" not in err and "\r" in out  # the control: the bar redraws on stdout
 
 
 def test_epoch_line_counts_epochs_from_one():
@@ -1139,3 +1140,25 @@ def test_a_requeued_slurm_job_resumes_from_its_hpc_checkpoint_not_last(tmp_path)
     assert requeued_checkpoint("last", tmp_path, ckpts, slurm=True) is None
     (ckpts / "last.ckpt").unlink()  # the signal came in the first epoch
     assert requeued_checkpoint("last", tmp_path, ckpts, slurm=True) == "hpc"
+
+
+def test_the_bar_is_judged_by_stdout_where_lightning_draws_it(monkeypatch):
+    # `dislotrack train fit ... | tee train.log` in a terminal: stderr is a terminal, but the
+    # bar goes to stdout, into the log.
+    import io
+
+    from dislotrack.train import progress
+
+    class Stream(io.StringIO):
+        def __init__(self, tty: bool) -> None:
+            super().__init__()
+            self.tty = tty
+
+        def isatty(self) -> bool:
+            return self.tty
+
+    monkeypatch.delitem(progress.sys.modules, "ipykernel", raising=False)
+    for out, err, seen in ((False, True, False), (True, False, True)):
+        monkeypatch.setattr(progress.sys, "stdout", Stream(out))
+        monkeypatch.setattr(progress.sys, "stderr", Stream(err))
+        assert progress.bar_is_seen() is seen

@@ -1,4 +1,4 @@
-"""Training progress for logs: one line per epoch where stderr is not a terminal.
+"""Training progress for logs: one line per epoch where stdout is not a terminal.
 
 A tqdm bar redrawn with carriage returns is one ever-growing line in a SLURM log,
 ``nohup`` output or a notebook's captured stderr (1.9 MB for the bundled model's hour);
@@ -19,9 +19,10 @@ VALIDATION_KEYS = ("val/loss", "val/f1", "val/rmse_nm", "val/h_accuracy", "val/r
 
 
 def bar_is_seen() -> bool:
-    """Whether a redrawn progress bar would be seen as one: stderr is a terminal, or this
-    runs in a notebook (tqdm draws a widget there), not into a log file or pipe."""
-    terminal = sys.stderr is not None and hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
+    """Whether a redrawn progress bar would be seen as one: stdout, where Lightning's bar
+    writes, is a terminal (not ``| tee train.log``, a log file or a pipe), or this runs in
+    a notebook (tqdm draws a widget there)."""
+    terminal = sys.stdout is not None and hasattr(sys.stdout, "isatty") and sys.stdout.isatty()
     return terminal or "ipykernel" in sys.modules
 
 
