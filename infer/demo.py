@@ -64,7 +64,7 @@ def run_demo(out: str | Path = "dislotrack_demo", *, device: str = "auto",
         print("No true track of >= 10 frames was recovered.")
     print("\nEvents, true:")
     print(m.events.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
-    print("Events, measured:")  # in nm like the truth (events.csv has pixels)
+    print("Events, measured:")  # in nm, like the truth
     measured = res.events
     print(measured[["frame", "kind", "x_nm", "y_nm", "particles"]].to_string(
         index=False, float_format=lambda v: f"{v:.2f}") if len(measured) else "  none")

@@ -83,7 +83,8 @@ SUMMARY_COLUMNS = [
     "birth",
     "death",
 ]
-EVENT_COLUMNS = ["frame", "t_s", "kind", "x", "y", "x_nm", "y_nm", "particles"]
+#: ``x_nm``, ``y_nm`` last (0.1.26): added after the schema-2 columns, whose places stay.
+EVENT_COLUMNS = ["frame", "t_s", "kind", "x", "y", "particles", "x_nm", "y_nm"]
 COUNT_COLUMNS = ["frame", "t_s", "n_dislocations", "n_dipoles", "rocksalt_fraction"]
 
 
@@ -348,8 +349,7 @@ def find_events(
     )
     events.insert(1, "t_s", frame_times(events["frame"], frame_interval_s))
     # In nm too, as detections and tracks are (the raw position: drift not removed).
-    events.insert(5, "x_nm", events["x"] * pixel_size_nm)
-    events.insert(6, "y_nm", events["y"] * pixel_size_nm)
+    events["x_nm"], events["y_nm"] = events["x"] * pixel_size_nm, events["y"] * pixel_size_nm
     return events.sort_values(["frame", "kind"], kind="stable").reset_index(drop=True)
 
 

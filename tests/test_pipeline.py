@@ -36,7 +36,7 @@ CONTRACT = {
     "track_summary": ["particle", "first_frame", "last_frame", "n_frames", "glide_velocity_nm_s",
                       "climb_velocity_nm_s", "glide_velocity_se_nm_s", "climb_velocity_se_nm_s",
                       "kind", "partner", "birth", "death"],
-    "events": ["frame", "t_s", "kind", "x", "y", "x_nm", "y_nm", "particles"],
+    "events": ["frame", "t_s", "kind", "x", "y", "particles", "x_nm", "y_nm"],
     "counts": ["frame", "t_s", "n_dislocations", "n_dipoles", "rocksalt_fraction"],
     "drift": ["frame", "dx", "dy"],
     "dipoles": ["pair", "frame", "t_s", "particle_a", "particle_b", "separation_nm",
