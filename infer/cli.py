@@ -507,11 +507,10 @@ def check_annotated_images(folder: str | Path) -> list[str]:
     """
     import logging
 
-    import numpy as np
-
     from dislotrack.data_gen.annotations import annotation_image, is_sidecar
     from dislotrack.data_gen.text import first_few
     from dislotrack.infer.lattice import measure_lattice
+    from dislotrack.infer.overlays import shows_nothing
     from dislotrack.infer.readers import annotation_pixel_size_conflict, open_movie
 
     conflicts, missing = [], []
@@ -528,7 +527,7 @@ def check_annotated_images(folder: str | Path) -> list[str]:
             px = float(json.loads(side.read_text())["pixel_size_nm"])
         except (ValueError, OSError, KeyError, TypeError):
             continue
-        if (px > 0 and np.ptp(frame)
+        if (px > 0 and not shows_nothing(frame)  # blank (a scale bar aside): nothing to check
                 and measure_lattice([frame], pixel_size_nm=px, d_spacing_nm=D003_LINIO2_NM) is None):
             missing.append(f"{annotation_image(side).name} ({px:g} nm/px)")
     if conflicts:

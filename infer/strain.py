@@ -55,6 +55,7 @@ class StrainWriter:
         self.g: np.ndarray | None = None
         self.first: tuple[int, np.ndarray, dict, pd.DataFrame] | None = None
         self.said_narrow = False
+        self.measured = np.zeros(shape[0], bool)  # frames given maps (the rest: NaN at close)
 
     def __call__(self, index: int, frame: np.ndarray, detections: pd.DataFrame) -> None:
         if self.g is None and shows_nothing(frame):
@@ -89,6 +90,7 @@ class StrainWriter:
         for k in COMPONENTS:
             m[k] = without_border(m[k], edge)
             self.maps[k][index] = m[k]
+        self.measured[index] = True
         if self.first is None:
             self.first = (index, frame, {k: m[k] for k in COMPONENTS}, detections)
 
@@ -106,13 +108,16 @@ class StrainWriter:
         self.maps = {}
 
     def close(self) -> None:
-        """Write the maps (NaN throughout where no reflections were found)."""
+        """Write the maps (NaN in every frame without maps: where no reflections were found,
+        and frames past the last one given, e.g. a video that yields fewer than its header
+        says)."""
         if self.g is None and self.maps:  # every frame was blank
             logger.warning("no strain maps (the strain TIFFs stay NaN): 2-D strain needs two "
                            "lattice reflections, and every frame is blank (one grey level)")
         for mm in self.maps.values():
-            if self.first is None:  # no reflections, no maps: NaN, not a strain of zero
-                mm[:] = np.nan
+            # No maps (no reflections; a frame past the last a video yielded): NaN, not a
+            # strain of zero.
+            mm[~self.measured] = np.nan
             mm.flush()
         self.maps = {}
 

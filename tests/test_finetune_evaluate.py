@@ -1350,6 +1350,11 @@ def test_finetune_warns_of_images_without_fringes_at_the_annotated_pixel_size(tm
     with caplog.at_level(logging.WARNING, logger="dislotrack"):
         assert check_annotated_images(lab) == ["image_00001.tif (0.05 nm/px)"]
     assert "no 0.473 nm (003) lattice fringes stand out in image_00001.tif (0.05 nm/px)" in caplog.text
+    # A blanked frame that keeps its scale bar shows nothing: nothing to check there.
+    blank = np.zeros_like(tifffile.imread(image))
+    blank[-6:-3, 4:40] = 1.0
+    tifffile.imwrite(image, blank)
+    assert check_annotated_images(lab) == []
 
 
 def test_finetune_keeps_the_base_models_loss_weights(tmp_path, monkeypatch):

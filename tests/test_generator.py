@@ -149,6 +149,7 @@ def test_movie_truth_follows_the_motion():
     # drift removed, its glide and climb grow at its true velocities, exactly: the truth
     # is fitted on where the image shows the core (its lattice site is also moved by the
     # other cores' fields, which change as they move: 1 % off in the median, 25 % at worst).
+    # That the labels carry the drawn speeds is checked by test_demo (truth -0.18 / 0.38).
     ps = m.meta["pixel_size"]
     labelled = m.cores.merge(m.drift, on="frame")
     assert labelled.particle.nunique() >= 2

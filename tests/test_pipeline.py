@@ -632,6 +632,16 @@ def test_strain_maps_start_after_a_blank_first_frame(tmp_path):
         maps = tifffile.imread(tmp_path / f"{name}.tif")
         assert np.isnan(maps[0]).all()
         assert all(np.isfinite(maps[i]).mean() > 0.3 for i in (1, 2))
+    # A video that yields fewer frames than its header said: the frames never given are
+    # NaN (not measured), not a strain of 0.
+    (tmp_path / "short").mkdir()
+    writer = StrainWriter(tmp_path / "short", shape=(4, *frames.shape[1:]), pixel_size_nm=0.1,
+                          frame_interval_s=1.0, d_spacing_nm=0.473)
+    for i in (1, 2):
+        writer(i - 1, frames[i], pd.DataFrame({"x": [], "y": []}))
+    writer.close()
+    maps = tifffile.imread(tmp_path / "short" / "strain_exx.tif")
+    assert np.isfinite(maps[:2]).mean() > 0.3 and np.isnan(maps[2:]).all()
 
 
 def test_a_blank_first_frame_does_not_stop_the_pixel_size_estimate():

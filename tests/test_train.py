@@ -476,6 +476,8 @@ def test_train_refuses_in_one_line_what_cannot_run(tmp_path, capsys, monkeypatch
             # numpy ignores trailing zeros: seed 12345's epoch e drew validation sample e.
             (["fit", "--config", "cpu", *run, "--data.seed", "12345"],
              "--data.seed 12345 equals --data.val_seed: the training stream would repeat"),
+            (["fit", "--config", "cpu", *run, "--data.test_seed", "12345"],
+             "--data.val_seed equals --data.test_seed (12345): the test set would be"),
             (["fit", "--config", "cpu", *run, "--data.mode", "foo"],
              "--data: mode must be hrtem, stem or mixed, got 'foo'"),
             (["fit", "--config", "cpu", *run, "--data.density", "-1"], "--data: density must be"),

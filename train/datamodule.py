@@ -120,6 +120,9 @@ class SyntheticDataModule(L.LightningDataModule):
             if hp.seed == hp[key]:
                 raise TrainConfigError(f"--data.seed {hp.seed} equals --data.{key}: the training "
                                        "stream would repeat those samples; choose another seed")
+        if hp.val_seed == hp.test_seed:
+            raise TrainConfigError(f"--data.val_seed equals --data.test_seed ({hp.val_seed}): the "
+                                   "test set would be the validation set; choose another")
         for key in ("size", "eval_size"):  # the generator's checks (mode, density, sizes, ...)
             try:
                 self.generator_config(hp[key], hp.pixel_size_jitter, train=True)

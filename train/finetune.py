@@ -301,7 +301,8 @@ LOSS_WEIGHTS = ("weight_decay", "w_heatmap", "w_h", "w_rs")
 
 def base_loss_weights(card: dict) -> dict[str, float]:
     """The loss weights (and weight decay) the base model was trained with, from its
-    card's ``training`` record (a fine-tuned card's: those its fine-tuning used), so that
+    card's ``training`` record (a fine-tuned card's: those its fine-tuning used, or, for a
+    card fine-tuned before 0.1.26, which records none, its own base's), so that
     fine-tuning keeps the balance of heatmap, h and rock-salt losses (``fine`` weights the
     heatmap 4x); settings a card does not record keep `DislocationModule`'s defaults."""
     return _recorded_weights(card.get("training"))
