@@ -329,7 +329,8 @@ def _score_results(out: Path, side: Path, ann: Annotation | None, why: str | Non
 
         (out / "figures").mkdir(exist_ok=True)
         evaluation_figure(truth.image, core_outcomes(pred, truth.cores, pixel_size_nm=truth.pixel_size_nm),
-                          out / "figures" / "evaluation.png", title=out.name)
+                          out / "figures" / "evaluation.png", title=out.name,
+                          pixel_size_nm=truth.pixel_size_nm)
     rs_pred = out / "rocksalt_mask.tif"
     if truth.rs_mask is not None and rs_pred.exists() and not _rocksalt_judged(out):
         notes.append("rock salt not scored: the predictions did not judge it (frames blank, or "

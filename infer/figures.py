@@ -503,15 +503,18 @@ OUTCOME_STYLE = {"found": ("o", "limegreen", "found"), "missed": ("x", "red", "m
                  "false": ("s", "orange", "false")}
 
 
-def evaluation_figure(image: np.ndarray, outcomes: pd.DataFrame, path: Path, *, title: str = "") -> None:
+def evaluation_figure(image: np.ndarray, outcomes: pd.DataFrame, path: Path, *, title: str = "",
+                      pixel_size_nm: float | None = None) -> None:
     """Write `evaluation_panels` to ``path``."""
-    save_figure(evaluation_panels(image, outcomes, title=title), path)
+    save_figure(evaluation_panels(image, outcomes, title=title, pixel_size_nm=pixel_size_nm), path)
 
 
-def evaluation_panels(image: np.ndarray, outcomes: pd.DataFrame, *, title: str = "") -> plt.Figure:
-    """Found, missed and false cores over one frame and, for a movie, their counts per
-    frame (`dislotrack.infer.evaluate.core_outcomes`). The frame shown is the one with the
-    most mistakes (missed + false), then the most true cores."""
+def evaluation_panels(image: np.ndarray, outcomes: pd.DataFrame, *, title: str = "",
+                      pixel_size_nm: float | None = None) -> plt.Figure:
+    """Found, missed and false cores over one frame (with a scale bar given the pixel
+    size) and, for a movie, their counts per frame
+    (`dislotrack.infer.evaluate.core_outcomes`). The frame shown is the one with the most
+    mistakes (missed + false), then the most true cores; its title says so."""
     image = np.asarray(image).reshape(-1, *np.shape(image)[-2:])
     per = outcomes.groupby(["frame", "outcome"]).size().unstack(fill_value=0)
     per = per.reindex(index=range(len(image)), columns=list(OUTCOME_STYLE), fill_value=0)
@@ -527,7 +530,11 @@ def evaluation_panels(image: np.ndarray, outcomes: pd.DataFrame, *, title: str =
         g = here[here.outcome == kind]
         ax.plot(g.x, g.y, marker, ls="none", mfc="none", mec=colour, mew=1.5, ms=10,
                 label=f"{label} ({len(g)})")
-    fig.suptitle(f"{title} frame {frame}".strip())
+    why = " (the most mistakes)" if movie else ""
+    fig.suptitle(f"{title} frame {frame}{why}".strip())
+    if pixel_size_nm:
+        scale_bar(ax, image[frame].shape, Calibration.from_file(pixel_size_nm=pixel_size_nm,
+                                                                 frame_interval_s=None))
     # Below the image: over it, the legend would hide the cores it explains.
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=3, fontsize=8, frameon=False)
     ax.set_axis_off()

@@ -272,6 +272,10 @@ def test_core_outcomes_are_the_matching_of_detection_scores(tmp_path):
     FigureCanvasAgg(fig).draw()
     per_frame = fig.axes[1]  # its legend sits above the lines, not over them
     assert per_frame.get_legend().get_window_extent().y0 >= per_frame.get_window_extent().y1
+    assert fig._suptitle.get_text() == "frame 0 (the most mistakes)"
+    # With the annotation's pixel size: a scale bar on the frame (1 nm = 10 px at 0.1 nm/px).
+    fig = evaluation_panels(np.zeros((4, 64, 64)), out, pixel_size_nm=0.1)
+    assert [t.get_text() for t in fig.axes[0].texts] == ["1 nm"]
 
 
 @pytest.mark.parametrize(("option", "value", "message"), [
