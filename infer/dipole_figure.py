@@ -80,6 +80,7 @@ def dipoles_figure(res: AnalysisResult) -> Figure:
                     color=track_colour(int(g["particle_a"].iloc[0])), label=label)
         if n == 0:
             nothing_to_show(ax, "no dipoles")
+            ax.set_xlim(0, max(res.shape[0] - 1, 1) * (dt or 1.0))  # the movie's time, not 0-1
         elif named:
             ax.legend(fontsize=7, frameon=False, title="dipole: first → widest (nm)", title_fontsize=7)
     widest = table[[col for col, _ in PANELS]].abs().to_numpy(float).max(initial=0.0)

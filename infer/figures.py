@@ -325,6 +325,8 @@ def displacement_figure(res: AnalysisResult) -> plt.Figure:
                else "no track spans two frames:\nno motion to show")
         for ax in axes:
             nothing_to_show(ax, why)
+        if res.shape[0] > 1:  # the movie's time, not matplotlib's 0-1
+            axes[0].set_xlim(0, (res.shape[0] - 1) * (res.calibration.frame_interval_s or 1.0))
     return fig
 
 

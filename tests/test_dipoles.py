@@ -96,3 +96,4 @@ def test_no_dipoles_says_so():
     tracks, summary = pair_tracks(1.0, 0.0)
     fig = dipole_figure.dipoles_figure(result(tracks[tracks.particle == 1], summary.iloc[:1]))
     assert all(any(t.get_text() == "no dipoles" for t in ax.texts) for ax in fig.axes)
+    assert fig.axes[0].get_xlim() == (0.0, 9.0)  # the movie's 10 frames at 1 s, not 0-1

@@ -448,6 +448,14 @@ def test_two_means_in_a_panel_differ_and_dipole_partners_are_named():
     assert len(styles) == 2
 
 
+def test_an_empty_displacement_figure_spans_the_movie():
+    res = result(1, n_frames=12)
+    res.tracks = res.tracks.iloc[:0]
+    fig = figures.displacement_figure(res)
+    assert all(any(t.get_text() == "no tracks" for t in ax.texts) for ax in fig.axes)
+    assert fig.axes[0].get_xlim() == (0.0, 11.0)  # 12 frames at 1 s, not matplotlib's 0-1
+
+
 def test_displacement_mean_needs_two_moving_tracks_and_splits_by_sign():
     res = result(3)
     res.track_summary["glide_velocity_nm_s"] = [0.1, -0.1, 0.0]
