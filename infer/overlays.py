@@ -146,21 +146,23 @@ def _judged_again(frame: np.ndarray, min_area: float) -> np.ndarray:
     if not np.isfinite(medians).any():
         return _none(frame)
 
-    def levels(without: np.ndarray) -> tuple[float, float]:
+    def levels(without: np.ndarray) -> tuple[float, float] | None:
         kept = medians[~without[:h, :w].reshape(h // 2, 2, w // 2, 2).any(axis=(1, 3))]
         kept = kept[np.isfinite(kept)]
-        return (float(kept.min()), float(kept.max())) if len(kept) else (0.0, 0.0)
+        return (float(kept.min()), float(kept.max())) if len(kept) else None
 
     lo, hi = levels(_none(frame))
     bright, dark = _bright(frame, lo, hi, min_area), _dark(frame, lo, hi, min_area)
 
-    def again_bright() -> np.ndarray:  # the rest one level (a frame of flat areas): kept
-        rest_lo = levels(dark)[0]
-        return _bright(frame, rest_lo, hi, min_area) if hi > rest_lo else bright
+    # Where nothing, or one flat level, is left beside the other extreme's areas (a frame
+    # of flat areas), the first judgement stands.
+    def again_bright() -> np.ndarray:
+        rest = levels(dark)
+        return _bright(frame, rest[0], hi, min_area) if rest and hi > rest[0] else bright
 
     def again_dark() -> np.ndarray:
-        rest_hi = levels(bright)[1]
-        return _dark(frame, lo, rest_hi, min_area) if rest_hi > lo else dark
+        rest = levels(bright)
+        return _dark(frame, lo, rest[1], min_area) if rest and rest[1] > lo else dark
 
     if bright.any() and dark.any():
         if bright.sum() <= dark.sum():
