@@ -1384,3 +1384,16 @@ def test_finetune_keeps_the_base_models_loss_weights(tmp_path, monkeypatch):
     with pytest.raises(FileExistsError, match="ft.safetensors exists"):
         ft_module.finetune(data=tmp_path / "lab", out=tmp_path / "ft", model=tmp_path / "base",
                            epochs=1, size=32, batch_size=2, crops_per_epoch=2, accelerator="cpu")
+
+
+def test_finetune_refuses_a_one_pixel_bottleneck_of_one_crop(tmp_path):
+    # batch norm in training needs more than one value per channel: torch failed mid-run.
+    from dislotrack.train.finetune import finetune
+
+    generate_dataset(out=tmp_path / "lab", n=2, size=64, mode="stem", seed=3, progress=False)
+    _tiny(tmp_path / "base")  # depth 2: a 4 px crop is 1 x 1 px at the bottleneck
+    with pytest.raises(ValueError, match=r"size \(--size\) 4 with batch_size \(--batch-size\) 1: "
+                                         r"the network's batch norm has one value per channel"):
+        finetune(data=tmp_path / "lab", out=tmp_path / "ft", model=tmp_path / "base", epochs=1,
+                 size=4, batch_size=1, crops_per_epoch=2, accelerator="cpu")
+    assert not (tmp_path / "ft.safetensors").exists()

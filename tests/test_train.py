@@ -458,6 +458,10 @@ def test_train_refuses_in_one_line_what_cannot_run(tmp_path, capsys, monkeypatch
             (["fit", "--config", "cpu", *run, "--data.size", "102"],
              "--data.size 102: the network (depth 2) takes multiples of 4 px, e.g. 100 or 104"),
             (["fit", "--config", "cpu", *run, "--data.eval_size", "30"], "e.g. 28 or 32"),
+            # A 1 x 1 bottleneck of one image: batch norm failed in the first step.
+            (["fit", "--config", "cpu", *run, "--model.net.init_args.config.depth", "4",
+              "--data.size", "16", "--data.batch_size", "1"],
+             "--data.size 16 with --data.batch_size 1: the network's batch norm has one value"),
             (["--config", "cpu", "fit"], "give the subcommand first"),
             (["fit"], "give a config, e.g. dislotrack train fit --config cpu (bundled: cluster, cpu, "),
             (["fit", "--config", "cpu", *run, "--model.net.init_args.config.base_channel", "8"],

@@ -457,6 +457,15 @@ class DislotrackCLI(LightningCLI):
                 low = max(multiple, value // multiple * multiple)
                 raise TrainConfigError(f"--data.{key} {value}: the network (depth {config.depth}) takes "
                                        f"multiples of {multiple} px, e.g. {low} or {low + multiple}")
+        # A 1 x 1 bottleneck of one training image: batch or instance norm has one value
+        # per channel to normalise (torch fails in the first step).
+        size, batch = data.get("size"), data.get("batch_size")
+        if (self.subcommand == "fit" and config.norm in ("batch", "instance") and batch == 1
+                and isinstance(size, int) and size // 2**config.depth <= 1):
+            raise TrainConfigError(f"--data.size {size} with --data.batch_size 1: the network's "
+                                   f"{config.norm} norm has one value per channel at its 1 x 1 px "
+                                   f"bottleneck (depth {config.depth}); use --data.size "
+                                   f"{2 * multiple} or more, or --data.batch_size 2")
 
     def _check_fresh_root(self) -> None:
         """Raises `TrainConfigError` where a fit that starts fresh (no checkpoint to restore:

@@ -384,6 +384,10 @@ def finetune(*, data: str | Path, out: str | Path, model: str | Path | None = No
     if size % multiple:
         raise ValueError(f"size (--size) must be a multiple of {multiple} px (the network's "
                          f"stride), got {size}")
+    if batch_size == 1 and net.config.norm in ("batch", "instance") and size // 2**net.config.depth <= 1:
+        raise ValueError(f"size (--size) {size} with batch_size (--batch-size) 1: the network's "
+                         f"{net.config.norm} norm has one value per channel at its 1 x 1 px "
+                         f"bottleneck; use --size {2 * multiple} or more, or --batch-size 2")
     train, val, split = split_frames(frames, val_fraction, np.random.default_rng(seed))
     small = [f for f in train if min(f.image.shape) < size]
     if small:
