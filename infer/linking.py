@@ -12,8 +12,8 @@ where ``r`` is the largest plausible displacement per frame and
 ``max_h_change_deg`` apart. Cores of opposite **h** (``|dh| = 2``) are therefore
 never linked, whatever their distance: an annihilated core is never spliced onto a
 newborn core of the other sign. The price is that a core which moves the full
-``r`` must keep its **h** exactly; a 20 deg change of **h** shrinks the allowed step
-to 0.89 ``r``.
+``r`` must keep its **h** exactly; at the default `MAX_H_CHANGE_DEG` a 20 deg change
+of **h** shrinks the allowed step to 0.97 ``r``.
 
 References
 ----------
@@ -57,6 +57,11 @@ MIN_SEARCH_RANGE_NM = 0.75
 
 #: Smallest search range [px], for pixels coarser than `MIN_SEARCH_RANGE_NM`.
 MIN_SEARCH_RANGE_PX = 1.0
+
+#: Largest change of **h** between linked detections [deg]: wide, since only the two
+#: signs need telling apart and each detection's **h** scatters (a gate of 45 deg against
+#: the last, noisy detection split a core whose **h** scattered by 15 deg SD into two).
+MAX_H_CHANGE_DEG = 90.0
 
 _LINK_COLUMNS = ["_link_y", "_link_x", "_link_hy", "_link_hx"]
 
@@ -148,7 +153,7 @@ def link_cores(
     max_step_nm: float | None = None,
     memory: int = 2,
     min_length: int = 3,
-    max_h_change_deg: float = 45.0,
+    max_h_change_deg: float = MAX_H_CHANGE_DEG,
     max_gap: int = 12,
     min_mean_score: float = 0.0,
     repair: bool = True,
@@ -311,7 +316,7 @@ def close_gaps(
     *,
     pixel_size_nm: float,
     max_gap: int = 12,
-    max_h_change_deg: float = 45.0,
+    max_h_change_deg: float = MAX_H_CHANGE_DEG,
     tolerance_nm: float = GAP_TOLERANCE_NM,
     tolerance_per_frame_nm: float = GAP_TOLERANCE_PER_FRAME_NM,
 ) -> pd.DataFrame:
@@ -321,7 +326,8 @@ def close_gaps(
     ends, their mean **h** differ by less than ``max_h_change_deg``, and B's first
     position lies within ``tolerance_nm + tolerance_per_frame_nm * gap`` of A's last
     position moved on for the gap at the mean of the two fragments' fitted velocities
-    (zero for fragments of fewer than 3 detections). Candidate joins are accepted
+    (a fragment of fewer than 3 detections has none: the other's alone, or standing
+    still if neither has one). Candidate joins are accepted
     closest first, each fragment continuing and being continued at most once.
 
     Parameters
@@ -357,7 +363,10 @@ def close_gaps(
             gap = b_start - a_stop
             if a == b or not 1 <= gap <= max_gap or float(ha @ hb) < cos_max:
                 continue
-            miss = np.linalg.norm(b_begin - (a_end + 0.5 * (va + vb) * gap))
+            # The fitted velocities (a fragment too short for a fit has none, not zero).
+            known = [v for v in (va, vb) if v is not None]
+            v = np.mean(known, axis=0) if known else np.zeros(2)
+            miss = np.linalg.norm(b_begin - (a_end + v * gap))
             if miss <= tolerance_nm + tolerance_per_frame_nm * gap:
                 candidates.append((float(miss), a, b))
     continued, continuing = set(), set()
@@ -389,7 +398,7 @@ def repair_crossings(
     window: int = 4,
     distance_nm: float = CROSSING_DISTANCE_NM,
     improvement: float = CROSSING_IMPROVEMENT,
-    max_h_change_deg: float = 45.0,
+    max_h_change_deg: float = MAX_H_CHANGE_DEG,
 ) -> pd.DataFrame:
     """Undo identity swaps where two cores of like **h** cross.
 
@@ -519,7 +528,7 @@ def extend_tracks(
     pixel_size_nm: float,
     tolerance_nm: float = EXTEND_TOLERANCE_NM,
     max_frames: int = EXTEND_MAX_FRAMES,
-    max_h_change_deg: float = 45.0,
+    max_h_change_deg: float = MAX_H_CHANGE_DEG,
     n_fit: int = 5,
     max_skip: int = EXTEND_MAX_SKIP,
 ) -> pd.DataFrame:
@@ -574,8 +583,9 @@ def extend_tracks(
         for step, end in ((-1, g.head(n_fit)), (1, g.tail(n_fit))):
             f = end["frame"].to_numpy(dtype=float)
             xy = end[[xcol, ycol]].to_numpy(dtype=float)
+            v = _velocity(f, xy)
             ends.append([p, step, int(f[0] if step < 0 else f[-1]), xy[0 if step < 0 else -1],
-                         _velocity(f, xy), h, 0])
+                         np.zeros(2) if v is None else v, h, 0])
     added: dict[int, int] = {}  # weak row -> particle it joined
     for _ in range(max_frames):
         proposals = []  # (distance, end, weak row)
@@ -616,9 +626,9 @@ def extend_tracks(
     return out.sort_values(["particle", "frame"], kind="stable").reset_index(drop=True)
 
 
-def _velocity(frames: np.ndarray, xy: np.ndarray) -> np.ndarray:
-    """Straight-line velocity [units of ``xy`` per frame]; zero from fewer than 3 points."""
-    return np.polyfit(frames, xy, 1)[0] if len(frames) >= 3 and np.ptp(frames) > 0 else np.zeros(2)
+def _velocity(frames: np.ndarray, xy: np.ndarray) -> np.ndarray | None:
+    """Straight-line velocity [units of ``xy`` per frame]; None from fewer than 3 points."""
+    return np.polyfit(frames, xy, 1)[0] if len(frames) >= 3 and np.ptp(frames) > 0 else None
 
 
 def _mean_h(table: pd.DataFrame) -> np.ndarray:
