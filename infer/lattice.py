@@ -144,7 +144,9 @@ def snap_h(tracks: pd.DataFrame, lattice: Lattice | None, *,
     h_ok, b_ok = lattice.allowed() if lattice is not None else (np.empty((0, 2)),) * 2
     if not len(h_ok) or tracks.empty:
         return tracks
-    mean_h = unit(tracks.groupby("particle")[["hx", "hy"]].transform("mean").to_numpy(float))
+    # Each detection's direction counts alike (annotated or other detectors' h need not be unit).
+    h = pd.DataFrame(unit(tracks[["hx", "hy"]].to_numpy(float)), index=tracks.index, columns=["hx", "hy"])
+    mean_h = unit(h.groupby(tracks["particle"]).transform("mean").to_numpy(float))
     cos = mean_h @ h_ok.T
     best = np.argmax(cos, axis=1)
     snap = cos[np.arange(len(best)), best] >= np.cos(np.deg2rad(max_angle_deg))

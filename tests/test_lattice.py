@@ -112,3 +112,14 @@ def test_the_layered_reflection_check_does_not_depend_on_the_pixel_size():
     spots = np.array([[1 / 0.2465, 2 / D / 3], [1 / 0.2465, 0.5 / D], [1.76, 4.84]])  # (012), l = 1.5, alias
     for scale in (1.0, 0.8, 1.25):  # a pixel size off by 20-25 % scales every frequency alike
         assert is_layered_reflection(spots * scale, g003 * scale).tolist() == [True, False, False]
+
+
+def test_snap_h_weighs_every_detection_alike_whatever_the_length_of_its_h():
+    # Hand annotations or other detectors give h of any length: its direction counts.
+    lat = Lattice(np.array([0.0, 1 / D]), np.array([1 / 0.249, -0.083 / 0.249 / D]))
+    h_m = lat.allowed()[0][0]
+    turn = lambda deg: np.array([[np.cos(np.deg2rad(deg)), -np.sin(np.deg2rad(deg))],  # noqa: E731
+                                 [np.sin(np.deg2rad(deg)), np.cos(np.deg2rad(deg))]]) @ h_m
+    h = np.array([turn(10), turn(10), 10 * turn(-80)])  # unit mean 17 deg off h_m; raw mean 69
+    tracks = pd.DataFrame({"particle": 0, "hx": h[:, 0], "hy": h[:, 1]})
+    assert np.allclose(snap_h(tracks, lat)[["hx", "hy"]], h_m)
