@@ -35,10 +35,14 @@ Each track has at most one partner; candidate pairs are accepted greedily,
 closest first. Distances use drift-corrected positions when present.
 
 Events sit where they are seen: a nucleation at a track's first detection, an
-annihilation at its last. A dipole that nucleates together gives one
-``dipole_nucleation`` (earlier first frame, at the pair's midpoint in that frame: its two
-first positions, drift-corrected, put back in that frame's raw pixels) instead of two
-nucleations; likewise ``dipole_annihilation`` (later last frame).
+annihilation at its last. A dipole whose two tracks both nucleated gives one
+``dipole_nucleation`` instead of two nucleations: at the earlier first frame, at the
+pair's midpoint there (the later core moved back to it at its own velocity, drift-
+corrected, put back in that frame's raw pixels), when its partner was first seen at
+most ``max_lag_frames`` later and so moved back lies within ``distance_nm``; likewise
+``dipole_annihilation`` (later last frame). Where a dipole appears a frame or two into
+the movie (vanishes a frame or two before its end), both cores having been missed
+until then is judged on the two tracks' miss rates together.
 Event ``x``, ``y`` are raw image positions [px]; ``particles`` lists the track ids
 separated by spaces.
 
@@ -213,7 +217,9 @@ def birth_death(
     Returns
     -------
     DataFrame
-        ``particle``, ``first_frame``, ``last_frame``, ``birth``, ``death``.
+        ``particle``, ``first_frame``, ``last_frame``, ``birth``, ``death``, and
+        ``p_unseen_start`` (``p_unseen_stop``): the chance that the core was there from
+        the first (to the last) frame and missed meanwhile (1 where it was seen there).
     """
     ends = _track_ends(tracks, pixel_size_nm)
     last_tracked = int(ends["frame_stop"].max()) if len(ends) else -1
@@ -225,8 +231,10 @@ def birth_death(
     n_detected = tracks.groupby("particle").size().reindex(ends.index).to_numpy()
     span = (ends["frame_stop"] - ends["frame_start"] + 1).to_numpy()
     miss = np.clip(1 - n_detected / span, 1e-3, 0.999)
-    from_first = miss ** ends["frame_start"].to_numpy() >= MISSED_START_PROBABILITY
-    to_last = miss ** (final_frame - ends["frame_stop"].to_numpy()) >= MISSED_START_PROBABILITY
+    missed_start = miss ** ends["frame_start"].to_numpy()
+    missed_stop = miss ** (final_frame - ends["frame_stop"].to_numpy())
+    from_first = missed_start >= MISSED_START_PROBABILITY
+    to_last = missed_stop >= MISSED_START_PROBABILITY
     rs_start, rs_stop = (ends.get(f"in_rocksalt_{stage}", pd.Series(False, index=ends.index))
                          .fillna(False).to_numpy(dtype=bool) for stage in ("start", "stop"))
     # Ending beside the specimen's edge (vacuum, amorphous): out through it, as at the border.
@@ -248,6 +256,9 @@ def birth_death(
             "last_frame": ends["frame_stop"].to_numpy(dtype=int),
             "birth": birth.astype(str),
             "death": death.astype(str),
+            # The chance that the core was there from the first (to the last) frame, missed.
+            "p_unseen_start": np.where(ends["frame_start"] == 0, 1.0, missed_start),
+            "p_unseen_stop": np.where(ends["frame_stop"] == final_frame, 1.0, missed_stop),
         }
     )
 
@@ -279,7 +290,7 @@ def pair_dipoles(
 def _pair_ends(ends: pd.DataFrame, fates: pd.DataFrame, paths, criteria: DipoleCriteria
                ) -> list[tuple[int, int]]:
     """`pair_dipoles` on precomputed `_track_ends` and `_paths_nm`."""
-    ends = ends.join(fates.set_index("particle")[["birth", "death"]])
+    ends = ends.join(fates.set_index("particle")[["birth", "death", "p_unseen_start", "p_unseen_stop"]])
     h = ends[["hx", "hy"]].to_numpy()
     opposite = h @ h.T <= -np.cos(np.deg2rad(criteria.opposite_tolerance_deg))
     near = _box_gaps(ends) <= criteria.distance_nm  # never closer: no dipole
@@ -481,7 +492,27 @@ def _track_ends(tracks: pd.DataFrame, pixel_size_nm: float) -> pd.DataFrame:
     h = pd.DataFrame(unit(paths.obj[["hx", "hy"]].to_numpy(dtype=float)), columns=["hx", "hy"])
     mean_h = h.groupby(paths.obj["particle"].to_numpy()).mean()
     mean_h[["hx", "hy"]] = unit(mean_h.to_numpy())
-    return start.join(stop).join(box).join(mean_h)
+    return start.join(stop).join(box).join(mean_h).join(_end_velocities(paths))
+
+
+#: Detections at each end of a track whose straight-line fit gives its velocity there.
+END_FIT_DETECTIONS = 5
+
+
+def _end_velocities(paths) -> pd.DataFrame:
+    """Per particle: corrected velocity [nm/frame] over its first (last)
+    `END_FIT_DETECTIONS` detections, ``vxn_start``, ``vyn_start`` (``_stop``); zero
+    from fewer than 3."""
+    rows = {}
+    for p, g in paths:
+        row = []
+        for end in (g.head(END_FIT_DETECTIONS), g.tail(END_FIT_DETECTIONS)):
+            f = end["frame"].to_numpy(dtype=float)
+            fit = len(f) >= 3 and np.ptp(f) > 0
+            row += list(np.polyfit(f, end[["xn", "yn"]].to_numpy(dtype=float), 1)[0] if fit else (0.0, 0.0))
+        rows[p] = row
+    return pd.DataFrame.from_dict(rows, orient="index",
+                                  columns=["vxn_start", "vyn_start", "vxn_stop", "vyn_stop"])
 
 
 def _together(a: pd.Series, b: pd.Series, stage: str, criteria: DipoleCriteria) -> bool:
@@ -520,6 +551,21 @@ def _joint(fates: set[str], joint: set[str]) -> bool:
     return fates <= joint and not fates <= _EDGE_FATES
 
 
+def _fates_together(a: pd.Series, b: pd.Series, fate: str) -> set[str]:
+    """Two tracks' births (``fate="birth"``) or deaths (``"death"``) judged together: a
+    track counted present (survived) only because its own misses could hide the movie's
+    first (last) frames nucleated (annihilated) when both cores being missed that long
+    is unlikely (`MISSED_START_PROBABILITY`): opposite cores appearing together, side by
+    side, a frame or two in, are the nucleation (annihilation) seen."""
+    stage, kept, value = (("start", "present", "nucleated") if fate == "birth"
+                          else ("stop", "survived", "annihilated"))
+    fates, unseen = [a[fate], b[fate]], [a[f"p_unseen_{stage}"], b[f"p_unseen_{stage}"]]
+    by_chance = [f == kept and p < 1.0 for f, p in zip(fates, unseen, strict=True)]
+    if any(by_chance) and unseen[0] * unseen[1] < MISSED_START_PROBABILITY:
+        fates = [value if chance else f for f, chance in zip(fates, by_chance, strict=True)]
+    return set(fates)
+
+
 def _joint_fates(fates: pd.DataFrame, pairs: list[tuple[int, int]], ends: pd.DataFrame,
                  criteria: DipoleCriteria) -> pd.DataFrame:
     """Dipoles that start (stop) together at rock salt, or with one core at the frame
@@ -530,17 +576,17 @@ def _joint_fates(fates: pd.DataFrame, pairs: list[tuple[int, int]], ends: pd.Dat
     for a, b in pairs:
         for fate, joint, stage, value in (("birth", _JOINT_BIRTHS, "start", "nucleated"),
                                           ("death", _JOINT_DEATHS, "stop", "annihilated")):
-            if _joint({fates.at[a, fate], fates.at[b, fate]}, joint) and _together(
-                    ends.loc[a], ends.loc[b], stage, criteria):
+            ea, eb = (ends.loc[p].combine_first(fates.loc[p]) for p in (a, b))
+            if _joint(_fates_together(ea, eb, fate), joint) and _together(ea, eb, stage, criteria):
                 fates.loc[[a, b], fate] = value
     return fates.reset_index()
 
 
 def _pair_cost(a: pd.Series, b: pd.Series, paths, criteria: DipoleCriteria) -> float | None:
     """Separation [nm] ranking a dipole candidate, or None if it is no dipole."""
-    if _joint({a["birth"], b["birth"]}, _JOINT_BIRTHS) and _together(a, b, "start", criteria):
+    if _joint(_fates_together(a, b, "birth"), _JOINT_BIRTHS) and _together(a, b, "start", criteria):
         return float(np.hypot(a["xn_start"] - b["xn_start"], a["yn_start"] - b["yn_start"]))
-    if _joint({a["death"], b["death"]}, _JOINT_DEATHS) and _together(a, b, "stop", criteria):
+    if _joint(_fates_together(a, b, "death"), _JOINT_DEATHS) and _together(a, b, "stop", criteria):
         return float(np.hypot(a["xn_stop"] - b["xn_stop"], a["yn_stop"] - b["yn_stop"]))
     if (a["frame_start"] == a["frame_stop"] == b["frame_start"] == b["frame_stop"]
             and {a["birth"], b["birth"]} == {"present"} and {a["death"], b["death"]} == {"survived"}):
@@ -573,19 +619,39 @@ def _events(info: pd.DataFrame, ends: pd.DataFrame, kind: str, criteria: DipoleC
     rows = []
     dipoles = info[(info["kind"] == "dipole") & (info.index < info["partner"])]
     for a, b in zip(dipoles.index, dipoles["partner"].astype(int), strict=True):
-        if {a, b} <= single and _together(ends.loc[a], ends.loc[b], stage, criteria):
-            frames = ends.loc[[a, b], f"frame_{stage}"]
-            at = frames.idxmin() if stage == "start" else frames.idxmax()  # the event frame's core
-            frame = frames[at]
-            corrected = ends.loc[[a, b], [f"xn_{stage}", f"yn_{stage}"]].to_numpy(float) / pixel_size_nm
+        joint = _joint_event(ends.loc[a], ends.loc[b], stage, criteria) if {a, b} <= single else None
+        if joint is not None:
+            frame, mid_nm, at = joint
+            corrected_at = ends.loc[at, [f"xn_{stage}", f"yn_{stage}"]].to_numpy(float)
             raw_at = ends.loc[at, [f"x_{stage}", f"y_{stage}"]].to_numpy(float)
-            x, y = corrected.mean(axis=0) + raw_at - corrected[[a, b].index(at)]  # + its frame's drift
+            x, y = raw_at + (mid_nm - corrected_at) / pixel_size_nm  # + the event frame's drift
             rows.append((int(frame), f"dipole_{kind}", x, y, f"{a} {b}"))
             single -= {a, b}
     for p in sorted(single):
         frame, x, y = ends.loc[p, [f"frame_{stage}", f"x_{stage}", f"y_{stage}"]]
         rows.append((int(frame), kind, x, y, str(p)))
     return rows
+
+
+def _joint_event(a: pd.Series, b: pd.Series, stage: str, criteria: DipoleCriteria
+                 ) -> tuple[int, np.ndarray, int] | None:
+    """Where a dipole's two tracks nucleate (``stage="start"``) or annihilate (``"stop"``)
+    together: (event frame, the pair's corrected midpoint there [nm], the particle seen in
+    that frame), or None if they do not. The event frame is the earlier first (later last)
+    detection; the other core is moved to it at its own velocity there (it is seen up to
+    ``max_lag_frames`` later (earlier): missed meanwhile, or one blob with its partner's
+    track while the two were too close to resolve) and must lie within ``distance_nm``."""
+    frames = {a.name: a[f"frame_{stage}"], b.name: b[f"frame_{stage}"]}
+    at = min(frames, key=frames.get) if stage == "start" else max(frames, key=frames.get)
+    seen, other = (a, b) if at == a.name else (b, a)
+    lag = frames[at] - frames[other.name]
+    if abs(lag) > criteria.max_lag_frames:
+        return None
+    xy = lambda t: t[[f"xn_{stage}", f"yn_{stage}"]].to_numpy(float)  # noqa: E731
+    moved = xy(other) + lag * other[[f"vxn_{stage}", f"vyn_{stage}"]].to_numpy(float)
+    if np.hypot(*(moved - xy(seen))) > criteria.distance_nm:
+        return None
+    return int(frames[at]), 0.5 * (xy(seen) + moved), int(at)
 
 
 def _through_blob(row: tuple, ends: pd.DataFrame, blobs: tuple[np.ndarray, np.ndarray, np.ndarray],
