@@ -164,7 +164,8 @@ def link_cores(
     trackpy links frame to frame (allowing ``memory`` missed frames), searching
     where each track's velocity predicts the core (``predict``); `close_gaps` then
     joins track fragments that a longer gap split, where a core moving at its fitted
-    velocity would reappear.
+    velocity would reappear, and `absorb_flipped_runs` gives a track back the
+    detections whose **h** flipped for a few frames.
 
     Parameters
     ----------
@@ -248,6 +249,7 @@ def link_cores(
         kept = _drop_short(kept, min(2, min_length))
         kept = close_gaps(kept, pixel_size_nm=pixel_size_nm, max_gap=max_gap,
                           max_h_change_deg=max_h_change_deg)
+        kept = absorb_flipped_runs(kept, pixel_size_nm=pixel_size_nm)
     kept = _drop_short(kept, min_length)
     if repair:  # a swap may shorten a track below min_length: drop short ones again
         kept = _drop_short(repair_crossings(kept, pixel_size_nm=pixel_size_nm,
@@ -383,6 +385,59 @@ def close_gaps(
         return p
 
     return tracks.assign(particle=tracks["particle"].map(root))
+
+
+def absorb_flipped_runs(tracks: pd.DataFrame, *, pixel_size_nm: float,
+                        tolerance_nm: float = GAP_TOLERANCE_NM) -> pd.DataFrame:
+    """Give a track back the detections whose **h** flipped for a few frames.
+
+    A shorter track of opposite mean **h** seen only in frames a longer track lacks,
+    within that track's span, and never further than ``tolerance_nm`` from its path
+    (interpolated between its detections) is the same core: a second core of the other
+    sign born and annihilated on the first one's path, exactly while it went unseen,
+    is not physics. A dipole partner lies beside the core, in the frames it is seen.
+
+    Parameters
+    ----------
+    tracks : DataFrame
+        Linked detections (``particle``, ``frame``, ``x``, ``y`` [px] or ``x_corr``,
+        ``y_corr``, ``hx``, ``hy``).
+    pixel_size_nm : float
+        Pixel size [nm/px].
+    tolerance_nm : float
+        Largest distance [nm] of a flipped detection from the longer track's path.
+
+    Returns
+    -------
+    DataFrame
+        ``tracks`` with the ``particle`` of absorbed runs set to the longer track's.
+    """
+    if tracks.empty:
+        return tracks
+    xcol, ycol = position_columns(tracks)
+    paths = {int(p): g.sort_values("frame") for p, g in tracks.groupby("particle", sort=True)}
+    mean_h = {p: _mean_h(g) for p, g in paths.items()}
+    merged: dict[int, int] = {}
+    for s, run in sorted(paths.items(), key=lambda kv: len(kv[1])):
+        f = run["frame"].to_numpy(dtype=float)
+        for p, g in sorted(paths.items(), key=lambda kv: -len(kv[1])):
+            lf = g["frame"].to_numpy(dtype=float)
+            if (p == s or p in merged or len(g) <= len(run) or float(mean_h[p] @ mean_h[s]) >= 0
+                    or f[0] < lf[0] or f[-1] > lf[-1] or np.isin(f, lf).any()):
+                continue
+            path = np.c_[np.interp(f, lf, g[xcol].to_numpy(dtype=float)),
+                         np.interp(f, lf, g[ycol].to_numpy(dtype=float))]
+            off = np.hypot(*(run[[xcol, ycol]].to_numpy(dtype=float) - path).T) * pixel_size_nm
+            if off.max() <= tolerance_nm:
+                merged[s] = p
+                break
+
+    def root(q: int) -> int:
+        while q in merged:
+            q = merged[q]
+        return q
+
+    return tracks.assign(particle=tracks["particle"].map(lambda q: root(int(q))))
 
 
 #: Crossing repair: tracks this close [nm] somewhere in the window may swap tails; a swap

@@ -323,3 +323,18 @@ def test_a_fast_core_missed_just_after_it_appears_keeps_its_first_detections():
     for memory in (0, 5):
         linked = link_cores(core, pixel_size_nm=PIXEL_NM, frame_interval_s=1.0, memory=memory)
         assert linked["particle"].nunique() == 1 and linked["frame"].min() == 5, memory
+
+
+def test_a_run_of_flipped_h_inside_a_track_stays_in_it():
+    # The detector's h flipped for frames 20-26 of one moving core: not a second core of
+    # the other sign born and annihilated on the first one's path, in its gap.
+    rng = np.random.default_rng(4)
+    core = _core(range(60), 50.0, 100.0, 0.5, 0.0, (0.0, -1.0), rng=rng, jitter=0.5)
+    core.loc[core["frame"].between(20, 26), "hy"] = 1.0
+    linked = link_cores(core, pixel_size_nm=PIXEL_NM, frame_interval_s=1.0, memory=5, min_length=5)
+    assert linked["particle"].nunique() == 1 and len(linked) == 60
+    # A core of the other sign 1.5 nm aside in those frames is a core of its own.
+    other = core[core["frame"].between(20, 26)].assign(y=115.0)
+    both = pd.concat([core[~core["frame"].between(20, 26)], other], ignore_index=True)
+    linked = link_cores(both, pixel_size_nm=PIXEL_NM, frame_interval_s=1.0, memory=5, min_length=5)
+    assert linked["particle"].nunique() == 2
