@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
+import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache
@@ -71,10 +72,12 @@ def _ureg() -> pint.UnitRegistry:
 
 
 def _unit_key(value: float, unit: str | None, kind: str) -> str:
-    """``unit`` normalised (case, micro sign, aliases); ValueError if missing or pixels."""
+    """``unit`` normalised (Unicode composition, case, micro sign, aliases); ValueError if
+    missing or pixels."""
     if unit is None or not str(unit).strip():
         raise ValueError(f"{value!r} has no unit; cannot convert it to a {kind}")
-    key = str(unit).strip().replace("µ", "u").replace("μ", "u").lower()
+    # NFC: "A" + combining ring (as some metadata writes Å) and the Ångström sign become "Å"
+    key = unicodedata.normalize("NFC", str(unit)).strip().replace("µ", "u").replace("μ", "u").lower()
     key = key.replace("_", "").replace(" ", "")  # Berkeley EMD writes "n_m"
     key = _UNIT_ALIASES.get(key, key)
     if key in _NOT_PHYSICAL:
@@ -134,15 +137,32 @@ def to_seconds(value: float, unit: str) -> float:
     Raises
     ------
     ValueError
-        If the unit is missing, unknown or not a time.
+        If the unit is missing, unknown, a rate ("Hz", "fps", "1/s") or not a time.
     """
     key = _unit_key(value, unit, "time")
     if key in _SECONDS:
         return _clean(value)
+    if _is_rate(unit):
+        raise ValueError(f"{value!r} {unit} is a frequency (a frame rate), not a time: give the "
+                         "frame interval, one over the rate")
     q = _quantity(value, key, unit, "time")
     if q.dimensionality != _ureg().second.dimensionality:
         raise ValueError(f"{value!r} {unit} is not a time")
     return _clean(q.to("s").magnitude)
+
+
+def _is_rate(unit: str) -> bool:
+    """Whether ``unit`` is a frequency: "fps", or one pint reads as 1/time in the case written
+    ("Hz", "kHz"; lower-cased, "hz" is unknown to it)."""
+    import pint
+
+    text = unicodedata.normalize("NFC", str(unit)).strip()
+    if text.lower() in ("fps", "frames/s", "frame/s"):
+        return True
+    try:
+        return _ureg().Quantity(1.0, text).dimensionality == (1 / _ureg().second).dimensionality
+    except (pint.UndefinedUnitError, pint.DefinitionSyntaxError, ValueError, TypeError, AttributeError):
+        return False
 
 
 def is_number(value: object) -> bool:
@@ -183,6 +203,9 @@ class Calibration:
         Where each value came from; None exactly when the value is None.
     warnings : tuple of str
         Human-readable notes for the report (estimates, overrides, missing values).
+    notes : tuple of str
+        How the input was read: what its reader assumed or ignored (``Movie.metadata["notes"]``,
+        which `dislotrack.infer.readers.open_movie` copies here; summary.json ``input.notes``).
     """
 
     pixel_size_nm: float | None = None
@@ -190,6 +213,7 @@ class Calibration:
     pixel_size_source: str | None = None
     frame_interval_source: str | None = None
     warnings: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         _check_pair(self.pixel_size_nm, self.pixel_size_source, "pixel size", "nm/px")
@@ -346,7 +370,7 @@ def resolve_calibration(
         notes.append(f"{NO_INTERVAL_NOTE}: velocities in per-frame units (pass "
                      f"{option('frame_interval_s', 'S')} for nm/s)")
 
-    return Calibration(px, dt, px_src, dt_src, tuple(notes))
+    return Calibration(px, dt, px_src, dt_src, tuple(notes), notes=file_cal.notes)
 
 
 def interval_from_timestamps(
@@ -375,6 +399,33 @@ def interval_from_timestamps(
     if np.any(steps <= 0):
         return None
     return float(np.median(steps))
+
+
+def non_increasing_warning(times_s: Sequence[float], names: Sequence[str] | None = None) -> str | None:
+    """Where per-frame acquisition times do not increase, a warning naming the first frame
+    that goes back (or stands still) in time, and its file in ``names`` if given (or saying
+    that all frames carry one time); else None. `interval_from_timestamps` then gives no
+    interval: the frames may be out of order.
+
+    Examples
+    --------
+    >>> print(non_increasing_warning([0, 1, 2, 1.5, 4]))  # doctest: +ELLIPSIS
+    the frames' acquisition times do not increase: frame 3 is 0.5 s before frame 2 (frames ...
+    """
+    times = np.asarray(times_s, dtype=float)
+    steps = np.diff(times)
+    back = np.flatnonzero(~(steps > 0))  # NaN steps too
+    if not len(back):
+        return None
+    if np.ptp(times) == 0:  # e.g. a sequence's start time in every frame: no clock at all
+        return f"the {len(times)} frames all carry one acquisition time; no frame interval"
+    k = int(back[0]) + 1
+    frame = f"frame {k}" + (f" ({names[k]})" if names is not None else "")
+    step = steps[k - 1]
+    when = (f"is {-step:.4g} s before frame {k - 1}" if step < 0 else
+            f"has the time of frame {k - 1}" if step == 0 else "has no time")
+    return (f"the frames' acquisition times do not increase: {frame} {when} (frames out of "
+            "order?); no frame interval")
 
 
 def uneven_steps_warning(times_s: Sequence[float], interval_s: float | None) -> str | None:
@@ -421,6 +472,19 @@ def is_provenance_note(message: str) -> bool:
     return message.endswith(FROM_ANNOTATION_NOTE)
 
 
+#: A pixel size at least this large [nm] in a print unit (inch, cm, mm) is a print or screen
+#: resolution (dots per inch), not a microscope calibration.
+PRINT_RESOLUTION_NM = 1000.0
+_PRINT_UNITS = ("inch", "in", "cm", "mm")
+
+
+def is_print_resolution(pixel_size_nm: float | None, unit: object) -> bool:
+    """Whether a pixel size [nm] read in ``unit`` is a print resolution (`PRINT_RESOLUTION_NM`):
+    image editors, Office and ImageJ save a dpi in inch or cm, which no microscope uses."""
+    return (pixel_size_nm is not None and pixel_size_nm >= PRINT_RESOLUTION_NM
+            and str(unit).strip().lower() in _PRINT_UNITS)
+
+
 def length_nm_or_none(scale: object, unit: object, notes: list[str], what: str) -> float | None:
     """A calibration length [nm], or None (with a note) if unusable."""
     try:
@@ -429,7 +493,8 @@ def length_nm_or_none(scale: object, unit: object, notes: list[str], what: str) 
         notes.append(f"{what}: no usable pixel size ({err})")
         return None
     if not (np.isfinite(value) and value > 0):
-        notes.append(f"{what}: ignored non-positive pixel size {scale} {unit}")
+        kind = "non-positive" if np.isfinite(value) else "non-finite"
+        notes.append(f"{what}: ignored {kind} pixel size {scale} {unit}")
         return None
     return value
 

@@ -5,10 +5,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import itertools
 import logging
+import mmap
 import numbers
 import struct
 from collections.abc import Callable, Iterator
@@ -132,7 +134,10 @@ class Movie:
             yield self._checked(frame, i)
 
     def _checked(self, raw: np.ndarray, i: int) -> np.ndarray:
-        frame = to_gray_float32(raw)
+        try:
+            frame = to_gray_float32(raw)
+        except ValueError as err:  # a reader gave no image: name the file
+            raise ValueError(f"{self._path}: frame {i}: {err}") from err
         if frame.shape != self._shape[1:]:
             raise ValueError(
                 f"frame {i} of {self._path} is {frame.shape} px, expected {self._shape[1:]} px"
@@ -249,7 +254,7 @@ class Movie:
 
 
 def close_lazy_array(data: object) -> None:
-    """Close the file behind a lazy rosettasciio array (HDF5 handle or TiffFile)."""
+    """Close the file behind a lazy rosettasciio array (HDF5 handle, TiffFile or memory map)."""
     if not hasattr(data, "dask"):
         return
     from rsciio.utils.file import get_file_handle
@@ -261,6 +266,21 @@ def close_lazy_array(data: object) -> None:
                        if isinstance(getattr(a, "parent", None), tifffile.TiffFile)), None)
     if handle is not None:
         handle.close()
+    _close_meta_map(data)
+
+
+def _close_meta_map(data: object) -> None:
+    """Close the memory map under a dask array's empty ``_meta``: rosettasciio's memmap
+    readers (MRC) make it by calling their block reader once, and it keeps the file open
+    (a descriptor per movie, until garbage collection). Each block maps the file anew."""
+    base = getattr(data, "_meta", None)
+    for _ in range(8):  # meta -> views -> np.memmap -> mmap
+        if base is None or isinstance(base, mmap.mmap):
+            break
+        base = getattr(base, "base", None)
+    if isinstance(base, mmap.mmap):
+        with contextlib.suppress(BufferError):  # a view still reads from it: leave it open
+            base.close()
 
 
 def _unreadable(path: Path, i: int, err: Exception) -> str:

@@ -117,7 +117,9 @@ def summary_dict(res: AnalysisResult) -> dict:
         "input": {"path": res.input_path, "sha256": res.input_sha256,
                   "shape": list(res.shape),
                   # evaluate tells the annotated image from another of the same name by it
-                  "fingerprint": None if res.first_frame is None else frame_fingerprint(res.first_frame)},
+                  "fingerprint": None if res.first_frame is None else frame_fingerprint(res.first_frame),
+                  # how the reader read it: what it assumed or ignored (the warnings say what matters)
+                  "notes": list(cal.notes)},
         "calibration": {"pixel_size_nm": cal.pixel_size_nm, "pixel_size_source": cal.pixel_size_source,
                         "frame_interval_s": cal.frame_interval_s,
                         "frame_interval_source": cal.frame_interval_source,

@@ -1,6 +1,7 @@
-"""TIFF stacks (plain, ImageJ, OME, vendor) read page by page or memory-mapped, with
-their calibration: OME sizes and time increments, ImageJ units and frame intervals,
-vendor tags (via rosettasciio) or resolution tags in cm or inch.
+"""TIFF stacks (plain, ImageJ, OME, vendor) read frame by frame (plain reads at each
+frame's offset, or page by page; never memory-mapped), with their calibration: OME sizes,
+time increments and per-plane times, ImageJ units and frame intervals, vendor tags (via
+rosettasciio) or resolution tags in cm or inch.
 """
 
 from __future__ import annotations
@@ -16,9 +17,12 @@ import numpy as np
 import tifffile
 
 from dislotrack.infer.calibration import (
+    PRINT_RESOLUTION_NM,
     Calibration,
     interval_from_timestamps,
+    is_print_resolution,
     length_nm_or_none,
+    non_increasing_warning,
     seconds_or_none,
     square_pixel_size,
     uneven_steps_warning,
@@ -79,7 +83,7 @@ def open_tiff(path: Path) -> Movie:
         notes: list[str] = []
         warnings = [] if len(tif.series) == 1 else [
             f"the TIFF holds {len(tif.series)} image series; only the first was read"]
-        index = _tiff_frame_index(lead_axes, lead_shape, warnings)
+        index, interleaved = _tiff_frame_index(lead_axes, lead_shape, warnings)
         _check_tiff_complete(path, tif, series, int(np.prod(lead_shape)))
         cut = [m for m in damage if "invalid page offset" in m]
         if cut:  # the chain of pages breaks off: tifffile kept the pages before the break
@@ -87,13 +91,19 @@ def open_tiff(path: Path) -> Movie:
                              f"{len(index)} frame(s) (an incomplete write or copy?)")
         read = _tiff_reader(path, tif, series, lead_shape, page_axes)
         h, w = (series.keyframe.shape[page_axes.index(a)] for a in "YX")
-        cal = _tiff_calibration(path, tif, notes)
+        cal, times = _tiff_calibration(path, tif, notes)
+        if interleaved and cal.frame_interval_s is not None:  # a frame step is no time step
+            cal = Calibration.from_file(pixel_size_nm=cal.pixel_size_nm, warnings=cal.warnings)
+            warnings[-1] += (" (its frame interval was not used: a frame step is not a time step; "
+                             "save the movie with axes 'TYX')")
     except Exception:
         tif.close()
         raise
     meta = {"format": "OME-TIFF" if tif.is_ome else "ImageJ TIFF" if tif.is_imagej else "TIFF",
             "axes": series.axes, "dtype": str(series.dtype), "notes": notes, "warnings": warnings}
-    return Movie(path, (len(index), h, w), cal, meta, lambda i: read(index[i]), close=tif.close)
+    per_frame = times is not None and len(times) == len(index) and not interleaved
+    return Movie(path, (len(index), h, w), cal, meta, lambda i: read(index[i]), close=tif.close,
+                 timestamps_s=np.asarray(times) - times[0] if per_frame else None)
 
 
 #: An ImageJ/TIFF stack whose only stacked axis is C with more entries than this is a
@@ -106,7 +116,7 @@ def _planar_stack(path: Path, tif: tifffile.TiffFile, series) -> Movie:
     """A one-page TIFF whose 3 or 4 planar samples are frames: tifffile stores a (3|4, y, x)
     array as planar RGB(A), which no camera writes for a colour image (those are (y, x, 3))."""
     n, h, w = series.shape
-    cal = _tiff_calibration(path, tif, notes := [])
+    cal, _ = _tiff_calibration(path, tif, notes := [])
     meta = {"format": "TIFF", "axes": series.axes, "dtype": str(series.dtype), "notes": notes,
             "warnings": [f"the TIFF stores {n} planar colour samples in one page, as tifffile "
                          f"writes a ({n}, y, x) array: read as {n} frames, not as one colour image"]}
@@ -129,16 +139,19 @@ def _pages_as_series(tif: tifffile.TiffFile) -> bool:
 def _page_series_stack(path: Path, tif: tifffile.TiffFile) -> Movie:
     """The frames of a file that `_pages_as_series` recognised, read one page at a time."""
     n, (h, w) = len(tif.series), tif.series[0].shape
-    cal = _tiff_calibration(path, tif, notes := [])
+    cal, _ = _tiff_calibration(path, tif, notes := [])
     meta = {"format": "TIFF", "axes": "TYX", "dtype": str(tif.series[0].dtype), "notes": notes,
             "warnings": [f"the TIFF holds {n} single-page images of one size (written frame by "
                          f"frame): read as {n} frames"]}
     return Movie(path, (n, h, w), cal, meta, lambda i: tif.series[i].asarray(), close=tif.close)
 
 
-def _tiff_frame_index(axes: str, shape: tuple[int, ...], warnings: list[str]) -> list[tuple]:
+def _tiff_frame_index(axes: str, shape: tuple[int, ...],
+                      warnings: list[str]) -> tuple[list[tuple], bool]:
     """Multi-indices into the non-image axes, one per frame (channel 0 only, unless the
-    channels are the only stack and too many to be detectors: then they are the frames)."""
+    channels are the only stack and too many to be detectors: then they are the frames;
+    with a time axis, index 0 of the others, e.g. z), and whether several axes were still
+    read as one interleaved sequence."""
     ranges = [range(n) for n in shape]
     if "C" in axes and shape[axes.index("C")] > 1:
         n_c = shape[axes.index("C")]
@@ -148,9 +161,20 @@ def _tiff_frame_index(axes: str, shape: tuple[int, ...], warnings: list[str]) ->
         else:
             warnings.append(f"the file holds {n_c} channels; only channel 0 was read")
             ranges[axes.index("C")] = range(1)
-    if sum(len(r) > 1 for r in ranges) > 1:
+    if "T" in axes and shape[axes.index("T")] > 1:  # a time series of z-stacks (or positions)
+        for k, (axis, n) in enumerate(zip(axes, shape, strict=True)):
+            if axis not in "TC" and n > 1:
+                warnings.append(f"the file holds {n} {_AXIS_NAMES.get(axis, f'{axis!r} planes')} per "
+                                f"time point (axes {axes!r}); only the first was read")
+                ranges[k] = range(1)
+    interleaved = sum(len(r) > 1 for r in ranges) > 1
+    if interleaved:
         warnings.append(f"TIFF axes {axes!r} {shape} were read as one sequence of frames")
-    return list(np.ndindex(*[len(r) for r in ranges]))
+    return list(np.ndindex(*[len(r) for r in ranges])), interleaved
+
+
+#: What tifffile's axis letters stack, for warnings.
+_AXIS_NAMES = {"Z": "z-slices", "R": "tiles", "P": "positions", "I": "images", "Q": "images"}
 
 
 def _tiff_complete_frames(path: Path, tif: tifffile.TiffFile, series, n_frames: int) -> int:
@@ -220,64 +244,90 @@ def _tiff_reader(path, tif, series, lead_shape, page_axes) -> Callable[[tuple], 
     return lambda idx: to_frame(data[idx])
 
 
-def _tiff_calibration(path: Path, tif: tifffile.TiffFile, notes: list[str]) -> Calibration:
-    """OME > ImageJ > vendor tags (rosettasciio) > cm/inch resolution tags."""
+def _tiff_calibration(path: Path, tif: tifffile.TiffFile,
+                      notes: list[str]) -> tuple[Calibration, list[float] | None]:
+    """OME > ImageJ > vendor tags (rosettasciio) > cm/inch resolution tags; and the OME
+    per-plane times [s] (DeltaT of the first z and channel; None without them)."""
     page = tif.pages.first
     found = [(None, None)]
     warnings: list[str] = []
+    times = None
     if tif.is_ome:
-        found.append(_ome_calibration(tif.ome_metadata, notes, warnings))
+        *ome, times = _ome_calibration(tif.ome_metadata, notes, warnings)
+        found.append(tuple(ome))
     if tif.is_imagej:
-        found.append(_imagej_calibration(tif.imagej_metadata, page, notes))
+        found.append(_imagej_calibration(tif.imagej_metadata, page, notes, warnings))
     px = next((p for p, _ in found if p is not None), None)
     dt = next((t for _, t in found if t is not None), None)
     vendor_tags = any(t.code >= 32768 and t.code not in _IMAGEJ_TAGS for t in page.tags)
     if (px is None or dt is None) and vendor_tags:  # DM, FEI, Zeiss, Olympus, ... tags
         vendor_px, vendor_dt = _vendor_tiff_calibration(path, warnings)
         px, dt = px if px is not None else vendor_px, dt if dt is not None else vendor_dt
-    if px is None:
-        px = _resolution_tag_calibration(page, notes)
-    return Calibration.from_file(pixel_size_nm=px, frame_interval_s=dt, warnings=warnings)
+    if px is None and not any(w.startswith(_PRINT_NOTE) for w in warnings):  # said once
+        px = _resolution_tag_calibration(page, warnings)
+    return Calibration.from_file(pixel_size_nm=px, frame_interval_s=dt, warnings=warnings), times
 
 
 def _ome_calibration(xml: str, notes: list[str],
-                     warnings: list[str]) -> tuple[float | None, float | None]:
+                     warnings: list[str]) -> tuple[float | None, float | None, list[float] | None]:
+    """Pixel size [nm], frame interval [s] and per-plane times [s] (DeltaT, else None)."""
     root = ET.fromstring(xml)
     pixels = next((e for e in root.iter() if e.tag.endswith("}Pixels") or e.tag == "Pixels"), None)
     if pixels is None:
-        return None, None
+        return None, None, None
     a = pixels.attrib
     px = py = None
     if "PhysicalSizeX" in a:
         px = length_nm_or_none(a["PhysicalSizeX"], a.get("PhysicalSizeXUnit", "µm"), notes, "OME x")
     if "PhysicalSizeY" in a:
         py = length_nm_or_none(a["PhysicalSizeY"], a.get("PhysicalSizeYUnit", "µm"), notes, "OME y")
-    dt = None
+    dt, times = None, None
     if "TimeIncrement" in a:
         dt = seconds_or_none(a["TimeIncrement"], a.get("TimeIncrementUnit", "s"))
     else:  # per-plane DeltaT of the first Z and channel
         planes = [p.attrib for p in pixels if p.tag.endswith("Plane") and "DeltaT" in p.attrib]
         planes = [p for p in planes if p.get("TheZ", "0") == "0" and p.get("TheC", "0") == "0"]
         planes.sort(key=lambda p: int(p.get("TheT", 0)))
-        times = [seconds_or_none(p["DeltaT"], p.get("DeltaTUnit", "s")) or 0.0 for p in planes]
-        dt = interval_from_timestamps(times)
-        if uneven := uneven_steps_warning(times, dt):
-            warnings.append(uneven)
-    return square_pixel_size(px, py, warnings), dt
+        times = [seconds_or_none(p["DeltaT"], p.get("DeltaTUnit", "s")) or 0.0 for p in planes] or None
+        dt = interval_from_timestamps(times) if times else None
+        if times and (said := uneven_steps_warning(times, dt) or non_increasing_warning(times)):
+            warnings.append(said)
+    return square_pixel_size(px, py, warnings), dt, times
 
 
-def _imagej_calibration(ij: dict, page, notes: list[str]) -> tuple[float | None, float | None]:
-    unit = ij.get("unit")
-    if isinstance(unit, str) and "\\u" in unit:
-        unit = unit.encode().decode("unicode_escape")  # ImageJ writes "\\u00B5m" for µm
-    px = None
-    if unit and unit.lower() not in ("pixel", "pixels", "px") and "XResolution" in page.tags:
-        num, den = page.tags["XResolution"].value
-        if num > 0 and den > 0:
-            px = length_nm_or_none(den / num, unit, notes, "ImageJ")
+def _unescaped(text: object) -> object:
+    """An ImageJ unit as written: ImageJ escapes non-ASCII ("\\u00B5m" for µm)."""
+    if isinstance(text, str) and "\\u" in text:
+        return text.encode().decode("unicode_escape")
+    return text
+
+
+def _imagej_calibration(ij: dict, page, notes: list[str],
+                        warnings: list[str]) -> tuple[float | None, float | None]:
+    """Pixel size [nm] from ImageJ's ``unit`` (``yunit``) and X (Y) resolution, unless a
+    print resolution; frame interval [s] from ``finterval`` and ``tunit``."""
+    unit = _unescaped(ij.get("unit"))
+    sizes = []
+    for tag, axis_unit, what in (("XResolution", unit, "ImageJ x"),
+                                 ("YResolution", _unescaped(ij.get("yunit", unit)), "ImageJ y")):
+        num, den = page.tags[tag].value if tag in page.tags else (0, 0)
+        size = None
+        if axis_unit and str(axis_unit).lower() not in ("pixel", "pixels", "px") and num > 0 and den > 0:
+            size = length_nm_or_none(den / num, axis_unit, notes, what)
+        if is_print_resolution(size, axis_unit):  # ImageJ keeps the dpi of an editor's TIFF
+            if tag == "XResolution":
+                warnings.append(f"{_PRINT_NOTE} {num / den:g} px/{axis_unit} (ImageJ): a print "
+                                "resolution, not a microscope calibration")
+            size = None
+        sizes.append(size)
+    px = square_pixel_size(*sizes, warnings) if sizes[0] is not None else None
     dt = None
-    if ij.get("finterval"):
-        dt = seconds_or_none(ij["finterval"], ij.get("tunit", "s"))  # ImageJ's default time unit is "sec"
+    if ij.get("finterval") is not None:
+        tunit = _unescaped(ij.get("tunit", "s"))  # ImageJ's default time unit is "sec"
+        dt = seconds_or_none(ij["finterval"], tunit)
+        if dt is None and float(ij["finterval"] or 0) > 0:  # 0 is ImageJ's "not set"
+            warnings.append(f"ignored the ImageJ frame interval {ij['finterval']} {tunit}: not a "
+                            "time unit")
     return px, dt
 
 
@@ -304,7 +354,11 @@ def _vendor_tiff_calibration(path: Path, warnings: list[str]) -> tuple[float | N
     return px, dt
 
 
-def _resolution_tag_calibration(page, notes: list[str]) -> float | None:
+#: How the warning begins that a print resolution (dpi) was not taken for a pixel size.
+_PRINT_NOTE = "ignored the resolution"
+
+
+def _resolution_tag_calibration(page, warnings: list[str]) -> float | None:
     """Pixel size from XResolution in px/cm or px/inch, if microscope-like (< 1 µm)."""
     unit = page.tags.get("ResolutionUnit")
     per = {2: 2.54e7, 3: 1e7}.get(int(unit.value) if unit is not None else 1)  # nm per inch / cm
@@ -314,8 +368,8 @@ def _resolution_tag_calibration(page, notes: list[str]) -> float | None:
     if num <= 0 or den <= 0:
         return None
     px = per * den / num
-    if px >= 1000:
-        notes.append(f"ignored XResolution {num / den:g} px/{'inch' if per > 1e7 else 'cm'}: "
-                     "a print resolution, not a microscope calibration")
+    if px >= PRINT_RESOLUTION_NM:
+        warnings.append(f"{_PRINT_NOTE} {num / den:g} px/{'inch' if per > 1e7 else 'cm'} (TIFF tags): "
+                        "a print resolution, not a microscope calibration")
         return None
     return px

@@ -4,12 +4,14 @@
 each read from disk only when asked for, as float32 (colour -> luminance), plus
 the `Calibration` found in the file's metadata (source "file"; "annotation" for what
 an annotated image's ``<stem>.json`` adds) and a small
-metadata dict whose ``notes`` say what was assumed.
+metadata dict whose ``notes`` say what was assumed (also ``calibration.notes``, for
+summary.json).
 
 =====================  ===========================================================
 input                  how
 =====================  ===========================================================
-.tif/.tiff (OME)       tifffile, memory-mapped or page by page. Pixel size and frame
+.tif/.tiff (OME)       tifffile, frame by frame (plain reads at each frame's offset,
+                       or page by page). Pixel size and frame
                        interval from OME (PhysicalSizeX, TimeIncrement or DeltaT),
                        ImageJ (unit + XResolution, finterval), vendor tags (DM,
                        FEI, ... via rosettasciio) or cm/inch resolution tags.
@@ -17,7 +19,7 @@ input                  how
 .ser/.emi, .mrc,       units, a time axis or TIA per-frame clock if present.
 .hspy (HyperSpy)
 .mp4/.avi              imageio + PyAV; frame interval = *playback* interval.
-.png/.jpg/.jpeg        a single frame without calibration.
+.png/.jpg/.jpeg        a single frame (an animated PNG: its frames) without calibration.
 .npy                   a (y, x) or (t, y, x) NumPy array, memory-mapped, without
                        calibration (never unpickled: object arrays are refused).
 .hdf5/.h5/.hdf         a HyperSpy file (rosettasciio, calibrated) or any HDF5 file:
@@ -25,8 +27,10 @@ input                  how
                        frame with h5py, without calibration.
 folder                 one frame per file (PNG/JPEG/TIFF/DM3/DM4), natural order;
                        a folder tree (GMS in-situ recording) is searched when the
-                       top level holds no frames; the DM acquisition clock gives
-                       the frame interval (median step).
+                       top level holds no frames (refused where it holds fewer than
+                       the tree); the DM acquisition clock gives the frame interval
+                       (median step). Frames that differ in pixel size, bit depth
+                       or colour mode are warned about.
 =====================  ===========================================================
 
 `Movie` itself is in `dislotrack.infer.movie`, the TIFF reader in
@@ -35,6 +39,7 @@ folder                 one frame per file (PNG/JPEG/TIFF/DM3/DM4), natural order
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib
 import json
@@ -48,12 +53,14 @@ import h5py
 import numpy as np
 
 from dislotrack.data_gen.annotations import PIXEL_SIZE_TOLERANCE, annotation_image, is_sidecar
+from dislotrack.data_gen.text import first_few
 from dislotrack.infer.calibration import (
     FROM_ANNOTATION_NOTE,
     Calibration,
     check_positive,
     interval_from_timestamps,
     length_nm_or_none,
+    non_increasing_warning,
     seconds_or_none,
     square_pixel_size,
     uneven_steps_warning,
@@ -106,9 +113,15 @@ def open_movie(path: str | Path, *, signal: int | str | None = None) -> Movie:
     ValueError
         Unsupported extension, empty folder, frames of differing shapes, or a
         file holding no 2-D image.
+    ImportError
+        Naming the file and the package to install, where reading it needs an optional
+        package (e.g. ``sparse`` for a Velox EMD with an EDS spectrum image).
     """
     path = Path(path)
     movie = _with_annotation_calibration(_open(path, signal))
+    # The reader's notes travel with the calibration into the result (summary.json input.notes).
+    movie = movie.with_calibration(dataclasses.replace(
+        movie.calibration, notes=tuple(movie.metadata.get("notes", ()))))
     if signal is not None and "signals" not in movie.metadata:  # a format of one image (stack)
         movie.metadata.setdefault("warnings", []).append(
             f"{option('signal', signal, text=isinstance(signal, str))} was ignored: "
@@ -252,12 +265,15 @@ def _open_rsciio(path: Path, module: str, label: str, *, signal: int | str | Non
                           f"(pip install {err.name})") from err
     notes: list[str] = []
     try:
-        signals = reader(str(path), lazy=True)
-    except ValueError as err:  # e.g. RGBA DigitalMicrograph images are not lazy-readable
-        if path.stat().st_size > EAGER_LIMIT_BYTES:
-            raise ValueError(f"{path}: not lazily readable ({err}), too big to load whole") from err
-        signals = reader(str(path), lazy=False)
-        notes.append(f"read whole: {err}")
+        try:
+            signals = reader(str(path), lazy=True)
+        except ValueError as err:  # e.g. RGBA DigitalMicrograph images are not lazy-readable
+            if path.stat().st_size > EAGER_LIMIT_BYTES:
+                raise ValueError(f"{path}: not lazily readable ({err}), too big to load whole") from err
+            signals = reader(str(path), lazy=False)
+            notes.append(f"read whole: {err}")
+    except ModuleNotFoundError as err:  # e.g. a Velox EMD with an EDS spectrum image: sparse
+        raise _missing_module(path, label, err) from err
     images = [s for s in signals if _is_image_signal(s)]
     if not images:
         raise ValueError(f"{path} holds no 2-D image or image stack")
@@ -272,9 +288,15 @@ def _open_rsciio(path: Path, module: str, label: str, *, signal: int | str | Non
     dt = seconds_or_none(axes[0].get("scale"), axes[0].get("units")) if data.ndim == 3 else None
     om = sig.get("original_metadata", {})
     if dt is None and data.ndim == 3 and "ser_header_parameters" in om:
-        dt = interval_from_timestamps(om["ser_header_parameters"].get("Time", []), resolution_s=1.0)
-        notes.append("frame interval from the TIA whole-second clock" if dt else
-                     "TIA clock too coarse for a frame interval")
+        # Whole seconds: too coarse for per-frame times (a window's median step), so none kept.
+        clock = np.asarray(om["ser_header_parameters"].get("Time", []), dtype=float).ravel()
+        dt = interval_from_timestamps(clock, resolution_s=1.0)
+        if dt:
+            notes.append("frame interval from the TIA whole-second clock")
+        else:
+            span = float(np.ptp(clock)) if len(clock) else 0.0
+            cal_warnings.append(f"the TIA file's whole-second clock is too coarse for a frame "
+                                f"interval (its {len(clock)} frames span {span:g} s; 10 s are needed)")
     stamp = _dm_acquisition_time_s(om) if label == "DigitalMicrograph" else None
     meta = {"format": label, "reader": module, "dtype": str(data.dtype), "notes": notes,
             "signal": sig.get("metadata", {}).get("General", {}).get("title"),
@@ -295,6 +317,18 @@ def _open_rsciio(path: Path, module: str, label: str, *, signal: int | str | Non
                  read, close=lambda: close_lazy_array(data),
                  # a stack's one time is its start, not each frame's (Movie.window slices these)
                  timestamps_s=None if stamp is None or data.ndim != 2 else np.zeros(1))
+
+
+def _missing_module(path: Path, label: str, err: ModuleNotFoundError) -> ImportError:
+    """A one-line error naming the file, the optional module a reader lacked and its install
+    (rosettasciio raises some without ``name``, saying it in quotes)."""
+    name = err.name or next(iter(re.findall(r"'([\w.]+)'", str(err))), None)
+    if name is None:
+        return ImportError(f"{path}: reading this {label} file needs a package that is not "
+                           f"installed ({err})")
+    why = " (it holds an EDS spectrum image)" if name == "sparse" else ""
+    return ImportError(f"{path}: reading this {label} file{why} needs the optional {name!r} package: "
+                       f"pip install {name}")
 
 
 def _is_image_signal(sig: dict) -> bool:
@@ -376,8 +410,11 @@ def _open_image(path: Path) -> Movie:
     with Image.open(path) as im:
         w, h = im.size
         mode = im.mode
-    meta = {"format": path.suffix.lower()[1:].upper(), "mode": mode, "notes": []}
-    return Movie(path, (1, h, w), Calibration(), meta, lambda i: iio.imread(path))
+        n = getattr(im, "n_frames", 1)  # an animated PNG holds several
+    notes = [f"an animated {path.suffix[1:].upper()} of {n} frames; its playback timing is not "
+             "used"] if n > 1 else []
+    meta = {"format": path.suffix.lower()[1:].upper(), "mode": mode, "notes": notes}
+    return Movie(path, (n, h, w), Calibration(), meta, lambda i: iio.imread(path, index=i))
 
 
 #: `Movie.path` of an in-memory array (`movie_from_array`): not a file.
@@ -506,12 +543,23 @@ def _natural_key(rel: Path) -> tuple:
 
 
 def _frame_files(folder: Path) -> list[Path]:
-    """Frame files at the top level, else anywhere below (GMS in-situ trees), natural order."""
+    """Frame files at the top level, else anywhere below (GMS in-situ trees), natural order.
+
+    Raises ValueError where the top level holds fewer frame files than the folders below:
+    a stray image (a preview, a reference frame) beside a recording's tree."""
     def is_frame(p: Path) -> bool:
         return p.suffix.lower() in FRAME_EXTENSIONS and not p.name.startswith(".") and p.is_file()
 
-    files = [p for p in folder.iterdir() if is_frame(p)]
-    files = files or [p for p in folder.rglob("*") if is_frame(p)]
+    top = [p for p in folder.iterdir() if is_frame(p)]
+    below = [p for p in folder.rglob("*") if p.parent != folder and is_frame(p)]
+    if top and len(below) > len(top):
+        names = first_few(sorted(p.name for p in top), 3)
+        subs = first_few(sorted({p.relative_to(folder).parts[0] for p in below}), 3)
+        raise ValueError(
+            f"folder {folder} holds {len(top)} frame file(s) at the top level ({names}) and "
+            f"{len(below)} in subfolders ({subs}): move the top-level file(s) out to read the "
+            "subfolders' frames as one movie, or pass the folder you mean")
+    files = top or below
     if not files:
         raise ValueError(f"folder {folder} holds no frames ({', '.join(FRAME_EXTENSIONS)})")
     kinds = Counter(_FRAME_KIND[p.suffix.lower()] for p in files)
@@ -527,7 +575,7 @@ def _open_folder(folder: Path, signal: int | str | None = None) -> Movie:
             f"{folder} holds annotated images or movies (dislotrack annotations): a folder is "
             "read as one movie, one frame per file; pass the image files themselves "
             "(the <stem>_rs.tif masks are skipped)")
-    shapes, stamps = [], []
+    shapes, stamps, sizes, depths = [], [], [], []
     for f in files:  # headers only: PIL, tifffile and rosettasciio-lazy read no pixels here
         with _open(f, signal) as m:  # the same image of every multi-image frame file
             if len(m) != 1:
@@ -538,25 +586,57 @@ def _open_folder(folder: Path, signal: int | str | None = None) -> Movie:
                 first = m
             shapes.append(m.shape[1:])
             stamps.append(m.metadata.get("acquired_unix_s"))
+            sizes.append(m.calibration.pixel_size_nm)
+            depths.append(" ".join(str(m.metadata[k]) for k in ("mode", "dtype") if k in m.metadata))
     odd = next((i for i, s in enumerate(shapes) if s != shapes[0]), None)
     if odd is not None:
         raise ValueError(f"frames differ in shape: {files[0].name} is {shapes[0]} px but "
                          f"{files[odd].relative_to(folder)} is {shapes[odd]} px")
     notes = list(first.metadata.get("notes", []))
+    names = [str(f.relative_to(folder)) for f in files]
     times = np.array(stamps, dtype=float) - stamps[0] if None not in stamps else None
     dt = interval_from_timestamps(times) if times is not None else None
+    said = []
     if times is not None and dt is None and len(times) > 1:
-        notes.append("the frames' acquisition times do not increase; no frame interval")
-    uneven = uneven_steps_warning(times, dt) if times is not None else None
+        said.append(non_increasing_warning(times, names))
+    said.append(uneven_steps_warning(times, dt) if times is not None else None)
+    said.append(_differing_pixel_sizes(sizes, names))
     cal = Calibration.from_file(pixel_size_nm=first.calibration.pixel_size_nm, frame_interval_s=dt,
-                                warnings=(*first.calibration.warnings, *([uneven] if uneven else [])))
+                                warnings=(*first.calibration.warnings, *filter(None, said)))
+    # as the first frame's file says (e.g. one channel of several read)
+    warnings = list(first.metadata.get("warnings", []))
+    if len(set(depths)) > 1:  # e.g. an export with other settings: intensities jump
+        warnings.append(_differing("bit depth or colour mode", depths, names))
     meta = {"format": f"folder of {first.metadata['format']} frames", "n_files": len(files),
-            "first_file": str(files[0].relative_to(folder)), "notes": notes,
-            # as the first frame's file says (e.g. one channel of several read)
-            **{k: first.metadata[k] for k in ("warnings", "signal", "signals") if k in first.metadata}}
+            "first_file": names[0], "notes": notes,
+            **({"warnings": warnings} if warnings else {}),
+            **{k: first.metadata[k] for k in ("signal", "signals") if k in first.metadata}}
 
     def read(i: int) -> np.ndarray:
         with _open(files[i], signal) as m:
             return m[0]
 
     return Movie(folder, (len(files), *shapes[0]), cal, meta, read, timestamps_s=times)
+
+
+def _differing(what: str, values: list[str], names: list[str], odd: list[int] | None = None) -> str:
+    """A warning that the frame files differ in ``what``: the first file's value and a few
+    of the files that differ from it (``odd``, their indices; default: another value)."""
+    odd = [i for i, v in enumerate(values) if v != values[0]] if odd is None else odd
+    shown = first_few([f"{names[i]} {values[i]}" for i in odd], 3)
+    return f"the frames differ in {what}: {names[0]} is {values[0]}, but {shown}"
+
+
+def _differing_pixel_sizes(sizes: list[float | None], names: list[str]) -> str | None:
+    """A calibration warning where the frame files' pixel sizes differ by more than 1 % (a
+    magnification change?) or only some files have one; else None."""
+    ref = sizes[0]
+    same = [s == ref if ref is None or s is None else abs(s - ref) <= 0.01 * ref for s in sizes]
+    if all(same):
+        return None
+    shown = [f"{s:.4g} nm/px" if s is not None else "none" for s in sizes]
+    odd = [i for i, ok in enumerate(same) if not ok]
+    # Whatever pixel size is used (the first frame's, the user's), some frames are off.
+    return (f"{_differing('pixel size', shown, names, odd)} (a magnification change?): one pixel "
+            "size is used for all frames, so distances and velocities in the others are off; "
+            f"analyse frames of one pixel size ({option('frames')})")

@@ -9,6 +9,7 @@ import pytest
 from dislotrack.infer.calibration import (
     Calibration,
     interval_from_timestamps,
+    length_nm_or_none,
     resolve_calibration,
     to_nm,
     to_seconds,
@@ -22,6 +23,7 @@ from dislotrack.infer.interface import command_line
         (0.5, "nm", 0.5),
         (1.5, "Å", 0.15),
         (1.5, "\u212b", 0.15),  # ANGSTROM SIGN, distinct from LATIN CAPITAL A WITH RING
+        (1.5, "A\u030a", 0.15),  # A + COMBINING RING ABOVE (decomposed Å)
         (2.0, "A", 0.2),  # microscope files mean angstrom, not ampere
         (2.0, "angstrom", 0.2),
         (0.1687, "µm", 168.7),
@@ -208,3 +210,36 @@ def test_a_frame_interval_given_later_follows_the_same_rule():
     assert note.startswith("frame interval 0.5 s given by the user overrides the file's 0.04 s")
     # An override corrected again: the earlier note no longer holds.
     assert odd.with_frame_interval(0.8).warnings == ()
+
+
+@pytest.mark.parametrize("unit", ["Hz", "kHz", "fps", "1/s"])
+def test_a_rate_is_refused_as_a_frame_interval_saying_why(unit):
+    with pytest.raises(ValueError, match=rf"^2 {unit} is a frequency \(a frame rate\), not a time: give "
+                                         "the frame interval, one over the rate$"):
+        to_seconds(2, unit)
+
+
+@pytest.mark.parametrize(("scale", "said"), [(math.nan, "non-finite"), (math.inf, "non-finite"),
+                                             (-1.0, "non-positive"), (0.0, "non-positive")])
+def test_an_unusable_pixel_size_is_named_for_what_it_is(scale, said):
+    notes: list[str] = []
+    assert length_nm_or_none(scale, "nm", notes, "x axis") is None
+    assert notes == [f"x axis: ignored {said} pixel size {scale} nm"]
+
+
+def test_the_reader_notes_travel_with_the_calibration():
+    file_cal = Calibration(pixel_size_nm=0.1, pixel_size_source="file", notes=("read whole",))
+    assert resolve_calibration(file_cal, pixel_size_nm=0.2).notes == ("read whole",)
+    assert file_cal.with_frame_interval(1.0).notes == ("read whole",)
+
+
+def test_times_that_do_not_increase_name_the_frame_that_goes_back():
+    from dislotrack.infer.calibration import non_increasing_warning
+
+    assert non_increasing_warning([0.0, 1.0, 2.0]) is None
+    assert non_increasing_warning([0, 1, 1, 2], ["a", "b", "c", "d"]) == (
+        "the frames' acquisition times do not increase: frame 2 (c) has the time of frame 1 "
+        "(frames out of order?); no frame interval")
+    # One time in every frame (e.g. a sequence's start): no clock, nothing out of order.
+    said = non_increasing_warning([5.0] * 4)
+    assert said == "the 4 frames all carry one acquisition time; no frame interval"

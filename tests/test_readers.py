@@ -123,7 +123,8 @@ def test_tiff_centimetre_resolution_used_but_print_dpi_ignored(tmp_path):
     with open_movie(tmp_path / "cm.tif") as cm, open_movie(tmp_path / "dpi.tif") as dpi:
         assert cm.calibration.pixel_size_nm == pytest.approx(0.5)
         assert dpi.calibration.pixel_size_nm is None
-        assert any("print resolution" in n for n in dpi.metadata["notes"])
+        # a calibration warning: it explains the missing (then estimated) pixel size
+        assert any("print resolution" in w for w in dpi.calibration.warnings)
 
 
 def test_tiff_reading_one_frame_does_not_load_the_stack(tmp_path):
@@ -357,7 +358,9 @@ def test_real_tia_series_clock_too_coarse():
         assert movie.shape == (5, 64, 64)
         assert movie.calibration.pixel_size_nm == pytest.approx(6.2818, rel=1e-4)
         assert movie.calibration.frame_interval_s is None  # 5 frames within 1 s of a 1-s clock
-        assert any("TIA clock" in n for n in movie.metadata["notes"])
+        assert movie.timestamps_s is None  # whole seconds are no per-frame clock
+        assert any(w.startswith("the TIA file's whole-second clock is too coarse for a frame interval "
+                                "(its 5 frames span") for w in movie.calibration.warnings)
 
 
 def test_real_dm_acquisition_time():

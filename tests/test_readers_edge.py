@@ -1,0 +1,274 @@
+"""Readers at their edges (review of stop 34): print resolutions, stray files beside a
+recording, frames that disagree, optional modules, per-frame clocks, hyperstacks and
+the notes that reach summary.json. Small files written here; real files where named."""
+
+from __future__ import annotations
+
+import os
+import struct
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+from PIL import Image
+
+from dislotrack.infer.calibration import Calibration
+from dislotrack.infer.movie import Movie
+from dislotrack.infer.outputs import summary_dict
+from dislotrack.infer.pipeline import calibrate
+from dislotrack.infer.readers import open_movie
+from dislotrack.infer.result import AnalysisResult
+
+_DEFAULT_REALDATA = Path(__file__).resolve().parents[2] / "shared" / "realdata"
+REALDATA = Path(os.environ.get("DISLOTRACK_REALDATA", _DEFAULT_REALDATA))
+D003_NM = 0.473
+
+
+def real(rel: str) -> Path:
+    path = REALDATA / rel
+    if not path.exists():
+        pytest.skip(f"real-data file {rel} not present in {REALDATA}")
+    return path
+
+
+def fringes(period_px: float = 8.0, size: int = 128) -> np.ndarray:
+    """(003)-like fringes along y: a pixel size of 0.473 / period_px nm is estimated."""
+    y = np.arange(size)[:, None] * np.ones(size)
+    return (100 + 50 * np.cos(2 * np.pi * y / period_px)).astype(np.uint8)
+
+
+def png(path: Path, value: int = 0, shape=(16, 20), mode: str = "L") -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full(shape, value, np.uint8)).convert(mode).save(path)
+
+
+# --- 1. ImageJ print resolutions ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(("unit", "per_unit"), [("inch", 72), ("cm", 100)])
+def test_an_imagej_print_resolution_is_no_pixel_size_and_the_fringes_give_one(tmp_path, unit, per_unit):
+    path = tmp_path / f"ij_{unit}.tif"
+    tifffile.imwrite(path, fringes(), imagej=True, resolution=(per_unit, per_unit), metadata={"unit": unit})
+    with open_movie(path) as movie:
+        assert movie.calibration.pixel_size_nm is None
+        assert movie.calibration.warnings == (
+            f"ignored the resolution {per_unit} px/{unit} (ImageJ): a print resolution, not a "
+            "microscope calibration",)
+        cal = calibrate(movie, pixel_size_nm=None, frame_interval_s=None, d_spacing_nm=D003_NM)
+    # as for the same pixels saved as a plain TIFF: estimated, not refused
+    assert cal.pixel_size_source == "estimated"
+    assert cal.pixel_size_nm == pytest.approx(D003_NM / 8, rel=0.02)
+
+
+def test_an_imagej_calibration_in_cm_at_microscope_scale_is_kept(tmp_path):
+    tifffile.imwrite(tmp_path / "cm.tif", fringes(), imagej=True, resolution=(1e8, 1e8),
+                     metadata={"unit": "cm"})
+    with open_movie(tmp_path / "cm.tif") as movie:
+        assert movie.calibration.pixel_size_nm == pytest.approx(0.1)
+        assert movie.calibration.warnings == ()
+
+
+# --- 2. a stray image beside a GMS tree -----------------------------------------------------
+
+
+def test_a_stray_image_beside_a_recording_tree_is_refused_naming_both(tmp_path):
+    rec = tmp_path / "gms"
+    for i in range(5):
+        png(rec / "Hour_00" / "Minute_00" / "Second_00" / f"Frame_{i}.png", 10 * i)
+    with open_movie(rec) as movie:
+        assert len(movie) == 5
+    png(rec / "preview.png", shape=(40, 60))
+    with pytest.raises(ValueError, match=r"gms holds 1 frame file\(s\) at the top level \(preview\.png\) "
+                                         r"and 5 in subfolders \(Hour_00\): move the top-level"):
+        open_movie(rec)
+
+
+def test_a_folder_of_frames_with_a_smaller_subfolder_reads_its_top_level(tmp_path):
+    for i in range(3):
+        png(tmp_path / f"f{i}.png", 10 * i)
+    png(tmp_path / "thumbs" / "f0.png", shape=(4, 5))
+    with open_movie(tmp_path) as movie:
+        assert movie.shape == (3, 16, 20)
+
+
+# --- 3. frames of differing pixel size ------------------------------------------------------
+
+
+def test_a_folder_whose_frames_differ_in_pixel_size_warns_naming_them(tmp_path):
+    blank = np.zeros((32, 32), np.uint16)
+    tifffile.imwrite(tmp_path / "t1.tif", blank, imagej=True, resolution=(10, 10), metadata={"unit": "nm"})
+    tifffile.imwrite(tmp_path / "t2.tif", blank, imagej=True, resolution=(10.05, 10.05),
+                     metadata={"unit": "nm"})  # 0.5 %: the same
+    with open_movie(tmp_path) as movie:
+        assert movie.calibration.pixel_size_nm == pytest.approx(0.1)
+        assert movie.calibration.warnings == ()
+    tifffile.imwrite(tmp_path / "t3.tif", blank, imagej=True, resolution=(5, 5), metadata={"unit": "nm"})
+    tifffile.imwrite(tmp_path / "t4.tif", blank)
+    with open_movie(tmp_path) as movie:
+        (said,) = movie.calibration.warnings
+    assert said.startswith("the frames differ in pixel size: t1.tif is 0.1 nm/px, but t3.tif 0.2 nm/px, "
+                           "t4.tif none (a magnification change?): one pixel size is used for all "
+                           "frames, so distances and velocities in the others are off")
+
+
+# --- 4. a Velox EMD with an EDS spectrum image -----------------------------------------------
+
+
+def test_a_velox_emd_with_an_eds_spectrum_image_names_the_file_and_the_missing_module(tmp_path):
+    with zipfile.ZipFile(real("rosettasciio/emd/velox_emd_version11.zip")) as z:
+        z.extractall(tmp_path)
+    path = tmp_path / "Test SI 16x16 215 kx.emd"
+    try:
+        import sparse  # noqa: F401
+    except ImportError:
+        with pytest.raises(ImportError) as err:
+            open_movie(path)
+        said = str(err.value)
+        assert said == (f"{path}: reading this EMD file (it holds an EDS spectrum image) needs the "
+                        "optional 'sparse' package: pip install sparse")
+    else:
+        with open_movie(path) as movie:  # the HAADF beside the spectrum image
+            assert movie.shape[1:] == (16, 16)
+
+
+# --- 5. the OME DeltaT clock ---------------------------------------------------------------
+
+
+def _ome(path: Path, delta_t: list[float]) -> None:
+    tifffile.imwrite(path, np.zeros((len(delta_t), 16, 16), np.uint16), ome=True, metadata={
+        "axes": "TYX", "PhysicalSizeX": 0.1, "PhysicalSizeXUnit": "nm", "PhysicalSizeY": 0.1,
+        "PhysicalSizeYUnit": "nm", "Plane": {"DeltaT": delta_t, "DeltaTUnit": ["s"] * len(delta_t)}})
+
+
+def test_the_ome_deltat_clock_is_kept_so_an_even_stretch_has_its_own_interval(tmp_path):
+    _ome(tmp_path / "uneven.ome.tif", [10, 11, 12, 13, 19, 20])
+    with open_movie(tmp_path / "uneven.ome.tif") as movie:
+        np.testing.assert_allclose(movie.timestamps_s, [0, 1, 2, 3, 9, 10])
+        assert any("frame steps vary from 1 to 6 s" in w for w in movie.calibration.warnings)
+        even = movie.window(0, 4).calibration
+        assert even.frame_interval_s == pytest.approx(1.0) and even.warnings == ()
+    _ome(tmp_path / "back.ome.tif", [0, 0.5, 0.4, 1.5, 2])
+    with open_movie(tmp_path / "back.ome.tif") as movie:
+        assert movie.calibration.frame_interval_s is None
+        assert movie.calibration.warnings == (
+            "the frames' acquisition times do not increase: frame 2 is 0.1 s before frame 1 "
+            "(frames out of order?); no frame interval",)
+
+
+# --- 6, 7, 11. ImageJ hyperstacks, non-square pixels and escaped time units -----------------
+
+
+def test_an_imagej_tzyx_hyperstack_reads_the_first_slice_of_each_time_point(tmp_path):
+    data = np.random.default_rng(6).integers(0, 1000, (5, 2, 16, 16)).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "tz.tif", data, imagej=True, resolution=(5, 5),
+                     metadata={"axes": "TZYX", "unit": "nm", "finterval": 1.0})
+    with open_movie(tmp_path / "tz.tif") as movie:
+        assert movie.shape == (5, 16, 16)
+        np.testing.assert_array_equal(movie[3], data[3, 0])
+        assert movie.calibration.frame_interval_s == 1.0  # one frame per time point
+        assert movie.metadata["warnings"] == [
+            "the file holds 2 z-slices per time point (axes 'TZ'); only the first was read"]
+
+
+def test_imagej_non_square_pixels_are_a_calibration_warning(tmp_path):
+    tifffile.imwrite(tmp_path / "ns.tif", np.zeros((3, 16, 16), np.uint16), imagej=True,
+                     resolution=(1 / 0.2, 1 / 0.4), metadata={"unit": "nm", "axes": "TYX"})
+    with open_movie(tmp_path / "ns.tif") as movie:
+        assert movie.calibration.pixel_size_nm == pytest.approx(0.2)
+        said = [w[:46] for w in movie.calibration.warnings]
+        assert said == ["non-square pixels: x 0.2 nm, y 0.4 nm; using x"]
+
+
+@pytest.mark.parametrize(("tunit", "seconds"), [("\\u00B5s", 250e-6), ("frame", None)])
+def test_an_escaped_imagej_time_unit_is_read_and_an_unusable_one_said(tmp_path, tunit, seconds):
+    tifffile.imwrite(tmp_path / "t.tif", np.zeros((3, 16, 16), np.uint16), imagej=True,
+                     resolution=(10, 10), metadata={"unit": "nm", "axes": "TYX", "finterval": 250,
+                                                    "tunit": tunit})
+    with open_movie(tmp_path / "t.tif") as movie:
+        assert movie.calibration.frame_interval_s == (pytest.approx(seconds) if seconds else None)
+        said = ["ignored the ImageJ frame interval 250 frame: not a time unit"] if seconds is None else []
+        assert list(movie.calibration.warnings) == said
+
+
+# --- 8. reader notes reach summary.json; those that explain a missing value are warnings ----
+
+
+def test_reader_notes_reach_summary_json(tmp_path):
+    np.save(tmp_path / "a.npy", fringes())
+    with open_movie(tmp_path / "a.npy") as movie:
+        cal = calibrate(movie, pixel_size_nm=0.05, frame_interval_s=None, d_spacing_nm=D003_NM)
+    assert cal.notes == ("no calibration in .npy files",)
+    empty = pd.DataFrame({"kind": pd.Series(dtype=str)})
+    res = AnalysisResult(empty, empty, empty, empty, empty, empty, cal, np.zeros(1), (1, 128, 128),
+                         str(tmp_path / "a.npy"), "", {})
+    assert summary_dict(res)["input"]["notes"] == ["no calibration in .npy files"]
+
+
+def test_dm_frames_out_of_time_order_are_a_warning_naming_the_frame(tmp_path):
+    src = real("rosettasciio/digitalmicrograph/2D/test_STEM_image.dm3")
+    raw = src.read_bytes()
+    filetime = 1.3115143597000824e17  # its DataBar "Acquisition Time (OS)" [100 ns]
+    for i, t in enumerate([0, 1, 2, 1.5, 4]):
+        frame = raw.replace(struct.pack("<d", filetime), struct.pack("<d", filetime + t * 1e7))
+        (tmp_path / f"f{i}.dm3").write_bytes(frame)
+    with open_movie(tmp_path) as movie:
+        assert movie.calibration.frame_interval_s is None
+        assert ("the frames' acquisition times do not increase: frame 3 (f3.dm3) is 0.5 s before "
+                "frame 2 (frames out of order?); no frame interval") in movie.calibration.warnings
+
+
+# --- 9, 10. animated PNGs, MRC file handles ------------------------------------------------
+
+
+def test_an_animated_png_is_read_frame_by_frame(tmp_path):
+    frames = [Image.fromarray(np.full((16, 20), 50 * i, np.uint8)) for i in range(3)]
+    frames[0].save(tmp_path / "anim.png", save_all=True, append_images=frames[1:], duration=200)
+    with open_movie(tmp_path / "anim.png") as movie:
+        assert movie.shape == (3, 16, 20)
+        assert [float(f.mean()) for f in movie] == [0.0, 50.0, 100.0]
+
+
+def test_a_frame_that_is_no_image_names_the_file(tmp_path):
+    movie = Movie(tmp_path / "odd.png", (1, 4, 4), Calibration(), {}, lambda i: np.zeros((2, 5, 4, 4)))
+    with pytest.raises(ValueError, match=r"odd\.png: frame 0: a frame must be 2-D"):
+        movie[0]
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="counts open files in /proc/self/fd")
+def test_closing_an_mrc_movie_releases_its_file():
+    path = real("rosettasciio/mrc/Custom_movie.mrc")
+
+    def open_files() -> int:
+        return sum(1 for fd in os.listdir("/proc/self/fd") if os.path.realpath(f"/proc/self/fd/{fd}") ==
+                   str(path.resolve()))
+
+    before = open_files()
+    movie = open_movie(path)
+    movie[0]
+    movie.close()  # the movie itself is still referenced
+    assert open_files() == before
+
+
+# --- 13. frames of differing bit depth or colour mode ---------------------------------------
+
+
+def test_a_folder_mixing_bit_depths_or_colour_modes_warns_naming_the_files(tmp_path):
+    png(tmp_path / "modes" / "a1.png", 100)
+    png(tmp_path / "modes" / "a2.png", 100, mode="RGB")
+    png(tmp_path / "modes" / "a3.png", 100, mode="I;16")
+    with open_movie(tmp_path / "modes") as movie:
+        assert movie.metadata["warnings"] == [
+            "the frames differ in bit depth or colour mode: a1.png is L, but a2.png RGB, a3.png I;16"]
+    (tmp_path / "depth").mkdir()
+    tifffile.imwrite(tmp_path / "depth" / "b1.tif", np.zeros((8, 8), np.uint16))
+    tifffile.imwrite(tmp_path / "depth" / "b2.tif", np.zeros((8, 8), np.float32))
+    with open_movie(tmp_path / "depth") as movie:
+        assert movie.metadata["warnings"] == [
+            "the frames differ in bit depth or colour mode: b1.tif is uint16, but b2.tif float32"]
+    png(tmp_path / "same" / "c1.png")
+    png(tmp_path / "same" / "c2.png")
+    with open_movie(tmp_path / "same") as movie:
+        assert "warnings" not in movie.metadata
