@@ -38,6 +38,9 @@ from dislotrack.models.io import file_sha256
 from dislotrack.models.metrics import MATCH_RADIUS_NM, DetectionTally, mask_iou, match_cores
 
 MIN_TRACK_FRAMES = 10
+#: A predicted track must match a true one in at least this many frames to be its track
+#: (its velocity is then that true track's measurement).
+MIN_MATCHED_FRAMES = 3
 #: Velocity components slower than this [nm/s] get no relative error (it is undefined
 #: for a component that does not move); their absolute error is reported instead.
 MIN_SPEED_NM_S = 0.05
@@ -113,53 +116,63 @@ def _switches(pairs: pd.DataFrame) -> int:
 
 def tracking_scores(pred_tracks: pd.DataFrame, pred_summary: pd.DataFrame, truth: pd.DataFrame,
                     true_tracks: pd.DataFrame, *, pixel_size_nm: float) -> tuple[dict, pd.DataFrame]:
-    """Velocity errors per matched true track visible in >= 10 frames (with how many such
-    tracks were matched and not), and identity switches.
+    """Velocity errors per true track visible in >= 10 frames, and identity switches.
 
-    Relative errors are over the components that move (|true| >= `MIN_SPEED_NM_S`);
-    absolute errors [nm/s] over all.
+    Each long true track is given the predicted track matched in most of its frames, one
+    to one (Hungarian on the matched-frame counts), if that is at least
+    `MIN_MATCHED_FRAMES`; a long true track without one was not found, and its errors are
+    infinite: a failure, not a track left out (``median_*_rel_error``; the medians over
+    the tracks found alone are ``median_*_rel_error_found``). Likewise a found track
+    without a predicted velocity. Relative errors are over the components that move
+    (|true| >= `MIN_SPEED_NM_S`); absolute errors [nm/s] over all; the climb sign over the
+    moving climb components (a track not found has none: not correct).
 
     ``true_tracks`` has particle, n_frames, glide_velocity_nm_s, climb_velocity_nm_s;
     so has ``pred_summary`` (per-frame ``*_nm_per_frame`` columns are refused: convert
-    them with `velocities_in_nm_s`). The predicted track of a true one is the one
-    matched in most of its frames.
+    them with `velocities_in_nm_s`). Switches per track are over the true tracks labelled
+    in ``truth``.
     """
+    from scipy.optimize import linear_sum_assignment
+
     if velocities_in_nm_s(pred_summary, None) is None:
         raise ValueError("pred_summary holds velocities per frame (*_nm_per_frame): convert them "
                          "with velocities_in_nm_s(pred_summary, frame_interval_s) first")
     pairs = match_identities(pred_tracks, truth, pixel_size_nm=pixel_size_nm)
-    rows, switches, unmatched = [], 0, 0
+    switches = sum(_switches(g.sort_values("frame")) for _, g in pairs.groupby("true"))
     vel = pred_summary.set_index("particle") if len(pred_summary) else pd.DataFrame()
     visible = truth.groupby("particle").frame.nunique()
-    for _, tt in true_tracks.iterrows():
-        m = pairs[pairs.true == tt.particle].sort_values("frame")
-        switches += _switches(m)
-        if visible.get(tt.particle, 0) < MIN_TRACK_FRAMES:
-            continue
-        if m.empty:  # a long true track never found: no velocity to score, but counted
-            unmatched += 1
-            continue
-        best = int(m.pred.mode().iloc[0])
-        row = {"particle": int(tt.particle), "pred": best, "matched_frames": int((m.pred == best).sum())}
+    long = true_tracks[true_tracks.particle.map(visible).fillna(0) >= MIN_TRACK_FRAMES]
+    counts = pairs[pairs.true.isin(long.particle)].groupby(["true", "pred"]).size().unstack(fill_value=0)
+    best: dict[int, tuple[int, int]] = {}
+    if counts.size:
+        rows_, cols_ = linear_sum_assignment(-counts.to_numpy())
+        best = {int(counts.index[r]): (int(counts.columns[c]), int(counts.iat[r, c]))
+                for r, c in zip(rows_, cols_, strict=True) if counts.iat[r, c] >= MIN_MATCHED_FRAMES}
+    rows = []
+    for _, tt in long.iterrows():
+        pred, n = best.get(int(tt.particle), (pd.NA, 0))
+        row = {"particle": int(tt.particle), "pred": pred, "matched_frames": n}
         for comp in ("glide", "climb"):
-            true_v = float(tt[f"{comp}_velocity_nm_s"])
-            pv = float(vel.loc[best, f"{comp}_velocity_nm_s"]) if best in vel.index else np.nan
-            row[f"true_{comp}_nm_s"], row[f"pred_{comp}_nm_s"] = true_v, pv
+            pv = float(vel.loc[pred, f"{comp}_velocity_nm_s"]) if pred in vel.index else np.nan
+            row[f"true_{comp}_nm_s"], row[f"pred_{comp}_nm_s"] = float(tt[f"{comp}_velocity_nm_s"]), pv
         rows.append(row)
-    table = pd.DataFrame(rows)
+    columns = ["particle", "pred", "matched_frames", *(f"{k}_{c}_nm_s" for c in ("glide", "climb")
+                                                        for k in ("true", "pred"))]
+    table = pd.DataFrame(rows, columns=columns).astype({"pred": "Int64"})
+    found = table.pred.notna()
     scores = {"identity_switches": switches,
-              "switches_per_track": switches / max(len(true_tracks), 1),
-              # the velocity errors are over the matched ones: say how many were not
-              "long_tracks_matched": len(table), "long_tracks_unmatched": unmatched}
+              "switches_per_track": switches / max(truth.particle.nunique(), 1),
+              "long_tracks_matched": int(found.sum()), "long_tracks_unmatched": int((~found).sum())}
     if len(table):
         for comp in ("glide", "climb"):
             true_v, pred_v = table[f"true_{comp}_nm_s"], table[f"pred_{comp}_nm_s"]
-            err = (pred_v - true_v).abs()
+            err = (pred_v - true_v).abs().fillna(np.inf)  # not found, or no velocity: a failure
             # A relative error needs a moving component: below MIN_SPEED_NM_S it is undefined.
             moving = true_v.abs() >= MIN_SPEED_NM_S
             table[f"{comp}_abs_error_nm_s"] = err
             table[f"{comp}_rel_error"] = (err / true_v.abs()).where(moving)
             scores[f"median_{comp}_rel_error"] = float(table[f"{comp}_rel_error"].median())
+            scores[f"median_{comp}_rel_error_found"] = float(table[f"{comp}_rel_error"][found].median())
             scores[f"median_{comp}_abs_error_nm_s"] = float(err.median())
             scores[f"n_moving_{comp}"] = int(moving.sum())
         moving = table.true_climb_nm_s.abs() >= MIN_SPEED_NM_S
@@ -423,8 +436,9 @@ CALIBRATION_TOLERANCE = 0.02
 
 
 def _defined(scores: dict) -> dict:
-    """``scores`` with NaN (undefined) as None, for JSON."""
-    return {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in scores.items()}
+    """``scores`` with NaN (undefined) and infinity (a median velocity error where half or
+    more of the long true tracks were not found) as None, for JSON."""
+    return {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in scores.items()}
 
 
 def calibration_notes(summary: dict | None, pixel_size_nm: float,
@@ -534,7 +548,8 @@ def _image_mismatch(summary: dict | None, frame: np.ndarray, image_path: Path) -
 
 #: Columns of `report_table`, where the report has them.
 TABLE_COLUMNS = ("tp", "fp", "fn", "precision", "recall", "f1", "rmse_nm", "h_accuracy", "rs_iou",
-                 "long_tracks_matched", "median_glide_rel_error", "median_climb_rel_error",
+                 "long_tracks_matched", "long_tracks_unmatched", "median_glide_rel_error",
+                 "median_climb_rel_error",
                  "switches_per_track", "event_f1")
 
 
@@ -547,7 +562,7 @@ def report_table(report: dict) -> pd.DataFrame:
     scores = [c for c in table if c not in ("error", "note")]
     table[scores] = table[scores].apply(pd.to_numeric)  # None (undefined) -> NaN
     # Counts stay integers beside an error row.
-    counts = [c for c in ("tp", "fp", "fn", "long_tracks_matched") if c in table]
+    counts = [c for c in ("tp", "fp", "fn", "long_tracks_matched", "long_tracks_unmatched") if c in table]
     return table.astype({c: "Int64" for c in counts})
 
 

@@ -41,8 +41,8 @@ pair's midpoint there (the later core moved back to it at its own velocity, drif
 corrected, put back in that frame's raw pixels), when its partner was first seen at
 most ``max_lag_frames`` later and so moved back lies within ``distance_nm``; likewise
 ``dipole_annihilation`` (later last frame). Where a dipole appears a frame or two into
-the movie (vanishes a frame or two before its end), both cores having been missed
-until then is judged on the two tracks' miss rates together.
+the movie (vanishes a frame or two before its end) and one of its tracks nucleated
+(annihilated) by its own miss rate, so did the other, whatever its own.
 Event ``x``, ``y`` are raw image positions [px]; ``particles`` lists the track ids
 separated by spaces.
 
@@ -553,15 +553,16 @@ def _joint(fates: set[str], joint: set[str]) -> bool:
 
 def _fates_together(a: pd.Series, b: pd.Series, fate: str) -> set[str]:
     """Two tracks' births (``fate="birth"``) or deaths (``"death"``) judged together: a
-    track counted present (survived) only because its own misses could hide the movie's
-    first (last) frames nucleated (annihilated) when both cores being missed that long
-    is unlikely (`MISSED_START_PROBABILITY`): opposite cores appearing together, side by
-    side, a frame or two in, are the nucleation (annihilation) seen."""
+    dipole nucleates (annihilates) as a pair, so where one track nucleated by its own
+    evidence, a partner counted present (survived) only because its own misses could hide
+    the movie's first (last) frames nucleated (annihilated) too. Where both are present by
+    that chance they stay so: side by side, the two cores are missed together (a poor
+    frame there), not independently."""
     stage, kept, value = (("start", "present", "nucleated") if fate == "birth"
                           else ("stop", "survived", "annihilated"))
-    fates, unseen = [a[fate], b[fate]], [a[f"p_unseen_{stage}"], b[f"p_unseen_{stage}"]]
-    by_chance = [f == kept and p < 1.0 for f, p in zip(fates, unseen, strict=True)]
-    if any(by_chance) and unseen[0] * unseen[1] < MISSED_START_PROBABILITY:
+    fates = [a[fate], b[fate]]
+    by_chance = [f == kept and t[f"p_unseen_{stage}"] < 1.0 for f, t in zip(fates, (a, b), strict=True)]
+    if any(by_chance) and value in fates:
         fates = [value if chance else f for f, chance in zip(fates, by_chance, strict=True)]
     return set(fates)
 

@@ -470,9 +470,10 @@ def test_an_unseen_nucleation_changes_only_the_births():
 
 def test_a_dipole_appearing_in_frame_1_nucleated_there_though_one_core_is_patchy():
     # Core 1 is missed in 2 of its 19 frames: alone, missing frame 0 too is likely enough
-    # (0.11) to call it present. Beside an opposite core appearing in the same frame, both
-    # missed in frame 0 is not (0.11 * 0.001): the pair nucleated in frame 1 (and
-    # annihilated in frame N - 2).
+    # (0.11) to call it present. Its partner, seen in every frame, nucleated in frame 1:
+    # a dipole nucleates as a pair, so both did (and annihilated in frame N - 2). With
+    # both patchy, both missed in one frame is likely (side by side, they are missed
+    # together): present.
     for first, last, kind, fate in ((1, N_FRAMES, "dipole_nucleation", "birth"),
                                     (0, N_FRAMES - 1, "dipole_annihilation", "death")):
         steady = _track(0, range(first, last), 148.0, 100.0, UP, vx=-0.5 * (first == 1))
@@ -484,6 +485,9 @@ def test_a_dipole_appearing_in_frame_1_nucleated_there_though_one_core_is_patchy
         events = find_events(tracks, summary, pixel_size_nm=PIXEL_NM)
         assert events["kind"].tolist() == [kind] and events.loc[0, "particles"] == "0 1"
         assert events.loc[0, "frame"] == (1 if fate == "birth" else N_FRAMES - 2)
+        steady = steady[~steady["frame"].isin([8, 14])]
+        summary = _summary(pd.concat([steady, patchy], ignore_index=True))
+        assert summary[fate].tolist() == ["present" if fate == "birth" else "survived"] * 2
 
 
 def test_a_dipole_whose_blob_was_linked_into_one_core_nucleated_once_where_the_blob_was():

@@ -905,7 +905,36 @@ def test_tracking_scores_say_how_many_long_true_tracks_were_not_found():
     summary = pd.DataFrame({"particle": [7], "glide_velocity_nm_s": [0.1], "climb_velocity_nm_s": [0.0]})
     scores, table = tracking_scores(pred, summary, truth, true_tracks, pixel_size_nm=0.1)
     assert (scores["long_tracks_matched"], scores["long_tracks_unmatched"]) == (1, 1)
-    assert len(table) == 1 and scores["median_glide_rel_error"] == pytest.approx(0.0)
+    # The still track, not found, is in the table; it has no relative error (it does not
+    # move), so the median is the found one's.
+    assert len(table) == 2 and scores["median_glide_rel_error"] == pytest.approx(0.0)
+    assert table.set_index("particle").loc[1, "pred"] is pd.NA
+
+
+def test_a_moving_true_track_never_found_counts_against_the_velocity_median():
+    # Two long true tracks glide at 0.1 nm/s; one is found with its velocity exact, the
+    # other is not found at all: the median over the true tracks is not 0 but a failure.
+    from dislotrack.infer.evaluate import tracking_scores
+
+    frames = np.arange(12)
+    truth = pd.concat([pd.DataFrame({"frame": frames, "x": 10.0 + 40 * k + frames, "y": 10.0,
+                                     "particle": k}) for k in range(3)])
+    true_tracks = pd.DataFrame({"particle": [0, 1, 2], "n_frames": 12, "glide_velocity_nm_s": 0.1,
+                                "climb_velocity_nm_s": [0.1, 0.1, -0.1]})
+    # Track 0 found; track 2 found in 2 frames only (too few to be its track); track 1 not.
+    pred = pd.concat([truth[truth.particle == 0].assign(particle=7),
+                      truth[(truth.particle == 2) & (truth.frame < 2)].assign(particle=8)])
+    summary = pd.DataFrame({"particle": [7, 8], "glide_velocity_nm_s": [0.1, 0.1],
+                            "climb_velocity_nm_s": [0.1, -0.1]})
+    scores, table = tracking_scores(pred, summary, truth, true_tracks, pixel_size_nm=0.1)
+    assert (scores["long_tracks_matched"], scores["long_tracks_unmatched"]) == (1, 2)
+    assert scores["median_glide_rel_error"] == np.inf  # 0, inf, inf
+    assert scores["median_glide_rel_error_found"] == pytest.approx(0.0)
+    assert scores["climb_sign_correct"] == pytest.approx(1 / 3)  # a track not found: no sign
+    # One predicted track supplies the velocity of one true track only.
+    both = pd.concat([truth[truth.particle == 0], truth[truth.particle == 1]]).assign(particle=7)
+    scores, _ = tracking_scores(both, summary, truth, true_tracks, pixel_size_nm=0.1)
+    assert scores["long_tracks_matched"] == 1
 
 
 def test_velocity_errors_count_true_tracks_of_ten_frames_or_more():
