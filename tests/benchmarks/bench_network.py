@@ -12,9 +12,12 @@ configurations on a busy machine).
 Usage::
 
     python tests/benchmarks/bench_network.py --threads 2
+    python tests/benchmarks/bench_network.py --config bundled --skip-train
     python tests/benchmarks/bench_network.py --config base_channels=12,depth=3 --config default
 
-``--config`` takes ``default`` or comma-separated ``UNetConfig`` fields; without it a
+``--config`` takes ``bundled`` (the bundled model's architecture: what infer runs),
+``default`` (`UNetConfig`'s defaults, without the fringe channels) or comma-separated
+``UNetConfig`` fields; without it a
 built-in list of candidates is measured. Timings are the median (``--stat median``,
 default) or the minimum (``--stat min``: the best estimate of the uncontended cost on a
 busy shared machine) of ``--repeats`` runs after a warm-up; run twice and compare.
@@ -48,7 +51,13 @@ CANDIDATES = [
 
 
 def parse_config(spec: str) -> UNetConfig:
-    """``"default"`` or ``"field=value,field=value"`` -> `UNetConfig`."""
+    """``"bundled"`` (the bundled ``default`` model's architecture, fringe channels
+    included), ``"bundled:NAME"``, ``"default"`` (`UNetConfig`'s defaults: no fringe
+    channels, not the bundled network) or ``"field=value,field=value"`` -> `UNetConfig`."""
+    if spec == "bundled" or spec.startswith("bundled:"):
+        from dislotrack.models.io import load_model
+
+        return load_model(spec.partition(":")[2] or "default")[0].config
     if spec == "default":
         return UNetConfig()
     types = {f.name: type(getattr(UNetConfig(), f.name)) for f in dataclasses.fields(UNetConfig)}
@@ -131,7 +140,7 @@ def time_train_step(config: UNetConfig, repeats: int, stat=statistics.median) ->
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", action="append", help="'default' or field=value,...")
+    parser.add_argument("--config", action="append", help="'bundled', 'default' or field=value,...")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--stat", choices=["median", "min"], default="median")

@@ -25,7 +25,8 @@ Drift (``--drift-only SEEDS``): the drift `measure_drift` measures on the frames
 each set against the generator's, as the largest error per movie, grouped by mode and
 by the warning it gave (one set of fringes; a step change beyond its bound; none).
 
-Speed: frames/s of read -> detect -> track -> write (no MP4) at ``--size``, for two
+Speed: frames/s of read -> detect -> track -> write at ``--size`` (all that
+``dislotrack infer --no-movie`` writes: tables, rock-salt masks, summary, figures), for two
 movie lengths (cost per frame should not change), and the peak resident memory of
 each run in a fresh process (it should not grow with the length).
 """
@@ -42,6 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -56,9 +58,10 @@ from dislotrack.data_gen.specimen import add_rocksalt_near, draw_specimen
 from dislotrack.infer.drift import measure_drift
 from dislotrack.infer.evaluate import event_scores, match_events, tracking_scores
 from dislotrack.infer.options import TTA_VIEWS
-from dislotrack.infer.outputs import write_tables
 from dislotrack.infer.pipeline import analyze, track_detections
 from dislotrack.infer.predict import PRECISIONS
+from dislotrack.infer.result import AnalysisWarning
+from dislotrack.infer.run import infer_one
 from dislotrack.models.visibility import shows_half_plane_end
 
 DOSES = [100.0, 300.0, 1000.0, 3000.0]
@@ -258,9 +261,11 @@ def _speed_child(path: str, model: str | None, precision: str = "auto") -> None:
         Path("/proc/self/clear_refs").write_text("5")
     base = _rss_mb("VmRSS")
     t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        res = analyze(path, model=model, progress=False, precision=precision)
-        write_tables(res, Path(tmp) / "out")
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore", AnalysisWarning)
+        # What `dislotrack infer --no-movie` writes: tables, masks, summary and figures.
+        res = infer_one(path, Path(tmp) / "out", movie=False, model=model, progress=False,
+                        precision=precision)
     dt = time.perf_counter() - t0
     peak = _rss_mb("VmHWM")
     n = res.shape[0]
