@@ -349,7 +349,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
                                    "extra half-plane, a dipole that nucleates and annihilates; "
                                    "1 frame/s), analyse it with the "
                                    "bundled model and print measured against true velocities and "
-                                   "events. About a minute on 2 CPU cores.")
+                                   "events. About 15 s on 2 CPU cores.")
     p.add_argument("--out", default="dislotrack_demo", help="output folder")
     p.add_argument("--device", default="auto", metavar="DEVICE",
                    help="auto (CUDA if available), cpu, cuda or cuda:N (default auto)")
