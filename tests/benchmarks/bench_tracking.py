@@ -131,7 +131,7 @@ def oracle_detections(m, rng: np.random.Generator, *, noise_nm: float = 0.0,
 def accuracy(n_movies: int, n_frames: int, size: int, model: str | None, seed: int = 31,
              oracle: dict | None = None, **options) -> dict:
     rows, ev_rows = [], []
-    switches, n_true, n_found, n_missed = 0, 0, 0, 0
+    switches, n_true, n_found, n_missed, n_missed_shown = 0, 0, 0, 0, 0
     rng = np.random.default_rng([seed, 1])  # the oracle's jitter and misses
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(n_movies):
@@ -155,8 +155,9 @@ def accuracy(n_movies: int, n_frames: int, size: int, model: str | None, seed: i
             n_found += s["long_tracks_matched"]
             n_missed += s["long_tracks_unmatched"]
             ev = event_scores(res.events, m.events, pixel_size_nm=m.meta["pixel_size"])
-            sh = shown_event_counts(res.events, m.events, shown_particles(m),
-                                    pixel_size_nm=m.meta["pixel_size"])
+            shown = shown_particles(m)
+            sh = shown_event_counts(res.events, m.events, shown, pixel_size_nm=m.meta["pixel_size"])
+            n_missed_shown += int(table.particle[table.pred.isna()].isin(shown).sum()) if len(table) else 0
             ev_rows.append({"movie": i, "mode": mode, "dose": dose, **ev,
                             **{f"shown_{k}": v for k, v in sh.items()}})
             if len(table):
@@ -172,6 +173,7 @@ def accuracy(n_movies: int, n_frames: int, size: int, model: str | None, seed: i
            # True tracks labelled in >= 10 frames, found or not: one not found is a failure
            # (an infinite error) in the medians; the *_found medians leave them out.
            "tracks_ge10_matched": n_found, "tracks_ge10_unmatched": n_missed,
+           "tracks_ge10_unmatched_shown": n_missed_shown,  # of those, ones the images show
            "median_glide_rel_error": float(t.glide_rel_error.median()) if len(t) else None,
            "median_climb_rel_error": float(t.climb_rel_error.median()) if len(t) else None,
            "median_glide_rel_error_found": float(t.glide_rel_error[found].median()) if len(t) else None,
