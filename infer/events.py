@@ -343,7 +343,7 @@ def find_events(
     DataFrame
         Columns `EVENT_COLUMNS`, sorted by frame.
     """
-    ends = _track_ends(tracks, pixel_size_nm)
+    ends = _track_ends(tracks, pixel_size_nm, velocities=True)
     info = summary.set_index("particle")
     rows = [*_events(info, ends, "nucleation", dipoles, pixel_size_nm),
             *_events(info, ends, "annihilation", dipoles, pixel_size_nm)]
@@ -354,8 +354,8 @@ def find_events(
         blobs = (unlinked["frame"].to_numpy(dtype=int),
                  np.asarray(px_to_nm(unlinked[cols].to_numpy(dtype=float), pixel_size_nm)),
                  unlinked[["x", "y"]].to_numpy(dtype=float))
-        rows = [_through_blob(r, ends, blobs, blob_radius_nm, max_blob_frames) for r in rows]
-    events = pd.DataFrame(rows, columns=["frame", "kind", "x", "y", "particles"]).astype(
+        rows = [_through_blob(r, blobs, blob_radius_nm, max_blob_frames) for r in rows]
+    events = pd.DataFrame([r[:5] for r in rows], columns=["frame", "kind", "x", "y", "particles"]).astype(
         {"frame": int, "kind": str, "x": float, "y": float, "particles": str}
     )
     events.insert(1, "t_s", frame_times(events["frame"], frame_interval_s))
@@ -477,10 +477,11 @@ def _paths_nm(tracks: pd.DataFrame, pixel_size_nm: float):
     return ordered.groupby("particle", sort=True)
 
 
-def _track_ends(tracks: pd.DataFrame, pixel_size_nm: float) -> pd.DataFrame:
+def _track_ends(tracks: pd.DataFrame, pixel_size_nm: float, *, velocities: bool = False) -> pd.DataFrame:
     """Per particle: first and last detection (``frame``, raw ``x``, ``y`` [px],
     corrected ``xn``, ``yn`` [nm], suffixes ``_start`` / ``_stop``), bounding box of
-    the corrected path (``xn_min`` ... ``yn_max`` [nm]) and mean ``hx``, ``hy``.
+    the corrected path (``xn_min`` ... ``yn_max`` [nm]) and mean ``hx``, ``hy``; with
+    ``velocities``, the velocity at each end (`_end_velocities`: events need them).
     """
     paths = _paths_nm(tracks, pixel_size_nm)
     flags = [f for f in ("in_rocksalt", "at_specimen_edge") if f in tracks]
@@ -492,7 +493,8 @@ def _track_ends(tracks: pd.DataFrame, pixel_size_nm: float) -> pd.DataFrame:
     h = pd.DataFrame(unit(paths.obj[["hx", "hy"]].to_numpy(dtype=float)), columns=["hx", "hy"])
     mean_h = h.groupby(paths.obj["particle"].to_numpy()).mean()
     mean_h[["hx", "hy"]] = unit(mean_h.to_numpy())
-    return start.join(stop).join(box).join(mean_h).join(_end_velocities(paths))
+    ends = start.join(stop).join(box).join(mean_h)
+    return ends.join(_end_velocities(paths)) if velocities else ends
 
 
 #: Detections at each end of a track whose straight-line fit gives its velocity there.
@@ -553,15 +555,18 @@ def _joint(fates: set[str], joint: set[str]) -> bool:
 
 def _fates_together(a: pd.Series, b: pd.Series, fate: str) -> set[str]:
     """Two tracks' births (``fate="birth"``) or deaths (``"death"``) judged together: a
-    dipole nucleates (annihilates) as a pair, so where one track nucleated by its own
-    evidence, a partner counted present (survived) only because its own misses could hide
-    the movie's first (last) frames nucleated (annihilated) too. Where both are present by
-    that chance they stay so: side by side, the two cores are missed together (a poor
-    frame there), not independently."""
+    dipole nucleates (annihilates) as a pair. Where one core is seen in the movie's first
+    (last) frame, the pair was there: both present (survived). Else, where one track
+    nucleated by its own evidence, a partner counted present (survived) only because its
+    own misses could hide the movie's first (last) frames nucleated (annihilated) too.
+    Where both are present by that chance they stay so: side by side, the two cores are
+    missed together (a poor frame there), not independently."""
     stage, kept, value = (("start", "present", "nucleated") if fate == "birth"
                           else ("stop", "survived", "annihilated"))
-    fates = [a[fate], b[fate]]
-    by_chance = [f == kept and t[f"p_unseen_{stage}"] < 1.0 for f, t in zip(fates, (a, b), strict=True)]
+    fates, unseen = [a[fate], b[fate]], [a[f"p_unseen_{stage}"], b[f"p_unseen_{stage}"]]
+    if value in fates and any(f == kept and p >= 1.0 for f, p in zip(fates, unseen, strict=True)):
+        return {kept}
+    by_chance = [f == kept and p < 1.0 for f, p in zip(fates, unseen, strict=True)]
     if any(by_chance) and value in fates:
         fates = [value if chance else f for f, chance in zip(fates, by_chance, strict=True)]
     return set(fates)
@@ -572,13 +577,20 @@ def _joint_fates(fates: pd.DataFrame, pairs: list[tuple[int, int]], ends: pd.Dat
     """Dipoles that start (stop) together at rock salt, or with one core at the frame
     edge, nucleated (annihilated) there: two opposite cores appearing (vanishing) at once,
     side by side, is the signature of the event itself, not of cores the rock salt
-    happened to hide or that happened to cross the edge then."""
+    happened to hide or that happened to cross the edge then. Their births (deaths) are
+    judged together as `_fates_together` says."""
     fates = fates.set_index("particle")
     for a, b in pairs:
-        for fate, joint, stage, value in (("birth", _JOINT_BIRTHS, "start", "nucleated"),
-                                          ("death", _JOINT_DEATHS, "stop", "annihilated")):
+        for fate, joint, stage, value, kept in (
+                ("birth", _JOINT_BIRTHS, "start", "nucleated", "present"),
+                ("death", _JOINT_DEATHS, "stop", "annihilated", "survived")):
             ea, eb = (ends.loc[p].combine_first(fates.loc[p]) for p in (a, b))
-            if _joint(_fates_together(ea, eb, fate), joint) and _together(ea, eb, stage, criteria):
+            if not _together(ea, eb, stage, criteria):
+                continue
+            together = _fates_together(ea, eb, fate)
+            if together == {kept}:
+                fates.loc[[a, b], fate] = kept
+            elif _joint(together, joint):
                 fates.loc[[a, b], fate] = value
     return fates.reset_index()
 
@@ -609,7 +621,8 @@ def _pair_cost(a: pd.Series, b: pd.Series, paths, criteria: DipoleCriteria) -> f
 
 def _events(info: pd.DataFrame, ends: pd.DataFrame, kind: str, criteria: DipoleCriteria,
             pixel_size_nm: float) -> list:
-    """Event rows of one kind ("nucleation" or "annihilation"), dipole events first; a
+    """Event rows (frame, kind, x, y, particles, a dipole's corrected midpoint [nm] or None)
+    of one kind ("nucleation" or "annihilation"), dipole events first; a
     dipole event lies at its pair's midpoint in the event frame's raw pixels, also where
     one core's end is a frame or two from the other's (the specimen drifted meanwhile)."""
     fate, value, stage = {
@@ -626,11 +639,11 @@ def _events(info: pd.DataFrame, ends: pd.DataFrame, kind: str, criteria: DipoleC
             corrected_at = ends.loc[at, [f"xn_{stage}", f"yn_{stage}"]].to_numpy(float)
             raw_at = ends.loc[at, [f"x_{stage}", f"y_{stage}"]].to_numpy(float)
             x, y = raw_at + (mid_nm - corrected_at) / pixel_size_nm  # + the event frame's drift
-            rows.append((int(frame), f"dipole_{kind}", x, y, f"{a} {b}"))
+            rows.append((int(frame), f"dipole_{kind}", x, y, f"{a} {b}", mid_nm))
             single -= {a, b}
     for p in sorted(single):
         frame, x, y = ends.loc[p, [f"frame_{stage}", f"x_{stage}", f"y_{stage}"]]
-        rows.append((int(frame), kind, x, y, str(p)))
+        rows.append((int(frame), kind, x, y, str(p), None))
     return rows
 
 
@@ -655,19 +668,17 @@ def _joint_event(a: pd.Series, b: pd.Series, stage: str, criteria: DipoleCriteri
     return int(frames[at]), 0.5 * (xy(seen) + moved), int(at)
 
 
-def _through_blob(row: tuple, ends: pd.DataFrame, blobs: tuple[np.ndarray, np.ndarray, np.ndarray],
+def _through_blob(row: tuple, blobs: tuple[np.ndarray, np.ndarray, np.ndarray],
                   radius_nm: float, max_frames: int) -> tuple:
     """A dipole event row moved earlier (nucleation) or later (annihilation) through the
     consecutive frames with an unlinked detection (``blobs``: frames, drift-corrected
-    positions [nm], raw positions [px]) near the pair's midpoint, to where the blob lies
-    in the frame it moved to (raw pixels of that frame, as every event position)."""
-    frame, kind, x, y, particles = row
-    if not kind.startswith("dipole_"):
+    positions [nm], raw positions [px]) near the pair's midpoint in the event frame (the
+    row's last field), to where the blob lies in the frame it moved to (raw pixels of
+    that frame, as every event position)."""
+    frame, kind, x, y, particles, mid = row
+    if mid is None:  # a single core's event
         return row
-    stage, step = ("start", -1) if kind == "dipole_nucleation" else ("stop", 1)
-    pair = [int(p) for p in particles.split()]
-    # Midpoint of the pair's corrected end positions [nm].
-    mid = ends.loc[pair, [f"xn_{stage}", f"yn_{stage}"]].to_numpy(dtype=float).mean(axis=0)
+    step = -1 if kind == "dipole_nucleation" else 1
     blob_frames, xy, raw = blobs
     distance = np.hypot(*(xy - mid).T)
     near = distance <= radius_nm
@@ -680,4 +691,4 @@ def _through_blob(row: tuple, ends: pd.DataFrame, blobs: tuple[np.ndarray, np.nd
     if moved != frame:  # the blob there, not the pair's position frames away (drift)
         here = np.flatnonzero(near & (blob_frames == moved))
         x, y = raw[here[np.argmin(distance[here])]]
-    return (int(moved), kind, float(x), float(y), particles)
+    return (int(moved), kind, float(x), float(y), particles, mid)

@@ -515,3 +515,26 @@ def test_a_dipole_whose_second_core_appears_later_lies_where_both_were_in_the_ev
     events = find_events(tracks, _summary(tracks), pixel_size_nm=PIXEL_NM).set_index("kind")
     # Core 1 in frame 5 was at 110: the midpoint (105, 100), not (108, 100).
     assert events.loc["dipole_nucleation", ["frame", "x", "y"]].tolist() == pytest.approx([5, 105.0, 100.0])
+
+
+def test_a_dipole_whose_partner_is_seen_late_still_moves_back_through_its_blob():
+    # Core 1 is first seen 3 frames after core 0; the pair's blob sits at (100, 100) in
+    # frames 3-4, where core 1 moved back at its velocity puts the midpoint.
+    tracks = pd.concat([_track(0, range(5, 18), 100.0, 100.0, DOWN, vx=-4.0),
+                        _track(1, range(8, 18), 112.0, 100.0, UP, vx=4.0)], ignore_index=True)
+    blobs = _blob([3, 4], 100.0, 100.0)
+    criteria = DipoleCriteria(max_frame_gap=5)  # as track_detections sets it (memory 5)
+    events = find_events(tracks, _summary(tracks, dipoles=criteria), pixel_size_nm=PIXEL_NM,
+                         dipoles=criteria, unlinked=blobs)
+    assert events.iloc[0][["frame", "kind", "x"]].tolist() == [3, "dipole_nucleation", 100.0]
+
+
+def test_a_dipole_with_one_core_seen_in_frame_0_was_there_from_the_start():
+    # Core 0 is seen from frame 0, its opposite partner beside it from frame 1: the
+    # dipole was there, the partner missed in frame 0 (no nucleation of either).
+    tracks = pd.concat([_track(0, range(0, 15), 100.0, 100.0, DOWN),
+                        _track(1, range(1, 15), 110.0, 100.0, UP)], ignore_index=True)
+    summary = _summary(tracks)
+    assert summary["birth"].tolist() == ["present", "present"]
+    events = find_events(tracks, summary, pixel_size_nm=PIXEL_NM)
+    assert "nucleation" not in events["kind"].str.replace("dipole_", "").tolist()
