@@ -186,7 +186,8 @@ def link_cores(
     max_h_change_deg : float
         Largest change of **h** between linked detections [deg], in (0, 180).
     max_gap : int
-        Longest gap [frames] `close_gaps` bridges; 0 disables gap closing.
+        Longest gap [frames] `close_gaps` bridges, and longest run of flipped **h**
+        `absorb_flipped_runs` gives back; 0 disables both.
     min_mean_score : float
         Tracks whose detections' mean ``score`` is lower are dropped (0 keeps all).
     repair : bool
@@ -249,7 +250,8 @@ def link_cores(
         kept = _drop_short(kept, min(2, min_length))
         kept = close_gaps(kept, pixel_size_nm=pixel_size_nm, max_gap=max_gap,
                           max_h_change_deg=max_h_change_deg)
-        kept = absorb_flipped_runs(kept, pixel_size_nm=pixel_size_nm)
+        kept = absorb_flipped_runs(kept, pixel_size_nm=pixel_size_nm, max_frames=max_gap,
+                                   max_h_change_deg=max_h_change_deg)
     kept = _drop_short(kept, min_length)
     if repair:  # a swap may shorten a track below min_length: drop short ones again
         kept = _drop_short(repair_crossings(kept, pixel_size_nm=pixel_size_nm,
@@ -379,23 +381,21 @@ def close_gaps(
         continuing.add(b)
         merged[b] = a
 
-    def root(p: int) -> int:
-        while p in merged:
-            p = merged[p]
-        return p
-
-    return tracks.assign(particle=tracks["particle"].map(root))
+    return _renumbered(tracks, merged)
 
 
 def absorb_flipped_runs(tracks: pd.DataFrame, *, pixel_size_nm: float,
-                        tolerance_nm: float = GAP_TOLERANCE_NM) -> pd.DataFrame:
+                        tolerance_nm: float = GAP_TOLERANCE_NM, max_frames: int = 12,
+                        max_h_change_deg: float = MAX_H_CHANGE_DEG) -> pd.DataFrame:
     """Give a track back the detections whose **h** flipped for a few frames.
 
-    A shorter track of opposite mean **h** seen only in frames a longer track lacks,
-    within that track's span, and never further than ``tolerance_nm`` from its path
-    (interpolated between its detections) is the same core: a second core of the other
-    sign born and annihilated on the first one's path, exactly while it went unseen,
-    is not physics. A dipole partner lies beside the core, in the frames it is seen.
+    A shorter track spanning at most ``max_frames`` frames, whose mean **h** differs from
+    a longer track's by more than linking allows (``max_h_change_deg``), seen only in
+    frames that track (with what it absorbed) lacks, within its span, and never further
+    than ``tolerance_nm`` from its path (interpolated between its own detections) is
+    the same core: a second core of the other sign born and annihilated on the first
+    one's path, exactly while it went unseen, is not physics. A dipole partner lies
+    beside the core, in the frames it is seen.
 
     Parameters
     ----------
@@ -404,8 +404,8 @@ def absorb_flipped_runs(tracks: pd.DataFrame, *, pixel_size_nm: float,
         ``y_corr``, ``hx``, ``hy``).
     pixel_size_nm : float
         Pixel size [nm/px].
-    tolerance_nm : float
-        Largest distance [nm] of a flipped detection from the longer track's path.
+    tolerance_nm, max_frames, max_h_change_deg
+        See above.
 
     Returns
     -------
@@ -415,29 +415,43 @@ def absorb_flipped_runs(tracks: pd.DataFrame, *, pixel_size_nm: float,
     if tracks.empty:
         return tracks
     xcol, ycol = position_columns(tracks)
-    paths = {int(p): g.sort_values("frame") for p, g in tracks.groupby("particle", sort=True)}
-    mean_h = {p: _mean_h(g) for p, g in paths.items()}
+    ordered = tracks.sort_values(["particle", "frame"], kind="stable")
+    ids = ordered["particle"].to_numpy()
+    cuts = np.flatnonzero(np.diff(ids)) + 1
+    frames = np.split(ordered["frame"].to_numpy(dtype=float), cuts)
+    paths = np.split(ordered[[xcol, ycol]].to_numpy(dtype=float), cuts)
+    particles = ids[np.r_[0, cuts]]
+    h = unit(np.array([g.mean(axis=0) for g in np.split(unit(ordered[["hx", "hy"]].to_numpy(float)), cuts)]))
+    n = np.array([len(f) for f in frames])
+    first, last = np.array([f[0] for f in frames]), np.array([f[-1] for f in frames])
+    opposite = h @ h.T < np.cos(np.deg2rad(max_h_change_deg))
+    taken = [set(f.tolist()) for f in frames]  # frames each root holds, runs absorbed included
     merged: dict[int, int] = {}
-    for s, run in sorted(paths.items(), key=lambda kv: len(kv[1])):
-        f = run["frame"].to_numpy(dtype=float)
-        for p, g in sorted(paths.items(), key=lambda kv: -len(kv[1])):
-            lf = g["frame"].to_numpy(dtype=float)
-            if (p == s or p in merged or len(g) <= len(run) or float(mean_h[p] @ mean_h[s]) >= 0
-                    or f[0] < lf[0] or f[-1] > lf[-1] or np.isin(f, lf).any()):
+    for s in np.argsort(n, kind="stable"):
+        if last[s] - first[s] + 1 > max_frames:
+            continue
+        hosts = np.flatnonzero(opposite[s] & (n > n[s]) & (first <= first[s]) & (last >= last[s]))
+        for p in hosts[np.argsort(-n[hosts], kind="stable")]:
+            if p in merged or taken[p] & taken[s]:
                 continue
-            path = np.c_[np.interp(f, lf, g[xcol].to_numpy(dtype=float)),
-                         np.interp(f, lf, g[ycol].to_numpy(dtype=float))]
-            off = np.hypot(*(run[[xcol, ycol]].to_numpy(dtype=float) - path).T) * pixel_size_nm
-            if off.max() <= tolerance_nm:
-                merged[s] = p
+            on_path = np.c_[np.interp(frames[s], frames[p], paths[p][:, 0]),
+                            np.interp(frames[s], frames[p], paths[p][:, 1])]
+            if np.hypot(*(paths[s] - on_path).T).max() * pixel_size_nm <= tolerance_nm:
+                merged[int(particles[s])] = int(particles[p])
+                taken[p] |= taken[s]
                 break
+    return _renumbered(tracks, merged)
 
-    def root(q: int) -> int:
-        while q in merged:
-            q = merged[q]
-        return q
 
-    return tracks.assign(particle=tracks["particle"].map(lambda q: root(int(q))))
+def _renumbered(tracks: pd.DataFrame, merged: dict[int, int]) -> pd.DataFrame:
+    """``tracks`` with each particle merged into another (``merged``: child -> parent, in
+    chains) set to its root's id."""
+    def root(p: int) -> int:
+        while p in merged:
+            p = merged[p]
+        return p
+
+    return tracks.assign(particle=tracks["particle"].map(lambda p: root(int(p)))) if merged else tracks
 
 
 #: Crossing repair: tracks this close [nm] somewhere in the window may swap tails; a swap

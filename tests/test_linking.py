@@ -338,3 +338,23 @@ def test_a_run_of_flipped_h_inside_a_track_stays_in_it():
     both = pd.concat([core[~core["frame"].between(20, 26)], other], ignore_index=True)
     linked = link_cores(both, pixel_size_nm=PIXEL_NM, frame_interval_s=1.0, memory=5, min_length=5)
     assert linked["particle"].nunique() == 2
+
+
+def test_flipped_runs_never_give_a_track_two_detections_in_one_frame():
+    # Two flipped runs in the same frames, 0.5 nm either side of the path: one rejoins
+    # the track, the other cannot (the track holds those frames now).
+    from dislotrack.infer.linking import absorb_flipped_runs
+
+    def track(p, frames, y, hy):
+        frames = np.asarray(list(frames))
+        return pd.DataFrame({"particle": p, "frame": frames, "x": 100.0, "y": y, "hx": 0.0, "hy": hy})
+
+    long = track(0, [f for f in range(60) if not 20 <= f <= 26], 100.0, -1.0)
+    runs = [track(1, range(20, 27), 95.0, 1.0), track(2, range(20, 27), 105.0, 1.0)]
+    out = absorb_flipped_runs(pd.concat([long, *runs], ignore_index=True), pixel_size_nm=PIXEL_NM)
+    assert out["particle"].nunique() == 2
+    assert not out.duplicated(["particle", "frame"]).any()
+    # A run longer than max_frames is a track of its own.
+    out = absorb_flipped_runs(pd.concat([long, runs[0]], ignore_index=True), pixel_size_nm=PIXEL_NM,
+                              max_frames=6)
+    assert out["particle"].nunique() == 2
