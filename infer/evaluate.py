@@ -145,9 +145,11 @@ def tracking_scores(pred_tracks: pd.DataFrame, pred_summary: pd.DataFrame, truth
     counts = pairs[pairs.true.isin(long.particle)].groupby(["true", "pred"]).size().unstack(fill_value=0)
     best: dict[int, tuple[int, int]] = {}
     if counts.size:
-        rows_, cols_ = linear_sum_assignment(-counts.to_numpy())
-        best = {int(counts.index[r]): (int(counts.columns[c]), int(counts.iat[r, c]))
-                for r, c in zip(rows_, cols_, strict=True) if counts.iat[r, c] >= MIN_MATCHED_FRAMES}
+        # Pairs matched in too few frames are no candidates (else they could win the sum).
+        enough = counts.where(counts >= MIN_MATCHED_FRAMES, 0).to_numpy()
+        true_rows, pred_cols = linear_sum_assignment(-enough)
+        best = {int(counts.index[r]): (int(counts.columns[c]), int(enough[r, c]))
+                for r, c in zip(true_rows, pred_cols, strict=True) if enough[r, c] > 0}
     rows = []
     for _, tt in long.iterrows():
         pred, n = best.get(int(tt.particle), (pd.NA, 0))

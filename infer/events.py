@@ -40,9 +40,10 @@ annihilation at its last. A dipole whose two tracks both nucleated gives one
 pair's midpoint there (the later core moved back to it at its own velocity, drift-
 corrected, put back in that frame's raw pixels), when its partner was first seen at
 most ``max_lag_frames`` later and so moved back lies within ``distance_nm``; likewise
-``dipole_annihilation`` (later last frame). Where a dipole appears a frame or two into
-the movie (vanishes a frame or two before its end) and one of its tracks nucleated
-(annihilated) by its own miss rate, so did the other, whatever its own.
+``dipole_annihilation`` (later last frame). A dipole's births (deaths) are judged
+together: where one of its cores is seen in the movie's first (last) frame, both were
+there from the start (to the end); else, where one track nucleated (annihilated) by its
+own miss rate, so did the other, whatever its own.
 Event ``x``, ``y`` are raw image positions [px]; ``particles`` lists the track ids
 separated by spaces.
 

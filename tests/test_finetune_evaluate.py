@@ -1426,3 +1426,24 @@ def test_finetune_refuses_a_one_pixel_bottleneck_of_one_crop(tmp_path):
         finetune(data=tmp_path / "lab", out=tmp_path / "ft", model=tmp_path / "base", epochs=1,
                  size=4, batch_size=1, crops_per_epoch=2, accelerator="cpu")
     assert not (tmp_path / "ft.safetensors").exists()
+
+
+def test_a_brief_match_does_not_take_a_predicted_track_from_its_true_track():
+    # Predicted track 7 follows true track 0 for 5 frames and touches true track 1 in 2;
+    # predicted track 8 follows true track 0 for 4 more. Most matched frames in all would
+    # pair 0 with 8 and 1 with 7, and then drop the 2-frame pair: 7 is track 0's.
+    from dislotrack.infer.evaluate import tracking_scores
+
+    frames = np.arange(12)
+    truth = pd.concat([pd.DataFrame({"frame": frames, "x": 10.0 + frames, "y": 10.0, "particle": 0}),
+                       pd.DataFrame({"frame": frames, "x": 60.0, "y": 60.0, "particle": 1})])
+    true_tracks = pd.DataFrame({"particle": [0, 1], "n_frames": 12, "glide_velocity_nm_s": [0.1, 0.0],
+                                "climb_velocity_nm_s": 0.0})
+    pred = pd.concat([truth[(truth.particle == 0) & truth.frame.between(0, 4)].assign(particle=7),
+                      truth[(truth.particle == 1) & truth.frame.between(5, 6)].assign(particle=7),
+                      truth[(truth.particle == 0) & truth.frame.between(7, 10)].assign(particle=8)])
+    summary = pd.DataFrame({"particle": [7, 8], "glide_velocity_nm_s": [0.1, 0.3],
+                            "climb_velocity_nm_s": [0.0, 0.0]})
+    scores, table = tracking_scores(pred, summary, truth, true_tracks, pixel_size_nm=0.1)
+    assert table.set_index("particle").loc[0, "pred"] == 7
+    assert scores["median_glide_rel_error"] == pytest.approx(0.0)
