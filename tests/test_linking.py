@@ -86,16 +86,11 @@ def test_same_h_core_reappearing_after_a_gap_is_linked():
 
 def test_h_turning_more_than_the_limit_breaks_the_track():
     first = _core(range(0, 6), 20.0, 20.0, 0.0, 0.0, (1.0, 0.0))
-    turned = _core(range(6, 12), 20.0, 20.0, 0.0, 0.0, (np.cos(1.75), np.sin(1.75)))  # 100 deg
+    turned = _core(range(6, 12), 20.0, 20.0, 0.0, 0.0, (np.cos(1.0), np.sin(1.0)))  # 57 deg
     detections = pd.concat([first, turned])
     assert link_cores(detections, pixel_size_nm=PIXEL_NM)["particle"].nunique() == 2
-    wide = link_cores(detections, pixel_size_nm=PIXEL_NM, max_h_change_deg=110.0)
+    wide = link_cores(detections, pixel_size_nm=PIXEL_NM, max_h_change_deg=70.0)
     assert wide["particle"].nunique() == 1
-    # 57 deg: within the default limit, beyond a narrower one.
-    turned = _core(range(6, 12), 20.0, 20.0, 0.0, 0.0, (np.cos(1.0), np.sin(1.0)))
-    detections = pd.concat([first, turned])
-    assert link_cores(detections, pixel_size_nm=PIXEL_NM)["particle"].nunique() == 1
-    assert link_cores(detections, pixel_size_nm=PIXEL_NM, max_h_change_deg=45.0)["particle"].nunique() == 2
 
 
 def test_core_faster_than_the_search_range_is_not_linked():
@@ -301,14 +296,14 @@ def test_crowded_frames_are_linked_not_refused(predict, caplog):
     assert any("too crowded to link within 2 nm" in r.getMessage() for r in caplog.records)
 
 
-def test_a_core_whose_h_scatters_by_20_degrees_stays_one_track():
-    # The detector's h scatters (a few degrees, more at low dose). Judged against the last
-    # detection, one outlier split a still core into two tracks that took turns claiming
-    # its detections: a false nucleation and annihilation.
+def test_a_core_whose_h_scatters_as_the_network_s_does_stays_one_track():
+    # The network's h scatters by 4 deg (median), 12 deg at the 99th percentile: 10 deg SD
+    # (an outlier of 45 deg now and then) must not split a core into two tracks that take
+    # turns claiming its detections (a false nucleation and annihilation).
     for seed in range(6):
         rng = np.random.default_rng(seed)
         core = _core(range(60), 50.0, 100.0, 0.3, 0.0, (0.0, -1.0), rng=rng, jitter=0.5)
-        angle = np.arctan2(core["hy"], core["hx"]) + np.deg2rad(rng.normal(0, 20, len(core)))
+        angle = np.arctan2(core["hy"], core["hx"]) + np.deg2rad(rng.normal(0, 10, len(core)))
         core["hx"], core["hy"] = np.cos(angle), np.sin(angle)
         linked = link_cores(core, pixel_size_nm=PIXEL_NM, frame_interval_s=1.0, memory=5)
         assert linked["particle"].nunique() == 1 and len(linked) == 60, seed
