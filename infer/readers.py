@@ -293,10 +293,13 @@ def _open_rsciio(path: Path, module: str, label: str, *, signal: int | str | Non
         dt = interval_from_timestamps(clock, resolution_s=1.0)
         if dt:
             notes.append("frame interval from the TIA whole-second clock")
-        else:
-            span = float(np.ptp(clock)) if len(clock) else 0.0
+        elif len(clock) >= 2:  # a span of 10 clock steps gives the interval to 10 %
+            span = float(clock[-1] - clock[0])
             cal_warnings.append(f"the TIA file's whole-second clock is too coarse for a frame "
-                                f"interval (its {len(clock)} frames span {span:g} s; 10 s are needed)")
+                                f"interval: its {len(clock)} frames span {span:g} s, under the "
+                                "10 s that give it to 10 %")
+        else:
+            cal_warnings.append("the TIA file holds no per-frame clock: no frame interval")
     stamp = _dm_acquisition_time_s(om) if label == "DigitalMicrograph" else None
     meta = {"format": label, "reader": module, "dtype": str(data.dtype), "notes": notes,
             "signal": sig.get("metadata", {}).get("General", {}).get("title"),
@@ -544,14 +547,20 @@ def _natural_key(rel: Path) -> tuple:
 
 def _frame_files(folder: Path) -> list[Path]:
     """Frame files at the top level, else anywhere below (GMS in-situ trees), natural order.
+    Folders of dislotrack results (holding a ``summary.json``: ``--out`` inside the frames'
+    folder) are no frames.
 
     Raises ValueError where the top level holds fewer frame files than the folders below:
     a stray image (a preview, a reference frame) beside a recording's tree."""
     def is_frame(p: Path) -> bool:
         return p.suffix.lower() in FRAME_EXTENSIONS and not p.name.startswith(".") and p.is_file()
 
-    top = [p for p in folder.iterdir() if is_frame(p)]
-    below = [p for p in folder.rglob("*") if p.parent != folder and is_frame(p)]
+    entries = list(folder.iterdir())
+    top = [p for p in entries if is_frame(p)]
+    below = [p for d in entries if d.is_dir() and not d.name.startswith(".") for p in d.rglob("*")
+             if is_frame(p)]
+    results = {r.parent for r in folder.rglob("summary.json")} if below else set()
+    below = [p for p in below if not results & set(p.parents)]
     if top and len(below) > len(top):
         names = first_few(sorted(p.name for p in top), 3)
         subs = first_few(sorted({p.relative_to(folder).parts[0] for p in below}), 3)

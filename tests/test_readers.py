@@ -359,8 +359,8 @@ def test_real_tia_series_clock_too_coarse():
         assert movie.calibration.pixel_size_nm == pytest.approx(6.2818, rel=1e-4)
         assert movie.calibration.frame_interval_s is None  # 5 frames within 1 s of a 1-s clock
         assert movie.timestamps_s is None  # whole seconds are no per-frame clock
-        assert any(w.startswith("the TIA file's whole-second clock is too coarse for a frame interval "
-                                "(its 5 frames span") for w in movie.calibration.warnings)
+        assert any(w.startswith("the TIA file's whole-second clock is too coarse for a frame interval: "
+                                "its 5 frames span 0 s, under the 10 s") for w in movie.calibration.warnings)
 
 
 def test_real_dm_acquisition_time():

@@ -94,6 +94,19 @@ def test_a_folder_of_frames_with_a_smaller_subfolder_reads_its_top_level(tmp_pat
         assert movie.shape == (3, 16, 20)
 
 
+def test_a_folder_of_frames_holding_its_own_results_reads_its_frames(tmp_path):
+    # `dislotrack infer frames --out frames/results`: the figures there are no frames.
+    for i in range(4):
+        png(tmp_path / f"frame_{i}.png", 10 * i)
+    result = tmp_path / "results" / "frames"
+    (result / "figures").mkdir(parents=True)
+    (result / "summary.json").write_text("{}")
+    for name in ("trajectories", "displacement", "counts", "events", "dipoles"):
+        png(result / "figures" / f"{name}.png", shape=(30, 40))
+    with open_movie(tmp_path) as movie:
+        assert movie.shape == (4, 16, 20)
+
+
 # --- 3. frames of differing pixel size ------------------------------------------------------
 
 
