@@ -662,11 +662,11 @@ def _joint_event(a: pd.Series, b: pd.Series, stage: str, criteria: DipoleCriteri
     lag = frames[at] - frames[other.name]
     if abs(lag) > criteria.max_lag_frames:
         return None
-    xy = lambda t: t[[f"xn_{stage}", f"yn_{stage}"]].to_numpy(float)  # noqa: E731
-    moved = xy(other) + lag * other[[f"vxn_{stage}", f"vyn_{stage}"]].to_numpy(float)
-    if np.hypot(*(moved - xy(seen))) > criteria.distance_nm:
+    here, there = (t[[f"xn_{stage}", f"yn_{stage}"]].to_numpy(float) for t in (seen, other))
+    moved = there + lag * other[[f"vxn_{stage}", f"vyn_{stage}"]].to_numpy(float)
+    if np.hypot(*(moved - here)) > criteria.distance_nm:
         return None
-    return int(frames[at]), 0.5 * (xy(seen) + moved), int(at)
+    return int(frames[at]), 0.5 * (here + moved), int(at)
 
 
 def _through_blob(row: tuple, blobs: tuple[np.ndarray, np.ndarray, np.ndarray],
