@@ -128,6 +128,10 @@ def _infer_one(path: str | Path, out: str | Path, *, movie: bool, parquet: bool,
             res = _analyze_and_write(m, staging, cal, movie=movie, parquet=parquet, strain=strain,
                                      strain_resolution_nm=strain_resolution_nm, earlier=earlier,
                                      results_dir=dest, notes=[ignored] if ignored else [], **options)
+            if strain and not (staging / f"{STRAIN_COMPONENTS['exx']}.tif").exists():
+                # No maps could be made: an earlier run's would belie this run's warning.
+                stale += [p for p in (*(dest / f"{n}.tif" for n in STRAIN_COMPONENTS.values()),
+                                      dest / "figures" / "strain.png") if p.is_file()]
             with signals_held():
                 _move_into(staging, dest)
         finally:

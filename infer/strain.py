@@ -71,7 +71,7 @@ class StrainWriter:
                          "no second reflection besides (003) that a layered lattice has (the "
                          "(003) fringes alone: e.g. a [1-10] view, or a pixel size too coarse "
                          "for the in-layer planes)")
-                logger.warning("no strain maps (the strain TIFFs stay NaN): 2-D strain needs two "
+                logger.warning("no strain maps (no strain TIFFs are written): 2-D strain needs two "
                                "lattice reflections, and frame %d shows %s. Detail: %s", index, shows, e)
                 self.g = np.zeros((0, 2))
             else:
@@ -108,18 +108,23 @@ class StrainWriter:
         self.maps = {}
 
     def close(self) -> None:
-        """Write the maps (NaN in every frame without maps: where no reflections were found,
-        and frames past the last one given, e.g. a video that yields fewer than its header
-        says)."""
+        """Write the maps (NaN in every frame without maps: frames past the last one given,
+        e.g. a video that yields fewer than its header says, or blank); where no frame got
+        maps (no reflections, frames too narrow, all blank), remove the files instead: the
+        warning says why."""
         if self.g is None and self.maps:  # every frame was blank
-            logger.warning("no strain maps (the strain TIFFs stay NaN): 2-D strain needs two "
+            logger.warning("no strain maps (no strain TIFFs are written): 2-D strain needs two "
                            "lattice reflections, and every frame is blank (one grey level)")
+        paths = [Path(mm.filename) for mm in self.maps.values()]
+        keep = bool(self.measured.any())
         for mm in self.maps.values():
-            # No maps (no reflections; a frame past the last a video yielded): NaN, not a
-            # strain of zero.
-            mm[~self.measured] = np.nan
-            mm.flush()
-        self.maps = {}
+            if keep:  # a frame without maps: NaN, not a strain of 0
+                mm[~self.measured] = np.nan
+                mm.flush()
+        self.maps = {}  # closes the memory maps (before their files go)
+        if not keep:
+            for path in paths:
+                path.unlink(missing_ok=True)
 
     def figure(self, path: Path) -> None:
         """The first frame with maps (frame 0 unless it was blank) and its strain maps,
