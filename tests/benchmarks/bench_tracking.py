@@ -248,6 +248,16 @@ def _shown_summary(ev: pd.DataFrame) -> dict:
             "true_events_shown_hidden": [int(ev.shown_n_shown.sum()), int(ev.shown_n_hidden.sum())]}
 
 
+def _strict(obj):
+    """``obj`` with non-finite floats as strings ("inf": a median with half or more of the
+    long true tracks not found), so the JSON is valid for any reader."""
+    if isinstance(obj, dict):
+        return {k: _strict(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_strict(v) for v in obj]
+    return str(obj) if isinstance(obj, float) and not np.isfinite(obj) else obj
+
+
 def _rss_mb(field: str) -> float:
     """``VmRSS`` (now) or ``VmHWM`` (peak) of this process [MB] (Linux)."""
     for line in Path("/proc/self/status").read_text().splitlines():
@@ -365,12 +375,12 @@ def main() -> None:
                                    oracle=oracle, **opts)
         if oracle is not None:
             out["accuracy"]["oracle"] = oracle
-        print(json.dumps(out["accuracy"], indent=2))
+        print(json.dumps(_strict(out["accuracy"]), indent=2))
     if not args.no_speed:
         out["speed"] = speed(args.size, [int(v) for v in args.lengths.split(",")], args.model, args.threads,
                              args.precision)
     if args.json:
-        Path(args.json).write_text(json.dumps(out, indent=2))
+        Path(args.json).write_text(json.dumps(_strict(out), indent=2))
 
 
 if __name__ == "__main__":
