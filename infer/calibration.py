@@ -206,6 +206,10 @@ class Calibration:
     notes : tuple of str
         How the input was read: what its reader assumed or ignored (``Movie.metadata["notes"]``,
         which `dislotrack.infer.readers.open_movie` copies here; summary.json ``input.notes``).
+    frame_times_s : tuple of float or None
+        The file's acquisition clock, one time [s] per frame (frame 0 at 0 s), where it
+        steps unevenly (dropped frames): times and velocities follow it
+        (`dislotrack.infer.pipeline.calibrate` sets it; a user's interval drops it).
     """
 
     pixel_size_nm: float | None = None
@@ -214,6 +218,7 @@ class Calibration:
     frame_interval_source: str | None = None
     warnings: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
+    frame_times_s: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         _check_pair(self.pixel_size_nm, self.pixel_size_source, "pixel size", "nm/px")
@@ -253,8 +258,9 @@ class Calibration:
         notes = [w for w in self.warnings
                  if not w.startswith((NO_INTERVAL_NOTE, "frame interval"))]
         notes += _override_note("frame interval", dt, file_dt, "s", self.frame_interval_source)
+        notes = [w for w in notes if not w.startswith((UNEVEN_STEPS, CLOCK_STEPS))]
         return dataclasses.replace(self, frame_interval_s=dt, frame_interval_source="user",
-                                   warnings=tuple(notes))
+                                   warnings=tuple(notes), frame_times_s=None)
 
     @property
     def length_unit(self) -> str:
@@ -454,6 +460,29 @@ def uneven_steps_warning(times_s: Sequence[float], interval_s: float | None) -> 
 
 #: How `uneven_steps_warning` begins (a window of the movie replaces it with its own).
 UNEVEN_STEPS = "frame steps vary from"
+
+
+def clock_steps_warning(times_s: Sequence[float], interval_s: float) -> str:
+    """What `uneven_steps_warning` says once times and velocities follow the clock
+    (`Calibration.frame_times_s`): linking still allows one typical step per frame.
+
+    Examples
+    --------
+    >>> print(clock_steps_warning([0, 1, 2, 3, 9, 10], 1.0))  # doctest: +ELLIPSIS
+    the acquisition clock steps from 1 to 6 s (frames dropped or paused after frame 3?): ...
+    """
+    steps = np.diff(np.asarray(times_s, dtype=float))
+    long = np.flatnonzero(steps > 1.5 * interval_s)
+    where = (f" (frames dropped or paused after frame {first_few([str(i) for i in long], 3)}?)"
+             if len(long) else "")
+    return (f"{CLOCK_STEPS} {steps.min():.4g} to {steps.max():.4g} s{where}: times and velocities "
+            f"follow it (t_s), but linking allows each step what {option('max_speed_nm_s')} "
+            f"gives in the median {interval_s:.4g} s, so a fast core may lose its track across a "
+            f"long step ({option('frame_interval_s')} instead: one interval for every step)")
+
+
+#: How `clock_steps_warning` begins.
+CLOCK_STEPS = "the acquisition clock steps from"
 
 
 # --- metadata values, read by the file readers (`dislotrack.infer.readers`) ---

@@ -16,7 +16,8 @@ DIPOLE_COLUMNS = ["pair", "frame", "t_s", "particle_a", "particle_b", "separatio
 
 
 def dipole_separations(tracks: pd.DataFrame, summary: pd.DataFrame, *, pixel_size_nm: float,
-                       frame_interval_s: float | None = None) -> pd.DataFrame:
+                       frame_interval_s: float | None = None,
+                       frame_times_s: np.ndarray | None = None) -> pd.DataFrame:
     """The separation of each dipole's cores in every frame where both are tracked.
 
     Parameters
@@ -28,6 +29,8 @@ def dipole_separations(tracks: pd.DataFrame, summary: pd.DataFrame, *, pixel_siz
     pixel_size_nm : float
     frame_interval_s : float or None
         ``t_s`` is NaN without it.
+    frame_times_s : ndarray or None
+        The acquisition clock, one time [s] per frame: ``t_s`` follows it.
 
     Returns
     -------
@@ -67,5 +70,5 @@ def dipole_separations(tracks: pd.DataFrame, summary: pd.DataFrame, *, pixel_siz
     if not rows:
         return pd.DataFrame(columns=DIPOLE_COLUMNS)
     out = pd.concat(rows, ignore_index=True).sort_values(["particle_a", "frame"], kind="stable")
-    out.insert(2, "t_s", frame_times(out["frame"], frame_interval_s))
+    out.insert(2, "t_s", frame_times(out["frame"], frame_interval_s, frame_times_s))
     return out[DIPOLE_COLUMNS].reset_index(drop=True)

@@ -131,6 +131,7 @@ def summarise_tracks(
     image_shape: tuple[int, int] | None = None,
     border_nm: float = 2.0,
     dipoles: DipoleCriteria = DipoleCriteria(),
+    frame_times_s: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """The track_summary table: one row per track.
 
@@ -153,6 +154,9 @@ def summarise_tracks(
         Width of the edge band for ``entered`` / ``left`` [nm].
     dipoles : DipoleCriteria
         Dipole pairing rules.
+    frame_times_s : ndarray or None
+        The acquisition clock, one time [s] per frame (`dislotrack.infer.motion.frame_times`):
+        velocities are fitted against it.
 
     Returns
     -------
@@ -161,9 +165,10 @@ def summarise_tracks(
     """
     if not {"glide_nm", "climb_nm"} <= set(tracks.columns):
         tracks = track_motion(
-            tracks, pixel_size_nm=pixel_size_nm, frame_interval_s=frame_interval_s
+            tracks, pixel_size_nm=pixel_size_nm, frame_interval_s=frame_interval_s,
+            frame_times_s=frame_times_s
         )
-    velocities = track_velocities(tracks, frame_interval_s=frame_interval_s)
+    velocities = track_velocities(tracks, frame_interval_s=frame_interval_s, frame_times_s=frame_times_s)
     fates = birth_death(
         tracks,
         pixel_size_nm=pixel_size_nm,
@@ -320,6 +325,7 @@ def find_events(
     unlinked: pd.DataFrame | None = None,
     blob_radius_nm: float = 0.5,
     max_blob_frames: int = 3,
+    frame_times_s: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """The events table (nucleations and annihilations, single or as dipoles).
 
@@ -329,7 +335,7 @@ def find_events(
         Linked detections.
     summary : DataFrame
         Output of `summarise_tracks` for the same tracks.
-    pixel_size_nm, frame_interval_s, dipoles
+    pixel_size_nm, frame_interval_s, dipoles, frame_times_s
         As in `summarise_tracks` (use the same values).
     unlinked : DataFrame, optional
         Detections in no track (``frame``, ``x``, ``y`` [px], optional ``x_corr``,
@@ -359,7 +365,7 @@ def find_events(
     events = pd.DataFrame([r[:5] for r in rows], columns=["frame", "kind", "x", "y", "particles"]).astype(
         {"frame": int, "kind": str, "x": float, "y": float, "particles": str}
     )
-    events.insert(1, "t_s", frame_times(events["frame"], frame_interval_s))
+    events.insert(1, "t_s", frame_times(events["frame"], frame_interval_s, frame_times_s))
     # In nm too, as detections and tracks are (the raw position: drift not removed).
     events["x_nm"], events["y_nm"] = events["x"] * pixel_size_nm, events["y"] * pixel_size_nm
     return events.sort_values(["frame", "kind"], kind="stable").reset_index(drop=True)
@@ -403,6 +409,7 @@ def count_dislocations(
     n_frames: int,
     frame_interval_s: float | None = None,
     rocksalt_fraction: np.ndarray | None = None,
+    frame_times_s: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """Per-frame counts of dislocations and dipoles.
 
@@ -420,6 +427,8 @@ def count_dislocations(
         Time between frames [s]; ``None`` leaves ``t_s`` NaN.
     rocksalt_fraction : array_like of shape (n_frames,) or None
         Rock-salt area fraction per frame; NaN when not given.
+    frame_times_s : ndarray or None
+        The acquisition clock, one time [s] per frame: ``t_s`` follows it.
 
     Returns
     -------
@@ -450,7 +459,7 @@ def count_dislocations(
     return pd.DataFrame(
         {
             "frame": frames,
-            "t_s": frame_times(pd.Series(frames), frame_interval_s),
+            "t_s": frame_times(pd.Series(frames), frame_interval_s, frame_times_s),
             "n_dislocations": alive.sum(axis=0),
             "n_dipoles": n_dipoles,
             "rocksalt_fraction": rocksalt_fraction,

@@ -41,6 +41,7 @@ def track_motion(
     *,
     pixel_size_nm: float,
     frame_interval_s: float | None = None,
+    frame_times_s: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """Add time and cumulative glide / climb to every tracked detection.
 
@@ -53,6 +54,9 @@ def track_motion(
         Pixel size [nm/px].
     frame_interval_s : float or None
         Time between frames [s]; ``None`` if unknown (``t_s`` is then NaN).
+    frame_times_s : ndarray or None
+        The acquisition clock, one time [s] per frame of the movie (frame 0 at 0 s),
+        where it steps unevenly (dropped frames): ``t_s`` follows it.
 
     Returns
     -------
@@ -76,7 +80,7 @@ def track_motion(
     displacement = px_to_nm(ordered[columns].to_numpy(dtype=float) - start, pixel_size_nm)
     glide, climb = glide_climb(displacement, _mean_h(ordered))
     return ordered.assign(
-        t_s=frame_times(ordered["frame"], frame_interval_s), glide_nm=glide, climb_nm=climb
+        t_s=frame_times(ordered["frame"], frame_interval_s, frame_times_s), glide_nm=glide, climb_nm=climb
     )
 
 
@@ -84,6 +88,7 @@ def track_velocities(
     tracks: pd.DataFrame,
     *,
     frame_interval_s: float | None = None,
+    frame_times_s: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """Glide and climb velocity of every track by a straight-line fit.
 
@@ -95,6 +100,8 @@ def track_velocities(
     frame_interval_s : float or None
         Time between frames [s]. ``None`` fits against the frame index, so the
         velocities are in nm/frame (see the module docstring).
+    frame_times_s : ndarray or None
+        The acquisition clock (one time [s] per frame of the movie): fitted against it.
 
     Returns
     -------
@@ -111,17 +118,19 @@ def track_velocities(
     if missing:
         raise ValueError(f"tracks lack column(s) {sorted(missing)}; run track_motion first")
     groups = tracks.groupby("particle", sort=True)
-    rows = [_fit_track(particle, group, frame_interval_s) for particle, group in groups]
+    rows = [_fit_track(particle, group, frame_interval_s, frame_times_s) for particle, group in groups]
     columns = ["particle", "n_frames", "first_frame", "last_frame", *VELOCITY_COLUMNS, "hx", "hy"]
     table = pd.DataFrame(rows, columns=columns)
     table.attrs["velocity_unit"] = "nm/frame" if frame_interval_s is None else "nm/s"
     return table
 
 
-def _fit_track(particle: int, group: pd.DataFrame, frame_interval_s: float | None) -> tuple:
+def _fit_track(particle: int, group: pd.DataFrame, frame_interval_s: float | None,
+               frame_times_s: np.ndarray | None = None) -> tuple:
     """One row of `track_velocities` for a single track."""
     frames = group["frame"].to_numpy()
-    time = frames * (1.0 if frame_interval_s is None else frame_interval_s)
+    time = (np.asarray(frame_times_s, dtype=float)[frames] if frame_times_s is not None
+            else frames * (1.0 if frame_interval_s is None else frame_interval_s))
     (glide, glide_se), (climb, climb_se) = (
         _slope(time, group[name].to_numpy(dtype=float)) for name in ("glide_nm", "climb_nm")
     )
@@ -160,8 +169,13 @@ def _mean_h(tracks: pd.DataFrame) -> np.ndarray:
     return unit(h.groupby(tracks["particle"].to_numpy()).transform("mean").to_numpy())
 
 
-def frame_times(frames: pd.Series, frame_interval_s: float | None) -> np.ndarray:
-    """Time of each frame [s] (frame 0 at 0 s); NaN when the interval [s] is unknown."""
+def frame_times(frames: pd.Series, frame_interval_s: float | None,
+                frame_times_s: np.ndarray | None = None) -> np.ndarray:
+    """Time of each frame [s] (frame 0 at 0 s): on the acquisition clock ``frame_times_s``
+    (one time per frame of the movie) where given, else frame x interval; NaN when the
+    interval [s] is unknown."""
+    if frame_times_s is not None:
+        return np.asarray(frame_times_s, dtype=float)[frames.to_numpy(dtype=int)]
     if frame_interval_s is None:
         return np.full(len(frames), np.nan)
     if frame_interval_s <= 0:

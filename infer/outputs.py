@@ -123,6 +123,8 @@ def summary_dict(res: AnalysisResult) -> dict:
         "calibration": {"pixel_size_nm": cal.pixel_size_nm, "pixel_size_source": cal.pixel_size_source,
                         "frame_interval_s": cal.frame_interval_s,
                         "frame_interval_source": cal.frame_interval_source,
+                        # t_s and velocities on the file's clock (it steps unevenly), not frame x interval
+                        "times_from_clock": cal.frame_times_s is not None,
                         "velocity_unit": "nm/s" if cal.frame_interval_s else "nm/frame"},
         "totals": {"frames": int(res.shape[0]), "detections": int(len(res.detections)),
                    "tracks": int(len(s)),

@@ -35,7 +35,15 @@ from tqdm.auto import tqdm
 
 from dislotrack.data_gen.conventions import CANONICAL_PIXEL_SIZE_NM, D003_LINIO2_NM
 from dislotrack.data_gen.text import first_few
-from dislotrack.infer.calibration import NO_INTERVAL_NOTE, NON_SQUARE_NOTE, Calibration, resolve_calibration
+from dislotrack.infer.calibration import (
+    NO_INTERVAL_NOTE,
+    NON_SQUARE_NOTE,
+    UNEVEN_STEPS,
+    Calibration,
+    clock_steps_warning,
+    resolve_calibration,
+    uneven_steps_warning,
+)
 from dislotrack.infer.cleanup import FLAGS, clean_frame
 from dislotrack.infer.columns import DETECTION_COLUMNS
 from dislotrack.infer.detectors import CORE_COLUMNS, GPADetector, NetworkDetector, empty_cores
@@ -138,6 +146,20 @@ def _chosen_signal(movie: Movie, asked: int | str | None) -> int | str | None:
     return read
 
 
+def _with_clock(cal: Calibration, times_s: np.ndarray | None, n_frames: int) -> Calibration:
+    """``cal`` timed by the file's acquisition clock (`Calibration.frame_times_s`) where its
+    interval came from that clock and the clock steps unevenly (dropped frames, pauses): an
+    even clock keeps frame x interval (the same within its jitter)."""
+    if times_s is None or len(times_s) != n_frames or cal.frame_interval_source != "file":
+        return cal
+    times = np.asarray(times_s, dtype=float) - float(times_s[0])
+    if np.any(np.diff(times) <= 0) or uneven_steps_warning(times, cal.frame_interval_s) is None:
+        return cal
+    said = [w for w in cal.warnings if not w.startswith(UNEVEN_STEPS)]
+    return replace(cal, frame_times_s=tuple(times.tolist()),
+                   warnings=(*said, clock_steps_warning(times, cal.frame_interval_s)))
+
+
 def _first_shown_frame(movie: Movie, look: int = 10) -> np.ndarray:
     """The first of the first ``look`` frames that shows something (a movie may start with
     the beam blanked, its scale bar still drawn), else frame 0."""
@@ -175,6 +197,7 @@ def calibrate(movie: Movie, *, pixel_size_nm: float | None, frame_interval_s: fl
     if cal.pixel_size_source != "file":  # the file's x and y sizes were not used
         said = tuple(w for w in said if not w.startswith(NON_SQUARE_NOTE))
     cal = replace(cal, warnings=said)
+    cal = _with_clock(cal, movie.timestamps_s, len(movie))
     caveat = movie.metadata.get("frame_interval_caveat")  # e.g. a video's playback rate
     if caveat and cal.frame_interval_source == "file":
         cal = replace(cal, warnings=(*cal.warnings, caveat))
@@ -581,7 +604,8 @@ def _track(detections: pd.DataFrame, drift: pd.DataFrame, cal: Calibration, rs_f
     """`track_detections`, wrapped into an `AnalysisResult` for ``path``; ``lattice_h``:
     whether to snap track **h** to ``lattice`` (which must then have an in-layer reflection)."""
     t = track_detections(detections, pixel_size_nm=cal.pixel_size_nm,
-                         frame_interval_s=cal.frame_interval_s, n_frames=shape[0],
+                         frame_interval_s=cal.frame_interval_s, frame_times_s=cal.frame_times_s,
+                         n_frames=shape[0],
                          image_shape=shape[1:], drift=drift, weak=weak, rocksalt_fraction=rs_frac,
                          lattice=lattice if lattice_h else None, **options)
     return AnalysisResult(

@@ -106,7 +106,8 @@ class AnalysisResult:
 
         return dipole_separations(self.tracks, self.track_summary,
                                   pixel_size_nm=self.calibration.pixel_size_nm,
-                                  frame_interval_s=self.calibration.frame_interval_s)
+                                  frame_interval_s=self.calibration.frame_interval_s,
+                                  frame_times_s=self.calibration.frame_times_s)
 
     def relink(self, *, frame_interval_s: float | None = None, lattice_h: bool | None = None,
                **options: Any) -> AnalysisResult:
@@ -158,7 +159,8 @@ class AnalysisResult:
             kept = jumped + [w for w in kept if not w.startswith(tracking.JUMP_WARNING)]
         with collected_warnings():  # issued below, at the caller's line, as analyze does
             t = tracking.track_detections(self.detections, pixel_size_nm=cal.pixel_size_nm,
-                                 frame_interval_s=cal.frame_interval_s, n_frames=self.shape[0],
+                                 frame_interval_s=cal.frame_interval_s, frame_times_s=cal.frame_times_s,
+                                 n_frames=self.shape[0],
                                  image_shape=self.shape[1:], drift=drift, weak=self.weak,
                                  rocksalt_fraction=self.rocksalt_fraction,
                                  lattice=self.lattice if snap else None, **chosen)

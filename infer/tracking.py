@@ -103,7 +103,8 @@ def track_detections(detections: pd.DataFrame, *, pixel_size_nm: float,
                      max_speed_nm_s: float = DEFAULT_MAX_SPEED_NM_S, memory: int = 5,
                      min_length: int = DEFAULT_MIN_LENGTH, max_gap: int = 12, min_track_score: float = 0.0,
                      border_nm: float = 2.0,
-                     lattice: Lattice | None = None) -> TrackedTables:
+                     lattice: Lattice | None = None,
+                     frame_times_s: np.ndarray | None = None) -> TrackedTables:
     """Link, extend, measure and summarise detections: everything after the detector.
 
     Pure (tables in, tables out), so detections from any source (the network, the GPA
@@ -146,6 +147,11 @@ def track_detections(detections: pd.DataFrame, *, pixel_size_nm: float,
         shows an in-layer reflection, each track's **h** and **b** become those of the
         allowed Burgers vector nearest its mean **h** (`snap_h`) before glide and
         climb are split.
+    frame_times_s : array_like, optional
+        The acquisition clock: one time [s] per frame (``n_frames``, increasing, frame 0
+        at 0 s), for a movie whose clock steps unevenly (dropped frames): ``t_s`` and the
+        velocities follow it (``frame_interval_s``, the typical step, still sets the
+        linking range per frame). `analyze` passes `Calibration.frame_times_s`.
 
     Raises
     ------
@@ -222,6 +228,8 @@ def track_detections(detections: pd.DataFrame, *, pixel_size_nm: float,
                        option("min_length"), n_frames,
                        n_frames, " (no standard errors)" if n_frames == 2 else "")
     min_length = max(1, min(min_length, n_frames))
+    if frame_times_s is not None:
+        frame_times_s = checked_clock(frame_times_s, n_frames)
     if drift is None:
         drift = pd.DataFrame({"frame": np.arange(n_frames), "dx": 0.0, "dy": 0.0})
     if rocksalt_fraction is None:  # not 0, which would claim a frame free of rock salt
@@ -250,25 +258,38 @@ def track_detections(detections: pd.DataFrame, *, pixel_size_nm: float,
                        "%s give this", len(corrected), "s" * (len(corrected) != 1), min_length,
                        option("min_length", min_length), " or ".join(causes))
     if len(linked):
-        tracks = track_motion(linked, pixel_size_nm=ps, frame_interval_s=dt)
+        tracks = track_motion(linked, pixel_size_nm=ps, frame_interval_s=dt, frame_times_s=frame_times_s)
     else:
         tracks = linked.assign(t_s=pd.Series(dtype=float), glide_nm=pd.Series(dtype=float),
                                climb_nm=pd.Series(dtype=float))
     # Partners seen first (last) up to `memory` frames apart still nucleate (annihilate) together.
     dipoles = DipoleCriteria(max_frame_gap=max(memory, DipoleCriteria.max_frame_gap))
-    summary = summarise_tracks(tracks, pixel_size_nm=ps, frame_interval_s=dt, n_frames=n_frames,
+    summary = summarise_tracks(tracks, pixel_size_nm=ps, frame_interval_s=dt, frame_times_s=frame_times_s,
+                               n_frames=n_frames,
                                image_shape=image_shape, border_nm=border_nm, dipoles=dipoles)
     # Strong detections left out of every track and unused weak ones: close-dipole blobs.
     unlinked = _unlinked(corrected if weak is None else pd.concat([corrected, weak]), linked)
-    events = find_events(tracks, summary, pixel_size_nm=ps, frame_interval_s=dt, dipoles=dipoles,
+    events = find_events(tracks, summary, pixel_size_nm=ps, frame_interval_s=dt,
+                         frame_times_s=frame_times_s, dipoles=dipoles,
                          unlinked=unlinked)
     events, summary = drop_unseen_edge_events(events, summary, n_frames=n_frames)
-    counts = count_dislocations(summary, n_frames=n_frames, frame_interval_s=dt,
+    counts = count_dislocations(summary, n_frames=n_frames, frame_interval_s=dt, frame_times_s=frame_times_s,
                                 rocksalt_fraction=np.asarray(rocksalt_fraction))
     tracks = tracks[[c for c in [*TRACK_COLUMNS, "x_corr", "y_corr"] if c in tracks.columns]]
     # Units in the names, as written to track_summary.csv: per frame without an interval.
     summary = velocity_columns_as_written(summary, dt)
     return TrackedTables(tracks, summary, events, counts)
+
+
+def checked_clock(frame_times_s, n_frames: int) -> np.ndarray:
+    """``frame_times_s`` as floats, refused (ValueError) unless one finite time per frame,
+    increasing, frame 0 at 0 s."""
+    times = np.asarray(frame_times_s, dtype=float)
+    if times.shape != (n_frames,) or not np.isfinite(times).all() or (np.diff(times) <= 0).any() \
+            or (n_frames and times[0] != 0):
+        raise ValueError(f"frame_times_s must hold one increasing time [s] per frame, frame 0 at "
+                         f"0 s ({n_frames} frames), got shape {times.shape}")
+    return times
 
 
 def check_detection_values(table: pd.DataFrame, image_shape: tuple[int, int], *, name: str) -> None:

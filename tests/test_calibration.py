@@ -243,3 +243,32 @@ def test_times_that_do_not_increase_name_the_frame_that_goes_back():
     # One time in every frame (e.g. a sequence's start): no clock, nothing out of order.
     said = non_increasing_warning([5.0] * 4)
     assert said == "the 4 frames all carry one acquisition time; no frame interval"
+
+
+def test_an_unevenly_clocked_movie_is_timed_by_its_clock_unless_an_interval_is_given():
+    from pathlib import Path
+
+    import numpy as np
+
+    from dislotrack.infer.calibration import CLOCK_STEPS, UNEVEN_STEPS, interval_from_timestamps
+    from dislotrack.infer.calibration import uneven_steps_warning as uneven
+    from dislotrack.infer.movie import Movie
+    from dislotrack.infer.pipeline import calibrate
+
+    clock = np.r_[np.arange(5.0), 8.0 + np.arange(5.0)]  # frames dropped after frame 4
+    dt = interval_from_timestamps(clock)
+    cal = Calibration.from_file(pixel_size_nm=0.1, frame_interval_s=dt, warnings=[uneven(clock, dt)])
+    frame = np.cos(2 * np.pi * np.arange(64) * 0.1 / 0.473)[:, None] * np.ones((1, 64))
+    movie = Movie(Path("m.tif"), (10, 64, 64), cal, {}, lambda i: frame.astype(np.float32),
+                  timestamps_s=clock)
+    timed = calibrate(movie, pixel_size_nm=None, frame_interval_s=None, d_spacing_nm=0.473)
+    assert timed.frame_times_s == tuple(clock)
+    assert any(w.startswith(CLOCK_STEPS) for w in timed.warnings)
+    assert not any(w.startswith(UNEVEN_STEPS) for w in timed.warnings)
+    # The user's interval wins: one interval for every step, no clock.
+    given = calibrate(movie, pixel_size_nm=None, frame_interval_s=1.0, d_spacing_nm=0.473)
+    assert given.frame_times_s is None and not any(w.startswith(CLOCK_STEPS) for w in given.warnings)
+    assert timed.with_frame_interval(1.0).frame_times_s is None
+    # An even stretch (--frames 5:10) keeps frame x interval.
+    assert calibrate(movie.window(5, 10), pixel_size_nm=None, frame_interval_s=None,
+                     d_spacing_nm=0.473).frame_times_s is None

@@ -157,3 +157,26 @@ def test_a_mirror_turns_glide_s_sign_and_keeps_climb_rotations_keep_both(matrix,
     assert seen["climb_velocity_nm_s"] == pytest.approx(original["climb_velocity_nm_s"], abs=1e-12)
     assert seen["glide_velocity_nm_s"] == pytest.approx(
         -original["glide_velocity_nm_s"] if mirror else original["glide_velocity_nm_s"], abs=1e-12)
+
+
+def test_a_movie_with_dropped_frames_is_timed_by_its_acquisition_clock():
+    # 1 s per frame, but frames were dropped after frame 4 (a 5 s step): a core gliding
+    # at 0.2 nm/s moves 1 nm in that step. On the clock its velocity is 0.2 nm/s; on
+    # frame x interval it would read 0.29 nm/s.
+    from dislotrack.infer.tracking import track_detections
+
+    clock = np.r_[np.arange(5.0), 8.0 + np.arange(5.0)]  # 0..4, then 8..12 s
+    x = 50.0 + 2.0 * clock  # 0.2 nm/s at 0.1 nm/px, along b_hat of h = (0, -1): -x
+    det = pd.DataFrame({"frame": np.arange(10), "x": x, "y": 40.0, "score": 0.9, "hx": 0.0, "hy": -1.0})
+    out = track_detections(det, pixel_size_nm=0.1, frame_interval_s=1.0, n_frames=10,
+                           image_shape=(100, 200), min_length=3, frame_times_s=clock)
+    assert out.track_summary["glide_velocity_nm_s"].iloc[0] == pytest.approx(-0.2)
+    assert out.tracks["t_s"].tolist() == clock.tolist()
+    assert out.counts["t_s"].tolist() == clock.tolist()
+    even = track_detections(det, pixel_size_nm=0.1, frame_interval_s=1.0, n_frames=10,
+                            image_shape=(100, 200), min_length=3)
+    assert even.track_summary["glide_velocity_nm_s"].iloc[0] == pytest.approx(-0.29, abs=0.01)
+    for bad in (clock[:-1], clock[::-1], clock + 1.0):  # a time per frame, increasing, from 0
+        with pytest.raises(ValueError, match="frame_times_s must hold one increasing time"):
+            track_detections(det, pixel_size_nm=0.1, frame_interval_s=1.0, n_frames=10,
+                             image_shape=(100, 200), min_length=3, frame_times_s=bad)
