@@ -13,6 +13,7 @@ from matplotlib.ticker import MaxNLocator
 
 from dislotrack.infer.figures import (
     MAX_NAMED_TRACKS,
+    frame_time,
     input_name,
     nothing_to_show,
     save_figure,
@@ -75,12 +76,13 @@ def dipoles_figure(res: AnalysisResult) -> Figure:
         for pair, g in table.groupby("pair", sort=False):
             first, widest = spacing_span(g[col])
             label = f"#{pair.replace(' ', '–#')}: {first:.2f} → {widest:.2f}" if named else "_nolegend_"
-            x = g["frame"].to_numpy(float) * (dt or 1.0)
+            x = frame_time(res, g["frame"])
             ax.plot(x, np.abs(g[col].to_numpy(float)), "-", marker=".", ms=4, lw=1.5,
                     color=track_colour(int(g["particle_a"].iloc[0])), label=label)
         if n == 0:
             nothing_to_show(ax, "no dipoles")
-            ax.set_xlim(0, max(res.shape[0] - 1, 1) * (dt or 1.0))  # the movie's time, not 0-1
+            # the movie's time, not 0-1
+            ax.set_xlim(0, frame_time(res, [res.shape[0] - 1])[0] if res.shape[0] > 1 else dt or 1.0)
         elif named:
             ax.legend(fontsize=7, frameon=False, title="dipole: first → widest (nm)", title_fontsize=7)
     widest = table[[col for col, _ in PANELS]].abs().to_numpy(float).max(initial=0.0)

@@ -19,6 +19,7 @@ from matplotlib.figure import Figure
 
 from dislotrack.data_gen.conventions import b_hat_from_h
 from dislotrack.infer.figures import (
+    frame_time,
     input_name,
     nothing_to_show,
     save_figure,
@@ -250,7 +251,7 @@ def _panel(ax: Axes, res: AnalysisResult, tracks: pd.DataFrame,
     """One crop with its tracked cores; blank where the frame lies outside the movie."""
     ax.set_xticks([])
     ax.set_yticks([])
-    when = time_stamp(frame, dt)
+    when = time_stamp(frame, dt, frame_time(res, [frame])[0] if 0 <= frame < res.shape[0] else None)
     ax.set_title(when, fontsize=8, fontweight="bold" if event else "normal",
                  color="red" if event else "black")
     for spine in ax.spines.values():

@@ -45,9 +45,20 @@ def track_colour(pid: int) -> tuple[float, float, float]:
 
 
 def _time(res: AnalysisResult, frames: pd.Series) -> tuple[np.ndarray, str]:
-    """Frame numbers as times [s] (as frames without a frame interval) and the axis label."""
+    """Frame steps as times [s] at the frame interval (as frames without one; the median
+    step of an uneven clock) and the axis label; `frame_time` for frames of the movie."""
     dt = res.calibration.frame_interval_s
     return (frames.to_numpy() * dt, "time (s)") if dt else (frames.to_numpy(float), "frame")
+
+
+def frame_time(res: AnalysisResult, frames) -> np.ndarray:
+    """The time [s] of frames of the movie: on its acquisition clock where it steps unevenly
+    (`Calibration.frame_times_s`), else frame x interval; the frame number without one."""
+    frames = np.asarray(frames)
+    clock = res.calibration.frame_times_s
+    if clock is not None:
+        return np.asarray(clock, dtype=float)[frames.astype(int)]
+    return frames * (res.calibration.frame_interval_s or 1.0)
 
 
 #: A dark rim that keeps track numbers legible over bright and dark lattice.
@@ -297,7 +308,7 @@ def displacement_figure(res: AnalysisResult) -> plt.Figure:
         if len(t):
             rel = t.assign(rel=t.frame - t.groupby("particle").frame.transform("min"))
             for pid, g in rel.groupby("particle"):
-                tt, _ = _time(res, g.rel)
+                tt = frame_time(res, g.frame) - frame_time(res, g.frame.iloc[:1])[0]
                 # A dot per detection: frames a track was missed show as bare dashes.
                 ax.plot(tt, g[col], "--", marker=".", ms=3, color=track_colour(pid), lw=1,
                         label=_track_label(res.track_summary, pid) if named else "_nolegend_")
@@ -326,7 +337,7 @@ def displacement_figure(res: AnalysisResult) -> plt.Figure:
         for ax in axes:
             nothing_to_show(ax, why)
         if res.shape[0] > 1:  # the movie's time, not matplotlib's 0-1
-            axes[0].set_xlim(0, (res.shape[0] - 1) * (res.calibration.frame_interval_s or 1.0))
+            axes[0].set_xlim(0, frame_time(res, [res.shape[0] - 1])[0])
     return fig
 
 
@@ -454,7 +465,7 @@ def counts_figure(res: AnalysisResult) -> plt.Figure:
     """
     require_result(res, "counts_figure")
     c = res.counts
-    tt, label = _time(res, c.frame)
+    tt, label = frame_time(res, c.frame), _time(res, c.frame.iloc[:0])[1]
     fig = Figure(figsize=(6, 3.5), layout="constrained")
     ax = fig.subplots()
     # clip_on=False: a count of 0 sits on the axis, half hidden otherwise. Dipoles smaller
@@ -602,7 +613,7 @@ def overlay_frames(res: AnalysisResult, frames: Iterable[np.ndarray],
         font = _font(min(h, w))
         if res.calibration.pixel_size_nm:
             _draw_scale_bar(d, (h, w), res.calibration, k, font, corner)
-        _boxed_text(d, (max(4, w // 80), max(4, h // 80)), time_stamp(i, dt), font,
+        _boxed_text(d, (max(4, w // 80), max(4, h // 80)), time_stamp(i, dt, frame_time(res, [i])[0]), font,
                     (255, 255, 0), anchor="lt")
         yield np.asarray(img)
 
@@ -676,12 +687,13 @@ def _luminance(rgb: tuple[int, int, int]) -> float:
     return (0.2126 * rgb[0] + 0.7152 * rgb[1] + 0.0722 * rgb[2]) / 255
 
 
-def time_stamp(i: int, dt: float | None) -> str:
-    """The overlay's label of frame ``i``: ``t = ... s`` with enough decimals that
-    consecutive frames differ (`time_decimals`), or ``frame i`` without a frame interval."""
+def time_stamp(i: int, dt: float | None, t: float | None = None) -> str:
+    """The overlay's label of frame ``i``: ``t = ... s`` (at ``t`` [s] if given, e.g. on the
+    movie's clock, else ``i * dt``) with enough decimals that consecutive frames differ
+    (`time_decimals`), or ``frame i`` without a frame interval."""
     if not dt:
         return f"frame {i}"
-    return f"t = {i * dt:.{time_decimals(dt)}f} s"
+    return f"t = {i * dt if t is None else t:.{time_decimals(dt)}f} s"
 
 
 def time_decimals(dt: float) -> int:

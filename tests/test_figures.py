@@ -789,3 +789,19 @@ def test_figures_say_no_cores_refuse_bare_tables_and_keep_the_bar_in_the_frame(t
     assert max(bar.get_ydata()) < 50 and min(bar.get_xdata()) > 512  # upper right, off the band
     (label,) = [t for t in fig.axes[0].texts if t.get_text().endswith("nm")]
     assert label.get_position()[1] > 0  # within the frame (y down from 0)
+
+
+def test_figures_time_frames_on_an_uneven_clock():
+    from types import SimpleNamespace
+
+    from dislotrack.infer.calibration import Calibration
+    from dislotrack.infer.figures import frame_time, time_stamp
+
+    clock = (0.0, 1.0, 2.0, 6.0, 7.0)  # frames dropped after frame 2
+    timed = SimpleNamespace(calibration=Calibration(frame_interval_s=1.0, frame_interval_source="file",
+                                                    frame_times_s=clock))
+    even = SimpleNamespace(calibration=Calibration(frame_interval_s=1.0, frame_interval_source="file"))
+    assert frame_time(timed, [0, 3, 4]).tolist() == [0.0, 6.0, 7.0]
+    assert frame_time(even, [0, 3, 4]).tolist() == [0.0, 3.0, 4.0]
+    assert time_stamp(3, 1.0, frame_time(timed, [3])[0]) == "t = 6.0 s"
+    assert time_stamp(3, 1.0) == "t = 3.0 s" and time_stamp(3, None) == "frame 3"
