@@ -10,6 +10,8 @@ added to the drift from that frame on.
 Cores that move together (a wall of them gliding) are told from a jump in two ways: a
 jump moves nearly all cores (`MIN_SHARE`), and it happens once, whereas such motion
 goes on, so the same shift found between the next two frames as well is not a jump.
+Cores that repeat at the shift within each frame (a periodic row: a grain boundary, a
+misfit array) cannot show a jump by that shift: another run of them detected looks alike.
 """
 
 from __future__ import annotations
@@ -105,6 +107,13 @@ def common_shift(before: np.ndarray, after: np.ndarray, *, reach_px: float, agre
     # A shift within the detections' own scatter (``agree_px``) is no jump, however small
     # the reach (a user's low speed limit): it had made false jumps of 0.45 nm.
     if np.hypot(*best) <= max(JUMP_REACH_FRACTION * reach_px, agree_px) or agreeing < need:
+        return None
+    # Cores that repeat at that shift within each frame (a row of them along a grain
+    # boundary or interface, one period apart) cannot tell a jump from a different run of
+    # them being detected: only a pattern without that repeat can.
+    repeats = (_support(cKDTree(before), before, best, agree_px)[0]
+               + _support(tree, after, -best, agree_px)[0])
+    if repeats >= agreeing:
         return None
     return best, agreeing
 

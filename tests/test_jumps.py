@@ -136,3 +136,21 @@ def test_a_shift_within_the_detections_scatter_is_no_jump_however_small_the_reac
     assert common_shift(before, before + (5.75, 0.0) + scatter, reach_px=7.5, **kw) is None
     shift, n = common_shift(before, before + (9.0, 0.0) + scatter, reach_px=7.5, **kw)  # a jump
     assert n == 6 and np.allclose(shift, (9.0, 0.0), atol=1.3)
+
+
+def test_a_periodic_row_of_cores_whose_end_cores_flicker_is_no_jump():
+    # A grain boundary (or a misfit array): cores every 50 px along a row. Frame to frame
+    # the detector finds a different run of them (one end core lost, the next found): a
+    # shift of one period maps most cores of one frame onto the next, but the row itself
+    # repeats at that shift; the stage did not move.
+    rng = np.random.default_rng(2)
+    row = np.c_[20.0 + 50.0 * np.arange(7), np.full(7, 100.0)]
+    rows = []
+    for f in range(10):
+        seen = row[0:4] if f % 3 == 0 else row[1:5] if f % 3 == 1 else row[2:6]
+        xy = seen + rng.normal(0, 0.5, seen.shape)
+        rows += [(f, x, y) for x, y in xy]
+    det = pd.DataFrame(rows, columns=["frame", "x", "y"])
+    assert stage_jumps(det, _no_drift(), pixel_size_nm=0.1, reach_px=20.0, image_shape=(200, 400)).empty
+    # A real jump of scattered cores is still found.
+    assert len(stage_jumps(_cores(rng, jump=(5, (30.0, -12.0))), _no_drift(), **KW)) == 1
