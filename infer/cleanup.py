@@ -19,11 +19,13 @@ from dislotrack.infer.overlays import MARGIN_NM as OVERLAY_MARGIN_NM
 from dislotrack.infer.overlays import overlay_mask, shows_nothing
 
 #: Cores closer to the frame edge than this fraction of the (003) spacing are not
-#: reported: the fringes run on one side of them only, so no half-plane end can show, and
-#: a dark or bright edge row (scan flyback, a crop) reads as one (a real perovskite
-#: interface: 2 false cores 0.05-0.07 nm from its dark edge). The network finds no
-#: synthetic test core that close.
-EDGE_MARGIN_FRINGES = 0.5
+#: reported: the fringes run on too little of one side of them to show a half-plane end,
+#: and a dark or bright edge row (scan flyback, a crop) reads as one (a real perovskite
+#: interface: 2 false cores 0.05-0.07 nm from its dark edge; real perovskite and cuprate
+#: images: false cores 0.2-0.3 nm inside the edge, moving with it when flipped). On the
+#: synthetic detection test set (6 images per cell) the band from 0.5 to 0.75 spacings
+#: (0.24-0.35 nm) held 4 of 240 true detections and 2 false ones.
+EDGE_MARGIN_FRINGES = 0.75
 
 #: Per-detection flags that `clean_frame` adds and tracking reads (not written to detections.csv).
 FLAGS = ("in_rocksalt", "at_specimen_edge")

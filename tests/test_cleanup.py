@@ -73,3 +73,13 @@ def test_a_zero_filled_border_hides_cores_and_rock_salt_beside_it():
     drawn[:, 64:] = 255.0
     f = clean_frame(drawn, _cores((30, 60)), rs, pixel_size_nm=0.1, d_spacing_nm=0.473)
     assert f.overlaid == 1.0 and f.cores.empty and np.isnan(f.rocksalt_fraction)
+
+
+def test_a_core_0_3_nm_from_the_frame_edge_is_not_reported():
+    # Real perovskite and cuprate images gave false cores 0.2-0.3 nm inside the frame edge
+    # (they moved with the edge when the image was flipped): within three quarters of a
+    # (003) spacing the fringes run on too little of one side to show a half-plane end.
+    frame = _lattice()
+    cores = _cores((3.0, 30), (4.0, 30))  # 0.30 and 0.40 nm from the left edge at 0.1 nm/px
+    f = clean_frame(frame, cores, np.zeros(frame.shape, bool), pixel_size_nm=0.1, d_spacing_nm=0.473)
+    assert f.cores["x"].tolist() == [4.0]

@@ -119,12 +119,13 @@ def test_no_core_is_reported_on_real_burned_in_text():
     assert any("burned-in" in w for w in res.warnings)
 
 
-def test_no_core_is_reported_within_half_a_fringe_of_the_frame_edge(monkeypatch):
-    # There the (003) fringes run on one side only: no half-plane end can show.
+def test_no_core_is_reported_within_the_edge_margin_of_the_frame_edge(monkeypatch):
+    # There the (003) fringes run on too little of one side: no half-plane end can show.
     from dislotrack.infer import pipeline
+    from dislotrack.infer.cleanup import EDGE_MARGIN_FRINGES
     from dislotrack.infer.detectors import CORE_COLUMNS
 
-    margin_px = 0.5 * 0.473 / 0.1  # half the (003) spacing, 2.37 px at 0.1 nm/px
+    margin_px = EDGE_MARGIN_FRINGES * 0.473 / 0.1  # 3/4 of the (003) spacing, 3.5 px at 0.1 nm/px
     # (x, y) of cores the detector reports: just inside the margin on each side, just outside it.
     inside = [(-0.5 + margin_px - 0.1, 30.0), (63.5 - margin_px + 0.1, 30.0),
               (30.0, -0.5 + margin_px - 0.1), (30.0, 63.5 - margin_px + 0.1)]
