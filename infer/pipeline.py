@@ -44,7 +44,7 @@ from dislotrack.infer.calibration import (
     resolve_calibration,
     uneven_steps_warning,
 )
-from dislotrack.infer.cleanup import FLAGS, clean_frame
+from dislotrack.infer.cleanup import ANNOTATION_ROCKSALT_MARGIN_NM, FLAGS, clean_frame
 from dislotrack.infer.columns import DETECTION_COLUMNS
 from dislotrack.infer.detectors import CORE_COLUMNS, GPADetector, NetworkDetector, empty_cores
 from dislotrack.infer.drift import measure_drift
@@ -544,9 +544,9 @@ def analyze(path: str | Path | Movie | np.ndarray, *, model: str | Path | None =
     if overlaid:
         logger.warning("burned-in annotations or clipped areas (a scale bar, text, a zero-filled "
                        "border) cover up to %.1f %% of a frame, in %d of %d frames (the first: "
-                       "frame %d): no cores or rock salt are reported within %.1f nm of them",
-                       100 * max(overlaid.values()), len(overlaid), n, min(overlaid),
-                       OVERLAY_MARGIN_NM)
+                       "frame %d): no cores are reported within %.1f nm of them, nor rock salt "
+                       "within %.1f nm", 100 * max(overlaid.values()), len(overlaid), n, min(overlaid),
+                       OVERLAY_MARGIN_NM, ANNOTATION_ROCKSALT_MARGIN_NM)
     lattice = measure_lattice(lattice_frames, pixel_size_nm=cal.pixel_size_nm,
                               d_spacing_nm=d_spacing_nm) if lattice_frames else None
     if lattice is None and not blind and min(h, w) >= MIN_SIDE_FOR_LATTICE_PX:  # small frames often miss it

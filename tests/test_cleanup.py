@@ -83,3 +83,18 @@ def test_a_core_0_3_nm_from_the_frame_edge_is_not_reported():
     cores = _cores((3.0, 30), (4.0, 30))  # 0.30 and 0.40 nm from the left edge at 0.1 nm/px
     f = clean_frame(frame, cores, np.zeros(frame.shape, bool), pixel_size_nm=0.1, d_spacing_nm=0.473)
     assert f.cores["x"].tolist() == [4.0]
+
+
+def test_no_rock_salt_is_reported_beside_a_burned_in_scale_bar():
+    # The network reads the bar's sharp edges as a region without the layered order: a
+    # real PZT image had all its "rock salt" within 2 nm of its scale bar and text.
+    from dislotrack.infer.cleanup import ANNOTATION_ROCKSALT_MARGIN_NM
+
+    frame = 100 + 60 * _lattice((128, 128)) + np.random.default_rng(0).normal(0, 10, (128, 128))
+    frame[110:116, 8:60] = 255  # the bar
+    rs = np.zeros(frame.shape, bool)
+    rs[96:110, 8:60] = True  # the network's "rock salt" along the bar's upper side (1.4 nm)
+    rs[20:40, 70:100] = True  # and a domain far from it
+    f = clean_frame(frame.astype(np.float32), _cores((30, 30)), rs, pixel_size_nm=0.1, d_spacing_nm=0.473)
+    assert ANNOTATION_ROCKSALT_MARGIN_NM == 2.0
+    assert not f.rocksalt[96:110, 8:60].any() and f.rocksalt[20:40, 70:100].all()
