@@ -25,7 +25,7 @@ from dislotrack.infer.linking import with_gaps
 from dislotrack.infer.motion import MIN_TRAVEL_NM, MOVING_SE, moving_tracks
 from dislotrack.infer.options import part_label
 from dislotrack.infer.overlays import overlay_mask
-from dislotrack.infer.result import AnalysisResult, require_result
+from dislotrack.infer.result import NO_FRINGES, AnalysisResult, require_result
 
 _TAB20 = plt.get_cmap("tab20").colors
 _GREYS = {7}  # tab10's grey (and its tint): lost on a grey lattice image
@@ -156,7 +156,9 @@ def trajectories_figure(res: AnalysisResult) -> plt.Figure:
             corner = scale_bar_corner(overlay_mask(res.first_frame, pixel_size_nm=ps), ps)
             scale_bar(ax, res.first_frame.shape, res.calibration, corner)
     if t.empty:
-        nothing_to_show(ax, "no cores" if res.shape[0] == 1 else "no tracks")
+        unseen = any(NO_FRINGES in w for w in res.warnings)  # searched where no core can show
+        why = "\n(no (003) fringes stand out:\nno core could show; see warnings)" if unseen else ""
+        nothing_to_show(ax, ("no cores" if res.shape[0] == 1 else "no tracks") + why)
     what = "cores" if res.shape[0] == 1 else "trajectories (drift-corrected, over frame 0)"
     ax.set_title(f"{input_name(res)}: {what}", fontsize=10, wrap=True)  # two lines if narrow
     ax.set_axis_off()

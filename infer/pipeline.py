@@ -70,7 +70,7 @@ from dislotrack.infer.overlays import shows_nothing
 from dislotrack.infer.predict import network_dtype, pick_device
 from dislotrack.infer.preprocess import scale_factor, to_canonical
 from dislotrack.infer.readers import IN_MEMORY, Movie, movie_from_array, open_movie
-from dislotrack.infer.result import RELINK_OPTIONS, AnalysisResult, require_result
+from dislotrack.infer.result import NO_FRINGES, RELINK_OPTIONS, AnalysisResult, require_result
 from dislotrack.infer.tracking import TrackedTables, add_stage_jumps, track_detections
 from dislotrack.infer.warning_log import (
     LEADS,
@@ -632,7 +632,7 @@ def _warn_without_lattice(frame: np.ndarray, cal: Calibration, d_spacing_nm: flo
     if judged and max(judged) > 0:
         doubtful += (f"; the rock salt reported (up to {100 * max(judged):.2g} % of a frame) is "
                      "doubtful too: it is told from the layered lattice by those fringes")
-    logger.warning("no %.3g nm (003) lattice fringes stand out in %s: check the pixel size "
+    logger.warning("no %.3g nm " + NO_FRINGES + " in %s: check the pixel size "
                    "and %s (another material?), unless the %s is just "
                    "noisy; cores are found where those fringes end, so %s%s",
                    d_spacing_nm, where, option("d_spacing_nm"), noisy, doubtful,

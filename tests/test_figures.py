@@ -805,3 +805,14 @@ def test_figures_time_frames_on_an_uneven_clock():
     assert frame_time(even, [0, 3, 4]).tolist() == [0.0, 3.0, 4.0]
     assert time_stamp(3, 1.0, frame_time(timed, [3])[0]) == "t = 6.0 s"
     assert time_stamp(3, 1.0) == "t = 3.0 s" and time_stamp(3, None) == "frame 3"
+
+
+def test_trajectories_say_when_no_core_could_show_rather_than_none_found(tiny_model):
+    # Noise has no (003) fringes: "no cores" would read as searched and clean.
+    from dislotrack.infer.figures import trajectories_figure
+    from dislotrack.infer.pipeline import analyze
+
+    res = analyze(np.random.default_rng(0).normal(size=(1, 256, 256)).astype(np.float32),
+                  pixel_size_nm=0.1, model=tiny_model, progress=False)
+    texts = [t.get_text() for t in trajectories_figure(res).axes[0].texts]
+    assert any("no (003) fringes stand out" in t for t in texts), texts
