@@ -249,7 +249,7 @@ def track_detections(detections: pd.DataFrame, *, pixel_size_nm: float,
         linked = corrected.assign(particle=pd.Series(dtype=int))
     if len(corrected) and not len(linked) and n_frames > 1:  # say why, not just "0 tracks"
         assumed = "" if dt is not None else f" at an assumed {ASSUMED_FRAME_INTERVAL_S:g} s per frame"
-        causes = ["flickering false cores",
+        causes = [f"flickering false cores ({option('tta', 2)} averages two views and drops many)",
                   f"cores moving faster than {option('max_speed_nm_s')} allows{assumed}"]
         if min_track_score > 0:
             # No flag of infer: a keyword of analyze and track_detections only.

@@ -1924,8 +1924,8 @@ def test_detections_without_any_track_are_explained():
                                image_shape=(100, 100))
     assert out.track_summary.empty
     assert logged == ["8 detections but no track: no core was linked over 6 frames (min_length=6); "
-                      "flickering false cores or cores moving faster than max_speed_nm_s allows "
-                      "give this"]
+                      "flickering false cores (tta=2 averages two views and drops many) or cores "
+                      "moving faster than max_speed_nm_s allows give this"]
     # A core in every frame whose track's mean score is under min_track_score: said so; and
     # without a frame interval the speed limit applies at an assumed 1 s per frame.
     steady = det.assign(x=50.0, y=50.0, score=0.5)
@@ -1933,9 +1933,9 @@ def test_detections_without_any_track_are_explained():
         track_detections(steady, pixel_size_nm=0.1, frame_interval_s=None, n_frames=8,
                          image_shape=(100, 100), min_track_score=0.9)
     (said,) = [w for w in logged if "no track" in w]
-    assert said.endswith("flickering false cores or cores moving faster than max_speed_nm_s "
-                         "allows at an assumed 1 s per frame or tracks of a mean score under "
-                         "min_track_score=0.9 give this")
+    assert said.endswith("flickering false cores (tta=2 averages two views and drops many) or "
+                         "cores moving faster than max_speed_nm_s allows at an assumed 1 s per frame "
+                         "or tracks of a mean score under min_track_score=0.9 give this")
 
 
 def test_the_notebook_api_imports_from_the_package_without_torch():
