@@ -449,10 +449,7 @@ def uneven_steps_warning(times_s: Sequence[float], interval_s: float | None) -> 
     steps = np.diff(np.asarray(times_s, dtype=float))
     if interval_s is None or len(steps) < 1 or np.ptp(steps) <= 0.2 * interval_s:
         return None
-    long = np.flatnonzero(steps > 1.5 * interval_s)
-    where = (f" (frames dropped or paused after frame {first_few([str(i) for i in long], 3)}?)"
-             if len(long) else "")
-    return (f"{UNEVEN_STEPS} {steps.min():.4g} to {steps.max():.4g} s{where}: times and "
+    return (f"{UNEVEN_STEPS} {_step_range(steps, interval_s)}: times and "
             f"velocities assume one interval per frame (the median, {interval_s:.4g} s, unless "
             f"given), so tracks across uneven steps are off (analyse an even stretch with "
             f"{option('frames')}: it takes its own frames' clock)")
@@ -472,10 +469,7 @@ def clock_steps_warning(times_s: Sequence[float], interval_s: float) -> str:
     the acquisition clock steps from 1 to 6 s (frames dropped or paused after frame 3?): ...
     """
     steps = np.diff(np.asarray(times_s, dtype=float))
-    long = np.flatnonzero(steps > 1.5 * interval_s)
-    where = (f" (frames dropped or paused after frame {first_few([str(i) for i in long], 3)}?)"
-             if len(long) else "")
-    return (f"{CLOCK_STEPS} {steps.min():.4g} to {steps.max():.4g} s{where}: times and velocities "
+    return (f"{CLOCK_STEPS} {_step_range(steps, interval_s)}: times and velocities "
             f"follow it (t_s), but linking allows each step what {option('max_speed_nm_s')} "
             f"gives in the median {interval_s:.4g} s, so a fast core may lose its track across a "
             f"long step ({option('frame_interval_s')} instead: one interval for every step)")
@@ -483,6 +477,14 @@ def clock_steps_warning(times_s: Sequence[float], interval_s: float) -> str:
 
 #: How `clock_steps_warning` begins.
 CLOCK_STEPS = "the acquisition clock steps from"
+
+
+def _step_range(steps: np.ndarray, interval_s: float) -> str:
+    """"A to B s", and after which frames steps over 1.5 intervals suggest dropped frames."""
+    long = np.flatnonzero(steps > 1.5 * interval_s)
+    where = (f" (frames dropped or paused after frame {first_few([str(i) for i in long], 3)}?)"
+             if len(long) else "")
+    return f"{steps.min():.4g} to {steps.max():.4g} s{where}"
 
 
 # --- metadata values, read by the file readers (`dislotrack.infer.readers`) ---
