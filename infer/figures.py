@@ -155,12 +155,13 @@ def trajectories_figure(res: AnalysisResult) -> plt.Figure:
             ps = res.calibration.pixel_size_nm
             corner = scale_bar_corner(overlay_mask(res.first_frame, pixel_size_nm=ps), ps)
             scale_bar(ax, res.first_frame.shape, res.calibration, corner)
+    unseen = any(NO_FRINGES in w for w in res.warnings)  # searched where no core can show
     if t.empty:
-        unseen = any(NO_FRINGES in w for w in res.warnings)  # searched where no core can show
         why = "\n(no (003) fringes stand out:\nno core could show; see warnings)" if unseen else ""
         nothing_to_show(ax, ("no cores" if res.shape[0] == 1 else "no tracks") + why)
     what = "cores" if res.shape[0] == 1 else "trajectories (drift-corrected, over frame 0)"
-    ax.set_title(f"{input_name(res)}: {what}", fontsize=10, wrap=True)  # two lines if narrow
+    doubt = "\nno (003) fringes stand out: any core or rock salt is doubtful" if unseen else ""
+    ax.set_title(f"{input_name(res)}: {what}{doubt}", fontsize=10, wrap=True)  # two lines if narrow
     ax.set_axis_off()
     return fig
 
@@ -590,7 +591,6 @@ def overlay_frames(res: AnalysisResult, frames: Iterable[np.ndarray],
     """RGB frames, enlarged (`upscale_factor`), with rock-salt tinted and outlined in cyan,
     cores circled in their track's colour and numbered, h ticks, scale bar and time;
     streamed one frame at a time."""
-    dt = res.calibration.frame_interval_s
     # With the frames a track skips (a missed detection), drawn dashed where the core
     # would be, as events.png does: else a tracked core blinks out for a frame.
     tracks = with_gaps(res.tracks, res.drift) if len(res.tracks) else res.tracks
@@ -615,7 +615,7 @@ def overlay_frames(res: AnalysisResult, frames: Iterable[np.ndarray],
         font = _font(min(h, w))
         if res.calibration.pixel_size_nm:
             _draw_scale_bar(d, (h, w), res.calibration, k, font, corner)
-        _boxed_text(d, (max(4, w // 80), max(4, h // 80)), time_stamp(i, dt, frame_time(res, [i])[0]), font,
+        _boxed_text(d, (max(4, w // 80), max(4, h // 80)), overlay_stamp(res, i), font,
                     (255, 255, 0), anchor="lt")
         yield np.asarray(img)
 
@@ -687,6 +687,14 @@ def _draw_cores(d: ImageDraw.ImageDraw, rows: pd.DataFrame, k: int, w: int) -> N
 def _luminance(rgb: tuple[int, int, int]) -> float:
     """Relative luminance in [0, 1] of an 8-bit sRGB colour (Rec. 709 weights, no gamma)."""
     return (0.2126 * rgb[0] + 0.7152 * rgb[1] + 0.0722 * rgb[2]) / 255
+
+
+def overlay_stamp(res: AnalysisResult, i: int) -> str:
+    """The overlay's corner text for frame ``i``: its time (`time_stamp`, on the movie's
+    clock where it has one), and a second line where no (003) fringes stood out: whatever
+    the overlay marks is doubtful (the warnings say why)."""
+    stamp = time_stamp(i, res.calibration.frame_interval_s, frame_time(res, [i])[0])
+    return stamp + ("\ndoubtful: no (003) fringes" if any(NO_FRINGES in w for w in res.warnings) else "")
 
 
 def time_stamp(i: int, dt: float | None, t: float | None = None) -> str:

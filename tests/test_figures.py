@@ -814,5 +814,10 @@ def test_trajectories_say_when_no_core_could_show_rather_than_none_found(tiny_mo
 
     res = analyze(np.random.default_rng(0).normal(size=(1, 256, 256)).astype(np.float32),
                   pixel_size_nm=0.1, model=tiny_model, progress=False)
-    texts = [t.get_text() for t in trajectories_figure(res).axes[0].texts]
+    ax = trajectories_figure(res).axes[0]
+    texts = [t.get_text() for t in ax.texts]
     assert any("no (003) fringes stand out" in t for t in texts), texts
+    assert "doubtful" in ax.get_title()  # whatever it shows: cores cannot show here
+    from dislotrack.infer.figures import overlay_stamp
+
+    assert overlay_stamp(res, 0) == "frame 0\ndoubtful: no (003) fringes"
