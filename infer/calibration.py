@@ -258,7 +258,9 @@ class Calibration:
         notes = [w for w in self.warnings
                  if not w.startswith((NO_INTERVAL_NOTE, "frame interval"))]
         notes += _override_note("frame interval", dt, file_dt, "s", self.frame_interval_source)
-        notes = [w for w in notes if not w.startswith((UNEVEN_STEPS, CLOCK_STEPS))]
+        if self.frame_times_s is not None:  # the clock goes: say its steps are now one interval
+            notes = [w for w in notes if not w.startswith((UNEVEN_STEPS, CLOCK_STEPS))]
+            notes += [w for w in [uneven_steps_warning(self.frame_times_s, dt)] if w]
         return dataclasses.replace(self, frame_interval_s=dt, frame_interval_source="user",
                                    warnings=tuple(notes), frame_times_s=None)
 
@@ -461,7 +463,8 @@ UNEVEN_STEPS = "frame steps vary from"
 
 def clock_steps_warning(times_s: Sequence[float], interval_s: float) -> str:
     """What `uneven_steps_warning` says once times and velocities follow the clock
-    (`Calibration.frame_times_s`): linking still allows one typical step per frame.
+    (`Calibration.frame_times_s`): linking searches one typical step per frame, gap
+    closing bridges the longer ones.
 
     Examples
     --------
@@ -470,9 +473,10 @@ def clock_steps_warning(times_s: Sequence[float], interval_s: float) -> str:
     """
     steps = np.diff(np.asarray(times_s, dtype=float))
     return (f"{CLOCK_STEPS} {_step_range(steps, interval_s)}: times and velocities "
-            f"follow it (t_s), but linking allows each step what {option('max_speed_nm_s')} "
-            f"gives in the median {interval_s:.4g} s, so a fast core may lose its track across a "
-            f"long step ({option('frame_interval_s')} instead: one interval for every step)")
+            f"follow it (t_s); linking searches each step as far as {option('max_speed_nm_s')} "
+            f"allows in the median {interval_s:.4g} s and rejoins a track broken at a longer step "
+            f"where its own velocity carries it (a core that changes pace there may still lose "
+            f"its track: raise {option('max_speed_nm_s')})")
 
 
 #: How `clock_steps_warning` begins.

@@ -119,9 +119,10 @@ def clean_frame(frame: np.ndarray, cores: pd.DataFrame, rocksalt: np.ndarray, *,
         unjudged = ndimage.distance_transform_edt(~drawn) * pixel_size_nm <= ANNOTATION_ROCKSALT_MARGIN_NM
         rocksalt = rocksalt & ~unjudged
     flag = near_rocksalt(cores["x"], cores["y"], rocksalt, ROCKSALT_MARGIN_NM / pixel_size_nm)
-    # Beside a region without (003) fringes that is not rock salt: the specimen's edge.
+    # Beside a region without (003) fringes that is not rock salt: the specimen's edge
+    # (not beside annotations, where rock salt is not judged either).
     outside = (lattice_free_mask(frame, pixel_size_nm=pixel_size_nm, d_spacing_nm=d_spacing_nm)
-               & ~rocksalt & ~drawn) if len(cores) else None
+               & ~rocksalt & ~unjudged) if len(cores) else None
     if outside is not None:  # a region holding a core is crystal (another grain)
         held = cores if report_threshold is None else cores[cores["score"] > report_threshold]
         outside = without_regions_holding_cores(outside, held["x"].to_numpy(), held["y"].to_numpy(),

@@ -309,7 +309,7 @@ def displacement_figure(res: AnalysisResult) -> plt.Figure:
         # Wrapped: a title wider than its axes runs under the legend beside them.
         title = "\n".join(textwrap.wrap(f"{name} ({SIGN_CONVENTION[name]})", 52, break_on_hyphens=False))
         if len(t):
-            rel = t.assign(rel=t.frame - t.groupby("particle").frame.transform("min"))
+            rel = _since_first(res, t)
             for pid, g in rel.groupby("particle"):
                 tt = frame_time(res, g.frame) - frame_time(res, g.frame.iloc[:1])[0]
                 # A dot per detection: frames a track was missed show as bare dashes.
@@ -360,10 +360,21 @@ def _track_label(summary: pd.DataFrame, pid: int) -> str:
     return f"#{pid}"
 
 
+def _since_first(res: AnalysisResult, tracks: pd.DataFrame) -> pd.DataFrame:
+    """``tracks`` with ``rel``, each detection's time since its track's first one: in
+    frames, or in seconds on an uneven acquisition clock (there a frame step is no fixed
+    time, so tracks are averaged at their clock times)."""
+    first = tracks.groupby("particle").frame.transform("min")
+    if res.calibration.frame_times_s is None:
+        return tracks.assign(rel=tracks.frame - first)
+    return tracks.assign(rel=frame_time(res, tracks.frame) - frame_time(res, first))
+
+
 def _mean_curves(ax: plt.Axes, res: AnalysisResult, rel: pd.DataFrame, col: str, name: str) -> str:
     """Draw, on ``ax``, the mean +- SD of ``col`` over each group (by sign) of two or more
     tracks moving in ``name``; return a line for the panel title saying their velocities."""
-    moving, unit = moving_tracks(res.track_summary, name, res.calibration.frame_interval_s)
+    moving, unit = moving_tracks(res.track_summary, name, res.calibration.frame_interval_s,
+                                 res.calibration.frame_times_s)
     moving = moving[moving.index.isin(rel.particle.unique())]
     if moving.empty:
         return f"no track moves steadily (|v| > {MOVING_SE:g} SE, ≥ {MIN_TRAVEL_NM:g} nm)"
@@ -379,7 +390,8 @@ def _mean_curves(ax: plt.Axes, res: AnalysisResult, rel: pd.DataFrame, col: str,
         which = f": {listed}" if len(listed) <= MAX_LISTED_CHARS else ""
         parts.append(f"mean v = {plus_minus(v.mean(), v.std())} {unit} (n = {len(v)}{which})")
         agg = present_mean(rel[rel.particle.isin(v.index)], col)
-        tt, _ = _time(res, pd.Series(agg.index))
+        tt = (agg.index.to_numpy(float) if res.calibration.frame_times_s is not None  # [s] already
+              else _time(res, pd.Series(agg.index))[0])
         ax.errorbar(tt, agg["mean"], yerr=agg["std"], color="k", lw=2, capsize=2,
                     ls=MEAN_STYLES[sign], errorevery=max(1, math.ceil(len(agg) / MEAN_BARS)),
                     label=MEAN_LABELS[sign])
@@ -425,7 +437,8 @@ def present_mean(rel: pd.DataFrame, col: str, *, min_tracks: int = 2) -> pd.Data
     Parameters
     ----------
     rel : DataFrame
-        ``particle``, ``rel`` (frames since the track's first detection) and ``col``.
+        ``particle``, ``rel`` (time since the track's first detection: frames, or
+        seconds on an uneven clock, `_since_first`) and ``col``.
     col : str
     min_tracks : int
         Fewest tracks a mean is drawn over.

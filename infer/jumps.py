@@ -108,12 +108,12 @@ def common_shift(before: np.ndarray, after: np.ndarray, *, reach_px: float, agre
     # the reach (a user's low speed limit): it had made false jumps of 0.45 nm.
     if np.hypot(*best) <= max(JUMP_REACH_FRACTION * reach_px, agree_px) or agreeing < need:
         return None
-    # Cores that repeat at that shift within each frame (a row of them along a grain
+    # Cores that repeat at that shift within their own frame (a row of them along a grain
     # boundary or interface, one period apart) cannot tell a jump from a different run of
-    # them being detected: only a pattern without that repeat can.
-    repeats = (_support(cKDTree(before), before, best, agree_px)[0]
-               + _support(tree, after, -best, agree_px)[0])
-    if repeats >= agreeing:
+    # them being detected: only cores without that repeat confirm it, at least MIN_CORES.
+    landed, _ = tree.query(before + best, distance_upper_bound=agree_px)
+    repeated, _ = cKDTree(before).query(before + best, distance_upper_bound=agree_px)
+    if int((np.isfinite(landed) & ~np.isfinite(repeated)).sum()) < MIN_CORES:
         return None
     return best, agreeing
 

@@ -160,6 +160,7 @@ def link_cores(
     min_mean_score: float = 0.0,
     repair: bool = True,
     predict: bool = True,
+    frame_times_s: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """Link detected cores into tracks; cores of opposite **h** are never linked.
 
@@ -197,6 +198,9 @@ def link_cores(
     predict : bool
         Search for each core where its track, moving on at its fitted velocity,
         would be (`TrackVelocityPredict`); otherwise where it was last seen.
+    frame_times_s : ndarray, optional
+        The acquisition clock [s] of every frame (uneven steps): `close_gaps` moves
+        cores on by the time elapsed, so a track broken at a long step is joined again.
 
     Returns
     -------
@@ -251,7 +255,7 @@ def link_cores(
         # Single detections are mostly false positives: never bridge from or to them.
         kept = _drop_short(kept, min(2, min_length))
         kept = close_gaps(kept, pixel_size_nm=pixel_size_nm, max_gap=max_gap,
-                          max_h_change_deg=max_h_change_deg)
+                          max_h_change_deg=max_h_change_deg, frame_times_s=frame_times_s)
         kept = absorb_flipped_runs(kept, pixel_size_nm=pixel_size_nm, max_frames=max_gap,
                                    max_h_change_deg=max_h_change_deg)
     kept = _drop_short(kept, min_length)
@@ -325,6 +329,7 @@ def close_gaps(
     max_h_change_deg: float = MAX_H_CHANGE_DEG,
     tolerance_nm: float = GAP_TOLERANCE_NM,
     tolerance_per_frame_nm: float = GAP_TOLERANCE_PER_FRAME_NM,
+    frame_times_s: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """Join track fragments split by missed detections.
 
@@ -343,6 +348,11 @@ def close_gaps(
         drift-corrected ``x_corr``, ``y_corr``), ``hx``, ``hy``.
     pixel_size_nm : float
         Pixel size [nm/px].
+    frame_times_s : ndarray, optional
+        The acquisition clock [s], one time per frame of the movie: velocities, the
+        move across a gap and its tolerance then count the time elapsed, in median
+        steps (a gap of one frame over a 10 s pause in a 1 s movie moves a core as 10
+        would); ``max_gap`` still counts frames (missed detections).
 
     Returns
     -------
@@ -353,6 +363,11 @@ def close_gaps(
         return tracks
     xcol, ycol = position_columns(tracks)
     cos_max = np.cos(np.deg2rad(max_h_change_deg))
+    # Time in median frame steps: frame numbers, or the clock's times where it steps unevenly.
+    clock = None
+    if frame_times_s is not None and len(frame_times_s) > 1:
+        times = np.asarray(frame_times_s, dtype=float)
+        clock = times / np.median(np.diff(times))
     merged: dict[int, int] = {}
     frags = []
     for p, g in tracks.groupby("particle", sort=True):
@@ -360,20 +375,22 @@ def close_gaps(
         xy = g[[xcol, ycol]].to_numpy(dtype=float) * pixel_size_nm
         order = np.argsort(f)
         f, xy = f[order], xy[order]
-        v = _velocity(f, xy)
+        t = f if clock is None else clock[f.astype(int)]
+        v = _velocity(t, xy)
         h = _mean_h(g)
-        frags.append((int(p), f[0], f[-1], xy[0], xy[-1], v, h))
+        frags.append((int(p), f[0], f[-1], t[0], t[-1], xy[0], xy[-1], v, h))
     candidates = []
-    for a, _, a_stop, _, a_end, va, ha in frags:
-        for b, b_start, _, b_begin, _, vb, hb in frags:
+    for a, _, a_stop, _, ta_stop, _, a_end, va, ha in frags:
+        for b, b_start, _, tb_start, _, b_begin, _, vb, hb in frags:
             gap = b_start - a_stop
             if a == b or not 1 <= gap <= max_gap or float(ha @ hb) < cos_max:
                 continue
             # The fitted velocities (a fragment too short for a fit has none, not zero).
             known = [v for v in (va, vb) if v is not None]
             v = np.mean(known, axis=0) if known else np.zeros(2)
-            miss = np.linalg.norm(b_begin - (a_end + v * gap))
-            if miss <= tolerance_nm + tolerance_per_frame_nm * gap:
+            elapsed = tb_start - ta_stop  # = gap without a clock
+            miss = np.linalg.norm(b_begin - (a_end + v * elapsed))
+            if miss <= tolerance_nm + tolerance_per_frame_nm * elapsed:
                 candidates.append((float(miss), a, b))
     continued, continuing = set(), set()
     for _, a, b in sorted(candidates):

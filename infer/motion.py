@@ -129,7 +129,7 @@ def _fit_track(particle: int, group: pd.DataFrame, frame_interval_s: float | Non
                frame_times_s: np.ndarray | None = None) -> tuple:
     """One row of `track_velocities` for a single track."""
     frames = group["frame"].to_numpy()
-    time = (np.asarray(frame_times_s, dtype=float)[frames] if frame_times_s is not None
+    time = (np.asarray(frame_times_s, dtype=float)[frames.astype(int)] if frame_times_s is not None
             else frames * (1.0 if frame_interval_s is None else frame_interval_s))
     (glide, glide_se), (climb, climb_se) = (
         _slope(time, group[name].to_numpy(dtype=float)) for name in ("glide_nm", "climb_nm")
@@ -184,10 +184,12 @@ def frame_times(frames: pd.Series, frame_interval_s: float | None,
 
 
 def moving_tracks(summary: pd.DataFrame, component: str,
-                  frame_interval_s: float | None) -> tuple[pd.Series, str]:
+                  frame_interval_s: float | None,
+                  frame_times_s: np.ndarray | None = None) -> tuple[pd.Series, str]:
     """The tracks that move in ``component``: velocity more than `MOVING_SE` standard
     errors from zero, and at least `MIN_TRAVEL_NM` of travel at that velocity over the
-    track (``last_frame - first_frame``; not checked where the summary lacks them).
+    track (``last_frame - first_frame``, on the acquisition clock where given; not checked
+    where the summary lacks them).
 
     Parameters
     ----------
@@ -198,6 +200,9 @@ def moving_tracks(summary: pd.DataFrame, component: str,
     component : {"glide", "climb"}
     frame_interval_s : float or None
         The frame interval [s], for the travel of ``*_nm_s`` velocities.
+    frame_times_s : ndarray, optional
+        The acquisition clock [s] of every frame (`Calibration.frame_times_s`), which
+        times ``*_nm_s`` velocities instead where it steps unevenly.
 
     Returns
     -------
@@ -214,6 +219,11 @@ def moving_tracks(summary: pd.DataFrame, component: str,
         s = summary.set_index("particle")
         moving = s[v].abs() > MOVING_SE * s[se]
         if {"first_frame", "last_frame"} <= set(s.columns):
-            moving &= s[v].abs() * (s.last_frame - s.first_frame) * per >= MIN_TRAVEL_NM
+            if frame_times_s is not None and unit_name == "nm/s":
+                clock = np.asarray(frame_times_s, dtype=float)
+                lasted = clock[s.last_frame.to_numpy(dtype=int)] - clock[s.first_frame.to_numpy(dtype=int)]
+            else:
+                lasted = (s.last_frame - s.first_frame).to_numpy(dtype=float) * per
+            moving &= s[v].abs() * lasted >= MIN_TRAVEL_NM
         return s.loc[moving, v].rename(component), unit_name
     return pd.Series(dtype=float, name=component), "nm/s"

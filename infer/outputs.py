@@ -101,7 +101,7 @@ def summary_dict(res: AnalysisResult) -> dict:
     def stats(component: str) -> dict:  # nm/s or nm/frame, whichever the table holds
         cols = velocity_columns(s, component)
         v = s[cols[0]].dropna().to_numpy(float) if cols else np.array([])
-        moving, _ = moving_tracks(s, component, cal.frame_interval_s)
+        moving, _ = moving_tracks(s, component, cal.frame_interval_s, cal.frame_times_s)
         return {"mean": float(v.mean()) if len(v) else None,
                 "sd": float(v.std(ddof=1)) if len(v) > 1 else None, "n_tracks": int(len(v)),
                 # The tracks displacement.png draws, by particle: the mean over all tracks

@@ -16,11 +16,11 @@ from dislotrack.infer.lattice import Lattice
 from dislotrack.infer.options import analysis_options, as_typed, check_calibration_options
 from dislotrack.infer.warning_log import AnalysisWarning, collected_warnings, named
 
-#: The `analyze` options that act after the detector: `AnalysisResult.relink` takes them.
 #: In the warning that no (003) fringes stood out (`analyze`): cores cannot show there,
 #: so "no cores" on a figure would read as searched and clean.
 NO_FRINGES = "(003) lattice fringes stand out"
 
+#: The `analyze` options that act after the detector: `AnalysisResult.relink` takes them.
 RELINK_OPTIONS = ("max_speed_nm_s", "memory", "min_length", "max_gap", "min_track_score", "border_nm")
 
 

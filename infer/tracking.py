@@ -150,8 +150,9 @@ def track_detections(detections: pd.DataFrame, *, pixel_size_nm: float,
     frame_times_s : array_like, optional
         The acquisition clock: one time [s] per frame (``n_frames``, increasing, frame 0
         at 0 s), for a movie whose clock steps unevenly (dropped frames): ``t_s`` and the
-        velocities follow it (``frame_interval_s``, the typical step, still sets the
-        linking range per frame). `analyze` passes `Calibration.frame_times_s`.
+        velocities follow it (``frame_interval_s``, the typical step, which it needs,
+        still sets the linking range per frame; gap closing joins tracks broken at a long
+        step by the time elapsed). `analyze` passes `Calibration.frame_times_s`.
 
     Raises
     ------
@@ -229,6 +230,9 @@ def track_detections(detections: pd.DataFrame, *, pixel_size_nm: float,
                        n_frames, " (no standard errors)" if n_frames == 2 else "")
     min_length = max(1, min(min_length, n_frames))
     if frame_times_s is not None:
+        if dt is None:  # velocities would be per frame, times in seconds
+            raise ValueError("frame_times_s needs frame_interval_s (the clock's typical step [s]): "
+                             "without an interval velocities are per frame")
         frame_times_s = checked_clock(frame_times_s, n_frames)
     if drift is None:
         drift = pd.DataFrame({"frame": np.arange(n_frames), "dx": 0.0, "dy": 0.0})
@@ -241,7 +245,8 @@ def track_detections(detections: pd.DataFrame, *, pixel_size_nm: float,
     if len(corrected):
         linked = link_cores(corrected, pixel_size_nm=ps, frame_interval_s=dt,
                             max_speed_nm_s=max_speed_nm_s, memory=memory, min_length=min_length,
-                            max_gap=max_gap, min_mean_score=min_track_score)
+                            max_gap=max_gap, min_mean_score=min_track_score,
+                            frame_times_s=frame_times_s)
         if weak is not None:
             linked = extend_tracks(linked, weak, pixel_size_nm=ps)
         linked = snap_h(linked, lattice)

@@ -269,6 +269,10 @@ def test_an_unevenly_clocked_movie_is_timed_by_its_clock_unless_an_interval_is_g
     given = calibrate(movie, pixel_size_nm=None, frame_interval_s=1.0, d_spacing_nm=0.473)
     assert given.frame_times_s is None and not any(w.startswith(CLOCK_STEPS) for w in given.warnings)
     assert timed.with_frame_interval(1.0).frame_times_s is None
+    # ... the same said both ways (analyze's interval, relink's): steps now one interval.
+    assert [w for w in given.warnings if w.startswith(UNEVEN_STEPS)] == \
+        [w for w in timed.with_frame_interval(1.0).warnings if w.startswith(UNEVEN_STEPS)] != []
+    assert not any(w.startswith(CLOCK_STEPS) for w in timed.with_frame_interval(1.0).warnings)
     # An even stretch (--frames 5:10) keeps frame x interval.
     assert calibrate(movie.window(5, 10), pixel_size_nm=None, frame_interval_s=None,
                      d_spacing_nm=0.473).frame_times_s is None

@@ -98,3 +98,20 @@ def test_no_rock_salt_is_reported_beside_a_burned_in_scale_bar():
     f = clean_frame(frame.astype(np.float32), _cores((30, 30)), rs, pixel_size_nm=0.1, d_spacing_nm=0.473)
     assert ANNOTATION_ROCKSALT_MARGIN_NM == 2.0
     assert not f.rocksalt[96:110, 8:60].any() and f.rocksalt[20:40, 70:100].all()
+
+
+def test_where_rock_salt_is_not_judged_the_specimen_edge_is_not_judged_either():
+    # A lattice-free strip the network calls rock salt lies just above a burned-in bar:
+    # dropped as rock salt (within 2 nm of the bar), it is no vacuum edge either, so a
+    # core beside it is not flagged at_specimen_edge (a track ending there is not "left").
+    rng = np.random.default_rng(0)
+    lat = np.broadcast_to(np.cos(2 * np.pi * np.arange(200)[:, None] / 4.73), (200, 200)).copy()
+    lat[125:, :] = 0.0  # no (003) fringes below row 125
+    frame = 100 + 60 * lat + rng.normal(0, 10, (200, 200))
+    frame[142:147, 10:190] = 255  # the bar
+    rs = np.zeros(frame.shape, bool)
+    rs[125:141, :] = True  # the network's rock salt: the strip
+    cores = pd.DataFrame({"x": [100.0], "y": [124.5], "score": 0.9, "hx": 0.0, "hy": -1.0})
+    f = clean_frame(frame.astype(np.float32), cores, rs, pixel_size_nm=0.1, d_spacing_nm=0.473)
+    assert len(f.cores) == 1 and not f.rocksalt[125:141].any()
+    assert not f.cores["at_specimen_edge"].iloc[0]

@@ -821,3 +821,26 @@ def test_trajectories_say_when_no_core_could_show_rather_than_none_found(tiny_mo
     from dislotrack.infer.figures import overlay_stamp
 
     assert overlay_stamp(res, 0) == "frame 0\ndoubtful: no (003) fringes"
+
+
+def test_the_mean_displacement_runs_on_the_clock_with_its_tracks():
+    # Two cores glide at 0.2 nm/s through a 20 s pause after frame 4: the mean curve
+    # must lie on its tracks (it was drawn at frame x median interval: 9 s, not 28 s).
+    from dislotrack.infer.calibration import Calibration
+    from dislotrack.infer.tracking import track_detections
+
+    clock = np.r_[np.arange(5.0), 24.0 + np.arange(5.0)]
+    det = pd.concat([pd.DataFrame({"frame": np.arange(10), "x": 110.0 + 40 * p - 2.0 * clock, "y": y,
+                                   "score": 0.9, "hx": 0.0, "hy": -1.0})
+                     for p, y in enumerate((30.0, 70.0))], ignore_index=True)
+    t = track_detections(det, pixel_size_nm=0.1, frame_interval_s=1.0, n_frames=10, image_shape=(100, 200),
+                         min_length=3, max_speed_nm_s=5.0, frame_times_s=clock)
+    cal = Calibration(pixel_size_nm=0.1, frame_interval_s=1.0, pixel_size_source="user",
+                      frame_interval_source="file", frame_times_s=tuple(clock))
+    res = AnalysisResult(det, t.tracks, t.track_summary, t.events, t.counts,
+                         pd.DataFrame({"frame": np.arange(10), "dx": 0.0, "dy": 0.0}), cal, np.zeros(10),
+                         (10, 100, 200), "x.tif", "", {}, first_frame=np.zeros((100, 200)))
+    glide = figures.displacement_figure(res).axes[1]
+    (bars,) = glide.containers
+    x, y = (np.asarray(v, float) for v in (bars.lines[0].get_xdata(), bars.lines[0].get_ydata()))
+    assert x[-1] == pytest.approx(28.0) and y == pytest.approx(0.2 * x, abs=1e-6)

@@ -154,3 +154,14 @@ def test_a_periodic_row_of_cores_whose_end_cores_flicker_is_no_jump():
     assert stage_jumps(det, _no_drift(), pixel_size_nm=0.1, reach_px=20.0, image_shape=(200, 400)).empty
     # A real jump of scattered cores is still found.
     assert len(stage_jumps(_cores(rng, jump=(5, (30.0, -12.0))), _no_drift(), **KW)) == 1
+
+
+def test_a_jump_of_one_row_period_is_found_where_scattered_cores_confirm_it():
+    # A periodic row (50 px) plus four scattered cores, and the stage jumps by exactly one
+    # period: the row cannot tell, but the scattered cores, which do not repeat, can.
+    row = np.c_[40.0 + 50.0 * np.arange(6), np.full(6, 100.0)]
+    scattered = np.array([[60.0, 250.0], [200.0, 300.0], [300.0, 180.0], [120.0, 330.0]])
+    before = np.vstack([row, scattered])
+    after = before + (50.0, 0.0) + np.random.default_rng(0).normal(0, 0.3, before.shape)
+    found = common_shift(before, after, reach_px=20.0, agree_px=6.0, max_shift_px=200.0)
+    assert found is not None and found[0] == pytest.approx([50.0, 0.0], abs=0.5)

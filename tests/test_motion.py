@@ -180,3 +180,49 @@ def test_a_movie_with_dropped_frames_is_timed_by_its_acquisition_clock():
         with pytest.raises(ValueError, match="frame_times_s must hold one increasing time"):
             track_detections(det, pixel_size_nm=0.1, frame_interval_s=1.0, n_frames=10,
                              image_shape=(100, 200), min_length=3, frame_times_s=bad)
+
+
+def test_a_track_keeps_its_identity_across_a_long_clock_step():
+    # A core gliding at the seed's 0.38 nm/s across a 10 s pause in a 1 s movie moves
+    # 3.8 nm in one step, beyond the 2 nm/s x 1 s search range: gap closing moves it on
+    # by the time elapsed, so it stays one track (no false annihilation + nucleation).
+    from dislotrack.infer.tracking import track_detections
+
+    clock = np.r_[np.arange(20.0), 29.0 + np.arange(20.0)]
+    x = 300.0 - 0.38 * clock / 0.1 + np.random.default_rng(0).normal(0, 0.3, 40)
+    det = pd.DataFrame({"frame": np.arange(40), "x": x, "y": 100.0, "score": 0.9, "hx": 0.0, "hy": -1.0})
+    out = track_detections(det, pixel_size_nm=0.1, frame_interval_s=1.0, n_frames=40,
+                           image_shape=(200, 600), frame_times_s=clock)
+    assert len(out.track_summary) == 1 and out.events.empty
+    assert out.track_summary["glide_velocity_nm_s"].iloc[0] == pytest.approx(0.38, abs=0.005)
+
+
+def test_a_slow_track_across_a_pause_moves_by_its_clock_time():
+    # 0.03 nm/s for 28 s on the clock (0.84 nm travelled) but only 9 frames: on frame x
+    # median interval it would travel 0.27 nm, under MIN_TRAVEL_NM, and not count as moving.
+    from dislotrack.infer.motion import MIN_TRAVEL_NM, moving_tracks
+    from dislotrack.infer.tracking import track_detections
+
+    clock = np.r_[np.arange(5.0), 24.0 + np.arange(5.0)]
+    x = 50.0 - 0.03 * clock / 0.1 + np.random.default_rng(0).normal(0, 0.05, 10)
+    det = pd.DataFrame({"frame": np.arange(10), "x": x, "y": 40.0, "score": 0.9, "hx": 0.0, "hy": -1.0})
+    s = track_detections(det, pixel_size_nm=0.1, frame_interval_s=1.0, n_frames=10,
+                         image_shape=(100, 200), min_length=3, frame_times_s=clock).track_summary
+    assert 0.03 * 9 < MIN_TRAVEL_NM < 0.03 * 28
+    assert moving_tracks(s, "glide", 1.0)[0].empty  # frames x interval: too short a way
+    assert moving_tracks(s, "glide", 1.0, clock)[0].index.tolist() == [0]
+
+
+def test_clock_times_need_an_interval_and_take_frame_numbers_as_floats():
+    from dislotrack.infer.tracking import track_detections
+
+    clock = np.r_[np.arange(5.0), 8.0 + np.arange(5.0)]
+    det = pd.DataFrame({"frame": np.arange(10.0), "x": 50.0 + 2.0 * clock, "y": 40.0, "score": 0.9,
+                        "hx": 0.0, "hy": -1.0})
+    out = track_detections(det, pixel_size_nm=0.1, frame_interval_s=1.0, n_frames=10,
+                           image_shape=(100, 200), min_length=3, frame_times_s=clock)
+    assert out.track_summary["glide_velocity_nm_s"].iloc[0] == pytest.approx(-0.2)
+    # Without an interval velocities are per frame: a clock in seconds cannot time them.
+    with pytest.raises(ValueError, match="frame_times_s needs frame_interval_s"):
+        track_detections(det, pixel_size_nm=0.1, frame_interval_s=None, n_frames=10,
+                         image_shape=(100, 200), min_length=3, frame_times_s=clock)
