@@ -109,6 +109,53 @@ def shown_event_counts(pred: pd.DataFrame, truth: pd.DataFrame, shown: set[int],
             "n_hidden": int((~is_shown).sum())}
 
 
+#: How near [nm, frames] a predicted track's end or event must lie to a missed true
+#: event to name why it was missed (`missed_event_causes`).
+NEAR_NM, NEAR_FRAMES = 1.5, 4
+#: The causes, in the order they are tried.
+MISSED_CAUSES = ("found_off", "rocksalt_fate", "other_fate", "no_track")
+
+
+def missed_event_causes(pred_events: pd.DataFrame, tracks: pd.DataFrame, summary: pd.DataFrame,
+                        truth: pd.DataFrame, shown: set[int], *, pixel_size_nm: float) -> dict:
+    """Why the true events the images show (`shown_particles`) were missed, counted by
+    the first cause that fits: ``found_off`` a predicted event of the same kind lies
+    within `NEAR_NM` and `NEAR_FRAMES` (beyond the match's 1 frame / 0.5 nm);
+    ``rocksalt_fate`` a track begins (ends) there but was born from (died into) rock
+    salt; ``other_fate`` a track begins (ends) there with another fate (present,
+    entered, left, survived, or a single where a dipole was); ``no_track`` none does
+    (the detector missed the cores)."""
+    out = dict.fromkeys(MISSED_CAUSES, 0)
+    is_shown = truth["particles"].astype(str).map(lambda ps: all(int(p) in shown for p in ps.split()))
+    hit = {j for _, j in match_events(pred_events, truth, pixel_size_nm=pixel_size_nm)}
+    ends = {}
+    if len(tracks):
+        g = tracks.sort_values("frame").groupby("particle")
+        ends = {"nucleation": g.first(), "annihilation": g.last()}
+    fates = summary.set_index("particle") if len(summary) else summary
+    for j, e in truth[is_shown.to_numpy(bool)].iterrows():
+        if j in hit:
+            continue
+        stage = "nucleation" if "nucleation" in e["kind"] else "annihilation"
+        near_ev = pred_events[(pred_events["kind"] == e["kind"])
+                              & ((pred_events["frame"] - e["frame"]).abs() <= NEAR_FRAMES)
+                              & (np.hypot(pred_events["x_nm"] - e["x_nm"], pred_events["y_nm"] - e["y_nm"])
+                                 <= NEAR_NM)] if len(pred_events) else pred_events
+        if len(near_ev):
+            out["found_off"] += 1
+            continue
+        end = ends.get(stage)
+        near = (end[((end["frame"] - e["frame"]).abs() <= NEAR_FRAMES)
+                    & (np.hypot(end["x"] * pixel_size_nm - e["x_nm"], end["y"] * pixel_size_nm - e["y_nm"])
+                       <= NEAR_NM)] if end is not None else [])
+        if not len(near):
+            out["no_track"] += 1
+            continue
+        fate = fates.loc[near.index, "birth" if stage == "nucleation" else "death"]
+        out["rocksalt_fate" if fate.str.contains("rocksalt").any() else "other_fate"] += 1
+    return out
+
+
 def oracle_detections(m, rng: np.random.Generator, *, noise_nm: float = 0.0,
                       recall: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> pd.DataFrame:
     """The movie's true cores as detections: jittered, and kept with probability
@@ -158,8 +205,11 @@ def accuracy(n_movies: int, n_frames: int, size: int, model: str | None, seed: i
             shown = shown_particles(m)
             sh = shown_event_counts(res.events, m.events, shown, pixel_size_nm=m.meta["pixel_size"])
             n_missed_shown += int(table.particle[table.pred.isna()].isin(shown).sum()) if len(table) else 0
+            why = missed_event_causes(res.events, res.tracks, res.track_summary, m.events, shown,
+                                      pixel_size_nm=m.meta["pixel_size"])
             ev_rows.append({"movie": i, "mode": mode, "dose": dose, **ev,
-                            **{f"shown_{k}": v for k, v in sh.items()}})
+                            **{f"shown_{k}": v for k, v in sh.items()},
+                            **{f"missed_{k}": v for k, v in why.items()}})
             if len(table):
                 rows.append(table.assign(movie=i, mode=mode, dose=dose))
             print(f"movie {i:2d} {mode} {dose:6.0f}: {s['long_tracks_matched']} of {len(table)} "
@@ -245,7 +295,9 @@ def _shown_summary(ev: pd.DataFrame) -> dict:
     tp, fp, fn = (int(ev[f"shown_{k}"].sum()) for k in ("tp", "fp", "fn"))
     return {"shown_event_f1": 2 * tp / (2 * tp + fp + fn) if (tp + fp + fn) else None,
             "shown_event_tp_fp_fn": [tp, fp, fn],
-            "true_events_shown_hidden": [int(ev.shown_n_shown.sum()), int(ev.shown_n_hidden.sum())]}
+            "true_events_shown_hidden": [int(ev.shown_n_shown.sum()), int(ev.shown_n_hidden.sum())],
+            # Why the shown events were missed (`missed_event_causes`).
+            "shown_missed_by_cause": {k: int(ev[f"missed_{k}"].sum()) for k in MISSED_CAUSES}}
 
 
 def _strict(obj):
