@@ -22,6 +22,7 @@ from dislotrack.infer.figures import (
     frame_time,
     input_name,
     nothing_to_show,
+    rim_colour,
     save_figure,
     scale_bar,
     time_stamp,
@@ -214,7 +215,8 @@ def events_figure(res: AnalysisResult, frames: Frames, *, max_events: int = MAX_
     n = len(res.events)
     shown = (f"{len(chosen)} of {n} events, spread over the movie" if len(chosen) < n
              else f"{n} event" if n == 1 else f"{n} events")
-    fig.suptitle(f"{input_name(res)}: {shown} (events.csv lists all)", fontsize=10)
+    # Where to find the ones left out, or that events.csv too lists them: not for none.
+    fig.suptitle(f"{input_name(res)}: {shown}" + (" (events.csv lists all)" if n else ""), fontsize=10)
     if chosen.empty:
         for ax in axes.flat:
             ax.set_axis_off()
@@ -271,9 +273,10 @@ def _panel(ax: Axes, res: AnalysisResult, tracks: pd.DataFrame,
     cx, cy = here["x"].to_numpy(float) - x0, here["y"].to_numpy(float) - y0
     inside = (cx >= -0.5) & (cx <= side - 0.5) & (cy >= -0.5) & (cy <= side - 0.5)
     arm = 0.08 * side
-    rim = [patheffects.withStroke(linewidth=2.5, foreground="black")]
     for (_, r), x, y in zip(here[inside].iterrows(), cx[inside], cy[inside], strict=True):
         c = track_colour(r["particle"])
+        # A rim the colour stands out from: white round the dark ones, else black.
+        rim = [patheffects.withStroke(linewidth=2.5, foreground=rim_colour(c))]
         h = np.array([r["hx"], r["hy"]], float)
         b = b_hat_from_h(h)
         # The dislocation symbol: the stem into the extra half-plane (h), the bar along

@@ -4,11 +4,13 @@ its evaluation against annotations."""
 from __future__ import annotations
 
 import math
+import re
 import textwrap
 import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+import matplotlib.path as mpath
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -20,6 +22,7 @@ from scipy import ndimage
 
 from dislotrack.data_gen.conventions import edge_distance_px
 from dislotrack.infer.calibration import Calibration
+from dislotrack.infer.columns import velocity_columns
 from dislotrack.infer.drift import UNSEEN_ALONG_FRINGES
 from dislotrack.infer.linking import with_gaps
 from dislotrack.infer.motion import MIN_TRAVEL_NM, MOVING_SE, moving_tracks
@@ -27,13 +30,24 @@ from dislotrack.infer.options import part_label
 from dislotrack.infer.overlays import overlay_mask
 from dislotrack.infer.result import NO_FRINGES, AnalysisResult, require_result
 
-_TAB20 = plt.get_cmap("tab20").colors
-_GREYS = {7}  # tab10's grey (and its tint): lost on a grey lattice image
-#: Track colours, shared by trajectories.png, displacement.png and the overlay: tab10's
-#: colours but grey, then their light tints (tab20 reordered), so neighbouring track
-#: numbers differ in hue and tracks 0 and 9 in lightness.
+#: Track colours, shared by trajectories.png, displacement.png, events.png, dipoles.png and
+#: the overlay. The first `DISTINCT_HUES` stay apart for the colour-blind (deuteranopia,
+#: protanopia) too: Okabe & Ito's palette without its black and sky blue (grey and
+#: cyan-like: lost on a grey lattice, or taken for the rock salt's cyan), Paul Tol's
+#: indigo and green ("muted") and dark brown ("YlOrBr"); the yellow last, being faint on
+#: displacement.png's white. Busier movies go on with nine more of Tol's colours (red,
+#: dark blue, light orange, wine, sand, dark green, light yellow, dark red, olive), picked
+#: to stay as far from all the others as his schemes allow; displacement.png marks those
+#: differently too (`track_marker`). Neighbouring numbers (often a dipole's two cores) are
+#: ordered far apart, and no colour is near the rock-salt cyan (`_CYAN`), for normal or
+#: colour-blind vision (tests/test_figures.py checks both on a simulation).
 PALETTE: tuple[tuple[float, float, float], ...] = tuple(
-    _TAB20[2 * i + tint] for tint in (0, 1) for i in range(10) if i not in _GREYS)
+    (int(h[0:2], 16) / 255, int(h[2:4], 16) / 255, int(h[4:6], 16) / 255) for h in (
+        "0072B2", "D55E00", "009E73", "E69F00", "AA3377", "662506", "332288", "117733", "F0E442",
+        "EE6677", "004488", "EE8866", "882255", "DDCC77", "225522", "EECC66", "994455", "999933"))
+
+#: The first this many track colours are told apart by the colour-blind too (`PALETTE`).
+DISTINCT_HUES = 9
 
 #: Resolution of the PNG figures [dots per inch].
 DPI = 200
@@ -42,6 +56,13 @@ DPI = 200
 def track_colour(pid: int) -> tuple[float, float, float]:
     """The colour of track ``pid`` (`PALETTE`, cycled)."""
     return tuple(PALETTE[int(pid) % len(PALETTE)][:3])
+
+
+def track_marker(pid: int) -> str:
+    """displacement.png's marker of track ``pid``'s detections: a dot for the first
+    `DISTINCT_HUES` colours of `PALETTE`, a cross for the colours that follow, which the
+    colour-blind may not tell from those by colour alone."""
+    return "." if int(pid) % len(PALETTE) < DISTINCT_HUES else "x"
 
 
 def _time(res: AnalysisResult, frames: pd.Series) -> tuple[np.ndarray, str]:
@@ -64,13 +85,30 @@ def frame_time(res: AnalysisResult, frames) -> np.ndarray:
 #: A dark rim that keeps track numbers legible over bright and dark lattice.
 _OUTLINE = [patheffects.withStroke(linewidth=2.0, foreground="black")]
 _LIGHT_OUTLINE = [patheffects.withStroke(linewidth=2.0, foreground="white")]
-#: Track colours darker than this (`_luminance`) get a white rim on their numbers, not a
-#: black one, which would vanish on dark lattice.
-DARK_LUMINANCE = 0.45
+#: Track colours darker than this (`_luminance`) get a white rim on their numbers and
+#: symbols, not a black one, which would vanish on dark lattice: the luminance at which
+#: white and black contrast equally with a colour (WCAG 2 contrast ratio), so each colour
+#: gets the rim it stands out from more.
+DARK_LUMINANCE = math.sqrt(1.05 * 0.05) - 0.05  # 0.179
+
+
+def rim_colour(colour: tuple[float, float, float]) -> str:
+    """``"white"`` for a dark colour (components in [0, 1]), else ``"black"``: the rim
+    that a track's number or symbol in ``colour`` stands out from more (`DARK_LUMINANCE`)."""
+    return "white" if _luminance(tuple(round(255 * v) for v in colour[:3])) < DARK_LUMINANCE else "black"
 
 #: How a track's ends are drawn on the trajectories figure: birth / death -> marker.
 END_MARKERS = {"nucleated": "*", "annihilated": "X", "entered": ">", "left": "<",
                "from_rocksalt": "D", "into_rocksalt": "s"}
+#: Their legend text: ``entered`` / ``left`` alone read as directions (the triangles point
+#: sideways whatever edge was crossed).
+END_LABELS = {"nucleated": "nucleated", "annihilated": "annihilated",
+              "entered": "entered the field", "left": "left the field",
+              "from_rocksalt": "from rock salt", "into_rocksalt": "into rock salt"}
+
+#: A marker of a one-sided tick from the point to the right: with a dot, the legend's
+#: picture of a start and its h tick (a line through a dot read as a path).
+_TICK_MARKER = mpath.Path([(0.0, 0.0), (1.0, 0.0)], [mpath.Path.MOVETO, mpath.Path.LINETO])
 
 
 def trajectories(res: AnalysisResult, path: Path) -> None:
@@ -142,11 +180,16 @@ def trajectories_figure(res: AnalysisResult) -> plt.Figure:
     _track_numbers(ax, starts, res.first_frame, image_w, ends)
     if starts:  # neutral proxies: a marker's colour is its track's
         first = "core, h tick" if res.shape[0] == 1 else "start, h tick"
-        handles = [plt.Line2D([], [], ls="-", marker="o", ms=4, color="0.6", label=first)]
-        handles += [plt.Line2D([], [], ls="none", marker=END_MARKERS[f], ms=7,
-                               mfc="none" if "rocksalt" in f else "0.6", mec="k",
-                               label=f.replace("_", " ")) for f in END_MARKERS if f in shown]
-        fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 4),
+        # As drawn: a dot with a tick out of it on one side, white-rimmed.
+        tick = plt.Line2D([], [], ls="none", marker=_TICK_MARKER, ms=16, mec="0.6", mew=2,
+                          path_effects=[patheffects.withStroke(linewidth=3.5, foreground="white")])
+        handles = [(tick, plt.Line2D([], [], ls="none", marker="o", ms=4, color="0.6"))]
+        labels = [first]
+        for f in (f for f in END_MARKERS if f in shown):
+            handles.append(plt.Line2D([], [], ls="none", marker=END_MARKERS[f], ms=7,
+                                      mfc="none" if "rocksalt" in f else "0.6", mec="k"))
+            labels.append(END_LABELS[f])
+        fig.legend(handles, labels, loc="outside lower center", ncol=min(len(handles), 4),
                    fontsize=8, frameon=False)
     if res.first_frame is not None:  # frame 0's field: drift carries some tracks beyond it
         h, w = res.first_frame.shape
@@ -195,7 +238,7 @@ def _track_numbers(ax: plt.Axes, starts: list[tuple[int, float, float]],
     corners = place_labels(xy + 0.5, sizes, gap=3 * per_pt, bounds=bounds, markers=markers,
                            marker_radius=0.5 * _END_MARKER_PT * per_pt) - 0.5
     for (pid, _, _), (lx, ly) in zip(starts, corners, strict=True):
-        dark = _luminance(tuple(int(255 * v) for v in track_colour(pid))) < DARK_LUMINANCE
+        dark = rim_colour(track_colour(pid)) == "white"
         ax.text(lx, ly, str(pid), color=track_colour(pid), fontsize=_LABEL_PT, fontweight="bold",
                 ha="left", va="top" if ax.yaxis_inverted() else "bottom",
                 path_effects=_LIGHT_OUTLINE if dark else _OUTLINE)
@@ -263,6 +306,34 @@ def _overlap(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
     return a[0] < b[0] + b[2] and b[0] < a[0] + a[2] and a[1] < b[1] + b[3] and b[1] < a[1] + a[3]
 
 
+def wrap_title(text: str, width: int) -> str:
+    """``text`` in lines of at most ``width`` characters, broken after spaces, ``_`` and
+    ``-`` (a file name has few spaces) and, in a longer run, anywhere; its own line breaks
+    kept. Matplotlib's ``wrap=True`` breaks at spaces only: a long file name ran off the
+    page or over the legend.
+
+    Examples
+    --------
+    >>> print(wrap_title("2024-05-12_LiNiO2_insitu_movie.tif: counts", 20))
+    2024-05-12_LiNiO2_
+    insitu_movie.tif:
+    counts
+    """
+    lines = []
+    for paragraph in text.split("\n"):
+        line = ""
+        for piece in re.findall(r"[^ _-]*(?:[ _-]+|$)", paragraph):
+            while len(piece) > width:  # a run longer than a line: cut it
+                lines.append((line + piece)[:width].rstrip())
+                piece, line = (line + piece)[width:], ""
+            if len(line + piece.rstrip()) > width and line:
+                lines.append(line.rstrip())
+                line = ""
+            line += piece
+        lines.append(line.rstrip())
+    return "\n".join(lines)
+
+
 def input_name(res: AnalysisResult) -> str:
     """The input's file or folder name, for figure titles, with the window of frames
     and the region analysed (``analyze(frames=, region=)``) where not the whole."""
@@ -285,14 +356,18 @@ def displacement(res: AnalysisResult, path: Path) -> None:
 
 def displacement_figure(res: AnalysisResult) -> plt.Figure:
     """Climb and glide vs time since each track's first detection, per track (dashed),
-    and, as the seed's Fig. 2C/D, mean +- SD (solid) of the tracks moving that way.
+    and, as the seed's Fig. 2C/D, mean +- SD (solid) of the single dislocations moving
+    that way.
 
-    Per panel, the tracks moving in that component (`moving_tracks`) are split by the
-    sign of their velocity; a group of two or more gets its mean drawn over the tracks
-    present at each time, where two or more are, by their mean steps (`present_mean`: no
-    jump where a track ends), and its mean velocity
-    +- SD and size in the panel title (a line per group, + first). The legend sits
-    beside the axes, naming tracks up to `MAX_NAMED_TRACKS`.
+    Per panel, the single dislocations moving in that component (`moving_tracks`) are
+    split by the sign of their velocity; a group of two or more gets the mean of the
+    positions of its tracks present at each time drawn, where two or more are, broken
+    where one ends and marked with how many it averages there (`present_mean`,
+    `_mean_curves`), and its mean velocity +- SD and size in the panel title (a line per
+    group, + first); a lone one its velocity +- SE. Dipole cores are not averaged with them
+    (each moves in its own frame, and a dipole's motion reverses): the title lists them.
+    The legend sits beside the axes, naming tracks up to `MAX_NAMED_TRACKS`; the file's
+    name above is wrapped clear of it.
 
     Where no track has two detections (a single image, or only one-frame tracks) there is
     no motion: each axis says why instead of showing empty axes and a bare legend.
@@ -300,11 +375,11 @@ def displacement_figure(res: AnalysisResult) -> plt.Figure:
     require_result(res, "displacement_figure")
     fig = Figure(figsize=(10.5, 4.3), layout="constrained")
     axes = fig.subplots(1, 2, sharex=True)
-    fig.suptitle(input_name(res), fontsize=10)
     t = res.tracks
     if len(t) and t.groupby("particle").size().max() < 2:
         t = t.iloc[:0]
     named = t.particle.nunique() <= MAX_NAMED_TRACKS if len(t) else False
+    singles_only = False  # whether a mean, or dipole cores left out of one, is shown
     for ax, col, name in zip(axes, ["climb_nm", "glide_nm"], ["climb", "glide"], strict=True):
         # Wrapped: a title wider than its axes runs under the legend beside them.
         title = "\n".join(textwrap.wrap(f"{name} ({SIGN_CONVENTION[name]})", 52, break_on_hyphens=False))
@@ -313,9 +388,10 @@ def displacement_figure(res: AnalysisResult) -> plt.Figure:
             for pid, g in rel.groupby("particle"):
                 tt = frame_time(res, g.frame) - frame_time(res, g.frame.iloc[:1])[0]
                 # A dot per detection: frames a track was missed show as bare dashes.
-                ax.plot(tt, g[col], "--", marker=".", ms=3, color=track_colour(pid), lw=1,
+                ax.plot(tt, g[col], "--", marker=track_marker(pid), ms=3, color=track_colour(pid), lw=1,
                         label=_track_label(res.track_summary, pid) if named else "_nolegend_")
             title += "\n" + _mean_curves(ax, res, rel, col, name)
+            singles_only |= "mean v = " in title or "dipole cores" in title
             unseen = res.drift.attrs.get(UNSEEN_ALONG_FRINGES, 0) if res.drift is not None else 0
             if name == "climb" and unseen:  # misfit cores climb along the (003) fringes
                 title += (f"\nincludes drift along the fringes (not measurable in {unseen} of "
@@ -326,13 +402,17 @@ def displacement_figure(res: AnalysisResult) -> plt.Figure:
         ax.set_xlabel(label + " since first detection")
         ax.set_ylabel(f"{name} distance (nm)")
         ax.set_title(title, fontsize=9)
+    # The panel titles' lines are as long as they may be: what the means are over goes here.
+    fig.suptitle(wrap_title(input_name(res) + (f"\n{MEANS_OVER}" if singles_only else ""),
+                            DISPLACEMENT_TITLE_CHARS), fontsize=10)
     if len(t):
         handles, labels = _legend_entries(axes)
         if not named:
             handles.append(plt.Line2D([], [], ls="--", color="0.5", lw=1))
             labels.append(f"{t.particle.nunique()} tracks")
+        # Handles long enough for a whole dash-dot cycle: the two means differ by it.
         fig.legend(handles, labels, loc="outside right upper", fontsize=8, frameon=False,
-                   ncol=2 if named and t.particle.nunique() > 10 else 1)
+                   ncol=2 if named and t.particle.nunique() > 10 else 1, handlelength=MEAN_HANDLE_EM)
     else:
         why = ("one frame: no motion to show" if res.shape[0] <= 1
                else "no tracks" if res.tracks.empty
@@ -344,10 +424,21 @@ def displacement_figure(res: AnalysisResult) -> plt.Figure:
     return fig
 
 
-#: The legend label and line style of the mean curve of the tracks moving each way: two
-#: means in one panel (dipole partners, say) must not look alike.
-MEAN_LABELS = {1: "mean ± SD, moving +", -1: "mean ± SD, moving −"}
+#: The legend label and line style of the mean curve of the single dislocations moving
+#: each way: two means in one panel must not look alike.
+MEAN_LABELS = {1: "mean ± SD of singles, moving +", -1: "mean ± SD of singles, moving −"}
 MEAN_STYLES = {1: "-", -1: "-."}
+#: Length of displacement.png's legend handles [font sizes]: a whole dash-dot cycle of the
+#: "moving −" mean (at the default 2, it showed as a dash, like the solid "moving +").
+MEAN_HANDLE_EM = 3.5
+
+#: What displacement.png's means are over, under its file name where it shows one (or
+#: dipole cores left out of one).
+MEANS_OVER = "means ± SD over single dislocations (dipole cores not averaged)"
+
+#: displacement.png's file name is wrapped to lines this long, clear of the legend beside
+#: the axes.
+DISPLACEMENT_TITLE_CHARS = 70
 
 
 def _track_label(summary: pd.DataFrame, pid: int) -> str:
@@ -372,30 +463,78 @@ def _since_first(res: AnalysisResult, tracks: pd.DataFrame) -> pd.DataFrame:
 
 def _mean_curves(ax: plt.Axes, res: AnalysisResult, rel: pd.DataFrame, col: str, name: str) -> str:
     """Draw, on ``ax``, the mean +- SD of ``col`` over each group (by sign) of two or more
-    tracks moving in ``name``; return a line for the panel title saying their velocities."""
+    single dislocations moving in ``name`` (`draw_mean`); return lines for the panel title
+    saying their velocities, a lone one's with its SE, and the dipole cores that move,
+    which are not averaged."""
     moving, unit = moving_tracks(res.track_summary, name, res.calibration.frame_interval_s,
                                  res.calibration.frame_times_s)
     moving = moving[moving.index.isin(rel.particle.unique())]
     if moving.empty:
         return f"no track moves steadily (|v| > {MOVING_SE:g} SE, ≥ {MIN_TRAVEL_NM:g} nm)"
+    summary = res.track_summary.set_index("particle")
+    in_dipole = (summary["kind"].reindex(moving.index) == "dipole").to_numpy() if "kind" in summary \
+        else np.zeros(len(moving), bool)
+    singles, cores = moving[~in_dipole], moving[in_dipole]
+    cols = velocity_columns(res.track_summary, name)
+    se = summary[cols[1]] if cols is not None and cols[1] in summary else None
     parts = []
     for sign in (1, -1):  # the same order in both panels
-        v = moving[np.sign(moving) == sign]
+        v = singles[np.sign(singles) == sign]
         if len(v) == 1:
-            parts.append(f"#{v.index[0]}: v = {plus_minus(v.iloc[0])} {unit}")
+            p = v.index[0]
+            parts.append(f"#{p}: v = {plus_minus_se(v.iloc[0], se[p])} {unit} (SE)" if se is not None
+                         else f"#{p}: v = {plus_minus(v.iloc[0])} {unit}")
         if len(v) < 2:
             continue
         listed = ", ".join(f"#{p}" for p in v.index)
         # Named while short: long ids would push the title into its neighbour's.
         which = f": {listed}" if len(listed) <= MAX_LISTED_CHARS else ""
         parts.append(f"mean v = {plus_minus(v.mean(), v.std())} {unit} (n = {len(v)}{which})")
-        agg = present_mean(rel[rel.particle.isin(v.index)], col)
-        tt = (agg.index.to_numpy(float) if res.calibration.frame_times_s is not None  # [s] already
-              else _time(res, pd.Series(agg.index))[0])
-        ax.errorbar(tt, agg["mean"], yerr=agg["std"], color="k", lw=2, capsize=2,
-                    ls=MEAN_STYLES[sign], errorevery=max(1, math.ceil(len(agg) / MEAN_BARS)),
-                    label=MEAN_LABELS[sign])
+        draw_mean(ax, res, present_mean(rel[rel.particle.isin(v.index)], col), sign)
+    if len(cores):  # each in its own b / h frame, its motion reversing: not a group's
+        listed = ", ".join(f"#{p} {plus_minus(v)}" for p, v in cores.items())
+        parts.append(f"dipole cores (not averaged): {listed} {unit}" if len(listed) <= 2 * MAX_LISTED_CHARS
+                     else f"{len(cores)} dipole cores move (not averaged)")
     return "\n".join(parts)
+
+
+def draw_mean(ax: plt.Axes, res: AnalysisResult, agg: pd.DataFrame, sign: int) -> None:
+    """Draw a group's `present_mean` ``agg`` as a black line with SD bars (`MEAN_STYLES`),
+    broken between its segments (where a track ends and the mean goes on over fewer tracks;
+    joined, the jump read as the cores turning back), a segment of one time as a dot; the
+    segments after the first are marked with the number of tracks they average (``n = 2``)
+    where they start (the first's is the group's, in the panel title), one a tenth of
+    the time axis apart at most."""
+    if agg.empty:
+        return
+    times = (agg.index.to_numpy(float) if res.calibration.frame_times_s is not None  # [s] already
+             else _time(res, pd.Series(agg.index))[0])
+    x: list[float] = []
+    y: list[float] = []
+    sd: list[float] = []
+    starts, lone = [], []
+    for _, seg in agg.assign(t=times).groupby("segment", sort=True):
+        if x:  # a NaN between segments breaks the line
+            x, y, sd = [*x, x[-1]], [*y, np.nan], [*sd, np.nan]
+            starts.append((seg["t"].iloc[0], seg["mean"].iloc[0], int(seg["count"].iloc[0])))
+        if len(seg) == 1:
+            lone.append((seg["t"].iloc[0], seg["mean"].iloc[0]))
+        x, y, sd = x + seg["t"].tolist(), y + seg["mean"].tolist(), sd + seg["std"].tolist()
+    ax.errorbar(x, y, yerr=sd, color="k", lw=2, capsize=2, ls=MEAN_STYLES[sign],
+                errorevery=max(1, math.ceil(len(x) / MEAN_BARS)), label=MEAN_LABELS[sign])
+    if lone:  # a line of one point is not drawn
+        ax.plot(*zip(*lone, strict=True), "o", color="k", ms=4, label="_nolegend_")
+    # One label per stretch of a tenth of the time axis: a crowd of ends overprinted them.
+    apart, last = 0.1 * (max(x) - min(x)), -np.inf
+    if starts:
+        ax.margins(y=0.1)  # room for a label above (below) the curve at its top (bottom)
+    for t0, m0, n in starts:
+        if t0 - last < apart:
+            continue
+        last = t0
+        ax.annotate(f"n = {n}", (t0, m0), xytext=(0, 6 * sign), textcoords="offset points",
+                    fontsize=7, ha="center", va="bottom" if sign > 0 else "top", color="k",
+                    path_effects=[patheffects.withStroke(linewidth=2, foreground="white")])
 
 
 #: A group's moving tracks are named in the panel title while the list is this short
@@ -404,6 +543,16 @@ MAX_LISTED_CHARS = 16
 
 #: About this many SD bars per mean curve (every frame's would hide the tracks).
 MEAN_BARS = 15
+
+
+def plus_minus_se(value: float, se: float) -> str:
+    """``value ± se`` with the standard error to one significant digit and the value to
+    the same decimals, at least two significant digits of it and at most two more:
+    ``+0.382 ± 0.003``, ``-35 ± 4``."""
+    d = max(0, 1 - math.floor(math.log10(abs(value)))) if value and math.isfinite(value) else 0
+    if se > 0 and math.isfinite(se):
+        d = max(d, min(-math.floor(math.log10(se)), d + 2))
+    return f"{value:+.{d}f} ± {se:.{d}f}"
 
 
 def plus_minus(value: float, sd: float | None = None) -> str:
@@ -424,15 +573,20 @@ def _legend_entries(axes: Sequence[plt.Axes]) -> tuple[list, list[str]]:
 
 
 def present_mean(rel: pd.DataFrame, col: str, *, min_tracks: int = 2) -> pd.DataFrame:
-    """Mean and SD of ``col`` over the tracks present at each time since their first
-    detection, where at least ``min_tracks`` are: a track is present from its first to
-    its last detection (missed frames in between filled linearly), so a long movie's
-    mean runs as far as two tracks do, not only while every track does.
+    """Mean and SD of the positions ``col`` of the tracks present at each time since their
+    first detection, where at least ``min_tracks`` are, in segments over one set of tracks.
 
-    The mean accumulates the mean *step* of the tracks present at both ends of each
-    step: where a track ends, the curve goes on at the others' pace instead of jumping
-    by the difference of their positions (which read as the cores turning back); while
-    the same tracks are present it is their plain mean. The SD is of their positions.
+    A track is present from its first to its last detection (missed frames in between
+    filled linearly, by time), so a long movie's mean runs as far as two tracks do, not
+    only while every track does. The mean is the plain mean of the positions present: what
+    the SD describes, and what a reader takes "mean ± SD" for. Where a track ends, the set
+    averaged changes and the mean can jump by the difference of positions (three cores
+    moving one way, the one furthest along ending: the mean steps back, which read as the
+    cores turning back). ``segment`` numbers the runs of times over one set of tracks, and
+    the figure breaks the curve between them and says how many tracks each averages
+    (`draw_mean`), rather than joining across the jump. (The curve used to go on by the
+    mean *step* of the tracks left: smooth, but then the mean of no set of tracks,
+    hugging one track while its SD bar was of the positions.)
 
     Parameters
     ----------
@@ -446,19 +600,18 @@ def present_mean(rel: pd.DataFrame, col: str, *, min_tracks: int = 2) -> pd.Data
     Returns
     -------
     DataFrame
-        ``mean``, ``std``, ``count`` indexed by ``rel``; ``count`` is the number of tracks.
+        ``mean``, ``std``, ``count`` (the number of tracks present) and ``segment``
+        (0, 1, ...: a new one wherever the set of tracks present changes), indexed by
+        ``rel``.
     """
     wide = rel.pivot_table(index="rel", columns="particle", values=col).sort_index()
     wide = wide.interpolate(method="index", limit_area="inside")  # by time, in each track's span
-    count = wide.count(axis=1)
-    steps = wide.diff()  # NaN where a track is absent at either end of the step
-    step = steps.mean(axis=1).where(steps.count(axis=1) >= min_tracks)
-    # Up to the first step that fewer than min_tracks share: beyond it the curve stops.
-    usable = step.iloc[1:].notna().cumprod().astype(bool)
-    mean = wide.iloc[0].mean() + pd.concat([pd.Series([0.0], index=wide.index[:1]),
-                                            step.iloc[1:][usable]]).cumsum()
-    agg = pd.DataFrame({"mean": mean, "std": wide.std(axis=1), "count": count}).dropna(subset=["mean"])
-    return agg[agg["count"] >= min_tracks]
+    present = wide.notna()
+    changed = (present != present.shift(fill_value=False)).any(axis=1)
+    agg = pd.DataFrame({"mean": wide.mean(axis=1), "std": wide.std(axis=1), "count": present.sum(axis=1),
+                        "segment": changed.cumsum()})
+    agg = agg[agg["count"] >= min_tracks]
+    return agg.assign(segment=agg["segment"].rank(method="dense").astype(int) - 1)
 
 
 #: Up to this many frames, the rock-salt fraction is marked at every value (the counts
@@ -472,7 +625,8 @@ def counts(res: AnalysisResult, path: Path) -> None:
 
 
 def counts_figure(res: AnalysisResult) -> plt.Figure:
-    """Dislocation and dipole counts vs time (as the seed's Fig. 5F), RS fraction on the right.
+    """Dislocation and dipole counts vs time (as the seed's Fig. 5F), RS fraction on the right;
+    the title says so under the input's name (`COUNTS_WHAT`, wrapped: `wrap_title`).
 
     Counts get whole-number ticks; the fraction axis starts at 0 (at least 0 to 0.05, so a
     domain-free movie shows a flat line at the bottom, not one centred on negative values).
@@ -505,15 +659,24 @@ def counts_figure(res: AnalysisResult) -> plt.Figure:
              ms=5, mfc="none", label=f"rock-salt fraction{judged}", clip_on=False)  # hollow: counts show
     top = float(finite[np.isfinite(finite)].max(initial=0.0))
     ax2.set_ylim(0, min(1.0, max(0.05, 1.1 * top)))
-    ax2.set_ylabel("rock-salt area fraction")
+    ax2.set_ylabel("rock-salt area fraction of the frame")
     # The counts over the fraction: a twin axes is drawn on top, and its triangles at 0
     # hid the dipole squares at 0.
     ax.set_zorder(ax2.get_zorder() + 1)
     ax.patch.set_visible(False)
     handles = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
     fig.legend(handles=handles, loc="outside upper center", ncol=3, fontsize=8, frameon=False)
-    ax.set_title(input_name(res), fontsize=10)
+    # What is counted, and the file's name wrapped to the axes' width (a long one was cut
+    # at both edges of the page).
+    ax.set_title(wrap_title(f"{input_name(res)}\n{COUNTS_WHAT}", COUNTS_TITLE_CHARS), fontsize=10)
     return fig
+
+
+#: What counts.png shows, under the input's name in its title.
+COUNTS_WHAT = "dislocations, dipoles and rock-salt fraction per frame"
+
+#: counts.png's title lines are at most this long (its axes' width at 10 pt).
+COUNTS_TITLE_CHARS = 60
 
 
 def save_figure(fig: plt.Figure, path: Path, *, dpi: int = DPI) -> None:
@@ -698,8 +861,11 @@ def _draw_cores(d: ImageDraw.ImageDraw, rows: pd.DataFrame, k: int, w: int) -> N
 
 
 def _luminance(rgb: tuple[int, int, int]) -> float:
-    """Relative luminance in [0, 1] of an 8-bit sRGB colour (Rec. 709 weights, no gamma)."""
-    return (0.2126 * rgb[0] + 0.7152 * rgb[1] + 0.0722 * rgb[2]) / 255
+    """Relative luminance in [0, 1] of an 8-bit sRGB colour (WCAG 2: the sRGB curve
+    undone, then Rec. 709 weights)."""
+    c = np.asarray(rgb[:3], float) / 255
+    linear = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+    return float(linear @ (0.2126, 0.7152, 0.0722))
 
 
 def overlay_stamp(res: AnalysisResult, i: int) -> str:
@@ -720,12 +886,18 @@ def time_stamp(i: int, dt: float | None, t: float | None = None) -> str:
 
 
 def time_decimals(dt: float) -> int:
-    """The fewest decimals (1 to 6) that write a frame interval ``dt`` [s] exactly, so that
-    every time stamp is exact (0.25 s: 2; 0.04 s: 2; 1/30 s: 6, the most)."""
-    for decimals in range(1, 7):
+    """The fewest decimals (1 to `MAX_TIME_DECIMALS`) that write a frame interval ``dt`` [s]
+    exactly (0.25 s: 2; 0.04 s: 2), else `MAX_TIME_DECIMALS` (1/30 s: 3, ``t = 12.367 s``),
+    or, for frames less than a millisecond apart, as many as keep consecutive stamps apart."""
+    for decimals in range(1, MAX_TIME_DECIMALS + 1):
         if abs(round(dt, decimals) - dt) <= 1e-9 * max(dt, 1.0):
             return decimals
-    return 6
+    return max(MAX_TIME_DECIMALS, math.ceil(-math.log10(dt)) if dt > 0 else MAX_TIME_DECIMALS)
+
+
+#: Time stamps carry at most this many decimals where frames are a millisecond or more
+#: apart (six digits of 1/30 s read as noise).
+MAX_TIME_DECIMALS = 3
 
 
 def scale_label(bar_nm: float, calibration: Calibration) -> str:
@@ -845,15 +1017,20 @@ def nothing_to_show(ax: plt.Axes, text: str = "no tracks") -> None:
 def scale_bar(ax: plt.Axes, shape: tuple[int, ...], calibration: Calibration,
               corner: str = "lower right") -> None:
     """Draw on an image's axes a white bar of a round length (about a fifth of the
-    width) in a corner (`SCALE_BAR_CORNERS`; `scale_bar_corner` picks one clear of
-    burned-in text), labelled with a dark rim (`scale_label`)."""
+    width), exactly that long (not rounded to whole pixels as on the overlay), in a
+    corner (`SCALE_BAR_CORNERS`; `scale_bar_corner` picks one clear of burned-in text),
+    labelled with a dark rim (`scale_label`)."""
     h, w = shape[:2]
-    # Where the overlay draws it (`scale_bar_box`), the place `scale_bar_corner` checked.
+    # Where the overlay draws it (`scale_bar_box`), the place `scale_bar_corner` checked,
+    # but at its exact length: the overlay's whole pixels would make 1 nm 12 px at
+    # 0.08 nm/px (0.96 nm). It keeps the end at the frame's edge side where it was.
     x0, y0, x1, y1, bar_nm = scale_bar_box((h, w), calibration.pixel_size_nm, corner)
+    length = bar_nm / calibration.pixel_size_nm
+    left = x0 - 0.5 if corner.endswith("left") else x1 + 0.5 - length
     y = 0.5 * (y0 + y1)
-    ax.plot([x0 - 0.5, x1 + 0.5], [y, y], "-", color="white", lw=3, solid_capstyle="butt",
+    ax.plot([left, left + length], [y, y], "-", color="white", lw=3, solid_capstyle="butt",
             path_effects=[patheffects.Stroke(linewidth=5, foreground="black"), patheffects.Normal()])
-    ax.text(0.5 * (x0 + x1), y0 - 0.015 * h, scale_label(bar_nm, calibration), color="white",
+    ax.text(left + 0.5 * length, y0 - 0.015 * h, scale_label(bar_nm, calibration), color="white",
             ha="center", va="bottom", fontsize=9, path_effects=_OUTLINE)
 
 

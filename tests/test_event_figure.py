@@ -195,3 +195,23 @@ def test_a_core_near_the_crops_top_right_is_numbered_inside_it():
     box, frame = label.get_window_extent(), at.get_window_extent()
     assert label.get_clip_on()
     assert frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
+
+
+def test_no_events_does_not_point_to_events_csv():
+    # m10: "0 events (events.csv lists all)" sent the reader to an empty table.
+    fig = event_figure.events_figure(result(nucleation().iloc[:0]), frames())
+    assert fig._suptitle.get_text() == "m.tif: 0 events"
+    one = event_figure.events_figure(result(nucleation()), frames())
+    assert one._suptitle.get_text() == "m.tif: 1 event (events.csv lists all)"
+
+
+def test_a_dark_track_s_symbol_and_number_get_a_light_rim():
+    # A dark colour (track 7's) rimmed in black vanished on dark lattice.
+    at = event_figure.events_figure(result(nucleation()), frames()).axes[2]
+    (symbol,), (number,) = at.lines, at.texts
+    for artist in (symbol, number):
+        (effect,) = artist.get_path_effects()
+        assert effect._gc["foreground"] == "white"
+    from dislotrack.infer.figures import rim_colour, track_colour
+
+    assert rim_colour(track_colour(7)) == "white"  # the one trajectories.png and the overlay give it

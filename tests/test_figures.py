@@ -366,7 +366,9 @@ def test_counts_points_at_zero_are_not_clipped_and_equal_series_both_show():
     dis, dip = fig.axes[0].lines
     assert not dis.get_clip_on() and not dip.get_clip_on()
     assert dis.get_linestyle() != dip.get_linestyle() and dis.get_markersize() > dip.get_markersize()
-    assert fig.axes[0].get_title() == "x.tif"
+    # The file's name, then what is counted (the name alone said neither).
+    assert fig.axes[0].get_title() == "x.tif\ndislocations, dipoles and rock-salt fraction per frame"
+    assert fig.axes[1].get_ylabel() == "rock-salt area fraction of the frame"
 
 
 def test_figure_titles_name_the_input_and_the_sign_convention():
@@ -374,7 +376,7 @@ def test_figure_titles_name_the_input_and_the_sign_convention():
     res.input_path = "/data/run 7/movie_12.tif"
     assert figures.trajectories_figure(res).axes[0].get_title().startswith("movie_12.tif")
     disp = figures.displacement_figure(res)
-    assert disp.get_suptitle() == "movie_12.tif"
+    assert disp.get_suptitle().splitlines()[0] == "movie_12.tif"
     climb, glide = (ax.get_title() for ax in disp.axes)
     assert "+: towards h" in climb and "+: along b" in glide
 
@@ -394,14 +396,17 @@ def test_present_mean_runs_while_two_tracks_do_and_bridges_missed_frames():
     assert figures.present_mean(sparse, "d")["mean"].tolist() == [0.0, 2.0, 5.0]
     bridged = figures.present_mean(sparse[sparse.index != 1], "d")  # track 0 unseen at rel 2
     assert bridged.loc[2, "mean"] == 2.0 and bridged.loc[2, "std"] == 0.0
-    # Three cores all moving the same way; the one furthest along ends first. The mean of
-    # the positions present fell back (-4.3 -> -3.7 nm in a user's figure: "the cores
-    # turned back"); the mean of their steps goes on at the others' pace.
+    # Three cores all moving the same way; the one furthest along ends first. The mean is
+    # of the positions present (what its SD describes; the mean of their steps hugged one
+    # track): it steps back where the set changes, so that is a new segment, drawn apart
+    # (-4.3 -> -3.7 nm joined in a user's figure read as "the cores turned back").
     ends = pd.DataFrame({"particle": [0] * 6 + [1] * 3 + [2] * 6, "rel": [*range(6), *range(3), *range(6)],
                          "d": [0, -1, -2, -3, -4, -5, 0, -3, -6, 0, -1, -2, -3, -4, -5.0]})
     agg = figures.present_mean(ends, "d")
-    assert (np.diff(agg["mean"]) < 0).all()  # no step back
-    assert agg["mean"].tolist() == pytest.approx([0, -5 / 3, -10 / 3, -13 / 3, -16 / 3, -19 / 3])
+    assert agg["mean"].tolist() == pytest.approx([0, -5 / 3, -10 / 3, -3, -4, -5])
+    assert agg["segment"].tolist() == [0, 0, 0, 1, 1, 1] and agg["count"].tolist() == [3, 3, 3, 2, 2, 2]
+    assert (np.diff(agg["mean"][agg["segment"] == 0]) < 0).all()  # within a segment: no step back
+    assert (np.diff(agg["mean"][agg["segment"] == 1]) < 0).all()
 
 
 def test_moving_tracks_use_the_velocity_its_standard_error_and_the_travel():
@@ -425,24 +430,28 @@ def test_displacement_mean_is_over_moving_tracks_present_at_each_time():
     climb_ax, glide_ax = fig.axes
     assert not climb_ax.containers and "no track moves steadily" in climb_ax.get_title()
     (bars,) = glide_ax.containers
-    x, _ = bars.lines[0].get_data()
-    assert list(x) == list(range(11))  # tracks span 12, 11, 10 frames: while two are there
+    x, y = (np.asarray(v, float) for v in bars.lines[0].get_data())
+    # Tracks span 12, 11, 10 frames: while two are there, broken (NaN) where one ends.
+    assert x[np.isfinite(y)].tolist() == list(range(11)) and np.isnan(y[10])
+    (dot,) = [ln for ln in glide_ax.lines if ln.get_marker() == "o"]  # the lone time, n = 2
+    assert dot.get_xdata().tolist() == [10.0]
+    assert [t.get_text() for t in glide_ax.texts] == ["n = 2"]
     assert "mean v = +0.10 ± 0.00 nm/s (n = 3: #0, #1, #2)" in glide_ax.get_title()
     # Each detection is a dot on its track's dashes, so a missed frame shows as a gap.
     assert all(line.get_marker() == "." for line in glide_ax.get_lines() if line.get_linestyle() == "--")
 
 
 def test_two_means_in_a_panel_differ_and_dipole_partners_are_named():
-    # A dipole opening by glide: both partners glide the same sign; the two groups' means
-    # are told apart by legend and line style, and each partner names the other.
-    res = result(4)
-    res.track_summary["glide_velocity_nm_s"] = [0.1, 0.1, -0.1, -0.1]
-    res.track_summary["kind"] = ["dipole", "dipole", "single", "single"]
-    res.track_summary["partner"] = [1, 0, -1, -1]
-    res.tracks.loc[res.tracks.particle >= 2, "glide_nm"] *= -1
+    # Singles moving both ways: the two groups' means are told apart by legend and line
+    # style. A dipole's two cores are named with each other, and not averaged (M2).
+    res = result(6)
+    res.track_summary["glide_velocity_nm_s"] = [0.1, 0.1, -0.1, -0.1, 0.1, 0.1]
+    res.track_summary["kind"] = ["single", "single", "single", "single", "dipole", "dipole"]
+    res.track_summary["partner"] = [-1, -1, -1, -1, 5, 4]
+    res.tracks.loc[res.tracks.particle.isin([2, 3]), "glide_nm"] *= -1
     fig = figures.displacement_figure(res)
     labels = [t.get_text() for t in fig.legends[0].get_texts()]
-    assert labels == ["#0 (dipole with #1)", "#1 (dipole with #0)", "#2", "#3",
+    assert labels == ["#0", "#1", "#2", "#3", "#4 (dipole with #5)", "#5 (dipole with #4)",
                       figures.MEAN_LABELS[1], figures.MEAN_LABELS[-1]]
     styles = {c.lines[0].get_linestyle() for c in fig.axes[1].containers}
     assert len(styles) == 2
@@ -462,7 +471,7 @@ def test_displacement_mean_needs_two_moving_tracks_and_splits_by_sign():
     fig = figures.displacement_figure(res)
     assert not fig.axes[1].containers  # one track each way: no mean
     assert not set(figures.MEAN_LABELS.values()) & {t.get_text() for t in fig.legends[0].get_texts()}
-    assert "#0: v = +0.10 nm/s" in fig.axes[1].get_title()
+    assert "#0: v = +0.100 ± 0.001 nm/s (SE)" in fig.axes[1].get_title()
     assert figures.plus_minus(-35.2, 4.1) == "-35 ± 4" and figures.plus_minus(0.273, 0.02) == "+0.27 ± 0.02"
 
 
@@ -844,3 +853,176 @@ def test_the_mean_displacement_runs_on_the_clock_with_its_tracks():
     (bars,) = glide.containers
     x, y = (np.asarray(v, float) for v in (bars.lines[0].get_xdata(), bars.lines[0].get_ydata()))
     assert x[-1] == pytest.approx(28.0) and y == pytest.approx(0.2 * x, abs=1e-6)
+
+
+# --- the figure review of stop 35 (notes/review_figures_stop35.md)
+
+#: Colour-blind vision simulated on linear RGB (Machado, Oliveira & Fernandes 2009,
+#: severity 1).
+_DEUTERANOPIA = np.array([[0.367322, 0.860646, -0.227968], [0.280085, 0.672501, 0.047413],
+                          [-0.011820, 0.042940, 0.968881]])
+_PROTANOPIA = np.array([[0.152286, 1.052583, -0.204868], [0.114503, 0.786281, 0.099216],
+                        [-0.003882, -0.048116, 1.051998]])
+
+
+def _linear(rgb: np.ndarray) -> np.ndarray:
+    rgb = np.asarray(rgb, float)
+    return np.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
+
+
+def _lab(linear: np.ndarray) -> np.ndarray:
+    """CIELAB (D65) of linear RGB colours (n, 3)."""
+    xyz = linear @ np.array([[0.4124, 0.2126, 0.0193], [0.3576, 0.7152, 0.1192], [0.1805, 0.0722, 0.9505]])
+    xyz = xyz / np.array([0.95047, 1.0, 1.08883])
+    f = np.where(xyz > 216 / 24389, np.cbrt(xyz), (24389 / 27 * xyz + 16) / 116)
+    return np.stack([116 * f[:, 1] - 16, 500 * (f[:, 0] - f[:, 1]), 200 * (f[:, 1] - f[:, 2])], axis=-1)
+
+
+def test_track_colours_stay_apart_for_the_colour_blind_and_away_from_rock_salt_cyan():
+    # M4, m6: tab20's blue/purple, orange/olive, green/red/brown looked alike with
+    # deuteranopia, and tab:cyan tracks sat on the overlay's cyan rock salt.
+    palette = np.array(figures.PALETTE)
+    cyan = np.array([[0.0, 1.0, 1.0]])  # the overlay's rock salt (figures._CYAN)
+    first = figures.DISTINCT_HUES
+    for view in (None, _DEUTERANOPIA, _PROTANOPIA):
+        def seen(rgb, view=view):
+            return _lab(_linear(rgb) if view is None else np.clip(_linear(rgb) @ view.T, 0, 1))
+        lab = seen(palette)
+        apart = np.linalg.norm(lab[:, None] - lab[None], axis=-1)  # CIE76 colour difference
+        np.fill_diagonal(apart, np.inf)
+        assert apart[:first, :first].min() > 15  # the first nine: plainly different
+        assert apart.min() > 9.5  # all of them: still told apart side by side
+        neighbours = [apart[i, (i + 1) % len(palette)] for i in range(len(palette))]
+        assert min(neighbours) > 30  # a dipole's cores often have consecutive numbers
+        assert np.linalg.norm(lab - seen(cyan), axis=-1).min() > 35  # nothing like rock salt
+    assert first >= 8 and len(palette) >= 18
+    # Numbers keep a rim they stand out from (WCAG contrast ratio), dark colours a white one.
+    for colour in figures.PALETTE:
+        lum = figures._luminance(tuple(round(255 * v) for v in colour))
+        white, black = 1.05 / (lum + 0.05), (lum + 0.05) / 0.05
+        rim = figures.rim_colour(colour)
+        assert (white if rim == "white" else black) == max(white, black) >= 4.5
+
+
+def _moving_apart(v: list[float], frames: list[int], **summary) -> AnalysisResult:
+    """`result` with tracks gliding at velocities ``v`` [nm/s] for ``frames`` frames each."""
+    res = result(len(v), n_frames=max(frames))
+    res.tracks = pd.DataFrame([{"particle": p, "frame": f, "x": 10.0 + 5 * p, "y": 20.0 + f, "hx": 0.0,
+                                "hy": 1.0, "glide_nm": v[p] * f, "climb_nm": 0.0}
+                               for p in range(len(v)) for f in range(frames[p])])
+    res.track_summary = res.track_summary.assign(first_frame=0, last_frame=[n - 1 for n in frames],
+                                                 glide_velocity_nm_s=v, **summary)
+    return res
+
+
+def test_the_mean_curve_is_the_mean_of_the_positions_present_broken_where_a_track_ends():
+    # M1: three cores gliding -; the fastest ends first. The curve went on by the mean
+    # step of the two left, 0.33 nm below their mean, while its SD bar was of positions.
+    res = _moving_apart([-0.1, -0.3, -0.1], [12, 6, 12])
+    glide = figures.displacement_figure(res).axes[1]
+    (bars,) = glide.containers
+    x, y = (np.asarray(v, float) for v in bars.lines[0].get_data())
+    drawn = np.isfinite(y)
+    assert x[drawn].tolist() == list(range(12))
+    positions = [(-0.1 - 0.3 - 0.1) / 3 * t if t < 6 else -0.1 * t for t in range(12)]
+    assert y[drawn] == pytest.approx(positions)  # the mean of the tracks there
+    # Not joined across the jump (-0.83 -> -0.6 nm read as the cores turning back); the
+    # curve says how many tracks it averages after it.
+    assert np.isnan(y[np.flatnonzero(x == 5)[0] + 1])
+    assert [(t.get_text(), t.xy) for t in glide.texts] == [("n = 2", (6.0, pytest.approx(-0.6)))]
+
+
+def test_group_means_are_over_single_dislocations_and_dipole_cores_are_listed():
+    # M2: a dipole core (#2, in its own b frame, its motion reversing) was averaged with
+    # single dislocations (#0, #1) moving the same way.
+    res = _moving_apart([-0.3, -0.1, -0.05, 0.0], [12, 12, 12, 12],
+                        kind=["single", "single", "dipole", "dipole"], partner=[-1, -1, 3, 2])
+    fig = figures.displacement_figure(res)
+    glide = fig.axes[1]
+    title = glide.get_title()
+    assert "mean v = -0.20 ± 0.14 nm/s (n = 2: #0, #1)" in title
+    assert "dipole cores (not averaged): #2 -0.050 nm/s" in title
+    (bars,) = glide.containers
+    assert bars.lines[0].get_ydata()[11] == pytest.approx(-0.2 * 11)  # #0 and #1 alone
+    assert fig.get_suptitle() == f"x.tif\n{figures.MEANS_OVER}"
+    assert "single dislocations" in figures.MEANS_OVER
+
+
+def test_a_lone_track_s_velocity_comes_with_its_standard_error():
+    # W2: "#0: v = +0.38 nm/s" said nothing of how well it is known (SE 0.003).
+    res = _moving_apart([0.38, 0.0], [12, 12])
+    res.track_summary["glide_velocity_se_nm_s"] = [0.0031, 0.001]
+    assert "#0: v = +0.380 ± 0.003 nm/s (SE)" in figures.displacement_figure(res).axes[1].get_title()
+    assert figures.plus_minus_se(0.382472, 0.0031) == "+0.382 ± 0.003"
+    assert figures.plus_minus_se(-35.2, 4.1) == "-35 ± 4"
+    assert figures.plus_minus_se(0.0902, 0.0044) == "+0.090 ± 0.004"
+
+
+def test_the_matplotlib_scale_bar_is_exactly_its_length():
+    # m1: rounded to whole pixels, 1 nm at 0.08 nm/px was drawn 12 px long (0.96 nm).
+    from matplotlib.figure import Figure
+
+    cal = Calibration.from_file(pixel_size_nm=0.08, frame_interval_s=None)
+    for corner in figures.SCALE_BAR_CORNERS:
+        ax = Figure().subplots()
+        figures.scale_bar(ax, (100, 100), cal, corner)
+        (bar,) = ax.lines
+        x0, _, x1, _, bar_nm = figures.scale_bar_box((100, 100), 0.08, corner)
+        xs = bar.get_xdata()
+        assert bar_nm == 1.0 and xs[1] - xs[0] == pytest.approx(12.5)
+        # In the corner the overlay's bar takes: from its outer end, inside the frame.
+        assert xs[0] == x0 - 0.5 if corner.endswith("left") else xs[1] == x1 + 0.5
+        (label,) = ax.texts
+        assert label.get_position()[0] == pytest.approx(np.mean(xs))
+
+
+def test_long_file_names_are_wrapped_in_the_counts_and_displacement_titles():
+    # m3: a 90-character name with a frame window and a region ran off counts.png at both
+    # edges, and over displacement.png's legend.
+    res = result(3)
+    res.input_path = ("/data/2024-05-12_LiNiO2_insitu_delithiation_5V_particle3_area2_"
+                      "drift-corrected_movie.tif")
+    res.options = {"frames": "5:25", "region": "0:200,0:256"}
+    counts = figures.counts_figure(res)
+    FigureCanvasAgg(counts).draw()
+    title = counts.axes[0].title.get_window_extent()
+    assert counts.bbox.x0 <= title.x0 and title.x1 <= counts.bbox.x1
+    assert counts.axes[0].get_title().replace("\n", "").startswith(figures.input_name(res))
+    disp = figures.displacement_figure(res)
+    FigureCanvasAgg(disp).draw()
+    suptitle, legend = disp._suptitle.get_window_extent(), disp.legends[0].get_window_extent()
+    assert disp.bbox.x0 <= suptitle.x0 and suptitle.x1 <= legend.x0
+    assert figures.wrap_title("a_b c", 3) == "a_b\nc"
+    assert figures.wrap_title("x.tif\n" + "a" * 7, 5) == "x.tif\naaaaa\naa"  # lines kept, a run cut
+
+
+def test_edge_fates_read_as_leaving_or_entering_the_field():
+    # m7: "left" beside a left-pointing triangle read as a direction.
+    res = result(2)
+    res.track_summary["birth"] = ["entered", "nucleated"]
+    res.track_summary["death"] = ["left", "survived"]
+    texts = [t.get_text() for t in figures.trajectories_figure(res).legends[0].get_texts()]
+    assert texts == ["start, h tick", "nucleated", "entered the field", "left the field"]
+
+
+def test_legend_proxies_look_like_what_is_drawn():
+    # m9: "start, h tick" was a line through a dot (the figure draws a dot and a tick out
+    # of it); the two means' legend lines were too short to show the dash-dot.
+    legend = figures.trajectories_figure(result(2)).legends[0]
+    tick = legend.legend_handles[0]
+    assert tick.get_linestyle() == "None"
+    vertices = tick.get_marker().vertices
+    assert vertices[:, 0].min() == 0 and vertices[:, 0].max() > 0 and not vertices[:, 1].any()
+    fig = figures.displacement_figure(_both_ways(4))
+    (dashdot,) = [c.lines[0] for c in fig.axes[1].containers if c.lines[0].get_linestyle() == "-."]
+    cycle = sum(dashdot._dash_pattern[1])  # [pt]
+    legend = fig.legends[0]
+    assert legend.handlelength * legend.prop.get_size_in_points() >= cycle
+
+
+def test_time_stamps_carry_at_most_three_decimals():
+    # W4: at 1/30 s per frame the stamps read t = 12.366667 s.
+    assert figures.time_decimals(1 / 30) == 3 and figures.time_stamp(371, 1 / 30) == "t = 12.367 s"
+    assert figures.time_decimals(0.0125) == 3 and figures.time_stamp(2, 0.0125) == "t = 0.025 s"
+    fast = [figures.time_stamp(i, 0.0004) for i in range(5)]  # 2500 frames a second: still apart
+    assert len(set(fast)) == 5 and fast[1] == "t = 0.0004 s"
