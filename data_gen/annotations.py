@@ -132,6 +132,9 @@ def read_annotation(sidecar: str | Path) -> Annotation:
                             if p.suffix.lower() in IMAGE_SUFFIXES and p != need)
             found = (f"; found {', '.join(others)}: annotations need a .tif (or .tiff)"
                      if need.suffix == ".tif" and others else "")
+            if need.suffix == ".csv" and (strays := stray_cores_tables(sidecar.parent)):
+                found = (f"; {first_few(strays, 5)} in that folder belong(s) to no <stem>.json: "
+                         f"if one is this item's, rename it {need.name}")
             raise ValueError(f"{sidecar}: no {need.name} next to it ({hint}){found}")
     image_path = annotation_image(sidecar)
     with tifffile.TiffFile(image_path) as tif:
@@ -158,11 +161,7 @@ def read_annotation(sidecar: str | Path) -> Annotation:
         # One of them is a typo; training or scoring at the wrong one is silently wrong.
         raise ValueError(f"{sidecar}: pixel_size_nm {px:g} disagrees with {image_path.name}'s own "
                          f"calibration, {tif_px:g} nm/px (ImageJ); correct whichever is wrong")
-    try:  # "frame, x, y" as typed by hand reads as frame, x, y
-        cores = pd.read_csv(f"{stem}_cores.csv", skipinitialspace=True)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise ValueError(f"{stem}_cores.csv is not a readable CSV table: {err}") from None
-    cores.columns = cores.columns.str.strip()
+    cores = read_cores_table(Path(f"{stem}_cores.csv"))
     found = list(cores.columns)
     if len(image) == 1:  # one image: its frame is 0, and each core is its own particle
         cores = cores.assign(**{k: v for k, v in (("frame", 0), ("particle", np.arange(len(cores))))
@@ -196,6 +195,62 @@ def read_annotation(sidecar: str | Path) -> Annotation:
     norm = np.hypot(cores.hx, cores.hy)
     ann.cores = cores.assign(hx=cores.hx / norm, hy=cores.hy / norm)
     return ann
+
+
+def stray_cores_tables(folder: str | Path) -> list[str]:
+    """The ``<stem>_cores.csv`` files of ``folder`` beside which there is no ``<stem>.json``
+    (misnamed, or a sidecar forgotten), sorted."""
+    return sorted(p.name for p in Path(folder).glob("*_cores.csv")
+                  if not p.with_name(p.name[: -len("_cores.csv")] + ".json").exists())
+
+
+#: Every column a ``_cores.csv`` may have (`read_cores_table` reads them in any case).
+CORE_COLUMNS_KNOWN = (*REQUIRED_CORE_COLUMNS, "bx_nm", "by_nm", "kind", "partner")
+
+
+def read_cores_table(path: Path) -> pd.DataFrame:
+    """A ``_cores.csv`` table, its column names stripped.
+
+    Read as a spreadsheet may save it: comma-separated, or where the header has no comma,
+    semicolon- or tab-separated (European Excel), with decimal commas there; the known
+    columns (`CORE_COLUMNS_KNOWN`) in any case (``X``, ``Y``) where that names each
+    once. An ImageJ/Fiji Results table (``X``, ``Y`` beside ``Slice`` or its unnamed row
+    number) is refused, saying how to convert it: its positions may be calibrated (nm),
+    put pixel centres at .5, and its slices count from 1.
+
+    Raises
+    ------
+    ValueError
+        Naming the file: unreadable, or an ImageJ Results table.
+    """
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            lines = [line for line in f.read().splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is not a readable CSV table: {err}") from None
+    header, body = (lines[0] if lines else ""), "\n".join(lines[1:])
+    sep = next((c for c in (";", "\t") if "," not in header and c in header), ",")
+    decimal = "," if sep != "," and "," in body else "."
+    try:  # "frame, x, y" as typed by hand reads as frame, x, y
+        cores = pd.read_csv(path, skipinitialspace=True, sep=sep, decimal=decimal, encoding="utf-8-sig")
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is not a readable CSV table: {err}") from None
+    cores.columns = [str(c).strip() for c in cores.columns]
+    names = list(cores.columns)
+    unnamed = bool(names) and (names[0] == "" or names[0].startswith("Unnamed: "))
+    if {"X", "Y"} <= set(names) and ("Slice" in names or unnamed):
+        shown = ", ".join(repr(c) if not c or c.startswith("Unnamed: ") else c for c in names)
+        raise ValueError(
+            f"{path} looks like an ImageJ/Fiji Results table (columns {shown}), which is "
+            "not read as it is: ImageJ gives X, Y in the image's calibrated unit (nm where it is "
+            "calibrated: measure with the scale removed, or divide by pixel_size_nm) with pixel "
+            "centres at .5 (dislotrack's are at whole pixels: subtract 0.5), and counts Slice "
+            "from 1; write the header x,y (frame = Slice - 1 for a movie; hx,hy where known) "
+            "and leave out the row numbers")
+    folded = [c.lower() if c.lower() in CORE_COLUMNS_KNOWN else c for c in names]
+    if len(set(folded)) == len(folded):  # X and x both: left as they are (named as found)
+        cores.columns = folded
+    return cores
 
 
 #: Largest relative difference between a sidecar's pixel size and its TIFF's own.
@@ -309,12 +364,24 @@ def _frames_left_unannotated(c: pd.DataFrame, n_frames: int) -> str | None:
             "the stack (save the annotated frames alone)")
 
 
+def units_checkable(c: pd.DataFrame, pixel_size_nm: float) -> bool:
+    """Whether `_positions_in_nm` can tell positions in nm from positions in px: a frame
+    holds at least 3 cores, and a pixel is under 0.5 nm (the image's extent in nm is then
+    under half of it in px)."""
+    return bool(len(c)) and c.groupby("frame").size().max() >= 3 and pixel_size_nm < 0.5
+
+
+def positions_look_like_nm(ann: Annotation) -> bool:
+    """Whether the cores' x, y [px] of ``ann`` look like nm (`_positions_in_nm`)."""
+    return _positions_in_nm(ann.cores, ann.image.shape, ann.pixel_size_nm) is not None
+
+
 def _positions_in_nm(c: pd.DataFrame, shape: tuple[int, int, int], pixel_size_nm: float) -> str | None:
     """Why the cores' x, y [px] look like nm, else None: a frame holds at least 3 cores,
     all positions lie within the image's extent in nm (under half of it in px) and spread
     over a quarter of that extent or more, as positions in nm across the image would."""
     _, h, w = shape
-    if not len(c) or c.groupby("frame").size().max() < 3 or pixel_size_nm >= 0.5:
+    if not units_checkable(c, pixel_size_nm):
         return None
     x_nm, y_nm = (w - 0.5) * pixel_size_nm + 0.5, (h - 0.5) * pixel_size_nm + 0.5
     if c.x.max() > x_nm or c.y.max() > y_nm:

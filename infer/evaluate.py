@@ -250,7 +250,9 @@ def evaluate_folders(pred_dir: str | Path, truth_dir: str | Path, *, figures: bo
     ``pred_dir/<stem>/figures/evaluation.png`` (found, missed and false cores). An item
     without predictions or with an unreadable annotation gets an ``error`` entry
     instead of scores; the others are still scored. ``progress`` shows a bar from 5 items.
-    The pooled entry holds whole items only (a part's cores are its item's too).
+    The pooled entry holds whole items the model was not fine-tuned on (a part's cores are
+    its item's too), and the parts of an item it was fine-tuned on whose frames its
+    fine-tuning held out (``held_out``; one of any that overlap).
 
     Raises
     ------
@@ -285,14 +287,25 @@ def evaluate_folders(pred_dir: str | Path, truth_dir: str | Path, *, figures: bo
             ann, why = read_annotation(side), None
         except (ValueError, OSError) as err:  # one bad annotation does not stop the others
             ann, why = None, f"annotation: {err}"
+        pooled_parts: dict[str, Part] = {}  # this item's held-out parts pooled so far
         for out in found[side]:
-            scores, tally, rs_counts = _score_results(out, side, ann, why, figures=figures)
+            scores, tally, rs_counts, part = _score_results(out, side, ann, why, figures=figures)
             report[out.name] = scores
-            # Whole items only: a part's cores are its item's too (and parts may overlap).
-            if tally is not None and "part" not in scores and not scores.get("trained_on"):
-                pooled.merge(tally)
-                n_pooled += 1
-                rs_pooled += rs_counts
+            # Whole items the model was not trained on, and parts that fine-tuning held
+            # out of an item it trained on (whose whole is then never pooled): a part's
+            # cores are its item's too, and parts may overlap.
+            if tally is None or scores.get("trained_on") or ("part" in scores and not scores.get("held_out")):
+                continue
+            if part is not None and (twin := next((name for name, p in pooled_parts.items()
+                                                   if p.overlaps(part)), None)):
+                scores["note"] = "; ".join(filter(None, (scores.get("note"), (
+                    f"not pooled: it overlaps {twin}, pooled already"))))
+                continue
+            if part is not None:
+                pooled_parts[out.name] = part
+            pooled.merge(tally)
+            n_pooled += 1
+            rs_pooled += rs_counts
     if all("error" in r for r in report.values()):
         # e.g. the wrong --truth folder: keep the earlier evaluation rather than replace it
         why = [f"{stem}: {r['error']}" for stem, r in report.items()]
@@ -309,7 +322,7 @@ def evaluate_folders(pred_dir: str | Path, truth_dir: str | Path, *, figures: bo
 
 
 def _score_results(out: Path, side: Path, ann: Annotation | None, why: str | None, *,
-                   figures: bool) -> tuple[dict, DetectionTally | None, np.ndarray]:
+                   figures: bool) -> tuple[dict, DetectionTally | None, np.ndarray, Part | None]:
     """One results folder of infer scored against annotation ``ann`` (read from ``side``;
     None, and ``why``, where it could not be), or against the part of it the results are
     of (`find_part`).
@@ -322,23 +335,31 @@ def _score_results(out: Path, side: Path, ann: Annotation | None, why: str | Non
         Its core counts (None with an error).
     rs_counts : ndarray
         Rock-salt intersection and union [px] (zeros where rock salt is not scored).
+    part : Part or None
+        The part of the item the results are of (None: the whole item, or an error).
     """
     stem, truth_dir = side.with_suffix("").name, side.parent
     run_summary = _summary(out)  # read once: the input's shape and the model
     rs_counts = np.zeros(2)
     part, truth, why = _truth_of_results(out, side, ann, run_summary) if why is None else (None, None, why)
     if why:
-        return {"error": why}, None, rs_counts
+        return {"error": why}, None, rs_counts, None
     pred = pd.read_csv(out / "detections.csv")
     tally = detection_tally(pred, truth.cores, pixel_size_nm=truth.pixel_size_nm)
     scores = {} if part is None else {"part": part.options}
     scores.update(tally.summary())
     notes = calibration_notes(run_summary, truth.pixel_size_nm, truth.frame_interval_s)
     made_by = prediction_model(run_summary)
-    if trained_on(run_summary, side):
+    tuned_on_item = trained_on(run_summary, side)  # on the item, or some of its frames
+    if tuned_on_item and (part is None or trained_on(run_summary, side, part)):
         scores["trained_on"] = True
         notes.append(f"{made_by['model']} was fine-tuned on this item: its scores are not a "
                      "test of the model (left out of the pooled row)")
+    elif tuned_on_item:
+        # Frames that fine-tuning held out of an item it trained on: a test, pooled.
+        scores["held_out"] = True
+        notes.append(f"frames {part.start}-{part.stop - 1} were held out by {made_by['model']}'s "
+                     "fine-tuning: a test of the model (pooled)")
     if figures:
         from dislotrack.infer.figures import evaluation_figure
 
@@ -398,7 +419,7 @@ def _score_results(out: Path, side: Path, ann: Annotation | None, why: str | Non
     scores = _defined(scores)
     if made_by is not None:
         scores["predicted_by"] = made_by
-    return scores, tally, rs_counts
+    return scores, tally, rs_counts, part
 
 
 def _truth_of_results(out: Path, side: Path, ann: Annotation, run_summary: dict | None
@@ -430,7 +451,8 @@ def _tracks_of_part(tracks: pd.DataFrame, ann: Annotation, part: Part,
 
 
 #: The report's entry pooling the cores of all scored items the predicting model was not
-#: fine-tuned on (where there are two or more).
+#: fine-tuned on, and of parts whose frames its fine-tuning held out (where there are two
+#: or more).
 POOLED = "(all, pooled)"
 
 #: Calibrations of predictions and annotation further apart than this (relative) are noted.
@@ -464,21 +486,52 @@ def calibration_notes(summary: dict | None, pixel_size_nm: float,
     return notes
 
 
-def trained_on(summary: dict | None, side: Path) -> bool:
+def trained_on(summary: dict | None, side: Path, part: Part | None = None) -> bool:
     """Whether the model behind predictions (infer's summary.json, `_summary`) was
-    fine-tuned on the annotation ``side`` (``<stem>.json``), or on some of its frames:
-    its image is one the model trained on (by content: also in a copied or renamed
-    folder), or its folder is the one the model trained on and the item was not held out
-    whole (a split by frames holds out frames of an item, never the item)."""
+    fine-tuned on the annotation ``side`` (``<stem>.json``), or on some of its frames, in
+    any round of its fine-tuning (``finetuned_on`` and its ``earlier`` rounds): its image
+    is one the model trained on (by content: also in a copied or renamed folder), or its
+    folder is the one the model trained on and the item was not held out whole (a split by
+    frames holds out frames of an item, never the item). Results of ``part`` of the item
+    (`find_part`) whose frames all lie among the frames a round held out
+    (``val_frame_indices``) were not trained on in that round."""
     tuned = ((summary or {}).get("model") or {}).get("finetuned_on") or {}
+    rounds = [tuned, *(tuned.get("earlier") or [])] if tuned else []
     image = annotation_image(side)
-    if (tuned.get("train_items_sha256") and image.exists()
-            and file_sha256(image) in set(tuned["train_items_sha256"])):
-        return True
-    if not tuned.get("data") or Path(tuned["data"]) != side.parent.resolve():
+    sha = file_sha256(image) if image.exists() and any(r.get("train_items_sha256") for r in rounds) else None
+    return any(_trained_in_round(r, side, part, sha) for r in rounds if isinstance(r, dict))
+
+
+def _trained_in_round(tuned: dict, side: Path, part: Part | None, sha: str | None) -> bool:
+    """`trained_on` for one round of fine-tuning (``finetuned_on``'s keys); ``sha``: the
+    annotated image's sha256 (None where no round records those of its training images)."""
+    by_content = sha is not None and sha in set(tuned.get("train_items_sha256") or [])
+    by_folder = bool(tuned.get("data")) and Path(tuned["data"]) == side.parent.resolve()
+    if not (by_content or by_folder):
         return False
-    held = {Path(v).name for v in tuned.get("val_items") or []} if tuned.get("split") == "items" else set()
-    return side.name not in held
+    if tuned.get("split") == "frames" and part is not None:
+        held = held_out_frames(tuned, side, by_content)
+        if held and set(range(part.start, part.stop)) <= held:
+            return False  # only frames the round validated on
+    if by_content:
+        return True
+    held_items = ({Path(v).name for v in tuned.get("val_items") or []}
+                  if tuned.get("split") == "items" else set())
+    return side.name not in held_items
+
+
+def held_out_frames(tuned: dict, side: Path, by_content: bool) -> set[int]:
+    """The frames of annotated item ``side`` that a round of fine-tuning split by frames
+    held out (its ``val_frame_indices``, by the annotation's name; an item known by its
+    content, ``by_content``, in a renamed folder: the round's one split item); none
+    where the card does not record them (fine-tuned before 0.1.22)."""
+    recorded = tuned.get("val_frame_indices") or {}
+    if not isinstance(recorded, dict):
+        return set()
+    frames = recorded.get(side.name)
+    if frames is None and by_content and len(recorded) == 1:  # a split by frames has one item
+        (frames,) = recorded.values()
+    return {int(f) for f in frames or []}
 
 
 def _summary(out: Path) -> dict | None:
@@ -571,7 +624,8 @@ def report_table(report: dict) -> pd.DataFrame:
 def report_text(report: dict) -> str:
     """`report_table` as text: scores to 3 decimals, counts whole, undefined or missing
     values as ``-``; the error column is left out (errors are reported separately). The
-    `POOLED` entry (every core of the items a model was not fine-tuned on) is the last row."""
+    `POOLED` entry (every core of the items a model was not fine-tuned on, and of the parts
+    its fine-tuning held out) is the last row."""
     table = report_table(report).drop(columns=["error", "note"], errors="ignore")
     if table.shape[1] == 0 or ("tp" in table and table["tp"].isna().all()):
         return "no annotated item could be scored"

@@ -55,6 +55,11 @@ class Part:
         return {"frames": None if whole_t else f"{self.start}:{self.stop}",
                 "region": None if whole_xy else f"{self.x0}:{self.x1},{self.y0}:{self.y1}"}
 
+    def overlaps(self, other: Part) -> bool:
+        """Whether the two parts share a frame and a pixel (a core of one may be the other's)."""
+        return (self.start < other.stop and other.start < self.stop and self.x0 < other.x1
+                and other.x0 < self.x1 and self.y0 < other.y1 and other.y0 < self.y1)
+
     def contains(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         """Whether item positions ``x``, ``y`` [px] lie in the region's pixels (a pixel spans
         its centre ± 0.5 px: half-open, so that adjacent regions share no core)."""

@@ -144,10 +144,38 @@ def summary_dict(res: AnalysisResult) -> dict:
 
 def _finetuned_on(card: dict) -> dict | None:
     """The annotation folder, split (by "items" or "frames"), held-out items and the
-    trained-on images' sha256 of a fine-tuned model (None otherwise)."""
-    tuned = (card.get("training") or {}).get("finetune")
-    return ({k: tuned.get(k) for k in ("data", "split", "val_items", "train_items_sha256")}
-            if tuned else None)
+    trained-on images' sha256 of a fine-tuned model (None otherwise): of its latest round
+    of fine-tuning, plus ``val_frame_indices`` (the held-out frames, where one item's frames
+    were split) and ``earlier`` (the rounds before, latest first, same keys) where they
+    apply. The rounds are those of the card's lineage (`_finetune_rounds`): a model
+    fine-tuned twice, or trained on (``train fit --model.init_from``) from a fine-tuned
+    one, still learnt from the items of every round."""
+    rounds = _finetune_rounds(card.get("training"))
+    if not rounds:
+        return None
+    latest, *earlier = rounds
+    return {**latest, **({"earlier": earlier} if earlier else {})}
+
+
+#: What summary.json records of each round of fine-tuning (`_finetuned_on`).
+_ROUND_KEYS = ("data", "split", "val_items", "train_items_sha256")
+
+
+def _finetune_rounds(training: object) -> list[dict]:
+    """Each round of fine-tuning in a card's ``training`` record, latest first: its own
+    ``finetune``, then those of its ``base`` (the record of the model it started from,
+    which finetune and ``train fit --model.init_from`` keep), and so on."""
+    rounds = []
+    for _ in range(100):  # a lineage, not a loop (JSON has no cycles): a bound all the same
+        if not isinstance(training, dict):
+            break
+        tuned = training.get("finetune")
+        if isinstance(tuned, dict):
+            held = tuned.get("val_frame_indices")
+            rounds.append({**{k: tuned.get(k) for k in _ROUND_KEYS},
+                           **({"val_frame_indices": held} if held else {})})
+        training = training.get("base")
+    return rounds
 
 
 def _lattice_dict(res: AnalysisResult) -> dict | None:

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from dislotrack.data_gen.version import package_version
@@ -46,6 +47,12 @@ DEFAULT_MODEL = "weights/default.safetensors"
 
 #: Attribute names under which a LightningModule may hold the network.
 _CHECKPOINT_PREFIXES = ("net.", "model.")
+
+
+class ModelFileError(ValueError):
+    """A model's weights file or card exists but cannot be read as a model (truncated,
+    corrupt, not JSON, or the weights of another architecture than the card's); the message
+    names the file and what is wrong, in one line."""
 
 
 def validate_card(card: dict[str, Any]) -> None:
@@ -140,12 +147,16 @@ def load_model(
     model : UNet
         In eval mode, on ``device``.
     card : dict
-        The model card plus ``sha256`` (of the weights file) and ``model_id`` (stem).
+        The model card plus ``sha256`` (of the weights file) and ``model_id`` (its stem,
+        `model_id`).
 
     Raises
     ------
     FileNotFoundError
         If the weights or the card are missing.
+    ModelFileError
+        A ValueError, naming the file and what is wrong, where either cannot be read as a
+        model (`read_card`; weights empty, truncated, corrupt or of another architecture).
     """
     if path is None:
         path = Path(str(importlib.resources.files("dislotrack.models").joinpath(DEFAULT_MODEL)))
@@ -166,12 +177,98 @@ def load_model(
             raise FileNotFoundError(
                 f"model file {p} does not exist ({hint}a model is a <stem> with .safetensors and "
                 f".json files, or a bundled name: {', '.join(bundled_models())})")
-    card = json.loads(card_path.read_text())
-    validate_card(card)
-    model = UNet(UNetConfig.from_dict(card["architecture"]))
-    model.load_state_dict(load_file(str(weights), device="cpu"))
-    card.update(sha256=file_sha256(weights), model_id=weights.stem)
+    card = read_card(card_path)
+    try:
+        model = UNet(UNetConfig.from_dict(card["architecture"]))
+    except (ValueError, TypeError, RuntimeError) as err:  # e.g. a hand-edited depth of -1
+        raise ModelFileError(f"{card_path}: its architecture {card['architecture']} cannot be "
+                             f"built ({err})") from None
+    state = _read_weights(weights)
+    _check_fit(state, model, weights, card_path)
+    model.load_state_dict(state)
+    card.update(sha256=file_sha256(weights), model_id=model_id(weights))
     return model.to(device).eval(), card
+
+
+def model_id(weights: str | Path) -> str:
+    """How reports name the model of ``weights``: its stem, or ``<folder>/model`` for the
+    ``model`` that every training run exports into its own folder (``runs/cpu/model``:
+    ``cpu/model``), which its stem alone would not tell apart."""
+    weights = Path(weights)
+    stem = weights.with_suffix("").name if weights.suffix == ".safetensors" else weights.name
+    parent = weights.resolve().parent.name
+    return f"{parent}/{stem}" if stem == "model" and parent else stem
+
+
+def read_card(path: str | Path) -> dict[str, Any]:
+    """The model card ``path`` (``<stem>.json``), validated (`validate_card`).
+
+    Raises
+    ------
+    ModelFileError
+        Naming the file: not readable text, not JSON (with the line and column of the
+        error), no JSON object, or no valid card.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ModelFileError(f"{path} is not a model card: not a text file ({err.reason} at byte "
+                             f"{err.start}); re-copy it from the model") from None
+    except OSError as err:
+        raise ModelFileError(f"{path}: cannot be read ({err.strerror or err})") from None
+    try:
+        card = json.loads(text)
+    except json.JSONDecodeError as err:
+        where = "the file is empty" if not text.strip() else (
+            f"{err.msg} at line {err.lineno} column {err.colno} (char {err.pos})")
+        raise ModelFileError(f"{path} is not valid JSON ({where}): a model card is JSON; "
+                             "fix it or re-copy it from the model") from None
+    if not isinstance(card, dict):
+        raise ModelFileError(f"{path} is not a model card: it holds a JSON {type(card).__name__}, "
+                             "not an object of keys")
+    try:
+        validate_card(card)
+    except (ValueError, TypeError) as err:
+        raise ModelFileError(f"{path}: {err}") from None
+    return card
+
+
+def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a ``.safetensors`` file; `ModelFileError` (one line, naming it) where
+    it is empty, truncated or no safetensors file."""
+    try:
+        size = path.stat().st_size
+        if size == 0:
+            raise ModelFileError(f"{path} is not a readable model (an empty file): re-copy or "
+                                 "re-export it")
+        return load_file(str(path), device="cpu")
+    except SafetensorError as err:
+        what = str(err).removeprefix("Error while deserializing header: ")
+        raise ModelFileError(f"{path} is not a readable model (truncated or corrupt: {what}; "
+                             f"{size} bytes): re-copy or re-export it") from None
+    except OSError as err:
+        raise ModelFileError(f"{path}: cannot be read ({err.strerror or err})") from None
+
+
+def _check_fit(state: dict[str, torch.Tensor], model: UNet, weights: Path, card_path: Path) -> None:
+    """`ModelFileError` (one line) where the tensors of ``weights`` do not fit ``model``,
+    the network its card ``card_path`` describes: another architecture, or another model's
+    card."""
+    want = model.state_dict()
+    missing = [k for k in want if k not in state]
+    extra = [k for k in state if k not in want]
+    shapes = [f"{k}: {list(state[k].shape)} in the file, {list(v.shape)} by the card"
+              for k, v in want.items() if k in state and state[k].shape != v.shape]
+    if not (missing or extra or shapes):
+        return
+    found = [f"{len(shapes)} tensor(s) of another shape (e.g. {shapes[0]})" if shapes else "",
+             f"{len(missing)} missing (e.g. {missing[0]})" if missing else "",
+             f"{len(extra)} unexpected (e.g. {extra[0]})" if extra else ""]
+    raise ModelFileError(
+        f"{weights} does not fit the architecture in {card_path.name} "
+        f"({'; '.join(f for f in found if f)}): the weights and the card are of different "
+        "models; re-copy both files of one model")
 
 
 def load_lightning_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import importlib.resources
 import json
+import re
 
 import numpy as np
 import pytest
@@ -182,3 +183,71 @@ def test_a_training_checkpoint_given_as_a_model_says_what_to_use(tmp_path):
                                          r"use the model its run exported \(<run folder>/model\), "
                                          r"or export it: dislotrack train export .*last.ckpt --out <stem>"):
         load_model(tmp_path / "last.ckpt")
+
+
+@pytest.mark.parametrize("damage, said", [
+    (lambda b: b[: len(b) // 2], r"truncated or corrupt: incomplete metadata, file not fully covered"),
+    (lambda b: bytes(range(256)) * 8, r"truncated or corrupt: header too large"),
+    (lambda b: b"", r"an empty file"),
+])
+def test_a_damaged_weights_file_is_a_one_line_error_naming_it(tmp_path, damage, said):
+    save_model(trained_like_model(4), tmp_path / "m", card=user_card())
+    weights = tmp_path / "m.safetensors"
+    weights.write_bytes(damage(weights.read_bytes()))
+    with pytest.raises(mio.ModelFileError, match=rf"^{re.escape(str(weights))} is not a readable "
+                       rf"model \({said}.*re-copy or re-export it$") as err:
+        load_model(tmp_path / "m")
+    assert isinstance(err.value, ValueError) and "\n" not in str(err.value)
+    # No chained traceback of safetensors' own error under it.
+    assert err.value.__cause__ is None and (err.value.__context__ is None or err.value.__suppress_context__)
+
+
+def test_weights_of_another_architecture_than_the_card_are_named_in_one_line(tmp_path):
+    save_model(trained_like_model(4), tmp_path / "m", card=user_card())
+    card = json.loads((tmp_path / "m.json").read_text())
+    card["architecture"]["base_channels"] = 8  # edited, or another model's card
+    (tmp_path / "m.json").write_text(json.dumps(card))
+    with pytest.raises(mio.ModelFileError, match=r"m.safetensors does not fit the architecture in "
+                       r"m.json \(\d+ tensor\(s\) of another shape \(e.g. [\w.]+: \[4, .*\] in the "
+                       r"file, \[8, .*\] by the card\)\): .*re-copy both files") as err:
+        load_model(tmp_path / "m")
+    assert "\n" not in str(err.value)
+    # Another network's tensors altogether: what is missing and what is not the card's.
+    save_model(trained_like_model(4), tmp_path / "n", card=user_card())
+    from safetensors.torch import save_file
+
+    save_file({"other.weight": torch.zeros(2)}, str(tmp_path / "n.safetensors"))
+    with pytest.raises(mio.ModelFileError, match=r"\(\d+ missing \(e.g. [\w.]+\); 1 unexpected "
+                       r"\(e.g. other.weight\)\)"):
+        load_model(tmp_path / "n")
+
+
+def test_a_broken_model_card_names_the_file_and_where_its_json_breaks(tmp_path):
+    save_model(trained_like_model(4), tmp_path / "m", card=user_card())
+    card = tmp_path / "m.json"
+    card.write_text('{"architecture": {"depth": 4\n')
+    with pytest.raises(mio.ModelFileError, match=rf"^{re.escape(str(card))} is not valid JSON "
+                       r"\(Expecting ',' delimiter at line 2 column 1 \(char 29\)\)"):
+        load_model(tmp_path / "m")
+    card.write_text("")
+    with pytest.raises(ValueError, match=r"m.json is not valid JSON \(the file is empty\)"):
+        load_model(tmp_path / "m")
+    card.write_bytes(b"\xff\xfe\x00binary")
+    with pytest.raises(ValueError, match=r"m.json is not a model card: not a text file"):
+        load_model(tmp_path / "m")
+    card.write_text("[1, 2]")
+    with pytest.raises(ValueError, match=r"m.json is not a model card: it holds a JSON list"):
+        load_model(tmp_path / "m")
+    card.write_text("{}")
+    with pytest.raises(ValueError, match=r"m.json: model card lacks required keys"):
+        load_model(tmp_path / "m")
+
+
+def test_a_training_runs_model_is_named_with_its_run_folder(tmp_path):
+    # Every run exports <run>/model: "model" alone would not say which (evaluate's "predictions
+    # by", summary.json's model id); other stems are names of their own.
+    save_model(trained_like_model(4), tmp_path / "runs" / "from_m1" / "model", card=user_card())
+    save_model(trained_like_model(4), tmp_path / "mine", card=user_card())
+    assert load_model(tmp_path / "runs" / "from_m1" / "model")[1]["model_id"] == "from_m1/model"
+    assert load_model(tmp_path / "runs" / "from_m1" / "model.json")[1]["model_id"] == "from_m1/model"
+    assert load_model(tmp_path / "mine.safetensors")[1]["model_id"] == "mine"

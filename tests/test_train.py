@@ -127,7 +127,9 @@ def test_ckpt_path_last_resumes_an_interrupted_run(tmp_path, monkeypatch, capsys
                       lambda self, *a, **k: validated.append(1) or step(self, *a, **k))
         versions = sorted((tmp_path / "runs/cpu/lightning_logs").iterdir())
         assert main(["train", "fit", *tiny, "--trainer.max_epochs=3", "--ckpt_path", "last"]) == 2
-    assert "schedule spans 4 steps but this run plans 6" in capsys.readouterr().err
+    # The setting that changed is named (the checkpoint records them).
+    assert "schedule spans 4 steps but this run plans 6 (--trainer.max_epochs 2 -> 3); resume " \
+           "with the settings it was trained with" in capsys.readouterr().err
     assert not validated  # before the sanity check, not after it
     # Its config was saved before the refusal: removed, not left as the newest run's settings.
     assert sorted((tmp_path / "runs/cpu/lightning_logs").iterdir()) == versions

@@ -195,3 +195,42 @@ def test_export_at_the_end_of_fit_leaves_the_module_its_last_weights(tmp_path):
     exported, _ = load_model(tmp_path / "model")
     assert all(torch.equal(exported.state_dict()[k], first[k]) for k in first)  # the best's
     assert not all(torch.equal(first[k], last[k]) for k in first)  # training changed them
+
+
+def test_a_run_from_a_fine_tuned_model_keeps_its_record_through_resume_and_export(tmp_path, monkeypatch,
+                                                                                  capsys):
+    """`train fit --model.init_from` a fine-tuned model: the exported card keeps that model's
+    training record (``training.base``: its rounds of fine-tuning), so that evaluate still
+    knows the items it learnt from; a resume (the base moved away) and an export of a
+    checkpoint keep it too."""
+    from dislotrack.infer.cli import main
+    from dislotrack.infer.outputs import _finetuned_on
+
+    monkeypatch.chdir(tmp_path)
+    base = tmp_path / "base"
+    tuned = {"data": "/lab/ann", "split": "items", "val_items": ["b.json"],
+             "train_items_sha256": ["ab" * 32], "epochs": 3}
+    record = {"base": {"recipe": "cpu"}, "finetune": tuned}  # as finetune writes it
+    net = UNet(UNetConfig(base_channels=4, depth=2, norm="batch", fringe_period_px=4.73))
+    save_model(net, base, card={"canonical_pixel_size_nm": 0.1, "generator": {}, "training": record,
+                                "metrics": {}})
+    run = ["--config", "cpu", *_TINY_RUN, "--model.init_from", str(base), "--trainer.max_epochs=2",
+           "--trainer.default_root_dir", str(tmp_path / "r")]
+
+    def crash(module):
+        if module.current_epoch == 1:  # epoch 0 done and checkpointed
+            raise RuntimeError("interrupted")
+
+    with monkeypatch.context() as patch, pytest.raises(RuntimeError, match="interrupted"):
+        patch.setattr(DislocationModule, "on_train_epoch_start", crash, raising=False)
+        train_main(["fit", *run])
+    for p in tmp_path.glob("base.*"):  # the base model moved away since
+        p.rename(tmp_path / f"moved{p.suffix}")
+    assert main(["train", "fit", *run, "--ckpt_path", "last"]) == 0, capsys.readouterr().err
+    card = json.loads((tmp_path / "r" / "model.json").read_text())
+    assert card["training"]["base"] == record  # from the checkpoint: the base is gone
+    assert _finetuned_on(card) == {k: tuned[k] for k in ("data", "split", "val_items",
+                                                          "train_items_sha256")}
+    (ckpt,) = (tmp_path / "r").rglob("last.ckpt")
+    assert main(["train", "export", str(ckpt), "--out", str(tmp_path / "again")]) == 0
+    assert load_model(tmp_path / "again")[1]["training"]["base"] == record

@@ -120,10 +120,13 @@ def calibrate(model: str, *, n: int = 200, tolerance: float = 0.005) -> dict:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m dislotrack.train.calibrate",
                                  description=__doc__.splitlines()[0])
-    ap.add_argument("model", help="model path <stem> (its card is rewritten)")
-    ap.add_argument("--n", type=int, default=200, help="validation images")
+    ap.add_argument("model", help="model path <stem> (its card is rewritten), e.g. a fine-tuned "
+                                  "model, which keeps its base model's threshold until calibrated")
+    ap.add_argument("--n", type=int, default=200,
+                    help="synthetic validation images to calibrate on (default %(default)s)")
     ap.add_argument("--tolerance", type=float, default=0.005,
-                    help="F1 the threshold may give up for precision (see module doc)")
+                    help="F1 the threshold may give up for precision (see module doc; default "
+                         "%(default)s)")
     args = ap.parse_args(argv)
     try:
         result = calibrate(args.model, n=args.n, tolerance=args.tolerance)

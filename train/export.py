@@ -13,7 +13,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from dislotrack.data_gen.conventions import CANONICAL_PIXEL_SIZE_NM
 from dislotrack.models.io import load_lightning_checkpoint, model_paths, refuse_existing_model, save_model
 from dislotrack.models.unet import UNet, UNetConfig
-from dislotrack.train.module import ARCHITECTURE_KEY, INIT_FROM_KEY
+from dislotrack.train.module import ARCHITECTURE_KEY, INIT_FROM_KEY, INIT_FROM_TRAINING_KEY
 
 #: Appended to the export's path under ``--trainer.fast_dev_run``.
 FAST_DEV_RUN_SUFFIX = "_fast_dev_run"
@@ -92,6 +92,10 @@ class ExportModel(L.Callback):
                       "wall_time_s": self._earlier_s + time.time() - self._t0,  # resumed runs too
                       **({"init_from_sha256": pl_module.init_from_sha256}
                          if getattr(pl_module, "init_from_sha256", None) else {}),
+                      # the init_from model's own record (its rounds of fine-tuning, which
+                      # evaluate knows the trained-on items by), as finetune keeps its base's
+                      **({"base": pl_module.init_from_training}
+                         if getattr(pl_module, "init_from_training", None) else {}),
                       "best_checkpoint": best,
                       "best_epoch": best_epoch},  # the exported weights' (0-based)
             # last: the final epoch's; best: the exported weights' epoch (if this run validated it)
@@ -179,7 +183,8 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, *, config: str | 
         training={"command": command, "checkpoint": str(path.resolve()),
                   "checkpoint_epoch": ckpt.get("epoch"),  # 0-based
                   "steps": ckpt.get("global_step"),
-                  **({"init_from_sha256": ckpt[INIT_FROM_KEY]} if INIT_FROM_KEY in ckpt else {})},
+                  **({"init_from_sha256": ckpt[INIT_FROM_KEY]} if INIT_FROM_KEY in ckpt else {}),
+                  **({"base": ckpt[INIT_FROM_TRAINING_KEY]} if ckpt.get(INIT_FROM_TRAINING_KEY) else {})},
         metrics={"checkpoint": _checkpoint_scores(ckpt)})
     save_model(net.eval(), out, card=card)
     return model_paths(out)[0]

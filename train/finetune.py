@@ -29,7 +29,9 @@ from dislotrack.data_gen.annotations import (
     IMAGE_SUFFIXES,
     annotation_image,
     find_annotations,
+    positions_look_like_nm,
     read_annotation,
+    units_checkable,
 )
 from dislotrack.data_gen.conventions import D003_LINIO2_NM
 from dislotrack.data_gen.sample import Sample
@@ -61,6 +63,8 @@ def annotated_frames(folder: str | Path, canonical_nm: float) -> list[Sample]:
         logger.warning("%s: %d image(s) without an annotation (<stem>.json) are not used: %s",
                        folder, len(lone), first_few(lone, 5))
     problems = []  # every unusable annotation, said at once: a lab fixes them in one pass
+    doubled = []  # images whose pixel size looks twice the true one
+    units = {}  # per item whose positions can be judged: do they look like nm?
     for side in sides:
         try:
             ann = read_annotation(side)
@@ -74,6 +78,10 @@ def annotated_frames(folder: str | Path, canonical_nm: float) -> list[Sample]:
                 f"fringes {period_px:.2g} px apart, under the 2 px that can show them: check the "
                 "pixel size (nm per pixel)")
             continue
+        if units_checkable(ann.cores, ann.pixel_size_nm):
+            units[side.name] = positions_look_like_nm(ann)
+        if fringes_twice_apart(ann.image[0], ann.pixel_size_nm):
+            doubled.append(f"{annotation_image(side).name} ({ann.pixel_size_nm:g} nm/px)")
         s = ann.pixel_size_nm / canonical_nm
         for f in range(ann.image.shape[0]):
             img = rescale(ann.image[f], s, order=1, anti_aliasing=s < 1, preserve_range=True)
@@ -91,12 +99,52 @@ def annotated_frames(folder: str | Path, canonical_nm: float) -> list[Sample]:
                               {"pixel_size": canonical_nm, "mode": "lab",
                                "detector": {"dose": np.nan}, "source": side.name, "frame": f,
                                "rs_annotated": ann.rs_mask is not None}))
-    if problems:
-        raise ValueError(f"{len(problems)} of {len(sides)} annotations cannot be used: "
-                         + first_few(problems, sep="; "))
+    said = [f"{len(problems)} of {len(sides)} annotations cannot be used: "
+            + first_few(problems, sep="; ")] if problems else []
+    if len(units) >= 2 and all(units.values()):
+        # Each warned of already; all of them alike is no coincidence of a few cores near
+        # a corner: the model would learn the wrong places.
+        said.append(
+            f"{folder}: the core positions of all {len(units)} items whose units can be judged "
+            f"({first_few(sorted(units), 5)}) lie within the image's size in nm: positions must be "
+            "in pixels (x / pixel_size_nm, y / pixel_size_nm), from the centre of the top-left "
+            "pixel (README, annotation format)")
+    if said:
+        raise ValueError("; ".join(said))
     if not out:
         raise FileNotFoundError(f"no annotations (<stem>.json sidecars) in {folder}")
+    if doubled:
+        logger.warning(
+            "lattice fringes %.3g nm apart, twice the %g nm (003) spacing, stand out in %s at the "
+            "annotated pixel size: pixel_size_nm in their <stem>.json is probably twice the true "
+            "one (2x binning?), and the model would train at the wrong scale; check it, unless "
+            "the material has such a long period", 2 * D003_LINIO2_NM, D003_LINIO2_NM,
+            first_few(doubled, 5))
     return out
+
+
+def fringes_twice_apart(frame: np.ndarray, pixel_size_nm: float) -> bool:
+    """Whether fringes twice the (003) spacing apart stand out in ``frame`` at
+    ``pixel_size_nm`` [nm/px]: no reflection of a layered oxide lies there, but where the
+    pixel size is twice the true one (a binned image, say), the (003) fringes do, and the
+    in-layer ones (~0.24 nm) then pass for (003), so that the check for (003) fringes at
+    the annotated pixel size (`dislotrack.infer.cli.check_annotated_images`) passes.
+
+    Frames of no lattice (blank, vacuum, noise) give False; NaN pixels (alignment
+    padding) count as the frame's mean.
+    """
+    from dislotrack.infer.lattice import measure_lattice
+
+    frame = np.asarray(frame, float)
+    finite = np.isfinite(frame)
+    if not finite.any() or np.ptp(frame[finite]) == 0:
+        return False
+    frame = np.where(finite, frame, frame[finite].mean())
+    try:
+        found = measure_lattice([frame], pixel_size_nm=pixel_size_nm, d_spacing_nm=2 * D003_LINIO2_NM)
+    except ValueError:  # too small a frame for a spectrum
+        return False
+    return found is not None
 
 
 def defined_scores(metrics: dict[str, float], n_true: int) -> dict[str, float]:
@@ -322,13 +370,19 @@ def _recorded_weights(training: object) -> dict[str, float]:
 def _name_base_row(path: Path) -> None:
     """Add a ``model`` column to finetune's metrics.csv: ``base`` on its first row (the
     base model scored on the held-out frames before training, which Lightning logs as
-    epoch 0 like the first trained epoch), ``fine-tuned`` on the others."""
+    epoch 0 like the first trained epoch), ``fine-tuned`` on the others; and ``val/fn``
+    (annotated cores missed) beside ``val/tp`` and ``val/fp``, as the card and the printed
+    table have it, where cores were annotated."""
     if not path.is_file():
         return
     table = pd.read_csv(path)
     if len(table) and "model" not in table:
         table.insert(0, "model", ["base"] + ["fine-tuned"] * (len(table) - 1))
-        table.to_csv(path, index=False)
+    if {"val/tp", "val/true_cores"} <= set(table) and "val/fn" not in table:
+        fn = (table["val/true_cores"] - table["val/tp"]).where(table["val/true_cores"] > 0)
+        table.insert(table.columns.get_loc("val/fp") + 1 if "val/fp" in table else len(table.columns),
+                     "val/fn", fn)
+    table.to_csv(path, index=False)
 
 
 @contextlib.contextmanager

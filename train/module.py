@@ -62,6 +62,12 @@ def _copy_weights(net: nn.Module, saved: nn.Module, path: str) -> None:
 ARCHITECTURE_KEY = "dislotrack_architecture"
 #: A checkpoint's entry holding the sha256 of the ``init_from`` model.
 INIT_FROM_KEY = "dislotrack_init_from_sha256"
+#: A checkpoint's entry holding the ``training`` record of the ``init_from`` model's card
+#: (its lineage: the rounds of fine-tuning it had, which evaluate must know).
+INIT_FROM_TRAINING_KEY = "dislotrack_init_from_training"
+#: A checkpoint's entry holding the settings that set the learning-rate schedule's length
+#: (`DislocationModule.schedule_settings`): a resume that changed one names it.
+SCHEDULE_KEY = "dislotrack_schedule_settings"
 #: State-dict prefix under which checkpoints up to 0.1.24 hold the network a second time
 #: (``_forward.*``, compiled: ``_forward._orig_mod.*``): the same tensors as ``net.*``.
 DUPLICATE_NET_PREFIX = "_forward."
@@ -116,11 +122,15 @@ class DislocationModule(L.LightningModule):
         self.init_from_sha256: str | None = None
         #: The card of the ``init_from`` model (None without one, or where it is unreadable).
         self.init_from_card: dict | None = None
+        #: The ``training`` record of the ``init_from`` model's card (kept in checkpoints,
+        #: as the hash is: the exported card keeps it as ``training.base``).
+        self.init_from_training: dict | None = None
         #: Why ``init_from`` could not be read: a checkpoint that replaces all weights does
         #: not need it (a resumed or tested run whose base model was moved since), so it is
         #: raised only where none is restored (`require_init_from`).
         self.init_from_error: TrainConfigError | None = None
         self._restored = False  # set by on_load_checkpoint
+        self._saved_schedule: dict = {}  # a resumed checkpoint's `schedule_settings`
         if init_from:
             try:
                 saved, card = _read_init_model(init_from)
@@ -129,6 +139,7 @@ class DislocationModule(L.LightningModule):
             else:  # eager, so that a module built with init_from holds its weights at once
                 _copy_weights(net, saved, init_from)
                 self.init_from_card, self.init_from_sha256 = card, card.get("sha256")
+                self.init_from_training = card.get("training")
         self.net = net
         self.save_hyperparameters(ignore=["net"])
         # torch.compile is opt-in (GPU configs). The compiled wrapper shares the network's
@@ -166,6 +177,8 @@ class DislocationModule(L.LightningModule):
         if self._trainer is None or self.trainer.state.fn != "fit":
             return  # validate/test read the weights only
         self.init_from_sha256 = checkpoint.get(INIT_FROM_KEY, self.init_from_sha256)
+        self.init_from_training = checkpoint.get(INIT_FROM_TRAINING_KEY, self.init_from_training)
+        self._saved_schedule = checkpoint.get(SCHEDULE_KEY) or {}
         saved = checkpoint.get("hyper_parameters", {})
         changed = [f"--model.{k} {saved[k]:g} -> {self.hparams[k]:g}" for k in self.OPTIMIZER_SETTINGS
                    if k in saved and saved[k] != self.hparams[k]]
@@ -190,6 +203,24 @@ class DislocationModule(L.LightningModule):
             checkpoint[ARCHITECTURE_KEY] = config.to_dict()
         if self.init_from_sha256:
             checkpoint[INIT_FROM_KEY] = self.init_from_sha256
+        if self.init_from_training:
+            checkpoint[INIT_FROM_TRAINING_KEY] = self.init_from_training
+        if settings := self.schedule_settings():
+            checkpoint[SCHEDULE_KEY] = settings
+
+    def schedule_settings(self) -> dict[str, int | float | None]:
+        """The settings that fix how many steps the one-cycle schedule spans, as the command
+        line names them (empty without a trainer)."""
+        if self._trainer is None:
+            return {}
+        t = self.trainer
+        out = {f"--trainer.{k}": getattr(t, k, None)
+               for k in ("max_epochs", "max_steps", "limit_train_batches", "accumulate_grad_batches")}
+        out["the number of processes (--trainer.devices x --trainer.num_nodes)"] = t.world_size
+        data = getattr(t.datamodule, "hparams", None) or {}
+        out.update({f"--data.{k}": data[k] for k in ("samples_per_epoch", "batch_size") if k in data})
+        return {k: v for k, v in out.items()
+                if v is None or (isinstance(v, int | float) and not isinstance(v, bool))}
 
     def losses(self, out: torch.Tensor, batch: dict) -> dict[str, torch.Tensor]:
         lh = heatmap_loss(out[:, HEATMAP_CH:HEATMAP_CH + 1], batch["heatmap"],
@@ -202,8 +233,11 @@ class DislocationModule(L.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         ls = self.losses(self(batch["image"]), batch)
-        self.log_dict({f"train/{k}": v for k, v in ls.items()}, prog_bar=True,
-                      batch_size=len(batch["image"]))
+        # No rock-salt mask in the batch (lab data without _rs.tif): no rock-salt loss to
+        # report (it is 0, as if a real one).
+        unmasked = "rs_known" in batch and not bool(torch.as_tensor(batch["rs_known"]).any())
+        self.log_dict({f"train/{k}": v for k, v in ls.items() if not (unmasked and k == "rs")},
+                      prog_bar=True, batch_size=len(batch["image"]))
         return ls["loss"]
 
     def _eval_step(self, batch: dict, stage: str) -> None:
@@ -325,9 +359,14 @@ class DislocationModule(L.LightningModule):
         planned = getattr(self, "_planned_steps", None)
         if isinstance(sched, torch.optim.lr_scheduler.OneCycleLR) and planned \
                 and sched.total_steps != planned:
+            saved, now = self._saved_schedule, self.schedule_settings()
+            changed = [f"{k} {saved[k]} -> {v}" for k, v in now.items() if k in saved and saved[k] != v]
+            # An older checkpoint does not record them: the settings that may have changed.
+            why = ", ".join(changed) if changed else (
+                "max_epochs, max_steps, samples_per_epoch, batch_size, limit_train_batches or "
+                "accumulate_grad_batches changed")
             raise TrainConfigError(
                 f"the checkpoint's learning-rate schedule spans {sched.total_steps} steps but this "
-                f"run plans {planned} (max_epochs, max_steps, samples_per_epoch, batch_size, "
-                "limit_train_batches or accumulate_grad_batches changed); "
+                f"run plans {planned} ({why}); "
                 "resume with the settings it was trained with, or start a new run from its "
                 "exported weights with --model.init_from <model>")
