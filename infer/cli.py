@@ -48,7 +48,7 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
                    help="imaging mode (default mixed: each item HRTEM or STEM at random)")
     p.add_argument("--movie", type=int, default=None, metavar="FRAMES",
                    help="write movies of FRAMES (>= 2) frames instead of single images")
-    p.add_argument("--frame-interval", type=float, default=1.0, metavar="S",
+    p.add_argument("--frame-interval", type=float, default=None, metavar="S",
                    help="time between movie frames [s] (default 1)")
     p.add_argument("--dose", type=_dose_range, default=None, metavar="LOW[,HIGH]",
                    help="electron dose [e/A^2]: one value, or a range drawn log-uniformly "
@@ -59,7 +59,8 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
                    help="LiNiO2, LiCoO2, NMC811 or NMC111 (default: drawn per structure)")
     p.add_argument("--density", type=float, default=None, metavar="D",
                    help="dislocation sites (single or dipole) per 100 nm^2 (default 1); "
-                        "movies: 0.6 D single cores per 100 nm^2")
+                        "movies: 0.6 D single cores per 100 nm^2, at least 0.5 per movie on "
+                        "average (so --density 0 still gives some)")
     p.add_argument("--dipole-fraction", type=float, default=None, metavar="F",
                    help="share of sites that are dipoles (default 0.35); movies: 2 F dipoles "
                         "per movie on average, so F may exceed 1")
@@ -103,7 +104,7 @@ def _run_generate(args: argparse.Namespace) -> int:
     if args.size > MAX_GENERATE_SIZE:
         raise ValueError(f"--size {args.size} is over {MAX_GENERATE_SIZE} px (1024 px already takes "
                          "about 10 s per image); use the Python API for larger fields")
-    if args.frame_interval != 1.0 and args.movie is None:
+    if args.frame_interval is not None and args.movie is None:
         raise ValueError("--frame-interval applies to movies (--movie FRAMES)")
     if args.perfect_fraction is not None and args.movie is not None:
         raise ValueError("--perfect-fraction applies to single images (movies draw their own "
@@ -113,7 +114,8 @@ def _run_generate(args: argparse.Namespace) -> int:
                          f"{args.dipole_fraction}")
     paths = generate_dataset(out=args.out, n=args.n, size=args.size, mode=args.mode,
                              movie_frames=args.movie or 0, seed=args.seed, variants=args.variants,
-                             frame_interval=args.frame_interval, dose=args.dose,
+                             frame_interval=1.0 if args.frame_interval is None else args.frame_interval,
+                             dose=args.dose,
                              pixel_size=args.pixel_size, material=args.material,
                              density=args.density, dipole_fraction=args.dipole_fraction,
                              basal_fraction=args.basal_fraction,

@@ -50,7 +50,7 @@ from dislotrack.infer.detectors import CORE_COLUMNS, GPADetector, NetworkDetecto
 from dislotrack.infer.drift import measure_drift
 from dislotrack.infer.fringes import pixel_size_from_fringes_or_none
 from dislotrack.infer.interface import option
-from dislotrack.infer.lattice import Lattice, measure_lattice
+from dislotrack.infer.lattice import Lattice, fringes_twice_apart, measure_lattice
 from dislotrack.infer.linking import DEFAULT_MAX_SPEED_NM_S
 from dislotrack.infer.options import (
     DEFAULT_MIN_LENGTH,
@@ -553,6 +553,15 @@ def analyze(path: str | Path | Movie | np.ndarray, *, model: str | Path | None =
         found = sum(int((r["score"] > thr).sum()) if detector == "unet" else len(r) for r in rows)
         _warn_without_lattice(lattice_frames[0], cal, d_spacing_nm, n_frames=n, found=found,
                               rocksalt_fraction=rs_frac)
+    if (lattice is not None and cal.pixel_size_source != "estimated"
+            and fringes_twice_apart(lattice_frames, pixel_size_nm=cal.pixel_size_nm,
+                                    d_spacing_nm=d_spacing_nm)):
+        # The in-layer fringes (~0.24 nm) pass for (003) at twice the true pixel size.
+        logger.warning("lattice fringes %.3g nm apart, twice the %.3g nm (003) spacing, stand out at "
+                       "the pixel size %.4g nm/px (%s): it is probably twice the true one (a binned "
+                       "image, or a calibration off by 2), and cores and velocities are then wrong; "
+                       "give the true one (%s)", 2 * d_spacing_nm, d_spacing_nm, cal.pixel_size_nm,
+                       cal.pixel_size_source, option("pixel_size_nm", "NM"))
     snap_asked = lattice_h
     lattice_h = lattice_h and lattice is not None and lattice.has_layer  # snapped or not, once
     if lattice_h:

@@ -4,7 +4,10 @@ training and the benchmarks' "cores (events) the image shows" figures.
 A misfit edge core shows in (003) lattice fringes as a terminating half-plane: the
 fringe phase winds by 2 pi on a small circle around it. Read on a noise-free image,
 a winding of 0 means the image carries no such signature there (basal Burgers
-vectors, cores inside rock salt), whatever a detector does.
+vectors; cores crowded by others, under an amorphous layer or blurred by the lens; some
+inside rock salt, though the generator's partial cation mixing keeps part of the (003)
+contrast there, so the domain itself hides about one core in six that would show
+without it), whatever a detector does.
 """
 
 from __future__ import annotations

@@ -93,16 +93,19 @@ def test_finetune_warns_where_the_pixel_size_is_twice_the_true_one(tmp_path, cap
     assert ("lattice fringes 0.946 nm apart, twice the 0.473 nm (003) spacing, stand out in "
             "image_00000.tif (0.2 nm/px), image_00002.tif (0.2 nm/px) at the annotated pixel size: "
             "pixel_size_nm in their <stem>.json is probably twice the true one") in caplog.text
-    from dislotrack.train.finetune import fringes_twice_apart
+    from dislotrack.infer.lattice import fringes_twice_apart
+
+    def twice(frame, ps):
+        return fringes_twice_apart([frame], pixel_size_nm=ps, d_spacing_nm=0.473)
 
     frame = _read(lab / "image_00001.json").image[0]
-    assert not fringes_twice_apart(frame, 0.1) and fringes_twice_apart(frame, 0.2)
+    assert not twice(frame, 0.1) and twice(frame, 0.2)
     # No lattice, nothing to say: noise, a blank frame, NaN padding.
     noise = np.random.default_rng(0).normal(size=(128, 128))
-    assert not fringes_twice_apart(noise, 0.2) and not fringes_twice_apart(np.zeros((64, 64)), 0.2)
+    assert not twice(noise, 0.2) and not twice(np.zeros((64, 64)), 0.2)
     padded = frame.copy()
     padded[:10] = np.nan
-    assert fringes_twice_apart(padded, 0.2)
+    assert twice(padded, 0.2)
 
 
 def _finetune_without_masks(tmp_path, out, *extra):

@@ -374,6 +374,7 @@ def test_generate_takes_a_dose_and_frame_interval_and_refuses_what_it_cannot_wri
     capsys.readouterr()
     for args, message in ((["--movie", "2", "--frame-interval", "0"], "--frame-interval"),
                           (["--frame-interval", "2"], "applies to movies"),
+                          (["--frame-interval", "1"], "applies to movies"),  # the default's value too
                           (["--dose", "100,10"], "dose"), (["--dose", "x"], "--dose"),
                           (["--seed", "-1"], "--seed"), (["--size", "4096"], "--size"),
                           (["--material", "NaCoO2"], "unknown material"),

@@ -2135,3 +2135,18 @@ def test_a_pixel_size_from_an_annotation_prints_as_a_note(tiny_model, tmp_path, 
     err = capsys.readouterr().err
     assert "  note: pixel_size_nm 0.1 from the annotation lab.json (the file has none)" in err
     assert "warning: pixel_size_nm 0.1 from the annotation" not in err
+
+
+@pytest.mark.parametrize("given, warned", [(0.2, True), (0.1, False)])
+def test_a_pixel_size_twice_the_true_one_is_warned_where_the_in_layer_fringes_pass_for_003(
+        tiny_model, given, warned):
+    # At twice the true pixel size the 0.24 nm in-layer fringes sit where (003) should, so
+    # the lattice is "found"; the (003) fringes then stand out at twice their spacing.
+    cfg = GeneratorConfig(size=192, mode="hrtem", dose=(3000, 3000), perfect_fraction=1.0)
+    image = make_sample(np.random.default_rng(3), cfg).image
+    res = analyze(image[None], pixel_size_nm=given, model=tiny_model, progress=False)
+    said = [w for w in res.warnings if "twice the 0.473 nm (003) spacing" in w]
+    assert bool(said) == warned, res.warnings
+    if warned:
+        assert res.lattice is not None  # the check that passed
+        assert said[0].endswith("give the true one (pixel_size_nm=NM)")

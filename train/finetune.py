@@ -36,6 +36,7 @@ from dislotrack.data_gen.annotations import (
 from dislotrack.data_gen.conventions import D003_LINIO2_NM
 from dislotrack.data_gen.sample import Sample
 from dislotrack.data_gen.text import first_few
+from dislotrack.infer.lattice import fringes_twice_apart
 from dislotrack.models.io import file_sha256, load_model, model_paths, refuse_existing_model, save_model
 from dislotrack.models.unet import required_multiple
 from dislotrack.train.augment import build_transform
@@ -80,7 +81,8 @@ def annotated_frames(folder: str | Path, canonical_nm: float) -> list[Sample]:
             continue
         if units_checkable(ann.cores, ann.pixel_size_nm):
             units[side.name] = positions_look_like_nm(ann)
-        if fringes_twice_apart(ann.image[0], ann.pixel_size_nm):
+        if fringes_twice_apart([ann.image[0]], pixel_size_nm=ann.pixel_size_nm,
+                               d_spacing_nm=D003_LINIO2_NM):
             doubled.append(f"{annotation_image(side).name} ({ann.pixel_size_nm:g} nm/px)")
         s = ann.pixel_size_nm / canonical_nm
         for f in range(ann.image.shape[0]):
@@ -121,30 +123,6 @@ def annotated_frames(folder: str | Path, canonical_nm: float) -> list[Sample]:
             "the material has such a long period", 2 * D003_LINIO2_NM, D003_LINIO2_NM,
             first_few(doubled, 5))
     return out
-
-
-def fringes_twice_apart(frame: np.ndarray, pixel_size_nm: float) -> bool:
-    """Whether fringes twice the (003) spacing apart stand out in ``frame`` at
-    ``pixel_size_nm`` [nm/px]: no reflection of a layered oxide lies there, but where the
-    pixel size is twice the true one (a binned image, say), the (003) fringes do, and the
-    in-layer ones (~0.24 nm) then pass for (003), so that the check for (003) fringes at
-    the annotated pixel size (`dislotrack.infer.cli.check_annotated_images`) passes.
-
-    Frames of no lattice (blank, vacuum, noise) give False; NaN pixels (alignment
-    padding) count as the frame's mean.
-    """
-    from dislotrack.infer.lattice import measure_lattice
-
-    frame = np.asarray(frame, float)
-    finite = np.isfinite(frame)
-    if not finite.any() or np.ptp(frame[finite]) == 0:
-        return False
-    frame = np.where(finite, frame, frame[finite].mean())
-    try:
-        found = measure_lattice([frame], pixel_size_nm=pixel_size_nm, d_spacing_nm=2 * D003_LINIO2_NM)
-    except ValueError:  # too small a frame for a spectrum
-        return False
-    return found is not None
 
 
 def defined_scores(metrics: dict[str, float], n_true: int) -> dict[str, float]:
