@@ -552,7 +552,7 @@ def finetune_report(metrics: dict[str, float], card_metrics: dict) -> str:
     if before:
         thr = card_metrics.get("validation_threshold")
         lines += [f"held-out frames, scored as infer --tta 1 scores them (threshold {thr:g}; "
-                  "infer's default for single images is 2 views):",
+                  "as infer scores movies; single images it views twice by default):",
                   f"{'':20} {'base':>8} {'fine-tuned':>10}"]
     for k in sorted(metrics, key=_report_order):
         if not before:

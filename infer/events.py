@@ -410,12 +410,16 @@ def count_dislocations(
     frame_interval_s: float | None = None,
     rocksalt_fraction: np.ndarray | None = None,
     frame_times_s: np.ndarray | None = None,
+    events: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """Per-frame counts of dislocations and dipoles.
 
     A track counts in every frame from its first to its last detection (also in
     frames it was missed), from frame 0 if it was ``present`` and to the last frame if it
-    ``survived``; a dipole counts while both partners do.
+    ``survived``; a dipole counts while both partners do, and both from its
+    ``dipole_nucleation`` to its ``dipole_annihilation`` where ``events`` put those
+    beyond its tracks' ends (a partner seen a frame late, an unresolved blob): the counts
+    then agree with events.csv.
 
     Parameters
     ----------
@@ -429,6 +433,8 @@ def count_dislocations(
         Rock-salt area fraction per frame; NaN when not given.
     frame_times_s : ndarray or None
         The acquisition clock, one time [s] per frame: ``t_s`` follows it.
+    events : DataFrame, optional
+        Output of `find_events` for the same tracks.
 
     Returns
     -------
@@ -436,7 +442,16 @@ def count_dislocations(
         Columns `COUNT_COLUMNS`, one row per frame.
     """
     frames = np.arange(n_frames)
-    first, last = summary["first_frame"].to_numpy(), summary["last_frame"].to_numpy()
+    first = summary["first_frame"].to_numpy(dtype=int, copy=True)
+    last = summary["last_frame"].to_numpy(dtype=int, copy=True)
+    if events is not None and len(events) and len(summary):
+        index = pd.Index(summary["particle"].to_numpy())
+        for kind, ends, pick in (("dipole_nucleation", first, np.minimum),
+                                 ("dipole_annihilation", last, np.maximum)):
+            for ev in events[events["kind"] == kind].itertuples():
+                at = index.get_indexer([int(p) for p in str(ev.particles).split()])
+                at = at[at >= 0]
+                ends[at] = pick(ends[at], int(ev.frame))
     # As its fates say: present from frame 0, surviving to the last frame (a track missed in
     # the first or last frames would otherwise drop out of the counts there).
     if "birth" in summary:

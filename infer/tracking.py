@@ -279,7 +279,7 @@ def track_detections(detections: pd.DataFrame, *, pixel_size_nm: float,
                          unlinked=unlinked)
     events, summary = drop_unseen_edge_events(events, summary, n_frames=n_frames)
     counts = count_dislocations(summary, n_frames=n_frames, frame_interval_s=dt, frame_times_s=frame_times_s,
-                                rocksalt_fraction=np.asarray(rocksalt_fraction))
+                                rocksalt_fraction=np.asarray(rocksalt_fraction), events=events)
     tracks = tracks[[c for c in [*TRACK_COLUMNS, "x_corr", "y_corr"] if c in tracks.columns]]
     # Units in the names, as written to track_summary.csv: per frame without an interval.
     summary = velocity_columns_as_written(summary, dt)

@@ -538,3 +538,19 @@ def test_a_dipole_with_one_core_seen_in_frame_0_was_there_from_the_start():
     assert summary["birth"].tolist() == ["present", "present"]
     events = find_events(tracks, summary, pixel_size_nm=PIXEL_NM)
     assert "nucleation" not in events["kind"].str.replace("dipole_", "").tolist()
+
+
+def test_a_dipole_counts_from_its_nucleation_event_where_that_precedes_its_tracks():
+    # The pair was an unresolved blob in frames 6-7 (the event moved back there) and its
+    # second core is first seen at 9: counts.csv agrees with events.csv from frame 6.
+    summary = pd.DataFrame({"particle": [0, 1], "first_frame": [8, 9], "last_frame": [15, 14],
+                            "birth": "nucleated", "death": "annihilated", "kind": "dipole",
+                            "partner": pd.array([1, 0], dtype="Int64")})
+    events = pd.DataFrame({"frame": [6, 16], "kind": ["dipole_nucleation", "dipole_annihilation"],
+                           "particles": ["0 1", "0 1"]})
+    counts = count_dislocations(summary, n_frames=20, events=events)
+    assert counts["n_dipoles"].tolist() == [0] * 6 + [1] * 11 + [0] * 3
+    assert counts["n_dislocations"].tolist() == [0] * 6 + [2] * 11 + [0] * 3
+    assert summary["first_frame"].tolist() == [8, 9]  # the summary itself is kept
+    plain = count_dislocations(summary, n_frames=20)
+    assert plain["n_dipoles"].tolist() == [0] * 9 + [1] * 6 + [0] * 5
