@@ -359,7 +359,7 @@ def _score_results(out: Path, side: Path, ann: Annotation | None, why: str | Non
         # Frames that fine-tuning held out of an item it trained on: a test, pooled.
         scores["held_out"] = True
         notes.append(f"frames {part.start}-{part.stop - 1} were held out by {made_by['model']}'s "
-                     "fine-tuning: a test of the model (pooled)")
+                     "fine-tuning: a test of the model")
     if figures:
         from dislotrack.infer.figures import evaluation_figure
 

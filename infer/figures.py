@@ -331,7 +331,14 @@ def wrap_title(text: str, width: int) -> str:
                 line = ""
             line += piece
         lines.append(line.rstrip())
-    return "\n".join(lines)
+    # A hard cut can leave a line of separators alone, or one starting with a space.
+    out: list[str] = []
+    for line in (line.lstrip() for line in lines):
+        if out and out[-1] and not line.strip(" _-"):
+            out[-1] += line.strip()
+        elif line or not out:
+            out.append(line)
+    return "\n".join(out)
 
 
 def input_name(res: AnalysisResult) -> str:
@@ -391,7 +398,7 @@ def displacement_figure(res: AnalysisResult) -> plt.Figure:
                 ax.plot(tt, g[col], "--", marker=track_marker(pid), ms=3, color=track_colour(pid), lw=1,
                         label=_track_label(res.track_summary, pid) if named else "_nolegend_")
             title += "\n" + _mean_curves(ax, res, rel, col, name)
-            singles_only |= "mean v = " in title or "dipole cores" in title
+            singles_only |= "mean v = " in title  # a mean is drawn: say what it is over
             unseen = res.drift.attrs.get(UNSEEN_ALONG_FRINGES, 0) if res.drift is not None else 0
             if name == "climb" and unseen:  # misfit cores climb along the (003) fringes
                 title += (f"\nincludes drift along the fringes (not measurable in {unseen} of "
@@ -503,8 +510,8 @@ def draw_mean(ax: plt.Axes, res: AnalysisResult, agg: pd.DataFrame, sign: int) -
     broken between its segments (where a track ends and the mean goes on over fewer tracks;
     joined, the jump read as the cores turning back), a segment of one time as a dot; the
     segments after the first are marked with the number of tracks they average (``n = 2``)
-    where they start (the first's is the group's, in the panel title), one a tenth of
-    the time axis apart at most."""
+    where they start (the first's is the group's, in the panel title), at least a tenth
+    of the time axis apart."""
     if agg.empty:
         return
     times = (agg.index.to_numpy(float) if res.calibration.frame_times_s is not None  # [s] already
@@ -546,9 +553,10 @@ MEAN_BARS = 15
 
 
 def plus_minus_se(value: float, se: float) -> str:
-    """``value ± se`` with the standard error to one significant digit and the value to
-    the same decimals, at least two significant digits of it and at most two more:
-    ``+0.382 ± 0.003``, ``-35 ± 4``."""
+    """``value ± se`` to the same decimals: the value's two significant digits, or more
+    down to the standard error's first significant digit (at most two more): ``+0.382 ±
+    0.003``, ``-35 ± 4``, ``-35 ± 25``; an SE under that shows as zeros (``+35.00 ±
+    0.00``)."""
     d = max(0, 1 - math.floor(math.log10(abs(value)))) if value and math.isfinite(value) else 0
     if se > 0 and math.isfinite(se):
         d = max(d, min(-math.floor(math.log10(se)), d + 2))

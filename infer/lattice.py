@@ -178,7 +178,17 @@ def fringes_twice_apart(frames: list[np.ndarray], *, pixel_size_nm: float, d_spa
     if not kept:
         return False
     try:
-        found = measure_lattice(kept, pixel_size_nm=pixel_size_nm, d_spacing_nm=2 * d_spacing_nm)
+        twice = measure_lattice(kept, pixel_size_nm=pixel_size_nm, d_spacing_nm=2 * d_spacing_nm)
+        here = measure_lattice(kept, pixel_size_nm=pixel_size_nm, d_spacing_nm=d_spacing_nm)
     except ValueError:  # too small a frame for a spectrum
         return False
-    return found is not None
+    if twice is None or here is None:
+        return False
+    # At twice the true pixel size, what passed for (003) is a reflection of the lattice
+    # whose (003) lies at twice the spacing: an in-layer one, or its (006). Elsewhere (a
+    # coarse frame, ~0.16-0.2 nm/px, aliasing the 0.24 nm fringes near 2d) it is not.
+    g, k = twice.g003, here.g003
+    along = abs(float(g @ k)) / (np.hypot(*g) * np.hypot(*k))
+    if along > np.cos(np.deg2rad(5)):
+        return bool(abs(np.hypot(*k) / np.hypot(*g) - 2) < 2 * D_SPACING_TOLERANCE)
+    return bool(is_layered_reflection(k, g))

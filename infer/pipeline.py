@@ -558,9 +558,10 @@ def analyze(path: str | Path | Movie | np.ndarray, *, model: str | Path | None =
                                     d_spacing_nm=d_spacing_nm)):
         # The in-layer fringes (~0.24 nm) pass for (003) at twice the true pixel size.
         logger.warning("lattice fringes %.3g nm apart, twice the %.3g nm (003) spacing, stand out at "
-                       "the pixel size %.4g nm/px (%s): it is probably twice the true one (a binned "
-                       "image, or a calibration off by 2), and cores and velocities are then wrong; "
-                       "give the true one (%s)", 2 * d_spacing_nm, d_spacing_nm, cal.pixel_size_nm,
+                       "the pixel size %.4g nm/px (%s), the (003) fringes' place if it were twice "
+                       "the true one (a binned image, a calibration off by 2), the in-layer ones "
+                       "passing for (003): then cores and velocities are wrong; check it and, if "
+                       "so, give the true one (%s)", 2 * d_spacing_nm, d_spacing_nm, cal.pixel_size_nm,
                        cal.pixel_size_source, option("pixel_size_nm", "NM"))
     snap_asked = lattice_h
     lattice_h = lattice_h and lattice is not None and lattice.has_layer  # snapped or not, once

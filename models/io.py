@@ -211,7 +211,7 @@ def read_card(path: str | Path) -> dict[str, Any]:
     """
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a BOM, as Notepad saves
     except UnicodeDecodeError as err:
         raise ModelFileError(f"{path} is not a model card: not a text file ({err.reason} at byte "
                              f"{err.start}); re-copy it from the model") from None

@@ -1026,3 +1026,19 @@ def test_time_stamps_carry_at_most_three_decimals():
     assert figures.time_decimals(0.0125) == 3 and figures.time_stamp(2, 0.0125) == "t = 0.025 s"
     fast = [figures.time_stamp(i, 0.0004) for i in range(5)]  # 2500 frames a second: still apart
     assert len(set(fast)) == 5 and fast[1] == "t = 0.0004 s"
+
+
+def test_wrapped_titles_leave_no_line_of_separators_nor_a_leading_space():
+    assert figures.wrap_title("abcd_efgh", 4) == "abcd_\nefgh"
+    assert figures.wrap_title("a - b", 3) == "a -\nb"
+
+
+def test_no_mean_drawn_no_word_on_what_means_are_over():
+    # A lone moving single and a moving dipole core: no mean is drawn, so the title does
+    # not say what means are over (the dipole core is listed in its panel's title).
+    res = result(2)
+    res.track_summary["kind"] = ["single", "dipole"]
+    res.track_summary["partner"] = pd.array([pd.NA, 5], dtype="Int64")
+    fig = figures.displacement_figure(res)
+    assert "dipole cores (not averaged)" in fig.axes[1].get_title()
+    assert figures.MEANS_OVER not in fig._suptitle.get_text()

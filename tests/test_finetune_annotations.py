@@ -162,3 +162,16 @@ def test_finetune_refuses_where_every_judgeable_item_has_its_positions_in_nm(lab
         (lab / "image_00001.tif").unlink()
         (lab / "image_00001_cores.csv").unlink()
         assert len(annotated_frames(lab, 0.1)) == 2  # one item to judge: it may be a corner's cores
+
+
+@pytest.mark.parametrize("seed", [5, 15, 18, 20, 24])
+def test_a_coarse_frame_at_its_true_pixel_size_is_no_twofold_slip(seed):
+    # At 0.2 nm/px the 0.24 nm in-layer fringes alias, at times near twice the (003)
+    # spacing: what passed for (003) is then no reflection of that lattice.
+    from dislotrack.data_gen.sample import GeneratorConfig, make_sample
+    from dislotrack.infer.lattice import fringes_twice_apart, measure_lattice
+
+    cfg = GeneratorConfig(size=256, pixel_size=0.2, mode="hrtem", perfect_fraction=0.0)
+    image = make_sample(np.random.default_rng(seed), cfg).image
+    assert measure_lattice([image], pixel_size_nm=0.2, d_spacing_nm=0.473) is not None
+    assert not fringes_twice_apart([image], pixel_size_nm=0.2, d_spacing_nm=0.473)

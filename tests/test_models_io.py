@@ -251,3 +251,18 @@ def test_a_training_runs_model_is_named_with_its_run_folder(tmp_path):
     assert load_model(tmp_path / "runs" / "from_m1" / "model")[1]["model_id"] == "from_m1/model"
     assert load_model(tmp_path / "runs" / "from_m1" / "model.json")[1]["model_id"] == "from_m1/model"
     assert load_model(tmp_path / "mine.safetensors")[1]["model_id"] == "mine"
+
+
+def test_a_model_card_saved_with_a_bom_is_read(tmp_path):
+    # Notepad saves UTF-8 with a byte-order mark: the card is valid JSON all the same.
+    import json
+
+    from dislotrack.models.io import load_model, save_model
+    from dislotrack.models.unet import UNet, UNetConfig
+
+    net = UNet(UNetConfig(depth=2, base_channels=4))
+    save_model(net, tmp_path / "m", card={"canonical_pixel_size_nm": 0.1, "generator": {}, "training": {},
+                                           "metrics": {}})
+    card = tmp_path / "m.json"
+    card.write_text(json.dumps(json.loads(card.read_text())), encoding="utf-8-sig")
+    assert load_model(tmp_path / "m")[1]["canonical_pixel_size_nm"] == 0.1
