@@ -148,17 +148,7 @@ def test_a_fine_tuned_run_resumes_and_tests_after_its_init_from_model_moved(tmp_
     tiny = ["--config", "cpu", *_TINY_RUN, "--model.init_from", str(base), "--trainer.max_epochs=2"]
     run = [*tiny, "--trainer.default_root_dir", str(tmp_path / "r")]
 
-    def crash(module):
-        if module.current_epoch == 1:  # epoch 0 done and checkpointed
-            raise RuntimeError("interrupted")
-
-    with monkeypatch.context() as patch, pytest.raises(RuntimeError, match="interrupted"):
-        patch.setattr(DislocationModule, "on_train_epoch_start", crash, raising=False)
-        train_main(["fit", *run])
-    for p in tmp_path.glob("base.*"):  # the base model moved away since
-        p.rename(tmp_path / f"moved{p.suffix}")
-    capsys.readouterr()
-    assert main(["train", "fit", *run, "--ckpt_path", "last"]) == 0, capsys.readouterr().err
+    _interrupt_move_base_and_resume(run, tmp_path, monkeypatch, capsys)
     card = json.loads((tmp_path / "r" / "model.json").read_text())
     assert card["training"]["epochs"] == 2
     assert card["training"]["init_from_sha256"] == sha  # kept in the checkpoint
@@ -217,6 +207,21 @@ def test_a_run_from_a_fine_tuned_model_keeps_its_record_through_resume_and_expor
     run = ["--config", "cpu", *_TINY_RUN, "--model.init_from", str(base), "--trainer.max_epochs=2",
            "--trainer.default_root_dir", str(tmp_path / "r")]
 
+    _interrupt_move_base_and_resume(run, tmp_path, monkeypatch, capsys)
+    card = json.loads((tmp_path / "r" / "model.json").read_text())
+    assert card["training"]["base"] == record  # from the checkpoint: the base is gone
+    assert _finetuned_on(card) == {k: tuned[k] for k in ("data", "split", "val_items",
+                                                          "train_items_sha256")}
+    (ckpt,) = (tmp_path / "r").rglob("last.ckpt")
+    assert main(["train", "export", str(ckpt), "--out", str(tmp_path / "again")]) == 0
+    assert load_model(tmp_path / "again")[1]["training"]["base"] == record
+
+
+def _interrupt_move_base_and_resume(run: list[str], tmp_path, monkeypatch, capsys) -> None:
+    """Run ``train fit`` until epoch 0 is checkpointed, move the base model (``base.*``)
+    away, and resume from the last checkpoint (which must succeed)."""
+    from dislotrack.infer.cli import main
+
     def crash(module):
         if module.current_epoch == 1:  # epoch 0 done and checkpointed
             raise RuntimeError("interrupted")
@@ -226,11 +231,5 @@ def test_a_run_from_a_fine_tuned_model_keeps_its_record_through_resume_and_expor
         train_main(["fit", *run])
     for p in tmp_path.glob("base.*"):  # the base model moved away since
         p.rename(tmp_path / f"moved{p.suffix}")
+    capsys.readouterr()
     assert main(["train", "fit", *run, "--ckpt_path", "last"]) == 0, capsys.readouterr().err
-    card = json.loads((tmp_path / "r" / "model.json").read_text())
-    assert card["training"]["base"] == record  # from the checkpoint: the base is gone
-    assert _finetuned_on(card) == {k: tuned[k] for k in ("data", "split", "val_items",
-                                                          "train_items_sha256")}
-    (ckpt,) = (tmp_path / "r").rglob("last.ckpt")
-    assert main(["train", "export", str(ckpt), "--out", str(tmp_path / "again")]) == 0
-    assert load_model(tmp_path / "again")[1]["training"]["base"] == record
