@@ -95,8 +95,6 @@ def _dose_range(value: str) -> tuple[float, float]:
 
 
 def _run_generate(args: argparse.Namespace) -> int:
-    from dislotrack.data_gen.export import generate_dataset
-
     _check_out_folder(args.out)
     if args.movie is not None and args.movie < 2:  # 0 would quietly mean single images
         raise ValueError(f"--movie needs at least 2 frames, got {args.movie} "
@@ -112,7 +110,30 @@ def _run_generate(args: argparse.Namespace) -> int:
     if args.dipole_fraction is not None and args.movie is None and args.dipole_fraction > 1:
         raise ValueError(f"--dipole-fraction is a share of sites for images, at most 1, got "
                          f"{args.dipole_fraction}")
-    paths = generate_dataset(out=args.out, n=args.n, size=args.size, mode=args.mode,
+    try:
+        paths = _generate(args)
+    except ValueError as err:  # the generator's config names its fields: say the flags
+        field, _, rest = str(err).partition(" ")
+        if field not in GENERATE_FLAGS:
+            raise
+        raise ValueError(f"{GENERATE_FLAGS[field]} {rest}") from None
+    kind = "movie" if args.movie else "image"
+    print(f"{len(paths)} labelled {kind}{'s' * (len(paths) != 1)} in {args.out}/")
+    return 0
+
+
+#: `GeneratorConfig` fields whose checks `generate` reports under its flags.
+GENERATE_FLAGS = {"size": "--size", "pixel_size": "--pixel-size", "dose": "--dose",
+                  "density": "--density", "dipole_fraction": "--dipole-fraction",
+                  "basal_fraction": "--basal-fraction", "perfect_fraction": "--perfect-fraction",
+                  "rocksalt_probability": "--rocksalt-probability"}
+
+
+def _generate(args: argparse.Namespace) -> list:
+    """`generate_dataset` with the options of ``dislotrack generate``."""
+    from dislotrack.data_gen.export import generate_dataset
+
+    return generate_dataset(out=args.out, n=args.n, size=args.size, mode=args.mode,
                              movie_frames=args.movie or 0, seed=args.seed, variants=args.variants,
                              frame_interval=1.0 if args.frame_interval is None else args.frame_interval,
                              dose=args.dose,
@@ -121,9 +142,6 @@ def _run_generate(args: argparse.Namespace) -> int:
                              basal_fraction=args.basal_fraction,
                              perfect_fraction=args.perfect_fraction,
                              rocksalt_probability=args.rocksalt_probability)
-    kind = "movie" if args.movie else "image"
-    print(f"{len(paths)} labelled {kind}{'s' * (len(paths) != 1)} in {args.out}/")
-    return 0
 
 
 def _int_or_text(value: str) -> int | str:

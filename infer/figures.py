@@ -864,7 +864,7 @@ def _draw_cores(d: ImageDraw.ImageDraw, rows: pd.DataFrame, k: int, w: int) -> N
     corners = place_labels(np.array([(x, y) for _, x, y, _ in labels]), sizes, gap=r + lw,
                            bounds=d.im.size)  # inside the frame, not cut at its edge
     for (text, _, _, col), b, (lx, ly) in zip(labels, boxes, corners, strict=True):
-        rim = (255, 255, 255) if _luminance(col) < DARK_LUMINANCE else (0, 0, 0)
+        rim = (255, 255, 255) if rim_colour(tuple(v / 255 for v in col)) == "white" else (0, 0, 0)
         d.text((lx - b[0], ly - b[1]), text, font=font, fill=col, stroke_width=2, stroke_fill=rim)
 
 

@@ -378,7 +378,9 @@ def test_generate_takes_a_dose_and_frame_interval_and_refuses_what_it_cannot_wri
                           (["--dose", "100,10"], "dose"), (["--dose", "x"], "--dose"),
                           (["--seed", "-1"], "--seed"), (["--size", "4096"], "--size"),
                           (["--material", "NaCoO2"], "unknown material"),
-                          (["--pixel-size", "5"], "pixel_size")):
+                          (["--pixel-size", "5"], "--pixel-size 5.0 nm/px is outside"),
+                          (["--size", "8"], "--size must be >= 16 px"),
+                          (["--basal-fraction", "2"], "--basal-fraction must be at most 1")):
         with pytest.raises(SystemExit) if message == "--dose" else nullcontext():
             code = main(["generate", "--out", str(tmp_path / "bad"), "--n", "1", *args])
             assert code == 2
