@@ -407,8 +407,8 @@ def test_generate_sets_how_many_dislocations_and_of_which_kinds(tmp_path, capsys
     assert (movie.partner >= 0).sum() >= 2  # a dipole's two cores, each naming the other
     capsys.readouterr()
     for args, said in ((["--dipole-fraction", "1.5"], "--dipole-fraction is a share"),
-                       (["--rocksalt-probability", "1.5"], "rocksalt_probability must be at most 1"),
-                       (["--density", "inf"], "density must be a finite number"),
+                       (["--rocksalt-probability", "1.5"], "--rocksalt-probability must be at most 1"),
+                       (["--density", "inf"], "--density must be a finite number"),
                        (["--movie", "3", "--perfect-fraction", "0.5"], "--perfect-fraction applies")):
         assert main(["generate", "--out", str(tmp_path / "bad"), "--n", "1", *args]) == 2
         assert said in capsys.readouterr().err
