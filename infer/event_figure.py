@@ -19,12 +19,14 @@ from matplotlib.figure import Figure
 
 from dislotrack.data_gen.conventions import b_hat_from_h
 from dislotrack.infer.figures import (
+    SCALE_BAR_CORNERS,
     frame_time,
     input_name,
     nothing_to_show,
     rim_colour,
     save_figure,
     scale_bar,
+    scale_bar_box,
     time_stamp,
     track_colour,
 )
@@ -40,6 +42,11 @@ CROP_NM = 8.0
 
 #: Fewest pixels a crop is wide, whatever the pixel size (a coarse one would show a few).
 MIN_CROP_PX = 24
+
+#: Untracked peaks (strong or weak, in no track) within this distance [nm] of the event's
+#: specimen point are circled: the unresolved blob a dipole event was moved through
+#: (`dislotrack.infer.events`) and any core the tracker left out.
+UNTRACKED_NM = 1.0
 
 #: Events drawn at most (rows); more are thinned evenly over the movie (events.csv lists all).
 MAX_EVENTS = 8
@@ -175,7 +182,10 @@ def events_figure(res: AnalysisResult, frames: Frames, *, max_events: int = MAX_
     one contrast per row, the tracked cores drawn as ⊥ in their track's colour (the colours
     of trajectories.png; the stem along h, into the extra half-plane, the bar along b) with
     the track number (dotted in frames the track skips, `with_gaps`); the event's frame
-    framed in red. Each row is labelled with the event's kind, tracks and position.
+    framed in red; peaks in no track within `UNTRACKED_NM` of the event circled white (the
+    blob a dipole event moved through), explained under the figure. The scale bar takes
+    a corner of the first crop clear of the cores (`SCALE_BAR_CORNERS`). Each row is
+    labelled with the event's kind, tracks and position.
 
     Parameters
     ----------
@@ -227,7 +237,9 @@ def events_figure(res: AnalysisResult, frames: Frames, *, max_events: int = MAX_
     cropped = read_crops(frames, windows, side)
     tracks = with_gaps(res.tracks, res.drift) if len(res.tracks) else res.tracks
     tracks = tracks.set_index("frame", drop=False) if len(tracks) else tracks
+    loose = untracked_peaks(res)
     dt = res.calibration.frame_interval_s
+    circled = False
     for row, (i, ev) in zip(axes, chosen.iterrows(), strict=True):
         panels = windows[windows.event == i]
         crops = {k: cropped[(i, k)] for k in panels.offset if (i, k) in cropped}
@@ -236,14 +248,19 @@ def events_figure(res: AnalysisResult, frames: Frames, *, max_events: int = MAX_
         for ax, w in zip(row, panels.itertuples(), strict=True):
             _panel(ax, res, tracks, crops.get(w.offset), int(w.frame), side, (lo, hi), dt,
                    event=w.offset == 0)
+            if w.offset in crops:
+                circled |= _circle_untracked(ax, loose, crops[w.offset], w, res.calibration.pixel_size_nm)
         particles = ", ".join(f"#{p}" for p in str(ev["particles"]).split())
         row[0].set_ylabel(f"{str(ev['kind']).replace('_', ' ')}\n{particles}\n"
                           f"x {ev['x']:.0f}, y {ev['y']:.0f} px", fontsize=8, rotation=0,
                           ha="right", va="center")
+    if circled:
+        fig.supxlabel(f"○ untracked peak within {UNTRACKED_NM:g} nm of the event "
+                      "(e.g. a dipole's unresolved pair)", fontsize=8)
     if res.calibration.pixel_size_nm and side * res.calibration.pixel_size_nm >= 2:
         first = next((ax for ax in axes[0] if ax.images), None)
         if first is not None:
-            scale_bar(first, (side, side), res.calibration)
+            scale_bar(first, (side, side), res.calibration, _clear_corner(first, side, res.calibration))
     return fig
 
 
@@ -293,3 +310,53 @@ def _panel(ax: Axes, res: AnalysisResult, tracks: pd.DataFrame,
                 str(int(r["particle"])), color=c, fontsize=7, fontweight="bold", path_effects=rim,
                 ha="left" if right else "right", va="bottom" if up else "top", clip_on=True)
     ax.set(xlim=(-0.5, side - 0.5), ylim=(side - 0.5, -0.5))  # markers must not widen it
+
+
+def untracked_peaks(res: AnalysisResult) -> pd.DataFrame:
+    """The peaks of ``res`` (detections and weak ones) in no track: ``frame``, ``x``, ``y``
+    [px, raw image]."""
+    parts = [t[["frame", "x", "y"]] for t in (res.detections, res.weak)
+             if t is not None and len(t) and {"frame", "x", "y"} <= set(t.columns)]
+    if not parts:
+        return pd.DataFrame({"frame": pd.Series(dtype=int), "x": pd.Series(dtype=float),
+                             "y": pd.Series(dtype=float)})
+    peaks = pd.concat(parts, ignore_index=True)
+    if not len(res.tracks):
+        return peaks
+    keys = ["frame", "x", "y"]
+    merged = peaks.merge(res.tracks[keys].drop_duplicates(), on=keys, how="left", indicator=True)
+    return merged.loc[merged["_merge"] == "left_only", keys].reset_index(drop=True)
+
+
+def _circle_untracked(ax: Axes, peaks: pd.DataFrame, cropped: tuple[np.ndarray, int, int],
+                      window, pixel_size_nm: float | None) -> bool:
+    """Circle (hollow, white on black) the ``peaks`` of the window's frame within
+    `UNTRACKED_NM` of its centre (the event's specimen point); whether any was."""
+    _, x0, y0 = cropped
+    here = peaks[peaks["frame"] == window.frame]
+    radius_px = UNTRACKED_NM / pixel_size_nm if pixel_size_nm else 10.0
+    near = here[np.hypot(here["x"] - window.x, here["y"] - window.y) <= radius_px]
+    if near.empty:
+        return False
+    ax.scatter(near["x"] - x0, near["y"] - y0, s=60, facecolors="none", edgecolors="white",
+               linewidths=1.2, path_effects=[patheffects.withStroke(linewidth=2.5, foreground="black")])
+    return True
+
+
+def _clear_corner(ax: Axes, side: int, calibration) -> str:
+    """The first of `SCALE_BAR_CORNERS` whose scale bar and label (`scale_bar_box`, with a
+    margin) cover none of the core symbols and circles already drawn on ``ax``; the
+    first corner where every one covers some."""
+    points = [np.column_stack(line.get_data()) for line in ax.lines]
+    points += [c.get_offsets() for c in ax.collections]
+    xy = np.concatenate([np.asarray(p, float).reshape(-1, 2) for p in points]) if points else np.zeros((0, 2))
+    xy = xy[np.isfinite(xy).all(axis=1)]
+    margin = 0.06 * side
+    for corner in SCALE_BAR_CORNERS:
+        x0, y0, x1, y1, _ = scale_bar_box((side, side), calibration.pixel_size_nm, corner)
+        top = y0 - 0.15 * side  # the label above the bar
+        inside = ((xy[:, 0] >= x0 - margin) & (xy[:, 0] <= x1 + margin)
+                  & (xy[:, 1] >= top - margin) & (xy[:, 1] <= y1 + margin))
+        if not inside.any():
+            return corner
+    return SCALE_BAR_CORNERS[0]

@@ -135,7 +135,8 @@ def image_figure_size(shape: tuple[int, ...], *, side: float = 6.0, longest: flo
 def trajectories_figure(res: AnalysisResult) -> plt.Figure:
     """Tracks (drift-corrected to frame 0) over the first frame; ticks show h, markers
     how each track begins and ends (`END_MARKERS`, legend below the image, clear of the
-    scale bar; none for present/survived). Track numbers are nudged clear of each other
+    scale bar; none for present/survived), frame 0's rock salt outlined in cyan (the
+    overlay's colour). Track numbers are nudged clear of each other
     (`place_labels`). The figure takes the frame's aspect ratio (`image_figure_size`) and
     shows frame 0's field only."""
     require_result(res, "trajectories_figure")
@@ -175,6 +176,9 @@ def trajectories_figure(res: AnalysisResult) -> plt.Figure:
                 ax.plot(x, y, END_MARKERS[fate], ms=ms, mfc="none" if "rocksalt" in fate else c,
                         mec="white", mew=1.0, clip_on=False)
                 shown.add(fate)
+    rock_salt = res.first_mask is not None and bool(np.any(res.first_mask))
+    if rock_salt:  # as the overlay outlines it: it explains the rock-salt birth/death markers
+        ax.contour(np.asarray(res.first_mask, float), levels=[0.5], colors=[_CYAN / 255], linewidths=1.0)
     if res.first_frame is not None:  # numbers only for tracks that start in the field shown
         starts = [(p, x, y) for p, x, y in starts if edge_distance_px(x, y, res.first_frame.shape) >= 0]
     _track_numbers(ax, starts, res.first_frame, image_w, ends)
@@ -189,6 +193,9 @@ def trajectories_figure(res: AnalysisResult) -> plt.Figure:
             handles.append(plt.Line2D([], [], ls="none", marker=END_MARKERS[f], ms=7,
                                       mfc="none" if "rocksalt" in f else "0.6", mec="k"))
             labels.append(END_LABELS[f])
+        if rock_salt:
+            handles.append(plt.Line2D([], [], color=_CYAN / 255, lw=1.0))
+            labels.append("rock salt (frame 0)")
         fig.legend(handles, labels, loc="outside lower center", ncol=min(len(handles), 4),
                    fontsize=8, frameon=False)
     if res.first_frame is not None:  # frame 0's field: drift carries some tracks beyond it

@@ -484,6 +484,7 @@ def analyze(path: str | Path | Movie | np.ndarray, *, model: str | Path | None =
         blank: list[int] = []  # frames of one value (nearly) throughout: `shows_nothing`
         overlaid: dict[int, float] = {}  # frame -> its fraction under `overlay_mask`
         first = movie[0]
+        first_mask: list[np.ndarray] = []  # frame 0's rock salt, for trajectories.png
 
         def flush(raw: list[np.ndarray], can: list[np.ndarray], start: int) -> None:
             # Frames that cannot show a core cannot tell rock salt by its fringes either:
@@ -499,6 +500,8 @@ def analyze(path: str | Path | Movie | np.ndarray, *, model: str | Path | None =
                     overlaid[start + k] = f.overlaid
                 rows.append(f.cores.assign(frame=start + k))
                 rs_frac.append(f.rocksalt_fraction)
+                if start + k == 0:
+                    first_mask.append(np.asarray(f.rocksalt, bool))
                 if mask_sink is not None:
                     mask_sink(start + k, f.rocksalt.astype(np.uint8))
                 if frame_sink is not None:  # the cores as reported (a sink sees no weak ones)
@@ -591,7 +594,8 @@ def analyze(path: str | Path | Movie | np.ndarray, *, model: str | Path | None =
                  movie.metadata["sha256"] if in_memory else file_sha256(path), card,
                  max_speed_nm_s=max_speed_nm_s, memory=memory,
                  min_length=min_length, max_gap=max_gap, min_track_score=min_track_score,
-                 border_nm=border_nm, first=first, weak=detections[~strong].reset_index(drop=True),
+                 border_nm=border_nm, first=first, first_mask=first_mask[0] if first_mask else None,
+                 weak=detections[~strong].reset_index(drop=True),
                  lattice=lattice, lattice_h=lattice_h)
     unet = detector == "unet"
     # As `analyze` takes them (the threshold as used), so a result can be reproduced; the
@@ -609,6 +613,7 @@ def analyze(path: str | Path | Movie | np.ndarray, *, model: str | Path | None =
 
 def _track(detections: pd.DataFrame, drift: pd.DataFrame, cal: Calibration, rs_frac: np.ndarray,
            shape: tuple[int, int, int], path: str, sha256: str, card: dict, *, first: np.ndarray,
+           first_mask: np.ndarray | None = None,
            weak: pd.DataFrame | None = None, lattice: Lattice | None = None,
            lattice_h: bool = False, **options) -> AnalysisResult:
     """`track_detections`, wrapped into an `AnalysisResult` for ``path``; ``lattice_h``:
@@ -625,7 +630,7 @@ def _track(detections: pd.DataFrame, drift: pd.DataFrame, cal: Calibration, rs_f
         events=t.events,
         counts=t.counts, drift=drift, calibration=cal, rocksalt_fraction=rs_frac, shape=shape,
         input_path=path, input_sha256=sha256, model_card=card,
-        warnings=list(cal.warnings), first_frame=first, lattice=lattice,
+        warnings=list(cal.warnings), first_frame=first, first_mask=first_mask, lattice=lattice,
         lattice_h=lattice_h, weak=weak, tracking_warnings=t.warnings)
 
 

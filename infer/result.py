@@ -66,6 +66,8 @@ class AnalysisResult:
         What the user should know (also in summary.json).
     first_frame : ndarray or None
         Frame 0 as read (float32), for figures.
+    first_mask : ndarray of bool or None
+        Frame 0's rock-salt mask (as rocksalt_mask.tif's first page), for figures.
     lattice : Lattice or None
         The measured lattice: ``g003`` and ``g_layer`` in cycles/nm (None: no (003)
         fringes stood out).
@@ -95,6 +97,7 @@ class AnalysisResult:
     model_card: dict
     warnings: list[str] = field(default_factory=list)
     first_frame: np.ndarray | None = None
+    first_mask: np.ndarray | None = None
     lattice: Lattice | None = None
     lattice_h: bool = False  # whether track h was snapped to ``lattice``
     options: dict[str, Any] = field(default_factory=dict)

@@ -1,6 +1,8 @@
 """events.png: crops around each event that follow the specimen, with the tracked cores
 drawn as dislocation symbols (hand-made results and frames; no analysis run)."""
 
+from dataclasses import replace
+
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -215,3 +217,41 @@ def test_a_dark_track_s_symbol_and_number_get_a_light_rim():
     from dislotrack.infer.figures import rim_colour, track_colour
 
     assert rim_colour(track_colour(7)) == "white"  # the one trajectories.png and the overlay give it
+
+
+def test_untracked_peaks_near_the_event_are_circled_so_a_moved_event_shows_why():
+    # An annihilation moved a frame on through an unresolved blob (a weak peak in no
+    # track) showed an empty red frame; the blob is drawn there now, a peak far from
+    # the event is not, nor is a tracked core twice.
+    res = result(nucleation(frame=2))
+    x, y = specimen_point(2)
+    weak = pd.DataFrame({"frame": [2, 2, 4], "x": [x, x + 30.0, x + 4.0], "y": [y, y, y],
+                         "score": 0.2, "hx": 1.0, "hy": 0.0})
+    res = replace(res, weak=weak, detections=res.tracks.assign(score=0.9))
+    fig = event_figure.events_figure(res, frames())
+    side = event_figure.crop_side_px(0.1, (SIZE, SIZE))
+    at = fig.axes[event_figure.OFFSETS.index(0)]  # frame 2: the blob, no track
+    (ring,) = at.collections
+    assert ring.get_offsets().tolist() == [[side // 2, side // 2]]  # the far one is left out
+    later = fig.axes[event_figure.OFFSETS.index(2)]  # frame 4: the track, and a peak 2 px off
+    (ring,) = later.collections
+    assert ring.get_offsets().tolist() == [[side // 2 + 2, side // 2]]
+    assert not event_figure.events_figure(result(nucleation(frame=2)), frames()).get_supxlabel()
+    assert "untracked peak" in fig.get_supxlabel()  # the figure says what a ring is
+
+
+def test_the_scale_bar_keeps_clear_of_a_core_in_its_usual_corner():
+    res = result(nucleation())
+    side = event_figure.crop_side_px(0.1, (SIZE, SIZE))
+    corner = pd.DataFrame([{"particle": 8, "frame": f, "x": specimen_point(f)[0] + 0.38 * side,
+                            "y": specimen_point(f)[1] + 0.42 * side, "hx": 1.0, "hy": 0.0}
+                           for f in range(N_FRAMES)])
+    res = replace(res, tracks=pd.concat([res.tracks, corner], ignore_index=True))
+    first = event_figure.events_figure(res, frames()).axes[0]
+    (bar,) = [line for line in first.lines if line.get_color() == "white"]
+    xs, ys = bar.get_data()
+    assert max(xs) < side / 2 and min(ys) > side / 2  # lower left, not over core #8
+    # Without the core it stays lower right.
+    first = event_figure.events_figure(result(nucleation()), frames()).axes[0]
+    (bar,) = [line for line in first.lines if line.get_color() == "white"]
+    assert min(bar.get_data()[0]) > side / 2

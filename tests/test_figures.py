@@ -1,11 +1,14 @@
 """The analysis figures: what they show and where their legends sit (built on small
 hand-made results, no analysis run)."""
 
+from dataclasses import replace
+
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.contour import ContourSet
 
 from dislotrack.infer import figures, motion
 from dislotrack.infer.calibration import Calibration
@@ -76,6 +79,26 @@ def test_trajectory_end_markers_are_explained_below_the_image():
     FigureCanvasAgg(fig).draw()
     legend_box = fig.legends[0].get_window_extent()
     assert legend_box.y1 <= ax.get_window_extent().y0 + 1  # below the image
+
+
+def test_trajectories_outline_frame_0s_rock_salt_and_name_it():
+    # Tracks born from or dying into rock salt were marked, but the rock salt was not
+    # drawn (on a STEM frame it barely shows): frame 0's mask is outlined, in the legend.
+    res = result(2)
+    mask = np.zeros((64, 64), bool)
+    mask[30:50, 5:25] = True
+    res = replace(res, first_mask=mask)
+    fig = figures.trajectories_figure(res)
+    (ax,) = fig.axes
+    (outline,) = [c for c in ax.collections if isinstance(c, ContourSet)]
+    (path,) = outline.get_paths()
+    xs, ys = path.vertices.T
+    assert (xs.min(), xs.max(), ys.min(), ys.max()) == pytest.approx((4.5, 24.5, 29.5, 49.5), abs=0.01)
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert labels[-1] == "rock salt (frame 0)"
+    no_rs = figures.trajectories_figure(replace(res, first_mask=np.zeros((64, 64), bool)))
+    assert not [c for c in no_rs.axes[0].collections if isinstance(c, ContourSet)]
+    assert "rock salt (frame 0)" not in [t.get_text() for t in no_rs.legends[0].get_texts()]
 
 
 def test_every_trajectory_end_marker_fits_in_the_figure():

@@ -94,6 +94,9 @@ def test_no_core_or_rock_salt_is_reported_on_a_burned_in_scale_bar(tmp_path):
     near = (d.y > 120 - margin) & (d.y < 140 + margin - 1) & (d.x > 20 - margin) & (d.x < 140 + margin - 1)
     assert not near.any()
     assert not rs[bar].any()
+    # trajectories.png outlines the mask rocksalt_mask.tif holds for frame 0 (relinked too).
+    np.testing.assert_array_equal(res.first_mask, rs.astype(bool))
+    np.testing.assert_array_equal(res.relink(min_length=1).first_mask, rs.astype(bool))
     # Away from the bar (beyond 2 nm) the same cores are found.
     p = plain.detections
     far = p[(p.y < 120 - 20) | (p.y > 140 + 20)]
