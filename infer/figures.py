@@ -354,6 +354,10 @@ def input_name(res: AnalysisResult) -> str:
     return Path(res.input_path).name + part_label(res.options if isinstance(res.options, dict) else {})
 
 
+#: displacement.png's colour for the tracks not moving in a panel, where there are too many
+#: to name (more than `MAX_NAMED_TRACKS`): the moving ones keep theirs and are labelled.
+STILL_GREY = "0.75"
+
 #: Up to this many tracks are named in the displacement legend (one colour each,
 #: `PALETTE`); more get one entry.
 MAX_NAMED_TRACKS = len(PALETTE)
@@ -380,8 +384,9 @@ def displacement_figure(res: AnalysisResult) -> plt.Figure:
     `_mean_curves`), and its mean velocity +- SD and size in the panel title (a line per
     group, + first); a lone one its velocity +- SE. Dipole cores are not averaged with them
     (each moves in its own frame, and a dipole's motion reverses): the title lists them.
-    The legend sits beside the axes, naming tracks up to `MAX_NAMED_TRACKS`; the file's
-    name above is wrapped clear of it.
+    The legend sits beside the axes, naming tracks up to `MAX_NAMED_TRACKS`; past that,
+    each panel keeps colours for the tracks moving that way, numbered at their ends, and
+    draws the rest in `STILL_GREY`. The file's name above is wrapped clear of the legend.
 
     Where no track has two detections (a single image, or only one-frame tracks) there is
     no motion: each axis says why instead of showing empty axes and a bare legend.
@@ -399,11 +404,21 @@ def displacement_figure(res: AnalysisResult) -> plt.Figure:
         title = "\n".join(textwrap.wrap(f"{name} ({SIGN_CONVENTION[name]})", 52, break_on_hyphens=False))
         if len(t):
             rel = _since_first(res, t)
+            # Too many to name: only the tracks moving this way keep a colour, labelled.
+            moving = None if named else set(moving_tracks(
+                res.track_summary, name, res.calibration.frame_interval_s,
+                res.calibration.frame_times_s)[0].index)
             for pid, g in rel.groupby("particle"):
                 tt = frame_time(res, g.frame) - frame_time(res, g.frame.iloc[:1])[0]
+                lit = moving is None or pid in moving
+                c = track_colour(pid) if lit else STILL_GREY
                 # A dot per detection: frames a track was missed show as bare dashes.
-                ax.plot(tt, g[col], "--", marker=track_marker(pid), ms=3, color=track_colour(pid), lw=1,
+                ax.plot(tt, g[col], "--", marker=track_marker(pid), ms=3, color=c, lw=1,
+                        zorder=2 if lit else 1, gid=f"track {pid}",
                         label=_track_label(res.track_summary, pid) if named else "_nolegend_")
+                if moving is not None and lit:
+                    ax.annotate(f"#{pid}", (tt[-1], g[col].iloc[-1]), xytext=(3, 0),
+                                textcoords="offset points", color=c, fontsize=7, va="center")
             title += "\n" + _mean_curves(ax, res, rel, col, name)
             singles_only |= "mean v = " in title  # a mean is drawn: say what it is over
             unseen = res.drift.attrs.get(UNSEEN_ALONG_FRINGES, 0) if res.drift is not None else 0
@@ -423,7 +438,7 @@ def displacement_figure(res: AnalysisResult) -> plt.Figure:
         handles, labels = _legend_entries(axes)
         if not named:
             handles.append(plt.Line2D([], [], ls="--", color="0.5", lw=1))
-            labels.append(f"{t.particle.nunique()} tracks")
+            labels.append(f"{t.particle.nunique()} tracks (grey: not moving)")
         # Handles long enough for a whole dash-dot cycle: the two means differ by it.
         fig.legend(handles, labels, loc="outside right upper", fontsize=8, frameon=False,
                    ncol=2 if named and t.particle.nunique() > 10 else 1, handlelength=MEAN_HANDLE_EM)

@@ -66,9 +66,34 @@ def test_displacement_names_few_tracks_and_counts_many():
     assert [t.get_text() for t in few.legends[0].get_texts()] == ["#0", "#1", "#2", mean]
     n = figures.MAX_NAMED_TRACKS + 2
     many = figures.displacement_figure(result(n, n_frames=n + 2))
-    assert [t.get_text() for t in many.legends[0].get_texts()] == [mean, f"{n} tracks"]
+    assert [t.get_text() for t in many.legends[0].get_texts()] == [mean, f"{n} tracks (grey: not moving)"]
     for fig in (few, many):  # the legend is the figure's, beside the axes, not over the data
         assert all(ax.get_legend() is None for ax in fig.axes)
+
+
+def test_displacement_with_many_tracks_greys_the_still_ones_and_labels_the_moving():
+    # Past the palette, colours repeat and the legend names no track: the tracks moving
+    # in a panel keep their colour and are labelled at their end, the rest are grey.
+    n = figures.MAX_NAMED_TRACKS + 2
+    res = result(n, n_frames=n + 8)
+    still = res.track_summary.particle % 2 == 1
+    res.track_summary.loc[still, "glide_velocity_nm_s"] = 0.0
+    fig = figures.displacement_figure(res)
+    climb, glide = fig.axes
+    for ax, moving in ((glide, set(range(0, n, 2))), (climb, set())):
+        lines = {int(line.get_gid().split()[1]): line for line in ax.lines
+                 if (line.get_gid() or "").startswith("track ")}
+        assert set(lines) == set(range(n))
+        grey = {p for p, line in lines.items() if line.get_color() == figures.STILL_GREY}
+        assert grey == set(range(n)) - moving
+        labelled = {t.get_text() for t in ax.texts if t.get_text().startswith("#")}  # not "n = 3"
+        assert labelled == {f"#{p}" for p in moving}
+        for p in moving:  # at the track's last point, in its colour
+            (text,) = [t for t in ax.texts if t.get_text() == f"#{p}"]
+            x, y = lines[p].get_data()
+            assert text.xy == pytest.approx((x[-1], y[-1]))
+            assert text.get_color() == figures.track_colour(p)
+    assert [t.get_text() for t in fig.legends[0].get_texts()][-1] == f"{n} tracks (grey: not moving)"
 
 
 def test_trajectory_end_markers_are_explained_below_the_image():
