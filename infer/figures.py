@@ -864,11 +864,12 @@ def _draw_cores(d: ImageDraw.ImageDraw, rows: pd.DataFrame, k: int, w: int) -> N
     r, lw = max(8, w // 64), max(3, w // 240)  # w: the frame's short side
     tick = 3 * r
     font = _font(w, fraction=32)
-    labels = []
+    labels, drawn = [], []  # drawn: circle centres and tick ends, which numbers keep off
     for _, c in rows.iterrows():
         x, y = _to_enlarged(c.x, k), _to_enlarged(c.y, k)
         col = tuple(int(255 * v) for v in track_colour(c.particle)) if c.particle >= 0 else (255, 255, 255)
         end = [x + r * c.hx, y + r * c.hy, x + tick * c.hx, y + tick * c.hy]  # from the circle out
+        drawn += [(x, y), (x + 2 * r * c.hx, y + 2 * r * c.hy), (end[2], end[3])]
         # Dashed: 12 arcs of 15 degrees with gaps as long.
         arcs = [(a, a + 15) for a in range(0, 360, 30)] if c.get("missed", False) is True else [(0, 360)]
         for a0, a1 in arcs:  # dark rims, legible over bright lattice
@@ -883,8 +884,9 @@ def _draw_cores(d: ImageDraw.ImageDraw, rows: pd.DataFrame, k: int, w: int) -> N
         return
     boxes = [d.textbbox((0, 0), text, font=font, stroke_width=2) for text, *_ in labels]
     sizes = np.array([(b[2] - b[0], b[3] - b[1]) for b in boxes], float)
+    # Inside the frame, not cut at its edge; clear of other cores' circles and ticks.
     corners = place_labels(np.array([(x, y) for _, x, y, _ in labels]), sizes, gap=r + lw,
-                           bounds=d.im.size)  # inside the frame, not cut at its edge
+                           bounds=d.im.size, markers=np.array(drawn), marker_radius=r + lw)
     for (text, _, _, col), b, (lx, ly) in zip(labels, boxes, corners, strict=True):
         rim = (255, 255, 255) if rim_colour(tuple(v / 255 for v in col)) == "white" else (0, 0, 0)
         d.text((lx - b[0], ly - b[1]), text, font=font, fill=col, stroke_width=2, stroke_fill=rim)

@@ -782,6 +782,27 @@ def test_overlay_labels_stay_inside_the_frame_and_dark_ones_get_a_light_rim():
     assert corner.tolist() == [[188.0, 106.0]]  # left above: the corner has no other room
 
 
+def test_overlay_numbers_keep_off_other_cores_circles():
+    # The overlay placed a number where it fitted among numbers only: "6" sat on #5's
+    # circle. Other cores' circles and ticks are obstacles now.
+    from PIL import Image, ImageDraw
+
+    r, lw = max(8, 120 // 64), max(3, 120 // 240)
+    a = (60.0, 60.0)
+    b = (a[0] + r + lw + 5, a[1] - r - lw - 6)  # on the spot right above A's number would take
+    frame = Image.new("RGB", (200, 120))
+    rows = pd.DataFrame({"x": [a[0], b[0]], "y": [a[1], b[1]], "hx": 0.0, "hy": 1.0, "particle": [0, 1]})
+    figures._draw_cores(ImageDraw.Draw(frame), rows, 1, 120)
+    drawn = np.asarray(frame).astype(int)
+    colour0 = np.array([round(255 * v) for v in figures.track_colour(0)])
+    is0 = np.abs(drawn - colour0).max(axis=-1) <= 60  # the number anti-aliased
+    yy, xx = np.mgrid[:120, :200]
+    own = (np.hypot(xx - a[0], yy - a[1]) <= r + lw + 1) | ((np.abs(xx - a[0]) <= lw) & (yy >= a[1]))
+    label = is0 & ~own
+    assert label.sum() >= 5  # the number was drawn (a small glyph at this size)
+    assert not (label & (np.hypot(xx - b[0], yy - b[1]) <= r + lw)).any()
+
+
 def test_tracks_starting_outside_frame_0_get_no_number_in_the_margin():
     res = result(3)
     res.tracks.loc[res.tracks.particle == 0, "x"] -= 100.0  # drifted in from beyond the left edge
