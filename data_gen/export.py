@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
+from tqdm import TqdmWarning
 
 from dislotrack.data_gen.annotations import FORMAT, Annotation, write_annotation
 from dislotrack.data_gen.movie import make_movie
 from dislotrack.data_gen.sample import GeneratorConfig, make_samples
 from dislotrack.data_gen.text import first_few
 from dislotrack.data_gen.version import package_version
+
+with warnings.catch_warnings():  # a Jupyter kernel without ipywidgets: text bars, silently
+    warnings.simplefilter("ignore", TqdmWarning)
+    from tqdm.auto import tqdm
 
 #: ``source["generator"]`` of every sidecar this command writes: how a later run knows its files.
 GENERATOR = "dislotrack generate"

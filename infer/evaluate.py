@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import glob
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
+from tqdm import TqdmWarning
 
 from dislotrack.data_gen.annotations import (
     UNKNOWN_PARTICLE,
@@ -36,6 +37,10 @@ from dislotrack.infer.options import check_folder
 from dislotrack.infer.outputs import frame_fingerprint
 from dislotrack.models.io import file_sha256
 from dislotrack.models.metrics import MATCH_RADIUS_NM, DetectionTally, mask_iou, match_cores
+
+with warnings.catch_warnings():  # a Jupyter kernel without ipywidgets: text bars, silently
+    warnings.simplefilter("ignore", TqdmWarning)
+    from tqdm.auto import tqdm
 
 MIN_TRACK_FRAMES = 10
 #: A predicted track must match a true one in at least this many frames to be its track

@@ -25,13 +25,14 @@ import math
 import numbers
 import os
 import re
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
+from tqdm import TqdmWarning
 
 from dislotrack.data_gen.conventions import CANONICAL_PIXEL_SIZE_NM, D003_LINIO2_NM
 from dislotrack.data_gen.text import first_few
@@ -81,6 +82,10 @@ from dislotrack.infer.warning_log import (
 from dislotrack.models import io as models_io
 from dislotrack.models.io import load_model
 from dislotrack.models.unet import prepare_for_inference
+
+with warnings.catch_warnings():  # a Jupyter kernel without ipywidgets: text bars, silently
+    warnings.simplefilter("ignore", TqdmWarning)
+    from tqdm.auto import tqdm
 
 #: The notebook API, and names that moved to smaller modules (imported from here before).
 __all__ = ["RELINK_OPTIONS", "AnalysisResult", "AnalysisWarning", "TrackedTables", "analyze",

@@ -17,7 +17,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
+from tqdm import TqdmWarning
 
 from dislotrack.data_gen.conventions import D003_LINIO2_NM
 from dislotrack.infer import dipole_figure, event_figure, figures
@@ -30,6 +30,10 @@ from dislotrack.infer.pipeline import AnalysisResult, analyze, calibrate, check_
 from dislotrack.infer.readers import Movie, open_movie
 from dislotrack.infer.strain import COMPONENTS as STRAIN_COMPONENTS
 from dislotrack.infer.warning_log import AnalysisWarning, named
+
+with warnings.catch_warnings():  # a Jupyter kernel without ipywidgets: text bars, silently
+    warnings.simplefilter("ignore", TqdmWarning)
+    from tqdm.auto import tqdm
 
 logger = logging.getLogger(__name__)
 

@@ -4,6 +4,8 @@ import argparse
 import json
 import logging
 import re
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -2150,3 +2152,25 @@ def test_a_pixel_size_twice_the_true_one_is_warned_where_the_in_layer_fringes_pa
     if warned:
         assert res.lattice is not None  # the check that passed
         assert said[0].endswith("give the true one (pixel_size_nm=NM)")
+
+
+def test_importing_in_a_notebook_without_ipywidgets_warns_nothing():
+    # tqdm.auto warned "IProgress not found" at import in a Jupyter kernel lacking
+    # ipywidgets (not a dependency): the bars fall back to text, silently.
+    code = """
+import sys, types, warnings
+class ZMQInteractiveShell: pass
+ipython = types.ModuleType("IPython")
+ipython.get_ipython = lambda: ZMQInteractiveShell()
+sys.modules.update({"IPython": ipython, "ipykernel.zmqshell": types.ModuleType("ipykernel.zmqshell"),
+                    "ipywidgets": None})
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    import dislotrack.data_gen.export, dislotrack.infer.evaluate
+    import dislotrack.infer.pipeline, dislotrack.infer.run
+import tqdm.auto
+print(sum("IProgress" in str(w.message) for w in caught), tqdm.auto.tqdm.__module__)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    n_warned, bar_module = out.stdout.split()
+    assert n_warned == "0" and "notebook" not in bar_module  # text bars
