@@ -452,7 +452,16 @@ def movie_from_array(data: np.ndarray) -> Movie:
 def _array_movie(path: Path, data: np.ndarray, meta: dict) -> Movie:
     """An uncalibrated `Movie` over an image or stack array (in memory or memory-mapped)."""
     n_frames, read = _frames_of(data)
+    if _is_colour(data):  # a guess, so say it: a (y, x, t) stack of 3 or 4 frames looks the same
+        meta = {**meta, "warnings": [*meta.get("warnings", []), colour_guess_warning(data.shape)]}
     return Movie(path, (n_frames, *_frame_shape(data)), Calibration(), meta, read)
+
+
+def colour_guess_warning(shape: tuple[int, ...]) -> str:
+    """What a (y, x, 3 or 4) array read as one colour image says."""
+    return (f"the {' x '.join(map(str, shape))} array was read as one colour image (its last axis "
+            f"{'RGB' if shape[-1] == 3 else 'RGBA'}); a (y, x, t) stack of {shape[-1]} frames is "
+            "np.moveaxis(a, -1, 0)")
 
 
 def _open_numpy(path: Path) -> Movie:

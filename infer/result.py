@@ -197,8 +197,14 @@ class AnalysisResult:
 
     def __repr__(self) -> str:  # short: the default showed the model card and frame 0
         c = self.calibration
+
+        def value(v: float | None, source: str | None) -> str:  # 4 significant digits, and whence
+            whence = f" ({source})" if source and source != "file" else ""
+            return "None" if v is None else f"{v:.4g}{whence}"
+
         return (f"AnalysisResult({Path(self.input_path).name!r}, shape={tuple(self.shape)}, "
-                f"pixel_size_nm={c.pixel_size_nm}, frame_interval_s={c.frame_interval_s}, "
+                f"pixel_size_nm={value(c.pixel_size_nm, c.pixel_size_source)}, "
+                f"frame_interval_s={value(c.frame_interval_s, c.frame_interval_source)}, "
                 f"{len(self.detections)} detections, {len(self.track_summary)} tracks, "
                 f"{len(self.events)} events, {len(self.warnings)} warnings)")
 

@@ -1479,6 +1479,7 @@ def test_an_in_memory_stack_is_analysed_as_its_file_would_be(tiny_model, tmp_pat
     assert two.shape == (2, 64, 64) and two.calibration.frame_interval_s == 0.5
     assert two.input_sha256 != res.input_sha256
     assert "<array>" in repr(res) and len(repr(res)) < 300  # not the model card and frame 0
+    assert "pixel_size_nm=0.1 (user)" in repr(res)  # 4 digits at most, and where it came from
     written = write_tables(res, str(tmp_path / "out"))  # a str is fine
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["input"]["path"] == "<array>"
     assert all(p.is_file() for p in written)

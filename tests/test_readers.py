@@ -775,3 +775,18 @@ def test_a_dm_stack_with_an_acquisition_time_can_be_windowed(monkeypatch):
         part = movie.window(2, 5)
         assert len(part) == 3
         np.testing.assert_array_equal(part[0], movie[2])
+
+
+def test_an_array_read_as_one_colour_image_says_so(tmp_path):
+    # A (y, x, t) stack of 4 frames was silently read as one RGBA image (0 cores found).
+    from dislotrack.infer.readers import movie_from_array
+
+    stack = np.zeros((64, 64, 4), np.float32)
+    movie = movie_from_array(stack)
+    assert movie.shape == (1, 64, 64)
+    (said,) = movie.metadata["warnings"]
+    assert "colour" in said and "np.moveaxis(a, -1, 0)" in said
+    np.save(tmp_path / "s.npy", stack)
+    with open_movie(tmp_path / "s.npy") as m:
+        assert m.metadata["warnings"] == [said]
+    assert "warnings" not in movie_from_array(np.zeros((4, 64, 64), np.float32)).metadata
