@@ -42,7 +42,8 @@ class AnalysisResult:
         The tables of detections.csv ... drift.csv (README › Outputs; ``dipoles``, a
         property, is made from ``tracks`` and ``track_summary``); positions
         ``x, y`` in image pixels (also in ``events``), ``*_nm`` in nm. In memory only
-        (not written): ``detections.in_rocksalt``, which `track_detections` reads, and
+        (not written): ``detections.in_rocksalt`` and ``at_specimen_edge``, which
+        `track_detections` reads, and
         ``tracks.x_corr, y_corr``, drift-corrected. Conventions
         (`dislotrack.data_gen.conventions`): **h** ``(hx, hy)`` points into the extra
         half-plane, image axes (y down); glide is along ``b_hat = (hy, -hx)`` (h turned
