@@ -138,7 +138,17 @@ def trajectories_figure(res: AnalysisResult) -> plt.Figure:
     scale bar; none for present/survived), frame 0's rock salt outlined in cyan (the
     overlay's colour). Track numbers are nudged clear of each other
     (`place_labels`). The figure takes the frame's aspect ratio (`image_figure_size`) and
-    shows frame 0's field only."""
+    shows frame 0's field only.
+
+    Parameters
+    ----------
+    res : AnalysisResult
+
+    Returns
+    -------
+    Figure
+        A matplotlib Figure, not managed by pyplot: display or save it.
+    """
     require_result(res, "trajectories_figure")
     shape = res.first_frame.shape if res.first_frame is not None else res.shape[1:]
     fig_w, fig_h, image_w = image_figure_size(shape)
@@ -390,6 +400,15 @@ def displacement_figure(res: AnalysisResult) -> plt.Figure:
 
     Where no track has two detections (a single image, or only one-frame tracks) there is
     no motion: each axis says why instead of showing empty axes and a bare legend.
+
+    Parameters
+    ----------
+    res : AnalysisResult
+
+    Returns
+    -------
+    Figure
+        A matplotlib Figure, not managed by pyplot: display or save it.
     """
     require_result(res, "displacement_figure")
     fig = Figure(figsize=(10.5, 4.3), layout="constrained")
@@ -662,6 +681,15 @@ def counts_figure(res: AnalysisResult) -> plt.Figure:
     domain-free movie shows a flat line at the bottom, not one centred on negative values).
     Every value is marked (the fraction up to `MARKED_FRAMES` frames), so a single image's
     values show as points.
+
+    Parameters
+    ----------
+    res : AnalysisResult
+
+    Returns
+    -------
+    Figure
+        A matplotlib Figure, not managed by pyplot: display or save it.
     """
     require_result(res, "counts_figure")
     c = res.counts

@@ -211,7 +211,22 @@ def check_parquet() -> None:
 
 def write_tables(res: AnalysisResult, out: str | Path, *, parquet: bool = False) -> list[Path]:
     """Write every table as CSV (and optionally Parquet), plus summary.json, into ``out``
-    (created if needed); returns the paths written."""
+    (created if needed).
+
+    Parameters
+    ----------
+    res : AnalysisResult
+        An analysis (`analyze`, or a `AnalysisResult.relink` of one).
+    out : str or Path
+        The folder to write into (not an existing file).
+    parquet : bool
+        Also write each table as Parquet (needs the ``parquet`` extra).
+
+    Returns
+    -------
+    list of Path
+        The files written.
+    """
     require_result(res, "write_tables")
     if parquet:
         check_parquet()  # before writing anything

@@ -432,6 +432,21 @@ def movie_from_array(data: np.ndarray) -> Movie:
     pixel size is estimated from the fringes, and velocities are per frame). Its path
     is `IN_MEMORY`; ``metadata["sha256"]`` identifies the data.
 
+    Parameters
+    ----------
+    data : array_like
+        A real-valued (y, x) image or (t, y, x) stack; a (y, x, 3 or 4) array is read as
+        one colour image, with a warning.
+
+    Returns
+    -------
+    Movie
+
+    Raises
+    ------
+    ValueError
+        If ``data`` is not such an image or stack.
+
     Examples
     --------
     >>> movie_from_array(np.zeros((3, 64, 48), np.uint16)).shape

@@ -129,6 +129,22 @@ class AnalysisResult:
         them would find them. ``lattice_h`` snaps track **h** to the measured lattice's
         Burgers vectors, or not (where the lattice shows an in-layer reflection).
 
+        Parameters
+        ----------
+        frame_interval_s : float, optional
+            A frame interval [s] to time the movie by (replacing the file's, or giving
+            one it lacked); None keeps the calibration as it was.
+        lattice_h : bool, optional
+            Snap track **h** to the lattice's Burgers vectors (True) or not (False); None
+            keeps this result's choice.
+        **options
+            Any of `RELINK_OPTIONS` (as `analyze` takes them); others are refused.
+
+        Returns
+        -------
+        AnalysisResult
+            A new result; this one is left as it was.
+
         Examples
         --------
         >>> slow = res.relink(max_speed_nm_s=1.0, min_length=10)  # doctest: +SKIP
