@@ -116,7 +116,7 @@ def clean_frame(frame: np.ndarray, cores: pd.DataFrame, rocksalt: np.ndarray, *,
     unjudged = drawn  # where rock salt is not judged: on annotations and beside them
     if drawn.any():
         cores = cores[~near_rocksalt(cores["x"], cores["y"], drawn, OVERLAY_MARGIN_NM / pixel_size_nm)]
-        unjudged = ndimage.distance_transform_edt(~drawn) * pixel_size_nm <= ANNOTATION_ROCKSALT_MARGIN_NM
+        unjudged = within_distance(drawn, ANNOTATION_ROCKSALT_MARGIN_NM / pixel_size_nm)
         rocksalt = rocksalt & ~unjudged
     flag = near_rocksalt(cores["x"], cores["y"], rocksalt, ROCKSALT_MARGIN_NM / pixel_size_nm)
     # Beside a region without (003) fringes that is not rock salt: the specimen's edge
@@ -133,3 +133,33 @@ def clean_frame(frame: np.ndarray, cores: pd.DataFrame, rocksalt: np.ndarray, *,
                 else float(rocksalt[~unjudged].mean()))
     return FrameFindings(cores.assign(in_rocksalt=flag, at_specimen_edge=edge), rocksalt, fraction,
                          False, float(drawn.mean()) if drawn.any() else 0.0)
+
+
+def within_distance(mask: np.ndarray, radius_px: float) -> np.ndarray:
+    """Pixels within ``radius_px`` (Euclidean, pixel centres) of ``mask``: the distance
+    transform's ``<= radius_px``, computed in each connected region's box padded by the
+    radius (a burned-in scale bar is a small part of a large frame).
+
+    Parameters
+    ----------
+    mask : ndarray of bool (H, W)
+    radius_px : float
+
+    Returns
+    -------
+    ndarray of bool (H, W)
+    """
+    labels, n = ndimage.label(mask)
+    if n > _MAX_BOXES:  # scattered specks: one transform is cheaper than many
+        return ndimage.distance_transform_edt(~mask) <= radius_px
+    out = np.zeros(mask.shape, bool)
+    pad = int(np.ceil(radius_px)) + 1
+    for box in ndimage.find_objects(labels):
+        grown = tuple(slice(max(s.start - pad, 0), min(s.stop + pad, size))
+                      for s, size in zip(box, mask.shape, strict=True))
+        out[grown] |= ndimage.distance_transform_edt(~mask[grown]) <= radius_px
+    return out
+
+
+#: `within_distance` transforms the whole frame where a mask has more regions than this.
+_MAX_BOXES = 32

@@ -115,3 +115,23 @@ def test_where_rock_salt_is_not_judged_the_specimen_edge_is_not_judged_either():
     f = clean_frame(frame.astype(np.float32), cores, rs, pixel_size_nm=0.1, d_spacing_nm=0.473)
     assert len(f.cores) == 1 and not f.rocksalt[125:141].any()
     assert not f.cores["at_specimen_edge"].iloc[0]
+
+
+def test_the_band_around_annotations_is_the_full_distance_transform_s():
+    # Cropped to each annotation's box (a full-frame distance transform cost 0.6 s per
+    # 2048² frame with a scale bar in every frame), the band must stay exactly the same.
+    from scipy import ndimage
+
+    from dislotrack.infer.cleanup import within_distance
+
+    rng = np.random.default_rng(3)
+    mask = np.zeros((300, 260), bool)
+    mask[270:285, 150:250] = True  # a scale bar
+    mask[5:20, 3:60] = True  # text in the opposite corner
+    mask[100, 259] = True  # a pixel on the border
+    for radius in (0.0, 1.0, 7.5, 20.0):
+        full = ndimage.distance_transform_edt(~mask) <= radius
+        np.testing.assert_array_equal(within_distance(mask, radius), full)
+    blobs = ndimage.binary_dilation(rng.random((128, 128)) > 0.998, iterations=2)
+    np.testing.assert_array_equal(within_distance(blobs, 4.2), ndimage.distance_transform_edt(~blobs) <= 4.2)
+    assert not within_distance(np.zeros((8, 8), bool), 3.0).any()
