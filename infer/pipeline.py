@@ -543,6 +543,10 @@ def analyze(path: str | Path | Movie | np.ndarray, *, model: str | Path | None =
 
         # Frames too small or coarse for a core: drift.csv is kept, its warnings are noise.
         drift = measure_drift(canonical_frames(), warn=not blind)
+    if n_read < n:  # the reader stopped early (`Movie.__iter__`): a cut-off file
+        logger.warning("only %d of the %d frames %s's header lists could be read (a truncated or "
+                       "damaged file?): the results cover frames 0-%d of those read", n_read, n,
+                       Path(str(path)).name, n_read - 1)
     n = n_read
     if blank:
         logger.warning("%d of %d frames are blank or saturated (one value nearly throughout): %s %s; "

@@ -2175,3 +2175,17 @@ print(sum("IProgress" in str(w.message) for w in caught), tqdm.auto.tqdm.__modul
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     n_warned, bar_module = out.stdout.split()
     assert n_warned == "0" and "notebook" not in bar_module  # text bars
+
+
+def test_a_truncated_video_is_analysed_on_the_frames_read_and_says_so(tiny_model, tmp_path):
+    # A video whose header lists 8 frames but decodes 3 was analysed on 3 without a word.
+    rng = np.random.default_rng(0)
+    whole = tmp_path / "whole.avi"
+    imageio.v3.imwrite(whole, (rng.random((8, 128, 128, 3)) * 255).astype(np.uint8), plugin="pyav",
+                       codec="mpeg4", fps=4)
+    cut = tmp_path / "cut.avi"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    with pytest.warns(AnalysisWarning, match=r"only 3 of the 8 frames .* truncated") as said:
+        res = analyze(cut, model=tiny_model, pixel_size_nm=0.1, progress=False)
+    assert res.shape[0] == 3 and any("only 3 of the 8" in w for w in res.warnings)
+    assert len([w for w in said if "only 3 of the 8" in str(w.message)]) == 1
