@@ -210,6 +210,10 @@ def _add_infer(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--strain-resolution", type=float, default=1.0, metavar="NM",
                    help="real-space resolution of the strain maps [nm] (default 1; 2 smooths "
                         "lattice-scale ripples)")
+    p.add_argument("--strain-reference", metavar="X0:X1,Y0:Y1",
+                   help="strain and rotation relative to this region's mean lattice [px of the "
+                        "frames analysed], e.g. perfect bulk beside an interface (default: the "
+                        "frame's mean lattice)")
     p.add_argument("--no-movie", action="store_true", help="skip the overlay MP4")
     p.add_argument("--parquet", action="store_true", help="also write Parquet tables")
     p.set_defaults(func=_run_infer)
@@ -233,6 +237,8 @@ def _run_infer(args: argparse.Namespace) -> int:
         region_bounds(args.region)
     if args.strain_resolution != 1.0 and not args.strain:
         raise ValueError("--strain-resolution applies to strain maps (--strain)")
+    if args.strain_reference is not None and not args.strain:
+        raise ValueError("--strain-reference applies to strain maps (--strain)")
     if not (math.isfinite(args.strain_resolution) and args.strain_resolution > 0):
         raise ValueError(f"--strain-resolution must be a positive width [nm], got {args.strain_resolution}")
     from dislotrack.infer.options import (
@@ -330,6 +336,7 @@ def _infer_input(path: str, args: argparse.Namespace, done: dict) -> None:
             warnings.simplefilter("ignore", AnalysisWarning)
             res = infer_one(path, args.out, movie=not args.no_movie, parquet=args.parquet,
                             strain=args.strain, strain_resolution_nm=args.strain_resolution,
+                            strain_reference=args.strain_reference,
                             detector=args.detector,
                             model=args.model, pixel_size_nm=args.pixel_size,
                             frame_interval_s=args.frame_interval, device=args.device,

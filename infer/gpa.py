@@ -393,6 +393,7 @@ def strain_maps(
     resolution_nm: float,
     reference: tuple[slice, ...] | np.ndarray | None = None,
     min_amplitude: float = 0.3,
+    mask_border: bool = False,
 ) -> dict[str, np.ndarray]:
     """Displacement, strain and rotation maps from two non-collinear reflections.
 
@@ -402,6 +403,12 @@ def strain_maps(
     ``omega > 0`` is a counter-clockwise rotation of the lattice *as displayed*.
     Strain is relative to the lattice of ``g1, g2`` or, with ``reference``, to
     the mean lattice of that region (both ``g`` are refined there).
+
+    Within about ``resolution_nm`` of the image edges the maps are not valid: the
+    Fourier filter is periodic, so it wraps the opposite edge in, and the maps there
+    reach |0.5| on a perfect lattice. They are returned as computed (``valid`` is not
+    cleared there) unless ``mask_border``; ``dislotrack infer --strain`` writes them
+    NaN (`dislotrack.infer.strain.without_border`).
 
     Parameters
     ----------
@@ -419,6 +426,9 @@ def strain_maps(
     min_amplitude : float
         Pixels where either ``|H_g|`` is below this fraction of its median are
         invalid (NaN in every map).
+    mask_border : bool
+        Also mark the ``ceil(resolution_nm / pixel_size_nm)``-px border invalid (NaN
+        in every map): the filter's wrap-around, see above.
 
     Returns
     -------
@@ -441,6 +451,9 @@ def strain_maps(
     fields = [_lattice_fields(spectrum, g, pixel_size_nm, resolution_nm) for g in gs]
     amps = [np.abs(f[0]) for f in fields]
     valid = np.logical_and.reduce([a >= min_amplitude * np.median(a) for a in amps])
+    if mask_border:  # the filter's wrap-around (docstring); unwrap_phase then skips it too
+        edge = min(int(np.ceil(resolution_nm / pixel_size_nm)), min(shape) // 2)
+        valid[:edge], valid[-edge:], valid[:, :edge], valid[:, -edge:] = False, False, False, False
     grads = np.array([[f[1], f[2]] for f in fields])  # [i, k] = dP_i / dx_k
     dist = -np.einsum("ji,ikyx->jkyx", np.linalg.inv(gmat), grads) / (2 * np.pi)
     hds = [_demodulate(f[0], g, pixel_size_nm) for f, g in zip(fields, gs, strict=True)]
@@ -461,3 +474,119 @@ def strain_maps(
         m[~valid] = np.nan
     maps.update(phase1=phases[0], phase2=phases[1], amplitude1=amps[0], amplitude2=amps[1])
     return {**maps, "valid": valid, "g": gmat}
+
+
+#: Lattice combinations ``n1 g1 + n2 g2`` searched for aliases (``|n1|, |n2| <=``).
+ALIAS_ORDERS = 4
+#: A moiré ripple of at least this amplitude (strain, or rad) in any map is reported.
+MIN_RIPPLE = 2.5e-3
+
+
+def moire_ripples(
+    image: np.ndarray,
+    maps: dict[str, np.ndarray],
+    *,
+    pixel_size_nm: float,
+    resolution_nm: float,
+    min_ripple: float = MIN_RIPPLE,
+    min_peak_ratio: float = 10.0,
+) -> list[dict]:
+    """Moiré ripples in strain maps from lattice reflections inside a GPA mask.
+
+    A combination ``n1 g1 + n2 g2`` (``|n| <= ALIAS_ORDERS``) beyond the Nyquist
+    frequency aliases to another frequency; where that lands within 3 mask widths of
+    ``+-g1`` or ``+-g2``, the filtered signal beats with it and every map carries
+    stripes at the offset ``q`` (a regular pattern that looks like strain). An offset
+    is reported where the image's spectrum has a spot there (``min_peak_ratio`` above
+    the median power 3-5 grid steps around it) and the maps' Fourier component at
+    ``q`` has an amplitude of at least ``min_ripple``. Offsets within 4 grid steps of
+    ``g`` (stripes wider than a quarter of the frame) are left out: they are absorbed
+    into the reference lattice.
+
+    Parameters
+    ----------
+    image : ndarray, shape (H, W)
+        The lattice image the maps were made from.
+    maps : dict
+        `strain_maps`' result (``exx, eyy, exy, omega`` and ``g``); NaN pixels (e.g. a
+        border set to NaN) are left out.
+    pixel_size_nm : float
+        Pixel size [nm/px].
+    resolution_nm : float
+        The maps' resolution [nm] (see `complex_image`).
+    min_ripple : float
+        Smallest ripple amplitude reported [strain, or rad for ``omega``].
+    min_peak_ratio : float
+        How far the spectrum's spot at the alias must stand above its surroundings.
+
+    Returns
+    -------
+    list of dict
+        Strongest first, one per offset: ``offset`` ``(qx, qy)`` [1/nm] (from ``g_index``
+        1 or 2), ``period_nm``, ``angle_deg`` (of the stripes' normal from +x,
+        counter-clockwise as displayed, in [0, 180)), ``amplitude`` (the largest over
+        the four maps), ``combination`` ``(n1, n2)`` and ``coarser_resolution_nm``: a
+        resolution at which the ripple falls to about ``min_ripple / 2``.
+    """
+    img = _as_image(image)
+    gs = np.asarray(maps["g"], dtype=float)
+    h, w = img.shape
+    win = hann(h, sym=False)[:, None] * hann(w, sym=False)[None, :]
+    power = np.abs(fft.fft2((img - img.mean()) * win)) ** 2
+    step = 1.0 / (min(h, w) * pixel_size_nm)  # the coarser grid step [1/nm]
+    sigma_k = _sigma_k(resolution_nm)
+
+    def bin_of(q: np.ndarray) -> tuple[int, int]:
+        return int(round(q[1] * h * pixel_size_nm)) % h, int(round(q[0] * w * pixel_size_nm)) % w
+
+    def spot(q: np.ndarray) -> tuple[float, float]:
+        """Power at ``q`` (best of 3 x 3 bins) and its ratio to the median 3-5 steps away."""
+        i, j = bin_of(q)
+        near = power[np.ix_([(i + a) % h for a in range(-5, 6)], [(j + b) % w for b in range(-5, 6)])]
+        ring = np.ones((11, 11), bool)
+        ring[3:8, 3:8] = False  # its surroundings, not its own peak
+        peak = float(near[4:7, 4:7].max())
+        return peak, peak / max(float(np.median(near[ring])), 1e-300)
+
+    rows, cols = np.indices(img.shape)
+    x, y = cols * pixel_size_nm, rows * pixel_size_nm
+    # Inside the filter's wrap-around border, where the maps are not valid.
+    inner = ~_interior(img.shape, int(np.ceil(resolution_nm / pixel_size_nm)))
+    components = [np.where(inner, np.nan, np.asarray(maps[k], dtype=float))
+                  for k in ("exx", "eyy", "exy", "omega")]
+    # Candidates by ripple frequency (q and -q: one ripple), each from the reflection
+    # whose alias spot is strongest relative to it: that one makes the stripes.
+    candidates: dict[tuple[float, float], tuple[float, int, np.ndarray, tuple[int, int]]] = {}
+    for index, g in enumerate(gs, start=1):
+        g_power = spot(g)[0]
+        for n1 in range(-ALIAS_ORDERS, ALIAS_ORDERS + 1):
+            for n2 in range(-ALIAS_ORDERS, ALIAS_ORDERS + 1):
+                combo = n1 * gs[0] + n2 * gs[1]
+                for sign in (1, -1):
+                    q = _wrap(sign * combo - g, pixel_size_nm)  # the beat's frequency
+                    if not 4 * step <= np.hypot(*q) < 3 * sigma_k:
+                        continue
+                    peak, ratio = spot(g + q)
+                    if ratio < min_peak_ratio:
+                        continue  # no spot in the image there (or only a core's diffuse signal)
+                    canon = -q if q[0] < 0 or (q[0] == 0 and q[1] < 0) else q
+                    key = (round(float(canon[0]), 2), round(float(canon[1]), 2))
+                    if key not in candidates or peak / g_power > candidates[key][0]:
+                        candidates[key] = (peak / g_power, index, q, (sign * n1, sign * n2))
+    found = []
+    for _, index, q, combination in candidates.values():
+        wave = np.exp(-2j * np.pi * (q[0] * x + q[1] * y))
+        amp = max(2 * abs(np.nanmean(c * wave)) if np.isfinite(c).any() else 0.0 for c in components)
+        if amp < min_ripple:
+            continue
+        dist = float(np.hypot(*q))
+        # The ripple scales with the mask's weight exp(-q^2 / 2 sigma_k^2) at q.
+        k = (2 * np.pi * _SIGMA_PER_FWHM * dist) ** 2 / 2
+        coarser = np.sqrt(resolution_nm**2 + np.log(2 * amp / min_ripple) / k)
+        found.append({
+            "offset": (float(q[0]), float(q[1])), "g_index": index, "period_nm": 1 / dist,
+            "angle_deg": float(np.degrees(np.arctan2(-q[1], q[0])) % 180),
+            "amplitude": float(amp), "combination": combination,
+            "coarser_resolution_nm": float(np.ceil(2 * coarser) / 2),
+        })
+    return sorted(found, key=lambda r: -r["amplitude"])

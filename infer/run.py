@@ -27,8 +27,9 @@ from dislotrack.infer.interface import option, unexpected_keywords
 from dislotrack.infer.options import frame_window, region_box
 from dislotrack.infer.outputs import MaskWriter, check_parquet, refuse_a_file, write_tables
 from dislotrack.infer.pipeline import AnalysisResult, analyze, calibrate, check_region_size
-from dislotrack.infer.readers import Movie, open_movie
+from dislotrack.infer.readers import Movie, movie_from_array, open_movie
 from dislotrack.infer.strain import COMPONENTS as STRAIN_COMPONENTS
+from dislotrack.infer.strain import reference_box
 from dislotrack.infer.warning_log import AnalysisWarning, named
 
 with warnings.catch_warnings():  # a Jupyter kernel without ipywidgets: text bars, silently
@@ -61,30 +62,77 @@ ANALYZE_KEYWORDS = frozenset(inspect.signature(analyze).parameters) - {
     "path", "calibration", "mask_sink", "frame_sink"}  # infer_one sets these itself
 
 
-def infer_one(path: str | Path, out: str | Path, *, movie: bool = True, parquet: bool = False,
-              strain: bool = False, strain_resolution_nm: float = 1.0, **options) -> AnalysisResult:
+def infer_one(path: str | Path | np.ndarray, out: str | Path, *, movie: bool = True,
+              parquet: bool = False, strain: bool = False, strain_resolution_nm: float = 1.0,
+              strain_reference: str | None = None, name: str | None = None,
+              **options) -> AnalysisResult:
     """Analyze one input and write tables, masks, summary and figures to ``out/<stem>/``.
 
-    ``strain`` also writes GPA strain maps (strain_exx/eyy/exy.tif, rotation_rad.tif)
-    and figures/strain.png, at ``strain_resolution_nm`` (the GPA mask's real-space
-    width; coarser is smoother). Other options go to `analyze`. The result's warnings,
-    those about writing included, are issued as `AnalysisWarning` at the caller's line
-    (where writing fails after the analysis, the exception says so, without them).
+    The result's warnings, those about writing included, are issued as
+    `AnalysisWarning` at the caller's line (where writing fails after the analysis,
+    the exception says so, without them).
+
+    Parameters
+    ----------
+    path : str, Path or ndarray
+        A movie or image file (or folder of frames), or an in-memory (y, x) image or
+        (t, y, x) stack (`movie_from_array`; give ``name`` and ``pixel_size_nm``).
+    out : str or Path
+        Folder under which ``<stem>/`` (or ``<name>/``) is written.
+    movie : bool
+        Write the overlay (figures/overlay.mp4, or overlay.png for one frame).
+    parquet : bool
+        Also write the tables as Parquet.
+    strain : bool
+        Also write GPA strain maps (strain_exx/eyy/exy.tif, rotation_rad.tif) and
+        figures/strain.png; summary.json's ``strain`` says how they were made.
+    strain_resolution_nm : float
+        The strain maps' resolution [nm] (the GPA mask's real-space width; coarser
+        is smoother, and suppresses moiré ripples from aliased reflections).
+    strain_reference : str, optional
+        ``"X0:X1,Y0:Y1"`` [px, of the frames analysed]: strain and rotation relative
+        to this region's mean lattice (e.g. perfect bulk beside an interface), not
+        the frame's.
+    name : str, optional
+        The output folder's name: needed for an array, else the file's stem.
+    **options
+        `analyze`'s keywords.
+
+    Returns
+    -------
+    AnalysisResult
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", AnalysisWarning)  # issued once below, with the rest
         res = _infer_one(path, out, movie=movie, parquet=parquet, strain=strain,
-                         strain_resolution_nm=strain_resolution_nm, **options)
+                         strain_resolution_nm=strain_resolution_nm,
+                         strain_reference=strain_reference, name=name, **options)
     for message in res.warnings:
         warnings.warn(named(res.input_path, message), AnalysisWarning, stacklevel=2)
     return res
 
 
-def _infer_one(path: str | Path, out: str | Path, *, movie: bool, parquet: bool, strain: bool,
-               strain_resolution_nm: float, **options) -> AnalysisResult:
+def _infer_one(path: str | Path | np.ndarray, out: str | Path, *, movie: bool, parquet: bool,
+               strain: bool, strain_resolution_nm: float, strain_reference: str | None = None,
+               name: str | None = None, **options) -> AnalysisResult:
+    if isinstance(path, np.ndarray):
+        if not name:  # there is no file stem to name the folder by
+            raise TypeError("infer_one(array, ...) needs name=, the output folder's name "
+                            "(or use analyze(array) and write_tables)")
+        opened = contextlib.nullcontext(movie_from_array(path))
+    elif isinstance(path, (str, os.PathLike)):
+        opened = None
+    else:
+        raise TypeError(f"infer_one takes a file path or a numpy array, not a "
+                        f"{type(path).__name__}: for frames in memory, pass np.stack(frames) "
+                        "with name=, or use analyze(...) and write_tables(...)")
+    if name is not None and (not str(name).strip() or Path(str(name)).name != str(name)):
+        raise ValueError(f"name must be a folder name, not a path: got {name!r}")
     if strain and not (np.isfinite(strain_resolution_nm) and strain_resolution_nm > 0):
         raise ValueError(f"{option('strain_resolution_nm')} must be a positive width [nm], "
                          f"got {strain_resolution_nm}")
+    if strain_reference is not None and not strain:
+        raise ValueError(f"{option('strain_reference')} applies to strain maps ({option('strain')})")
     if parquet:
         check_parquet()  # before, not after, the analysis
     refuse_a_file(out)
@@ -95,7 +143,7 @@ def _infer_one(path: str | Path, out: str | Path, *, movie: bool, parquet: bool,
     region = options.pop("region", None)
     # Opened once for calibration, analysis and the overlay (a folder of frames reads every
     # file's header when opened).
-    with open_movie(path, signal=asked) as whole:  # unreadable: leaves no folder
+    with opened or open_movie(path, signal=asked) as whole:  # unreadable: leaves no folder
         ignored = None
         if frames is not None and len(whole) == 1:  # e.g. `infer movie.dm4 image.tif --frames 0:10`
             ignored = (f"{option('frames', frames, text=True)} does not apply to a single image: "
@@ -109,7 +157,8 @@ def _infer_one(path: str | Path, out: str | Path, *, movie: bool, parquet: bool,
         if box == (0, m.shape[2], 0, m.shape[1]):  # the whole frame: its results, under its name
             box = None
         # Named by the signal read (a title, not the index it was asked by), where asked.
-        dest = output_dir(out, path, None if asked is None else m.metadata.get("signal", asked))
+        dest = output_dir(out, name if name is not None else path,
+                          None if asked is None else m.metadata.get("signal", asked))
         if frames is not None:  # beside the whole movie's results, not over them
             dest = dest.with_name("{}_frames{}-{}".format(dest.name, *m.metadata["frames"]))
         if box is not None:
@@ -121,6 +170,7 @@ def _infer_one(path: str | Path, out: str | Path, *, movie: bool, parquet: bool,
             check_region_size(cal, m.shape[1:], (box[3] - box[2], box[1] - box[0]),
                               options.get("d_spacing_nm", D003_LINIO2_NM))
             m = m.crop(*box)
+        ref_box = None if strain_reference is None else reference_box(strain_reference, m.shape[1:])
         stale = stale_outputs(dest, movie=movie, strain=strain, parquet=parquet,
                               single_image=m.shape[0] == 1)
         earlier = earlier_input(dest)  # read before this run replaces it
@@ -130,7 +180,8 @@ def _infer_one(path: str | Path, out: str | Path, *, movie: bool, parquet: bool,
         (staging / "figures").mkdir(parents=True)
         try:
             res = _analyze_and_write(m, staging, cal, movie=movie, parquet=parquet, strain=strain,
-                                     strain_resolution_nm=strain_resolution_nm, earlier=earlier,
+                                     strain_resolution_nm=strain_resolution_nm,
+                                     strain_reference=ref_box, earlier=earlier,
                                      results_dir=dest, notes=[ignored] if ignored else [], **options)
             if strain and not (staging / f"{STRAIN_COMPONENTS['exx']}.tif").exists():
                 # No maps could be made: an earlier run's would belie this run's warning.
@@ -288,7 +339,9 @@ def stale_outputs(dest: Path, *, movie: bool, strain: bool, parquet: bool,
 
 
 def _analyze_and_write(m: Movie, dest: Path, cal: Calibration, *, movie: bool, parquet: bool,
-                       strain: bool, strain_resolution_nm: float = 1.0, earlier: dict | None = None,
+                       strain: bool, strain_resolution_nm: float = 1.0,
+                       strain_reference: tuple[int, int, int, int] | None = None,
+                       earlier: dict | None = None,
                        results_dir: Path | None = None, notes: Sequence[str] = (),
                        **options) -> AnalysisResult:
     """Analyse ``m`` and write everything into ``dest``; ``earlier`` is the input of the
@@ -305,7 +358,8 @@ def _analyze_and_write(m: Movie, dest: Path, cal: Calibration, *, movie: bool, p
                                      pixel_size_source=cal.pixel_size_source or "file",
                                      frame_interval_s=cal.frame_interval_s,
                                      d_spacing_nm=options.get("d_spacing_nm", D003_LINIO2_NM),
-                                     resolution_nm=strain_resolution_nm)
+                                     resolution_nm=strain_resolution_nm,
+                                     reference=strain_reference)
     try:
         res = analyze(m, calibration=cal, mask_sink=writer, frame_sink=strain_writer, **options)
     except BaseException:  # Ctrl-C included: nothing to compress, and no error over this one
@@ -321,6 +375,11 @@ def _analyze_and_write(m: Movie, dest: Path, cal: Calibration, *, movie: bool, p
     if (note := replaced_note(earlier, res, results_dir or dest)) is not None:
         res.warnings.append(note)  # before summary.json is written
     write_tables(res, dest, parquet=parquet)
+    if strain_writer is not None:  # how the strain maps were made (write_tables knows no maps)
+        summary = dest / "summary.json"
+        written = json.loads(summary.read_text())
+        written["strain"] = strain_writer.settings()
+        summary.write_text(json.dumps(written, indent=2) + "\n")
     figures.trajectories(res, dest / "figures" / "trajectories.png")
     if shape[0] > 1:  # motion, counts and events over time: nothing to show for one frame
         figures.displacement(res, dest / "figures" / "displacement.png")

@@ -29,7 +29,7 @@ def test_docstring_examples(name):
 
 #: The notebook API (README › From Python): each documents every parameter it takes.
 NOTEBOOK_API = ("infer.pipeline:analyze", "infer.tracking:track_detections", "infer.outputs:write_tables",
-                "infer.result:AnalysisResult.relink",
+                "infer.run:infer_one", "infer.result:AnalysisResult.relink",
                 "infer.figures:trajectories_figure", "infer.figures:displacement_figure",
                 "infer.figures:counts_figure", "infer.event_figure:events_figure",
                 "infer.readers:open_movie", "infer.readers:movie_from_array")
