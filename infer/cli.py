@@ -214,7 +214,8 @@ def _add_infer(sub: argparse._SubParsersAction) -> None:
                    help="strain and rotation relative to this region's mean lattice [px of the "
                         "frames analysed], e.g. perfect bulk beside an interface (default: the "
                         "frame's mean lattice)")
-    p.add_argument("--no-movie", action="store_true", help="skip the overlay MP4")
+    p.add_argument("--no-movie", action="store_true",
+                   help="skip the overlay (overlay.mp4; a single image's overlay.png)")
     p.add_argument("--parquet", action="store_true", help="also write Parquet tables")
     p.set_defaults(func=_run_infer)
 

@@ -144,11 +144,14 @@ def _infer_one(path: str | Path | np.ndarray, out: str | Path, *, movie: bool, p
     # Opened once for calibration, analysis and the overlay (a folder of frames reads every
     # file's header when opened).
     with opened or open_movie(path, signal=asked) as whole:  # unreadable: leaves no folder
-        ignored = None
+        ignored = []
         if frames is not None and len(whole) == 1:  # e.g. `infer movie.dm4 image.tif --frames 0:10`
-            ignored = (f"{option('frames', frames, text=True)} does not apply to a single image: "
-                       "ignored")
+            ignored.append(f"{option('frames', frames, text=True)} does not apply to a single image: "
+                           "ignored")
             frames = None
+        if options.get("frame_interval_s") is not None and len(whole) == 1:  # recorded as "user" else
+            ignored.append(f"{option('frame_interval_s', options.pop('frame_interval_s'))} does not "
+                           "apply to a single image: ignored")
         span = None if frames is None else frame_window(frames, len(whole))
         if span == (0, len(whole)):  # the whole movie: its results, under its own name
             frames = span = None
@@ -182,7 +185,7 @@ def _infer_one(path: str | Path | np.ndarray, out: str | Path, *, movie: bool, p
             res = _analyze_and_write(m, staging, cal, movie=movie, parquet=parquet, strain=strain,
                                      strain_resolution_nm=strain_resolution_nm,
                                      strain_reference=ref_box, earlier=earlier,
-                                     results_dir=dest, notes=[ignored] if ignored else [], **options)
+                                     results_dir=dest, notes=ignored, **options)
             if strain and not (staging / f"{STRAIN_COMPONENTS['exx']}.tif").exists():
                 # No maps could be made: an earlier run's would belie this run's warning.
                 stale += [p for p in (*(dest / f"{n}.tif" for n in STRAIN_COMPONENTS.values()),
@@ -368,6 +371,8 @@ def _analyze_and_write(m: Movie, dest: Path, cal: Calibration, *, movie: bool, p
             strain_writer.discard()
         raise
     writer.close()
+    if res.shape[0] < len(m):  # the file ended early (analyze said so): figures of the frames read
+        m = m.window(0, res.shape[0])
     if strain_writer is not None:
         strain_writer.close()
         strain_writer.figure(dest / "figures" / "strain.png")

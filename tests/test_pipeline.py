@@ -2068,6 +2068,20 @@ def test_a_frames_window_leaves_a_single_image_among_movies_whole(tiny_model, tm
     assert (tmp_path / "o" / "movie_frames2-10" / "summary.json").is_file()
 
 
+def test_a_frame_interval_for_a_single_image_is_ignored_and_said_so(tiny_model, tmp_path, capsys):
+    # It was taken silently and recorded as the user's frame interval of a single image.
+    image = tmp_path / "image.npy"
+    np.save(image, np.zeros((32, 32), np.float32))
+    assert main(["infer", str(image), "--out", str(tmp_path / "o"), "--frame-interval", "2",
+                 "--model", str(tiny_model), "--pixel-size", "0.1", "--no-movie"]) == 0
+    said = "--frame-interval 2.0 does not apply to a single image: ignored"
+    assert said in capsys.readouterr().err
+    summary = json.loads((tmp_path / "o" / "image" / "summary.json").read_text())
+    assert said in summary["warnings"]
+    assert summary["calibration"]["frame_interval_s"] is None
+    assert summary["calibration"]["frame_interval_source"] is None
+
+
 def test_mask_writer_takes_frames_in_any_order_and_leaves_one_compressed_stack(tmp_path):
     masks = np.zeros((5, 96, 80), np.uint8)
     for k in range(5):
@@ -2189,3 +2203,9 @@ def test_a_truncated_video_is_analysed_on_the_frames_read_and_says_so(tiny_model
         res = analyze(cut, model=tiny_model, pixel_size_nm=0.1, progress=False)
     assert res.shape[0] == 3 and any("only 3 of the 8" in w for w in res.warnings)
     assert len([w for w in said if "only 3 of the 8" in str(w.message)]) == 1
+    # The command finishes on the frames read (it failed at the events figure, writing nothing).
+    assert main(["infer", str(cut), "--out", str(tmp_path / "o"), "--model", str(tiny_model),
+                 "--pixel-size", "0.1"]) == 0
+    summary = json.loads((tmp_path / "o" / "cut" / "summary.json").read_text())
+    assert summary["input"]["shape"][0] == 3 and any("only 3 of the 8" in w for w in summary["warnings"])
+    assert (tmp_path / "o" / "cut" / "figures" / "overlay.mp4").is_file()
