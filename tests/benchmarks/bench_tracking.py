@@ -244,7 +244,7 @@ def accuracy(n_movies: int, n_frames: int, size: int, model: str | None, seed: i
                             **{f"missed_{k}": v for k, v in why.items()},
                             **{f"when_shown_{k}": later[f"event_{k}"] for k in ("tp", "fp", "fn")}})
             if len(table):
-                rows.append(table.assign(movie=i, mode=mode, dose=dose))
+                rows.append(table.assign(movie=i, mode=mode, dose=dose, shown=table.particle.isin(shown)))
             print(f"movie {i:2d} {mode} {dose:6.0f}: {s['long_tracks_matched']} of {len(table)} "
                   "tracks>=10 found, "
                   f"event F1 {ev['event_f1']:.2f}, switches {s['identity_switches']}", flush=True)
@@ -261,6 +261,10 @@ def accuracy(n_movies: int, n_frames: int, size: int, model: str | None, seed: i
            "median_climb_rel_error": float(t.climb_rel_error.median()) if len(t) else None,
            "median_glide_rel_error_found": float(t.glide_rel_error[found].median()) if len(t) else None,
            "median_climb_rel_error_found": float(t.climb_rel_error[found].median()) if len(t) else None,
+           # Over the true tracks the images show (`shown_particles`), those not found still
+           # failures: what the detector could have found (diagnostic, as shown_event_f1).
+           **{f"median_{c}_rel_error_shown": (float(t[f"{c}_rel_error"][t["shown"]].median())
+                                              if len(t) else None) for c in ("glide", "climb")},
            "moving_components": [int(t.glide_rel_error.notna().sum()), int(t.climb_rel_error.notna().sum())]
            if len(t) else None,
            "median_glide_abs_error_nm_s": float(t.glide_abs_error_nm_s.median()) if len(t) else None,
