@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
+import re
 import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -119,16 +120,32 @@ def to_nm(value: float, unit: str) -> float:
     key = _unit_key(value, unit, "length")
     if key in _NM:
         return _clean(value)
-    q = _quantity(value, key, unit, "length")
+    inverse = _reciprocal_of(key)  # "1/Å", "a^-1": pint reads Å and A otherwise or not at all
+    q = _quantity(value, inverse or key, unit, "length")
     ureg = _ureg()
+    if inverse is not None and q.dimensionality == ureg.meter.dimensionality:
+        q = 1 / q
     if q.dimensionality == (1 / ureg.meter).dimensionality:
-        raise ValueError(
-            f"{value!r} {unit} is a reciprocal length (a diffraction or FFT calibration), "
-            "not a real-space pixel size"
-        )
+        raise ValueError(f"{value!r} {unit} is a reciprocal length: {RECIPROCAL_NOTE}")
     if q.dimensionality != ureg.meter.dimensionality:
         raise ValueError(f"{value!r} {unit} is not a length")
     return _clean(q.to("nm").magnitude)
+
+
+#: What `to_nm` says of a reciprocal length (1/nm, 1/Å): readers and the pipeline look for it.
+RECIPROCAL_NOTE = ("the image is a diffraction pattern or FFT, not the real-space lattice "
+                   "image that dislotrack analyses")
+_RECIPROCAL = re.compile(r"1/(?P<a>.+)|(?P<b>.+?)(?:\^-1|\*\*-1|⁻¹|-1)")
+
+
+def _reciprocal_of(key: str) -> str | None:
+    """The length unit (after `_UNIT_ALIASES`) of a normalised reciprocal unit key such as
+    "1/å" or "a^-1", else None."""
+    m = _RECIPROCAL.fullmatch(key)
+    if m is None:
+        return None
+    inner = m.group("a") or m.group("b")
+    return _UNIT_ALIASES.get(inner, inner)
 
 
 def to_seconds(value: float, unit: str) -> float:
@@ -375,8 +392,11 @@ def resolve_calibration(
         dt, dt_src = file_cal.frame_interval_s, file_cal.frame_interval_source or "file"
     else:
         dt, dt_src = None, None
-        notes.append(f"{NO_INTERVAL_NOTE}: velocities in per-frame units (pass "
-                     f"{option('frame_interval_s', 'S')} for nm/s)")
+        if any(n.startswith(NOT_TIME_NOTE) for n in notes):  # a z or tilt series: no advice
+            notes.append(f"{NO_INTERVAL_NOTE}: velocities in per-frame units")
+        else:
+            notes.append(f"{NO_INTERVAL_NOTE}: velocities in per-frame units (pass "
+                         f"{option('frame_interval_s', 'S')} for nm/s)")
 
     return Calibration(px, dt, px_src, dt_src, tuple(notes), notes=file_cal.notes)
 
@@ -525,13 +545,57 @@ def length_nm_or_none(scale: object, unit: object, notes: list[str], what: str) 
     try:
         value = to_nm(float(scale), str(unit) if unit is not None else "")
     except (TypeError, ValueError) as err:
-        notes.append(f"{what}: no usable pixel size ({err})")
+        # a reciprocal unit's note is a sentence of its own (no nested brackets)
+        notes.append(f"{what}: no usable pixel size: {err}" if RECIPROCAL_NOTE in str(err) else
+                     f"{what}: no usable pixel size ({err})")
         return None
     if not (np.isfinite(value) and value > 0):
         kind = "non-positive" if np.isfinite(value) else "non-finite"
         notes.append(f"{what}: ignored {kind} pixel size {scale} {unit}")
         return None
     return value
+
+
+_ANGLES = {"°", "deg", "degree", "degrees", "rad", "radian", "radians", "mrad", "urad"}
+
+
+def stack_axis_warning(name: object, unit: object) -> str | None:
+    """Where a stack's third (frame) axis is calibrated as a length (a z or focal series) or
+    an angle (a tilt series) rather than a time, a warning that its frames are analysed as a
+    time series all the same; else None (a time, no unit: nothing is guessed).
+
+    Examples
+    --------
+    >>> print(stack_axis_warning("tilt", "°"))  # doctest: +ELLIPSIS
+    the stack's third axis is tilt, not time (axis 'tilt' in °: a tilt series?): ...
+    >>> stack_axis_warning("time", "ms") is None
+    True
+    """
+    text = "" if unit is None else unicodedata.normalize("NFC", str(unit)).strip()
+    if not text:
+        return None
+    if text.lower().replace("µ", "u").replace("μ", "u") in _ANGLES:
+        kind = "tilt"
+    else:
+        try:
+            to_nm(1.0, text)
+        except ValueError:
+            return None
+        kind = "z"
+    return not_time_warning(kind, f"axis {str(name)!r} in {text}")
+
+
+#: How `not_time_warning` begins.
+NOT_TIME_NOTE = "the stack's third axis is"
+
+
+def not_time_warning(kind: str, why: str) -> str:
+    """The warning that a stack's frame axis is ``kind`` ("z" or "tilt"), as ``why`` (the
+    metadata that says so) shows, not time."""
+    series = "a tilt series" if kind == "tilt" else "a z or focal series"
+    return (f"{NOT_TIME_NOTE} {kind}, not time ({why}: {series}?): its frames were analysed "
+            "as a time series, so velocities and trajectories are meaningless unless it "
+            "really is one")
 
 
 def seconds_or_none(scale: object, unit: object) -> float | None:

@@ -39,6 +39,7 @@ from dislotrack.data_gen.text import first_few
 from dislotrack.infer.calibration import (
     NO_INTERVAL_NOTE,
     NON_SQUARE_NOTE,
+    RECIPROCAL_NOTE,
     UNEVEN_STEPS,
     Calibration,
     clock_steps_warning,
@@ -193,6 +194,8 @@ def calibrate(movie: Movie, *, pixel_size_nm: float | None, frame_interval_s: fl
         bare = re.search(r"([-+0-9.eE]+) has no unit", unusable[0]) if unusable else None
         hint = (f" ({option('pixel_size_nm', f'{float(bare.group(1)):.6g}')} if the file's number is "
                 "in nm)" if bare else "")
+        if unusable and RECIPROCAL_NOTE in unusable[0]:  # a pixel size would not make it a lattice image
+            raise ValueError(f"{movie.path}: {unusable[0].split(': ', 1)[1]}; pass a real-space image")
         raise ValueError(
             f"{movie.path}: no usable pixel size in the "
             f"{'frames' if movie.path.is_dir() else 'file'}{why} and none could be estimated "

@@ -7,6 +7,7 @@ rosettasciio) or resolution tags in cm or inch.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import logging
 import xml.etree.ElementTree as ET
@@ -23,6 +24,7 @@ from dislotrack.infer.calibration import (
     is_print_resolution,
     length_nm_or_none,
     non_increasing_warning,
+    not_time_warning,
     seconds_or_none,
     square_pixel_size,
     uneven_steps_warning,
@@ -92,6 +94,11 @@ def open_tiff(path: Path) -> Movie:
         read = _tiff_reader(path, tif, series, lead_shape, page_axes)
         h, w = (series.keyframe.shape[page_axes.index(a)] for a in "YX")
         cal, times = _tiff_calibration(path, tif, notes)
+        _note_uncalibrated(cal, notes)
+        stacked = "".join(a for a, n in zip(lead_axes, lead_shape, strict=True) if n > 1)
+        if stacked == "Z" and cal.frame_interval_s is None:  # ImageJ slices, OME SizeZ: no time
+            said = "ImageJ 'slices' without 'frames'" if tif.is_imagej else f"TIFF axes {series.axes!r}"
+            cal = dataclasses.replace(cal, warnings=(*cal.warnings, not_time_warning("z", said)))
         if interleaved and cal.frame_interval_s is not None:  # a frame step is no time step
             cal = Calibration.from_file(pixel_size_nm=cal.pixel_size_nm, warnings=cal.warnings)
             warnings[-1] += (" (its frame interval was not used: a frame step is not a time step; "
@@ -117,6 +124,7 @@ def _planar_stack(path: Path, tif: tifffile.TiffFile, series) -> Movie:
     array as planar RGB(A), which no camera writes for a colour image (those are (y, x, 3))."""
     n, h, w = series.shape
     cal, _ = _tiff_calibration(path, tif, notes := [])
+    _note_uncalibrated(cal, notes)
     meta = {"format": "TIFF", "axes": series.axes, "dtype": str(series.dtype), "notes": notes,
             "warnings": [f"the TIFF stores {n} planar colour samples in one page, as tifffile "
                          f"writes a ({n}, y, x) array: read as {n} frames, not as one colour image"]}
@@ -140,6 +148,7 @@ def _page_series_stack(path: Path, tif: tifffile.TiffFile) -> Movie:
     """The frames of a file that `_pages_as_series` recognised, read one page at a time."""
     n, (h, w) = len(tif.series), tif.series[0].shape
     cal, _ = _tiff_calibration(path, tif, notes := [])
+    _note_uncalibrated(cal, notes)
     meta = {"format": "TIFF", "axes": "TYX", "dtype": str(tif.series[0].dtype), "notes": notes,
             "warnings": [f"the TIFF holds {n} single-page images of one size (written frame by "
                          f"frame): read as {n} frames"]}
@@ -242,6 +251,13 @@ def _tiff_reader(path, tif, series, lead_shape, page_axes) -> Callable[[tuple], 
         raise ValueError(f"{path}: TIFF layout not readable frame by frame, too big to load whole")
     data = series.asarray().reshape(lead_shape + tuple(series.keyframe.shape))
     return lambda idx: to_frame(data[idx])
+
+
+def _note_uncalibrated(cal: Calibration, notes: list[str]) -> None:
+    """Say so in ``notes`` (summary.json input.notes) where the tags give no pixel size and
+    no note already says why, as the NumPy and HDF5 readers do."""
+    if cal.pixel_size_nm is None and not notes:
+        notes.append("no calibration in the TIFF's tags (OME, ImageJ, vendor or resolution)")
 
 
 def _tiff_calibration(path: Path, tif: tifffile.TiffFile,

@@ -40,11 +40,14 @@ folder                 one frame per file (PNG/JPEG/TIFF/DM3/DM4), natural order
 from __future__ import annotations
 
 import dataclasses
+import glob
 import hashlib
 import importlib
 import json
 import logging
 import re
+import struct
+import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -56,6 +59,7 @@ from dislotrack.data_gen.annotations import PIXEL_SIZE_TOLERANCE, annotation_ima
 from dislotrack.data_gen.text import first_few
 from dislotrack.infer.calibration import (
     FROM_ANNOTATION_NOTE,
+    RECIPROCAL_NOTE,
     Calibration,
     check_positive,
     interval_from_timestamps,
@@ -63,6 +67,7 @@ from dislotrack.infer.calibration import (
     non_increasing_warning,
     seconds_or_none,
     square_pixel_size,
+    stack_axis_warning,
     uneven_steps_warning,
 )
 from dislotrack.infer.interface import option
@@ -122,6 +127,11 @@ def open_movie(path: str | Path, *, signal: int | str | None = None) -> Movie:
     # The reader's notes travel with the calibration into the result (summary.json input.notes).
     movie = movie.with_calibration(dataclasses.replace(
         movie.calibration, notes=tuple(movie.metadata.get("notes", ()))))
+    if any(RECIPROCAL_NOTE in n for n in movie.metadata.get("notes", ())):
+        # a warning too: a --pixel-size given would hide the note that explains it
+        movie.metadata.setdefault("warnings", []).append(
+            f"the image axes are calibrated in reciprocal units: {RECIPROCAL_NOTE}, so "
+            "what it finds here means nothing")
     if signal is not None and "signals" not in movie.metadata:  # a format of one image (stack)
         movie.metadata.setdefault("warnings", []).append(
             f"{option('signal', signal, text=isinstance(signal, str))} was ignored: "
@@ -235,6 +245,10 @@ def _open(path: Path, signal: int | str | None) -> Movie:
         raise FileNotFoundError(f"no such file or folder: {path}")
     check_readable(path)
     ext = path.suffix.lower()
+    # Before the library reads: its words for a cut file are a riddle ("unpack requires a
+    # buffer of 1 bytes"), or come only when frame 0 is read (MRC's memory map).
+    if (short := _truncation(path, ext)) is not None:
+        raise ValueError(short)
     try:
         if ext in _TIFF:
             return open_tiff(path)
@@ -251,7 +265,105 @@ def _open(path: Path, signal: int | str | None) -> Movie:
     except READ_ERRORS as err:
         if isinstance(err, ValueError) and (str(path) in str(err) or path.name in str(err)):
             raise  # ours, already naming the file
-        raise ValueError(f"{path}: cannot be read as {ext[1:].upper()}: {err}") from err
+        raise ValueError(f"{path}: cannot be read as {ext[1:].upper()}: {err}"
+                         f"{_damage_hint(err)}") from err
+
+
+#: What readers say when they run out of a file's bytes (struct, mmap, NumPy, PyAV, HDF5).
+_CUT_SHORT = ("mmap length", "array element with a sequence", "can not handle the given uri",
+              "initializing plugin", "truncated", "unexpected end")
+#: Ends the message of a file that failed on reading its data, as the TIFF reader's do.
+DAMAGED_HINT = " (a truncated or damaged file? an incomplete copy?)"
+
+
+def _damage_hint(err: BaseException) -> str:
+    """`DAMAGED_HINT` where ``err`` is a library running out of a file's bytes, else ""."""
+    said = str(err).lower()
+    if isinstance(err, (struct.error, EOFError)) or any(s in said for s in _CUT_SHORT):
+        return DAMAGED_HINT
+    return ""
+
+
+def _truncation(path: Path, ext: str) -> str | None:
+    """Where a .npy, .mrc, .dm3/.dm4 or .ser file is shorter than its own header says, why
+    (one line, naming the file); else None (also where the header cannot be parsed: the
+    reader then says what is wrong)."""
+    size = path.stat().st_size
+    try:
+        with path.open("rb") as f:
+            head = f.read(1024)
+            need = {".npy": _npy_bytes, ".mrc": _mrc_bytes, ".dm3": _dm_bytes,
+                    ".dm4": _dm_bytes, ".ser": _ser_bytes}.get(ext, lambda *_: None)(head, f)
+    except struct.error:  # the file ends within the fixed header its format begins with
+        return f"{path}: truncated: its {size} bytes end within its header (an incomplete write or copy?)"
+    except (ValueError, OSError, EOFError, OverflowError):
+        return None
+    if need is None or size >= need[0]:
+        return None
+    return (f"{path}: truncated: its header says {need[1]} ({need[0]} bytes in all) but the file "
+            f"holds {size} bytes (an incomplete write or copy?)")
+
+
+def _npy_bytes(head: bytes, f) -> tuple[int, str] | None:
+    """Bytes a .npy file needs (header + data) and what its header says."""
+    f.seek(0)
+    version = np.lib.format.read_magic(f)
+    fmt = np.lib.format
+    read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+    shape, _, dtype = read(f)
+    if dtype.hasobject:  # pickled objects: their size is not in the header
+        return None
+    return f.tell() + int(np.prod(shape)) * dtype.itemsize, f"{dtype} {shape}"
+
+
+#: MRC modes and their bytes per value (101: 4-bit packed, half a byte).
+_MRC_ITEMSIZE = {0: 1, 1: 2, 2: 4, 3: 4, 4: 8, 6: 2, 12: 2, 101: 0.5}
+
+
+def _mrc_bytes(head: bytes, f) -> tuple[int, str] | None:
+    """Bytes an MRC file needs: 1024-byte header + extended header (NSYMBT) + NX*NY*NZ values."""
+    for order in "<>":  # the machine stamp is often unset: the order whose mode is known
+        nx, ny, nz, mode = struct.unpack(order + "4i", head[:16])
+        if mode in _MRC_ITEMSIZE and min(nx, ny, nz) > 0:
+            next_bytes = struct.unpack(order + "i", head[92:96])[0]
+            data = int(nx * ny * nz * _MRC_ITEMSIZE[mode])
+            return 1024 + max(next_bytes, 0) + data, f"{nz} x {ny} x {nx} values of mode {mode}"
+    return None
+
+
+def _dm_bytes(head: bytes, f) -> tuple[int, str] | None:
+    """Bytes a DM3/DM4 file needs: its header and the tag tree whose length it gives."""
+    version = struct.unpack(">i", head[:4])[0]
+    if version == 3:
+        return 12 + struct.unpack(">I", head[4:8])[0], "a DM3 tag tree"
+    if version == 4:
+        return 16 + struct.unpack(">Q", head[4:12])[0], "a DM4 tag tree"
+    return None
+
+
+def _ser_bytes(head: bytes, f) -> tuple[int, str] | None:
+    """Bytes a TIA .ser file of 2-D elements needs: up to the end of its last element's data
+    (its offset table, then that element's calibration, type, size and values)."""
+    order = {b"II": "<", b"MM": ">"}.get(head[:2])
+    if order is None:
+        return None
+    version, data_type, _, _, valid = struct.unpack(order + "HiiiI", head[4:22])
+    wide = version >= 0x220  # 64-bit offsets
+    table = struct.unpack(order + ("q" if wide else "i"), head[22:30 if wide else 26])[0]
+    if data_type != 0x4122 or valid == 0:  # 1-D spectra: not images, the reader says so
+        return None
+    f.seek(table)
+    step = 8 if wide else 4
+    raw = f.read(valid * step)
+    if len(raw) < valid * step:
+        return table + valid * step, f"{valid} image(s) with an offset table"
+    last = max(struct.unpack(f"{order}{valid}{'q' if wide else 'i'}", raw))
+    f.seek(last + 40)  # two axes' calibration: offset, delta (float64) and element (int32)
+    kind, nx, ny = struct.unpack(order + "hii", f.read(10))
+    itemsize = {1: 1, 2: 2, 3: 4, 4: 1, 5: 2, 6: 4, 7: 4, 8: 8, 9: 8, 10: 16}.get(kind)
+    if itemsize is None:
+        return None
+    return last + 50 + nx * ny * itemsize, f"{valid} image(s), the last of {ny} x {nx}"
 
 
 # --- rosettasciio formats (DM, EMD, TIA, MRC) ------------------------------------------------
@@ -266,7 +378,11 @@ def _open_rsciio(path: Path, module: str, label: str, *, signal: int | str | Non
     notes: list[str] = []
     try:
         try:
-            signals = reader(str(path), lazy=True)
+            with warnings.catch_warnings():
+                # rosettasciio's MRC reader opens the header without closing it; CPython closes
+                # it when the reader returns, and the ResourceWarning says nothing to our user
+                warnings.simplefilter("ignore", ResourceWarning)
+                signals = reader(str(path), lazy=True)
         except ValueError as err:  # e.g. RGBA DigitalMicrograph images are not lazy-readable
             if path.stat().st_size > EAGER_LIMIT_BYTES:
                 raise ValueError(f"{path}: not lazily readable ({err}), too big to load whole") from err
@@ -274,7 +390,13 @@ def _open_rsciio(path: Path, module: str, label: str, *, signal: int | str | Non
             notes.append(f"read whole: {err}")
     except ModuleNotFoundError as err:  # e.g. a Velox EMD with an EDS spectrum image: sparse
         raise _missing_module(path, label, err) from err
+    if not signals and path.suffix.lower() == ".emi" and not _ser_files_of(path):
+        # rosettasciio reads an .emi's data from <stem>_1.ser (..._N.ser) beside it
+        raise ValueError(f"{path}: its data file {path.stem}_1.ser is not beside it: copy the "
+                         ".ser file(s) with the .emi, or pass the .ser")
     images = [s for s in signals if _is_image_signal(s)]
+    if isinstance(signal, str):  # a non-image signal named: say so, not "no such image"
+        _refuse_non_image(signals, images, signal, path)
     if not images:
         raise ValueError(f"{path} holds no 2-D image or image stack")
     sig = _choose_signal(images, signal, path)  # signals of one file share its handle
@@ -300,6 +422,8 @@ def _open_rsciio(path: Path, module: str, label: str, *, signal: int | str | Non
                                 "10 s that give it to 10 %")
         else:
             cal_warnings.append("the TIA file holds no per-frame clock: no frame interval")
+    if data.ndim == 3 and dt is None:  # a z, focal or tilt series: analysed, with a warning
+        cal_warnings += filter(None, [stack_axis_warning(axes[0].get("name"), axes[0].get("units"))])
     stamp = _dm_acquisition_time_s(om) if label == "DigitalMicrograph" else None
     meta = {"format": label, "reader": module, "dtype": str(data.dtype), "notes": notes,
             "signal": sig.get("metadata", {}).get("General", {}).get("title"),
@@ -341,8 +465,37 @@ def _is_image_signal(sig: dict) -> bool:
     return len(nav) == ndim and nav in ([False, False], [True, False, False])
 
 
+def _ser_files_of(emi: Path) -> list[Path]:
+    """The TIA data files of ``emi`` beside it (``<stem>_1.ser``, ``<stem>_2.ser``, ...)."""
+    return [p for p in emi.parent.glob(glob.escape(emi.stem) + "_*.ser")
+            if p.stem[len(emi.stem) + 1:].isdigit()]
+
+
+def _title(sig: dict) -> str:
+    return str(sig.get("metadata", {}).get("General", {}).get("title"))
+
+
+def _refuse_non_image(signals: list[dict], images: list[dict], signal: str, path: Path) -> None:
+    """Raise where ``signal`` names one of the file's signals that is no image (a DM "Plot",
+    a spectrum, a 4D-STEM scan): `_pick` would otherwise look among the images only."""
+    key = signal.strip("/").lower()
+    if any(_title(s).strip("/").lower() == key for s in images):
+        return
+    named = next((s for s in signals if _title(s).strip("/").lower() == key), None)
+    if named is None:
+        return
+    nav = sum(bool(a.get("navigate")) for a in named["axes"])
+    ndim = named["data"].ndim
+    what = ("a 1-D signal (a spectrum or profile)" if ndim == 1 else
+            f"a {ndim}-D signal with {nav} scan axes (a spectrum image or diffraction scan?)")
+    titles = [_title(s) for s in images]
+    others = (f"the file's only image is {titles[0]!r}" if len(titles) == 1 else
+              f"the file's images are {titles}" if titles else "the file holds no image")
+    raise ValueError(f"{path}: {signal!r} is {what}, not an image; {others}")
+
+
 def _choose_signal(images: list[dict], signal: int | str | None, path: Path) -> dict:
-    titles = [str(s.get("metadata", {}).get("General", {}).get("title")) for s in images]
+    titles = [_title(s) for s in images]
     return images[_pick(titles, signal, path, what="image")]
 
 
@@ -386,6 +539,9 @@ def _open_video(path: Path) -> Movie:
 
     props = iio.improps(path, plugin="pyav")
     n = props.shape[0] if props.is_batch else 1
+    if n == 0:  # e.g. an image renamed .mp4 (PyAV's image demuxer), or a recording cut short
+        raise ValueError(f"{path}: no video frame can be read (not a video, or a damaged or "
+                         "incomplete recording?)")
     handle = iio.imopen(path, "r", plugin="pyav")
     fps = handle.metadata().get("fps")
     dt = 1.0 / fps if fps and np.isfinite(fps) and fps > 0 else None
@@ -402,8 +558,15 @@ def _open_video(path: Path) -> Movie:
 
     meta = {"format": path.suffix.lower()[1:].upper(), "playback_fps": fps, "notes": [note],
             "frame_interval_caveat": note if dt else None}
-    return Movie(path, (n, *props.shape[-3:-1]), cal, meta, lambda i: handle.read(index=i),
-                 iterate=iterate, close=handle.close)
+    def read(i: int) -> np.ndarray:
+        try:
+            return handle.read(index=i)
+        except StopIteration:  # past the frames that decode; Movie names the file and frame
+            raise EOFError(f"the video ends before frame {i} of the {n} its header lists "
+                           "(a truncated recording or an incomplete copy?)") from None
+
+    return Movie(path, (n, *props.shape[-3:-1]), cal, meta, read, iterate=iterate,
+                 close=handle.close)
 
 
 def _open_image(path: Path) -> Movie:
@@ -414,8 +577,10 @@ def _open_image(path: Path) -> Movie:
         w, h = im.size
         mode = im.mode
         n = getattr(im, "n_frames", 1)  # an animated PNG holds several
-    notes = [f"an animated {path.suffix[1:].upper()} of {n} frames; its playback timing is not "
-             "used"] if n > 1 else []
+    kind = _FRAME_KIND[path.suffix.lower()]
+    notes = [f"no calibration in {kind} files"]  # as the NumPy and HDF5 readers say
+    if n > 1:
+        notes.append(f"an animated {kind} of {n} frames; its playback timing is not used")
     meta = {"format": path.suffix.lower()[1:].upper(), "mode": mode, "notes": notes}
     return Movie(path, (n, h, w), Calibration(), meta, lambda i: iio.imread(path, index=i))
 
@@ -483,7 +648,9 @@ def _open_numpy(path: Path) -> Movie:
     try:  # allow_pickle=False: a .npy of Python objects is code, not an image
         data = np.load(path, mmap_mode="r", allow_pickle=False)
     except ValueError as err:
-        raise ValueError(f"{path} is not a plain numeric array ({err})") from err
+        if "object" in str(err).lower() or "pickle" in str(err).lower():
+            raise ValueError(f"{path} is not a plain numeric array ({err})") from err
+        raise ValueError(f"{path}: cannot be read as NPY: {err}{_damage_hint(err)}") from err
     if not _is_image_array(data):
         raise ValueError(f"{path} holds a {data.dtype} array of shape {data.shape}; "
                          "expected a real-valued (y, x) image or (t, y, x) stack")
@@ -522,7 +689,7 @@ def _open_hdf5(path: Path, *, signal: int | str | None) -> Movie:
     except OSError as err:
         hdf4 = (" (HDF4 files are not supported: convert to HDF5 or TIFF)"
                 if path.suffix.lower() == ".hdf" else "")
-        raise ValueError(f"{path}: cannot be read as HDF5{hdf4}: {err}") from err
+        raise ValueError(f"{path}: cannot be read as HDF5{hdf4}: {err}{_damage_hint(err)}") from err
     notes = ["no calibration read from a generic HDF5 file"]
     if "Experiments" in handle:  # HyperSpy's layout, whatever the extension
         try:
@@ -623,8 +790,13 @@ def _open_folder(folder: Path, signal: int | str | None = None) -> Movie:
             depths.append(" ".join(str(m.metadata[k]) for k in ("mode", "dtype") if k in m.metadata))
     odd = next((i for i, s in enumerate(shapes) if s != shapes[0]), None)
     if odd is not None:
-        raise ValueError(f"frames differ in shape: {files[0].name} is {shapes[0]} px but "
-                         f"{files[odd].relative_to(folder)} is {shapes[odd]} px")
+        n_odd = sum(s != shapes[0] for s in shapes)
+        others = f" (and {n_odd - 1} more file(s) not of {shapes[0]} px)" if n_odd > 1 else ""
+        raise ValueError(
+            f"folder {folder}: frames differ in shape: {files[0].name} is {shapes[0]} px but "
+            f"{files[odd].relative_to(folder)} is {shapes[odd]} px{others}; a folder is read as "
+            "one movie of one frame size: move the files of other sizes out (or crop them to "
+            "one size), or pass the images one by one")
     notes = list(first.metadata.get("notes", []))
     names = [str(f.relative_to(folder)) for f in files]
     times = np.array(stamps, dtype=float) - stamps[0] if None not in stamps else None

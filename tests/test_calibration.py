@@ -276,3 +276,24 @@ def test_an_unevenly_clocked_movie_is_timed_by_its_clock_unless_an_interval_is_g
     # An even stretch (--frames 5:10) keeps frame x interval.
     assert calibrate(movie.window(5, 10), pixel_size_nm=None, frame_interval_s=None,
                      d_spacing_nm=0.473).frame_times_s is None
+
+
+@pytest.mark.parametrize("unit", ["1/nm", "nm^-1", "1/Å", "Å^-1", "1/A", "A^-1", "1/angstrom", "µm^-1"])
+def test_reciprocal_units_are_named_a_diffraction_pattern_or_fft(unit):
+    with pytest.raises(ValueError, match=r"is a reciprocal length: the image is a diffraction "
+                                         r"pattern or FFT, not the real-space lattice image"):
+        to_nm(1.0, unit)
+
+
+def test_a_stack_axis_in_a_length_or_angle_is_not_time():
+    from dislotrack.infer.calibration import NO_INTERVAL_NOTE, stack_axis_warning
+
+    assert stack_axis_warning("z", "µm").startswith("the stack's third axis is z, not time (axis 'z' "
+                                                    "in µm: a z or focal series?)")
+    assert stack_axis_warning("tilt", "deg").startswith("the stack's third axis is tilt, not time")
+    assert stack_axis_warning("t", "ms") is None and stack_axis_warning("z", "") is None
+    # a z or tilt series draws no advice to pass a frame interval
+    said = resolve_calibration(Calibration.from_file(warnings=[stack_axis_warning("tilt", "°")]),
+                               pixel_size_nm=0.1).warnings
+    assert [w for w in said if w.startswith(NO_INTERVAL_NOTE)] == [
+        "no frame interval: velocities in per-frame units"]

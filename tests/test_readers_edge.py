@@ -9,6 +9,7 @@ import struct
 import zipfile
 from pathlib import Path
 
+import imageio.v3 as iio
 import numpy as np
 import pandas as pd
 import pytest
@@ -285,3 +286,167 @@ def test_a_folder_mixing_bit_depths_or_colour_modes_warns_naming_the_files(tmp_p
     png(tmp_path / "same" / "c2.png")
     with open_movie(tmp_path / "same") as movie:
         assert "warnings" not in movie.metadata
+
+
+# --- user test of stop 36: damaged files, missing parts, what a stack's axis is ------------
+
+
+def _mrc(path: Path, data: np.ndarray) -> None:
+    """A minimal MRC file (mode 2, float32, little-endian) of a (z, y, x) array."""
+    nz, ny, nx = data.shape
+    head = bytearray(1024)
+    struct.pack_into("<4i", head, 0, nx, ny, nz, 2)
+    struct.pack_into("<3i", head, 64, 1, 2, 3)  # MAPC/MAPR/MAPS
+    head[208:214] = b"MAP DD"  # map id, little-endian machine stamp
+    path.write_bytes(bytes(head) + data.astype("<f4").tobytes())
+
+
+def _cut(src: Path, dst: Path, fraction: float = 0.5) -> Path:
+    """A copy of ``src`` cut to ``fraction`` of its bytes (an interrupted copy)."""
+    raw = src.read_bytes()
+    dst.write_bytes(raw[: int(len(raw) * fraction)])
+    return dst
+
+
+def test_a_video_with_no_decodable_frame_is_a_one_line_error(tmp_path):
+    png(tmp_path / "still.png", 100, shape=(64, 64))
+    (tmp_path / "still.png").rename(tmp_path / "still.mp4")  # PyAV opens it as 0 frames
+    with pytest.raises(ValueError, match=r"still\.mp4: no video frame can be read"):
+        open_movie(tmp_path / "still.mp4")
+
+
+def test_a_truncated_npy_is_named_truncated_not_non_numeric(tmp_path):
+    np.save(tmp_path / "full.npy", np.zeros((4, 64, 64), np.float32))
+    cut = _cut(tmp_path / "full.npy", tmp_path / "t.npy", 0.3)
+    with pytest.raises(ValueError, match=r"t\.npy: truncated: its header says float32 \(4, 64, 64\) "
+                                         r"\(65664 bytes in all\) but the file holds 19699 bytes") as err:
+        open_movie(cut)
+    assert "plain numeric" not in str(err.value)
+
+
+def test_a_truncated_mrc_is_refused_before_a_frame_is_read(tmp_path):
+    _mrc(tmp_path / "full.mrc", np.ones((3, 16, 16), np.float32))
+    with open_movie(tmp_path / "full.mrc") as movie:  # the whole file reads
+        assert movie.shape == (3, 16, 16) and movie[2].mean() == 1.0
+    with pytest.raises(ValueError, match=r"cut\.mrc: truncated: .*3 x 16 x 16 values.*incomplete"):
+        open_movie(_cut(tmp_path / "full.mrc", tmp_path / "cut.mrc", 0.9))
+
+
+@pytest.mark.parametrize("rel", ["temul/example_Se_implanted_MoS2.dm3",
+                                 "ncempy/dmTest_3D_int16_64,65,66.dm4",
+                                 "ncempy/16_STOimage_1.ser"])
+@pytest.mark.parametrize("fraction", [0.5, 0.99])
+def test_a_truncated_dm_or_ser_file_says_truncated(tmp_path, rel, fraction):
+    src = real(rel)
+    with pytest.raises(ValueError, match=r"truncated: its header says .* \(an incomplete write or copy\?\)"):
+        open_movie(_cut(src, tmp_path / src.name, fraction))
+
+
+def test_a_damaged_file_keeps_the_library_words_and_says_it_may_be_cut(tmp_path):
+    frames = np.stack([np.full((48, 64, 3), v, np.uint8) for v in (20, 120, 220)])
+    iio.imwrite(tmp_path / "clip.mp4", frames, plugin="pyav", codec="libx264", fps=2)
+    cut = _cut(tmp_path / "clip.mp4", tmp_path / "cut.mp4", 0.5)  # its index (moov) is lost
+    with pytest.raises(ValueError, match=r"cut\.mp4: cannot be read as MP4: .+ \(a truncated or "
+                                         r"damaged file\? an incomplete copy\?\)"):
+        open_movie(cut)
+    (tmp_path / "noise.ser").write_bytes(np.random.default_rng(3).bytes(4000))  # no SER header
+    with pytest.raises(ValueError, match=r"cannot be read as SER: unpack .*\(a truncated or damaged"):
+        open_movie(tmp_path / "noise.ser")
+    (tmp_path / "short.ser").write_bytes(b"II" + bytes(range(7)))  # cut within its header
+    with pytest.raises(ValueError, match=r"short\.ser: truncated: its 9 bytes end within its header"):
+        open_movie(tmp_path / "short.ser")
+
+
+def test_an_emi_without_its_ser_names_the_missing_data_file(tmp_path):
+    emi = real("ncempy/16_STOimage.emi")
+    (tmp_path / emi.name).write_bytes(emi.read_bytes())
+    with pytest.raises(ValueError, match=r"16_STOimage\.emi: its data file 16_STOimage_1\.ser is "
+                                         r"not beside it: copy the \.ser file\(s\) with the \.emi"):
+        open_movie(tmp_path / emi.name)
+
+
+def test_a_folder_of_mixed_frame_sizes_names_the_folder_and_what_to_do(tmp_path):
+    for name, shape in (("f1.png", (16, 20)), ("f2.png", (16, 20)), ("f3.png", (32, 20)),
+                        ("f4.png", (8, 8))):
+        png(tmp_path / "mixed" / name, shape=shape)
+    with pytest.raises(ValueError, match=rf"folder {tmp_path / 'mixed'}: frames differ in shape: "
+                                         r"f1\.png is \(16, 20\) px but f3\.png is \(32, 20\) px "
+                                         r"\(and 1 more file\(s\).*move the files of other sizes out"):
+        open_movie(tmp_path / "mixed")
+
+
+def test_signal_naming_a_1d_signal_says_it_is_no_image():
+    path = real("rosettasciio/digitalmicrograph/2D/multi_signal.dm3")  # HAADF + a 1-D "Plot"
+    with pytest.raises(ValueError, match=r"'Plot' is a 1-D signal \(a spectrum or profile\), not an "
+                                         r"image; the file's only image is 'HAADF'"):
+        open_movie(path, signal="Plot")
+    with open_movie(path, signal="haadf") as movie:
+        assert movie.metadata["signal"] == "HAADF"
+
+
+def test_a_reciprocal_space_calibration_is_named_a_diffraction_pattern_or_fft(tmp_path):
+    path = tmp_path / "fft.tif"
+    tifffile.imwrite(path, fringes(), imagej=True, resolution=(5.0, 5.0), metadata={"unit": "1/nm"})
+    with open_movie(path) as movie:
+        assert movie.calibration.pixel_size_nm is None
+        assert movie.metadata["notes"][0].startswith(
+            "ImageJ x: no usable pixel size: 0.2 1/nm is a reciprocal length: the image is a "
+            "diffraction pattern or FFT")
+        # with --pixel-size the note would go unseen: the warning stays
+        cal = calibrate(movie, pixel_size_nm=0.05, frame_interval_s=None, d_spacing_nm=D003_NM)
+    assert any("calibrated in reciprocal units" in w for w in cal.warnings)
+    # A diffraction pattern shows no fringes to estimate by: the error does not ask for a
+    # pixel size (which would analyse the pattern as a lattice), it asks for an image.
+    noise = tmp_path / "dp.tif"
+    tifffile.imwrite(noise, np.random.default_rng(0).random((128, 128)).astype(np.float32), imagej=True,
+                     resolution=(5.0, 5.0), metadata={"unit": "1/nm"})
+    with open_movie(noise) as movie, pytest.raises(ValueError, match="pass a real-space image$"):
+        calibrate(movie, pixel_size_nm=None, frame_interval_s=None, d_spacing_nm=D003_NM)
+
+
+def test_an_imagej_z_stack_is_analysed_with_a_warning_that_its_axis_is_not_time(tmp_path):
+    data = np.stack([fringes()] * 3)
+    tifffile.imwrite(tmp_path / "z.tif", data, imagej=True, resolution=(20.0, 20.0),
+                     metadata={"axes": "ZYX", "unit": "nm", "spacing": 0.5})
+    with open_movie(tmp_path / "z.tif") as movie:
+        assert movie.shape == (3, 128, 128)
+        cal = calibrate(movie, pixel_size_nm=None, frame_interval_s=None, d_spacing_nm=D003_NM)
+    said = [w for w in cal.warnings if w.startswith("the stack's third axis is z, not time")]
+    assert said and "ImageJ 'slices' without 'frames'" in said[0]
+    # no advice to make it a time series
+    assert "no frame interval: velocities in per-frame units" in cal.warnings
+    tifffile.imwrite(tmp_path / "t.tif", data, imagej=True, metadata={"axes": "TYX"})
+    with open_movie(tmp_path / "t.tif") as movie:  # a time series says nothing of the kind
+        assert not any("third axis" in w for w in movie.calibration.warnings)
+
+
+def test_a_dm_stack_along_z_in_micrometres_warns_that_its_axis_is_not_time():
+    with open_movie(real("ncempy/dmTest_3D_int16_64,65,66.dm4")) as movie:  # z 4 µm
+        assert movie.shape[0] == 66
+        assert any(w.startswith("the stack's third axis is z, not time (axis 'z' in um")
+                   for w in movie.calibration.warnings)
+
+
+def test_uncalibrated_tiff_and_png_say_so_in_their_notes(tmp_path):
+    tifffile.imwrite(tmp_path / "plain.tif", fringes())
+    png(tmp_path / "plain.png", 100)
+    with open_movie(tmp_path / "plain.tif") as tif, open_movie(tmp_path / "plain.png") as image:
+        assert tif.calibration.notes == (
+            "no calibration in the TIFF's tags (OME, ImageJ, vendor or resolution)",)
+        assert image.calibration.notes == ("no calibration in PNG files",)
+    tifffile.imwrite(tmp_path / "ij.tif", fringes(), imagej=True, resolution=(20.0, 20.0),
+                     metadata={"unit": "nm"})
+    with open_movie(tmp_path / "ij.tif") as tif:  # calibrated: nothing to say
+        assert tif.calibration.notes == ()
+
+
+def test_opening_an_mrc_leaves_no_resource_warning(tmp_path, recwarn):
+    import gc
+    import warnings
+
+    _mrc(tmp_path / "m.mrc", np.zeros((2, 16, 16), np.float32))
+    warnings.simplefilter("always", ResourceWarning)
+    with open_movie(tmp_path / "m.mrc") as movie:
+        movie[0]
+    gc.collect()
+    assert not [w for w in recwarn if issubclass(w.category, ResourceWarning)]
