@@ -590,3 +590,60 @@ def moire_ripples(
             "coarser_resolution_nm": float(np.ceil(2 * coarser) / 2),
         })
     return sorted(found, key=lambda r: -r["amplitude"])
+
+
+def strain_noise(image: np.ndarray, g: np.ndarray, *, pixel_size_nm: float,
+                 resolution_nm: float) -> dict[str, float]:
+    """The rms that image noise alone puts into each strain map: the noise floor below
+    which a map's values are not strain.
+
+    The noise's power is taken from the image's spectrum on each reflection's ring
+    (``|k| = |g|`` within 2 mask widths, away from ``+-g1, +-g2``): its median over
+    ln 2, as the power of complex Gaussian noise is exponentially distributed. Carried
+    through the mask and the phase gradient (``2 pi (k - g)``) to the phase-gradient
+    variance, divided by twice the lattice signal ``|H_g|^2`` (its median), and through
+    ``G^-1`` to the distortion, components taken independent.
+
+    Parameters
+    ----------
+    image : ndarray, shape (H, W)
+        The lattice image the maps were made from.
+    g : array_like, shape (2, 2)
+        The two reflections ``(gx, gy)`` [1/nm] (`strain_maps`' ``"g"``).
+    pixel_size_nm, resolution_nm : float
+        As given to `strain_maps`.
+
+    Returns
+    -------
+    dict
+        ``exx, eyy, exy, omega``: the rms of each map from noise alone (strain, or rad).
+
+    Notes
+    -----
+    On 256² perfect LiNiO2 frames (HRTEM and STEM, 200-5000 e/A^2, two in-plane angles)
+    the estimate was 0.9-1.1 times the maps' measured rms.
+    """
+    spectrum = _spectrum(image)
+    power = np.abs(spectrum) ** 2
+    gmat = np.asarray(g, dtype=float).reshape(2, 2)
+    kx, ky = _frequencies(spectrum.shape, pixel_size_nm)
+    sigma_k = _sigma_k(resolution_nm)
+    clear = np.ones(spectrum.shape, bool)
+    for gi in gmat:
+        for sign in (1, -1):
+            clear &= np.hypot(_wrap(kx - sign * gi[0], pixel_size_nm),
+                              _wrap(ky - sign * gi[1], pixel_size_nm)) > 3 * sigma_k
+    n = spectrum.size
+    variance = np.empty((2, 2))  # [i, k]: of dP_i / dx_k
+    for i, gi in enumerate(gmat):
+        ring = clear & (np.abs(np.hypot(kx, ky) - np.hypot(*gi)) < 2 * sigma_k)
+        noise = float(np.median(power[ring])) / np.log(2) if ring.any() else 0.0
+        dkx, dky = _wrap(kx - gi[0], pixel_size_nm), _wrap(ky - gi[1], pixel_size_nm)
+        mask2 = np.exp(-(dkx**2 + dky**2) / sigma_k**2)  # the Gaussian mask, squared
+        signal = float(np.median(np.abs(fft.ifft2(spectrum * np.sqrt(mask2))) ** 2))
+        for k, dk in enumerate((dkx, dky)):
+            variance[i, k] = (np.sum((2 * np.pi * dk) ** 2 * mask2) * noise / (2 * n**2 * signal)
+                              if signal > 0 else np.inf)
+    d = np.einsum("ji,ik->jk", np.linalg.inv(gmat) ** 2, variance) / (2 * np.pi) ** 2
+    shear = float(np.sqrt((d[0, 1] + d[1, 0]) / 4))
+    return {"exx": float(np.sqrt(d[0, 0])), "eyy": float(np.sqrt(d[1, 1])), "exy": shear, "omega": shear}

@@ -14,7 +14,7 @@ from matplotlib.figure import Figure
 
 from dislotrack.infer.calibration import Calibration
 from dislotrack.infer.figures import save_figure, scale_bar
-from dislotrack.infer.gpa import NoReflectionError, find_reflections, moire_ripples, strain_maps
+from dislotrack.infer.gpa import NoReflectionError, find_reflections, moire_ripples, strain_maps, strain_noise
 from dislotrack.infer.interface import option
 from dislotrack.infer.lattice import D_SPACING_TOLERANCE
 from dislotrack.infer.overlays import shows_nothing
@@ -105,6 +105,7 @@ class StrainWriter:
         self.ps_source = pixel_size_source  # the scale bar says "est." for an estimate
         self.reference = reference
         self.ripples: list[dict] = []
+        self.noise: dict[str, float] | None = None  # `strain_noise` of the first maps
         meta: dict = {"unit": "nm", "axes": "TYX"}
         if frame_interval_s:
             meta["finterval"] = frame_interval_s
@@ -157,6 +158,7 @@ class StrainWriter:
         if self.first is None:
             self.first = (index, frame, {k: m[k] for k in COMPONENTS}, detections)
             self._check_ripples(index, frame, m)
+            self.noise = strain_noise(frame, m["g"], pixel_size_nm=self.ps, resolution_nm=self.res)
 
     def _check_ripples(self, index: int, frame: np.ndarray, maps: dict) -> None:
         # An aliased reflection inside a mask makes regular stripes that look like strain
@@ -208,6 +210,9 @@ class StrainWriter:
             "axes": AXES_NOTE,
             "components": {COMPONENTS[k]: v for k, v in MEANINGS.items()},
             "border_px": border_width_px(self.res, self.ps),
+            # The rms image noise alone gives each map (first frame with maps): below it,
+            # a map's values are not strain.
+            "noise_rms": None if self.noise is None else {COMPONENTS[k]: v for k, v in self.noise.items()},
             "moire_ripples": [{k: (list(v) if isinstance(v, tuple) else v) for k, v in r.items()}
                               for r in self.ripples],
         }
@@ -252,7 +257,7 @@ class StrainWriter:
             f"to {ref};\nω > 0 counter-clockwise as displayed; grey: not measured (1 "
             f"filter width at the edges, and where a reflection is weak, e.g. rock salt){ripple}"),
             calibration=Calibration(pixel_size_nm=self.ps, pixel_size_source=self.ps_source),
-            frame_index=index)
+            frame_index=index, noise=self.noise)
         save_figure(fig, path, dpi=110)
 
 
@@ -262,7 +267,7 @@ WIDE_ASPECT = 2.5
 
 def strain_figure(frame: np.ndarray, maps: dict[str, np.ndarray], cores: pd.DataFrame, *,
                   title: str = "", calibration: Calibration | None = None,
-                  frame_index: int | None = None) -> plt.Figure:
+                  frame_index: int | None = None, noise: dict[str, float] | None = None) -> plt.Figure:
     """The image and its strain maps as equal panels, cores marked on each.
 
     Panels sit in a row, or in a column for frames `WIDE_ASPECT` times wider than tall;
@@ -284,6 +289,10 @@ def strain_figure(frame: np.ndarray, maps: dict[str, np.ndarray], cores: pd.Data
         With a pixel size: a scale bar on the image.
     frame_index : int, optional
         The frame shown, named over the image.
+    noise : dict, optional
+        Each map's rms from image noise alone (`dislotrack.infer.gpa.strain_noise`): named
+        in its title, and its colour scale spans at least `NOISE_SPAN` times it, so that
+        noise on a perfect lattice does not fill the colour bar.
 
     Returns
     -------
@@ -327,8 +336,12 @@ def strain_figure(frame: np.ndarray, maps: dict[str, np.ndarray], cores: pd.Data
     strains = [v for k, v in maps.items() if k != "omega"]
     for ax, (k, v) in zip(axes[1:], maps.items(), strict=True):
         lim = _colour_limit(strains if k != "omega" else [v])
+        if noise is not None:
+            group = [c for c in maps if c != "omega"] if k != "omega" else [k]
+            lim = max(lim, NOISE_SPAN * max(noise[c] for c in group))
         im = ax.imshow(v, cmap=diverging, vmin=-lim, vmax=lim)
-        ax.set_title({"exx": "εxx", "eyy": "εyy", "exy": "εxy", "omega": "ω (rad)"}[k])
+        name = {"exx": "εxx", "eyy": "εyy", "exy": "εxy", "omega": "ω (rad)"}[k]
+        ax.set_title(name if noise is None else f"{name}, noise ±{noise[k]:.1g} rms")
         bar = fig.colorbar(im, cax=ax.inset_axes((1.03, 0.0, 0.04 if not column else 0.015, 1.0)))
         bar.set_label(COLOUR_BAR_LABELS[k])
     for ax in axes:
@@ -340,6 +353,10 @@ def strain_figure(frame: np.ndarray, maps: dict[str, np.ndarray], cores: pd.Data
     if title:
         fig.suptitle(title, fontsize=10, wrap=True)
     return fig
+
+
+#: strain.png's colour scales span at least this many times a map's noise rms.
+NOISE_SPAN = 3.0
 
 
 def _colour_limit(maps: list[np.ndarray]) -> float:

@@ -171,3 +171,33 @@ def test_strain_figure_circles_are_black_on_white_and_bars_are_labelled():
         assert to_rgba(white.get_markeredgecolor()) == to_rgba("white")  # the rim, under
     labels = [bar.get_ylabel() for ax in fig.axes[1:] for bar in ax.child_axes]  # inset bars
     assert labels == ["strain", "strain", "strain", "ω (rad)"]
+
+
+# Finding 12: the noise floor, said (a perfect noisy lattice filled strain.png's colour bar).
+@pytest.mark.parametrize(("rotation_deg", "dose"), [(0.0, 1000.0), (20.0, 200.0)])
+def test_the_noise_estimate_matches_the_maps_rms_on_a_perfect_noisy_lattice(rotation_deg, dose):
+    from dislotrack.infer.gpa import strain_noise
+
+    frame = stem_frame(rotation_deg, dose=dose, seed=3)
+    g = find_reflections(frame, pixel_size_nm=PS, layered=True)
+    maps = strain_maps(frame, g[0], g[1], pixel_size_nm=PS, resolution_nm=1.0, mask_border=True)
+    estimate = strain_noise(frame, maps["g"], pixel_size_nm=PS, resolution_nm=1.0)
+    for k in COMPONENTS:
+        measured = float(np.nanstd(maps[k][20:-20, 20:-20]))
+        assert 0.8 < estimate[k] / measured < 1.3, (k, estimate[k], measured)
+
+
+def test_the_noise_floor_is_recorded_and_drawn(tmp_path):
+    frame = stem_frame(0.0, dose=500.0, seed=4)
+    writer = write_strain(tmp_path, frame)
+    noise = writer.settings()["noise_rms"]
+    assert set(noise) == {"strain_exx", "strain_eyy", "strain_exy", "rotation_rad"}
+    assert 1e-3 < noise["strain_exx"] < 2e-2  # a noisy frame's floor, not zero
+    writer.figure(tmp_path / "strain.png")
+    maps = {k: tifffile.imread(tmp_path / f"{name}.tif") for k, name in COMPONENTS.items()}
+    fig = strain_figure(frame, maps, NO_CORES, noise=writer.noise)
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert titles[1].startswith("εxx, noise ±")
+    # The colour scale spans at least 3 noise rms: noise alone stays pale.
+    (image,) = fig.axes[1].images
+    assert image.get_clim()[1] >= 3 * max(writer.noise[k] for k in ("exx", "eyy", "exy")) - 1e-12
