@@ -621,7 +621,7 @@ def strain_noise(image: np.ndarray, g: np.ndarray, *, pixel_size_nm: float,
     Notes
     -----
     On 256² perfect LiNiO2 frames (HRTEM and STEM, 200-5000 e/A^2, two in-plane angles)
-    the estimate was 0.9-1.1 times the maps' measured rms.
+    the estimate was 0.8-1.2 times the maps' measured rms (median 1.04, 48 maps).
     """
     spectrum = _spectrum(image)
     power = np.abs(spectrum) ** 2
