@@ -192,6 +192,7 @@ def trajectories_figure(res: AnalysisResult) -> plt.Figure:
     if res.first_frame is not None:  # numbers only for tracks that start in the field shown
         starts = [(p, x, y) for p, x, y in starts if edge_distance_px(x, y, res.first_frame.shape) >= 0]
     _track_numbers(ax, starts, res.first_frame, image_w, ends)
+    handles, labels = [], []
     if starts:  # neutral proxies: a marker's colour is its track's
         first = "core, h tick" if res.shape[0] == 1 else "start, h tick"
         # As drawn: a dot with a tick out of it on one side, white-rimmed.
@@ -203,9 +204,10 @@ def trajectories_figure(res: AnalysisResult) -> plt.Figure:
             handles.append(plt.Line2D([], [], ls="none", marker=END_MARKERS[f], ms=7,
                                       mfc="none" if "rocksalt" in f else "0.6", mec="k"))
             labels.append(END_LABELS[f])
-        if rock_salt:
-            handles.append(plt.Line2D([], [], color=_CYAN / 255, lw=1.0))
-            labels.append("rock salt (frame 0)")
+    if rock_salt:  # also without tracks: the outline needs its key
+        handles.append(plt.Line2D([], [], color=_CYAN / 255, lw=1.0))
+        labels.append("rock salt (frame 0)")
+    if handles:
         fig.legend(handles, labels, loc="outside lower center", ncol=min(len(handles), 4),
                    fontsize=8, frameon=False)
     if res.first_frame is not None:  # frame 0's field: drift carries some tracks beyond it

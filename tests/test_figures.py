@@ -124,6 +124,9 @@ def test_trajectories_outline_frame_0s_rock_salt_and_name_it():
     no_rs = figures.trajectories_figure(replace(res, first_mask=np.zeros((64, 64), bool)))
     assert not [c for c in no_rs.axes[0].collections if isinstance(c, ContourSet)]
     assert "rock salt (frame 0)" not in [t.get_text() for t in no_rs.legends[0].get_texts()]
+    no_tracks = replace(res, tracks=res.tracks.iloc[:0], track_summary=res.track_summary.iloc[:0])
+    (legend,) = figures.trajectories_figure(no_tracks).legends  # the outline keeps its key
+    assert [t.get_text() for t in legend.get_texts()] == ["rock salt (frame 0)"]
 
 
 def test_every_trajectory_end_marker_fits_in_the_figure():
