@@ -1,7 +1,6 @@
 """Training: the loop learns, configs run, augmentation keeps labels, seeding."""
 
 import json
-import logging
 import warnings
 
 import albumentations as A
@@ -371,15 +370,16 @@ _TINY_RUN = ["--model.net.init_args.config.base_channels=4", "--model.net.init_a
              "--trainer.max_epochs=1", "--trainer.enable_progress_bar=false"]
 
 
-def test_a_checkpoint_exports_as_a_model_and_refuses_another_network(tmp_path, capsys, caplog):
+def test_a_checkpoint_exports_as_a_model_and_refuses_another_network(tmp_path, capsys):
     from dislotrack.infer.cli import main
     from dislotrack.models.io import load_lightning_checkpoint, load_model
 
     run = ["--config", "cpu", *_TINY_RUN, "--trainer.default_root_dir", str(tmp_path / "r")]
-    # --ckpt_path last on a first submission: a fresh start, said in our words.
-    with caplog.at_level(logging.INFO):
+    # --ckpt_path last finding nothing outside SLURM (a mistyped root?): a fresh start, warned.
+    with pytest.warns(UserWarning, match=r"--ckpt_path last: no last.ckpt yet under .*, so a new run "
+                                         r"starts from scratch \(outside a SLURM job: check "
+                                         r"--trainer.default_root_dir if you meant to resume one\)"):
         assert main(["train", "fit", *run, "--ckpt_path", "last"]) == 0
-    assert "no last.ckpt yet under" in caplog.text
     last = tmp_path / "r" / "checkpoints" / "last.ckpt"
     capsys.readouterr()
     assert main(["train", "export", str(last), "--out", str(tmp_path / "mine")]) == 0

@@ -31,7 +31,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from dislotrack.train.datamodule import SyntheticDataModule
-from dislotrack.train.errors import TrainConfigError, with_suggestion
+from dislotrack.train.errors import TrainConfigError, is_unsafe_pickle, unpickling_refusal, with_suggestion
 from dislotrack.train.export import CALIBRATE_FIRST, ExportModel, export_checkpoint
 from dislotrack.train.module import DislocationModule
 from dislotrack.train.progress import EpochLines, bar_is_seen
@@ -202,6 +202,34 @@ def requeued_checkpoint(ckpt_path: str | None, root: str | Path, dirpath: str | 
     return None
 
 
+def slurm_mismatch(message: str) -> str | None:
+    """One line, naming dislotrack's options, for Lightning's error where the SLURM job
+    does not match the config's devices or nodes (its hint names Python arguments); None
+    for other errors.
+
+    Examples
+    --------
+    >>> print(slurm_mismatch("You set `num_nodes=2` in Lightning, but the number of nodes configured "
+    ...                      "in SLURM `--nodes=1` does not match. HINT: Set `num_nodes=1`."))
+    the SLURM job has 1 node (#SBATCH --nodes=1) but --trainer.num_nodes is 2: pass --trainer.num_nodes 1, ...
+    """
+    if found := re.search(r"`devices=(\d+)`.*`--ntasks-per-node=(\d+)`", message):
+        asked, tasks = found.groups()
+        return (f"the SLURM job runs {tasks} task{'s' * (tasks != '1')} per node (#SBATCH "
+                f"--ntasks-per-node={tasks}) but --trainer.devices is {asked}: pass --trainer.devices "
+                f"{tasks}, or change the sbatch script (--ntasks-per-node and --gpus-per-node)")
+    if found := re.search(r"`num_nodes=(\d+)`.*`--nodes=(\d+)`", message):
+        asked, nodes = found.groups()
+        return (f"the SLURM job has {nodes} node{'s' * (nodes != '1')} (#SBATCH --nodes={nodes}) but "
+                f"--trainer.num_nodes is {asked}: pass --trainer.num_nodes {nodes}, or change the "
+                "sbatch script")
+    if found := re.search(r"`--ntasks=(\d+)` in your SLURM", message):
+        return (f"#SBATCH --ntasks={found[1]}: Lightning needs --nodes and --ntasks-per-node instead "
+                "(README: Training, the sbatch script), with --trainer.num_nodes and "
+                "--trainer.devices equal to them")
+    return None
+
+
 def missing_last_checkpoint(ckpt_path: str | None, dirpath: str | None) -> str | None:
     """Why ``--ckpt_path last`` cannot be honoured, else None.
 
@@ -335,6 +363,11 @@ class DislotrackCLI(LightningCLI):
             kwargs["callbacks"] = [*given, EpochLines()]
         try:
             return super().instantiate_trainer(**kwargs)
+        except (ValueError, RuntimeError) as err:  # SLURM's job does not fit the config
+            why = slurm_mismatch(str(err))
+            if why is None:
+                raise
+            raise TrainConfigError(why) from None
         except ModuleNotFoundError as err:  # an accelerator's package (TPU: torch_xla) missing
             if "torch_xla" not in str(err):
                 raise
@@ -411,10 +444,60 @@ class DislotrackCLI(LightningCLI):
             super()._parse_ckpt_path()
         except pickle.UnpicklingError as err:
             path = self.config[self.config.subcommand].get("ckpt_path")
-            raise TrainConfigError(
-                f"--ckpt_path {path} holds objects other than tensors and plain containers, "
-                "which dislotrack never unpickles (weights_only=True): use a checkpoint saved by "
-                f"dislotrack train ({str(err).splitlines()[0]})") from None
+            raise TrainConfigError(unpickling_refusal(f"--ckpt_path {path}", err)) from None
+
+    def _prepare_subcommand_kwargs(self, subcommand: str) -> dict[str, Any]:
+        """LightningCLI's arguments of ``trainer.fit`` (validate, test), with
+        ``weights_only=True`` always: Lightning passes None for ``last`` and ``hpc``, which
+        ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` turns into an unpickling load (code in a
+        checkpoint would run)."""
+        kwargs = super()._prepare_subcommand_kwargs(subcommand)
+        kwargs["weights_only"] = True
+        return kwargs
+
+    def _check_weights_only(self) -> None:
+        """Raises `TrainConfigError` for ``--weights_only false`` (LightningCLI offers it, as
+        an argument of ``trainer.fit``): dislotrack never unpickles a checkpoint."""
+        if self.config[self.subcommand].get("weights_only") is False:
+            raise TrainConfigError("--weights_only false: dislotrack reads checkpoints with "
+                                   "weights_only=True only (unpickling one can run any code); "
+                                   "leave the option out and use a checkpoint saved by dislotrack train")
+
+    def fit(self, **kwargs: Any) -> None:
+        """``trainer.fit``, in one line where a checkpoint that ``weights_only=True`` refuses
+        (``last``, a requeued job's ``hpc_ckpt_N.ckpt``: files Lightning picks) or a SLURM
+        job that does not fit the config stops it (`_run_trainer`)."""
+        with warnings.catch_warnings():
+            if self._restores_checkpoint():  # README's resume: the run's own checkpoints are there
+                warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+            self._run_trainer(self.trainer.fit, **kwargs)
+
+    def validate(self, **kwargs: Any) -> None:
+        """``trainer.validate``, its set-up errors in one line (`fit`)."""
+        self._run_trainer(self.trainer.validate, **kwargs)
+
+    def test(self, **kwargs: Any) -> None:
+        """``trainer.test``, its set-up errors in one line (`fit`)."""
+        self._run_trainer(self.trainer.test, **kwargs)
+
+    def _run_trainer(self, run: Any, **kwargs: Any) -> None:
+        """``run(**kwargs)`` (``trainer.fit``, ...), raising `TrainConfigError` (one line)
+        for a SLURM job that does not fit the config, and for a checkpoint that holds
+        pickled objects, named as given and as Lightning resolved it."""
+        try:
+            run(**kwargs)
+        except (ValueError, RuntimeError) as err:  # DDP's launcher checks the SLURM job
+            why = slurm_mismatch(str(err))
+            if why is None:
+                raise
+            raise TrainConfigError(why) from None
+        except pickle.UnpicklingError as err:
+            if not is_unsafe_pickle(err):
+                raise
+            asked = kwargs.get("ckpt_path")
+            loaded = self.trainer.ckpt_path  # the file Lightning resolved "last" or "hpc" to
+            what = f"--ckpt_path {asked}" + (f" ({loaded})" if loaded and str(loaded) != str(asked) else "")
+            raise TrainConfigError(unpickling_refusal(what, err)) from None
 
     def _check_checkpoint(self) -> None:
         """Raises `TrainConfigError` for an exported model given as ``--ckpt_path`` (torch
@@ -551,6 +634,7 @@ class DislotrackCLI(LightningCLI):
             rank_zero_info("resuming from the checkpoint saved when SLURM signalled the time "
                            "limit (hpc_ckpt_N.ckpt), newer than last.ckpt")
             self.config_init[self.subcommand]["ckpt_path"] = self.config[self.subcommand]["ckpt_path"] = hpc
+        self._check_weights_only()
         self._check_sizes()
         self._check_pixel_size()
         self._check_checkpoint()
@@ -559,8 +643,12 @@ class DislotrackCLI(LightningCLI):
                                    getattr(self.trainer.checkpoint_callback, "dirpath", None)):
             # A first submission of a requeued job (README: SLURM); Lightning's own warning
             # (filtered in `train_main`) would advise a save_last the configs already have.
-            rank_zero_info("--ckpt_path last: no last.ckpt yet under "
-                           f"{self.trainer.checkpoint_callback.dirpath}, so training starts fresh")
+            fresh = f"--ckpt_path last: no last.ckpt yet under {self.trainer.checkpoint_callback.dirpath}, "
+            if SLURMEnvironment.detect():
+                rank_zero_info(fresh + "so training starts fresh")
+            else:  # by hand, most likely a mistyped root: say it before a whole run goes
+                rank_zero_warn(fresh + "so a new run starts from scratch (outside a SLURM job: "
+                               "check --trainer.default_root_dir if you meant to resume one)")
         self._check_nodes()
         self._check_sync_batchnorm()
         self._check_outputs()
@@ -570,6 +658,7 @@ class DislotrackCLI(LightningCLI):
 
     def before_validate(self) -> None:
         """Raises FileNotFoundError if ``--ckpt_path last`` finds no ``last.ckpt``."""
+        self._check_weights_only()
         self._check_sizes()
         self._check_pixel_size()
         self._check_checkpoint()

@@ -138,6 +138,10 @@ class SyntheticStream(IterableDataset):
         self.epoch = 0
         self.rank = 0
         self.world_size = 1
+        #: The epoch's first batch to yield: > 0 where a run resumes in mid-epoch.
+        self.start_batch = 0
+        #: (epoch, batches trained) of a checkpoint a fit resumes from, until applied.
+        self.resume_at: tuple[int, int] | None = None
 
     def __len__(self) -> int:
         # Lets Lightning size the epoch (progress bar, LR schedule).
@@ -152,17 +156,27 @@ class SyntheticStream(IterableDataset):
     def __iter__(self):
         info = get_worker_info()
         worker, n_workers = (info.id, info.num_workers) if info else (0, 1)
-        ss = stream_seed(self.seed, self.epoch, self.rank, worker)
+        # A resumed epoch (start_batch k) goes on with batch k: the loader takes batch j
+        # from worker j % n_workers, so worker w plays the stream of worker (w + k) % n.
+        role = (worker + self.start_batch) % n_workers
+        ss = stream_seed(self.seed, self.epoch, self.rank, role)
         rng = np.random.default_rng(ss)
         transform = (build_transform(seed=int(ss.generate_state(1)[0]))
                      if self.augment else None)
-        n = worker_quota(self.samples_per_epoch, self.batch_size, worker, n_workers)
+        n = worker_quota(self.samples_per_epoch, self.batch_size, role, n_workers)
+        # The batches this stream gave before start_batch: drawn again (their generator and
+        # augmentation draws) but not returned, so the rest is the uninterrupted epoch's.
+        skip = len(range(role, self.start_batch, n_workers)) * self.batch_size
         produced = 0
         while produced < n:
             for s in make_samples(rng, self.config, n_variants=self.n_variants):
                 if produced >= n:
                     break
-                yield sample_to_item(s, transform=transform, ignore_hidden=self.ignore_hidden)
+                if produced < skip:
+                    if transform is not None:  # its random draws, in order
+                        augment(transform, to_unit_range(s.image), s.cores, s.rs_mask)
+                else:
+                    yield sample_to_item(s, transform=transform, ignore_hidden=self.ignore_hidden)
                 produced += 1
 
 

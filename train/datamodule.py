@@ -27,22 +27,63 @@ def _single_threaded_worker(worker_id: int) -> None:
 
 
 class EpochLoader(DataLoader):
-    """A DataLoader that calls ``before_iter`` each time an epoch's iterator is made.
+    """A DataLoader that calls ``before_iter`` each time an epoch's iterator is made, and
+    that Lightning resumes in mid-epoch (a loader with ``state_dict`` / ``load_state_dict``).
 
     Lightning makes the training loader once unless ``reload_dataloaders_every_n_epochs``
     is set, and an ``IterableDataset`` has no sampler for it to ``set_epoch``: the hook
     brings the stream up to the current epoch (seeds, curriculum) whatever the trainer's
     settings. Loader workers start at each ``iter`` (``persistent_workers`` False), so
     they copy the updated stream.
+
+    Each checkpoint keeps ``state()``; a resumed fit hands it to ``load_state`` before it
+    makes the iterator (a job SLURM requeued had drawn its part-epoch's samples again).
     """
 
-    def __init__(self, *args, before_iter: Callable[[], None], **kwargs) -> None:
+    def __init__(self, *args, before_iter: Callable[[], None],
+                 state: Callable[[], dict[str, int]] | None = None,
+                 load_state: Callable[[dict[str, int]], None] | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.before_iter = before_iter
+        self._state, self._load_state = state, load_state
 
     def __iter__(self) -> Iterator:
         self.before_iter()
         return super().__iter__()
+
+    def state_dict(self) -> dict[str, int]:
+        """Saved by Lightning in each checkpoint (its fit loop's ``combined_loader``)."""
+        return self._state() if self._state is not None else {}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        """Called by Lightning when a fit resumes, before it makes the epoch's iterator."""
+        if self._load_state is not None:
+            self._load_state(state_dict)
+
+
+def batches_done(trainer: L.Trainer | None) -> int:
+    """The batches of the current training epoch that a fit restarted from a checkpoint
+    saved now counts as trained: Lightning's fit loop goes on with the next one.
+
+    Parameters
+    ----------
+    trainer : lightning.Trainer or None
+
+    Returns
+    -------
+    int
+        0 without a trainer.
+    """
+    if trainer is None:
+        return 0
+    progress = trainer.fit_loop.epoch_loop.batch_progress
+    done, total = progress.current.completed, progress.total
+    # Saved in on_train_batch_end (a callback, or SLURM's signal then): that batch was
+    # trained, and the restart counts it (Lightning's RESTARTED_ON_TRAIN_BATCH_END).
+    if (total.started == total.ready and total.processed == total.started
+            and total.completed == total.processed - 1):
+        done += 1
+    return done
 
 
 #: Doses [e/A^2] cycled through the fixed validation/test sets.
@@ -176,11 +217,14 @@ class SyntheticDataModule(L.LightningDataModule):
         # Read again at each epoch's start, so that a loader made once (no
         # reload_dataloaders_every_n_epochs: a custom config, the Python API) still
         # draws new samples each epoch and advances the curriculum.
-        return self._loader(ds, loader=EpochLoader, before_iter=partial(self._to_current_epoch, ds))
+        return self._loader(ds, loader=EpochLoader, before_iter=partial(self._to_current_epoch, ds),
+                            state=partial(self._stream_state, ds),
+                            load_state=partial(self._resume_stream, ds))
 
     def _to_current_epoch(self, ds: SyntheticStream) -> None:
         """Set ``ds`` to the trainer's current epoch and rank (epoch 0 without a trainer):
-        each epoch and rank draws its own stream, at that epoch's curriculum stage."""
+        each epoch and rank draws its own stream, at that epoch's curriculum stage; a
+        resumed epoch goes on where its checkpoint was saved (`_resume_stream`)."""
         hp = self.hparams
         trainer = self.trainer
         epoch = trainer.current_epoch if trainer is not None else 0
@@ -188,6 +232,19 @@ class SyntheticDataModule(L.LightningDataModule):
         ds.set_epoch(epoch)
         if trainer is not None:
             ds.set_rank(trainer.global_rank, trainer.world_size)
+        resume, ds.resume_at = ds.resume_at, None  # once: the next epoch starts at 0
+        n_batches = -(-hp.samples_per_epoch // hp.batch_size)
+        ds.start_batch = resume[1] if resume and resume[0] == epoch and 0 < resume[1] < n_batches else 0
+
+    def _stream_state(self, ds: SyntheticStream) -> dict[str, int]:
+        """What a checkpoint keeps of the training stream: its epoch, and how many of that
+        epoch's batches a restart counts as trained (`batches_done`)."""
+        return {"epoch": ds.epoch, "batches_done": batches_done(self.trainer)}
+
+    def _resume_stream(self, ds: SyntheticStream, state: dict[str, int]) -> None:
+        """A checkpoint's `_stream_state`: where its epoch goes on (applied when the
+        iterator is made, as the epoch is then known)."""
+        ds.resume_at = (int(state.get("epoch", -1)), int(state.get("batches_done", 0)))
 
     def val_dataloader(self) -> DataLoader:
         hp = self.hparams

@@ -60,3 +60,44 @@ def with_suggestion(message: str, options: Sequence[str]) -> str:
             close.append(names[match[0]])
     hint = f" (did you mean {' or '.join(close)}?)" if close else ""
     return f"{first.rstrip('.')}{hint}; --help lists the options"
+
+
+def unpickling_refusal(what: str, error: BaseException | str) -> str:
+    """One line refusing the checkpoint ``what`` that ``torch.load(weights_only=True)``
+    would not read: it names the global torch blocked, and leaves out torch's advice to
+    load the file with ``weights_only=False`` (which would run the pickled code).
+
+    Parameters
+    ----------
+    what : str
+        How the checkpoint was named, e.g. ``--ckpt_path last (runs/cpu/checkpoints/last.ckpt)``.
+    error : BaseException or str
+        torch's ``UnpicklingError`` (or its text).
+
+    Returns
+    -------
+    str
+
+    Examples
+    --------
+    >>> print(unpickling_refusal("x.ckpt", "Weights only load failed. ... weights_only set to False "
+    ...       "...\\n\\nTrying to load unsupported GLOBAL posix.system whose module posix is blocked."))
+    x.ckpt holds objects other than tensors and plain containers (posix.system), which dislotrack ...
+    """
+    text = str(error)
+    found = re.search(r"GLOBAL ([\w.]+)", text)
+    if found:
+        detail = found[1]
+    else:  # the reason below torch's first paragraph, never its advice to load unsafely
+        lines = [ln.strip() for ln in text.splitlines()[1:]
+                 if ln.strip() and "weights_only" not in ln and not ln.startswith("Check the documentation")]
+        detail = lines[0] if lines else ""
+    return (f"{what} holds objects other than tensors and plain containers"
+            f"{f' ({detail})' if detail else ''}, which dislotrack never unpickles "
+            "(weights_only=True): use a checkpoint saved by dislotrack train")
+
+
+def is_unsafe_pickle(error: BaseException) -> bool:
+    """Whether ``error`` is torch's refusal of a checkpoint that ``weights_only=True``
+    cannot read (not some other unpickling failure)."""
+    return type(error).__name__ == "UnpicklingError" and "Weights only load failed" in str(error)

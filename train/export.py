@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import pickle
 import time
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from dislotrack.data_gen.conventions import CANONICAL_PIXEL_SIZE_NM
 from dislotrack.models.io import load_lightning_checkpoint, model_paths, refuse_existing_model, save_model
 from dislotrack.models.unet import UNet, UNetConfig
+from dislotrack.train.errors import is_unsafe_pickle, unpickling_refusal
 from dislotrack.train.module import ARCHITECTURE_KEY, INIT_FROM_KEY, INIT_FROM_TRAINING_KEY
 
 #: Appended to the export's path under ``--trainer.fast_dev_run``.
@@ -89,6 +91,8 @@ class ExportModel(L.Callback):
             generator=dict(dm.hparams) if dm is not None else {}, module=dict(pl_module.hparams),
             training={"recipe": self.recipe, "command": self.command, "epochs": trainer.current_epoch,
                       "steps": trainer.global_step,
+                      # DDP processes: the global batch is world_size x data batch_size
+                      "world_size": trainer.world_size,
                       "wall_time_s": self._earlier_s + time.time() - self._t0,  # resumed runs too
                       **({"init_from_sha256": pl_module.init_from_sha256}
                          if getattr(pl_module, "init_from_sha256", None) else {}),
@@ -161,7 +165,11 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, *, config: str | 
         raise FileNotFoundError(f"{path}: no such checkpoint")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # not a torch file, or pickled objects
+    except pickle.UnpicklingError as err:  # pickled objects: name them, never advise unpickling
+        if is_unsafe_pickle(err):
+            raise ValueError(unpickling_refusal(str(path), err)) from None
+        raise ValueError(f"{path} is not a checkpoint that loads with weights_only=True: {err}") from None
+    except Exception as err:  # not a torch file
         raise ValueError(f"{path} is not a checkpoint that loads with weights_only=True: {err}") from None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise ValueError(f"{path} is not a Lightning checkpoint (no 'state_dict' entry)")

@@ -68,6 +68,8 @@ INIT_FROM_TRAINING_KEY = "dislotrack_init_from_training"
 #: A checkpoint's entry holding the settings that set the learning-rate schedule's length
 #: (`DislocationModule.schedule_settings`): a resume that changed one names it.
 SCHEDULE_KEY = "dislotrack_schedule_settings"
+#: The `SCHEDULE_KEY` entry of the number of DDP processes.
+PROCESSES = "the number of processes (--trainer.devices x --trainer.num_nodes)"
 #: State-dict prefix under which checkpoints up to 0.1.24 hold the network a second time
 #: (``_forward.*``, compiled: ``_forward._orig_mod.*``): the same tensors as ``net.*``.
 DUPLICATE_NET_PREFIX = "_forward."
@@ -149,6 +151,8 @@ class DislocationModule(L.LightningModule):
         self.register_load_state_dict_pre_hook(_drop_duplicate_net)
         self._tallies: dict[str, DetectionTally] = {}
         self._rs = np.zeros(3)  # intersection, union, annotated samples
+        # The same per mode and dose bin (TALLY_KEYS after "all"), reported as the others.
+        self._rs_by_key = np.zeros((len(TALLY_KEYS) - 1, 3))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (self.net if self._compiled_net is None else self._compiled_net)(x)
@@ -191,6 +195,14 @@ class DislocationModule(L.LightningModule):
         now = getattr(self.trainer.datamodule, "hparams", {})
         moved = [f"{k} {data[k]!r} -> {now[k]!r}" for k in sorted(set(data) & set(now))
                  if data[k] != now[k] and k not in ("num_workers", "main_threads")]  # no effect on data
+        was, now = self._saved_schedule.get(PROCESSES), self.trainer.world_size
+        if was is not None and was != now:
+            # Samples per epoch and the global batch scale with it; the per-rank step count,
+            # and so the schedule, may not (`_check_resumed_schedule` refuses where it does).
+            rank_zero_warn(f"resumed on {now} process{'es' * (now != 1)} but the checkpoint's run used "
+                           f"{was} (--trainer.devices x --trainer.num_nodes): the epochs from here draw "
+                           f"{now} x --data.samples_per_epoch samples at a global batch of {now} x "
+                           "--data.batch_size; the exported model card records this run's world_size")
         if moved:
             rank_zero_warn(f"resumed with other data settings ({', '.join(moved)}): the epochs "
                            "before used the checkpoint's; the exported model card records these")
@@ -216,7 +228,7 @@ class DislocationModule(L.LightningModule):
         t = self.trainer
         out = {f"--trainer.{k}": getattr(t, k, None)
                for k in ("max_epochs", "max_steps", "limit_train_batches", "accumulate_grad_batches")}
-        out["the number of processes (--trainer.devices x --trainer.num_nodes)"] = t.world_size
+        out[PROCESSES] = t.world_size
         data = getattr(t.datamodule, "hparams", None) or {}
         out.update({f"--data.{k}": data[k] for k in ("samples_per_epoch", "batch_size") if k in data})
         return {k: v for k, v in out.items()
@@ -264,7 +276,9 @@ class DislocationModule(L.LightningModule):
             if "rs_known" in batch and not batch["rs_known"][i]:
                 continue  # no rock-salt annotation: no IoU to add
             rp = maps["rocksalt"][i] > 0.5
-            self._rs += [np.logical_and(rp, rs_true[i]).sum(), np.logical_or(rp, rs_true[i]).sum(), 1]
+            pixels = [np.logical_and(rp, rs_true[i]).sum(), np.logical_or(rp, rs_true[i]).sum(), 1]
+            self._rs += pixels
+            self._rs_by_key[[TALLY_KEYS.index(k) - 1 for k in keys if k != "all"]] += pixels
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._eval_step(batch, "val")
@@ -292,6 +306,11 @@ class DislocationModule(L.LightningModule):
         return tallies, rs
 
     def _sum_over_ranks(self, values: np.ndarray) -> np.ndarray:
+        """The tallies and rock-salt counts (`_pooled_over_ranks`) summed over the ranks of
+        a distributed run (unchanged in one process)."""
+        return self._all_reduce_sum(values)
+
+    def _all_reduce_sum(self, values: np.ndarray) -> np.ndarray:
         """``values`` summed over the ranks of a distributed run (unchanged in one process)."""
         if self._trainer is None or self.trainer.world_size == 1:
             return values
@@ -301,6 +320,7 @@ class DislocationModule(L.LightningModule):
     def _epoch_end(self, stage: str) -> None:
         metrics = {}
         self._tallies, self._rs = self._pooled_over_ranks()
+        rs_by_key = self._all_reduce_sum(self._rs_by_key.ravel()).reshape(self._rs_by_key.shape)
         for k, tally in self._tallies.items():
             for name, v in tally.summary().items():
                 if name in ("f1", "rmse_nm", "h_accuracy", "precision", "recall"):
@@ -317,10 +337,15 @@ class DislocationModule(L.LightningModule):
         # keys on every DDP rank (log_dict syncs them key by key).
         metrics[f"{stage}/rs_iou"] = (float(self._rs[0] / self._rs[1])
                                       if self._rs[2] and self._rs[1] else float("nan"))
+        # Per mode and dose bin as the other scores (README): for the keys with frames.
+        for k, (inter, union, annotated) in zip(TALLY_KEYS[1:], rs_by_key, strict=True):
+            if k in self._tallies:
+                metrics[f"{stage}/{k}/rs_iou"] = float(inter / union) if annotated and union else float("nan")
         # Already pooled: the same values on every rank, so syncing (a mean) changes nothing
         # but keeps Lightning from warning about epoch-level logging without it.
         self.log_dict(metrics, sync_dist=True)
         self._tallies, self._rs = {}, np.zeros(3)
+        self._rs_by_key = np.zeros_like(self._rs_by_key)
 
     def on_validation_epoch_end(self) -> None:
         self._epoch_end("val")
@@ -365,8 +390,13 @@ class DislocationModule(L.LightningModule):
             why = ", ".join(changed) if changed else (
                 "max_epochs, max_steps, samples_per_epoch, batch_size, limit_train_batches or "
                 "accumulate_grad_batches changed")
+            # A run that max_steps stopped has annealed its learning rate to ~0: it is done.
+            stopped = saved.get("--trainer.max_steps", -1) not in (-1, None) and any(
+                c.startswith("--trainer.max_steps") for c in changed)
             raise TrainConfigError(
                 f"the checkpoint's learning-rate schedule spans {sched.total_steps} steps but this "
                 f"run plans {planned} ({why}); "
-                "resume with the settings it was trained with, or start a new run from its "
+                + ("--trainer.max_steps ends the schedule, so the run it stopped is finished (not "
+                   "paused): " if stopped else "")
+                + "resume with the settings it was trained with, or start a new run from its "
                 "exported weights with --model.init_from <model>")

@@ -7,6 +7,7 @@ A tqdm bar redrawn with carriage returns is one ever-growing line in a SLURM log
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from typing import Any
@@ -54,22 +55,36 @@ class EpochLines(ProgressBar):
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._enabled and trainer.is_global_zero:
+            # An epoch cut short (--trainer.max_time, max_steps) says so: it looked whole.
+            done = trainer.fit_loop.epoch_loop.batch_progress.current.completed
+            of = trainer.num_training_batches
+            short = (done, int(of)) if math.isfinite(of) and done < of else None
             print(epoch_line(trainer.current_epoch, trainer.max_epochs, time.monotonic() - self._t0,
                              {**self.get_metrics(trainer, pl_module),
                               **{k: v for k in VALIDATION_KEYS
                                  if self._validated
                                  and (v := trainer.callback_metrics.get(k)) is not None
-                                 and v.isfinite()}}),  # no h accuracy without cores
+                                 and v.isfinite()}},  # no h accuracy without cores
+                             batches=short),
                   file=sys.stderr, flush=True)
 
 
-def epoch_line(epoch: int, max_epochs: int | None, seconds: float, metrics: dict[str, Any]) -> str:
+def epoch_line(epoch: int, max_epochs: int | None, seconds: float, metrics: dict[str, Any], *,
+               batches: tuple[int, int] | None = None) -> str:
     """``epoch 3/48 (81 s): train/loss=0.339, val/f1=0.61`` (epochs counted from 1 as the
-    bar counts them from 0: the last is ``48/48``; ``v_num`` left out)."""
+    bar counts them from 0: the last is ``48/48``; ``v_num`` left out); ``batches`` (done,
+    of the epoch's) for an epoch stopped before its end.
+
+    Examples
+    --------
+    >>> epoch_line(2, 6, 0.31, {"train/loss": 1.2612}, batches=(5, 32))
+    'epoch 3/6 stopped after 5/32 batches (0.3 s): train/loss=1.261'
+    """
     of = f"/{max_epochs}" if max_epochs and max_epochs > 0 else ""
+    stopped = f" stopped after {batches[0]}/{batches[1]} batches" if batches else ""
     shown = [f"{k}={_fmt(v)}" for k, v in metrics.items() if k != "v_num"]
     took = f"{seconds:.1f}" if seconds < 10 else f"{seconds:.0f}"
-    return f"epoch {epoch + 1}{of} ({took} s)" + (": " + ", ".join(shown) if shown else "")
+    return f"epoch {epoch + 1}{of}{stopped} ({took} s)" + (": " + ", ".join(shown) if shown else "")
 
 
 def _fmt(value: Any) -> str:
