@@ -5,6 +5,10 @@ crystal along it gives a 2-D lattice (``v1``, ``v2``) with a basis of atomic
 columns, each with a number of atoms of each species per nm along the beam.
 The crystal frame of the projection has ``x`` along the layers and ``y`` along
 ``c`` (the layer normal); samples rotate it in the image plane later.
+
+Reversing the beam (zone ``[-u-v-w]`` against ``[uvw]``) mirrors the projection
+(``x -> -x`` in the crystal frame). ``[100]`` is chiral (no rotation maps its mirror
+image onto it), so both handednesses are zones here; ``[1-10]`` is achiral.
 """
 
 from __future__ import annotations
@@ -27,7 +31,22 @@ MATERIALS: dict[str, dict] = {
 }
 
 #: Zone axes (conventional hexagonal [uvw]) in which the (003) layers are edge-on.
-ZONE_AXES: dict[str, tuple[int, int, int]] = {"[100]": (1, 0, 0), "[1-10]": (1, -1, 0)}
+#: ``[-100]`` is ``[100]`` seen from the other side: its mirror image.
+ZONE_AXES: dict[str, tuple[int, int, int]] = {"[100]": (1, 0, 0), "[-100]": (-1, 0, 0),
+                                              "[1-10]": (1, -1, 0)}
+
+#: The mirror taking a zone's crystal frame to that of the reversed beam (x -> -x).
+MIRROR = np.diag([-1.0, 1.0])
+
+#: Where a core sits in the projected cell (fractions of v1, v2) for b along +burgers,
+#: in ``[100]`` and ``[1-10]``; a core of -b sits at the inversion image (R-3m is
+#: centrosymmetric about the Li site). A mirror zone takes the mirror images of these
+#: sites (`ProjectedCrystal.core_site`). The glide plane (the Volterra cut) runs
+#: through the core along b: +-v2 (misfit) or +-v1 (basal); columns sit at
+#: v1-fractions {0, 0.24, 0.5, 0.76} and v2-fractions {0, 0.28, 0.5, 0.72} in every
+#: zone, so 0.37 and 0.14 keep every cut between columns (a cut through a column row
+#: would split it and pile columns up along the cut).
+CORE_SITE = np.array([0.37, 0.14])
 
 
 @dataclass(frozen=True)
@@ -50,6 +69,9 @@ class ProjectedCrystal:
     burgers : dict[str, ndarray (2,)]
         Shortest projected lattice vectors used as Burgers vectors:
         ``"misfit"`` (component c/3 along the layer normal) and ``"basal"``.
+    core_site : dict[str, ndarray (2,)]
+        Per Burgers-vector kind, the core site (fractions of v1, v2) of a core of
+        b = +burgers[kind] (`CORE_SITE`, or its mirror image in a mirror zone).
     """
 
     material: str
@@ -62,6 +84,7 @@ class ProjectedCrystal:
     is_cation_tm: np.ndarray
     d003: float
     burgers: dict[str, np.ndarray] = field(default_factory=dict)
+    core_site: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def cell(self) -> np.ndarray:
@@ -193,7 +216,42 @@ def project(material: str = "LiNiO2", zone: str = "[100]") -> ProjectedCrystal:
     misfit = next(v for v in vecs if np.isclose(v[1], d003, atol=1e-6))
     basal = next(v for v in vecs if abs(v[1]) < 1e-6 and v[0] > 0)
     burgers = {"misfit": misfit.copy(), "basal": basal.copy()}
-    return ProjectedCrystal(material, zone, v1, v2, columns, density, is_li, is_tm, d003, burgers)
+    core_site = _core_sites(material, zone, cell, burgers)
+    return ProjectedCrystal(material, zone, v1, v2, columns, density, is_li, is_tm, d003, burgers,
+                            core_site)
+
+
+def mirror_parent(zone: str) -> str | None:
+    """The zone listed before ``zone`` in `ZONE_AXES` whose axis is ``-zone``: the one
+    ``zone`` is the mirror image of (None if there is none).
+
+    Examples
+    --------
+    >>> mirror_parent("[-100]"), mirror_parent("[100]")
+    ('[100]', None)
+    """
+    names = list(ZONE_AXES)
+    rev = tuple(-i for i in ZONE_AXES[zone])
+    return next((z for z in names[:names.index(zone)] if ZONE_AXES[z] == rev), None)
+
+
+def _core_sites(material: str, zone: str, cell: np.ndarray,
+                burgers: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """`ProjectedCrystal.core_site`: `CORE_SITE`, or in a mirror zone the mirror image of
+    the parent zone's site of the core whose mirror image has b = +burgers[kind].
+
+    The mirror image of a core of b is a core of ``-MIRROR @ b`` (h, turned 90 degrees
+    from b, is mirrored to ``MIRROR @ h``: `conventions.b_hat_from_h`)."""
+    parent = mirror_parent(zone)
+    if parent is None:
+        return {k: CORE_SITE.copy() for k in burgers}
+    pp = project(material, parent)
+    out = {}
+    for k, b in burgers.items():
+        sign = 1.0 if (-MIRROR @ b) @ pp.burgers[k] >= 0 else -1.0
+        site_nm = MIRROR @ (sign * pp.core_site[k] @ pp.cell)
+        out[k] = np.linalg.solve(cell.T, site_nm)
+    return out
 
 
 def scattering_weights(pc: ProjectedCrystal, exponent: float) -> np.ndarray:

@@ -118,7 +118,7 @@ def generate_dataset(*, out: str | Path, n: int, size: int = 256, mode: str = "m
         for g in range(n_groups):
             rng = np.random.default_rng(seeds[g])
             source = {"generator": GENERATOR, "version": package_version(), "seed": seed, "index": g,
-                      "config": cfg.to_dict()}
+                      "config": _recorded_config(cfg, movie=bool(movie_frames))}
             if movie_frames:
                 bar.set_postfix_str(f"movie {g + 1}/{n}")
                 paths.append(_write_movie(out, f"movie_{g:05d}", rng, cfg, movie_frames,
@@ -133,6 +133,15 @@ def generate_dataset(*, out: str | Path, n: int, size: int = 256, mode: str = "m
                     paths.append(write_annotation(out, f"image_{i:05d}", ann))
                 bar.update()
     return paths
+
+
+def _recorded_config(cfg: GeneratorConfig, *, movie: bool) -> dict:
+    """The configuration a sidecar records: what drew the item. Movies never use
+    ``perfect_fraction`` (a movie always has its cores), so theirs leave it out."""
+    out = cfg.to_dict()
+    if movie:
+        del out["perfect_fraction"]
+    return out
 
 
 def _write_movie(out: Path, stem: str, rng: np.random.Generator, cfg: GeneratorConfig,

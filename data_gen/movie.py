@@ -38,8 +38,12 @@ from dislotrack.data_gen.specimen import (
     SpecimenParams,
     add_rocksalt_near,
     draw_specimen,
+    grain_frame,
+    rotation_matrix,
+    second_grain,
     smooth_displacement,
     snap_core,
+    snap_pair,
 )
 
 TRUTH_COLUMNS = ["particle", "first_frame", "last_frame", "n_frames", "glide_velocity_nm_s",
@@ -162,14 +166,21 @@ def draw_scenario(rng: np.random.Generator, cfg: GeneratorConfig, spec: Specimen
                   n_frames: int, fov_nm: float, frame_interval: float = 1.0) -> MovieScenario:
     """Random singles (gliding/climbing, some entering late) and nucleating dipoles, no
     two cores (but a dipole's pair) closer than `MIN_CORE_APPROACH_NM` in any frame (on
-    the paths before `snap_scenario` moves cores to lattice sites, by up to ~0.27 nm:
-    0.8 nm or more after). Speeds are drawn in nm/s, drift too (`draw_drift`); a dipole's
-    expansion and hold last a number of frames."""
+    the paths before `snap_scenario` moves cores to lattice sites, by up to ~0.29 nm, a
+    dipole's pair up to ~0.41 nm: 0.85 nm or more after in default 256 px movies, ~0.6 nm
+    in crowded ones). Speeds are drawn in nm/s, drift too (`draw_drift`); a dipole's
+    expansion and hold last a number of frames. A core in the second grain has its b."""
     tracks: list[TrackSpec] = []
+
+    def in_grain(xy: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """b drawn in the first grain's frame, turned into the grain at ``xy`` (same draws
+        from ``rng`` either way)."""
+        return rotation_matrix(grain_frame(spec, bool(second_grain(spec, xy)[0]))[0] - spec.rotation) @ b
 
     def single(pid: int) -> list[TrackSpec]:
         b = burgers_vector(rng, spec.crystal, spec.rotation, cfg.basal_fraction)
         start = rng.uniform(0.15, 0.85, 2) * fov_nm
+        b = in_grain(start, b)
         f0 = 0 if rng.random() < 0.8 or n_frames < 4 else int(rng.integers(0, n_frames // 2))
         g, c = rng.uniform(-0.6, 0.6), rng.uniform(-0.4, 0.15)
         path = linear_path(start, b, n_frames - f0, glide=g * frame_interval,
@@ -180,7 +191,8 @@ def draw_scenario(rng: np.random.Generator, cfg: GeneratorConfig, spec: Specimen
         b = burgers_vector(rng, spec.crystal, spec.rotation, cfg.basal_fraction)
         n_exp = int(rng.integers(3, max(4, n_frames // 3)))
         f0 = int(rng.integers(0, max(1, n_frames - 2 * n_exp)))
-        pair = dipole_tracks(rng.uniform(0.2, 0.8, 2) * fov_nm, b, first_frame=f0, n_expand=n_exp,
+        centre = rng.uniform(0.2, 0.8, 2) * fov_nm
+        pair = dipole_tracks(centre, in_grain(centre, b), first_frame=f0, n_expand=n_exp,
                              n_hold=int(rng.integers(0, 5)),
                              speed=float(rng.uniform(0.05, 0.3)) * frame_interval,  # nm/s -> per frame
                              motion=str(rng.choice(["glide", "climb"])), pid=pid)
@@ -203,9 +215,34 @@ def draw_scenario(rng: np.random.Generator, cfg: GeneratorConfig, spec: Specimen
 
 
 def snap_scenario(spec: SpecimenParams, scn: MovieScenario) -> MovieScenario:
-    """Cores on their lattice sites in every frame (they move in lattice steps)."""
-    tracks = [TrackSpec(t.particle, t.b, t.first_frame,
-                        np.array([snap_core(spec, p, t.b) for p in t.path]), t.partner)
+    """Cores on their lattice sites in every frame (they move in lattice steps), in the
+    lattice of the grain they start in. A dipole's two cores are snapped together in
+    each frame both exist (`specimen.snap_pair`): at least as far apart as on their
+    paths (0.6 nm at nucleation and annihilation), never on neighbouring sites."""
+    by_id = {t.particle: t for t in scn.tracks}
+    paths = {t.particle: np.array(t.path, float) for t in scn.tracks}
+    done: set[int] = set()
+    for t in scn.tracks:
+        if t.particle in done:
+            continue
+        mate = by_id.get(t.partner)
+        group = [t] if mate is None else [t, mate]
+        grain = bool(second_grain(spec, np.mean([g.path[0] for g in group], axis=0))[0])
+        for f in range(t.first_frame, t.last_frame + 1):
+            alive = [g for g in group if g.at(f) is not None]
+            k = [f - g.first_frame for g in alive]
+            if len(alive) == 2:
+                p1, p2 = snap_pair(spec, alive[0].path[k[0]], alive[1].path[k[1]], alive[0].b, grain)
+                paths[alive[0].particle][k[0]], paths[alive[1].particle][k[1]] = p1, p2
+            else:
+                paths[t.particle][k[0]] = snap_core(spec, t.path[k[0]], t.b, grain)
+        if mate is not None:  # frames where only the partner lives
+            for f in range(mate.first_frame, mate.last_frame + 1):
+                if t.at(f) is None:
+                    paths[mate.particle][f - mate.first_frame] = snap_core(
+                        spec, mate.path[f - mate.first_frame], mate.b, grain)
+        done.update(g.particle for g in group)
+    tracks = [TrackSpec(t.particle, t.b, t.first_frame, paths[t.particle], t.partner)
               for t in scn.tracks]
     return replace(scn, tracks=tracks)
 
@@ -359,8 +396,6 @@ def seed_like_scenario(spec: SpecimenParams, fov_nm: float, *, n_frames: int = 3
     """The demo movie, after Wang et al. (PNAS 2025): one dislocation climbing
     (negative climb, 0.18 nm/s), one gliding at 0.38 nm/s, and a dipole that
     nucleates, expands by glide and annihilates; 1 frame/s, small drift."""
-    from dislotrack.data_gen.specimen import rotation_matrix
-
     rot = rotation_matrix(spec.rotation)
     b = rot @ spec.crystal.burgers["misfit"]
     n = n_frames

@@ -41,9 +41,13 @@ from dislotrack.data_gen.specimen import (
     amorphous_atoms,
     displace_lattice,
     draw_specimen,
+    grain_frame,
     in_crystal,
+    rocksalt_mask,
     rotation_matrix,
+    second_grain,
     snap_core,
+    snap_pair,
     specimen_columns,
     undisplace_lattice,
     visible_cores,
@@ -167,26 +171,38 @@ def draw_dislocations(rng: np.random.Generator, spec: SpecimenParams, cfg: Gener
         else:
             continue
         sites.append(c)
-        b = burgers_vector(rng, spec.crystal, spec.rotation, cfg.basal_fraction)
+        # A core in the second grain has that grain's b and lattice sites.
+        grain = bool(second_grain(spec, c)[0])
+        b = burgers_vector(rng, spec.crystal, grain_frame(spec, grain)[0], cfg.basal_fraction)
         if rng.random() < cfg.dipole_fraction:
-            pair = dipole_pair(rng, c, b, pid)
-            out += [snapped(spec, d) for d in pair]
+            out += snapped_pair(spec, dipole_pair(rng, c, b, pid), grain)
             pid += 2
         else:
-            out.append(snapped(spec, Dislocation(float(c[0]), float(c[1]), b, particle=pid)))
+            out.append(snapped(spec, Dislocation(float(c[0]), float(c[1]), b, particle=pid), grain))
             pid += 1
     return out
 
 
-def snapped(spec: SpecimenParams, d: Dislocation) -> Dislocation:
-    """The dislocation moved to its lattice site (`specimen.snap_core`)."""
-    x, y = snap_core(spec, np.array([d.x, d.y]), d.b)
+def snapped(spec: SpecimenParams, d: Dislocation, grain: bool | None = None) -> Dislocation:
+    """The dislocation moved to its lattice site (`specimen.snap_core`; ``grain``: the
+    grain whose lattice it is in, by default the one at its position)."""
+    x, y = snap_core(spec, np.array([d.x, d.y]), d.b, grain)
     return replace(d, x=float(x), y=float(y))
+
+
+def snapped_pair(spec: SpecimenParams, pair: tuple[Dislocation, Dislocation],
+                 grain: bool | None = None) -> list[Dislocation]:
+    """A dipole's two cores moved to their lattice sites together, at least as far apart
+    as drawn (`specimen.snap_pair`), so never on neighbouring sites ~0.14 nm apart."""
+    d1, d2 = pair
+    p1, p2 = snap_pair(spec, np.array([d1.x, d1.y]), np.array([d2.x, d2.y]), d1.b, grain)
+    return [replace(d1, x=float(p1[0]), y=float(p1[1])), replace(d2, x=float(p2[0]), y=float(p2[1]))]
 
 
 def dipole_pair(rng: np.random.Generator, centre: np.ndarray, b: np.ndarray, pid: int,
                 separation: float | None = None) -> tuple[Dislocation, Dislocation]:
-    """Two cores of opposite b (and h), 0.5-3 nm apart, on the same or different planes."""
+    """Two cores of opposite b (and h), 0.5-3 nm apart, on the same or different planes
+    (not yet on lattice sites: `snapped_pair`)."""
     sep = separation if separation is not None else rng.uniform(0.5, 3.0)
     bhat = unit(b)
     h = h_from_b_hat(bhat)
@@ -240,14 +256,40 @@ def _cores_table(spec: SpecimenParams, disl: list[Dislocation], geo: FrameGeomet
                          "partner": [d.partner for d in disl]})
 
 
+#: Half the height [nm] of a core's signature in the image: the (003) fringes end over
+#: ~0.8 nm (the Bragg amplitude's zero), so the core the image shows moves with the mean
+#: scan jitter of the rows within this distance, not with one row's.
+JITTER_CORE_HALF_SPAN_NM = 0.4
+
+
+def core_row_shift(row_shift: np.ndarray, y: np.ndarray, half_span_px: float) -> np.ndarray:
+    """Scan-jitter shift [px] of cores at rows ``y`` [px]: the mean of ``row_shift`` over
+    the image rows within ``half_span_px`` of each (the nearest row if none is).
+
+    Examples
+    --------
+    >>> core_row_shift(np.array([0.0, 1.0, 2.0, 3.0]), np.array([1.2, 3.4]), 1.0).tolist()
+    [1.5, 3.0]
+    """
+    y = np.asarray(y, dtype=float)
+    n = len(row_shift)
+    cum = np.concatenate([[0.0], np.cumsum(row_shift)])
+    lo = np.clip(np.ceil(y - half_span_px).astype(int), 0, n - 1)
+    hi = np.clip(np.floor(y + half_span_px).astype(int), 0, n - 1)
+    nearest = np.clip(np.rint(y).astype(int), 0, n - 1)
+    empty = hi < lo  # the window misses the image: beyond its top or bottom
+    lo, hi = np.where(empty, nearest, lo), np.where(empty, nearest, hi)
+    return (cum[hi + 1] - cum[lo]) / (hi - lo + 1)
+
+
 def _cores_in_field(table: pd.DataFrame, grid: Grid, row_shift: np.ndarray | None) -> pd.DataFrame:
-    """The cores seen in the field, shifted with their scan line (STEM jitter)."""
+    """The cores seen in the field, shifted with their scan lines (STEM jitter,
+    `core_row_shift` over `JITTER_CORE_HALF_SPAN_NM`)."""
     if not len(table):
         return table
     x, y = table["x"].to_numpy(), table["y"].to_numpy()
     if row_shift is not None:
-        rows = np.clip(np.rint(y).astype(int), 0, grid.size - 1)
-        x = x + row_shift[rows]
+        x = x + core_row_shift(row_shift, y, JITTER_CORE_HALF_SPAN_NM / grid.pixel_size)
     lim = grid.size - 0.5
     inside = (x >= -0.5) & (x < lim) & (y >= -0.5) & (y < lim)
     out = table[inside].reset_index(drop=True)
@@ -280,11 +322,9 @@ def _rs_raster(spec: SpecimenParams, disl: list[Dislocation], geo: FrameGeometry
     if not spec.rocksalt:
         return np.zeros((n, n), np.uint8)
     ps = grid.pixel_size
-    c = np.array([geo.centre_nm, geo.centre_nm])
-    inv = np.linalg.inv(geo.distortion)
 
-    def to_spec(rc: np.ndarray) -> np.ndarray:  # (row, col) [px] -> specimen (x, y) [nm]
-        return (rc[:, ::-1] * ps - c) @ inv.T + c - geo.drift_nm
+    def to_spec(rc: np.ndarray) -> np.ndarray:
+        return _pixel_to_specimen(rc, geo, ps)
 
     ref = [dom.boundary(growth, spacing_nm=0.5 * ps) for dom in spec.rocksalt]
     seen = geo.apply(displace_lattice(spec, np.concatenate(ref), disl, all_cores_at_once=True))
@@ -343,6 +383,61 @@ def _rs_raster(spec: SpecimenParams, disl: list[Dislocation], geo: FrameGeometry
     return mask.astype(np.uint8)
 
 
+def _pixel_to_specimen(rc: np.ndarray, geo: FrameGeometry, pixel_size: float) -> np.ndarray:
+    """(row, col) [px] of a frame -> specimen (x, y) [nm] (inverse of the frame geometry)."""
+    c = np.array([geo.centre_nm, geo.centre_nm])
+    inv = np.linalg.inv(geo.distortion)
+    return (rc[:, ::-1] * pixel_size - c) @ inv.T + c - geo.drift_nm
+
+
+def _jitter_rs(rs: np.ndarray, row_shift: np.ndarray, spec: SpecimenParams,
+               disl: list[Dislocation], geo: FrameGeometry, grid: Grid, growth: float) -> np.ndarray:
+    """The RS mask (uint8) of a frame whose rows are shifted by ``row_shift`` [px] (STEM
+    scan jitter, `imaging.scan_jitter`): `rocksalt_mask` at the jittered pixel centres.
+
+    Pixel (r, c) shows what the unjittered frame has at column ``c - row_shift[r]``. Where
+    the unjittered mask ``rs`` agrees at the two columns around that point, that is the
+    label; elsewhere (the outline, and points beyond the field's edge) it is computed
+    point by point.
+    """
+    n = grid.size
+    if not spec.rocksalt:
+        return rs
+    # Column c - shift lies between c + k and c + k + 1, k = floor(-shift): per row a
+    # whole-pixel shift of the mask (a few distinct k: slices, not a gather).
+    k = np.floor(-row_shift).astype(int)
+    pad = int(np.abs(k).max()) + 2
+    padded = np.pad(rs.view(bool), ((0, 0), (pad, pad)), mode="edge")
+    a, b = np.empty((n, n), bool), np.empty((n, n), bool)
+    for kk in np.unique(k):
+        rows = k == kk
+        a[rows] = padded[rows, pad + kk:pad + kk + n]
+        b[rows] = padded[rows, pad + kk + 1:pad + kk + 1 + n]
+    # Points beyond the field's edge: the mask there is not known.
+    edge = np.zeros((n, n), bool)
+    w = min(pad, n)
+    cols = np.arange(w)
+    edge[:, :w] = cols[None, :] < row_shift[:, None]
+    edge[:, n - w:] |= (n - w + cols)[None, :] > n - 1 + row_shift[:, None]
+    out = a
+    r, col = np.nonzero((a != b) | edge)
+    xy = _pixel_to_specimen(np.stack([r, col - row_shift[r]], axis=1), geo, grid.pixel_size)
+    # Beyond the field's edge only points near a domain can be in one: the lattice moves
+    # by well under `_DOMAIN_REACH_NM` (b/2 per core, <= ~0.6 nm in a strain blob).
+    near = np.zeros(len(xy), bool)
+    for dom in spec.rocksalt:
+        reach = dom.radius * growth * (1 + np.abs(dom.harmonics[:, 0]).sum()) + _DOMAIN_REACH_NM
+        near |= np.hypot(xy[:, 0] - dom.x, xy[:, 1] - dom.y) < reach
+    out[r[~near], col[~near]] = False
+    if near.any():
+        out[r[near], col[near]] = rocksalt_mask(spec, xy[near], growth, disl)
+    return out.astype(np.uint8)
+
+
+#: How far [nm] beyond its outline a domain's image may reach (`_jitter_rs`).
+_DOMAIN_REACH_NM = 2.0
+
+
 def _inside_polygon(pts: np.ndarray, poly: np.ndarray) -> np.ndarray:
     """Even-odd test of points (m, 2) against a closed polygon (k, 2), same axes."""
     a, b = poly, np.roll(poly, -1, axis=0)
@@ -399,6 +494,7 @@ def render_frame(spec: SpecimenParams, disl: list[Dislocation], *, grid: Grid, m
             expected = expected + im.background * im.collection
             row_shift = rng.normal(0, im.jitter_px, grid.size)
             expected = np.clip(scan_jitter(expected, row_shift), 0, None)
+        mask = rs if row_shift is None else _jitter_rs(rs, row_shift, spec, disl, geo, grid, rs_growth)
         expected = expected * (draw_illumination(rng, grid.size) if illumination is None else illumination)
         image = detect(expected, det, grid.pixel_size, rng)
         cores = _cores_in_field(table, grid, row_shift)
@@ -407,7 +503,7 @@ def render_frame(spec: SpecimenParams, disl: list[Dislocation], *, grid: Grid, m
                 "rotation_deg": float(np.degrees(spec.rotation)),
                 "imaging": im.as_dict(), "detector": det.as_dict(),
                 "drift_nm": [float(v) for v in geo.drift_nm]}
-        out.append(Sample(image, cores, rs, meta, clean=expected))
+        out.append(Sample(image, cores, mask, meta, clean=expected))
     return out
 
 

@@ -14,6 +14,7 @@ import numpy as np
 from scipy.special import erf
 
 from dislotrack.data_gen.crystal import (
+    CORE_SITE,  # noqa: F401  (re-exported: it was defined here before 0.1.29)
     MATERIALS,
     ZONE_AXES,
     ProjectedCrystal,
@@ -102,7 +103,9 @@ def draw_specimen(rng: np.random.Generator, *, fov_nm: float, realism: float = 1
     ``realism`` in [0, 1] scales the probability of each non-ideality.
     """
     mat = material or str(rng.choice(list(MATERIALS), p=[0.7, 0.1, 0.1, 0.1]))
-    p = SpecimenParams(material=mat, zone=str(rng.choice(list(ZONE_AXES), p=[0.7, 0.3])))
+    # [100] and its mirror [-100] equally (real specimens show both handednesses); the
+    # [1-10] draws are those of the two-zone generator (0.1.28 and before) for a seed.
+    p = SpecimenParams(material=mat, zone=str(rng.choice(list(ZONE_AXES), p=[0.35, 0.35, 0.3])))
     p.rotation = float(rng.uniform(0, 2 * np.pi))
     p.origin = rng.uniform(0, 1, 2)
     centre = lambda: rng.uniform(0.1, 0.9, 2) * fov_nm  # noqa: E731
@@ -138,31 +141,97 @@ def add_rocksalt_near(rng: np.random.Generator, p: SpecimenParams, cores: list[D
                                          float(rng.uniform(0.35, 0.5))))
 
 
-#: Where a core sits in the projected cell (fractions of v1, v2) for b along +burgers;
-#: a core of -b sits at the inversion image (R-3m is centrosymmetric about the Li site).
-#: The glide plane (the Volterra cut) runs through the core along b = -v2 (misfit) or
-#: -v1 (basal); columns sit at v1-fractions {0, 0.24, 0.5, 0.76} and v2-fractions
-#: {0, 0.28, 0.5, 0.72} in both zones, so 0.37 and 0.14 keep every cut between columns
-#: (a cut through a column row would split it and pile columns up along the cut).
-CORE_SITE = np.array([0.37, 0.14])
+def second_grain(p: SpecimenParams, xy: np.ndarray) -> np.ndarray:
+    """Boolean (n,): points [nm] in the second grain (`SpecimenParams.second_domain`)."""
+    xy = np.asarray(xy, dtype=float).reshape(-1, 2)
+    if p.second_domain is None:
+        return np.zeros(len(xy), dtype=bool)
+    x, y, ang, _ = p.second_domain
+    return (xy - (x, y)) @ np.array([np.cos(ang), np.sin(ang)]) > 0
 
 
-def snap_core(p: SpecimenParams, xy: np.ndarray, b: np.ndarray) -> np.ndarray:
+def grain_frame(p: SpecimenParams, grain: bool | np.bool_) -> tuple[float, np.ndarray]:
+    """Rotation [rad] and lattice origin [nm] of the first (False) or second (True) grain,
+    as `specimen_columns` renders them."""
+    if grain and p.second_domain is not None:
+        x, y, _, tilt = p.second_domain
+        return p.rotation + tilt, np.array([x, y], dtype=float)
+    return p.rotation, np.asarray(p.origin, dtype=float)
+
+
+def core_sites(p: SpecimenParams, b: np.ndarray, grain: bool | np.bool_ = False
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """One core site of Burgers vector ``b`` [nm] and the cell (rows v1, v2, image axes
+    [nm]) whose translations give all the others, in the given grain.
+
+    The site is the crystal's `ProjectedCrystal.core_site` for the Burgers-vector kind
+    ``b`` is closest to (either sign), inverted for -b (`CORE_SITE`).
+    """
+    pc = p.crystal
+    rotation, origin = grain_frame(p, grain)
+    rot = rotation_matrix(rotation)
+    cell = pc.cell @ rot.T
+    b = np.asarray(b, dtype=float)
+    kind = max(pc.burgers, key=lambda k: abs(b @ (rot @ pc.burgers[k])))
+    sign = 1.0 if b @ (rot @ pc.burgers[kind]) >= 0 else -1.0
+    return origin + sign * pc.core_site[kind] @ cell, cell
+
+
+def snap_core(p: SpecimenParams, xy: np.ndarray, b: np.ndarray,
+              grain: bool | np.bool_ | None = None) -> np.ndarray:
     """Move a core to the nearest equivalent site of the lattice.
 
     A core's position relative to the atomic columns is only defined up to a lattice
     translation by the topology; fixing it to one site per Burgers-vector sign makes the
     image around every core the same pattern, so the labels say exactly where the
-    visible core is. Cores then move in lattice steps, as real ones do.
+    visible core is. Cores then move in lattice steps, as real ones do. ``grain``
+    (default: the grain ``xy`` lies in) picks the lattice (`grain_frame`); ``b`` must
+    be that grain's.
     """
-    pc = p.crystal
-    rot = rotation_matrix(p.rotation)
-    cell = pc.cell @ rot.T
-    ref = rot @ pc.burgers["misfit"], rot @ pc.burgers["basal"]
-    sign = 1.0 if max((np.asarray(b) @ r for r in ref), key=abs) >= 0 else -1.0
-    site = p.origin + sign * CORE_SITE @ cell
-    frac = np.linalg.solve(cell.T, np.asarray(xy, float) - site)
+    xy = np.asarray(xy, float)
+    if grain is None:
+        grain = bool(second_grain(p, xy)[0])
+    site, cell = core_sites(p, b, grain)
+    frac = np.linalg.solve(cell.T, xy - site)
     return site + np.rint(frac) @ cell
+
+
+def snap_pair(p: SpecimenParams, xy1: np.ndarray, xy2: np.ndarray, b: np.ndarray,
+              grain: bool | np.bool_ | None = None, *,
+              min_separation: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Move a dipole's cores (``b`` at ``xy1``, ``-b`` at ``xy2``) to their lattice sites
+    together, no closer than ``min_separation`` [nm] (default: their distance).
+
+    Snapped one by one, the two cores of a pair 0.5-0.7 nm apart can land on
+    neighbouring sites of the b and -b site lattices, ~0.14 nm apart: two labels where
+    the image shows almost nothing. Of the pairs of sites near the two positions
+    (+-2 cells), this takes the one moving the cores least (sum of squares) among those
+    at least ``min_separation`` apart.
+
+    Returns
+    -------
+    ndarray (2,), ndarray (2,)
+        The two sites [nm].
+    """
+    xy1, xy2 = np.asarray(xy1, float), np.asarray(xy2, float)
+    if grain is None:
+        grain = bool(second_grain(p, (xy1 + xy2) / 2)[0])
+    if min_separation is None:
+        min_separation = float(np.hypot(*(xy2 - xy1)))
+    steps = np.stack(np.meshgrid(np.arange(-2, 3), np.arange(-2, 3)), axis=-1).reshape(-1, 2)
+
+    def near(xy: np.ndarray, bb: np.ndarray) -> np.ndarray:  # (25, 2) sites around xy
+        site, cell = core_sites(p, bb, grain)
+        return site + (np.rint(np.linalg.solve(cell.T, xy - site)) + steps) @ cell
+
+    s1, s2 = near(xy1, b), near(xy2, -np.asarray(b, float))
+    cost = (((s1 - xy1) ** 2).sum(axis=1)[:, None] + ((s2 - xy2) ** 2).sum(axis=1)[None, :])
+    sep = np.hypot(*(s2[None, :, :] - s1[:, None, :]).transpose(2, 0, 1))
+    cost = np.where(sep >= min_separation - 1e-9, cost, np.inf)
+    if not np.isfinite(cost).any():  # cannot happen for min_separation up to ~0.5 nm + |xy2 - xy1|
+        cost = -sep
+    i, j = np.unravel_index(np.argmin(cost), cost.shape)
+    return s1[i], s2[j]
 
 
 def lattice_columns(pc: ProjectedCrystal, *, rotation: float, origin: np.ndarray,
@@ -302,12 +371,10 @@ def specimen_columns(p: SpecimenParams, dislocations: list[Dislocation], *, mode
     pos, idx = lattice_columns(pc, rotation=p.rotation, origin=p.origin, bounds=bounds)
     w = scattering_weights(pc, expo)[idx]
     if p.second_domain is not None:
-        x, y, ang, tilt = p.second_domain
-        n = np.array([np.cos(ang), np.sin(ang)])
-        pos2, idx2 = lattice_columns(pc, rotation=p.rotation + tilt, origin=np.array([x, y]),
-                                     bounds=bounds)
-        keep1 = (pos - (x, y)) @ n <= 0
-        keep2 = (pos2 - (x, y)) @ n > 0
+        rot2, origin2 = grain_frame(p, True)
+        pos2, idx2 = lattice_columns(pc, rotation=rot2, origin=origin2, bounds=bounds)
+        keep1 = ~second_grain(p, pos)
+        keep2 = second_grain(p, pos2)
         pos = np.concatenate([pos[keep1], pos2[keep2]])
         idx = np.concatenate([idx[keep1], idx2[keep2]])
         w = scattering_weights(pc, expo)[idx]

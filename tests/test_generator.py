@@ -432,3 +432,16 @@ def test_a_sample_is_written_as_an_annotation_as_it_is(tmp_path):
     generate_dataset(out=tmp_path / "g", n=1, size=32, progress=False)
     source = json.loads((tmp_path / "g" / "image_00000.json").read_text())["source"]
     assert source["version"] not in ("", None)  # which dislotrack made the files
+
+
+def test_a_movie_sidecar_records_only_the_config_movies_use(tmp_path):
+    # perfect_fraction draws perfect single images; a movie never uses it, so its sidecar
+    # leaves it out (it recorded 0.1) while an image's keeps it.
+    from dislotrack.data_gen.export import generate_dataset
+
+    generate_dataset(out=tmp_path / "m", n=1, size=32, movie_frames=2, progress=False)
+    generate_dataset(out=tmp_path / "i", n=1, size=32, progress=False)
+    movie = json.loads((tmp_path / "m" / "movie_00000.json").read_text())["source"]["config"]
+    image = json.loads((tmp_path / "i" / "image_00000.json").read_text())["source"]["config"]
+    assert "perfect_fraction" not in movie and image["perfect_fraction"] == 0.1
+    assert set(image) - set(movie) == {"perfect_fraction"}
