@@ -45,14 +45,16 @@ class NetworkDetector:
     name = "unet"
 
     def __init__(self, net, *, device: torch.device, threshold: float, scale: float,
-                 d_spacing_nm: float, tta: bool | int = False, precision: str = "auto") -> None:
+                 d_spacing_nm: float, tta: bool | int = False, precision: str = "auto",
+                 mirror: bool = False) -> None:
         self.net, self.device, self.threshold = net, device, threshold
         self.scale, self.d_spacing, self.tta = scale, d_spacing_nm, tta
-        self.precision = precision
+        self.precision, self.mirror = precision, mirror  # mirror: `predict_logits`
 
     def __call__(self, raw: list[np.ndarray], canonical: list[np.ndarray]) -> list[tuple]:
         logits = torch.from_numpy(predict_logits(self.net, np.stack(canonical), device=self.device,
-                                                 tta=self.tta, precision=self.precision))
+                                                 tta=self.tta, precision=self.precision,
+                                                 mirror=self.mirror))
         maps = outputs_to_maps(logits)
         out = []
         for k, frame in enumerate(raw):

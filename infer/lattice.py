@@ -28,6 +28,14 @@ D_SPACING_TOLERANCE = 0.1
 MIN_ANGLE_DEG = 30.0
 #: A track's **h** is replaced by an allowed one at most this far away [deg].
 MAX_SNAP_DEG = 25.0
+#: The sign of `Lattice.misfit_tilt_deg` in the generator's ``[100]`` view (about -10 deg
+#: for LiNiO2 in image axes), the handedness the bundled networks were trained on: their
+#: augmentation never mirrored an image (README, Conventions), so they learnt the misfit
+#: b's tilt with this sign only. ``[-100]`` (the specimen seen from its other side) has +10.
+TRAINED_TILT_SIGN = -1
+#: A lattice whose misfit tilt is at least this far [deg] from zero has a handedness
+#: (``[100]`` or its mirror); nearer (``[1-10]``: 0) it is achiral.
+CHIRAL_TILT_DEG = 4.0
 
 
 @dataclass(frozen=True)
@@ -57,6 +65,25 @@ class Lattice:
         n = np.arange(-4, 5)[:, None]
         misfit = a003 + n * a_layer  # every lattice vector with (003) index 1
         return {"misfit": misfit[np.argmin(np.hypot(*misfit.T))], "basal": a_layer}
+
+    @property
+    def misfit_tilt_deg(self) -> float | None:
+        """Signed angle [deg] from the layer normal (along ``g003``) to the misfit Burgers
+        vector of (003) index +1, counter-clockwise as displayed: a handedness, unchanged by
+        rotations and by the choice of ``g003``'s sign, reversed by a mirror (about -10 for
+        LiNiO2 ``[100]``, +10 for ``[-100]``, 0 for ``[1-10]``). None without ``g_layer``."""
+        if not self.has_layer:
+            return None
+        b = self.burgers_vectors()["misfit"]
+        n = unit(self.g003)
+        return float(np.degrees(np.arctan2(n[0] * b[1] - n[1] * b[0], n @ b)))
+
+    @property
+    def is_mirror_view(self) -> bool:
+        """Whether this is the mirror image of the handedness the bundled networks know
+        (`TRAINED_TILT_SIGN`): then they see the frames flipped (`analyze`)."""
+        tilt = self.misfit_tilt_deg
+        return tilt is not None and abs(tilt) >= CHIRAL_TILT_DEG and np.sign(tilt) == -TRAINED_TILT_SIGN
 
     def allowed(self) -> tuple[np.ndarray, np.ndarray]:
         """Unit **h** and Burgers vector [nm] of every allowed dislocation, both signs:

@@ -477,6 +477,13 @@ def analyze(path: str | Path | Movie | np.ndarray, *, model: str | Path | None =
                            "default model (%.3g nm/px, %s) suits it better", canonical,
                            cal.pixel_size_nm, s, CANONICAL_PIXEL_SIZE_NM,
                            option("model", "default", text=True))
+        first = movie[0]
+        # The bundled networks know one handedness of the chiral [100] view (their
+        # augmentation never mirrored): a specimen seen from its other side is shown to
+        # them flipped (on [-100] their h was 11-12 deg off, and tracks' climb took glide).
+        seen = (measure_lattice([first], pixel_size_nm=cal.pixel_size_nm, d_spacing_nm=d_spacing_nm)
+                if detector == "unet" else None)
+        mirror = seen is not None and seen.is_mirror_view
         if detector == "gpa":
             det = GPADetector(pixel_size_nm=cal.pixel_size_nm, d_spacing_nm=d_spacing_nm)
             card = {**card, "model_id": "gpa-baseline", "sha256": None}
@@ -484,14 +491,13 @@ def analyze(path: str | Path | Movie | np.ndarray, *, model: str | Path | None =
             det = NetworkDetector(prepare_for_inference(net).to(dev), device=dev,
                                   threshold=min(weak_fraction, 1.0) * thr,
                                   scale=s, d_spacing_nm=d_spacing_nm, tta=views,
-                                  precision=used)
+                                  precision=used, mirror=mirror)
         n, h, w = movie.shape
         blind = cores_cannot_show(cal.pixel_size_nm, (h, w), d_spacing_nm)  # warned by `calibrate`
         rows: list[pd.DataFrame] = []
         rs_frac: list[float] = []
         blank: list[int] = []  # frames of one value (nearly) throughout: `shows_nothing`
         overlaid: dict[int, float] = {}  # frame -> its fraction under `overlay_mask`
-        first = movie[0]
         first_mask: list[np.ndarray] = []  # frame 0's rock salt, for trajectories.png
 
         def flush(raw: list[np.ndarray], can: list[np.ndarray], start: int) -> None:
@@ -619,7 +625,8 @@ def analyze(path: str | Path | Movie | np.ndarray, *, model: str | Path | None =
         border_nm=border_nm, d_spacing_nm=d_spacing_nm, lattice_h=snap_asked,
         pixel_size_nm=pixel_size_nm, frame_interval_s=frame_interval_s, signal=signal, device=device,
         device_used=str(dev) if unet else "cpu", precision=precision,
-        precision_used=used, frames=window, region=area)
+        precision_used=used, frames=window, region=area,
+        network_view=("mirrored" if mirror else "as read") if unet else None)
     return res
 
 

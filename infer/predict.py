@@ -137,9 +137,11 @@ DIHEDRAL_VIEWS = ((False, False, False), (False, True, True), (True, True, False
                   (True, False, False), (True, True, True))
 
 
-def dihedral_forward(model: UNet, x: torch.Tensor, views: int = 8) -> torch.Tensor:
+def dihedral_forward(model: UNet, x: torch.Tensor, views: int = 8, *, mirror: bool = False) -> torch.Tensor:
     """Test-time augmentation: the mean output over the first ``views`` of
-    `DIHEDRAL_VIEWS` (flips and transposes) of ``x``.
+    `DIHEDRAL_VIEWS` (flips and transposes) of ``x``; with ``mirror``, over the same
+    views of ``x`` flipped (the last 4 of `DIHEDRAL_VIEWS`, which are those; 8 views are
+    the whole group either way).
 
     Each output is mapped back to the input's frame, the **h** channels included
     (a flip negates the flipped component, a transpose swaps them).
@@ -147,7 +149,8 @@ def dihedral_forward(model: UNet, x: torch.Tensor, views: int = 8) -> torch.Tens
     n = tta_views(views)
     hx, hy = HVEC_CH.start, HVEC_CH.start + 1
     acc = torch.zeros((), device=x.device)
-    for transpose, flip_x, flip_y in DIHEDRAL_VIEWS[:n]:
+    chosen = DIHEDRAL_VIEWS[4:4 + n] if mirror and n < 8 else DIHEDRAL_VIEWS[:n]
+    for transpose, flip_x, flip_y in chosen:
         z = x.transpose(-1, -2) if transpose else x
         dims = [d for d, f in ((-1, flip_x), (-2, flip_y)) if f]
         y = model(torch.flip(z, dims) if dims else z).float()
@@ -164,7 +167,8 @@ def dihedral_forward(model: UNet, x: torch.Tensor, views: int = 8) -> torch.Tens
 
 
 def predict_logits(model: UNet, frames: np.ndarray, *, device: torch.device, tile: int = 512,
-                   overlap: int = 32, tta: bool | int = False, precision: str = "auto") -> np.ndarray:
+                   overlap: int = 32, tta: bool | int = False, precision: str = "auto",
+                   mirror: bool = False) -> np.ndarray:
     """Network outputs (B, 4, H, W) for a batch of canonical frames (B, H, W).
 
     Frames are normalised one by one, edge-padded to a multiple of the network's
@@ -172,6 +176,9 @@ def predict_logits(model: UNet, frames: np.ndarray, *, device: torch.device, til
     blended with linear ramps. ``tta`` averages that many views
     (`tta_views`, `dihedral_forward`; as many times the time). ``precision``: the
     network's arithmetic (`network_dtype`); outputs are float32 either way.
+    ``mirror``: the network sees the frames flipped (`dihedral_forward`), outputs mapped
+    back: for a lattice of the handedness it was not trained on
+    (`dislotrack.infer.lattice.Lattice.is_mirror_view`).
     """
     views = tta_views(tta)
     frames = np.stack([normalise_image(f) for f in frames]).astype(np.float32)
@@ -195,7 +202,8 @@ def predict_logits(model: UNet, frames: np.ndarray, *, device: torch.device, til
             for x0 in _starts(pw, tw, tw - ov):
                 x = torch.from_numpy(padded[:, None, y0:y0 + th, x0:x0 + tw].copy()).to(device)
                 x = x.contiguous(memory_format=torch.channels_last)
-                y = (dihedral_forward(model, x, views) if views > 1 else model(x).float()).cpu().numpy()
+                y = (dihedral_forward(model, x, views, mirror=mirror) if views > 1 or mirror
+                     else model(x).float()).cpu().numpy()
                 out[:, :, y0:y0 + th, x0:x0 + tw] += y * win
                 weight[y0:y0 + th, x0:x0 + tw] += win
     return (out / weight)[:, :, :h, :w]

@@ -1024,7 +1024,7 @@ def test_summary_json_records_the_analysis_options(tiny_model, tmp_path):
         "max_gap": 0, "min_track_score": 0.0, "border_nm": 2.0, "d_spacing_nm": 0.47,
         "lattice_h": False, "pixel_size_nm": None, "frame_interval_s": 0.5, "signal": None,
         "device": "cpu", "device_used": "cpu", "precision": "float32", "precision_used": "float32",
-        "frames": None, "region": None}
+        "frames": None, "region": None, "network_view": "as read"}
     assert {"schema_version", "dislotrack_version", "model", "input", "calibration", "totals",
             "velocities", "lattice", "warnings"} < set(summary)  # the keys before stay
     # Numpy numbers, paths and devices, as notebooks pass them, are written as plain JSON.
