@@ -143,6 +143,25 @@ def measure_lattice(frames: list[np.ndarray], *, pixel_size_nm: float, d_spacing
     return Lattice(g003 * to_nm, None if g_layer is None else g_layer * to_nm)
 
 
+def shows_mirror_view(frame: np.ndarray, *, pixel_size_nm: float, d_spacing_nm: float) -> bool:
+    """Whether ``frame``'s lattice is the mirror image of the handedness the bundled
+    networks were trained on (`Lattice.is_mirror_view`; False where no in-layer reflection
+    tells): `analyze` then shows them the frames flipped.
+
+    Parameters
+    ----------
+    frame : ndarray (H, W)
+    pixel_size_nm, d_spacing_nm : float
+        Pixel size [nm/px]; (003) spacing [nm].
+
+    Returns
+    -------
+    bool
+    """
+    lattice = measure_lattice([frame], pixel_size_nm=pixel_size_nm, d_spacing_nm=d_spacing_nm)
+    return lattice is not None and lattice.is_mirror_view
+
+
 def _refined(spec: Spectrum, peak: np.ndarray, on_grid: np.ndarray) -> np.ndarray:
     """Sub-bin (kx, ky) [cycles/px] of a spectral peak; its bin where refining fails."""
     refined = spec.refine(peak)

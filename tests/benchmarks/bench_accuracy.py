@@ -25,9 +25,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from dislotrack.data_gen.conventions import D003_LINIO2_NM
+from dislotrack.data_gen.conventions import CANONICAL_PIXEL_SIZE_NM, D003_LINIO2_NM
 from dislotrack.data_gen.sample import GeneratorConfig, make_sample
 from dislotrack.infer.detectors import NetworkDetector
+from dislotrack.infer.lattice import shows_mirror_view
 from dislotrack.infer.options import TTA_VIEWS
 from dislotrack.infer.predict import PRECISIONS, network_dtype
 from dislotrack.infer.preprocess import to_canonical
@@ -80,9 +81,13 @@ PRECISION = {"name": "auto"}
 
 def net_detect(net, image: np.ndarray, threshold: float, *, pixel_size: float | None = None,
                canonical: float | None = None, tta: int = 1):
-    """The network as infer runs it: resampled to its canonical pixel size, mapped back."""
+    """The network as infer runs it: resampled to its canonical pixel size, mapped back;
+    a mirror-view lattice shown flipped (`shows_mirror_view`)."""
+    mirror = shows_mirror_view(image, pixel_size_nm=pixel_size or canonical or CANONICAL_PIXEL_SIZE_NM,
+                               d_spacing_nm=D003_LINIO2_NM)
     det = NetworkDetector(net, device=torch.device("cpu"), threshold=threshold, scale=1.0,
-                          d_spacing_nm=D003_LINIO2_NM, tta=tta, precision=PRECISION["name"])
+                          d_spacing_nm=D003_LINIO2_NM, tta=tta, precision=PRECISION["name"],
+                          mirror=mirror)
     can = image if pixel_size is None else to_canonical(image, pixel_size_nm=pixel_size,
                                                         canonical_nm=canonical)
     cores, rs = det([image], [can])[0]
