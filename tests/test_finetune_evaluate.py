@@ -659,29 +659,15 @@ def test_validation_scores_pool_the_counts_of_all_ranks():
 
 
 def test_validation_rock_salt_iou_pools_intersections_and_unions_over_frames(tmp_path):
+    from test_train_metrics import rock_salt_scores  # tests/ is on sys.path
     from torch.utils.data import default_collate
 
-    from dislotrack.models.unet import RS_CH
     from dislotrack.train.data import sample_to_item
     from dislotrack.train.finetune import annotated_frames
-    from dislotrack.train.module import DislocationModule
 
     generate_dataset(out=tmp_path / "lab", n=2, size=32, mode="stem", seed=3, progress=False)
     batch = default_collate([sample_to_item(f) for f in annotated_frames(tmp_path / "lab", 0.1)])
-    truth = torch.zeros_like(batch["rs"])
-    truth[0, 0, 0:10, 0:10] = 1  # frame 0: 100 px of rock salt, predicted as [0:10, 5:15]
-    truth[1, 0, 0:4, 0:4] = 1  # frame 1: 16 px, predicted exactly
-    batch["rs"] = truth
-    logits = torch.full((2, 4, 32, 32), -20.0)
-    logits[0, RS_CH, 0:10, 5:15] = 20.0
-    logits[1, RS_CH, 0:4, 0:4] = 20.0
-    module = DislocationModule(UNet(UNetConfig(base_channels=4, depth=2)))
-    module.forward = lambda image: logits
-    logged: dict = {}
-    module.log_dict = lambda metrics, **_: logged.update(metrics)
-    module.log = lambda *args, **kwargs: None  # the step's loss: no trainer here
-    module._eval_step(batch, "val")
-    module._epoch_end("val")
+    logged, _ = rock_salt_scores(batch)  # frame 0: IoU 50/150; frame 1: 16 px, exact
     # Pooled over the frames: (50 + 16) / (150 + 16), not the mean of 1/3 and 1.
     assert logged["val/rs_iou"] == pytest.approx(66 / 166)
 
