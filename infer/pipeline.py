@@ -480,9 +480,10 @@ def analyze(path: str | Path | Movie | np.ndarray, *, model: str | Path | None =
         first = movie[0]
         # The bundled networks know one handedness of the chiral [100] view (their
         # augmentation never mirrored): a specimen seen from its other side is shown to
-        # them flipped (on [-100] their h was 11-12 deg off, and tracks' climb took glide).
-        mirror = detector == "unet" and shows_mirror_view(first, pixel_size_nm=cal.pixel_size_nm,
-                                                          d_spacing_nm=d_spacing_nm)
+        # them flipped (on [-100] their h was 15 deg off, and tracks' climb took glide).
+        # Eight views are the whole group: flipped or not, the same.
+        mirror = detector == "unet" and views < 8 and shows_mirror_view(
+            first, pixel_size_nm=cal.pixel_size_nm, d_spacing_nm=d_spacing_nm)
         if detector == "gpa":
             det = GPADetector(pixel_size_nm=cal.pixel_size_nm, d_spacing_nm=d_spacing_nm)
             card = {**card, "model_id": "gpa-baseline", "sha256": None}

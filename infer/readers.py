@@ -45,6 +45,7 @@ import hashlib
 import importlib
 import json
 import logging
+import os
 import re
 import struct
 import warnings
@@ -320,6 +321,11 @@ def _npy_bytes(head: bytes, f) -> tuple[int, str] | None:
 _MRC_ITEMSIZE = {0: 1, 1: 2, 2: 4, 3: 4, 4: 8, 6: 2, 12: 2, 101: 0.5}
 
 
+def path_size(f) -> int:
+    """Size [bytes] of the open file ``f``."""
+    return os.fstat(f.fileno()).st_size
+
+
 def _mrc_bytes(head: bytes, f) -> tuple[int, str] | None:
     """Bytes an MRC file needs: 1024-byte header + extended header (NSYMBT) + NX*NY*NZ values."""
     for order in "<>":  # the machine stamp is often unset: the order whose mode is known
@@ -327,7 +333,8 @@ def _mrc_bytes(head: bytes, f) -> tuple[int, str] | None:
         if mode in _MRC_ITEMSIZE and min(nx, ny, nz) > 0:
             next_bytes = struct.unpack(order + "i", head[92:96])[0]
             data = int(nx * ny * nz * _MRC_ITEMSIZE[mode])
-            return 1024 + max(next_bytes, 0) + data, f"{nz} x {ny} x {nx} values of mode {mode}"
+            extended = f" after a {next_bytes}-byte extended header" if next_bytes > 0 else ""
+            return 1024 + max(next_bytes, 0) + data, f"{nz} x {ny} x {nx} values of mode {mode}{extended}"
     return None
 
 
@@ -358,6 +365,8 @@ def _ser_bytes(head: bytes, f) -> tuple[int, str] | None:
     if len(raw) < valid * step:
         return table + valid * step, f"{valid} image(s) with an offset table"
     last = max(struct.unpack(f"{order}{valid}{'q' if wide else 'i'}", raw))
+    if last + 50 > path_size(f):  # cut before the last image's own header
+        return last + 50, f"{valid} image(s), the last starting at byte {last}"
     f.seek(last + 40)  # two axes' calibration: offset, delta (float64) and element (int32)
     kind, nx, ny = struct.unpack(order + "hii", f.read(10))
     itemsize = {1: 1, 2: 2, 3: 4, 4: 1, 5: 2, 6: 4, 7: 4, 8: 8, 9: 8, 10: 16}.get(kind)

@@ -40,7 +40,7 @@ def stem_frame(zone: str, rotation_deg: float, *, cores=(), size: int = 256, see
 
 @pytest.mark.parametrize("rotation_deg", [0.0, 37.0, 150.0])
 def test_the_lattice_tells_100_from_its_mirror_at_any_rotation(rotation_deg):
-    # ([1-10] is achiral: shown flipped or not, the network sees a view it knows.)
+    # ([1-10] is achiral, but an aliased spot can give it a handedness: a known limit.)
     tilts = {}
     for zone in ("[100]", "[-100]"):
         lattice = measure_lattice([stem_frame(zone, rotation_deg)[0]], pixel_size_nm=PS, d_spacing_nm=0.473)

@@ -450,3 +450,17 @@ def test_opening_an_mrc_leaves_no_resource_warning(tmp_path, recwarn):
         movie[0]
     gc.collect()
     assert not [w for w in recwarn if issubclass(w.category, ResourceWarning)]
+
+
+def test_a_multi_image_ser_cut_before_its_last_image_says_where_that_image_starts(tmp_path):
+    # It said "its bytes end within its header", though the header and offset table were whole.
+    src = real("rosettasciio/tia/old/64x64x5_TEM_preview_1.ser")
+    with pytest.raises(ValueError, match=r"truncated: its header says 5 image\(s\), the last starting "
+                                         r"at byte \d+ \(\d+ bytes in all\)"):
+        open_movie(_cut(src, tmp_path / src.name, 0.5))
+
+
+def test_an_mrc_message_counts_its_extended_header(tmp_path):
+    src = real("rosettasciio/mrc/HAADFscan.mrc")
+    with pytest.raises(ValueError, match=r"values of mode 6 after a 909312-byte extended header"):
+        open_movie(_cut(src, tmp_path / src.name, 0.5))
