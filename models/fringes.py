@@ -136,7 +136,8 @@ class FringeChannels(nn.Module):
 
 
 def fringe_winding(image: np.ndarray, xy: np.ndarray, *, period_px: float,
-                   radius_px: float, width: float = FRINGE_MASK_WIDTH) -> np.ndarray:
+                   radius_px: float, width: float = FRINGE_MASK_WIDTH,
+                   avoid_period_px: float | None = None) -> np.ndarray:
     """Winding number of the fringe phase on a circle around each point.
 
     Parameters
@@ -152,6 +153,10 @@ def fringe_winding(image: np.ndarray, xy: np.ndarray, *, period_px: float,
     width : float
         Mask width of the fringe image, as in `FringeChannels` (default: the
         network's channels; smaller = smoother phase, fewer noise vortices).
+    avoid_period_px : float, optional
+        If given, the reflection is picked at least 20 deg from the direction of the
+        strongest fringe of this period (the (003) one, whose (006) harmonic lies in
+        the in-layer ring), as the network's in-layer channels pick it.
 
     Returns
     -------
@@ -170,7 +175,8 @@ def fringe_winding(image: np.ndarray, xy: np.ndarray, *, period_px: float,
     [1.0, 0.0]
     """
     tensor = torch.from_numpy(np.asarray(image, np.float32))[None, None]
-    ch, _ = FringeChannels(period_px, width=width).fringe(tensor)
+    avoid = None if avoid_period_px is None else FringeChannels(avoid_period_px).fringe(tensor)[1]
+    ch, _ = FringeChannels(period_px, width=width).fringe(tensor, avoid=avoid)
     z = (ch[0, 0] + 1j * ch[0, 1]).numpy()
     t = np.linspace(0, 2 * np.pi, 48, endpoint=False)
     pts = np.asarray(xy, float).reshape(-1, 2)

@@ -37,7 +37,7 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from dislotrack.models.fringes import FringeChannels
+from dislotrack.models.fringes import FRINGE_MASK_WIDTH, FringeChannels
 
 #: Output channel of the core-heatmap logit.
 HEATMAP_CH = 0
@@ -114,6 +114,7 @@ class UNetConfig:
     skip_merge: str = "add"
     fringe_period_px: float = 0.0
     inplane_fringe_period_px: float = 0.0
+    inplane_fringe_width: float = FRINGE_MASK_WIDTH
 
     def __post_init__(self) -> None:
         if self.in_channels < 1:
@@ -140,6 +141,8 @@ class UNetConfig:
             raise ValueError("inplane_fringe_period_px must be 0 (off) or > 0 with "
                              f"fringe_period_px > 0, got {self.inplane_fringe_period_px} with "
                              f"fringe_period_px {self.fringe_period_px}")
+        if not 0 < self.inplane_fringe_width <= 1:
+            raise ValueError(f"inplane_fringe_width must be in (0, 1], got {self.inplane_fringe_width}")
 
     def channels(self) -> list[int]:
         """Channels of levels ``0 .. depth`` (full resolution first, bottleneck last)."""
@@ -274,7 +277,8 @@ class UNet(nn.Module):
         ch = config.channels()
         n0 = config.full_res_convs
         self.fringes = FringeChannels(config.fringe_period_px) if config.fringe_period_px > 0 else None
-        self.inplane_fringes = (FringeChannels(config.inplane_fringe_period_px)
+        self.inplane_fringes = (FringeChannels(config.inplane_fringe_period_px,
+                                               width=config.inplane_fringe_width)
                                 if config.inplane_fringe_period_px > 0 else None)
         first = config.in_channels + 2 * sum(m is not None for m in (self.fringes, self.inplane_fringes))
         self.encoders = nn.ModuleList(

@@ -61,19 +61,23 @@ def test_rejects_bad_input():
         FringeChannels(PERIOD)(torch.zeros(1, 2, 16, 16))
 
 
-def test_inplane_fringe_skips_the_003_harmonic_and_shows_a_basal_core():
+def _basal_core_image(size: int = 96, core: tuple[float, float] = (47.0, 45.0)) -> np.ndarray:
     """(003) fringes with a strong (006) harmonic at 2.365 px, plus weaker 2.45 px
-    in-layer fringes at 80 deg that a basal core terminates: given the (003) direction,
-    the in-layer channel takes the in-layer fringe, not the harmonic in its ring."""
-    size, core = 96, (47.0, 45.0)
+    in-layer fringes at 80 deg that a basal core at ``core`` terminates."""
     yy, xx = np.mgrid[0:size, 0:size].astype(float)
     n003 = np.array([np.sin(0.3), np.cos(0.3)])
     ang = 0.3 + np.radians(80)
     phase003 = 2 * np.pi * (xx * n003[0] + yy * n003[1]) / PERIOD
     phase_in = 2 * np.pi * (xx * np.sin(ang) + yy * np.cos(ang)) / 2.45
     phase_in += np.arctan2(yy - core[1], xx - core[0])
-    image = np.cos(phase003) + 0.8 * np.cos(2 * phase003) + 0.4 * np.cos(phase_in)
-    x = torch.from_numpy(image)[None, None].float()
+    return np.cos(phase003) + 0.8 * np.cos(2 * phase003) + 0.4 * np.cos(phase_in)
+
+
+def test_inplane_fringe_skips_the_003_harmonic_and_shows_a_basal_core():
+    """Given the (003) direction, the in-layer channel takes the in-layer fringe, not
+    the harmonic in its ring."""
+    core = (47.0, 45.0)
+    x = torch.from_numpy(_basal_core_image(core=core))[None, None].float()
     _, g003 = FringeChannels(PERIOD).fringe(x)
     inplane = FringeChannels(2.45)
     _, g_plain = inplane.fringe(x)
@@ -84,6 +88,15 @@ def test_inplane_fringe_skips_the_003_harmonic_and_shows_a_basal_core():
     f = (channels[0, 0] + 1j * channels[0, 1]).numpy()
     assert abs(abs(_turns(f, *core)) - 1) < 0.05
     assert abs(_turns(f, 20.0, 75.0)) < 0.05
+
+
+def test_fringe_winding_away_from_003_reads_the_in_layer_fringe():
+    image = _basal_core_image(core=(47.0, 45.0))
+    pts = np.array([[47.0, 45.0], [20.0, 75.0]])
+    plain = fringe_winding(image, pts, period_px=2.45, radius_px=6.0, width=0.08)
+    away = fringe_winding(image, pts, period_px=2.45, radius_px=6.0, width=0.08, avoid_period_px=PERIOD)
+    assert np.abs(plain).tolist() == [0.0, 0.0]  # the (006) harmonic runs through the core
+    assert np.abs(away).tolist() == [1.0, 0.0]
 
 
 def test_fringe_winding_counts_the_half_plane_ends_inside_the_circle():

@@ -100,6 +100,16 @@ def test_config_round_trip_and_validation():
         UNetConfig(in_channels=2, fringe_period_px=4.73)
     fringe = UNetConfig(fringe_period_px=4.73)
     assert UNetConfig.from_dict(fringe.to_dict()) == fringe
+    with pytest.raises(ValueError, match="inplane_fringe_width must be in"):
+        UNetConfig(fringe_period_px=9.46, inplane_fringe_period_px=4.9, inplane_fringe_width=0)
+
+
+def test_inplane_fringe_width_reaches_the_channels_and_older_cards_keep_theirs():
+    narrow = UNetConfig(fringe_period_px=9.46, inplane_fringe_period_px=4.9, inplane_fringe_width=0.08)
+    assert UNet(narrow).inplane_fringes.width == 0.08
+    card = narrow.to_dict()
+    del card["inplane_fringe_width"]  # a card written before the field existed
+    assert UNet(UNetConfig.from_dict(card)).inplane_fringes.width == 0.25
 
 
 def test_untrained_logits_start_at_the_low_prior():
