@@ -282,12 +282,21 @@ def _measure_residual(
     for a ridge).
     """
     product = product * weight
-    surface = fft.irfft2(product, s=grid.shape)
-    lags = grid.lags
-    if max_step_px is not None:
-        surface[grid.lag_length > max_step_px] = -np.inf
-    peak = np.unravel_index(np.argmax(surface), grid.shape)
-    lag = _refine_peak(product, np.array([lags[0][peak], lags[1][peak]]), grid, upsample_factor)
+    if max_step_px is None:
+        surface = fft.irfft2(product, s=grid.shape)
+        peak = np.unravel_index(np.argmax(surface), grid.shape)
+        lag = _refine_peak(product, np.array([grid.lags[0][peak], grid.lags[1][peak]]), grid,
+                           upsample_factor)
+    else:
+        # The window is searched on the fine grid itself: a lattice of ~2.5 px period has
+        # correlation peaks narrower than a pixel, and on the integer lags the window's
+        # edge could outscore a true peak just beyond it (a 1.007 px step was taken as
+        # its neighbour 2.5 px away, and the drift ran off by one period per frame).
+        lag = _refine_peak(product, np.zeros(2), grid, upsample_factor, span=2 * max_step_px,
+                           radius=max_step_px)
+        if np.hypot(*lag) > max_step_px - 1.5 / upsample_factor:
+            # On the window's edge: the peak is beyond it; follow it out (a jump, warned).
+            lag = _refine_peak(product, lag, grid, upsample_factor)
     curvature, axes = _peak_curvature(product, lag, grid)
     if not curvature[1] > 0:
         return np.zeros(2), "flat", 0.0
@@ -301,20 +310,24 @@ def _measure_residual(
 
 
 def _refine_peak(
-    product: np.ndarray, lag: np.ndarray, grid: _Grid, upsample_factor: int
+    product: np.ndarray, lag: np.ndarray, grid: _Grid, upsample_factor: int,
+    span: float = 1.5, radius: float | None = None,
 ) -> np.ndarray:
-    """Sub-pixel correlation peak (rows, cols) [px] near the integer ``lag``.
+    """Sub-pixel correlation peak (rows, cols) [px] near ``lag``.
 
     The inverse DFT of the half spectrum ``product`` is evaluated on a grid of step
-    ``1 / upsample_factor`` spanning 1.5 px around ``lag`` by matrix multiplication
+    ``1 / upsample_factor`` spanning ``span`` px around ``lag`` by matrix multiplication
     (Guizar-Sicairos, Thurman & Fienup, Opt. Lett. 33, 156 (2008)); a parabola
     through the best grid point and its neighbours removes the grid quantisation.
+    With ``radius``, only grid points within it of ``lag`` count.
     """
-    size = int(np.ceil(1.5 * upsample_factor)) | 1  # odd, centred on lag
+    size = int(np.ceil(span * upsample_factor)) | 1  # odd, centred on lag
     steps = (np.arange(size) - size // 2) / upsample_factor
     row_kernel = np.exp(2j * np.pi * np.outer(lag[0] + steps, grid.rows[:, 0]))
     col_kernel = grid.weights * np.exp(2j * np.pi * np.outer(lag[1] + steps, grid.cols[0]))
     local = (row_kernel @ product @ col_kernel.T).real
+    if radius is not None:
+        local[np.hypot(*np.meshgrid(steps, steps, indexing="ij")) > radius + 1e-9] = -np.inf
     best = np.unravel_index(np.argmax(local), local.shape)
     refined = lag + steps[list(best)]
     for axis, index in enumerate(best):
@@ -322,7 +335,7 @@ def _refine_peak(
             line = local[best[0]] if axis == 1 else local[:, best[1]]
             around = line[index - 1 : index + 2]
             curvature = around[0] - 2 * around[1] + around[2]
-            if curvature < 0:
+            if np.isfinite(around).all() and curvature < 0:
                 refined[axis] += 0.5 * (around[0] - around[2]) / curvature / upsample_factor
     return refined
 

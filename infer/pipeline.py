@@ -52,7 +52,7 @@ from dislotrack.infer.detectors import CORE_COLUMNS, GPADetector, NetworkDetecto
 from dislotrack.infer.drift import measure_drift
 from dislotrack.infer.fringes import pixel_size_from_fringes_or_none
 from dislotrack.infer.interface import option
-from dislotrack.infer.lattice import Lattice, fringes_twice_apart, measure_lattice, shows_mirror_view
+from dislotrack.infer.lattice import Lattice, fringes_twice_apart, measure_lattice
 from dislotrack.infer.linking import DEFAULT_MAX_SPEED_NM_S
 from dislotrack.infer.options import (
     DEFAULT_MIN_LENGTH,
@@ -482,8 +482,9 @@ def analyze(path: str | Path | Movie | np.ndarray, *, model: str | Path | None =
         # augmentation never mirrored): a specimen seen from its other side is shown to
         # them flipped (on [-100] their h was 15 deg off, and tracks' climb took glide).
         # Eight views are the whole group: flipped or not, the same.
-        mirror = detector == "unet" and views < 8 and shows_mirror_view(
-            first, pixel_size_nm=cal.pixel_size_nm, d_spacing_nm=d_spacing_nm)
+        lattice0 = measure_lattice([first], pixel_size_nm=cal.pixel_size_nm, d_spacing_nm=d_spacing_nm)
+        mirror = (detector == "unet" and views < 8 and lattice0 is not None
+                  and lattice0.is_mirror_view)
         if detector == "gpa":
             det = GPADetector(pixel_size_nm=cal.pixel_size_nm, d_spacing_nm=d_spacing_nm)
             card = {**card, "model_id": "gpa-baseline", "sha256": None}

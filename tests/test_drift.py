@@ -162,3 +162,28 @@ def test_rejects_empty_movie_and_mismatched_frames():
         measure_drift(iter([]))
     with pytest.raises(ValueError, match="frame 1 has shape"):
         measure_drift([np.zeros((8, 8)), np.zeros((8, 9))])
+
+
+def _layered_lattice(rng, size=SIZE + 2 * MARGIN + 20):
+    """Columns of a layered lattice seen along [100] at 0.1 nm/px: the spots n1 g003 + n2
+    g_layer [cycles/px] of one generated STEM frame below Nyquist (periods down to 2 px,
+    so correlation peaks narrower than a pixel), plus faint texture."""
+    g003, g_layer = np.array([0.0185, -0.2075]), np.array([0.3896, 0.1029])  # (kx, ky)
+    yy, xx = np.mgrid[0:size, 0:size].astype(float)
+    scene = 0.2 * _texture(rng, size)
+    for n1 in range(-4, 5):
+        for n2 in range(0, 3):
+            kx, ky = n1 * g003 + n2 * g_layer
+            if (n2 > 0 or n1 > 0) and max(abs(kx), abs(ky)) < 0.5:
+                scene += np.exp(-(kx**2 + ky**2) / 0.08) * np.cos(2 * np.pi * (kx * xx + ky * yy))
+    return scene
+
+
+def test_a_step_at_the_bound_is_not_taken_for_its_lattice_neighbour():
+    # Steady drift of 1.007 px per frame (just beyond max_step_px = 1 at the first step):
+    # on the integer lags the window's edge won and the drift ran off by a lattice
+    # period (2.5 px) per frame.
+    rng = np.random.default_rng(11)
+    shifts = [(0.57 * t, 0.83 * t) for t in range(6)]
+    drift = measure_drift(_movie(_layered_lattice(rng), shifts, 0.05, rng), max_step_px=1.0)
+    assert np.abs(_recovered(drift) - np.array(shifts)).max() < 0.1
