@@ -146,7 +146,8 @@ def measure_drift(
             max_step_px=max_step_px,
             upsample_factor=upsample_factor,
         )
-        if max_step_px is not None and offset > max_step_px:
+        # A peak followed just out of the window (by up to a grid step) is no jump.
+        if max_step_px is not None and offset > max_step_px + 1.0 / upsample_factor:
             jumps.append((t, offset))
         trouble[status] += 1
         if status == "flat":
