@@ -80,6 +80,7 @@ def measure_drift(
     upsample_factor: int = 10,
     max_step_px: float | None = 1.0,
     reference_weight: float = 0.2,
+    layer_reflections: np.ndarray | None = None,
     warn: bool = True,
 ) -> pd.DataFrame:
     """Measure the specimen drift of every frame relative to frame 0.
@@ -98,6 +99,12 @@ def measure_drift(
     reference_weight : float
         Weight of the newest frame in the running reference, in (0, 1]; 1 compares
         each frame with the previous one only.
+    layer_reflections : ndarray (2, 2), optional
+        The crystal's (003) reflection and an in-layer one, rows (kx, ky) [cycles/px of
+        these frames] (`dislotrack.infer.lattice.measure_lattice`). Where the (003)
+        fringes outweigh the rest so that the correlation peak is a ridge, the drift
+        along them is then read from the in-layer spots alone (`lattice_weights`)
+        instead of being extrapolated.
     warn : bool
         Log warnings (of lattice-period jumps, frames without a correlation peak, drift
         along the fringes that cannot be seen). A caller whose frames cannot show a core
@@ -128,6 +135,7 @@ def measure_drift(
     except StopIteration:
         raise ValueError("measure_drift needs at least one frame, got none") from None
     grid = _Grid(first.shape)
+    layer = None if layer_reflections is None else lattice_weights(grid, layer_reflections)
     reference = fft.rfft2(first)  # running reference spectrum, current frame's axes
     power = np.abs(fft.rfft2(first * grid.taper)) ** 2  # running power spectrum
     drift, predicted = np.zeros(2), np.zeros(2)  # (rows, cols) = (dy, dx)
@@ -145,6 +153,7 @@ def measure_drift(
             grid,
             max_step_px=max_step_px,
             upsample_factor=upsample_factor,
+            layer=layer,
         )
         # A peak followed just out of the window (by up to a grid step) is no jump.
         if max_step_px is not None and offset > max_step_px + 1.0 / upsample_factor:
@@ -258,6 +267,50 @@ class _Grid:
         return np.exp(-2j * np.pi * self.rows * shift[0]) * np.exp(-2j * np.pi * self.cols * shift[1])
 
 
+#: Spot width of `lattice_weights`: Gaussian sigma relative to the shorter reflection,
+#: and at least this many frequency bins.
+_SPOT_SIGMA, _SPOT_MIN_BINS = 0.06, 1.5
+
+
+def lattice_weights(grid: _Grid, reflections: np.ndarray) -> np.ndarray:
+    """Weights on ``grid``'s half spectrum: Gaussian spots at the points ``n1 g1 + n2 g2``
+    with ``n2 != 0`` (off the row of ``g1``, the (003) one) of the lattice spanned by
+    ``reflections`` (rows g = (kx, ky) [cycles/px]), inside the Nyquist box; 0 elsewhere."""
+    g = np.asarray(reflections, float).reshape(2, 2)
+    if abs(np.linalg.det(g)) < 1e-9:
+        raise ValueError(f"reflections must be two independent vectors, got {g.tolist()}")
+    lengths = np.hypot(*g.T)
+    sigma = max(_SPOT_SIGMA * lengths.min(), _SPOT_MIN_BINS / min(grid.shape))
+    m = int(np.ceil(0.75 / lengths.min()))  # orders enough to cover the Nyquist box
+    n1, n2 = np.mgrid[-m:m + 1, -m:m + 1].reshape(2, -1)
+    spots = np.outer(n1, g[0]) + np.outer(n2, g[1])  # (kx, ky)
+    keep = (np.abs(spots) < 0.5).all(axis=1) & (n2 != 0) & (spots[:, 0] >= 0)  # -g: its partner
+    weights = np.zeros((grid.rows.size, grid.cols.size))
+    for kx, ky in spots[keep]:
+        d2 = (grid.cols - kx) ** 2 + ((grid.rows - ky + 0.5) % 1.0 - 0.5) ** 2
+        weights = np.maximum(weights, np.exp(-d2 / (2 * sigma**2)))
+    return weights
+
+
+def _along_ridge(product: np.ndarray, lag: np.ndarray, axis: np.ndarray, grid: _Grid,
+                 radius: float, upsample_factor: int) -> float | None:
+    """Offset [px] along ``axis`` from ``lag`` of the correlation maximum of ``product``
+    (the in-layer spots only) within ``radius``; None without an interior maximum."""
+    steps = np.arange(-radius, radius + 1e-9, 1.0 / upsample_factor)
+    lags = lag[None, :] + steps[:, None] * axis[None, :]  # (n, 2) rows, cols
+    phase = np.exp(2j * np.pi * (lags[:, 0, None, None] * grid.rows[None]
+                                 + lags[:, 1, None, None] * grid.cols[None]))
+    line = ((phase * product[None]).real * grid.weights).sum(axis=(1, 2))
+    best = int(np.argmax(line))
+    if not 0 < best < len(line) - 1:
+        return None
+    around = line[best - 1 : best + 2]
+    curvature = around[0] - 2 * around[1] + around[2]
+    if not curvature < 0:
+        return None
+    return float(steps[best] + 0.5 * (around[0] - around[2]) / curvature / upsample_factor)
+
+
 def _wiener(power: np.ndarray) -> np.ndarray:
     """Weights (signal / total power) that keep the frequencies carrying structure
     (lattice reflections, texture) and suppress those carrying only noise, whose
@@ -273,6 +326,7 @@ def _measure_residual(
     *,
     max_step_px: float | None,
     upsample_factor: int,
+    layer: np.ndarray | None = None,
 ) -> tuple[np.ndarray, str, float]:
     """Displacement (rows, cols) [px] of a frame relative to the moved reference.
 
@@ -304,6 +358,11 @@ def _measure_residual(
     if curvature[0] < _RIDGE_RATIO * curvature[1]:
         strong = axes[:, 1]
         across = float(strong @ lag)
+        if layer is not None:  # the in-layer spots alone fix the position along the ridge
+            along = _along_ridge(product * layer, strong * across, axes[:, 0], grid,
+                                 max_step_px or 1.0, upsample_factor)
+            if along is not None:
+                return -(strong * across + axes[:, 0] * along), "ok", abs(across)
         # Along the ridge the peak's place is arbitrary (often the search window's edge):
         # only the measured component counts as a change of the step.
         return -strong * across, "ridge", abs(across)

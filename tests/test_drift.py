@@ -190,3 +190,36 @@ def test_a_step_at_the_bound_is_not_taken_for_its_lattice_neighbour(caplog):
     assert np.abs(_recovered(drift) - np.array(shifts)).max() < 0.1
     # Followed within a grid step of the window: no jump to warn of.
     assert not [r for r in caplog.records if "drift step between frames" in r.getMessage()]
+
+
+def test_drift_along_dominant_fringes_is_read_from_the_in_layer_spots(caplog):
+    # Strong (003) fringes and faint in-layer ones: the correlation peak is a ridge
+    # along the fringes, where the drift was extrapolated from the first step (0 here).
+    g003, g_layer = np.array([0.0, 0.2114]), np.array([0.4, 0.1057])  # (kx, ky) cycles/px
+    size = SIZE + 2 * MARGIN + 20
+    yy, xx = np.mgrid[0:size, 0:size].astype(float)
+    rng = np.random.default_rng(12)
+    scene = 3 * np.cos(2 * np.pi * (g003[0] * xx + g003[1] * yy)) + 0.05 * _texture(rng, size)
+    for g in (g_layer, g_layer - g003, g_layer - 2 * g003):
+        scene += 0.12 * np.cos(2 * np.pi * (g[0] * xx + g[1] * yy))
+    shifts = [(0.05 * t, 0.3 * t + 0.02 * t**2) for t in range(8)]  # mostly along the fringes
+    plain = measure_drift(_movie(scene, shifts, 0.05, rng), max_step_px=1.0, warn=False)
+    assert np.abs(_recovered(plain) - np.array(shifts))[:, 1].max() > 1.0  # the ridge
+    with caplog.at_level(logging.WARNING, logger="dislotrack.infer.drift"):
+        read = measure_drift(_movie(scene, shifts, 0.05, rng), max_step_px=1.0,
+                             layer_reflections=np.stack([g003, g_layer]))
+    assert np.abs(_recovered(read) - np.array(shifts)).max() < 0.15
+    assert not [r for r in caplog.records if "cannot be seen" in r.getMessage()]
+
+
+def test_lattice_weights_keep_the_spots_off_the_003_row_below_nyquist():
+    from dislotrack.infer.drift import _Grid, lattice_weights
+
+    grid = _Grid((64, 64))
+    w = lattice_weights(grid, np.array([[0.0, 0.25], [0.375, 0.0]]))  # (kx, ky)
+    assert w[0, 24] == pytest.approx(1.0)  # g_layer: row 0 (ky 0), column 24 (kx 0.375)
+    assert w[16, 24] == pytest.approx(1.0)  # g_layer + g003
+    assert w[16, 0] < 1e-6 and w[32, 0] < 1e-6  # (003), (006): the row it ridges along
+    assert w[8, 12] < 1e-6  # between spots
+    with pytest.raises(ValueError, match="independent"):
+        lattice_weights(grid, np.array([[0.0, 0.25], [0.0, 0.5]]))
