@@ -46,8 +46,15 @@ def test_the_lattice_tells_100_from_its_mirror_at_any_rotation(rotation_deg):
         lattice = measure_lattice([stem_frame(zone, rotation_deg)[0]], pixel_size_nm=PS, d_spacing_nm=0.473)
         tilts[zone] = lattice.misfit_tilt_deg
         assert lattice.is_mirror_view == (zone == "[-100]")
+        assert lattice.is_chiral
     assert np.sign(tilts["[100]"]) == TRAINED_TILT_SIGN and 7 < abs(tilts["[100]"]) < 13
     assert tilts["[-100]"] == pytest.approx(-tilts["[100]"], abs=1.5)
+
+
+def test_a_1_10_view_has_no_handedness():
+    # Its in-layer planes lie beyond Nyquist: no in-layer reflection to trust (drift, mirror).
+    lattice = measure_lattice([stem_frame("[1-10]", 20.0)[0]], pixel_size_nm=PS, d_spacing_nm=0.473)
+    assert lattice is not None and not lattice.is_chiral and not lattice.is_mirror_view
 
 
 def test_a_mirrored_pass_is_the_network_on_the_flipped_frame_mapped_back():
