@@ -33,6 +33,8 @@ MAX_SNAP_DEG = 25.0
 #: augmentation never mirrored an image (README, Conventions), so they learnt the misfit
 #: b's tilt with this sign only. ``[-100]`` (the specimen seen from its other side) has +10.
 TRAINED_TILT_SIGN = -1
+#: `Lattice.registration_reflections` keeps an in-layer spot this fraction inside Nyquist.
+NYQUIST_MARGIN = 0.1
 #: A lattice whose misfit tilt is at least this far [deg] from zero has a handedness
 #: (``[100]`` or its mirror); nearer (``[1-10]``: 0) it is achiral.
 CHIRAL_TILT_DEG = 4.0
@@ -87,6 +89,17 @@ class Lattice:
         tracking benchmark), which moves otherwise than the specimen."""
         tilt = self.misfit_tilt_deg
         return tilt is not None and abs(tilt) >= CHIRAL_TILT_DEG
+
+    def registration_reflections(self, pixel_size_nm: float) -> np.ndarray | None:
+        """``g003`` and ``g_layer`` as rows (kx, ky) [cycles/px] on a grid of
+        ``pixel_size_nm``, for `dislotrack.infer.drift.measure_drift`'s
+        ``layer_reflections``; None where the in-layer one may be an alias: an achiral view
+        (`is_chiral`) or a spot within `NYQUIST_MARGIN` of the Nyquist frequency (a 0.198 nm
+        spot at 0.1 nm/px sent a benchmark movie's drift 22 px off)."""
+        if not self.is_chiral:
+            return None
+        g = np.stack([self.g003, self.g_layer]) * pixel_size_nm
+        return g if np.abs(g).max() <= 0.5 * (1 - NYQUIST_MARGIN) else None
 
     @property
     def is_mirror_view(self) -> bool:

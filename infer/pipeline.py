@@ -552,12 +552,10 @@ def analyze(path: str | Path | Movie | np.ndarray, *, model: str | Path | None =
                 flush(raw, can, n_read - len(raw))
 
         # Frames too small or coarse for a core: drift.csv is kept, its warnings are noise.
-        # Where the (003) fringes dominate, the in-layer spots give the drift along them
-        # (those of a [100]-type view: in [1-10] an off-row spot is an alias).
+        # Where the (003) fringes dominate, the in-layer spots give the drift along them.
         drift_px_nm = cal.pixel_size_nm if drift_on_input else canonical
         drift = measure_drift(canonical_frames(), warn=not blind, layer_reflections=None if (
-            lattice0 is None or not lattice0.is_chiral) else np.stack(
-            [lattice0.g003, lattice0.g_layer]) * drift_px_nm)
+            lattice0 is None) else lattice0.registration_reflections(drift_px_nm))
     if n_read < n:  # the reader stopped early (`Movie.__iter__`): a cut-off file
         logger.warning("only %d of the %d frames %s's header lists could be read (a truncated or "
                        "damaged file?): the results cover frames 0-%d of those read", n_read, n,

@@ -123,3 +123,17 @@ def test_snap_h_weighs_every_detection_alike_whatever_the_length_of_its_h():
     h = np.array([turn(10), turn(10), 10 * turn(-80)])  # unit mean 17 deg off h_m; raw mean 69
     tracks = pd.DataFrame({"particle": 0, "hx": h[:, 0], "hy": h[:, 1]})
     assert np.allclose(snap_h(tracks, lat)[["hx", "hy"]], h_m)
+
+
+def test_registration_reflections_only_where_the_in_layer_spot_is_no_alias():
+    # [100]-type lattices (cycles/nm) measured on benchmark movies at 0.1 nm/px.
+    chiral = Lattice(np.array([0.4669, -2.0517]), np.array([4.245, -0.508]))  # 0.234 nm spot
+    near_nyquist = Lattice(np.array([-1.617, -1.300]), np.array([-0.234, -5.039]))  # 0.198 nm
+    assert chiral.is_chiral and near_nyquist.is_chiral
+    np.testing.assert_allclose(chiral.registration_reflections(0.1),
+                               [[0.04669, -0.20517], [0.4245, -0.0508]])
+    assert near_nyquist.registration_reflections(0.1) is None  # 0.504 cycles/px
+    assert near_nyquist.registration_reflections(0.05) is not None  # resolved at finer pixels
+    achiral = Lattice(np.array([0.0, 2.114]), np.array([4.0, 0.0]))  # [1-10]-like: no tilt
+    assert not achiral.is_chiral and achiral.registration_reflections(0.1) is None
+    assert Lattice(np.array([0.0, 2.114]), None).registration_reflections(0.1) is None
