@@ -33,8 +33,6 @@ MAX_SNAP_DEG = 25.0
 #: augmentation never mirrored an image (README, Conventions), so they learnt the misfit
 #: b's tilt with this sign only. ``[-100]`` (the specimen seen from its other side) has +10.
 TRAINED_TILT_SIGN = -1
-#: `Lattice.registration_reflections` keeps an in-layer spot this fraction inside Nyquist.
-NYQUIST_MARGIN = 0.1
 #: A lattice whose misfit tilt is at least this far [deg] from zero has a handedness
 #: (``[100]`` or its mirror); nearer (``[1-10]``: 0) it is achiral.
 CHIRAL_TILT_DEG = 4.0
@@ -94,12 +92,13 @@ class Lattice:
         """``g003`` and ``g_layer`` as rows (kx, ky) [cycles/px] on a grid of
         ``pixel_size_nm``, for `dislotrack.infer.drift.measure_drift`'s
         ``layer_reflections``; None where the in-layer one may be an alias: an achiral view
-        (`is_chiral`) or a spot within `NYQUIST_MARGIN` of the Nyquist frequency (a 0.198 nm
-        spot at 0.1 nm/px sent a benchmark movie's drift 22 px off)."""
+        (`is_chiral`) or a spot refined onto or past the Nyquist frequency, where it folds
+        (a 0.198 nm spot at 0.1 nm/px, 0.504 cycles/px, sent a benchmark movie's drift 22 px
+        off; the 0.204 nm ones, 0.46-0.496 cycles/px, are genuine and kept)."""
         if not self.is_chiral:
             return None
         g = np.stack([self.g003, self.g_layer]) * pixel_size_nm
-        return g if np.abs(g).max() <= 0.5 * (1 - NYQUIST_MARGIN) else None
+        return g if np.abs(g).max() < 0.5 else None
 
     @property
     def is_mirror_view(self) -> bool:

@@ -133,6 +133,8 @@ def test_registration_reflections_only_where_the_in_layer_spot_is_no_alias():
     np.testing.assert_allclose(chiral.registration_reflections(0.1),
                                [[0.04669, -0.20517], [0.4245, -0.0508]])
     assert near_nyquist.registration_reflections(0.1) is None  # 0.504 cycles/px
+    genuine_0204 = Lattice(np.array([0.4669, -2.0517]), np.array([4.96, -0.2]))  # 0.496 cycles/px
+    assert genuine_0204.registration_reflections(0.1) is not None
     assert near_nyquist.registration_reflections(0.05) is not None  # resolved at finer pixels
     achiral = Lattice(np.array([0.0, 2.114]), np.array([4.0, 0.0]))  # [1-10]-like: no tilt
     assert not achiral.is_chiral and achiral.registration_reflections(0.1) is None
