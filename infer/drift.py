@@ -43,6 +43,12 @@ Limits, by design:
   more than 10 times that along it), only the component across the ridge is
   measured and the predicted step is kept along it; a warning gives the number of
   such frames. Drift corrected positions are then unreliable along the fringes.
+* Given ``layer_reflections`` (a ``[100]``-type view's (003) and in-layer reflections,
+  `dislotrack.infer.lattice.Lattice.registration_reflections`), a ridge's direction
+  is read from the in-layer spots alone where they agree on it (`_MIN_COHERENCE`);
+  frames where they do not are counted and warned as above. An aliased in-layer spot
+  (of planes finer than two pixels) moves otherwise than the specimen and would
+  mislead this read: `registration_reflections` refuses the cases it can tell.
 * Frames far too noisy to show the lattice (synthetic HRTEM below about 40
   e/px^2 at 256 x 256 px in our trials) give no reliable peak, and the summed
   drift can run off by many pixels. Check ``drift.csv`` on such movies.
@@ -101,10 +107,11 @@ def measure_drift(
         each frame with the previous one only.
     layer_reflections : ndarray (2, 2), optional
         The crystal's (003) reflection and an in-layer one, rows (kx, ky) [cycles/px of
-        these frames] (`dislotrack.infer.lattice.measure_lattice`). Where the (003)
-        fringes outweigh the rest so that the correlation peak is a ridge, the drift
-        along them is then read from the in-layer spots alone (`lattice_weights`)
-        instead of being extrapolated.
+        these frames] (`dislotrack.infer.lattice.Lattice.registration_reflections`).
+        Where the (003) fringes outweigh the rest so that the correlation peak is a
+        ridge, the drift along them is then read from the in-layer spots alone
+        (`lattice_weights`), within ``max_step_px`` (1 px if None) of the predicted
+        step, instead of being extrapolated.
     warn : bool
         Log warnings (of lattice-period jumps, frames without a correlation peak, drift
         along the fringes that cannot be seen). A caller whose frames cannot show a core
@@ -273,15 +280,29 @@ _SPOT_SIGMA, _SPOT_MIN_BINS = 0.06, 1.5
 
 
 def lattice_weights(grid: _Grid, reflections: np.ndarray) -> np.ndarray:
-    """Weights on ``grid``'s half spectrum: Gaussian spots at the points ``n1 g1 + n2 g2``
-    with ``n2 != 0`` (off the row of ``g1``, the (003) one) of the lattice spanned by
-    ``reflections`` (rows g = (kx, ky) [cycles/px]), inside the Nyquist box; 0 elsewhere."""
+    """Weights on a frame's half spectrum that keep the in-layer spots of a lattice.
+
+    Parameters
+    ----------
+    grid : _Grid
+        The frame's shape and frequencies.
+    reflections : ndarray (2, 2)
+        Rows g1 (the (003) reflection) and g2 (an in-layer one) as (kx, ky) [cycles/px].
+
+    Returns
+    -------
+    ndarray
+        Gaussian spots (peak 1, sigma `_SPOT_SIGMA` of the shorter g, at least
+        `_SPOT_MIN_BINS` bins; 0 beyond 4 sigma) at every point ``n1 g1 + n2 g2`` with
+        ``n2 != 0`` (off the row of g1, along which a ridge runs) inside the Nyquist box.
+    """
     g = np.asarray(reflections, float).reshape(2, 2)
     if abs(np.linalg.det(g)) < 1e-9:
         raise ValueError(f"reflections must be two independent vectors, got {g.tolist()}")
     lengths = np.hypot(*g.T)
     sigma = max(_SPOT_SIGMA * lengths.min(), _SPOT_MIN_BINS / min(grid.shape))
-    m = int(np.ceil(0.75 / lengths.min()))  # orders enough to cover the Nyquist box
+    # Orders enough for every point of the box, however oblique the basis.
+    m = int(np.ceil(0.75 / (abs(np.linalg.det(g)) / lengths.max())))
     n1, n2 = np.mgrid[-m:m + 1, -m:m + 1].reshape(2, -1)
     spots = np.outer(n1, g[0]) + np.outer(n2, g[1])  # (kx, ky)
     keep = (np.abs(spots) < 0.5).all(axis=1) & (n2 != 0) & (spots[:, 0] >= 0)  # -g: its partner
@@ -293,19 +314,28 @@ def lattice_weights(grid: _Grid, reflections: np.ndarray) -> np.ndarray:
     return weights
 
 
+#: `_along_ridge` reads the drift along the fringes only where the in-layer spots agree
+#: on it: the line maximum is at least this fraction of the sum of their amplitudes
+#: (1 for a pure shift; noise alone gave 0.19-0.75 in a review's trials).
+_MIN_COHERENCE = 0.85
+
+
 def _along_ridge(product: np.ndarray, lag: np.ndarray, axis: np.ndarray, grid: _Grid,
                  radius: float, upsample_factor: int) -> float | None:
     """Offset [px] along ``axis`` from ``lag`` of the correlation maximum of ``product``
-    (the in-layer spots only) within ``radius``; None without an interior maximum."""
+    (the cross-power at the in-layer spots only) within ``radius``; None without an
+    interior maximum or where the spots do not agree on it (`_MIN_COHERENCE`)."""
     steps = np.arange(-radius, radius + 1e-9, 1.0 / upsample_factor)
-    # Only the spots' support counts (a few hundred frequencies, not the frame's):
-    # the line is sum_k a(k) exp(2 pi i s k.axis), a(k) the product at ``lag``.
+    # Only the spots' support counts (`lattice_weights` is 0 beyond 4 sigma): the line
+    # is sum_k a(k) exp(2 pi i s k.axis), a(k) the product moved to ``lag``.
     rows, cols = np.nonzero(product)
+    if not len(rows):
+        return None
     k_rows, k_cols = grid.rows[rows, 0], grid.cols[0, cols]
     a = product[rows, cols] * grid.weights[cols] * np.exp(2j * np.pi * (k_rows * lag[0] + k_cols * lag[1]))
     line = (np.exp(2j * np.pi * np.outer(steps, k_rows * axis[0] + k_cols * axis[1])) @ a).real
     best = int(np.argmax(line))
-    if not 0 < best < len(line) - 1:
+    if not 0 < best < len(line) - 1 or line[best] < _MIN_COHERENCE * np.abs(a).sum():
         return None
     around = line[best - 1 : best + 2]
     curvature = around[0] - 2 * around[1] + around[2]
@@ -353,7 +383,8 @@ def _measure_residual(
         lag = _refine_peak(product, np.zeros(2), grid, upsample_factor, span=2 * max_step_px,
                            radius=max_step_px)
         if np.hypot(*lag) > max_step_px - 1.5 / upsample_factor:
-            # On the window's edge: the peak is beyond it; follow it out (a jump, warned).
+            # On the window's edge: the peak is beyond it; follow it out to the nearest
+            # maximum (warned as a jump when more than a grid step out).
             lag = _refine_peak(product, lag, grid, upsample_factor)
     curvature, axes = _peak_curvature(product, lag, grid)
     if not curvature[1] > 0:

@@ -84,21 +84,38 @@ class Lattice:
         `CHIRAL_TILT_DEG`): then ``g_layer`` is one of its in-layer reflections. In
         ``[1-10]`` views the in-layer planes (0.144 nm) lie beyond Nyquist at 0.1 nm/px, and
         an off-row spot found there is an alias of them (tilt within 1.5 deg of 0 in the
-        tracking benchmark), which moves otherwise than the specimen."""
+        tracking benchmark, but up to 9 deg at 0.12 nm/px and in 6 of 101 `[1-10]` images
+        at 0.1 nm/px: a known limit), which moves otherwise than the specimen."""
         tilt = self.misfit_tilt_deg
         return tilt is not None and abs(tilt) >= CHIRAL_TILT_DEG
 
-    def registration_reflections(self, pixel_size_nm: float) -> np.ndarray | None:
-        """``g003`` and ``g_layer`` as rows (kx, ky) [cycles/px] on a grid of
-        ``pixel_size_nm``, for `dislotrack.infer.drift.measure_drift`'s
-        ``layer_reflections``; None where the in-layer one may be an alias: an achiral view
-        (`is_chiral`) or a spot refined onto or past the Nyquist frequency, where it folds
-        (a 0.198 nm spot at 0.1 nm/px, 0.504 cycles/px, sent a benchmark movie's drift 22 px
-        off; the 0.204 nm ones, 0.46-0.496 cycles/px, are genuine and kept)."""
+    def registration_reflections(self, pixel_size_nm: float, *,
+                                 measured_on_nm: float | None = None) -> np.ndarray | None:
+        """The reflections for `dislotrack.infer.drift.measure_drift`'s ``layer_reflections``.
+
+        Parameters
+        ----------
+        pixel_size_nm : float
+            Pixel size [nm/px] of the frames the drift is measured on.
+        measured_on_nm : float, optional
+            Pixel size [nm/px] of the frames this lattice was measured on, if other.
+
+        Returns
+        -------
+        ndarray (2, 2) or None
+            ``g003`` and ``g_layer`` as rows (kx, ky) [cycles/px of ``pixel_size_nm``];
+            None where the in-layer one may be an alias: an achiral view (`is_chiral`), or
+            a spot onto or past the Nyquist frequency of either grid, where it folds (a
+            0.198 nm spot at 0.1 nm/px, 0.504 cycles/px, sent a benchmark movie's drift 22
+            px off; the 0.204 nm ones, 0.46-0.496 cycles/px, are genuine and kept).
+        """
         if not self.is_chiral:
             return None
-        g = np.stack([self.g003, self.g_layer]) * pixel_size_nm
-        return g if np.abs(g).max() < 0.5 else None
+        g_nm = np.stack([self.g003, self.g_layer])
+        grids = [pixel_size_nm] if measured_on_nm is None else [pixel_size_nm, measured_on_nm]
+        if max(np.abs(g_nm * px).max() for px in grids) >= 0.5:
+            return None
+        return g_nm * pixel_size_nm
 
     @property
     def is_mirror_view(self) -> bool:

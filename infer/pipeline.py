@@ -555,7 +555,8 @@ def analyze(path: str | Path | Movie | np.ndarray, *, model: str | Path | None =
         # Where the (003) fringes dominate, the in-layer spots give the drift along them.
         drift_px_nm = cal.pixel_size_nm if drift_on_input else canonical
         drift = measure_drift(canonical_frames(), warn=not blind, layer_reflections=None if (
-            lattice0 is None) else lattice0.registration_reflections(drift_px_nm))
+            lattice0 is None) else lattice0.registration_reflections(
+            drift_px_nm, measured_on_nm=cal.pixel_size_nm))
     if n_read < n:  # the reader stopped early (`Movie.__iter__`): a cut-off file
         logger.warning("only %d of the %d frames %s's header lists could be read (a truncated or "
                        "damaged file?): the results cover frames 0-%d of those read", n_read, n,

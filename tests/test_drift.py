@@ -223,3 +223,22 @@ def test_lattice_weights_keep_the_spots_off_the_003_row_below_nyquist():
     assert w[8, 12] < 1e-6  # between spots
     with pytest.raises(ValueError, match="independent"):
         lattice_weights(grid, np.array([[0.0, 0.25], [0.0, 0.5]]))
+
+
+def test_without_in_layer_spots_the_ridge_stays_unseen_not_read_from_noise():
+    # layer_reflections given, but the frames show the (003) fringes only: the in-layer
+    # spots hold noise, which must not be read as drift along the fringes.
+    from dislotrack.infer.drift import UNSEEN_ALONG_FRINGES
+
+    g003, g_layer = np.array([0.0, 0.2114]), np.array([0.4, 0.1057])
+    size = SIZE + 2 * MARGIN + 20
+    yy = np.mgrid[0:size, 0:size][0].astype(float)
+    rng = np.random.default_rng(13)
+    scene = 3 * np.cos(2 * np.pi * g003[1] * yy) + 0.05 * _texture(rng, size)
+    shifts = [(0.05 * t, 0.3 * t) for t in range(8)]
+    plain = measure_drift(_movie(scene, shifts, 0.3, np.random.default_rng(1)), warn=False)
+    given = measure_drift(_movie(scene, shifts, 0.3, np.random.default_rng(1)), warn=False,
+                          layer_reflections=np.stack([g003, g_layer]))
+    assert plain.attrs[UNSEEN_ALONG_FRINGES] == 7
+    assert given.attrs[UNSEEN_ALONG_FRINGES] == 7
+    np.testing.assert_allclose(_recovered(given), _recovered(plain), atol=1e-9)

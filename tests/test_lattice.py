@@ -136,6 +136,8 @@ def test_registration_reflections_only_where_the_in_layer_spot_is_no_alias():
     genuine_0204 = Lattice(np.array([0.4669, -2.0517]), np.array([4.96, -0.2]))  # 0.496 cycles/px
     assert genuine_0204.registration_reflections(0.1) is not None
     assert near_nyquist.registration_reflections(0.05) is not None  # resolved at finer pixels
+    # ... but not when the spot was measured on the coarser grid, where it had folded.
+    assert near_nyquist.registration_reflections(0.05, measured_on_nm=0.1) is None
     achiral = Lattice(np.array([0.0, 2.114]), np.array([4.0, 0.0]))  # [1-10]-like: no tilt
     assert not achiral.is_chiral and achiral.registration_reflections(0.1) is None
     assert Lattice(np.array([0.0, 2.114]), None).registration_reflections(0.1) is None
