@@ -34,10 +34,14 @@ Limits, by design:
 * A perfect lattice is periodic, so its correlation has equally tall peaks one
   lattice period apart. The reference is first moved by the predicted step (a
   running average of past steps) and the peak is searched only within
-  ``max_step_px`` of that prediction. Steady drift of any speed is followed; the
-  first step and any change of the step between frames must stay below
-  ``max_step_px`` (keep it below half the shortest lattice period), otherwise a
-  warning is logged.
+  ``max_step_px`` of that prediction, on the fine grid (a lattice of ~2 px period has
+  correlation peaks narrower than a pixel). Steady drift of any speed is followed;
+  the first step and any change of the step between frames must stay below
+  ``max_step_px`` (keep it below half the shortest lattice period). A peak on the
+  window's edge is followed out to the nearest maximum and warned of when that lies
+  more than a grid step beyond; a larger change that a lattice peak inside the window
+  imitates (e.g. a first step of 1.5-1.8 px with a 2.5 px period) is taken for that
+  peak, unwarned.
 * An image showing a single set of lattice fringes does not fix the drift
   *along* the fringes. When the correlation peak is a ridge (curvature across it
   more than 10 times that along it), only the component across the ridge is
