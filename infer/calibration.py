@@ -182,6 +182,60 @@ def _is_rate(unit: str) -> bool:
         return False
 
 
+#: A number and an optional unit as a user types them: "0.12", "1.2 Å", "0.12nm/px", "40 ms".
+_VALUE_UNIT = re.compile(r"\s*(?P<num>[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*(?P<unit>.*?)\s*")
+#: "per pixel" suffixes of a pixel size ("nm/px", "Å/pixel"): the length is what counts.
+_PER_PIXEL = re.compile(r"\s*/\s*(?:px|pix|pixel|pixels)\s*$", re.IGNORECASE)
+
+
+def _value_and_unit(text: str, what: str) -> tuple[float, str]:
+    """Split a command-line value into its number and (possibly empty) unit."""
+    m = _VALUE_UNIT.fullmatch(str(text))
+    if m is None:
+        raise ValueError(f"{what} must be a number with an optional unit, got {text!r}")
+    return float(m.group("num")), m.group("unit")
+
+
+def parse_pixel_size(text: str) -> float:
+    """A pixel size as a user writes it on the command line, in nm/px.
+
+    A bare number is in nm; a unit may follow, with or without "/px": "1.2 Å",
+    "1.2A/px", "0.012 um". Positivity is checked where the value is used
+    (`dislotrack.infer.options.check_calibration_options`).
+
+    Raises
+    ------
+    ValueError
+        If the text is not a number or its unit is not a length (`to_nm`).
+    """
+    value, unit = _value_and_unit(text, "a pixel size")
+    unit = _PER_PIXEL.sub("", unit)
+    return float(value) if not unit else to_nm(value, unit)
+
+
+def parse_frame_interval(text: str) -> float:
+    """A frame interval as a user writes it on the command line, in s.
+
+    A bare number is in s; a unit may follow ("40 ms", "0.5s"), or a frame
+    rate, which is inverted ("25 fps", "10 Hz").
+
+    Raises
+    ------
+    ValueError
+        If the text is not a number or its unit is neither a time nor a rate.
+    """
+    value, unit = _value_and_unit(text, "a frame interval")
+    if not unit:
+        return float(value)
+    if _is_rate(unit):
+        rate = 1.0 if unit.strip().lower() in ("fps", "frames/s", "frame/s") else \
+            _ureg().Quantity(1.0, unit.strip()).to("1/s").magnitude
+        if value <= 0:
+            raise ValueError(f"a frame rate must be positive, got {text!r}")
+        return _clean(1.0 / (value * rate))
+    return to_seconds(value, unit)
+
+
 def is_number(value: object) -> bool:
     """Whether ``value`` is a real number (numpy's too), not a bool or a string."""
     return not isinstance(value, bool) and isinstance(value, numbers.Real)

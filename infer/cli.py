@@ -21,6 +21,7 @@ from pathlib import Path
 
 from dislotrack.data_gen.conventions import D003_LINIO2_NM
 from dislotrack.data_gen.version import package_version
+from dislotrack.infer.calibration import parse_frame_interval, parse_pixel_size
 from dislotrack.infer.interface import command_line
 
 
@@ -48,13 +49,13 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
                    help="imaging mode (default mixed: each item HRTEM or STEM at random)")
     p.add_argument("--movie", type=int, default=None, metavar="FRAMES",
                    help="write movies of FRAMES (>= 2) frames instead of single images")
-    p.add_argument("--frame-interval", type=float, default=None, metavar="S",
-                   help="time between movie frames [s] (default 1)")
+    p.add_argument("--frame-interval", type=_frame_interval, default=None, metavar="S",
+                   help="time between movie frames [s; or with a unit: 40ms, 25fps] (default 1)")
     p.add_argument("--dose", type=_dose_range, default=None, metavar="LOW[,HIGH]",
                    help="electron dose [e/A^2]: one value, or a range drawn log-uniformly "
                         "(default 20,5000)")
-    p.add_argument("--pixel-size", type=float, default=None, metavar="NM",
-                   help="pixel size [nm/px] (default 0.1, the bundled model's)")
+    p.add_argument("--pixel-size", type=_pixel_size, default=None, metavar="NM",
+                   help="pixel size [nm/px; or with a unit: 1.2A] (default 0.1, the bundled model's)")
     p.add_argument("--material", default=None, metavar="NAME",
                    help="LiNiO2, LiCoO2, NMC811 or NMC111 (default: drawn per structure)")
     p.add_argument("--density", type=float, default=None, metavar="D",
@@ -92,6 +93,22 @@ def _dose_range(value: str) -> tuple[float, float]:
     if len(parts) not in (1, 2):
         raise argparse.ArgumentTypeError(f"expected DOSE or LOW,HIGH in e/A^2, got {value!r}")
     return (parts[0], parts[-1])
+
+
+def _pixel_size(value: str) -> float:
+    """``--pixel-size``: nm/px, or a length with its unit (`parse_pixel_size`)."""
+    try:
+        return parse_pixel_size(value)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _frame_interval(value: str) -> float:
+    """``--frame-interval``: s, or a time or frame rate with its unit (`parse_frame_interval`)."""
+    try:
+        return parse_frame_interval(value)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def _run_generate(args: argparse.Namespace) -> int:
@@ -157,10 +174,10 @@ def _add_infer(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output folder (one subfolder per input)")
     p.add_argument("--model", default=None,
                    help="model <stem>, or a bundled one: default (0.1 nm/px), fine (0.05 nm/px)")
-    p.add_argument("--pixel-size", type=float, default=None, metavar="NM",
-                   help="pixel size [nm/px] (overrides the file)")
-    p.add_argument("--frame-interval", type=float, default=None, metavar="S",
-                   help="time between frames [s] (overrides the file)")
+    p.add_argument("--pixel-size", type=_pixel_size, default=None, metavar="NM",
+                   help="pixel size [nm/px; or with a unit: 1.2A, 0.12nm/px] (overrides the file)")
+    p.add_argument("--frame-interval", type=_frame_interval, default=None, metavar="S",
+                   help="time between frames [s; or with a unit: 40ms, 25fps] (overrides the file)")
     p.add_argument("--device", default="auto", metavar="DEVICE",
                    help="auto (CUDA if available), cpu, cuda or cuda:N (default auto)")
     _add_precision(p)

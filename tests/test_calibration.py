@@ -10,6 +10,8 @@ from dislotrack.infer.calibration import (
     Calibration,
     interval_from_timestamps,
     length_nm_or_none,
+    parse_frame_interval,
+    parse_pixel_size,
     resolve_calibration,
     to_nm,
     to_seconds,
@@ -80,6 +82,40 @@ def test_to_seconds(value, unit, s):
 def test_to_seconds_rejects(unit):
     with pytest.raises(ValueError):
         to_seconds(1.0, unit)
+
+
+@pytest.mark.parametrize(("text", "nm"), [
+    ("0.12", 0.12), (".05", 0.05), ("1e-1", 0.1), ("-1", -1.0),  # a bare number is in nm
+    ("1.2 Å", 0.12), ("1.2A", 0.12), ("1.2 A/px", 0.12), ("0.1 nm/pixel", 0.1), ("12 pm", 0.012),
+    ("0.0012um", 1.2),
+])
+def test_a_pixel_size_on_the_command_line_may_carry_its_unit(text, nm):
+    assert parse_pixel_size(text) == pytest.approx(nm, rel=1e-12)
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("abc", "must be a number"), ("nan", "must be a number"), ("1.2 px", "in pixels"),
+    ("0.1 1/nm", "reciprocal"), ("1 s", "not a length"), ("0.1 nm 2", "unknown"),
+])
+def test_a_pixel_size_that_is_no_length_is_refused(text, message):
+    with pytest.raises(ValueError, match=message):
+        parse_pixel_size(text)
+
+
+@pytest.mark.parametrize(("text", "s"), [
+    ("2", 2.0), ("40 ms", 0.04), ("0.5s", 0.5), ("1 min", 60.0),
+    ("25 fps", 0.04), ("10 Hz", 0.1), ("2 kHz", 5e-4),  # a frame rate is inverted
+])
+def test_a_frame_interval_on_the_command_line_may_carry_its_unit_or_be_a_rate(text, s):
+    assert parse_frame_interval(text) == pytest.approx(s, rel=1e-12)
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("1 nm", "not a time"), ("0 fps", "must be positive"), ("-5 Hz", "must be positive"), ("x", "number"),
+])
+def test_a_frame_interval_that_is_no_time_is_refused(text, message):
+    with pytest.raises(ValueError, match=message):
+        parse_frame_interval(text)
 
 
 @pytest.mark.parametrize("bad", [0.0, -0.1, math.inf, math.nan])

@@ -369,6 +369,11 @@ def test_generate_takes_a_dose_and_frame_interval_and_refuses_what_it_cannot_wri
                  "--material", "LiCoO2"]) == 0
     ann = read_annotation(out / "movie_00000.json")  # what it writes, its reader takes
     assert ann.frame_interval_s == 0.25 and ann.pixel_size_nm == 0.08
+    # Values may carry their units, as a user copies them from a microscope's software.
+    assert main(["generate", "--out", str(tmp_path / "u"), "--n", "1", "--size", "32", "--movie", "2",
+                 "--frame-interval", "4 fps", "--pixel-size", "0.8 Å/px"]) == 0
+    ann = read_annotation(tmp_path / "u" / "movie_00000.json")
+    assert ann.frame_interval_s == 0.25 and ann.pixel_size_nm == pytest.approx(0.08, rel=1e-12)
     assert json.loads((out / "movie_00000.json").read_text())["source"]["material"] == "LiCoO2"
     assert json.loads((out / "movie_00000.json").read_text())["source"]["config"]["dose"] == [300.0, 300.0]
     capsys.readouterr()
@@ -379,9 +384,11 @@ def test_generate_takes_a_dose_and_frame_interval_and_refuses_what_it_cannot_wri
                           (["--seed", "-1"], "--seed"), (["--size", "4096"], "--size"),
                           (["--material", "NaCoO2"], "unknown material"),
                           (["--pixel-size", "5"], "--pixel-size 5.0 nm/px is outside"),
+                          (["--pixel-size", "1 px"], "--pixel-size: 1.0 px is in pixels"),
                           (["--size", "8"], "--size must be >= 16 px"),
                           (["--basal-fraction", "2"], "--basal-fraction must be at most 1")):
-        with pytest.raises(SystemExit) if message == "--dose" else nullcontext():
+        argparse_error = message == "--dose" or message.startswith("--pixel-size:")
+        with pytest.raises(SystemExit) if argparse_error else nullcontext():
             code = main(["generate", "--out", str(tmp_path / "bad"), "--n", "1", *args])
             assert code == 2
         assert message in capsys.readouterr().err
