@@ -82,6 +82,9 @@ _RIDGE_RATIO = 0.1
 #: ``measure_drift``'s ``DataFrame.attrs`` key: the number of frames whose drift along the
 #: fringes could not be seen (kept at its prediction).
 UNSEEN_ALONG_FRINGES = "frames_unseen_along_fringes"
+#: ``measure_drift``'s ``DataFrame.attrs`` key: the number of frames whose drift along the
+#: fringes was read from the in-layer spots (``layer_reflections``).
+READ_FROM_LAYER_SPOTS = "frames_along_fringes_from_layer_spots"
 
 
 def measure_drift(
@@ -125,8 +128,9 @@ def measure_drift(
     -------
     DataFrame
         Columns ``frame`` (0, 1, ...), ``dx``, ``dy`` [px]; ``dx = dy = 0`` for frame 0.
-        ``attrs[UNSEEN_ALONG_FRINGES]``: the frames whose drift along the fringes could
-        not be seen.
+        ``attrs[UNSEEN_ALONG_FRINGES]``: the number of frames whose drift along the
+        fringes could not be seen; ``attrs[READ_FROM_LAYER_SPOTS]``: of those whose drift
+        along the fringes was read from the in-layer spots.
 
     Examples
     --------
@@ -150,7 +154,7 @@ def measure_drift(
     reference = fft.rfft2(first)  # running reference spectrum, current frame's axes
     power = np.abs(fft.rfft2(first * grid.taper)) ** 2  # running power spectrum
     drift, predicted = np.zeros(2), np.zeros(2)  # (rows, cols) = (dy, dx)
-    rows, trouble = [(0, 0.0, 0.0)], {"ok": 0, "ridge": 0, "flat": 0}
+    rows, trouble = [(0, 0.0, 0.0)], {"ok": 0, "ridge": 0, "layer": 0, "flat": 0}
     flat: list[int] = []  # frames without a correlation peak
     jumps: list[tuple[int, float]] = []  # (frame, step change [px]) beyond max_step_px
     for t, frame in enumerate(iterator, start=1):
@@ -209,6 +213,7 @@ def measure_drift(
         )
     out = pd.DataFrame(rows, columns=["frame", "dx", "dy"])
     out.attrs[UNSEEN_ALONG_FRINGES] = trouble["ridge"]  # for figures that show such motion
+    out.attrs[READ_FROM_LAYER_SPOTS] = trouble["layer"]  # for summary.json
     return out
 
 
@@ -369,8 +374,9 @@ def _measure_residual(
 
     ``product`` is their cross-power half spectrum (tapered images), ``weight`` the
     `_wiener` weights. Returns the displacement, a status: ``"ok"``, ``"ridge"``
-    (only the direction across the ridge was measured) or ``"flat"`` (no peak:
-    zero displacement), and the length [px] of the measured offset (across the ridge only
+    (only the direction across the ridge was measured), ``"layer"`` (a ridge, the
+    drift along it read from the in-layer spots) or ``"flat"`` (no peak: zero
+    displacement), and the length [px] of the measured offset (across the ridge only
     for a ridge).
     """
     product = product * weight
@@ -400,7 +406,7 @@ def _measure_residual(
             along = _along_ridge(product * layer, strong * across, axes[:, 0], grid,
                                  max_step_px or 1.0, upsample_factor)
             if along is not None:
-                return -(strong * across + axes[:, 0] * along), "ok", abs(across)
+                return -(strong * across + axes[:, 0] * along), "layer", abs(across)
         # Along the ridge the peak's place is arbitrary (often the search window's edge):
         # only the measured component counts as a change of the step.
         return -strong * across, "ridge", abs(across)

@@ -18,6 +18,7 @@ from dislotrack.infer.columns import (
     velocity_columns,
     velocity_columns_as_written,
 )
+from dislotrack.infer.drift import READ_FROM_LAYER_SPOTS, UNSEEN_ALONG_FRINGES
 from dislotrack.infer.interface import option
 from dislotrack.infer.motion import moving_tracks
 from dislotrack.infer.result import AnalysisResult, require_result
@@ -135,11 +136,23 @@ def summary_dict(res: AnalysisResult) -> dict:
         "velocities": {"glide": stats("glide"), "climb": stats("climb"),
                        "unit": "nm/s" if cal.frame_interval_s else "nm/frame"},
         "lattice": _lattice_dict(res),
+        "drift": _drift_dict(res.drift),
         # The analysis options (`analyze` keywords, plus the device used); the lattice and
         # calibration above say what the movie then gave.
         "options": dict(res.options),
         "warnings": list(res.warnings),
     }
+
+
+def _drift_dict(drift: pd.DataFrame | None) -> dict | None:
+    """The largest specimen drift [px] removed (drift.csv) and how many frames' drift along
+    the (003) fringes was read from the in-layer spots or could not be seen (None where not
+    counted); None for a single image."""
+    if drift is None or len(drift) < 2:
+        return None
+    counts = {key: drift.attrs.get(key) for key in (READ_FROM_LAYER_SPOTS, UNSEEN_ALONG_FRINGES)}
+    return {"largest_px": float(np.hypot(drift["dx"], drift["dy"]).max()),
+            **{key: None if n is None else int(n) for key, n in counts.items()}}
 
 
 def _finetuned_on(card: dict) -> dict | None:

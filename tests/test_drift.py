@@ -210,6 +210,11 @@ def test_drift_along_dominant_fringes_is_read_from_the_in_layer_spots(caplog):
                              layer_reflections=np.stack([g003, g_layer]))
     assert np.abs(_recovered(read) - np.array(shifts)).max() < 0.15
     assert not [r for r in caplog.records if "cannot be seen" in r.getMessage()]
+    # Counted for summary.json: every frame after the first was read from the spots.
+    from dislotrack.infer.drift import READ_FROM_LAYER_SPOTS, UNSEEN_ALONG_FRINGES
+
+    assert read.attrs[READ_FROM_LAYER_SPOTS] == 7 and read.attrs[UNSEEN_ALONG_FRINGES] == 0
+    assert plain.attrs[READ_FROM_LAYER_SPOTS] == 0 and plain.attrs[UNSEEN_ALONG_FRINGES] == 7
 
 
 def test_lattice_weights_keep_the_spots_off_the_003_row_below_nyquist():
@@ -241,4 +246,5 @@ def test_without_in_layer_spots_the_ridge_stays_unseen_not_read_from_noise():
                           layer_reflections=np.stack([g003, g_layer]))
     assert plain.attrs[UNSEEN_ALONG_FRINGES] == 7
     assert given.attrs[UNSEEN_ALONG_FRINGES] == 7
+    assert given.attrs["frames_along_fringes_from_layer_spots"] == 0
     np.testing.assert_allclose(_recovered(given), _recovered(plain), atol=1e-9)

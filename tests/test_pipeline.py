@@ -594,6 +594,11 @@ def test_frames_that_cannot_show_cores_get_no_drift_or_fringe_warnings_about_cor
     one_set = analyze(path, model=tiny_model, progress=False)
     assert any("drift along the lattice fringes cannot be seen" in w for w in one_set.warnings)
     assert one_set.drift.attrs["frames_unseen_along_fringes"] == 5  # for displacement.png's climb
+    from dislotrack.infer.outputs import summary_dict
+
+    said = summary_dict(one_set)["drift"]  # summary.json counts them too
+    assert said["frames_unseen_along_fringes"] == 5 and said["frames_along_fringes_from_layer_spots"] == 0
+    assert said["largest_px"] == pytest.approx(np.hypot(*one_set.drift[["dx", "dy"]].to_numpy()[-1]))
     write_imagej_tiff(path, frames, pixel_size_nm=0.2, frame_interval_s=1.0)  # 2.4 px fringes
     blind = analyze(path, model=tiny_model, progress=False).warnings
     assert any("not resolved" in w for w in blind)
