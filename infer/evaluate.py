@@ -204,8 +204,9 @@ def match_events(pred: pd.DataFrame, truth: pd.DataFrame, *, pixel_size_nm: floa
     step = pred[["x", "y"]].to_numpy(float)[:, None] * pixel_size_nm - truth[["x_nm", "y_nm"]].to_numpy(float)
     dist = np.hypot(step[..., 0], step[..., 1])
     frames = np.abs(pred["frame"].to_numpy(float)[:, None] - truth["frame"].to_numpy(float))
+    # "Within 0.5 nm" includes 0.5 nm, which px * nm/px computes as 0.5000000000000007.
     ok = (pred["kind"].to_numpy()[:, None] == truth["kind"].to_numpy()) & (frames <= frame_tol) & (
-        dist <= radius_nm)
+        dist <= radius_nm * (1 + 1e-9))
     # A pair out of range costs more than all pairs in range together: most pairs first.
     big = 1.0 + ok.sum() * radius_nm
     rows, cols = linear_sum_assignment(np.where(ok, dist, big))

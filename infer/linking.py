@@ -62,7 +62,9 @@ MIN_SEARCH_RANGE_PX = 1.0
 #: by 4 deg (median; 12 deg at the 99th percentile) on the tracking benchmark's movies, so
 #: 45 deg keeps a core's track whole; 90 deg also let an unresolved dipole blob's odd **h**
 #: start a track a frame early, off its core (measured: one event lost on one benchmark set
-#: and one identity switch on another). A scatter of 15-20 deg SD would split tracks.
+#: and one identity switch on another). A reading is compared with its track's mean h
+#: (`TrackVelocityPredict`), and tracks that took turns at one core are joined
+#: (`merge_interleaved`): a scatter of 20 deg SD keeps a core's track whole.
 MAX_H_CHANGE_DEG = 45.0
 
 _LINK_COLUMNS = ["_link_y", "_link_x", "_link_hy", "_link_hx"]
@@ -167,8 +169,9 @@ def link_cores(
     trackpy links frame to frame (allowing ``memory`` missed frames), searching
     where each track's velocity predicts the core (``predict``); `close_gaps` then
     joins track fragments that a longer gap split, where a core moving at its fitted
-    velocity would reappear, and `absorb_flipped_runs` gives a track back the
-    detections whose **h** flipped for a few frames.
+    velocity would reappear, `absorb_flipped_runs` gives a track back the
+    detections whose **h** flipped for a few frames, and `merge_interleaved` joins
+    tracks that took turns at one core.
 
     Parameters
     ----------
@@ -258,6 +261,7 @@ def link_cores(
                           max_h_change_deg=max_h_change_deg, frame_times_s=frame_times_s)
         kept = absorb_flipped_runs(kept, pixel_size_nm=pixel_size_nm, max_frames=max_gap,
                                    max_h_change_deg=max_h_change_deg)
+        kept = merge_interleaved(kept, pixel_size_nm=pixel_size_nm, max_h_change_deg=max_h_change_deg)
     kept = _drop_short(kept, min_length)
     if repair:  # a swap may shorten a track below min_length: drop short ones again
         kept = _drop_short(repair_crossings(kept, pixel_size_nm=pixel_size_nm,
@@ -276,35 +280,46 @@ class TrackVelocityPredict(trackpy.predict.NullPredict):
     frames (noisy for cores located to about a pixel) and from the *nearest* track
     (which, where two cores pass each other, is the other core). Here each track's
     velocity is a straight-line fit to its last ``n_fit`` detections (none from
-    fewer than ``n_min``), applied to the position columns only (not to **h**).
+    fewer than ``n_min``), applied to the position columns. Its **h** is predicted as the
+    mean of those detections' (a dislocation's **h** does not change): a reading is
+    compared with the track's **h**, not with the last reading, whose own scatter would
+    double the difference.
 
     Use through ``wrap``: ``observe`` is fed each linked frame.
     """
 
     def __init__(self, n_fit: int = 5, n_min: int = 3) -> None:
         self.n_fit, self.n_min = n_fit, n_min
-        self._recent: dict[int, list[tuple[float, float, float]]] = {}
+        self._recent: dict[int, list[tuple[float, ...]]] = {}
         self._velocity: dict[int, np.ndarray] = {}
+        self._h: dict[int, np.ndarray] = {}
 
     def observe(self, frame: pd.DataFrame) -> None:
-        """Record a linked frame and refit the velocities of its tracks."""
+        """Record a linked frame and refit the velocities and mean **h** of its tracks."""
         t = frame[self.t_column].to_numpy(dtype=float)
-        yx = frame[_LINK_COLUMNS[:2]].to_numpy(dtype=float)
-        for p, ti, (yi, xi) in zip(frame["particle"].to_numpy(), t, yx, strict=True):
+        points = frame[_LINK_COLUMNS].to_numpy(dtype=float)  # y, x, hy, hx
+        for p, ti, point in zip(frame["particle"].to_numpy(), t, points, strict=True):
             recent = self._recent.setdefault(int(p), [])
-            recent.append((ti, yi, xi))
+            recent.append((ti, *point))
             del recent[:-self.n_fit]
+            a = np.asarray(recent)
+            mean_h = a[:, 3:].mean(axis=0)
+            if np.hypot(*mean_h) > 1e-6:  # readings that cancel: keep the last estimate
+                self._h[int(p)] = unit(mean_h)
             if len(recent) >= self.n_min:
-                a = np.asarray(recent)
-                self._velocity[int(p)] = np.polyfit(a[:, 0], a[:, 1:], 1)[0]
+                self._velocity[int(p)] = np.polyfit(a[:, 0], a[:, 1:3], 1)[0]
 
     def predict(self, t1: float, particles: list) -> np.ndarray:
-        """Positions of ``particles`` (trackpy points) extrapolated to frame ``t1``."""
+        """Positions of ``particles`` (trackpy points) extrapolated to frame ``t1``, with
+        their tracks' mean **h**."""
         out = np.array([p.pos for p in particles], dtype=float)
         for k, p in enumerate(particles):
             v = self._velocity.get(p.track.id)
             if v is not None:
                 out[k, :2] += v * (t1 - p.t)
+            h = self._h.get(p.track.id)
+            if h is not None:
+                out[k, 2:] = h
         return out
 
 
@@ -460,6 +475,80 @@ def absorb_flipped_runs(tracks: pd.DataFrame, *, pixel_size_nm: float,
                 taken[p] |= taken[s]
                 break
     return _renumbered(tracks, merged)
+
+
+def merge_interleaved(tracks: pd.DataFrame, *, pixel_size_nm: float,
+                      tolerance_nm: float = GAP_TOLERANCE_NM,
+                      max_h_change_deg: float = MAX_H_CHANGE_DEG) -> pd.DataFrame:
+    """Join tracks that took turns at one core.
+
+    Where a core's **h** reads alternately either side of its own (each reading within
+    ``max_h_change_deg`` of it, consecutive ones further apart), each link is refused
+    and memory keeps two tracks that claim alternate detections: the core counted twice.
+    Two tracks are one core when their mean **h** are within ``max_h_change_deg`` of
+    their joint mean,
+    their spans overlap, no frame holds both, and in the frames they share each one's
+    detections lie within ``tolerance_nm`` of the other's path (interpolated). Two
+    cores, however close, are seen in the same frames.
+
+    Parameters
+    ----------
+    tracks : DataFrame
+        Linked detections (``particle``, ``frame``, ``x``, ``y`` [px] or ``x_corr``,
+        ``y_corr``, ``hx``, ``hy``).
+    pixel_size_nm : float
+        Pixel size [nm/px].
+    tolerance_nm, max_h_change_deg
+        See above.
+
+    Returns
+    -------
+    DataFrame
+        ``tracks`` with the ``particle`` of joined tracks set to the longest one's.
+    """
+    if tracks.empty:
+        return tracks
+    xcol, ycol = position_columns(tracks)
+    merged: dict[int, int] = {}
+    while True:  # joined tracks may join others: repeat until nothing changes
+        groups = {p: g.sort_values("frame") for p, g in _renumbered(tracks, merged).groupby("particle")}
+        ids = sorted(groups, key=lambda p: (-len(groups[p]), p))  # longest first
+        frames = {p: groups[p]["frame"].to_numpy(dtype=float) for p in ids}
+        h = {p: _mean_h(groups[p]) for p in ids}
+        pair = next(((a, b) for i, a in enumerate(ids) for b in ids[i + 1:]
+                     if _agree(h[a], h[b], len(frames[a]), len(frames[b]), max_h_change_deg)
+                     and _interleaved(groups[a], groups[b], frames[a], frames[b], xcol, ycol,
+                                      tolerance_nm / pixel_size_nm)), None)
+        if pair is None:
+            return _renumbered(tracks, merged)
+        merged[int(pair[1])] = int(pair[0])
+
+
+def _agree(ha: np.ndarray, hb: np.ndarray, na: int, nb: int, max_h_change_deg: float) -> bool:
+    """Whether mean **h** ``ha`` and ``hb`` (of ``na`` and ``nb`` readings) both lie within
+    ``max_h_change_deg`` of their joint mean (readings either side of one **h**)."""
+    joint = na * ha + nb * hb
+    if np.hypot(*joint) < 1e-9:
+        return False
+    joint = unit(joint)
+    return min(ha @ joint, hb @ joint) >= np.cos(np.deg2rad(max_h_change_deg))
+
+
+def _interleaved(a: pd.DataFrame, b: pd.DataFrame, fa: np.ndarray, fb: np.ndarray,
+                 xcol: str, ycol: str, tolerance_px: float) -> bool:
+    """Whether tracks ``a`` and ``b`` (frames ``fa``, ``fb``, sorted) overlap in time
+    without sharing a frame, each on the other's path where both are seen."""
+    lo, hi = max(fa[0], fb[0]), min(fa[-1], fb[-1])
+    if lo >= hi or np.intersect1d(fa, fb).size:
+        return False
+    for (f1, t1), (f2, t2) in (((fa, a), (fb, b)), ((fb, b), (fa, a))):
+        inside = (f1 >= lo) & (f1 <= hi)
+        xy = t1[[xcol, ycol]].to_numpy(dtype=float)[inside]
+        path = np.c_[np.interp(f1[inside], f2, t2[xcol].to_numpy(dtype=float)),
+                     np.interp(f1[inside], f2, t2[ycol].to_numpy(dtype=float))]
+        if np.hypot(*(xy - path).T).max() > tolerance_px:
+            return False
+    return True
 
 
 def _renumbered(tracks: pd.DataFrame, merged: dict[int, int]) -> pd.DataFrame:

@@ -217,6 +217,13 @@ def test_events_match_within_one_frame_and_half_a_nanometre(frame_off, dist_nm, 
     assert (s["event_tp"], s["event_fp"], s["event_fn"]) == ((1, 0, 0) if matched else (0, 1, 1))
 
 
+def test_an_event_exactly_half_a_nanometre_off_matches():
+    # 0.3 and 0.4 nm off: 0.5 nm, which px * nm/px computes as 0.5000000000000007.
+    truth = pd.DataFrame({"frame": [5], "kind": ["nucleation"], "x_nm": [10.0], "y_nm": [10.0]})
+    pred = pd.DataFrame({"frame": [5], "kind": ["nucleation"], "x": [103.0], "y": [104.0]})
+    assert event_scores(pred, truth, pixel_size_nm=0.1)["event_tp"] == 1
+
+
 def test_event_matching_pairs_as_many_events_as_it_can():
     # The first prediction is in range of both true events, the second of the first only:
     # taking true events in turn, each with the first prediction in range, found one pair.

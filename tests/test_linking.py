@@ -353,3 +353,46 @@ def test_flipped_runs_never_give_a_track_two_detections_in_one_frame():
     out = absorb_flipped_runs(pd.concat([long, runs[0]], ignore_index=True), pixel_size_nm=PIXEL_NM,
                               max_frames=6)
     assert out["particle"].nunique() == 2
+
+
+@pytest.mark.parametrize("readings", [(-60, -120), (-90, -90, -135), (-90, -90, -90, -140)])
+def test_a_core_whose_h_reads_alternately_either_side_of_its_own_stays_one_track(readings):
+    # Every reading within 45 deg of the core's h (0, -1), which the h metric calls right,
+    # but consecutive ones up to 60 deg apart: two interleaved tracks took turns at one
+    # core (counted twice in every frame), each link refused, each track kept by memory.
+    core = _core(range(30), 50.0, 100.0, 0.3, 0.0, (0.0, -1.0))
+    angle = np.deg2rad(np.resize(readings, len(core)))
+    core["hx"], core["hy"] = np.cos(angle), np.sin(angle)
+    linked = link_cores(core, pixel_size_nm=PIXEL_NM, frame_interval_s=1.0, memory=5, min_length=6)
+    assert linked["particle"].nunique() == 1 and len(linked) == 30
+
+
+def test_a_core_whose_h_scatters_by_20_degrees_stays_one_track():
+    for seed in range(8):
+        rng = np.random.default_rng(seed)
+        core = _core(range(40), 50.0, 100.0, 0.3, 0.0, (0.0, -1.0), rng=rng, jitter=0.5)
+        angle = np.arctan2(core["hy"], core["hx"]) + np.deg2rad(rng.normal(0, 20, len(core)))
+        core["hx"], core["hy"] = np.cos(angle), np.sin(angle)
+        linked = link_cores(core, pixel_size_nm=PIXEL_NM, frame_interval_s=1.0, memory=5)
+        # One track, holding every reading well inside the h metric's 45 deg (the gate compares
+        # a reading with the track's mean h, a few degrees off the truth).
+        right = int((np.deg2rad(40) > np.abs(angle - np.arctan2(-1.0, 0.0))).sum())
+        assert linked["particle"].nunique() == 1 and len(linked) >= right, seed
+
+
+
+@pytest.mark.parametrize(("apart_px", "h_b", "n_tracks"), [
+    (3.0, (0.0, -1.0), 1),  # on one path, one h: one core
+    (15.0, (0.0, -1.0), 2),  # 1.5 nm aside: off the path
+    (3.0, (0.0, 1.0), 2),  # the other sign
+])
+def test_interleaved_tracks_join_only_on_one_path_with_one_h(apart_px, h_b, n_tracks):
+    from dislotrack.infer.linking import merge_interleaved
+
+    a = _core(range(0, 30, 2), 50.0, 100.0, 0.3, 0.0, (0.0, -1.0)).assign(particle=0)
+    b = _core(range(1, 30, 2), 50.3, 100.0 + apart_px, 0.3, 0.0, h_b).assign(particle=1)
+    out = merge_interleaved(pd.concat([a, b], ignore_index=True), pixel_size_nm=PIXEL_NM)
+    assert out["particle"].nunique() == n_tracks
+    # Tracks that share a frame are two cores, however close.
+    both = pd.concat([a, b.assign(frame=b["frame"] - 1)], ignore_index=True)
+    assert merge_interleaved(both, pixel_size_nm=PIXEL_NM)["particle"].nunique() == 2
