@@ -168,6 +168,8 @@ def read_annotation(sidecar: str | Path) -> Annotation:
                                 if k not in cores.columns})
     elif "particle" not in cores.columns:  # cores clicked frame by frame: identities unknown
         cores = cores.assign(particle=UNKNOWN_PARTICLE)
+    if hint := _unread_columns(found):
+        warnings.warn(f"{stem.name}_cores.csv: {hint}", stacklevel=2)
     if "hx" not in cores.columns and "hy" not in cores.columns:  # positions only: h unknown
         cores = cores.assign(hx=np.nan, hy=np.nan)
     missing = [c for c in REQUIRED_CORE_COLUMNS if c not in cores.columns]
@@ -195,6 +197,34 @@ def read_annotation(sidecar: str | Path) -> Annotation:
     norm = np.hypot(cores.hx, cores.hy)
     ann.cores = cores.assign(hx=cores.hx / norm, hy=cores.hy / norm)
     return ann
+
+
+#: Column names that look like a core's h under another name (lower case, without "_",
+#: "-" and spaces), and words that suggest it as an angle.
+_H_LOOKALIKES = {"hvx", "hvy", "hxnm", "hynm", "hdx", "hdy", "dirx", "diry", "directionx",
+                 "directiony", "ux", "uy", "nx", "ny"}
+_ANGLE_WORDS = ("angle", "theta", "phi", "orient", "direction")
+
+
+def _unread_columns(columns: list[str]) -> str | None:
+    """A sentence naming the columns of a ``_cores.csv`` that nothing reads (a core's h
+    under another name would be dropped without a word), else None."""
+    unread = [c for c in columns if c not in CORE_COLUMNS_KNOWN and not c.startswith("Unnamed: ")]
+    if not unread:
+        return None
+    said = f"columns {unread} are not read (known: {', '.join(CORE_COLUMNS_KNOWN)})"
+    if "hx" in columns or "hy" in columns:
+        return said
+    key = {c: c.lower().replace("_", "").replace("-", "").replace(" ", "") for c in unread}
+    like_h = [c for c in unread if key[c] in _H_LOOKALIKES or key[c].startswith(("hx", "hy"))]
+    angles = [c for c in unread if any(w in key[c] for w in _ANGLE_WORDS)]
+    if like_h:
+        said += (f"; {', '.join(like_h)} look like h: name them hx, hy (a unit vector into the "
+                 "extra half-plane, image axes, y down)")
+    elif angles:
+        said += (f"; for h, convert {', '.join(angles)} to hx, hy (a unit vector into the extra "
+                 "half-plane, image axes, y down)")
+    return said + "; without hx, hy every core's h is unknown"
 
 
 def stray_cores_tables(folder: str | Path) -> list[str]:

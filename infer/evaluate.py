@@ -512,7 +512,12 @@ def _trained_in_round(tuned: dict, side: Path, part: Part | None, sha: str | Non
     """`trained_on` for one round of fine-tuning (``finetuned_on``'s keys); ``sha``: the
     annotated image's sha256 (None where no round records those of its training images)."""
     by_content = sha is not None and sha in set(tuned.get("train_items_sha256") or [])
-    by_folder = bool(tuned.get("data")) and Path(tuned["data"]) == side.parent.resolve()
+    # The folder it learnt from, among the items it read there (an image added later is a
+    # test; cards before 0.1.31 name none: every item there but the held-out ones).
+    named = tuned.get("train_items")
+    by_folder = (bool(tuned.get("data")) and Path(tuned["data"]) == side.parent.resolve()
+                 and (named is None or side.name in {Path(v).name for v in named}
+                      or side.name in {Path(v).name for v in tuned.get("val_items") or []}))
     if not (by_content or by_folder):
         return False
     if tuned.get("split") == "frames" and part is not None:

@@ -171,7 +171,7 @@ def _finetuned_on(card: dict) -> dict | None:
 
 
 #: What summary.json records of each round of fine-tuning (`_finetuned_on`).
-_ROUND_KEYS = ("data", "split", "val_items", "train_items_sha256")
+_ROUND_KEYS = ("data", "split", "val_items", "train_items", "train_items_sha256")
 
 
 def _finetune_rounds(training: object) -> list[dict]:

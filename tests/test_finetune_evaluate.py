@@ -109,6 +109,8 @@ def test_finetune_writes_a_loadable_model_with_its_recipe(tmp_path, capfd):
     trained = {file_sha256(tmp_path / "lab" / Path(f).with_suffix(".tif").name)
                for f in find_annotations(tmp_path / "lab") if Path(f).name not in tuned["val_items"]}
     assert set(tuned["train_items_sha256"]) == trained and trained
+    assert sorted(tuned["train_items"]) == sorted(Path(f).name for f in find_annotations(tmp_path / "lab")
+                                                  if Path(f).name not in tuned["val_items"])
     # bfloat16 training (fast on AMX CPUs) still saves float32 weights.
     # (--out with the weights' suffix names the same model; its logs go to ft_logs too)
     (tmp_path / "ft_logs" / "metrics.csv").unlink()
@@ -558,6 +560,15 @@ def test_hand_written_movie_annotations_lab_style(tmp_path):
     csv.write_text("frame,x,y,hx,hy\n0,10,12,,\n1,11,12,0,2\n")
     got = read_annotation(side).cores
     assert got[["hx", "hy"]].iloc[0].isna().all() and got[["hx", "hy"]].iloc[1].tolist() == [0, 1]
+    # h under another name, or as an angle, was dropped without a word: named now.
+    for header, said in (("h_x,h_y", r"h_x, h_y look like h: name them hx, hy"),
+                         ("angle_deg", r"for h, convert angle_deg to hx, hy")):
+        csv.write_text(f"frame,x,y,{header}\n0,10,12,{'0,1' if ',' in header else '90'}\n")
+        with pytest.warns(UserWarning, match=rf"columns \[.*\] are not read .*{said}"):
+            assert read_annotation(side).cores[["hx", "hy"]].isna().all().all()
+    csv.write_text("frame,x,y,hx,hy,note\n0,10,12,0,1,sharp\n")
+    with pytest.warns(UserWarning, match=r"columns \['note'\] are not read \(known: frame, x, y"):
+        read_annotation(side)
 
 
 def test_a_movie_annotated_on_some_frames_only_is_warned_about(tmp_path):
@@ -1109,6 +1120,14 @@ def test_evaluate_notes_calibrations_that_differ_and_items_a_model_was_tuned_on(
         (pred / stem / "summary.json").write_text(json.dumps(summary))
     report = evaluate_folders(pred, truth, figures=False, progress=False)
     assert report["image_00000"].get("trained_on") and "trained_on" not in report["image_00001"]
+    # A card that names the items it trained on (0.1.31): an image added to the folder after
+    # fine-tuning is a test, not trained on, though it sits in that folder.
+    summary["model"]["finetuned_on"].update(train_items=["image_00000.json"], val_items=[])
+    for stem in ("image_00000", "image_00001"):
+        (pred / stem / "summary.json").write_text(json.dumps(summary))
+    report = evaluate_folders(pred, truth, figures=False, progress=False)
+    assert report["image_00000"].get("trained_on") and "trained_on" not in report["image_00001"]
+    assert "fine-tuned on this item" not in report["image_00001"]["note"]
 
 
 def test_a_hand_annotated_movie_gets_identity_switches_from_its_particle_ids(tmp_path):

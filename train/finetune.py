@@ -36,7 +36,7 @@ from dislotrack.data_gen.annotations import (
 from dislotrack.data_gen.conventions import D003_LINIO2_NM
 from dislotrack.data_gen.sample import Sample
 from dislotrack.data_gen.text import first_few
-from dislotrack.infer.lattice import fringes_twice_apart
+from dislotrack.infer.lattice import fringes_twice_apart, measure_lattice
 from dislotrack.models.io import file_sha256, load_model, model_paths, refuse_existing_model, save_model
 from dislotrack.models.unet import required_multiple
 from dislotrack.train.augment import build_transform
@@ -47,8 +47,19 @@ from dislotrack.train.progress import EpochLines, bar_is_seen
 logger = logging.getLogger(__name__)
 
 
+def is_mirror_view(frame: np.ndarray, pixel_size_nm: float) -> bool:
+    """Whether infer shows ``frame``'s item to the network flipped: its lattice is the
+    mirror image of the handedness the networks know
+    (`dislotrack.infer.lattice.Lattice.is_mirror_view`)."""
+    lattice = measure_lattice([frame], pixel_size_nm=pixel_size_nm, d_spacing_nm=D003_LINIO2_NM)
+    return lattice is not None and lattice.is_mirror_view
+
+
 def annotated_frames(folder: str | Path, canonical_nm: float) -> list[Sample]:
-    """Every annotated frame of a folder as a `Sample` at the canonical pixel size."""
+    """Every annotated frame of a folder as a `Sample` at the canonical pixel size; an
+    item whose lattice is the mirror view (`is_mirror_view`) flipped left-right, as infer
+    shows it to the network (``meta["mirrored"]``), so that fine-tuning teaches and scores
+    the view infer uses."""
     out = []
     sides = find_annotations(folder)
     stems = {p.with_suffix("").name for p in sides}
@@ -85,6 +96,7 @@ def annotated_frames(folder: str | Path, canonical_nm: float) -> list[Sample]:
                                d_spacing_nm=D003_LINIO2_NM):
             doubled.append(f"{annotation_image(side).name} ({ann.pixel_size_nm:g} nm/px)")
         s = ann.pixel_size_nm / canonical_nm
+        mirror = is_mirror_view(ann.image[0], ann.pixel_size_nm)
         for f in range(ann.image.shape[0]):
             img = rescale(ann.image[f], s, order=1, anti_aliasing=s < 1, preserve_range=True)
             cores = ann.cores[ann.cores.frame == f]
@@ -95,10 +107,13 @@ def annotated_frames(folder: str | Path, canonical_nm: float) -> list[Sample]:
                                   "hy": cores.hy.to_numpy(float)})
             rs = (resize(ann.rs_mask[f], img.shape, order=0, anti_aliasing=False)
                   if ann.rs_mask is not None else np.zeros(img.shape, np.uint8))
+            if mirror:  # as infer shows it to the network: flipped left-right (x, hx negated)
+                img, rs = img[:, ::-1], rs[:, ::-1]
+                table = table.assign(x=img.shape[1] - 1 - table.x, hx=-table.hx)
             # Without a mask the lab did not annotate rock salt: its loss is skipped (zeros
             # would teach the network that there is none anywhere).
             out.append(Sample(img.astype(np.float32), table, rs.astype(np.uint8),
-                              {"pixel_size": canonical_nm, "mode": "lab",
+                              {"pixel_size": canonical_nm, "mode": "lab", "mirrored": mirror,
                                "detector": {"dose": np.nan}, "source": side.name, "frame": f,
                                "rs_annotated": ann.rs_mask is not None}))
     said = [f"{len(problems)} of {len(sides)} annotations cannot be used: "
@@ -119,7 +134,8 @@ def annotated_frames(folder: str | Path, canonical_nm: float) -> list[Sample]:
         logger.warning(
             "lattice fringes %.3g nm apart, twice the %g nm (003) spacing, stand out in %s at the "
             "annotated pixel size: pixel_size_nm in their <stem>.json is probably twice the true "
-            "one (2x binning?), and the model would train at the wrong scale; check it, unless "
+            "one (a 2x-binned acquisition's pixel size given to an unbinned image, or an image "
+            "upsampled 2x?), and the model would train at the wrong scale; check it, unless "
             "the material has such a long period", 2 * D003_LINIO2_NM, D003_LINIO2_NM,
             first_few(doubled, 5))
     return out
@@ -209,6 +225,10 @@ def describe_split(train: list[Sample], val: list[Sample], split: str, data: str
     if not all(sources.values()):  # say so: no rock-salt loss or score for those items
         line += (f"; rock salt annotated in {sum(sources.values())} of {len(sources)} item(s) "
                  "(no <stem>_rs.tif: not trained or scored there)")
+    mirrored = sorted({str(f.meta["source"]) for f in [*train, *val] if f.meta.get("mirrored")})
+    if mirrored:
+        line += (f"; {len(mirrored)} item(s) seen from the crystal's other side, flipped left-right "
+                 f"as infer shows them to the network: {first_few(mirrored, 5)}")
     return line
 
 
@@ -487,6 +507,10 @@ def finetune(*, data: str | Path, out: str | Path, model: str | Path | None = No
         "wall_time_s": time.time() - t0, "frames": len(frames), "train_frames": len(train),
         "val_frames": len(val), "split": split if val else None,
         "val_items": sorted({str(f.meta["source"]) for f in val}),
+        # by name, so that evaluate tells an image added to the folder later from these
+        "train_items": sorted({str(f.meta["source"]) for f in train}),
+        # trained and scored flipped, as infer shows them (`is_mirror_view`)
+        "mirrored_items": sorted({str(f.meta["source"]) for f in frames if f.meta.get("mirrored")}),
         "val_frame_indices": held_out_frames(val) if val and split == "frames" else None,
         # evaluate knows the trained-on images by content too, in copied or renamed folders
         "train_items_sha256": sorted({file_sha256(annotation_image(Path(data) / f.meta["source"]))
