@@ -431,7 +431,13 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("evaluate", help="score infer outputs against annotations")
+    p = sub.add_parser(
+        "evaluate", help="score infer outputs against annotations",
+        description="Score infer's outputs (--pred, one subfolder per input) against annotations "
+                    "(--truth): per frame, predicted and annotated cores are matched one to one "
+                    "within 0.5 nm (Hungarian), events within 1 frame and 0.5 nm. Prints a table "
+                    "per item and pooled; writes <pred>/evaluation.json and "
+                    "<pred>/<stem>/figures/evaluation.png (found, missed and false cores).")
     p.add_argument("--pred", required=True, help="infer output folder")
     p.add_argument("--truth", required=True, help="folder of annotations (<stem>.json ...)")
     p.set_defaults(func=_run_evaluate)
@@ -439,6 +445,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 
 def _run_evaluate(args: argparse.Namespace) -> int:
     from dislotrack.infer.evaluate import evaluate_folders, report_text
+    from dislotrack.models.metrics import MATCH_RADIUS_NM
 
     report = evaluate_folders(args.pred, args.truth)
     print(report_text(report))  # errors: stderr, below
@@ -446,10 +453,15 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     for stem, r in report.items():
         if "note" in r:
             print(f"{stem}: {r['note']}", file=sys.stderr)
-    models = {(m["model"], m["sha256"]) for r in report.values() if (m := r.get("predicted_by"))}
+    made_by = [m for r in report.values() if (m := r.get("predicted_by"))]
+    models = {(m["model"], m["sha256"]) for m in made_by}
     if len(models) == 1:  # two runs' printouts (base vs fine-tuned) tell themselves apart
         ((name, sha),) = models
-        print(f"predictions by: {name}" + (f" (sha256 {sha[:12]}…)" if sha else ""))
+        settings = {f"{k} {', '.join(sorted({str(m.get(k)) for m in made_by}))}"
+                    for k in ("tta", "threshold") if any(m.get(k) is not None for m in made_by)}
+        print(f"predictions by: {name}" + (f" (sha256 {sha[:12]}…)" if sha else "")
+              + (f", infer {'; '.join(sorted(settings))}" if settings else ""))
+    print(f"cores match within {MATCH_RADIUS_NM:g} nm (one to one), events also within 1 frame")
     if len(models) > 1:  # e.g. a folder holding runs of the bundled and a fine-tuned model
         print(f"note: the predictions were made by {len(models)} different models "
               f"({', '.join(sorted(str(m) for m, _ in models))}); see predicted_by in evaluation.json",

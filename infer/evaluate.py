@@ -555,13 +555,22 @@ def _summary(out: Path) -> dict | None:
 
 def prediction_model(summary: dict | None) -> dict | None:
     """Which model and dislotrack version made a set of predictions, from infer's
-    summary.json (`_summary`): ``model`` id and sha256, ``dislotrack_version``; None
-    without a summary."""
+    summary.json (`_summary`): ``model`` id and sha256, ``dislotrack_version``, and the
+    infer settings that change the scores (`SCORING_OPTIONS`: views averaged, threshold
+    applied, whether the network saw the frames mirrored, arithmetic); None without a
+    summary."""
     if summary is None:
         return None
     model = summary.get("model") or {}
+    options = summary.get("options") or {}
     return {"model": model.get("id"), "sha256": model.get("sha256"),
-            "dislotrack_version": summary.get("dislotrack_version")}
+            "dislotrack_version": summary.get("dislotrack_version"),
+            **{k: options.get(k) for k in SCORING_OPTIONS}}
+
+
+#: infer's options (summary.json ``options``) that `prediction_model` records: on one
+#: image, F1 0.18 at the default two views and 0.57 at ``--tta 1`` (review stop 38).
+SCORING_OPTIONS = ("tta", "threshold", "network_view", "precision_used")
 
 
 def _shape_mismatch(summary: dict | None, shape: tuple[int, ...]) -> str | None:

@@ -175,3 +175,42 @@ def test_a_coarse_frame_at_its_true_pixel_size_is_no_twofold_slip(seed):
     image = make_sample(np.random.default_rng(seed), cfg).image
     assert measure_lattice([image], pixel_size_nm=0.2, d_spacing_nm=0.473) is not None
     assert not fringes_twice_apart([image], pixel_size_nm=0.2, d_spacing_nm=0.473)
+
+
+def test_reversed_h_is_warned_about_from_the_base_model_s_held_out_h():
+    from dislotrack.train.finetune import reversed_h_warning
+
+    said = reversed_h_warning({"val/h_accuracy": 0.05, "val/tp": 12.0})
+    assert said.startswith("the base model's h agrees with the annotated h at only 5% of the 12")
+    assert "reversed" in said
+    for quiet in ({"val/h_accuracy": 0.9, "val/tp": 12.0},  # agrees
+                  {"val/h_accuracy": 0.0, "val/tp": 3.0},  # too few cores to tell
+                  {"val/tp": 12.0}, {}):  # h unknown (positions only), no validation
+        assert reversed_h_warning(quiet) is None
+
+
+def test_finetune_on_reversed_h_says_so_before_training(tmp_path, caplog):
+    # Labs annotating h out of the extra half-plane: the bundled model's h then disagrees
+    # with nearly every annotated core (and it would learn to reverse every climb sign).
+    import logging
+
+    import pandas as pd
+
+    from dislotrack.data_gen.export import generate_dataset
+    from dislotrack.train.finetune import finetune
+
+    lab = tmp_path / "lab"
+    generate_dataset(out=lab, n=4, size=192, mode="stem", seed=5, dose=(3000.0, 3000.0),
+                     density=4.0, progress=False)
+    kw = dict(data=lab, epochs=1, size=64, batch_size=2, crops_per_epoch=2, val_fraction=0.5,
+              accelerator="cpu")
+    with caplog.at_level(logging.WARNING, logger="dislotrack.train.finetune"):
+        finetune(out=tmp_path / "as_given", **kw)
+    assert not [r for r in caplog.records if "reversed" in r.getMessage()]
+    for csv in lab.glob("*_cores.csv"):
+        cores = pd.read_csv(csv)
+        cores.assign(hx=-cores.hx, hy=-cores.hy).to_csv(csv, index=False)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="dislotrack.train.finetune"):
+        finetune(out=tmp_path / "reversed", **kw)
+    assert [r for r in caplog.records if "is h annotated reversed?" in r.getMessage()]

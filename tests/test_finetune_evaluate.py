@@ -139,7 +139,13 @@ def test_evaluate_scores_infer_outputs_against_annotations(tmp_path, capsys):
     made_by = r["predicted_by"]  # which model's predictions were scored
     assert made_by["model"] == "default" and len(made_by["sha256"]) == 64
     assert made_by["dislotrack_version"] == package_version()
-    assert f"predictions by: default (sha256 {made_by['sha256'][:12]}…)" in table
+    # How infer made them (its views and threshold change the scores), and the matching rule.
+    assert made_by["tta"] == 1 and made_by["network_view"] in ("as read", "mirrored")
+    summary = json.loads((tmp_path / "pred" / "movie_00000" / "summary.json").read_text())
+    assert made_by["threshold"] == summary["options"]["threshold"]
+    assert (f"predictions by: default (sha256 {made_by['sha256'][:12]}…), infer threshold "
+            f"{made_by['threshold']}; tta 1") in table
+    assert "cores match within 0.5 nm (one to one), events also within 1 frame" in table
     assert np.isclose(r["precision"], r["tp"] / (r["tp"] + r["fp"]))
     assert np.isclose(r["recall"], r["tp"] / (r["tp"] + r["fn"]))
     assert np.isclose(r["f1"], 2 * r["tp"] / (2 * r["tp"] + r["fp"] + r["fn"]))

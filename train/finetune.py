@@ -188,6 +188,24 @@ def worse_than_base(metrics: dict[str, float], before: dict[str, float]) -> str 
             "base model may suit such images better")
 
 
+#: The base model's **h** agrees with the annotated h at fewer than this fraction of at
+#: least `REVERSED_H_MIN_CORES` held-out cores: the annotations' h is probably reversed
+#: (the bundled model gets 0.9-1.0 of them right on generated images; reversed, 0-0.1).
+REVERSED_H_ACCURACY, REVERSED_H_MIN_CORES = 0.2, 5
+
+
+def reversed_h_warning(before: dict) -> str | None:
+    """A warning where the base model's held-out **h** accuracy (``before``: its logged
+    validation metrics) says the annotated h points the other way, else None."""
+    acc, tp = float(before.get("val/h_accuracy", np.nan)), float(before.get("val/tp", 0))
+    if not (tp >= REVERSED_H_MIN_CORES and acc < REVERSED_H_ACCURACY):
+        return None
+    return (f"the base model's h agrees with the annotated h at only {acc:.0%} of the {tp:.0f} "
+            "held-out cores it finds: is h annotated reversed? h points into the extra "
+            "half-plane (README, Conventions); trained on reversed h, the model reverses every "
+            "climb and glide sign")
+
+
 def _scores(logged: dict, n_true: int) -> dict[str, float]:
     """`defined_scores` of logged validation metrics (an RS IoU where neither masks nor
     predictions hold rock salt is logged as NaN, undefined: left out)."""
@@ -484,6 +502,8 @@ def finetune(*, data: str | Path, out: str | Path, model: str | Path | None = No
                             limit_val_batches=1.0 if val else 0)
         # The base model on the same held-out frames: did fine-tuning help?
         before = trainer.validate(module, loaders[1], verbose=False)[0] if val else {}
+        if reversed_h := reversed_h_warning(before):  # before training on it
+            logger.warning(reversed_h)
         trainer.fit(module, *loaders)
     if val:
         _name_base_row(Path(csv.log_dir) / "metrics.csv")
