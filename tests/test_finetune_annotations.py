@@ -214,3 +214,17 @@ def test_finetune_on_reversed_h_says_so_before_training(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="dislotrack.train.finetune"):
         finetune(out=tmp_path / "reversed", **kw)
     assert [r for r in caplog.records if "is h annotated reversed?" in r.getMessage()]
+
+
+def test_items_coarser_than_the_model_s_grid_are_warned_about_as_infer_does(tmp_path):
+    from dislotrack.data_gen.export import generate_dataset
+    from dislotrack.train.finetune import annotated_frames, upsampled_items
+
+    generate_dataset(out=tmp_path / "lab", n=1, size=64, mode="stem", seed=2, pixel_size=0.1,
+                     progress=False)
+    said = upsampled_items(annotated_frames(tmp_path / "lab", 0.05), 0.05)  # `fine` on 0.1 nm/px
+    assert said.startswith("the model works at 0.05 nm/px, finer than 1 item(s): "
+                           "image_00000.json (0.1 nm/px): they are upsampled")
+    assert "--model default" in said
+    assert upsampled_items(annotated_frames(tmp_path / "lab", 0.1), 0.1) is None
+    assert upsampled_items(annotated_frames(tmp_path / "lab", 0.09), 0.09) is None  # 1.1x: fine

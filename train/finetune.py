@@ -33,10 +33,11 @@ from dislotrack.data_gen.annotations import (
     read_annotation,
     units_checkable,
 )
-from dislotrack.data_gen.conventions import D003_LINIO2_NM
+from dislotrack.data_gen.conventions import CANONICAL_PIXEL_SIZE_NM, D003_LINIO2_NM
 from dislotrack.data_gen.sample import Sample
 from dislotrack.data_gen.text import first_few
 from dislotrack.infer.lattice import fringes_twice_apart, measure_lattice
+from dislotrack.infer.pipeline import UPSAMPLE_WARN
 from dislotrack.models.io import file_sha256, load_model, model_paths, refuse_existing_model, save_model
 from dislotrack.models.unet import required_multiple
 from dislotrack.train.augment import build_transform
@@ -114,6 +115,7 @@ def annotated_frames(folder: str | Path, canonical_nm: float) -> list[Sample]:
             # would teach the network that there is none anywhere).
             out.append(Sample(img.astype(np.float32), table, rs.astype(np.uint8),
                               {"pixel_size": canonical_nm, "mode": "lab", "mirrored": mirror,
+                               "item_pixel_size_nm": ann.pixel_size_nm,
                                "detector": {"dose": np.nan}, "source": side.name, "frame": f,
                                "rs_annotated": ann.rs_mask is not None}))
     said = [f"{len(problems)} of {len(sides)} annotations cannot be used: "
@@ -210,6 +212,20 @@ def _scores(logged: dict, n_true: int) -> dict[str, float]:
     """`defined_scores` of logged validation metrics (an RS IoU where neither masks nor
     predictions hold rock salt is logged as NaN, undefined: left out)."""
     return defined_scores({k: float(v) for k, v in logged.items()}, n_true)
+
+
+def upsampled_items(frames: list[Sample], canonical_nm: float) -> str | None:
+    """A warning where items are much coarser than the model's grid (upsampled more
+    than infer's `UPSAMPLE_WARN`, which adds no detail), as infer warns of its input;
+    else None."""
+    coarse = sorted({f"{f.meta['source']} ({f.meta['item_pixel_size_nm']:g} nm/px)" for f in frames
+                     if f.meta.get("item_pixel_size_nm", canonical_nm) / canonical_nm > UPSAMPLE_WARN})
+    if not coarse:
+        return None
+    better = (f"; the bundled default model ({CANONICAL_PIXEL_SIZE_NM:g} nm/px, --model default) "
+              "suits them better" if canonical_nm < CANONICAL_PIXEL_SIZE_NM else "")
+    return (f"the model works at {canonical_nm:g} nm/px, finer than {len(coarse)} item(s): "
+            f"{first_few(coarse, 5)}: they are upsampled, which adds no detail{better}")
 
 
 def describe_split(train: list[Sample], val: list[Sample], split: str, data: str | Path) -> str:
@@ -458,6 +474,8 @@ def finetune(*, data: str | Path, out: str | Path, model: str | Path | None = No
         raise ValueError(f"size (--size) {size} with batch_size (--batch-size) 1: the network's "
                          f"{net.config.norm} norm has one value per channel at its 1 x 1 px "
                          f"bottleneck; use --size {2 * multiple} or more, or --batch-size 2")
+    if coarse := upsampled_items(frames, canonical):
+        logger.warning(coarse)
     train, val, split = split_frames(frames, val_fraction, np.random.default_rng(seed))
     small = [f for f in train if min(f.image.shape) < size]
     if small:
