@@ -543,6 +543,8 @@ def _interleaved(a: pd.DataFrame, b: pd.DataFrame, fa: np.ndarray, fb: np.ndarra
         return False
     for (f1, t1), (f2, t2) in (((fa, a), (fb, b)), ((fb, b), (fa, a))):
         inside = (f1 >= lo) & (f1 <= hi)
+        if not inside.any():  # all of it in the other's gap: the other side decides
+            continue
         xy = t1[[xcol, ycol]].to_numpy(dtype=float)[inside]
         path = np.c_[np.interp(f1[inside], f2, t2[xcol].to_numpy(dtype=float)),
                      np.interp(f1[inside], f2, t2[ycol].to_numpy(dtype=float))]

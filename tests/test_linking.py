@@ -396,3 +396,8 @@ def test_interleaved_tracks_join_only_on_one_path_with_one_h(apart_px, h_b, n_tr
     # Tracks that share a frame are two cores, however close.
     both = pd.concat([a, b.assign(frame=b["frame"] - 1)], ignore_index=True)
     assert merge_interleaved(both, pixel_size_nm=PIXEL_NM)["particle"].nunique() == 2
+    # One track seen only inside the other's gap: judged by the other side alone.
+    gap = a[a["frame"].isin([0, 2, 20, 22])]
+    inside = b[b["frame"].between(5, 15)].assign(y=100.0 + (3.0 if n_tracks == 1 else apart_px))
+    out = merge_interleaved(pd.concat([gap, inside], ignore_index=True), pixel_size_nm=PIXEL_NM)
+    assert out["particle"].nunique() == n_tracks
