@@ -103,7 +103,10 @@ class DipoleCriteria:
         Largest core separation [nm].
     max_frame_gap : int
         Largest difference of first (or last) frames for a joint nucleation
-        (annihilation) [frames].
+        (annihilation) [frames]. `dislotrack.infer.tracking.track_detections` (and so
+        infer) raises it to the linking ``memory`` (5 by default): call `summarise_tracks`
+        and `find_events` with ``DipoleCriteria(max_frame_gap=max(memory, 2))`` to get
+        the pipeline's births and events again (it also applies `drop_unseen_edge_events`).
     min_close_fraction : float
         Fraction of the common frames in which the cores must be within ``distance_nm``.
     opposite_tolerance_deg : float
@@ -620,17 +623,22 @@ def _joint_fates(fates: pd.DataFrame, pairs: list[tuple[int, int]], ends: pd.Dat
     return fates.reset_index()
 
 
-def _pair_cost(a: pd.Series, b: pd.Series, paths, criteria: DipoleCriteria) -> float | None:
-    """Separation [nm] ranking a dipole candidate, or None if it is no dipole."""
+def _pair_cost(a: pd.Series, b: pd.Series, paths, criteria: DipoleCriteria
+               ) -> tuple[int, float] | None:
+    """(evidence, separation [nm]) ranking a dipole candidate, or None if it is no dipole.
+    Evidence 0: the two nucleate or annihilate together, the signature of a dipole, which
+    outranks any closeness (1): a core there all along and 0.5 nm from one of a pair born
+    together 1 nm apart took that core from its partner, and their dipole nucleation was
+    lost (review stop 38)."""
     if _joint(_fates_together(a, b, "birth"), _JOINT_BIRTHS) and _together(a, b, "start", criteria):
-        return float(np.hypot(a["xn_start"] - b["xn_start"], a["yn_start"] - b["yn_start"]))
+        return 0, float(np.hypot(a["xn_start"] - b["xn_start"], a["yn_start"] - b["yn_start"]))
     if _joint(_fates_together(a, b, "death"), _JOINT_DEATHS) and _together(a, b, "stop", criteria):
-        return float(np.hypot(a["xn_stop"] - b["xn_stop"], a["yn_stop"] - b["yn_stop"]))
+        return 0, float(np.hypot(a["xn_stop"] - b["xn_stop"], a["yn_stop"] - b["yn_stop"]))
     if (a["frame_start"] == a["frame_stop"] == b["frame_start"] == b["frame_stop"]
             and {a["birth"], b["birth"]} == {"present"} and {a["death"], b["death"]} == {"survived"}):
         # One frame each, the whole movie (a single image): a dipole by its geometry alone.
         gap = float(np.hypot(a["xn_start"] - b["xn_start"], a["yn_start"] - b["yn_start"]))
-        return gap if gap <= criteria.distance_nm else None
+        return (1, gap) if gap <= criteria.distance_nm else None
     if max(a["frame_start"], b["frame_start"]) >= min(a["frame_stop"], b["frame_stop"]):
         return None
     if _alone(a, b, criteria) or _alone(b, a, criteria):
@@ -640,7 +648,7 @@ def _pair_cost(a: pd.Series, b: pd.Series, paths, criteria: DipoleCriteria) -> f
         return None
     gaps = np.hypot(common["xn_x"] - common["xn_y"], common["yn_x"] - common["yn_y"])
     if np.mean(gaps <= criteria.distance_nm) >= criteria.min_close_fraction:
-        return float(np.median(gaps))
+        return 1, float(np.median(gaps))
     return None
 
 

@@ -554,3 +554,19 @@ def test_a_dipole_counts_from_its_nucleation_event_where_that_precedes_its_track
     assert summary["first_frame"].tolist() == [8, 9]  # the summary itself is kept
     plain = count_dislocations(summary, n_frames=20)
     assert plain["n_dipoles"].tolist() == [0] * 9 + [1] * 6 + [0] * 5
+
+
+def test_a_pair_born_together_outranks_a_closer_core_that_was_there_all_along():
+    # A and B nucleate together 1 nm apart at frame 8; C, there from frame 0 with B's h,
+    # sits 0.5 nm from A. Ranked by closeness alone, C took A, and the dipole nucleation
+    # became two single nucleations (review stop 38).
+    a = _track(0, range(8, N_FRAMES), 100.0, 100.0, UP)
+    b = _track(1, range(8, N_FRAMES), 110.0, 100.0, DOWN)
+    c = _track(2, range(0, N_FRAMES), 100.0, 95.0, DOWN)
+    tracks = pd.concat([a, b, c])
+    summary = _summary(tracks)
+    assert summary["kind"].tolist() == ["dipole", "dipole", "single"]
+    assert summary["partner"].tolist()[:2] == [1, 0]
+    events = find_events(tracks, summary, pixel_size_nm=PIXEL_NM, frame_interval_s=0.5)
+    assert events["kind"].tolist() == ["dipole_nucleation"] and events.loc[0, "frame"] == 8
+    assert events.loc[0, "x"] == pytest.approx(105.0)
