@@ -418,6 +418,11 @@ def close_gaps(
     return _renumbered(tracks, merged)
 
 
+#: How far [frames] a run of flipped **h** may reach past its host track's last (before its
+#: first) detection and still be given back to it (`absorb_flipped_runs`).
+END_SLACK_FRAMES = 2
+
+
 def absorb_flipped_runs(tracks: pd.DataFrame, *, pixel_size_nm: float,
                         tolerance_nm: float = GAP_TOLERANCE_NM, max_frames: int = 12,
                         max_h_change_deg: float = MAX_H_CHANGE_DEG) -> pd.DataFrame:
@@ -425,7 +430,8 @@ def absorb_flipped_runs(tracks: pd.DataFrame, *, pixel_size_nm: float,
 
     A shorter track spanning at most ``max_frames`` frames, whose mean **h** differs from
     a longer track's by more than linking allows (``max_h_change_deg``), seen only in
-    frames that track (with what it absorbed) lacks, within its span, and never further
+    frames that track (with what it absorbed) lacks, within its span (or up to
+    `END_SLACK_FRAMES` past either end, touching it), and never further
     than ``tolerance_nm`` from its path (interpolated between its own detections) is
     the same core: a second core of the other sign born and annihilated on the first
     one's path, exactly while it went unseen, is not physics. A dipole partner lies
@@ -464,7 +470,11 @@ def absorb_flipped_runs(tracks: pd.DataFrame, *, pixel_size_nm: float,
     for s in np.argsort(n, kind="stable"):
         if last[s] - first[s] + 1 > max_frames:
             continue
-        hosts = np.flatnonzero(opposite[s] & (n > n[s]) & (first <= first[s]) & (last >= last[s]))
+        # Within the host's span, or past its end (start) by up to `END_SLACK_FRAMES`: a
+        # reading flipped as the core fades out is no second core born on its path.
+        hosts = np.flatnonzero(opposite[s] & (n > n[s]) & (first <= first[s] + END_SLACK_FRAMES)
+                               & (last >= last[s] - END_SLACK_FRAMES)
+                               & (first <= last[s] + 1) & (last >= first[s] - 1))
         for p in hosts[np.argsort(-n[hosts], kind="stable")]:
             if p in merged or taken[p] & taken[s]:
                 continue

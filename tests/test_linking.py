@@ -401,3 +401,14 @@ def test_interleaved_tracks_join_only_on_one_path_with_one_h(apart_px, h_b, n_tr
     inside = b[b["frame"].between(5, 15)].assign(y=100.0 + (3.0 if n_tracks == 1 else apart_px))
     out = merge_interleaved(pd.concat([gap, inside], ignore_index=True), pixel_size_nm=PIXEL_NM)
     assert out["particle"].nunique() == n_tracks
+
+
+@pytest.mark.parametrize("flipped", [(27, 29), (28, 29), (0, 2), (0, 1)])
+def test_flipped_h_at_a_track_s_end_stays_in_it(flipped):
+    # The detector's h flipped in a core's last (first) frames: not a core of the other sign
+    # that appeared on its path as it vanished (a false nucleation and annihilation there).
+    rng = np.random.default_rng(5)
+    core = _core(range(30), 50.0, 100.0, 0.3, 0.0, (0.0, -1.0), rng=rng, jitter=0.3)
+    core.loc[core["frame"].isin(flipped), "hy"] = 1.0
+    linked = link_cores(core, pixel_size_nm=PIXEL_NM, frame_interval_s=1.0, memory=5, min_length=2)
+    assert linked["particle"].nunique() == 1 and len(linked) == 30

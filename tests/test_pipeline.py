@@ -1583,6 +1583,7 @@ def test_summary_json_says_what_a_fine_tuned_model_learnt_from(tiny_model):
                                                "val_items": ["/lab/ann/b.json"], "epochs": 20}}
     assert summary_dict(res)["model"]["finetuned_on"] == {"data": "/lab/ann", "split": "items",
                                                           "val_items": ["/lab/ann/b.json"],
+                                                          "train_items": None,
                                                           "train_items_sha256": None}
 
 
