@@ -174,8 +174,9 @@ def read_annotation(sidecar: str | Path) -> Annotation:
         cores = cores.assign(hx=np.nan, hy=np.nan)
     missing = [c for c in REQUIRED_CORE_COLUMNS if c not in cores.columns]
     if missing:
-        raise ValueError(f"{stem}_cores.csv lacks columns {missing}: it has {found}, "
-                         f"the header needs {','.join(REQUIRED_CORE_COLUMNS)} (positions in px, "
+        raise ValueError(f"{stem}_cores.csv lacks columns {missing}: it has {found}"
+                         + "".join(f"; {hint}" for hint in _position_hints(found, missing, px))
+                         + f"; the header needs {','.join(REQUIRED_CORE_COLUMNS)} (positions in px, "
                          "h the direction into the extra half-plane (may be left out), particle "
                          "a core's id over the frames; a single image may leave out frame and "
                          "particle, a movie particle: identities unknown)")
@@ -197,6 +198,31 @@ def read_annotation(sidecar: str | Path) -> Annotation:
     norm = np.hypot(cores.hx, cores.hy)
     ann.cores = cores.assign(hx=cores.hx / norm, hy=cores.hy / norm)
     return ann
+
+
+#: Other names of a core's position columns, by the column they stand for, and whether
+#: they are in nm (to be divided by the pixel size).
+_POSITION_ALIASES = {"x": (("x_nm", True), ("x_px", False), ("col", False), ("column", False),
+                           ("xpos", False), ("x_pixel", False)),
+                     "y": (("y_nm", True), ("y_px", False), ("row", False), ("ypos", False),
+                           ("y_pixel", False))}
+
+
+def _position_hints(found: list[str], missing: list[str], pixel_size_nm: float) -> list[str]:
+    """How to turn a table's position columns under another name into x, y [px]."""
+    hints = []
+    lower = {c.lower(): c for c in found}
+    for target in ("x", "y"):
+        if target not in missing:
+            continue
+        for alias, in_nm in _POSITION_ALIASES[target]:
+            if alias in lower:
+                name = lower[alias]
+                hints.append(f"{name} in nm: divide it by pixel_size_nm ({pixel_size_nm:g}) and name "
+                             f"it {target}" if in_nm else f"if {name} is the position in pixels "
+                             f"(from the centre of the top-left pixel), name it {target}")
+                break
+    return hints
 
 
 #: Column names that look like a core's h under another name (lower case, without "_",

@@ -500,7 +500,8 @@ def test_hand_written_annotations_read_or_fail_naming_the_file(tmp_path):
     assert read_annotation(side).pixel_size_nm == pytest.approx(meta["pixel_size_nm"] * 1.01)
     side.write_text(json.dumps(meta))
     csv.write_text("x_px,y,hx,hy\n10.5,12,0,1\n")
-    with pytest.raises(ValueError, match=r"lacks columns \['x'\]: it has \['x_px', 'y', 'hx', 'hy'\], "
+    with pytest.raises(ValueError, match=r"lacks columns \['x'\]: it has \['x_px', 'y', 'hx', 'hy'\]; "
+                                         r"if x_px is the position in pixels .* name it x; "
                                          r"the header needs frame,x,y,hx,hy,particle"):
         read_annotation(side)
     import tifffile
@@ -572,6 +573,14 @@ def test_hand_written_movie_annotations_lab_style(tmp_path):
         csv.write_text(f"frame,x,y,{header}\n0,10,12,{'0,1' if ',' in header else '90'}\n")
         with pytest.warns(UserWarning, match=rf"columns \[.*\] are not read .*{said}"):
             assert read_annotation(side).cores[["hx", "hy"]].isna().all().all()
+    # Positions under another name: what to do with them.
+    csv.write_text("frame,x_nm,y_nm\n0,1.0,1.2\n")
+    with pytest.raises(ValueError, match=r"lacks columns \['x', 'y'\].*; x_nm in nm: divide it by "
+                                         r"pixel_size_nm \(.*\) and name it x; y_nm in nm"):
+        read_annotation(side)
+    csv.write_text("frame,col,row\n0,10,12\n")
+    with pytest.raises(ValueError, match=r"if col is the position in pixels .* name it x; if row"):
+        read_annotation(side)
     csv.write_text("frame,x,y,hx,hy,note\n0,10,12,0,1,sharp\n")
     with pytest.warns(UserWarning, match=r"columns \['note'\] are not read \(known: frame, x, y"):
         read_annotation(side)
