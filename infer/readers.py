@@ -378,6 +378,21 @@ def _ser_bytes(head: bytes, f) -> tuple[int, str] | None:
 # --- rosettasciio formats (DM, EMD, TIA, MRC) ------------------------------------------------
 
 
+def de_info_file(path: Path) -> Path | None:
+    """The Direct Electron metadata (``<stem>_info.txt``: pixel size, frame rate) of an MRC
+    movie whose name rosettasciio does not pair with it itself (it looks only beside
+    ``YYYYMMDD_NNNNN[_...]_movie.mrc``): ``<stem>_info.txt`` or, for ``<name>_movie.mrc``,
+    ``<name>_info.txt``; None where there is none, or rosettasciio finds it."""
+    if path.suffix.lower() != ".mrc":
+        return None
+    from rsciio.mrc._api import MOVIE_RE
+
+    if MOVIE_RE.fullmatch(path.name):
+        return None  # rosettasciio's own pairing
+    stems = [path.stem] + ([path.stem[:-len("_movie")]] if path.stem.endswith("_movie") else [])
+    return next((c for s in stems if (c := path.with_name(f"{s}_info.txt")).is_file()), None)
+
+
 def _open_rsciio(path: Path, module: str, label: str, *, signal: int | str | None) -> Movie:
     try:
         reader = importlib.import_module(module).file_reader
@@ -385,17 +400,29 @@ def _open_rsciio(path: Path, module: str, label: str, *, signal: int | str | Non
         raise ImportError(f"reading {label} files needs the {err.name!r} package "
                           f"(pip install {err.name})") from err
     notes: list[str] = []
+    kwargs = {}
+    if (info := de_info_file(path)) is not None:  # a renamed Direct Electron movie's metadata
+        kwargs["metadata_file"] = str(info)
+        notes.append(f"pixel size and frame rate from {info.name} (Direct Electron metadata)")
     try:
         try:
             with warnings.catch_warnings():
                 # rosettasciio's MRC reader opens the header without closing it; CPython closes
                 # it when the reader returns, and the ResourceWarning says nothing to our user
                 warnings.simplefilter("ignore", ResourceWarning)
-                signals = reader(str(path), lazy=True)
+                try:
+                    signals = reader(str(path), lazy=True, **kwargs)
+                except ValueError as err:
+                    if not kwargs:
+                        raise
+                    # e.g. the metadata of a scan (4D-STEM): the movie without it
+                    notes[-1] = f"{info.name} not used: {err}"
+                    kwargs = {}
+                    signals = reader(str(path), lazy=True)
         except ValueError as err:  # e.g. RGBA DigitalMicrograph images are not lazy-readable
             if path.stat().st_size > EAGER_LIMIT_BYTES:
                 raise ValueError(f"{path}: not lazily readable ({err}), too big to load whole") from err
-            signals = reader(str(path), lazy=False)
+            signals = reader(str(path), lazy=False, **kwargs)
             notes.append(f"read whole: {err}")
     except ModuleNotFoundError as err:  # e.g. a Velox EMD with an EDS spectrum image: sparse
         raise _missing_module(path, label, err) from err

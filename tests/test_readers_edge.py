@@ -464,3 +464,51 @@ def test_an_mrc_message_counts_its_extended_header(tmp_path):
     src = real("rosettasciio/mrc/HAADFscan.mrc")
     with pytest.raises(ValueError, match=r"values of mode 6 after a 909312-byte extended header"):
         open_movie(_cut(src, tmp_path / src.name, 0.5))
+
+
+def _write_mrc(path: Path, data: np.ndarray) -> None:
+    """A minimal MRC2014 file: float32 (mode 2) stack, cell 1 Å per pixel."""
+    data = np.asarray(data, np.float32)
+    nz, ny, nx = data.shape
+    head = bytearray(1024)
+    struct.pack_into("<4i", head, 0, nx, ny, nz, 2)
+    struct.pack_into("<3i", head, 28, nx, ny, nz)
+    struct.pack_into("<6f", head, 40, nx, ny, nz, 90, 90, 90)
+    struct.pack_into("<3i", head, 64, 1, 2, 3)
+    struct.pack_into("<3f", head, 76, data.min(), data.max(), data.mean())
+    head[208:214] = b"MAP DD"
+    path.write_bytes(bytes(head) + data.tobytes())
+
+
+_DE_INFO = """Camera Model = DE-16
+Frames Per Second = 40
+Autosave Movie Sum Count = 1
+Specimen Pixel Size X (nanometers) = 0.05
+Specimen Pixel Size Y (nanometers) = 0.05
+Scan - Enable = Disable
+Instrument Project TEMorSTEM Mode = 0
+"""
+
+
+@pytest.mark.parametrize("name, info", [
+    ("20250101_00002_movie.mrc", "20250101_00002_info.txt"),  # DE's own names: rosettasciio pairs them
+    ("run3_movie.mrc", "run3_info.txt"),  # renamed: paired here
+    ("run4.mrc", "run4_info.txt"),
+])
+def test_a_direct_electron_movie_takes_its_calibration_from_the_info_file(tmp_path, name, info):
+    _write_mrc(tmp_path / name, np.random.default_rng(0).normal(size=(4, 16, 16)))
+    (tmp_path / info).write_text(_DE_INFO)
+    with open_movie(tmp_path / name) as movie:
+        assert movie.shape == (4, 16, 16)
+        assert movie.calibration.pixel_size_nm == pytest.approx(0.05)
+        assert movie.calibration.frame_interval_s == pytest.approx(0.025)  # 40 frames/s
+
+
+def test_a_direct_electron_scan_s_info_file_is_set_aside_with_a_note(tmp_path):
+    # A 4D-STEM scan's metadata describes no movie: the MRC is read on its own, and says so.
+    _write_mrc(tmp_path / "scan_movie.mrc", np.zeros((3, 16, 16)))
+    scan = _DE_INFO.replace("Scan - Enable = Disable", "Scan - Enable = Enable\nScan - Type = Random")
+    (tmp_path / "scan_info.txt").write_text(scan)
+    with open_movie(tmp_path / "scan_movie.mrc") as movie:
+        assert movie.shape == (3, 16, 16) and movie.calibration.frame_interval_s is None
+        assert any(n.startswith("scan_info.txt not used:") for n in movie.calibration.notes)
