@@ -520,34 +520,49 @@ def merge_interleaved(tracks: pd.DataFrame, *, pixel_size_nm: float,
         return tracks
     xcol, ycol = position_columns(tracks)
     merged: dict[int, int] = {}
+    tolerance_px = tolerance_nm / pixel_size_nm
     while True:  # joined tracks may join others: repeat until nothing changes
-        groups = {p: g.sort_values("frame") for p, g in _renumbered(tracks, merged).groupby("particle")}
-        ids = sorted(groups, key=lambda p: (-len(groups[p]), p))  # longest first
-        frames = {p: groups[p]["frame"].to_numpy(dtype=float) for p in ids}
-        h = {p: _mean_h(groups[p]) for p in ids}
-        pair = next(((a, b) for i, a in enumerate(ids) for b in ids[i + 1:]
-                     if _agree(h[a], h[b], len(frames[a]), len(frames[b]), max_h_change_deg)
-                     and _interleaved(groups[a], groups[b], frames[a], frames[b], xcol, ycol,
-                                      tolerance_nm / pixel_size_nm)), None)
-        if pair is None:
+        ordered = _renumbered(tracks, merged).sort_values(["particle", "frame"], kind="stable")
+        pid = ordered["particle"].to_numpy()
+        cuts = np.flatnonzero(np.diff(pid)) + 1
+        by_track = [np.split(ordered[c].to_numpy(dtype=float), cuts) for c in ("frame", xcol, ycol)]
+        hs = np.split(unit(ordered[["hx", "hy"]].to_numpy(dtype=float)), cuts)
+        heads = pid[np.r_[0, cuts]]
+        order = sorted(range(len(hs)), key=lambda k: (-len(hs[k]), heads[k]))  # longest first
+        ids = heads[order]
+        frames = [by_track[0][k] for k in order]
+        paths = [np.c_[by_track[1][k], by_track[2][k]] for k in order]
+        # Candidates a row at a time (crowded movies hold hundreds of tracks): agreeing h,
+        # overlapping spans, bounding boxes within the tolerance.
+        n = np.array([len(f) for f in frames], dtype=float)
+        first, last = np.array([f[0] for f in frames]), np.array([f[-1] for f in frames])
+        h = unit(np.array([hs[k].mean(axis=0) for k in order]))
+        low, high = np.array([q.min(axis=0) for q in paths]), np.array([q.max(axis=0) for q in paths])
+        cos = np.cos(np.deg2rad(max_h_change_deg))
+        joined: set[int] = set()
+        for i in range(len(ids)):  # one row at a time: memory linear in the tracks
+            rest = np.arange(i + 1, len(ids))
+            joint = n[i] * h[i] + n[rest, None] * h[rest]
+            joint /= np.maximum(np.linalg.norm(joint, axis=1, keepdims=True), 1e-12)
+            gap = np.maximum(np.maximum(low[i] - high[rest], low[rest] - high[i]), 0.0)
+            ok = ((joint @ h[i] >= cos) & ((joint * h[rest]).sum(axis=1) >= cos)
+                  & (np.hypot(*gap.T) <= tolerance_px)
+                  & (np.maximum(first[i], first[rest]) < np.minimum(last[i], last[rest])))
+            for j in rest[ok]:
+                if i in joined or j in joined:
+                    continue  # next round, with the joined track's path
+                if _interleaved(paths[i], paths[j], frames[i], frames[j], tolerance_px):
+                    merged[int(ids[j])] = int(ids[i])
+                    joined |= {i, int(j)}
+        if not joined:
             return _renumbered(tracks, merged)
-        merged[int(pair[1])] = int(pair[0])
 
 
-def _agree(ha: np.ndarray, hb: np.ndarray, na: int, nb: int, max_h_change_deg: float) -> bool:
-    """Whether mean **h** ``ha`` and ``hb`` (of ``na`` and ``nb`` readings) both lie within
-    ``max_h_change_deg`` of their joint mean (readings either side of one **h**)."""
-    joint = na * ha + nb * hb
-    if np.hypot(*joint) < 1e-9:
-        return False
-    joint = unit(joint)
-    return min(ha @ joint, hb @ joint) >= np.cos(np.deg2rad(max_h_change_deg))
-
-
-def _interleaved(a: pd.DataFrame, b: pd.DataFrame, fa: np.ndarray, fb: np.ndarray,
-                 xcol: str, ycol: str, tolerance_px: float) -> bool:
-    """Whether tracks ``a`` and ``b`` (frames ``fa``, ``fb``, sorted) overlap in time
-    without sharing a frame, each on the other's path where both are seen."""
+def _interleaved(a: np.ndarray, b: np.ndarray, fa: np.ndarray, fb: np.ndarray,
+                 tolerance_px: float) -> bool:
+    """Whether tracks with paths ``a`` and ``b`` ((n, 2) [px]) in frames ``fa``, ``fb``
+    (sorted) overlap in time without sharing a frame, each on the other's path where both
+    are seen."""
     lo, hi = max(fa[0], fb[0]), min(fa[-1], fb[-1])
     if lo >= hi or np.intersect1d(fa, fb).size:
         return False
@@ -555,9 +570,8 @@ def _interleaved(a: pd.DataFrame, b: pd.DataFrame, fa: np.ndarray, fb: np.ndarra
         inside = (f1 >= lo) & (f1 <= hi)
         if not inside.any():  # all of it in the other's gap: the other side decides
             continue
-        xy = t1[[xcol, ycol]].to_numpy(dtype=float)[inside]
-        path = np.c_[np.interp(f1[inside], f2, t2[xcol].to_numpy(dtype=float)),
-                     np.interp(f1[inside], f2, t2[ycol].to_numpy(dtype=float))]
+        xy = t1[inside]
+        path = np.c_[np.interp(f1[inside], f2, t2[:, 0]), np.interp(f1[inside], f2, t2[:, 1])]
         if np.hypot(*(xy - path).T).max() > tolerance_px:
             return False
     return True
