@@ -1,5 +1,6 @@
 """Training: the loop learns, configs run, augmentation keeps labels, seeding."""
 
+import importlib.util
 import json
 import warnings
 
@@ -491,7 +492,11 @@ def test_train_refuses_in_one_line_what_cannot_run(tmp_path, capsys, monkeypatch
              "--model.lr must be a finite number > 0, got -1.0"),
             (["fit", "--config", "cpu", *run, "--model.w_rs", "-0.5"], "--model.w_rs must be"),
             (["fit", "--config", "cpu", *run, "--model.threshold", "1"],
-             "--model.threshold is a core score in (0, 1), got 1")):
+             "--model.threshold is a core score in (0, 1), got 1"),
+            *([] if importlib.util.find_spec("tensorboard") else [  # its logger without it
+                (["fit", "--config", "cpu", *run, "--trainer.logger", "TensorBoardLogger"],
+                 'needs a package that is not installed: Neither `tensorboard` nor `tensorboardX` '
+                 'is available. Try `pip install`ing either. (pip install -e ".[tensorboard]")')])):
         assert main(["train", *argv]) == 2, argv
         err = capsys.readouterr().err
         assert said in err and err.count("\n") == 1, err

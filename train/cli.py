@@ -794,10 +794,30 @@ def train_main(argv: Sequence[str] | None = None) -> None:
     set_parsing_settings(omegaconf_absolute_to_relative_paths=True)
     SaveConfigForRuns.created = []
     try:
-        _run_cli(argv, typed)
+        try:
+            _run_cli(argv, typed)
+        except ValueError as err:  # a logger's package missing: 60 lines of union subtypes
+            if isinstance(err, TrainConfigError) or (missing := missing_package(err)) is None:
+                raise
+            raise TrainConfigError(missing) from None
     except (TrainConfigError, FileNotFoundError):
         remove_unrun_logs(SaveConfigForRuns.created)
         raise
+
+
+def missing_package(err: BaseException) -> str | None:
+    """One line for a class the config names whose package is not installed (e.g.
+    ``--trainer.logger TensorBoardLogger`` without tensorboard), from the exceptions that
+    caused ``err``; None where none is a missing module."""
+    seen, cause = set(), err
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, ModuleNotFoundError):
+            first = str(cause).splitlines()[0]
+            extra = ' (pip install -e ".[tensorboard]")' if "tensorboard" in first else ""
+            return f"a class the config names needs a package that is not installed: {first}{extra}"
+        cause = cause.__cause__ or cause.__context__
+    return None
 
 
 def _run_cli(argv: Sequence[str] | None, typed: Sequence[str] | None) -> None:
