@@ -651,4 +651,10 @@ def report_text(report: dict) -> str:
         return "no annotated item could be scored"
     cells = table.astype(object).map(
         lambda v: "-" if pd.isna(v) else f"{v:.3f}" if isinstance(v, float) else str(v))
-    return cells.to_string()
+    trained = [k for k in cells.index if isinstance(report.get(k), dict) and report[k].get("trained_on")]
+    if not trained:
+        return cells.to_string()
+    # Marked in the table itself: a row a model learnt from is no test of it.
+    cells.index = [f"{k}*" if k in trained else k for k in cells.index]
+    return cells.to_string() + ("\n* the predicting model was fine-tuned on this item: not a test "
+                                "(left out of the pooled row)")

@@ -28,6 +28,7 @@ from dislotrack.infer.evaluate import (
     evaluate_folders,
     event_scores,
     match_events,
+    report_text,
 )
 from dislotrack.infer.figures import evaluation_figure
 from dislotrack.models.io import file_sha256, load_model, save_model
@@ -109,6 +110,8 @@ def test_finetune_writes_a_loadable_model_with_its_recipe(tmp_path, capfd):
     trained = {file_sha256(tmp_path / "lab" / Path(f).with_suffix(".tif").name)
                for f in find_annotations(tmp_path / "lab") if Path(f).name not in tuned["val_items"]}
     assert set(tuned["train_items_sha256"]) == trained and trained
+    lab = (tmp_path / "lab").resolve()
+    assert card["training_data"].startswith(f"fine-tuned on the lab annotations in {lab}")
     assert sorted(tuned["train_items"]) == sorted(Path(f).name for f in find_annotations(tmp_path / "lab")
                                                   if Path(f).name not in tuned["val_items"])
     # bfloat16 training (fast on AMX CPUs) still saves float32 weights.
@@ -628,7 +631,7 @@ def test_imagej_pixel_size_reads_the_units_labs_write(tmp_path, unit, scale):
 
 
 def test_report_text_shows_missing_and_undefined_values_one_way():
-    from dislotrack.infer.evaluate import report_text
+
 
     text = report_text({"a": {"tp": 3, "fp": 1, "fn": 0, "f1": None, "rs_iou": 0.5},
                         "b": {"error": "no predictions"}})
@@ -1103,6 +1106,9 @@ def test_evaluate_notes_calibrations_that_differ_and_items_a_model_was_tuned_on(
     report = evaluate_folders(pred, truth, figures=False, progress=False)
     tuned, held = report["image_00000"], report["image_00001"]
     assert tuned["trained_on"] is True and "trained_on" not in held
+    lines = report_text(report).splitlines()  # marked in the table itself, not only in a note
+    assert [ln.split()[0] for ln in lines[1:3]] == ["image_00000*", "image_00001"]
+    assert lines[-1].startswith("* the predicting model was fine-tuned on this item: not a test")
     assert "mine was fine-tuned on this item" in tuned["note"]
     assert f"infer used a pixel size of {ann.pixel_size_nm * 1.25:.4g} nm (user), the annotation " \
            f"says {ann.pixel_size_nm:.4g} nm: infer again with --pixel-size" in held["note"]

@@ -537,6 +537,9 @@ def finetune(*, data: str | Path, out: str | Path, model: str | Path | None = No
     # This run's version and date (save_model fills them in), not the base model's.
     card = {k: v for k, v in card.items()
             if k not in ("sha256", "model_id", "dislotrack_version", "created")}
+    # The card's `generator` block is the base model's synthetic data, not these.
+    card["training_data"] = (f"fine-tuned on the lab annotations in {Path(data).resolve()} "
+                             "(training.finetune); generator: the base model's synthetic data")
     card["training"] = {"base": card.get("training"), "finetune": {
         "command": command, "data": str(Path(data).resolve()), "epochs": epochs, "lr": lr,
         "size": size, "batch_size": batch_size, "crops_per_epoch": crops_per_epoch,
