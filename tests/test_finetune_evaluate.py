@@ -631,8 +631,6 @@ def test_imagej_pixel_size_reads_the_units_labs_write(tmp_path, unit, scale):
 
 
 def test_report_text_shows_missing_and_undefined_values_one_way():
-
-
     text = report_text({"a": {"tp": 3, "fp": 1, "fn": 0, "f1": None, "rs_iou": 0.5},
                         "b": {"error": "no predictions"}})
     head, a, b = (line.split() for line in text.splitlines())
