@@ -163,7 +163,9 @@ def trajectories_figure(res: AnalysisResult) -> plt.Figure:
     starts, ends = [], []  # ends: where the start and end markers are drawn
     for pid, g in t.groupby("particle"):
         c = track_colour(pid)
-        ax.plot(g[xs], g[ys], "-", color=c, lw=1.5)
+        # Rimmed as the numbers are: a dark track on a dark frame stays visible.
+        ax.plot(g[xs], g[ys], "-", color=c, lw=1.5,
+                path_effects=[patheffects.withStroke(linewidth=2.5, foreground=rim_colour(c))])
         x0, y0 = g[xs].iloc[0], g[ys].iloc[0]
         starts.append((pid, x0, y0))
         ends += [(x0, y0), (g[xs].iloc[-1], g[ys].iloc[-1])]
@@ -700,8 +702,11 @@ def counts_figure(res: AnalysisResult) -> plt.Figure:
     ax = fig.subplots()
     # clip_on=False: a count of 0 sits on the axis, half hidden otherwise. Dipoles smaller
     # and dashed on top, so equal counts show both series.
-    ax.plot(tt, c.n_dislocations, "o-", ms=7, label="dislocations", clip_on=False, zorder=3)
-    ax.plot(tt, c.n_dipoles, "s--", ms=4, label="dipoles", clip_on=False, zorder=4)
+    # Steps: a count changes at a frame, it does not ramp between two.
+    ax.plot(tt, c.n_dislocations, "o-", ms=7, label="tracked dislocations", clip_on=False, zorder=3,
+            drawstyle="steps-mid")
+    ax.plot(tt, c.n_dipoles, "s--", ms=4, label="dipoles", clip_on=False, zorder=4,
+            drawstyle="steps-mid")
     ax.set_xlabel(label)
     ax.set_ylabel("count")
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
@@ -733,7 +738,7 @@ def counts_figure(res: AnalysisResult) -> plt.Figure:
 
 
 #: What counts.png shows, under the input's name in its title.
-COUNTS_WHAT = "dislocations, dipoles and rock-salt fraction per frame"
+COUNTS_WHAT = "tracked dislocations, dipoles, rock-salt fraction per frame"
 
 #: counts.png's title lines are at most this long (its axes' width at 10 pt).
 COUNTS_TITLE_CHARS = 60
@@ -776,7 +781,7 @@ def evaluation_panels(image: np.ndarray, outcomes: pd.DataFrame, *, title: str =
     fig = Figure(figsize=(11 if movie else 6, 5.5))
     axes = fig.subplots(1, 2 if movie else 1, squeeze=False)
     ax = axes[0, 0]
-    ax.imshow(image[frame], cmap="gray")
+    ax.imshow(_to_rgb(image[frame]))  # stretched as the other figures' frames
     here = outcomes[outcomes.frame == frame]
     for kind, (marker, colour, label) in OUTCOME_STYLE.items():
         g = here[here.outcome == kind]

@@ -49,7 +49,7 @@ def test_counts_have_whole_ticks_and_a_fraction_axis_from_zero(fraction, top):
     assert all(float(t).is_integer() for t in ax.get_yticks())
     assert ax2.get_ylim() == pytest.approx((0.0, top))
     (legend,) = fig.legends  # one legend for both axes, above them
-    assert [t.get_text() for t in legend.get_texts()] == ["dislocations", "dipoles",
+    assert [t.get_text() for t in legend.get_texts()] == ["tracked dislocations", "dipoles",
                                                           "rock-salt fraction"]
     assert ax.get_zorder() > ax2.get_zorder()  # the counts are drawn over the fraction
 
@@ -225,7 +225,7 @@ def test_counts_of_a_single_image_mark_every_value():
     fig = figures.counts_figure(result(1, rocksalt=0.08, n_frames=1))
     FigureCanvasAgg(fig).draw()
     lines = [line for ax in fig.axes for line in ax.lines]
-    assert [line.get_label() for line in lines] == ["dislocations", "dipoles", "rock-salt fraction"]
+    assert [line.get_label() for line in lines] == ["tracked dislocations", "dipoles", "rock-salt fraction"]
     for line in lines:
         assert line.get_marker() not in (None, "", "None", " ")
         (x,), (y,) = line.get_data()
@@ -418,7 +418,7 @@ def test_counts_points_at_zero_are_not_clipped_and_equal_series_both_show():
     assert not dis.get_clip_on() and not dip.get_clip_on()
     assert dis.get_linestyle() != dip.get_linestyle() and dis.get_markersize() > dip.get_markersize()
     # The file's name, then what is counted (the name alone said neither).
-    assert fig.axes[0].get_title() == "x.tif\ndislocations, dipoles and rock-salt fraction per frame"
+    assert fig.axes[0].get_title() == "x.tif\ntracked dislocations, dipoles, rock-salt fraction per frame"
     assert fig.axes[1].get_ylabel() == "rock-salt area fraction of the frame"
 
 
@@ -1114,3 +1114,16 @@ def test_no_mean_drawn_no_word_on_what_means_are_over():
     fig = figures.displacement_figure(res)
     assert "dipole cores (not averaged)" in fig.axes[1].get_title()
     assert figures.MEANS_OVER not in fig._suptitle.get_text()
+
+
+def test_track_paths_are_rimmed_and_evaluation_frames_stretched():
+    # A navy track on a dark frame vanished (review stop 38): paths carry the rim the
+    # numbers do. evaluation.png's frame was unstretched beside the others' 1-99 % one.
+    fig = figures.trajectories_figure(result(2))
+    paths = [ln for ln in fig.axes[0].lines if len(ln.get_xdata()) > 1 and ln.get_linewidth() == 1.5]
+    assert paths and all(ln.get_path_effects() for ln in paths)
+    rng = np.random.default_rng(0)
+    image = 100.0 + rng.normal(size=(1, 32, 32))  # a narrow range far from 0
+    out = pd.DataFrame({"frame": [0], "x": [10.0], "y": [10.0], "outcome": ["found"]})
+    shown = figures.evaluation_panels(image, out).axes[0].images[0].get_array()
+    assert shown.dtype == np.uint8 and shown.min() == 0 and shown.max() == 255
