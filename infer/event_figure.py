@@ -23,6 +23,7 @@ from dislotrack.infer.figures import (
     frame_time,
     input_name,
     nothing_to_show,
+    place_labels,
     rim_colour,
     save_figure,
     scale_bar,
@@ -239,24 +240,26 @@ def events_figure(res: AnalysisResult, frames: Frames, *, max_events: int = MAX_
     tracks = tracks.set_index("frame", drop=False) if len(tracks) else tracks
     loose = untracked_peaks(res)
     dt = res.calibration.frame_interval_s
-    circled = False
+    circled = dotted = False
     for row, (i, ev) in zip(axes, chosen.iterrows(), strict=True):
         panels = windows[windows.event == i]
         crops = {k: cropped[(i, k)] for k in panels.offset if (i, k) in cropped}
         values = np.concatenate([c.ravel() for c, _, _ in crops.values()]) if crops else np.array([0.0])
         lo, hi = np.nanpercentile(values, [1, 99]) if np.isfinite(values).any() else (0.0, 1.0)
         for ax, w in zip(row, panels.itertuples(), strict=True):
-            _panel(ax, res, tracks, crops.get(w.offset), int(w.frame), side, (lo, hi), dt,
-                   event=w.offset == 0)
+            dotted |= _panel(ax, res, tracks, crops.get(w.offset), int(w.frame), side, (lo, hi), dt,
+                             event=w.offset == 0)
             if w.offset in crops:
                 circled |= _circle_untracked(ax, loose, crops[w.offset], w, res.calibration.pixel_size_nm)
         particles = ", ".join(f"#{p}" for p in str(ev["particles"]).split())
         row[0].set_ylabel(f"{str(ev['kind']).replace('_', ' ')}\n{particles}\n"
                           f"x {ev['x']:.0f}, y {ev['y']:.0f} px", fontsize=8, rotation=0,
                           ha="right", va="center")
-    if circled:
-        fig.supxlabel(f"○ untracked peak within {UNTRACKED_NM:g} nm of the event "
-                      "(e.g. a dipole's unresolved pair)", fontsize=8)
+    keys = ([f"○ untracked peak within {UNTRACKED_NM:g} nm of the event (e.g. a dipole's "
+             "unresolved pair)"] if circled else [])
+    keys += ["dotted ⊥: where a track's core would be in a frame it was missed"] if dotted else []
+    if keys:
+        fig.supxlabel(";  ".join(keys), fontsize=8)
     if res.calibration.pixel_size_nm and side * res.calibration.pixel_size_nm >= 2:
         first = next((ax for ax in axes[0] if ax.images), None)
         if first is not None:
@@ -266,8 +269,9 @@ def events_figure(res: AnalysisResult, frames: Frames, *, max_events: int = MAX_
 
 def _panel(ax: Axes, res: AnalysisResult, tracks: pd.DataFrame,
            cropped: tuple[np.ndarray, int, int] | None, frame: int, side: int,
-           limits: tuple[float, float], dt: float | None, *, event: bool) -> None:
-    """One crop with its tracked cores; blank where the frame lies outside the movie."""
+           limits: tuple[float, float], dt: float | None, *, event: bool) -> bool:
+    """One crop with its tracked cores; blank where the frame lies outside the movie.
+    Returns whether a missed frame's dotted symbol was drawn."""
     ax.set_xticks([])
     ax.set_yticks([])
     when = time_stamp(frame, dt, frame_time(res, [frame])[0] if 0 <= frame < res.shape[0] else None)
@@ -280,16 +284,17 @@ def _panel(ax: Axes, res: AnalysisResult, tracks: pd.DataFrame,
         ax.set_facecolor("0.92")
         ax.text(0.5, 0.5, "outside\nthe movie", transform=ax.transAxes, ha="center",
                 va="center", fontsize=7, color="0.4")
-        return
+        return False
     image, x0, y0 = cropped
     ax.imshow(image, cmap="gray", vmin=limits[0], vmax=limits[1], interpolation="nearest")
     ax.set_facecolor("0.3")  # beyond the frame's edge
     if not len(tracks) or frame not in tracks.index:
-        return
+        return False
     here = tracks.loc[[frame]]
     cx, cy = here["x"].to_numpy(float) - x0, here["y"].to_numpy(float) - y0
     inside = (cx >= -0.5) & (cx <= side - 0.5) & (cy >= -0.5) & (cy <= side - 0.5)
     arm = 0.08 * side
+    labels = []  # (particle, x, y, colour, rim): numbered below, clear of each other
     for (_, r), x, y in zip(here[inside].iterrows(), cx[inside], cy[inside], strict=True):
         c = track_colour(r["particle"])
         # A rim the colour stands out from: white round the dark ones, else black.
@@ -303,13 +308,31 @@ def _panel(ax: Axes, res: AnalysisResult, tracks: pd.DataFrame,
                 [y - arm * b[1], y + arm * b[1], np.nan, y, y + 1.5 * arm * h[1]],
                 ":" if r.get("missed", False) else "-", color=c, lw=2.0,
                 solid_capstyle="butt", path_effects=rim)
-        # The number up-right of the core, or towards the crop's centre near its top or
-        # right edge: outside the crop it would overprint the panel's title.
-        right, up = x < side - 4 * arm, y > 3 * arm
-        ax.text(x + (1.2 if right else -1.2) * arm, y + (-1.2 if up else 1.2) * arm,
-                str(int(r["particle"])), color=c, fontsize=7, fontweight="bold", path_effects=rim,
-                ha="left" if right else "right", va="bottom" if up else "top", clip_on=True)
+        labels.append((int(r["particle"]), x, y, c, rim))
+    _numbers(ax, labels, side, arm)
     ax.set(xlim=(-0.5, side - 0.5), ylim=(side - 0.5, -0.5))  # markers must not widen it
+    return bool(here[inside].get("missed", pd.Series(False, index=here.index)).fillna(False).any())
+
+
+#: Font size of the track numbers on events.png [pt].
+_NUMBER_PT = 7
+
+
+def _numbers(ax: Axes, labels: list, side: int, arm: float) -> None:
+    """Each core's track number beside it, inside the crop (outside, it would overprint
+    the panel's title), clear of the other numbers and symbols (`place_labels`: two
+    numbers side by side read as one, "63")."""
+    if not labels:
+        return
+    fig_w = ax.figure.get_size_inches()[0] * ax.get_position().width
+    per_pt = side / (72 * max(fig_w, 1e-3))  # crop pixels per point, roughly
+    xy = np.array([(x, y) for _, x, y, _, _ in labels], float) + 0.5
+    sizes = np.array([(0.7 * len(str(p)) + 0.3, 1.2) for p, *_ in labels]) * _NUMBER_PT * per_pt
+    corners = place_labels(xy, sizes, gap=0.6 * arm, bounds=(side, side), markers=xy,
+                           marker_radius=arm) - 0.5
+    for (p, _, _, c, rim), (lx, ly) in zip(labels, corners, strict=True):
+        ax.text(lx, ly, str(p), color=c, fontsize=_NUMBER_PT, fontweight="bold", path_effects=rim,
+                ha="left", va="top", clip_on=True)
 
 
 def untracked_peaks(res: AnalysisResult) -> pd.DataFrame:

@@ -97,6 +97,9 @@ def test_a_frame_the_track_skips_shows_a_dotted_symbol_where_the_core_would_be()
     centre = event_figure.crop_side_px(0.1, (SIZE, SIZE)) // 2
     x, y = skipped.lines[0].get_data()
     assert (x[3], y[3]) == pytest.approx((centre, centre))  # on the specimen point, interpolated
+    assert "dotted ⊥: where a track's core would be in a frame it was missed" in fig.get_supxlabel()
+    plain = event_figure.events_figure(result(nucleation()), frames())  # nothing missed: no key
+    assert "dotted" not in (plain.get_supxlabel() or "")
 
 
 def test_frames_beyond_the_movie_are_blank_and_edges_are_padded():
@@ -255,3 +258,22 @@ def test_the_scale_bar_keeps_clear_of_a_core_in_its_usual_corner():
     first = event_figure.events_figure(result(nucleation()), frames()).axes[0]
     (bar,) = [line for line in first.lines if line.get_color() == "white"]
     assert min(bar.get_data()[0]) > side / 2
+
+
+def test_numbers_of_cores_side_by_side_do_not_run_together():
+    # Two cores 3 px apart: both numbers up-right of their cores touched and read "73".
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    res = result(nucleation())
+    other = res.tracks.assign(particle=3, x=res.tracks["x"] + 3.0, hx=-1.0)
+    res = replace(res, tracks=pd.concat([res.tracks, other], ignore_index=True))
+    fig = event_figure.events_figure(res, frames())
+    FigureCanvasAgg(fig).draw()
+    for ax in fig.axes:
+        boxes = [t.get_window_extent() for t in ax.texts if t.get_text() in ("7", "3")]
+        if len(boxes) == 2:
+            a, b = boxes
+            assert a.x1 <= b.x0 or b.x1 <= a.x0 or a.y1 <= b.y0 or b.y1 <= a.y0
+            break
+    else:
+        raise AssertionError("no panel shows both numbers")
