@@ -478,7 +478,7 @@ def displacement_figure(res: AnalysisResult) -> plt.Figure:
 
 #: The legend label and line style of the mean curve of the single dislocations moving
 #: each way: two means in one panel must not look alike.
-MEAN_LABELS = {1: "mean ± SD of singles, moving +", -1: "mean ± SD of singles, moving −"}
+MEAN_LABELS = {1: "mean ± SD of singles moving in +", -1: "mean ± SD of singles moving in −"}
 MEAN_STYLES = {1: "-", -1: "-."}
 #: Length of displacement.png's legend handles [font sizes]: a whole dash-dot cycle of the
 #: "moving −" mean (at the default 2, it showed as a dash, like the solid "moving +").
@@ -486,7 +486,8 @@ MEAN_HANDLE_EM = 3.5
 
 #: What displacement.png's means are over, under its file name where it shows one (or
 #: dipole cores left out of one).
-MEANS_OVER = "means ± SD over single dislocations (dipole cores not averaged)"
+MEANS_OVER = ("means ± SD over single dislocations (dipole cores not averaged)\n"
+              f"of the tracks that move: |v| > {MOVING_SE:g} SE and ≥ {MIN_TRAVEL_NM:g} nm of travel")
 
 #: displacement.png's file name is wrapped to lines this long, clear of the legend beside
 #: the axes.
