@@ -20,7 +20,7 @@ from matplotlib.ticker import MaxNLocator
 from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
 
-from dislotrack.data_gen.conventions import edge_distance_px
+from dislotrack.data_gen.conventions import D003_LINIO2_NM, edge_distance_px
 from dislotrack.infer.calibration import Calibration
 from dislotrack.infer.columns import velocity_columns
 from dislotrack.infer.drift import UNSEEN_ALONG_FRINGES
@@ -225,6 +225,9 @@ def trajectories_figure(res: AnalysisResult) -> plt.Figure:
         nothing_to_show(ax, ("no cores" if res.shape[0] == 1 else "no tracks") + why)
     what = "cores" if res.shape[0] == 1 else "trajectories (drift-corrected, over frame 0)"
     doubt = "\nno (003) fringes stand out: any core or rock salt is doubtful" if unseen else ""
+    if res.calibration.pixel_size_source == "estimated":  # the scale rests on the material
+        d003 = (res.options or {}).get("d_spacing_nm") or D003_LINIO2_NM
+        doubt += f"\nscale estimated: the strongest fringes taken for {d003:g} nm (003) ones"
     ax.set_title(f"{input_name(res)}: {what}{doubt}", fontsize=10, wrap=True)  # two lines if narrow
     ax.set_axis_off()
     return fig

@@ -1127,3 +1127,15 @@ def test_track_paths_are_rimmed_and_evaluation_frames_stretched():
     out = pd.DataFrame({"frame": [0], "x": [10.0], "y": [10.0], "outcome": ["found"]})
     shown = figures.evaluation_panels(image, out).axes[0].images[0].get_array()
     assert shown.dtype == np.uint8 and shown.min() == 0 and shown.max() == 255
+
+
+def test_trajectories_say_when_the_scale_is_estimated_from_the_fringes():
+    from dataclasses import replace
+
+    res = result(2)
+    assert "scale estimated" not in figures.trajectories_figure(res).axes[0].get_title()
+    res = replace(res, calibration=Calibration(pixel_size_nm=0.1, pixel_size_source="estimated",
+                                               frame_interval_s=1.0, frame_interval_source="file"),
+                  options={"d_spacing_nm": 0.47})
+    title = figures.trajectories_figure(res).axes[0].get_title()
+    assert title.endswith("scale estimated: the strongest fringes taken for 0.47 nm (003) ones")
