@@ -198,7 +198,7 @@ def test_a_run_from_a_fine_tuned_model_keeps_its_record_through_resume_and_expor
 
     monkeypatch.chdir(tmp_path)
     base = tmp_path / "base"
-    tuned = {"data": "/lab/ann", "split": "items", "val_items": ["b.json"],
+    tuned = {"data": "/lab/ann", "split": "items", "val_items": ["b.json"], "train_items": ["a.json"],
              "train_items_sha256": ["ab" * 32], "epochs": 3}
     record = {"base": {"recipe": "cpu"}, "finetune": tuned}  # as finetune writes it
     net = UNet(UNetConfig(base_channels=4, depth=2, norm="batch", fringe_period_px=4.73))
@@ -210,7 +210,7 @@ def test_a_run_from_a_fine_tuned_model_keeps_its_record_through_resume_and_expor
     _interrupt_move_base_and_resume(run, tmp_path, monkeypatch, capsys)
     card = json.loads((tmp_path / "r" / "model.json").read_text())
     assert card["training"]["base"] == record  # from the checkpoint: the base is gone
-    assert _finetuned_on(card) == {k: tuned[k] for k in ("data", "split", "val_items",
+    assert _finetuned_on(card) == {k: tuned[k] for k in ("data", "split", "val_items", "train_items",
                                                           "train_items_sha256")}
     (ckpt,) = (tmp_path / "r").rglob("last.ckpt")
     assert main(["train", "export", str(ckpt), "--out", str(tmp_path / "again")]) == 0
