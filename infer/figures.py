@@ -840,7 +840,9 @@ def overlay_frames(res: AnalysisResult, frames: Iterable[np.ndarray],
     # would be, as events.png does: else a tracked core blinks out for a frame.
     tracks = with_gaps(res.tracks, res.drift) if len(res.tracks) else res.tracks
     by_frame = {f: g for f, g in tracks.groupby("frame")} if len(tracks) else {}
-    unlinked = res.detections if len(res.detections) else pd.DataFrame(columns=["frame"])
+    # Detections in no track, in every frame (white, unnumbered): before, only where a
+    # frame had no tracked core, so the same kind of peak came and went with the tracks.
+    unlinked = _untracked(res.detections, res.tracks)
     mask_iter = iter(masks) if masks is not None else None
     corner = None
     for i, frame in enumerate(frames):
@@ -854,8 +856,9 @@ def overlay_frames(res: AnalysisResult, frames: Iterable[np.ndarray],
             _tint(rgb, _enlarge(np.asarray(next(mask_iter)).astype(bool), k), max(2, w // 400))
         img = Image.fromarray(rgb)
         d = ImageDraw.Draw(img)
+        loose = unlinked[unlinked.frame == i].assign(particle=-1)
         tracked = by_frame.get(i)
-        rows = tracked if tracked is not None else unlinked[unlinked.frame == i].assign(particle=-1)
+        rows = loose if tracked is None else pd.concat([loose, tracked], ignore_index=True)
         _draw_cores(d, rows, k, min(h, w))
         font = _font(min(h, w))
         if res.calibration.pixel_size_nm:
@@ -863,6 +866,17 @@ def overlay_frames(res: AnalysisResult, frames: Iterable[np.ndarray],
         _boxed_text(d, (max(4, w // 80), max(4, h // 80)), overlay_stamp(res, i), font,
                     (255, 255, 0), anchor="lt")
         yield np.asarray(img)
+
+
+def _untracked(detections: pd.DataFrame, tracks: pd.DataFrame) -> pd.DataFrame:
+    """The rows of ``detections`` in no track (same frame and raw position)."""
+    if not len(detections):
+        return pd.DataFrame({"frame": pd.Series(dtype=int)})
+    if not len(tracks):
+        return detections
+    keys = ["frame", "x", "y"]
+    merged = detections.merge(tracks[keys].drop_duplicates(), on=keys, how="left", indicator=True)
+    return merged[merged["_merge"] == "left_only"].drop(columns="_merge")
 
 
 def upscale_factor(shape: tuple[int, ...]) -> int:

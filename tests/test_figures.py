@@ -1139,3 +1139,20 @@ def test_trajectories_say_when_the_scale_is_estimated_from_the_fringes():
                   options={"d_spacing_nm": 0.47})
     title = figures.trajectories_figure(res).axes[0].get_title()
     assert title.endswith("scale estimated: the strongest fringes taken for 0.47 nm (003) ones")
+
+
+def test_the_overlay_draws_untracked_detections_beside_tracked_cores_in_every_frame():
+    # Before, untracked detections showed only in frames without a tracked core: the same
+    # kind of peak came and went with the tracks (review stop 38).
+    res = result(1, n_frames=1)
+    stray = res.tracks.drop(columns="particle").assign(x=200.0, y=300.0)
+    res.detections = pd.concat([res.tracks.drop(columns="particle"), stray], ignore_index=True)
+    (rgb,) = figures.overlay_frames(res, [np.zeros((640, 640))], None)
+    white = np.all(rgb > 240, axis=-1)
+    r = max(8, 640 // 64)
+    assert white[300 - 2 * r:300 + 2 * r, 200 - 2 * r:200 + 2 * r].any()  # the stray one, white
+    tracked = res.tracks.iloc[0]
+    c0 = np.array([int(255 * v) for v in figures.track_colour(0)])
+    y0, x0 = max(0, int(tracked.y) - 2 * r), max(0, int(tracked.x) - 2 * r)
+    near = rgb[y0:int(tracked.y) + 2 * r, x0:int(tracked.x) + 2 * r]
+    assert (np.abs(near.astype(int) - c0).sum(axis=-1) < 10).any()  # the tracked one, coloured
