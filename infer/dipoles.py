@@ -15,6 +15,17 @@ DIPOLE_COLUMNS = ["pair", "frame", "t_s", "particle_a", "particle_b", "separatio
                   "glide_separation_nm", "climb_separation_nm"]
 
 
+#: The dtypes of `dipole_separations`' columns, also of an empty table (object columns
+#: there made every column of tables pooled over movies object).
+_DTYPES = {"pair": "str", "frame": "int64", "t_s": "float64", "particle_a": "int64",
+           "particle_b": "int64", "separation_nm": "float64", "glide_separation_nm": "float64",
+           "climb_separation_nm": "float64"}
+
+
+def _empty() -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series(dtype=_DTYPES[c]) for c in DIPOLE_COLUMNS})
+
+
 def dipole_separations(tracks: pd.DataFrame, summary: pd.DataFrame, *, pixel_size_nm: float,
                        frame_interval_s: float | None = None,
                        frame_times_s: np.ndarray | None = None) -> pd.DataFrame:
@@ -52,7 +63,7 @@ def dipole_separations(tracks: pd.DataFrame, summary: pd.DataFrame, *, pixel_siz
     [[0.5, 0.3, 0.4]]
     """
     if not len(summary) or "kind" not in summary or not len(tracks):
-        return pd.DataFrame(columns=DIPOLE_COLUMNS)
+        return _empty()
     pairs = summary[(summary["kind"] == "dipole") & (summary["particle"] < summary["partner"])]
     by_particle = dict(tuple(tracks.groupby("particle")))
     rows = []
@@ -68,7 +79,7 @@ def dipole_separations(tracks: pd.DataFrame, summary: pd.DataFrame, *, pixel_siz
             "separation_nm": np.hypot(d[:, 0], d[:, 1]), "glide_separation_nm": d @ b_hat_from_h(h),
             "climb_separation_nm": d @ h}))
     if not rows:
-        return pd.DataFrame(columns=DIPOLE_COLUMNS)
+        return _empty()
     out = pd.concat(rows, ignore_index=True).sort_values(["particle_a", "frame"], kind="stable")
     out.insert(2, "t_s", frame_times(out["frame"], frame_interval_s, frame_times_s))
     return out[DIPOLE_COLUMNS].reset_index(drop=True)

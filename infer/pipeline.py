@@ -430,6 +430,10 @@ def analyze(path: str | Path | Movie | np.ndarray, *, model: str | Path | None =
                           border_nm=border_nm)  # d_spacing_nm: `calibrate` checks it
     if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
         raise ValueError(f"batch_size must be a whole number of frames >= 1, got {batch_size!r}")
+    for name, flag in (("lattice_h", lattice_h), ("progress", progress)):
+        if not isinstance(flag, (bool, np.bool_)):  # "no" is truthy; None meant False here
+            raise TypeError(f"{name} must be True or False, got {flag!r}")
+    lattice_h = bool(lattice_h)
     pixel_size_nm, frame_interval_s = (as_typed(v) for v in (pixel_size_nm, frame_interval_s))
     dev = pick_device(device)
     # A bad name: refused before any frame is read. The GPA baseline has no network.

@@ -66,6 +66,9 @@ def test_only_frames_with_both_cores_and_pairs_with_tracks_count():
     assert d["frame"].tolist() == [2, 3, 4, 6, 7]
     gone = dipole_separations(tracks[tracks.particle != 9], summary, pixel_size_nm=PIXEL)
     assert gone.empty and list(gone.columns) == DIPOLE_COLUMNS
+    # Typed as a full table: pooled over movies, an empty one kept the numbers numeric.
+    assert (gone.dtypes == d.dtypes).all()
+    assert pd.concat([gone, d]).dtypes.equals(d.dtypes)
     singles = summary.assign(kind="single", partner=pd.array([pd.NA] * 3, dtype="Int64"))
     assert dipole_separations(tracks, singles, pixel_size_nm=PIXEL).empty
 

@@ -832,6 +832,9 @@ def test_impossible_analysis_options_are_refused_by_name(tiny_model, tmp_path, c
     ({"memory": "2"}, r"^memory .* got '2' \(a str\)"),
     ({"max_speed_nm_s": None}, r"^max_speed_nm_s .* got None \(a NoneType\)"),
     ({"min_length": True}, r"^min_length .* got True \(a bool\)"),
+    ({"lattice_h": "no"}, r"^lattice_h must be True or False, got 'no'"),  # truthy: it snapped
+    ({"lattice_h": None}, r"^lattice_h must be True or False, got None"),
+    ({"progress": "no"}, r"^progress must be True or False, got 'no'"),
 ])
 def test_analyze_refuses_options_of_the_wrong_type_by_name(kwargs, message):
     with pytest.raises(TypeError, match=message):
