@@ -33,6 +33,7 @@ from dislotrack.infer.evaluate_parts import (
     part_events,
     part_tracks,
 )
+from dislotrack.infer.linking import require_columns
 from dislotrack.infer.options import check_folder
 from dislotrack.infer.outputs import frame_fingerprint
 from dislotrack.models.io import file_sha256
@@ -58,6 +59,11 @@ def detection_scores(pred: pd.DataFrame, truth: pd.DataFrame, *, pixel_size_nm: 
 
 def detection_tally(pred: pd.DataFrame, truth: pd.DataFrame, *, pixel_size_nm: float) -> DetectionTally:
     """The counts behind `detection_scores` (to pool items: `DetectionTally.merge`)."""
+    require_columns(pred, ["frame", "x", "y"], name="pred (detections, px)")
+    require_columns(truth, ["frame", "x", "y"], name="truth (annotated cores, px)")
+    # h may be left out (unknown: a predicted one counts as wrong, a true one is not scored)
+    pred, truth = (t if {"hx", "hy"} <= set(t.columns) else t.assign(hx=np.nan, hy=np.nan)
+                   for t in (pred, truth))
     tally = DetectionTally()
     frames = sorted(set(pred.frame) | set(truth.frame))
     pg, tg = dict(list(pred.groupby("frame"))), dict(list(truth.groupby("frame")))
@@ -199,6 +205,9 @@ def match_events(pred: pd.DataFrame, truth: pd.DataFrame, *, pixel_size_nm: floa
     """
     from scipy.optimize import linear_sum_assignment
 
+    # Named: the two sides' tables differ (px vs nm), and swapped ones gave a bare KeyError.
+    require_columns(pred, ["frame", "kind", "x", "y"], name="pred (events.csv: x, y in px)")
+    require_columns(truth, ["frame", "kind", "x_nm", "y_nm"], name="truth (true events: x_nm, y_nm)")
     if pred.empty or truth.empty:
         return []
     step = pred[["x", "y"]].to_numpy(float)[:, None] * pixel_size_nm - truth[["x_nm", "y_nm"]].to_numpy(float)

@@ -1478,3 +1478,17 @@ def test_a_brief_match_does_not_take_a_predicted_track_from_its_true_track():
     scores, table = tracking_scores(pred, summary, truth, true_tracks, pixel_size_nm=0.1)
     assert table.set_index("particle").loc[0, "pred"] == 7
     assert scores["median_glide_rel_error"] == pytest.approx(0.0)
+
+
+def test_scores_of_swapped_or_wrong_tables_name_what_each_side_needs():
+    # From a notebook: a true tracks table for the cores, or true and predicted events
+    # swapped, gave pandas' bare AttributeError / KeyError.
+    events_px = pd.DataFrame({"frame": [1], "kind": ["nucleation"], "x": [10.0], "y": [10.0]})
+    events_nm = pd.DataFrame({"frame": [1], "kind": ["nucleation"], "x_nm": [1.0], "y_nm": [1.0]})
+    with pytest.raises(ValueError, match=r"pred \(events.csv: x, y in px\) lacks columns x, y"):
+        event_scores(events_nm, events_px, pixel_size_nm=0.1)
+    with pytest.raises(ValueError, match=r"truth \(annotated cores, px\) lacks column frame"):
+        detection_scores(events_px.assign(hx=0.0, hy=1.0), pd.DataFrame({"x": [1.0], "y": [2.0]}),
+                         pixel_size_nm=0.1)
+    with pytest.raises(TypeError, match=r"pred \(detections, px\) must be a pandas DataFrame"):
+        detection_scores([1, 2], events_px, pixel_size_nm=0.1)
