@@ -119,6 +119,12 @@ class MovieSample:
     """A labelled movie. ``cores`` has a ``frame`` column plus `CORE_COLUMNS`;
     ``drift`` has frame, dx, dy [px] (a feature at x in frame 0 is at x + dx)."""
 
+    def __repr__(self) -> str:  # the dataclass's printed every array (6 kB for 10 x 128 px)
+        events = 0 if self.events is None else len(self.events)
+        return (f"MovieSample(frames={self.frames.shape}, {len(self.truth)} dislocations, "
+                f"{events} events, mode={self.meta.get('mode')!r}, "
+                f"pixel_size={self.meta.get('pixel_size')} nm)")
+
     frames: np.ndarray
     cores: pd.DataFrame
     rs_masks: np.ndarray
@@ -353,7 +359,8 @@ def make_movie(rng: np.random.Generator, cfg: GeneratorConfig | None = None, *, 
 
     Parameters
     ----------
-    rng : numpy.random.Generator
+    rng : numpy.random.Generator or int
+        The random generator, or a seed for one.
     cfg : GeneratorConfig, optional
         Size, pixel size, mode, dose range and densities.
     n_frames : int
@@ -375,6 +382,10 @@ def make_movie(rng: np.random.Generator, cfg: GeneratorConfig | None = None, *, 
     if not (np.isfinite(frame_interval) and frame_interval > 0):
         raise ValueError(f"frame_interval must be a positive number of seconds, got {frame_interval}")
     cfg = cfg or GeneratorConfig()
+    if not isinstance(cfg, GeneratorConfig):  # a dict failed deep inside, on cfg.mode
+        raise TypeError(f"cfg must be a GeneratorConfig (e.g. GeneratorConfig(size=128)), got "
+                        f"{type(cfg).__name__}")
+    rng = np.random.default_rng(rng)  # a seed too (a Generator is passed through)
     mode = draw_mode(rng, cfg)
     grid = Grid(cfg.size, cfg.pixel_size)
     spec = draw_specimen(rng, fov_nm=grid.fov_nm, realism=cfg.realism, material=cfg.material)

@@ -152,10 +152,11 @@ class Movie:
             self._filled = True
         return frame
 
-    def window(self, start: int, stop: int) -> Movie:
+    def window(self, start: int | None, stop: int | None) -> Movie:
         """Frames ``start`` to ``stop - 1`` of this movie as a movie of their own, numbered
         from 0 and read lazily from the same open file; ``metadata["frames"]`` records
-        ``[start, stop]`` and timestamps count from ``start``.
+        ``[start, stop]`` and timestamps count from ``start``. ``None`` is an open end
+        (from the first frame, to the last), as ``--frames 100:`` is.
 
         Raises
         ------
@@ -163,6 +164,7 @@ class Movie:
             If the window holds no frame of this movie.
         """
         n = len(self)
+        start, stop = 0 if start is None else start, n if stop is None else stop
         integral = all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in (start, stop))
         if not (integral and 0 <= start < stop <= n):
             window = option("frames", f"{start}:{stop}", text=True)

@@ -452,3 +452,18 @@ def test_a_movie_sidecar_records_only_the_config_movies_use(tmp_path):
     image = json.loads((tmp_path / "i" / "image_00000.json").read_text())["source"]["config"]
     assert "perfect_fraction" not in movie and image["perfect_fraction"] == 0.1
     assert set(image) - set(movie) == {"perfect_fraction"}
+
+
+def test_make_movie_takes_a_seed_refuses_a_dict_and_prints_briefly():
+    # From a notebook: an int seed and a dict config failed deep inside (AttributeError),
+    # and the sample printed every array.
+    from dislotrack.data_gen.movie import make_movie
+
+    cfg = GeneratorConfig(size=32)
+    a = make_movie(3, cfg, n_frames=2)
+    b = make_movie(np.random.default_rng(3), cfg, n_frames=2)
+    np.testing.assert_array_equal(a.frames, b.frames)  # a seed is the generator it seeds
+    with pytest.raises(TypeError, match=r"cfg must be a GeneratorConfig .* got dict"):
+        make_movie(3, {"size": 32}, n_frames=2)
+    text = repr(a)
+    assert text.startswith("MovieSample(frames=(2, 32, 32), ") and len(text) < 200

@@ -1770,6 +1770,9 @@ def test_frame_windows_must_hold_frames_of_the_movie():
         frame_window("-2:3", 8)
     with pytest.raises(ValueError, match="is not a window of the 8 frames"):
         movie_from_array(np.zeros((8, 16, 16), np.float32)).window(2, 9)
+    # An open end, as "3:" is on the command line.
+    assert len(movie_from_array(np.zeros((8, 16, 16), np.float32)).window(3, None)) == 5
+    assert len(movie_from_array(np.zeros((8, 16, 16), np.float32)).window(None, 2)) == 2
 
 
 def test_relink_keeps_the_options_analyze_used_and_drops_warnings_it_no_longer_has():
