@@ -211,6 +211,8 @@ def events_figure(res: AnalysisResult, frames: Frames, *, max_events: int = MAX_
     """
     require_result(res, "events_figure")
     shape = tuple(frames.shape) if hasattr(frames, "shape") else np.shape(frames)  # a list of frames too
+    if len(shape) == 2 and res.shape[0] == 1:  # the single image that was analysed
+        frames, shape = np.asarray(frames)[None], (1, *shape)
     if shape != tuple(res.shape):
         part = "".join(f".{how}({res.options[key].replace(',', ':').replace(':', ', ')})"
                        for key, how in (("frames", "window"), ("region", "crop"))

@@ -277,3 +277,12 @@ def test_numbers_of_cores_side_by_side_do_not_run_together():
             break
     else:
         raise AssertionError("no panel shows both numbers")
+
+
+def test_a_single_image_s_events_figure_takes_the_image_itself():
+    # The 2-D image that was analysed was refused ("frames are 96 x 96, the analysis 1 x 96 x 96").
+    res = replace(result(nucleation().iloc[:0]), shape=(1, SIZE, SIZE))
+    fig = event_figure.events_figure(res, frames()[0])
+    assert fig.get_suptitle() == "m.tif: 0 events"
+    with pytest.raises(ValueError, match=f"frames are {SIZE} x {SIZE}, the analysis 2 x {SIZE} x {SIZE}"):
+        event_figure.events_figure(replace(res, shape=(2, SIZE, SIZE)), frames()[0])  # a movie's: no
