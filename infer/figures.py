@@ -456,7 +456,11 @@ def displacement_figure(res: AnalysisResult) -> plt.Figure:
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel(label + " since first detection")
         ax.set_ylabel(f"{name} distance (nm)")
-        ax.set_title(title, fontsize=9)
+        # Every line wrapped to the panel (a list of velocities ran into the next panel, a
+        # drift note off the page), never inside a number ("-0.23").
+        ax.set_title("\n".join(part for line in title.split("\n") for part in textwrap.wrap(
+            line, PANEL_TITLE_CHARS, break_on_hyphens=False, break_long_words=False) or [""]),
+            fontsize=9)
     # The panel titles' lines are as long as they may be: what the means are over goes here.
     fig.suptitle(wrap_title(input_name(res) + (f"\n{MEANS_OVER}" if singles_only else ""),
                             DISPLACEMENT_TITLE_CHARS), fontsize=10)
@@ -465,9 +469,13 @@ def displacement_figure(res: AnalysisResult) -> plt.Figure:
         if not named:
             handles.append(plt.Line2D([], [], ls="--", color="0.5", lw=1))
             labels.append(f"{t.particle.nunique()} tracks (grey: not moving)")
-        # Handles long enough for a whole dash-dot cycle: the two means differ by it.
-        fig.legend(handles, labels, loc="outside right upper", fontsize=8, frameon=False,
-                   ncol=2 if named and t.particle.nunique() > 10 else 1, handlelength=MEAN_HANDLE_EM)
+        # Handles long enough for a whole dash-dot cycle: the two means differ by it. Many
+        # names go below the panels: two columns beside them ran into the title above.
+        many = named and t.particle.nunique() > 10
+        if many:  # the legend's rows below: the panels keep their height
+            fig.set_figheight(fig.get_figheight() + 1.3)
+        fig.legend(handles, labels, loc="outside lower center" if many else "outside right upper",
+                   fontsize=8, frameon=False, ncol=4 if many else 1, handlelength=MEAN_HANDLE_EM)
     else:
         why = ("one frame: no motion to show" if res.shape[0] <= 1
                else "no tracks" if res.tracks.empty
@@ -495,6 +503,9 @@ MEANS_OVER = ("means ± SD over single dislocations (dipole cores not averaged)\
 #: displacement.png's file name is wrapped to lines this long, clear of the legend beside
 #: the axes.
 DISPLACEMENT_TITLE_CHARS = 70
+
+#: displacement.png's panel titles are wrapped to lines this long (their axes' width at 9 pt).
+PANEL_TITLE_CHARS = 52
 
 
 def _track_label(summary: pd.DataFrame, pid: int) -> str:

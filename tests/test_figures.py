@@ -822,7 +822,8 @@ def test_climb_panel_says_when_drift_along_the_fringes_was_not_measured():
     assert "drift along the fringes" not in figures.displacement_figure(res).axes[0].get_title()
     res.drift.attrs[UNSEEN_ALONG_FRINGES] = 9
     climb, glide = figures.displacement_figure(res).axes
-    assert climb.get_title().endswith("includes drift along the fringes (not measurable in 9 of 11 frames)")
+    assert " ".join(climb.get_title().split()).endswith(
+        "includes drift along the fringes (not measurable in 9 of 11 frames)")  # wrapped to the panel
     assert "drift" not in glide.get_title()
 
 
@@ -1156,3 +1157,17 @@ def test_the_overlay_draws_untracked_detections_beside_tracked_cores_in_every_fr
     y0, x0 = max(0, int(tracked.y) - 2 * r), max(0, int(tracked.x) - 2 * r)
     near = rgb[y0:int(tracked.y) + 2 * r, x0:int(tracked.x) + 2 * r]
     assert (np.abs(near.astype(int) - c0).sum(axis=-1) < 10).any()  # the tracked one, coloured
+
+
+def test_displacement_titles_fit_their_panels_and_many_names_go_below():
+    # 14 tracks: velocity lists ran into the next panel, a drift note off the page, and a
+    # two-column legend beside the panels over the title above (review stop 38).
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    res = result(14)
+    fig = figures.displacement_figure(res)
+    FigureCanvasAgg(fig).draw()
+    for ax in fig.axes:
+        assert all(len(line) <= figures.PANEL_TITLE_CHARS for line in ax.get_title().split("\n"))
+    (legend,) = fig.legends
+    assert legend.get_window_extent().y1 <= min(ax.get_window_extent().y0 for ax in fig.axes)
