@@ -162,6 +162,7 @@ class AnalysisResult:
                             "analyze again)")
         chosen = {k: self.options[k] for k in RELINK_OPTIONS if k in self.options} | options
         cal, kept = self.calibration, [w for w in self.warnings if w not in self.tracking_warnings]
+        fresh: list[str] = []  # calibration notes this relink makes: issued as analyze issues them
         if frame_interval_s is not None:  # the user's, as analyze(frame_interval_s=) takes it
             frame_interval_s = as_typed(frame_interval_s)
             check_calibration_options(pixel_size_nm=None, frame_interval_s=frame_interval_s,
@@ -169,6 +170,7 @@ class AnalysisResult:
             cal = cal.with_frame_interval(frame_interval_s)
             stale = set(self.calibration.warnings) - set(cal.warnings)  # e.g. "no frame interval"
             kept = [w for w in kept if w not in stale]
+            fresh = [w for w in cal.warnings if w not in self.calibration.warnings]
             kept += [w for w in cal.warnings if w not in kept]
             options = {**options, "frame_interval_s": frame_interval_s}
         snap, said = self.lattice_h, []
@@ -189,7 +191,7 @@ class AnalysisResult:
                                  rocksalt_fraction=self.rocksalt_fraction,
                                  lattice=self.lattice if snap else None, **chosen)
         kept += said
-        for message in (jumped or []) + said + t.warnings:
+        for message in fresh + (jumped or []) + said + t.warnings:
             warnings.warn(named(self.input_path, message), AnalysisWarning, stacklevel=2)
         return replace(
             self, calibration=cal, drift=drift, lattice_h=snap, tracks=t.tracks,

@@ -2221,3 +2221,17 @@ def test_a_truncated_video_is_analysed_on_the_frames_read_and_says_so(tiny_model
     summary = json.loads((tmp_path / "o" / "cut" / "summary.json").read_text())
     assert summary["input"]["shape"][0] == 3 and any("only 3 of the 8" in w for w in summary["warnings"])
     assert (tmp_path / "o" / "cut" / "figures" / "overlay.mp4").is_file()
+
+
+def test_relink_issues_the_calibration_note_its_interval_makes(tmp_path):
+    # The override note went only into res.warnings, unlike analyze's (review stop 38).
+    path = tmp_path / "m.tif"
+    write_imagej_tiff(path, np.random.default_rng(0).normal(size=(4, 48, 48)).astype(np.float32),
+                      pixel_size_nm=0.1, frame_interval_s=1.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", AnalysisWarning)
+        res = analyze(path, progress=False)
+    with pytest.warns(AnalysisWarning, match=r"m.tif: .*0.5 s .*overrides") as said:
+        timed = res.relink(frame_interval_s=0.5)
+    assert [w for w in timed.warnings if "overrides" in w]
+    assert sum("overrides" in str(w.message) for w in said) == 1
