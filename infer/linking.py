@@ -454,14 +454,7 @@ def absorb_flipped_runs(tracks: pd.DataFrame, *, pixel_size_nm: float,
     """
     if tracks.empty:
         return tracks
-    xcol, ycol = position_columns(tracks)
-    ordered = tracks.sort_values(["particle", "frame"], kind="stable")
-    ids = ordered["particle"].to_numpy()
-    cuts = np.flatnonzero(np.diff(ids)) + 1
-    frames = np.split(ordered["frame"].to_numpy(dtype=float), cuts)
-    paths = np.split(ordered[[xcol, ycol]].to_numpy(dtype=float), cuts)
-    particles = ids[np.r_[0, cuts]]
-    h = unit(np.array([g.mean(axis=0) for g in np.split(unit(ordered[["hx", "hy"]].to_numpy(float)), cuts)]))
+    particles, frames, paths, h = _per_track(tracks)
     n = np.array([len(f) for f in frames])
     first, last = np.array([f[0] for f in frames]), np.array([f[-1] for f in frames])
     opposite = h @ h.T < np.cos(np.deg2rad(max_h_change_deg))
@@ -518,25 +511,17 @@ def merge_interleaved(tracks: pd.DataFrame, *, pixel_size_nm: float,
     """
     if tracks.empty:
         return tracks
-    xcol, ycol = position_columns(tracks)
     merged: dict[int, int] = {}
     tolerance_px = tolerance_nm / pixel_size_nm
     while True:  # joined tracks may join others: repeat until nothing changes
-        ordered = _renumbered(tracks, merged).sort_values(["particle", "frame"], kind="stable")
-        pid = ordered["particle"].to_numpy()
-        cuts = np.flatnonzero(np.diff(pid)) + 1
-        by_track = [np.split(ordered[c].to_numpy(dtype=float), cuts) for c in ("frame", xcol, ycol)]
-        hs = np.split(unit(ordered[["hx", "hy"]].to_numpy(dtype=float)), cuts)
-        heads = pid[np.r_[0, cuts]]
-        order = sorted(range(len(hs)), key=lambda k: (-len(hs[k]), heads[k]))  # longest first
-        ids = heads[order]
-        frames = [by_track[0][k] for k in order]
-        paths = [np.c_[by_track[1][k], by_track[2][k]] for k in order]
+        heads, by_track, by_path, by_h = _per_track(_renumbered(tracks, merged))
+        order = sorted(range(len(heads)), key=lambda k: (-len(by_track[k]), heads[k]))  # longest first
+        ids, h = heads[order], by_h[order]
+        frames, paths = [by_track[k] for k in order], [by_path[k] for k in order]
         # Candidates a row at a time (crowded movies hold hundreds of tracks): agreeing h,
         # overlapping spans, bounding boxes within the tolerance.
         n = np.array([len(f) for f in frames], dtype=float)
         first, last = np.array([f[0] for f in frames]), np.array([f[-1] for f in frames])
-        h = unit(np.array([hs[k].mean(axis=0) for k in order]))
         low, high = np.array([q.min(axis=0) for q in paths]), np.array([q.max(axis=0) for q in paths])
         cos = np.cos(np.deg2rad(max_h_change_deg))
         joined: set[int] = set()
@@ -556,6 +541,18 @@ def merge_interleaved(tracks: pd.DataFrame, *, pixel_size_nm: float,
                     joined |= {i, int(j)}
         if not joined:
             return _renumbered(tracks, merged)
+
+
+def _per_track(tracks: pd.DataFrame) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray], np.ndarray]:
+    """Each track's particle id, frames, path ((n, 2) [px], drift-corrected where given)
+    and unit mean **h**, in order of particle."""
+    ordered = tracks.sort_values(["particle", "frame"], kind="stable")
+    ids = ordered["particle"].to_numpy()
+    cuts = np.flatnonzero(np.diff(ids)) + 1
+    frames = np.split(ordered["frame"].to_numpy(dtype=float), cuts)
+    paths = np.split(ordered[position_columns(tracks)].to_numpy(dtype=float), cuts)
+    h = np.split(unit(ordered[["hx", "hy"]].to_numpy(dtype=float)), cuts)
+    return ids[np.r_[0, cuts]], frames, paths, unit(np.array([g.mean(axis=0) for g in h]))
 
 
 def _interleaved(a: np.ndarray, b: np.ndarray, fa: np.ndarray, fb: np.ndarray,
