@@ -378,6 +378,11 @@ def _ser_bytes(head: bytes, f) -> tuple[int, str] | None:
 # --- rosettasciio formats (DM, EMD, TIA, MRC) ------------------------------------------------
 
 
+#: Direct Electron's own movie names (``20250429_06699_0_movie.mrc``), which rosettasciio
+#: pairs with their ``_info.txt`` itself.
+_DE_MOVIE_NAME = re.compile(r"\d{8}_\d+(?:_.*)?_movie\.mrc")
+
+
 def de_info_file(path: Path) -> Path | None:
     """The Direct Electron metadata (``<stem>_info.txt``: pixel size, frame rate) of an MRC
     movie whose name rosettasciio does not pair with it itself (it looks only beside
@@ -385,8 +390,10 @@ def de_info_file(path: Path) -> Path | None:
     ``<name>_info.txt``; None where there is none, or rosettasciio finds it."""
     if path.suffix.lower() != ".mrc":
         return None
-    from rsciio.mrc._api import MOVIE_RE
-
+    try:  # rosettasciio's private pattern; its own names if it moves
+        from rsciio.mrc._api import MOVIE_RE
+    except ImportError:
+        MOVIE_RE = _DE_MOVIE_NAME  # noqa: N806
     if MOVIE_RE.fullmatch(path.name):
         return None  # rosettasciio's own pairing
     stems = [path.stem] + ([path.stem[:-len("_movie")]] if path.stem.endswith("_movie") else [])
