@@ -168,13 +168,17 @@ def to_seconds(value: float, unit: str) -> float:
     return _clean(q.to("s").magnitude)
 
 
+#: Spellings of frames per second, which pint does not know.
+_FRAMES_PER_SECOND = ("fps", "frames/s", "frame/s")
+
+
 def _is_rate(unit: str) -> bool:
     """Whether ``unit`` is a frequency: "fps", or one pint reads as 1/time in the case written
     ("Hz", "kHz"; lower-cased, "hz" is unknown to it)."""
     import pint
 
     text = unicodedata.normalize("NFC", str(unit)).strip()
-    if text.lower() in ("fps", "frames/s", "frame/s"):
+    if text.lower() in _FRAMES_PER_SECOND:
         return True
     try:
         return _ureg().Quantity(1.0, text).dimensionality == (1 / _ureg().second).dimensionality
@@ -228,7 +232,7 @@ def parse_frame_interval(text: str) -> float:
     if not unit:
         return float(value)
     if _is_rate(unit):
-        rate = 1.0 if unit.strip().lower() in ("fps", "frames/s", "frame/s") else \
+        rate = 1.0 if unit.strip().lower() in _FRAMES_PER_SECOND else \
             _ureg().Quantity(1.0, unit.strip()).to("1/s").magnitude
         if value <= 0:
             raise ValueError(f"a frame rate must be positive, got {text!r}")
